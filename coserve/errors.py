@@ -1,0 +1,128 @@
+"""The one exception tree of coserve; each leaf maps to one HTTP status and an OpenAI-style body.
+
+    CoserveError
+    ├── ConfigError                 library file, asset or router directory is invalid (startup)
+    │   └── AssetError              a model file is missing or its sha256 differs
+    ├── RequestError                the caller's fault: 4xx
+    │   ├── InvalidRequest          400  malformed body, bad field
+    │   ├── NotFound                404  unknown model / expert
+    │   ├── ContextTooLong          413  prompt longer than the expert's context
+    │   └── UnprocessableRequest    422  well-formed but semantically invalid (sampling ranges,
+    │       └── InfeasibleConstraints      constraints no expert satisfies)
+    └── ServiceError                the server's fault: 5xx
+        ├── ExpertLoadError         503  an expert failed to load (or is in backoff)
+        └── ExpertFailed            502  an expert raised while generating
+
+An error's ``param`` names the offending field, ``code`` is a stable machine-readable string.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CoserveError",
+    "ConfigError",
+    "AssetError",
+    "RequestError",
+    "InvalidRequest",
+    "NotFound",
+    "ContextTooLong",
+    "UnprocessableRequest",
+    "InfeasibleConstraints",
+    "ServiceError",
+    "ExpertLoadError",
+    "ExpertFailed",
+]
+
+
+class CoserveError(Exception):
+    """Base of every error coserve raises on purpose."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI-style error body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ConfigError(CoserveError):
+    """The library file or another configuration input is invalid."""
+
+    code = "config_error"
+
+
+class AssetError(ConfigError):
+    """A model file is missing, incomplete, or its hash differs from the pinned one."""
+
+    code = "asset_error"
+
+
+class RequestError(CoserveError):
+    """The request is wrong; retrying it unchanged will fail again."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidRequest(RequestError):
+    """Malformed JSON, missing or mistyped fields."""
+
+
+class NotFound(RequestError):
+    """The named model or expert does not exist."""
+
+    status = 404
+    code = "model_not_found"
+
+
+class ContextTooLong(RequestError):
+    """The prompt does not fit the chosen expert's context window."""
+
+    status = 413
+    code = "context_length_exceeded"
+
+
+class UnprocessableRequest(RequestError):
+    """Well-formed but not acceptable: out-of-range sampling values, empty content."""
+
+    status = 422
+    code = "unprocessable"
+
+
+class InfeasibleConstraints(UnprocessableRequest):
+    """No expert satisfies the request's constraint flags; ``param`` names the constraint."""
+
+    code = "infeasible_constraints"
+
+
+class ServiceError(CoserveError):
+    """The server could not serve a valid request."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+class ExpertLoadError(ServiceError):
+    """An expert's runtime could not be loaded."""
+
+    status = 503
+    code = "expert_unavailable"
+
+
+class ExpertFailed(ServiceError):
+    """An expert's runtime raised or returned an error while generating."""
+
+    status = 502
+    code = "expert_failed"

@@ -1,0 +1,95 @@
+"""The routing policy: category probabilities + constraints + library -> Decision. Pure, no I/O.
+
+Order of reasoning, for a routed request:
+1. the experts the caller's constraint flags allow (none -> InfeasibleConstraints naming the flag);
+2. the top category's mapped expert, or the fallback generalist when the top probability is below
+   ``min_confidence`` (an uncertain router should not send a prompt to a specialist);
+3. if that expert is not allowed, the next categories' experts by probability, then the fallback,
+   then the remaining allowed experts, strongest (most parameters) first;
+4. the alternatives, for fallback at execution time, are the rest of that same order.
+
+A pinned request (model = an expert's name) goes to that expert; its constraints still apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from coserve.config import ExpertSpec, LibraryConfig
+from coserve.errors import InfeasibleConstraints, NotFound
+from coserve.types import Constraints, Decision
+
+__all__ = ["allowed", "decide", "ROUTED_MODEL"]
+
+ROUTED_MODEL = "coserve"  # the virtual model name that asks for routing
+
+
+def _violation(spec: ExpertSpec, c: Constraints) -> str | None:
+    """The first constraint flag this expert violates, or None."""
+    if c.max_params_b is not None and spec.params_b > c.max_params_b:
+        return "max_params_b"
+    if c.max_price is not None and spec.price.mean > c.max_price:
+        return "max_price"
+    if c.min_context is not None and spec.context < c.min_context:
+        return "min_context"
+    if c.require_tags and not set(c.require_tags) <= set(spec.tags):
+        return "require_tags"
+    if spec.name in c.exclude_experts:
+        return "exclude_experts"
+    return None
+
+
+def allowed(library: LibraryConfig, constraints: Constraints) -> list[str]:
+    """Names of the experts that satisfy every constraint; raises if there are none."""
+    names = [spec.name for spec in library.experts if _violation(spec, constraints) is None]
+    if not names:
+        flags = sorted({_violation(spec, constraints) or "" for spec in library.experts})
+        raise InfeasibleConstraints(
+            f"no expert satisfies the constraints ({', '.join(flags)} excluded every expert)",
+            param=f"coserve.{flags[0]}" if len(flags) == 1 else "coserve",
+        )
+    return names
+
+
+def decide(
+    probabilities: Mapping[str, float],
+    library: LibraryConfig,
+    constraints: Constraints = Constraints(),
+    pinned: str | None = None,
+) -> Decision:
+    """Choose the expert for one request."""
+    if pinned is not None and pinned != ROUTED_MODEL:
+        if pinned not in library.expert_names:
+            raise NotFound(f"The model '{pinned}' does not exist", param="model")
+        violated = _violation(library.expert(pinned), constraints)
+        if violated is not None:
+            raise InfeasibleConstraints(
+                f"the pinned expert {pinned!r} violates the constraint {violated}", param=f"coserve.{violated}"
+            )
+        return Decision(pinned, None, 1.0, (), "pinned", dict(probabilities))
+
+    permitted = set(allowed(library, constraints))
+    ranked = sorted(probabilities.items(), key=lambda kv: (-kv[1], kv[0]))
+    if not ranked:
+        raise ValueError("decide() needs at least one category probability")
+    top_category, confidence = ranked[0]
+    fallback = library.router.fallback
+    uncertain = confidence < fallback.min_confidence
+
+    order: list[str] = []
+    if uncertain:
+        order.append(fallback.expert)
+    order.extend(library.router.map[category] for category, _ in ranked)
+    order.append(fallback.expert)
+    order.extend(spec.name for spec in sorted(library.experts, key=lambda s: (-s.params_b, s.name)))
+    candidates = list(dict.fromkeys(name for name in order if name in permitted))
+
+    first_choice = order[0]
+    expert = candidates[0]
+    if expert != first_choice:
+        reason = "constrained"
+    elif uncertain:
+        reason = "low_confidence"
+    else:
+        reason = "routed"
+    return Decision(expert, top_category, float(confidence), tuple(candidates[1:]), reason, dict(probabilities))

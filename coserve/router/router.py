@@ -1,0 +1,126 @@
+"""CoERouter: embed the last user turn, classify it into a category, apply the policy.
+
+Fitted on the library's example prompts at first start and cached in a directory keyed by the
+library's content hash and the embedder (a JSON manifest plus ``.npz`` arrays; no pickle), so a
+restart with an unchanged library loads in milliseconds and a changed library retrains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from coserve.config import LibraryConfig
+from coserve.errors import ConfigError
+from coserve.router.classify import CLASSIFIERS, LogisticClassifier, make_classifier
+from coserve.router.embed import Embedder, make_embedder
+from coserve.router.policy import decide
+from coserve.types import Decision, Request
+
+__all__ = ["CoERouter", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1  # bump when the saved layout changes; old caches are then ignored
+
+
+class CoERouter:
+    """Category router over one library."""
+
+    def __init__(self, library: LibraryConfig, embedder: Embedder, classifier: LogisticClassifier | None = None):
+        self.library = library
+        self.embedder = embedder
+        self.classifier = classifier
+
+    # -- training -------------------------------------------------------------------------------
+    def fit(self) -> CoERouter:
+        """Train the category classifier on the library's example prompts."""
+        texts: list[str] = []
+        labels: list[str] = []
+        for name, category in self.library.categories.items():
+            texts.extend(category.examples)
+            labels.extend([name] * len(category.examples))
+        X = self.embedder.encode(texts)
+        self.classifier = make_classifier(self.library.router.classifier).fit(X, labels)
+        return self
+
+    # -- routing --------------------------------------------------------------------------------
+    def probabilities(self, texts: list[str]) -> list[dict[str, float]]:
+        """Category probabilities for each text."""
+        if self.classifier is None:
+            raise RuntimeError("the router is not fitted")
+        proba = self.classifier.predict_proba(self.embedder.encode(texts))
+        classes = [str(c) for c in self.classifier.classes_]
+        return [dict(zip(classes, map(float, row), strict=True)) for row in proba]
+
+    def route(self, request: Request) -> Decision:
+        """The Decision for one request (pinned requests skip the embedding)."""
+        if request.model != "coserve":
+            return decide({}, self.library, request.constraints, pinned=request.model)
+        (probabilities,) = self.probabilities([request.last_user_turn()])
+        return decide(probabilities, self.library, request.constraints)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def cache_key(self) -> str:
+        return f"v{FORMAT_VERSION}-{self.embedder.name}-{self.library.content_hash[:24]}"
+
+    def save(self, directory: Path) -> None:
+        """Write ``manifest.json`` and ``arrays.npz`` atomically into ``directory``."""
+        if self.classifier is None:
+            raise RuntimeError("the router is not fitted")
+        params, arrays = self.classifier.get_state()
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "classifier": self.classifier.name,
+            "params": params,
+            "embedder": self.embedder.name,
+            "embedding_dim": self.embedder.dim,
+            "library_hash": self.library.content_hash,
+            "created": time.time(),
+        }
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tmp-"))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        np.savez(tmp / "arrays.npz", **arrays)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+
+    @classmethod
+    def load(cls, directory: Path, library: LibraryConfig, embedder: Embedder) -> CoERouter:
+        """Load a saved router; refuse one trained for another library or embedder."""
+        try:
+            manifest = json.loads((directory / "manifest.json").read_text())
+            with np.load(directory / "arrays.npz", allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"router directory {directory} cannot be read: {exc}") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ConfigError(f"{directory}: router format {manifest.get('format_version')}, expected {FORMAT_VERSION}")
+        if manifest.get("embedder") != embedder.name:
+            raise ConfigError(f"{directory}: trained with embedder {manifest.get('embedder')!r}, not {embedder.name!r}")
+        if manifest.get("library_hash") != library.content_hash:
+            raise ConfigError(f"{directory}: trained for another version of the library")
+        factory = CLASSIFIERS.get(manifest.get("classifier", ""))
+        if factory is None:
+            raise ConfigError(f"{directory}: unknown classifier {manifest.get('classifier')!r}")
+        return cls(library, embedder, factory.from_state(manifest["params"], arrays))
+
+    @classmethod
+    def load_or_fit(cls, library: LibraryConfig, cache: Path, embedder: Embedder | None = None) -> CoERouter:
+        """Load the cached router for this library, or train and cache it."""
+        embedder = embedder or make_embedder(library.router.embedder)
+        router = cls(library, embedder)
+        directory = cache / "routers" / router.cache_key()
+        if (directory / "manifest.json").is_file():
+            try:
+                return cls.load(directory, library, embedder)
+            except ConfigError:
+                pass  # a stale or damaged cache entry: retrain and overwrite it
+        router.fit()
+        router.save(directory)
+        return router

@@ -1,0 +1,136 @@
+"""Frozen messages passed between the stages of a request: route, schedule, stage, execute, answer.
+
+Pydantic lives only at the HTTP edge (coserve.server.protocol); inside, these dataclasses are the
+one vocabulary. This module knows nothing about HTTP, weights or runtimes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+__all__ = [
+    "Message",
+    "Sampling",
+    "Constraints",
+    "Request",
+    "Decision",
+    "Usage",
+    "Completion",
+    "Chunk",
+    "Tier",
+]
+
+_request_ids = itertools.count(1)
+
+
+class Tier(str, Enum):
+    """Where an expert's weights are: file only, host memory, or a loaded runtime."""
+
+    DISK = "disk"
+    RAM = "ram"
+    ACTIVE = "active"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn."""
+
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Generation settings, validated at the edge."""
+
+    max_tokens: int | None = None  # None: the expert's default cap
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Per-request limits on which experts may answer (Tryage-style constraint flags)."""
+
+    max_params_b: float | None = None  # billions of parameters
+    max_price: float | None = None  # USD per million tokens (mean of input and output price)
+    min_context: int | None = None  # tokens
+    require_tags: tuple[str, ...] = ()
+    exclude_experts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One chat request, created once at the edge and read by every stage."""
+
+    messages: tuple[Message, ...]
+    model: str  # "coserve" to route, or an expert's name to pin
+    sampling: Sampling = field(default_factory=Sampling)
+    constraints: Constraints = field(default_factory=Constraints)
+    stream: bool = False
+    id: str = field(default_factory=lambda: f"chatcmpl-{next(_request_ids):08d}-{int(time.time() * 1000)}")
+    arrival: float = field(default_factory=time.monotonic)  # seconds, monotonic clock
+
+    def last_user_turn(self) -> str:
+        """The text the router embeds: the conversation's last user message."""
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.content
+        return self.messages[-1].content if self.messages else ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which expert answers a request, and why."""
+
+    expert: str
+    category: str | None  # None when the expert was pinned by name
+    confidence: float  # top category probability, 1.0 when pinned
+    alternatives: tuple[str, ...]  # next-best experts, in order, for fallback
+    reason: str  # "routed" | "pinned" | "low_confidence" | "constrained"
+    probabilities: dict[str, float] = field(default_factory=dict)  # category -> probability
+
+    def as_dict(self) -> dict[str, object]:
+        """The public ``coserve`` object of a response."""
+        return {
+            "expert": self.expert,
+            "category": self.category,
+            "confidence": round(self.confidence, 4),
+            "alternatives": list(self.alternatives),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one completion."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One streamed piece of a completion; the last carries finish_reason and usage."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished completion."""
+
+    text: str
+    finish_reason: str  # "stop" | "length"
+    usage: Usage
