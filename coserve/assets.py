@@ -42,7 +42,7 @@ def locate(source: str, base: Path | None) -> Path:
             spec = None
         if spec is None or not spec.submodule_search_locations:
             raise AssetError(f"package {package!r} (for {source}) is not installed; run scripts/setup")
-        path = Path(list(spec.submodule_search_locations)[0]) / inner
+        path = Path(next(iter(spec.submodule_search_locations))) / inner
     else:
         path = Path(source).expanduser()
         if not path.is_absolute() and base is not None:
@@ -124,3 +124,25 @@ def source_size(spec: ExpertSpec, base: Path | None = None) -> int | None:
         return sum(locate(source, base).stat().st_size for source in spec.parts)
     except AssetError:
         return None
+
+
+def prepare(library_path: str | None = None) -> None:
+    """Assemble and verify every expert file of a library (``python -m coserve.assets``)."""
+    from coserve.config import load_library
+
+    library = load_library(library_path)
+    base = library.path.parent if library.path else None
+    for spec in library.experts:
+        if spec.parts:
+            path = model_path(spec, base)
+            print(f"setup: {spec.name:<10} {path.stat().st_size / 2**20:7.0f} MiB  {path}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        prepare(sys.argv[1] if len(sys.argv) > 1 else None)
+    except AssetError as exc:
+        print(f"setup: error: {exc.message}", file=sys.stderr)
+        sys.exit(2)

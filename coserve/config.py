@@ -26,23 +26,33 @@ from coserve.errors import ConfigError
 
 __all__ = [
     "BACKEND_NAMES",
-    "Price",
-    "ExpertSpec",
     "Category",
+    "ExpertSpec",
     "FallbackSettings",
-    "RouterSettings",
-    "MemorySettings",
     "LibraryConfig",
-    "load_library",
+    "MemorySettings",
+    "Price",
+    "RouterSettings",
     "default_library_path",
+    "load_library",
     "parse_bytes",
 ]
 
 # Backends a library may name; their implementations are imported lazily by coserve.backends.
 BACKEND_NAMES = ("llamacpp", "fake")
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_bytes(value: int | float | str) -> int:

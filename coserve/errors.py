@@ -21,18 +21,18 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "CoserveError",
-    "ConfigError",
     "AssetError",
-    "RequestError",
+    "ConfigError",
+    "ContextTooLong",
+    "CoserveError",
+    "ExpertFailed",
+    "ExpertLoadError",
+    "InfeasibleConstraints",
     "InvalidRequest",
     "NotFound",
-    "ContextTooLong",
-    "UnprocessableRequest",
-    "InfeasibleConstraints",
+    "RequestError",
     "ServiceError",
-    "ExpertLoadError",
-    "ExpertFailed",
+    "UnprocessableRequest",
 ]
 
 

@@ -9,24 +9,24 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 __all__ = [
-    "Message",
-    "Sampling",
-    "Constraints",
-    "Request",
-    "Decision",
-    "Usage",
-    "Completion",
     "Chunk",
+    "Completion",
+    "Constraints",
+    "Decision",
+    "Message",
+    "Request",
+    "Sampling",
     "Tier",
+    "Usage",
 ]
 
 _request_ids = itertools.count(1)
 
 
-class Tier(str, Enum):
+class Tier(StrEnum):
     """Where an expert's weights are: file only, host memory, or a loaded runtime."""
 
     DISK = "disk"
@@ -73,6 +73,7 @@ class Request:
     sampling: Sampling = field(default_factory=Sampling)
     constraints: Constraints = field(default_factory=Constraints)
     stream: bool = False
+    stream_usage: bool = False  # streamed: end with a usage chunk (OpenAI stream_options.include_usage)
     id: str = field(default_factory=lambda: f"chatcmpl-{next(_request_ids):08d}-{int(time.time() * 1000)}")
     arrival: float = field(default_factory=time.monotonic)  # seconds, monotonic clock
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from coserve.errors import ConfigError
 
-__all__ = ["LogisticClassifier", "CLASSIFIERS", "make_classifier"]
+__all__ = ["CLASSIFIERS", "LogisticClassifier", "make_classifier"]
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

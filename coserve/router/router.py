@@ -23,7 +23,7 @@ from coserve.router.embed import Embedder, make_embedder
 from coserve.router.policy import decide
 from coserve.types import Decision, Request
 
-__all__ = ["CoERouter", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "CoERouter"]
 
 FORMAT_VERSION = 1  # bump when the saved layout changes; old caches are then ignored
 
@@ -85,7 +85,7 @@ class CoERouter:
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tmp-"))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        np.savez(tmp / "arrays.npz", **arrays)
+        np.savez(tmp / "arrays.npz", **arrays)  # type: ignore[arg-type]
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)

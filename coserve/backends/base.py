@@ -1,0 +1,78 @@
+"""The Backend protocol: how the engine loads an expert and generates with it.
+
+Backends are synchronous and thread-safe: the engine calls them from worker threads so the event
+loop never blocks on a model. A backend knows one runtime; it knows nothing about routing,
+queues or budgets.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from coserve.config import ExpertSpec
+from coserve.errors import ConfigError
+from coserve.types import Chunk, Message, Sampling
+
+__all__ = ["BACKENDS", "Backend", "Emit", "Handle", "get_backend"]
+
+# Called with each streamed chunk; returning True asks the backend to stop generating (cancel).
+Emit = Callable[[Chunk], bool]
+
+
+@dataclass
+class Handle:
+    """A loaded expert: the runtime object and what it costs."""
+
+    spec: ExpertSpec
+    runtime: Any  # the backend's own object (an xllamacpp.Server, an HTTP client, ...)
+    nbytes: int  # bytes of weights this instance holds
+    load_seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """Loads experts and generates with them."""
+
+    name: str
+
+    def load(self, spec: ExpertSpec, base: Path | None) -> Handle:
+        """Load the expert's runtime (raises ExpertLoadError / AssetError)."""
+        ...
+
+    def stream(self, handle: Handle, messages: tuple[Message, ...], sampling: Sampling, emit: Emit) -> None:
+        """Generate, calling ``emit`` per chunk; the last chunk carries finish_reason and usage."""
+        ...
+
+    def unload(self, handle: Handle) -> None:
+        """Release the runtime and its memory."""
+        ...
+
+    def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
+        """Bytes the expert will occupy when loaded (before loading it)."""
+        ...
+
+
+# name -> "module:Class", imported only when a library uses it.
+BACKENDS = {
+    "llamacpp": "coserve.backends.llamacpp:LlamaCppBackend",
+    "fake": "coserve.backends.fake:FakeBackend",
+}
+
+
+def get_backend(name: str) -> Backend:
+    """Instantiate a backend by name (lazy import)."""
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        raise ConfigError(f"unknown backend {name!r}; known: {sorted(BACKENDS)}") from None
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"backend {name!r} needs a package that is not installed: {exc}") from None
+    backend: Backend = getattr(module, class_name)()
+    return backend

@@ -1,0 +1,55 @@
+"""Prometheus metrics of one coserve process, on a registry of its own (no global state).
+
+Names follow Prometheus conventions: ``_total`` counters, ``_seconds`` histograms, base units.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """Every metric coserve exports."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("coserve_requests", "HTTP chat requests by outcome", ["status"], registry=r)
+        self.decisions = Counter("coserve_decisions", "Routing decisions", ["expert", "category", "reason"], registry=r)
+        self.fallbacks = Counter(
+            "coserve_fallbacks", "Requests moved to an alternative expert", ["from_expert", "to_expert"], registry=r
+        )
+        self.route_seconds = Histogram(
+            "coserve_route_seconds",
+            "Time to route one request (embedding included)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+            registry=r,
+        )
+        self.latency_seconds = Histogram(
+            "coserve_request_seconds", "End-to-end request latency", ["expert"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.ttft_seconds = Histogram(
+            "coserve_time_to_first_token_seconds",
+            "Time to first streamed token",
+            ["expert"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("coserve_tokens", "Tokens processed", ["expert", "kind"], registry=r)
+        self.pool_loads = Counter("coserve_expert_loads", "Expert loads", ["expert"], registry=r)
+        self.pool_load_failures = Counter("coserve_expert_load_failures", "Failed expert loads", ["expert"], registry=r)
+        self.pool_evictions = Counter("coserve_expert_evictions", "Expert evictions", ["expert"], registry=r)
+        self.pool_hits = Counter(
+            "coserve_expert_hits", "Requests that found their expert loaded", ["expert"], registry=r
+        )
+        self.pool_misses = Counter(
+            "coserve_expert_misses", "Requests that had to load their expert", ["expert"], registry=r
+        )
+        self.pool_load_seconds = Histogram(
+            "coserve_expert_load_seconds", "Time to load an expert", ["expert"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.pool_resident = Gauge("coserve_expert_resident", "1 if the expert is loaded", ["expert"], registry=r)
+        self.pool_bytes = Gauge("coserve_pool_bytes", "Bytes of expert weights loaded", registry=r)

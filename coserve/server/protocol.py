@@ -1,0 +1,124 @@
+"""Pydantic models of the OpenAI chat API subset coserve speaks, plus its extensions.
+
+Validation here is the edge: a body that passes becomes a frozen ``coserve.types.Request``.
+Type errors are 400 (``invalid_request_error``); values out of range are 422.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from coserve.errors import UnprocessableRequest
+from coserve.types import Constraints, Message, Request, Sampling
+
+__all__ = ["ChatCompletionRequest", "ChatMessage", "CoserveOptions"]
+
+MAX_TOKENS_CAP = 8192  # no request may ask for more completion tokens than this
+
+
+class ContentPart(BaseModel):
+    """A text part of a message's content (OpenAI's array form); other part types are refused."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[ContentPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class CoserveOptions(BaseModel):
+    """Constraint flags, sent by the openai client with ``extra_body={"coserve": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_params_b: float | None = Field(None, gt=0)
+    max_price: float | None = Field(None, ge=0)
+    min_context: int | None = Field(None, ge=1)
+    require_tags: list[str] = []
+    exclude_experts: list[str] = []
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions`` body (fields coserve does not use are accepted and ignored)."""
+
+    model: str
+    messages: list[ChatMessage]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int | None = None
+    coserve: CoserveOptions | None = None
+    user: str | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _not_empty(cls, value: list[ChatMessage]) -> list[ChatMessage]:
+        if not value:
+            raise ValueError("messages must hold at least one message")
+        return value
+
+    def to_request(self) -> Request:
+        """Range checks (422) and conversion to the internal Request."""
+        if self.n not in (None, 1):
+            raise UnprocessableRequest("only n=1 is supported", param="n")
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        param = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+        if max_tokens is not None and not 1 <= max_tokens <= MAX_TOKENS_CAP:
+            raise UnprocessableRequest(f"{param} must be between 1 and {MAX_TOKENS_CAP}", param=param)
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
+            raise UnprocessableRequest("temperature must be between 0 and 2", param="temperature")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise UnprocessableRequest("top_p must be greater than 0 and at most 1", param="top_p")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        if len(stop) > 4:
+            raise UnprocessableRequest("at most 4 stop sequences", param="stop")
+        messages = tuple(Message(m.role if m.role != "developer" else "system", m.text()) for m in self.messages)
+        if not any(m.role == "user" for m in messages):
+            raise UnprocessableRequest("messages must include a user message", param="messages")
+        for i, message in enumerate(messages):
+            if message.role == "user" and not message.content.strip():
+                raise UnprocessableRequest(f"messages[{i}].content is empty", param=f"messages[{i}].content")
+        options = self.coserve or CoserveOptions()
+        return Request(
+            messages=messages,
+            model=self.model,
+            sampling=Sampling(
+                max_tokens=max_tokens,
+                temperature=1.0 if self.temperature is None else self.temperature,
+                top_p=1.0 if self.top_p is None else self.top_p,
+                seed=self.seed,
+                stop=stop,
+            ),
+            constraints=Constraints(
+                max_params_b=options.max_params_b,
+                max_price=options.max_price,
+                min_context=options.min_context,
+                require_tags=tuple(options.require_tags),
+                exclude_experts=tuple(options.exclude_experts),
+            ),
+            stream=self.stream,
+            stream_usage=bool(self.stream_options and self.stream_options.include_usage),
+        )
+
+
+def error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
