@@ -164,6 +164,15 @@ def cmd_bench_experts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_route(args: argparse.Namespace) -> int:
+    from coserve.bench.route import bench_route
+
+    result = bench_route(_library(args.library), n=args.n)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coserve", description="A Composition of Experts behind one endpoint.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--json", help="also write the figures to this file")
     b.set_defaults(func=cmd_bench_experts)
+    b = bench.add_parser("route", help="routing decision time (16/64/256 tokens) and batched throughput")
+    library_arg(b)
+    b.add_argument("--n", type=int, default=200, help="decisions per prompt length")
+    b.add_argument("--json", help="also write the figures to this file")
+    b.set_defaults(func=cmd_bench_route)
     return parser
 
 

@@ -1,0 +1,167 @@
+"""End to end: the real server, on the default library of real experts, driven by the openai client.
+
+Needs `scripts/setup` to have run (the model packages installed, split files assembled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from openai import OpenAI
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    port = _free_port()
+    log = open(ROOT / ".pytest_cache" / "e2e-server.log", "w") if (ROOT / ".pytest_cache").is_dir() else None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coserve.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT,
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with status {proc.returncode}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not start within 180 s")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log:
+            log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> OpenAI:
+    return OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_coding_prompt_is_answered_by_coder(client: OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="coserve",
+        messages=[{"role": "user", "content": "Write a Python function that returns the factorial of n."}],
+        max_tokens=48,
+        temperature=0,
+    )
+    assert reply.model == "coder"
+    extra = reply.model_extra or {}
+    assert extra["coserve"]["expert"] == "coder"
+    assert extra["coserve"]["category"] == "code"
+    assert extra["coserve"]["reason"] == "routed"
+    assert "def " in (reply.choices[0].message.content or "")
+    assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 48
+
+
+def test_small_talk_is_answered_by_general(client: OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="coserve",
+        messages=[{"role": "user", "content": "hey! how has your week been so far?"}],
+        max_tokens=16,
+    )
+    reply = raw.parse()
+    assert reply.model == "general"
+    assert raw.headers["x-coserve-expert"] == "general"
+    assert raw.headers["x-coserve-category"] == "chat"
+    assert reply.choices[0].message.content
+
+
+def test_streaming(client: OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="coserve",
+        messages=[{"role": "user", "content": "What is 12 times 11? Answer with the number."}],
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[0].model == "large"
+    assert (chunks[0].model_extra or {})["coserve"]["category"] == "math"
+    assert "132" in text
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_models_lists_the_experts(client: OpenAI) -> None:
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["coserve", "general", "coder", "large"]
+
+
+def test_pinned_expert_and_bad_input(server: str, client: OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="general", messages=[{"role": "user", "content": "Write a haiku about rain."}], max_tokens=8
+    )
+    assert reply.model == "general"
+    assert (reply.model_extra or {})["coserve"]["reason"] == "pinned"
+    bad = httpx.post(f"{server}/v1/chat/completions", content=b'{"model": "coserve", "messages": [', timeout=10)
+    assert bad.status_code == 400
+    assert set(bad.json()["error"]) == {"message", "type", "param", "code"}
+    missing = httpx.post(
+        f"{server}/v1/chat/completions", json={"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
+
+
+def test_metrics_count_decisions(server: str, client: OpenAI) -> None:
+    client.chat.completions.create(model="coserve", messages=[{"role": "user", "content": "hello!"}], max_tokens=4)
+    text = httpx.get(f"{server}/metrics").text
+    assert 'coserve_decisions_total{category="chat",expert="general",reason="routed"}' in text
+    assert "coserve_request_seconds_bucket" in text
+    assert 'coserve_tokens_total{expert="general",kind="completion"}' in text
+
+
+def test_route_cli_labels_held_out_prompts() -> None:
+    """`coserve route` on the project's own labelled prompts (not the training examples): >= 80% right."""
+    rows = [json.loads(line) for line in (ROOT / "tests" / "data" / "route_labelled.jsonl").read_text().splitlines()]
+    categories = yaml.safe_load((ROOT / "coserve" / "data" / "categories.yaml").read_text())
+    examples = {e for c in categories.values() for e in c["examples"]}
+    assert len(rows) >= 20 and not any(r["prompt"] in examples for r in rows)
+    out = subprocess.run(
+        [sys.executable, "-m", "coserve.cli", "route", "--json"],
+        input="\n".join(r["prompt"] for r in rows),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    decisions = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(decisions) == len(rows)
+    correct = sum(d["category"] == r["category"] for d, r in zip(decisions, rows, strict=True))
+    assert correct / len(rows) >= 0.8, f"{correct}/{len(rows)} categories right"
