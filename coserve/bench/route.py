@@ -16,7 +16,7 @@ from coserve.config import LibraryConfig
 from coserve.router.router import CoERouter
 from coserve.types import Message, Request
 
-__all__ = ["decision_times", "bench_route"]
+__all__ = ["bench_route", "decision_times"]
 
 _WORDS = (
     "river model token cache write python garden number proof story query vector budget expert memory route "
