@@ -165,6 +165,8 @@ class MemorySettings(_Strict):
 
     ram: int = 4 * 2**30  # bytes of expert weights kept resident in host memory
     active: int = 4 * 2**30  # bytes of expert weights loaded in runtimes
+    min_residency_s: float = Field(0.0, ge=0)  # an expert stays ACTIVE at least this long unless room is needed
+    max_wait_s: float = Field(10.0, gt=0)  # scheduler: a request waiting longer makes its expert go next
 
     @field_validator("ram", "active", mode="before")
     @classmethod

@@ -51,5 +51,19 @@ class Metrics:
         self.pool_load_seconds = Histogram(
             "coserve_expert_load_seconds", "Time to load an expert", ["expert"], buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.pool_resident = Gauge("coserve_expert_resident", "1 if the expert is loaded", ["expert"], registry=r)
-        self.pool_bytes = Gauge("coserve_pool_bytes", "Bytes of expert weights loaded", registry=r)
+        self.pool_prefetches = Counter(
+            "coserve_expert_prefetches", "Experts brought DISK -> RAM ahead of need", ["expert"], registry=r
+        )
+        self.pool_resident = Gauge(
+            "coserve_expert_tier", "1 for the tier the expert is in (disk, ram, active)", ["expert", "tier"], registry=r
+        )
+        self.pool_bytes = Gauge("coserve_pool_bytes", "Bytes of expert weights per tier", ["tier"], registry=r)
+        self.bytes_moved = Gauge("coserve_bytes_moved", "Bytes moved between tiers since start", registry=r)
+        self.switch_seconds = Histogram(
+            "coserve_expert_switch_seconds",
+            "Time to make an expert ACTIVE, by the tier it came from",
+            ["from_tier"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("coserve_queue_depth", "Requests waiting per expert", ["expert"], registry=r)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import HELD_OUT, write_library
+
 from coserve.config import LibraryConfig, load_library
 from coserve.errors import ConfigError, NotFound
 from coserve.router.classify import LogisticClassifier, make_classifier
@@ -220,20 +220,13 @@ def test_load_refuses_another_embedder(fitted: CoERouter, library: LibraryConfig
         CoERouter.load(tmp_path / "router", library, OtherEmbedder())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: CoERouter.load ignores the manifest's embedding_dim and cache_key omits the dimension, "
-    "so a router fitted at one dimension loads for an embedder of another and fails at route time",
-)
 def test_load_refuses_another_embedding_dimension(library: LibraryConfig, tmp_path: Path) -> None:
     CoERouter(library, HashingEmbedder(dim=64)).fit().save(tmp_path / "router")
     with pytest.raises(ConfigError):
         CoERouter.load(tmp_path / "router", library, HashingEmbedder(dim=128))
 
 
-def test_load_refuses_damaged_or_foreign_directories(
-    fitted: CoERouter, library: LibraryConfig, tmp_path: Path
-) -> None:
+def test_load_refuses_damaged_or_foreign_directories(fitted: CoERouter, library: LibraryConfig, tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         CoERouter.load(tmp_path / "absent", library, HashingEmbedder())
     directory = tmp_path / "router"
@@ -263,9 +256,7 @@ def _count_fits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_load_or_fit_reuses_the_cache(
-    library: LibraryConfig, cache: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_load_or_fit_reuses_the_cache(library: LibraryConfig, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _count_fits(monkeypatch)
     first = CoERouter.load_or_fit(library, cache, HashingEmbedder())
     assert len(calls) == 1

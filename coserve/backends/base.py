@@ -39,6 +39,14 @@ class Backend(Protocol):
 
     name: str
 
+    def stage(self, spec: ExpertSpec, base: Path | None) -> Any:
+        """DISK -> RAM: hold the expert's weights in host memory; returns an object with ``release()``."""
+        ...
+
+    def unstage(self, staged: Any) -> None:
+        """RAM -> DISK."""
+        ...
+
     def load(self, spec: ExpertSpec, base: Path | None) -> Handle:
         """Load the expert's runtime (raises ExpertLoadError / AssetError)."""
         ...

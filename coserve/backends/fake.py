@@ -27,6 +27,17 @@ from coserve.types import Chunk, Message, Sampling, Usage
 __all__ = ["FakeBackend"]
 
 
+class _Staged:
+    """The fake RAM tier: remembers whether it was released."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.released = False
+
+    def release(self) -> None:
+        self.released = True
+
+
 class FakeBackend:
     """Scripted stand-in for a model runtime."""
 
@@ -35,12 +46,26 @@ class FakeBackend:
     def __init__(self) -> None:
         self.loads: list[str] = []  # expert names, in load order
         self.unloads: list[str] = []
+        self.stages: list[str] = []  # DISK -> RAM moves
+        self.unstages: list[str] = []
         self.active_loads = 0
         self.max_concurrent_loads = 0
         self._lock = threading.Lock()
 
     def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
         return int(spec.options.get("nbytes", 100 * 2**20))
+
+    def stage(self, spec: ExpertSpec, base: Path | None) -> _Staged:
+        if spec.options.get("fail_stage"):
+            raise ExpertLoadError(f"expert {spec.name!r}: its file cannot be read (injected fault)")
+        with self._lock:
+            self.stages.append(spec.name)
+        return _Staged(spec.name)
+
+    def unstage(self, staged: _Staged) -> None:
+        staged.release()
+        with self._lock:
+            self.unstages.append(staged.name)
 
     def load(self, spec: ExpertSpec, base: Path | None) -> Handle:
         with self._lock:

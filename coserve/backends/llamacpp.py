@@ -19,6 +19,7 @@ from typing import Any
 
 from coserve.assets import model_path
 from coserve.backends.base import Emit, Handle
+from coserve.backends.staging import Staged, stage
 from coserve.config import ExpertSpec
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
@@ -51,6 +52,12 @@ class LlamaCppBackend:
         if size is None:
             raise AssetError(f"expert {spec.name!r}: model file missing ({', '.join(spec.parts)})")
         return size
+
+    def stage(self, spec: ExpertSpec, base: Path | None) -> Staged:
+        return stage(model_path(spec, base))
+
+    def unstage(self, staged: Staged) -> None:
+        staged.release(drop=True)
 
     def load(self, spec: ExpertSpec, base: Path | None) -> Handle:
         import xllamacpp

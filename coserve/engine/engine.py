@@ -1,34 +1,42 @@
-"""The engine: route a request, stage its expert, execute, and fall back when an expert fails.
+"""The engine: route, schedule, stage, execute, answer — with fallback when an expert fails.
 
-    route    -> Decision (router, in a worker thread: embedding is CPU work)
-    stage    -> pool.acquire(expert): loaded and pinned
-    execute  -> backend.stream(...) in a worker thread, chunks handed to the event loop
-    answer   -> chunks to the caller; a failure before the first token moves the request to the
-                next expert in the Decision's alternatives (``fallback_from`` records the path)
+    route     -> Decision (router, in a worker thread: embedding is CPU work)
+    schedule  -> the request joins its expert's queue; the dispatcher picks which expert runs
+                 next (stay on the running one, else a loaded one, bounded wait for the rest)
+                 and admits up to ``slots`` requests of it at a time (continuous batching)
+    stage     -> pool.acquire(expert): ACTIVE and pinned; the next expert is prefetched to RAM
+    execute   -> backend.stream(...) in a worker thread, chunks handed to the event loop
+    answer    -> chunks to the caller; a failure before the first token moves the request to the
+                 next expert in the Decision's alternatives (``fallback_from`` records the path)
 
-Non-streamed requests are the same stream, collected: one execution path, and a client that goes
-away cancels either kind (the backend is told to stop at its next token).
-The engine knows nothing about HTTP.
+Only one expert executes at a time: on a CPU the experts share the same cores, so running two at
+once only makes both slower, while serving one expert's queue as a batch avoids switches.
+Non-streamed requests are the same stream, collected. The engine knows nothing about HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from coserve.backends.base import Backend, get_backend
 from coserve.config import LibraryConfig
 from coserve.engine.pool import ExpertPool, Lease
+from coserve.engine.scheduler import Scheduler, Work
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.metrics import Metrics
 from coserve.router.embed import Embedder
 from coserve.router.router import CoERouter
-from coserve.types import Chunk, Completion, Decision, Request, Usage
+from coserve.types import Chunk, Completion, Decision, Request, Tier, Usage
+
+Policy = Literal["lookahead", "lru", "load_per_request"]
 
 __all__ = ["Engine", "Stream"]
 
@@ -46,7 +54,7 @@ class Stream:
 
 
 class Engine:
-    """Routes and executes requests over one library."""
+    """Routes, schedules and executes requests over one library."""
 
     def __init__(
         self,
@@ -55,12 +63,24 @@ class Engine:
         pool: ExpertPool,
         metrics: Metrics,
         executor: ThreadPoolExecutor,
+        policy: Policy = "lookahead",
     ):
         self.library = library
         self.router = router
         self.pool = pool
         self.metrics = metrics
         self.executor = executor
+        self.policy = policy
+        # "lru" and "load_per_request" serve strictly in arrival order (a zero wait bound) and
+        # evict by recency only; "lookahead" batches by expert, prefetches and evicts by next use.
+        self.scheduler = Scheduler(max_wait_s=library.memory.max_wait_s if policy == "lookahead" else 0.0)
+        if policy == "lookahead":
+            pool.next_use = self.scheduler.next_use
+        self.switches = 0  # times the running expert changed
+        self._running: str | None = None
+        self._wake: asyncio.Event | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def build(
@@ -70,6 +90,7 @@ class Engine:
         embedder: Embedder | None = None,
         backends: dict[str, Backend] | None = None,
         metrics: Metrics | None = None,
+        policy: Policy = "lookahead",
     ) -> Engine:
         """Train or load the router, create one backend per backend name, and the pool."""
         metrics = metrics or Metrics()
@@ -82,9 +103,106 @@ class Engine:
         # Generation threads block inside runtimes for a whole request; size the pool for
         # many concurrent requests, not for the core count.
         executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="coserve-exec")
-        budget = min(library.memory.ram, library.memory.active)
-        pool = ExpertPool(library, per_expert, budget, executor=executor, metrics=metrics)
-        return cls(library, router, pool, metrics, executor)
+        memory = library.memory
+        pool = ExpertPool(
+            library,
+            per_expert,
+            memory.active,
+            executor=executor,
+            metrics=metrics,
+            ram_budget_bytes=memory.ram,
+            min_residency_s=memory.min_residency_s,
+        )
+        return cls(library, router, pool, metrics, executor, policy)
+
+    def slots(self, expert: str) -> int:
+        """Requests of one expert that run together (the runtime's parallel slots)."""
+        return max(1, int(self.library.expert(expert).options.get("n_parallel", 2)))
+
+    # -- scheduling -----------------------------------------------------------------------------
+    def _ensure_dispatcher(self) -> asyncio.Event:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+        return self._wake
+
+    async def _admit(self, expert: str, request: Request) -> Lease:
+        """Queue the request for its expert; returns once the dispatcher hands it a pinned expert."""
+        wake = self._ensure_dispatcher()
+        started: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        work = Work(expert, time.monotonic(), started)
+        self.scheduler.submit(work)
+        self.metrics.queue_depth.labels(expert).inc()
+        wake.set()
+        try:
+            return await started
+        except asyncio.CancelledError:
+            work.cancelled = True  # the caller went away while queued
+            if started.done() and not started.cancelled() and started.exception() is None:
+                started.result().release()
+            raise
+
+    async def _dispatch(self) -> None:
+        """Pick the next expert, stage it, admit its queued requests into free slots; repeat."""
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while (pick := self.scheduler.pick(self._running, self._active(), time.monotonic())) is not None:
+                expert = pick.expert
+                running = self._running
+                if running is not None and running != expert and self.pool.in_flight(running) > 0:
+                    self._prefetch(expert)  # switching: let the running expert drain, stage the next
+                    break
+                free = self.slots(expert) - self.pool.in_flight(expert)
+                if free <= 0:
+                    break
+                if expert != running:
+                    self.switches += 1
+                self._running = expert
+                for nxt in pick.upcoming[:1]:
+                    self._prefetch(nxt)
+                await self._start(expert, self.scheduler.take(expert, free))
+
+    async def _start(self, expert: str, works: list[Work]) -> None:
+        for work in works:
+            self.metrics.queue_depth.labels(expert).dec()
+            started: asyncio.Future[Lease] = work.payload
+            if started.done():
+                continue
+            try:
+                lease = await self.pool.acquire(expert)
+            except (ExpertLoadError, AssetError) as exc:
+                # This expert cannot run now: fail its queued requests too, so they fall back.
+                for other in [work, *self.scheduler.take(expert, 10**9)]:
+                    if other is not work:
+                        self.metrics.queue_depth.labels(expert).dec()
+                    if not other.payload.done():
+                        other.payload.set_exception(exc)
+                self._running = None
+                return
+            if started.done():  # cancelled while the expert was loading
+                lease.release()
+                continue
+            started.set_result(lease)
+
+    def _prefetch(self, expert: str) -> None:
+        if self.policy != "lookahead" or self.pool.residency()[expert] is not Tier.DISK:
+            return
+        task = asyncio.get_running_loop().create_task(self.pool.prefetch(expert))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _active(self) -> list[str]:
+        return [name for name, tier in self.pool.residency().items() if tier is Tier.ACTIVE]
+
+    def _released(self, lease: Lease) -> None:
+        lease.release()
+        if self.policy == "load_per_request":
+            self.pool.evict_when_idle(lease.handle.spec.name)
+        if self._wake is not None:
+            self._wake.set()
 
     async def route(self, request: Request) -> Decision:
         """The request's Decision (pinned requests are not embedded)."""
@@ -107,7 +225,7 @@ class Engine:
             if too_long_at is not None and spec.context <= too_long_at:
                 continue  # a smaller or equal context cannot fit the prompt either
             try:
-                lease = await self.pool.acquire(expert)
+                lease = await self._admit(expert, request)
             except (ExpertLoadError, AssetError) as exc:
                 tried.append(expert)
                 last_error = exc
@@ -168,7 +286,7 @@ class Engine:
         )
 
         def finished(_: object) -> None:
-            lease.release()
+            self._released(lease)
             queue.put_nowait(_END)
 
         future.add_done_callback(finished)
@@ -186,5 +304,9 @@ class Engine:
             cancel.set()  # the consumer left (client disconnect, error): stop at the next token
 
     async def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
         await self.pool.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,24 +1,32 @@
-"""The expert pool: which experts are loaded, within a byte budget, and who is using them.
+"""The expert pool: each expert in one of three tiers under a byte budget per tier.
 
-v0 policy (the tiered pool with lookahead comes with the serving-engine work):
-* load on first use; one load per expert at a time (concurrent requests wait for that one load);
-* loaded experts' bytes (plus loads in progress) stay within the budget;
-* to make room, evict the least recently used expert that has no request in flight; an expert
-  with work in flight is never evicted — if nothing can be evicted, the load waits until a
-  request finishes;
-* a failed load leaves the other experts serving and is reported to every waiter.
+    DISK    the model file only
+    RAM     the file's pages held in host memory (``Backend.stage``)
+    ACTIVE  a loaded runtime (``Backend.load``); on CPU its weights are those same RAM pages
 
-The pool knows nothing about routing or HTTP; it runs backends' blocking calls in threads.
+Rules:
+* one move per expert at a time (single flight): concurrent requests wait for that one load;
+* moves are two-phase: the incoming expert is loaded before any victim is released, so a failed
+  load leaves the resident set serving; the failed expert goes into backoff (doubling, capped);
+* an expert with work in flight is never evicted, and one made ACTIVE less than
+  ``min_residency_s`` ago is evicted only when nothing else can make room (anti-thrashing);
+* victims are chosen with lookahead: the expert whose next queued request is furthest away
+  (never needed = infinitely far) goes first, then the least recently used;
+* an ACTIVE expert that is evicted drops to RAM when the RAM budget allows, else to DISK.
+
+The pool knows nothing about routing or HTTP; backends' blocking calls run in an executor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from coserve.backends.base import Backend, Handle
 from coserve.config import LibraryConfig
@@ -28,19 +36,31 @@ from coserve.types import Tier
 
 __all__ = ["ExpertPool", "Lease"]
 
+BACKOFF_START_S = 1.0
+BACKOFF_MAX_S = 60.0
+
 
 @dataclass
 class _Slot:
-    handle: Handle | None = None
-    loading: asyncio.Future[Handle] | None = None
-    in_flight: int = 0  # requests holding a lease
-    last_used: float = 0.0  # monotonic seconds
     nbytes: int = 0
+    staged: Any = None  # the backend's RAM-tier object (has .release()), or None
+    handle: Handle | None = None
+    moving: asyncio.Future[None] | None = None  # a move in progress (stage or load)
+    in_flight: int = 0
+    last_used: float = 0.0  # monotonic seconds
+    active_since: float = 0.0
+    backoff_until: float = 0.0
+    backoff_s: float = 0.0
+    last_error: str = ""
+
+    @property
+    def tier(self) -> Tier:
+        return Tier.ACTIVE if self.handle else Tier.RAM if self.staged is not None else Tier.DISK
 
 
 @dataclass
 class Lease:
-    """A pinned, loaded expert; ``release()`` unpins it (idempotent)."""
+    """A pinned ACTIVE expert; ``release()`` unpins it (idempotent)."""
 
     handle: Handle
     _release: Callable[[], None] = field(repr=False)
@@ -53,7 +73,7 @@ class Lease:
 
 
 class ExpertPool:
-    """Loaded experts under a byte budget, LRU eviction, single-flight loads, pins."""
+    """Tiered expert residency with lookahead eviction."""
 
     def __init__(
         self,
@@ -62,15 +82,22 @@ class ExpertPool:
         budget_bytes: int,
         executor: Executor | None = None,
         metrics: Metrics | None = None,
+        ram_budget_bytes: int | None = None,
+        min_residency_s: float = 0.0,
     ):
         self.library = library
         self.backends = backends  # expert name -> its backend
-        self.budget_bytes = budget_bytes
+        self.budget_bytes = budget_bytes  # ACTIVE tier
+        self.ram_budget_bytes = max(ram_budget_bytes if ram_budget_bytes is not None else budget_bytes, budget_bytes)
         self.executor = executor
         self.metrics = metrics
+        self.min_residency_s = min_residency_s
         self.base: Path | None = library.path.parent if library.path else None
         self._slots = {name: _Slot() for name in library.expert_names}
         self._cond: asyncio.Condition | None = None
+        self.next_use: Callable[[], Mapping[str, float]] = dict  # lookahead source (the scheduler's)
+        self.switch_seconds: list[float] = []  # DISK/RAM -> ACTIVE move times, for benchmarks
+        self.bytes_moved = 0
 
     @property
     def _condition(self) -> asyncio.Condition:
@@ -80,17 +107,33 @@ class ExpertPool:
 
     # -- queries --------------------------------------------------------------------------------
     def residency(self) -> dict[str, Tier]:
-        return {name: Tier.ACTIVE if slot.handle else Tier.DISK for name, slot in self._slots.items()}
+        return {name: slot.tier for name, slot in self._slots.items()}
 
     def used_bytes(self) -> int:
-        return sum(s.nbytes for s in self._slots.values() if s.handle is not None or s.loading is not None)
+        """Bytes in the ACTIVE tier, loads in progress included."""
+        return sum(s.nbytes for s in self._slots.values() if s.handle is not None or s.moving is not None)
+
+    def ram_bytes(self) -> int:
+        """Bytes held in host memory (RAM and ACTIVE tiers)."""
+        return sum(s.nbytes for s in self._slots.values() if s.tier is not Tier.DISK or s.moving is not None)
 
     def in_flight(self, name: str) -> int:
         return self._slots[name].in_flight
 
+    def state(self, name: str) -> dict[str, Any]:
+        slot = self._slots[name]
+        now = time.monotonic()
+        return {
+            "tier": slot.tier.value,
+            "in_flight": slot.in_flight,
+            "loading": slot.moving is not None,
+            "backoff_s": max(0.0, round(slot.backoff_until - now, 3)),
+            "last_error": slot.last_error or None,
+        }
+
     # -- acquire / release ----------------------------------------------------------------------
     async def acquire(self, name: str) -> Lease:
-        """Pin the expert, loading it first if needed."""
+        """Pin the expert in the ACTIVE tier, moving it there first if needed."""
         slot = self._slots[name]
         cond = self._condition
         async with cond:
@@ -98,87 +141,143 @@ class ExpertPool:
                 if slot.handle is not None:
                     slot.in_flight += 1
                     slot.last_used = time.monotonic()
-                    if self.metrics:
-                        self.metrics.pool_hits.labels(name).inc()
+                    self._count("hits", name)
                     return Lease(slot.handle, lambda: self._release(name))
-                if slot.loading is not None:
-                    loading = slot.loading
-                    cond.release()
-                    try:
-                        await asyncio.shield(loading)
-                    except CoserveError:
-                        pass  # the loader raises it to its own caller; this waiter retries or fails alike
-                    finally:
-                        await cond.acquire()
-                    if loading.exception() is not None:
-                        raise loading.exception()  # type: ignore[misc]
+                if time.monotonic() < slot.backoff_until:
+                    raise ExpertLoadError(
+                        f"expert {name!r} is in backoff after a failed load ({slot.last_error})", code="expert_backoff"
+                    )
+                if slot.moving is not None:
+                    await self._wait_for(slot.moving)
                     continue
-                if await self._make_room(name, slot):
+                if await self._reserve(name, slot):
                     break
-        return await self._load(name, slot)
+        return await self._activate(name, slot)
 
-    async def _make_room(self, name: str, slot: _Slot) -> bool:
-        """Evict idle LRU experts until ``name`` fits; waits (under the condition) while it cannot."""
-        backend = self.backends[name]
-        spec = self.library.expert(name)
-        slot.nbytes = await asyncio.get_running_loop().run_in_executor(self.executor, backend.nbytes, spec, self.base)
+    async def _wait_for(self, future: asyncio.Future[None]) -> None:
+        """Wait for another coroutine's move, releasing the condition meanwhile."""
+        cond = self._condition
+        cond.release()
+        try:
+            await asyncio.shield(future)
+        except CoserveError:
+            pass  # the mover's failure sets backoff; the caller's loop reports it
+        finally:
+            await cond.acquire()
+
+    async def _measure(self, name: str, slot: _Slot) -> None:
+        if not slot.nbytes:
+            spec = self.library.expert(name)
+            loop = asyncio.get_running_loop()
+            slot.nbytes = await loop.run_in_executor(self.executor, self.backends[name].nbytes, spec, self.base)
         if slot.nbytes > self.budget_bytes:
             raise ExpertLoadError(
                 f"expert {name!r} needs {slot.nbytes} bytes, more than the memory budget ({self.budget_bytes} bytes)"
             )
-        if slot.handle is not None or slot.loading is not None:
-            return False  # someone else loaded it while we measured; the caller loops
-        while self.used_bytes() + slot.nbytes > self.budget_bytes:
-            idle = [(s.last_used, n) for n, s in self._slots.items() if s.handle is not None and s.in_flight == 0]
-            if not idle:
-                await self._condition.wait()  # every resident expert is busy: wait for a release
-                return False
-            _, victim = min(idle)
-            self._evict(victim)
-        slot.loading = asyncio.get_running_loop().create_future()
+
+    def _victims(self, exclude: str, tier: Tier, need: int, used: int, budget: int) -> list[str] | None:
+        """Idle experts to move out of ``tier`` so ``need`` more bytes fit; None if impossible now."""
+        now = time.monotonic()
+        next_use = self.next_use()
+
+        def order(name: str) -> tuple[float, float]:
+            # furthest next use first (never = inf), then least recently used
+            return (-next_use.get(name, math.inf), self._slots[name].last_used)
+
+        def idle(name: str, s: _Slot) -> bool:
+            in_tier = s.handle is not None if tier is Tier.ACTIVE else (s.staged is not None and s.handle is None)
+            return name != exclude and in_tier and s.in_flight == 0 and s.moving is None
+
+        candidates = [n for n, s in self._slots.items() if idle(n, s)]
+        young = [n for n in candidates if now - self._slots[n].active_since < self.min_residency_s]
+        chosen: list[str] = []
+        free = budget - used
+        for name in sorted((n for n in candidates if n not in young), key=order) + sorted(young, key=order):
+            if free >= need:
+                break
+            chosen.append(name)
+            free += self._slots[name].nbytes
+        return chosen if free >= need else None
+
+    async def _reserve(self, name: str, slot: _Slot) -> bool:
+        """Start a move of ``name`` to ACTIVE if room can be made (else wait for a release)."""
+        await self._measure(name, slot)
+        if slot.handle is not None or slot.moving is not None:
+            return False  # someone else moved it while we measured; the caller loops
+        victims = self._victims(name, Tier.ACTIVE, slot.nbytes, self.used_bytes(), self.budget_bytes)
+        if victims is None:
+            await self._condition.wait()  # every resident expert is busy: wait for a release
+            return False
+        slot.moving = asyncio.get_running_loop().create_future()
+        slot.moving.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         return True
 
-    async def _load(self, name: str, slot: _Slot) -> Lease:
+    async def _activate(self, name: str, slot: _Slot) -> Lease:
+        """Phase 1: stage (if on DISK) and load, outside the lock. Phase 2: evict to fit, publish."""
         spec = self.library.expert(name)
+        backend = self.backends[name]
         loop = asyncio.get_running_loop()
-        assert slot.loading is not None
-        loading = slot.loading
+        assert slot.moving is not None
+        moving = slot.moving
         start = time.monotonic()
+        from_tier = slot.tier
         try:
-            handle = await loop.run_in_executor(self.executor, self.backends[name].load, spec, self.base)
+            if slot.staged is None:
+                slot.staged = await loop.run_in_executor(self.executor, backend.stage, spec, self.base)
+                self.bytes_moved += slot.nbytes
+            handle = await loop.run_in_executor(self.executor, backend.load, spec, self.base)
         except BaseException as exc:
+            error = exc if isinstance(exc, CoserveError) else ExpertLoadError(f"expert {name!r}: {exc}")
             async with self._condition:
-                slot.loading = None
-                error = exc if isinstance(exc, CoserveError) else ExpertLoadError(f"expert {name!r}: {exc}")
-                loading.set_exception(error)
-                loading.exception()  # mark retrieved: waiters may be gone
-                if self.metrics:
-                    self.metrics.pool_load_failures.labels(name).inc()
+                slot.moving = None
+                slot.backoff_s = min(BACKOFF_MAX_S, slot.backoff_s * 2 if slot.backoff_s else BACKOFF_START_S)
+                slot.backoff_until = time.monotonic() + slot.backoff_s
+                slot.last_error = str(getattr(error, "message", error))
+                moving.set_exception(error)
+                self._count("load_failures", name)
                 self._condition.notify_all()
             raise error from None
         async with self._condition:
-            slot.handle = handle
-            slot.nbytes = handle.nbytes
-            slot.loading = None
+            seconds = time.monotonic() - start
+            slot.handle, slot.moving = handle, None
+            slot.backoff_s = slot.backoff_until = 0.0
+            slot.last_error = ""
             slot.in_flight += 1
-            slot.last_used = time.monotonic()
-            loading.set_result(handle)
+            slot.last_used = slot.active_since = time.monotonic()
+            self.bytes_moved += slot.nbytes
+            self.switch_seconds.append(seconds)
+            moving.set_result(None)
+            self._count("loads", name)
+            self._count("misses", name)
             if self.metrics:
-                self.metrics.pool_loads.labels(name).inc()
-                self.metrics.pool_load_seconds.labels(name).observe(time.monotonic() - start)
-                self.metrics.pool_misses.labels(name).inc()
-                self._publish()
+                self.metrics.pool_load_seconds.labels(name).observe(seconds)
+                self.metrics.switch_seconds.labels(from_tier.value).observe(seconds)
+            self._fit_budgets()
             self._condition.notify_all()
         return Lease(handle, lambda: self._release(name))
 
-    def _evict(self, name: str) -> None:
+    def _fit_budgets(self) -> None:
+        """Evict idle experts (lookahead order) until both tiers are within budget, if possible."""
+        victims = self._victims("", Tier.ACTIVE, 0, self.used_bytes(), self.budget_bytes) or []
+        for victim in victims:
+            self._deactivate(victim)
+        victims = self._victims("", Tier.RAM, 0, self.ram_bytes(), self.ram_budget_bytes) or []
+        for victim in victims:
+            self._unstage(victim)
+        self._publish()
+
+    def _deactivate(self, name: str) -> None:
         slot = self._slots[name]
         assert slot.handle is not None and slot.in_flight == 0, "never evict an expert with work in flight"
         handle, slot.handle = slot.handle, None
         self.backends[name].unload(handle)
-        if self.metrics:
-            self.metrics.pool_evictions.labels(name).inc()
-            self._publish()
+        self._count("evictions", name)
+
+    def _unstage(self, name: str) -> None:
+        slot = self._slots[name]
+        if slot.staged is not None and slot.handle is None:
+            staged, slot.staged = slot.staged, None
+            self.backends[name].unstage(staged)
 
     def _release(self, name: str) -> None:
         slot = self._slots[name]
@@ -186,22 +285,83 @@ class ExpertPool:
         slot.last_used = time.monotonic()
         cond = self._condition
 
-        async def notify() -> None:
+        async def settle() -> None:
             async with cond:
+                self._fit_budgets()  # a load may have overshot while this expert was busy
                 cond.notify_all()
 
-        asyncio.get_running_loop().create_task(notify())
+        asyncio.get_running_loop().create_task(settle())
+
+    def evict_when_idle(self, name: str) -> None:
+        """Move an expert back to DISK as soon as it has no work in flight (load-per-request policy)."""
+        slot = self._slots[name]
+        cond = self._condition
+
+        async def evict() -> None:
+            async with cond:
+                if slot.handle is not None and slot.in_flight == 0 and slot.moving is None:
+                    self._deactivate(name)
+                    self._unstage(name)
+                    self._publish()
+                cond.notify_all()
+
+        asyncio.get_running_loop().create_task(evict())
+
+    # -- prefetch -------------------------------------------------------------------------------
+    async def prefetch(self, name: str) -> None:
+        """Bring ``name`` DISK -> RAM if the RAM budget has room without evicting anything needed sooner."""
+        slot = self._slots[name]
+        async with self._condition:
+            if slot.tier is not Tier.DISK or slot.moving is not None or time.monotonic() < slot.backoff_until:
+                return
+            try:
+                await self._measure(name, slot)
+            except CoserveError:
+                return
+            mine = self.next_use().get(name, math.inf)
+            victims = self._victims(name, Tier.RAM, slot.nbytes, self.ram_bytes(), self.ram_budget_bytes)
+            if victims is None or any(self.next_use().get(v, math.inf) <= mine for v in victims):
+                return
+            for victim in victims:
+                self._unstage(victim)
+            slot.moving = asyncio.get_running_loop().create_future()
+        moving = slot.moving
+        spec = self.library.expert(name)
+        try:
+            staged = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.backends[name].stage, spec, self.base
+            )
+        except Exception:
+            staged = None
+        async with self._condition:
+            slot.staged = staged if staged is not None else slot.staged
+            if staged is not None:
+                self.bytes_moved += slot.nbytes
+                self._count("prefetches", name)
+            slot.moving = None
+            moving.set_result(None)
+            self._publish()
+            self._condition.notify_all()
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def _count(self, what: str, name: str) -> None:
+        if self.metrics:
+            getattr(self.metrics, f"pool_{what}").labels(name).inc()
 
     def _publish(self) -> None:
         if self.metrics:
             for expert, tier in self.residency().items():
-                self.metrics.pool_resident.labels(expert).set(1 if tier is Tier.ACTIVE else 0)
-            self.metrics.pool_bytes.set(self.used_bytes())
+                for t in Tier:
+                    self.metrics.pool_resident.labels(expert, t.value).set(1 if tier is t else 0)
+            self.metrics.pool_bytes.labels("active").set(self.used_bytes())
+            self.metrics.pool_bytes.labels("ram").set(self.ram_bytes())
+            self.metrics.bytes_moved.set(self.bytes_moved)
 
     async def close(self) -> None:
-        """Unload every expert (on shutdown)."""
+        """Unload and unstage every expert (on shutdown)."""
         async with self._condition:
             for name, slot in self._slots.items():
                 if slot.handle is not None:
                     handle, slot.handle = slot.handle, None
                     self.backends[name].unload(handle)
+                self._unstage(name)

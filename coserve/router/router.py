@@ -18,7 +18,7 @@ import numpy as np
 
 from coserve.config import LibraryConfig
 from coserve.errors import ConfigError
-from coserve.router.classify import CLASSIFIERS, LogisticClassifier, make_classifier
+from coserve.router.classify import CLASSIFIERS, Classifier, make_classifier
 from coserve.router.embed import Embedder, make_embedder
 from coserve.router.policy import decide
 from coserve.types import Decision, Request
@@ -31,7 +31,7 @@ FORMAT_VERSION = 1  # bump when the saved layout changes; old caches are then ig
 class CoERouter:
     """Category router over one library."""
 
-    def __init__(self, library: LibraryConfig, embedder: Embedder, classifier: LogisticClassifier | None = None):
+    def __init__(self, library: LibraryConfig, embedder: Embedder, classifier: Classifier | None = None):
         self.library = library
         self.embedder = embedder
         self.classifier = classifier
@@ -66,7 +66,7 @@ class CoERouter:
 
     # -- persistence ----------------------------------------------------------------------------
     def cache_key(self) -> str:
-        return f"v{FORMAT_VERSION}-{self.embedder.name}-{self.library.content_hash[:24]}"
+        return f"v{FORMAT_VERSION}-{self.embedder.name}{self.embedder.dim}-{self.library.content_hash[:24]}"
 
     def save(self, directory: Path) -> None:
         """Write ``manifest.json`` and ``arrays.npz`` atomically into ``directory``."""
@@ -103,6 +103,10 @@ class CoERouter:
             raise ConfigError(f"{directory}: router format {manifest.get('format_version')}, expected {FORMAT_VERSION}")
         if manifest.get("embedder") != embedder.name:
             raise ConfigError(f"{directory}: trained with embedder {manifest.get('embedder')!r}, not {embedder.name!r}")
+        if manifest.get("embedding_dim") != embedder.dim:
+            raise ConfigError(
+                f"{directory}: trained on {manifest.get('embedding_dim')}-dim embeddings, the embedder gives {embedder.dim}"
+            )
         if manifest.get("library_hash") != library.content_hash:
             raise ConfigError(f"{directory}: trained for another version of the library")
         factory = CLASSIFIERS.get(manifest.get("classifier", ""))

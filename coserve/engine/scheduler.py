@@ -1,0 +1,105 @@
+"""The scheduler: per-expert queues, the next expert to run, and what to prefetch.
+
+Because routing happens before execution, every queued request already names its expert. The
+scheduler uses that to keep switches rare without starving anyone:
+
+* stay on the running expert while it has queued work (no switch);
+* otherwise go to a loaded expert with queued work, else to the expert whose oldest request has
+  waited longest;
+* but once any request has waited longer than ``max_wait_s`` (aging), its expert goes next,
+  whatever is loaded — a rare expert is delayed, never starved;
+* ``upcoming`` lists the other experts with queued work, the soonest first (prefetch hints), and
+  ``next_use`` gives the lookahead eviction order.
+
+It knows nothing about weights, runtimes or HTTP; time comes in as an argument (testable).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Pick", "Scheduler", "Work"]
+
+
+@dataclass(eq=False)
+class Work:
+    """One queued request for one expert."""
+
+    expert: str
+    arrival: float  # seconds, monotonic clock
+    payload: Any = None  # what the engine needs to start it (opaque here)
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The scheduler's choice: run ``expert``; ``upcoming`` experts are needed next, soonest first."""
+
+    expert: str
+    reason: str  # "stay" | "resident" | "oldest" | "aged"
+    upcoming: tuple[str, ...] = ()
+
+
+@dataclass
+class Scheduler:
+    """Per-expert FIFO queues with switch-minimising choice and a bound on waiting."""
+
+    max_wait_s: float = 10.0  # a request older than this makes its expert the next one
+    queues: dict[str, deque[Work]] = field(default_factory=dict)
+
+    def submit(self, work: Work) -> None:
+        self.queues.setdefault(work.expert, deque()).append(work)
+
+    def _prune(self, expert: str) -> None:
+        queue = self.queues.get(expert)
+        while queue and queue[0].cancelled:
+            queue.popleft()
+
+    def oldest(self, expert: str) -> float:
+        """Arrival of the expert's oldest live queued request (inf when none)."""
+        self._prune(expert)
+        queue = self.queues.get(expert)
+        return queue[0].arrival if queue else math.inf
+
+    def depth(self) -> dict[str, int]:
+        """Queued (live) requests per expert."""
+        return {name: sum(not w.cancelled for w in q) for name, q in self.queues.items()}
+
+    def pending(self) -> int:
+        return sum(self.depth().values())
+
+    def next_use(self) -> dict[str, float]:
+        """Lookahead: for each expert, when it is next needed (its oldest queued arrival; inf = never)."""
+        return {name: self.oldest(name) for name in self.queues}
+
+    def pick(self, running: str | None, resident: Iterable[str], now: float) -> Pick | None:
+        """Which expert runs next, or None when nothing is queued."""
+        waiting = {name: self.oldest(name) for name in list(self.queues)}
+        waiting = {name: t for name, t in waiting.items() if t != math.inf}
+        if not waiting:
+            return None
+        by_age = sorted(waiting, key=lambda name: (waiting[name], name))
+        oldest = by_age[0]
+        if now - waiting[oldest] > self.max_wait_s and oldest != running:
+            choice, reason = oldest, "aged"
+        elif running in waiting:
+            choice, reason = running, "stay"
+        else:
+            loaded = [name for name in by_age if name in set(resident)]
+            choice, reason = (loaded[0], "resident") if loaded else (oldest, "oldest")
+        upcoming = tuple(name for name in by_age if name != choice)
+        return Pick(choice, reason, upcoming)
+
+    def take(self, expert: str, limit: int) -> list[Work]:
+        """Dequeue up to ``limit`` live requests of ``expert``, oldest first."""
+        out: list[Work] = []
+        queue = self.queues.get(expert)
+        while queue and len(out) < limit:
+            work = queue.popleft()
+            if not work.cancelled:
+                out.append(work)
+        return out
