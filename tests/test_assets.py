@@ -72,9 +72,7 @@ def test_locate_file_inside_an_installed_package() -> None:
         locate("pkg:coserve/data/absent.bin", None)
 
 
-def test_split_source_is_assembled_and_verified(
-    tmp_path: Path, cache: Path, parts: tuple[list[str], bytes]
-) -> None:
+def test_split_source_is_assembled_and_verified(tmp_path: Path, cache: Path, parts: tuple[list[str], bytes]) -> None:
     names, whole = parts
     digest = hashlib.sha256(whole).hexdigest()
     spec = _spec(source=names, sha256=digest)
@@ -105,9 +103,7 @@ def test_assembled_file_damaged_in_the_cache_is_rebuilt(
     assert model_path(spec, tmp_path / "lib").read_bytes() == whole
 
 
-def test_split_source_with_wrong_sha256_is_refused(
-    tmp_path: Path, cache: Path, parts: tuple[list[str], bytes]
-) -> None:
+def test_split_source_with_wrong_sha256_is_refused(tmp_path: Path, cache: Path, parts: tuple[list[str], bytes]) -> None:
     names, _ = parts
     spec = _spec(source=names, sha256="0" * 64)
     with pytest.raises(AssetError) as info:

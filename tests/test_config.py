@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import library_data, write_library
+
 from coserve.config import default_library_path, load_library, parse_bytes
 from coserve.errors import ConfigError
 

@@ -95,7 +95,7 @@ def test_two_phase_move_keeps_victims_when_the_load_fails(tmp_path: Path) -> Non
 
 
 def test_failed_load_puts_the_expert_in_backoff(tmp_path: Path) -> None:
-    pool, backend = _pool(tmp_path, active=100 * MiB, options={"big": {"fail_load": True}})
+    pool, _ = _pool(tmp_path, active=100 * MiB, options={"big": {"fail_load": True}})
 
     async def twice() -> str:
         with pytest.raises(ExpertLoadError):

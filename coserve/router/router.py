@@ -105,7 +105,8 @@ class CoERouter:
             raise ConfigError(f"{directory}: trained with embedder {manifest.get('embedder')!r}, not {embedder.name!r}")
         if manifest.get("embedding_dim") != embedder.dim:
             raise ConfigError(
-                f"{directory}: trained on {manifest.get('embedding_dim')}-dim embeddings, the embedder gives {embedder.dim}"
+                f"{directory}: trained on {manifest.get('embedding_dim')}-dim embeddings, "
+                f"the embedder gives {embedder.dim}"
             )
         if manifest.get("library_hash") != library.content_hash:
             raise ConfigError(f"{directory}: trained for another version of the library")
