@@ -87,12 +87,16 @@ def _assemble(spec: ExpertSpec, parts: list[Path]) -> Path:
             return target
         tmp = target.with_suffix(".partial")
         digest = hashlib.sha256()
-        with tmp.open("wb") as out:
-            for part in parts:
-                with part.open("rb") as f:
-                    while block := f.read(_CHUNK):
-                        digest.update(block)
-                        out.write(block)
+        try:
+            with tmp.open("wb") as out:
+                for part in parts:
+                    with part.open("rb") as f:
+                        while block := f.read(_CHUNK):
+                            digest.update(block)
+                            out.write(block)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise AssetError(f"expert {spec.name!r}: assembling {target} failed: {exc}") from None
         if digest.hexdigest() != spec.sha256:
             tmp.unlink(missing_ok=True)
             raise AssetError(

@@ -25,11 +25,11 @@ def _library(path: str | None) -> Any:
     return load_library(path)
 
 
-def _engine(library_path: str | None) -> Any:
+def _engine(library_path: str | None, policy: str = "lookahead") -> Any:
     from coserve.assets import cache_dir
     from coserve.engine.engine import Engine
 
-    return Engine.build(_library(library_path), cache_dir())
+    return Engine.build(_library(library_path), cache_dir(), policy=policy)  # type: ignore[arg-type]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -37,7 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from coserve.server.app import create_app
 
-    engine = _engine(args.library)
+    engine = _engine(args.library, args.policy)
     print(f"coserve: library {engine.library.path} — experts {', '.join(engine.library.expert_names)}", flush=True)
     print(f"coserve: serving on http://{args.host}:{args.port}/v1 (model 'coserve' routes)", flush=True)
     uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level=args.log_level)
@@ -206,7 +206,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     routers = [r.strip() for r in args.routers.split(",") if r.strip()] if args.routers else None
     report = evaluate(
-        train, test, costs, folds=args.folds, seed=args.seed, routers=routers, embedder=make_embedder(args.embedder)
+        train,
+        test,
+        costs,
+        folds=args.folds,
+        seed=args.seed,
+        routers=routers,
+        embedder=make_embedder(args.embedder),
+        jobs=args.jobs,
     )
     report["meta"].update(data=str(args.data), test=args.test, skipped_rows=len(problems))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +249,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     outcomes, X, costs = _outcomes(args)
     axis, budget = ("price", args.budget_price) if args.budget_price is not None else ("params", args.budget_params)
     router = train_router(
-        outcomes, X, costs, kind=args.router, budget_axis=axis if budget is not None else None, budget=budget,
+        outcomes,
+        X,
+        costs,
+        kind=args.router,
+        budget_axis=axis if budget is not None else None,
+        budget=budget,
         seed=args.seed,
     )
     router.hyper["embedder"] = args.embedder
@@ -272,6 +284,18 @@ def cmd_experts_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from coserve.bench.serve import bench_serve
+
+    policies = tuple(args.policies.split(",")) if args.policies else None
+    kwargs = {"policies": policies} if policies else {}
+    result = bench_serve(_library(args.library), n=args.n, rate=args.rate, max_tokens=args.max_tokens,
+                         seed=args.seed, **kwargs)  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coserve", description="A Composition of Experts behind one endpoint.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--policy",
+        default="lookahead",
+        choices=["lookahead", "lru", "load_per_request"],
+        help="serving policy (the other two exist for benchmarks)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("route", help="show the routing decision for prompts (no generation)")
@@ -325,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, default=200, help="decisions per prompt length")
     b.add_argument("--json", help="also write the figures to this file")
     b.set_defaults(func=cmd_bench_route)
+    b = bench.add_parser("serve", help="serving policies and a real peer on one mixed workload")
+    library_arg(b)
+    b.add_argument("--n", type=int, default=48, help="requests")
+    b.add_argument("--rate", type=float, default=2.0, help="Poisson arrival rate, requests/s")
+    b.add_argument("--max-tokens", type=int, default=24)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--policies", help="comma-separated subset of load_per_request,lru,lookahead,all_resident,peer")
+    b.add_argument("--json", help="also write the figures to this file")
+    b.set_defaults(func=cmd_bench_serve)
 
     def data_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data", required=True, help="outcome data (.jsonl or .csv with score:<expert> columns)")
@@ -341,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", required=True, help="write the report here")
     p.add_argument("--plot", help="write the Pareto plot (PNG) here")
     p.add_argument("--routers", help="comma-separated router names (default: every available one)")
+    p.add_argument("--jobs", type=int, default=1, help="folds evaluated in parallel processes")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train", help="fit a router on outcome data and save it as a directory")

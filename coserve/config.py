@@ -81,7 +81,7 @@ class Price(_Strict):
 
     @property
     def mean(self) -> float:
-        return (self.input + self.output) / 2
+        return round((self.input + self.output) / 2, 9)  # 0.2/0.4 -> 0.3, not 0.30000000000000004
 
 
 class ExpertSpec(_Strict):
@@ -184,6 +184,15 @@ class LibraryConfig(_Strict):
     # Not part of the file's schema: where it was read from (for relative paths) and its digest.
     path: Path | None = None
     content_hash: str = ""
+
+    @field_validator("categories")
+    @classmethod
+    def _category_names(cls, value: dict[str, Category]) -> dict[str, Category]:
+        for name in value:
+            # Category names travel in HTTP headers (x-coserve-category) and metric labels.
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", name):
+                raise ValueError(f"category name {name!r}: use letters, digits, '_', '.', ':' or '-' (ASCII)")
+        return value
 
     @model_validator(mode="after")
     def _references(self) -> LibraryConfig:

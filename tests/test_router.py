@@ -226,6 +226,12 @@ def test_load_refuses_another_embedding_dimension(library: LibraryConfig, tmp_pa
         CoERouter.load(tmp_path / "router", library, HashingEmbedder(dim=128))
 
 
+def test_load_or_fit_follows_the_embedding_dimension(library: LibraryConfig, cache: Path) -> None:
+    CoERouter.load_or_fit(library, cache, HashingEmbedder(dim=64))
+    router = CoERouter.load_or_fit(library, cache, HashingEmbedder(dim=128))
+    assert router.route(_request(HELD_OUT["code"])).category == "code"
+
+
 def test_load_refuses_damaged_or_foreign_directories(fitted: CoERouter, library: LibraryConfig, tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         CoERouter.load(tmp_path / "absent", library, HashingEmbedder())

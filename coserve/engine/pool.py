@@ -96,6 +96,7 @@ class ExpertPool:
         self._slots = {name: _Slot() for name in library.expert_names}
         self._cond: asyncio.Condition | None = None
         self.next_use: Callable[[], Mapping[str, float]] = dict  # lookahead source (the scheduler's)
+        self._tasks: set[asyncio.Task[None]] = set()  # background moves and settles, kept referenced
         self.switch_seconds: list[float] = []  # DISK/RAM -> ACTIVE move times, for benchmarks
         self.bytes_moved = 0
 
@@ -136,23 +137,30 @@ class ExpertPool:
         """Pin the expert in the ACTIVE tier, moving it there first if needed."""
         slot = self._slots[name]
         cond = self._condition
+        waited = False  # a request that waited for a move is a miss, not a hit
         async with cond:
             while True:
                 if slot.handle is not None:
                     slot.in_flight += 1
                     slot.last_used = time.monotonic()
-                    self._count("hits", name)
+                    if not waited:
+                        self._count("hits", name)
                     return Lease(slot.handle, lambda: self._release(name))
+                if slot.moving is not None:
+                    waited = True
+                    moving = slot.moving
+                    await self._wait_for(moving)
+                    if not moving.cancelled() and moving.exception() is not None:
+                        raise moving.exception()  # type: ignore[misc]  # the move this caller waited for failed
+                    continue
                 if time.monotonic() < slot.backoff_until:
                     raise ExpertLoadError(
                         f"expert {name!r} is in backoff after a failed load ({slot.last_error})", code="expert_backoff"
                     )
-                if slot.moving is not None:
-                    await self._wait_for(slot.moving)
-                    continue
                 if await self._reserve(name, slot):
-                    break
-        return await self._activate(name, slot)
+                    # The move runs as a task of its own: a caller that goes away while waiting
+                    # cancels only its wait, never the load that others may be waiting for.
+                    self._spawn(self._activate(name, slot))
 
     async def _wait_for(self, future: asyncio.Future[None]) -> None:
         """Wait for another coroutine's move, releasing the condition meanwhile."""
@@ -212,7 +220,7 @@ class ExpertPool:
         slot.moving.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         return True
 
-    async def _activate(self, name: str, slot: _Slot) -> Lease:
+    async def _activate(self, name: str, slot: _Slot) -> None:
         """Phase 1: stage (if on DISK) and load, outside the lock. Phase 2: evict to fit, publish."""
         spec = self.library.expert(name)
         backend = self.backends[name]
@@ -226,7 +234,7 @@ class ExpertPool:
                 slot.staged = await loop.run_in_executor(self.executor, backend.stage, spec, self.base)
                 self.bytes_moved += slot.nbytes
             handle = await loop.run_in_executor(self.executor, backend.load, spec, self.base)
-        except BaseException as exc:
+        except Exception as exc:
             error = exc if isinstance(exc, CoserveError) else ExpertLoadError(f"expert {name!r}: {exc}")
             async with self._condition:
                 slot.moving = None
@@ -236,13 +244,12 @@ class ExpertPool:
                 moving.set_exception(error)
                 self._count("load_failures", name)
                 self._condition.notify_all()
-            raise error from None
+            return
         async with self._condition:
             seconds = time.monotonic() - start
             slot.handle, slot.moving = handle, None
             slot.backoff_s = slot.backoff_until = 0.0
             slot.last_error = ""
-            slot.in_flight += 1
             slot.last_used = slot.active_since = time.monotonic()
             self.bytes_moved += slot.nbytes
             self.switch_seconds.append(seconds)
@@ -254,7 +261,11 @@ class ExpertPool:
                 self.metrics.switch_seconds.labels(from_tier.value).observe(seconds)
             self._fit_budgets()
             self._condition.notify_all()
-        return Lease(handle, lambda: self._release(name))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _fit_budgets(self) -> None:
         """Evict idle experts (lookahead order) until both tiers are within budget, if possible."""
@@ -290,7 +301,7 @@ class ExpertPool:
                 self._fit_budgets()  # a load may have overshot while this expert was busy
                 cond.notify_all()
 
-        asyncio.get_running_loop().create_task(settle())
+        self._spawn(settle())
 
     def evict_when_idle(self, name: str) -> None:
         """Move an expert back to DISK as soon as it has no work in flight (load-per-request policy)."""
@@ -305,7 +316,7 @@ class ExpertPool:
                     self._publish()
                 cond.notify_all()
 
-        asyncio.get_running_loop().create_task(evict())
+        self._spawn(evict())
 
     # -- prefetch -------------------------------------------------------------------------------
     async def prefetch(self, name: str) -> None:

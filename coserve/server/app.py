@@ -70,8 +70,14 @@ async def _parse(http: HttpRequest) -> Request:
         raise InvalidRequest(f"the body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
     try:
         data = json.loads(raw)
+        # Valid JSON may still hold lone surrogates ("\ud800"), which no UTF-8 response can echo.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    except UnicodeEncodeError:
+        raise InvalidRequest("the body holds text that is not valid Unicode", code="invalid_json") from None
+    except RecursionError:
+        raise InvalidRequest("the body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the body must be a JSON object")
     try:
@@ -252,13 +258,17 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        residency = engine.pool.residency()
+        pool = engine.pool
         return {
             "status": "ok",
-            "experts": {
-                name: {"tier": tier.value, "in_flight": engine.pool.in_flight(name)} for name, tier in residency.items()
+            "experts": {name: pool.state(name) for name in engine.library.expert_names},
+            "memory": {
+                "active_bytes": pool.used_bytes(),
+                "active_budget_bytes": pool.budget_bytes,
+                "ram_bytes": pool.ram_bytes(),
+                "ram_budget_bytes": pool.ram_budget_bytes,
             },
-            "memory": {"used_bytes": engine.pool.used_bytes(), "budget_bytes": engine.pool.budget_bytes},
+            "engine": {"policy": engine.policy, "switches": engine.switches, "queued": engine.scheduler.depth()},
         }
 
     @app.get("/metrics")
