@@ -1,0 +1,116 @@
+"""The engine's dispatcher: batching by expert, policies, cancellation while queued."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from coserve.backends.fake import FakeBackend
+from coserve.engine.engine import Engine
+from coserve.types import Message, Request, Sampling, Tier
+
+PROMPTS = {"small": "hello friend", "coder": "write python code", "big": "solve the equation"}
+
+
+def _request(expert: str) -> Request:
+    return Request((Message("user", PROMPTS[expert]),), expert, Sampling(max_tokens=4))
+
+
+async def _serve(engine: Engine, experts: list[str]) -> list[str]:
+    async def one(expert: str) -> str:
+        request = _request(expert)
+        stream, _ = await engine.complete(request, await engine.route(request))
+        return stream.expert
+
+    try:
+        return list(await asyncio.gather(*(one(e) for e in experts)))
+    finally:
+        await engine.close()
+
+
+def _backend(engine: Engine) -> FakeBackend:
+    backend = engine.pool.backends["small"]
+    assert isinstance(backend, FakeBackend)
+    return backend
+
+
+INTERLEAVED = ["small", "coder", "big"] * 4
+SLOW = {name: {"token_delay": 0.01, "n_parallel": 2} for name in PROMPTS}
+
+
+def test_lookahead_batches_by_expert(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(options=SLOW)
+    answered = asyncio.run(_serve(engine, INTERLEAVED))
+    assert answered == INTERLEAVED
+    # 12 requests for 3 experts arriving interleaved: served as 3 groups, not 12 turns.
+    assert engine.switches == 3
+
+
+def test_lru_serves_in_arrival_order_and_switches_more(make_engine: Callable[..., Engine]) -> None:
+    lookahead = make_engine(options=SLOW)
+    asyncio.run(_serve(lookahead, INTERLEAVED))
+    lru = make_engine(options=SLOW)
+    lru_engine = Engine(lru.library, lru.router, lru.pool, lru.metrics, lru.executor, policy="lru")
+    asyncio.run(_serve(lru_engine, INTERLEAVED))
+    assert lru_engine.switches > lookahead.switches
+
+
+def test_load_per_request_unloads_after_each_request(make_engine: Callable[..., Engine]) -> None:
+    built = make_engine()
+    engine = Engine(built.library, built.router, built.pool, built.metrics, built.executor, policy="load_per_request")
+
+    async def run() -> None:
+        for expert in ["small", "small", "coder"]:
+            request = _request(expert)
+            await engine.complete(request, await engine.route(request))
+            await asyncio.sleep(0.05)  # let the eviction settle
+            assert engine.pool.residency()[expert] is Tier.DISK
+        await engine.close()
+
+    asyncio.run(run())
+    assert _backend(engine).loads == ["small", "small", "coder"]
+
+
+def test_slots_bound_concurrency_per_expert(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(options={"small": {"token_delay": 0.02, "n_parallel": 2}})
+    peak = 0
+
+    async def run() -> None:
+        nonlocal peak
+
+        async def watch() -> None:
+            nonlocal peak
+            for _ in range(100):
+                peak = max(peak, engine.pool.in_flight("small"))
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        await _serve(engine, ["small"] * 6)
+        watcher.cancel()
+
+    asyncio.run(run())
+    assert peak == 2
+
+
+def test_request_cancelled_while_queued_never_runs(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(options={"small": {"token_delay": 0.05, "n_parallel": 1}})
+    ran: list[Any] = []
+
+    async def run() -> None:
+        first = _request("small")
+        task1 = asyncio.get_running_loop().create_task(engine.complete(first, await engine.route(first)))
+        await asyncio.sleep(0.02)
+        second = _request("small")
+        task2 = asyncio.get_running_loop().create_task(engine.complete(second, await engine.route(second)))
+        await asyncio.sleep(0.02)
+        assert engine.scheduler.depth() == {"small": 1}
+        task2.cancel()
+        await task1
+        await asyncio.sleep(0.05)
+        ran.append(task2.cancelled())
+        await engine.close()
+
+    asyncio.run(run())
+    assert ran == [True]
+    assert engine.pool.in_flight("small") == 0
