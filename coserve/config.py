@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 # Backends a library may name; their implementations are imported lazily by coserve.backends.
-BACKEND_NAMES = ("llamacpp", "fake")
+BACKEND_NAMES = ("llamacpp", "openai", "fake")
 
 _UNITS = {
     "": 1,
@@ -155,7 +155,10 @@ class RouterSettings(_Strict):
 
     embedder: Literal["minilm", "hashing"] = "minilm"
     classifier: Literal["logistic"] = "logistic"
-    map: dict[str, str]  # category -> expert
+    map: dict[str, str] = Field(default_factory=dict)  # category -> expert (unless ``trained`` is given)
+    # A router directory written by ``coserve train`` (relative to the library file): its classifier,
+    # per-prompt predictor and budget-optimal map replace ``categories`` and ``map``.
+    trained: str | None = None
     fallback: FallbackSettings
     budget: Budget = Budget()
 
@@ -178,7 +181,7 @@ class LibraryConfig(_Strict):
     """A whole library file, validated."""
 
     experts: tuple[ExpertSpec, ...] = Field(min_length=1)
-    categories: dict[str, Category] = Field(min_length=2)
+    categories: dict[str, Category] = Field(default_factory=dict)
     router: RouterSettings
     memory: MemorySettings = MemorySettings()
     # Not part of the file's schema: where it was read from (for relative paths) and its digest.
@@ -204,12 +207,14 @@ class LibraryConfig(_Strict):
             if name == "coserve":
                 raise ValueError(f"experts[{i}].name: 'coserve' is reserved for the routed model")
             seen.add(name)
+        if self.router.trained is None and len(self.categories) < 2:
+            raise ValueError("categories: at least two categories (or router.trained: a trained router directory)")
         for category, expert in self.router.map.items():
             if category not in self.categories:
                 raise ValueError(f"router.map.{category}: not a category of this library")
             if expert not in seen:
                 raise ValueError(f"router.map.{category}: unknown expert {expert!r}")
-        missing = [c for c in self.categories if c not in self.router.map]
+        missing = [c for c in self.categories if c not in self.router.map and self.router.trained is None]
         if missing:
             raise ValueError(f"router.map: no expert for categories {missing}")
         if self.router.fallback.expert not in seen:

@@ -62,6 +62,7 @@ class Constraints:
     min_context: int | None = None  # tokens
     require_tags: tuple[str, ...] = ()
     exclude_experts: tuple[str, ...] = ()
+    budget: float | None = None  # overrides a trained router's budget (its axis: params_b or price)
 
 
 @dataclass(frozen=True)

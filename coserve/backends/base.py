@@ -68,6 +68,7 @@ class Backend(Protocol):
 BACKENDS = {
     "llamacpp": "coserve.backends.llamacpp:LlamaCppBackend",
     "fake": "coserve.backends.fake:FakeBackend",
+    "openai": "coserve.backends.openai_http:OpenAIHTTPBackend",
 }
 
 

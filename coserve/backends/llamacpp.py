@@ -5,7 +5,8 @@ compiles for ~5 minutes here), thread-safe, with llama.cpp's own slots and conti
 chat templates applied from the GGUF file. See docs/decisions.md.
 
 Options an expert may set in the library file: ``threads`` (default: all cores), ``n_parallel``
-(slots, i.e. requests decoded together; default 2), ``max_tokens`` (default cap, 512).
+(slots, i.e. requests decoded together; default 2), ``max_tokens`` (default cap, 512),
+``n_gpu_layers`` (layers offloaded to a GPU; the PyPI wheel is CPU-only, so it needs a CUDA build).
 Each slot gets the expert's full ``context``.
 """
 
@@ -74,6 +75,8 @@ class LlamaCppBackend:
         params.cpuparams_batch.n_threads = threads
         params.verbosity = -1  # llama.cpp otherwise logs hundreds of lines per load
         params.warmup = False
+        if "n_gpu_layers" in spec.options:  # GPU offload, where the runtime was built with CUDA
+            params.n_gpu_layers = int(spec.options["n_gpu_layers"])
         try:
             server = xllamacpp.Server(params)
         except Exception as exc:  # the runtime raises plain RuntimeError on bad files

@@ -94,3 +94,30 @@ def decide(
     else:
         reason = "routed"
     return Decision(expert, top_category, float(confidence), tuple(candidates[1:]), reason, dict(probabilities))
+
+
+def decide_ranked(
+    chosen: str,
+    ranking: list[str],
+    library: LibraryConfig,
+    constraints: Constraints,
+    *,
+    category: str | None,
+    confidence: float,
+    uncertain: bool,
+    probabilities: Mapping[str, float],
+) -> Decision:
+    """A trained router's choice (already budget-aware) -> Decision, under the caller's constraints.
+
+    ``ranking`` orders experts by the router's expected score; it supplies the replacement when
+    ``chosen`` is not allowed and the alternatives for fallback at execution time.
+    """
+    permitted = set(allowed(library, constraints))
+    known = set(library.expert_names)
+    order = [chosen, *ranking, library.router.fallback.expert]
+    candidates = list(dict.fromkeys(n for n in order if n in permitted and n in known))
+    if not candidates:
+        candidates = [s.name for s in sorted(library.experts, key=lambda s: -s.params_b) if s.name in permitted]
+    expert = candidates[0]
+    reason = "constrained" if expert != chosen else "low_confidence" if uncertain else "routed"
+    return Decision(expert, category, float(confidence), tuple(candidates[1:]), reason, dict(probabilities))

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from coserve.config import LibraryConfig
-from coserve.errors import ConfigError
+from coserve.errors import ConfigError, InfeasibleConstraints, UnprocessableRequest
 from coserve.router.classify import CLASSIFIERS, Classifier, make_classifier
 from coserve.router.embed import Embedder, make_embedder
-from coserve.router.policy import decide
+from coserve.router.policy import decide, decide_ranked
+from coserve.router.trained import TrainedRouter, load_trained
 from coserve.types import Decision, Request
 
 __all__ = ["FORMAT_VERSION", "CoERouter"]
@@ -31,10 +32,17 @@ FORMAT_VERSION = 1  # bump when the saved layout changes; old caches are then ig
 class CoERouter:
     """Category router over one library."""
 
-    def __init__(self, library: LibraryConfig, embedder: Embedder, classifier: Classifier | None = None):
+    def __init__(
+        self,
+        library: LibraryConfig,
+        embedder: Embedder,
+        classifier: Classifier | None = None,
+        trained: TrainedRouter | None = None,
+    ):
         self.library = library
         self.embedder = embedder
         self.classifier = classifier
+        self.trained = trained  # a router trained from outcome data (``coserve train``), if the library names one
 
     # -- training -------------------------------------------------------------------------------
     def fit(self) -> CoERouter:
@@ -51,6 +59,11 @@ class CoERouter:
     # -- routing --------------------------------------------------------------------------------
     def probabilities(self, texts: list[str]) -> list[dict[str, float]]:
         """Category probabilities for each text."""
+        if self.trained is not None:
+            if self.trained.classifier is None:
+                return [{} for _ in texts]
+            proba = self.trained.category_proba(self.embedder.encode(texts))
+            return [dict(zip(self.trained.classes, map(float, row), strict=True)) for row in proba]
         if self.classifier is None:
             raise RuntimeError("the router is not fitted")
         proba = self.classifier.predict_proba(self.embedder.encode(texts))
@@ -61,8 +74,42 @@ class CoERouter:
         """The Decision for one request (pinned requests skip the embedding)."""
         if request.model != "coserve":
             return decide({}, self.library, request.constraints, pinned=request.model)
+        if self.trained is not None:
+            return self._route_trained(request)
+        if request.constraints.budget is not None:
+            raise UnprocessableRequest(
+                "a budget override needs a router trained from outcome data (router.trained in the library)",
+                param="coserve.budget",
+            )
         (probabilities,) = self.probabilities([request.last_user_turn()])
         return decide(probabilities, self.library, request.constraints)
+
+    def _route_trained(self, request: Request) -> Decision:
+        trained = self.trained
+        assert trained is not None
+        X = self.embedder.encode([request.last_user_turn()])
+        try:
+            (chosen,) = trained.expert_for(X, request.constraints.budget)
+        except InfeasibleConstraints as exc:
+            raise InfeasibleConstraints(exc.message, param="coserve.budget") from None
+        scores = trained.scores(X)[0]
+        ranking = [trained.experts[i] for i in sorted(range(len(scores)), key=lambda i: (-scores[i], trained.cost[i]))]
+        probabilities: dict[str, float] = {}
+        category, confidence = None, float(scores.max())
+        if trained.classifier is not None:
+            proba = trained.category_proba(X)[0]
+            probabilities = dict(zip(trained.classes, map(float, proba), strict=True))
+            category, confidence = trained.classes[int(proba.argmax())], float(proba.max())
+        return decide_ranked(
+            chosen,
+            ranking,
+            self.library,
+            request.constraints,
+            category=category,
+            confidence=confidence,
+            uncertain=bool(trained.fallback_mask(X)[0]),
+            probabilities=probabilities,
+        )
 
     # -- persistence ----------------------------------------------------------------------------
     def cache_key(self) -> str:
@@ -116,8 +163,25 @@ class CoERouter:
         return cls(library, embedder, factory.from_state(manifest["params"], arrays))
 
     @classmethod
+    def from_trained(cls, library: LibraryConfig, embedder: Embedder | None = None) -> CoERouter:
+        """The router a library names with ``router.trained`` (a ``coserve train`` directory)."""
+        assert library.router.trained is not None
+        base = library.path.parent if library.path else Path.cwd()
+        directory = base / library.router.trained
+        trained = load_trained(directory)
+        missing = [name for name in trained.experts if name not in library.expert_names]
+        if missing:
+            raise ConfigError(
+                f"{library.path}: router.trained: {directory} routes to experts this library lacks: {missing}"
+            )
+        embedder = embedder or make_embedder(str(trained.hyper.get("embedder", library.router.embedder)))
+        return cls(library, embedder, trained=trained)
+
+    @classmethod
     def load_or_fit(cls, library: LibraryConfig, cache: Path, embedder: Embedder | None = None) -> CoERouter:
         """Load the cached router for this library, or train and cache it."""
+        if library.router.trained is not None:
+            return cls.from_trained(library, embedder)
         embedder = embedder or make_embedder(library.router.embedder)
         router = cls(library, embedder)
         directory = cache / "routers" / router.cache_key()

@@ -46,6 +46,7 @@ class CoserveOptions(BaseModel):
     min_context: int | None = Field(None, ge=1)
     require_tags: list[str] = []
     exclude_experts: list[str] = []
+    budget: float | None = Field(None, gt=0)  # a trained router's budget for this request
 
 
 class StreamOptions(BaseModel):
@@ -114,6 +115,7 @@ class ChatCompletionRequest(BaseModel):
                 min_context=options.min_context,
                 require_tags=tuple(options.require_tags),
                 exclude_experts=tuple(options.exclude_experts),
+                budget=options.budget,
             ),
             stream=self.stream,
             stream_usage=bool(self.stream_options and self.stream_options.include_usage),

@@ -1,0 +1,141 @@
+"""Experts behind an OpenAI-compatible HTTP endpoint: vLLM, a llama.cpp server, Ollama, hosted APIs.
+
+Library entry::
+
+    - name: big-remote
+      backend: openai
+      params_b: 70
+      options: {base_url: "http://127.0.0.1:8001/v1", model: my-70b, api_key_env: MY_KEY,
+                connect_timeout: 5, read_timeout: 120}
+
+"Loading" checks that the endpoint answers ``GET /models`` (and lists the model when it lists
+any); the weights live elsewhere, so the expert occupies no local bytes and has no RAM tier.
+Generation streams with httpx; a time-out or a 5xx before the first token is an ExpertFailed
+(the engine falls back), a 400 about context length is a ContextTooLong. Keys are read from the
+environment variable named in ``api_key_env``, never from the library file, and never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from coserve.backends.base import Emit, Handle
+from coserve.config import ExpertSpec
+from coserve.errors import ConfigError, ContextTooLong, ExpertFailed, ExpertLoadError
+from coserve.types import Chunk, Message, Sampling, Usage
+
+__all__ = ["OpenAIHTTPBackend"]
+
+
+class _NoStage:
+    """Remote weights: nothing to hold in RAM."""
+
+    def release(self) -> None:
+        pass
+
+
+def _client(spec: ExpertSpec) -> httpx.Client:
+    options = spec.options
+    base_url = options.get("base_url")
+    if not base_url:
+        raise ConfigError(f"expert {spec.name!r}: the openai backend needs options.base_url")
+    headers = {}
+    key_env = options.get("api_key_env")
+    if key_env:
+        key = os.environ.get(str(key_env))
+        if not key:
+            raise ExpertLoadError(f"expert {spec.name!r}: environment variable {key_env} is not set")
+        headers["Authorization"] = f"Bearer {key}"
+    timeout = httpx.Timeout(
+        connect=float(options.get("connect_timeout", 5.0)),
+        read=float(options.get("read_timeout", 120.0)),
+        write=10.0,
+        pool=10.0,
+    )
+    return httpx.Client(base_url=str(base_url).rstrip("/"), headers=headers, timeout=timeout)
+
+
+class OpenAIHTTPBackend:
+    """One httpx client per loaded expert."""
+
+    name = "openai"
+
+    def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
+        return 0
+
+    def stage(self, spec: ExpertSpec, base: Path | None) -> _NoStage:
+        return _NoStage()
+
+    def unstage(self, staged: _NoStage) -> None:
+        staged.release()
+
+    def load(self, spec: ExpertSpec, base: Path | None) -> Handle:
+        client = _client(spec)
+        model = str(spec.options.get("model", spec.name))
+        try:
+            response = client.get("/models")
+            response.raise_for_status()
+            listed = [m.get("id") for m in response.json().get("data", [])]
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            client.close()
+            raise ExpertLoadError(f"expert {spec.name!r}: endpoint {client.base_url} does not answer: {exc}") from None
+        if listed and model not in listed:
+            client.close()
+            raise ExpertLoadError(f"expert {spec.name!r}: endpoint {client.base_url} does not serve model {model!r}")
+        return Handle(spec, {"client": client, "model": model}, nbytes=0)
+
+    def unload(self, handle: Handle) -> None:
+        handle.runtime["client"].close()
+
+    def stream(self, handle: Handle, messages: tuple[Message, ...], sampling: Sampling, emit: Emit) -> None:
+        spec = handle.spec
+        body: dict[str, Any] = {
+            "model": handle.runtime["model"],
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if sampling.max_tokens is not None:
+            body["max_tokens"] = sampling.max_tokens
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        finish: str | None = None
+        usage: Usage | None = None
+        try:
+            with handle.runtime["client"].stream("POST", "/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    text = response.read().decode("utf-8", "replace")[:500]
+                    if response.status_code in (400, 413) and "context" in text.lower():
+                        raise ContextTooLong(f"expert {spec.name!r}: {text}", param="messages")
+                    raise ExpertFailed(f"expert {spec.name!r}: HTTP {response.status_code}: {text}")
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise ExpertFailed(f"expert {spec.name!r}: {chunk['error']}")
+                    for choice in chunk.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content")
+                        finish = choice.get("finish_reason") or finish
+                        if text and emit(Chunk(text)):
+                            return  # the caller went away: closing the response cancels upstream
+                    if chunk.get("usage"):
+                        u = chunk["usage"]
+                        usage = Usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
+        except httpx.TimeoutException as exc:
+            raise ExpertFailed(f"expert {spec.name!r}: timed out ({type(exc).__name__})") from None
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ExpertFailed(f"expert {spec.name!r}: {exc}") from None
+        emit(Chunk("", finish or "stop", usage))

@@ -1,0 +1,314 @@
+"""Outcome data for training and evaluating routers: prompts x experts -> score in [0, 1].
+
+Reads JSONL (one object a line: ``id``, ``prompt``, ``category``, ``scores: {expert: float}``,
+optional ``cost: {expert: USD}`` and ``turns``) or CSV with the same columns, where each expert's
+score is a column named ``score:<expert>`` (an empty cell is a missing score) and ``cost:<expert>``
+columns are optional. Every bad row is reported as a ``Problem`` with its file and line; with
+``on_bad="skip"`` bad rows are dropped (and reported), with ``on_bad="refuse"`` loading raises.
+Nothing bad is ever used silently. Also: ``experts.json`` costs, prompt-grouped folds, and an
+on-disk cache of prompt embeddings. This module knows nothing about routers.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from coserve.errors import ConfigError
+
+__all__ = [
+    "ExpertCosts",
+    "OutcomeSet",
+    "Problem",
+    "embed_cached",
+    "grouped_folds",
+    "load_costs",
+    "load_expert_scores",
+    "load_outcomes",
+]
+
+OnBad = Literal["skip", "refuse"]
+MAX_LISTED = 20  # problems listed in a refusal message
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One unusable row of an outcome file."""
+
+    file: str
+    line: int  # 1-based line (JSONL) or row number counting the header as line 1 (CSV)
+    id: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.id or '?'}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class OutcomeSet:
+    """Prompts, their categories, and each expert's score on each prompt."""
+
+    ids: tuple[str, ...]
+    prompts: tuple[str, ...]
+    categories: tuple[str, ...]
+    experts: tuple[str, ...]
+    scores: np.ndarray  # float32 [n, E], in [0, 1], NaN where an expert's score is missing
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> OutcomeSet:
+        """The rows at ``index``, in that order."""
+        idx = np.asarray(index, dtype=int)
+        return OutcomeSet(
+            tuple(self.ids[i] for i in idx),
+            tuple(self.prompts[i] for i in idx),
+            tuple(self.categories[i] for i in idx),
+            self.experts,
+            self.scores[idx],
+        )
+
+
+@dataclass(frozen=True)
+class ExpertCosts:
+    """Per-expert costs from ``experts.json``; NaN where the file says null."""
+
+    names: tuple[str, ...]
+    params_b: np.ndarray  # float64 [E], billions of active parameters
+    price: np.ndarray  # float64 [E], USD per million tokens, mean of input and output price
+
+    def aligned(self, experts: Sequence[str]) -> ExpertCosts:
+        """The costs in the order of ``experts``; raises ConfigError naming experts without costs."""
+        missing = [e for e in experts if e not in self.names]
+        if missing:
+            raise ConfigError(f"experts without an entry in the experts file: {missing}")
+        idx = [self.names.index(e) for e in experts]
+        return ExpertCosts(tuple(experts), self.params_b[idx], self.price[idx])
+
+
+def _number(value: Any) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"not a number: {value!r}")
+    return float(value)
+
+
+def load_costs(path: str | Path) -> ExpertCosts:
+    """Read ``experts.json``: ``{expert: {params_b, input_price, output_price}}`` (nulls allowed)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the experts file: {exc}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: the experts file must be a non-empty mapping of expert -> costs")
+    names, params, prices = [], [], []
+    for name, spec in raw.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: {name}: must be a mapping with params_b, input_price, output_price")
+        try:
+            params.append(_number(spec.get("params_b")))
+            prices.append((_number(spec.get("input_price")) + _number(spec.get("output_price"))) / 2)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {name}: {exc.message}") from None
+        names.append(str(name))
+    return ExpertCosts(tuple(names), np.asarray(params, float), np.asarray(prices, float))
+
+
+def _json_rows(path: Path) -> list[tuple[int, dict[str, Any] | str]]:
+    """(line, object) for each non-blank line; a string in place of the object says why it is bad."""
+    rows: list[tuple[int, dict[str, Any] | str]] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                rows.append((number, f"malformed JSON: {exc.msg}"))
+                continue
+            rows.append((number, obj if isinstance(obj, dict) else "a line must be a JSON object"))
+    return rows
+
+
+def _csv_rows(path: Path) -> list[tuple[int, dict[str, Any] | str]]:
+    """CSV rows turned into the JSONL shape; ``score:<expert>`` columns become ``scores``."""
+    rows: list[tuple[int, dict[str, Any] | str]] = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        for number, record in enumerate(reader, start=2):
+            obj: dict[str, Any] = {"scores": {}}
+            bad = None
+            for key, value in record.items():
+                if key is None:
+                    bad = "more cells than header columns"
+                elif key.startswith("score:"):
+                    if value not in (None, ""):
+                        try:
+                            obj["scores"][key[6:]] = float(value)
+                        except ValueError:
+                            obj["scores"][key[6:]] = value
+                elif not key.startswith("cost:"):
+                    obj[key] = value
+            rows.append((number, bad or obj))
+    return rows
+
+
+def _check(obj: dict[str, Any], experts: Sequence[str], categories: set[str] | None, seen: set[str]) -> str | None:
+    """Why this row cannot be used, or None."""
+    if not isinstance(obj.get("id"), str) or not obj["id"]:
+        return "missing or non-string id"
+    if obj["id"] in seen:
+        return "duplicate id"
+    prompt = obj.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        return "empty prompt"
+    category = obj.get("category")
+    if not isinstance(category, str) or not category:
+        return "missing category"
+    if categories is not None and category not in categories:
+        return f"unknown category {category!r}"
+    scores = obj.get("scores")
+    if not isinstance(scores, dict):
+        return "scores must be a mapping of expert -> score"
+    missing = [e for e in experts if e not in scores]
+    if missing:
+        return f"missing scores for experts {missing}"
+    for expert, value in scores.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            return f"score of {expert!r} is not a number: {value!r}"
+        if not 0.0 <= value <= 1.0:
+            return f"score of {expert!r} out of [0, 1]: {value}"
+    return None
+
+
+def load_outcomes(
+    path: str | Path,
+    *,
+    experts: Sequence[str] | None = None,
+    categories: Sequence[str] | None = None,
+    on_bad: OnBad = "refuse",
+) -> tuple[OutcomeSet, list[Problem]]:
+    """Read an outcome file (``.jsonl`` or ``.csv``); returns the usable rows and every problem.
+
+    ``experts`` fixes the expert columns (default: every expert named in the file, first seen
+    first); a row lacking any of them is a problem. ``categories``, when given, is the closed list.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"outcome file not found: {path}")
+    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _json_rows(path)
+    if experts is None:
+        names: dict[str, None] = {}
+        for _, obj in rows:
+            if isinstance(obj, dict) and isinstance(obj.get("scores"), dict):
+                names.update(dict.fromkeys(map(str, obj["scores"])))
+        experts = list(names)
+    known = set(categories) if categories is not None else None
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    ids, prompts, cats, scores = [], [], [], []
+    for number, obj in rows:
+        row_id = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
+        reason = obj if isinstance(obj, str) else _check(obj, experts, known, seen)
+        if reason is not None:
+            problems.append(Problem(str(path), number, row_id, reason))
+            continue
+        assert isinstance(obj, dict)
+        seen.add(obj["id"])
+        ids.append(obj["id"])
+        prompts.append(obj["prompt"])
+        cats.append(obj["category"])
+        scores.append([float(obj["scores"][e]) for e in experts])
+    if problems and on_bad == "refuse":
+        listed = "; ".join(str(p) for p in problems[:MAX_LISTED])
+        more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
+        raise ConfigError(f"{len(problems)} bad rows in {path}: {listed}{more}; use on_bad='skip' to drop them")
+    if not ids:
+        raise ConfigError(f"{path}: no usable rows")
+    matrix = np.asarray(scores, dtype=np.float32).reshape(len(ids), len(experts))
+    return OutcomeSet(tuple(ids), tuple(prompts), tuple(cats), tuple(experts), matrix), problems
+
+
+def load_expert_scores(path: str | Path, expert: str) -> dict[str, float]:
+    """One expert's scores by id, from JSONL lines with ``id`` and ``scores[expert]`` (or ``score``)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"outcome file not found: {path}")
+    found: dict[str, float] = {}
+    problems: list[Problem] = []
+    for number, obj in _json_rows(path):
+        if isinstance(obj, str):
+            problems.append(Problem(str(path), number, None, obj))
+            continue
+        row_id = obj.get("id")
+        scores = obj.get("scores")
+        value = scores.get(expert) if isinstance(scores, dict) else obj.get("score")
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+        if not isinstance(row_id, str) or not ok or row_id in found:
+            reason = "duplicate id" if row_id in found else f"no valid score of {expert!r} in [0, 1]"
+            problems.append(Problem(str(path), number, row_id if isinstance(row_id, str) else None, reason))
+            continue
+        found[row_id] = float(value)  # type: ignore[arg-type]
+    if problems:
+        listed = "; ".join(str(p) for p in problems[:MAX_LISTED])
+        raise ConfigError(f"{len(problems)} bad rows in {path}: {listed}")
+    return found
+
+
+def _prompt_key(prompt: str) -> str:
+    return " ".join(prompt.split()).casefold()
+
+
+def grouped_folds(prompts: Sequence[str], k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K (train, test) index pairs; identical prompts (whitespace- and case-normalised) share a fold."""
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(_prompt_key(prompt), []).append(i)
+    if not 2 <= k <= len(groups):
+        raise ConfigError(f"cannot make {k} folds from {len(groups)} distinct prompts")
+    members = list(groups.values())
+    shuffled = np.random.default_rng(seed).permutation(len(members)).tolist()
+    # Largest groups first (stable over the random order), each into the currently smallest fold.
+    order = sorted(shuffled, key=lambda g: -len(members[g]))
+    sizes = [0] * k
+    fold_of = np.empty(len(prompts), dtype=int)
+    for g in order:
+        fold = int(np.argmin(sizes))
+        fold_of[members[g]] = fold
+        sizes[fold] += len(members[g])
+    all_idx = np.arange(len(prompts))
+    return [(all_idx[fold_of != f], all_idx[fold_of == f]) for f in range(k)]
+
+
+def embed_cached(prompts: Sequence[str], embedder: Any, cache: Path | None = None, batch: int = 256) -> np.ndarray:
+    """Embed prompts once; the matrix is cached under ``<cache>/embeddings/<sha256>.npy``."""
+    from tqdm import tqdm
+
+    from coserve.assets import cache_dir
+
+    digest = hashlib.sha256(embedder.name.encode())
+    for prompt in prompts:
+        digest.update(b"\0" + prompt.encode())
+    folder = (cache or cache_dir()) / "embeddings"
+    target = folder / f"{digest.hexdigest()}.npy"
+    if target.exists():
+        return np.load(target, allow_pickle=False)
+    chunks = []
+    for start in tqdm(range(0, len(prompts), batch), desc=f"embedding ({embedder.name})", unit="batch"):
+        chunks.append(np.asarray(embedder.encode(list(prompts[start : start + batch])), dtype=np.float32))
+    matrix = np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial.npy")
+    np.save(partial, matrix, allow_pickle=False)
+    partial.replace(target)
+    return matrix

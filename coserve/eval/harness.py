@@ -1,0 +1,309 @@
+"""The evaluation harness: replay outcome data through every router and report quality vs cost.
+
+``evaluate`` pools out-of-fold choices over prompt-grouped folds (each fold's parts are fitted on
+its training rows only), or fits on a training set and scores a test set. It reports each router's
+operating points on both cost axes (average active parameters, average price) where the experts
+file has them, the metrics of ``coserve.eval.metrics``, and the baselines: every single expert,
+uniform random routing (its expected value), and the per-prompt oracle (cheapest on ties).
+Router kinds are looked up in the classifier and predictor registries at run time. This module
+knows nothing about plotting or the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from coserve.errors import ConfigError
+from coserve.eval import metrics as M
+from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, grouped_folds
+from coserve.eval.sweeps import HYBRID_CLASSIFIER, HYBRID_PREDICTOR, TOP_K, Axis, Fold, FoldModels, sweep
+
+__all__ = ["available_routers", "evaluate"]
+
+MAP_BUDGETS = 17  # evenly spaced budgets per axis, added to the Pareto budgets of the whole set
+
+
+def _num(x: Any) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+def available_routers(n_categories: int) -> tuple[list[str], dict[str, str]]:
+    """Router names that can run now, and why the others cannot."""
+    names: list[str] = []
+    missing: dict[str, str] = {}
+    try:
+        import coserve.router.mapping
+        from coserve.router.classify import CLASSIFIERS
+
+        if n_categories >= 2:
+            names += [f"map-{c}" for c in sorted(CLASSIFIERS)]
+            names += [f"map-{HYBRID_CLASSIFIER}+fallback"]
+        else:
+            missing["map-*"] = "needs at least two categories"
+    except ImportError as exc:
+        missing["map-*"] = f"module missing: {exc.name}"
+    try:
+        import coserve.router.mapping  # noqa: F401
+        from coserve.router.predict import PREDICTORS
+
+        names += [f"prompt-{p}" for p in sorted(PREDICTORS)]
+        if n_categories >= 2 and HYBRID_PREDICTOR in PREDICTORS:
+            names += ["hybrid", f"top{TOP_K}"]
+    except ImportError as exc:
+        missing["prompt-*, hybrid"] = f"module missing: {exc.name}"
+    return names, missing
+
+
+def _axes(costs: ExpertCosts, train: OutcomeSet) -> list[Axis]:
+    from coserve.eval.sweeps import category_table
+    from coserve.router.mapping import pareto
+
+    classes = sorted(set(train.categories))
+    p, S = category_table(list(train.categories), classes, train.scores)
+    axes = []
+    for name, cost in (("params", costs.params_b), ("price", costs.price)):
+        if not np.all(np.isfinite(cost)) or not np.all(cost > 0):
+            continue
+        front = [pt.budget for pt in pareto(p, S, cost)] if len(classes) >= 2 else []
+        grid = np.unique(np.round([*np.linspace(cost.min(), cost.max(), MAP_BUDGETS), *front], 6))
+        axes.append(Axis(name, np.asarray(cost, float), grid))
+    if not axes:
+        raise ConfigError("the experts file gives neither params_b nor prices for every expert")
+    return axes
+
+
+def _baselines(Y: np.ndarray, experts: Sequence[str], costs: ExpertCosts, primary: np.ndarray) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for e, name in enumerate(experts):
+        out[name] = {
+            "quality": _num(np.nanmean(Y[:, e])),
+            "avg_params_b": _num(costs.params_b[e]),
+            "avg_price": _num(costs.price[e]),
+        }
+    out["random"] = {
+        "quality": _num(np.nanmean(np.nanmean(Y, axis=1))),
+        "avg_params_b": _num(costs.params_b.mean()),
+        "avg_price": _num(costs.price.mean()),
+    }
+    filled = np.nan_to_num(Y, nan=-1.0)
+    best = filled.max(axis=1, keepdims=True)
+    # Cheapest on ties: among the best experts of each prompt, the lowest primary cost.
+    oracle = np.argmin(np.where(filled == best, primary[None, :], np.inf), axis=1)
+    out["oracle"] = {
+        "quality": _num(np.nanmean(best[:, 0])),
+        "avg_params_b": _num(costs.params_b[oracle].mean()),
+        "avg_price": _num(costs.price[oracle].mean()),
+    }
+    return out
+
+
+def _points(
+    choices: dict[tuple[str, float], np.ndarray], Y: np.ndarray, costs: ExpertCosts, strong: int | None, by_lam: bool
+) -> list[dict[str, Any]]:
+    """Pooled operating points; a per-prompt router's key is its cost weight ``lam`` and its budget the cost spent."""
+    points = []
+    for (axis, key), choice in sorted(choices.items()):
+        if (choice < 0).any():  # an operating point some fold could not reach (infeasible budget)
+            continue
+        spent = (costs.params_b if axis == "params" else costs.price)[choice].mean()
+        point = {
+            "axis": axis,
+            "budget": _num(spent if by_lam else key),
+            "quality": _num(np.nanmean(Y[np.arange(len(choice)), choice])),
+            "avg_params_b": _num(costs.params_b[choice].mean()),
+            "avg_price": _num(costs.price[choice].mean()),
+        }
+        if by_lam:
+            point["lam"] = _num(key)
+        if strong is not None:
+            point["strong_fraction"] = _num(float((choice == strong).mean()))
+        points.append(point)
+    return points
+
+
+def _router_metrics(
+    points: list[dict[str, Any]],
+    base: dict[str, Any],
+    experts: Sequence[str],
+    primary: str,
+    x_range: dict[str, tuple[float, float]],
+    strong: int | None,
+) -> dict[str, Any]:
+    key = {"params": "avg_params_b", "price": "avg_price"}
+    singles = {e: base[e] for e in experts}
+    best = max(singles.values(), key=lambda b: b["quality"])
+    q_best, q_oracle = best["quality"], base["oracle"]["quality"]
+    out: dict[str, Any] = {}
+    for axis in ("params", "price"):
+        pts = [p for p in points if p["axis"] == axis]
+        if axis in x_range and pts:
+            out[f"auc_{axis}"] = _num(
+                M.normalised_auc([p[key[axis]] for p in pts], [p["quality"] for p in pts], *x_range[axis], q_oracle)
+            )
+    pts = [p for p in points if p["axis"] == primary]
+    xs, qs = [p[key[primary]] for p in pts], [p["quality"] for p in pts]
+    best_cost = best[key[primary]]
+    q_at = M.quality_at_budget(xs, qs, best_cost)
+    min_budget = M.min_budget_for_quality(xs, qs, q_best)
+    out.update(
+        cost_axis=primary,
+        quality_at_best_single_budget=_num(q_at),
+        min_budget_for_best_single_quality=_num(min_budget),
+        min_budget_ratio_to_best_single=_num(min_budget / best_cost),
+        oracle_gap_closed=_num(M.oracle_gap_closed(q_at, q_best, q_oracle)),
+    )
+    if strong is not None:
+        weak = 1 - strong
+        q_s, q_w = base[experts[strong]]["quality"], base[experts[weak]]["quality"]
+        fr, qq = [p["strong_fraction"] for p in points], [p["quality"] for p in points]
+        out["apgr"] = _num(M.apgr(fr, qq, q_w, q_s))
+        for pct in (50, 80, 95):
+            out[f"cpt{pct}"] = _num(M.cpt(fr, qq, q_w, q_s, pct))
+    return out
+
+
+def evaluate(
+    train: OutcomeSet,
+    test: OutcomeSet | None,
+    costs: ExpertCosts,
+    folds: int = 5,
+    seed: int = 0,
+    routers: Sequence[str] | None = None,
+    embedder: Any = None,
+    cache: Any = None,
+    jobs: int = 1,
+) -> dict[str, Any]:
+    """Evaluate routers by grouped cross-validation on ``train`` or on ``test``; returns the report.
+
+    ``jobs`` > 1 runs folds in that many processes; the report is the same as with one.
+    """
+    from tqdm import tqdm
+
+    if test is not None and test.experts != train.experts:
+        raise ConfigError(f"test experts {test.experts} differ from training experts {train.experts}")
+    if embedder is None:
+        from coserve.router.embed import MiniLMEmbedder
+
+        embedder = MiniLMEmbedder()
+    costs = costs.aligned(train.experts)
+    evaluated = test if test is not None else train
+    X = embed_cached(train.prompts, embedder, cache)
+    X_eval = embed_cached(test.prompts, embedder, cache) if test is not None else X
+    classes = sorted(set(train.categories))
+    names, missing = available_routers(len(classes))
+    if routers is not None:
+        unknown = [r for r in routers if r not in names]
+        if unknown:
+            raise ConfigError(f"routers not available: {unknown}; available: {names}; missing: {missing}")
+        names = list(routers)
+    axes = _axes(costs, train)
+    primary = axes[0].name
+    everything = np.arange(len(train))
+    splits = [(everything, np.arange(len(test)))] if test is not None else grouped_folds(train.prompts, folds, seed)
+    n_eval, E = len(evaluated), len(train.experts)
+    pooled: dict[str, dict[tuple[str, float], np.ndarray]] = {n: {} for n in names}
+    posteriors: dict[str, dict[str, Any]] = {}
+    extras: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    bar = tqdm(total=len(splits) * len(names), desc="evaluating", unit="router")
+    tasks = [(f, tr, te) for f, (tr, te) in enumerate(splits)]
+    shared = (X, X_eval, train, classes, axes, primary, names, seed)
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
+            futures = [pool.submit(_run_fold, task, shared) for task in tasks]
+            results = []
+            for future in futures:
+                results.append(future.result())
+                bar.update(len(names))
+    else:
+        results = [_run_fold(task, shared, bar.update) for task in tasks]
+    bar.close()
+    for te, choices, fold_extras, fold_posteriors in results:
+        for name in names:
+            for key, choice in choices[name].items():
+                pooled[name].setdefault(key, np.full(n_eval, -1, dtype=int))[te] = choice
+            extras[name].append(fold_extras[name])
+        for clf, post in fold_posteriors.items():
+            slot = posteriors.setdefault(
+                clf, {"raw": np.zeros((n_eval, len(classes))), "cal": np.zeros((n_eval, len(classes))), "T": []}
+            )
+            slot["raw"][te], slot["cal"][te] = post["raw"], post["cal"]
+            slot["T"].append(post["T"])
+
+    Y = evaluated.scores
+    cost_of = {a.name: a.cost for a in axes}
+    base = _baselines(Y, train.experts, costs, cost_of[primary])
+    strong = int(np.argmax(np.nanmean(Y, axis=0))) if E == 2 else None
+    x_range = {a.name: (float(a.cost.min()), float(a.cost.max())) for a in axes}
+    y_int = np.array([classes.index(c) if c in classes else -1 for c in evaluated.categories])
+    known = y_int >= 0
+    report: dict[str, Any] = {}
+    for name in names:
+        points = _points(pooled[name], Y, costs, strong, by_lam=not name.startswith("map-"))
+        entry: dict[str, Any] = {
+            "points": points,
+            "metrics": _router_metrics(points, base, train.experts, primary, x_range, strong),
+        }
+        clf = _classifier_of(name)
+        if clf is not None:
+            post = posteriors[clf]
+            predicted = [classes[i] for i in post["cal"].argmax(axis=1)]
+            entry["metrics"].update(
+                category_accuracy=_num(M.category_accuracy(predicted, list(evaluated.categories))),
+                ece=_num(M.ece(post["raw"][known], y_int[known])),
+                ece_calibrated=_num(M.ece(post["cal"][known], y_int[known])),
+                temperature=[_num(t) for t in post["T"]],
+            )
+        entry["metrics"].update(_fold_extras(extras[name]))
+        report[name] = entry
+    meta: dict[str, Any] = {
+        "n_train": len(train),
+        "n_eval": n_eval,
+        "experts": list(train.experts),
+        "categories": classes,
+        "mode": "test" if test is not None else "cv",
+        "folds": len(splits),
+        "seed": seed,
+        "embedder": getattr(embedder, "name", "?"),
+        "cost_axes": [a.name for a in axes],
+        "primary_axis": primary,
+        "strong_expert": train.experts[strong] if strong is not None else None,
+        "hybrid": {"classifier": HYBRID_CLASSIFIER, "predictor": HYBRID_PREDICTOR, "top_k": TOP_K},
+        "not_run": missing,
+    }
+    return {"routers": report, "baselines": base, "meta": meta}
+
+
+def _classifier_of(name: str) -> str | None:
+    return name.removeprefix("map-").removesuffix("+fallback") if name.startswith("map-") else None
+
+
+def _run_fold(task: tuple[int, np.ndarray, np.ndarray], shared: tuple[Any, ...], progress: Any = None) -> tuple:
+    """Fit and sweep every router on one fold: (held-out rows, choices, extras, posteriors) by router."""
+    f, tr, te = task
+    X, X_eval, train, classes, axes, primary, names, seed = shared
+    inner, val = grouped_folds([train.prompts[i] for i in tr], 5, seed + f)[0]
+    cats = [train.categories[i] for i in tr]
+    models = FoldModels(Fold(X[tr], cats, train.scores[tr], X_eval[te], inner, val, classes, axes, seed + f, primary))
+    choices, extras, posteriors = {}, {}, {}
+    for name in names:
+        models.f.extras = {}
+        choices[name] = sweep(name, models)
+        extras[name] = dict(models.f.extras)
+        clf = _classifier_of(name)
+        if clf is not None:
+            post = models.posterior(clf)
+            posteriors[clf] = {"raw": post["raw"], "cal": post["cal"], "T": post["T"]}
+        if progress is not None:
+            progress()
+    return te, choices, extras, posteriors
+
+
+def _fold_extras(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-fold tuned values (alpha, thresholds, fallback rate) as lists, one entry a fold."""
+    keys = sorted({k for d in per_fold for k in d})
+    return {k: [_num(d[k]) if k in d else None for d in per_fold] for k in keys}

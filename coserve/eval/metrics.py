@@ -1,0 +1,137 @@
+"""Pure metrics over quality-vs-cost operating points. No I/O, no routers, plain numbers in and out.
+
+Conventions (documented choices):
+* A router's **front** is the upper-left Pareto front of its operating points (cost, quality).
+* **Quality at a budget** is the piecewise-linear interpolation on the front: any point between
+  two operating points is reachable by sending each request to one of the two at random. Beyond
+  the last point the quality stays flat; below the first point the router has no operating point
+  (NaN for look-ups, 0 inside an area).
+* **Area under the front** integrates that curve over a fixed cost range ``[x_lo, x_hi]`` (the
+  harness uses the cheapest single expert's cost to the dearest one's) and divides by the area of
+  the oracle, taken as the constant line at the oracle's quality over the same range: the oracle
+  scores 1 and a router that sits at the oracle's quality everywhere would too.
+* **APGR** (RouteLLM) integrates PGR = (q - q_weak) / (q_strong - q_weak) over the fraction of
+  calls that go to the strong model, from 0 to 1; all-weak (0, q_weak) and all-strong
+  (1, q_strong) are always reachable and are added to the points. **CPT(x%)** is the smallest
+  fraction of strong calls whose PGR reaches x%.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "apgr",
+    "category_accuracy",
+    "cpt",
+    "ece",
+    "front",
+    "min_budget_for_quality",
+    "normalised_auc",
+    "oracle_gap_closed",
+    "pgr_curve",
+    "quality_at_budget",
+]
+
+
+def front(cost: Sequence[float], quality: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The upper-left Pareto front: points sorted by cost, each strictly better than all cheaper ones."""
+    c = np.asarray(cost, dtype=float)
+    q = np.asarray(quality, dtype=float)
+    keep = np.isfinite(c) & np.isfinite(q)
+    c, q = c[keep], q[keep]
+    order = np.lexsort((-q, c))  # by cost, then best quality first
+    xs: list[float] = []
+    ys: list[float] = []
+    for i in order:
+        if not ys or q[i] > ys[-1]:
+            if xs and c[i] == xs[-1]:
+                continue
+            xs.append(float(c[i]))
+            ys.append(float(q[i]))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def quality_at_budget(cost: Sequence[float], quality: Sequence[float], budget: float) -> float:
+    """Quality reachable at ``budget`` (linear on the front, flat after it, NaN below its first point)."""
+    xs, ys = front(cost, quality)
+    if len(xs) == 0 or budget < xs[0]:
+        return float("nan")
+    return float(np.interp(budget, xs, ys))
+
+
+def min_budget_for_quality(cost: Sequence[float], quality: Sequence[float], target: float) -> float:
+    """The smallest budget whose quality reaches ``target`` (linear on the front); NaN if never."""
+    xs, ys = front(cost, quality)
+    if len(xs) == 0 or ys[-1] < target:
+        return float("nan")
+    j = int(np.argmax(ys >= target))
+    if j == 0:
+        return float(xs[0])
+    x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
+    return float(x0 + (target - y0) * (x1 - x0) / (y1 - y0))
+
+
+def normalised_auc(
+    cost: Sequence[float], quality: Sequence[float], x_lo: float, x_hi: float, oracle_quality: float
+) -> float:
+    """Area under the front over ``[x_lo, x_hi]`` divided by the oracle's (``oracle_quality`` * width)."""
+    if not x_hi > x_lo or not oracle_quality > 0:
+        return float("nan")
+    xs, ys = front(cost, quality)
+    if len(xs) == 0:
+        return 0.0
+    grid = np.linspace(x_lo, x_hi, 2001)
+    curve = np.where(grid >= xs[0], np.interp(grid, xs, ys), 0.0)
+    return float(np.trapezoid(curve, grid) / ((x_hi - x_lo) * oracle_quality))
+
+
+def pgr_curve(
+    strong_fraction: Sequence[float], quality: Sequence[float], q_weak: float, q_strong: float, n: int = 1001
+) -> tuple[np.ndarray, np.ndarray]:
+    """PGR on a grid of strong-call fractions in [0, 1], from the front with both endpoints added."""
+    fractions = [*strong_fraction, 0.0, 1.0]
+    qualities = [*quality, q_weak, q_strong]
+    xs, ys = front(fractions, qualities)
+    grid = np.linspace(0.0, 1.0, n)
+    gap = q_strong - q_weak
+    if gap == 0:
+        return grid, np.ones_like(grid)
+    return grid, (np.interp(grid, xs, ys) - q_weak) / gap
+
+
+def apgr(strong_fraction: Sequence[float], quality: Sequence[float], q_weak: float, q_strong: float) -> float:
+    """Average performance gap recovered: the integral of PGR over the strong-call fraction."""
+    grid, pgr = pgr_curve(strong_fraction, quality, q_weak, q_strong)
+    return float(np.trapezoid(pgr, grid))
+
+
+def cpt(
+    strong_fraction: Sequence[float], quality: Sequence[float], q_weak: float, q_strong: float, percent: float
+) -> float:
+    """Smallest fraction of calls to the strong model (in %) whose PGR reaches ``percent`` %."""
+    grid, pgr = pgr_curve(strong_fraction, quality, q_weak, q_strong)
+    reached = pgr >= percent / 100.0 - 1e-12
+    return float(100.0 * grid[np.argmax(reached)]) if reached.any() else float("nan")
+
+
+def oracle_gap_closed(quality: float, best_single: float, oracle: float) -> float:
+    """Share of the gap between the best single expert and the oracle that ``quality`` closes."""
+    gap = oracle - best_single
+    return float((quality - best_single) / gap) if gap > 0 else float("nan")
+
+
+def category_accuracy(predicted: Sequence[str], true: Sequence[str]) -> float:
+    """Fraction of prompts whose predicted category is their labelled one."""
+    if len(true) == 0:
+        return float("nan")
+    return float(np.mean([p == t for p, t in zip(predicted, true, strict=True)]))
+
+
+def ece(proba: np.ndarray, y_int: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error of the top-class probability (from ``coserve.router.calibrate``)."""
+    from coserve.router.calibrate import expected_calibration_error
+
+    return float(expected_calibration_error(proba, y_int, n_bins=n_bins))

@@ -1,0 +1,68 @@
+"""Pareto plot of an evaluation report: each router's front as a line, baselines as labelled points.
+
+One panel per cost axis present in the report (average active parameters in billions; average
+price in USD per million tokens). The x axis is logarithmic when the costs span more than 10x.
+Uses matplotlib's Agg backend (no display). This module knows nothing about how reports are made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from coserve.eval.metrics import front
+
+__all__ = ["plot_report"]
+
+AXES = {
+    "params": ("avg_params_b", "average active parameters (B)"),
+    "price": ("avg_price", "average price (USD / M tokens)"),
+}
+
+
+def plot_report(report: dict[str, Any], out: str | Path, title: str = "") -> Path:
+    """Draw the report's quality-vs-cost fronts and save them as a PNG at ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_present = [a for a in report["meta"]["cost_axes"] if a in AXES]
+    fig, panels = plt.subplots(1, len(axes_present), figsize=(6.4 * len(axes_present), 4.6), squeeze=False)
+    baselines = report["baselines"]
+    for panel, axis in zip(panels[0], axes_present, strict=True):
+        key, label = AXES[axis]
+        for name, entry in sorted(report["routers"].items()):
+            pts = [p for p in entry["points"] if p["axis"] == axis and p[key] is not None]
+            xs, ys = front([p[key] for p in pts], [p["quality"] for p in pts])
+            if len(xs):
+                panel.plot(xs, ys, marker=".", markersize=4, linewidth=1.2, label=name)
+        costs = []
+        for name, base in baselines.items():
+            if base[key] is None:
+                continue
+            costs.append(base[key])
+            special = name in ("oracle", "random")
+            panel.scatter(
+                [base[key]],
+                [base["quality"]],
+                marker="*" if name == "oracle" else ("x" if special else "o"),
+                color="black" if name == "oracle" else ("grey" if special else "tab:red"),
+                s=60 if special else 25,
+                zorder=5,
+            )
+            panel.annotate(name, (base[key], base["quality"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        if costs and min(costs) > 0 and max(costs) / min(costs) > 10:
+            panel.set_xscale("log")
+        panel.set_xlabel(label)
+        panel.set_ylabel("quality (mean score)")
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

@@ -1,0 +1,154 @@
+"""coserve train -> router directory -> load_trained -> expert_for; coserve experts add."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_eval_harness import write_separable
+
+from coserve.cli import main
+from coserve.router.embed import HashingEmbedder
+from coserve.router.trained import load_trained
+
+
+@pytest.fixture
+def trained(tmp_path: Path, cache: Path) -> tuple[Path, Path]:
+    data, experts = write_separable(tmp_path)
+    out = tmp_path / "router"
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--experts",
+            str(experts),
+            "--out",
+            str(out),
+            "--embedder",
+            "hashing",
+            "--budget-params",
+            "6",
+        ]
+    )
+    assert rc == 0
+    return out, data
+
+
+def test_train_writes_a_loadable_router(trained: tuple[Path, Path]) -> None:
+    out, _ = trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "map-logistic"
+    assert manifest["map"] == {"chat": "small", "code": "big"}
+    assert manifest["budget"] == {"axis": "params", "value": 6.0}
+    assert [e["name"] for e in manifest["experts"]] == ["small", "mid", "big"]
+    assert {"temperature", "fallback", "categories", "classifier", "hyper"} <= set(manifest)
+    with np.load(out / "arrays.npz", allow_pickle=False) as npz:
+        assert {"S", "p", "clf/coef_"} <= set(npz.files)
+    router = load_trained(out)
+    X = HashingEmbedder().encode(["debug this python function loop", "hello friend nice weekend movie"])
+    assert router.expert_for(X) == ["big", "small"]
+    assert router.category_proba(X).shape == (2, 2)
+    assert router.scores(X).shape == (2, 3)
+    # a budget that only affords the cheapest expert
+    assert router.expert_for(X, budget=1.0) == ["small", "small"]
+
+
+def test_experts_add_keeps_classifier_and_changes_map(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    out, data = trained
+    with np.load(out / "arrays.npz", allow_pickle=False) as npz:
+        before = {k: npz[k].tobytes() for k in npz.files if k.startswith("clf/")}
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    # "coder" is perfect on code and cheaper than "big": it should take the code category
+    new = [{"id": r["id"], "scores": {"coder": 1.0 if r["category"] == "code" else 0.0}} for r in rows]
+    outcomes = tmp_path / "coder.jsonl"
+    outcomes.write_text("\n".join(json.dumps(r) for r in new) + "\n")
+    rc = main(
+        ["experts", "add", "--router", str(out), "--name", "coder", "--outcomes", str(outcomes), "--params-b", "3"]
+    )
+    assert rc == 0
+    with np.load(out / "arrays.npz", allow_pickle=False) as npz:
+        after = {k: npz[k].tobytes() for k in npz.files if k.startswith("clf/")}
+        assert npz["S"].shape == (2, 4)
+    assert before == after and before
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["map"] == {"chat": "small", "code": "coder"}
+    X = HashingEmbedder().encode(["debug this python function loop"])
+    assert load_trained(out).expert_for(X) == ["coder"]
+
+
+def test_prompt_and_hybrid_routers_train(tmp_path: Path, cache: Path) -> None:
+    data, experts = write_separable(tmp_path)
+    for kind in ("prompt-knn", "hybrid"):
+        out = tmp_path / kind
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(data),
+                    "--experts",
+                    str(experts),
+                    "--out",
+                    str(out),
+                    "--embedder",
+                    "hashing",
+                    "--router",
+                    kind,
+                ]
+            )
+            == 0
+        )
+        router = load_trained(out)
+        X = HashingEmbedder().encode(["debug this python function loop", "hello friend nice weekend movie"])
+        assert router.expert_for(X) == ["big", "small"]
+
+
+def test_eval_command_writes_report_and_plot(tmp_path: Path, cache: Path) -> None:
+    data, experts = write_separable(tmp_path)
+    report, plot = tmp_path / "r.json", tmp_path / "p.png"
+    rc = main(
+        [
+            "eval",
+            "--data",
+            str(data),
+            "--experts",
+            str(experts),
+            "--folds",
+            "3",
+            "--json",
+            str(report),
+            "--plot",
+            str(plot),
+            "--embedder",
+            "hashing",
+            "--routers",
+            "map-logistic,prompt-knn",
+        ]
+    )
+    assert rc == 0
+    assert set(json.loads(report.read_text())["routers"]) == {"map-logistic", "prompt-knn"}
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_rows_refused_by_default(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, experts = write_separable(tmp_path)
+    with data.open("a") as handle:
+        handle.write('{"id": "broken"\n')
+    rc = main(
+        [
+            "eval",
+            "--data",
+            str(data),
+            "--experts",
+            str(experts),
+            "--json",
+            str(tmp_path / "r.json"),
+            "--embedder",
+            "hashing",
+        ]
+    )
+    assert rc == 2
+    assert "outcomes.jsonl:61" in capsys.readouterr().err
