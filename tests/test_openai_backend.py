@@ -1,0 +1,122 @@
+"""The OpenAI-compatible HTTP backend, against a real HTTP server: another coserve (fake experts)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+from conftest import library_data
+from fastapi.testclient import TestClient
+
+from coserve.config import load_library
+from coserve.engine.engine import Engine
+from coserve.router.embed import HashingEmbedder
+from coserve.server.app import create_app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def upstream(make_engine: Callable[..., Engine]) -> Iterator[str]:
+    """A real uvicorn server on loopback serving fake experts (slow ones: 'big' sleeps per token)."""
+    engine = make_engine(options={"big": {"token_delay": 0.5}})
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "upstream server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _remote_library(tmp_path: Path, base_url: str, **options: Any) -> Path:
+    data = library_data()
+    template = data["experts"][0]
+    data["experts"] = [
+        {**template, "name": "remote-coder", "backend": "openai", "params_b": 0.5, "tags": ["code"],
+         "options": {"base_url": base_url, "model": "coder", **options}},
+        {**template, "name": "remote-big", "backend": "openai", "params_b": 1.5, "tags": ["general"],
+         "options": {"base_url": base_url, "model": "big", "read_timeout": 0.3}},
+        {**template, "name": "local-small", "params_b": 0.1, "tags": ["chat"]},
+    ]  # fmt: skip
+    data["router"]["map"] = {"code": "remote-coder", "math": "remote-big", "chat": "local-small"}
+    data["router"]["fallback"] = {"expert": "local-small", "min_confidence": 0.4}
+    path = tmp_path / "remote.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _ask(client: TestClient, model: str, text: str, stream: bool = False) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 5, "stream": stream}
+    return client.post("/v1/chat/completions", json=body)
+
+
+def test_remote_expert_answers_through_http(tmp_path: Path, upstream: str, cache: Path) -> None:
+    engine = Engine.build(load_library(_remote_library(tmp_path, upstream)), cache, embedder=HashingEmbedder())
+    with TestClient(create_app(engine)) as client:
+        response = _ask(client, "coserve", "write a python function to sort a list")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model"] == "remote-coder"
+        # the upstream coserve answered with its own fake 'coder' expert
+        assert body["choices"][0]["message"]["content"].startswith("coder says:")
+        assert body["usage"]["completion_tokens"] == 5
+        streamed = _ask(client, "remote-coder", "write python code", stream=True)
+        assert streamed.status_code == 200
+        events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        text = "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c["choices"])
+        assert text.startswith("coder says:")
+        assert client.get("/health").json()["experts"]["remote-coder"]["tier"] == "active"
+
+
+def test_remote_timeout_falls_back(tmp_path: Path, upstream: str, cache: Path) -> None:
+    engine = Engine.build(load_library(_remote_library(tmp_path, upstream)), cache, embedder=HashingEmbedder())
+    with TestClient(create_app(engine)) as client:
+        # 'remote-big' reads with a 0.3 s time-out from an expert that takes 0.5 s a token
+        response = _ask(client, "coserve", "solve the equation x squared plus 3 x equals 10")
+        assert response.status_code == 200, response.text
+        assert response.json()["coserve"]["fallback_from"] == ["remote-big"]
+        pinned = _ask(client, "remote-big", "solve the equation")
+        assert pinned.status_code == 502 and pinned.json()["error"]["code"] == "expert_failed"
+
+
+def test_unreachable_endpoint_is_a_load_failure(tmp_path: Path, cache: Path) -> None:
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    engine = Engine.build(load_library(_remote_library(tmp_path, dead)), cache, embedder=HashingEmbedder())
+    with TestClient(create_app(engine)) as client:
+        response = _ask(client, "coserve", "write a python function to sort a list")
+        assert response.status_code == 200
+        assert response.json()["coserve"]["fallback_from"] == ["remote-coder"]
+        pinned = _ask(client, "remote-coder", "write python code")
+        assert pinned.status_code == 503
+
+
+def test_missing_api_key_variable_is_a_load_failure(
+    tmp_path: Path, upstream: str, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COSERVE_TEST_KEY", raising=False)
+    path = _remote_library(tmp_path, upstream, api_key_env="COSERVE_TEST_KEY")
+    engine = Engine.build(load_library(path), cache, embedder=HashingEmbedder())
+    with TestClient(create_app(engine)) as client:
+        response = _ask(client, "remote-coder", "write python code")
+        assert response.status_code == 503
+        assert "COSERVE_TEST_KEY" in response.json()["error"]["message"]
