@@ -61,7 +61,7 @@ def cmd_route(args: argparse.Namespace) -> int:
             )
         else:
             probs = "  ".join(f"{k} {v:.2f}" for k, v in ranked)
-            print(f"{decision.expert:<10} {decision.category:<10} {decision.reason:<15} {probs}   | {text[:60]}")
+            print(f"{decision.expert:<10} {decision.category or '-':<10} {decision.reason:<15} {probs}   | {text[:60]}")
     return 0
 
 
