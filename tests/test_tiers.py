@@ -145,3 +145,18 @@ def test_failed_stage_is_a_load_error(tmp_path: Path) -> None:
 
     asyncio.run(go())
     assert pool.residency()["coder"] is Tier.DISK and pool.ram_bytes() == 0
+
+
+def test_a_just_loaded_expert_is_pinned_before_any_eviction(tmp_path: Path) -> None:
+    """Regression: lookahead ranked the incoming expert as the best victim, evicted it, reloaded it..."""
+    pool, backend = _pool(tmp_path, active=35 * MiB)
+    asyncio.run(_use(pool, "coder")())
+    pool.next_use = lambda: {"coder": 0.0, "big": math.inf}  # big is "never" needed again
+
+    async def go() -> None:
+        lease = await asyncio.wait_for(pool.acquire("big"), timeout=5)
+        lease.release()
+
+    asyncio.run(go())
+    assert backend.loads == ["coder", "big"]
+    assert pool.residency()["coder"] is not Tier.ACTIVE

@@ -259,7 +259,7 @@ class ExpertPool:
             if self.metrics:
                 self.metrics.pool_load_seconds.labels(name).observe(seconds)
                 self.metrics.switch_seconds.labels(from_tier.value).observe(seconds)
-            self._fit_budgets()
+            self._fit_budgets(protect=name)  # the waiters pin it next; never evict it before they can
             self._condition.notify_all()
 
     def _spawn(self, coro: Any) -> None:
@@ -267,12 +267,12 @@ class ExpertPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _fit_budgets(self) -> None:
+    def _fit_budgets(self, protect: str = "") -> None:
         """Evict idle experts (lookahead order) until both tiers are within budget, if possible."""
-        victims = self._victims("", Tier.ACTIVE, 0, self.used_bytes(), self.budget_bytes) or []
+        victims = self._victims(protect, Tier.ACTIVE, 0, self.used_bytes(), self.budget_bytes) or []
         for victim in victims:
             self._deactivate(victim)
-        victims = self._victims("", Tier.RAM, 0, self.ram_bytes(), self.ram_budget_bytes) or []
+        victims = self._victims(protect, Tier.RAM, 0, self.ram_bytes(), self.ram_budget_bytes) or []
         for victim in victims:
             self._unstage(victim)
         self._publish()
