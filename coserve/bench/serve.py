@@ -265,8 +265,8 @@ def bench_serve(
         half = _bench_library(library, folder, active, total + largest)
         (folder / "all").mkdir()
         everything = _bench_library(library, folder / "all", 4 * total, 4 * total)
+        print(f"{'policy':<18} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'ttft p50':>9} {'switches':>9} {'GB moved':>9}")
         for policy in policies:
-            print(f"running {policy} ...", flush=True)
             if policy == "peer":
                 row = _run_peer(library, workload, max_tokens, folder)
             elif policy == "all_resident":
@@ -274,13 +274,11 @@ def bench_serve(
             else:
                 row = _run_coserve(half, policy, workload, max_tokens)
             result["policies"][policy] = row
-    print(f"{'policy':<18} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'ttft p50':>9} {'switches':>9} {'GB moved':>9}")
-    for policy, row in result["policies"].items():
-        if "skipped" in row:
-            print(f"{policy:<18} skipped: {row['skipped']}")
-            continue
-        print(f"{policy:<18} {row['throughput_rps']:>7.3f} {row['p50_s']:>7.2f} {row['p95_s']:>7.2f} "
-              f"{row['ttft_p50_s']:>9.2f} {row['switches']:>9} {row['bytes_moved'] / 1e9:>9.2f}")  # fmt: skip
+            if "skipped" in row:
+                print(f"{policy:<18} skipped: {row['skipped']}", flush=True)
+                continue
+            print(f"{policy:<18} {row['throughput_rps']:>7.3f} {row['p50_s']:>7.2f} {row['p95_s']:>7.2f} "
+                  f"{row['ttft_p50_s']:>9.2f} {row['switches']:>9} {row['bytes_moved'] / 1e9:>9.2f}", flush=True)  # fmt: skip
     switch = measure_switch(library)
     name = max(switch, key=lambda k: switch[k]["bytes"])
     result["switch"] = {"expert": name, "time_s": switch[name]["ram_to_active_s"],

@@ -117,6 +117,8 @@ class Engine:
 
     def slots(self, expert: str) -> int:
         """Requests of one expert that run together (the runtime's parallel slots)."""
+        if self.policy == "load_per_request":
+            return 1  # one request per load, strictly
         return max(1, int(self.library.expert(expert).options.get("n_parallel", 2)))
 
     # -- scheduling -----------------------------------------------------------------------------
