@@ -277,8 +277,11 @@ def bench_serve(
             if "skipped" in row:
                 print(f"{policy:<18} skipped: {row['skipped']}", flush=True)
                 continue
-            print(f"{policy:<18} {row['throughput_rps']:>7.3f} {row['p50_s']:>7.2f} {row['p95_s']:>7.2f} "
-                  f"{row['ttft_p50_s']:>9.2f} {row['switches']:>9} {row['bytes_moved'] / 1e9:>9.2f}", flush=True)  # fmt: skip
+            print(
+                f"{policy:<18} {row['throughput_rps']:>7.3f} {row['p50_s']:>7.2f} {row['p95_s']:>7.2f} "
+                f"{row['ttft_p50_s']:>9.2f} {row['switches']:>9} {row['bytes_moved'] / 1e9:>9.2f}",
+                flush=True,
+            )
     switch = measure_switch(library)
     name = max(switch, key=lambda k: switch[k]["bytes"])
     result["switch"] = {"expert": name, "time_s": switch[name]["ram_to_active_s"],
