@@ -179,7 +179,9 @@ def _run_peer(library: LibraryConfig, workload: list[dict[str, Any]], max_tokens
     ]  # fmt: skip
     port = _free_port()
     config = folder / "peer.json"
-    config.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": models}))
+    # interrupt_requests=False: by default the peer aborts a streaming request when another arrives;
+    # queueing them (as a server must) is the fair comparison.
+    config.write_text(json.dumps({"host": "127.0.0.1", "port": port, "interrupt_requests": False, "models": models}))
     proc = subprocess.Popen([str(python), "-m", "llama_cpp.server", "--config_file", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -193,7 +195,7 @@ def _run_peer(library: LibraryConfig, workload: list[dict[str, Any]], max_tokens
         result["switches"] = switches
         result["loads"] = switches
         result["bytes_moved"] = sizes[order[0]] + sum(sizes[b] for a, b in pairs if a != b)
-        result["note"] = "switches and bytes counted from the arrival order (the peer serves one request at a time)"
+        result["note"] = "switches and bytes counted from arrival order (the peer serves one request at a time)"
         return result
     finally:
         proc.terminate()
