@@ -38,6 +38,8 @@ from coserve.types import Chunk, Completion, Decision, Request, Tier, Usage
 
 Policy = Literal["lookahead", "lru", "load_per_request"]
 
+DEFAULT_TIMEOUT_S = 300.0  # seconds without a chunk before an expert counts as hung (options.timeout_s)
+
 __all__ = ["Engine", "Stream"]
 
 _END = object()
@@ -292,9 +294,17 @@ class Engine:
             queue.put_nowait(_END)
 
         future.add_done_callback(finished)
+        # A runtime that produces nothing for this long is treated as hung: the request fails (and
+        # falls back if nothing was sent yet); the runtime is told to stop at its next token.
+        timeout = float(lease.handle.spec.options.get("timeout_s", DEFAULT_TIMEOUT_S))
         try:
             while True:
-                item = await queue.get()
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    raise ExpertFailed(
+                        f"expert {lease.handle.spec.name!r} produced nothing for {timeout:g} s", code="expert_timeout"
+                    ) from None
                 if item is _END:
                     error = future.exception()
                     if error is not None:

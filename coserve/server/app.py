@@ -7,6 +7,8 @@ with the status of its class in coserve.errors; never a traceback.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -31,7 +33,8 @@ __all__ = ["create_app", "sse"]
 
 log = logging.getLogger("coserve.server")
 
-MAX_BODY_BYTES = 4 * 2**20  # a chat body larger than this is refused (413)
+MAX_BODY_BYTES = 4 * 2**20  # a chat body larger than this is refused (400, body_too_large)
+DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
 
 
 def sse(payload: dict[str, Any] | str) -> bytes:
@@ -136,7 +139,17 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
         decision = await engine.route(request)
         if request.stream:
             return await _stream_response(request, decision)
-        stream, completion = await engine.complete(request, decision)
+        work = asyncio.ensure_future(engine.complete(request, decision))
+        while not work.done():
+            # A client that goes away cancels its request (queued or generating) and frees its slot.
+            await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+            if not work.done() and await http.is_disconnected():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, CoserveError):
+                    await work
+                metrics.requests.labels("499").inc()
+                return Response(status_code=499)
+        stream, completion = work.result()
         metrics.latency_seconds.labels(stream.expert).observe(time.monotonic() - request.arrival)
         metrics.requests.labels("200").inc()
         body = {

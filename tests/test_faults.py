@@ -1,0 +1,82 @@
+"""Faults: a hung expert times out (and falls back); a client that leaves cancels a non-streamed request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from coserve.backends.fake import FakeBackend
+from coserve.engine.engine import Engine
+from coserve.server.app import create_app
+
+URL = "/v1/chat/completions"
+MATH = "solve the equation x squared plus 3 x equals 10"
+
+
+def _body(model: str, text: str, max_tokens: int = 4) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
+
+
+def test_a_hung_expert_times_out_and_falls_back(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(options={"big": {"token_delay": 2.0, "timeout_s": 0.2}})
+    with TestClient(create_app(engine)) as client:
+        routed = client.post(URL, json=_body("coserve", MATH))
+        assert routed.status_code == 200, routed.text
+        assert routed.json()["coserve"]["fallback_from"] == ["big"]
+        pinned = client.post(URL, json=_body("big", MATH))
+        assert pinned.status_code == 502
+        assert pinned.json()["error"]["code"] == "expert_timeout"
+        assert "0.2 s" in pinned.json()["error"]["message"]
+
+
+def test_client_disconnect_cancels_a_non_streamed_request(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(options={"coder": {"token_delay": 0.05}})
+    backend = engine.pool.backends["coder"]
+    assert isinstance(backend, FakeBackend)
+    app = create_app(engine, close_engine=False)
+    payload = json.dumps(_body("coder", "write python code", max_tokens=200)).encode()
+    sent: list[dict[str, Any]] = []
+
+    async def scenario() -> float:
+        start = time.monotonic()
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": payload, "more_body": False}
+            # The client leaves 0.4 s in, while the expert is generating. Like uvicorn's receive, this
+            # answers at once once the disconnect happened, and blocks (cancellably) before.
+            left = 0.4 - (time.monotonic() - start)
+            if left > 0:
+                await asyncio.sleep(left)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": URL, "raw_path": URL.encode(), "root_path": "", "query_string": b"",
+            "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 50000), "server": ("test", 80),
+        }  # fmt: skip
+        await asyncio.wait_for(app(scope, receive, send), timeout=5)
+        elapsed = time.monotonic() - start
+        deadline = time.monotonic() + 2
+        while engine.pool.in_flight("coder") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert engine.pool.in_flight("coder") == 0
+        await engine.close()
+        return elapsed
+
+    elapsed = asyncio.run(scenario())
+    # 200 tokens at 0.05 s would take 10 s: the request was cancelled, not run to the end
+    assert elapsed < 2.0
+    assert sent[0]["status"] == 499
