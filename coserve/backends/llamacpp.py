@@ -81,6 +81,15 @@ class LlamaCppBackend:
             server = xllamacpp.Server(params)
         except Exception as exc:  # the runtime raises plain RuntimeError on bad files
             raise ExpertLoadError(f"expert {spec.name!r} failed to load {path}: {exc}") from None
+        # Validate before the pool releases anyone for this expert: one greedy token through the
+        # chat template. (It also keeps xllamacpp safe: destroying a server that never handled
+        # a request deadlocked in some trials here.)
+        check = server.handle_chat_completions(
+            {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0.0}
+        )
+        if "error" in check or not check.get("choices"):
+            del server
+            raise ExpertLoadError(f"expert {spec.name!r} loaded but failed its first generation: {check}")
         return Handle(
             spec,
             server,
