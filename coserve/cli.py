@@ -1,4 +1,4 @@
-"""The ``coserve`` command: serve | route | chat | experts | bench | train | eval.
+"""The ``coserve`` command: serve | route | chat | experts | bench | train | eval | keys | log.
 
 Arguments are parsed in ``main()``; nothing runs at import time. Errors a user can fix (a bad
 library file, a missing model package) print one line and exit with status 2.
@@ -296,6 +296,54 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_hash(args: argparse.Namespace) -> int:
+    from coserve.server.auth import hash_key
+
+    if not args.key.strip():
+        raise CoserveError("the key is empty")
+    print(hash_key(args.key.strip()))
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    import csv
+    from datetime import UTC, datetime
+
+    from coserve.assets import cache_dir
+    from coserve.store.log import query_decisions
+
+    db = Path(args.db) if args.db else cache_dir() / "decisions.sqlite"
+    if not db.is_file():
+        raise CoserveError(f"no decision log at {db}")
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            raise CoserveError(f"--since {args.since!r} is not an ISO 8601 time (e.g. 2026-01-31T12:00)") from None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)  # a time without a zone is UTC
+    rows = query_decisions(db, since=since, expert=args.expert, limit=args.limit)
+    for row in rows:
+        row["time"] = datetime.fromtimestamp(row["time"], UTC).isoformat(timespec="milliseconds")
+    out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout
+    try:
+        if args.format == "csv":
+            columns = list(rows[0]) if rows else ["id"]
+            writer = csv.DictWriter(out, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.out:
+        print(f"coserve: {len(rows)} decisions -> {args.out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coserve", description="A Composition of Experts behind one endpoint.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -341,6 +389,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--params-b", type=float, required=True, help="billions of active parameters")
     a.add_argument("--price", type=float, help="USD per million tokens")
     a.set_defaults(func=cmd_experts_add)
+
+    p = sub.add_parser("keys", help="API keys")
+    keys = p.add_subparsers(dest="keys_action", required=True)
+    k = keys.add_parser("hash", help="print a key's sha256, to put in the library's server.api_keys")
+    k.add_argument("key")
+    k.set_defaults(func=cmd_keys_hash)
+
+    p = sub.add_parser("log", help="query and export the decision log")
+    p.add_argument("--db", help="the log's database (default: $COSERVE_CACHE/decisions.sqlite)")
+    p.add_argument("--since", help="only requests at or after this ISO 8601 time (UTC unless it says)")
+    p.add_argument("--expert", help="only requests this expert answered")
+    p.add_argument("--limit", type=int, help="at most this many rows (oldest first)")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--out", help="write here instead of stdout")
+    p.set_defaults(func=cmd_log)
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)

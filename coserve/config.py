@@ -27,12 +27,14 @@ from coserve.errors import ConfigError
 __all__ = [
     "BACKEND_NAMES",
     "Category",
+    "DecisionLogSettings",
     "ExpertSpec",
     "FallbackSettings",
     "LibraryConfig",
     "MemorySettings",
     "Price",
     "RouterSettings",
+    "ServerSettings",
     "default_library_path",
     "load_library",
     "parse_bytes",
@@ -177,6 +179,43 @@ class MemorySettings(_Strict):
         return parse_bytes(value)
 
 
+class DecisionLogSettings(_Strict):
+    """The decision log: one SQLite row per chat request."""
+
+    path: Path | None = None  # default: $COSERVE_CACHE/decisions.sqlite (relative: to the library file)
+    store_text: bool = False  # also keep prompts and completions (personal data: off unless asked)
+
+
+class ServerSettings(_Strict):
+    """Limits and access of the HTTP server."""
+
+    max_pending: int = Field(64, ge=1)  # chat requests admitted at once (in flight + queued)
+    max_pending_per_expert: int = Field(32, ge=1)  # the same bound for one routed expert
+    max_body_bytes: int = 4 * 2**20  # a chat body larger than this is refused (400)
+    max_messages: int = Field(256, ge=1)  # messages in one chat body
+    api_keys: tuple[str, ...] = ()  # sha256 hex digests of accepted keys (``coserve keys hash KEY``)
+    api_keys_env: str | None = None  # environment variable with comma-separated plaintext keys
+    protect_metrics: bool = False  # /health and /metrics need a key too
+    log: DecisionLogSettings = DecisionLogSettings()
+
+    @field_validator("max_body_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        size = parse_bytes(value)
+        if size < 1:
+            raise ValueError("must be at least 1 byte")
+        return size
+
+    @field_validator("api_keys")
+    @classmethod
+    def _digests(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for i, digest in enumerate(value):
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+                # The message must not echo the value: it may be a plaintext key put here by mistake.
+                raise ValueError(f"api_keys[{i}] is not a sha256 hex digest; use `coserve keys hash KEY`")
+        return tuple(digest.lower() for digest in value)
+
+
 class LibraryConfig(_Strict):
     """A whole library file, validated."""
 
@@ -184,6 +223,7 @@ class LibraryConfig(_Strict):
     categories: dict[str, Category] = Field(default_factory=dict)
     router: RouterSettings
     memory: MemorySettings = MemorySettings()
+    server: ServerSettings = ServerSettings()
     # Not part of the file's schema: where it was read from (for relative paths) and its digest.
     path: Path | None = None
     content_hash: str = ""
@@ -282,7 +322,8 @@ def load_library(path: str | Path | None = None) -> LibraryConfig:
             message = message.removeprefix("Value error, ")
             problems.append(f"{loc}: {message}" if loc else message)
         raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+    # The digest names the router's cache: server settings do not change what the router learns.
     digest = hashlib.sha256(
-        json.dumps(config.model_dump(mode="json", exclude={"path", "content_hash"}), sort_keys=True).encode()
+        json.dumps(config.model_dump(mode="json", exclude={"path", "content_hash", "server"}), sort_keys=True).encode()
     ).hexdigest()
     return config.model_copy(update={"path": path.resolve(), "content_hash": digest})

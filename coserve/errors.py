@@ -5,15 +5,19 @@
     │   └── AssetError              a model file is missing or its sha256 differs
     ├── RequestError                the caller's fault: 4xx
     │   ├── InvalidRequest          400  malformed body, bad field
+    │   ├── Unauthorized            401  missing or unknown API key
     │   ├── NotFound                404  unknown model / expert
     │   ├── ContextTooLong          413  prompt longer than the expert's context
     │   └── UnprocessableRequest    422  well-formed but semantically invalid (sampling ranges,
     │       └── InfeasibleConstraints      constraints no expert satisfies)
+    ├── TooManyRequests             429  admission bound reached; retry after ``retry_after`` s
     └── ServiceError                the server's fault: 5xx
         ├── ExpertLoadError         503  an expert failed to load (or is in backoff)
+        ├── Draining                503  the server is shutting down; retry after ``retry_after`` s
         └── ExpertFailed            502  an expert raised while generating
 
-An error's ``param`` names the offending field, ``code`` is a stable machine-readable string.
+An error's ``param`` names the offending field, ``code`` is a stable machine-readable string;
+``retry_after`` (whole seconds), when set, leaves as the ``Retry-After`` header.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "ConfigError",
     "ContextTooLong",
     "CoserveError",
+    "Draining",
     "ExpertFailed",
     "ExpertLoadError",
     "InfeasibleConstraints",
@@ -32,6 +37,8 @@ __all__ = [
     "NotFound",
     "RequestError",
     "ServiceError",
+    "TooManyRequests",
+    "Unauthorized",
     "UnprocessableRequest",
 ]
 
@@ -42,6 +49,7 @@ class CoserveError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str = "internal_error"
+    retry_after: int | None = None  # seconds; sent as the Retry-After header when set
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -49,6 +57,10 @@ class CoserveError(Exception):
         self.param = param
         if code is not None:
             self.code = code
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with the error body."""
+        return {"retry-after": str(self.retry_after)} if self.retry_after is not None else {}
 
     def body(self) -> dict[str, Any]:
         """The OpenAI-style error body: ``{"error": {"message", "type", "param", "code"}}``."""
@@ -79,6 +91,13 @@ class InvalidRequest(RequestError):
     """Malformed JSON, missing or mistyped fields."""
 
 
+class Unauthorized(RequestError):
+    """No API key, or one the server does not know (``missing_api_key`` / ``invalid_api_key``)."""
+
+    status = 401
+    code = "invalid_api_key"
+
+
 class NotFound(RequestError):
     """The named model or expert does not exist."""
 
@@ -106,6 +125,18 @@ class InfeasibleConstraints(UnprocessableRequest):
     code = "infeasible_constraints"
 
 
+class TooManyRequests(CoserveError):
+    """More requests are admitted than the server's bound allows; the client should retry later."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int = 1, param: str | None = None, code: str | None = None):
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
+
+
 class ServiceError(CoserveError):
     """The server could not serve a valid request."""
 
@@ -126,3 +157,14 @@ class ExpertFailed(ServiceError):
 
     status = 502
     code = "expert_failed"
+
+
+class Draining(ServiceError):
+    """The server is shutting down and admits no new request."""
+
+    status = 503
+    code = "draining"
+
+    def __init__(self, message: str, *, retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -139,6 +139,14 @@ def write_library(
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``COSERVE_CACHE`` for tests that set none (the decision log goes there, never to ~/.cache)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COSERVE_CACHE", str(tmp_path_factory.mktemp("session-cache")))
+        yield
+
+
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh cache folder, also exported as ``COSERVE_CACHE``."""

@@ -2,7 +2,9 @@
 
 ``create_app(engine)`` builds the FastAPI application around a ready engine; nothing runs at
 import time. Every error leaves as an OpenAI-style body ``{"error": {message, type, param, code}}``
-with the status of its class in coserve.errors; never a traceback.
+with the status of its class in coserve.errors; never a traceback. The library's ``server``
+section sets the limits, the API keys (enforced by coserve.server.gate) and the decision log
+(coserve.store.log), which gets one row per routed chat request.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -24,16 +27,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from coserve.assets import cache_dir
+from coserve.config import ServerSettings
 from coserve.engine.engine import Engine, Stream
-from coserve.errors import CoserveError, InvalidRequest
-from coserve.server.protocol import ChatCompletionRequest, error_body
-from coserve.types import Decision, Request
+from coserve.errors import CoserveError, InvalidRequest, NotFound
+from coserve.server.admission import Admission, Ticket
+from coserve.server.auth import KeyRing
+from coserve.server.gate import CHAT_PATH, TICKET_KEY, Gate, error_response
+from coserve.server.protocol import ChatCompletionRequest, FeedbackRequest, error_body
+from coserve.store.log import DecisionLog, DecisionRow
+from coserve.types import Decision, Request, Usage
 
 __all__ = ["create_app", "sse"]
 
 log = logging.getLogger("coserve.server")
 
-MAX_BODY_BYTES = 4 * 2**20  # a chat body larger than this is refused (400, body_too_large)
 DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
 
 
@@ -67,10 +75,17 @@ def _headers(decision: Decision, stream: Stream) -> dict[str, str]:
     return headers
 
 
-async def _parse(http: HttpRequest) -> Request:
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    first = exc.errors()[0]
+    param = _loc(tuple(first["loc"]))
+    message = first["msg"].removeprefix("Value error, ")
+    return InvalidRequest(f"{param}: {message}" if param else message, param=param or None)
+
+
+async def _json_body(http: HttpRequest, max_bytes: int) -> dict[str, Any]:
     raw = await http.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidRequest(f"the body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
+    if len(raw) > max_bytes:
+        raise InvalidRequest(f"the body is larger than {max_bytes} bytes", code="body_too_large")
     try:
         data = json.loads(raw)
         # Valid JSON may still hold lone surrogates ("\ud800"), which no UTF-8 response can echo.
@@ -83,32 +98,92 @@ async def _parse(http: HttpRequest) -> Request:
         raise InvalidRequest("the body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the body must be a JSON object")
+    return data
+
+
+async def _parse(http: HttpRequest, settings: ServerSettings) -> Request:
+    data = await _json_body(http, settings.max_body_bytes)
     try:
         body = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = _loc(tuple(first["loc"]))
-        message = first["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(f"{param}: {message}" if param else message, param=param or None) from None
+        raise _invalid(exc) from None
+    if len(body.messages) > settings.max_messages:
+        raise InvalidRequest(f"at most {settings.max_messages} messages", param="messages")
     return body.to_request()
 
 
+def _log_path(engine: Engine) -> Path:
+    path = engine.library.server.log.path
+    if path is None:
+        return cache_dir() / "decisions.sqlite"
+    if not path.is_absolute() and engine.library.path is not None:
+        return engine.library.path.parent / path
+    return path
+
+
 def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
-    """The FastAPI application serving one engine."""
+    """The FastAPI application serving one engine (API keys are read from the environment here)."""
+    settings = engine.library.server
+    admission = Admission(settings.max_pending, settings.max_pending_per_expert)
+    decisions = DecisionLog(_log_path(engine), store_text=settings.log.store_text)
+    metrics = engine.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if close_engine:
-            await engine.close()
+        decisions.start()
+        try:
+            yield
+        finally:
+            admission.draining = True  # from here on, new requests get 503 with Retry-After
+            if close_engine:
+                await engine.close()
+            await asyncio.to_thread(decisions.close)  # flushes what is queued
 
     app = FastAPI(title="coserve", version="0.1.0", lifespan=lifespan)
-    metrics = engine.metrics
+    app.state.admission = admission
+    app.state.decision_log = decisions
+    app.add_middleware(
+        Gate,
+        keys=KeyRing.from_settings(settings.api_keys, settings.api_keys_env),
+        admission=admission,
+        protect_metrics=settings.protect_metrics,
+        on_refusal=lambda exc: metrics.requests.labels(str(exc.status)).inc(),
+    )
+
+    def record(
+        request: Request,
+        decision: Decision,
+        status: str,
+        stream: Stream | None = None,
+        usage: Usage | None = None,
+        completion: str | None = None,
+    ) -> None:
+        prompt = None
+        if decisions.store_text:
+            prompt = json.dumps([{"role": m.role, "content": m.content} for m in request.messages])
+        decisions.record(
+            DecisionRow(
+                id=request.id,
+                time=time.time() - (time.monotonic() - request.arrival),
+                model=request.model,
+                expert=stream.expert if stream else decision.expert,
+                category=decision.category,
+                confidence=decision.confidence,
+                reason=decision.reason,
+                fallback_from=",".join(stream.fallback_from) if stream and stream.fallback_from else None,
+                status=status,
+                latency_s=time.monotonic() - request.arrival,
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None,
+                prompt=prompt,
+                completion=completion if decisions.store_text else None,
+            )
+        )
 
     @app.exception_handler(CoserveError)
     async def _coserve_error(_: HttpRequest, exc: CoserveError) -> JSONResponse:
         metrics.requests.labels(str(exc.status)).inc()
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: HttpRequest, exc: StarletteHTTPException) -> JSONResponse:
@@ -133,12 +208,22 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
             error_body("internal server error", "server_error", None, "internal_error"), status_code=500
         )
 
-    @app.post("/v1/chat/completions")
+    @app.post(CHAT_PATH)
     async def chat_completions(http: HttpRequest) -> Response:
-        request = await _parse(http)
+        request = await _parse(http, settings)
         decision = await engine.route(request)
-        if request.stream:
-            return await _stream_response(request, decision)
+        try:
+            ticket: Ticket | None = http.scope.get(TICKET_KEY)
+            if ticket is not None:
+                ticket.claim(decision.expert)
+            if request.stream:
+                return await _stream_response(request, decision)
+            return await _complete_response(http, request, decision)
+        except Exception as exc:
+            record(request, decision, str(exc.status) if isinstance(exc, CoserveError) else "500")
+            raise
+
+    async def _complete_response(http: HttpRequest, request: Request, decision: Decision) -> Response:
         work = asyncio.ensure_future(engine.complete(request, decision))
         while not work.done():
             # A client that goes away cancels its request (queued or generating) and frees its slot.
@@ -148,10 +233,12 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError, CoserveError):
                     await work
                 metrics.requests.labels("499").inc()
+                record(request, decision, "499")
                 return Response(status_code=499)
         stream, completion = work.result()
         metrics.latency_seconds.labels(stream.expert).observe(time.monotonic() - request.arrival)
         metrics.requests.labels("200").inc()
+        record(request, decision, "200", stream, completion.usage, completion.text)
         body = {
             "id": request.id,
             "object": "chat.completion",
@@ -192,10 +279,16 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
 
         async def events() -> AsyncIterator[bytes]:
             status = "200"
+            usage: Usage | None = None
+            parts: list[str] = []  # kept only when the log stores texts
             try:
                 yield frame({"role": "assistant", "content": ""}, None, coserve=_coserve_field(decision, stream))
                 async for chunk in stream.chunks:
+                    if chunk.usage is not None:
+                        usage = chunk.usage
                     if chunk.text:
+                        if decisions.store_text:
+                            parts.append(chunk.text)
                         yield frame({"content": chunk.text}, None)
                     if chunk.finish_reason:
                         yield frame({}, chunk.finish_reason)
@@ -225,6 +318,7 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
                 await stream.chunks.aclose()  # type: ignore[attr-defined]
                 metrics.requests.labels(status).inc()
                 metrics.latency_seconds.labels(stream.expert).observe(time.monotonic() - request.arrival)
+                record(request, decision, status, stream, usage, "".join(parts))
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(
@@ -269,11 +363,23 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
             )
         return {"object": "list", "data": data}
 
+    @app.post("/v1/feedback")
+    async def feedback(http: HttpRequest) -> dict[str, Any]:
+        data = await _json_body(http, settings.max_body_bytes)
+        try:
+            body = FeedbackRequest.model_validate(data)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        body.check()
+        if not await asyncio.wrap_future(decisions.feedback(body.id, body.score)):
+            raise NotFound(f"no logged request has the id {body.id!r}", param="id", code="request_not_found")
+        return {"object": "feedback", "id": body.id, "score": body.score}
+
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> JSONResponse:
         pool = engine.pool
-        return {
-            "status": "ok",
+        payload = {
+            "status": "draining" if admission.draining else "ok",
             "experts": {name: pool.state(name) for name in engine.library.expert_names},
             "memory": {
                 "active_bytes": pool.used_bytes(),
@@ -282,7 +388,9 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
                 "ram_budget_bytes": pool.ram_budget_bytes,
             },
             "engine": {"policy": engine.policy, "switches": engine.switches, "queued": engine.scheduler.depth()},
+            "admission": {"pending": admission.pending, "per_expert": dict(admission.per_expert)},
         }
+        return JSONResponse(payload, status_code=503 if admission.draining else 200)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from coserve.errors import UnprocessableRequest
 from coserve.types import Constraints, Message, Request, Sampling
 
-__all__ = ["ChatCompletionRequest", "ChatMessage", "CoserveOptions"]
+__all__ = ["ChatCompletionRequest", "ChatMessage", "CoserveOptions", "FeedbackRequest"]
 
 MAX_TOKENS_CAP = 8192  # no request may ask for more completion tokens than this
 
@@ -120,6 +120,20 @@ class ChatCompletionRequest(BaseModel):
             stream=self.stream,
             stream_usage=bool(self.stream_options and self.stream_options.include_usage),
         )
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback`` body: a score for an answered request, by its ``id``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    score: float
+
+    def check(self) -> None:
+        """Range checks (422)."""
+        if not -1.0 <= self.score <= 1.0:
+            raise UnprocessableRequest("score must be between -1 and 1", param="score")
 
 
 def error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:

@@ -1,0 +1,242 @@
+"""The decision log: one SQLite row per chat request (who answered, why, how it went), and feedback.
+
+Writes never wait on the disk: ``record`` puts a row on a bounded in-memory queue, and one
+background thread writes the queue in batches (every ``FLUSH_INTERVAL_S`` or ``BATCH_ROWS`` rows,
+one transaction each, ``executemany``). The database is in WAL mode, so a process killed at any
+moment leaves a consistent file that holds every committed batch: at most one batch (0.2 s or 256
+rows) is lost. A full queue drops rows (counted in ``dropped``) rather than slow requests down.
+Feedback and explicit flushes run on the same thread, after every row queued before them.
+
+This module knows nothing about HTTP, engines or experts; it stores what it is given.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import astuple, dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DecisionLog", "DecisionRow", "query_decisions"]
+
+log = logging.getLogger("coserve.store")
+
+FLUSH_INTERVAL_S = 0.2  # longest a queued row waits before its batch is written
+BATCH_ROWS = 256  # most rows in one transaction
+MAX_QUEUE_ROWS = 65536  # rows waiting in memory before new ones are dropped
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id TEXT PRIMARY KEY,
+    time REAL NOT NULL,          -- unix seconds
+    model TEXT NOT NULL,         -- the model the client asked for
+    expert TEXT NOT NULL,        -- the expert that answered (or was chosen, if none did)
+    category TEXT,
+    confidence REAL,
+    reason TEXT,
+    fallback_from TEXT,          -- comma-separated experts tried first
+    status TEXT NOT NULL,        -- "200", "499", "stream_error" or the error's HTTP status
+    latency_s REAL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    prompt TEXT,                 -- only with server.log.store_text
+    completion TEXT
+);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions (time);
+CREATE TABLE IF NOT EXISTS feedback (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL REFERENCES decisions (id),
+    time REAL NOT NULL,
+    score REAL NOT NULL          -- -1 (bad) .. 1 (good)
+);
+CREATE INDEX IF NOT EXISTS feedback_id ON feedback (id);
+"""
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    """One chat request, as the log keeps it."""
+
+    id: str
+    time: float  # unix seconds when the request arrived
+    model: str
+    expert: str
+    category: str | None
+    confidence: float | None
+    reason: str | None
+    fallback_from: str | None  # comma-separated
+    status: str
+    latency_s: float | None  # seconds from arrival to the last byte
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    prompt: str | None = None  # None unless texts are stored
+    completion: str | None = None
+
+
+_COLUMNS = tuple(f.name for f in fields(DecisionRow))
+_INSERT = f"INSERT OR REPLACE INTO decisions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Work for the writer thread, run after every row queued before it."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    result: concurrent.futures.Future[Any]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (or create) a decision log database in WAL mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+class DecisionLog:
+    """The writer: ``record`` rows, ``feedback`` on them, ``flush``, ``close``."""
+
+    def __init__(self, path: Path, *, store_text: bool = False, max_queue_rows: int = MAX_QUEUE_ROWS):
+        self.path = Path(path)
+        self.store_text = store_text
+        self.dropped = 0  # rows refused because the queue was full
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue_rows)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> DecisionLog:
+        """Open the database (errors surface here) and start the writer thread."""
+        with self._lock:
+            if self._thread is None:
+                conn = connect(self.path)
+                conn.close()
+                self._thread = threading.Thread(target=self._run, name="coserve-decision-log", daemon=True)
+                self._thread.start()
+        return self
+
+    def record(self, row: DecisionRow) -> bool:
+        """Queue one row without waiting; False if it was dropped (queue full)."""
+        if not self.store_text and (row.prompt is not None or row.completion is not None):
+            row = DecisionRow(*astuple(row)[:-2])
+        try:
+            self._queue.put_nowait(row)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("decision log: queue full, %d rows dropped so far", self.dropped)
+            return False
+        return True
+
+    def call(self, fn: Callable[[sqlite3.Connection], Any]) -> concurrent.futures.Future[Any]:
+        """Run ``fn(connection)`` on the writer thread once the rows queued so far are written."""
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put(_Call(fn, result))
+        return result
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every row queued so far is written."""
+        self.call(lambda _: None).result(timeout)
+
+    def feedback(self, request_id: str, score: float) -> concurrent.futures.Future[bool]:
+        """Store a score for a logged request; the future says whether the request was known."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            if conn.execute("SELECT 1 FROM decisions WHERE id = ?", (request_id,)).fetchone() is None:
+                return False
+            with conn:
+                conn.execute(
+                    "INSERT INTO feedback (id, time, score) VALUES (?, ?, ?)", (request_id, time.time(), score)
+                )
+            return True
+
+        return self.call(write)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued and stop the writer thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._queue.put(_STOP)
+        thread.join(timeout)
+
+    def _run(self) -> None:
+        conn = connect(self.path)
+        try:
+            while True:
+                first = self._queue.get()
+                rows: list[DecisionRow] = []
+                item: object = first
+                deadline = time.monotonic() + FLUSH_INTERVAL_S
+                # Gather a batch: rows until BATCH_ROWS, the deadline, or a call/stop that must follow them.
+                while isinstance(item, DecisionRow):
+                    rows.append(item)
+                    if len(rows) >= BATCH_ROWS:
+                        item = None
+                        break
+                    try:
+                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        item = None
+                self._write(conn, rows)
+                if isinstance(item, _Call):
+                    self._run_call(conn, item)
+                elif item is _STOP:
+                    return
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, rows: list[DecisionRow]) -> None:
+        if not rows:
+            return
+        try:
+            with conn:
+                conn.executemany(_INSERT, [astuple(row) for row in rows])
+        except sqlite3.Error:
+            log.exception("decision log: %d rows could not be written", len(rows))
+
+    @staticmethod
+    def _run_call(conn: sqlite3.Connection, call: _Call) -> None:
+        try:
+            call.result.set_result(call.fn(conn))
+        except Exception as exc:  # handed to the caller, who decides
+            call.result.set_exception(exc)
+
+
+def query_decisions(
+    path: Path, *, since: datetime | None = None, expert: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Logged decisions, oldest first, each with its latest feedback score (or None)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        where.append("d.time >= ?")
+        params.append(since.timestamp())
+    if expert is not None:
+        where.append("d.expert = ?")
+        params.append(expert)
+    sql = (
+        f"SELECT {', '.join('d.' + c for c in _COLUMNS)}, "
+        "(SELECT f.score FROM feedback f WHERE f.id = d.id ORDER BY f.seq DESC LIMIT 1) AS feedback "
+        "FROM decisions d" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.time, d.id"
+    )
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute(sql, params)]
+    finally:
+        conn.close()
