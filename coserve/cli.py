@@ -33,14 +33,36 @@ def _engine(library_path: str | None, policy: str = "lookahead") -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
     import uvicorn
 
     from coserve.server.app import create_app
 
     engine = _engine(args.library, args.policy)
+    app = create_app(engine)
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            app.state.admission.draining = True  # from the signal on, new requests get 503
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=args.shutdown_timeout,
+    )
     print(f"coserve: library {engine.library.path} — experts {', '.join(engine.library.expert_names)}", flush=True)
     print(f"coserve: serving on http://{args.host}:{args.port}/v1 (model 'coserve' routes)", flush=True)
-    uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level=args.log_level)
+    # uvicorn re-raises the signal that stopped it once it has drained; a SIGTERM that led to a
+    # clean drain is a normal end here (exit 0), so the re-raised one is ignored.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        DrainingServer(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -356,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests may take to finish after SIGTERM (default 30)",
+    )
     p.add_argument(
         "--policy",
         default="lookahead",

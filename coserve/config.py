@@ -26,6 +26,7 @@ from coserve.errors import ConfigError
 
 __all__ = [
     "BACKEND_NAMES",
+    "ApiKey",
     "Category",
     "DecisionLogSettings",
     "ExpertSpec",
@@ -186,6 +187,25 @@ class DecisionLogSettings(_Strict):
     store_text: bool = False  # also keep prompts and completions (personal data: off unless asked)
 
 
+_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class ApiKey(_Strict):
+    """One accepted key with its limits (``server.api_keys`` may also hold a bare digest: no limits)."""
+
+    sha256: str  # hex digest of the key (``coserve keys hash KEY``)
+    requests_per_minute: int | None = Field(None, ge=1)  # token bucket: this many per minute, bursts of as many
+    tokens_per_day: int | None = Field(None, ge=1)  # prompt + completion tokens per UTC day
+    revoked: bool = False  # refused with 401 revoked_api_key
+
+    @field_validator("sha256")
+    @classmethod
+    def _digest(cls, value: str) -> str:
+        if not _DIGEST.fullmatch(value):
+            raise ValueError("not a sha256 hex digest; use `coserve keys hash KEY`")  # never echo the value
+        return value.lower()
+
+
 class ServerSettings(_Strict):
     """Limits and access of the HTTP server."""
 
@@ -193,7 +213,7 @@ class ServerSettings(_Strict):
     max_pending_per_expert: int = Field(32, ge=1)  # the same bound for one routed expert
     max_body_bytes: int = 4 * 2**20  # a chat body larger than this is refused (400)
     max_messages: int = Field(256, ge=1)  # messages in one chat body
-    api_keys: tuple[str, ...] = ()  # sha256 hex digests of accepted keys (``coserve keys hash KEY``)
+    api_keys: tuple[ApiKey, ...] = ()  # accepted keys; a bare digest in the file means ApiKey(sha256=digest)
     api_keys_env: str | None = None  # environment variable with comma-separated plaintext keys
     protect_metrics: bool = False  # /health and /metrics need a key too
     log: DecisionLogSettings = DecisionLogSettings()
@@ -206,14 +226,30 @@ class ServerSettings(_Strict):
             raise ValueError("must be at least 1 byte")
         return size
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _bare_digests(cls, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            return value
+        entries = []
+        for i, entry in enumerate(value):
+            if isinstance(entry, str):
+                if not _DIGEST.fullmatch(entry):
+                    # The message must not echo the value: it may be a plaintext key put here by mistake.
+                    raise ValueError(f"api_keys[{i}] is not a sha256 hex digest; use `coserve keys hash KEY`")
+                entry = {"sha256": entry}
+            entries.append(entry)
+        return entries
+
     @field_validator("api_keys")
     @classmethod
-    def _digests(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for i, digest in enumerate(value):
-            if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
-                # The message must not echo the value: it may be a plaintext key put here by mistake.
-                raise ValueError(f"api_keys[{i}] is not a sha256 hex digest; use `coserve keys hash KEY`")
-        return tuple(digest.lower() for digest in value)
+    def _distinct(cls, value: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
+        seen: set[str] = set()
+        for i, key in enumerate(value):
+            if key.sha256 in seen:
+                raise ValueError(f"api_keys[{i}] repeats an earlier key")
+            seen.add(key.sha256)
+        return value
 
 
 class LibraryConfig(_Strict):

@@ -33,8 +33,10 @@ from coserve.engine.engine import Engine, Stream
 from coserve.errors import CoserveError, InvalidRequest, NotFound
 from coserve.server.admission import Admission, Ticket
 from coserve.server.auth import KeyRing
-from coserve.server.gate import CHAT_PATH, TICKET_KEY, Gate, error_response
+from coserve.server.gate import CHAT_PATH, KEY_KEY, TICKET_KEY, Gate, error_response
+from coserve.server.openapi import documented, error_responses
 from coserve.server.protocol import ChatCompletionRequest, FeedbackRequest, error_body
+from coserve.server.quota import Quota
 from coserve.store.log import DecisionLog, DecisionRow
 from coserve.types import Decision, Request, Usage
 
@@ -126,6 +128,7 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
     settings = engine.library.server
     admission = Admission(settings.max_pending, settings.max_pending_per_expert)
     decisions = DecisionLog(_log_path(engine), store_text=settings.log.store_text)
+    quota = Quota(settings.api_keys)
     metrics = engine.metrics
 
     @asynccontextmanager
@@ -142,9 +145,11 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
     app = FastAPI(title="coserve", version="0.1.0", lifespan=lifespan)
     app.state.admission = admission
     app.state.decision_log = decisions
+    app.state.quota = quota
     app.add_middleware(
         Gate,
         keys=KeyRing.from_settings(settings.api_keys, settings.api_keys_env),
+        quota=quota,
         admission=admission,
         protect_metrics=settings.protect_metrics,
         on_refusal=lambda exc: metrics.requests.labels(str(exc.status)).inc(),
@@ -208,7 +213,11 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
             error_body("internal server error", "server_error", None, "internal_error"), status_code=500
         )
 
-    @app.post(CHAT_PATH)
+    @app.post(
+        CHAT_PATH,
+        openapi_extra=documented(ChatCompletionRequest),
+        responses=error_responses(400, 401, 404, 413, 422, 429, 502, 503),
+    )
     async def chat_completions(http: HttpRequest) -> Response:
         request = await _parse(http, settings)
         decision = await engine.route(request)
@@ -216,14 +225,19 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
             ticket: Ticket | None = http.scope.get(TICKET_KEY)
             if ticket is not None:
                 ticket.claim(decision.expert)
+            key: str | None = http.scope.get(KEY_KEY)  # whose tokens these are, when keys are required
             if request.stream:
-                return await _stream_response(request, decision)
-            return await _complete_response(http, request, decision)
+                return await _stream_response(request, decision, key)
+            return await _complete_response(http, request, decision, key)
         except Exception as exc:
             record(request, decision, str(exc.status) if isinstance(exc, CoserveError) else "500")
             raise
 
-    async def _complete_response(http: HttpRequest, request: Request, decision: Decision) -> Response:
+    def spend(key: str | None, usage: Usage | None) -> None:
+        if key is not None and usage is not None:
+            quota.spend(key, usage.total_tokens)
+
+    async def _complete_response(http: HttpRequest, request: Request, decision: Decision, key: str | None) -> Response:
         work = asyncio.ensure_future(engine.complete(request, decision))
         while not work.done():
             # A client that goes away cancels its request (queued or generating) and frees its slot.
@@ -238,6 +252,7 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
         stream, completion = work.result()
         metrics.latency_seconds.labels(stream.expert).observe(time.monotonic() - request.arrival)
         metrics.requests.labels("200").inc()
+        spend(key, completion.usage)
         record(request, decision, "200", stream, completion.usage, completion.text)
         body = {
             "id": request.id,
@@ -260,7 +275,7 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
         }
         return JSONResponse(body, headers=_headers(decision, stream))
 
-    async def _stream_response(request: Request, decision: Decision) -> StreamingResponse:
+    async def _stream_response(request: Request, decision: Decision, key: str | None) -> StreamingResponse:
         stream = await engine.stream(request, decision)  # errors before the first token are HTTP errors
         metrics.ttft_seconds.labels(stream.expert).observe(time.monotonic() - request.arrival)
         created = int(time.time())
@@ -316,6 +331,7 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
                 yield sse(error_body("internal server error", "server_error", None, "internal_error"))
             finally:
                 await stream.chunks.aclose()  # type: ignore[attr-defined]
+                spend(key, usage)
                 metrics.requests.labels(status).inc()
                 metrics.latency_seconds.labels(stream.expert).observe(time.monotonic() - request.arrival)
                 record(request, decision, status, stream, usage, "".join(parts))
@@ -331,7 +347,7 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
             },
         )
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=error_responses(401, 429, 503))
     async def models() -> dict[str, Any]:
         created = int(time.time())
         residency = engine.pool.residency()
@@ -363,7 +379,11 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
             )
         return {"object": "list", "data": data}
 
-    @app.post("/v1/feedback")
+    @app.post(
+        "/v1/feedback",
+        openapi_extra=documented(FeedbackRequest),
+        responses=error_responses(400, 401, 404, 422, 429, 503),
+    )
     async def feedback(http: HttpRequest) -> dict[str, Any]:
         data = await _json_body(http, settings.max_body_bytes)
         try:
@@ -375,7 +395,7 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
             raise NotFound(f"no logged request has the id {body.id!r}", param="id", code="request_not_found")
         return {"object": "feedback", "id": body.id, "score": body.score}
 
-    @app.get("/health")
+    @app.get("/health", responses=error_responses(401, 503))
     async def health() -> JSONResponse:
         pool = engine.pool
         payload = {
@@ -392,7 +412,7 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
         }
         return JSONResponse(payload, status_code=503 if admission.draining else 200)
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses=error_responses(401))
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

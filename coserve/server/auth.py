@@ -1,9 +1,11 @@
 """API keys: which bearer tokens the server accepts, held as sha256 digests only.
 
-Keys come from the library's ``server.api_keys`` (hex digests) and from the environment variable
-named by ``server.api_keys_env`` (comma-separated plaintext keys, hashed when the server starts).
-A presented key is hashed and compared with every digest in constant time. No key, plaintext or
-digest, is ever logged or put in an error message.
+Keys come from the library's ``server.api_keys`` (hex digests, or entries with limits and a
+``revoked`` flag) and from the environment variable named by ``server.api_keys_env``
+(comma-separated plaintext keys, hashed when the server starts). A presented key is hashed and
+compared with every digest in constant time; a revoked key is refused with its own code. No key,
+plaintext or digest, is ever logged or put in an error message. The per-key limits themselves are
+kept by coserve.server.quota.
 
 This module knows nothing about routes or HTTP beyond the ``Authorization`` header's value.
 """
@@ -15,6 +17,7 @@ import hmac
 import os
 from collections.abc import Iterable, Mapping
 
+from coserve.config import ApiKey
 from coserve.errors import Unauthorized
 
 __all__ = ["KeyRing", "hash_key"]
@@ -26,28 +29,30 @@ def hash_key(key: str) -> str:
 
 
 class KeyRing:
-    """The accepted keys' digests."""
+    """The accepted keys' digests, and which of them are revoked."""
 
-    def __init__(self, digests: Iterable[str] = ()):
-        self._digests = tuple(bytes.fromhex(d) for d in digests)
+    def __init__(self, keys: Iterable[str | ApiKey] = ()):
+        entries = [ApiKey(sha256=key) if isinstance(key, str) else key for key in keys]
+        self._digests = tuple(bytes.fromhex(key.sha256) for key in entries)
+        self._revoked = tuple(key.revoked for key in entries)
 
     @classmethod
     def from_settings(
-        cls, digests: Iterable[str], env_name: str | None, environ: Mapping[str, str] | None = None
+        cls, keys: Iterable[str | ApiKey], env_name: str | None, environ: Mapping[str, str] | None = None
     ) -> KeyRing:
-        """Digests from the config plus the hashed plaintext keys of ``environ[env_name]``."""
+        """Keys from the config plus the hashed plaintext keys of ``environ[env_name]``."""
         environ = os.environ if environ is None else environ
         plain = environ.get(env_name, "") if env_name else ""
         from_env = [hash_key(key.strip()) for key in plain.split(",") if key.strip()]
-        return cls([*digests, *from_env])
+        return cls([*keys, *from_env])
 
     @property
     def required(self) -> bool:
         """Whether any key is configured (if none, the server is open)."""
         return bool(self._digests)
 
-    def check(self, authorization: str | None) -> None:
-        """Unauthorized unless ``authorization`` is ``Bearer <a known key>``."""
+    def check(self, authorization: str | None) -> str:
+        """The key's hex digest; Unauthorized unless ``authorization`` is ``Bearer <a known, live key>``."""
         if not authorization:
             raise Unauthorized("no API key: send the header 'Authorization: Bearer <key>'", code="missing_api_key")
         scheme, _, key = authorization.strip().partition(" ")
@@ -55,8 +60,12 @@ class KeyRing:
         if scheme.lower() != "bearer" or not key:
             raise Unauthorized("the Authorization header must be 'Bearer <key>'", code="missing_api_key")
         presented = hashlib.sha256(key.encode("utf-8")).digest()
-        match = False
-        for digest in self._digests:  # every digest is compared: the time does not tell which matched
-            match |= hmac.compare_digest(presented, digest)
-        if not match:
+        match = -1
+        for i, digest in enumerate(self._digests):  # every digest is compared: the time does not tell which
+            if hmac.compare_digest(presented, digest) and match < 0:
+                match = i
+        if match < 0:
             raise Unauthorized("the API key is not valid", code="invalid_api_key")
+        if self._revoked[match]:
+            raise Unauthorized("the API key has been revoked", code="revoked_api_key")
+        return presented.hex()

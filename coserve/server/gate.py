@@ -1,7 +1,10 @@
 """The server's front door: API keys, then admission, before any route runs (an ASGI middleware).
 
 Every ``/v1/*`` request (and ``/health``, ``/metrics`` when ``protect_metrics``) must carry a known
-key if any is configured. A chat request is then admitted (429 past the bounds, 503 while draining)
+key if any is configured; a ``/v1/*`` request of a key with limits then takes its share of the
+key's Quota (429 past its rate, or for a chat request past its day's tokens), and the key's digest
+rides in the scope under ``KEY_KEY`` so that the route can count the tokens it used. A chat request
+is then admitted (429 past the bounds, 503 while draining)
 and its Ticket rides in the ASGI scope under ``TICKET_KEY`` so that the route can claim its expert;
 the ticket is released when the ASGI call ends, which covers success, errors, client disconnects
 and the end of a stream alike. Refusals leave as OpenAI-style bodies with their headers.
@@ -19,11 +22,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from coserve.errors import CoserveError
 from coserve.server.admission import Admission
 from coserve.server.auth import KeyRing
+from coserve.server.quota import Quota
 
-__all__ = ["CHAT_PATH", "TICKET_KEY", "Gate", "error_response"]
+__all__ = ["CHAT_PATH", "KEY_KEY", "TICKET_KEY", "Gate", "error_response"]
 
 CHAT_PATH = "/v1/chat/completions"
 TICKET_KEY = "coserve.ticket"  # the scope key of a chat request's admission Ticket
+KEY_KEY = "coserve.key"  # the scope key of the caller's API key digest (hex), when keys are required
 _OPS_PATHS = ("/health", "/metrics")
 
 
@@ -40,12 +45,14 @@ class Gate:
         app: ASGIApp,
         *,
         keys: KeyRing,
+        quota: Quota,
         admission: Admission,
         protect_metrics: bool,
         on_refusal: Callable[[CoserveError], None] = lambda _: None,
     ):
         self.app = app
         self.keys = keys
+        self.quota = quota
         self.admission = admission
         self.protect_metrics = protect_metrics
         self.on_refusal = on_refusal  # e.g. counts the refusal in metrics
@@ -56,13 +63,17 @@ class Gate:
             return
         path: str = scope["path"]
         api = path.startswith("/v1/")
+        chat = path == CHAT_PATH and scope["method"] == "POST"
         ticket = None
         try:
             if self.keys.required and (api or (self.protect_metrics and path in _OPS_PATHS)):
-                self.keys.check(_header(scope, b"authorization"))
+                key = self.keys.check(_header(scope, b"authorization"))
+                if api:
+                    self.quota.check(key, chat=chat)
+                    scope[KEY_KEY] = key
             if api:
                 self.admission.check_open()
-            if path == CHAT_PATH and scope["method"] == "POST":
+            if chat:
                 ticket = self.admission.admit()
         except CoserveError as exc:
             self.on_refusal(exc)

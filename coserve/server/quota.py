@@ -1,0 +1,113 @@
+"""Per-key limits: a request rate (token bucket) and a daily token budget, per API key.
+
+The Gate asks ``check`` before a request of a limited key goes on: past the key's
+``requests_per_minute`` it is refused with 429 ``rate_limited``, and once the key has used its
+``tokens_per_day`` (prompt + completion tokens, counted by ``spend`` after each chat request) every
+chat request is refused with 429 ``token_budget_exceeded`` until the next UTC day. Keys without
+limits, and a server without keys, are never counted.
+
+This module knows nothing about HTTP, the Authorization header or how tokens are counted: it only
+keeps per-key counters.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from coserve.config import ApiKey
+from coserve.errors import TooManyRequests
+
+__all__ = ["Quota"]
+
+DAY_S = 86400  # seconds in a UTC day (unix time has no leap seconds)
+
+
+@dataclass
+class _Bucket:
+    """A key's request-rate bucket."""
+
+    capacity: float  # requests (the burst a full bucket allows)
+    rate: float  # requests refilled per second
+    level: float  # requests available now
+    stamp: float  # monotonic seconds of the last refill
+
+
+@dataclass
+class _Budget:
+    """A key's token budget for one UTC day."""
+
+    limit: int  # tokens per day
+    day: int = -1  # unix day of ``used``
+    used: int = 0  # tokens spent that day
+
+
+class Quota:
+    """Per-key request buckets and daily token budgets."""
+
+    def __init__(
+        self,
+        keys: Iterable[ApiKey] = (),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ):
+        self._clock = clock  # monotonic seconds: refills
+        self._wall = wall  # unix seconds: the UTC day
+        self._buckets: dict[str, _Bucket] = {}
+        self._budgets: dict[str, _Budget] = {}
+        self._lock = threading.Lock()
+        for key in keys:
+            if key.requests_per_minute is not None:
+                rpm = float(key.requests_per_minute)
+                self._buckets[key.sha256] = _Bucket(rpm, rpm / 60.0, rpm, clock())
+            if key.tokens_per_day is not None:
+                self._budgets[key.sha256] = _Budget(key.tokens_per_day)
+
+    def check(self, key: str, *, chat: bool) -> None:
+        """Take one request from ``key``'s bucket; TooManyRequests past its rate or (chat) its budget."""
+        with self._lock:
+            budget = self._budgets.get(key)
+            if chat and budget is not None:
+                now = self._wall()
+                if budget.day == int(now // DAY_S) and budget.used >= budget.limit:
+                    raise TooManyRequests(
+                        f"this key has used its {budget.limit} tokens for today (UTC); retry tomorrow",
+                        retry_after=max(1, math.ceil(DAY_S - now % DAY_S)),
+                        code="token_budget_exceeded",
+                    )
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                return
+            now = self._clock()
+            bucket.level = min(bucket.capacity, bucket.level + (now - bucket.stamp) * bucket.rate)
+            bucket.stamp = now
+            if bucket.level < 1.0:
+                raise TooManyRequests(
+                    f"this key may send {bucket.capacity:g} requests a minute; retry later",
+                    retry_after=max(1, math.ceil((1.0 - bucket.level) / bucket.rate)),
+                    code="rate_limited",
+                )
+            bucket.level -= 1.0
+
+    def spend(self, key: str, tokens: int) -> None:
+        """Count ``tokens`` (prompt + completion) against ``key``'s budget for today."""
+        with self._lock:
+            budget = self._budgets.get(key)
+            if budget is None:
+                return
+            day = int(self._wall() // DAY_S)
+            if budget.day != day:
+                budget.day, budget.used = day, 0
+            budget.used += tokens
+
+    def used(self, key: str) -> int:
+        """Tokens ``key`` has spent today (0 for a key without a budget)."""
+        with self._lock:
+            budget = self._budgets.get(key)
+            if budget is None or budget.day != int(self._wall() // DAY_S):
+                return 0
+            return budget.used

@@ -1,0 +1,46 @@
+"""Fuzz the app's OpenAPI schema (schemathesis, in-process ASGI, fake experts): no 5xx, no undocumented status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error, status_code_conformance
+
+from coserve.engine.engine import Engine
+from coserve.server.app import create_app
+
+MAX_EXAMPLES = 50  # per operation; derandomized, so every run sends the same cases
+
+
+def test_chat_body_is_documented(make_engine: Callable[..., Engine]) -> None:
+    spec = create_app(make_engine()).openapi()
+    chat = spec["paths"]["/v1/chat/completions"]["post"]
+    body = chat["requestBody"]["content"]["application/json"]["schema"]
+    assert {"model", "messages"} <= set(body["required"]) and "$ref" not in str(body)
+    assert {"400", "401", "429", "503"} <= set(chat["responses"])
+
+
+def test_api_schema(make_engine: Callable[..., Engine]) -> None:
+    app = create_app(make_engine())
+    with TestClient(app):  # runs the lifespan (decision log, engine) around the fuzzing
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/feedback", "/v1/models"}
+        for operation in operations:
+
+            @given(case=operation.as_strategy())
+            @settings(
+                max_examples=MAX_EXAMPLES,
+                derandomize=True,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            def fuzz(case: Any) -> None:
+                case.call_and_validate(checks=[not_a_server_error, status_code_conformance])
+
+            fuzz()

@@ -1,0 +1,70 @@
+"""Graceful shutdown of the real server: SIGTERM drains in-flight streams, refuses new work, exits 0."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from conftest import HELD_OUT
+from live import LiveServer
+
+URL = "/v1/chat/completions"
+SLOW = {name: {"token_delay": 0.05} for name in ("small", "big", "coder")}
+BODY = {"model": "coserve", "messages": [{"role": "user", "content": HELD_OUT["chat"]}], "stream": True}
+
+
+def stream_lines(url: str, max_tokens: int, started: threading.Event, lines: list[str]) -> None:
+    """Read one streamed answer's SSE lines into ``lines``; a broken stream ends them with ``error: ...``."""
+    try:
+        with httpx.Client(timeout=30.0) as client:
+            with client.stream("POST", url + URL, json={**BODY, "max_tokens": max_tokens}) as response:
+                lines.append(f"status: {response.status_code}")
+                for line in response.iter_lines():
+                    if line:
+                        lines.append(line)
+                        started.set()
+    except httpx.TransportError as exc:
+        lines.append(f"error: {exc!r}")
+
+
+def test_sigterm_drains_in_flight_streams(tmp_path: Path) -> None:
+    with LiveServer(tmp_path, options=SLOW, shutdown_timeout=10.0) as live:
+        started, lines = threading.Event(), []
+        reader = threading.Thread(target=stream_lines, args=(live.url, 40, started, lines))  # ~2 s of tokens
+        reader.start()
+        assert started.wait(20.0), live.output()
+        sent = time.monotonic()
+        live.terminate()
+        time.sleep(0.5)
+        try:  # a new request once draining began: refused (503 or no connection), never served
+            refused = httpx.post(live.url + URL, json={**BODY, "stream": False}, timeout=5.0).status_code
+        except httpx.TransportError:
+            refused = 0
+        assert refused in (0, 503)
+        reader.join(20.0)
+        assert not reader.is_alive()
+        assert lines[0] == "status: 200" and lines[-1] == "data: [DONE]", lines[-3:]
+        finish = json.loads(lines[-2].removeprefix("data: "))["choices"][0]["finish_reason"]
+        assert finish in ("stop", "length")
+        assert live.proc is not None
+        assert live.proc.wait(timeout=15.0) == 0, live.output()
+        assert time.monotonic() - sent < 10.0 + 5.0
+
+
+def test_drain_deadline_cuts_long_streams(tmp_path: Path) -> None:
+    with LiveServer(tmp_path, options=SLOW, shutdown_timeout=1.0) as live:
+        started, lines = threading.Event(), []
+        reader = threading.Thread(target=stream_lines, args=(live.url, 400, started, lines), daemon=True)  # ~20 s
+        reader.start()
+        assert started.wait(20.0), live.output()
+        sent = time.monotonic()
+        live.terminate()
+        assert live.proc is not None
+        assert live.proc.wait(timeout=15.0) == 0, live.output()
+        assert time.monotonic() - sent < 1.0 + 5.0
+        reader.join(10.0)
+        assert lines[0] == "status: 200"
+        assert "data: [DONE]" not in lines and lines[-1].startswith("error:")  # cut at the deadline
