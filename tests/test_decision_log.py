@@ -197,3 +197,39 @@ def test_kill_9_loses_at_most_one_batch(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert enqueued - BATCH_ROWS <= written <= enqueued, (enqueued, written)
+
+
+def test_disk_full_keeps_rows_until_the_database_takes_them(tmp_path: Path) -> None:
+    """SQLite's page limit stands in for a full disk: rows wait in memory, then land; none is lost."""
+    db = tmp_path / "full.sqlite"
+    log = DecisionLog(db).start()
+    log.flush()
+    pages = log.call(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0]).result(5)
+    log.call(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}")).result(5)  # "the disk is full"
+    for i in range(300):
+        log.record(_row(i))
+    log.flush()
+    assert len(rows(db)) == 0  # refused, kept
+    log.call(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823")).result(5)  # space again
+    deadline = time.monotonic() + 10
+    while len(rows(db)) < 300 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log.close()
+    assert len(rows(db)) == 300 and log.dropped == 0
+    assert [r["id"] for r in rows(db)][:3] == ["r0", "r1", "r2"]
+
+
+def test_server_keeps_serving_while_the_log_is_full(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine()
+    app = create_app(engine)
+    with TestClient(app) as client:
+        store = app.state.decision_log
+        store.call(lambda conn: conn.execute("PRAGMA max_page_count = 1")).result(5)
+        for _ in range(5):
+            assert client.post("/v1/chat/completions", json=body(HELD_OUT["chat"])).status_code == 200
+        store.flush()
+        store.call(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823")).result(5)
+        deadline = time.monotonic() + 10
+        while len(rows(store.path)) < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(rows(store.path)) == 5

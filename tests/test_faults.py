@@ -80,3 +80,16 @@ def test_client_disconnect_cancels_a_non_streamed_request(make_engine: Callable[
     # 200 tokens at 0.05 s would take 10 s: the request was cancelled, not run to the end
     assert elapsed < 2.0
     assert sent[0]["status"] == 499
+
+
+def test_out_of_memory_on_load_falls_back_and_the_rest_keeps_serving(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(options={"coder": {"fail_load_oom": True}})
+    with TestClient(create_app(engine)) as client:
+        routed = client.post(URL, json=_body("coserve", "write a python function to sort a list"))
+        assert routed.status_code == 200, routed.text
+        assert routed.json()["coserve"]["fallback_from"] == ["coder"]
+        pinned = client.post(URL, json=_body("coder", "write python code"))
+        assert pinned.status_code == 503
+        assert client.post(URL, json=_body("small", "hello friend")).status_code == 200
+        health = client.get("/health").json()["experts"]["coder"]
+        assert health["tier"] != "active" and health["backoff_s"] > 0 and "memory" in health["last_error"]

@@ -5,7 +5,7 @@ run the real experts. Behaviour is read from the expert's ``options``:
 
 * ``nbytes``: bytes the expert "occupies" (default 100 MB);
 * ``load_delay`` / ``token_delay``: seconds to load / per generated token;
-* ``fail_load``: raise ExpertLoadError on load;
+* ``fail_load``: raise ExpertLoadError on load; ``fail_load_oom``: raise MemoryError on load;
 * ``fail_generate``: raise ExpertFailed before the first token;
 * ``fail_after_tokens``: raise ExpertFailed after that many streamed tokens;
 * ``context``: the expert's ``context`` field bounds prompt words (a word is a token here).
@@ -76,6 +76,8 @@ class FakeBackend:
             time.sleep(float(spec.options.get("load_delay", 0.0)))
             if spec.options.get("fail_load"):
                 raise ExpertLoadError(f"expert {spec.name!r} failed to load (injected fault)")
+            if spec.options.get("fail_load_oom"):
+                raise MemoryError(f"cannot allocate memory for expert {spec.name!r} (injected fault)")
             with self._lock:
                 self.loads.append(spec.name)
             return Handle(

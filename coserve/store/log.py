@@ -31,6 +31,7 @@ log = logging.getLogger("coserve.store")
 FLUSH_INTERVAL_S = 0.2  # longest a queued row waits before its batch is written
 BATCH_ROWS = 256  # most rows in one transaction
 MAX_QUEUE_ROWS = 65536  # rows waiting in memory before new ones are dropped
+RETRY_INTERVAL_S = 1.0  # how often rows the database refused (disk full) are tried again
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -109,7 +110,8 @@ class DecisionLog:
     def __init__(self, path: Path, *, store_text: bool = False, max_queue_rows: int = MAX_QUEUE_ROWS):
         self.path = Path(path)
         self.store_text = store_text
-        self.dropped = 0  # rows refused because the queue was full
+        self.dropped = 0  # rows refused because the queue was full (or kept too long unwritten)
+        self._max_queue_rows = max_queue_rows
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue_rows)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -172,10 +174,14 @@ class DecisionLog:
 
     def _run(self) -> None:
         conn = connect(self.path)
+        unwritten: list[DecisionRow] = []  # rows a failed write (disk full, locked) keeps for the next batch
         try:
             while True:
-                first = self._queue.get()
-                rows: list[DecisionRow] = []
+                try:
+                    first = self._queue.get(timeout=RETRY_INTERVAL_S if unwritten else None)
+                except queue.Empty:
+                    first = None
+                rows: list[DecisionRow] = unwritten
                 item: object = first
                 deadline = time.monotonic() + FLUSH_INTERVAL_S
                 # Gather a batch: rows until BATCH_ROWS, the deadline, or a call/stop that must follow them.
@@ -188,7 +194,7 @@ class DecisionLog:
                         item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                     except queue.Empty:
                         item = None
-                self._write(conn, rows)
+                unwritten = [] if self._write(conn, rows) else self._keep(rows)
                 if isinstance(item, _Call):
                     self._run_call(conn, item)
                 elif item is _STOP:
@@ -197,14 +203,26 @@ class DecisionLog:
             conn.close()
 
     @staticmethod
-    def _write(conn: sqlite3.Connection, rows: list[DecisionRow]) -> None:
+    def _write(conn: sqlite3.Connection, rows: list[DecisionRow]) -> bool:
+        """Write one batch in one transaction; False (nothing written) if the database refused it."""
         if not rows:
-            return
+            return True
         try:
             with conn:
                 conn.executemany(_INSERT, [astuple(row) for row in rows])
-        except sqlite3.Error:
-            log.exception("decision log: %d rows could not be written", len(rows))
+        except sqlite3.Error as exc:
+            log.warning("decision log: %d rows not written yet (%s); retrying", len(rows), exc)
+            return False
+        return True
+
+    def _keep(self, rows: list[DecisionRow]) -> list[DecisionRow]:
+        """Rows to retry, bounded like the queue: the oldest beyond the bound are dropped (counted)."""
+        excess = len(rows) - self._max_queue_rows
+        if excess > 0:
+            self.dropped += excess
+            log.warning("decision log: %d unwritten rows dropped (database still refusing)", excess)
+            rows = rows[excess:]
+        return rows
 
     @staticmethod
     def _run_call(conn: sqlite3.Connection, call: _Call) -> None:
