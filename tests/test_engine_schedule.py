@@ -114,3 +114,27 @@ def test_request_cancelled_while_queued_never_runs(make_engine: Callable[..., En
     asyncio.run(run())
     assert ran == [True]
     assert engine.pool.in_flight("small") == 0
+
+
+def test_an_unexpected_staging_error_fails_the_whole_batch_not_the_dispatcher(
+    make_engine: Callable[..., Engine],
+) -> None:
+    # nbytes "lots" makes the fake backend raise ValueError while the pool measures the expert.
+    engine = make_engine(options={"coder": {"nbytes": "lots", "n_parallel": 3}})
+
+    async def run() -> list[str]:
+        async def one(expert: str) -> str:
+            request = _request(expert)
+            try:
+                stream, _ = await engine.complete(request, await engine.route(request))
+                return stream.expert
+            except Exception as exc:  # the pinned coder requests have no alternative
+                return type(exc).__name__
+
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*(one(e) for e in ["coder"] * 5 + ["small"])), 5))
+        finally:
+            await engine.close()
+
+    results = asyncio.run(run())
+    assert results == ["ExpertLoadError"] * 5 + ["small"]

@@ -170,18 +170,21 @@ class Engine:
                 await self._start(expert, self.scheduler.take(expert, free))
 
     async def _start(self, expert: str, works: list[Work]) -> None:
-        for work in works:
+        for position, work in enumerate(works):
             self.metrics.queue_depth.labels(expert).dec()
             started: asyncio.Future[Lease] = work.payload
             if started.done():
                 continue
             try:
                 lease = await self.pool.acquire(expert)
-            except (ExpertLoadError, AssetError) as exc:
-                # This expert cannot run now: fail its queued requests too, so they fall back.
-                for other in [work, *self.scheduler.take(expert, 10**9)]:
-                    if other is not work:
-                        self.metrics.queue_depth.labels(expert).dec()
+            except Exception as exc:  # whatever stops a load must reach the waiting requests
+                if not isinstance(exc, (ExpertLoadError, AssetError)):
+                    exc = ExpertLoadError(f"expert {expert!r} could not be made ready: {exc}")
+                # This expert cannot run now: fail this batch and its queued requests, so they fall back.
+                queued = self.scheduler.take(expert, 10**9)
+                for _ in [*works[position + 1 :], *queued]:
+                    self.metrics.queue_depth.labels(expert).dec()
+                for other in [*works[position:], *queued]:
                     if not other.payload.done():
                         other.payload.set_exception(exc)
                 self._running = None
