@@ -1,4 +1,5 @@
-"""The ``coserve`` command: serve | route | chat | experts | bench | train | eval | keys | log.
+"""The ``coserve`` command: serve | route | chat | experts | bench | outcomes | train | eval |
+keys | log.
 
 Arguments are parsed in ``main()``; nothing runs at import time. Errors a user can fix (a bad
 library file, a missing model package) print one line and exit with status 2.
@@ -211,6 +212,32 @@ def _outcomes(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     embedder = make_embedder(args.embedder)
     return outcomes, embed_cached(outcomes.prompts, embedder), costs
+
+
+def cmd_outcomes(args: argparse.Namespace) -> int:
+    from coserve.outcomes.runner import run_outcomes
+    from coserve.outcomes.suites import make_suite
+
+    names = [n.strip() for n in args.suite.split(",") if n.strip()]
+    work = [(suite, item) for suite in map(make_suite, names) for item in suite.load(args.limit, args.seed)]
+    engine = _engine(args.library)
+
+    async def run() -> Any:
+        try:
+            return await run_outcomes(
+                engine,
+                work,
+                args.out,
+                max_tokens=args.max_tokens,
+                concurrency=args.concurrency,
+                with_prompts=args.with_prompts,
+            )
+        finally:
+            await engine.close()
+
+    summary = asyncio.run(run())
+    print(summary.table(engine.library.expert_names))
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -455,6 +482,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--policies", help="comma-separated subset of load_per_request,lru,lookahead,all_resident,peer")
     b.add_argument("--json", help="also write the figures to this file")
     b.set_defaults(func=cmd_bench_serve)
+
+    p = sub.add_parser("outcomes", help="run every expert on benchmark suites and write outcome data (JSONL)")
+    library_arg(p)
+    p.add_argument("--suite", required=True, help="comma-separated suites: mmlu, gsm8k")
+    p.add_argument("--limit", type=int, help="a seeded sample of this many items per suite, spread over topics")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="JSONL to append to; ids already in it are skipped (resume)")
+    p.add_argument("--max-tokens", type=int, help="answer cap in tokens (default: per suite, mmlu 16, gsm8k 256)")
+    p.add_argument("--concurrency", type=int, default=2, help="items in flight at once")
+    p.add_argument("--with-prompts", action="store_true", help="also store each prompt (for local training)")
+    p.set_defaults(func=cmd_outcomes)
 
     def data_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data", required=True, help="outcome data (.jsonl or .csv with score:<expert> columns)")

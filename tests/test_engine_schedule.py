@@ -138,3 +138,17 @@ def test_an_unexpected_staging_error_fails_the_whole_batch_not_the_dispatcher(
 
     results = asyncio.run(run())
     assert results == ["ExpertLoadError"] * 5 + ["small"]
+
+
+def test_an_engine_serves_across_event_loops(make_engine: Callable[..., Engine]) -> None:
+    """`asyncio.run` twice with one engine (scripts, notebooks): the second run must not hang."""
+    engine = make_engine()
+
+    async def once() -> str:
+        request = _request("small")
+        stream, _ = await asyncio.wait_for(engine.complete(request, await engine.route(request)), 5)
+        return stream.expert
+
+    assert asyncio.run(once()) == "small"
+    assert asyncio.run(once()) == "small"
+    asyncio.run(engine.close())

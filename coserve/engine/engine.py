@@ -80,6 +80,7 @@ class Engine:
             pool.next_use = self.scheduler.next_use
         self.switches = 0  # times the running expert changed
         self._running: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the dispatcher runs on
         self._wake: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -125,6 +126,10 @@ class Engine:
 
     # -- scheduling -----------------------------------------------------------------------------
     def _ensure_dispatcher(self) -> asyncio.Event:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use, or a new event loop (asyncio.run called again)
+            self._loop, self._wake, self._dispatcher = loop, None, None
+            self.pool.rebind()
         if self._wake is None:
             self._wake = asyncio.Event()
         if self._dispatcher is None or self._dispatcher.done():

@@ -106,6 +106,11 @@ class ExpertPool:
             self._cond = asyncio.Condition()
         return self._cond
 
+    def rebind(self) -> None:
+        """Forget loop-bound primitives (the engine moved to a new event loop); state is kept."""
+        self._cond = None
+        self._tasks = set()
+
     # -- queries --------------------------------------------------------------------------------
     def residency(self) -> dict[str, Tier]:
         return {name: slot.tier for name, slot in self._slots.items()}
