@@ -16,6 +16,7 @@ import numpy as np
 
 from coserve.errors import ConfigError
 from coserve.router.neighbours import NeighbourIndex
+from coserve.router.registry import build
 
 __all__ = [
     "CLASSIFIERS",
@@ -254,11 +255,4 @@ CLASSIFIERS: dict[str, type[Classifier]] = {
 
 def make_classifier(name: str, **params: Any) -> Classifier:
     """A new, unfitted classifier by its registered name."""
-    try:
-        factory = CLASSIFIERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown classifier {name!r}; known: {sorted(CLASSIFIERS)}") from None
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise ConfigError(f"bad parameters for classifier {name!r}: {exc}") from None
+    return build("classifier", CLASSIFIERS, name, params)

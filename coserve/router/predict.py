@@ -18,6 +18,7 @@ import numpy as np
 from coserve.errors import ConfigError
 from coserve.router.classify import mlp_arrays, mlp_forward, mlp_layers
 from coserve.router.neighbours import NeighbourIndex
+from coserve.router.registry import build
 
 __all__ = ["PREDICTORS", "KNNRegressor", "MFRegressor", "MLPRegressor", "Predictor", "make_predictor"]
 
@@ -245,11 +246,4 @@ PREDICTORS: dict[str, type[Predictor]] = {"knn": KNNRegressor, "mf": MFRegressor
 
 def make_predictor(name: str, **params: Any) -> Predictor:
     """A new, unfitted quality predictor by its registered name."""
-    try:
-        factory = PREDICTORS[name]
-    except KeyError:
-        raise ConfigError(f"unknown predictor {name!r}; known: {sorted(PREDICTORS)}") from None
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise ConfigError(f"bad parameters for predictor {name!r}: {exc}") from None
+    return build("predictor", PREDICTORS, name, params)
