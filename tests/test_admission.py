@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+from asgi import chat_scope, leaving_receive
 from conftest import HELD_OUT, write_library
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -96,28 +96,11 @@ def test_released_after_client_disconnect(make_engine: Callable[..., Engine]) ->
     sent: list[dict[str, Any]] = []
 
     async def scenario() -> None:
-        start = time.monotonic()
-        delivered = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": payload, "more_body": False}
-            left = 0.3 - (time.monotonic() - start)
-            if left > 0:
-                await asyncio.sleep(left)
-            return {"type": "http.disconnect"}
-
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-            "scheme": "http", "path": URL, "raw_path": URL.encode(), "root_path": "", "query_string": b"",
-            "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
-            "client": ("127.0.0.1", 50000), "server": ("test", 80),
-        }  # fmt: skip
+        receive = leaving_receive(payload, after_s=0.3)
+        scope = chat_scope()
         async with app.router.lifespan_context(app):
             await asyncio.wait_for(app(scope, receive, send), timeout=5)
             assert app.state.admission.pending == 0

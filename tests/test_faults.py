@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from asgi import chat_scope, leaving_receive
 from fastapi.testclient import TestClient
 
 from coserve.backends.fake import FakeBackend
@@ -44,29 +45,12 @@ def test_client_disconnect_cancels_a_non_streamed_request(make_engine: Callable[
 
     async def scenario() -> float:
         start = time.monotonic()
-        delivered = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": payload, "more_body": False}
-            # The client leaves 0.4 s in, while the expert is generating. Like uvicorn's receive, this
-            # answers at once once the disconnect happened, and blocks (cancellably) before.
-            left = 0.4 - (time.monotonic() - start)
-            if left > 0:
-                await asyncio.sleep(left)
-            return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-            "scheme": "http", "path": URL, "raw_path": URL.encode(), "root_path": "", "query_string": b"",
-            "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
-            "client": ("127.0.0.1", 50000), "server": ("test", 80),
-        }  # fmt: skip
+        receive = leaving_receive(payload, after_s=0.4)  # the client leaves while the expert generates
+        scope = chat_scope()
         await asyncio.wait_for(app(scope, receive, send), timeout=5)
         elapsed = time.monotonic() - start
         deadline = time.monotonic() + 2

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from asgi import chat_scope, leaving_receive
 from conftest import HELD_OUT, library_data, write_library
 from fastapi.testclient import TestClient
 
@@ -495,15 +496,6 @@ def test_client_that_stops_reading_releases_the_expert(make_engine: Callable[...
     async def scenario() -> list[bytes]:
         gone = asyncio.Event()
         received: list[bytes] = []
-        delivered = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": request, "more_body": False}
-            await gone.wait()
-            return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.body":
@@ -511,20 +503,8 @@ def test_client_that_stops_reading_releases_the_expert(make_engine: Callable[...
                 if sum(b'"content":"' in part for part in received) >= 3:
                     gone.set()  # the client leaves after a few tokens
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": URL,
-            "raw_path": URL.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
-            "client": ("127.0.0.1", 50000),
-            "server": ("test", 80),
-        }
+        receive = leaving_receive(request, gone=gone)
+        scope = chat_scope()
         await asyncio.wait_for(app(scope, receive, send), timeout=5)
         assert engine.pool.in_flight("coder") <= 1
         deadline = time.monotonic() + 3

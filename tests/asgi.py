@@ -1,0 +1,41 @@
+"""A raw ASGI client that goes away mid-request (TestClient buffers whole responses, so it cannot)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+CHAT_URL = "/v1/chat/completions"
+
+
+def chat_scope() -> dict[str, Any]:
+    """The ASGI scope of ``POST /v1/chat/completions`` with a JSON body."""
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": CHAT_URL, "raw_path": CHAT_URL.encode(), "root_path": "", "query_string": b"",
+        "headers": [(b"host", b"test"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000), "server": ("test", 80),
+    }  # fmt: skip
+
+
+def leaving_receive(payload: bytes, *, after_s: float | None = None, gone: asyncio.Event | None = None) -> Any:
+    """An ASGI ``receive``: the body, then ``http.disconnect`` once ``after_s`` passed or ``gone`` is set.
+
+    Like uvicorn's, it answers at once after the disconnect and blocks (cancellably) before it.
+    """
+    start = time.monotonic()
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+        if gone is not None:
+            await gone.wait()
+        elif after_s is not None and (left := after_s - (time.monotonic() - start)) > 0:
+            await asyncio.sleep(left)
+        return {"type": "http.disconnect"}
+
+    return receive
