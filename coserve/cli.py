@@ -215,11 +215,16 @@ def _outcomes(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def cmd_outcomes(args: argparse.Namespace) -> int:
-    from coserve.outcomes.runner import run_outcomes
+    from coserve.outcomes.runner import done_ids, run_outcomes
     from coserve.outcomes.suites import make_suite
 
     names = [n.strip() for n in args.suite.split(",") if n.strip()]
-    work = [(suite, item) for suite in map(make_suite, names) for item in suite.load(args.limit, args.seed)]
+    exclude: set[str] = set()
+    for path in args.exclude or []:
+        exclude |= done_ids(Path(path))
+    work = [
+        (suite, item) for suite in map(make_suite, names) for item in suite.load(args.limit, args.seed, exclude=exclude)
+    ]
     engine = _engine(args.library)
 
     async def run() -> Any:
@@ -231,12 +236,14 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
                 max_tokens=args.max_tokens,
                 concurrency=args.concurrency,
                 with_prompts=args.with_prompts,
+                judge=args.judge,
+                routed=args.routed,
             )
         finally:
             await engine.close()
 
     summary = asyncio.run(run())
-    print(summary.table(engine.library.expert_names))
+    print(summary.table([*engine.library.expert_names, *(["routed"] if args.routed else [])]))
     return 0
 
 
@@ -485,11 +492,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("outcomes", help="run every expert on benchmark suites and write outcome data (JSONL)")
     library_arg(p)
-    p.add_argument("--suite", required=True, help="comma-separated suites: mmlu, gsm8k")
+    p.add_argument("--suite", required=True, help="comma-separated suites: mmlu, gsm8k, humaneval, mtbench")
     p.add_argument("--limit", type=int, help="a seeded sample of this many items per suite, spread over topics")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="JSONL to append to; ids already in it are skipped (resume)")
-    p.add_argument("--max-tokens", type=int, help="answer cap in tokens (default: per suite, mmlu 16, gsm8k 256)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        help="answer cap in tokens (default per suite: mmlu 16, gsm8k 256, humaneval/mtbench 384)",
+    )
+    p.add_argument("--judge", help="the library's expert that rates answers of judged suites (mtbench)")
+    p.add_argument("--routed", action="store_true", help="also ask the library's router (column 'routed')")
+    p.add_argument("--exclude", action="append", help="skip item ids found in this outcome file (a held-out sample)")
     p.add_argument("--concurrency", type=int, default=2, help="items in flight at once")
     p.add_argument("--with-prompts", action="store_true", help="also store each prompt (for local training)")
     p.set_defaults(func=cmd_outcomes)

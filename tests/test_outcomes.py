@@ -107,7 +107,7 @@ def test_gsm8k_grades_the_last_number_against_the_reference(tmp_path: Path) -> N
     assert suite.grade("so 1200.00", item) == 1.0
     assert suite.grade("1,200 then 3", item) == 0.0
     assert suite.grade("no idea", item) == 0.0
-    assert suite.category(item) == "gsm8k" and "####" not in suite.prompt(item)
+    assert suite.category(item) == "math" and "####" not in suite.prompt(item)
 
 
 def test_mmlu_prompt_letters_and_dropped_header(mmlu_file: Path) -> None:
@@ -116,7 +116,9 @@ def test_mmlu_prompt_letters_and_dropped_header(mmlu_file: Path) -> None:
     assert [i.id for i in items] == ["mmlu-0", "mmlu-1", "mmlu-3", "mmlu-4"]
     prompt = suite.prompt(items[0])
     assert prompt.startswith("Pick B\nA. option a\nB. option b") and prompt.endswith("Answer with the letter only.")
-    assert suite.category(items[1]) == "mmlu"
+    assert suite.category(items[1]) == "knowledge"
+    maths = MMLU(write_jsonl(mmlu_file.parent / "maths.jsonl", [mmlu_row("1+1?", "B", "high_school_mathematics")]))
+    assert maths.category(maths.load()[0]) == "math"
 
 
 def test_limit_is_seeded_stratified_and_deterministic(tmp_path: Path) -> None:
@@ -174,8 +176,8 @@ def test_run_writes_one_graded_line_per_item(
     expected = {"mmlu-0": 1.0, "mmlu-1": 0.0, "mmlu-3": 1.0, "mmlu-4": 0.0}
     for item_id, score in expected.items():
         row = by_id[item_id]
-        assert set(row) == {"id", "category", "scores", "tokens", "latency_s"}  # no prompt, no errors
-        assert row["category"] == "mmlu"
+        assert set(row) == {"id", "category", "stratum", "scores", "tokens", "latency_s"}  # no prompt, no errors
+        assert row["category"] == "knowledge"
         assert row["scores"] == dict.fromkeys(EXPERTS, score)
         assert row["tokens"] == dict.fromkeys(EXPERTS, 16)  # the mmlu cap: the fake fills it
         assert all(v >= 0 for v in row["latency_s"].values())
@@ -266,7 +268,7 @@ def test_cli_outcomes(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPat
     argv = ["outcomes", "--library", str(library), "--suite", "gsm8k", "--limit", "2", "--out", str(out)]
     assert main([*argv, "--max-tokens", "6"]) == 0
     printed = capsys.readouterr().out
-    assert "items written 2" in printed and "gsm8k" in printed
+    assert "items written 2" in printed and "math" in printed
     rows_out = lines(out)
     assert len(rows_out) == 2 and all(set(r["scores"]) == set(EXPERTS) for r in rows_out)
     # "<expert> says: add N and 0" ends on 0: right only for the item whose answer is 0.

@@ -2,8 +2,11 @@
 
     resume  -> ids already in the output file are skipped (an item is never graded twice)
     ask     -> each expert pinned by name through the engine (real pool and scheduler), greedy
-    grade   -> the suite's grader; an expert or grader failure is recorded per item, the run goes on
-    write   -> ``{"id", "category", "scores", "tokens", "latency_s", "errors"?, "prompt"?}``, flushed
+    grade   -> the suite's grader (off the event loop: HumanEval runs a fenced child process); a
+               judged suite (MT-Bench) first asks the judge expert for a verdict; an expert, grader
+               or judge failure is recorded per item and the run goes on
+    write   -> ``{"id", "category", "stratum", "scores", "tokens", "latency_s", "judge"?,
+               "errors"?, "notes"?, "prompt"?}``, flushed
 
 The file holds ids, not prompt text, unless ``with_prompts`` is set. This module knows nothing about
 where suites read their data or how a grader works.
@@ -23,10 +26,10 @@ from typing import Any
 
 from coserve.engine.engine import Engine
 from coserve.errors import ConfigError, CoserveError
-from coserve.outcomes.suites import Item, Suite
+from coserve.outcomes.suites import Graded, Item, Suite
 from coserve.types import Message, Request, Sampling
 
-__all__ = ["RunSummary", "done_ids", "run_outcomes"]
+__all__ = ["ROUTED", "RunSummary", "done_ids", "run_outcomes"]
 
 
 @dataclass
@@ -36,7 +39,8 @@ class RunSummary:
     written: int = 0
     skipped: int = 0  # already in the output file
     expert_errors: int = 0  # (item, expert) pairs where the expert failed
-    grader_errors: int = 0  # (item, expert) pairs where grading raised
+    grader_errors: int = 0  # (item, expert) pairs where grading raised (or the judge failed)
+    grader_notes: int = 0  # (item, expert) pairs scored with a note (a program that timed out)
     scores: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (expert, category) -> scores
 
     def table(self, experts: Sequence[str]) -> str:
@@ -51,7 +55,8 @@ class RunSummary:
             lines.append(f"{expert:<16}" + "".join(f"{c:>18}" for c in cells))
         lines.append(
             f"items written {self.written}, skipped (already done) {self.skipped}, "
-            f"expert failures {self.expert_errors}, grader errors {self.grader_errors}"
+            f"expert failures {self.expert_errors}, grader errors {self.grader_errors}, "
+            f"scored with a note (time-outs) {self.grader_notes}"
         )
         return "\n".join(lines)
 
@@ -80,28 +85,71 @@ def done_ids(out: Path) -> set[str]:
     return ids
 
 
-async def _ask(engine: Engine, expert: str, prompt: str, max_tokens: int) -> tuple[str, int, float]:
-    """One greedy answer of one pinned expert: (text, completion tokens, seconds incl. queueing)."""
-    request = Request((Message("user", prompt),), expert, Sampling(max_tokens=max_tokens, temperature=0.0))
+ROUTED = "routed"  # the column of the library's own routing (``--routed``): model "coserve"
+
+
+async def _ask(
+    engine: Engine, expert: str, messages: Sequence[tuple[str, str]], max_tokens: int
+) -> tuple[str, int, float, str]:
+    """One greedy answer: (text, completion tokens, seconds incl. routing and queueing, who answered).
+
+    ``expert`` is pinned, with no fallback (the score must be that expert's own, so a failure is
+    recorded, not rerouted); ``ROUTED`` asks the router, fallback included, as a client would.
+    """
+    request = Request(
+        tuple(Message(role, content) for role, content in messages),
+        "coserve" if expert == ROUTED else expert,
+        Sampling(max_tokens=max_tokens, temperature=0.0),
+    )
     start = time.monotonic()
     decision = await engine.route(request)
-    # No fallback: the score must be this expert's own, so a failure is recorded, not rerouted.
-    decision = dataclasses.replace(decision, alternatives=())
+    if expert != ROUTED:
+        decision = dataclasses.replace(decision, alternatives=())
     stream, completion = await engine.complete(request, decision)
-    if stream.expert != expert:
+    if expert != ROUTED and stream.expert != expert:
         raise CoserveError(f"answered by {stream.expert!r} instead")
-    return completion.text, completion.usage.completion_tokens, time.monotonic() - start
+    return completion.text, completion.usage.completion_tokens, time.monotonic() - start, stream.expert
+
+
+async def _grade(engine: Engine, suite: Suite, text: str, item: Item, judge: str | None) -> float | Graded:
+    """The suite's grade of one answer; a judged suite first asks the judge expert for its verdict."""
+    if suite.judged:
+        if judge is None:
+            raise ConfigError(f"suite {suite.name!r} is graded by a judge: name one with --judge EXPERT")
+        messages = suite.judge_messages(text, item) or []
+        text, _, _, _ = await _ask(engine, judge, messages, suite.judge_max_tokens)
+    # Graders may block (HumanEval runs a child process): off the event loop.
+    return await asyncio.to_thread(suite.grade, text, item)
 
 
 async def _run_item(
-    engine: Engine, suite: Suite, item: Item, max_tokens: int, with_prompts: bool, summary: RunSummary
+    engine: Engine,
+    suite: Suite,
+    item: Item,
+    max_tokens: int,
+    with_prompts: bool,
+    summary: RunSummary,
+    judge: str | None,
+    routed: bool,
 ) -> dict[str, Any]:
     prompt = suite.prompt(item)
     category = suite.category(item)
-    experts = engine.library.expert_names
-    results = await asyncio.gather(*(_ask(engine, e, prompt, max_tokens) for e in experts), return_exceptions=True)
-    row: dict[str, Any] = {"id": item.id, "category": category, "scores": {}, "tokens": {}, "latency_s": {}}
+    experts = [*engine.library.expert_names, *([ROUTED] if routed else [])]
+    ask = [("user", prompt)]
+    results = await asyncio.gather(*(_ask(engine, e, ask, max_tokens) for e in experts), return_exceptions=True)
+    row: dict[str, Any] = {
+        "id": item.id,
+        "category": category,
+        "stratum": item.stratum,
+        "scores": {},
+        "tokens": {},
+        "latency_s": {},
+    }
+    if suite.judged:
+        row["judge"] = judge
     errors: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    answered: list[tuple[str, str]] = []
     for expert, result in zip(experts, results, strict=True):
         if isinstance(result, BaseException):
             if not isinstance(result, Exception):
@@ -109,19 +157,38 @@ async def _run_item(
             errors[expert] = f"expert: {type(result).__name__}: {result}"
             summary.expert_errors += 1
             continue
-        text, tokens, seconds = result
+        text, tokens, seconds, answered_by = result
+        if expert == ROUTED:
+            row["routed_expert"] = answered_by
         row["tokens"][expert] = tokens
         row["latency_s"][expert] = round(seconds, 4)
-        try:
-            score = float(suite.grade(text, item))
-            if not 0.0 <= score <= 1.0 or math.isnan(score):
-                raise ValueError(f"score {score} out of [0, 1]")
-        except Exception as exc:  # a grader bug must not stop the run; it is recorded per item
-            errors[expert] = f"grader: {type(exc).__name__}: {exc}"
+        answered.append((expert, text))
+    grades = await asyncio.gather(
+        *(_grade(engine, suite, text, item, judge) for _, text in answered), return_exceptions=True
+    )
+    for (expert, _), graded in zip(answered, grades, strict=True):
+        if isinstance(graded, BaseException):
+            if not isinstance(graded, Exception):
+                raise graded
+            if isinstance(graded, ConfigError):
+                raise graded  # a setup problem (no judge named, judge prompts unreadable): stop the run
+            # A grader bug or a judge failure must not stop the run; it is recorded per item.
+            errors[expert] = f"grader: {type(graded).__name__}: {graded}"
+            summary.grader_errors += 1
+            continue
+        if isinstance(graded, Graded):
+            notes[expert] = graded.note
+            summary.grader_notes += 1
+            graded = graded.score
+        score = float(graded)
+        if not 0.0 <= score <= 1.0 or math.isnan(score):
+            errors[expert] = f"grader: ValueError: score {score} out of [0, 1]"
             summary.grader_errors += 1
             continue
         row["scores"][expert] = score
         summary.scores.setdefault((expert, category), []).append(score)
+    if notes:
+        row["notes"] = notes
     if errors:
         row["errors"] = errors
     if with_prompts:
@@ -138,14 +205,30 @@ async def run_outcomes(
     concurrency: int = 2,
     with_prompts: bool = False,
     progress: bool = True,
+    judge: str | None = None,
+    routed: bool = False,
 ) -> RunSummary:
     """Ask every expert on every item not yet in ``out`` and append its line; returns the summary.
 
     ``max_tokens`` overrides each suite's default cap; ``concurrency`` bounds items in flight (each
-    item sends one request per expert, which the engine batches by expert).
+    item sends one request per expert, which the engine batches by expert). ``judge`` names the
+    expert that rates answers of judged suites (MT-Bench); it must be one of the library's.
+    ``routed`` adds a ``routed`` column: the library's router picks the expert (``routed_expert``).
     """
     from tqdm import tqdm
 
+    if any(suite.judged for suite, _ in work):
+        if judge is None:
+            judged = sorted({suite.name for suite, _ in work if suite.judged})
+            raise ConfigError(
+                f"{', '.join(judged)} is graded by a judge: name one of the library's experts with --judge"
+            )
+        if judge not in engine.library.expert_names:
+            raise ConfigError(
+                f"the judge {judge!r} is not an expert of this library ({', '.join(engine.library.expert_names)})"
+            )
+    for suite in {s.name: s for s, _ in work}.values():
+        suite.prepare()  # a judged suite reads its judge prompts now: a broken package stops the run here
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = done_ids(out)
@@ -156,7 +239,9 @@ async def run_outcomes(
 
     async def one(suite: Suite, item: Item, handle: Any) -> None:
         async with bound:
-            row = await _run_item(engine, suite, item, max_tokens or suite.max_tokens, with_prompts, summary)
+            row = await _run_item(
+                engine, suite, item, max_tokens or suite.max_tokens, with_prompts, summary, judge, routed
+            )
         handle.write(json.dumps(row) + "\n")
         handle.flush()
         summary.written += 1
