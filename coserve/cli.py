@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coserve.errors import CoserveError
+from coserve.errors import ConfigError, CoserveError
 
 __all__ = ["main"]
 
@@ -323,6 +323,65 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_map(args: argparse.Namespace) -> int:
+    """The measured per-category table of a library whose map is solved from outcomes, its maps at
+    budgets, each single expert, and the quality/cost front (``--plot``)."""
+    import numpy as np
+
+    from coserve.config import measured_inputs
+    from coserve.router.mapping import pareto
+
+    library = _library(args.library)
+    if library.router.outcomes is None or library.path is None:
+        raise ConfigError("this library writes router.map by hand: coserve map needs router.outcomes")
+    table, p, cost, budget = measured_inputs(library, library.path)
+    p = p / p.sum()
+    unit = "USD/M tokens" if library.router.budget.avg_price is not None else "B params"
+    print(f"measured on {library.router.outcomes} (mean score; n = rows per category)")
+    print(table.format())
+    print("category weights: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(table.categories, p, strict=True)))
+
+    def point(mapping: dict[str, str]) -> tuple[float, float]:
+        cols = [table.experts.index(mapping[c]) for c in table.categories]
+        quality = float(sum(w * table.S[k, e] for k, (w, e) in enumerate(zip(p, cols, strict=True))))
+        return float(sum(w * cost[e] for w, e in zip(p, cols, strict=True))), quality
+
+    result: dict[str, Any] = {"categories": list(table.categories), "experts": list(table.experts)}
+    result["S"] = table.S.round(4).tolist()
+    result["n"] = table.n.astype(int).tolist()
+    result["maps"] = []
+    budgets = [budget, *(args.budget or [])] if budget is not None else list(args.budget or [None])
+    for b in budgets:
+        mapping = table.solve(p, cost, b)
+        avg_cost, quality = point(mapping)
+        label = "unconstrained" if b is None else f"budget {b:g} {unit}"
+        print(f"\nmap at {label}: expected quality {quality:.3f}, average cost {avg_cost:.3f} {unit}")
+        for category, expert in mapping.items():
+            print(f"  {category:<12} -> {expert}")
+        result["maps"].append({"budget": b, "map": mapping, "quality": quality, "avg_cost": avg_cost})
+    singles = {e: point(dict.fromkeys(table.categories, e)) for e in table.experts}
+    print("\nsingle experts (everything to one):")
+    for name, (avg_cost, quality) in singles.items():
+        print(f"  {name:<12} quality {quality:.3f}, cost {avg_cost:.3f} {unit}")
+    result["singles"] = {n: {"avg_cost": c, "quality": q} for n, (c, q) in singles.items()}
+    front = pareto(p, table.S, cost)
+    result["front"] = [{"avg_cost": m.avg_cost, "quality": m.quality} for m in front]
+    if args.plot:
+        from coserve.eval.plot import plot_map_frontier
+
+        chosen = {
+            f"map @ {m['budget']:g}" if m["budget"] is not None else "best map": (m["avg_cost"], m["quality"])
+            for m in result["maps"]
+        }
+        frontier = [(m.avg_cost, m.quality) for m in front]
+        xlabel = f"average cost per request ({unit}, category weights as above)"
+        plot_map_frontier(frontier, singles, chosen, args.plot, xlabel, title=f"{library.path.name}: measured maps")
+        print(f"\nplot: {args.plot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=lambda v: float(np.asarray(v))))
+    return 0
+
+
 def cmd_experts_add(args: argparse.Namespace) -> int:
     from coserve.eval.data import load_expert_scores
     from coserve.router.trained import add_expert, load_trained
@@ -438,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.7)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("map", help="a library's measured per-category table, its maps at budgets, and the front")
+    library_arg(p)
+    p.add_argument("--budget", type=float, action="append", help="also solve at this budget (repeatable)")
+    p.add_argument("--plot", help="write the quality/cost front as a PNG here")
+    p.add_argument("--json", help="write the table, maps and front as JSON here")
+    p.set_defaults(func=cmd_map)
 
     p = sub.add_parser("experts", help="list the library's experts")
     library_arg(p)

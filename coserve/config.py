@@ -19,10 +19,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coserve.errors import ConfigError
+from coserve.errors import ConfigError, InfeasibleConstraints
 
 __all__ = [
     "BACKEND_NAMES",
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 # Backends a library may name; their implementations are imported lazily by coserve.backends.
-BACKEND_NAMES = ("llamacpp", "openai", "fake")
+BACKEND_NAMES = ("llamacpp", "openai", "transformers", "fake")
 
 _UNITS = {
     "": 1,
@@ -159,6 +160,11 @@ class RouterSettings(_Strict):
     embedder: Literal["minilm", "hashing"] = "minilm"
     classifier: Literal["logistic"] = "logistic"
     map: dict[str, str] = Field(default_factory=dict)  # category -> expert (unless ``trained`` is given)
+    # Or: an outcome file (``coserve outcomes`` JSONL, relative to the library file) from which the
+    # map is solved at load time by the budget optimiser, over categories weighted by ``priors``
+    # (default: equal). See coserve.router.measured.
+    outcomes: str | None = None
+    priors: dict[str, float] = Field(default_factory=dict)
     # A router directory written by ``coserve train`` (relative to the library file): its classifier,
     # per-prompt predictor and budget-optimal map replace ``categories`` and ``map``.
     trained: str | None = None
@@ -285,12 +291,22 @@ class LibraryConfig(_Strict):
             seen.add(name)
         if self.router.trained is None and len(self.categories) < 2:
             raise ValueError("categories: at least two categories (or router.trained: a trained router directory)")
+        if self.router.outcomes is not None and (self.router.map or self.router.trained is not None):
+            raise ValueError("router.outcomes: the map is solved from outcomes; drop router.map and router.trained")
+        for category, weight in self.router.priors.items():
+            if category not in self.categories:
+                raise ValueError(f"router.priors.{category}: not a category of this library")
+            if not weight >= 0:
+                raise ValueError(f"router.priors.{category}: must be >= 0")
+        if self.router.priors and not sum(self.router.priors.values()) > 0:
+            raise ValueError("router.priors: at least one category needs a positive weight")
         for category, expert in self.router.map.items():
             if category not in self.categories:
                 raise ValueError(f"router.map.{category}: not a category of this library")
             if expert not in seen:
                 raise ValueError(f"router.map.{category}: unknown expert {expert!r}")
-        missing = [c for c in self.categories if c not in self.router.map and self.router.trained is None]
+        solved = self.router.trained is not None or self.router.outcomes is not None
+        missing = [c for c in self.categories if c not in self.router.map and not solved]
         if missing:
             raise ValueError(f"router.map: no expert for categories {missing}")
         if self.router.fallback.expert not in seen:
@@ -336,6 +352,32 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def measured_inputs(config: LibraryConfig, path: Path) -> tuple[Any, np.ndarray, np.ndarray, float | None]:
+    """(table, category weights, expert costs, budget) of a library whose map comes from outcomes."""
+    from coserve.router.measured import read_table
+
+    router = config.router
+    assert router.outcomes is not None
+    categories = list(config.categories)
+    table = read_table(path.parent / router.outcomes, categories, config.expert_names)
+    p = np.array([router.priors.get(c, 0.0) if router.priors else 1.0 for c in categories])
+    if router.budget.avg_price is not None:
+        cost = np.array([e.price.mean for e in config.experts])
+        return table, p, cost, router.budget.avg_price
+    cost = np.array([e.params_b for e in config.experts], dtype=float)
+    return table, p, cost, router.budget.avg_params_b
+
+
+def _solved_router(config: LibraryConfig, path: Path) -> RouterSettings:
+    """The router settings with ``map`` solved from the library's outcome file under its budget."""
+    table, p, cost, budget = measured_inputs(config, path)
+    try:
+        solved = table.solve(p, cost, budget)
+    except InfeasibleConstraints as exc:
+        raise ConfigError(f"{path}: router.budget: {exc}") from None
+    return config.router.model_copy(update={"map": solved})
+
+
 def load_library(path: str | Path | None = None) -> LibraryConfig:
     """Read and validate a library file; ``categories`` may name a separate YAML file."""
     path = Path(path) if path is not None else default_library_path()
@@ -358,6 +400,8 @@ def load_library(path: str | Path | None = None) -> LibraryConfig:
             message = message.removeprefix("Value error, ")
             problems.append(f"{loc}: {message}" if loc else message)
         raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+    if config.router.outcomes is not None:
+        config = config.model_copy(update={"router": _solved_router(config, path)})
     # The digest names the router's cache: server settings do not change what the router learns.
     digest = hashlib.sha256(
         json.dumps(config.model_dump(mode="json", exclude={"path", "content_hash", "server"}), sort_keys=True).encode()

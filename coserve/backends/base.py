@@ -69,6 +69,7 @@ BACKENDS = {
     "llamacpp": "coserve.backends.llamacpp:LlamaCppBackend",
     "fake": "coserve.backends.fake:FakeBackend",
     "openai": "coserve.backends.openai_http:OpenAIHTTPBackend",
+    "transformers": "coserve.backends.transformers_hf:TransformersBackend",
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from coserve.eval.metrics import front
 
-__all__ = ["plot_report"]
+__all__ = ["plot_map_frontier", "plot_report"]
 
 AXES = {
     "params": ("avg_params_b", "average active parameters (B)"),
@@ -60,9 +60,49 @@ def plot_report(report: dict[str, Any], out: str | Path, title: str = "") -> Pat
         panel.legend(fontsize=7, loc="lower right")
     if title:
         fig.suptitle(title)
+    return _save(fig, out)
+
+
+def _save(fig: Any, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def plot_map_frontier(
+    frontier: list[tuple[float, float]],
+    singles: dict[str, tuple[float, float]],
+    chosen: dict[str, tuple[float, float]],
+    out: str | Path,
+    xlabel: str,
+    title: str = "",
+) -> Path:
+    """Quality-vs-cost of category maps: the optimiser's front as a step line, each single expert
+    as a point, and named chosen maps (the library's at its budgets) as stars. Points are (cost, quality)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, panel = plt.subplots(figsize=(6.4, 4.6))
+    if frontier:
+        xs, ys = zip(*sorted(frontier), strict=True)
+        panel.step(xs, ys, where="post", marker=".", linewidth=1.2, label="budget-optimal maps")
+    for name, (x, y) in singles.items():
+        panel.scatter([x], [y], color="tab:red", s=25, zorder=5)
+        panel.annotate(name, (x, y), fontsize=8, xytext=(3, -10), textcoords="offset points")
+    for name, (x, y) in chosen.items():
+        panel.scatter([x], [y], marker="*", color="black", s=90, zorder=6)
+        panel.annotate(name, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    panel.set_xlabel(xlabel)
+    panel.set_ylabel("expected quality (mean score)")
+    panel.grid(alpha=0.3)
+    panel.legend(fontsize=8, loc="lower right")
+    if title:
+        panel.set_title(title, fontsize=10)
+    return _save(fig, out)
