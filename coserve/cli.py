@@ -247,6 +247,17 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from coserve.outcomes.compare import compare_routed, format_comparison
+
+    library = _library(args.library)
+    result = compare_routed(args.data, {e.name: e.params_b for e in library.experts})
+    print(format_comparison(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from coserve.eval.data import load_costs, load_outcomes
     from coserve.eval.harness import evaluate
@@ -573,6 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=2, help="items in flight at once")
     p.add_argument("--with-prompts", action="store_true", help="also store each prompt (for local training)")
     p.set_defaults(func=cmd_outcomes)
+
+    p = sub.add_parser("compare", help="routed vs each single expert, from an outcome file written with --routed")
+    library_arg(p)
+    p.add_argument("--data", required=True, help="JSONL from coserve outcomes --routed")
+    p.add_argument("--json", help="also write the comparison here")
+    p.set_defaults(func=cmd_compare)
 
     def data_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data", required=True, help="outcome data (.jsonl or .csv with score:<expert> columns)")

@@ -241,3 +241,35 @@ def test_exclude_leaves_training_ids_out_of_a_held_out_sample(tmp_path: Path) ->
     train = {i.id for i in suite.load(limit=4, seed=0)}
     held = {i.id for i in suite.load(limit=4, seed=0, exclude=train)}
     assert len(train) == len(held) == 4 and not train & held
+
+
+def test_compare_routed_against_single_experts(make_engine: Callable[..., Engine], tmp_path: Path, capsys: Any) -> None:
+    from coserve.cli import main
+    from tests.conftest import write_library
+
+    rows = [mmlu_row("Pick B", "B"), mmlu_row("Choose one", "D", "t2"), mmlu_row("write a python function", "A", "t3")]
+    out = tmp_path / "routed.jsonl"
+    run(make_engine(), MMLU(write_jsonl(tmp_path / "mmlu.jsonl", rows)), out, routed=True)
+    # An item a column failed on is left out of every column (paired comparison).
+    lines_ = out.read_text().splitlines()
+    broken = json.loads(lines_[0])
+    del broken["scores"]["coder"]
+    out.write_text("\n".join([json.dumps(broken), *lines_[1:]]) + "\n")
+    library = write_library(tmp_path)
+    report = tmp_path / "cmp.json"
+    assert main(["compare", "--library", str(library), "--data", str(out), "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(report.read_text())
+    assert result["items"] == 2 and result["left_out"] == 1
+    params = {"small": 0.1, "coder": 0.5, "big": 1.5}
+    kept = [json.loads(t) for t in lines_[1:]]
+    routed = result["columns"]["routed"]
+    assert routed["avg_params_b"] == pytest.approx(sum(params[r["routed_expert"]] for r in kept) / 2)
+    assert routed["quality"] == pytest.approx(sum(r["scores"]["routed"] for r in kept) / 2)
+    assert result["columns"]["big"]["avg_params_b"] == 1.5
+    assert sum(result["routed_to"].values()) == 2 and "routed to:" in printed
+    # A file without a routed column says how to make one.
+    plain = tmp_path / "plain.jsonl"
+    run(make_engine(), MMLU(write_jsonl(tmp_path / "m2.jsonl", rows)), plain)
+    assert main(["compare", "--library", str(library), "--data", str(plain)]) == 2
+    assert "coserve outcomes --routed" in capsys.readouterr().err

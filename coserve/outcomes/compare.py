@@ -1,0 +1,86 @@
+"""Routed vs single experts, from one outcome file written with ``coserve outcomes --routed``.
+
+Only items where every column (each expert and ``routed``) has a score are compared, so all
+columns are judged on the same items. Per column: mean quality, mean active parameters (for
+``routed``, those of the expert that answered each item), mean latency (seconds from submitting
+to the last token, queueing included: all columns ran side by side on the same machine), and the
+quality per category. This module knows nothing about the engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from coserve.errors import ConfigError
+from coserve.outcomes.runner import ROUTED
+
+__all__ = ["compare_routed", "format_comparison"]
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    rows = []
+    for number, text in enumerate(lines, start=1):
+        if text.strip():
+            try:
+                rows.append(json.loads(text))
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
+    return rows
+
+
+def compare_routed(path: str | Path, params_b: Mapping[str, float]) -> dict[str, Any]:
+    """The comparison of ``routed`` against each expert in ``params_b`` on the file's paired items."""
+    path = Path(path)
+    columns = [*params_b, ROUTED]
+    rows = _rows(path)
+    if not any(ROUTED in r.get("scores", {}) for r in rows):
+        raise ConfigError(f"{path}: no routed scores; write it with coserve outcomes --routed")
+    paired = [r for r in rows if all(c in r.get("scores", {}) for c in columns) and r.get("routed_expert") in params_b]
+    if not paired:
+        raise ConfigError(f"{path}: no item has a score for every column ({', '.join(columns)})")
+    result: dict[str, Any] = {"items": len(paired), "left_out": len(rows) - len(paired), "columns": {}}
+    categories = sorted({r["category"] for r in paired})
+    for column in columns:
+        scores = [float(r["scores"][column]) for r in paired]
+        params = [params_b[r["routed_expert"] if column == ROUTED else column] for r in paired]
+        latency = [float(r["latency_s"][column]) for r in paired]
+        by_category = {
+            c: round(
+                sum(float(r["scores"][column]) for r in paired if r["category"] == c)
+                / sum(1 for r in paired if r["category"] == c),
+                4,
+            )
+            for c in categories
+        }
+        result["columns"][column] = {
+            "quality": round(sum(scores) / len(scores), 4),
+            "avg_params_b": round(sum(params) / len(params), 4),
+            "avg_latency_s": round(sum(latency) / len(latency), 3),
+            "by_category": by_category,
+        }
+    result["category_items"] = {c: sum(1 for r in paired if r["category"] == c) for c in categories}
+    result["routed_to"] = dict(Counter(r["routed_expert"] for r in paired).most_common())
+    return result
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    categories = list(result["category_items"])
+    head = f"{'column':<10}{'quality':>9}{'params B':>10}{'latency s':>11}" + "".join(f"{c:>11}" for c in categories)
+    lines = [head]
+    for column, entry in result["columns"].items():
+        cells = "".join(f"{entry['by_category'][c]:>11.3f}" for c in categories)
+        lines.append(
+            f"{column:<10}{entry['quality']:>9.3f}{entry['avg_params_b']:>10.3f}{entry['avg_latency_s']:>11.2f}{cells}"
+        )
+    lines.append(f"{'n':<40}" + "".join(f"{result['category_items'][c]:>11}" for c in categories))
+    picks = ", ".join(f"{e} {n}" for e, n in result["routed_to"].items())
+    lines.append(f"{result['items']} items scored in every column ({result['left_out']} left out); routed to: {picks}")
+    return "\n".join(lines)
