@@ -161,7 +161,12 @@ def test_mtbench_judge_messages_use_the_packages_prompt(tmp_path: Path) -> None:
     assert suite.judge_messages("4", maths)[1][1] == "Q: What is 2+2 A: 4 REF: four"  # maths has a reference
     assert suite.grade("Sound reasoning. Rating: [[7]]", writing) == 0.7
     assert suite.grade("[[3]] at first, then [[8.5]]", writing) == 0.85  # the last verdict counts
-    for verdict in ("Rating: 7", "[[0]]", "[[11]]"):
+    # Small judges bend the format: "[7]", "Rating: 7", "7/10" are read, "[[x]]" first.
+    assert suite.grade("Rating: [6]", writing) == 0.6
+    assert suite.grade("I would give it a rating of 4.", writing) == 0.4
+    assert suite.grade("Overall 9 out of 10.", writing) == 0.9
+    assert suite.grade("Score 3/10 but [[5]]", writing) == 0.5
+    for verdict in ("The answer is good.", "[[0]]", "[[11]]", "Rating: 12"):
         with pytest.raises(ValueError):
             suite.grade(verdict, writing)
 

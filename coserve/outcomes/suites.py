@@ -315,7 +315,14 @@ class HumanEval(Suite):
         return float(result.passed)
 
 
-_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
+# The verdict's rating: "[[7]]" as the judge prompt asks; small judges also write "[7]",
+# "Rating: 7" or "7/10", accepted in that order of preference (the last match of a form wins).
+_RATINGS = (
+    re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"),
+    re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*\]"),
+    re.compile(r"rating(?:\s+(?:of|is))?\W{0,3}\s*(\d+(?:\.\d+)?)", re.IGNORECASE),
+    re.compile(r"(\d+(?:\.\d+)?)\s*(?:/|out of)\s*10\b", re.IGNORECASE),
+)
 
 
 class MTBench(Suite):
@@ -411,10 +418,14 @@ class MTBench(Suite):
         return [("system", row["system_prompt"]), ("user", row["prompt_template"].format(**fields))]
 
     def grade(self, answer: str, item: Item) -> float:
-        """The judge's verdict -> rating / 10; no ``[[rating]]`` in it raises (recorded per item)."""
-        found = _RATING.findall(answer)
-        if not found:
-            raise ValueError("the judge gave no [[rating]]")
+        """The judge's verdict -> rating / 10; no rating in it raises (recorded per item)."""
+        for pattern in _RATINGS:
+            found = pattern.findall(answer)
+            if found:
+                break
+        else:
+            tail = " ".join(answer.split())[-80:]
+            raise ValueError(f"the judge gave no [[rating]] (its verdict ends: {tail!r})")
         rating = float(found[-1])
         if not 1.0 <= rating <= 10.0:
             raise ValueError(f"the judge's rating {rating:g} is outside 1-10")
