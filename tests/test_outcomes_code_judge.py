@@ -278,3 +278,18 @@ def test_compare_routed_against_single_experts(make_engine: Callable[..., Engine
     run(make_engine(), MMLU(write_jsonl(tmp_path / "m2.jsonl", rows)), plain)
     assert main(["compare", "--library", str(library), "--data", str(plain)]) == 2
     assert "coserve outcomes --routed" in capsys.readouterr().err
+
+
+def test_a_verdict_without_rating_gets_a_second_turn(
+    make_engine: Callable[..., Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fake judge echoes its messages: the first verdict has no rating; the second turn (the
+    # rating request, here carrying one) is read instead.
+    monkeypatch.setattr(MTBench, "rating_request", "only the rating: [[6]]")
+    monkeypatch.setattr(MTBench, "rating_max_tokens", 400)  # the fake echoes every turn before the last
+    suite = write_mtbench(tmp_path, "no verdict here {answer}")
+    out = tmp_path / "mt.jsonl"
+    summary = run(make_engine(), suite, out, judge="big", max_tokens=4)  # short answers: short echoes
+    rows = lines(out)
+    assert [r["scores"] for r in rows] == [dict.fromkeys(EXPERTS, 0.6)] * 2, rows[0].get("errors")
+    assert summary.grader_errors == 0

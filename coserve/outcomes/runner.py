@@ -117,7 +117,15 @@ async def _grade(engine: Engine, suite: Suite, text: str, item: Item, judge: str
         if judge is None:
             raise ConfigError(f"suite {suite.name!r} is graded by a judge: name one with --judge EXPERT")
         messages = suite.judge_messages(text, item) or []
-        text, _, _, _ = await _ask(engine, judge, messages, suite.judge_max_tokens)
+        verdict, _, _, _ = await _ask(engine, judge, messages, suite.judge_max_tokens)
+        try:
+            return await asyncio.to_thread(suite.grade, verdict, item)
+        except ValueError:
+            if suite.rating_request is None:
+                raise
+        # The verdict ran out of tokens (or forgot the format) before its rating: ask for it alone.
+        follow = [*messages, ("assistant", verdict), ("user", suite.rating_request)]
+        text, _, _, _ = await _ask(engine, judge, follow, suite.rating_max_tokens)
     # Graders may block (HumanEval runs a child process): off the event loop.
     return await asyncio.to_thread(suite.grade, text, item)
 

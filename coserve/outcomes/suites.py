@@ -119,6 +119,9 @@ class Suite:
     required: ClassVar[tuple[str, ...]]  # fields every row must have
     max_tokens: ClassVar[int]  # default generation cap for one answer (tokens)
     judge_max_tokens: ClassVar[int] = 256  # cap for a judge's verdict (judged suites)
+    # Judged suites: a second turn asking for the rating alone, when the verdict has none.
+    rating_request: ClassVar[str | None] = None
+    rating_max_tokens: ClassVar[int] = 12
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else None  # overrides the package's file (tests)
@@ -337,7 +340,8 @@ class MTBench(Suite):
     relative = "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
     required = ("category",)
     max_tokens = 384
-    judge_max_tokens: ClassVar[int] = 320
+    judge_max_tokens: ClassVar[int] = 192  # the explanation; a rating it did not reach is asked for after
+    rating_request: ClassVar[str | None] = 'Now give your rating alone, strictly in this format: "[[rating]]".'
     # MT-Bench's categories -> the router's.
     CATEGORY: ClassVar[dict[str, str]] = {
         "writing": "writing",
