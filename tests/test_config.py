@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,23 @@ def test_default_library_loads() -> None:
     assert set(library.router.map) == set(library.categories)
     assert library.path == default_library_path().resolve()
     assert len(library.content_hash) == 64
+
+
+def test_default_library_map_is_solved_from_its_shipped_outcomes() -> None:
+    library = load_library()
+    assert library.router.outcomes is not None and library.path is not None
+    shipped = library.path.parent / library.router.outcomes
+    rows = [json.loads(line) for line in shipped.read_text().splitlines() if line.strip()]
+    # Ids and scores only: the prompts stay in the suites' packages.
+    assert rows and all(set(row) == {"id", "category", "scores"} for row in rows)
+    assert all(re.fullmatch(r"(mmlu|gsm8k|humaneval|mtbench)-\d+", row["id"]) for row in rows)
+    assert {row["category"] for row in rows} == set(library.categories)
+    assert set(library.router.map) == set(library.categories)
+    # The budget binds: the solved map spends at most the budget under the library's priors.
+    priors = library.router.priors
+    params = {e.name: e.params_b for e in library.experts}
+    spent = sum(w * params[library.router.map[c]] for c, w in priors.items()) / sum(priors.values())
+    assert library.router.budget.avg_params_b is not None and spent <= library.router.budget.avg_params_b
 
 
 def test_default_library_categories_come_from_the_separate_file() -> None:
