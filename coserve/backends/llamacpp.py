@@ -12,6 +12,9 @@ Each slot gets the expert's full ``context``.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import threading
 import time
@@ -28,6 +31,27 @@ from coserve.types import Chunk, Message, Sampling, Usage
 __all__ = ["LlamaCppBackend"]
 
 DEFAULT_MAX_TOKENS = 512
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    if hasattr(libc, "mallopt"):
+        # glibc gives each new thread its own heap arena, up to 8 per core; every load starts
+        # fresh runtime threads, so arenas (and resident memory) step up over load/unload cycles.
+        libc.mallopt(-8, int(os.environ.get("COSERVE_MALLOC_ARENAS", "2")))  # M_ARENA_MAX
+    return libc
+
+
+def _return_free_memory() -> None:
+    """Give the heap pages an unloaded runtime freed back to the OS (glibc's malloc_trim): without
+    it, freed arenas stay in the process and resident memory creeps up over load/unload cycles."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _raise_runtime_error(spec: ExpertSpec, error: dict[str, Any]) -> None:
@@ -62,6 +86,8 @@ class LlamaCppBackend:
 
     def load(self, spec: ExpertSpec, base: Path | None) -> Handle:
         import xllamacpp
+
+        _libc()  # bounds the heap arenas before the runtime's threads start
 
         path = model_path(spec, base)
         start = time.monotonic()
@@ -100,6 +126,7 @@ class LlamaCppBackend:
 
     def unload(self, handle: Handle) -> None:
         handle.runtime = None  # dropping the last reference frees the model and its KV cache
+        _return_free_memory()
 
     def _body(self, spec: ExpertSpec, messages: tuple[Message, ...], sampling: Sampling) -> dict[str, Any]:
         body: dict[str, Any] = {
