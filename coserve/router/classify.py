@@ -129,6 +129,38 @@ def mlp_layers(arrays: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarr
     ]
 
 
+class SklearnMLPBase:
+    """What the MLP classifier and regressor share: hyper-parameters, fitting with scikit-learn
+    (Adam, optional early stopping, convergence warnings silenced) and keeping only the weights."""
+
+    def __init__(self, hidden: int = 256, alpha: float = 1e-4, max_iter: int = 300, seed: int = 0):
+        self.hidden = hidden
+        self.alpha = alpha  # L2 penalty
+        self.max_iter = max_iter
+        self.seed = seed
+
+    def _params(self) -> dict[str, Any]:
+        return {"hidden": self.hidden, "alpha": self.alpha, "max_iter": self.max_iter, "seed": self.seed}
+
+    def _fit_layers(
+        self, estimator: Any, X: np.ndarray, y: np.ndarray, early_stopping: bool
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Fit a scikit-learn MLP class on (X, y) and return its layers as float32 (coef, intercept)."""
+        from sklearn.exceptions import ConvergenceWarning
+
+        model = estimator(
+            hidden_layer_sizes=(self.hidden,),
+            alpha=self.alpha,
+            max_iter=self.max_iter,
+            early_stopping=early_stopping,
+            random_state=self.seed,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(X, y)
+        return mlp_layers(mlp_arrays(list(zip(model.coefs_, model.intercepts_, strict=True))))
+
+
 def mlp_forward(X: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """ReLU hidden layers, then the output layer's pre-activation (logits or regression outputs)."""
     h = np.asarray(X, dtype=np.float32)
@@ -192,36 +224,19 @@ class KNNClassifier:
 
 
 # -- MLP ---------------------------------------------------------------------------------------------
-class MLPClassifier:
+class MLPClassifier(SklearnMLPBase):
     """One-hidden-layer ReLU network, fitted with scikit-learn (Adam, early stopping), applied with numpy."""
 
     name = "mlp"
 
-    def __init__(self, hidden: int = 256, alpha: float = 1e-4, max_iter: int = 300, seed: int = 0):
-        self.hidden = hidden
-        self.alpha = alpha  # L2 penalty
-        self.max_iter = max_iter
-        self.seed = seed
-
     def fit(self, X: np.ndarray, y: list[str] | np.ndarray) -> MLPClassifier:
-        from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPClassifier as SklearnMLP
 
         classes, codes = _labels(y)
         # A small library (a few examples per category) cannot spare a stratified validation split.
         early = _early_stopping_fits(len(codes), len(classes), int(np.bincount(codes).min()))
-        model = SklearnMLP(
-            hidden_layer_sizes=(self.hidden,),
-            alpha=self.alpha,
-            max_iter=self.max_iter,
-            early_stopping=early,
-            random_state=self.seed,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(np.asarray(X, dtype=np.float32), codes)
+        self.layers_ = self._fit_layers(SklearnMLP, np.asarray(X, dtype=np.float32), codes, early)
         self.classes_ = classes
-        self.layers_ = mlp_layers(mlp_arrays(list(zip(model.coefs_, model.intercepts_, strict=True))))
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -235,8 +250,7 @@ class MLPClassifier:
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Hyper-parameters (JSON) and the layer weights (npz)."""
-        params = {"hidden": self.hidden, "alpha": self.alpha, "max_iter": self.max_iter, "seed": self.seed}
-        return params, {"classes_": self.classes_.astype(str), **mlp_arrays(self.layers_)}
+        return self._params(), {"classes_": self.classes_.astype(str), **mlp_arrays(self.layers_)}
 
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> MLPClassifier:

@@ -10,13 +10,12 @@ This module knows nothing about costs, budgets or category names: column e is ex
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Protocol, Self
 
 import numpy as np
 
 from coserve.errors import ConfigError
-from coserve.router.classify import mlp_arrays, mlp_forward, mlp_layers
+from coserve.router.classify import SklearnMLPBase, mlp_arrays, mlp_forward, mlp_layers
 from coserve.router.neighbours import NeighbourIndex
 from coserve.router.registry import build
 
@@ -189,19 +188,12 @@ class MFRegressor:
 
 
 # -- MLP ---------------------------------------------------------------------------------------------
-class MLPRegressor:
+class MLPRegressor(SklearnMLPBase):
     """Multi-output one-hidden-layer ReLU network, fitted with scikit-learn, applied with numpy."""
 
     name = "mlp"
 
-    def __init__(self, hidden: int = 256, alpha: float = 1e-4, max_iter: int = 300, seed: int = 0):
-        self.hidden = hidden
-        self.alpha = alpha  # L2 penalty
-        self.max_iter = max_iter
-        self.seed = seed
-
     def fit(self, X: np.ndarray, Y: np.ndarray) -> MLPRegressor:
-        from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPRegressor as SklearnMLP
 
         X32, Y64, observed = _outcomes(X, Y)
@@ -210,17 +202,8 @@ class MLPRegressor:
             X_fit, Y_fit = X32[complete], Y64[complete]
         else:  # too few: fill each missing cell with its expert's mean score
             X_fit, Y_fit = X32, np.where(observed, Y64, _column_means(Y64, observed))
-        model = SklearnMLP(
-            hidden_layer_sizes=(self.hidden,),
-            alpha=self.alpha,
-            max_iter=self.max_iter,
-            early_stopping=len(X_fit) >= 50,  # a 10% validation split of fewer rows is noise
-            random_state=self.seed,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(X_fit, Y_fit)
-        self.layers_ = mlp_layers(mlp_arrays(list(zip(model.coefs_, model.intercepts_, strict=True))))
+        # A 10% validation split of fewer than 50 rows is noise.
+        self.layers_ = self._fit_layers(SklearnMLP, X_fit, Y_fit, early_stopping=len(X_fit) >= 50)
         self.n_experts_ = Y64.shape[1]
         return self
 
@@ -230,8 +213,7 @@ class MLPRegressor:
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Hyper-parameters (JSON) and the layer weights (npz)."""
-        params = {"hidden": self.hidden, "alpha": self.alpha, "max_iter": self.max_iter, "seed": self.seed}
-        return params, mlp_arrays(self.layers_)
+        return self._params(), mlp_arrays(self.layers_)
 
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> MLPRegressor:
