@@ -21,7 +21,7 @@ from coserve.errors import ConfigError, InfeasibleConstraints, UnprocessableRequ
 from coserve.router.classify import CLASSIFIERS, Classifier, make_classifier
 from coserve.router.embed import Embedder, make_embedder
 from coserve.router.policy import decide, decide_ranked
-from coserve.router.trained import TrainedRouter, load_trained
+from coserve.router.trained import TrainedRouter, load_trained, read_router_directory
 from coserve.types import Decision, Request
 
 __all__ = ["FORMAT_VERSION", "CoERouter"]
@@ -140,12 +140,7 @@ class CoERouter:
     @classmethod
     def load(cls, directory: Path, library: LibraryConfig, embedder: Embedder) -> CoERouter:
         """Load a saved router; refuse one trained for another library or embedder."""
-        try:
-            manifest = json.loads((directory / "manifest.json").read_text())
-            with np.load(directory / "arrays.npz", allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"router directory {directory} cannot be read: {exc}") from None
+        manifest, arrays = read_router_directory(directory, "the router cache cannot be read")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ConfigError(f"{directory}: router format {manifest.get('format_version')}, expected {FORMAT_VERSION}")
         if manifest.get("embedder") != embedder.name:

@@ -20,7 +20,7 @@ import numpy as np
 
 from coserve.errors import ConfigError, InfeasibleConstraints
 
-__all__ = ["FORMAT_VERSION", "TrainedRouter", "add_expert", "load_trained"]
+__all__ = ["FORMAT_VERSION", "TrainedRouter", "add_expert", "load_trained", "read_router_directory"]
 
 FORMAT_VERSION = 1
 
@@ -166,6 +166,20 @@ def _part(spec: dict[str, Any] | None, prefix: str, arrays: dict[str, np.ndarray
     return registry(spec["name"]).from_state(spec["params"], state)
 
 
+def read_router_directory(directory: Path, what: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A router directory's ``manifest.json`` and ``arrays.npz`` (no pickle); ConfigError saying
+    ``what`` the directory is not, when either cannot be read."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{directory}: {what}: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{directory}: {what}: manifest.json is not an object")
+    return manifest, arrays
+
+
 def load_trained(directory: str | Path) -> TrainedRouter:
     """Read a router directory written by ``coserve train``."""
     from coserve.router.calibrate import OODScorer
@@ -173,12 +187,7 @@ def load_trained(directory: str | Path) -> TrainedRouter:
     from coserve.router.predict import PREDICTORS
 
     directory = Path(directory)
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text())
-        with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{directory}: not a trained router directory: {exc}") from None
+    manifest, arrays = read_router_directory(directory, "not a trained router directory")
     if manifest.get("format") != FORMAT_VERSION:
         raise ConfigError(f"{directory}: router format {manifest.get('format')}, expected {FORMAT_VERSION}")
     experts = [e["name"] for e in manifest["experts"]]
