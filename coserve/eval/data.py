@@ -30,6 +30,7 @@ __all__ = [
     "Problem",
     "embed_cached",
     "grouped_folds",
+    "json_rows",
     "load_costs",
     "load_expert_scores",
     "load_outcomes",
@@ -124,8 +125,9 @@ def load_costs(path: str | Path) -> ExpertCosts:
     return ExpertCosts(tuple(names), np.asarray(params, float), np.asarray(prices, float))
 
 
-def _json_rows(path: Path) -> list[tuple[int, dict[str, Any] | str]]:
-    """(line, object) for each non-blank line; a string in place of the object says why it is bad."""
+def json_rows(path: Path) -> list[tuple[int, dict[str, Any] | str]]:
+    """(line, object) for each non-blank line of a JSONL file; a string in place of the object says
+    why that line is bad. OSError/UnicodeDecodeError for an unreadable file are the caller's."""
     rows: list[tuple[int, dict[str, Any] | str]] = []
     with path.open(encoding="utf-8") as handle:
         for number, text in enumerate(handle, start=1):
@@ -206,7 +208,7 @@ def load_outcomes(
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"outcome file not found: {path}")
-    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _json_rows(path)
+    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else json_rows(path)
     if experts is None:
         names: dict[str, None] = {}
         for _, obj in rows:
@@ -246,7 +248,7 @@ def load_expert_scores(path: str | Path, expert: str) -> dict[str, float]:
         raise ConfigError(f"outcome file not found: {path}")
     found: dict[str, float] = {}
     problems: list[Problem] = []
-    for number, obj in _json_rows(path):
+    for number, obj in json_rows(path):
         if isinstance(obj, str):
             problems.append(Problem(str(path), number, None, obj))
             continue

@@ -9,13 +9,13 @@ quality per category. This module knows nothing about the engine.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from coserve.errors import ConfigError
+from coserve.eval.data import json_rows
 from coserve.outcomes.runner import ROUTED
 
 __all__ = ["compare_routed", "format_comparison"]
@@ -23,17 +23,13 @@ __all__ = ["compare_routed", "format_comparison"]
 
 def _rows(path: Path) -> list[dict[str, Any]]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
+        rows = json_rows(path)
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    rows = []
-    for number, text in enumerate(lines, start=1):
-        if text.strip():
-            try:
-                rows.append(json.loads(text))
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
-    return rows
+    for number, row in rows:
+        if isinstance(row, str):
+            raise ConfigError(f"{path}:{number}: {row}")
+    return [row for _, row in rows if isinstance(row, dict)]
 
 
 def compare_routed(path: str | Path, params_b: Mapping[str, float]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ This module knows nothing about serving; ``config.load_library`` calls it when a
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from coserve.errors import ConfigError
+from coserve.eval.data import json_rows
 
 __all__ = ["MeasuredTable", "read_table"]
 
@@ -64,20 +64,14 @@ def read_table(path: Path, categories: Sequence[str], experts: Sequence[str]) ->
     total = np.zeros((len(categories), len(experts)))
     count = np.zeros((len(categories), len(experts)))
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        rows = json_rows(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"router.outcomes: cannot read {path}: {exc}") from None
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
+    for number, row in rows:
         where = f"router.outcomes: {path}:{number}"
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where}: malformed JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("category"), str):
-            raise ConfigError(f"{where}: a row needs a string category and a scores object")
-        if not isinstance(row.get("scores"), dict):
+        if isinstance(row, str):
+            raise ConfigError(f"{where}: {row}")
+        if not isinstance(row.get("category"), str) or not isinstance(row.get("scores"), dict):
             raise ConfigError(f"{where}: a row needs a string category and a scores object")
         k = index.get(row["category"])
         if k is None:
