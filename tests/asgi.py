@@ -39,3 +39,11 @@ def leaving_receive(payload: bytes, *, after_s: float | None = None, gone: async
         return {"type": "http.disconnect"}
 
     return receive
+
+
+async def settled(engine: Any, expert: str, within_s: float) -> int:
+    """Wait up to ``within_s`` for ``expert``'s requests in flight to reach zero; returns how many are left."""
+    deadline = time.monotonic() + within_s
+    while engine.pool.in_flight(expert) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return int(engine.pool.in_flight(expert))

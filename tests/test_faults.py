@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from asgi import chat_scope, leaving_receive
+from asgi import chat_scope, leaving_receive, settled
 from fastapi.testclient import TestClient
 
 from coserve.backends.fake import FakeBackend
@@ -53,10 +53,7 @@ def test_client_disconnect_cancels_a_non_streamed_request(make_engine: Callable[
         scope = chat_scope()
         await asyncio.wait_for(app(scope, receive, send), timeout=5)
         elapsed = time.monotonic() - start
-        deadline = time.monotonic() + 2
-        while engine.pool.in_flight("coder") and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert engine.pool.in_flight("coder") == 0
+        assert await settled(engine, "coder", within_s=2) == 0
         await engine.close()
         return elapsed
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from asgi import chat_scope, leaving_receive
+from asgi import chat_scope, leaving_receive, settled
 from conftest import HELD_OUT, library_data, write_library
 from fastapi.testclient import TestClient
 
@@ -507,10 +506,7 @@ def test_client_that_stops_reading_releases_the_expert(make_engine: Callable[...
         scope = chat_scope()
         await asyncio.wait_for(app(scope, receive, send), timeout=5)
         assert engine.pool.in_flight("coder") <= 1
-        deadline = time.monotonic() + 3
-        while engine.pool.in_flight("coder") and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert engine.pool.in_flight("coder") == 0
+        assert await settled(engine, "coder", within_s=3) == 0
         await engine.close()
         return received
 

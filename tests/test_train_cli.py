@@ -14,25 +14,16 @@ from coserve.router.embed import HashingEmbedder
 from coserve.router.trained import load_trained
 
 
+def argv(command: str, data: Path, experts: Path, *extra: str) -> list[str]:
+    """``coserve train|eval`` on a small outcome file with the hashing embedder (no model to load)."""
+    return [command, "--data", str(data), "--experts", str(experts), "--embedder", "hashing", *extra]
+
+
 @pytest.fixture
 def trained(tmp_path: Path, cache: Path) -> tuple[Path, Path]:
     data, experts = write_separable(tmp_path)
     out = tmp_path / "router"
-    rc = main(
-        [
-            "train",
-            "--data",
-            str(data),
-            "--experts",
-            str(experts),
-            "--out",
-            str(out),
-            "--embedder",
-            "hashing",
-            "--budget-params",
-            "6",
-        ]
-    )
+    rc = main(argv("train", data, experts, "--out", str(out), "--budget-params", "6"))
     assert rc == 0
     return out, data
 
@@ -83,24 +74,7 @@ def test_prompt_and_hybrid_routers_train(tmp_path: Path, cache: Path) -> None:
     data, experts = write_separable(tmp_path)
     for kind in ("prompt-knn", "hybrid"):
         out = tmp_path / kind
-        assert (
-            main(
-                [
-                    "train",
-                    "--data",
-                    str(data),
-                    "--experts",
-                    str(experts),
-                    "--out",
-                    str(out),
-                    "--embedder",
-                    "hashing",
-                    "--router",
-                    kind,
-                ]
-            )
-            == 0
-        )
+        assert main(argv("train", data, experts, "--out", str(out), "--router", kind)) == 0
         router = load_trained(out)
         X = HashingEmbedder().encode(["debug this python function loop", "hello friend nice weekend movie"])
         assert router.expert_for(X) == ["big", "small"]
@@ -109,25 +83,8 @@ def test_prompt_and_hybrid_routers_train(tmp_path: Path, cache: Path) -> None:
 def test_eval_command_writes_report_and_plot(tmp_path: Path, cache: Path) -> None:
     data, experts = write_separable(tmp_path)
     report, plot = tmp_path / "r.json", tmp_path / "p.png"
-    rc = main(
-        [
-            "eval",
-            "--data",
-            str(data),
-            "--experts",
-            str(experts),
-            "--folds",
-            "3",
-            "--json",
-            str(report),
-            "--plot",
-            str(plot),
-            "--embedder",
-            "hashing",
-            "--routers",
-            "map-logistic,prompt-knn",
-        ]
-    )
+    routers = ("--routers", "map-logistic,prompt-knn")
+    rc = main(argv("eval", data, experts, "--folds", "3", "--json", str(report), "--plot", str(plot), *routers))
     assert rc == 0
     assert set(json.loads(report.read_text())["routers"]) == {"map-logistic", "prompt-knn"}
     assert plot.read_bytes()[:4] == b"\x89PNG"
@@ -137,18 +94,6 @@ def test_bad_rows_refused_by_default(tmp_path: Path, cache: Path, capsys: pytest
     data, experts = write_separable(tmp_path)
     with data.open("a") as handle:
         handle.write('{"id": "broken"\n')
-    rc = main(
-        [
-            "eval",
-            "--data",
-            str(data),
-            "--experts",
-            str(experts),
-            "--json",
-            str(tmp_path / "r.json"),
-            "--embedder",
-            "hashing",
-        ]
-    )
+    rc = main(argv("eval", data, experts, "--json", str(tmp_path / "r.json")))
     assert rc == 2
     assert "outcomes.jsonl:61" in capsys.readouterr().err
