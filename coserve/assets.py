@@ -19,7 +19,7 @@ from pathlib import Path
 from coserve.config import ExpertSpec
 from coserve.errors import AssetError
 
-__all__ = ["cache_dir", "locate", "model_path", "sha256_file"]
+__all__ = ["cache_dir", "is_assembled", "locate", "model_path", "sha256_file", "source_size"]
 
 _CHUNK = 8 * 2**20  # bytes read at a time when hashing and copying
 
@@ -77,9 +77,13 @@ def _verified(path: Path, sha256: str) -> bool:
     return True
 
 
+def _assembled_target(spec: ExpertSpec, sha256: str) -> Path:
+    return cache_dir() / "models" / f"{sha256[:16]}-{spec.name}.gguf"
+
+
 def _assemble(spec: ExpertSpec, parts: list[Path]) -> Path:
     assert spec.sha256 is not None  # checked by model_path
-    target = cache_dir() / "models" / f"{spec.sha256[:16]}-{spec.name}.gguf"
+    target = _assembled_target(spec, spec.sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one assembler at a time; the others then find it done
@@ -120,6 +124,18 @@ def model_path(spec: ExpertSpec, base: Path | None = None) -> Path:
     if spec.sha256 is not None and not _verified(files[0], spec.sha256):
         raise AssetError(f"expert {spec.name!r}: {files[0]} does not match sha256 {spec.sha256}; refusing it")
     return files[0]
+
+
+def is_assembled(spec: ExpertSpec, base: Path | None = None) -> bool:
+    """Whether the expert's model file exists without assembling anything (a single-file source
+    that is present, or split parts already assembled into the cache)."""
+    try:
+        files = [locate(source, base) for source in spec.parts]
+    except AssetError:
+        return False
+    if len(files) == 1:
+        return files[0].is_file()
+    return bool(files) and spec.sha256 is not None and _assembled_target(spec, spec.sha256).is_file()
 
 
 def source_size(spec: ExpertSpec, base: Path | None = None) -> int | None:

@@ -137,13 +137,20 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
-    from coserve.assets import source_size
+    from coserve.assets import is_assembled, source_size
+    from coserve.backends.base import get_backend
 
     library = _library(args.library)
     base = library.path.parent if library.path else None
     rows = []
     for spec in library.experts:
         size = source_size(spec, base)
+        loaded = None
+        if size is not None and is_assembled(spec, base):  # listing never assembles
+            try:  # what the ACTIVE budget counts for it: weights + KV cache + runtime buffers
+                loaded = get_backend(spec.backend).footprint(spec, base)
+            except CoserveError:
+                loaded = None
         if not spec.parts:
             location = "-"
         elif len(spec.parts) == 1:
@@ -159,6 +166,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
                 "price": spec.price.mean,
                 "tags": list(spec.tags),
                 "bytes": size,
+                "loaded_bytes": loaded,
                 "tier": "disk" if size is not None else "missing",
                 "source": location,
                 "categories": [c for c, e in library.router.map.items() if e == spec.name],
@@ -168,12 +176,16 @@ def cmd_experts(args: argparse.Namespace) -> int:
         print(json.dumps({"library": str(library.path), "experts": rows}, indent=2))
         return 0
     print(f"library: {library.path}")
-    print(f"{'name':<10} {'backend':<9} {'params':>7} {'size':>9} {'context':>7} {'tier':<7} {'categories':<24} source")
+    print(
+        f"{'name':<10} {'backend':<9} {'params':>7} {'size':>9} {'loaded':>9} {'context':>7} {'tier':<7} "
+        f"{'categories':<24} source"
+    )
     for r in rows:
         size_text = f"{r['bytes'] / 2**20:.0f} MiB" if r["bytes"] is not None else "-"
+        loaded_text = f"{r['loaded_bytes'] / 2**20:.0f} MiB" if r["loaded_bytes"] is not None else "-"
         print(
-            f"{r['name']:<10} {r['backend']:<9} {r['params_b']:>6.2f}B {size_text:>9} {r['context']:>7} "
-            f"{r['tier']:<7} {','.join(r['categories']):<24} {r['source']}"
+            f"{r['name']:<10} {r['backend']:<9} {r['params_b']:>6.2f}B {size_text:>9} {loaded_text:>9} "
+            f"{r['context']:>7} {r['tier']:<7} {','.join(r['categories']):<24} {r['source']}"
         )
     fallback = library.router.fallback
     print(

@@ -176,7 +176,7 @@ class MemorySettings(_Strict):
     """Byte budgets per tier."""
 
     ram: int = 4 * 2**30  # bytes of expert weights kept resident in host memory
-    active: int = 4 * 2**30  # bytes of expert weights loaded in runtimes
+    active: int = 4 * 2**30  # bytes of loaded runtimes: weights + KV caches + buffers (Backend.footprint)
     min_residency_s: float = Field(0.0, ge=0)  # an expert stays ACTIVE at least this long unless room is needed
     max_wait_s: float = Field(10.0, gt=0)  # scheduler: a request waiting longer makes its expert go next
 

@@ -72,6 +72,8 @@ def test_experts_json(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture
     assert (rows["coder"]["bytes"], rows["coder"]["tier"]) == (500, "disk")  # parts summed, not assembled
     assert rows["coder"]["source"].startswith("2 parts, w/coder1.bin")
     assert (rows["big"]["bytes"], rows["big"]["tier"]) == (None, "missing")
+    assert rows["small"]["loaded_bytes"] == 10 * 2**20  # the fake's footprint: its nbytes option
+    assert rows["coder"]["loaded_bytes"] is None  # not assembled yet: unknown, and not assembled for it
     assert rows["coder"]["categories"] == ["code"]
     assert rows["big"]["categories"] == ["math"]
     assert not (cache / "models").exists()  # listing never assembles

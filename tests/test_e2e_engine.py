@@ -48,7 +48,9 @@ def test_greedy_output_is_identical_across_tier_paths() -> None:
     backend = LlamaCppBackend()
     sizes = {n: model_path(library.expert(n), base).stat().st_size for n in ("general", "coder")}
     drop_cache(model_path(library.expert("general"), base))
-    one_at_a_time = sizes["coder"] + 2**20  # the ACTIVE tier holds one of the two
+    loaded = {n: backend.footprint(library.expert(n), base) for n in ("general", "coder")}
+    one_at_a_time = max(loaded.values()) + 2**20  # the ACTIVE tier holds one of the two
+    assert one_at_a_time < sum(loaded.values())
 
     # RAM holds both: an evicted expert drops to RAM and comes back from there.
     pool = ExpertPool(library, dict.fromkeys(library.expert_names, backend), one_at_a_time, ram_budget_bytes=2**31)
@@ -59,7 +61,8 @@ def test_greedy_output_is_identical_across_tier_paths() -> None:
     asyncio.run(pool.close())
 
     # RAM holds one: an evicted expert drops to DISK and is reloaded from the file.
-    pool = ExpertPool(library, dict.fromkeys(library.expert_names, backend), one_at_a_time)
+    ram_one = sizes["coder"] + 2**20
+    pool = ExpertPool(library, dict.fromkeys(library.expert_names, backend), one_at_a_time, ram_budget_bytes=ram_one)
     _greedy(pool, "general")
     _greedy(pool, "coder")
     assert pool.residency()["general"] is Tier.DISK

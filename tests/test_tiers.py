@@ -160,3 +160,25 @@ def test_a_just_loaded_expert_is_pinned_before_any_eviction(tmp_path: Path) -> N
     asyncio.run(go())
     assert backend.loads == ["coder", "big"]
     assert pool.residency()["coder"] is not Tier.ACTIVE
+
+
+def test_active_budget_counts_loaded_footprints_and_ram_counts_weights(tmp_path: Path) -> None:
+    # Weights 10/20/30 MiB, but loaded each holds 40 MiB more (KV cache, buffers): 50/60/70 MiB.
+    # An ACTIVE budget of 130 MiB holds two of them, not all three as weights alone (60) suggest.
+    kv = {name: {"footprint": (size + 40) * MiB} for name, size in (("small", 10), ("coder", 20), ("big", 30))}
+    pool, backend = _pool(tmp_path, active=130 * MiB, ram=60 * MiB, options=kv)
+    asyncio.run(_use(pool, "small", "coder")())
+    assert pool.used_bytes() == 110 * MiB
+    asyncio.run(_use(pool, "big")())
+    assert pool.residency() == {"small": Tier.RAM, "coder": Tier.ACTIVE, "big": Tier.ACTIVE}
+    assert backend.unloads == ["small"]  # least recently used; its weights stay in RAM
+    assert pool.used_bytes() == 130 * MiB
+    assert pool.ram_bytes() == 60 * MiB  # RAM counts the weights of all three, nothing more
+
+
+def test_expert_whose_loaded_footprint_exceeds_the_budget_is_refused(tmp_path: Path) -> None:
+    pool, backend = _pool(tmp_path, active=50 * MiB, options={"big": {"footprint": 51 * MiB}})
+    with pytest.raises(ExpertLoadError) as info:
+        asyncio.run(pool.acquire("big"))
+    assert "KV cache" in info.value.message and info.value.status == 503
+    assert backend.loads == []

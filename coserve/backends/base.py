@@ -29,7 +29,7 @@ class Handle:
 
     spec: ExpertSpec
     runtime: Any  # the backend's own object (an xllamacpp.Server, an HTTP client, ...)
-    nbytes: int  # bytes of weights this instance holds
+    nbytes: int  # bytes of weights this instance holds (its footprint is Backend.footprint)
     load_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -60,7 +60,12 @@ class Backend(Protocol):
         ...
 
     def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
-        """Bytes the expert will occupy when loaded (before loading it)."""
+        """Bytes of the expert's weights: what the RAM tier holds and a move copies."""
+        ...
+
+    def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
+        """Bytes the expert occupies when ACTIVE, known before loading it: its weights plus the
+        runtime's own state (KV cache for every slot, compute buffers, repacked weight copies)."""
         ...
 
 

@@ -3,7 +3,8 @@
 Its real twin is ``LlamaCppBackend``; tests that use this fake have end-to-end counterparts that
 run the real experts. Behaviour is read from the expert's ``options``:
 
-* ``nbytes``: bytes the expert "occupies" (default 100 MB);
+* ``nbytes``: bytes of the expert's "weights" (default 100 MB); ``footprint``: bytes it occupies
+  when ACTIVE (default: ``nbytes``);
 * ``load_delay`` / ``token_delay``: seconds to load / per generated token;
 * ``fail_load``: raise ExpertLoadError on load; ``fail_load_oom``: raise MemoryError on load;
 * ``fail_generate``: raise ExpertFailed before the first token;
@@ -54,6 +55,9 @@ class FakeBackend:
 
     def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
         return int(spec.options.get("nbytes", 100 * 2**20))
+
+    def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
+        return int(spec.options.get("footprint", self.nbytes(spec, base)))
 
     def stage(self, spec: ExpertSpec, base: Path | None) -> _Staged:
         if spec.options.get("fail_stage"):

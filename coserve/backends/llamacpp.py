@@ -6,8 +6,15 @@ chat templates applied from the GGUF file. See docs/decisions.md.
 
 Options an expert may set in the library file: ``threads`` (default: all cores), ``n_parallel``
 (slots, i.e. requests decoded together; default 2), ``max_tokens`` (default cap, 512),
-``n_gpu_layers`` (layers offloaded to a GPU; the PyPI wheel is CPU-only, so it needs a CUDA build).
-Each slot gets the expert's full ``context``.
+``n_gpu_layers`` (layers offloaded to a GPU; the PyPI wheel is CPU-only, so it needs a CUDA build),
+``prompt_cache_mib`` (host memory for llama.cpp's cache of finished prompts' KV states, reused by
+later requests that share their prefix; default 0 = off, as llama.cpp's own default of 8 GiB per
+expert would sit outside every budget). Each slot gets the expert's full ``context``.
+
+Footprint (what the ACTIVE tier counts, known before loading, from the file's header): the
+weights, llama.cpp's repacked copy of the weight types its CPU kernels interleave, the f16 KV cache
+for every slot, the compute buffers and the prompt cache. For the default library it is within a
+few per cent of what llama.cpp itself reports (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 
 from coserve.assets import model_path
 from coserve.backends.base import Emit, Handle
+from coserve.backends.gguf_header import kv_cache_bytes, read_header
 from coserve.backends.staging import Staged, stage
 from coserve.config import ExpertSpec
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
@@ -31,6 +39,11 @@ from coserve.types import Chunk, Message, Sampling, Usage
 __all__ = ["LlamaCppBackend"]
 
 DEFAULT_MAX_TOKENS = 512
+DEFAULT_N_PARALLEL = 2
+# ggml types llama.cpp's CPU backend copies into interleaved layouts for its matrix kernels
+# (Q4_0, Q4_K, IQ4_NL); looked-up tensors (the token embedding) are not repacked.
+_REPACKED_TYPES = {2, 12, 20}
+_UBATCH = 512  # llama.cpp's default physical batch: its compute buffers scale with it
 
 
 @functools.cache
@@ -78,6 +91,27 @@ class LlamaCppBackend:
             raise AssetError(f"expert {spec.name!r}: model file missing ({', '.join(spec.parts)})")
         return size
 
+    def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
+        path = model_path(spec, base)
+        header = read_header(path)
+        n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
+        repacked = sum(
+            t.nbytes
+            for t in header.tensors
+            if t.type in _REPACKED_TYPES and len(t.shape) == 2 and not t.name.startswith("token_embd")
+        )
+        kv = kv_cache_bytes(header, spec.context * n_parallel)
+        n_embd = int(header.get("embedding_length", 0))
+        n_ff = header.get("feed_forward_length", 4 * n_embd)
+        n_ff = max(n_ff) if isinstance(n_ff, list) else int(n_ff)
+        embd = next((t for t in header.tensors if t.name == "token_embd.weight"), None)
+        n_vocab = embd.shape[1] if embd is not None and len(embd.shape) == 2 else 0
+        # Compute buffers: a fit to llama.cpp's reserve for the three default experts (activations
+        # of one 512-token micro-batch, logits of each slot's last token), rounded up.
+        compute = _UBATCH * 4 * (3 * n_ff + 8 * n_embd) + n_parallel * n_vocab * 8
+        prompt_cache = int(spec.options.get("prompt_cache_mib", 0)) * 2**20
+        return path.stat().st_size + repacked + kv + compute + prompt_cache
+
     def stage(self, spec: ExpertSpec, base: Path | None) -> Staged:
         return stage(model_path(spec, base))
 
@@ -91,7 +125,7 @@ class LlamaCppBackend:
 
         path = model_path(spec, base)
         start = time.monotonic()
-        n_parallel = int(spec.options.get("n_parallel", 2))
+        n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
         threads = int(spec.options.get("threads", os.cpu_count() or 2))
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
@@ -101,6 +135,8 @@ class LlamaCppBackend:
         params.cpuparams_batch.n_threads = threads
         params.verbosity = -1  # llama.cpp otherwise logs hundreds of lines per load
         params.warmup = False
+        params.cache_ram_mib = int(spec.options.get("prompt_cache_mib", 0))
+        params.fit_params = False  # the context asked for, not one shrunk silently to fit memory
         if "n_gpu_layers" in spec.options:  # GPU offload, where the runtime was built with CUDA
             params.n_gpu_layers = int(spec.options["n_gpu_layers"])
         try:

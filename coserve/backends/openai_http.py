@@ -68,6 +68,9 @@ class OpenAIHTTPBackend:
     def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
         return 0
 
+    def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
+        return 0  # the model lives in the endpoint's memory, not ours
+
     def stage(self, spec: ExpertSpec, base: Path | None) -> _NoStage:
         return _NoStage()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ from typing import Any
 
 from coserve.assets import model_path
 from coserve.backends.base import Emit, Handle
+from coserve.backends.gguf_header import kv_cache_bytes, read_header
 from coserve.config import ExpertSpec
-from coserve.errors import ContextTooLong, ExpertFailed, ExpertLoadError
+from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
 
 __all__ = ["TransformersBackend"]
@@ -97,6 +99,21 @@ def _dtype_name(spec: ExpertSpec, device: str) -> str:
     return name
 
 
+def _kv_bytes(path: Path, n_ctx: int, width: int) -> int:
+    """KV-cache bytes for ``n_ctx`` tokens, from a GGUF header or a model folder's config.json."""
+    if not path.is_dir():
+        return kv_cache_bytes(read_header(path), n_ctx, width)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise AssetError(f"{path}: no readable config.json ({exc})") from None
+    config = config.get("text_config", config)
+    heads = int(config.get("num_attention_heads", 1))
+    head_dim = int(config.get("head_dim") or int(config.get("hidden_size", 0)) // max(heads, 1))
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    return 2 * int(config.get("num_hidden_layers", 0)) * kv_heads * head_dim * n_ctx * width
+
+
 class TransformersBackend:
     """Host copies per staged expert; one device model per loaded expert."""
 
@@ -113,6 +130,13 @@ class TransformersBackend:
         """Weights in the serving dtype (a GGUF file is dequantised, so its size on disk is smaller)."""
         device = str(spec.options.get("device", "cuda" if _cuda_available() else "cpu"))
         return int(spec.params_b * 1e9 * _DTYPES.get(_dtype_name(spec, device), 4))
+
+    def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
+        """Weights plus a KV cache for one sequence of the expert's full context (one request at a
+        time per expert), in the serving dtype."""
+        device = str(spec.options.get("device", "cuda" if _cuda_available() else "cpu"))
+        width = _DTYPES.get(_dtype_name(spec, device), 4)
+        return self.nbytes(spec, base) + _kv_bytes(model_path(spec, base), spec.context, width)
 
     def _read(self, spec: ExpertSpec, base: Path | None) -> _HostCopy:
         """DISK -> host memory: read and dequantise the weights, pinned when a GPU will take them."""

@@ -13,9 +13,9 @@ decided once by the router, then replayed with the same expert for every request
 
 Each coserve policy runs as a real server process (``coserve serve --policy``), so both sides pay
 the same HTTP and streaming costs. The memory budget of the ACTIVE tier holds about half the
-library; the RAM tier (page cache) holds all of it. Switch time is measured directly (load of an
-expert whose file is in RAM) against its floor: file bytes / read bandwidth, from the page cache
-and from disk, both measured in this run.
+library (loaded footprints, KV caches included); the RAM tier (page cache) holds all of it.
+Switch time is measured directly (load of an expert whose file is in RAM) against its floor:
+file bytes / read bandwidth, from the page cache and from disk, both measured in this run.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import httpx
 import yaml
 
 from coserve.assets import cache_dir, model_path
+from coserve.backends.base import get_backend
 from coserve.backends.staging import read_bandwidth, stage
 from coserve.config import LibraryConfig, default_library_path
 from coserve.router.router import CoERouter
@@ -204,8 +205,6 @@ def _run_peer(library: LibraryConfig, workload: list[dict[str, Any]], max_tokens
 
 def measure_switch(library: LibraryConfig) -> dict[str, Any]:
     """Load time of each expert from RAM and from disk, against bytes / measured bandwidth."""
-    from coserve.backends.base import get_backend
-
     base = library.path.parent if library.path else None
     rows: dict[str, Any] = {}
     for spec in library.experts:
@@ -251,20 +250,26 @@ def bench_serve(
 
     library = library or load_library(default_library_path())
     base = library.path.parent if library.path else None
-    total = sum(model_path(spec, base).stat().st_size for spec in library.experts)
-    largest = max(model_path(spec, base).stat().st_size for spec in library.experts)
-    active = max(int(total * 0.5), int(largest * 1.15))  # about half the library, but the largest must fit
+    weights = sum(model_path(spec, base).stat().st_size for spec in library.experts)
+    sizes = sorted(get_backend(spec.backend).footprint(spec, base) for spec in library.experts)
+    total = sum(sizes)
+    # About half the library, loaded footprints counted (KV caches included); when one expert is
+    # most of the library, the largest and the smallest together (never all of them).
+    active = max(int(total * 0.5), int((sizes[-1] + sizes[0]) * 1.02))
     workload = make_workload(library, n, rate, seed)
     counts = {e: sum(w["expert"] == e for w in workload) for e in library.expert_names}
     print(f"workload: {n} requests, Poisson {rate}/s, {max_tokens} tokens each, experts {counts}")
-    print(f"memory: library {total / 2**20:.0f} MiB, ACTIVE budget {active / 2**20:.0f} MiB, RAM holds all")
+    print(
+        f"memory: library {weights / 2**20:.0f} MiB of weights, {total / 2**20:.0f} MiB loaded; "
+        f"ACTIVE budget {active / 2**20:.0f} MiB, RAM holds all"
+    )
     result: dict[str, Any] = {
         "policies": {},
         "workload": {"n": n, "rate": rate, "max_tokens": max_tokens, "experts": counts, "active_budget_bytes": active},
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        half = _bench_library(library, folder, active, total + largest)
+        half = _bench_library(library, folder, active, 2 * weights)
         (folder / "all").mkdir()
         everything = _bench_library(library, folder / "all", 4 * total, 4 * total)
         print(f"{'policy':<18} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'ttft p50':>9} {'switches':>9} {'GB moved':>9}")

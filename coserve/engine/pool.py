@@ -4,6 +4,10 @@
     RAM     the file's pages held in host memory (``Backend.stage``)
     ACTIVE  a loaded runtime (``Backend.load``); on CPU its weights are those same RAM pages
 
+The RAM budget counts weights (``Backend.nbytes``) of every expert not on DISK; the ACTIVE budget
+counts each loaded runtime's whole footprint (``Backend.footprint``: weights plus KV caches,
+compute buffers and repacked copies), so it bounds what loaded experts really hold.
+
 Rules:
 * one move per expert at a time (single flight): concurrent requests wait for that one load;
 * moves are two-phase: the incoming expert is loaded before any victim is released, so a failed
@@ -42,7 +46,8 @@ BACKOFF_MAX_S = 60.0
 
 @dataclass
 class _Slot:
-    nbytes: int = 0
+    nbytes: int = 0  # weights: what RAM holds and a move copies
+    footprint: int = 0  # bytes when ACTIVE
     staged: Any = None  # the backend's RAM-tier object (has .release()), or None
     handle: Handle | None = None
     moving: asyncio.Future[None] | None = None  # a move in progress (stage or load)
@@ -88,7 +93,7 @@ class ExpertPool:
         self.library = library
         self.backends = backends  # expert name -> its backend
         self.budget_bytes = budget_bytes  # ACTIVE tier
-        self.ram_budget_bytes = max(ram_budget_bytes if ram_budget_bytes is not None else budget_bytes, budget_bytes)
+        self.ram_budget_bytes = ram_budget_bytes if ram_budget_bytes is not None else budget_bytes
         self.executor = executor
         self.metrics = metrics
         self.min_residency_s = min_residency_s
@@ -117,7 +122,7 @@ class ExpertPool:
 
     def used_bytes(self) -> int:
         """Bytes in the ACTIVE tier, loads in progress included."""
-        return sum(s.nbytes for s in self._slots.values() if s.handle is not None or s.moving is not None)
+        return sum(s.footprint for s in self._slots.values() if s.handle is not None or s.moving is not None)
 
     def ram_bytes(self) -> int:
         """Bytes held in host memory (RAM and ACTIVE tiers)."""
@@ -179,13 +184,20 @@ class ExpertPool:
             await cond.acquire()
 
     async def _measure(self, name: str, slot: _Slot) -> None:
-        if not slot.nbytes:
+        if not slot.footprint:
             spec = self.library.expert(name)
+            backend = self.backends[name]
             loop = asyncio.get_running_loop()
-            slot.nbytes = await loop.run_in_executor(self.executor, self.backends[name].nbytes, spec, self.base)
-        if slot.nbytes > self.budget_bytes:
+            try:
+                slot.nbytes = await loop.run_in_executor(self.executor, backend.nbytes, spec, self.base)
+                slot.footprint = await loop.run_in_executor(self.executor, backend.footprint, spec, self.base)
+            except Exception as exc:  # a missing or unreadable file: as a failed load
+                slot.nbytes = slot.footprint = 0
+                raise self._failed(name, slot, exc) from None
+        if slot.footprint > self.budget_bytes:
             raise ExpertLoadError(
-                f"expert {name!r} needs {slot.nbytes} bytes, more than the memory budget ({self.budget_bytes} bytes)"
+                f"expert {name!r} needs {slot.footprint} bytes when loaded (weights, KV cache and buffers), "
+                f"more than the ACTIVE memory budget ({self.budget_bytes} bytes)"
             )
 
     def _victims(self, exclude: str, tier: Tier, need: int, used: int, budget: int) -> list[str] | None:
@@ -209,7 +221,7 @@ class ExpertPool:
             if free >= need:
                 break
             chosen.append(name)
-            free += self._slots[name].nbytes
+            free += self._slots[name].footprint if tier is Tier.ACTIVE else self._slots[name].nbytes
         return chosen if free >= need else None
 
     async def _reserve(self, name: str, slot: _Slot) -> bool:
@@ -217,7 +229,7 @@ class ExpertPool:
         await self._measure(name, slot)
         if slot.handle is not None or slot.moving is not None:
             return False  # someone else moved it while we measured; the caller loops
-        victims = self._victims(name, Tier.ACTIVE, slot.nbytes, self.used_bytes(), self.budget_bytes)
+        victims = self._victims(name, Tier.ACTIVE, slot.footprint, self.used_bytes(), self.budget_bytes)
         if victims is None:
             await self._condition.wait()  # every resident expert is busy: wait for a release
             return False
@@ -240,14 +252,9 @@ class ExpertPool:
                 self.bytes_moved += slot.nbytes
             handle = await loop.run_in_executor(self.executor, backend.load, spec, self.base)
         except Exception as exc:
-            error = exc if isinstance(exc, CoserveError) else ExpertLoadError(f"expert {name!r}: {exc}")
             async with self._condition:
                 slot.moving = None
-                slot.backoff_s = min(BACKOFF_MAX_S, slot.backoff_s * 2 if slot.backoff_s else BACKOFF_START_S)
-                slot.backoff_until = time.monotonic() + slot.backoff_s
-                slot.last_error = str(getattr(error, "message", error))
-                moving.set_exception(error)
-                self._count("load_failures", name)
+                moving.set_exception(self._failed(name, slot, exc))
                 self._condition.notify_all()
             return
         async with self._condition:
@@ -266,6 +273,23 @@ class ExpertPool:
                 self.metrics.switch_seconds.labels(from_tier.value).observe(seconds)
             self._fit_budgets(protect=name)  # the waiters pin it next; never evict it before they can
             self._condition.notify_all()
+
+    def _failed(self, name: str, slot: _Slot, exc: BaseException) -> CoserveError:
+        """Record a failed move (backoff, doubling); returns the error to raise: an ExpertLoadError
+        (503: the server is fine, this expert is not), whatever the cause (a corrupt or missing
+        file, a hash mismatch, the runtime's own failure)."""
+        error = (
+            exc
+            if isinstance(exc, ExpertLoadError)
+            else ExpertLoadError(
+                str(getattr(exc, "message", exc)) if isinstance(exc, CoserveError) else f"expert {name!r}: {exc}"
+            )
+        )
+        slot.backoff_s = min(BACKOFF_MAX_S, slot.backoff_s * 2 if slot.backoff_s else BACKOFF_START_S)
+        slot.backoff_until = time.monotonic() + slot.backoff_s
+        slot.last_error = str(getattr(error, "message", error))
+        self._count("load_failures", name)
+        return error
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
