@@ -54,10 +54,18 @@ class Metrics:
         self.pool_prefetches = Counter(
             "coserve_expert_prefetches", "Experts brought DISK -> RAM ahead of need", ["expert"], registry=r
         )
+        self.pool_preloads = Counter(
+            "coserve_expert_preloads",
+            "Experts made ACTIVE ahead of need, while another expert ran",
+            ["expert"],
+            registry=r,
+        )
         self.pool_resident = Gauge(
             "coserve_expert_tier", "1 for the tier the expert is in (disk, ram, active)", ["expert", "tier"], registry=r
         )
-        self.pool_bytes = Gauge("coserve_pool_bytes", "Bytes of expert weights per tier", ["tier"], registry=r)
+        self.pool_bytes = Gauge(
+            "coserve_pool_bytes", "Bytes per tier: weights in RAM, loaded footprints in ACTIVE", ["tier"], registry=r
+        )
         self.bytes_moved = Gauge("coserve_bytes_moved", "Bytes moved between tiers since start", registry=r)
         self.switch_seconds = Histogram(
             "coserve_expert_switch_seconds",

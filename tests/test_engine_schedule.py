@@ -152,3 +152,64 @@ def test_an_engine_serves_across_event_loops(make_engine: Callable[..., Engine])
     assert asyncio.run(once()) == "small"
     assert asyncio.run(once()) == "small"
     asyncio.run(engine.close())
+
+
+def _count(engine: Engine, metric: str, expert: str) -> float:
+    return engine.metrics.registry.get_sample_value(f"coserve_expert_{metric}_total", {"expert": expert}) or 0.0
+
+
+async def _switch(engine: Engine, first: str, then: str) -> None:
+    """Two requests for ``first``; once they run, one for ``then`` (a switch while ``first`` drains)."""
+
+    async def one(expert: str) -> None:
+        request = _request(expert)
+        await engine.complete(request, await engine.route(request))
+
+    running = [asyncio.create_task(one(first)) for _ in range(2)]
+    while engine.pool.in_flight(first) < 2:
+        await asyncio.sleep(0.005)
+    await one(then)
+    await asyncio.gather(*running)
+    await engine.close()
+
+
+def _watch(engine: Engine, busy_expert: str) -> dict[str, int]:
+    """Records, per backend move, how many requests ``busy_expert`` had in flight when it began."""
+    backend = _backend(engine)
+    busy: dict[str, int] = {}
+    stage, load = backend.stage, backend.load
+
+    def watched_stage(spec: Any, base: Any) -> Any:
+        busy.setdefault(f"stage {spec.name}", engine.pool.in_flight(busy_expert))
+        return stage(spec, base)
+
+    def watched_load(spec: Any, base: Any) -> Any:
+        busy.setdefault(f"load {spec.name}", engine.pool.in_flight(busy_expert))
+        return load(spec, base)
+
+    backend.stage, backend.load = watched_stage, watched_load  # type: ignore[method-assign]
+    return busy
+
+
+def test_next_expert_is_loaded_while_the_running_one_drains_when_both_fit(
+    make_engine: Callable[..., Engine],
+) -> None:
+    engine = make_engine(options={"small": {"token_delay": 0.05, "n_parallel": 2}})  # ACTIVE holds all three
+    busy = _watch(engine, "small")
+    asyncio.run(_switch(engine, "small", "coder"))
+    assert busy["load coder"] > 0  # loaded while small's requests were still running
+    assert _count(engine, "preloads", "coder") == 1
+    assert _count(engine, "misses", "coder") == 0 and _count(engine, "hits", "coder") == 1
+    assert _count(engine, "evictions", "small") == 0  # nothing was evicted for it
+
+
+def test_next_expert_waits_for_the_drain_when_it_does_not_fit_beside_the_running_one(
+    make_engine: Callable[..., Engine],
+) -> None:
+    options = {"small": {"token_delay": 0.05, "n_parallel": 2}}
+    engine = make_engine(options=options, memory={"ram": "1GiB", "active": "35MiB"})  # small 10 + big 30 > 35
+    busy = _watch(engine, "small")
+    asyncio.run(_switch(engine, "small", "big"))
+    assert busy["stage big"] > 0  # its file was brought into RAM while small ran
+    assert busy["load big"] == 0  # but it was loaded only once small had no work left
+    assert _backend(engine).unloads[0] == "small"  # (close() unloads big afterwards)

@@ -4,7 +4,8 @@
     schedule  -> the request joins its expert's queue; the dispatcher picks which expert runs
                  next (stay on the running one, else a loaded one, bounded wait for the rest)
                  and admits up to ``slots`` requests of it at a time (continuous batching)
-    stage     -> pool.acquire(expert): ACTIVE and pinned; the next expert is prefetched to RAM
+    stage     -> pool.acquire(expert): ACTIVE and pinned; the next expert is loaded while the
+                 running one drains when both fit the ACTIVE budget, else prefetched to RAM
     execute   -> backend.stream(...) in a worker thread, chunks handed to the event loop
     answer    -> chunks to the caller; a failure before the first token moves the request to the
                  next expert in the Decision's alternatives (``fallback_from`` records the path)
@@ -162,7 +163,9 @@ class Engine:
                 expert = pick.expert
                 running = self._running
                 if running is not None and running != expert and self.pool.in_flight(running) > 0:
-                    self._prefetch(expert)  # switching: let the running expert drain, stage the next
+                    # switching: let the running expert drain; meanwhile load the next one if it
+                    # fits beside it, else at least bring its file into RAM
+                    self._prefetch(expert, active=True)
                     break
                 free = self.slots(expert) - self.pool.in_flight(expert)
                 if free <= 0:
@@ -199,12 +202,21 @@ class Engine:
                 continue
             started.set_result(lease)
 
-    def _prefetch(self, expert: str) -> None:
-        if self.policy != "lookahead" or self.pool.residency()[expert] is not Tier.DISK:
+    def _prefetch(self, expert: str, active: bool = False) -> None:
+        if self.policy != "lookahead" or self.pool.residency()[expert] is Tier.ACTIVE:
             return
-        task = asyncio.get_running_loop().create_task(self.pool.prefetch(expert))
+        if active:
+            task = asyncio.get_running_loop().create_task(self._preload(expert))
+        elif self.pool.residency()[expert] is Tier.DISK:
+            task = asyncio.get_running_loop().create_task(self.pool.prefetch(expert))
+        else:
+            return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _preload(self, expert: str) -> None:
+        if not await self.pool.preload(expert) and self.pool.residency()[expert] is Tier.DISK:
+            await self.pool.prefetch(expert)
 
     def _active(self) -> list[str]:
         return [name for name, tier in self.pool.residency().items() if tier is Tier.ACTIVE]

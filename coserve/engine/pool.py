@@ -237,7 +237,29 @@ class ExpertPool:
         slot.moving.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         return True
 
-    async def _activate(self, name: str, slot: _Slot) -> None:
+    async def preload(self, name: str) -> bool:
+        """Start moving ``name`` to ACTIVE ahead of its requests (while another expert runs), if
+        room can be made without evicting anything busy or needed sooner; True if started."""
+        slot = self._slots[name]
+        async with self._condition:
+            if slot.handle is not None or slot.moving is not None or time.monotonic() < slot.backoff_until:
+                return False
+            try:
+                await self._measure(name, slot)
+            except CoserveError:
+                return False
+            if slot.handle is not None or slot.moving is not None:
+                return False
+            mine = self.next_use().get(name, math.inf)
+            victims = self._victims(name, Tier.ACTIVE, slot.footprint, self.used_bytes(), self.budget_bytes)
+            if victims is None or any(self.next_use().get(v, math.inf) <= mine for v in victims):
+                return False
+            slot.moving = asyncio.get_running_loop().create_future()
+            slot.moving.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+            self._spawn(self._activate(name, slot, ahead=True))
+            return True
+
+    async def _activate(self, name: str, slot: _Slot, ahead: bool = False) -> None:
         """Phase 1: stage (if on DISK) and load, outside the lock. Phase 2: evict to fit, publish."""
         spec = self.library.expert(name)
         backend = self.backends[name]
@@ -267,7 +289,7 @@ class ExpertPool:
             self.switch_seconds.append(seconds)
             moving.set_result(None)
             self._count("loads", name)
-            self._count("misses", name)
+            self._count("preloads" if ahead else "misses", name)
             if self.metrics:
                 self.metrics.pool_load_seconds.labels(name).observe(seconds)
                 self.metrics.switch_seconds.labels(from_tier.value).observe(seconds)
