@@ -36,3 +36,23 @@ def test_bench_experts_measures_every_expert(tmp_path: Path, cache: Path) -> Non
         assert row["ttft_cold_s"] >= row["load_s"] >= 0
         assert row["decode_tok_s"] > 0
     assert result["route_ms_64_p50"] > 0
+
+
+def test_serve_bench_library_copy_keeps_every_file_it_names(tmp_path: Path) -> None:
+    """The serve benchmark writes a copy of the library elsewhere with other budgets: the files the
+    library names relative to itself (categories, outcomes, model files) must still resolve."""
+    from coserve.bench.serve import _bench_library
+    from coserve.config import load_library
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "small.bin").write_bytes(b"x" * 100)
+    outcomes = [{"id": f"q{i}", "category": c, "scores": {"small": 1.0, "coder": 0.5, "big": 0.2}}
+                for i, c in enumerate(["code", "math", "chat"] * 2)]  # fmt: skip
+    (tmp_path / "outcomes.jsonl").write_text("".join(json.dumps(row) + "\n" for row in outcomes))
+    router = {"embedder": "hashing", "outcomes": "outcomes.jsonl", "fallback": {"expert": "big", "min_confidence": 0.4}}
+    original = load_library(write_library(tmp_path, fields={"small": {"source": "models/small.bin"}}, router=router))
+    (tmp_path / "elsewhere").mkdir()
+    copy = load_library(_bench_library(original, tmp_path / "elsewhere", active=123 * 2**20, ram=456 * 2**20))
+    assert (copy.memory.active, copy.memory.ram) == (123 * 2**20, 456 * 2**20)
+    assert copy.router.map == original.router.map  # solved from the same outcomes
+    assert copy.expert("small").parts == (str(tmp_path / "models" / "small.bin"),)

@@ -131,9 +131,19 @@ async def _replay(base: str, workload: list[dict[str, Any]], max_tokens: int) ->
 
 def _bench_library(library: LibraryConfig, folder: Path, active: int, ram: int) -> Path:
     data = yaml.safe_load(library.path.read_text()) if library.path else {}
-    categories = data.get("categories")
-    if isinstance(categories, str) and library.path is not None:
-        data["categories"] = str(library.path.parent / categories)
+    if library.path is not None:  # the copy lives elsewhere: files it names, made absolute
+        if isinstance(data.get("categories"), str):
+            data["categories"] = str(library.path.parent / data["categories"])
+        router = data.get("router", {})
+        for key in ("outcomes", "trained"):
+            if isinstance(router.get(key), str):
+                router[key] = str(library.path.parent / router[key])
+        for expert in data.get("experts", []):
+            sources = expert.get("source")
+            if sources is not None:
+                listed = [sources] if isinstance(sources, str) else sources
+                absolute = [s if s.startswith("pkg:") else str(library.path.parent / s) for s in listed]
+                expert["source"] = absolute[0] if isinstance(sources, str) else absolute
     data["memory"] = {**data.get("memory", {}), "active": active, "ram": ram}
     path = folder / "bench-library.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
