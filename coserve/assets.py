@@ -47,7 +47,7 @@ def locate(source: str, base: Path | None) -> Path:
         path = Path(source).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):  # a folder: a model in Hugging Face layout (vllm, transformers)
         raise AssetError(f"model file not found: {path} (source {source})")
     return path
 
@@ -121,6 +121,8 @@ def model_path(spec: ExpertSpec, base: Path | None = None) -> Path:
         if spec.sha256 is None:
             raise AssetError(f"expert {spec.name!r}: a split source needs a sha256 to verify the assembled file")
         return _assemble(spec, files)
+    if spec.sha256 is not None and files[0].is_dir():
+        raise AssetError(f"expert {spec.name!r}: sha256 pins a file; {files[0]} is a folder")
     if spec.sha256 is not None and not _verified(files[0], spec.sha256):
         raise AssetError(f"expert {spec.name!r}: {files[0]} does not match sha256 {spec.sha256}; refusing it")
     return files[0]
@@ -141,9 +143,17 @@ def is_assembled(spec: ExpertSpec, base: Path | None = None) -> bool:
 def source_size(spec: ExpertSpec, base: Path | None = None) -> int | None:
     """Bytes of the expert's weights on disk, without assembling; None if a part is missing."""
     try:
-        return sum(locate(source, base).stat().st_size for source in spec.parts)
+        paths = [locate(source, base) for source in spec.parts]
     except AssetError:
         return None
+    return sum(_size(path) for path in paths)
+
+
+def _size(path: Path) -> int:
+    """A file's bytes, or a model folder's (every file in it)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
 
 
 def prepare(library_path: str | None = None) -> None:

@@ -126,16 +126,17 @@ def main() -> None:
         library = load_library(library_file(Path(folder), args.model.resolve(), args.device))
         backend = TransformersBackend()
         weights = backend.nbytes(library.expert("a"), None)
-        one = weights + 2**20
+        one = weights + 2**20  # RAM holds one expert's weights
+        loaded = backend.footprint(library.expert("a"), None) + 2**20  # ACTIVE holds one loaded expert
         # RAM holds both: an evicted expert drops to RAM (its pinned host copy) and comes back from there.
-        pool = ExpertPool(library, {"a": backend, "b": backend}, one, ram_budget_bytes=2 * one)
+        pool = ExpertPool(library, {"a": backend, "b": backend}, loaded, ram_budget_bytes=2 * one)
         disk_run = greedy(pool, "a")
         other = greedy(pool, "b")
         ram_run = greedy(pool, "a")
         speed = greedy(pool, "a", tokens=128)
         asyncio.run(pool.close())
         # RAM holds one: an evicted expert drops to DISK and is read from the file again.
-        pool = ExpertPool(library, {"a": backend, "b": backend}, one, ram_budget_bytes=one)
+        pool = ExpertPool(library, {"a": backend, "b": backend}, loaded, ram_budget_bytes=one)
         greedy(pool, "a")
         greedy(pool, "b")
         reload_run = greedy(pool, "a")

@@ -6,6 +6,7 @@ Nothing here loads a real model: the router uses ``HashingEmbedder`` and the exp
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,3 +187,29 @@ def make_engine(tmp_path: Path, cache: Path) -> Iterator[Callable[..., Engine]]:
 @pytest.fixture
 def engine(make_engine: Callable[..., Engine]) -> Engine:
     return make_engine()
+
+
+def greedy(pool: Any, name: str, tokens: int = 24, prompt: str = "Name three primary colours.") -> tuple[str, str]:
+    """Through a real pool: (greedy answer, the tier the expert was in before it was acquired)."""
+    from coserve.types import Chunk, Message, Sampling
+
+    async def run() -> tuple[str, str]:
+        before = pool.residency()[name].value
+        lease = await pool.acquire(name)
+        parts: list[str] = []
+
+        def emit(chunk: Chunk) -> bool:
+            parts.append(chunk.text)
+            return False
+
+        messages = (Message("user", prompt),)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, pool.backends[name].stream, lease.handle, messages, Sampling(tokens, 0.0, 1.0, 7), emit
+            )
+        finally:
+            lease.release()
+        await asyncio.sleep(0.05)  # let the release settle (evictions happen there)
+        return "".join(parts), before
+
+    return asyncio.run(run())

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from coserve.assets import cache_dir, locate, model_path, sha256_file, source_size
+from coserve.backends.llamacpp import LlamaCppBackend
 from coserve.config import ExpertSpec
 from coserve.errors import AssetError
 
@@ -52,10 +53,17 @@ def test_locate_missing_file(tmp_path: Path) -> None:
     assert info.value.code == "asset_error"
 
 
-def test_locate_refuses_a_directory(tmp_path: Path) -> None:
+def test_a_folder_source_is_located_but_cannot_be_pinned_by_hash_or_served_by_llamacpp(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
-    with pytest.raises(AssetError):
-        locate("dir", tmp_path)
+    (tmp_path / "dir" / "config.json").write_text("{}")
+    (tmp_path / "dir" / "model.safetensors").write_bytes(b"w" * 100)
+    assert locate("dir", tmp_path) == tmp_path / "dir"  # a model folder (vllm, transformers)
+    spec = ExpertSpec(name="x", backend="llamacpp", source="dir", params_b=0.1)
+    assert source_size(spec, tmp_path) == 102
+    with pytest.raises(AssetError, match="sha256 pins a file"):
+        model_path(spec.model_copy(update={"sha256": "0" * 64}), tmp_path)
+    with pytest.raises(AssetError, match=r"llama\.cpp needs a GGUF file"):
+        LlamaCppBackend().footprint(spec, tmp_path)
 
 
 def test_locate_package_not_installed() -> None:

@@ -154,11 +154,11 @@ def test_unknown_key_inside_an_expert(tmp_path: Path) -> None:
 
 
 def test_unknown_backend(tmp_path: Path) -> None:
-    path = write_library(tmp_path, fields={"big": {"backend": "vllm"}})
+    path = write_library(tmp_path, fields={"big": {"backend": "tensorrt"}})
     message = _config_error(path)
     assert str(path) in message
     assert "experts[2].backend" in message
-    assert "vllm" in message
+    assert "tensorrt" in message
 
 
 def test_duplicate_expert_names(tmp_path: Path) -> None:

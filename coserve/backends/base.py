@@ -8,6 +8,7 @@ queues or budgets.
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from coserve.config import ExpertSpec
 from coserve.errors import ConfigError
 from coserve.types import Chunk, Message, Sampling
 
-__all__ = ["BACKENDS", "Backend", "Emit", "Handle", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "Emit", "Handle", "get_backend", "validated"]
 
 # Called with each streamed chunk; returning True asks the backend to stop generating (cancel).
 Emit = Callable[[Chunk], bool]
@@ -75,6 +76,7 @@ BACKENDS = {
     "fake": "coserve.backends.fake:FakeBackend",
     "openai": "coserve.backends.openai_http:OpenAIHTTPBackend",
     "transformers": "coserve.backends.transformers_hf:TransformersBackend",
+    "vllm": "coserve.backends.vllm_engine:VLLMBackend",
 }
 
 
@@ -91,3 +93,18 @@ def get_backend(name: str) -> Backend:
         raise ConfigError(f"backend {name!r} needs a package that is not installed: {exc}") from None
     backend: Backend = getattr(module, class_name)()
     return backend
+
+
+def validated(backend: Backend, handle: Handle, started: float) -> Handle:
+    """Check a freshly loaded expert with one greedy token through its chat template (before the
+    pool releases anyone for it); on failure unload it and raise ExpertLoadError."""
+    from coserve.errors import ExpertLoadError
+    from coserve.types import Sampling
+
+    try:
+        backend.stream(handle, (Message("user", "Hi"),), Sampling(max_tokens=1, temperature=0.0), lambda chunk: False)
+    except Exception as exc:
+        backend.unload(handle)
+        raise ExpertLoadError(f"expert {handle.spec.name!r} loaded but failed its first generation: {exc}") from None
+    handle.load_seconds = time.monotonic() - started
+    return handle

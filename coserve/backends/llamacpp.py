@@ -67,6 +67,13 @@ def _return_free_memory() -> None:
         libc.malloc_trim(0)
 
 
+def _gguf(spec: ExpertSpec, base: Path | None) -> Path:
+    path = model_path(spec, base)
+    if path.is_dir():
+        raise AssetError(f"expert {spec.name!r}: llama.cpp needs a GGUF file; {path} is a folder")
+    return path
+
+
 def _raise_runtime_error(spec: ExpertSpec, error: dict[str, Any]) -> None:
     message = str(error.get("message", error))
     if error.get("type") == "exceed_context_size_error":
@@ -92,7 +99,7 @@ class LlamaCppBackend:
         return size
 
     def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
-        path = model_path(spec, base)
+        path = _gguf(spec, base)
         header = read_header(path)
         n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
         repacked = sum(
@@ -113,7 +120,7 @@ class LlamaCppBackend:
         return path.stat().st_size + repacked + kv + compute + prompt_cache
 
     def stage(self, spec: ExpertSpec, base: Path | None) -> Staged:
-        return stage(model_path(spec, base))
+        return stage(_gguf(spec, base))
 
     def unstage(self, staged: Staged) -> None:
         staged.release(drop=True)
@@ -123,7 +130,7 @@ class LlamaCppBackend:
 
         _libc()  # bounds the heap arenas before the runtime's threads start
 
-        path = model_path(spec, base)
+        path = _gguf(spec, base)
         start = time.monotonic()
         n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
         threads = int(spec.options.get("threads", os.cpu_count() or 2))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -31,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from coserve.assets import model_path
-from coserve.backends.base import Emit, Handle
-from coserve.backends.gguf_header import kv_cache_bytes, read_header
+from coserve.backends.base import Emit, Handle, validated
+from coserve.backends.sizes import model_kv_bytes
 from coserve.config import ExpertSpec
-from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
+from coserve.errors import ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
 
 __all__ = ["TransformersBackend"]
@@ -99,21 +98,6 @@ def _dtype_name(spec: ExpertSpec, device: str) -> str:
     return name
 
 
-def _kv_bytes(path: Path, n_ctx: int, width: int) -> int:
-    """KV-cache bytes for ``n_ctx`` tokens, from a GGUF header or a model folder's config.json."""
-    if not path.is_dir():
-        return kv_cache_bytes(read_header(path), n_ctx, width)
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise AssetError(f"{path}: no readable config.json ({exc})") from None
-    config = config.get("text_config", config)
-    heads = int(config.get("num_attention_heads", 1))
-    head_dim = int(config.get("head_dim") or int(config.get("hidden_size", 0)) // max(heads, 1))
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    return 2 * int(config.get("num_hidden_layers", 0)) * kv_heads * head_dim * n_ctx * width
-
-
 class TransformersBackend:
     """Host copies per staged expert; one device model per loaded expert."""
 
@@ -136,7 +120,7 @@ class TransformersBackend:
         time per expert), in the serving dtype."""
         device = str(spec.options.get("device", "cuda" if _cuda_available() else "cpu"))
         width = _DTYPES.get(_dtype_name(spec, device), 4)
-        return self.nbytes(spec, base) + _kv_bytes(model_path(spec, base), spec.context, width)
+        return self.nbytes(spec, base) + model_kv_bytes(model_path(spec, base), spec.context, width)
 
     def _read(self, spec: ExpertSpec, base: Path | None) -> _HostCopy:
         """DISK -> host memory: read and dequantise the weights, pinned when a GPU will take them."""
@@ -211,17 +195,7 @@ class TransformersBackend:
             info={"device": device, "dtype": str(host.model.dtype), "from_ram": from_ram, "copy_s": copy_seconds},
         )
 
-        # Validate before anyone is released to it: one greedy token through the chat template.
-        def keep_going(chunk: Chunk) -> bool:
-            return False
-
-        try:
-            self.stream(handle, (Message("user", "Hi"),), Sampling(max_tokens=1, temperature=0.0), keep_going)
-        except Exception as exc:
-            self.unload(handle)
-            raise ExpertLoadError(f"expert {spec.name!r} loaded but failed its first generation: {exc}") from None
-        handle.load_seconds = time.monotonic() - start
-        return handle
+        return validated(self, handle, start)  # one greedy token before anyone is released to it
 
     def unload(self, handle: Handle) -> None:
         runtime = handle.runtime

