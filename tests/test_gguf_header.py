@@ -141,3 +141,27 @@ def test_llamacpp_footprint_matches_what_loading_costs(expert: str) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     estimate, measured = map(int, out.stdout.split()[-2:])
     assert abs(estimate - measured) / measured < 0.10, (estimate, measured)
+
+
+@pytest.mark.e2e
+def test_llamacpp_footprint_follows_slots_context_and_prompt_cache() -> None:
+    """What the library file changes, the footprint follows: the KV cache scales with slots x
+    context, a prompt cache is counted in full, the weights stay."""
+    from coserve.assets import model_path
+    from coserve.backends.llamacpp import LlamaCppBackend
+    from coserve.config import load_library
+
+    library = load_library()
+    base = library.path.parent if library.path else None
+    spec = library.expert("general")
+    backend = LlamaCppBackend()
+    kv = kv_cache_bytes(read_header(model_path(spec, base)), spec.context * 4)
+    assert kv == 360 * 2**20  # 30 layers x 3 KV heads x 128 values x 2 bytes x 16384 cells
+    four = backend.footprint(spec.model_copy(update={"options": {"n_parallel": 4}}), base)
+    two = backend.footprint(spec.model_copy(update={"options": {"n_parallel": 2}}), base)
+    assert 0.95 * kv / 2 < four - two < 1.05 * kv / 2  # half the KV cache (and a little compute)
+    short = backend.footprint(spec.model_copy(update={"context": 1024, "options": {"n_parallel": 4}}), base)
+    assert four - short > 0.7 * kv
+    cached = backend.footprint(spec.model_copy(update={"options": {"n_parallel": 4, "prompt_cache_mib": 64}}), base)
+    assert cached - four == 64 * 2**20
+    assert short > model_path(spec, base).stat().st_size  # the weights are always counted
