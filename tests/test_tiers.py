@@ -174,6 +174,7 @@ def test_active_budget_counts_loaded_footprints_and_ram_counts_weights(tmp_path:
     assert backend.unloads == ["small"]  # least recently used; its weights stay in RAM
     assert pool.used_bytes() == 130 * MiB
     assert pool.ram_bytes() == 60 * MiB  # RAM counts the weights of all three, nothing more
+    assert (pool.state("big")["weights_bytes"], pool.state("big")["footprint_bytes"]) == (30 * MiB, 70 * MiB)
 
 
 def test_expert_whose_loaded_footprint_exceeds_the_budget_is_refused(tmp_path: Path) -> None:

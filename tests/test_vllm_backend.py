@@ -23,7 +23,7 @@ from coserve.backends.base import get_backend
 from coserve.config import load_library
 from coserve.engine.pool import ExpertPool
 from coserve.errors import AssetError, ConfigError, ExpertLoadError
-from coserve.types import Tier
+from coserve.types import Message, Sampling, Tier
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,3 +136,44 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty" / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 2}')
     with pytest.raises(ExpertLoadError, match="failed to load"):
         backend.load(library.expert("a"), None)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not HAVE_VLLM, reason="vllm is not installed")
+def test_client_that_leaves_aborts_its_vllm_request(tmp_path: Path, model_folder: Path, cache: Path) -> None:
+    """A 400-token request whose client leaves after 1.5 s is aborted inside vLLM: the slot is
+    free at once (not after ~20 s of generation) and the next request is served."""
+    import json
+    import time
+
+    from asgi import chat_scope, leaving_receive, settled
+
+    from coserve.engine.engine import Engine
+    from coserve.router.embed import HashingEmbedder
+    from coserve.server.app import create_app
+    from coserve.types import Request
+
+    engine = Engine.build(load_library(_library(tmp_path, model_folder)), cache, embedder=HashingEmbedder())
+    app = create_app(engine, close_engine=False)
+    body = {"model": "a", "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 400}
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def scenario() -> tuple[float, str]:
+        (await engine.pool.acquire("a")).release()  # loaded first: the client leaves mid-generation
+        start = time.monotonic()
+        receive = leaving_receive(json.dumps(body).encode(), after_s=1.5)
+        await asyncio.wait_for(app(chat_scope(), receive, send), timeout=60)
+        elapsed = time.monotonic() - start
+        assert await settled(engine, "a", within_s=5) == 0
+        request = Request((Message("user", "Say hi."),), "a", Sampling(max_tokens=4))
+        _, completion = await engine.complete(request, await engine.route(request))
+        await engine.close()
+        return elapsed, completion.text
+
+    elapsed, text = asyncio.run(scenario())
+    assert sent[0]["status"] == 499
+    assert elapsed < 10  # 400 tokens at ~21 tok/s would take ~19 s
+    assert text.strip()

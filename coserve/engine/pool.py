@@ -136,6 +136,8 @@ class ExpertPool:
         now = time.monotonic()
         return {
             "tier": slot.tier.value,
+            "weights_bytes": slot.nbytes or None,  # known once it was first measured (staged or loaded)
+            "footprint_bytes": slot.footprint or None,  # what ACTIVE counts for it
             "in_flight": slot.in_flight,
             "loading": slot.moving is not None,
             "backoff_s": max(0.0, round(slot.backoff_until - now, 3)),
