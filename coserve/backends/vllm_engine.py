@@ -186,7 +186,7 @@ class VLLMBackend:
         with self._lock:
             built = self._engines.pop(name, None)
         if built is not None and built.engine is not None:
-            engine, built.engine = built.engine, None  # dropped now, not at interpreter exit
+            engine, built.engine = built.engine, None
             engine.shutdown()
 
     # -- tiers --------------------------------------------------------------------------------
