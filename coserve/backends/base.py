@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from coserve.config import ExpertSpec
-from coserve.errors import ConfigError
+from coserve.errors import ConfigError, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling
 
 __all__ = ["BACKENDS", "Backend", "Emit", "Handle", "get_backend", "validated"]
@@ -98,9 +98,6 @@ def get_backend(name: str) -> Backend:
 def validated(backend: Backend, handle: Handle, started: float) -> Handle:
     """Check a freshly loaded expert with one greedy token through its chat template (before the
     pool releases anyone for it); on failure unload it and raise ExpertLoadError."""
-    from coserve.errors import ExpertLoadError
-    from coserve.types import Sampling
-
     try:
         backend.stream(handle, (Message("user", "Hi"),), Sampling(max_tokens=1, temperature=0.0), lambda chunk: False)
     except Exception as exc:
