@@ -177,14 +177,14 @@ def cmd_experts(args: argparse.Namespace) -> int:
         return 0
     print(f"library: {library.path}")
     print(
-        f"{'name':<10} {'backend':<9} {'params':>7} {'size':>9} {'loaded':>9} {'context':>7} {'tier':<7} "
+        f"{'name':<10} {'backend':<14} {'params':>7} {'size':>9} {'loaded':>9} {'context':>7} {'tier':<7} "
         f"{'categories':<24} source"
     )
     for r in rows:
         size_text = f"{r['bytes'] / 2**20:.0f} MiB" if r["bytes"] is not None else "-"
         loaded_text = f"{r['loaded_bytes'] / 2**20:.0f} MiB" if r["loaded_bytes"] is not None else "-"
         print(
-            f"{r['name']:<10} {r['backend']:<9} {r['params_b']:>6.2f}B {size_text:>9} {loaded_text:>9} "
+            f"{r['name']:<10} {r['backend']:<14} {r['params_b']:>6.2f}B {size_text:>9} {loaded_text:>9} "
             f"{r['context']:>7} {r['tier']:<7} {','.join(r['categories']):<24} {r['source']}"
         )
     fallback = library.router.fallback

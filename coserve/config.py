@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # Backends a library may name; their implementations are imported lazily by coserve.backends.
-BACKEND_NAMES = ("llamacpp", "openai", "transformers", "vllm", "fake")
+BACKEND_NAMES = ("llamacpp", "llamacpp-split", "openai", "transformers", "vllm", "fake")
 
 _UNITS = {
     "": 1,

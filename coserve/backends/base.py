@@ -73,6 +73,7 @@ class Backend(Protocol):
 # name -> "module:Class", imported only when a library uses it.
 BACKENDS = {
     "llamacpp": "coserve.backends.llamacpp:LlamaCppBackend",
+    "llamacpp-split": "coserve.backends.llamacpp_split:LlamaCppSplitBackend",
     "fake": "coserve.backends.fake:FakeBackend",
     "openai": "coserve.backends.openai_http:OpenAIHTTPBackend",
     "transformers": "coserve.backends.transformers_hf:TransformersBackend",

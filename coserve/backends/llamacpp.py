@@ -30,13 +30,13 @@ from typing import Any
 
 from coserve.assets import model_path
 from coserve.backends.base import Emit, Handle
-from coserve.backends.gguf_header import kv_cache_bytes, read_header
+from coserve.backends.gguf_header import GGUFHeader, kv_cache_bytes, read_header
 from coserve.backends.staging import Staged, stage
 from coserve.config import ExpertSpec
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
 
-__all__ = ["LlamaCppBackend"]
+__all__ = ["LlamaCppBackend", "compute_buffer_bytes", "gguf_path"]
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_N_PARALLEL = 2
@@ -67,7 +67,18 @@ def _return_free_memory() -> None:
         libc.malloc_trim(0)
 
 
-def _gguf(spec: ExpertSpec, base: Path | None) -> Path:
+def compute_buffer_bytes(header: GGUFHeader, n_parallel: int) -> int:
+    """llama.cpp's CPU compute buffers for a context: a fit to its reserve for the three default
+    experts (activations of one 512-token micro-batch, logits of each slot's last token), rounded up."""
+    n_embd = int(header.get("embedding_length", 0))
+    n_ff = header.get("feed_forward_length", 4 * n_embd)
+    n_ff = max(n_ff) if isinstance(n_ff, list) else int(n_ff)
+    embd = next((t for t in header.tensors if t.name == "token_embd.weight"), None)
+    n_vocab = embd.shape[1] if embd is not None and len(embd.shape) == 2 else 0
+    return _UBATCH * 4 * (3 * n_ff + 8 * n_embd) + n_parallel * n_vocab * 8
+
+
+def gguf_path(spec: ExpertSpec, base: Path | None) -> Path:
     path = model_path(spec, base)
     if path.is_dir():
         raise AssetError(f"expert {spec.name!r}: llama.cpp needs a GGUF file; {path} is a folder")
@@ -99,7 +110,7 @@ class LlamaCppBackend:
         return size
 
     def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
-        path = _gguf(spec, base)
+        path = gguf_path(spec, base)
         header = read_header(path)
         n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
         repacked = sum(
@@ -108,19 +119,12 @@ class LlamaCppBackend:
             if t.type in _REPACKED_TYPES and len(t.shape) == 2 and not t.name.startswith("token_embd")
         )
         kv = kv_cache_bytes(header, spec.context * n_parallel)
-        n_embd = int(header.get("embedding_length", 0))
-        n_ff = header.get("feed_forward_length", 4 * n_embd)
-        n_ff = max(n_ff) if isinstance(n_ff, list) else int(n_ff)
-        embd = next((t for t in header.tensors if t.name == "token_embd.weight"), None)
-        n_vocab = embd.shape[1] if embd is not None and len(embd.shape) == 2 else 0
-        # Compute buffers: a fit to llama.cpp's reserve for the three default experts (activations
-        # of one 512-token micro-batch, logits of each slot's last token), rounded up.
-        compute = _UBATCH * 4 * (3 * n_ff + 8 * n_embd) + n_parallel * n_vocab * 8
+        compute = compute_buffer_bytes(header, n_parallel)
         prompt_cache = int(spec.options.get("prompt_cache_mib", 0)) * 2**20
         return path.stat().st_size + repacked + kv + compute + prompt_cache
 
     def stage(self, spec: ExpertSpec, base: Path | None) -> Staged:
-        return stage(_gguf(spec, base))
+        return stage(gguf_path(spec, base))
 
     def unstage(self, staged: Staged) -> None:
         staged.release(drop=True)
@@ -130,7 +134,7 @@ class LlamaCppBackend:
 
         _libc()  # bounds the heap arenas before the runtime's threads start
 
-        path = _gguf(spec, base)
+        path = gguf_path(spec, base)
         start = time.monotonic()
         n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
         threads = int(spec.options.get("threads", os.cpu_count() or 2))

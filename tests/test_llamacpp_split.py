@@ -1,0 +1,234 @@
+"""backend: llamacpp-split — llama.cpp's model (RAM tier) and context (ACTIVE tier) held apart,
+with coserve's own continuous-batching decode loop. End to end on the default library's real
+models; the stop-string scanner also as a unit."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from coserve.backends.llamacpp_split import _Stops
+from coserve.config import ExpertSpec, load_library
+from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
+from coserve.types import Chunk, Message, Sampling
+
+
+def test_stops_cut_at_the_first_stop_string_even_across_pieces() -> None:
+    stops = _Stops(("\n\n", "END"))
+    assert stops.feed("Hello E") == ("Hello ", False)  # "E" may begin "END": held back
+    assert stops.feed("ND of it") == ("", True)
+    stops = _Stops(("END",))
+    assert stops.feed("an EN") == ("an ", False)
+    assert stops.feed("try") == ("ENtry", False)  # not a stop after all: released
+    assert stops.feed(" two\n") == (" two\n", False)
+    assert stops.flush() == ""
+
+
+def test_stops_pick_the_earliest_hit_and_flush_the_held_tail() -> None:
+    stops = _Stops(("b", "ab"))
+    assert stops.feed("xxab") == ("xx", True)
+    stops = _Stops(("STOP",))
+    assert stops.feed("ends in ST") == ("ends in ", False)
+    assert stops.flush() == "ST"
+    assert _Stops(()).feed("anything") == ("anything", False)
+
+
+# -- end to end: real models ----------------------------------------------------------------------
+needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python")
+
+
+def _spec(name: str = "general", **update: object) -> tuple[ExpertSpec, Path | None]:
+    library = load_library()
+    spec = library.expert(name).model_copy(update={"backend": "llamacpp-split", **update})
+    return spec, library.path.parent if library.path else None
+
+
+def _run(backend, handle, prompt: str, tokens: int = 24, **sampling: object) -> tuple[str, Chunk]:  # type: ignore[no-untyped-def]
+    parts: list[Chunk] = []
+    settings = Sampling(max_tokens=tokens, temperature=0.0, **sampling)  # type: ignore[arg-type]
+    backend.stream(handle, (Message("user", prompt),), settings, lambda c: parts.append(c) and False)
+    return "".join(c.text for c in parts), parts[-1]
+
+
+@pytest.fixture(scope="module")
+def general():  # type: ignore[no-untyped-def]
+    from coserve.backends.llamacpp_split import LlamaCppSplitBackend
+
+    backend = LlamaCppSplitBackend()
+    spec, base = _spec(options={"n_parallel": 2})
+    staged = backend.stage(spec, base)
+    handle = backend.load(spec, base)
+    yield backend, handle, spec, base
+    backend.unload(handle)
+    backend.unstage(staged)
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_requests_beyond_the_slots_wait_and_batched_answers_agree_with_single_ones(general) -> None:  # type: ignore[no-untyped-def]
+    backend, handle, _, _ = general
+    prompts = [
+        "Name three primary colours.",
+        "What is 2 + 2?",
+        "Say hello in French.",
+        "Name a planet.",
+        "Count to five.",
+    ]
+    alone = [_run(backend, handle, p) for p in prompts]
+    results: dict[int, tuple[str, Chunk]] = {}
+
+    def one(i: int) -> None:
+        results[i] = _run(backend, handle, prompts[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]  # 5 requests, 2 slots
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    # Batched, a request shares the step's matrix products and the KV cache with others, so float
+    # sums run in another order and a greedy answer may drift late; a sequence that read another's
+    # cells or positions would go wrong from its first tokens.
+    for (single, _), (batched, last) in zip(alone, [results[i] for i in range(len(prompts))], strict=True):
+        assert batched[:16] == single[:16], (single, batched)
+        assert last.finish_reason in ("stop", "length") and last.usage is not None
+    for text, last in alone:
+        assert text.strip() and last.finish_reason in ("stop", "length") and last.usage is not None
+        assert last.usage.prompt_tokens > 5 and 0 < last.usage.completion_tokens <= 24
+    assert sorted(handle.runtime.free) == [0, 1]  # every sequence given back
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_a_caller_that_leaves_frees_its_slot(general) -> None:  # type: ignore[no-untyped-def]
+    backend, handle, _, _ = general
+    seen: list[str] = []
+    start = time.monotonic()
+    # The caller stops listening after its third piece: the loop ends the request at its next step.
+    backend.stream(
+        handle,
+        (Message("user", "Write a long story about a dragon."),),
+        Sampling(max_tokens=400, temperature=0.0),
+        lambda c: seen.append(c.text) or len(seen) >= 3,
+    )
+    assert len(seen) == 3
+    deadline = time.monotonic() + 10
+    while sorted(handle.runtime.free) != [0, 1] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(handle.runtime.free) == [0, 1]
+    assert time.monotonic() - start < 10  # far less than 400 tokens' worth
+    text, last = _run(backend, handle, "What is 2 + 2?")
+    assert text and last.finish_reason in ("stop", "length")
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_stop_strings_end_the_answer_before_them(general) -> None:  # type: ignore[no-untyped-def]
+    backend, handle, _, _ = general
+    full, _ = _run(backend, handle, "Name three primary colours.", tokens=32)
+    words = full.split()
+    assert len(words) > 4, full
+    stop = words[3]
+    cut, last = _run(backend, handle, "Name three primary colours.", tokens=32, stop=(stop,))
+    assert cut == full[: full.index(stop)]
+    assert last.finish_reason == "stop"
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_sampling_with_a_seed_is_repeatable_and_max_tokens_is_a_length_finish(general) -> None:  # type: ignore[no-untyped-def]
+    backend, handle, _, _ = general
+    settings = Sampling(max_tokens=12, temperature=0.9, top_p=0.9, seed=11)
+    runs = []
+    for _ in range(2):
+        parts: list[Chunk] = []
+        backend.stream(handle, (Message("user", "Tell me a story."),), settings, parts.append)
+        runs.append(("".join(c.text for c in parts), parts[-1]))
+    assert runs[0] == runs[1]
+    assert runs[0][1].finish_reason == "length" and runs[0][1].usage.completion_tokens == 12
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_a_prompt_longer_than_the_context_is_refused_before_it_runs() -> None:
+    from coserve.backends.llamacpp_split import LlamaCppSplitBackend
+
+    backend = LlamaCppSplitBackend()
+    spec, base = _spec(context=256, options={"n_parallel": 1})
+    handle = backend.load(spec, base)  # stages it first
+    try:
+        with pytest.raises(ContextTooLong):
+            _run(backend, handle, "word " * 400)
+        text, _ = _run(backend, handle, "Hi")  # the expert still serves
+        assert text
+    finally:
+        model = handle.runtime.model
+        backend.unload(handle)
+        backend.unstage(model)
+    assert model.ptr is None
+    with pytest.raises(ExpertFailed):
+        _run(backend, handle, "Hi")  # unloaded
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_missing_and_corrupt_files_are_load_errors(tmp_path: Path) -> None:
+    from coserve.backends.llamacpp_split import LlamaCppSplitBackend
+
+    backend = LlamaCppSplitBackend()
+    spec, _ = _spec()
+    missing = spec.model_copy(update={"source": str(tmp_path / "absent.gguf"), "sha256": None})
+    with pytest.raises(AssetError):
+        backend.stage(missing, None)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 4096)
+    with pytest.raises(ExpertLoadError, match="failed to load"):
+        backend.stage(spec.model_copy(update={"source": str(bad), "sha256": None}), None)
+
+
+_RSS_PROBE = """
+import sys
+from coserve.backends.llamacpp_split import LlamaCppSplitBackend, _llama
+from coserve.config import load_library
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+_llama()  # the runtime itself is not the expert's
+
+def rss():
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+
+library = load_library()
+spec = library.expert(sys.argv[1]).model_copy(update={"backend": "llamacpp-split"})
+base = library.path.parent
+backend = LlamaCppSplitBackend()
+before = rss()
+staged = backend.stage(spec, base)
+ram = rss()
+handle = backend.load(spec, base)
+active = rss()
+backend.unload(handle)
+back = rss()
+backend.unstage(staged)
+sizes = backend.nbytes(spec, base), backend.footprint(spec, base)
+print(*sizes, ram - before, active - before, back - before, rss() - before)
+"""
+
+
+@pytest.mark.e2e
+@needs_llama
+@pytest.mark.parametrize("expert", ["general", "coder", "large"])
+def test_tiers_hold_what_the_budgets_count(expert: str) -> None:
+    """In a fresh process: RAM holds the weights (nbytes), ACTIVE the footprint; unloading gives
+    the context's memory back and unstaging the model's."""
+    out = subprocess.run([sys.executable, "-c", _RSS_PROBE, expert], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    nbytes, footprint, ram, active, back, gone = map(int, out.stdout.split()[-6:])
+    assert abs(ram - nbytes) / nbytes < 0.10, (ram, nbytes)
+    assert abs(active - footprint) / footprint < 0.10, (active, footprint)
+    assert abs(back - ram) < 0.05 * footprint, (back, ram)
+    assert gone < 0.05 * footprint, gone
