@@ -6,6 +6,7 @@ back to DISK (runtime unloaded, file pages dropped). RSS is sampled after every 
 mean of cycles 41-60 (after allocator warm-up) to the mean of the last 20 cycles.
 
     .venv/bin/python scripts/soak_pool.py --cycles 500 --expert general --json /tmp/soak.json
+    (--backend llamacpp: another backend than the library's for the expert)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from coserve.backends.llamacpp import LlamaCppBackend
+from coserve.backends.base import get_backend
 from coserve.config import load_library
 from coserve.engine.pool import ExpertPool
 from coserve.types import Chunk, Message, Sampling
@@ -30,9 +31,10 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def soak(cycles: int, expert: str) -> dict[str, object]:
+async def soak(cycles: int, expert: str, backend_name: str | None = None) -> dict[str, object]:
     library = load_library()
-    backend = LlamaCppBackend()
+    backend_name = backend_name or library.expert(expert).backend
+    backend = get_backend(backend_name)
     pool = ExpertPool(library, dict.fromkeys(library.expert_names, backend), 2**31)
     loop = asyncio.get_running_loop()
     samples: list[int] = []
@@ -62,6 +64,7 @@ async def soak(cycles: int, expert: str) -> dict[str, object]:
         "cycles": cycles,
         "loads": cycles,
         "expert": expert,
+        "backend": backend_name,
         "rss_start_mib": base / 2**20,
         "rss_end_mib": end / 2**20,
         "drift_pct": 100 * (end - base) / base,
@@ -77,9 +80,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=500)
     parser.add_argument("--expert", default="general")
+    parser.add_argument("--backend", help="default: the expert's backend in the library")
     parser.add_argument("--json")
     args = parser.parse_args()
-    result = asyncio.run(soak(args.cycles, args.expert))
+    result = asyncio.run(soak(args.cycles, args.expert, args.backend))
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -17,12 +17,13 @@ from coserve.server.app import create_app
 pytestmark = pytest.mark.e2e
 
 
-def test_corrupt_file_and_hash_mismatch_fall_back_to_a_real_expert(tmp_path: Path, cache: Path) -> None:
+@pytest.mark.parametrize("backend", ["llamacpp", "llamacpp-split"])
+def test_corrupt_file_and_hash_mismatch_fall_back_to_a_real_expert(backend: str, tmp_path: Path, cache: Path) -> None:
     default = load_library()
     good = model_path(default.expert("general"), default_library_path().parent)
     corrupt = tmp_path / "corrupt.gguf"
     corrupt.write_bytes(good.read_bytes()[: 2**20])  # a truncated GGUF: the header is fine, the tensors are not
-    general = {"name": "general", "backend": "llamacpp", "source": str(good), "params_b": 0.135,
+    general = {"name": "general", "backend": backend, "source": str(good), "params_b": 0.135,
                "context": 2048, "tags": ["chat"], "options": {"n_parallel": 1}}  # fmt: skip
     data = {
         "experts": [

@@ -337,8 +337,13 @@ class Engine:
 
     async def close(self) -> None:
         if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+            dispatcher, self._dispatcher = self._dispatcher, None
+            if self._loop is asyncio.get_running_loop():
+                dispatcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await dispatcher
+            elif self._loop is not None and not self._loop.is_closed():
+                # started by requests served on another event loop (an ASGI test transport)
+                self._loop.call_soon_threadsafe(dispatcher.cancel)
         await self.pool.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
