@@ -56,3 +56,36 @@ def test_serve_bench_library_copy_keeps_every_file_it_names(tmp_path: Path) -> N
     assert (copy.memory.active, copy.memory.ram) == (123 * 2**20, 456 * 2**20)
     assert copy.router.map == original.router.map  # solved from the same outcomes
     assert copy.expert("small").parts == (str(tmp_path / "models" / "small.bin"),)
+
+
+@pytest.mark.e2e
+def test_serve_bench_switch_measurement_goes_through_the_backends_tiers(tmp_path: Path) -> None:
+    """The switch figures of `coserve bench serve`, on a real expert: for llamacpp-split a move
+    from RAM (the model loaded) to ACTIVE only creates a context, far below a move from disk; the
+    huge-page variant runs in a process of its own and reports the same figures."""
+    import yaml
+
+    from coserve.assets import model_path
+    from coserve.bench.serve import _thp_mode, measure_switch, measure_switch_hugepages
+    from coserve.config import default_library_path, load_library
+
+    default = load_library()
+    path = model_path(default.expert("general"), default_library_path().parent)
+    expert = {"name": "general", "backend": "llamacpp-split", "source": str(path), "params_b": 0.135,
+              "context": 1024, "options": {"n_parallel": 2}}  # fmt: skip
+    data = {"experts": [expert], "categories": {"chat": {"examples": ["hello", "how are you"]},
+                                               "code": {"examples": ["sort a list", "fix a bug"]}},
+            "router": {"embedder": "hashing", "map": {"chat": "general", "code": "general"},
+                       "fallback": {"expert": "general", "min_confidence": 0.0}}}  # fmt: skip
+    library = tmp_path / "one.yaml"
+    library.write_text(yaml.safe_dump(data))
+    rows = measure_switch(load_library(library))
+    row = rows["general"]
+    assert row["bytes"] == path.stat().st_size and len(row["ram_to_active_runs_s"]) == 3
+    assert 0 < row["ram_to_active_s"] < row["disk_to_active_s"]
+    assert row["ram_floor_s"] > 0 and row["disk_floor_s"] > 0
+    huge = measure_switch_hugepages(load_library(library))
+    if _thp_mode() not in ("madvise", "always"):
+        assert huge is None
+    else:
+        assert huge is not None and set(huge["general"]) == set(row)

@@ -308,9 +308,59 @@ def bench_serve(
     switch = measure_switch(library)
     name = max(switch, key=lambda k: switch[k]["bytes"])
     result["switch"] = {"expert": name, "time_s": switch[name]["ram_to_active_s"],
-                        "floor_s": switch[name]["ram_floor_s"], "experts": switch}  # fmt: skip
-    for expert, row in switch.items():
-        print(f"switch {expert:<8} RAM->ACTIVE {row['ram_to_active_s']:.2f} s (floor {row['ram_floor_s']:.2f} s at "
-              f"{row['cache_gb_s']:.2f} GB/s); DISK->ACTIVE {row['disk_to_active_s']:.2f} s "
-              f"(floor {row['disk_floor_s']:.2f} s at {row['disk_gb_s']:.2f} GB/s)")  # fmt: skip
+                        "floor_s": switch[name]["ram_floor_s"], "experts": switch,
+                        "malloc_hugepages": _hugepages_on()}  # fmt: skip
+    _print_switch(switch, "")
+    huge = measure_switch_hugepages(library)
+    if huge is not None:
+        result["switch"]["hugepages"] = {"time_s": huge[name]["ram_to_active_s"], "floor_s": huge[name]["ram_floor_s"],
+                                         "experts": huge}  # fmt: skip
+        _print_switch(huge, f" ({HUGEPAGES})")
     return result
+
+
+def _print_switch(switch: dict[str, Any], note: str) -> None:
+    for expert, row in switch.items():
+        print(f"switch {expert:<8} RAM->ACTIVE {row['ram_to_active_s']:.3f} s (floor {row['ram_floor_s']:.3f} s at "
+              f"{row['cache_gb_s']:.2f} GB/s); DISK->ACTIVE {row['disk_to_active_s']:.2f} s "
+              f"(floor {row['disk_floor_s']:.2f} s at {row['disk_gb_s']:.2f} GB/s){note}")  # fmt: skip
+
+
+HUGEPAGES = "glibc.malloc.hugetlb=1"  # glibc asks for transparent huge pages on what malloc maps
+
+
+def _hugepages_on() -> bool:
+    return HUGEPAGES in os.environ.get("GLIBC_TUNABLES", "")
+
+
+def _thp_mode() -> str:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "none"
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "none"
+
+
+def measure_switch_hugepages(library: LibraryConfig) -> dict[str, Any] | None:
+    """The same switch measurement in a process whose malloc uses transparent huge pages (a glibc
+    tunable, read at process start): a new context's KV cache then faults in 2 MiB pages, not
+    4 KiB ones. None where that cannot change anything (no THP, or this process has it already)."""
+    if library.path is None or _hugepages_on() or _thp_mode() not in ("madvise", "always"):
+        return None
+    tunables = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES", ""), HUGEPAGES) if t)
+    out = subprocess.run(
+        [sys.executable, "-m", "coserve.bench.serve", "switch", str(library.path)],
+        env={**os.environ, "GLIBC_TUNABLES": tunables},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
+    )
+    measured: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return measured
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["switch"]:
+    from coserve.config import load_library
+
+    print(json.dumps(measure_switch(load_library(sys.argv[2]))))
