@@ -155,6 +155,35 @@ def test_sampling_with_a_seed_is_repeatable_and_max_tokens_is_a_length_finish(ge
 
 @pytest.mark.e2e
 @needs_llama
+def test_a_decode_that_fails_mid_generation_fails_its_requests_and_the_expert_serves_on(
+    general,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import llama_cpp
+
+    backend, handle, _, _ = general
+    real = llama_cpp.llama_decode
+    calls = {"n": 0}
+
+    def failing(ctx, batch):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        return -3 if calls["n"] == 4 else real(ctx, batch)  # the runtime fails at the 4th step
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", failing)
+    seen: list[Chunk] = []
+    with pytest.raises(ExpertFailed, match="llama_decode returned -3"):
+        backend.stream(
+            handle, (Message("user", "Count to twenty."),), Sampling(max_tokens=40, temperature=0.0), seen.append
+        )
+    assert 0 < len(seen) < 40  # it had streamed tokens before the failure
+    monkeypatch.setattr(llama_cpp, "llama_decode", real)
+    text, last = _run(backend, handle, "What is 2 + 2?")
+    assert text and last.finish_reason in ("stop", "length")
+    assert sorted(handle.runtime.free) == [0, 1]
+
+
+@pytest.mark.e2e
+@needs_llama
 def test_a_prompt_longer_than_the_context_is_refused_before_it_runs() -> None:
     from coserve.backends.llamacpp_split import LlamaCppSplitBackend
 

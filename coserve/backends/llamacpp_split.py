@@ -43,7 +43,7 @@ from typing import Any
 
 from coserve.backends.base import Emit, Handle
 from coserve.backends.gguf_header import kv_cache_bytes, read_header
-from coserve.backends.llamacpp import _return_free_memory, compute_buffer_bytes, gguf_path
+from coserve.backends.llamacpp import _libc, _return_free_memory, compute_buffer_bytes, gguf_path
 from coserve.backends.staging import drop_cache
 from coserve.config import ExpertSpec
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
@@ -66,6 +66,7 @@ def _llama() -> Any:
     import llama_cpp
 
     global _log_callback
+    _libc()  # bounds glibc's heap arenas before any runtime thread starts (docs/decisions.md)
 
     def log(level: int, text: bytes, user_data: Any) -> None:
         if level == _ERROR_LEVEL and text:

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Throughput of one expert under different backends: the same routed prompts, a few at a time.
+
+    .venv/bin/python scripts/backend_throughput.py --expert large --n 16 llamacpp llamacpp-split
+
+Prompts are the serve benchmark's workload (its seed 0) for that expert; greedy, 24 tokens, 4
+requests in flight; the expert is loaded (RAM -> ACTIVE) before the clock starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from coserve.backends.base import get_backend
+from coserve.bench.serve import make_workload
+from coserve.config import load_library
+from coserve.types import Chunk, Message, Sampling, Usage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("backends", nargs="+")
+    parser.add_argument("--expert", default="large")
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=24)
+    args = parser.parse_args()
+    library = load_library()
+    base = library.path.parent if library.path else None
+    prompts = [w["prompt"] for w in make_workload(library, 400, 2.0, 0) if w["expert"] == args.expert][: args.n]
+    results = {}
+    for name in args.backends:
+        backend = get_backend(name)
+        spec = library.expert(args.expert).model_copy(update={"backend": name})
+        staged = backend.stage(spec, base)
+        handle = backend.load(spec, base)
+        usage: list[Usage] = []
+
+        def one(prompt: str) -> None:
+            parts: list[Chunk] = []
+            settings = Sampling(max_tokens=args.tokens, temperature=0.0)
+            backend.stream(handle, (Message("user", prompt),), settings, parts.append)  # noqa: B023
+            usage.append(parts[-1].usage or Usage())  # noqa: B023
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(one, prompts))
+        seconds = time.perf_counter() - start
+        backend.unload(handle)
+        backend.unstage(staged)
+        results[name] = {
+            "seconds": seconds,
+            "requests_per_s": len(prompts) / seconds,
+            "prompt_tokens": sum(u.prompt_tokens for u in usage),
+            "completion_tokens": sum(u.completion_tokens for u in usage),
+        }
+        print(f"{name:<16} {seconds:6.2f} s  {len(prompts) / seconds:6.3f} req/s  {results[name]}", flush=True)
+    print(json.dumps({"expert": args.expert, "n": len(prompts), "backends": results}))
+
+
+if __name__ == "__main__":
+    main()
