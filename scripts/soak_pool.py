@@ -68,8 +68,19 @@ async def soak(cycles: int, expert: str, backend_name: str | None = None) -> dic
         "rss_start_mib": base / 2**20,
         "rss_end_mib": end / 2**20,
         "drift_pct": 100 * (end - base) / base,
+        # the trend, less sensitive to where the two windows happen to fall: a least-squares line
+        # through every sample after warm-up, as % of the start per 100 cycles
+        "trend_pct_per_100_cycles": _trend(samples[40:]) * 100 * 100 / base if cycles >= 80 else None,
+        "rss_min_mib": min(samples[40:] or samples) / 2**20,
+        "rss_max_mib": max(samples[40:] or samples) / 2**20,
+        "samples_mib": [round(s / 2**20, 2) for s in samples],
         "seconds": time.monotonic() - start,
     }
+
+
+def _trend(samples: list[int]) -> float:
+    """Bytes per cycle, least squares."""
+    return statistics.linear_regression(range(len(samples)), samples).slope
 
 
 def _ignore(chunk: Chunk) -> bool:

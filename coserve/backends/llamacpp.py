@@ -1,8 +1,9 @@
 """llama.cpp experts (GGUF on CPU) through ``xllamacpp``, llama.cpp's server as a Python library.
 
-Why xllamacpp and not llama-cpp-python: a prebuilt MIT wheel (installs in seconds; llama-cpp-python
-compiles for ~5 minutes here), thread-safe, with llama.cpp's own slots and continuous batching, and
-chat templates applied from the GGUF file. See docs/decisions.md.
+A prebuilt MIT wheel (installs in seconds), thread-safe, with llama.cpp's own slots and continuous
+batching, and chat templates applied from the GGUF file. Its server loads model and context
+together, so every RAM -> ACTIVE move is a whole model load; ``llamacpp-split`` (the default
+library's backend) holds them apart. See docs/decisions.md.
 
 Options an expert may set in the library file: ``threads`` (default: all cores), ``n_parallel``
 (slots, i.e. requests decoded together; default 2), ``max_tokens`` (default cap, 512),

@@ -82,12 +82,18 @@ def _last_error() -> str:
     return "; ".join(e for e in _errors if e) or "no details from llama.cpp"
 
 
+@functools.lru_cache(maxsize=32)
+def _formatter(template: str, eos: str, bos: str) -> Any:
+    """A chat template compiled once per process (a model reloaded from disk reuses it)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
+
+
 class _Model:
     """The RAM tier: a loaded llama.cpp model (no context)."""
 
     def __init__(self, spec: ExpertSpec, path: Path):
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         lib = _llama()
         self.spec, self.path = spec, path
         params = lib.llama_model_default_params()
@@ -107,9 +113,7 @@ class _Model:
             raise ExpertLoadError(f"expert {spec.name!r}: {path} has no chat template")
         self.bos = self._special(lib.llama_vocab_bos(self.vocab))
         self.add_bos = bool(lib.llama_vocab_get_add_bos(self.vocab))
-        self.formatter = Jinja2ChatFormatter(
-            template.decode("utf-8"), eos_token=self._special(lib.llama_vocab_eos(self.vocab)), bos_token=self.bos
-        )
+        self.formatter = _formatter(template.decode("utf-8"), self._special(lib.llama_vocab_eos(self.vocab)), self.bos)
         self.contexts = 0  # live contexts on this model (it is freed only with none)
 
     def _special(self, token: int) -> str:
