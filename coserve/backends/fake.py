@@ -1,7 +1,7 @@
 """A deterministic fake backend for tests: no weights, scripted speed and faults.
 
-Its real twins are the llama.cpp backends (``llamacpp-split``, ``llamacpp``); tests that use this fake have end-to-end counterparts that
-run the real experts. Behaviour is read from the expert's ``options``:
+Its real twins are the llama.cpp backends (``llamacpp-split``, ``llamacpp``); tests that use this
+fake have end-to-end counterparts that run the real experts. Behaviour is read from the expert's ``options``:
 
 * ``nbytes``: bytes of the expert's "weights" (default 100 MB); ``footprint``: bytes it occupies
   when ACTIVE (default: ``nbytes``);
