@@ -261,3 +261,34 @@ def test_tiers_hold_what_the_budgets_count(expert: str) -> None:
     assert abs(active - footprint) / footprint < 0.10, (active, footprint)
     assert abs(back - ram) < 0.05 * footprint, (back, ram)
     assert gone < 0.05 * footprint, gone
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_a_q8_0_kv_cache_halves_the_cache_and_still_answers() -> None:
+    from coserve.backends.gguf_header import kv_cache_bytes, read_header
+    from coserve.backends.llamacpp_split import LlamaCppSplitBackend
+    from coserve.errors import ConfigError
+
+    backend = LlamaCppSplitBackend()
+    spec, base = _spec(options={"n_parallel": 2})
+    quantized = spec.model_copy(update={"options": {"n_parallel": 2, "kv_cache_type": "q8_0"}})
+    kv = kv_cache_bytes(read_header(backend_path(spec, base)), spec.context * 2)
+    saved = backend.footprint(spec, base) - backend.footprint(quantized, base)
+    assert saved == kv - int(kv * 34 / 64)  # q8_0: 34 bytes per 32 values, against 2 bytes each
+    handle = backend.load(quantized, base)
+    try:
+        text, _ = _run(backend, handle, "Name three primary colours.")
+        assert "red" in text.lower() or "blue" in text.lower(), text
+    finally:
+        model = handle.runtime.model
+        backend.unload(handle)
+        backend.unstage(model)
+    with pytest.raises(ConfigError, match="kv_cache_type"):
+        backend.footprint(spec.model_copy(update={"options": {"kv_cache_type": "q3"}}), base)
+
+
+def backend_path(spec: ExpertSpec, base: Path | None) -> Path:
+    from coserve.backends.llamacpp import gguf_path
+
+    return gguf_path(spec, base)

@@ -184,7 +184,7 @@ def _per_layer(value: Any, n_layer: int) -> list[int]:
     return [int(value)] * n_layer
 
 
-def kv_cache_bytes(header: GGUFHeader, n_ctx: int, bytes_per_value: int = 2) -> int:
+def kv_cache_bytes(header: GGUFHeader, n_ctx: int, bytes_per_value: float = 2) -> int:
     """Bytes of a KV cache of ``n_ctx`` cells (all sequences together), f16 by default.
 
     Per layer and cell: K and V rows of ``head_count_kv`` heads of ``key_length`` / ``value_length``
@@ -200,4 +200,4 @@ def kv_cache_bytes(header: GGUFHeader, n_ctx: int, bytes_per_value: int = 2) -> 
         k = int(header.get("attention.key_length", head_dim))
         v = int(header.get("attention.value_length", head_dim))
         total += kv_heads[layer] * (k + v)
-    return total * n_ctx * bytes_per_value
+    return int(total * n_ctx * bytes_per_value)
