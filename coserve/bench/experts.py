@@ -1,8 +1,9 @@
 """``coserve bench experts``: per expert, time to first token cold and warm, and decode speed;
 plus the router's decision time for a 64-token prompt.
 
-Cold = the expert's runtime is loaded from its file (page cache warm, as on a running server
-that evicted it) and then answers; warm = the runtime is already loaded. Each repeat uses a
+Cold = the expert is moved RAM -> ACTIVE (its backend's RAM tier: the file's pages for
+``llamacpp``, the loaded model for ``llamacpp-split``; as on a running server that evicted it) and
+then answers; warm = it is already ACTIVE. Each repeat uses a
 different prompt so llama.cpp's prompt cache cannot answer from memory. Figures are medians.
 """
 
@@ -54,6 +55,7 @@ def bench_experts(library: LibraryConfig, tokens: int = 64, repeats: int = 3) ->
     for spec in library.experts:
         backend = get_backend(spec.backend)
         loads, colds, warms, decodes = [], [], [], []
+        staged = backend.stage(spec, base)  # RAM: the loads below are RAM -> ACTIVE moves
         for i in range(repeats):
             start = time.perf_counter()
             handle = backend.load(spec, base)
@@ -66,6 +68,7 @@ def bench_experts(library: LibraryConfig, tokens: int = 64, repeats: int = 3) ->
                 decodes.append(decode)
             backend.unload(handle)
             del handle
+        backend.unstage(staged)
         row = {
             "load_s": statistics.median(loads),
             "ttft_cold_s": statistics.median(colds),
