@@ -292,3 +292,43 @@ def backend_path(spec: ExpertSpec, base: Path | None) -> Path:
     from coserve.backends.llamacpp import gguf_path
 
     return gguf_path(spec, base)
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_unloading_fails_running_and_waiting_requests_cleanly() -> None:
+    """The pool never unloads an expert with work in flight, but the backend must not hang or
+    leak if it happens: the running request and those waiting for a slot get ExpertFailed."""
+    from coserve.backends.llamacpp_split import LlamaCppSplitBackend
+
+    backend = LlamaCppSplitBackend()
+    spec, base = _spec(options={"n_parallel": 1})
+    handle = backend.load(spec, base)
+    model = handle.runtime.model
+    outcomes: dict[int, BaseException | str] = {}
+    started = threading.Event()
+
+    def one(i: int) -> None:
+        try:
+            backend.stream(
+                handle,
+                (Message("user", "Write a long story about a dragon."),),
+                Sampling(max_tokens=300, temperature=0.0),
+                lambda c: started.set() or False,
+            )
+            outcomes[i] = "finished"
+        except ExpertFailed as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]  # 1 slot: 1 runs, 2 wait
+    for t in threads:
+        t.start()
+    assert started.wait(60)
+    backend.unload(handle)
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert all(isinstance(o, ExpertFailed) and "unloaded" in str(o) for o in outcomes.values()), outcomes
+    assert len(outcomes) == 3
+    backend.unstage(model)
+    assert model.ptr is None

@@ -247,7 +247,8 @@ class _Context:
                     break
                 while self.waiting and self.free:
                     request = self.waiting.popleft()
-                    if request.cancelled:
+                    if request.cancelled:  # the caller left while it waited
+                        _llama().llama_sampler_free(request.sampler)
                         request.out.put(("end", "cancelled"))
                         continue
                     self._admit(request)
@@ -264,7 +265,9 @@ class _Context:
             self._end(request, ExpertFailed(f"expert {self.model.spec.name!r} was unloaded"))
         with self.cond:
             while self.waiting:
-                self.waiting.popleft().out.put(("end", ExpertFailed(f"expert {self.model.spec.name!r} was unloaded")))
+                request = self.waiting.popleft()
+                _llama().llama_sampler_free(request.sampler)
+                request.out.put(("end", ExpertFailed(f"expert {self.model.spec.name!r} was unloaded")))
 
     def _admit(self, request: _Request) -> None:
         """Give the request the free sequence whose kept cells share the longest prefix with its
@@ -509,7 +512,11 @@ class LlamaCppSplitBackend:
             )
         cap = sampling.max_tokens or int(spec.options.get("max_tokens", DEFAULT_MAX_TOKENS))
         request = _Request(prompt, max(1, min(cap, context.seq_context - len(prompt))), _sampler(sampling))
-        context.submit(request)
+        try:
+            context.submit(request)
+        except ExpertFailed:
+            _llama().llama_sampler_free(request.sampler)  # never admitted: the loop will not free it
+            raise
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = _Stops(sampling.stop)
         received = 0
