@@ -105,6 +105,49 @@ def test_requests_beyond_the_slots_wait_and_batched_answers_agree_with_single_on
 
 @pytest.mark.e2e
 @needs_llama
+def test_a_prompt_already_in_another_slot_shares_its_cells(general, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Same prompt while it is still generating in the other slot: the newcomer takes the running
+    sequence's prompt cells (all but the last token) instead of decoding them again, and answers
+    as it does alone."""
+    from coserve.backends.llamacpp_split import _Context
+
+    backend, handle, _, _ = general
+    prompt = "Tell me about the history of the bicycle in three sentences."
+    alone, _ = _run(backend, handle, prompt, tokens=12)
+    reused: list[tuple[int, int]] = []
+    admit = _Context._admit
+
+    def spy(self, request):  # type: ignore[no-untyped-def]
+        admit(self, request)
+        reused.append((request.reused, len(request.prompt)))
+
+    monkeypatch.setattr(_Context, "_admit", spy)
+    # The slot that ran `alone` keeps its cells, and the long request takes that slot (its own
+    # prefix); the newcomer gets the other, empty slot and its match is the running sequence.
+    long_done: list[str] = []
+
+    def long() -> None:
+        text, _ = _run(backend, handle, prompt, tokens=200)
+        long_done.append(text)
+
+    runner = threading.Thread(target=long)
+    runner.start()
+    deadline = time.monotonic() + 30
+    while len(reused) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the long request is generating
+    second, _ = _run(backend, handle, prompt, tokens=12)
+    runner.join(timeout=120)
+    assert len(reused) == 2
+    (first_reused, n), (second_reused, n2) = reused
+    assert n == n2 and first_reused == n - 1  # the long request: its own slot's kept cells
+    assert second_reused == n - 1  # the newcomer: every prompt cell but the last, from its neighbour
+    assert second[:16] == alone[:16], (alone, second)
+    assert long_done and long_done[0][:16] == alone[:16]
+
+
+@pytest.mark.e2e
+@needs_llama
 def test_a_caller_that_leaves_frees_its_slot(general) -> None:  # type: ignore[no-untyped-def]
     backend, handle, _, _ = general
     seen: list[str] = []

@@ -270,27 +270,38 @@ class _Context:
                 request.out.put(("end", ExpertFailed(f"expert {self.model.spec.name!r} was unloaded")))
 
     def _admit(self, request: _Request) -> None:
-        """Give the request the free sequence whose kept cells share the longest prefix with its
-        prompt, and keep those cells: a chat template's preamble, a system prompt or an earlier
-        turn is not decoded again (as llama.cpp's server does within a slot)."""
+        """Give the request a free sequence and as much of its prompt as is already in the cache:
+        the free sequence whose kept cells share the longest prefix with it, or, when another
+        sequence (running, or kept by another slot) shares more, that one's cells — shared, not
+        copied, as the slots have one KV cache. A chat template's preamble, a system prompt or an
+        earlier turn is then not decoded again."""
         lib = _llama()
         prompt = request.prompt
 
-        def shared(seq: int) -> int:
+        def shared(tokens: list[int]) -> int:
             n = 0
-            for a, b in zip(self.kept.get(seq, ()), prompt, strict=False):
+            for a, b in zip(tokens, prompt, strict=False):
                 if a != b:
                     break
                 n += 1
             return n
 
-        seq = max(self.free, key=shared)
+        seq = max(self.free, key=lambda s: shared(self.kept.get(s, [])))
         self.free.remove(seq)
-        keep = min(shared(seq), len(prompt) - 1)  # the last prompt token is decoded again: its logits
-        if not lib.llama_memory_seq_rm(self.memory, seq, keep, -1):
+        donor, best = seq, shared(self.kept.pop(seq, []))
+        others = [(r.seq, r.held) for r in self.running] + list(self.kept.items())
+        for other, tokens in others:
+            if (n := shared(tokens)) > best:
+                donor, best = other, n
+        keep = min(best, len(prompt) - 1)  # the last prompt token is decoded again: its logits
+        if donor == seq:
+            if not lib.llama_memory_seq_rm(self.memory, seq, keep, -1):
+                lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
+                keep = 0
+        else:
             lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
-            keep = 0
-        self.kept.pop(seq, None)
+            if keep > 0:
+                lib.llama_memory_seq_cp(self.memory, donor, seq, 0, keep)
         request.seq, request.fed, request.pos, request.reused = seq, keep, keep, keep
         request.held = prompt[:keep]
         self.running.append(request)
