@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from coserve.errors import AssetError
 
-__all__ = ["GGUFHeader", "kv_cache_bytes", "read_header"]
+__all__ = ["GGUFHeader", "kv_cache_bytes", "n_vocab", "read_header"]
 
 _MAGIC = b"GGUF"
 # value type -> struct format of one element (strings and arrays are handled apart)
@@ -182,6 +182,12 @@ def _per_layer(value: Any, n_layer: int) -> list[int]:
     if isinstance(value, list):
         return [int(v) for v in value[:n_layer]] + [int(value[-1])] * max(0, n_layer - len(value))
     return [int(value)] * n_layer
+
+
+def n_vocab(header: GGUFHeader) -> int:
+    """Vocabulary size, from the token embedding's shape (0 if the file has none)."""
+    embd = next((t for t in header.tensors if t.name == "token_embd.weight"), None)
+    return embd.shape[1] if embd is not None and len(embd.shape) == 2 else 0
 
 
 def kv_cache_bytes(header: GGUFHeader, n_ctx: int, bytes_per_value: float = 2) -> int:

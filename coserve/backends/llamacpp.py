@@ -31,7 +31,7 @@ from typing import Any
 
 from coserve.assets import model_path
 from coserve.backends.base import Emit, Handle
-from coserve.backends.gguf_header import GGUFHeader, kv_cache_bytes, read_header
+from coserve.backends.gguf_header import GGUFHeader, kv_cache_bytes, n_vocab, read_header
 from coserve.backends.staging import Staged, stage
 from coserve.config import ExpertSpec
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
@@ -74,9 +74,7 @@ def compute_buffer_bytes(header: GGUFHeader, n_parallel: int) -> int:
     n_embd = int(header.get("embedding_length", 0))
     n_ff = header.get("feed_forward_length", 4 * n_embd)
     n_ff = max(n_ff) if isinstance(n_ff, list) else int(n_ff)
-    embd = next((t for t in header.tensors if t.name == "token_embd.weight"), None)
-    n_vocab = embd.shape[1] if embd is not None and len(embd.shape) == 2 else 0
-    return _UBATCH * 4 * (3 * n_ff + 8 * n_embd) + n_parallel * n_vocab * 8
+    return _UBATCH * 4 * (3 * n_ff + 8 * n_embd) + n_parallel * n_vocab(header) * 8
 
 
 def gguf_path(spec: ExpertSpec, base: Path | None) -> Path:

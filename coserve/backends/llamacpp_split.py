@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve.backends.base import Emit, Handle
-from coserve.backends.gguf_header import kv_cache_bytes, read_header
+from coserve.backends.gguf_header import kv_cache_bytes, n_vocab, read_header
 from coserve.backends.llamacpp import _libc, _return_free_memory, compute_buffer_bytes, gguf_path
 from coserve.backends.staging import drop_cache
 from coserve.config import ExpertSpec
@@ -430,9 +430,7 @@ class LlamaCppSplitBackend:
         path = gguf_path(spec, base)
         if not path.is_file():
             raise AssetError(f"expert {spec.name!r}: model file missing ({path})")
-        embd = next((t for t in read_header(path).tensors if t.name == "token_embd.weight"), None)
-        n_vocab = embd.shape[1] if embd is not None and len(embd.shape) == 2 else 0
-        return path.stat().st_size + _VOCAB_ENTRY_BYTES * n_vocab
+        return path.stat().st_size + _VOCAB_ENTRY_BYTES * n_vocab(read_header(path))
 
     def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
         """The loaded model (weights held once: repacked tensors replace their loaded copy) + f16
