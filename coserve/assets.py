@@ -82,7 +82,7 @@ def _assembled_target(spec: ExpertSpec, sha256: str) -> Path:
 
 
 def _assemble(spec: ExpertSpec, parts: list[Path]) -> Path:
-    assert spec.sha256 is not None  # checked by model_path
+    assert spec.sha256 is not None  # ExpertSpec requires it for parts
     target = _assembled_target(spec, spec.sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_suffix(".lock"), "w") as lock:
@@ -117,9 +117,7 @@ def model_path(spec: ExpertSpec, base: Path | None = None) -> Path:
     if not spec.parts:
         raise AssetError(f"expert {spec.name!r} has no source")
     files = [locate(source, base) for source in spec.parts]
-    if len(files) > 1:
-        if spec.sha256 is None:
-            raise AssetError(f"expert {spec.name!r}: a split source needs a sha256 to verify the assembled file")
+    if len(files) > 1:  # ExpertSpec requires a sha256 for parts
         return _assemble(spec, files)
     if spec.sha256 is not None and files[0].is_dir():
         raise AssetError(f"expert {spec.name!r}: sha256 pins a file; {files[0]} is a folder")

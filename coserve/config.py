@@ -44,6 +44,7 @@ __all__ = [
 
 # Backends a library may name; their implementations are imported lazily by coserve.backends.
 BACKEND_NAMES = ("llamacpp", "llamacpp-split", "openai", "transformers", "vllm", "fake")
+FILE_BACKENDS = ("llamacpp", "llamacpp-split", "transformers", "vllm")  # these need a source
 
 _UNITS = {
     "": 1,
@@ -109,6 +110,25 @@ class ExpertSpec(_Strict):
         if value not in BACKEND_NAMES:
             raise ValueError(f"unknown backend {value!r}; known: {', '.join(BACKEND_NAMES)}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _checked_options(cls, data: Any) -> Any:
+        # Each backend's options are checked against what it reads (coserve.backends.options), so
+        # a typo is a startup error, not an expert that fails on its first request.
+        if isinstance(data, dict) and data.get("backend") in BACKEND_NAMES:
+            from coserve.backends.options import check_options
+
+            data = {**data, "options": check_options(data["backend"], data.get("options"))}
+        return data
+
+    @model_validator(mode="after")
+    def _source_for_files(self) -> ExpertSpec:
+        if self.backend in FILE_BACKENDS and self.source is None:
+            raise ValueError(f"the {self.backend} backend serves a model file or folder: give a source")
+        if isinstance(self.source, list) and len(self.source) > 1 and self.sha256 is None:
+            raise ValueError("a source in parts needs a sha256 to verify the assembled file")
+        return self
 
     @field_validator("source")
     @classmethod

@@ -300,7 +300,8 @@ def test_expert_parts() -> None:
 
     assert ExpertSpec.model_validate(data).parts == ()
     assert ExpertSpec.model_validate({**data, "source": "a.gguf"}).parts == ("a.gguf",)
-    assert ExpertSpec.model_validate({**data, "source": ["p1", "p2"]}).parts == ("p1", "p2")
+    split = {**data, "source": ["p1", "p2"], "sha256": "0" * 64}
+    assert ExpertSpec.model_validate(split).parts == ("p1", "p2")
 
 
 # -- parse_bytes ----------------------------------------------------------------------------------
@@ -334,3 +335,67 @@ def test_parse_bytes(value: int | float | str, expected: int) -> None:
 def test_parse_bytes_refuses(value: object) -> None:
     with pytest.raises(ValueError):
         parse_bytes(value)  # type: ignore[arg-type]
+
+
+# -- backend options (checked when the library is read) ---------------------------------------------
+
+
+def test_a_misspelt_option_is_refused_at_startup_with_the_known_ones(tmp_path: Path) -> None:
+    message = _config_error(write_library(tmp_path, options={"coder": {"n_paralel": 2}}))
+    assert "experts[1]: options.n_paralel: not an option of the fake backend" in message
+    assert "n_parallel" in message.split("known:")[1]  # the list of known keys helps fix the typo
+
+
+_SPLIT = {"backend": "llamacpp-split", "source": "m.gguf"}
+_VLLM = {"backend": "vllm", "source": "hf"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "options", "expected"),
+    [
+        (_SPLIT, {"kv_cache_type": "q4"}, "options.kv_cache_type: Input should be 'f16' or 'q8_0'"),
+        (_SPLIT, {"n_parallel": 0}, "options.n_parallel: Input should be greater than or equal to 1"),
+        ({**_SPLIT, "backend": "llamacpp"}, {"threads": "two"}, "options.threads: Input should be a valid integer"),
+        (_VLLM, {"sleep_mode": "deep"}, "options.sleep_mode: Input should be 'auto', 'on' or 'off'"),
+        (_VLLM, {"gpu_memory_utilization": 1.5}, "options.gpu_memory_utilization: Input should be less than or equal"),
+        ({"backend": "transformers", "source": "hf"}, {"device": "gpu"}, "options.device: String should match pattern"),
+        ({"backend": "openai"}, {}, "options.base_url: Field required"),
+        ({"backend": "openai"}, {"base_url": "localhost:8000"}, "options.base_url: String should match pattern"),
+        ({"backend": "llamacpp-split"}, {}, "the llamacpp-split backend serves a model file or folder: give a source"),
+    ],
+)  # fmt: skip
+def test_bad_backend_options_name_the_expert_and_the_key(
+    tmp_path: Path, fields: dict, options: dict, expected: str
+) -> None:
+    message = _config_error(write_library(tmp_path, fields={"big": {**fields, "options": options}}))
+    assert f"experts[2]: {expected}" in message
+    assert "experts[0]" not in message and "experts[1]" not in message  # the others are fine
+
+
+def test_options_are_kept_as_checked_values_and_null_means_the_default(tmp_path: Path) -> None:
+    big = {"backend": "llamacpp-split", "source": "m.gguf",
+           "options": {"n_parallel": "3", "threads": None, "kv_cache_type": "q8_0", "timeout_s": 30}}  # fmt: skip
+    library = load_library(write_library(tmp_path, fields={"big": big}))
+    assert library.expert("big").options == {"n_parallel": 3, "kv_cache_type": "q8_0", "timeout_s": 30.0}
+
+
+def test_option_choices_match_what_the_backends_size() -> None:
+    """The choices the library file may name are exactly the ones each backend has figures for."""
+    from typing import get_args
+
+    from coserve.backends import llamacpp_split, options
+
+    def choices(schema: type, key: str) -> set[str]:
+        return set(get_args(get_args(schema.model_fields[key].annotation)[0]))
+
+    assert choices(options.LlamaCppSplitOptions, "kv_cache_type") == set(llamacpp_split.KV_TYPES)
+    assert choices(options.VllmOptions, "dtype") == set(options.DTYPE_BYTES)
+    assert choices(options.TransformersOptions, "dtype") == set(options.DTYPE_BYTES)
+
+
+def test_options_that_are_not_a_mapping_are_refused(tmp_path: Path) -> None:
+    data = library_data()
+    data["experts"][0]["options"] = "fast"
+    path = tmp_path / "library.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert "experts[0]: options: Input should be a valid dictionary" in _config_error(path)

@@ -119,8 +119,8 @@ def test_request_cancelled_while_queued_never_runs(make_engine: Callable[..., En
 def test_an_unexpected_staging_error_fails_the_whole_batch_not_the_dispatcher(
     make_engine: Callable[..., Engine],
 ) -> None:
-    # nbytes "lots" makes the fake backend raise ValueError while the pool measures the expert.
-    engine = make_engine(options={"coder": {"nbytes": "lots", "n_parallel": 3}})
+    # fail_measure makes the fake backend raise RuntimeError while the pool measures the expert.
+    engine = make_engine(options={"coder": {"fail_measure": True, "n_parallel": 3}})
 
     async def run() -> list[str]:
         async def one(expert: str) -> str:

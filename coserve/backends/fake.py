@@ -5,6 +5,7 @@ fake have end-to-end counterparts that run the real experts. Behaviour is read f
 
 * ``nbytes``: bytes of the expert's "weights" (default 100 MB); ``footprint``: bytes it occupies
   when ACTIVE (default: ``nbytes``);
+* ``fail_measure``: raise RuntimeError when the pool measures the expert (an unexpected error);
 * ``load_delay`` / ``token_delay``: seconds to load / per generated token;
 * ``fail_load``: raise ExpertLoadError on load; ``fail_load_oom``: raise MemoryError on load;
 * ``fail_generate``: raise ExpertFailed before the first token;
@@ -54,6 +55,8 @@ class FakeBackend:
         self._lock = threading.Lock()
 
     def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
+        if spec.options.get("fail_measure"):
+            raise RuntimeError(f"expert {spec.name!r}: measuring failed (injected unexpected error)")
         return int(spec.options.get("nbytes", 100 * 2**20))
 
     def footprint(self, spec: ExpertSpec, base: Path | None) -> int:

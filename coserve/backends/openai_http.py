@@ -26,7 +26,7 @@ import httpx
 
 from coserve.backends.base import Emit, Handle
 from coserve.config import ExpertSpec
-from coserve.errors import ConfigError, ContextTooLong, ExpertFailed, ExpertLoadError
+from coserve.errors import ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
 
 __all__ = ["OpenAIHTTPBackend"]
@@ -41,9 +41,7 @@ class _NoStage:
 
 def _client(spec: ExpertSpec) -> httpx.Client:
     options = spec.options
-    base_url = options.get("base_url")
-    if not base_url:
-        raise ConfigError(f"expert {spec.name!r}: the openai backend needs options.base_url")
+    base_url = options["base_url"]  # required by the library file
     headers = {}
     key_env = options.get("api_key_env")
     if key_env:

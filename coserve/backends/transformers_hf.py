@@ -31,6 +31,7 @@ from typing import Any
 
 from coserve.assets import model_path
 from coserve.backends.base import Emit, Handle, validated
+from coserve.backends.options import DTYPE_BYTES
 from coserve.backends.sizes import model_kv_bytes
 from coserve.config import ExpertSpec
 from coserve.errors import ContextTooLong, ExpertFailed, ExpertLoadError
@@ -45,7 +46,6 @@ if _MISSING:  # get_backend turns this into a ConfigError at start, before any r
     )
 
 DEFAULT_MAX_TOKENS = 512
-_DTYPES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
 @dataclass
@@ -92,10 +92,8 @@ def _device(spec: ExpertSpec) -> str:
 
 
 def _dtype_name(spec: ExpertSpec, device: str) -> str:
-    name = str(spec.options.get("dtype", "bfloat16" if device.startswith("cuda") else "float32"))
-    if name not in _DTYPES:
-        raise ExpertLoadError(f"expert {spec.name!r}: dtype {name!r} is not one of {', '.join(_DTYPES)}")
-    return name
+    # one of DTYPE_BYTES (checked by the library file)
+    return str(spec.options.get("dtype", "bfloat16" if device.startswith("cuda") else "float32"))
 
 
 class TransformersBackend:
@@ -113,13 +111,13 @@ class TransformersBackend:
     def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
         """Weights in the serving dtype (a GGUF file is dequantised, so its size on disk is smaller)."""
         device = str(spec.options.get("device", "cuda" if _cuda_available() else "cpu"))
-        return int(spec.params_b * 1e9 * _DTYPES.get(_dtype_name(spec, device), 4))
+        return int(spec.params_b * 1e9 * DTYPE_BYTES.get(_dtype_name(spec, device), 4))
 
     def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
         """Weights plus a KV cache for one sequence of the expert's full context (one request at a
         time per expert), in the serving dtype."""
         device = str(spec.options.get("device", "cuda" if _cuda_available() else "cpu"))
-        width = _DTYPES.get(_dtype_name(spec, device), 4)
+        width = DTYPE_BYTES.get(_dtype_name(spec, device), 4)
         return self.nbytes(spec, base) + model_kv_bytes(model_path(spec, base), spec.context, width)
 
     def _read(self, spec: ExpertSpec, base: Path | None) -> _HostCopy:

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from coserve.assets import model_path
 from coserve.backends.base import Emit, Handle, validated
+from coserve.backends.options import DTYPE_BYTES
 from coserve.backends.sizes import model_kv_bytes
 from coserve.backends.staging import Staged, stage
 from coserve.config import ExpertSpec
@@ -52,7 +53,6 @@ if importlib.util.find_spec("vllm") is None:  # get_backend turns this into a Co
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_N_PARALLEL = 4
-_WIDTH = {"bfloat16": 2, "float16": 2, "float32": 4}
 _T = TypeVar("_T")
 
 
@@ -63,18 +63,13 @@ def _platform() -> Any:
 
 
 def _sleeps(spec: ExpertSpec) -> bool:
-    mode = str(spec.options.get("sleep_mode", "auto"))
-    if mode not in ("auto", "on", "off"):
-        raise ExpertLoadError(f"expert {spec.name!r}: options.sleep_mode must be auto, on or off, not {mode!r}")
+    mode = spec.options.get("sleep_mode", "auto")  # auto, on or off (checked by the library file)
     return mode == "on" or (mode == "auto" and bool(_platform().is_sleep_mode_available()))
 
 
 def _dtype(spec: ExpertSpec) -> str:
     default = "float32" if _platform().is_cpu() else "bfloat16"
-    dtype = str(spec.options.get("dtype", default))
-    if dtype not in _WIDTH:
-        raise ExpertLoadError(f"expert {spec.name!r}: options.dtype must be one of {sorted(_WIDTH)}, not {dtype!r}")
-    return dtype
+    return str(spec.options.get("dtype", default))  # one of DTYPE_BYTES (checked by the library file)
 
 
 def _folder(spec: ExpertSpec, base: Path | None) -> Path:
@@ -133,13 +128,13 @@ class VLLMBackend:
 
     # -- sizes ------------------------------------------------------------------------------
     def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
-        return int(spec.params_b * 1e9 * _WIDTH[_dtype(spec)])
+        return int(spec.params_b * 1e9 * DTYPE_BYTES[_dtype(spec)])
 
     def _kv_cache_bytes(self, spec: ExpertSpec, base: Path | None) -> int:
         if "kv_cache_mib" in spec.options:
             return int(spec.options["kv_cache_mib"]) * 2**20
         tokens = spec.context * int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
-        return model_kv_bytes(_folder(spec, base), tokens, _WIDTH[_dtype(spec)])
+        return model_kv_bytes(_folder(spec, base), tokens, DTYPE_BYTES[_dtype(spec)])
 
     def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
         return self.nbytes(spec, base) + self._kv_cache_bytes(spec, base)

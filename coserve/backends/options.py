@@ -1,0 +1,105 @@
+"""What each backend accepts under an expert's ``options``, checked when the library is read.
+
+A typo (``n_paralel``), a value of the wrong kind (``threads: two``) or one out of range
+(``kv_cache_type: q4``) is a ConfigError at startup that names the expert and the key, instead of
+an expert that fails on its first request. The backends read the checked dict as before (with
+their own defaults for keys left out); this module imports no runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["DTYPE_BYTES", "OPTIONS", "check_options"]
+
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}  # torch dtypes the GPU backends size
+
+
+class _Common(BaseModel):
+    """Read by the engine for every backend."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_parallel: int | None = Field(None, ge=1, le=256)  # requests served together (slots)
+    max_tokens: int | None = Field(None, ge=1)  # the cap when a request names none
+    timeout_s: float | None = Field(None, gt=0)  # seconds without a chunk before the expert counts as hung
+
+
+class _LlamaCppCommon(_Common):
+    threads: int | None = Field(None, ge=1, le=1024)
+    n_gpu_layers: int | None = Field(None, ge=-1)  # -1: all; needs a runtime built with CUDA
+
+
+class LlamaCppOptions(_LlamaCppCommon):
+    prompt_cache_mib: int | None = Field(None, ge=0)
+
+
+class LlamaCppSplitOptions(_LlamaCppCommon):
+    kv_cache_type: Literal["f16", "q8_0"] | None = None
+
+
+class OpenAIOptions(_Common):
+    base_url: str = Field(pattern=r"^https?://\S+$")
+    model: str | None = Field(None, min_length=1)  # the name the endpoint knows the model by
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    connect_timeout: float | None = Field(None, gt=0)
+    read_timeout: float | None = Field(None, gt=0)
+
+
+class VllmOptions(_Common):
+    sleep_mode: Literal["auto", "on", "off"] | None = None
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    kv_cache_mib: int | None = Field(None, ge=1)
+    enforce_eager: bool | None = None
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+
+
+class TransformersOptions(_Common):
+    device: str | None = Field(None, pattern=r"^(cpu|cuda(:[0-9]+)?|mps)$")
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+
+
+class FakeOptions(_Common):
+    """The test double's knobs (coserve.backends.fake)."""
+
+    nbytes: int | None = Field(None, ge=0)
+    footprint: int | None = Field(None, ge=0)
+    load_delay: float | None = Field(None, ge=0)
+    token_delay: float | None = Field(None, ge=0)
+    fail_measure: bool | None = None
+    fail_stage: bool | None = None
+    fail_load: bool | None = None
+    fail_load_oom: bool | None = None
+    fail_generate: bool | None = None
+    fail_after_tokens: int | None = Field(None, ge=0)
+
+
+OPTIONS: dict[str, type[_Common]] = {
+    "llamacpp": LlamaCppOptions,
+    "llamacpp-split": LlamaCppSplitOptions,
+    "openai": OpenAIOptions,
+    "vllm": VllmOptions,
+    "transformers": TransformersOptions,
+    "fake": FakeOptions,
+}
+
+
+def check_options(backend: str, options: Any) -> dict[str, Any]:
+    """The options as checked values (only the keys given); ValueError naming every bad key."""
+    schema = OPTIONS[backend]
+    try:
+        checked = schema.model_validate(options if options is not None else {})
+    except ValidationError as exc:
+        known = ", ".join(sorted(schema.model_fields))
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"])
+            where = f"options.{key}" if key else "options"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"{where}: not an option of the {backend} backend (known: {known})")
+            else:
+                problems.append(f"{where}: {err['msg']}")
+        raise ValueError("; ".join(problems)) from None
+    return checked.model_dump(exclude_unset=True, exclude_none=True)  # null: the default
