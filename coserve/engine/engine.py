@@ -39,11 +39,40 @@ from coserve.types import Chunk, Completion, Decision, Request, Tier, Usage
 
 Policy = Literal["lookahead", "lru", "load_per_request"]
 
+# Backends whose experts decode on this machine's cores (transformers: unless it is given a GPU).
+_HOST_CPU_BACKENDS = ("llamacpp", "llamacpp-split", "transformers")
 DEFAULT_TIMEOUT_S = 300.0  # seconds without a chunk before an expert counts as hung (options.timeout_s)
 
-__all__ = ["Engine", "Stream"]
+__all__ = ["Engine", "Stream", "limit_blas_threads", "shares_cores"]
 
 _END = object()
+
+
+def shares_cores(library: LibraryConfig) -> bool:
+    """Whether an expert of the library decodes on the cores the router runs on."""
+    for spec in library.experts:
+        if spec.backend not in _HOST_CPU_BACKENDS:
+            continue
+        if spec.backend == "transformers" and str(spec.options.get("device", "cpu")) != "cpu":
+            continue
+        if int(spec.options.get("n_gpu_layers", 0)) != 0:
+            continue  # layers on a GPU
+        return True
+    return False
+
+
+def limit_blas_threads() -> None:
+    """One BLAS thread for the router's matrix products, in this whole process.
+
+    The router embeds each prompt with numpy. OpenBLAS's worker threads spin for a while after
+    every product, and an expert decoding on the same cores waits on its slowest thread at every
+    step: with two cores, embedding 2 prompts/s cut `large`'s throughput from 1.11 to 0.72 req/s;
+    with one BLAS thread it stays at 1.04-1.07 req/s, and an embedding takes 9 ms instead of 6 ms
+    (docs/decisions.md, 2026-11-30).
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 @dataclass
@@ -98,6 +127,8 @@ class Engine:
     ) -> Engine:
         """Train or load the router, create one backend per backend name, and the pool."""
         metrics = metrics or Metrics()
+        if shares_cores(library):
+            limit_blas_threads()
         router = CoERouter.load_or_fit(library, cache, embedder)
         by_name = dict(backends or {})
         for spec in library.experts:
