@@ -21,9 +21,11 @@ the slots wait in arrival order. A caller that stops listening (``emit`` returns
 request at the next step. The chat template is the GGUF's own (Jinja), as llama.cpp's server uses.
 
 Options (library file): ``threads`` (default: all cores), ``n_parallel`` (slots; default 2),
-``max_tokens`` (default cap, 512), ``n_gpu_layers`` (with a GPU build of llama.cpp),
+``max_tokens`` (default cap, 512),
 ``kv_cache_type`` (``f16``, the default, or ``q8_0``: half the KV cache's memory and half the time
 to create a context, at a small cost in accuracy). Each slot gets the expert's full ``context``.
+No ``n_gpu_layers``: llama.cpp places offloaded layers on the GPU when the model loads, which is
+this backend's RAM tier; ``backend: llamacpp`` offloads at the RAM -> ACTIVE move instead.
 
 Needs ``llama-cpp-python`` (compiled from source on install: ~4 minutes on 2 cores).
 """
@@ -103,8 +105,7 @@ class _Model:
         # Read into llama.cpp's own buffers rather than mapped: weights its CPU kernels use in
         # another layout are then held once (a mapping would keep the file's pages as well).
         params.load_mode = lib.LLAMA_LOAD_MODE_NONE
-        if "n_gpu_layers" in spec.options:
-            params.n_gpu_layers = int(spec.options["n_gpu_layers"])
+        params.n_gpu_layers = 0  # host memory is this tier's (a GPU build would offload otherwise)
         _errors.clear()
         self.ptr = lib.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:

@@ -29,11 +29,11 @@ class _Common(BaseModel):
 
 class _LlamaCppCommon(_Common):
     threads: int | None = Field(None, ge=1, le=1024)
-    n_gpu_layers: int | None = Field(None, ge=-1)  # -1: all; needs a runtime built with CUDA
 
 
 class LlamaCppOptions(_LlamaCppCommon):
     prompt_cache_mib: int | None = Field(None, ge=0)
+    n_gpu_layers: int | None = Field(None, ge=-1)  # -1: all; needs a runtime built with CUDA
 
 
 class LlamaCppSplitOptions(_LlamaCppCommon):
@@ -76,6 +76,12 @@ class FakeOptions(_Common):
     fail_after_tokens: int | None = Field(None, ge=0)
 
 
+# Keys a backend refuses for a reason worth more than "unknown key".
+_REFUSED = {
+    ("llamacpp-split", "n_gpu_layers"): "llama.cpp would put offloaded layers on the GPU when the model loads, "
+    "which is this backend's RAM tier; use backend llamacpp, which offloads at the RAM -> ACTIVE move",
+}
+
 OPTIONS: dict[str, type[_Common]] = {
     "llamacpp": LlamaCppOptions,
     "llamacpp-split": LlamaCppSplitOptions,
@@ -97,7 +103,9 @@ def check_options(backend: str, options: Any) -> dict[str, Any]:
         for err in exc.errors():
             key = ".".join(str(part) for part in err["loc"])
             where = f"options.{key}" if key else "options"
-            if err["type"] == "extra_forbidden":
+            if (backend, key) in _REFUSED:
+                problems.append(f"{where}: {_REFUSED[backend, key]}")
+            elif err["type"] == "extra_forbidden":
                 problems.append(f"{where}: not an option of the {backend} backend (known: {known})")
             else:
                 problems.append(f"{where}: {err['msg']}")
