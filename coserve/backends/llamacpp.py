@@ -5,9 +5,9 @@ batching, and chat templates applied from the GGUF file. Its server loads model 
 together, so every RAM -> ACTIVE move is a whole model load; ``llamacpp-split`` (the default
 library's backend) holds them apart. See docs/decisions.md.
 
-Options an expert may set in the library file: ``threads`` (default: all cores), ``n_parallel``
-(slots, i.e. requests decoded together; default 2), ``max_tokens`` (default cap, 512),
-``n_gpu_layers`` (layers offloaded to a GPU; the PyPI wheel is CPU-only, so it needs a CUDA build),
+Options an expert may set in the library file: ``threads`` (default: the usable physical cores,
+coserve.cpus), ``n_parallel`` (slots, i.e. requests decoded together; default 2), ``max_tokens``
+(default cap, 512), ``n_gpu_layers`` (layers offloaded to a GPU; the PyPI wheel is CPU-only, so it needs a CUDA build),
 ``prompt_cache_mib`` (host memory for llama.cpp's cache of finished prompts' KV states, reused by
 later requests that share their prefix; default 0 = off, as llama.cpp's own default of 8 GiB per
 expert would sit outside every budget). Each slot gets the expert's full ``context``.
@@ -34,6 +34,7 @@ from coserve.backends.base import Emit, Handle
 from coserve.backends.gguf_header import GGUFHeader, kv_cache_bytes, n_vocab, read_header
 from coserve.backends.staging import Staged, stage
 from coserve.config import ExpertSpec
+from coserve.cpus import usable_cores
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
 
@@ -136,7 +137,7 @@ class LlamaCppBackend:
         path = gguf_path(spec, base)
         start = time.monotonic()
         n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
-        threads = int(spec.options.get("threads", os.cpu_count() or 2))
+        threads = int(spec.options.get("threads", usable_cores()))
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
         params.n_parallel = n_parallel

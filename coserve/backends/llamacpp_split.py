@@ -20,10 +20,10 @@ samples with a per-request sampler chain, and frees a request's cells when it en
 the slots wait in arrival order. A caller that stops listening (``emit`` returns True) ends its
 request at the next step. The chat template is the GGUF's own (Jinja), as llama.cpp's server uses.
 
-Options (library file): ``threads`` (default: all cores), ``n_parallel`` (slots; default 2),
-``max_tokens`` (default cap, 512),
-``kv_cache_type`` (``f16``, the default, or ``q8_0``: half the KV cache's memory and half the time
-to create a context, at a small cost in accuracy). Each slot gets the expert's full ``context``.
+Options (library file): ``threads`` (default: the usable physical cores, coserve.cpus),
+``n_parallel`` (slots; default 2), ``max_tokens`` (default cap, 512), ``kv_cache_type``
+(``f16``, the default, or ``q8_0``: half the KV cache's memory and half the time to create a
+context, at a small cost in accuracy). Each slot gets the expert's full ``context``.
 No ``n_gpu_layers``: llama.cpp places offloaded layers on the GPU when the model loads, which is
 this backend's RAM tier; ``backend: llamacpp`` offloads at the RAM -> ACTIVE move instead.
 
@@ -36,7 +36,6 @@ import codecs
 import collections
 import ctypes
 import functools
-import os
 import queue
 import threading
 import time
@@ -49,6 +48,7 @@ from coserve.backends.gguf_header import kv_cache_bytes, n_vocab, read_header
 from coserve.backends.llamacpp import _libc, _return_free_memory, compute_buffer_bytes, gguf_path
 from coserve.backends.staging import drop_cache
 from coserve.config import ExpertSpec
+from coserve.cpus import usable_cores
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
 
@@ -497,7 +497,7 @@ class LlamaCppSplitBackend:
 
     @staticmethod
     def _threads(spec: ExpertSpec) -> int:
-        return int(spec.options.get("threads", os.cpu_count() or 2))
+        return int(spec.options.get("threads", usable_cores()))
 
     # -- generation -------------------------------------------------------------------------------
     def stream(self, handle: Handle, messages: tuple[Message, ...], sampling: Sampling, emit: Emit) -> None:

@@ -42,6 +42,7 @@ from coserve.assets import cache_dir, model_path
 from coserve.backends.base import get_backend
 from coserve.backends.staging import read_bandwidth
 from coserve.config import LibraryConfig, default_library_path
+from coserve.cpus import usable_cores
 from coserve.router.router import CoERouter
 from coserve.types import Message, Request
 
@@ -182,7 +183,7 @@ def _run_peer(library: LibraryConfig, workload: list[dict[str, Any]], max_tokens
     if not python.exists():
         return {"skipped": "llama-cpp-python is not installed: run scripts/setup-peer"}
     base = library.path.parent if library.path else None
-    threads = os.cpu_count() or 2
+    threads = usable_cores()  # what coserve's llama.cpp backends use by default
     models = [
         {"model": str(model_path(spec, base)), "model_alias": spec.name, "n_ctx": spec.context,
          "n_threads": threads, "n_threads_batch": threads, "verbose": False}

@@ -1,0 +1,86 @@
+"""How many threads a CPU runtime should decode with: the cores this process may really use.
+
+``os.cpu_count()`` is the machine's logical CPUs. In a container it is the host's count (64 on a
+box where the container may use 2), and on a laptop it counts hyperthreads, which do not speed up
+llama.cpp's matrix products. A runtime that starts one busy thread per logical CPU there waits, at
+every step, on threads that are not running. So the default is the physical cores among the CPUs
+this process is allowed on (its affinity mask), capped by the cgroup's CPU quota (``cpu.max``, or
+``cpu.cfs_quota_us`` on cgroup v1) rounded down: a thread over the quota is throttled mid-step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["usable_cores"]
+
+
+def usable_cores(sys_root: Path = Path("/sys"), proc_root: Path = Path("/proc")) -> int:
+    """Threads a CPU runtime should use by default (at least 1)."""
+    if hasattr(os, "sched_getaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+    else:  # pragma: no cover - not Linux
+        cpus = list(range(os.cpu_count() or 1))
+    cores = _physical_cores(sys_root, cpus) or len(cpus)
+    quota = _cgroup_quota(sys_root, proc_root)
+    if quota is not None:
+        cores = min(cores, int(quota))
+    return max(1, cores)
+
+
+def _physical_cores(sys_root: Path, cpus: list[int]) -> int | None:
+    """Distinct (package, core) pairs among ``cpus``; None where the topology cannot be read."""
+    seen = set()
+    for cpu in cpus:
+        topology = sys_root / "devices" / "system" / "cpu" / f"cpu{cpu}" / "topology"
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            seen.add((package, (topology / "core_id").read_text().strip()))
+        except OSError:
+            return None
+    return len(seen) or None
+
+
+def _cgroup_quota(sys_root: Path, proc_root: Path) -> float | None:
+    """CPUs' worth of time the cgroup allows (the tightest of this cgroup and its parents); None: no limit."""
+    try:
+        lines = (proc_root / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    limits: list[float] = []
+    root = sys_root / "fs" / "cgroup"
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2: cpu.max of this cgroup and of each parent
+            folder = root / path.strip().lstrip("/")
+            for level in [folder, *folder.parents]:
+                limits.extend(_v2_limit(level / "cpu.max"))
+                if level == root:
+                    break
+        elif "cpu" in controllers.split(","):  # cgroup v1: the cpu controller's own tree
+            for mount in ("cpu,cpuacct", "cpu"):
+                found = _v1_limit(root / mount / path.strip().lstrip("/")) or _v1_limit(root / mount)
+                if found:
+                    limits.extend(found)
+                    break
+    return min(limits) if limits else None
+
+
+def _v2_limit(path: Path) -> list[float]:
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return []
+    if quota == "max":
+        return []
+    return [int(quota) / int(period)]
+
+
+def _v1_limit(folder: Path) -> list[float]:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return []
+    return [quota / period] if quota > 0 and period > 0 else []

@@ -1,0 +1,81 @@
+"""usable_cores: physical cores of the affinity mask, capped by the cgroup's CPU quota."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from coserve.cpus import usable_cores
+
+
+def _machine(root: Path, cores: list[tuple[int, int]], cgroup: str = "0::/\n") -> tuple[Path, Path]:
+    """A /sys and /proc with one (package, core) pair per logical CPU."""
+    sys_root, proc_root = root / "sys", root / "proc"
+    for cpu, (package, core) in enumerate(cores):
+        topology = sys_root / "devices" / "system" / "cpu" / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    (proc_root / "self").mkdir(parents=True)
+    (proc_root / "self" / "cgroup").write_text(cgroup)
+    (sys_root / "fs" / "cgroup").mkdir(parents=True)
+    return sys_root, proc_root
+
+
+@pytest.fixture
+def eight_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+
+
+def test_hyperthreads_count_once(tmp_path: Path, eight_cpus: None) -> None:
+    sys_root, proc_root = _machine(tmp_path, [(0, c % 4) for c in range(8)])  # 4 cores x 2 threads
+    assert usable_cores(sys_root, proc_root) == 4
+
+
+def test_only_the_cpus_of_the_affinity_mask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sys_root, proc_root = _machine(tmp_path, [(0, c) for c in range(8)])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 5, 6})  # taskset / a cpuset
+    assert usable_cores(sys_root, proc_root) == 3
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000\n", 8), ("200000 100000\n", 2), ("150000 100000\n", 1), ("50000 100000\n", 1)],
+)
+def test_a_cgroup_v2_quota_caps_the_cores_rounded_down(
+    tmp_path: Path, eight_cpus: None, cpu_max: str, expected: int
+) -> None:
+    sys_root, proc_root = _machine(tmp_path, [(0, c) for c in range(8)], cgroup="0::/kubepods/pod1\n")
+    (sys_root / "fs" / "cgroup" / "kubepods" / "pod1").mkdir(parents=True)
+    (sys_root / "fs" / "cgroup" / "kubepods" / "pod1" / "cpu.max").write_text(cpu_max)
+    assert usable_cores(sys_root, proc_root) == expected
+
+
+def test_a_parent_cgroups_quota_counts_too(tmp_path: Path, eight_cpus: None) -> None:
+    sys_root, proc_root = _machine(tmp_path, [(0, c) for c in range(8)], cgroup="0::/a/b\n")
+    (sys_root / "fs" / "cgroup" / "a" / "b").mkdir(parents=True)
+    (sys_root / "fs" / "cgroup" / "a" / "b" / "cpu.max").write_text("max 100000\n")
+    (sys_root / "fs" / "cgroup" / "a" / "cpu.max").write_text("300000 100000\n")
+    assert usable_cores(sys_root, proc_root) == 3
+
+
+def test_a_cgroup_v1_quota(tmp_path: Path, eight_cpus: None) -> None:
+    sys_root, proc_root = _machine(tmp_path, [(0, c) for c in range(8)], cgroup="4:cpu,cpuacct:/docker/abc\n")
+    folder = sys_root / "fs" / "cgroup" / "cpu,cpuacct"  # inside the container's namespace
+    folder.mkdir(parents=True)
+    (folder / "cpu.cfs_quota_us").write_text("400000\n")
+    (folder / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cores(sys_root, proc_root) == 4
+    (folder / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
+    assert usable_cores(sys_root, proc_root) == 8
+
+
+def test_unreadable_topology_counts_logical_cpus(tmp_path: Path, eight_cpus: None) -> None:
+    (tmp_path / "proc" / "self").mkdir(parents=True)  # no /sys, no /proc/self/cgroup
+    assert usable_cores(tmp_path / "sys", tmp_path / "proc") == 8
+
+
+def test_this_machine() -> None:
+    assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
