@@ -89,3 +89,28 @@ def test_serve_bench_switch_measurement_goes_through_the_backends_tiers(tmp_path
         assert huge is None
     else:
         assert huge is not None and set(huge["general"]) == set(row)
+
+
+def test_serve_bench_reads_its_targets_off_the_run() -> None:
+    from coserve.bench.serve import targets
+
+    run = {
+        "policies": {
+            "load_per_request": {"throughput_rps": 0.25},
+            "lookahead": {"throughput_rps": 1.0},
+            "all_resident": {"throughput_rps": 1.2},
+            "peer": {"throughput_rps": 0.4},
+        },
+        "switch": {"time_s": 0.3, "floor_s": 0.1, "hugepages": {"time_s": 0.06, "floor_s": 0.05}},
+    }
+    rows = targets(run)
+    assert {k: (round(v["value"], 3), v["met"]) for k, v in rows.items()} == {
+        "x_load_per_request": (4.0, True),
+        "x_peer": (2.5, True),
+        "below_all_resident": (0.167, False),
+        "switch_over_floor": (3.0, False),
+        "switch_over_floor_hugepages": (1.2, True),
+    }
+    run["policies"]["peer"] = {"skipped": "llama-cpp-python is not installed"}
+    del run["switch"]["hugepages"]
+    assert set(targets(run)) == {"x_load_per_request", "below_all_resident", "switch_over_floor"}

@@ -317,7 +317,36 @@ def bench_serve(
         result["switch"]["hugepages"] = {"time_s": huge[name]["ram_to_active_s"], "floor_s": huge[name]["ram_floor_s"],
                                          "experts": huge}  # fmt: skip
         _print_switch(huge, f" ({HUGEPAGES})")
+    result["targets"] = targets(result)
+    for name, row in result["targets"].items():
+        print(f"target {name:<24} {row['value']:.2f} (want {row['want']}): {'met' if row['met'] else 'MISSED'}")
     return result
+
+
+def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The serving targets (docs/serving.md) read off one run: ratio, what is wanted, met or not."""
+    rows: dict[str, dict[str, Any]] = {}
+    policies = result.get("policies", {})
+
+    def rps(policy: str) -> float | None:
+        row = policies.get(policy, {})
+        return row.get("throughput_rps") if "skipped" not in row else None
+
+    ours = rps("lookahead")
+    for name, other, want in (("x_load_per_request", "load_per_request", 2.0), ("x_peer", "peer", 2.0)):
+        theirs = rps(other)
+        if ours and theirs:
+            rows[name] = {"value": ours / theirs, "want": f">= {want}", "met": ours / theirs >= want}
+    bound = rps("all_resident")
+    if ours and bound:
+        below = 1 - ours / bound
+        rows["below_all_resident"] = {"value": below, "want": "<= 0.10", "met": below <= 0.10}
+    switch = result.get("switch", {})
+    for name, row in (("switch_over_floor", switch), ("switch_over_floor_hugepages", switch.get("hugepages"))):
+        if row and row.get("floor_s"):
+            ratio = row["time_s"] / row["floor_s"]
+            rows[name] = {"value": ratio, "want": "<= 1.5", "met": ratio <= 1.5}
+    return rows
 
 
 def _print_switch(switch: dict[str, Any], note: str) -> None:
