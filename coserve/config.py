@@ -27,6 +27,7 @@ from coserve.errors import ConfigError, InfeasibleConstraints
 
 __all__ = [
     "BACKEND_NAMES",
+    "FILE_BACKENDS",
     "ApiKey",
     "Category",
     "DecisionLogSettings",
