@@ -56,6 +56,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.shutdown_timeout,
     )
     print(f"coserve: library {engine.library.path} — experts {', '.join(engine.library.expert_names)}", flush=True)
+    for name, problem in engine.unavailable.items():
+        print(f"coserve: warning: expert {name} cannot load ({problem}); its requests fall back", file=sys.stderr)
     print(f"coserve: serving on http://{args.host}:{args.port}/v1 (model 'coserve' routes)", flush=True)
     # uvicorn re-raises the signal that stopped it once it has drained; a SIGTERM that led to a
     # clean drain is a normal end here (exit 0), so the re-raised one is ignored.

@@ -62,3 +62,38 @@ def test_limit_blas_threads_leaves_one_blas_thread() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1]"
+
+
+# -- model files checked at start ---------------------------------------------------------------
+
+
+def test_missing_files_names_each_expert_and_why(tmp_path: Path) -> None:
+    from coserve.engine.engine import missing_files
+
+    fields = {
+        "coder": {"backend": "llamacpp-split", "source": "pkg:no_such_model_pkg/m.gguf", "options": {}},
+        "big": {"backend": "llamacpp-split", "source": "models/missing.gguf", "options": {}},
+    }
+    library = load_library(write_library(tmp_path, fields=fields))
+    problems = missing_files(library)
+    assert set(problems) == {"coder", "big"}  # "small" (the fake, no file) is fine
+    assert "package 'no_such_model_pkg'" in problems["coder"] and "not installed" in problems["coder"]
+    assert "model file not found" in problems["big"] and "missing.gguf" in problems["big"]
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "missing.gguf").write_bytes(b"GGUF")
+    assert set(missing_files(library)) == {"coder"}  # present now (its contents are checked at load)
+
+
+def test_a_server_with_a_missing_model_file_starts_warns_and_reports_it(tmp_path: Path) -> None:
+    import httpx
+    from live import LiveServer
+
+    big = {"backend": "llamacpp-split", "source": "missing.gguf", "options": {}}
+    with LiveServer(tmp_path, fields={"big": big}) as live:
+        health = httpx.get(f"{live.url}/health").json()
+        assert "model file not found" in health["experts"]["big"]["last_error"]
+        assert health["experts"]["small"]["last_error"] is None
+        chat = {"model": "coserve", "messages": [{"role": "user", "content": "hello there"}]}
+        reply = httpx.post(f"{live.url}/v1/chat/completions", json=chat, timeout=30)
+        assert reply.status_code == 200  # the others keep serving
+    assert "warning: expert big cannot load (model file not found" in live.output()

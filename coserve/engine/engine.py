@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from coserve.assets import locate
 from coserve.backends.base import Backend, get_backend
 from coserve.config import LibraryConfig
 from coserve.engine.pool import ExpertPool, Lease
@@ -43,7 +44,7 @@ Policy = Literal["lookahead", "lru", "load_per_request"]
 _HOST_CPU_BACKENDS = ("llamacpp", "llamacpp-split", "transformers")
 DEFAULT_TIMEOUT_S = 300.0  # seconds without a chunk before an expert counts as hung (options.timeout_s)
 
-__all__ = ["Engine", "Stream", "limit_blas_threads", "shares_cores"]
+__all__ = ["Engine", "Stream", "limit_blas_threads", "missing_files", "shares_cores"]
 
 _END = object()
 
@@ -59,6 +60,20 @@ def shares_cores(library: LibraryConfig) -> bool:
             continue  # layers on a GPU
         return True
     return False
+
+
+def missing_files(library: LibraryConfig) -> dict[str, str]:
+    """Experts whose source cannot be found (a package not installed, a path that is not there),
+    without reading or assembling anything; expert -> the reason."""
+    base = library.path.parent if library.path else None
+    problems = {}
+    for spec in library.experts:
+        try:
+            for source in spec.parts:
+                locate(source, base)
+        except AssetError as exc:
+            problems[spec.name] = exc.message
+    return problems
 
 
 def limit_blas_threads() -> None:
@@ -108,6 +123,7 @@ class Engine:
         self.scheduler = Scheduler(max_wait_s=library.memory.max_wait_s if policy == "lookahead" else 0.0)
         if policy == "lookahead":
             pool.next_use = self.scheduler.next_use
+        self.unavailable: dict[str, str] = {}  # expert -> why its model file is not there (at start)
         self.switches = 0  # times the running expert changed
         self._running: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop the dispatcher runs on
@@ -148,7 +164,11 @@ class Engine:
             ram_budget_bytes=memory.ram,
             min_residency_s=memory.min_residency_s,
         )
-        return cls(library, router, pool, metrics, executor, policy)
+        engine = cls(library, router, pool, metrics, executor, policy)
+        for name, problem in missing_files(library).items():
+            pool.note_unavailable(name, problem)
+            engine.unavailable[name] = problem
+        return engine
 
     def slots(self, expert: str) -> int:
         """Requests of one expert that run together (the runtime's parallel slots)."""

@@ -111,6 +111,11 @@ class ExpertPool:
             self._cond = asyncio.Condition()
         return self._cond
 
+    def note_unavailable(self, name: str, message: str) -> None:
+        """Record why an expert cannot load (found at start: a missing model file), for /health;
+        its requests still try it and fall back, so a file put in place later is picked up."""
+        self._slots[name].last_error = message
+
     def rebind(self) -> None:
         """Forget loop-bound primitives (the engine moved to a new event loop); state is kept."""
         self._cond = None
