@@ -363,6 +363,7 @@ _VLLM = {"backend": "vllm", "source": "hf"}
         ({"backend": "openai"}, {"base_url": "localhost:8000"}, "options.base_url: String should match pattern"),
         ({"backend": "llamacpp-split"}, {}, "the llamacpp-split backend serves a model file or folder: give a source"),
         (_SPLIT, {"n_gpu_layers": 10}, "options.n_gpu_layers: llama.cpp would put offloaded layers on the GPU when"),
+        ({**_SPLIT, "context": 2048}, {"kv_cache_tokens": 1024}, "options.kv_cache_tokens (1024) must hold"),
     ],
 )  # fmt: skip
 def test_bad_backend_options_name_the_expert_and_the_key(

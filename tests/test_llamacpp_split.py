@@ -376,3 +376,49 @@ def test_unloading_fails_running_and_waiting_requests_cleanly() -> None:
     assert len(outcomes) == 3
     backend.unstage(model)
     assert model.ptr is None
+
+
+@pytest.mark.e2e
+@needs_llama
+@pytest.mark.parametrize(("cells", "overlap"), [(512, False), (1024, True)])
+def test_a_smaller_shared_cache_admits_a_request_only_when_it_fits_to_its_end(cells: int, overlap: bool) -> None:
+    """Two slots over 512 cells, each request reserving its prompt + 300 tokens: the second waits
+    for the first to end instead of both running out of cells mid-answer; over 1024 both run."""
+    from coserve.backends.gguf_header import kv_cache_bytes, read_header
+    from coserve.backends.llamacpp_split import LlamaCppSplitBackend
+
+    backend = LlamaCppSplitBackend()
+    spec, base = _spec(context=512, options={"n_parallel": 2, "kv_cache_tokens": cells})
+    full, _ = _spec(context=512, options={"n_parallel": 2})
+    kv = kv_cache_bytes(read_header(backend_path(spec, base)), 1024)
+    assert backend.footprint(full, base) - backend.footprint(spec, base) == kv - kv * cells // 1024
+    staged = backend.stage(spec, base)
+    handle = backend.load(spec, base)
+    times: dict[int, list[float]] = {0: [], 1: []}
+    ends: dict[int, Chunk] = {}
+
+    def one(i: int) -> None:
+        def emit(chunk: Chunk) -> bool:
+            times[i].append(time.monotonic())
+            ends[i] = chunk
+            return False
+
+        settings = Sampling(max_tokens=300, temperature=0.0)
+        backend.stream(handle, (Message("user", f"Write a long story about a dragon number {i}."),), settings, emit)
+
+    try:
+        first = threading.Thread(target=one, args=(0,))
+        first.start()
+        while not times[0]:  # the first is admitted and generating
+            time.sleep(0.01)
+        second = threading.Thread(target=one, args=(1,))
+        second.start()
+        first.join(timeout=300)
+        second.join(timeout=300)
+        assert handle.runtime.reserved == 0 and sorted(handle.runtime.free) == [0, 1]
+    finally:
+        backend.unload(handle)
+        backend.unstage(staged)
+    assert ends[0].finish_reason in ("stop", "length") and ends[1].finish_reason in ("stop", "length")
+    assert len(times[0]) > 20 and len(times[1]) > 20, "both answered at length"
+    assert (times[1][0] < times[0][-1]) is overlap  # the second started before the first ended?

@@ -23,7 +23,10 @@ request at the next step. The chat template is the GGUF's own (Jinja), as llama.
 Options (library file): ``threads`` (default: the usable physical cores, coserve.cpus),
 ``n_parallel`` (slots; default 2), ``max_tokens`` (default cap, 512), ``kv_cache_type``
 (``f16``, the default, or ``q8_0``: half the KV cache's memory and half the time to create a
-context, at a small cost in accuracy). Each slot gets the expert's full ``context``.
+context, at a small cost in accuracy), ``kv_cache_tokens`` (cells of the KV cache the slots share;
+default ``n_parallel`` x ``context``: smaller holds less memory, and a request is admitted only
+when its prompt and ``max_tokens`` fit beside the admitted ones', else it waits). Each request may
+use the expert's full ``context``.
 No ``n_gpu_layers``: llama.cpp places offloaded layers on the GPU when the model loads, which is
 this backend's RAM tier; ``backend: llamacpp`` offloads at the RAM -> ACTIVE move instead.
 
@@ -177,15 +180,23 @@ class _Request:
     held: list[int] = field(default_factory=list)  # tokens whose KV cells the sequence holds
     reused: int = 0  # prompt tokens whose cells were kept from the slot's previous request
 
+    @property
+    def cells(self) -> int:
+        """The most cells it can come to hold: its prompt and every token it may generate."""
+        return len(self.prompt) + self.max_tokens
+
 
 class _Context:
     """The ACTIVE tier: a context on a loaded model and the thread that decodes its requests."""
 
-    def __init__(self, model: _Model, n_parallel: int, threads: int, seq_context: int | None = None):
+    def __init__(
+        self, model: _Model, n_parallel: int, threads: int, seq_context: int | None = None, cells: int | None = None
+    ):
         lib = _llama()
         spec = model.spec
         params = lib.llama_context_default_params()
-        params.n_ctx = (seq_context or spec.context) * n_parallel
+        # The cells of the one KV cache the slots share: by default every slot's full context.
+        params.n_ctx = cells or (seq_context or spec.context) * n_parallel
         params.n_seq_max = n_parallel
         params.n_batch = params.n_ubatch = BATCH
         params.n_threads = params.n_threads_batch = threads
@@ -204,6 +215,8 @@ class _Context:
         self.model = model
         self.memory = lib.llama_get_memory(self.ptr)
         self.seq_context = seq_context or spec.context  # cells one request may use
+        self.cells = int(params.n_ctx)
+        self.reserved = 0  # cells the admitted requests may still come to hold (prompt + max_tokens)
         self.batch = lib.llama_batch_init(BATCH, 0, 1)
         self.free = list(range(n_parallel - 1, -1, -1))
         self.kept: dict[int, list[int]] = {}  # free sequence -> tokens its cells still hold
@@ -247,11 +260,15 @@ class _Context:
                 if self.closing:
                     break
                 while self.waiting and self.free:
-                    request = self.waiting.popleft()
+                    request = self.waiting[0]
                     if request.cancelled:  # the caller left while it waited
+                        self.waiting.popleft()
                         _llama().llama_sampler_free(request.sampler)
                         request.out.put(("end", "cancelled"))
                         continue
+                    if self.reserved + request.cells > self.cells:
+                        break  # the cache cannot hold it to its end: it waits for a request to end
+                    self.waiting.popleft()
                     self._admit(request)
             for request in [r for r in self.running if r.cancelled]:
                 self._end(request, "cancelled")
@@ -305,6 +322,7 @@ class _Context:
                 lib.llama_memory_seq_cp(self.memory, donor, seq, 0, keep)
         request.seq, request.fed, request.pos, request.reused = seq, keep, keep, keep
         request.held = prompt[:keep]
+        self.reserved += request.cells
         self.running.append(request)
 
     def _step(self) -> None:
@@ -361,12 +379,19 @@ class _Context:
             self.kept[request.seq] = request.held
         lib.llama_sampler_free(request.sampler)
         self.running.remove(request)
+        self.reserved -= request.cells
         self.free.append(request.seq)
         request.out.put(("end", outcome))
 
 
 def _kv_type(spec: ExpertSpec) -> tuple[int, float]:
     return KV_TYPES[spec.options.get("kv_cache_type", "f16")]  # a key of KV_TYPES (checked by the library file)
+
+
+def _cells(spec: ExpertSpec) -> int:
+    """Cells of the shared KV cache: ``kv_cache_tokens``, or every slot's full context."""
+    n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
+    return int(spec.options.get("kv_cache_tokens", spec.context * n_parallel))
 
 
 def _sampler(sampling: Sampling) -> Any:
@@ -438,7 +463,7 @@ class LlamaCppSplitBackend:
         n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
         return (
             self.nbytes(spec, base)
-            + kv_cache_bytes(header, spec.context * n_parallel, _kv_type(spec)[1])
+            + kv_cache_bytes(header, _cells(spec), _kv_type(spec)[1])
             + compute_buffer_bytes(header, n_parallel)
         )
 
@@ -479,7 +504,7 @@ class LlamaCppSplitBackend:
         if model is None or model.ptr is None:
             model = self.stage(spec, base)
         n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
-        context = _Context(model, n_parallel, self._threads(spec))
+        context = _Context(model, n_parallel, self._threads(spec), cells=_cells(spec))
         return Handle(
             spec,
             context,

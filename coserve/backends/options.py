@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["DTYPE_BYTES", "OPTIONS", "check_options"]
+__all__ = ["DTYPE_BYTES", "OPTIONS", "check_options", "check_with_context"]
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}  # torch dtypes the GPU backends size
 
@@ -38,6 +38,7 @@ class LlamaCppOptions(_LlamaCppCommon):
 
 class LlamaCppSplitOptions(_LlamaCppCommon):
     kv_cache_type: Literal["f16", "q8_0"] | None = None
+    kv_cache_tokens: int | None = Field(None, ge=128)  # cells of the shared KV cache (>= context)
 
 
 class OpenAIOptions(_Common):
@@ -90,6 +91,15 @@ OPTIONS: dict[str, type[_Common]] = {
     "transformers": TransformersOptions,
     "fake": FakeOptions,
 }
+
+
+def check_with_context(backend: str, options: dict[str, Any], context: int) -> None:
+    """What the options must satisfy against the expert's ``context``; ValueError if not."""
+    cells = options.get("kv_cache_tokens")
+    if backend == "llamacpp-split" and cells is not None and cells < context:
+        raise ValueError(
+            f"options.kv_cache_tokens ({cells}) must hold at least one request of the expert's context ({context})"
+        )
 
 
 def check_options(backend: str, options: Any) -> dict[str, Any]:
