@@ -114,3 +114,26 @@ def test_serve_bench_reads_its_targets_off_the_run() -> None:
     run["policies"]["peer"] = {"skipped": "llama-cpp-python is not installed"}
     del run["switch"]["hugepages"]
     assert set(targets(run)) == {"x_load_per_request", "below_all_resident", "switch_over_floor"}
+
+
+@pytest.mark.e2e
+def test_serve_bench_routed_replay_counts_answers_from_another_expert(tmp_path: Path, cache: Path) -> None:
+    """The coserve policies send `model: coserve`: the server routes each prompt itself, and the
+    replay counts answers from another expert than the workload planned."""
+    import asyncio
+
+    from live import LiveServer
+
+    from coserve.bench.serve import _replay, make_workload
+    from coserve.config import load_library
+
+    with LiveServer(tmp_path) as live:
+        workload = make_workload(load_library(live.library), 6, 20.0, seed=1)  # the same router, in-process
+        assert {w["expert"] for w in workload} <= {"small", "coder", "big"}
+        routed = asyncio.run(_replay(live.url, workload, 4, routed=True))
+        assert routed["routed"] is True and routed["not_the_planned_expert"] == 0
+        assert routed["throughput_rps"] > 0 and routed["p50_s"] > 0
+        wrong = [{**w, "expert": "nobody"} for w in workload]
+        assert asyncio.run(_replay(live.url, wrong, 4, routed=True))["not_the_planned_expert"] == len(wrong)
+        pinned = asyncio.run(_replay(live.url, workload, 4))  # the peer's way: each expert by name
+        assert "not_the_planned_expert" not in pinned

@@ -90,9 +90,13 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> N
     raise RuntimeError(f"{url} did not come up")
 
 
-async def _replay(base: str, workload: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
-    """Send every request at its arrival time (streamed); collect latency and time to first token."""
+async def _replay(base: str, workload: list[dict[str, Any]], max_tokens: int, routed: bool = False) -> dict[str, Any]:
+    """Send every request at its arrival time (streamed); collect latency and time to first token.
+
+    ``routed``: ask for the virtual model ``coserve``, so the server routes each prompt itself (its
+    router's cost included), and count answers from another expert than the workload planned."""
     results: list[dict[str, float]] = []
+    elsewhere = 0
     limits = httpx.Limits(max_connections=len(workload) + 4)
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
         start = time.monotonic()
@@ -101,8 +105,9 @@ async def _replay(base: str, workload: list[dict[str, Any]], max_tokens: int) ->
             await asyncio.sleep(max(0.0, start + item["at"] - time.monotonic()))
             sent = time.monotonic()
             first = math.nan
+            nonlocal elsewhere
             body = {
-                "model": item["expert"],
+                "model": "coserve" if routed else item["expert"],
                 "messages": [{"role": "user", "content": item["prompt"]}],
                 "max_tokens": max_tokens,
                 "temperature": 0,
@@ -115,6 +120,7 @@ async def _replay(base: str, workload: list[dict[str, Any]], max_tokens: int) ->
                         chunk = json.loads(line[6:])
                         if chunk.get("choices") and (chunk["choices"][0].get("delta") or {}).get("content"):
                             first = time.monotonic() - sent
+                            elsewhere += chunk.get("model") != item["expert"]
             results.append({"latency": time.monotonic() - sent, "ttft": first})
 
         await asyncio.gather(*(one(item) for item in workload))
@@ -127,6 +133,7 @@ async def _replay(base: str, workload: list[dict[str, Any]], max_tokens: int) ->
         "p95_s": latencies[int(0.95 * (len(latencies) - 1))],
         "ttft_p50_s": statistics.median(ttfts) if ttfts else math.nan,
         "makespan_s": makespan,
+        **({"routed": True, "not_the_planned_expert": elsewhere} if routed else {}),
     }
 
 
@@ -166,7 +173,7 @@ def _run_coserve(library_path: Path, policy: str, workload: list[dict[str, Any]]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_up(f"http://127.0.0.1:{port}/health", proc)
-        result = asyncio.run(_replay(f"http://127.0.0.1:{port}", workload, max_tokens))
+        result = asyncio.run(_replay(f"http://127.0.0.1:{port}", workload, max_tokens, routed=True))
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         health = httpx.get(f"http://127.0.0.1:{port}/health").json()
         result["switches"] = int(health["engine"]["switches"])
