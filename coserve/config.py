@@ -125,9 +125,9 @@ class ExpertSpec(_Strict):
 
     @model_validator(mode="after")
     def _source_for_files(self) -> ExpertSpec:
-        from coserve.backends.options import check_with_context
+        from coserve.backends.options import OPTIONS
 
-        check_with_context(self.backend, self.options, self.context)
+        OPTIONS[self.backend].check_context(self.options, self.context)
         if self.backend in FILE_BACKENDS and self.source is None:
             raise ValueError(f"the {self.backend} backend serves a model file or folder: give a source")
         if isinstance(self.source, list) and len(self.source) > 1 and self.sha256 is None:

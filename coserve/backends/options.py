@@ -8,11 +8,11 @@ their own defaults for keys left out); this module imports no runtime.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["DTYPE_BYTES", "OPTIONS", "check_options", "check_with_context"]
+__all__ = ["DTYPE_BYTES", "OPTIONS", "check_options"]
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}  # torch dtypes the GPU backends size
 
@@ -21,10 +21,21 @@ class _Common(BaseModel):
     """Read by the engine for every backend."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Keys this backend refuses for a reason worth more than "not an option": key -> the reason.
+    refused: ClassVar[dict[str, str]] = {}
 
     n_parallel: int | None = Field(None, ge=1, le=256)  # requests served together (slots)
     max_tokens: int | None = Field(None, ge=1)  # the cap when a request names none
     timeout_s: float | None = Field(None, gt=0)  # seconds without a chunk before the expert counts as hung
+
+    @classmethod
+    def check_context(cls, options: dict[str, Any], context: int) -> None:
+        """What the checked options must satisfy against the expert's ``context``; ValueError if not."""
+
+    @classmethod
+    def on_host_cores(cls, options: dict[str, Any]) -> bool:
+        """Whether an expert with these options decodes on this machine's CPU cores."""
+        return False
 
 
 class _LlamaCppCommon(_Common):
@@ -35,10 +46,31 @@ class LlamaCppOptions(_LlamaCppCommon):
     prompt_cache_mib: int | None = Field(None, ge=0)
     n_gpu_layers: int | None = Field(None, ge=-1)  # -1: all; needs a runtime built with CUDA
 
+    @classmethod
+    def on_host_cores(cls, options: dict[str, Any]) -> bool:
+        return int(options.get("n_gpu_layers", 0)) == 0  # not with layers on a GPU
+
 
 class LlamaCppSplitOptions(_LlamaCppCommon):
+    refused: ClassVar[dict[str, str]] = {
+        "n_gpu_layers": "llama.cpp would put offloaded layers on the GPU when the model loads, which is "
+        "this backend's RAM tier; use backend llamacpp, which offloads at the RAM -> ACTIVE move",
+    }
+
     kv_cache_type: Literal["f16", "q8_0"] | None = None
     kv_cache_tokens: int | None = Field(None, ge=128)  # cells of the shared KV cache (>= context)
+
+    @classmethod
+    def check_context(cls, options: dict[str, Any], context: int) -> None:
+        cells = options.get("kv_cache_tokens")
+        if cells is not None and cells < context:
+            raise ValueError(
+                f"options.kv_cache_tokens ({cells}) must hold at least one request of the expert's context ({context})"
+            )
+
+    @classmethod
+    def on_host_cores(cls, options: dict[str, Any]) -> bool:
+        return True
 
 
 class OpenAIOptions(_Common):
@@ -61,6 +93,10 @@ class TransformersOptions(_Common):
     device: str | None = Field(None, pattern=r"^(cpu|cuda(:[0-9]+)?|mps)$")
     dtype: Literal["bfloat16", "float16", "float32"] | None = None
 
+    @classmethod
+    def on_host_cores(cls, options: dict[str, Any]) -> bool:
+        return options.get("device", "cpu") == "cpu"  # unset: a GPU only if PyTorch sees one
+
 
 class FakeOptions(_Common):
     """The test double's knobs (coserve.backends.fake)."""
@@ -77,12 +113,6 @@ class FakeOptions(_Common):
     fail_after_tokens: int | None = Field(None, ge=0)
 
 
-# Keys a backend refuses for a reason worth more than "unknown key".
-_REFUSED = {
-    ("llamacpp-split", "n_gpu_layers"): "llama.cpp would put offloaded layers on the GPU when the model loads, "
-    "which is this backend's RAM tier; use backend llamacpp, which offloads at the RAM -> ACTIVE move",
-}
-
 OPTIONS: dict[str, type[_Common]] = {
     "llamacpp": LlamaCppOptions,
     "llamacpp-split": LlamaCppSplitOptions,
@@ -91,15 +121,6 @@ OPTIONS: dict[str, type[_Common]] = {
     "transformers": TransformersOptions,
     "fake": FakeOptions,
 }
-
-
-def check_with_context(backend: str, options: dict[str, Any], context: int) -> None:
-    """What the options must satisfy against the expert's ``context``; ValueError if not."""
-    cells = options.get("kv_cache_tokens")
-    if backend == "llamacpp-split" and cells is not None and cells < context:
-        raise ValueError(
-            f"options.kv_cache_tokens ({cells}) must hold at least one request of the expert's context ({context})"
-        )
 
 
 def check_options(backend: str, options: Any) -> dict[str, Any]:
@@ -113,8 +134,8 @@ def check_options(backend: str, options: Any) -> dict[str, Any]:
         for err in exc.errors():
             key = ".".join(str(part) for part in err["loc"])
             where = f"options.{key}" if key else "options"
-            if (backend, key) in _REFUSED:
-                problems.append(f"{where}: {_REFUSED[backend, key]}")
+            if key in schema.refused:
+                problems.append(f"{where}: {schema.refused[key]}")
             elif err["type"] == "extra_forbidden":
                 problems.append(f"{where}: not an option of the {backend} backend (known: {known})")
             else:

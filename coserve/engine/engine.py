@@ -29,6 +29,7 @@ from typing import Literal
 
 from coserve.assets import locate
 from coserve.backends.base import Backend, get_backend
+from coserve.backends.options import OPTIONS
 from coserve.config import LibraryConfig
 from coserve.engine.pool import ExpertPool, Lease
 from coserve.engine.scheduler import Scheduler, Work
@@ -40,8 +41,6 @@ from coserve.types import Chunk, Completion, Decision, Request, Tier, Usage
 
 Policy = Literal["lookahead", "lru", "load_per_request"]
 
-# Backends whose experts decode on this machine's cores (transformers: unless it is given a GPU).
-_HOST_CPU_BACKENDS = ("llamacpp", "llamacpp-split", "transformers")
 DEFAULT_TIMEOUT_S = 300.0  # seconds without a chunk before an expert counts as hung (options.timeout_s)
 
 __all__ = ["Engine", "Stream", "limit_blas_threads", "missing_files", "shares_cores"]
@@ -51,15 +50,7 @@ _END = object()
 
 def shares_cores(library: LibraryConfig) -> bool:
     """Whether an expert of the library decodes on the cores the router runs on."""
-    for spec in library.experts:
-        if spec.backend not in _HOST_CPU_BACKENDS:
-            continue
-        if spec.backend == "transformers" and str(spec.options.get("device", "cpu")) != "cpu":
-            continue
-        if int(spec.options.get("n_gpu_layers", 0)) != 0:
-            continue  # layers on a GPU
-        return True
-    return False
+    return any(OPTIONS[spec.backend].on_host_cores(spec.options) for spec in library.experts)
 
 
 def missing_files(library: LibraryConfig) -> dict[str, str]:
