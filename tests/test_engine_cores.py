@@ -25,7 +25,8 @@ _FILE = {"source": "m.gguf", "options": {}}
         ({}, False),  # every expert is the fake
         ({"backend": "llamacpp-split", **_FILE}, True),
         ({"backend": "llamacpp", **_FILE}, True),
-        ({"backend": "llamacpp", "source": "m.gguf", "options": {"n_gpu_layers": -1}}, False),
+        ({"backend": "llamacpp", "source": "m.gguf", "options": {"n_gpu_layers": -1}}, False),  # all on a GPU
+        ({"backend": "llamacpp", "source": "m.gguf", "options": {"n_gpu_layers": 10}}, True),  # the rest here
         ({"backend": "transformers", "source": "hf", "options": {}}, True),  # CPU unless told
         ({"backend": "transformers", "source": "hf", "options": {"device": "cuda:0"}}, False),
         ({"backend": "openai", "options": {"base_url": "http://127.0.0.1:9/v1"}}, False),

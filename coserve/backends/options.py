@@ -48,7 +48,8 @@ class LlamaCppOptions(_LlamaCppCommon):
 
     @classmethod
     def on_host_cores(cls, options: dict[str, Any]) -> bool:
-        return int(options.get("n_gpu_layers", 0)) == 0  # not with layers on a GPU
+        # Not with every layer on a GPU (-1); a partial offload still decodes the rest here.
+        return int(options.get("n_gpu_layers", 0)) != -1
 
 
 class LlamaCppSplitOptions(_LlamaCppCommon):
