@@ -51,7 +51,10 @@ def _cgroup_quota(sys_root: Path, proc_root: Path) -> float | None:
     limits: list[float] = []
     root = sys_root / "fs" / "cgroup"
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue  # not a cgroup line
+        _, controllers, path = fields
         if controllers == "":  # cgroup v2: cpu.max of this cgroup and of each parent
             folder = root / path.strip().lstrip("/")
             for level in [folder, *folder.parents]:
@@ -70,11 +73,12 @@ def _cgroup_quota(sys_root: Path, proc_root: Path) -> float | None:
 def _v2_limit(path: Path) -> list[float]:
     try:
         quota, period = path.read_text().split()[:2]
-    except (OSError, ValueError):
-        return []
-    if quota == "max":
-        return []
-    return [int(quota) / int(period)]
+        if quota == "max":
+            return []
+        limit = int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return []  # unreadable or not a limit: none counted
+    return [limit] if limit > 0 else []
 
 
 def _v1_limit(folder: Path) -> list[float]:

@@ -79,3 +79,11 @@ def test_unreadable_topology_counts_logical_cpus(tmp_path: Path, eight_cpus: Non
 
 def test_this_machine() -> None:
     assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("cpu_max", ["", "max\n", "lots 100000\n", "200000 0\n", "-5 100000\n"])
+def test_a_cpu_max_that_is_not_a_limit_counts_as_none(tmp_path: Path, eight_cpus: None, cpu_max: str) -> None:
+    sys_root, proc_root = _machine(tmp_path, [(0, c) for c in range(8)], cgroup="garbage\n0::/pod\n\n")
+    (sys_root / "fs" / "cgroup" / "pod").mkdir(parents=True)
+    (sys_root / "fs" / "cgroup" / "pod" / "cpu.max").write_text(cpu_max)
+    assert usable_cores(sys_root, proc_root) == 8
