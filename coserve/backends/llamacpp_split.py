@@ -388,10 +388,13 @@ def _kv_type(spec: ExpertSpec) -> tuple[int, float]:
     return KV_TYPES[spec.options.get("kv_cache_type", "f16")]  # a key of KV_TYPES (checked by the library file)
 
 
+def _slots(spec: ExpertSpec) -> int:
+    return int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
+
+
 def _cells(spec: ExpertSpec) -> int:
     """Cells of the shared KV cache: ``kv_cache_tokens``, or every slot's full context."""
-    n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
-    return int(spec.options.get("kv_cache_tokens", spec.context * n_parallel))
+    return int(spec.options.get("kv_cache_tokens", spec.context * _slots(spec)))
 
 
 def _sampler(sampling: Sampling) -> Any:
@@ -460,7 +463,7 @@ class LlamaCppSplitBackend:
         KV cache of every slot + compute buffers."""
         path = gguf_path(spec, base)
         header = read_header(path)
-        n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
+        n_parallel = _slots(spec)
         return (
             self.nbytes(spec, base)
             + kv_cache_bytes(header, _cells(spec), _kv_type(spec)[1])
@@ -503,7 +506,7 @@ class LlamaCppSplitBackend:
             model = self._models.get(spec.name)
         if model is None or model.ptr is None:
             model = self.stage(spec, base)
-        n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
+        n_parallel = _slots(spec)
         context = _Context(model, n_parallel, self._threads(spec), cells=_cells(spec))
         return Handle(
             spec,
