@@ -18,18 +18,11 @@ from pathlib import Path
 
 from coserve.config import ExpertSpec
 from coserve.errors import AssetError
+from coserve.paths import cache_dir
 
-__all__ = ["cache_dir", "is_assembled", "locate", "model_path", "sha256_file", "source_size"]
+__all__ = ["is_assembled", "locate", "model_path", "sha256_file", "source_size"]
 
 _CHUNK = 8 * 2**20  # bytes read at a time when hashing and copying
-
-
-def cache_dir() -> Path:
-    """``$COSERVE_CACHE``, else ``~/.cache/coserve``."""
-    root = os.environ.get("COSERVE_CACHE") or Path.home() / ".cache" / "coserve"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def locate(source: str, base: Path | None) -> Path:

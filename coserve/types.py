@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 __all__ = [
+    "ROUTED_MODEL",
     "Chunk",
     "Completion",
     "Constraints",
@@ -22,6 +23,8 @@ __all__ = [
     "Tier",
     "Usage",
 ]
+
+ROUTED_MODEL = "coserve"  # the virtual model name that asks for routing (any other name pins an expert)
 
 _request_ids = itertools.count(1)
 
@@ -70,7 +73,7 @@ class Request:
     """One chat request, created once at the edge and read by every stage."""
 
     messages: tuple[Message, ...]
-    model: str  # "coserve" to route, or an expert's name to pin
+    model: str  # ROUTED_MODEL to route, or an expert's name to pin
     sampling: Sampling = field(default_factory=Sampling)
     constraints: Constraints = field(default_factory=Constraints)
     stream: bool = False

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from coserve.assets import cache_dir, locate, model_path, sha256_file, source_size
+from coserve.assets import locate, model_path, sha256_file, source_size
 from coserve.backends.llamacpp import LlamaCppBackend
 from coserve.config import ExpertSpec
 from coserve.errors import AssetError
+from coserve.paths import cache_dir
 
 
 def _spec(**fields: Any) -> ExpertSpec:

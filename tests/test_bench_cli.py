@@ -67,7 +67,8 @@ def test_serve_bench_switch_measurement_goes_through_the_backends_tiers(tmp_path
 
     from coserve.assets import model_path
     from coserve.bench.serve import _thp_mode, measure_switch, measure_switch_hugepages
-    from coserve.config import default_library_path, load_library
+    from coserve.config import load_library
+    from coserve.paths import default_library_path
 
     default = load_library()
     path = model_path(default.expert("general"), default_library_path().parent)

@@ -8,7 +8,7 @@ import pytest
 from conftest import greedy
 
 from coserve.assets import model_path
-from coserve.backends.base import get_backend
+from coserve.backends.registry import get_backend
 from coserve.backends.staging import drop_cache
 from coserve.config import load_library
 from coserve.engine.pool import ExpertPool

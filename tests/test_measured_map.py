@@ -1,17 +1,21 @@
-"""A library whose category -> expert map is solved from measured outcomes (``router.outcomes``),
-and ``coserve map``, which shows the table, the maps at budgets and the front."""
+"""A library whose category -> expert map is solved from measured outcomes (``router.outcomes``) by
+the router side (``with_measured_map``), and ``coserve map``, which shows the table, the maps at
+budgets and the front."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from coserve.cli import main
-from coserve.config import load_library
+from coserve.config import LibraryConfig, load_library
 from coserve.errors import ConfigError
+from coserve.paths import default_library_path
+from coserve.router.measured import with_measured_map
 from tests.conftest import library_data, write_library
 
 # Mean scores per (category, expert) that the rows below average to; params small 0.1, coder 0.5, big 1.5.
@@ -46,19 +50,47 @@ def measured_library(tmp_path: Path, budget: float | None = None, **router: Any)
     return write_library(tmp_path, router=settings)
 
 
+def solved(path: Path) -> LibraryConfig:
+    """The library at ``path`` with its map solved from its outcomes, as the router sees it."""
+    return with_measured_map(load_library(path))
+
+
 def test_the_map_is_solved_from_outcomes_under_the_budget(tmp_path: Path) -> None:
     # Unconstrained: the best expert per category (big everywhere; chat too: 0.55 > 0.5).
-    assert load_library(measured_library(tmp_path)).router.map == {"code": "big", "math": "big", "chat": "big"}
+    assert solved(measured_library(tmp_path)).router.map == {"code": "big", "math": "big", "chat": "big"}
     # 0.7 B on average over equal categories: big on one category at most (1.5 + 0.5 + 0.1 = 2.1 / 3).
-    lib = load_library(measured_library(tmp_path, budget=0.7))
+    lib = solved(measured_library(tmp_path, budget=0.7))
     assert lib.router.map == {"code": "coder", "math": "big", "chat": "small"}
     # The cheapest possible: small everywhere.
-    assert set(load_library(measured_library(tmp_path, budget=0.1)).router.map.values()) == {"small"}
+    assert set(solved(measured_library(tmp_path, budget=0.1)).router.map.values()) == {"small"}
+
+
+def test_default_library_map_is_solved_from_its_shipped_outcomes() -> None:
+    library = solved(default_library_path())
+    assert library.router.outcomes is not None and library.path is not None
+    shipped = library.path.parent / library.router.outcomes
+    rows = [json.loads(line) for line in shipped.read_text().splitlines() if line.strip()]
+    # Ids and scores only: the prompts stay in the suites' packages.
+    assert rows and all(set(row) == {"id", "category", "scores"} for row in rows)
+    assert all(re.fullmatch(r"(mmlu|gsm8k|humaneval|mtbench)-\d+", row["id"]) for row in rows)
+    assert {row["category"] for row in rows} == set(library.categories)
+    assert set(library.router.map) == set(library.categories)
+    # The budget binds: the solved map spends at most the budget under the library's priors.
+    priors = library.router.priors
+    params = {e.name: e.params_b for e in library.experts}
+    spent = sum(w * params[library.router.map[c]] for c, w in priors.items()) / sum(priors.values())
+    assert library.router.budget.avg_params_b is not None and spent <= library.router.budget.avg_params_b
+
+
+def test_the_file_is_read_once_and_a_solved_map_is_kept(tmp_path: Path) -> None:
+    library = solved(measured_library(tmp_path))
+    (tmp_path / "measured.jsonl").unlink()  # solving again would need it
+    assert with_measured_map(library) is library
 
 
 def test_priors_weight_the_categories(tmp_path: Path) -> None:
     # Chat is most of the traffic: a 0.7 B budget now buys big for math and maths only is rare.
-    lib = load_library(measured_library(tmp_path, budget=0.7, priors={"chat": 8, "code": 1, "math": 1}))
+    lib = solved(measured_library(tmp_path, budget=0.7, priors={"chat": 8, "code": 1, "math": 1}))
     cost = {"small": 0.1, "coder": 0.5, "big": 1.5}
     spent = (8 * cost[lib.router.map["chat"]] + cost[lib.router.map["code"]] + cost[lib.router.map["math"]]) / 10
     assert spent <= 0.7 and lib.router.map["chat"] == "small"
@@ -75,7 +107,7 @@ def test_priors_weight_the_categories(tmp_path: Path) -> None:
 )
 def test_bad_measured_settings(tmp_path: Path, router: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        load_library(measured_library(tmp_path, **router))
+        solved(measured_library(tmp_path, **router))
 
 
 @pytest.mark.parametrize(
@@ -91,7 +123,7 @@ def test_bad_outcome_rows_name_the_line(tmp_path: Path, row: str, message: str) 
     text = (tmp_path / "measured.jsonl").read_text().splitlines()
     (tmp_path / "measured.jsonl").write_text("\n".join([*text[:8], row, *text[8:]]) + "\n")
     with pytest.raises(ConfigError, match=message):
-        load_library(path)
+        solved(path)
 
 
 def test_a_category_without_scores_is_refused(tmp_path: Path) -> None:
@@ -102,10 +134,10 @@ def test_a_category_without_scores_is_refused(tmp_path: Path) -> None:
             del row["scores"]["coder"]  # coder was never measured on maths
     (tmp_path / "measured.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ConfigError, match=r"no scores for \(category/expert\) math/coder"):
-        load_library(path)
+        solved(path)
     (tmp_path / "measured.jsonl").unlink()
     with pytest.raises(ConfigError, match=r"router\.outcomes: cannot read"):
-        load_library(path)
+        solved(path)
 
 
 def test_map_command_prints_the_table_maps_and_front(tmp_path: Path, capsys: Any) -> None:

@@ -13,7 +13,7 @@ from coserve.config import LibraryConfig, load_library
 from coserve.errors import ConfigError, NotFound
 from coserve.router.classify import LogisticClassifier, make_classifier
 from coserve.router.embed import HashingEmbedder, make_embedder
-from coserve.router.router import FORMAT_VERSION, CoERouter
+from coserve.router.router import CACHE_FORMAT_VERSION, CoERouter
 from coserve.types import Constraints, Message, Request
 
 
@@ -181,7 +181,7 @@ def test_save_and_load_round_trip(fitted: CoERouter, library: LibraryConfig, tmp
     fitted.save(directory)
     assert sorted(p.name for p in directory.iterdir()) == ["arrays.npz", "manifest.json"]
     manifest = json.loads((directory / "manifest.json").read_text())
-    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest["format_version"] == CACHE_FORMAT_VERSION
     assert manifest["library_hash"] == library.content_hash
     assert manifest["embedder"] == "hashing"
     with np.load(directory / "arrays.npz", allow_pickle=False) as data:
@@ -238,7 +238,7 @@ def test_load_refuses_damaged_or_foreign_directories(fitted: CoERouter, library:
     directory = tmp_path / "router"
     fitted.save(directory)
     manifest = json.loads((directory / "manifest.json").read_text())
-    (directory / "manifest.json").write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION + 1}))
+    (directory / "manifest.json").write_text(json.dumps({**manifest, "format_version": CACHE_FORMAT_VERSION + 1}))
     with pytest.raises(ConfigError):
         CoERouter.load(directory, library, HashingEmbedder())
     (directory / "manifest.json").write_text(json.dumps({**manifest, "classifier": "forest"}))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from coserve.backends.base import get_backend
+from coserve.backends.registry import get_backend
 from coserve.config import load_library
 from coserve.errors import ConfigError
 from tests.conftest import write_library

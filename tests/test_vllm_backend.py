@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import greedy, write_library
 
-from coserve.backends.base import get_backend
+from coserve.backends.registry import get_backend
 from coserve.config import load_library
 from coserve.engine.pool import ExpertPool
 from coserve.errors import AssetError, ConfigError, ExpertLoadError

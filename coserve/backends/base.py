@@ -7,7 +7,6 @@ queues or budgets.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,10 +14,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from coserve.config import ExpertSpec
-from coserve.errors import ConfigError, ExpertLoadError
+from coserve.errors import ExpertLoadError
 from coserve.types import Chunk, Message, Sampling
 
-__all__ = ["BACKENDS", "Backend", "Emit", "Handle", "get_backend", "validated"]
+__all__ = ["Backend", "Emit", "Handle", "validated"]
 
 # Called with each streamed chunk; returning True asks the backend to stop generating (cancel).
 Emit = Callable[[Chunk], bool]
@@ -68,32 +67,6 @@ class Backend(Protocol):
         """Bytes the expert occupies when ACTIVE, known before loading it: its weights plus the
         runtime's own state (KV cache for every slot, compute buffers, repacked weight copies)."""
         ...
-
-
-# name -> "module:Class", imported only when a library uses it.
-BACKENDS = {
-    "llamacpp": "coserve.backends.llamacpp:LlamaCppBackend",
-    "llamacpp-split": "coserve.backends.llamacpp_split:LlamaCppSplitBackend",
-    "fake": "coserve.backends.fake:FakeBackend",
-    "openai": "coserve.backends.openai_http:OpenAIHTTPBackend",
-    "transformers": "coserve.backends.transformers_hf:TransformersBackend",
-    "vllm": "coserve.backends.vllm_engine:VLLMBackend",
-}
-
-
-def get_backend(name: str) -> Backend:
-    """Instantiate a backend by name (lazy import)."""
-    try:
-        target = BACKENDS[name]
-    except KeyError:
-        raise ConfigError(f"unknown backend {name!r}; known: {sorted(BACKENDS)}") from None
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"backend {name!r} needs a package that is not installed: {exc}") from None
-    backend: Backend = getattr(module, class_name)()
-    return backend
 
 
 def validated(backend: Backend, handle: Handle, started: float) -> Handle:

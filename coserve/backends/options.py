@@ -1,9 +1,10 @@
-"""What each backend accepts under an expert's ``options``, checked when the library is read.
+"""What each backend accepts under an expert's ``options``: one pydantic schema per backend.
 
-A typo (``n_paralel``), a value of the wrong kind (``threads: two``) or one out of range
-(``kv_cache_type: q4``) is a ConfigError at startup that names the expert and the key, instead of
-an expert that fails on its first request. The backends read the checked dict as before (with
-their own defaults for keys left out); this module imports no runtime.
+coserve.backends.registry pairs each schema with its backend and checks a library's experts
+against it before an engine is built: a typo (``n_paralel``), a value of the wrong kind (``threads:
+two``) or one out of range (``kv_cache_type: q4``) is a ConfigError at startup that names the
+expert and the key, instead of an expert that fails on its first request. The backends read the
+checked dict (with their own defaults for keys left out); this module imports no runtime.
 """
 
 from __future__ import annotations
@@ -12,12 +13,22 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["DTYPE_BYTES", "OPTIONS", "check_options"]
+__all__ = [
+    "DTYPE_BYTES",
+    "BackendOptions",
+    "FakeOptions",
+    "LlamaCppOptions",
+    "LlamaCppSplitOptions",
+    "OpenAIOptions",
+    "TransformersOptions",
+    "VllmOptions",
+    "check_options",
+]
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}  # torch dtypes the GPU backends size
 
 
-class _Common(BaseModel):
+class BackendOptions(BaseModel):
     """Read by the engine for every backend."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -38,7 +49,7 @@ class _Common(BaseModel):
         return False
 
 
-class _LlamaCppCommon(_Common):
+class _LlamaCppCommon(BackendOptions):
     threads: int | None = Field(None, ge=1, le=1024)
 
 
@@ -74,7 +85,7 @@ class LlamaCppSplitOptions(_LlamaCppCommon):
         return True
 
 
-class OpenAIOptions(_Common):
+class OpenAIOptions(BackendOptions):
     base_url: str = Field(pattern=r"^https?://\S+$")
     model: str | None = Field(None, min_length=1)  # the name the endpoint knows the model by
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -82,7 +93,7 @@ class OpenAIOptions(_Common):
     read_timeout: float | None = Field(None, gt=0)
 
 
-class VllmOptions(_Common):
+class VllmOptions(BackendOptions):
     sleep_mode: Literal["auto", "on", "off"] | None = None
     dtype: Literal["bfloat16", "float16", "float32"] | None = None
     kv_cache_mib: int | None = Field(None, ge=1)
@@ -90,7 +101,7 @@ class VllmOptions(_Common):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
 
 
-class TransformersOptions(_Common):
+class TransformersOptions(BackendOptions):
     device: str | None = Field(None, pattern=r"^(cpu|cuda(:[0-9]+)?|mps)$")
     dtype: Literal["bfloat16", "float16", "float32"] | None = None
 
@@ -99,7 +110,7 @@ class TransformersOptions(_Common):
         return options.get("device", "cpu") == "cpu"  # unset: a GPU only if PyTorch sees one
 
 
-class FakeOptions(_Common):
+class FakeOptions(BackendOptions):
     """The test double's knobs (coserve.backends.fake)."""
 
     nbytes: int | None = Field(None, ge=0)
@@ -114,19 +125,8 @@ class FakeOptions(_Common):
     fail_after_tokens: int | None = Field(None, ge=0)
 
 
-OPTIONS: dict[str, type[_Common]] = {
-    "llamacpp": LlamaCppOptions,
-    "llamacpp-split": LlamaCppSplitOptions,
-    "openai": OpenAIOptions,
-    "vllm": VllmOptions,
-    "transformers": TransformersOptions,
-    "fake": FakeOptions,
-}
-
-
-def check_options(backend: str, options: Any) -> dict[str, Any]:
+def check_options(schema: type[BackendOptions], backend: str, options: Any) -> dict[str, Any]:
     """The options as checked values (only the keys given); ValueError naming every bad key."""
-    schema = OPTIONS[backend]
     try:
         checked = schema.model_validate(options if options is not None else {})
     except ValidationError as exc:

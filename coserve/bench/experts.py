@@ -13,7 +13,7 @@ import statistics
 import time
 from typing import Any
 
-from coserve.backends.base import get_backend
+from coserve.backends.registry import get_backend
 from coserve.config import LibraryConfig
 from coserve.types import Chunk, Message, Sampling
 

@@ -11,10 +11,10 @@ import statistics
 import time
 from typing import Any
 
-from coserve.assets import cache_dir
 from coserve.config import LibraryConfig
+from coserve.paths import cache_dir
 from coserve.router.router import CoERouter
-from coserve.types import Message, Request
+from coserve.types import ROUTED_MODEL, Message, Request
 
 __all__ = ["bench_route", "decision_times"]
 
@@ -46,11 +46,11 @@ def decision_times(library: LibraryConfig, lengths: tuple[int, ...] = (16, 64, 2
     out: dict[str, Any] = {}
     for length in lengths:
         prompts = [_prompt(router, rng, length) for _ in range(n)]
-        router.route(Request((Message("user", prompts[0]),), "coserve"))  # warm-up
+        router.route(Request((Message("user", prompts[0]),), ROUTED_MODEL))  # warm-up
         times = []
         for text in prompts[1:]:
             start = time.perf_counter()
-            router.route(Request((Message("user", text),), "coserve"))
+            router.route(Request((Message("user", text),), ROUTED_MODEL))
             times.append((time.perf_counter() - start) * 1000)
         times.sort()
         out[str(length)] = {"p50": statistics.median(times), "p95": times[int(0.95 * (len(times) - 1))]}

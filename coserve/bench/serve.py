@@ -38,13 +38,14 @@ from typing import Any
 import httpx
 import yaml
 
-from coserve.assets import cache_dir, model_path
-from coserve.backends.base import get_backend
+from coserve.assets import model_path
+from coserve.backends.registry import get_backend
 from coserve.backends.staging import read_bandwidth
-from coserve.config import LibraryConfig, default_library_path
+from coserve.config import LibraryConfig
 from coserve.cpus import usable_cores
+from coserve.paths import cache_dir, default_library_path
 from coserve.router.router import CoERouter
-from coserve.types import Message, Request
+from coserve.types import ROUTED_MODEL, Message, Request
 
 __all__ = ["bench_serve", "make_workload"]
 
@@ -65,7 +66,7 @@ def make_workload(library: LibraryConfig, n: int, rate: float, seed: int) -> lis
         t += rng.expovariate(rate)
         category = rng.choices(names, weights)[0]
         prompt = rng.choice(pools[category])
-        decision = router.route(Request((Message("user", prompt),), "coserve"))
+        decision = router.route(Request((Message("user", prompt),), ROUTED_MODEL))
         out.append({"i": i, "at": t, "prompt": prompt, "category": category, "expert": decision.expert})
     return out
 
@@ -107,7 +108,7 @@ async def _replay(base: str, workload: list[dict[str, Any]], max_tokens: int, ro
             first = math.nan
             nonlocal elsewhere
             body = {
-                "model": "coserve" if routed else item["expert"],
+                "model": ROUTED_MODEL if routed else item["expert"],
                 "messages": [{"role": "user", "content": item["prompt"]}],
                 "max_tokens": max_tokens,
                 "temperature": 0,

@@ -28,16 +28,17 @@ from pathlib import Path
 from typing import Literal
 
 from coserve.assets import locate
-from coserve.backends.base import Backend, get_backend
-from coserve.backends.options import OPTIONS
+from coserve.backends.base import Backend
+from coserve.backends.registry import BACKENDS, check_library, get_backend
 from coserve.config import LibraryConfig
 from coserve.engine.pool import ExpertPool, Lease
 from coserve.engine.scheduler import Scheduler, Work
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.metrics import Metrics
 from coserve.router.embed import Embedder
+from coserve.router.measured import with_measured_map
 from coserve.router.router import CoERouter
-from coserve.types import Chunk, Completion, Decision, Request, Tier, Usage
+from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Request, Tier, Usage
 
 Policy = Literal["lookahead", "lru", "load_per_request"]
 
@@ -50,7 +51,7 @@ _END = object()
 
 def shares_cores(library: LibraryConfig) -> bool:
     """Whether an expert of the library decodes on the cores the router runs on."""
-    return any(OPTIONS[spec.backend].on_host_cores(spec.options) for spec in library.experts)
+    return any(BACKENDS[spec.backend].options.on_host_cores(spec.options) for spec in library.experts)
 
 
 def missing_files(library: LibraryConfig) -> dict[str, str]:
@@ -133,6 +134,7 @@ class Engine:
         policy: Policy = "lookahead",
     ) -> Engine:
         """Train or load the router, create one backend per backend name, and the pool."""
+        library = with_measured_map(check_library(library))  # options checked, map solved from outcomes
         metrics = metrics or Metrics()
         if shares_cores(library):
             limit_blas_threads()
@@ -273,7 +275,7 @@ class Engine:
     async def route(self, request: Request) -> Decision:
         """The request's Decision (pinned requests are not embedded)."""
         start = time.perf_counter()
-        if request.model == "coserve":
+        if request.model == ROUTED_MODEL:
             decision = await asyncio.get_running_loop().run_in_executor(None, self.router.route, request)
             self.metrics.route_seconds.observe(time.perf_counter() - start)
         else:

@@ -23,6 +23,8 @@ from typing import Any, Literal
 import numpy as np
 
 from coserve.errors import ConfigError
+from coserve.jsonl import Row, read_rows
+from coserve.paths import cache_dir
 
 __all__ = [
     "ExpertCosts",
@@ -30,7 +32,6 @@ __all__ = [
     "Problem",
     "embed_cached",
     "grouped_folds",
-    "json_rows",
     "load_costs",
     "load_expert_scores",
     "load_outcomes",
@@ -125,26 +126,9 @@ def load_costs(path: str | Path) -> ExpertCosts:
     return ExpertCosts(tuple(names), np.asarray(params, float), np.asarray(prices, float))
 
 
-def json_rows(path: Path) -> list[tuple[int, dict[str, Any] | str]]:
-    """(line, object) for each non-blank line of a JSONL file; a string in place of the object says
-    why that line is bad. OSError/UnicodeDecodeError for an unreadable file are the caller's."""
-    rows: list[tuple[int, dict[str, Any] | str]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                rows.append((number, f"malformed JSON: {exc.msg}"))
-                continue
-            rows.append((number, obj if isinstance(obj, dict) else "a line must be a JSON object"))
-    return rows
-
-
-def _csv_rows(path: Path) -> list[tuple[int, dict[str, Any] | str]]:
+def _csv_rows(path: Path) -> list[Row]:
     """CSV rows turned into the JSONL shape; ``score:<expert>`` columns become ``scores``."""
-    rows: list[tuple[int, dict[str, Any] | str]] = []
+    rows: list[Row] = []
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         for number, record in enumerate(reader, start=2):
@@ -208,7 +192,7 @@ def load_outcomes(
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"outcome file not found: {path}")
-    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else json_rows(path)
+    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else read_rows(path)
     if experts is None:
         names: dict[str, None] = {}
         for _, obj in rows:
@@ -248,7 +232,7 @@ def load_expert_scores(path: str | Path, expert: str) -> dict[str, float]:
         raise ConfigError(f"outcome file not found: {path}")
     found: dict[str, float] = {}
     problems: list[Problem] = []
-    for number, obj in json_rows(path):
+    for number, obj in read_rows(path):
         if isinstance(obj, str):
             problems.append(Problem(str(path), number, None, obj))
             continue
@@ -295,8 +279,6 @@ def grouped_folds(prompts: Sequence[str], k: int, seed: int = 0) -> list[tuple[n
 def embed_cached(prompts: Sequence[str], embedder: Any, cache: Path | None = None, batch: int = 256) -> np.ndarray:
     """Embed prompts once; the matrix is cached under ``<cache>/embeddings/<sha256>.npy``."""
     from tqdm import tqdm
-
-    from coserve.assets import cache_dir
 
     digest = hashlib.sha256(embedder.name.encode())
     for prompt in prompts:

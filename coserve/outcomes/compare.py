@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve.errors import ConfigError
-from coserve.eval.data import json_rows
+from coserve.jsonl import read_rows
 from coserve.outcomes.runner import ROUTED
 
 __all__ = ["compare_routed", "format_comparison"]
@@ -23,7 +23,7 @@ __all__ = ["compare_routed", "format_comparison"]
 
 def _rows(path: Path) -> list[dict[str, Any]]:
     try:
-        rows = json_rows(path)
+        rows = read_rows(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     for number, row in rows:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -26,8 +25,9 @@ from typing import Any
 
 from coserve.engine.engine import Engine
 from coserve.errors import ConfigError, CoserveError
+from coserve.jsonl import parse_lines, write_row
 from coserve.outcomes.suites import Graded, Item, Suite
-from coserve.types import Message, Request, Sampling
+from coserve.types import ROUTED_MODEL, Message, Request, Sampling
 
 __all__ = ["ROUTED", "RunSummary", "done_ids", "run_outcomes"]
 
@@ -72,20 +72,16 @@ def done_ids(out: Path) -> set[str]:
             handle.truncate(cut)
         data = data[:cut]
     ids: set[str] = set()
-    for number, text in enumerate(data.decode("utf-8").splitlines(), start=1):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{out}:{number}: malformed JSON ({exc.msg}); fix or move the file to resume") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+    for number, obj in parse_lines(data.decode("utf-8").splitlines()):
+        if isinstance(obj, str):
+            raise ConfigError(f"{out}:{number}: {obj}; fix or move the file to resume")
+        if not isinstance(obj.get("id"), str):
             raise ConfigError(f"{out}:{number}: a line must be an object with a string id; fix or move the file")
         ids.add(obj["id"])
     return ids
 
 
-ROUTED = "routed"  # the column of the library's own routing (``--routed``): model "coserve"
+ROUTED = "routed"  # the column of the library's own routing (``--routed``): model ROUTED_MODEL
 
 
 async def _ask(
@@ -98,7 +94,7 @@ async def _ask(
     """
     request = Request(
         tuple(Message(role, content) for role, content in messages),
-        "coserve" if expert == ROUTED else expert,
+        ROUTED_MODEL if expert == ROUTED else expert,
         Sampling(max_tokens=max_tokens, temperature=0.0),
     )
     start = time.monotonic()
@@ -250,7 +246,7 @@ async def run_outcomes(
             row = await _run_item(
                 engine, suite, item, max_tokens or suite.max_tokens, with_prompts, summary, judge, routed
             )
-        handle.write(json.dumps(row) + "\n")
+        write_row(handle, row)
         handle.flush()
         summary.written += 1
         bar.update(1)

@@ -7,8 +7,12 @@
     solve   -> the budget optimiser (``mapping.solve_map``, MILP) over category weights ``p`` (the
                library's ``router.priors``, else equal) and expert costs (params or price)
 
-This module knows nothing about serving; ``config.load_library`` calls it when a library names
-``router.outcomes``.
+    report  -> the maps at several budgets, each single expert and the quality/cost front
+               (``coserve map``)
+
+``with_measured_map`` is called where a library is made ready to route (the engine builder, the
+router loader, the CLI), so the library file itself stays a plain read. This module knows nothing
+about serving.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from coserve.errors import ConfigError
-from coserve.eval.data import json_rows
+from coserve.config import LibraryConfig
+from coserve.errors import ConfigError, InfeasibleConstraints
+from coserve.jsonl import read_rows
+from coserve.router.mapping import MapPoint, pareto, solve_map
 
-__all__ = ["MeasuredTable", "read_table"]
+__all__ = ["MeasuredMaps", "MeasuredTable", "measure_maps", "read_table", "with_measured_map"]
 
 
 @dataclass(frozen=True)
@@ -37,8 +44,6 @@ class MeasuredTable:
 
     def solve(self, p: np.ndarray, cost: np.ndarray, budget: float | None) -> dict[str, str]:
         """The map maximising expected score with expected cost <= ``budget`` (None: the best per category)."""
-        from coserve.router.mapping import solve_map
-
         budget = float(cost.max()) if budget is None else budget
         assignment = solve_map(p, self.S, cost, budget)
         return {c: self.experts[int(e)] for c, e in zip(self.categories, assignment, strict=True)}
@@ -64,7 +69,7 @@ def read_table(path: Path, categories: Sequence[str], experts: Sequence[str]) ->
     total = np.zeros((len(categories), len(experts)))
     count = np.zeros((len(categories), len(experts)))
     try:
-        rows = json_rows(path)
+        rows = read_rows(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"router.outcomes: cannot read {path}: {exc}") from None
     for number, row in rows:
@@ -91,3 +96,79 @@ def read_table(path: Path, categories: Sequence[str], experts: Sequence[str]) ->
             "with coserve outcomes, or write router.map by hand"
         )
     return MeasuredTable(tuple(categories), tuple(experts), total / count, count)
+
+
+def _inputs(library: LibraryConfig) -> tuple[MeasuredTable, np.ndarray, np.ndarray, float | None]:
+    """(table, category weights, expert costs, budget) of a library whose map comes from outcomes."""
+    router = library.router
+    assert router.outcomes is not None
+    base = library.path.parent if library.path is not None else Path.cwd()
+    categories = list(library.categories)
+    table = read_table(base / router.outcomes, categories, library.expert_names)
+    p = np.array([router.priors.get(c, 0.0) if router.priors else 1.0 for c in categories])
+    if router.budget.avg_price is not None:
+        cost = np.array([e.price.mean for e in library.experts])
+        return table, p, cost, router.budget.avg_price
+    cost = np.array([e.params_b for e in library.experts], dtype=float)
+    return table, p, cost, router.budget.avg_params_b
+
+
+def with_measured_map(library: LibraryConfig) -> LibraryConfig:
+    """The library with ``router.map`` solved from its outcome file under its budget (unchanged when
+    it names no ``router.outcomes`` or the map is already solved); ConfigError when infeasible."""
+    if library.router.outcomes is None or library.router.map:
+        return library
+    table, p, cost, budget = _inputs(library)
+    try:
+        solved = table.solve(p, cost, budget)
+    except InfeasibleConstraints as exc:
+        raise ConfigError(f"{library.path}: router.budget: {exc}") from None
+    return library.model_copy(update={"router": library.router.model_copy(update={"map": solved})})
+
+
+@dataclass(frozen=True)
+class MeasuredMaps:
+    """What ``coserve map`` shows: the table, its maps at budgets, each single expert and the front."""
+
+    table: MeasuredTable
+    weights: np.ndarray  # [K] category weights, summing to 1
+    unit: str  # the cost unit: "B params" or "USD/M tokens"
+    maps: list[dict[str, Any]]  # {budget, map, quality, avg_cost} per budget asked for
+    singles: dict[str, tuple[float, float]]  # expert -> (average cost, quality) of sending it everything
+    front: list[MapPoint]  # the quality/cost frontier over every budget
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (``coserve map --json``)."""
+        return {
+            "categories": list(self.table.categories),
+            "experts": list(self.table.experts),
+            "S": self.table.S.round(4).tolist(),
+            "n": self.table.n.astype(int).tolist(),
+            "maps": self.maps,
+            "singles": {n: {"avg_cost": c, "quality": q} for n, (c, q) in self.singles.items()},
+            "front": [{"avg_cost": float(m.avg_cost), "quality": float(m.quality)} for m in self.front],
+        }
+
+
+def measure_maps(library: LibraryConfig, budgets: Sequence[float] = ()) -> MeasuredMaps:
+    """The measured table of a library whose map comes from outcomes, its maps at its own budget and
+    at ``budgets``, each single expert, and the quality/cost front."""
+    if library.router.outcomes is None:
+        raise ConfigError("this library writes router.map by hand: coserve map needs router.outcomes")
+    table, p, cost, budget = _inputs(library)
+    p = p / p.sum()
+    unit = "USD/M tokens" if library.router.budget.avg_price is not None else "B params"
+
+    def point(mapping: dict[str, str]) -> tuple[float, float]:
+        cols = [table.experts.index(mapping[c]) for c in table.categories]
+        quality = float(sum(w * table.S[k, e] for k, (w, e) in enumerate(zip(p, cols, strict=True))))
+        return float(sum(w * cost[e] for w, e in zip(p, cols, strict=True))), quality
+
+    asked: list[float | None] = [budget, *budgets] if budget is not None else [*budgets] or [None]
+    maps = []
+    for b in asked:
+        mapping = table.solve(p, cost, b)
+        avg_cost, quality = point(mapping)
+        maps.append({"budget": b, "map": mapping, "quality": quality, "avg_cost": avg_cost})
+    singles = {e: point(dict.fromkeys(table.categories, e)) for e in table.experts}
+    return MeasuredMaps(table, p, unit, maps, singles, pareto(p, table.S, cost))

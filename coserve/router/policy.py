@@ -17,11 +17,9 @@ from collections.abc import Mapping
 
 from coserve.config import ExpertSpec, LibraryConfig
 from coserve.errors import InfeasibleConstraints, NotFound
-from coserve.types import Constraints, Decision
+from coserve.types import ROUTED_MODEL, Constraints, Decision
 
-__all__ = ["ROUTED_MODEL", "allowed", "decide"]
-
-ROUTED_MODEL = "coserve"  # the virtual model name that asks for routing
+__all__ = ["allowed", "decide"]
 
 
 def _violation(spec: ExpertSpec, c: Constraints) -> str | None:

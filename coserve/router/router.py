@@ -20,13 +20,14 @@ from coserve.config import LibraryConfig
 from coserve.errors import ConfigError, InfeasibleConstraints, UnprocessableRequest
 from coserve.router.classify import CLASSIFIERS, Classifier, make_classifier
 from coserve.router.embed import Embedder, make_embedder
+from coserve.router.measured import with_measured_map
 from coserve.router.policy import decide, decide_ranked
 from coserve.router.trained import TrainedRouter, load_trained, read_router_directory
-from coserve.types import Decision, Request
+from coserve.types import ROUTED_MODEL, Decision, Request
 
-__all__ = ["FORMAT_VERSION", "CoERouter"]
+__all__ = ["CACHE_FORMAT_VERSION", "CoERouter"]
 
-FORMAT_VERSION = 1  # bump when the saved layout changes; old caches are then ignored
+CACHE_FORMAT_VERSION = 1  # layout of a cached router directory; bump when it changes and old caches are ignored
 
 
 class CoERouter:
@@ -72,7 +73,7 @@ class CoERouter:
 
     def route(self, request: Request) -> Decision:
         """The Decision for one request (pinned requests skip the embedding)."""
-        if request.model != "coserve":
+        if request.model != ROUTED_MODEL:
             return decide({}, self.library, request.constraints, pinned=request.model)
         if self.trained is not None:
             return self._route_trained(request)
@@ -113,7 +114,7 @@ class CoERouter:
 
     # -- persistence ----------------------------------------------------------------------------
     def cache_key(self) -> str:
-        return f"v{FORMAT_VERSION}-{self.embedder.name}{self.embedder.dim}-{self.library.content_hash[:24]}"
+        return f"v{CACHE_FORMAT_VERSION}-{self.embedder.name}{self.embedder.dim}-{self.library.content_hash[:24]}"
 
     def save(self, directory: Path) -> None:
         """Write ``manifest.json`` and ``arrays.npz`` atomically into ``directory``."""
@@ -121,7 +122,7 @@ class CoERouter:
             raise RuntimeError("the router is not fitted")
         params, arrays = self.classifier.get_state()
         manifest = {
-            "format_version": FORMAT_VERSION,
+            "format_version": CACHE_FORMAT_VERSION,
             "classifier": self.classifier.name,
             "params": params,
             "embedder": self.embedder.name,
@@ -141,8 +142,10 @@ class CoERouter:
     def load(cls, directory: Path, library: LibraryConfig, embedder: Embedder) -> CoERouter:
         """Load a saved router; refuse one trained for another library or embedder."""
         manifest, arrays = read_router_directory(directory, "the router cache cannot be read")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ConfigError(f"{directory}: router format {manifest.get('format_version')}, expected {FORMAT_VERSION}")
+        if manifest.get("format_version") != CACHE_FORMAT_VERSION:
+            raise ConfigError(
+                f"{directory}: router format {manifest.get('format_version')}, expected {CACHE_FORMAT_VERSION}"
+            )
         if manifest.get("embedder") != embedder.name:
             raise ConfigError(f"{directory}: trained with embedder {manifest.get('embedder')!r}, not {embedder.name!r}")
         if manifest.get("embedding_dim") != embedder.dim:
@@ -174,7 +177,9 @@ class CoERouter:
 
     @classmethod
     def load_or_fit(cls, library: LibraryConfig, cache: Path, embedder: Embedder | None = None) -> CoERouter:
-        """Load the cached router for this library, or train and cache it."""
+        """Load the cached router for this library, or train and cache it (its map solved from
+        ``router.outcomes`` where it names them)."""
+        library = with_measured_map(library)
         if library.router.trained is not None:
             return cls.from_trained(library, embedder)
         embedder = embedder or make_embedder(library.router.embedder)

@@ -20,9 +20,9 @@ import numpy as np
 
 from coserve.errors import ConfigError, InfeasibleConstraints
 
-__all__ = ["FORMAT_VERSION", "TrainedRouter", "add_expert", "load_trained", "read_router_directory"]
+__all__ = ["TRAINED_FORMAT_VERSION", "TrainedRouter", "add_expert", "load_trained", "read_router_directory"]
 
-FORMAT_VERSION = 1
+TRAINED_FORMAT_VERSION = 1  # layout of a ``coserve train`` directory's manifest; bump when it changes
 
 
 @dataclass
@@ -124,7 +124,7 @@ class TrainedRouter:
             parts[prefix] = {"name": getattr(model, "name", prefix), "params": params}
             arrays.update({f"{prefix}/{k}": v for k, v in state.items()})
         manifest = {
-            "format": FORMAT_VERSION,
+            "format": TRAINED_FORMAT_VERSION,
             "kind": self.kind,
             "experts": [
                 {"name": n, "params_b": _num(b), "price": _num(c)}
@@ -188,8 +188,8 @@ def load_trained(directory: str | Path) -> TrainedRouter:
 
     directory = Path(directory)
     manifest, arrays = read_router_directory(directory, "not a trained router directory")
-    if manifest.get("format") != FORMAT_VERSION:
-        raise ConfigError(f"{directory}: router format {manifest.get('format')}, expected {FORMAT_VERSION}")
+    if manifest.get("format") != TRAINED_FORMAT_VERSION:
+        raise ConfigError(f"{directory}: router format {manifest.get('format')}, expected {TRAINED_FORMAT_VERSION}")
     experts = [e["name"] for e in manifest["experts"]]
     mapping = manifest["map"] or {}
     fallback = manifest["fallback"]

@@ -27,18 +27,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from coserve.assets import cache_dir
 from coserve.config import ServerSettings
 from coserve.engine.engine import Engine, Stream
 from coserve.errors import CoserveError, InvalidRequest, NotFound
+from coserve.paths import decision_log_path
 from coserve.server.admission import Admission, Ticket
 from coserve.server.auth import KeyRing
-from coserve.server.gate import CHAT_PATH, KEY_KEY, TICKET_KEY, Gate, error_response
+from coserve.server.gate import CALLER_DIGEST_KEY, CHAT_PATH, TICKET_KEY, Gate, error_response
 from coserve.server.openapi import documented, error_responses
 from coserve.server.protocol import ChatCompletionRequest, FeedbackRequest, error_body
 from coserve.server.quota import Quota
 from coserve.store.log import DecisionLog, DecisionRow
-from coserve.types import Decision, Request, Usage
+from coserve.types import ROUTED_MODEL, Decision, Request, Usage
 
 __all__ = ["create_app", "sse"]
 
@@ -117,7 +117,7 @@ async def _parse(http: HttpRequest, settings: ServerSettings) -> Request:
 def _log_path(engine: Engine) -> Path:
     path = engine.library.server.log.path
     if path is None:
-        return cache_dir() / "decisions.sqlite"
+        return decision_log_path()
     if not path.is_absolute() and engine.library.path is not None:
         return engine.library.path.parent / path
     return path
@@ -225,7 +225,7 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
             ticket: Ticket | None = http.scope.get(TICKET_KEY)
             if ticket is not None:
                 ticket.claim(decision.expert)
-            key: str | None = http.scope.get(KEY_KEY)  # whose tokens these are, when keys are required
+            key: str | None = http.scope.get(CALLER_DIGEST_KEY)  # whose tokens these are, when keys are required
             if request.stream:
                 return await _stream_response(request, decision, key)
             return await _complete_response(http, request, decision, key)
@@ -353,7 +353,7 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
         residency = engine.pool.residency()
         data: list[dict[str, Any]] = [
             {
-                "id": "coserve",
+                "id": ROUTED_MODEL,
                 "object": "model",
                 "created": created,
                 "owned_by": "coserve",

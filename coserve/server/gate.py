@@ -3,7 +3,7 @@
 Every ``/v1/*`` request (and ``/health``, ``/metrics`` when ``protect_metrics``) must carry a known
 key if any is configured; a ``/v1/*`` request of a key with limits then takes its share of the
 key's Quota (429 past its rate, or for a chat request past its day's tokens), and the key's digest
-rides in the scope under ``KEY_KEY`` so that the route can count the tokens it used. A chat request
+rides in the scope under ``CALLER_DIGEST_KEY`` so that the route can count the tokens it used. A chat request
 is then admitted (429 past the bounds, 503 while draining)
 and its Ticket rides in the ASGI scope under ``TICKET_KEY`` so that the route can claim its expert;
 the ticket is released when the ASGI call ends, which covers success, errors, client disconnects
@@ -24,11 +24,11 @@ from coserve.server.admission import Admission
 from coserve.server.auth import KeyRing
 from coserve.server.quota import Quota
 
-__all__ = ["CHAT_PATH", "KEY_KEY", "TICKET_KEY", "Gate", "error_response"]
+__all__ = ["CALLER_DIGEST_KEY", "CHAT_PATH", "TICKET_KEY", "Gate", "error_response"]
 
 CHAT_PATH = "/v1/chat/completions"
 TICKET_KEY = "coserve.ticket"  # the scope key of a chat request's admission Ticket
-KEY_KEY = "coserve.key"  # the scope key of the caller's API key digest (hex), when keys are required
+CALLER_DIGEST_KEY = "coserve.key"  # the scope key of the caller's API key digest (hex), when keys are required
 _OPS_PATHS = ("/health", "/metrics")
 
 
@@ -70,7 +70,7 @@ class Gate:
                 key = self.keys.check(_header(scope, b"authorization"))
                 if api:
                     self.quota.check(key, chat=chat)
-                    scope[KEY_KEY] = key
+                    scope[CALLER_DIGEST_KEY] = key
             if api:
                 self.admission.check_open()
             if chat:

@@ -1,0 +1,60 @@
+"""The ``coserve`` command: serve | route | chat | map | experts | keys | log | bench | outcomes |
+compare | eval | train.
+
+Each command lives in a module of this package beside its parser: ``serving`` (serve, route,
+chat), ``experts`` (experts, keys, log), ``bench``, ``measure`` (outcomes, compare, map) and
+``train`` (eval, train). Commands parse and print; the work is done by the package's other
+modules. Arguments are parsed in ``main()``; nothing runs at import time. Errors a user can fix (a
+bad library file, a missing model package) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from coserve.cli.bench import add_bench_parser
+from coserve.cli.experts import add_experts_parser, add_keys_parser, add_log_parser, cmd_experts
+from coserve.cli.measure import add_compare_parser, add_map_parser, add_outcomes_parser
+from coserve.cli.serving import add_chat_parser, add_route_parser, add_serve_parser, cmd_route, cmd_serve
+from coserve.cli.train import add_eval_parser, add_train_parser
+from coserve.errors import CoserveError
+
+__all__ = ["build_parser", "cmd_experts", "cmd_route", "cmd_serve", "main"]
+
+# In the order ``coserve --help`` lists them.
+_COMMANDS = (
+    add_serve_parser,
+    add_route_parser,
+    add_chat_parser,
+    add_map_parser,
+    add_experts_parser,
+    add_keys_parser,
+    add_log_parser,
+    add_bench_parser,
+    add_outcomes_parser,
+    add_compare_parser,
+    add_eval_parser,
+    add_train_parser,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coserve", description="A Composition of Experts behind one endpoint.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_parser in _COMMANDS:
+        add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except CoserveError as exc:
+        print(f"coserve: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

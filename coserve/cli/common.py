@@ -1,0 +1,35 @@
+"""What every ``coserve`` command shares: the ``--library`` flag and the library and engine it names.
+
+A library read here is ready to serve: checked against its backends (coserve.backends.registry)
+and with its map solved from measured outcomes where it names them (coserve.router.measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["Subcommands", "add_library_arg", "load_engine", "load_served_library"]
+
+# What ``add_subparsers`` returns: each command module adds its parsers to it.
+Subcommands = argparse._SubParsersAction  # type: ignore[type-arg]
+
+
+def add_library_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--library", help="library file (YAML); default: the bundled default library")
+
+
+def load_served_library(path: str | None) -> Any:
+    """The library file at ``path`` (default: the bundled one), checked and with its map solved."""
+    from coserve.backends.registry import check_library
+    from coserve.config import load_library
+    from coserve.router.measured import with_measured_map
+
+    return with_measured_map(check_library(load_library(path)))
+
+
+def load_engine(library_path: str | None, policy: str = "lookahead") -> Any:
+    from coserve.engine.engine import Engine
+    from coserve.paths import cache_dir
+
+    return Engine.build(load_served_library(library_path), cache_dir(), policy=policy)  # type: ignore[arg-type]

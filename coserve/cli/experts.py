@@ -1,0 +1,180 @@
+"""``coserve experts | keys | log``: what a library holds, its API keys, and what it has answered."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from coserve.cli.common import Subcommands, add_library_arg, load_served_library
+from coserve.errors import CoserveError
+from coserve.jsonl import write_row
+
+__all__ = [
+    "add_experts_parser",
+    "add_keys_parser",
+    "add_log_parser",
+    "cmd_experts",
+    "cmd_experts_add",
+    "cmd_keys_hash",
+    "cmd_log",
+]
+
+
+def cmd_experts(args: argparse.Namespace) -> int:
+    from coserve.assets import is_assembled, source_size
+    from coserve.backends.registry import get_backend
+
+    library = load_served_library(args.library)
+    base = library.path.parent if library.path else None
+    rows = []
+    for spec in library.experts:
+        size = source_size(spec, base)
+        loaded = None
+        if size is not None and is_assembled(spec, base):  # listing never assembles
+            try:  # what the ACTIVE budget counts for it: weights + KV cache + runtime buffers
+                loaded = get_backend(spec.backend).footprint(spec, base)
+            except CoserveError:
+                loaded = None
+        if not spec.parts:
+            location = "-"
+        elif len(spec.parts) == 1:
+            location = spec.parts[0]
+        else:
+            location = f"{len(spec.parts)} parts, {spec.parts[0]} ..."
+        rows.append(
+            {
+                "name": spec.name,
+                "backend": spec.backend,
+                "params_b": spec.params_b,
+                "context": spec.context,
+                "price": spec.price.mean,
+                "tags": list(spec.tags),
+                "bytes": size,
+                "loaded_bytes": loaded,
+                "tier": "disk" if size is not None else "missing",
+                "source": location,
+                "categories": [c for c, e in library.router.map.items() if e == spec.name],
+            }
+        )
+    if args.json:
+        print(json.dumps({"library": str(library.path), "experts": rows}, indent=2))
+        return 0
+    print(f"library: {library.path}")
+    print(
+        f"{'name':<10} {'backend':<14} {'params':>7} {'size':>9} {'loaded':>9} {'context':>7} {'tier':<7} "
+        f"{'categories':<24} source"
+    )
+    for r in rows:
+        size_text = f"{r['bytes'] / 2**20:.0f} MiB" if r["bytes"] is not None else "-"
+        loaded_text = f"{r['loaded_bytes'] / 2**20:.0f} MiB" if r["loaded_bytes"] is not None else "-"
+        print(
+            f"{r['name']:<10} {r['backend']:<14} {r['params_b']:>6.2f}B {size_text:>9} {loaded_text:>9} "
+            f"{r['context']:>7} {r['tier']:<7} {','.join(r['categories']):<24} {r['source']}"
+        )
+    fallback = library.router.fallback
+    print(
+        f"fallback: {fallback.expert} below confidence {fallback.min_confidence}; "
+        f"memory: ram {library.memory.ram / 2**30:.1f} GiB, active {library.memory.active / 2**30:.1f} GiB"
+    )
+    return 0
+
+
+def cmd_experts_add(args: argparse.Namespace) -> int:
+    from coserve.eval.data import load_expert_scores
+    from coserve.router.trained import add_expert, load_trained
+
+    router = load_trained(args.router)
+    before = {c: router.experts[e] for c, e in zip(router.classes, router.assignment, strict=True)}
+    scores = load_expert_scores(args.outcomes, args.name)
+    add_expert(router, args.name, scores, params_b=args.params_b, price=args.price)
+    router.save(args.router)
+    matched = sum(1 for i in router.train_ids if str(i) in scores)
+    print(f"coserve: added {args.name} ({matched}/{len(router.train_ids)} training prompts matched) to {args.router}")
+    for c, e in zip(router.classes, router.assignment, strict=True):
+        expert = router.experts[e]
+        print(f"  {c:<24} -> {expert}" + ("" if before.get(c) == expert else f"   (was {before.get(c)})"))
+    return 0
+
+
+def cmd_keys_hash(args: argparse.Namespace) -> int:
+    from coserve.server.auth import hash_key
+
+    if not args.key.strip():
+        raise CoserveError("the key is empty")
+    print(hash_key(args.key.strip()))
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    import csv
+    from datetime import UTC, datetime
+
+    from coserve.paths import decision_log_path
+    from coserve.store.log import query_decisions
+
+    db = Path(args.db) if args.db else decision_log_path()
+    if not db.is_file():
+        raise CoserveError(f"no decision log at {db}")
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            raise CoserveError(f"--since {args.since!r} is not an ISO 8601 time (e.g. 2026-01-31T12:00)") from None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)  # a time without a zone is UTC
+    rows = query_decisions(db, since=since, expert=args.expert, limit=args.limit)
+    for row in rows:
+        row["time"] = datetime.fromtimestamp(row["time"], UTC).isoformat(timespec="milliseconds")
+    out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout
+    try:
+        if args.format == "csv":
+            columns = list(rows[0]) if rows else ["id"]
+            writer = csv.DictWriter(out, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            for row in rows:
+                write_row(out, row)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.out:
+        print(f"coserve: {len(rows)} decisions -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def add_experts_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("experts", help="list the library's experts")
+    add_library_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_experts)
+    actions = p.add_subparsers(dest="experts_action")
+    a = actions.add_parser("add", help="add an expert to a trained router from its outcomes (no refitting)")
+    a.add_argument("--router", required=True, help="router directory written by coserve train")
+    a.add_argument("--name", required=True, help="the new expert's name (its key in the outcome file's scores)")
+    a.add_argument("--outcomes", required=True, help="JSONL with id and scores[NAME] on the training prompts")
+    a.add_argument("--params-b", type=float, required=True, help="billions of active parameters")
+    a.add_argument("--price", type=float, help="USD per million tokens")
+    a.set_defaults(func=cmd_experts_add)
+
+
+def add_keys_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("keys", help="API keys")
+    keys = p.add_subparsers(dest="keys_action", required=True)
+    k = keys.add_parser("hash", help="print a key's sha256, to put in the library's server.api_keys")
+    k.add_argument("key")
+    k.set_defaults(func=cmd_keys_hash)
+
+
+def add_log_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("log", help="query and export the decision log")
+    p.add_argument("--db", help="the log's database (default: $COSERVE_CACHE/decisions.sqlite)")
+    p.add_argument("--since", help="only requests at or after this ISO 8601 time (UTC unless it says)")
+    p.add_argument("--expert", help="only requests this expert answered")
+    p.add_argument("--limit", type=int, help="at most this many rows (oldest first)")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--out", help="write here instead of stdout")
+    p.set_defaults(func=cmd_log)

@@ -1,0 +1,133 @@
+"""``coserve outcomes | compare | map``: measure the experts on benchmark suites, and what follows
+from the measurements (routed against single experts; the budget-optimal maps)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from coserve.cli.common import Subcommands, add_library_arg, load_engine, load_served_library
+
+__all__ = ["add_compare_parser", "add_map_parser", "add_outcomes_parser", "cmd_compare", "cmd_map", "cmd_outcomes"]
+
+
+def cmd_outcomes(args: argparse.Namespace) -> int:
+    from coserve.outcomes.runner import done_ids, run_outcomes
+    from coserve.outcomes.suites import make_suite
+
+    names = [n.strip() for n in args.suite.split(",") if n.strip()]
+    exclude: set[str] = set()
+    for path in args.exclude or []:
+        exclude |= done_ids(Path(path))
+    work = [
+        (suite, item) for suite in map(make_suite, names) for item in suite.load(args.limit, args.seed, exclude=exclude)
+    ]
+    engine = load_engine(args.library)
+
+    async def run() -> Any:
+        try:
+            return await run_outcomes(
+                engine,
+                work,
+                args.out,
+                max_tokens=args.max_tokens,
+                concurrency=args.concurrency,
+                with_prompts=args.with_prompts,
+                judge=args.judge,
+                routed=args.routed,
+            )
+        finally:
+            await engine.close()
+
+    summary = asyncio.run(run())
+    print(summary.table([*engine.library.expert_names, *(["routed"] if args.routed else [])]))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from coserve.outcomes.compare import compare_routed, format_comparison
+
+    library = load_served_library(args.library)
+    result = compare_routed(args.data, {e.name: e.params_b for e in library.experts})
+    print(format_comparison(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    """The measured per-category table of a library whose map is solved from outcomes, its maps at
+    budgets, each single expert, and the quality/cost front (``--plot``)."""
+    from coserve.router.measured import measure_maps
+
+    library = load_served_library(args.library)
+    measured = measure_maps(library, args.budget or [])
+    table, unit = measured.table, measured.unit
+    print(f"measured on {library.router.outcomes} (mean score; n = rows per category)")
+    print(table.format())
+    weights = zip(table.categories, measured.weights, strict=True)
+    print("category weights: " + ", ".join(f"{c} {w:.2f}" for c, w in weights))
+    for entry in measured.maps:
+        label = "unconstrained" if entry["budget"] is None else f"budget {entry['budget']:g} {unit}"
+        print(f"\nmap at {label}: expected quality {entry['quality']:.3f}, average cost {entry['avg_cost']:.3f} {unit}")
+        for category, expert in entry["map"].items():
+            print(f"  {category:<12} -> {expert}")
+    print("\nsingle experts (everything to one):")
+    for name, (avg_cost, quality) in measured.singles.items():
+        print(f"  {name:<12} quality {quality:.3f}, cost {avg_cost:.3f} {unit}")
+    result = measured.as_dict()
+    if args.plot:
+        from coserve.eval.plot import plot_map_frontier
+
+        chosen = {
+            f"map @ {m['budget']:g}" if m["budget"] is not None else "best map": (m["avg_cost"], m["quality"])
+            for m in measured.maps
+        }
+        frontier = [(m.avg_cost, m.quality) for m in measured.front]
+        xlabel = f"average cost per request ({unit}, category weights as above)"
+        title = f"{library.path.name}: measured maps"
+        plot_map_frontier(frontier, measured.singles, chosen, args.plot, xlabel, title=title)
+        print(f"\nplot: {args.plot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+    return 0
+
+
+def add_map_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("map", help="a library's measured per-category table, its maps at budgets, and the front")
+    add_library_arg(p)
+    p.add_argument("--budget", type=float, action="append", help="also solve at this budget (repeatable)")
+    p.add_argument("--plot", help="write the quality/cost front as a PNG here")
+    p.add_argument("--json", help="write the table, maps and front as JSON here")
+    p.set_defaults(func=cmd_map)
+
+
+def add_outcomes_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("outcomes", help="run every expert on benchmark suites and write outcome data (JSONL)")
+    add_library_arg(p)
+    p.add_argument("--suite", required=True, help="comma-separated suites: mmlu, gsm8k, humaneval, mtbench")
+    p.add_argument("--limit", type=int, help="a seeded sample of this many items per suite, spread over topics")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="JSONL to append to; ids already in it are skipped (resume)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        help="answer cap in tokens (default per suite: mmlu 16, gsm8k 256, humaneval/mtbench 384)",
+    )
+    p.add_argument("--judge", help="the library's expert that rates answers of judged suites (mtbench)")
+    p.add_argument("--routed", action="store_true", help="also ask the library's router (column 'routed')")
+    p.add_argument("--exclude", action="append", help="skip item ids found in this outcome file (a held-out sample)")
+    p.add_argument("--concurrency", type=int, default=2, help="items in flight at once")
+    p.add_argument("--with-prompts", action="store_true", help="also store each prompt (for local training)")
+    p.set_defaults(func=cmd_outcomes)
+
+
+def add_compare_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("compare", help="routed vs each single expert, from an outcome file written with --routed")
+    add_library_arg(p)
+    p.add_argument("--data", required=True, help="JSONL from coserve outcomes --routed")
+    p.add_argument("--json", help="also write the comparison here")
+    p.set_defaults(func=cmd_compare)

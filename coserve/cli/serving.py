@@ -1,0 +1,158 @@
+"""``coserve serve | route | chat``: the commands that answer prompts with a library's experts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from coserve.cli.common import Subcommands, add_library_arg, load_engine, load_served_library
+from coserve.errors import CoserveError
+from coserve.types import ROUTED_MODEL
+
+__all__ = ["add_chat_parser", "add_route_parser", "add_serve_parser", "cmd_chat", "cmd_route", "cmd_serve"]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    import uvicorn
+
+    from coserve.server.app import create_app
+
+    engine = load_engine(args.library, args.policy)
+    app = create_app(engine)
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            app.state.admission.draining = True  # from the signal on, new requests get 503
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=args.shutdown_timeout,
+    )
+    print(f"coserve: library {engine.library.path} — experts {', '.join(engine.library.expert_names)}", flush=True)
+    for name, problem in engine.unavailable.items():
+        print(f"coserve: warning: expert {name} cannot load ({problem}); its requests fall back", file=sys.stderr)
+    print(f"coserve: serving on http://{args.host}:{args.port}/v1 (model '{ROUTED_MODEL}' routes)", flush=True)
+    # uvicorn re-raises the signal that stopped it once it has drained; a SIGTERM that led to a
+    # clean drain is a normal end here (exit 0), so the re-raised one is ignored.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        DrainingServer(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from coserve.paths import cache_dir
+    from coserve.router.router import CoERouter
+    from coserve.types import Message, Request
+
+    library = load_served_library(args.library)
+    router = CoERouter.load_or_fit(library, cache_dir())
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    for text in texts:
+        decision = router.route(Request((Message("user", text),), ROUTED_MODEL))
+        ranked = sorted(decision.probabilities.items(), key=lambda kv: -kv[1])
+        if args.json:
+            print(
+                json.dumps({"text": text, **decision.as_dict(), "probabilities": {k: round(v, 4) for k, v in ranked}})
+            )
+        else:
+            probs = "  ".join(f"{k} {v:.2f}" for k, v in ranked)
+            print(f"{decision.expert:<10} {decision.category or '-':<10} {decision.reason:<15} {probs}   | {text[:60]}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from coserve.types import Message, Request, Sampling
+
+    engine = load_engine(args.library)
+    history: list[Message] = []
+
+    async def turn(text: str) -> None:
+        history.append(Message("user", text))
+        request = Request(
+            tuple(history), args.model, Sampling(max_tokens=args.max_tokens, temperature=args.temperature)
+        )
+        decision = await engine.route(request)
+        stream = await engine.stream(request, decision)
+        label = f"{stream.expert}" + (f" · {decision.category} {decision.confidence:.2f}" if decision.category else "")
+        print(f"[{label}] ", end="", flush=True)
+        parts = []
+        async for chunk in stream.chunks:
+            print(chunk.text, end="", flush=True)
+            parts.append(chunk.text)
+        print()
+        history.append(Message("assistant", "".join(parts)))
+
+    async def loop() -> None:
+        try:
+            while True:
+                try:
+                    text = await asyncio.get_running_loop().run_in_executor(None, input, "you> ")
+                except EOFError:
+                    break
+                if text.strip() in {"/quit", "/exit"}:
+                    break
+                if text.strip() == "/reset":
+                    history.clear()
+                    continue
+                if text.strip():
+                    try:
+                        await turn(text)
+                    except CoserveError as exc:
+                        history.pop()
+                        print(f"error: {exc.message}")
+        finally:
+            await engine.close()
+
+    print("coserve chat — /reset clears the conversation, /quit or Ctrl-D leaves.")
+    asyncio.run(loop())
+    return 0
+
+
+def add_serve_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("serve", help="start the OpenAI-compatible server")
+    add_library_arg(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests may take to finish after SIGTERM (default 30)",
+    )
+    p.add_argument(
+        "--policy",
+        default="lookahead",
+        choices=["lookahead", "lru", "load_per_request"],
+        help="serving policy (the other two exist for benchmarks)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def add_route_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("route", help="show the routing decision for prompts (no generation)")
+    add_library_arg(p)
+    p.add_argument("text", nargs="*", help="prompts; read from stdin, one a line, when none are given")
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.set_defaults(func=cmd_route)
+
+
+def add_chat_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("chat", help="chat in the terminal through the router")
+    add_library_arg(p)
+    p.add_argument("--model", default=ROUTED_MODEL, help=f"'{ROUTED_MODEL}' routes; an expert's name pins it")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.set_defaults(func=cmd_chat)

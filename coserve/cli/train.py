@@ -1,0 +1,135 @@
+"""``coserve eval | train``: evaluate routers on outcome data, and fit one to serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from coserve.cli.common import Subcommands
+
+__all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
+
+
+def _outcomes(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The outcome set, its embeddings and the expert costs named by ``--data``/``--experts``."""
+    from coserve.eval.data import embed_cached, load_costs, load_outcomes
+    from coserve.router.embed import make_embedder
+
+    costs = load_costs(args.experts)
+    outcomes, problems = load_outcomes(args.data, on_bad=args.on_bad)
+    for problem in problems:
+        print(f"coserve: skipped {problem}", file=sys.stderr)
+    embedder = make_embedder(args.embedder)
+    return outcomes, embed_cached(outcomes.prompts, embedder), costs
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from coserve.eval.data import load_costs, load_outcomes
+    from coserve.eval.harness import evaluate
+    from coserve.router.embed import make_embedder
+
+    costs = load_costs(args.experts)
+    train, problems = load_outcomes(args.data, on_bad=args.on_bad)
+    test = None
+    if args.test:
+        test, more = load_outcomes(args.test, experts=train.experts, on_bad=args.on_bad)
+        problems += more
+    for problem in problems:
+        print(f"coserve: skipped {problem}", file=sys.stderr)
+    routers = [r.strip() for r in args.routers.split(",") if r.strip()] if args.routers else None
+    report = evaluate(
+        train,
+        test,
+        costs,
+        folds=args.folds,
+        seed=args.seed,
+        routers=routers,
+        embedder=make_embedder(args.embedder),
+        jobs=args.jobs,
+    )
+    report["meta"].update(data=str(args.data), test=args.test, skipped_rows=len(problems))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.plot:
+        from coserve.eval.plot import plot_report
+
+        plot_report(report, args.plot, title=Path(args.data).parent.name + "/" + Path(args.data).name)
+    base = report["baselines"]
+    print(f"{'baseline':<40} {'quality':>8} {'params_b':>9} {'price':>7}")
+    for name, b in base.items():
+        print(f"{name:<40} {b['quality']:>8.3f} {b['avg_params_b'] or float('nan'):>9.2f} {b['avg_price'] or 0:>7.3f}")
+    print(f"{'router':<26} {'auc':>6} {'q@best':>7} {'min_budget':>10} {'gap_closed':>10}")
+    for name, entry in report["routers"].items():
+        m = entry["metrics"]
+        auc = m.get("auc_" + m["cost_axis"])
+        print(
+            f"{name:<26} {_fmt(auc):>6} {_fmt(m['quality_at_best_single_budget']):>7} "
+            f"{_fmt(m['min_budget_for_best_single_quality']):>10} {_fmt(m['oracle_gap_closed']):>10}"
+            + (f"  apgr {_fmt(m['apgr'])}" if "apgr" in m else "")
+        )
+    print(f"report: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from coserve.eval.train import train_router
+
+    outcomes, X, costs = _outcomes(args)
+    axis, budget = ("price", args.budget_price) if args.budget_price is not None else ("params", args.budget_params)
+    router = train_router(
+        outcomes,
+        X,
+        costs,
+        kind=args.router,
+        budget_axis=axis if budget is not None else None,
+        budget=budget,
+        seed=args.seed,
+    )
+    router.hyper["embedder"] = args.embedder
+    router.save(args.out)
+    mapping = {c: router.experts[e] for c, e in zip(router.classes, router.assignment, strict=True)}
+    print(f"coserve: trained {router.kind} on {len(outcomes)} prompts -> {args.out}")
+    print(f"budget: {router.budget:g} ({router.budget_axis}); fallback: {router.fallback_expert}")
+    for category, expert in mapping.items():
+        print(f"  {category:<24} -> {expert}")
+    return 0
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """The outcome data a router is fitted on or evaluated with."""
+    p.add_argument("--data", required=True, help="outcome data (.jsonl or .csv with score:<expert> columns)")
+    p.add_argument("--experts", required=True, help="experts.json with params_b and prices")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on-bad", choices=["skip", "refuse"], default="refuse", help="what to do with bad rows")
+    p.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
+
+
+def add_eval_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("eval", help="evaluate routers on outcome data: quality vs cost against baselines")
+    add_data_args(p)
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--folds", type=int, default=5, help="prompt-grouped cross-validation folds")
+    split.add_argument("--test", help="held-out outcome file: fit on --data, score on this")
+    p.add_argument("--json", required=True, help="write the report here")
+    p.add_argument("--plot", help="write the Pareto plot (PNG) here")
+    p.add_argument("--routers", help="comma-separated router names (default: every available one)")
+    p.add_argument("--jobs", type=int, default=1, help="folds evaluated in parallel processes")
+    p.set_defaults(func=cmd_eval)
+
+
+def add_train_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("train", help="fit a router on outcome data and save it as a directory")
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="router directory to write")
+    p.add_argument("--router", default="map-logistic", help="map-<classifier>, prompt-<predictor> or hybrid")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-params", type=float, help="average active parameters (billions) per request")
+    budget.add_argument("--budget-price", type=float, help="average price (USD per million tokens) per request")
+    p.set_defaults(func=cmd_train)
