@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 
 from coserve.assets import model_path
 from coserve.config import load_library
-from coserve.paths import default_library_path
 from coserve.engine.engine import Engine
+from coserve.paths import default_library_path
 from coserve.router.embed import HashingEmbedder
 from coserve.server.app import create_app
 
