@@ -7,7 +7,11 @@ and with its map solved from measured outcomes where it names them (coserve.rout
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coserve.config import LibraryConfig
+    from coserve.engine.engine import Engine
 
 __all__ = ["Subcommands", "add_library_arg", "load_engine", "load_served_library"]
 
@@ -19,7 +23,7 @@ def add_library_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--library", help="library file (YAML); default: the bundled default library")
 
 
-def load_served_library(path: str | None) -> Any:
+def load_served_library(path: str | None) -> LibraryConfig:
     """The library file at ``path`` (default: the bundled one), checked and with its map solved."""
     from coserve.backends.registry import check_library
     from coserve.config import load_library
@@ -28,7 +32,7 @@ def load_served_library(path: str | None) -> Any:
     return with_measured_map(check_library(load_library(path)))
 
 
-def load_engine(library_path: str | None, policy: str = "lookahead") -> Any:
+def load_engine(library_path: str | None, policy: str = "lookahead") -> Engine:
     from coserve.engine.engine import Engine
     from coserve.paths import cache_dir
 

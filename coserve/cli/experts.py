@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from coserve.cli.common import Subcommands, add_library_arg, load_served_library
 from coserve.errors import CoserveError
@@ -28,7 +29,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
     library = load_served_library(args.library)
     base = library.path.parent if library.path else None
-    rows = []
+    rows: list[dict[str, Any]] = []
     for spec in library.experts:
         size = source_size(spec, base)
         loaded = None

@@ -88,7 +88,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         }
         frontier = [(m.avg_cost, m.quality) for m in measured.front]
         xlabel = f"average cost per request ({unit}, category weights as above)"
-        title = f"{library.path.name}: measured maps"
+        title = f"{library.path.name if library.path else 'library'}: measured maps"
         plot_map_frontier(frontier, measured.singles, chosen, args.plot, xlabel, title=title)
         print(f"\nplot: {args.plot}")
     if args.json:
