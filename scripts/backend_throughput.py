@@ -14,7 +14,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from coserve.backends.base import get_backend
+from coserve.backends.registry import check_library, get_backend
 from coserve.bench.serve import make_workload
 from coserve.config import load_library
 from coserve.types import Chunk, Message, Sampling, Usage
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=24)
     args = parser.parse_args()
-    library = load_library()
+    library = check_library(load_library())
     base = library.path.parent if library.path else None
     prompts = [w["prompt"] for w in make_workload(library, 400, 2.0, 0) if w["expert"] == args.expert][: args.n]
     results = {}

@@ -24,13 +24,13 @@ MODES = ("alone", "blas_default", "blas_one")
 
 
 def _run(mode: str, expert: str, n: int, every: float) -> list[float]:
-    from coserve.backends.base import get_backend
+    from coserve.backends.registry import check_library, get_backend
     from coserve.bench.serve import make_workload
     from coserve.config import load_library
     from coserve.router.embed import MiniLMEmbedder
     from coserve.types import Chunk, Message, Sampling
 
-    library = load_library()
+    library = check_library(load_library())
     base = library.path.parent if library.path else None
     prompts = [w["prompt"] for w in make_workload(library, 400, 2.0, 0) if w["expert"] == expert][:n]
     others = [w["prompt"] for w in make_workload(library, 400, 2.0, 1)]

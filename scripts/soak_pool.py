@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from coserve.backends.base import get_backend
+from coserve.backends.registry import check_library, get_backend
 from coserve.config import load_library
 from coserve.engine.pool import ExpertPool
 from coserve.types import Chunk, Message, Sampling
@@ -32,7 +32,7 @@ def rss_bytes() -> int:
 
 
 async def soak(cycles: int, expert: str, backend_name: str | None = None) -> dict[str, object]:
-    library = load_library()
+    library = check_library(load_library())
     backend_name = backend_name or library.expert(expert).backend
     backend = get_backend(backend_name)
     pool = ExpertPool(library, dict.fromkeys(library.expert_names, backend), 2**31)
