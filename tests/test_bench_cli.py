@@ -43,6 +43,7 @@ def test_serve_bench_library_copy_keeps_every_file_it_names(tmp_path: Path) -> N
     library names relative to itself (categories, outcomes, model files) must still resolve."""
     from coserve.bench.serve import _bench_library
     from coserve.config import load_library
+    from coserve.router.measured import with_measured_map
 
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "small.bin").write_bytes(b"x" * 100)
@@ -54,7 +55,8 @@ def test_serve_bench_library_copy_keeps_every_file_it_names(tmp_path: Path) -> N
     (tmp_path / "elsewhere").mkdir()
     copy = load_library(_bench_library(original, tmp_path / "elsewhere", active=123 * 2**20, ram=456 * 2**20))
     assert (copy.memory.active, copy.memory.ram) == (123 * 2**20, 456 * 2**20)
-    assert copy.router.map == original.router.map  # solved from the same outcomes
+    solved = with_measured_map(original).router.map
+    assert with_measured_map(copy).router.map == solved and set(solved) == {"code", "math", "chat"}  # same outcomes
     assert copy.expert("small").parts == (str(tmp_path / "models" / "small.bin"),)
 
 

@@ -20,6 +20,7 @@ import yaml
 from openai import OpenAI
 
 from coserve.config import load_library
+from coserve.router.measured import with_measured_map
 
 pytestmark = pytest.mark.e2e
 
@@ -74,7 +75,7 @@ def client(server: str) -> OpenAI:
 
 
 def test_coding_prompt_is_answered_by_the_code_expert(client: OpenAI) -> None:
-    expert = load_library().router.map["code"]  # solved from the library's measured outcomes
+    expert = with_measured_map(load_library()).router.map["code"]  # solved from the library's measured outcomes
     reply = client.chat.completions.create(
         model="coserve",
         messages=[{"role": "user", "content": "Write a Python function that returns the factorial of n."}],
@@ -91,7 +92,7 @@ def test_coding_prompt_is_answered_by_the_code_expert(client: OpenAI) -> None:
 
 
 def test_small_talk_is_answered_by_the_chat_expert(client: OpenAI) -> None:
-    expert = load_library().router.map["chat"]
+    expert = with_measured_map(load_library()).router.map["chat"]
     raw = client.chat.completions.with_raw_response.create(
         model="coserve",
         messages=[{"role": "user", "content": "hey! how has your week been so far?"}],
@@ -115,7 +116,7 @@ def test_streaming(client: OpenAI) -> None:
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert chunks[0].model == load_library().router.map["math"]
+    assert chunks[0].model == with_measured_map(load_library()).router.map["math"]
     assert (chunks[0].model_extra or {})["coserve"]["category"] == "math"
     assert "132" in text
     assert any(c.choices and c.choices[0].finish_reason for c in chunks)
@@ -145,7 +146,7 @@ def test_pinned_expert_and_bad_input(server: str, client: OpenAI) -> None:
 def test_metrics_count_decisions(server: str, client: OpenAI) -> None:
     client.chat.completions.create(model="coserve", messages=[{"role": "user", "content": "hello!"}], max_tokens=4)
     text = httpx.get(f"{server}/metrics").text
-    expert = load_library().router.map["chat"]
+    expert = with_measured_map(load_library()).router.map["chat"]
     assert f'coserve_decisions_total{{category="chat",expert="{expert}",reason="routed"}}' in text
     assert "coserve_request_seconds_bucket" in text
     assert f'coserve_tokens_total{{expert="{expert}",kind="completion"}}' in text
