@@ -1,6 +1,6 @@
 """JSON Lines: one JSON object a line, read with the line number of each object.
 
-Outcome files, the decision log export and the suites' data are JSONL. A reader here never drops a
+Outcome files and the decision log export are JSONL. A reader here never drops a
 bad line silently: each comes back as the reason it is bad, for the caller to refuse or report
 with its file and line. This module knows nothing about what the objects mean.
 """
