@@ -48,7 +48,7 @@ class BackendEntry:
 
 
 _ENTRIES = (
-    BackendEntry("llamacpp", "llamacpp:LlamaCppBackend", LlamaCppOptions, True, "llamacpp-server"),
+    BackendEntry("llamacpp", "llamacpp:LlamaCppBackend", LlamaCppOptions, True),  # xllamacpp: a core dependency
     BackendEntry("llamacpp-split", "llamacpp_split:LlamaCppSplitBackend", LlamaCppSplitOptions, True),
     BackendEntry("openai", "openai_http:OpenAIHTTPBackend", OpenAIOptions, False),
     BackendEntry("transformers", "transformers_hf:TransformersBackend", TransformersOptions, True, "torch"),
