@@ -192,7 +192,7 @@ class Engine:
         return call.lease
 
     async def _dispatch(self) -> None:
-        """Pick the next expert, stage it, admit its queued requests into free slots; repeat."""
+        """Pick the next expert, stage it, start its queued requests in free slots; repeat."""
         assert self._wake is not None
         while True:
             await self._wake.wait()
@@ -319,18 +319,11 @@ class Engine:
 
     async def _chain(self, first: Chunk, rest: AsyncIterator[Chunk], call: Call) -> AsyncIterator[Chunk]:
         try:
-            yield self._counted(first, call)
+            yield first
             async for chunk in rest:
-                yield self._counted(chunk, call)
+                yield chunk
         finally:
             await rest.aclose()  # type: ignore[attr-defined]  # stops the runtime at its next token
-
-    def _counted(self, chunk: Chunk, call: Call) -> Chunk:
-        if chunk.usage is not None:
-            call.usage = chunk.usage
-            self.metrics.tokens.labels(call.expert, "prompt").inc(chunk.usage.prompt_tokens)
-            self.metrics.tokens.labels(call.expert, "completion").inc(chunk.usage.completion_tokens)
-        return chunk
 
     async def _execute(self, lease: Lease, call: Call) -> AsyncIterator[Chunk]:
         """Run the backend's stream in a worker thread; the lease is held until it returns."""
@@ -369,6 +362,10 @@ class Engine:
                         raise error
                     return
                 assert isinstance(item, Chunk)
+                if item.usage is not None:  # the last chunk's: the call's usage
+                    call.usage = item.usage
+                    self.metrics.tokens.labels(call.expert, "prompt").inc(item.usage.prompt_tokens)
+                    self.metrics.tokens.labels(call.expert, "completion").inc(item.usage.completion_tokens)
                 yield item
         finally:
             cancel.set()  # the consumer left (client disconnect, error): stop at the next token
