@@ -1,7 +1,10 @@
 """Frozen messages passed between the stages of a request: route, schedule, stage, execute, answer.
 
 Pydantic lives only at the HTTP edge (coserve.server.protocol); inside, these dataclasses are the
-one vocabulary. This module knows nothing about HTTP, weights or runtimes.
+one vocabulary. What a request in flight learns on its way (decision, experts tried, lease, usage,
+timings, status) is not here: it is written on its one mutable ``coserve.engine.call.Call``, which
+carries the frozen ``Request`` (what the client asked) from HTTP to the backend and back.
+This module knows nothing about HTTP, weights or runtimes.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class Constraints:
 
 @dataclass(frozen=True)
 class Request:
-    """One chat request, created once at the edge and read by every stage."""
+    """What the client asked, created once at the edge and read by every stage (never changed)."""
 
     messages: tuple[Message, ...]
     model: str  # ROUTED_MODEL to route, or an expert's name to pin
@@ -79,7 +82,6 @@ class Request:
     stream: bool = False
     stream_usage: bool = False  # streamed: end with a usage chunk (OpenAI stream_options.include_usage)
     id: str = field(default_factory=lambda: f"chatcmpl-{next(_request_ids):08d}-{int(time.time() * 1000)}")
-    arrival: float = field(default_factory=time.monotonic)  # seconds, monotonic clock
 
     def last_user_turn(self) -> str:
         """The text the router embeds: the conversation's last user message."""

@@ -15,10 +15,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from coserve.config import load_library
+from coserve.engine.call import Call
 from coserve.engine.engine import Engine
 from coserve.errors import ConfigError, TooManyRequests
 from coserve.server.admission import Admission
 from coserve.server.app import create_app
+from coserve.types import Decision, Message, Request
 
 URL = "/v1/chat/completions"
 SLOW = {name: {"token_delay": 0.03} for name in ("small", "big", "coder")}
@@ -123,21 +125,33 @@ def test_draining_refuses_with_503(make_engine: Callable[..., Engine]) -> None:
     assert app.state.admission.draining  # set again by the lifespan's exit (shutdown)
 
 
+def _routed_to(expert: str) -> Call:
+    call = Call(Request((Message("user", "hi"),), expert))
+    call.decision = Decision(expert, None, 1.0, (), "pinned")
+    return call
+
+
 def test_admission_counts_once() -> None:
     admission = Admission(max_pending=2, max_pending_per_expert=1)
-    first = admission.admit()
-    first.claim("a")
-    second = admission.admit()
+    first, second, third = _routed_to("a"), _routed_to("a"), _routed_to("b")
+    admission.admit(first)
+    admission.admit(first)  # a second admit of the same call counts nothing
+    admission.claim(first)
+    admission.admit(second)
     with pytest.raises(TooManyRequests) as refused:
-        second.claim("a")
+        admission.claim(second)
     assert refused.value.headers() == {"retry-after": "1"}
     with pytest.raises(TooManyRequests):
-        admission.admit()
-    first.release()
-    first.release()  # a second release does nothing
+        admission.admit(third)
+    assert not third.admitted
+    admission.release(first)
+    admission.release(first)  # a second release does nothing
     assert (admission.pending, admission.per_expert) == (1, {})
-    second.claim("a")
-    second.release()
+    admission.claim(second)
+    assert (second.held_expert, admission.per_expert) == ("a", {"a": 1})
+    admission.release(second)
+    assert (admission.pending, admission.per_expert) == (0, {})
+    admission.release(third)  # never admitted: nothing to give back
     assert (admission.pending, admission.per_expert) == (0, {})
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coserve.backends.fake import FakeBackend
+from coserve.engine.call import Call
 from coserve.engine.engine import Engine
 from coserve.types import Message, Request, Sampling, Tier
 
@@ -17,11 +18,18 @@ def _request(expert: str) -> Request:
     return Request((Message("user", PROMPTS[expert]),), expert, Sampling(max_tokens=4))
 
 
+async def _answer(engine: Engine, request: Request) -> str:
+    """Route and complete one request; the expert that answered."""
+    call = Call(request)
+    await engine.route(call)
+    await engine.complete(call)
+    assert call.expert is not None and call.status == "running" and call.usage is not None
+    return call.expert
+
+
 async def _serve(engine: Engine, experts: list[str]) -> list[str]:
     async def one(expert: str) -> str:
-        request = _request(expert)
-        stream, _ = await engine.complete(request, await engine.route(request))
-        return stream.expert
+        return await _answer(engine, _request(expert))
 
     try:
         return list(await asyncio.gather(*(one(e) for e in experts)))
@@ -63,7 +71,7 @@ def test_load_per_request_unloads_after_each_request(make_engine: Callable[..., 
     async def run() -> None:
         for expert in ["small", "small", "coder"]:
             request = _request(expert)
-            await engine.complete(request, await engine.route(request))
+            await _answer(engine, request)
             await asyncio.sleep(0.05)  # let the eviction settle
             assert engine.pool.residency()[expert] is Tier.DISK
         await engine.close()
@@ -98,11 +106,9 @@ def test_request_cancelled_while_queued_never_runs(make_engine: Callable[..., En
     ran: list[Any] = []
 
     async def run() -> None:
-        first = _request("small")
-        task1 = asyncio.get_running_loop().create_task(engine.complete(first, await engine.route(first)))
+        task1 = asyncio.get_running_loop().create_task(_answer(engine, _request("small")))
         await asyncio.sleep(0.02)
-        second = _request("small")
-        task2 = asyncio.get_running_loop().create_task(engine.complete(second, await engine.route(second)))
+        task2 = asyncio.get_running_loop().create_task(_answer(engine, _request("small")))
         await asyncio.sleep(0.02)
         assert engine.scheduler.depth() == {"small": 1}
         task2.cancel()
@@ -124,10 +130,8 @@ def test_an_unexpected_staging_error_fails_the_whole_batch_not_the_dispatcher(
 
     async def run() -> list[str]:
         async def one(expert: str) -> str:
-            request = _request(expert)
             try:
-                stream, _ = await engine.complete(request, await engine.route(request))
-                return stream.expert
+                return await _answer(engine, _request(expert))
             except Exception as exc:  # the pinned coder requests have no alternative
                 return type(exc).__name__
 
@@ -145,9 +149,7 @@ def test_an_engine_serves_across_event_loops(make_engine: Callable[..., Engine])
     engine = make_engine()
 
     async def once() -> str:
-        request = _request("small")
-        stream, _ = await asyncio.wait_for(engine.complete(request, await engine.route(request)), 5)
-        return stream.expert
+        return await asyncio.wait_for(_answer(engine, _request("small")), 5)
 
     assert asyncio.run(once()) == "small"
     assert asyncio.run(once()) == "small"
@@ -162,8 +164,7 @@ async def _switch(engine: Engine, first: str, then: str) -> None:
     """Two requests for ``first``; once they run, one for ``then`` (a switch while ``first`` drains)."""
 
     async def one(expert: str) -> None:
-        request = _request(expert)
-        await engine.complete(request, await engine.route(request))
+        await _answer(engine, _request(expert))
 
     running = [asyncio.create_task(one(first)) for _ in range(2)]
     while engine.pool.in_flight(first) < 2:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 
-from coserve.engine.scheduler import Scheduler, Work
+from coserve.engine.call import Call
+from coserve.engine.scheduler import Scheduler
+from coserve.types import Message, Request
 
 
-def _queue(s: Scheduler, *items: tuple[str, float]) -> list[Work]:
-    works = [Work(expert, arrival) for expert, arrival in items]
-    for work in works:
-        s.submit(work)
-    return works
+def _queue(s: Scheduler, *items: tuple[str, float]) -> list[Call]:
+    calls = [Call(Request((Message("user", "hi"),), expert), expert=expert, queued_at=at) for expert, at in items]
+    for call in calls:
+        s.submit(call)
+    return calls
 
 
 def test_nothing_queued_picks_nothing() -> None:
@@ -59,18 +61,18 @@ def test_zero_wait_bound_is_first_come_first_served() -> None:
 
 def test_take_skips_cancelled_and_respects_the_limit() -> None:
     s = Scheduler()
-    works = _queue(s, ("a", 0.0), ("a", 1.0), ("a", 2.0), ("a", 3.0))
-    works[1].cancelled = True
+    calls = _queue(s, ("a", 0.0), ("a", 1.0), ("a", 2.0), ("a", 3.0))
+    calls[1].cancelled = True
     taken = s.take("a", 2)
-    assert taken == [works[0], works[2]]
+    assert taken == [calls[0], calls[2]]
     assert s.depth() == {"a": 1}
-    assert s.take("a", 5) == [works[3]] and s.pending() == 0
+    assert s.take("a", 5) == [calls[3]] and s.pending() == 0
 
 
 def test_next_use_is_the_oldest_live_arrival() -> None:
     s = Scheduler()
-    works = _queue(s, ("a", 3.0), ("b", 1.0), ("a", 4.0))
-    works[0].cancelled = True
+    calls = _queue(s, ("a", 3.0), ("b", 1.0), ("a", 4.0))
+    calls[0].cancelled = True
     assert s.next_use() == {"a": 4.0, "b": 1.0}
     s.take("b", 1)
     assert s.next_use()["b"] == math.inf
@@ -78,6 +80,6 @@ def test_next_use_is_the_oldest_live_arrival() -> None:
 
 def test_cancelled_only_queue_is_not_picked() -> None:
     s = Scheduler()
-    (work,) = _queue(s, ("a", 0.0))
-    work.cancelled = True
+    (call,) = _queue(s, ("a", 0.0))
+    call.cancelled = True
     assert s.pick(None, [], now=1.0) is None

@@ -21,6 +21,7 @@ from conftest import greedy, write_library
 
 from coserve.backends.registry import get_backend
 from coserve.config import load_library
+from coserve.engine.call import Call
 from coserve.engine.pool import ExpertPool
 from coserve.errors import AssetError, ConfigError, ExpertLoadError
 from coserve.types import Message, Sampling, Tier
@@ -169,7 +170,9 @@ def test_client_that_leaves_aborts_its_vllm_request(tmp_path: Path, model_folder
         elapsed = time.monotonic() - start
         assert await settled(engine, "a", within_s=5) == 0
         request = Request((Message("user", "Say hi."),), "a", Sampling(max_tokens=4))
-        _, completion = await engine.complete(request, await engine.route(request))
+        call = Call(request)
+        await engine.route(call)
+        completion = await engine.complete(call)
         await engine.close()
         return elapsed, completion.text
 

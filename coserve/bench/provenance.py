@@ -21,6 +21,8 @@ from coserve.cpus import usable_cores
 
 __all__ = ["cpu_model", "git_commit", "provenance", "write_data"]
 
+_CODE_PATHS = ("coserve", "scripts", "pyproject.toml", "requirements-models.txt", "requirements-suites.txt")
+
 
 def cpu_model() -> str:
     """The CPU's model name as the kernel reports it ("unknown" where it does not)."""
@@ -34,14 +36,15 @@ def cpu_model() -> str:
 
 
 def git_commit(cwd: Path | None = None) -> str:
-    """The checked-out commit, with ``-dirty`` when tracked files differ from it ("unknown" outside git)."""
+    """The checked-out commit, with ``-dirty`` when the code (package, scripts, project file) differs
+    from it; changed docs do not count, since a run rewrites its own data files ("unknown" outside git)."""
     where = cwd or Path(__file__).resolve().parent
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *(f":/{path}" for path in _CODE_PATHS)],
             cwd=where,
             capture_output=True,
             text=True,

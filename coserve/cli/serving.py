@@ -73,6 +73,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from coserve.engine.call import Call
     from coserve.types import Message, Request, Sampling
 
     engine = load_engine(args.library)
@@ -83,12 +84,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
         request = Request(
             tuple(history), args.model, Sampling(max_tokens=args.max_tokens, temperature=args.temperature)
         )
-        decision = await engine.route(request)
-        stream = await engine.stream(request, decision)
-        label = f"{stream.expert}" + (f" · {decision.category} {decision.confidence:.2f}" if decision.category else "")
+        call = Call(request)
+        decision = await engine.route(call)
+        chunks = await engine.stream(call)
+        label = f"{call.expert}" + (f" · {decision.category} {decision.confidence:.2f}" if decision.category else "")
         print(f"[{label}] ", end="", flush=True)
         parts = []
-        async for chunk in stream.chunks:
+        async for chunk in chunks:
             print(chunk.text, end="", flush=True)
             parts.append(chunk.text)
         print()

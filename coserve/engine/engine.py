@@ -1,18 +1,20 @@
 """The engine: route, schedule, stage, execute, answer — with fallback when an expert fails.
 
-    route     -> Decision (router, in a worker thread: embedding is CPU work)
-    schedule  -> the request joins its expert's queue; the dispatcher picks which expert runs
+    route     -> call.decision (router, in a worker thread: embedding is CPU work)
+    schedule  -> the call joins its expert's queue; the dispatcher picks which expert runs
                  next (stay on the running one, else a loaded one, bounded wait for the rest)
-                 and admits up to ``slots`` requests of it at a time (continuous batching)
-    stage     -> pool.acquire(expert): ACTIVE and pinned; the next expert is loaded while the
+                 and starts up to ``slots`` calls of it at a time (continuous batching)
+    stage     -> pool.acquire(expert) -> call.lease: ACTIVE and pinned; the next expert is loaded while the
                  running one drains when both fit the ACTIVE budget, else prefetched to RAM
     execute   -> backend.stream(...) in a worker thread, chunks handed to the event loop
-    answer    -> chunks to the caller; a failure before the first token moves the request to the
-                 next expert in the Decision's alternatives (``fallback_from`` records the path)
+    answer    -> chunks to the caller; a failure before the first token moves the call to the
+                 next expert in the Decision's alternatives (``call.tried`` records the path)
 
-Only one expert executes at a time: on a CPU the experts share the same cores, so running two at
-once only makes both slower, while serving one expert's queue as a batch avoids switches.
-Non-streamed requests are the same stream, collected. The engine knows nothing about HTTP.
+Every stage writes on the request's one ``Call`` (coserve.engine.call): its decision, the expert
+answering, the experts tried, the lease, the usage and the timings. Only one expert executes at a
+time: on a CPU the experts share the same cores, so running two at once only makes both slower,
+while serving one expert's queue as a batch avoids switches. Non-streamed requests are the same
+stream, collected. The engine knows nothing about HTTP.
 """
 
 from __future__ import annotations
@@ -23,28 +25,28 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from coserve.assets import locate
 from coserve.backends.base import Backend
 from coserve.backends.registry import BACKENDS, check_library, get_backend
 from coserve.config import LibraryConfig
+from coserve.engine.call import Call
 from coserve.engine.pool import ExpertPool, Lease
-from coserve.engine.scheduler import Scheduler, Work
+from coserve.engine.scheduler import Scheduler
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.metrics import Metrics
 from coserve.router.embed import Embedder
 from coserve.router.measured import with_measured_map
 from coserve.router.router import CoERouter
-from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Request, Tier, Usage
+from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Tier, Usage
 
 Policy = Literal["lookahead", "lru", "load_per_request"]
 
 DEFAULT_TIMEOUT_S = 300.0  # seconds without a chunk before an expert counts as hung (options.timeout_s)
 
-__all__ = ["Engine", "Stream", "limit_blas_threads", "missing_files", "shares_cores"]
+__all__ = ["Engine", "limit_blas_threads", "missing_files", "shares_cores"]
 
 _END = object()
 
@@ -80,16 +82,6 @@ def limit_blas_threads() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
-
-
-@dataclass
-class Stream:
-    """A started generation: which expert answers, the path it took, and its chunks."""
-
-    expert: str
-    fallback_from: tuple[str, ...]
-    chunks: AsyncIterator[Chunk]
-    started: float = field(default_factory=time.monotonic)
 
 
 class Engine:
@@ -181,24 +173,27 @@ class Engine:
             self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
         return self._wake
 
-    async def _admit(self, expert: str, request: Request) -> Lease:
-        """Queue the request for its expert; returns once the dispatcher hands it a pinned expert."""
+    async def _enqueue(self, call: Call) -> Lease:
+        """Queue the call for ``call.expert``; returns once the dispatcher put a pinned expert on it."""
         wake = self._ensure_dispatcher()
-        started: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        work = Work(expert, time.monotonic(), started)
-        self.scheduler.submit(work)
-        self.metrics.queue_depth.labels(expert).inc()
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        call.started, call.lease, call.status, call.queued_at = started, None, "queued", time.monotonic()
+        self.scheduler.submit(call)
+        self.metrics.queue_depth.labels(str(call.expert)).inc()
         wake.set()
         try:
-            return await started
+            await started
         except asyncio.CancelledError:
-            work.cancelled = True  # the caller went away while queued
-            if started.done() and not started.cancelled() and started.exception() is None:
-                started.result().release()
+            call.cancelled = True  # the caller went away while queued
+            if call.lease is not None:
+                call.lease.release()
             raise
+        assert call.lease is not None
+        call.status = "running"
+        return call.lease
 
     async def _dispatch(self) -> None:
-        """Pick the next expert, stage it, admit its queued requests into free slots; repeat."""
+        """Pick the next expert, stage it, start its queued requests in free slots; repeat."""
         assert self._wake is not None
         while True:
             await self._wake.wait()
@@ -221,11 +216,11 @@ class Engine:
                     self._prefetch(nxt)
                 await self._start(expert, self.scheduler.take(expert, free))
 
-    async def _start(self, expert: str, works: list[Work]) -> None:
-        for position, work in enumerate(works):
+    async def _start(self, expert: str, calls: list[Call]) -> None:
+        for position, call in enumerate(calls):
             self.metrics.queue_depth.labels(expert).dec()
-            started: asyncio.Future[Lease] = work.payload
-            if started.done():
+            started = call.started
+            if started is None or started.done():
                 continue
             try:
                 lease = await self.pool.acquire(expert)
@@ -234,17 +229,18 @@ class Engine:
                     exc = ExpertLoadError(f"expert {expert!r} could not be made ready: {exc}")
                 # This expert cannot run now: fail this batch and its queued requests, so they fall back.
                 queued = self.scheduler.take(expert, 10**9)
-                for _ in [*works[position + 1 :], *queued]:
+                for _ in [*calls[position + 1 :], *queued]:
                     self.metrics.queue_depth.labels(expert).dec()
-                for other in [*works[position:], *queued]:
-                    if not other.payload.done():
-                        other.payload.set_exception(exc)
+                for other in [*calls[position:], *queued]:
+                    if other.started is not None and not other.started.done():
+                        other.started.set_exception(exc)
                 self._running = None
                 return
             if started.done():  # cancelled while the expert was loading
                 lease.release()
                 continue
-            started.set_result(lease)
+            call.lease = lease
+            started.set_result(None)
 
     def _prefetch(self, expert: str, active: bool = False) -> None:
         if self.policy != "lookahead" or self.pool.residency()[expert] is Tier.ACTIVE:
@@ -272,73 +268,65 @@ class Engine:
         if self._wake is not None:
             self._wake.set()
 
-    async def route(self, request: Request) -> Decision:
-        """The request's Decision (pinned requests are not embedded)."""
+    async def route(self, call: Call) -> Decision:
+        """Put the call's Decision on it (pinned requests are not embedded)."""
         start = time.perf_counter()
-        if request.model == ROUTED_MODEL:
-            decision = await asyncio.get_running_loop().run_in_executor(None, self.router.route, request)
+        if call.request.model == ROUTED_MODEL:
+            decision = await asyncio.get_running_loop().run_in_executor(None, self.router.route, call.request)
             self.metrics.route_seconds.observe(time.perf_counter() - start)
         else:
-            decision = self.router.route(request)
+            decision = self.router.route(call.request)
         self.metrics.decisions.labels(decision.expert, decision.category or "-", decision.reason).inc()
+        call.decision, call.timings.routed = decision, time.monotonic()
         return decision
 
-    async def stream(self, request: Request, decision: Decision) -> Stream:
-        """Start generating; returns once the first chunk exists (or raises before any was sent)."""
-        tried: list[str] = []
+    async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        """Start a routed call; returns once its first chunk exists (or raises before any was sent).
+        ``call.expert`` is then the expert answering, ``call.tried`` the experts that failed first."""
+        assert call.decision is not None, "route the call first"
         last_error: Exception | None = None
         too_long_at: int | None = None  # context size that a prompt did not fit
-        for expert in (decision.expert, *decision.alternatives):
+        for expert in (call.decision.expert, *call.decision.alternatives):
             spec = self.library.expert(expert)
             if too_long_at is not None and spec.context <= too_long_at:
                 continue  # a smaller or equal context cannot fit the prompt either
+            call.expert = expert
             try:
-                lease = await self._admit(expert, request)
-            except (ExpertLoadError, AssetError) as exc:
-                tried.append(expert)
+                chunks = self._execute(await self._enqueue(call), call)
+                first = await anext(chunks, None) or Chunk("", "stop", Usage())
+            except (ExpertLoadError, AssetError, ContextTooLong, ExpertFailed) as exc:  # the ones that fall back
+                call.tried.append(expert)
                 last_error = exc
+                if isinstance(exc, ContextTooLong):
+                    too_long_at = spec.context
                 continue
-            chunks = self._execute(lease, request)
-            try:
-                first = await anext(chunks)
-            except StopAsyncIteration:
-                first = Chunk("", "stop", Usage())
-            except ContextTooLong as exc:
-                tried.append(expert)
-                last_error, too_long_at = exc, spec.context
-                continue
-            except ExpertFailed as exc:
-                tried.append(expert)
-                last_error = exc
-                continue
-            for source in tried:
+            call.timings.first_token = time.monotonic()
+            for source in call.tried:
                 self.metrics.fallbacks.labels(source, expert).inc()
-            return Stream(expert, tuple(tried), self._chain(first, chunks, expert))
+            return self._chain(first, chunks, call)
+        call.expert = call.decision.expert  # no expert answered: the chosen one is on record
         assert last_error is not None
         raise last_error
 
-    async def complete(self, request: Request, decision: Decision) -> tuple[Stream, Completion]:
-        """Generate the whole answer."""
-        stream = await self.stream(request, decision)
+    async def complete(self, call: Call) -> Completion:
+        """Generate the whole answer of a routed call."""
         parts: list[str] = []
-        finish, usage = "stop", Usage()
-        async for chunk in stream.chunks:
+        finish = "stop"
+        async for chunk in await self.stream(call):
             parts.append(chunk.text)
             if chunk.finish_reason:
                 finish = chunk.finish_reason
-            if chunk.usage:
-                usage = chunk.usage
-        return stream, Completion("".join(parts), finish, usage)
+        return Completion("".join(parts), finish, call.usage or Usage())
 
-    async def _chain(self, first: Chunk, rest: AsyncIterator[Chunk], expert: str) -> AsyncIterator[Chunk]:
-        yield first
-        async for chunk in rest:
-            if chunk.usage is not None:
-                self.metrics.tokens.labels(expert, "prompt").inc(chunk.usage.prompt_tokens)
-                self.metrics.tokens.labels(expert, "completion").inc(chunk.usage.completion_tokens)
-            yield chunk
+    async def _chain(self, first: Chunk, rest: AsyncIterator[Chunk], call: Call) -> AsyncIterator[Chunk]:
+        try:
+            yield first
+            async for chunk in rest:
+                yield chunk
+        finally:
+            await rest.aclose()  # type: ignore[attr-defined]  # stops the runtime at its next token
 
-    async def _execute(self, lease: Lease, request: Request) -> AsyncIterator[Chunk]:
+    async def _execute(self, lease: Lease, call: Call) -> AsyncIterator[Chunk]:
         """Run the backend's stream in a worker thread; the lease is held until it returns."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -350,7 +338,7 @@ class Engine:
             return cancel.is_set()
 
         future = loop.run_in_executor(
-            self.executor, backend.stream, lease.handle, request.messages, request.sampling, emit
+            self.executor, backend.stream, lease.handle, call.request.messages, call.request.sampling, emit
         )
 
         def finished(_: object) -> None:
@@ -375,9 +363,27 @@ class Engine:
                         raise error
                     return
                 assert isinstance(item, Chunk)
+                if item.usage is not None:  # the last chunk's: the call's usage
+                    call.usage = item.usage
+                    self.metrics.tokens.labels(call.expert, "prompt").inc(item.usage.prompt_tokens)
+                    self.metrics.tokens.labels(call.expert, "completion").inc(item.usage.completion_tokens)
                 yield item
         finally:
             cancel.set()  # the consumer left (client disconnect, error): stop at the next token
+
+    def health(self) -> dict[str, Any]:
+        """What ``/health`` shows of the engine: each expert's state, memory per tier, the queues."""
+        pool = self.pool
+        return {
+            "experts": {name: pool.state(name) for name in self.library.expert_names},
+            "memory": {
+                "active_bytes": pool.used_bytes(),
+                "active_budget_bytes": pool.budget_bytes,
+                "ram_bytes": pool.ram_bytes(),
+                "ram_budget_bytes": pool.ram_budget_bytes,
+            },
+            "engine": {"policy": self.policy, "switches": self.switches, "queued": self.scheduler.depth()},
+        }
 
     async def close(self) -> None:
         if self._dispatcher is not None:

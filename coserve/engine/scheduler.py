@@ -11,7 +11,9 @@ scheduler uses that to keep switches rare without starving anyone:
 * ``upcoming`` lists the other experts with queued work, the soonest first (prefetch hints), and
   ``next_use`` gives the lookahead eviction order.
 
-It knows nothing about weights, runtimes or HTTP; time comes in as an argument (testable).
+It queues the request's own ``Call`` under ``call.expert`` (the expert being tried), ordered by
+``call.queued_at``; it reads nothing else of it. It knows nothing about weights, runtimes or HTTP;
+time comes in as an argument (testable).
 """
 
 from __future__ import annotations
@@ -20,19 +22,10 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-__all__ = ["Pick", "Scheduler", "Work"]
+from coserve.engine.call import Call
 
-
-@dataclass(eq=False)
-class Work:
-    """One queued request for one expert."""
-
-    expert: str
-    arrival: float  # seconds, monotonic clock
-    payload: Any = None  # what the engine needs to start it (opaque here)
-    cancelled: bool = False
+__all__ = ["Pick", "Scheduler"]
 
 
 @dataclass(frozen=True)
@@ -49,10 +42,12 @@ class Scheduler:
     """Per-expert FIFO queues with switch-minimising choice and a bound on waiting."""
 
     max_wait_s: float = 10.0  # a request older than this makes its expert the next one
-    queues: dict[str, deque[Work]] = field(default_factory=dict)
+    queues: dict[str, deque[Call]] = field(default_factory=dict)
 
-    def submit(self, work: Work) -> None:
-        self.queues.setdefault(work.expert, deque()).append(work)
+    def submit(self, call: Call) -> None:
+        """Queue ``call`` for ``call.expert`` (set by the caller, with ``queued_at``)."""
+        assert call.expert is not None
+        self.queues.setdefault(call.expert, deque()).append(call)
 
     def _prune(self, expert: str) -> None:
         queue = self.queues.get(expert)
@@ -63,11 +58,11 @@ class Scheduler:
         """Arrival of the expert's oldest live queued request (inf when none)."""
         self._prune(expert)
         queue = self.queues.get(expert)
-        return queue[0].arrival if queue else math.inf
+        return queue[0].queued_at if queue else math.inf
 
     def depth(self) -> dict[str, int]:
         """Queued (live) requests per expert."""
-        return {name: sum(not w.cancelled for w in q) for name, q in self.queues.items()}
+        return {name: sum(not c.cancelled for c in q) for name, q in self.queues.items()}
 
     def pending(self) -> int:
         return sum(self.depth().values())
@@ -94,12 +89,12 @@ class Scheduler:
         upcoming = tuple(name for name in by_age if name != choice)
         return Pick(choice, reason, upcoming)
 
-    def take(self, expert: str, limit: int) -> list[Work]:
+    def take(self, expert: str, limit: int) -> list[Call]:
         """Dequeue up to ``limit`` live requests of ``expert``, oldest first."""
-        out: list[Work] = []
+        out: list[Call] = []
         queue = self.queues.get(expert)
         while queue and len(out) < limit:
-            work = queue.popleft()
-            if not work.cancelled:
-                out.append(work)
+            call = queue.popleft()
+            if not call.cancelled:
+                out.append(call)
         return out

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coserve.engine.call import Call
 from coserve.engine.engine import Engine
 from coserve.errors import ConfigError, CoserveError
 from coserve.jsonl import parse_lines, write_row
@@ -98,13 +99,14 @@ async def _ask(
         Sampling(max_tokens=max_tokens, temperature=0.0),
     )
     start = time.monotonic()
-    decision = await engine.route(request)
+    call = Call(request)
+    decision = await engine.route(call)
     if expert != ROUTED:
-        decision = dataclasses.replace(decision, alternatives=())
-    stream, completion = await engine.complete(request, decision)
-    if expert != ROUTED and stream.expert != expert:
-        raise CoserveError(f"answered by {stream.expert!r} instead")
-    return completion.text, completion.usage.completion_tokens, time.monotonic() - start, stream.expert
+        call.decision = dataclasses.replace(decision, alternatives=())
+    completion = await engine.complete(call)
+    if expert != ROUTED and call.expert != expert:
+        raise CoserveError(f"answered by {call.expert!r} instead")
+    return completion.text, completion.usage.completion_tokens, time.monotonic() - start, str(call.expert)
 
 
 async def _grade(engine: Engine, suite: Suite, text: str, item: Item, judge: str | None) -> float | Graded:

@@ -1,9 +1,11 @@
-"""Admission control: how many chat requests the server holds at once, in all and per expert.
+"""Admission: how many chat requests the server holds at once, in all and per expert.
 
-A request is admitted (``Admission.admit``) before it is parsed and routed, and claims its routed
-expert (``Ticket.claim``) once the decision exists; past either bound it is refused with
-TooManyRequests (429, Retry-After). Once ``draining`` is set (shutdown), every new request is
-refused with Draining (503). A ticket is released exactly once, however the request ends.
+"Admit" means one thing in coserve: let a chat request into the server, counting it against
+these bounds. ``Admission.admit(call)`` counts a parsed request before it is routed (past
+``max_pending``: TooManyRequests, 429 with Retry-After); ``claim(call)`` then counts it against its
+routed expert (past ``max_pending_per_expert``: 429). Once ``draining`` is set (shutdown), every
+new request is refused with Draining (503). ``release(call)`` gives both back exactly once,
+however the request ends; the hold is written on the Call itself (``admitted``, ``held_expert``).
 
 This module knows nothing about HTTP, experts' runtimes or the scheduler's queues: it only counts.
 """
@@ -12,29 +14,13 @@ from __future__ import annotations
 
 import threading
 
+from coserve.engine.call import Call
 from coserve.errors import Draining, TooManyRequests
 
-__all__ = ["Admission", "Ticket"]
+__all__ = ["Admission"]
 
 RETRY_AFTER_S = 1  # seconds a refused client is told to wait (429)
 DRAIN_RETRY_AFTER_S = 5  # seconds a client is told to wait while the server shuts down (503)
-
-
-class Ticket:
-    """One admitted request's hold on the counters."""
-
-    def __init__(self, admission: Admission):
-        self._admission = admission
-        self.expert: str | None = None  # the expert this request counts against, once claimed
-        self.released = False
-
-    def claim(self, expert: str) -> None:
-        """Count the request against ``expert``; TooManyRequests past its bound."""
-        self._admission._claim(self, expert)
-
-    def release(self) -> None:
-        """Give the slots back; later calls do nothing."""
-        self._admission._release(self)
 
 
 class Admission:
@@ -53,20 +39,25 @@ class Admission:
         if self.draining:
             raise Draining("the server is shutting down; retry on another instance", retry_after=DRAIN_RETRY_AFTER_S)
 
-    def admit(self) -> Ticket:
-        """A ticket for one new request, or TooManyRequests / Draining."""
+    def admit(self, call: Call) -> None:
+        """Count one new request, or TooManyRequests / Draining."""
         self.check_open()
         with self._lock:
+            if call.admitted:
+                return
             if self.pending >= self.max_pending:
                 raise TooManyRequests(
                     f"the server holds {self.max_pending} requests already; retry later", retry_after=RETRY_AFTER_S
                 )
             self.pending += 1
-        return Ticket(self)
+            call.admitted = True
 
-    def _claim(self, ticket: Ticket, expert: str) -> None:
+    def claim(self, call: Call) -> None:
+        """Count an admitted, routed request against its expert; TooManyRequests past its bound."""
+        assert call.decision is not None, "route the call first"
+        expert = call.decision.expert
         with self._lock:
-            if ticket.released or ticket.expert is not None:
+            if not call.admitted or call.held_expert is not None:
                 return
             held = self.per_expert.get(expert, 0)
             if held >= self.max_pending_per_expert:
@@ -75,17 +66,19 @@ class Admission:
                     retry_after=RETRY_AFTER_S,
                 )
             self.per_expert[expert] = held + 1
-            ticket.expert = expert
+            call.held_expert = expert
 
-    def _release(self, ticket: Ticket) -> None:
+    def release(self, call: Call) -> None:
+        """Give the call's counts back; later calls do nothing."""
         with self._lock:
-            if ticket.released:
+            if not call.admitted:
                 return
-            ticket.released = True
+            call.admitted = False
             self.pending -= 1
-            if ticket.expert is not None:
-                left = self.per_expert[ticket.expert] - 1
+            if call.held_expert is not None:
+                left = self.per_expert[call.held_expert] - 1
                 if left:
-                    self.per_expert[ticket.expert] = left
+                    self.per_expert[call.held_expert] = left
                 else:
-                    del self.per_expert[ticket.expert]
+                    del self.per_expert[call.held_expert]
+                call.held_expert = None

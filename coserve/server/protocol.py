@@ -1,19 +1,35 @@
-"""Pydantic models of the OpenAI chat API subset coserve speaks, plus its extensions.
+"""Pydantic models of the OpenAI chat API subset coserve speaks, plus its extensions, and the parsing of bodies.
 
 Validation here is the edge: a body that passes becomes a frozen ``coserve.types.Request``.
-Type errors are 400 (``invalid_request_error``); values out of range are 422.
+Types are strict, as in OpenAI's API: no string is taken for a bool or a number, no bool for a
+number, no fractional number for an integer (an integer is a valid number). Type errors and
+malformed bodies are 400 (``invalid_request_error``, ``param`` names the field); values out of
+range are 422. Fields coserve does not know are accepted and ignored.
+
+This module knows nothing about routing, engines or how responses are written.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from coserve.errors import UnprocessableRequest
+from coserve.errors import InvalidRequest, UnprocessableRequest
 from coserve.types import Constraints, Message, Request, Sampling
 
-__all__ = ["ChatCompletionRequest", "ChatMessage", "CoserveOptions", "FeedbackRequest"]
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "CoserveOptions",
+    "FeedbackRequest",
+    "json_body",
+    "parse_chat",
+    "parse_feedback",
+]
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 MAX_TOKENS_CAP = 8192  # no request may ask for more completion tokens than this
 
@@ -136,5 +152,70 @@ class FeedbackRequest(BaseModel):
             raise UnprocessableRequest("score must be between -1 and 1", param="score")
 
 
-def error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+def json_body(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object, or InvalidRequest (400) saying what is wrong with it."""
+    if len(raw) > max_bytes:
+        raise InvalidRequest(f"the body is larger than {max_bytes} bytes", code="body_too_large")
+    try:
+        data = json.loads(raw)
+        # Valid JSON may still hold lone surrogates ("\ud800"), which no UTF-8 response can echo.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    except UnicodeEncodeError:
+        raise InvalidRequest("the body holds text that is not valid Unicode", code="invalid_json") from None
+    except RecursionError:
+        raise InvalidRequest("the body is nested too deeply", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return data
+
+
+def parse_chat(raw: bytes, max_bytes: int, max_messages: int) -> Request:
+    """A chat completion body, strictly typed and range-checked, as the internal Request."""
+    body = _validate(ChatCompletionRequest, json_body(raw, max_bytes))
+    if len(body.messages) > max_messages:
+        raise InvalidRequest(f"at most {max_messages} messages", param="messages")
+    return body.to_request()
+
+
+def parse_feedback(raw: bytes, max_bytes: int) -> FeedbackRequest:
+    """A feedback body, strictly typed and range-checked."""
+    body = _validate(FeedbackRequest, json_body(raw, max_bytes))
+    body.check()
+    return body
+
+
+def _validate(model: type[_Model], data: dict[str, Any]) -> _Model:
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as exc:
+        raise _invalid(exc, data) from None
+
+
+_JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array"}
+
+
+def _invalid(exc: ValidationError, data: dict[str, Any]) -> InvalidRequest:
+    """The first error, at its deepest place (a union reports one error per member), as a 400."""
+    errors = exc.errors()
+    first = max(errors, key=lambda error: len(error["loc"]))
+    param = _param(tuple(first["loc"]), data, missing=first["type"] == "missing")
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"].endswith("_type"):
+        value = first.get("input")
+        message += f", not {_JSON_TYPES.get(type(value), 'null' if value is None else 'an object')}"
+    return InvalidRequest(f"{param}: {message}" if param else message, param=param or None)
+
+
+def _param(loc: tuple[Any, ...], data: Any, *, missing: bool) -> str:
+    """The field's path in the body (``messages[0].content``), without the union members pydantic names."""
+    out, node = "", data
+    for position, part in enumerate(loc):
+        if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+            out, node = out + f"[{part}]", node[part]
+        elif isinstance(part, str) and isinstance(node, dict) and part in node:
+            out, node = out + ("." if out else "") + part, node[part]
+        elif isinstance(part, str) and missing and position == len(loc) - 1:
+            out += ("." if out else "") + part  # a required field that is not there
+    return out

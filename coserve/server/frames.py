@@ -1,0 +1,133 @@
+"""What goes on the wire: OpenAI-style response bodies, SSE frames and error bodies.
+
+Every body a chat request gets is written here: the ``chat.completion`` object, the
+``chat.completion.chunk`` frames of a stream (first with the role, then content, then the finish
+reason, then the usage chunk when asked for), the error event that ends a failed stream, the
+``[DONE]`` frame, the ``x-coserve-*`` headers, and the error responses of every route. All of it is
+read from the request's ``Call``.
+
+This module knows nothing about routing, admission or how the engine runs a request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from coserve.engine.call import Call
+from coserve.errors import CoserveError
+from coserve.types import Completion, Usage
+
+__all__ = [
+    "DONE",
+    "INTERNAL_ERROR",
+    "Frames",
+    "completion_body",
+    "error_body",
+    "error_response",
+    "headers",
+    "sse",
+]
+
+DONE = b"data: [DONE]\n\n"
+
+
+def error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
+    """``{"error": {message, type, param, code}}``."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+INTERNAL_ERROR = error_body("internal server error", "server_error", None, "internal_error")
+
+
+def error_response(exc: CoserveError) -> JSONResponse:
+    """The HTTP response of a CoserveError: its body, status and headers (Retry-After)."""
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+def sse(payload: dict[str, Any] | str) -> bytes:
+    """One server-sent event: ``data: <json>`` and a blank line."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _coserve_field(call: Call) -> dict[str, Any]:
+    assert call.decision is not None and call.expert is not None
+    field = call.decision.as_dict()
+    field["expert"] = call.expert
+    if call.tried:
+        field["fallback_from"] = list(call.tried)
+    return field
+
+
+def headers(call: Call) -> dict[str, str]:
+    """The ``x-coserve-*`` headers of an answered call: who answered, the category, the fallback path."""
+    assert call.decision is not None and call.expert is not None
+    out = {"x-coserve-expert": call.expert, "x-coserve-category": call.decision.category or ""}
+    if call.tried:
+        out["x-coserve-fallback-from"] = ",".join(call.tried)
+    return out
+
+
+def completion_body(call: Call, completion: Completion) -> dict[str, Any]:
+    """The ``chat.completion`` object of a non-streamed answer."""
+    return {
+        "id": call.id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": call.expert,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text},
+                "finish_reason": completion.finish_reason,
+            }
+        ],
+        "usage": _usage(completion.usage),
+        "coserve": _coserve_field(call),
+    }
+
+
+class Frames:
+    """The SSE frames of one streamed answer (one ``created`` time for all of them)."""
+
+    def __init__(self, call: Call):
+        self.call = call
+        self.created = int(time.time())
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        base = {"id": self.call.id, "object": "chat.completion.chunk", "created": self.created}
+        return sse({**base, "model": self.call.expert, "choices": choices, **extra})
+
+    def _delta(self, delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
+        return self._chunk([{"index": 0, "delta": delta, "finish_reason": finish}], **extra)
+
+    def role(self) -> bytes:
+        """The first frame: the assistant's role, and the ``coserve`` object (who answers, why)."""
+        return self._delta({"role": "assistant", "content": ""}, None, coserve=_coserve_field(self.call))
+
+    def content(self, text: str) -> bytes:
+        return self._delta({"content": text}, None)
+
+    def finish(self, reason: str) -> bytes:
+        return self._delta({}, reason)
+
+    def usage(self, usage: Usage) -> bytes:
+        """The final usage chunk (OpenAI's ``stream_options.include_usage``): no choices."""
+        return self._chunk([], usage=_usage(usage))
+
+    @staticmethod
+    def error(exc: BaseException) -> bytes:
+        """The event that ends a stream failing after its first token."""
+        return sse(exc.body() if isinstance(exc, CoserveError) else INTERNAL_ERROR)

@@ -1,0 +1,241 @@
+"""The HTTP routes: module-level handlers over the server's state (set by the app's lifespan).
+
+A chat request goes: Gate (key, quota check, draining) -> parse (strict types) -> Call ->
+admission -> route -> claim its expert -> engine (stream or complete) -> frames; every way out
+goes through ``Outcomes.settle`` exactly once (for a stream, when its response ends, however).
+The other routes list the models, take feedback, and answer ``/health`` (from ``Engine.health``)
+and ``/metrics``.
+
+This module knows nothing about the pool, the scheduler or the runtimes: it talks to the Engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi import Request as HttpRequest
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
+
+from coserve.config import ServerSettings
+from coserve.engine.call import Call, Timings
+from coserve.engine.engine import Engine
+from coserve.errors import CoserveError, NotFound
+from coserve.server.admission import Admission
+from coserve.server.frames import DONE, Frames, completion_body, headers
+from coserve.server.gate import CHAT_PATH, Gate
+from coserve.server.openapi import documented, error_responses
+from coserve.server.outcome import Outcomes
+from coserve.server.protocol import ChatCompletionRequest, FeedbackRequest, parse_chat, parse_feedback
+from coserve.store.log import DecisionLog
+from coserve.types import ROUTED_MODEL
+
+__all__ = ["ServerState", "router"]
+
+log = logging.getLogger("coserve.server")
+
+DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
+
+router = APIRouter()
+
+
+@dataclass
+class ServerState:
+    """What the handlers share, made once per app (``app.state.server``)."""
+
+    engine: Engine
+    settings: ServerSettings
+    gate: Gate
+    admission: Admission
+    decisions: DecisionLog
+    outcomes: Outcomes
+
+
+def _state(http: HttpRequest) -> ServerState:
+    state: ServerState = http.app.state.server
+    return state
+
+
+def _api(http: HttpRequest) -> ServerState:
+    state = _state(http)
+    state.gate.check_api(http.headers.get("authorization"), chat=False)
+    return state
+
+
+def _ops(http: HttpRequest) -> ServerState:
+    state = _state(http)
+    state.gate.check_ops(http.headers.get("authorization"))
+    return state
+
+
+ApiState = Annotated[ServerState, Depends(_api)]  # a /v1 route's state, once its caller passed the Gate
+OpsState = Annotated[ServerState, Depends(_ops)]  # /health and /metrics
+
+
+def _status(exc: BaseException) -> str:
+    if isinstance(exc, CoserveError):
+        return str(exc.status)
+    return "499" if isinstance(exc, asyncio.CancelledError) else "500"
+
+
+@router.post(
+    CHAT_PATH,
+    openapi_extra=documented(ChatCompletionRequest),
+    responses=error_responses(400, 401, 404, 413, 422, 429, 502, 503),
+)
+async def chat_completions(http: HttpRequest) -> Response:
+    timings = Timings()
+    state = _state(http)
+    call: Call | None = None
+    try:
+        key = state.gate.check_api(http.headers.get("authorization"), chat=True)
+        settings = state.settings
+        request = parse_chat(await http.body(), settings.max_body_bytes, settings.max_messages)
+        call = Call(request, key=key, timings=timings)
+        state.admission.admit(call)
+        await state.engine.route(call)
+        state.admission.claim(call)
+        if request.stream:
+            return await _streamed(state, call)
+        return await _completed(http, state, call)
+    except BaseException as exc:
+        state.outcomes.settle(_status(exc), call)
+        raise
+
+
+async def _completed(http: HttpRequest, state: ServerState, call: Call) -> Response:
+    work = asyncio.ensure_future(state.engine.complete(call))
+    while not work.done():
+        # A client that goes away cancels its request (queued or generating) and frees its slot.
+        await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+        if not work.done() and await http.is_disconnected():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, CoserveError):
+                await work
+            state.outcomes.settle("499", call)
+            return Response(status_code=499)
+    completion = work.result()
+    state.outcomes.settle("200", call, completion.text)
+    return JSONResponse(completion_body(call, completion), headers=headers(call))
+
+
+class _SettledStream(StreamingResponse):
+    """A streamed response that settles its call when it ends, however it ends (client gone too)."""
+
+    def __init__(self, content: AsyncIterator[bytes], end: Callable[[], Coroutine[Any, Any, None]], **kw: Any):
+        super().__init__(content, **kw)
+        self._end = end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._end()
+
+
+async def _streamed(state: ServerState, call: Call) -> StreamingResponse:
+    chunks = await state.engine.stream(call)  # errors before the first token are HTTP errors
+    frames = Frames(call)
+    parts: list[str] = []  # kept only when the log stores texts
+    status = "200"
+
+    async def events() -> AsyncIterator[bytes]:
+        nonlocal status
+        try:
+            yield frames.role()
+            async for chunk in chunks:
+                if chunk.text:
+                    if state.decisions.store_text:
+                        parts.append(chunk.text)
+                    yield frames.content(chunk.text)
+                if chunk.finish_reason:
+                    yield frames.finish(chunk.finish_reason)
+                    if call.request.stream_usage and chunk.usage is not None:
+                        yield frames.usage(chunk.usage)
+        except Exception as exc:  # after the first token: end the stream with an error event
+            if not isinstance(exc, CoserveError):
+                log.exception("stream failed")
+            status = "stream_error"
+            yield frames.error(exc)
+        yield DONE
+
+    async def end() -> None:
+        await chunks.aclose()  # type: ignore[attr-defined]  # stops the runtime if the client left
+        state.outcomes.settle(status, call, "".join(parts))
+
+    return _SettledStream(
+        events(),
+        end,
+        media_type="text/event-stream",
+        headers={**headers(call), "cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+@router.get("/v1/models", responses=error_responses(401, 429, 503))
+async def models(state: ApiState) -> dict[str, Any]:
+    created = int(time.time())
+    library = state.engine.library
+    experts = state.engine.health()["experts"]
+    data: list[dict[str, Any]] = [
+        {
+            "id": ROUTED_MODEL,
+            "object": "model",
+            "created": created,
+            "owned_by": "coserve",
+            "coserve": {"routed": True, "experts": list(library.expert_names)},
+        }
+    ]
+    for spec in library.experts:
+        data.append(
+            {
+                "id": spec.name,
+                "object": "model",
+                "created": created,
+                "owned_by": "coserve",
+                "coserve": {
+                    "routed": False,
+                    "backend": spec.backend,
+                    "params_b": spec.params_b,
+                    "context": spec.context,
+                    "tags": list(spec.tags),
+                    "tier": experts[spec.name]["tier"],
+                },
+            }
+        )
+    return {"object": "list", "data": data}
+
+
+@router.post(
+    "/v1/feedback",
+    openapi_extra=documented(FeedbackRequest),
+    responses=error_responses(400, 401, 404, 422, 429, 503),
+)
+async def feedback(http: HttpRequest, state: ApiState) -> dict[str, Any]:
+    body = parse_feedback(await http.body(), state.settings.max_body_bytes)
+    if not await asyncio.wrap_future(state.decisions.feedback(body.id, body.score)):
+        raise NotFound(f"no logged request has the id {body.id!r}", param="id", code="request_not_found")
+    return {"object": "feedback", "id": body.id, "score": body.score}
+
+
+@router.get("/health", responses=error_responses(401, 503))
+async def health(state: OpsState) -> JSONResponse:
+    admission = state.admission
+    payload = {
+        "status": "draining" if admission.draining else "ok",
+        **state.engine.health(),
+        "admission": {"pending": admission.pending, "per_expert": dict(admission.per_expert)},
+    }
+    return JSONResponse(payload, status_code=503 if admission.draining else 200)
+
+
+@router.get("/metrics", responses=error_responses(401))
+async def prometheus(state: OpsState) -> Response:
+    return Response(generate_latest(state.engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
