@@ -26,11 +26,11 @@ def _library(path: str | None) -> Any:
     return load_library(path)
 
 
-def _engine(library_path: str | None, policy: str = "lookahead") -> Any:
+def _engine(library_path: str | None, residency: str = "lookahead") -> Any:
     from coserve.assets import cache_dir
     from coserve.engine.engine import Engine
 
-    return Engine.build(_library(library_path), cache_dir(), policy=policy)  # type: ignore[arg-type]
+    return Engine.build(_library(library_path), cache_dir(), residency=residency)  # type: ignore[arg-type]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from coserve.server.app import create_app
 
-    engine = _engine(args.library, args.policy)
+    engine = _engine(args.library, args.residency)
     app = create_app(engine)
 
     class DrainingServer(uvicorn.Server):
@@ -503,10 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds in-flight requests may take to finish after SIGTERM (default 30)",
     )
     p.add_argument(
-        "--policy",
+        "--residency",
         default="lookahead",
         choices=["lookahead", "lru", "load_per_request"],
-        help="serving policy (the other two exist for benchmarks)",
+        help="how experts are ordered and kept loaded (the other two are benchmark baselines)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -407,7 +407,7 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
                 "ram_bytes": pool.ram_bytes(),
                 "ram_budget_bytes": pool.ram_budget_bytes,
             },
-            "engine": {"policy": engine.policy, "switches": engine.switches, "queued": engine.scheduler.depth()},
+            "engine": {"residency": engine.residency, "switches": engine.switches, "queued": engine.scheduler.depth()},
             "admission": {"pending": admission.pending, "per_expert": dict(admission.per_expert)},
         }
         return JSONResponse(payload, status_code=503 if admission.draining else 200)
