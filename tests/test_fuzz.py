@@ -39,7 +39,6 @@ def test_api_schema(make_engine: Callable[..., Engine]) -> None:
         assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/feedback", "/v1/models"}
         calls: dict[str, dict[str, int]] = {}  # operation -> status -> responses
         for operation in operations:
-            seen = calls.setdefault(f"{operation.method.upper()} {operation.path}", {})
 
             strategy = operation.as_strategy()
             if operation.path == "/v1/chat/completions":
@@ -57,7 +56,8 @@ def test_api_schema(make_engine: Callable[..., Engine]) -> None:
             )
             def fuzz(case: Any) -> None:
                 response = case.call_and_validate(checks=[not_a_server_error, status_code_conformance])
-                seen[str(response.status_code)] = seen.get(str(response.status_code), 0) + 1
+                tally = calls.setdefault(f"{case.method.upper()} {case.path}", {})
+                tally[str(response.status_code)] = tally.get(str(response.status_code), 0) + 1
 
             fuzz()
         print(f"fuzz: statuses per operation {calls}")
