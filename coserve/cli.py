@@ -425,15 +425,9 @@ def cmd_experts_add(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from coserve.bench.serve import bench_serve
+    from coserve.bench.serve import run
 
-    policies = tuple(args.policies.split(",")) if args.policies else None
-    kwargs = {"policies": policies} if policies else {}
-    result = bench_serve(_library(args.library), n=args.n, rate=args.rate, max_tokens=args.max_tokens,
-                         seed=args.seed, **kwargs)  # fmt: skip
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return run(_library(args.library), args)
 
 
 def cmd_keys_hash(args: argparse.Namespace) -> int:
@@ -571,14 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, default=200, help="decisions per prompt length")
     b.add_argument("--json", help="also write the figures to this file")
     b.set_defaults(func=cmd_bench_route)
-    b = bench.add_parser("serve", help="serving policies and a real peer on one mixed workload")
+    b = bench.add_parser("serve", help="coserve's residencies and a real peer, alternating runs of one workload")
     library_arg(b)
-    b.add_argument("--n", type=int, default=48, help="requests")
-    b.add_argument("--rate", type=float, default=2.0, help="Poisson arrival rate, requests/s")
-    b.add_argument("--max-tokens", type=int, default=24)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--policies", help="comma-separated subset of load_per_request,lru,lookahead,all_resident,peer")
-    b.add_argument("--json", help="also write the figures to this file")
+    from coserve.bench.serve import add_arguments as bench_serve_arguments
+
+    bench_serve_arguments(b)
     b.set_defaults(func=cmd_bench_serve)
 
     p = sub.add_parser("outcomes", help="run every expert on benchmark suites and write outcome data (JSONL)")

@@ -39,7 +39,6 @@ def test_api_schema(make_engine: Callable[..., Engine]) -> None:
         assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/feedback", "/v1/models"}
         calls: dict[str, dict[str, int]] = {}  # operation -> status -> responses
         for operation in operations:
-
             strategy = operation.as_strategy()
             if operation.path == "/v1/chat/completions":
                 # A random model name is refused (404) before the body is read further: half the
