@@ -154,6 +154,9 @@ def test_serve_bench_routed_replay_counts_answers_from_another_expert(tmp_path: 
         routed = asyncio.run(replay(live.url, workload, 4, routed=True))
         assert routed["routed"] is True and routed["not_the_planned_expert"] == 0
         assert routed["throughput_rps"] > 0 and routed["p50_s"] > 0
+        # the fake experts' answers are cut at max_tokens (4 words), reported in the stream's usage
+        assert [(r["completion_tokens"], r["tokens_from"]) for r in routed["requests"]] == [(4, "usage")] * 6
+        assert routed["completion_tokens"] == 24
         wrong = [{**w, "expert": "nobody"} for w in workload]
         assert asyncio.run(replay(live.url, wrong, 4, routed=True))["not_the_planned_expert"] == len(wrong)
         pinned = asyncio.run(replay(live.url, workload, 4))  # the peer's way: each expert by name
