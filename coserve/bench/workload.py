@@ -3,7 +3,7 @@
 The prompts below were written for the benchmark and are none of the classifier's training
 examples (a test checks that against every category of the default library), so the router sees
 them as it would see users' prompts. A run draws each prompt at most once unless it asks for
-repeats. It knows nothing about servers or policies.
+repeats. It knows nothing about servers or residencies.
 """
 
 from __future__ import annotations
