@@ -567,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench_route)
     b = bench.add_parser("serve", help="coserve's residencies and a real peer, alternating runs of one workload")
     library_arg(b)
-    from coserve.bench.serve import add_arguments as bench_serve_arguments
+    from coserve.bench.serve_options import add_arguments as bench_serve_arguments
 
     bench_serve_arguments(b)
     b.set_defaults(func=cmd_bench_serve)

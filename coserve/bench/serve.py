@@ -29,13 +29,13 @@ from typing import Any
 from coserve.assets import model_path
 from coserve.backends.base import get_backend
 from coserve.bench.contenders import PEER_COMMAND, bench_library, run_coserve, run_peer
+from coserve.bench.serve_options import CONTENDERS
 from coserve.bench.switch import hugepages_on, measure_switch, measure_switch_hugepages, print_switch
 from coserve.bench.workload import make_workload
 from coserve.config import LibraryConfig
 
-__all__ = ["CONTENDERS", "add_arguments", "bench_serve", "run", "summarise_runs", "targets"]
+__all__ = ["CONTENDERS", "bench_serve", "run", "summarise_runs", "targets"]
 
-CONTENDERS = ("load_per_request", "lru", "lookahead", "all_resident", "peer")
 FIGURES = ("throughput_rps", "p50_s", "p95_s", "ttft_p50_s", "switches", "loads", "bytes_moved", "completion_tokens")
 NOTE = "timings measured on the machine named in provenance; a shared machine makes them noisy"
 
@@ -177,19 +177,6 @@ def _switch(library: LibraryConfig) -> dict[str, Any]:
                             "experts": huge}  # fmt: skip
         print_switch(huge, " (malloc huge pages)")
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``coserve bench serve`` (besides ``--library``)."""
-    parser.add_argument("--n", type=int, default=48, help="requests per run")
-    parser.add_argument("--rate", type=float, default=2.0, help="Poisson arrival rate, requests/s")
-    parser.add_argument("--max-tokens", type=int, default=24, help="answer cap per request")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per contender (default 3)")
-    parser.add_argument("--allow-repeats", action="store_true", help="a prompt may be drawn more than once")
-    parser.add_argument("--contenders", help=f"comma-separated subset of {','.join(CONTENDERS)}")
-    parser.add_argument("--no-switch", action="store_true", help="skip the switch measurement")
-    parser.add_argument("--json", help="also write the figures (with provenance) to this file")
 
 
 def run(library: LibraryConfig, args: argparse.Namespace) -> int:
