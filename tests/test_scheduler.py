@@ -83,3 +83,23 @@ def test_cancelled_only_queue_is_not_picked() -> None:
     (call,) = _queue(s, ("a", 0.0))
     call.cancelled = True
     assert s.pick(None, [], now=1.0) is None
+
+
+def test_a_turn_is_not_preempted_by_aging_until_its_queued_requests_are_taken() -> None:
+    s = Scheduler(max_wait_s=5)
+    _queue(s, ("a", 0.0), ("b", 1.0), ("b", 2.0), ("b", 3.0))
+    s.take("b", 2)  # b's turn begins with 3 queued: 1 still owed
+    stay = s.pick("b", ["b"], now=100.0)  # a waited 100 s > 5 s, but b's turn is not over
+    assert stay is not None and (stay.expert, stay.reason) == ("b", "stay")
+    _queue(s, ("b", 50.0))  # arrived during the turn: not part of it
+    s.take("b", 1)
+    aged = s.pick("b", ["b"], now=100.0)
+    assert aged is not None and (aged.expert, aged.reason) == ("a", "aged")
+
+
+def test_arrival_order_always_picks_the_oldest_request() -> None:
+    s = Scheduler(max_wait_s=10, arrival_order=True)
+    _queue(s, ("a", 0.0), ("b", 1.0), ("b", 2.0))
+    s.take("b", 1)  # a turn means nothing in arrival order
+    pick = s.pick("b", ["b"], now=2.5)
+    assert pick is not None and (pick.expert, pick.reason) == ("a", "oldest")

@@ -1,347 +1,77 @@
-"""``coserve bench serve``: the serving engine against simpler policies and a real peer.
+"""``coserve bench serve``: the serving engine against simpler residencies and a real peer.
 
-One workload — routed prompts with Poisson arrivals, categories drawn from a fixed mix — is
-decided once by the router, then replayed with the same expert for every request against:
+One workload (``coserve.bench.workload``: prompts of its own, Poisson arrivals, categories drawn
+from a fixed mix) is decided once by the router, then replayed against every contender:
 
 * ``load_per_request``: arrival order, each request loads its expert and unloads it after;
 * ``lru``: arrival order, experts kept within the memory budget, least recently used evicted;
-* ``lookahead``: coserve's scheduler (batch by expert, bounded wait), lookahead eviction, prefetch;
-* ``all_resident``: the same scheduler with unlimited memory (the bound: no switches after warm-up);
+* ``lookahead``: coserve's scheduler (turns by expert, bounded wait), lookahead eviction, prefetch;
+* ``all_resident``: lookahead with unlimited memory (the bound: no loads after warm-up);
 * ``peer``: llama-cpp-python's OpenAI-compatible server in multi-model mode (its config lists the
-  same GGUF files; it loads the model a request names and drops the previous one), installed by
-  ``scripts/setup-peer``.
+  same GGUF files; it loads the model a request names and drops the previous one).
 
-Each coserve policy runs as a real server process (``coserve serve --policy``), so both sides pay
-the same HTTP and streaming costs. The memory budget of the ACTIVE tier holds about half the
-library (loaded footprints, KV caches included); the RAM tier (page cache) holds all of it.
-Switch time is measured directly (load of an expert whose file is in RAM) against its floor:
-file bytes / read bandwidth, from the page cache and from disk, both measured in this run.
+Every contender runs ``repeats`` times, alternating (ABCABC...), each run a fresh server process
+(``coserve.bench.contenders``); each figure is reported as median and min-max, and the targets
+(docs/serving.md) are read against the medians. Generated tokens are recorded for every request
+on both sides; runs whose totals differ are flagged. The ACTIVE budget holds about half the
+library (loaded footprints, KV caches included); the RAM tier holds all of it. The switch is
+measured directly against an honest floor (``coserve.bench.switch``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import json
-import math
-import os
-import random
-import socket
+import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-import yaml
-
 from coserve.assets import model_path
 from coserve.backends.registry import get_backend
-from coserve.backends.staging import read_bandwidth
+from coserve.bench.contenders import PEER_COMMAND, bench_library, run_coserve, run_peer
+from coserve.bench.serve_options import CONTENDERS
+from coserve.bench.switch import hugepages_on, measure_switch, measure_switch_hugepages, print_switch
+from coserve.bench.workload import make_workload
 from coserve.config import LibraryConfig
-from coserve.cpus import usable_cores
-from coserve.paths import cache_dir, default_library_path
-from coserve.router.router import CoERouter
-from coserve.types import ROUTED_MODEL, Message, Request
 
-__all__ = ["bench_serve", "make_workload"]
+__all__ = ["CONTENDERS", "bench_serve", "run", "summarise_runs", "targets"]
 
-MIX = {"chat": 0.35, "code": 0.35, "knowledge": 0.12, "math": 0.10, "writing": 0.08}  # category shares
-ROOT = Path(__file__).resolve().parents[2]
+FIGURES = ("throughput_rps", "p50_s", "p95_s", "ttft_p50_s", "switches", "loads", "bytes_moved", "completion_tokens")
+NOTE = "timings measured on the machine named in provenance; a shared machine makes them noisy"
 
 
-def make_workload(library: LibraryConfig, n: int, rate: float, seed: int) -> list[dict[str, Any]]:
-    """``n`` requests: arrival time (Poisson at ``rate``/s), prompt, and the router's expert."""
-    rng = random.Random(seed)
-    router = CoERouter.load_or_fit(library, cache_dir())
-    pools = {name: list(c.examples) for name, c in library.categories.items()}
-    mix = {k: v for k, v in MIX.items() if k in pools} or {k: 1.0 for k in pools}
-    names, weights = zip(*mix.items(), strict=True)
-    t = 0.0
-    out = []
-    for i in range(n):
-        t += rng.expovariate(rate)
-        category = rng.choices(names, weights)[0]
-        prompt = rng.choice(pools[category])
-        decision = router.route(Request((Message("user", prompt),), ROUTED_MODEL))
-        out.append({"i": i, "at": t, "prompt": prompt, "category": category, "expert": decision.expert})
-    return out
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def summarise_runs(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Median and min-max of every figure per contender; the generated-token totals compared."""
+    summary: dict[str, Any] = {}
+    for contender, rows in runs.items():
+        done = [r for r in rows if "skipped" not in r]
+        if not done:
+            summary[contender] = {"skipped": rows[0]["skipped"]} if rows else {"skipped": "not run"}
+            continue
+        summary[contender] = {f: _spread([float(r[f]) for r in done]) for f in FIGURES if all(f in r for r in done)}
+    totals = {c: sorted({int(r["completion_tokens"]) for r in rows if "skipped" not in r}) for c, rows in runs.items()}
+    distinct = sorted({t for values in totals.values() for t in values})
+    summary["completion_tokens_equal"] = len(distinct) <= 1
+    if len(distinct) > 1:
+        summary["completion_tokens_unequal"] = {c: t for c, t in totals.items() if t}
+    return summary
 
 
-def _wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not come up")
-
-
-async def _replay(base: str, workload: list[dict[str, Any]], max_tokens: int, routed: bool = False) -> dict[str, Any]:
-    """Send every request at its arrival time (streamed); collect latency and time to first token.
-
-    ``routed``: ask for the virtual model ``coserve``, so the server routes each prompt itself (its
-    router's cost included), and count answers from another expert than the workload planned."""
-    results: list[dict[str, float]] = []
-    elsewhere = 0
-    limits = httpx.Limits(max_connections=len(workload) + 4)
-    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
-        start = time.monotonic()
-
-        async def one(item: dict[str, Any]) -> None:
-            await asyncio.sleep(max(0.0, start + item["at"] - time.monotonic()))
-            sent = time.monotonic()
-            first = math.nan
-            nonlocal elsewhere
-            body = {
-                "model": ROUTED_MODEL if routed else item["expert"],
-                "messages": [{"role": "user", "content": item["prompt"]}],
-                "max_tokens": max_tokens,
-                "temperature": 0,
-                "stream": True,
-            }
-            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                response.raise_for_status()
-                async for line in response.aiter_lines():
-                    if line.startswith("data: ") and line != "data: [DONE]" and math.isnan(first):
-                        chunk = json.loads(line[6:])
-                        if chunk.get("choices") and (chunk["choices"][0].get("delta") or {}).get("content"):
-                            first = time.monotonic() - sent
-                            elsewhere += chunk.get("model") != item["expert"]
-            results.append({"latency": time.monotonic() - sent, "ttft": first})
-
-        await asyncio.gather(*(one(item) for item in workload))
-        makespan = time.monotonic() - start
-    latencies = sorted(r["latency"] for r in results)
-    ttfts = [r["ttft"] for r in results if not math.isnan(r["ttft"])]
-    return {
-        "throughput_rps": len(results) / makespan,
-        "p50_s": statistics.median(latencies),
-        "p95_s": latencies[int(0.95 * (len(latencies) - 1))],
-        "ttft_p50_s": statistics.median(ttfts) if ttfts else math.nan,
-        "makespan_s": makespan,
-        **({"routed": True, "not_the_planned_expert": elsewhere} if routed else {}),
-    }
-
-
-def _bench_library(library: LibraryConfig, folder: Path, active: int, ram: int) -> Path:
-    data = yaml.safe_load(library.path.read_text()) if library.path else {}
-    if library.path is not None:  # the copy lives elsewhere: files it names, made absolute
-        if isinstance(data.get("categories"), str):
-            data["categories"] = str(library.path.parent / data["categories"])
-        router = data.get("router", {})
-        for key in ("outcomes", "trained"):
-            if isinstance(router.get(key), str):
-                router[key] = str(library.path.parent / router[key])
-        for expert in data.get("experts", []):
-            sources = expert.get("source")
-            if sources is not None:
-                listed = [sources] if isinstance(sources, str) else sources
-                absolute = [s if s.startswith("pkg:") else str(library.path.parent / s) for s in listed]
-                expert["source"] = absolute[0] if isinstance(sources, str) else absolute
-    data["memory"] = {**data.get("memory", {}), "active": active, "ram": ram}
-    path = folder / "bench-library.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def _metric(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def _run_coserve(library_path: Path, policy: str, workload: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "coserve.cli", "serve", "--library", str(library_path), "--port", str(port),
-           "--policy", policy, "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_up(f"http://127.0.0.1:{port}/health", proc)
-        result = asyncio.run(_replay(f"http://127.0.0.1:{port}", workload, max_tokens, routed=True))
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
-        result["switches"] = int(health["engine"]["switches"])
-        result["loads"] = int(_metric(metrics, "coserve_expert_loads_total"))
-        result["bytes_moved"] = int(_metric(metrics, "coserve_bytes_moved"))
-        return result
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-
-
-def _run_peer(library: LibraryConfig, workload: list[dict[str, Any]], max_tokens: int, folder: Path) -> dict[str, Any]:
-    python = ROOT / ".venv-peer" / "bin" / "python"
-    if not python.exists():
-        return {"skipped": "llama-cpp-python is not installed: run scripts/setup-peer"}
-    base = library.path.parent if library.path else None
-    threads = usable_cores()  # what coserve's llama.cpp backends use by default
-    models = [
-        {"model": str(model_path(spec, base)), "model_alias": spec.name, "n_ctx": spec.context,
-         "n_threads": threads, "n_threads_batch": threads, "verbose": False}
-        for spec in library.experts
-    ]  # fmt: skip
-    port = _free_port()
-    config = folder / "peer.json"
-    # interrupt_requests=False: by default the peer aborts a streaming request when another arrives;
-    # queueing them (as a server must) is the fair comparison.
-    config.write_text(json.dumps({"host": "127.0.0.1", "port": port, "interrupt_requests": False, "models": models}))
-    proc = subprocess.Popen([str(python), "-m", "llama_cpp.server", "--config_file", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        _wait_up(f"http://127.0.0.1:{port}/v1/models", proc)
-        result = asyncio.run(_replay(f"http://127.0.0.1:{port}", workload, max_tokens))
-        # The peer reloads whenever consecutive requests (in its serving order) name different models.
-        order = [w["expert"] for w in sorted(workload, key=lambda w: w["at"])]
-        pairs = list(itertools.pairwise(order))
-        switches = 1 + sum(a != b for a, b in pairs)
-        sizes = {spec.name: model_path(spec, base).stat().st_size for spec in library.experts}
-        result["switches"] = switches
-        result["loads"] = switches
-        result["bytes_moved"] = sizes[order[0]] + sum(sizes[b] for a, b in pairs if a != b)
-        result["note"] = "switches and bytes counted from arrival order (the peer serves one request at a time)"
-        return result
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-
-
-def measure_switch(library: LibraryConfig) -> dict[str, Any]:
-    """Load time of each expert from RAM and from disk, against bytes / measured bandwidth."""
-    base = library.path.parent if library.path else None
-    rows: dict[str, Any] = {}
-    for spec in library.experts:
-        backend = get_backend(spec.backend)
-        path = model_path(spec, base)
-        size = path.stat().st_size
-        disk_bw = read_bandwidth(path, from_disk=True)
-        cache_bw = read_bandwidth(path, from_disk=False)
-        # Through the backend's own tiers: for `llamacpp` RAM is the file's pages in the page
-        # cache, for `llamacpp-split` the model loaded without a context.
-        staged = backend.stage(spec, base)  # in RAM
-        times = []
-        for _ in range(3):  # the median of three moves RAM -> ACTIVE -> RAM
-            start = time.perf_counter()
-            handle = backend.load(spec, base)
-            times.append(time.perf_counter() - start)
-            backend.unload(handle)
-        from_ram = statistics.median(times)
-        backend.unstage(staged)  # now on disk only
-        start = time.perf_counter()
-        staged = backend.stage(spec, base)
-        handle = backend.load(spec, base)
-        from_disk = time.perf_counter() - start
-        backend.unload(handle)
-        backend.unstage(staged)
-        rows[spec.name] = {
-            "bytes": size,
-            "ram_to_active_s": from_ram,
-            "ram_to_active_runs_s": times,
-            "ram_floor_s": size / cache_bw,
-            "disk_to_active_s": from_disk,
-            "disk_floor_s": size / disk_bw,
-            "cache_gb_s": cache_bw / 1e9,
-            "disk_gb_s": disk_bw / 1e9,
-        }
-    return rows
-
-
-def bench_serve(
-    library: LibraryConfig | None = None,
-    n: int = 48,
-    rate: float = 2.0,
-    max_tokens: int = 24,
-    seed: int = 0,
-    policies: tuple[str, ...] = ("load_per_request", "lru", "lookahead", "all_resident", "peer"),
-) -> dict[str, Any]:
-    """Run the workload under every policy; print and return the figures."""
-    from coserve.config import load_library
-
-    library = library or load_library(default_library_path())
-    base = library.path.parent if library.path else None
-    weights = sum(model_path(spec, base).stat().st_size for spec in library.experts)
-    sizes = sorted(get_backend(spec.backend).footprint(spec, base) for spec in library.experts)
-    total = sum(sizes)
-    # About half the library, loaded footprints counted (KV caches included); when one expert is
-    # most of the library, the largest and the smallest together (never all of them).
-    active = max(int(total * 0.5), int((sizes[-1] + sizes[0]) * 1.02))
-    workload = make_workload(library, n, rate, seed)
-    counts = {e: sum(w["expert"] == e for w in workload) for e in library.expert_names}
-    print(f"workload: {n} requests, Poisson {rate}/s, {max_tokens} tokens each, experts {counts}")
-    print(
-        f"memory: library {weights / 2**20:.0f} MiB of weights, {total / 2**20:.0f} MiB loaded; "
-        f"ACTIVE budget {active / 2**20:.0f} MiB, RAM holds all"
-    )
-    result: dict[str, Any] = {
-        "policies": {},
-        "workload": {"n": n, "rate": rate, "max_tokens": max_tokens, "experts": counts, "active_budget_bytes": active},
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        half = _bench_library(library, folder, active, 2 * weights)
-        (folder / "all").mkdir()
-        everything = _bench_library(library, folder / "all", 4 * total, 4 * total)
-        print(f"{'policy':<18} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'ttft p50':>9} {'switches':>9} {'GB moved':>9}")
-        for policy in policies:
-            if policy == "peer":
-                row = _run_peer(library, workload, max_tokens, folder)
-            elif policy == "all_resident":
-                row = _run_coserve(everything, "lookahead", workload, max_tokens)
-            else:
-                row = _run_coserve(half, policy, workload, max_tokens)
-            result["policies"][policy] = row
-            if "skipped" in row:
-                print(f"{policy:<18} skipped: {row['skipped']}", flush=True)
-                continue
-            print(
-                f"{policy:<18} {row['throughput_rps']:>7.3f} {row['p50_s']:>7.2f} {row['p95_s']:>7.2f} "
-                f"{row['ttft_p50_s']:>9.2f} {row['switches']:>9} {row['bytes_moved'] / 1e9:>9.2f}",
-                flush=True,
-            )
-    switch = measure_switch(library)
-    name = max(switch, key=lambda k: switch[k]["bytes"])
-    result["switch"] = {"expert": name, "time_s": switch[name]["ram_to_active_s"],
-                        "floor_s": switch[name]["ram_floor_s"], "experts": switch,
-                        "malloc_hugepages": _hugepages_on()}  # fmt: skip
-    _print_switch(switch, "")
-    huge = measure_switch_hugepages(library)
-    if huge is not None:
-        result["switch"]["hugepages"] = {"time_s": huge[name]["ram_to_active_s"], "floor_s": huge[name]["ram_floor_s"],
-                                         "experts": huge}  # fmt: skip
-        _print_switch(huge, f" ({HUGEPAGES})")
-    result["targets"] = targets(result)
-    for name, row in result["targets"].items():
-        print(f"target {name:<24} {row['value']:.2f} (want {row['want']}): {'met' if row['met'] else 'MISSED'}")
-    return result
-
-
-def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The serving targets (docs/serving.md) read off one run: ratio, what is wanted, met or not."""
+def targets(summary: dict[str, Any], switch: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The serving targets (docs/serving.md), read against the medians: ratio, wanted, met or not."""
     rows: dict[str, dict[str, Any]] = {}
-    policies = result.get("policies", {})
 
-    def rps(policy: str) -> float | None:
-        row = policies.get(policy, {})
-        return row.get("throughput_rps") if "skipped" not in row else None
+    def rps(contender: str) -> float | None:
+        row = summary.get(contender, {})
+        return row["throughput_rps"]["median"] if "throughput_rps" in row else None
 
     ours = rps("lookahead")
-    for name, other, want in (("x_load_per_request", "load_per_request", 2.0), ("x_peer", "peer", 2.0)):
+    for name, other, want in (("x_lru", "lru", 1.05), ("x_load_per_request", "load_per_request", 2.0),
+                              ("x_peer", "peer", 2.0)):  # fmt: skip
         theirs = rps(other)
         if ours and theirs:
             rows[name] = {"value": ours / theirs, "want": f">= {want}", "met": ours / theirs >= want}
@@ -349,7 +79,7 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if ours and bound:
         below = 1 - ours / bound
         rows["below_all_resident"] = {"value": below, "want": "<= 0.10", "met": below <= 0.10}
-    switch = result.get("switch", {})
+    switch = switch or {}
     for name, row in (("switch_over_floor", switch), ("switch_over_floor_hugepages", switch.get("hugepages"))):
         if row and row.get("floor_s"):
             ratio = row["time_s"] / row["floor_s"]
@@ -357,48 +87,111 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _print_switch(switch: dict[str, Any], note: str) -> None:
-    for expert, row in switch.items():
-        print(f"switch {expert:<8} RAM->ACTIVE {row['ram_to_active_s']:.3f} s (floor {row['ram_floor_s']:.3f} s at "
-              f"{row['cache_gb_s']:.2f} GB/s); DISK->ACTIVE {row['disk_to_active_s']:.2f} s "
-              f"(floor {row['disk_floor_s']:.2f} s at {row['disk_gb_s']:.2f} GB/s){note}")  # fmt: skip
+def _active_budget(library: LibraryConfig) -> tuple[int, int, int]:
+    """(ACTIVE budget, weights, loaded footprints) in bytes: about half the library loaded; when one
+    expert is most of it, the largest and the smallest together (never all of them)."""
+    base = library.path.parent if library.path else None
+    weights = sum(model_path(spec, base).stat().st_size for spec in library.experts)
+    sizes = sorted(get_backend(spec.backend).footprint(spec, base) for spec in library.experts)
+    return max(int(sum(sizes) * 0.5), int((sizes[-1] + sizes[0]) * 1.02)), weights, sum(sizes)
 
 
-HUGEPAGES = "glibc.malloc.hugetlb=1"  # glibc asks for transparent huge pages on what malloc maps
+def bench_serve(
+    library: LibraryConfig,
+    n: int = 48,
+    rate: float = 2.0,
+    max_tokens: int = 24,
+    seed: int = 0,
+    contenders: tuple[str, ...] = CONTENDERS,
+    repeats: int = 3,
+    allow_repeats: bool = False,
+    measure_switches: bool = True,
+    peer_command: tuple[str, ...] = PEER_COMMAND,
+) -> dict[str, Any]:
+    """Run the workload ``repeats`` times per contender, alternating; print and return the figures."""
+    active, weights, total = _active_budget(library)
+    workload = make_workload(library, n, rate, seed, allow_repeats)
+    counts = {e: sum(w["expert"] == e for w in workload) for e in library.expert_names}
+    print(f"workload: {n} requests ({len({w['prompt'] for w in workload})} distinct prompts), Poisson {rate}/s, "
+          f"{max_tokens} tokens at most each, experts {counts}; {repeats} alternating runs per contender")  # fmt: skip
+    print(f"memory: library {weights / 2**20:.0f} MiB of weights, {total / 2**20:.0f} MiB loaded; "
+          f"ACTIVE budget {active / 2**20:.0f} MiB, RAM holds all")  # fmt: skip
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        half = bench_library(library, folder, active, 2 * weights)
+        (folder / "all").mkdir()
+        everything = bench_library(library, folder / "all", 4 * total, 4 * total)
+        for repetition in range(repeats):
+            for contender in contenders:
+                if contender == "peer":
+                    row = run_peer(library, workload, max_tokens, folder, peer_command)
+                elif contender == "all_resident":
+                    row = run_coserve(everything, "lookahead", workload, max_tokens)
+                else:
+                    row = run_coserve(half, contender, workload, max_tokens)
+                runs[contender].append(row)
+                if "skipped" in row:
+                    print(f"run {repetition + 1} {contender:<18} skipped: {row['skipped']}", flush=True)
+                    continue
+                print(f"run {repetition + 1} {contender:<18} {row['throughput_rps']:.3f} req/s, "
+                      f"p50 {row['p50_s']:.2f} s, {row['switches']} switches, {row['completion_tokens']} tokens",
+                      flush=True)  # fmt: skip
+    summary = summarise_runs(runs)
+    print(f"{'contender':<18} {'req/s median (min-max)':>26} {'p50 s':>7} {'switches':>9} {'tokens':>7}")
+    for contender in contenders:
+        row = summary[contender]
+        if "skipped" in row:
+            continue
+        r = row["throughput_rps"]
+        print(f"{contender:<18} {r['median']:>8.3f} ({r['min']:.3f}-{r['max']:.3f}) {row['p50_s']['median']:>7.2f} "
+              f"{row['switches']['median']:>9.0f} {row['completion_tokens']['median']:>7.0f}")  # fmt: skip
+    if not summary["completion_tokens_equal"]:
+        print(f"FLAG: generated token totals differ between runs: {summary['completion_tokens_unequal']}")
+    result: dict[str, Any] = {
+        "note": NOTE,
+        "workload": {"n": n, "rate": rate, "max_tokens": max_tokens, "seed": seed, "repeats": repeats,
+                     "allow_repeats": allow_repeats, "experts": counts, "active_budget_bytes": active},
+        "summary": summary,
+        "runs": runs,
+    }  # fmt: skip
+    if measure_switches:
+        result["switch"] = _switch(library)
+    result["targets"] = targets(summary, result.get("switch"))
+    for name, row in result["targets"].items():
+        print(f"target {name:<28} {row['value']:.2f} (want {row['want']}, median): {'met' if row['met'] else 'MISSED'}")
+    return result
 
 
-def _hugepages_on() -> bool:
-    return HUGEPAGES in os.environ.get("GLIBC_TUNABLES", "")
+def _switch(library: LibraryConfig) -> dict[str, Any]:
+    """The switch of the largest expert (and every expert's), with and without huge pages."""
+    switch = measure_switch(library)
+    name = max(switch, key=lambda k: switch[k]["bytes"])
+    out: dict[str, Any] = {"expert": name, "time_s": switch[name]["ram_to_active_s"],
+                           "floor_s": switch[name]["ram_floor_s"], "floor": switch[name]["ram_floor"],
+                           "experts": switch, "malloc_hugepages": hugepages_on()}  # fmt: skip
+    print_switch(switch)
+    huge = measure_switch_hugepages(library)
+    if huge is not None:
+        out["hugepages"] = {"time_s": huge[name]["ram_to_active_s"], "floor_s": huge[name]["ram_floor_s"],
+                            "experts": huge}  # fmt: skip
+        print_switch(huge, " (malloc huge pages)")
+    return out
 
 
-def _thp_mode() -> str:
-    try:
-        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return "none"
-    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "none"
+def run(library: LibraryConfig, args: argparse.Namespace) -> int:
+    """``coserve bench serve`` with parsed arguments; the JSON written with its provenance."""
+    from coserve.bench.provenance import write_data
+    from coserve.errors import ConfigError
 
-
-def measure_switch_hugepages(library: LibraryConfig) -> dict[str, Any] | None:
-    """The same switch measurement in a process whose malloc uses transparent huge pages (a glibc
-    tunable, read at process start): a new context's KV cache then faults in 2 MiB pages, not
-    4 KiB ones. None where that cannot change anything (no THP, or this process has it already)."""
-    if library.path is None or _hugepages_on() or _thp_mode() not in ("madvise", "always"):
-        return None
-    tunables = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES", ""), HUGEPAGES) if t)
-    out = subprocess.run(
-        [sys.executable, "-m", "coserve.bench.serve", "switch", str(library.path)],
-        env={**os.environ, "GLIBC_TUNABLES": tunables},
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=True,
-    )
-    measured: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return measured
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["switch"]:
-    from coserve.config import load_library
-
-    print(json.dumps(measure_switch(load_library(sys.argv[2]))))
+    contenders = tuple(args.contenders.split(",")) if args.contenders else CONTENDERS
+    unknown = sorted(set(contenders) - set(CONTENDERS))
+    if unknown or args.repeats < 1:
+        raise ConfigError(f"unknown contenders {unknown} (known: {', '.join(CONTENDERS)})" if unknown
+                          else "--repeats must be at least 1")  # fmt: skip
+    result = bench_serve(library, n=args.n, rate=args.rate, max_tokens=args.max_tokens, seed=args.seed,
+                         contenders=contenders, repeats=args.repeats, allow_repeats=args.allow_repeats,
+                         measure_switches=not args.no_switch)  # fmt: skip
+    if args.json:
+        write_data(Path(args.json), result, args.command_line)
+    return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from coserve.bench.provenance import write_data
 from coserve.cli.common import Subcommands, add_library_arg, load_served_library
 
 __all__ = ["add_bench_parser", "cmd_bench_experts", "cmd_bench_route", "cmd_bench_serve"]
@@ -16,7 +16,7 @@ def cmd_bench_experts(args: argparse.Namespace) -> int:
 
     result = bench_experts(load_served_library(args.library), tokens=args.tokens, repeats=args.repeats)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_data(Path(args.json), result, args.command_line)
     return 0
 
 
@@ -25,20 +25,14 @@ def cmd_bench_route(args: argparse.Namespace) -> int:
 
     result = bench_route(load_served_library(args.library), n=args.n)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_data(Path(args.json), result, args.command_line)
     return 0
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from coserve.bench.serve import bench_serve
+    from coserve.bench.serve import run
 
-    policies = tuple(args.policies.split(",")) if args.policies else None
-    kwargs = {"policies": policies} if policies else {}
-    result = bench_serve(load_served_library(args.library), n=args.n, rate=args.rate, max_tokens=args.max_tokens,
-                         seed=args.seed, **kwargs)  # fmt: skip
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return run(load_served_library(args.library), args)
 
 
 def add_bench_parser(sub: Subcommands) -> None:
@@ -55,12 +49,9 @@ def add_bench_parser(sub: Subcommands) -> None:
     b.add_argument("--n", type=int, default=200, help="decisions per prompt length")
     b.add_argument("--json", help="also write the figures to this file")
     b.set_defaults(func=cmd_bench_route)
-    b = bench.add_parser("serve", help="serving policies and a real peer on one mixed workload")
+    b = bench.add_parser("serve", help="coserve's residencies and a real peer, alternating runs of one workload")
     add_library_arg(b)
-    b.add_argument("--n", type=int, default=48, help="requests")
-    b.add_argument("--rate", type=float, default=2.0, help="Poisson arrival rate, requests/s")
-    b.add_argument("--max-tokens", type=int, default=24)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--policies", help="comma-separated subset of load_per_request,lru,lookahead,all_resident,peer")
-    b.add_argument("--json", help="also write the figures to this file")
+    from coserve.bench.serve_options import add_arguments as bench_serve_arguments
+
+    bench_serve_arguments(b)
     b.set_defaults(func=cmd_bench_serve)

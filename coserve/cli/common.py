@@ -32,8 +32,8 @@ def load_served_library(path: str | None) -> LibraryConfig:
     return with_measured_map(check_library(load_library(path)))
 
 
-def load_engine(library_path: str | None, policy: str = "lookahead") -> Engine:
+def load_engine(library_path: str | None, residency: str = "lookahead") -> Engine:
     from coserve.engine.engine import Engine
     from coserve.paths import cache_dir
 
-    return Engine.build(load_served_library(library_path), cache_dir(), policy=policy)  # type: ignore[arg-type]
+    return Engine.build(load_served_library(library_path), cache_dir(), residency=residency)  # type: ignore[arg-type]

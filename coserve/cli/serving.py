@@ -22,7 +22,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from coserve.server.app import create_app
 
-    engine = load_engine(args.library, args.policy)
+    engine = load_engine(args.library, args.residency)
     app = create_app(engine)
 
     class DrainingServer(uvicorn.Server):
@@ -135,10 +135,10 @@ def add_serve_parser(sub: Subcommands) -> None:
         help="seconds in-flight requests may take to finish after SIGTERM (default 30)",
     )
     p.add_argument(
-        "--policy",
+        "--residency",
         default="lookahead",
         choices=["lookahead", "lru", "load_per_request"],
-        help="serving policy (the other two exist for benchmarks)",
+        help="how experts are ordered and kept loaded (the other two are benchmark baselines)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -42,11 +42,13 @@ from coserve.router.measured import with_measured_map
 from coserve.router.router import CoERouter
 from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Tier, Usage
 
-Policy = Literal["lookahead", "lru", "load_per_request"]
+# How experts are ordered and kept resident (not the router's policy, router/policy.py):
+# "lookahead" is coserve's; "lru" and "load_per_request" are baselines for benchmarks.
+Residency = Literal["lookahead", "lru", "load_per_request"]
 
 DEFAULT_TIMEOUT_S = 300.0  # seconds without a chunk before an expert counts as hung (options.timeout_s)
 
-__all__ = ["Engine", "limit_blas_threads", "missing_files", "shares_cores"]
+__all__ = ["Engine", "Residency", "limit_blas_threads", "missing_files", "shares_cores"]
 
 _END = object()
 
@@ -94,18 +96,18 @@ class Engine:
         pool: ExpertPool,
         metrics: Metrics,
         executor: ThreadPoolExecutor,
-        policy: Policy = "lookahead",
+        residency: Residency = "lookahead",
     ):
         self.library = library
         self.router = router
         self.pool = pool
         self.metrics = metrics
         self.executor = executor
-        self.policy = policy
-        # "lru" and "load_per_request" serve strictly in arrival order (a zero wait bound) and
-        # evict by recency only; "lookahead" batches by expert, prefetches and evicts by next use.
-        self.scheduler = Scheduler(max_wait_s=library.memory.max_wait_s if policy == "lookahead" else 0.0)
-        if policy == "lookahead":
+        self.residency = residency
+        # "lru" and "load_per_request" serve strictly in arrival order and evict by recency only;
+        # "lookahead" batches by expert (turns, bounded wait), prefetches and evicts by next use.
+        self.scheduler = Scheduler(max_wait_s=library.memory.max_wait_s, arrival_order=residency != "lookahead")
+        if residency == "lookahead":
             pool.next_use = self.scheduler.next_use
         self.unavailable: dict[str, str] = {}  # expert -> why its model file is not there (at start)
         self.switches = 0  # times the running expert changed
@@ -123,7 +125,7 @@ class Engine:
         embedder: Embedder | None = None,
         backends: dict[str, Backend] | None = None,
         metrics: Metrics | None = None,
-        policy: Policy = "lookahead",
+        residency: Residency = "lookahead",
     ) -> Engine:
         """Train or load the router, create one backend per backend name, and the pool."""
         library = with_measured_map(check_library(library))  # options checked, map solved from outcomes
@@ -149,7 +151,7 @@ class Engine:
             ram_budget_bytes=memory.ram,
             min_residency_s=memory.min_residency_s,
         )
-        engine = cls(library, router, pool, metrics, executor, policy)
+        engine = cls(library, router, pool, metrics, executor, residency)
         for name, problem in missing_files(library).items():
             pool.note_unavailable(name, problem)
             engine.unavailable[name] = problem
@@ -157,7 +159,7 @@ class Engine:
 
     def slots(self, expert: str) -> int:
         """Requests of one expert that run together (the runtime's parallel slots)."""
-        if self.policy == "load_per_request":
+        if self.residency == "load_per_request":
             return 1  # one request per load, strictly
         return max(1, int(self.library.expert(expert).options.get("n_parallel", 2)))
 
@@ -243,7 +245,7 @@ class Engine:
             started.set_result(None)
 
     def _prefetch(self, expert: str, active: bool = False) -> None:
-        if self.policy != "lookahead" or self.pool.residency()[expert] is Tier.ACTIVE:
+        if self.residency != "lookahead" or self.pool.residency()[expert] is Tier.ACTIVE:
             return
         if active:
             task = asyncio.get_running_loop().create_task(self._preload(expert))
@@ -263,7 +265,7 @@ class Engine:
 
     def _released(self, lease: Lease) -> None:
         lease.release()
-        if self.policy == "load_per_request":
+        if self.residency == "load_per_request":
             self.pool.evict_when_idle(lease.handle.spec.name)
         if self._wake is not None:
             self._wake.set()
@@ -382,7 +384,7 @@ class Engine:
                 "ram_bytes": pool.ram_bytes(),
                 "ram_budget_bytes": pool.ram_budget_bytes,
             },
-            "engine": {"policy": self.policy, "switches": self.switches, "queued": self.scheduler.depth()},
+            "engine": {"residency": self.residency, "switches": self.switches, "queued": self.scheduler.depth()},
         }
 
     async def close(self) -> None:

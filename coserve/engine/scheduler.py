@@ -8,6 +8,10 @@ scheduler uses that to keep switches rare without starving anyone:
   waited longest;
 * but once any request has waited longer than ``max_wait_s`` (aging), its expert goes next,
   whatever is loaded — a rare expert is delayed, never starved;
+* an expert's turn is the requests it had queued when it was switched to: aging preempts it only
+  once those are taken. Without that, a backlog older than ``max_wait_s`` (any overload) makes every
+  request "aged" and the order decays into arrival order, one switch per batch (what the ``lru``
+  baseline does on purpose, ``arrival_order``);
 * ``upcoming`` lists the other experts with queued work, the soonest first (prefetch hints), and
   ``next_use`` gives the lookahead eviction order.
 
@@ -42,7 +46,10 @@ class Scheduler:
     """Per-expert FIFO queues with switch-minimising choice and a bound on waiting."""
 
     max_wait_s: float = 10.0  # a request older than this makes its expert the next one
+    arrival_order: bool = False  # the baselines: always the expert of the oldest request
     queues: dict[str, deque[Call]] = field(default_factory=dict)
+    turn: str | None = None  # the expert whose turn it is (the last one taken from)
+    owed: int = 0  # requests of its turn (queued when the turn began) not yet taken
 
     def submit(self, call: Call) -> None:
         """Queue ``call`` for ``call.expert`` (set by the caller, with ``queued_at``)."""
@@ -79,7 +86,10 @@ class Scheduler:
             return None
         by_age = sorted(waiting, key=lambda name: (waiting[name], name))
         oldest = by_age[0]
-        if now - waiting[oldest] > self.max_wait_s and oldest != running:
+        in_turn = running is not None and running == self.turn and self.owed > 0
+        if self.arrival_order:
+            choice, reason = oldest, "oldest"
+        elif now - waiting[oldest] > self.max_wait_s and oldest != running and not in_turn:
             choice, reason = oldest, "aged"
         elif running in waiting:
             choice, reason = running, "stay"
@@ -90,11 +100,15 @@ class Scheduler:
         return Pick(choice, reason, upcoming)
 
     def take(self, expert: str, limit: int) -> list[Call]:
-        """Dequeue up to ``limit`` live requests of ``expert``, oldest first."""
+        """Dequeue up to ``limit`` live requests of ``expert``, oldest first (another expert than
+        the last one taken from begins a turn: the requests it has queued now)."""
+        if expert != self.turn:
+            self.turn, self.owed = expert, self.depth().get(expert, 0)
         out: list[Call] = []
         queue = self.queues.get(expert)
         while queue and len(out) < limit:
             call = queue.popleft()
             if not call.cancelled:
                 out.append(call)
+        self.owed = max(0, self.owed - len(out))
         return out
