@@ -130,7 +130,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def serve_runs() -> Path:
     runs = []
-    for path in sorted(DATA.glob("serve-*.json")) + [DATA / "serve.json"]:
+    for path in [*sorted(DATA.glob("serve-*.json")), DATA / "serve.json"]:
         if path.name == "serve-runs.json":
             continue
         body = json.loads(path.read_text())
