@@ -8,7 +8,7 @@
 - ``route``: the default router on the held-out labelled prompts (``coserve route --json`` over
   tests/data/route_labelled.jsonl): categories right, per category -> docs/data/route-heldout.json
 - ``experts``: the default library's file sizes and computed loaded footprints (``coserve experts
-  --json``) -> docs/data/experts.json
+  --json``) and each expert's f16 KV cache (n_parallel x context cells) -> docs/data/experts.json
 - ``outcomes``: counts in coserve/data/default-outcomes.jsonl (items per suite, items scored 1 per
   expert and suite) -> docs/data/default-outcomes.json
 - ``serve-runs``: every recorded ``coserve bench serve`` run (docs/data/serve*.json): req/s per policy,
@@ -85,9 +85,19 @@ def route_heldout() -> Path:
 
 
 def experts() -> Path:
+    from coserve.assets import model_path
+    from coserve.backends.gguf_header import kv_cache_bytes, read_header
+    from coserve.config import load_library
+
     listing = json.loads(_coserve("experts", "--json"))
+    library = load_library()
+    base = library.path.parent if library.path else None
     mib = 1024 * 1024
     for row in listing["experts"]:
+        spec = library.expert(row["name"])
+        cells = spec.context * int((spec.options or {}).get("n_parallel") or 2)
+        row["kv_cache_cells"] = cells
+        row["kv_cache_mib"] = round(kv_cache_bytes(read_header(model_path(spec, base)), cells) / mib, 1)
         row["mib"] = None if row["bytes"] is None else round(row["bytes"] / mib, 1)
         row["loaded_mib"] = None if row["loaded_bytes"] is None else round(row["loaded_bytes"] / mib, 1)
     listing["library"] = "default (coserve/data/default.yaml)"
