@@ -12,7 +12,8 @@
 - ``outcomes``: counts in coserve/data/default-outcomes.jsonl (items per suite, items scored 1 per
   expert and suite) -> docs/data/default-outcomes.json
 - ``serve-runs``: every recorded ``coserve bench serve`` run (docs/data/serve*.json): req/s per policy,
-  the ratios the targets read, and their median and min-max over the runs -> docs/data/serve-runs.json
+  the ratios the targets read, each switch over its same-process floor, and their median and min-max
+  over the runs -> docs/data/serve-runs.json
 
 It reads what the commands print; it measures no time and knows nothing of how the figures are made.
 """
@@ -138,6 +139,16 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def _switch_ratios(switch: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """RAM -> ACTIVE time over the page-cache floor measured in the same process, per expert."""
+    out: dict[str, dict[str, float]] = {}
+    for mode, block in (("plain", switch), ("hugepages", switch.get("hugepages"))):
+        for expert, cell in ((block or {}).get("experts") or {}).items():
+            if cell.get("ram_floor_s"):
+                out.setdefault(mode, {})[expert] = cell["ram_to_active_s"] / cell["ram_floor_s"]
+    return out
+
+
 def serve_runs() -> Path:
     runs = []
     for path in [*sorted(DATA.glob("serve-*.json")), DATA / "serve.json"]:
@@ -159,6 +170,7 @@ def serve_runs() -> Path:
                 "lookahead_x_load_per_request": rps["lookahead"] / rps["load_per_request"],
                 "lookahead_below_all_resident": (rps["all_resident"] - rps["lookahead"]) / rps["all_resident"],
                 "all_resident_x_peer": rps["all_resident"] / rps["peer"],
+                "switch_over_floor": _switch_ratios(body.get("switch", {})),
             }
         )
     keys = [k for k in runs[0] if k.startswith(("lookahead_", "all_resident_"))]
