@@ -73,7 +73,11 @@ def route_heldout() -> Path:
         else:
             wrong.append({"prompt": row["prompt"], "label": row["category"], "routed": decision["category"]})
     reasons = Counter(d["reason"] for d in decisions)
+    import yaml
+
+    examples = yaml.safe_load((ROOT / "coserve/data/categories.yaml").read_text())
     payload = {
+        "training_examples": {c: len(v["examples"]) for c, v in examples.items()},
         "data": "tests/data/route_labelled.jsonl",
         "n": len(rows),
         "right": sum(c["right"] for c in per_category.values()),
