@@ -6,7 +6,8 @@
 - ``map``: the default library's measured table, its maps at 1.0 B (the default) and 0.5 B, the front
   (``coserve map --budget 0.5``; also redraws docs/img/default-map-front.png) -> docs/data/default-map.json
 - ``route``: the default router on the held-out labelled prompts (``coserve route --json`` over
-  tests/data/route_labelled.jsonl): categories right, per category -> docs/data/route-heldout.json
+  tests/data/route_labelled.jsonl): categories right, per category; and the classifier's training
+  examples per category (coserve/data/categories.yaml) -> docs/data/route-heldout.json
 - ``experts``: the default library's file sizes and computed loaded footprints (``coserve experts
   --json``) and each expert's f16 KV cache (n_parallel x context cells) -> docs/data/experts.json
 - ``outcomes``: counts in coserve/data/default-outcomes.jsonl (items per suite, items scored 1 per
