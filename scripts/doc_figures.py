@@ -155,13 +155,15 @@ def _switch_ratios(switch: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def serve_runs() -> Path:
-    runs = []
-    for path in [*sorted(DATA.glob("serve-*.json")), DATA / "serve.json"]:
+    runs, skipped = [], []
+    for path in sorted({*DATA.glob("serve-*.json"), *DATA.glob("serve.json")}):
         if path.name == "serve-runs.json":
             continue
         body = json.loads(path.read_text())
-        rps = {p: body["policies"][p]["throughput_rps"] for p in POLICIES if p in body["policies"]}
-        if len(rps) < len(POLICIES):
+        policies = body.get("policies", {})
+        rps = {p: policies[p].get("throughput_rps") for p in POLICIES if isinstance(policies.get(p), dict)}
+        if len(rps) < len(POLICIES) or not all(isinstance(v, float) for v in rps.values()):
+            skipped.append(f"docs/data/{path.name}: not one run of every policy with throughput_rps")
             continue
         record = body.get("provenance", {})
         runs.append(
@@ -183,6 +185,7 @@ def serve_runs() -> Path:
         "note": "one run per file, on different commits, two backends and machines over the sessions: "
         "a spread of recorded runs, not repetitions of one configuration",
         "runs": runs,
+        "skipped": skipped,
         "over_runs": {k: _spread([r[k] for r in runs]) for k in keys}
         | {f"{p}_req_per_s": _spread([r["req_per_s"][p] for r in runs]) for p in POLICIES},
     }
