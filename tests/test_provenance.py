@@ -43,3 +43,14 @@ def test_write_data_records_the_run_and_keeps_the_payload(tmp_path: Path) -> Non
     assert set(record) >= {"commit", "date", "cpu_model", "cpu_count", "usable_cores"}
     assert record["cpu_count"] >= record["usable_cores"] >= 1
     assert provenance("a 'b c'")["command"] == "a 'b c'"
+
+
+def test_every_data_file_under_docs_records_its_provenance() -> None:
+    """The docs quote only files that say how, where and from which commit they were made."""
+    files = sorted((Path(__file__).parent.parent / "docs" / "data").glob("*.json"))
+    assert files
+    for path in files:
+        record = json.loads(path.read_text()).get("provenance")
+        assert isinstance(record, dict), path.name
+        missing = {"command", "commit", "date", "cpu_model"} - set(record)
+        assert not missing, f"{path.name} lacks {sorted(missing)}"
