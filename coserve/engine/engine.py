@@ -162,10 +162,10 @@ class Engine:
         return engine
 
     def slots(self, expert: str) -> int:
-        """Requests of one expert that run together (the runtime's parallel slots)."""
+        """Requests of one expert that run together: the concurrency its backend declares."""
         if self.policy == "load_per_request":
             return 1  # one request per load, strictly
-        return max(1, int(self.library.expert(expert).options.get("n_parallel", 2)))
+        return self.pool.concurrency(expert)
 
     # -- scheduling -----------------------------------------------------------------------------
     def _ensure_dispatcher(self) -> asyncio.Event:
