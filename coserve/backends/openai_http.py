@@ -94,10 +94,14 @@ class OpenAIHTTPBackend:
         return Handle(spec, {"client": client, "model": model})
 
     def unload(self, handle: Handle) -> None:
-        handle.runtime["client"].close()
+        runtime, handle.runtime = handle.runtime, None
+        if runtime is not None:
+            runtime["client"].close()
 
     def stream(self, handle: Handle, messages: tuple[Message, ...], sampling: Sampling, emit: Emit) -> None:
         spec = handle.spec
+        if handle.runtime is None:
+            raise ExpertFailed(f"expert {spec.name!r} was unloaded")
         body: dict[str, Any] = {
             "model": handle.runtime["model"],
             "messages": wire_messages(messages),
