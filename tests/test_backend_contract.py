@@ -41,7 +41,7 @@ COUNT = "Count from 1 to 200, separated by spaces."  # a long answer for every m
 BACKENDS = ["fake", "llamacpp", "llamacpp-split", "openai", "transformers", "vllm"]
 NEEDS = {  # backend -> the package its runtime needs
     "llamacpp": "xllamacpp",
-    "llamacpp-split": "llama_cpp",
+    "llamacpp-split": "xllamacpp",  # its C API through ctypes, from the library inside xllamacpp
     "openai": "xllamacpp",  # the upstream server serves the real model through the llamacpp backend
     "transformers": "torch",
     "vllm": "vllm",
@@ -264,4 +264,3 @@ def test_every_registered_backend_is_covered() -> None:
     from coserve.backends.base import BACKENDS as REGISTERED
 
     assert sorted(REGISTERED) == sorted(BACKENDS)
-

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from coserve.backends.llamacpp_split import _Stops
+from coserve.backends.chores import StopStrings as _Stops
 from coserve.config import ExpertSpec, load_library
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling
@@ -63,7 +63,7 @@ def general():  # type: ignore[no-untyped-def]
     backend = LlamaCppSplitBackend()
     spec, base = _spec(options={"n_parallel": 2})
     staged = backend.stage(spec, base)
-    handle = backend.load(spec, base)
+    handle = backend.load(spec, staged)
     yield backend, handle, spec, base
     backend.unload(handle)
     backend.unstage(staged)
@@ -232,7 +232,7 @@ def test_a_prompt_longer_than_the_context_is_refused_before_it_runs() -> None:
 
     backend = LlamaCppSplitBackend()
     spec, base = _spec(context=256, options={"n_parallel": 1})
-    handle = backend.load(spec, base)  # stages it first
+    handle = backend.load(spec, backend.stage(spec, base))
     try:
         with pytest.raises(ContextTooLong):
             _run(backend, handle, "word " * 400)
@@ -281,7 +281,7 @@ backend = LlamaCppSplitBackend()
 before = rss()
 staged = backend.stage(spec, base)
 ram = rss()
-handle = backend.load(spec, base)
+handle = backend.load(spec, staged)
 active = rss()
 backend.unload(handle)
 back = rss()
@@ -320,7 +320,7 @@ def test_a_q8_0_kv_cache_halves_the_cache_and_still_answers() -> None:
     kv = kv_cache_bytes(read_header(backend_path(spec, base)), spec.context * 2)
     saved = backend.footprint(spec, base) - backend.footprint(quantized, base)
     assert saved == kv - int(kv * 34 / 64)  # q8_0: 34 bytes per 32 values, against 2 bytes each
-    handle = backend.load(quantized, base)
+    handle = backend.load(quantized, backend.stage(quantized, base))
     try:
         text, _ = _run(backend, handle, "Name three primary colours.")
         assert "red" in text.lower() or "blue" in text.lower(), text
@@ -347,7 +347,7 @@ def test_unloading_fails_running_and_waiting_requests_cleanly() -> None:
 
     backend = LlamaCppSplitBackend()
     spec, base = _spec(options={"n_parallel": 1})
-    handle = backend.load(spec, base)
+    handle = backend.load(spec, backend.stage(spec, base))
     model = handle.runtime.model
     outcomes: dict[int, BaseException | str] = {}
     started = threading.Event()
@@ -393,7 +393,7 @@ def test_a_smaller_shared_cache_admits_a_request_only_when_it_fits_to_its_end(ce
     kv = kv_cache_bytes(read_header(backend_path(spec, base)), 1024)
     assert backend.footprint(full, base) - backend.footprint(spec, base) == kv - kv * cells // 1024
     staged = backend.stage(spec, base)
-    handle = backend.load(spec, base)
+    handle = backend.load(spec, staged)
     times: dict[int, list[float]] = {0: [], 1: []}
     ends: dict[int, Chunk] = {}
 

@@ -31,14 +31,18 @@ DEFAULT_MAX_TOKENS = 512  # tokens: the cap when neither the request nor the exp
 
 
 def token_cap(
-    spec: ExpertSpec, sampling: Sampling, prompt_tokens: int | None = None, default: int = DEFAULT_MAX_TOKENS
+    spec: ExpertSpec,
+    sampling: Sampling,
+    prompt_tokens: int | None = None,
+    default: int = DEFAULT_MAX_TOKENS,
+    context: int | None = None,
 ) -> int:
     """Tokens this request may generate: the request's ``max_tokens``, else the expert's
-    ``options.max_tokens``, else ``default``; never past the end of the context when the prompt's
-    length is known; at least 1."""
+    ``options.max_tokens``, else ``default``; never past the end of the context (``context``, else
+    the expert's) when the prompt's length is known; at least 1."""
     cap = sampling.max_tokens or int(spec.options.get("max_tokens", default))
     if prompt_tokens is not None:
-        cap = min(cap, spec.context - prompt_tokens)
+        cap = min(cap, (context or spec.context) - prompt_tokens)
     return max(1, cap)
 
 

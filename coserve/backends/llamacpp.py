@@ -21,68 +21,31 @@ few per cent of what llama.cpp itself reports (docs/serving.md).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
-from coserve.assets import model_path
 from coserve.backends.base import Emit, Handle
 from coserve.backends.chores import context_too_long, declared_concurrency, token_cap, validated, wire_messages
-from coserve.backends.gguf_header import GGUFHeader, kv_cache_bytes, n_vocab, read_header
+from coserve.backends.gguf_header import kv_cache_bytes, read_header
+from coserve.backends.llama_memory import (
+    DEFAULT_N_PARALLEL,
+    bound_heap_arenas,
+    compute_buffer_bytes,
+    gguf_path,
+    return_free_memory,
+)
 from coserve.backends.staging import Staged, stage, unstage
 from coserve.config import ExpertSpec
 from coserve.cpus import usable_cores
 from coserve.errors import AssetError, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
 
-__all__ = ["LlamaCppBackend", "compute_buffer_bytes", "gguf_path"]
+__all__ = ["LlamaCppBackend"]
 
-DEFAULT_N_PARALLEL = 2
 # ggml types llama.cpp's CPU backend copies into interleaved layouts for its matrix kernels
 # (Q4_0, Q4_K, IQ4_NL); looked-up tensors (the token embedding) are not repacked.
 _REPACKED_TYPES = {2, 12, 20}
-_UBATCH = 512  # llama.cpp's default physical batch: its compute buffers scale with it
-
-
-@functools.cache
-def _libc() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    if hasattr(libc, "mallopt"):
-        # glibc gives each new thread its own heap arena, up to 8 per core; every load starts
-        # fresh runtime threads, so arenas (and resident memory) step up over load/unload cycles.
-        libc.mallopt(-8, int(os.environ.get("COSERVE_MALLOC_ARENAS", "2")))  # M_ARENA_MAX
-    return libc
-
-
-def _return_free_memory() -> None:
-    """Give the heap pages an unloaded runtime freed back to the OS (glibc's malloc_trim): without
-    it, freed arenas stay in the process and resident memory creeps up over load/unload cycles."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-def compute_buffer_bytes(header: GGUFHeader, n_parallel: int) -> int:
-    """llama.cpp's CPU compute buffers for a context: a fit to its reserve for the three default
-    experts (activations of one 512-token micro-batch, logits of each slot's last token), rounded up."""
-    n_embd = int(header.get("embedding_length", 0))
-    n_ff = header.get("feed_forward_length", 4 * n_embd)
-    n_ff = max(n_ff) if isinstance(n_ff, list) else int(n_ff)
-    return _UBATCH * 4 * (3 * n_ff + 8 * n_embd) + n_parallel * n_vocab(header) * 8
-
-
-def gguf_path(spec: ExpertSpec, base: Path | None) -> Path:
-    path = model_path(spec, base)
-    if path.is_dir():
-        raise AssetError(f"expert {spec.name!r}: llama.cpp needs a GGUF file; {path} is a folder")
-    return path
 
 
 def _raise_runtime_error(spec: ExpertSpec, error: dict[str, Any]) -> None:
@@ -130,7 +93,7 @@ class LlamaCppBackend:
     def load(self, spec: ExpertSpec, staged: Staged) -> Handle:
         import xllamacpp
 
-        _libc()  # bounds the heap arenas before the runtime's threads start
+        bound_heap_arenas()  # bounds the heap arenas before the runtime's threads start
 
         path = staged.path
         n_parallel = self.concurrency(spec)
@@ -157,7 +120,7 @@ class LlamaCppBackend:
 
     def unload(self, handle: Handle) -> None:
         handle.runtime = None  # dropping the last reference frees the model and its KV cache
-        _return_free_memory()
+        return_free_memory()
 
     def _body(self, spec: ExpertSpec, messages: tuple[Message, ...], sampling: Sampling) -> dict[str, Any]:
         body: dict[str, Any] = {
