@@ -9,8 +9,10 @@ An expert lives in one of three tiers (coserve.types.Tier); one verb per move, u
                                     pool keeps it and hands it back; the backend keeps no per-expert
                                     state of its own.
     load(spec, staged) -> Handle    RAM -> ACTIVE: a runtime built from ``staged`` (what ``stage``
-                                    returned for this spec, never None), checked with one greedy
-                                    token (``chores.validated``) before it is returned.
+                                    returned for this spec, never None; never re-staged), checked
+                                    before it is returned: one greedy token (``chores.validated``)
+                                    unless ``stage`` already ran one on the same weights; for a
+                                    remote endpoint, that it answers.
     stream(handle, messages, sampling, emit) -> None     generate (below).
     unload(handle)                  ACTIVE -> RAM: free the runtime; ``staged`` stays valid and
                                     may be loaded again.
@@ -39,8 +41,9 @@ Errors (coserve.errors), the only ones a backend raises on purpose:
 Streaming: ``emit`` is called with each piece of text as a Chunk; if it returns True the caller
 went away and the backend stops within one token and returns without emitting again. Otherwise the
 LAST chunk, and only it, carries ``finish_reason`` ("stop": end of sequence or a stop string;
-"length": the cap was reached) and ``usage``: the prompt's tokens and the tokens generated, which
-are exactly the tokens whose text was streamed. The cap is ``chores.token_cap`` (the request's
+"length": the cap was reached) and ``usage``: the prompt's tokens and the tokens generated (unless
+a stop string cut the text, exactly the tokens whose text was streamed; a runtime that reports no
+usage is counted by its streamed pieces, prompt 0). The cap is ``chores.token_cap`` (the request's
 ``max_tokens``, else the expert's ``options.max_tokens``, else 512); generated text never contains
 one of ``sampling.stop`` (``chores.StopStrings`` where the runtime does not cut it itself).
 
@@ -96,7 +99,7 @@ class Backend(Protocol):
         ...
 
     def load(self, spec: ExpertSpec, staged: Any) -> Handle:
-        """RAM -> ACTIVE from ``staged``; validated with one token."""
+        """RAM -> ACTIVE from ``staged``, checked before it is returned."""
         ...
 
     def stream(self, handle: Handle, messages: tuple[Message, ...], sampling: Sampling, emit: Emit) -> None:
