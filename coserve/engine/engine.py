@@ -1,10 +1,10 @@
-"""The engine: route, schedule, stage, execute, answer — with fallback when an expert fails.
+"""The engine: route, schedule, load, execute, answer — with fallback when an expert fails.
 
     route     -> Decision (router, in a worker thread: embedding is CPU work)
     schedule  -> the request joins its expert's queue; the dispatcher picks which expert runs
                  next (stay on the running one, else a loaded one, bounded wait for the rest)
                  and admits up to ``slots`` requests of it at a time (continuous batching)
-    stage     -> pool.acquire(expert): ACTIVE and pinned; the next expert is loaded while the
+    load      -> pool.acquire(expert): ACTIVE and pinned; the next expert is loaded while the
                  running one drains when both fit the ACTIVE budget, else prefetched to RAM
     execute   -> backend.stream(...) in a worker thread, chunks handed to the event loop
     answer    -> chunks to the caller; a failure before the first token moves the request to the
@@ -196,7 +196,7 @@ class Engine:
             raise
 
     async def _dispatch(self) -> None:
-        """Pick the next expert, stage it, admit its queued requests into free slots; repeat."""
+        """Pick the next expert, load it, admit its queued requests into free slots; repeat."""
         assert self._wake is not None
         while True:
             await self._wake.wait()
