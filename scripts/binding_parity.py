@@ -41,6 +41,7 @@ LONG_PROMPT = "Write a long story about a dragon who learns to bake bread."
 
 def child(expert: str, backend_name: str, tokens: int, long_tokens: int) -> None:
     """In a fresh process, against whichever ``coserve`` is first on the path: print one JSON line."""
+    import inspect
     import time
 
     from coserve.backends.base import get_backend
@@ -52,7 +53,8 @@ def child(expert: str, backend_name: str, tokens: int, long_tokens: int) -> None
     base = library.path.parent if library.path else None
     backend = get_backend(backend_name)
     staged = backend.stage(spec, base)
-    handle = backend.load(spec, base)
+    # load receives the staged object (the Backend contract); the old tree's load took the folder
+    handle = backend.load(spec, staged if "staged" in inspect.signature(backend.load).parameters else base)
     ids: list[int] = []
     if hasattr(staged, "piece"):  # llamacpp-split: record the token ids its decode loop turns into text
         piece = type(staged).piece

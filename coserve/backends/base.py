@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,6 +77,7 @@ class Handle:
 
     spec: ExpertSpec
     runtime: Any  # the backend's own object (a llama.cpp context, an HTTP client, ...); None once unloaded
+    info: dict[str, Any] = field(default_factory=dict)  # what the load measured (transformers: copy_s)
 
 
 class Backend(Protocol):

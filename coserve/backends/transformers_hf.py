@@ -26,6 +26,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,7 @@ class TransformersBackend:
         """RAM -> ACTIVE: on CPU the host copy is the runtime; on a GPU one copy of the flat buffer."""
         import torch
 
+        start = time.monotonic()
         if staged.device == "cpu":
             model = staged.model  # nothing to move
         else:
@@ -151,7 +153,8 @@ class TransformersBackend:
                 model = to_device(spec, staged.model, staged.flat, staged.layout, staged.device, skeleton)
             except torch.cuda.OutOfMemoryError:
                 raise ExpertLoadError(f"expert {spec.name!r}: not enough device memory on {staged.device}") from None
-        return validated(self, Handle(spec, _Runtime(model, staged, threading.Lock())))
+        copy_s = time.monotonic() - start  # seconds: the host -> device copy (scripts/gpu_check.py reads it)
+        return validated(self, Handle(spec, _Runtime(model, staged, threading.Lock()), {"copy_s": copy_s}))
 
     def unload(self, handle: Handle) -> None:
         runtime: _Runtime | None = handle.runtime

@@ -237,14 +237,14 @@ def measure_switch(library: LibraryConfig) -> dict[str, Any]:
         times = []
         for _ in range(3):  # the median of three moves RAM -> ACTIVE -> RAM
             start = time.perf_counter()
-            handle = backend.load(spec, base)
+            handle = backend.load(spec, staged)
             times.append(time.perf_counter() - start)
             backend.unload(handle)
         from_ram = statistics.median(times)
         backend.unstage(staged)  # now on disk only
         start = time.perf_counter()
         staged = backend.stage(spec, base)
-        handle = backend.load(spec, base)
+        handle = backend.load(spec, staged)
         from_disk = time.perf_counter() - start
         backend.unload(handle)
         backend.unstage(staged)
