@@ -105,7 +105,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     thread.join(timeout=30)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[name if name == "fake" else pytest.param(name, marks=pytest.mark.e2e) for name in BACKENDS])
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
     name: str = request.param
     if name in NEEDS and importlib.util.find_spec(NEEDS[name]) is None:
