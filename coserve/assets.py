@@ -16,11 +16,11 @@ import json
 import os
 from pathlib import Path
 
-from coserve.config import ExpertSpec
+from coserve.config import ExpertSpec, LibraryConfig
 from coserve.errors import AssetError
 from coserve.paths import cache_dir
 
-__all__ = ["is_assembled", "locate", "model_path", "sha256_file", "source_size"]
+__all__ = ["is_assembled", "locate", "missing_files", "model_path", "sha256_file", "source_size"]
 
 _CHUNK = 8 * 2**20  # bytes read at a time when hashing and copying
 
@@ -167,3 +167,17 @@ if __name__ == "__main__":
     except AssetError as exc:
         print(f"setup: error: {exc.message}", file=sys.stderr)
         sys.exit(2)
+
+
+def missing_files(library: LibraryConfig) -> dict[str, str]:
+    """Experts whose source cannot be found (a package not installed, a path that is not there),
+    without reading or assembling anything; expert -> the reason."""
+    base = library.path.parent if library.path else None
+    problems = {}
+    for spec in library.experts:
+        try:
+            for source in spec.parts:
+                locate(source, base)
+        except AssetError as exc:
+            problems[spec.name] = exc.message
+    return problems

@@ -36,7 +36,7 @@ def main() -> None:
         backend = get_backend(name)
         spec = library.expert(args.expert).model_copy(update={"backend": name})
         staged = backend.stage(spec, base)
-        handle = backend.load(spec, base)
+        handle = backend.load(spec, staged)
         usage: list[Usage] = []
 
         def one(prompt: str) -> None:

@@ -160,12 +160,12 @@ def main() -> None:
             # Drift: repeated RAM -> ACTIVE -> RAM cycles of one expert, straight on the backend.
             spec = library.expert("a")
             staged = backend.stage(spec, None)
-            handle = backend.load(spec, None)
+            handle = backend.load(spec, staged)
             backend.unload(handle)
             torch.cuda.synchronize()
             base_dev, base_rss = torch.cuda.memory_allocated(), rss_mib()
             for _ in range(args.cycles):
-                handle = backend.load(spec, None)
+                handle = backend.load(spec, staged)
                 backend.unload(handle)
             torch.cuda.synchronize()
             result["cycles"] = {
@@ -176,7 +176,7 @@ def main() -> None:
                 "rss_mib_after": round(rss_mib(), 1),
                 "rss_drift_pct": round(100 * (rss_mib() - base_rss) / base_rss, 2),
             }
-            staged.release()
+            backend.unstage(staged)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -42,7 +42,7 @@ def _run(mode: str, expert: str, n: int, every: float) -> list[float]:
     spec = library.expert(expert).model_copy(update={"backend": "llamacpp-split"})
     backend = get_backend("llamacpp-split")
     staged = backend.stage(spec, base)
-    handle = backend.load(spec, base)
+    handle = backend.load(spec, staged)
     stop = threading.Event()
 
     def route() -> None:

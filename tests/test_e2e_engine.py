@@ -21,8 +21,6 @@ pytestmark = pytest.mark.e2e
 def test_greedy_output_is_identical_across_tier_paths(backend_name: str) -> None:
     """DISK -> ACTIVE, RAM -> ACTIVE and a reload after eviction to DISK give the same greedy text
     (for llamacpp RAM is the file's pages; for llamacpp-split the model loaded without a context)."""
-    if backend_name == "llamacpp-split":
-        pytest.importorskip("llama_cpp")
     library = load_library()
     base = library.path.parent if library.path else None
     backend = get_backend(backend_name)

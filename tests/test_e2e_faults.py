@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from coserve.assets import model_path
 from coserve.config import load_library
-from coserve.engine import pool
+from coserve.engine import residency
 from coserve.engine.engine import Engine
 from coserve.paths import default_library_path
 from coserve.router.embed import HashingEmbedder
@@ -25,7 +25,7 @@ def test_corrupt_file_and_hash_mismatch_fall_back_to_a_real_expert(
 ) -> None:
     # A failed expert stays in backoff for an hour: what a pinned request gets below does not
     # depend on how long the requests before it took.
-    monkeypatch.setattr(pool, "BACKOFF_START_S", 3600.0)
+    monkeypatch.setattr(residency, "BACKOFF_START_S", 3600.0)
     default = load_library()
     good = model_path(default.expert("general"), default_library_path().parent)
     corrupt = tmp_path / "corrupt.gguf"

@@ -11,9 +11,10 @@ import pytest
 from conftest import write_library
 
 from coserve.backends.fake import FakeBackend
+from coserve.backends.registry import shares_cores
 from coserve.config import load_library
 from coserve.engine import engine as engine_module
-from coserve.engine.engine import Engine, shares_cores
+from coserve.engine.engine import Engine
 from coserve.router.embed import HashingEmbedder
 
 _FILE = {"source": "m.gguf", "options": {}}
@@ -69,7 +70,7 @@ def test_limit_blas_threads_leaves_one_blas_thread() -> None:
 
 
 def test_missing_files_names_each_expert_and_why(tmp_path: Path) -> None:
-    from coserve.engine.engine import missing_files
+    from coserve.assets import missing_files
 
     fields = {
         "coder": {"backend": "llamacpp-split", "source": "pkg:no_such_model_pkg/m.gguf", "options": {}},

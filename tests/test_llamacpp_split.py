@@ -1,6 +1,7 @@
 """backend: llamacpp-split — llama.cpp's model (RAM tier) and context (ACTIVE tier) held apart,
 with coserve's own continuous-batching decode loop. End to end on the default library's real
-models; the stop-string scanner also as a unit."""
+models (the llama.cpp inside xllamacpp, through coserve/backends/llama_capi.py); the stop-string
+scanner also as a unit."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from coserve.backends.llamacpp_split import _Stops
+from coserve.backends.chores import StopStrings as _Stops
 from coserve.config import ExpertSpec, load_library
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling
@@ -40,7 +41,10 @@ def test_stops_pick_the_earliest_hit_and_flush_the_held_tail() -> None:
 
 
 # -- end to end: real models ----------------------------------------------------------------------
-needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python")
+needs_llama = pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="needs xllamacpp")
+# A prompt no expert can answer within LENGTH_TOKENS tokens: its finish is "length", at exactly that many.
+LONG_ANSWER = "Count from 1 to 100, separated by commas."
+LENGTH_TOKENS = 24
 
 
 def _spec(name: str = "general", **update: object) -> tuple[ExpertSpec, Path | None]:
@@ -63,7 +67,7 @@ def general():  # type: ignore[no-untyped-def]
     backend = LlamaCppSplitBackend()
     spec, base = _spec(options={"n_parallel": 2})
     staged = backend.stage(spec, base)
-    handle = backend.load(spec, base)
+    handle = backend.load(spec, staged)
     yield backend, handle, spec, base
     backend.unload(handle)
     backend.unstage(staged)
@@ -78,29 +82,55 @@ def test_requests_beyond_the_slots_wait_and_batched_answers_agree_with_single_on
         "What is 2 + 2?",
         "Say hello in French.",
         "Name a planet.",
-        "Count to five.",
+        LONG_ANSWER,
     ]
-    alone = [_run(backend, handle, p) for p in prompts]
+    alone = [_run(backend, handle, p, tokens=LENGTH_TOKENS) for p in prompts]
+    assert _run(backend, handle, prompts[0], tokens=LENGTH_TOKENS) == alone[0]  # greedy: the same again
     results: dict[int, tuple[str, Chunk]] = {}
 
     def one(i: int) -> None:
-        results[i] = _run(backend, handle, prompts[i])
+        results[i] = _run(backend, handle, prompts[i], tokens=LENGTH_TOKENS)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]  # 5 requests, 2 slots
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
-    # Batched, a request shares the step's matrix products and the KV cache with others, so float
-    # sums run in another order and a greedy answer may drift late; a sequence that read another's
-    # cells or positions would go wrong from its first tokens.
-    for (single, _), (batched, last) in zip(alone, [results[i] for i in range(len(prompts))], strict=True):
-        assert batched[:16] == single[:16], (single, batched)
-        assert last.finish_reason in ("stop", "length") and last.usage is not None
+    # Batched, a request shares the step's matrix products and the KV cache with others; a sequence
+    # that read another's cells or positions would answer differently from its first tokens.
+    assert [results[i] for i in range(len(prompts))] == alone
     for text, last in alone:
-        assert text.strip() and last.finish_reason in ("stop", "length") and last.usage is not None
-        assert last.usage.prompt_tokens > 5 and 0 < last.usage.completion_tokens <= 24
+        assert text.strip() and last.usage is not None
+        assert 0 < last.usage.completion_tokens <= LENGTH_TOKENS
+        # "length" exactly when the cap was reached; below it only an end-of-turn token ends an answer
+        assert last.finish_reason == ("length" if last.usage.completion_tokens == LENGTH_TOKENS else "stop")
+    assert alone[-1][1].finish_reason == "length" and alone[-1][1].usage.completion_tokens == LENGTH_TOKENS
     assert sorted(handle.runtime.free) == [0, 1]  # every sequence given back
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_answers_are_llama_cpp_servers_own_on_the_same_library() -> None:
+    """The split backend drives the llama.cpp that backend llamacpp's server runs (xllamacpp's): one
+    slot, greedy, the server's own chat template engine and sampler against ours — the same prompt
+    tokens and the same text."""
+    from coserve.backends.registry import get_backend
+
+    prompts = ["Name three primary colours.", "Translate 'good morning' into Spanish.", LONG_ANSWER]
+    answers: dict[str, list[tuple[str, int]]] = {}
+    for name in ("llamacpp-split", "llamacpp"):
+        backend = get_backend(name)
+        spec, base = _spec(context=1024, options={"n_parallel": 1})
+        spec = spec.model_copy(update={"backend": name})
+        staged = backend.stage(spec, base)
+        handle = backend.load(spec, staged)
+        try:
+            runs = [_run(backend, handle, p, tokens=LENGTH_TOKENS) for p in prompts]
+        finally:
+            backend.unload(handle)
+            backend.unstage(staged)
+        answers[name] = [(text, last.usage.prompt_tokens if last.usage else -1) for text, last in runs]
+    assert answers["llamacpp-split"] == answers["llamacpp"]
 
 
 @pytest.mark.e2e
@@ -109,19 +139,19 @@ def test_a_prompt_already_in_another_slot_shares_its_cells(general, monkeypatch:
     """Same prompt while it is still generating in the other slot: the newcomer takes the running
     sequence's prompt cells (all but the last token) instead of decoding them again, and answers
     as it does alone."""
-    from coserve.backends.llamacpp_split import _Context
+    from coserve.backends.llama_decode import DecodeContext
 
     backend, handle, _, _ = general
     prompt = "Tell me about the history of the bicycle in three sentences."
     alone, _ = _run(backend, handle, prompt, tokens=12)
     reused: list[tuple[int, int]] = []
-    admit = _Context._admit
+    admit = DecodeContext._admit
 
     def spy(self, request):  # type: ignore[no-untyped-def]
         admit(self, request)
         reused.append((request.reused, len(request.prompt)))
 
-    monkeypatch.setattr(_Context, "_admit", spy)
+    monkeypatch.setattr(DecodeContext, "_admit", spy)
     # The slot that ran `alone` keeps its cells, and the long request takes that slot (its own
     # prefix); the newcomer gets the other, empty slot and its match is the running sequence.
     long_done: list[str] = []
@@ -142,16 +172,25 @@ def test_a_prompt_already_in_another_slot_shares_its_cells(general, monkeypatch:
     (first_reused, n), (second_reused, n2) = reused
     assert n == n2 and first_reused == n - 1  # the long request: its own slot's kept cells
     assert second_reused == n - 1  # the newcomer: every prompt cell but the last, from its neighbour
-    assert second[:16] == alone[:16], (alone, second)
-    assert long_done and long_done[0][:16] == alone[:16]
+    assert second == alone  # its prompt's cells, shared, are the ones it would have decoded
+    assert long_done and long_done[0].startswith(alone)  # greedy: the same first 12 tokens
 
 
 @pytest.mark.e2e
 @needs_llama
-def test_a_caller_that_leaves_frees_its_slot(general) -> None:  # type: ignore[no-untyped-def]
+def test_a_caller_that_leaves_frees_its_slot(general, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from coserve.backends.llama_decode import DecodeContext
+
     backend, handle, _, _ = general
+    ended: list[tuple[int, object]] = []
+    end = DecodeContext._end
+
+    def spy(self, request, outcome):  # type: ignore[no-untyped-def]
+        ended.append((request.generated, outcome))
+        end(self, request, outcome)
+
+    monkeypatch.setattr(DecodeContext, "_end", spy)
     seen: list[str] = []
-    start = time.monotonic()
     # The caller stops listening after its third piece: the loop ends the request at its next step.
     backend.stream(
         handle,
@@ -160,13 +199,15 @@ def test_a_caller_that_leaves_frees_its_slot(general) -> None:  # type: ignore[n
         lambda c: seen.append(c.text) or len(seen) >= 3,
     )
     assert len(seen) == 3
-    deadline = time.monotonic() + 10
-    while sorted(handle.runtime.free) != [0, 1] and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    while not ended and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert len(ended) == 1
+    generated, outcome = ended[0]
+    assert outcome == "cancelled" and 3 <= generated < 400  # cut short, not run to its 400 tokens
     assert sorted(handle.runtime.free) == [0, 1]
-    assert time.monotonic() - start < 10  # far less than 400 tokens' worth
-    text, last = _run(backend, handle, "What is 2 + 2?")
-    assert text and last.finish_reason in ("stop", "length")
+    text, last = _run(backend, handle, LONG_ANSWER, tokens=LENGTH_TOKENS)
+    assert text and last.finish_reason == "length" and last.usage and last.usage.completion_tokens == LENGTH_TOKENS
 
 
 @pytest.mark.e2e
@@ -202,26 +243,27 @@ def test_a_decode_that_fails_mid_generation_fails_its_requests_and_the_expert_se
     general,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import llama_cpp
+    from coserve.backends import llama_capi
 
     backend, handle, _, _ = general
-    real = llama_cpp.llama_decode
+    lib = llama_capi.lib()
+    real = lib.llama_decode
     calls = {"n": 0}
 
     def failing(ctx, batch):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         return -3 if calls["n"] == 4 else real(ctx, batch)  # the runtime fails at the 4th step
 
-    monkeypatch.setattr(llama_cpp, "llama_decode", failing)
+    monkeypatch.setattr(lib, "llama_decode", failing)
     seen: list[Chunk] = []
     with pytest.raises(ExpertFailed, match="llama_decode returned -3"):
         backend.stream(
             handle, (Message("user", "Count to twenty."),), Sampling(max_tokens=40, temperature=0.0), seen.append
         )
     assert 0 < len(seen) < 40  # it had streamed tokens before the failure
-    monkeypatch.setattr(llama_cpp, "llama_decode", real)
-    text, last = _run(backend, handle, "What is 2 + 2?")
-    assert text and last.finish_reason in ("stop", "length")
+    monkeypatch.setattr(lib, "llama_decode", real)
+    text, last = _run(backend, handle, LONG_ANSWER, tokens=LENGTH_TOKENS)
+    assert text and last.finish_reason == "length" and last.usage and last.usage.completion_tokens == LENGTH_TOKENS
     assert sorted(handle.runtime.free) == [0, 1]
 
 
@@ -232,7 +274,7 @@ def test_a_prompt_longer_than_the_context_is_refused_before_it_runs() -> None:
 
     backend = LlamaCppSplitBackend()
     spec, base = _spec(context=256, options={"n_parallel": 1})
-    handle = backend.load(spec, base)  # stages it first
+    handle = backend.load(spec, backend.stage(spec, base))
     try:
         with pytest.raises(ContextTooLong):
             _run(backend, handle, "word " * 400)
@@ -265,11 +307,12 @@ def test_missing_and_corrupt_files_are_load_errors(tmp_path: Path) -> None:
 
 _RSS_PROBE = """
 import sys
-from coserve.backends.llamacpp_split import LlamaCppSplitBackend, _llama
+import jinja2.sandbox  # the chat template's engine is not the expert's
+from coserve.backends import llama_capi
+from coserve.backends.llamacpp_split import LlamaCppSplitBackend
 from coserve.config import load_library
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-_llama()  # the runtime itself is not the expert's
+llama_capi.lib()  # the runtime itself is not the expert's
 
 def rss():
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
@@ -281,7 +324,7 @@ backend = LlamaCppSplitBackend()
 before = rss()
 staged = backend.stage(spec, base)
 ram = rss()
-handle = backend.load(spec, base)
+handle = backend.load(spec, staged)
 active = rss()
 backend.unload(handle)
 back = rss()
@@ -319,7 +362,7 @@ def test_a_q8_0_kv_cache_halves_the_cache_and_still_answers() -> None:
     kv = kv_cache_bytes(read_header(backend_path(spec, base)), spec.context * 2)
     saved = backend.footprint(spec, base) - backend.footprint(quantized, base)
     assert saved == kv - int(kv * 34 / 64)  # q8_0: 34 bytes per 32 values, against 2 bytes each
-    handle = backend.load(quantized, base)
+    handle = backend.load(quantized, backend.stage(quantized, base))
     try:
         text, _ = _run(backend, handle, "Name three primary colours.")
         assert "red" in text.lower() or "blue" in text.lower(), text
@@ -332,7 +375,7 @@ def test_a_q8_0_kv_cache_halves_the_cache_and_still_answers() -> None:
 
 
 def backend_path(spec: ExpertSpec, base: Path | None) -> Path:
-    from coserve.backends.llamacpp import gguf_path
+    from coserve.backends.llama_memory import gguf_path
 
     return gguf_path(spec, base)
 
@@ -346,7 +389,7 @@ def test_unloading_fails_running_and_waiting_requests_cleanly() -> None:
 
     backend = LlamaCppSplitBackend()
     spec, base = _spec(options={"n_parallel": 1})
-    handle = backend.load(spec, base)
+    handle = backend.load(spec, backend.stage(spec, base))
     model = handle.runtime.model
     outcomes: dict[int, BaseException | str] = {}
     started = threading.Event()
@@ -392,7 +435,7 @@ def test_a_smaller_shared_cache_admits_a_request_only_when_it_fits_to_its_end(ce
     kv = kv_cache_bytes(read_header(backend_path(spec, base)), 1024)
     assert backend.footprint(full, base) - backend.footprint(spec, base) == kv - kv * cells // 1024
     staged = backend.stage(spec, base)
-    handle = backend.load(spec, base)
+    handle = backend.load(spec, staged)
     times: dict[int, list[float]] = {0: [], 1: []}
     ends: dict[int, Chunk] = {}
 
@@ -418,6 +461,7 @@ def test_a_smaller_shared_cache_admits_a_request_only_when_it_fits_to_its_end(ce
     finally:
         backend.unload(handle)
         backend.unstage(staged)
-    assert ends[0].finish_reason in ("stop", "length") and ends[1].finish_reason in ("stop", "length")
-    assert len(times[0]) > 20 and len(times[1]) > 20, "both answered at length"
+    for end, chunks in ((ends[0], times[0]), (ends[1], times[1])):
+        assert end.usage is not None and len(chunks) > 20, "both answered at length"
+        assert end.finish_reason == ("length" if end.usage.completion_tokens == 300 else "stop")
     assert (times[1][0] < times[0][-1]) is overlap  # the second started before the first ended?

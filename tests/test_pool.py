@@ -308,3 +308,37 @@ def test_cancelled_loader_does_not_fail_other_waiters(tmp_path: Path) -> None:
         assert sorted(backend.loads) == sorted(resident + backend.unloads)
 
     asyncio.run(scenario())
+
+
+def test_the_engine_admits_what_each_backend_declares(tmp_path: Path, make_engine: Any) -> None:
+    """The concurrency is the backend's declaration (the fake: n_parallel, default 2), not a guess."""
+    pool, _ = _pool(tmp_path, budget=100 * MiB, options={"coder": {"n_parallel": 5}})
+    assert [pool.concurrency(name) for name in ("small", "coder", "big")] == [2, 5, 2]
+    engine = make_engine(options={"big": {"n_parallel": 3}})
+    assert [engine.slots(name) for name in ("small", "coder", "big")] == [2, 2, 3]
+
+
+def test_victims_go_furthest_next_use_first_then_least_recent_and_young_ones_last() -> None:
+    from coserve.engine.residency import Candidate, choose_victims
+
+    candidates = {
+        "needed_soon": Candidate(freed=10, last_used=5.0, active_since=0.0),
+        "unneeded_recent": Candidate(freed=10, last_used=9.0, active_since=0.0),
+        "unneeded_old": Candidate(freed=10, last_used=1.0, active_since=0.0),
+        "just_loaded": Candidate(freed=10, last_used=0.0, active_since=99.0),
+    }
+    next_use = {"needed_soon": 1.0}
+    choose = choose_victims
+    assert choose(candidates, need=10, free=0, next_use=next_use, now=100.0, min_residency_s=5.0) == ["unneeded_old"]
+    assert choose(candidates, need=20, free=0, next_use=next_use, now=100.0, min_residency_s=5.0) == [
+        "unneeded_old",
+        "unneeded_recent",
+    ]
+    assert choose(candidates, need=40, free=0, next_use=next_use, now=100.0, min_residency_s=5.0) == [
+        "unneeded_old",
+        "unneeded_recent",
+        "needed_soon",
+        "just_loaded",
+    ]
+    assert choose(candidates, need=50, free=0, next_use=next_use, now=100.0, min_residency_s=5.0) is None
+    assert choose(candidates, need=10, free=10, next_use=next_use, now=100.0, min_residency_s=5.0) == []

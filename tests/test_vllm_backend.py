@@ -136,7 +136,7 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
         backend.footprint(library.expert("a"), None)
     (tmp_path / "empty" / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 2}')
     with pytest.raises(ExpertLoadError, match="failed to load"):
-        backend.load(library.expert("a"), None)
+        backend.load(library.expert("a"), backend.stage(library.expert("a"), None))
 
 
 @pytest.mark.e2e

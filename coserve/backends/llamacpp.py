@@ -2,8 +2,9 @@
 
 A prebuilt MIT wheel (installs in seconds), thread-safe, with llama.cpp's own slots and continuous
 batching, and chat templates applied from the GGUF file. Its server loads model and context
-together, so every RAM -> ACTIVE move is a whole model load; ``llamacpp-split`` (the default
-library's backend) holds them apart. See docs/decisions.md.
+together, so RAM is the file's pages (coserve.backends.staging) and every RAM -> ACTIVE move is a
+whole model load from them; ``llamacpp-split`` (the default library's backend) holds them apart.
+See docs/decisions.md.
 
 Options an expert may set in the library file: ``threads`` (default: the usable physical cores,
 coserve.cpus), ``n_parallel`` (slots, i.e. requests decoded together; default 2), ``max_tokens``
@@ -20,86 +21,43 @@ few per cent of what llama.cpp itself reports (docs/serving.md).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from coserve.assets import model_path
 from coserve.backends.base import Emit, Handle
-from coserve.backends.gguf_header import GGUFHeader, kv_cache_bytes, n_vocab, read_header
-from coserve.backends.staging import Staged, stage
+from coserve.backends.chores import context_too_long, declared_concurrency, token_cap, validated, wire_messages
+from coserve.backends.gguf_header import kv_cache_bytes, read_header
+from coserve.backends.llama_memory import (
+    DEFAULT_N_PARALLEL,
+    bound_heap_arenas,
+    compute_buffer_bytes,
+    gguf_path,
+    return_free_memory,
+)
+from coserve.backends.staging import Staged, stage, unstage
 from coserve.config import ExpertSpec
 from coserve.cpus import usable_cores
-from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
+from coserve.errors import AssetError, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
 
-__all__ = ["LlamaCppBackend", "compute_buffer_bytes", "gguf_path"]
+__all__ = ["LlamaCppBackend"]
 
-DEFAULT_MAX_TOKENS = 512
-DEFAULT_N_PARALLEL = 2
 # ggml types llama.cpp's CPU backend copies into interleaved layouts for its matrix kernels
 # (Q4_0, Q4_K, IQ4_NL); looked-up tensors (the token embedding) are not repacked.
 _REPACKED_TYPES = {2, 12, 20}
-_UBATCH = 512  # llama.cpp's default physical batch: its compute buffers scale with it
-
-
-@functools.cache
-def _libc() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    if hasattr(libc, "mallopt"):
-        # glibc gives each new thread its own heap arena, up to 8 per core; every load starts
-        # fresh runtime threads, so arenas (and resident memory) step up over load/unload cycles.
-        libc.mallopt(-8, int(os.environ.get("COSERVE_MALLOC_ARENAS", "2")))  # M_ARENA_MAX
-    return libc
-
-
-def _return_free_memory() -> None:
-    """Give the heap pages an unloaded runtime freed back to the OS (glibc's malloc_trim): without
-    it, freed arenas stay in the process and resident memory creeps up over load/unload cycles."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-def compute_buffer_bytes(header: GGUFHeader, n_parallel: int) -> int:
-    """llama.cpp's CPU compute buffers for a context: a fit to its reserve for the three default
-    experts (activations of one 512-token micro-batch, logits of each slot's last token), rounded up."""
-    n_embd = int(header.get("embedding_length", 0))
-    n_ff = header.get("feed_forward_length", 4 * n_embd)
-    n_ff = max(n_ff) if isinstance(n_ff, list) else int(n_ff)
-    return _UBATCH * 4 * (3 * n_ff + 8 * n_embd) + n_parallel * n_vocab(header) * 8
-
-
-def gguf_path(spec: ExpertSpec, base: Path | None) -> Path:
-    path = model_path(spec, base)
-    if path.is_dir():
-        raise AssetError(f"expert {spec.name!r}: llama.cpp needs a GGUF file; {path} is a folder")
-    return path
 
 
 def _raise_runtime_error(spec: ExpertSpec, error: dict[str, Any]) -> None:
     message = str(error.get("message", error))
     if error.get("type") == "exceed_context_size_error":
-        raise ContextTooLong(
-            f"the prompt ({error.get('n_prompt_tokens')} tokens) exceeds the context of expert "
-            f"{spec.name!r} ({spec.context} tokens)",
-            param="messages",
-        )
+        prompt_tokens = error.get("n_prompt_tokens")
+        raise context_too_long(spec, int(prompt_tokens) if prompt_tokens is not None else None)
     raise ExpertFailed(f"expert {spec.name!r}: {message}")
 
 
 class LlamaCppBackend:
     """One ``xllamacpp.Server`` per loaded expert."""
-
-    name = "llamacpp"
 
     def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
         from coserve.assets import source_size
@@ -112,7 +70,7 @@ class LlamaCppBackend:
     def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
         path = gguf_path(spec, base)
         header = read_header(path)
-        n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
+        n_parallel = self.concurrency(spec)
         repacked = sum(
             t.nbytes
             for t in header.tensors
@@ -123,20 +81,22 @@ class LlamaCppBackend:
         prompt_cache = int(spec.options.get("prompt_cache_mib", 0)) * 2**20
         return path.stat().st_size + repacked + kv + compute + prompt_cache
 
+    def concurrency(self, spec: ExpertSpec) -> int:
+        return declared_concurrency(spec, DEFAULT_N_PARALLEL)
+
     def stage(self, spec: ExpertSpec, base: Path | None) -> Staged:
         return stage(gguf_path(spec, base))
 
     def unstage(self, staged: Staged) -> None:
-        staged.release(drop=True)
+        unstage(staged)
 
-    def load(self, spec: ExpertSpec, base: Path | None) -> Handle:
+    def load(self, spec: ExpertSpec, staged: Staged) -> Handle:
         import xllamacpp
 
-        _libc()  # bounds the heap arenas before the runtime's threads start
+        bound_heap_arenas()  # bounds the heap arenas before the runtime's threads start
 
-        path = gguf_path(spec, base)
-        start = time.monotonic()
-        n_parallel = int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
+        path = staged.path
+        n_parallel = self.concurrency(spec)
         threads = int(spec.options.get("threads", usable_cores()))
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
@@ -154,31 +114,18 @@ class LlamaCppBackend:
             server = xllamacpp.Server(params)
         except Exception as exc:  # the runtime raises plain RuntimeError on bad files
             raise ExpertLoadError(f"expert {spec.name!r} failed to load {path}: {exc}") from None
-        # Validate before the pool releases anyone for this expert: one greedy token through the
-        # chat template. (It also keeps xllamacpp safe: destroying a server that never handled
-        # a request deadlocked in some trials here.)
-        check = server.handle_chat_completions(
-            {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0.0}
-        )
-        if "error" in check or not check.get("choices"):
-            del server
-            raise ExpertLoadError(f"expert {spec.name!r} loaded but failed its first generation: {check}")
-        return Handle(
-            spec,
-            server,
-            nbytes=path.stat().st_size,
-            load_seconds=time.monotonic() - start,
-            info={"path": str(path), "threads": threads, "n_parallel": n_parallel},
-        )
+        # The first-token check also keeps xllamacpp safe: destroying a server that never handled
+        # a request deadlocked in some trials here.
+        return validated(self, Handle(spec, server))
 
     def unload(self, handle: Handle) -> None:
         handle.runtime = None  # dropping the last reference frees the model and its KV cache
-        _return_free_memory()
+        return_free_memory()
 
     def _body(self, spec: ExpertSpec, messages: tuple[Message, ...], sampling: Sampling) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "max_tokens": sampling.max_tokens or int(spec.options.get("max_tokens", DEFAULT_MAX_TOKENS)),
+            "messages": wire_messages(messages),
+            "max_tokens": token_cap(spec, sampling),
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
         }
@@ -197,7 +144,7 @@ class LlamaCppBackend:
         body = self._body(handle.spec, messages, sampling)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        state: dict[str, Any] = {"finish": None, "error": None, "stopped": False}
+        state: dict[str, Any] = {"finish": None, "error": None, "stopped": False, "streamed": 0, "usage": None}
         lock = threading.Lock()
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
@@ -214,19 +161,16 @@ class LlamaCppBackend:
                         text = (choice.get("delta") or {}).get("content")
                         if choice.get("finish_reason"):
                             state["finish"] = choice["finish_reason"]
-                        if text and emit(Chunk(text)):
-                            state["stopped"] = True
-                            return True
+                        if text:
+                            state["streamed"] += 1
+                            if emit(Chunk(text)):
+                                state["stopped"] = True
+                                return True
                     if chunk.get("usage") is not None:
                         usage = chunk["usage"]
-                        emit(
-                            Chunk(
-                                "",
-                                state["finish"] or "stop",
-                                Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))),
-                            )
+                        state["usage"] = Usage(
+                            int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
                         )
-                        state["finish"] = "sent"
                     return False
                 except Exception as exc:
                     state["error"] = {"message": repr(exc)}
@@ -237,5 +181,5 @@ class LlamaCppBackend:
             _raise_runtime_error(handle.spec, result["error"])
         if state["error"] is not None:
             _raise_runtime_error(handle.spec, state["error"])
-        if not state["stopped"] and state["finish"] != "sent":
-            emit(Chunk("", state["finish"] or "stop", None))
+        if not state["stopped"]:  # the last chunk: finish_reason and usage (counted if the runtime sent none)
+            emit(Chunk("", state["finish"] or "stop", state["usage"] or Usage(0, state["streamed"])))

@@ -9,10 +9,12 @@ Library entry::
                 connect_timeout: 5, read_timeout: 120}
 
 "Loading" checks that the endpoint answers ``GET /models`` (and lists the model when it lists
-any); the weights live elsewhere, so the expert occupies no local bytes and has no RAM tier.
+any); the weights live elsewhere, so the expert occupies no local bytes and staging holds nothing.
 Generation streams with httpx; a time-out or a 5xx before the first token is an ExpertFailed
-(the engine falls back), a 400 about context length is a ContextTooLong. Keys are read from the
-environment variable named in ``api_key_env``, never from the library file, and never logged.
+(the engine falls back), a 400/413 about context length is a ContextTooLong. The token cap
+(the request's, else ``options.max_tokens``, else 512) is always sent. The endpoint runs
+``n_parallel`` requests of the expert at once (default 2). Keys are read from the environment
+variable named in ``api_key_env``, never from the library file, and never logged.
 """
 
 from __future__ import annotations
@@ -25,18 +27,18 @@ from typing import Any
 import httpx
 
 from coserve.backends.base import Emit, Handle
+from coserve.backends.chores import context_too_long, declared_concurrency, token_cap, wire_messages
 from coserve.config import ExpertSpec
-from coserve.errors import ContextTooLong, ExpertFailed, ExpertLoadError
+from coserve.errors import ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
 
 __all__ = ["OpenAIHTTPBackend"]
 
+DEFAULT_N_PARALLEL = 2
+
 
 class _NoStage:
     """Remote weights: nothing to hold in RAM."""
-
-    def release(self) -> None:
-        pass
 
 
 def _client(spec: ExpertSpec) -> httpx.Client:
@@ -61,21 +63,22 @@ def _client(spec: ExpertSpec) -> httpx.Client:
 class OpenAIHTTPBackend:
     """One httpx client per loaded expert."""
 
-    name = "openai"
-
     def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
         return 0
 
     def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
         return 0  # the model lives in the endpoint's memory, not ours
 
+    def concurrency(self, spec: ExpertSpec) -> int:
+        return declared_concurrency(spec, DEFAULT_N_PARALLEL)
+
     def stage(self, spec: ExpertSpec, base: Path | None) -> _NoStage:
         return _NoStage()
 
     def unstage(self, staged: _NoStage) -> None:
-        staged.release()
+        pass  # nothing was held
 
-    def load(self, spec: ExpertSpec, base: Path | None) -> Handle:
+    def load(self, spec: ExpertSpec, staged: _NoStage) -> Handle:
         client = _client(spec)
         model = str(spec.options.get("model", spec.name))
         try:
@@ -88,35 +91,39 @@ class OpenAIHTTPBackend:
         if listed and model not in listed:
             client.close()
             raise ExpertLoadError(f"expert {spec.name!r}: endpoint {client.base_url} does not serve model {model!r}")
-        return Handle(spec, {"client": client, "model": model}, nbytes=0)
+        return Handle(spec, {"client": client, "model": model})
 
     def unload(self, handle: Handle) -> None:
-        handle.runtime["client"].close()
+        runtime, handle.runtime = handle.runtime, None
+        if runtime is not None:
+            runtime["client"].close()
 
     def stream(self, handle: Handle, messages: tuple[Message, ...], sampling: Sampling, emit: Emit) -> None:
         spec = handle.spec
+        if handle.runtime is None:
+            raise ExpertFailed(f"expert {spec.name!r} was unloaded")
         body: dict[str, Any] = {
             "model": handle.runtime["model"],
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": wire_messages(messages),
+            "max_tokens": token_cap(spec, sampling),
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if sampling.max_tokens is not None:
-            body["max_tokens"] = sampling.max_tokens
         if sampling.seed is not None:
             body["seed"] = sampling.seed
         if sampling.stop:
             body["stop"] = list(sampling.stop)
         finish: str | None = None
         usage: Usage | None = None
+        streamed = 0  # text deltas: the completion's tokens if the endpoint reports no usage
         try:
             with handle.runtime["client"].stream("POST", "/chat/completions", json=body) as response:
                 if response.status_code >= 400:
                     text = response.read().decode("utf-8", "replace")[:500]
                     if response.status_code in (400, 413) and "context" in text.lower():
-                        raise ContextTooLong(f"expert {spec.name!r}: {text}", param="messages")
+                        raise context_too_long(spec, None)
                     raise ExpertFailed(f"expert {spec.name!r}: HTTP {response.status_code}: {text}")
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
@@ -130,8 +137,10 @@ class OpenAIHTTPBackend:
                     for choice in chunk.get("choices") or []:
                         text = (choice.get("delta") or {}).get("content")
                         finish = choice.get("finish_reason") or finish
-                        if text and emit(Chunk(text)):
-                            return  # the caller went away: closing the response cancels upstream
+                        if text:
+                            streamed += 1
+                            if emit(Chunk(text)):
+                                return  # the caller went away: closing the response cancels upstream
                     if chunk.get("usage"):
                         u = chunk["usage"]
                         usage = Usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
@@ -139,4 +148,4 @@ class OpenAIHTTPBackend:
             raise ExpertFailed(f"expert {spec.name!r}: timed out ({type(exc).__name__})") from None
         except (httpx.HTTPError, ValueError) as exc:
             raise ExpertFailed(f"expert {spec.name!r}: {exc}") from None
-        emit(Chunk("", finish or "stop", usage))
+        emit(Chunk("", "length" if finish == "length" else "stop", usage or Usage(0, streamed)))

@@ -27,7 +27,7 @@ from coserve.backends.options import (
 from coserve.config import ExpertSpec, LibraryConfig
 from coserve.errors import ConfigError
 
-__all__ = ["BACKENDS", "BackendEntry", "backend_entry", "check_expert", "check_library", "get_backend"]
+__all__ = ["BACKENDS", "BackendEntry", "backend_entry", "check_expert", "check_library", "get_backend", "shares_cores"]
 
 
 @dataclass(frozen=True)
@@ -110,3 +110,8 @@ def check_library(library: LibraryConfig) -> LibraryConfig:
         where = f"{library.path}: " if library.path is not None else ""
         raise ConfigError(where + "; ".join(problems))
     return library.model_copy(update={"experts": tuple(experts)})
+
+
+def shares_cores(library: LibraryConfig) -> bool:
+    """Whether an expert of the library decodes on the cores the router runs on."""
+    return any(BACKENDS[spec.backend].options.on_host_cores(spec.options) for spec in library.experts)

@@ -1,9 +1,9 @@
 """The RAM tier of a file-backed expert: its file's pages read into the page cache.
 
-``stage(path)`` reads the whole file once, so every page of it is in host memory and a runtime
-that then maps the file (llama.cpp does) loads at memory speed instead of disk speed.
-``Staged.release(drop=True)`` asks the kernel to drop the file's pages again, so the DISK tier
-really is the disk. ``read_bandwidth`` measures the floor of a move.
+``stage(path)`` (DISK -> RAM) reads the whole file once, so every page of it is in host memory
+and a runtime that then maps the file (llama.cpp does) loads at memory speed instead of disk
+speed. ``unstage(staged)`` (RAM -> DISK) asks the kernel to drop the file's pages again, so the
+DISK tier really is the disk. ``read_bandwidth`` measures the floor of a move.
 
 The pages are not pinned (no held mapping, no ``mlock``): the page cache keeps them while memory
 is not under pressure, and the pool's RAM budget is what keeps memory from being under pressure.
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Staged", "drop_cache", "read_bandwidth", "stage"]
+__all__ = ["Staged", "drop_cache", "read_bandwidth", "stage", "unstage"]
 
 _CHUNK = 16 * 2**20  # bytes per read
 
@@ -50,13 +50,14 @@ class Staged:
     path: Path
     nbytes: int
     seconds: float  # time the move from disk (or cache) took
-    released: bool = False
+    released: bool = False  # unstaged: its pages were dropped
 
-    def release(self, drop: bool = True) -> None:
-        if not self.released:
-            self.released = True
-            if drop:
-                drop_cache(self.path)
+
+def unstage(staged: Staged) -> None:
+    """Drop a staged file's pages from host memory (idempotent)."""
+    if not staged.released:
+        staged.released = True
+        drop_cache(staged.path)
 
 
 def stage(path: Path) -> Staged:

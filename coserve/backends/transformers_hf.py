@@ -4,14 +4,16 @@
               config.json and safetensors that the user points at)
     RAM    -> ``stage``: the weights read into host memory in the serving dtype and, on a GPU
               machine, *pinned* (page-locked) so the copy to the device runs at full PCIe/NVLink
-              speed: the same place vLLM's sleep level 1 parks weights
+              speed: the same place vLLM's sleep level 1 parks weights. The staged object is
+              that host copy (coserve.backends.transformers_weights).
     ACTIVE -> ``load``: a model built on the device and filled from the host copy (one
               host->device copy of the weights; vLLM's wake-up), validated with one greedy token;
-              ``unload`` frees the device memory while the host copy stays staged
+              ``unload`` frees the device memory while the host copy stays staged (and keeps the
+              device module tree in it for the next load)
 
 Generation is ``model.generate`` with a streamer (greedy at temperature 0, else sampling with
-``top_p`` and an optional seed), one request at a time per expert (no continuous batching: that
-is what an OpenAI-compatible vLLM server behind ``backend: openai`` is for).
+``top_p`` and an optional seed), one request at a time per expert: its declared concurrency is
+1 whatever ``n_parallel`` says (no continuous batching: that is what vLLM is for).
 
 Options an expert may set: ``device`` (default ``cuda`` when PyTorch sees a GPU, else ``cpu``),
 ``dtype`` (``bfloat16``, ``float16`` or ``float32``; default bfloat16 on a GPU, float32 on CPU),
@@ -30,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from coserve.assets import model_path
-from coserve.backends.base import Emit, Handle, validated
+from coserve.backends.base import Emit, Handle
+from coserve.backends.chores import StopStrings, check_context, token_cap, validated, wire_messages
 from coserve.backends.options import DTYPE_BYTES
 from coserve.backends.sizes import model_kv_bytes
+from coserve.backends.transformers_weights import Layout, pack, release_device, to_device
 from coserve.config import ExpertSpec
-from coserve.errors import ContextTooLong, ExpertFailed, ExpertLoadError
+from coserve.errors import ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
 
 __all__ = ["TransformersBackend"]
@@ -45,38 +49,24 @@ if _MISSING:  # get_backend turns this into a ConfigError at start, before any r
         f"{', '.join(_MISSING)} not installed: pip install 'coserve[torch]' (with the torch build for your machine)"
     )
 
-DEFAULT_MAX_TOKENS = 512
-
 
 @dataclass
 class _HostCopy:
-    """An expert's weights in host memory (pinned on a GPU machine), ready to be copied to a device."""
+    """The RAM tier: an expert's weights in host memory (pinned on a GPU machine)."""
 
     model: Any  # a transformers model on the CPU, its tensors views into ``flat``
     tokenizer: Any
-    nbytes: int
-    read_seconds: float
+    device: str  # where ``load`` puts the runtime
     flat: Any  # one uint8 tensor holding every parameter and buffer (pinned on GPU machines)
-    layout: list[tuple[str, int, Any, tuple[int, ...], bool]]  # (name, offset, dtype, shape, is parameter)
-
-
-class _Staged:
-    """What ``stage`` returns: releasing it drops the host copy (RAM -> DISK)."""
-
-    def __init__(self, backend: TransformersBackend, name: str):
-        self.backend = backend
-        self.name = name
-
-    def release(self) -> None:
-        self.backend._drop_host(self.name)
+    layout: Layout
+    skeleton: Any = None  # the device module tree kept from the last unload (its weights on meta)
 
 
 @dataclass
 class _Runtime:
     model: Any
-    tokenizer: Any
-    device: str
-    lock: threading.Lock
+    host: _HostCopy
+    lock: threading.Lock  # one generation at a time
 
 
 def _device(spec: ExpertSpec) -> str:
@@ -99,12 +89,8 @@ def _dtype_name(spec: ExpertSpec, device: str) -> str:
 class TransformersBackend:
     """Host copies per staged expert; one device model per loaded expert."""
 
-    name = "transformers"
-
     def __init__(self) -> None:
-        self._host: dict[str, _HostCopy] = {}
-        self._tokenizers: dict[str, Any] = {}  # by model path: building one from a GGUF file takes seconds
-        self._skeletons: dict[str, Any] = {}  # expert -> its device model with the weights released (meta)
+        self._tokenizers: dict[str, Any] = {}  # a memo by model path: building one from a GGUF file takes seconds
         self._lock = threading.Lock()
 
     # -- sizes and tiers --------------------------------------------------------------------
@@ -120,8 +106,11 @@ class TransformersBackend:
         width = DTYPE_BYTES.get(_dtype_name(spec, device), 4)
         return self.nbytes(spec, base) + model_kv_bytes(model_path(spec, base), spec.context, width)
 
-    def _read(self, spec: ExpertSpec, base: Path | None) -> _HostCopy:
-        """DISK -> host memory: read and dequantise the weights, pinned when a GPU will take them."""
+    def concurrency(self, spec: ExpertSpec) -> int:
+        return 1  # model.generate runs one request at a time
+
+    def stage(self, spec: ExpertSpec, base: Path | None) -> _HostCopy:
+        """DISK -> RAM: read and dequantise the weights, pinned when a GPU will take them."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -130,7 +119,6 @@ class TransformersBackend:
         path = model_path(spec, base)
         device = _device(spec)
         dtype = getattr(torch, _dtype_name(spec, device))
-        start = time.monotonic()
         try:
             if path.is_dir():
                 where, extra = str(path), {}
@@ -142,71 +130,43 @@ class TransformersBackend:
                 with self._lock:
                     self._tokenizers[str(path)] = tokenizer
             model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=True, **extra)
+            model.eval()
+            flat, layout = pack(model, pin=device.startswith("cuda"))
         except Exception as exc:  # transformers raises OSError/ValueError/... on bad or foreign files
             raise ExpertLoadError(f"expert {spec.name!r} failed to load {path}: {exc}") from None
-        model.eval()
-        flat, layout = _pack(model, pin=device.startswith("cuda"))
-        nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        return _HostCopy(model, tokenizer, nbytes, time.monotonic() - start, flat, layout)
+        return _HostCopy(model, tokenizer, device, flat, layout)
 
-    def stage(self, spec: ExpertSpec, base: Path | None) -> _Staged:
-        copy = self._read(spec, base)
-        with self._lock:
-            self._host[spec.name] = copy
-        return _Staged(self, spec.name)
-
-    def unstage(self, staged: _Staged) -> None:
-        staged.release()
-
-    def _drop_host(self, name: str) -> None:
-        with self._lock:
-            self._host.pop(name, None)
+    def unstage(self, staged: _HostCopy) -> None:
+        staged.model = staged.flat = staged.skeleton = None
         gc.collect()
 
-    def load(self, spec: ExpertSpec, base: Path | None) -> Handle:
+    def load(self, spec: ExpertSpec, staged: _HostCopy) -> Handle:
+        """RAM -> ACTIVE: on CPU the host copy is the runtime; on a GPU one copy of the flat buffer."""
         import torch
 
         start = time.monotonic()
-        device = _device(spec)
-        with self._lock:
-            host = self._host.get(spec.name)
-        from_ram = host is not None
-        if host is None:
-            host = self._read(spec, base)  # DISK -> ACTIVE: a transient host copy
-        copy_start = time.monotonic()
-        if device == "cpu":
-            model = host.model  # the host copy is the runtime: nothing to move
+        if staged.device == "cpu":
+            model = staged.model  # nothing to move
         else:
-            with self._lock:
-                skeleton = self._skeletons.pop(spec.name, None)
+            skeleton, staged.skeleton = staged.skeleton, None
             try:
-                model = _to_device(spec, host, device, skeleton)
+                model = to_device(spec, staged.model, staged.flat, staged.layout, staged.device, skeleton)
             except torch.cuda.OutOfMemoryError:
-                raise MemoryError(f"expert {spec.name!r}: not enough device memory on {device}") from None
-        copy_seconds = time.monotonic() - copy_start
-        runtime = _Runtime(model, host.tokenizer, device, threading.Lock())
-        handle = Handle(
-            spec,
-            runtime,
-            nbytes=host.nbytes,
-            load_seconds=0.0,
-            info={"device": device, "dtype": str(host.model.dtype), "from_ram": from_ram, "copy_s": copy_seconds},
-        )
-
-        return validated(self, handle, start)  # one greedy token before anyone is released to it
+                raise ExpertLoadError(f"expert {spec.name!r}: not enough device memory on {staged.device}") from None
+        copy_s = time.monotonic() - start  # seconds: the host -> device copy (scripts/gpu_check.py reads it)
+        return validated(self, Handle(spec, _Runtime(model, staged, threading.Lock()), {"copy_s": copy_s}))
 
     def unload(self, handle: Handle) -> None:
-        runtime = handle.runtime
+        runtime: _Runtime | None = handle.runtime
         handle.runtime = None
-        if runtime is not None and runtime.device != "cpu":
+        if runtime is not None and runtime.host.device != "cpu":
             import torch
 
             # Keep the module tree, drop the device memory: the next load only copies the weights
             # back (vLLM's sleep/wake keeps its model object the same way).
             with runtime.lock:
-                _release_device(runtime.model)
-            with self._lock:
-                self._skeletons[handle.spec.name] = runtime.model
+                release_device(runtime.model)
+            runtime.host.skeleton = runtime.model
             del runtime
             gc.collect()
             torch.cuda.empty_cache()
@@ -218,43 +178,37 @@ class TransformersBackend:
         from transformers.generation.streamers import BaseStreamer
 
         runtime: _Runtime | None = handle.runtime
-        if runtime is None:
-            raise ExpertFailed(f"expert {handle.spec.name!r} was unloaded")
         spec = handle.spec
-        tokenizer = runtime.tokenizer
-        chat = [{"role": m.role, "content": m.content} for m in messages]
+        if runtime is None:
+            raise ExpertFailed(f"expert {spec.name!r} was unloaded")
+        tokenizer, device = runtime.host.tokenizer, runtime.host.device
         try:
-            ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            ids = tokenizer.apply_chat_template(
+                wire_messages(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
         except Exception as exc:
             raise ExpertFailed(f"expert {spec.name!r}: its chat template failed: {exc}") from None
         input_ids = ids["input_ids"]
         n_prompt = int(input_ids.shape[1])
-        if n_prompt >= spec.context:
-            raise ContextTooLong(
-                f"the prompt ({n_prompt} tokens) exceeds the context of expert {spec.name!r} ({spec.context} tokens)",
-                param="messages",
-            )
-        cap = sampling.max_tokens or int(spec.options.get("max_tokens", DEFAULT_MAX_TOKENS))
-        cap = max(1, min(cap, spec.context - n_prompt))
-        state: dict[str, Any] = {"stopped": False, "finish": None, "generated": 0}
+        check_context(spec, n_prompt)
+        cap = token_cap(spec, sampling, n_prompt)
+        stops = StopStrings(sampling.stop)
+        state: dict[str, Any] = {"stopped": False, "finish": None, "cancelled": False}
         produced: list[int] = []
-        sent = [0]  # characters of the decoded text already emitted
+        decoded = [0]  # characters of the decoded text already fed to ``stops``
 
         def flush(final: bool) -> None:
             text = tokenizer.decode(produced, skip_special_tokens=True, clean_up_tokenization_spaces=False)
             if not final and text.endswith("\ufffd"):
                 return  # half of a multi-byte character: wait for the rest
-            for stop in sampling.stop:
-                at = text.find(stop, max(0, sent[0] - len(stop)))
-                if at >= 0:
-                    text = text[:at]
-                    state["finish"] = "stop"
-                    state["stopped"] = True
-            if len(text) > sent[0]:
-                piece, sent[0] = text[sent[0] :], len(text)
-                if emit(Chunk(piece)):
-                    state["stopped"] = True
-                    state["finish"] = "cancelled"
+            piece, hit = stops.feed(text[decoded[0] :])
+            decoded[0] = len(text)
+            if final and not hit:
+                piece += stops.flush()
+            if hit:
+                state["stopped"], state["finish"] = True, "stop"
+            if piece and emit(Chunk(piece)):
+                state["stopped"] = state["cancelled"] = True
 
         class _Streamer(BaseStreamer):
             prompt_seen = False
@@ -266,7 +220,6 @@ class TransformersBackend:
                 if state["stopped"]:
                     return
                 produced.extend(int(t) for t in value.reshape(-1).tolist())
-                state["generated"] = len(produced)
                 flush(final=False)
 
             def end(self) -> None:
@@ -293,8 +246,8 @@ class TransformersBackend:
             try:
                 with torch.inference_mode():
                     out = runtime.model.generate(
-                        input_ids=input_ids.to(runtime.device),
-                        attention_mask=ids["attention_mask"].to(runtime.device),
+                        input_ids=input_ids.to(device),
+                        attention_mask=ids["attention_mask"].to(device),
                         streamer=_Streamer(),
                         stopping_criteria=StoppingCriteriaList([_Stop()]),
                         **kwargs,
@@ -303,105 +256,11 @@ class TransformersBackend:
                 raise ExpertFailed(f"expert {spec.name!r}: out of device memory while generating") from None
             except Exception as exc:
                 raise ExpertFailed(f"expert {spec.name!r}: generation failed: {exc}") from None
-        if state["finish"] == "cancelled":
+        if state["cancelled"]:
             return
         n_out = int(out.shape[1]) - n_prompt
         finish = state["finish"] or ("length" if n_out >= cap and not _ended(out, tokenizer, runtime.model) else "stop")
-        emit(Chunk("", finish, Usage(n_prompt, state["generated"])))
-
-
-_ALIGN = 256  # bytes: every tensor of the flat buffer starts on this boundary
-
-
-def _entries(model: Any) -> list[tuple[str, Any, bool]]:
-    """(name, tensor, is parameter) of every parameter and buffer, tied names included."""
-    params = [(n, t, True) for n, t in model.named_parameters(remove_duplicate=False)]
-    return params + [(n, t, False) for n, t in model.named_buffers(remove_duplicate=False)]
-
-
-def _pack(model: Any, pin: bool) -> tuple[Any, list[tuple[str, int, Any, tuple[int, ...], bool]]]:
-    """Move every tensor of ``model`` into one flat uint8 host buffer (pinned if asked) and make the
-    model use views of it. Tied tensors share one offset. Returns (buffer, layout)."""
-    import torch
-
-    offsets: dict[int, int] = {}
-    layout: list[tuple[str, int, Any, tuple[int, ...], bool]] = []
-    total = 0
-    for name, tensor, is_param in _entries(model):
-        key = tensor.data_ptr()
-        if key not in offsets:
-            offsets[key] = total
-            total += -(-tensor.numel() * tensor.element_size() // _ALIGN) * _ALIGN
-        layout.append((name, offsets[key], tensor.dtype, tuple(tensor.shape), is_param))
-    flat = torch.empty(total, dtype=torch.uint8, pin_memory=pin)
-    views: dict[int, Any] = {}
-    with torch.no_grad():
-        for (_name, offset, dtype, shape, _), (_, tensor, _) in zip(layout, _entries(model), strict=True):
-            if offset not in views:
-                size = tensor.numel() * tensor.element_size()
-                views[offset] = flat[offset : offset + size].view(dtype).view(shape)
-                views[offset].copy_(tensor)
-            tensor.data = views[offset]
-    return flat, layout
-
-
-def _set(model: Any, name: str, tensor: Any, is_param: bool) -> None:
-    module_name, _, leaf = name.rpartition(".")
-    module = model.get_submodule(module_name) if module_name else model
-    (module._parameters if is_param else module._buffers)[leaf] = tensor
-
-
-def _to_device(spec: ExpertSpec, host: _HostCopy, device: str, skeleton: Any = None) -> Any:
-    """A device model filled from the host copy: ONE allocation and ONE asynchronous copy of the
-    flat (pinned) buffer, then every parameter and buffer made a view of it. ``skeleton`` is the
-    module tree kept from an earlier unload (built on the meta device otherwise: no weight init)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if skeleton is None:
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(host.model.config, dtype=host.model.dtype)
-        skeleton.eval()
-    model = skeleton
-    flat = torch.empty(host.flat.numel(), dtype=torch.uint8, device=device)
-    flat.copy_(host.flat, non_blocking=True)
-    made: dict[int, Any] = {}
-    for name, offset, dtype, shape, is_param in host.layout:
-        if offset not in made:
-            size = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
-            view = flat[offset : offset + size].view(dtype).view(shape)
-            made[offset] = torch.nn.Parameter(view, requires_grad=False) if is_param else view
-        _set(model, name, made[offset], is_param)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-    left = [n for n, t, _ in _entries(model) if t.is_meta]
-    _check_filled(spec, model, left, [])
-    return model
-
-
-def _release_device(model: Any) -> None:
-    """Point every parameter and buffer back at the meta device, freeing the device memory."""
-    import torch
-
-    made: dict[int, Any] = {}
-    for name, tensor, is_param in _entries(model):
-        key = id(tensor)
-        if key not in made:
-            meta = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
-            made[key] = torch.nn.Parameter(meta, requires_grad=False) if is_param else meta
-        _set(model, name, made[key], is_param)
-
-
-def _check_filled(spec: ExpertSpec, model: Any, missing: list[str], unexpected: list[str]) -> None:
-    """Every device parameter came from the host copy (a missing one is fine only if tied to a filled one)."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    filled = {params[n].data_ptr() for n in params if n not in missing}
-    unfilled = [n for n in missing if n in params and params[n].data_ptr() not in filled]
-    if unexpected or unfilled:
-        raise ExpertLoadError(
-            f"expert {spec.name!r}: the device model does not match its weights (missing {unfilled[:3]}, "
-            f"unexpected {unexpected[:3]})"
-        )
+        emit(Chunk("", finish, Usage(n_prompt, len(produced))))
 
 
 def _ended(out: Any, tokenizer: Any, model: Any) -> bool:

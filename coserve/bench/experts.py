@@ -58,7 +58,7 @@ def bench_experts(library: LibraryConfig, tokens: int = 64, repeats: int = 3) ->
         staged = backend.stage(spec, base)  # RAM: the loads below are RAM -> ACTIVE moves
         for i in range(repeats):
             start = time.perf_counter()
-            handle = backend.load(spec, base)
+            handle = backend.load(spec, staged)
             loads.append(time.perf_counter() - start)
             ttft, _, _ = first_token_and_decode(backend, handle, PROMPTS[i % len(PROMPTS)], 1)
             colds.append(time.perf_counter() - start)

@@ -71,14 +71,14 @@ def measure_switch(library: LibraryConfig) -> dict[str, Any]:
         for _ in range(RUNS):
             before = resident_bytes()
             start = time.perf_counter()
-            handle = backend.load(spec, base)
+            handle = backend.load(spec, staged)
             times.append(time.perf_counter() - start)
             growth.append(resident_bytes() - before)
             backend.unload(handle)
         backend.unstage(staged)  # now on disk only
         start = time.perf_counter()
         staged = backend.stage(spec, base)
-        handle = backend.load(spec, base)
+        handle = backend.load(spec, staged)
         from_disk = time.perf_counter() - start
         backend.unload(handle)
         backend.unstage(staged)

@@ -1,10 +1,10 @@
-"""The engine: route, schedule, stage, execute, answer — with fallback when an expert fails.
+"""The engine: route, schedule, load, execute, answer — with fallback when an expert fails.
 
     route     -> call.decision (router, in a worker thread: embedding is CPU work)
     schedule  -> the call joins its expert's queue; the dispatcher picks which expert runs
                  next (stay on the running one, else a loaded one, bounded wait for the rest)
                  and starts up to ``slots`` calls of it at a time (continuous batching)
-    stage     -> pool.acquire(expert) -> call.lease: ACTIVE and pinned; the next expert is loaded while the
+    load      -> pool.acquire(expert) -> call.lease: ACTIVE and pinned; the next expert is loaded while the
                  running one drains when both fit the ACTIVE budget, else prefetched to RAM
     execute   -> backend.stream(...) in a worker thread, chunks handed to the event loop
     answer    -> chunks to the caller; a failure before the first token moves the call to the
@@ -28,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-from coserve.assets import locate
+from coserve.assets import missing_files
 from coserve.backends.base import Backend
-from coserve.backends.registry import BACKENDS, check_library, get_backend
+from coserve.backends.registry import check_library, get_backend, shares_cores
 from coserve.config import LibraryConfig
 from coserve.engine.call import Call
 from coserve.engine.pool import ExpertPool, Lease
@@ -48,28 +48,9 @@ Residency = Literal["lookahead", "lru", "load_per_request"]
 
 DEFAULT_TIMEOUT_S = 300.0  # seconds without a chunk before an expert counts as hung (options.timeout_s)
 
-__all__ = ["Engine", "Residency", "limit_blas_threads", "missing_files", "shares_cores"]
+__all__ = ["Engine", "Residency", "limit_blas_threads"]
 
 _END = object()
-
-
-def shares_cores(library: LibraryConfig) -> bool:
-    """Whether an expert of the library decodes on the cores the router runs on."""
-    return any(BACKENDS[spec.backend].options.on_host_cores(spec.options) for spec in library.experts)
-
-
-def missing_files(library: LibraryConfig) -> dict[str, str]:
-    """Experts whose source cannot be found (a package not installed, a path that is not there),
-    without reading or assembling anything; expert -> the reason."""
-    base = library.path.parent if library.path else None
-    problems = {}
-    for spec in library.experts:
-        try:
-            for source in spec.parts:
-                locate(source, base)
-        except AssetError as exc:
-            problems[spec.name] = exc.message
-    return problems
 
 
 def limit_blas_threads() -> None:
@@ -158,10 +139,10 @@ class Engine:
         return engine
 
     def slots(self, expert: str) -> int:
-        """Requests of one expert that run together (the runtime's parallel slots)."""
+        """Requests of one expert that run together: the concurrency its backend declares."""
         if self.residency == "load_per_request":
             return 1  # one request per load, strictly
-        return max(1, int(self.library.expert(expert).options.get("n_parallel", 2)))
+        return self.pool.concurrency(expert)
 
     # -- scheduling -----------------------------------------------------------------------------
     def _ensure_dispatcher(self) -> asyncio.Event:
@@ -195,7 +176,7 @@ class Engine:
         return call.lease
 
     async def _dispatch(self) -> None:
-        """Pick the next expert, stage it, start its queued requests in free slots; repeat."""
+        """Pick the next expert, load it, start its queued requests in free slots; repeat."""
         assert self._wake is not None
         while True:
             await self._wake.wait()

@@ -1,8 +1,11 @@
 """The expert pool: each expert in one of three tiers under a byte budget per tier.
 
     DISK    the model file only
-    RAM     the file's pages held in host memory (``Backend.stage``)
-    ACTIVE  a loaded runtime (``Backend.load``); on CPU its weights are those same RAM pages
+    RAM     the weights held in host memory: what ``Backend.stage`` returned (the pool keeps it)
+    ACTIVE  a runtime ``Backend.load`` built from that staged object
+
+One verb per move (coserve.backends.base): stage DISK -> RAM, load RAM -> ACTIVE, unload
+ACTIVE -> RAM, unstage RAM -> DISK.
 
 The RAM budget counts weights (``Backend.nbytes``) of every expert not on DISK; the ACTIVE budget
 counts each loaded runtime's whole footprint (``Backend.footprint``: weights plus KV caches,
@@ -28,53 +31,17 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coserve.backends.base import Backend, Handle
+from coserve.backends.base import Backend
 from coserve.config import LibraryConfig
+from coserve.engine.residency import Candidate, Entry, Lease, choose_victims
 from coserve.errors import CoserveError, ExpertLoadError
 from coserve.metrics import Metrics
 from coserve.types import Tier
 
 __all__ = ["ExpertPool", "Lease"]
-
-BACKOFF_START_S = 1.0
-BACKOFF_MAX_S = 60.0
-
-
-@dataclass
-class _Slot:
-    nbytes: int = 0  # weights: what RAM holds and a move copies
-    footprint: int = 0  # bytes when ACTIVE
-    staged: Any = None  # the backend's RAM-tier object (has .release()), or None
-    handle: Handle | None = None
-    moving: asyncio.Future[None] | None = None  # a move in progress (stage or load)
-    in_flight: int = 0
-    last_used: float = 0.0  # monotonic seconds
-    active_since: float = 0.0
-    backoff_until: float = 0.0
-    backoff_s: float = 0.0
-    last_error: str = ""
-
-    @property
-    def tier(self) -> Tier:
-        return Tier.ACTIVE if self.handle else Tier.RAM if self.staged is not None else Tier.DISK
-
-
-@dataclass
-class Lease:
-    """A pinned ACTIVE expert; ``release()`` unpins it (idempotent)."""
-
-    handle: Handle
-    _release: Callable[[], None] = field(repr=False)
-    _released: bool = False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._release()
 
 
 class ExpertPool:
@@ -98,7 +65,7 @@ class ExpertPool:
         self.metrics = metrics
         self.min_residency_s = min_residency_s
         self.base: Path | None = library.path.parent if library.path else None
-        self._slots = {name: _Slot() for name in library.expert_names}
+        self._entries = {name: Entry() for name in library.expert_names}
         self._cond: asyncio.Condition | None = None
         self.next_use: Callable[[], Mapping[str, float]] = dict  # lookahead source (the scheduler's)
         self._tasks: set[asyncio.Task[None]] = set()  # background moves and settles, kept referenced
@@ -114,7 +81,7 @@ class ExpertPool:
     def note_unavailable(self, name: str, message: str) -> None:
         """Record why an expert cannot load (found at start: a missing model file), for /health;
         its requests still try it and fall back, so a file put in place later is picked up."""
-        self._slots[name].last_error = message
+        self._entries[name].last_error = message
 
     def rebind(self) -> None:
         """Forget loop-bound primitives (the engine moved to a new event loop); state is kept."""
@@ -123,61 +90,55 @@ class ExpertPool:
 
     # -- queries --------------------------------------------------------------------------------
     def residency(self) -> dict[str, Tier]:
-        return {name: slot.tier for name, slot in self._slots.items()}
+        return {name: entry.tier for name, entry in self._entries.items()}
 
     def used_bytes(self) -> int:
         """Bytes in the ACTIVE tier, loads in progress included."""
-        return sum(s.footprint for s in self._slots.values() if s.handle is not None or s.moving is not None)
+        return sum(s.footprint for s in self._entries.values() if s.handle is not None or s.moving is not None)
 
     def ram_bytes(self) -> int:
         """Bytes held in host memory (RAM and ACTIVE tiers)."""
-        return sum(s.nbytes for s in self._slots.values() if s.tier is not Tier.DISK or s.moving is not None)
+        return sum(s.nbytes for s in self._entries.values() if s.tier is not Tier.DISK or s.moving is not None)
 
     def in_flight(self, name: str) -> int:
-        return self._slots[name].in_flight
+        return self._entries[name].in_flight
+
+    def concurrency(self, name: str) -> int:
+        """Requests of the expert its backend runs at once (its declared concurrency)."""
+        return self.backends[name].concurrency(self.library.expert(name))
 
     def state(self, name: str) -> dict[str, Any]:
-        slot = self._slots[name]
-        now = time.monotonic()
-        return {
-            "tier": slot.tier.value,
-            "weights_bytes": slot.nbytes or None,  # known once it was first measured (staged or loaded)
-            "footprint_bytes": slot.footprint or None,  # what ACTIVE counts for it
-            "in_flight": slot.in_flight,
-            "loading": slot.moving is not None,
-            "backoff_s": max(0.0, round(slot.backoff_until - now, 3)),
-            "last_error": slot.last_error or None,
-        }
+        return self._entries[name].state()
 
     # -- acquire / release ----------------------------------------------------------------------
     async def acquire(self, name: str) -> Lease:
         """Pin the expert in the ACTIVE tier, moving it there first if needed."""
-        slot = self._slots[name]
+        entry = self._entries[name]
         cond = self._condition
         waited = False  # a request that waited for a move is a miss, not a hit
         async with cond:
             while True:
-                if slot.handle is not None:
-                    slot.in_flight += 1
-                    slot.last_used = time.monotonic()
+                if entry.handle is not None:
+                    entry.in_flight += 1
+                    entry.last_used = time.monotonic()
                     if not waited:
                         self._count("hits", name)
-                    return Lease(slot.handle, lambda: self._release(name))
-                if slot.moving is not None:
+                    return Lease(entry.handle, lambda: self._release(name))
+                if entry.moving is not None:
                     waited = True
-                    moving = slot.moving
+                    moving = entry.moving
                     await self._wait_for(moving)
                     if not moving.cancelled() and moving.exception() is not None:
                         raise moving.exception()  # type: ignore[misc]  # the move this caller waited for failed
                     continue
-                if time.monotonic() < slot.backoff_until:
+                if time.monotonic() < entry.backoff_until:
                     raise ExpertLoadError(
-                        f"expert {name!r} is in backoff after a failed load ({slot.last_error})", code="expert_backoff"
+                        f"expert {name!r} is in backoff after a failed load ({entry.last_error})", code="expert_backoff"
                     )
-                if await self._reserve(name, slot):
+                if await self._reserve(name, entry):
                     # The move runs as a task of its own: a caller that goes away while waiting
                     # cancels only its wait, never the load that others may be waiting for.
-                    self._spawn(self._activate(name, slot))
+                    self._spawn(self._load(name, entry))
 
     async def _wait_for(self, future: asyncio.Future[None]) -> None:
         """Wait for another coroutine's move, releasing the condition meanwhile."""
@@ -190,109 +151,109 @@ class ExpertPool:
         finally:
             await cond.acquire()
 
-    async def _measure(self, name: str, slot: _Slot) -> None:
-        if not slot.footprint:
+    async def _measure(self, name: str, entry: Entry) -> None:
+        if not entry.footprint:
             spec = self.library.expert(name)
             backend = self.backends[name]
             loop = asyncio.get_running_loop()
             try:
-                slot.nbytes = await loop.run_in_executor(self.executor, backend.nbytes, spec, self.base)
-                slot.footprint = await loop.run_in_executor(self.executor, backend.footprint, spec, self.base)
+                entry.nbytes = await loop.run_in_executor(self.executor, backend.nbytes, spec, self.base)
+                entry.footprint = await loop.run_in_executor(self.executor, backend.footprint, spec, self.base)
             except Exception as exc:  # a missing or unreadable file: as a failed load
-                slot.nbytes = slot.footprint = 0
-                raise self._failed(name, slot, exc) from None
-        if slot.footprint > self.budget_bytes:
+                entry.nbytes = entry.footprint = 0
+                raise self._failed(name, entry, exc) from None
+        if entry.footprint > self.budget_bytes:
             raise ExpertLoadError(
-                f"expert {name!r} needs {slot.footprint} bytes when loaded (weights, KV cache and buffers), "
+                f"expert {name!r} needs {entry.footprint} bytes when loaded (weights, KV cache and buffers), "
                 f"more than the ACTIVE memory budget ({self.budget_bytes} bytes)"
             )
 
     def _victims(self, exclude: str, tier: Tier, need: int, used: int, budget: int) -> list[str] | None:
         """Idle experts to move out of ``tier`` so ``need`` more bytes fit; None if impossible now."""
-        now = time.monotonic()
-        next_use = self.next_use()
+        candidates = {
+            name: Candidate(e.footprint if tier is Tier.ACTIVE else e.nbytes, e.last_used, e.active_since)
+            for name, e in self._entries.items()
+            if name != exclude
+            and e.in_flight == 0
+            and e.moving is None
+            and (e.handle is not None if tier is Tier.ACTIVE else (e.staged is not None and e.handle is None))
+        }
+        return choose_victims(candidates, need, budget - used, self.next_use(), time.monotonic(), self.min_residency_s)
 
-        def order(name: str) -> tuple[float, float]:
-            # furthest next use first (never = inf), then least recently used
-            return (-next_use.get(name, math.inf), self._slots[name].last_used)
-
-        def idle(name: str, s: _Slot) -> bool:
-            in_tier = s.handle is not None if tier is Tier.ACTIVE else (s.staged is not None and s.handle is None)
-            return name != exclude and in_tier and s.in_flight == 0 and s.moving is None
-
-        candidates = [n for n, s in self._slots.items() if idle(n, s)]
-        young = [n for n in candidates if now - self._slots[n].active_since < self.min_residency_s]
-        chosen: list[str] = []
-        free = budget - used
-        for name in sorted((n for n in candidates if n not in young), key=order) + sorted(young, key=order):
-            if free >= need:
-                break
-            chosen.append(name)
-            free += self._slots[name].footprint if tier is Tier.ACTIVE else self._slots[name].nbytes
-        return chosen if free >= need else None
-
-    async def _reserve(self, name: str, slot: _Slot) -> bool:
+    async def _reserve(self, name: str, entry: Entry) -> bool:
         """Start a move of ``name`` to ACTIVE if room can be made (else wait for a release)."""
-        await self._measure(name, slot)
-        if slot.handle is not None or slot.moving is not None:
+        await self._measure(name, entry)
+        if entry.handle is not None or entry.moving is not None:
             return False  # someone else moved it while we measured; the caller loops
-        victims = self._victims(name, Tier.ACTIVE, slot.footprint, self.used_bytes(), self.budget_bytes)
+        victims = self._victims(name, Tier.ACTIVE, entry.footprint, self.used_bytes(), self.budget_bytes)
         if victims is None:
             await self._condition.wait()  # every resident expert is busy: wait for a release
             return False
-        slot.moving = asyncio.get_running_loop().create_future()
-        slot.moving.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        self._start_move(entry)
         return True
+
+    @staticmethod
+    def _start_move(entry: Entry) -> asyncio.Future[None]:
+        entry.moving = asyncio.get_running_loop().create_future()
+        entry.moving.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        return entry.moving
+
+    async def _room_ahead(self, name: str, entry: Entry, tier: Tier) -> list[str] | None:
+        """Victims that make room for ``name`` in ``tier`` ahead of its requests, none of them busy
+        or needed sooner than it; None where there is no such room or the expert cannot be measured."""
+        try:
+            await self._measure(name, entry)
+        except CoserveError:
+            return None
+        if tier is Tier.ACTIVE:
+            victims = self._victims(name, tier, entry.footprint, self.used_bytes(), self.budget_bytes)
+        else:
+            victims = self._victims(name, tier, entry.nbytes, self.ram_bytes(), self.ram_budget_bytes)
+        mine = self.next_use().get(name, math.inf)
+        if victims is None or any(self.next_use().get(v, math.inf) <= mine for v in victims):
+            return None
+        return victims
 
     async def preload(self, name: str) -> bool:
         """Start moving ``name`` to ACTIVE ahead of its requests (while another expert runs), if
         room can be made without evicting anything busy or needed sooner; True if started."""
-        slot = self._slots[name]
+        entry = self._entries[name]
         async with self._condition:
-            if slot.handle is not None or slot.moving is not None or time.monotonic() < slot.backoff_until:
+            if entry.handle is not None or entry.moving is not None or time.monotonic() < entry.backoff_until:
                 return False
-            try:
-                await self._measure(name, slot)
-            except CoserveError:
+            if await self._room_ahead(name, entry, Tier.ACTIVE) is None:
                 return False
-            if slot.handle is not None or slot.moving is not None:
-                return False
-            mine = self.next_use().get(name, math.inf)
-            victims = self._victims(name, Tier.ACTIVE, slot.footprint, self.used_bytes(), self.budget_bytes)
-            if victims is None or any(self.next_use().get(v, math.inf) <= mine for v in victims):
-                return False
-            slot.moving = asyncio.get_running_loop().create_future()
-            slot.moving.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
-            self._spawn(self._activate(name, slot, ahead=True))
+            self._start_move(entry)
+            self._spawn(self._load(name, entry, ahead=True))
             return True
 
-    async def _activate(self, name: str, slot: _Slot, ahead: bool = False) -> None:
+    async def _load(self, name: str, entry: Entry, ahead: bool = False) -> None:
         """Phase 1: stage (if on DISK) and load, outside the lock. Phase 2: evict to fit, publish."""
         spec = self.library.expert(name)
         backend = self.backends[name]
         loop = asyncio.get_running_loop()
-        assert slot.moving is not None
-        moving = slot.moving
+        assert entry.moving is not None
+        moving = entry.moving
         start = time.monotonic()
-        from_tier = slot.tier
+        from_tier = entry.tier
         try:
-            if slot.staged is None:
-                slot.staged = await loop.run_in_executor(self.executor, backend.stage, spec, self.base)
-                self.bytes_moved += slot.nbytes
-            handle = await loop.run_in_executor(self.executor, backend.load, spec, self.base)
+            if entry.staged is None:
+                entry.staged = await loop.run_in_executor(self.executor, backend.stage, spec, self.base)
+                self.bytes_moved += entry.nbytes
+            handle = await loop.run_in_executor(self.executor, backend.load, spec, entry.staged)
         except Exception as exc:
             async with self._condition:
-                slot.moving = None
-                moving.set_exception(self._failed(name, slot, exc))
+                entry.moving = None
+                moving.set_exception(self._failed(name, entry, exc))
                 self._condition.notify_all()
             return
         async with self._condition:
             seconds = time.monotonic() - start
-            slot.handle, slot.moving = handle, None
-            slot.backoff_s = slot.backoff_until = 0.0
-            slot.last_error = ""
-            slot.last_used = slot.active_since = time.monotonic()
-            self.bytes_moved += slot.nbytes
+            entry.handle, entry.moving = handle, None
+            entry.backoff_s = entry.backoff_until = 0.0
+            entry.last_error = ""
+            entry.last_used = entry.active_since = time.monotonic()
+            self.bytes_moved += entry.nbytes
             self.switch_seconds.append(seconds)
             moving.set_result(None)
             self._count("loads", name)
@@ -303,7 +264,7 @@ class ExpertPool:
             self._fit_budgets(protect=name)  # the waiters pin it next; never evict it before they can
             self._condition.notify_all()
 
-    def _failed(self, name: str, slot: _Slot, exc: BaseException) -> CoserveError:
+    def _failed(self, name: str, entry: Entry, exc: BaseException) -> CoserveError:
         """Record a failed move (backoff, doubling); returns the error to raise: an ExpertLoadError
         (503: the server is fine, this expert is not), whatever the cause (a corrupt or missing
         file, a hash mismatch, the runtime's own failure)."""
@@ -314,9 +275,7 @@ class ExpertPool:
                 str(getattr(exc, "message", exc)) if isinstance(exc, CoserveError) else f"expert {name!r}: {exc}"
             )
         )
-        slot.backoff_s = min(BACKOFF_MAX_S, slot.backoff_s * 2 if slot.backoff_s else BACKOFF_START_S)
-        slot.backoff_until = time.monotonic() + slot.backoff_s
-        slot.last_error = str(getattr(error, "message", error))
+        entry.back_off(str(getattr(error, "message", error)))
         self._count("load_failures", name)
         return error
 
@@ -329,29 +288,29 @@ class ExpertPool:
         """Evict idle experts (lookahead order) until both tiers are within budget, if possible."""
         victims = self._victims(protect, Tier.ACTIVE, 0, self.used_bytes(), self.budget_bytes) or []
         for victim in victims:
-            self._deactivate(victim)
+            self._unload(victim)
         victims = self._victims(protect, Tier.RAM, 0, self.ram_bytes(), self.ram_budget_bytes) or []
         for victim in victims:
             self._unstage(victim)
         self._publish()
 
-    def _deactivate(self, name: str) -> None:
-        slot = self._slots[name]
-        assert slot.handle is not None and slot.in_flight == 0, "never evict an expert with work in flight"
-        handle, slot.handle = slot.handle, None
+    def _unload(self, name: str) -> None:
+        entry = self._entries[name]
+        assert entry.handle is not None and entry.in_flight == 0, "never evict an expert with work in flight"
+        handle, entry.handle = entry.handle, None
         self.backends[name].unload(handle)
         self._count("evictions", name)
 
     def _unstage(self, name: str) -> None:
-        slot = self._slots[name]
-        if slot.staged is not None and slot.handle is None:
-            staged, slot.staged = slot.staged, None
+        entry = self._entries[name]
+        if entry.staged is not None and entry.handle is None:
+            staged, entry.staged = entry.staged, None
             self.backends[name].unstage(staged)
 
     def _release(self, name: str) -> None:
-        slot = self._slots[name]
-        slot.in_flight -= 1
-        slot.last_used = time.monotonic()
+        entry = self._entries[name]
+        entry.in_flight -= 1
+        entry.last_used = time.monotonic()
         cond = self._condition
 
         async def settle() -> None:
@@ -363,13 +322,13 @@ class ExpertPool:
 
     def evict_when_idle(self, name: str) -> None:
         """Move an expert back to DISK as soon as it has no work in flight (load-per-request policy)."""
-        slot = self._slots[name]
+        entry = self._entries[name]
         cond = self._condition
 
         async def evict() -> None:
             async with cond:
-                if slot.handle is not None and slot.in_flight == 0 and slot.moving is None:
-                    self._deactivate(name)
+                if entry.handle is not None and entry.in_flight == 0 and entry.moving is None:
+                    self._unload(name)
                     self._unstage(name)
                     self._publish()
                 cond.notify_all()
@@ -379,35 +338,29 @@ class ExpertPool:
     # -- prefetch -------------------------------------------------------------------------------
     async def prefetch(self, name: str) -> None:
         """Bring ``name`` DISK -> RAM if the RAM budget has room without evicting anything needed sooner."""
-        slot = self._slots[name]
+        entry = self._entries[name]
         async with self._condition:
-            if slot.tier is not Tier.DISK or slot.moving is not None or time.monotonic() < slot.backoff_until:
+            if entry.tier is not Tier.DISK or entry.moving is not None or time.monotonic() < entry.backoff_until:
                 return
-            try:
-                await self._measure(name, slot)
-            except CoserveError:
-                return
-            mine = self.next_use().get(name, math.inf)
-            victims = self._victims(name, Tier.RAM, slot.nbytes, self.ram_bytes(), self.ram_budget_bytes)
-            if victims is None or any(self.next_use().get(v, math.inf) <= mine for v in victims):
+            victims = await self._room_ahead(name, entry, Tier.RAM)
+            if victims is None:
                 return
             for victim in victims:
                 self._unstage(victim)
-            slot.moving = asyncio.get_running_loop().create_future()
-        moving = slot.moving
+            moving = self._start_move(entry)
         spec = self.library.expert(name)
         try:
             staged = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.backends[name].stage, spec, self.base
             )
-        except Exception:
+        except Exception:  # a failed prefetch is only a missed chance: the load will report it
             staged = None
         async with self._condition:
-            slot.staged = staged if staged is not None else slot.staged
+            entry.staged = staged if staged is not None else entry.staged
             if staged is not None:
-                self.bytes_moved += slot.nbytes
+                self.bytes_moved += entry.nbytes
                 self._count("prefetches", name)
-            slot.moving = None
+            entry.moving = None
             moving.set_result(None)
             self._publish()
             self._condition.notify_all()
@@ -429,8 +382,8 @@ class ExpertPool:
     async def close(self) -> None:
         """Unload and unstage every expert (on shutdown)."""
         async with self._condition:
-            for name, slot in self._slots.items():
-                if slot.handle is not None:
-                    handle, slot.handle = slot.handle, None
+            for name, entry in self._entries.items():
+                if entry.handle is not None:
+                    handle, entry.handle = entry.handle, None
                     self.backends[name].unload(handle)
                 self._unstage(name)
