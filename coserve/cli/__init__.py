@@ -19,6 +19,7 @@ from coserve.cli.experts import add_experts_parser, add_keys_parser, add_log_par
 from coserve.cli.measure import add_compare_parser, add_map_parser, add_outcomes_parser
 from coserve.cli.serving import add_chat_parser, add_route_parser, add_serve_parser, cmd_route, cmd_serve
 from coserve.cli.train import add_eval_parser, add_train_parser
+from coserve.distributed.command import add_plan_arguments
 from coserve.errors import CoserveError
 
 __all__ = ["build_parser", "cmd_experts", "cmd_route", "cmd_serve", "main"]
@@ -37,6 +38,7 @@ _COMMANDS = (
     add_compare_parser,
     add_eval_parser,
     add_train_parser,
+    add_plan_arguments,
 )
 
 
