@@ -82,12 +82,14 @@ class ExpertFootprint(_Strict):
 class Cluster(_Strict):
     """A whole cluster file, validated."""
 
-    nodes: tuple[NodeSpec, ...] = Field(min_length=1)
+    nodes: tuple[NodeSpec, ...]
     planner: PlannerSettings = PlannerSettings()
     experts: dict[str, ExpertFootprint] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _distinct_names(self) -> Cluster:
+        if not self.nodes:
+            raise ValueError("nodes: a cluster needs at least one node")
         seen: set[str] = set()
         for i, node in enumerate(self.nodes):
             if node.name in seen:

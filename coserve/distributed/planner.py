@@ -31,7 +31,10 @@ Objective (units: shares of all requests), minimised:
     L + cold_load_weight * sum c + move_weight * (replicas started that the current placement lacks)
       + 1e-6 * (replicas) + 1e-7 * (replicas not resident)
 
-The last two terms only break ties (no superfluous replica; keep loaded what fits). A node's
+The last two terms only break ties (no superfluous replica; keep loaded what fits). HiGHS stops
+within a relative gap of 1e-4, so two passes settle what the tie-breaks would: a replica that serves
+nothing is dropped when its expert has another, and a swapped replica is made resident, busiest
+first, wherever its node's memory still allows. A node's
 memory therefore holds its resident experts plus room to swap in one more: the engine's tiered pool
 does the swapping, and ``c`` is an upper bound on the share of requests that meet a cold load
 (batching serves several per load). Memory rows are scaled by the node's budget; the solution is
@@ -55,6 +58,7 @@ from coserve.errors import ConfigError
 __all__ = ["Placement", "Replica", "memory_used", "plan"]
 
 SCALE = 1e3  # objective multiplier: HiGHS's absolute gap (1e-6) becomes 1e-9 of a request share
+MIP_GAP = 1e-4  # relative gap HiGHS stops at; proving the tie-breaks below exactly costs minutes
 REPLICA_EPS = 1e-6  # tie-break per replica hosted
 SWAP_EPS = 1e-7  # tie-break per replica hosted but not resident
 
@@ -81,7 +85,8 @@ class Placement:
     busiest_load: float  # the largest node's share of all requests
     cold_share: float  # share of requests served by non-resident replicas (cold-load upper bound)
     moves: int = 0  # replicas started relative to the placement it re-planned (0 for a first plan)
-    gap: float = 0.0  # relative MIP gap HiGHS reported (0: proven optimal)
+    gap: float = 0.0  # relative MIP gap HiGHS reported (<= MIP_GAP when it finished)
+    optimal: bool = True  # False: the time limit stopped HiGHS first (the plan is valid, maybe not best)
 
     def on(self, node: str) -> tuple[Replica, ...]:
         """The replicas hosted on ``node``."""
@@ -265,7 +270,7 @@ def _solve(
     integrality = np.zeros(size)
     integrality[X : X + 2 * P] = 1
     matrix = coo_matrix((vals, (rows, cols)), shape=(len(low), size)).tocsr()
-    options: dict[str, float] = {"mip_rel_gap": 0.0}
+    options: dict[str, float] = {"mip_rel_gap": MIP_GAP}
     if settings.time_limit_s is not None:
         options["time_limit"] = settings.time_limit_s
     result = milp(
@@ -283,6 +288,7 @@ def _solve(
         if solution[X + p] > 0.5:
             share = max(0.0, float(solution[F + p])) if shares.get(e, 0.0) > 0 else 0.0
             replicas.append(Replica(e, n.name, bool(solution[Z + p] > 0.5), share))
+    replicas = _settle(replicas, nodes, budgets, footprints)
     replicas.sort(key=lambda r: (node_index[r.node], r.expert))
     loads = [sum(r.share for r in replicas if r.node == n.name) for n in nodes]
     return Placement(
@@ -295,4 +301,27 @@ def _solve(
         cold_share=sum(r.share for r in replicas if not r.resident),
         moves=sum(1 for r in replicas if (r.expert, r.node) not in hosted_now) if hosted_now else 0,
         gap=float(getattr(result, "mip_gap", 0.0) or 0.0),
+        optimal=result.status == 0,
     )
+
+
+def _settle(
+    replicas: list[Replica],
+    nodes: list[NodeSpec],
+    budgets: Mapping[str, tuple[int, int]],
+    footprints: Mapping[str, Footprint],
+) -> list[Replica]:
+    """Drop replicas that serve nothing where their expert has another; pin swapped ones that fit."""
+    kept = list(replicas)
+    for replica in sorted(replicas, key=lambda r: (r.share, r.expert, r.node)):
+        if replica.share <= 0 and sum(1 for r in kept if r.expert == replica.expert) > 1:
+            kept.remove(replica)
+    for replica in sorted(kept, key=lambda r: (-r.share, r.expert, r.node)):
+        if replica.resident:
+            continue
+        pinned = Replica(replica.expert, replica.node, True, replica.share)
+        trial = [pinned if r is replica else r for r in kept]
+        hosted = [(r.expert, r.resident) for r in trial if r.node == replica.node]
+        if _within(memory_used(hosted, footprints), budgets[replica.node]):
+            kept = trial
+    return kept

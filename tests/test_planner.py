@@ -1,0 +1,237 @@
+"""The placement planner, re-planning, two-phase transitions, the cluster file and ``coserve plan``.
+
+Expected placements are derived by hand in each test's docstring; tiny random instances are checked
+against brute-force enumeration of every hosting/residency choice (with the traffic split solved as
+a small LP by scipy's linprog, not by the planner's model).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from coserve.cli import main
+from coserve.distributed.cluster import Cluster, Footprint, load_cluster
+from coserve.distributed.planner import MIP_GAP, Placement, Replica, memory_used, plan
+from coserve.distributed.replan import Step, drift, replan, transition, why_replan
+from coserve.errors import ConfigError
+from tests.conftest import write_library
+
+GiB = 2**30
+MiB = 2**20
+
+
+def cluster(*nodes: tuple[str, int] | tuple[str, int, int], **planner: float) -> Cluster:
+    """A cluster of (name, ram bytes[, accelerator bytes]) nodes."""
+    specs = [{"name": n[0], "ram": n[1], "accelerator": n[2] if len(n) > 2 else 0} for n in nodes]
+    return Cluster.model_validate({"nodes": specs, "planner": planner})
+
+
+def hosting(placement: Placement) -> dict[str, set[tuple[str, bool]]]:
+    """node -> {(expert, resident)}."""
+    return {n.name: {(r.expert, r.resident) for r in placement.on(n.name)} for n in placement.nodes}
+
+
+# -- the cluster file -------------------------------------------------------------------------
+
+
+def test_cluster_file_reads_sizes_labels_and_planner_weights(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        "nodes:\n"
+        "  - {name: gpu-1, ram: 16GiB, accelerator: 80GB, labels: {zone: eu-1}}\n"
+        "  - {name: cpu-1, ram: 512MiB}\n"
+        "planner: {cold_load_weight: 2, move_weight: 0.1}\n"
+        "experts: {big: {ram: 1GiB, accelerator: 2GiB}}\n"
+    )
+    loaded = load_cluster(path)
+    assert [(n.name, n.ram, n.accelerator, n.labels) for n in loaded.nodes] == [
+        ("gpu-1", 16 * GiB, 80 * 10**9, {"zone": "eu-1"}),
+        ("cpu-1", 512 * MiB, 0, {}),
+    ]
+    assert (loaded.planner.cold_load_weight, loaded.planner.move_weight, loaded.planner.drift_threshold) == (2, 0.1, 0.1)
+    assert loaded.experts["big"].footprint() == Footprint(GiB, 2 * GiB)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nodes:\n  - {name: a, rma: 1GiB}\n", "nodes[0].rma: unknown key"),
+        ("nodes:\n  - {name: a, ram: -5}\n", "nodes[0].ram: Value error, a size cannot be negative"),
+        ("nodes:\n  - {name: a, ram: 2 lots}\n", "nodes[0].ram"),
+        ("nodes: []\n", "nodes: a cluster needs at least one node"),
+        ("nodes:\n  - {name: a, ram: 1GiB}\n  - {name: a, ram: 2GiB}\n", "nodes[1].name: duplicate node name 'a'"),
+        ("nodes:\n  - {name: a, ram: 1GiB}\nplanner: {move_weight: -1}\n", "planner.move_weight"),
+        ("nodez: []\n", "nodez: unknown key"),
+        ("- a\n", "must be a mapping with nodes"),
+    ],
+)
+def test_cluster_file_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_cluster(path)
+    assert str(path) in caught.value.message
+    assert message.replace("Value error, ", "") in caught.value.message
+
+
+def test_missing_cluster_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cluster file not found"):
+        load_cluster(tmp_path / "nope.yaml")
+
+
+# -- hand-derived optima ------------------------------------------------------------------------
+
+
+def test_two_nodes_three_experts_balance_without_cold_loads() -> None:
+    """Nodes of 2 GiB, experts of 1 GiB with shares .5/.3/.2. Two experts fit a node resident; the
+    total is 1 over 2 nodes, so the busiest node carries >= .5: {x} alone and {y, z} together reach
+    it (x with y or z would carry .8 or .7) with three replicas and no cold load."""
+    footprints = {"x": Footprint(GiB), "y": Footprint(GiB), "z": Footprint(GiB)}
+    placement = plan(cluster(("a", 2 * GiB), ("b", 2 * GiB)), footprints, {"x": 5, "y": 3, "z": 2})
+    assert sorted(sorted(hosted) for hosted in hosting(placement).values()) == [
+        [("x", True)],
+        [("y", True), ("z", True)],
+    ]
+    assert placement.busiest_load == pytest.approx(0.5)
+    assert placement.cold_share == 0
+    assert placement.traffic == {"x": 0.5, "y": 0.3, "z": 0.2}
+
+
+def test_a_hot_expert_is_replicated_on_every_node_that_holds_it() -> None:
+    """One expert with all the traffic and three nodes it fits: one replica each cuts the busiest
+    node's share from 1 to 1/3 (a fourth node too small for it gets none)."""
+    footprints = {"x": Footprint(GiB)}
+    nodes = cluster(("a", GiB), ("b", GiB), ("c", 2 * GiB), ("tiny", GiB // 2))
+    placement = plan(nodes, footprints, {"x": 1.0})
+    assert [(r.node, r.resident) for r in placement.replicas] == [("a", True), ("b", True), ("c", True)]
+    assert [r.share for r in placement.replicas] == pytest.approx([1 / 3] * 3)
+    assert placement.busiest_load == pytest.approx(1 / 3)
+
+
+def test_short_memory_swaps_the_colder_experts_through_one_node() -> None:
+    """Nodes of 1 GiB hold one 1 GiB expert each (resident, or as swap room shared by several).
+    Three experts on two nodes: one node swaps two of them. Swapping y, z (cold .5, busiest .5)
+    beats swapping x with either (cold >= .7): objective 1.0."""
+    footprints = {"x": Footprint(GiB), "y": Footprint(GiB), "z": Footprint(GiB)}
+    placement = plan(cluster(("a", GiB), ("b", GiB)), footprints, {"x": 0.5, "y": 0.3, "z": 0.2})
+    assert sorted(sorted(hosted) for hosted in hosting(placement).values()) == [
+        [("x", True)],
+        [("y", False), ("z", False)],
+    ]
+    assert placement.cold_share == pytest.approx(0.5)
+    assert placement.busiest_load == pytest.approx(0.5)
+    for node in placement.nodes:
+        assert placement.used(node.name) == (GiB, 0)
+
+
+def test_accelerator_memory_decides_where_a_gpu_expert_goes() -> None:
+    """``big`` needs 6 GiB of accelerator memory: only ``gpu`` has it. ``small`` goes to ``cpu``
+    so each node carries half the traffic."""
+    footprints = {"big": Footprint(GiB, 6 * GiB), "small": Footprint(2 * GiB)}
+    nodes = cluster(("gpu", 4 * GiB, 8 * GiB), ("cpu", 16 * GiB))
+    placement = plan(nodes, footprints, {"big": 1, "small": 1})
+    assert hosting(placement) == {"gpu": {("big", True)}, "cpu": {("small", True)}}
+    assert placement.used("gpu") == (GiB, 6 * GiB)
+
+
+def test_required_experts_get_a_replica_even_without_traffic() -> None:
+    """``fallback`` has no mapped traffic but is required; ``unused`` is neither and is not placed."""
+    footprints = {"x": Footprint(GiB), "fallback": Footprint(GiB), "unused": Footprint(GiB)}
+    placement = plan(cluster(("a", 3 * GiB)), footprints, {"x": 1.0, "fallback": 0.0}, required=["fallback"])
+    assert hosting(placement) == {"a": {("x", True), ("fallback", True)}}
+    assert placement.replicas_of("fallback")[0].share == 0
+
+
+# -- random instances against brute force ------------------------------------------------------
+
+
+def brute_force(nodes: Cluster, footprints: dict[str, Footprint], traffic: dict[str, float], weight: float) -> float:
+    """min over every hosting/residency choice of busiest load + weight * cold share."""
+    from scipy.optimize import linprog
+
+    experts = sorted(footprints)
+    total = sum(traffic.values())
+    shares = {e: traffic[e] / total for e in experts}
+    pairs = [(e, n) for e in experts for n in nodes.nodes]
+    best = float("inf")
+    for states in itertools.product((0, 1, 2), repeat=len(pairs)):  # 0 absent, 1 swapped, 2 resident
+        hosted = [(e, n, s == 2) for (e, n), s in zip(pairs, states, strict=True) if s]
+        if {e for e, _, _ in hosted} != set(experts):
+            continue
+        if any(
+            memory_used([(e, r) for e, m, r in hosted if m.name == n.name], footprints) > (n.ram, n.accelerator)
+            or memory_used([(e, r) for e, m, r in hosted if m.name == n.name], footprints)[1] > n.accelerator
+            for n in nodes.nodes
+        ):
+            continue
+        # variables: f per hosted replica, then L; minimise L + weight * sum of swapped f
+        cost = [0.0 if r else weight for _, _, r in hosted] + [1.0]
+        equal = [[1.0 if e == x else 0.0 for x, _, _ in hosted] + [0.0] for e in experts]
+        upper = [[1.0 if m.name == n.name else 0.0 for _, m, _ in hosted] + [-1.0] for n in nodes.nodes]
+        result = linprog(cost, A_ub=upper, b_ub=[0.0] * len(upper), A_eq=equal, b_eq=[shares[e] for e in experts])
+        best = min(best, float(result.fun))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_small_instances_are_optimal_and_within_memory(seed: int) -> None:
+    rng = random.Random(seed)
+    nodes = cluster(*[(f"n{j}", rng.choice([1, 2, 3]) * GiB) for j in range(2)])
+    footprints = {f"e{i}": Footprint(rng.choice([GiB // 2, GiB, 3 * GiB // 2])) for i in range(3)}
+    traffic = {e: float(rng.randint(1, 9)) for e in footprints}
+    placement = plan(nodes, footprints, traffic)
+    for node in nodes.nodes:
+        ram, accelerator = memory_used([(r.expert, r.resident) for r in placement.on(node.name)], footprints)
+        assert ram <= node.ram and accelerator <= node.accelerator
+    assert {r.expert for r in placement.replicas} == set(footprints)
+    for expert, share in placement.traffic.items():
+        assert sum(r.share for r in placement.replicas_of(expert)) == pytest.approx(share, abs=1e-7)
+    weight = nodes.planner.cold_load_weight
+    achieved = placement.busiest_load + weight * placement.cold_share
+    best = brute_force(nodes, footprints, traffic, weight)
+    assert best - 1e-7 <= achieved <= best * (1 + 2 * MIP_GAP) + 1e-7  # HiGHS stops within its gap
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_larger_instances_never_exceed_memory(seed: int) -> None:
+    rng = random.Random(100 + seed)
+    nodes = cluster(*[(f"n{j}", rng.randint(2, 8) * GiB, rng.choice([0, 4 * GiB])) for j in range(5)])
+    footprints = {
+        f"e{i}": Footprint(rng.randint(1, 4) * GiB // 2, rng.choice([0, 0, GiB, 3 * GiB])) for i in range(12)
+    }
+    traffic = {e: rng.random() for e in footprints}
+    placement = plan(nodes, footprints, traffic)
+    for node in nodes.nodes:
+        ram, accelerator = placement.used(node.name)
+        assert ram <= node.ram and accelerator <= node.accelerator
+    assert {r.expert for r in placement.replicas} == set(footprints)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def test_an_expert_that_fits_no_node_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"expert 'huge' needs 3.00 GiB of host memory .*\(largest: 2.00 GiB host"):
+        plan(cluster(("a", 2 * GiB)), {"huge": Footprint(3 * GiB)}, {"huge": 1.0})
+    with pytest.raises(ConfigError, match="expert 'gpu-only' needs"):
+        plan(cluster(("a", 2 * GiB)), {"gpu-only": Footprint(GiB, GiB)}, {}, required=["gpu-only"])
+
+
+def test_bad_numbers_are_config_errors() -> None:
+    nodes = cluster(("a", 2 * GiB))
+    with pytest.raises(ConfigError, match="footprint cannot be negative"):
+        plan(nodes, {"x": Footprint(-1)}, {"x": 1.0})
+    with pytest.raises(ConfigError, match=r"traffic.x: must be a finite number >= 0"):
+        plan(nodes, {"x": Footprint(GiB)}, {"x": -0.5})
+    with pytest.raises(ConfigError, match="traffic.y: no footprint"):
+        plan(nodes, {"x": Footprint(GiB)}, {"y": 1.0})
+    with pytest.raises(ConfigError, match="expert 'z': no footprint"):
+        plan(nodes, {"x": Footprint(GiB)}, {"x": 1.0}, required=["z"])
+    with pytest.raises(ConfigError, match="no nodes"):
+        plan(Cluster.model_construct(nodes=(), planner=nodes.planner, experts={}), {"x": Footprint(GiB)}, {"x": 1})
