@@ -20,7 +20,7 @@ from coserve.errors import ConfigError, CoserveError
 if TYPE_CHECKING:  # the CLI registers this command on every start: its heavy imports wait for a run
     from coserve.config import LibraryConfig
     from coserve.distributed.cluster import Cluster, Footprint
-    from coserve.distributed.planner import Placement
+    from coserve.distributed.placement import Placement
 
 __all__ = [
     "add_plan_arguments",

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from coserve.distributed.cluster import Cluster, Footprint
-from coserve.distributed.planner import Placement, memory_used, plan
+from coserve.distributed.placement import Placement, memory_used
+from coserve.distributed.planner import plan
 from coserve.errors import ConfigError
 
 __all__ = ["Step", "drift", "replan", "transition", "why_replan"]
