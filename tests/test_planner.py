@@ -439,7 +439,7 @@ def test_plan_command_with_the_default_library(tmp_path: Path, monkeypatch: pyte
     traffic large .55 (code, knowledge, writing), general .35 (chat), coder .10 (math). On two
     2 GiB nodes large fills one; general + coder share the other: busiest .55, nothing swapped."""
     from coserve.assets import is_assembled
-    from coserve.backends.base import get_backend
+    from coserve.backends.registry import get_backend
     from coserve.config import load_library
 
     monkeypatch.setenv("COSERVE_CACHE", str(Path.home() / ".cache" / "coserve"))  # only read

@@ -1,5 +1,5 @@
 """The ``coserve`` command: serve | route | chat | map | experts | keys | log | bench | outcomes |
-compare | eval | train.
+compare | eval | train | plan.
 
 Each command lives in a module of this package beside its parser: ``serving`` (serve, route,
 chat), ``experts`` (experts, keys, log), ``bench``, ``measure`` (outcomes, compare, map) and

@@ -73,7 +73,7 @@ def _on_device(spec: Any) -> bool:
 
 def library_footprints(library: LibraryConfig, cluster: Cluster) -> dict[str, Footprint]:
     """Each placeable expert's footprint: the cluster file's, else its backend's measure."""
-    from coserve.backends.base import get_backend
+    from coserve.backends.registry import get_backend
     from coserve.distributed.cluster import Footprint
 
     base = library.path.parent if library.path else None
@@ -153,11 +153,13 @@ def _format(report: dict[str, Any], remote: list[str]) -> str:
 
 def plan_command(args: argparse.Namespace) -> int:
     """Run ``coserve plan``."""
+    from coserve.backends.registry import check_library
     from coserve.config import load_library
     from coserve.distributed.cluster import load_cluster
     from coserve.distributed.planner import plan
+    from coserve.router.measured import with_measured_map
 
-    library = load_library(args.library)
+    library = with_measured_map(check_library(load_library(args.library)))
     cluster = load_cluster(args.cluster)
     footprints = library_footprints(library, cluster)
     traffic = {e: t for e, t in expected_traffic(library).items() if e in footprints}
