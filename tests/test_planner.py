@@ -448,11 +448,11 @@ def test_plan_command_with_the_default_library(tmp_path: Path, monkeypatch: pyte
     if not all(is_assembled(spec, base) for spec in library.experts):
         pytest.skip("the default experts are not assembled here (scripts/setup)")
     sizes = {s.name: get_backend(s.backend).footprint(s, base) for s in library.experts}
-    path = tmp_path / "cluster.yaml"
-    path.write_text("nodes:\n  - {name: a, ram: 2GiB}\n  - {name: b, ram: 2GiB}\n")
+    path = Path(__file__).parent.parent / "docs" / "cluster-example.yaml"  # two nodes of 2 GiB
     out = tmp_path / "plan.json"
     assert main(["plan", "--cluster", str(path), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
+    assert report["provenance"]["command"] == f"coserve plan --cluster {path} --json {out}"
     nodes = {tuple(sorted(r["expert"] for r in n["experts"])): n for n in report["nodes"]}
     assert set(nodes) == {("large",), ("coder", "general")}
     assert nodes[("coder", "general")]["ram_bytes"] == sizes["coder"] + sizes["general"]

@@ -11,7 +11,6 @@ elsewhere and is not placed. This module knows nothing about Ray.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,8 +167,11 @@ def plan_command(args: argparse.Namespace) -> int:
     placement = plan(cluster, footprints, traffic, required=sorted(used & set(footprints)))
     report = placement_report(placement)
     print(_format(report, remote))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"library": str(library.path), **report}, indent=2) + "\n")
+    if args.json:  # with its provenance, like every figure a doc may quote
+        from coserve.bench.provenance import write_data
+
+        payload = {"library": str(library.path), "cluster": str(args.cluster), **report}
+        write_data(Path(args.json), payload, getattr(args, "command_line", None))
     return 0
 
 
