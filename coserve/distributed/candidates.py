@@ -1,8 +1,8 @@
 """A greedy placement, and from it the candidate nodes of each expert for a large planning program.
 
 Above ``EXACT_PAIRS`` expert-node pairs the full program is too large for HiGHS to close in
-seconds (100 experts on 30 identical nodes: a 95% gap after 20 s), mostly because identical nodes
-make many equal solutions to branch over. So each expert's replicas may go only to its candidate
+seconds (100 experts on 30 identical nodes: a 95% gap after 20 s in one trial run), mostly
+because identical nodes make many equal solutions to branch over. So each expert's replicas may go only to its candidate
 nodes: those of the greedy placement below, those of the current placement, and ``EXTRA`` more
 that the greedy placement left least loaded. The greedy placement also bounds the answer: the
 planner keeps whichever of it and HiGHS's solution scores better.
