@@ -290,6 +290,8 @@ def test_a_joining_node_is_a_reason_and_a_shrunk_node_too() -> None:
     assert why_replan(current, cluster(("a", GiB)), footprints, {"x": 1.0}, 0.1) == "node a changed memory"
     grown = {"x": Footprint(3 * GiB)}
     assert why_replan(current, nodes, grown, {"x": 1.0}, 0.1) == "node a no longer holds its experts"
+    newcomer = {"x": Footprint(GiB), "y": Footprint(GiB)}
+    assert why_replan(current, nodes, newcomer, {"x": 1.0, "y": 0.01}, 0.1) == "experts with traffic and no replica: y"
 
 
 # -- two-phase transitions ----------------------------------------------------------------------
@@ -458,3 +460,44 @@ def test_plan_command_with_the_default_library(tmp_path: Path, monkeypatch: pyte
     assert nodes[("coder", "general")]["ram_bytes"] == sizes["coder"] + sizes["general"]
     assert report["traffic"] == pytest.approx({"large": 0.55, "general": 0.35, "coder": 0.10}, abs=1e-6)
     assert report["busiest_load"] == pytest.approx(0.55, abs=1e-6) and report["cold_share"] == 0
+
+
+# -- large programs: the greedy start and candidate nodes -------------------------------------------
+
+
+def test_greedy_spreads_hot_experts_and_fills_the_least_loaded_node() -> None:
+    """Two nodes: x (.5) wants ceil(.5 * 2) = 1 replica and takes a (tie on load, by name); y (.3)
+    takes b (load 0); z (.2) takes b (.3 < .5). A hot expert of share .8 would get 2 replicas."""
+    from coserve.distributed.candidates import candidate_pairs, greedy
+
+    nodes = list(cluster(("a", 2 * GiB), ("b", 2 * GiB)).nodes)
+    footprints = {"x": Footprint(GiB), "y": Footprint(GiB), "z": Footprint(GiB)}
+    start = greedy(nodes, footprints, {"x": 0.5, "y": 0.3, "z": 0.2}, ["x", "y", "z"])
+    assert start == [("x", "a", True, 0.5), ("y", "b", True, 0.3), ("z", "b", True, 0.2)]
+    hot = greedy(nodes, footprints, {"x": 0.8, "y": 0.2}, ["x", "y"])
+    assert hot == [("x", "a", True, 0.4), ("x", "b", True, 0.4), ("y", "a", True, 0.2)]
+    assert greedy(nodes, {"x": Footprint(3 * GiB)}, {"x": 1.0}, ["x"]) is None
+    pairs = candidate_pairs(nodes, footprints, ["x", "y", "z"], start or [], set())
+    assert pairs == {(e, n) for e in "xyz" for n in "ab"}  # 3 extra nodes: every node here
+
+
+def test_a_program_above_the_exact_size_stays_within_memory_and_near_the_even_split() -> None:
+    """60 experts on 20 nodes (1,200 pairs, above EXACT_PAIRS): candidate nodes only. The result
+    must fit, place every expert and carry the busiest node no higher than greedy would."""
+    from coserve.distributed.candidates import EXACT_PAIRS, greedy
+
+    rng = random.Random(7)
+    nodes = cluster(*[(f"n{j}", 8 * GiB) for j in range(20)], time_limit_s=5)
+    footprints = {f"e{i}": Footprint(rng.randint(1, 6) * GiB // 2) for i in range(60)}
+    traffic = {e: 1.0 / (k + 1) for k, e in enumerate(footprints)}
+    assert len(footprints) * len(nodes.nodes) > EXACT_PAIRS
+    placement = plan(nodes, footprints, traffic)
+    for node in nodes.nodes:
+        assert placement.used(node.name)[0] <= node.ram
+    assert {r.expert for r in placement.replicas} == set(footprints)
+    total = sum(traffic.values())
+    start = greedy(list(nodes.nodes), footprints, {e: t / total for e, t in traffic.items()}, sorted(footprints))
+    assert start is not None
+    greedy_busiest = max(sum(s for _, n, _, s in start if n == node.name) for node in nodes.nodes)
+    greedy_cold = sum(s for _, _, resident, s in start if not resident)
+    assert 1 / 20 - 1e-9 <= placement.busiest_load + placement.cold_share <= greedy_busiest + greedy_cold + 1e-9
