@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coserve.config import _format_loc, _read_yaml, parse_bytes
+from coserve.config import parse_bytes, read_yaml, validation_error
 from coserve.errors import ConfigError
 
 __all__ = ["Cluster", "ExpertFootprint", "Footprint", "NodeSpec", "PlannerSettings", "load_cluster"]
@@ -100,26 +100,14 @@ class Cluster(_Strict):
                 raise ValueError(f"experts.{name}: not an expert name")
         return self
 
-    def node(self, name: str) -> NodeSpec:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
-
 
 def load_cluster(path: str | Path) -> Cluster:
     """Read and validate a cluster file."""
     path = Path(path)
-    raw = _read_yaml(path, "cluster file")
+    raw = read_yaml(path, "cluster file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the cluster file must be a mapping with nodes")
     try:
         return Cluster.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = _format_loc(tuple(err["loc"]))
-            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            message = message.removeprefix("Value error, ")
-            problems.append(f"{loc}: {message}" if loc else message)
-        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+        raise validation_error(path, exc) from None
