@@ -501,3 +501,24 @@ def test_a_program_above_the_exact_size_stays_within_memory_and_near_the_even_sp
     greedy_busiest = max(sum(s for _, n, _, s in start if n == node.name) for node in nodes.nodes)
     greedy_cold = sum(s for _, _, resident, s in start if not resident)
     assert 1 / 20 - 1e-9 <= placement.busiest_load + placement.cold_share <= greedy_busiest + greedy_cold + 1e-9
+
+
+def test_two_new_replicas_on_one_node_start_only_as_far_as_memory_allows() -> None:
+    """b (2 GiB) is to host x and y (1 GiB each) and already holds z; x fits next to z, y only once
+    z (also on a) has left b."""
+    footprints = {"x": Footprint(GiB), "y": Footprint(GiB), "z": Footprint(GiB)}
+    nodes = cluster(("a", 3 * GiB), ("b", 2 * GiB))
+    old = placement(nodes, footprints, ("x", "a", True), ("y", "a", True), ("z", "a", True), ("z", "b", True))
+    new = placement(nodes, footprints, ("x", "a", True), ("z", "a", True), ("x", "b", True), ("y", "b", True))
+    steps = transition(old, new)
+    assert steps == [
+        Step("start", "x", "b"),
+        Step("ready", "x", "b"),
+        Step("drain", "z", "b"),
+        Step("stop", "z", "b"),
+        Step("start", "y", "b"),
+        Step("ready", "y", "b"),
+        Step("drain", "y", "a"),
+        Step("stop", "y", "a"),
+    ]
+    check_steps(old, new, steps)

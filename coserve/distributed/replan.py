@@ -116,10 +116,12 @@ def transition(old: Placement, new: Placement) -> list[Step]:
     needed = {r.expert for r in new.replicas}  # every expert the new placement serves
     while present != wanted:
         before = len(steps)
-        started = [key for key in sorted(wanted) if key not in present and fits(key[1], (key[0], wanted[key]))]
-        for e, n in started:
-            present[(e, n)] = wanted[(e, n)]
-            steps.append(Step("start", e, n))
+        started = []
+        for e, n in sorted(key for key in wanted if key not in present):
+            if fits(n, (e, wanted[(e, n)])):  # counts the replicas started before it in this round
+                present[(e, n)] = wanted[(e, n)]
+                started.append((e, n))
+                steps.append(Step("start", e, n))
         for e, n in started:  # phase 1 ends when every new replica serves
             serving.add((e, n))
             steps.append(Step("ready", e, n))
@@ -138,7 +140,8 @@ def transition(old: Placement, new: Placement) -> list[Step]:
                 present[(e, n)] = True
                 steps.append(Step("pin", e, n))
         if len(steps) == before:
-            stuck = sorted(f"{e}@{n}" for e, n in set(wanted) ^ set(present))
+            changing = [key for key in set(wanted) | set(present) if wanted.get(key) != present.get(key)]
+            stuck = sorted(f"{e}@{n}" for e, n in changing)
             raise ConfigError(
                 "no safe two-phase order: every remaining change needs memory that only a last replica "
                 f"holds ({', '.join(stuck)}); add a node or plan with a larger move_weight"
