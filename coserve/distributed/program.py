@@ -22,6 +22,7 @@ SCALE = 1e3  # objective multiplier: HiGHS's absolute gap (1e-6) becomes 1e-9 of
 MIP_GAP = 1e-3  # relative gap HiGHS stops at (0.1% of the objective); closer costs minutes
 REPLICA_EPS = 1e-6  # tie-break per replica hosted
 SWAP_EPS = 1e-7  # tie-break per replica hosted but not resident
+SHARE_NOISE = 1e-9  # a replica's share below this is read as zero
 
 
 def solve(
@@ -121,6 +122,7 @@ def solve(
     replicas = []
     for p, (e, n) in enumerate(pairs):
         if solution[X + p] > 0.5:
-            share = max(0.0, float(solution[F + p])) if shares.get(e, 0.0) > 0 else 0.0
+            share = float(solution[F + p]) if shares.get(e, 0.0) > 0 else 0.0
+            share = share if share > SHARE_NOISE else 0.0  # HiGHS's tolerances leave ~1e-12 crumbs
             replicas.append(Replica(e, n.name, bool(solution[Z + p] > 0.5), share))
     return replicas, float(getattr(result, "mip_gap", 0.0) or 0.0), result.status == 0
