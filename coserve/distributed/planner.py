@@ -31,14 +31,19 @@ Objective (units: shares of all requests), minimised:
     L + cold_load_weight * sum c + move_weight * (replicas started that the current placement lacks)
       + 1e-6 * (replicas) + 1e-7 * (replicas not resident)
 
-The last two terms only break ties (no superfluous replica; keep loaded what fits). HiGHS stops
-within a relative gap of 1e-4, so two passes settle what the tie-breaks would: a replica that serves
-nothing is dropped when its expert has another, and a swapped replica is made resident, busiest
-first, wherever its node's memory still allows. A node's
-memory therefore holds its resident experts plus room to swap in one more: the engine's tiered pool
-does the swapping, and ``c`` is an upper bound on the share of requests that meet a cold load
-(batching serves several per load). Memory rows are scaled by the node's budget; the solution is
-checked in exact integers and re-solved with a tightened budget if HiGHS used its feasibility slack.
+The last two terms only break ties (no superfluous replica; keep loaded what fits). A node's memory
+therefore holds its resident experts plus room to swap in one more: the engine's tiered pool does
+the swapping, and ``c`` is an upper bound on the share of requests that meet a cold load (batching
+serves several per load).
+
+Solving: HiGHS stops within a relative gap of 1e-3 (``program.MIP_GAP``; optionally at the cluster
+file's ``time_limit_s``, and the gap is reported), so two exact passes settle what the tie-breaks
+would: a replica that serves nothing is dropped when its expert has another, and a swapped replica
+is made resident, busiest first, wherever its node's memory still allows. The solution is checked
+in exact bytes and re-solved with a tightened budget if HiGHS used its feasibility slack. Above
+1,000 expert-node pairs each expert may only go to its candidate nodes (``candidates``: those of a
+greedy placement, of the current placement, and the three least loaded others), and the better of
+the greedy placement and HiGHS's is kept.
 
 This module knows nothing about Ray, the engine, the router or files: callers measure footprints and
 traffic and pass them in.
