@@ -40,6 +40,8 @@ __all__ = [
     "ServerSettings",
     "load_library",
     "parse_bytes",
+    "read_yaml",
+    "validation_error",
 ]
 
 _UNITS = {
@@ -320,7 +322,8 @@ class LibraryConfig(_Strict):
         return tuple(e.name for e in self.experts)
 
 
-def _read_yaml(path: Path, what: str) -> Any:
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content; a ConfigError naming ``what`` when it is missing, unreadable or not YAML."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -343,28 +346,33 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def validation_error(path: Path, exc: ValidationError) -> ConfigError:
+    """A pydantic error as one ConfigError naming the file and each key's path (``nodes[1].ram``)."""
+    problems = []
+    for err in exc.errors():
+        loc = _format_loc(tuple(err["loc"]))
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        message = message.removeprefix("Value error, ")
+        problems.append(f"{loc}: {message}" if loc else message)
+    return ConfigError(f"{path}: " + "; ".join(problems))
+
+
 def load_library(path: str | Path | None = None) -> LibraryConfig:
     """Read and validate a library file; ``categories`` may name a separate YAML file."""
     path = Path(path) if path is not None else default_library_path()
-    raw = _read_yaml(path, "library file")
+    raw = read_yaml(path, "library file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the library file must be a mapping with experts, categories and router")
     categories = raw.get("categories")
     if isinstance(categories, str):
-        raw = {**raw, "categories": _read_yaml(path.parent / categories, f"categories file named by {path}")}
+        raw = {**raw, "categories": read_yaml(path.parent / categories, f"categories file named by {path}")}
     for key in ("path", "content_hash"):
         if key in raw:
             raise ConfigError(f"{path}: {key}: unknown key")
     try:
         config = LibraryConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = _format_loc(tuple(err["loc"]))
-            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            message = message.removeprefix("Value error, ")
-            problems.append(f"{loc}: {message}" if loc else message)
-        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+        raise validation_error(path, exc) from None
     # The digest names the router's cache: server settings do not change what the router learns.
     digest = hashlib.sha256(
         json.dumps(config.model_dump(mode="json", exclude={"path", "content_hash", "server"}), sort_keys=True).encode()

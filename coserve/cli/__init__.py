@@ -1,5 +1,5 @@
 """The ``coserve`` command: serve | route | chat | map | experts | keys | log | bench | outcomes |
-compare | eval | train.
+compare | eval | train | plan.
 
 Each command lives in a module of this package beside its parser: ``serving`` (serve, route,
 chat), ``experts`` (experts, keys, log), ``bench``, ``measure`` (outcomes, compare, map) and
@@ -17,6 +17,7 @@ import sys
 from coserve.cli.bench import add_bench_parser
 from coserve.cli.experts import add_experts_parser, add_keys_parser, add_log_parser, cmd_experts
 from coserve.cli.measure import add_compare_parser, add_map_parser, add_outcomes_parser
+from coserve.cli.plan import add_plan_arguments
 from coserve.cli.serving import add_chat_parser, add_route_parser, add_serve_parser, cmd_route, cmd_serve
 from coserve.cli.train import add_eval_parser, add_train_parser
 from coserve.errors import CoserveError
@@ -37,6 +38,7 @@ _COMMANDS = (
     add_compare_parser,
     add_eval_parser,
     add_train_parser,
+    add_plan_arguments,
 )
 
 

@@ -1,0 +1,69 @@
+"""``coserve plan``: read a cluster file and a library, measure footprints, derive the expected
+traffic, plan, and print (or write as JSON) the placement with each node's memory and load."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from coserve.distributed.inputs import GiB, expected_traffic, library_footprints, placement_report, routed_map
+
+__all__ = ["add_plan_arguments", "plan_command"]
+
+
+def _format(report: dict[str, Any], remote: list[str]) -> str:
+    lines = [f"{'node':<12} {'load':>6} {'ram used/budget':>21} {'accel used/budget':>21}  experts"]
+    for node in report["nodes"]:
+        experts = ", ".join(
+            f"{r['expert']}{'' if r['resident'] else ' (swapped)'} {r['share']:.1%}" for r in node["experts"]
+        )
+        lines.append(
+            f"{node['name']:<12} {node['load']:>6.1%} "
+            f"{node['ram_bytes'] / GiB:>9.2f}/{node['ram_budget_bytes'] / GiB:.2f} GiB "
+            f"{node['accelerator_bytes'] / GiB:>9.2f}/{node['accelerator_budget_bytes'] / GiB:.2f} GiB  "
+            f"{experts or '-'}"
+        )
+    shares = ", ".join(f"{e} {t:.1%} ({report['replicas'].get(e, 0)}x)" for e, t in report["traffic"].items())
+    lines.append(f"expected traffic (replicas): {shares}")
+    lines.append(
+        f"busiest node: {report['busiest_load']:.1%} of requests; served by swapped replicas "
+        f"(cold-load bound): {report['cold_share']:.1%}"
+        + (f"; solver gap {report['gap']:.2%} (time limit)" if report["gap"] > 1e-4 else "")
+    )
+    if remote:
+        lines.append(f"served elsewhere (backend openai, not placed): {', '.join(remote)}")
+    return "\n".join(lines)
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    """Run ``coserve plan``."""
+    from coserve.backends.registry import check_library
+    from coserve.bench.provenance import write_data
+    from coserve.config import load_library
+    from coserve.distributed.cluster import load_cluster
+    from coserve.distributed.planner import plan
+    from coserve.router.measured import with_measured_map
+
+    library = with_measured_map(check_library(load_library(args.library)))
+    cluster = load_cluster(args.cluster)
+    footprints = library_footprints(library, cluster)
+    traffic = {e: t for e, t in expected_traffic(library).items() if e in footprints}
+    used = set(routed_map(library)[0].values()) | {library.router.fallback.expert}
+    remote = sorted(e for e in library.expert_names if e not in footprints)
+    placement = plan(cluster, footprints, traffic, required=sorted(used & set(footprints)))
+    report = placement_report(placement)
+    print(_format(report, remote))
+    if args.json:  # with its provenance, like every figure a doc may quote
+        payload = {"library": str(library.path), "cluster": str(args.cluster), **report}
+        write_data(Path(args.json), payload, getattr(args, "command_line", None))
+    return 0
+
+
+def add_plan_arguments(subparsers: Any) -> None:
+    """Register ``coserve plan`` on the CLI's subparsers."""
+    p = subparsers.add_parser("plan", help="place the library's experts on a cluster's nodes (MILP)")
+    p.add_argument("--cluster", required=True, help="cluster file (YAML): nodes with ram and accelerator memory")
+    p.add_argument("--library", help="library file (default: the bundled library)")
+    p.add_argument("--json", help="also write the placement as JSON here")
+    p.set_defaults(func=plan_command)

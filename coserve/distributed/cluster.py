@@ -1,0 +1,113 @@
+"""The cluster file (YAML) -> validated, frozen settings for the placement planner.
+
+A cluster file names the nodes experts can be placed on, each with its host memory and accelerator
+memory in bytes (``16GiB`` and the like, read by ``config.parse_bytes``) and optional labels; an
+optional ``planner`` section sets the objective's weights, and an optional ``experts`` section gives
+footprints for experts whose model files are not on the planning host. Every key is checked: an
+unknown key, a negative size or a duplicate node name is a ConfigError naming the file and the key's
+path (``nodes[1].ram``), as for the library file.
+
+This module knows nothing about Ray, the engine or how footprints are measured.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from coserve.config import parse_bytes, read_yaml, validation_error
+from coserve.errors import ConfigError
+
+__all__ = ["Cluster", "ExpertFootprint", "Footprint", "NodeSpec", "PlannerSettings", "load_cluster"]
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one loaded replica of an expert holds on its node."""
+
+    ram_bytes: int  # host memory (on a CPU backend: weights + KV caches + buffers, Backend.footprint)
+    accelerator_bytes: int = 0  # device memory (0 for an expert served on CPU)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _size(value: Any) -> int:
+    return parse_bytes(value)
+
+
+class NodeSpec(_Strict):
+    """One node experts can be placed on."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    ram: int  # bytes of host memory coserve may fill with experts
+    accelerator: int = 0  # bytes of accelerator (GPU) memory coserve may fill; 0: none
+    labels: dict[str, str] = Field(default_factory=dict)  # free-form (zone, instance type...)
+
+    @field_validator("ram", "accelerator", mode="before")
+    @classmethod
+    def _bytes(cls, value: Any) -> int:
+        return _size(value)
+
+
+class PlannerSettings(_Strict):
+    """Weights of the planner's objective (see coserve.distributed.planner) and when to re-plan."""
+
+    cold_load_weight: float = Field(1.0, ge=0)  # per unit of request share that may need a cold load
+    move_weight: float = Field(0.05, ge=0)  # per replica started by a re-plan (one cold load each)
+    drift_threshold: float = Field(0.1, gt=0, le=1)  # total variation distance of traffic shares
+    time_limit_s: float | None = Field(None, gt=0)  # HiGHS time limit; the gap is reported when hit
+
+
+class ExpertFootprint(_Strict):
+    """A footprint given in the cluster file (for experts whose files the planning host lacks)."""
+
+    ram: int
+    accelerator: int = 0
+
+    @field_validator("ram", "accelerator", mode="before")
+    @classmethod
+    def _bytes(cls, value: Any) -> int:
+        return _size(value)
+
+    def footprint(self) -> Footprint:
+        return Footprint(self.ram, self.accelerator)
+
+
+class Cluster(_Strict):
+    """A whole cluster file, validated."""
+
+    nodes: tuple[NodeSpec, ...]
+    planner: PlannerSettings = PlannerSettings()
+    experts: dict[str, ExpertFootprint] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> Cluster:
+        if not self.nodes:
+            raise ValueError("nodes: a cluster needs at least one node")
+        seen: set[str] = set()
+        for i, node in enumerate(self.nodes):
+            if node.name in seen:
+                raise ValueError(f"nodes[{i}].name: duplicate node name {node.name!r}")
+            seen.add(node.name)
+        for name in self.experts:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", name):
+                raise ValueError(f"experts.{name}: not an expert name")
+        return self
+
+
+def load_cluster(path: str | Path) -> Cluster:
+    """Read and validate a cluster file."""
+    path = Path(path)
+    raw = read_yaml(path, "cluster file")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the cluster file must be a mapping with nodes")
+    try:
+        return Cluster.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(path, exc) from None
