@@ -1,11 +1,12 @@
 """The ``coserve`` command: serve | route | chat | map | experts | keys | log | bench | outcomes |
-compare | eval | train | plan.
+compare | eval | train | plan | deploy.
 
 Each command lives in a module of this package beside its parser: ``serving`` (serve, route,
-chat), ``experts`` (experts, keys, log), ``bench``, ``measure`` (outcomes, compare, map) and
-``train`` (eval, train). Commands parse and print; the work is done by the package's other
-modules. Arguments are parsed in ``main()``; nothing runs at import time. Errors a user can fix (a
-bad library file, a missing model package) print one line and exit with status 2.
+chat), ``experts`` (experts, keys, log), ``bench``, ``measure`` (outcomes, compare, map),
+``train`` (eval, train), ``plan`` and ``cluster`` (deploy, serve --ray). Commands parse and print;
+the work is done by the package's other modules. Arguments are parsed in ``main()``; nothing runs
+at import time. Errors a user can fix (a bad library file, a missing model package) print one line
+and exit with status 2.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import sys
 
 from coserve.cli.bench import add_bench_parser
+from coserve.cli.cluster import add_deploy_parser
 from coserve.cli.experts import add_experts_parser, add_keys_parser, add_log_parser, cmd_experts
 from coserve.cli.measure import add_compare_parser, add_map_parser, add_outcomes_parser
 from coserve.cli.plan import add_plan_arguments
@@ -39,6 +41,7 @@ _COMMANDS = (
     add_eval_parser,
     add_train_parser,
     add_plan_arguments,
+    add_deploy_parser,
 )
 
 

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from coserve.distributed.inputs import GiB, expected_traffic, library_footprints, placement_report, routed_map
+from coserve.distributed.inputs import GiB, placement_report, plan_library
 
 __all__ = ["add_plan_arguments", "plan_command"]
 
@@ -42,16 +42,10 @@ def plan_command(args: argparse.Namespace) -> int:
     from coserve.bench.provenance import write_data
     from coserve.config import load_library
     from coserve.distributed.cluster import load_cluster
-    from coserve.distributed.planner import plan
     from coserve.router.measured import with_measured_map
 
     library = with_measured_map(check_library(load_library(args.library)))
-    cluster = load_cluster(args.cluster)
-    footprints = library_footprints(library, cluster)
-    traffic = {e: t for e, t in expected_traffic(library).items() if e in footprints}
-    used = set(routed_map(library)[0].values()) | {library.router.fallback.expert}
-    remote = sorted(e for e in library.expert_names if e not in footprints)
-    placement = plan(cluster, footprints, traffic, required=sorted(used & set(footprints)))
+    placement, remote = plan_library(library, load_cluster(args.cluster))
     report = placement_report(placement)
     print(_format(report, remote))
     if args.json:  # with its provenance, like every figure a doc may quote

@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from coserve.cli.cluster import add_ray_arguments
 from coserve.cli.common import Subcommands, add_library_arg, load_engine, load_served_library
 from coserve.errors import CoserveError
 from coserve.types import ROUTED_MODEL
@@ -22,6 +23,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from coserve.server.app import create_app
 
+    if args.ray is not None:  # the cluster path (coserve[ray]); the single process below needs no Ray
+        from coserve.cli.cluster import cmd_serve_ray
+
+        return cmd_serve_ray(args)
     engine = load_engine(args.library, args.residency)
     app = create_app(engine)
 
@@ -140,6 +145,14 @@ def add_serve_parser(sub: Subcommands) -> None:
         choices=["lookahead", "lru", "load_per_request"],
         help="how experts are ordered and kept loaded (the other two are benchmark baselines)",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="serve on a Ray Serve cluster at ADDRESS (a local one without it); needs coserve[ray]",
+    )
+    add_ray_arguments(p)
     p.set_defaults(func=cmd_serve)
 
 

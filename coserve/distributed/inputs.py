@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the CLI imports this on every start: heavy imports wait for
     from coserve.distributed.cluster import Cluster, Footprint
     from coserve.distributed.placement import Placement
 
-__all__ = ["expected_traffic", "library_footprints", "placement_report", "routed_map"]
+__all__ = ["expected_traffic", "library_footprints", "placement_report", "plan_library", "routed_map"]
 
 REMOTE_BACKENDS = ("openai",)  # the model lives behind someone else's endpoint
 GiB = 2**30
@@ -86,6 +86,18 @@ def library_footprints(library: LibraryConfig, cluster: Cluster) -> dict[str, Fo
                 f"experts.{spec.name}.ram in the cluster file"
             ) from None
     return out
+
+
+def plan_library(library: LibraryConfig, cluster: Cluster) -> tuple[Placement, list[str]]:
+    """Plan the library's placeable experts on the cluster; also returns the experts served
+    elsewhere (``backend: openai``), which are not placed."""
+    from coserve.distributed.planner import plan
+
+    footprints = library_footprints(library, cluster)
+    traffic = {e: t for e, t in expected_traffic(library).items() if e in footprints}
+    used = set(routed_map(library)[0].values()) | {library.router.fallback.expert}
+    remote = sorted(e for e in library.expert_names if e not in footprints)
+    return plan(cluster, footprints, traffic, required=sorted(used & set(footprints))), remote
 
 
 def placement_report(placement: Placement) -> dict[str, Any]:

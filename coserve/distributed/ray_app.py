@@ -1,0 +1,152 @@
+"""The Ray Serve application: an ingress deployment (coserve's FastAPI app and router) over one
+expert-host deployment per node.
+
+``build_app(args)`` is the application builder that ``serve run`` / ``serve deploy`` / a KubeRay
+RayService name as ``coserve.distributed.ray_app:build_app`` (``coserve deploy --ray-config``
+writes that config; ``coserve serve --ray`` runs it). It reads the library and the cluster file,
+plans the placement (coserve.distributed.inputs.plan_library), and binds:
+
+* per node with experts placed on it, ``expert-host-<node>``: one replica of ``ExpertHost``
+  (coserve.distributed.ray_host), held on that node by the custom resource ``coserve-node-<node>``
+  that the node was started with (``ray start --resources='{"coserve-node-<node>": 1}'``);
+* ``ingress``: the same FastAPI app as the single process (coserve.server.app.create_app) through
+  ``@serve.ingress``, over a ``ClusterEngine`` (coserve.distributed.ray_engine) holding the hosts'
+  deployment handles; its replicas scale with the request rate (Ray Serve autoscaling).
+
+Ray is imported only when an application is built (``coserve[ray]``); importing this module needs
+no Ray. This module knows nothing about HTTP handlers or the pool: it wires deployments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from coserve.distributed.ray_host import ExpertHost, library_file, served_library
+from coserve.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from coserve.config import LibraryConfig
+    from coserve.distributed.cluster import Cluster
+    from coserve.distributed.ray_engine import ClusterEngine
+
+__all__ = ["APP_BUILDER", "AppArgs", "Ingress", "build_app", "local_cluster", "node_resource", "require_ray"]
+
+APP_BUILDER = "coserve.distributed.ray_app:build_app"  # the import path Ray Serve configs name
+RAY_EXTRA_HINT = "Ray Serve is not installed: pip install 'coserve[ray]'"
+
+
+def require_ray() -> None:
+    """Raise a ConfigError naming the extra when Ray Serve is not installed."""
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        raise ConfigError(RAY_EXTRA_HINT) from None
+
+
+def node_resource(node: str) -> str:
+    """The Ray custom resource that holds a node's expert host on that node."""
+    return f"coserve-node-{node}"
+
+
+@dataclass(frozen=True)
+class AppArgs:
+    """The builder's arguments (the ``args`` of a Ray Serve config's application)."""
+
+    library: str | None = None  # library file; None: the bundled one
+    cluster: str | None = None  # cluster file; None: one node, "local", with the library's RAM budget
+    min_replicas: int = 1  # ingress autoscaling bounds
+    max_replicas: int = 4
+    target_ongoing_requests: float = 8.0  # per ingress replica, what Ray Serve's autoscaler aims at
+
+    @classmethod
+    def from_dict(cls, args: dict[str, Any]) -> AppArgs:
+        """Checked: an unknown key is a ConfigError naming it."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ConfigError(f"ray app args: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        out = cls(**args)
+        if not 1 <= out.min_replicas <= out.max_replicas:
+            raise ConfigError("ray app args: need 1 <= min_replicas <= max_replicas")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The arguments as a Ray Serve config writes them (paths made absolute)."""
+        return {
+            "library": library_file(self.library),
+            "cluster": library_file(self.cluster),
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+        }
+
+
+def local_cluster(library: LibraryConfig) -> Cluster:
+    """One node, ``local``, with the library's RAM budget: a cluster file for a single machine."""
+    from coserve.distributed.cluster import Cluster, NodeSpec
+
+    return Cluster(nodes=(NodeSpec(name="local", ram=library.memory.ram),))
+
+
+def placed_experts(args: AppArgs) -> tuple[Cluster, dict[str, list[str]]]:
+    """The cluster and, per node with any, the experts the planner placed on it."""
+    from coserve.distributed.cluster import load_cluster
+    from coserve.distributed.inputs import plan_library
+
+    library = served_library(args.library)
+    cluster = load_cluster(args.cluster) if args.cluster else local_cluster(library)
+    placement, _ = plan_library(library, cluster)
+    placed = {node.name: [r.expert for r in placement.on(node.name)] for node in cluster.nodes}
+    return cluster, {node: experts for node, experts in placed.items() if experts}
+
+
+class Ingress:
+    """The ingress replica: coserve's FastAPI app over a ClusterEngine (made a deployment by build_app)."""
+
+    def __init__(self, library_path: str | None, hosts: dict[str, Any], placed: dict[str, list[str]]):
+        from coserve.distributed.ray_engine import ClusterEngine
+        from coserve.paths import cache_dir
+
+        self.engine = cast("ClusterEngine", ClusterEngine.build(served_library(library_path), cache_dir()))
+        self.engine.attach(hosts, placed)
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        """Ray Serve calls this once the replica is made: the same app as the single process."""
+        from coserve.server.app import create_app
+
+        await self.engine.refresh_all()  # the hosts' tiers, before the first request is chosen for
+        return create_app(self.engine)
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """The Ray Serve application (a bound ingress over its hosts) for these builder arguments."""
+    require_ray()
+    from ray import serve
+
+    settings = AppArgs.from_dict(args)
+    cluster, placed = placed_experts(settings)
+    host: Any = serve.deployment(ExpertHost)
+    hosts = {}
+    for node in cluster.nodes:
+        if node.name not in placed:
+            continue
+        hosts[node.name] = host.options(
+            name=f"expert-host-{node.name}",
+            num_replicas=1,
+            # The node's own engine decides what runs; CPUs are not reserved through Ray.
+            ray_actor_options={"num_cpus": 0, "resources": {node_resource(node.name): 0.001}},
+            max_ongoing_requests=256,
+        ).bind(library_file(settings.library), node.name, placed[node.name], node.ram)
+    ingress: Any = serve.deployment(serve.ingress()(Ingress))
+    return ingress.options(
+        name="ingress",
+        ray_actor_options={"num_cpus": 0},
+        autoscaling_config={
+            "min_replicas": settings.min_replicas,
+            "max_replicas": settings.max_replicas,
+            "target_ongoing_requests": settings.target_ongoing_requests,
+        },
+    ).bind(library_file(settings.library), hosts, placed)

@@ -1,0 +1,153 @@
+"""The ingress's engine: routes here, executes on the expert hosts through Ray Serve deployment handles.
+
+``ClusterEngine`` is coserve's Engine with one seam overridden (``Engine._run``: start a call on
+``call.expert``). Routing, the fallback over the Decision's alternatives, timings and metrics stay the
+Engine's; where the single process queues the call on its own pool, the ingress chooses a host
+(coserve.distributed.ray_choice: ACTIVE, else RAM, else least loaded, never one the expert is not
+placed on) and streams the chunks back from its ``ExpertHost.stream`` generator. A host that fails
+(its replica or node died) counts as the expert failing: before the first token the call falls back
+to another host of the same expert and then to the next expert; after it, the stream ends with a
+clean error event (coserve.server.routes). The server's HTTP surface is unchanged: ``create_app``
+takes this engine as it takes the local one.
+
+Needs Ray (``coserve[ray]``); imported only by coserve.distributed.ray_app inside a replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook, choose_host
+from coserve.distributed.ray_host import raise_record
+from coserve.engine.call import Call
+from coserve.engine.engine import Engine
+from coserve.errors import CoserveError, ExpertFailed, ExpertLoadError
+from coserve.types import Chunk, Tier
+
+__all__ = ["ClusterEngine"]
+
+log = logging.getLogger("coserve.distributed")
+
+STATE_TIMEOUT_S = 5.0  # seconds a host may take to report its tiers before it counts as down
+
+
+class ClusterEngine(Engine):
+    """An Engine whose calls run on remote expert hosts (one Ray Serve deployment per node)."""
+
+    hosts: Mapping[str, Any]  # node -> DeploymentHandle of its ExpertHost
+    book: HostBook
+
+    def attach(self, hosts: Mapping[str, Any], placed: Mapping[str, list[str]]) -> None:
+        """Serve through these host handles; ``placed`` says which experts each node's host serves."""
+        self.hosts = dict(hosts)
+        self.book = HostBook(placed)
+        self._refreshes: set[asyncio.Task[None]] = set()
+
+    async def refresh(self, node: str) -> None:
+        """Ask one host for its tiers (a host that does not answer counts as down for a while)."""
+        try:
+            state = await asyncio.wait_for(self.hosts[node].state.remote(), STATE_TIMEOUT_S)
+        except Exception as exc:  # the replica or its node is gone: skip it until it answers again
+            log.warning("expert host %s did not answer: %s", node, exc)
+            self.book.fail(node)
+            return
+        self.book.report(node, state["tiers"])
+
+    async def refresh_all(self) -> None:
+        await asyncio.gather(*(self.refresh(node) for node in self.hosts))
+
+    def _refresh_later(self, node: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.refresh(node))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
+
+    async def _run(self, call: Call) -> AsyncIterator[Chunk]:
+        """Send the call to a host of ``call.expert``; tries its other hosts when one fails first."""
+        expert = str(call.expert)
+        tried: set[str] = set()
+        while True:
+            node = choose_host([v for v in self.book.views(expert) if v.name not in tried])
+            if node is None:
+                where = ", ".join(self.book.hosting(expert)) or "no node"
+                exc = ExpertLoadError(f"expert {expert!r} has no host that can serve it now (placed on {where})")
+                exc.retry_after = int(DOWN_FOR_S)  # a failed host is tried again after this
+                raise exc
+            tried.add(node)
+            chunks = self._relay(node, call)
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                return _empty()
+            except ExpertFailed as exc:
+                if exc.code != "host_failed":
+                    raise
+                continue  # the host is gone before anything was sent: try another host
+            return _prepend(first, chunks)
+
+    async def _relay(self, node: str, call: Call) -> AsyncIterator[Chunk]:
+        """The chunks of the call from ``node``'s host; a host failure becomes ExpertFailed."""
+        handle = self.hosts[node].options(stream=True)
+        self.book.in_flight[node] += 1
+        stream = handle.stream.remote(call.request, call.expert)
+        finished = False
+        try:
+            async for item in stream:
+                if isinstance(item, dict):
+                    raise_record(item)
+                assert isinstance(item, Chunk)
+                if item.usage is not None:
+                    call.usage = item.usage
+                    self.metrics.tokens.labels(call.expert, "prompt").inc(item.usage.prompt_tokens)
+                    self.metrics.tokens.labels(call.expert, "completion").inc(item.usage.completion_tokens)
+                yield item
+            finished = True
+        except (CoserveError, GeneratorExit, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # Ray's: the replica died, its node left, the actor is unreachable
+            log.warning("expert host %s failed: %s", node, exc)
+            self.book.fail(node)
+            raise ExpertFailed(
+                f"expert host on node {node!r} failed: {type(exc).__name__}", code="host_failed"
+            ) from None
+        finally:
+            self.book.in_flight[node] -= 1
+            if not finished:
+                with contextlib.suppress(Exception):
+                    stream.cancel()  # the client left or the call failed: stop the remote generation
+            self._refresh_later(node)
+
+    def health(self) -> dict[str, Any]:
+        """Each expert's best tier over its hosts, and each node's tiers and load as last reported."""
+        experts: dict[str, Any] = {}
+        for name in self.library.expert_names:
+            tiers = {n: str(self.book.tiers[n].get(name, Tier.DISK)) for n in self.book.hosting(name)}
+            best = min(tiers.values(), key=lambda t: ["active", "ram", "disk"].index(t)) if tiers else "none"
+            experts[name] = {"tier": best, "nodes": tiers}
+        nodes = {
+            node: {"in_flight": self.book.in_flight[node], "down": self.book.down_until[node] > 0}
+            for node in sorted(self.hosts)
+        }
+        return {"experts": experts, "nodes": nodes, "engine": {"residency": "cluster", "queued": 0}}
+
+    async def close(self) -> None:
+        for task in list(self._refreshes):
+            task.cancel()
+        await super().close()
+
+
+async def _empty() -> AsyncIterator[Chunk]:
+    return
+    yield  # an async generator that yields nothing
+
+
+async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,85 @@
+"""Running the Ray Serve application: on a cluster now (``coserve serve --ray``), or as the config
+``serve deploy`` and a KubeRay RayService take (``coserve deploy --ray-config``).
+
+A local cluster (no address) is started with every node's ``coserve-node-<node>`` resource on this
+one machine; a cluster at an address must already have a Ray node carrying each such resource, and
+a missing one is a clear error with the ``ray start`` line that adds it. This module knows nothing
+about the deployments themselves (coserve.distributed.ray_app).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from coserve.distributed.ray_app import APP_BUILDER, AppArgs, node_resource, require_ray
+from coserve.distributed.ray_host import served_library
+from coserve.errors import ConfigError
+
+__all__ = ["APP_NAME", "missing_nodes", "ray_config", "serve_on_ray", "wanted_nodes"]
+
+APP_NAME = "coserve"
+
+
+def wanted_nodes(args: AppArgs) -> list[str]:
+    """The node names of the cluster file (``local`` when there is none)."""
+    from coserve.distributed.cluster import load_cluster
+
+    return [n.name for n in load_cluster(args.cluster).nodes] if args.cluster else ["local"]
+
+
+def missing_nodes(nodes: list[str], resources: Mapping[str, float]) -> list[str]:
+    """The nodes whose ``coserve-node-<node>`` resource no Ray node offers."""
+    return [n for n in nodes if resources.get(node_resource(n), 0) <= 0]
+
+
+def ray_config(args: AppArgs, host: str, port: int) -> dict[str, Any]:
+    """The Ray Serve config (``serve deploy`` / a RayService's ``serveConfigV2``) for these arguments."""
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": port},
+        "applications": [
+            {"name": APP_NAME, "route_prefix": "/", "import_path": APP_BUILDER, "args": args.to_dict()},
+        ],
+    }
+
+
+def serve_on_ray(
+    args: AppArgs, address: str | None, host: str, port: int, ready: threading.Event | None = None
+) -> None:
+    """Start the application on a Ray cluster (a local one when ``address`` is None) and serve until
+    SIGINT/SIGTERM, then shut Serve down."""
+    require_ray()
+    import ray
+    from ray import serve
+
+    from coserve.distributed.ray_app import build_app
+
+    nodes = wanted_nodes(args)
+    served_library(args.library)  # a bad library file fails here, before any cluster starts
+    if address is None:
+        ray.init(resources={node_resource(n): 1 for n in nodes}, include_dashboard=False)
+    else:
+        ray.init(address=address)
+    try:
+        missing = missing_nodes(nodes, ray.cluster_resources())
+        if missing:
+            flags = ", ".join(f'"{node_resource(n)}": 1' for n in missing)
+            raise ConfigError(
+                f"no Ray node offers the resource of node(s) {', '.join(missing)}: start each on its machine "
+                f"with ray start --address {address or 'HEAD:6379'} --resources='{{{flags}}}' (one resource a node)"
+            )
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(args.to_dict()), name=APP_NAME, route_prefix="/")
+        stop = threading.Event()
+        previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            stop.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        serve.shutdown()
+    finally:
+        ray.shutdown()
