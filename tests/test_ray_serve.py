@@ -9,10 +9,13 @@ teardown however the tests end.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from coserve.distributed.ray_host import error_record, raise_record
 from coserve.distributed.ray_run import missing_nodes, ray_config
 from coserve.errors import ConfigError, ExpertFailed, TooManyRequests
 from coserve.types import Tier
-from tests.conftest import MiB, library_data
+from tests.conftest import HELD_OUT, MiB, library_data
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -248,3 +251,130 @@ def test_health_and_models_show_the_cluster(served: dict[str, Any]) -> None:
     assert set(health["nodes"]) == {"a", "b"}
     assert health["experts"]["big"]["nodes"].keys() == {_node_of(served["placed"], "big")}
     assert [m["id"] for m in models["data"]] == ["coserve", "small", "coder", "big"]
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+def test_deploy_writes_the_ray_serve_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from coserve.cli import main
+
+    library, cluster = _write_files(tmp_path)
+    out = tmp_path / "serve.yaml"
+    code = main(["deploy", "--ray-config", str(out), "--library", str(library), "--cluster", str(cluster)])
+    assert code == 0
+    config = yaml.safe_load(out.read_text())
+    (app,) = config["applications"]
+    assert app["import_path"] == "coserve.distributed.ray_app:build_app" and app["route_prefix"] == "/"
+    assert app["args"]["library"] == str(library.resolve()) and app["args"]["cluster"] == str(cluster.resolve())
+    assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    printed = capsys.readouterr().out.splitlines()
+    assert sorted(printed[:2]) in (["a: big", "b: coder, small"], ["a: coder, small", "b: big"])
+
+
+def test_serve_ray_without_ray_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from coserve.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    monkeypatch.setitem(sys.modules, "ray.serve", None)
+    assert main(["serve", "--ray"]) == 2
+    assert "pip install 'coserve[ray]'" in capsys.readouterr().err
+
+
+def test_the_single_process_path_imports_no_ray() -> None:
+    code = (
+        "import sys\n"
+        "from coserve.cli import build_parser\n"
+        "import coserve.server.app, coserve.engine.engine\n"
+        "build_parser().parse_args(['serve'])\n"
+        "sys.exit(1 if any(m == 'ray' or m.startswith('ray.') for m in sys.modules) else 0)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=TEST_TIMEOUT_S).returncode == 0
+
+
+# -- a node dies mid-run -----------------------------------------------------------------------------
+def _fault_files(folder: Path) -> tuple[Path, Path]:
+    library, cluster = _write_files(folder)
+    data = library_data()
+    for spec in data["experts"]:
+        spec["options"]["token_delay"] = 0.05  # 12 tokens: about 0.6 s a request, so some are in flight
+    library.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return library, cluster
+
+
+async def _outcome(client: httpx.AsyncClient, model: str, text: str, stream: bool) -> str:
+    """How one request ended: "200", "stream_done", "stream_error", "503+retry" / "429+retry", or
+    anything else (a lost request)."""
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 12, "stream": stream}
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            raw = (await response.aread()).decode()
+    except httpx.HTTPError as exc:
+        return f"lost: {type(exc).__name__}"
+    if response.status_code in (429, 503):
+        error = json.loads(raw)["error"]
+        return f"{response.status_code}+retry" if response.headers.get("retry-after") and error["code"] else raw
+    if response.status_code == 502 and json.loads(raw)["error"]["code"] == "host_failed":
+        return "502 host_failed"  # non-streamed, its host died mid-answer: an OpenAI error body
+    if response.status_code != 200:
+        return f"lost: {response.status_code} {raw[:200]}"
+    if not stream:
+        return "200" if json.loads(raw)["choices"][0]["message"]["content"] else f"lost: {raw[:200]}"
+    frames = [line[len("data: ") :] for line in raw.splitlines() if line.startswith("data: ")]
+    if frames[-1:] != ["[DONE]"]:
+        return f"lost: {raw[-200:]}"
+    return "stream_error" if any('"error"' in f for f in frames[:-1]) else "stream_done"
+
+
+def test_a_node_killed_mid_run_loses_no_request(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'coserve[ray]')")
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    from coserve.distributed.ray_app import build_app
+
+    library, cluster_file = _fault_files(tmp_path)
+    # The ingress and the HTTP proxy stay on the head node: the node killed is an expert host's.
+    args = AppArgs(library=str(library), cluster=str(cluster_file), max_replicas=1, ingress_node="a")
+    port = _free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {node_resource("a"): 1}, "include_dashboard": False},
+    )
+    try:
+        with alarm(CLUSTER_TIMEOUT_S):
+            node_b = cluster.add_node(num_cpus=1, resources={node_resource("b"): 1})
+            ray.init(address=cluster.address, log_to_driver=False)
+            serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+            serve.run(build_app(args.to_dict()), name="coserve", route_prefix="/")
+            prompts = [("coserve", HELD_OUT["math"]), ("coserve", HELD_OUT["chat"]), ("big", "hi"), ("small", "hi")]
+
+            async def run() -> list[str]:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                    early = [
+                        asyncio.ensure_future(_outcome(client, m, t, stream=i % 3 == 0))
+                        for i, (m, t) in enumerate(prompts * 3)
+                    ]
+                    await asyncio.sleep(0.3)
+                    await asyncio.to_thread(cluster.remove_node, node_b, False)
+                    late = [_outcome(client, m, t, stream=i % 2 == 0) for i, (m, t) in enumerate(prompts * 2)]
+                    return list(await asyncio.gather(*early, *late))
+
+            outcomes = asyncio.run(run())
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+    allowed = {"200", "stream_done", "stream_error", "503+retry", "429+retry", "502 host_failed"}
+    assert [o for o in outcomes if o not in allowed] == [], outcomes
+    assert len(outcomes) == 20
+    # Sent after node b was gone: a request pinned to an expert placed only on b cannot be served
+    # anywhere, and says when to retry; one pinned to a's expert is answered.
+    _, placed = placed_experts(args)
+    late_outcomes = outcomes[12:]
+    for (model, _), outcome in zip(prompts * 2, late_outcomes, strict=True):
+        if model in placed.get("b", []):
+            assert outcome == "503+retry", (model, outcomes)
+        elif model in placed["a"]:
+            assert outcome in {"200", "stream_done"}, (model, outcomes)

@@ -60,6 +60,7 @@ class AppArgs:
     min_replicas: int = 1  # ingress autoscaling bounds
     max_replicas: int = 4
     target_ongoing_requests: float = 8.0  # per ingress replica, what Ray Serve's autoscaler aims at
+    ingress_node: str | None = None  # keep the ingress replicas on this node (its coserve-node resource)
 
     @classmethod
     def from_dict(cls, args: dict[str, Any]) -> AppArgs:
@@ -81,6 +82,7 @@ class AppArgs:
             "min_replicas": self.min_replicas,
             "max_replicas": self.max_replicas,
             "target_ongoing_requests": self.target_ongoing_requests,
+            "ingress_node": self.ingress_node,
         }
 
 
@@ -141,9 +143,12 @@ def build_app(args: dict[str, Any]) -> Any:
             max_ongoing_requests=256,
         ).bind(library_file(settings.library), node.name, placed[node.name], node.ram)
     ingress: Any = serve.deployment(serve.ingress()(Ingress))
+    ingress_actor: dict[str, Any] = {"num_cpus": 0}
+    if settings.ingress_node is not None:  # a node that dies takes its ingress replicas' connections along
+        ingress_actor["resources"] = {node_resource(settings.ingress_node): 0.001}
     return ingress.options(
         name="ingress",
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options=ingress_actor,
         autoscaling_config={
             "min_replicas": settings.min_replicas,
             "max_replicas": settings.max_replicas,

@@ -33,6 +33,8 @@ __all__ = ["ClusterEngine"]
 log = logging.getLogger("coserve.distributed")
 
 STATE_TIMEOUT_S = 5.0  # seconds a host may take to report its tiers before it counts as down
+PROBE_AFTER_S = 2.0  # seconds without a chunk after which the ingress checks that the host is alive
+_END = object()
 
 
 class ClusterEngine(Engine):
@@ -95,7 +97,7 @@ class ClusterEngine(Engine):
         stream = handle.stream.remote(call.request, call.expert)
         finished = False
         try:
-            async for item in stream:
+            while (item := await self._next(node, stream)) is not _END:
                 if isinstance(item, dict):
                     raise_record(item)
                 assert isinstance(item, Chunk)
@@ -119,6 +121,21 @@ class ClusterEngine(Engine):
                 with contextlib.suppress(Exception):
                     stream.cancel()  # the client left or the call failed: stop the remote generation
             self._refresh_later(node)
+
+    async def _next(self, node: str, stream: Any) -> object:
+        """The stream's next item (``_END`` at its end). While none comes for ``PROBE_AFTER_S``, the
+        host is asked for its state: a host that does not answer in ``STATE_TIMEOUT_S`` is gone (a
+        dead node's generator may not fail for a long time), and this raises."""
+        pending = asyncio.ensure_future(anext(stream, _END))
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=PROBE_AFTER_S)
+                if done:
+                    return pending.result()
+                await asyncio.wait_for(self.hosts[node].state.remote(), STATE_TIMEOUT_S)
+        except BaseException:
+            pending.cancel()
+            raise
 
     def health(self) -> dict[str, Any]:
         """Each expert's best tier over its hosts, and each node's tiers and load as last reported."""
