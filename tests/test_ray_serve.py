@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -378,3 +379,30 @@ def test_a_node_killed_mid_run_loses_no_request(tmp_path: Path) -> None:
             assert outcome == "503+retry", (model, outcomes)
         elif model in placed["a"]:
             assert outcome in {"200", "stream_done"}, (model, outcomes)
+
+
+def test_serve_ray_runs_a_local_cluster_until_sigterm(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'coserve[ray]')")
+    library, cluster = _write_files(tmp_path)
+    port = _free_port()
+    command = [sys.executable, "-m", "coserve.cli", "serve", "--ray", "--library", str(library)]
+    command += ["--cluster", str(cluster), "--port", str(port), "--max-replicas", "1"]
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with alarm(CLUSTER_TIMEOUT_S):
+            while True:
+                assert process.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                        break
+                time.sleep(1)
+            response = _chat(f"http://127.0.0.1:{port}", "coserve", HELD_OUT["math"])
+            assert response.status_code == 200 and response.json()["model"] == "big"
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=TEST_TIMEOUT_S) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()

@@ -43,7 +43,7 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
     app_args = _app_args(args)
     address = None if args.ray == "local" else args.ray
     where = "a local Ray cluster" if address is None else f"the Ray cluster at {address}"
-    print(f"coserve: starting on {where}; serving on http://{args.host}:{args.port}/v1 once ready", flush=True)
+    print(f"coserve: starting on {where}", flush=True)
     serve_on_ray(app_args, address, args.host, args.port)
     return 0
 

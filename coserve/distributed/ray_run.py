@@ -46,11 +46,9 @@ def ray_config(args: AppArgs, host: str, port: int) -> dict[str, Any]:
     }
 
 
-def serve_on_ray(
-    args: AppArgs, address: str | None, host: str, port: int, ready: threading.Event | None = None
-) -> None:
+def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> None:
     """Start the application on a Ray cluster (a local one when ``address`` is None) and serve until
-    SIGINT/SIGTERM, then shut Serve down."""
+    SIGINT/SIGTERM, then shut Serve down (a local cluster goes with it)."""
     require_ray()
     import ray
     from ray import serve
@@ -63,6 +61,10 @@ def serve_on_ray(
         ray.init(resources={node_resource(n): 1 for n in nodes}, include_dashboard=False)
     else:
         ray.init(address=address)
+    # After ray.init (whose own handler would end the process at once): a signal during the start
+    # still shuts Serve down cleanly once the application is up.
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         missing = missing_nodes(nodes, ray.cluster_resources())
         if missing:
@@ -73,13 +75,10 @@ def serve_on_ray(
             )
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(args.to_dict()), name=APP_NAME, route_prefix="/")
-        stop = threading.Event()
-        previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            stop.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        print(f"coserve: ready on http://{host}:{port}/v1", flush=True)
+        stop.wait()
         serve.shutdown()
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         ray.shutdown()
