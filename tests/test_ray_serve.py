@@ -126,7 +126,7 @@ def _write_files(folder: Path) -> tuple[Path, Path]:
     return library, cluster
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The application on a two-node Ray test cluster: base URL and the planned placement."""
     ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'coserve[ray]')")
@@ -175,35 +175,6 @@ def _chat(url: str, model: str, text: str, **extra: Any) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=TEST_TIMEOUT_S)
 
 
-def test_the_plan_puts_big_alone(served: dict[str, Any]) -> None:
-    placed = served["placed"]
-    assert sorted(map(sorted, placed.values())) == [["big"], ["coder", "small"]]
-
-
-def test_routed_request_is_answered_by_the_host_placed_for_its_expert(served: dict[str, Any]) -> None:
-    with alarm(TEST_TIMEOUT_S):
-        response = _chat(served["url"], "coserve", "solve the equation 5 x plus 2 equals 12")
-        assert response.status_code == 200, response.text
-        body = response.json()
-        assert body["model"] == "big" and body["coserve"]["category"] == "math"
-        assert body["choices"][0]["message"]["content"].startswith("big says:")
-        assert response.headers["x-coserve-expert"] == "big"
-        home = _node_of(served["placed"], "big")
-        other = ({"a", "b"} - {home}).pop()
-        assert _host_health(home)["experts"]["big"]["tier"] == "active"  # it ran there
-        assert "big" not in _host_health(other)["experts"]  # and the other host does not serve it
-
-
-def test_pinned_expert_on_the_other_node(served: dict[str, Any]) -> None:
-    with alarm(TEST_TIMEOUT_S):
-        response = _chat(served["url"], "small", "hello there")
-        assert response.status_code == 200, response.text
-        assert response.json()["model"] == "small"
-        assert response.json()["choices"][0]["message"]["content"].startswith("small says:")
-        assert _node_of(served["placed"], "small") != _node_of(served["placed"], "big")
-        assert _host_health(_node_of(served["placed"], "small"))["experts"]["small"]["tier"] == "active"
-
-
 def _events(url: str, model: str, text: str) -> list[Any]:
     body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 6, "stream": True}
     events: list[Any] = []
@@ -217,41 +188,69 @@ def _events(url: str, model: str, text: str) -> list[Any]:
     return events
 
 
-def test_streaming_through_the_handles_keeps_the_frames(served: dict[str, Any]) -> None:
-    with alarm(TEST_TIMEOUT_S):
-        events = _events(served["url"], "small", "one two three")
-    assert events[-1] == "[DONE]"
-    first, *middle, finish, _ = events
-    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert first["coserve"]["expert"] == "small" and first["model"] == "small"
-    text = "".join(e["choices"][0]["delta"]["content"] for e in middle)
-    # the fake answers "<expert> says:" and the prompt's words, up to max_tokens (6) words
-    assert text.split() == ["small", "says:", "one", "two", "three", "one"]
-    assert finish["choices"][0]["finish_reason"] == "length"
+class TestTwoNodes:
+    """Requests through the application on a two-node cluster (one cluster for the class, torn
+    down before the tests below start their own)."""
 
+    def test_the_plan_puts_big_alone(self, served: dict[str, Any]) -> None:
+        placed = served["placed"]
+        assert sorted(map(sorted, placed.values())) == [["big"], ["coder", "small"]]
 
-def test_errors_keep_the_openai_body(served: dict[str, Any]) -> None:
-    with alarm(TEST_TIMEOUT_S):
-        response = _chat(served["url"], "coder", "write a python function")  # fails after 3 tokens
-        assert response.status_code == 502
-        error = response.json()["error"]
-        assert error["type"] == "server_error" and error["code"] == "expert_failed"
-        assert "coder" in error["message"]
-        events = _events(served["url"], "coder", "write a python function")
+    def test_routed_request_is_answered_by_the_host_placed_for_its_expert(self, served: dict[str, Any]) -> None:
+        with alarm(TEST_TIMEOUT_S):
+            response = _chat(served["url"], "coserve", "solve the equation 5 x plus 2 equals 12")
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["model"] == "big" and body["coserve"]["category"] == "math"
+            assert body["choices"][0]["message"]["content"].startswith("big says:")
+            assert response.headers["x-coserve-expert"] == "big"
+            home = _node_of(served["placed"], "big")
+            other = ({"a", "b"} - {home}).pop()
+            assert _host_health(home)["experts"]["big"]["tier"] == "active"  # it ran there
+            assert "big" not in _host_health(other)["experts"]  # and the other host does not serve it
+
+    def test_pinned_expert_on_the_other_node(self, served: dict[str, Any]) -> None:
+        with alarm(TEST_TIMEOUT_S):
+            response = _chat(served["url"], "small", "hello there")
+            assert response.status_code == 200, response.text
+            assert response.json()["model"] == "small"
+            assert response.json()["choices"][0]["message"]["content"].startswith("small says:")
+            assert _node_of(served["placed"], "small") != _node_of(served["placed"], "big")
+            assert _host_health(_node_of(served["placed"], "small"))["experts"]["small"]["tier"] == "active"
+
+    def test_streaming_through_the_handles_keeps_the_frames(self, served: dict[str, Any]) -> None:
+        with alarm(TEST_TIMEOUT_S):
+            events = _events(served["url"], "small", "one two three")
         assert events[-1] == "[DONE]"
-        assert events[-2]["error"]["code"] == "expert_failed"  # the clean error event that ends it
-        bad = _chat(served["url"], "no-such-expert", "hi")
-        assert bad.status_code == 404 and bad.json()["error"]["param"] == "model"
+        first, *middle, finish, _ = events
+        assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert first["coserve"]["expert"] == "small" and first["model"] == "small"
+        text = "".join(e["choices"][0]["delta"]["content"] for e in middle)
+        # the fake answers "<expert> says:" and the prompt's words, up to max_tokens (6) words
+        assert text.split() == ["small", "says:", "one", "two", "three", "one"]
+        assert finish["choices"][0]["finish_reason"] == "length"
 
+    def test_errors_keep_the_openai_body(self, served: dict[str, Any]) -> None:
+        with alarm(TEST_TIMEOUT_S):
+            response = _chat(served["url"], "coder", "write a python function")  # fails after 3 tokens
+            assert response.status_code == 502
+            error = response.json()["error"]
+            assert error["type"] == "server_error" and error["code"] == "expert_failed"
+            assert "coder" in error["message"]
+            events = _events(served["url"], "coder", "write a python function")
+            assert events[-1] == "[DONE]"
+            assert events[-2]["error"]["code"] == "expert_failed"  # the clean error event that ends it
+            bad = _chat(served["url"], "no-such-expert", "hi")
+            assert bad.status_code == 404 and bad.json()["error"]["param"] == "model"
 
-def test_health_and_models_show_the_cluster(served: dict[str, Any]) -> None:
-    with alarm(TEST_TIMEOUT_S):
-        health = httpx.get(f"{served['url']}/health", timeout=TEST_TIMEOUT_S).json()
-        models = httpx.get(f"{served['url']}/v1/models", timeout=TEST_TIMEOUT_S).json()
-    assert health["status"] == "ok"
-    assert set(health["nodes"]) == {"a", "b"}
-    assert health["experts"]["big"]["nodes"].keys() == {_node_of(served["placed"], "big")}
-    assert [m["id"] for m in models["data"]] == ["coserve", "small", "coder", "big"]
+    def test_health_and_models_show_the_cluster(self, served: dict[str, Any]) -> None:
+        with alarm(TEST_TIMEOUT_S):
+            health = httpx.get(f"{served['url']}/health", timeout=TEST_TIMEOUT_S).json()
+            models = httpx.get(f"{served['url']}/v1/models", timeout=TEST_TIMEOUT_S).json()
+        assert health["status"] == "ok"
+        assert set(health["nodes"]) == {"a", "b"}
+        assert health["experts"]["big"]["nodes"].keys() == {_node_of(served["placed"], "big")}
+        assert [m["id"] for m in models["data"]] == ["coserve", "small", "coder", "big"]
 
 
 # -- the CLI ---------------------------------------------------------------------------------------

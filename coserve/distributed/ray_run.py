@@ -58,7 +58,7 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> No
     nodes = wanted_nodes(args)
     served_library(args.library)  # a bad library file fails here, before any cluster starts
     if address is None:
-        ray.init(resources={node_resource(n): 1 for n in nodes}, include_dashboard=False)
+        ray.init(address="local", resources={node_resource(n): 1 for n in nodes}, include_dashboard=False)
     else:
         ray.init(address=address)
     # After ray.init (whose own handler would end the process at once): a signal during the start
