@@ -35,6 +35,7 @@ from tests.conftest import HELD_OUT, MiB, library_data
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
+ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_TIMEOUT_S = 240  # starting two raylets and the application on a busy 2-core machine
 TEST_TIMEOUT_S = 60
 
@@ -405,3 +406,60 @@ def test_serve_ray_runs_a_local_cluster_until_sigterm(tmp_path: Path) -> None:
             process.kill()
             process.wait(timeout=10)
         log.close()
+
+
+@pytest.mark.e2e
+def test_the_real_general_expert_through_the_openai_client(tmp_path: Path) -> None:
+    """One host over the real ``general`` expert (SmolLM2-135M, llama.cpp); the router is the
+    hashing one (the expert is what is real here), the client the official openai one."""
+    ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'coserve[ray]')")
+    from openai import OpenAI
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    from coserve.config import load_library
+    from coserve.distributed.ray_app import build_app
+
+    (general,) = [
+        s
+        for s in yaml.safe_load(ROOT.joinpath("coserve/data/default.yaml").read_text())["experts"]
+        if s["name"] == "general"
+    ]
+    data = library_data()
+    data["experts"] = [general]
+    data["router"]["map"] = dict.fromkeys(data["categories"], "general")
+    data["router"]["fallback"]["expert"] = "general"
+    library = tmp_path / "library.yaml"
+    library.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    load_library(library)  # a valid library, before any cluster starts
+    cluster_file = tmp_path / "cluster.yaml"
+    cluster_file.write_text(yaml.safe_dump({"nodes": [{"name": "a", "ram": "2GiB"}]}), encoding="utf-8")
+    args = AppArgs(library=str(library), cluster=str(cluster_file), max_replicas=1, ingress_node="a")
+    port = _free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {node_resource("a"): 1}, "include_dashboard": False},
+    )
+    try:
+        with alarm(CLUSTER_TIMEOUT_S):
+            ray.init(address=cluster.address, log_to_driver=False)
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            serve.run(build_app(args.to_dict()), name="coserve", route_prefix="/")
+            client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+            reply = client.chat.completions.create(
+                model="coserve", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0
+            )
+            assert reply.model == "general" and (reply.choices[0].message.content or "").strip()
+            assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 8
+            assert (reply.model_extra or {})["coserve"]["expert"] == "general"
+            stream = client.chat.completions.create(
+                model="general", messages=[{"role": "user", "content": "Count to three."}], max_tokens=8, stream=True
+            )
+            chunks = list(stream)
+            assert chunks[0].model == "general"
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
