@@ -7,8 +7,8 @@ Engine's; where the single process queues the call on its own pool, the ingress 
 placed on) and streams the chunks back from its ``ExpertHost.stream`` generator. A host that fails
 (its replica or node died) counts as the expert failing: before the first token the call falls back
 to another host of the same expert and then to the next expert; after it, the stream ends with a
-clean error event (coserve.server.routes). The server's HTTP surface is unchanged: ``create_app``
-takes this engine as it takes the local one.
+clean error event (coserve.server.routes), and a non-streamed one starts again (``complete``).
+The server's HTTP surface is unchanged: ``create_app`` takes this engine as it takes the local one.
 
 Needs Ray (``coserve[ray]``); imported only by coserve.distributed.ray_app inside a replica.
 """
@@ -26,7 +26,7 @@ from coserve.distributed.ray_host import raise_record
 from coserve.engine.call import Call
 from coserve.engine.engine import Engine
 from coserve.errors import CoserveError, ExpertFailed, ExpertLoadError
-from coserve.types import Chunk, Tier
+from coserve.types import Chunk, Completion, Tier
 
 __all__ = ["ClusterEngine"]
 
@@ -121,6 +121,18 @@ class ClusterEngine(Engine):
                 with contextlib.suppress(Exception):
                     stream.cancel()  # the client left or the call failed: stop the remote generation
             self._refresh_later(node)
+
+    async def complete(self, call: Call) -> Completion:
+        """As the Engine's, and a call whose host died mid-answer starts again elsewhere: nothing of a
+        non-streamed answer has left yet (at most once per host; the dead one is skipped)."""
+        for _ in range(len(self.hosts)):
+            try:
+                return await super().complete(call)
+            except ExpertFailed as exc:
+                if exc.code != "host_failed":
+                    raise
+                call.usage = None  # the same expert may answer again, on another host
+        return await super().complete(call)
 
     async def _next(self, node: str, stream: Any) -> object:
         """The stream's next item (``_END`` at its end). While none comes for ``PROBE_AFTER_S``, the
