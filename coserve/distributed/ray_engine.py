@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -156,8 +157,9 @@ class ClusterEngine(Engine):
             tiers = {n: str(self.book.tiers[n].get(name, Tier.DISK)) for n in self.book.hosting(name)}
             best = min(tiers.values(), key=lambda t: ["active", "ram", "disk"].index(t)) if tiers else "none"
             experts[name] = {"tier": best, "nodes": tiers}
+        now = time.monotonic()
         nodes = {
-            node: {"in_flight": self.book.in_flight[node], "down": self.book.down_until[node] > 0}
+            node: {"in_flight": self.book.in_flight[node], "down": self.book.down_until[node] > now}
             for node in sorted(self.hosts)
         }
         return {"experts": experts, "nodes": nodes, "engine": {"residency": "cluster", "queued": 0}}
