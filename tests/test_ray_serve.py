@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from conftest import HELD_OUT, MiB, library_data
 
 from coserve.distributed.ray_app import AppArgs, node_resource, placed_experts
 from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook, HostView, choose_host
@@ -31,7 +32,6 @@ from coserve.distributed.ray_host import error_record, raise_record
 from coserve.distributed.ray_run import missing_nodes, ray_config
 from coserve.errors import ConfigError, ExpertFailed, TooManyRequests
 from coserve.types import Tier
-from tests.conftest import HELD_OUT, MiB, library_data
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
