@@ -282,6 +282,13 @@ def test_serve_ray_without_ray_names_the_extra(
     assert "pip install 'coserve[ray]'" in capsys.readouterr().err
 
 
+def test_serve_cluster_without_ray_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from coserve.cli import main
+
+    assert main(["serve", "--cluster", "c.yaml"]) == 2
+    assert "add --ray" in capsys.readouterr().err
+
+
 def test_the_single_process_path_imports_no_ray() -> None:
     code = (
         "import sys\n"

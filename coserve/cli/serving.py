@@ -23,6 +23,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from coserve.server.app import create_app
 
+    if args.ray is None and args.cluster is not None:
+        raise CoserveError("--cluster places experts on a Ray cluster: add --ray [ADDRESS]")
     if args.ray is not None:  # the cluster path (coserve[ray]); the single process below needs no Ray
         from coserve.cli.cluster import cmd_serve_ray
 
