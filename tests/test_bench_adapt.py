@@ -84,9 +84,10 @@ def test_bench_adapt_writes_the_issue_fields(tmp_path: Path, cache: Path, capsys
     out = tmp_path / "adapt.json"
     argv = ["bench", "adapt", "--prior", str(prior), "--stream", str(stream), "--experts", str(experts)]
     argv += ["--budget-params", "3", "--json", str(out), "--requests", "3000", "--phases", "3", "--embedder", "hashing"]
-    assert main(argv) == 0
+    assert main([*argv, "--plot", str(tmp_path / "adapt.png")]) == 0
+    assert (tmp_path / "adapt.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads(out.read_text())
-    assert report["provenance"]["command"].endswith("--embedder hashing")
+    assert report["provenance"]["command"].endswith("--plot " + str(tmp_path / "adapt.png"))
     assert report["requests"] == 3000 and len(report["phases"]) == 3
     assert [w["start"] for w in report["windows"]] == [0, 500, 1000, 1500, 2000, 2500]
     assert all(w["target"] == 3.0 for w in report["windows"])
@@ -102,3 +103,12 @@ def test_bench_adapt_writes_the_issue_fields(tmp_path: Path, cache: Path, capsys
     assert main(argv) == 0  # seeded: the same command gives the same figures
     again = json.loads(out.read_text())
     assert again["windows"] == report["windows"] and again["quality"] == report["quality"]
+
+
+def test_bench_adapt_refuses_bad_knobs_before_reading_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "adapt", "--prior", str(tmp_path / "none.jsonl"), "--experts", str(tmp_path / "none.json")]
+    assert main([*argv, "--budget-params", "3", "--json", str(tmp_path / "x.json"), "--feedback", "1.5"]) == 2
+    assert "feedback" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, load_costs, load_outcomes
 from coserve.router.online import OnlineRouter, solve_weighted
 
-__all__ = ["AdaptOptions", "lagrangian_mix", "replay_adapt", "run_adapt", "split_by_prompt"]
+__all__ = ["AdaptOptions", "lagrangian_mix", "plot_adapt", "replay_adapt", "run_adapt", "split_by_prompt"]
 
 SETTLE = 1000  # tracking error counts windows starting after this many requests
 
@@ -51,6 +52,16 @@ class AdaptOptions:
     max_count: float = 30.0
     step: float = 0.005
     explore_cap: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.budget_axis not in ("params", "price"):
+            raise ConfigError(f"budget axis must be params or price, not {self.budget_axis!r}")
+        if not (self.target > 0 and self.requests > 0 and self.phases > 0 and self.window > 0):
+            raise ConfigError("target, requests, phases and window must be positive")
+        if not (0 <= self.feedback <= 1 and 0 <= self.shock <= 1 and self.noise >= 0 and 0 <= self.explore_cap <= 1):
+            raise ConfigError("feedback, shock and explore_cap must be in [0, 1] and noise >= 0")
+        if self.prior_strength <= 0 or self.max_count < self.prior_strength or self.step <= 0:
+            raise ConfigError("prior_strength and step must be > 0 and max_count >= prior_strength")
 
 
 def lagrangian_mix(
@@ -278,3 +289,28 @@ def run_adapt(
     report.update(prior=str(prior_path), stream=str(stream_path or f"{prior_path} (other half)"))
     report.update(prior_rows=len(prior), stream_rows=len(stream), categories=list(router.classes))
     return report
+
+
+def plot_adapt(report: dict[str, Any], path: str | Path) -> Path:
+    """Average cost against the target, and quality, per window, with the shock marked (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    starts = [w["start"] for w in report["windows"]]
+    fig, (cost_ax, quality_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    cost_ax.plot(starts, [w["avg_cost"] for w in report["windows"]], marker="o", label="adaptive")
+    cost_ax.axhline(report["target"], color="black", linestyle="--", label="target")
+    cost_ax.set_ylabel(f"average cost ({report['budget_axis']})")
+    quality_ax.plot(starts, [w["quality"] for w in report["windows"]], marker="o", label="adaptive")
+    quality_ax.axhline(report["quality"]["static"], color="grey", linestyle=":", label="static (stream mean)")
+    quality_ax.set_ylabel("quality")
+    quality_ax.set_xlabel("request (window start)")
+    for ax in (cost_ax, quality_ax):
+        ax.axvline(report["shock"]["at"], color="red", alpha=0.5, label="shock")
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -41,22 +41,15 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     from coserve.router.embed import make_embedder
 
     axis, target = ("price", args.budget_price) if args.budget_price is not None else ("params", args.budget_params)
-    options = AdaptOptions(
-        budget_axis=axis,
-        target=target,
-        requests=args.requests,
-        phases=args.phases,
-        feedback=args.feedback,
-        noise=args.noise,
-        shock=args.shock,
-        seed=args.seed,
-        prior_strength=args.prior_strength,
-        max_count=args.max_count,
-        step=args.step,
-        explore_cap=args.explore_cap,
-    )
+    knobs = ("requests", "phases", "feedback", "noise", "shock", "seed", "prior_strength", "max_count", "step")
+    given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
+    options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     report = run_adapt(args.prior, args.stream, args.experts, options, make_embedder(args.embedder))
     write_data(Path(args.json), report, args.command_line)
+    if args.plot:
+        from coserve.bench.adapt import plot_adapt
+
+        plot_adapt(report, args.plot)
     q = report["quality"]
     print(f"target {target:g} ({axis}); realised {report['realised_avg_cost']:.3f}")
     print(f"tracking_error_max {report['tracking_error_max']:.4f}; recovery_requests {report['recovery_requests']}")
@@ -65,7 +58,11 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
 
 
 def _add_adapt_parser(bench: Any) -> None:
-    b = bench.add_parser("adapt", help="replay outcome data as drifting traffic through the online router")
+    b = bench.add_parser(
+        "adapt",
+        help="replay outcome data as drifting traffic through the online router",
+        epilog="Unset knobs take the defaults of coserve.bench.adapt.AdaptOptions (docs/adapt.md).",
+    )
     b.add_argument("--prior", required=True, help="outcome file the router is fitted on")
     b.add_argument("--stream", help="outcome file replayed as traffic (default: the other half of --prior)")
     b.add_argument("--experts", required=True, help="experts.json with params_b and prices")
@@ -73,16 +70,17 @@ def _add_adapt_parser(bench: Any) -> None:
     budget.add_argument("--budget-params", type=float, help="target average active parameters (billions)")
     budget.add_argument("--budget-price", type=float, help="target average price (USD per million tokens)")
     b.add_argument("--json", required=True, help="write the report here")
-    b.add_argument("--requests", type=int, default=12_000)
-    b.add_argument("--phases", type=int, default=4, help="phases of the drifting category mix (>= 3)")
-    b.add_argument("--feedback", type=float, default=0.3, help="share of requests whose score is fed back")
-    b.add_argument("--noise", type=float, default=0.1, help="sd of the noise on a fed-back score")
-    b.add_argument("--shock", type=float, default=0.3, help="halfway drop of the busiest static expert's scores")
-    b.add_argument("--prior-strength", type=float, default=20.0, help="pseudo-counts of the offline scores")
-    b.add_argument("--max-count", type=float, default=30.0, help="cap on a score's pseudo-counts (forgetting)")
-    b.add_argument("--step", type=float, default=0.02, help="the budget controller's step")
-    b.add_argument("--explore-cap", type=float, default=0.05, help="most share of traffic that explores")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--plot", help="also draw cost and quality per window to this PNG")
+    b.add_argument("--requests", type=int)
+    b.add_argument("--phases", type=int, help="phases of the drifting category mix (>= 3)")
+    b.add_argument("--feedback", type=float, help="share of requests whose score is fed back")
+    b.add_argument("--noise", type=float, help="sd of the noise on a fed-back score")
+    b.add_argument("--shock", type=float, help="halfway drop of the busiest static expert's scores")
+    b.add_argument("--prior-strength", type=float, help="pseudo-counts of the offline scores")
+    b.add_argument("--max-count", type=float, help="cap on a score's pseudo-counts (forgetting)")
+    b.add_argument("--step", type=float, help="the budget controller's step")
+    b.add_argument("--explore-cap", type=float, help="most share of traffic that explores")
+    b.add_argument("--seed", type=int)
     b.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
     b.set_defaults(func=cmd_bench_adapt)
 
