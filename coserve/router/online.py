@@ -19,21 +19,29 @@
   explorations, rounded up). The snapshot is rebuilt from the posterior means and the weight after every
   ``resolve_every`` updates and swapped under a lock: a reader sees one whole map, never a mix.
 
-Pure numbers, seeded randomness; this module knows nothing about HTTP, the store or outcome files.
+``export_state``/``restore`` turn the posteriors, the weight and the map version into JSON values and
+back (``resume`` warns and keeps the offline map where a saved state does not fit). Pure numbers,
+seeded randomness; this module knows nothing about HTTP, the store or outcome files.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from coserve.router.mapping import choose_per_prompt
 
-__all__ = ["BudgetController", "Decision", "MapSnapshot", "OnlineRouter", "ScorePosterior"]
+__all__ = ["BudgetController", "Decision", "MapSnapshot", "OnlineRouter", "ScorePosterior", "resume"]
+
+log = logging.getLogger("coserve.router")
+
+STATE_FORMAT = 1  # export_state's layout; a state of another format is not resumed
 
 
 class ScorePosterior:
@@ -221,8 +229,60 @@ class OnlineRouter:
             self.controller.observe(float(self.cost[expert]))
             self._changed()
 
+    def export_state(self, categories: Sequence[str], experts: Sequence[str]) -> dict[str, Any]:
+        """Posteriors, weight and map version as plain JSON values, labelled with the names given."""
+        with self._lock:
+            return {
+                "format": STATE_FORMAT,
+                "categories": list(categories),
+                "experts": list(experts),
+                "alpha": self.posterior.alpha.tolist(),
+                "beta": self.posterior.beta.tolist(),
+                "weight": self.controller.weight,
+                "target": self.controller.target,
+                "version": self._snapshot.version,
+            }
+
+    def restore(self, state: dict[str, Any], categories: Sequence[str], experts: Sequence[str]) -> None:
+        """Resume from ``export_state``'s output; ValueError (nothing changed) unless it fits this router."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"unknown state format {state.get('format')!r}")
+        if state.get("categories") != list(categories) or state.get("experts") != list(experts):
+            raise ValueError("the state is for other categories or experts")
+        try:
+            alpha = np.asarray(state["alpha"], dtype=np.float64)
+            beta = np.asarray(state["beta"], dtype=np.float64)
+            weight, version = float(state["weight"]), state["version"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the state is incomplete or malformed: {exc}") from None
+        if alpha.shape != self.posterior.shape or beta.shape != self.posterior.shape:
+            raise ValueError(f"the state's posteriors are {alpha.shape}, this router's {self.posterior.shape}")
+        if not (np.isfinite(alpha).all() and np.isfinite(beta).all() and (alpha > 0).all() and (beta > 0).all()):
+            raise ValueError("the state's posteriors must be finite and positive")
+        if not (np.isfinite(weight) and weight >= 0) or not isinstance(version, int) or version < 0:
+            raise ValueError("the state's weight must be >= 0 and its version a non-negative integer")
+        with self._lock:
+            self.posterior.alpha, self.posterior.beta = alpha, beta
+            self.controller.weight = weight
+            self._pending = 0
+            self._snapshot = self._solve(version)
+
     def feedback(self, category: int, expert: int, score: float) -> None:
         """An observed score in [0, 1] for ``expert`` on ``category``."""
         with self._lock:
             self.posterior.update(category, expert, score)
             self._changed()
+
+
+def resume(
+    router: OnlineRouter, state: dict[str, Any] | None, categories: Sequence[str], experts: Sequence[str]
+) -> bool:
+    """Restore ``state`` into ``router``; False, with a warning, where it does not fit (offline map kept)."""
+    if state is None:
+        return False
+    try:
+        router.restore(state, categories, experts)
+    except ValueError as exc:
+        log.warning("online state not resumed (%s); starting from the offline map", exc)
+        return False
+    return True
