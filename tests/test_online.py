@@ -136,10 +136,12 @@ def test_readers_see_whole_maps_while_feedback_swaps_them() -> None:
 
     def writer() -> None:
         rng = np.random.default_rng(2)
-        for i in range(600):
-            router.feedback(int(rng.integers(6)), int(rng.integers(5)), float(rng.uniform()))
-            router.served(i % 5)
-        stop.set()
+        try:
+            for i in range(600):
+                router.feedback(int(rng.integers(6)), int(rng.integers(5)), float(rng.uniform()))
+                router.served(i % 5)
+        finally:
+            stop.set()  # the reader stops even if a write fails
 
     thread = threading.Thread(target=writer)
     thread.start()
@@ -150,3 +152,15 @@ def test_readers_see_whole_maps_while_feedback_swaps_them() -> None:
         seen += 1
     thread.join(timeout=30)
     assert router.snapshot.version == 1200
+
+
+def test_automatic_signals_count_as_zero_only_where_enabled() -> None:
+    router = OnlineRouter(
+        np.array([[0.6, 0.5]]), [1.0, 1.0], target=1.0, prior_strength=10, signals=frozenset({"failure"})
+    )
+    assert router.signal(0, 0, "failure")
+    assert router.posterior.mean()[0, 0] == pytest.approx(6 / 11, abs=1e-6)  # one score of 0 added
+    assert not router.signal(0, 0, "timeout")  # not enabled: nothing changes
+    assert router.posterior.mean()[0, 0] == pytest.approx(6 / 11, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown signal"):
+        router.signal(0, 0, "slow")

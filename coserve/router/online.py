@@ -2,7 +2,8 @@
 
 * ``ScorePosterior`` keeps a Beta(alpha, beta) per (category, expert), started from the offline
   outcome table with ``prior_strength`` pseudo-counts per cell and updated with scores in [0, 1]
-  (a thumbs up is 1, down is 0; a failure, time-out or fallback is a 0 where enabled). A score ``s``
+  (a thumbs up is 1, down is 0; ``signal`` counts a failure, time-out or fallback as a 0 where the
+  router was built with that signal enabled). A score ``s``
   adds ``s`` to alpha and ``1 - s`` to beta. The total count of a cell is capped at ``max_count``
   (both parameters are scaled down together), so old evidence fades and a changed expert is noticed.
 * ``BudgetController`` holds the operator's target average cost with a dual variable ``weight``
@@ -41,6 +42,7 @@ __all__ = ["BudgetController", "Decision", "MapSnapshot", "OnlineRouter", "Score
 
 log = logging.getLogger("coserve.router")
 
+SIGNALS = frozenset({"failure", "timeout", "fallback"})  # automatic signals an expert's failure can send
 STATE_FORMAT = 1  # export_state's layout; a state of another format is not resumed
 
 
@@ -153,6 +155,7 @@ class OnlineRouter:
         window: int = 500,
         resolve_every: int = 1,
         weight: float = 0.0,
+        signals: frozenset[str] = frozenset(),
         seed: int = 0,
     ) -> None:
         self.posterior = ScorePosterior(offline, prior_strength, max_count)
@@ -163,6 +166,9 @@ class OnlineRouter:
             raise ValueError("explore_cap must be in [0, 1]")
         self.controller = BudgetController(target, step, weight, window)
         self.explore_cap = float(explore_cap)
+        if not signals <= SIGNALS:
+            raise ValueError(f"unknown signals {sorted(signals - SIGNALS)}; known: {sorted(SIGNALS)}")
+        self.signals = signals  # the automatic signals counted as a score of 0
         self.explored: deque[bool] = deque(maxlen=window)
         self.resolve_every = max(1, int(resolve_every))
         self.rng = np.random.default_rng(seed)
@@ -228,6 +234,16 @@ class OnlineRouter:
         with self._lock:
             self.controller.observe(float(self.cost[expert]))
             self._changed()
+
+    def signal(self, category: int, expert: int, kind: str) -> bool:
+        """An automatic signal (``failure``, ``timeout`` or ``fallback``): a score of 0 where the kind is
+        enabled; False where it is not (nothing changes)."""
+        if kind not in SIGNALS:
+            raise ValueError(f"unknown signal {kind!r}; known: {sorted(SIGNALS)}")
+        if kind not in self.signals:
+            return False
+        self.feedback(category, expert, 0.0)
+        return True
 
     def export_state(self, categories: Sequence[str], experts: Sequence[str]) -> dict[str, Any]:
         """Posteriors, weight and map version as plain JSON values, labelled with the names given."""
