@@ -112,3 +112,22 @@ def test_bench_adapt_refuses_bad_knobs_before_reading_anything(
     assert main([*argv, "--budget-params", "3", "--json", str(tmp_path / "x.json"), "--feedback", "1.5"]) == 2
     assert "feedback" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_adapt_short_stream_has_no_tracking_error(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prior, experts = tmp_path / "prior.jsonl", tmp_path / "experts.json"
+    _outcomes(prior, 1, 120)
+    experts.write_text(
+        json.dumps(
+            {e: {"params_b": b, "input_price": 1, "output_price": 1} for e, b in (("cheap", 1), ("mid", 3), ("big", 9))}
+        )
+    )
+    out = tmp_path / "short.json"
+    argv = ["bench", "adapt", "--prior", str(prior), "--experts", str(experts), "--budget-params", "3"]
+    assert main([*argv, "--json", str(out), "--requests", "900", "--embedder", "hashing"]) == 0
+    report = json.loads(out.read_text())
+    assert report["tracking_error_max"] is None  # no window starts at request 1,000 or later
+    assert report["stream"].endswith("(other half)") and report["prior_rows"] + report["stream_rows"] == 120
+    assert "tracking_error_max -" in capsys.readouterr().out

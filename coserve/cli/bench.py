@@ -52,7 +52,9 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
         plot_adapt(report, args.plot)
     q = report["quality"]
     print(f"target {target:g} ({axis}); realised {report['realised_avg_cost']:.3f}")
-    print(f"tracking_error_max {report['tracking_error_max']:.4f}; recovery_requests {report['recovery_requests']}")
+    tracking = report["tracking_error_max"]
+    tracking_text = "-" if tracking is None else f"{tracking:.4f}"  # None: no window starts after request 1,000
+    print(f"tracking_error_max {tracking_text}; recovery_requests {report['recovery_requests']}")
     print(f"quality adaptive {q['adaptive']:.4f}  static {q['static']:.4f}  hindsight {q['hindsight']:.4f}")
     return 0
 
