@@ -260,6 +260,8 @@ class Engine:
         else:
             decision = self.router.route(call.request)
         self.metrics.decisions.labels(decision.expert, decision.category or "-", decision.reason).inc()
+        if self.router.online is not None:
+            self.router.online.publish(self.metrics)  # target, realised cost, weight, map version
         call.decision, call.timings.routed = decision, time.monotonic()
         return decision
 

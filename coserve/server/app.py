@@ -34,6 +34,7 @@ from coserve.server.outcome import Outcomes
 from coserve.server.quota import Quota
 from coserve.server.routes import ServerState, router
 from coserve.store.log import DecisionLog
+from coserve.store.online_state import read_state, write_state
 
 __all__ = ["create_app"]
 
@@ -57,6 +58,8 @@ def _state(engine: Engine) -> ServerState:
     keys = KeyRing.from_settings(settings.api_keys, settings.api_keys_env)
     gate = Gate(keys=keys, quota=quota, admission=admission, protect_metrics=settings.protect_metrics)
     outcomes = Outcomes(admission, quota, engine.metrics, decisions)
+    if engine.router.online is not None:  # resume learned scores; a missing or bad state warns, never fails
+        engine.router.online.resume(read_state(decisions.path))
     return ServerState(engine, settings, gate, admission, decisions, outcomes)
 
 
@@ -73,6 +76,8 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
             state.admission.draining = True  # from here on, new requests get 503 with Retry-After
             if close_engine:
                 await engine.close()
+            if (online := engine.router.online) is not None:
+                state.decisions.call(lambda conn: write_state(conn, online.export_state()))  # before the log closes
             await asyncio.to_thread(state.decisions.close)  # flushes what is queued
 
     app = FastAPI(title="coserve", version="0.1.0", lifespan=lifespan)

@@ -73,6 +73,7 @@ class Outcomes:
             latency_s=call.elapsed(),
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
+            map_version=decision.map_version,
             prompt=prompt,
             completion=completion if self.decisions.store_text else None,
         )

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     latency_s REAL,
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
+    map_version INTEGER,         -- the online router's map version (router.online), else NULL
     prompt TEXT,                 -- only with server.log.store_text
     completion TEXT
 );
@@ -77,6 +78,7 @@ class DecisionRow:
     latency_s: float | None  # seconds from arrival to the last byte
     prompt_tokens: int | None
     completion_tokens: int | None
+    map_version: int | None = None  # the online router's map version, when it routed
     prompt: str | None = None  # None unless texts are stored
     completion: str | None = None
 
@@ -101,6 +103,8 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
     conn.executescript(_SCHEMA)
+    if "map_version" not in {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}:
+        conn.execute("ALTER TABLE decisions ADD COLUMN map_version INTEGER")  # a log from before the column
     return conn
 
 

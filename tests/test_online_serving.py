@@ -1,0 +1,80 @@
+"""The real server with `router.online`: feedback moves the map, once per request, and survives a restart."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from test_trained_routing import CODE, _library, _post, trained_dir  # noqa: F401  (a fixture)
+
+from coserve.config import load_library
+from coserve.engine.engine import Engine
+from coserve.errors import ConfigError
+from coserve.paths import decision_log_path
+from coserve.router.embed import HashingEmbedder
+from coserve.server.app import create_app
+
+pytestmark = pytest.mark.usefixtures("trained_dir")  # `coserve train` on separable data, in tmp_path/router
+
+
+def _online_library(tmp_path: Path, **router: Any) -> Path:
+    path = _library(tmp_path, "router")  # small 1B, mid 3B, big 7B; the trained map sends code to big
+    data = yaml.safe_load(path.read_text())
+    data["router"].update({"budget": {"avg_params_b": 7.0}, "online": {"prior_strength": 2, "explore_cap": 0.0}})
+    data["router"].update(router)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _engine(tmp_path: Path, cache: Path, **router: Any) -> Engine:
+    return Engine.build(load_library(_online_library(tmp_path, **router)), cache, embedder=HashingEmbedder())
+
+
+def _feedback(client: TestClient, request_id: str, score: Any) -> Any:
+    return client.post("/v1/feedback", json={"id": request_id, "score": score})
+
+
+def test_feedback_moves_the_map_once_per_request_and_a_restart_keeps_it(tmp_path: Path, cache: Path) -> None:
+    with TestClient(create_app(_engine(tmp_path, cache))) as client:
+        first, second = _post(client, CODE).json(), _post(client, CODE).json()
+        assert first["coserve"]["expert"] == second["coserve"]["expert"] == "big"
+        assert _feedback(client, first["id"], -1.0).status_code == 200
+        # Code's posterior for big: 2 pseudo-counts at 1.0, plus one 0 -> 2/3, still above mid's 0.6.
+        assert _post(client, CODE).json()["coserve"]["expert"] == "big"
+        again = _feedback(client, first["id"], -1.0)  # a second score for the same request
+        assert again.status_code == 400 and again.json()["error"]["code"] == "feedback_exists"
+        assert _post(client, CODE).json()["coserve"]["expert"] == "big"  # the refused score changed nothing
+        assert _feedback(client, second["id"], -1.0).status_code == 200  # 2/4 = 0.5 < 0.6: mid now
+        moved = _post(client, CODE).json()
+        assert moved["coserve"]["expert"] == "mid"
+        assert _feedback(client, "no-such-request", 1.0).status_code == 404
+        assert _feedback(client, moved["id"], 1.5).status_code == 422
+        metrics = client.get("/metrics").text
+        assert 'coserve_budget_target{axis="params"} 7.0' in metrics
+        assert "coserve_map_version" in metrics and "coserve_cost_weight" in metrics
+    with sqlite3.connect(decision_log_path()) as conn:
+        versions = [v for (v,) in conn.execute("SELECT map_version FROM decisions ORDER BY time")]
+    assert len(versions) == 5 and None not in versions and versions == sorted(versions)
+    with TestClient(create_app(_engine(tmp_path, cache))) as client:  # a restart: the learned map stays
+        assert _post(client, CODE).json()["coserve"]["expert"] == "mid"
+
+
+def test_a_corrupt_state_starts_from_the_offline_map_with_a_warning(
+    tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with TestClient(create_app(_engine(tmp_path, cache))) as client:
+        assert _post(client, CODE).status_code == 200
+    with sqlite3.connect(decision_log_path()) as conn:
+        conn.execute("UPDATE online_state SET body = 'garbage'")
+    with TestClient(create_app(_engine(tmp_path, cache))) as client:
+        assert _post(client, CODE).json()["coserve"]["expert"] == "big"
+    assert "corrupt" in caplog.text
+
+
+def test_online_needs_a_budget(tmp_path: Path, cache: Path) -> None:
+    with pytest.raises(ConfigError, match="budget"):
+        _engine(tmp_path, cache, budget={})
