@@ -78,3 +78,26 @@ def test_a_corrupt_state_starts_from_the_offline_map_with_a_warning(
 def test_online_needs_a_budget(tmp_path: Path, cache: Path) -> None:
     with pytest.raises(ConfigError, match="budget"):
         _engine(tmp_path, cache, budget={})
+
+
+@pytest.mark.parametrize(("signals", "mean", "mapped"), [(["failure"], 0.5, "mid"), ([], 1.0, "big")])
+def test_an_enabled_failure_signal_moves_the_map(
+    tmp_path: Path, cache: Path, signals: list[str], mean: float, mapped: str
+) -> None:
+    path = _online_library(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["router"]["online"]["signals"] = signals
+    for expert in data["experts"]:
+        if expert["name"] == "big":
+            expert["options"] = {**expert["options"], "fail_generate": True}  # fails before its first token
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    engine = Engine.build(load_library(path), cache, embedder=HashingEmbedder())
+    with TestClient(create_app(engine)) as client:
+        for _ in range(2):  # each failure is a score of 0 for (code, big): 2/3, then 2/4 < mid's 0.6
+            response = _post(client, CODE)
+            assert response.status_code == 200 and response.headers["x-coserve-expert"] != "big"
+    online = engine.router.online
+    assert online is not None
+    code, big = online.categories.index("code"), online.experts.index("big")
+    assert online.router.posterior.mean()[code, big] == pytest.approx(mean, abs=1e-5)
+    assert online.experts[online.router.snapshot.assignment[code]] == mapped

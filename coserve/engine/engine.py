@@ -282,6 +282,8 @@ class Engine:
             except (ExpertLoadError, AssetError, ContextTooLong, ExpertFailed) as exc:  # the ones that fall back
                 call.tried.append(expert)
                 last_error = exc
+                if self.router.online is not None and not isinstance(exc, ContextTooLong):  # the expert's fault
+                    self.router.online.failed(call.id, expert, getattr(exc, "code", None) == "expert_timeout")
                 if isinstance(exc, ContextTooLong):
                     too_long_at = spec.context
                 continue

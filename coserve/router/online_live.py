@@ -83,6 +83,18 @@ class LiveOnline:
         if expert in self.experts:
             self.router.served(self.experts.index(expert))
 
+    def failed(self, request_id: str, expert: str, timed_out: bool) -> bool:
+        """``expert`` failed (or timed out) on the request and another was tried: one automatic signal,
+        the first enabled of ``timeout``/``failure`` then ``fallback``; False where none is enabled."""
+        with self._lock:
+            cell = self._routed.get(request_id)
+        if cell is None or expert not in self.experts:
+            return False
+        for kind in ("timeout" if timed_out else "failure", "fallback"):
+            if kind in self.router.signals:
+                return self.router.signal(cell[0], self.experts.index(expert), kind)
+        return False
+
     def check_feedback(self, request_id: str) -> Outcome:
         """Whether a score for ``request_id`` would be applied, is unknown here, or is a second one."""
         with self._lock:
