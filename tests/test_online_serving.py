@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from test_trained_routing import CODE, _library, _post, trained_dir  # noqa: F401  (a fixture)
+from test_trained_routing import CHAT, CODE, _library, _post, trained_dir  # noqa: F401  (a fixture)
 
 from coserve.config import load_library
 from coserve.engine.engine import Engine
@@ -17,6 +17,7 @@ from coserve.errors import ConfigError
 from coserve.paths import decision_log_path
 from coserve.router.embed import HashingEmbedder
 from coserve.server.app import create_app
+from coserve.server.auth import hash_key
 
 pytestmark = pytest.mark.usefixtures("trained_dir")  # `coserve train` on separable data, in tmp_path/router
 
@@ -101,3 +102,48 @@ def test_an_enabled_failure_signal_moves_the_map(
     code, big = online.categories.index("code"), online.experts.index("big")
     assert online.router.posterior.mean()[code, big] == pytest.approx(mean, abs=1e-5)
     assert online.experts[online.router.snapshot.assignment[code]] == mapped
+
+
+def test_feedback_past_the_keys_rate_is_refused_and_not_applied(tmp_path: Path, cache: Path) -> None:
+    server = {"api_keys": [{"sha256": hash_key("sk-test"), "requests_per_minute": 3}]}
+    engine = Engine.build(load_library(_with_server(tmp_path, server)), cache, embedder=HashingEmbedder())
+    auth = {"authorization": "Bearer sk-test"}
+    with TestClient(create_app(engine)) as client:
+        body = {"model": "coserve", "messages": [{"role": "user", "content": CODE}], "max_tokens": 4}
+        first = client.post("/v1/chat/completions", json=body, headers=auth).json()["id"]
+        second = client.post("/v1/chat/completions", json=body, headers=auth).json()["id"]
+        assert client.post("/v1/feedback", json={"id": first, "score": -1.0}, headers=auth).status_code == 200
+        refused = client.post("/v1/feedback", json={"id": second, "score": -1.0}, headers=auth)  # the 4th request
+        assert refused.status_code == 429
+    online = engine.router.online
+    assert online is not None and online.check_feedback(second) == "applied"  # still open: nothing was applied
+    code, big = online.categories.index("code"), online.experts.index("big")
+    assert online.router.posterior.mean()[code, big] == pytest.approx(2 / 3, abs=1e-5)  # one score of 0 only
+
+
+def _with_server(tmp_path: Path, server: dict[str, Any]) -> Path:
+    path = _online_library(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["server"] = {**data.get("server", {}), **server}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_the_budget_holds_when_the_mix_shifts(tmp_path: Path, cache: Path) -> None:
+    # Target 4 B params; code's best is big (7 B, score 1.0) then mid (3 B, 0.6); chat's is small (1 B).
+    # In cost/target units big is 1.75 and mid 0.75: code moves from big to mid at weight 0.4, so
+    # all-code traffic settles on a big/mid mix averaging 4, and so does 3 code : 1 chat (code at 5).
+    # Without the controller all-code traffic would cost 7 and the mixed phase 5.5. Over 100 requests the
+    # overspend is (weight moved) * 4 / 0.05, and the weight stays within a step's move (0.05 * 0.75) of
+    # 0.4 once settled, so a phase is off by at most 2 * 0.0375 * 80 / 400 = 1.5%; 5% is asserted.
+    engine = _engine(
+        tmp_path, cache, budget={"avg_params_b": 4.0}, online={"prior_strength": 2, "explore_cap": 0.0, "step": 0.05}
+    )
+    size = {"small": 1.0, "mid": 3.0, "big": 7.0}
+    spent: list[float] = []
+    with TestClient(create_app(engine)) as client:
+        for i in range(300):
+            text = CHAT if i >= 150 and i % 4 == 3 else CODE  # 150 all code, then 3 code : 1 chat
+            spent.append(size[_post(client, text).json()["coserve"]["expert"]])
+    for phase in (spent[50:150], spent[200:300]):  # each phase after 50 requests of settling
+        assert sum(phase) / len(phase) == pytest.approx(4.0, rel=0.05)
