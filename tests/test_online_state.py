@@ -104,3 +104,29 @@ def test_a_state_that_does_not_fit_is_refused_and_changes_nothing(
     assert reason in caplog.text
     assert router.snapshot.version == 0 and router.controller.weight == 0.0
     np.testing.assert_allclose(router.posterior.mean(), OFFLINE, atol=1e-6)
+
+
+def test_feedback_once_stores_the_first_score_of_a_logged_request_only(tmp_path: Path) -> None:
+    from coserve.store.log import DecisionRow
+
+    log = DecisionLog(tmp_path / "decisions.db").start()
+    log.record(DecisionRow("r1", 1.0, "coserve", "big", "code", 0.9, "routed", None, "200", 0.1, 3, 4, map_version=7))
+    assert log.feedback_once("r1", -1.0).result(10) == ("stored", "code", "big")
+    assert log.feedback_once("r1", 1.0).result(10) == ("duplicate", None, "")
+    assert log.feedback_once("r2", 1.0).result(10) == ("unknown", None, "")
+    log.close()
+    with sqlite3.connect(tmp_path / "decisions.db") as conn:
+        assert conn.execute("SELECT id, score FROM feedback").fetchall() == [("r1", -1.0)]
+        assert conn.execute("SELECT map_version FROM decisions").fetchall() == [(7,)]
+
+
+def test_an_older_log_gains_the_map_version_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE decisions (id TEXT PRIMARY KEY, time REAL NOT NULL, model TEXT NOT NULL)")
+        conn.execute("INSERT INTO decisions VALUES ('old', 1.0, 'coserve')")
+    DecisionLog(path).start().close()
+    with sqlite3.connect(path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(decisions)")]
+        assert columns[-1] == "map_version"
+        assert conn.execute("SELECT id, map_version FROM decisions").fetchall() == [("old", None)]

@@ -2,9 +2,10 @@
 
 ``LiveOnline`` wraps an ``OnlineRouter`` started from a trained router's per-category scores, with the
 library's budget (``router.budget``: average params or price) as its target. It chooses among the
-experts a request's constraints permit, remembers which (category, expert) each recent request id was
-routed to (the last ``REMEMBERED`` ids) so a feedback score can be tied to it once, and turns its state
-into JSON values and back under the category and expert names. Knows nothing about HTTP or SQLite.
+experts a request's constraints permit, remembers the category of each recent request id (the last
+``REMEMBERED``) for the automatic signals of an expert failing on it, applies feedback scores by
+category and expert name (the caller ties a score to its request once, through the decision log), and
+turns its state into JSON values and back under those names. Knows nothing about HTTP or SQLite.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Collection
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -22,10 +23,9 @@ from coserve.metrics import Metrics
 from coserve.router.online import OnlineRouter, resume
 from coserve.router.trained import TrainedRouter
 
-__all__ = ["LiveOnline", "Outcome"]
+__all__ = ["LiveOnline"]
 
-REMEMBERED = 100_000  # request ids whose routing is kept for feedback
-Outcome = Literal["applied", "unknown", "duplicate"]
+REMEMBERED = 100_000  # request ids whose category is kept for automatic signals
 
 
 class LiveOnline:
@@ -60,7 +60,7 @@ class LiveOnline:
             signals=frozenset(settings.signals),
             seed=seed,
         )
-        self._routed: OrderedDict[str, tuple[int, int] | None] = OrderedDict()  # None: already scored
+        self._routed: OrderedDict[str, int] = OrderedDict()  # request id -> category, for automatic signals
         self._lock = threading.Lock()
 
     def choose(self, request_id: str, category: str, permitted: Collection[str]) -> tuple[str, int]:
@@ -68,7 +68,7 @@ class LiveOnline:
         allowed = np.array([e in permitted for e in self.experts])
         decision = self.router.choose(self.categories.index(category), allowed if allowed.any() else None)
         with self._lock:
-            self._routed[request_id] = (decision.category, decision.expert)
+            self._routed[request_id] = decision.category
             while len(self._routed) > REMEMBERED:
                 self._routed.popitem(last=False)
         return self.experts[decision.expert], decision.map_version
@@ -87,32 +87,21 @@ class LiveOnline:
         """``expert`` failed (or timed out) on the request and another was tried: one automatic signal,
         the first enabled of ``timeout``/``failure`` then ``fallback``; False where none is enabled."""
         with self._lock:
-            cell = self._routed.get(request_id)
-        if cell is None or expert not in self.experts:
+            category = self._routed.get(request_id)
+        if category is None or expert not in self.experts:
             return False
         for kind in ("timeout" if timed_out else "failure", "fallback"):
             if kind in self.router.signals:
-                return self.router.signal(cell[0], self.experts.index(expert), kind)
+                return self.router.signal(category, self.experts.index(expert), kind)
         return False
 
-    def check_feedback(self, request_id: str) -> Outcome:
-        """Whether a score for ``request_id`` would be applied, is unknown here, or is a second one."""
-        with self._lock:
-            if request_id not in self._routed:
-                return "unknown"
-            return "duplicate" if self._routed[request_id] is None else "applied"
-
-    def feedback(self, request_id: str, score: float) -> Outcome:
-        """Apply an API score in [-1, 1] (mapped to [0, 1]) to the request's (category, expert), once."""
-        with self._lock:
-            if request_id not in self._routed:
-                return "unknown"
-            cell = self._routed[request_id]
-            if cell is None:
-                return "duplicate"
-            self._routed[request_id] = None
-        self.router.feedback(cell[0], cell[1], (score + 1.0) / 2.0)
-        return "applied"
+    def apply(self, category: str, expert: str, score: float) -> bool:
+        """Apply an API score in [-1, 1] (mapped to [0, 1]) to (category, expert), the answer it scores;
+        False (nothing changes) for a category or expert this router does not know."""
+        if category not in self.categories or expert not in self.experts:
+            return False
+        self.router.feedback(self.categories.index(category), self.experts.index(expert), (score + 1.0) / 2.0)
+        return True
 
     def export_state(self) -> dict[str, Any]:
         return self.router.export_state(self.categories, self.experts)

@@ -222,11 +222,16 @@ async def models(state: ApiState) -> dict[str, Any]:
 async def feedback(http: HttpRequest, state: ApiState) -> dict[str, Any]:
     body = parse_feedback(await http.body(), state.settings.max_body_bytes)
     online = state.engine.router.online  # router.online: a request's score moves its expert's (docs/adapt.md)
-    if online is not None and online.check_feedback(body.id) == "duplicate":
-        raise InvalidRequest(f"request {body.id!r} already has a score", param="id", code="feedback_exists")
-    if not await asyncio.wrap_future(state.decisions.feedback(body.id, body.score)):
+    if online is None:
+        stored = await asyncio.wrap_future(state.decisions.feedback(body.id, body.score))
+        outcome, category, expert = ("stored" if stored else "unknown"), None, ""
+    else:
+        outcome, category, expert = await asyncio.wrap_future(state.decisions.feedback_once(body.id, body.score))
+    if outcome == "unknown":
         raise NotFound(f"no logged request has the id {body.id!r}", param="id", code="request_not_found")
-    if online is not None and online.feedback(body.id, body.score) == "applied":
+    if outcome == "duplicate":
+        raise InvalidRequest(f"request {body.id!r} already has a score", param="id", code="feedback_exists")
+    if online is not None and category is not None and online.apply(category, expert, body.score):
         state.decisions.call(lambda conn: write_state(conn, online.export_state()))  # saved beside the log
     return {"object": "feedback", "id": body.id, "score": body.score}
 

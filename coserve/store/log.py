@@ -167,6 +167,25 @@ class DecisionLog:
 
         return self.call(write)
 
+    def feedback_once(self, request_id: str, score: float) -> concurrent.futures.Future[tuple[str, str | None, str]]:
+        """Store the first score of a logged request: ``("stored", category, expert)``, else
+        ``("unknown", None, "")`` or ``("duplicate", None, "")`` and nothing is written (checked and
+        written on the writer thread, so two scores of one request cannot both be stored)."""
+
+        def write(conn: sqlite3.Connection) -> tuple[str, str | None, str]:
+            row = conn.execute("SELECT category, expert FROM decisions WHERE id = ?", (request_id,)).fetchone()
+            if row is None:
+                return ("unknown", None, "")
+            if conn.execute("SELECT 1 FROM feedback WHERE id = ?", (request_id,)).fetchone() is not None:
+                return ("duplicate", None, "")
+            with conn:
+                conn.execute(
+                    "INSERT INTO feedback (id, time, score) VALUES (?, ?, ?)", (request_id, time.time(), score)
+                )
+            return ("stored", row[0], row[1])
+
+        return self.call(write)
+
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued and stop the writer thread."""
         with self._lock:
