@@ -130,3 +130,16 @@ def test_an_older_log_gains_the_map_version_column(tmp_path: Path) -> None:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(decisions)")]
         assert columns[-1] == "map_version"
         assert conn.execute("SELECT id, map_version FROM decisions").fetchall() == [("old", None)]
+
+
+def test_an_older_log_is_read_without_the_map_version_column(tmp_path: Path) -> None:
+    from coserve.store.log import query_decisions
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE decisions (id TEXT PRIMARY KEY, time REAL NOT NULL, model TEXT NOT NULL, expert TEXT)"
+        )
+        conn.execute("CREATE TABLE feedback (seq INTEGER PRIMARY KEY, id TEXT, time REAL, score REAL)")
+        conn.execute("INSERT INTO decisions VALUES ('old', 1.0, 'coserve', 'big')")
+    assert query_decisions(path) == [{"id": "old", "time": 1.0, "model": "coserve", "expert": "big", "feedback": None}]

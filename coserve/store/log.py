@@ -267,16 +267,18 @@ def query_decisions(
     if expert is not None:
         where.append("d.expert = ?")
         params.append(expert)
-    sql = (
-        f"SELECT {', '.join('d.' + c for c in _COLUMNS)}, "
-        "(SELECT f.score FROM feedback f WHERE f.id = d.id ORDER BY f.seq DESC LIMIT 1) AS feedback "
-        "FROM decisions d" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.time, d.id"
-    )
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
     conn = sqlite3.connect(path, timeout=30)
     try:
+        present = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}  # an older log lacks map_version
+        columns = [c for c in _COLUMNS if c in present]
+        sql = (
+            f"SELECT {', '.join('d.' + c for c in columns)}, "
+            "(SELECT f.score FROM feedback f WHERE f.id = d.id ORDER BY f.seq DESC LIMIT 1) AS feedback "
+            "FROM decisions d" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.time, d.id"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
         conn.row_factory = sqlite3.Row
         return [dict(row) for row in conn.execute(sql, params)]
     finally:
