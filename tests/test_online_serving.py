@@ -106,6 +106,7 @@ def test_an_enabled_failure_signal_moves_the_map(
     code, big = online.categories.index("code"), online.experts.index("big")
     assert online.router.posterior.mean()[code, big] == pytest.approx(mean, abs=1e-5)
     assert online.experts[online.router.snapshot.assignment[code]] == mapped
+    assert online.router.controller.realised() == pytest.approx(3.0)  # mid (3 B) answered both, not big
 
 
 def test_feedback_past_the_keys_rate_is_refused_and_not_applied(tmp_path: Path, cache: Path) -> None:

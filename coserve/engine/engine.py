@@ -288,6 +288,8 @@ class Engine:
                     too_long_at = spec.context
                 continue
             call.timings.first_token = time.monotonic()
+            if self.router.online is not None and call.decision.map_version is not None:
+                self.router.online.served(expert)  # the answering expert's cost moves the budget weight
             for source in call.tried:
                 self.metrics.fallbacks.labels(source, expert).inc()
             return self._chain(first, chunks, call)

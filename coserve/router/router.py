@@ -122,7 +122,6 @@ class CoERouter:
         )
         if self.online is None:
             return decision
-        self.online.served(decision.expert)  # every routed request's cost counts toward the budget
         return replace(decision, map_version=version if version is not None else self.online.version)
 
     # -- persistence ----------------------------------------------------------------------------
