@@ -254,7 +254,7 @@ $("route-form").addEventListener("submit", async (event) => {
 
 // -- the map and the front ------------------------------------------------------------------------
 function frontPlot(m, current) {
-  const W = 420, H = 220, L = 44, R = 12, T = 12, B = 34;
+  const W = 460, H = 240, L = 46, R = 40, T = 22, B = 36;
   const points = [...m.front.map((p) => [p.avg_cost, p.quality]),
     ...Object.values(m.singles).map((s) => [s.avg_cost, s.quality])];
   if (current) points.push([current.avg_cost, current.quality]);
@@ -266,28 +266,37 @@ function frontPlot(m, current) {
     "aria-label": "quality/cost front: expected quality against average cost" });
   plot.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }),
     svg("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
-  const label = (x, y, text, anchor = "middle") => {
-    const t = svg("text", { x, y, "text-anchor": anchor });
+  const label = (x, y, text, anchor = "middle", cls = "") => {
+    const t = svg("text", { x, y, "text-anchor": anchor, class: cls });
     t.textContent = text;
     plot.append(t);
   };
   label((L + W - R) / 2, H - 4, `average cost (${m.unit})`);
-  label(L - 4, T + 8, y1.toFixed(2), "end");
-  label(L - 4, H - B, y0.toFixed(2), "end");
-  label(L, H - B + 14, x0.toFixed(2), "start");
-  label(W - R, H - B + 14, x1.toFixed(2), "end");
+  label(L - 6, T + 4, y1.toFixed(2), "end");
+  label(L - 6, H - B + 4, y0.toFixed(2), "end");
+  label(L, H - B + 16, x0.toFixed(2), "middle");
+  label(W - R, H - B + 16, x1.toFixed(2), "middle");
+  const yTitle = svg("text", { x: 12, y: (T + H - B) / 2, "text-anchor": "middle",
+    transform: `rotate(-90 12 ${(T + H - B) / 2})` });
+  yTitle.textContent = "quality";
+  plot.append(yTitle);
   const sorted = [...m.front].sort((a, b) => a.avg_cost - b.avg_cost);
   plot.append(svg("polyline", { class: "line", points: sorted.map((p) => `${sx(p.avg_cost)},${sy(p.quality)}`).join(" ") }));
   for (const p of sorted) plot.append(svg("circle", { cx: sx(p.avg_cost), cy: sy(p.quality), r: 3, class: "point" }));
   for (const [name, s] of Object.entries(m.singles)) {
-    plot.append(svg("circle", { cx: sx(s.avg_cost), cy: sy(s.quality), r: 4, class: "single" }));
-    label(sx(s.avg_cost), sy(s.quality) - 7, name);
+    const x = sx(s.avg_cost), y = sy(s.quality);
+    plot.append(svg("circle", { cx: x, cy: y, r: 4.5, class: "single" }));
+    label(x + 8, y - 8, name, x > W - R - 30 ? "end" : "start", "name");
   }
   if (current) {
-    plot.append(svg("circle", { cx: sx(current.avg_cost), cy: sy(current.quality), r: 6, class: "current" }));
-    label(sx(current.avg_cost) + 8, sy(current.quality) + 14, "now", "start");
+    const x = sx(current.avg_cost), y = sy(current.quality);
+    plot.append(svg("circle", { cx: x, cy: y, r: 6.5, class: "current" }));
+    label(x + 9, y + 16, "now", "start", "now");
   }
-  return plot;
+  const legend = el("p", { class: "muted legend" }, el("span", {}, el("i", { class: "front-dot" }), "the front (best map per cost)"),
+    el("span", {}, el("i", { class: "single-dot" }), "one expert for everything"),
+    el("span", {}, el("i", { class: "now-dot" }), "the map serving now"));
+  return [plot, legend];
 }
 
 function renderMap(data) {
@@ -315,7 +324,7 @@ function renderMap(data) {
     const current = measured.maps[0];
     parts.push(el("p", { class: "muted" }, `measured mean scores; now: quality ${current.quality.toFixed(3)} at `
       + `${current.avg_cost.toFixed(3)} ${measured.unit}` + (current.budget == null ? "" : ` (budget ${current.budget})`)));
-    parts.push(frontPlot(measured, current));
+    parts.push(...frontPlot(measured, current));
   } else {
     parts.push(el("p", { class: "muted" }, data.measured?.error
       || "This library's map is written by hand (no router.outcomes): no measured table or front."));
