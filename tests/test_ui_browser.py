@@ -9,6 +9,7 @@ installs both: .ci/run). Playwright's own browser download is never used. Set
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from conftest import HELD_OUT
 from live import LiveServer
 
@@ -61,7 +63,11 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     folder = tmp_path_factory.mktemp("ui")
-    with LiveServer(folder, library=measured_library(folder, budget=0.7), shutdown_timeout=5.0) as server:
+    library = measured_library(folder, budget=0.7)
+    data = yaml.safe_load(library.read_text(encoding="utf-8"))
+    data["memory"]["active"] = "35MiB"  # small (10) and coder (20) fit together; big (30) alone
+    library.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    with LiveServer(folder, library=library, shutdown_timeout=5.0) as server:
         yield server
 
 
@@ -137,6 +143,8 @@ def test_a_request_appears_in_the_feed_within_two_seconds(page: Page, live: Live
     row = p.wait_for_selector('#feed tbody tr[data-category="math"]', timeout=2_000)
     cells = [cell.text_content() for cell in row.query_selector_all("td")]
     assert cells[1].startswith("math ") and cells[2] == "big" and cells[3] == "routed" and cells[7] == "200"
+    share = p.locator('#experts tr[data-expert="big"] td').nth(4)  # "Share of feed": big answered at least once
+    expect(share).to_have_text(re.compile(r"^\d+% \([1-9]\d*\)$"), timeout=5_000)
     # The filters: by expert, then by category; "all" shows everything again.
     chat(api, "small", "pinned to the small expert")
     p.wait_for_selector('#feed tbody tr[data-expert="small"]')
@@ -237,6 +245,7 @@ def test_screenshot(browser: Any, live: LiveServer, api: httpx.Client, tmp_path:
         p.get_by_role("button", name="Route").click()
         p.wait_for_selector("#route-expert")
         p.locator("#feed tbody tr").nth(3).wait_for()  # the four requests above (and any earlier ones)
+        p.wait_for_timeout(2_000)  # for the picture only: the next state poll shows the tiers after the burst
         target = Path(os.environ.get("COSERVE_UI_SCREENSHOT") or tmp_path / "ui.png")
         shot = tmp_path / "ui.png"
         p.screenshot(path=str(shot), full_page=True)

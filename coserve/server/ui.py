@@ -187,18 +187,23 @@ async def ui_events(state: ViewerState) -> StreamingResponse:
         with feed.subscribe() as subscription:
             yield b": coserve decision feed\n\n"
             quiet = 0.0
-            while not state.admission.draining:  # a draining server ends its feeds, so it can stop
-                try:
-                    event = await asyncio.wait_for(subscription.queue.get(), DRAIN_POLL_S)
-                except TimeoutError:
-                    quiet += DRAIN_POLL_S
-                    if quiet >= HEARTBEAT_S:
-                        quiet = 0.0
-                        yield b": heartbeat\n\n"
-                    continue
-                quiet = 0.0
-                data = json.dumps({**event, "dropped": subscription.dropped})
-                yield f"event: decision\ndata: {data}\n\n".encode()
+            getter: asyncio.Future[dict[str, Any]] | None = None  # one get, kept across polls: none is lost
+            try:
+                while not state.admission.draining:  # a draining server ends its feeds, so it can stop
+                    getter = getter or asyncio.ensure_future(subscription.queue.get())
+                    done, _ = await asyncio.wait({getter}, timeout=DRAIN_POLL_S)
+                    if not done:
+                        quiet += DRAIN_POLL_S
+                        if quiet >= HEARTBEAT_S:
+                            quiet = 0.0
+                            yield b": heartbeat\n\n"
+                        continue
+                    event, getter, quiet = getter.result(), None, 0.0
+                    data = json.dumps({**event, "dropped": subscription.dropped})
+                    yield f"event: decision\ndata: {data}\n\n".encode()
+            finally:
+                if getter is not None:
+                    getter.cancel()
 
     return StreamingResponse(
         events(),

@@ -62,6 +62,10 @@ function bar(fraction, tier = "") {
   return outer;
 }
 
+function share(part, whole) {
+  return whole ? `${Math.round((100 * part) / whole)}% (${part})` : "–";
+}
+
 function pill(id, text, kind) {
   const node = $(id);
   node.textContent = text;
@@ -96,7 +100,10 @@ $("forget-key").addEventListener("click", () => {
 });
 
 // -- experts and memory -------------------------------------------------------------------------
+let lastState = null;
+
 function renderState(state) {
+  lastState = state;
   pill("server-status", state.status === "ok" ? `serving · ${state.residency}` : state.status,
     state.status === "ok" ? "ok" : "warn");
   const memory = $("memory");
@@ -113,6 +120,7 @@ function renderState(state) {
     `pending ${state.pending} · switches ${state.switches} · feed viewers ${state.feed_subscribers}`));
   const body = $("experts").tBodies[0];
   body.replaceChildren();
+  const answered = decisions.filter((d) => d.status === "200");
   for (const e of state.experts) {
     const name = e.tier.toUpperCase();
     const tier = el("span", { class: `tier ${name}${e.loading ? " loading" : ""}`, "data-tier": e.tier },
@@ -122,7 +130,8 @@ function renderState(state) {
       el("th", { scope: "row" }, e.name, el("div", { class: "muted" }, `${e.backend} · ${e.params_b}B · ctx ${e.context}`)),
       el("td", {}, tier),
       el("td", {}, bytes(e.weights_bytes)),
-      el("td", {}, e.in_flight), el("td", {}, e.queued), el("td", {}, e.loads), el("td", {}, e.evictions),
+      el("td", {}, e.in_flight), el("td", {}, e.queued),
+      el("td", {}, share(answered.filter((d) => d.expert === e.name).length, answered.length)), el("td", {}, e.loads), el("td", {}, e.evictions),
       el("td", {}, `${e.hits} / ${e.misses}`),
       el("td", { class: "error" }, error || "–")));
     addOption("filter-expert", seen.experts, e.name);
@@ -185,6 +194,7 @@ function onDecision(d) {
   addOption("filter-expert", seen.experts, d.expert);
   addOption("filter-category", seen.categories, d.category);
   renderFeed(d);
+  if (lastState) renderState(lastState); // the experts' share of the feed
 }
 
 async function runFeed() {
