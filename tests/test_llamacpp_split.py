@@ -138,12 +138,18 @@ def test_answers_are_llama_cpp_servers_own_on_the_same_library() -> None:
 def test_a_prompt_already_in_another_slot_shares_its_cells(general, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """Same prompt while it is still generating in the other slot: the newcomer takes the running
     sequence's prompt cells (all but the last token) instead of decoding them again, and answers
-    as it does alone."""
+    as the same prompt does when it finds its cells kept in its own slot.
+
+    The reference is that reuse, not a first run: a first run decodes the last prompt token within
+    the whole prompt's batch (llama.cpp's batched matrix kernels), a reuse decodes it alone (its
+    one-row kernels), and the two round differently, so their greedy answers may part after a few
+    tokens. Cells shared from another sequence hold the same values as one's own kept cells."""
     from coserve.backends.llama_decode import DecodeContext
 
     backend, handle, _, _ = general
     prompt = "Tell me about the history of the bicycle in three sentences."
-    alone, _ = _run(backend, handle, prompt, tokens=12)
+    _run(backend, handle, prompt, tokens=12)  # its slot keeps the prompt's cells
+    alone, _ = _run(backend, handle, prompt, tokens=12)  # reuses them: decodes only the last prompt token
     reused: list[tuple[int, int]] = []
     admit = DecodeContext._admit
 
@@ -153,7 +159,7 @@ def test_a_prompt_already_in_another_slot_shares_its_cells(general, monkeypatch:
 
     monkeypatch.setattr(DecodeContext, "_admit", spy)
     # The slot that ran `alone` keeps its cells, and the long request takes that slot (its own
-    # prefix); the newcomer gets the other, empty slot and its match is the running sequence.
+    # prefix); the newcomer gets the other slot and its longest match is the running sequence.
     long_done: list[str] = []
 
     def long() -> None:
@@ -163,17 +169,16 @@ def test_a_prompt_already_in_another_slot_shares_its_cells(general, monkeypatch:
     runner = threading.Thread(target=long)
     runner.start()
     deadline = time.monotonic() + 30
-    while len(reused) < 1 and time.monotonic() < deadline:
+    while len(reused) < 1 and time.monotonic() < deadline:  # the long request is admitted
         time.sleep(0.01)
-    time.sleep(0.3)  # the long request is generating
     second, _ = _run(backend, handle, prompt, tokens=12)
     runner.join(timeout=120)
     assert len(reused) == 2
     (first_reused, n), (second_reused, n2) = reused
     assert n == n2 and first_reused == n - 1  # the long request: its own slot's kept cells
     assert second_reused == n - 1  # the newcomer: every prompt cell but the last, from its neighbour
-    assert second == alone  # its prompt's cells, shared, are the ones it would have decoded
-    assert long_done and long_done[0].startswith(alone)  # greedy: the same first 12 tokens
+    assert second == alone  # the shared cells are the ones its own slot would have kept
+    assert long_done and long_done[0].startswith(alone)  # greedy, same cells: the same first 12 tokens
 
 
 @pytest.mark.e2e
