@@ -40,6 +40,20 @@ def test_stops_pick_the_earliest_hit_and_flush_the_held_tail() -> None:
     assert _Stops(()).feed("anything") == ("anything", False)
 
 
+def test_a_llama_cpp_laid_out_otherwise_than_declared_is_named_field_by_field() -> None:
+    """ctypes cannot check a structure's layout: the library's defaults, read through our
+    declarations, must be llama.cpp's (a shifted field reads as another's value)."""
+    from coserve.backends.llama_capi import _CONTEXT_DEFAULTS, ContextParams, _mismatches
+
+    params = ContextParams(**{k: v for k, v in _CONTEXT_DEFAULTS.items() if v is not None})
+    assert _mismatches(params, _CONTEXT_DEFAULTS) == []
+    params.type_k, params.offload_kqv = 8, False
+    assert _mismatches(params, _CONTEXT_DEFAULTS) == [
+        "type_k=8 (expected 1)",
+        "offload_kqv=False (expected True)",
+    ]
+
+
 # -- end to end: real models ----------------------------------------------------------------------
 needs_llama = pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="needs xllamacpp")
 # A prompt no expert can answer within LENGTH_TOKENS tokens: its finish is "length", at exactly that many.
