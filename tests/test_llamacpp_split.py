@@ -90,7 +90,7 @@ def general():  # type: ignore[no-untyped-def]
 @pytest.mark.e2e
 @needs_llama
 def test_requests_beyond_the_slots_wait_and_batched_answers_agree_with_single_ones(general) -> None:  # type: ignore[no-untyped-def]
-    backend, handle, _, _ = general
+    backend, handle, spec, base = general
     prompts = [
         "Name three primary colours.",
         "What is 2 + 2?",
@@ -99,7 +99,12 @@ def test_requests_beyond_the_slots_wait_and_batched_answers_agree_with_single_on
         LONG_ANSWER,
     ]
     alone = [_run(backend, handle, p, tokens=LENGTH_TOKENS) for p in prompts]
-    assert _run(backend, handle, prompts[0], tokens=LENGTH_TOKENS) == alone[0]  # greedy: the same again
+    fresh = []
+    for _ in range(2):  # greedy from the same (empty) cache: the same answer, token for token
+        context = backend.load(spec, base)
+        fresh.append(_run(backend, context, prompts[0], tokens=LENGTH_TOKENS))
+        backend.unload(context)
+    assert fresh[0] == fresh[1]
     results: dict[int, tuple[str, Chunk]] = {}
 
     def one(i: int) -> None:
@@ -110,10 +115,20 @@ def test_requests_beyond_the_slots_wait_and_batched_answers_agree_with_single_on
         t.start()
     for t in threads:
         t.join(timeout=120)
-    # Batched, a request shares the step's matrix products and the KV cache with others; a sequence
-    # that read another's cells or positions would answer differently from its first tokens.
-    assert [results[i] for i in range(len(prompts))] == alone
-    for text, last in alone:
+    # Batched, a request's rows share each step's matrix products with whatever else the step holds
+    # (another's token, another's prompt chunk), and llama.cpp's CPU kernels round differently with
+    # the batch's shape. Which requests share a step depends on thread timing, so a greedy answer of
+    # this 135M model parts from its single run in some schedules and not in others: seen as early
+    # as the 3rd word ("Bonjour in French!" / "Bonjour in French."), in most runs not within 24
+    # tokens. A sequence that read another's cells or positions is wrong from its first token, so
+    # the bound is the first two words (whole answers compared exactly: the fresh-cache check above
+    # and test_answers_are_llama_cpp_servers_own_on_the_same_library).
+    for i, (single, last) in enumerate(alone):
+        batched, batched_last = results[i]
+        assert batched.split()[:2] == single.split()[:2], (single, batched)
+        assert batched_last.usage and last.usage and batched_last.usage.prompt_tokens == last.usage.prompt_tokens
+    assert results[4][1].finish_reason == "length" and results[4][1].usage.completion_tokens == LENGTH_TOKENS
+    for text, last in alone + list(results.values()):
         assert text.strip() and last.usage is not None
         assert 0 < last.usage.completion_tokens <= LENGTH_TOKENS
         # "length" exactly when the cap was reached; below it only an end-of-turn token ends an answer
@@ -152,12 +167,7 @@ def test_answers_are_llama_cpp_servers_own_on_the_same_library() -> None:
 def test_a_prompt_already_in_another_slot_shares_its_cells(general, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """Same prompt while it is still generating in the other slot: the newcomer takes the running
     sequence's prompt cells (all but the last token) instead of decoding them again, and answers
-    as the same prompt does when it finds its cells kept in its own slot.
-
-    The reference is that reuse, not a first run: a first run decodes the last prompt token within
-    the whole prompt's batch (llama.cpp's batched matrix kernels), a reuse decodes it alone (its
-    one-row kernels), and the two round differently, so their greedy answers may part after a few
-    tokens. Cells shared from another sequence hold the same values as one's own kept cells."""
+    as the same prompt does when it finds its cells kept in its own slot."""
     from coserve.backends.llama_decode import DecodeContext
 
     backend, handle, _, _ = general
@@ -191,8 +201,10 @@ def test_a_prompt_already_in_another_slot_shares_its_cells(general, monkeypatch:
     (first_reused, n), (second_reused, n2) = reused
     assert n == n2 and first_reused == n - 1  # the long request: its own slot's kept cells
     assert second_reused == n - 1  # the newcomer: every prompt cell but the last, from its neighbour
-    assert second == alone  # the shared cells are the ones its own slot would have kept
-    assert long_done and long_done[0].startswith(alone)  # greedy, same cells: the same first 12 tokens
+    # The same cells as its own kept ones; decoded in a step beside the long request, its rows may
+    # round otherwise (see the batching test above): wrong cells would differ from the first token.
+    assert second.split()[:2] == alone.split()[:2], (alone, second)
+    assert long_done and long_done[0].split()[:2] == alone.split()[:2]
 
 
 @pytest.mark.e2e
