@@ -100,10 +100,12 @@ def test_requests_beyond_the_slots_wait_and_batched_answers_agree_with_single_on
     ]
     alone = [_run(backend, handle, p, tokens=LENGTH_TOKENS) for p in prompts]
     fresh = []
+    staged = backend.stage(spec, base)
     for _ in range(2):  # greedy from the same (empty) cache: the same answer, token for token
-        context = backend.load(spec, base)
+        context = backend.load(spec, staged)
         fresh.append(_run(backend, context, prompts[0], tokens=LENGTH_TOKENS))
         backend.unload(context)
+    backend.unstage(staged)
     assert fresh[0] == fresh[1]
     results: dict[int, tuple[str, Chunk]] = {}
 
