@@ -35,6 +35,7 @@ __all__ = [
     "FallbackSettings",
     "LibraryConfig",
     "MemorySettings",
+    "OnlineSettings",
     "Price",
     "RouterSettings",
     "ServerSettings",
@@ -152,6 +153,17 @@ class Budget(_Strict):
     avg_price: float | None = Field(None, ge=0)
 
 
+class OnlineSettings(_Strict):
+    """Learning from traffic (coserve.router.online, docs/adapt.md): needs router.trained and a budget."""
+
+    prior_strength: float = Field(20.0, gt=0)  # pseudo-counts of the trained router's scores
+    max_count: float = Field(30.0, gt=0)  # cap on a score's pseudo-counts (old evidence fades)
+    step: float = Field(0.005, gt=0)  # the budget controller's step
+    explore_cap: float = Field(0.02, ge=0, le=1)  # most share of traffic that explores
+    window: int = Field(500, gt=0)  # requests in the sliding window (realised cost, exploring share)
+    signals: tuple[Literal["failure", "timeout", "fallback"], ...] = ()  # counted as a score of 0
+
+
 class RouterSettings(_Strict):
     """How prompts become decisions."""
 
@@ -168,6 +180,7 @@ class RouterSettings(_Strict):
     trained: str | None = None
     fallback: FallbackSettings
     budget: Budget = Budget()
+    online: OnlineSettings | None = None  # learn from traffic (checked when the router is built)
 
 
 class MemorySettings(_Strict):

@@ -75,3 +75,10 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("coserve_queue_depth", "Requests waiting per expert", ["expert"], registry=r)
+        # Learning from traffic (router.online): the budget held, what the sliding window spent, the cost weight.
+        self.budget_target = Gauge("coserve_budget_target", "Target average cost per request", ["axis"], registry=r)
+        self.budget_realised = Gauge(
+            "coserve_budget_realised", "Average cost per request over the sliding window", ["axis"], registry=r
+        )
+        self.cost_weight = Gauge("coserve_cost_weight", "The online router's cost weight (dual variable)", registry=r)
+        self.map_version = Gauge("coserve_map_version", "Version of the online router's map in force", registry=r)

@@ -101,6 +101,7 @@ class Decision:
     alternatives: tuple[str, ...]  # next-best experts, in order, for fallback
     reason: str  # "routed" | "pinned" | "low_confidence" | "constrained"
     probabilities: dict[str, float] = field(default_factory=dict)  # category -> probability
+    map_version: int | None = None  # the online router's map version (None without router.online)
 
     def as_dict(self) -> dict[str, object]:
         """The public ``coserve`` object of a response."""

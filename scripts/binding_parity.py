@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--long-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--note", default="", help="what the machine was doing during the run")
     parser.add_argument("--child", nargs=2, metavar=("EXPERT", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -173,7 +174,7 @@ def main() -> None:
                 ),
             )
     payload = {
-        "note": "decode speed is one request at a time, greedy; on a shared, contended machine unless run quietly",
+        "note": "decode speed: one request at a time, greedy, first token to last. " + args.note,
         "old": f"llama-cpp-python bindings, coserve at {args.old_ref}",
         "new": "ctypes on the llama.cpp inside xllamacpp (coserve/backends/llama_capi.py)",
         "prompts": PROMPTS,

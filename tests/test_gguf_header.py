@@ -126,8 +126,9 @@ library = load_library()
 spec, base = library.expert(sys.argv[1]), library.path.parent
 backend = LlamaCppBackend()
 estimate = backend.footprint(spec, base)
+staged = backend.stage(spec, base)  # the file's pages in the page cache: not this process's RSS
 before = rss()
-handle = backend.load(spec, base)
+handle = backend.load(spec, staged)
 print(estimate, rss() - before)
 """
 

@@ -40,6 +40,20 @@ def test_stops_pick_the_earliest_hit_and_flush_the_held_tail() -> None:
     assert _Stops(()).feed("anything") == ("anything", False)
 
 
+def test_a_llama_cpp_laid_out_otherwise_than_declared_is_named_field_by_field() -> None:
+    """ctypes cannot check a structure's layout: the library's defaults, read through our
+    declarations, must be llama.cpp's (a shifted field reads as another's value)."""
+    from coserve.backends.llama_capi import _CONTEXT_DEFAULTS, ContextParams, _mismatches
+
+    params = ContextParams(**{k: v for k, v in _CONTEXT_DEFAULTS.items() if v is not None})
+    assert _mismatches(params, _CONTEXT_DEFAULTS) == []
+    params.type_k, params.offload_kqv = 8, False
+    assert _mismatches(params, _CONTEXT_DEFAULTS) == [
+        "type_k=8 (expected 1)",
+        "offload_kqv=False (expected True)",
+    ]
+
+
 # -- end to end: real models ----------------------------------------------------------------------
 needs_llama = pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="needs xllamacpp")
 # A prompt no expert can answer within LENGTH_TOKENS tokens: its finish is "length", at exactly that many.
@@ -76,7 +90,7 @@ def general():  # type: ignore[no-untyped-def]
 @pytest.mark.e2e
 @needs_llama
 def test_requests_beyond_the_slots_wait_and_batched_answers_agree_with_single_ones(general) -> None:  # type: ignore[no-untyped-def]
-    backend, handle, _, _ = general
+    backend, handle, spec, base = general
     prompts = [
         "Name three primary colours.",
         "What is 2 + 2?",
@@ -85,7 +99,14 @@ def test_requests_beyond_the_slots_wait_and_batched_answers_agree_with_single_on
         LONG_ANSWER,
     ]
     alone = [_run(backend, handle, p, tokens=LENGTH_TOKENS) for p in prompts]
-    assert _run(backend, handle, prompts[0], tokens=LENGTH_TOKENS) == alone[0]  # greedy: the same again
+    fresh = []
+    staged = backend.stage(spec, base)
+    for _ in range(2):  # greedy from the same (empty) cache: the same answer, token for token
+        context = backend.load(spec, staged)
+        fresh.append(_run(backend, context, prompts[0], tokens=LENGTH_TOKENS))
+        backend.unload(context)
+    backend.unstage(staged)
+    assert fresh[0] == fresh[1]
     results: dict[int, tuple[str, Chunk]] = {}
 
     def one(i: int) -> None:
@@ -96,10 +117,20 @@ def test_requests_beyond_the_slots_wait_and_batched_answers_agree_with_single_on
         t.start()
     for t in threads:
         t.join(timeout=120)
-    # Batched, a request shares the step's matrix products and the KV cache with others; a sequence
-    # that read another's cells or positions would answer differently from its first tokens.
-    assert [results[i] for i in range(len(prompts))] == alone
-    for text, last in alone:
+    # Batched, a request's rows share each step's matrix products with whatever else the step holds
+    # (another's token, another's prompt chunk), and llama.cpp's CPU kernels round differently with
+    # the batch's shape. Which requests share a step depends on thread timing, so a greedy answer of
+    # this 135M model parts from its single run in some schedules and not in others: seen as early
+    # as the 3rd word ("Bonjour in French!" / "Bonjour in French."), in most runs not within 24
+    # tokens. A sequence that read another's cells or positions is wrong from its first token, so
+    # the bound is the first two words (whole answers compared exactly: the fresh-cache check above
+    # and test_answers_are_llama_cpp_servers_own_on_the_same_library).
+    for i, (single, last) in enumerate(alone):
+        batched, batched_last = results[i]
+        assert batched.split()[:2] == single.split()[:2], (single, batched)
+        assert batched_last.usage and last.usage and batched_last.usage.prompt_tokens == last.usage.prompt_tokens
+    assert results[4][1].finish_reason == "length" and results[4][1].usage.completion_tokens == LENGTH_TOKENS
+    for text, last in alone + list(results.values()):
         assert text.strip() and last.usage is not None
         assert 0 < last.usage.completion_tokens <= LENGTH_TOKENS
         # "length" exactly when the cap was reached; below it only an end-of-turn token ends an answer
@@ -138,12 +169,13 @@ def test_answers_are_llama_cpp_servers_own_on_the_same_library() -> None:
 def test_a_prompt_already_in_another_slot_shares_its_cells(general, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """Same prompt while it is still generating in the other slot: the newcomer takes the running
     sequence's prompt cells (all but the last token) instead of decoding them again, and answers
-    as it does alone."""
+    as the same prompt does when it finds its cells kept in its own slot."""
     from coserve.backends.llama_decode import DecodeContext
 
     backend, handle, _, _ = general
     prompt = "Tell me about the history of the bicycle in three sentences."
-    alone, _ = _run(backend, handle, prompt, tokens=12)
+    _run(backend, handle, prompt, tokens=12)  # its slot keeps the prompt's cells
+    alone, _ = _run(backend, handle, prompt, tokens=12)  # reuses them: decodes only the last prompt token
     reused: list[tuple[int, int]] = []
     admit = DecodeContext._admit
 
@@ -153,7 +185,7 @@ def test_a_prompt_already_in_another_slot_shares_its_cells(general, monkeypatch:
 
     monkeypatch.setattr(DecodeContext, "_admit", spy)
     # The slot that ran `alone` keeps its cells, and the long request takes that slot (its own
-    # prefix); the newcomer gets the other, empty slot and its match is the running sequence.
+    # prefix); the newcomer gets the other slot and its longest match is the running sequence.
     long_done: list[str] = []
 
     def long() -> None:
@@ -163,17 +195,18 @@ def test_a_prompt_already_in_another_slot_shares_its_cells(general, monkeypatch:
     runner = threading.Thread(target=long)
     runner.start()
     deadline = time.monotonic() + 30
-    while len(reused) < 1 and time.monotonic() < deadline:
+    while len(reused) < 1 and time.monotonic() < deadline:  # the long request is admitted
         time.sleep(0.01)
-    time.sleep(0.3)  # the long request is generating
     second, _ = _run(backend, handle, prompt, tokens=12)
     runner.join(timeout=120)
     assert len(reused) == 2
     (first_reused, n), (second_reused, n2) = reused
     assert n == n2 and first_reused == n - 1  # the long request: its own slot's kept cells
     assert second_reused == n - 1  # the newcomer: every prompt cell but the last, from its neighbour
-    assert second == alone  # its prompt's cells, shared, are the ones it would have decoded
-    assert long_done and long_done[0].startswith(alone)  # greedy: the same first 12 tokens
+    # The same cells as its own kept ones; decoded in a step beside the long request, its rows may
+    # round otherwise (see the batching test above): wrong cells would differ from the first token.
+    assert second.split()[:2] == alone.split()[:2], (alone, second)
+    assert long_done and long_done[0].split()[:2] == alone.split()[:2]
 
 
 @pytest.mark.e2e

@@ -183,10 +183,16 @@ _CONTEXT_DEFAULTS: dict[str, Any] = {
     "n_batch": 2048,
     "n_ubatch": 512,
     "n_seq_max": 1,
-    "flash_attn_type": -1,
+    "flash_attn_type": -1,  # auto
+    "type_k": 1,  # F16
+    "type_v": 1,
+    "offload_kqv": True,
+    "no_perf": True,
+    "kv_unified": False,
+    "samplers": None,
+    "n_samplers": 0,
+    "ctx_other": None,
 }
-_CONTEXT_DEFAULTS |= {"type_k": 1, "type_v": 1, "offload_kqv": True, "no_perf": True, "kv_unified": False}
-_CONTEXT_DEFAULTS |= {"samplers": None, "n_samplers": 0, "ctx_other": None}
 _MODEL_DEFAULTS = {"n_gpu_layers": -1, "split_mode": 1, "load_mode": -1, "use_extra_bufts": True, "load_mtp": False}
 
 _errors: collections.deque[str] = collections.deque(maxlen=8)  # llama.cpp's last error lines

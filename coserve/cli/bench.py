@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from coserve.bench.provenance import write_data
 from coserve.cli.common import Subcommands, add_library_arg, load_served_library
 
-__all__ = ["add_bench_parser", "cmd_bench_experts", "cmd_bench_route", "cmd_bench_serve"]
+__all__ = ["add_bench_parser", "cmd_bench_adapt", "cmd_bench_experts", "cmd_bench_route", "cmd_bench_serve"]
 
 
 def cmd_bench_experts(args: argparse.Namespace) -> int:
@@ -35,6 +36,57 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     return run(load_served_library(args.library), args)
 
 
+def cmd_bench_adapt(args: argparse.Namespace) -> int:
+    from coserve.bench.adapt import AdaptOptions, run_adapt
+    from coserve.router.embed import make_embedder
+
+    axis, target = ("price", args.budget_price) if args.budget_price is not None else ("params", args.budget_params)
+    knobs = ("requests", "phases", "feedback", "noise", "shock", "seed", "prior_strength", "max_count", "step")
+    given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
+    options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
+    report = run_adapt(args.prior, args.stream, args.experts, options, make_embedder(args.embedder))
+    write_data(Path(args.json), report, args.command_line)
+    if args.plot:
+        from coserve.bench.adapt import plot_adapt
+
+        plot_adapt(report, args.plot)
+    q = report["quality"]
+    print(f"target {target:g} ({axis}); realised {report['realised_avg_cost']:.3f}")
+    tracking = report["tracking_error_max"]
+    tracking_text = "-" if tracking is None else f"{tracking:.4f}"  # None: no window starts after request 1,000
+    print(f"tracking_error_max {tracking_text}; recovery_requests {report['recovery_requests']}")
+    print(f"quality adaptive {q['adaptive']:.4f}  static {q['static']:.4f}  hindsight {q['hindsight']:.4f}")
+    return 0
+
+
+def _add_adapt_parser(bench: Any) -> None:
+    b = bench.add_parser(
+        "adapt",
+        help="replay outcome data as drifting traffic through the online router",
+        epilog="Unset knobs take the defaults of coserve.bench.adapt.AdaptOptions (docs/adapt.md).",
+    )
+    b.add_argument("--prior", required=True, help="outcome file the router is fitted on")
+    b.add_argument("--stream", help="outcome file replayed as traffic (default: the other half of --prior)")
+    b.add_argument("--experts", required=True, help="experts.json with params_b and prices")
+    budget = b.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-params", type=float, help="target average active parameters (billions)")
+    budget.add_argument("--budget-price", type=float, help="target average price (USD per million tokens)")
+    b.add_argument("--json", required=True, help="write the report here")
+    b.add_argument("--plot", help="also draw cost and quality per window to this PNG")
+    b.add_argument("--requests", type=int)
+    b.add_argument("--phases", type=int, help="phases of the drifting category mix (>= 3)")
+    b.add_argument("--feedback", type=float, help="share of requests whose score is fed back")
+    b.add_argument("--noise", type=float, help="sd of the noise on a fed-back score")
+    b.add_argument("--shock", type=float, help="halfway drop of the busiest static expert's scores")
+    b.add_argument("--prior-strength", type=float, help="pseudo-counts of the offline scores")
+    b.add_argument("--max-count", type=float, help="cap on a score's pseudo-counts (forgetting)")
+    b.add_argument("--step", type=float, help="the budget controller's step")
+    b.add_argument("--explore-cap", type=float, help="most share of traffic that explores")
+    b.add_argument("--seed", type=int)
+    b.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
+    b.set_defaults(func=cmd_bench_adapt)
+
+
 def add_bench_parser(sub: Subcommands) -> None:
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
@@ -55,3 +107,4 @@ def add_bench_parser(sub: Subcommands) -> None:
 
     bench_serve_arguments(b)
     b.set_defaults(func=cmd_bench_serve)
+    _add_adapt_parser(bench)

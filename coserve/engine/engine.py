@@ -260,6 +260,8 @@ class Engine:
         else:
             decision = self.router.route(call.request)
         self.metrics.decisions.labels(decision.expert, decision.category or "-", decision.reason).inc()
+        if self.router.online is not None:
+            self.router.online.publish(self.metrics)  # target, realised cost, weight, map version
         call.decision, call.timings.routed = decision, time.monotonic()
         return decision
 
@@ -280,10 +282,14 @@ class Engine:
             except (ExpertLoadError, AssetError, ContextTooLong, ExpertFailed) as exc:  # the ones that fall back
                 call.tried.append(expert)
                 last_error = exc
+                if self.router.online is not None and not isinstance(exc, ContextTooLong):  # the expert's fault
+                    self.router.online.failed(call.id, expert, getattr(exc, "code", None) == "expert_timeout")
                 if isinstance(exc, ContextTooLong):
                     too_long_at = spec.context
                 continue
             call.timings.first_token = time.monotonic()
+            if self.router.online is not None and call.decision.map_version is not None:
+                self.router.online.served(expert)  # the answering expert's cost moves the budget weight
             for source in call.tried:
                 self.metrics.fallbacks.labels(source, expert).inc()
             return self._chain(first, chunks, call)

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from coserve.errors import ConfigError, InfeasibleConstraints, UnprocessableRequ
 from coserve.router.classify import CLASSIFIERS, Classifier, make_classifier
 from coserve.router.embed import Embedder, make_embedder
 from coserve.router.measured import with_measured_map
-from coserve.router.policy import decide, decide_ranked
+from coserve.router.online_live import LiveOnline
+from coserve.router.policy import allowed, decide, decide_ranked
 from coserve.router.trained import TrainedRouter, load_trained, read_router_directory
 from coserve.types import ROUTED_MODEL, Decision, Request
 
@@ -44,6 +46,7 @@ class CoERouter:
         self.embedder = embedder
         self.classifier = classifier
         self.trained = trained  # a router trained from outcome data (``coserve train``), if the library names one
+        self.online: LiveOnline | None = None  # learning from traffic (``router.online``), over ``trained``
 
     # -- training -------------------------------------------------------------------------------
     def fit(self) -> CoERouter:
@@ -89,10 +92,6 @@ class CoERouter:
         trained = self.trained
         assert trained is not None
         X = self.embedder.encode([request.last_user_turn()])
-        try:
-            (chosen,) = trained.expert_for(X, request.constraints.budget)
-        except InfeasibleConstraints as exc:
-            raise InfeasibleConstraints(exc.message, param="coserve.budget") from None
         scores = trained.scores(X)[0]
         ranking = [trained.experts[i] for i in sorted(range(len(scores)), key=lambda i: (-scores[i], trained.cost[i]))]
         probabilities: dict[str, float] = {}
@@ -101,16 +100,29 @@ class CoERouter:
             proba = trained.category_proba(X)[0]
             probabilities = dict(zip(trained.classes, map(float, proba), strict=True))
             category, confidence = trained.classes[int(proba.argmax())], float(proba.max())
-        return decide_ranked(
+        uncertain = bool(trained.fallback_mask(X)[0])
+        version = None
+        if self.online is not None and category is not None and not uncertain and request.constraints.budget is None:
+            permitted = allowed(self.library, request.constraints)
+            chosen, version = self.online.choose(request.id, category, permitted)
+        else:
+            try:
+                (chosen,) = trained.expert_for(X, request.constraints.budget)
+            except InfeasibleConstraints as exc:
+                raise InfeasibleConstraints(exc.message, param="coserve.budget") from None
+        decision = decide_ranked(
             chosen,
             ranking,
             self.library,
             request.constraints,
             category=category,
             confidence=confidence,
-            uncertain=bool(trained.fallback_mask(X)[0]),
+            uncertain=uncertain,
             probabilities=probabilities,
         )
+        if self.online is None:
+            return decision
+        return replace(decision, map_version=version if version is not None else self.online.version)
 
     # -- persistence ----------------------------------------------------------------------------
     def cache_key(self) -> str:
@@ -173,7 +185,12 @@ class CoERouter:
                 f"{library.path}: router.trained: {directory} routes to experts this library lacks: {missing}"
             )
         embedder = embedder or make_embedder(str(trained.hyper.get("embedder", library.router.embedder)))
-        return cls(library, embedder, trained=trained)
+        router = cls(library, embedder, trained=trained)
+        if library.router.online is not None:
+            if trained.classifier is None:
+                raise ConfigError(f"{library.path}: router.online: needs a trained router with a category classifier")
+            router.online = LiveOnline(library, trained)
+        return router
 
     @classmethod
     def load_or_fit(cls, library: LibraryConfig, cache: Path, embedder: Embedder | None = None) -> CoERouter:

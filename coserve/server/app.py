@@ -6,7 +6,8 @@ made here; the lifespan starts the decision log and, at shutdown, sets draining,
 and flushes the log. Every error leaves as an OpenAI-style body ``{"error": {message, type, param,
 code}}`` (coserve.server.frames) with the status of its class in coserve.errors; never a
 traceback. The library's ``server`` section sets the limits, the API keys (coserve.server.gate)
-and the decision log (coserve.store.log), which gets one row per routed chat request.
+and the decision log (coserve.store.log), which gets one row per routed chat request. The
+operator's dashboard is served at ``/ui`` (coserve.server.ui).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from coserve.server.gate import Gate
 from coserve.server.outcome import Outcomes
 from coserve.server.quota import Quota
 from coserve.server.routes import ServerState, router
+from coserve.server.ui import ui_router
 from coserve.store.log import DecisionLog
+from coserve.store.online_state import read_state, write_state
 
 __all__ = ["create_app"]
 
@@ -57,6 +60,8 @@ def _state(engine: Engine) -> ServerState:
     keys = KeyRing.from_settings(settings.api_keys, settings.api_keys_env)
     gate = Gate(keys=keys, quota=quota, admission=admission, protect_metrics=settings.protect_metrics)
     outcomes = Outcomes(admission, quota, engine.metrics, decisions)
+    if engine.router.online is not None:  # resume learned scores; a missing or bad state warns, never fails
+        engine.router.online.resume(read_state(decisions.path))
     return ServerState(engine, settings, gate, admission, decisions, outcomes)
 
 
@@ -73,6 +78,8 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
             state.admission.draining = True  # from here on, new requests get 503 with Retry-After
             if close_engine:
                 await engine.close()
+            if (online := engine.router.online) is not None:
+                state.decisions.call(lambda conn: write_state(conn, online.export_state()))  # before the log closes
             await asyncio.to_thread(state.decisions.close)  # flushes what is queued
 
     app = FastAPI(title="coserve", version="0.1.0", lifespan=lifespan)
@@ -81,6 +88,7 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
     app.state.decision_log = state.decisions
     app.state.quota = state.gate.quota
     app.include_router(router)
+    app.include_router(ui_router)  # the dashboard at /ui (coserve.server.ui)
     app.add_exception_handler(CoserveError, _coserve_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

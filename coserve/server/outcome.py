@@ -4,7 +4,8 @@
 refused, failed, client gone, stream broken): it releases the request's admission, spends its
 tokens against its API key's quota, counts it in the metrics (``coserve_requests_total`` by
 status, latency, time to first token) and writes its row in the decision log (routed requests
-only). A request refused before it was parsed has no Call yet and is only counted.
+only), and offers its event to the live decision feed (coserve.server.feed, the dashboard's; it
+never blocks). A request refused before it was parsed has no Call yet and is only counted.
 
 This module knows nothing about HTTP, routing or how responses are written.
 """
@@ -17,6 +18,7 @@ import time
 from coserve.engine.call import Call
 from coserve.metrics import Metrics
 from coserve.server.admission import Admission
+from coserve.server.feed import DecisionFeed
 from coserve.server.quota import Quota
 from coserve.store.log import DecisionLog, DecisionRow
 
@@ -26,11 +28,19 @@ __all__ = ["Outcomes"]
 class Outcomes:
     """Settles chat requests: admission released, quota spent, metrics counted, decision logged."""
 
-    def __init__(self, admission: Admission, quota: Quota, metrics: Metrics, decisions: DecisionLog):
+    def __init__(
+        self,
+        admission: Admission,
+        quota: Quota,
+        metrics: Metrics,
+        decisions: DecisionLog,
+        feed: DecisionFeed | None = None,
+    ):
         self.admission = admission
         self.quota = quota
         self.metrics = metrics
         self.decisions = decisions
+        self.feed = feed if feed is not None else DecisionFeed()
 
     def settle(self, status: str, call: Call | None = None, completion: str | None = None) -> None:
         """Account for one ended chat request (a second settle of the same Call does nothing)."""
@@ -51,6 +61,7 @@ class Outcomes:
             self.metrics.ttft_seconds.labels(call.expert).observe(call.timings.first_token - call.timings.arrival)
         if call.decision is not None:
             self.decisions.record(self._row(call, completion))
+            self.feed.publish(call)
 
     def _row(self, call: Call, completion: str | None) -> DecisionRow:
         decision = call.decision
@@ -73,6 +84,7 @@ class Outcomes:
             latency_s=call.elapsed(),
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
+            map_version=decision.map_version,
             prompt=prompt,
             completion=completion if self.decisions.store_text else None,
         )

@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from coserve.config import ServerSettings
 from coserve.engine.call import Call, Timings
 from coserve.engine.engine import Engine
-from coserve.errors import CoserveError, NotFound
+from coserve.errors import CoserveError, InvalidRequest, NotFound
 from coserve.server.admission import Admission
 from coserve.server.frames import DONE, Frames, completion_body, headers
 from coserve.server.gate import CHAT_PATH, Gate
@@ -36,6 +36,7 @@ from coserve.server.openapi import documented, error_responses
 from coserve.server.outcome import Outcomes
 from coserve.server.protocol import ChatCompletionRequest, FeedbackRequest, parse_chat, parse_feedback
 from coserve.store.log import DecisionLog
+from coserve.store.online_state import write_state
 from coserve.types import ROUTED_MODEL
 
 __all__ = ["ServerState", "router"]
@@ -220,8 +221,18 @@ async def models(state: ApiState) -> dict[str, Any]:
 )
 async def feedback(http: HttpRequest, state: ApiState) -> dict[str, Any]:
     body = parse_feedback(await http.body(), state.settings.max_body_bytes)
-    if not await asyncio.wrap_future(state.decisions.feedback(body.id, body.score)):
+    online = state.engine.router.online  # router.online: a request's score moves its expert's (docs/adapt.md)
+    if online is None:
+        stored = await asyncio.wrap_future(state.decisions.feedback(body.id, body.score))
+        outcome, category, expert = ("stored" if stored else "unknown"), None, ""
+    else:
+        outcome, category, expert = await asyncio.wrap_future(state.decisions.feedback_once(body.id, body.score))
+    if outcome == "unknown":
         raise NotFound(f"no logged request has the id {body.id!r}", param="id", code="request_not_found")
+    if outcome == "duplicate":
+        raise InvalidRequest(f"request {body.id!r} already has a score", param="id", code="feedback_exists")
+    if online is not None and category is not None and online.apply(category, expert, body.score):
+        state.decisions.call(lambda conn: write_state(conn, online.export_state()))  # saved beside the log
     return {"object": "feedback", "id": body.id, "score": body.score}
 
 

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     latency_s REAL,
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
+    map_version INTEGER,         -- the online router's map version (router.online), else NULL
     prompt TEXT,                 -- only with server.log.store_text
     completion TEXT
 );
@@ -77,6 +78,7 @@ class DecisionRow:
     latency_s: float | None  # seconds from arrival to the last byte
     prompt_tokens: int | None
     completion_tokens: int | None
+    map_version: int | None = None  # the online router's map version, when it routed
     prompt: str | None = None  # None unless texts are stored
     completion: str | None = None
 
@@ -101,6 +103,8 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
     conn.executescript(_SCHEMA)
+    if "map_version" not in {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}:
+        conn.execute("ALTER TABLE decisions ADD COLUMN map_version INTEGER")  # a log from before the column
     return conn
 
 
@@ -160,6 +164,25 @@ class DecisionLog:
                     "INSERT INTO feedback (id, time, score) VALUES (?, ?, ?)", (request_id, time.time(), score)
                 )
             return True
+
+        return self.call(write)
+
+    def feedback_once(self, request_id: str, score: float) -> concurrent.futures.Future[tuple[str, str | None, str]]:
+        """Store the first score of a logged request: ``("stored", category, expert)``, else
+        ``("unknown", None, "")`` or ``("duplicate", None, "")`` and nothing is written (checked and
+        written on the writer thread, so two scores of one request cannot both be stored)."""
+
+        def write(conn: sqlite3.Connection) -> tuple[str, str | None, str]:
+            row = conn.execute("SELECT category, expert FROM decisions WHERE id = ?", (request_id,)).fetchone()
+            if row is None:
+                return ("unknown", None, "")
+            if conn.execute("SELECT 1 FROM feedback WHERE id = ?", (request_id,)).fetchone() is not None:
+                return ("duplicate", None, "")
+            with conn:
+                conn.execute(
+                    "INSERT INTO feedback (id, time, score) VALUES (?, ?, ?)", (request_id, time.time(), score)
+                )
+            return ("stored", row[0], row[1])
 
         return self.call(write)
 
@@ -244,16 +267,18 @@ def query_decisions(
     if expert is not None:
         where.append("d.expert = ?")
         params.append(expert)
-    sql = (
-        f"SELECT {', '.join('d.' + c for c in _COLUMNS)}, "
-        "(SELECT f.score FROM feedback f WHERE f.id = d.id ORDER BY f.seq DESC LIMIT 1) AS feedback "
-        "FROM decisions d" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.time, d.id"
-    )
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
     conn = sqlite3.connect(path, timeout=30)
     try:
+        present = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}  # an older log lacks map_version
+        columns = [c for c in _COLUMNS if c in present]
+        sql = (
+            f"SELECT {', '.join('d.' + c for c in columns)}, "
+            "(SELECT f.score FROM feedback f WHERE f.id = d.id ORDER BY f.seq DESC LIMIT 1) AS feedback "
+            "FROM decisions d" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.time, d.id"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
         conn.row_factory = sqlite3.Row
         return [dict(row) for row in conn.execute(sql, params)]
     finally:

@@ -1,0 +1,316 @@
+"""``coserve bench adapt``: replay an outcome file as drifting traffic through the online router.
+
+The router (``map-logistic``) is fitted on the prior outcomes; its classifier gives each stream item a
+category, and its per-category score table starts the posteriors. The stream is replayed as
+``requests`` draws with replacement in ``phases`` equal phases; each phase's category mix is a
+seeded Dirichlet(0.7) draw over the stream's categories (so the mix jumps at each phase boundary).
+A served item's true score is fed back for a ``feedback`` fraction of requests, plus Gaussian noise
+of sd ``noise`` (clipped to [0, 1]). Halfway, the true scores of the expert with the largest traffic
+share under the static map drop by ``shock`` (clipped at 0).
+
+Compared at the stream's own numbers (the drawn items, the shock included):
+* static: the map solved once from the prior scores, its cost weight set so that its average cost over
+  the stream equals the target (a mix of the two maps either side of it, as a randomised map would);
+* hindsight: the best fixed map for the stream's true scores at the adaptive run's average cost (the
+  same construction, from the true per-category scores).
+No generation happens: a request's quality is the outcome score of the expert chosen for its item.
+This module knows nothing about HTTP or the serving path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coserve.errors import ConfigError
+from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, load_costs, load_outcomes
+from coserve.router.online import OnlineRouter, solve_weighted
+
+__all__ = ["AdaptOptions", "lagrangian_mix", "plot_adapt", "replay_adapt", "run_adapt", "split_by_prompt"]
+
+SETTLE = 1000  # tracking error counts windows starting after this many requests
+
+
+@dataclass(frozen=True)
+class AdaptOptions:
+    """The replay's knobs (defaults are the issue's)."""
+
+    budget_axis: str = "params"
+    target: float = 20.0
+    requests: int = 12_000
+    phases: int = 4
+    feedback: float = 0.3
+    noise: float = 0.1
+    shock: float = 0.3
+    window: int = 500
+    seed: int = 0
+    prior_strength: float = 20.0
+    max_count: float = 30.0
+    step: float = 0.005
+    explore_cap: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.budget_axis not in ("params", "price"):
+            raise ConfigError(f"budget axis must be params or price, not {self.budget_axis!r}")
+        if not (self.target > 0 and self.requests > 0 and self.phases > 0 and self.window > 0):
+            raise ConfigError("target, requests, phases and window must be positive")
+        if not (0 <= self.feedback <= 1 and 0 <= self.shock <= 1 and self.noise >= 0 and 0 <= self.explore_cap <= 1):
+            raise ConfigError("feedback, shock and explore_cap must be in [0, 1] and noise >= 0")
+        if self.prior_strength <= 0 or self.max_count < self.prior_strength or self.step <= 0:
+            raise ConfigError("prior_strength and step must be > 0 and max_count >= prior_strength")
+
+
+def lagrangian_mix(
+    chooser: np.ndarray, truth: np.ndarray, p: np.ndarray, cost: np.ndarray, spend: float
+) -> dict[str, Any]:
+    """The maps maximising ``chooser - w * cost`` either side of average cost ``spend`` and their mix.
+
+    ``truth`` [K, E] scores the maps, ``p`` [K] weighs the categories. Returns the mixing share of
+    the dearer map, the expected quality and cost of the mix, and both maps. Spending more than the
+    weight-0 map is impossible (that map is returned alone); less than the cheapest, likewise.
+    """
+    p = np.asarray(p, dtype=np.float64) / np.sum(p)
+
+    def at(weight: float) -> tuple[np.ndarray, float, float]:
+        assignment = solve_weighted(chooser, cost, weight)
+        rows = np.arange(len(p))
+        return assignment, float(p @ truth[rows, assignment]), float(p @ cost[assignment])
+
+    rich = at(0.0)
+    high_weight = 1.0
+    while at(high_weight)[2] > spend and high_weight < 1e9:
+        high_weight *= 2
+    poor = at(high_weight)
+    if rich[2] <= spend or poor[2] >= spend:
+        best = rich if rich[2] <= spend else poor
+        return {"share_dearer": 1.0, "quality": best[1], "cost": best[2], "maps": [best[0].tolist()]}
+    low, high = 0.0, high_weight  # cost(low) > spend >= cost(high)
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        if at(middle)[2] > spend:
+            low = middle
+        else:
+            high = middle
+    dear, cheap = at(low), at(high)
+    share = (spend - cheap[2]) / (dear[2] - cheap[2]) if dear[2] > cheap[2] else 0.0
+    return {
+        "share_dearer": share,
+        "quality": share * dear[1] + (1 - share) * cheap[1],
+        "cost": share * dear[2] + (1 - share) * cheap[2],
+        "maps": [dear[0].tolist(), cheap[0].tolist()],
+    }
+
+
+def _draw_stream(labels: np.ndarray, options: AdaptOptions, rng: np.random.Generator) -> tuple[np.ndarray, list]:
+    """Item index per request, and each phase's category mix."""
+    classes = np.unique(labels)
+    per_phase = -(-options.requests // options.phases)
+    items: list[np.ndarray] = []
+    mixes = []
+    for phase in range(options.phases):
+        mix = rng.dirichlet(np.full(len(classes), 0.7))
+        size = min(per_phase, options.requests - phase * per_phase)
+        chosen = rng.choice(len(classes), size=size, p=mix)
+        members = [np.flatnonzero(labels == c) for c in classes]
+        items.append(np.array([rng.choice(members[c]) for c in chosen], dtype=np.int64))
+        mixes.append({str(c): round(float(m), 4) for c, m in zip(classes, mix, strict=True)})
+    return np.concatenate(items), mixes
+
+
+def replay_adapt(
+    offline: np.ndarray,
+    stream: OutcomeSet,
+    stream_category: np.ndarray,
+    costs: ExpertCosts,
+    options: AdaptOptions,
+) -> dict[str, Any]:
+    """Replay ``stream`` through an online router started from ``offline`` [K, E]; the report as a dict.
+
+    ``stream_category`` is the router's category index for each stream item.
+    """
+    costs = costs.aligned(stream.experts)
+    cost = costs.params_b if options.budget_axis == "params" else costs.price
+    if not np.isfinite(cost).all():
+        raise ValueError(f"the experts file lacks {options.budget_axis} for some experts")
+    rng = np.random.default_rng(options.seed)
+    items, mixes = _draw_stream(np.asarray(stream.categories), options, rng)
+    n, K = len(items), offline.shape[0]
+    truth = np.nan_to_num(np.asarray(stream.scores, dtype=np.float64)[items], nan=0.0)  # [n, E]
+    category = np.asarray(stream_category)[items]
+    shock_at = n // 2
+
+    static = lagrangian_mix(offline, _category_means(truth, category, K), _mix(category, K), cost, options.target)
+    share = np.zeros(len(cost))
+    for weight, assignment in zip(_weights(static), static["maps"], strict=True):
+        share += weight * np.bincount(np.asarray(assignment)[category], minlength=len(cost)) / n
+    shocked = int(np.argmax(share))
+    after = np.arange(n) >= shock_at
+    truth[after, shocked] = np.clip(truth[after, shocked] - options.shock, 0.0, 1.0)
+    static = lagrangian_mix(offline, _category_means(truth, category, K), _mix(category, K), cost, options.target)
+
+    router = OnlineRouter(
+        offline,
+        cost,
+        options.target,
+        prior_strength=options.prior_strength,
+        max_count=options.max_count,
+        step=options.step,
+        explore_cap=options.explore_cap,
+        window=options.window,
+        seed=options.seed,
+    )
+    chosen = np.zeros(n, dtype=np.int64)
+    explored = np.zeros(n, dtype=bool)
+    for i in range(n):
+        decision = router.choose(int(category[i]))
+        chosen[i], explored[i] = decision.expert, decision.explored
+        router.served(decision.expert)
+        if rng.random() < options.feedback:
+            observed = float(np.clip(truth[i, decision.expert] + rng.normal(0.0, options.noise), 0.0, 1.0))
+            router.feedback(int(category[i]), decision.expert, observed)
+    served_cost = cost[chosen]
+    served_quality = truth[np.arange(n), chosen]
+    realised = float(served_cost.mean())
+    hindsight_table = _category_means(truth, category, K)
+    hindsight = lagrangian_mix(hindsight_table, hindsight_table, _mix(category, K), cost, realised)
+    windows = _windows(served_cost, served_quality, explored, options)
+    settled = [w for w in windows if w["start"] >= SETTLE]
+    return {
+        "budget_axis": options.budget_axis,
+        "target": options.target,
+        "requests": n,
+        "options": options.__dict__,
+        "phases": mixes,
+        "experts": list(stream.experts),
+        "windows": windows,
+        "tracking_error_max": max((w["tracking_error"] for w in settled), default=None),
+        "realised_avg_cost": realised,
+        "quality": {
+            "adaptive": float(served_quality.mean()),
+            "static": static["quality"],
+            "static_avg_cost": static["cost"],
+            "hindsight": hindsight["quality"],
+            "hindsight_avg_cost": hindsight["cost"],
+        },
+        "shock": {"at": shock_at, "expert": stream.experts[shocked], "static_share": float(share[shocked])},
+        "recovery_requests": _recovery(chosen, shocked, shock_at, options.window),
+        "explored_share": float(explored.mean()),
+        "map_versions": router.snapshot.version,
+        "final_weight": router.controller.weight,
+    }
+
+
+def _weights(mix: dict[str, Any]) -> list[float]:
+    return [mix["share_dearer"], 1 - mix["share_dearer"]][: len(mix["maps"])]
+
+
+def _mix(category: np.ndarray, K: int) -> np.ndarray:
+    return np.bincount(category, minlength=K).astype(np.float64) + 1e-12
+
+
+def _category_means(truth: np.ndarray, category: np.ndarray, K: int) -> np.ndarray:
+    """Mean true score of each expert over the requests of each category ``[K, E]`` (0.5 where none)."""
+    out = np.full((K, truth.shape[1]), 0.5)
+    for k in range(K):
+        rows = category == k
+        if rows.any():
+            out[k] = truth[rows].mean(axis=0)
+    return out
+
+
+def _windows(cost: np.ndarray, quality: np.ndarray, explored: np.ndarray, options: AdaptOptions) -> list[dict]:
+    out = []
+    for start in range(0, len(cost), options.window):
+        part = slice(start, start + options.window)
+        avg = float(cost[part].mean())
+        out.append(
+            {
+                "start": start,
+                "avg_cost": avg,
+                "target": options.target,
+                "tracking_error": abs(avg - options.target) / options.target,
+                "quality": float(quality[part].mean()),
+                "explored": float(explored[part].mean()),
+            }
+        )
+    return out
+
+
+def _recovery(chosen: np.ndarray, shocked: int, shock_at: int, window: int, floor: int = 100) -> int:
+    """Requests after the shock until the shocked expert's share, over the post-shock requests of the
+    last ``window`` (at least ``floor`` of them), falls below 10% of its share in the ``window``
+    requests before the shock; the rest of the run where it never does."""
+    before = float(np.mean(chosen[max(0, shock_at - window) : shock_at] == shocked))
+    hits = np.cumsum(chosen[shock_at:] == shocked)
+    for t in range(floor, len(hits) + 1):
+        span = min(t, window)
+        recent = hits[t - 1] - (hits[t - 1 - span] if t > span else 0)
+        if recent / span < 0.1 * before:
+            return t
+    return len(hits)
+
+
+def split_by_prompt(outcomes: OutcomeSet) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of two disjoint halves, by a hash of each prompt (a repeated prompt stays on one side)."""
+    side = np.array([hashlib.sha256(prompt.encode()).digest()[0] & 1 for prompt in outcomes.prompts], dtype=bool)
+    return np.flatnonzero(~side), np.flatnonzero(side)
+
+
+def run_adapt(
+    prior_path: str | Path,
+    stream_path: str | Path | None,
+    experts_path: str | Path,
+    options: AdaptOptions,
+    embedder: Any,
+) -> dict[str, Any]:
+    """Fit on the prior file (or one half of it when ``stream_path`` is None), replay the stream."""
+    from coserve.eval.train import train_router
+
+    costs = load_costs(experts_path)
+    prior, _ = load_outcomes(prior_path, on_bad="skip")
+    X_prior = embed_cached(prior.prompts, embedder)  # the whole file: the cache key of `coserve eval`
+    if stream_path is None:
+        fit_rows, stream_rows = split_by_prompt(prior)
+        stream, X_stream = prior.subset(stream_rows), X_prior[stream_rows]
+        prior, X_prior = prior.subset(fit_rows), X_prior[fit_rows]
+    else:
+        stream, _ = load_outcomes(stream_path, experts=prior.experts, on_bad="skip")
+        X_stream = embed_cached(stream.prompts, embedder)
+    router = train_router(prior, X_prior, costs, kind="map-logistic", budget_axis=options.budget_axis)
+    stream_category = router.category_proba(X_stream).argmax(axis=1)
+    order = [stream.experts.index(e) for e in router.experts]  # the router's columns, in the stream's order
+    offline = np.empty_like(router.S)
+    offline[:, order] = router.S
+    report = replay_adapt(offline, stream, stream_category, costs, options)
+    report.update(prior=str(prior_path), stream=str(stream_path or f"{prior_path} (other half)"))
+    report.update(prior_rows=len(prior), stream_rows=len(stream), categories=list(router.classes))
+    return report
+
+
+def plot_adapt(report: dict[str, Any], path: str | Path) -> Path:
+    """Average cost against the target, and quality, per window, with the shock marked (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    starts = [w["start"] for w in report["windows"]]
+    fig, (cost_ax, quality_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    cost_ax.plot(starts, [w["avg_cost"] for w in report["windows"]], marker="o", label="adaptive")
+    cost_ax.axhline(report["target"], color="black", linestyle="--", label="target")
+    cost_ax.set_ylabel(f"average cost ({report['budget_axis']})")
+    quality_ax.plot(starts, [w["quality"] for w in report["windows"]], marker="o", label="adaptive")
+    quality_ax.axhline(report["quality"]["static"], color="grey", linestyle=":", label="static (stream mean)")
+    quality_ax.set_ylabel("quality")
+    quality_ax.set_xlabel("request (window start)")
+    for ax in (cost_ax, quality_ax):
+        ax.axvline(report["shock"]["at"], color="red", alpha=0.5, label="shock")
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,304 @@
+"""Learning from traffic: expert scores updated from feedback, and a cost weight that holds a budget.
+
+* ``ScorePosterior`` keeps a Beta(alpha, beta) per (category, expert), started from the offline
+  outcome table with ``prior_strength`` pseudo-counts per cell and updated with scores in [0, 1]
+  (a thumbs up is 1, down is 0; ``signal`` counts a failure, time-out or fallback as a 0 where the
+  router was built with that signal enabled). A score ``s``
+  adds ``s`` to alpha and ``1 - s`` to beta. The total count of a cell is capped at ``max_count``
+  (both parameters are scaled down together), so old evidence fades and a changed expert is noticed.
+* ``BudgetController`` holds the operator's target average cost with a dual variable ``weight``
+  (score units per target unit of cost): after each served request, ``weight += step * (cost /
+  target - 1)``, floored at 0. Over any stretch of requests the overspend is exactly
+  ``(weight_end - weight_start) * target / step``, so the window error is bounded by how far the
+  weight moves in the window divided by ``step * window``.
+* ``OnlineRouter`` decides with an immutable, versioned ``MapSnapshot``: per category, the expert
+  maximising ``mean - weight * cost / target`` (ties to the cheaper, as in ``mapping``), among the
+  experts a request allows. Thompson sampling explores: a draw from each posterior replaces the
+  mean, and a choice that differs from the map's counts as exploring; exploring is allowed only
+  while the share of exploring decisions over the last ``window`` requests stays under
+  ``explore_cap`` (so no ``window`` consecutive requests hold more than ``explore_cap * window``
+  explorations, rounded up). The snapshot is rebuilt from the posterior means and the weight after every
+  ``resolve_every`` updates and swapped under a lock: a reader sees one whole map, never a mix.
+
+``export_state``/``restore`` turn the posteriors, the weight and the map version into JSON values and
+back (``resume`` warns and keeps the offline map where a saved state does not fit). Pure numbers,
+seeded randomness; this module knows nothing about HTTP, the store or outcome files.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from coserve.router.mapping import choose_per_prompt
+
+__all__ = ["BudgetController", "Decision", "MapSnapshot", "OnlineRouter", "ScorePosterior", "resume"]
+
+log = logging.getLogger("coserve.router")
+
+SIGNALS = frozenset({"failure", "timeout", "fallback"})  # automatic signals an expert's failure can send
+STATE_FORMAT = 1  # export_state's layout; a state of another format is not resumed
+
+
+class ScorePosterior:
+    """A Beta posterior of each expert's score on each category."""
+
+    def __init__(self, offline: np.ndarray, prior_strength: float = 20.0, max_count: float = 30.0) -> None:
+        offline = np.asarray(offline, dtype=np.float64)
+        if offline.ndim != 2:
+            raise ValueError(f"the offline score table must be [categories, experts], got {offline.shape}")
+        if prior_strength <= 0 or max_count < prior_strength:
+            raise ValueError("prior_strength must be > 0 and max_count >= prior_strength")
+        mean = np.clip(np.nan_to_num(offline, nan=0.5), 0.0, 1.0)
+        self.alpha = prior_strength * mean + 1e-6  # a tiny floor keeps Beta draws defined at 0 and 1
+        self.beta = prior_strength * (1.0 - mean) + 1e-6
+        self.max_count = float(max_count)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.alpha.shape[0]), int(self.alpha.shape[1]))
+
+    def mean(self) -> np.ndarray:
+        """Posterior mean score ``[K, E]``."""
+        return np.asarray(self.alpha / (self.alpha + self.beta))
+
+    def count(self) -> np.ndarray:
+        """Pseudo-counts behind each mean ``[K, E]``."""
+        return np.asarray(self.alpha + self.beta)
+
+    def update(self, category: int, expert: int, score: float) -> None:
+        """Add one observed score in [0, 1] to the cell; ValueError for a score out of range."""
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"a score must be in [0, 1], got {score}")
+        self.alpha[category, expert] += score
+        self.beta[category, expert] += 1.0 - score
+        total = self.alpha[category, expert] + self.beta[category, expert]
+        if total > self.max_count:
+            shrink = self.max_count / total
+            self.alpha[category, expert] *= shrink
+            self.beta[category, expert] *= shrink
+
+    def sample(self, category: int, rng: np.random.Generator) -> np.ndarray:
+        """One Thompson draw of every expert's score on ``category`` ``[E]``."""
+        return rng.beta(self.alpha[category], self.beta[category])
+
+
+class BudgetController:
+    """The cost weight, moved by each served request's cost toward the operator's target."""
+
+    def __init__(self, target: float, step: float = 0.005, weight: float = 0.0, window: int = 500) -> None:
+        if target <= 0 or step <= 0 or window <= 0:
+            raise ValueError("target, step and window must be positive")
+        self.target = float(target)
+        self.step = float(step)
+        self.weight = max(0.0, float(weight))
+        self.recent: deque[float] = deque(maxlen=window)
+
+    def observe(self, cost: float) -> float:
+        """Record one served request's cost; returns the new weight."""
+        self.recent.append(float(cost))
+        self.weight = max(0.0, self.weight + self.step * (cost / self.target - 1.0))
+        return self.weight
+
+    def realised(self) -> float | None:
+        """Average cost over the sliding window (None before the first request)."""
+        return float(np.mean(self.recent)) if self.recent else None
+
+
+@dataclass(frozen=True)
+class MapSnapshot:
+    """One versioned category -> expert map and the numbers it was solved from."""
+
+    version: int
+    weight: float
+    means: np.ndarray  # [K, E] posterior means when solved
+    assignment: tuple[int, ...]  # expert per category with every expert allowed
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the router chose for one request."""
+
+    category: int
+    expert: int
+    explored: bool
+    map_version: int
+
+
+def solve_weighted(means: np.ndarray, cost: np.ndarray, weight: float, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Per category, the expert maximising ``means - weight * cost`` (cost in target units), among ``allowed``."""
+    scores = np.asarray(means, dtype=np.float64)
+    if allowed is not None:
+        scores = np.where(allowed[None, :], scores, -np.inf)
+    return choose_per_prompt(scores, np.asarray(cost, dtype=np.float64), weight)
+
+
+class OnlineRouter:
+    """Decisions from a swapped, versioned map; feedback and served costs move it."""
+
+    def __init__(
+        self,
+        offline: np.ndarray,
+        cost: Sequence[float] | np.ndarray,
+        target: float,
+        *,
+        prior_strength: float = 20.0,
+        max_count: float = 30.0,
+        step: float = 0.005,
+        explore_cap: float = 0.02,
+        window: int = 500,
+        resolve_every: int = 1,
+        weight: float = 0.0,
+        signals: frozenset[str] = frozenset(),
+        seed: int = 0,
+    ) -> None:
+        self.posterior = ScorePosterior(offline, prior_strength, max_count)
+        self.cost = np.asarray(cost, dtype=np.float64)
+        if self.cost.shape != (self.posterior.shape[1],) or not np.isfinite(self.cost).all():
+            raise ValueError("cost must give a finite cost for every expert")
+        if not 0.0 <= explore_cap <= 1.0:
+            raise ValueError("explore_cap must be in [0, 1]")
+        self.controller = BudgetController(target, step, weight, window)
+        self.explore_cap = float(explore_cap)
+        if not signals <= SIGNALS:
+            raise ValueError(f"unknown signals {sorted(signals - SIGNALS)}; known: {sorted(SIGNALS)}")
+        self.signals = signals  # the automatic signals counted as a score of 0
+        self.explored: deque[bool] = deque(maxlen=window)
+        self.resolve_every = max(1, int(resolve_every))
+        self.rng = np.random.default_rng(seed)
+        self._lock = threading.RLock()  # serving threads choose, feed back and re-solve concurrently
+        self._pending = 0
+        self._snapshot = self._solve(0)
+
+    @property
+    def snapshot(self) -> MapSnapshot:
+        """The map in force (read without locking: the reference swap is atomic)."""
+        return self._snapshot
+
+    def _scaled_cost(self) -> np.ndarray:
+        return self.cost / self.controller.target
+
+    def _solve(self, version: int) -> MapSnapshot:
+        means = self.posterior.mean()
+        assignment = solve_weighted(means, self._scaled_cost(), self.controller.weight)
+        return MapSnapshot(version, self.controller.weight, means, tuple(int(e) for e in assignment))
+
+    def resolve(self) -> MapSnapshot:
+        """Re-solve the map from the posterior means and the weight, and swap it in (version + 1)."""
+        with self._lock:
+            self._pending = 0
+            self._snapshot = self._solve(self._snapshot.version + 1)
+            return self._snapshot
+
+    def _changed(self) -> None:
+        self._pending += 1
+        if self._pending >= self.resolve_every:
+            self.resolve()
+
+    def exploring_share(self) -> float:
+        """Exploring decisions among the last ``window`` requests, divided by ``window`` (a budget of
+        ``explore_cap * window`` explorations per window, however few requests came so far)."""
+        return sum(self.explored) / (self.explored.maxlen or 1)
+
+    def choose(self, category: int, allowed: Sequence[bool] | np.ndarray | None = None) -> Decision:
+        """The expert for a request of ``category``; ``allowed`` marks the experts its constraints permit."""
+        with self._lock:
+            return self._choose(category, allowed)
+
+    def _choose(self, category: int, allowed: Sequence[bool] | np.ndarray | None) -> Decision:
+        snap = self._snapshot
+        mask = None if allowed is None else np.asarray(allowed, dtype=bool)
+        if mask is not None and not mask.any():
+            raise ValueError("no expert satisfies the request's constraints")
+        if mask is None or mask[snap.assignment[category]]:
+            greedy = snap.assignment[category]
+        else:
+            greedy = int(solve_weighted(snap.means[category : category + 1], self._scaled_cost(), snap.weight, mask)[0])
+        choice, explored = greedy, False
+        if self.explore_cap > 0 and self.exploring_share() < self.explore_cap:
+            draw = self.posterior.sample(category, self.rng)[None, :]
+            sampled = int(solve_weighted(draw, self._scaled_cost(), snap.weight, mask)[0])
+            if sampled != greedy:
+                choice, explored = sampled, True
+        self.explored.append(explored)
+        return Decision(category, choice, explored, snap.version)
+
+    def served(self, expert: int) -> None:
+        """A request was served by ``expert``: its cost moves the weight."""
+        with self._lock:
+            self.controller.observe(float(self.cost[expert]))
+            self._changed()
+
+    def signal(self, category: int, expert: int, kind: str) -> bool:
+        """An automatic signal (``failure``, ``timeout`` or ``fallback``): a score of 0 where the kind is
+        enabled; False where it is not (nothing changes)."""
+        if kind not in SIGNALS:
+            raise ValueError(f"unknown signal {kind!r}; known: {sorted(SIGNALS)}")
+        if kind not in self.signals:
+            return False
+        self.feedback(category, expert, 0.0)
+        return True
+
+    def export_state(self, categories: Sequence[str], experts: Sequence[str]) -> dict[str, Any]:
+        """Posteriors, weight and map version as plain JSON values, labelled with the names given."""
+        with self._lock:
+            return {
+                "format": STATE_FORMAT,
+                "categories": list(categories),
+                "experts": list(experts),
+                "alpha": self.posterior.alpha.tolist(),
+                "beta": self.posterior.beta.tolist(),
+                "weight": self.controller.weight,
+                "target": self.controller.target,
+                "version": self._snapshot.version,
+            }
+
+    def restore(self, state: dict[str, Any], categories: Sequence[str], experts: Sequence[str]) -> None:
+        """Resume from ``export_state``'s output; ValueError (nothing changed) unless it fits this router."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"unknown state format {state.get('format')!r}")
+        if state.get("categories") != list(categories) or state.get("experts") != list(experts):
+            raise ValueError("the state is for other categories or experts")
+        try:
+            alpha = np.asarray(state["alpha"], dtype=np.float64)
+            beta = np.asarray(state["beta"], dtype=np.float64)
+            weight, version = float(state["weight"]), state["version"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the state is incomplete or malformed: {exc}") from None
+        if alpha.shape != self.posterior.shape or beta.shape != self.posterior.shape:
+            raise ValueError(f"the state's posteriors are {alpha.shape}, this router's {self.posterior.shape}")
+        if not (np.isfinite(alpha).all() and np.isfinite(beta).all() and (alpha > 0).all() and (beta > 0).all()):
+            raise ValueError("the state's posteriors must be finite and positive")
+        if not (np.isfinite(weight) and weight >= 0) or not isinstance(version, int) or version < 0:
+            raise ValueError("the state's weight must be >= 0 and its version a non-negative integer")
+        with self._lock:
+            self.posterior.alpha, self.posterior.beta = alpha, beta
+            self.controller.weight = weight
+            self._pending = 0
+            self._snapshot = self._solve(version)
+
+    def feedback(self, category: int, expert: int, score: float) -> None:
+        """An observed score in [0, 1] for ``expert`` on ``category``."""
+        with self._lock:
+            self.posterior.update(category, expert, score)
+            self._changed()
+
+
+def resume(
+    router: OnlineRouter, state: dict[str, Any] | None, categories: Sequence[str], experts: Sequence[str]
+) -> bool:
+    """Restore ``state`` into ``router``; False, with a warning, where it does not fit (offline map kept)."""
+    if state is None:
+        return False
+    try:
+        router.restore(state, categories, experts)
+    except ValueError as exc:
+        log.warning("online state not resumed (%s); starting from the offline map", exc)
+        return False
+    return True

@@ -1,0 +1,130 @@
+"""The online router in a serving process: names instead of indices, feedback by request id.
+
+``LiveOnline`` wraps an ``OnlineRouter`` started from a trained router's per-category scores, with the
+library's budget (``router.budget``: average params or price) as its target. It chooses among the
+experts a request's constraints permit, remembers the category of each recent request id (the last
+``REMEMBERED``) for the automatic signals of an expert failing on it, applies feedback scores by
+category and expert name (the caller ties a score to its request once, through the decision log), and
+turns its state into JSON values and back under those names. Knows nothing about HTTP or SQLite.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+
+from coserve.config import LibraryConfig
+from coserve.errors import ConfigError
+from coserve.metrics import Metrics
+from coserve.router.online import OnlineRouter, resume
+from coserve.router.trained import TrainedRouter
+
+__all__ = ["LiveOnline"]
+
+REMEMBERED = 100_000  # request ids whose category is kept for automatic signals
+
+
+class LiveOnline:
+    """One library's online router: choose by category name, take feedback by request id."""
+
+    def __init__(self, library: LibraryConfig, trained: TrainedRouter, seed: int = 0) -> None:
+        settings, budget = library.router.online, library.router.budget
+        if settings is None:
+            raise ConfigError("router.online is not set")
+        if budget.avg_params_b is not None:
+            self.axis, target, cost = (
+                "params",
+                budget.avg_params_b,
+                [library.expert(e).params_b for e in trained.experts],
+            )
+        elif budget.avg_price is not None:
+            self.axis, target, cost = "price", budget.avg_price, list(trained.price)
+        else:
+            raise ConfigError("router.online: needs a router.budget (avg_params_b or avg_price) to hold")
+        if not np.isfinite(np.asarray(cost, dtype=np.float64)).all():
+            raise ConfigError(f"router.online: the trained router lacks a {self.axis} cost for some experts")
+        self.categories, self.experts = list(trained.classes), list(trained.experts)
+        self.router = OnlineRouter(
+            np.asarray(trained.S, dtype=np.float64),
+            cost,
+            target,
+            prior_strength=settings.prior_strength,
+            max_count=max(settings.max_count, settings.prior_strength),
+            step=settings.step,
+            explore_cap=settings.explore_cap,
+            window=settings.window,
+            signals=frozenset(settings.signals),
+            seed=seed,
+        )
+        self._routed: OrderedDict[str, int] = OrderedDict()  # request id -> category, for automatic signals
+        self._lock = threading.Lock()
+
+    def choose(self, request_id: str, category: str, permitted: Collection[str]) -> tuple[str, int]:
+        """The expert for a request of ``category`` among ``permitted`` (all, if none is), and the map version."""
+        allowed = np.array([e in permitted for e in self.experts])
+        decision = self.router.choose(self.categories.index(category), allowed if allowed.any() else None)
+        with self._lock:
+            self._routed[request_id] = decision.category
+            while len(self._routed) > REMEMBERED:
+                self._routed.popitem(last=False)
+        return self.experts[decision.expert], decision.map_version
+
+    @property
+    def version(self) -> int:
+        """The version of the map in force."""
+        return self.router.snapshot.version
+
+    def served(self, expert: str) -> None:
+        """The request was answered by ``expert``: its cost moves the weight."""
+        if expert in self.experts:
+            self.router.served(self.experts.index(expert))
+
+    def failed(self, request_id: str, expert: str, timed_out: bool) -> bool:
+        """``expert`` failed (or timed out) on the request and another was tried: one automatic signal,
+        the first enabled of ``timeout``/``failure`` then ``fallback``; False where none is enabled."""
+        with self._lock:
+            category = self._routed.get(request_id)
+        if category is None or expert not in self.experts:
+            return False
+        for kind in ("timeout" if timed_out else "failure", "fallback"):
+            if kind in self.router.signals:
+                return self.router.signal(category, self.experts.index(expert), kind)
+        return False
+
+    def apply(self, category: str, expert: str, score: float) -> bool:
+        """Apply an API score in [-1, 1] (mapped to [0, 1]) to (category, expert), the answer it scores;
+        False (nothing changes) for a category or expert this router does not know."""
+        if category not in self.categories or expert not in self.experts:
+            return False
+        self.router.feedback(self.categories.index(category), self.experts.index(expert), (score + 1.0) / 2.0)
+        return True
+
+    def export_state(self) -> dict[str, Any]:
+        return self.router.export_state(self.categories, self.experts)
+
+    def resume(self, state: dict[str, Any] | None) -> bool:
+        """Restore a saved state (False, with a warning, where it does not fit: the offline map stays)."""
+        return resume(self.router, state, self.categories, self.experts)
+
+    def figures(self) -> dict[str, float]:
+        """What ``/metrics`` exports: the target, the realised window average, the weight, the map version."""
+        controller = self.router.controller
+        realised = controller.realised()
+        return {
+            "target": controller.target,
+            "realised": float("nan") if realised is None else realised,  # NaN before the first request
+            "weight": controller.weight,
+            "version": float(self.router.snapshot.version),
+        }
+
+    def publish(self, metrics: Metrics) -> None:
+        """Set the ``/metrics`` gauges from ``figures``."""
+        figures = self.figures()
+        metrics.budget_target.labels(self.axis).set(figures["target"])
+        metrics.budget_realised.labels(self.axis).set(figures["realised"])
+        metrics.cost_weight.set(figures["weight"])
+        metrics.map_version.set(figures["version"])

@@ -1,0 +1,133 @@
+"""`coserve bench adapt`: the cost-matched baselines, the split, and the report on a tiny synthetic stream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coserve.bench.adapt import lagrangian_mix, split_by_prompt
+from coserve.cli import main
+from coserve.eval.data import OutcomeSet
+
+
+def test_lagrangian_mix_meets_the_spend_by_mixing_two_maps() -> None:
+    chooser = np.array([[0.5, 0.9]])
+    cost = np.array([1.0, 3.0])
+    mix = lagrangian_mix(chooser, chooser, np.array([1.0]), cost, 2.0)
+    assert mix["maps"] == [[1], [0]]
+    assert mix["share_dearer"] == pytest.approx(0.5)  # 0.5 * 3 + 0.5 * 1 = 2
+    assert mix["cost"] == pytest.approx(2.0)
+    assert mix["quality"] == pytest.approx(0.7)
+
+
+def test_lagrangian_mix_scores_the_chosen_maps_with_the_truth() -> None:
+    chooser = np.array([[0.5, 0.9], [0.2, 0.9]])
+    truth = np.array([[0.6, 0.1], [0.3, 0.8]])
+    p = np.array([3.0, 1.0])  # weights normalised to 0.75 / 0.25
+    mix = lagrangian_mix(chooser, truth, p, np.array([1.0, 3.0]), 1.5)
+    # Category 0 turns cheap above weight 0.2, category 1 above 0.35; between them the map is [0, 1],
+    # costing 0.75 * 1 + 0.25 * 3 = 1.5: the spend is met by that map, scored with the truth.
+    assert mix["cost"] == pytest.approx(1.5)
+    assert mix["quality"] == pytest.approx(0.75 * 0.6 + 0.25 * 0.8)
+
+
+def test_lagrangian_mix_cannot_spend_beyond_the_best_map() -> None:
+    chooser = np.array([[0.5, 0.9]])
+    mix = lagrangian_mix(chooser, chooser, np.array([1.0]), np.array([1.0, 3.0]), 10.0)
+    assert mix["maps"] == [[1]] and mix["cost"] == 3.0 and mix["quality"] == pytest.approx(0.9)
+
+
+def test_split_by_prompt_is_disjoint_and_keeps_repeats_together() -> None:
+    prompts = tuple(f"prompt {i % 40}" for i in range(100))
+    outcomes = OutcomeSet(
+        tuple(str(i) for i in range(100)), prompts, ("a",) * 100, ("x",), np.zeros((100, 1), np.float32)
+    )
+    first, second = split_by_prompt(outcomes)
+    assert sorted(first.tolist() + second.tolist()) == list(range(100))
+    assert not {prompts[i] for i in first} & {prompts[i] for i in second}
+    assert 0 < len(first) < 100
+
+
+# Three categories told apart by their words; expert "cheap" (1B) is good at chat, "mid" (3B) at math,
+# "big" (9B) at everything. Scores are 0/1, drawn with those means.
+MEANS = {"chat": (0.8, 0.5, 0.9), "math": (0.1, 0.8, 0.9), "code": (0.2, 0.3, 0.9)}
+WORDS = {"chat": "hello weather friend", "math": "integral sum equation", "code": "python function compile"}
+
+
+def _outcomes(path: Path, seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    with path.open("w") as out:
+        for i in range(n):
+            category = list(MEANS)[i % 3]
+            scores = {e: float(rng.random() < m) for e, m in zip(("cheap", "mid", "big"), MEANS[category], strict=True)}
+            prompt = f"{WORDS[category]} item {seed}-{i}"
+            out.write(
+                json.dumps({"id": f"{seed}-{i}", "prompt": prompt, "category": category, "scores": scores}) + "\n"
+            )
+
+
+def test_bench_adapt_writes_the_issue_fields(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prior, stream, experts = tmp_path / "prior.jsonl", tmp_path / "stream.jsonl", tmp_path / "experts.json"
+    _outcomes(prior, 1, 150)
+    _outcomes(stream, 2, 150)
+    experts.write_text(
+        json.dumps(
+            {
+                e: {"params_b": b, "input_price": b / 10, "output_price": b / 10}
+                for e, b in (("cheap", 1), ("mid", 3), ("big", 9))
+            }
+        )
+    )
+    out = tmp_path / "adapt.json"
+    argv = ["bench", "adapt", "--prior", str(prior), "--stream", str(stream), "--experts", str(experts)]
+    argv += ["--budget-params", "3", "--json", str(out), "--requests", "3000", "--phases", "3", "--embedder", "hashing"]
+    assert main([*argv, "--plot", str(tmp_path / "adapt.png")]) == 0
+    assert (tmp_path / "adapt.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads(out.read_text())
+    assert report["provenance"]["command"].endswith("--plot " + str(tmp_path / "adapt.png"))
+    assert report["requests"] == 3000 and len(report["phases"]) == 3
+    assert [w["start"] for w in report["windows"]] == [0, 500, 1000, 1500, 2000, 2500]
+    assert all(w["target"] == 3.0 for w in report["windows"])
+    late = [abs(w["avg_cost"] / 3.0 - 1) for w in report["windows"][2:]]
+    assert report["tracking_error_max"] == pytest.approx(max(late))
+    assert report["shock"]["at"] == 1500
+    assert 100 <= report["recovery_requests"] <= 1500
+    q = report["quality"]
+    assert q["static_avg_cost"] == pytest.approx(3.0)  # the static baseline is cost-matched
+    assert q["hindsight_avg_cost"] == pytest.approx(report["realised_avg_cost"])
+    assert 0.0 <= q["adaptive"] <= 1.0
+    assert "tracking_error_max" in capsys.readouterr().out
+    assert main(argv) == 0  # seeded: the same command gives the same figures
+    again = json.loads(out.read_text())
+    assert again["windows"] == report["windows"] and again["quality"] == report["quality"]
+
+
+def test_bench_adapt_refuses_bad_knobs_before_reading_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "adapt", "--prior", str(tmp_path / "none.jsonl"), "--experts", str(tmp_path / "none.json")]
+    assert main([*argv, "--budget-params", "3", "--json", str(tmp_path / "x.json"), "--feedback", "1.5"]) == 2
+    assert "feedback" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_adapt_short_stream_has_no_tracking_error(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prior, experts = tmp_path / "prior.jsonl", tmp_path / "experts.json"
+    _outcomes(prior, 1, 120)
+    experts.write_text(
+        json.dumps(
+            {e: {"params_b": b, "input_price": 1, "output_price": 1} for e, b in (("cheap", 1), ("mid", 3), ("big", 9))}
+        )
+    )
+    out = tmp_path / "short.json"
+    argv = ["bench", "adapt", "--prior", str(prior), "--experts", str(experts), "--budget-params", "3"]
+    assert main([*argv, "--json", str(out), "--requests", "900", "--embedder", "hashing"]) == 0
+    report = json.loads(out.read_text())
+    assert report["tracking_error_max"] is None  # no window starts at request 1,000 or later
+    assert report["stream"].endswith("(other half)") and report["prior_rows"] + report["stream_rows"] == 120
+    assert "tracking_error_max -" in capsys.readouterr().out
