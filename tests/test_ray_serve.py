@@ -248,6 +248,11 @@ class TestTwoNodes:
         with alarm(TEST_TIMEOUT_S):
             health = httpx.get(f"{served['url']}/health", timeout=TEST_TIMEOUT_S).json()
             models = httpx.get(f"{served['url']}/v1/models", timeout=TEST_TIMEOUT_S).json()
+            ui = httpx.get(f"{served['url']}/ui/api/state", timeout=TEST_TIMEOUT_S)
+        assert ui.status_code == 200, ui.text  # the dashboard reads the same health shape
+        assert {e["name"]: e["nodes"] for e in ui.json()["experts"]}["big"].keys() == {
+            _node_of(served["placed"], "big")
+        }
         assert health["status"] == "ok"
         assert set(health["nodes"]) == {"a", "b"}
         assert health["experts"]["big"]["nodes"].keys() == {_node_of(served["placed"], "big")}

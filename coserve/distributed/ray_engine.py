@@ -151,18 +151,20 @@ class ClusterEngine(Engine):
             raise
 
     def health(self) -> dict[str, Any]:
-        """Each expert's best tier over its hosts, and each node's tiers and load as last reported."""
-        experts: dict[str, Any] = {}
-        for name in self.library.expert_names:
+        """The Engine's shape (the ingress's own pool, queues and memory, which hold no expert), with
+        each expert's best tier over its hosts and per node its tiers, and each node's load."""
+        health = super().health()
+        for name, entry in health["experts"].items():
             tiers = {n: str(self.book.tiers[n].get(name, Tier.DISK)) for n in self.book.hosting(name)}
             best = min(tiers.values(), key=lambda t: ["active", "ram", "disk"].index(t)) if tiers else "none"
-            experts[name] = {"tier": best, "nodes": tiers}
+            entry.update(tier=best, nodes=tiers)
         now = time.monotonic()
-        nodes = {
+        health["nodes"] = {
             node: {"in_flight": self.book.in_flight[node], "down": self.book.down_until[node] > now}
             for node in sorted(self.hosts)
         }
-        return {"experts": experts, "nodes": nodes, "engine": {"residency": "cluster", "queued": 0}}
+        health["engine"]["residency"] = "cluster"
+        return health
 
     async def close(self) -> None:
         for task in list(self._refreshes):
