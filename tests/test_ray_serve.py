@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -38,6 +39,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWa
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_TIMEOUT_S = 240  # starting two raylets and the application on a busy 2-core machine
 TEST_TIMEOUT_S = 60
+# No usage report leaves the machine (Ray sends one unless told not to).
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 
 # -- replica choice, with plain numbers ---------------------------------------------------------

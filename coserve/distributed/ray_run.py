@@ -9,6 +9,7 @@ about the deployments themselves (coserve.distributed.ray_app).
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Mapping
@@ -50,6 +51,9 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> No
     """Start the application on a Ray cluster (a local one when ``address`` is None) and serve until
     SIGINT/SIGTERM, then shut Serve down (a local cluster goes with it)."""
     require_ray()
+    # Ray reports usage to its makers unless told not to; coserve sends nothing off the machine
+    # on its own initiative (an operator may still set RAY_USAGE_STATS_ENABLED=1).
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve
 
@@ -58,7 +62,11 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> No
     nodes = wanted_nodes(args)
     served_library(args.library)  # a bad library file fails here, before any cluster starts
     if address is None:
-        ray.init(address="local", resources={node_resource(n): 1 for n in nodes}, include_dashboard=False)
+        ray.init(
+            address="local",
+            resources={node_resource(n): 1 for n in nodes},
+            include_dashboard=False,
+        )
     else:
         ray.init(address=address)
     # After ray.init (whose own handler would end the process at once): a signal during the start
