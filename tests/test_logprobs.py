@@ -80,7 +80,7 @@ def test_a_stop_string_keeps_the_entries_of_the_text_it_held_back(client: TestCl
     choice = body["choices"][0]
     assert choice["message"]["content"] == "small says: hello friend how are"
     tokens = [entry["token"] for entry in choice["logprobs"]["content"]]
-    assert tokens == WORDS + [" how", " are"]
+    assert tokens == [*WORDS, " how", " are"]
 
 
 # -- the real expert ------------------------------------------------------------------------------
@@ -144,3 +144,37 @@ def test_the_openai_client_gets_them_from_a_live_server(tmp_path: Any) -> None:
         )
         streamed = [c.choices[0].logprobs.content for c in stream if c.choices and c.choices[0].logprobs]
         assert [entry.token for part in streamed for entry in part or []] == [entry.token for entry in content]
+
+
+def _greedy_logprobs(backend_name: str, backend: Any) -> list[tuple[str, float]]:
+    from coserve.config import load_library
+    from coserve.types import Chunk, Message, Sampling
+
+    library = load_library()
+    spec = library.expert("general").model_copy(update={"backend": backend_name, "options": {"n_parallel": 1}})
+    staged = backend.stage(spec, library.path.parent if library.path else None)
+    handle = backend.load(spec, staged)
+    try:
+        chunks: list[Chunk] = []
+        sampling = Sampling(max_tokens=6, temperature=0.0, logprobs=True, top_logprobs=2)
+        prompt = (Message("user", "Count from 1 to 10, separated by commas."),)
+        backend.stream(handle, prompt, sampling, lambda chunk: chunks.append(chunk) and False)
+        return [(entry.token, entry.logprob) for chunk in chunks for entry in chunk.logprobs]
+    finally:
+        backend.unload(handle)
+        backend.unstage(staged)
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_llamacpp_forwards_the_servers_and_they_agree_with_llamacpp_split() -> None:
+    """Two derivations of the same numbers: llama.cpp's server (``llamacpp``, OpenAI's logprobs
+    through xllamacpp) and coserve's own log-softmax of the logits (``llamacpp-split``)."""
+    from coserve.backends.llamacpp import LlamaCppBackend
+    from coserve.backends.llamacpp_split import LlamaCppSplitBackend
+
+    server = _greedy_logprobs("llamacpp", LlamaCppBackend())
+    split = _greedy_logprobs("llamacpp-split", LlamaCppSplitBackend())
+    assert len(server) == 6 and [t for t, _ in server] == [t for t, _ in split]
+    for (_, ours), (_, theirs) in zip(split, server, strict=True):
+        assert ours == pytest.approx(theirs, abs=0.01)
