@@ -74,6 +74,9 @@ class Constraints:
     require_tags: tuple[str, ...] = ()
     exclude_experts: tuple[str, ...] = ()
     budget: float | None = None  # overrides a trained router's budget (its axis: params_b or price)
+    # Request parameters the answering expert's backend must be able to apply (set at the edge from
+    # the sampling settings, not a client flag): "logprobs", "presence_penalty", "frequency_penalty".
+    capabilities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

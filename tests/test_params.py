@@ -181,14 +181,47 @@ def test_include_usage_adds_the_usage_chunk_last_and_only_when_asked(client: Tes
         assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "small says: hello"
 
 
-def test_an_expert_that_cannot_give_logprobs_is_a_400_naming_them(make_engine: Callable[..., Engine]) -> None:
+def test_a_request_for_logprobs_is_routed_to_an_expert_that_can_give_them(
+    make_engine: Callable[..., Engine],
+) -> None:
+    """The fake's ``logprobs: false`` stands for a runtime without them (as ``transformers``)."""
+    engine = make_engine(options={"small": {"logprobs": False}})
+    with TestClient(create_app(engine), raise_server_exceptions=False) as client:
+        plain = client.post(URL, json=chat(max_tokens=2)).json()
+        assert plain["coserve"]["expert"] == "small"
+        asked = client.post(URL, json=chat(max_tokens=2, logprobs=True)).json()
+        assert asked["coserve"]["expert"] != "small" and asked["coserve"]["reason"] == "constrained"
+        assert len(asked["choices"][0]["logprobs"]["content"]) == 2
+        pinned = client.post(URL, json=chat(model="small", logprobs=True))
+        assert pinned.status_code == 422 and pinned.json()["error"]["param"] == "logprobs"
+
+
+def test_a_capability_no_expert_has_is_a_422_naming_it(make_engine: Callable[..., Engine]) -> None:
     engine = make_engine(options={name: {"logprobs": False} for name in ("small", "coder", "big")})
     with TestClient(create_app(engine), raise_server_exceptions=False) as client:
         response = client.post(URL, json=chat(logprobs=True))
-        assert response.status_code == 400, response.text
+        assert response.status_code == 422, response.text
         error = response.json()["error"]
-        assert (error["param"], error["code"]) == ("logprobs", "unsupported_parameter")
-        assert "'small'" in error["message"]
+        assert (error["param"], error["code"]) == ("logprobs", "infeasible_constraints")
+        assert error["message"] == "logprobs: no expert's backend can apply it"
+        assert client.post(URL, json=chat(logprobs=False, max_tokens=2)).status_code == 200
+
+
+def test_a_backend_refuses_what_it_cannot_apply_even_if_sent_there() -> None:
+    """The backend's own check (chores.refuse_sampling), behind the routing: a 400 naming it."""
+    from coserve.backends.fake import FakeBackend
+    from coserve.config import ExpertSpec
+    from coserve.errors import InvalidRequest
+    from coserve.types import Message, Sampling
+
+    spec = ExpertSpec.model_validate(
+        {"name": "x", "backend": "fake", "params_b": 0.1, "context": 128, "options": {"logprobs": False}}
+    )
+    backend = FakeBackend()
+    handle = backend.load(spec, backend.stage(spec, None))
+    with pytest.raises(InvalidRequest) as refused:
+        backend.stream(handle, (Message("user", "hi"),), Sampling(logprobs=True), lambda chunk: False)
+    assert (refused.value.param, refused.value.code, refused.value.status) == ("logprobs", "unsupported_parameter", 400)
 
 
 def test_the_openai_client_sends_extra_body_coserve_at_the_top_level(client: TestClient) -> None:

@@ -56,7 +56,8 @@ can: today llamacpp-split, llamacpp, openai and fake give logprobs; transformers
 only transformers lacks the penalties). With ``logprobs`` every generated token whose text is
 streamed has one ``TokenLogprob`` (natural log, <= 0; ``top_logprobs`` alternatives, most likely
 first) on the chunk that carries its text or, when a stop string holds the text back, on a later
-chunk, the last one at the latest. Routing does not yet know these capabilities (issue 18 item 4).
+chunk, the last one at the latest. The registry's ``capabilities`` says the same to the routing
+(coserve.backends.registry), so such a request reaches only a backend that can.
 
 Threads: every method is synchronous and called from the engine's worker threads, never on the
 event loop. The pool makes at most one move per expert at a time, but moves of different experts

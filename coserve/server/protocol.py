@@ -212,6 +212,15 @@ class ChatCompletionRequest(BaseModel):
                 require_tags=tuple(options.require_tags),
                 exclude_experts=tuple(options.exclude_experts),
                 budget=options.budget,
+                capabilities=tuple(
+                    name
+                    for name, needed in (
+                        ("logprobs", bool(self.logprobs)),
+                        ("presence_penalty", bool(self.presence_penalty)),
+                        ("frequency_penalty", bool(self.frequency_penalty)),
+                    )
+                    if needed
+                ),
             ),
             stream=self.stream,
             stream_usage=bool(self.stream_options and self.stream_options.include_usage),
