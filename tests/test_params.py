@@ -98,6 +98,31 @@ def test_the_library_may_let_unknown_parameters_through_but_not_refused_ones(
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "tools"
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tool_calls", [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]),
+        ("function_call", {"name": "f", "arguments": "{}"}),
+        ("refusal", "no"),
+        ("audio", {"id": "a1"}),
+        ("tool_call_id", "c1"),
+    ],
+)
+def test_a_message_field_coserve_does_not_serve_is_a_400_naming_it(client: TestClient, field: str, value: Any) -> None:
+    messages = [
+        {"role": "user", "content": PROMPT},
+        {"role": "assistant", "content": "ok", field: value},
+        {"role": "user", "content": PROMPT},
+    ]
+    response = client.post(URL, json={"model": "coserve", "messages": messages})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (f"messages[1].{field}", "unsupported_parameter")
+    echoed = {"role": "assistant", "content": "ok", "refusal": None, "tool_calls": None, "annotations": []}
+    history = [messages[0], echoed, messages[2]]
+    assert client.post(URL, json={"model": "coserve", "messages": history, "max_tokens": 2}).status_code == 200
+
+
 NEUTRAL = {
     "tools": None,
     "tool_choice": "none",

@@ -101,7 +101,9 @@ UnknownParameters = Literal["refuse", "ignore"]
 
 def refuse_unsupported(data: dict[str, Any], unknown: UnknownParameters = "refuse") -> None:
     """InvalidRequest (400) naming the first parameter coserve refuses: a REFUSED one set to a
-    value that asks for something, or (unless ``unknown`` is ``ignore``) one OpenAI does not define."""
+    value that asks for something, or (unless ``unknown`` is ``ignore``) one OpenAI does not define;
+    or a message field other than role, content and name that is not null or empty (``tool_calls``,
+    ``function_call``, ``audio``, ``refusal``...)."""
     known = set(ChatCompletionRequest.model_fields)
     for name, value in data.items():
         if name in REFUSED:
@@ -117,6 +119,16 @@ def refuse_unsupported(data: dict[str, Any], unknown: UnknownParameters = "refus
                 param=name,
                 code="unknown_parameter",
             )
+    messages = data.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        for name, value in message.items() if isinstance(message, dict) else ():
+            # What an assistant turn echoed back by a client may hold: only empty it changes nothing.
+            if name not in ("role", "content", "name") and value not in (None, []):
+                raise InvalidRequest(
+                    f"messages[{i}].{name}: coserve does not support this field of a message",
+                    param=f"messages[{i}].{name}",
+                    code="unsupported_parameter",
+                )
 
 
 class ChatCompletionRequest(BaseModel):
