@@ -47,6 +47,8 @@ class ContentPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # empty echoes are dropped first (``_served_only``)
+
     role: Literal["system", "user", "assistant", "developer"]
     content: str | list[ContentPart]
     name: str | None = None
@@ -133,7 +135,9 @@ def refuse_unsupported(data: dict[str, Any], unknown: UnknownParameters = "refus
 
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions`` body: the parameters coserve honours (``refuse_unsupported``
-    answers the others before this model sees them; extras it lets through are dropped here)."""
+    answers the others before this model sees them, and ``_served_only`` drops what it let through)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     messages: list[ChatMessage]
@@ -276,10 +280,21 @@ def parse_chat(raw: bytes, max_bytes: int, max_messages: int, unknown: UnknownPa
     """A chat completion body, strictly typed and range-checked, as the internal Request."""
     data = json_body(raw, max_bytes)
     refuse_unsupported(data, unknown)
-    body = _validate(ChatCompletionRequest, data)
+    body = _validate(ChatCompletionRequest, _served_only(data))
     if len(body.messages) > max_messages:
         raise InvalidRequest(f"at most {max_messages} messages", param="messages")
     return body.to_request()
+
+
+def _served_only(data: dict[str, Any]) -> dict[str, Any]:
+    """The body without what ``refuse_unsupported`` let through: refused parameters at the value
+    that asks for nothing, unknown ones when ignored, and the empty extra fields of messages."""
+    known = ChatCompletionRequest.model_fields
+    out = {name: value for name, value in data.items() if name in known}
+    if isinstance(messages := out.get("messages"), list):
+        served = ("role", "content", "name")
+        out["messages"] = [{k: v for k, v in m.items() if k in served} if isinstance(m, dict) else m for m in messages]
+    return out
 
 
 def parse_feedback(raw: bytes, max_bytes: int) -> FeedbackRequest:
