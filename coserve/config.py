@@ -230,6 +230,8 @@ class ServerSettings(_Strict):
     max_pending_per_expert: int = Field(32, ge=1)  # the same bound for one routed expert
     max_body_bytes: int = 4 * 2**20  # a chat body larger than this is refused (400)
     max_messages: int = Field(256, ge=1)  # messages in one chat body
+    # A chat parameter OpenAI does not define: a 400 naming it, or (ignore) dropped, for clients that send extras.
+    unknown_parameters: Literal["refuse", "ignore"] = "refuse"
     api_keys: tuple[ApiKey, ...] = ()  # accepted keys; a bare digest in the file means ApiKey(sha256=digest)
     api_keys_env: str | None = None  # environment variable with comma-separated plaintext keys
     protect_metrics: bool = False  # /health and /metrics need a key too

@@ -24,6 +24,7 @@ __all__ = [
     "Request",
     "Sampling",
     "Tier",
+    "TokenLogprob",
     "Usage",
 ]
 
@@ -57,6 +58,10 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from the logit of a token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per earlier occurrence of the token
+    logprobs: bool = False  # return the sampled token's log-probability with each token
+    top_logprobs: int = 0  # and this many most likely alternatives (0-20; needs ``logprobs``)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,9 @@ class Constraints:
     require_tags: tuple[str, ...] = ()
     exclude_experts: tuple[str, ...] = ()
     budget: float | None = None  # overrides a trained router's budget (its axis: params_b or price)
+    # Request parameters the answering expert's backend must be able to apply (set at the edge from
+    # the sampling settings, not a client flag): "logprobs", "presence_penalty", "frequency_penalty".
+    capabilities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,12 +135,27 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token and its natural-log probability, with the most likely alternatives
+    (OpenAI's ``logprobs.content[]`` entry; ``top`` is empty unless ``top_logprobs`` was asked)."""
+
+    token: str
+    logprob: float
+    token_bytes: bytes
+    top: tuple[tuple[str, float, bytes], ...] = ()  # (token, logprob, bytes), most likely first
+
+
+@dataclass(frozen=True)
 class Chunk:
-    """One streamed piece of a completion; the last carries finish_reason and usage."""
+    """One streamed piece of a completion; the last carries finish_reason and usage.
+
+    ``logprobs`` holds one entry per token whose text this chunk carries, when the request asked
+    for them (``Sampling.logprobs``); otherwise it is empty."""
 
     text: str
     finish_reason: str | None = None
     usage: Usage | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,3 +165,4 @@ class Completion:
     text: str
     finish_reason: str  # "stop" | "length"
     usage: Usage
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per generated token, when the request asked

@@ -114,3 +114,41 @@ def test_missing_api_key_variable_is_a_load_failure(
         response = _ask(client, "remote-coder", "write python code")
         assert response.status_code == 503
         assert "COSERVE_TEST_KEY" in response.json()["error"]["message"]
+
+
+def test_logprobs_and_penalties_are_forwarded(tmp_path: Path, upstream: str, cache: Path) -> None:
+    """The upstream coserve's fake 'coder' scripts its logprobs (word i: -0.125 * (i % 4); its
+    alternatives 1 less each): they come back through the remote expert unchanged."""
+    engine = Engine.build(load_library(_remote_library(tmp_path, upstream)), cache, embedder=HashingEmbedder())
+    with TestClient(create_app(engine)) as client:
+        body = {
+            "model": "remote-coder",
+            "messages": [{"role": "user", "content": "write python code"}],
+            "max_tokens": 3,
+            "logprobs": True,
+            "top_logprobs": 2,
+            "presence_penalty": 0.5,
+            "frequency_penalty": 0.5,
+        }
+        for stream in (False, True):
+            response = client.post("/v1/chat/completions", json={**body, "stream": stream})
+            assert response.status_code == 200, response.text
+            if stream:
+                events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+                entries = [
+                    e
+                    for c in events
+                    if c["choices"]
+                    for e in (c["choices"][0].get("logprobs") or {}).get("content", [])
+                ]
+            else:
+                entries = response.json()["choices"][0]["logprobs"]["content"]
+            assert [(e["token"], e["logprob"]) for e in entries] == [
+                ("coder", 0.0),
+                (" says:", -0.125),
+                (" write", -0.25),
+            ]
+            assert [[(t["token"], t["logprob"]) for t in e["top_logprobs"]] for e in entries][1] == [
+                (" says:", -0.125),
+                ("<alt1>", -1.125),
+            ]

@@ -124,8 +124,10 @@ def test_max_tokens_bounds_the_answer(shared: TestClient) -> None:
     assert data["usage"]["completion_tokens"] == 5
     assert len(data["choices"][0]["message"]["content"].split()) == 5
     assert data["choices"][0]["finish_reason"] == "length"
-    data = shared.post(URL, json=body(CODE, max_completion_tokens=3, max_tokens=50)).json()
-    assert data["usage"]["completion_tokens"] == 3  # max_completion_tokens wins
+    data = shared.post(URL, json=body(CODE, max_completion_tokens=3)).json()
+    assert data["usage"]["completion_tokens"] == 3  # max_completion_tokens: the same cap
+    both = shared.post(URL, json=body(CODE, max_completion_tokens=3, max_tokens=50))  # which one? a 400 says
+    assert both.status_code == 400 and both.json()["error"]["param"] == "max_completion_tokens"
 
 
 def test_pinned_model(shared: TestClient) -> None:
@@ -337,7 +339,7 @@ def test_no_user_message(shared: TestClient) -> None:
         ("max_tokens", 0),
         ("max_tokens", 100_000),
         ("max_completion_tokens", 0),
-        ("n", 2),
+        ("n", 0),  # n > 1: refused with a 400 (tests/test_params.py)
         ("stop", ["a", "b", "c", "d", "e"]),
     ],
 )

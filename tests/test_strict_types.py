@@ -1,7 +1,7 @@
 """Strict request types at the HTTP edge: no string taken for a bool or a number, no bool for a number.
 
 Each refused body gets a 400 with an OpenAI-style error naming the field (``param``); the correct
-forms still work, and fields coserve does not know are still accepted and ignored.
+forms still work (fields coserve does not serve are refused: tests/test_params.py).
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ MISTYPED = [
     ({"top_p": "1"}, "top_p", "a string"),
     ({"seed": "7"}, "seed", "a string"),
     ({"seed": 7.0}, "seed", "a number"),
+    ({"frequency_penalty": "0.5"}, "frequency_penalty", "a string"),
+    ({"presence_penalty": True}, "presence_penalty", "a boolean"),
+    ({"logprobs": 1}, "logprobs", "an integer"),
+    ({"logprobs": True, "top_logprobs": "2"}, "top_logprobs", "a string"),
     ({"model": 3}, "model", "an integer"),
     ({"user": 5}, "user", "an integer"),
     ({"stop": 5}, "stop", "an integer"),
@@ -96,8 +100,8 @@ def test_the_correct_forms_still_work(client: TestClient) -> None:
         "stop": ["\n\n"],
         "user": "someone",
         "coserve": {"max_params_b": 100, "min_context": 1},
-        "logprobs": False,  # unknown to coserve: accepted and ignored
-        "frequency_penalty": "anything",
+        "logprobs": False,
+        "frequency_penalty": 0,  # an integer is a valid number
     }
     response = client.post(URL, json=chat(**fields))
     assert response.status_code == 200, response.text

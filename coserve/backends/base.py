@@ -35,6 +35,9 @@ Errors (coserve.errors), the only ones a backend raises on purpose:
                                         ExpertFailed (the runtime failed, timed out or was unloaded):
                                         before the first chunk the request falls back; after it, the
                                         stream ends with the error.
+                                        InvalidRequest (``chores.refuse_sampling``, before anything is
+                                        generated): the request asks for what this runtime cannot do
+                                        (below); a 400 naming the parameter, no fallback.
     Anything else (MemoryError, RuntimeError, ...) is a defect of the backend: the pool still turns
     it into ExpertLoadError, the engine into a 500.
 
@@ -46,6 +49,15 @@ a stop string cut the text, exactly the tokens whose text was streamed; a runtim
 usage is counted by its streamed pieces, prompt 0). The cap is ``chores.token_cap`` (the request's
 ``max_tokens``, else the expert's ``options.max_tokens``, else 512); generated text never contains
 one of ``sampling.stop`` (``chores.StopStrings`` where the runtime does not cut it itself).
+
+Sampling features: a backend honours ``sampling.logprobs`` and ``sampling.presence_penalty`` /
+``frequency_penalty``, or refuses them with ``chores.refuse_sampling`` (it declares there what it
+can: today llamacpp-split, llamacpp, openai and fake give logprobs; transformers and vllm do not;
+only transformers lacks the penalties). With ``logprobs`` every generated token whose text is
+streamed has one ``TokenLogprob`` (natural log, <= 0; ``top_logprobs`` alternatives, most likely
+first) on the chunk that carries its text or, when a stop string holds the text back, on a later
+chunk, the last one at the latest. The registry's ``capabilities`` says the same to the routing
+(coserve.backends.registry), so such a request reaches only a backend that can.
 
 Threads: every method is synchronous and called from the engine's worker threads, never on the
 event loop. The pool makes at most one move per expert at a time, but moves of different experts

@@ -1,5 +1,6 @@
 """The chores every backend does the same way, written once: the token cap, the context check and
-its one message, the declared concurrency, stop strings, and the first-token check of a load.
+its one message, the declared concurrency, stop strings, the first-token check of a load, and the
+refusal of sampling features a runtime cannot apply.
 
 Each backend calls these so that the contract in coserve.backends.base holds the same everywhere.
 This module knows nothing about any runtime.
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from coserve.config import ExpertSpec
-from coserve.errors import ContextTooLong, ExpertLoadError
+from coserve.errors import ContextTooLong, ExpertLoadError, InvalidRequest
 from coserve.types import Message, Sampling
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ __all__ = [
     "check_context",
     "context_too_long",
     "declared_concurrency",
+    "refuse_sampling",
     "token_cap",
     "validated",
     "wire_messages",
@@ -59,6 +61,23 @@ def check_context(spec: ExpertSpec, prompt_tokens: int, context: int | None = No
     """Raise ContextTooLong unless the prompt leaves room for at least one generated token."""
     if prompt_tokens + 1 > (context or spec.context):
         raise context_too_long(spec, prompt_tokens, context)
+
+
+def refuse_sampling(spec: ExpertSpec, sampling: Sampling, *, logprobs: bool, penalties: bool) -> None:
+    """InvalidRequest (400, naming the parameter) when the request asks for log-probabilities or a
+    nonzero presence/frequency penalty and this expert's runtime cannot give them (``logprobs`` /
+    ``penalties``: whether it can). Called by ``stream`` before anything is generated."""
+    wanted = []
+    if sampling.logprobs and not logprobs:
+        wanted.append("logprobs")
+    if not penalties:
+        wanted += [name for name in ("presence_penalty", "frequency_penalty") if getattr(sampling, name)]
+    if wanted:
+        raise InvalidRequest(
+            f"{wanted[0]}: expert {spec.name!r} (backend {spec.backend}) cannot apply it",
+            param=wanted[0],
+            code="unsupported_parameter",
+        )
 
 
 def declared_concurrency(spec: ExpertSpec, default: int) -> int:

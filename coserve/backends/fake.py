@@ -13,7 +13,12 @@ fake have end-to-end counterparts that run the real experts. Behaviour is read f
 * ``fail_generate``: raise ExpertFailed before the first token;
 * ``fail_after_tokens``: raise ExpertFailed after that many streamed tokens;
 * ``n_parallel``: its declared concurrency (default 2);
-* ``context``: the expert's ``context`` field bounds prompt words (a word is a token here).
+* ``context``: the expert's ``context`` field bounds prompt words (a word is a token here);
+* ``logprobs``: false makes it a runtime that cannot give log-probabilities (a request asking for
+  them is refused with a 400 naming ``logprobs``, as by ``transformers``); by default each word
+  comes with the log-probability ``-0.125 * (i % 4)`` (``i``: its place in the answer) and, when
+  ``top_logprobs`` is k, itself followed by ``<alt1>`` .. ``<alt{k-1}>`` at 1, 2, ... less.
+  Presence and frequency penalties are accepted and change nothing in the scripted answer.
 
 The answer is ``"<expert> says: "`` followed by the prompt's words, repeated up to the token cap
 (coserve.backends.chores; 16 when neither the request nor the expert names one), cut at the first
@@ -28,10 +33,10 @@ import time
 from pathlib import Path
 
 from coserve.backends.base import Emit, Handle
-from coserve.backends.chores import StopStrings, check_context, declared_concurrency, token_cap
+from coserve.backends.chores import StopStrings, check_context, declared_concurrency, refuse_sampling, token_cap
 from coserve.config import ExpertSpec
 from coserve.errors import ExpertFailed, ExpertLoadError
-from coserve.types import Chunk, Message, Sampling, Usage
+from coserve.types import Chunk, Message, Sampling, TokenLogprob, Usage
 
 __all__ = ["FakeBackend"]
 
@@ -111,22 +116,37 @@ class FakeBackend:
         check_context(spec, len(prompt_words))
         if spec.options.get("fail_generate"):
             raise ExpertFailed(f"expert {spec.name!r} failed (injected fault)")
+        refuse_sampling(spec, sampling, logprobs=bool(spec.options.get("logprobs", True)), penalties=True)
         cap = token_cap(spec, sampling, len(prompt_words), default=16)  # short answers for tests
         words = ([spec.name, "says:"] + (prompt_words or ["nothing"]) * cap)[:cap]
         delay = float(spec.options.get("token_delay", 0.0))
         fail_after = spec.options.get("fail_after_tokens")
         stops = StopStrings(sampling.stop)
+        pending: list[TokenLogprob] = []  # entries of words whose text a stop string holds back
         for i, word in enumerate(words):
             if fail_after is not None and i >= int(fail_after):
                 raise ExpertFailed(f"expert {spec.name!r} crashed mid-stream (injected fault)")
             time.sleep(delay)
-            text, hit = stops.feed(word if i == 0 else " " + word)
-            if text and emit(Chunk(text)):
-                return
+            piece = word if i == 0 else " " + word
+            if sampling.logprobs:
+                pending.append(_logprob(piece, i, sampling.top_logprobs))
+            text, hit = stops.feed(piece)
+            if text:
+                logprobs, pending = tuple(pending), []
+                if emit(Chunk(text, logprobs=logprobs)):
+                    return
             if hit:
-                emit(Chunk("", "stop", Usage(len(prompt_words), i + 1)))
+                emit(Chunk("", "stop", Usage(len(prompt_words), i + 1), tuple(pending)))
                 return
         if tail := stops.flush():
-            if emit(Chunk(tail)):
+            logprobs, pending = tuple(pending), []
+            if emit(Chunk(tail, logprobs=logprobs)):
                 return
-        emit(Chunk("", "length", Usage(len(prompt_words), len(words))))
+        emit(Chunk("", "length", Usage(len(prompt_words), len(words)), tuple(pending)))
+
+
+def _logprob(piece: str, place: int, top: int) -> TokenLogprob:
+    """The scripted log-probability of the word at ``place`` and its ``top`` alternatives."""
+    logprob = -0.125 * (place % 4)
+    alternatives = [(piece, logprob)] + [(f"<alt{j}>", logprob - j) for j in range(1, top)]
+    return TokenLogprob(piece, logprob, piece.encode(), tuple((t, lp, t.encode()) for t, lp in alternatives[:top]))

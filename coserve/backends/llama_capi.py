@@ -174,6 +174,9 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "llama_sampler_init_dist": (c_void_p, [c_uint32]),
     "llama_sampler_sample": (Token, [c_void_p, c_void_p, c_int32]),
     "llama_sampler_free": (None, [c_void_p]),
+    "llama_sampler_init_penalties": (c_void_p, [c_int32, c_int32, c_float, c_float, c_float]),
+    "llama_get_logits_ith": (ctypes.POINTER(c_float), [c_void_p, c_int32]),
+    "llama_vocab_n_tokens": (c_int32, [c_void_p]),
 }
 
 # Fields whose defaults the declared layout must read back (llama.cpp's defaults at the pinned

@@ -7,6 +7,10 @@ request's cells so that a later request sharing its prefix decodes only the rest
 the slots, or whose prompt and ``max_tokens`` do not fit beside the admitted ones' in the shared KV
 cache, wait in arrival order. A request marked ``cancelled`` ends at the next step.
 
+A request with ``top_logprobs`` >= 0 also gets, per sampled token, its log-probability under the
+model's own distribution (log-softmax of the raw logits, before penalties and temperature, as
+vLLM reports them) and that many most likely tokens.
+
 It knows nothing of chat messages, stop strings or the engine: it decodes token ids.
 """
 
@@ -18,10 +22,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from coserve.backends import llama_capi
 from coserve.backends.llama_memory import UBATCH
 from coserve.backends.llama_model import KV_TYPES, LoadedModel
 from coserve.errors import ExpertFailed, ExpertLoadError
+from coserve.types import TokenLogprob
 
 __all__ = ["BATCH", "DecodeContext", "Request"]
 
@@ -35,6 +42,7 @@ class Request:
     prompt: list[int]
     max_tokens: int
     sampler: Any
+    top_logprobs: int = -1  # >= 0: put (piece, TokenLogprob) per token instead of the piece alone
     out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
     seq: int = -1  # llama.cpp sequence id while admitted
@@ -236,15 +244,38 @@ class DecodeContext:
             detail = llama_capi.last_error()
             raise ExpertFailed(f"expert {self.model.spec.name!r}: llama_decode returned {code}: {detail}")
         for request, index in outputs:
+            logprobs = self._logprobs(index) if request.top_logprobs >= 0 else None
             token = lib.llama_sampler_sample(request.sampler, self.ptr, index)
             if self.model.is_end(token):
                 self._end(request, "stop")
                 continue
             request.last = token
             request.generated += 1
-            request.out.put(self.model.piece(token))
+            piece = self.model.piece(token)
+            if logprobs is None:
+                request.out.put(piece)
+            else:
+                request.out.put((piece, self._entry(token, piece, logprobs, request.top_logprobs)))
             if request.generated >= request.max_tokens:
                 self._end(request, "length")
+
+    def _logprobs(self, index: int) -> np.ndarray:
+        """Natural-log probabilities over the vocabulary at one output of the last decode."""
+        n_vocab = self.model.n_vocab
+        logits = np.ctypeslib.as_array(llama_capi.lib().llama_get_logits_ith(self.ptr, index), shape=(n_vocab,))
+        shifted = logits.astype(np.float64) - float(logits.max())
+        result: np.ndarray = shifted - np.log(np.exp(shifted).sum())
+        return result
+
+    def _entry(self, token: int, piece: bytes, logprobs: np.ndarray, top: int) -> TokenLogprob:
+        """The sampled token's entry, with the ``top`` most likely tokens, most likely first."""
+        best: list[tuple[str, float, bytes]] = []
+        if top > 0:
+            ids = np.argpartition(-logprobs, top - 1)[:top]
+            for other in sorted(ids.tolist(), key=lambda i: (-logprobs[i], i)):
+                raw = self.model.piece(other)
+                best.append((raw.decode("utf-8", errors="replace"), float(logprobs[other]), raw))
+        return TokenLogprob(piece.decode("utf-8", errors="replace"), float(logprobs[token]), piece, tuple(best))
 
     def _end(self, request: Request, outcome: str | BaseException) -> None:
         lib = llama_capi.lib()

@@ -41,6 +41,7 @@ class LoadedModel:
             raise ExpertLoadError(f"expert {spec.name!r} failed to load {path}: {llama_capi.last_error()}")
         self.contexts = 0  # live contexts on this model (it is freed only with none)
         self.vocab = lib.llama_model_get_vocab(self.ptr)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
         source = lib.llama_model_chat_template(self.ptr, None)
         if not source:
             self.release(drop=False)
@@ -99,11 +100,18 @@ class LoadedModel:
                 drop_cache(self.path)
 
 
-def new_sampler(sampling: Sampling) -> Any:
-    """A llama.cpp sampler chain for one request (freed by llama_sampler_free): greedy at
-    temperature 0, else top-p, temperature and a draw seeded by ``sampling.seed``."""
+def new_sampler(sampling: Sampling, n_vocab: int = 0, generated: int = 0) -> Any:
+    """A llama.cpp sampler chain for one request (freed by llama_sampler_free): OpenAI's presence
+    and frequency penalties over the last ``generated`` sampled tokens (the request's cap: its whole
+    answer) when either is nonzero, then greedy at temperature 0, else top-p, temperature and a draw
+    seeded by ``sampling.seed``."""
     lib = llama_capi.lib()
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if sampling.presence_penalty or sampling.frequency_penalty:
+        penalties = lib.llama_sampler_init_penalties(
+            n_vocab, max(generated, 1), 1.0, sampling.frequency_penalty, sampling.presence_penalty
+        )
+        lib.llama_sampler_chain_add(chain, penalties)
     if sampling.temperature <= 0.0:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         return chain

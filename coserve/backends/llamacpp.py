@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve.backends.base import Emit, Handle
-from coserve.backends.chores import context_too_long, declared_concurrency, token_cap, validated, wire_messages
+from coserve.backends.chores import context_too_long, declared_concurrency, validated, wire_messages
 from coserve.backends.gguf_header import kv_cache_bytes, read_header
 from coserve.backends.llama_memory import (
     DEFAULT_N_PARALLEL,
@@ -35,6 +35,7 @@ from coserve.backends.llama_memory import (
     gguf_path,
     return_free_memory,
 )
+from coserve.backends.openai_wire import choice_logprobs, sampling_body
 from coserve.backends.staging import Staged, stage, unstage
 from coserve.config import ExpertSpec
 from coserve.cpus import usable_cores
@@ -123,17 +124,7 @@ class LlamaCppBackend:
         return_free_memory()
 
     def _body(self, spec: ExpertSpec, messages: tuple[Message, ...], sampling: Sampling) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "messages": wire_messages(messages),
-            "max_tokens": token_cap(spec, sampling),
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-        }
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed
-        if sampling.stop:
-            body["stop"] = list(sampling.stop)
-        return body
+        return {"messages": wire_messages(messages), **sampling_body(spec, sampling)}
 
     def _server(self, handle: Handle) -> Any:
         if handle.runtime is None:
@@ -158,12 +149,13 @@ class LlamaCppBackend:
                         state["error"] = chunk["error"]
                         return True
                     for choice in chunk.get("choices", []):
-                        text = (choice.get("delta") or {}).get("content")
+                        text = (choice.get("delta") or {}).get("content") or ""
                         if choice.get("finish_reason"):
                             state["finish"] = choice["finish_reason"]
-                        if text:
-                            state["streamed"] += 1
-                            if emit(Chunk(text)):
+                        logprobs = choice_logprobs(choice) if sampling.logprobs else ()
+                        if text or logprobs:
+                            state["streamed"] += 1 if text else 0
+                            if emit(Chunk(text, logprobs=logprobs)):
                                 state["stopped"] = True
                                 return True
                     if chunk.get("usage") is not None:

@@ -14,7 +14,9 @@ so a switch between RAM-resident experts only creates a context. Reading the mod
 (DISK -> RAM), which the engine's prefetch does while another expert runs. The model is llama_model.py, the
 context and its continuous-batching decode loop llama_decode.py; this module is the backend over
 them: sizes, tiers, and one request's text (chat template in, stop strings and UTF-8 out). A caller
-that stops listening (``emit`` returns True) ends its request at the next step.
+that stops listening (``emit`` returns True) ends its request at the next step. It honours
+``logprobs``/``top_logprobs`` (computed from the logits, llama_decode.py) and the presence and
+frequency penalties (llama.cpp's penalties sampler).
 
 Options (library file): ``threads`` (default: the usable physical cores, coserve.cpus),
 ``n_parallel`` (slots; default 2), ``max_tokens`` (default cap, 512), ``kv_cache_type``
@@ -48,7 +50,7 @@ from coserve.backends.llama_model import KV_TYPES, LoadedModel, new_sampler
 from coserve.config import ExpertSpec
 from coserve.cpus import usable_cores
 from coserve.errors import AssetError, ExpertFailed, ExpertLoadError
-from coserve.types import Chunk, Message, Sampling, Usage
+from coserve.types import Chunk, Message, Sampling, TokenLogprob, Usage
 
 __all__ = ["KV_TYPES", "LlamaCppSplitBackend"]
 
@@ -151,7 +153,8 @@ class LlamaCppSplitBackend:
         prompt = model.prompt(messages)
         check_context(spec, len(prompt), context.seq_context)
         cap = token_cap(spec, sampling, len(prompt), context=context.seq_context)
-        request = Request(prompt, cap, new_sampler(sampling))
+        top = sampling.top_logprobs if sampling.logprobs else -1
+        request = Request(prompt, cap, new_sampler(sampling, model.n_vocab, cap), top_logprobs=top)
         try:
             context.submit(request)
         except ExpertFailed:
@@ -161,6 +164,7 @@ class LlamaCppSplitBackend:
         stops = StopStrings(sampling.stop)
         received = 0
         ended = False
+        pending: list[TokenLogprob] = []  # entries of tokens whose text is not emitted yet
         try:
             while True:
                 try:
@@ -169,14 +173,19 @@ class LlamaCppSplitBackend:
                     if not context.thread.is_alive():
                         raise ExpertFailed(f"expert {spec.name!r}: its decode loop stopped") from None
                     continue
+                if isinstance(item, tuple) and isinstance(item[0], bytes):  # a piece with its logprobs
+                    item, entry = item
+                    pending.append(entry)
                 if isinstance(item, bytes):
                     received += 1
                     text, hit = stops.feed(decoder.decode(item))
-                    if emit is not None and text and emit(Chunk(text)):
-                        return  # the caller went away
+                    if emit is not None and text:
+                        logprobs, pending = tuple(pending), []
+                        if emit(Chunk(text, logprobs=logprobs)):
+                            return  # the caller went away
                     if hit:
                         if emit is not None:
-                            emit(Chunk("", "stop", Usage(len(prompt), received)))
+                            emit(Chunk("", "stop", Usage(len(prompt), received), tuple(pending)))
                         return
                     continue
                 ended = True
@@ -190,8 +199,9 @@ class LlamaCppSplitBackend:
                 tail = stops.feed(decoder.decode(b"", final=True))[0] + stops.flush()
                 if emit is not None:
                     if tail:
-                        emit(Chunk(tail))
-                    emit(Chunk("", outcome, Usage(len(prompt), received)))
+                        emit(Chunk(tail, logprobs=tuple(pending)))
+                        pending = []
+                    emit(Chunk("", outcome, Usage(len(prompt), received), tuple(pending)))
                 return
         finally:
             if not ended:  # stopped listening early: the loop frees its slot at the next step

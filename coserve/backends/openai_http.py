@@ -27,7 +27,8 @@ from typing import Any
 import httpx
 
 from coserve.backends.base import Emit, Handle
-from coserve.backends.chores import context_too_long, declared_concurrency, token_cap, wire_messages
+from coserve.backends.chores import context_too_long, declared_concurrency, wire_messages
+from coserve.backends.openai_wire import choice_logprobs, sampling_body
 from coserve.config import ExpertSpec
 from coserve.errors import ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
@@ -105,16 +106,10 @@ class OpenAIHTTPBackend:
         body: dict[str, Any] = {
             "model": handle.runtime["model"],
             "messages": wire_messages(messages),
-            "max_tokens": token_cap(spec, sampling),
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
+            **sampling_body(spec, sampling),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed
-        if sampling.stop:
-            body["stop"] = list(sampling.stop)
         finish: str | None = None
         usage: Usage | None = None
         streamed = 0  # text deltas: the completion's tokens if the endpoint reports no usage
@@ -135,11 +130,12 @@ class OpenAIHTTPBackend:
                     if "error" in chunk:
                         raise ExpertFailed(f"expert {spec.name!r}: {chunk['error']}")
                     for choice in chunk.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content")
+                        text = (choice.get("delta") or {}).get("content") or ""
                         finish = choice.get("finish_reason") or finish
-                        if text:
-                            streamed += 1
-                            if emit(Chunk(text)):
+                        logprobs = choice_logprobs(choice) if sampling.logprobs else ()
+                        if text or logprobs:
+                            streamed += 1 if text else 0
+                            if emit(Chunk(text, logprobs=logprobs)):
                                 return  # the caller went away: closing the response cancels upstream
                     if chunk.get("usage"):
                         u = chunk["usage"]

@@ -123,6 +123,7 @@ class FakeOptions(BackendOptions):
     fail_load_oom: bool | None = None
     fail_generate: bool | None = None
     fail_after_tokens: int | None = Field(None, ge=0)
+    logprobs: bool | None = None  # false: a runtime that cannot give log-probabilities
 
 
 def check_options(schema: type[BackendOptions], backend: str, options: Any) -> dict[str, Any]:

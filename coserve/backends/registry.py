@@ -27,7 +27,17 @@ from coserve.backends.options import (
 from coserve.config import ExpertSpec, LibraryConfig
 from coserve.errors import ConfigError
 
-__all__ = ["BACKENDS", "BackendEntry", "backend_entry", "check_expert", "check_library", "get_backend", "shares_cores"]
+__all__ = [
+    "BACKENDS",
+    "SAMPLING_CAPABILITIES",
+    "BackendEntry",
+    "backend_entry",
+    "capabilities",
+    "check_expert",
+    "check_library",
+    "get_backend",
+    "shares_cores",
+]
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ class BackendEntry:
     options: type[BackendOptions]  # what it accepts under an expert's ``options``
     serves_file: bool  # its experts need a ``source`` (a model file or folder)
     extra: str | None = None  # the pip extra with its optional packages (None: installed with coserve)
+    capabilities: frozenset[str] = frozenset()  # request parameters it can apply (SAMPLING_CAPABILITIES)
 
     def install_hint(self) -> str:
         """How to install what the backend needs."""
@@ -47,13 +58,20 @@ class BackendEntry:
         return f"pip install 'coserve[{self.extra}]'"
 
 
+# Request parameters not every backend can apply: a request that sets one is routed only among
+# experts whose backend can (coserve.router.policy); each backend also refuses what it cannot
+# (coserve.backends.chores.refuse_sampling with the same flags), a check behind the routing.
+SAMPLING_CAPABILITIES = ("logprobs", "presence_penalty", "frequency_penalty")
+_ALL = frozenset(SAMPLING_CAPABILITIES)
+_PENALTIES = frozenset({"presence_penalty", "frequency_penalty"})
+
 _ENTRIES = (
-    BackendEntry("llamacpp", "llamacpp:LlamaCppBackend", LlamaCppOptions, True),  # xllamacpp: a core dependency
-    BackendEntry("llamacpp-split", "llamacpp_split:LlamaCppSplitBackend", LlamaCppSplitOptions, True),
-    BackendEntry("openai", "openai_http:OpenAIHTTPBackend", OpenAIOptions, False),
+    BackendEntry("llamacpp", "llamacpp:LlamaCppBackend", LlamaCppOptions, True, None, _ALL),  # xllamacpp: core
+    BackendEntry("llamacpp-split", "llamacpp_split:LlamaCppSplitBackend", LlamaCppSplitOptions, True, None, _ALL),
+    BackendEntry("openai", "openai_http:OpenAIHTTPBackend", OpenAIOptions, False, None, _ALL),
     BackendEntry("transformers", "transformers_hf:TransformersBackend", TransformersOptions, True, "torch"),
-    BackendEntry("vllm", "vllm_engine:VLLMBackend", VllmOptions, True, "vllm"),
-    BackendEntry("fake", "fake:FakeBackend", FakeOptions, False),
+    BackendEntry("vllm", "vllm_engine:VLLMBackend", VllmOptions, True, "vllm", _PENALTIES),
+    BackendEntry("fake", "fake:FakeBackend", FakeOptions, False, None, _ALL),
 )  # fmt: skip
 BACKENDS: dict[str, BackendEntry] = {entry.name: entry for entry in _ENTRIES}
 
@@ -64,6 +82,15 @@ def backend_entry(name: str) -> BackendEntry:
         return BACKENDS[name]
     except KeyError:
         raise ConfigError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}") from None
+
+
+def capabilities(spec: ExpertSpec) -> frozenset[str]:
+    """The request parameters this expert can apply: its backend's, less ``logprobs`` when its
+    options say ``logprobs: false`` (the fake backend's stand-in for a runtime without them)."""
+    entry = BACKENDS.get(spec.backend)
+    if entry is None:
+        return frozenset()
+    return entry.capabilities - ({"logprobs"} if spec.options.get("logprobs") is False else set())
 
 
 def get_backend(name: str) -> Backend:

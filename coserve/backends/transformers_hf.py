@@ -33,7 +33,7 @@ from typing import Any
 
 from coserve.assets import model_path
 from coserve.backends.base import Emit, Handle
-from coserve.backends.chores import StopStrings, check_context, token_cap, validated, wire_messages
+from coserve.backends.chores import StopStrings, check_context, refuse_sampling, token_cap, validated, wire_messages
 from coserve.backends.options import DTYPE_BYTES
 from coserve.backends.sizes import model_kv_bytes
 from coserve.backends.transformers_weights import Layout, pack, release_device, to_device
@@ -191,6 +191,7 @@ class TransformersBackend:
         input_ids = ids["input_ids"]
         n_prompt = int(input_ids.shape[1])
         check_context(spec, n_prompt)
+        refuse_sampling(spec, sampling, logprobs=False, penalties=False)  # not implemented here
         cap = token_cap(spec, sampling, n_prompt)
         stops = StopStrings(sampling.stop)
         state: dict[str, Any] = {"stopped": False, "finish": None, "cancelled": False}

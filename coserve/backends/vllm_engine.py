@@ -39,7 +39,14 @@ from typing import Any, TypeVar
 
 from coserve.assets import model_path
 from coserve.backends.base import Emit, Handle
-from coserve.backends.chores import check_context, declared_concurrency, token_cap, validated, wire_messages
+from coserve.backends.chores import (
+    check_context,
+    declared_concurrency,
+    refuse_sampling,
+    token_cap,
+    validated,
+    wire_messages,
+)
 from coserve.backends.options import DTYPE_BYTES
 from coserve.backends.sizes import model_kv_bytes
 from coserve.backends.staging import Staged, stage, unstage
@@ -226,11 +233,14 @@ class VLLMBackend:
         ids = built.tokenizer.apply_chat_template(wire_messages(messages), add_generation_prompt=True, tokenize=True)
         ids = [int(i) for i in (ids["input_ids"] if hasattr(ids, "keys") else ids)]  # a BatchEncoding in transformers 5
         check_context(spec, len(ids))
+        refuse_sampling(spec, sampling, logprobs=False, penalties=True)  # vLLM's logprobs: not wired yet
         params = SamplingParams(
             max_tokens=token_cap(spec, sampling, len(ids)),
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             seed=sampling.seed,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
             stop=list(sampling.stop) or None,
             output_kind=RequestOutputKind.DELTA,
         )

@@ -40,7 +40,7 @@ from coserve.metrics import Metrics
 from coserve.router.embed import Embedder
 from coserve.router.measured import with_measured_map
 from coserve.router.router import CoERouter
-from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Tier, Usage
+from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Tier, TokenLogprob, Usage
 
 # How experts are ordered and kept resident (not the router's policy, router/policy.py):
 # "lookahead" is coserve's; "lru" and "load_per_request" are baselines for benchmarks.
@@ -305,12 +305,14 @@ class Engine:
     async def complete(self, call: Call) -> Completion:
         """Generate the whole answer of a routed call."""
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         finish = "stop"
         async for chunk in await self.stream(call):
             parts.append(chunk.text)
+            logprobs.extend(chunk.logprobs)
             if chunk.finish_reason:
                 finish = chunk.finish_reason
-        return Completion("".join(parts), finish, call.usage or Usage())
+        return Completion("".join(parts), finish, call.usage or Usage(), tuple(logprobs))
 
     async def _chain(self, first: Chunk, rest: AsyncIterator[Chunk], call: Call) -> AsyncIterator[Chunk]:
         try:

@@ -1,7 +1,9 @@
 """The routing policy: category probabilities + constraints + library -> Decision. Pure, no I/O.
 
 Order of reasoning, for a routed request:
-1. the experts the caller's constraint flags allow (none -> InfeasibleConstraints naming the flag);
+1. the experts the caller's constraint flags allow, and whose backend can apply the parameters the
+   request sets (``logprobs``, nonzero penalties; coserve.backends.registry.capabilities) (none ->
+   InfeasibleConstraints naming the flag, or the parameter);
 2. the top category's mapped expert, or the fallback generalist when the top probability is below
    ``min_confidence`` (an uncertain router should not send a prompt to a specialist);
 3. if that expert is not allowed, the next categories' experts by probability, then the fallback,
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from coserve.backends.registry import capabilities
 from coserve.config import ExpertSpec, LibraryConfig
 from coserve.errors import InfeasibleConstraints, NotFound
 from coserve.types import ROUTED_MODEL, Constraints, Decision
@@ -34,7 +37,13 @@ def _violation(spec: ExpertSpec, c: Constraints) -> str | None:
         return "require_tags"
     if spec.name in c.exclude_experts:
         return "exclude_experts"
-    return None
+    missing = [name for name in c.capabilities if name not in capabilities(spec)]
+    return missing[0] if missing else None
+
+
+def _param(flag: str) -> str:
+    """The request field a violated flag stands for: a capability is a top-level parameter."""
+    return flag if flag in ("logprobs", "presence_penalty", "frequency_penalty") else f"coserve.{flag}"
 
 
 def allowed(library: LibraryConfig, constraints: Constraints) -> list[str]:
@@ -42,9 +51,11 @@ def allowed(library: LibraryConfig, constraints: Constraints) -> list[str]:
     names = [spec.name for spec in library.experts if _violation(spec, constraints) is None]
     if not names:
         flags = sorted({_violation(spec, constraints) or "" for spec in library.experts})
+        if len(flags) == 1 and _param(flags[0]) == flags[0]:
+            raise InfeasibleConstraints(f"{flags[0]}: no expert's backend can apply it", param=flags[0])
         raise InfeasibleConstraints(
             f"no expert satisfies the constraints ({', '.join(flags)} excluded every expert)",
-            param=f"coserve.{flags[0]}" if len(flags) == 1 else "coserve",
+            param=_param(flags[0]) if len(flags) == 1 else "coserve",
         )
     return names
 
@@ -63,7 +74,7 @@ def decide(
         violated = _violation(library.expert(pinned), constraints)
         if violated is not None:
             raise InfeasibleConstraints(
-                f"the pinned expert {pinned!r} violates the constraint {violated}", param=f"coserve.{violated}"
+                f"the pinned expert {pinned!r} violates the constraint {violated}", param=_param(violated)
             )
         return Decision(pinned, None, 1.0, (), "pinned", dict(probabilities))
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from coserve.engine.call import Call
 from coserve.errors import CoserveError
-from coserve.types import Completion, Usage
+from coserve.types import Completion, TokenLogprob, Usage
 
 __all__ = [
     "DONE",
@@ -29,6 +29,7 @@ __all__ = [
     "error_body",
     "error_response",
     "headers",
+    "logprobs_body",
     "sse",
 ]
 
@@ -62,6 +63,25 @@ def _usage(usage: Usage) -> dict[str, int]:
     }
 
 
+def logprobs_body(entries: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """A choice's ``logprobs`` object in OpenAI's shape: ``{"content": [{token, logprob, bytes,
+    top_logprobs: [{token, logprob, bytes}]}], "refusal": null}``."""
+    return {
+        "content": [
+            {
+                "token": entry.token,
+                "logprob": entry.logprob,
+                "bytes": list(entry.token_bytes),
+                "top_logprobs": [
+                    {"token": token, "logprob": logprob, "bytes": list(raw)} for token, logprob, raw in entry.top
+                ],
+            }
+            for entry in entries
+        ],
+        "refusal": None,
+    }
+
+
 def _coserve_field(call: Call) -> dict[str, Any]:
     assert call.decision is not None and call.expert is not None
     field = call.decision.as_dict()
@@ -82,18 +102,19 @@ def headers(call: Call) -> dict[str, str]:
 
 def completion_body(call: Call, completion: Completion) -> dict[str, Any]:
     """The ``chat.completion`` object of a non-streamed answer."""
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": {"role": "assistant", "content": completion.text},
+        "finish_reason": completion.finish_reason,
+    }
+    if call.request.sampling.logprobs:
+        choice["logprobs"] = logprobs_body(completion.logprobs)
     return {
         "id": call.id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": call.expert,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text},
-                "finish_reason": completion.finish_reason,
-            }
-        ],
+        "choices": [choice],
         "usage": _usage(completion.usage),
         "coserve": _coserve_field(call),
     }
@@ -110,15 +131,21 @@ class Frames:
         base = {"id": self.call.id, "object": "chat.completion.chunk", "created": self.created}
         return sse({**base, "model": self.call.expert, "choices": choices, **extra})
 
-    def _delta(self, delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
-        return self._chunk([{"index": 0, "delta": delta, "finish_reason": finish}], **extra)
+    def _delta(
+        self, delta: dict[str, Any], finish: str | None, logprobs: tuple[TokenLogprob, ...] = (), **extra: Any
+    ) -> bytes:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        if logprobs:
+            choice["logprobs"] = logprobs_body(logprobs)
+        return self._chunk([choice], **extra)
 
     def role(self) -> bytes:
         """The first frame: the assistant's role, and the ``coserve`` object (who answers, why)."""
         return self._delta({"role": "assistant", "content": ""}, None, coserve=_coserve_field(self.call))
 
-    def content(self, text: str) -> bytes:
-        return self._delta({"content": text}, None)
+    def content(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> bytes:
+        """A piece of the answer, with the log-probabilities of its tokens when they were asked for."""
+        return self._delta({"content": text}, None, logprobs)
 
     def finish(self, reason: str) -> bytes:
         return self._delta({}, reason)

@@ -4,7 +4,11 @@ Validation here is the edge: a body that passes becomes a frozen ``coserve.types
 Types are strict, as in OpenAI's API: no string is taken for a bool or a number, no bool for a
 number, no fractional number for an integer (an integer is a valid number). Type errors and
 malformed bodies are 400 (``invalid_request_error``, ``param`` names the field); values out of
-range are 422. Fields coserve does not know are accepted and ignored.
+range are 422. Every parameter of OpenAI's chat-completions body is either honoured or refused with
+a 400 naming it (``code`` ``unsupported_parameter``), never silently ignored: tool calling,
+structured output (other than ``response_format`` text), audio, ``n`` > 1, ``logit_bias`` and the
+like (``REFUSED``). A parameter OpenAI does not define is refused too (``unknown_parameter``),
+unless the library's ``server.unknown_parameters`` is ``ignore``. docs/api.md has the table.
 
 This module knows nothing about routing, engines or how responses are written.
 """
@@ -27,6 +31,7 @@ __all__ = [
     "json_body",
     "parse_chat",
     "parse_feedback",
+    "refuse_unsupported",
 ]
 
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -42,6 +47,8 @@ class ContentPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # empty echoes are dropped first (``_served_only``)
+
     role: Literal["system", "user", "assistant", "developer"]
     content: str | list[ContentPart]
     name: str | None = None
@@ -66,11 +73,71 @@ class CoserveOptions(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     include_usage: bool = False
 
 
+# OpenAI chat-completions parameters coserve does not serve, and the value of each that asks for
+# nothing (a client may send it; ``None`` is JSON null, always accepted). Anything else: a 400.
+REFUSED: dict[str, tuple[Any, ...]] = {
+    "tools": (None,),  # tool calling does not exist yet: refused, never a prose answer instead
+    "tool_choice": (None, "none"),
+    "parallel_tool_calls": (None,),
+    "functions": (None,),
+    "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+    "logit_bias": (None, {}),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "store": (None, False),
+    "metadata": (None,),  # only meaningful with store
+    "service_tier": (None, "auto", "default"),
+    "reasoning_effort": (None,),
+    "verbosity": (None,),
+    "web_search_options": (None,),
+}
+UnknownParameters = Literal["refuse", "ignore"]
+
+
+def refuse_unsupported(data: dict[str, Any], unknown: UnknownParameters = "refuse") -> None:
+    """InvalidRequest (400) naming the first parameter coserve refuses: a REFUSED one set to a
+    value that asks for something, or (unless ``unknown`` is ``ignore``) one OpenAI does not define;
+    or a message field other than role, content and name that is not null or empty (``tool_calls``,
+    ``function_call``, ``audio``, ``refusal``...)."""
+    known = set(ChatCompletionRequest.model_fields)
+    for name, value in data.items():
+        if name in REFUSED:
+            if not any(value == neutral and type(value) is type(neutral) for neutral in REFUSED[name]):
+                raise InvalidRequest(
+                    f"{name}: coserve does not support this parameter (docs/api.md lists what it serves)",
+                    param=name,
+                    code="unsupported_parameter",
+                )
+        elif name not in known and unknown == "refuse":
+            raise InvalidRequest(
+                f"{name}: unknown parameter (server.unknown_parameters: ignore accepts extras)",
+                param=name,
+                code="unknown_parameter",
+            )
+    messages = data.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        for name, value in message.items() if isinstance(message, dict) else ():
+            # What an assistant turn echoed back by a client may hold: only empty it changes nothing.
+            if name not in ("role", "content", "name") and value not in (None, []):
+                raise InvalidRequest(
+                    f"messages[{i}].{name}: coserve does not support this field of a message",
+                    param=f"messages[{i}].{name}",
+                    code="unsupported_parameter",
+                )
+
+
 class ChatCompletionRequest(BaseModel):
-    """``POST /v1/chat/completions`` body (fields coserve does not use are accepted and ignored)."""
+    """``POST /v1/chat/completions`` body: the parameters coserve honours (``refuse_unsupported``
+    answers the others before this model sees them, and ``_served_only`` drops what it let through)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     messages: list[ChatMessage]
@@ -83,8 +150,16 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     coserve: CoserveOptions | None = None
+    # Identifiers of the end user or of a prompt cache: accepted, recorded nowhere, changing nothing
+    # in the answer (OpenAI's answer does not depend on them either).
     user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
 
     @field_validator("messages")
     @classmethod
@@ -95,8 +170,16 @@ class ChatCompletionRequest(BaseModel):
 
     def to_request(self) -> Request:
         """Range checks (422) and conversion to the internal Request."""
+        if self.n is not None and self.n < 1:
+            raise UnprocessableRequest("n must be at least 1", param="n")
         if self.n not in (None, 1):
-            raise UnprocessableRequest("only n=1 is supported", param="n")
+            raise InvalidRequest("n: only n=1 is supported", param="n", code="unsupported_parameter")
+        both = self.max_tokens is not None and self.max_completion_tokens is not None
+        if both and self.max_tokens != self.max_completion_tokens:
+            raise InvalidRequest(
+                "max_completion_tokens: differs from max_tokens (its deprecated alias); send one of them",
+                param="max_completion_tokens",
+            )
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         param = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
         if max_tokens is not None and not 1 <= max_tokens <= MAX_TOKENS_CAP:
@@ -105,6 +188,15 @@ class ChatCompletionRequest(BaseModel):
             raise UnprocessableRequest("temperature must be between 0 and 2", param="temperature")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise UnprocessableRequest("top_p must be greater than 0 and at most 1", param="top_p")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None and not -2.0 <= value <= 2.0:
+                raise UnprocessableRequest(f"{name} must be between -2 and 2", param=name)
+        if self.top_logprobs is not None:
+            if not 0 <= self.top_logprobs <= 20:
+                raise UnprocessableRequest("top_logprobs must be between 0 and 20", param="top_logprobs")
+            if not self.logprobs:
+                raise InvalidRequest("top_logprobs: needs logprobs set to true", param="top_logprobs")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         if len(stop) > 4:
             raise UnprocessableRequest("at most 4 stop sequences", param="stop")
@@ -124,6 +216,10 @@ class ChatCompletionRequest(BaseModel):
                 top_p=1.0 if self.top_p is None else self.top_p,
                 seed=self.seed,
                 stop=stop,
+                presence_penalty=self.presence_penalty or 0.0,
+                frequency_penalty=self.frequency_penalty or 0.0,
+                logprobs=bool(self.logprobs),
+                top_logprobs=self.top_logprobs or 0,
             ),
             constraints=Constraints(
                 max_params_b=options.max_params_b,
@@ -132,6 +228,15 @@ class ChatCompletionRequest(BaseModel):
                 require_tags=tuple(options.require_tags),
                 exclude_experts=tuple(options.exclude_experts),
                 budget=options.budget,
+                capabilities=tuple(
+                    name
+                    for name, needed in (
+                        ("logprobs", bool(self.logprobs)),
+                        ("presence_penalty", bool(self.presence_penalty)),
+                        ("frequency_penalty", bool(self.frequency_penalty)),
+                    )
+                    if needed
+                ),
             ),
             stream=self.stream,
             stream_usage=bool(self.stream_options and self.stream_options.include_usage),
@@ -171,12 +276,25 @@ def json_body(raw: bytes, max_bytes: int) -> dict[str, Any]:
     return data
 
 
-def parse_chat(raw: bytes, max_bytes: int, max_messages: int) -> Request:
+def parse_chat(raw: bytes, max_bytes: int, max_messages: int, unknown: UnknownParameters = "refuse") -> Request:
     """A chat completion body, strictly typed and range-checked, as the internal Request."""
-    body = _validate(ChatCompletionRequest, json_body(raw, max_bytes))
+    data = json_body(raw, max_bytes)
+    refuse_unsupported(data, unknown)
+    body = _validate(ChatCompletionRequest, _served_only(data))
     if len(body.messages) > max_messages:
         raise InvalidRequest(f"at most {max_messages} messages", param="messages")
     return body.to_request()
+
+
+def _served_only(data: dict[str, Any]) -> dict[str, Any]:
+    """The body without what ``refuse_unsupported`` let through: refused parameters at the value
+    that asks for nothing, unknown ones when ignored, and the empty extra fields of messages."""
+    known = ChatCompletionRequest.model_fields
+    out = {name: value for name, value in data.items() if name in known}
+    if isinstance(messages := out.get("messages"), list):
+        served = ("role", "content", "name")
+        out["messages"] = [{k: v for k, v in m.items() if k in served} if isinstance(m, dict) else m for m in messages]
+    return out
 
 
 def parse_feedback(raw: bytes, max_bytes: int) -> FeedbackRequest:

@@ -99,7 +99,9 @@ async def chat_completions(http: HttpRequest) -> Response:
     try:
         key = state.gate.check_api(http.headers.get("authorization"), chat=True)
         settings = state.settings
-        request = parse_chat(await http.body(), settings.max_body_bytes, settings.max_messages)
+        request = parse_chat(
+            await http.body(), settings.max_body_bytes, settings.max_messages, settings.unknown_parameters
+        )
         call = Call(request, key=key, timings=timings)
         state.admission.admit(call)
         await state.engine.route(call)
@@ -153,10 +155,10 @@ async def _streamed(state: ServerState, call: Call) -> StreamingResponse:
         try:
             yield frames.role()
             async for chunk in chunks:
-                if chunk.text:
+                if chunk.text or chunk.logprobs:
                     if state.decisions.store_text:
                         parts.append(chunk.text)
-                    yield frames.content(chunk.text)
+                    yield frames.content(chunk.text, chunk.logprobs)
                 if chunk.finish_reason:
                     yield frames.finish(chunk.finish_reason)
                     if call.request.stream_usage and chunk.usage is not None:

@@ -1,0 +1,180 @@
+"""Log-probabilities (issue 18, item 3): ``logprobs`` and ``top_logprobs`` in OpenAI's shape.
+
+Over fake experts, whose scripted values (coserve/backends/fake.py: the word at place i has
+``-0.125 * (i % 4)``, its alternatives ``<alt1>``.. 1, 2, ... less) give exact expectations; then
+the real ``general`` expert (llamacpp-split) computes them from its logits: finite, <= 0, the top
+ones sorted and, greedy, led by the sampled token; and through the official openai client against
+a live server on the default library.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest import HELD_OUT
+from fastapi.testclient import TestClient
+
+from coserve.engine.engine import Engine
+from coserve.server.app import create_app
+
+URL = "/v1/chat/completions"
+PROMPT = HELD_OUT["chat"]  # routed to "small": its answer is "small says: hello friend how ..."
+WORDS = ["small", " says:", " hello", " friend"]
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    return {"model": "coserve", "messages": [{"role": "user", "content": PROMPT}], **fields}
+
+
+@pytest.fixture
+def client(make_engine: Callable[..., Engine]) -> Iterator[TestClient]:
+    with TestClient(create_app(make_engine()), raise_server_exceptions=False) as client:
+        yield client
+
+
+def expected_entry(place: int, top: int) -> dict[str, Any]:
+    word = WORDS[place]
+    logprob = -0.125 * (place % 4)
+    alternatives = [(word, logprob)] + [(f"<alt{j}>", logprob - j) for j in range(1, top)]
+    return {
+        "token": word,
+        "logprob": logprob,
+        "bytes": list(word.encode()),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alternatives[:top]],
+    }
+
+
+def test_a_completion_carries_one_entry_per_token(client: TestClient) -> None:
+    body = client.post(URL, json=chat(max_tokens=4, logprobs=True, top_logprobs=3)).json()
+    choice = body["choices"][0]
+    assert choice["message"]["content"] == "".join(WORDS)
+    assert choice["logprobs"] == {"content": [expected_entry(i, 3) for i in range(4)], "refusal": None}
+
+
+def test_without_top_logprobs_the_alternatives_are_empty(client: TestClient) -> None:
+    choice = client.post(URL, json=chat(max_tokens=2, logprobs=True)).json()["choices"][0]
+    assert choice["logprobs"]["content"] == [expected_entry(0, 0), expected_entry(1, 0)]
+
+
+def test_not_asked_no_logprobs(client: TestClient) -> None:
+    for fields in ({}, {"logprobs": False}):
+        assert "logprobs" not in client.post(URL, json=chat(max_tokens=2, **fields)).json()["choices"][0]
+
+
+def test_streamed_each_chunk_carries_its_tokens(client: TestClient) -> None:
+    text = client.post(URL, json=chat(max_tokens=4, stream=True, logprobs=True, top_logprobs=2)).text
+    events = [json.loads(line.removeprefix("data: ")) for line in text.split("\n\n") if line and "[DONE]" not in line]
+    content = [e["choices"][0] for e in events if e["choices"] and e["choices"][0]["delta"].get("content")]
+    assert [c["delta"]["content"] for c in content] == WORDS
+    assert [c["logprobs"]["content"] for c in content] == [[expected_entry(i, 2)] for i in range(4)]
+
+
+def test_a_stop_string_keeps_the_entries_of_the_text_it_held_back(client: TestClient) -> None:
+    """ " friend" is held back while it may begin " friends": its entry still comes, once."""
+    body = client.post(URL, json=chat(max_tokens=6, stop=[" friends"], logprobs=True)).json()
+    choice = body["choices"][0]
+    assert choice["message"]["content"] == "small says: hello friend how are"
+    tokens = [entry["token"] for entry in choice["logprobs"]["content"]]
+    assert tokens == [*WORDS, " how", " are"]
+
+
+# -- the real expert ------------------------------------------------------------------------------
+needs_llama = pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="needs xllamacpp")
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_llamacpp_split_computes_them_from_the_logits() -> None:
+    from coserve.backends.llamacpp_split import LlamaCppSplitBackend
+    from coserve.config import load_library
+    from coserve.types import Chunk, Message, Sampling
+
+    library = load_library()
+    spec = library.expert("general").model_copy(update={"backend": "llamacpp-split", "options": {"n_parallel": 1}})
+    backend = LlamaCppSplitBackend()
+    staged = backend.stage(spec, library.path.parent if library.path else None)
+    handle = backend.load(spec, staged)
+    try:
+        chunks: list[Chunk] = []
+        sampling = Sampling(max_tokens=12, temperature=0.0, logprobs=True, top_logprobs=5)
+        prompt = (Message("user", "Count from 1 to 10, separated by commas."),)
+        backend.stream(handle, prompt, sampling, lambda chunk: chunks.append(chunk) and False)
+        entries = [entry for chunk in chunks for entry in chunk.logprobs]
+        assert len(entries) == chunks[-1].usage.completion_tokens == 12  # type: ignore[union-attr]
+        assert "".join(chunk.text for chunk in chunks) == "".join(e.token for e in entries)
+        for entry in entries:
+            assert math.isfinite(entry.logprob) and entry.logprob <= 0.0
+            values = [logprob for _, logprob, _ in entry.top]
+            assert len(values) == 5 and values == sorted(values, reverse=True)
+            assert entry.top[0] == (entry.token, entry.logprob, entry.token_bytes)  # greedy: the most likely
+            assert sum(math.exp(v) for v in values) <= 1.0 + 1e-6
+    finally:
+        backend.unload(handle)
+        backend.unstage(staged)
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_the_openai_client_gets_them_from_a_live_server(tmp_path: Any) -> None:
+    from live import LiveServer
+    from openai import OpenAI
+
+    with LiveServer(tmp_path, bundled=True, start_timeout=180.0) as live:
+        client = OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        messages: Any = [{"role": "user", "content": "Name three primary colours."}]
+        reply = client.chat.completions.create(
+            model="general", messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3
+        )
+        content = reply.choices[0].logprobs.content  # type: ignore[union-attr]
+        assert content is not None and len(content) == reply.usage.completion_tokens  # type: ignore[union-attr]
+        assert "".join(entry.token for entry in content) == reply.choices[0].message.content
+        for entry in content:
+            assert math.isfinite(entry.logprob) and entry.logprob <= 0.0
+            assert [t.logprob for t in entry.top_logprobs] == sorted(
+                (t.logprob for t in entry.top_logprobs), reverse=True
+            )
+            assert entry.top_logprobs[0].token == entry.token
+        stream = client.chat.completions.create(
+            model="general", messages=messages, max_tokens=8, temperature=0, logprobs=True, stream=True
+        )
+        streamed = [c.choices[0].logprobs.content for c in stream if c.choices and c.choices[0].logprobs]
+        assert [entry.token for part in streamed for entry in part or []] == [entry.token for entry in content]
+
+
+def _greedy_logprobs(backend_name: str, backend: Any) -> list[tuple[str, float]]:
+    from coserve.config import load_library
+    from coserve.types import Chunk, Message, Sampling
+
+    library = load_library()
+    spec = library.expert("general").model_copy(update={"backend": backend_name, "options": {"n_parallel": 1}})
+    staged = backend.stage(spec, library.path.parent if library.path else None)
+    handle = backend.load(spec, staged)
+    try:
+        chunks: list[Chunk] = []
+        sampling = Sampling(max_tokens=6, temperature=0.0, logprobs=True, top_logprobs=2)
+        prompt = (Message("user", "Count from 1 to 10, separated by commas."),)
+        backend.stream(handle, prompt, sampling, lambda chunk: chunks.append(chunk) and False)
+        return [(entry.token, entry.logprob) for chunk in chunks for entry in chunk.logprobs]
+    finally:
+        backend.unload(handle)
+        backend.unstage(staged)
+
+
+@pytest.mark.e2e
+@needs_llama
+def test_llamacpp_forwards_the_servers_and_they_agree_with_llamacpp_split() -> None:
+    """Two derivations of the same numbers: llama.cpp's server (``llamacpp``, OpenAI's logprobs
+    through xllamacpp) and coserve's own log-softmax of the logits (``llamacpp-split``)."""
+    from coserve.backends.llamacpp import LlamaCppBackend
+    from coserve.backends.llamacpp_split import LlamaCppSplitBackend
+
+    server = _greedy_logprobs("llamacpp", LlamaCppBackend())
+    split = _greedy_logprobs("llamacpp-split", LlamaCppSplitBackend())
+    assert len(server) == 6 and [t for t, _ in server] == [t for t, _ in split]
+    for (_, ours), (_, theirs) in zip(split, server, strict=True):
+        assert ours == pytest.approx(theirs, abs=0.01)
