@@ -154,3 +154,20 @@ def test_the_budget_holds_when_the_mix_shifts(tmp_path: Path, cache: Path) -> No
             spent.append(size[_post(client, text).json()["coserve"]["expert"]])
     for phase in (spent[50:150], spent[200:300]):  # each phase after 50 requests of settling
         assert sum(phase) / len(phase) == pytest.approx(4.0, rel=0.05)
+
+
+def test_the_dashboard_shows_the_budget_controller_and_the_map_in_force(tmp_path: Path, cache: Path) -> None:
+    """/ui/api/map carries the live controller: the target, what the window spent, the weight and the
+    version of the online map, whose entries follow feedback (same arithmetic as the test above)."""
+    with TestClient(create_app(_engine(tmp_path, cache))) as client:
+        before = client.get("/ui/api/map").json()["budget"]
+        assert before["axis"] == "params" and before["target"] == 7.0 and before["realised"] is None
+        assert before["map"]["code"] == "big" and before["weight"] == 0.0
+        first, second = _post(client, CODE).json(), _post(client, CODE).json()
+        served = client.get("/ui/api/map").json()["budget"]
+        assert served["realised"] == 7.0  # both answered by big (7 B), exactly on target: the weight stays 0
+        assert served["weight"] == 0.0
+        for answer in (first, second):
+            assert _feedback(client, answer["id"], -1.0).status_code == 200
+        after = client.get("/ui/api/map").json()["budget"]
+        assert after["map"]["code"] == "mid" and after["map_version"] > before["map_version"]

@@ -121,6 +121,10 @@ class LiveOnline:
             "version": float(self.router.snapshot.version),
         }
 
+    def current_map(self) -> dict[str, str]:
+        """The category -> expert map in force (every expert allowed)."""
+        return dict(zip(self.categories, (self.experts[e] for e in self.router.snapshot.assignment), strict=True))
+
     def publish(self, metrics: Metrics) -> None:
         """Set the ``/metrics`` gauges from ``figures``."""
         figures = self.figures()

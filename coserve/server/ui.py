@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Annotated, Any
@@ -143,6 +144,23 @@ def _measured(http: HttpRequest, state: ServerState) -> dict[str, Any] | None:
     return result
 
 
+def _budget(state: ServerState) -> dict[str, Any] | None:
+    """The live budget controller (``router.online``): target, realised window average, weight, map version."""
+    online = getattr(state.engine.router, "online", None)
+    if online is None:
+        return None
+    figures = online.figures()
+    realised = figures["realised"]
+    return {
+        "axis": online.axis,
+        "target": figures["target"],
+        "realised": None if math.isnan(realised) else realised,  # none before the first request
+        "weight": figures["weight"],
+        "map_version": int(figures["version"]),
+        "map": online.current_map(),
+    }
+
+
 @ui_router.get("/ui/api/map", responses=error_responses(401))
 async def ui_map(http: HttpRequest, state: ViewerState) -> dict[str, Any]:
     router = state.engine.library.router
@@ -152,6 +170,7 @@ async def ui_map(http: HttpRequest, state: ViewerState) -> dict[str, Any]:
         "map": dict(router.map),
         "fallback": {"expert": router.fallback.expert, "min_confidence": router.fallback.min_confidence},
         "measured": measured,
+        "budget": _budget(state),
     }
 
 

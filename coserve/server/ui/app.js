@@ -4,6 +4,7 @@
 // Every value from the server is written with textContent, never parsed as HTML.
 
 const STATE_EVERY_MS = 1500;
+const MAP_EVERY_MS = 5000;
 const FEED_ROWS = 200;
 const KEY_SLOT = "coserve.ui.key";
 
@@ -309,9 +310,19 @@ function frontPlot(m, current) {
   return [plot, legend];
 }
 
+function budgetLine(budget) {
+  // The live budget controller (router.online): the map in force moves with the cost weight.
+  const unit = budget.axis === "price" ? "USD/M" : "B params";
+  const realised = budget.realised == null ? "nothing served yet" : `${budget.realised.toFixed(3)} ${unit}`;
+  return el("p", { id: "budget" }, el("strong", {}, "Budget controller: "),
+    `target ${budget.target.toFixed(3)} ${unit}, realised over the window ${realised}, `
+    + `cost weight ${budget.weight.toFixed(3)}, map version ${budget.map_version}`);
+}
+
 function renderMap(data) {
   const box = $("map");
   const measured = data.measured && !data.measured.error ? data.measured : null;
+  if (data.budget) data = { ...data, map: data.budget.map };  // the online map is the one serving
   const head = el("tr", {}, el("th", { scope: "col" }, "Category"), el("th", { scope: "col" }, "Expert"));
   if (measured) for (const e of measured.experts) head.append(el("th", { scope: "col" }, e));
   if (measured) head.append(el("th", { scope: "col" }, "n"));
@@ -330,6 +341,7 @@ function renderMap(data) {
     el("tbody", {}, ...rows));
   const parts = [el("div", { class: "scroll" }, table),
     el("p", { class: "muted" }, `below ${data.fallback.min_confidence} confidence: ${data.fallback.expert}`)];
+  if (data.budget) parts.unshift(budgetLine(data.budget));
   if (measured) {
     const current = measured.maps[0];
     parts.push(el("p", { class: "muted" }, `measured mean scores; now: quality ${current.quality.toFixed(3)} at `
@@ -345,13 +357,24 @@ function renderMap(data) {
 
 // -- start ------------------------------------------------------------------------------------------
 let poller = null;
+let mapPoller = null;
 
 async function start() {
   if (!(await pollState())) return;
   keyAccepted();
-  try { renderMap(await json("/ui/api/map")); } catch (error) { $("map").textContent = error.message; }
+  let live = false;
+  const loadMap = async () => {
+    try {
+      const data = await json("/ui/api/map");
+      live = Boolean(data.budget);
+      renderMap(data);
+    } catch (error) { $("map").textContent = error.message; }
+  };
+  await loadMap();
   if (poller) clearInterval(poller);
   poller = setInterval(pollState, STATE_EVERY_MS);
+  if (mapPoller) clearInterval(mapPoller);
+  mapPoller = live ? setInterval(loadMap, MAP_EVERY_MS) : null;  // the online map and its weight move with traffic
   runFeed();
 }
 
