@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 
 from coserve.config import load_library
 from coserve.engine.engine import Engine
 from coserve.router.embed import HashingEmbedder
+from coserve.server.app import create_app
 
 MiB = 2**20
 
@@ -160,6 +162,13 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def library_path(tmp_path: Path) -> Path:
     return write_library(tmp_path)
+
+
+@pytest.fixture
+def client(make_engine: Callable[..., Engine]) -> Iterator[TestClient]:
+    """The real app over an engine of the fake library, in process (test_server.py has its own)."""
+    with TestClient(create_app(make_engine()), raise_server_exceptions=False) as client:
+        yield client
 
 
 @pytest.fixture

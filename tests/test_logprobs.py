@@ -12,29 +12,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import HELD_OUT
 from fastapi.testclient import TestClient
-
-from coserve.engine.engine import Engine
-from coserve.server.app import create_app
+from test_params import chat
 
 URL = "/v1/chat/completions"
-PROMPT = HELD_OUT["chat"]  # routed to "small": its answer is "small says: hello friend how ..."
+# PROMPT is routed to "small": its answer is "small says: hello friend how ..."
 WORDS = ["small", " says:", " hello", " friend"]
-
-
-def chat(**fields: Any) -> dict[str, Any]:
-    return {"model": "coserve", "messages": [{"role": "user", "content": PROMPT}], **fields}
-
-
-@pytest.fixture
-def client(make_engine: Callable[..., Engine]) -> Iterator[TestClient]:
-    with TestClient(create_app(make_engine()), raise_server_exceptions=False) as client:
-        yield client
 
 
 def expected_entry(place: int, top: int) -> dict[str, Any]:

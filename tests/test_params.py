@@ -10,7 +10,7 @@ texts and token counts below are written out from the prompt.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,12 +27,6 @@ PROMPT = HELD_OUT["chat"]  # routed to the expert "small": "hello friend how are
 
 def chat(**fields: Any) -> dict[str, Any]:
     return {"model": "coserve", "messages": [{"role": "user", "content": PROMPT}], **fields}
-
-
-@pytest.fixture
-def client(make_engine: Callable[..., Engine]) -> Iterator[TestClient]:
-    with TestClient(create_app(make_engine()), raise_server_exceptions=False) as client:
-        yield client
 
 
 # Each: the body fields, the parameter the 400 must name, its code.

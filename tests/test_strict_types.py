@@ -6,27 +6,17 @@ forms still work (fields coserve does not serve are refused: tests/test_params.p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from conftest import HELD_OUT
 from fastapi.testclient import TestClient
 
-from coserve.engine.engine import Engine
-from coserve.server.app import create_app
-
 URL = "/v1/chat/completions"
 
 
 def chat(**fields: Any) -> dict[str, Any]:
     return {"model": "coserve", "messages": [{"role": "user", "content": HELD_OUT["chat"]}], **fields}
-
-
-@pytest.fixture
-def client(make_engine: Callable[..., Engine]) -> Iterator[TestClient]:
-    with TestClient(create_app(make_engine()), raise_server_exceptions=False) as client:
-        yield client
 
 
 # (body fields, the param the error must name, the JSON type the client sent)
