@@ -130,18 +130,16 @@ def _write_files(folder: Path) -> tuple[Path, Path]:
     return library, cluster
 
 
-@pytest.fixture(scope="class")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The application on a two-node Ray test cluster: base URL and the planned placement."""
+@contextlib.contextmanager
+def _ray_app(args: AppArgs, *, node_b: bool = True, proxy_on_head: bool = False) -> Iterator[tuple[Any, Any, str]]:
+    """The application on a Ray test cluster: node ``a`` (the head), and ``b`` when asked; yields the
+    cluster, node b (or None) and the base URL; Serve, the driver and the cluster stop at the end."""
     ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'coserve[ray]')")
     from ray import serve
     from ray.cluster_utils import Cluster
 
     from coserve.distributed.ray_app import build_app
 
-    library, cluster_file = _write_files(tmp_path_factory.mktemp("ray"))
-    args = AppArgs(library=str(library), cluster=str(cluster_file), max_replicas=1)
-    _, placed = placed_experts(args)
     port = _free_port()
     cluster = Cluster(
         initialize_head=True,
@@ -149,16 +147,27 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     )
     try:
         with alarm(CLUSTER_TIMEOUT_S):
-            cluster.add_node(num_cpus=1, resources={node_resource("b"): 1})
+            second = cluster.add_node(num_cpus=1, resources={node_resource("b"): 1}) if node_b else None
             ray.init(address=cluster.address, log_to_driver=False)
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            proxy: dict[str, Any] = {"proxy_location": "HeadOnly"} if proxy_on_head else {}
+            serve.start(**proxy, http_options={"host": "127.0.0.1", "port": port})
             serve.run(build_app(args.to_dict()), name="coserve", route_prefix="/")
-        yield {"url": f"http://127.0.0.1:{port}", "placed": placed}
+        yield cluster, second, f"http://127.0.0.1:{port}"
     finally:
         with contextlib.suppress(Exception):
             serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="class")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The application on a two-node Ray test cluster: base URL and the planned placement."""
+    library, cluster_file = _write_files(tmp_path_factory.mktemp("ray"))
+    args = AppArgs(library=str(library), cluster=str(cluster_file), max_replicas=1)
+    _, placed = placed_experts(args)
+    with _ray_app(args) as (_, _, url):
+        yield {"url": url, "placed": placed}
 
 
 def _node_of(placed: dict[str, list[str]], expert: str) -> str:
@@ -341,45 +350,24 @@ async def _outcome(client: httpx.AsyncClient, model: str, text: str, stream: boo
 
 
 def test_a_node_killed_mid_run_loses_no_request(tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'coserve[ray]')")
-    from ray import serve
-    from ray.cluster_utils import Cluster
-
-    from coserve.distributed.ray_app import build_app
-
     library, cluster_file = _fault_files(tmp_path)
     # The ingress and the HTTP proxy stay on the head node: the node killed is an expert host's.
     args = AppArgs(library=str(library), cluster=str(cluster_file), max_replicas=1, ingress_node="a")
-    port = _free_port()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "resources": {node_resource("a"): 1}, "include_dashboard": False},
-    )
-    try:
-        with alarm(CLUSTER_TIMEOUT_S):
-            node_b = cluster.add_node(num_cpus=1, resources={node_resource("b"): 1})
-            ray.init(address=cluster.address, log_to_driver=False)
-            serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-            serve.run(build_app(args.to_dict()), name="coserve", route_prefix="/")
-            prompts = [("coserve", HELD_OUT["math"]), ("coserve", HELD_OUT["chat"]), ("big", "hi"), ("small", "hi")]
+    prompts = [("coserve", HELD_OUT["math"]), ("coserve", HELD_OUT["chat"]), ("big", "hi"), ("small", "hi")]
+    with _ray_app(args, proxy_on_head=True) as (cluster, node_b, url), alarm(CLUSTER_TIMEOUT_S):
 
-            async def run() -> list[str]:
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-                    early = [
-                        asyncio.ensure_future(_outcome(client, m, t, stream=i % 3 == 0))
-                        for i, (m, t) in enumerate(prompts * 3)
-                    ]
-                    await asyncio.sleep(0.3)
-                    await asyncio.to_thread(cluster.remove_node, node_b, False)
-                    late = [_outcome(client, m, t, stream=i % 2 == 0) for i, (m, t) in enumerate(prompts * 2)]
-                    return list(await asyncio.gather(*early, *late))
+        async def run() -> list[str]:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                early = [
+                    asyncio.ensure_future(_outcome(client, m, t, stream=i % 3 == 0))
+                    for i, (m, t) in enumerate(prompts * 3)
+                ]
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(cluster.remove_node, node_b, False)
+                late = [_outcome(client, m, t, stream=i % 2 == 0) for i, (m, t) in enumerate(prompts * 2)]
+                return list(await asyncio.gather(*early, *late))
 
-            outcomes = asyncio.run(run())
-    finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
+        outcomes = asyncio.run(run())
     allowed = {"200", "stream_done", "stream_error", "503+retry", "429+retry"}
     assert [o for o in outcomes if o not in allowed] == [], outcomes
     assert len(outcomes) == 20
@@ -425,13 +413,9 @@ def test_serve_ray_runs_a_local_cluster_until_sigterm(tmp_path: Path) -> None:
 def test_the_real_general_expert_through_the_openai_client(tmp_path: Path) -> None:
     """One host over the real ``general`` expert (SmolLM2-135M, llama.cpp); the router is the
     hashing one (the expert is what is real here), the client the official openai one."""
-    ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'coserve[ray]')")
     from openai import OpenAI
-    from ray import serve
-    from ray.cluster_utils import Cluster
 
     from coserve.config import load_library
-    from coserve.distributed.ray_app import build_app
 
     (general,) = [
         s
@@ -448,34 +432,20 @@ def test_the_real_general_expert_through_the_openai_client(tmp_path: Path) -> No
     cluster_file = tmp_path / "cluster.yaml"
     cluster_file.write_text(yaml.safe_dump({"nodes": [{"name": "a", "ram": "2GiB"}]}), encoding="utf-8")
     args = AppArgs(library=str(library), cluster=str(cluster_file), max_replicas=1, ingress_node="a")
-    port = _free_port()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "resources": {node_resource("a"): 1}, "include_dashboard": False},
-    )
-    try:
-        with alarm(CLUSTER_TIMEOUT_S):
-            ray.init(address=cluster.address, log_to_driver=False)
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            serve.run(build_app(args.to_dict()), name="coserve", route_prefix="/")
-            client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
-            reply = client.chat.completions.create(
-                model="coserve", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0
-            )
-            assert reply.model == "general" and (reply.choices[0].message.content or "").strip()
-            assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 8
-            assert (reply.model_extra or {})["coserve"]["expert"] == "general"
-            stream = client.chat.completions.create(
-                model="general", messages=[{"role": "user", "content": "Count to three."}], max_tokens=8, stream=True
-            )
-            chunks = list(stream)
-            assert chunks[0].model == "general"
-            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
-    finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
+    with _ray_app(args, node_b=False) as (_, _, url), alarm(CLUSTER_TIMEOUT_S):
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        reply = client.chat.completions.create(
+            model="coserve", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0
+        )
+        assert reply.model == "general" and (reply.choices[0].message.content or "").strip()
+        assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 8
+        assert (reply.model_extra or {})["coserve"]["expert"] == "general"
+        stream = client.chat.completions.create(
+            model="general", messages=[{"role": "user", "content": "Count to three."}], max_tokens=8, stream=True
+        )
+        chunks = list(stream)
+        assert chunks[0].model == "general"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
 
 
 # -- the ingress engine over stand-in handles (no Ray): choice, host failure, restart -------------------
