@@ -1,4 +1,4 @@
-"""``coserve bench experts | route | serve``: the benchmarks, each writing its figures as JSON."""
+"""``coserve bench experts | route | serve | cluster | adapt``: the benchmarks, each writing its figures as JSON."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from typing import Any
 from coserve.bench.provenance import write_data
 from coserve.cli.common import Subcommands, add_library_arg, load_served_library
 
-__all__ = ["add_bench_parser", "cmd_bench_adapt", "cmd_bench_experts", "cmd_bench_route", "cmd_bench_serve"]
+__all__ = [
+    "add_bench_parser",
+    "cmd_bench_adapt",
+    "cmd_bench_cluster",
+    "cmd_bench_experts",
+    "cmd_bench_route",
+    "cmd_bench_serve",
+]
 
 
 def cmd_bench_experts(args: argparse.Namespace) -> int:
@@ -34,6 +41,19 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     from coserve.bench.serve import run
 
     return run(load_served_library(args.library), args)
+
+
+def cmd_bench_cluster(args: argparse.Namespace) -> int:
+    from coserve.bench.cluster import ClusterBenchOptions, bench_cluster
+    from coserve.distributed.ray_app import require_ray
+
+    require_ray()
+    options = ClusterBenchOptions(nodes=args.nodes, runs=args.runs, requests=args.requests, rate=args.rate,
+                                  max_tokens=args.max_tokens, seed=args.seed, timeout_s=args.timeout,
+                                  fault=not args.no_fault)  # fmt: skip
+    result = bench_cluster(load_served_library(args.library), options)
+    write_data(Path(args.json), result, args.command_line)
+    return 0
 
 
 def cmd_bench_adapt(args: argparse.Namespace) -> int:
@@ -107,4 +127,10 @@ def add_bench_parser(sub: Subcommands) -> None:
 
     bench_serve_arguments(b)
     b.set_defaults(func=cmd_bench_serve)
+    b = bench.add_parser("cluster", help="coserve on Ray against Ray Serve's multiplexing, on N simulated nodes")
+    add_library_arg(b)
+    from coserve.bench.cluster_options import add_arguments as bench_cluster_arguments
+
+    bench_cluster_arguments(b)
+    b.set_defaults(func=cmd_bench_cluster)
     _add_adapt_parser(bench)

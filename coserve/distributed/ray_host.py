@@ -76,6 +76,12 @@ class ExpertHost:
         health["experts"] = {e: s for e, s in health["experts"].items() if e in self.experts}
         return {"node": self.node, **health}
 
+    def load_counts(self) -> dict[str, int]:
+        """Loads (RAM -> ACTIVE) per expert placed here since the host started (the cluster benchmark's count)."""
+        registry = self.engine.metrics.registry
+        count = registry.get_sample_value
+        return {e: int(count("coserve_expert_loads_total", {"expert": e}) or 0) for e in sorted(self.experts)}
+
     async def stream(self, request: Request, expert: str) -> AsyncIterator[Chunk | dict[str, Any]]:
         """Run ``request`` on ``expert`` here; yields its chunks, or one error record and stops."""
         call = Call(request)
