@@ -162,7 +162,7 @@ def main() -> int:
         "log_bytes_per_row": per_row,
         "sizes": sizes,
     }
-    write_data(Path(args.json), payload, [sys.executable, *sys.argv])
+    write_data(Path(args.json), payload, [".venv/bin/python", "scripts/cluster_scale.py", *sys.argv[1:]])
     print(f"wrote {args.json}")
     return 0
 
