@@ -73,8 +73,8 @@ class ClusterBenchOptions:
 
     nodes: int
     runs: int = 3  # alternating runs per policy
-    requests: int = 32
-    rate: float = 1.0  # Poisson arrivals per second
+    requests: int = 24
+    rate: float = 2.0  # Poisson arrivals per second (as the serve benchmark: more than the experts keep up with)
     max_tokens: int = 24
     seed: int = 0
     timeout_s: float = 300.0  # a run ends at the latest this long after its last arrival
@@ -286,6 +286,7 @@ def bench_cluster(library: LibraryConfig, options: ClusterBenchOptions) -> dict[
         from coserve.errors import ConfigError
 
         raise ConfigError("bench cluster: need --nodes >= 2, --runs >= 1 and --requests >= 2")
+    started = time.monotonic()
     names = node_names(options.nodes)
     workload = make_workload(library, options.requests, options.rate, options.seed)
     counts = {e: sum(w["expert"] == e for w in workload) for e in library.expert_names}
@@ -311,7 +312,10 @@ def bench_cluster(library: LibraryConfig, options: ClusterBenchOptions) -> dict[
                 fault = run_fault(url, library_path, nodes, cluster, ray_nodes, workload, options)
                 shown = [f"{k} {fault[k]}" for k in ("sent", "ok", "clean_errors", "lost", "killed") if k in fault]
                 print(f"fault: {', '.join(shown) or fault.get('skipped')}", flush=True)
-    return _result(options, nodes, counts, runs, fault)
+    result = _result(options, nodes, counts, runs, fault)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)  # the whole benchmark, Ray's start and stop included
+    print(f"took {result['elapsed_s']:.0f} s")
+    return result
 
 
 def _line(row: dict[str, Any]) -> str:
