@@ -131,9 +131,12 @@ def _write_files(folder: Path) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def _ray_app(args: AppArgs, *, node_b: bool = True, proxy_on_head: bool = False) -> Iterator[tuple[Any, Any, str]]:
+def _ray_app(
+    args: AppArgs, *, node_b: bool = True, proxy_on_head: bool = False, system_config: dict[str, Any] | None = None
+) -> Iterator[tuple[Any, Any, str]]:
     """The application on a Ray test cluster: node ``a`` (the head), and ``b`` when asked; yields the
-    cluster, node b (or None) and the base URL; Serve, the driver and the cluster stop at the end."""
+    cluster, node b (or None) and the base URL; Serve, the driver and the cluster stop at the end.
+    ``system_config``: Ray's own settings for the cluster (e.g. faster node health checks)."""
     ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'coserve[ray]')")
     from ray import serve
     from ray.cluster_utils import Cluster
@@ -141,10 +144,10 @@ def _ray_app(args: AppArgs, *, node_b: bool = True, proxy_on_head: bool = False)
     from coserve.distributed.ray_app import build_app
 
     port = _free_port()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "resources": {node_resource("a"): 1}, "include_dashboard": False},
-    )
+    head: dict[str, Any] = {"num_cpus": 2, "resources": {node_resource("a"): 1}, "include_dashboard": False}
+    if system_config:
+        head["_system_config"] = system_config
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         with alarm(CLUSTER_TIMEOUT_S):
             second = cluster.add_node(num_cpus=1, resources={node_resource("b"): 1}) if node_b else None
