@@ -6,13 +6,15 @@ Retry-After: none lost.
 
 Select with ``-m ray``; skipped with the reason when Ray Serve is not installed. Each test runs
 under an alarm and its cluster is shut down however it ends. Ray's node health checks are made
-faster here (a node is declared dead after about 2-4 s instead of Ray's default of about 15 s).
+faster here (a node is declared dead after about 4-8 s instead of Ray's default of about 15 s).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,11 @@ from coserve.distributed.ray_app import AppArgs, node_resource
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-FAST_HEALTH_CHECKS = {"health_check_period_ms": 500, "health_check_timeout_ms": 1000, "health_check_failure_threshold": 4}
+FAST_HEALTH_CHECKS = {
+    "health_check_period_ms": 1000,
+    "health_check_timeout_ms": 2000,
+    "health_check_failure_threshold": 4,
+}
 ALLOWED = {"200", "stream_done", "stream_error", "503+retry", "429+retry"}
 CHANGE_TIMEOUT_S = 45  # a re-plan seen in /health after a node left, joined, or traffic drifted
 
@@ -68,40 +74,56 @@ async def _ask(client: httpx.AsyncClient, model: str, stream: bool) -> tuple[str
 
 
 class Traffic:
-    """Bounded concurrent traffic (``workers`` at a time) over ``models`` until stopped."""
+    """Bounded concurrent traffic (``workers`` requests at a time) over ``models``, in a thread of its
+    own (the test's thread adds and removes Ray nodes, which Ray allows only there), until stopped."""
 
-    def __init__(self, client: httpx.AsyncClient, models: list[str], workers: int = 4):
-        self.client, self.models, self.workers = client, models, workers
+    def __init__(self, url: str, models: list[str], workers: int = 4):
+        self.url, self.models, self.workers = url, models, workers
         self.outcomes: list[tuple[str, str, str | None]] = []  # (model, outcome, node)
-        self.running = True
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    async def _worker(self, index: int) -> None:
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=120)
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(base_url=self.url, timeout=60) as client:
+            await asyncio.gather(*(self._worker(client, i) for i in range(self.workers)))
+
+    async def _worker(self, client: httpx.AsyncClient, index: int) -> None:
         i = index
-        while self.running:
+        while not self.stop.is_set():
             model = self.models[i % len(self.models)]
-            outcome, node = await _ask(self.client, model, stream=i % 3 == 0)
+            outcome, node = await _ask(client, model, stream=i % 3 == 0)
             self.outcomes.append((model, outcome, node))
             i += self.workers
             await asyncio.sleep(0.02)
-
-    async def run_until(self, done: asyncio.Event) -> None:
-        workers = [asyncio.ensure_future(self._worker(i)) for i in range(self.workers)]
-        await done.wait()
-        self.running = False
-        await asyncio.gather(*workers)
 
     def lost(self) -> list[tuple[str, str, str | None]]:
         return [o for o in self.outcomes if o[1] not in ALLOWED]
 
 
-async def _health_until(client: httpx.AsyncClient, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """Poll /health until ``check`` holds (the alarm bounds it)."""
-    deadline = asyncio.get_running_loop().time() + CHANGE_TIMEOUT_S
+def _health_until(url: str, check: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    """Poll /health until ``check`` holds, at most CHANGE_TIMEOUT_S (the alarm bounds it too)."""
+    deadline = time.monotonic() + CHANGE_TIMEOUT_S
     while True:
-        health = (await client.get("/health")).json()
-        if check(health) or asyncio.get_running_loop().time() > deadline:
+        health: dict[str, Any] = httpx.get(f"{url}/health", timeout=30).json()
+        if check(health) or time.monotonic() > deadline:
             return health
-        await asyncio.sleep(0.5)
+        time.sleep(0.5)
+
+
+def _answer(url: str, model: str) -> tuple[str, str | None]:
+    async def one() -> tuple[str, str | None]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await _ask(client, model, stream=False)
+
+    return asyncio.run(one())
 
 
 def _experts(health: dict[str, Any], node: str) -> list[str]:
@@ -114,32 +136,24 @@ def test_a_killed_node_has_its_experts_re_placed_and_gets_experts_back_when_it_r
         _ray_app(args, proxy_on_head=True, system_config=FAST_HEALTH_CHECKS) as (cluster, node_b, url),
         alarm(CLUSTER_TIMEOUT_S),
     ):
-
-        async def run() -> tuple[Traffic, list[dict[str, Any]], list[tuple[str, str | None]]]:
-            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-                start = (await client.get("/health")).json()
-                traffic, done = Traffic(client, ["coserve", "big", "small", "coder"]), asyncio.Event()
-                running = asyncio.ensure_future(traffic.run_until(done))
-                await asyncio.sleep(1.0)
-                await asyncio.to_thread(cluster.remove_node, node_b, False)
-                moved = await _health_until(client, lambda h: _experts(h, "a") == ["big", "coder", "small"])
-                after_kill = [await _ask(client, m, stream=False) for m in ("small", "coder")]
-                await asyncio.to_thread(cluster.add_node, num_cpus=1, resources={node_resource("b"): 1})
-                back = await _health_until(client, lambda h: _experts(h, "b") != [])
-                after_return = [await _ask(client, "big", stream=False)]
-                done.set()
-                await running
-                return traffic, [start, moved, back], after_kill + after_return
-
-        traffic, (start, moved, back), answers = asyncio.run(run())
+        start = _health_until(url, lambda h: True)
+        with Traffic(url, ["coserve", "big", "small", "coder"]) as traffic:
+            time.sleep(1.0)
+            cluster.remove_node(node_b, allow_graceful=False)
+            moved = _health_until(
+                url, lambda h: _experts(h, "a") == ["big", "coder", "small"] and h["placement"]["reason"]
+            )
+            after_kill = [_answer(url, "small"), _answer(url, "coder")]
+            cluster.add_node(num_cpus=1, resources={node_resource("b"): 1})
+            back = _health_until(url, lambda h: h["placement"]["reason"] == "nodes joined: b")
+            after_return = _answer(url, "big")
     assert (_experts(start, "a"), _experts(start, "b")) == (["big"], ["coder", "small"])
     assert _experts(moved, "a") == ["big", "coder", "small"] and _experts(moved, "b") == []
     assert moved["placement"]["reason"] == "nodes left: b" and moved["placement"]["version"] > 1
-    assert answers[:2] == [("200", "a"), ("200", "a")]  # b's experts answer from the survivor
+    assert after_kill == [("200", "a"), ("200", "a")]  # b's experts answer from the survivor
     # Back: the plan moves big to b again (coder and small stay on a, pinned there).
     assert (_experts(back, "a"), _experts(back, "b")) == (["coder", "small"], ["big"])
-    assert back["placement"]["reason"] == "nodes joined: b"
-    assert answers[2] == ("200", "b")
+    assert after_return == ("200", "b")
     assert traffic.lost() == [], traffic.outcomes
     assert len(traffic.outcomes) >= 8 and any(o[1] == "200" for o in traffic.outcomes)
 
@@ -147,21 +161,13 @@ def test_a_killed_node_has_its_experts_re_placed_and_gets_experts_back_when_it_r
 def test_traffic_drift_moves_an_expert_two_phase_while_requests_flow(tmp_path: Path) -> None:
     args = _files(tmp_path, node_mib=64)  # a: big + coder; b: coder + small (coder split)
     with _ray_app(args, proxy_on_head=True) as (_, _, url), alarm(CLUSTER_TIMEOUT_S):
-
-        async def run() -> tuple[Traffic, dict[str, Any], dict[str, Any], set[str | None]]:
-            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-                start = (await client.get("/health")).json()
-                traffic, done = Traffic(client, ["big"]), asyncio.Event()
-                running = asyncio.ensure_future(traffic.run_until(done))
-                moved = await _health_until(client, lambda h: _experts(h, "b") == ["big", "small"])
-                seen = len(traffic.outcomes)
-                while len(traffic.outcomes) < seen + 12:  # big from both nodes now
-                    await asyncio.sleep(0.1)
-                done.set()
-                await running
-                return traffic, start, moved, {node for _, _, node in traffic.outcomes[seen:]}
-
-        traffic, start, moved, nodes_after = asyncio.run(run())
+        start = _health_until(url, lambda h: True)
+        with Traffic(url, ["big"]) as traffic:
+            moved = _health_until(url, lambda h: _experts(h, "b") == ["big", "small"] and h["placement"]["reason"])
+            seen = len(traffic.outcomes)
+            while len(traffic.outcomes) < seen + 12:  # big from both nodes now
+                time.sleep(0.1)
+        nodes_after = {node for _, _, node in traffic.outcomes[seen:]}
     assert (_experts(start, "a"), _experts(start, "b")) == (["big", "coder"], ["coder", "small"])
     assert _experts(moved, "a") == ["big", "coder"] and _experts(moved, "b") == ["big", "small"]
     assert moved["placement"]["reason"].startswith("traffic drifted")
