@@ -77,7 +77,11 @@ class ClusterEngine(Engine):
             self.requested.update(counts)
             return
         if view["version"] != self.book.version:
+            before = dict(self.book.placed)
             self.book.place({n: e for n, e in view["placed"].items() if n in self.hosts}, view["version"])
+            for node, experts in self.book.placed.items():
+                if experts - before.get(node, frozenset()):
+                    self._refresh_later(node)  # its new experts' tiers, before replica choice ranks it
         self.placement = view
 
     async def route(self, call: Call) -> Decision:
