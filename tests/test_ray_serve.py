@@ -26,6 +26,7 @@ import httpx
 import pytest
 import yaml
 from conftest import HELD_OUT, MiB, library_data
+from prometheus_client.parser import text_string_to_metric_families
 
 from coserve.distributed.ray_app import AppArgs, node_resource, placed_experts
 from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook, HostView, choose_host
@@ -271,7 +272,21 @@ class TestTwoNodes:
         assert health["status"] == "ok"
         assert set(health["nodes"]) == {"a", "b"}
         assert health["experts"]["big"]["nodes"].keys() == {_node_of(served["placed"], "big")}
+        assert {n: v["experts"] for n, v in health["nodes"].items()} == served["placed"]
+        assert health["placement"] == {"version": 1, "unplaced": [], "reason": None, "error": None}
+        big_home = _host_health(_node_of(served["placed"], "big"))
+        assert big_home["experts"]["big"]["pinned"] is True  # resident in the plan: pinned in the pool
         assert [m["id"] for m in models["data"]] == ["coserve", "small", "coder", "big"]
+
+    def test_metrics_carry_every_hosts_engine_metrics(self, served: dict[str, Any]) -> None:
+        with alarm(TEST_TIMEOUT_S):
+            assert _chat(served["url"], "small", "hello").status_code == 200
+            text = httpx.get(f"{served['url']}/metrics", timeout=TEST_TIMEOUT_S).text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        loads = {(s.labels["node"], s.labels["expert"]) for s in families["coserve_expert_loads"].samples}
+        assert ("b" if "small" in served["placed"].get("b", []) else "a", "small") in loads
+        assert families["coserve_cluster_hosts_unreachable"].samples[0].value == 0.0
+        assert any(s.labels == {"status": "200"} for s in families["coserve_requests"].samples)  # the ingress's
 
 
 # -- the CLI ---------------------------------------------------------------------------------------

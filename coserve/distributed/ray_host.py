@@ -26,7 +26,7 @@ from coserve.engine.engine import Engine
 from coserve.errors import CoserveError, ExpertLoadError
 from coserve.types import Chunk, Decision, Request
 
-__all__ = ["NOT_PLACED", "ExpertHost", "error_record", "library_file", "raise_record", "served_library"]
+__all__ = ["NOT_PLACED", "ExpertHost", "error_record", "library_file", "node_library", "raise_record", "served_library"]
 
 NOT_PLACED = "not_placed"  # the error code of a call for an expert this host does not serve (now)
 DRAIN_TIMEOUT_S = 120.0  # the longest a removed expert's running calls are waited for
@@ -69,18 +69,9 @@ class ExpertHost:
         accelerator_bytes: int = 0,
         resident: Iterable[str] = (),
     ):
-        from coserve.distributed.inputs import on_device
         from coserve.paths import cache_dir
 
-        library = served_library(library_path)
-        # The node's host memory bounds the pool's RAM tier (the planner fitted the placed experts
-        # into it); the ACTIVE tier counts loaded footprints: on a node with an accelerator and a
-        # library with experts on it, the node's accelerator memory, else within the same RAM bound.
-        active = min(library.memory.active, ram_bytes)
-        if accelerator_bytes > 0 and any(on_device(spec) for spec in library.experts):
-            active = accelerator_bytes
-        memory = library.memory.model_copy(update={"ram": ram_bytes, "active": active})
-        library = library.model_copy(update={"memory": memory})
+        library = node_library(served_library(library_path), ram_bytes, accelerator_bytes)
         self.node = node
         self.experts = set(experts)
         self.engine = Engine.build(library, cache_dir())
@@ -158,6 +149,19 @@ class ExpertHost:
 
     async def close(self) -> None:
         await self.engine.close()
+
+
+def node_library(library: LibraryConfig, ram_bytes: int, accelerator_bytes: int = 0) -> LibraryConfig:
+    """The library with one node's memory budgets. Host memory bounds the pool's RAM tier (the planner
+    fitted the placed experts into it); the ACTIVE tier counts loaded footprints: on a node with an
+    accelerator and a library with experts on one, the node's accelerator memory, else within the
+    same host-memory bound."""
+    from coserve.distributed.inputs import on_device
+
+    active = min(library.memory.active, ram_bytes)
+    if accelerator_bytes > 0 and any(on_device(spec) for spec in library.experts):
+        active = accelerator_bytes
+    return library.model_copy(update={"memory": library.memory.model_copy(update={"ram": ram_bytes, "active": active})})
 
 
 def served_library(path: str | None) -> LibraryConfig:
