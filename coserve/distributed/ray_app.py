@@ -4,14 +4,18 @@ expert-host deployment per node.
 ``build_app(args)`` is the application builder that ``serve run`` / ``serve deploy`` / a KubeRay
 RayService name as ``coserve.distributed.ray_app:build_app`` (``coserve deploy --ray-config``
 writes that config; ``coserve serve --ray`` runs it). It reads the library and the cluster file,
-plans the placement (coserve.distributed.inputs.plan_library), and binds:
+plans the placement (coserve.distributed.inputs.plan_inputs and the planner), and binds:
 
-* per node with experts placed on it, ``expert-host-<node>``: one replica of ``ExpertHost``
-  (coserve.distributed.ray_host), held on that node by the custom resource ``coserve-node-<node>``
-  that the node was started with (``ray start --resources='{"coserve-node-<node>": 1}'``);
+* per node of the cluster file, ``expert-host-<node>``: one replica of ``ExpertHost``
+  (coserve.distributed.ray_host) over the experts placed there at start, held on that node by the
+  custom resource ``coserve-node-<node>`` that the node was started with
+  (``ray start --resources='{"coserve-node-<node>": 1}'``);
+* ``placement``: one replica of the placement controller (coserve.distributed.ray_placement), which
+  re-plans when nodes leave or join or traffic drifts and moves experts between the hosts;
 * ``ingress``: the same FastAPI app as the single process (coserve.server.app.create_app) through
   ``@serve.ingress``, over a ``ClusterEngine`` (coserve.distributed.ray_engine) holding the hosts'
-  deployment handles; its replicas scale with the request rate (Ray Serve autoscaling).
+  deployment handles and following the controller's placement; its replicas scale with the
+  request rate (Ray Serve autoscaling).
 
 Ray is imported only when an application is built (``coserve[ray]``); importing this module needs
 no Ray. This module knows nothing about HTTP handlers or the pool: it wires deployments.

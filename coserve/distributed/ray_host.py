@@ -1,5 +1,6 @@
 """The expert host: one per node, running coserve's own Engine and tiered pool over the experts the
-planner placed on that node (so tiers, lookahead eviction and expert batching hold inside it).
+planner placed on that node (so tiers, lookahead eviction and expert batching hold inside it). The
+placement controller changes that set while it runs (``add``, ``pin``, ``remove``, ``reset``).
 
 The ingress (coserve.distributed.ray_engine) has already routed a request and chosen this host; the
 host runs it on exactly the expert it was sent for (fallback to other experts is the ingress's, which
