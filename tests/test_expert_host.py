@@ -78,11 +78,18 @@ def test_removed_expert_finishes_its_running_calls_then_refuses_new_ones(library
                       "param": None, "code": NOT_PLACED, "retry_after": None}]  # fmt: skip
 
 
-def test_reset_drops_the_start_time_experts(library: str) -> None:
-    host = ExpertHost(library, "b", ["small", "coder"], 64 * MiB)
-    state = asyncio.run(host.reset())
-    assert state == {"node": "b", "tiers": {}}
-    asyncio.run(host.close())
+def test_assign_sets_exactly_the_experts_given(library: str) -> None:
+    host = ExpertHost(library, "b", ["small", "coder"], 64 * MiB)  # its start-time experts
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        emptied = await host.assign([], [])
+        assigned = await host.assign(["coder", "big"], ["big"])
+        await host.close()
+        return emptied, assigned
+
+    emptied, assigned = asyncio.run(run())
+    assert emptied == {"node": "b", "tiers": {}}
+    assert assigned == {"node": "b", "tiers": {"big": "active", "coder": "ram"}}  # big pinned and loaded
 
 
 def test_accelerator_budget_bounds_active_where_the_library_has_device_experts(tmp_path: Path) -> None:

@@ -52,8 +52,8 @@ class Hosts:
     async def pin(self, node: str, expert: str, pinned: bool) -> None:
         self._record("pin" if pinned else "unpin", node, expert)
 
-    async def reset(self, node: str) -> None:
-        self._record("reset", node, "")
+    async def assign(self, node: str, experts: list[str], resident: list[str]) -> None:
+        self._record("assign", node, ",".join(f"{e}+pin" if e in resident else e for e in experts))
 
 
 def _controller(size_mib: int, fail_on: tuple[str, str, str] | None = None) -> tuple[PlacementController, Hosts]:
@@ -66,11 +66,16 @@ def _controller(size_mib: int, fail_on: tuple[str, str, str] | None = None) -> t
 
 
 def test_start_view_is_the_plan() -> None:
-    controller, _ = _controller(32)
+    controller, hosts = _controller(32)
     view = controller.view()
     assert view["version"] == 1 and view["placed"] == {"a": ["big"], "b": ["coder", "small"]}
     assert asyncio.run(controller.tick({"a", "b"})) is None  # nothing changed: no re-plan
     assert controller.view()["version"] == 1
+    # The first tick sets every host to the placement (after a restart of the controller, the hosts
+    # may carry a later one); later ticks leave them alone.
+    assert [c[:3] for c in hosts.calls] == [("assign", "a", "big+pin"), ("assign", "b", "coder+pin,small+pin")]
+    asyncio.run(controller.tick({"a", "b"}))
+    assert len(hosts.calls) == 2
 
 
 def test_a_node_that_leaves_has_its_experts_re_placed_on_the_survivor() -> None:
@@ -79,7 +84,12 @@ def test_a_node_that_leaves_has_its_experts_re_placed_on_the_survivor() -> None:
     assert reason == "nodes left: b"
     # big is unpinned to make swap room, then coder and small are added (swapped) before they are
     # advertised on a; b is withdrawn at once (before any host call).
-    assert [c[:3] for c in hosts.calls] == [("unpin", "a", "big"), ("add", "a", "coder"), ("add", "a", "small")]
+    assert [c[:3] for c in hosts.calls] == [
+        ("assign", "a", "big+pin"),
+        ("unpin", "a", "big"),
+        ("add", "a", "coder"),
+        ("add", "a", "small"),
+    ]
     assert all(c[3]["b"] == [] and c[3]["a"] == ["big"] for c in hosts.calls)
     view = controller.view()
     assert view["placed"] == {"a": ["big", "coder", "small"], "b": []} and view["alive"] == ["a"]
@@ -94,7 +104,7 @@ def test_a_node_that_returns_gets_experts_again_two_phase() -> None:
     assert reason == "nodes joined: b"
     steps = [c[:3] for c in hosts.calls]
     assert steps == [
-        ("reset", "b", ""),  # the restarted host's start-time experts are dropped first
+        ("assign", "b", ""),  # the restarted host's start-time experts are dropped first
         ("add+pin", "b", "big"),
         ("remove", "a", "big"),
         ("pin", "a", "coder"),
@@ -122,6 +132,7 @@ def test_traffic_drift_moves_an_expert_two_phase() -> None:
     assert controller.view()["placed"] == {"a": ["big", "coder"], "b": ["coder", "small"]}
     controller.report({"big": 19})
     assert asyncio.run(controller.tick({"a", "b"})) is None  # fewer than 20 requests: planned traffic holds
+    hosts.calls.clear()  # the first tick's assignments
     controller.report({"big": 1, "nowhere": 5})  # an expert that is not placeable is not counted
     reason = asyncio.run(controller.tick({"a", "b"}))
     assert reason is not None and reason.startswith("traffic drifted 0.667")

@@ -6,8 +6,9 @@ and the experts each node's host is *advertised* for (what replica choice may se
 ``tick`` is given the nodes alive now; it
 
 1. withdraws the experts of a node that left from the ingresses at once (their requests fall back
-   or get 503 until the re-plan), and resets the host of a node that came back (a restarted host
-   carries its start-time experts, which the placement no longer gives it);
+   or get 503 until the re-plan), and sets each host it has not set yet to exactly the placement's
+   experts for it (a node that came back has a restarted host with its start-time experts; after
+   the controller itself restarted, every host may carry a later placement's);
 2. asks ``replan.why_replan`` whether the placement still stands, with the live traffic the
    ingresses reported (``report``) once at least ``min_requests`` arrived since the last plan;
 3. if not, solves again (``replan.replan``, paying ``move_weight`` per replica started) over the
@@ -48,7 +49,7 @@ class HostOps(Protocol):
     async def add(self, node: str, expert: str, resident: bool) -> None: ...  # placed there, loaded/pinned
     async def remove(self, node: str, expert: str) -> None: ...  # its calls finished, unplaced, unloaded
     async def pin(self, node: str, expert: str, pinned: bool) -> None: ...
-    async def reset(self, node: str) -> None: ...  # the host serves nothing (a node that came back)
+    async def assign(self, node: str, experts: list[str], resident: list[str]) -> None: ...  # exactly these
 
 
 class PlacementController:
@@ -76,6 +77,7 @@ class PlacementController:
         self.advertised: dict[str, set[str]] = {n.name: set() for n in cluster.nodes}
         for replica in placement.replicas:
             self.advertised[replica.node].add(replica.expert)
+        self._assigned: set[str] = set()  # nodes whose host this controller has set to the placement
         self.counts: Counter[str] = Counter()  # requests per expert since the last plan
         self.unplaced: list[str] = []  # needed experts that fit on no node alive
         self.reason: str | None = None  # why the last re-plan happened
@@ -111,12 +113,19 @@ class PlacementController:
             alive_now = {n.name for n in self.cluster.nodes if n.name in alive}
             for node in sorted(self.alive - alive_now):
                 self._advertise(node, set())  # left: nothing more is sent there
-            for node in sorted(alive_now - self.alive):
+                self._assigned.discard(node)
+            for node in sorted(alive_now - self._assigned):
+                # A host this controller has not set yet (a node that came back, whose restarted host
+                # carries its start-time experts; or every host, when the controller itself restarted)
+                # is set to exactly what the placement in force gives it.
+                kept = self.placement.on(node) if node in self.alive else ()
                 try:
-                    await self.hosts.reset(node)  # its host restarted with start-time experts
+                    await self.hosts.assign(node, [r.expert for r in kept], [r.expert for r in kept if r.resident])
+                    self._assigned.add(node)
                 except Exception as exc:  # its host is not up yet: the node joins on a later tick
                     log.info("host of node %s not ready yet: %s", node, exc)
                     alive_now.discard(node)
+                    self._advertise(node, set())
             self.alive = alive_now
             if not alive_now:
                 return None

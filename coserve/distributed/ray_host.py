@@ -1,6 +1,6 @@
 """The expert host: one per node, running coserve's own Engine and tiered pool over the experts the
 planner placed on that node (so tiers, lookahead eviction and expert batching hold inside it). The
-placement controller changes that set while it runs (``add``, ``pin``, ``remove``, ``reset``).
+placement controller changes that set while it runs (``assign``, ``add``, ``pin``, ``remove``).
 
 The ingress (coserve.distributed.ray_engine) has already routed a request and chosen this host; the
 host runs it on exactly the expert it was sent for (fallback to other experts is the ingress's, which
@@ -116,10 +116,13 @@ class ExpertHost:
             self.engine.pool.evict_when_idle(expert)
         return self.state()
 
-    async def reset(self) -> dict[str, Any]:
-        """Serve nothing (a restarted host's start-time experts are stale); the controller adds back."""
-        for expert in sorted(self.experts):
+    async def assign(self, experts: list[str], resident: list[str]) -> dict[str, Any]:
+        """Serve exactly ``experts`` (``resident`` ones pinned): what the controller sets a host it has
+        not set yet to (a restarted host carries its start-time experts)."""
+        for expert in sorted(self.experts - set(experts)):
             await self.remove(expert)
+        for expert in experts:
+            await self.add(expert, expert in resident)
         return self.state()
 
     def metrics(self) -> str:

@@ -31,6 +31,7 @@ log = logging.getLogger("coserve.distributed")
 NODE_PREFIX = "coserve-node-"  # the custom resource a Ray node carries for the cluster-file node it is
 WATCH_S = 1.0  # seconds between two ticks of the controller
 HOST_CALL_TIMEOUT_S = 180.0  # the longest a host may take to load, pin or drain an expert
+HOST_UP_TIMEOUT_S = 10.0  # a host that does not answer its state within this is not up yet
 
 
 def alive_nodes(ray_nodes: list[Mapping[str, Any]]) -> set[str]:
@@ -60,8 +61,11 @@ class HandleHosts:
     async def pin(self, node: str, expert: str, pinned: bool) -> None:
         await self._call(node, "pin", expert, pinned)
 
-    async def reset(self, node: str) -> None:
-        await asyncio.wait_for(self.hosts[node].reset.remote(), 10.0)  # a host not up yet fails fast
+    async def assign(self, node: str, experts: list[str], resident: list[str]) -> None:
+        # A host whose replica is not up yet (its node just joined) would hold the call until it
+        # is: ask for its state first, briefly, so the tick goes on and tries again next time.
+        await asyncio.wait_for(self.hosts[node].state.remote(), HOST_UP_TIMEOUT_S)
+        await self._call(node, "assign", experts, resident)
 
 
 class PlacementService:
