@@ -499,6 +499,7 @@ class _Host:
 
     def __init__(self, node: str, tiers: dict[str, str], dies_after: int | None = None):
         self.node, self.tiers, self.dies_after, self.calls, self.dead = node, tiers, dies_after, 0, False
+        self.withdrawn: set[str] = set()  # experts it answers not_placed for (moved away)
         self.stream = _Remote(self._stream)
         self.state = _Remote(self._state)
 
@@ -509,6 +510,10 @@ class _Host:
         from coserve.types import Chunk, Usage
 
         self.calls += 1
+        if expert in self.withdrawn:
+            from coserve.errors import ExpertLoadError
+
+            return _Stream([error_record(ExpertLoadError("moved", code="not_placed"))], fail=False)
         words = [f"{expert}@{self.node} ", "two ", "three"]
         if self.dies_after is not None:
             self.dead = True  # from now on it answers nothing
@@ -554,4 +559,27 @@ def test_ingress_engine_prefers_the_active_host_and_restarts_after_a_host_dies(t
     assert call.expert == "small" and hosts["b"].calls == 2
     text, _ = asyncio.run(ask())
     assert text == "small@a two three" and hosts["b"].calls == 2  # b is down: not tried
+    asyncio.run(engine.close())
+
+
+def test_ingress_sends_a_call_refused_as_not_placed_to_the_experts_other_host(tmp_path: Path) -> None:
+    """A host that no longer serves an expert (a move this ingress has not seen yet) refuses with
+    ``not_placed``: the call goes to the expert's other host, and the ingress stops choosing the first."""
+    from coserve.engine.call import Call
+    from coserve.types import Message, Request
+
+    hosts = {"a": _Host("a", {"small": "active"}), "b": _Host("b", {"small": "ram"})}
+    hosts["a"].withdrawn.add("small")
+    engine = _cluster_engine(tmp_path, hosts, {"a": ["small"], "b": ["small"]})
+
+    async def ask() -> tuple[str, Call]:
+        await engine.refresh_all()
+        call = Call(Request((Message("user", "hi"),), "small"))
+        await engine.route(call)
+        return (await engine.complete(call)).text, call
+
+    text, call = asyncio.run(ask())
+    assert text == "small@b two three" and call.node == "b" and call.tried == []  # no fallback to another expert
+    assert engine.book.hosting("small") == ["b"] and hosts["a"].calls == 1
+    assert engine.requested == {"small": 1}  # counted once for the placement controller
     asyncio.run(engine.close())
