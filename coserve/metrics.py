@@ -5,7 +5,7 @@ Names follow Prometheus conventions: ``_total`` counters, ``_seconds`` histogram
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["Metrics"]
 
@@ -82,3 +82,7 @@ class Metrics:
         )
         self.cost_weight = Gauge("coserve_cost_weight", "The online router's cost weight (dual variable)", registry=r)
         self.map_version = Gauge("coserve_map_version", "Version of the online router's map in force", registry=r)
+
+    def text(self) -> str:
+        """Every metric in Prometheus's text format."""
+        return generate_latest(self.registry).decode()

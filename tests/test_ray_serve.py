@@ -26,6 +26,7 @@ import httpx
 import pytest
 import yaml
 from conftest import HELD_OUT, MiB, library_data
+from prometheus_client.parser import text_string_to_metric_families
 
 from coserve.distributed.ray_app import AppArgs, node_resource, placed_experts
 from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook, HostView, choose_host
@@ -131,9 +132,12 @@ def _write_files(folder: Path) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def _ray_app(args: AppArgs, *, node_b: bool = True, proxy_on_head: bool = False) -> Iterator[tuple[Any, Any, str]]:
+def _ray_app(
+    args: AppArgs, *, node_b: bool = True, proxy_on_head: bool = False, system_config: dict[str, Any] | None = None
+) -> Iterator[tuple[Any, Any, str]]:
     """The application on a Ray test cluster: node ``a`` (the head), and ``b`` when asked; yields the
-    cluster, node b (or None) and the base URL; Serve, the driver and the cluster stop at the end."""
+    cluster, node b (or None) and the base URL; Serve, the driver and the cluster stop at the end.
+    ``system_config``: Ray's own settings for the cluster (e.g. faster node health checks)."""
     ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'coserve[ray]')")
     from ray import serve
     from ray.cluster_utils import Cluster
@@ -141,10 +145,10 @@ def _ray_app(args: AppArgs, *, node_b: bool = True, proxy_on_head: bool = False)
     from coserve.distributed.ray_app import build_app
 
     port = _free_port()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "resources": {node_resource("a"): 1}, "include_dashboard": False},
-    )
+    head: dict[str, Any] = {"num_cpus": 2, "resources": {node_resource("a"): 1}, "include_dashboard": False}
+    if system_config:
+        head["_system_config"] = system_config
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         with alarm(CLUSTER_TIMEOUT_S):
             second = cluster.add_node(num_cpus=1, resources={node_resource("b"): 1}) if node_b else None
@@ -268,7 +272,21 @@ class TestTwoNodes:
         assert health["status"] == "ok"
         assert set(health["nodes"]) == {"a", "b"}
         assert health["experts"]["big"]["nodes"].keys() == {_node_of(served["placed"], "big")}
+        assert {n: v["experts"] for n, v in health["nodes"].items()} == served["placed"]
+        assert health["placement"] == {"version": 1, "unplaced": [], "reason": None, "error": None}
+        big_home = _host_health(_node_of(served["placed"], "big"))
+        assert big_home["experts"]["big"]["pinned"] is True  # resident in the plan: pinned in the pool
         assert [m["id"] for m in models["data"]] == ["coserve", "small", "coder", "big"]
+
+    def test_metrics_carry_every_hosts_engine_metrics(self, served: dict[str, Any]) -> None:
+        with alarm(TEST_TIMEOUT_S):
+            assert _chat(served["url"], "small", "hello").status_code == 200
+            text = httpx.get(f"{served['url']}/metrics", timeout=TEST_TIMEOUT_S).text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        loads = {(s.labels["node"], s.labels["expert"]) for s in families["coserve_expert_loads"].samples}
+        assert ("b" if "small" in served["placed"].get("b", []) else "a", "small") in loads
+        assert families["coserve_cluster_hosts_unreachable"].samples[0].value == 0.0
+        assert any(s.labels == {"status": "200"} for s in families["coserve_requests"].samples)  # the ingress's
 
 
 # -- the CLI ---------------------------------------------------------------------------------------
@@ -481,6 +499,7 @@ class _Host:
 
     def __init__(self, node: str, tiers: dict[str, str], dies_after: int | None = None):
         self.node, self.tiers, self.dies_after, self.calls, self.dead = node, tiers, dies_after, 0, False
+        self.withdrawn: set[str] = set()  # experts it answers not_placed for (moved away)
         self.stream = _Remote(self._stream)
         self.state = _Remote(self._state)
 
@@ -491,6 +510,10 @@ class _Host:
         from coserve.types import Chunk, Usage
 
         self.calls += 1
+        if expert in self.withdrawn:
+            from coserve.errors import ExpertLoadError
+
+            return _Stream([error_record(ExpertLoadError("moved", code="not_placed"))], fail=False)
         words = [f"{expert}@{self.node} ", "two ", "three"]
         if self.dies_after is not None:
             self.dead = True  # from now on it answers nothing
@@ -536,4 +559,27 @@ def test_ingress_engine_prefers_the_active_host_and_restarts_after_a_host_dies(t
     assert call.expert == "small" and hosts["b"].calls == 2
     text, _ = asyncio.run(ask())
     assert text == "small@a two three" and hosts["b"].calls == 2  # b is down: not tried
+    asyncio.run(engine.close())
+
+
+def test_ingress_sends_a_call_refused_as_not_placed_to_the_experts_other_host(tmp_path: Path) -> None:
+    """A host that no longer serves an expert (a move this ingress has not seen yet) refuses with
+    ``not_placed``: the call goes to the expert's other host, and the ingress stops choosing the first."""
+    from coserve.engine.call import Call
+    from coserve.types import Message, Request
+
+    hosts = {"a": _Host("a", {"small": "active"}), "b": _Host("b", {"small": "ram"})}
+    hosts["a"].withdrawn.add("small")
+    engine = _cluster_engine(tmp_path, hosts, {"a": ["small"], "b": ["small"]})
+
+    async def ask() -> tuple[str, Call]:
+        await engine.refresh_all()
+        call = Call(Request((Message("user", "hi"),), "small"))
+        await engine.route(call)
+        return (await engine.complete(call)).text, call
+
+    text, call = asyncio.run(ask())
+    assert text == "small@b two three" and call.node == "b" and call.tried == []  # no fallback to another expert
+    assert engine.book.hosting("small") == ["b"] and hosts["a"].calls == 1
+    assert engine.requested == {"small": 1}  # counted once for the placement controller
     asyncio.run(engine.close())

@@ -20,7 +20,15 @@ if TYPE_CHECKING:  # the CLI imports this on every start: heavy imports wait for
     from coserve.distributed.cluster import Cluster, Footprint
     from coserve.distributed.placement import Placement
 
-__all__ = ["expected_traffic", "library_footprints", "placement_report", "plan_library", "routed_map"]
+__all__ = [
+    "expected_traffic",
+    "library_footprints",
+    "on_device",
+    "placement_report",
+    "plan_inputs",
+    "plan_library",
+    "routed_map",
+]
 
 REMOTE_BACKENDS = ("openai",)  # the model lives behind someone else's endpoint
 GiB = 2**30
@@ -52,7 +60,7 @@ def expected_traffic(library: LibraryConfig) -> dict[str, float]:
     return traffic
 
 
-def _on_device(spec: Any) -> bool:
+def on_device(spec: Any) -> bool:
     """Whether the expert's runtime holds its weights on an accelerator."""
     options = spec.options
     return (
@@ -79,7 +87,7 @@ def library_footprints(library: LibraryConfig, cluster: Cluster) -> dict[str, Fo
         try:
             active = backend.footprint(spec, base)
             # On a GPU the loaded runtime is on the device and the host keeps the RAM tier's copy.
-            out[spec.name] = Footprint(backend.nbytes(spec, base), active) if _on_device(spec) else Footprint(active)
+            out[spec.name] = Footprint(backend.nbytes(spec, base), active) if on_device(spec) else Footprint(active)
         except (CoserveError, OSError) as exc:
             raise ConfigError(
                 f"expert {spec.name!r}: footprint unknown ({exc}); assemble its model file or give "
@@ -88,16 +96,25 @@ def library_footprints(library: LibraryConfig, cluster: Cluster) -> dict[str, Fo
     return out
 
 
+def plan_inputs(
+    library: LibraryConfig, cluster: Cluster
+) -> tuple[dict[str, Footprint], dict[str, float], list[str], list[str]]:
+    """What the planner is given for the library: footprints, expected traffic and required experts
+    (of the placeable experts), and the experts served elsewhere (``backend: openai``), not placed."""
+    footprints = library_footprints(library, cluster)
+    traffic = {e: t for e, t in expected_traffic(library).items() if e in footprints}
+    used = set(routed_map(library)[0].values()) | {library.router.fallback.expert}
+    remote = sorted(e for e in library.expert_names if e not in footprints)
+    return footprints, traffic, sorted(used & set(footprints)), remote
+
+
 def plan_library(library: LibraryConfig, cluster: Cluster) -> tuple[Placement, list[str]]:
     """Plan the library's placeable experts on the cluster; also returns the experts served
     elsewhere (``backend: openai``), which are not placed."""
     from coserve.distributed.planner import plan
 
-    footprints = library_footprints(library, cluster)
-    traffic = {e: t for e, t in expected_traffic(library).items() if e in footprints}
-    used = set(routed_map(library)[0].values()) | {library.router.fallback.expert}
-    remote = sorted(e for e in library.expert_names if e not in footprints)
-    return plan(cluster, footprints, traffic, required=sorted(used & set(footprints))), remote
+    footprints, traffic, required, remote = plan_inputs(library, cluster)
+    return plan(cluster, footprints, traffic, required=required), remote
 
 
 def placement_report(placement: Placement) -> dict[str, Any]:

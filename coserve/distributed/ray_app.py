@@ -4,14 +4,18 @@ expert-host deployment per node.
 ``build_app(args)`` is the application builder that ``serve run`` / ``serve deploy`` / a KubeRay
 RayService name as ``coserve.distributed.ray_app:build_app`` (``coserve deploy --ray-config``
 writes that config; ``coserve serve --ray`` runs it). It reads the library and the cluster file,
-plans the placement (coserve.distributed.inputs.plan_library), and binds:
+plans the placement (coserve.distributed.inputs.plan_inputs and the planner), and binds:
 
-* per node with experts placed on it, ``expert-host-<node>``: one replica of ``ExpertHost``
-  (coserve.distributed.ray_host), held on that node by the custom resource ``coserve-node-<node>``
-  that the node was started with (``ray start --resources='{"coserve-node-<node>": 1}'``);
+* per node of the cluster file, ``expert-host-<node>``: one replica of ``ExpertHost``
+  (coserve.distributed.ray_host) over the experts placed there at start, held on that node by the
+  custom resource ``coserve-node-<node>`` that the node was started with
+  (``ray start --resources='{"coserve-node-<node>": 1}'``);
+* ``placement``: one replica of the placement controller (coserve.distributed.ray_placement), which
+  re-plans when nodes leave or join or traffic drifts and moves experts between the hosts;
 * ``ingress``: the same FastAPI app as the single process (coserve.server.app.create_app) through
   ``@serve.ingress``, over a ``ClusterEngine`` (coserve.distributed.ray_engine) holding the hosts'
-  deployment handles; its replicas scale with the request rate (Ray Serve autoscaling).
+  deployment handles and following the controller's placement; its replicas scale with the
+  request rate (Ray Serve autoscaling).
 
 Ray is imported only when an application is built (``coserve[ray]``); importing this module needs
 no Ray. This module knows nothing about HTTP handlers or the pool: it wires deployments.
@@ -23,13 +27,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from coserve.distributed.ray_host import ExpertHost, library_file, served_library
+from coserve.distributed.ray_placement import PlacementService
 from coserve.errors import ConfigError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from coserve.config import LibraryConfig
-    from coserve.distributed.cluster import Cluster
+    from coserve.distributed.cluster import Cluster, Footprint
+    from coserve.distributed.placement import Placement
     from coserve.distributed.ray_engine import ClusterEngine
 
 __all__ = ["APP_BUILDER", "AppArgs", "Ingress", "build_app", "local_cluster", "node_resource", "require_ray"]
@@ -93,14 +99,21 @@ def local_cluster(library: LibraryConfig) -> Cluster:
     return Cluster(nodes=(NodeSpec(name="local", ram=library.memory.ram),))
 
 
-def placed_experts(args: AppArgs) -> tuple[Cluster, dict[str, list[str]]]:
-    """The cluster and, per node with any, the experts the planner placed on it."""
+def planned(args: AppArgs) -> tuple[Cluster, dict[str, Footprint], Placement]:
+    """The cluster, every placeable expert's footprint, and the placement planned at start."""
     from coserve.distributed.cluster import load_cluster
-    from coserve.distributed.inputs import plan_library
+    from coserve.distributed.inputs import plan_inputs
+    from coserve.distributed.planner import plan
 
     library = served_library(args.library)
     cluster = load_cluster(args.cluster) if args.cluster else local_cluster(library)
-    placement, _ = plan_library(library, cluster)
+    footprints, traffic, required, _ = plan_inputs(library, cluster)
+    return cluster, footprints, plan(cluster, footprints, traffic, required=required)
+
+
+def placed_experts(args: AppArgs) -> tuple[Cluster, dict[str, list[str]]]:
+    """The cluster and, per node with any, the experts the planner placed on it at start."""
+    cluster, _, placement = planned(args)
     placed = {node.name: [r.expert for r in placement.on(node.name)] for node in cluster.nodes}
     return cluster, {node: experts for node, experts in placed.items() if experts}
 
@@ -108,18 +121,23 @@ def placed_experts(args: AppArgs) -> tuple[Cluster, dict[str, list[str]]]:
 class Ingress:
     """The ingress replica: coserve's FastAPI app over a ClusterEngine (made a deployment by build_app)."""
 
-    def __init__(self, library_path: str | None, hosts: dict[str, Any], placed: dict[str, list[str]]):
+    def __init__(
+        self, library_path: str | None, hosts: dict[str, Any], placed: dict[str, list[str]], controller: Any = None
+    ):
         from coserve.distributed.ray_engine import ClusterEngine
         from coserve.paths import cache_dir
 
         self.engine = cast("ClusterEngine", ClusterEngine.build(served_library(library_path), cache_dir()))
-        self.engine.attach(hosts, placed)
+        self.engine.attach(hosts, placed, controller)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve calls this once the replica is made: the same app as the single process."""
         from coserve.server.app import create_app
 
+        if self.engine.controller is not None:
+            await self.engine.sync()  # the placement in force now (a replica may start after a change)
         await self.engine.refresh_all()  # the hosts' tiers, before the first request is chosen for
+        self.engine.follow()
         return create_app(self.engine)
 
 
@@ -129,23 +147,35 @@ def build_app(args: dict[str, Any]) -> Any:
     from ray import serve
 
     settings = AppArgs.from_dict(args)
-    cluster, placed = placed_experts(settings)
+    cluster, footprints, placement = planned(settings)
+    library = library_file(settings.library)
     host: Any = serve.deployment(ExpertHost)
     hosts = {}
-    for node in cluster.nodes:
-        if node.name not in placed:
-            continue
+    for node in cluster.nodes:  # every node gets a host: a re-plan may place experts on any of them
         hosts[node.name] = host.options(
             name=f"expert-host-{node.name}",
             num_replicas=1,
             # The node's own engine decides what runs; CPUs are not reserved through Ray.
             ray_actor_options={"num_cpus": 0, "resources": {node_resource(node.name): 0.001}},
             max_ongoing_requests=256,
-        ).bind(library_file(settings.library), node.name, placed[node.name], node.ram)
+        ).bind(
+            library,
+            node.name,
+            [r.expert for r in placement.on(node.name)],
+            node.ram,
+            node.accelerator,
+            [r.expert for r in placement.on(node.name) if r.resident],
+        )
+    placement_service: Any = serve.deployment(PlacementService)
+    controller = placement_service.options(
+        name="placement", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
+    )
+    bound_controller = controller.bind(cluster, footprints, placement, hosts)
     ingress: Any = serve.deployment(serve.ingress()(Ingress))
     ingress_actor: dict[str, Any] = {"num_cpus": 0}
     if settings.ingress_node is not None:  # a node that dies takes its ingress replicas' connections along
         ingress_actor["resources"] = {node_resource(settings.ingress_node): 0.001}
+    placed = {node.name: [r.expert for r in placement.on(node.name)] for node in cluster.nodes}
     return ingress.options(
         name="ingress",
         ray_actor_options=ingress_actor,
@@ -154,4 +184,4 @@ def build_app(args: dict[str, Any]) -> Any:
             "max_replicas": settings.max_replicas,
             "target_ongoing_requests": settings.target_ongoing_requests,
         },
-    ).bind(library_file(settings.library), hosts, placed)
+    ).bind(library, hosts, placed, bound_controller)

@@ -48,10 +48,29 @@ class HostBook:
     """The ingress's view of the expert hosts: what each may serve, what it last reported, its load."""
 
     def __init__(self, placed: Mapping[str, Iterable[str]]):
-        self.placed = {node: frozenset(experts) for node, experts in placed.items()}  # node -> experts
-        self.tiers: dict[str, dict[str, Tier]] = {node: {} for node in self.placed}  # last reported
-        self.in_flight = dict.fromkeys(self.placed, 0)
-        self.down_until = dict.fromkeys(self.placed, 0.0)  # monotonic seconds
+        self.placed: dict[str, frozenset[str]] = {}  # node -> experts it may be sent
+        self.tiers: dict[str, dict[str, Tier]] = {}  # last reported
+        self.in_flight: dict[str, int] = {}
+        self.down_until: dict[str, float] = {}  # monotonic seconds
+        self.served: dict[str, int] = {}  # calls each host answered to the end (for /health)
+        self.version = 0  # of the placement the book follows (the placement controller's)
+        self.place(placed)
+
+    def place(self, placed: Mapping[str, Iterable[str]], version: int | None = None) -> None:
+        """Follow a new placement: what each node may be sent (a node not named gets nothing); what
+        is known of each host (tiers, load, failures) is kept."""
+        self.placed = {node: frozenset(experts) for node, experts in placed.items()}
+        for node in self.placed:
+            self.tiers.setdefault(node, {})
+            self.in_flight.setdefault(node, 0)
+            self.down_until.setdefault(node, 0.0)
+            self.served.setdefault(node, 0)
+        if version is not None:
+            self.version = version
+
+    def withdraw(self, node: str, expert: str) -> None:
+        """The host said it no longer serves ``expert`` (a placement newer than this book's)."""
+        self.placed[node] = self.placed.get(node, frozenset()) - {expert}
 
     def views(self, expert: str, now: float | None = None) -> list[HostView]:
         """Every host's view for ``expert`` (tier None where it is not placed, or the host is down)."""

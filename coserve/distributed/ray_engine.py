@@ -19,21 +19,23 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook, choose_host
-from coserve.distributed.ray_host import raise_record
+from coserve.distributed.ray_host import NOT_PLACED, raise_record
 from coserve.engine.call import Call
 from coserve.engine.engine import Engine
 from coserve.errors import CoserveError, ExpertFailed, ExpertLoadError
-from coserve.types import Chunk, Completion, Tier
+from coserve.types import Chunk, Completion, Decision, Tier
 
 __all__ = ["ClusterEngine"]
 
 log = logging.getLogger("coserve.distributed")
 
 STATE_TIMEOUT_S = 5.0  # seconds a host may take to report its tiers before it counts as down
+FOLLOW_S = 0.5  # how often the ingress reports its traffic to the placement controller and reads its placement
 PROBE_AFTER_S = 2.0  # seconds without a chunk after which the ingress checks that the host is alive
 _END = object()
 
@@ -44,11 +46,49 @@ class ClusterEngine(Engine):
     hosts: Mapping[str, Any]  # node -> DeploymentHandle of its ExpertHost
     book: HostBook
 
-    def attach(self, hosts: Mapping[str, Any], placed: Mapping[str, list[str]]) -> None:
-        """Serve through these host handles; ``placed`` says which experts each node's host serves."""
+    def attach(self, hosts: Mapping[str, Any], placed: Mapping[str, list[str]], controller: Any = None) -> None:
+        """Serve through these host handles; ``placed`` says which experts each node's host serves
+        until the placement ``controller`` (a handle; None: the placement never changes) says more."""
         self.hosts = dict(hosts)
-        self.book = HostBook(placed)
+        self.book = HostBook({node: placed.get(node, []) for node in self.hosts})
+        self.controller = controller
+        self.placement: dict[str, Any] = {}  # the controller's last view (/health)
+        self.requested: Counter[str] = Counter()  # routed requests per expert, not yet reported
         self._refreshes: set[asyncio.Task[None]] = set()
+        self._follower: asyncio.Task[None] | None = None
+
+    def follow(self) -> None:
+        """Start following the placement controller (from inside the serving event loop)."""
+        if self.controller is not None and self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
+
+    async def _follow(self) -> None:
+        while True:
+            await self.sync()
+            await asyncio.sleep(FOLLOW_S)
+
+    async def sync(self) -> None:
+        """Report the requests routed since the last report; take the controller's placement."""
+        counts, self.requested = self.requested, Counter()
+        try:
+            view = await asyncio.wait_for(self.controller.sync.remote(dict(counts)), STATE_TIMEOUT_S)
+        except Exception as exc:  # the controller is restarting: keep the placement known, count again
+            log.warning("placement controller did not answer: %s", exc)
+            self.requested.update(counts)
+            return
+        if view["version"] != self.book.version:
+            before = dict(self.book.placed)
+            self.book.place({n: e for n, e in view["placed"].items() if n in self.hosts}, view["version"])
+            for node, experts in self.book.placed.items():
+                if experts - before.get(node, frozenset()):
+                    self._refresh_later(node)  # its new experts' tiers, before replica choice ranks it
+        self.placement = view
+
+    async def route(self, call: Call) -> Decision:
+        """As the Engine's; the decision also counts as traffic for the placement controller."""
+        decision = await super().route(call)
+        self.requested[decision.expert] += 1
+        return decision
 
     async def refresh(self, node: str) -> None:
         """Ask one host for its tiers (a host that does not answer counts as down for a while)."""
@@ -89,6 +129,12 @@ class ClusterEngine(Engine):
                 if exc.code != "host_failed":
                     raise
                 continue  # the host is gone before anything was sent: try another host
+            except ExpertLoadError as exc:
+                if exc.code != NOT_PLACED:
+                    raise
+                self.book.withdraw(node, expert)  # moved away by a placement this ingress has not seen yet
+                continue
+            call.node = node
             return _prepend(first, chunks)
 
     async def _relay(self, node: str, call: Call) -> AsyncIterator[Chunk]:
@@ -108,6 +154,7 @@ class ClusterEngine(Engine):
                     self.metrics.tokens.labels(call.expert, "completion").inc(item.usage.completion_tokens)
                 yield item
             finished = True
+            self.book.served[node] += 1
         except (CoserveError, GeneratorExit, asyncio.CancelledError):
             raise
         except Exception as exc:  # Ray's: the replica died, its node left, the actor is unreachable
@@ -159,14 +206,41 @@ class ClusterEngine(Engine):
             best = min(tiers.values(), key=lambda t: ["active", "ram", "disk"].index(t)) if tiers else "none"
             entry.update(tier=best, nodes=tiers)
         now = time.monotonic()
+        alive = self.placement.get("alive")
         health["nodes"] = {
-            node: {"in_flight": self.book.in_flight[node], "down": self.book.down_until[node] > now}
+            node: {
+                "experts": sorted(self.book.placed.get(node, ())),
+                "in_flight": self.book.in_flight[node],
+                "served": self.book.served[node],
+                "down": self.book.down_until[node] > now or (alive is not None and node not in alive),
+            }
             for node in sorted(self.hosts)
+        }
+        health["placement"] = {
+            "version": self.book.version,
+            "unplaced": self.placement.get("unplaced", []),  # needed, but no node alive can hold them
+            "reason": self.placement.get("reason"),  # why it last changed
+            "error": self.placement.get("error"),  # why a change could not be staged
         }
         health["engine"]["residency"] = "cluster"
         return health
 
+    async def exposition(self) -> str:
+        """The ingress's metrics and every host's, labelled with its node (one scrape, the cluster)."""
+        from coserve.distributed.merged_metrics import merge_expositions
+
+        async def host_text(node: str) -> str | None:
+            try:
+                return str(await asyncio.wait_for(self.hosts[node].metrics.remote(), STATE_TIMEOUT_S))
+            except Exception:  # a host gone: its numbers are left out this scrape
+                return None
+
+        texts = await asyncio.gather(*(host_text(node) for node in sorted(self.hosts)))
+        return merge_expositions(await super().exposition(), dict(zip(sorted(self.hosts), texts, strict=True)))
+
     async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
         for task in list(self._refreshes):
             task.cancel()
         await super().close()

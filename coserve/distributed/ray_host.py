@@ -1,5 +1,6 @@
 """The expert host: one per node, running coserve's own Engine and tiered pool over the experts the
-planner placed on that node (so tiers, lookahead eviction and expert batching hold inside it).
+planner placed on that node (so tiers, lookahead eviction and expert batching hold inside it). The
+placement controller changes that set while it runs (``assign``, ``add``, ``pin``, ``remove``).
 
 The ingress (coserve.distributed.ray_engine) has already routed a request and chosen this host; the
 host runs it on exactly the expert it was sent for (fallback to other experts is the ingress's, which
@@ -13,6 +14,8 @@ This module is a plain class: it imports no Ray (coserve.distributed.ray_app mak
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,11 @@ from coserve.engine.engine import Engine
 from coserve.errors import CoserveError, ExpertLoadError
 from coserve.types import Chunk, Decision, Request
 
-__all__ = ["ExpertHost", "error_record", "library_file", "raise_record", "served_library"]
+__all__ = ["NOT_PLACED", "ExpertHost", "error_record", "library_file", "node_library", "raise_record", "served_library"]
+
+NOT_PLACED = "not_placed"  # the error code of a call for an expert this host does not serve (now)
+DRAIN_TIMEOUT_S = 120.0  # the longest a removed expert's running calls are waited for
+DRAIN_POLL_S = 0.05
 
 
 def error_record(exc: CoserveError) -> dict[str, Any]:
@@ -51,24 +58,76 @@ def raise_record(record: dict[str, Any]) -> None:
 
 
 class ExpertHost:
-    """Serves the experts placed on one node with its own engine and pool."""
+    """Serves the experts placed on one node with its own engine and pool; the placement controller
+    (coserve.distributed.controller) adds, pins and removes experts while it runs."""
 
-    def __init__(self, library_path: str | None, node: str, experts: Iterable[str], ram_bytes: int):
+    def __init__(
+        self,
+        library_path: str | None,
+        node: str,
+        experts: Iterable[str],
+        ram_bytes: int,
+        accelerator_bytes: int = 0,
+        resident: Iterable[str] = (),
+    ):
         from coserve.paths import cache_dir
 
-        library = served_library(library_path)
-        # The node's budget for host memory bounds the pool's RAM tier (the planner fitted the
-        # placed experts into it); the ACTIVE budget stays the library's, within the same bound.
-        memory = library.memory.model_copy(update={"ram": ram_bytes, "active": min(library.memory.active, ram_bytes)})
-        library = library.model_copy(update={"memory": memory})
+        library = node_library(served_library(library_path), ram_bytes, accelerator_bytes)
         self.node = node
-        self.experts = frozenset(experts)
+        self.experts = set(experts)
         self.engine = Engine.build(library, cache_dir())
+        self.running: Counter[str] = Counter()  # calls in progress here, per expert (what a drain waits for)
+        for expert in resident:
+            self.engine.pool.pin(expert)  # loaded on first use, then never evicted
 
     def state(self) -> dict[str, Any]:
-        """This host's node and the tier of each expert placed on it (what replica choice reads)."""
+        """This host's node, the experts placed on it and the tier of each (what replica choice reads)."""
         residency = self.engine.pool.residency()
         return {"node": self.node, "tiers": {e: str(residency[e]) for e in sorted(self.experts)}}
+
+    async def add(self, expert: str, resident: bool) -> dict[str, Any]:
+        """Serve ``expert`` here from now on: a resident one is pinned and loaded before this returns,
+        a swapped one staged into RAM where the budget has room."""
+        self.experts.add(expert)
+        if resident:
+            await self.pin(expert, True)
+        else:
+            await self.engine.pool.prefetch(expert)
+        return self.state()
+
+    async def pin(self, expert: str, pinned: bool) -> dict[str, Any]:
+        """Keep ``expert`` loaded (and load it now), or let the pool evict it again."""
+        pool = self.engine.pool
+        pool.pin(expert, pinned)
+        if pinned:
+            (await pool.acquire(expert)).release()
+        return self.state()
+
+    async def remove(self, expert: str) -> dict[str, Any]:
+        """Serve ``expert`` no more: new calls for it are refused (``not_placed``), those running finish
+        (at most ``DRAIN_TIMEOUT_S``), then it is unpinned and evicted."""
+        self.experts.discard(expert)
+        waited = 0.0
+        while self.running[expert] > 0 and waited < DRAIN_TIMEOUT_S:
+            await asyncio.sleep(DRAIN_POLL_S)
+            waited += DRAIN_POLL_S
+        self.engine.pool.pin(expert, False)
+        if expert in self.engine.library.expert_names:
+            self.engine.pool.evict_when_idle(expert)
+        return self.state()
+
+    async def assign(self, experts: list[str], resident: list[str]) -> dict[str, Any]:
+        """Serve exactly ``experts`` (``resident`` ones pinned): what the controller sets a host it has
+        not set yet to (a restarted host carries its start-time experts)."""
+        for expert in sorted(self.experts - set(experts)):
+            await self.remove(expert)
+        for expert in experts:
+            await self.add(expert, expert in resident)
+        return self.state()
+
+    def metrics(self) -> str:
+        """This host's engine metrics, in Prometheus's text format (the ingress merges them)."""
+        return self.engine.metrics.text()
 
     def health(self) -> dict[str, Any]:
         """The engine's health (experts placed here only), for the ingress's ``/health``."""
@@ -86,17 +145,33 @@ class ExpertHost:
         """Run ``request`` on ``expert`` here; yields its chunks, or one error record and stops."""
         call = Call(request)
         call.decision = Decision(expert, None, 1.0, (), "placed")
+        self.running[expert] += 1
         try:
             if expert not in self.experts:
-                raise ExpertLoadError(f"expert {expert!r} is not placed on node {self.node!r}", code="not_placed")
+                raise ExpertLoadError(f"expert {expert!r} is not placed on node {self.node!r}", code=NOT_PLACED)
             chunks = await self.engine.stream(call)
             async for chunk in chunks:
                 yield chunk
         except CoserveError as exc:
             yield error_record(exc)
+        finally:
+            self.running[expert] -= 1
 
     async def close(self) -> None:
         await self.engine.close()
+
+
+def node_library(library: LibraryConfig, ram_bytes: int, accelerator_bytes: int = 0) -> LibraryConfig:
+    """The library with one node's memory budgets. Host memory bounds the pool's RAM tier (the planner
+    fitted the placed experts into it); the ACTIVE tier counts loaded footprints: on a node with an
+    accelerator and a library with experts on one, the node's accelerator memory, else within the
+    same host-memory bound."""
+    from coserve.distributed.inputs import on_device
+
+    active = min(library.memory.active, ram_bytes)
+    if accelerator_bytes > 0 and any(on_device(spec) for spec in library.experts):
+        active = accelerator_bytes
+    return library.model_copy(update={"memory": library.memory.model_copy(update={"ram": ram_bytes, "active": active})})
 
 
 def served_library(path: str | None) -> LibraryConfig:

@@ -45,6 +45,7 @@ class Call:
     decision: Decision | None = None
     expert: str | None = None  # the expert being tried now; at the end, the one that answered
     tried: list[str] = field(default_factory=list)  # experts that failed before ``expert`` (fallback path)
+    node: str | None = None  # on a cluster, the node whose expert host answered (None in one process)
     lease: Lease | None = None  # the pinned expert while it generates
     usage: Usage | None = None  # from the last chunk
     status: str = "new"  # "new" | "queued" | "running" | then the outcome: "200", "499", "stream_error", "4xx"/"5xx"

@@ -381,6 +381,10 @@ class Engine:
             "engine": {"residency": self.residency, "switches": self.switches, "queued": self.scheduler.depth()},
         }
 
+    async def exposition(self) -> str:
+        """The metrics in Prometheus's text format (``/metrics``; a cluster's ingress adds its hosts')."""
+        return self.metrics.text()
+
     async def close(self) -> None:
         if self._dispatcher is not None:
             dispatcher, self._dispatcher = self._dispatcher, None

@@ -110,6 +110,10 @@ class ExpertPool:
     def state(self, name: str) -> dict[str, Any]:
         return self._entries[name].state()
 
+    def pin(self, name: str, pinned: bool = True) -> None:
+        """Keep ``name`` out of every eviction once ACTIVE (or let it go again); loads are the caller's."""
+        self._entries[name].pinned = pinned
+
     # -- acquire / release ----------------------------------------------------------------------
     async def acquire(self, name: str) -> Lease:
         """Pin the expert in the ACTIVE tier, moving it there first if needed."""
@@ -175,6 +179,7 @@ class ExpertPool:
             for name, e in self._entries.items()
             if name != exclude
             and e.in_flight == 0
+            and not e.pinned
             and e.moving is None
             and (e.handle is not None if tier is Tier.ACTIVE else (e.staged is not None and e.handle is None))
         }

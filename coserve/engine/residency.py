@@ -39,6 +39,7 @@ class Entry:
     backoff_until: float = 0.0
     backoff_s: float = 0.0
     last_error: str = ""
+    pinned: bool = False  # kept ACTIVE: never a victim (a cluster plan's resident replica)
 
     @property
     def tier(self) -> Tier:
@@ -60,6 +61,7 @@ class Entry:
             "loading": self.moving is not None,
             "backoff_s": max(0.0, round(self.backoff_until - time.monotonic(), 3)),
             "last_error": self.last_error or None,
+            "pinned": self.pinned,
         }
 
 

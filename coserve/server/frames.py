@@ -97,6 +97,8 @@ def headers(call: Call) -> dict[str, str]:
     out = {"x-coserve-expert": call.expert, "x-coserve-category": call.decision.category or ""}
     if call.tried:
         out["x-coserve-fallback-from"] = ",".join(call.tried)
+    if call.node is not None:
+        out["x-coserve-node"] = call.node
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Receive, Scope, Send
 
 from coserve.config import ServerSettings
@@ -251,4 +251,4 @@ async def health(state: OpsState) -> JSONResponse:
 
 @router.get("/metrics", responses=error_responses(401))
 async def prometheus(state: OpsState) -> Response:
-    return Response(generate_latest(state.engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(await state.engine.exposition(), media_type=CONTENT_TYPE_LATEST)

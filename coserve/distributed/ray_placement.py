@@ -1,0 +1,104 @@
+"""The placement controller as a Ray Serve deployment (``placement``, one replica): it watches which
+cluster-file nodes Ray has alive, takes the ingresses' traffic reports, and runs the controller's
+ticks (coserve.distributed.controller) against the expert hosts through their deployment handles.
+
+``sync`` is what every ingress replica calls about twice a second: it hands in the requests per
+expert it routed since its last call and gets the placement to follow (version, experts per node).
+The watch loop starts with the first ``sync`` (inside the replica's event loop) and ticks every
+``WATCH_S``. A node is alive when a Ray node that Ray reports alive carries its
+``coserve-node-<name>`` resource; Ray notices a dead node after its health checks fail
+(``health_check_period_ms`` x ``health_check_failure_threshold`` of the cluster's system config).
+
+Imports Ray only inside calls (coserve.distributed.ray_app makes this class a deployment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from coserve.distributed.cluster import Cluster, Footprint
+from coserve.distributed.controller import PlacementController
+from coserve.distributed.placement import Placement
+
+__all__ = ["NODE_PREFIX", "HandleHosts", "PlacementService", "alive_nodes"]
+
+log = logging.getLogger("coserve.distributed")
+
+NODE_PREFIX = "coserve-node-"  # the custom resource a Ray node carries for the cluster-file node it is
+WATCH_S = 1.0  # seconds between two ticks of the controller
+HOST_CALL_TIMEOUT_S = 180.0  # the longest a host may take to load, pin or drain an expert
+HOST_UP_TIMEOUT_S = 10.0  # a host that does not answer its state within this is not up yet
+
+
+def alive_nodes(ray_nodes: list[Mapping[str, Any]]) -> set[str]:
+    """The cluster-file nodes that an alive Ray node carries (from ``ray.nodes()``)."""
+    out = set()
+    for node in ray_nodes:
+        if node.get("Alive"):
+            out |= {r[len(NODE_PREFIX) :] for r in node.get("Resources", {}) if r.startswith(NODE_PREFIX)}
+    return out
+
+
+class HandleHosts:
+    """The controller's ``HostOps`` over the hosts' deployment handles."""
+
+    def __init__(self, hosts: Mapping[str, Any]):
+        self.hosts = dict(hosts)
+
+    async def _call(self, node: str, method: str, *args: Any) -> None:
+        await asyncio.wait_for(getattr(self.hosts[node], method).remote(*args), HOST_CALL_TIMEOUT_S)
+
+    async def add(self, node: str, expert: str, resident: bool) -> None:
+        await self._call(node, "add", expert, resident)
+
+    async def remove(self, node: str, expert: str) -> None:
+        await self._call(node, "remove", expert)
+
+    async def pin(self, node: str, expert: str, pinned: bool) -> None:
+        await self._call(node, "pin", expert, pinned)
+
+    async def assign(self, node: str, experts: list[str], resident: list[str]) -> None:
+        # A host whose replica is not up yet (its node just joined) would hold the call until it
+        # is: ask for its state first, briefly, so the tick goes on and tries again next time.
+        await asyncio.wait_for(self.hosts[node].state.remote(), HOST_UP_TIMEOUT_S)
+        await self._call(node, "assign", experts, resident)
+
+
+class PlacementService:
+    """The ``placement`` deployment: one controller for the whole application."""
+
+    def __init__(
+        self, cluster: Cluster, footprints: Mapping[str, Footprint], placement: Placement, hosts: Mapping[str, Any]
+    ):
+        self.controller = PlacementController(cluster, footprints, placement, HandleHosts(hosts))
+        self._watch: asyncio.Task[None] | None = None
+
+    async def sync(self, counts: Mapping[str, int]) -> dict[str, Any]:
+        """An ingress's traffic since its last call in; the placement to follow out."""
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_nodes())
+        self.controller.report(counts)
+        return self.controller.view()
+
+    def view(self) -> dict[str, Any]:
+        return self.controller.view()
+
+    async def _watch_nodes(self) -> None:
+        import ray
+
+        while True:
+            try:
+                alive = alive_nodes(await asyncio.to_thread(ray.nodes))
+                await self.controller.tick(alive & set(self.controller.advertised))
+            except Exception:  # one bad tick must not end the watch
+                log.exception("placement tick failed")
+            await asyncio.sleep(WATCH_S)
+
+    def __del__(self) -> None:
+        if self._watch is not None:
+            with contextlib.suppress(Exception):
+                self._watch.cancel()

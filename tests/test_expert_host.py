@@ -1,0 +1,112 @@
+"""The expert host (coserve.distributed.ray_host.ExpertHost) as the placement controller drives it,
+without Ray: experts added (resident ones pinned and loaded), removed after their running calls
+finish, a restarted host reset; the node's memory budgets; its metrics text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import MiB, library_data
+
+from coserve.config import load_library
+from coserve.distributed.ray_host import NOT_PLACED, ExpertHost, node_library
+from coserve.types import Message, Request, Sampling
+
+GiB = 2**30
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> str:
+    data = library_data()
+    data["experts"][2]["options"]["token_delay"] = 0.02  # big: 12 tokens take about 0.25 s
+    path = tmp_path / "library.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+def _request(tokens: int = 12) -> Request:
+    return Request((Message("user", "one two three"),), "big", Sampling(max_tokens=tokens))
+
+
+async def _answer(host: ExpertHost, expert: str) -> list[Any]:
+    return [item async for item in host.stream(_request(), expert)]
+
+
+def test_added_resident_expert_is_loaded_and_pinned(library: str) -> None:
+    host = ExpertHost(library, "a", ["small"], 64 * MiB)
+
+    async def run() -> dict[str, Any]:
+        state = await host.add("big", True)
+        assert state["tiers"] == {"big": "active", "small": "disk"}
+        # small needs room: only small itself may go (big is pinned), so big stays ACTIVE
+        assert [type(c).__name__ for c in await _answer(host, "small")][-1] == "Chunk"
+        health = host.health()
+        await host.close()
+        return health
+
+    health = asyncio.run(run())
+    assert health["experts"]["big"]["tier"] == "active" and health["experts"]["big"]["pinned"] is True
+    assert health["experts"]["small"]["pinned"] is False
+    assert health["node"] == "a" and health["memory"]["ram_budget_bytes"] == 64 * MiB
+
+
+def test_removed_expert_finishes_its_running_calls_then_refuses_new_ones(library: str) -> None:
+    host = ExpertHost(library, "a", ["big"], 64 * MiB, resident=["big"])
+
+    async def run() -> tuple[list[Any], dict[str, Any], list[Any]]:
+        running = asyncio.ensure_future(_answer(host, "big"))
+        while host.running["big"] == 0:
+            await asyncio.sleep(0.01)
+        state = await host.remove("big")  # returns once the running call has finished
+        assert running.done()
+        after = await _answer(host, "big")
+        answered = await running
+        await host.close()
+        return answered, state, after
+
+    answered, state, after = asyncio.run(run())
+    # the call ran to its end: the fake's "big says:" and the prompt's words, 12 tokens in all
+    assert "".join(c.text for c in answered).split() == ["big", "says:"] + ["one", "two", "three"] * 3 + ["one"]
+    assert answered[-1].finish_reason == "length"
+    assert state["tiers"] == {}
+    assert after == [{"error": "ExpertLoadError", "message": "expert 'big' is not placed on node 'a'",
+                      "param": None, "code": NOT_PLACED, "retry_after": None}]  # fmt: skip
+
+
+def test_assign_sets_exactly_the_experts_given(library: str) -> None:
+    host = ExpertHost(library, "b", ["small", "coder"], 64 * MiB)  # its start-time experts
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        emptied = await host.assign([], [])
+        assigned = await host.assign(["coder", "big"], ["big"])
+        await host.close()
+        return emptied, assigned
+
+    emptied, assigned = asyncio.run(run())
+    assert emptied == {"node": "b", "tiers": {}}
+    assert assigned == {"node": "b", "tiers": {"big": "active", "coder": "ram"}}  # big pinned and loaded
+
+
+def test_accelerator_budget_bounds_active_where_the_library_has_device_experts(tmp_path: Path) -> None:
+    data = library_data()
+    path = tmp_path / "library.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    cpu = node_library(load_library(path), 64 * MiB, 8 * GiB)
+    assert (cpu.memory.ram, cpu.memory.active) == (64 * MiB, 64 * MiB)  # no expert on a device
+    data["experts"][2].update(backend="llamacpp", source="big.gguf", options={"n_gpu_layers": -1})
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    gpu = node_library(load_library(path), 64 * MiB, 8 * GiB)
+    assert (gpu.memory.ram, gpu.memory.active) == (64 * MiB, 8 * GiB)
+    assert node_library(load_library(path), 64 * MiB, 0).memory.active == 64 * MiB  # no accelerator here
+
+
+def test_host_metrics_are_its_engine_registry(library: str) -> None:
+    host = ExpertHost(library, "a", ["small"], 64 * MiB)
+    asyncio.run(_answer(host, "small"))
+    assert 'coserve_expert_loads_total{expert="small"} 1.0' in host.metrics()
+    asyncio.run(host.close())
