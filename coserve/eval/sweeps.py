@@ -171,14 +171,14 @@ class FoldModels:
         """The stack router's expected scores ``[n_test, E]`` and ``[n_val, E]``: ridge fitted on the
         true categories (one-hot) beside the vectors, applied to the calibrated posterior."""
         if STACK not in self._predictions:
-            from coserve.router.predict import RidgeRegressor, stack_design
+            from coserve.router.predict import STACK_RIDGE_ALPHA, RidgeRegressor, stack_design
 
             f = self.f
             post = self.posterior(HYBRID_CLASSIFIER)
             onehot = np.eye(len(f.classes))[[f.classes.index(c) for c in f.categories]]
-            self.predictors[STACK] = RidgeRegressor().fit(stack_design(onehot, f.X), f.Y)
+            self.predictors[STACK] = RidgeRegressor(STACK_RIDGE_ALPHA).fit(stack_design(onehot, f.X), f.Y)
             test = self.predictors[STACK].predict(stack_design(post["cal"], f.X_test))
-            inner = RidgeRegressor().fit(stack_design(onehot[f.inner], f.X[f.inner]), f.Y[f.inner])
+            inner = RidgeRegressor(STACK_RIDGE_ALPHA).fit(stack_design(onehot[f.inner], f.X[f.inner]), f.Y[f.inner])
             val = inner.predict(stack_design(post["val"], f.X[f.val]))
             self._predictions[STACK] = (np.asarray(test, float), np.asarray(val, float))
         return self._predictions[STACK]

@@ -24,6 +24,7 @@ from coserve.router.registry import build
 __all__ = [
     "PREDICTORS",
     "STACK_POSTERIOR_SCALE",
+    "STACK_RIDGE_ALPHA",
     "KNNRegressor",
     "MFRegressor",
     "MLPRegressor",
@@ -33,10 +34,11 @@ __all__ = [
     "stack_design",
 ]
 
-# Weight of the category posterior beside the prompt vector in the stack router's design matrix.
-# With the ridge penalty of RidgeRegressor's default, a weight of 10 lets the category carry the
-# mean score while the vector and features move it per prompt (grouped CV: docs/eval.md).
+# Weight of the category posterior beside the prompt vector in the stack router's design matrix, and
+# the stack's ridge penalty: the category carries the mean score, the vector and features move it per
+# prompt, shrunk hard (grouped CV on llmrouter chose these from {3, 10, 30} x {30, 100, 300}: docs/eval.md).
 STACK_POSTERIOR_SCALE = 10.0
+STACK_RIDGE_ALPHA = 100.0
 
 
 class Predictor(Protocol):
@@ -250,8 +252,8 @@ class RidgeRegressor:
 
     name = "ridge"
 
-    def __init__(self, alpha: float = 100.0):
-        self.alpha = alpha  # L2 penalty on the weights
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha  # L2 penalty on the weights (the stack router uses STACK_RIDGE_ALPHA)
 
     def fit(self, X: np.ndarray, Y: np.ndarray) -> RidgeRegressor:
         X32, Y64, observed = _outcomes(X, Y)
