@@ -154,3 +154,21 @@ def test_int8_onnx_embedder_agrees_with_fp32_and_checks_its_hash(
     monkeypatch.setattr(embed_onnx, "INT8_SHA256", "f" * 64)
     with pytest.raises(AssetError, match=r"model\.onnx has sha256 8199be6f.*expected f{64}"):
         embed_onnx.OnnxMiniLMEmbedder()
+
+
+def test_a_trained_stack_router_brings_its_featured_embedder(tmp_path: Path, cache: Path) -> None:
+    from test_trained_routing import CHAT, CODE, _library
+
+    from coserve.cli import main
+    from coserve.config import load_library
+    from coserve.router.router import CoERouter
+    from coserve.types import ROUTED_MODEL, Message, Request
+
+    data, experts = write_separable(tmp_path)
+    argv = ["train", "--data", str(data), "--experts", str(experts), "--out", str(tmp_path / "router")]
+    assert main([*argv, "--embedder", "hashing+features", "--budget-params", "6"]) == 0
+    router = CoERouter.from_trained(load_library(_library(tmp_path, "router")))  # no embedder given
+    assert router.embedder.name == "hashing+features" and router.embedder.dim == 256 + len(FEATURE_NAMES)
+    assert router.trained is not None and router.trained.kind == "stack"
+    routed = {text: router.route(Request((Message("user", text),), ROUTED_MODEL)).expert for text in (CODE, CHAT)}
+    assert routed == {CODE: "big", CHAT: "small"}  # 5.5 B on average: within the 6 B budget
