@@ -14,7 +14,7 @@ from coserve.eval.data import embed_cached, load_costs, load_outcomes
 from coserve.eval.harness import evaluate
 from coserve.router import embed, embed_static
 from coserve.router.embed import HashingEmbedder, MiniLMEmbedder
-from coserve.router.embedders import make_embedder, parse_variant
+from coserve.router.embedders import EMBEDDER_NAMES, make_embedder, parse_variant
 from coserve.router.features import FEATURE_NAMES, FeaturedEmbedder, prompt_features
 from coserve.router.predict import STACK_POSTERIOR_SCALE, RidgeRegressor, stack_design
 
@@ -24,6 +24,21 @@ HELLO, WORLD, THE = 7592, 2088, 1996  # word-piece ids in MiniLM's (bert-base-un
 @pytest.fixture(scope="module")
 def minilm() -> MiniLMEmbedder:
     return MiniLMEmbedder(cache_size=0)
+
+
+@pytest.mark.parametrize("name", EMBEDDER_NAMES)
+def test_embedder_conformance(name: str) -> None:
+    """Every embedder: float32 ``[n, dim]``, unit-length embedding part, deterministic, empty input."""
+    if name.startswith("minilm-int8"):
+        pytest.importorskip("onnxruntime")
+    embedder = make_embedder(name)
+    texts = ["Write a Python function that reverses a list.", "hi", "Solve 2x + 3 = 7 for x."]
+    X = embedder.encode(texts)
+    assert X.dtype == np.float32 and X.shape == (3, embedder.dim)
+    base_dim = embedder.dim - len(FEATURE_NAMES) if name.endswith("+features") else embedder.dim
+    np.testing.assert_allclose(np.linalg.norm(X[:, :base_dim], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(embedder.encode(texts[::-1]), X[::-1], atol=1e-5)  # order-independent rows
+    assert embedder.encode([]).shape == (0, embedder.dim)
 
 
 def test_a_wrong_model_hash_is_refused(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
