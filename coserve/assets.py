@@ -20,7 +20,7 @@ from coserve.config import ExpertSpec, LibraryConfig
 from coserve.errors import AssetError
 from coserve.paths import cache_dir
 
-__all__ = ["is_assembled", "locate", "missing_files", "model_path", "sha256_file", "source_size"]
+__all__ = ["is_assembled", "locate", "missing_files", "model_path", "require_sha256", "sha256_file", "source_size"]
 
 _CHUNK = 8 * 2**20  # bytes read at a time when hashing and copying
 
@@ -68,6 +68,17 @@ def _verified(path: Path, sha256: str) -> bool:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(stamp))
     return True
+
+
+def require_sha256(path: Path, sha256: str, what: str) -> Path:
+    """``path`` if its sha256 is the pinned one (checked once per size and mtime); AssetError naming
+    ``what``, the file and both hashes otherwise."""
+    if not _verified(path, sha256):
+        raise AssetError(
+            f"{what}: {path} has sha256 {sha256_file(path)}, expected {sha256}; refusing it "
+            "(reinstall the package with scripts/setup)"
+        )
+    return path
 
 
 def _assembled_target(spec: ExpertSpec, sha256: str) -> Path:

@@ -167,7 +167,7 @@ class OnlineSettings(_Strict):
 class RouterSettings(_Strict):
     """How prompts become decisions."""
 
-    embedder: Literal["minilm", "hashing"] = "minilm"
+    embedder: Literal["minilm", "minilm-static", "minilm-int8", "hashing"] = "minilm-static"
     classifier: Literal["logistic"] = "logistic"
     map: dict[str, str] = Field(default_factory=dict)  # category -> expert (unless ``trained`` is given)
     # Or: an outcome file (``coserve outcomes`` JSONL, relative to the library file) from which the

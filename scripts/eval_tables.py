@@ -2,6 +2,11 @@
 """Print docs/eval.md's result tables from the `coserve eval` reports under docs/data/.
 
     .venv/bin/python scripts/eval_tables.py docs/data/eval-llmrouter.json docs/data/eval-mt_bench.json ...
+    .venv/bin/python scripts/eval_tables.py --at 10.2,51 docs/data/eval-llmrouter*.json
+
+``--at B1,B2`` prints one table instead: each report's routers' quality at those average active
+parameter budgets (billions; linear interpolation on the pooled Pareto front, the harness's
+``quality_at_budget``), beside the best single expert within each budget.
 
 The docs quote these tables; the numbers are the reports', rounded, so they can be re-derived.
 """
@@ -76,5 +81,34 @@ def tables(path: Path) -> str:
     return "\n".join([head, *main, "", *_baselines(report), ""])
 
 
+def at_budgets(paths: list[Path], budgets: list[float]) -> str:
+    """Quality at each params budget of every router of every report, and the best single expert."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from coserve.eval.metrics import quality_at_budget
+
+    head = " | ".join(f"quality @ <= {b:g}B" for b in budgets)
+    rows = [f"| report (embedder) | router | {head} |", "|---|---|" + "---|" * len(budgets)]
+    baselines: dict[str, Any] = {}
+    for path in paths:
+        report = json.loads(path.read_text())
+        baselines = report["baselines"]
+        for name, router in report["routers"].items():
+            points = [p for p in router["points"] if p["axis"] == "params"]
+            xs, qs = [p["avg_params_b"] for p in points], [p["quality"] for p in points]
+            cells = " | ".join(_num(quality_at_budget(xs, qs, b)) for b in budgets)
+            rows.append(f"| `{path.name}` ({report['meta']['embedder']}) | {name} | {cells} |")
+    singles = {k: b for k, b in baselines.items() if k not in ("random", "oracle")}
+    cells = []
+    for budget in budgets:
+        within = [(b["quality"], k) for k, b in singles.items() if b["avg_params_b"] <= budget]
+        cells.append(f"{max(within)[0]:.3f} ({max(within)[1]})" if within else "–")
+    rows.append(f"| best single expert | – | {' | '.join(cells)} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
-    print("\n".join(tables(Path(arg)) for arg in sys.argv[1:]))
+    args = sys.argv[1:]
+    if args[:1] == ["--at"]:
+        print(at_budgets([Path(a) for a in args[2:]], [float(b) for b in args[1].split(",")]))
+    else:
+        print("\n".join(tables(Path(arg)) for arg in args))

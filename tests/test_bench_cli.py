@@ -15,13 +15,36 @@ def test_bench_route_writes_its_schema(tmp_path: Path, cache: Path, capsys: pyte
     out = tmp_path / "route.json"
     assert main(["bench", "route", "--library", str(write_library(tmp_path)), "--n", "8", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result) == {"provenance", "decision_ms", "batched_per_s"}
+    assert set(result) == {"provenance", "decision_ms", "batched_per_s", "blas_threads", "embedder"}
+    assert result["blas_threads"] == 1 and result["embedder"] == "hashing"  # the engine's limit by default
     assert result["provenance"]["command"].endswith(f"--json {out}")
     assert set(result["decision_ms"]) == {"16", "64", "256"}
     for row in result["decision_ms"].values():
         assert 0 < row["p50"] <= row["p95"]
     assert result["batched_per_s"] > 0
     assert "decisions/s" in capsys.readouterr().out
+
+
+def test_bench_route_compares_embedder_variants(tmp_path: Path, cache: Path) -> None:
+    out = tmp_path / "route.json"
+    library = str(write_library(tmp_path))
+    variants = "hashing;hashing+features;hashing:dim=64"
+    argv = ["bench", "route", "--library", library, "--n", "6", "--embedders", variants, "--blas-threads", "0"]
+    assert main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["blas_threads"] is None
+    assert list(result["variants"]) == ["hashing", "hashing+features", "hashing:dim=64"]
+    for row in result["variants"].values():
+        assert set(row["decision_ms"]) == {"16", "64", "256"}
+        assert row["batched_per_s"] > 0
+        assert 0 < row["repeated_prompt_ms_64"]["p50"] <= row["repeated_prompt_ms_64"]["p95"]
+        assert "tokenizer_ms_64" not in row  # the hashing embedder has no tokenizer
+
+
+def test_bench_route_refuses_a_malformed_variant(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture) -> None:
+    library = str(write_library(tmp_path))
+    assert main(["bench", "route", "--library", library, "--embedders", "hashing:dim=big"]) == 2
+    assert "options are key=integer" in capsys.readouterr().err
 
 
 def test_bench_experts_measures_every_expert(tmp_path: Path, cache: Path) -> None:

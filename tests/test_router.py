@@ -12,7 +12,8 @@ from conftest import HELD_OUT, write_library
 from coserve.config import LibraryConfig, load_library
 from coserve.errors import ConfigError, NotFound
 from coserve.router.classify import LogisticClassifier, make_classifier
-from coserve.router.embed import HashingEmbedder, make_embedder
+from coserve.router.embed import HashingEmbedder
+from coserve.router.embedders import make_embedder
 from coserve.router.router import CACHE_FORMAT_VERSION, CoERouter
 from coserve.types import Constraints, Message, Request
 

@@ -11,6 +11,8 @@ from test_eval_harness import write_separable
 
 from coserve.cli import main
 from coserve.router.embed import HashingEmbedder
+from coserve.router.embedders import make_embedder
+from coserve.router.features import FEATURE_NAMES
 from coserve.router.trained import load_trained
 
 
@@ -23,7 +25,7 @@ def argv(command: str, data: Path, experts: Path, *extra: str) -> list[str]:
 def trained(tmp_path: Path, cache: Path) -> tuple[Path, Path]:
     data, experts = write_separable(tmp_path)
     out = tmp_path / "router"
-    rc = main(argv("train", data, experts, "--out", str(out), "--budget-params", "6"))
+    rc = main(argv("train", data, experts, "--out", str(out), "--budget-params", "6", "--router", "map-logistic"))
     assert rc == 0
     return out, data
 
@@ -68,6 +70,30 @@ def test_experts_add_keeps_classifier_and_changes_map(trained: tuple[Path, Path]
     assert manifest["map"] == {"chat": "small", "code": "coder"}
     X = HashingEmbedder().encode(["debug this python function loop"])
     assert load_trained(out).expert_for(X) == ["coder"]
+
+
+def test_train_defaults_to_the_stack_router(tmp_path: Path, cache: Path) -> None:
+    data, experts = write_separable(tmp_path)
+    out = tmp_path / "stack"
+    assert main(argv("train", data, experts, "--out", str(out), "--embedder", "hashing+features")) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "stack"
+    assert manifest["predictor"]["name"] == "ridge" and manifest["classifier"]["name"] == "logistic"
+    assert manifest["hyper"]["embedder"] == "hashing+features"
+    router = load_trained(out)
+    embedder = make_embedder("hashing+features")
+    X = embedder.encode(["debug this python function loop", "hello friend nice weekend movie"])
+    assert X.shape == (2, 256 + len(FEATURE_NAMES))
+    # the default budget is the dearest expert's: each prompt goes to the expert perfect on its category
+    assert router.expert_for(X) == ["big", "small"]
+    assert router.expert_for(X, budget=1.0) == ["small", "small"]
+
+
+def test_train_without_embedder_uses_the_router_kinds_default(tmp_path: Path) -> None:
+    from coserve.cli.train import default_embedder
+
+    assert default_embedder(None) == default_embedder("stack") == "minilm-static+features"
+    assert default_embedder("hybrid") == default_embedder("map-logistic") == "minilm"
 
 
 def test_prompt_and_hybrid_routers_train(tmp_path: Path, cache: Path) -> None:

@@ -48,6 +48,8 @@ def first_token_and_decode(backend: Any, handle: Any, prompt: str, tokens: int) 
 def bench_experts(library: LibraryConfig, tokens: int = 64, repeats: int = 3) -> dict[str, Any]:
     """Measure every expert and the router; print a table and return the figures."""
     from coserve.bench.route import decision_times
+    from coserve.paths import cache_dir
+    from coserve.router.router import CoERouter
 
     base = library.path.parent if library.path else None
     results: dict[str, Any] = {"experts": {}, "tokens": tokens, "repeats": repeats}
@@ -82,7 +84,7 @@ def bench_experts(library: LibraryConfig, tokens: int = 64, repeats: int = 3) ->
             f"{row['decode_tok_s']:>13.1f}",
             flush=True,
         )
-    route = decision_times(library, lengths=(64,), n=200)
+    route = decision_times(CoERouter.load_or_fit(library, cache_dir()), lengths=(64,), n=200)
     results["route_ms_64_p50"] = route["64"]["p50"]
     print(
         f"router: decision time for a 64-token prompt, p50 {route['64']['p50']:.2f} ms, p95 {route['64']['p95']:.2f} ms"

@@ -8,6 +8,7 @@ from typing import Any
 
 from coserve.bench.provenance import write_data
 from coserve.cli.common import Subcommands, add_library_arg, load_served_library
+from coserve.router.embedders import EMBEDDER_NAMES
 
 __all__ = [
     "add_bench_parser",
@@ -31,7 +32,9 @@ def cmd_bench_experts(args: argparse.Namespace) -> int:
 def cmd_bench_route(args: argparse.Namespace) -> int:
     from coserve.bench.route import bench_route
 
-    result = bench_route(load_served_library(args.library), n=args.n)
+    embedders = [e.strip() for e in args.embedders.split(";") if e.strip()] if args.embedders else []
+    blas = None if args.blas_threads == 0 else args.blas_threads
+    result = bench_route(load_served_library(args.library), n=args.n, embedders=embedders, blas_threads=blas)
     if args.json:
         write_data(Path(args.json), result, args.command_line)
     return 0
@@ -58,7 +61,7 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
 
 def cmd_bench_adapt(args: argparse.Namespace) -> int:
     from coserve.bench.adapt import AdaptOptions, run_adapt
-    from coserve.router.embed import make_embedder
+    from coserve.router.embedders import make_embedder
 
     axis, target = ("price", args.budget_price) if args.budget_price is not None else ("params", args.budget_params)
     knobs = ("requests", "phases", "feedback", "noise", "shock", "seed", "prior_strength", "max_count", "step")
@@ -103,7 +106,7 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--step", type=float, help="the budget controller's step")
     b.add_argument("--explore-cap", type=float, help="most share of traffic that explores")
     b.add_argument("--seed", type=int)
-    b.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
+    b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
     b.set_defaults(func=cmd_bench_adapt)
 
 
@@ -119,6 +122,14 @@ def add_bench_parser(sub: Subcommands) -> None:
     b = bench.add_parser("route", help="routing decision time (16/64/256 tokens) and batched throughput")
     add_library_arg(b)
     b.add_argument("--n", type=int, default=200, help="decisions per prompt length")
+    b.add_argument(
+        "--embedders",
+        help="compare embedder variants, ';'-separated, e.g. 'minilm;minilm:max_tokens=128;minilm-static' "
+        "(default: the library's own router)",
+    )
+    b.add_argument(
+        "--blas-threads", type=int, default=1, help="BLAS threads while timing (1: the engine's limit; 0: no limit)"
+    )
     b.add_argument("--json", help="also write the figures to this file")
     b.set_defaults(func=cmd_bench_route)
     b = bench.add_parser("serve", help="coserve's residencies and a real peer, alternating runs of one workload")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from coserve.cli.common import Subcommands
+from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
 
@@ -16,20 +16,28 @@ __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
 def _outcomes(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The outcome set, its embeddings and the expert costs named by ``--data``/``--experts``."""
     from coserve.eval.data import embed_cached, load_costs, load_outcomes
-    from coserve.router.embed import make_embedder
+    from coserve.router.embedders import make_embedder
 
     costs = load_costs(args.experts)
     outcomes, problems = load_outcomes(args.data, on_bad=args.on_bad)
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
-    embedder = make_embedder(args.embedder)
+    embedder = make_embedder(args.embedder)  # cmd_train fills in the router kind's default
     return outcomes, embed_cached(outcomes.prompts, embedder), costs
 
 
+def default_embedder(router: str | None) -> str:
+    """The embedder a router kind is trained and evaluated with unless ``--embedder`` says otherwise:
+    the stack router reads the prompt features beside the static vector; the others, MiniLM's unit
+    vectors (their kNN and OOD parts compare unit vectors)."""
+    return STACK_EMBEDDER if router in (None, "stack") else "minilm"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from coserve.bench.provenance import write_data
     from coserve.eval.data import load_costs, load_outcomes
     from coserve.eval.harness import evaluate
-    from coserve.router.embed import make_embedder
+    from coserve.router.embedders import make_embedder
 
     costs = load_costs(args.experts)
     train, problems = load_outcomes(args.data, on_bad=args.on_bad)
@@ -47,12 +55,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         folds=args.folds,
         seed=args.seed,
         routers=routers,
-        embedder=make_embedder(args.embedder),
+        embedder=make_embedder(args.embedder or "minilm"),
         jobs=args.jobs,
     )
     report["meta"].update(data=str(args.data), test=args.test, skipped_rows=len(problems))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
+    write_data(Path(args.json), report, args.command_line)  # with its provenance (command, commit, CPU)
     if args.plot:
         from coserve.eval.plot import plot_report
 
@@ -81,6 +88,7 @@ def _fmt(value: float | None) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from coserve.eval.train import train_router
 
+    args.embedder = args.embedder or default_embedder(args.router)
     outcomes, X, costs = _outcomes(args)
     axis, budget = ("price", args.budget_price) if args.budget_price is not None else ("params", args.budget_params)
     router = train_router(
@@ -108,7 +116,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experts", required=True, help="experts.json with params_b and prices")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--on-bad", choices=["skip", "refuse"], default="refuse", help="what to do with bad rows")
-    p.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
+    p.add_argument(
+        "--embedder",
+        help=f"one of {', '.join(EMBEDDER_NAMES)}, options after ':' (minilm+features:max_tokens=128); "
+        f"train: {STACK_EMBEDDER} for the stack router (the default), else minilm; eval: minilm",
+    )
 
 
 def add_eval_parser(sub: Subcommands) -> None:
@@ -128,7 +140,9 @@ def add_train_parser(sub: Subcommands) -> None:
     p = sub.add_parser("train", help="fit a router on outcome data and save it as a directory")
     add_data_args(p)
     p.add_argument("--out", required=True, help="router directory to write")
-    p.add_argument("--router", default="map-logistic", help="map-<classifier>, prompt-<predictor> or hybrid")
+    p.add_argument(
+        "--router", default="stack", help="stack (default), map-<classifier>, prompt-<predictor>, hybrid or top2"
+    )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget-params", type=float, help="average active parameters (billions) per request")
     budget.add_argument("--budget-price", type=float, help="average price (USD per million tokens) per request")

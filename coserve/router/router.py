@@ -20,7 +20,8 @@ import numpy as np
 from coserve.config import LibraryConfig
 from coserve.errors import ConfigError, InfeasibleConstraints, UnprocessableRequest
 from coserve.router.classify import CLASSIFIERS, Classifier, make_classifier
-from coserve.router.embed import Embedder, make_embedder
+from coserve.router.embed import Embedder
+from coserve.router.embedders import make_embedder
 from coserve.router.measured import with_measured_map
 from coserve.router.online_live import LiveOnline
 from coserve.router.policy import allowed, decide, decide_ranked

@@ -1,9 +1,11 @@
 """A router trained from outcome data and saved as a directory: ``manifest.json`` + ``arrays.npz``.
 
 Kinds: ``map-<classifier>`` (category posterior -> budget-optimal category->expert map),
-``prompt-<predictor>`` (per-prompt predicted scores, cost-weighted choice) and ``hybrid`` (a mix
-of both). The manifest holds the kind, hyper-parameters, expert names and costs, categories, the
-solved map, the temperature and the fallback thresholds; the npz holds the classifier, predictor
+``prompt-<predictor>`` (per-prompt predicted scores, cost-weighted choice), ``hybrid`` (a mix
+of both) and ``stack`` (a ridge predictor over the category posterior beside the prompt vector,
+``coserve.router.predict.stack_design``; cost-weighted choice). The manifest holds the kind,
+hyper-parameters, expert names and costs, categories, the solved map, the temperature and the
+fallback thresholds; the npz holds the classifier, predictor
 and OOD-scorer arrays under ``clf/``, ``pred/`` and ``ood/``, the per-category table ``S`` and
 priors ``p``, and the training ids with their category (so an expert can be added later without
 refitting). No pickle. This module knows nothing about the evaluation harness or data files.
@@ -29,7 +31,7 @@ TRAINED_FORMAT_VERSION = 1  # layout of a ``coserve train`` directory's manifest
 class TrainedRouter:
     """Everything a trained router decides with."""
 
-    kind: str  # "map-<classifier>", "prompt-<predictor>" or "hybrid"
+    kind: str  # "map-<classifier>", "prompt-<predictor>", "hybrid" or "stack"
     experts: list[str]
     params_b: np.ndarray  # [E] billions of active parameters (NaN unknown)
     price: np.ndarray  # [E] USD per million tokens (NaN unknown)
@@ -71,6 +73,10 @@ class TrainedRouter:
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         """Expected score of every expert on every prompt ``[n, E]``."""
+        if self.kind == "stack":
+            from coserve.router.predict import stack_design
+
+            return np.asarray(self.predictor.predict(stack_design(self.category_proba(X), X)))
         prior = self.category_proba(X) @ self.S if self.classifier is not None else 0.0
         if self.predictor is None:
             return np.asarray(prior)
