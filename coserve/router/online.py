@@ -142,7 +142,7 @@ class ChangeSettings:
     """How a changed expert is noticed (``ChangeDetector``) and how much old evidence survives it."""
 
     drift: float = 0.05  # half the smallest shift in an expert's scores worth noticing
-    threshold: float = 4.0  # the CUSUM's alarm level (residual units): larger waits for more evidence
+    threshold: float = 16.0  # the CUSUM's alarm level (residual units): larger waits for more evidence
     reset_count: float = 5.0  # pseudo-counts an expert's cells keep after an alarm
     move_mean: bool = True  # also move the expert's means by the estimated shift
 
@@ -344,7 +344,8 @@ class OnlineRouter:
     def feedback(self, category: int, expert: int, score: float) -> None:
         """An observed score in [0, 1] for ``expert`` on ``category``."""
         with self._lock:
-            residual = score - float(self.posterior.mean()[category, expert])
+            alpha, beta = self.posterior.alpha[category, expert], self.posterior.beta[category, expert]
+            residual = score - float(alpha / (alpha + beta))  # against the mean the score was predicted with
             self.posterior.update(category, expert, score)
             shift = None if self.detector is None else self.detector.observe(expert, residual)
             if shift is not None and self.change is not None:

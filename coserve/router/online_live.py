@@ -121,7 +121,7 @@ class LiveOnline:
         return {
             "target": controller.target,
             "realised": float("nan") if realised is None else realised,  # NaN before the first request
-            "weight": controller.weight,
+            "weight": controller.effective,  # the weight the map in force was solved with
             "version": float(self.router.snapshot.version),
         }
 
