@@ -94,6 +94,8 @@ def test_bench_adapt_writes_the_issue_fields(tmp_path: Path, cache: Path, capsys
     late = [abs(w["avg_cost"] / 3.0 - 1) for w in report["windows"][2:]]
     assert report["tracking_error_max"] == pytest.approx(max(late))
     assert report["shock"]["at"] == 1500
+    assert 0.0 <= report["shock"]["best_share_after"] <= 1.0 and 0.0 <= report["shock"]["share_before"] <= 1.0
+    assert all(0.0 <= w["weight_at_zero"] <= 1.0 for w in report["windows"])
     assert 100 <= report["recovery_requests"] <= 1500
     q = report["quality"]
     assert q["static_avg_cost"] == pytest.approx(3.0)  # the static baseline is cost-matched

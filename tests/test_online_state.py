@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coserve.router.online import OnlineRouter, resume
+from coserve.router.online import ChangeSettings, OnlineRouter, resume
 from coserve.store.log import DecisionLog
 from coserve.store.online_state import read_state, write_state
 
@@ -143,3 +143,23 @@ def test_an_older_log_is_read_without_the_map_version_column(tmp_path: Path) -> 
         conn.execute("CREATE TABLE feedback (seq INTEGER PRIMARY KEY, id TEXT, time REAL, score REAL)")
         conn.execute("INSERT INTO decisions VALUES ('old', 1.0, 'coserve', 'big')")
     assert query_decisions(path) == [{"id": "old", "time": 1.0, "model": "coserve", "expert": "big", "feedback": None}]
+
+
+def test_the_change_detectors_statistics_survive_a_restart(tmp_path: Path) -> None:
+    change = ChangeSettings(drift=0.05, threshold=1.0, reset_count=2.0)
+
+    def detecting() -> OnlineRouter:
+        return OnlineRouter(OFFLINE, [1.0, 3.0], target=2.0, explore_cap=0.0, prior_strength=10, change=change)
+
+    before = detecting()
+    before.feedback(0, 0, 0.3)  # residual 0.3 - 0.8 = -0.5: the down statistic stands at 0.45
+    path = tmp_path / "decisions.db"
+    with sqlite3.connect(path) as conn:
+        write_state(conn, before.export_state(CATEGORIES, EXPERTS))
+    after = detecting()
+    assert resume(after, read_state(path), CATEGORIES, EXPERTS)
+    assert after.detector is not None and after.detector.stat["down"][0] == pytest.approx(0.45)
+    older = _router().export_state(CATEGORIES, EXPERTS)  # saved without a detector
+    fresh = detecting()
+    assert resume(fresh, older, CATEGORIES, EXPERTS)
+    assert fresh.detector is not None and fresh.detector.stat["down"].tolist() == [0.0, 0.0]

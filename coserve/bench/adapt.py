@@ -13,6 +13,10 @@ Compared at the stream's own numbers (the drawn items, the shock included):
   the stream equals the target (a mix of the two maps either side of it, as a randomised map would);
 * hindsight: the best fixed map for the stream's true scores at the adaptive run's average cost (the
   same construction, from the true per-category scores).
+The report also says, to read a missed target: per window, the share of requests decided at cost weight
+0 (the router spends all that buys quality; a window under the target there is not a control error), and
+the shocked expert's share under the best fixed map for the post-shock requests (what it keeps where it
+stays the best choice after the drop; recovery, as the issue defines it, needs it below 10% of before).
 No generation happens: a request's quality is the outcome score of the expert chosen for its item.
 This module knows nothing about HTTP or the serving path.
 """
@@ -28,9 +32,18 @@ import numpy as np
 
 from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, load_costs, load_outcomes
-from coserve.router.online import OnlineRouter, solve_weighted
+from coserve.router.online import ChangeSettings, OnlineRouter, solve_weighted
 
-__all__ = ["AdaptOptions", "lagrangian_mix", "plot_adapt", "replay_adapt", "run_adapt", "split_by_prompt"]
+__all__ = [
+    "AdaptOptions",
+    "FittedStream",
+    "fit_stream",
+    "lagrangian_mix",
+    "plot_adapt",
+    "replay_adapt",
+    "run_adapt",
+    "split_by_prompt",
+]
 
 SETTLE = 1000  # tracking error counts windows starting after this many requests
 
@@ -48,10 +61,16 @@ class AdaptOptions:
     shock: float = 0.3
     window: int = 500
     seed: int = 0
-    prior_strength: float = 20.0
-    max_count: float = 30.0
+    # the knobs below were chosen by scripts/adapt_tune.py on a split of the prior half (docs/adapt.md)
+    prior_strength: float = 50.0
+    max_count: float = 100.0
     step: float = 0.005
-    explore_cap: float = 0.02
+    explore_cap: float = 0.0
+    change_threshold: float = 16.0  # the change detector's alarm level (0: no detector)
+    change_drift: float = 0.05
+    reset_count: float = 5.0
+    move_mean: bool = True
+    mix_window: int = 200  # requests whose category mix sets the feed-forward weight (0: integral only)
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -62,6 +81,8 @@ class AdaptOptions:
             raise ConfigError("feedback, shock and explore_cap must be in [0, 1] and noise >= 0")
         if self.prior_strength <= 0 or self.max_count < self.prior_strength or self.step <= 0:
             raise ConfigError("prior_strength and step must be > 0 and max_count >= prior_strength")
+        if self.change_threshold < 0 or self.change_drift < 0 or self.reset_count <= 0 or self.mix_window < 0:
+            raise ConfigError("change_threshold, change_drift and mix_window must be >= 0 and reset_count > 0")
 
 
 def lagrangian_mix(
@@ -162,12 +183,18 @@ def replay_adapt(
         explore_cap=options.explore_cap,
         window=options.window,
         seed=options.seed,
+        change=None
+        if options.change_threshold <= 0
+        else ChangeSettings(options.change_drift, options.change_threshold, options.reset_count, options.move_mean),
+        mix_window=options.mix_window,
     )
     chosen = np.zeros(n, dtype=np.int64)
     explored = np.zeros(n, dtype=bool)
+    at_zero = np.zeros(n, dtype=bool)  # the weight at 0: the router spends all that buys quality
     for i in range(n):
         decision = router.choose(int(category[i]))
         chosen[i], explored[i] = decision.expert, decision.explored
+        at_zero[i] = router.snapshot.weight == 0.0
         router.served(decision.expert)
         if rng.random() < options.feedback:
             observed = float(np.clip(truth[i, decision.expert] + rng.normal(0.0, options.noise), 0.0, 1.0))
@@ -177,7 +204,12 @@ def replay_adapt(
     realised = float(served_cost.mean())
     hindsight_table = _category_means(truth, category, K)
     hindsight = lagrangian_mix(hindsight_table, hindsight_table, _mix(category, K), cost, realised)
-    windows = _windows(served_cost, served_quality, explored, options)
+    windows = _windows(served_cost, served_quality, explored, at_zero, options)
+    post = np.arange(n) >= shock_at
+    best_after = lagrangian_mix(
+        _category_means(truth[post], category[post], K), _category_means(truth[post], category[post], K),
+        _mix(category[post], K), cost, options.target,
+    )  # fmt: skip
     settled = [w for w in windows if w["start"] >= SETTLE]
     return {
         "budget_axis": options.budget_axis,
@@ -196,12 +228,27 @@ def replay_adapt(
             "hindsight": hindsight["quality"],
             "hindsight_avg_cost": hindsight["cost"],
         },
-        "shock": {"at": shock_at, "expert": stream.experts[shocked], "static_share": float(share[shocked])},
+        "shock": {
+            "at": shock_at,
+            "expert": stream.experts[shocked],
+            "static_share": float(share[shocked]),
+            # its share under the best fixed map for the post-shock requests' true scores, at the target:
+            # what it keeps where it stays the best choice after the drop
+            "best_share_after": _share(best_after, category[post], shocked),
+            "share_before": float(np.mean(chosen[max(0, shock_at - options.window) : shock_at] == shocked)),
+        },
         "recovery_requests": _recovery(chosen, shocked, shock_at, options.window),
         "explored_share": float(explored.mean()),
         "map_versions": router.snapshot.version,
-        "final_weight": router.controller.weight,
+        "final_weight": router.controller.effective,
+        "change_alarms": router.alarms,
     }
+
+
+def _share(mix: dict[str, Any], category: np.ndarray, expert: int) -> float:
+    """Share of ``category``'s requests that ``lagrangian_mix``'s randomised map sends to ``expert``."""
+    pairs = zip(_weights(mix), mix["maps"], strict=True)
+    return float(sum(w * np.mean(np.asarray(m)[category] == expert) for w, m in pairs))
 
 
 def _weights(mix: dict[str, Any]) -> list[float]:
@@ -222,7 +269,9 @@ def _category_means(truth: np.ndarray, category: np.ndarray, K: int) -> np.ndarr
     return out
 
 
-def _windows(cost: np.ndarray, quality: np.ndarray, explored: np.ndarray, options: AdaptOptions) -> list[dict]:
+def _windows(
+    cost: np.ndarray, quality: np.ndarray, explored: np.ndarray, at_zero: np.ndarray, options: AdaptOptions
+) -> list[dict]:
     out = []
     for start in range(0, len(cost), options.window):
         part = slice(start, start + options.window)
@@ -235,6 +284,7 @@ def _windows(cost: np.ndarray, quality: np.ndarray, explored: np.ndarray, option
                 "tracking_error": abs(avg - options.target) / options.target,
                 "quality": float(quality[part].mean()),
                 "explored": float(explored[part].mean()),
+                "weight_at_zero": float(at_zero[part].mean()),
             }
         )
     return out
@@ -254,10 +304,38 @@ def _recovery(chosen: np.ndarray, shocked: int, shock_at: int, window: int, floo
     return len(hits)
 
 
-def split_by_prompt(outcomes: OutcomeSet) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of two disjoint halves, by a hash of each prompt (a repeated prompt stays on one side)."""
-    side = np.array([hashlib.sha256(prompt.encode()).digest()[0] & 1 for prompt in outcomes.prompts], dtype=bool)
+def split_by_prompt(outcomes: OutcomeSet, salt: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of two disjoint halves, by a hash of ``salt`` and each prompt (a repeated prompt stays
+    on one side); another salt gives another split, independent of the first."""
+    side = np.array(
+        [hashlib.sha256((salt + prompt).encode()).digest()[0] & 1 for prompt in outcomes.prompts], dtype=bool
+    )
     return np.flatnonzero(~side), np.flatnonzero(side)
+
+
+@dataclass(frozen=True)
+class FittedStream:
+    """A router fitted on prior outcomes, and the stream it will replay, as ``replay_adapt`` takes them."""
+
+    offline: np.ndarray  # [K, E] the router's per-category scores, in the stream's expert order
+    stream: OutcomeSet
+    stream_category: np.ndarray  # the router's category index for each stream item
+    categories: list[str]
+    prior_rows: int
+
+
+def fit_stream(
+    prior: OutcomeSet, X_prior: np.ndarray, stream: OutcomeSet, X_stream: np.ndarray, costs: ExpertCosts, axis: str
+) -> FittedStream:
+    """Fit ``map-logistic`` on the prior rows; categorise the stream with its classifier."""
+    from coserve.eval.train import train_router
+
+    router = train_router(prior, X_prior, costs, kind="map-logistic", budget_axis=axis)
+    stream_category = router.category_proba(X_stream).argmax(axis=1)
+    order = [stream.experts.index(e) for e in router.experts]  # the router's columns, in the stream's order
+    offline = np.empty_like(router.S)
+    offline[:, order] = router.S
+    return FittedStream(offline, stream, stream_category, list(router.classes), len(prior))
 
 
 def run_adapt(
@@ -268,8 +346,6 @@ def run_adapt(
     embedder: Any,
 ) -> dict[str, Any]:
     """Fit on the prior file (or one half of it when ``stream_path`` is None), replay the stream."""
-    from coserve.eval.train import train_router
-
     costs = load_costs(experts_path)
     prior, _ = load_outcomes(prior_path, on_bad="skip")
     X_prior = embed_cached(prior.prompts, embedder)  # the whole file: the cache key of `coserve eval`
@@ -280,14 +356,10 @@ def run_adapt(
     else:
         stream, _ = load_outcomes(stream_path, experts=prior.experts, on_bad="skip")
         X_stream = embed_cached(stream.prompts, embedder)
-    router = train_router(prior, X_prior, costs, kind="map-logistic", budget_axis=options.budget_axis)
-    stream_category = router.category_proba(X_stream).argmax(axis=1)
-    order = [stream.experts.index(e) for e in router.experts]  # the router's columns, in the stream's order
-    offline = np.empty_like(router.S)
-    offline[:, order] = router.S
-    report = replay_adapt(offline, stream, stream_category, costs, options)
+    fitted = fit_stream(prior, X_prior, stream, X_stream, costs, options.budget_axis)
+    report = replay_adapt(fitted.offline, stream, fitted.stream_category, costs, options)
     report.update(prior=str(prior_path), stream=str(stream_path or f"{prior_path} (other half)"))
-    report.update(prior_rows=len(prior), stream_rows=len(stream), categories=list(router.classes))
+    report.update(prior_rows=len(prior), stream_rows=len(stream), categories=fitted.categories)
     return report
 
 

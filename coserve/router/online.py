@@ -5,14 +5,19 @@
   (a thumbs up is 1, down is 0; ``signal`` counts a failure, time-out or fallback as a 0 where the
   router was built with that signal enabled). A score ``s``
   adds ``s`` to alpha and ``1 - s`` to beta. The total count of a cell is capped at ``max_count``
-  (both parameters are scaled down together), so old evidence fades and a changed expert is noticed.
-* ``BudgetController`` holds the operator's target average cost with a dual variable ``weight``
-  (score units per target unit of cost): after each served request, ``weight += step * (cost /
-  target - 1)``, floored at 0. Over any stretch of requests the overspend is exactly
-  ``(weight_end - weight_start) * target / step``, so the window error is bounded by how far the
-  weight moves in the window divided by ``step * window``.
+  (both parameters are scaled down together), so old evidence fades slowly. With ``change`` set, a
+  CUSUM per expert (``drift.ChangeDetector``) watches the residuals of its feedback; on an alarm the
+  expert's means move by the estimated shift and its cells keep at most ``reset_count`` pseudo-counts
+  (``rebase``), so a changed expert is re-learnt from the feedback that follows.
+* ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight
+  (score units per target unit of cost), in two parts: a feed-forward ``base``, the weight the map needs
+  for the category mix of the last ``mix_window`` requests (``drift.weight_for_mix``, refreshed every
+  ``MIX_EVERY`` served requests; 0 without a mix window), and an integral part ``weight``: after each
+  served request, ``weight += step * (cost / target - 1)``, floored so that the sum stays >= 0. Over any
+  stretch where the floor does not bind, the overspend is exactly ``(weight_end - weight_start) * target
+  / step``: the feed-forward part takes the jumps of the mix, so the integral part moves less.
 * ``OnlineRouter`` decides with an immutable, versioned ``MapSnapshot``: per category, the expert
-  maximising ``mean - weight * cost / target`` (ties to the cheaper, as in ``mapping``), among the
+  maximising ``mean - effective weight * cost / target`` (ties to the cheaper, as in ``mapping``), among the
   experts a request allows. Thompson sampling explores: a draw from each posterior replaces the
   mean, and a choice that differs from the map's counts as exploring; exploring is allowed only
   while the share of exploring decisions over the last ``window`` requests stays under
@@ -36,13 +41,15 @@ from typing import Any
 
 import numpy as np
 
+from coserve.router.drift import ChangeDetector, weight_for_mix
 from coserve.router.mapping import choose_per_prompt
 
-__all__ = ["BudgetController", "Decision", "MapSnapshot", "OnlineRouter", "ScorePosterior", "resume"]
+__all__ = ["BudgetController", "ChangeSettings", "Decision", "MapSnapshot", "OnlineRouter", "ScorePosterior", "resume"]
 
 log = logging.getLogger("coserve.router")
 
 SIGNALS = frozenset({"failure", "timeout", "fallback"})  # automatic signals an expert's failure can send
+MIX_EVERY = 25  # served requests between two updates of the feed-forward weight
 STATE_FORMAT = 1  # export_state's layout; a state of another format is not resumed
 
 
@@ -84,6 +91,14 @@ class ScorePosterior:
             self.alpha[category, expert] *= shrink
             self.beta[category, expert] *= shrink
 
+    def rebase(self, expert: int, shift: float, count: float) -> None:
+        """An expert changed: move its mean in every category by ``shift`` (clipped to [0, 1]) and cut
+        each of its cells' pseudo-counts to at most ``count``, so new feedback soon outweighs the old."""
+        mean = np.clip(self.mean()[:, expert] + shift, 0.0, 1.0)
+        total = np.minimum(self.count()[:, expert], count)
+        self.alpha[:, expert] = total * mean + 1e-6
+        self.beta[:, expert] = total * (1.0 - mean) + 1e-6
+
     def sample(self, category: int, rng: np.random.Generator) -> np.ndarray:
         """One Thompson draw of every expert's score on ``category`` ``[E]``."""
         return rng.beta(self.alpha[category], self.beta[category])
@@ -97,18 +112,39 @@ class BudgetController:
             raise ValueError("target, step and window must be positive")
         self.target = float(target)
         self.step = float(step)
-        self.weight = max(0.0, float(weight))
+        self.base = 0.0  # the feed-forward part: the weight the recent category mix needs (0 without one)
+        self.weight = max(0.0, float(weight))  # the integral part, moved by the realised cost
         self.recent: deque[float] = deque(maxlen=window)
 
+    @property
+    def effective(self) -> float:
+        """The cost weight the map is solved with: the feed-forward part plus the integral part."""
+        return max(0.0, self.base + self.weight)
+
+    def set_base(self, base: float) -> None:
+        """A new feed-forward weight; the integral part keeps the effective weight >= 0."""
+        self.base = float(base)
+        self.weight = max(self.weight, -self.base)
+
     def observe(self, cost: float) -> float:
-        """Record one served request's cost; returns the new weight."""
+        """Record one served request's cost; returns the new integral weight."""
         self.recent.append(float(cost))
-        self.weight = max(0.0, self.weight + self.step * (cost / self.target - 1.0))
+        self.weight = max(-self.base, self.weight + self.step * (cost / self.target - 1.0))
         return self.weight
 
     def realised(self) -> float | None:
         """Average cost over the sliding window (None before the first request)."""
         return float(np.mean(self.recent)) if self.recent else None
+
+
+@dataclass(frozen=True)
+class ChangeSettings:
+    """How a changed expert is noticed (``ChangeDetector``) and how much old evidence survives it."""
+
+    drift: float = 0.05  # half the smallest shift in an expert's scores worth noticing
+    threshold: float = 16.0  # the CUSUM's alarm level (residual units): larger waits for more evidence
+    reset_count: float = 5.0  # pseudo-counts an expert's cells keep after an alarm
+    move_mean: bool = True  # also move the expert's means by the estimated shift
 
 
 @dataclass(frozen=True)
@@ -157,8 +193,17 @@ class OnlineRouter:
         weight: float = 0.0,
         signals: frozenset[str] = frozenset(),
         seed: int = 0,
+        change: ChangeSettings | None = None,
+        mix_window: int = 0,
     ) -> None:
         self.posterior = ScorePosterior(offline, prior_strength, max_count)
+        self.change = change
+        experts = self.posterior.shape[1]
+        self.detector = None if change is None else ChangeDetector(experts, change.drift, change.threshold)
+        self.alarms = 0  # changes the detector noticed
+        self.mix: deque[int] = deque(maxlen=max(1, mix_window))  # categories of the latest requests
+        self.mix_window = int(mix_window)
+        self._served = 0
         self.cost = np.asarray(cost, dtype=np.float64)
         if self.cost.shape != (self.posterior.shape[1],) or not np.isfinite(self.cost).all():
             raise ValueError("cost must give a finite cost for every expert")
@@ -186,8 +231,9 @@ class OnlineRouter:
 
     def _solve(self, version: int) -> MapSnapshot:
         means = self.posterior.mean()
-        assignment = solve_weighted(means, self._scaled_cost(), self.controller.weight)
-        return MapSnapshot(version, self.controller.weight, means, tuple(int(e) for e in assignment))
+        weight = self.controller.effective
+        assignment = solve_weighted(means, self._scaled_cost(), weight)
+        return MapSnapshot(version, weight, means, tuple(int(e) for e in assignment))
 
     def resolve(self) -> MapSnapshot:
         """Re-solve the map from the posterior means and the weight, and swap it in (version + 1)."""
@@ -227,13 +273,22 @@ class OnlineRouter:
             if sampled != greedy:
                 choice, explored = sampled, True
         self.explored.append(explored)
+        self.mix.append(category)
         return Decision(category, choice, explored, snap.version)
 
     def served(self, expert: int) -> None:
         """A request was served by ``expert``: its cost moves the weight."""
         with self._lock:
             self.controller.observe(float(self.cost[expert]))
+            self._served += 1
+            if self.mix_window > 0 and self._served % MIX_EVERY == 0:
+                self._feed_forward()
             self._changed()
+
+    def _feed_forward(self) -> None:
+        """Set the controller's feed-forward weight from the latest requests' category mix."""
+        counts = np.bincount(np.fromiter(self.mix, dtype=np.int64), minlength=self.posterior.shape[0])
+        self.controller.set_base(weight_for_mix(self.posterior.mean(), self._scaled_cost(), counts))
 
     def signal(self, category: int, expert: int, kind: str) -> bool:
         """An automatic signal (``failure``, ``timeout`` or ``fallback``): a score of 0 where the kind is
@@ -257,6 +312,7 @@ class OnlineRouter:
                 "weight": self.controller.weight,
                 "target": self.controller.target,
                 "version": self._snapshot.version,
+                **({} if self.detector is None else {"change": self.detector.export_state()}),
             }
 
     def restore(self, state: dict[str, Any], categories: Sequence[str], experts: Sequence[str]) -> None:
@@ -277,6 +333,8 @@ class OnlineRouter:
             raise ValueError("the state's posteriors must be finite and positive")
         if not (np.isfinite(weight) and weight >= 0) or not isinstance(version, int) or version < 0:
             raise ValueError("the state's weight must be >= 0 and its version a non-negative integer")
+        if self.detector is not None and isinstance(state.get("change"), dict):
+            self.detector.restore(state["change"])  # a state saved without a detector leaves it fresh
         with self._lock:
             self.posterior.alpha, self.posterior.beta = alpha, beta
             self.controller.weight = weight
@@ -286,7 +344,13 @@ class OnlineRouter:
     def feedback(self, category: int, expert: int, score: float) -> None:
         """An observed score in [0, 1] for ``expert`` on ``category``."""
         with self._lock:
+            alpha, beta = self.posterior.alpha[category, expert], self.posterior.beta[category, expert]
+            residual = score - float(alpha / (alpha + beta))  # against the mean the score was predicted with
             self.posterior.update(category, expert, score)
+            shift = None if self.detector is None else self.detector.observe(expert, residual)
+            if shift is not None and self.change is not None:
+                self.posterior.rebase(expert, shift if self.change.move_mean else 0.0, self.change.reset_count)
+                self.alarms += 1
             self._changed()
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from coserve.config import LibraryConfig
 from coserve.errors import ConfigError
 from coserve.metrics import Metrics
-from coserve.router.online import OnlineRouter, resume
+from coserve.router.online import ChangeSettings, OnlineRouter, resume
 from coserve.router.trained import TrainedRouter
 
 __all__ = ["LiveOnline"]
@@ -59,6 +59,10 @@ class LiveOnline:
             window=settings.window,
             signals=frozenset(settings.signals),
             seed=seed,
+            change=None
+            if settings.change_threshold <= 0
+            else ChangeSettings(settings.change_drift, settings.change_threshold, settings.reset_count),
+            mix_window=settings.mix_window,
         )
         self._routed: OrderedDict[str, int] = OrderedDict()  # request id -> category, for automatic signals
         self._lock = threading.Lock()
@@ -117,7 +121,7 @@ class LiveOnline:
         return {
             "target": controller.target,
             "realised": float("nan") if realised is None else realised,  # NaN before the first request
-            "weight": controller.weight,
+            "weight": controller.effective,  # the weight the map in force was solved with
             "version": float(self.router.snapshot.version),
         }
 
