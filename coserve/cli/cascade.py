@@ -8,17 +8,15 @@ from typing import Any
 
 from coserve.cli.common import Subcommands, add_library_arg, load_served_library
 
-__all__ = ["add_train_check_parser", "cmd_train_check"]
-
-THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.01)  # 0: never escalate; 1.01: always climb
+__all__ = ["add_train_check_parser", "cmd_train_check", "format_points"]
 
 
 def cmd_train_check(args: argparse.Namespace) -> int:
-    from coserve.eval.cascade import read_signal_rows, replay, train_check
+    from coserve.eval.cascade import cascade_points, read_signal_rows, train_check
 
     rows = read_signal_rows(args.data)
     experts = sorted({e for row in rows for e in row["signals"]})
-    check, figures, oof, data = train_check(rows, experts, args.folds, args.seed, args.good)
+    check, figures, _, _ = train_check(rows, experts, args.folds, args.seed, args.good)
     extra: dict[str, Any] = {"cv": figures, "data": [str(p) for p in args.data]}
     print(
         f"coserve: check on {figures['answers']} answers of {figures['items']} items ({args.folds} grouped folds): "
@@ -26,19 +24,24 @@ def cmd_train_check(args: argparse.Namespace) -> int:
     )
     if args.library:
         library = load_served_library(args.library)
-        probability = {(a.item, a.expert): float(p) for a, p in zip(data, oof, strict=True)}
-        points = [replay(rows, library, probability, t, args.max_steps) for t in THRESHOLDS]
+        points = cascade_points(rows, library, args.folds, args.seed, args.max_steps, args.good)["points"]
         extra["replay"] = {"library": args.library, "out_of_fold": True, "points": points}
-        print(f"{'threshold':>9} {'cascade q':>10} {'params B':>9} {'single q':>9} {'params B':>9}  steps")
-        for point in points:
-            c, s = point["cascade"], point["single"]
-            print(
-                f"{point['threshold']:>9.2f} {c['quality']:>10.3f} {c['avg_params_b']:>9.3f} "
-                f"{s['quality']:>9.3f} {s['avg_params_b']:>9.3f}  {point['steps']}"
-            )
+        print(format_points(points))
     check.save(args.out, **extra)
     print(f"check: {args.out}")
     return 0
+
+
+def format_points(points: list[dict[str, Any]]) -> str:
+    """A table of replayed cascade points (threshold, quality, params) beside the single choice."""
+    lines = [f"{'threshold':>9} {'cascade q':>10} {'params B':>9} {'single q':>9} {'params B':>9}  steps"]
+    for point in points:
+        c, s = point["cascade"], point["single"]
+        lines.append(
+            f"{point['threshold']:>9.2f} {c['quality']:>10.3f} {c['avg_params_b']:>9.3f} "
+            f"{s['quality']:>9.3f} {s['avg_params_b']:>9.3f}  {point['steps']}"
+        )
+    return "\n".join(lines)
 
 
 def add_train_check_parser(sub: Subcommands) -> None:

@@ -51,6 +51,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         jobs=args.jobs,
     )
     report["meta"].update(data=str(args.data), test=args.test, skipped_rows=len(problems))
+    if args.cascade:
+        report["cascade"] = _cascade(args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
     if args.plot:
@@ -72,6 +74,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     print(f"report: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
     return 0
+
+
+def _cascade(args: argparse.Namespace) -> dict[str, Any]:
+    """Cascade points of ``--cascade LIBRARY`` on the rows of ``--data`` that record signals."""
+    from coserve.cli.cascade import format_points
+    from coserve.cli.common import load_served_library
+    from coserve.eval.cascade import cascade_points, read_signal_rows
+
+    points = cascade_points(read_signal_rows([args.data]), load_served_library(args.cascade), args.folds, args.seed)
+    print(f"cascade of {args.cascade} (check out of fold, {args.folds} grouped folds; AUC {points['cv']['auc']}):")
+    print(format_points(points["points"]))
+    return {"library": args.cascade, **points}
 
 
 def _fmt(value: float | None) -> str:
@@ -121,6 +135,7 @@ def add_eval_parser(sub: Subcommands) -> None:
     p.add_argument("--plot", help="write the Pareto plot (PNG) here")
     p.add_argument("--routers", help="comma-separated router names (default: every available one)")
     p.add_argument("--jobs", type=int, default=1, help="folds evaluated in parallel processes")
+    p.add_argument("--cascade", help="also replay this library's cascade on the rows with signals (coserve outcomes)")
     p.set_defaults(func=cmd_eval)
 
 

@@ -29,7 +29,18 @@ from coserve.jsonl import read_rows
 from coserve.router.check import AnswerCheck, Signals
 from coserve.router.policy import decide
 
-__all__ = ["Answer", "answers", "cross_validate", "read_signal_rows", "replay", "train_check"]
+__all__ = [
+    "THRESHOLDS",
+    "Answer",
+    "answers",
+    "cascade_points",
+    "cross_validate",
+    "read_signal_rows",
+    "replay",
+    "train_check",
+]
+
+THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.01)  # 0: never escalate; 1.01: always climb
 
 
 @dataclass(frozen=True)
@@ -158,7 +169,7 @@ def replay(
     cascade_q, cascade_p, single_q, single_p, steps = [], [], [], [], []
     for row in rows:
         scores, router = row.get("scores", {}), row.get("router")
-        if router is None or not all(e in scores for e in params):
+        if router is None or "probabilities" not in router or not all(e in scores for e in params):
             continue
         decision = decide(router["probabilities"], library)
         rungs = ladder(decision, library)
@@ -174,7 +185,7 @@ def replay(
         single_p.append(params[decision.expert])
         steps.append(taken)
     if not steps:
-        raise ConfigError("no row has router probabilities and a score for every expert")
+        raise ConfigError("no row has router probabilities and a score for every expert (coserve outcomes writes both)")
     return {
         "items": len(steps),
         "threshold": threshold,
@@ -186,3 +197,30 @@ def replay(
         "single": {"quality": round(float(np.mean(single_q)), 4), "avg_params_b": round(float(np.mean(single_p)), 4)},
         "steps": {str(k): steps.count(k) for k in sorted(set(steps))},
     }
+
+
+def cascade_points(
+    rows: Sequence[Mapping[str, Any]],
+    library: LibraryConfig,
+    folds: int = 5,
+    seed: int = 0,
+    max_steps: int = 3,
+    good: float = 0.5,
+) -> dict[str, Any]:
+    """The library's cascade at each of ``THRESHOLDS`` on ``rows``, the check's probabilities out of
+    fold (grouped by item): quality/cost points beside its single choice, and the check's figures."""
+    data = answers(rows)
+    experts = sorted({a.expert for a in data})
+    oof, figures = cross_validate(data, experts, folds, seed, good)
+    probability = {(a.item, a.expert): float(p) for a, p in zip(data, oof, strict=True)}
+    return {"cv": figures, "points": [replay(rows, library, probability, t, max_steps) for t in THRESHOLDS]}
+
+
+def check_points(
+    rows: Sequence[Mapping[str, Any]], library: LibraryConfig, check: AnswerCheck, max_steps: int
+) -> list[dict[str, Any]]:
+    """The library's cascade at each of ``THRESHOLDS`` on held-out ``rows``, judged by a fitted ``check``."""
+    data = answers(rows)
+    p = check.predict_proba([a.signals for a in data], [a.expert for a in data])
+    probability = {(a.item, a.expert): float(v) for a, v in zip(data, p, strict=True)}
+    return [replay(rows, library, probability, t, max_steps) for t in THRESHOLDS]
