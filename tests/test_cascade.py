@@ -227,3 +227,42 @@ def test_a_missing_or_broken_check_is_refused_at_start(make_engine: Callable[...
 def test_cascade_mode_needs_its_settings(make_engine: Callable[..., Engine]) -> None:
     with pytest.raises(ConfigError, match="routing: mode cascade needs a cascade: section"):
         make_engine(routing={"mode": "cascade"})
+
+
+@pytest.mark.e2e
+def test_a_real_cascade_escalates_between_real_experts(tmp_path: Path, cache: Path) -> None:
+    """The smallest real expert twice (as ``general`` and a pretend-larger ``general-b``): the step
+    asks for real log-probabilities, the check escalates, and the answer is general-b's own."""
+    import yaml
+
+    from coserve.config import load_library
+    from coserve.router.embed import HashingEmbedder
+
+    default = load_library()
+    assert default.path is not None
+    data = yaml.safe_load(default.path.read_text())
+    general = next(e for e in data["experts"] if e["name"] == "general")
+    data["experts"] = [general, {**general, "name": "general-b", "params_b": 0.2}]
+    for key in ("outcomes", "priors", "budget"):
+        data["router"].pop(key, None)
+    data["router"].update(embedder="hashing", map=dict.fromkeys(default.categories, "general"))
+    data["router"]["fallback"] = {"expert": "general-b", "min_confidence": 0.0}
+    data["categories"] = str(default.path.parent / data["categories"])
+    check = write_check(tmp_path / "check.json", {"general": LOW, "general-b": HIGH})
+    data["routing"] = {"mode": "cascade", "cascade": {"check": str(check)}}
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(data))
+    engine = Engine.build(load_library(path), cache, embedder=HashingEmbedder())
+    messages = [{"role": "user", "content": "Name one colour."}]
+    with TestClient(create_app(engine)) as client:
+        body = client.post(URL, json={"model": "coserve", "messages": messages, "max_tokens": 6, "temperature": 0})
+        pinned = client.post(URL, json={"model": "general-b", "messages": messages, "max_tokens": 6, "temperature": 0})
+    answer = body.json()
+    steps = answer["coserve"]["cascade"]
+    assert [(s["expert"], s["probability"], s["outcome"]) for s in steps] == [
+        ("general", p(LOW), "escalated"),
+        ("general-b", p(HIGH), "accepted"),
+    ]
+    assert answer["model"] == "general-b"
+    assert answer["choices"][0]["message"]["content"] == pinned.json()["choices"][0]["message"]["content"]
+    assert steps[1]["tokens"] == answer["usage"]["completion_tokens"] > 0
