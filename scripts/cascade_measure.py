@@ -23,6 +23,7 @@ from coserve.cli.common import load_served_library
 from coserve.engine.cascade import Cascade
 from coserve.eval.cascade import cascade_points, check_points, read_signal_rows, train_check
 from coserve.outcomes.compare import compare_routed
+from coserve.router.policy import decide
 
 DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
 
@@ -43,9 +44,26 @@ def main() -> None:
     experts = sorted({e for row in rows for e in row["signals"]})
     check, figures, _, _ = train_check(rows, experts)
     on_train = cascade_points(rows, library, max_steps=cascade.settings.max_steps)["points"]
+    default = load_served_library(None)
+    chosen = [row["scores"][decide(row["router"]["probabilities"], default).expert] for row in rows]
+    single = {
+        "quality": round(sum(chosen) / len(chosen), 4),
+        "avg_params_b": round(
+            sum(default.expert(decide(r["router"]["probabilities"], default).expert).params_b for r in rows)
+            / len(rows),
+            4,
+        ),
+    }
     write_data(
         DATA / "cascade-check.json",
-        {"note": args.note, "runs": args.runs, "cv": figures, "replay_on_train": on_train, "check": check.state()},
+        {
+            "note": args.note,
+            "runs": args.runs,
+            "cv": figures,
+            "replay_on_train": on_train,  # "single" there: the cascade library's first step alone
+            "default_single_on_train": single,  # the default library's single choice on the same rows
+            "check": check.state(),
+        },
         command,
     )
     params = {e.name: e.params_b for e in library.experts}
