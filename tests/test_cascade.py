@@ -152,6 +152,34 @@ def test_constraints_bound_the_climb(
         assert [(s["expert"], s["outcome"], s["reason"]) for s in steps] == path
 
 
+def test_a_failing_escalation_returns_the_answer_before_it(make_engine: Callable[..., Engine], tmp_path: Path) -> None:
+    sections = cascade_library(tmp_path, {"small": LOW, "coder": HIGH, "big": HIGH})
+    engine = make_engine(options={"coder": {"fail_generate": True}}, **sections)
+    with TestClient(create_app(engine), raise_server_exceptions=False) as client:
+        body = ask(client, max_tokens=4)
+    assert body["choices"][0]["message"]["content"] == "small says: hello friend"
+    assert body["model"] == "small"
+    assert body["coserve"]["cascade"] == [
+        step("small", p(LOW), "escalated", "check"),
+        step("coder", None, "failed", "expert_failed", None),
+    ]
+
+
+def test_a_failing_first_expert_falls_back_then_the_ladder_climbs_from_there(
+    make_engine: Callable[..., Engine], tmp_path: Path
+) -> None:
+    sections = cascade_library(tmp_path, {"small": HIGH, "coder": LOW, "big": HIGH})
+    engine = make_engine(options={"small": {"fail_generate": True}}, **sections)
+    with TestClient(create_app(engine), raise_server_exceptions=False) as client:
+        body = ask(client, max_tokens=4)
+    assert body["choices"][0]["message"]["content"] == "big says: hello friend"
+    assert body["coserve"]["fallback_from"] == ["small"]
+    assert body["coserve"]["cascade"] == [
+        step("coder", p(LOW), "escalated", "check"),
+        step("big", p(HIGH), "accepted", "check"),
+    ]
+
+
 def test_pinned_requests_are_not_cascaded(serve: Callable[..., TestClient]) -> None:
     with serve({"small": LOW, "coder": LOW, "big": LOW}) as client:
         response = client.post(URL, json={"model": "small", "messages": [{"role": "user", "content": PROMPT}]})

@@ -32,8 +32,9 @@ class Step:
 
     expert: str  # the expert that answered this step
     probability: float | None  # the answer check's P(good answer); None when the answer was not checked
-    outcome: str  # "accepted" (returned) | "escalated" (the next expert was asked)
-    reason: str  # "check" | "max_steps" | "no_stronger_expert" | "router_confidence" | "unchecked_stream"
+    outcome: str  # "accepted" (returned) | "escalated" (the next expert was asked) | "failed" (no answer)
+    # "check" | "max_steps" | "no_stronger_expert" | "router_confidence" | "unchecked_stream" | "expert_failed"
+    reason: str
     tokens: int | None = None  # completion tokens it generated (None: not known when recorded, a stream)
 
     def as_dict(self) -> dict[str, object]:

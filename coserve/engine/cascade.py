@@ -14,8 +14,9 @@ returns its answer or asks the next, stronger expert of the Decision's order.
                  ``stream_min_confidence``
 
 Every step is recorded on the call (``Call.steps``): the response's ``coserve`` field and the
-decision log show them. A step's expert failing is handled by the engine's usual fallback inside
-that step. Pinned requests are never cascaded. This module knows nothing about HTTP.
+decision log show them. The first step falls back like a single choice when its expert fails (the
+ladder then climbs from the expert that answered); an escalation that fails ends the cascade with
+the answer before it (a "failed" step). Pinned requests are never cascaded. This module knows nothing about HTTP.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from coserve.backends.registry import capabilities
 from coserve.config import LibraryConfig
 from coserve.config_routing import CascadeSettings
 from coserve.engine.call import Call, Step
+from coserve.errors import CoserveError
 from coserve.router.check import AnswerCheck, load_check, signals_of
 from coserve.types import Chunk, Completion, Decision, Usage
 
-__all__ = ["Cascade", "ladder"]
+__all__ = ["Cascade", "ladder", "next_rung"]
 
 
 class Engine(Protocol):
@@ -45,12 +47,17 @@ class Engine(Protocol):
     async def stream_one(self, call: Call) -> AsyncIterator[Chunk]: ...
 
 
+def next_rung(decision: Decision, after: str, library: LibraryConfig) -> str | None:
+    """The first of the decision's alternatives with more parameters than ``after`` (None: the top)."""
+    floor = library.expert(after).params_b
+    return next((n for n in decision.alternatives if library.expert(n).params_b > floor), None)
+
+
 def ladder(decision: Decision, library: LibraryConfig) -> list[str]:
     """The experts a cascade may ask, in order: the decision's, then ever larger alternatives."""
     rungs = [decision.expert]
-    for name in decision.alternatives:
-        if library.expert(name).params_b > library.expert(rungs[-1]).params_b:
-            rungs.append(name)
+    while (rung := next_rung(decision, rungs[-1], library)) is not None:
+        rungs.append(rung)
     return rungs
 
 
@@ -71,9 +78,10 @@ class Cascade:
         return cls(settings, load_check(base / settings.check))
 
     @staticmethod
-    def _step_call(call: Call, expert: str, library: LibraryConfig) -> Call:
+    def _step_call(call: Call, expert: str, library: LibraryConfig, first: bool) -> Call:
         """A sub-call that asks ``expert`` with log-probabilities where its runtime gives them (the
-        check's signals); its fallback is the rest of the decision's order, those that give them too."""
+        check's signals). The first step falls back like a single choice (the rest of the decision's
+        order, those that give them too); an escalation has no fallback (its failure ends the cascade)."""
         assert call.decision is not None
         logprobs = call.request.sampling.logprobs or "logprobs" in capabilities(library.expert(expert))
         order = (call.decision.expert, *call.decision.alternatives)
@@ -83,32 +91,39 @@ class Cascade:
         request = dataclasses.replace(
             call.request, sampling=dataclasses.replace(call.request.sampling, logprobs=logprobs), stream=False
         )
-        decision = dataclasses.replace(call.decision, expert=expert, alternatives=rest)
+        decision = dataclasses.replace(call.decision, expert=expert, alternatives=rest if first else ())
         return Call(request, key=call.key, decision=decision, timings=call.timings)
 
     async def complete(self, engine: Engine, call: Call) -> Completion:
-        """Ask, check and escalate until an answer is accepted; the accepted answer (see module doc)."""
+        """Ask, check and escalate until an answer is accepted; the accepted answer (see module doc).
+        An escalation whose expert fails ends the cascade with the answer before it (step "failed")."""
         assert call.decision is not None
-        rungs = ladder(call.decision, engine.library)
+        library, expert = engine.library, call.decision.expert
         completion: Completion | None = None
-        for index, expert in enumerate(rungs):
-            step_call = self._step_call(call, expert, engine.library)
-            completion = await engine.complete_one(step_call)
-            call.expert, call.usage = step_call.expert, step_call.usage
+        while True:
+            step_call = self._step_call(call, expert, library, first=completion is None)
+            try:
+                answer = await engine.complete_one(step_call)
+            except CoserveError:
+                if completion is None:
+                    raise  # nothing answered: the request fails as a single choice would
+                call.steps.append(Step(expert, None, "failed", "expert_failed"))
+                break
+            completion, call.expert, call.usage = answer, step_call.expert, step_call.usage
             call.tried.extend(step_call.tried)
             answered = str(step_call.expert)
-            probability = self.check.probability(signals_of(completion, call.decision.confidence), answered)
-            tokens = completion.usage.completion_tokens
+            probability = self.check.probability(signals_of(answer, call.decision.confidence), answered)
+            tokens = answer.usage.completion_tokens
+            rung = next_rung(call.decision, answered, library)
             if probability >= self.settings.threshold:
                 call.steps.append(Step(answered, probability, "accepted", "check", tokens))
                 break
-            last = index + 1 >= len(rungs)
-            if last or index + 1 >= self.settings.max_steps:
-                reason = "no_stronger_expert" if last else "max_steps"
+            if rung is None or len(call.steps) + 1 >= self.settings.max_steps:
+                reason = "no_stronger_expert" if rung is None else "max_steps"
                 call.steps.append(Step(answered, probability, "accepted", reason, tokens))
                 break
             call.steps.append(Step(answered, probability, "escalated", "check", tokens))
-        assert completion is not None
+            expert = rung
         if not call.request.sampling.logprobs:
             completion = dataclasses.replace(completion, logprobs=())
         return completion
