@@ -212,7 +212,10 @@ def test_eval_draws_cascade_points(tmp_path: Path, cache: Path) -> None:
     library = write_library(tmp_path)
     report = tmp_path / "r.json"
     argv = ["eval", "--data", str(data), "--experts", str(experts), "--embedder", "hashing", "--folds", "2"]
-    assert main([*argv, "--routers", "map-logistic", "--json", str(report), "--cascade", str(library)]) == 0
+    plot = tmp_path / "p.png"
+    extra = ["--routers", "map-logistic", "--json", str(report), "--plot", str(plot), "--cascade", str(library)]
+    assert main([*argv, *extra]) == 0
+    assert plot.read_bytes()[:4] == b"\x89PNG"
     cascade = json.loads(report.read_text())["cascade"]
     assert cascade["cv"]["items"] == 24 and len(cascade["points"]) == 9
     never, always = cascade["points"][0], cascade["points"][-1]
