@@ -62,12 +62,14 @@ def main() -> None:
             "cv": figures,
             "replay_on_train": on_train,  # "single" there: the cascade library's first step alone
             "default_single_on_train": single,  # the default library's single choice on the same rows
+            # the default library itself in cascade mode (its own map first, fallback large), same check
+            "default_cascade_on_train": cascade_points(rows, default, max_steps=cascade.settings.max_steps)["points"],
             "check": check.state(),
         },
         command,
     )
     params = {e.name: e.params_b for e in library.experts}
-    comparison = compare_routed(args.heldout, params, single=load_served_library(None))
+    comparison = compare_routed(args.heldout, params, single=default)
     held = read_signal_rows([args.heldout])
     replayed = check_points(held, library, cascade.check, cascade.settings.max_steps)
     payload = {
@@ -76,6 +78,7 @@ def main() -> None:
         "cascade_settings": cascade.settings.model_dump(mode="json"),
         "comparison": comparison,  # "routed": the live cascade; "single": the default library's choice
         "replay_on_heldout": replayed,  # "single" here: the cascade library's own first step
+        "default_cascade_on_heldout": check_points(held, default, cascade.check, cascade.settings.max_steps),
     }
     write_data(DATA / "cascade-vs-single.json", payload, command)
     columns = comparison["columns"]
