@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--library", required=True, help="the cascade library the held-out run used")
     parser.add_argument("--note", default="", help="how the runs were made (machine load, interruptions)")
     parser.add_argument("--runs", default="", help="the coserve outcomes commands that wrote the two files")
+    parser.add_argument("--out-dir", default=str(DATA), help="where the two data files go (default docs/data)")
     args = parser.parse_args()
     command = [Path(sys.argv[0]).name, *sys.argv[1:]]
     library = load_served_library(args.library)
@@ -55,7 +56,7 @@ def main() -> None:
         ),
     }
     write_data(
-        DATA / "cascade-check.json",
+        Path(args.out_dir) / "cascade-check.json",
         {
             "note": args.note,
             "runs": args.runs,
@@ -80,7 +81,7 @@ def main() -> None:
         "replay_on_heldout": replayed,  # "single" here: the cascade library's own first step
         "default_cascade_on_heldout": check_points(held, default, cascade.check, cascade.settings.max_steps),
     }
-    write_data(DATA / "cascade-vs-single.json", payload, command)
+    write_data(Path(args.out_dir) / "cascade-vs-single.json", payload, command)
     columns = comparison["columns"]
     for name in ("single", "routed"):
         print(f"{name:<8} quality {columns[name]['quality']:.3f}  params {columns[name]['avg_params_b']:.3f} B")
