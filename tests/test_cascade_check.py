@@ -221,3 +221,11 @@ def test_eval_draws_cascade_points(tmp_path: Path, cache: Path) -> None:
     never, always = cascade["points"][0], cascade["points"][-1]
     assert never["cascade"] == never["single"] and never["steps"] == {"1": 24}
     assert always["cascade"]["quality"] == 1.0  # every item climbs to coder, then big: right
+    # without a library: FrugalGPT's plain cascade, small -> coder -> big on every item
+    assert main([*argv, "--routers", "map-logistic", "--json", str(report)]) == 0
+    plain = json.loads(report.read_text())["cascade"]
+    assert plain["ladder"] == "every expert, cheapest first"
+    assert plain["points"][0]["single"] == {"quality": 0.25, "avg_params_b": 0.1}  # small right on 6 of 24
+    assert plain["points"][-1]["cascade"] == {"quality": 1.0, "avg_params_b": 2.1} and plain["points"][-1]["steps"] == {
+        "3": 24
+    }

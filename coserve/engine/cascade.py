@@ -22,7 +22,7 @@ the answer before it (a "failed" step). Pinned requests are never cascaded. This
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -34,7 +34,7 @@ from coserve.errors import CoserveError
 from coserve.router.check import AnswerCheck, load_check, signals_of
 from coserve.types import Chunk, Completion, Decision, Usage
 
-__all__ = ["Cascade", "ladder", "next_rung"]
+__all__ = ["Cascade", "ladder", "next_rung", "params_of"]
 
 
 class Engine(Protocol):
@@ -47,18 +47,22 @@ class Engine(Protocol):
     async def stream_one(self, call: Call) -> AsyncIterator[Chunk]: ...
 
 
-def next_rung(decision: Decision, after: str, library: LibraryConfig) -> str | None:
+def next_rung(decision: Decision, after: str, params_b: Mapping[str, float]) -> str | None:
     """The first of the decision's alternatives with more parameters than ``after`` (None: the top)."""
-    floor = library.expert(after).params_b
-    return next((n for n in decision.alternatives if library.expert(n).params_b > floor), None)
+    return next((n for n in decision.alternatives if params_b[n] > params_b[after]), None)
 
 
-def ladder(decision: Decision, library: LibraryConfig) -> list[str]:
+def ladder(decision: Decision, params_b: Mapping[str, float]) -> list[str]:
     """The experts a cascade may ask, in order: the decision's, then ever larger alternatives."""
     rungs = [decision.expert]
-    while (rung := next_rung(decision, rungs[-1], library)) is not None:
+    while (rung := next_rung(decision, rungs[-1], params_b)) is not None:
         rungs.append(rung)
     return rungs
+
+
+def params_of(library: LibraryConfig) -> dict[str, float]:
+    """Each expert's billions of active parameters: what the ladder climbs."""
+    return {spec.name: spec.params_b for spec in library.experts}
 
 
 class Cascade:
@@ -114,7 +118,7 @@ class Cascade:
             answered = str(step_call.expert)
             probability = self.check.probability(signals_of(answer, call.decision.confidence), answered)
             tokens = answer.usage.completion_tokens
-            rung = next_rung(call.decision, answered, library)
+            rung = next_rung(call.decision, answered, params_of(library))
             if probability >= self.settings.threshold:
                 call.steps.append(Step(answered, probability, "accepted", "check", tokens))
                 break
@@ -134,7 +138,7 @@ class Cascade:
         if self.settings.buffer_streams:
             completion = await self.complete(engine, call)
             return _replay(completion)
-        rungs = ladder(call.decision, engine.library)
+        rungs = ladder(call.decision, params_of(engine.library))
         if call.decision.confidence < self.settings.stream_min_confidence and len(rungs) > 1:
             call.steps.append(Step(rungs[0], None, "escalated", "router_confidence"))
             order = (call.decision.expert, *call.decision.alternatives)

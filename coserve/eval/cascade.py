@@ -9,6 +9,7 @@
   (coserve.router.policy), its ladder (coserve.engine.cascade), the check at each rung; quality,
   mean active parameters (summed over the steps: each step is a whole generation) and steps taken.
   ``single`` in the result is the same decision without a check (the library in single mode).
+  Without a library the ladder is every expert, cheapest first (FrugalGPT's plain cascade).
 
 This module knows nothing about HTTP or the engine's scheduling.
 """
@@ -23,11 +24,12 @@ from typing import Any
 import numpy as np
 
 from coserve.config import LibraryConfig
-from coserve.engine.cascade import ladder
+from coserve.engine.cascade import ladder, params_of
 from coserve.errors import ConfigError
 from coserve.jsonl import read_rows
 from coserve.router.check import AnswerCheck, Signals
 from coserve.router.policy import decide
+from coserve.types import Decision
 
 __all__ = [
     "THRESHOLDS",
@@ -154,25 +156,37 @@ def train_check(
     return check, figures, oof, data
 
 
+def _decision(row: Mapping[str, Any], library: LibraryConfig | None, params_b: Mapping[str, float]) -> Decision | None:
+    """The row's first expert and order: the library's decision from the recorded router
+    probabilities (None without them), or, with no library, every expert cheapest first."""
+    if library is None:
+        order = sorted(params_b, key=lambda e: (params_b[e], e))
+        return Decision(order[0], None, 1.0, tuple(order[1:]), "cost_order")
+    router = row.get("router") or {}
+    return decide(router["probabilities"], library) if "probabilities" in router else None
+
+
 def replay(
     rows: Sequence[Mapping[str, Any]],
-    library: LibraryConfig,
+    library: LibraryConfig | None,
     probability: Mapping[tuple[str, str], float],
     threshold: float,
     max_steps: int,
+    params_b: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The cascade and the single choice of ``library`` on rows scored for every expert.
+    """The cascade and the single choice of ``library`` on rows scored for every expert; with no
+    library, FrugalGPT's plain cascade: every expert of ``params_b``, cheapest first.
 
     ``probability[(item, expert)]`` is the check's P(good) of that answer (out-of-fold on training rows).
     """
-    params = {e.name: e.params_b for e in library.experts}
+    params = params_of(library) if library is not None else dict(params_b or {})
     cascade_q, cascade_p, single_q, single_p, steps = [], [], [], [], []
     for row in rows:
-        scores, router = row.get("scores", {}), row.get("router")
-        if router is None or "probabilities" not in router or not all(e in scores for e in params):
+        scores = row.get("scores", {})
+        decision = _decision(row, library, params)
+        if decision is None or not all(e in scores for e in params):
             continue
-        decision = decide(router["probabilities"], library)
-        rungs = ladder(decision, library)
+        rungs = ladder(decision, params)
         taken = 0
         for index, expert in enumerate(rungs):
             taken += 1
@@ -201,19 +215,21 @@ def replay(
 
 def cascade_points(
     rows: Sequence[Mapping[str, Any]],
-    library: LibraryConfig,
+    library: LibraryConfig | None,
     folds: int = 5,
     seed: int = 0,
     max_steps: int = 3,
     good: float = 0.5,
+    params_b: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The library's cascade at each of ``THRESHOLDS`` on ``rows``, the check's probabilities out of
-    fold (grouped by item): quality/cost points beside its single choice, and the check's figures."""
+    """The cascade (``replay``) at each of ``THRESHOLDS`` on ``rows``, the check's probabilities out of
+    fold (grouped by item): quality/cost points beside the single choice, and the check's figures."""
     data = answers(rows)
     experts = sorted({a.expert for a in data})
     oof, figures = cross_validate(data, experts, folds, seed, good)
     probability = {(a.item, a.expert): float(p) for a, p in zip(data, oof, strict=True)}
-    return {"cv": figures, "points": [replay(rows, library, probability, t, max_steps) for t in THRESHOLDS]}
+    points = [replay(rows, library, probability, t, max_steps, params_b) for t in THRESHOLDS]
+    return {"cv": figures, "points": points}
 
 
 def check_points(
