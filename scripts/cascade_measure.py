@@ -20,8 +20,16 @@ from pathlib import Path
 
 from coserve.bench.provenance import write_data
 from coserve.cli.common import load_served_library
-from coserve.engine.cascade import Cascade
-from coserve.eval.cascade import cascade_points, check_points, read_signal_rows, train_check
+from coserve.engine.cascade import Cascade, params_of
+from coserve.eval.cascade import (
+    THRESHOLDS,
+    answers,
+    cascade_points,
+    check_points,
+    read_signal_rows,
+    replay,
+    train_check,
+)
 from coserve.outcomes.compare import compare_routed
 from coserve.router.policy import decide
 
@@ -65,6 +73,8 @@ def main() -> None:
             "default_single_on_train": single,  # the default library's single choice on the same rows
             # the default library itself in cascade mode (its own map first, fallback large), same check
             "default_cascade_on_train": cascade_points(rows, default, max_steps=cascade.settings.max_steps)["points"],
+            # FrugalGPT's plain cascade, no router: general, coder, large in turn
+            "plain_cascade_on_train": cascade_points(rows, None, params_b=params_of(default))["points"],
             "check": check.state(),
         },
         command,
@@ -72,6 +82,9 @@ def main() -> None:
     params = {e.name: e.params_b for e in library.experts}
     comparison = compare_routed(args.heldout, params, single=default)
     held = read_signal_rows([args.heldout])
+    data = answers(held)
+    predicted = cascade.check.predict_proba([a.signals for a in data], [a.expert for a in data])
+    probability = {(a.item, a.expert): float(p) for a, p in zip(data, predicted, strict=True)}
     replayed = check_points(held, library, cascade.check, cascade.settings.max_steps)
     payload = {
         "note": args.note,
@@ -80,6 +93,7 @@ def main() -> None:
         "comparison": comparison,  # "routed": the live cascade; "single": the default library's choice
         "replay_on_heldout": replayed,  # "single" here: the cascade library's own first step
         "default_cascade_on_heldout": check_points(held, default, cascade.check, cascade.settings.max_steps),
+        "plain_cascade_on_heldout": [replay(held, None, probability, t, 3, params_of(default)) for t in THRESHOLDS],
     }
     write_data(Path(args.out_dir) / "cascade-vs-single.json", payload, command)
     columns = comparison["columns"]
