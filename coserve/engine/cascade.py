@@ -103,6 +103,7 @@ class Cascade:
         An escalation whose expert fails ends the cascade with the answer before it (step "failed")."""
         assert call.decision is not None
         library, expert = engine.library, call.decision.expert
+        call.steps.clear()  # a cluster's ingress may run a call's complete again (a host died mid-answer)
         completion: Completion | None = None
         while True:
             step_call = self._step_call(call, expert, library, first=completion is None)
