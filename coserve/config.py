@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from coserve.config_routing import RoutingSettings
 from coserve.errors import ConfigError
 from coserve.paths import default_library_path
 from coserve.types import ROUTED_MODEL
@@ -281,6 +282,7 @@ class LibraryConfig(_Strict):
     experts: tuple[ExpertSpec, ...] = Field(min_length=1)
     categories: dict[str, Category] = Field(default_factory=dict)
     router: RouterSettings
+    routing: RoutingSettings = RoutingSettings()  # one choice per request, or a cascade
     memory: MemorySettings = MemorySettings()
     server: ServerSettings = ServerSettings()
     # Not part of the file's schema: where it was read from (for relative paths) and its digest.
@@ -392,8 +394,7 @@ def load_library(path: str | Path | None = None) -> LibraryConfig:
         config = LibraryConfig.model_validate(raw)
     except ValidationError as exc:
         raise validation_error(path, exc) from None
-    # The digest names the router's cache: server settings do not change what the router learns.
-    digest = hashlib.sha256(
-        json.dumps(config.model_dump(mode="json", exclude={"path", "content_hash", "server"}), sort_keys=True).encode()
-    ).hexdigest()
+    # The digest names the router's cache: server and routing settings do not change what the router learns.
+    mine = config.model_dump(mode="json", exclude={"path", "content_hash", "server", "routing"})
+    digest = hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()
     return config.model_copy(update={"path": path.resolve(), "content_hash": digest})

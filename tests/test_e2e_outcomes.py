@@ -84,6 +84,8 @@ def test_humaneval_and_mtbench_on_a_real_expert(tmp_path: Path, capsys: Any, mon
     ((_, answer, item, _),) = [g for g in graded if g[0] == "humaneval"]
     assert code["scores"]["general"] == (1.0 if _passes(answer, item) else 0.0)
     assert 0 < code["tokens"]["general"] <= 96
+    signals = code["signals"]["general"]  # real log-probabilities of the answer's tokens (the cascade's check)
+    assert signals["tokens"] == code["tokens"]["general"] and signals["min_logprob"] <= signals["mean_logprob"] <= 0
     assert chat["id"].startswith("mtbench-") and chat["judge"] == "general"
     assert chat["routed_expert"] == "general"
     # Each verdict's rating, read here from the "[[n]]" the judge prompt asks for; the 135M judge

@@ -176,8 +176,15 @@ def test_run_writes_one_graded_line_per_item(
     expected = {"mmlu-0": 1.0, "mmlu-1": 0.0, "mmlu-3": 1.0, "mmlu-4": 0.0}
     for item_id, score in expected.items():
         row = by_id[item_id]
-        assert set(row) == {"id", "category", "stratum", "scores", "tokens", "latency_s"}  # no prompt, no errors
+        # no prompt, no errors
+        assert set(row) == {"id", "category", "stratum", "scores", "tokens", "latency_s", "signals", "router"}
         assert row["category"] == "knowledge"
+        # 16 fake tokens at -0.125 * (i % 4): mean -0.1875, least -0.375; the cap ended them
+        confidence = row["router"]["confidence"]
+        assert 0 < confidence <= 1 and row["router"]["expert"] in EXPERTS
+        assert set(row["router"]["probabilities"]) == {"code", "math", "chat"}
+        signals = {"mean_logprob": -0.1875, "min_logprob": -0.375, "tokens": 16, "finish": "length"}
+        assert row["signals"] == {e: {**signals, "confidence": confidence} for e in EXPERTS}
         assert row["scores"] == dict.fromkeys(EXPERTS, score)
         assert row["tokens"] == dict.fromkeys(EXPERTS, 16)  # the mmlu cap: the fake fills it
         assert all(v >= 0 for v in row["latency_s"].values())

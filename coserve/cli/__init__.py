@@ -16,6 +16,7 @@ import logging
 import sys
 
 from coserve.cli.bench import add_bench_parser
+from coserve.cli.cascade import add_train_check_parser
 from coserve.cli.cluster import add_deploy_parser
 from coserve.cli.experts import add_experts_parser, add_keys_parser, add_log_parser, cmd_experts
 from coserve.cli.measure import add_compare_parser, add_map_parser, add_outcomes_parser
@@ -40,6 +41,7 @@ _COMMANDS = (
     add_compare_parser,
     add_eval_parser,
     add_train_parser,
+    add_train_check_parser,
     add_plan_arguments,
     add_deploy_parser,
 )

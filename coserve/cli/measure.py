@@ -51,11 +51,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from coserve.outcomes.compare import compare_routed, format_comparison
 
     library = load_served_library(args.library)
-    result = compare_routed(args.data, {e.name: e.params_b for e in library.experts})
+    single = load_served_library(args.single) if args.single else None
+    result = compare_routed(args.data, {e.name: e.params_b for e in library.experts}, single)
     print(format_comparison(result))
+    if library.routing.mode == "cascade":
+        result["replay"] = _replay(args.data, library)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
+
+
+def _replay(data: str, library: Any) -> dict[str, Any]:
+    """A cascade library's cascade replayed at a range of thresholds on the file's rows with signals."""
+    from coserve.cli.cascade import format_points
+    from coserve.engine.cascade import Cascade
+    from coserve.eval.cascade import check_points, read_signal_rows
+
+    cascade = Cascade.from_library(library)
+    assert cascade is not None
+    points = check_points(read_signal_rows([data]), library, cascade.check, cascade.settings.max_steps)
+    print(f"the cascade replayed on the recorded answers (check {cascade.settings.check}):")
+    print(format_points(points))
+    return {"check": cascade.settings.check, "points": points}
 
 
 def cmd_map(args: argparse.Namespace) -> int:
@@ -130,4 +147,5 @@ def add_compare_parser(sub: Subcommands) -> None:
     add_library_arg(p)
     p.add_argument("--data", required=True, help="JSONL from coserve outcomes --routed")
     p.add_argument("--json", help="also write the comparison here")
+    p.add_argument("--single", help="add a column: this library's single-choice routing, from the recorded router")
     p.set_defaults(func=cmd_compare)

@@ -59,6 +59,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         jobs=args.jobs,
     )
     report["meta"].update(data=str(args.data), test=args.test, skipped_rows=len(problems))
+    cascade = _cascade(args)
+    if cascade is not None:
+        report["cascade"] = cascade
     write_data(Path(args.json), report, args.command_line)  # with its provenance (command, commit, CPU)
     if args.plot:
         from coserve.eval.plot import plot_report
@@ -79,6 +82,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     print(f"report: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
     return 0
+
+
+def _cascade(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Cascade points on the rows of ``--data`` that record signals (coserve outcomes): the ladder of
+    ``--cascade LIBRARY``, else every expert cheapest first. None when no row has signals."""
+    from coserve.cli.cascade import format_points
+    from coserve.cli.common import load_served_library
+    from coserve.errors import ConfigError
+    from coserve.eval.cascade import cascade_points, read_signal_rows
+    from coserve.eval.data import load_costs
+
+    try:
+        rows = read_signal_rows([args.data])
+    except ConfigError:
+        if args.cascade:
+            raise
+        return None  # outcome data without signals (the shared sets): no cascade points
+    library = load_served_library(args.cascade) if args.cascade else None
+    costs = load_costs(args.experts)
+    params = {name: float(p) for name, p in zip(costs.names, costs.params_b, strict=True)}
+    if library is None and any(p != p for p in params.values()):
+        return None  # a cascade climbs parameters: not without every expert's
+    points = cascade_points(rows, library, args.folds, args.seed, params_b=params)
+    ladder = args.cascade or "every expert, cheapest first"
+    print(f"cascade ({ladder}; check out of fold, {args.folds} grouped folds, AUC {points['cv']['auc']}):")
+    print(format_points(points["points"]))
+    return {"ladder": ladder, **points}
 
 
 def _fmt(value: float | None) -> str:
@@ -133,6 +163,7 @@ def add_eval_parser(sub: Subcommands) -> None:
     p.add_argument("--plot", help="write the Pareto plot (PNG) here")
     p.add_argument("--routers", help="comma-separated router names (default: every available one)")
     p.add_argument("--jobs", type=int, default=1, help="folds evaluated in parallel processes")
+    p.add_argument("--cascade", help="rows with signals: replay this library's cascade (default: cheapest first)")
     p.set_defaults(func=cmd_eval)
 
 

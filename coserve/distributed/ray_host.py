@@ -149,7 +149,7 @@ class ExpertHost:
         try:
             if expert not in self.experts:
                 raise ExpertLoadError(f"expert {expert!r} is not placed on node {self.node!r}", code=NOT_PLACED)
-            chunks = await self.engine.stream(call)
+            chunks = await self.engine.stream_one(call)  # exactly this expert: never cascaded here
             async for chunk in chunks:
                 yield chunk
         except CoserveError as exc:

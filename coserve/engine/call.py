@@ -4,7 +4,7 @@ A ``Call`` is made once, by the server after the body is parsed (or by any other
 engine), and every stage writes what it learns onto it instead of returning a copy:
 
     server     key, admission (``admitted``, ``held_expert``), status at the end
-    engine     decision (route), expert and tried (fallback path), lease, usage, timings
+    engine     decision (route), expert and tried (fallback path), cascade steps, lease, usage, timings
     scheduler  queues the call itself under ``expert`` (``queued_at``, ``cancelled``)
 
 Frozen dataclasses stay for the messages between stages that nobody may change:
@@ -23,7 +23,29 @@ from dataclasses import dataclass, field
 from coserve.engine.pool import Lease
 from coserve.types import Decision, Request, Usage
 
-__all__ = ["Call", "Timings"]
+__all__ = ["Call", "Step", "Timings"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One expert asked by a cascade (coserve.engine.cascade), in the order asked."""
+
+    expert: str  # the expert that answered this step
+    probability: float | None  # the answer check's P(good answer); None when the answer was not checked
+    outcome: str  # "accepted" (returned) | "escalated" (the next expert was asked) | "failed" (no answer)
+    # "check" | "max_steps" | "no_stronger_expert" | "router_confidence" | "unchecked_stream" | "expert_failed"
+    reason: str
+    tokens: int | None = None  # completion tokens it generated (None: not known when recorded, a stream)
+
+    def as_dict(self) -> dict[str, object]:
+        probability = None if self.probability is None else round(self.probability, 4)
+        return {
+            "expert": self.expert,
+            "probability": probability,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "tokens": self.tokens,
+        }
 
 
 @dataclass
@@ -46,6 +68,7 @@ class Call:
     expert: str | None = None  # the expert being tried now; at the end, the one that answered
     tried: list[str] = field(default_factory=list)  # experts that failed before ``expert`` (fallback path)
     node: str | None = None  # on a cluster, the node whose expert host answered (None in one process)
+    steps: list[Step] = field(default_factory=list)  # a cascade's experts, in order (empty: single choice)
     lease: Lease | None = None  # the pinned expert while it generates
     usage: Usage | None = None  # from the last chunk
     status: str = "new"  # "new" | "queued" | "running" | then the outcome: "200", "499", "stream_error", "4xx"/"5xx"

@@ -8,7 +8,8 @@
                  running one drains when both fit the ACTIVE budget, else prefetched to RAM
     execute   -> backend.stream(...) in a worker thread, chunks handed to the event loop
     answer    -> chunks to the caller; a failure before the first token moves the call to the
-                 next expert in the Decision's alternatives (``call.tried`` records the path)
+                 next expert in the Decision's alternatives (``call.tried`` records the path);
+                 ``routing.mode: cascade`` checks answers and may ask a stronger expert (cascade.py)
 
 Every stage writes on the request's one ``Call`` (coserve.engine.call): its decision, the expert
 answering, the experts tried, the lease, the usage and the timings. Only one expert executes at a
@@ -33,6 +34,7 @@ from coserve.backends.base import Backend
 from coserve.backends.registry import check_library, get_backend, shares_cores
 from coserve.config import LibraryConfig
 from coserve.engine.call import Call
+from coserve.engine.cascade import Cascade
 from coserve.engine.pool import ExpertPool, Lease
 from coserve.engine.scheduler import Scheduler
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
@@ -42,8 +44,7 @@ from coserve.router.measured import with_measured_map
 from coserve.router.router import CoERouter
 from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Tier, TokenLogprob, Usage
 
-# How experts are ordered and kept resident (not the router's policy, router/policy.py):
-# "lookahead" is coserve's; "lru" and "load_per_request" are baselines for benchmarks.
+# How experts are ordered and kept resident: "lookahead" is coserve's, the others baselines for benchmarks.
 Residency = Literal["lookahead", "lru", "load_per_request"]
 
 DEFAULT_TIMEOUT_S = 300.0  # seconds without a chunk before an expert counts as hung (options.timeout_s)
@@ -54,14 +55,8 @@ _END = object()
 
 
 def limit_blas_threads() -> None:
-    """One BLAS thread for the router's matrix products, in this whole process.
-
-    The router embeds each prompt with numpy. OpenBLAS's worker threads spin for a while after
-    every product, and an expert decoding on the same cores waits on its slowest thread at every
-    step: with two cores, embedding 2 prompts/s cut `large`'s throughput from 1.11 to 0.72 req/s;
-    with one BLAS thread it stays at 1.04-1.07 req/s, and an embedding takes 9 ms instead of 6 ms
-    (docs/decisions.md, 2026-11-30).
-    """
+    """One BLAS thread for the router's matrix products, in this whole process: OpenBLAS's spinning
+    workers slowed an expert decoding on the same cores by a third (docs/decisions.md, 2026-11-30)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
@@ -90,6 +85,7 @@ class Engine:
         self.scheduler = Scheduler(max_wait_s=library.memory.max_wait_s, arrival_order=residency != "lookahead")
         if residency == "lookahead":
             pool.next_use = self.scheduler.next_use
+        self.cascade = Cascade.from_library(library)  # routing.mode: cascade, else None
         self.unavailable: dict[str, str] = {}  # expert -> why its model file is not there (at start)
         self.switches = 0  # times the running expert changed
         self._running: str | None = None
@@ -119,8 +115,7 @@ class Engine:
             if spec.backend not in by_name:
                 by_name[spec.backend] = get_backend(spec.backend)
         per_expert = {spec.name: by_name[spec.backend] for spec in library.experts}
-        # Generation threads block inside runtimes for a whole request; size the pool for
-        # many concurrent requests, not for the core count.
+        # Generation threads block inside runtimes for a whole request: sized for requests, not cores.
         executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="coserve-exec")
         memory = library.memory
         pool = ExpertPool(
@@ -140,9 +135,7 @@ class Engine:
 
     def slots(self, expert: str) -> int:
         """Requests of one expert that run together: the concurrency its backend declares."""
-        if self.residency == "load_per_request":
-            return 1  # one request per load, strictly
-        return self.pool.concurrency(expert)
+        return 1 if self.residency == "load_per_request" else self.pool.concurrency(expert)  # 1: one per load
 
     # -- scheduling -----------------------------------------------------------------------------
     def _ensure_dispatcher(self) -> asyncio.Event:
@@ -268,6 +261,12 @@ class Engine:
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
         """Start a routed call; returns once its first chunk exists (or raises before any was sent).
         ``call.expert`` is then the expert answering, ``call.tried`` the experts that failed first."""
+        if self.cascade is not None and call.request.model == ROUTED_MODEL:
+            return await self.cascade.stream(self, call)  # routing.mode: cascade (coserve.engine.cascade)
+        return await self.stream_one(call)
+
+    async def stream_one(self, call: Call) -> AsyncIterator[Chunk]:
+        """``stream`` on the decision's expert (its alternatives as fallback), never cascaded."""
         assert call.decision is not None, "route the call first"
         last_error: Exception | None = None
         too_long_at: int | None = None  # context size that a prompt did not fit
@@ -303,11 +302,17 @@ class Engine:
         return self._execute(await self._enqueue(call), call)
 
     async def complete(self, call: Call) -> Completion:
-        """Generate the whole answer of a routed call."""
+        """Generate the whole answer of a routed call (checked and escalated in cascade mode)."""
+        if self.cascade is not None and call.request.model == ROUTED_MODEL:
+            return await self.cascade.complete(self, call)
+        return await self.complete_one(call)
+
+    async def complete_one(self, call: Call) -> Completion:
+        """The whole answer of the decision's expert (its alternatives as fallback), never cascaded."""
         parts: list[str] = []
         logprobs: list[TokenLogprob] = []
         finish = "stop"
-        async for chunk in await self.stream(call):
+        async for chunk in await self.stream_one(call):
             parts.append(chunk.text)
             logprobs.extend(chunk.logprobs)
             if chunk.finish_reason:
@@ -392,8 +397,7 @@ class Engine:
                 dispatcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await dispatcher
-            elif self._loop is not None and not self._loop.is_closed():
-                # started by requests served on another event loop (an ASGI test transport)
+            elif self._loop is not None and not self._loop.is_closed():  # started on another loop (ASGI tests)
                 self._loop.call_soon_threadsafe(dispatcher.cancel)
         await self.pool.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

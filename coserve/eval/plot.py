@@ -37,6 +37,10 @@ def plot_report(report: dict[str, Any], out: str | Path, title: str = "") -> Pat
             xs, ys = front([p[key] for p in pts], [p["quality"] for p in pts])
             if len(xs):
                 panel.plot(xs, ys, marker=".", markersize=4, linewidth=1.2, label=name)
+        if axis == "params" and "cascade" in report:  # coserve eval --cascade: the cascade's thresholds
+            cascade = [p["cascade"] for p in report["cascade"]["points"]]
+            spent, quality = [c["avg_params_b"] for c in cascade], [c["quality"] for c in cascade]
+            panel.plot(spent, quality, marker="s", markersize=4, linestyle="--", linewidth=1.0, label="cascade")
         costs = []
         for name, base in baselines.items():
             if base[key] is None:

@@ -2,7 +2,8 @@
 
 Only items where every column (each expert and ``routed``) has a score are compared, so all
 columns are judged on the same items. Per column: mean quality, mean active parameters (for
-``routed``, those of the expert that answered each item), mean latency (seconds from submitting
+``routed``, those of the expert that answered each item; for a cascade, the sum over every expert it
+asked: each step is a whole generation), mean latency (seconds from submitting
 to the last token, queueing included: all columns ran side by side on the same machine), and the
 quality per category. This module knows nothing about the engine.
 """
@@ -14,11 +15,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from coserve.config import LibraryConfig
 from coserve.errors import ConfigError
 from coserve.jsonl import read_rows
 from coserve.outcomes.runner import ROUTED
+from coserve.router.policy import decide
 
-__all__ = ["compare_routed", "format_comparison"]
+__all__ = ["SINGLE", "compare_routed", "format_comparison"]
+
+SINGLE = "single"  # the column of another library's single-choice routing (``--single LIBRARY``)
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -32,13 +37,39 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in rows if isinstance(row, dict)]
 
 
-def compare_routed(path: str | Path, params_b: Mapping[str, float]) -> dict[str, Any]:
-    """The comparison of ``routed`` against each expert in ``params_b`` on the file's paired items."""
+def _cost(row: Mapping[str, Any], params_b: Mapping[str, float]) -> float:
+    """Active parameters the routed answer cost: every cascade step's expert, else the one that answered."""
+    steps = row.get("routed_steps")
+    if steps:
+        return sum(params_b[step["expert"]] for step in steps)
+    return params_b[row["routed_expert"]]
+
+
+def compare_routed(
+    path: str | Path, params_b: Mapping[str, float], single: LibraryConfig | None = None
+) -> dict[str, Any]:
+    """The comparison of ``routed`` against each expert in ``params_b`` on the file's paired items.
+
+    With ``single``, a ``single`` column too: on each item, the expert that library's policy picks
+    from the router probabilities the row records (its single-choice routing, answered greedily by
+    that expert's own column).
+    """
     path = Path(path)
-    columns = [*params_b, ROUTED]
     rows = _rows(path)
     if not any(ROUTED in r.get("scores", {}) for r in rows):
         raise ConfigError(f"{path}: no routed scores; write it with coserve outcomes --routed")
+    columns = [*params_b, ROUTED]
+    if single is not None:
+        for row in rows:
+            if "probabilities" in row.get("router", {}):
+                expert = decide(row["router"]["probabilities"], single).expert
+                if expert in row.get("scores", {}):
+                    row["scores"][SINGLE], row["latency_s"][SINGLE], row["single_expert"] = (
+                        row["scores"][expert],
+                        row["latency_s"][expert],
+                        expert,
+                    )
+        columns.append(SINGLE)
     paired = [r for r in rows if all(c in r.get("scores", {}) for c in columns) and r.get("routed_expert") in params_b]
     if not paired:
         raise ConfigError(f"{path}: no item has a score for every column ({', '.join(columns)})")
@@ -46,7 +77,10 @@ def compare_routed(path: str | Path, params_b: Mapping[str, float]) -> dict[str,
     categories = sorted({r["category"] for r in paired})
     for column in columns:
         scores = [float(r["scores"][column]) for r in paired]
-        params = [params_b[r["routed_expert"] if column == ROUTED else column] for r in paired]
+        params = [
+            _cost(r, params_b) if column == ROUTED else params_b[r["single_expert"] if column == SINGLE else column]
+            for r in paired
+        ]
         latency = [float(r["latency_s"][column]) for r in paired]
         by_category = {
             c: round(
@@ -64,6 +98,8 @@ def compare_routed(path: str | Path, params_b: Mapping[str, float]) -> dict[str,
         }
     result["category_items"] = {c: sum(1 for r in paired if r["category"] == c) for c in categories}
     result["routed_to"] = dict(Counter(r["routed_expert"] for r in paired).most_common())
+    if any(r.get("routed_steps") for r in paired):
+        result["cascade_steps"] = dict(Counter(len(r.get("routed_steps") or [1]) for r in paired).most_common())
     return result
 
 

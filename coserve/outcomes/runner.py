@@ -5,8 +5,9 @@
     grade   -> the suite's grader (off the event loop: HumanEval runs a fenced child process); a
                judged suite (MT-Bench) first asks the judge expert for a verdict; an expert, grader
                or judge failure is recorded per item and the run goes on
-    write   -> ``{"id", "category", "stratum", "scores", "tokens", "latency_s", "judge"?,
-               "errors"?, "notes"?, "prompt"?}``, flushed
+    write   -> ``{"id", "category", "stratum", "scores", "tokens", "latency_s", "signals", "router",
+               "judge"?, "errors"?, "notes"?, "prompt"?, "routed_expert"?, "routed_steps"?}``, flushed
+               (``signals``: per expert, what the cascade's answer check sees, coserve.router.check)
 
 The file holds ids, not prompt text, unless ``with_prompts`` is set. This module knows nothing about
 where suites read their data or how a grader works.
@@ -23,12 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coserve.backends.registry import capabilities
 from coserve.engine.call import Call
 from coserve.engine.engine import Engine
 from coserve.errors import ConfigError, CoserveError
 from coserve.jsonl import parse_lines, write_row
 from coserve.outcomes.suites import Graded, Item, Suite
-from coserve.types import ROUTED_MODEL, Message, Request, Sampling
+from coserve.router.check import signals_of
+from coserve.types import ROUTED_MODEL, Completion, Message, Request, Sampling
 
 __all__ = ["ROUTED", "RunSummary", "done_ids", "run_outcomes"]
 
@@ -85,18 +88,31 @@ def done_ids(out: Path) -> set[str]:
 ROUTED = "routed"  # the column of the library's own routing (``--routed``): model ROUTED_MODEL
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """One expert's answer to one item, as the row keeps it."""
+
+    text: str
+    tokens: int  # completion tokens
+    seconds: float  # from submission to the last token, routing and queueing included
+    expert: str  # who answered
+    completion: Completion
+    steps: list[dict[str, object]]  # a cascade's steps (the routed column of a cascade library), else []
+
+
 async def _ask(
-    engine: Engine, expert: str, messages: Sequence[tuple[str, str]], max_tokens: int
-) -> tuple[str, int, float, str]:
-    """One greedy answer: (text, completion tokens, seconds incl. routing and queueing, who answered).
+    engine: Engine, expert: str, messages: Sequence[tuple[str, str]], max_tokens: int, logprobs: bool = False
+) -> _Answer:
+    """One greedy answer (with per-token log-probabilities when ``logprobs`` and the expert can give them).
 
     ``expert`` is pinned, with no fallback (the score must be that expert's own, so a failure is
     recorded, not rerouted); ``ROUTED`` asks the router, fallback included, as a client would.
     """
+    logprobs = logprobs and expert != ROUTED and "logprobs" in capabilities(engine.library.expert(expert))
     request = Request(
         tuple(Message(role, content) for role, content in messages),
         ROUTED_MODEL if expert == ROUTED else expert,
-        Sampling(max_tokens=max_tokens, temperature=0.0),
+        Sampling(max_tokens=max_tokens, temperature=0.0, logprobs=logprobs),
     )
     start = time.monotonic()
     call = Call(request)
@@ -106,7 +122,9 @@ async def _ask(
     completion = await engine.complete(call)
     if expert != ROUTED and call.expert != expert:
         raise CoserveError(f"answered by {call.expert!r} instead")
-    return completion.text, completion.usage.completion_tokens, time.monotonic() - start, str(call.expert)
+    seconds = time.monotonic() - start
+    steps = [step.as_dict() for step in call.steps]
+    return _Answer(completion.text, completion.usage.completion_tokens, seconds, str(call.expert), completion, steps)
 
 
 async def _grade(engine: Engine, suite: Suite, text: str, item: Item, judge: str | None) -> float | Graded:
@@ -115,7 +133,7 @@ async def _grade(engine: Engine, suite: Suite, text: str, item: Item, judge: str
         if judge is None:
             raise ConfigError(f"suite {suite.name!r} is graded by a judge: name one with --judge EXPERT")
         messages = suite.judge_messages(text, item) or []
-        verdict, _, _, _ = await _ask(engine, judge, messages, suite.judge_max_tokens)
+        verdict = (await _ask(engine, judge, messages, suite.judge_max_tokens)).text
         try:
             return await asyncio.to_thread(suite.grade, verdict, item)
         except ValueError:
@@ -123,7 +141,7 @@ async def _grade(engine: Engine, suite: Suite, text: str, item: Item, judge: str
                 raise
         # The verdict ran out of tokens (or forgot the format) before its rating: ask for it alone.
         follow = [*messages, ("assistant", verdict), ("user", suite.rating_request)]
-        text, _, _, _ = await _ask(engine, judge, follow, suite.rating_max_tokens)
+        text = (await _ask(engine, judge, follow, suite.rating_max_tokens)).text
     # Graders may block (HumanEval runs a child process): off the event loop.
     return await asyncio.to_thread(suite.grade, text, item)
 
@@ -142,7 +160,10 @@ async def _run_item(
     category = suite.category(item)
     experts = [*engine.library.expert_names, *([ROUTED] if routed else [])]
     ask = [("user", prompt)]
-    results = await asyncio.gather(*(_ask(engine, e, ask, max_tokens) for e in experts), return_exceptions=True)
+    decision = await engine.route(Call(Request((Message("user", prompt),), ROUTED_MODEL)))
+    results = await asyncio.gather(
+        *(_ask(engine, e, ask, max_tokens, logprobs=True) for e in experts), return_exceptions=True
+    )
     row: dict[str, Any] = {
         "id": item.id,
         "category": category,
@@ -150,6 +171,14 @@ async def _run_item(
         "scores": {},
         "tokens": {},
         "latency_s": {},
+        "signals": {},
+        "router": {
+            "expert": decision.expert,
+            "category": decision.category,
+            "confidence": round(decision.confidence, 4),
+            "alternatives": list(decision.alternatives),
+            "probabilities": {c: round(p, 4) for c, p in decision.probabilities.items()},
+        },
     }
     if suite.judged:
         row["judge"] = judge
@@ -163,12 +192,15 @@ async def _run_item(
             errors[expert] = f"expert: {type(result).__name__}: {result}"
             summary.expert_errors += 1
             continue
-        text, tokens, seconds, answered_by = result
         if expert == ROUTED:
-            row["routed_expert"] = answered_by
-        row["tokens"][expert] = tokens
-        row["latency_s"][expert] = round(seconds, 4)
-        answered.append((expert, text))
+            row["routed_expert"] = result.expert
+            if result.steps:
+                row["routed_steps"] = result.steps
+        else:
+            row["signals"][expert] = signals_of(result.completion, decision.confidence).as_dict()
+        row["tokens"][expert] = result.tokens
+        row["latency_s"][expert] = round(result.seconds, 4)
+        answered.append((expert, result.text))
     grades = await asyncio.gather(
         *(_grade(engine, suite, text, item, judge) for _, text in answered), return_exceptions=True
     )

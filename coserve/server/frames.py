@@ -88,6 +88,8 @@ def _coserve_field(call: Call) -> dict[str, Any]:
     field["expert"] = call.expert
     if call.tried:
         field["fallback_from"] = list(call.tried)
+    if call.steps:
+        field["cascade"] = [step.as_dict() for step in call.steps]  # routing.mode: cascade, every step
     return field
 
 

@@ -85,6 +85,7 @@ class Outcomes:
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             map_version=decision.map_version,
+            cascade=json.dumps([step.as_dict() for step in call.steps]) if call.steps else None,
             prompt=prompt,
             completion=completion if self.decisions.store_text else None,
         )

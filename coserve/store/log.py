@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
     map_version INTEGER,         -- the online router's map version (router.online), else NULL
+    cascade TEXT,                -- routing.mode cascade: JSON list of the steps (expert, probability, outcome)
     prompt TEXT,                 -- only with server.log.store_text
     completion TEXT
 );
@@ -79,6 +80,7 @@ class DecisionRow:
     prompt_tokens: int | None
     completion_tokens: int | None
     map_version: int | None = None  # the online router's map version, when it routed
+    cascade: str | None = None  # JSON list of a cascade's steps (routing.mode: cascade), else None
     prompt: str | None = None  # None unless texts are stored
     completion: str | None = None
 
@@ -103,8 +105,10 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
     conn.executescript(_SCHEMA)
-    if "map_version" not in {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}:
-        conn.execute("ALTER TABLE decisions ADD COLUMN map_version INTEGER")  # a log from before the column
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+    for column, kind in (("map_version", "INTEGER"), ("cascade", "TEXT")):  # a log from before the column
+        if column not in columns:
+            conn.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
     return conn
 
 

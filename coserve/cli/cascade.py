@@ -1,0 +1,56 @@
+"""``coserve train-check``: fit a cascade's answer check on outcome files that record signals, judge it
+by grouped cross-validation and, given a library, replay its cascade at a range of thresholds."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from coserve.cli.common import Subcommands, add_library_arg, load_served_library
+
+__all__ = ["add_train_check_parser", "cmd_train_check", "format_points"]
+
+
+def cmd_train_check(args: argparse.Namespace) -> int:
+    from coserve.eval.cascade import cascade_points, read_signal_rows, train_check
+
+    rows = read_signal_rows(args.data)
+    experts = sorted({e for row in rows for e in row["signals"]})
+    check, figures, _, _ = train_check(rows, experts, args.folds, args.seed, args.good)
+    extra: dict[str, Any] = {"cv": figures, "data": [str(p) for p in args.data]}
+    print(
+        f"coserve: check on {figures['answers']} answers of {figures['items']} items ({args.folds} grouped folds): "
+        f"AUC {figures['auc']}, Brier {figures['brier']} (base rate {figures['brier_base_rate']}), ECE {figures['ece']}"
+    )
+    if args.library:
+        library = load_served_library(args.library)
+        points = cascade_points(rows, library, args.folds, args.seed, args.max_steps, args.good)["points"]
+        extra["replay"] = {"library": args.library, "out_of_fold": True, "points": points}
+        print(format_points(points))
+    check.save(args.out, **extra)
+    print(f"check: {args.out}")
+    return 0
+
+
+def format_points(points: list[dict[str, Any]]) -> str:
+    """A table of replayed cascade points (threshold, quality, params) beside the single choice."""
+    lines = [f"{'threshold':>9} {'cascade q':>10} {'params B':>9} {'single q':>9} {'params B':>9}  steps"]
+    for point in points:
+        c, s = point["cascade"], point["single"]
+        lines.append(
+            f"{point['threshold']:>9.2f} {c['quality']:>10.3f} {c['avg_params_b']:>9.3f} "
+            f"{s['quality']:>9.3f} {s['avg_params_b']:>9.3f}  {point['steps']}"
+        )
+    return "\n".join(lines)
+
+
+def add_train_check_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("train-check", help="fit a cascade's answer check on outcome files with signals")
+    p.add_argument("--data", required=True, action="append", help="JSONL from coserve outcomes (repeatable)")
+    p.add_argument("--out", required=True, help="the check file to write (JSON)")
+    p.add_argument("--folds", type=int, default=5, help="item-grouped cross-validation folds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--good", type=float, default=0.5, help="a score at or above this is a good answer")
+    add_library_arg(p)
+    p.add_argument("--max-steps", type=int, default=3, help="replay: experts asked at most per request")
+    p.set_defaults(func=cmd_train_check)

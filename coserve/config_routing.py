@@ -1,0 +1,40 @@
+"""The ``routing:`` section of a library file: one choice per request, or a cascade (docs/library.md).
+
+A leaf like coserve.config (which embeds it): it knows nothing about the check's model or the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["CascadeSettings", "RoutingSettings"]
+
+
+class CascadeSettings(BaseModel):
+    """How a cascade escalates (coserve.engine.cascade)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    check: str  # the answer check (``coserve train-check`` JSON), relative to the library file
+    threshold: float = Field(0.5, ge=0, le=1)  # P(good answer) at or above this: the answer is returned
+    max_steps: int = Field(2, ge=1, le=8)  # experts asked at most per request (1: never escalate)
+    buffer_streams: bool = False  # streamed requests: generate, check, then stream (else: no check)
+    # Streamed, unbuffered: a router confidence below this escalates before the first token.
+    stream_min_confidence: float = Field(0.0, ge=0, le=1)
+
+
+class RoutingSettings(BaseModel):
+    """``single``: the router's expert answers. ``cascade``: it answers first; the check may escalate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["single", "cascade"] = "single"
+    cascade: CascadeSettings | None = None
+
+    @model_validator(mode="after")
+    def _cascade_settings(self) -> RoutingSettings:
+        if self.mode == "cascade" and self.cascade is None:
+            raise ValueError("mode cascade needs a cascade: section (at least cascade.check)")
+        return self

@@ -1,0 +1,152 @@
+"""The answer-quality check of a cascade: P(an expert's answer is good) from signals known at generation time.
+
+Signals (``Signals``, one per answer): the mean and the minimum log-probability of the generated
+tokens, the answer's length in tokens, whether it stopped on the token cap (``finish == "length"``),
+and the router's confidence for the prompt. ``AnswerCheck`` is a logistic regression on those per
+answering expert (the experts' models are fitted together, one file for a library), fitted on outcome
+rows that carry ``signals`` (``coserve outcomes``) with the label "score >= ``good``". It is stored as
+one JSON file (weights and scaling, no pickle) beside the router.
+
+This module knows nothing about the engine, HTTP or how outcome files are read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coserve.errors import ConfigError
+from coserve.types import Completion
+
+__all__ = ["CHECK_FORMAT_VERSION", "AnswerCheck", "Signals", "load_check", "signals_of"]
+
+CHECK_FORMAT_VERSION = 1  # layout of a check file; bump when it changes
+NO_LOGPROB = -20.0  # stands for the log-probability of an answer without tokens (empty answer)
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What is known of one answer when it has been generated (the check's input)."""
+
+    mean_logprob: float | None  # mean natural-log probability of the generated tokens (None: not given)
+    min_logprob: float | None  # the least likely token's
+    tokens: int  # completion tokens
+    finish: str  # "stop" | "length" | ...
+    confidence: float  # the router's confidence for the prompt (top category probability)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def signals_of(completion: Completion, confidence: float) -> Signals:
+    """The signals of a completion generated with ``logprobs`` (None log-probabilities without them)."""
+    values = [entry.logprob for entry in completion.logprobs]
+    tokens = completion.usage.completion_tokens or len(values)
+    mean = sum(values) / len(values) if values else None
+    low = min(values) if values else None
+    if not values and tokens == 0:
+        mean = low = 0.0  # nothing generated: nothing was uncertain
+    return Signals(mean, low, tokens, completion.finish_reason, float(confidence))
+
+
+def _row(signals: Signals) -> list[float]:
+    mean = signals.mean_logprob if signals.mean_logprob is not None else NO_LOGPROB
+    low = signals.min_logprob if signals.min_logprob is not None else NO_LOGPROB
+    return [
+        max(mean, NO_LOGPROB),
+        max(low, NO_LOGPROB),
+        math.log1p(max(signals.tokens, 0)),
+        1.0 if signals.finish == "length" else 0.0,
+        signals.confidence,
+    ]
+
+
+FEATURES = ("mean_logprob", "min_logprob", "log1p_tokens", "finish_length", "confidence")
+
+
+class AnswerCheck:
+    """P(good answer | signals, expert): logistic regression per expert (estimator contract)."""
+
+    def __init__(self, experts: Sequence[str], C: float = 1.0, good: float = 0.5):
+        self.experts = list(experts)
+        self.C = C  # inverse regularisation strength
+        self.good = good  # a score at or above this counts as a good answer
+
+    def features(self, signals: Sequence[Signals], experts: Sequence[str]) -> np.ndarray:
+        """[n, E * 6] raw features: per expert a block of the 5 signals and a 1, filled only in the
+        answering expert's block (one logistic regression per expert, fitted together; an unknown
+        expert is all zeros: the intercept alone)."""
+        width = len(FEATURES) + 1
+        X = np.zeros((len(signals), width * len(self.experts)))
+        for i, (s, expert) in enumerate(zip(signals, experts, strict=True)):
+            if expert in self.experts:
+                start = width * self.experts.index(expert)
+                X[i, start : start + width] = [*_row(s), 1.0]
+        return X
+
+    def fit(self, signals: Sequence[Signals], experts: Sequence[str], scores: Sequence[float]) -> AnswerCheck:
+        from sklearn.linear_model import LogisticRegression
+
+        X = self.features(signals, experts)
+        y = (np.asarray(scores, dtype=float) >= self.good).astype(int)
+        if len(set(y.tolist())) < 2:
+            raise ConfigError("the check needs both good and bad answers in its training data")
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = np.where(X.std(axis=0) > 0, X.std(axis=0), 1.0)
+        model = LogisticRegression(C=self.C, max_iter=1000).fit((X - self.mean_) / self.scale_, y)
+        self.coef_ = model.coef_[0].astype(float)
+        self.intercept_ = float(model.intercept_[0])
+        return self
+
+    def predict_proba(self, signals: Sequence[Signals], experts: Sequence[str]) -> np.ndarray:
+        """[n] P(good) of each answer."""
+        z = ((self.features(signals, experts) - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+        return np.asarray(1.0 / (1.0 + np.exp(-z)))
+
+    def probability(self, signals: Signals, expert: str) -> float:
+        return float(self.predict_proba([signals], [expert])[0])
+
+    # -- persistence ----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format_version": CHECK_FORMAT_VERSION,
+            "kind": "logistic",
+            "features": [f"{e}:{f}" for e in self.experts for f in (*FEATURES, "bias")],
+            "experts": self.experts,
+            "C": self.C,
+            "good": self.good,
+            "mean": self.mean_.tolist(),
+            "scale": self.scale_.tolist(),
+            "coef": self.coef_.tolist(),
+            "intercept": self.intercept_,
+        }
+
+    def save(self, path: str | Path, **extra: Any) -> None:
+        """Write the check as JSON (``extra``: its cross-validated figures, provenance)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**self.state(), **extra}, indent=2) + "\n")
+
+
+def load_check(path: str | Path) -> AnswerCheck:
+    """Read a check file written by ``AnswerCheck.save``; ConfigError naming the file if unusable."""
+    path = Path(path)
+    try:
+        state = json.loads(path.read_text())
+        if state.get("format_version") != CHECK_FORMAT_VERSION:
+            raise ConfigError(f"{path}: check format {state.get('format_version')}, expected {CHECK_FORMAT_VERSION}")
+        check = AnswerCheck(state["experts"], float(state["C"]), float(state["good"]))
+        width = (len(FEATURES) + 1) * len(check.experts)
+        check.mean_, check.scale_ = np.asarray(state["mean"], float), np.asarray(state["scale"], float)
+        check.coef_, check.intercept_ = np.asarray(state["coef"], float), float(state["intercept"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: cannot read the answer check ({exc}); write it with coserve train-check") from None
+    if not check.mean_.shape == check.scale_.shape == check.coef_.shape == (width,):
+        raise ConfigError(f"{path}: the check's arrays do not match its {width} features")
+    return check

@@ -1,0 +1,106 @@
+"""Cascade vs single-choice routing on the default library (issue 16 part 3): the figures of
+docs/outcomes.md, "Cascade vs single choice", from two `coserve outcomes` files.
+
+    python scripts/cascade_measure.py --train TRAIN.jsonl --heldout HELDOUT.jsonl --library CASCADE.yaml \
+        --note "..." [--runs "the coserve outcomes commands"]
+
+TRAIN: the check's training sample (rows with signals; disjoint from HELDOUT). HELDOUT: written with
+``--routed --library CASCADE.yaml`` (the live cascade is its ``routed`` column). Writes
+docs/data/cascade-check.json (the check's grouped-CV figures, the cascade replayed on TRAIN with
+out-of-fold probabilities, the check itself) and docs/data/cascade-vs-single.json (the held-out
+comparison: each expert, the live cascade, the default library's single choice, and the cascade
+replayed at a range of thresholds with the check fitted on TRAIN), both with provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from coserve.bench.provenance import write_data
+from coserve.cli.common import load_served_library
+from coserve.engine.cascade import Cascade, params_of
+from coserve.eval.cascade import (
+    THRESHOLDS,
+    answers,
+    cascade_points,
+    check_points,
+    read_signal_rows,
+    replay,
+    train_check,
+)
+from coserve.outcomes.compare import compare_routed
+from coserve.router.policy import decide
+
+DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--heldout", required=True)
+    parser.add_argument("--library", required=True, help="the cascade library the held-out run used")
+    parser.add_argument("--note", default="", help="how the runs were made (machine load, interruptions)")
+    parser.add_argument("--runs", default="", help="the coserve outcomes commands that wrote the two files")
+    parser.add_argument("--out-dir", default=str(DATA), help="where the two data files go (default docs/data)")
+    args = parser.parse_args()
+    command = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    library = load_served_library(args.library)
+    cascade = Cascade.from_library(library)
+    assert cascade is not None, "the library must be in cascade mode"
+    rows = read_signal_rows([args.train])
+    experts = sorted({e for row in rows for e in row["signals"]})
+    check, figures, _, _ = train_check(rows, experts)
+    on_train = cascade_points(rows, library, max_steps=cascade.settings.max_steps)["points"]
+    default = load_served_library(None)
+    chosen = [row["scores"][decide(row["router"]["probabilities"], default).expert] for row in rows]
+    single = {
+        "quality": round(sum(chosen) / len(chosen), 4),
+        "avg_params_b": round(
+            sum(default.expert(decide(r["router"]["probabilities"], default).expert).params_b for r in rows)
+            / len(rows),
+            4,
+        ),
+    }
+    write_data(
+        Path(args.out_dir) / "cascade-check.json",
+        {
+            "note": args.note,
+            "runs": args.runs,
+            "cv": figures,
+            "replay_on_train": on_train,  # "single" there: the cascade library's first step alone
+            "default_single_on_train": single,  # the default library's single choice on the same rows
+            # the default library itself in cascade mode (its own map first, fallback large), same check
+            "default_cascade_on_train": cascade_points(rows, default, max_steps=cascade.settings.max_steps)["points"],
+            # FrugalGPT's plain cascade, no router: general, coder, large in turn
+            "plain_cascade_on_train": cascade_points(rows, None, params_b=params_of(default))["points"],
+            "check": check.state(),
+        },
+        command,
+    )
+    params = {e.name: e.params_b for e in library.experts}
+    comparison = compare_routed(args.heldout, params, single=default)
+    held = read_signal_rows([args.heldout])
+    data = answers(held)
+    predicted = cascade.check.predict_proba([a.signals for a in data], [a.expert for a in data])
+    probability = {(a.item, a.expert): float(p) for a, p in zip(data, predicted, strict=True)}
+    replayed = check_points(held, library, cascade.check, cascade.settings.max_steps)
+    payload = {
+        "note": args.note,
+        "runs": args.runs,
+        "cascade_settings": cascade.settings.model_dump(mode="json"),
+        "comparison": comparison,  # "routed": the live cascade; "single": the default library's choice
+        "replay_on_heldout": replayed,  # "single" here: the cascade library's own first step
+        "default_cascade_on_heldout": check_points(held, default, cascade.check, cascade.settings.max_steps),
+        "plain_cascade_on_heldout": [replay(held, None, probability, t, 3, params_of(default)) for t in THRESHOLDS],
+    }
+    write_data(Path(args.out_dir) / "cascade-vs-single.json", payload, command)
+    columns = comparison["columns"]
+    for name in ("single", "routed"):
+        print(f"{name:<8} quality {columns[name]['quality']:.3f}  params {columns[name]['avg_params_b']:.3f} B")
+    print(f"check: AUC {figures['auc']} (grouped CV on {figures['items']} items); {comparison['items']} held-out items")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The measurement scripts of docs/outcomes.md, "Cascade vs single choice": ``scripts/cascade_library.py``
+writes a loadable cascade library, ``scripts/cascade_measure.py`` the two data files (synthetic rows)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coserve.config import load_library
+from coserve.router.measured import with_measured_map
+from tests.test_cascade import write_check
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS = {"general": 0.135, "coder": 0.494, "large": 1.54}
+
+
+def script(*argv: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cascade_library_is_the_default_with_a_cheaper_first_step(tmp_path: Path) -> None:
+    check = write_check(tmp_path / "check.json", dict.fromkeys(PARAMS, 0.0))
+    out = tmp_path / "cascade.yaml"
+    script("scripts/cascade_library.py", "--check", str(check), "--threshold", "0.3", "--out", str(out))
+    library = with_measured_map(load_library(out))
+    assert library.routing.mode == "cascade" and library.routing.cascade is not None
+    assert library.routing.cascade.threshold == 0.3 and library.routing.cascade.max_steps == 3
+    assert library.router.fallback.expert == "coder"
+    # `coserve map --budget 0.4` on the default library's outcomes (docs/outcomes.md)
+    expected = {"code": "coder", "math": "coder", "knowledge": "coder", "writing": "general", "chat": "general"}
+    assert library.router.map == expected
+
+
+def rows(n: int, seed: int, routed: bool) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        mean = {e: float(rng.uniform(-2, 0)) for e in PARAMS}
+        row: dict[str, Any] = {
+            "id": f"mmlu-{seed}-{i}",
+            "category": "knowledge",
+            "scores": {e: float(mean[e] > -1) for e in PARAMS},
+            "latency_s": dict.fromkeys([*PARAMS, "routed"], 1.0),
+            "signals": {
+                e: {"mean_logprob": mean[e], "min_logprob": mean[e], "tokens": 1, "finish": "stop", "confidence": 0.9}
+                for e in PARAMS
+            },
+            "router": {"probabilities": {"knowledge": 0.9, "code": 0.04, "math": 0.03, "writing": 0.02, "chat": 0.01}},
+        }
+        if routed:  # every held-out item: coder, then large
+            row["scores"]["routed"] = row["scores"]["large"]
+            row["routed_expert"] = "large"
+            row["routed_steps"] = [{"expert": "coder"}, {"expert": "large"}]
+        out.append(row)
+    return out
+
+
+def test_cascade_measure_writes_both_data_files(tmp_path: Path) -> None:
+    train, heldout = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows(40, 0, routed=False)))
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows(10, 1, routed=True)))
+    check = write_check(tmp_path / "check.json", dict.fromkeys(PARAMS, 0.0))
+    library = tmp_path / "cascade.yaml"
+    script("scripts/cascade_library.py", "--check", str(check), "--out", str(library))
+    argv = ["--train", str(train), "--heldout", str(heldout), "--library", str(library), "--note", "synthetic"]
+    printed = script("scripts/cascade_measure.py", *argv, "--out-dir", str(tmp_path / "data"))
+    assert "10 held-out items" in printed
+    check_file = json.loads((tmp_path / "data" / "cascade-check.json").read_text())
+    assert (
+        check_file["note"] == "synthetic" and check_file["cv"]["items"] == 40 and "commit" in check_file["provenance"]
+    )
+    comparison = json.loads((tmp_path / "data" / "cascade-vs-single.json").read_text())["comparison"]
+    assert comparison["columns"]["routed"]["avg_params_b"] == round(0.494 + 1.54, 4)  # both steps counted
+    assert comparison["columns"]["single"]["avg_params_b"] == 1.54  # the default map: knowledge -> large
