@@ -36,7 +36,7 @@ def _run(mode: str, expert: str, n: int, every: float) -> list[float]:
     others = [w["prompt"] for w in make_workload(library, 400, 2.0, 1)]
     embedder = MiniLMEmbedder(cache_size=0) if mode != "alone" else None
     if mode == "blas_one":
-        from coserve.engine.engine import limit_blas_threads
+        from coserve.cpus import limit_blas_threads
 
         limit_blas_threads()
     spec = library.expert(expert).model_copy(update={"backend": "llamacpp-split"})

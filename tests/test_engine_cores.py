@@ -55,7 +55,7 @@ def test_an_engine_beside_cpu_experts_limits_blas(
 def test_limit_blas_threads_leaves_one_blas_thread() -> None:
     code = (
         "import numpy, threadpoolctl\n"
-        "from coserve.engine.engine import limit_blas_threads\n"
+        "from coserve.cpus import limit_blas_threads\n"
         "limit_blas_threads()\n"
         "blas = [p for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas']\n"
         "assert blas, 'numpy has no BLAS here'\n"

@@ -33,6 +33,7 @@ from coserve.assets import missing_files
 from coserve.backends.base import Backend
 from coserve.backends.registry import check_library, get_backend, shares_cores
 from coserve.config import LibraryConfig
+from coserve.cpus import limit_blas_threads
 from coserve.engine.call import Call
 from coserve.engine.cascade import Cascade
 from coserve.engine.pool import ExpertPool, Lease
@@ -49,17 +50,9 @@ Residency = Literal["lookahead", "lru", "load_per_request"]
 
 DEFAULT_TIMEOUT_S = 300.0  # seconds without a chunk before an expert counts as hung (options.timeout_s)
 
-__all__ = ["Engine", "Residency", "limit_blas_threads"]
+__all__ = ["Engine", "Residency"]
 
 _END = object()
-
-
-def limit_blas_threads() -> None:
-    """One BLAS thread for the router's matrix products, in this whole process: OpenBLAS's spinning
-    workers slowed an expert decoding on the same cores by a third (docs/decisions.md, 2026-11-30)."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1, user_api="blas")
 
 
 class Engine:
