@@ -8,8 +8,9 @@ This module knows nothing about any runtime.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from coserve.backends.structured import wire_message
 from coserve.config import ExpertSpec
 from coserve.errors import ContextTooLong, ExpertLoadError, InvalidRequest
 from coserve.types import Message, Sampling
@@ -85,9 +86,9 @@ def declared_concurrency(spec: ExpertSpec, default: int) -> int:
     return max(1, int(spec.options.get("n_parallel", default)))
 
 
-def wire_messages(messages: tuple[Message, ...]) -> list[dict[str, str]]:
-    """The chat turns as OpenAI-style dicts (what runtimes and chat templates read)."""
-    return [{"role": m.role, "content": m.content} for m in messages]
+def wire_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """The chat turns as OpenAI-style dicts (with their tool calls and call ids: what runtimes read)."""
+    return [wire_message(m) for m in messages]
 
 
 class StopStrings:

@@ -10,10 +10,13 @@ import ctypes
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from coserve.backends import llama_capi
 from coserve.backends.chat_template import chat_template
 from coserve.backends.llama_memory import return_free_memory
 from coserve.backends.staging import drop_cache
+from coserve.backends.structured import renders_tool_calls, template_message
 from coserve.config import ExpertSpec
 from coserve.errors import ExpertLoadError
 from coserve.types import Message, Sampling
@@ -49,6 +52,7 @@ class LoadedModel:
         self.bos = self._special(lib.llama_vocab_bos(self.vocab))
         self.add_bos = bool(lib.llama_vocab_get_add_bos(self.vocab))
         eos = self._special(lib.llama_vocab_eos(self.vocab))
+        self.renders_tools = renders_tool_calls(source.decode("utf-8"))  # the ``tools`` capability
         try:
             self.template = chat_template(source.decode("utf-8"), self.bos, eos)
         except Exception as exc:  # a template jinja2 cannot compile
@@ -80,11 +84,29 @@ class LoadedModel:
                 return list(tokens[:n])
             size = -n
 
-    def prompt(self, messages: tuple[Message, ...]) -> list[int]:
-        """Token ids of a chat through the model's own template, generation prompt added."""
-        text = self.template.render([{"role": m.role, "content": m.content} for m in messages])
+    def prompt(self, messages: tuple[Message, ...], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Token ids of a chat (and the request's tools) through the model's own template,
+        generation prompt added."""
+        text = self.template.render([template_message(m) for m in messages], tools=tools)
         add_bos = self.add_bos and not (self.bos and text.startswith(self.bos))
         return self.tokenize(text, add_special=add_bos)
+
+    def grammar_sampler(self, grammar: str) -> Any:
+        """A sampler that keeps the decode to an llguidance ``grammar``; ValueError when it does not
+        compile (llguidance then only writes to stderr and returns a sampler that constrains
+        nothing, so the sampler is tried on the vocabulary: a live grammar forbids some token)."""
+        lib = llama_capi.lib()
+        sampler = lib.llama_sampler_init_llg(self.vocab, b"lark", grammar.encode("utf-8"))
+        if not sampler:
+            raise ValueError("the grammar did not compile")
+        candidates = np.zeros(self.n_vocab, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        candidates["id"] = np.arange(self.n_vocab)
+        data = candidates.ctypes.data_as(ctypes.POINTER(llama_capi.TokenData))
+        lib.llama_sampler_apply(sampler, ctypes.byref(llama_capi.TokenDataArray(data, self.n_vocab, -1, False)))
+        if not np.isneginf(candidates["logit"]).any():
+            lib.llama_sampler_free(sampler)
+            raise ValueError("the grammar did not compile")
+        return sampler
 
     def is_end(self, token: int) -> bool:
         """Whether the token ends a generation (end of turn or of text)."""
@@ -100,13 +122,16 @@ class LoadedModel:
                 drop_cache(self.path)
 
 
-def new_sampler(sampling: Sampling, n_vocab: int = 0, generated: int = 0) -> Any:
-    """A llama.cpp sampler chain for one request (freed by llama_sampler_free): OpenAI's presence
+def new_sampler(sampling: Sampling, n_vocab: int = 0, generated: int = 0, grammar: Any = None) -> Any:
+    """A llama.cpp sampler chain for one request (freed by llama_sampler_free): the ``grammar``
+    sampler first when there is one (LoadedModel.grammar_sampler; the chain owns it), OpenAI's presence
     and frequency penalties over the last ``generated`` sampled tokens (the request's cap: its whole
     answer) when either is nonzero, then greedy at temperature 0, else top-p, temperature and a draw
     seeded by ``sampling.seed``."""
     lib = llama_capi.lib()
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if grammar is not None:
+        lib.llama_sampler_chain_add(chain, grammar)
     if sampling.presence_penalty or sampling.frequency_penalty:
         penalties = lib.llama_sampler_init_penalties(
             n_vocab, max(generated, 1), 1.0, sampling.frequency_penalty, sampling.presence_penalty

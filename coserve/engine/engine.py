@@ -40,7 +40,7 @@ from coserve.metrics import Metrics
 from coserve.router.embed import Embedder
 from coserve.router.measured import with_measured_map
 from coserve.router.router import CoERouter
-from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Tier, TokenLogprob, Usage
+from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Tier, TokenLogprob, ToolCall, Usage
 
 # How experts are ordered and kept resident (not the router's policy, router/policy.py):
 # "lookahead" is coserve's; "lru" and "load_per_request" are baselines for benchmarks.
@@ -306,13 +306,19 @@ class Engine:
         """Generate the whole answer of a routed call."""
         parts: list[str] = []
         logprobs: list[TokenLogprob] = []
+        calls: dict[int, list[str]] = {}  # a tool call's index -> [id, name, arguments so far]
         finish = "stop"
         async for chunk in await self.stream(call):
             parts.append(chunk.text)
             logprobs.extend(chunk.logprobs)
+            for delta in chunk.tool_calls:
+                held = calls.setdefault(delta.index, ["", "", ""])
+                held[0], held[1] = delta.id or held[0], delta.name or held[1]
+                held[2] += delta.arguments
             if chunk.finish_reason:
                 finish = chunk.finish_reason
-        return Completion("".join(parts), finish, call.usage or Usage(), tuple(logprobs))
+        tool_calls = tuple(ToolCall(*calls[index]) for index in sorted(calls))
+        return Completion("".join(parts), finish, call.usage or Usage(), tuple(logprobs), tool_calls)
 
     async def _chain(self, first: Chunk, rest: AsyncIterator[Chunk], call: Call) -> AsyncIterator[Chunk]:
         try:

@@ -159,6 +159,8 @@ async def _streamed(state: ServerState, call: Call) -> StreamingResponse:
                     if state.decisions.store_text:
                         parts.append(chunk.text)
                     yield frames.content(chunk.text, chunk.logprobs)
+                if chunk.tool_calls:
+                    yield frames.tool_calls(chunk.tool_calls)
                 if chunk.finish_reason:
                     yield frames.finish(chunk.finish_reason)
                     if call.request.stream_usage and chunk.usage is not None:

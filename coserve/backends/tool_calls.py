@@ -1,0 +1,151 @@
+"""Tool calls out of a local expert's streamed text: ``<tool_call>{"name": ..., "arguments": {...}}
+</tool_call>`` blocks (Qwen2.5's and Hermes' convention, coserve.backends.structured) become
+OpenAI tool calls; the rest of the text stays the answer's content.
+
+A block becomes a call when its body is a JSON object whose ``name`` is one of the request's
+functions and whose ``arguments`` is an object (or JSON text of one); any other block stays in the
+content, as written. Small models sometimes answer a tools request with the bare object instead
+(no tags): an answer that is nothing but such an object is a call too. Text that may begin a block
+is held back until it is known; whitespace around calls is dropped. Each call is streamed as two
+deltas, as OpenAI streams them: the first with its ``id`` and ``name``, then its arguments.
+
+It knows nothing of runtimes, grammars or HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from coserve.backends.base import Emit
+from coserve.backends.structured import CALL_CLOSE, CALL_OPEN
+from coserve.types import Chunk, TokenLogprob, ToolCall, ToolCallDelta, Usage
+
+__all__ = ["AnswerOutlet", "ToolCallParser", "call_deltas"]
+
+
+def call_deltas(index: int, call: ToolCall) -> tuple[ToolCallDelta, ToolCallDelta]:
+    """A call as OpenAI streams it: id and name first, then the arguments."""
+    return ToolCallDelta(index, call.id, call.name, ""), ToolCallDelta(index, arguments=call.arguments)
+
+
+class ToolCallParser:
+    """Feeds on streamed text; gives back the content to emit and the calls completed."""
+
+    def __init__(self, names: frozenset[str]):
+        self.names = names  # the request's functions (empty: nothing is parsed)
+        self.held = ""  # text not yet known to be content
+        self.inside = False  # within a <tool_call> block (``held`` is its body)
+        self.calls: list[ToolCall] = []
+        self.said = False  # some content was emitted (a bare object is then no call)
+
+    def _call(self, body: str) -> ToolCall | None:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or data.get("name") not in self.names:
+            return None
+        arguments = data.get("arguments", data.get("parameters", {}))
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                return None
+        if not isinstance(arguments, dict):
+            return None
+        return ToolCall(f"call_{uuid.uuid4().hex[:24]}", data["name"], json.dumps(arguments, ensure_ascii=False))
+
+    def _content(self, text: str) -> str:
+        """Content to emit now: whitespace alone waits (it may only separate calls)."""
+        if not text.strip():
+            self.held = text + self.held
+            return ""
+        self.said = True
+        return text
+
+    def feed(self, text: str) -> tuple[str, list[ToolCall]]:
+        """The content safe to emit after ``text``, and the calls it completed."""
+        if not self.names:
+            return text, []
+        self.held += text
+        out, calls = "", list[ToolCall]()
+        while True:
+            if self.inside:
+                end = self.held.find(CALL_CLOSE)
+                if end < 0:
+                    return out, calls
+                body, self.held, self.inside = self.held[:end], self.held[end + len(CALL_CLOSE) :], False
+                call = self._call(body)
+                if call is None:
+                    out += self._emit_raw(CALL_OPEN + body + CALL_CLOSE)
+                else:
+                    self.calls.append(call)
+                    calls.append(call)
+                continue
+            start = self.held.find(CALL_OPEN)
+            if start >= 0:
+                before, self.held, self.inside = self.held[:start], self.held[start + len(CALL_OPEN) :], True
+                out += self._content(before) if before.strip() else ""
+                continue
+            if not self.said and not self.calls and self.held.lstrip().startswith("{"):
+                return out, calls  # perhaps a bare call: known at the end
+            keep = next((k for k in range(len(CALL_OPEN) - 1, 0, -1) if self.held.endswith(CALL_OPEN[:k])), 0)
+            ready, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+            out += self._content(ready) if ready else ""
+            return out, calls
+
+    def _emit_raw(self, text: str) -> str:
+        self.said = True
+        return text
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """At the end of the answer: what is still held, as content or as a last call."""
+        if not self.names:
+            return "", []
+        held, self.held = self.held, ""
+        if self.inside:  # an unclosed block: a call if its body is one
+            call = self._call(held)
+            if call is not None:
+                self.calls.append(call)
+                return "", [call]
+            return CALL_OPEN + held, []
+        if not self.said and not self.calls and held.strip().startswith("{"):
+            call = self._call(held.strip())
+            if call is not None:
+                self.calls.append(call)
+                return "", [call]
+        return ("" if self.calls and not held.strip() else held), []
+
+
+class AnswerOutlet:
+    """Emits a local expert's answer through a ToolCallParser: content chunks (each with the
+    log-probabilities of the tokens it carries, or of earlier ones held back), a chunk per tool-call
+    delta, and the last chunk, whose finish_reason is ``tool_calls`` when the answer made calls."""
+
+    def __init__(self, emit: Emit, names: frozenset[str]):
+        self.emit = emit
+        self.parser = ToolCallParser(names)
+        self.pending: list[TokenLogprob] = []  # entries of tokens whose text is not emitted yet
+
+    def _send(self, content: str, calls: list[ToolCall]) -> bool:
+        if content:
+            logprobs, self.pending = tuple(self.pending), []
+            if self.emit(Chunk(content, logprobs=logprobs)):
+                return True
+        for call in calls:
+            for delta in call_deltas(len(self.parser.calls) - len(calls) + calls.index(call), call):
+                if self.emit(Chunk("", tool_calls=(delta,))):
+                    return True
+        return False
+
+    def text(self, text: str) -> bool:
+        """Emit what of ``text`` is known; True when the caller went away."""
+        return self._send(*self.parser.feed(text)) if text else False
+
+    def end(self, finish: str, usage: Usage) -> None:
+        """Emit what is still held and the last chunk."""
+        if self._send(*self.parser.finish()):
+            return
+        reason = "tool_calls" if self.parser.calls and finish == "stop" else finish
+        self.emit(Chunk("", reason, usage, tuple(self.pending)))
