@@ -57,12 +57,12 @@ class ToolCallParser:
         return ToolCall(f"call_{uuid.uuid4().hex[:24]}", data["name"], json.dumps(arguments, ensure_ascii=False))
 
     def _content(self, text: str) -> str:
-        """Content to emit now: whitespace alone waits (it may only separate calls)."""
-        if not text.strip():
-            self.held = text + self.held
-            return ""
-        self.said = True
-        return text
+        """Content to emit now: trailing whitespace waits (it may only come before a call), the rest
+        goes (``held`` must not hold a block's body when this is called)."""
+        body = text.rstrip()
+        self.held = text[len(body) :] + self.held
+        self.said = self.said or bool(body)
+        return body
 
     def feed(self, text: str) -> tuple[str, list[ToolCall]]:
         """The content safe to emit after ``text``, and the calls it completed."""
@@ -86,14 +86,15 @@ class ToolCallParser:
             start = self.held.find(CALL_OPEN)
             if start >= 0:
                 before, self.held, self.inside = self.held[:start], self.held[start + len(CALL_OPEN) :], True
-                out += self._content(before) if before.strip() else ""
+                body = before.rstrip()  # whitespace before a call is dropped
+                self.said = self.said or bool(body)
+                out += body
                 continue
             if not self.said and not self.calls and self.held.lstrip().startswith("{"):
                 return out, calls  # perhaps a bare call: known at the end
             keep = next((k for k in range(len(CALL_OPEN) - 1, 0, -1) if self.held.endswith(CALL_OPEN[:k])), 0)
             ready, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
-            out += self._content(ready) if ready else ""
-            return out, calls
+            return out + self._content(ready), calls
 
     def _emit_raw(self, text: str) -> str:
         self.said = True
