@@ -135,13 +135,18 @@ def test_the_grammar_follows_response_format_and_forced_tool_choices() -> None:
     assert '"const":"get_weather"' in required and '"const":"get_time"' in required
     single = grammar(Sampling(tools=tools, tool_choice="required", parallel_tool_calls=False))
     assert single is not None and single.startswith("%llguidance {}\nstart: call\n")
-    named = grammar(Sampling(tools=tools, tool_choice=json.dumps({"type": "function", "function": {"name": "get_time"}})))
+    named = grammar(
+        Sampling(tools=tools, tool_choice=json.dumps({"type": "function", "function": {"name": "get_time"}}))
+    )
     assert named is not None and '"const":"get_time"' in named and "get_weather" not in named
 
 
 def test_tools_and_response_format_are_forwarded_unchanged() -> None:
     spec = ExpertSpec(name="remote", backend="openai", params_b=1, options={"base_url": "http://x/v1"})
-    response_format = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}, "strict": True}}
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "n", "schema": {"type": "object"}, "strict": True},
+    }
     choice = {"type": "function", "function": {"name": "get_weather"}}
     sampling = Sampling(
         max_tokens=5,
@@ -153,7 +158,9 @@ def test_tools_and_response_format_are_forwarded_unchanged() -> None:
     body = sampling_body(spec, sampling)
     assert (body["tools"], body["tool_choice"], body["parallel_tool_calls"]) == ([WEATHER], choice, False)
     assert body["response_format"] == response_format
-    assert sampling_body(spec, Sampling(tools=json.dumps([WEATHER]), tool_choice="required"))["tool_choice"] == "required"
+    assert (
+        sampling_body(spec, Sampling(tools=json.dumps([WEATHER]), tool_choice="required"))["tool_choice"] == "required"
+    )
 
 
 def test_a_call_in_the_history_reads_as_a_template_and_as_the_wire_expect() -> None:
@@ -215,7 +222,9 @@ def test_a_round_trip_history_is_accepted(client: TestClient) -> None:
         {
             "role": "assistant",
             "content": None,
-            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}],
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ],
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
@@ -261,7 +270,9 @@ def test_a_wrong_tool_or_format_parameter_is_a_400_naming_it(
         ({"role": "assistant", "content": None}, "messages[1].content"),
     ],
 )  # fmt: skip
-def test_a_wrong_tool_message_is_a_400_naming_its_field(client: TestClient, message: dict[str, Any], param: str) -> None:
+def test_a_wrong_tool_message_is_a_400_naming_its_field(
+    client: TestClient, message: dict[str, Any], param: str
+) -> None:
     response = client.post(URL, json={"model": "coserve", "messages": [{"role": "user", "content": PROMPT}, message]})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
@@ -282,9 +293,10 @@ def test_a_tools_request_is_routed_away_from_an_expert_without_the_capability(
         assert routed["choices"][0]["finish_reason"] == "tool_calls"
         pinned = client.post(URL, json={**chat(tools=[WEATHER]), "model": "small"})
         assert pinned.status_code == 422 and pinned.json()["error"]["param"] == "tools"
-        assert client.post(URL, json=chat(tools=[WEATHER], tool_choice="none", max_tokens=2)).json()["coserve"][
-            "expert"
-        ] == "small"
+        assert (
+            client.post(URL, json=chat(tools=[WEATHER], tool_choice="none", max_tokens=2)).json()["coserve"]["expert"]
+            == "small"
+        )
 
 
 def test_a_capability_no_expert_has_is_a_422_naming_its_parameter(make_engine: Callable[..., Engine]) -> None:

@@ -21,12 +21,22 @@ from coserve.backends.base import Emit
 from coserve.backends.structured import CALL_CLOSE, CALL_OPEN
 from coserve.types import Chunk, TokenLogprob, ToolCall, ToolCallDelta, Usage
 
-__all__ = ["AnswerOutlet", "ToolCallParser", "call_deltas"]
+__all__ = ["AnswerOutlet", "ToolCallParser", "call_deltas", "joined_calls"]
 
 
 def call_deltas(index: int, call: ToolCall) -> tuple[ToolCallDelta, ToolCallDelta]:
     """A call as OpenAI streams it: id and name first, then the arguments."""
     return ToolCallDelta(index, call.id, call.name, ""), ToolCallDelta(index, arguments=call.arguments)
+
+
+def joined_calls(deltas: list[ToolCallDelta]) -> tuple[ToolCall, ...]:
+    """The whole calls of an answer from its streamed deltas (by index; arguments joined in order)."""
+    calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
+    for delta in deltas:
+        held = calls.setdefault(delta.index, ["", "", ""])
+        held[0], held[1] = delta.id or held[0], delta.name or held[1]
+        held[2] += delta.arguments
+    return tuple(ToolCall(*calls[index]) for index in sorted(calls))
 
 
 class ToolCallParser:

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from coserve.assets import missing_files
 from coserve.backends.base import Backend
 from coserve.backends.registry import check_library, get_backend, shares_cores
+from coserve.backends.tool_calls import joined_calls
 from coserve.config import LibraryConfig
 from coserve.engine.call import Call
 from coserve.engine.pool import ExpertPool, Lease
@@ -40,7 +41,7 @@ from coserve.metrics import Metrics
 from coserve.router.embed import Embedder
 from coserve.router.measured import with_measured_map
 from coserve.router.router import CoERouter
-from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Tier, TokenLogprob, ToolCall, Usage
+from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Tier, TokenLogprob, ToolCallDelta, Usage
 
 # How experts are ordered and kept resident (not the router's policy, router/policy.py):
 # "lookahead" is coserve's; "lru" and "load_per_request" are baselines for benchmarks.
@@ -306,19 +307,15 @@ class Engine:
         """Generate the whole answer of a routed call."""
         parts: list[str] = []
         logprobs: list[TokenLogprob] = []
-        calls: dict[int, list[str]] = {}  # a tool call's index -> [id, name, arguments so far]
+        deltas: list[ToolCallDelta] = []
         finish = "stop"
         async for chunk in await self.stream(call):
             parts.append(chunk.text)
             logprobs.extend(chunk.logprobs)
-            for delta in chunk.tool_calls:
-                held = calls.setdefault(delta.index, ["", "", ""])
-                held[0], held[1] = delta.id or held[0], delta.name or held[1]
-                held[2] += delta.arguments
+            deltas.extend(chunk.tool_calls)
             if chunk.finish_reason:
                 finish = chunk.finish_reason
-        tool_calls = tuple(ToolCall(*calls[index]) for index in sorted(calls))
-        return Completion("".join(parts), finish, call.usage or Usage(), tuple(logprobs), tool_calls)
+        return Completion("".join(parts), finish, call.usage or Usage(), tuple(logprobs), joined_calls(deltas))
 
     async def _chain(self, first: Chunk, rest: AsyncIterator[Chunk], call: Call) -> AsyncIterator[Chunk]:
         try:

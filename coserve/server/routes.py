@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
+from coserve.backends.registry import capabilities
 from coserve.config import ServerSettings
 from coserve.engine.call import Call, Timings
 from coserve.engine.engine import Engine
@@ -211,6 +212,7 @@ async def models(state: ApiState) -> dict[str, Any]:
                     "params_b": spec.params_b,
                     "context": spec.context,
                     "tags": list(spec.tags),
+                    "capabilities": sorted(capabilities(spec)),
                     "tier": experts[spec.name]["tier"],
                 },
             }

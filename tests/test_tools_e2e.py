@@ -1,0 +1,174 @@
+"""Tool calls and structured output with the real experts (issue 18, items 1, 2, 4 and 6): the
+official openai client against a live ``coserve serve`` on the default library.
+
+``coder`` (Qwen2.5-Coder-0.5B, whose chat template renders tools in the ``<tool_call>``
+convention) makes the calls; ``general`` (SmolLM2-135M, whose template knows no tools) answers the
+JSON-schema requests and is routed around for tools. Every answer is checked against the schema
+it was constrained by, with ``jsonschema`` (independent of the grammar that produced it).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="needs xllamacpp"),
+]
+
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": WEATHER_PARAMETERS,
+    },
+}
+QUESTION: Any = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def openai_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from live import LiveServer
+    from openai import OpenAI
+
+    with LiveServer(Path(tmp_path_factory.mktemp("tools")), bundled=True, start_timeout=240.0) as live:
+        yield OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=240)
+
+
+def _valid(instance: Any, schema: dict[str, Any]) -> None:
+    from jsonschema import validate
+
+    validate(instance, schema)
+
+
+def test_a_round_trip_call_tool_result_final_answer(openai_client: Any) -> None:
+    first = openai_client.chat.completions.create(
+        model="coder", messages=QUESTION, tools=[WEATHER], tool_choice="required", temperature=0, max_tokens=60
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls
+    assert calls and calls[0].function.name == "get_weather" and calls[0].id.startswith("call_")
+    arguments = json.loads(calls[0].function.arguments)
+    _valid(arguments, WEATHER_PARAMETERS)
+    history = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump() for call in calls]},
+        *(
+            {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 21, "sky": "sunny"})}
+            for call in calls
+        ),
+    ]
+    final = openai_client.chat.completions.create(
+        model="coder", messages=history, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=40
+    )
+    answer = final.choices[0]
+    assert answer.finish_reason in ("stop", "length") and not answer.message.tool_calls
+    assert "21" in (answer.message.content or "")  # the tool's result reached the model
+
+
+def test_a_named_call_streams_as_openai_streams_it(openai_client: Any) -> None:
+    stream = openai_client.chat.completions.create(
+        model="coder",
+        messages=QUESTION,
+        tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        temperature=0,
+        max_tokens=60,
+        stream=True,
+    )
+    deltas, finish = [], None
+    for chunk in stream:
+        if chunk.choices:
+            deltas += chunk.choices[0].delta.tool_calls or []
+            finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls"
+    first, rest = deltas[0], deltas[1:]
+    assert (first.index, first.type, first.function.name) == (0, "function", "get_weather")
+    assert first.id.startswith("call_") and rest and all(d.id is None and d.function.name is None for d in rest)
+    _valid(json.loads("".join(d.function.arguments or "" for d in deltas)), WEATHER_PARAMETERS)
+
+
+def test_fifty_json_schema_answers_all_parse_and_validate(openai_client: Any) -> None:
+    people = ["Ada", "Alan", "Grace", "Linus", "Edsger", "Barbara", "Donald", "Ken", "Dennis", "Margaret"]
+
+    def ask(i: int) -> tuple[str | None, str | None]:
+        reply = openai_client.chat.completions.create(
+            model="general",
+            messages=[{"role": "user", "content": f"Describe {people[i % 10]}, a person aged {20 + i}, as JSON."}],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "person", "schema": ANSWER_SCHEMA, "strict": True},
+            },
+            temperature=0.7,
+            seed=i,
+            max_tokens=48,
+        )
+        return reply.choices[0].message.content, reply.choices[0].finish_reason
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # the expert's four slots
+        answers = list(pool.map(ask, range(50)))
+    assert [finish for _, finish in answers] == ["stop"] * 50
+    for content, _ in answers:
+        _valid(json.loads(content or ""), ANSWER_SCHEMA)
+    reply = openai_client.chat.completions.create(
+        model="general",
+        messages=[{"role": "user", "content": "Give me a JSON object about cats."}],
+        response_format={"type": "json_object"},
+        max_tokens=48,
+        temperature=0,
+    )
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
+
+
+def test_a_tools_request_is_routed_away_from_general(openai_client: Any) -> None:
+    messages: Any = [{"role": "user", "content": "Hi! How are you doing today?"}]
+    limits = {"coserve": {"max_params_b": 1.0}}  # general or coder: keeps the test off the 1.5B expert
+    plain = openai_client.chat.completions.create(model="coserve", messages=messages, max_tokens=4, extra_body=limits)
+    assert plain.model == "general"
+    routed = openai_client.chat.completions.create(
+        model="coserve", messages=messages, tools=[WEATHER], max_tokens=4, extra_body=limits
+    )
+    assert routed.model == "coder"
+    coserve = routed.model_extra["coserve"]
+    assert (coserve["reason"], coserve["narrowed_by"]) == ("constrained", ["tools"])
+    models = {m.id: m.model_extra["coserve"] for m in openai_client.models.list().data if m.id != "coserve"}
+    assert "tools" not in models["general"]["capabilities"] and "json_schema" in models["general"]["capabilities"]
+    assert {"tools", "json_schema", "logprobs"} <= set(models["coder"]["capabilities"])
+
+
+def test_what_cannot_be_served_is_refused_with_its_parameter(openai_client: Any) -> None:
+    from openai import BadRequestError, UnprocessableEntityError
+
+    with pytest.raises(UnprocessableEntityError) as pinned:
+        openai_client.chat.completions.create(model="general", messages=QUESTION, tools=[WEATHER], max_tokens=4)
+    assert pinned.value.param == "tools"
+    bad_schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "required": 3}}}
+    with pytest.raises(BadRequestError) as invalid:
+        openai_client.chat.completions.create(model="general", messages=QUESTION, response_format=bad_schema)
+    assert invalid.value.param == "response_format"
+    unresolved = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/missing"}}}
+    with pytest.raises(BadRequestError) as uncompiled:  # valid JSON Schema, but no grammar: the expert says so
+        openai_client.chat.completions.create(model="general", messages=QUESTION, response_format=unresolved)
+    assert uncompiled.value.param == "response_format"
