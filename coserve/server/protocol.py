@@ -17,7 +17,7 @@ This module knows nothing about routing, engines or how responses are written.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -49,14 +49,13 @@ class ContentPart(BaseModel):
     text: str
 
 
-class ChatMessage(BaseModel):
+class _Turn(BaseModel):
+    """What every message has; one model per role below (OpenAI's own schema is shaped so)."""
+
     model_config = ConfigDict(extra="forbid")  # empty echoes are dropped first (``_served_only``)
 
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[ContentPart] | None = None  # None only for an assistant turn that calls tools
+    content: str | list[ContentPart]
     name: str | None = None
-    tool_calls: list[ToolCallParam] | None = None  # an assistant turn's calls
-    tool_call_id: str | None = None  # a tool turn: the call it answers
 
     def text(self) -> str:
         if self.content is None:
@@ -65,20 +64,28 @@ class ChatMessage(BaseModel):
             return self.content
         return "".join(part.text for part in self.content)
 
-    def check(self, i: int) -> None:
-        """400 for a turn OpenAI refuses: no content (unless it calls tools), calls not from the
-        assistant, a tool turn without the id of the call it answers."""
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise InvalidRequest(f"messages[{i}].content: Field required", param=f"messages[{i}].content")
-        if self.tool_calls and self.role != "assistant":
-            raise InvalidRequest(
-                f"messages[{i}].tool_calls: only an assistant message calls tools", param=f"messages[{i}].tool_calls"
-            )
-        if self.role == "tool" and not self.tool_call_id:
-            raise InvalidRequest(
-                f"messages[{i}].tool_call_id: a tool message answers a call: give its id",
-                param=f"messages[{i}].tool_call_id",
-            )
+
+class SystemMessage(_Turn):
+    role: Literal["system", "developer"]
+
+
+class UserMessage(_Turn):
+    role: Literal["user"]
+
+
+class AssistantMessage(_Turn):
+    role: Literal["assistant"]
+    # Null (or left out: ``_served_only`` fills it in) only when the turn calls tools.
+    content: str | list[ContentPart] | None  # type: ignore[assignment]
+    tool_calls: list[ToolCallParam] | None = None
+
+
+class ToolMessage(_Turn):
+    role: Literal["tool"]
+    tool_call_id: str  # the call it answers
+
+
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
 
 
 class CoserveOptions(BaseModel):
@@ -224,10 +231,14 @@ class ChatCompletionRequest(BaseModel):
         if len(stop) > 4:
             raise UnprocessableRequest("at most 4 stop sequences", param="stop")
         for i, turn in enumerate(self.messages):
-            turn.check(i)
+            if turn.content is None and not getattr(turn, "tool_calls", None):
+                raise InvalidRequest(f"messages[{i}].content: Field required", param=f"messages[{i}].content")
         messages = tuple(
             Message(
-                m.role if m.role != "developer" else "system", m.text(), _tool_calls_of(m.tool_calls), m.tool_call_id
+                m.role if m.role != "developer" else "system",
+                m.text(),
+                _tool_calls_of(getattr(m, "tool_calls", None)),
+                getattr(m, "tool_call_id", None),
             )
             for m in self.messages
         )
@@ -326,9 +337,16 @@ def _served_only(data: dict[str, Any]) -> dict[str, Any]:
     known = ChatCompletionRequest.model_fields
     out = {name: value for name, value in data.items() if name in known}
     if isinstance(messages := out.get("messages"), list):
-        out["messages"] = [
-            {k: v for k, v in m.items() if k in _MESSAGE_FIELDS} if isinstance(m, dict) else m for m in messages
-        ]
+        out["messages"] = [_served_message(m) if isinstance(m, dict) else m for m in messages]
+    return out
+
+
+def _served_message(message: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        k: v for k, v in message.items() if k in _MESSAGE_FIELDS and (k in ("role", "content") or v not in (None, []))
+    }
+    if out.get("role") == "assistant" and out.get("tool_calls") and "content" not in out:
+        out["content"] = None
     return out
 
 
@@ -353,7 +371,8 @@ def _invalid(exc: ValidationError, data: dict[str, Any]) -> InvalidRequest:
     """The first error, at its deepest place (a union reports one error per member), as a 400."""
     errors = exc.errors()
     first = max(errors, key=lambda error: len(error["loc"]))
-    param = _param(tuple(first["loc"]), data, missing=first["type"] == "missing")
+    tag = ("role",) if first["type"].startswith("union_tag_") else ()  # a message's role picks its model
+    param = _param(tuple(first["loc"]) + tag, data, missing=first["type"] in ("missing", "union_tag_not_found"))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"].endswith("_type"):
         value = first.get("input")
