@@ -172,3 +172,32 @@ def test_what_cannot_be_served_is_refused_with_its_parameter(openai_client: Any)
     with pytest.raises(BadRequestError) as uncompiled:  # valid JSON Schema, but no grammar: the expert says so
         openai_client.chat.completions.create(model="general", messages=QUESTION, response_format=unresolved)
     assert uncompiled.value.param == "response_format"
+
+
+def test_llamacpp_passes_response_format_to_its_server_and_refuses_tools() -> None:
+    """The ``llamacpp`` backend (llama.cpp's server in xllamacpp): the server's own grammar keeps
+    ``general`` to the schema; tools are refused before anything is generated."""
+    from coserve.backends.llamacpp import LlamaCppBackend
+    from coserve.config import load_library
+    from coserve.errors import InvalidRequest
+    from coserve.types import Chunk, Message, Sampling
+
+    library = load_library()
+    spec = library.expert("general").model_copy(update={"backend": "llamacpp", "options": {"n_parallel": 1}})
+    backend = LlamaCppBackend()
+    staged = backend.stage(spec, library.path.parent if library.path else None)
+    handle = backend.load(spec, staged)
+    try:
+        chunks: list[Chunk] = []
+        response_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": ANSWER_SCHEMA}}
+        sampling = Sampling(max_tokens=48, temperature=0.0, response_format=json.dumps(response_format))
+        prompt = (Message("user", "Describe Ada, a person aged 36, as JSON."),)
+        backend.stream(handle, prompt, sampling, lambda chunk: chunks.append(chunk) and False)
+        assert chunks[-1].finish_reason == "stop"
+        _valid(json.loads("".join(chunk.text for chunk in chunks)), ANSWER_SCHEMA)
+        with pytest.raises(InvalidRequest, match="tools: ") as refused:
+            backend.stream(handle, prompt, Sampling(tools=json.dumps([WEATHER])), lambda chunk: False)
+        assert refused.value.param == "tools"
+    finally:
+        backend.unload(handle)
+        backend.unstage(staged)
