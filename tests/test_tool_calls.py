@@ -99,6 +99,11 @@ def test_arguments_given_as_json_text_are_accepted() -> None:
 def test_an_answer_that_is_only_the_bare_call_object_is_a_call() -> None:
     content, calls = parse(pieces(' {"name": "get_weather", "arguments": {"city": "Paris"}}\n'))
     assert (content, [c.name for c in calls]) == ("", ["get_weather"])
+    fenced = '```json\n{\n  "name": "get_weather",\n  "arguments": {"city": "Paris"}\n}\n```'
+    content, calls = parse(pieces(fenced))
+    assert (content, [(c.name, c.arguments) for c in calls]) == ("", [("get_weather", '{"city": "Paris"}')])
+    code = "```python\nprint(1)\n```"
+    assert parse(pieces(code)) == (code, [])
     text = '{"name": "get_weather", "arguments": {"city": "Paris"}} and more'
     assert parse(pieces(text)) == (text, [])  # more than the object: content, as written
 

@@ -109,6 +109,19 @@ def test_a_named_call_streams_as_openai_streams_it(openai_client: Any) -> None:
     _valid(json.loads("".join(d.function.arguments or "" for d in deltas)), WEATHER_PARAMETERS)
 
 
+def test_auto_parses_the_call_the_model_writes_on_its_own(openai_client: Any) -> None:
+    """``auto`` is not constrained: greedy, ``coder`` writes the call object without the tags, and
+    it comes back as a call all the same (coserve/backends/tool_calls.py)."""
+    reply = openai_client.chat.completions.create(
+        model="coder", messages=QUESTION, tools=[WEATHER], temperature=0, max_tokens=40
+    )
+    choice = reply.choices[0]
+    assert (choice.finish_reason, choice.message.content) == ("tool_calls", None)
+    calls = choice.message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather"]
+    assert json.loads(calls[0].function.arguments)["city"] == "Paris"
+
+
 def test_fifty_json_schema_answers_all_parse_and_validate(openai_client: Any) -> None:
     people = ["Ada", "Alan", "Grace", "Linus", "Edsger", "Barbara", "Donald", "Ken", "Dennis", "Margaret"]
 

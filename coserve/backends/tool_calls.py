@@ -4,8 +4,9 @@ OpenAI tool calls; the rest of the text stays the answer's content.
 
 A block becomes a call when its body is a JSON object whose ``name`` is one of the request's
 functions and whose ``arguments`` is an object (or JSON text of one); any other block stays in the
-content, as written. Small models sometimes answer a tools request with the bare object instead
-(no tags): an answer that is nothing but such an object is a call too. Text that may begin a block
+content, as written. Small models often answer a tools request with the object alone, without
+the tags (Qwen2.5-Coder-0.5B bare, -1.5B in a Markdown ```json fence): an answer that is nothing
+but such an object, fenced or not, is a call too (held back until the answer ends). Text that may begin a block
 is held back until it is known; whitespace around calls is dropped. Each call is streamed as two
 deltas, as OpenAI streams them: the first with its ``id`` and ``name``, then its arguments.
 
@@ -23,6 +24,8 @@ from coserve.types import Chunk, TokenLogprob, ToolCall, ToolCallDelta, Usage
 
 __all__ = ["AnswerOutlet", "ToolCallParser", "call_deltas", "joined_calls"]
 
+_FENCE = "```"
+
 
 def call_deltas(index: int, call: ToolCall) -> tuple[ToolCallDelta, ToolCallDelta]:
     """A call as OpenAI streams it: id and name first, then the arguments."""
@@ -37,6 +40,20 @@ def joined_calls(deltas: list[ToolCallDelta]) -> tuple[ToolCall, ...]:
         held[0], held[1] = delta.id or held[0], delta.name or held[1]
         held[2] += delta.arguments
     return tuple(ToolCall(*calls[index]) for index in sorted(calls))
+
+
+def _may_be_bare(text: str) -> bool:
+    """Whether an answer beginning so may be a call object alone (``{``, or a fence's backquotes)."""
+    start = text.lstrip()
+    return bool(start) and (start[0] == "{" or start.startswith(_FENCE) or _FENCE.startswith(start))
+
+
+def _bare(text: str) -> str | None:
+    """The JSON object an answer consists of, inside a Markdown fence or not (None if it is not one)."""
+    body = text.strip()
+    if body.startswith(_FENCE) and body.endswith(_FENCE) and "\n" in body:
+        body = body[body.index("\n") + 1 : -len(_FENCE)].strip()  # without the ```json line
+    return body if body.startswith("{") else None
 
 
 class ToolCallParser:
@@ -100,7 +117,7 @@ class ToolCallParser:
                 self.said = self.said or bool(body)
                 out += body
                 continue
-            if not self.said and not self.calls and self.held.lstrip().startswith("{"):
+            if not self.said and not self.calls and _may_be_bare(self.held):
                 return out, calls  # perhaps a bare call: known at the end
             keep = next((k for k in range(len(CALL_OPEN) - 1, 0, -1) if self.held.endswith(CALL_OPEN[:k])), 0)
             ready, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
@@ -121,8 +138,9 @@ class ToolCallParser:
                 self.calls.append(call)
                 return "", [call]
             return CALL_OPEN + held, []
-        if not self.said and not self.calls and held.strip().startswith("{"):
-            call = self._call(held.strip())
+        bare = _bare(held) if not self.said and not self.calls else None
+        if bare is not None:
+            call = self._call(bare)
             if call is not None:
                 self.calls.append(call)
                 return "", [call]
@@ -144,8 +162,9 @@ class AnswerOutlet:
             logprobs, self.pending = tuple(self.pending), []
             if self.emit(Chunk(content, logprobs=logprobs)):
                 return True
-        for call in calls:
-            for delta in call_deltas(len(self.parser.calls) - len(calls) + calls.index(call), call):
+        first = len(self.parser.calls) - len(calls)  # the index of the first of these calls
+        for index, call in enumerate(calls, start=first):
+            for delta in call_deltas(index, call):
                 if self.emit(Chunk("", tool_calls=(delta,))):
                     return True
         return False
