@@ -323,3 +323,21 @@ def test_an_unknown_declared_capability_stops_the_library(make_engine: Callable[
 
     with pytest.raises(ConfigError, match=r"experts\[0\]\.capabilities: unknown 'telepathy'"):
         make_engine(fields={"small": {"capabilities": ["telepathy"]}})
+
+
+def test_a_runtime_without_tools_or_grammars_refuses_them_by_name() -> None:
+    """What ``transformers`` and ``vllm`` do (coserve.backends.chores.refuse_sampling)."""
+    from coserve.backends.chores import refuse_sampling
+    from coserve.errors import InvalidRequest
+
+    spec = ExpertSpec(name="hf", backend="transformers", params_b=1)
+    tools = json.dumps([WEATHER])
+    for sampling, param in (
+        (Sampling(tools=tools), "tools"),
+        (Sampling(response_format='{"type": "json_object"}'), "response_format"),
+    ):
+        with pytest.raises(InvalidRequest) as refused:
+            refuse_sampling(spec, sampling, logprobs=True, penalties=True)
+        assert (refused.value.param, refused.value.code) == (param, "unsupported_parameter")
+        refuse_sampling(spec, sampling, logprobs=True, penalties=True, structured=True)
+    refuse_sampling(spec, Sampling(tools=tools, tool_choice="none"), logprobs=True, penalties=True)

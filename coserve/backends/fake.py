@@ -123,7 +123,8 @@ class FakeBackend:
         check_context(spec, len(prompt_words))
         if spec.options.get("fail_generate"):
             raise ExpertFailed(f"expert {spec.name!r} failed (injected fault)")
-        refuse_sampling(spec, sampling, logprobs=bool(spec.options.get("logprobs", True)), penalties=True)
+        logprobs = bool(spec.options.get("logprobs", True))
+        refuse_sampling(spec, sampling, logprobs=logprobs, penalties=True, structured=True)
         cap = token_cap(spec, sampling, len(prompt_words), default=16)  # short answers for tests
         pieces = _pieces(spec.name, prompt_words, sampling, cap)
         delay = float(spec.options.get("token_delay", 0.0))
