@@ -22,8 +22,14 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from coserve.errors import InvalidRequest, UnprocessableRequest
-from coserve.server.tool_params import NamedToolChoice, ResponseFormat, ToolCallParam, ToolParam, sampling_fields
-from coserve.server.tool_params import tool_calls_of as _tool_calls_of
+from coserve.server.tool_params import (
+    NamedToolChoice,
+    ResponseFormat,
+    ToolCallParam,
+    ToolParam,
+    sampling_fields,
+    tool_calls_of,
+)
 from coserve.types import Constraints, Message, Request, Sampling
 
 __all__ = [
@@ -232,12 +238,13 @@ class ChatCompletionRequest(BaseModel):
             raise UnprocessableRequest("at most 4 stop sequences", param="stop")
         for i, turn in enumerate(self.messages):
             if turn.content is None and not getattr(turn, "tool_calls", None):
-                raise InvalidRequest(f"messages[{i}].content: Field required", param=f"messages[{i}].content")
+                why = f"messages[{i}].content: null only for an assistant message that calls tools"
+                raise InvalidRequest(why, param=f"messages[{i}].content")
         messages = tuple(
             Message(
                 m.role if m.role != "developer" else "system",
                 m.text(),
-                _tool_calls_of(getattr(m, "tool_calls", None)),
+                tool_calls_of(getattr(m, "tool_calls", None)),
                 getattr(m, "tool_call_id", None),
             )
             for m in self.messages
