@@ -17,19 +17,13 @@ This module knows nothing about routing, engines or how responses are written.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from coserve.errors import InvalidRequest, UnprocessableRequest
-from coserve.server.tool_params import (
-    NamedToolChoice,
-    ResponseFormat,
-    ToolCallParam,
-    ToolParam,
-    sampling_fields,
-    tool_calls_of,
-)
+from coserve.server.messages import ChatMessage
+from coserve.server.tool_params import NamedToolChoice, ResponseFormat, ToolParam, sampling_fields, tool_calls_of
 from coserve.types import Constraints, Message, Request, Sampling
 
 __all__ = [
@@ -46,52 +40,6 @@ __all__ = [
 _Model = TypeVar("_Model", bound=BaseModel)
 
 MAX_TOKENS_CAP = 8192  # no request may ask for more completion tokens than this
-
-
-class ContentPart(BaseModel):
-    """A text part of a message's content (OpenAI's array form); other part types are refused."""
-
-    type: Literal["text"]
-    text: str
-
-
-class _Turn(BaseModel):
-    """What every message has; one model per role below (OpenAI's own schema is shaped so)."""
-
-    model_config = ConfigDict(extra="forbid")  # empty echoes are dropped first (``_served_only``)
-
-    content: str | list[ContentPart]
-    name: str | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
-
-
-class SystemMessage(_Turn):
-    role: Literal["system", "developer"]
-
-
-class UserMessage(_Turn):
-    role: Literal["user"]
-
-
-class AssistantMessage(_Turn):
-    role: Literal["assistant"]
-    # Null (or left out: ``_served_only`` fills it in) only when the turn calls tools.
-    content: str | list[ContentPart] | None  # type: ignore[assignment]
-    tool_calls: list[ToolCallParam] | None = None
-
-
-class ToolMessage(_Turn):
-    role: Literal["tool"]
-    tool_call_id: str  # the call it answers
-
-
-ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
 
 
 class CoserveOptions(BaseModel):
