@@ -80,7 +80,7 @@ class Sampling:
     response_format: str | None = None  # {"type": "json_object"} or {"type": "json_schema", ...}
     tools: str | None = None  # the ``tools`` list: [{"type": "function", "function": {...}}, ...]
     tool_choice: str | None = None  # "auto" | "required" | '{"type": "function", ...}' (None: auto)
-    parallel_tool_calls: bool = True  # more than one call in an answer
+    parallel_tool_calls: bool | None = None  # more than one call in an answer (None: as asked, true)
 
 
 @dataclass(frozen=True)

@@ -163,9 +163,8 @@ def test_tools_and_response_format_are_forwarded_unchanged() -> None:
     body = sampling_body(spec, sampling)
     assert (body["tools"], body["tool_choice"], body["parallel_tool_calls"]) == ([WEATHER], choice, False)
     assert body["response_format"] == response_format
-    assert (
-        sampling_body(spec, Sampling(tools=json.dumps([WEATHER]), tool_choice="required"))["tool_choice"] == "required"
-    )
+    unset = sampling_body(spec, Sampling(tools=json.dumps([WEATHER]), tool_choice="required"))
+    assert unset["tool_choice"] == "required" and "parallel_tool_calls" not in unset  # not sent: not set
 
 
 def test_a_call_in_the_history_reads_as_a_template_and_as_the_wire_expect() -> None:

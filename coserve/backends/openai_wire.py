@@ -41,7 +41,8 @@ def sampling_body(spec: ExpertSpec, sampling: Sampling) -> dict[str, Any]:
         body["response_format"] = json.loads(sampling.response_format)
     if sampling.tools is not None:
         body["tools"] = json.loads(sampling.tools)
-        body["parallel_tool_calls"] = sampling.parallel_tool_calls
+        if sampling.parallel_tool_calls is not None:  # sent only as the client sent it
+            body["parallel_tool_calls"] = sampling.parallel_tool_calls
     if sampling.tool_choice is not None:
         choice = sampling.tool_choice
         body["tool_choice"] = choice if choice in ("none", "auto", "required") else json.loads(choice)

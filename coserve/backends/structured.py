@@ -110,7 +110,7 @@ def grammar(sampling: Sampling) -> str | None:
     if forced:
         variants = [_call_schema(tool) for tool in _tools(sampling) if tool["function"]["name"] in forced]
         call_schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
-        several = sampling.parallel_tool_calls and sampling.tool_choice == "required"
+        several = sampling.parallel_tool_calls is not False and sampling.tool_choice == "required"
         return (
             f"{_LLGUIDANCE}call{' (NL call)*' if several else ''}\n"
             f'call: "{CALL_OPEN}" NL body NL "{CALL_CLOSE}"\n'

@@ -133,8 +133,9 @@ def sampling_fields(
         raise InvalidRequest(
             f"tool_choice: no function named {tool_choice.function.name!r} in tools", param="tool_choice"
         )
-    fields: dict[str, Any] = {"parallel_tool_calls": parallel_tool_calls is not False}
+    fields: dict[str, Any] = {}
     if names:
+        fields["parallel_tool_calls"] = parallel_tool_calls
         fields["tools"] = json.dumps([tool.model_dump(exclude_none=True) for tool in tools or ()])
     if tool_choice is not None and names:
         fields["tool_choice"] = tool_choice if isinstance(tool_choice, str) else tool_choice.model_dump_json()
