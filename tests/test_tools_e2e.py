@@ -214,3 +214,40 @@ def test_llamacpp_passes_response_format_to_its_server_and_refuses_tools() -> No
     finally:
         backend.unload(handle)
         backend.unstage(staged)
+
+
+def test_a_model_at_a_freed_models_address_gets_its_own_grammar_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp caches llguidance's tokenizer by the vocabulary's address alone: when the slot was
+    built for another model at this address (simulated: another serial), it is rebuilt first, and
+    the sampler still constrains (a JSON object's first token cannot be a letter)."""
+    from coserve.backends import llama_capi, llama_grammar
+    from coserve.backends.llama_memory import gguf_path
+    from coserve.backends.llama_model import LoadedModel
+    from coserve.backends.structured import grammar
+    from coserve.config import load_library
+    from coserve.types import Sampling
+
+    library = load_library()
+    spec = library.expert("general")
+    model = LoadedModel(spec, gguf_path(spec, library.path.parent if library.path else None))
+    rebuilt: list[int] = []
+    real_rebuild = llama_grammar._rebuild_slot
+    monkeypatch.setattr(llama_grammar, "_rebuild_slot", lambda m: rebuilt.append(m.serial) or real_rebuild(m))
+    text = grammar(Sampling(response_format='{"type": "json_object"}'))
+    assert text is not None
+    try:
+        llama_capi.lib().llama_sampler_free(llama_grammar.grammar_sampler(model, text))
+        assert rebuilt == [] and llama_grammar._built_for == (model.vocab, model.serial)
+        monkeypatch.setattr(llama_grammar, "_built_for", (model.vocab, -1))  # a freed model's slot
+        sampler = llama_grammar.grammar_sampler(model, text)
+        assert rebuilt == [model.serial] and llama_grammar._built_for == (model.vocab, model.serial)
+        letter = model.tokenize("a", add_special=False)[0]
+        brace = model.tokenize("{", add_special=False)[0]
+        candidates = (llama_capi.TokenData * 2)(
+            llama_capi.TokenData(letter, 0.0, 0.0), llama_capi.TokenData(brace, 0.0, 0.0)
+        )
+        llama_capi.lib().llama_sampler_apply(sampler, llama_capi.TokenDataArray(candidates, 2, -1, False))
+        assert candidates[0].logit == float("-inf") and candidates[1].logit == 0.0
+        llama_capi.lib().llama_sampler_free(sampler)
+    finally:
+        model.release(drop=False)

@@ -7,10 +7,9 @@ It knows nothing of contexts, slots or the decode loop (llama_decode.py).
 from __future__ import annotations
 
 import ctypes
+import itertools
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from coserve.backends import llama_capi
 from coserve.backends.chat_template import chat_template
@@ -22,6 +21,8 @@ from coserve.errors import ExpertLoadError
 from coserve.types import Message, Sampling
 
 __all__ = ["KV_TYPES", "LoadedModel", "new_sampler"]
+
+_serials = itertools.count(1)  # tells apart two models loaded at the same address in turn
 
 # KV cache types an expert may ask for (option kv_cache_type): ggml type and bytes per value.
 KV_TYPES = {"f16": (1, 2.0), "q8_0": (8, 34 / 32)}
@@ -43,6 +44,7 @@ class LoadedModel:
         if not self.ptr:
             raise ExpertLoadError(f"expert {spec.name!r} failed to load {path}: {llama_capi.last_error()}")
         self.contexts = 0  # live contexts on this model (it is freed only with none)
+        self.serial = next(_serials)
         self.vocab = lib.llama_model_get_vocab(self.ptr)
         self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
         source = lib.llama_model_chat_template(self.ptr, None)
@@ -91,23 +93,6 @@ class LoadedModel:
         add_bos = self.add_bos and not (self.bos and text.startswith(self.bos))
         return self.tokenize(text, add_special=add_bos)
 
-    def grammar_sampler(self, grammar: str) -> Any:
-        """A sampler that keeps the decode to an llguidance ``grammar``; ValueError when it does not
-        compile (llguidance then only writes to stderr and returns a sampler that constrains
-        nothing, so the sampler is tried on the vocabulary: a live grammar forbids some token)."""
-        lib = llama_capi.lib()
-        sampler = lib.llama_sampler_init_llg(self.vocab, b"lark", grammar.encode("utf-8"))
-        if not sampler:
-            raise ValueError("the grammar did not compile")
-        candidates = np.zeros(self.n_vocab, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
-        candidates["id"] = np.arange(self.n_vocab)
-        data = candidates.ctypes.data_as(ctypes.POINTER(llama_capi.TokenData))
-        lib.llama_sampler_apply(sampler, ctypes.byref(llama_capi.TokenDataArray(data, self.n_vocab, -1, False)))
-        if not np.isneginf(candidates["logit"]).any():
-            lib.llama_sampler_free(sampler)
-            raise ValueError("the grammar did not compile")
-        return sampler
-
     def is_end(self, token: int) -> bool:
         """Whether the token ends a generation (end of turn or of text)."""
         return bool(llama_capi.lib().llama_vocab_is_eog(self.vocab, token))
@@ -124,7 +109,7 @@ class LoadedModel:
 
 def new_sampler(sampling: Sampling, n_vocab: int = 0, generated: int = 0, grammar: Any = None) -> Any:
     """A llama.cpp sampler chain for one request (freed by llama_sampler_free): the ``grammar``
-    sampler first when there is one (LoadedModel.grammar_sampler; the chain owns it), OpenAI's presence
+    sampler first when there is one (coserve.backends.llama_grammar; the chain owns it), OpenAI's presence
     and frequency penalties over the last ``generated`` sampled tokens (the request's cap: its whole
     answer) when either is nonzero, then greedy at temperature 0, else top-p, temperature and a draw
     seeded by ``sampling.seed``."""

@@ -41,6 +41,7 @@ from coserve.backends.base import Emit, Handle
 from coserve.backends.chores import StopStrings, check_context, declared_concurrency, token_cap
 from coserve.backends.gguf_header import kv_cache_bytes, n_vocab, read_header
 from coserve.backends.llama_decode import BATCH, DecodeContext, Request
+from coserve.backends.llama_grammar import grammar_sampler
 from coserve.backends.llama_memory import (
     DEFAULT_N_PARALLEL,
     compute_buffer_bytes,
@@ -218,7 +219,7 @@ def _grammar(model: LoadedModel, sampling: Sampling) -> Any:
     if text is None:
         return None
     try:
-        return model.grammar_sampler(text)
+        return grammar_sampler(model, text)
     except ValueError:
         param = "tools" if forced_tool_names(sampling) else "response_format"
         message = f"{param}: its JSON Schema cannot be enforced (it does not compile)"
