@@ -340,3 +340,16 @@ def test_a_runtime_without_tools_or_grammars_refuses_them_by_name() -> None:
         assert (refused.value.param, refused.value.code) == (param, "unsupported_parameter")
         refuse_sampling(spec, sampling, logprobs=True, penalties=True, structured=True)
     refuse_sampling(spec, Sampling(tools=tools, tool_choice="none"), logprobs=True, penalties=True)
+
+
+def test_tools_are_measured_from_the_chat_template_at_the_library_check() -> None:
+    """``general`` (SmolLM2's template: no tools) loses ``tools``; a file not there yet (the split
+    experts are assembled into the cache, here a fresh one) keeps its backend's."""
+    from coserve.backends.registry import capabilities, check_library
+    from coserve.config import load_library
+
+    library = check_library(load_library())
+    assert "tools" not in capabilities(library.expert("general"))
+    assert {"json_schema", "logprobs"} <= capabilities(library.expert("general"))
+    assert library.expert("general").capabilities is not None
+    assert library.expert("coder").capabilities is None and "tools" in capabilities(library.expert("coder"))
