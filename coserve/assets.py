@@ -20,7 +20,16 @@ from coserve.config import ExpertSpec, LibraryConfig
 from coserve.errors import AssetError
 from coserve.paths import cache_dir
 
-__all__ = ["is_assembled", "locate", "missing_files", "model_path", "require_sha256", "sha256_file", "source_size"]
+__all__ = [
+    "is_assembled",
+    "locate",
+    "missing_files",
+    "model_path",
+    "present_file",
+    "require_sha256",
+    "sha256_file",
+    "source_size",
+]
 
 _CHUNK = 8 * 2**20  # bytes read at a time when hashing and copying
 
@@ -140,6 +149,16 @@ def is_assembled(spec: ExpertSpec, base: Path | None = None) -> bool:
     if len(files) == 1:
         return files[0].is_file()
     return bool(files) and spec.sha256 is not None and _assembled_target(spec, spec.sha256).is_file()
+
+
+def present_file(spec: ExpertSpec, base: Path | None = None) -> Path | None:
+    """The expert's model file if it is there, without assembling or verifying anything (None if not)."""
+    if not is_assembled(spec, base):
+        return None
+    if len(spec.parts) == 1:
+        return locate(spec.parts[0], base)
+    assert spec.sha256 is not None  # is_assembled says so for parts
+    return _assembled_target(spec, spec.sha256)
 
 
 def source_size(spec: ExpertSpec, base: Path | None = None) -> int | None:

@@ -103,6 +103,9 @@ class ExpertSpec(_Strict):
     context: int = Field(4096, ge=128)  # tokens the expert is served with
     tags: tuple[str, ...] = ()
     options: dict[str, Any] = Field(default_factory=dict)  # backend-specific (threads, n_parallel...)
+    # What the expert can do (coserve.backends.registry.CAPABILITIES): None measures it (its
+    # backend's, less ``tools`` when its chat template does not render them); a list declares it.
+    capabilities: tuple[str, ...] | None = None
 
     @model_validator(mode="after")
     def _sha256_for_parts(self) -> ExpertSpec:

@@ -25,6 +25,8 @@ __all__ = [
     "Sampling",
     "Tier",
     "TokenLogprob",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
 ]
 
@@ -42,11 +44,22 @@ class Tier(StrEnum):
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call of one of the request's tools, as the model asked for it (OpenAI's ``tool_calls[]``)."""
+
+    id: str  # "call_..." : the id a later ``tool`` message answers
+    name: str  # the function's name
+    arguments: str  # the arguments, as JSON text (an object)
+
+
+@dataclass(frozen=True)
 class Message:
     """One chat turn."""
 
-    role: str  # "system" | "user" | "assistant"
+    role: str  # "system" | "user" | "assistant" | "tool"
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's calls of the request's tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,12 @@ class Sampling:
     frequency_penalty: float = 0.0  # OpenAI's: subtracted per earlier occurrence of the token
     logprobs: bool = False  # return the sampled token's log-probability with each token
     top_logprobs: int = 0  # and this many most likely alternatives (0-20; needs ``logprobs``)
+    # Structured output and tools, each as the client's own JSON text (forwarded unchanged by the
+    # ``openai`` backend; coserve.backends.structured reads them for the local ones). None: not asked.
+    response_format: str | None = None  # {"type": "json_object"} or {"type": "json_schema", ...}
+    tools: str | None = None  # the ``tools`` list: [{"type": "function", "function": {...}}, ...]
+    tool_choice: str | None = None  # "auto" | "required" | '{"type": "function", ...}' (None: auto)
+    parallel_tool_calls: bool | None = None  # more than one call in an answer (None: as asked, true)
 
 
 @dataclass(frozen=True)
@@ -110,16 +129,20 @@ class Decision:
     reason: str  # "routed" | "pinned" | "low_confidence" | "constrained"
     probabilities: dict[str, float] = field(default_factory=dict)  # category -> probability
     map_version: int | None = None  # the online router's map version (None without router.online)
+    narrowed_by: tuple[str, ...] = ()  # capabilities the first choice lacked ("tools", ...) when they moved it
 
     def as_dict(self) -> dict[str, object]:
-        """The public ``coserve`` object of a response."""
-        return {
+        """The public ``coserve`` object of a response (``narrowed_by`` only when a capability moved it)."""
+        out: dict[str, object] = {
             "expert": self.expert,
             "category": self.category,
             "confidence": round(self.confidence, 4),
             "alternatives": list(self.alternatives),
             "reason": self.reason,
         }
+        if self.narrowed_by:
+            out["narrowed_by"] = list(self.narrowed_by)
+        return out
 
 
 @dataclass(frozen=True)
@@ -146,16 +169,29 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A streamed piece of a tool call (OpenAI's ``delta.tool_calls[]``): the first piece of a call
+    carries its ``id`` and ``name``, later ones only more of its ``arguments`` text."""
+
+    index: int  # the call's place in the answer's calls
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class Chunk:
     """One streamed piece of a completion; the last carries finish_reason and usage.
 
     ``logprobs`` holds one entry per token whose text this chunk carries, when the request asked
-    for them (``Sampling.logprobs``); otherwise it is empty."""
+    for them (``Sampling.logprobs``); otherwise it is empty. ``tool_calls`` holds pieces of the
+    answer's tool calls (finish_reason ``tool_calls``)."""
 
     text: str
     finish_reason: str | None = None
     usage: Usage | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +199,7 @@ class Completion:
     """A finished completion."""
 
     text: str
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "tool_calls"
     usage: Usage
     logprobs: tuple[TokenLogprob, ...] = ()  # one per generated token, when the request asked
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls of the request's tools the answer makes

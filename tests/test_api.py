@@ -76,6 +76,9 @@ def test_experts_json(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture
     assert rows["coder"]["loaded_bytes"] is None  # not assembled yet: unknown, and not assembled for it
     assert rows["coder"]["categories"] == ["code"]
     assert rows["big"]["categories"] == ["math"]
+    # the fake backend's, nothing declared: all but vision (docs/library.md)
+    expected = ["frequency_penalty", "json_schema", "logprobs", "presence_penalty", "tools"]
+    assert rows["small"]["capabilities"] == expected
     assert not (cache / "models").exists()  # listing never assembles
 
 

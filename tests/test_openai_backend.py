@@ -152,3 +152,40 @@ def test_logprobs_and_penalties_are_forwarded(tmp_path: Path, upstream: str, cac
                 (" says:", -0.125),
                 ("<alt1>", -1.125),
             ]
+
+
+def test_tools_go_upstream_unchanged_and_the_calls_come_back(tmp_path: Path, upstream: str, cache: Path) -> None:
+    """The upstream coserve's fake 'coder' answers a forced call with ``{"echo": <the last prompt
+    word>}`` (coserve/backends/fake.py) and echoes every turn's words otherwise: the call, its
+    stream and the tool turns of the history pass through the remote expert."""
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    engine = Engine.build(load_library(_remote_library(tmp_path, upstream)), cache, embedder=HashingEmbedder())
+    with TestClient(create_app(engine)) as client:
+        body: dict[str, Any] = {
+            "model": "remote-coder",
+            "messages": [{"role": "user", "content": "write python code"}],
+            "tools": [weather],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        }
+        answer = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+        call = answer["message"]["tool_calls"][0]
+        assert (answer["finish_reason"], answer["message"]["content"]) == ("tool_calls", None)
+        assert call["function"] == {"name": "get_weather", "arguments": '{"echo": "code"}'}
+        assert call["id"].startswith("call_") and call["type"] == "function"
+        text = client.post("/v1/chat/completions", json={**body, "stream": True}).text
+        events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+        deltas = [e["choices"][0]["delta"]["tool_calls"] for e in events if "tool_calls" in e["choices"][0]["delta"]]
+        assert [[{**d, "id": "x"} if "id" in d else d for d in delta] for delta in deltas] == [
+            [{"index": 0, "id": "x", "type": "function", "function": {"name": "get_weather", "arguments": ""}}],
+            [{"index": 0, "function": {"arguments": '{"echo": "code"}'}}],
+        ]
+        assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+        history = [
+            *body["messages"],
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "sunny"},
+        ]
+        final = client.post(
+            "/v1/chat/completions", json={**body, "messages": history, "tool_choice": "none", "max_tokens": 8}
+        ).json()
+        assert final["choices"][0]["message"]["content"] == "coder says: write python code sunny write python"

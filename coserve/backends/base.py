@@ -59,6 +59,12 @@ first) on the chunk that carries its text or, when a stop string holds the text 
 chunk, the last one at the latest. The registry's ``capabilities`` says the same to the routing
 (coserve.backends.registry), so such a request reaches only a backend that can.
 
+Tools and structured output (``sampling.tools``/``tool_choice``/``response_format``, the client's
+JSON; coserve.backends.structured): a backend applies them or refuses them with InvalidRequest
+naming ``tools`` / ``response_format`` before generating. A call the answer makes is emitted as
+``Chunk.tool_calls`` deltas (the first of a call with its id and name, then its arguments), never as
+text, and the last chunk's finish_reason is then ``tool_calls``.
+
 Threads: every method is synchronous and called from the engine's worker threads, never on the
 event loop. The pool makes at most one move per expert at a time, but moves of different experts
 and ``stream`` calls run concurrently; up to ``concurrency(spec)`` streams run on one handle at

@@ -3,8 +3,9 @@
 The template runs in jinja2's immutable sandbox (a model file is input, not code we trust), with
 the whitespace rules Hugging Face renders chat templates with (``trim_blocks``, ``lstrip_blocks``)
 and the names templates expect: ``messages``, ``add_generation_prompt``, ``bos_token``,
-``eos_token``, ``raise_exception`` (a template's own refusal, e.g. of a role it does not know,
-becomes a ValueError) and ``strftime_now``; ``tojson`` keeps non-ASCII text as it is.
+``eos_token``, ``tools`` (the request's functions, or None), ``raise_exception`` (a template's
+own refusal, e.g. of a role it does not know, becomes a ValueError) and ``strftime_now``;
+``tojson`` keeps non-ASCII text as it is.
 
 It knows nothing of tokens or runtimes: the caller tokenizes what it returns.
 """
@@ -44,10 +45,16 @@ class ChatTemplate:
         self.template = environment.from_string(source)
         self.bos_token, self.eos_token = bos_token, eos_token
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """The conversation as the model was trained to read it."""
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """The conversation (and the functions it may call) as the model was trained to read it."""
         return self.template.render(
             messages=messages,
+            tools=tools,
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token,
             eos_token=self.eos_token,

@@ -8,8 +8,9 @@ This module knows nothing about any runtime.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from coserve.backends.structured import tool_names, wire_message
 from coserve.config import ExpertSpec
 from coserve.errors import ContextTooLong, ExpertLoadError, InvalidRequest
 from coserve.types import Message, Sampling
@@ -63,11 +64,17 @@ def check_context(spec: ExpertSpec, prompt_tokens: int, context: int | None = No
         raise context_too_long(spec, prompt_tokens, context)
 
 
-def refuse_sampling(spec: ExpertSpec, sampling: Sampling, *, logprobs: bool, penalties: bool) -> None:
-    """InvalidRequest (400, naming the parameter) when the request asks for log-probabilities or a
-    nonzero presence/frequency penalty and this expert's runtime cannot give them (``logprobs`` /
-    ``penalties``: whether it can). Called by ``stream`` before anything is generated."""
+def refuse_sampling(
+    spec: ExpertSpec, sampling: Sampling, *, logprobs: bool, penalties: bool, structured: bool = False
+) -> None:
+    """InvalidRequest (400, naming the parameter) when the request asks for log-probabilities, a
+    nonzero presence/frequency penalty, tool calls or a JSON ``response_format`` and this expert's
+    runtime cannot give them (``logprobs`` / ``penalties`` / ``structured``: whether it can). Called
+    by ``stream`` before anything is generated."""
     wanted = []
+    if not structured:
+        wanted += ["tools"] if tool_names(sampling) else []
+        wanted += ["response_format"] if sampling.response_format is not None else []
     if sampling.logprobs and not logprobs:
         wanted.append("logprobs")
     if not penalties:
@@ -85,9 +92,9 @@ def declared_concurrency(spec: ExpertSpec, default: int) -> int:
     return max(1, int(spec.options.get("n_parallel", default)))
 
 
-def wire_messages(messages: tuple[Message, ...]) -> list[dict[str, str]]:
-    """The chat turns as OpenAI-style dicts (what runtimes and chat templates read)."""
-    return [{"role": m.role, "content": m.content} for m in messages]
+def wire_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """The chat turns as OpenAI-style dicts (with their tool calls and call ids: what runtimes read)."""
+    return [wire_message(m) for m in messages]
 
 
 class StopStrings:

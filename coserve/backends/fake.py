@@ -22,21 +22,28 @@ fake have end-to-end counterparts that run the real experts. Behaviour is read f
 
 The answer is ``"<expert> says: "`` followed by the prompt's words, repeated up to the token cap
 (coserve.backends.chores; 16 when neither the request nor the expert names one), cut at the first
-stop string. It keeps the backend contract (coserve.backends.base) and runs through the same
-conformance test as its real twins (tests/test_backend_contract.py).
+stop string. A request whose ``tool_choice`` forces a call (``required`` or a named function) gets
+instead ``<tool_call>{"name": <the first such function>, "arguments": {"echo": <the last
+prompt word>}}</tool_call>`` in pieces of 8 characters, one per token, parsed into a tool call as a
+local expert's answer is (coserve.backends.tool_calls). It keeps the backend contract
+(coserve.backends.base) and runs through the same conformance test as its real twins
+(tests/test_backend_contract.py).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
 
 from coserve.backends.base import Emit, Handle
 from coserve.backends.chores import StopStrings, check_context, declared_concurrency, refuse_sampling, token_cap
+from coserve.backends.structured import CALL_CLOSE, CALL_OPEN, forced_tool_names, tool_names
+from coserve.backends.tool_calls import AnswerOutlet
 from coserve.config import ExpertSpec
 from coserve.errors import ExpertFailed, ExpertLoadError
-from coserve.types import Chunk, Message, Sampling, TokenLogprob, Usage
+from coserve.types import Message, Sampling, TokenLogprob, Usage
 
 __all__ = ["FakeBackend"]
 
@@ -116,33 +123,40 @@ class FakeBackend:
         check_context(spec, len(prompt_words))
         if spec.options.get("fail_generate"):
             raise ExpertFailed(f"expert {spec.name!r} failed (injected fault)")
-        refuse_sampling(spec, sampling, logprobs=bool(spec.options.get("logprobs", True)), penalties=True)
+        logprobs = bool(spec.options.get("logprobs", True))
+        refuse_sampling(spec, sampling, logprobs=logprobs, penalties=True, structured=True)
         cap = token_cap(spec, sampling, len(prompt_words), default=16)  # short answers for tests
-        words = ([spec.name, "says:"] + (prompt_words or ["nothing"]) * cap)[:cap]
+        pieces = _pieces(spec.name, prompt_words, sampling, cap)
         delay = float(spec.options.get("token_delay", 0.0))
         fail_after = spec.options.get("fail_after_tokens")
         stops = StopStrings(sampling.stop)
-        pending: list[TokenLogprob] = []  # entries of words whose text a stop string holds back
-        for i, word in enumerate(words):
+        outlet = AnswerOutlet(emit, tool_names(sampling))
+        for i, piece in enumerate(pieces):
             if fail_after is not None and i >= int(fail_after):
                 raise ExpertFailed(f"expert {spec.name!r} crashed mid-stream (injected fault)")
             time.sleep(delay)
-            piece = word if i == 0 else " " + word
             if sampling.logprobs:
-                pending.append(_logprob(piece, i, sampling.top_logprobs))
+                outlet.pending.append(_logprob(piece, i, sampling.top_logprobs))
             text, hit = stops.feed(piece)
-            if text:
-                logprobs, pending = tuple(pending), []
-                if emit(Chunk(text, logprobs=logprobs)):
-                    return
+            if outlet.text(text):
+                return
             if hit:
-                emit(Chunk("", "stop", Usage(len(prompt_words), i + 1), tuple(pending)))
+                outlet.end("stop", Usage(len(prompt_words), i + 1))
                 return
-        if tail := stops.flush():
-            logprobs, pending = tuple(pending), []
-            if emit(Chunk(tail, logprobs=logprobs)):
-                return
-        emit(Chunk("", "length", Usage(len(prompt_words), len(words)), tuple(pending)))
+        if outlet.text(stops.flush()):
+            return
+        outlet.end("stop" if len(pieces) < cap else "length", Usage(len(prompt_words), len(pieces)))
+
+
+def _pieces(name: str, prompt_words: list[str], sampling: Sampling, cap: int) -> list[str]:
+    """The scripted answer, one piece per token: a forced tool call, or the expert's words."""
+    forced = forced_tool_names(sampling)
+    if forced:
+        body = json.dumps({"name": forced[0], "arguments": {"echo": (prompt_words or ["nothing"])[-1]}})
+        call = f"{CALL_OPEN}\n{body}\n{CALL_CLOSE}"
+        return [call[i : i + 8] for i in range(0, len(call), 8)][:cap]
+    words = ([name, "says:"] + (prompt_words or ["nothing"]) * cap)[:cap]
+    return [word if i == 0 else " " + word for i, word in enumerate(words)]
 
 
 def _logprob(piece: str, place: int, top: int) -> TokenLogprob:

@@ -133,6 +133,23 @@ class Batch(ctypes.Structure):
     ]
 
 
+class TokenData(ctypes.Structure):
+    """struct llama_token_data."""
+
+    _fields_ = [("id", Token), ("logit", c_float), ("p", c_float)]
+
+
+class TokenDataArray(ctypes.Structure):
+    """struct llama_token_data_array."""
+
+    _fields_ = [
+        ("data", ctypes.POINTER(TokenData)),
+        ("size", c_size_t),
+        ("selected", ctypes.c_int64),
+        ("sorted", c_bool),
+    ]
+
+
 class SamplerChainParams(ctypes.Structure):
     """struct llama_sampler_chain_params."""
 
@@ -177,7 +194,13 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "llama_sampler_init_penalties": (c_void_p, [c_int32, c_int32, c_float, c_float, c_float]),
     "llama_get_logits_ith": (ctypes.POINTER(c_float), [c_void_p, c_int32]),
     "llama_vocab_n_tokens": (c_int32, [c_void_p]),
+    "llama_sampler_apply": (None, [c_void_p, ctypes.POINTER(TokenDataArray)]),
+    # llguidance's sampler (llama.cpp's common library, linked into the same module): a grammar in
+    # llguidance's format, as llama.cpp's JSON Schema converter writes it in this build. A C++
+    # function (no C name): called by its mangled name, its arguments plain pointers.
+    "llama_sampler_init_llg": (c_void_p, [c_void_p, c_char_p, c_char_p]),
 }
+_MANGLED = {"llama_sampler_init_llg": "_Z22llama_sampler_init_llgPK11llama_vocabPKcS3_"}
 
 # Fields whose defaults the declared layout must read back (llama.cpp's defaults at the pinned
 # build). Each sits at a different offset, so a field added or removed before it shows up here.
@@ -230,8 +253,9 @@ def lib() -> Any:
     bound_heap_arenas()  # before any runtime thread starts (docs/decisions.md)
     library = ctypes.CDLL(native.__file__)
     for name, (result, arguments) in _SIGNATURES.items():
-        function = getattr(library, name)
+        function = getattr(library, _MANGLED.get(name, name))
         function.restype, function.argtypes = result, arguments
+        setattr(library, name, function)
     wrong = _mismatches(library.llama_context_default_params(), _CONTEXT_DEFAULTS)
     wrong += _mismatches(library.llama_model_default_params(), _MODEL_DEFAULTS)
     if wrong:

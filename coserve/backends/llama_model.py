@@ -7,6 +7,7 @@ It knows nothing of contexts, slots or the decode loop (llama_decode.py).
 from __future__ import annotations
 
 import ctypes
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,14 @@ from coserve.backends import llama_capi
 from coserve.backends.chat_template import chat_template
 from coserve.backends.llama_memory import return_free_memory
 from coserve.backends.staging import drop_cache
+from coserve.backends.structured import renders_tool_calls, template_message
 from coserve.config import ExpertSpec
 from coserve.errors import ExpertLoadError
 from coserve.types import Message, Sampling
 
 __all__ = ["KV_TYPES", "LoadedModel", "new_sampler"]
+
+_serials = itertools.count(1)  # tells apart two models loaded at the same address in turn
 
 # KV cache types an expert may ask for (option kv_cache_type): ggml type and bytes per value.
 KV_TYPES = {"f16": (1, 2.0), "q8_0": (8, 34 / 32)}
@@ -40,6 +44,7 @@ class LoadedModel:
         if not self.ptr:
             raise ExpertLoadError(f"expert {spec.name!r} failed to load {path}: {llama_capi.last_error()}")
         self.contexts = 0  # live contexts on this model (it is freed only with none)
+        self.serial = next(_serials)
         self.vocab = lib.llama_model_get_vocab(self.ptr)
         self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
         source = lib.llama_model_chat_template(self.ptr, None)
@@ -49,6 +54,7 @@ class LoadedModel:
         self.bos = self._special(lib.llama_vocab_bos(self.vocab))
         self.add_bos = bool(lib.llama_vocab_get_add_bos(self.vocab))
         eos = self._special(lib.llama_vocab_eos(self.vocab))
+        self.renders_tools = renders_tool_calls(source.decode("utf-8"))  # the ``tools`` capability
         try:
             self.template = chat_template(source.decode("utf-8"), self.bos, eos)
         except Exception as exc:  # a template jinja2 cannot compile
@@ -80,9 +86,10 @@ class LoadedModel:
                 return list(tokens[:n])
             size = -n
 
-    def prompt(self, messages: tuple[Message, ...]) -> list[int]:
-        """Token ids of a chat through the model's own template, generation prompt added."""
-        text = self.template.render([{"role": m.role, "content": m.content} for m in messages])
+    def prompt(self, messages: tuple[Message, ...], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Token ids of a chat (and the request's tools) through the model's own template,
+        generation prompt added."""
+        text = self.template.render([template_message(m) for m in messages], tools=tools)
         add_bos = self.add_bos and not (self.bos and text.startswith(self.bos))
         return self.tokenize(text, add_special=add_bos)
 
@@ -100,13 +107,16 @@ class LoadedModel:
                 drop_cache(self.path)
 
 
-def new_sampler(sampling: Sampling, n_vocab: int = 0, generated: int = 0) -> Any:
-    """A llama.cpp sampler chain for one request (freed by llama_sampler_free): OpenAI's presence
+def new_sampler(sampling: Sampling, n_vocab: int = 0, generated: int = 0, grammar: Any = None) -> Any:
+    """A llama.cpp sampler chain for one request (freed by llama_sampler_free): the ``grammar``
+    sampler first when there is one (coserve.backends.llama_grammar; the chain owns it), OpenAI's presence
     and frequency penalties over the last ``generated`` sampled tokens (the request's cap: its whole
     answer) when either is nonzero, then greedy at temperature 0, else top-p, temperature and a draw
     seeded by ``sampling.seed``."""
     lib = llama_capi.lib()
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if grammar is not None:
+        lib.llama_sampler_chain_add(chain, grammar)
     if sampling.presence_penalty or sampling.frequency_penalty:
         penalties = lib.llama_sampler_init_penalties(
             n_vocab, max(generated, 1), 1.0, sampling.frequency_penalty, sampling.presence_penalty

@@ -13,6 +13,10 @@ coserve.cpus), ``n_parallel`` (slots, i.e. requests decoded together; default 2)
 later requests that share their prefix; default 0 = off, as llama.cpp's own default of 8 GiB per
 expert would sit outside every budget). Each slot gets the expert's full ``context``.
 
+``response_format`` (``json_object``, ``json_schema``) goes to llama.cpp's server, which turns the
+schema into a grammar. Tools are refused (400 naming ``tools``; the routing sends them elsewhere):
+its server, with or without ``--jinja``, answered the default experts' forced calls in prose.
+
 Footprint (what the ACTIVE tier counts, known before loading, from the file's header): the
 weights, llama.cpp's repacked copy of the weight types its CPU kernels interleave, the f16 KV cache
 for every slot, the compute buffers and the prompt cache. For the default library it is within a
@@ -37,9 +41,10 @@ from coserve.backends.llama_memory import (
 )
 from coserve.backends.openai_wire import choice_logprobs, sampling_body
 from coserve.backends.staging import Staged, stage, unstage
+from coserve.backends.structured import tool_names
 from coserve.config import ExpertSpec
 from coserve.cpus import usable_cores
-from coserve.errors import AssetError, ExpertFailed, ExpertLoadError
+from coserve.errors import AssetError, ExpertFailed, ExpertLoadError, InvalidRequest
 from coserve.types import Chunk, Message, Sampling, Usage
 
 __all__ = ["LlamaCppBackend"]
@@ -132,6 +137,12 @@ class LlamaCppBackend:
         return handle.runtime
 
     def stream(self, handle: Handle, messages: tuple[Message, ...], sampling: Sampling, emit: Emit) -> None:
+        if tool_names(sampling):
+            raise InvalidRequest(
+                f"tools: expert {handle.spec.name!r} (backend llamacpp) cannot call tools",
+                param="tools",
+                code="unsupported_parameter",
+            )
         body = self._body(handle.spec, messages, sampling)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

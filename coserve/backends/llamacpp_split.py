@@ -34,12 +34,14 @@ from __future__ import annotations
 import codecs
 import queue
 from pathlib import Path
+from typing import Any
 
 from coserve.backends import llama_capi
 from coserve.backends.base import Emit, Handle
 from coserve.backends.chores import StopStrings, check_context, declared_concurrency, token_cap
 from coserve.backends.gguf_header import kv_cache_bytes, n_vocab, read_header
 from coserve.backends.llama_decode import BATCH, DecodeContext, Request
+from coserve.backends.llama_grammar import grammar_sampler
 from coserve.backends.llama_memory import (
     DEFAULT_N_PARALLEL,
     compute_buffer_bytes,
@@ -47,10 +49,12 @@ from coserve.backends.llama_memory import (
     return_free_memory,
 )
 from coserve.backends.llama_model import KV_TYPES, LoadedModel, new_sampler
+from coserve.backends.structured import forced_tool_names, grammar, template_tools, tool_names
+from coserve.backends.tool_calls import AnswerOutlet
 from coserve.config import ExpertSpec
 from coserve.cpus import usable_cores
-from coserve.errors import AssetError, ExpertFailed, ExpertLoadError
-from coserve.types import Chunk, Message, Sampling, TokenLogprob, Usage
+from coserve.errors import AssetError, ExpertFailed, ExpertLoadError, InvalidRequest
+from coserve.types import Message, Sampling, Usage
 
 __all__ = ["KV_TYPES", "LlamaCppSplitBackend"]
 
@@ -150,11 +154,18 @@ class LlamaCppSplitBackend:
         emit: Emit | None,
     ) -> None:
         spec = model.spec
-        prompt = model.prompt(messages)
+        names = tool_names(sampling)
+        if names and not model.renders_tools:
+            raise InvalidRequest(
+                f"tools: the chat template of expert {spec.name!r} does not render tools",
+                param="tools",
+                code="unsupported_parameter",
+            )
+        prompt = model.prompt(messages, template_tools(sampling))
         check_context(spec, len(prompt), context.seq_context)
         cap = token_cap(spec, sampling, len(prompt), context=context.seq_context)
         top = sampling.top_logprobs if sampling.logprobs else -1
-        request = Request(prompt, cap, new_sampler(sampling, model.n_vocab, cap), top_logprobs=top)
+        request = Request(prompt, cap, new_sampler(sampling, model.n_vocab, cap, _grammar(model, sampling)), top)
         try:
             context.submit(request)
         except ExpertFailed:
@@ -162,9 +173,9 @@ class LlamaCppSplitBackend:
             raise
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopStrings(sampling.stop)
+        outlet = AnswerOutlet(emit or (lambda chunk: False), names)
         received = 0
         ended = False
-        pending: list[TokenLogprob] = []  # entries of tokens whose text is not emitted yet
         try:
             while True:
                 try:
@@ -175,17 +186,14 @@ class LlamaCppSplitBackend:
                     continue
                 if isinstance(item, tuple) and isinstance(item[0], bytes):  # a piece with its logprobs
                     item, entry = item
-                    pending.append(entry)
+                    outlet.pending.append(entry)
                 if isinstance(item, bytes):
                     received += 1
                     text, hit = stops.feed(decoder.decode(item))
-                    if emit is not None and text:
-                        logprobs, pending = tuple(pending), []
-                        if emit(Chunk(text, logprobs=logprobs)):
-                            return  # the caller went away
+                    if outlet.text(text):
+                        return  # the caller went away
                     if hit:
-                        if emit is not None:
-                            emit(Chunk("", "stop", Usage(len(prompt), received), tuple(pending)))
+                        outlet.end("stop", Usage(len(prompt), received))
                         return
                     continue
                 ended = True
@@ -196,13 +204,23 @@ class LlamaCppSplitBackend:
                     raise ExpertFailed(f"expert {spec.name!r}: {outcome!r}")
                 if outcome == "cancelled":
                     return
-                tail = stops.feed(decoder.decode(b"", final=True))[0] + stops.flush()
-                if emit is not None:
-                    if tail:
-                        emit(Chunk(tail, logprobs=tuple(pending)))
-                        pending = []
-                    emit(Chunk("", outcome, Usage(len(prompt), received), tuple(pending)))
+                if not outlet.text(stops.feed(decoder.decode(b"", final=True))[0] + stops.flush()):
+                    outlet.end(outcome, Usage(len(prompt), received))
                 return
         finally:
             if not ended:  # stopped listening early: the loop frees its slot at the next step
                 context.cancel(request)
+
+
+def _grammar(model: LoadedModel, sampling: Sampling) -> Any:
+    """The grammar sampler of a request that asks for JSON or forces a tool call, else None;
+    InvalidRequest (400) naming ``response_format`` or ``tools`` when its schema does not compile."""
+    text = grammar(sampling)
+    if text is None:
+        return None
+    try:
+        return grammar_sampler(model, text)
+    except ValueError:
+        param = "tools" if forced_tool_names(sampling) else "response_format"
+        message = f"{param}: its JSON Schema cannot be enforced (it does not compile)"
+        raise InvalidRequest(message, param=param) from None

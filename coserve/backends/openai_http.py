@@ -10,7 +10,9 @@ Library entry::
 
 "Loading" checks that the endpoint answers ``GET /models`` (and lists the model when it lists
 any); the weights live elsewhere, so the expert occupies no local bytes and staging holds nothing.
-Generation streams with httpx; a time-out or a 5xx before the first token is an ExpertFailed
+Tools, ``tool_choice``, ``parallel_tool_calls``, ``response_format`` and the tool fields of
+messages are forwarded unchanged, and the endpoint's ``tool_calls`` deltas relayed. Generation
+streams with httpx; a time-out or a 5xx before the first token is an ExpertFailed
 (the engine falls back), a 400/413 about context length is a ContextTooLong. The token cap
 (the request's, else ``options.max_tokens``, else 512) is always sent. The endpoint runs
 ``n_parallel`` requests of the expert at once (default 2). Keys are read from the environment
@@ -28,7 +30,7 @@ import httpx
 
 from coserve.backends.base import Emit, Handle
 from coserve.backends.chores import context_too_long, declared_concurrency, wire_messages
-from coserve.backends.openai_wire import choice_logprobs, sampling_body
+from coserve.backends.openai_wire import choice_logprobs, choice_tool_calls, sampling_body
 from coserve.config import ExpertSpec
 from coserve.errors import ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
@@ -133,9 +135,10 @@ class OpenAIHTTPBackend:
                         text = (choice.get("delta") or {}).get("content") or ""
                         finish = choice.get("finish_reason") or finish
                         logprobs = choice_logprobs(choice) if sampling.logprobs else ()
-                        if text or logprobs:
+                        calls = choice_tool_calls(choice)
+                        if text or logprobs or calls:
                             streamed += 1 if text else 0
-                            if emit(Chunk(text, logprobs=logprobs)):
+                            if emit(Chunk(text, logprobs=logprobs, tool_calls=calls)):
                                 return  # the caller went away: closing the response cancels upstream
                     if chunk.get("usage"):
                         u = chunk["usage"]
@@ -144,4 +147,4 @@ class OpenAIHTTPBackend:
             raise ExpertFailed(f"expert {spec.name!r}: timed out ({type(exc).__name__})") from None
         except (httpx.HTTPError, ValueError) as exc:
             raise ExpertFailed(f"expert {spec.name!r}: {exc}") from None
-        emit(Chunk("", "length" if finish == "length" else "stop", usage or Usage(0, streamed)))
+        emit(Chunk("", finish if finish in ("length", "tool_calls") else "stop", usage or Usage(0, streamed)))

@@ -1,19 +1,21 @@
-"""The sampling part of an OpenAI-style chat body, and the log-probabilities in an OpenAI-style
-answer, for the backends that speak that wire to their runtime (``llamacpp``: llama.cpp's server
-inside xllamacpp; ``openai``: a remote endpoint).
+"""The sampling, tools and response-format part of an OpenAI-style chat body, and the
+log-probabilities and tool-call deltas in an OpenAI-style answer, for the backends that speak
+that wire to their runtime (``llamacpp``: llama.cpp's server inside xllamacpp; ``openai``: a
+remote endpoint).
 
 It knows nothing about transports, streaming or the engine.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from coserve.backends.chores import token_cap
 from coserve.config import ExpertSpec
-from coserve.types import Sampling, TokenLogprob
+from coserve.types import Sampling, TokenLogprob, ToolCallDelta
 
-__all__ = ["choice_logprobs", "sampling_body"]
+__all__ = ["choice_logprobs", "choice_tool_calls", "sampling_body"]
 
 
 def sampling_body(spec: ExpertSpec, sampling: Sampling) -> dict[str, Any]:
@@ -35,7 +37,29 @@ def sampling_body(spec: ExpertSpec, sampling: Sampling) -> dict[str, Any]:
     if sampling.logprobs:
         body["logprobs"] = True
         body["top_logprobs"] = sampling.top_logprobs
+    if sampling.response_format is not None:  # the client's own objects, unchanged
+        body["response_format"] = json.loads(sampling.response_format)
+    if sampling.tools is not None:
+        body["tools"] = json.loads(sampling.tools)
+        if sampling.parallel_tool_calls is not None:  # sent only as the client sent it
+            body["parallel_tool_calls"] = sampling.parallel_tool_calls
+    if sampling.tool_choice is not None:
+        choice = sampling.tool_choice
+        body["tool_choice"] = choice if choice in ("none", "auto", "required") else json.loads(choice)
     return body
+
+
+def choice_tool_calls(choice: dict[str, Any]) -> tuple[ToolCallDelta, ...]:
+    """The ``delta.tool_calls`` pieces of one streamed choice (empty when it has none)."""
+    out = []
+    for entry in (choice.get("delta") or {}).get("tool_calls") or []:
+        function = entry.get("function") or {}
+        out.append(
+            ToolCallDelta(
+                int(entry.get("index", 0)), entry.get("id"), function.get("name"), function.get("arguments") or ""
+            )
+        )
+    return tuple(out)
 
 
 def _raw(entry: dict[str, Any]) -> bytes:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from coserve.backends.base import Backend
+from coserve.backends.gguf_header import read_header
 from coserve.backends.options import (
     BackendOptions,
     FakeOptions,
@@ -24,11 +26,14 @@ from coserve.backends.options import (
     VllmOptions,
     check_options,
 )
+from coserve.backends.structured import renders_tool_calls
 from coserve.config import ExpertSpec, LibraryConfig
-from coserve.errors import ConfigError
+from coserve.errors import AssetError, ConfigError
 
 __all__ = [
     "BACKENDS",
+    "CAPABILITIES",
+    "CAPABILITY_PARAMS",
     "SAMPLING_CAPABILITIES",
     "BackendEntry",
     "backend_entry",
@@ -49,7 +54,8 @@ class BackendEntry:
     options: type[BackendOptions]  # what it accepts under an expert's ``options``
     serves_file: bool  # its experts need a ``source`` (a model file or folder)
     extra: str | None = None  # the pip extra with its optional packages (None: installed with coserve)
-    capabilities: frozenset[str] = frozenset()  # request parameters it can apply (SAMPLING_CAPABILITIES)
+    capabilities: frozenset[str] = frozenset()  # what its experts can do (CAPABILITIES)
+    reads_template: bool = False  # ``tools`` depends on the model file's chat template
 
     def install_hint(self) -> str:
         """How to install what the backend needs."""
@@ -62,16 +68,30 @@ class BackendEntry:
 # experts whose backend can (coserve.router.policy); each backend also refuses what it cannot
 # (coserve.backends.chores.refuse_sampling with the same flags), a check behind the routing.
 SAMPLING_CAPABILITIES = ("logprobs", "presence_penalty", "frequency_penalty")
-_ALL = frozenset(SAMPLING_CAPABILITIES)
+# What an expert can do: the sampling features above, tool calling (``tools``), structured output
+# (``json_schema``: response_format json_object/json_schema) and image input (``vision``: only
+# declared, for an ``openai`` expert; coserve itself refuses image content today).
+CAPABILITIES = (*SAMPLING_CAPABILITIES, "tools", "json_schema", "vision")
+# The request parameter that asks for each capability (a 422 names it when no expert has it).
+CAPABILITY_PARAMS = {
+    **{name: name for name in SAMPLING_CAPABILITIES},
+    "tools": "tools",
+    "json_schema": "response_format",
+}
+_DECLARED_ONLY = frozenset({"vision"})  # never assumed: an expert declares it
+_SAMPLING = frozenset(SAMPLING_CAPABILITIES)
 _PENALTIES = frozenset({"presence_penalty", "frequency_penalty"})
+_LOCAL = _SAMPLING | {"tools", "json_schema"}
 
 _ENTRIES = (
-    BackendEntry("llamacpp", "llamacpp:LlamaCppBackend", LlamaCppOptions, True, None, _ALL),  # xllamacpp: core
-    BackendEntry("llamacpp-split", "llamacpp_split:LlamaCppSplitBackend", LlamaCppSplitOptions, True, None, _ALL),
-    BackendEntry("openai", "openai_http:OpenAIHTTPBackend", OpenAIOptions, False, None, _ALL),
+    # xllamacpp (core): llama.cpp's server applies response_format; tools: not through its server
+    BackendEntry("llamacpp", "llamacpp:LlamaCppBackend", LlamaCppOptions, True, None, _SAMPLING | {"json_schema"}),
+    BackendEntry("llamacpp-split", "llamacpp_split:LlamaCppSplitBackend", LlamaCppSplitOptions, True, None, _LOCAL,
+                 reads_template=True),
+    BackendEntry("openai", "openai_http:OpenAIHTTPBackend", OpenAIOptions, False, None, _LOCAL | _DECLARED_ONLY),
     BackendEntry("transformers", "transformers_hf:TransformersBackend", TransformersOptions, True, "torch"),
     BackendEntry("vllm", "vllm_engine:VLLMBackend", VllmOptions, True, "vllm", _PENALTIES),
-    BackendEntry("fake", "fake:FakeBackend", FakeOptions, False, None, _ALL),
+    BackendEntry("fake", "fake:FakeBackend", FakeOptions, False, None, _LOCAL),
 )  # fmt: skip
 BACKENDS: dict[str, BackendEntry] = {entry.name: entry for entry in _ENTRIES}
 
@@ -85,12 +105,36 @@ def backend_entry(name: str) -> BackendEntry:
 
 
 def capabilities(spec: ExpertSpec) -> frozenset[str]:
-    """The request parameters this expert can apply: its backend's, less ``logprobs`` when its
-    options say ``logprobs: false`` (the fake backend's stand-in for a runtime without them)."""
+    """What this expert can do: what it declares or ``check_library`` measured (``spec.capabilities``),
+    else its backend's (less what only a declaration gives), never more than its backend can; less
+    ``logprobs`` when its options say ``logprobs: false`` (the fake backend's stand-in for a runtime
+    without them)."""
     entry = BACKENDS.get(spec.backend)
     if entry is None:
         return frozenset()
-    return entry.capabilities - ({"logprobs"} if spec.options.get("logprobs") is False else set())
+    own = entry.capabilities - _DECLARED_ONLY if spec.capabilities is None else frozenset(spec.capabilities)
+    return own & entry.capabilities - ({"logprobs"} if spec.options.get("logprobs") is False else set())
+
+
+def measure_capabilities(spec: ExpertSpec, base: Path | None) -> ExpertSpec:
+    """The expert with ``capabilities`` measured where its model file tells: without ``tools`` when
+    its chat template does not render them in the ``<tool_call>`` convention
+    (coserve.backends.structured). A file not there yet (assembled later) is not measured."""
+    entry = BACKENDS[spec.backend]
+    if not entry.reads_template:
+        return spec
+    from coserve.assets import present_file
+
+    path = present_file(spec, base)
+    try:
+        template = read_header(path).metadata.get("tokenizer.chat_template") if path and path.is_file() else None
+    except (AssetError, OSError):
+        return spec
+    if template is None:
+        return spec
+    if isinstance(template, str) and renders_tool_calls(template):
+        return spec
+    return spec.model_copy(update={"capabilities": tuple(sorted(capabilities(spec) - {"tools"}))})
 
 
 def get_backend(name: str) -> Backend:
@@ -125,12 +169,17 @@ def check_library(library: LibraryConfig) -> LibraryConfig:
     ConfigError ``<file>: experts[i]: options.<key>: ...`` for every expert that does not fit.
     """
     experts, problems = [], []
+    base = library.path.parent if library.path is not None else None
     for i, spec in enumerate(library.experts):
         if spec.backend not in BACKENDS:
             problems.append(f"experts[{i}].backend: unknown backend {spec.backend!r}; known: {', '.join(BACKENDS)}")
             continue
+        unknown = sorted(set(spec.capabilities or ()) - set(CAPABILITIES))
+        if unknown:
+            problems.append(f"experts[{i}].capabilities: unknown {unknown[0]!r}; known: {', '.join(CAPABILITIES)}")
+            continue
         try:
-            experts.append(check_expert(spec))
+            experts.append(measure_capabilities(check_expert(spec), base))
         except ValueError as exc:
             problems.append(f"experts[{i}]: {exc}")
     if problems:

@@ -25,7 +25,7 @@ __all__ = [
 
 def cmd_experts(args: argparse.Namespace) -> int:
     from coserve.assets import is_assembled, source_size
-    from coserve.backends.registry import get_backend
+    from coserve.backends.registry import capabilities, get_backend
 
     library = load_served_library(args.library)
     base = library.path.parent if library.path else None
@@ -52,6 +52,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
                 "context": spec.context,
                 "price": spec.price.mean,
                 "tags": list(spec.tags),
+                "capabilities": sorted(capabilities(spec)),  # measured by the library check
                 "bytes": size,
                 "loaded_bytes": loaded,
                 "tier": "disk" if size is not None else "missing",

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from coserve.assets import missing_files
 from coserve.backends.base import Backend
 from coserve.backends.registry import check_library, get_backend, shares_cores
+from coserve.backends.tool_calls import joined_calls
 from coserve.config import LibraryConfig
 from coserve.cpus import limit_blas_threads
 from coserve.engine.call import Call
@@ -43,7 +44,7 @@ from coserve.metrics import Metrics
 from coserve.router.embed import Embedder
 from coserve.router.measured import with_measured_map
 from coserve.router.router import CoERouter
-from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Tier, TokenLogprob, Usage
+from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Tier, TokenLogprob, ToolCallDelta, Usage
 
 # How experts are ordered and kept resident: "lookahead" is coserve's, the others baselines for benchmarks.
 Residency = Literal["lookahead", "lru", "load_per_request"]
@@ -304,13 +305,15 @@ class Engine:
         """The whole answer of the decision's expert (its alternatives as fallback), never cascaded."""
         parts: list[str] = []
         logprobs: list[TokenLogprob] = []
+        deltas: list[ToolCallDelta] = []
         finish = "stop"
         async for chunk in await self.stream_one(call):
             parts.append(chunk.text)
             logprobs.extend(chunk.logprobs)
+            deltas.extend(chunk.tool_calls)
             if chunk.finish_reason:
                 finish = chunk.finish_reason
-        return Completion("".join(parts), finish, call.usage or Usage(), tuple(logprobs))
+        return Completion("".join(parts), finish, call.usage or Usage(), tuple(logprobs), joined_calls(deltas))
 
     async def _chain(self, first: Chunk, rest: AsyncIterator[Chunk], call: Call) -> AsyncIterator[Chunk]:
         try:

@@ -1,14 +1,16 @@
 """The routing policy: category probabilities + constraints + library -> Decision. Pure, no I/O.
 
 Order of reasoning, for a routed request:
-1. the experts the caller's constraint flags allow, and whose backend can apply the parameters the
-   request sets (``logprobs``, nonzero penalties; coserve.backends.registry.capabilities) (none ->
-   InfeasibleConstraints naming the flag, or the parameter);
+1. the experts the caller's constraint flags allow, and that have the capabilities the request
+   needs (``logprobs``, nonzero penalties, ``tools``, ``response_format`` JSON: ``json_schema``;
+   coserve.backends.registry.capabilities) (none -> InfeasibleConstraints naming the flag, or the
+   parameter);
 2. the top category's mapped expert, or the fallback generalist when the top probability is below
    ``min_confidence`` (an uncertain router should not send a prompt to a specialist);
 3. if that expert is not allowed, the next categories' experts by probability, then the fallback,
    then the remaining allowed experts, strongest (most parameters) first;
 4. the alternatives, for fallback at execution time, are the rest of that same order.
+When a capability took the first choice out, the Decision's ``narrowed_by`` names it.
 
 A pinned request (model = an expert's name) goes to that expert; its constraints still apply.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from coserve.backends.registry import capabilities
+from coserve.backends.registry import CAPABILITY_PARAMS, capabilities
 from coserve.config import ExpertSpec, LibraryConfig
 from coserve.errors import InfeasibleConstraints, NotFound
 from coserve.types import ROUTED_MODEL, Constraints, Decision
@@ -43,7 +45,15 @@ def _violation(spec: ExpertSpec, c: Constraints) -> str | None:
 
 def _param(flag: str) -> str:
     """The request field a violated flag stands for: a capability is a top-level parameter."""
-    return flag if flag in ("logprobs", "presence_penalty", "frequency_penalty") else f"coserve.{flag}"
+    return CAPABILITY_PARAMS.get(flag, f"coserve.{flag}")
+
+
+def _narrowed_by(first_choice: str, library: LibraryConfig, constraints: Constraints) -> tuple[str, ...]:
+    """The capabilities the request needs that its first choice lacks (what moved it elsewhere)."""
+    if first_choice not in library.expert_names:
+        return ()
+    have = capabilities(library.expert(first_choice))
+    return tuple(name for name in constraints.capabilities if name not in have)
 
 
 def allowed(library: LibraryConfig, constraints: Constraints) -> list[str]:
@@ -51,8 +61,9 @@ def allowed(library: LibraryConfig, constraints: Constraints) -> list[str]:
     names = [spec.name for spec in library.experts if _violation(spec, constraints) is None]
     if not names:
         flags = sorted({_violation(spec, constraints) or "" for spec in library.experts})
-        if len(flags) == 1 and _param(flags[0]) == flags[0]:
-            raise InfeasibleConstraints(f"{flags[0]}: no expert's backend can apply it", param=flags[0])
+        if len(flags) == 1 and flags[0] in CAPABILITY_PARAMS:
+            param = _param(flags[0])
+            raise InfeasibleConstraints(f"{param}: no expert can serve it (none has {flags[0]!r})", param=param)
         raise InfeasibleConstraints(
             f"no expert satisfies the constraints ({', '.join(flags)} excluded every expert)",
             param=_param(flags[0]) if len(flags) == 1 else "coserve",
@@ -102,7 +113,16 @@ def decide(
         reason = "low_confidence"
     else:
         reason = "routed"
-    return Decision(expert, top_category, float(confidence), tuple(candidates[1:]), reason, dict(probabilities))
+    narrowed = _narrowed_by(first_choice, library, constraints) if expert != first_choice else ()
+    return Decision(
+        expert,
+        top_category,
+        float(confidence),
+        tuple(candidates[1:]),
+        reason,
+        dict(probabilities),
+        narrowed_by=narrowed,
+    )
 
 
 def decide_ranked(
@@ -129,4 +149,7 @@ def decide_ranked(
         candidates = [s.name for s in sorted(library.experts, key=lambda s: -s.params_b) if s.name in permitted]
     expert = candidates[0]
     reason = "constrained" if expert != chosen else "low_confidence" if uncertain else "routed"
-    return Decision(expert, category, float(confidence), tuple(candidates[1:]), reason, dict(probabilities))
+    narrowed = _narrowed_by(chosen, library, constraints) if expert != chosen else ()
+    return Decision(
+        expert, category, float(confidence), tuple(candidates[1:]), reason, dict(probabilities), narrowed_by=narrowed
+    )

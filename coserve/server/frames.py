@@ -1,8 +1,8 @@
 """What goes on the wire: OpenAI-style response bodies, SSE frames and error bodies.
 
 Every body a chat request gets is written here: the ``chat.completion`` object, the
-``chat.completion.chunk`` frames of a stream (first with the role, then content, then the finish
-reason, then the usage chunk when asked for), the error event that ends a failed stream, the
+``chat.completion.chunk`` frames of a stream (first with the role, then content and tool-call
+deltas, then the finish reason, then the usage chunk when asked for), the error event that ends a failed stream, the
 ``[DONE]`` frame, the ``x-coserve-*`` headers, and the error responses of every route. All of it is
 read from the request's ``Call``.
 
@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from coserve.engine.call import Call
 from coserve.errors import CoserveError
-from coserve.types import Completion, TokenLogprob, Usage
+from coserve.types import Completion, TokenLogprob, ToolCallDelta, Usage
 
 __all__ = [
     "DONE",
@@ -106,11 +106,14 @@ def headers(call: Call) -> dict[str, str]:
 
 def completion_body(call: Call, completion: Completion) -> dict[str, Any]:
     """The ``chat.completion`` object of a non-streamed answer."""
-    choice: dict[str, Any] = {
-        "index": 0,
-        "message": {"role": "assistant", "content": completion.text},
-        "finish_reason": completion.finish_reason,
-    }
+    message: dict[str, Any] = {"role": "assistant", "content": completion.text}
+    if completion.tool_calls:  # as OpenAI answers: content null when the answer is only calls
+        message["content"] = completion.text or None
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in completion.tool_calls
+        ]
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": completion.finish_reason}
     if call.request.sampling.logprobs:
         choice["logprobs"] = logprobs_body(completion.logprobs)
     return {
@@ -150,6 +153,18 @@ class Frames:
     def content(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> bytes:
         """A piece of the answer, with the log-probabilities of its tokens when they were asked for."""
         return self._delta({"content": text}, None, logprobs)
+
+    def tool_calls(self, deltas: tuple[ToolCallDelta, ...]) -> bytes:
+        """Pieces of tool calls: a call's first carries its id, type and name, later ones arguments."""
+        entries: list[dict[str, Any]] = []
+        for delta in deltas:
+            entry: dict[str, Any] = {"index": delta.index}
+            if delta.id is not None:
+                entry.update(id=delta.id, type="function", function={"name": delta.name, "arguments": delta.arguments})
+            else:
+                entry["function"] = {"arguments": delta.arguments}
+            entries.append(entry)
+        return self._delta({"tool_calls": entries}, None)
 
     def finish(self, reason: str) -> bytes:
         return self._delta({}, reason)

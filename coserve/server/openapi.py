@@ -61,7 +61,8 @@ def _inline(node: Any, defs: dict[str, Any], depth: int = 0) -> Any:
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith("#/$defs/"):
             return _inline(defs[ref.removeprefix("#/$defs/")], defs, depth + 1)
-        return {key: _inline(value, defs, depth + 1) for key, value in node.items()}
+        # A discriminator's mapping names $defs that are inlined away: its oneOf says the same.
+        return {key: _inline(value, defs, depth + 1) for key, value in node.items() if key != "discriminator"}
     if isinstance(node, list):
         return [_inline(value, defs, depth + 1) for value in node]
     return node

@@ -5,10 +5,11 @@ Types are strict, as in OpenAI's API: no string is taken for a bool or a number,
 number, no fractional number for an integer (an integer is a valid number). Type errors and
 malformed bodies are 400 (``invalid_request_error``, ``param`` names the field); values out of
 range are 422. Every parameter of OpenAI's chat-completions body is either honoured or refused with
-a 400 naming it (``code`` ``unsupported_parameter``), never silently ignored: tool calling,
-structured output (other than ``response_format`` text), audio, ``n`` > 1, ``logit_bias`` and the
-like (``REFUSED``). A parameter OpenAI does not define is refused too (``unknown_parameter``),
-unless the library's ``server.unknown_parameters`` is ``ignore``. docs/api.md has the table.
+a 400 naming it (``code`` ``unsupported_parameter``), never silently ignored: the deprecated
+``functions``/``function_call``, audio, ``n`` > 1, ``logit_bias`` and the like (``REFUSED``).
+Tools and ``response_format`` are checked in coserve.server.tool_params. A parameter OpenAI does
+not define is refused too (``unknown_parameter``), unless the library's
+``server.unknown_parameters`` is ``ignore``. docs/api.md has the table.
 
 This module knows nothing about routing, engines or how responses are written.
 """
@@ -21,6 +22,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from coserve.errors import InvalidRequest, UnprocessableRequest
+from coserve.server.messages import ChatMessage
+from coserve.server.tool_params import NamedToolChoice, ResponseFormat, ToolParam, sampling_fields, tool_calls_of
 from coserve.types import Constraints, Message, Request, Sampling
 
 __all__ = [
@@ -37,26 +40,6 @@ __all__ = [
 _Model = TypeVar("_Model", bound=BaseModel)
 
 MAX_TOKENS_CAP = 8192  # no request may ask for more completion tokens than this
-
-
-class ContentPart(BaseModel):
-    """A text part of a message's content (OpenAI's array form); other part types are refused."""
-
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # empty echoes are dropped first (``_served_only``)
-
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[ContentPart]
-    name: str | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
 
 
 class CoserveOptions(BaseModel):
@@ -81,12 +64,8 @@ class StreamOptions(BaseModel):
 # OpenAI chat-completions parameters coserve does not serve, and the value of each that asks for
 # nothing (a client may send it; ``None`` is JSON null, always accepted). Anything else: a 400.
 REFUSED: dict[str, tuple[Any, ...]] = {
-    "tools": (None,),  # tool calling does not exist yet: refused, never a prose answer instead
-    "tool_choice": (None, "none"),
-    "parallel_tool_calls": (None,),
-    "functions": (None,),
+    "functions": (None,),  # deprecated by OpenAI for ``tools``, which coserve serves
     "function_call": (None, "none"),
-    "response_format": (None, {"type": "text"}),
     "logit_bias": (None, {}),
     "audio": (None,),
     "modalities": (None, ["text"]),
@@ -99,13 +78,14 @@ REFUSED: dict[str, tuple[Any, ...]] = {
     "web_search_options": (None,),
 }
 UnknownParameters = Literal["refuse", "ignore"]
+_MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id")  # what a served message may hold
 
 
 def refuse_unsupported(data: dict[str, Any], unknown: UnknownParameters = "refuse") -> None:
     """InvalidRequest (400) naming the first parameter coserve refuses: a REFUSED one set to a
     value that asks for something, or (unless ``unknown`` is ``ignore``) one OpenAI does not define;
-    or a message field other than role, content and name that is not null or empty (``tool_calls``,
-    ``function_call``, ``audio``, ``refusal``...)."""
+    or a message field other than role, content, name, tool_calls and tool_call_id that is not null
+    or empty (``function_call``, ``audio``, ``refusal``...)."""
     known = set(ChatCompletionRequest.model_fields)
     for name, value in data.items():
         if name in REFUSED:
@@ -125,7 +105,7 @@ def refuse_unsupported(data: dict[str, Any], unknown: UnknownParameters = "refus
     for i, message in enumerate(messages if isinstance(messages, list) else []):
         for name, value in message.items() if isinstance(message, dict) else ():
             # What an assistant turn echoed back by a client may hold: only empty it changes nothing.
-            if name not in ("role", "content", "name") and value not in (None, []):
+            if name not in _MESSAGE_FIELDS and value not in (None, []):
                 raise InvalidRequest(
                     f"messages[{i}].{name}: coserve does not support this field of a message",
                     param=f"messages[{i}].{name}",
@@ -154,6 +134,10 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: float | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    tools: list[ToolParam] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     coserve: CoserveOptions | None = None
     # Identifiers of the end user or of a prompt cache: accepted, recorded nowhere, changing nothing
     # in the answer (OpenAI's answer does not depend on them either).
@@ -200,7 +184,20 @@ class ChatCompletionRequest(BaseModel):
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         if len(stop) > 4:
             raise UnprocessableRequest("at most 4 stop sequences", param="stop")
-        messages = tuple(Message(m.role if m.role != "developer" else "system", m.text()) for m in self.messages)
+        for i, turn in enumerate(self.messages):
+            if turn.content is None and not getattr(turn, "tool_calls", None):
+                why = f"messages[{i}].content: null only for an assistant message that calls tools"
+                raise InvalidRequest(why, param=f"messages[{i}].content")
+        messages = tuple(
+            Message(
+                m.role if m.role != "developer" else "system",
+                m.text(),
+                tool_calls_of(getattr(m, "tool_calls", None)),
+                getattr(m, "tool_call_id", None),
+            )
+            for m in self.messages
+        )
+        output = sampling_fields(self.tools, self.tool_choice, self.parallel_tool_calls, self.response_format)
         if not any(m.role == "user" for m in messages):
             raise UnprocessableRequest("messages must include a user message", param="messages")
         for i, message in enumerate(messages):
@@ -220,6 +217,7 @@ class ChatCompletionRequest(BaseModel):
                 frequency_penalty=self.frequency_penalty or 0.0,
                 logprobs=bool(self.logprobs),
                 top_logprobs=self.top_logprobs or 0,
+                **output,
             ),
             constraints=Constraints(
                 max_params_b=options.max_params_b,
@@ -234,6 +232,8 @@ class ChatCompletionRequest(BaseModel):
                         ("logprobs", bool(self.logprobs)),
                         ("presence_penalty", bool(self.presence_penalty)),
                         ("frequency_penalty", bool(self.frequency_penalty)),
+                        ("tools", "tools" in output and output.get("tool_choice") != "none"),
+                        ("json_schema", "response_format" in output),
                     )
                     if needed
                 ),
@@ -292,8 +292,16 @@ def _served_only(data: dict[str, Any]) -> dict[str, Any]:
     known = ChatCompletionRequest.model_fields
     out = {name: value for name, value in data.items() if name in known}
     if isinstance(messages := out.get("messages"), list):
-        served = ("role", "content", "name")
-        out["messages"] = [{k: v for k, v in m.items() if k in served} if isinstance(m, dict) else m for m in messages]
+        out["messages"] = [_served_message(m) if isinstance(m, dict) else m for m in messages]
+    return out
+
+
+def _served_message(message: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        k: v for k, v in message.items() if k in _MESSAGE_FIELDS and (k in ("role", "content") or v not in (None, []))
+    }
+    if out.get("role") == "assistant" and out.get("tool_calls") and "content" not in out:
+        out["content"] = None
     return out
 
 
@@ -318,7 +326,8 @@ def _invalid(exc: ValidationError, data: dict[str, Any]) -> InvalidRequest:
     """The first error, at its deepest place (a union reports one error per member), as a 400."""
     errors = exc.errors()
     first = max(errors, key=lambda error: len(error["loc"]))
-    param = _param(tuple(first["loc"]), data, missing=first["type"] == "missing")
+    tag = ("role",) if first["type"].startswith("union_tag_") else ()  # a message's role picks its model
+    param = _param(tuple(first["loc"]) + tag, data, missing=first["type"] in ("missing", "union_tag_not_found"))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"].endswith("_type"):
         value = first.get("input")

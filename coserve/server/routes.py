@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Receive, Scope, Send
 
+from coserve.backends.registry import capabilities
 from coserve.config import ServerSettings
 from coserve.engine.call import Call, Timings
 from coserve.engine.engine import Engine
@@ -159,6 +160,8 @@ async def _streamed(state: ServerState, call: Call) -> StreamingResponse:
                     if state.decisions.store_text:
                         parts.append(chunk.text)
                     yield frames.content(chunk.text, chunk.logprobs)
+                if chunk.tool_calls:
+                    yield frames.tool_calls(chunk.tool_calls)
                 if chunk.finish_reason:
                     yield frames.finish(chunk.finish_reason)
                     if call.request.stream_usage and chunk.usage is not None:
@@ -209,6 +212,7 @@ async def models(state: ApiState) -> dict[str, Any]:
                     "params_b": spec.params_b,
                     "context": spec.context,
                     "tags": list(spec.tags),
+                    "capabilities": sorted(capabilities(spec)),
                     "tier": experts[spec.name]["tier"],
                 },
             }
