@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coserve.config_routing import RoutingSettings
+from coserve.config_routing import OnlineSettings, RoutingSettings
 from coserve.errors import ConfigError
 from coserve.paths import default_library_path
 from coserve.types import ROUTED_MODEL
@@ -155,21 +155,6 @@ class Budget(_Strict):
 
     avg_params_b: float | None = Field(None, gt=0)
     avg_price: float | None = Field(None, ge=0)
-
-
-class OnlineSettings(_Strict):
-    """Learning from traffic (coserve.router.online, docs/adapt.md): needs router.trained and a budget."""
-
-    prior_strength: float = Field(50.0, gt=0)  # pseudo-counts of the trained router's scores
-    max_count: float = Field(100.0, gt=0)  # cap on a score's pseudo-counts (old evidence fades)
-    step: float = Field(0.005, gt=0)  # the budget controller's step
-    explore_cap: float = Field(0.0, ge=0, le=1)  # most share of traffic that explores
-    window: int = Field(500, gt=0)  # requests in the sliding window (realised cost, exploring share)
-    mix_window: int = Field(200, ge=0)  # requests whose category mix sets the feed-forward weight (0: none)
-    change_threshold: float = Field(16.0, ge=0)  # a changed expert's alarm level (0: no change detector)
-    change_drift: float = Field(0.05, ge=0)  # half the smallest shift in an expert's scores worth noticing
-    reset_count: float = Field(5.0, gt=0)  # pseudo-counts a changed expert's scores keep
-    signals: tuple[Literal["failure", "timeout", "fallback"], ...] = ()  # counted as a score of 0
 
 
 class RouterSettings(_Strict):

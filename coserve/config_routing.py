@@ -1,4 +1,5 @@
-"""The ``routing:`` section of a library file: one choice per request, or a cascade (docs/library.md).
+"""The ``routing:`` section of a library file: one choice per request, or a cascade (docs/library.md);
+and ``router.online``, learning from traffic (docs/adapt.md).
 
 A leaf like coserve.config (which embeds it): it knows nothing about the check's model or the engine.
 """
@@ -9,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["CascadeSettings", "RoutingSettings"]
+__all__ = ["CascadeSettings", "OnlineSettings", "RoutingSettings"]
 
 
 class CascadeSettings(BaseModel):
@@ -38,3 +39,20 @@ class RoutingSettings(BaseModel):
         if self.mode == "cascade" and self.cascade is None:
             raise ValueError("mode cascade needs a cascade: section (at least cascade.check)")
         return self
+
+
+class OnlineSettings(BaseModel):
+    """Learning from traffic (coserve.router.online, docs/adapt.md): needs router.trained and a budget."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prior_strength: float = Field(50.0, gt=0)  # pseudo-counts of the trained router's scores
+    max_count: float = Field(100.0, gt=0)  # cap on a score's pseudo-counts (old evidence fades)
+    step: float = Field(0.005, gt=0)  # the budget controller's step
+    explore_cap: float = Field(0.0, ge=0, le=1)  # most share of traffic that explores
+    window: int = Field(500, gt=0)  # requests in the sliding window (realised cost, exploring share)
+    mix_window: int = Field(200, ge=0)  # requests whose category mix sets the feed-forward weight (0: none)
+    change_threshold: float = Field(16.0, ge=0)  # a changed expert's alarm level (0: no change detector)
+    change_drift: float = Field(0.05, ge=0)  # half the smallest shift in an expert's scores worth noticing
+    reset_count: float = Field(5.0, gt=0)  # pseudo-counts a changed expert's scores keep
+    signals: tuple[Literal["failure", "timeout", "fallback"], ...] = ()  # counted as a score of 0
