@@ -19,13 +19,14 @@ from conftest import HELD_OUT
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
+from coserve.backends.call_stream import AnswerOutlet
 from coserve.backends.openai_wire import sampling_body
 from coserve.backends.structured import grammar, template_message, wire_message
-from coserve.backends.tool_calls import ToolCallParser
+from coserve.backends.tool_calls import ToolCallParser, joined_calls
 from coserve.config import ExpertSpec
 from coserve.engine.engine import Engine
 from coserve.server.app import create_app
-from coserve.types import Message, Sampling, ToolCall
+from coserve.types import Chunk, Message, Sampling, ToolCall, Usage
 
 URL = "/v1/chat/completions"
 PROMPT = HELD_OUT["chat"]  # routed to "small": "hello friend how are you this morning"
@@ -183,6 +184,75 @@ def test_a_call_in_the_history_reads_as_a_template_and_as_the_wire_expect() -> N
     assert wire_message(tool) == template_message(tool) == {"role": "tool", "content": "21 C", "tool_call_id": "call_1"}
 
 
+# -- streaming the calls: forced ones as they are written, auto ones once parsed -------------------
+
+TOKENS = ['<tool_call>', '\n', '{"', 'name', '":', ' "', 'get', '_weather', '",', ' "', 'arguments', '":',
+          ' {"', 'city', '":', ' "', 'Paris', '"}}', '\n', '</tool_call>']  # fmt: skip
+
+
+def outlet_run(tokens: list[str], finish: str = "stop", *, forced: bool = True) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    outlet = AnswerOutlet(lambda chunk: chunks.append(chunk) and False, frozenset({"get_weather", "get_time"}), forced)
+    for token in tokens:
+        outlet.text(token)
+    outlet.end(finish, Usage(1, len(tokens)))
+    return chunks
+
+
+def test_a_forced_call_goes_out_as_its_name_closes_then_a_piece_per_token() -> None:
+    chunks = outlet_run(TOKENS)
+    deltas = [d for chunk in chunks for d in chunk.tool_calls]
+    assert deltas[0].id is not None and deltas[0].id.startswith("call_")
+    assert [(d.index, d.name, d.arguments) for d in deltas] == [
+        (0, "get_weather", ""),  # when '",' closes the name
+        *((0, None, piece) for piece in ['{"', "city", '":', ' "', "Paris", '"}']),
+    ]
+    assert all(d.id is None for d in deltas[1:])
+    assert [c.text for c in chunks] == [""] * len(chunks) and chunks[-1].finish_reason == "tool_calls"
+    assert len(chunks) == len(deltas) + 1
+
+
+def test_a_forced_call_cut_by_max_tokens_ends_with_length_and_the_pieces_written() -> None:
+    chunks = outlet_run(TOKENS[:17], "length")  # up to "Paris"
+    deltas = [d for chunk in chunks for d in chunk.tool_calls]
+    assert "".join(d.arguments for d in deltas) == '{"city": "Paris'
+    assert chunks[-1].finish_reason == "length"
+
+
+@pytest.mark.parametrize("size", range(1, 40))
+def test_forced_calls_split_anywhere_join_into_the_arguments_as_written(size: int) -> None:
+    first = '{"city": "Pa}ris \\"x\\" {", "n": [1, {"a": 2}], "ok": true}'
+    text = (
+        f'<tool_call>\n{{"name": "get_weather", "arguments": {first}}}\n</tool_call>\n'
+        '<tool_call>\n{"name":"get_time","arguments":{}}\n</tool_call>'
+    )
+    deltas = [d for chunk in outlet_run(pieces(text, size)) for d in chunk.tool_calls]
+    assert [(d.index, d.name) for d in deltas if d.id is not None] == [(0, "get_weather"), (1, "get_time")]
+    assert [c.arguments for c in joined_calls(deltas)] == [first, "{}"]
+    assert json.loads(first)["city"] == 'Pa}ris "x" {'
+
+
+def test_a_forced_answer_of_another_shape_is_parsed_whole() -> None:
+    text = '<tool_call>\n{"arguments": {"city": "Paris"}, "name": "get_weather"}\n</tool_call>'
+    assert not any(chunk.tool_calls for chunk in outlet_run(pieces(text[:-1], 4), "length"))  # none before it closed
+    chunks = outlet_run(pieces(text, 4))
+    deltas = [d for chunk in chunks for d in chunk.tool_calls]
+    assert [(d.index, d.name, d.arguments) for d in deltas] == [(0, "get_weather", ""), (0, None, '{"city": "Paris"}')]
+    assert chunks[-1].finish_reason == "tool_calls"
+
+
+def test_an_auto_call_is_parsed_whole_and_streamed_in_one_piece() -> None:
+    text = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    outlet_chunks = outlet_run(pieces(text, 5), forced=False)
+    assert len(outlet_chunks) == 3  # the two deltas after the block closed, then the finish
+    deltas = [d for chunk in outlet_chunks for d in chunk.tool_calls]
+    assert [(d.index, d.name, d.arguments) for d in deltas] == [
+        (0, "get_weather", ""),
+        (0, None, '{"city": "Paris"}'),
+    ]
+    assert outlet_chunks[-1].finish_reason == "tool_calls"
+
+
 # -- through the app --------------------------------------------------------------------------------
 
 
@@ -203,7 +273,10 @@ def test_a_forced_call_is_answered_as_tool_calls(client: TestClient) -> None:
     assert calls[0].id.startswith("call_")
 
 
-def test_a_streamed_call_comes_as_id_and_name_then_arguments(client: TestClient) -> None:
+def test_a_forced_call_streams_its_arguments_in_pieces_as_they_are_written(client: TestClient) -> None:
+    """The fake writes ``<tool_call>\\n{"name": "get_time", "arguments": {"echo": "morning"}}\\n</tool_call>``
+    in 8-character pieces: the name closes in the 4th (``t_time",``), the arguments begin in the 6th
+    (``nts": {"``) and end in the 9th (``}}\\n</too``), so the arguments come in four pieces."""
     named = {"type": "function", "function": {"name": "get_time"}}
     response = client.post(URL, json=chat(stream=True, tools=[WEATHER, TIME], tool_choice=named))
     assert response.status_code == 200, response.text
@@ -212,9 +285,13 @@ def test_a_streamed_call_comes_as_id_and_name_then_arguments(client: TestClient)
     assert deltas[0]["role"] == "assistant"
     calls = [d["tool_calls"] for d in deltas if "tool_calls" in d]
     call_id = calls[0][0]["id"]
+    assert call_id.startswith("call_")
     assert calls == [
         [{"index": 0, "id": call_id, "type": "function", "function": {"name": "get_time", "arguments": ""}}],
-        [{"index": 0, "function": {"arguments": '{"echo": "morning"}'}}],
+        [{"index": 0, "function": {"arguments": '{"'}}],
+        [{"index": 0, "function": {"arguments": 'echo": "'}}],
+        [{"index": 0, "function": {"arguments": 'morning"'}}],
+        [{"index": 0, "function": {"arguments": "}"}}],
     ]
     assert [e["choices"][0]["finish_reason"] for e in events][-1] == "tool_calls"
     assert not any(d.get("content") for d in deltas)

@@ -106,7 +106,10 @@ def test_a_named_call_streams_as_openai_streams_it(openai_client: Any) -> None:
     first, rest = deltas[0], deltas[1:]
     assert (first.index, first.type, first.function.name) == (0, "function", "get_weather")
     assert first.id.startswith("call_") and rest and all(d.id is None and d.function.name is None for d in rest)
-    _valid(json.loads("".join(d.function.arguments or "" for d in deltas)), WEATHER_PARAMETERS)
+    assert first.function.arguments == "" and all(d.index == 0 for d in rest)
+    pieces = [d.function.arguments for d in rest]
+    assert len(pieces) > 1 and all(pieces), pieces  # streamed as the tokens came, not in one piece
+    _valid(json.loads("".join(pieces)), WEATHER_PARAMETERS)
 
 
 def test_auto_parses_the_call_the_model_writes_on_its_own(openai_client: Any) -> None:

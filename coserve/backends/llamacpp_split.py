@@ -38,6 +38,7 @@ from typing import Any
 
 from coserve.backends import llama_capi
 from coserve.backends.base import Emit, Handle
+from coserve.backends.call_stream import AnswerOutlet
 from coserve.backends.chores import StopStrings, check_context, declared_concurrency, token_cap
 from coserve.backends.gguf_header import kv_cache_bytes, n_vocab, read_header
 from coserve.backends.llama_decode import BATCH, DecodeContext, Request
@@ -50,7 +51,6 @@ from coserve.backends.llama_memory import (
 )
 from coserve.backends.llama_model import KV_TYPES, LoadedModel, new_sampler
 from coserve.backends.structured import forced_tool_names, grammar, template_tools, tool_names
-from coserve.backends.tool_calls import AnswerOutlet
 from coserve.config import ExpertSpec
 from coserve.cpus import usable_cores
 from coserve.errors import AssetError, ExpertFailed, ExpertLoadError, InvalidRequest
@@ -173,7 +173,7 @@ class LlamaCppSplitBackend:
             raise
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopStrings(sampling.stop)
-        outlet = AnswerOutlet(emit or (lambda chunk: False), names)
+        outlet = AnswerOutlet(emit or (lambda chunk: False), names, forced=bool(forced_tool_names(sampling)))
         received = 0
         ended = False
         try:

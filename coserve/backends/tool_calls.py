@@ -7,8 +7,8 @@ functions and whose ``arguments`` is an object (or JSON text of one); any other 
 content, as written. Small models often answer a tools request with the object alone, without
 the tags (Qwen2.5-Coder-0.5B bare, -1.5B in a Markdown ```json fence): an answer that is nothing
 but such an object, fenced or not, is a call too (held back until the answer ends). Text that may begin a block
-is held back until it is known; whitespace around calls is dropped. Each call is streamed as two
-deltas, as OpenAI streams them: the first with its ``id`` and ``name``, then its arguments.
+is held back until it is known; whitespace around calls is dropped. How the calls are streamed:
+coserve.backends.call_stream.
 
 It knows nothing of runtimes, grammars or HTTP.
 """
@@ -18,13 +18,17 @@ from __future__ import annotations
 import json
 import uuid
 
-from coserve.backends.base import Emit
 from coserve.backends.structured import CALL_CLOSE, CALL_OPEN
-from coserve.types import Chunk, TokenLogprob, ToolCall, ToolCallDelta, Usage
+from coserve.types import ToolCall, ToolCallDelta
 
-__all__ = ["AnswerOutlet", "ToolCallParser", "call_deltas", "joined_calls"]
+__all__ = ["ToolCallParser", "call_deltas", "joined_calls", "new_call_id"]
 
 _FENCE = "```"
+
+
+def new_call_id() -> str:
+    """A call's id, as OpenAI writes them (``call_`` and 24 characters)."""
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def call_deltas(index: int, call: ToolCall) -> tuple[ToolCallDelta, ToolCallDelta]:
@@ -81,7 +85,7 @@ class ToolCallParser:
                 return None
         if not isinstance(arguments, dict):
             return None
-        return ToolCall(f"call_{uuid.uuid4().hex[:24]}", data["name"], json.dumps(arguments, ensure_ascii=False))
+        return ToolCall(new_call_id(), data["name"], json.dumps(arguments, ensure_ascii=False))
 
     def _content(self, text: str) -> str:
         """Content to emit now: trailing whitespace waits (it may only come before a call), the rest
@@ -145,37 +149,3 @@ class ToolCallParser:
                 self.calls.append(call)
                 return "", [call]
         return ("" if self.calls and not held.strip() else held), []
-
-
-class AnswerOutlet:
-    """Emits a local expert's answer through a ToolCallParser: content chunks (each with the
-    log-probabilities of the tokens it carries, or of earlier ones held back), a chunk per tool-call
-    delta, and the last chunk, whose finish_reason is ``tool_calls`` when the answer made calls."""
-
-    def __init__(self, emit: Emit, names: frozenset[str]):
-        self.emit = emit
-        self.parser = ToolCallParser(names)
-        self.pending: list[TokenLogprob] = []  # entries of tokens whose text is not emitted yet
-
-    def _send(self, content: str, calls: list[ToolCall]) -> bool:
-        if content:
-            logprobs, self.pending = tuple(self.pending), []
-            if self.emit(Chunk(content, logprobs=logprobs)):
-                return True
-        first = len(self.parser.calls) - len(calls)  # the index of the first of these calls
-        for index, call in enumerate(calls, start=first):
-            for delta in call_deltas(index, call):
-                if self.emit(Chunk("", tool_calls=(delta,))):
-                    return True
-        return False
-
-    def text(self, text: str) -> bool:
-        """Emit what of ``text`` is known; True when the caller went away."""
-        return self._send(*self.parser.feed(text)) if text else False
-
-    def end(self, finish: str, usage: Usage) -> None:
-        """Emit what is still held and the last chunk."""
-        if self._send(*self.parser.finish()):
-            return
-        reason = "tool_calls" if self.parser.calls and finish == "stop" else finish
-        self.emit(Chunk("", reason, usage, tuple(self.pending)))
