@@ -394,6 +394,26 @@ def test_a_capability_no_expert_has_is_a_422_naming_its_parameter(make_engine: C
         assert client.post(URL, json=chat(max_tokens=2, logprobs=True)).status_code == 200
 
 
+@pytest.mark.parametrize("declared", [False, True])
+def test_an_image_part_is_a_400_naming_its_type_even_where_an_expert_declares_vision(
+    make_engine: Callable[..., Engine], declared: bool
+) -> None:
+    """coserve sends its experts text only: an image part is refused at the edge, a ``vision``
+    expert in the library or not (docs/api.md)."""
+    engine = make_engine(all_fields={"capabilities": ["vision"]} if declared else {})
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": PROMPT}, image]},
+    ]
+    with TestClient(create_app(engine)) as client:
+        response = client.post(URL, json={"model": "coserve", "messages": messages})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("messages[1].content[1].type", "unsupported_parameter")
+    assert error["message"].startswith("messages[1].content[1].type: 'image_url' parts are not served")
+
+
 def test_an_unknown_declared_capability_stops_the_library(make_engine: Callable[..., Engine]) -> None:
     from coserve.errors import ConfigError
 

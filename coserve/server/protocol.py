@@ -103,6 +103,7 @@ def refuse_unsupported(data: dict[str, Any], unknown: UnknownParameters = "refus
             )
     messages = data.get("messages")
     for i, message in enumerate(messages if isinstance(messages, list) else []):
+        _refuse_non_text_parts(i, message.get("content") if isinstance(message, dict) else None)
         for name, value in message.items() if isinstance(message, dict) else ():
             # What an assistant turn echoed back by a client may hold: only empty it changes nothing.
             if name not in _MESSAGE_FIELDS and value not in (None, []):
@@ -111,6 +112,21 @@ def refuse_unsupported(data: dict[str, Any], unknown: UnknownParameters = "refus
                     param=f"messages[{i}].{name}",
                     code="unsupported_parameter",
                 )
+
+
+def _refuse_non_text_parts(i: int, content: Any) -> None:
+    """InvalidRequest (400) naming the first content part of message ``i`` that is not text (an
+    image, audio, a file): coserve carries text to its experts, whatever capability one declares."""
+    for j, part in enumerate(content if isinstance(content, list) else []):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if isinstance(kind, str) and kind != "text":
+            what = "image input (vision)" if kind == "image_url" else "this content"
+            raise InvalidRequest(
+                f"messages[{i}].content[{j}].type: {kind!r} parts are not served; coserve sends its experts "
+                f"text parts only, so no expert is given {what}",
+                param=f"messages[{i}].content[{j}].type",
+                code="unsupported_parameter",
+            )
 
 
 class ChatCompletionRequest(BaseModel):
