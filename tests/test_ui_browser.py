@@ -20,6 +20,8 @@ import pytest
 import yaml
 from conftest import HELD_OUT
 from live import LiveServer
+from test_online_serving import _online_library
+from test_trained_routing import CHAT, CODE, trained_dir  # noqa: F401  (a fixture)
 
 from coserve.server.auth import hash_key
 from coserve.types import ROUTED_MODEL
@@ -200,6 +202,32 @@ def test_readable_without_horizontal_overflow(browser: Any, live: LiveServer, wi
         font = p.evaluate("parseFloat(getComputedStyle(document.querySelector('#experts td')).fontSize)")
         assert font >= 12
         assert opened.errors == []
+    finally:
+        opened.close()
+
+
+@pytest.mark.usefixtures("trained_dir")  # `coserve train` on separable data, in tmp_path/router
+def test_the_budget_line_shows_the_target_and_what_the_window_spent(browser: Any, tmp_path: Path) -> None:
+    """``router.online`` (a trained router over small 1 B, mid 3 B and big 7 B; a 7 B budget): the
+    code prompt goes to big, the chat prompt to small, so the window spent (7 + 7 + 1) / 3 = 5 B.
+    The line is drawn from /ui/api/map's ``budget`` and redrawn as the map is polled."""
+    opened = Page(browser)
+    try:
+        with LiveServer(tmp_path, library=_online_library(tmp_path), shutdown_timeout=5.0) as server:
+            p = opened.open(server.url)
+            ready(p)
+            line = p.locator("#budget")
+            expect(line).to_contain_text("target 7.000 B params, realised over the window nothing served yet")
+            with httpx.Client(base_url=server.url, timeout=30.0) as client:
+                for text in (CODE, CODE, CHAT):
+                    chat(client, ROUTED_MODEL, text)
+                budget = client.get("/ui/api/map").json()["budget"]
+            assert (budget["axis"], budget["target"], budget["realised"]) == ("params", 7.0, 5.0)
+            expect(line).to_contain_text(
+                f"target {budget['target']:.3f} B params, realised over the window {budget['realised']:.3f} B params"
+            )
+            expect(line).to_contain_text(f"map version {budget['map_version']}")
+            assert opened.errors == []
     finally:
         opened.close()
 
