@@ -4,10 +4,11 @@
     .venv/bin/python scripts/plan_scale.py [--repeats 3] [--time-limit 20] [--json docs/data/plan-scale.json]
 
 Solves seeded synthetic instances of 10 experts on 3 nodes, 100 on 30 and 1,000 on 100: nodes of
-64 GiB host memory, expert footprints drawn from 1-8 GiB, traffic shares Zipf-distributed (the
+64 GiB host memory and speeds 1, 1.5 and 2 in turn, expert footprints drawn from 1-8 GiB, seconds
+of work per request proportional to the footprint times 0.5-2, traffic shares Zipf-distributed (the
 expert of rank k gets a share proportional to 1/k). Each size is solved ``--repeats`` times (sizes
 alternating) and the median wall time of ``plan`` (building the program + HiGHS) is reported, with
-the program's size, the busiest node's share, the cold-load bound, whether HiGHS proved its
+the program's size, the busiest node's compute load, the cold-load bound, whether HiGHS proved its
 gap (1e-3) or stopped at ``--time-limit`` seconds (then its gap is reported). Above
 1,000 expert-node pairs each expert may only use its candidate nodes (coserve.distributed.candidates).
 """

@@ -9,7 +9,7 @@ planner keeps whichever of it and HiGHS's solution scores better.
 
 Greedy: experts by falling compute (traffic times work per request); expert e gets
 ``ceil(t_e k_e * N)`` replicas (k_e its mean load factor over the nodes: its share spread so that no
-replica carries more than an even node's compute), each on the node with the least compute load
+replica carries more than an even node's compute), each on the node whose compute load is least with it
 that can keep it resident, else that can swap it in, never exceeding memory. Pure; knows nothing about HiGHS.
 """
 
@@ -63,7 +63,8 @@ def greedy(
             for resident in (True, False):
                 fitting = [n for n in free if _room(hosted[n.name] + [(expert, resident)], footprints, n)]
                 if fitting:
-                    node = min(fitting, key=lambda n: (load[n.name], n.name))
+                    # the node whose compute load stays lowest with this replica on it
+                    node = min(fitting, key=lambda n: (load[n.name] + share / wanted * factor(expert, n.name), n.name))
                     chosen.append((node.name, resident))
                     hosted[node.name].append((expert, resident))
                     break
