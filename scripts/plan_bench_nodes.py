@@ -55,8 +55,11 @@ def best_split(
     eq = [[1.0 if p[0] == e else 0.0 for p in pairs] + [0.0] for e in traffic]
     upper = [[factors[(e, n)] if n == node else 0.0 for e, n, _ in pairs] + [-1.0] for node in NODES]
     result = linprog(cost, A_ub=upper, b_ub=[0.0, 0.0], A_eq=eq, b_eq=list(traffic.values()), method="highs")
-    shares = {node: {e: round(float(x), 6) for (e, n, _), x in zip(pairs, result.x) if n == node} for node in NODES}
-    swapped = sum(float(x) for (_, _, resident), x in zip(pairs, result.x) if not resident)
+    shares = {
+        node: {e: round(float(x), 6) for (e, n, _), x in zip(pairs, result.x[:-1], strict=True) if n == node}
+        for node in NODES
+    }
+    swapped = sum(float(x) for (_, _, resident), x in zip(pairs, result.x[:-1], strict=True) if not resident)
     return float(result.x[-1]), swapped, shares
 
 
@@ -65,7 +68,7 @@ def layouts(footprints: dict[str, Footprint], budget: int) -> list[tuple[dict[st
     experts = sorted(footprints)
     per_node = []
     for states in itertools.product((None, True, False), repeat=len(experts)):
-        hosted = {e: s for e, s in zip(experts, states) if s is not None}
+        hosted = {e: s for e, s in zip(experts, states, strict=True) if s is not None}
         if memory_used(hosted.items(), footprints)[0] <= budget:
             per_node.append(hosted)
     out, seen = [], set()
@@ -114,12 +117,17 @@ def main() -> int:
         rows = []
         for layout in layouts(timed, budget):
             busiest, swapped, shares = best_split(layout, factors, traffic, 1.0)
-            balanced, balanced_swapped, _ = best_split(layout, factors, traffic, 0.0)
+            balanced, balanced_swapped, balanced_shares = best_split(layout, factors, traffic, 0.0)
             rows.append(
                 {
                     "nodes": [describe(hosted) for hosted in layout],
                     "at_weight_1": {"busiest": round(busiest, 6), "swapped": round(swapped, 6), "shares": shares},
-                    "most_balanced": {"busiest": round(balanced, 6), "swapped": round(balanced_swapped, 6)},
+                    "most_balanced": {
+                        "busiest": round(balanced, 6),
+                        "swapped": round(balanced_swapped, 6),
+                        "shares": balanced_shares,
+                        "swapped_nodes": {NODES[j]: not any(h.values()) for j, h in enumerate(layout)},
+                    },
                 }
             )
         rows.sort(key=lambda r: r["at_weight_1"]["busiest"] + r["at_weight_1"]["swapped"])
@@ -139,6 +147,13 @@ def main() -> int:
         kept = picks["default_weight_1"]
         best = min(rows, key=lambda r: (r["most_balanced"]["busiest"], r["most_balanced"]["swapped"]))
         gain = kept["busiest"] - best["most_balanced"]["busiest"]
+        # a swapped node serving its experts in random order: a request meets a cold load when the one
+        # before it was to another expert, probability sum_e p_e (1 - p_e) of the node's shares p_e
+        reload = {}
+        for node, served in best["most_balanced"]["shares"].items():
+            total = sum(served.values())
+            if best["most_balanced"]["swapped_nodes"][node] and total > 0:
+                reload[node] = round(sum(v / total * (1 - v / total) for v in served.values()), 6)
         extra = best["most_balanced"]["swapped"] - kept["swapped"]
         results[source] = {
             "seconds_per_request": {e: round(s, 6) for e, s in sorted(seconds.items())},
@@ -147,6 +162,7 @@ def main() -> int:
             "picked": picks,
             "most_balanced": best["nodes"],
             "break_even_weight": round(gain / extra, 6) if extra > 0 else None,
+            "most_balanced_cold_fraction": reload,
         }
         print(
             f"{source}: picked {kept['nodes']} (busiest {kept['busiest']:.3f}); balanced {best['nodes']} "
