@@ -176,3 +176,26 @@ def test_plan_command_takes_measured_seconds_from_the_cluster_file(tmp_path: Pat
     big_node = next(n for n in report["nodes"] if [r["expert"] for r in n["experts"]] == ["big"])
     assert big_node["compute_load"] == pytest.approx(0.5 / (0.5 + coder + small), abs=1e-6)
     assert report["busiest_load"] == pytest.approx(0.5 / (0.5 + coder + small), abs=1e-6)
+
+
+def test_the_cluster_benchmark_passes_its_cold_load_weight_to_the_planner(tmp_path: Path) -> None:
+    """Fakes of 10, 20 and 30 MiB with equal work (same nbytes), a third of the requests each, on the
+    benchmark's two nodes of 32 MiB (30 x 1.05, rounded up to a MiB). All resident only as
+    {big} | {coder, small}: 2/3 of the work on one node. Balanced: big and coder swapped on one node
+    (30 MiB of room), coder and small resident on the other, coder's third split 1/6 + 1/6: 1/2 on
+    each node, 1/3 + 1/6 = 1/2 of the requests swapped (or the same with small in coder's place):
+    0.5 + w/2 < 2/3 when w < 1/3. The default (1) keeps big alone; 0.3 does not."""
+    from coserve.bench.cluster import plan_nodes
+    from coserve.config import load_library
+
+    sizes = {"small": 10, "coder": 20, "big": 30}
+    library = load_library(
+        write_library(tmp_path, options={e: {"footprint": m * MiB, "nbytes": MiB} for e, m in sizes.items()})
+    )
+    kept = plan_nodes(library, ["node-1", "node-2"], tmp_path)
+    assert "planner" not in yaml.safe_load(kept["path"].read_text())
+    assert sorted(sorted(row["experts"]) for row in kept["placement"].values()) == [["big"], ["coder", "small"]]
+    split = plan_nodes(library, ["node-1", "node-2"], tmp_path, cold_load_weight=0.3)
+    assert yaml.safe_load(split["path"].read_text())["planner"] == {"cold_load_weight": 0.3}
+    assert split["budget"] == 32 * MiB
+    assert all(row["experts"] != ["big"] for row in split["placement"].values())
