@@ -199,3 +199,18 @@ def test_the_cluster_benchmark_passes_its_cold_load_weight_to_the_planner(tmp_pa
     assert yaml.safe_load(split["path"].read_text())["planner"] == {"cold_load_weight": 0.3}
     assert split["budget"] == 32 * MiB
     assert all(row["experts"] != ["big"] for row in split["placement"].values())
+
+
+def test_a_node_that_changes_speed_is_re_planned() -> None:
+    """x (2/3) and y (1/3) planned on equal nodes: x on both. Node a becoming twice as fast is a reason
+    to re-plan, and the new plan puts x alone on a and y on b (see the faster-node test)."""
+    from coserve.distributed.replan import replan, why_replan
+
+    footprints = {"x": Footprint(GiB), "y": Footprint(GiB)}
+    traffic = {"x": 2 / 3, "y": 1 / 3}
+    old = plan(nodes(("a", 4 * GiB, 1.0), ("b", 4 * GiB, 1.0)), footprints, traffic)
+    faster = nodes(("a", 4 * GiB, 2.0), ("b", 4 * GiB, 1.0), move_weight=0.0)
+    assert why_replan(old, faster, footprints, traffic, 0.1) == "node a changed speed"
+    assert why_replan(old, nodes(("a", 4 * GiB, 1.0), ("b", 4 * GiB, 1.0)), footprints, traffic, 0.1) is None
+    new = replan(old, faster, footprints, traffic, 0.1)
+    assert layout(new) == {("x", "a", True, round(2 / 3, 6)), ("y", "b", True, round(1 / 3, 6))}
