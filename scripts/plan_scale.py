@@ -4,10 +4,11 @@
     .venv/bin/python scripts/plan_scale.py [--repeats 3] [--time-limit 20] [--json docs/data/plan-scale.json]
 
 Solves seeded synthetic instances of 10 experts on 3 nodes, 100 on 30 and 1,000 on 100: nodes of
-64 GiB host memory, expert footprints drawn from 1-8 GiB, traffic shares Zipf-distributed (the
+64 GiB host memory and speeds 1, 1.5 and 2 in turn, expert footprints drawn from 1-8 GiB, seconds
+of work per request proportional to the footprint times 0.5-2, traffic shares Zipf-distributed (the
 expert of rank k gets a share proportional to 1/k). Each size is solved ``--repeats`` times (sizes
 alternating) and the median wall time of ``plan`` (building the program + HiGHS) is reported, with
-the program's size, the busiest node's share, the cold-load bound, whether HiGHS proved its
+the program's size, the busiest node's compute load, the cold-load bound, whether HiGHS proved its
 gap (1e-3) or stopped at ``--time-limit`` seconds (then its gap is reported). Above
 1,000 expert-node pairs each expert may only use its candidate nodes (coserve.distributed.candidates).
 """
@@ -31,23 +32,27 @@ from coserve.distributed.planner import MIP_GAP, plan  # noqa: E402
 
 GiB = 2**30
 SIZES = ((10, 3), (100, 30), (1000, 100))  # (experts, nodes)
+SPEEDS = (1.0, 1.5, 2.0)  # node speeds, in turn
 
 
 def instance(
     experts: int, nodes: int, time_limit: float, seed: int = 0
 ) -> tuple[Cluster, dict[str, Footprint], dict[str, float]]:
-    """A seeded cluster, footprints and Zipf traffic."""
+    """A seeded cluster (node speeds 1, 1.5, 2 in turn), footprints, Zipf traffic, and seconds per
+    request proportional to each footprint times a factor of 0.5-2 (experts differ in work)."""
     rng = random.Random(seed)
     cluster = Cluster.model_validate(
         {
-            "nodes": [{"name": f"node-{j}", "ram": 64 * GiB} for j in range(nodes)],
+            "nodes": [{"name": f"node-{j}", "ram": 64 * GiB, "speed": SPEEDS[j % 3]} for j in range(nodes)],
             "planner": {"time_limit_s": time_limit},
         }
     )
-    footprints = {f"expert-{i}": Footprint(int(rng.uniform(1, 8) * GiB)) for i in range(experts)}
-    order = list(footprints)
+    sizes = {f"expert-{i}": int(rng.uniform(1, 8) * GiB) for i in range(experts)}
+    order = list(sizes)
     rng.shuffle(order)
     traffic = {name: 1.0 / (rank + 1) for rank, name in enumerate(order)}
+    work = random.Random(seed + 1)
+    footprints = {e: Footprint(b, 0, b / GiB * work.uniform(0.5, 2.0)) for e, b in sizes.items()}
     return cluster, footprints, traffic
 
 
@@ -101,8 +106,10 @@ def main() -> int:
         "what": "planner wall time (build + HiGHS) per instance size; median of the runs",
         "time_limit_s": args.time_limit,
         "mip_rel_gap": MIP_GAP,
-        "note": "measured on a shared 2-core machine with other jobs running: timings are upper bounds; "
-        "re-run this command on a quiet machine for the figures to quote",
+        "note": "measured on a shared 2-core machine with other jobs running (contended): timings are upper "
+        "bounds; re-run this command on a quiet machine for the figures to quote. busiest_load is the busiest "
+        "node's compute load (node speeds 1/1.5/2, experts' seconds per request differ); 1/nodes stays a "
+        "lower bound of it",
         "sizes": rows,
     }
     write_data(Path(args.json), payload, [sys.executable, *sys.argv])

@@ -399,7 +399,9 @@ def test_transitions_between_planned_placements_keep_every_expert_served(seed: i
 
 def test_plan_command_on_the_fake_library(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """small 10, coder 20, big 30 MiB, each a third of the traffic (equal priors), big the fallback.
-    Nodes of 30 MiB: big fills one; small + coder fill the other (busiest 2/3, nothing swapped)."""
+    Nodes of 30 MiB: big fills one; small + coder fill the other (nothing swapped). Work per request is
+    estimated from the weights (10:20:30 MiB, so 1:2:3; mean 2): big's node spends (1/3)(3)/2 = 1/2 of
+    the compute, the other (1/3)(1 + 2)/2 = 1/2, though it serves 2/3 of the requests."""
     library = write_library(tmp_path)
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump({"nodes": [{"name": "a", "ram": "30MiB"}, {"name": "b", "ram": "30MiB"}]}))
@@ -410,10 +412,17 @@ def test_plan_command_on_the_fake_library(tmp_path: Path, capsys: pytest.Capture
     assert set(nodes) == {("big",), ("coder", "small")}
     assert nodes[("big",)]["ram_bytes"] == 30 * MiB and nodes[("coder", "small")]["ram_bytes"] == 30 * MiB
     assert nodes[("coder", "small")]["load"] == pytest.approx(2 / 3, abs=1e-6)
-    assert report["busiest_load"] == pytest.approx(2 / 3, abs=1e-6) and report["cold_share"] == 0
+    assert nodes[("coder", "small")]["compute_load"] == pytest.approx(1 / 2, abs=1e-6)
+    assert nodes[("big",)]["compute_load"] == pytest.approx(1 / 2, abs=1e-6)
+    assert report["busiest_load"] == pytest.approx(1 / 2, abs=1e-6) and report["cold_share"] == 0
+    assert report["busiest_share"] == pytest.approx(2 / 3, abs=1e-6)
     assert report["traffic"] == pytest.approx({"big": 1 / 3, "coder": 1 / 3, "small": 1 / 3}, abs=1e-6)
+    costs = report["seconds_per_request"]  # 128 tokens, each reading the weights at 20 GB/s
+    assert costs == pytest.approx(
+        {e: 128 * m * MiB / 20e9 for e, m in [("big", 30), ("coder", 20), ("small", 10)]}, abs=1e-6
+    )
     printed = capsys.readouterr().out
-    assert "0.03/0.03 GiB" in printed and "busiest node: 66.7%" in printed
+    assert "0.03/0.03 GiB" in printed and "busiest node: 50.0% of the compute (66.7% of requests" in printed
 
 
 def test_plan_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -439,7 +448,7 @@ def test_plan_command_takes_footprints_from_the_cluster_file(tmp_path: Path) -> 
 def test_plan_command_with_the_default_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Footprints of the default experts (general 0.48, coder 0.75, large 1.61 GiB) from their files;
     traffic large .55 (code, knowledge, writing), general .35 (chat), coder .10 (math). On two
-    2 GiB nodes large fills one; general + coder share the other: busiest .55, nothing swapped."""
+    2 GiB nodes large fills one; general + coder share the other: 55% of requests, nothing swapped."""
     from coserve.assets import is_assembled
     from coserve.backends.registry import get_backend
     from coserve.config import load_library
@@ -459,7 +468,12 @@ def test_plan_command_with_the_default_library(tmp_path: Path, monkeypatch: pyte
     assert set(nodes) == {("large",), ("coder", "general")}
     assert nodes[("coder", "general")]["ram_bytes"] == sizes["coder"] + sizes["general"]
     assert report["traffic"] == pytest.approx({"large": 0.55, "general": 0.35, "coder": 0.10}, abs=1e-6)
-    assert report["busiest_load"] == pytest.approx(0.55, abs=1e-6) and report["cold_share"] == 0
+    # Work per request estimated from the weights (Backend.nbytes): large's node spends its traffic
+    # times its weights over the traffic-weighted mean, though it serves 55% of the requests.
+    weights = {s.name: get_backend(s.backend).nbytes(s, base) for s in library.experts}
+    mean = 0.55 * weights["large"] + 0.35 * weights["general"] + 0.10 * weights["coder"]
+    assert report["busiest_load"] == pytest.approx(0.55 * weights["large"] / mean, abs=1e-6)
+    assert report["busiest_share"] == pytest.approx(0.55, abs=1e-6) and report["cold_share"] == 0
 
 
 # -- large programs: the greedy start and candidate nodes -------------------------------------------

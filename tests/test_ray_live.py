@@ -46,7 +46,10 @@ def _files(folder: Path, node_mib: int) -> AppArgs:
     library.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     cluster = folder / "cluster.yaml"
     nodes = [{"name": "a", "ram": node_mib * MiB}, {"name": "b", "ram": node_mib * MiB}]
-    cluster.write_text(yaml.safe_dump({"nodes": nodes}), encoding="utf-8")
+    # The fakes take the same time per request whatever their size (token_delay), so say so: the
+    # planner would otherwise estimate their work from their weights' bytes.
+    same_work = {spec["name"]: {"seconds_per_request": 0.25} for spec in data["experts"]}
+    cluster.write_text(yaml.safe_dump({"nodes": nodes, "experts": same_work}), encoding="utf-8")
     # The ingress and the HTTP proxy stay on the head node: a node killed is an expert host's.
     return AppArgs(library=str(library), cluster=str(cluster), max_replicas=1, ingress_node="a")
 

@@ -79,6 +79,7 @@ class ClusterBenchOptions:
     seed: int = 0
     timeout_s: float = 300.0  # a run ends at the latest this long after its last arrival
     fault: bool = True
+    cold_load_weight: float | None = None  # the generated cluster file's planner weight (None: its default)
 
 
 @contextlib.contextmanager
@@ -120,7 +121,9 @@ def node_library(library: LibraryConfig, nodes: int, folder: Path) -> Path:
     return path
 
 
-def plan_nodes(library: LibraryConfig, names: list[str], folder: Path) -> dict[str, Any]:
+def plan_nodes(
+    library: LibraryConfig, names: list[str], folder: Path, cold_load_weight: float | None = None
+) -> dict[str, Any]:
     """The simulated nodes' budget, the cluster file written for them and the planner's placement."""
     from coserve.distributed.cluster import Cluster, load_cluster
     from coserve.distributed.inputs import library_footprints, plan_library
@@ -129,7 +132,10 @@ def plan_nodes(library: LibraryConfig, names: list[str], folder: Path) -> dict[s
     footprints = {e: f.ram_bytes for e, f in library_footprints(library, probe).items()}
     budget = node_budget(footprints)
     path = folder / "cluster.yaml"
-    path.write_text(yaml.safe_dump({"nodes": [{"name": n, "ram": budget} for n in names]}), encoding="utf-8")
+    spec: dict[str, Any] = {"nodes": [{"name": n, "ram": budget} for n in names]}
+    if cold_load_weight is not None:
+        spec["planner"] = {"cold_load_weight": cold_load_weight}
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     placement, _ = plan_library(library, load_cluster(path))
     report = {
         node: {
@@ -293,7 +299,7 @@ def bench_cluster(library: LibraryConfig, options: ClusterBenchOptions) -> dict[
     runs: dict[str, list[dict[str, Any]]] = {"coserve": [], "peer": []}
     with tempfile.TemporaryDirectory() as tmp:
         library_path = str(node_library(library, options.nodes, Path(tmp)))
-        nodes = plan_nodes(library, names, Path(tmp))
+        nodes = plan_nodes(library, names, Path(tmp), options.cold_load_weight)
         print(f"{options.nodes} nodes of {nodes['budget'] / 2**20:.0f} MiB ({BUDGET_RULE}); placement: "
               + "; ".join(f"{n}: {', '.join(r['experts']) or '-'}" for n, r in nodes["placement"].items()))  # fmt: skip
         print(f"workload: {options.requests} requests, Poisson {options.rate}/s, {options.max_tokens} tokens at "

@@ -19,3 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a run may last after its last arrival")
     parser.add_argument("--no-fault", action="store_true", help="skip the run that kills a node halfway")
+    parser.add_argument(
+        "--cold-load-weight",
+        type=float,
+        help="the planner's cold_load_weight in the generated cluster file (default: the cluster file's default)",
+    )

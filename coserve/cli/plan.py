@@ -13,21 +13,25 @@ __all__ = ["add_plan_arguments", "plan_command"]
 
 
 def _format(report: dict[str, Any], remote: list[str]) -> str:
-    lines = [f"{'node':<12} {'load':>6} {'ram used/budget':>21} {'accel used/budget':>21}  experts"]
+    lines = [f"{'node':<12} {'compute':>7} {'requests':>8} {'ram used/budget':>21} {'accel used/budget':>21}  experts"]
     for node in report["nodes"]:
         experts = ", ".join(
             f"{r['expert']}{'' if r['resident'] else ' (swapped)'} {r['share']:.1%}" for r in node["experts"]
         )
         lines.append(
-            f"{node['name']:<12} {node['load']:>6.1%} "
+            f"{node['name']:<12} {node['compute_load']:>7.1%} {node['load']:>8.1%} "
             f"{node['ram_bytes'] / GiB:>9.2f}/{node['ram_budget_bytes'] / GiB:.2f} GiB "
             f"{node['accelerator_bytes'] / GiB:>9.2f}/{node['accelerator_budget_bytes'] / GiB:.2f} GiB  "
             f"{experts or '-'}"
         )
     shares = ", ".join(f"{e} {t:.1%} ({report['replicas'].get(e, 0)}x)" for e, t in report["traffic"].items())
     lines.append(f"expected traffic (replicas): {shares}")
+    costs = ", ".join(f"{e} {w:.3g} s" for e, w in report["seconds_per_request"].items())
+    speeds = ", ".join(f"{n} {s:g}" for n, s in report["speeds"].items())
+    lines.append(f"work per request (speed 1.0): {costs}; node speeds: {speeds}")
     lines.append(
-        f"busiest node: {report['busiest_load']:.1%} of requests; served by swapped replicas "
+        f"busiest node: {report['busiest_load']:.1%} of the compute ({report['busiest_share']:.1%} of requests "
+        f"at most on one node); served by swapped replicas "
         f"(cold-load bound): {report['cold_share']:.1%}"
         + (f"; solver gap {report['gap']:.2%} (time limit)" if report["gap"] > 1e-4 else "")
     )

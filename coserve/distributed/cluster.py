@@ -1,9 +1,10 @@
 """The cluster file (YAML) -> validated, frozen settings for the placement planner.
 
 A cluster file names the nodes experts can be placed on, each with its host memory and accelerator
-memory in bytes (``16GiB`` and the like, read by ``config.parse_bytes``) and optional labels; an
-optional ``planner`` section sets the objective's weights, and an optional ``experts`` section gives
-footprints for experts whose model files are not on the planning host. Every key is checked: an
+memory in bytes (``16GiB`` and the like, read by ``config.parse_bytes``), its relative speed
+(``speed``, default 1.0) and optional labels; an optional ``planner`` section sets the objective's
+weights, and an optional ``experts`` section gives footprints for experts whose model files are not
+on the planning host, and the measured seconds of work one request gives an expert. Every key is checked: an
 unknown key, a negative size or a duplicate node name is a ConfigError naming the file and the key's
 path (``nodes[1].ram``), as for the library file.
 
@@ -31,6 +32,9 @@ class Footprint:
 
     ram_bytes: int  # host memory (on a CPU backend: weights + KV caches + buffers, Backend.footprint)
     accelerator_bytes: int = 0  # device memory (0 for an expert served on CPU)
+    # Seconds a speed-1.0 node spends on one request to this expert (None: unknown; the planner then
+    # counts it as the traffic-weighted mean of the known ones, or all as equal when none is known).
+    seconds_per_request: float | None = None
 
 
 class _Strict(BaseModel):
@@ -47,6 +51,7 @@ class NodeSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
     ram: int  # bytes of host memory coserve may fill with experts
     accelerator: int = 0  # bytes of accelerator (GPU) memory coserve may fill; 0: none
+    speed: float = Field(1.0, gt=0)  # relative compute speed: a request takes 1/speed the seconds of 1.0
     labels: dict[str, str] = Field(default_factory=dict)  # free-form (zone, instance type...)
 
     @field_validator("ram", "accelerator", mode="before")
@@ -65,18 +70,31 @@ class PlannerSettings(_Strict):
 
 
 class ExpertFootprint(_Strict):
-    """A footprint given in the cluster file (for experts whose files the planning host lacks)."""
+    """What the cluster file says of an expert: its footprint (for experts whose files the planning
+    host lacks) and/or the seconds of work one request gives it (measured, e.g. ``coserve bench experts``)."""
 
-    ram: int
+    ram: int | None = None  # None: measured from the expert's backend
     accelerator: int = 0
+    seconds_per_request: float | None = Field(None, gt=0)  # on a speed-1.0 node; None: estimated
 
     @field_validator("ram", "accelerator", mode="before")
     @classmethod
-    def _bytes(cls, value: Any) -> int:
-        return _size(value)
+    def _bytes(cls, value: Any) -> int | None:
+        return None if value is None else _size(value)
+
+    @model_validator(mode="after")
+    def _something(self) -> ExpertFootprint:
+        if self.ram is None and self.seconds_per_request is None:
+            raise ValueError("give ram (with accelerator) and/or seconds_per_request")
+        if self.ram is None and self.accelerator:
+            raise ValueError("accelerator needs ram too")
+        return self
 
     def footprint(self) -> Footprint:
-        return Footprint(self.ram, self.accelerator)
+        """The footprint given (ram must be given)."""
+        if self.ram is None:
+            raise ConfigError("experts: this entry gives no ram")
+        return Footprint(self.ram, self.accelerator, self.seconds_per_request)
 
 
 class Cluster(_Strict):

@@ -5,7 +5,12 @@ The expected traffic of an expert is the summed prior of the categories the map 
 library's ``router.priors``, equal when absent; a trained router's own map and priors). Footprints
 come from the expert's backend (``Backend.footprint``: what the ACTIVE tier counts for it) unless the
 cluster file's ``experts`` section gives them; an expert behind ``backend: openai`` is served
-elsewhere and is not placed. This module knows nothing about Ray.
+elsewhere and is not placed. Each expert's seconds of work per request (on a speed-1.0 node) is the
+cluster file's ``experts.<name>.seconds_per_request`` (measured: e.g. ``coserve bench experts``'s
+``ttft_warm_s + tokens / decode_tok_s``), else a first-order estimate (``estimated_seconds``): decoding
+is bound by memory bandwidth, so a request of ``ESTIMATE_TOKENS`` tokens reads the weights
+(``Backend.nbytes``) once per token at ``ESTIMATE_BANDWIDTH``. Only the ratios between experts change
+a placement unless some are measured and some estimated. This module knows nothing about Ray.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ if TYPE_CHECKING:  # the CLI imports this on every start: heavy imports wait for
     from coserve.distributed.placement import Placement
 
 __all__ = [
+    "estimated_seconds",
     "expected_traffic",
     "library_footprints",
     "on_device",
@@ -32,6 +38,13 @@ __all__ = [
 
 REMOTE_BACKENDS = ("openai",)  # the model lives behind someone else's endpoint
 GiB = 2**30
+ESTIMATE_TOKENS = 128  # tokens a request decodes, for the first-order estimate of its work
+ESTIMATE_BANDWIDTH = 20e9  # bytes/s a speed-1.0 node reads weights at (this host measures 13-41 GB/s)
+
+
+def estimated_seconds(weight_bytes: int) -> float:
+    """First-order seconds of one request: ESTIMATE_TOKENS tokens, each reading every weight once."""
+    return ESTIMATE_TOKENS * max(weight_bytes, 1) / ESTIMATE_BANDWIDTH
 
 
 def routed_map(library: LibraryConfig) -> tuple[dict[str, str], dict[str, float]]:
@@ -78,16 +91,19 @@ def library_footprints(library: LibraryConfig, cluster: Cluster) -> dict[str, Fo
     base = library.path.parent if library.path else None
     out: dict[str, Footprint] = {}
     for spec in library.experts:
-        if spec.name in cluster.experts:
-            out[spec.name] = cluster.experts[spec.name].footprint()
+        given = cluster.experts.get(spec.name)
+        seconds = given.seconds_per_request if given is not None else None
+        if given is not None and given.ram is not None:  # the host memory given stands for the weights
+            out[spec.name] = Footprint(given.ram, given.accelerator, seconds or estimated_seconds(given.ram))
             continue
         if spec.backend in REMOTE_BACKENDS:
             continue
         backend = get_backend(spec.backend)
         try:
-            active = backend.footprint(spec, base)
+            active, weights = backend.footprint(spec, base), backend.nbytes(spec, base)
+            seconds = seconds or estimated_seconds(weights)
             # On a GPU the loaded runtime is on the device and the host keeps the RAM tier's copy.
-            out[spec.name] = Footprint(backend.nbytes(spec, base), active) if on_device(spec) else Footprint(active)
+            out[spec.name] = Footprint(weights, active, seconds) if on_device(spec) else Footprint(active, 0, seconds)
         except (CoserveError, OSError) as exc:
             raise ConfigError(
                 f"expert {spec.name!r}: footprint unknown ({exc}); assemble its model file or give "
@@ -118,7 +134,10 @@ def plan_library(library: LibraryConfig, cluster: Cluster) -> tuple[Placement, l
 
 
 def placement_report(placement: Placement) -> dict[str, Any]:
-    """The placement as JSON-ready data: per node its experts, memory and load; per expert its replicas."""
+    """The placement as JSON-ready data: per node its experts, memory, request share and compute load;
+    per expert its replicas and seconds per request."""
+    from coserve.distributed.placement import expert_costs
+
     nodes = []
     for node in placement.nodes:
         ram, accelerator = placement.used(node.name)
@@ -134,6 +153,7 @@ def placement_report(placement: Placement) -> dict[str, Any]:
                 "accelerator_bytes": accelerator,
                 "accelerator_budget_bytes": node.accelerator,
                 "load": round(placement.load(node.name), 6),
+                "compute_load": round(placement.compute_load(node.name), 6),
             }
         )
     experts = {e: len(placement.replicas_of(e)) for e in sorted({r.expert for r in placement.replicas})}
@@ -141,7 +161,12 @@ def placement_report(placement: Placement) -> dict[str, Any]:
         "nodes": nodes,
         "replicas": experts,
         "traffic": {e: round(t, 6) for e, t in sorted(placement.traffic.items())},
+        "seconds_per_request": {
+            e: round(w, 6) for e, w in sorted(expert_costs(placement.footprints, placement.traffic).items())
+        },
+        "speeds": {n.name: n.speed for n in placement.nodes},
         "busiest_load": round(placement.busiest_load, 6),
+        "busiest_share": round(max(placement.load(n.name) for n in placement.nodes), 6),
         "cold_share": round(placement.cold_share, 6),
         "gap": placement.gap,
     }

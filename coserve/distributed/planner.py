@@ -5,7 +5,12 @@ Inputs (all plain numbers, so the planner is pure): the nodes with their host me
 accelerator memory ``A_n`` (bytes); each expert's footprint ``r_e`` / ``a_e`` (bytes one loaded
 replica holds, as ``Backend.footprint`` measures it); the expected traffic share ``t_e`` of each
 expert (fraction of all requests, summing to 1: the map times the category priors, or live counts);
-the experts that must stay reachable (every expert the map uses); optionally the current placement.
+the experts that must stay reachable (every expert the map uses); each expert's seconds of work per
+request ``w_e`` on a speed-1.0 node (``Footprint.seconds_per_request``) and each node's relative speed
+``s_n`` (``NodeSpec.speed``); optionally the current placement. From these, serving a share ``f`` of
+requests of e on n costs n a compute load of ``k[e,n] f`` with ``k[e,n] = (w_e / W) (S / s_n)``, W the
+mean work of a request (``sum_e t_e w_e``) and S the mean node speed (``placement.load_factors``):
+k = 1 when costs and speeds are equal, and a load of 1/nodes on every node is a perfect balance.
 
 Variables, for every expert e and node n that e fits on alone (``r_e <= R_n`` and ``a_e <= A_n``):
 
@@ -14,7 +19,7 @@ Variables, for every expert e and node n that e fits on alone (``r_e <= R_n`` an
     f[e,n] >= 0       share of all requests it serves
     c[e,n] >= 0       share of all requests it serves while not resident (each may need a cold load)
     sR[n], sA[n] >= 0 the node's swap room: memory for the largest hosted expert that is not resident
-    L >= 0            the busiest node's share of all requests
+    L >= 0            the busiest node's compute load (its share of requests when k = 1)
 
 Constraints:
 
@@ -24,9 +29,9 @@ Constraints:
     sum_n x[e,n] >= 1                       every required expert keeps at least one replica
     sR[n] >= r_e (x[e,n] - z[e,n])          the swap room fits every swapped expert (same for sA, a_e)
     sum_e r_e z[e,n] + sR[n] <= R_n         memory is never exceeded (same for accelerator, A_n)
-    sum_e f[e,n] <= L                       L bounds every node's load
+    sum_e k[e,n] f[e,n] <= L                L bounds every node's compute load
 
-Objective (units: shares of all requests), minimised:
+Objective (units: shares of all requests, of the cluster's compute for L), minimised:
 
     L + cold_load_weight * sum c + move_weight * (replicas started that the current placement lacks)
       + 1e-6 * (replicas) + 1e-7 * (replicas not resident)
@@ -55,7 +60,7 @@ import math
 from collections.abc import Collection, Mapping
 
 from coserve.distributed.cluster import Cluster, Footprint, NodeSpec
-from coserve.distributed.placement import Placement, Replica, memory_used
+from coserve.distributed.placement import Placement, Replica, load_factors, memory_used
 from coserve.distributed.program import MIP_GAP
 from coserve.errors import ConfigError
 
@@ -104,7 +109,7 @@ def plan(
     *,
     current: Placement | None = None,
 ) -> Placement:
-    """The placement minimising the busiest node's load and the expected cold loads (MILP, HiGHS)."""
+    """The placement minimising the busiest node's compute load and the expected cold loads (MILP, HiGHS)."""
     from coserve.distributed.candidates import EXACT_PAIRS, candidate_pairs, greedy
     from coserve.distributed.program import solve
 
@@ -112,11 +117,12 @@ def plan(
     needed = sorted(set(required) | {e for e, t in shares.items() if t > 0})
     _check_inputs(cluster, footprints, needed)
     nodes = list(cluster.nodes)
+    factors = load_factors(nodes, {e: footprints[e] for e in needed}, shares)
     hosted_now = {(r.expert, r.node) for r in current.replicas} if current is not None else set()
     pairs = [(e, n) for e in needed for n in nodes if _fits(footprints[e], n)]
-    start = greedy(nodes, footprints, shares, needed) if len(pairs) > EXACT_PAIRS else None
+    start = greedy(nodes, footprints, shares, needed, factors) if len(pairs) > EXACT_PAIRS else None
     if start is not None:  # a large program: each expert only on its candidate nodes
-        allowed = candidate_pairs(nodes, footprints, needed, start, hosted_now)
+        allowed = candidate_pairs(nodes, footprints, needed, start, hosted_now, factors)
         pairs = [(e, n) for e, n in pairs if (e, n.name) in allowed]
 
     def placement(replicas: list[Replica], gap: float = 0.0, optimal: bool = True) -> Placement:
@@ -124,7 +130,9 @@ def plan(
 
     budgets = {n.name: (n.ram, n.accelerator) for n in nodes}
     for _ in range(5):  # HiGHS allows a 1e-7 feasibility slack: tighten the node that used it, re-solve
-        chosen, gap, optimal = solve(cluster.planner, pairs, nodes, budgets, footprints, shares, needed, hosted_now)
+        chosen, gap, optimal = solve(
+            cluster.planner, pairs, nodes, budgets, footprints, shares, needed, hosted_now, factors
+        )
         best = placement(_settle(chosen, budgets, footprints), gap, optimal)
         over = [n for n in nodes if not _within(best.used(n.name), (n.ram, n.accelerator))]
         if not over:
@@ -163,7 +171,8 @@ def _placement(
 ) -> Placement:
     order = {n.name: j for j, n in enumerate(cluster.nodes)}
     replicas = sorted(replicas, key=lambda r: (order[r.node], r.expert))
-    loads = [sum(r.share for r in replicas if r.node == n.name) for n in cluster.nodes]
+    factors = load_factors(cluster.nodes, {e: footprints[e] for e in needed}, shares)
+    loads = [sum(r.share * factors[(r.expert, r.node)] for r in replicas if r.node == n.name) for n in cluster.nodes]
     return Placement(
         replicas=tuple(replicas),
         nodes=tuple(cluster.nodes),

@@ -34,6 +34,7 @@ def solve(
     shares: Mapping[str, float],
     needed: list[str],
     hosted_now: set[tuple[str, str]],
+    factors: Mapping[tuple[str, str], float],
 ) -> tuple[list[Replica], float, bool]:
     """(replicas, relative gap, proven within MIP_GAP) of the program over ``pairs``."""
     from scipy.optimize import Bounds, LinearConstraint, milp
@@ -93,7 +94,8 @@ def solve(
             -np.inf,
             accelerator_budget / accelerator_scale,
         )
-        row([(F + p, 1.0) for p in by_node[j]] + [(L, -1.0)], -np.inf, 0.0)  # L bounds the load
+        # L bounds the node's compute load: the share each replica serves times its load factor
+        row([(F + p, factors[(pairs[p][0], n.name)]) for p in by_node[j]] + [(L, -1.0)], -np.inf, 0.0)
     objective = np.zeros(size)
     objective[L] = 1.0
     objective[C : C + P] = settings.cold_load_weight

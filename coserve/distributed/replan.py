@@ -3,7 +3,7 @@
 * ``drift`` measures how far traffic has moved: the total variation distance between two share maps
   (half the sum of absolute differences; 0 = same mix, 1 = disjoint).
 * ``why_replan`` says why the current placement no longer stands (a node joined or left or changed
-  memory, a footprint grew past a node's memory, an expert with traffic has no replica, or traffic
+  memory or speed, a footprint grew past a node's memory, an expert with traffic has no replica, or traffic
   drifted at least ``threshold``), or None; ``replan`` then solves again with every replica the
   current placement lacks costing ``move_weight`` (one cold load), so experts stay where they are
   unless moving them pays.
@@ -66,6 +66,8 @@ def why_replan(
     for name, node in now.items():
         if (node.ram, node.accelerator) != (before[name].ram, before[name].accelerator):
             return f"node {name} changed memory"
+        if node.speed != before[name].speed:
+            return f"node {name} changed speed"
         hosted = [(r.expert, r.resident) for r in current.on(name)]
         if any(expert not in footprints for expert, _ in hosted):
             return f"node {name} hosts an expert with no footprint now"
