@@ -210,3 +210,16 @@ def test_api_keys_in_the_library_reach_the_shared_quota(tmp_path: Path) -> None:
     assert ApiKey(sha256=hash_key(LIMITED), requests_per_minute=3) in keys
     quota = SharedQuota(Handle(None), keys)
     assert quota.rated == {hash_key(LIMITED)} and quota.budgeted == {hash_key(BUDGETED)}
+
+
+def test_every_answer_says_which_ingress_replica_served_it(make_engine: Callable[..., Engine]) -> None:
+    from coserve.distributed.cluster_state import mark_replica
+
+    app = mark_replica(create_app(make_engine()), "replica-7")
+    body = {"model": "small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}
+    with TestClient(app) as client:
+        assert client.get("/health").headers["x-coserve-ingress"] == "replica-7"
+        with client.stream("POST", "/v1/chat/completions", json=body) as streamed:
+            assert streamed.headers["x-coserve-ingress"] == "replica-7"
+            assert [line for line in streamed.iter_lines() if line][-1] == "data: [DONE]"
+        assert client.get("/v1/nothing").headers["x-coserve-ingress"] == "replica-7"  # errors too
