@@ -113,6 +113,14 @@ def test_tokens_spent_on_both_replicas_add_up_to_one_budget(tmp_path: Path) -> N
         with pytest.raises(TooManyRequests) as refused:
             await first.take(digest, chat=True)
         assert refused.value.code == "token_budget_exceeded"
+        first.spend(digest, 5)  # spent as the replica stops: sent by its shutdown
+        await first.aclose()
+        assert await handle.service.used(digest) == 115
+        handle.down = True
+        hurried = SharedQuota(handle, load_library(_keys_library(tmp_path)).server.api_keys, timeout_s=0.2)
+        hurried.spend(digest, 7)
+        await hurried.aclose()  # the counter is gone too: gives up, does not hang
+        assert hurried.unsent == {digest: 7}
 
     asyncio.run(run())
 

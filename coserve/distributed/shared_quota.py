@@ -114,8 +114,15 @@ class SharedQuota:
                 await asyncio.sleep(SPEND_RETRY_S)
 
     async def flush(self) -> None:
-        """Send the tokens spent so far (used at shutdown and by tests)."""
+        """Send the tokens spent so far (waits while the counter does not answer)."""
         if self._sender is not None:
             await self._sender
         if self.unsent:
             await self._send()
+
+    async def aclose(self) -> None:
+        """At shutdown: send the tokens spent so far, giving up after ``timeout_s`` (they are lost)."""
+        try:
+            await asyncio.wait_for(self.flush(), self.timeout_s)
+        except Exception:  # the counter is gone too
+            log.warning("quota service did not take %d tokens at shutdown", sum(self.unsent.values()))

@@ -62,6 +62,10 @@ class KeyQuota(Protocol):
         """Count ``tokens`` against ``key``'s budget for today, without waiting."""
         ...
 
+    async def aclose(self) -> None:
+        """Count what was spent and not counted yet (at shutdown)."""
+        ...
+
 
 class Quota:
     """Per-key request buckets and daily token budgets, in this process (a ``KeyQuota``)."""
@@ -88,6 +92,9 @@ class Quota:
     async def take(self, key: str, *, chat: bool) -> None:
         """``check``, as the Gate awaits it."""
         self.check(key, chat=chat)
+
+    async def aclose(self) -> None:
+        """Nothing to do: ``spend`` counts at once."""
 
     def check(self, key: str, *, chat: bool) -> None:
         """Take one request from ``key``'s bucket; TooManyRequests past its rate or (chat) its budget."""
