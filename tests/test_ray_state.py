@@ -41,7 +41,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         "log": {"path": str(log_file)},
     }
     library.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    args = AppArgs(library=str(library), cluster=str(cluster_file), min_replicas=2, max_replicas=2)
+    # Both ingress replicas on the proxy's node: Ray's proxy prefers replicas on its own node, so
+    # replicas on two nodes would not share the traffic evenly.
+    args = AppArgs(library=str(library), cluster=str(cluster_file), min_replicas=2, max_replicas=2, ingress_node="a")
     with _ray_app(args, proxy_on_head=True) as (_, _, url):
         yield {"url": url, "log": log_file}
 
