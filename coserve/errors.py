@@ -14,6 +14,8 @@
     └── ServiceError                the server's fault: 5xx
         ├── ExpertLoadError         503  an expert failed to load (or is in backoff)
         ├── Draining                503  the server is shutting down; retry after ``retry_after`` s
+        ├── ServiceUnavailable      503  a shared service (a cluster's quota, its decision log) does
+        │                                not answer; retry after ``retry_after`` s
         └── ExpertFailed            502  an expert raised while generating
 
 An error's ``param`` names the offending field, ``code`` is a stable machine-readable string;
@@ -37,6 +39,7 @@ __all__ = [
     "NotFound",
     "RequestError",
     "ServiceError",
+    "ServiceUnavailable",
     "TooManyRequests",
     "Unauthorized",
     "UnprocessableRequest",
@@ -150,6 +153,17 @@ class ExpertLoadError(ServiceError):
 
     status = 503
     code = "expert_unavailable"
+
+
+class ServiceUnavailable(ServiceError):
+    """A service the request needs (a cluster's shared quota or decision log) did not answer."""
+
+    status = 503
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
 
 
 class ExpertFailed(ServiceError):

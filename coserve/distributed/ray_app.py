@@ -12,6 +12,8 @@ plans the placement (coserve.distributed.inputs.plan_inputs and the planner), an
   (``ray start --resources='{"coserve-node-<node>": 1}'``);
 * ``placement``: one replica of the placement controller (coserve.distributed.ray_placement), which
   re-plans when nodes leave or join or traffic drifts and moves experts between the hosts;
+* ``quota`` and ``decision-log``: one replica each (coserve.distributed.cluster_state), the API-key
+  counters and the decision log that every ingress replica shares;
 * ``ingress``: the same FastAPI app as the single process (coserve.server.app.create_app) through
   ``@serve.ingress``, over a ``ClusterEngine`` (coserve.distributed.ray_engine) holding the hosts'
   deployment handles and following the controller's placement; its replicas scale with the
@@ -122,13 +124,20 @@ class Ingress:
     """The ingress replica: coserve's FastAPI app over a ClusterEngine (made a deployment by build_app)."""
 
     def __init__(
-        self, library_path: str | None, hosts: dict[str, Any], placed: dict[str, list[str]], controller: Any = None
+        self,
+        library_path: str | None,
+        hosts: dict[str, Any],
+        placed: dict[str, list[str]],
+        controller: Any = None,
+        quota: Any = None,
+        decision_log: Any = None,
     ):
         from coserve.distributed.ray_engine import ClusterEngine
         from coserve.paths import cache_dir
 
         self.engine = cast("ClusterEngine", ClusterEngine.build(served_library(library_path), cache_dir()))
         self.engine.attach(hosts, placed, controller)
+        self.shared = (quota, decision_log)  # handles of the quota and decision-log deployments, or None
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         """Ray Serve calls this once the replica is made: the same app as the single process."""
@@ -138,7 +147,13 @@ class Ingress:
             await self.engine.sync()  # the placement in force now (a replica may start after a change)
         await self.engine.refresh_all()  # the hosts' tiers, before the first request is chosen for
         self.engine.follow()
-        return create_app(self.engine)
+        quota_handle, log_handle = self.shared
+        if quota_handle is None or log_handle is None:
+            return create_app(self.engine)
+        from coserve.distributed.cluster_state import ingress_state, mark_replica, replica_name
+
+        quota, decisions = await ingress_state(self.engine.library, quota_handle, log_handle)
+        return mark_replica(create_app(self.engine, quota=quota, decisions=decisions), replica_name())
 
 
 def build_app(args: dict[str, Any]) -> Any:
@@ -176,6 +191,10 @@ def build_app(args: dict[str, Any]) -> Any:
     if settings.ingress_node is not None:  # a node that dies takes its ingress replicas' connections along
         ingress_actor["resources"] = {node_resource(settings.ingress_node): 0.001}
     placed = {node.name: [r.expert for r in placement.on(node.name)] for node in cluster.nodes}
+    from coserve.distributed.cluster_state import bind_shared_state
+
+    pin = node_resource(settings.ingress_node) if settings.ingress_node is not None else None
+    quota, decision_log = bind_shared_state(library, pin)
     return ingress.options(
         name="ingress",
         ray_actor_options=ingress_actor,
@@ -184,4 +203,4 @@ def build_app(args: dict[str, Any]) -> Any:
             "max_replicas": settings.max_replicas,
             "target_ongoing_requests": settings.target_ongoing_requests,
         },
-    ).bind(library, hosts, placed, bound_controller)
+    ).bind(library, hosts, placed, bound_controller, quota, decision_log)

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from coserve.config import LibraryConfig
 from coserve.engine.engine import Engine
 from coserve.errors import CoserveError
 from coserve.paths import decision_log_path
@@ -32,42 +33,52 @@ from coserve.server.auth import KeyRing
 from coserve.server.frames import INTERNAL_ERROR, error_body, error_response
 from coserve.server.gate import Gate
 from coserve.server.outcome import Outcomes
-from coserve.server.quota import Quota
+from coserve.server.quota import KeyQuota, Quota
 from coserve.server.routes import ServerState, router
 from coserve.server.ui import ui_router
-from coserve.store.log import DecisionLog
-from coserve.store.online_state import read_state, write_state
+from coserve.store.log import DecisionLog, DecisionStore
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "decision_log_file"]
 
 log = logging.getLogger("coserve.server")
 
 
-def _log_path(engine: Engine) -> Path:
-    path = engine.library.server.log.path
+def decision_log_file(library: LibraryConfig) -> Path:
+    """The decision log's SQLite file: ``server.log.path`` (relative to the library file), or the default."""
+    path = library.server.log.path
     if path is None:
         return decision_log_path()
-    if not path.is_absolute() and engine.library.path is not None:
-        return engine.library.path.parent / path
+    if not path.is_absolute() and library.path is not None:
+        return library.path.parent / path
     return path
 
 
-def _state(engine: Engine) -> ServerState:
+def _state(engine: Engine, decisions: DecisionStore | None, quota: KeyQuota | None) -> ServerState:
     settings = engine.library.server
     admission = Admission(settings.max_pending, settings.max_pending_per_expert)
-    decisions = DecisionLog(_log_path(engine), store_text=settings.log.store_text)
-    quota = Quota(settings.api_keys)
+    if decisions is None:
+        decisions = DecisionLog(decision_log_file(engine.library), store_text=settings.log.store_text)
+    if quota is None:
+        quota = Quota(settings.api_keys)
     keys = KeyRing.from_settings(settings.api_keys, settings.api_keys_env)
     gate = Gate(keys=keys, quota=quota, admission=admission, protect_metrics=settings.protect_metrics)
     outcomes = Outcomes(admission, quota, engine.metrics, decisions)
     if engine.router.online is not None:  # resume learned scores; a missing or bad state warns, never fails
-        engine.router.online.resume(read_state(decisions.path))
+        engine.router.online.resume(decisions.online_state())
     return ServerState(engine, settings, gate, admission, decisions, outcomes)
 
 
-def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
-    """The FastAPI application serving one engine (API keys are read from the environment here)."""
-    state = _state(engine)
+def create_app(
+    engine: Engine,
+    *,
+    close_engine: bool = True,
+    decisions: DecisionStore | None = None,
+    quota: KeyQuota | None = None,
+) -> FastAPI:
+    """The FastAPI application serving one engine (API keys are read from the environment here).
+    ``decisions`` and ``quota`` replace this process's own decision log and key counters (a Ray
+    cluster's ingress replicas share one of each)."""
+    state = _state(engine, decisions, quota)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,8 +90,9 @@ def create_app(engine: Engine, *, close_engine: bool = True) -> FastAPI:
             if close_engine:
                 await engine.close()
             if (online := engine.router.online) is not None:
-                state.decisions.call(lambda conn: write_state(conn, online.export_state()))  # before the log closes
+                state.decisions.save_online_state(online.export_state())  # before the log closes
             await asyncio.to_thread(state.decisions.close)  # flushes what is queued
+            await state.gate.quota.aclose()  # a shared quota: the tokens not sent yet
 
     app = FastAPI(title="coserve", version="0.1.0", lifespan=lifespan)
     app.state.server = state

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from coserve.server.admission import Admission
 from coserve.server.auth import KeyRing
-from coserve.server.quota import Quota
+from coserve.server.quota import KeyQuota
 
 __all__ = ["CHAT_PATH", "Gate"]
 
@@ -24,18 +24,18 @@ CHAT_PATH = "/v1/chat/completions"
 class Gate:
     """Authenticate, check the key's quota and the draining flag; refusals are CoserveErrors."""
 
-    def __init__(self, *, keys: KeyRing, quota: Quota, admission: Admission, protect_metrics: bool):
+    def __init__(self, *, keys: KeyRing, quota: KeyQuota, admission: Admission, protect_metrics: bool):
         self.keys = keys
         self.quota = quota
         self.admission = admission  # only its draining flag is read here
         self.protect_metrics = protect_metrics
 
-    def check_api(self, authorization: str | None, *, chat: bool) -> str | None:
+    async def check_api(self, authorization: str | None, *, chat: bool) -> str | None:
         """For a ``/v1/*`` request: the caller's key digest (None without keys), or 401/429/503."""
         key = None
         if self.keys.required:
             key = self.keys.check(authorization)
-            self.quota.check(key, chat=chat)
+            await self.quota.take(key, chat=chat)
         self.admission.check_open()
         return key
 

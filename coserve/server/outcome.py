@@ -19,8 +19,8 @@ from coserve.engine.call import Call
 from coserve.metrics import Metrics
 from coserve.server.admission import Admission
 from coserve.server.feed import DecisionFeed
-from coserve.server.quota import Quota
-from coserve.store.log import DecisionLog, DecisionRow
+from coserve.server.quota import KeyQuota
+from coserve.store.log import DecisionRow, DecisionStore
 
 __all__ = ["Outcomes"]
 
@@ -31,9 +31,9 @@ class Outcomes:
     def __init__(
         self,
         admission: Admission,
-        quota: Quota,
+        quota: KeyQuota,
         metrics: Metrics,
-        decisions: DecisionLog,
+        decisions: DecisionStore,
         feed: DecisionFeed | None = None,
     ):
         self.admission = admission

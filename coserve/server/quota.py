@@ -6,6 +6,11 @@ The Gate asks ``check`` before a request of a limited key goes on: past the key'
 chat request is refused with 429 ``token_budget_exceeded`` until the next UTC day. Keys without
 limits, and a server without keys, are never counted.
 
+``KeyQuota`` is what the Gate and the request's settlement use: ``take`` (awaited, before the
+request goes on) and ``spend`` (never waits). ``Quota`` is the in-process one, whose counters live
+in this process; on a Ray cluster every ingress replica uses one shared counter instead
+(coserve.distributed.shared_quota, which keeps a ``Quota`` in its one replica).
+
 This module knows nothing about HTTP, the Authorization header or how tokens are counted: it only
 keeps per-key counters.
 """
@@ -17,11 +22,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from coserve.config import ApiKey
 from coserve.errors import TooManyRequests
 
-__all__ = ["Quota"]
+__all__ = ["KeyQuota", "Quota"]
 
 DAY_S = 86400  # seconds in a UTC day (unix time has no leap seconds)
 
@@ -45,8 +51,24 @@ class _Budget:
     used: int = 0  # tokens spent that day
 
 
+class KeyQuota(Protocol):
+    """Per-key limits as a server uses them (in-process, or shared by a cluster's ingresses)."""
+
+    async def take(self, key: str, *, chat: bool) -> None:
+        """Take one request of ``key``; TooManyRequests past its limits (or 503 if they cannot be read)."""
+        ...
+
+    def spend(self, key: str, tokens: int) -> None:
+        """Count ``tokens`` against ``key``'s budget for today, without waiting."""
+        ...
+
+    async def aclose(self) -> None:
+        """Count what was spent and not counted yet (at shutdown)."""
+        ...
+
+
 class Quota:
-    """Per-key request buckets and daily token budgets."""
+    """Per-key request buckets and daily token budgets, in this process (a ``KeyQuota``)."""
 
     def __init__(
         self,
@@ -66,6 +88,13 @@ class Quota:
                 self._buckets[key.sha256] = _Bucket(rpm, rpm / 60.0, rpm, clock())
             if key.tokens_per_day is not None:
                 self._budgets[key.sha256] = _Budget(key.tokens_per_day)
+
+    async def take(self, key: str, *, chat: bool) -> None:
+        """``check``, as the Gate awaits it."""
+        self.check(key, chat=chat)
+
+    async def aclose(self) -> None:
+        """Nothing to do: ``spend`` counts at once."""
 
     def check(self, key: str, *, chat: bool) -> None:
         """Take one request from ``key``'s bucket; TooManyRequests past its rate or (chat) its budget."""

@@ -36,8 +36,7 @@ from coserve.server.gate import CHAT_PATH, Gate
 from coserve.server.openapi import documented, error_responses
 from coserve.server.outcome import Outcomes
 from coserve.server.protocol import ChatCompletionRequest, FeedbackRequest, parse_chat, parse_feedback
-from coserve.store.log import DecisionLog
-from coserve.store.online_state import write_state
+from coserve.store.log import DecisionStore
 from coserve.types import ROUTED_MODEL
 
 __all__ = ["ServerState", "router"]
@@ -57,7 +56,7 @@ class ServerState:
     settings: ServerSettings
     gate: Gate
     admission: Admission
-    decisions: DecisionLog
+    decisions: DecisionStore
     outcomes: Outcomes
 
 
@@ -66,9 +65,9 @@ def _state(http: HttpRequest) -> ServerState:
     return state
 
 
-def _api(http: HttpRequest) -> ServerState:
+async def _api(http: HttpRequest) -> ServerState:
     state = _state(http)
-    state.gate.check_api(http.headers.get("authorization"), chat=False)
+    await state.gate.check_api(http.headers.get("authorization"), chat=False)
     return state
 
 
@@ -98,7 +97,7 @@ async def chat_completions(http: HttpRequest) -> Response:
     state = _state(http)
     call: Call | None = None
     try:
-        key = state.gate.check_api(http.headers.get("authorization"), chat=True)
+        key = await state.gate.check_api(http.headers.get("authorization"), chat=True)
         settings = state.settings
         request = parse_chat(
             await http.body(), settings.max_body_bytes, settings.max_messages, settings.unknown_parameters
@@ -238,7 +237,7 @@ async def feedback(http: HttpRequest, state: ApiState) -> dict[str, Any]:
     if outcome == "duplicate":
         raise InvalidRequest(f"request {body.id!r} already has a score", param="id", code="feedback_exists")
     if online is not None and category is not None and online.apply(category, expert, body.score):
-        state.decisions.call(lambda conn: write_state(conn, online.export_state()))  # saved beside the log
+        state.decisions.save_online_state(online.export_state())  # saved beside the log
     return {"object": "feedback", "id": body.id, "score": body.score}
 
 

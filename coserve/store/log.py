@@ -7,6 +7,10 @@ moment leaves a consistent file that holds every committed batch: at most one ba
 rows) is lost. A full queue drops rows (counted in ``dropped``) rather than slow requests down.
 Feedback and explicit flushes run on the same thread, after every row queued before them.
 
+``DecisionStore`` is what the server needs of a log: ``DecisionLog`` writes this process's file; on a
+Ray cluster every ingress replica sends its rows to one log instead
+(coserve.distributed.shared_log, whose one replica runs a ``DecisionLog``).
+
 This module knows nothing about HTTP, engines or experts; it stores what it is given.
 """
 
@@ -22,9 +26,11 @@ from collections.abc import Callable
 from dataclasses import astuple, dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["DecisionLog", "DecisionRow", "query_decisions"]
+from coserve.store.online_state import read_state, write_state
+
+__all__ = ["DecisionLog", "DecisionRow", "DecisionStore", "query_decisions"]
 
 log = logging.getLogger("coserve.store")
 
@@ -112,8 +118,26 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+class DecisionStore(Protocol):
+    """The decision log as the server uses it (this process's file, or a cluster's one log)."""
+
+    path: Path  # the SQLite file (on a cluster: on the log's node)
+    store_text: bool  # whether rows keep the prompt and completion texts
+    dropped: int  # rows refused because a queue was full
+
+    def start(self) -> DecisionStore: ...
+    def record(self, row: DecisionRow) -> bool: ...  # never waits; False when the row was dropped
+    def feedback(self, request_id: str, score: float) -> concurrent.futures.Future[bool]: ...
+    def feedback_once(
+        self, request_id: str, score: float
+    ) -> concurrent.futures.Future[tuple[str, str | None, str]]: ...
+    def save_online_state(self, state: dict[str, Any]) -> None: ...  # after the rows queued before it
+    def online_state(self) -> dict[str, Any] | None: ...  # the saved online router state, if any
+    def close(self, timeout: float = 10.0) -> None: ...  # writes what is queued
+
+
 class DecisionLog:
-    """The writer: ``record`` rows, ``feedback`` on them, ``flush``, ``close``."""
+    """The writer: ``record`` rows, ``feedback`` on them, ``flush``, ``close`` (a ``DecisionStore``)."""
 
     def __init__(self, path: Path, *, store_text: bool = False, max_queue_rows: int = MAX_QUEUE_ROWS):
         self.path = Path(path)
@@ -189,6 +213,14 @@ class DecisionLog:
             return ("stored", row[0], row[1])
 
         return self.call(write)
+
+    def save_online_state(self, state: dict[str, Any]) -> None:
+        """Replace the online router's saved state in this file, after the rows queued so far."""
+        self.call(lambda conn: write_state(conn, state))
+
+    def online_state(self) -> dict[str, Any] | None:
+        """The online router's saved state in this file (None, with a warning, where there is none)."""
+        return read_state(self.path)
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued and stop the writer thread."""

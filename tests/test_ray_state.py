@@ -1,0 +1,128 @@
+"""The cluster's shared API-key quota and decision log on Ray's multi-node test cluster, with two
+ingress replicas (``min_replicas=2``) and fake experts: a key's requests-per-minute hold for the
+cluster, not per replica; every answered request has one row in the one log file; feedback on a
+decision is taken whichever replica served it. Select with ``-m ray``; skipped when Ray is absent.
+Each test runs under an alarm; the cluster is shut down at teardown however the tests end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from test_ray_serve import TEST_TIMEOUT_S, _ray_app, _write_files, alarm
+
+from coserve.distributed.ray_app import AppArgs
+from coserve.server.auth import hash_key
+
+pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+LIMITED, FREE = "sk-four-a-minute", "sk-free"
+RATE = 4  # requests a minute for LIMITED: one refills every 15 s, far longer than a burst takes
+ROWS_WAIT_S = 15.0  # how long the test waits for rows to reach the file (batched twice, 0.2 s each)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The application with two ingress replicas, API keys, and its decision log in a temp file."""
+    folder = tmp_path_factory.mktemp("ray-state")
+    library, cluster_file = _write_files(folder)
+    data = yaml.safe_load(library.read_text())
+    log_file = folder / "cluster-decisions.sqlite"
+    data["server"] = {
+        "api_keys": [{"sha256": hash_key(LIMITED), "requests_per_minute": RATE}, hash_key(FREE)],
+        "log": {"path": str(log_file)},
+    }
+    library.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    # Both ingress replicas on the proxy's node: Ray's proxy prefers replicas on its own node, so
+    # replicas on two nodes would not share the traffic evenly.
+    args = AppArgs(library=str(library), cluster=str(cluster_file), min_replicas=2, max_replicas=2, ingress_node="a")
+    with _ray_app(args, proxy_on_head=True) as (_, _, url):
+        yield {"url": url, "log": log_file}
+
+
+async def _burst(url: str, key: str, count: int, stream: bool = False) -> list[httpx.Response]:
+    body = {"model": "small", "messages": [{"role": "user", "content": "one two three"}], "max_tokens": 4}
+    async with httpx.AsyncClient(base_url=url, timeout=TEST_TIMEOUT_S) as client:
+        calls = [
+            client.post(
+                "/v1/chat/completions",
+                json={**body, "stream": stream and i % 2 == 0},
+                headers={"authorization": f"Bearer {key}"},
+            )
+            for i in range(count)
+        ]
+        return list(await asyncio.gather(*calls))
+
+
+def _answer_id(response: httpx.Response) -> str:
+    if response.headers["content-type"].startswith("text/event-stream"):
+        first = next(line for line in response.text.splitlines() if line.startswith("data: "))
+        return str(json.loads(first[len("data: ") :])["id"])
+    return str(response.json()["id"])
+
+
+def _rows(path: Path, ids: set[str]) -> dict[str, int]:
+    """Rows per id among ``ids`` in the log file, once all of them are there (or the wait is over)."""
+    deadline = time.monotonic() + ROWS_WAIT_S
+    while True:
+        if path.exists():
+            with sqlite3.connect(path, timeout=30) as conn:
+                found = dict(conn.execute("SELECT id, COUNT(*) FROM decisions GROUP BY id").fetchall())
+            counts = {i: int(found.get(i, 0)) for i in ids}
+            if all(counts.values()) or time.monotonic() > deadline:
+                return counts
+        time.sleep(0.2)
+
+
+def test_a_keys_rate_holds_across_both_ingress_replicas(served: dict[str, Any]) -> None:
+    with alarm(TEST_TIMEOUT_S):
+        responses = asyncio.run(_burst(served["url"], LIMITED, 2 * RATE + 2))
+        after = asyncio.run(_burst(served["url"], LIMITED, 1))[0]
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * RATE + [429] * (RATE + 2), [r.text[:200] for r in responses]
+    # Both replicas took requests of the key: a count per replica would have let more than RATE through.
+    assert len({r.headers["x-coserve-ingress"] for r in responses}) == 2
+    for refused in [r for r in responses if r.status_code == 429] + [after]:
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60 // RATE
+
+
+def test_every_answered_request_has_one_row_in_the_one_log(served: dict[str, Any]) -> None:
+    with alarm(TEST_TIMEOUT_S):
+        responses = asyncio.run(_burst(served["url"], FREE, 10, stream=True))
+        assert [r.status_code for r in responses] == [200] * 10
+        assert len({r.headers["x-coserve-ingress"] for r in responses}) == 2  # both replicas answered
+        ids = {_answer_id(r) for r in responses}
+        assert len(ids) == 10
+        assert _rows(served["log"], ids) == dict.fromkeys(ids, 1)
+
+
+def test_feedback_is_taken_whichever_replica_served_the_decision(served: dict[str, Any]) -> None:
+    with alarm(TEST_TIMEOUT_S):
+        served_by: dict[str, str] = {}
+        feedback_by: dict[str, str] = {}
+        with httpx.Client(base_url=served["url"], timeout=TEST_TIMEOUT_S) as client:
+            auth = {"authorization": f"Bearer {FREE}"}
+            body = {"model": "small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+            for _ in range(10):
+                answer = client.post("/v1/chat/completions", json=body, headers=auth)
+                assert answer.status_code == 200, answer.text
+                decision = answer.json()["id"]
+                served_by[decision] = answer.headers["x-coserve-ingress"]
+                score = client.post("/v1/feedback", json={"id": decision, "score": 0.5}, headers=auth)
+                assert score.status_code == 200, score.text  # sent at once: the row may be on its way
+                feedback_by[decision] = score.headers["x-coserve-ingress"]
+            unknown = client.post("/v1/feedback", json={"id": "chatcmpl-nobody", "score": 1.0}, headers=auth)
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "request_not_found"
+        assert any(served_by[d] != feedback_by[d] for d in served_by)  # some went to the other replica
+        with sqlite3.connect(served["log"], timeout=30) as conn:
+            scores = dict(conn.execute("SELECT id, COUNT(*) FROM feedback GROUP BY id").fetchall())
+        assert {d: scores.get(d, 0) for d in served_by} == dict.fromkeys(served_by, 1)
