@@ -15,7 +15,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from coserve.distributed.ray_app import APP_BUILDER, AppArgs, node_resource, require_ray
+from coserve.distributed.ray_app import APP_BUILDER, AppArgs, node_resource, node_resources, require_ray
 from coserve.distributed.ray_host import served_library
 from coserve.errors import ConfigError
 
@@ -64,7 +64,7 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> No
     if address is None:
         ray.init(
             address="local",
-            resources={node_resource(n): 1 for n in nodes},
+            resources=node_resources(*nodes),
             include_dashboard=False,
         )
     else:
@@ -76,10 +76,10 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> No
     try:
         missing = missing_nodes(nodes, ray.cluster_resources())
         if missing:
-            flags = ", ".join(f'"{node_resource(n)}": 1' for n in missing)
+            flags = ", ".join(f'"{r}": {v:g}' for r, v in node_resources(missing[0]).items())
             raise ConfigError(
                 f"no Ray node offers the resource of node(s) {', '.join(missing)}: start each on its machine "
-                f"with ray start --address {address or 'HEAD:6379'} --resources='{{{flags}}}' (one resource a node)"
+                f"with ray start --address {address or 'HEAD:6379'} --resources='{{{flags}}}' (for {missing[0]})"
             )
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(args.to_dict()), name=APP_NAME, route_prefix="/")
