@@ -14,7 +14,9 @@ for their queue length and sends the call to the least busy one that accepts it 
 
 A replica that Ray reports unreachable is skipped for ``DOWN_FOR_S`` (Ray itself drops one whose
 actor died). When no replica may take a call, the router keeps it queued with Ray's backoff until
-the replicas change: callers bound their waits (the ingress probes the nodes it allowed).
+the replicas change: callers bound their waits (the ingress probes the nodes it allowed). Since such
+a call holds one of Ray's routing tasks while it waits, the router runs up to Ray's hard cap of
+them (``max_num_routing_tasks``) rather than two per replica.
 
 Imported by Ray Serve by its path (``ROUTER_CLASS``) in every process that holds a handle to the
 hosts; needs Ray (``coserve[ray]``).
@@ -25,6 +27,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ray.serve._private.common import RequestMetadata
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from coserve.distributed.ray_choice import DOWN_FOR_S, ReplicaReport, replica_ranks
@@ -52,6 +55,14 @@ class ExpertRouter(RequestRouter):
         super().__init__(*args, **kwargs)
         self.down_until: dict[ReplicaID, float] = {}  # monotonic seconds
 
+    @property
+    def max_num_routing_tasks(self) -> int:
+        """Ray Serve's hard cap on routing tasks, not twice the replicas as its default: a routing task
+        stays with its call until a replica takes it, and a call here may wait for one node only
+        (whose replica may be gone unnoticed); at 2 x replicas, a few such calls would hold every task
+        and starve the calls for the other nodes (their callers cancel them after a probe)."""
+        return int(self.max_num_routing_tasks_cap)
+
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
@@ -66,6 +77,22 @@ class ExpertRouter(RequestRouter):
             {replica_id: report_of(replica) for replica_id, replica in by_id.items()},
         )
         return [[by_id[replica_id] for replica_id in group] for group in ranks]
+
+    def _fulfill_next_pending_request(
+        self, replica: RunningReplica, request_metadata: RequestMetadata | None = None
+    ) -> None:
+        """Give the replica to exactly the call it was chosen for. Ray Serve's own version matches
+        the pending call by ``internal_request_id``, which every handle call made while serving one
+        request inherits from it (so an ingress's stream and its probes of other nodes share one) and
+        it indexes only the first pending call per id: a replica chosen for one call could go to its
+        sibling. Here the call is found by its metadata object, which is its own."""
+        for pending in self._pending_requests_to_fulfill:
+            if pending.metadata is request_metadata and not pending.future.done():
+                self._cancel_routing_task_for_pending_request(pending)
+                self._record_queue_wait_time(pending)
+                pending.future.set_result(replica)
+                self._remove_pending_request_from_indices(pending)
+                return
 
     def on_replica_actor_unavailable(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_unavailable(replica_id)
