@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from coserve.distributed.ray_app import HOSTS, AppArgs, node_resources, placed_experts
 from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook, HostView, choose_host
 from coserve.distributed.ray_host import error_record, raise_record
-from coserve.distributed.ray_run import missing_nodes, ray_config
+from coserve.distributed.ray_run import host_units_short, missing_nodes, ray_config
 from coserve.errors import ConfigError, ExpertFailed, TooManyRequests
 from coserve.types import Tier
 
@@ -93,6 +93,8 @@ def test_app_args_and_config() -> None:
     assert app["import_path"] == "coserve.distributed.ray_app:build_app"
     assert app["args"]["library"] == "/x/lib.yaml" and app["args"]["cluster"] is None
     assert missing_nodes(["a", "b"], {"coserve-node-a": 1.0, "CPU": 2.0}) == ["b"]
+    assert host_units_short(["a", "b"], {"coserve-node-a": 1.0, "coserve-node-b": 1.0, "coserve-host": 1.0}) == 1
+    assert host_units_short(["a", "b"], node_resources("a", "b")) == 0
 
 
 # -- the application on a two-node test cluster --------------------------------------------------
