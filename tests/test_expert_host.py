@@ -1,6 +1,7 @@
 """The expert host (coserve.distributed.ray_host.ExpertHost) as the placement controller drives it,
 without Ray: experts added (resident ones pinned and loaded), removed after their running calls
-finish, a restarted host reset; the node's memory budgets; its metrics text.
+finish, a restarted host reset; a call meant for another node refused; the node's memory budgets;
+its metrics text; which node a replica serves (coserve.distributed.ray_node_host.node_for).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import yaml
 from conftest import MiB, library_data
 
 from coserve.config import load_library
-from coserve.distributed.ray_host import NOT_PLACED, ExpertHost, node_library
+from coserve.distributed.ray_host import NOT_PLACED, WRONG_NODE, ExpertHost, node_library
+from coserve.distributed.ray_node_host import node_for
+from coserve.errors import ConfigError, ExpertLoadError
 from coserve.types import Message, Request, Sampling
 
 GiB = 2**30
@@ -34,18 +37,21 @@ def _request(tokens: int = 12) -> Request:
 
 
 async def _answer(host: ExpertHost, expert: str) -> list[Any]:
-    return [item async for item in host.stream(_request(), expert)]
+    """What the host streams after its node record (which it sends first)."""
+    said, *items = [item async for item in host.stream(_request(), expert, [host.node])]
+    assert said == {"node": host.node}
+    return items
 
 
 def test_added_resident_expert_is_loaded_and_pinned(library: str) -> None:
     host = ExpertHost(library, "a", ["small"], 64 * MiB)
 
     async def run() -> dict[str, Any]:
-        state = await host.add("big", True)
+        state = await host.add("a", "big", True)
         assert state["tiers"] == {"big": "active", "small": "disk"}
         # small needs room: only small itself may go (big is pinned), so big stays ACTIVE
         assert [type(c).__name__ for c in await _answer(host, "small")][-1] == "Chunk"
-        health = host.health()
+        health = host.health("a")
         await host.close()
         return health
 
@@ -62,7 +68,7 @@ def test_removed_expert_finishes_its_running_calls_then_refuses_new_ones(library
         running = asyncio.ensure_future(_answer(host, "big"))
         while host.running["big"] == 0:
             await asyncio.sleep(0.01)
-        state = await host.remove("big")  # returns once the running call has finished
+        state = await host.remove("a", "big")  # returns once the running call has finished
         assert running.done()
         after = await _answer(host, "big")
         answered = await running
@@ -82,8 +88,8 @@ def test_assign_sets_exactly_the_experts_given(library: str) -> None:
     host = ExpertHost(library, "b", ["small", "coder"], 64 * MiB)  # its start-time experts
 
     async def run() -> tuple[dict[str, Any], dict[str, Any]]:
-        emptied = await host.assign([], [])
-        assigned = await host.assign(["coder", "big"], ["big"])
+        emptied = await host.assign("b", [], [])
+        assigned = await host.assign("b", ["coder", "big"], ["big"])
         await host.close()
         return emptied, assigned
 
@@ -108,5 +114,29 @@ def test_accelerator_budget_bounds_active_where_the_library_has_device_experts(t
 def test_host_metrics_are_its_engine_registry(library: str) -> None:
     host = ExpertHost(library, "a", ["small"], 64 * MiB)
     asyncio.run(_answer(host, "small"))
-    assert 'coserve_expert_loads_total{expert="small"} 1.0' in host.metrics()
+    assert 'coserve_expert_loads_total{expert="small"} 1.0' in host.metrics("a")
     asyncio.run(host.close())
+
+
+def test_a_call_for_another_node_is_refused(library: str) -> None:
+    host = ExpertHost(library, "a", ["small"], 64 * MiB)
+    with pytest.raises(ExpertLoadError) as caught:
+        host.state("b")
+    assert caught.value.code == WRONG_NODE
+    with pytest.raises(ExpertLoadError):
+        asyncio.run(host.add("b", "big", False))
+    assert host.state("a") == {"node": "a", "tiers": {"small": "disk"}}  # nothing was added
+    asyncio.run(host.close())
+
+
+def test_a_replica_serves_the_node_its_ray_node_carries() -> None:
+    one = {"CPU": 1.0, "coserve-node-b": 1.0, "coserve-host": 1.0}
+    assert node_for(one, 0) == "b"
+    # every cluster-file node started on one Ray node (coserve serve --ray without an address):
+    # the replica's local rank picks, in name order
+    local = {"coserve-node-b": 1.0, "coserve-node-a": 1.0, "coserve-node-c": 1.0, "coserve-host": 3.0}
+    assert [node_for(local, rank) for rank in range(3)] == ["a", "b", "c"]
+    with pytest.raises(ConfigError, match="carries only a, b, c"):
+        node_for(local, 3)
+    with pytest.raises(ConfigError, match="no coserve-node-<name> resource"):
+        node_for({"CPU": 2.0, "coserve-host": 1.0}, 0)

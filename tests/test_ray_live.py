@@ -25,7 +25,7 @@ import yaml
 from conftest import MiB, library_data
 from test_ray_serve import CLUSTER_TIMEOUT_S, _ray_app, alarm
 
-from coserve.distributed.ray_app import AppArgs, node_resource
+from coserve.distributed.ray_app import AppArgs, node_resources
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -147,7 +147,7 @@ def test_a_killed_node_has_its_experts_re_placed_and_gets_experts_back_when_it_r
                 url, lambda h: _experts(h, "a") == ["big", "coder", "small"] and h["placement"]["reason"]
             )
             after_kill = [_answer(url, "small"), _answer(url, "coder")]
-            cluster.add_node(num_cpus=1, resources={node_resource("b"): 1})
+            cluster.add_node(num_cpus=1, resources=node_resources("b"))
             back = _health_until(url, lambda h: h["placement"]["reason"] == "nodes joined: b")
             after_return = _answer(url, "big")
     assert (_experts(start, "a"), _experts(start, "b")) == (["big"], ["coder", "small"])

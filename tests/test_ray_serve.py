@@ -28,10 +28,10 @@ import yaml
 from conftest import HELD_OUT, MiB, library_data
 from prometheus_client.parser import text_string_to_metric_families
 
-from coserve.distributed.ray_app import AppArgs, node_resource, placed_experts
+from coserve.distributed.ray_app import HOSTS, AppArgs, node_resources, placed_experts
 from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook, HostView, choose_host
 from coserve.distributed.ray_host import error_record, raise_record
-from coserve.distributed.ray_run import missing_nodes, ray_config
+from coserve.distributed.ray_run import host_units_short, missing_nodes, ray_config
 from coserve.errors import ConfigError, ExpertFailed, TooManyRequests
 from coserve.types import Tier
 
@@ -93,6 +93,8 @@ def test_app_args_and_config() -> None:
     assert app["import_path"] == "coserve.distributed.ray_app:build_app"
     assert app["args"]["library"] == "/x/lib.yaml" and app["args"]["cluster"] is None
     assert missing_nodes(["a", "b"], {"coserve-node-a": 1.0, "CPU": 2.0}) == ["b"]
+    assert host_units_short(["a", "b"], {"coserve-node-a": 1.0, "coserve-node-b": 1.0, "coserve-host": 1.0}) == 1
+    assert host_units_short(["a", "b"], node_resources("a", "b")) == 0
 
 
 # -- the application on a two-node test cluster --------------------------------------------------
@@ -145,13 +147,13 @@ def _ray_app(
     from coserve.distributed.ray_app import build_app
 
     port = _free_port()
-    head: dict[str, Any] = {"num_cpus": 2, "resources": {node_resource("a"): 1}, "include_dashboard": False}
+    head: dict[str, Any] = {"num_cpus": 2, "resources": node_resources("a"), "include_dashboard": False}
     if system_config:
         head["_system_config"] = system_config
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         with alarm(CLUSTER_TIMEOUT_S):
-            second = cluster.add_node(num_cpus=1, resources={node_resource("b"): 1}) if node_b else None
+            second = cluster.add_node(num_cpus=1, resources=node_resources("b")) if node_b else None
             ray.init(address=cluster.address, log_to_driver=False)
             proxy: dict[str, Any] = {"proxy_location": "HeadOnly"} if proxy_on_head else {}
             serve.start(**proxy, http_options={"host": "127.0.0.1", "port": port})
@@ -182,8 +184,8 @@ def _node_of(placed: dict[str, list[str]], expert: str) -> str:
 def _host_health(node: str) -> dict[str, Any]:
     from ray import serve
 
-    handle = serve.get_deployment_handle(f"expert-host-{node}", app_name="coserve")
-    result: dict[str, Any] = handle.health.remote().result(timeout_s=TEST_TIMEOUT_S)
+    handle = serve.get_deployment_handle(HOSTS, app_name="coserve")  # its router: the node's replica
+    result: dict[str, Any] = handle.health.remote(node).result(timeout_s=TEST_TIMEOUT_S)
     return result
 
 
@@ -225,6 +227,14 @@ class TestTwoNodes:
             other = ({"a", "b"} - {home}).pop()
             assert _host_health(home)["experts"]["big"]["tier"] == "active"  # it ran there
             assert "big" not in _host_health(other)["experts"]  # and the other host does not serve it
+
+    def test_the_request_router_sends_each_expert_to_its_node(self, served: dict[str, Any]) -> None:
+        """One expert-host deployment: Ray Serve's router (ExpertRouter) picks the replica of the node
+        the expert is placed on, and the answer says which node it was."""
+        with alarm(TEST_TIMEOUT_S):
+            answered = {e: _chat(served["url"], e, "hi").headers.get("x-coserve-node") for e in ("big", "small")}
+        assert answered == {"big": _node_of(served["placed"], "big"), "small": _node_of(served["placed"], "small")}
+        assert answered["big"] != answered["small"]
 
     def test_pinned_expert_on_the_other_node(self, served: dict[str, Any]) -> None:
         with alarm(TEST_TIMEOUT_S):
@@ -466,7 +476,7 @@ def test_the_real_general_expert_through_the_openai_client(tmp_path: Path) -> No
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
 
 
-# -- the ingress engine over stand-in handles (no Ray): choice, host failure, restart -------------------
+# -- the ingress engine over a stand-in deployment handle (no Ray): choice, host failure, restart ------
 class _Remote:
     """A stand-in for a Ray Serve deployment handle's method: ``.remote(...)``."""
 
@@ -475,10 +485,10 @@ class _Remote:
 
 
 class _Stream:
-    """A stand-in for a streaming response: chunks, then optionally a Ray-like failure."""
+    """A stand-in for a streaming response: items, then optionally a Ray-like failure."""
 
-    def __init__(self, chunks: list[Any], fail: bool):
-        self.items, self.fail = list(chunks), fail
+    def __init__(self, items: list[Any], fail: bool):
+        self.items, self.fail = list(items), fail
 
     def __aiter__(self) -> _Stream:
         return self
@@ -495,35 +505,51 @@ class _Stream:
 
 
 class _Host:
-    """A stand-in host handle: answers with the expert's name and the node's; ``dies_after`` chunks."""
+    """A stand-in host replica: answers with the expert's name and the node's; ``dies_after`` chunks."""
 
     def __init__(self, node: str, tiers: dict[str, str], dies_after: int | None = None):
         self.node, self.tiers, self.dies_after, self.calls, self.dead = node, tiers, dies_after, 0, False
         self.withdrawn: set[str] = set()  # experts it answers not_placed for (moved away)
-        self.stream = _Remote(self._stream)
-        self.state = _Remote(self._state)
 
-    def options(self, **_: Any) -> _Host:
-        return self
-
-    def _stream(self, request: Any, expert: str) -> _Stream:
+    def stream(self, request: Any, expert: str) -> _Stream:
         from coserve.types import Chunk, Usage
 
         self.calls += 1
+        said = {"node": self.node}
         if expert in self.withdrawn:
             from coserve.errors import ExpertLoadError
 
-            return _Stream([error_record(ExpertLoadError("moved", code="not_placed"))], fail=False)
+            return _Stream([said, error_record(ExpertLoadError("moved", code="not_placed"))], fail=False)
         words = [f"{expert}@{self.node} ", "two ", "three"]
         if self.dies_after is not None:
             self.dead = True  # from now on it answers nothing
-            return _Stream([Chunk(w) for w in words[: self.dies_after]], fail=True)
-        return _Stream([Chunk(words[0]), Chunk(words[1]), Chunk(words[2], "stop", Usage(3, 3))], fail=False)
+            return _Stream([said, *(Chunk(w) for w in words[: self.dies_after])], fail=True)
+        return _Stream([said, Chunk(words[0]), Chunk(words[1]), Chunk(words[2], "stop", Usage(3, 3))], fail=False)
 
-    async def _state(self) -> dict[str, Any]:
-        if self.dead:
+
+class _Hosts:
+    """A stand-in for the expert-host deployment's handle: picks the replica as the request router
+    does (``replica_ranks`` over what each replica reports), then the best of the first group."""
+
+    def __init__(self, hosts: dict[str, _Host]):
+        self.hosts = hosts
+        self.stream = _Remote(self._stream)
+        self.state = _Remote(self._state)
+
+    def options(self, **_: Any) -> _Hosts:
+        return self
+
+    def _stream(self, request: Any, expert: str, nodes: list[str]) -> _Stream:
+        from coserve.distributed.ray_choice import ReplicaReport, replica_ranks
+
+        reports = {n: ReplicaReport(n, h.tiers) for n, h in self.hosts.items()}
+        ranks = replica_ranks("stream", [request, expert, nodes], reports)
+        return self.hosts[ranks[0][0]].stream(request, expert)
+
+    async def _state(self, node: str) -> dict[str, Any]:
+        if self.hosts[node].dead:
             raise RuntimeError("gone")
-        return {"node": self.node, "tiers": self.tiers}
+        return {"node": node, "tiers": self.hosts[node].tiers}
 
 
 def _cluster_engine(tmp_path: Path, hosts: dict[str, _Host], placed: dict[str, list[str]]) -> Any:
@@ -534,7 +560,7 @@ def _cluster_engine(tmp_path: Path, hosts: dict[str, _Host], placed: dict[str, l
     library, _ = _write_files(tmp_path)
     engine = ClusterEngine.build(load_library(library), tmp_path, embedder=HashingEmbedder())
     assert isinstance(engine, ClusterEngine)
-    engine.attach(hosts, placed)
+    engine.attach(_Hosts(hosts), placed)
     return engine
 
 

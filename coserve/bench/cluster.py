@@ -158,10 +158,10 @@ def ray_cluster(names: list[str]) -> Iterator[tuple[Any, dict[str, Any], str]]:
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from coserve.distributed.ray_app import node_resource
+    from coserve.distributed.ray_app import node_resources
 
     def node_args(name: str) -> dict[str, Any]:
-        return {"num_cpus": 1, "resources": {node_resource(name): 1}, "object_store_memory": OBJECT_STORE_BYTES}
+        return {"num_cpus": 1, "resources": node_resources(name), "object_store_memory": OBJECT_STORE_BYTES}
 
     port = free_port()
     cluster = Cluster(initialize_head=True, head_node_args={**node_args(names[0]), "include_dashboard": False})
@@ -198,8 +198,10 @@ def _deleted() -> None:
 def _host_call(node: str, method: str) -> Any:
     from ray import serve
 
-    handle = serve.get_deployment_handle(f"expert-host-{node}", app_name=APP)
-    return getattr(handle, method).remote().result(timeout_s=CALL_TIMEOUT_S)
+    from coserve.distributed.ray_app import HOSTS
+
+    handle = serve.get_deployment_handle(HOSTS, app_name=APP)  # its router sends the call to the node's replica
+    return getattr(handle, method).remote(node).result(timeout_s=CALL_TIMEOUT_S)
 
 
 def _replayed(url: str, workload: list[dict[str, Any]], options: ClusterBenchOptions) -> dict[str, Any]:

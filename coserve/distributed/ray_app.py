@@ -1,22 +1,24 @@
 """The Ray Serve application: an ingress deployment (coserve's FastAPI app and router) over one
-expert-host deployment per node.
+expert-host deployment with a replica per node.
 
 ``build_app(args)`` is the application builder that ``serve run`` / ``serve deploy`` / a KubeRay
 RayService name as ``coserve.distributed.ray_app:build_app`` (``coserve deploy --ray-config``
 writes that config; ``coserve serve --ray`` runs it). It reads the library and the cluster file,
 plans the placement (coserve.distributed.inputs.plan_inputs and the planner), and binds:
 
-* per node of the cluster file, ``expert-host-<node>``: one replica of ``ExpertHost``
-  (coserve.distributed.ray_host) over the experts placed there at start, held on that node by the
-  custom resource ``coserve-node-<node>`` that the node was started with
-  (``ray start --resources='{"coserve-node-<node>": 1}'``);
+* ``expert-host``: one replica of ``NodeHost`` (coserve.distributed.ray_node_host) per node of the
+  cluster file. Each replica takes one unit of the custom resource ``coserve-host`` that a Ray node
+  carries once per cluster-file node it is started for, next to ``coserve-node-<node>``
+  (``ray start --resources='{"coserve-node-<node>": 1, "coserve-host": 1}'``, ``node_resources``),
+  finds out which node it landed on and serves the experts placed there. Its request router
+  (coserve.distributed.ray_router, ``request_router_config``) sends each call to the right replica;
 * ``placement``: one replica of the placement controller (coserve.distributed.ray_placement), which
   re-plans when nodes leave or join or traffic drifts and moves experts between the hosts;
 * ``quota`` and ``decision-log``: one replica each (coserve.distributed.cluster_state), the API-key
   counters and the decision log that every ingress replica shares;
 * ``ingress``: the same FastAPI app as the single process (coserve.server.app.create_app) through
   ``@serve.ingress``, over a ``ClusterEngine`` (coserve.distributed.ray_engine) holding the hosts'
-  deployment handles and following the controller's placement; its replicas scale with the
+  deployment handle and following the controller's placement; its replicas scale with the
   request rate (Ray Serve autoscaling).
 
 Ray is imported only when an application is built (``coserve[ray]``); importing this module needs
@@ -28,8 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from coserve.distributed.ray_host import ExpertHost, library_file, served_library
-from coserve.distributed.ray_placement import PlacementService
+from coserve.distributed.ray_host import library_file, served_library
+from coserve.distributed.ray_node_host import HOST_RESOURCE, NodeHost
+from coserve.distributed.ray_placement import NODE_PREFIX, PlacementService
 from coserve.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,10 +43,22 @@ if TYPE_CHECKING:
     from coserve.distributed.placement import Placement
     from coserve.distributed.ray_engine import ClusterEngine
 
-__all__ = ["APP_BUILDER", "AppArgs", "Ingress", "build_app", "local_cluster", "node_resource", "require_ray"]
+__all__ = [
+    "APP_BUILDER",
+    "HOSTS",
+    "AppArgs",
+    "Ingress",
+    "build_app",
+    "local_cluster",
+    "node_resource",
+    "node_resources",
+    "require_ray",
+]
 
 APP_BUILDER = "coserve.distributed.ray_app:build_app"  # the import path Ray Serve configs name
 RAY_EXTRA_HINT = "Ray Serve is not installed: pip install 'coserve[ray]'"
+HOSTS = "expert-host"  # the expert-host deployment's name
+ROUTING_STATS_PERIOD_S = 1.0  # how often Ray Serve reads each host's tiers and load for its router
 
 
 def require_ray() -> None:
@@ -56,7 +71,12 @@ def require_ray() -> None:
 
 def node_resource(node: str) -> str:
     """The Ray custom resource that holds a node's expert host on that node."""
-    return f"coserve-node-{node}"
+    return f"{NODE_PREFIX}{node}"
+
+
+def node_resources(*nodes: str) -> dict[str, float]:
+    """The custom resources of a Ray node started for these cluster-file nodes (usually one)."""
+    return {**{node_resource(n): 1.0 for n in nodes}, HOST_RESOURCE: float(len(nodes))}
 
 
 @dataclass(frozen=True)
@@ -126,7 +146,7 @@ class Ingress:
     def __init__(
         self,
         library_path: str | None,
-        hosts: dict[str, Any],
+        hosts: Any,
         placed: dict[str, list[str]],
         controller: Any = None,
         quota: Any = None,
@@ -160,27 +180,28 @@ def build_app(args: dict[str, Any]) -> Any:
     """The Ray Serve application (a bound ingress over its hosts) for these builder arguments."""
     require_ray()
     from ray import serve
+    from ray.serve.config import RequestRouterConfig
+
+    from coserve.distributed.ray_router import ROUTER_CLASS
 
     settings = AppArgs.from_dict(args)
     cluster, footprints, placement = planned(settings)
     library = library_file(settings.library)
-    host: Any = serve.deployment(ExpertHost)
-    hosts = {}
-    for node in cluster.nodes:  # every node gets a host: a re-plan may place experts on any of them
-        hosts[node.name] = host.options(
-            name=f"expert-host-{node.name}",
-            num_replicas=1,
-            # The node's own engine decides what runs; CPUs are not reserved through Ray.
-            ray_actor_options={"num_cpus": 0, "resources": {node_resource(node.name): 0.001}},
-            max_ongoing_requests=256,
-        ).bind(
-            library,
-            node.name,
-            [r.expert for r in placement.on(node.name)],
-            node.ram,
-            node.accelerator,
-            [r.expert for r in placement.on(node.name) if r.resident],
-        )
+    placed = {node.name: [r.expert for r in placement.on(node.name)] for node in cluster.nodes}
+    resident = {node.name: [r.expert for r in placement.on(node.name) if r.resident] for node in cluster.nodes}
+    host: Any = serve.deployment(NodeHost)
+    hosts = host.options(
+        name=HOSTS,
+        num_replicas=len(cluster.nodes),  # every node gets a host: a re-plan may place experts on any of them
+        # One coserve-host unit each, so one replica per cluster-file node; the node's own engine
+        # decides what runs: CPUs are not reserved through Ray.
+        ray_actor_options={"num_cpus": 0, "resources": {HOST_RESOURCE: 1}},
+        max_ongoing_requests=256,
+        request_router_config=RequestRouterConfig(
+            request_router_class=ROUTER_CLASS,  # type: ignore[arg-type]  # pydantic fields, not the stub's
+            request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,  # type: ignore[arg-type]
+        ),
+    ).bind(library, cluster, placed, resident)
     placement_service: Any = serve.deployment(PlacementService)
     controller = placement_service.options(
         name="placement", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
@@ -190,7 +211,6 @@ def build_app(args: dict[str, Any]) -> Any:
     ingress_actor: dict[str, Any] = {"num_cpus": 0}
     if settings.ingress_node is not None:  # a node that dies takes its ingress replicas' connections along
         ingress_actor["resources"] = {node_resource(settings.ingress_node): 0.001}
-    placed = {node.name: [r.expert for r in placement.on(node.name)] for node in cluster.nodes}
     from coserve.distributed.cluster_state import bind_shared_state
 
     pin = node_resource(settings.ingress_node) if settings.ingress_node is not None else None

@@ -1,25 +1,40 @@
-"""Replica choice: which expert host answers a request for an expert, and what the ingress knows of
-each host to decide it.
+"""Replica choice: which expert host answers a request for an expert, and what is known of each host
+to decide it.
 
 A request for expert E goes to a host that has E ACTIVE, else one that has it in RAM, else the least
 loaded host that can serve it at all; never to a host E is not placed on, nor to one marked down.
-Among equals, the one with fewer requests in flight from this ingress wins, then the name (so the
-choice is reproducible). ``choose_host`` is pure and takes plain numbers; ``HostBook`` keeps the
-numbers (tiers each host last reported, requests in flight, hosts that failed).
+Among equals, the one with fewer requests in flight wins, then the name (so the choice is
+reproducible). ``choose_host`` and ``rank_hosts`` are pure and take plain numbers.
 
-This module knows nothing about Ray: the ingress (coserve.distributed.ray_engine) fills the book
-from the hosts' answers and asks it.
+``replica_ranks`` is what Ray Serve's request router for the expert hosts (coserve.distributed.
+ray_router) asks for each host call: a ``stream(request, expert, nodes)`` call may go to the replica
+of any of ``nodes`` (the nodes the ingress may send ``expert`` to: placed there, not failed), ranked
+by the tiers and load each replica last reported; any other call names its node first
+(``state(node)``, ``add(node, expert, resident)``...) and goes to that node's replica only.
+
+``HostBook`` is the ingress's view: what each node may be sent (the placement controller's), nodes
+that failed, calls in flight and answered (for ``/health``). This module knows nothing about Ray.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from coserve.types import Tier
 
-__all__ = ["DOWN_FOR_S", "HostBook", "HostView", "choose_host"]
+__all__ = [
+    "DOWN_FOR_S",
+    "STREAM_METHOD",
+    "HostBook",
+    "HostView",
+    "ReplicaReport",
+    "choose_host",
+    "rank_hosts",
+    "replica_ranks",
+]
 
 DOWN_FOR_S = 5.0  # seconds a host that failed is skipped before it may be tried again
 
@@ -42,6 +57,66 @@ def choose_host(hosts: Sequence[HostView]) -> str | None:
         return None
     best = min(able, key=lambda h: (_RANK[h.tier], h.in_flight, h.name) if h.tier is not None else ())
     return best.name
+
+
+def rank_hosts(hosts: Sequence[HostView]) -> list[list[str]]:
+    """Every host that can serve, grouped by tier (ACTIVE, RAM, DISK), each group by load then name:
+    the order to try them in (``choose_host`` is the first of the first group). Within a group Ray
+    Serve's router takes the replica with the fewest requests queued when it asks them (so ties in
+    what the hosts last reported are broken by their live load)."""
+    return _grouped([(host, host.name) for host in hosts])
+
+
+Item = TypeVar("Item")
+
+
+def _grouped(items: Sequence[tuple[HostView, Item]]) -> list[list[Item]]:
+    able = sorted(
+        ((view, item) for view, item in items if view.tier is not None),
+        key=lambda pair: (_RANK[pair[0].tier], pair[0].in_flight, pair[0].name) if pair[0].tier is not None else (),
+    )
+    groups: list[list[Item]] = []
+    last: Tier | None = None
+    for view, item in able:
+        if not groups or view.tier != last:
+            groups.append([])
+            last = view.tier
+        groups[-1].append(item)
+    return groups
+
+
+STREAM_METHOD = "stream"  # the host call that runs a request: stream(request, expert, nodes)
+Replica = TypeVar("Replica", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    """What one expert-host replica reported of itself (Ray Serve's routing stats and replica metadata)."""
+
+    node: str | None  # the cluster-file node it serves; None: not reported yet
+    tiers: Mapping[str, str] = field(default_factory=dict)  # expert -> tier, for the experts placed there
+    in_flight: int = 0  # calls running there (all experts)
+
+
+def replica_ranks(method: str, args: Sequence[Any], reports: Mapping[Replica, ReplicaReport]) -> list[list[Replica]]:
+    """The replicas to try for one host call, best group first; [] when none may take it (the
+    router then waits for the replicas to change). ``stream(request, expert, nodes)``: the replicas
+    of ``nodes``, ranked by ``rank_hosts`` (an expert a replica does not list yet counts as DISK:
+    it was placed there after its last report). Any other call ``method(node, ...)``: that node's."""
+    by_node: dict[str, list[Replica]] = {}
+    for replica, report in reports.items():
+        if report.node is not None:
+            by_node.setdefault(report.node, []).append(replica)
+    if method != STREAM_METHOD:
+        return [by_node[str(args[0])]] if args and str(args[0]) in by_node else []
+    expert, allowed = str(args[1]), {str(n) for n in args[2]}
+    views = []
+    for node, replicas in by_node.items():
+        for replica in replicas:
+            report = reports[replica]
+            tier = Tier(report.tiers.get(expert, Tier.DISK)) if node in allowed else None
+            views.append((HostView(node, tier, report.in_flight), replica))
+    return _grouped(views)
 
 
 class HostBook:

@@ -2,12 +2,15 @@
 
 ``ClusterEngine`` is coserve's Engine with one seam overridden (``Engine._run``: start a call on
 ``call.expert``). Routing, the fallback over the Decision's alternatives, timings and metrics stay the
-Engine's; where the single process queues the call on its own pool, the ingress chooses a host
-(coserve.distributed.ray_choice: ACTIVE, else RAM, else least loaded, never one the expert is not
-placed on) and streams the chunks back from its ``ExpertHost.stream`` generator. A host that fails
-(its replica or node died) counts as the expert failing: before the first token the call falls back
-to another host of the same expert and then to the next expert; after it, the stream ends with a
-clean error event (coserve.server.routes), and a non-streamed one starts again (``complete``).
+Engine's; where the single process queues the call on its own pool, the ingress calls the one
+``expert-host`` deployment handle with the nodes the expert may go to (placed there by the placement
+controller, not failed, not tried yet for this call), and the deployment's request router
+(coserve.distributed.ray_router) picks the replica: ACTIVE, else RAM, else least loaded, never one
+the expert is not placed on. The host's ``stream`` generator says first which node answers, then
+streams the chunks back. A host that fails (its replica or node died) counts as the expert failing:
+before the first token the call goes to another node of the same expert and then to the next
+expert; after it, the stream ends with a clean error event (coserve.server.routes), and a
+non-streamed one starts again (``complete``).
 The server's HTTP surface is unchanged: ``create_app`` takes this engine as it takes the local one.
 
 Needs Ray (``coserve[ray]``); imported only by coserve.distributed.ray_app inside a replica.
@@ -23,7 +26,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook, choose_host
+from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook
 from coserve.distributed.ray_host import NOT_PLACED, raise_record
 from coserve.engine.call import Call
 from coserve.engine.engine import Engine
@@ -41,16 +44,18 @@ _END = object()
 
 
 class ClusterEngine(Engine):
-    """An Engine whose calls run on remote expert hosts (one Ray Serve deployment per node)."""
+    """An Engine whose calls run on remote expert hosts (one Ray Serve deployment, a replica per node)."""
 
-    hosts: Mapping[str, Any]  # node -> DeploymentHandle of its ExpertHost
+    host: Any  # DeploymentHandle of the expert-host deployment (its router picks the replica)
+    nodes: list[str]  # every node with a host
     book: HostBook
 
-    def attach(self, hosts: Mapping[str, Any], placed: Mapping[str, list[str]], controller: Any = None) -> None:
-        """Serve through these host handles; ``placed`` says which experts each node's host serves
-        until the placement ``controller`` (a handle; None: the placement never changes) says more."""
-        self.hosts = dict(hosts)
-        self.book = HostBook({node: placed.get(node, []) for node in self.hosts})
+    def attach(self, host: Any, placed: Mapping[str, list[str]], controller: Any = None) -> None:
+        """Serve through this host deployment handle; ``placed`` names every node and the experts its
+        host serves until the placement ``controller`` (a handle; None: it never changes) says more."""
+        self.host = host
+        self.nodes = sorted(placed)
+        self.book = HostBook({node: placed.get(node, []) for node in self.nodes})
         self.controller = controller
         self.placement: dict[str, Any] = {}  # the controller's last view (/health)
         self.requested: Counter[str] = Counter()  # routed requests per expert, not yet reported
@@ -78,7 +83,7 @@ class ClusterEngine(Engine):
             return
         if view["version"] != self.book.version:
             before = dict(self.book.placed)
-            self.book.place({n: e for n, e in view["placed"].items() if n in self.hosts}, view["version"])
+            self.book.place({n: e for n, e in view["placed"].items() if n in self.nodes}, view["version"])
             for node, experts in self.book.placed.items():
                 if experts - before.get(node, frozenset()):
                     self._refresh_later(node)  # its new experts' tiers, before replica choice ranks it
@@ -93,7 +98,7 @@ class ClusterEngine(Engine):
     async def refresh(self, node: str) -> None:
         """Ask one host for its tiers (a host that does not answer counts as down for a while)."""
         try:
-            state = await asyncio.wait_for(self.hosts[node].state.remote(), STATE_TIMEOUT_S)
+            state = await asyncio.wait_for(self.host.state.remote(node), STATE_TIMEOUT_S)
         except Exception as exc:  # the replica or its node is gone: skip it until it answers again
             log.warning("expert host %s did not answer: %s", node, exc)
             self.book.fail(node)
@@ -101,7 +106,7 @@ class ClusterEngine(Engine):
         self.book.report(node, state["tiers"])
 
     async def refresh_all(self) -> None:
-        await asyncio.gather(*(self.refresh(node) for node in self.hosts))
+        await asyncio.gather(*(self.refresh(node) for node in self.nodes))
 
     def _refresh_later(self, node: str) -> None:
         task = asyncio.get_running_loop().create_task(self.refresh(node))
@@ -109,18 +114,16 @@ class ClusterEngine(Engine):
         task.add_done_callback(self._refreshes.discard)
 
     async def _run(self, call: Call) -> AsyncIterator[Chunk]:
-        """Send the call to a host of ``call.expert``; tries its other hosts when one fails first."""
+        """Send the call to a host of ``call.expert`` (the router picks which); tries its other nodes
+        when one fails before the first chunk."""
         expert = str(call.expert)
         tried: set[str] = set()
-        while True:
-            node = choose_host([v for v in self.book.views(expert) if v.name not in tried])
-            if node is None:
-                where = ", ".join(self.book.hosting(expert)) or "no node"
-                exc = ExpertLoadError(f"expert {expert!r} has no host that can serve it now (placed on {where})")
-                exc.retry_after = int(DOWN_FOR_S)  # a failed host is tried again after this
-                raise exc
-            tried.add(node)
-            chunks = self._relay(node, call)
+        for _ in range(len(self.nodes) + 1):  # each failure rules a node out (or Ray drops a dead replica)
+            allowed = [v.name for v in self.book.views(expert) if v.tier is not None and v.name not in tried]
+            if not allowed:
+                break
+            call.node = None
+            chunks = self._relay(allowed, call)
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
@@ -128,23 +131,36 @@ class ClusterEngine(Engine):
             except ExpertFailed as exc:
                 if exc.code != "host_failed":
                     raise
-                continue  # the host is gone before anything was sent: try another host
-            except ExpertLoadError as exc:
-                if exc.code != NOT_PLACED:
-                    raise
-                self.book.withdraw(node, expert)  # moved away by a placement this ingress has not seen yet
+                tried.add(call.node or "")  # the host is gone before anything was sent: try another node
                 continue
-            call.node = node
+            except ExpertLoadError as exc:
+                if exc.code != NOT_PLACED or call.node is None:
+                    raise
+                self.book.withdraw(call.node, expert)  # moved away by a placement this ingress has not seen yet
+                continue
             return _prepend(first, chunks)
+        call.node = None
+        where = ", ".join(self.book.hosting(expert)) or "no node"
+        unserved = ExpertLoadError(f"expert {expert!r} has no host that can serve it now (placed on {where})")
+        unserved.retry_after = int(DOWN_FOR_S)  # a failed host is tried again after this
+        raise unserved
 
-    async def _relay(self, node: str, call: Call) -> AsyncIterator[Chunk]:
-        """The chunks of the call from ``node``'s host; a host failure becomes ExpertFailed."""
-        handle = self.hosts[node].options(stream=True)
-        self.book.in_flight[node] += 1
-        stream = handle.stream.remote(call.request, call.expert)
+    async def _relay(self, allowed: list[str], call: Call) -> AsyncIterator[Chunk]:
+        """The chunks of the call from the host the router picked among ``allowed`` (its node in
+        ``call.node`` once it says); a host failure becomes ExpertFailed."""
+        stream = self.host.options(stream=True).stream.remote(call.request, call.expert, allowed)
+        node: str | None = None
         finished = False
         try:
-            while (item := await self._next(node, stream)) is not _END:
+            item = await self._first(allowed, stream)
+            if isinstance(item, dict) and set(item) == {"node"}:
+                node = str(item["node"])
+                item = await self._next(node, stream)
+            else:  # a host that does not say (the benchmark's peer): the only node it could be
+                node = allowed[0]
+            call.node = node
+            self.book.in_flight[node] += 1
+            while item is not _END:
                 if isinstance(item, dict):
                     raise_record(item)
                 assert isinstance(item, Chunk)
@@ -153,27 +169,48 @@ class ClusterEngine(Engine):
                     self.metrics.tokens.labels(call.expert, "prompt").inc(item.usage.prompt_tokens)
                     self.metrics.tokens.labels(call.expert, "completion").inc(item.usage.completion_tokens)
                 yield item
+                item = await self._next(node, stream)
             finished = True
             self.book.served[node] += 1
         except (CoserveError, GeneratorExit, asyncio.CancelledError):
             raise
         except Exception as exc:  # Ray's: the replica died, its node left, the actor is unreachable
-            log.warning("expert host %s failed: %s", node, exc)
-            self.book.fail(node)
+            log.warning("expert host %s failed: %s", node or f"of {', '.join(allowed)}", exc)
+            if node is not None:
+                self.book.fail(node)
             raise ExpertFailed(
-                f"expert host on node {node!r} failed: {type(exc).__name__}", code="host_failed"
+                f"expert host on node {node or ', '.join(allowed)!r} failed: {type(exc).__name__}", code="host_failed"
             ) from None
         finally:
-            self.book.in_flight[node] -= 1
+            if node is not None:
+                self.book.in_flight[node] -= 1
+                self._refresh_later(node)
             if not finished:
                 with contextlib.suppress(Exception):
                     stream.cancel()  # the client left or the call failed: stop the remote generation
-            self._refresh_later(node)
+
+    async def _first(self, allowed: list[str], stream: Any) -> object:
+        """The stream's first item. While none comes for ``PROBE_AFTER_S``, every allowed node's host
+        is asked for its state: one that does not answer in ``STATE_TIMEOUT_S`` is marked failed, and
+        when none answers this raises (the router may be holding the call for a replica that is gone)."""
+        pending = asyncio.ensure_future(anext(stream, _END))
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=PROBE_AFTER_S)
+                if done:
+                    return pending.result()
+                await asyncio.gather(*(self.refresh(node) for node in allowed))
+                now = time.monotonic()
+                if all(self.book.down_until[node] > now for node in allowed):
+                    raise TimeoutError(f"no host of {', '.join(allowed)} answers")
+        except BaseException:
+            pending.cancel()
+            raise
 
     async def complete(self, call: Call) -> Completion:
         """As the Engine's, and a call whose host died mid-answer starts again elsewhere: nothing of a
         non-streamed answer has left yet (at most once per host; the dead one is skipped)."""
-        for _ in range(len(self.hosts)):
+        for _ in range(len(self.nodes)):
             try:
                 return await super().complete(call)
             except ExpertFailed as exc:
@@ -192,7 +229,7 @@ class ClusterEngine(Engine):
                 done, _ = await asyncio.wait({pending}, timeout=PROBE_AFTER_S)
                 if done:
                     return pending.result()
-                await asyncio.wait_for(self.hosts[node].state.remote(), STATE_TIMEOUT_S)
+                await asyncio.wait_for(self.host.state.remote(node), STATE_TIMEOUT_S)
         except BaseException:
             pending.cancel()
             raise
@@ -214,7 +251,7 @@ class ClusterEngine(Engine):
                 "served": self.book.served[node],
                 "down": self.book.down_until[node] > now or (alive is not None and node not in alive),
             }
-            for node in sorted(self.hosts)
+            for node in self.nodes
         }
         health["placement"] = {
             "version": self.book.version,
@@ -231,12 +268,12 @@ class ClusterEngine(Engine):
 
         async def host_text(node: str) -> str | None:
             try:
-                return str(await asyncio.wait_for(self.hosts[node].metrics.remote(), STATE_TIMEOUT_S))
+                return str(await asyncio.wait_for(self.host.metrics.remote(node), STATE_TIMEOUT_S))
             except Exception:  # a host gone: its numbers are left out this scrape
                 return None
 
-        texts = await asyncio.gather(*(host_text(node) for node in sorted(self.hosts)))
-        return merge_expositions(await super().exposition(), dict(zip(sorted(self.hosts), texts, strict=True)))
+        texts = await asyncio.gather(*(host_text(node) for node in self.nodes))
+        return merge_expositions(await super().exposition(), dict(zip(self.nodes, texts, strict=True)))
 
     async def close(self) -> None:
         if self._follower is not None:

@@ -131,24 +131,35 @@ class PeerReplica:
 
 
 class _ByExpert:
-    """``.remote(request, expert)`` on the peer deployment with the expert as the multiplexed model id."""
+    """``.remote(request, expert, nodes)`` on the peer deployment with the expert as the multiplexed model id."""
 
     def __init__(self, handle: Any, options: dict[str, Any]):
         self.handle, self.options = handle, options
 
-    def remote(self, request: Request, expert: str) -> Any:
+    def remote(self, request: Request, expert: str, nodes: Any = ()) -> Any:
         return self.handle.options(**self.options, multiplexed_model_id=expert).stream.remote(request, expert)
 
 
+class _State:
+    """``.remote(node)`` asks the peer deployment (one "node" for the ingress) for its state."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+
+    def remote(self, node: str) -> Any:
+        return self.handle.state.remote()
+
+
 class MultiplexedHost:
-    """The peer deployment's handle, called as the ingress's engine calls an expert host."""
+    """The peer deployment's handle, called as the ingress's engine calls the expert-host deployment
+    (its one node is ``PEER_HOST``; Ray's multiplexed routing picks the replica)."""
 
     def __init__(self, handle: Any, options: dict[str, Any] | None = None):
         self.handle, self._options = handle, dict(options or {})
 
     @property
-    def state(self) -> Any:
-        return self.handle.state
+    def state(self) -> _State:
+        return _State(self.handle)
 
     @property
     def stream(self) -> _ByExpert:
@@ -162,7 +173,7 @@ class PeerIngress(Ingress):
     """coserve's ingress over the multiplexed deployment instead of per-node expert hosts."""
 
     def __init__(self, library_path: str | None, peer: Any, experts: list[str]):
-        super().__init__(library_path, {PEER_HOST: MultiplexedHost(peer)}, {PEER_HOST: experts})
+        super().__init__(library_path, MultiplexedHost(peer), {PEER_HOST: experts})
 
 
 def build_peer_app(args: dict[str, Any]) -> Any:

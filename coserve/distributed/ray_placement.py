@@ -44,13 +44,15 @@ def alive_nodes(ray_nodes: list[Mapping[str, Any]]) -> set[str]:
 
 
 class HandleHosts:
-    """The controller's ``HostOps`` over the hosts' deployment handles."""
+    """The controller's ``HostOps`` over the expert-host deployment's handle: each call names its node
+    first, and the deployment's request router (coserve.distributed.ray_router) sends it to that
+    node's replica."""
 
-    def __init__(self, hosts: Mapping[str, Any]):
-        self.hosts = dict(hosts)
+    def __init__(self, hosts: Any):
+        self.hosts = hosts
 
     async def _call(self, node: str, method: str, *args: Any) -> None:
-        await asyncio.wait_for(getattr(self.hosts[node], method).remote(*args), HOST_CALL_TIMEOUT_S)
+        await asyncio.wait_for(getattr(self.hosts, method).remote(node, *args), HOST_CALL_TIMEOUT_S)
 
     async def add(self, node: str, expert: str, resident: bool) -> None:
         await self._call(node, "add", expert, resident)
@@ -64,16 +66,14 @@ class HandleHosts:
     async def assign(self, node: str, experts: list[str], resident: list[str]) -> None:
         # A host whose replica is not up yet (its node just joined) would hold the call until it
         # is: ask for its state first, briefly, so the tick goes on and tries again next time.
-        await asyncio.wait_for(self.hosts[node].state.remote(), HOST_UP_TIMEOUT_S)
+        await asyncio.wait_for(self.hosts.state.remote(node), HOST_UP_TIMEOUT_S)
         await self._call(node, "assign", experts, resident)
 
 
 class PlacementService:
     """The ``placement`` deployment: one controller for the whole application."""
 
-    def __init__(
-        self, cluster: Cluster, footprints: Mapping[str, Footprint], placement: Placement, hosts: Mapping[str, Any]
-    ):
+    def __init__(self, cluster: Cluster, footprints: Mapping[str, Footprint], placement: Placement, hosts: Any):
         self.controller = PlacementController(cluster, footprints, placement, HandleHosts(hosts))
         self._watch: asyncio.Task[None] | None = None
 

@@ -15,11 +15,12 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from coserve.distributed.ray_app import APP_BUILDER, AppArgs, node_resource, require_ray
+from coserve.distributed.ray_app import APP_BUILDER, AppArgs, node_resource, node_resources, require_ray
 from coserve.distributed.ray_host import served_library
+from coserve.distributed.ray_node_host import HOST_RESOURCE
 from coserve.errors import ConfigError
 
-__all__ = ["APP_NAME", "missing_nodes", "ray_config", "serve_on_ray", "wanted_nodes"]
+__all__ = ["APP_NAME", "host_units_short", "missing_nodes", "ray_config", "serve_on_ray", "wanted_nodes"]
 
 APP_NAME = "coserve"
 
@@ -34,6 +35,11 @@ def wanted_nodes(args: AppArgs) -> list[str]:
 def missing_nodes(nodes: list[str], resources: Mapping[str, float]) -> list[str]:
     """The nodes whose ``coserve-node-<node>`` resource no Ray node offers."""
     return [n for n in nodes if resources.get(node_resource(n), 0) <= 0]
+
+
+def host_units_short(nodes: list[str], resources: Mapping[str, float]) -> int:
+    """How many ``coserve-host`` units the Ray nodes lack for one expert-host replica per node."""
+    return max(0, len(nodes) - int(resources.get(HOST_RESOURCE, 0)))
 
 
 def ray_config(args: AppArgs, host: str, port: int) -> dict[str, Any]:
@@ -64,7 +70,7 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> No
     if address is None:
         ray.init(
             address="local",
-            resources={node_resource(n): 1 for n in nodes},
+            resources=node_resources(*nodes),
             include_dashboard=False,
         )
     else:
@@ -76,10 +82,17 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> No
     try:
         missing = missing_nodes(nodes, ray.cluster_resources())
         if missing:
-            flags = ", ".join(f'"{node_resource(n)}": 1' for n in missing)
+            flags = ", ".join(f'"{r}": {v:g}' for r, v in node_resources(missing[0]).items())
             raise ConfigError(
                 f"no Ray node offers the resource of node(s) {', '.join(missing)}: start each on its machine "
-                f"with ray start --address {address or 'HEAD:6379'} --resources='{{{flags}}}' (one resource a node)"
+                f"with ray start --address {address or 'HEAD:6379'} --resources='{{{flags}}}' (for {missing[0]})"
+            )
+        short = host_units_short(nodes, ray.cluster_resources())
+        if short:
+            flags = ", ".join(f'"{r}": {v:g}' for r, v in node_resources("NAME").items())
+            raise ConfigError(
+                f"the Ray nodes lack {short} unit(s) of the {HOST_RESOURCE} resource (one per cluster-file node "
+                f"they stand for): start each with --resources='{{{flags}}}'"
             )
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(args.to_dict()), name=APP_NAME, route_prefix="/")
