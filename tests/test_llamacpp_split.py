@@ -74,6 +74,18 @@ def _run(backend, handle, prompt: str, tokens: int = 24, **sampling: object) -> 
     return "".join(c.text for c in parts), parts[-1]
 
 
+TIE_NATS = 0.2  # a greedy step whose two best tokens are closer than this may flip with the batch's shape
+
+
+def _run_logged(backend, handle, prompt: str, tokens: int):  # type: ignore[no-untyped-def]
+    """``_run`` greedy with log-probabilities: (text, last chunk, [(token, top-1 minus top-2 logprob)])."""
+    parts: list[Chunk] = []
+    settings = Sampling(max_tokens=tokens, temperature=0.0, logprobs=True, top_logprobs=2)
+    backend.stream(handle, (Message("user", prompt),), settings, lambda c: parts.append(c) and False)
+    steps = [(e.token, e.top[0][1] - e.top[1][1]) for c in parts for e in c.logprobs]
+    return "".join(c.text for c in parts), parts[-1], steps
+
+
 @pytest.fixture(scope="module")
 def general():  # type: ignore[no-untyped-def]
     from coserve.backends.llamacpp_split import LlamaCppSplitBackend
@@ -98,7 +110,8 @@ def test_requests_beyond_the_slots_wait_and_batched_answers_agree_with_single_on
         "Name a planet.",
         LONG_ANSWER,
     ]
-    alone = [_run(backend, handle, p, tokens=LENGTH_TOKENS) for p in prompts]
+    # single runs with each step's two most likely tokens, to know where greedy is near a tie
+    alone = [_run_logged(backend, handle, p, tokens=LENGTH_TOKENS) for p in prompts]
     fresh = []
     staged = backend.stage(spec, base)
     for _ in range(2):  # greedy from the same (empty) cache: the same answer, token for token
@@ -119,18 +132,23 @@ def test_requests_beyond_the_slots_wait_and_batched_answers_agree_with_single_on
         t.join(timeout=120)
     # Batched, a request's rows share each step's matrix products with whatever else the step holds
     # (another's token, another's prompt chunk), and llama.cpp's CPU kernels round differently with
-    # the batch's shape. Which requests share a step depends on thread timing, so a greedy answer of
-    # this 135M model parts from its single run in some schedules and not in others: seen as early
-    # as the 3rd word ("Bonjour in French!" / "Bonjour in French."), in most runs not within 24
-    # tokens. A sequence that read another's cells or positions is wrong from its first token, so
-    # the bound is the first two words (whole answers compared exactly: the fresh-cache check above
-    # and test_answers_are_llama_cpp_servers_own_on_the_same_library).
-    for i, (single, last) in enumerate(alone):
+    # the batch's shape. Which requests share a step depends on thread timing, so where the single
+    # run's two most likely tokens are within TIE_NATS of each other, the batched greedy answer may
+    # take the other one (seen: "Bonjour!" / "Bonjour in French"). Up to the first such step it
+    # must be the single answer exactly: a sequence that read another's cells or positions is wrong
+    # from its first token. (Whole answers are compared exactly by the fresh-cache check above and
+    # test_answers_are_llama_cpp_servers_own_on_the_same_library.)
+    checked = 0
+    for i, (single, last, steps) in enumerate(alone):
         batched, batched_last = results[i]
-        assert batched.split()[:2] == single.split()[:2], (single, batched)
+        sure = next((k for k, (_, margin) in enumerate(steps) if margin < TIE_NATS), len(steps))
+        prefix = "".join(token for token, _ in steps[:sure])
+        assert batched.startswith(prefix), (single, batched, sure)
+        checked += sure
         assert batched_last.usage and last.usage and batched_last.usage.prompt_tokens == last.usage.prompt_tokens
+    assert checked >= 10  # the check is not vacuous: these prompts have clear first tokens
     assert results[4][1].finish_reason == "length" and results[4][1].usage.completion_tokens == LENGTH_TOKENS
-    for text, last in alone + list(results.values()):
+    for text, last in [(text, last) for text, last, _ in alone] + list(results.values()):
         assert text.strip() and last.usage is not None
         assert 0 < last.usage.completion_tokens <= LENGTH_TOKENS
         # "length" exactly when the cap was reached; below it only an end-of-turn token ends an answer
