@@ -132,6 +132,11 @@ def log_bytes_per_row(rows: int, store_text: bool) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--note",
+        default="machine state not stated",
+        help="the machine's state, e.g. 'quiet machine, nothing else running'",
+    )
     parser.add_argument("--rows", type=int, default=20000, help="rows written to measure the log")
     parser.add_argument("--json", default=str(ROOT / "docs" / "data" / "cluster-scale.json"))
     args = parser.parse_args()
@@ -156,8 +161,7 @@ def main() -> int:
     payload = {
         "what": "per ingress: replica-choice state (HostBook) and decision-log volume as the library grows",
         "assumption": f"{REQUESTS_PER_EXPERT_S:g} request/s per expert; the log volume is split over ingress replicas",
-        "note": "bytes are exact for this Python (sys.getsizeof); choose_us is a timing on a shared 2-core "
-        "machine with other jobs running (an upper bound); re-run this command for figures to quote",
+        "note": f"bytes are exact for this Python (sys.getsizeof); choose_us is a timing; {args.note}",
         "log_rows_measured": args.rows,
         "log_bytes_per_row": per_row,
         "sizes": sizes,

@@ -103,6 +103,11 @@ def in_process(calls: int) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--note",
+        default="machine state not stated",
+        help="the machine's state, e.g. 'quiet machine, nothing else running'",
+    )
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--callers", type=int, default=4)
     parser.add_argument("--json", type=Path, default=ROOT / "docs/data/cluster-state-latency.json")
@@ -147,9 +152,17 @@ def main() -> int:
         serve.shutdown()
         ray.shutdown()
     results["in_process_quota_check"] = in_process(args.calls)
-    command = ["scripts/cluster_state_latency.py", "--calls", str(args.calls), "--callers", str(args.callers)]
+    command = [
+        "scripts/cluster_state_latency.py",
+        "--calls",
+        str(args.calls),
+        "--callers",
+        str(args.callers),
+        "--note",
+        args.note,
+    ]
     payload = {
-        "note": "one-node local Ray on a shared 2-core machine with other jobs running: upper bounds; "
+        "note": f"one-node local Ray; {args.note}; "
         "the concurrent figure is bounded by this one calling process as much as by the replica",
         **results,
     }

@@ -59,6 +59,11 @@ def instance(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--note",
+        default="machine state not stated",
+        help="the machine's state, e.g. 'quiet machine, nothing else running'",
+    )
     parser.add_argument("--time-limit", type=float, default=20.0, help="HiGHS seconds per solve")
     parser.add_argument("--json", default=str(ROOT / "docs" / "data" / "plan-scale.json"))
     args = parser.parse_args()
@@ -106,13 +111,12 @@ def main() -> int:
         "what": "planner wall time (build + HiGHS) per instance size; median of the runs",
         "time_limit_s": args.time_limit,
         "mip_rel_gap": MIP_GAP,
-        "note": "measured on a shared 2-core machine with other jobs running (contended): timings are upper "
-        "bounds; re-run this command on a quiet machine for the figures to quote. busiest_load is the busiest "
+        "note": f"{args.note}. busiest_load is the busiest "
         "node's compute load (node speeds 1/1.5/2, experts' seconds per request differ); 1/nodes stays a "
         "lower bound of it",
         "sizes": rows,
     }
-    write_data(Path(args.json), payload, [sys.executable, *sys.argv])
+    write_data(Path(args.json), payload, [".venv/bin/python", "scripts/plan_scale.py", *sys.argv[1:]])
     print(f"wrote {args.json}")
     return 0
 
