@@ -184,7 +184,7 @@ def main() -> int:
         "on a shared 2-core machine",
         "sources": results,
     }
-    write_data(Path(args.json), payload, [sys.executable, *sys.argv])
+    write_data(Path(args.json), payload, [".venv/bin/python", "scripts/plan_bench_nodes.py", *sys.argv[1:]])
     print(f"wrote {args.json}")
     return 0
 

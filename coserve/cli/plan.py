@@ -53,7 +53,8 @@ def plan_command(args: argparse.Namespace) -> int:
     report = placement_report(placement)
     print(_format(report, remote))
     if args.json:  # with its provenance, like every figure a doc may quote
-        payload = {"library": str(library.path), "cluster": str(args.cluster), **report}
+        library_name = str(args.library) if args.library else "the bundled default library"  # as given: no host path
+        payload = {"library": library_name, "cluster": str(args.cluster), **report}
         write_data(Path(args.json), payload, getattr(args, "command_line", None))
     return 0
 
