@@ -55,4 +55,5 @@ class OnlineSettings(BaseModel):
     change_threshold: float = Field(16.0, ge=0)  # a changed expert's alarm level (0: no change detector)
     change_drift: float = Field(0.05, ge=0)  # half the smallest shift in an expert's scores worth noticing
     reset_count: float = Field(5.0, gt=0)  # pseudo-counts a changed expert's scores keep
+    move_mean: bool = True  # a changed expert's means also move by the estimated shift
     signals: tuple[Literal["failure", "timeout", "fallback"], ...] = ()  # counted as a score of 0

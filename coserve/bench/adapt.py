@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, load_costs, load_outcomes
-from coserve.router.online import ChangeSettings, OnlineRouter, solve_weighted
+from coserve.router.online import OnlineRouter, solve_weighted
 
 __all__ = [
     "AdaptOptions",
@@ -48,6 +49,9 @@ __all__ = [
 SETTLE = 1000  # tracking error counts windows starting after this many requests
 
 
+_ONLINE = OnlineSettings()  # router.online's defaults
+
+
 @dataclass(frozen=True)
 class AdaptOptions:
     """The replay's knobs (defaults are the issue's)."""
@@ -61,16 +65,17 @@ class AdaptOptions:
     shock: float = 0.3
     window: int = 500
     seed: int = 0
-    # the knobs below were chosen by scripts/adapt_tune.py on a split of the prior half (docs/adapt.md)
-    prior_strength: float = 50.0
-    max_count: float = 100.0
-    step: float = 0.005
-    explore_cap: float = 0.0
-    change_threshold: float = 16.0  # the change detector's alarm level (0: no detector)
-    change_drift: float = 0.05
-    reset_count: float = 5.0
-    move_mean: bool = True
-    mix_window: int = 200  # requests whose category mix sets the feed-forward weight (0: integral only)
+    # the knobs below: router.online's, whose defaults scripts/adapt_tune.py chose on a split of the
+    # prior half (docs/adapt.md); one source, coserve.config_routing.OnlineSettings
+    prior_strength: float = _ONLINE.prior_strength
+    max_count: float = _ONLINE.max_count
+    step: float = _ONLINE.step
+    explore_cap: float = _ONLINE.explore_cap
+    change_threshold: float = _ONLINE.change_threshold  # the change detector's alarm level (0: no detector)
+    change_drift: float = _ONLINE.change_drift
+    reset_count: float = _ONLINE.reset_count
+    move_mean: bool = _ONLINE.move_mean
+    mix_window: int = _ONLINE.mix_window  # requests whose category mix sets the feed-forward weight (0: integral only)
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -83,6 +88,21 @@ class AdaptOptions:
             raise ConfigError("prior_strength and step must be > 0 and max_count >= prior_strength")
         if self.change_threshold < 0 or self.change_drift < 0 or self.reset_count <= 0 or self.mix_window < 0:
             raise ConfigError("change_threshold, change_drift and mix_window must be >= 0 and reset_count > 0")
+
+    def online(self) -> OnlineSettings:
+        """The online router's knobs as the server's ``router.online`` would carry them."""
+        return OnlineSettings(
+            prior_strength=self.prior_strength,
+            max_count=self.max_count,
+            step=self.step,
+            explore_cap=self.explore_cap,
+            window=self.window,
+            mix_window=self.mix_window,
+            change_threshold=self.change_threshold,
+            change_drift=self.change_drift,
+            reset_count=self.reset_count,
+            move_mean=self.move_mean,
+        )
 
 
 def lagrangian_mix(
@@ -173,21 +193,7 @@ def replay_adapt(
     truth[after, shocked] = np.clip(truth[after, shocked] - options.shock, 0.0, 1.0)
     static = lagrangian_mix(offline, _category_means(truth, category, K), _mix(category, K), cost, options.target)
 
-    router = OnlineRouter(
-        offline,
-        cost,
-        options.target,
-        prior_strength=options.prior_strength,
-        max_count=options.max_count,
-        step=options.step,
-        explore_cap=options.explore_cap,
-        window=options.window,
-        seed=options.seed,
-        change=None
-        if options.change_threshold <= 0
-        else ChangeSettings(options.change_drift, options.change_threshold, options.reset_count, options.move_mean),
-        mix_window=options.mix_window,
-    )
+    router = OnlineRouter.from_settings(offline, cost, options.target, options.online(), seed=options.seed)
     chosen = np.zeros(n, dtype=np.int64)
     explored = np.zeros(n, dtype=bool)
     at_zero = np.zeros(n, dtype=bool)  # the weight at 0: the router spends all that buys quality

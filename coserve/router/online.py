@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from coserve.config_routing import OnlineSettings
 from coserve.router.drift import ChangeDetector, weight_for_mix
 from coserve.router.mapping import choose_per_prompt
 
@@ -220,6 +221,37 @@ class OnlineRouter:
         self._lock = threading.RLock()  # serving threads choose, feed back and re-solve concurrently
         self._pending = 0
         self._snapshot = self._solve(0)
+
+    @classmethod
+    def from_settings(
+        cls,
+        offline: np.ndarray,
+        cost: Sequence[float] | np.ndarray,
+        target: float,
+        settings: OnlineSettings,
+        seed: int = 0,
+    ) -> OnlineRouter:
+        """The router ``router.online`` describes (the server's and ``coserve bench adapt``'s one way to
+        build it, so both run the same knobs and the tuned defaults live in OnlineSettings only)."""
+        change = None
+        if settings.change_threshold > 0:
+            change = ChangeSettings(
+                settings.change_drift, settings.change_threshold, settings.reset_count, settings.move_mean
+            )
+        return cls(
+            offline,
+            cost,
+            target,
+            prior_strength=settings.prior_strength,
+            max_count=max(settings.max_count, settings.prior_strength),
+            step=settings.step,
+            explore_cap=settings.explore_cap,
+            window=settings.window,
+            signals=frozenset(settings.signals),
+            seed=seed,
+            change=change,
+            mix_window=settings.mix_window,
+        )
 
     @property
     def snapshot(self) -> MapSnapshot:

@@ -20,7 +20,7 @@ import numpy as np
 from coserve.config import LibraryConfig
 from coserve.errors import ConfigError
 from coserve.metrics import Metrics
-from coserve.router.online import ChangeSettings, OnlineRouter, resume
+from coserve.router.online import OnlineRouter, resume
 from coserve.router.trained import TrainedRouter
 
 __all__ = ["LiveOnline"]
@@ -48,22 +48,7 @@ class LiveOnline:
         if not np.isfinite(np.asarray(cost, dtype=np.float64)).all():
             raise ConfigError(f"router.online: the trained router lacks a {self.axis} cost for some experts")
         self.categories, self.experts = list(trained.classes), list(trained.experts)
-        self.router = OnlineRouter(
-            np.asarray(trained.S, dtype=np.float64),
-            cost,
-            target,
-            prior_strength=settings.prior_strength,
-            max_count=max(settings.max_count, settings.prior_strength),
-            step=settings.step,
-            explore_cap=settings.explore_cap,
-            window=settings.window,
-            signals=frozenset(settings.signals),
-            seed=seed,
-            change=None
-            if settings.change_threshold <= 0
-            else ChangeSettings(settings.change_drift, settings.change_threshold, settings.reset_count),
-            mix_window=settings.mix_window,
-        )
+        self.router = OnlineRouter.from_settings(np.asarray(trained.S, dtype=np.float64), cost, target, settings, seed)
         self._routed: OrderedDict[str, int] = OrderedDict()  # request id -> category, for automatic signals
         self._lock = threading.Lock()
 
