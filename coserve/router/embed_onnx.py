@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from coserve.errors import ConfigError
-from coserve.router.embed import count_tokens, minilm_files, minilm_tokenizer
+from coserve.router.embed import count_tokens, minilm_files, minilm_tokenizer, padded_ids
 
 __all__ = ["INT8_PACKAGE", "INT8_SHA256", "OnnxMiniLMEmbedder"]
 
@@ -69,13 +69,7 @@ class OnnxMiniLMEmbedder:
         return out
 
     def _forward(self, texts: list[str]) -> np.ndarray:
-        encodings = [self.tokenizer.encode(texts[0])] if len(texts) == 1 else self.tokenizer.encode_batch(texts)
-        length = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(texts), length), dtype=np.int64)
-        mask = np.zeros((len(texts), length), dtype=np.int64)
-        for row, e in enumerate(encodings):
-            ids[row, : len(e.ids)] = e.ids
-            mask[row, : len(e.ids)] = 1
+        ids, mask = padded_ids(self.tokenizer, texts)
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         if self.io_binding:
             binding = self.session.io_binding()
