@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 from coserve.distributed.cluster import Cluster, Footprint
@@ -82,6 +83,11 @@ class PlacementController:
         self.unplaced: list[str] = []  # needed experts that fit on no node alive
         self.reason: str | None = None  # why the last re-plan happened
         self.error: str | None = None  # why the last re-plan could not be staged, if it could not
+        self.changed_at: float | None = None  # wall-clock time of the last change of placement
+        self.pending: tuple[str, Placement] | None = None  # the move being staged: its reason and target
+        # Called at every change the ingresses or a restarted controller must not lose (a version
+        # step, a move started or ended); coserve.distributed.ray_placement saves the state there.
+        self.checkpoint: Callable[[], Awaitable[None]] | None = None
         self._lock = asyncio.Lock()
 
     # -- what the ingresses send and read ---------------------------------------------------------
@@ -97,7 +103,9 @@ class PlacementController:
             "alive": sorted(self.alive),
             "unplaced": list(self.unplaced),
             "reason": self.reason,
+            "changed_at": self.changed_at,
             "error": self.error,
+            "counts": dict(sorted(self.counts.items())),  # live requests per expert since the last plan
         }
 
     def traffic(self) -> dict[str, float]:
@@ -157,12 +165,21 @@ class PlacementController:
             log.warning("re-plan not possible: %s", self.error)
             return None
         log.info("re-planning (%s): %d steps", reason, len(steps))
+        self.pending = (reason, new)
+        await self._checkpoint()
         if await self.stage(steps, new):
             self.placement, self.reason, self.error = new, reason, None
+            self.changed_at = time.time()
             self.counts.clear()
             for node in self.advertised:  # exactly what the new placement serves (alive nodes)
                 self._advertise(node, {r.expert for r in new.on(node)} if node in self.alive else set())
+        self.pending = None
+        await self._checkpoint()
         return reason
+
+    async def _checkpoint(self) -> None:
+        if self.checkpoint is not None:
+            await self.checkpoint()
 
     async def stage(self, steps: Iterable[Step], new: Placement) -> bool:
         """Run the steps on the hosts; False (and stop) at the first host call that fails."""
@@ -184,6 +201,7 @@ class PlacementController:
                     await self.hosts.remove(step.node, step.expert)
                 else:
                     await self.hosts.pin(step.node, step.expert, step.action == "pin")
+                await self._checkpoint()  # the version the ingresses see may have stepped
             except Exception as exc:
                 self.error = f"{step.action} {step.expert} on {step.node} failed: {exc}"
                 log.warning("staging stopped: %s", self.error)

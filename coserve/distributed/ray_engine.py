@@ -257,6 +257,8 @@ class ClusterEngine(Engine):
             "version": self.book.version,
             "unplaced": self.placement.get("unplaced", []),  # needed, but no node alive can hold them
             "reason": self.placement.get("reason"),  # why it last changed
+            "changed_at": self.placement.get("changed_at"),  # when (Unix time), None before any change
+            "live_counts": self.placement.get("counts", {}),  # requests per expert since the last plan
             "error": self.placement.get("error"),  # why a change could not be staged
         }
         health["engine"]["residency"] = "cluster"

@@ -9,6 +9,13 @@ The watch loop starts with the first ``sync`` (inside the replica's event loop) 
 ``coserve-node-<name>`` resource; Ray notices a dead node after its health checks fail
 (``health_check_period_ms`` x ``health_check_failure_threshold`` of the cluster's system config).
 
+The controller's state (coserve.distributed.controller_state) is kept in Ray's GCS key-value store
+(``GcsStore``: namespace ``coserve``, one key per application), which outlives every worker node,
+as Ray Serve keeps its own controller's checkpoint there: it is written at every change the
+controller makes and after a tick whose live counts changed, and read back when the replica starts
+(a restarted replica resumes the placement, its version and its live counts). State that cannot be
+read starts the controller from the start-time plan with a warning, never a failed start.
+
 Imports Ray only inside calls (coserve.distributed.ray_app makes this class a deployment).
 """
 
@@ -18,13 +25,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from coserve.distributed.cluster import Cluster, Footprint
 from coserve.distributed.controller import PlacementController
+from coserve.distributed.controller_state import fingerprint, read_state, restore, snapshot
 from coserve.distributed.placement import Placement
 
-__all__ = ["NODE_PREFIX", "HandleHosts", "PlacementService", "alive_nodes"]
+__all__ = ["NODE_PREFIX", "GcsStore", "HandleHosts", "PlacementService", "StateStore", "alive_nodes", "resume"]
 
 log = logging.getLogger("coserve.distributed")
 
@@ -32,6 +40,14 @@ NODE_PREFIX = "coserve-node-"  # the custom resource a Ray node carries for the 
 WATCH_S = 1.0  # seconds between two ticks of the controller
 HOST_CALL_TIMEOUT_S = 180.0  # the longest a host may take to load, pin or drain an expert
 HOST_UP_TIMEOUT_S = 10.0  # a host that does not answer its state within this is not up yet
+STATE_NAMESPACE = "coserve"  # the GCS key-value namespace of the controller's saved state
+
+
+def state_key() -> str:
+    """The GCS key of this application's controller state (one per Serve application)."""
+    from ray import serve
+
+    return f"placement-state/{serve.get_replica_context().app_name}"
 
 
 def alive_nodes(ray_nodes: list[Mapping[str, Any]]) -> set[str]:
@@ -70,12 +86,80 @@ class HandleHosts:
         await self._call(node, "assign", experts, resident)
 
 
+class StateStore(Protocol):
+    """Where the controller's state bytes are kept (``GcsStore`` on Ray; a dict in unit tests)."""
+
+    def get(self) -> bytes | None: ...
+    def put(self, value: bytes) -> None: ...
+
+
+class GcsStore:
+    """One key of Ray's GCS key-value store (``ray.experimental.internal_kv``), namespace ``coserve``."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def get(self) -> bytes | None:
+        from ray.experimental import internal_kv
+
+        value: bytes | None = internal_kv._internal_kv_get(self.key, namespace=STATE_NAMESPACE)
+        return value
+
+    def put(self, value: bytes) -> None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(self.key, value, overwrite=True, namespace=STATE_NAMESPACE)
+
+
+def resume(controller: PlacementController, store: StateStore, inputs: str) -> str:
+    """Put the saved state of this application (``inputs``: its fingerprint) into a fresh controller;
+    says what was done. Never raises: unreadable state leaves the start-time plan, with a warning."""
+    try:
+        raw = store.get()
+        if raw is None:
+            return "no saved state: the start-time plan"
+        saved = read_state(raw)
+        if saved.fingerprint != inputs:  # another deployment's inputs: its placement does not apply
+            controller.version = saved.version + 1
+            return f"saved state is of other inputs: the start-time plan, version {controller.version}"
+        restore(controller, saved)
+    except Exception as exc:  # StateError or a store that does not answer: never a failed start
+        log.warning("placement state not resumed (%s): starting from the start-time plan", exc)
+        return f"saved state unreadable: the start-time plan ({exc})"
+    return f"resumed version {controller.version}"
+
+
 class PlacementService:
     """The ``placement`` deployment: one controller for the whole application."""
 
-    def __init__(self, cluster: Cluster, footprints: Mapping[str, Footprint], placement: Placement, hosts: Any):
+    def __init__(
+        self,
+        cluster: Cluster,
+        footprints: Mapping[str, Footprint],
+        placement: Placement,
+        hosts: Any,
+        store: StateStore | None = None,
+    ):
         self.controller = PlacementController(cluster, footprints, placement, HandleHosts(hosts))
         self._watch: asyncio.Task[None] | None = None
+        self.inputs = fingerprint(cluster, footprints, placement)
+        self.store = store if store is not None else GcsStore(state_key())
+        self.resumed = resume(self.controller, self.store, self.inputs)
+        log.info("placement controller: %s", self.resumed)
+        self._saved: bytes | None = None
+        self.controller.checkpoint = self.save
+
+    async def save(self) -> None:
+        """Write the controller's state when it changed since the last write (a failure only warns:
+        the next change or tick writes again)."""
+        state = snapshot(self.controller, self.inputs)
+        if state == self._saved:
+            return
+        try:
+            await asyncio.to_thread(self.store.put, state)
+            self._saved = state
+        except Exception as exc:
+            log.warning("placement state not saved: %s", exc)
 
     async def sync(self, counts: Mapping[str, int]) -> dict[str, Any]:
         """An ingress's traffic since its last call in; the placement to follow out."""
@@ -94,6 +178,7 @@ class PlacementService:
             try:
                 alive = alive_nodes(await asyncio.to_thread(ray.nodes))
                 await self.controller.tick(alive & set(self.controller.advertised))
+                await self.save()  # the live counts, when they changed
             except Exception:  # one bad tick must not end the watch
                 log.exception("placement tick failed")
             await asyncio.sleep(WATCH_S)
