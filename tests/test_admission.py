@@ -88,7 +88,8 @@ def test_released_after_errors_and_streams(make_engine: Callable[..., Engine]) -
             response = client.post(URL, json=body(stream=True))
             assert response.status_code == 200 and response.text.endswith("data: [DONE]\n\n")
         assert app.state.admission.pending == 0 and app.state.admission.per_expert == {}
-        assert client.get("/health").json()["admission"] == {"pending": 0, "per_expert": {}}
+        bounds = {"max_pending": 1, "max_pending_per_expert": 32}  # as configured (32: the default)
+        assert client.get("/health").json()["admission"] == {"pending": 0, "per_expert": {}, **bounds}
 
 
 def test_released_after_client_disconnect(make_engine: Callable[..., Engine]) -> None:

@@ -19,7 +19,7 @@ from coserve.distributed.ray_placement import resume
 
 
 class MemoryStore:
-    """A StateStore in a dict (the real one is Ray's GCS key-value store: tests/test_ray_restart.py)."""
+    """A StateStore in a dict (the real one is Ray's GCS key-value store: tests/test_ray_controller.py)."""
 
     def __init__(self, value: bytes | None = None):
         self.value = value

@@ -155,8 +155,10 @@ class Ingress:
         from coserve.distributed.ray_engine import ClusterEngine
         from coserve.paths import cache_dir
 
+        from coserve.distributed.cluster_state import replica_name
+
         self.engine = cast("ClusterEngine", ClusterEngine.build(served_library(library_path), cache_dir()))
-        self.engine.attach(hosts, placed, controller)
+        self.engine.attach(hosts, placed, controller, replica_name())
         self.shared = (quota, decision_log)  # handles of the quota and decision-log deployments, or None
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
@@ -169,11 +171,15 @@ class Ingress:
         self.engine.follow()
         quota_handle, log_handle = self.shared
         if quota_handle is None or log_handle is None:
-            return create_app(self.engine)
-        from coserve.distributed.cluster_state import ingress_state, mark_replica, replica_name
+            app = create_app(self.engine)
+        else:
+            from coserve.distributed.cluster_state import ingress_state, mark_replica
 
-        quota, decisions = await ingress_state(self.engine.library, quota_handle, log_handle)
-        return mark_replica(create_app(self.engine, quota=quota, decisions=decisions), replica_name())
+            quota, decisions = await ingress_state(self.engine.library, quota_handle, log_handle)
+            app = mark_replica(create_app(self.engine, quota=quota, decisions=decisions), self.engine.replica)
+        if self.engine.controller is not None:  # the admission bounds hold for the cluster
+            self.engine.share_admission(app.state.admission)
+        return app
 
 
 def build_app(args: dict[str, Any]) -> Any:

@@ -26,11 +26,13 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from coserve.distributed.admission_share import apply_share
 from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook
 from coserve.distributed.ray_host import NOT_PLACED, raise_record
 from coserve.engine.call import Call
 from coserve.engine.engine import Engine
 from coserve.errors import CoserveError, ExpertFailed, ExpertLoadError
+from coserve.server.admission import Admission
 from coserve.types import Chunk, Completion, Decision, Tier
 
 __all__ = ["ClusterEngine"]
@@ -50,10 +52,13 @@ class ClusterEngine(Engine):
     nodes: list[str]  # every node with a host
     book: HostBook
 
-    def attach(self, host: Any, placed: Mapping[str, list[str]], controller: Any = None) -> None:
+    def attach(self, host: Any, placed: Mapping[str, list[str]], controller: Any = None, replica: str = "?") -> None:
         """Serve through this host deployment handle; ``placed`` names every node and the experts its
-        host serves until the placement ``controller`` (a handle; None: it never changes) says more."""
+        host serves until the placement ``controller`` (a handle; None: it never changes) says more.
+        ``replica``: this ingress replica's id, by which the controller counts the ingress replicas."""
         self.host = host
+        self.replica = replica
+        self.admission: Admission | None = None  # the app's, once shared: its bounds follow the share
         self.nodes = sorted(placed)
         self.book = HostBook({node: placed.get(node, []) for node in self.nodes})
         self.controller = controller
@@ -76,7 +81,7 @@ class ClusterEngine(Engine):
         """Report the requests routed since the last report; take the controller's placement."""
         counts, self.requested = self.requested, Counter()
         try:
-            view = await asyncio.wait_for(self.controller.sync.remote(dict(counts)), STATE_TIMEOUT_S)
+            view = await asyncio.wait_for(self.controller.sync.remote(dict(counts), self.replica), STATE_TIMEOUT_S)
         except Exception as exc:  # the controller is restarting: keep the placement known, count again
             log.warning("placement controller did not answer: %s", exc)
             self.requested.update(counts)
@@ -88,6 +93,17 @@ class ClusterEngine(Engine):
                 if experts - before.get(node, frozenset()):
                     self._refresh_later(node)  # its new experts' tiers, before replica choice ranks it
         self.placement = view
+        self._share_admission()
+
+    def share_admission(self, admission: Admission) -> None:
+        """Hold ``admission`` (the app's) to this replica's share of the library's bounds from now on."""
+        self.admission = admission
+        self._share_admission()
+
+    def _share_admission(self) -> None:
+        if self.admission is not None:
+            bounds = (self.library.server.max_pending, self.library.server.max_pending_per_expert)
+            apply_share(self.admission, bounds, self.placement.get("ingress"))
 
     async def route(self, call: Call) -> Decision:
         """As the Engine's; the decision also counts as traffic for the placement controller."""

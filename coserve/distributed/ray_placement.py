@@ -3,7 +3,9 @@ cluster-file nodes Ray has alive, takes the ingresses' traffic reports, and runs
 ticks (coserve.distributed.controller) against the expert hosts through their deployment handles.
 
 ``sync`` is what every ingress replica calls about twice a second: it hands in the requests per
-expert it routed since its last call and gets the placement to follow (version, experts per node).
+expert it routed since its last call and gets the placement to follow (version, experts per node)
+and its place among the ingress replicas heard from lately, from which it takes its share of the
+admission bounds (coserve.distributed.admission_share).
 The watch loop starts with the first ``sync`` (inside the replica's event loop) and ticks every
 ``WATCH_S``. A node is alive when a Ray node that Ray reports alive carries its
 ``coserve-node-<name>`` resource; Ray notices a dead node after its health checks fail
@@ -27,6 +29,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from coserve.distributed.admission_share import IngressRoll
 from coserve.distributed.cluster import Cluster, Footprint
 from coserve.distributed.controller import PlacementController
 from coserve.distributed.controller_state import fingerprint, read_state, restore, snapshot
@@ -142,6 +145,7 @@ class PlacementService:
     ):
         self.controller = PlacementController(cluster, footprints, placement, HandleHosts(hosts))
         self._watch: asyncio.Task[None] | None = None
+        self.ingresses = IngressRoll()  # the ingress replicas heard from lately (admission shares)
         self.inputs = fingerprint(cluster, footprints, placement)
         self.store = store if store is not None else GcsStore(state_key())
         self.resumed = resume(self.controller, self.store, self.inputs)
@@ -161,12 +165,16 @@ class PlacementService:
         except Exception as exc:
             log.warning("placement state not saved: %s", exc)
 
-    async def sync(self, counts: Mapping[str, int]) -> dict[str, Any]:
-        """An ingress's traffic since its last call in; the placement to follow out."""
+    async def sync(self, counts: Mapping[str, int], replica: str | None = None) -> dict[str, Any]:
+        """An ingress's traffic since its last call in; the placement to follow out, with the
+        calling ``replica``'s place among the ingress replicas (``ingress``: its admission share)."""
         if self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_nodes())
         self.controller.report(counts)
-        return self.controller.view()
+        view = self.controller.view()
+        if replica is not None:
+            view["ingress"] = self.ingresses.heard(replica)
+        return view
 
     def view(self) -> dict[str, Any]:
         return self.controller.view()

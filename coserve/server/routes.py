@@ -247,7 +247,12 @@ async def health(state: OpsState) -> JSONResponse:
     payload = {
         "status": "draining" if admission.draining else "ok",
         **state.engine.health(),
-        "admission": {"pending": admission.pending, "per_expert": dict(admission.per_expert)},
+        "admission": {
+            "pending": admission.pending,
+            "per_expert": dict(admission.per_expert),
+            "max_pending": admission.max_pending,  # on a Ray ingress replica: its share of the cluster's
+            "max_pending_per_expert": admission.max_pending_per_expert,
+        },
     }
     return JSONResponse(payload, status_code=503 if admission.draining else 200)
 
