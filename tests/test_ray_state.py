@@ -126,3 +126,29 @@ def test_feedback_is_taken_whichever_replica_served_the_decision(served: dict[st
         with sqlite3.connect(served["log"], timeout=30) as conn:
             scores = dict(conn.execute("SELECT id, COUNT(*) FROM feedback GROUP BY id").fetchall())
         assert {d: scores.get(d, 0) for d in served_by} == dict.fromkeys(served_by, 1)
+
+
+def test_the_dashboard_feed_of_one_replica_shows_the_decisions_of_both(served: dict[str, Any]) -> None:
+    async def run() -> tuple[set[str], list[dict[str, Any]]]:
+        auth = {"authorization": f"Bearer {FREE}"}
+        seen: list[dict[str, Any]] = []
+        async with httpx.AsyncClient(base_url=served["url"], timeout=TEST_TIMEOUT_S) as client:
+            async with client.stream("GET", "/ui/api/events", headers=auth) as feed:
+                assert feed.status_code == 200
+                lines = feed.aiter_lines()
+                responses = await _burst(served["url"], FREE, 10)
+                assert [r.status_code for r in responses] == [200] * 10
+                ids = {_answer_id(r) for r in responses}
+                assert len({r.headers["x-coserve-ingress"] for r in responses}) == 2  # both replicas served
+                deadline = time.monotonic() + ROWS_WAIT_S
+                while not ids <= {e["id"] for e in seen} and time.monotonic() < deadline:
+                    line = await asyncio.wait_for(anext(lines), ROWS_WAIT_S)
+                    if line.startswith("data: "):
+                        seen.append(json.loads(line[len("data: ") :]))
+        return ids, seen
+
+    with alarm(TEST_TIMEOUT_S):
+        ids, seen = asyncio.run(run())
+    mine = [e for e in seen if e["id"] in ids]
+    assert sorted(e["id"] for e in mine) == sorted(ids)  # every decision of the burst, once
+    assert len({e["ingress"] for e in mine}) == 2  # served by both replicas, seen through one stream

@@ -15,7 +15,8 @@ plans the placement (coserve.distributed.inputs.plan_inputs and the planner), an
 * ``placement``: one replica of the placement controller (coserve.distributed.ray_placement), which
   re-plans when nodes leave or join or traffic drifts and moves experts between the hosts;
 * ``quota`` and ``decision-log``: one replica each (coserve.distributed.cluster_state), the API-key
-  counters and the decision log that every ingress replica shares;
+  counters and the decision log that every ingress replica shares (the log's deployment also
+  carries the dashboard's live feed for the cluster, coserve.distributed.shared_feed);
 * ``ingress``: the same FastAPI app as the single process (coserve.server.app.create_app) through
   ``@serve.ingress``, over a ``ClusterEngine`` (coserve.distributed.ray_engine) holding the hosts'
   deployment handle and following the controller's placement; its replicas scale with the
@@ -152,10 +153,9 @@ class Ingress:
         quota: Any = None,
         decision_log: Any = None,
     ):
+        from coserve.distributed.cluster_state import replica_name
         from coserve.distributed.ray_engine import ClusterEngine
         from coserve.paths import cache_dir
-
-        from coserve.distributed.cluster_state import replica_name
 
         self.engine = cast("ClusterEngine", ClusterEngine.build(served_library(library_path), cache_dir()))
         self.engine.attach(hosts, placed, controller, replica_name())
@@ -174,9 +174,12 @@ class Ingress:
             app = create_app(self.engine)
         else:
             from coserve.distributed.cluster_state import ingress_state, mark_replica
+            from coserve.distributed.shared_feed import ClusterFeed
 
             quota, decisions = await ingress_state(self.engine.library, quota_handle, log_handle)
-            app = mark_replica(create_app(self.engine, quota=quota, decisions=decisions), self.engine.replica)
+            feed = ClusterFeed(log_handle, self.engine.replica).start()  # the dashboard sees the cluster
+            app = create_app(self.engine, quota=quota, decisions=decisions, feed=feed)
+            app = mark_replica(app, self.engine.replica)
         if self.engine.controller is not None:  # the admission bounds hold for the cluster
             self.engine.share_admission(app.state.admission)
         return app

@@ -17,6 +17,8 @@ replica's ``DecisionStore`` over that deployment's handle:
   to ``FIND_ROW_S`` before it answers that the id is unknown (404).
 
 The online router's saved state is read from and written to the same file through the deployment.
+The deployment also keeps the cluster's recent dashboard events (``feed_exchange``, an
+``EventRing``: coserve.distributed.shared_feed).
 Imports Ray only through the handles it is given; this module knows nothing about HTTP or routing.
 """
 
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from coserve.config import load_library
+from coserve.distributed.shared_feed import Cursor, EventRing
 from coserve.errors import ServiceUnavailable
 from coserve.server.app import decision_log_file
 from coserve.store.log import BATCH_ROWS, FLUSH_INTERVAL_S, MAX_QUEUE_ROWS, DecisionLog, DecisionRow
@@ -55,6 +58,13 @@ class DecisionLogService:
         library = load_library(library_path)
         self.log = DecisionLog(decision_log_file(library), store_text=library.server.log.store_text).start()
         self.find_row_s = find_row_s
+        self.events = EventRing()  # the cluster's recent dashboard events
+
+    async def feed_exchange(
+        self, events: list[dict[str, Any]], cursor: Cursor | None
+    ) -> tuple[Cursor, list[dict[str, Any]]]:
+        """An ingress's new dashboard events in; the events after its ``cursor`` out."""
+        return self.events.exchange(events, cursor)
 
     async def info(self) -> dict[str, Any]:
         """Where the file is, rows dropped here, and the online router's saved state (or None)."""

@@ -30,6 +30,7 @@ from coserve.errors import CoserveError
 from coserve.paths import decision_log_path
 from coserve.server.admission import Admission
 from coserve.server.auth import KeyRing
+from coserve.server.feed import DecisionFeed
 from coserve.server.frames import INTERNAL_ERROR, error_body, error_response
 from coserve.server.gate import Gate
 from coserve.server.outcome import Outcomes
@@ -53,7 +54,9 @@ def decision_log_file(library: LibraryConfig) -> Path:
     return path
 
 
-def _state(engine: Engine, decisions: DecisionStore | None, quota: KeyQuota | None) -> ServerState:
+def _state(
+    engine: Engine, decisions: DecisionStore | None, quota: KeyQuota | None, feed: DecisionFeed | None
+) -> ServerState:
     settings = engine.library.server
     admission = Admission(settings.max_pending, settings.max_pending_per_expert)
     if decisions is None:
@@ -62,7 +65,7 @@ def _state(engine: Engine, decisions: DecisionStore | None, quota: KeyQuota | No
         quota = Quota(settings.api_keys)
     keys = KeyRing.from_settings(settings.api_keys, settings.api_keys_env)
     gate = Gate(keys=keys, quota=quota, admission=admission, protect_metrics=settings.protect_metrics)
-    outcomes = Outcomes(admission, quota, engine.metrics, decisions)
+    outcomes = Outcomes(admission, quota, engine.metrics, decisions, feed)
     if engine.router.online is not None:  # resume learned scores; a missing or bad state warns, never fails
         engine.router.online.resume(decisions.online_state())
     return ServerState(engine, settings, gate, admission, decisions, outcomes)
@@ -74,11 +77,12 @@ def create_app(
     close_engine: bool = True,
     decisions: DecisionStore | None = None,
     quota: KeyQuota | None = None,
+    feed: DecisionFeed | None = None,
 ) -> FastAPI:
     """The FastAPI application serving one engine (API keys are read from the environment here).
-    ``decisions`` and ``quota`` replace this process's own decision log and key counters (a Ray
-    cluster's ingress replicas share one of each)."""
-    state = _state(engine, decisions, quota)
+    ``decisions``, ``quota`` and ``feed`` replace this process's own decision log, key counters and
+    dashboard feed (a Ray cluster's ingress replicas share one of each)."""
+    state = _state(engine, decisions, quota, feed)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

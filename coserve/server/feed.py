@@ -97,8 +97,12 @@ class DecisionFeed:
     def publish(self, call: Call) -> None:
         """Keep the call's event among the recent ones and offer it to every subscriber."""
         event = decision_event(call)
-        if event is None:
-            return
+        if event is not None:
+            self.fan_out(event)
+
+    def fan_out(self, event: dict[str, Any]) -> None:
+        """Keep ``event`` among the recent ones and offer it to every subscriber (a Ray cluster's
+        ingress feeds the cluster's events through here: coserve.distributed.shared_feed)."""
         self.recent.append(event)
         for subscription in tuple(self._subscribers):
             subscription.offer(event)
