@@ -15,7 +15,7 @@ from test_placement_controller import FOOTPRINTS, _controller
 
 from coserve.distributed.controller import PlacementController
 from coserve.distributed.controller_state import fingerprint, read_state, snapshot
-from coserve.distributed.ray_placement import resume
+from coserve.distributed.ray_placement import PlacementService, resume
 
 
 class MemoryStore:
@@ -133,3 +133,27 @@ def test_read_state_checks_the_format_and_version() -> None:
         with pytest.raises(ValueError):
             read_state(json.dumps(bad).encode())
     assert set(FOOTPRINTS) == {e for e, _, _, _ in json.loads(raw)["placement"]["replicas"]}
+
+
+class BrokenStore(MemoryStore):
+    def put(self, value: bytes) -> None:
+        raise ConnectionError("GCS unavailable (stand-in)")
+
+
+def test_the_service_writes_on_change_only_and_a_new_service_resumes_from_the_store() -> None:
+    controller, _ = _controller(32)
+    store = MemoryStore()
+    args = (controller.cluster, controller.footprints, controller.placement, None)
+    service = PlacementService(*args, store=store)
+    assert service.resumed == "no saved state: the start-time plan"
+    asyncio.run(service.save())
+    asyncio.run(service.save())
+    assert store.puts == 1  # nothing changed: no second write
+    service.controller.report({"small": 3})  # as an ingress's sync hands it in
+    asyncio.run(service.save())
+    assert store.puts == 2
+    again = PlacementService(*args, store=store)  # the restarted replica
+    assert again.resumed == "resumed version 2" and again.controller.counts == {"small": 3}
+    broken = PlacementService(*args, store=BrokenStore())
+    asyncio.run(broken.save())  # only warns: the next change or tick writes again
+    assert broken._saved is None
