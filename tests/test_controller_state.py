@@ -91,11 +91,17 @@ def test_a_move_interrupted_by_the_restart_is_set_back_and_planned_again() -> No
         b'{"format": 1, "version": "seven"}',
         b'{"format": 1, "version": 4, "fingerprint": "@inputs"}',  # this application's, no placement
         b"[1, 2]",
+        b"@bad-time",  # this application's state with a time that is not a number
     ],
 )
 def test_unreadable_state_starts_from_the_plan_with_a_warning(raw: bytes, caplog: pytest.LogCaptureFixture) -> None:
     controller, _ = _controller(32)
     start, inputs = controller.view(), _inputs(controller)
+    if raw == b"@bad-time":
+        later, _ = _controller(32)
+        asyncio.run(later.tick({"a"}))
+        data = json.loads(snapshot(later, inputs))
+        raw = json.dumps({**data, "changed_at": "noon"}).encode()
     with caplog.at_level(logging.WARNING, logger="coserve.distributed"):
         said = resume(controller, MemoryStore(raw.replace(b"@inputs", inputs.encode())), inputs)
     assert said.startswith("saved state unreadable")

@@ -102,7 +102,9 @@ def restore(controller: PlacementController, saved: SavedState) -> None:
         alive = {str(n) for n in data["alive"]}
         counts = Counter({str(e): int(n) for e, n in data["counts"].items()})
         unplaced = [str(e) for e in data["unplaced"]]
-        reason, error, changed_at = data["reason"], data["error"], data["changed_at"]
+        reason = None if data["reason"] is None else str(data["reason"])
+        error = None if data["error"] is None else str(data["error"])
+        changed_at = None if data["changed_at"] is None else float(data["changed_at"])
         pending = data["pending"]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateError(f"malformed state: {exc!r}") from None
@@ -115,9 +117,7 @@ def restore(controller: PlacementController, saved: SavedState) -> None:
     controller.alive = alive
     controller.counts = Counter({e: n for e, n in counts.items() if e in controller.footprints and n > 0})
     controller.unplaced = unplaced
-    controller.error = None if error is None else str(error)
-    controller.changed_at = None if changed_at is None else float(changed_at)
-    controller.reason = None if reason is None else str(reason)
+    controller.error, controller.changed_at, controller.reason = error, changed_at, reason
     if isinstance(pending, dict):  # interrupted: the hosts are set back to the placement in force
         interrupted = pending.get("reason")
         controller.reason = f"controller restarted during a move ({interrupted}); hosts set back to the placement"
