@@ -66,6 +66,10 @@ def test_events_wait_while_the_log_does_not_answer_and_a_new_ring_is_read_from_i
     handle.service.events = EventRing()  # the deployment restarted: a new epoch, numbered from 0 again
     assert asyncio.run(feed.exchange()) is True
     assert [e["id"] for e in feed.recent] == [c.id for c in calls] and not feed.outbox
+    last = _call("coder")
+    feed.publish(last)
+    asyncio.run(feed.aclose())  # the replica stops: what the outbox holds is sent first
+    assert [e["id"] for _, e in handle.service.events.events][-1] == last.id
 
 
 def test_the_ring_gives_a_new_reader_the_recent_events_and_a_reader_only_what_is_new() -> None:

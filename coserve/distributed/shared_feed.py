@@ -114,8 +114,11 @@ class ClusterFeed(DecisionFeed):
         return True
 
     async def aclose(self) -> None:
+        """Stop exchanging, after one last exchange sends what the outbox holds."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
             self._task = None
+        if self.outbox:
+            await self.exchange()

@@ -97,6 +97,7 @@ def create_app(
                 state.decisions.save_online_state(online.export_state())  # before the log closes
             await asyncio.to_thread(state.decisions.close)  # flushes what is queued
             await state.gate.quota.aclose()  # a shared quota: the tokens not sent yet
+            await state.outcomes.feed.aclose()  # a cluster's feed: the events not sent yet
 
     app = FastAPI(title="coserve", version="0.1.0", lifespan=lifespan)
     app.state.server = state

@@ -94,6 +94,9 @@ class DecisionFeed:
         finally:
             self._subscribers.discard(subscription)
 
+    async def aclose(self) -> None:
+        """Nothing to stop in one process (a cluster's feed sends what it still holds)."""
+
     def publish(self, call: Call) -> None:
         """Keep the call's event among the recent ones and offer it to every subscriber."""
         event = decision_event(call)
