@@ -1,7 +1,7 @@
 """The expert host (coserve.distributed.ray_host.ExpertHost) as the placement controller drives it,
 without Ray: experts added (resident ones pinned and loaded), removed after their running calls
 finish, a restarted host reset; a call meant for another node refused; the node's memory budgets;
-its metrics text; which node a replica serves (coserve.distributed.ray_node_host.node_for).
+its metrics text; the nodes a replica may claim and its first guess (coserve.distributed.ray_node_host).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from conftest import MiB, library_data
 
 from coserve.config import load_library
 from coserve.distributed.ray_host import NOT_PLACED, WRONG_NODE, ExpertHost, node_library
-from coserve.distributed.ray_node_host import node_for
+from coserve.distributed.ray_node_host import first_guess, nodes_carried
 from coserve.errors import ConfigError, ExpertLoadError
 from coserve.types import Message, Request, Sampling
 
@@ -129,14 +129,14 @@ def test_a_call_for_another_node_is_refused(library: str) -> None:
     asyncio.run(host.close())
 
 
-def test_a_replica_serves_the_node_its_ray_node_carries() -> None:
+def test_a_replica_claims_among_the_nodes_its_ray_node_carries() -> None:
     one = {"CPU": 1.0, "coserve-node-b": 1.0, "coserve-host": 1.0}
-    assert node_for(one, 0) == "b"
-    # every cluster-file node started on one Ray node (coserve serve --ray without an address):
-    # the replica's local rank picks, in name order
+    assert nodes_carried(one) == ["b"] and first_guess(["b"], 0) == "b"
+    # every cluster-file node started on one Ray node (coserve serve --ray without an address): the
+    # replica's local rank is its first guess, in name order; a rank past the end guesses nothing
     local = {"coserve-node-b": 1.0, "coserve-node-a": 1.0, "coserve-node-c": 1.0, "coserve-host": 3.0}
-    assert [node_for(local, rank) for rank in range(3)] == ["a", "b", "c"]
-    with pytest.raises(ConfigError, match="carries only a, b, c"):
-        node_for(local, 3)
+    names = nodes_carried(local)
+    assert names == ["a", "b", "c"]
+    assert [first_guess(names, rank) for rank in range(4)] == ["a", "b", "c", None]
     with pytest.raises(ConfigError, match="no coserve-node-<name> resource"):
-        node_for({"CPU": 2.0, "coserve-host": 1.0}, 0)
+        nodes_carried({"CPU": 2.0, "coserve-host": 1.0, "coserve-node-x": 0.0})

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from coserve.distributed.ray_host import library_file, served_library
 from coserve.distributed.ray_node_host import HOST_RESOURCE, NodeHost
-from coserve.distributed.ray_placement import NODE_PREFIX, PlacementService
+from coserve.distributed.ray_placement import NODE_PREFIX, PLACEMENT, PlacementService
 from coserve.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def build_app(args: dict[str, Any]) -> Any:
     ).bind(library, cluster, placed, resident)
     placement_service: Any = serve.deployment(PlacementService)
     controller = placement_service.options(
-        name="placement", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
+        name=PLACEMENT, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
     )
     bound_controller = controller.bind(cluster, footprints, placement, hosts)
     ingress: Any = serve.deployment(serve.ingress()(Ingress))

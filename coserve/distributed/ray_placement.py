@@ -18,6 +18,11 @@ controller makes and after a tick whose live counts changed, and read back when 
 (a restarted replica resumes the placement, its version and its live counts). State that cannot be
 read starts the controller from the start-time plan with a warning, never a failed start.
 
+Each expert-host replica claims its cluster-file node here when it starts (``claim_host``,
+coserve.distributed.host_claims): a node whose holder's actor Ray no longer knows is free again, so
+a replacement replica takes the dead one's node. The claims are kept in the same store under their
+own key (``host-claims/<application>``), so a restarted controller keeps them.
+
 Imports Ray only inside calls (coserve.distributed.ray_app makes this class a deployment).
 """
 
@@ -26,31 +31,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from coserve.distributed.admission_share import IngressRoll
 from coserve.distributed.cluster import Cluster, Footprint
 from coserve.distributed.controller import PlacementController
 from coserve.distributed.controller_state import fingerprint, read_state, restore, snapshot
+from coserve.distributed.host_claims import HostClaims
 from coserve.distributed.placement import Placement
 
-__all__ = ["NODE_PREFIX", "GcsStore", "HandleHosts", "PlacementService", "StateStore", "alive_nodes", "resume"]
+__all__ = [
+    "NODE_PREFIX",
+    "PLACEMENT",
+    "GcsStore",
+    "HandleHosts",
+    "PlacementService",
+    "StateStore",
+    "actor_alive",
+    "alive_nodes",
+    "resume",
+]
 
 log = logging.getLogger("coserve.distributed")
 
+PLACEMENT = "placement"  # the controller's deployment name
 NODE_PREFIX = "coserve-node-"  # the custom resource a Ray node carries for the cluster-file node it is
 WATCH_S = 1.0  # seconds between two ticks of the controller
 HOST_CALL_TIMEOUT_S = 180.0  # the longest a host may take to load, pin or drain an expert
 HOST_UP_TIMEOUT_S = 10.0  # a host that does not answer its state within this is not up yet
+SERVE_NAMESPACE = "serve"  # Ray Serve's replicas are named actors of this namespace
 STATE_NAMESPACE = "coserve"  # the GCS key-value namespace of the controller's saved state
 
 
-def state_key() -> str:
+def state_key(kind: str = "placement-state") -> str:
     """The GCS key of this application's controller state (one per Serve application)."""
     from ray import serve
 
-    return f"placement-state/{serve.get_replica_context().app_name}"
+    return f"{kind}/{serve.get_replica_context().app_name}"
+
+
+def actor_alive(name: str) -> bool:
+    """Whether Ray still knows the (Serve replica) actor of this name; True when Ray cannot say."""
+    import ray
+
+    try:
+        ray.get_actor(name, namespace=SERVE_NAMESPACE)
+    except ValueError:  # no such actor alive: it died or was stopped
+        return False
+    except Exception as exc:  # the GCS not answering: never free a node on a guess
+        log.warning("could not ask Ray about replica %s: %s", name, exc)
+    return True
 
 
 def alive_nodes(ray_nodes: list[Mapping[str, Any]]) -> set[str]:
@@ -142,6 +173,8 @@ class PlacementService:
         placement: Placement,
         hosts: Any,
         store: StateStore | None = None,
+        claims_store: StateStore | None = None,
+        is_alive: Callable[[str], bool] = actor_alive,
     ):
         self.controller = PlacementController(cluster, footprints, placement, HandleHosts(hosts))
         self._watch: asyncio.Task[None] | None = None
@@ -152,6 +185,47 @@ class PlacementService:
         log.info("placement controller: %s", self.resumed)
         self._saved: bytes | None = None
         self.controller.checkpoint = self.save
+        if claims_store is None and store is None:
+            claims_store = GcsStore(state_key("host-claims"))
+        self.claims_store = claims_store
+        self.is_alive = is_alive
+        self.claims = HostClaims()
+        with contextlib.suppress(Exception):  # none saved, or unreadable: every holder asks again
+            raw = claims_store.get() if claims_store is not None else None
+            self.claims = HostClaims.from_bytes(raw) if raw is not None else self.claims
+        self._claiming = asyncio.Lock()
+
+    async def claim_host(self, replica: str, candidates: list[str], first_guess: str | None) -> dict[str, Any] | None:
+        """An expert-host replica's claim (coserve.distributed.host_claims): its node and, when the
+        controller has set that node's host already, the experts (and resident ones) of the placement
+        in force there, which a replacement replica starts with; None while a live replica holds
+        every one of ``candidates`` (it asks again)."""
+        async with self._claiming:
+            holders = {self.claims.holders[n] for n in candidates if n in self.claims.holders} - {replica}
+            alive = {h: await asyncio.to_thread(self.is_alive, h) for h in sorted(holders)}
+            before = dict(self.claims.holders)
+            node = self.claims.claim(replica, candidates, first_guess, alive.__getitem__)
+            if node is None:
+                return None
+            if self.claims.holders != before:
+                log.info("expert host %s claims node %s (was %s)", replica, node, before.get(node) or "free")
+                await self._save_claims()
+        if node not in self.controller.alive:  # not set yet: the start-time plan, then the tick's assign
+            return {"node": node}
+        kept = self.controller.placement.on(node)
+        return {"node": node, "experts": [r.expert for r in kept], "resident": [r.expert for r in kept if r.resident]}
+
+    async def _save_claims(self) -> None:
+        if self.claims_store is None:
+            return
+        try:
+            await asyncio.to_thread(self.claims_store.put, self.claims.to_bytes())
+        except Exception as exc:  # kept in memory; written again at the next claim
+            log.warning("host claims not saved: %s", exc)
+
+    def host_claims(self) -> dict[str, str]:
+        """The replica holding each cluster-file node."""
+        return dict(sorted(self.claims.holders.items()))
 
     async def save(self) -> None:
         """Write the controller's state when it changed since the last write (a failure only warns:
