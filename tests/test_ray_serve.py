@@ -135,11 +135,17 @@ def _write_files(folder: Path) -> tuple[Path, Path]:
 
 @contextlib.contextmanager
 def _ray_app(
-    args: AppArgs, *, node_b: bool = True, proxy_on_head: bool = False, system_config: dict[str, Any] | None = None
+    args: AppArgs,
+    *,
+    node_b: bool = True,
+    proxy_on_head: bool = False,
+    system_config: dict[str, Any] | None = None,
+    head_nodes: tuple[str, ...] = ("a",),
 ) -> Iterator[tuple[Any, Any, str]]:
     """The application on a Ray test cluster: node ``a`` (the head), and ``b`` when asked; yields the
     cluster, node b (or None) and the base URL; Serve, the driver and the cluster stop at the end.
-    ``system_config``: Ray's own settings for the cluster (e.g. faster node health checks)."""
+    ``system_config``: Ray's own settings for the cluster (e.g. faster node health checks);
+    ``head_nodes``: the cluster-file nodes the head carries (several: as local ``serve --ray``)."""
     ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'coserve[ray]')")
     from ray import serve
     from ray.cluster_utils import Cluster
@@ -147,7 +153,7 @@ def _ray_app(
     from coserve.distributed.ray_app import build_app
 
     port = _free_port()
-    head: dict[str, Any] = {"num_cpus": 2, "resources": node_resources("a"), "include_dashboard": False}
+    head: dict[str, Any] = {"num_cpus": 2, "resources": node_resources(*head_nodes), "include_dashboard": False}
     if system_config:
         head["_system_config"] = system_config
     cluster = Cluster(initialize_head=True, head_node_args=head)
