@@ -9,8 +9,10 @@ and the experts each node's host is *advertised* for (what replica choice may se
    or get 503 until the re-plan), and sets each host it has not set yet to exactly the placement's
    experts for it (a node that came back has a restarted host with its start-time experts; after
    the controller itself restarted, every host may carry a later placement's);
-2. asks ``replan.why_replan`` whether the placement still stands, with the live traffic the
-   ingresses reported (``report``) once at least ``min_requests`` arrived since the last plan;
+2. asks ``replan.why_replan`` whether the placement still stands, with the live traffic since the
+   last plan (``window_start``) once at least ``min_requests`` arrived: the decision log's counts
+   (``logged``, set by coserve.distributed.ray_placement while the log answers), else what the
+   ingresses reported (``report``);
 3. if not, solves again (``replan.replan``, paying ``move_weight`` per replica started) over the
    nodes alive, leaving out experts that fit on none of them (``unplaced``: their requests get 503
    with Retry-After, or fall back), and runs ``replan.transition``'s steps on the hosts: a new
@@ -79,7 +81,9 @@ class PlacementController:
         for replica in placement.replicas:
             self.advertised[replica.node].add(replica.expert)
         self._assigned: set[str] = set()  # nodes whose host this controller has set to the placement
-        self.counts: Counter[str] = Counter()  # requests per expert since the last plan
+        self.counts: Counter[str] = Counter()  # requests per expert the ingresses reported since the last plan
+        self.logged: Counter[str] | None = None  # the same from the decision log; None when it does not answer
+        self.window_start = time.time()  # wall-clock start of the live counts' window (the last plan)
         self.unplaced: list[str] = []  # needed experts that fit on no node alive
         self.reason: str | None = None  # why the last re-plan happened
         self.error: str | None = None  # why the last re-plan could not be staged, if it could not
@@ -105,14 +109,20 @@ class PlacementController:
             "reason": self.reason,
             "changed_at": self.changed_at,
             "error": self.error,
-            "counts": dict(sorted(self.counts.items())),  # live requests per expert since the last plan
+            "counts": dict(sorted(self.live_counts().items())),  # live requests per expert since the last plan
+            "counts_from": "decision log" if self.logged is not None else "ingress reports",
         }
+
+    def live_counts(self) -> Counter[str]:
+        """Requests per expert since the last plan: the decision log's, else the ingresses' reports."""
+        return self.logged if self.logged is not None else self.counts
 
     def traffic(self) -> dict[str, float]:
         """The traffic to plan for: the live counts once there are enough, else what was planned."""
-        if sum(self.counts.values()) < self.min_requests:
+        counts = self.live_counts()
+        if sum(counts.values()) < self.min_requests:
             return dict(self.placement.traffic)
-        return {e: float(self.counts.get(e, 0)) for e in self.footprints}
+        return {e: float(counts.get(e, 0)) for e in self.footprints}
 
     # -- the control step ---------------------------------------------------------------------------
     async def tick(self, alive: Collection[str]) -> str | None:
@@ -169,8 +179,9 @@ class PlacementController:
         await self._checkpoint()
         if await self.stage(steps, new):
             self.placement, self.reason, self.error = new, reason, None
-            self.changed_at = time.time()
+            self.changed_at = self.window_start = time.time()
             self.counts.clear()
+            self.logged = None  # until the log answers for the new window
             for node in self.advertised:  # exactly what the new placement serves (alive nodes)
                 self._advertise(node, {r.expert for r in new.on(node)} if node in self.alive else set())
         self.pending = None

@@ -72,6 +72,7 @@ def snapshot(controller: PlacementController, inputs: str) -> bytes:
         "reason": controller.reason,
         "error": controller.error,
         "changed_at": controller.changed_at,
+        "window_start": controller.window_start,
         "pending": None if pending is None else {"reason": pending[0], "target": _placement_data(pending[1])},
     }
     return json.dumps(state, sort_keys=True).encode()
@@ -105,6 +106,7 @@ def restore(controller: PlacementController, saved: SavedState) -> None:
         reason = None if data["reason"] is None else str(data["reason"])
         error = None if data["error"] is None else str(data["error"])
         changed_at = None if data["changed_at"] is None else float(data["changed_at"])
+        window_start = float(data.get("window_start") or changed_at or controller.window_start)
         pending = data["pending"]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateError(f"malformed state: {exc!r}") from None
@@ -118,6 +120,7 @@ def restore(controller: PlacementController, saved: SavedState) -> None:
     controller.counts = Counter({e: n for e, n in counts.items() if e in controller.footprints and n > 0})
     controller.unplaced = unplaced
     controller.error, controller.changed_at, controller.reason = error, changed_at, reason
+    controller.window_start = window_start
     if isinstance(pending, dict):  # interrupted: the hosts are set back to the placement in force
         interrupted = pending.get("reason")
         controller.reason = f"controller restarted during a move ({interrupted}); hosts set back to the placement"

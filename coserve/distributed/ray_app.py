@@ -215,7 +215,6 @@ def build_app(args: dict[str, Any]) -> Any:
     controller = placement_service.options(
         name=PLACEMENT, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
     )
-    bound_controller = controller.bind(cluster, footprints, placement, hosts)
     ingress: Any = serve.deployment(serve.ingress()(Ingress))
     ingress_actor: dict[str, Any] = {"num_cpus": 0}
     if settings.ingress_node is not None:  # a node that dies takes its ingress replicas' connections along
@@ -224,6 +223,7 @@ def build_app(args: dict[str, Any]) -> Any:
 
     pin = node_resource(settings.ingress_node) if settings.ingress_node is not None else None
     quota, decision_log = bind_shared_state(library, pin)
+    bound_controller = controller.bind(cluster, footprints, placement, hosts, decision_log=decision_log)
     return ingress.options(
         name="ingress",
         ray_actor_options=ingress_actor,

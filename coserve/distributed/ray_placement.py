@@ -18,6 +18,12 @@ controller makes and after a tick whose live counts changed, and read back when 
 (a restarted replica resumes the placement, its version and its live counts). State that cannot be
 read starts the controller from the start-time plan with a warning, never a failed start.
 
+The live traffic for drift comes from the ``decision-log`` deployment when it answers: before each
+tick the watch asks it for the decisions per expert written since its last question and made since
+the controller's window start (the last plan), and the controller plans with those counts
+(``logged``); while the log does not answer within ``LOG_TIMEOUT_S``, with what the ingresses
+reported in their syncs.
+
 Each expert-host replica claims its cluster-file node here when it starts (``claim_host``,
 coserve.distributed.host_claims): a node whose holder's actor Ray no longer knows is free again, so
 a replacement replica takes the dead one's node. The claims are kept in the same store under their
@@ -31,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -57,6 +64,7 @@ log = logging.getLogger("coserve.distributed")
 
 PLACEMENT = "placement"  # the controller's deployment name
 NODE_PREFIX = "coserve-node-"  # the custom resource a Ray node carries for the cluster-file node it is
+LOG_TIMEOUT_S = 2.0  # the decision log's counts come within this, else the ingresses' reports count
 WATCH_S = 1.0  # seconds between two ticks of the controller
 HOST_CALL_TIMEOUT_S = 180.0  # the longest a host may take to load, pin or drain an expert
 HOST_UP_TIMEOUT_S = 10.0  # a host that does not answer its state within this is not up yet
@@ -175,6 +183,7 @@ class PlacementService:
         store: StateStore | None = None,
         claims_store: StateStore | None = None,
         is_alive: Callable[[str], bool] = actor_alive,
+        decision_log: Any = None,
     ):
         self.controller = PlacementController(cluster, footprints, placement, HandleHosts(hosts))
         self._watch: asyncio.Task[None] | None = None
@@ -194,6 +203,30 @@ class PlacementService:
             raw = claims_store.get() if claims_store is not None else None
             self.claims = HostClaims.from_bytes(raw) if raw is not None else self.claims
         self._claiming = asyncio.Lock()
+        self.decision_log = decision_log  # the decision-log deployment's handle (None: ingress reports only)
+        self._log_after = 0  # the last decision-log row counted
+        self._log_since: float | None = None  # the window the tally counts
+        self._log_tally: Counter[str] = Counter()
+
+    async def read_log(self) -> None:
+        """Take the live counts of the controller's window from the decision log (see the module doc)."""
+        if self.decision_log is None:
+            return
+        since = self.controller.window_start
+        if since != self._log_since:  # a new window (a re-plan): count from its start
+            self._log_since, self._log_tally = since, Counter()
+        try:
+            last, counts = await asyncio.wait_for(
+                self.decision_log.expert_counts.remote(self._log_after, since), LOG_TIMEOUT_S
+            )
+        except Exception as exc:
+            if self.controller.logged is not None:
+                log.warning("decision log did not answer (%s): drift from the ingresses' reports", exc)
+            self.controller.logged = None
+            return
+        self._log_after = int(last)
+        self._log_tally.update({e: int(n) for e, n in counts.items() if e in self.controller.footprints})
+        self.controller.logged = self._log_tally
 
     async def claim_host(self, replica: str, candidates: list[str], first_guess: str | None) -> dict[str, Any] | None:
         """An expert-host replica's claim (coserve.distributed.host_claims): its node and, when the
@@ -259,6 +292,7 @@ class PlacementService:
         while True:
             try:
                 alive = alive_nodes(await asyncio.to_thread(ray.nodes))
+                await self.read_log()
                 await self.controller.tick(alive & set(self.controller.advertised))
                 await self.save()  # the live counts, when they changed
             except Exception:  # one bad tick must not end the watch

@@ -16,6 +16,8 @@ replica's ``DecisionStore`` over that deployment's handle:
   replica may still be on their way (a batch interval or two), so the deployment looks again for up
   to ``FIND_ROW_S`` before it answers that the id is unknown (404).
 
+The placement controller reads the live traffic from the one file (``expert_counts``: decisions per
+expert written after a row cursor and made since a time; coserve.distributed.ray_placement).
 The online router's saved state is read from and written to the same file through the deployment.
 The deployment also keeps the cluster's recent dashboard events (``feed_exchange``, an
 ``EventRing``: coserve.distributed.shared_feed).
@@ -28,6 +30,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -40,7 +43,7 @@ from coserve.errors import ServiceUnavailable
 from coserve.server.app import decision_log_file
 from coserve.store.log import BATCH_ROWS, FLUSH_INTERVAL_S, MAX_QUEUE_ROWS, DecisionLog, DecisionRow
 
-__all__ = ["DecisionLogService", "SharedDecisionLog"]
+__all__ = ["DecisionLogService", "SharedDecisionLog", "count_experts"]
 
 log = logging.getLogger("coserve.distributed")
 
@@ -49,6 +52,18 @@ RETRY_S = 1.0  # how soon a batch the deployment did not take is sent again
 FIND_ROW_S = 2.0  # how long feedback waits for its decision's row to arrive from another replica
 FIND_POLL_S = 0.1
 _T = TypeVar("_T")
+
+
+def count_experts(conn: sqlite3.Connection, after: int, since: float) -> tuple[int, dict[str, int]]:
+    """Decisions per expert among the rows written after row ``after`` (SQLite's rowid, which grows
+    in the order rows reach the file, so a row that arrives late is still counted once) and made at
+    or after ``since`` (unix seconds); with the last row's id, the cursor for the next call."""
+    (last,) = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM decisions").fetchone()
+    rows = conn.execute(
+        "SELECT expert, COUNT(*) FROM decisions WHERE rowid > ? AND rowid <= ? AND time >= ? GROUP BY expert",
+        (after, last, since),
+    ).fetchall()
+    return int(last), {str(expert): int(n) for expert, n in rows}
 
 
 class DecisionLogService:
@@ -69,6 +84,13 @@ class DecisionLogService:
     async def info(self) -> dict[str, Any]:
         """Where the file is, rows dropped here, and the online router's saved state (or None)."""
         return {"path": str(self.log.path), "dropped": self.log.dropped, "online_state": self.log.online_state()}
+
+    async def expert_counts(self, after: int, since: float) -> tuple[int, dict[str, int]]:
+        """``count_experts`` on the file, once the rows queued here are written."""
+        result: tuple[int, dict[str, int]] = await asyncio.wrap_future(
+            self.log.call(lambda conn: count_experts(conn, after, since))
+        )
+        return result
 
     async def write(self, rows: list[DecisionRow]) -> int:
         """Queue one ingress batch on the writer; how many rows it took (the rest were dropped)."""
