@@ -3,7 +3,8 @@ two ingress replicas): the admission bounds hold for the cluster, each ingress r
 share; and the controller's state survives its replica's restart: after a traffic drift has moved an
 expert and more live counts arrived, the ``placement`` replica is killed, and the one Ray Serve
 starts resumes from Ray's GCS key-value store (the placement after the move, the version one step
-on, never back, the reason and time of the last change, the live counts). Select with ``-m ray``;
+on, never back, the reason and time of the last change, the live counts, which it then reads from
+the decision log). Select with ``-m ray``;
 skipped when Ray is absent. Each test runs under an alarm; the cluster is shut down however they end."""
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def test_the_controller_resumes_its_placement_version_and_counts_after_a_restart
         answer = _answer(url, "big")
         big_after = counts.get("big", 0) + 1
         health_after = _health_until(url, lambda h: h["placement"]["live_counts"].get("big") == big_after)
+        from_log = _health_until(url, lambda h: h["placement"]["live_counts_from"] == "decision log")
     assert moved["placement"]["reason"].startswith("traffic drifted")
     assert counts["small"] == 5 and set(counts) <= {"big", "small"}
     assert killed not in replaced and len(replaced) == 1  # a new replica
@@ -89,6 +91,10 @@ def test_the_controller_resumes_its_placement_version_and_counts_after_a_restart
     assert (_experts(after, "a"), _experts(after, "b")) == (["big", "coder"], ["big", "small"])
     assert answer[0] == "200"
     assert health_after["placement"]["live_counts"] == {**counts, "big": counts.get("big", 0) + 1}
+    # the restarted controller reads the window's counts from the decision log (its rows made since the
+    # last plan: the 5 of small; big's just before the re-plan may fall either side, the last one not)
+    assert from_log["placement"]["live_counts_from"] == "decision log"
+    assert from_log["placement"]["live_counts"]["small"] == 5 and from_log["placement"]["live_counts"]["big"] >= 1
 
 
 def test_each_ingress_replica_admits_its_share_of_the_bound(url: str) -> None:

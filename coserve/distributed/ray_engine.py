@@ -275,6 +275,7 @@ class ClusterEngine(Engine):
             "reason": self.placement.get("reason"),  # why it last changed
             "changed_at": self.placement.get("changed_at"),  # when (Unix time), None before any change
             "live_counts": self.placement.get("counts", {}),  # requests per expert since the last plan
+            "live_counts_from": self.placement.get("counts_from"),  # "decision log" or "ingress reports"
             "error": self.placement.get("error"),  # why a change could not be staged
         }
         health["engine"]["residency"] = "cluster"
