@@ -291,6 +291,7 @@ class TestTwoNodes:
         assert {n: v["experts"] for n, v in health["nodes"].items()} == served["placed"]
         counts = health["placement"].pop("live_counts")  # what the tests before this one asked
         assert isinstance(counts, dict) and set(counts) <= {"small", "coder", "big"}
+        assert health["placement"].pop("live_counts_from") == "decision log"  # it answers: its counts
         assert health["placement"] == {"version": 1, "unplaced": [], "reason": None, "changed_at": None, "error": None}
         big_home = _host_health(_node_of(served["placed"], "big"))
         assert big_home["experts"]["big"]["pinned"] is True  # resident in the plan: pinned in the pool
