@@ -59,10 +59,11 @@ def count_experts(conn: sqlite3.Connection, after: int, since: float) -> tuple[i
     in the order rows reach the file, so a row that arrives late is still counted once) and made at
     or after ``since`` (unix seconds); with the last row's id, the cursor for the next call."""
     (last,) = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM decisions").fetchone()
-    rows = conn.execute(
-        "SELECT expert, COUNT(*) FROM decisions WHERE rowid > ? AND rowid <= ? AND time >= ? GROUP BY expert",
-        (after, last, since),
-    ).fetchall()
+    # Run on the log's one writer thread (DecisionLog.call): no row is added between the two queries.
+    # The first question (no cursor yet) goes by the time index: the file may hold years of rows.
+    where = "time >= ?" if after <= 0 else "rowid > ? AND time >= ?"
+    values = (since,) if after <= 0 else (after, since)
+    rows = conn.execute(f"SELECT expert, COUNT(*) FROM decisions WHERE {where} GROUP BY expert", values).fetchall()
     return int(last), {str(expert): int(n) for expert, n in rows}
 
 
