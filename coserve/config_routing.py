@@ -57,3 +57,7 @@ class OnlineSettings(BaseModel):
     reset_count: float = Field(5.0, gt=0)  # pseudo-counts a changed expert's scores keep
     move_mean: bool = True  # a changed expert's means also move by the estimated shift
     signals: tuple[Literal["failure", "timeout", "fallback"], ...] = ()  # counted as a score of 0
+    # per what a decision is made: the category's map, or each prompt's offline prediction corrected by
+    # its category's feedback (docs/adapt.md)
+    granularity: Literal["category", "prompt"] = "category"
+    prompt_weight: float = Field(1.0, ge=0, le=1)  # share of a prompt's predicted offset from its category kept
