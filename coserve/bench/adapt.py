@@ -269,9 +269,13 @@ def fit_stream(
     prior: OutcomeSet, X_prior: np.ndarray, stream: OutcomeSet, X_stream: np.ndarray, costs: ExpertCosts, axis: str
 ) -> FittedStream:
     """Fit ``map-logistic`` on the prior rows and categorise the stream with its classifier; fit ``stack``
-    (``coserve train``'s per-prompt score predictor) on the same rows and predict every stream item."""
+    (``coserve train``'s per-prompt score predictor) on the same rows and predict every stream item. A
+    prior of one category (a valid library: one map entry) has no classifier to fit: every stream item
+    is in it, the table is the prior's mean scores and the predictions a ridge regression on the vector."""
     from coserve.eval.train import train_router
 
+    if len(set(prior.categories)) == 1:
+        return _one_category(prior, X_prior, stream, X_stream)
     router = train_router(prior, X_prior, costs, kind="map-logistic", budget_axis=axis)
     stream_category = router.category_proba(X_stream).argmax(axis=1)
     order = [stream.experts.index(e) for e in router.experts]  # the router's columns, in the stream's order
@@ -281,6 +285,21 @@ def fit_stream(
     predicted = np.empty((len(stream), len(stream.experts)))
     predicted[:, [stream.experts.index(e) for e in stack.experts]] = np.clip(stack.scores(X_stream), 0.0, 1.0)
     return FittedStream(offline, stream, stream_category, list(router.classes), len(prior), predicted)
+
+
+def _one_category(prior: OutcomeSet, X_prior: np.ndarray, stream: OutcomeSet, X_stream: np.ndarray) -> FittedStream:
+    from coserve.router.predict import STACK_RIDGE_ALPHA, RidgeRegressor
+
+    order = [prior.experts.index(e) for e in stream.experts]  # the prior's columns in the stream's order
+    scores = np.asarray(prior.scores, dtype=np.float64)[:, order]
+    if np.isnan(scores).all(axis=0).any():
+        raise ConfigError("every expert needs at least one score in the prior file")
+    offline = np.nanmean(scores, axis=0)[None, :]
+    ridge = RidgeRegressor(alpha=STACK_RIDGE_ALPHA).fit(X_prior, scores)
+    predicted = np.clip(ridge.predict(X_stream), 0.0, 1.0)
+    return FittedStream(
+        offline, stream, np.zeros(len(stream), dtype=np.int64), [prior.categories[0]], len(prior), predicted
+    )
 
 
 def run_adapt(
