@@ -25,7 +25,9 @@ pytestmark = pytest.mark.usefixtures("trained_dir")  # `coserve train` on separa
 def _online_library(tmp_path: Path, **router: Any) -> Path:
     path = _library(tmp_path, "router")  # small 1B, mid 3B, big 7B; the trained map sends code to big
     data = yaml.safe_load(path.read_text())
-    data["router"].update({"budget": {"avg_params_b": 7.0}, "online": {"prior_strength": 2, "explore_cap": 0.0}})
+    # the exact values below are derived per category (prompt mode, the default, has its own tests)
+    online = {"prior_strength": 2, "explore_cap": 0.0, "granularity": "category"}
+    data["router"].update({"budget": {"avg_params_b": 7.0}, "online": online})
     data["router"].update(router)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
