@@ -104,3 +104,18 @@ def test_the_budget_holds_in_prompt_mode_when_the_mix_shifts() -> None:
         spent.append(cost[decision.expert])
     for phase in (spent[300:1200], spent[1500:2400]):
         assert np.mean(phase) == pytest.approx(2.0, rel=0.05)
+
+
+def test_a_state_learnt_in_the_other_mode_is_not_resumed() -> None:
+    from coserve.router.online import resume
+
+    learnt = _router("category")
+    learnt.feedback(0, 0, 0.0)
+    state = learnt.export_state(["k"], ["a", "b"])
+    router = _router("prompt")
+    assert not resume(router, state, ["k"], ["a", "b"])  # category cells hold scores, prompt cells residuals
+    assert router.posterior.alpha[0, 0] == pytest.approx(6.0, abs=1e-5)  # nothing changed
+    old = {key: value for key, value in state.items() if key != "granularity"}  # saved before session 8
+    assert resume(_router("category"), old, ["k"], ["a", "b"])
+    assert not resume(router, old, ["k"], ["a", "b"])
+    assert resume(_router("prompt"), _router("prompt").export_state(["k"], ["a", "b"]), ["k"], ["a", "b"])

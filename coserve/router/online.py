@@ -307,6 +307,7 @@ class OnlineRouter:
                 "weight": self.controller.weight,
                 "target": self.controller.target,
                 "version": self._snapshot.version,
+                "granularity": self.granularity,  # what the cells mean: scores, or residuals of predictions
                 **({} if self.detector is None else {"change": self.detector.export_state()}),
             }
 
@@ -316,6 +317,9 @@ class OnlineRouter:
             raise ValueError(f"unknown state format {state.get('format')!r}")
         if state.get("categories") != list(categories) or state.get("experts") != list(experts):
             raise ValueError("the state is for other categories or experts")
+        learnt = state.get("granularity", "category")  # a state saved before session 8 was learnt per category
+        if learnt != self.granularity:
+            raise ValueError(f"the state was learnt per {learnt}, this router routes per {self.granularity}")
         try:
             alpha = np.asarray(state["alpha"], dtype=np.float64)
             beta = np.asarray(state["beta"], dtype=np.float64)
