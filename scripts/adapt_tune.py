@@ -6,9 +6,10 @@ by prompt (another salt, so grouped and reproducible) into a tuning prior and a 
 router on the tuning prior and replays the tuning stream, on the benchmark's budgets and seeds, for each
 candidate setting. The benchmark's stream rows are never loaded into a replay.
 
-Search: stage 1 is a full grid over the posterior (prior strength, count cap), the change detector and
-the feed-forward controller; stage 2 moves one knob at a time (controller step, exploration cap, mix
-window, detector drift and reset) from stage 1's best. A setting's score is the number of the issue's
+Search: stage 1 is a full grid over the granularity (route per category or per prompt), the posterior
+(prior strength, count cap), the change detector and the feed-forward controller; stage 2 moves one knob
+at a time (controller step, exploration cap, mix window, detector drift and reset, and in prompt mode the
+share of the prompt's predicted offset kept) from stage 1's best. A setting's score is the number of the issue's
 four checks it meets over all runs (tracking error <= 0.02, adaptive >= static + 0.01, adaptive >=
 hindsight - 0.01, recovery <= 2,000), ties broken by the mean of adaptive - hindsight.
 
@@ -29,7 +30,7 @@ import numpy as np
 from coserve.bench.adapt import AdaptOptions, FittedStream, fit_stream, replay_adapt, split_by_prompt
 from coserve.bench.provenance import write_data
 from coserve.eval.data import ExpertCosts, embed_cached, load_costs, load_outcomes
-from coserve.router.embed import make_embedder
+from coserve.router.embedders import make_embedder
 
 BUDGETS = (("params", 15.0), ("params", 20.0), ("price", 0.3))  # the benchmark's official budgets
 SEEDS = (0, 1, 2)
@@ -59,7 +60,7 @@ def evaluate(fitted: dict[str, FittedStream], costs: ExpertCosts, knobs: dict[st
         for seed in SEEDS:
             f = fitted[axis]
             options = AdaptOptions(budget_axis=axis, target=target, seed=seed, **knobs)
-            report = replay_adapt(f.offline, f.stream, f.stream_category, costs, options)
+            report = replay_adapt(f.offline, f.stream, f.stream_category, costs, options, f.predicted)
             q = report["quality"]
             runs.append(
                 {
@@ -95,7 +96,7 @@ STAGE_ONE_FIXED: dict[str, Any] = {"step": 0.005, "explore_cap": 0.02, "change_d
 
 
 def stage_one() -> list[dict[str, Any]]:
-    posteriors = [(20.0, 30.0), (20.0, 100.0), (50.0, 100.0), (100.0, 1000.0)]
+    posteriors = [(20.0, 30.0), (20.0, 100.0), (50.0, 100.0), (100.0, 1000.0), (200.0, 1000.0)]
     detectors: list[dict[str, Any]] = [
         {"change_threshold": 0.0, "move_mean": True},
         {"change_threshold": 8.0, "move_mean": False},
@@ -103,7 +104,15 @@ def stage_one() -> list[dict[str, Any]]:
         {"change_threshold": 16.0, "move_mean": True},
     ]
     return [
-        {**STAGE_ONE_FIXED, "prior_strength": strength, "max_count": cap, "mix_window": mix, **detector}
+        {
+            **STAGE_ONE_FIXED,
+            "granularity": granularity,
+            "prior_strength": strength,
+            "max_count": cap,
+            "mix_window": mix,
+            **detector,
+        }
+        for granularity in ("category", "prompt")
         for strength, cap in posteriors
         for detector in detectors
         for mix in (0, 200)
@@ -116,6 +125,8 @@ def stage_two(best: dict[str, Any]) -> list[dict[str, Any]]:
         "explore_cap": (0.0, 0.05),
         "mix_window": (100, 500),
     }
+    if best.get("granularity") == "prompt":
+        moves["prompt_weight"] = (0.5,)
     if best.get("change_threshold", 0.0) > 0:
         moves.update(change_drift=(0.025, 0.1), reset_count=(2.0, 10.0))
     return [{**best, name: value} for name, values in moves.items() for value in values if best.get(name) != value]

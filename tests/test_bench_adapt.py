@@ -133,3 +133,26 @@ def test_bench_adapt_short_stream_has_no_tracking_error(
     assert report["tracking_error_max"] is None  # no window starts at request 1,000 or later
     assert report["stream"].endswith("(other half)") and report["prior_rows"] + report["stream_rows"] == 120
     assert "tracking_error_max -" in capsys.readouterr().out
+
+
+def test_bench_adapt_runs_a_prior_of_one_category(tmp_path: Path, cache: Path) -> None:
+    # Only math rows: no classifier can be fitted, yet one category is a valid library (one map entry).
+    prior, experts = tmp_path / "math.jsonl", tmp_path / "experts.json"
+    _outcomes(tmp_path / "all.jsonl", 1, 360)
+    rows = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    math = [r for r in rows if r["category"] == "math"]
+    prior.write_text("".join(json.dumps(r) + "\n" for r in math))
+    experts.write_text(json.dumps({e: {"params_b": b} for e, b in (("cheap", 1), ("mid", 3), ("big", 9))}))
+    out = tmp_path / "one.json"
+    argv = ["bench", "adapt", "--prior", str(prior), "--experts", str(experts), "--budget-params", "3"]
+    assert main([*argv, "--json", str(out), "--requests", "1200", "--embedder", "hashing"]) == 0
+    report = json.loads(out.read_text())
+    assert report["categories"] == ["math"] and report["phases"] == [{"math": 1.0}] * 4
+    # One category: the baselines are still cost-matched, and the controller holds 3 B (mid's cost).
+    assert report["quality"]["static_avg_cost"] == pytest.approx(3.0)
+    assert report["realised_avg_cost"] == pytest.approx(3.0, rel=0.05)
+    argv += ["--granularity", "prompt", "--requests", "1200", "--embedder", "hashing"]
+    assert main([*argv, "--json", str(tmp_path / "one-prompt.json")]) == 0
+    prompt = json.loads((tmp_path / "one-prompt.json").read_text())
+    assert prompt["options"]["granularity"] == "prompt"
+    assert prompt["realised_avg_cost"] == pytest.approx(3.0, rel=0.05)

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.usefixtures("trained_dir")  # `coserve train` on separa
 def _online_library(tmp_path: Path, **router: Any) -> Path:
     path = _library(tmp_path, "router")  # small 1B, mid 3B, big 7B; the trained map sends code to big
     data = yaml.safe_load(path.read_text())
-    data["router"].update({"budget": {"avg_params_b": 7.0}, "online": {"prior_strength": 2, "explore_cap": 0.0}})
+    # the exact values below are derived per category (prompt mode, the default, has its own tests)
+    online = {"prior_strength": 2, "explore_cap": 0.0, "granularity": "category"}
+    data["router"].update({"budget": {"avg_params_b": 7.0}, "online": online})
     data["router"].update(router)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -136,15 +138,21 @@ def _with_server(tmp_path: Path, server: dict[str, Any]) -> Path:
     return path
 
 
-def test_the_budget_holds_when_the_mix_shifts(tmp_path: Path, cache: Path) -> None:
+@pytest.mark.parametrize("granularity", ["category", "prompt"])
+def test_the_budget_holds_when_the_mix_shifts(tmp_path: Path, cache: Path, granularity: str) -> None:
     # Target 4 B params; code's best is big (7 B, score 1.0) then mid (3 B, 0.6); chat's is small (1 B).
     # In cost/target units big is 1.75 and mid 0.75: code moves from big to mid at weight 0.4, so
     # all-code traffic settles on a big/mid mix averaging 4, and so does 3 code : 1 chat (code at 5).
-    # Without the controller all-code traffic would cost 7 and the mixed phase 5.5. Over 100 requests the
+    # Without the controller all-code traffic would cost 7 and the mixed phase 5.5. (In prompt mode each
+    # request adds its text's offset from its category to these scores, the same for every request of one
+    # text, so the same argument holds at another switching weight.) Over 100 requests the
     # overspend is (weight moved) * 4 / 0.05, and the weight stays within a step's move (0.05 * 0.75) of
     # 0.4 once settled, so a phase is off by at most 2 * 0.0375 * 80 / 400 = 1.5%; 5% is asserted.
     engine = _engine(
-        tmp_path, cache, budget={"avg_params_b": 4.0}, online={"prior_strength": 2, "explore_cap": 0.0, "step": 0.05}
+        tmp_path,
+        cache,
+        budget={"avg_params_b": 4.0},
+        online={"prior_strength": 2, "explore_cap": 0.0, "step": 0.05, "granularity": granularity},
     )
     size = {"small": 1.0, "mid": 3.0, "big": 7.0}
     spent: list[float] = []
@@ -171,3 +179,25 @@ def test_the_dashboard_shows_the_budget_controller_and_the_map_in_force(tmp_path
             assert _feedback(client, answer["id"], -1.0).status_code == 200
         after = client.get("/ui/api/map").json()["budget"]
         assert after["map"]["code"] == "mid" and after["map_version"] > before["map_version"]
+
+
+def test_prompt_mode_learns_a_score_as_the_residual_against_the_requests_prediction(
+    tmp_path: Path, cache: Path
+) -> None:
+    from coserve.router.trained import load_trained
+
+    trained = load_trained(tmp_path / "router")
+    predicted = trained.scores(HashingEmbedder().encode([CODE]))[0]  # the stack's scores for this text
+    code, big = trained.classes.index("code"), trained.experts.index("big")
+    S = float(trained.S[code, big])
+    assert abs(float(predicted[big]) - S) > 1e-3  # the prompt sits off its category (0.008): the two modes differ
+    engine = _engine(tmp_path, cache, online={"prior_strength": 2, "explore_cap": 0.0, "granularity": "prompt"})
+    posterior = engine.router.online.router.posterior  # type: ignore[union-attr]
+    alpha, beta = float(posterior.alpha[code, big]), float(posterior.beta[code, big])
+    with TestClient(create_app(engine)) as client:
+        answer = _post(client, CODE).json()
+        assert answer["coserve"]["expert"] == "big"
+        assert _feedback(client, answer["id"], 1.0).status_code == 200  # a score of 1 for big on this prompt
+    learnt = min(1.0, max(0.0, 1.0 - (float(predicted[big]) - S)))  # 1 minus the prompt's offset from code
+    assert posterior.alpha[code, big] == pytest.approx(alpha + learnt, abs=1e-9)
+    assert posterior.beta[code, big] == pytest.approx(beta + 1.0 - learnt, abs=1e-9)

@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from coserve.bench.adapt_baselines import category_means, lagrangian_mix, mix_of, mix_weights, recovery, share_of
 from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, load_costs, load_outcomes
-from coserve.router.online import OnlineRouter, solve_weighted
+from coserve.router.online import OnlineRouter
 
 __all__ = [
     "AdaptOptions",
@@ -76,6 +77,8 @@ class AdaptOptions:
     reset_count: float = _ONLINE.reset_count
     move_mean: bool = _ONLINE.move_mean
     mix_window: int = _ONLINE.mix_window  # requests whose category mix sets the feed-forward weight (0: integral only)
+    granularity: str = _ONLINE.granularity  # route per category, or per prompt (needs the stream's predictions)
+    prompt_weight: float = _ONLINE.prompt_weight  # share of a prompt's predicted offset from its category kept
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -88,6 +91,8 @@ class AdaptOptions:
             raise ConfigError("prior_strength and step must be > 0 and max_count >= prior_strength")
         if self.change_threshold < 0 or self.change_drift < 0 or self.reset_count <= 0 or self.mix_window < 0:
             raise ConfigError("change_threshold, change_drift and mix_window must be >= 0 and reset_count > 0")
+        if self.granularity not in ("category", "prompt"):
+            raise ConfigError(f"granularity must be category or prompt, not {self.granularity!r}")
 
     def online(self) -> OnlineSettings:
         """The online router's knobs as the server's ``router.online`` would carry them."""
@@ -102,48 +107,9 @@ class AdaptOptions:
             change_drift=self.change_drift,
             reset_count=self.reset_count,
             move_mean=self.move_mean,
+            granularity=self.granularity,  # type: ignore[arg-type]  # checked by OnlineSettings
+            prompt_weight=self.prompt_weight,
         )
-
-
-def lagrangian_mix(
-    chooser: np.ndarray, truth: np.ndarray, p: np.ndarray, cost: np.ndarray, spend: float
-) -> dict[str, Any]:
-    """The maps maximising ``chooser - w * cost`` either side of average cost ``spend`` and their mix.
-
-    ``truth`` [K, E] scores the maps, ``p`` [K] weighs the categories. Returns the mixing share of
-    the dearer map, the expected quality and cost of the mix, and both maps. Spending more than the
-    weight-0 map is impossible (that map is returned alone); less than the cheapest, likewise.
-    """
-    p = np.asarray(p, dtype=np.float64) / np.sum(p)
-
-    def at(weight: float) -> tuple[np.ndarray, float, float]:
-        assignment = solve_weighted(chooser, cost, weight)
-        rows = np.arange(len(p))
-        return assignment, float(p @ truth[rows, assignment]), float(p @ cost[assignment])
-
-    rich = at(0.0)
-    high_weight = 1.0
-    while at(high_weight)[2] > spend and high_weight < 1e9:
-        high_weight *= 2
-    poor = at(high_weight)
-    if rich[2] <= spend or poor[2] >= spend:
-        best = rich if rich[2] <= spend else poor
-        return {"share_dearer": 1.0, "quality": best[1], "cost": best[2], "maps": [best[0].tolist()]}
-    low, high = 0.0, high_weight  # cost(low) > spend >= cost(high)
-    for _ in range(60):
-        middle = 0.5 * (low + high)
-        if at(middle)[2] > spend:
-            low = middle
-        else:
-            high = middle
-    dear, cheap = at(low), at(high)
-    share = (spend - cheap[2]) / (dear[2] - cheap[2]) if dear[2] > cheap[2] else 0.0
-    return {
-        "share_dearer": share,
-        "quality": share * dear[1] + (1 - share) * cheap[1],
-        "cost": share * dear[2] + (1 - share) * cheap[2],
-        "maps": [dear[0].tolist(), cheap[0].tolist()],
-    }
 
 
 def _draw_stream(labels: np.ndarray, options: AdaptOptions, rng: np.random.Generator) -> tuple[np.ndarray, list]:
@@ -168,11 +134,15 @@ def replay_adapt(
     stream_category: np.ndarray,
     costs: ExpertCosts,
     options: AdaptOptions,
+    predicted: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Replay ``stream`` through an online router started from ``offline`` [K, E]; the report as a dict.
 
-    ``stream_category`` is the router's category index for each stream item.
+    ``stream_category`` is the router's category index for each stream item; ``predicted`` [items, E]
+    the offline per-prompt score of each expert on each stream item (needed in prompt mode).
     """
+    if options.granularity == "prompt" and predicted is None:
+        raise ConfigError("granularity prompt needs the offline per-prompt predictions of the stream")
     costs = costs.aligned(stream.experts)
     cost = costs.params_b if options.budget_axis == "params" else costs.price
     if not np.isfinite(cost).all():
@@ -184,37 +154,39 @@ def replay_adapt(
     category = np.asarray(stream_category)[items]
     shock_at = n // 2
 
-    static = lagrangian_mix(offline, _category_means(truth, category, K), _mix(category, K), cost, options.target)
+    static = lagrangian_mix(offline, category_means(truth, category, K), mix_of(category, K), cost, options.target)
     share = np.zeros(len(cost))
-    for weight, assignment in zip(_weights(static), static["maps"], strict=True):
+    for weight, assignment in zip(mix_weights(static), static["maps"], strict=True):
         share += weight * np.bincount(np.asarray(assignment)[category], minlength=len(cost)) / n
     shocked = int(np.argmax(share))
     after = np.arange(n) >= shock_at
     truth[after, shocked] = np.clip(truth[after, shocked] - options.shock, 0.0, 1.0)
-    static = lagrangian_mix(offline, _category_means(truth, category, K), _mix(category, K), cost, options.target)
+    static = lagrangian_mix(offline, category_means(truth, category, K), mix_of(category, K), cost, options.target)
 
     router = OnlineRouter.from_settings(offline, cost, options.target, options.online(), seed=options.seed)
     chosen = np.zeros(n, dtype=np.int64)
     explored = np.zeros(n, dtype=bool)
     at_zero = np.zeros(n, dtype=bool)  # the weight at 0: the router spends all that buys quality
     for i in range(n):
-        decision = router.choose(int(category[i]))
+        row = None if predicted is None else predicted[items[i]]
+        decision = router.choose(int(category[i]), predicted=row)
         chosen[i], explored[i] = decision.expert, decision.explored
         at_zero[i] = router.snapshot.weight == 0.0
         router.served(decision.expert)
         if rng.random() < options.feedback:
             observed = float(np.clip(truth[i, decision.expert] + rng.normal(0.0, options.noise), 0.0, 1.0))
-            router.feedback(int(category[i]), decision.expert, observed)
+            guess = None if row is None else float(row[decision.expert])
+            router.feedback(int(category[i]), decision.expert, observed, predicted=guess)
     served_cost = cost[chosen]
     served_quality = truth[np.arange(n), chosen]
     realised = float(served_cost.mean())
-    hindsight_table = _category_means(truth, category, K)
-    hindsight = lagrangian_mix(hindsight_table, hindsight_table, _mix(category, K), cost, realised)
+    hindsight_table = category_means(truth, category, K)
+    hindsight = lagrangian_mix(hindsight_table, hindsight_table, mix_of(category, K), cost, realised)
     windows = _windows(served_cost, served_quality, explored, at_zero, options)
     post = np.arange(n) >= shock_at
     best_after = lagrangian_mix(
-        _category_means(truth[post], category[post], K), _category_means(truth[post], category[post], K),
-        _mix(category[post], K), cost, options.target,
+        category_means(truth[post], category[post], K), category_means(truth[post], category[post], K),
+        mix_of(category[post], K), cost, options.target,
     )  # fmt: skip
     settled = [w for w in windows if w["start"] >= SETTLE]
     return {
@@ -240,39 +212,15 @@ def replay_adapt(
             "static_share": float(share[shocked]),
             # its share under the best fixed map for the post-shock requests' true scores, at the target:
             # what it keeps where it stays the best choice after the drop
-            "best_share_after": _share(best_after, category[post], shocked),
+            "best_share_after": share_of(best_after, category[post], shocked),
             "share_before": float(np.mean(chosen[max(0, shock_at - options.window) : shock_at] == shocked)),
         },
-        "recovery_requests": _recovery(chosen, shocked, shock_at, options.window),
+        "recovery_requests": recovery(chosen, shocked, shock_at, options.window),
         "explored_share": float(explored.mean()),
         "map_versions": router.snapshot.version,
         "final_weight": router.controller.effective,
         "change_alarms": router.alarms,
     }
-
-
-def _share(mix: dict[str, Any], category: np.ndarray, expert: int) -> float:
-    """Share of ``category``'s requests that ``lagrangian_mix``'s randomised map sends to ``expert``."""
-    pairs = zip(_weights(mix), mix["maps"], strict=True)
-    return float(sum(w * np.mean(np.asarray(m)[category] == expert) for w, m in pairs))
-
-
-def _weights(mix: dict[str, Any]) -> list[float]:
-    return [mix["share_dearer"], 1 - mix["share_dearer"]][: len(mix["maps"])]
-
-
-def _mix(category: np.ndarray, K: int) -> np.ndarray:
-    return np.bincount(category, minlength=K).astype(np.float64) + 1e-12
-
-
-def _category_means(truth: np.ndarray, category: np.ndarray, K: int) -> np.ndarray:
-    """Mean true score of each expert over the requests of each category ``[K, E]`` (0.5 where none)."""
-    out = np.full((K, truth.shape[1]), 0.5)
-    for k in range(K):
-        rows = category == k
-        if rows.any():
-            out[k] = truth[rows].mean(axis=0)
-    return out
 
 
 def _windows(
@@ -296,20 +244,6 @@ def _windows(
     return out
 
 
-def _recovery(chosen: np.ndarray, shocked: int, shock_at: int, window: int, floor: int = 100) -> int:
-    """Requests after the shock until the shocked expert's share, over the post-shock requests of the
-    last ``window`` (at least ``floor`` of them), falls below 10% of its share in the ``window``
-    requests before the shock; the rest of the run where it never does."""
-    before = float(np.mean(chosen[max(0, shock_at - window) : shock_at] == shocked))
-    hits = np.cumsum(chosen[shock_at:] == shocked)
-    for t in range(floor, len(hits) + 1):
-        span = min(t, window)
-        recent = hits[t - 1] - (hits[t - 1 - span] if t > span else 0)
-        if recent / span < 0.1 * before:
-            return t
-    return len(hits)
-
-
 def split_by_prompt(outcomes: OutcomeSet, salt: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Row indices of two disjoint halves, by a hash of ``salt`` and each prompt (a repeated prompt stays
     on one side); another salt gives another split, independent of the first."""
@@ -328,20 +262,44 @@ class FittedStream:
     stream_category: np.ndarray  # the router's category index for each stream item
     categories: list[str]
     prior_rows: int
+    predicted: np.ndarray  # [stream items, E] the offline per-prompt score of each expert (stack router)
 
 
 def fit_stream(
     prior: OutcomeSet, X_prior: np.ndarray, stream: OutcomeSet, X_stream: np.ndarray, costs: ExpertCosts, axis: str
 ) -> FittedStream:
-    """Fit ``map-logistic`` on the prior rows; categorise the stream with its classifier."""
+    """Fit ``map-logistic`` on the prior rows and categorise the stream with its classifier; fit ``stack``
+    (``coserve train``'s per-prompt score predictor) on the same rows and predict every stream item. A
+    prior of one category (a valid library: one map entry) has no classifier to fit: every stream item
+    is in it, the table is the prior's mean scores and the predictions a ridge regression on the vector."""
     from coserve.eval.train import train_router
 
+    if len(set(prior.categories)) == 1:
+        return _one_category(prior, X_prior, stream, X_stream)
     router = train_router(prior, X_prior, costs, kind="map-logistic", budget_axis=axis)
     stream_category = router.category_proba(X_stream).argmax(axis=1)
     order = [stream.experts.index(e) for e in router.experts]  # the router's columns, in the stream's order
     offline = np.empty_like(router.S)
     offline[:, order] = router.S
-    return FittedStream(offline, stream, stream_category, list(router.classes), len(prior))
+    stack = train_router(prior, X_prior, costs, kind="stack", budget_axis=axis)
+    predicted = np.empty((len(stream), len(stream.experts)))
+    predicted[:, [stream.experts.index(e) for e in stack.experts]] = np.clip(stack.scores(X_stream), 0.0, 1.0)
+    return FittedStream(offline, stream, stream_category, list(router.classes), len(prior), predicted)
+
+
+def _one_category(prior: OutcomeSet, X_prior: np.ndarray, stream: OutcomeSet, X_stream: np.ndarray) -> FittedStream:
+    from coserve.router.predict import STACK_RIDGE_ALPHA, RidgeRegressor
+
+    order = [prior.experts.index(e) for e in stream.experts]  # the prior's columns in the stream's order
+    scores = np.asarray(prior.scores, dtype=np.float64)[:, order]
+    if np.isnan(scores).all(axis=0).any():
+        raise ConfigError("every expert needs at least one score in the prior file")
+    offline = np.nanmean(scores, axis=0)[None, :]
+    ridge = RidgeRegressor(alpha=STACK_RIDGE_ALPHA).fit(X_prior, scores)
+    predicted = np.clip(ridge.predict(X_stream), 0.0, 1.0)
+    return FittedStream(
+        offline, stream, np.zeros(len(stream), dtype=np.int64), [prior.categories[0]], len(prior), predicted
+    )
 
 
 def run_adapt(
@@ -363,7 +321,7 @@ def run_adapt(
         stream, _ = load_outcomes(stream_path, experts=prior.experts, on_bad="skip")
         X_stream = embed_cached(stream.prompts, embedder)
     fitted = fit_stream(prior, X_prior, stream, X_stream, costs, options.budget_axis)
-    report = replay_adapt(fitted.offline, stream, fitted.stream_category, costs, options)
+    report = replay_adapt(fitted.offline, stream, fitted.stream_category, costs, options, fitted.predicted)
     report.update(prior=str(prior_path), stream=str(stream_path or f"{prior_path} (other half)"))
     report.update(prior_rows=len(prior), stream_rows=len(stream), categories=fitted.categories)
     return report

@@ -16,6 +16,13 @@
   served request, ``weight += step * (cost / target - 1)``, floored so that the sum stays >= 0. Over any
   stretch where the floor does not bind, the overspend is exactly ``(weight_end - weight_start) * target
   / step``: the feed-forward part takes the jumps of the mix, so the integral part moves less.
+* ``granularity``: ``category`` routes by category (below); ``prompt`` routes each request by the
+  offline per-prompt prediction ``pred[e]`` of every expert's score (a trained router's ``scores``),
+  corrected by what feedback taught about its category: ``pred[e] + mean[k, e] - S[k, e]`` (``S`` the
+  offline table the posteriors started from). In that mode a feedback score ``s`` enters the cell as
+  ``clip(s - pred[e] + S[k, e], 0, 1)``, so ``mean[k, e] - S[k, e]`` estimates the mean residual of the
+  offline predictor on (k, e), unbiased by which prompts of k were sent to e; the feed-forward weight
+  is the smallest whose per-prompt choices over the last ``mix_window`` requests cost at most the target.
 * ``OnlineRouter`` decides with an immutable, versioned ``MapSnapshot``: per category, the expert
   maximising ``mean - effective weight * cost / target`` (ties to the cheaper, as in ``mapping``), among the
   experts a request allows. Thompson sampling explores: a draw from each posterior replaces the
@@ -44,98 +51,16 @@ import numpy as np
 from coserve.config_routing import OnlineSettings
 from coserve.router.drift import ChangeDetector, weight_for_mix
 from coserve.router.mapping import choose_per_prompt
+from coserve.router.online_model import BudgetController, ScorePosterior
 
 __all__ = ["BudgetController", "ChangeSettings", "Decision", "MapSnapshot", "OnlineRouter", "ScorePosterior", "resume"]
 
 log = logging.getLogger("coserve.router")
 
 SIGNALS = frozenset({"failure", "timeout", "fallback"})  # automatic signals an expert's failure can send
+GRANULARITIES = ("category", "prompt")  # what a decision is made per: see the module docstring
 MIX_EVERY = 25  # served requests between two updates of the feed-forward weight
 STATE_FORMAT = 1  # export_state's layout; a state of another format is not resumed
-
-
-class ScorePosterior:
-    """A Beta posterior of each expert's score on each category."""
-
-    def __init__(self, offline: np.ndarray, prior_strength: float = 20.0, max_count: float = 30.0) -> None:
-        offline = np.asarray(offline, dtype=np.float64)
-        if offline.ndim != 2:
-            raise ValueError(f"the offline score table must be [categories, experts], got {offline.shape}")
-        if prior_strength <= 0 or max_count < prior_strength:
-            raise ValueError("prior_strength must be > 0 and max_count >= prior_strength")
-        mean = np.clip(np.nan_to_num(offline, nan=0.5), 0.0, 1.0)
-        self.alpha = prior_strength * mean + 1e-6  # a tiny floor keeps Beta draws defined at 0 and 1
-        self.beta = prior_strength * (1.0 - mean) + 1e-6
-        self.max_count = float(max_count)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (int(self.alpha.shape[0]), int(self.alpha.shape[1]))
-
-    def mean(self) -> np.ndarray:
-        """Posterior mean score ``[K, E]``."""
-        return np.asarray(self.alpha / (self.alpha + self.beta))
-
-    def count(self) -> np.ndarray:
-        """Pseudo-counts behind each mean ``[K, E]``."""
-        return np.asarray(self.alpha + self.beta)
-
-    def update(self, category: int, expert: int, score: float) -> None:
-        """Add one observed score in [0, 1] to the cell; ValueError for a score out of range."""
-        if not 0.0 <= score <= 1.0:
-            raise ValueError(f"a score must be in [0, 1], got {score}")
-        self.alpha[category, expert] += score
-        self.beta[category, expert] += 1.0 - score
-        total = self.alpha[category, expert] + self.beta[category, expert]
-        if total > self.max_count:
-            shrink = self.max_count / total
-            self.alpha[category, expert] *= shrink
-            self.beta[category, expert] *= shrink
-
-    def rebase(self, expert: int, shift: float, count: float) -> None:
-        """An expert changed: move its mean in every category by ``shift`` (clipped to [0, 1]) and cut
-        each of its cells' pseudo-counts to at most ``count``, so new feedback soon outweighs the old."""
-        mean = np.clip(self.mean()[:, expert] + shift, 0.0, 1.0)
-        total = np.minimum(self.count()[:, expert], count)
-        self.alpha[:, expert] = total * mean + 1e-6
-        self.beta[:, expert] = total * (1.0 - mean) + 1e-6
-
-    def sample(self, category: int, rng: np.random.Generator) -> np.ndarray:
-        """One Thompson draw of every expert's score on ``category`` ``[E]``."""
-        return rng.beta(self.alpha[category], self.beta[category])
-
-
-class BudgetController:
-    """The cost weight, moved by each served request's cost toward the operator's target."""
-
-    def __init__(self, target: float, step: float = 0.005, weight: float = 0.0, window: int = 500) -> None:
-        if target <= 0 or step <= 0 or window <= 0:
-            raise ValueError("target, step and window must be positive")
-        self.target = float(target)
-        self.step = float(step)
-        self.base = 0.0  # the feed-forward part: the weight the recent category mix needs (0 without one)
-        self.weight = max(0.0, float(weight))  # the integral part, moved by the realised cost
-        self.recent: deque[float] = deque(maxlen=window)
-
-    @property
-    def effective(self) -> float:
-        """The cost weight the map is solved with: the feed-forward part plus the integral part."""
-        return max(0.0, self.base + self.weight)
-
-    def set_base(self, base: float) -> None:
-        """A new feed-forward weight; the integral part keeps the effective weight >= 0."""
-        self.base = float(base)
-        self.weight = max(self.weight, -self.base)
-
-    def observe(self, cost: float) -> float:
-        """Record one served request's cost; returns the new integral weight."""
-        self.recent.append(float(cost))
-        self.weight = max(-self.base, self.weight + self.step * (cost / self.target - 1.0))
-        return self.weight
-
-    def realised(self) -> float | None:
-        """Average cost over the sliding window (None before the first request)."""
-        return float(np.mean(self.recent)) if self.recent else None
 
 
 @dataclass(frozen=True)
@@ -196,13 +121,23 @@ class OnlineRouter:
         seed: int = 0,
         change: ChangeSettings | None = None,
         mix_window: int = 0,
+        granularity: str = "category",
+        prompt_weight: float = 1.0,
     ) -> None:
+        if not 0.0 <= prompt_weight <= 1.0:
+            raise ValueError("prompt_weight must be in [0, 1]")
+        self.prompt_weight = float(prompt_weight)
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
+        self.granularity = granularity
         self.posterior = ScorePosterior(offline, prior_strength, max_count)
+        self.offline = self.posterior.mean()  # S: the table the posteriors started from
         self.change = change
         experts = self.posterior.shape[1]
         self.detector = None if change is None else ChangeDetector(experts, change.drift, change.threshold)
         self.alarms = 0  # changes the detector noticed
         self.mix: deque[int] = deque(maxlen=max(1, mix_window))  # categories of the latest requests
+        self.recent_predictions: deque[np.ndarray] = deque(maxlen=max(1, mix_window))  # their pred rows (prompt)
         self.mix_window = int(mix_window)
         self._served = 0
         self.cost = np.asarray(cost, dtype=np.float64)
@@ -251,6 +186,8 @@ class OnlineRouter:
             seed=seed,
             change=change,
             mix_window=settings.mix_window,
+            granularity=settings.granularity,
+            prompt_weight=settings.prompt_weight,
         )
 
     @property
@@ -284,28 +221,48 @@ class OnlineRouter:
         ``explore_cap * window`` explorations per window, however few requests came so far)."""
         return sum(self.explored) / (self.explored.maxlen or 1)
 
-    def choose(self, category: int, allowed: Sequence[bool] | np.ndarray | None = None) -> Decision:
-        """The expert for a request of ``category``; ``allowed`` marks the experts its constraints permit."""
-        with self._lock:
-            return self._choose(category, allowed)
+    def _prompt_row(self, category: int, predicted: np.ndarray | None) -> np.ndarray | None:
+        """The offline per-prompt prediction ``[E]`` in prompt mode (None in category mode or without one)."""
+        if self.granularity != "prompt" or predicted is None:
+            return None
+        row = np.asarray(predicted, dtype=np.float64)
+        if row.shape != self.cost.shape or not np.isfinite(row).all():
+            raise ValueError(f"a prompt's predicted scores must be {self.cost.shape[0]} finite numbers")
+        return self.offline[category] + self.prompt_weight * (row - self.offline[category])
 
-    def _choose(self, category: int, allowed: Sequence[bool] | np.ndarray | None) -> Decision:
+    def choose(
+        self,
+        category: int,
+        allowed: Sequence[bool] | np.ndarray | None = None,
+        predicted: Sequence[float] | np.ndarray | None = None,
+    ) -> Decision:
+        """The expert for a request of ``category``; ``allowed`` marks the experts its constraints permit;
+        ``predicted`` is the offline per-prompt score of every expert (used in prompt mode; without it a
+        prompt-mode request is routed by its category)."""
+        row = self._prompt_row(category, None if predicted is None else np.asarray(predicted))
+        with self._lock:
+            return self._choose(category, allowed, row)
+
+    def _choose(self, category: int, allowed: Sequence[bool] | np.ndarray | None, row: np.ndarray | None) -> Decision:
         snap = self._snapshot
         mask = None if allowed is None else np.asarray(allowed, dtype=bool)
         if mask is not None and not mask.any():
             raise ValueError("no expert satisfies the request's constraints")
-        if mask is None or mask[snap.assignment[category]]:
+        shift = 0.0 if row is None else row - self.offline[category]  # the prompt's offset from its category
+        if row is None and (mask is None or mask[snap.assignment[category]]):
             greedy = snap.assignment[category]
         else:
-            greedy = int(solve_weighted(snap.means[category : category + 1], self._scaled_cost(), snap.weight, mask)[0])
+            scores = (snap.means[category] + shift)[None, :]
+            greedy = int(solve_weighted(scores, self._scaled_cost(), snap.weight, mask)[0])
         choice, explored = greedy, False
         if self.explore_cap > 0 and self.exploring_share() < self.explore_cap:
-            draw = self.posterior.sample(category, self.rng)[None, :]
+            draw = (self.posterior.sample(category, self.rng) + shift)[None, :]
             sampled = int(solve_weighted(draw, self._scaled_cost(), snap.weight, mask)[0])
             if sampled != greedy:
                 choice, explored = sampled, True
         self.explored.append(explored)
         self.mix.append(category)
+        self.recent_predictions.append(self.offline[category] if row is None else row)
         return Decision(category, choice, explored, snap.version)
 
     def served(self, expert: int) -> None:
@@ -319,6 +276,12 @@ class OnlineRouter:
 
     def _feed_forward(self) -> None:
         """Set the controller's feed-forward weight from the latest requests' category mix."""
+        if self.granularity == "prompt":  # each recent prompt's corrected row, weighted alike
+            categories = np.fromiter(self.mix, dtype=np.int64)
+            correction = (self.posterior.mean() - self.offline)[categories]
+            rows = np.asarray(self.recent_predictions) + correction
+            self.controller.set_base(weight_for_mix(rows, self._scaled_cost(), np.ones(len(rows))))
+            return
         counts = np.bincount(np.fromiter(self.mix, dtype=np.int64), minlength=self.posterior.shape[0])
         self.controller.set_base(weight_for_mix(self.posterior.mean(), self._scaled_cost(), counts))
 
@@ -344,6 +307,7 @@ class OnlineRouter:
                 "weight": self.controller.weight,
                 "target": self.controller.target,
                 "version": self._snapshot.version,
+                "granularity": self.granularity,  # what the cells mean: scores, or residuals of predictions
                 **({} if self.detector is None else {"change": self.detector.export_state()}),
             }
 
@@ -353,6 +317,9 @@ class OnlineRouter:
             raise ValueError(f"unknown state format {state.get('format')!r}")
         if state.get("categories") != list(categories) or state.get("experts") != list(experts):
             raise ValueError("the state is for other categories or experts")
+        learnt = state.get("granularity", "category")  # a state saved before session 8 was learnt per category
+        if learnt != self.granularity:
+            raise ValueError(f"the state was learnt per {learnt}, this router routes per {self.granularity}")
         try:
             alpha = np.asarray(state["alpha"], dtype=np.float64)
             beta = np.asarray(state["beta"], dtype=np.float64)
@@ -373,8 +340,15 @@ class OnlineRouter:
             self._pending = 0
             self._snapshot = self._solve(version)
 
-    def feedback(self, category: int, expert: int, score: float) -> None:
-        """An observed score in [0, 1] for ``expert`` on ``category``."""
+    def feedback(self, category: int, expert: int, score: float, predicted: float | None = None) -> None:
+        """An observed score in [0, 1] for ``expert`` on ``category``; in prompt mode, ``predicted`` is the
+        offline prediction of that expert on the scored prompt (the cell learns the residual against it;
+        without it the score counts as for a prompt predicted at the category's offline mean)."""
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"a score must be in [0, 1], got {score}")
+        if self.granularity == "prompt" and predicted is not None:
+            offset = self.prompt_weight * (float(predicted) - float(self.offline[category, expert]))
+            score = min(1.0, max(0.0, score - offset))
         with self._lock:
             alpha, beta = self.posterior.alpha[category, expert], self.posterior.beta[category, expert]
             residual = score - float(alpha / (alpha + beta))  # against the mean the score was predicted with

@@ -5,7 +5,11 @@ library's budget (``router.budget``: average params or price) as its target. It 
 experts a request's constraints permit, remembers the category of each recent request id (the last
 ``REMEMBERED``) for the automatic signals of an expert failing on it, applies feedback scores by
 category and expert name (the caller ties a score to its request once, through the decision log), and
-turns its state into JSON values and back under those names. Knows nothing about HTTP or SQLite.
+turns its state into JSON values and back under those names. With ``router.online.granularity: prompt``
+it routes each request by the trained router's per-prompt scores (``TrainedRouter.scores``) corrected by
+the category's feedback, and remembers those scores per request id so that a later feedback score is
+learnt as the residual against them (a score for a request it no longer remembers, e.g. one routed
+before a restart, counts as for a prompt predicted at its category's mean). Knows nothing about HTTP or SQLite.
 """
 
 from __future__ import annotations
@@ -50,16 +54,26 @@ class LiveOnline:
         self.categories, self.experts = list(trained.classes), list(trained.experts)
         self.router = OnlineRouter.from_settings(np.asarray(trained.S, dtype=np.float64), cost, target, settings, seed)
         self._routed: OrderedDict[str, int] = OrderedDict()  # request id -> category, for automatic signals
+        self._predicted: OrderedDict[str, np.ndarray] = OrderedDict()  # request id -> per-prompt scores (prompt)
         self._lock = threading.Lock()
 
-    def choose(self, request_id: str, category: str, permitted: Collection[str]) -> tuple[str, int]:
-        """The expert for a request of ``category`` among ``permitted`` (all, if none is), and the map version."""
+    def choose(
+        self, request_id: str, category: str, permitted: Collection[str], scores: np.ndarray | None = None
+    ) -> tuple[str, int]:
+        """The expert for a request of ``category`` among ``permitted`` (all, if none is), and the map version;
+        ``scores`` are the trained router's per-prompt scores of its experts (used in prompt mode)."""
         allowed = np.array([e in permitted for e in self.experts])
-        decision = self.router.choose(self.categories.index(category), allowed if allowed.any() else None)
+        prompt = self.router.granularity == "prompt" and scores is not None
+        row = np.asarray(scores, dtype=np.float64) if prompt else None
+        decision = self.router.choose(self.categories.index(category), allowed if allowed.any() else None, row)
         with self._lock:
             self._routed[request_id] = decision.category
             while len(self._routed) > REMEMBERED:
                 self._routed.popitem(last=False)
+            if row is not None:
+                self._predicted[request_id] = row
+                while len(self._predicted) > REMEMBERED:
+                    self._predicted.popitem(last=False)
         return self.experts[decision.expert], decision.map_version
 
     @property
@@ -84,12 +98,16 @@ class LiveOnline:
                 return self.router.signal(category, self.experts.index(expert), kind)
         return False
 
-    def apply(self, category: str, expert: str, score: float) -> bool:
-        """Apply an API score in [-1, 1] (mapped to [0, 1]) to (category, expert), the answer it scores;
-        False (nothing changes) for a category or expert this router does not know."""
+    def apply(self, category: str, expert: str, score: float, request_id: str | None = None) -> bool:
+        """Apply an API score in [-1, 1] (mapped to [0, 1]) to (category, expert), the answer it scores to
+        request ``request_id``; False (nothing changes) for a category or expert this router does not know."""
         if category not in self.categories or expert not in self.experts:
             return False
-        self.router.feedback(self.categories.index(category), self.experts.index(expert), (score + 1.0) / 2.0)
+        with self._lock:
+            row = None if request_id is None else self._predicted.get(request_id)
+        column = self.experts.index(expert)
+        guess = None if row is None else float(row[column])
+        self.router.feedback(self.categories.index(category), column, (score + 1.0) / 2.0, predicted=guess)
         return True
 
     def export_state(self) -> dict[str, Any]:

@@ -105,7 +105,7 @@ class CoERouter:
         version = None
         if self.online is not None and category is not None and not uncertain and request.constraints.budget is None:
             permitted = allowed(self.library, request.constraints)
-            chosen, version = self.online.choose(request.id, category, permitted)
+            chosen, version = self.online.choose(request.id, category, permitted, scores)
         else:
             try:
                 (chosen,) = trained.expert_for(X, request.constraints.budget)

@@ -236,7 +236,7 @@ async def feedback(http: HttpRequest, state: ApiState) -> dict[str, Any]:
         raise NotFound(f"no logged request has the id {body.id!r}", param="id", code="request_not_found")
     if outcome == "duplicate":
         raise InvalidRequest(f"request {body.id!r} already has a score", param="id", code="feedback_exists")
-    if online is not None and category is not None and online.apply(category, expert, body.score):
+    if online is not None and category is not None and online.apply(category, expert, body.score, body.id):
         state.decisions.save_online_state(online.export_state())  # saved beside the log
     return {"object": "feedback", "id": body.id, "score": body.score}
 

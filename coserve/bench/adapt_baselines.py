@@ -1,0 +1,93 @@
+"""The baselines and measures of ``coserve bench adapt``: the best randomised fixed map at a given average
+cost (``lagrangian_mix``, used for the static and hindsight baselines), per-category means, and the
+recovery count after the shock. Pure numbers; knows nothing about routers, files or options.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from coserve.router.online import solve_weighted
+
+__all__ = ["category_means", "lagrangian_mix", "mix_of", "mix_weights", "recovery", "share_of"]
+
+
+def lagrangian_mix(
+    chooser: np.ndarray, truth: np.ndarray, p: np.ndarray, cost: np.ndarray, spend: float
+) -> dict[str, Any]:
+    """The maps maximising ``chooser - w * cost`` either side of average cost ``spend`` and their mix.
+
+    ``truth`` [K, E] scores the maps, ``p`` [K] weighs the categories. Returns the mixing share of
+    the dearer map, the expected quality and cost of the mix, and both maps. Spending more than the
+    weight-0 map is impossible (that map is returned alone); less than the cheapest, likewise.
+    """
+    p = np.asarray(p, dtype=np.float64) / np.sum(p)
+
+    def at(weight: float) -> tuple[np.ndarray, float, float]:
+        assignment = solve_weighted(chooser, cost, weight)
+        rows = np.arange(len(p))
+        return assignment, float(p @ truth[rows, assignment]), float(p @ cost[assignment])
+
+    rich = at(0.0)
+    high_weight = 1.0
+    while at(high_weight)[2] > spend and high_weight < 1e9:
+        high_weight *= 2
+    poor = at(high_weight)
+    if rich[2] <= spend or poor[2] >= spend:
+        best = rich if rich[2] <= spend else poor
+        return {"share_dearer": 1.0, "quality": best[1], "cost": best[2], "maps": [best[0].tolist()]}
+    low, high = 0.0, high_weight  # cost(low) > spend >= cost(high)
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        if at(middle)[2] > spend:
+            low = middle
+        else:
+            high = middle
+    dear, cheap = at(low), at(high)
+    share = (spend - cheap[2]) / (dear[2] - cheap[2]) if dear[2] > cheap[2] else 0.0
+    return {
+        "share_dearer": share,
+        "quality": share * dear[1] + (1 - share) * cheap[1],
+        "cost": share * dear[2] + (1 - share) * cheap[2],
+        "maps": [dear[0].tolist(), cheap[0].tolist()],
+    }
+
+
+def share_of(mix: dict[str, Any], category: np.ndarray, expert: int) -> float:
+    """Share of ``category``'s requests that ``lagrangian_mix``'s randomised map sends to ``expert``."""
+    pairs = zip(mix_weights(mix), mix["maps"], strict=True)
+    return float(sum(w * np.mean(np.asarray(m)[category] == expert) for w, m in pairs))
+
+
+def mix_weights(mix: dict[str, Any]) -> list[float]:
+    return [mix["share_dearer"], 1 - mix["share_dearer"]][: len(mix["maps"])]
+
+
+def mix_of(category: np.ndarray, K: int) -> np.ndarray:
+    return np.bincount(category, minlength=K).astype(np.float64) + 1e-12
+
+
+def category_means(truth: np.ndarray, category: np.ndarray, K: int) -> np.ndarray:
+    """Mean true score of each expert over the requests of each category ``[K, E]`` (0.5 where none)."""
+    out = np.full((K, truth.shape[1]), 0.5)
+    for k in range(K):
+        rows = category == k
+        if rows.any():
+            out[k] = truth[rows].mean(axis=0)
+    return out
+
+
+def recovery(chosen: np.ndarray, shocked: int, shock_at: int, window: int, floor: int = 100) -> int:
+    """Requests after the shock until the shocked expert's share, over the post-shock requests of the
+    last ``window`` (at least ``floor`` of them), falls below 10% of its share in the ``window``
+    requests before the shock; the rest of the run where it never does."""
+    before = float(np.mean(chosen[max(0, shock_at - window) : shock_at] == shocked))
+    hits = np.cumsum(chosen[shock_at:] == shocked)
+    for t in range(floor, len(hits) + 1):
+        span = min(t, window)
+        recent = hits[t - 1] - (hits[t - 1 - span] if t > span else 0)
+        if recent / span < 0.1 * before:
+            return t
+    return len(hits)

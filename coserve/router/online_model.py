@@ -1,0 +1,105 @@
+"""The online router's two pieces of state: a Beta posterior per (category, expert) and the budget controller.
+
+* ``ScorePosterior`` keeps a Beta(alpha, beta) per (category, expert), started from the offline
+  outcome table with ``prior_strength`` pseudo-counts per cell and updated with scores in [0, 1]. A
+  score ``s`` adds ``s`` to alpha and ``1 - s`` to beta; a cell's total count is capped at ``max_count``
+  (both parameters scaled down together), so old evidence fades slowly; ``rebase`` moves a changed
+  expert's means and cuts its counts.
+* ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight,
+  in two parts: a feed-forward ``base`` set from outside and an integral part moved by each served
+  request's cost.
+
+Pure numbers; knows nothing about maps, routing, HTTP or the store (``coserve.router.online`` uses them).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+__all__ = ["BudgetController", "ScorePosterior"]
+
+
+class ScorePosterior:
+    """A Beta posterior of each expert's score on each category."""
+
+    def __init__(self, offline: np.ndarray, prior_strength: float = 20.0, max_count: float = 30.0) -> None:
+        offline = np.asarray(offline, dtype=np.float64)
+        if offline.ndim != 2:
+            raise ValueError(f"the offline score table must be [categories, experts], got {offline.shape}")
+        if prior_strength <= 0 or max_count < prior_strength:
+            raise ValueError("prior_strength must be > 0 and max_count >= prior_strength")
+        mean = np.clip(np.nan_to_num(offline, nan=0.5), 0.0, 1.0)
+        self.alpha = prior_strength * mean + 1e-6  # a tiny floor keeps Beta draws defined at 0 and 1
+        self.beta = prior_strength * (1.0 - mean) + 1e-6
+        self.max_count = float(max_count)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.alpha.shape[0]), int(self.alpha.shape[1]))
+
+    def mean(self) -> np.ndarray:
+        """Posterior mean score ``[K, E]``."""
+        return np.asarray(self.alpha / (self.alpha + self.beta))
+
+    def count(self) -> np.ndarray:
+        """Pseudo-counts behind each mean ``[K, E]``."""
+        return np.asarray(self.alpha + self.beta)
+
+    def update(self, category: int, expert: int, score: float) -> None:
+        """Add one observed score in [0, 1] to the cell; ValueError for a score out of range."""
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"a score must be in [0, 1], got {score}")
+        self.alpha[category, expert] += score
+        self.beta[category, expert] += 1.0 - score
+        total = self.alpha[category, expert] + self.beta[category, expert]
+        if total > self.max_count:
+            shrink = self.max_count / total
+            self.alpha[category, expert] *= shrink
+            self.beta[category, expert] *= shrink
+
+    def rebase(self, expert: int, shift: float, count: float) -> None:
+        """An expert changed: move its mean in every category by ``shift`` (clipped to [0, 1]) and cut
+        each of its cells' pseudo-counts to at most ``count``, so new feedback soon outweighs the old."""
+        mean = np.clip(self.mean()[:, expert] + shift, 0.0, 1.0)
+        total = np.minimum(self.count()[:, expert], count)
+        self.alpha[:, expert] = total * mean + 1e-6
+        self.beta[:, expert] = total * (1.0 - mean) + 1e-6
+
+    def sample(self, category: int, rng: np.random.Generator) -> np.ndarray:
+        """One Thompson draw of every expert's score on ``category`` ``[E]``."""
+        return rng.beta(self.alpha[category], self.beta[category])
+
+
+class BudgetController:
+    """The cost weight, moved by each served request's cost toward the operator's target."""
+
+    def __init__(self, target: float, step: float = 0.005, weight: float = 0.0, window: int = 500) -> None:
+        if target <= 0 or step <= 0 or window <= 0:
+            raise ValueError("target, step and window must be positive")
+        self.target = float(target)
+        self.step = float(step)
+        self.base = 0.0  # the feed-forward part: the weight the recent category mix needs (0 without one)
+        self.weight = max(0.0, float(weight))  # the integral part, moved by the realised cost
+        self.recent: deque[float] = deque(maxlen=window)
+
+    @property
+    def effective(self) -> float:
+        """The cost weight the map is solved with: the feed-forward part plus the integral part."""
+        return max(0.0, self.base + self.weight)
+
+    def set_base(self, base: float) -> None:
+        """A new feed-forward weight; the integral part keeps the effective weight >= 0."""
+        self.base = float(base)
+        self.weight = max(self.weight, -self.base)
+
+    def observe(self, cost: float) -> float:
+        """Record one served request's cost; returns the new integral weight."""
+        self.recent.append(float(cost))
+        self.weight = max(-self.base, self.weight + self.step * (cost / self.target - 1.0))
+        return self.weight
+
+    def realised(self) -> float | None:
+        """Average cost over the sliding window (None before the first request)."""
+        return float(np.mean(self.recent)) if self.recent else None
