@@ -278,6 +278,9 @@ def test_the_cli_runs_every_contender_and_the_fault_and_writes_the_figures(tmp_p
         assert row["bytes"] == 60 * MiB and row["budget_bytes"] == 63 * MiB
         assert all(v <= 63 * MiB for v in row["measured"].values())
     assert unbounded["loads"] == 6
+    assert all(run["warmed_s"] >= 0 for run in unbounded["runs"])  # replayed once all six were loaded
+    # each application's replicas are gone before the next one's replay: none of coserve's in the peer's
+    assert not {"replica expert-host", "replica placement", "replica quota"} & set(peer["cpu_s"])
     assert {"expert-host", "ingress"} <= {role.removeprefix("replica ") for role in unbounded["cpu_s"]}
     # the plan's resident experts are pinned (loaded once when the host is assigned them) and stay:
     # one load per placed expert, whatever the workload asks for

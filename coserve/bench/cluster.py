@@ -46,7 +46,16 @@ import yaml
 
 from coserve.bench import cluster_report
 from coserve.bench.cluster_cpu import cpu_by_role, snapshot
-from coserve.bench.cluster_ray import APP, CALL_TIMEOUT_S, DASHBOARD, deleted, deployed, host_call, ray_cluster
+from coserve.bench.cluster_ray import (
+    APP,
+    CALL_TIMEOUT_S,
+    DASHBOARD,
+    deleted,
+    deployed,
+    host_call,
+    ray_cluster,
+    warmed,
+)
 from coserve.bench.replay import replay
 from coserve.bench.workload import make_workload
 from coserve.config import LibraryConfig
@@ -142,22 +151,39 @@ def _replayed(url: str, workload: list[dict[str, Any]], options: ClusterBenchOpt
 
 
 def run_coserve(
-    url: str, library: str | None, nodes: dict[str, Any], workload: list[dict[str, Any]], options: ClusterBenchOptions
+    url: str,
+    library: str | None,
+    nodes: dict[str, Any],
+    workload: list[dict[str, Any]],
+    options: ClusterBenchOptions,
+    warm: bool = False,
 ) -> dict[str, Any]:
-    """One replay against coserve's application; loads and memory read from every expert host."""
+    """One replay against coserve's application; loads and memory read from every expert host.
+    ``warm``: the replay starts once every placed expert is loaded (the unbounded contender: no load
+    during traffic); else at once, while the hosts load their resident experts."""
     from coserve.distributed.ray_app import AppArgs, build_app, placed_experts
 
     args = AppArgs(library=library, cluster=str(nodes["path"]), max_replicas=1, ingress_node=node_names(1)[0])
     _, placed = placed_experts(args)
     try:
         deployed(build_app(args.to_dict()))
+        warmed_s = warmed(sorted(placed)) if warm else None
         result = _replayed(url, workload, options)
+        if warmed_s is not None:
+            result["warmed_s"] = round(warmed_s, 2)  # loading every placed expert before the replay
         result["loads_by_node"] = {node: host_call(node, "load_counts") for node in sorted(placed)}
         result["loads"] = sum(sum(counts.values()) for counts in result["loads_by_node"].values())
         result["memory"] = {node: host_call(node, "health")["memory"] for node in sorted(placed)}
         return result
     finally:
         deleted()
+
+
+def run_unbounded(
+    url: str, library: str | None, nodes: dict[str, Any], workload: list[dict[str, Any]], options: ClusterBenchOptions
+) -> dict[str, Any]:
+    """One replay against coserve's application with every expert loaded on every node first."""
+    return run_coserve(url, library, nodes, workload, options, warm=True)
 
 
 def run_peer(
@@ -230,7 +256,7 @@ def bench_cluster(library: LibraryConfig, options: ClusterBenchOptions) -> dict[
     names = node_names(options.nodes)
     workload = make_workload(library, options.requests, options.rate, options.seed)
     counts = {e: sum(w["expert"] == e for w in workload) for e in library.expert_names}
-    contenders = [("coserve", run_coserve), ("peer", run_peer)] + [("unbounded", run_coserve)] * options.ceiling
+    contenders = [("coserve", run_coserve), ("peer", run_peer)] + [("unbounded", run_unbounded)] * options.ceiling
     runs: dict[str, list[dict[str, Any]]] = {policy: [] for policy, _ in contenders}
     with tempfile.TemporaryDirectory() as tmp:
         library_path = str(node_library(library, options.nodes, Path(tmp)))

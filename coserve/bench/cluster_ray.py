@@ -17,13 +17,24 @@ from typing import Any
 
 from coserve.bench.processes import free_port
 
-__all__ = ["APP", "DASHBOARD", "deadline", "deleted", "deployed", "host_call", "ray_cluster"]
+__all__ = [
+    "APP",
+    "DASHBOARD",
+    "deadline",
+    "deleted",
+    "deployed",
+    "host_call",
+    "ray_cluster",
+    "replica_processes",
+    "warmed",
+]
 
 APP = "coserve-bench"
 START_TIMEOUT_S = 300  # starting the raylets, or one application (routers, runtimes) on a busy host
 STOP_TIMEOUT_S = 120
 CALL_TIMEOUT_S = 30.0  # a deployment handle call (counts, health)
 OBJECT_STORE_BYTES = 128 * 2**20  # per raylet: only small request objects cross
+EXIT_POLL_S = 0.5  # how often replicas' exit and experts' loading are checked
 DASHBOARD = False  # Ray's dashboard is off for every contender (its process and agents cost CPU)
 
 
@@ -88,11 +99,41 @@ def deployed(app: Any) -> None:
 
 
 def deleted() -> None:
-    """Delete the benchmark's application (quietly, within STOP_TIMEOUT_S)."""
+    """Delete the benchmark's application and wait until its replicas' processes have exited (quietly,
+    within STOP_TIMEOUT_S): ``serve.delete`` returns while they still shut down (unloading their
+    models), and they must not spend the next run's CPU."""
     from ray import serve
 
     with contextlib.suppress(Exception), deadline(STOP_TIMEOUT_S, "deleting the application"):
         serve.delete(APP)
+        while replica_processes(APP):
+            time.sleep(EXIT_POLL_S)
+
+
+def replica_processes(app: str) -> list[int]:
+    """The pids of this host's processes that are replicas of ``app`` (Ray titles them
+    ``ray::ServeReplica:<app>:<deployment>``)."""
+    import psutil
+
+    title = f"ray::ServeReplica:{app}:"
+    pids = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = process.info.get("cmdline") or []
+        if cmdline and cmdline[0].startswith(title):
+            pids.append(int(process.info["pid"]))
+    return pids
+
+
+def warmed(nodes: list[str]) -> float:
+    """Wait until every expert placed on each node's host is ACTIVE there (within START_TIMEOUT_S);
+    the seconds it took."""
+    started = time.monotonic()
+    with deadline(START_TIMEOUT_S, "loading every placed expert"):
+        while True:
+            tiers = [tier for node in nodes for tier in host_call(node, "state")["tiers"].values()]
+            if tiers and all(tier == "active" for tier in tiers):
+                return time.monotonic() - started
+            time.sleep(EXIT_POLL_S)
 
 
 def host_call(node: str, method: str) -> Any:
