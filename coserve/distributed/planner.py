@@ -50,6 +50,10 @@ in exact bytes and re-solved with a tightened budget if HiGHS used its feasibili
 greedy placement, of the current placement, and the three least loaded others), and the better of
 the greedy placement and HiGHS's is kept.
 
+With the cluster file's ``planner.everywhere`` nothing is solved: every needed expert is resident on
+every node, each node serving its speed's part of every expert's traffic (a ConfigError names a
+node that cannot hold them all) — for memory to spare, and the benchmark's ceiling.
+
 This module knows nothing about Ray, the engine, the router or files: callers measure footprints and
 traffic and pass them in.
 """
