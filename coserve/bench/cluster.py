@@ -125,9 +125,12 @@ def plan_nodes(
     footprints = {e: f.ram_bytes for e, f in library_footprints(library, probe).items()}
     budget = cluster_report.unbounded_budget(footprints) if everywhere else cluster_report.node_budget(footprints)
     path = folder / ("cluster-unbounded.yaml" if everywhere else "cluster.yaml")
-    spec: dict[str, Any] = {"nodes": [{"name": n, "ram": budget} for n in names], "planner": {"everywhere": everywhere}}
+    spec: dict[str, Any] = {"nodes": [{"name": n, "ram": budget} for n in names]}
+    planner: dict[str, Any] = {"everywhere": True} if everywhere else {}
     if cold_load_weight is not None:
-        spec["planner"]["cold_load_weight"] = cold_load_weight
+        planner["cold_load_weight"] = cold_load_weight
+    if planner:
+        spec["planner"] = planner
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     placement, _ = plan_library(library, load_cluster(path))
     report = {
