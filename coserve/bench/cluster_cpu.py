@@ -2,9 +2,10 @@
 role: the raylets, GCS, dashboard, Serve controller, HTTP proxy, each deployment's replicas, idle
 workers and the benchmark's own driver.
 
-Two ``snapshot``s (user + system CPU seconds of every process on the host that belongs to Ray, and of
-this process) and their difference (``cpu_by_role``); a process that started in between counts from
-zero, one that ended in between is left out. Reads the processes through psutil (``coserve[ray]``).
+Two ``snapshot``s (user + system CPU seconds of this process and of every process it started: those
+of the Ray cluster it started, not another one on the host) and their difference (``cpu_by_role``);
+a process that started in between counts from zero, one that ended in between is left out. Reads
+the processes through psutil (``coserve[ray]``).
 This module knows nothing about what the benchmark runs.
 """
 
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["cpu_by_role", "role_of", "snapshot"]
+__all__ = ["cpu_by_role", "ours", "role_of", "snapshot"]
 
 DRIVER = "bench driver (replay client, Ray driver)"
 RAY_BINARIES = {"raylet": "raylet", "gcs_server": "gcs_server"}
@@ -46,20 +48,30 @@ def role_of(cmdline: Sequence[str], name: str) -> str | None:
     return None
 
 
+def ours() -> list[Any]:
+    """This process and every process it started, however deep (a test cluster's GCS, raylets and
+    agents, and the raylets' workers): another Ray cluster on the same host is not counted."""
+    import psutil
+
+    me = psutil.Process(os.getpid())
+    return [me, *me.children(recursive=True)]
+
+
 def snapshot() -> dict[int, tuple[str, float]]:
-    """pid -> (role, user + system CPU seconds so far) for every Ray process and this one."""
+    """pid -> (role, user + system CPU seconds so far) for every Ray process of ours and this one."""
     import psutil
 
     out: dict[int, tuple[str, float]] = {}
     me = os.getpid()
-    for process in psutil.process_iter(["pid", "name", "cmdline", "cpu_times"]):
-        info = process.info
-        times = info.get("cpu_times")
-        if times is None:
+    for process in ours():
+        try:
+            with process.oneshot():
+                cmdline, name, times = process.cmdline(), process.name(), process.cpu_times()
+        except psutil.Error:  # it ended meanwhile
             continue
-        role = DRIVER if info["pid"] == me else role_of(info.get("cmdline") or [], info.get("name") or "")
+        role = DRIVER if process.pid == me else role_of(cmdline, name)
         if role is not None:
-            out[info["pid"]] = (role, float(times.user + times.system))
+            out[process.pid] = (role, float(times.user + times.system))
     return out
 
 

@@ -111,16 +111,21 @@ def deleted() -> None:
 
 
 def replica_processes(app: str) -> list[int]:
-    """The pids of this host's processes that are replicas of ``app`` (Ray titles them
+    """The pids of the processes this one started that are replicas of ``app`` (Ray titles them
     ``ray::ServeReplica:<app>:<deployment>``)."""
     import psutil
 
+    from coserve.bench.cluster_cpu import ours
+
     title = f"ray::ServeReplica:{app}:"
     pids = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = process.info.get("cmdline") or []
+    for process in ours():
+        try:
+            cmdline = process.cmdline()
+        except psutil.Error:  # it ended meanwhile
+            continue
         if cmdline and cmdline[0].startswith(title):
-            pids.append(int(process.info["pid"]))
+            pids.append(process.pid)
     return pids
 
 
