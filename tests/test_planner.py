@@ -115,6 +115,27 @@ def test_a_hot_expert_is_replicated_on_every_node_that_holds_it() -> None:
     assert placement.busiest_load == pytest.approx(1 / 3)
 
 
+def test_everywhere_puts_every_expert_resident_on_every_node_split_by_speed() -> None:
+    """planner.everywhere, nodes of speed 1 and 3, experts of 1 and 2 GiB with shares .25/.75: all
+    resident on both (3 GiB each), each node serving its speed's part (1/4, 3/4) of every expert, so
+    both carry the same compute load: a's .25 of the requests at twice the mean time = .5. A node
+    without room for all of them is a ConfigError naming it."""
+    footprints = {"x": Footprint(GiB), "y": Footprint(2 * GiB)}
+    nodes = Cluster.model_validate(
+        {"nodes": [{"name": "a", "ram": 3 * GiB}, {"name": "b", "ram": 4 * GiB, "speed": 3}],
+         "planner": {"everywhere": True}}
+    )  # fmt: skip
+    placement = plan(nodes, footprints, {"x": 1, "y": 3})
+    assert hosting(placement) == {"a": {("x", True), ("y", True)}, "b": {("x", True), ("y", True)}}
+    shares = {(r.expert, r.node): r.share for r in placement.replicas}
+    assert shares == pytest.approx({("x", "a"): 1 / 16, ("y", "a"): 3 / 16, ("x", "b"): 3 / 16, ("y", "b"): 9 / 16})
+    assert placement.busiest_load == pytest.approx(0.5) and placement.cold_share == 0
+    assert placement.used("a") == (3 * GiB, 0)
+    short = nodes.model_copy(update={"nodes": (nodes.nodes[0].model_copy(update={"ram": 3 * GiB - 1}),)})
+    with pytest.raises(ConfigError, match="node 'a' cannot hold every expert resident"):
+        plan(short, footprints, {"x": 1, "y": 3})
+
+
 def test_short_memory_swaps_the_colder_experts_through_one_node() -> None:
     """Nodes of 1 GiB hold one 1 GiB expert each (resident, or as swap room shared by several).
     Three experts on two nodes: one node swaps two of them. Swapping y, z (cold .5, busiest .5)

@@ -14,9 +14,19 @@ application (every expert starts on disk):
   placement, an expert host per node with coserve's engine and tiered pool);
 * ``peer``: coserve.distributed.ray_peer, one ``@serve.multiplexed`` deployment of N replicas (one per
   node) keeping as many experts each as fit the budget, behind the same ingress and router;
+* ``unbounded`` (``ceiling``, on by default): the coserve application on the same nodes, threads and
+  workload with every node's budget holding every expert (cluster_report.UNBOUNDED_RULE) and the
+  planner's ``everywhere`` placement (every expert resident on every node), so no load happens
+  during traffic and replica choice is left with "least busy": the most any placement or replica
+  choice can get from this compute, the ceiling the 1.5x target is judged against;
 * ``fault`` (last, as it kills a node): the coserve application with its ingress and the HTTP
   proxy on ``node-1``, and the first other node that hosts experts removed when half the requests
   have arrived; every request's outcome is classified (coserve.bench.replay.outcome_of).
+
+Each run also records the CPU seconds every Ray process spent during its replay, by role
+(coserve.bench.cluster_cpu), and each expert's client-side service times (time to first token:
+routing, queueing, any load and the prefill; then decoding). Ray's dashboard is off for every
+contender (cluster_ray.DASHBOARD).
 
 Ray is shut down at the end however the benchmark ends (Ctrl-C included). Every start and stop is
 bounded in time, and every replay by ``timeout_s`` after its last arrival.
@@ -25,28 +35,27 @@ bounded in time, and every replay by ``timeout_s`` after its last arrival.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
 import os
-import signal
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from coserve.bench.cluster_report import (
-    BUDGET_RULE,
-    fault_counts,
-    models_per_replica,
-    node_budget,
-    summarise_policy,
-    targets,
+from coserve.bench import cluster_report
+from coserve.bench.cluster_cpu import cpu_by_role, snapshot
+from coserve.bench.cluster_ray import (
+    APP,
+    CALL_TIMEOUT_S,
+    DASHBOARD,
+    deleted,
+    deployed,
+    host_call,
+    ray_cluster,
+    warmed,
 )
-from coserve.bench.processes import free_port
 from coserve.bench.replay import replay
 from coserve.bench.workload import make_workload
 from coserve.config import LibraryConfig
@@ -54,13 +63,8 @@ from coserve.cpus import usable_cores
 
 __all__ = ["APP", "ClusterBenchOptions", "bench_cluster"]
 
-APP = "coserve-bench"
-START_TIMEOUT_S = 300  # starting the raylets, or one application (routers, runtimes) on a busy host
-STOP_TIMEOUT_S = 120
-CALL_TIMEOUT_S = 30.0  # a deployment handle call (counts, health)
 THREADED_BACKENDS = ("llamacpp", "llamacpp-split")  # their ``threads`` option sets decode threads
 THREADS_RULE = "each llama.cpp expert: the host's usable cores // nodes decode threads (at least 1)"
-OBJECT_STORE_BYTES = 128 * 2**20  # per raylet: only small request objects cross
 NOTE = (
     "timings measured on the machine named in provenance; the simulated nodes share its cores, "
     "so a shared machine makes them noisy"
@@ -80,25 +84,8 @@ class ClusterBenchOptions:
     timeout_s: float = 300.0  # a run ends at the latest this long after its last arrival
     fault: bool = True
     cold_load_weight: float | None = None  # the generated cluster file's planner weight (None: its default)
-
-
-@contextlib.contextmanager
-def deadline(seconds: float, what: str) -> Iterator[None]:
-    """TimeoutError in the main thread after ``seconds``; an alarm already set is restored after."""
-
-    def expire(*_: Any) -> None:
-        raise TimeoutError(f"{what} took more than {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    outer = signal.alarm(max(1, math.ceil(seconds)))
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-        if outer:
-            signal.alarm(max(1, outer - int(time.monotonic() - started)))
+    ceiling: bool = True  # also run ``unbounded`` (every expert resident on every node)
+    note: str | None = None  # added to the JSON's note (e.g. "measured on a shared machine")
 
 
 def node_names(count: int) -> list[str]:
@@ -122,19 +109,28 @@ def node_library(library: LibraryConfig, nodes: int, folder: Path) -> Path:
 
 
 def plan_nodes(
-    library: LibraryConfig, names: list[str], folder: Path, cold_load_weight: float | None = None
+    library: LibraryConfig,
+    names: list[str],
+    folder: Path,
+    cold_load_weight: float | None = None,
+    everywhere: bool = False,
 ) -> dict[str, Any]:
-    """The simulated nodes' budget, the cluster file written for them and the planner's placement."""
+    """The simulated nodes' budget, the cluster file written for them and the planner's placement;
+    ``everywhere``: each node's budget holds every expert (cluster_report.UNBOUNDED_RULE) and the planner puts
+    every expert resident on every node."""
     from coserve.distributed.cluster import Cluster, load_cluster
     from coserve.distributed.inputs import library_footprints, plan_library
 
     probe = Cluster.model_validate({"nodes": [{"name": names[0], "ram": 0}]})
     footprints = {e: f.ram_bytes for e, f in library_footprints(library, probe).items()}
-    budget = node_budget(footprints)
-    path = folder / "cluster.yaml"
+    budget = cluster_report.unbounded_budget(footprints) if everywhere else cluster_report.node_budget(footprints)
+    path = folder / ("cluster-unbounded.yaml" if everywhere else "cluster.yaml")
     spec: dict[str, Any] = {"nodes": [{"name": n, "ram": budget} for n in names]}
+    planner: dict[str, Any] = {"everywhere": True} if everywhere else {}
     if cold_load_weight is not None:
-        spec["planner"] = {"cold_load_weight": cold_load_weight}
+        planner["cold_load_weight"] = cold_load_weight
+    if planner:
+        spec["planner"] = planner
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     placement, _ = plan_library(library, load_cluster(path))
     report = {
@@ -148,84 +144,49 @@ def plan_nodes(
     return {"path": path, "budget": budget, "footprints": footprints, "placement": report}
 
 
-@contextlib.contextmanager
-def ray_cluster(names: list[str]) -> Iterator[tuple[Any, dict[str, Any], str]]:
-    """Ray's test cluster with one raylet per name (the first is the head), Serve on a loopback port
-    with one HTTP proxy on the head; yields the cluster, its nodes by name and the base URL.
-    Serve, the driver and every raylet stop at the end, however it ends."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage report leaves the machine
-    import ray
-    from ray import serve
-    from ray.cluster_utils import Cluster
-
-    from coserve.distributed.ray_app import node_resources
-
-    def node_args(name: str) -> dict[str, Any]:
-        return {"num_cpus": 1, "resources": node_resources(name), "object_store_memory": OBJECT_STORE_BYTES}
-
-    port = free_port()
-    cluster = Cluster(initialize_head=True, head_node_args={**node_args(names[0]), "include_dashboard": False})
-    try:
-        nodes = {names[0]: cluster.head_node}
-        with deadline(START_TIMEOUT_S, "starting the raylets"):
-            for name in names[1:]:
-                nodes[name] = cluster.add_node(**node_args(name))
-            cluster.wait_for_nodes()
-            ray.init(address=cluster.address, log_to_driver=False)
-            serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        yield cluster, nodes, f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(Exception), deadline(STOP_TIMEOUT_S, "stopping Serve"):
-            serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
-
-
-def _deployed(app: Any) -> None:
-    from ray import serve
-
-    with deadline(START_TIMEOUT_S, "starting the application"):
-        serve.run(app, name=APP, route_prefix="/")
-
-
-def _deleted() -> None:
-    from ray import serve
-
-    with contextlib.suppress(Exception), deadline(STOP_TIMEOUT_S, "deleting the application"):
-        serve.delete(APP)
-
-
-def _host_call(node: str, method: str) -> Any:
-    from ray import serve
-
-    from coserve.distributed.ray_app import HOSTS
-
-    handle = serve.get_deployment_handle(HOSTS, app_name=APP)  # its router sends the call to the node's replica
-    return getattr(handle, method).remote(node).result(timeout_s=CALL_TIMEOUT_S)
-
-
 def _replayed(url: str, workload: list[dict[str, Any]], options: ClusterBenchOptions) -> dict[str, Any]:
-    return asyncio.run(replay(url, workload, options.max_tokens, routed=True, tolerate_errors=True,
-                              timeout_s=options.timeout_s))  # fmt: skip
+    """The replay's figures and requests, with the CPU seconds each Ray process spent during it."""
+    before = snapshot()
+    result = asyncio.run(replay(url, workload, options.max_tokens, routed=True, tolerate_errors=True,
+                                timeout_s=options.timeout_s))  # fmt: skip
+    result["cpu_s"] = cpu_by_role(before, snapshot())
+    return result
 
 
 def run_coserve(
-    url: str, library: str | None, nodes: dict[str, Any], workload: list[dict[str, Any]], options: ClusterBenchOptions
+    url: str,
+    library: str | None,
+    nodes: dict[str, Any],
+    workload: list[dict[str, Any]],
+    options: ClusterBenchOptions,
+    warm: bool = False,
 ) -> dict[str, Any]:
-    """One replay against coserve's application; loads and memory read from every expert host."""
+    """One replay against coserve's application; loads and memory read from every expert host.
+    ``warm``: the replay starts once every placed expert is loaded (the unbounded contender: no load
+    during traffic); else at once, while the hosts load their resident experts."""
     from coserve.distributed.ray_app import AppArgs, build_app, placed_experts
 
     args = AppArgs(library=library, cluster=str(nodes["path"]), max_replicas=1, ingress_node=node_names(1)[0])
     _, placed = placed_experts(args)
     try:
-        _deployed(build_app(args.to_dict()))
+        deployed(build_app(args.to_dict()))
+        warmed_s = warmed(sorted(placed)) if warm else None
         result = _replayed(url, workload, options)
-        result["loads_by_node"] = {node: _host_call(node, "load_counts") for node in sorted(placed)}
+        if warmed_s is not None:
+            result["warmed_s"] = round(warmed_s, 2)  # loading every placed expert before the replay
+        result["loads_by_node"] = {node: host_call(node, "load_counts") for node in sorted(placed)}
         result["loads"] = sum(sum(counts.values()) for counts in result["loads_by_node"].values())
-        result["memory"] = {node: _host_call(node, "health")["memory"] for node in sorted(placed)}
+        result["memory"] = {node: host_call(node, "health")["memory"] for node in sorted(placed)}
         return result
     finally:
-        _deleted()
+        deleted()
+
+
+def run_unbounded(
+    url: str, library: str | None, nodes: dict[str, Any], workload: list[dict[str, Any]], options: ClusterBenchOptions
+) -> dict[str, Any]:
+    """One replay against coserve's application with every expert loaded on every node first."""
+    return run_coserve(url, library, nodes, workload, options, warm=True)
 
 
 def run_peer(
@@ -238,18 +199,18 @@ def run_peer(
 
     tally_name = f"coserve-bench-tally-{os.getpid()}-{time.monotonic_ns()}"
     tally: Any = ray.remote(num_cpus=0)(LoadTally).options(name=tally_name, namespace=TALLY_NAMESPACE).remote()
-    per_replica = models_per_replica(nodes["budget"], nodes["footprints"])
+    per_replica = cluster_report.models_per_replica(nodes["budget"], nodes["footprints"])
     args = PeerArgs(library=library, replicas=options.nodes, models_per_replica=per_replica,
                     ingress_node=node_names(1)[0], tally=tally_name)  # fmt: skip
     try:
-        _deployed(build_peer_app(asdict(args)))
+        deployed(build_peer_app(asdict(args)))
         result = _replayed(url, workload, options)
         result["loads_by_node"] = ray.get(tally.counts.remote(), timeout=CALL_TIMEOUT_S)
         result["loads"] = sum(sum(counts.values()) for counts in result["loads_by_node"].values())
         result["models_per_replica"] = per_replica
         return result
     finally:
-        _deleted()
+        deleted()
         ray.kill(tally)
 
 
@@ -280,12 +241,12 @@ def run_fault(
         return await run
 
     try:
-        _deployed(build_app(args.to_dict()))
+        deployed(build_app(args.to_dict()))
         result = asyncio.run(killed_halfway())
     finally:
-        _deleted()
+        deleted()
     outcomes = [r["outcome"] for r in result["requests"]]
-    return {**fault_counts(outcomes), "killed": victim, "killed_at_s": at, "outcomes": outcomes}
+    return {**cluster_report.fault_counts(outcomes), "killed": victim, "killed_at_s": at, "outcomes": outcomes}
 
 
 def bench_cluster(library: LibraryConfig, options: ClusterBenchOptions) -> dict[str, Any]:
@@ -298,20 +259,22 @@ def bench_cluster(library: LibraryConfig, options: ClusterBenchOptions) -> dict[
     names = node_names(options.nodes)
     workload = make_workload(library, options.requests, options.rate, options.seed)
     counts = {e: sum(w["expert"] == e for w in workload) for e in library.expert_names}
-    runs: dict[str, list[dict[str, Any]]] = {"coserve": [], "peer": []}
+    contenders = [("coserve", run_coserve), ("peer", run_peer)] + [("unbounded", run_unbounded)] * options.ceiling
+    runs: dict[str, list[dict[str, Any]]] = {policy: [] for policy, _ in contenders}
     with tempfile.TemporaryDirectory() as tmp:
         library_path = str(node_library(library, options.nodes, Path(tmp)))
         nodes = plan_nodes(library, names, Path(tmp), options.cold_load_weight)
-        print(f"{options.nodes} nodes of {nodes['budget'] / 2**20:.0f} MiB ({BUDGET_RULE}); placement: "
+        unbounded = plan_nodes(library, names, Path(tmp), options.cold_load_weight, everywhere=True)
+        print(f"{options.nodes} nodes of {nodes['budget'] / 2**20:.0f} MiB ({cluster_report.BUDGET_RULE}); placement: "
               + "; ".join(f"{n}: {', '.join(r['experts']) or '-'}" for n, r in nodes["placement"].items()))  # fmt: skip
         print(f"workload: {options.requests} requests, Poisson {options.rate}/s, {options.max_tokens} tokens at "
               f"most, experts {counts}; {options.runs} alternating runs per policy", flush=True)  # fmt: skip
         fault: dict[str, Any] = {"skipped": "--no-fault"}
         with ray_cluster(names) as (cluster, ray_nodes, url):
             for repetition in range(options.runs):
-                for policy, run in (("coserve", run_coserve), ("peer", run_peer)):
+                for policy, run in contenders:
                     try:
-                        row = run(url, library_path, nodes, workload, options)
+                        row = run(url, library_path, unbounded if policy == "unbounded" else nodes, workload, options)
                     except Exception as exc:  # recorded, never hidden: the policy's targets are then MISSED
                         row = {"error": f"{type(exc).__name__}: {exc}"}
                     runs[policy].append(row)
@@ -320,7 +283,7 @@ def bench_cluster(library: LibraryConfig, options: ClusterBenchOptions) -> dict[
                 fault = run_fault(url, library_path, nodes, cluster, ray_nodes, workload, options)
                 shown = [f"{k} {fault[k]}" for k in ("sent", "ok", "clean_errors", "lost", "killed") if k in fault]
                 print(f"fault: {', '.join(shown) or fault.get('skipped')}", flush=True)
-    result = _result(options, nodes, counts, runs, fault)
+    result = _result(options, {"coserve": nodes, "unbounded": unbounded}, counts, runs, fault)
     result["elapsed_s"] = round(time.monotonic() - started, 1)  # the whole benchmark, Ray's start and stop included
     print(f"took {result['elapsed_s']:.0f} s")
     return result
@@ -335,34 +298,51 @@ def _line(row: dict[str, Any]) -> str:
 
 def _result(
     options: ClusterBenchOptions,
-    nodes: dict[str, Any],
+    planned: dict[str, dict[str, Any]],
     counts: dict[str, int],
     runs: dict[str, list[dict[str, Any]]],
     fault: dict[str, Any],
 ) -> dict[str, Any]:
-    """The JSON: settings, placement (with the most memory each host reported), policies, fault, targets."""
-    placement = nodes["placement"]
-    for row in runs["coserve"]:
-        for node, memory in row.get("memory", {}).items():
-            measured = placement[node].setdefault("measured", {})
-            for key in ("active_bytes", "ram_bytes"):
-                measured[key] = max(measured.get(key, 0), int(memory[key]))
-    policies = {policy: summarise_policy([_without_requests(r) for r in rows]) for policy, rows in runs.items()}
+    """The JSON: settings, placements (with the most memory each host reported), policies (with CPU
+    seconds by role and service times per expert), fault, targets."""
+    nodes = planned["coserve"]
+    per_replica = cluster_report.models_per_replica(nodes["budget"], nodes["footprints"])
+    placements = {policy: planned[policy]["placement"] for policy in ("coserve", "unbounded")}
+    for policy, placement in placements.items():
+        for row in runs.get(policy, []):
+            for node, memory in row.get("memory", {}).items():
+                measured = placement[node].setdefault("measured", {})
+                for key in ("active_bytes", "ram_bytes"):
+                    measured[key] = max(measured.get(key, 0), int(memory[key]))
+    policies = {}
+    for policy, rows in runs.items():
+        policies[policy] = cluster_report.summarise_policy([_without_requests(r) for r in rows])
+        done = [r for r in rows if "error" not in r]
+        policies[policy]["service_s"] = cluster_report.service_times([q for r in done for q in r.get("requests", [])])
+        policies[policy]["cpu_s"] = cluster_report.median_by_key([r.get("cpu_s", {}) for r in done])
     result = {
-        "note": NOTE,
+        "note": NOTE + (f"; {options.note}" if options.note else ""),
         "nodes": options.nodes,
-        "settings": {**asdict(options), "node_budget_bytes": nodes["budget"], "budget_rule": BUDGET_RULE,
+        "settings": {**asdict(options), "node_budget_bytes": nodes["budget"], "budget_rule": cluster_report.BUDGET_RULE,
                      "threads_rule": THREADS_RULE, "threads": max(1, usable_cores() // options.nodes),
-                     "footprints": nodes["footprints"],
-                     "peer_models_per_replica": models_per_replica(nodes["budget"], nodes["footprints"])},
+                     "footprints": nodes["footprints"], "ray_dashboard": DASHBOARD,
+                     "peer_models_per_replica": per_replica},
         "workload": {"experts": counts},
-        "placement": placement,
+        "placement": placements["coserve"],
         "policies": policies,
         "fault": fault,
     }  # fmt: skip
-    result["targets"] = targets(policies["coserve"], policies["peer"], fault, placement)
+    if "unbounded" in runs:
+        unbounded_budget = planned["unbounded"]["budget"]
+        result["settings"].update(unbounded_budget_bytes=unbounded_budget, unbounded_rule=cluster_report.UNBOUNDED_RULE)
+        result["unbounded_placement"] = placements["unbounded"]
+    result["targets"] = cluster_report.targets(policies["coserve"], policies["peer"], fault, placements["coserve"],
+                                policies.get("unbounded"))  # fmt: skip
     for name, row in result["targets"].items():
         print(f"target {name:<20} {row['value']} (want {row['want']}, median): {row['verdict']}")
+    for policy, summary in policies.items():
+        shown = ", ".join(f"{role} {seconds:.1f}" for role, seconds in summary["cpu_s"].items())
+        print(f"{policy} CPU s by process (median run): {shown}")
     return result
 
 

@@ -20,6 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a run may last after its last arrival")
     parser.add_argument("--no-fault", action="store_true", help="skip the run that kills a node halfway")
     parser.add_argument(
+        "--ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the unbounded contender: every expert resident on every node, the most this compute "
+        "gives (default on; --no-ceiling saves a third of the time)",
+    )
+    parser.add_argument("--note", help="added to the JSON's note (say if the machine was shared)")
+    parser.add_argument(
         "--cold-load-weight",
         type=float,
         help="the planner's cold_load_weight in the generated cluster file (default: the cluster file's default)",

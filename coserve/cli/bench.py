@@ -53,7 +53,8 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
     require_ray()
     options = ClusterBenchOptions(nodes=args.nodes, runs=args.runs, requests=args.requests, rate=args.rate,
                                   max_tokens=args.max_tokens, seed=args.seed, timeout_s=args.timeout,
-                                  fault=not args.no_fault, cold_load_weight=args.cold_load_weight)  # fmt: skip
+                                  fault=not args.no_fault, cold_load_weight=args.cold_load_weight,
+                                  ceiling=args.ceiling, note=args.note)  # fmt: skip
     result = bench_cluster(load_served_library(args.library), options)
     write_data(Path(args.json), result, args.command_line)
     return 0

@@ -67,6 +67,9 @@ class PlannerSettings(_Strict):
     move_weight: float = Field(0.05, ge=0)  # per replica started by a re-plan (one cold load each)
     drift_threshold: float = Field(0.1, gt=0, le=1)  # total variation distance of traffic shares
     time_limit_s: float | None = Field(None, gt=0)  # HiGHS time limit; the gap is reported when hit
+    # Every needed expert resident on every node, its traffic split by node speed, no program solved:
+    # for a cluster with memory to spare (a ConfigError names a node that cannot hold them all).
+    everywhere: bool = False
 
 
 class ExpertFootprint(_Strict):

@@ -50,6 +50,10 @@ in exact bytes and re-solved with a tightened budget if HiGHS used its feasibili
 greedy placement, of the current placement, and the three least loaded others), and the better of
 the greedy placement and HiGHS's is kept.
 
+With the cluster file's ``planner.everywhere`` nothing is solved: every needed expert is resident on
+every node, each node serving its speed's part of every expert's traffic (a ConfigError names a
+node that cannot hold them all) — for memory to spare, and the benchmark's ceiling.
+
 This module knows nothing about Ray, the engine, the router or files: callers measure footprints and
 traffic and pass them in.
 """
@@ -119,6 +123,9 @@ def plan(
     nodes = list(cluster.nodes)
     factors = load_factors(nodes, {e: footprints[e] for e in needed}, shares)
     hosted_now = {(r.expert, r.node) for r in current.replicas} if current is not None else set()
+    if cluster.planner.everywhere:
+        replicas = _everywhere(nodes, footprints, shares, needed)
+        return _placement(cluster, replicas, footprints, shares, needed, frozenset(required), hosted_now, 0.0, True)
     pairs = [(e, n) for e in needed for n in nodes if _fits(footprints[e], n)]
     start = greedy(nodes, footprints, shares, needed, factors) if len(pairs) > EXACT_PAIRS else None
     if start is not None:  # a large program: each expert only on its candidate nodes
@@ -148,6 +155,22 @@ def plan(
                 budget_accelerator - max(0, accelerator - node.accelerator) - 1,
             )
     raise ConfigError("the planner could not find a placement within every node's memory")  # not seen
+
+
+def _everywhere(
+    nodes: list[NodeSpec], footprints: Mapping[str, Footprint], shares: Mapping[str, float], needed: list[str]
+) -> list[Replica]:
+    """Every needed expert resident on every node, each node serving its speed's part of every expert's traffic."""
+    used = memory_used([(e, True) for e in needed], footprints)
+    for node in nodes:
+        if not _within(used, (node.ram, node.accelerator)):
+            raise ConfigError(
+                f"planner.everywhere: node {node.name!r} cannot hold every expert resident "
+                f"({used[0] / 2**30:.2f} GiB host, {used[1] / 2**30:.2f} GiB accelerator needed; "
+                f"it has {node.ram / 2**30:.2f} GiB, {node.accelerator / 2**30:.2f} GiB)"
+            )
+    speed = sum(n.speed for n in nodes)
+    return [Replica(e, n.name, True, shares.get(e, 0.0) * n.speed / speed) for n in nodes for e in needed]
 
 
 def _score(placement: Placement, cluster: Cluster) -> float:
