@@ -294,6 +294,8 @@ class ClusterEngine(Engine):
             except Exception:  # a host gone: its numbers are left out this scrape
                 return None
 
+        if isinstance(self.router.online, ClusterOnline):  # the cluster's figures, as last published
+            self.router.online.publish(self.metrics)
         texts = await asyncio.gather(*(host_text(node) for node in self.nodes))
         return merge_expositions(await super().exposition(), dict(zip(self.nodes, texts, strict=True)))
 
