@@ -204,6 +204,7 @@ class ClusterOnline(LiveOnline):
         return {
             "source": "decision-log",
             "version": self.version,
+            "owner_epoch": None if self.seen is None else self.seen[0],  # changes when the owner restarts
             "owner_reachable": self.failures == 0 and self.updated_at is not None,
             "failed_exchanges": self.failures,
             "confirmed_at": self.updated_at,  # unix time the owner last answered (None: never yet)
