@@ -121,7 +121,7 @@ def test_one_online_router_for_both_ingress_replicas(tmp_path: Path) -> None:
             with sqlite3.connect(log_file, timeout=30) as conn:
                 (body,) = conn.execute("SELECT body FROM online_state WHERE slot = 1").fetchone()
             saved = json.loads(body)
-            assert saved["version"] >= 2 and saved["beta"][1][2] == pytest.approx(2.0, abs=1e-5)  # code, big: two 0s
+            assert saved["version"] >= 2 and saved["beta"][1][2] == pytest.approx(2.0, abs=1e-5)  # code, big: 2 zeros
         with alarm(TEST_TIMEOUT_S):
             _restart_the_owner(client, {a.json()["online"]["owner_epoch"] for a in health.values()})
 
