@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from test_online_serving import _online_library
 from test_trained_routing import trained_dir  # noqa: F401  (a fixture)
@@ -52,8 +53,8 @@ def _row(request_id: str, category: str, expert: str, version: int | None = 0, s
     )
 
 
-def _setup(tmp_path: Path) -> tuple[DecisionLogService, _Handle, list[ClusterOnline]]:
-    path = _online_library(tmp_path)  # category mode, 2 pseudo-counts, no exploring; budget 7B
+def _setup(tmp_path: Path, **router: Any) -> tuple[DecisionLogService, _Handle, list[ClusterOnline]]:
+    path = _online_library(tmp_path, **router)  # category mode, 2 pseudo-counts, no exploring; budget 7B
     service = DecisionLogService(str(path))
     library = load_library(path)
     trained = load_trained(tmp_path / "router")
@@ -161,4 +162,30 @@ def test_replicas_keep_routing_with_their_last_snapshot_while_the_owner_is_down(
         assert await first.exchange() and first.health()["owner_reachable"] is True
 
     asyncio.run(run())
+    service.log.close()
+
+
+def test_a_replicas_prompt_scores_and_signals_reach_the_owner(tmp_path: Path, cache: Path) -> None:
+    online = {"prior_strength": 2, "explore_cap": 0.0, "granularity": "prompt", "signals": ["failure"]}
+    service, _, (first, second) = _setup(tmp_path, online=online)
+    owner = _owner(service)
+    code, big = owner.live.categories.index("code"), owner.live.experts.index("big")
+
+    async def run() -> None:
+        assert await first.exchange() and await second.exchange()
+        first.choose("p1", "code", set(), np.array([0.1, 0.5, 0.9]))  # predicted 0.9 for big
+        second.choose("p2", "code", set(), np.array([0.1, 0.5, 0.9]))
+        assert second.failed("p2", "big", timed_out=False)  # failure is enabled: sent as a score of 0
+        assert await first.exchange() and await second.exchange()
+        assert owner.live.prediction("p1") is not None
+        assert list(owner.live.prediction("p1")) == [0.1, 0.5, 0.9]  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    posterior = owner.live.router.posterior
+    # The signal: a 0 for (code, big) at the category's mean: beta 1e-6 + 1.
+    assert posterior.beta[code, big] == pytest.approx(1.0, abs=1e-5)
+    # The score on p1 is learnt against its prediction: 0 - (0.9 - S[code, big] = 1.0) = 0.1, so beta
+    # grows by 0.9 (a score without the prediction would add 1).
+    assert owner.feedback("code", "big", -1.0, "p1")
+    assert posterior.beta[code, big] == pytest.approx(1.9, abs=1e-5)
     service.log.close()
