@@ -19,7 +19,6 @@ from test_trained_routing import trained_dir  # noqa: F401  (a fixture)
 from coserve.config import load_library
 from coserve.distributed.shared_log import DecisionLogService
 from coserve.distributed.shared_online import ClusterOnline, OnlineOwner
-from coserve.router.online_live import LiveOnline
 from coserve.router.trained import load_trained
 from coserve.store.log import DecisionRow
 
@@ -59,7 +58,7 @@ def _setup(tmp_path: Path, **router: Any) -> tuple[DecisionLogService, _Handle, 
     library = load_library(path)
     trained = load_trained(tmp_path / "router")
     handle = _Handle(service)
-    replicas = [ClusterOnline.over(LiveOnline(library, trained), handle, name) for name in ("r1", "r2")]
+    replicas = [ClusterOnline(library, trained, handle, name) for name in ("r1", "r2")]
     return service, handle, replicas
 
 

@@ -178,10 +178,12 @@ class Ingress:
             from coserve.distributed.shared_feed import ClusterFeed
 
             quota, decisions = await ingress_state(self.engine.library, quota_handle, log_handle)
-            if (online := self.engine.router.online) is not None:  # route with the cluster's one learner's map
+            router = self.engine.router
+            if router.online is not None and router.trained is not None:  # the cluster's one learner's map
                 from coserve.distributed.shared_online import ClusterOnline
 
-                self.engine.router.online = ClusterOnline.over(online, log_handle, self.engine.replica).start()
+                online = ClusterOnline(self.engine.library, router.trained, log_handle, self.engine.replica)
+                router.online = online.start()
             feed = ClusterFeed(log_handle, self.engine.replica).start()  # the dashboard sees the cluster
             app = create_app(self.engine, quota=quota, decisions=decisions, feed=feed)
             app = mark_replica(app, self.engine.replica)

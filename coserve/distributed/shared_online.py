@@ -34,13 +34,16 @@ import contextlib
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from coserve.config import LibraryConfig
 from coserve.router.online_live import LiveOnline
+from coserve.router.trained import TrainedRouter, load_trained
 from coserve.store.log import DecisionRow
 
 __all__ = ["EXCHANGE_S", "ClusterOnline", "OnlineOwner", "owner_for"]
@@ -59,10 +62,6 @@ def owner_for(library: LibraryConfig, saved: dict[str, Any] | None) -> OnlineOwn
     """The cluster's learner for a library with ``router.online`` (None without), resumed from ``saved``."""
     if library.router.online is None or library.router.trained is None:
         return None
-    from pathlib import Path
-
-    from coserve.router.trained import load_trained
-
     base = library.path.parent if library.path else Path.cwd()
     trained = load_trained(base / library.router.trained)
     if trained.classifier is None:
@@ -133,29 +132,20 @@ class OnlineOwner:
 class ClusterOnline(LiveOnline):
     """An ingress replica's online router: the owner's snapshot, routed from here (see the module doc)."""
 
-    handle: Any = None
-    replica = "?"
-    exchange_s = EXCHANGE_S
-
-    def attach(self, handle: Any, replica: str, exchange_s: float = EXCHANGE_S) -> ClusterOnline:
-        """Follow the owner behind ``handle`` (the decision-log deployment's), as replica ``replica``."""
+    def __init__(
+        self, library: LibraryConfig, trained: TrainedRouter, handle: Any, replica: str, exchange_s: float = EXCHANGE_S
+    ) -> None:
+        """Follow the owner behind ``handle`` (the decision-log deployment's) as replica ``replica``,
+        whose name seeds its Thompson draws (replicas draw independently)."""
+        super().__init__(library, trained, seed=zlib.crc32(replica.encode()))
         self.handle, self.replica, self.exchange_s = handle, replica, exchange_s
-        self.seen: tuple[str, int] | None = None
-        self.realised: float | None = None
-        self.outbox: dict[str, list[float]] = {}
+        self.seen: tuple[str, int] | None = None  # (owner epoch, version) of the snapshot in force
+        self.realised: float | None = None  # the cluster's realised window average, as published
+        self.outbox: dict[str, list[float]] = {}  # request id -> per-prompt scores, for the owner
         self.signals_out: list[Signal] = []
         self.failures = 0  # exchanges in a row the owner did not answer
-        self.updated_at: float | None = None  # time.time() of the last snapshot taken
+        self.updated_at: float | None = None  # time.time() the owner last answered
         self._task: asyncio.Task[None] | None = None
-        return self
-
-    @classmethod
-    def over(cls, live: LiveOnline, handle: Any, replica: str, exchange_s: float = EXCHANGE_S) -> ClusterOnline:
-        """A replica's router built like ``live`` (same library and trained router), seeded by replica."""
-        out = cls.__new__(cls)
-        out.__dict__.update(live.__dict__)
-        out.router.rng = np.random.default_rng(abs(hash(replica)) % (2**32))  # replicas draw independently
-        return out.attach(handle, replica, exchange_s)
 
     def adopt(self, published: dict[str, Any]) -> bool:
         """Route with the owner's published state from now on; False (snapshot kept) where it does not fit."""
@@ -233,7 +223,7 @@ class ClusterOnline(LiveOnline):
             if self.failures == 0:
                 log.warning("online router: the owner did not answer (%s); routing with map %d", exc, self.version)
             self.failures += 1
-            self.outbox = {**predictions, **self.outbox} if len(predictions) < OUTBOX else self.outbox
+            self.outbox = {**predictions, **self.outbox}  # bounded by ``choose``
             self.signals_out = (signals + self.signals_out)[-OUTBOX:]
             return False
         self.failures = 0
