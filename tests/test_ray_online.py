@@ -112,9 +112,10 @@ def test_one_online_router_for_both_ingress_replicas(tmp_path: Path) -> None:
             for answer in _per_replica(client, "/metrics").values():
                 families = {f.name: f for f in text_string_to_metric_families(answer.text)}
                 (sample,) = _ingress_samples(families["coserve_budget_realised"])
-                assert sample.value == pytest.approx(realised)  # both replicas' traffic, not one's
+                assert sample.value == pytest.approx(realised)  # every answered row's cost
                 (version,) = _ingress_samples(families["coserve_map_version"])
-                assert version.value == 2 + len(served)  # one re-solve per score and per served request
+                # One re-solve per score and per served request of either replica: one controller.
+                assert version.value == 2 + len(served)
             # Every logged version is one the owner published: the feedback's two re-solves on top of
             # the served requests counted before each decision, never a replica's own sequence.
             assert all(0 <= v <= 2 + len(served) for _, v in served)
