@@ -16,7 +16,8 @@ plans the placement (coserve.distributed.inputs.plan_inputs and the planner), an
   re-plans when nodes leave or join or traffic drifts and moves experts between the hosts;
 * ``quota`` and ``decision-log``: one replica each (coserve.distributed.cluster_state), the API-key
   counters and the decision log that every ingress replica shares (the log's deployment also
-  carries the dashboard's live feed for the cluster, coserve.distributed.shared_feed);
+  carries the dashboard's live feed for the cluster, coserve.distributed.shared_feed, and, with
+  ``router.online``, the cluster's one online router, coserve.distributed.shared_online);
 * ``ingress``: the same FastAPI app as the single process (coserve.server.app.create_app) through
   ``@serve.ingress``, over a ``ClusterEngine`` (coserve.distributed.ray_engine) holding the hosts'
   deployment handle and following the controller's placement; its replicas scale with the
@@ -177,6 +178,12 @@ class Ingress:
             from coserve.distributed.shared_feed import ClusterFeed
 
             quota, decisions = await ingress_state(self.engine.library, quota_handle, log_handle)
+            router = self.engine.router
+            if router.online is not None and router.trained is not None:  # the cluster's one learner's map
+                from coserve.distributed.shared_online import ClusterOnline
+
+                online = ClusterOnline(self.engine.library, router.trained, log_handle, self.engine.replica)
+                router.online = online.start()
             feed = ClusterFeed(log_handle, self.engine.replica).start()  # the dashboard sees the cluster
             app = create_app(self.engine, quota=quota, decisions=decisions, feed=feed)
             app = mark_replica(app, self.engine.replica)

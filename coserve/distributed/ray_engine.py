@@ -29,6 +29,7 @@ from typing import Any
 from coserve.distributed.admission_share import apply_share
 from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook
 from coserve.distributed.ray_host import NOT_PLACED, raise_record
+from coserve.distributed.shared_online import ClusterOnline
 from coserve.engine.call import Call
 from coserve.engine.engine import Engine
 from coserve.errors import CoserveError, ExpertFailed, ExpertLoadError
@@ -269,6 +270,8 @@ class ClusterEngine(Engine):
             }
             for node in self.nodes
         }
+        if isinstance(self.router.online, ClusterOnline):  # whose map this replica routes with
+            health["online"] = self.router.online.health()
         health["placement"] = {
             "version": self.book.version,
             "unplaced": self.placement.get("unplaced", []),  # needed, but no node alive can hold them
@@ -291,6 +294,8 @@ class ClusterEngine(Engine):
             except Exception:  # a host gone: its numbers are left out this scrape
                 return None
 
+        if isinstance(self.router.online, ClusterOnline):  # the cluster's figures, as last published
+            self.router.online.publish(self.metrics)
         texts = await asyncio.gather(*(host_text(node) for node in self.nodes))
         return merge_expositions(await super().exposition(), dict(zip(self.nodes, texts, strict=True)))
 

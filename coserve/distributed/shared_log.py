@@ -18,7 +18,10 @@ replica's ``DecisionStore`` over that deployment's handle:
 
 The placement controller reads the live traffic from the one file (``expert_counts``: decisions per
 expert written after a row cursor and made since a time; coserve.distributed.ray_placement).
-The online router's saved state is read from and written to the same file through the deployment.
+With ``router.online`` the deployment also holds the cluster's one online router
+(``OnlineOwner``, coserve.distributed.shared_online): it learns from the rows and the feedback it
+takes, publishes the map to the ingress replicas (``online_exchange``) and alone saves its state in
+the same file.
 The deployment also keeps the cluster's recent dashboard events (``feed_exchange``, an
 ``EventRing``: coserve.distributed.shared_feed).
 Imports Ray only through the handles it is given; this module knows nothing about HTTP or routing.
@@ -39,6 +42,7 @@ from typing import Any, TypeVar
 
 from coserve.config import load_library
 from coserve.distributed.shared_feed import Cursor, EventRing
+from coserve.distributed.shared_online import Signal, owner_for
 from coserve.errors import ServiceUnavailable
 from coserve.server.app import decision_log_file
 from coserve.store.log import BATCH_ROWS, FLUSH_INTERVAL_S, MAX_QUEUE_ROWS, DecisionLog, DecisionRow
@@ -75,6 +79,20 @@ class DecisionLogService:
         self.log = DecisionLog(decision_log_file(library), store_text=library.server.log.store_text).start()
         self.find_row_s = find_row_s
         self.events = EventRing()  # the cluster's recent dashboard events
+        # router.online: the cluster's one learner (coserve.distributed.shared_online), None without
+        self.online = owner_for(library, self.log.online_state() if library.router.online else None)
+
+    async def online_exchange(
+        self, seen: tuple[str, int] | None, predictions: dict[str, list[float]], signals: list[Signal]
+    ) -> dict[str, Any] | None:
+        """An ingress replica's scores and signals in; the online map's state out when it changed."""
+        if self.online is None:
+            return None
+        return self.online.exchange(seen, predictions, signals)
+
+    def _save_online(self, changed_by_score: bool) -> None:
+        if self.online is not None and self.online.save_due(changed_by_score):
+            self.log.save_online_state(self.online.live.export_state())  # this owner is the only writer
 
     async def feed_exchange(
         self, events: list[dict[str, Any]], cursor: Cursor | None
@@ -95,7 +113,11 @@ class DecisionLogService:
 
     async def write(self, rows: list[DecisionRow]) -> int:
         """Queue one ingress batch on the writer; how many rows it took (the rest were dropped)."""
-        return sum(self.log.record(row) for row in rows)
+        taken = sum(self.log.record(row) for row in rows)
+        if self.online is not None:
+            self.online.rows(rows)  # the served costs of the whole cluster move the one budget weight
+            self._save_online(False)
+        return taken
 
     async def feedback(self, request_id: str, score: float, once: bool) -> tuple[str, str | None, str]:
         """``DecisionLog.feedback_once`` (``once``) or ``feedback``, waiting ``find_row_s`` for a row
@@ -108,11 +130,15 @@ class DecisionLogService:
                 stored = await asyncio.wrap_future(self.log.feedback(request_id, score))
                 outcome = ("stored" if stored else "unknown", None, "")
             if outcome[0] != "unknown" or time.monotonic() >= deadline:
+                if self.online is not None and outcome[0] == "stored" and outcome[1] is not None:
+                    self._save_online(self.online.feedback(outcome[1], outcome[2], score, request_id))
                 return outcome
             await asyncio.sleep(FIND_POLL_S)
 
     async def save_online_state(self, state: dict[str, Any]) -> None:
-        self.log.save_online_state(state)
+        """A state saved from outside (only where this deployment holds no learner of its own)."""
+        if self.online is None:
+            self.log.save_online_state(state)
 
     async def flush(self) -> int:
         """Write what is queued; the rows dropped here so far."""
@@ -121,6 +147,8 @@ class DecisionLogService:
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
+            if self.online is not None:
+                self.log.save_online_state(self.online.live.export_state())
             self.log.close()
 
 

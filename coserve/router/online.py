@@ -261,9 +261,19 @@ class OnlineRouter:
             if sampled != greedy:
                 choice, explored = sampled, True
         self.explored.append(explored)
+        self._join_mix(category, row)
+        return Decision(category, choice, explored, snap.version)
+
+    def _join_mix(self, category: int, row: np.ndarray | None) -> None:
         self.mix.append(category)
         self.recent_predictions.append(self.offline[category] if row is None else row)
-        return Decision(category, choice, explored, snap.version)
+
+    def remember(self, category: int, predicted: Sequence[float] | np.ndarray | None = None) -> None:
+        """A request of ``category`` routed by another process (a cluster's ingress replica) joins the mix
+        that the feed-forward weight reads, as ``choose`` would have added it."""
+        row = self._prompt_row(category, None if predicted is None else np.asarray(predicted))
+        with self._lock:
+            self._join_mix(category, row)
 
     def served(self, expert: int) -> None:
         """A request was served by ``expert``: its cost moves the weight."""

@@ -70,11 +70,31 @@ class LiveOnline:
             self._routed[request_id] = decision.category
             while len(self._routed) > REMEMBERED:
                 self._routed.popitem(last=False)
-            if row is not None:
-                self._predicted[request_id] = row
-                while len(self._predicted) > REMEMBERED:
-                    self._predicted.popitem(last=False)
+        if row is not None:
+            self.remember_prediction(request_id, row)
         return self.experts[decision.expert], decision.map_version
+
+    def remember_prediction(self, request_id: str, scores: np.ndarray) -> None:
+        """Keep a request's per-prompt scores (the last ``REMEMBERED``) for the feedback that may follow."""
+        with self._lock:
+            self._predicted[request_id] = np.asarray(scores, dtype=np.float64)
+            while len(self._predicted) > REMEMBERED:
+                self._predicted.popitem(last=False)
+
+    def prediction(self, request_id: str) -> np.ndarray | None:
+        """The per-prompt scores remembered for a request (None: not routed here per prompt, or forgotten)."""
+        with self._lock:
+            return self._predicted.get(request_id)
+
+    def observe(self, request_id: str, category: str, expert: str) -> bool:
+        """A request routed by another process (a cluster's ingress replica) was answered by ``expert``:
+        its category (and remembered scores) join the feed-forward mix, its cost moves the weight;
+        False (nothing changes) for a category or expert this router does not know."""
+        if category not in self.categories or expert not in self.experts:
+            return False
+        self.router.remember(self.categories.index(category), self.prediction(request_id))
+        self.router.served(self.experts.index(expert))
+        return True
 
     @property
     def version(self) -> int:
@@ -91,11 +111,17 @@ class LiveOnline:
         the first enabled of ``timeout``/``failure`` then ``fallback``; False where none is enabled."""
         with self._lock:
             category = self._routed.get(request_id)
-        if category is None or expert not in self.experts:
+        if category is None:
+            return False
+        return self.failed_on(self.categories[category], expert, timed_out)
+
+    def failed_on(self, category: str, expert: str, timed_out: bool) -> bool:
+        """``failed`` for a request of ``category`` (a cluster's owner gets the category from the replica)."""
+        if category not in self.categories or expert not in self.experts:
             return False
         for kind in ("timeout" if timed_out else "failure", "fallback"):
             if kind in self.router.signals:
-                return self.router.signal(category, self.experts.index(expert), kind)
+                return self.router.signal(self.categories.index(category), self.experts.index(expert), kind)
         return False
 
     def apply(self, category: str, expert: str, score: float, request_id: str | None = None) -> bool:
@@ -103,8 +129,7 @@ class LiveOnline:
         request ``request_id``; False (nothing changes) for a category or expert this router does not know."""
         if category not in self.categories or expert not in self.experts:
             return False
-        with self._lock:
-            row = None if request_id is None else self._predicted.get(request_id)
+        row = None if request_id is None else self.prediction(request_id)
         column = self.experts.index(expert)
         guess = None if row is None else float(row[column])
         self.router.feedback(self.categories.index(category), column, (score + 1.0) / 2.0, predicted=guess)
