@@ -40,6 +40,22 @@ def test_counts_are_of_rows_after_the_cursor_made_since_the_window_start(tmp_pat
     log.close()
 
 
+def test_a_fallback_counts_for_the_expert_the_map_chose(tmp_path: Path) -> None:
+    # The map chose "mid" (not placed anywhere yet), the engine fell back to "big": the demand that
+    # placement must see is mid's, or an expert the online map moves traffic to is never placed.
+    path = tmp_path / "decisions.sqlite"
+    log = DecisionLog(path).start()
+    fell_back = DecisionRow("r1", 100.0, "m", "big", None, None, None, "mid,small", "200", 0.1, 3, 4)
+    log.record(fell_back)
+    log.record(_row("r2", 101.0, "big"))
+    log.record(DecisionRow("r3", 102.0, "m", "big", None, None, None, "", "200", 0.1, 3, 4))
+    log.flush()
+    conn = connect(path)
+    assert count_experts(conn, 0, 0.0) == (3, {"mid": 1, "big": 2})
+    conn.close()
+    log.close()
+
+
 class FakeLogHandle:
     """Stands in for the decision-log deployment's handle (the real one: tests/test_ray_live.py's drift)."""
 

@@ -59,7 +59,7 @@ _T = TypeVar("_T")
 
 
 def count_experts(conn: sqlite3.Connection, after: int, since: float) -> tuple[int, dict[str, int]]:
-    """Decisions per expert among the rows written after row ``after`` (SQLite's rowid, which grows
+    """Decisions per wanted expert among the rows written after row ``after`` (SQLite's rowid, which grows
     in the order rows reach the file, so a row that arrives late is still counted once) and made at
     or after ``since`` (unix seconds); with the last row's id, the cursor for the next call."""
     (last,) = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM decisions").fetchone()
@@ -67,7 +67,14 @@ def count_experts(conn: sqlite3.Connection, after: int, since: float) -> tuple[i
     # The first question (no cursor yet) goes by the time index: the file may hold years of rows.
     where = "time >= ?" if after <= 0 else "rowid > ? AND time >= ?"
     values = (since,) if after <= 0 else (after, since)
-    rows = conn.execute(f"SELECT expert, COUNT(*) FROM decisions WHERE {where} GROUP BY expert", values).fetchall()
+    # The demand is the map's first choice: the first expert tried when the answer came from a fallback
+    # (an expert the map sends traffic to but no node hosts yet must be seen, or it is never placed).
+    first = (
+        "CASE WHEN fallback_from IS NULL OR fallback_from = '' THEN expert"
+        " ELSE substr(fallback_from, 1, instr(fallback_from || ',', ',') - 1) END"
+    )
+    query = f"SELECT {first} AS wanted, COUNT(*) FROM decisions WHERE {where} GROUP BY wanted"
+    rows = conn.execute(query, values).fetchall()
     return int(last), {str(expert): int(n) for expert, n in rows}
 
 
