@@ -219,3 +219,34 @@ def test_a_planned_change_keeps_each_expert_advertised_somewhere(size: int) -> N
     for _, _, _, placed in hosts.calls:
         served = {e for experts in placed.values() for e in experts}
         assert served == set(FOOTPRINTS)
+
+
+def test_the_event_loop_answers_while_a_re_plan_solves(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A re-plan at 1,000 experts may solve for its whole time limit: the controller's replica must
+    # still answer the ingresses' reports and the hosts' claims meanwhile (the solve runs in a thread).
+    import threading
+
+    import coserve.distributed.controller as controller_module
+
+    solving, answered = threading.Event(), threading.Event()
+    real_replan = controller_module.replan
+
+    def slow_replan(*args: Any, **kwargs: Any) -> Any:
+        solving.set()
+        assert answered.wait(10), "the event loop did not run while the solve was in progress"
+        return real_replan(*args, **kwargs)
+
+    monkeypatch.setattr(controller_module, "replan", slow_replan)
+    controller, _ = _controller(32)
+
+    async def other_work() -> None:  # stands in for a report or a claim handled meanwhile
+        while not solving.is_set():
+            await asyncio.sleep(0.01)
+        answered.set()
+
+    async def both() -> str | None:
+        reason, _ = await asyncio.gather(controller.tick({"a"}), other_work())
+        return reason
+
+    assert asyncio.run(both()) == "nodes left: b"
+    assert controller.view()["placed"] == {"a": ["big", "coder", "small"], "b": []}

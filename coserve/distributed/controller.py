@@ -160,8 +160,9 @@ class PlacementController:
         fits = {e for e, f in self.footprints.items() if any(_fits(f, n.ram, n.accelerator) for n in cluster.nodes)}
         needed = set(self.required) | {e for e, t in traffic.items() if t > 0}
         self.unplaced = sorted(needed - fits)
-        try:
-            new = replan(
+        try:  # the solve runs off the event loop: reports and host claims are answered meanwhile
+            new = await asyncio.to_thread(
+                replan,
                 self.placement,
                 cluster,
                 {e: f for e, f in self.footprints.items() if e in fits},
