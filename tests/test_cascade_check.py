@@ -22,16 +22,43 @@ from coserve.outcomes.runner import run_outcomes
 from coserve.outcomes.suites import MMLU
 from coserve.router.check import AnswerCheck, Signals, load_check, signals_of
 from coserve.store.log import DecisionLog, DecisionRow, query_decisions
-from coserve.types import Completion, TokenLogprob, Usage
+from coserve.types import Completion, Message, TokenLogprob, Usage
 from tests.conftest import write_library
 
 
 def test_signals_of_a_completion() -> None:
     entries = tuple(TokenLogprob(t, lp, t.encode()) for t, lp in (("a", -0.5), ("b", -1.5), ("c", 0.0)))
-    signals = signals_of(Completion("abc", "length", Usage(3, 3), entries), 0.7)
-    assert signals == Signals(-2.0 / 3, -1.5, 3, "length", 0.7)
-    assert signals_of(Completion("", "stop", Usage(3, 0)), 0.2) == Signals(0.0, 0.0, 0, "stop", 0.2)
-    assert signals_of(Completion("x y", "stop", Usage(3, 2)), 0.2) == Signals(None, None, 2, "stop", 0.2)
+    ask = (Message("user", "Say something."),)
+    signals = signals_of(Completion("abc", "length", Usage(3, 3), entries), 0.7, ask)
+    assert signals == Signals(-2.0 / 3, -1.5, 3, "length", 0.7, False, False, False, False)
+    assert signals_of(Completion("", "stop", Usage(3, 0)), 0.2, ask) == Signals(
+        0.0, 0.0, 0, "stop", 0.2, False, False, False, False
+    )
+    assert signals_of(Completion("x y", "stop", Usage(3, 2)), 0.2, ask) == Signals(
+        None, None, 2, "stop", 0.2, False, False, False, False
+    )
+
+
+def test_signals_of_read_the_last_user_turn() -> None:
+    """The verifier judges the answer against the request's last user turn (a system turn or an
+    earlier question that asked for code does not count)."""
+    code = "```python\ndef add(a, b):\n    return a + b\n```"
+    asks = (Message("system", "def helper(x):"), Message("user", "```python\ndef add(a, b):\n```"))
+    signals = signals_of(Completion(code, "stop", Usage(5, 12)), 0.9, asks)
+    assert (signals.code_asked, signals.code_parses, signals.function_defined, signals.number_last) == (
+        True,
+        True,
+        True,
+        False,
+    )
+    later = (*asks, Message("assistant", code), Message("user", "And 2 + 2? Give the number."))
+    signals = signals_of(Completion("It is\n4", "stop", Usage(5, 3)), 0.9, later)
+    assert (signals.code_asked, signals.code_parses, signals.function_defined, signals.number_last) == (
+        False,
+        False,
+        False,
+        True,
+    )
 
 
 def synthetic(n: int, seed: int) -> tuple[list[Signals], list[str], list[float]]:
