@@ -6,10 +6,12 @@ docs/outcomes.md, "Cascade vs single choice", from two `coserve outcomes` files.
 
 TRAIN: the check's training sample (rows with signals; disjoint from HELDOUT). HELDOUT: written with
 ``--routed --library CASCADE.yaml`` (the live cascade is its ``routed`` column). Writes
-docs/data/cascade-check.json (the check's grouped-CV figures, the cascade replayed on TRAIN with
-out-of-fold probabilities, the check itself) and docs/data/cascade-vs-single.json (the held-out
-comparison: each expert, the live cascade, the default library's single choice, and the cascade
-replayed at a range of thresholds with the check fitted on TRAIN), both with provenance.
+docs/data/NAME-check.json (the check's grouped-CV figures, with every signal and with the five basic
+ones only; the cascade replayed on TRAIN with out-of-fold probabilities; the check itself) and
+docs/data/NAME-vs-single.json (the held-out comparison: each expert, the live cascade, the default
+library's single choice, and the cascade replayed at a range of thresholds with the check fitted on
+TRAIN, with every signal and with the basic ones), both with provenance and with the bound of a
+perfect check (an answer accepted exactly when it is right). NAME: ``--name``, default "cascade".
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from coserve.eval.cascade import (
     answers,
     cascade_points,
     check_points,
+    oracle_point,
     read_signal_rows,
     replay,
     train_check,
 )
 from coserve.outcomes.compare import compare_routed
+from coserve.router.check import BASIC_FEATURES
 from coserve.router.policy import decide
 
 DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
@@ -44,6 +48,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="how the runs were made (machine load, interruptions)")
     parser.add_argument("--runs", default="", help="the coserve outcomes commands that wrote the two files")
     parser.add_argument("--out-dir", default=str(DATA), help="where the two data files go (default docs/data)")
+    parser.add_argument("--name", default="cascade", help="the data files' name: NAME-check.json, NAME-vs-single.json")
     args = parser.parse_args()
     command = [Path(sys.argv[0]).name, *sys.argv[1:]]
     library = load_served_library(args.library)
@@ -52,6 +57,8 @@ def main() -> None:
     rows = read_signal_rows([args.train])
     experts = sorted({e for row in rows for e in row["signals"]})
     check, figures, _, _ = train_check(rows, experts)
+    basic_check, basic_figures, _, _ = train_check(rows, experts, features=BASIC_FEATURES)
+    steps = cascade.settings.max_steps
     on_train = cascade_points(rows, library, max_steps=cascade.settings.max_steps)["points"]
     default = load_served_library(None)
     chosen = [row["scores"][decide(row["router"]["probabilities"], default).expert] for row in rows]
@@ -64,11 +71,13 @@ def main() -> None:
         ),
     }
     write_data(
-        Path(args.out_dir) / "cascade-check.json",
+        Path(args.out_dir) / f"{args.name}-check.json",
         {
             "note": args.note,
             "runs": args.runs,
             "cv": figures,
+            "cv_basic_signals": basic_figures,  # the same check reading the five basic signals only
+            "oracle_on_train": oracle_point(rows, library, steps),  # a perfect check, the cascade library's ladder
             "replay_on_train": on_train,  # "single" there: the cascade library's first step alone
             "default_single_on_train": single,  # the default library's single choice on the same rows
             # the default library itself in cascade mode (its own map first, fallback large), same check
@@ -94,12 +103,18 @@ def main() -> None:
         "replay_on_heldout": replayed,  # "single" here: the cascade library's own first step
         "default_cascade_on_heldout": check_points(held, default, cascade.check, cascade.settings.max_steps),
         "plain_cascade_on_heldout": [replay(held, None, probability, t, 3, params_of(default)) for t in THRESHOLDS],
+        "replay_on_heldout_basic_signals": check_points(held, library, basic_check, steps),
+        "oracle_on_heldout": oracle_point(held, library, steps),  # a perfect check: the most a check could give
+        "default_oracle_on_heldout": oracle_point(held, default, steps),
     }
-    write_data(Path(args.out_dir) / "cascade-vs-single.json", payload, command)
+    write_data(Path(args.out_dir) / f"{args.name}-vs-single.json", payload, command)
     columns = comparison["columns"]
     for name in ("single", "routed"):
         print(f"{name:<8} quality {columns[name]['quality']:.3f}  params {columns[name]['avg_params_b']:.3f} B")
-    print(f"check: AUC {figures['auc']} (grouped CV on {figures['items']} items); {comparison['items']} held-out items")
+    oracle = payload["oracle_on_heldout"]["cascade"]
+    print(f"perfect check quality {oracle['quality']:.3f}  params {oracle['avg_params_b']:.3f} B")
+    print(f"check: AUC {figures['auc']} (grouped CV on {figures['items']} items), {basic_figures['auc']} on the basic")
+    print(f"signals only; {comparison['items']} held-out items")
 
 
 if __name__ == "__main__":

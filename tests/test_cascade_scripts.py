@@ -73,7 +73,7 @@ def test_cascade_measure_writes_both_data_files(tmp_path: Path) -> None:
     script("scripts/cascade_library.py", "--check", str(check), "--out", str(library))
     argv = ["--train", str(train), "--heldout", str(heldout), "--library", str(library), "--note", "synthetic"]
     printed = script("scripts/cascade_measure.py", *argv, "--out-dir", str(tmp_path / "data"))
-    assert "10 held-out items" in printed
+    assert "10 held-out items" in printed and "perfect check quality" in printed
     check_file = json.loads((tmp_path / "data" / "cascade-check.json").read_text())
     assert (
         check_file["note"] == "synthetic" and check_file["cv"]["items"] == 40 and "commit" in check_file["provenance"]
