@@ -43,7 +43,7 @@ DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", required=True)
-    parser.add_argument("--heldout", required=True)
+    parser.add_argument("--heldout", help="the held-out run (--routed); without it, only NAME-check.json")
     parser.add_argument("--library", required=True, help="the cascade library the held-out run used")
     parser.add_argument("--note", default="", help="how the runs were made (machine load, interruptions)")
     parser.add_argument("--runs", default="", help="the coserve outcomes commands that wrote the two files")
@@ -77,7 +77,11 @@ def main() -> None:
             "runs": args.runs,
             "cv": figures,
             "cv_basic_signals": basic_figures,  # the same check reading the five basic signals only
+            "replay_on_train_basic_signals": cascade_points(rows, library, max_steps=steps, features=BASIC_FEATURES)[
+                "points"
+            ],
             "oracle_on_train": oracle_point(rows, library, steps),  # a perfect check, the cascade library's ladder
+            "default_oracle_on_train": oracle_point(rows, default, steps),
             "replay_on_train": on_train,  # "single" there: the cascade library's first step alone
             "default_single_on_train": single,  # the default library's single choice on the same rows
             # the default library itself in cascade mode (its own map first, fallback large), same check
@@ -88,6 +92,12 @@ def main() -> None:
         },
         command,
     )
+    best = oracle_point(rows, library, steps)["cascade"]
+    print(f"check's sample: single choice {single['quality']:.3f} at {single['avg_params_b']:.3f} B; ", end="")
+    print(f"a perfect check {best['quality']:.3f} at {best['avg_params_b']:.3f} B")
+    print(f"check: AUC {figures['auc']} (grouped CV on {figures['items']} items), {basic_figures['auc']} on the basic")
+    if not args.heldout:
+        return
     params = {e.name: e.params_b for e in library.experts}
     comparison = compare_routed(args.heldout, params, single=default)
     held = read_signal_rows([args.heldout])
@@ -113,8 +123,7 @@ def main() -> None:
         print(f"{name:<8} quality {columns[name]['quality']:.3f}  params {columns[name]['avg_params_b']:.3f} B")
     oracle = payload["oracle_on_heldout"]["cascade"]
     print(f"perfect check quality {oracle['quality']:.3f}  params {oracle['avg_params_b']:.3f} B")
-    print(f"check: AUC {figures['auc']} (grouped CV on {figures['items']} items), {basic_figures['auc']} on the basic")
-    print(f"signals only; {comparison['items']} held-out items")
+    print(f"{comparison['items']} held-out items")
 
 
 if __name__ == "__main__":
