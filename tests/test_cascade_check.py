@@ -252,6 +252,8 @@ def test_eval_draws_cascade_points(tmp_path: Path, cache: Path) -> None:
     assert main([*argv, "--routers", "map-logistic", "--json", str(report)]) == 0
     plain = json.loads(report.read_text())["cascade"]
     assert plain["ladder"] == "every expert, cheapest first"
+    # a perfect check takes small's answer where it is right (6 items, 0.1 B), else coder's (0.1 + 0.5 B)
+    assert plain["oracle"]["cascade"] == {"quality": 1.0, "avg_params_b": round((6 * 0.1 + 18 * 0.6) / 24, 4)}
     assert plain["points"][0]["single"] == {"quality": 0.25, "avg_params_b": 0.1}  # small right on 6 of 24
     assert plain["points"][-1]["cascade"] == {"quality": 1.0, "avg_params_b": 2.1} and plain["points"][-1]["steps"] == {
         "3": 24
