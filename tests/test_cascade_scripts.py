@@ -104,5 +104,14 @@ def test_cascade_measure_on_the_checks_sample_alone(tmp_path: Path) -> None:
     ]
     quality, params = (round(sum(pair[k] for pair in expected) / 40, 4) for k in (0, 1))
     assert saved["oracle_on_train"]["cascade"] == {"quality": quality, "avg_params_b": params}
+    # single choice re-solved in hindsight: every item is routed to one category, so its best expert
+    sample = rows(40, 0, routed=False)
+    totals = {e: sum(r["scores"][e] for r in sample) for e in PARAMS}
+    best = max(PARAMS, key=lambda e: (totals[e], -PARAMS[e]))
+    assert saved["hindsight_map_on_train"] == {
+        "map": {"knowledge": best},
+        "quality": round(totals[best] / 40, 4),
+        "avg_params_b": PARAMS[best],
+    }
     assert saved["cv_basic_signals"]["features"] == list(BASIC_FEATURES)
     assert len(saved["replay_on_train_basic_signals"]) == 9
