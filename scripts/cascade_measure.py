@@ -6,10 +6,12 @@ docs/outcomes.md, "Cascade vs single choice", from two `coserve outcomes` files.
 
 TRAIN: the check's training sample (rows with signals; disjoint from HELDOUT). HELDOUT: written with
 ``--routed --library CASCADE.yaml`` (the live cascade is its ``routed`` column). Writes
-docs/data/cascade-check.json (the check's grouped-CV figures, the cascade replayed on TRAIN with
-out-of-fold probabilities, the check itself) and docs/data/cascade-vs-single.json (the held-out
-comparison: each expert, the live cascade, the default library's single choice, and the cascade
-replayed at a range of thresholds with the check fitted on TRAIN), both with provenance.
+docs/data/NAME-check.json (the check's grouped-CV figures, with every signal and with the five basic
+ones only; the cascade replayed on TRAIN with out-of-fold probabilities; the check itself) and
+docs/data/NAME-vs-single.json (the held-out comparison: each expert, the live cascade, the default
+library's single choice, and the cascade replayed at a range of thresholds with the check fitted on
+TRAIN, with every signal and with the basic ones), both with provenance and with the bound of a
+perfect check (an answer accepted exactly when it is right). NAME: ``--name``, default "cascade".
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from coserve.bench.provenance import write_data
 from coserve.cli.common import load_served_library
@@ -26,24 +29,50 @@ from coserve.eval.cascade import (
     answers,
     cascade_points,
     check_points,
+    oracle_point,
     read_signal_rows,
     replay,
     train_check,
 )
 from coserve.outcomes.compare import compare_routed
+from coserve.router.check import BASIC_FEATURES
 from coserve.router.policy import decide
 
 DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
 
 
+def hindsight_map(rows: list[dict[str, Any]], params: dict[str, float]) -> dict[str, Any]:
+    """Single choice with the best expert of each routed category on ``rows`` themselves (ties: the
+    cheaper): what re-solving the map on this sample would give, a bound chosen in hindsight."""
+
+    def category(row: dict[str, Any]) -> str:
+        probabilities = row["router"]["probabilities"]
+        return str(row["router"].get("category") or max(probabilities, key=probabilities.get))
+
+    by_category: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_category.setdefault(category(row), []).append(row)
+    best = {
+        c: max(params, key=lambda e: (sum(r["scores"][e] for r in group), -params[e]))
+        for c, group in by_category.items()
+    }
+    chosen = [best[category(r)] for r in rows]
+    return {
+        "map": best,
+        "quality": round(sum(r["scores"][e] for r, e in zip(rows, chosen, strict=True)) / len(rows), 4),
+        "avg_params_b": round(sum(params[e] for e in chosen) / len(rows), 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", required=True)
-    parser.add_argument("--heldout", required=True)
+    parser.add_argument("--heldout", help="the held-out run (--routed); without it, only NAME-check.json")
     parser.add_argument("--library", required=True, help="the cascade library the held-out run used")
     parser.add_argument("--note", default="", help="how the runs were made (machine load, interruptions)")
     parser.add_argument("--runs", default="", help="the coserve outcomes commands that wrote the two files")
     parser.add_argument("--out-dir", default=str(DATA), help="where the two data files go (default docs/data)")
+    parser.add_argument("--name", default="cascade", help="the data files' name: NAME-check.json, NAME-vs-single.json")
     args = parser.parse_args()
     command = [Path(sys.argv[0]).name, *sys.argv[1:]]
     library = load_served_library(args.library)
@@ -52,6 +81,8 @@ def main() -> None:
     rows = read_signal_rows([args.train])
     experts = sorted({e for row in rows for e in row["signals"]})
     check, figures, _, _ = train_check(rows, experts)
+    basic_check, basic_figures, _, _ = train_check(rows, experts, features=BASIC_FEATURES)
+    steps = cascade.settings.max_steps
     on_train = cascade_points(rows, library, max_steps=cascade.settings.max_steps)["points"]
     default = load_served_library(None)
     chosen = [row["scores"][decide(row["router"]["probabilities"], default).expert] for row in rows]
@@ -64,13 +95,20 @@ def main() -> None:
         ),
     }
     write_data(
-        Path(args.out_dir) / "cascade-check.json",
+        Path(args.out_dir) / f"{args.name}-check.json",
         {
             "note": args.note,
             "runs": args.runs,
             "cv": figures,
+            "cv_basic_signals": basic_figures,  # the same check reading the five basic signals only
+            "replay_on_train_basic_signals": cascade_points(rows, library, max_steps=steps, features=BASIC_FEATURES)[
+                "points"
+            ],
+            "oracle_on_train": oracle_point(rows, library, steps),  # a perfect check, the cascade library's ladder
+            "default_oracle_on_train": oracle_point(rows, default, steps),
             "replay_on_train": on_train,  # "single" there: the cascade library's first step alone
             "default_single_on_train": single,  # the default library's single choice on the same rows
+            "hindsight_map_on_train": hindsight_map(rows, params_of(default)),
             # the default library itself in cascade mode (its own map first, fallback large), same check
             "default_cascade_on_train": cascade_points(rows, default, max_steps=cascade.settings.max_steps)["points"],
             # FrugalGPT's plain cascade, no router: general, coder, large in turn
@@ -79,6 +117,12 @@ def main() -> None:
         },
         command,
     )
+    best = oracle_point(rows, library, steps)["cascade"]
+    print(f"check's sample: single choice {single['quality']:.3f} at {single['avg_params_b']:.3f} B; ", end="")
+    print(f"a perfect check {best['quality']:.3f} at {best['avg_params_b']:.3f} B")
+    print(f"check: AUC {figures['auc']} (grouped CV on {figures['items']} items), {basic_figures['auc']} on the basic")
+    if not args.heldout:
+        return
     params = {e.name: e.params_b for e in library.experts}
     comparison = compare_routed(args.heldout, params, single=default)
     held = read_signal_rows([args.heldout])
@@ -94,12 +138,17 @@ def main() -> None:
         "replay_on_heldout": replayed,  # "single" here: the cascade library's own first step
         "default_cascade_on_heldout": check_points(held, default, cascade.check, cascade.settings.max_steps),
         "plain_cascade_on_heldout": [replay(held, None, probability, t, 3, params_of(default)) for t in THRESHOLDS],
+        "replay_on_heldout_basic_signals": check_points(held, library, basic_check, steps),
+        "oracle_on_heldout": oracle_point(held, library, steps),  # a perfect check: the most a check could give
+        "default_oracle_on_heldout": oracle_point(held, default, steps),
     }
-    write_data(Path(args.out_dir) / "cascade-vs-single.json", payload, command)
+    write_data(Path(args.out_dir) / f"{args.name}-vs-single.json", payload, command)
     columns = comparison["columns"]
     for name in ("single", "routed"):
         print(f"{name:<8} quality {columns[name]['quality']:.3f}  params {columns[name]['avg_params_b']:.3f} B")
-    print(f"check: AUC {figures['auc']} (grouped CV on {figures['items']} items); {comparison['items']} held-out items")
+    oracle = payload["oracle_on_heldout"]["cascade"]
+    print(f"perfect check quality {oracle['quality']:.3f}  params {oracle['avg_params_b']:.3f} B")
+    print(f"{comparison['items']} held-out items")
 
 
 if __name__ == "__main__":

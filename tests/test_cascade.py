@@ -32,14 +32,18 @@ def p(bias: float) -> float:
     return round(1 / (1 + math.exp(-bias)), 4)
 
 
-def write_check(path: Path, biases: dict[str, float]) -> Path:
+def write_check(path: Path, biases: dict[str, float], weights: dict[str, float] | None = None) -> Path:
+    """A check file: each expert's bias and, for every expert, the same ``weights`` of signals."""
     experts = list(biases)
     width = len(FEATURES) + 1
     coef = [0.0] * (width * len(experts))
     for i, expert in enumerate(experts):
         coef[i * width + width - 1] = biases[expert]
+        for name, weight in (weights or {}).items():
+            coef[i * width + FEATURES.index(name)] = weight
     state = {
-        "format_version": 1,
+        "format_version": 2,
+        "signals": list(FEATURES),
         "kind": "logistic",
         "experts": experts,
         "C": 1.0,
@@ -53,8 +57,10 @@ def write_check(path: Path, biases: dict[str, float]) -> Path:
     return path
 
 
-def cascade_library(tmp_path: Path, biases: dict[str, float], **cascade: Any) -> dict[str, Any]:
-    check = write_check(tmp_path / "check.json", biases)
+def cascade_library(
+    tmp_path: Path, biases: dict[str, float], weights: dict[str, float] | None = None, **cascade: Any
+) -> dict[str, Any]:
+    check = write_check(tmp_path / "check.json", biases, weights)
     return {
         "router": {
             "embedder": "hashing",
@@ -68,16 +74,17 @@ def cascade_library(tmp_path: Path, biases: dict[str, float], **cascade: Any) ->
 
 @pytest.fixture
 def serve(make_engine: Callable[..., Engine], tmp_path: Path) -> Callable[..., TestClient]:
-    def make(biases: dict[str, float], **cascade: Any) -> TestClient:
+    def make(biases: dict[str, float], weights: dict[str, float] | None = None, **cascade: Any) -> TestClient:
         db = tmp_path / "decisions.sqlite"
-        engine = make_engine(server={"log": {"path": str(db)}}, **cascade_library(tmp_path, biases, **cascade))
+        library = cascade_library(tmp_path, biases, weights, **cascade)
+        engine = make_engine(server={"log": {"path": str(db)}}, **library)
         return TestClient(create_app(engine), raise_server_exceptions=False)
 
     return make
 
 
-def ask(client: TestClient, **fields: Any) -> dict[str, Any]:
-    response = client.post(URL, json={"model": "coserve", "messages": [{"role": "user", "content": PROMPT}], **fields})
+def ask(client: TestClient, prompt: str = PROMPT, **fields: Any) -> dict[str, Any]:
+    response = client.post(URL, json={"model": "coserve", "messages": [{"role": "user", "content": prompt}], **fields})
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -114,6 +121,18 @@ def test_a_doubtful_answer_escalates_once(serve: Callable[..., TestClient]) -> N
         expected = [step("small", p(LOW), "escalated", "check"), step("coder", p(HIGH), "accepted", "check")]
         assert body["coserve"]["cascade"] == expected
         assert logged(client) == [expected]
+
+
+def test_the_check_reads_the_verifier_on_the_live_answer(serve: Callable[..., TestClient]) -> None:
+    """A check that trusts an answer whose last line holds a number (``number_last``,
+    coserve.router.verify): small's echo of a prompt of numbers is accepted, its echo of words escalates."""
+    with serve({"small": LOW, "coder": HIGH, "big": HIGH}, weights={"number_last": 2 * HIGH}) as client:
+        body = ask(client, "12 34", max_tokens=4)
+        assert body["choices"][0]["message"]["content"] == "small says: 12 34"
+        assert body["coserve"]["cascade"] == [step("small", p(LOW + 2 * HIGH), "accepted", "check")]
+        body = ask(client, max_tokens=4)
+        expected = [step("small", p(LOW), "escalated", "check"), step("coder", p(HIGH), "accepted", "check")]
+        assert body["coserve"]["cascade"] == expected
 
 
 def test_the_client_gets_logprobs_only_when_it_asks(serve: Callable[..., TestClient]) -> None:

@@ -22,16 +22,43 @@ from coserve.outcomes.runner import run_outcomes
 from coserve.outcomes.suites import MMLU
 from coserve.router.check import AnswerCheck, Signals, load_check, signals_of
 from coserve.store.log import DecisionLog, DecisionRow, query_decisions
-from coserve.types import Completion, TokenLogprob, Usage
+from coserve.types import Completion, Message, TokenLogprob, Usage
 from tests.conftest import write_library
 
 
 def test_signals_of_a_completion() -> None:
     entries = tuple(TokenLogprob(t, lp, t.encode()) for t, lp in (("a", -0.5), ("b", -1.5), ("c", 0.0)))
-    signals = signals_of(Completion("abc", "length", Usage(3, 3), entries), 0.7)
-    assert signals == Signals(-2.0 / 3, -1.5, 3, "length", 0.7)
-    assert signals_of(Completion("", "stop", Usage(3, 0)), 0.2) == Signals(0.0, 0.0, 0, "stop", 0.2)
-    assert signals_of(Completion("x y", "stop", Usage(3, 2)), 0.2) == Signals(None, None, 2, "stop", 0.2)
+    ask = (Message("user", "Say something."),)
+    signals = signals_of(Completion("abc", "length", Usage(3, 3), entries), 0.7, ask)
+    assert signals == Signals(-2.0 / 3, -1.5, 3, "length", 0.7, False, False, False, False)
+    assert signals_of(Completion("", "stop", Usage(3, 0)), 0.2, ask) == Signals(
+        0.0, 0.0, 0, "stop", 0.2, False, False, False, False
+    )
+    assert signals_of(Completion("x y", "stop", Usage(3, 2)), 0.2, ask) == Signals(
+        None, None, 2, "stop", 0.2, False, False, False, False
+    )
+
+
+def test_signals_of_read_the_last_user_turn() -> None:
+    """The verifier judges the answer against the request's last user turn (a system turn or an
+    earlier question that asked for code does not count)."""
+    code = "```python\ndef add(a, b):\n    return a + b\n```"
+    asks = (Message("system", "def helper(x):"), Message("user", "```python\ndef add(a, b):\n```"))
+    signals = signals_of(Completion(code, "stop", Usage(5, 12)), 0.9, asks)
+    assert (signals.code_asked, signals.code_parses, signals.function_defined, signals.number_last) == (
+        True,
+        True,
+        True,
+        False,
+    )
+    later = (*asks, Message("assistant", code), Message("user", "And 2 + 2? Give the number."))
+    signals = signals_of(Completion("It is\n4", "stop", Usage(5, 3)), 0.9, later)
+    assert (signals.code_asked, signals.code_parses, signals.function_defined, signals.number_last) == (
+        False,
+        False,
+        False,
+        True,
+    )
 
 
 def synthetic(n: int, seed: int) -> tuple[list[Signals], list[str], list[float]]:
@@ -225,6 +252,8 @@ def test_eval_draws_cascade_points(tmp_path: Path, cache: Path) -> None:
     assert main([*argv, "--routers", "map-logistic", "--json", str(report)]) == 0
     plain = json.loads(report.read_text())["cascade"]
     assert plain["ladder"] == "every expert, cheapest first"
+    # a perfect check takes small's answer where it is right (6 items, 0.1 B), else coder's (0.1 + 0.5 B)
+    assert plain["oracle"]["cascade"] == {"quality": 1.0, "avg_params_b": round((6 * 0.1 + 18 * 0.6) / 24, 4)}
     assert plain["points"][0]["single"] == {"quality": 0.25, "avg_params_b": 0.1}  # small right on 6 of 24
     assert plain["points"][-1]["cascade"] == {"quality": 1.0, "avg_params_b": 2.1} and plain["points"][-1]["steps"] == {
         "3": 24

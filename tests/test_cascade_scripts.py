@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from coserve.config import load_library
+from coserve.router.check import BASIC_FEATURES
 from coserve.router.measured import with_measured_map
 from tests.test_cascade import write_check
 
@@ -73,7 +74,7 @@ def test_cascade_measure_writes_both_data_files(tmp_path: Path) -> None:
     script("scripts/cascade_library.py", "--check", str(check), "--out", str(library))
     argv = ["--train", str(train), "--heldout", str(heldout), "--library", str(library), "--note", "synthetic"]
     printed = script("scripts/cascade_measure.py", *argv, "--out-dir", str(tmp_path / "data"))
-    assert "10 held-out items" in printed
+    assert "10 held-out items" in printed and "perfect check quality" in printed
     check_file = json.loads((tmp_path / "data" / "cascade-check.json").read_text())
     assert (
         check_file["note"] == "synthetic" and check_file["cv"]["items"] == 40 and "commit" in check_file["provenance"]
@@ -81,3 +82,36 @@ def test_cascade_measure_writes_both_data_files(tmp_path: Path) -> None:
     comparison = json.loads((tmp_path / "data" / "cascade-vs-single.json").read_text())["comparison"]
     assert comparison["columns"]["routed"]["avg_params_b"] == round(0.494 + 1.54, 4)  # both steps counted
     assert comparison["columns"]["single"]["avg_params_b"] == 1.54  # the default map: knowledge -> large
+
+
+def test_cascade_measure_on_the_checks_sample_alone(tmp_path: Path) -> None:
+    """Without a held-out run: the check's file only, with the basic-signal check and the perfect-check bound."""
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows(40, 0, routed=False)))
+    library = tmp_path / "cascade.yaml"
+    check = write_check(tmp_path / "check.json", dict.fromkeys(PARAMS, 0.0))
+    script("scripts/cascade_library.py", "--check", str(check), "--out", str(library))
+    argv = ["--train", str(train), "--library", str(library), "--name", "c8", "--out-dir", str(tmp_path / "data")]
+    printed = script("scripts/cascade_measure.py", *argv)
+    assert "a perfect check" in printed
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["c8-check.json"]
+    saved = json.loads((tmp_path / "data" / "c8-check.json").read_text())
+    # every item is knowledge: the cascade library's ladder is coder, then large; a perfect check takes
+    # coder's answer when it is right, else large's (right or not)
+    expected = [
+        (r["scores"]["coder"] or r["scores"]["large"], 0.494 if r["scores"]["coder"] else 0.494 + 1.54)
+        for r in rows(40, 0, routed=False)
+    ]
+    quality, params = (round(sum(pair[k] for pair in expected) / 40, 4) for k in (0, 1))
+    assert saved["oracle_on_train"]["cascade"] == {"quality": quality, "avg_params_b": params}
+    # single choice re-solved in hindsight: every item is routed to one category, so its best expert
+    sample = rows(40, 0, routed=False)
+    totals = {e: sum(r["scores"][e] for r in sample) for e in PARAMS}
+    best = max(PARAMS, key=lambda e: (totals[e], -PARAMS[e]))
+    assert saved["hindsight_map_on_train"] == {
+        "map": {"knowledge": best},
+        "quality": round(totals[best] / 40, 4),
+        "avg_params_b": PARAMS[best],
+    }
+    assert saved["cv_basic_signals"]["features"] == list(BASIC_FEATURES)
+    assert len(saved["replay_on_train_basic_signals"]) == 9

@@ -86,6 +86,7 @@ def test_humaneval_and_mtbench_on_a_real_expert(tmp_path: Path, capsys: Any, mon
     assert 0 < code["tokens"]["general"] <= 96
     signals = code["signals"]["general"]  # real log-probabilities of the answer's tokens (the cascade's check)
     assert signals["tokens"] == code["tokens"]["general"] and signals["min_logprob"] <= signals["mean_logprob"] <= 0
+    assert signals["code_asked"] is True  # the HumanEval prompt holds the stub's def (coserve.router.verify)
     assert chat["id"].startswith("mtbench-") and chat["judge"] == "general"
     assert chat["routed_expert"] == "general"
     # Each verdict's rating, read here from the "[[n]]" the judge prompt asks for; the 135M judge

@@ -12,11 +12,13 @@ __all__ = ["add_train_check_parser", "cmd_train_check", "format_points"]
 
 
 def cmd_train_check(args: argparse.Namespace) -> int:
-    from coserve.eval.cascade import cascade_points, read_signal_rows, train_check
+    from coserve.eval.cascade import cascade_points, oracle_point, read_signal_rows, train_check
+    from coserve.router.check import FEATURES
 
     rows = read_signal_rows(args.data)
     experts = sorted({e for row in rows for e in row["signals"]})
-    check, figures, _, _ = train_check(rows, experts, args.folds, args.seed, args.good)
+    features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else FEATURES
+    check, figures, _, _ = train_check(rows, experts, args.folds, args.seed, args.good, features)
     extra: dict[str, Any] = {"cv": figures, "data": [str(p) for p in args.data]}
     print(
         f"coserve: check on {figures['answers']} answers of {figures['items']} items ({args.folds} grouped folds): "
@@ -24,9 +26,12 @@ def cmd_train_check(args: argparse.Namespace) -> int:
     )
     if args.library:
         library = load_served_library(args.library)
-        points = cascade_points(rows, library, args.folds, args.seed, args.max_steps, args.good)["points"]
-        extra["replay"] = {"library": args.library, "out_of_fold": True, "points": points}
-        print(format_points(points))
+        points = cascade_points(rows, library, args.folds, args.seed, args.max_steps, args.good, features=features)
+        oracle = oracle_point(rows, library, args.max_steps, good=args.good)
+        extra["replay"] = {"library": args.library, "out_of_fold": True, "points": points["points"], "oracle": oracle}
+        print(format_points(points["points"]))
+        o = oracle["cascade"]
+        print(f"{'oracle':>9} {o['quality']:>10.3f} {o['avg_params_b']:>9.3f}  (a perfect check) {oracle['steps']}")
     check.save(args.out, **extra)
     print(f"check: {args.out}")
     return 0
@@ -51,6 +56,11 @@ def add_train_check_parser(sub: Subcommands) -> None:
     p.add_argument("--folds", type=int, default=5, help="item-grouped cross-validation folds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--good", type=float, default=0.5, help="a score at or above this is a good answer")
+    p.add_argument(
+        "--features",
+        help="comma-separated signals the check reads (default: all; the five log-probability, length, "
+        "finish and confidence ones: mean_logprob,min_logprob,log1p_tokens,finish_length,confidence)",
+    )
     add_library_arg(p)
     p.add_argument("--max-steps", type=int, default=3, help="replay: experts asked at most per request")
     p.set_defaults(func=cmd_train_check)

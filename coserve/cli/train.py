@@ -90,7 +90,7 @@ def _cascade(args: argparse.Namespace) -> dict[str, Any] | None:
     from coserve.cli.cascade import format_points
     from coserve.cli.common import load_served_library
     from coserve.errors import ConfigError
-    from coserve.eval.cascade import cascade_points, read_signal_rows
+    from coserve.eval.cascade import cascade_points, oracle_point, read_signal_rows
     from coserve.eval.data import load_costs
 
     try:
@@ -105,10 +105,13 @@ def _cascade(args: argparse.Namespace) -> dict[str, Any] | None:
     if library is None and any(p != p for p in params.values()):
         return None  # a cascade climbs parameters: not without every expert's
     points = cascade_points(rows, library, args.folds, args.seed, params_b=params)
+    oracle = oracle_point(rows, library, 3, params_b=params)  # a perfect check: the most a check could give
     ladder = args.cascade or "every expert, cheapest first"
     print(f"cascade ({ladder}; check out of fold, {args.folds} grouped folds, AUC {points['cv']['auc']}):")
     print(format_points(points["points"]))
-    return {"ladder": ladder, **points}
+    best = oracle["cascade"]
+    print(f"a perfect check: quality {best['quality']:.3f} at {best['avg_params_b']:.3f} B")
+    return {"ladder": ladder, **points, "oracle": oracle}
 
 
 def _fmt(value: float | None) -> str:

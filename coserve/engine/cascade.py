@@ -117,7 +117,8 @@ class Cascade:
             completion, call.expert, call.usage = answer, step_call.expert, step_call.usage
             call.tried.extend(step_call.tried)
             answered = str(step_call.expert)
-            probability = self.check.probability(signals_of(answer, call.decision.confidence), answered)
+            signals = signals_of(answer, call.decision.confidence, call.request.messages)
+            probability = self.check.probability(signals, answered)
             tokens = answer.usage.completion_tokens
             rung = next_rung(call.decision, answered, params_of(library))
             if probability >= self.settings.threshold:

@@ -27,7 +27,7 @@ from coserve.config import LibraryConfig
 from coserve.engine.cascade import ladder, params_of
 from coserve.errors import ConfigError
 from coserve.jsonl import read_rows
-from coserve.router.check import AnswerCheck, Signals
+from coserve.router.check import FEATURES, VERIFIER_FEATURES, AnswerCheck, Signals
 from coserve.router.policy import decide
 from coserve.types import Decision
 
@@ -37,6 +37,7 @@ __all__ = [
     "answers",
     "cascade_points",
     "cross_validate",
+    "oracle_point",
     "read_signal_rows",
     "replay",
     "train_check",
@@ -74,12 +75,14 @@ def read_signal_rows(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 
 def _signals(raw: Mapping[str, Any]) -> Signals:
+    """A row's recorded signals; the verifier's verdicts are None in rows written before them."""
     return Signals(
         raw.get("mean_logprob"),
         raw.get("min_logprob"),
         int(raw["tokens"]),
         str(raw["finish"]),
         float(raw["confidence"]),
+        *(raw.get(name) for name in VERIFIER_FEATURES),
     )
 
 
@@ -106,7 +109,13 @@ def _ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
 
 
 def cross_validate(
-    data: Sequence[Answer], experts: Sequence[str], folds: int = 5, seed: int = 0, good: float = 0.5, C: float = 1.0
+    data: Sequence[Answer],
+    experts: Sequence[str],
+    folds: int = 5,
+    seed: int = 0,
+    good: float = 0.5,
+    C: float = 1.0,
+    features: Sequence[str] = FEATURES,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Out-of-fold P(good) of each answer (folds grouped by item) and the figures that judge them."""
     from sklearn.metrics import log_loss, roc_auc_score
@@ -119,7 +128,7 @@ def cross_validate(
     for fold in range(folds):
         test = np.array([fold_of[a.item] == fold for a in data])
         train = [a for a, t in zip(data, test, strict=True) if not t]
-        check = AnswerCheck(experts, C, good).fit(
+        check = AnswerCheck(experts, C, good, features).fit(
             [a.signals for a in train], [a.expert for a in train], [a.score for a in train]
         )
         held = [a for a, t in zip(data, test, strict=True) if t]
@@ -129,6 +138,7 @@ def cross_validate(
         "answers": len(data),
         "items": len(items),
         "folds": folds,
+        "features": list(features),
         "good_rate": round(base, 4),
         "brier": round(float(np.mean((oof - y) ** 2)), 4),
         "brier_base_rate": round(base * (1 - base), 4),  # always predicting the base rate
@@ -145,12 +155,17 @@ def cross_validate(
 
 
 def train_check(
-    rows: Sequence[Mapping[str, Any]], experts: Sequence[str], folds: int = 5, seed: int = 0, good: float = 0.5
+    rows: Sequence[Mapping[str, Any]],
+    experts: Sequence[str],
+    folds: int = 5,
+    seed: int = 0,
+    good: float = 0.5,
+    features: Sequence[str] = FEATURES,
 ) -> tuple[AnswerCheck, dict[str, Any], np.ndarray, list[Answer]]:
     """The check fitted on every answer, its grouped-CV figures, and the out-of-fold probabilities."""
     data = answers(rows)
-    oof, figures = cross_validate(data, experts, folds, seed, good)
-    check = AnswerCheck(experts, good=good).fit(
+    oof, figures = cross_validate(data, experts, folds, seed, good, features=features)
+    check = AnswerCheck(experts, good=good, features=features).fit(
         [a.signals for a in data], [a.expert for a in data], [a.score for a in data]
     )
     return check, figures, oof, data
@@ -221,12 +236,13 @@ def cascade_points(
     max_steps: int = 3,
     good: float = 0.5,
     params_b: Mapping[str, float] | None = None,
+    features: Sequence[str] = FEATURES,
 ) -> dict[str, Any]:
     """The cascade (``replay``) at each of ``THRESHOLDS`` on ``rows``, the check's probabilities out of
     fold (grouped by item): quality/cost points beside the single choice, and the check's figures."""
     data = answers(rows)
     experts = sorted({a.expert for a in data})
-    oof, figures = cross_validate(data, experts, folds, seed, good)
+    oof, figures = cross_validate(data, experts, folds, seed, good, features=features)
     probability = {(a.item, a.expert): float(p) for a, p in zip(data, oof, strict=True)}
     points = [replay(rows, library, probability, t, max_steps, params_b) for t in THRESHOLDS]
     return {"cv": figures, "points": points}
@@ -240,3 +256,20 @@ def check_points(
     p = check.predict_proba([a.signals for a in data], [a.expert for a in data])
     probability = {(a.item, a.expert): float(v) for a, v in zip(data, p, strict=True)}
     return [replay(rows, library, probability, t, max_steps) for t in THRESHOLDS]
+
+
+def oracle_point(
+    rows: Sequence[Mapping[str, Any]],
+    library: LibraryConfig | None,
+    max_steps: int,
+    params_b: Mapping[str, float] | None = None,
+    good: float = 0.5,
+) -> dict[str, Any]:
+    """The cascade with a perfect check (an answer is accepted exactly when its score is >= ``good``):
+    the most any check could give this library's ladder on ``rows``."""
+    probability = {
+        (str(row["id"]), expert): 1.0 if float(score) >= good else 0.0
+        for row in rows
+        for expert, score in row.get("scores", {}).items()
+    }
+    return replay(rows, library, probability, 0.5, max_steps, params_b)

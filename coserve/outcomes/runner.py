@@ -197,7 +197,8 @@ async def _run_item(
             if result.steps:
                 row["routed_steps"] = result.steps
         else:
-            row["signals"][expert] = signals_of(result.completion, decision.confidence).as_dict()
+            signals = signals_of(result.completion, decision.confidence, (Message("user", prompt),))
+            row["signals"][expert] = signals.as_dict()
         row["tokens"][expert] = result.tokens
         row["latency_s"][expert] = round(result.seconds, 4)
         answered.append((expert, result.text))

@@ -17,6 +17,7 @@ from coserve.errors import ConfigError
 from coserve.outcomes.mtbench import MTBench
 from coserve.outcomes.sandbox import run_python
 from coserve.outcomes.suite import CATEGORIES, Graded, Item, Suite
+from coserve.router.verify import extract_code
 
 __all__ = [
     "CATEGORIES",
@@ -127,16 +128,6 @@ class GSM8K(Suite):
     def grade(self, answer: str, item: Item) -> float:
         got = extract_number(answer)
         return float(got is not None and got == self.reference(item.fields))
-
-
-_FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
-
-
-def extract_code(answer: str) -> str:
-    """The Python in an answer: its first fenced block (a block cut off by the token cap counts), else
-    the whole answer."""
-    found = _FENCE.search(answer)
-    return found.group(1) if found else answer
 
 
 class HumanEval(Suite):

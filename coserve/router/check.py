@@ -2,10 +2,14 @@
 
 Signals (``Signals``, one per answer): the mean and the minimum log-probability of the generated
 tokens, the answer's length in tokens, whether it stopped on the token cap (``finish == "length"``),
-and the router's confidence for the prompt. ``AnswerCheck`` is a logistic regression on those per
-answering expert (the experts' models are fitted together, one file for a library), fitted on outcome
-rows that carry ``signals`` (``coserve outcomes``) with the label "score >= ``good``". It is stored as
-one JSON file (weights and scaling, no pickle) beside the router.
+the router's confidence for the prompt, and the verifier's verdicts on the text (coserve.router.verify:
+code asked / parses / defines the asked function, a number on the last line; None in rows written
+before they were recorded). ``signals_of`` computes them all, for ``coserve outcomes`` and for the
+live cascade alike. ``AnswerCheck`` is a logistic regression on a chosen set of them (``FEATURES``,
+the default; ``BASIC_FEATURES``, the first five) per answering expert (the experts' models are fitted
+together, one file for a library), fitted on outcome rows that carry ``signals`` with the label
+"score >= ``good``". It is stored as one JSON file (its features, weights and scaling; no pickle)
+beside the router; a file of format 1 (the five basic features) still loads.
 
 This module knows nothing about the engine, HTTP or how outcome files are read.
 """
@@ -22,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from coserve.errors import ConfigError
-from coserve.types import Completion
+from coserve.router.verify import verdicts
+from coserve.types import Completion, Message
 
-__all__ = ["CHECK_FORMAT_VERSION", "AnswerCheck", "Signals", "load_check", "signals_of"]
+__all__ = ["BASIC_FEATURES", "CHECK_FORMAT_VERSION", "FEATURES", "AnswerCheck", "Signals", "load_check", "signals_of"]
 
-CHECK_FORMAT_VERSION = 1  # layout of a check file; bump when it changes
+CHECK_FORMAT_VERSION = 2  # layout of a check file; bump when it changes (2: the features are listed)
 NO_LOGPROB = -20.0  # stands for the log-probability of an answer without tokens (empty answer)
 
 
@@ -39,55 +44,82 @@ class Signals:
     tokens: int  # completion tokens
     finish: str  # "stop" | "length" | ...
     confidence: float  # the router's confidence for the prompt (top category probability)
+    # The verifier's verdicts on the text (coserve.router.verify); None: not recorded (older rows).
+    code_asked: bool | None = None
+    code_parses: bool | None = None
+    function_defined: bool | None = None
+    number_last: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def signals_of(completion: Completion, confidence: float) -> Signals:
-    """The signals of a completion generated with ``logprobs`` (None log-probabilities without them)."""
+def signals_of(completion: Completion, confidence: float, messages: Sequence[Message]) -> Signals:
+    """The signals of a completion generated with ``logprobs`` (None log-probabilities without them)
+    for the request of ``messages`` (the verifier reads the last user turn)."""
     values = [entry.logprob for entry in completion.logprobs]
     tokens = completion.usage.completion_tokens or len(values)
     mean = sum(values) / len(values) if values else None
     low = min(values) if values else None
     if not values and tokens == 0:
         mean = low = 0.0  # nothing generated: nothing was uncertain
-    return Signals(mean, low, tokens, completion.finish_reason, float(confidence))
+    prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
+    verdict = verdicts(prompt, completion.text)
+    return Signals(
+        mean,
+        low,
+        tokens,
+        completion.finish_reason,
+        float(confidence),
+        verdict.code_asked,
+        verdict.code_parses,
+        verdict.function_defined,
+        verdict.number_last,
+    )
 
 
-def _row(signals: Signals) -> list[float]:
+BASIC_FEATURES = ("mean_logprob", "min_logprob", "log1p_tokens", "finish_length", "confidence")
+VERIFIER_FEATURES = ("code_asked", "code_parses", "function_defined", "number_last")
+FEATURES = (*BASIC_FEATURES, *VERIFIER_FEATURES)
+
+
+def _values(signals: Signals) -> dict[str, float]:
+    """Every feature's value (an unrecorded verdict counts as False)."""
     mean = signals.mean_logprob if signals.mean_logprob is not None else NO_LOGPROB
     low = signals.min_logprob if signals.min_logprob is not None else NO_LOGPROB
-    return [
-        max(mean, NO_LOGPROB),
-        max(low, NO_LOGPROB),
-        math.log1p(max(signals.tokens, 0)),
-        1.0 if signals.finish == "length" else 0.0,
-        signals.confidence,
-    ]
-
-
-FEATURES = ("mean_logprob", "min_logprob", "log1p_tokens", "finish_length", "confidence")
+    return {
+        "mean_logprob": max(mean, NO_LOGPROB),
+        "min_logprob": max(low, NO_LOGPROB),
+        "log1p_tokens": math.log1p(max(signals.tokens, 0)),
+        "finish_length": 1.0 if signals.finish == "length" else 0.0,
+        "confidence": signals.confidence,
+        **{name: 1.0 if getattr(signals, name) else 0.0 for name in VERIFIER_FEATURES},
+    }
 
 
 class AnswerCheck:
     """P(good answer | signals, expert): logistic regression per expert (estimator contract)."""
 
-    def __init__(self, experts: Sequence[str], C: float = 1.0, good: float = 0.5):
+    def __init__(self, experts: Sequence[str], C: float = 1.0, good: float = 0.5, features: Sequence[str] = FEATURES):
+        unknown = sorted(set(features) - set(FEATURES))
+        if unknown:
+            raise ConfigError(f"unknown check features {unknown}; known: {', '.join(FEATURES)}")
         self.experts = list(experts)
+        self.signal_names = tuple(features)  # the signals the check reads, in order
         self.C = C  # inverse regularisation strength
         self.good = good  # a score at or above this counts as a good answer
 
     def features(self, signals: Sequence[Signals], experts: Sequence[str]) -> np.ndarray:
-        """[n, E * 6] raw features: per expert a block of the 5 signals and a 1, filled only in the
+        """[n, E * (F + 1)] raw features: per expert a block of the F signals and a 1, filled only in the
         answering expert's block (one logistic regression per expert, fitted together; an unknown
         expert is all zeros: the intercept alone)."""
-        width = len(FEATURES) + 1
+        width = len(self.signal_names) + 1
         X = np.zeros((len(signals), width * len(self.experts)))
         for i, (s, expert) in enumerate(zip(signals, experts, strict=True)):
             if expert in self.experts:
                 start = width * self.experts.index(expert)
-                X[i, start : start + width] = [*_row(s), 1.0]
+                values = _values(s)
+                X[i, start : start + width] = [*(values[name] for name in self.signal_names), 1.0]
         return X
 
     def fit(self, signals: Sequence[Signals], experts: Sequence[str], scores: Sequence[float]) -> AnswerCheck:
@@ -117,7 +149,8 @@ class AnswerCheck:
         return {
             "format_version": CHECK_FORMAT_VERSION,
             "kind": "logistic",
-            "features": [f"{e}:{f}" for e in self.experts for f in (*FEATURES, "bias")],
+            "signals": list(self.signal_names),
+            "features": [f"{e}:{f}" for e in self.experts for f in (*self.signal_names, "bias")],
             "experts": self.experts,
             "C": self.C,
             "good": self.good,
@@ -139,10 +172,12 @@ def load_check(path: str | Path) -> AnswerCheck:
     path = Path(path)
     try:
         state = json.loads(path.read_text())
-        if state.get("format_version") != CHECK_FORMAT_VERSION:
-            raise ConfigError(f"{path}: check format {state.get('format_version')}, expected {CHECK_FORMAT_VERSION}")
-        check = AnswerCheck(state["experts"], float(state["C"]), float(state["good"]))
-        width = (len(FEATURES) + 1) * len(check.experts)
+        version = state.get("format_version")
+        if version not in (1, CHECK_FORMAT_VERSION):
+            raise ConfigError(f"{path}: check format {version}, expected {CHECK_FORMAT_VERSION} (or 1)")
+        names = BASIC_FEATURES if version == 1 else tuple(state["signals"])
+        check = AnswerCheck(state["experts"], float(state["C"]), float(state["good"]), names)
+        width = (len(names) + 1) * len(check.experts)
         check.mean_, check.scale_ = np.asarray(state["mean"], float), np.asarray(state["scale"], float)
         check.coef_, check.intercept_ = np.asarray(state["coef"], float), float(state["intercept"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
