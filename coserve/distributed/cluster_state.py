@@ -36,7 +36,7 @@ def bind_shared_state(library: str | None, resource: str | None) -> tuple[Any, A
     from ray import serve
 
     from coserve.distributed.shared_log import DecisionLogService
-    from coserve.distributed.shared_quota import QuotaService
+    from coserve.distributed.shared_quota import QUOTA_STATE, QuotaService
 
     actor = {"num_cpus": 0, "resources": {resource or HEAD_NODE_RESOURCE: 0.001}}
     # Every ingress request of a limited key, and every batch of rows, is one call: no small bound.
@@ -44,7 +44,7 @@ def bind_shared_state(library: str | None, resource: str | None) -> tuple[Any, A
     quota: Any = serve.deployment(QuotaService)
     decision_log: Any = serve.deployment(DecisionLogService)
     return (
-        quota.options(name="quota", **options).bind(library),
+        quota.options(name="quota", **options).bind(library, QUOTA_STATE),  # counters kept in the GCS
         decision_log.options(name="decision-log", **options).bind(library),
     )
 

@@ -14,7 +14,10 @@ times its limits. ``SharedQuota`` is the ingress's ``KeyQuota`` over that deploy
   ``Retry-After`` (fail closed: a limited key never gets an unlimited free pass); keys without
   limits are served as before.
 
-A restarted ``quota`` replica starts its counters again (as a restarted single process does).
+On Ray the counters are kept in Ray's GCS key-value store (coserve.distributed.quota_state: written
+at most every half second and at stop, key ``quota-state/<application>``), and a restarted ``quota``
+replica carries them on: a key's limits are not reset by a node loss (it may overspend by what it
+took in the last half second before a crash).
 Imports Ray only through the handles it is given; this module knows nothing about HTTP or routing.
 """
 
@@ -27,24 +30,35 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from coserve.config import ApiKey, load_library
+from coserve.distributed.quota_state import QuotaKeeper, Store
 from coserve.distributed.ray_host import error_record, raise_record
 from coserve.errors import ServiceUnavailable, TooManyRequests
 from coserve.server.quota import Quota
 
-__all__ = ["CALL_TIMEOUT_S", "QuotaService", "SharedQuota"]
+__all__ = ["CALL_TIMEOUT_S", "QUOTA_STATE", "QuotaService", "SharedQuota"]
 
 log = logging.getLogger("coserve.distributed")
 
 CALL_TIMEOUT_S = 2.0  # the longest a request waits for the shared counter before it is refused (503)
 RETRY_AFTER_S = 5  # what a client refused because the counter did not answer is told to wait
 SPEND_RETRY_S = 1.0  # how soon tokens the counter did not take are sent again
+QUOTA_STATE = "quota-state"  # the GCS key (per application) of the saved counters
 
 
 class QuotaService:
     """The ``quota`` deployment: the cluster's one set of per-key counters."""
 
-    def __init__(self, library_path: str | None):
+    def __init__(self, library_path: str | None, saved_as: str | None = None, store: Store | None = None):
+        """``saved_as``: keep the counters under this GCS key kind (inside a Ray Serve replica);
+        ``store``: keep them there instead; neither: in this process only."""
         self.quota = Quota(load_library(library_path).server.api_keys)
+        if store is None and saved_as is not None:
+            from coserve.distributed.ray_placement import GcsStore, state_key
+
+            store = GcsStore(state_key(saved_as))
+        self.keeper = QuotaKeeper(self.quota, store) if store is not None else None
+        if self.keeper is not None:
+            log.info("quota: %s", self.keeper.resume())
 
     async def take(self, key: str, chat: bool) -> dict[str, Any] | None:
         """One request of ``key``: None when it may go on, else the refusal as an error record."""
@@ -52,16 +66,25 @@ class QuotaService:
             self.quota.check(key, chat=chat)
         except TooManyRequests as exc:
             return error_record(exc)
+        if self.keeper is not None:
+            self.keeper.changed()
         return None
 
     async def spend(self, tokens: Mapping[str, int]) -> None:
         """Tokens per key, spent by one ingress since its last call."""
         for key, count in tokens.items():
             self.quota.spend(key, int(count))
+        if self.keeper is not None and tokens:
+            self.keeper.changed()
 
     async def used(self, key: str) -> int:
         """Tokens ``key`` has spent today over the whole cluster."""
         return self.quota.used(key)
+
+    def __del__(self) -> None:
+        """Ray Serve calls this when it stops the replica: the last changes are written."""
+        if getattr(self, "keeper", None) is not None:
+            self.keeper.close()
 
 
 class SharedQuota:

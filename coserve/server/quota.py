@@ -11,6 +11,10 @@ request goes on) and ``spend`` (never waits). ``Quota`` is the in-process one, w
 in this process; on a Ray cluster every ingress replica uses one shared counter instead
 (coserve.distributed.shared_quota, which keeps a ``Quota`` in its one replica).
 
+``counters`` and ``carry_on`` hand the counters to another process (a restarted shared counter,
+coserve.distributed.quota_state) as plain numbers with wall-clock times: a bucket's level is carried
+with the time it was read and refills for the time that passed since.
+
 This module knows nothing about HTTP, the Authorization header or how tokens are counted: it only
 keeps per-key counters.
 """
@@ -20,9 +24,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from coserve.config import ApiKey
 from coserve.errors import TooManyRequests
@@ -140,3 +144,43 @@ class Quota:
             if budget is None or budget.day != int(self._wall() // DAY_S):
                 return 0
             return budget.used
+
+    def counters(self) -> dict[str, dict[str, float]]:
+        """Each limited key's counters now, as plain numbers: ``requests_left`` (its bucket, refilled to
+        now) with ``at`` (unix seconds now), and ``day`` (unix day) with ``tokens_used`` that day."""
+        with self._lock:
+            clock, wall = self._clock(), self._wall()
+            out: dict[str, dict[str, float]] = {}
+            for key, bucket in self._buckets.items():
+                level = min(bucket.capacity, bucket.level + (clock - bucket.stamp) * bucket.rate)
+                out[key] = {"requests_left": level, "at": wall}
+            for key, budget in self._budgets.items():
+                out.setdefault(key, {}).update(day=budget.day, tokens_used=budget.used)
+            return out
+
+    def carry_on(self, saved: Mapping[str, Mapping[str, Any]]) -> int:
+        """Take counters that ``counters`` gave in another process: each bucket refilled for the time
+        since it was read (capped at this key's limit), each day's tokens kept. Keys this process does
+        not limit are left out; returns how many keys were taken. ValueError when ``saved`` is malformed
+        (nothing is changed then)."""
+        buckets: dict[str, float] = {}
+        budgets: dict[str, tuple[int, int]] = {}
+        try:
+            for key, numbers in saved.items():
+                if key in self._buckets and "requests_left" in numbers:
+                    level, at = float(numbers["requests_left"]), float(numbers["at"])
+                    if not (math.isfinite(level) and math.isfinite(at)):
+                        raise ValueError(f"not a number: {numbers!r}")
+                    bucket = self._buckets[key]
+                    since = max(0.0, self._wall() - at)  # a clock set back refills nothing
+                    buckets[key] = min(bucket.capacity, max(0.0, level) + since * bucket.rate)
+                if key in self._budgets and "tokens_used" in numbers:
+                    budgets[key] = (int(numbers["day"]), max(0, int(numbers["tokens_used"])))
+        except (KeyError, TypeError, AttributeError, OverflowError) as exc:
+            raise ValueError(f"malformed counters: {exc!r}") from None
+        with self._lock:
+            for key, level in buckets.items():
+                self._buckets[key].level, self._buckets[key].stamp = level, self._clock()
+            for key, (day, used) in budgets.items():
+                self._budgets[key].day, self._budgets[key].used = day, used
+        return len(set(buckets) | set(budgets))
