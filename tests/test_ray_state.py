@@ -1,8 +1,10 @@
 """The cluster's shared API-key quota and decision log on Ray's multi-node test cluster, with two
 ingress replicas (``min_replicas=2``) and fake experts: a key's requests-per-minute hold for the
 cluster, not per replica; every answered request has one row in the one log file; feedback on a
-decision is taken whichever replica served it. Select with ``-m ray``; skipped when Ray is absent.
-Each test runs under an alarm; the cluster is shut down at teardown however the tests end."""
+decision is taken whichever replica served it; a key's spent token budget survives the restart of
+the ``quota`` replica (its counters kept in Ray's GCS key-value store). Select with ``-m ray``;
+skipped when Ray is absent. Each test runs under an alarm; the cluster is shut down at teardown
+however the tests end."""
 
 from __future__ import annotations
 
@@ -17,15 +19,17 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from test_ray_serve import TEST_TIMEOUT_S, _ray_app, _write_files, alarm
+from test_ray_serve import CLUSTER_TIMEOUT_S, TEST_TIMEOUT_S, _ray_app, _write_files, alarm
 
 from coserve.distributed.ray_app import AppArgs
 from coserve.server.auth import hash_key
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-LIMITED, FREE = "sk-four-a-minute", "sk-free"
+LIMITED, FREE, BUDGETED = "sk-four-a-minute", "sk-free", "sk-twenty-tokens"
 RATE = 4  # requests a minute for LIMITED: one refills every 15 s, far longer than a burst takes
+BUDGET = 20  # tokens a day for BUDGETED: a few requests spend it
+SAVED_AFTER_S = 3.0  # the quota replica writes its counters at most every 0.5 s; the ingress spends at once
 ROWS_WAIT_S = 15.0  # how long the test waits for rows to reach the file (batched twice, 0.2 s each)
 
 
@@ -37,7 +41,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     data = yaml.safe_load(library.read_text())
     log_file = folder / "cluster-decisions.sqlite"
     data["server"] = {
-        "api_keys": [{"sha256": hash_key(LIMITED), "requests_per_minute": RATE}, hash_key(FREE)],
+        "api_keys": [
+            {"sha256": hash_key(LIMITED), "requests_per_minute": RATE},
+            hash_key(FREE),
+            {"sha256": hash_key(BUDGETED), "tokens_per_day": BUDGET},
+        ],
         "log": {"path": str(log_file)},
     }
     library.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
@@ -152,3 +160,43 @@ def test_the_dashboard_feed_of_one_replica_shows_the_decisions_of_both(served: d
     mine = [e for e in seen if e["id"] in ids]
     assert sorted(e["id"] for e in mine) == sorted(ids)  # every decision of the burst, once
     assert len({e["ingress"] for e in mine}) == 2  # served by both replicas, seen through one stream
+
+
+def _quota_replicas() -> list[str]:
+    import ray
+
+    return [str(a["name"]) for a in ray.util.list_named_actors(all_namespaces=True) if "#quota#" in a["name"]]
+
+
+def test_a_spent_token_budget_survives_the_quota_replicas_restart(served: dict[str, Any]) -> None:
+    import ray
+    from ray import serve
+
+    quota = serve.get_deployment_handle("quota", app_name="coserve")
+    digest = hash_key(BUDGETED)
+    with alarm(CLUSTER_TIMEOUT_S):
+        statuses = []
+        while not statuses or statuses[-1] == 200:  # spend the budget (a few requests)
+            statuses.append(asyncio.run(_burst(served["url"], BUDGETED, 1))[0].status_code)
+            assert len(statuses) <= BUDGET, statuses
+        time.sleep(SAVED_AFTER_S)
+        spent = quota.used.remote(digest).result()
+        killed = _quota_replicas()
+        assert len(killed) == 1, killed
+        ray.kill(ray.get_actor(killed[0], namespace="serve"), no_restart=True)
+        during: list[int] = []
+        while True:  # 503 quota_unavailable while the replica restarts (fail closed), then the answer
+            answer = asyncio.run(_burst(served["url"], BUDGETED, 1))[0]
+            if answer.status_code != 503:
+                break
+            assert answer.json()["error"]["code"] == "quota_unavailable" and answer.headers["retry-after"]
+            during.append(answer.status_code)
+            time.sleep(0.5)
+        replaced = _quota_replicas()
+        after = quota.used.remote(digest).result()
+    assert statuses[-1] == 429 and statuses.count(200) >= 1
+    assert killed[0] not in replaced and len(replaced) == 1  # a new replica
+    # A reset counter would have served the request (200): the budget is still spent.
+    assert answer.status_code == 429, answer.text
+    assert answer.json()["error"]["code"] == "token_budget_exceeded"
+    assert after == spent >= BUDGET
