@@ -13,7 +13,7 @@ from conftest import write_library
 from coserve.backends.fake import FakeBackend
 from coserve.backends.registry import shares_cores
 from coserve.config import load_library
-from coserve.engine import engine as engine_module
+from coserve.engine import assemble as assemble_module
 from coserve.engine.engine import Engine
 from coserve.router.embed import HashingEmbedder
 
@@ -44,7 +44,7 @@ def test_an_engine_beside_cpu_experts_limits_blas(
     tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, backend: str, limited: bool
 ) -> None:
     calls: list[int] = []
-    monkeypatch.setattr(engine_module, "limit_blas_threads", lambda: calls.append(1))
+    monkeypatch.setattr(assemble_module, "limit_blas_threads", lambda: calls.append(1))
     big = {"backend": backend, **_FILE} if backend != "fake" else {}
     library = load_library(write_library(tmp_path, fields={"big": big}))
     engine = Engine.build(library, cache, embedder=HashingEmbedder(), backends={backend: FakeBackend()})

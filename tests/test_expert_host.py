@@ -1,7 +1,8 @@
 """The expert host (coserve.distributed.ray_host.ExpertHost) as the placement controller drives it,
 without Ray: experts added (resident ones pinned and loaded), removed after their running calls
 finish, a restarted host reset; a call meant for another node refused; the node's memory budgets;
-its metrics text; the nodes a replica may claim and its first guess (coserve.distributed.ray_node_host).
+its metrics text; the nodes a replica may claim and its first guess (coserve.distributed.ray_node_host);
+a host builds no router (it serves calls an ingress routed) and its engine refuses to route.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from conftest import MiB, library_data
 from coserve.config import load_library
 from coserve.distributed.ray_host import NOT_PLACED, WRONG_NODE, ExpertHost, node_library
 from coserve.distributed.ray_node_host import first_guess, nodes_carried
-from coserve.errors import ConfigError, ExpertLoadError
+from coserve.engine.call import Call
+from coserve.engine.engine import NO_ROUTER
+from coserve.errors import ConfigError, ExpertLoadError, ServiceError
 from coserve.types import Message, Request, Sampling
 
 GiB = 2**30
@@ -59,6 +62,32 @@ def test_added_resident_expert_is_loaded_and_pinned(library: str) -> None:
     assert health["experts"]["big"]["tier"] == "active" and health["experts"]["big"]["pinned"] is True
     assert health["experts"]["small"]["pinned"] is False
     assert health["node"] == "a" and health["memory"]["ram_budget_bytes"] == 64 * MiB
+
+
+def test_a_host_builds_no_router_and_serves_the_calls_routed_elsewhere(
+    library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coserve.router.router import CoERouter
+
+    def no_fit(*_: Any, **__: Any) -> None:
+        raise AssertionError("a host must not build a router")
+
+    monkeypatch.setattr(CoERouter, "load_or_fit", no_fit)
+    host = ExpertHost(library, "a", ["small"], 64 * MiB)
+
+    async def run() -> list[Any]:
+        items = await _answer(host, "small")
+        with pytest.raises(ServiceError) as refused:
+            await host.engine.route(Call(_request()))
+        await host.close()
+        assert (refused.value.status, refused.value.code) == (500, NO_ROUTER)
+        assert "without a router" in refused.value.message
+        return items
+
+    items = asyncio.run(run())
+    # The fake expert's answer: its name, "says:", then the prompt's words repeated, 12 tokens in all.
+    assert "".join(c.text for c in items) == "small says: one two three one two three one two three one"
+    assert host.engine.online is None
 
 
 def test_removed_expert_finishes_its_running_calls_then_refuses_new_ones(library: str) -> None:

@@ -89,7 +89,7 @@ class ExpertHost:
         library = node_library(served_library(library_path), ram_bytes, accelerator_bytes)
         self.node = node
         self.experts = set(experts)
-        self.engine = Engine.build(library, cache_dir())
+        self.engine = Engine.build(library, cache_dir(), routed=False)  # calls come routed by an ingress
         self.running: Counter[str] = Counter()  # calls in progress here, per expert (what a drain waits for)
         for expert in resident:
             self.engine.pool.pin(expert)  # loaded on first use, then never evicted

@@ -83,8 +83,9 @@ class QuotaService:
 
     def __del__(self) -> None:
         """Ray Serve calls this when it stops the replica: the last changes are written."""
-        if getattr(self, "keeper", None) is not None:
-            self.keeper.close()
+        keeper = getattr(self, "keeper", None)  # None too when __init__ failed before setting it
+        if keeper is not None:
+            keeper.close()
 
 
 class SharedQuota:

@@ -22,38 +22,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from coserve.assets import missing_files
 from coserve.backends.base import Backend
-from coserve.backends.registry import check_library, get_backend, shares_cores
 from coserve.backends.tool_calls import joined_calls
 from coserve.config import LibraryConfig
-from coserve.cpus import limit_blas_threads
+from coserve.engine.assemble import assemble
 from coserve.engine.call import Call
 from coserve.engine.cascade import Cascade
 from coserve.engine.pool import ExpertPool, Lease
 from coserve.engine.scheduler import Scheduler
-from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
+from coserve.engine.threaded import stream_in_thread
+from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError, ServiceError
 from coserve.metrics import Metrics
 from coserve.router.embed import Embedder
-from coserve.router.measured import with_measured_map
 from coserve.router.router import CoERouter
 from coserve.types import ROUTED_MODEL, Chunk, Completion, Decision, Tier, TokenLogprob, ToolCallDelta, Usage
+
+if TYPE_CHECKING:
+    from coserve.router.online_live import LiveOnline
 
 # How experts are ordered and kept resident: "lookahead" is coserve's, the others baselines for benchmarks.
 Residency = Literal["lookahead", "lru", "load_per_request"]
 
-DEFAULT_TIMEOUT_S = 300.0  # seconds without a chunk before an expert counts as hung (options.timeout_s)
+NO_ROUTER = "no_router"  # the error code of a routing call to an engine built without a router
 
-__all__ = ["Engine", "Residency"]
-
-_END = object()
+__all__ = ["NO_ROUTER", "Engine", "Residency"]
 
 
 class Engine:
@@ -62,14 +61,14 @@ class Engine:
     def __init__(
         self,
         library: LibraryConfig,
-        router: CoERouter,
+        router: CoERouter | None,
         pool: ExpertPool,
         metrics: Metrics,
         executor: ThreadPoolExecutor,
         residency: Residency = "lookahead",
     ):
         self.library = library
-        self.router = router
+        self._router = router  # None: built without one (``router`` then refuses)
         self.pool = pool
         self.metrics = metrics
         self.executor = executor
@@ -97,35 +96,33 @@ class Engine:
         backends: dict[str, Backend] | None = None,
         metrics: Metrics | None = None,
         residency: Residency = "lookahead",
+        *,
+        routed: bool = True,
     ) -> Engine:
-        """Train or load the router, create one backend per backend name, and the pool."""
-        library = with_measured_map(check_library(library))  # options checked, map solved from outcomes
-        metrics = metrics or Metrics()
-        if shares_cores(library):
-            limit_blas_threads()
-        router = CoERouter.load_or_fit(library, cache, embedder)
-        by_name = dict(backends or {})
-        for spec in library.experts:
-            if spec.backend not in by_name:
-                by_name[spec.backend] = get_backend(spec.backend)
-        per_expert = {spec.name: by_name[spec.backend] for spec in library.experts}
-        # Generation threads block inside runtimes for a whole request: sized for requests, not cores.
-        executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="coserve-exec")
-        memory = library.memory
-        pool = ExpertPool(
-            library,
-            per_expert,
-            memory.active,
-            executor=executor,
-            metrics=metrics,
-            ram_budget_bytes=memory.ram,
-            min_residency_s=memory.min_residency_s,
-        )
-        engine = cls(library, router, pool, metrics, executor, residency)
-        for name, problem in missing_files(library).items():
-            pool.note_unavailable(name, problem)
+        """Train or load the router, create one backend per backend name, and the pool (assemble.py).
+        ``routed=False``: no router (an expert host runs calls an ingress routed; ``route`` refuses)."""
+        parts = assemble(library, cache, embedder, backends, metrics, routed=routed)
+        engine = cls(parts.library, parts.router, parts.pool, parts.metrics, parts.executor, residency)
+        for name, problem in missing_files(parts.library).items():
+            parts.pool.note_unavailable(name, problem)
             engine.unavailable[name] = problem
         return engine
+
+    @property
+    def router(self) -> CoERouter:
+        """The router; ServiceError ``no_router`` on an engine built without one."""
+        if self._router is None:
+            raise ServiceError(
+                "this engine was built without a router: it serves calls already routed "
+                "(an expert host), it cannot route one",
+                code=NO_ROUTER,
+            )
+        return self._router
+
+    @property
+    def online(self) -> LiveOnline | None:
+        """The router's learning from traffic (None without it, or without a router)."""
+        return None if self._router is None else self._router.online
 
     def slots(self, expert: str) -> int:
         """Requests of one expert that run together: the concurrency its backend declares."""
@@ -247,8 +244,8 @@ class Engine:
         else:
             decision = self.router.route(call.request)
         self.metrics.decisions.labels(decision.expert, decision.category or "-", decision.reason).inc()
-        if self.router.online is not None:
-            self.router.online.publish(self.metrics)  # target, realised cost, weight, map version
+        if self.online is not None:
+            self.online.publish(self.metrics)  # target, realised cost, weight, map version
         call.decision, call.timings.routed = decision, time.monotonic()
         return decision
 
@@ -275,14 +272,14 @@ class Engine:
             except (ExpertLoadError, AssetError, ContextTooLong, ExpertFailed) as exc:  # the ones that fall back
                 call.tried.append(expert)
                 last_error = exc
-                if self.router.online is not None and not isinstance(exc, ContextTooLong):  # the expert's fault
-                    self.router.online.failed(call.id, expert, getattr(exc, "code", None) == "expert_timeout")
+                if self.online is not None and not isinstance(exc, ContextTooLong):  # the expert's fault
+                    self.online.failed(call.id, expert, getattr(exc, "code", None) == "expert_timeout")
                 if isinstance(exc, ContextTooLong):
                     too_long_at = spec.context
                 continue
             call.timings.first_token = time.monotonic()
-            if self.router.online is not None and call.decision.map_version is not None:
-                self.router.online.served(expert)  # the answering expert's cost moves the budget weight
+            if self.online is not None and call.decision.map_version is not None:
+                self.online.served(expert)  # the answering expert's cost moves the budget weight
             for source in call.tried:
                 self.metrics.fallbacks.labels(source, expert).inc()
             return self._chain(first, chunks, call)
@@ -323,50 +320,10 @@ class Engine:
         finally:
             await rest.aclose()  # type: ignore[attr-defined]  # stops the runtime at its next token
 
-    async def _execute(self, lease: Lease, call: Call) -> AsyncIterator[Chunk]:
-        """Run the backend's stream in a worker thread; the lease is held until it returns."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        cancel = threading.Event()
+    def _execute(self, lease: Lease, call: Call) -> AsyncIterator[Chunk]:
+        """Run the backend's stream in a worker thread (coserve.engine.threaded); the lease is held until it returns."""
         backend = self.pool.backends[lease.handle.spec.name]
-
-        def emit(chunk: Chunk) -> bool:
-            loop.call_soon_threadsafe(queue.put_nowait, chunk)
-            return cancel.is_set()
-
-        future = loop.run_in_executor(
-            self.executor, backend.stream, lease.handle, call.request.messages, call.request.sampling, emit
-        )
-
-        def finished(_: object) -> None:
-            self._released(lease)
-            queue.put_nowait(_END)
-
-        future.add_done_callback(finished)
-        # A runtime that produces nothing for this long is treated as hung: the request fails (and
-        # falls back if nothing was sent yet); the runtime is told to stop at its next token.
-        timeout = float(lease.handle.spec.options.get("timeout_s", DEFAULT_TIMEOUT_S))
-        try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout)
-                except TimeoutError:
-                    raise ExpertFailed(
-                        f"expert {lease.handle.spec.name!r} produced nothing for {timeout:g} s", code="expert_timeout"
-                    ) from None
-                if item is _END:
-                    error = future.exception()
-                    if error is not None:
-                        raise error
-                    return
-                assert isinstance(item, Chunk)
-                if item.usage is not None:  # the last chunk's: the call's usage
-                    call.usage = item.usage
-                    self.metrics.tokens.labels(call.expert, "prompt").inc(item.usage.prompt_tokens)
-                    self.metrics.tokens.labels(call.expert, "completion").inc(item.usage.completion_tokens)
-                yield item
-        finally:
-            cancel.set()  # the consumer left (client disconnect, error): stop at the next token
+        return stream_in_thread(backend, lease, call, self.executor, self.metrics, self._released)
 
     def health(self) -> dict[str, Any]:
         """What ``/health`` shows of the engine: each expert's state, memory per tier, the queues."""
