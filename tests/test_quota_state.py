@@ -160,3 +160,15 @@ def test_a_store_that_does_not_take_the_counters_warns_and_tries_again(caplog: p
         asyncio.run(run())
     assert keeper.changed_since_save and keeper.saves == 0  # written again a period later
     assert any("quota counters not saved" in r.getMessage() for r in caplog.records)
+
+
+def test_a_write_in_flight_never_lands_after_a_newer_one() -> None:
+    store = MemoryStore()
+    quota = Quota([ApiKey(sha256="a" * 64, tokens_per_day=10)])
+    keeper = QuotaKeeper(quota, store)
+    older = keeper._snapshot()  # taken by the coalesced writer, its write still on its way
+    quota.spend("a" * 64, 7)
+    keeper._put(*keeper._snapshot())  # the stop's write of the newer counters lands first
+    keeper._put(*older)  # the older one arrives late: not written over the newer
+    assert json.loads(store.value or b"")["keys"]["a" * 64]["tokens_used"] == 7
+    assert store.puts == 1 and keeper.saves == 1

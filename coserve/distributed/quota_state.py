@@ -22,8 +22,10 @@ This module knows nothing about Ray or HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import threading
 import time
 from typing import Protocol
 
@@ -71,6 +73,9 @@ class QuotaKeeper:
         self.changed_since_save = False
         self.saves = 0  # writes that succeeded
         self._writer: asyncio.Task[None] | None = None
+        self._taken = 0  # snapshots taken so far (each write's number)
+        self._written = 0  # the number of the last snapshot written
+        self._put_lock = threading.Lock()
 
     def resume(self) -> str:
         """Carry the saved counters on; says what was done. Never raises."""
@@ -98,24 +103,36 @@ class QuotaKeeper:
     async def save(self) -> bool:
         """Write the counters now; False (with a warning) when the store did not take them."""
         self.changed_since_save = False
-        raw = encode(self.quota)
         try:
-            await asyncio.to_thread(self.store.put, raw)
+            await asyncio.to_thread(self._put, *self._snapshot())
         except Exception as exc:
             self.changed_since_save = True  # the writer tries again a period later
             log.warning("quota counters not saved (%s); retrying", exc)
             return False
-        self.saves += 1
         return True
+
+    def _snapshot(self) -> tuple[bytes, int]:
+        self._taken += 1
+        return encode(self.quota), self._taken
+
+    def _put(self, raw: bytes, number: int) -> None:
+        """Write one snapshot; one write at a time, and never an older snapshot after a newer one."""
+        with self._put_lock:
+            if number <= self._written:
+                return
+            self.store.put(raw)
+            self._written = number
+            self.saves += 1
 
     def close(self) -> None:
         """At stop: write what changed since the last write, here and now (a failure only warns)."""
-        if self._writer is not None:
-            self._writer.cancel()
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.done():
+            with contextlib.suppress(RuntimeError):  # its event loop is closed already
+                writer.cancel()
         if self.changed_since_save:
             self.changed_since_save = False
             try:
-                self.store.put(encode(self.quota))
-                self.saves += 1
+                self._put(*self._snapshot())  # waits for a write in flight, then writes the newer state
             except Exception as exc:
                 log.warning("quota counters not saved at stop: %s", exc)
