@@ -19,12 +19,12 @@ This module knows nothing about HTTP or Ray beyond the handle it is given.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections import deque
 from typing import Any
 
+from coserve.distributed.exchange_loop import ExchangeLoop
 from coserve.engine.call import Call
 from coserve.server.feed import RECENT_EVENTS, DecisionFeed, decision_event
 
@@ -70,11 +70,10 @@ class ClusterFeed(DecisionFeed):
         super().__init__()
         self.handle = handle
         self.replica = replica
-        self.exchange_s = exchange_s
         self.outbox: deque[dict[str, Any]] = deque(maxlen=OUTBOX_EVENTS)
         self.cursor: Cursor | None = None
         self.failures = 0  # exchanges in a row the deployment did not answer
-        self._task: asyncio.Task[None] | None = None
+        self.loop = ExchangeLoop(self.exchange, exchange_s)  # started from the serving event loop
 
     def publish(self, call: Call) -> None:
         """Queue the call's event for the cluster (never waits)."""
@@ -84,14 +83,8 @@ class ClusterFeed(DecisionFeed):
 
     def start(self) -> ClusterFeed:
         """Start exchanging (from inside the serving event loop)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._exchange_forever())
+        self.loop.start()
         return self
-
-    async def _exchange_forever(self) -> None:
-        while True:
-            await self.exchange()
-            await asyncio.sleep(self.exchange_s)
 
     async def exchange(self) -> bool:
         """Send the outbox, fan out what the cluster added since the cursor; False if not answered."""
@@ -115,10 +108,6 @@ class ClusterFeed(DecisionFeed):
 
     async def aclose(self) -> None:
         """Stop exchanging, after one last exchange sends what the outbox holds."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        await self.loop.stop()
         if self.outbox:
             await self.exchange()

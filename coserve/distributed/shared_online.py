@@ -30,7 +30,6 @@ Imports Ray only through the handle it is given; knows nothing about HTTP or SQL
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from coserve.config import LibraryConfig
+from coserve.distributed.exchange_loop import ExchangeLoop
 from coserve.router.online_live import LiveOnline
 from coserve.router.trained import TrainedRouter, load_trained
 from coserve.store.log import DecisionRow
@@ -138,14 +138,14 @@ class ClusterOnline(LiveOnline):
         """Follow the owner behind ``handle`` (the decision-log deployment's) as replica ``replica``,
         whose name seeds its Thompson draws (replicas draw independently)."""
         super().__init__(library, trained, seed=zlib.crc32(replica.encode()))
-        self.handle, self.replica, self.exchange_s = handle, replica, exchange_s
+        self.handle, self.replica = handle, replica
         self.seen: tuple[str, int] | None = None  # (owner epoch, version) of the snapshot in force
         self.realised: float | None = None  # the cluster's realised window average, as published
         self.outbox: dict[str, list[float]] = {}  # request id -> per-prompt scores, for the owner
         self.signals_out: list[Signal] = []
         self.failures = 0  # exchanges in a row the owner did not answer
         self.updated_at: float | None = None  # time.time() the owner last answered
-        self._task: asyncio.Task[None] | None = None
+        self.loop = ExchangeLoop(self.exchange, exchange_s)  # started from the serving event loop
 
     def adopt(self, published: dict[str, Any]) -> bool:
         """Route with the owner's published state from now on; False (snapshot kept) where it does not fit."""
@@ -202,14 +202,8 @@ class ClusterOnline(LiveOnline):
 
     def start(self) -> ClusterOnline:
         """Start exchanging (from inside the serving event loop)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._exchange_forever())
+        self.loop.start()
         return self
-
-    async def _exchange_forever(self) -> None:
-        while True:
-            await self.exchange()
-            await asyncio.sleep(self.exchange_s)
 
     async def exchange(self) -> bool:
         """Send the outboxes, adopt what the owner publishes; False (all kept) where it does not answer."""
@@ -234,8 +228,4 @@ class ClusterOnline(LiveOnline):
 
     async def aclose(self) -> None:
         """Stop exchanging."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        await self.loop.stop()
