@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from coserve.config_log import DecisionLogSettings, RetentionSettings
 from coserve.config_routing import OnlineSettings, RoutingSettings
 from coserve.errors import ConfigError
 from coserve.paths import default_library_path
@@ -38,6 +39,7 @@ __all__ = [
     "MemorySettings",
     "OnlineSettings",
     "Price",
+    "RetentionSettings",
     "RouterSettings",
     "ServerSettings",
     "load_library",
@@ -188,13 +190,6 @@ class MemorySettings(_Strict):
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_bytes(value)
-
-
-class DecisionLogSettings(_Strict):
-    """The decision log: one SQLite row per chat request."""
-
-    path: Path | None = None  # default: $COSERVE_CACHE/decisions.sqlite (relative: to the library file)
-    store_text: bool = False  # also keep prompts and completions (personal data: off unless asked)
 
 
 _DIGEST = re.compile(r"[0-9a-fA-F]{64}")

@@ -6,8 +6,9 @@ Names follow Prometheus conventions: ``_total`` counters, ``_seconds`` histogram
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "retention_text"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -86,3 +87,25 @@ class Metrics:
     def text(self) -> str:
         """Every metric in Prometheus's text format."""
         return generate_latest(self.registry).decode()
+
+
+class _Retention:
+    """A collector of two numbers the decision log's writer keeps (read once per scrape)."""
+
+    def __init__(self, pruned: int, kept: int) -> None:
+        self.pruned, self.kept = pruned, kept
+
+    def collect(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
+        return [
+            CounterMetricFamily(
+                "coserve_decision_log_pruned", "Decision-log rows deleted by retention since start", value=self.pruned
+            ),
+            GaugeMetricFamily("coserve_decision_log_rows", "Decision-log rows kept in the file", value=self.kept),
+        ]
+
+
+def retention_text(pruned: int, kept: int) -> str:
+    """The decision log's retention figures in Prometheus's text format (appended to ``/metrics``)."""
+    registry = CollectorRegistry()
+    registry.register(_Retention(pruned, kept))  # type: ignore[arg-type]
+    return generate_latest(registry).decode()

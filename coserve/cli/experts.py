@@ -20,6 +20,7 @@ __all__ = [
     "cmd_experts_add",
     "cmd_keys_hash",
     "cmd_log",
+    "cmd_log_prune",
 ]
 
 
@@ -148,6 +149,39 @@ def cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_log_prune(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from coserve.config import load_library
+    from coserve.config_log import RetentionSettings
+    from coserve.server.app import decision_log_file
+    from coserve.store.log import connect
+    from coserve.store.retention import Retention, prune_all
+
+    library = load_library(args.library)
+    db = Path(args.prune_db) if args.prune_db else decision_log_file(library)
+    if not db.is_file():
+        raise CoserveError(f"no decision log at {db}")
+    configured = library.server.log.retention
+    try:  # a limit given here replaces the library's (checked the same way)
+        settings = RetentionSettings(
+            max_age=args.max_age if args.max_age is not None else configured and configured.max_age,
+            max_rows=args.max_rows if args.max_rows is not None else configured and configured.max_rows,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise CoserveError(f"nothing to prune with these limits: {problems}") from None
+    retention = Retention.from_settings(settings)
+    assert retention is not None
+    conn = connect(db)
+    try:
+        deleted, kept = prune_all(conn, retention)
+    finally:
+        conn.close()
+    print(f"coserve: {deleted} decisions pruned from {db}, {kept} kept")
+    return 0
+
+
 def add_experts_parser(sub: Subcommands) -> None:
     p = sub.add_parser("experts", help="list the library's experts")
     add_library_arg(p)
@@ -180,3 +214,10 @@ def add_log_parser(sub: Subcommands) -> None:
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     p.add_argument("--out", help="write here instead of stdout")
     p.set_defaults(func=cmd_log)
+    actions = p.add_subparsers(dest="log_action")
+    prune = actions.add_parser("prune", help="delete what the log's retention says must go, now")
+    add_library_arg(prune)
+    prune.add_argument("--db", dest="prune_db", help="the log's database (default: the library's server.log)")
+    prune.add_argument("--max-age", help="delete rows older than this (7d, 12h, seconds); default: the library's")
+    prune.add_argument("--max-rows", type=int, help="keep at most this many rows; default: the library's")
+    prune.set_defaults(func=cmd_log_prune)

@@ -44,8 +44,9 @@ from coserve.config import load_library
 from coserve.distributed.shared_feed import Cursor, EventRing
 from coserve.distributed.shared_online import Signal, owner_for
 from coserve.errors import ServiceUnavailable
-from coserve.server.app import decision_log_file
-from coserve.store.log import BATCH_ROWS, FLUSH_INTERVAL_S, MAX_QUEUE_ROWS, DecisionLog, DecisionRow
+from coserve.server.app import open_decision_log
+from coserve.store.log import BATCH_ROWS, FLUSH_INTERVAL_S, MAX_QUEUE_ROWS, DecisionRow
+from coserve.store.retention import PruneStats
 
 __all__ = ["DecisionLogService", "SharedDecisionLog", "count_experts"]
 
@@ -83,7 +84,7 @@ class DecisionLogService:
 
     def __init__(self, library_path: str | None, find_row_s: float = FIND_ROW_S):
         library = load_library(library_path)
-        self.log = DecisionLog(decision_log_file(library), store_text=library.server.log.store_text).start()
+        self.log = open_decision_log(library).start()  # the single process's writer, retention included
         self.find_row_s = find_row_s
         self.events = EventRing()  # the cluster's recent dashboard events
         # router.online: the cluster's one learner (coserve.distributed.shared_online), None without
@@ -110,6 +111,10 @@ class DecisionLogService:
     async def info(self) -> dict[str, Any]:
         """Where the file is, rows dropped here, and the online router's saved state (or None)."""
         return {"path": str(self.log.path), "dropped": self.log.dropped, "online_state": self.log.online_state()}
+
+    async def prune_stats(self) -> PruneStats | None:
+        """What the log's retention did (None without retention): for every ingress's ``/metrics``."""
+        return await self.log.prune_stats()
 
     async def expert_counts(self, after: int, since: float) -> tuple[int, dict[str, int]]:
         """``count_experts`` on the file, once the rows queued here are written."""
@@ -266,6 +271,15 @@ class SharedDecisionLog:
                 "the decision log does not answer right now; retry later", code="decision_log_unavailable"
             ) from None
         return (str(outcome[0]), outcome[1], str(outcome[2]))
+
+    async def prune_stats(self) -> PruneStats | None:
+        """The deployment's retention figures; None (left out of ``/metrics``) while it does not answer."""
+        try:
+            stats = await asyncio.wait_for(self.handle.prune_stats.remote(), CALL_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("cluster decision log did not answer for /metrics: %s", exc)
+            return None
+        return None if stats is None else PruneStats(*stats)
 
     def save_online_state(self, state: dict[str, Any]) -> None:
         future = asyncio.ensure_future(self._save(state), loop=self._loop)

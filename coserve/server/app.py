@@ -38,8 +38,9 @@ from coserve.server.quota import KeyQuota, Quota
 from coserve.server.routes import ServerState, router
 from coserve.server.ui import ui_router
 from coserve.store.log import DecisionLog, DecisionStore
+from coserve.store.retention import Retention
 
-__all__ = ["create_app", "decision_log_file"]
+__all__ = ["create_app", "decision_log_file", "open_decision_log"]
 
 log = logging.getLogger("coserve.server")
 
@@ -54,13 +55,21 @@ def decision_log_file(library: LibraryConfig) -> Path:
     return path
 
 
+def open_decision_log(library: LibraryConfig) -> DecisionLog:
+    """The library's decision log writer (``server.log``: file, texts, retention), not started yet:
+    the single process's, and the one a cluster's ``decision-log`` deployment runs."""
+    settings = library.server.log
+    retention = Retention.from_settings(settings.retention)
+    return DecisionLog(decision_log_file(library), store_text=settings.store_text, retention=retention)
+
+
 def _state(
     engine: Engine, decisions: DecisionStore | None, quota: KeyQuota | None, feed: DecisionFeed | None
 ) -> ServerState:
     settings = engine.library.server
     admission = Admission(settings.max_pending, settings.max_pending_per_expert)
     if decisions is None:
-        decisions = DecisionLog(decision_log_file(engine.library), store_text=settings.log.store_text)
+        decisions = open_decision_log(engine.library)
     if quota is None:
         quota = Quota(settings.api_keys)
     keys = KeyRing.from_settings(settings.api_keys, settings.api_keys_env)

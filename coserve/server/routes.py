@@ -30,6 +30,7 @@ from coserve.config import ServerSettings
 from coserve.engine.call import Call, Timings
 from coserve.engine.engine import Engine
 from coserve.errors import CoserveError, InvalidRequest, NotFound
+from coserve.metrics import retention_text
 from coserve.server.admission import Admission
 from coserve.server.frames import DONE, Frames, completion_body, headers
 from coserve.server.gate import CHAT_PATH, Gate
@@ -233,7 +234,8 @@ async def feedback(http: HttpRequest, state: ApiState) -> dict[str, Any]:
     else:
         outcome, category, expert = await asyncio.wrap_future(state.decisions.feedback_once(body.id, body.score))
     if outcome == "unknown":
-        raise NotFound(f"no logged request has the id {body.id!r}", param="id", code="request_not_found")
+        pruned = " (or its row is older than the log's retention)" if state.settings.log.retention else ""
+        raise NotFound(f"no logged request has the id {body.id!r}{pruned}", param="id", code="request_not_found")
     if outcome == "duplicate":
         raise InvalidRequest(f"request {body.id!r} already has a score", param="id", code="feedback_exists")
     if online is not None and category is not None and online.apply(category, expert, body.score, body.id):
@@ -259,4 +261,7 @@ async def health(state: OpsState) -> JSONResponse:
 
 @router.get("/metrics", responses=error_responses(401))
 async def prometheus(state: OpsState) -> Response:
-    return Response(await state.engine.exposition(), media_type=CONTENT_TYPE_LATEST)
+    text = await state.engine.exposition()
+    if (stats := await state.decisions.prune_stats()) is not None:  # server.log.retention
+        text += retention_text(stats.pruned, stats.kept)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -6,6 +6,9 @@ one transaction each, ``executemany``). The database is in WAL mode, so a proces
 moment leaves a consistent file that holds every committed batch: at most one batch (0.2 s or 256
 rows) is lost. A full queue drops rows (counted in ``dropped``) rather than slow requests down.
 Feedback and explicit flushes run on the same thread, after every row queued before them.
+With ``retention`` (``server.log.retention``) the same thread also deletes what the limits say must
+go, one bounded batch between two writes (coserve.store.retention): at start, then every
+``retention.interval_s``, and batch after batch while a backlog lasts.
 
 ``DecisionStore`` is what the server needs of a log: ``DecisionLog`` writes this process's file; on a
 Ray cluster every ingress replica sends its rows to one log instead
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from coserve.store.online_state import read_state, write_state
+from coserve.store.retention import PruneStats, Retention, count_rows, prune_batch
 
 __all__ = ["DecisionLog", "DecisionRow", "DecisionStore", "query_decisions"]
 
@@ -37,6 +41,7 @@ log = logging.getLogger("coserve.store")
 FLUSH_INTERVAL_S = 0.2  # longest a queued row waits before its batch is written
 BATCH_ROWS = 256  # most rows in one transaction
 MAX_QUEUE_ROWS = 65536  # rows waiting in memory before new ones are dropped
+BACKLOG_PAUSE_S = 0.01  # between two prune batches while a backlog lasts (writes go between them)
 RETRY_INTERVAL_S = 1.0  # how often rows the database refused (disk full) are tried again
 
 _SCHEMA = """
@@ -126,6 +131,7 @@ class DecisionStore(Protocol):
     dropped: int  # rows refused because a queue was full
 
     def start(self) -> DecisionStore: ...
+    async def prune_stats(self) -> PruneStats | None: ...  # None without retention (or not counted yet)
     def record(self, row: DecisionRow) -> bool: ...  # never waits; False when the row was dropped
     def feedback(self, request_id: str, score: float) -> concurrent.futures.Future[bool]: ...
     def feedback_once(
@@ -139,10 +145,20 @@ class DecisionStore(Protocol):
 class DecisionLog:
     """The writer: ``record`` rows, ``feedback`` on them, ``flush``, ``close`` (a ``DecisionStore``)."""
 
-    def __init__(self, path: Path, *, store_text: bool = False, max_queue_rows: int = MAX_QUEUE_ROWS):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        store_text: bool = False,
+        max_queue_rows: int = MAX_QUEUE_ROWS,
+        retention: Retention | None = None,
+    ):
         self.path = Path(path)
         self.store_text = store_text
+        self.retention = retention
         self.dropped = 0  # rows refused because the queue was full (or kept too long unwritten)
+        self.pruned = 0  # rows retention deleted since start
+        self.kept: int | None = None  # rows in the file (counted by the writer with retention, else None)
         self._max_queue_rows = max_queue_rows
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue_rows)
         self._thread: threading.Thread | None = None
@@ -214,6 +230,12 @@ class DecisionLog:
 
         return self.call(write)
 
+    async def prune_stats(self) -> PruneStats | None:
+        """Rows retention deleted since start and rows in the file (None without retention)."""
+        if self.retention is None or self.kept is None:
+            return None
+        return PruneStats(self.pruned, self.kept)
+
     def save_online_state(self, state: dict[str, Any]) -> None:
         """Replace the online router's saved state in this file, after the rows queued so far."""
         self.call(lambda conn: write_state(conn, state))
@@ -234,10 +256,13 @@ class DecisionLog:
     def _run(self) -> None:
         conn = connect(self.path)
         unwritten: list[DecisionRow] = []  # rows a failed write (disk full, locked) keeps for the next batch
+        if self.retention is not None:
+            self.kept = count_rows(conn)
+        next_prune = time.monotonic()  # with retention: at start, then as _prune says
         try:
             while True:
                 try:
-                    first = self._queue.get(timeout=RETRY_INTERVAL_S if unwritten else None)
+                    first = self._queue.get(timeout=self._wait_s(unwritten, next_prune))
                 except queue.Empty:
                     first = None
                 rows: list[DecisionRow] = unwritten
@@ -253,13 +278,38 @@ class DecisionLog:
                         item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                     except queue.Empty:
                         item = None
-                unwritten = [] if self._write(conn, rows) else self._keep(rows)
+                if self._write(conn, rows):
+                    unwritten = []
+                    if self.kept is not None:
+                        self.kept += len(rows)
+                else:
+                    unwritten = self._keep(rows)
+                if self.retention is not None and time.monotonic() >= next_prune:
+                    next_prune = self._prune(conn, self.retention)
                 if isinstance(item, _Call):
                     self._run_call(conn, item)
                 elif item is _STOP:
                     return
         finally:
             conn.close()
+
+    def _wait_s(self, unwritten: list[DecisionRow], next_prune: float) -> float | None:
+        """How long the writer may wait for the next row: until a retry or a prune is due."""
+        waits = [RETRY_INTERVAL_S] if unwritten else []
+        if self.retention is not None:
+            waits.append(max(0.0, next_prune - time.monotonic()))
+        return min(waits) if waits else None
+
+    def _prune(self, conn: sqlite3.Connection, retention: Retention) -> float:
+        """One batch of retention; when the next is due (soon while a backlog lasts)."""
+        try:
+            deleted = prune_batch(conn, retention, self.kept or 0)
+        except sqlite3.Error as exc:
+            log.warning("decision log: retention could not delete rows (%s); trying again later", exc)
+            return time.monotonic() + retention.interval_s
+        self.pruned += deleted
+        self.kept = (self.kept or 0) - deleted
+        return time.monotonic() + (BACKLOG_PAUSE_S if deleted >= retention.batch_rows else retention.interval_s)
 
     @staticmethod
     def _write(conn: sqlite3.Connection, rows: list[DecisionRow]) -> bool:
