@@ -13,7 +13,10 @@ by the tiers and load each replica last reported; any other call names its node 
 (``state(node)``, ``add(node, expert, resident)``...) and goes to that node's replica only.
 
 ``HostBook`` is the ingress's view: what each node may be sent (the placement controller's), nodes
-that failed, calls in flight and answered (for ``/health``). This module knows nothing about Ray.
+that failed, calls in flight and answered (for ``/health``). It keeps an index from each expert to
+the nodes it is placed on, rebuilt with each placement and updated when a host withdraws an expert,
+so a choice looks only at the hosts of its expert (their down time and load are read at choice
+time), not at every node. This module knows nothing about Ray.
 """
 
 from __future__ import annotations
@@ -112,10 +115,11 @@ def replica_ranks(method: str, args: Sequence[Any], reports: Mapping[Replica, Re
     expert, allowed = str(args[1]), {str(n) for n in args[2]}
     views = []
     for node, replicas in by_node.items():
+        if node not in allowed:  # could not serve it: left out, as rank_hosts leaves out tier None
+            continue
         for replica in replicas:
             report = reports[replica]
-            tier = Tier(report.tiers.get(expert, Tier.DISK)) if node in allowed else None
-            views.append((HostView(node, tier, report.in_flight), replica))
+            views.append((HostView(node, Tier(report.tiers.get(expert, Tier.DISK)), report.in_flight), replica))
     return _grouped(views)
 
 
@@ -123,7 +127,8 @@ class HostBook:
     """The ingress's view of the expert hosts: what each may serve, what it last reported, its load."""
 
     def __init__(self, placed: Mapping[str, Iterable[str]]):
-        self.placed: dict[str, frozenset[str]] = {}  # node -> experts it may be sent
+        self.placed: dict[str, frozenset[str]] = {}  # node -> experts it may be sent (change: place, withdraw)
+        self.hosts_of: dict[str, tuple[str, ...]] = {}  # expert -> the nodes it is placed on, by name
         self.tiers: dict[str, dict[str, Tier]] = {}  # last reported
         self.in_flight: dict[str, int] = {}
         self.down_until: dict[str, float] = {}  # monotonic seconds
@@ -142,18 +147,27 @@ class HostBook:
             self.served.setdefault(node, 0)
         if version is not None:
             self.version = version
+        hosts: dict[str, list[str]] = {}
+        for node in sorted(self.placed):
+            for expert in self.placed[node]:
+                hosts.setdefault(expert, []).append(node)
+        self.hosts_of = {expert: tuple(nodes) for expert, nodes in hosts.items()}
 
     def withdraw(self, node: str, expert: str) -> None:
         """The host said it no longer serves ``expert`` (a placement newer than this book's)."""
         self.placed[node] = self.placed.get(node, frozenset()) - {expert}
+        remaining = tuple(n for n in self.hosts_of.get(expert, ()) if n != node)
+        if remaining:
+            self.hosts_of[expert] = remaining
+        else:
+            self.hosts_of.pop(expert, None)
 
     def views(self, expert: str, now: float | None = None) -> list[HostView]:
-        """Every host's view for ``expert`` (tier None where it is not placed, or the host is down)."""
+        """The view of each host ``expert`` is placed on, by name (tier None while the host is down)."""
         now = time.monotonic() if now is None else now
         out = []
-        for node, experts in sorted(self.placed.items()):
-            able = expert in experts and self.down_until[node] <= now
-            tier = self.tiers[node].get(expert, Tier.DISK) if able else None
+        for node in self.hosts_of.get(expert, ()):
+            tier = self.tiers[node].get(expert, Tier.DISK) if self.down_until[node] <= now else None
             out.append(HostView(node, tier, self.in_flight[node]))
         return out
 
@@ -172,4 +186,4 @@ class HostBook:
 
     def hosting(self, expert: str) -> list[str]:
         """The nodes ``expert`` is placed on."""
-        return sorted(node for node, experts in self.placed.items() if expert in experts)
+        return list(self.hosts_of.get(expert, ()))
