@@ -43,7 +43,7 @@ def report_of(replica: RunningReplica) -> ReplicaReport:
     node = replica.replica_metadata.get("node") or stats.get("node")
     return ReplicaReport(
         node=str(node) if node else None,
-        tiers=dict(stats.get("tiers", {})),
+        tiers=stats.get("tiers") or {},  # read, never copied: only the allowed nodes' tiers are looked at
         in_flight=int(stats.get("in_flight", 0)),
     )
 
