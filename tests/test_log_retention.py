@@ -220,7 +220,10 @@ def test_the_clusters_log_deployment_prunes_with_the_same_writer(tmp_path: Path)
     handle = Handle(service)
 
     async def run() -> tuple[PruneStats | None, PruneStats | None]:
-        shared = await SharedDecisionLog(handle, store_text=False, flush_interval_s=0.01).open()
+        shared = await SharedDecisionLog(handle, store_text=False, retention=True, flush_interval_s=0.01).open()
+        unasked = await SharedDecisionLog(handle, store_text=False).open()  # a library without retention
+        calls = handle.calls
+        assert await unasked.prune_stats() is None and handle.calls == calls  # no call at each scrape
         shared.start()
         shared.record(_row("live", time.time()))
         await shared.flush()

@@ -57,7 +57,10 @@ async def ingress_state(
     from coserve.distributed.shared_quota import SharedQuota
 
     quota = SharedQuota(quota_handle, library.server.api_keys)
-    decisions = await SharedDecisionLog(log_handle, store_text=library.server.log.store_text).open()
+    settings = library.server.log
+    decisions = await SharedDecisionLog(
+        log_handle, store_text=settings.store_text, retention=settings.retention is not None
+    ).open()
     return quota, decisions
 
 

@@ -53,6 +53,7 @@ __all__ = ["DecisionLogService", "SharedDecisionLog", "count_experts"]
 log = logging.getLogger("coserve.distributed")
 
 CALL_TIMEOUT_S = 10.0  # the longest one call to the log deployment may take
+METRICS_TIMEOUT_S = 2.0  # the longest a /metrics scrape waits for the log's retention figures
 RETRY_S = 1.0  # how soon a batch the deployment did not take is sent again
 FIND_ROW_S = 2.0  # how long feedback waits for its decision's row to arrive from another replica
 FIND_POLL_S = 0.1
@@ -172,12 +173,14 @@ class SharedDecisionLog:
         handle: Any,
         *,
         store_text: bool,
+        retention: bool = False,
         max_queue_rows: int = MAX_QUEUE_ROWS,
         batch_rows: int = BATCH_ROWS,
         flush_interval_s: float = FLUSH_INTERVAL_S,
     ):
         self.handle = handle  # DeploymentHandle of DecisionLogService
         self.store_text = store_text
+        self.retention = retention  # the library sets server.log.retention: /metrics asks for its figures
         self.path = Path("")  # the file on the log's node, once ``open`` has asked
         self.dropped = 0  # rows this replica dropped (queue full)
         self.max_queue_rows = max_queue_rows
@@ -273,9 +276,12 @@ class SharedDecisionLog:
         return (str(outcome[0]), outcome[1], str(outcome[2]))
 
     async def prune_stats(self) -> PruneStats | None:
-        """The deployment's retention figures; None (left out of ``/metrics``) while it does not answer."""
+        """The deployment's retention figures; None without retention, or (left out of ``/metrics``)
+        while it does not answer within ``METRICS_TIMEOUT_S``."""
+        if not self.retention:
+            return None
         try:
-            stats = await asyncio.wait_for(self.handle.prune_stats.remote(), CALL_TIMEOUT_S)
+            stats = await asyncio.wait_for(self.handle.prune_stats.remote(), METRICS_TIMEOUT_S)
         except Exception as exc:
             log.warning("cluster decision log did not answer for /metrics: %s", exc)
             return None
