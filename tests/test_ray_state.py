@@ -2,7 +2,8 @@
 ingress replicas (``min_replicas=2``) and fake experts: a key's requests-per-minute hold for the
 cluster, not per replica; every answered request has one row in the one log file; feedback on a
 decision is taken whichever replica served it; a key's spent token budget survives the restart of
-the ``quota`` replica (its counters kept in Ray's GCS key-value store). Select with ``-m ray``;
+the ``quota`` replica (its counters kept in Ray's GCS key-value store); the log's retention prunes
+the one file and every ingress's ``/metrics`` reports it. Select with ``-m ray``;
 skipped when Ray is absent. Each test runs under an alarm; the cluster is shut down at teardown
 however the tests end."""
 
@@ -23,6 +24,7 @@ from test_ray_serve import CLUSTER_TIMEOUT_S, TEST_TIMEOUT_S, _ray_app, _write_f
 
 from coserve.distributed.ray_app import AppArgs
 from coserve.server.auth import hash_key
+from coserve.store.log import connect
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -30,6 +32,7 @@ LIMITED, FREE, BUDGETED = "sk-four-a-minute", "sk-free", "sk-twenty-tokens"
 RATE = 4  # requests a minute for LIMITED: one refills every 15 s, far longer than a burst takes
 BUDGET = 20  # tokens a day for BUDGETED: a few requests spend it
 SAVED_AFTER_S = 3.0  # the quota replica writes its counters at most every 0.5 s; the ingress spends at once
+PRUNED_ID = "chatcmpl-two-days-old"  # in the log before the application starts; retention (1 day) prunes it
 ROWS_WAIT_S = 15.0  # how long the test waits for rows to reach the file (batched twice, 0.2 s each)
 
 
@@ -46,8 +49,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             hash_key(FREE),
             {"sha256": hash_key(BUDGETED), "tokens_per_day": BUDGET},
         ],
-        "log": {"path": str(log_file)},
+        "log": {"path": str(log_file), "retention": {"max_age": "1d"}},
     }
+    conn = connect(log_file)
+    with conn:
+        conn.execute(
+            "INSERT INTO decisions (id, time, model, expert, status) VALUES (?, ?, 'small', 'small', '200')",
+            (PRUNED_ID, time.time() - 2 * 86400),
+        )
+        conn.execute("INSERT INTO feedback (id, time, score) VALUES (?, ?, 1.0)", (PRUNED_ID, time.time()))
+    conn.close()
     library.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     # Both ingress replicas on the proxy's node: Ray's proxy prefers replicas on its own node, so
     # replicas on two nodes would not share the traffic evenly.
@@ -200,3 +211,18 @@ def test_a_spent_token_budget_survives_the_quota_replicas_restart(served: dict[s
     assert answer.status_code == 429, answer.text
     assert answer.json()["error"]["code"] == "token_budget_exceeded"
     assert after == spent >= BUDGET
+
+
+def test_retention_prunes_the_one_log_and_ingresses_report_it(served: dict[str, Any]) -> None:
+    with alarm(TEST_TIMEOUT_S):
+        with httpx.Client(base_url=served["url"], timeout=TEST_TIMEOUT_S) as client:
+            auth = {"authorization": f"Bearer {FREE}"}
+            pruned = client.post("/v1/feedback", json={"id": PRUNED_ID, "score": 1.0}, headers=auth)
+            scrapes = [client.get("/metrics").text.splitlines() for _ in range(4)]
+        assert pruned.status_code == 404 and pruned.json()["error"]["code"] == "request_not_found"
+        assert all("coserve_decision_log_pruned_total 1.0" in lines for lines in scrapes)
+        assert all(any(line.startswith("coserve_decision_log_rows ") for line in lines) for lines in scrapes)
+        with sqlite3.connect(served["log"], timeout=30) as conn:
+            left = conn.execute("SELECT COUNT(*) FROM feedback WHERE id = ?", (PRUNED_ID,)).fetchone()[0]
+            left += conn.execute("SELECT COUNT(*) FROM decisions WHERE id = ?", (PRUNED_ID,)).fetchone()[0]
+        assert left == 0
