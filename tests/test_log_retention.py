@@ -163,6 +163,21 @@ def test_the_writer_prunes_in_the_background_and_counts_again_after_a_restart(tm
     unlimited.close()
 
 
+def test_the_writer_counts_again_after_another_process_changed_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "d.sqlite"
+    _fill(db, {"a": DAY, "b": DAY}, time.time())
+    log = DecisionLog(db, retention=Retention(max_rows=1000, interval_s=0.05)).start()
+    log.flush()
+    assert _stats(log) == PruneStats(0, 2)
+    _fill(db, {"c": HOUR, "d": HOUR, "e": HOUR}, time.time())  # say, a second writer
+    _wait_for(lambda: _stats(log) == PruneStats(0, 5), "the 3 rows another connection wrote counted")
+    conn = connect(db)
+    assert prune_all(conn, Retention(max_rows=1), now=time.time() + 2 * HOUR) == (4, 1)  # coserve log prune
+    conn.close()
+    _wait_for(lambda: _stats(log) == PruneStats(0, 1), "the 4 rows another connection deleted counted")
+    log.close()
+
+
 def test_feedback_on_a_pruned_decision_is_a_404_and_metrics_count(
     make_engine: Callable[..., Engine], tmp_path: Path
 ) -> None:

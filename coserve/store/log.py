@@ -159,6 +159,7 @@ class DecisionLog:
         self.dropped = 0  # rows refused because the queue was full (or kept too long unwritten)
         self.pruned = 0  # rows retention deleted since start
         self.kept: int | None = None  # rows in the file (counted by the writer with retention, else None)
+        self._others_version = -1  # SQLite's data_version when the writer last counted the rows
         self._max_queue_rows = max_queue_rows
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue_rows)
         self._thread: threading.Thread | None = None
@@ -258,6 +259,7 @@ class DecisionLog:
         unwritten: list[DecisionRow] = []  # rows a failed write (disk full, locked) keeps for the next batch
         if self.retention is not None:
             self.kept = count_rows(conn)
+            (self._others_version,) = conn.execute("PRAGMA data_version").fetchone()
         next_prune = time.monotonic()  # with retention: at start, then as _prune says
         try:
             while True:
@@ -303,6 +305,9 @@ class DecisionLog:
     def _prune(self, conn: sqlite3.Connection, retention: Retention) -> float:
         """One batch of retention; when the next is due (soon while a backlog lasts)."""
         try:
+            (version,) = conn.execute("PRAGMA data_version").fetchone()  # changes when another connection commits
+            if version != self._others_version:  # coserve log prune, or another writer: count the file again
+                self.kept, self._others_version = count_rows(conn), version
             deleted = prune_batch(conn, retention, self.kept or 0)
         except sqlite3.Error as exc:
             log.warning("decision log: retention could not delete rows (%s); trying again later", exc)
