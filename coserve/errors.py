@@ -19,7 +19,8 @@
         └── ExpertFailed            502  an expert raised while generating
 
 An error's ``param`` names the offending field, ``code`` is a stable machine-readable string;
-``retry_after`` (whole seconds), when set, leaves as the ``Retry-After`` header.
+``retry_after`` (whole seconds), when set, leaves as the ``Retry-After`` header; the classes that
+ask the client to come back later give it a default, which a raise may override.
 """
 
 from __future__ import annotations
@@ -54,12 +55,16 @@ class CoserveError(Exception):
     code: str = "internal_error"
     retry_after: int | None = None  # seconds; sent as the Retry-After header when set
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, retry_after: int | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:
         """HTTP headers that go with the error body."""
@@ -134,10 +139,7 @@ class TooManyRequests(CoserveError):
     status = 429
     type = "rate_limit_exceeded"
     code = "too_many_requests"
-
-    def __init__(self, message: str, *, retry_after: int = 1, param: str | None = None, code: str | None = None):
-        super().__init__(message, param=param, code=code)
-        self.retry_after = retry_after
+    retry_after = 1
 
 
 class ServiceError(CoserveError):
@@ -160,10 +162,7 @@ class ServiceUnavailable(ServiceError):
 
     status = 503
     code = "service_unavailable"
-
-    def __init__(self, message: str, *, retry_after: int = 5, code: str | None = None):
-        super().__init__(message, code=code)
-        self.retry_after = retry_after
+    retry_after = 5
 
 
 class ExpertFailed(ServiceError):
@@ -178,7 +177,4 @@ class Draining(ServiceError):
 
     status = 503
     code = "draining"
-
-    def __init__(self, message: str, *, retry_after: int = 5):
-        super().__init__(message)
-        self.retry_after = retry_after
+    retry_after = 5

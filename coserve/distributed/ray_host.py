@@ -64,11 +64,13 @@ def raise_record(record: dict[str, Any]) -> None:
     cls = getattr(errors, str(record.get("error")), None)
     if not (isinstance(cls, type) and issubclass(cls, CoserveError)):
         cls = errors.ExpertFailed
-    exc = cls.__new__(cls)
-    CoserveError.__init__(exc, str(record.get("message")), param=record.get("param"), code=record.get("code"))
-    if record.get("retry_after") is not None:
-        exc.retry_after = int(record["retry_after"])
-    raise exc
+    retry_after = record.get("retry_after")
+    raise cls(
+        str(record.get("message")),
+        param=record.get("param"),
+        code=record.get("code"),
+        retry_after=None if retry_after is None else int(retry_after),
+    )
 
 
 class ExpertHost:
