@@ -25,6 +25,7 @@ from typing import Any
 
 from coserve.backends.base import Backend, Handle
 from coserve.config import ExpertSpec
+from coserve.engine.threaded import ThreadStream
 from coserve.errors import ExpertFailed
 from coserve.types import Chunk, Request
 
@@ -33,7 +34,6 @@ __all__ = ["DRAIN_TIMEOUT_S", "PeerModel"]
 log = logging.getLogger("coserve.distributed")
 
 DRAIN_TIMEOUT_S = 600.0  # longest ``release`` waits for streams; after it, the last one frees the runtime
-_END = object()
 
 
 class PeerModel:
@@ -74,32 +74,19 @@ class PeerModel:
             self._leave()
             raise
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        cancel = threading.Event()
 
-        def emit(chunk: Chunk) -> bool:
-            loop.call_soon_threadsafe(queue.put_nowait, chunk)
-            return cancel.is_set()
-
-        def finished(_: object) -> None:
+        def finished() -> None:
             self._slots.release()
             loop.run_in_executor(self.executor, self._leave)  # may free the runtime: not on the loop
-            queue.put_nowait(_END)
 
         handle = self._handle
         assert handle is not None  # held by _enter
-        future = loop.run_in_executor(
-            self.executor, self.backend.stream, handle, request.messages, request.sampling, emit
-        )
-        future.add_done_callback(finished)
+        chunks = ThreadStream(self.backend, handle, request, self.executor, finished)
         try:
-            while (item := await queue.get()) is not _END:
-                assert isinstance(item, Chunk)
-                yield item
-            if (error := future.exception()) is not None:
-                raise error
+            async for chunk in chunks:
+                yield chunk
         finally:
-            cancel.set()  # the consumer left or the stream ended: the backend stops at its next token
+            chunks.stop()  # the consumer left or the stream ended: the backend stops at its next token
 
     def release(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Free the runtime once no request runs on it (waits up to ``drain_timeout_s``; after that the
