@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from coserve.distributed.admission_share import apply_share
@@ -210,19 +210,14 @@ class ClusterEngine(Engine):
         """The stream's first item. While none comes for ``PROBE_AFTER_S``, every allowed node's host
         is asked for its state: one that does not answer in ``STATE_TIMEOUT_S`` is marked failed, and
         when none answers this raises (the router may be holding the call for a replica that is gone)."""
-        pending = asyncio.ensure_future(anext(stream, _END))
-        try:
-            while True:
-                done, _ = await asyncio.wait({pending}, timeout=PROBE_AFTER_S)
-                if done:
-                    return pending.result()
-                await asyncio.gather(*(self.refresh(node) for node in allowed))
-                now = time.monotonic()
-                if all(self.book.down_until[node] > now for node in allowed):
-                    raise TimeoutError(f"no host of {', '.join(allowed)} answers")
-        except BaseException:
-            pending.cancel()
-            raise
+
+        async def probe() -> None:
+            await asyncio.gather(*(self.refresh(node) for node in allowed))
+            now = time.monotonic()
+            if all(self.book.down_until[node] > now for node in allowed):
+                raise TimeoutError(f"no host of {', '.join(allowed)} answers")
+
+        return await _next_or_probe(stream, probe)
 
     async def complete(self, call: Call) -> Completion:
         """As the Engine's, and a call whose host died mid-answer starts again elsewhere: nothing of a
@@ -240,16 +235,7 @@ class ClusterEngine(Engine):
         """The stream's next item (``_END`` at its end). While none comes for ``PROBE_AFTER_S``, the
         host is asked for its state: a host that does not answer in ``STATE_TIMEOUT_S`` is gone (a
         dead node's generator may not fail for a long time), and this raises."""
-        pending = asyncio.ensure_future(anext(stream, _END))
-        try:
-            while True:
-                done, _ = await asyncio.wait({pending}, timeout=PROBE_AFTER_S)
-                if done:
-                    return pending.result()
-                await asyncio.wait_for(self.host.state.remote(node), STATE_TIMEOUT_S)
-        except BaseException:
-            pending.cancel()
-            raise
+        return await _next_or_probe(stream, lambda: asyncio.wait_for(self.host.state.remote(node), STATE_TIMEOUT_S))
 
     def health(self) -> dict[str, Any]:
         """The Engine's shape (the ingress's own pool, queues and memory, which hold no expert), with
@@ -319,3 +305,18 @@ async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Ch
             yield chunk
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
+
+
+async def _next_or_probe(stream: Any, probe: Callable[[], Awaitable[object]]) -> object:
+    """The stream's next item (``_END`` at its end), awaiting ``probe`` after every ``PROBE_AFTER_S``
+    without one; what the probe raises ends the wait (and drops the pending read)."""
+    pending = asyncio.ensure_future(anext(stream, _END))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=PROBE_AFTER_S)
+            if done:
+                return pending.result()
+            await probe()
+    except BaseException:
+        pending.cancel()
+        raise

@@ -1,0 +1,66 @@
+"""The ingress's wait for a host's next item (coserve.distributed.ray_engine), without Ray: a silent
+stream is probed every ``PROBE_AFTER_S`` until its item comes, and a probe that raises ends the wait
+and drops the pending read. The Ray cluster tests (tests/test_ray_serve.py) run it on real hosts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from coserve.distributed import ray_engine
+
+
+async def _silent_until(release: asyncio.Event, cancelled: list[bool]) -> AsyncIterator[str]:
+    try:
+        await release.wait()
+    except asyncio.CancelledError:
+        cancelled.append(True)
+        raise
+    yield "item"
+
+
+def test_a_silent_stream_is_probed_until_its_item_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ray_engine, "PROBE_AFTER_S", 0.01)
+    probes: list[int] = []
+
+    async def scenario() -> object:
+        release = asyncio.Event()
+
+        async def probe() -> None:
+            probes.append(len(probes))
+            if len(probes) == 3:
+                release.set()  # the host answers after the third probe
+
+        return await ray_engine._next_or_probe(_silent_until(release, []), probe)
+
+    assert asyncio.run(scenario()) == "item"
+    assert probes == [0, 1, 2]
+
+
+def test_a_probe_that_raises_ends_the_wait_and_drops_the_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ray_engine, "PROBE_AFTER_S", 0.01)
+    cancelled: list[bool] = []
+
+    async def probe() -> None:
+        raise TimeoutError("no host answers")
+
+    async def scenario() -> None:
+        with pytest.raises(TimeoutError, match="no host answers"):
+            await ray_engine._next_or_probe(_silent_until(asyncio.Event(), cancelled), probe)
+        await asyncio.sleep(0)  # the cancelled read runs its handler
+
+    asyncio.run(scenario())
+    assert cancelled == [True]
+
+
+def test_the_end_of_the_stream_is_the_end_marker() -> None:
+    async def empty() -> AsyncIterator[str]:
+        return
+        yield  # an async generator with no item
+
+    async def never() -> None:
+        raise AssertionError("an ended stream needs no probe")
+
+    assert asyncio.run(ray_engine._next_or_probe(empty(), never)) is ray_engine._END
