@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from estimator_state import round_trip
 
 from coserve.errors import ConfigError
 from coserve.router.classify import CLASSIFIERS, KNNClassifier, make_classifier
@@ -23,16 +23,6 @@ def clusters(n: int, k: int = 4, dim: int = 16, spread: float = 0.25, seed: int 
     X = centres[which] + spread * rng.normal(size=(n, dim)) / np.sqrt(dim)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     return X.astype(np.float32), np.asarray(NAMES[:k])[which]
-
-
-def round_trip(model: object, tmp_path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """get_state -> JSON + npz on disk -> loaded back without pickle."""
-    params, arrays = model.get_state()  # type: ignore[attr-defined]
-    (tmp_path / "params.json").write_text(json.dumps(params))
-    np.savez(tmp_path / "arrays.npz", **arrays)
-    with np.load(tmp_path / "arrays.npz", allow_pickle=False) as data:
-        loaded = {key: data[key] for key in data.files}
-    return json.loads((tmp_path / "params.json").read_text()), loaded
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))

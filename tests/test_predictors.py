@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from estimator_state import round_trip
 
 from coserve.errors import ConfigError
 from coserve.router.predict import PREDICTORS, KNNRegressor, make_predictor
@@ -27,16 +27,6 @@ def outcomes(n: int, seed: int, missing: float = 0.15, dim: int = 16) -> tuple[n
     Y = np.clip(QUALITY[cluster] + 0.1 * rng.normal(size=(n, QUALITY.shape[1])), 0, 1)
     Y[rng.random(Y.shape) < missing] = np.nan
     return X.astype(np.float32), Y.astype(np.float32), cluster
-
-
-def round_trip(model: object, tmp_path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """get_state -> JSON + npz on disk -> loaded back without pickle."""
-    params, arrays = model.get_state()  # type: ignore[attr-defined]
-    (tmp_path / "params.json").write_text(json.dumps(params))
-    np.savez(tmp_path / "arrays.npz", **arrays)
-    with np.load(tmp_path / "arrays.npz", allow_pickle=False) as data:
-        loaded = {key: data[key] for key in data.files}
-    return json.loads((tmp_path / "params.json").read_text()), loaded
 
 
 @pytest.mark.parametrize("name", sorted(PREDICTORS))
