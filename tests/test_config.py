@@ -152,41 +152,27 @@ def test_reserved_expert_name(tmp_path: Path) -> None:
     assert "reserved" in message
 
 
-def test_map_naming_an_unknown_expert(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("map", "code", "nobody", ["router.map.code", "nobody"]),
+        ("map", "poetry", "big", ["router.map.poetry"]),
+        ("map", "math", None, ["router.map", "math"]),  # None: the category is taken out of the map
+        ("fallback", "expert", "ghost", ["router.fallback.expert", "ghost"]),
+    ],
+    ids=["unknown-expert-in-map", "unknown-category-in-map", "category-missing-from-map", "unknown-fallback"],
+)
+def test_router_section_naming_what_the_library_lacks(
+    tmp_path: Path, section: str, key: str, value: str | None, expected: list[str]
+) -> None:
     router = library_data()["router"]
-    router["map"]["code"] = "nobody"
+    if value is None:
+        del router[section][key]
+    else:
+        router[section][key] = value
     path = write_library(tmp_path, router=router)
     message = _config_error(path)
-    assert str(path) in message
-    assert "router.map.code" in message
-    assert "nobody" in message
-
-
-def test_map_naming_an_unknown_category(tmp_path: Path) -> None:
-    router = library_data()["router"]
-    router["map"]["poetry"] = "big"
-    message = _config_error(write_library(tmp_path, router=router))
-    assert "router.map.poetry" in message
-
-
-def test_map_missing_a_category(tmp_path: Path) -> None:
-    router = library_data()["router"]
-    del router["map"]["math"]
-    path = write_library(tmp_path, router=router)
-    message = _config_error(path)
-    assert str(path) in message
-    assert "router.map" in message
-    assert "math" in message
-
-
-def test_fallback_naming_an_unknown_expert(tmp_path: Path) -> None:
-    router = library_data()["router"]
-    router["fallback"]["expert"] = "ghost"
-    path = write_library(tmp_path, router=router)
-    message = _config_error(path)
-    assert str(path) in message
-    assert "router.fallback.expert" in message
-    assert "ghost" in message
+    assert [fragment for fragment in [str(path), *expected] if fragment not in message] == []
 
 
 def test_missing_library_file(tmp_path: Path) -> None:
