@@ -132,20 +132,15 @@ def main() -> int:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": 0})
-        actor = {"num_cpus": 0}
-        quota = serve.run(
-            serve.deployment(QuotaService)
-            .options(name="quota", ray_actor_options=actor, max_ongoing_requests=1000)
-            .bind(str(library)),
-            name="quota",
-            route_prefix=None,
-        )
-        decision_log = serve.run(
-            serve.deployment(DecisionLogService)
-            .options(name="decision-log", ray_actor_options=actor, max_ongoing_requests=1000)
-            .bind(str(library)),
-            name="decision-log",
-            route_prefix=None,
+        quota, decision_log = (
+            serve.run(
+                serve.deployment(service)
+                .options(name=name, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+                .bind(str(library)),
+                name=name,
+                route_prefix=None,
+            )
+            for name, service in (("quota", QuotaService), ("decision-log", DecisionLogService))
         )
         results = asyncio.run(measure(quota, decision_log, args.calls, args.callers))
     finally:
