@@ -573,26 +573,28 @@ def _cluster_engine(tmp_path: Path, hosts: dict[str, _Host], placed: dict[str, l
     return engine
 
 
-def test_ingress_engine_prefers_the_active_host_and_restarts_after_a_host_dies(tmp_path: Path) -> None:
+async def _ask(engine: Any) -> tuple[str, Any]:
+    """The text of a non-streamed "hi" routed to ``small`` (after the ingress read its hosts' state), and its call."""
     from coserve.engine.call import Call
     from coserve.types import Message, Request
 
+    await engine.refresh_all()
+    call = Call(Request((Message("user", "hi"),), "small"))
+    await engine.route(call)
+    return (await engine.complete(call)).text, call
+
+
+def test_ingress_engine_prefers_the_active_host_and_restarts_after_a_host_dies(tmp_path: Path) -> None:
     hosts = {"a": _Host("a", {"small": "disk"}), "b": _Host("b", {"small": "active"})}
     engine = _cluster_engine(tmp_path, hosts, {"a": ["small"], "b": ["small"]})
 
-    async def ask() -> tuple[str, Call]:
-        await engine.refresh_all()
-        call = Call(Request((Message("user", "hi"),), "small"))
-        await engine.route(call)
-        return (await engine.complete(call)).text, call
-
-    text, _ = asyncio.run(ask())
+    text, _ = asyncio.run(_ask(engine))
     assert text == "small@b two three"  # b has it ACTIVE
     hosts["b"].dies_after = 1  # b sends one chunk, then its node is gone
-    text, call = asyncio.run(ask())
+    text, call = asyncio.run(_ask(engine))
     assert text == "small@a two three"  # the non-streamed call started again on a
     assert call.expert == "small" and hosts["b"].calls == 2
-    text, _ = asyncio.run(ask())
+    text, _ = asyncio.run(_ask(engine))
     assert text == "small@a two three" and hosts["b"].calls == 2  # b is down: not tried
     asyncio.run(engine.close())
 
@@ -600,20 +602,11 @@ def test_ingress_engine_prefers_the_active_host_and_restarts_after_a_host_dies(t
 def test_ingress_sends_a_call_refused_as_not_placed_to_the_experts_other_host(tmp_path: Path) -> None:
     """A host that no longer serves an expert (a move this ingress has not seen yet) refuses with
     ``not_placed``: the call goes to the expert's other host, and the ingress stops choosing the first."""
-    from coserve.engine.call import Call
-    from coserve.types import Message, Request
-
     hosts = {"a": _Host("a", {"small": "active"}), "b": _Host("b", {"small": "ram"})}
     hosts["a"].withdrawn.add("small")
     engine = _cluster_engine(tmp_path, hosts, {"a": ["small"], "b": ["small"]})
 
-    async def ask() -> tuple[str, Call]:
-        await engine.refresh_all()
-        call = Call(Request((Message("user", "hi"),), "small"))
-        await engine.route(call)
-        return (await engine.complete(call)).text, call
-
-    text, call = asyncio.run(ask())
+    text, call = asyncio.run(_ask(engine))
     assert text == "small@b two three" and call.node == "b" and call.tried == []  # no fallback to another expert
     assert engine.book.hosting("small") == ["b"] and hosts["a"].calls == 1
     assert engine.requested == {"small": 1}  # counted once for the placement controller
