@@ -1,6 +1,7 @@
 """A real ``coserve serve`` in a subprocess on 127.0.0.1: over a library of fake experts (the
-default), a library file given, or the bundled default library. Every test that needs a free port
-or a live server uses this module (the port and the wait come from ``coserve.bench.processes``,
+default), a library file given, or the bundled default library; or an engine's app on a real
+uvicorn server in a thread (``app_in_thread``). Every test that needs a free port or a live server
+uses this module (the port and the wait come from ``coserve.bench.processes``,
 which the serve benchmark uses too)."""
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,7 +22,7 @@ from conftest import write_library
 
 from coserve.bench.processes import free_port, wait_until_up
 
-__all__ = ["LiveServer", "free_port"]
+__all__ = ["LiveServer", "app_in_thread", "free_port"]
 
 START_TIMEOUT_S = 60.0  # the engine trains its router at start: a few seconds on a CPU
 
@@ -85,3 +90,26 @@ class LiveServer:
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+@contextmanager
+def app_in_thread(engine: Any) -> Iterator[str]:
+    """``create_app(engine)`` on a real uvicorn server in a thread on 127.0.0.1 (a free port); yields
+    its ``/v1`` base URL and stops the server on leaving."""
+    import uvicorn
+
+    from coserve.server.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        assert time.monotonic() < deadline, "the in-thread server did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -16,16 +16,15 @@ from __future__ import annotations
 import importlib.util
 import re
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 import yaml
 from conftest import library_data
+from live import app_in_thread
 
 from coserve.backends.base import Backend, Handle
 from coserve.backends.registry import get_backend
@@ -33,7 +32,6 @@ from coserve.config import ExpertSpec, load_library
 from coserve.engine.engine import Engine
 from coserve.errors import AssetError, ContextTooLong, ExpertFailed, ExpertLoadError
 from coserve.router.embed import HashingEmbedder
-from coserve.server.app import create_app
 from coserve.types import Chunk, Message, Sampling
 
 CONTEXT = 512  # tokens (words for the fake): small, so a too-long prompt is cheap
@@ -93,17 +91,8 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data, _ = _general("llamacpp")  # its source is a pkg: path, found wherever the library file is
     library = load_library(_library(data, folder, "general"))
     engine = Engine.build(library, folder, embedder=HashingEmbedder())
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=0, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline, "the upstream server did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with app_in_thread(engine) as url:
+        yield url
 
 
 @pytest.fixture(params=[name if name == "fake" else pytest.param(name, marks=pytest.mark.e2e) for name in BACKENDS])

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 from conftest import library_data
 from fastapi.testclient import TestClient
-from live import free_port
+from live import app_in_thread, free_port
 
 from coserve.config import load_library
 from coserve.engine.engine import Engine
@@ -27,17 +24,8 @@ from coserve.server.app import create_app
 def upstream(make_engine: Callable[..., Engine]) -> Iterator[str]:
     """A real uvicorn server on loopback serving fake experts (slow ones: 'big' sleeps per token)."""
     engine = make_engine(options={"big": {"token_delay": 0.5}})
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "upstream server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with app_in_thread(engine) as url:
+        yield url
 
 
 def _remote_library(tmp_path: Path, base_url: str, **options: Any) -> Path:
