@@ -76,20 +76,15 @@ needs_llama = pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, 
 @pytest.mark.e2e
 @needs_llama
 def test_llamacpp_split_computes_them_from_the_logits() -> None:
-    from coserve.backends.llamacpp_split import LlamaCppSplitBackend
-    from coserve.config import load_library
-    from coserve.types import Chunk, Message, Sampling
+    from general_expert import loaded_general, stream_all
 
-    library = load_library()
-    spec = library.expert("general").model_copy(update={"backend": "llamacpp-split", "options": {"n_parallel": 1}})
+    from coserve.backends.llamacpp_split import LlamaCppSplitBackend
+    from coserve.types import Sampling
+
     backend = LlamaCppSplitBackend()
-    staged = backend.stage(spec, library.path.parent if library.path else None)
-    handle = backend.load(spec, staged)
-    try:
-        chunks: list[Chunk] = []
+    with loaded_general("llamacpp-split", backend) as handle:
         sampling = Sampling(max_tokens=12, temperature=0.0, logprobs=True, top_logprobs=5)
-        prompt = (Message("user", "Count from 1 to 10, separated by commas."),)
-        backend.stream(handle, prompt, sampling, lambda chunk: chunks.append(chunk) and False)
+        chunks = stream_all(backend, handle, "Count from 1 to 10, separated by commas.", sampling)
         entries = [entry for chunk in chunks for entry in chunk.logprobs]
         assert len(entries) == chunks[-1].usage.completion_tokens == 12  # type: ignore[union-attr]
         assert "".join(chunk.text for chunk in chunks) == "".join(e.token for e in entries)
@@ -99,9 +94,6 @@ def test_llamacpp_split_computes_them_from_the_logits() -> None:
             assert len(values) == 5 and values == sorted(values, reverse=True)
             assert entry.top[0] == (entry.token, entry.logprob, entry.token_bytes)  # greedy: the most likely
             assert sum(math.exp(v) for v in values) <= 1.0 + 1e-6
-    finally:
-        backend.unload(handle)
-        backend.unstage(staged)
 
 
 @pytest.mark.e2e
@@ -133,22 +125,14 @@ def test_the_openai_client_gets_them_from_a_live_server(tmp_path: Any) -> None:
 
 
 def _greedy_logprobs(backend_name: str, backend: Any) -> list[tuple[str, float]]:
-    from coserve.config import load_library
-    from coserve.types import Chunk, Message, Sampling
+    from general_expert import loaded_general, stream_all
 
-    library = load_library()
-    spec = library.expert("general").model_copy(update={"backend": backend_name, "options": {"n_parallel": 1}})
-    staged = backend.stage(spec, library.path.parent if library.path else None)
-    handle = backend.load(spec, staged)
-    try:
-        chunks: list[Chunk] = []
+    from coserve.types import Sampling
+
+    with loaded_general(backend_name, backend) as handle:
         sampling = Sampling(max_tokens=6, temperature=0.0, logprobs=True, top_logprobs=2)
-        prompt = (Message("user", "Count from 1 to 10, separated by commas."),)
-        backend.stream(handle, prompt, sampling, lambda chunk: chunks.append(chunk) and False)
+        chunks = stream_all(backend, handle, "Count from 1 to 10, separated by commas.", sampling)
         return [(entry.token, entry.logprob) for chunk in chunks for entry in chunk.logprobs]
-    finally:
-        backend.unload(handle)
-        backend.unstage(staged)
 
 
 @pytest.mark.e2e

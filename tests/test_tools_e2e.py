@@ -193,30 +193,23 @@ def test_what_cannot_be_served_is_refused_with_its_parameter(openai_client: Any)
 def test_llamacpp_passes_response_format_to_its_server_and_refuses_tools() -> None:
     """The ``llamacpp`` backend (llama.cpp's server in xllamacpp): the server's own grammar keeps
     ``general`` to the schema; tools are refused before anything is generated."""
-    from coserve.backends.llamacpp import LlamaCppBackend
-    from coserve.config import load_library
-    from coserve.errors import InvalidRequest
-    from coserve.types import Chunk, Message, Sampling
+    from general_expert import loaded_general, stream_all
 
-    library = load_library()
-    spec = library.expert("general").model_copy(update={"backend": "llamacpp", "options": {"n_parallel": 1}})
+    from coserve.backends.llamacpp import LlamaCppBackend
+    from coserve.errors import InvalidRequest
+    from coserve.types import Sampling
+
     backend = LlamaCppBackend()
-    staged = backend.stage(spec, library.path.parent if library.path else None)
-    handle = backend.load(spec, staged)
-    try:
-        chunks: list[Chunk] = []
+    with loaded_general("llamacpp", backend) as handle:
         response_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": ANSWER_SCHEMA}}
         sampling = Sampling(max_tokens=48, temperature=0.0, response_format=json.dumps(response_format))
-        prompt = (Message("user", "Describe Ada, a person aged 36, as JSON."),)
-        backend.stream(handle, prompt, sampling, lambda chunk: chunks.append(chunk) and False)
+        prompt = "Describe Ada, a person aged 36, as JSON."
+        chunks = stream_all(backend, handle, prompt, sampling)
         assert chunks[-1].finish_reason == "stop"
         _valid(json.loads("".join(chunk.text for chunk in chunks)), ANSWER_SCHEMA)
         with pytest.raises(InvalidRequest, match="tools: ") as refused:
-            backend.stream(handle, prompt, Sampling(tools=json.dumps([WEATHER])), lambda chunk: False)
+            stream_all(backend, handle, prompt, Sampling(tools=json.dumps([WEATHER])))  # refused before generating
         assert refused.value.param == "tools"
-    finally:
-        backend.unload(handle)
-        backend.unstage(staged)
 
 
 def test_a_model_at_a_freed_models_address_gets_its_own_grammar_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
