@@ -34,6 +34,12 @@ def layout(placement: Placement) -> set[tuple[str, str, bool, float]]:
     return {(r.expert, r.node, r.resident, round(r.share, 6)) for r in placement.replicas}
 
 
+def slow_alone(placement: Placement) -> tuple[str, str]:
+    """Of nodes a and b, the one that holds ``slow`` alone, and the other."""
+    alone = next(n for n in ("a", "b") if [r.expert for r in placement.on(n)] == ["slow"])
+    return alone, "b" if alone == "a" else "a"
+
+
 def test_a_slow_expert_is_split_where_request_shares_would_leave_it_alone() -> None:
     """slow (half the requests, 3 s each) and fast (half, 1 s); two nodes holding both resident.
     By request share, {slow} | {fast} is already even (0.5 / 0.5, two replicas). By compute the mean
@@ -48,8 +54,7 @@ def test_a_slow_expert_is_split_where_request_shares_would_leave_it_alone() -> N
 
     timed = {"slow": Footprint(GiB, 0, 3.0), "fast": Footprint(GiB, 0, 1.0)}
     placement = plan(cluster, timed, traffic)
-    alone = next(n for n in ("a", "b") if [r.expert for r in placement.on(n)] == ["slow"])
-    other = "b" if alone == "a" else "a"
+    alone, other = slow_alone(placement)
     assert layout(placement) == {
         ("slow", alone, True, round(1 / 3, 6)),
         ("slow", other, True, round(1 / 6, 6)),
@@ -76,8 +81,7 @@ def test_the_cold_load_weight_decides_whether_a_slow_expert_gets_swap_room() -> 
     assert kept.busiest_load == pytest.approx(0.75, abs=1e-6) and kept.cold_share == 0
 
     split = plan(nodes(("a", room, 1.0), ("b", room, 1.0), cold_load_weight=0.3), footprints, traffic)
-    alone = next(n for n in ("a", "b") if [r.expert for r in split.on(n)] == ["slow"])
-    other = "b" if alone == "a" else "a"
+    alone, other = slow_alone(split)
     assert layout(split) == {
         ("slow", alone, True, round(1 / 3, 6)),
         ("slow", other, False, round(1 / 6, 6)),
