@@ -31,7 +31,7 @@ from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook
 from coserve.distributed.ray_host import NOT_PLACED, raise_record
 from coserve.distributed.shared_online import ClusterOnline
 from coserve.engine.call import Call
-from coserve.engine.engine import Engine
+from coserve.engine.engine import Engine, prepended
 from coserve.errors import CoserveError, ExpertFailed, ExpertLoadError
 from coserve.server.admission import Admission
 from coserve.types import Chunk, Completion, Decision, Tier
@@ -155,7 +155,7 @@ class ClusterEngine(Engine):
                     raise
                 self.book.withdraw(call.node, expert)  # moved away by a placement this ingress has not seen yet
                 continue
-            return _prepend(first, chunks)
+            return prepended(first, chunks)
         call.node = None
         where = ", ".join(self.book.hosting(expert)) or "no node"
         unserved = ExpertLoadError(f"expert {expert!r} has no host that can serve it now (placed on {where})")
@@ -296,15 +296,6 @@ class ClusterEngine(Engine):
 async def _empty() -> AsyncIterator[Chunk]:
     return
     yield  # an async generator that yields nothing
-
-
-async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    try:
-        yield first
-        async for chunk in rest:
-            yield chunk
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
 
 
 async def _next_or_probe(stream: Any, probe: Callable[[], Awaitable[object]]) -> object:

@@ -52,7 +52,7 @@ Residency = Literal["lookahead", "lru", "load_per_request"]
 
 NO_ROUTER = "no_router"  # the error code of a routing call to an engine built without a router
 
-__all__ = ["NO_ROUTER", "Engine", "Residency"]
+__all__ = ["NO_ROUTER", "Engine", "Residency", "prepended"]
 
 
 class Engine:
@@ -282,7 +282,7 @@ class Engine:
                 self.online.served(expert)  # the answering expert's cost moves the budget weight
             for source in call.tried:
                 self.metrics.fallbacks.labels(source, expert).inc()
-            return self._chain(first, chunks, call)
+            return prepended(first, chunks)
         call.expert = call.decision.expert  # no expert answered: the chosen one is on record
         assert last_error is not None
         raise last_error
@@ -311,14 +311,6 @@ class Engine:
             if chunk.finish_reason:
                 finish = chunk.finish_reason
         return Completion("".join(parts), finish, call.usage or Usage(), tuple(logprobs), joined_calls(deltas))
-
-    async def _chain(self, first: Chunk, rest: AsyncIterator[Chunk], call: Call) -> AsyncIterator[Chunk]:
-        try:
-            yield first
-            async for chunk in rest:
-                yield chunk
-        finally:
-            await rest.aclose()  # type: ignore[attr-defined]  # stops the runtime at its next token
 
     def _execute(self, lease: Lease, call: Call) -> AsyncIterator[Chunk]:
         """Run the backend's stream in a worker thread (coserve.engine.threaded); the lease is held until it returns."""
@@ -354,3 +346,14 @@ class Engine:
                 self._loop.call_soon_threadsafe(dispatcher.cancel)
         await self.pool.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def prepended(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """``first``, then ``rest``'s chunks; leaving early closes ``rest`` (the runtime stops at its next
+    token). The engine and a cluster's ingress hand out a stream whose first chunk they already read."""
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
