@@ -7,7 +7,9 @@ the weights, temperature and ``lam``, as ``coserve eval`` does). ``--stage confi
 a,b`` fits on all of DESIGN and scores CONFIRM once. Per candidate: quality at <= 10.2 B and
 <= 51 B on the pooled front (mixing lam points, as docs/eval.md reports) and with ``lam`` set per
 budget on the inner split (what ``coserve train`` deploys), and the best single expert beside it.
-Not part of the package: a research script; the figures are in docs/data/router-design-*.json.
+Not part of the package: a research script; the figures are in docs/data/router-{design,confirm}-s9-*.json,
+printed as a table by ``scripts/router_design.py --table FILE...``. Run it with the repository root
+on ``PYTHONPATH`` so the checked-out package is the one imported.
 """
 
 from __future__ import annotations
@@ -294,7 +296,37 @@ def baselines(data: OutcomeSet, cost: np.ndarray) -> dict[str, object]:
     return out
 
 
+def print_table(paths: Sequence[str]) -> None:
+    """One markdown row per candidate of each report: front and inner-lam quality at both budgets."""
+    import json
+
+    print(
+        "| file | embedder | candidate | front @ 10.2 B | front @ 51 B "
+        "| inner lam @ 10.2 B (spent) | inner lam @ 51 B (spent) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for path in paths:
+        report = json.loads(Path(path).read_text())
+        for name, row in report["candidates"].items():
+            if name.startswith("_"):
+                continue
+            inner = [row.get(f"inner_lam_at_{b:g}") for b in BUDGETS]
+            cells = ["-" if x is None else f"{x['quality']:.4f} ({x['avg_params_b']:.2f} B)" for x in inner]
+            print(
+                f"| {Path(path).stem} | {report['embedder']} | {name} | {row['front_at_10.2']:.4f} | "
+                f"{row['front_at_51']:.4f} | {cells[0]} | {cells[1]} |"
+            )
+        base = report["baselines"]
+        print(
+            f"| {Path(path).stem} | | best single | {base['best_single_at_10.2']['quality']:.4f} | "
+            f"{base['best_single_at_51']['quality']:.4f} | | |"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--table":
+        print_table(sys.argv[2:])
+        return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--experts", required=True)
