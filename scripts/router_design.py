@@ -223,6 +223,22 @@ def _sweep(scores: np.ndarray, cost: np.ndarray) -> dict[float, np.ndarray]:
     return {float(lam): choose_per_prompt(scores, scaled, float(lam)) for lam in LAMBDAS}
 
 
+def by_category(Y: np.ndarray, choice: np.ndarray, cost: np.ndarray, categories: Sequence[str]) -> dict[str, object]:
+    """Per category: rows, the router's quality and mean parameters with ``choice``, and each expert's
+    quality (where the router's margin over a single expert comes from)."""
+    cats = np.asarray(categories)
+    out: dict[str, object] = {}
+    for k in sorted(set(categories)):
+        rows = np.flatnonzero(cats == k)
+        out[k] = {
+            "n": len(rows),
+            "router": round(float(np.nanmean(Y[rows, choice[rows]])), 4),
+            "router_params_b": round(float(cost[choice[rows]].mean()), 2),
+            "experts": [round(float(x), 4) for x in np.nanmean(Y[rows], axis=0)],
+        }
+    return out
+
+
 def run_folds(
     X: np.ndarray,
     data: OutcomeSet,
@@ -280,6 +296,7 @@ def run_folds(
                 "quality": round(float(np.nanmean(Y[np.arange(n), c])), 4),
                 "avg_params_b": round(float(cost[c].mean()), 2),
             }
+            row[f"by_category_at_{b:g}"] = by_category(Y, c, cost, [data.categories[i] for i in rows])
         out[name] = row
     out["_extras"] = {k: [float(x) for x in v] for k, v in extras.items()}
     return out
@@ -370,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "embedder": STACK_EMBEDDER + ("+extra_features" if args.extra_features else ""),
         "budgets_b": list(BUDGETS),
+        "experts": list(data.experts),
+        "params_b": [float(x) for x in cost],
         "candidates": result,
         "baselines": baselines(scored, cost),
         "note": "front_at_B: pooled Pareto front of the lam sweep, interpolated (mixes two lam points); "
