@@ -56,6 +56,10 @@ class OnlineSettings(BaseModel):
     change_drift: float = Field(0.05, ge=0)  # half the smallest shift in an expert's scores worth noticing
     reset_count: float = Field(2.0, gt=0)  # pseudo-counts a changed expert's scores keep
     move_mean: bool = True  # a changed expert's means also move by the estimated shift
+    # what the detector's residuals are measured against: the posterior mean (offline table + feedback), or
+    # the cell's own earlier feedback, which a wrong offline table does not move (docs/adapt.md)
+    change_baseline: Literal["posterior", "feedback"] = "posterior"
+    change_min_feedback: int = Field(20, ge=1)  # feedback baseline: scores a cell needs before it is tested
     signals: tuple[Literal["failure", "timeout", "fallback"], ...] = ()  # counted as a score of 0
     # per what a decision is made: the category's map, or each prompt's offline prediction corrected by
     # its category's feedback (docs/adapt.md)

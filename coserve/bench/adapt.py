@@ -76,6 +76,8 @@ class AdaptOptions:
     change_drift: float = _ONLINE.change_drift
     reset_count: float = _ONLINE.reset_count
     move_mean: bool = _ONLINE.move_mean
+    change_baseline: str = _ONLINE.change_baseline  # the detector's residuals: against the posterior or own feedback
+    change_min_feedback: int = _ONLINE.change_min_feedback
     mix_window: int = _ONLINE.mix_window  # requests whose category mix sets the feed-forward weight (0: integral only)
     granularity: str = _ONLINE.granularity  # route per category, or per prompt (needs the stream's predictions)
     prompt_weight: float = _ONLINE.prompt_weight  # share of a prompt's predicted offset from its category kept
@@ -107,6 +109,8 @@ class AdaptOptions:
             change_drift=self.change_drift,
             reset_count=self.reset_count,
             move_mean=self.move_mean,
+            change_baseline=self.change_baseline,  # type: ignore[arg-type]  # checked by OnlineSettings
+            change_min_feedback=self.change_min_feedback,
             granularity=self.granularity,  # type: ignore[arg-type]  # checked by OnlineSettings
             prompt_weight=self.prompt_weight,
         )

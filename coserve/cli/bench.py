@@ -67,7 +67,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     axis, target = ("price", args.budget_price) if args.budget_price is not None else ("params", args.budget_params)
     knobs: tuple[str, ...] = ("requests", "phases", "feedback", "noise", "shock", "seed", "prior_strength")
     knobs += ("max_count", "step", "change_threshold", "change_drift", "reset_count", "mix_window")
-    knobs += ("granularity", "prompt_weight")
+    knobs += ("granularity", "prompt_weight", "change_baseline", "change_min_feedback")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     report = run_adapt(args.prior, args.stream, args.experts, options, make_embedder(args.embedder))
@@ -110,6 +110,8 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--explore-cap", type=float, help="most share of traffic that explores")
     b.add_argument("--change-threshold", type=float, help="the change detector's alarm level (0: none)")
     b.add_argument("--change-drift", type=float, help="half the smallest shift the detector looks for")
+    b.add_argument("--change-baseline", choices=["posterior", "feedback"], help="the detector's residuals against")
+    b.add_argument("--change-min-feedback", type=int, help="feedback baseline: scores a cell needs to be tested")
     b.add_argument("--reset-count", type=float, help="pseudo-counts a changed expert's scores keep")
     b.add_argument("--mix-window", type=int, help="requests whose mix sets the feed-forward weight (0: none)")
     b.add_argument("--granularity", choices=["category", "prompt"], help="route per category or per prompt")
