@@ -14,6 +14,13 @@ four checks it meets over all runs (tracking error <= 0.02, adaptive >= static +
 hindsight - 0.01, recovery <= 2,000), ties broken by the mean of adaptive - hindsight.
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --json docs/data/adapt-tuning.json
+
+`--stage detector` (session 9) scores only the change detector's settings, every other knob at
+AdaptOptions' defaults (the choice above): the defaults themselves first (residuals against the
+posterior), then residuals against each cell's own feedback mean over a small grid of the alarm level,
+the feedback a cell needs before it is tested, and the drift.
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage detector --json docs/data/adapt-tuning-s9.json
 """
 
 from __future__ import annotations
@@ -132,21 +139,44 @@ def stage_two(best: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**best, name: value} for name, values in moves.items() for value in values if best.get(name) != value]
 
 
+def detector_grid() -> list[dict[str, Any]]:
+    """The defaults (posterior baseline) first, then the feedback baseline's candidates."""
+    feedback = [
+        {
+            "change_baseline": "feedback",
+            "change_threshold": threshold,
+            "change_min_feedback": least,
+            "change_drift": drift,
+        }
+        for level in (4.0, 8.0, 16.0)
+        for least in (10, 30)
+        for drift in (0.05, 0.1)
+    ]
+    return [{}, *feedback]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder with train.jsonl and experts.json")
     parser.add_argument("--json", type=Path, required=True, help="write every setting's results here")
+    parser.add_argument(
+        "--stage", choices=["all", "detector"], default="all", help="the full search, or the detector's"
+    )
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
     fitted, sizes = tuning_streams(args.data, costs)
-    results = []
-    for knobs in stage_one():
-        results.append(evaluate(fitted, costs, knobs))
-        print(results[-1]["checks_met"], f"{results[-1]['mean_adaptive_minus_hindsight']:+.4f}", knobs, flush=True)
-    best = max(results, key=_rank)["knobs"]
-    for knobs in stage_two(best):
-        results.append(evaluate(fitted, costs, knobs))
-        print(results[-1]["checks_met"], f"{results[-1]['mean_adaptive_minus_hindsight']:+.4f}", knobs, flush=True)
+    results: list[dict[str, Any]] = []
+
+    def score(settings: list[dict[str, Any]]) -> None:
+        for knobs in settings:
+            results.append(evaluate(fitted, costs, knobs))
+            print(results[-1]["checks_met"], f"{results[-1]['mean_adaptive_minus_hindsight']:+.4f}", knobs, flush=True)
+
+    if args.stage == "detector":
+        score(detector_grid())
+    else:
+        score(stage_one())
+        score(stage_two(max(results, key=_rank)["knobs"]))
     chosen = max(results, key=_rank)
     defaults = {f.name: f.default for f in dataclasses.fields(AdaptOptions)}
     payload = {
@@ -154,7 +184,8 @@ def main(argv: list[str]) -> int:
         "split": {"salt": TUNING_SALT, **sizes},
         "budgets": [list(b) for b in BUDGETS],
         "seeds": list(SEEDS),
-        "score": "checks met over all runs (4 per run), then mean adaptive - hindsight",
+        "stage": args.stage,  # detector: every other knob at the defaults below; the first result is the defaults
+        "score": "checks met over all runs (4 per run), then mean adaptive - hindsight (a tie keeps the earlier)",
         "defaults": defaults,
         "chosen": chosen["knobs"],
         "chosen_checks_met": chosen["checks_met"],
