@@ -144,7 +144,7 @@ def detector_grid() -> list[dict[str, Any]]:
     feedback = [
         {
             "change_baseline": "feedback",
-            "change_threshold": threshold,
+            "change_threshold": level,
             "change_min_feedback": least,
             "change_drift": drift,
         }
