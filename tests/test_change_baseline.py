@@ -28,7 +28,7 @@ OFFLINE = np.array([[0.5, 0.6]])
 
 def _router(baseline: str) -> OnlineRouter:
     change = ChangeSettings(drift=0.05, threshold=1.0, reset_count=2.0, baseline=baseline, min_feedback=10)
-    return OnlineRouter(OFFLINE, [1.0, 1.0], target=1.0, explore_cap=0.0, prior_strength=10, max_count=100, change=change)
+    return OnlineRouter(OFFLINE, [1.0, 1.0], 1.0, explore_cap=0.0, prior_strength=10, max_count=100, change=change)
 
 
 def test_a_constant_offline_error_fires_the_posterior_baseline_but_not_the_feedback_one() -> None:
