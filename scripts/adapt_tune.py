@@ -18,7 +18,9 @@ hindsight - 0.01, recovery <= 2,000), ties broken by the mean of adaptive - hind
 `--stage detector` (session 9) scores only the change detector's settings, every other knob at
 AdaptOptions' defaults (the choice above): the defaults themselves first (residuals against the
 posterior), then residuals against each cell's own feedback mean over a small grid of the alarm level,
-the feedback a cell needs before it is tested, and the drift.
+the feedback a cell needs before it is tested, and the drift, then one knob at a time from the grid's
+best feedback setting (moving the means on an alarm or not, the reset count, the drift, the feedback a
+cell needs).
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage detector --json docs/data/adapt-tuning-s9.json
 """
@@ -155,6 +157,18 @@ def detector_grid() -> list[dict[str, Any]]:
     return [{}, *feedback]
 
 
+def detector_moves(best: dict[str, Any]) -> list[dict[str, Any]]:
+    """One knob at a time from the grid's best feedback-baseline setting: keep the means on an alarm (only
+    cut the counts), keep more pseudo-counts, a drift between the grid's two, the feedback a cell needs."""
+    moves: dict[str, tuple[Any, ...]] = {
+        "move_mean": (False,),
+        "reset_count": (5.0, 10.0),
+        "change_drift": (0.075,),
+        "change_min_feedback": (20,),
+    }
+    return [{**best, name: value} for name, values in moves.items() for value in values if best.get(name) != value]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder with train.jsonl and experts.json")
@@ -174,6 +188,7 @@ def main(argv: list[str]) -> int:
 
     if args.stage == "detector":
         score(detector_grid())
+        score(detector_moves(max(results[1:], key=_rank)["knobs"]))
     else:
         score(stage_one())
         score(stage_two(max(results, key=_rank)["knobs"]))
