@@ -23,6 +23,13 @@ best feedback setting (moving the means on an alarm or not, the reset count, the
 cell needs).
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage detector --json docs/data/adapt-tuning-s9.json
+
+`--stage predictor` (session 9) scores the defaults (and half the prompt's offset) with the per-prompt
+predictor fitted on MiniLM's vectors (session 8's) and on `coserve train`'s default vectors
+(minilm-static plus the prompt features):
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage predictor \
+        --json docs/data/adapt-tuning-s9-predictor.json
 """
 
 from __future__ import annotations
@@ -39,23 +46,34 @@ import numpy as np
 from coserve.bench.adapt import AdaptOptions, FittedStream, fit_stream, replay_adapt, split_by_prompt
 from coserve.bench.provenance import write_data
 from coserve.eval.data import ExpertCosts, embed_cached, load_costs, load_outcomes
-from coserve.router.embedders import make_embedder
+from coserve.router.embedders import STACK_EMBEDDER, make_embedder
 
 BUDGETS = (("params", 15.0), ("params", 20.0), ("price", 0.3))  # the benchmark's official budgets
 SEEDS = (0, 1, 2)
 TUNING_SALT = "tune"  # the second split's salt: another, independent hash of each prompt
 
 
-def tuning_streams(data: Path, costs: ExpertCosts) -> tuple[dict[str, FittedStream], dict[str, int]]:
+def tuning_streams(
+    data: Path, costs: ExpertCosts, predictor: str | None = None
+) -> tuple[dict[str, FittedStream], dict[str, int]]:
     """The router fitted on the tuning prior, per budget axis, and the tuning stream (both inside the
-    benchmark's prior half)."""
+    benchmark's prior half); the per-prompt predictor reads ``predictor``'s vectors where given."""
     rows, _ = load_outcomes(data / "train.jsonl", on_bad="skip")
     X = embed_cached(rows.prompts, make_embedder("minilm"))  # the whole file: the benchmark's cache key
+    P = X if predictor is None else embed_cached(rows.prompts, make_embedder(predictor))
     benchmark_prior, _benchmark_stream = split_by_prompt(rows)  # the benchmark's stream is set aside
-    prior, X_prior = rows.subset(benchmark_prior), X[benchmark_prior]
+    prior, X_prior, P_prior = rows.subset(benchmark_prior), X[benchmark_prior], P[benchmark_prior]
     fit, replay = split_by_prompt(prior, salt=TUNING_SALT)
     fitted = {
-        axis: fit_stream(prior.subset(fit), X_prior[fit], prior.subset(replay), X_prior[replay], costs, axis)
+        axis: fit_stream(
+            prior.subset(fit),
+            X_prior[fit],
+            prior.subset(replay),
+            X_prior[replay],
+            costs,
+            axis,
+            (P_prior[fit], P_prior[replay]),
+        )
         for axis in ("params", "price")
     }
     sizes = {"benchmark_prior_rows": len(prior), "tuning_prior_rows": len(fit), "tuning_stream_rows": len(replay)}
@@ -157,6 +175,9 @@ def detector_grid() -> list[dict[str, Any]]:
     return [{}, *feedback]
 
 
+PREDICTOR_KNOBS: list[dict[str, Any]] = [{}, {"prompt_weight": 0.5}]  # --stage predictor: the defaults, half the offset
+
+
 def detector_moves(best: dict[str, Any]) -> list[dict[str, Any]]:
     """One knob at a time from the grid's best feedback-baseline setting: keep the means on an alarm (only
     cut the counts), keep more pseudo-counts, a drift between the grid's two, the feedback a cell needs."""
@@ -174,7 +195,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--data", type=Path, required=True, help="folder with train.jsonl and experts.json")
     parser.add_argument("--json", type=Path, required=True, help="write every setting's results here")
     parser.add_argument(
-        "--stage", choices=["all", "detector"], default="all", help="the full search, or the detector's"
+        "--stage", choices=["all", "detector", "predictor"], default="all", help="the full search, or the detector's"
     )
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
@@ -186,7 +207,13 @@ def main(argv: list[str]) -> int:
             results.append(evaluate(fitted, costs, knobs))
             print(results[-1]["checks_met"], f"{results[-1]['mean_adaptive_minus_hindsight']:+.4f}", knobs, flush=True)
 
-    if args.stage == "detector":
+    if args.stage == "predictor":  # the same knob settings with each per-prompt predictor's vectors
+        static_streams = tuning_streams(args.data, costs, STACK_EMBEDDER)[0]
+        for spec, streams in (("minilm", fitted), (STACK_EMBEDDER, static_streams)):
+            for knobs in PREDICTOR_KNOBS:
+                results.append({**evaluate(streams, costs, knobs), "predictor": spec})
+                print(results[-1]["checks_met"], f"{results[-1]['mean_adaptive_minus_hindsight']:+.4f}", spec, knobs)
+    elif args.stage == "detector":
         score(detector_grid())
         score(detector_moves(max(results[1:], key=_rank)["knobs"]))
     else:
@@ -203,11 +230,12 @@ def main(argv: list[str]) -> int:
         "score": "checks met over all runs (4 per run), then mean adaptive - hindsight (a tie keeps the earlier)",
         "defaults": defaults,
         "chosen": chosen["knobs"],
+        **({"chosen_predictor": chosen["predictor"]} if "predictor" in chosen else {}),
         "chosen_checks_met": chosen["checks_met"],
         "results": results,
     }
     write_data(args.json, payload, "python scripts/adapt_tune.py " + shlex.join(argv))
-    print("chosen:", chosen["knobs"], chosen["checks_met"], "of", chosen["checks"])
+    print("chosen:", chosen.get("predictor", ""), chosen["knobs"], chosen["checks_met"], "of", chosen["checks"])
     return 0
 
 

@@ -70,7 +70,8 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs += ("granularity", "prompt_weight", "change_baseline", "change_min_feedback")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
-    report = run_adapt(args.prior, args.stream, args.experts, options, make_embedder(args.embedder))
+    predictor = make_embedder(args.predictor_embedder) if args.predictor_embedder else None
+    report = run_adapt(args.prior, args.stream, args.experts, options, make_embedder(args.embedder), predictor)
     write_data(Path(args.json), report, args.command_line)
     if args.plot:
         from coserve.bench.adapt import plot_adapt
@@ -118,6 +119,7 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--prompt-weight", type=float, help="share of a prompt's predicted offset kept (prompt mode)")
     b.add_argument("--seed", type=int)
     b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
+    b.add_argument("--predictor-embedder", help="the per-prompt predictor's vectors (default: --embedder's)")
     b.set_defaults(func=cmd_bench_adapt)
 
 
