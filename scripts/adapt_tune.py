@@ -24,9 +24,9 @@ cell needs).
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage detector --json docs/data/adapt-tuning-s9.json
 
-`--stage predictor` (session 9) scores the defaults (and half the prompt's offset) with the per-prompt
-predictor fitted on MiniLM's vectors (session 8's) and on `coserve train`'s default vectors
-(minilm-static plus the prompt features):
+`--stage predictor` (session 9) scores the defaults, half the prompt's offset, and the detector stage's
+best feedback-baseline setting, each with the per-prompt predictor fitted on MiniLM's vectors (session
+8's) and on `coserve train`'s default vectors (minilm-static plus the prompt features):
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage predictor \
         --json docs/data/adapt-tuning-s9-predictor.json
@@ -175,7 +175,12 @@ def detector_grid() -> list[dict[str, Any]]:
     return [{}, *feedback]
 
 
-PREDICTOR_KNOBS: list[dict[str, Any]] = [{}, {"prompt_weight": 0.5}]  # --stage predictor: the defaults, half the offset
+# --stage predictor: the defaults, half the prompt's offset, and the detector stage's best feedback-baseline setting
+PREDICTOR_KNOBS: list[dict[str, Any]] = [
+    {},
+    {"prompt_weight": 0.5},
+    {"change_baseline": "feedback", "change_threshold": 8.0, "change_min_feedback": 20, "change_drift": 0.05},
+]
 
 
 def detector_moves(best: dict[str, Any]) -> list[dict[str, Any]]:
