@@ -26,7 +26,8 @@ cell needs).
 
 `--stage predictor` (session 9) scores the defaults, half the prompt's offset, and the detector stage's
 best feedback-baseline setting, each with the per-prompt predictor fitted on MiniLM's vectors (session
-8's) and on `coserve train`'s default vectors (minilm-static plus the prompt features):
+8's) and on `coserve train`'s default vectors (minilm-static plus the prompt features), and with the
+latter one knob at a time from the defaults (posterior, step, mix window, exploration, detector):
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage predictor \
         --json docs/data/adapt-tuning-s9-predictor.json
@@ -183,6 +184,22 @@ PREDICTOR_KNOBS: list[dict[str, Any]] = [
 ]
 
 
+def predictor_moves() -> list[dict[str, Any]]:
+    """One knob (or posterior pair) at a time from the defaults, for the other predictor: its residuals
+    are another size of noise, so the posterior, the controller and the detector may want other values."""
+    return [
+        {"prior_strength": 50.0, "max_count": 100.0},
+        {"prior_strength": 100.0, "max_count": 1000.0},
+        {"step": 0.0025},
+        {"step": 0.01},
+        {"mix_window": 100},
+        {"mix_window": 500},
+        {"explore_cap": 0.0},
+        {"change_threshold": 8.0},
+        {"reset_count": 5.0},
+    ]
+
+
 def detector_moves(best: dict[str, Any]) -> list[dict[str, Any]]:
     """One knob at a time from the grid's best feedback-baseline setting: keep the means on an alarm (only
     cut the counts), keep more pseudo-counts, a drift between the grid's two, the feedback a cell needs."""
@@ -215,7 +232,10 @@ def main(argv: list[str]) -> int:
     if args.stage == "predictor":  # the same knob settings with each per-prompt predictor's vectors
         static_streams = tuning_streams(args.data, costs, STACK_EMBEDDER)[0]
         for spec, streams in (("minilm", fitted), (STACK_EMBEDDER, static_streams)):
-            for knobs in PREDICTOR_KNOBS:
+            settings = PREDICTOR_KNOBS
+            if spec == STACK_EMBEDDER:  # the knobs were tuned with MiniLM's predictor: move them one at a time
+                settings = [*settings, *predictor_moves()]
+            for knobs in settings:
                 results.append({**evaluate(streams, costs, knobs), "predictor": spec})
                 print(results[-1]["checks_met"], f"{results[-1]['mean_adaptive_minus_hindsight']:+.4f}", spec, knobs)
     elif args.stage == "detector":
