@@ -27,7 +27,8 @@ cell needs).
 `--stage predictor` (session 9) scores the defaults, half the prompt's offset, and the detector stage's
 best feedback-baseline setting, each with the per-prompt predictor fitted on MiniLM's vectors (session
 8's) and on `coserve train`'s default vectors (minilm-static plus the prompt features), and with the
-latter one knob at a time from the defaults (posterior, step, mix window, exploration, detector):
+latter one knob at a time from the defaults (posterior, step, mix window, exploration, detector), then
+every move that beat its defaults together:
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage predictor \
         --json docs/data/adapt-tuning-s9-predictor.json
@@ -235,9 +236,17 @@ def main(argv: list[str]) -> int:
             settings = PREDICTOR_KNOBS
             if spec == STACK_EMBEDDER:  # the knobs were tuned with MiniLM's predictor: move them one at a time
                 settings = [*settings, *predictor_moves()]
+            start = len(results)
             for knobs in settings:
                 results.append({**evaluate(streams, costs, knobs), "predictor": spec})
                 print(results[-1]["checks_met"], f"{results[-1]['mean_adaptive_minus_hindsight']:+.4f}", spec, knobs)
+            if spec == STACK_EMBEDDER:  # then every move that beat this predictor's defaults, together
+                better = [r["knobs"] for r in results[start:] if _rank(r) > _rank(results[start])]
+                joint = {name: value for knobs in better for name, value in knobs.items()}
+                if len(better) > 1:
+                    results.append({**evaluate(streams, costs, joint), "predictor": spec})
+                    gap = results[-1]["mean_adaptive_minus_hindsight"]
+                    print(results[-1]["checks_met"], f"{gap:+.4f}", spec, joint, "(together)")
     elif args.stage == "detector":
         score(detector_grid())
         score(detector_moves(max(results[1:], key=_rank)["knobs"]))
