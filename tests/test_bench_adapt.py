@@ -187,8 +187,10 @@ def test_bench_adapt_takes_the_predictors_embedder(tmp_path: Path, cache: Path) 
     experts.write_text(json.dumps({e: {"params_b": b} for e, b in (("cheap", 1), ("mid", 3), ("big", 9))}))
     argv = ["bench", "adapt", "--prior", str(prior), "--experts", str(experts), "--budget-params", "3"]
     argv += ["--requests", "600", "--embedder", "hashing"]
-    assert main([*argv, "--json", str(tmp_path / "a.json")]) == 0
+    assert main([*argv, "--json", str(tmp_path / "a.json")]) == 0  # the predictor on coserve train's default
     assert main([*argv, "--predictor-embedder", "hashing", "--json", str(tmp_path / "b.json")]) == 0
     first, second = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
-    assert first["quality"] == second["quality"]  # the same vectors: the same run
-    assert second["provenance"]["command"].endswith("--json " + str(tmp_path / "b.json"))
+    assert (first["embedder"], first["predictor_embedder"]) == ("hashing", "minilm-static+features")
+    assert (second["embedder"], second["predictor_embedder"]) == ("hashing", "hashing")
+    assert first["quality"]["static"] == second["quality"]["static"]  # the same classifier and table
+    assert first["quality"]["adaptive"] != second["quality"]["adaptive"]  # other predictions, other routes

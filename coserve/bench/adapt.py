@@ -341,6 +341,7 @@ def run_adapt(
     report = replay_adapt(fitted.offline, stream, fitted.stream_category, costs, options, fitted.predicted)
     report.update(prior=str(prior_path), stream=str(stream_path or f"{prior_path} (other half)"))
     report.update(prior_rows=len(prior), stream_rows=len(stream), categories=fitted.categories)
+    report.update(embedder=embedder.name, predictor_embedder=pred.name)
     return report
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from coserve.bench.provenance import write_data
 from coserve.cli.common import Subcommands, add_library_arg, load_served_library
-from coserve.router.embedders import EMBEDDER_NAMES
+from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = [
     "add_bench_parser",
@@ -70,7 +70,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs += ("granularity", "prompt_weight", "change_baseline", "change_min_feedback")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
-    predictor = make_embedder(args.predictor_embedder) if args.predictor_embedder else None
+    predictor = make_embedder(args.predictor_embedder)
     report = run_adapt(args.prior, args.stream, args.experts, options, make_embedder(args.embedder), predictor)
     write_data(Path(args.json), report, args.command_line)
     if args.plot:
@@ -119,7 +119,11 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--prompt-weight", type=float, help="share of a prompt's predicted offset kept (prompt mode)")
     b.add_argument("--seed", type=int)
     b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
-    b.add_argument("--predictor-embedder", help="the per-prompt predictor's vectors (default: --embedder's)")
+    b.add_argument(
+        "--predictor-embedder",
+        default=STACK_EMBEDDER,
+        help=f"the per-prompt predictor's vectors (default {STACK_EMBEDDER}, as coserve train; classifier: --embedder)",
+    )
     b.set_defaults(func=cmd_bench_adapt)
 
 
