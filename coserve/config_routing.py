@@ -46,16 +46,22 @@ class OnlineSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prior_strength: float = Field(200.0, gt=0)  # pseudo-counts of the trained router's scores
-    max_count: float = Field(1000.0, gt=0)  # cap on a score's pseudo-counts (old evidence fades)
+    # defaults chosen by scripts/adapt_tune.py on a tuning split with the per-prompt predictor `coserve train`
+    # fits by default (stack on minilm-static+features; session 9, docs/adapt.md "Tuning")
+    prior_strength: float = Field(50.0, gt=0)  # pseudo-counts of the trained router's scores
+    max_count: float = Field(100.0, gt=0)  # cap on a score's pseudo-counts (old evidence fades)
     step: float = Field(0.005, gt=0)  # the budget controller's step
-    explore_cap: float = Field(0.02, ge=0, le=1)  # most share of traffic that explores
+    explore_cap: float = Field(0.0, ge=0, le=1)  # most share of traffic that explores
     window: int = Field(500, gt=0)  # requests in the sliding window (realised cost, exploring share)
-    mix_window: int = Field(200, ge=0)  # requests whose category mix sets the feed-forward weight (0: none)
+    mix_window: int = Field(500, ge=0)  # requests whose category mix sets the feed-forward weight (0: none)
     change_threshold: float = Field(16.0, ge=0)  # a changed expert's alarm level (0: no change detector)
     change_drift: float = Field(0.05, ge=0)  # half the smallest shift in an expert's scores worth noticing
     reset_count: float = Field(2.0, gt=0)  # pseudo-counts a changed expert's scores keep
     move_mean: bool = True  # a changed expert's means also move by the estimated shift
+    # what the detector's residuals are measured against: the posterior mean (offline table + feedback), or
+    # the cell's own earlier feedback, which a wrong offline table does not move (docs/adapt.md)
+    change_baseline: Literal["posterior", "feedback"] = "posterior"
+    change_min_feedback: int = Field(20, ge=1)  # feedback baseline: scores a cell needs before it is tested
     signals: tuple[Literal["failure", "timeout", "fallback"], ...] = ()  # counted as a score of 0
     # per what a decision is made: the category's map, or each prompt's offline prediction corrected by
     # its category's feedback (docs/adapt.md)

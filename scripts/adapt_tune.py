@@ -14,6 +14,24 @@ four checks it meets over all runs (tracking error <= 0.02, adaptive >= static +
 hindsight - 0.01, recovery <= 2,000), ties broken by the mean of adaptive - hindsight.
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --json docs/data/adapt-tuning.json
+
+`--stage detector` (session 9) scores only the change detector's settings, every other knob at
+AdaptOptions' defaults (the choice above): the defaults themselves first (residuals against the
+posterior), then residuals against each cell's own feedback mean over a small grid of the alarm level,
+the feedback a cell needs before it is tested, and the drift, then one knob at a time from the grid's
+best feedback setting (moving the means on an alarm or not, the reset count, the drift, the feedback a
+cell needs).
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage detector --json docs/data/adapt-tuning-s9.json
+
+`--stage predictor` (session 9) scores the defaults, half the prompt's offset, and the detector stage's
+best feedback-baseline setting, each with the per-prompt predictor fitted on MiniLM's vectors (session
+8's) and on `coserve train`'s default vectors (minilm-static plus the prompt features), and with the
+latter one knob at a time from the defaults (posterior, step, mix window, exploration, detector), then
+every move that beat its defaults together:
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage predictor \
+        --json docs/data/adapt-tuning-s9-predictor.json
 """
 
 from __future__ import annotations
@@ -30,23 +48,34 @@ import numpy as np
 from coserve.bench.adapt import AdaptOptions, FittedStream, fit_stream, replay_adapt, split_by_prompt
 from coserve.bench.provenance import write_data
 from coserve.eval.data import ExpertCosts, embed_cached, load_costs, load_outcomes
-from coserve.router.embedders import make_embedder
+from coserve.router.embedders import STACK_EMBEDDER, make_embedder
 
 BUDGETS = (("params", 15.0), ("params", 20.0), ("price", 0.3))  # the benchmark's official budgets
 SEEDS = (0, 1, 2)
 TUNING_SALT = "tune"  # the second split's salt: another, independent hash of each prompt
 
 
-def tuning_streams(data: Path, costs: ExpertCosts) -> tuple[dict[str, FittedStream], dict[str, int]]:
+def tuning_streams(
+    data: Path, costs: ExpertCosts, predictor: str | None = None
+) -> tuple[dict[str, FittedStream], dict[str, int]]:
     """The router fitted on the tuning prior, per budget axis, and the tuning stream (both inside the
-    benchmark's prior half)."""
+    benchmark's prior half); the per-prompt predictor reads ``predictor``'s vectors where given."""
     rows, _ = load_outcomes(data / "train.jsonl", on_bad="skip")
     X = embed_cached(rows.prompts, make_embedder("minilm"))  # the whole file: the benchmark's cache key
+    P = X if predictor is None else embed_cached(rows.prompts, make_embedder(predictor))
     benchmark_prior, _benchmark_stream = split_by_prompt(rows)  # the benchmark's stream is set aside
-    prior, X_prior = rows.subset(benchmark_prior), X[benchmark_prior]
+    prior, X_prior, P_prior = rows.subset(benchmark_prior), X[benchmark_prior], P[benchmark_prior]
     fit, replay = split_by_prompt(prior, salt=TUNING_SALT)
     fitted = {
-        axis: fit_stream(prior.subset(fit), X_prior[fit], prior.subset(replay), X_prior[replay], costs, axis)
+        axis: fit_stream(
+            prior.subset(fit),
+            X_prior[fit],
+            prior.subset(replay),
+            X_prior[replay],
+            costs,
+            axis,
+            (P_prior[fit], P_prior[replay]),
+        )
         for axis in ("params", "price")
     }
     sizes = {"benchmark_prior_rows": len(prior), "tuning_prior_rows": len(fit), "tuning_stream_rows": len(replay)}
@@ -132,21 +161,98 @@ def stage_two(best: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**best, name: value} for name, values in moves.items() for value in values if best.get(name) != value]
 
 
+def detector_grid() -> list[dict[str, Any]]:
+    """The defaults (posterior baseline) first, then the feedback baseline's candidates."""
+    feedback = [
+        {
+            "change_baseline": "feedback",
+            "change_threshold": level,
+            "change_min_feedback": least,
+            "change_drift": drift,
+        }
+        for level in (4.0, 8.0, 16.0)
+        for least in (10, 30)
+        for drift in (0.05, 0.1)
+    ]
+    return [{}, *feedback]
+
+
+# --stage predictor: the defaults, half the prompt's offset, and the detector stage's best feedback-baseline setting
+PREDICTOR_KNOBS: list[dict[str, Any]] = [
+    {},
+    {"prompt_weight": 0.5},
+    {"change_baseline": "feedback", "change_threshold": 8.0, "change_min_feedback": 20, "change_drift": 0.05},
+]
+
+
+def predictor_moves() -> list[dict[str, Any]]:
+    """One knob (or posterior pair) at a time from the defaults, for the other predictor: its residuals
+    are another size of noise, so the posterior, the controller and the detector may want other values."""
+    return [
+        {"prior_strength": 50.0, "max_count": 100.0},
+        {"prior_strength": 100.0, "max_count": 1000.0},
+        {"step": 0.0025},
+        {"step": 0.01},
+        {"mix_window": 100},
+        {"mix_window": 500},
+        {"explore_cap": 0.0},
+        {"change_threshold": 8.0},
+        {"reset_count": 5.0},
+    ]
+
+
+def detector_moves(best: dict[str, Any]) -> list[dict[str, Any]]:
+    """One knob at a time from the grid's best feedback-baseline setting: keep the means on an alarm (only
+    cut the counts), keep more pseudo-counts, a drift between the grid's two, the feedback a cell needs."""
+    moves: dict[str, tuple[Any, ...]] = {
+        "move_mean": (False,),
+        "reset_count": (5.0, 10.0),
+        "change_drift": (0.075,),
+        "change_min_feedback": (20,),
+    }
+    return [{**best, name: value} for name, values in moves.items() for value in values if best.get(name) != value]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder with train.jsonl and experts.json")
     parser.add_argument("--json", type=Path, required=True, help="write every setting's results here")
+    parser.add_argument(
+        "--stage", choices=["all", "detector", "predictor"], default="all", help="the full search, or the detector's"
+    )
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
     fitted, sizes = tuning_streams(args.data, costs)
-    results = []
-    for knobs in stage_one():
-        results.append(evaluate(fitted, costs, knobs))
-        print(results[-1]["checks_met"], f"{results[-1]['mean_adaptive_minus_hindsight']:+.4f}", knobs, flush=True)
-    best = max(results, key=_rank)["knobs"]
-    for knobs in stage_two(best):
-        results.append(evaluate(fitted, costs, knobs))
-        print(results[-1]["checks_met"], f"{results[-1]['mean_adaptive_minus_hindsight']:+.4f}", knobs, flush=True)
+    results: list[dict[str, Any]] = []
+
+    def score(settings: list[dict[str, Any]]) -> None:
+        for knobs in settings:
+            results.append(evaluate(fitted, costs, knobs))
+            print(results[-1]["checks_met"], f"{results[-1]['mean_adaptive_minus_hindsight']:+.4f}", knobs, flush=True)
+
+    if args.stage == "predictor":  # the same knob settings with each per-prompt predictor's vectors
+        static_streams = tuning_streams(args.data, costs, STACK_EMBEDDER)[0]
+        for spec, streams in (("minilm", fitted), (STACK_EMBEDDER, static_streams)):
+            settings = PREDICTOR_KNOBS
+            if spec == STACK_EMBEDDER:  # the knobs were tuned with MiniLM's predictor: move them one at a time
+                settings = [*settings, *predictor_moves()]
+            start = len(results)
+            for knobs in settings:
+                results.append({**evaluate(streams, costs, knobs), "predictor": spec})
+                print(results[-1]["checks_met"], f"{results[-1]['mean_adaptive_minus_hindsight']:+.4f}", spec, knobs)
+            if spec == STACK_EMBEDDER:  # then every move that beat this predictor's defaults, together
+                better = [r["knobs"] for r in results[start:] if _rank(r) > _rank(results[start])]
+                joint = {name: value for knobs in better for name, value in knobs.items()}
+                if len(better) > 1:
+                    results.append({**evaluate(streams, costs, joint), "predictor": spec})
+                    gap = results[-1]["mean_adaptive_minus_hindsight"]
+                    print(results[-1]["checks_met"], f"{gap:+.4f}", spec, joint, "(together)")
+    elif args.stage == "detector":
+        score(detector_grid())
+        score(detector_moves(max(results[1:], key=_rank)["knobs"]))
+    else:
+        score(stage_one())
+        score(stage_two(max(results, key=_rank)["knobs"]))
     chosen = max(results, key=_rank)
     defaults = {f.name: f.default for f in dataclasses.fields(AdaptOptions)}
     payload = {
@@ -154,14 +260,16 @@ def main(argv: list[str]) -> int:
         "split": {"salt": TUNING_SALT, **sizes},
         "budgets": [list(b) for b in BUDGETS],
         "seeds": list(SEEDS),
-        "score": "checks met over all runs (4 per run), then mean adaptive - hindsight",
+        "stage": args.stage,  # detector: every other knob at the defaults below; the first result is the defaults
+        "score": "checks met over all runs (4 per run), then mean adaptive - hindsight (a tie keeps the earlier)",
         "defaults": defaults,
         "chosen": chosen["knobs"],
+        **({"chosen_predictor": chosen["predictor"]} if "predictor" in chosen else {}),
         "chosen_checks_met": chosen["checks_met"],
         "results": results,
     }
     write_data(args.json, payload, "python scripts/adapt_tune.py " + shlex.join(argv))
-    print("chosen:", chosen["knobs"], chosen["checks_met"], "of", chosen["checks"])
+    print("chosen:", chosen.get("predictor", ""), chosen["knobs"], chosen["checks_met"], "of", chosen["checks"])
     return 0
 
 

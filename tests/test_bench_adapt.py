@@ -156,3 +156,41 @@ def test_bench_adapt_runs_a_prior_of_one_category(tmp_path: Path, cache: Path) -
     prompt = json.loads((tmp_path / "one-prompt.json").read_text())
     assert prompt["options"]["granularity"] == "prompt"
     assert prompt["realised_avg_cost"] == pytest.approx(3.0, rel=0.05)
+
+
+def test_the_per_prompt_predictor_can_read_other_vectors_than_the_classifier(tmp_path: Path, cache: Path) -> None:
+    from coserve.bench.adapt import fit_stream
+    from coserve.eval.data import embed_cached, load_costs, load_outcomes
+    from coserve.router.embedders import make_embedder
+
+    _outcomes(tmp_path / "prior.jsonl", 1, 150)
+    _outcomes(tmp_path / "stream.jsonl", 2, 60)
+    experts = {e: {"params_b": b} for e, b in (("cheap", 1), ("mid", 3), ("big", 9))}
+    (tmp_path / "experts.json").write_text(json.dumps(experts))
+    prior, _ = load_outcomes(tmp_path / "prior.jsonl")
+    stream, _ = load_outcomes(tmp_path / "stream.jsonl", experts=prior.experts)
+    costs = load_costs(tmp_path / "experts.json")
+    embedder = make_embedder("hashing")
+    X_prior, X_stream = embed_cached(prior.prompts, embedder), embed_cached(stream.prompts, embedder)
+    same = fit_stream(prior, X_prior, stream, X_stream, costs, "params")
+    # vectors that tell no prompt apart: the predictor gives every stream item the same scores, while the
+    # classifier, which still reads the hashing vectors, categorises the stream as before
+    blank = (np.zeros((len(prior), 8)), np.zeros((len(stream), 8)))
+    other = fit_stream(prior, X_prior, stream, X_stream, costs, "params", blank)
+    assert np.array_equal(other.stream_category, same.stream_category)
+    assert np.ptp(other.predicted, axis=0).max() < 1e-9 < np.ptp(same.predicted, axis=0).max()
+
+
+def test_bench_adapt_takes_the_predictors_embedder(tmp_path: Path, cache: Path) -> None:
+    prior, experts = tmp_path / "prior.jsonl", tmp_path / "experts.json"
+    _outcomes(prior, 1, 120)
+    experts.write_text(json.dumps({e: {"params_b": b} for e, b in (("cheap", 1), ("mid", 3), ("big", 9))}))
+    argv = ["bench", "adapt", "--prior", str(prior), "--experts", str(experts), "--budget-params", "3"]
+    argv += ["--requests", "600", "--embedder", "hashing"]
+    assert main([*argv, "--json", str(tmp_path / "a.json")]) == 0  # the predictor on coserve train's default
+    assert main([*argv, "--predictor-embedder", "hashing", "--json", str(tmp_path / "b.json")]) == 0
+    first, second = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
+    assert (first["embedder"], first["predictor_embedder"]) == ("hashing", "minilm-static+features")
+    assert (second["embedder"], second["predictor_embedder"]) == ("hashing", "hashing")
+    assert first["quality"]["static"] == second["quality"]["static"]  # the same classifier and table
+    assert first["quality"]["adaptive"] != second["quality"]["adaptive"]  # other predictions, other routes

@@ -201,3 +201,18 @@ def test_prompt_mode_learns_a_score_as_the_residual_against_the_requests_predict
     learnt = min(1.0, max(0.0, 1.0 - (float(predicted[big]) - S)))  # 1 minus the prompt's offset from code
     assert posterior.alpha[code, big] == pytest.approx(alpha + learnt, abs=1e-9)
     assert posterior.beta[code, big] == pytest.approx(beta + 1.0 - learnt, abs=1e-9)
+
+
+def test_the_feedback_baseline_of_the_change_detector_survives_a_restart(tmp_path: Path, cache: Path) -> None:
+    online = {"prior_strength": 2, "explore_cap": 0.0, "granularity": "category", "change_baseline": "feedback"}
+    with TestClient(create_app(_engine(tmp_path, cache, online=online))) as client:
+        ids = [_post(client, CODE).json()["id"] for _ in range(2)]  # both to big (the trained map's choice)
+        assert [_feedback(client, i, s).status_code for i, s in zip(ids, (1.0, -1.0), strict=True)] == [200, 200]
+    engine = _engine(tmp_path, cache, online=online)
+    with TestClient(create_app(engine)):
+        live = engine.router.online
+        assert live is not None and live.router.baseline is not None
+        code, big = live.categories.index("code"), live.experts.index("big")
+        # big's own feedback on code: scores 1 and 0 (thumbs up, down), mean 0.5 over 2; nothing else has any
+        assert live.router.baseline.count[code, big] == 2 and live.router.baseline.mean[code, big] == 0.5
+        assert live.router.baseline.count.sum() == 2

@@ -76,6 +76,8 @@ class AdaptOptions:
     change_drift: float = _ONLINE.change_drift
     reset_count: float = _ONLINE.reset_count
     move_mean: bool = _ONLINE.move_mean
+    change_baseline: str = _ONLINE.change_baseline  # the detector's residuals: against the posterior or own feedback
+    change_min_feedback: int = _ONLINE.change_min_feedback
     mix_window: int = _ONLINE.mix_window  # requests whose category mix sets the feed-forward weight (0: integral only)
     granularity: str = _ONLINE.granularity  # route per category, or per prompt (needs the stream's predictions)
     prompt_weight: float = _ONLINE.prompt_weight  # share of a prompt's predicted offset from its category kept
@@ -107,6 +109,8 @@ class AdaptOptions:
             change_drift=self.change_drift,
             reset_count=self.reset_count,
             move_mean=self.move_mean,
+            change_baseline=self.change_baseline,  # type: ignore[arg-type]  # checked by OnlineSettings
+            change_min_feedback=self.change_min_feedback,
             granularity=self.granularity,  # type: ignore[arg-type]  # checked by OnlineSettings
             prompt_weight=self.prompt_weight,
         )
@@ -266,24 +270,32 @@ class FittedStream:
 
 
 def fit_stream(
-    prior: OutcomeSet, X_prior: np.ndarray, stream: OutcomeSet, X_stream: np.ndarray, costs: ExpertCosts, axis: str
+    prior: OutcomeSet,
+    X_prior: np.ndarray,
+    stream: OutcomeSet,
+    X_stream: np.ndarray,
+    costs: ExpertCosts,
+    axis: str,
+    predictor_X: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FittedStream:
     """Fit ``map-logistic`` on the prior rows and categorise the stream with its classifier; fit ``stack``
     (``coserve train``'s per-prompt score predictor) on the same rows and predict every stream item. A
     prior of one category (a valid library: one map entry) has no classifier to fit: every stream item
-    is in it, the table is the prior's mean scores and the predictions a ridge regression on the vector."""
+    is in it, the table is the prior's mean scores and the predictions a ridge regression on the vector.
+    ``predictor_X`` gives the predictor other vectors of the prior and stream rows (another embedder's)."""
     from coserve.eval.train import train_router
 
+    X_prior_pred, X_stream_pred = predictor_X if predictor_X is not None else (X_prior, X_stream)
     if len(set(prior.categories)) == 1:
-        return _one_category(prior, X_prior, stream, X_stream)
+        return _one_category(prior, X_prior_pred, stream, X_stream_pred)
     router = train_router(prior, X_prior, costs, kind="map-logistic", budget_axis=axis)
     stream_category = router.category_proba(X_stream).argmax(axis=1)
     order = [stream.experts.index(e) for e in router.experts]  # the router's columns, in the stream's order
     offline = np.empty_like(router.S)
     offline[:, order] = router.S
-    stack = train_router(prior, X_prior, costs, kind="stack", budget_axis=axis)
+    stack = train_router(prior, X_prior_pred, costs, kind="stack", budget_axis=axis)
     predicted = np.empty((len(stream), len(stream.experts)))
-    predicted[:, [stream.experts.index(e) for e in stack.experts]] = np.clip(stack.scores(X_stream), 0.0, 1.0)
+    predicted[:, [stream.experts.index(e) for e in stack.experts]] = np.clip(stack.scores(X_stream_pred), 0.0, 1.0)
     return FittedStream(offline, stream, stream_category, list(router.classes), len(prior), predicted)
 
 
@@ -308,22 +320,28 @@ def run_adapt(
     experts_path: str | Path,
     options: AdaptOptions,
     embedder: Any,
+    predictor_embedder: Any | None = None,
 ) -> dict[str, Any]:
-    """Fit on the prior file (or one half of it when ``stream_path`` is None), replay the stream."""
+    """Fit on the prior file (or one half of it when ``stream_path`` is None), replay the stream; the
+    per-prompt predictor reads ``predictor_embedder``'s vectors where one is given (else ``embedder``'s)."""
     costs = load_costs(experts_path)
     prior, _ = load_outcomes(prior_path, on_bad="skip")
+    pred = predictor_embedder or embedder
     X_prior = embed_cached(prior.prompts, embedder)  # the whole file: the cache key of `coserve eval`
+    P_prior = X_prior if pred is embedder else embed_cached(prior.prompts, pred)
     if stream_path is None:
         fit_rows, stream_rows = split_by_prompt(prior)
-        stream, X_stream = prior.subset(stream_rows), X_prior[stream_rows]
-        prior, X_prior = prior.subset(fit_rows), X_prior[fit_rows]
+        stream, X_stream, P_stream = prior.subset(stream_rows), X_prior[stream_rows], P_prior[stream_rows]
+        prior, X_prior, P_prior = prior.subset(fit_rows), X_prior[fit_rows], P_prior[fit_rows]
     else:
         stream, _ = load_outcomes(stream_path, experts=prior.experts, on_bad="skip")
         X_stream = embed_cached(stream.prompts, embedder)
-    fitted = fit_stream(prior, X_prior, stream, X_stream, costs, options.budget_axis)
+        P_stream = X_stream if pred is embedder else embed_cached(stream.prompts, pred)
+    fitted = fit_stream(prior, X_prior, stream, X_stream, costs, options.budget_axis, (P_prior, P_stream))
     report = replay_adapt(fitted.offline, stream, fitted.stream_category, costs, options, fitted.predicted)
     report.update(prior=str(prior_path), stream=str(stream_path or f"{prior_path} (other half)"))
     report.update(prior_rows=len(prior), stream_rows=len(stream), categories=fitted.categories)
+    report.update(embedder=embedder.name, predictor_embedder=pred.name)
     return report
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from coserve.bench.provenance import write_data
 from coserve.cli.common import Subcommands, add_library_arg, load_served_library
-from coserve.router.embedders import EMBEDDER_NAMES
+from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = [
     "add_bench_parser",
@@ -67,10 +67,11 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     axis, target = ("price", args.budget_price) if args.budget_price is not None else ("params", args.budget_params)
     knobs: tuple[str, ...] = ("requests", "phases", "feedback", "noise", "shock", "seed", "prior_strength")
     knobs += ("max_count", "step", "change_threshold", "change_drift", "reset_count", "mix_window")
-    knobs += ("granularity", "prompt_weight")
+    knobs += ("granularity", "prompt_weight", "change_baseline", "change_min_feedback")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
-    report = run_adapt(args.prior, args.stream, args.experts, options, make_embedder(args.embedder))
+    predictor = make_embedder(args.predictor_embedder)
+    report = run_adapt(args.prior, args.stream, args.experts, options, make_embedder(args.embedder), predictor)
     write_data(Path(args.json), report, args.command_line)
     if args.plot:
         from coserve.bench.adapt import plot_adapt
@@ -110,12 +111,19 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--explore-cap", type=float, help="most share of traffic that explores")
     b.add_argument("--change-threshold", type=float, help="the change detector's alarm level (0: none)")
     b.add_argument("--change-drift", type=float, help="half the smallest shift the detector looks for")
+    b.add_argument("--change-baseline", choices=["posterior", "feedback"], help="the detector's residuals against")
+    b.add_argument("--change-min-feedback", type=int, help="feedback baseline: scores a cell needs to be tested")
     b.add_argument("--reset-count", type=float, help="pseudo-counts a changed expert's scores keep")
     b.add_argument("--mix-window", type=int, help="requests whose mix sets the feed-forward weight (0: none)")
     b.add_argument("--granularity", choices=["category", "prompt"], help="route per category or per prompt")
     b.add_argument("--prompt-weight", type=float, help="share of a prompt's predicted offset kept (prompt mode)")
     b.add_argument("--seed", type=int)
     b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
+    b.add_argument(
+        "--predictor-embedder",
+        default=STACK_EMBEDDER,
+        help=f"the per-prompt predictor's vectors (default {STACK_EMBEDDER}, as coserve train; classifier: --embedder)",
+    )
     b.set_defaults(func=cmd_bench_adapt)
 
 

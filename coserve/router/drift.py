@@ -1,11 +1,16 @@
 """Noticing change in live traffic: a shift in an expert's scores, and a shift in the category mix.
 
-* ``ChangeDetector`` runs a two-sided CUSUM per expert on feedback residuals (an observed score minus
-  the posterior mean it was predicted with), pooled over categories: ``up = max(0, up + r - drift)``,
-  ``down = max(0, down - r - drift)``. When either passes ``threshold`` the expert has changed; the
-  estimated shift is the mean residual since that side last stood at zero (the CUSUM's change-point
-  estimate), and both sides restart. ``drift`` is half the smallest shift worth noticing; ``threshold``
-  sets how rare false alarms are (a larger one waits for more evidence).
+* ``ChangeDetector`` runs a two-sided CUSUM per expert on feedback residuals, pooled over categories:
+  ``up = max(0, up + r - drift)``, ``down = max(0, down - r - drift)``. When either passes
+  ``threshold`` the expert has changed; the estimated shift is the mean residual since that side last
+  stood at zero (the CUSUM's change-point estimate), and both sides restart. ``drift`` is half the
+  smallest shift worth noticing; ``threshold`` sets how rare false alarms are (a larger one waits for more evidence).
+* What a residual is measured against (``ChangeSettings.baseline``): ``posterior``, the posterior mean
+  the score was predicted with (offline table plus feedback so far), so a table that was wrong from the
+  start also drives the CUSUM until the feedback has corrected it; or ``feedback``, the running mean of
+  the cell's own earlier feedback (``FeedbackBaseline``: no offline prior in it, tested only once the
+  cell holds ``min_feedback`` scores), which a constant table error does not move, so only a change in
+  the expert's own scores over time does.
 * ``weight_for_mix`` is the cost weight a map needs so that its expected cost over a category mix is at
   most the target: the smallest weight >= 0 whose per-category choices cost <= 1 in target units
   (bisection over the weight; the cost of the weighted map only falls as the weight grows).
@@ -15,15 +20,96 @@ Pure numbers; knows nothing about posteriors' storage, HTTP or the store.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from coserve.router.mapping import choose_per_prompt
 
-__all__ = ["ChangeDetector", "weight_for_mix"]
+__all__ = [
+    "BASELINES",
+    "ChangeDetector",
+    "ChangeSettings",
+    "FeedbackBaseline",
+    "export_change",
+    "new_baseline",
+    "restore_change",
+    "weight_for_mix",
+]
 
 _SIDES = ("up", "down")
+BASELINES = ("posterior", "feedback")  # what a residual is measured against: see the module docstring
+FEEDBACK_MEMORY = 200.0  # a cell's feedback mean weighs each new score at least 1 / this (slow forgetting)
+
+
+@dataclass(frozen=True)
+class ChangeSettings:
+    """How a changed expert is noticed (``ChangeDetector``) and how much old evidence survives it."""
+
+    drift: float = 0.05  # half the smallest shift in an expert's scores worth noticing
+    threshold: float = 16.0  # the CUSUM's alarm level (residual units): larger waits for more evidence
+    reset_count: float = 5.0  # pseudo-counts an expert's cells keep after an alarm
+    move_mean: bool = True  # also move the expert's means by the estimated shift
+    baseline: str = "posterior"  # residuals against the posterior mean, or the cell's own feedback mean
+    min_feedback: int = 20  # feedback baseline: scores a cell needs before its residuals are tested
+
+    def __post_init__(self) -> None:
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, not {self.baseline!r}")
+        if self.min_feedback < 1:
+            raise ValueError("min_feedback must be >= 1")
+
+
+class FeedbackBaseline:
+    """Each (category, expert) cell's running mean of its own feedback, the reference of its residuals.
+
+    A constant error of the offline table is no change: the feedback mean starts from the expert's
+    actual scores, not the table. Each score is compared with the mean of the cell's earlier scores
+    (once there are ``min_feedback`` of them) and then joins it; the count is capped at ``memory``, so
+    the mean forgets slowly. After an alarm the expert's means are forgotten (``forget``): the scores
+    after the change build the new reference.
+    """
+
+    def __init__(self, categories: int, experts: int, min_feedback: int = 20, memory: float = FEEDBACK_MEMORY) -> None:
+        if categories <= 0 or experts <= 0 or min_feedback < 1 or memory < 1:
+            raise ValueError("categories, experts, min_feedback and memory must be positive")
+        self.min_feedback, self.memory = int(min_feedback), float(memory)
+        self.mean = np.zeros((categories, experts))
+        self.count = np.zeros((categories, experts))
+
+    def residual(self, category: int, expert: int, score: float) -> float | None:
+        """``score`` minus the cell's feedback mean (None while it holds fewer than ``min_feedback``
+        scores); the score then joins the mean."""
+        count, mean = self.count[category, expert], self.mean[category, expert]
+        residual = float(score - mean) if count >= self.min_feedback else None
+        count = min(count + 1.0, self.memory)
+        self.mean[category, expert] = mean + (score - mean) / count
+        self.count[category, expert] = count
+        return residual
+
+    def forget(self, expert: int) -> None:
+        """``expert`` changed: its cells start a new reference from the scores that follow."""
+        self.mean[:, expert] = 0.0
+        self.count[:, expert] = 0.0
+
+    def export_state(self) -> dict[str, Any]:
+        """The means and counts as JSON values."""
+        return {"feedback_mean": self.mean.tolist(), "feedback_count": self.count.tolist()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load ``export_state``'s output; ValueError (nothing changed) where it does not fit."""
+        try:
+            mean = np.asarray(state["feedback_mean"], dtype=np.float64)
+            count = np.asarray(state["feedback_count"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the feedback baseline's state is incomplete or malformed: {exc}") from None
+        fits = mean.shape == self.mean.shape and count.shape == self.count.shape
+        if not fits or not (np.isfinite(mean).all() and np.isfinite(count).all()):
+            raise ValueError("the feedback baseline's state has another shape or impossible values")
+        if (mean < 0).any() or (mean > 1).any() or (count < 0).any() or (count > self.memory).any():
+            raise ValueError("the feedback baseline's state has another shape or impossible values")
+        self.mean, self.count = mean, count
 
 
 class ChangeDetector:
@@ -83,6 +169,37 @@ class ChangeDetector:
 
     def _arrays(self) -> tuple[tuple[str, dict[str, np.ndarray]], ...]:
         return (("stat", self.stat), ("total", self.total), ("count", self.count))
+
+
+def new_baseline(change: ChangeSettings | None, categories: int, experts: int) -> FeedbackBaseline | None:
+    """The feedback-only means a router with ``change`` measures residuals against (None: the posterior's)."""
+    if change is None or change.baseline != "feedback":
+        return None
+    return FeedbackBaseline(categories, experts, change.min_feedback)
+
+
+def export_change(detector: ChangeDetector, baseline: FeedbackBaseline | None) -> dict[str, Any]:
+    """The detector's statistics, and the baseline they were measured against, as JSON values."""
+    kind = {"baseline": "posterior"} if baseline is None else {"baseline": "feedback", **baseline.export_state()}
+    return {**detector.export_state(), **kind}
+
+
+def restore_change(
+    saved: Any, change: ChangeSettings | None, categories: int, experts: int
+) -> tuple[ChangeDetector | None, FeedbackBaseline | None]:
+    """A detector (and feedback baseline) for ``change``, loaded from ``saved`` (``export_change``'s
+    output) where that was measured against the same baseline; fresh where nothing was saved or it was
+    measured against the other one (a state saved before baselines existed was against the posterior).
+    ValueError where the saved statistics do not fit; nothing is shared with the router until it returns."""
+    if change is None:
+        return None, None
+    detector = ChangeDetector(experts, change.drift, change.threshold)
+    baseline = new_baseline(change, categories, experts)
+    if isinstance(saved, dict) and saved.get("baseline", "posterior") == change.baseline:
+        detector.restore(saved)
+        if baseline is not None:
+            baseline.restore(saved)
+    return detector, baseline
 
 
 def weight_for_mix(means: np.ndarray, scaled_cost: np.ndarray, mix: np.ndarray, iters: int = 40) -> float:

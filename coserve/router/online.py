@@ -8,7 +8,9 @@
   (both parameters are scaled down together), so old evidence fades slowly. With ``change`` set, a
   CUSUM per expert (``drift.ChangeDetector``) watches the residuals of its feedback; on an alarm the
   expert's means move by the estimated shift and its cells keep at most ``reset_count`` pseudo-counts
-  (``rebase``), so a changed expert is re-learnt from the feedback that follows.
+  (``rebase``), so a changed expert is re-learnt from the feedback that follows. A residual is measured
+  against the posterior mean, or (``ChangeSettings.baseline`` ``feedback``) against the running mean of
+  the cell's own earlier feedback (``drift.FeedbackBaseline``), which a wrong offline table does not move.
 * ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight
   (score units per target unit of cost), in two parts: a feed-forward ``base``, the weight the map needs
   for the category mix of the last ``mix_window`` requests (``drift.weight_for_mix``, refreshed every
@@ -49,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from coserve.config_routing import OnlineSettings
-from coserve.router.drift import ChangeDetector, weight_for_mix
+from coserve.router.drift import ChangeSettings, export_change, restore_change, weight_for_mix
 from coserve.router.mapping import choose_per_prompt
 from coserve.router.online_model import BudgetController, ScorePosterior
 
@@ -61,16 +63,6 @@ SIGNALS = frozenset({"failure", "timeout", "fallback"})  # automatic signals an 
 GRANULARITIES = ("category", "prompt")  # what a decision is made per: see the module docstring
 MIX_EVERY = 25  # served requests between two updates of the feed-forward weight
 STATE_FORMAT = 1  # export_state's layout; a state of another format is not resumed
-
-
-@dataclass(frozen=True)
-class ChangeSettings:
-    """How a changed expert is noticed (``ChangeDetector``) and how much old evidence survives it."""
-
-    drift: float = 0.05  # half the smallest shift in an expert's scores worth noticing
-    threshold: float = 16.0  # the CUSUM's alarm level (residual units): larger waits for more evidence
-    reset_count: float = 5.0  # pseudo-counts an expert's cells keep after an alarm
-    move_mean: bool = True  # also move the expert's means by the estimated shift
 
 
 @dataclass(frozen=True)
@@ -133,8 +125,8 @@ class OnlineRouter:
         self.posterior = ScorePosterior(offline, prior_strength, max_count)
         self.offline = self.posterior.mean()  # S: the table the posteriors started from
         self.change = change
-        experts = self.posterior.shape[1]
-        self.detector = None if change is None else ChangeDetector(experts, change.drift, change.threshold)
+        # the CUSUM per expert, and the feedback-only means its residuals are measured against (None: the posterior)
+        self.detector, self.baseline = restore_change(None, change, *self.posterior.shape)
         self.alarms = 0  # changes the detector noticed
         self.mix: deque[int] = deque(maxlen=max(1, mix_window))  # categories of the latest requests
         self.recent_predictions: deque[np.ndarray] = deque(maxlen=max(1, mix_window))  # their pred rows (prompt)
@@ -171,8 +163,9 @@ class OnlineRouter:
         change = None
         if settings.change_threshold > 0:
             change = ChangeSettings(
-                settings.change_drift, settings.change_threshold, settings.reset_count, settings.move_mean
-            )
+                settings.change_drift, settings.change_threshold, settings.reset_count, settings.move_mean,
+                settings.change_baseline, settings.change_min_feedback,
+            )  # fmt: skip
         return cls(
             offline,
             cost,
@@ -318,7 +311,7 @@ class OnlineRouter:
                 "target": self.controller.target,
                 "version": self._snapshot.version,
                 "granularity": self.granularity,  # what the cells mean: scores, or residuals of predictions
-                **({} if self.detector is None else {"change": self.detector.export_state()}),
+                **({} if self.detector is None else {"change": export_change(self.detector, self.baseline)}),
             }
 
     def restore(self, state: dict[str, Any], categories: Sequence[str], experts: Sequence[str]) -> None:
@@ -342,9 +335,9 @@ class OnlineRouter:
             raise ValueError("the state's posteriors must be finite and positive")
         if not (np.isfinite(weight) and weight >= 0) or not isinstance(version, int) or version < 0:
             raise ValueError("the state's weight must be >= 0 and its version a non-negative integer")
-        if self.detector is not None and isinstance(state.get("change"), dict):
-            self.detector.restore(state["change"])  # a state saved without a detector leaves it fresh
+        detector, baseline = restore_change(state.get("change"), self.change, *self.posterior.shape)
         with self._lock:
+            self.detector, self.baseline = detector, baseline
             self.posterior.alpha, self.posterior.beta = alpha, beta
             self.controller.weight = weight
             self._pending = 0
@@ -361,11 +354,15 @@ class OnlineRouter:
             score = min(1.0, max(0.0, score - offset))
         with self._lock:
             alpha, beta = self.posterior.alpha[category, expert], self.posterior.beta[category, expert]
-            residual = score - float(alpha / (alpha + beta))  # against the mean the score was predicted with
+            residual: float | None = score - float(alpha / (alpha + beta))  # against the mean it was predicted with
+            if self.baseline is not None:  # against the cell's own earlier feedback (None while too little)
+                residual = self.baseline.residual(category, expert, score)
             self.posterior.update(category, expert, score)
-            shift = None if self.detector is None else self.detector.observe(expert, residual)
+            shift = None if self.detector is None or residual is None else self.detector.observe(expert, residual)
             if shift is not None and self.change is not None:
                 self.posterior.rebase(expert, shift if self.change.move_mean else 0.0, self.change.reset_count)
+                if self.baseline is not None:
+                    self.baseline.forget(expert)
                 self.alarms += 1
             self._changed()
 
