@@ -286,3 +286,19 @@ def test_cli_outcomes(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPat
     assert main(argv) == 0
     assert "items written 0, skipped (already done) 2" in capsys.readouterr().out
     assert main(["outcomes", "--library", str(library), "--suite", "nope", "--out", str(out)]) == 2
+
+
+def test_keep_text_stores_each_answer_per_expert_and_routed(
+    make_engine: Callable[..., Engine], mmlu_file: Path, tmp_path: Path
+) -> None:
+    plain, kept = tmp_path / "plain.jsonl", tmp_path / "kept.jsonl"
+    run(make_engine(), MMLU(mmlu_file), plain)
+    assert all("texts" not in row for row in lines(plain))
+    run(make_engine(), MMLU(mmlu_file), kept, keep_text=True, routed=True, max_tokens=3)
+    rows = {r["id"]: r for r in lines(kept)}
+    # The fake expert answers "<name> says:" then the prompt's words, cut at the token cap (3).
+    assert rows["mmlu-0"]["texts"] == {
+        **{e: f"{e} says: Pick" for e in EXPERTS},
+        "routed": f"{rows['mmlu-0']['routed_expert']} says: Pick",
+    }
+    assert set(rows["mmlu-3"]["texts"]) == {*EXPERTS, "routed"}

@@ -38,6 +38,7 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
                 with_prompts=args.with_prompts,
                 judge=args.judge,
                 routed=args.routed,
+                keep_text=args.keep_text,
             )
         finally:
             await engine.close()
@@ -139,6 +140,9 @@ def add_outcomes_parser(sub: Subcommands) -> None:
     p.add_argument("--exclude", action="append", help="skip item ids found in this outcome file (a held-out sample)")
     p.add_argument("--concurrency", type=int, default=2, help="items in flight at once")
     p.add_argument("--with-prompts", action="store_true", help="also store each prompt (for local training)")
+    p.add_argument(
+        "--keep-text", action="store_true", help="also store each answer's text ('texts'; verifiers can be replayed)"
+    )
     p.set_defaults(func=cmd_outcomes)
 
 
