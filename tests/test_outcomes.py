@@ -186,6 +186,7 @@ def test_run_writes_one_graded_line_per_item(
         signals = {"mean_logprob": -0.1875, "min_logprob": -0.375, "tokens": 16, "finish": "length"}
         # the verifier (coserve.router.verify): no code asked, and the echo of a prompt without digits
         signals |= dict.fromkeys(("code_asked", "code_parses", "function_defined", "number_last"), False)
+        signals |= {"examples": None, "examples_passed": None}  # no examples in the prompt, none run
         assert row["signals"] == {e: {**signals, "confidence": confidence} for e in EXPERTS}
         assert row["scores"] == dict.fromkeys(EXPERTS, score)
         assert row["tokens"] == dict.fromkeys(EXPERTS, 16)  # the mmlu cap: the fake fills it

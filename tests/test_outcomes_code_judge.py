@@ -19,8 +19,8 @@ import pytest
 from coserve.engine.engine import Engine
 from coserve.errors import ConfigError
 from coserve.outcomes.runner import run_outcomes
-from coserve.outcomes.sandbox import network_isolation, run_python
 from coserve.outcomes.suites import Graded, HumanEval, MTBench, Suite, extract_code
+from coserve.sandbox import network_isolation, run_python
 from tests.test_outcomes import EXPERTS, MMLU, lines, mmlu_row, write_jsonl
 
 TASK = {

@@ -158,6 +158,7 @@ async def _run_item(
     judge: str | None,
     routed: bool,
     keep_text: bool = False,
+    run_examples: bool = False,
 ) -> dict[str, Any]:
     prompt = suite.prompt(item)
     category = suite.category(item)
@@ -200,7 +201,11 @@ async def _run_item(
             if result.steps:
                 row["routed_steps"] = result.steps
         else:
-            signals = signals_of(result.completion, decision.confidence, (Message("user", prompt),))
+            messages = (Message("user", prompt),)
+            # off the event loop: with run_examples the answer's code runs in a child process
+            signals = await asyncio.to_thread(
+                signals_of, result.completion, decision.confidence, messages, run_examples
+            )
             row["signals"][expert] = signals.as_dict()
         row["tokens"][expert] = result.tokens
         row["latency_s"][expert] = round(result.seconds, 4)
@@ -252,6 +257,7 @@ async def run_outcomes(
     judge: str | None = None,
     routed: bool = False,
     keep_text: bool = False,
+    run_examples: bool = False,
 ) -> RunSummary:
     """Ask every expert on every item not yet in ``out`` and append its line; returns the summary.
 
@@ -260,6 +266,8 @@ async def run_outcomes(
     expert that rates answers of judged suites (MT-Bench); it must be one of the library's.
     ``routed`` adds a ``routed`` column: the library's router picks the expert (``routed_expert``).
     ``keep_text`` stores each answer's text in ``texts`` (per expert, ``routed`` included).
+    ``run_examples`` runs each answer's code on the prompt's own examples (sandboxed child process,
+    coserve.router.examples) for the ``examples_passed`` signal; off, it is None (unknown).
     """
     from tqdm import tqdm
 
@@ -286,7 +294,16 @@ async def run_outcomes(
     async def one(suite: Suite, item: Item, handle: Any) -> None:
         async with bound:
             row = await _run_item(
-                engine, suite, item, max_tokens or suite.max_tokens, with_prompts, summary, judge, routed, keep_text
+                engine,
+                suite,
+                item,
+                max_tokens or suite.max_tokens,
+                with_prompts,
+                summary,
+                judge,
+                routed,
+                keep_text,
+                run_examples,
             )
         write_row(handle, row)
         handle.flush()
