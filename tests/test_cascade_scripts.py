@@ -73,6 +73,7 @@ def test_cascade_measure_writes_both_data_files(tmp_path: Path) -> None:
     library = tmp_path / "cascade.yaml"
     script("scripts/cascade_library.py", "--check", str(check), "--out", str(library))
     argv = ["--train", str(train), "--heldout", str(heldout), "--library", str(library), "--note", "synthetic"]
+    argv += ["--mix-single", str(heldout)]  # pooled with itself, answered there by single choice
     printed = script("scripts/cascade_measure.py", *argv, "--out-dir", str(tmp_path / "data"))
     assert "10 held-out items" in printed and "perfect check quality" in printed
     check_file = json.loads((tmp_path / "data" / "cascade-check.json").read_text())
@@ -82,6 +83,11 @@ def test_cascade_measure_writes_both_data_files(tmp_path: Path) -> None:
     comparison = json.loads((tmp_path / "data" / "cascade-vs-single.json").read_text())["comparison"]
     assert comparison["columns"]["routed"]["avg_params_b"] == round(0.494 + 1.54, 4)  # both steps counted
     assert comparison["columns"]["single"]["avg_params_b"] == 1.54  # the default map: knowledge -> large
+    mix = json.loads((tmp_path / "data" / "cascade-vs-single.json").read_text())["mix"]
+    assert mix["items"] == {"heldout": 10, "other": 10} and mix["single"]["avg_params_b"] == 1.54
+    assert mix["cascade_live"]["avg_params_b"] == round((0.494 + 1.54 + 1.54) / 2, 4)
+    # this library cascades every category: the other rows would not be single choice (so it says)
+    assert mix["other_rows_in_a_cascading_category"] == 10
 
 
 def test_cascade_measure_on_the_checks_sample_alone(tmp_path: Path) -> None:
