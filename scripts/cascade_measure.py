@@ -37,7 +37,7 @@ from coserve.eval.cascade import (
     train_check,
 )
 from coserve.outcomes.compare import compare_routed
-from coserve.router.check import BASIC_FEATURES
+from coserve.router.check import BASIC_FEATURES, VERIFIER_FEATURES
 from coserve.router.policy import decide
 
 DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
@@ -115,6 +115,8 @@ def main() -> None:
     experts = sorted({e for row in rows for e in row["signals"]})
     check, figures, _, _ = train_check(rows, experts)
     basic_check, basic_figures, _, _ = train_check(rows, experts, features=BASIC_FEATURES)
+    without_examples = (*BASIC_FEATURES, *VERIFIER_FEATURES)  # session 8's signals: no examples run
+    plain_check, plain_figures, _, _ = train_check(rows, experts, features=without_examples)
     steps = cascade.settings.max_steps
     on_train = cascade_points(rows, library, max_steps=cascade.settings.max_steps)["points"]
     default = load_served_library(None)
@@ -134,6 +136,7 @@ def main() -> None:
             "runs": args.runs,
             "cv": figures,
             "cv_basic_signals": basic_figures,  # the same check reading the five basic signals only
+            "cv_without_examples": plain_figures,  # the same check without the examples signals
             "replay_on_train_basic_signals": cascade_points(rows, library, max_steps=steps, features=BASIC_FEATURES)[
                 "points"
             ],
@@ -172,6 +175,7 @@ def main() -> None:
         "default_cascade_on_heldout": check_points(held, default, cascade.check, cascade.settings.max_steps),
         "plain_cascade_on_heldout": [replay(held, None, probability, t, 3, params_of(default)) for t in THRESHOLDS],
         "replay_on_heldout_basic_signals": check_points(held, library, basic_check, steps),
+        "replay_on_heldout_without_examples": check_points(held, library, plain_check, steps),
         "oracle_on_heldout": oracle_point(held, library, steps),  # a perfect check: the most a check could give
         "default_oracle_on_heldout": oracle_point(held, default, steps),
     }
