@@ -192,3 +192,18 @@ def test_reverify_recomputes_the_text_signals_from_recorded_answers() -> None:
     assert out["signals"]["general"] == row["signals"]["general"]  # no text kept: as recorded
     assert reverify_row(row)["signals"]["large"]["examples_passed"] is None  # not run unless asked
     assert "examples" not in row["signals"]["coder"]  # the input row is left as it was
+
+
+def test_unbuffered_streams_of_a_per_category_library_are_single_choice(serve: Callable[..., TestClient]) -> None:
+    """No check can run before the first token, and an unchecked cheap start would only lose quality:
+    the stream is the router's own expert, even below stream_min_confidence."""
+    with serve({"small": HIGH, "coder": HIGH, "big": HIGH}, stream_min_confidence=1.0) as client:
+        body = {"model": "coserve", "messages": [{"role": "user", "content": CODE}], "max_tokens": 4, "stream": True}
+        frames = [
+            json.loads(x.removeprefix("data: "))
+            for x in client.post(URL, json=body).text.split("\n\n")
+            if x and "[DONE]" not in x
+        ]
+        text = "".join(f["choices"][0]["delta"].get("content") or "" for f in frames if f["choices"])
+        assert text == "big says: write a"
+        assert frames[0]["coserve"]["cascade"] == [step("big", None, "accepted", "unchecked_stream", None)]
