@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coserve.config_log import DecisionLogSettings, RetentionSettings
-from coserve.config_routing import OnlineSettings, RoutingSettings
+from coserve.config_routing import OnlineSettings, RoutingSettings, routing_problem
 from coserve.errors import ConfigError
 from coserve.paths import default_library_path
 from coserve.types import ROUTED_MODEL
@@ -313,6 +313,8 @@ class LibraryConfig(_Strict):
             raise ValueError(f"router.map: no expert for categories {missing}")
         if self.router.fallback.expert not in seen:
             raise ValueError(f"router.fallback.expert: unknown expert {self.router.fallback.expert!r}")
+        if problem := routing_problem(self.routing, self.categories, names):
+            raise ValueError(problem)
         return self
 
     def expert(self, name: str) -> ExpertSpec:

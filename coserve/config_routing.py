@@ -6,11 +6,12 @@ A leaf like coserve.config (which embeds it): it knows nothing about the check's
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["CascadeSettings", "OnlineSettings", "RoutingSettings"]
+__all__ = ["CascadeSettings", "OnlineSettings", "RoutingSettings", "routing_problem"]
 
 
 class CascadeSettings(BaseModel):
@@ -24,6 +25,13 @@ class CascadeSettings(BaseModel):
     buffer_streams: bool = False  # streamed requests: generate, check, then stream (else: no check)
     # Streamed, unbuffered: a router confidence below this escalates before the first token.
     stream_min_confidence: float = Field(0.0, ge=0, le=1)
+    # Run each answer's code on the prompt's own examples (a sandboxed child process; model code runs
+    # on this host: docs/library.md, "Cascades"). Off: the examples_passed signal is unknown.
+    run_examples: bool = Field(False, strict=True)
+    # Where the cascade runs: category -> the expert it starts from (the check escalates from there to
+    # larger experts of the decision's order); a category not listed answers by single choice, in one
+    # step. None: every category cascades from the router's own expert.
+    categories: dict[str, str] | None = None
 
 
 class RoutingSettings(BaseModel):
@@ -39,6 +47,18 @@ class RoutingSettings(BaseModel):
         if self.mode == "cascade" and self.cascade is None:
             raise ValueError("mode cascade needs a cascade: section (at least cascade.check)")
         return self
+
+
+def routing_problem(routing: RoutingSettings, categories: Collection[str], experts: Collection[str]) -> str | None:
+    """What is wrong with the routing section's references to the library's categories and experts
+    (None: nothing). ``categories`` empty: a trained router's, not known here (not checked)."""
+    cascade = routing.cascade
+    for category, start in ((cascade.categories or {}) if cascade else {}).items():
+        if categories and category not in categories:
+            return f"routing.cascade.categories.{category}: not a category of this library"
+        if start not in experts:
+            return f"routing.cascade.categories.{category}: unknown expert {start!r} (known: {', '.join(experts)})"
+    return None
 
 
 class OnlineSettings(BaseModel):

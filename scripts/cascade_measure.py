@@ -17,12 +17,14 @@ perfect check (an answer accepted exactly when it is right). NAME: ``--name``, d
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from coserve.bench.provenance import write_data
 from coserve.cli.common import load_served_library
+from coserve.config import LibraryConfig
 from coserve.engine.cascade import Cascade, params_of
 from coserve.eval.cascade import (
     THRESHOLDS,
@@ -35,7 +37,7 @@ from coserve.eval.cascade import (
     train_check,
 )
 from coserve.outcomes.compare import compare_routed
-from coserve.router.check import BASIC_FEATURES
+from coserve.router.check import BASIC_FEATURES, VERIFIER_FEATURES
 from coserve.router.policy import decide
 
 DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
@@ -64,6 +66,34 @@ def hindsight_map(rows: list[dict[str, Any]], params: dict[str, float]) -> dict[
     }
 
 
+def mix_with_single(
+    comparison: dict[str, Any], path: str, library: LibraryConfig, default: LibraryConfig
+) -> dict[str, Any]:
+    """The held-out comparison pooled with rows of another held-out file (e.g. maths) on which the
+    cascade library answers by single choice (its category has no cascade start): there the cascade's
+    column is single choice's own. Pooled per item: (n1 * q1 + n2 * q2) / (n1 + n2)."""
+    params = {e.name: e.params_b for e in library.experts}
+    other = compare_routed(path, params, single=default)
+    starts = library.routing.cascade.categories if library.routing.cascade else None
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    categories = [decide(r["router"]["probabilities"], library).category for r in rows]
+    cascading = len(rows) if starts is None else sum(c in starts for c in categories)  # None: all cascade
+    n1, n2 = comparison["items"], other["items"]
+    single2 = other["columns"]["single"]
+
+    def pooled(first: dict[str, Any]) -> dict[str, float]:
+        return {k: round((n1 * first[k] + n2 * single2[k]) / (n1 + n2), 4) for k in ("quality", "avg_params_b")}
+
+    return {
+        "file": path,
+        "items": {"heldout": n1, "other": n2},
+        "other_rows_in_a_cascading_category": cascading,  # 0: the pooling is exact by construction
+        "other_single": {k: single2[k] for k in ("quality", "avg_params_b")},
+        "single": pooled(comparison["columns"]["single"]),
+        "cascade_live": pooled(comparison["columns"]["routed"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", required=True)
@@ -72,6 +102,9 @@ def main() -> None:
     parser.add_argument("--note", default="", help="how the runs were made (machine load, interruptions)")
     parser.add_argument("--runs", default="", help="the coserve outcomes commands that wrote the two files")
     parser.add_argument("--out-dir", default=str(DATA), help="where the two data files go (default docs/data)")
+    parser.add_argument(
+        "--mix-single", help="held-out rows of other suites where the library answers by single choice: pooled figures"
+    )
     parser.add_argument("--name", default="cascade", help="the data files' name: NAME-check.json, NAME-vs-single.json")
     args = parser.parse_args()
     command = [Path(sys.argv[0]).name, *sys.argv[1:]]
@@ -82,6 +115,8 @@ def main() -> None:
     experts = sorted({e for row in rows for e in row["signals"]})
     check, figures, _, _ = train_check(rows, experts)
     basic_check, basic_figures, _, _ = train_check(rows, experts, features=BASIC_FEATURES)
+    without_examples = (*BASIC_FEATURES, *VERIFIER_FEATURES)  # session 8's signals: no examples run
+    plain_check, plain_figures, _, _ = train_check(rows, experts, features=without_examples)
     steps = cascade.settings.max_steps
     on_train = cascade_points(rows, library, max_steps=cascade.settings.max_steps)["points"]
     default = load_served_library(None)
@@ -101,6 +136,7 @@ def main() -> None:
             "runs": args.runs,
             "cv": figures,
             "cv_basic_signals": basic_figures,  # the same check reading the five basic signals only
+            "cv_without_examples": plain_figures,  # the same check without the examples signals
             "replay_on_train_basic_signals": cascade_points(rows, library, max_steps=steps, features=BASIC_FEATURES)[
                 "points"
             ],
@@ -139,9 +175,12 @@ def main() -> None:
         "default_cascade_on_heldout": check_points(held, default, cascade.check, cascade.settings.max_steps),
         "plain_cascade_on_heldout": [replay(held, None, probability, t, 3, params_of(default)) for t in THRESHOLDS],
         "replay_on_heldout_basic_signals": check_points(held, library, basic_check, steps),
+        "replay_on_heldout_without_examples": check_points(held, library, plain_check, steps),
         "oracle_on_heldout": oracle_point(held, library, steps),  # a perfect check: the most a check could give
         "default_oracle_on_heldout": oracle_point(held, default, steps),
     }
+    if args.mix_single:
+        payload["mix"] = mix_with_single(comparison, args.mix_single, library, default)
     write_data(Path(args.out_dir) / f"{args.name}-vs-single.json", payload, command)
     columns = comparison["columns"]
     for name in ("single", "routed"):

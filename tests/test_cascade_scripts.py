@@ -73,6 +73,7 @@ def test_cascade_measure_writes_both_data_files(tmp_path: Path) -> None:
     library = tmp_path / "cascade.yaml"
     script("scripts/cascade_library.py", "--check", str(check), "--out", str(library))
     argv = ["--train", str(train), "--heldout", str(heldout), "--library", str(library), "--note", "synthetic"]
+    argv += ["--mix-single", str(heldout)]  # pooled with itself, answered there by single choice
     printed = script("scripts/cascade_measure.py", *argv, "--out-dir", str(tmp_path / "data"))
     assert "10 held-out items" in printed and "perfect check quality" in printed
     check_file = json.loads((tmp_path / "data" / "cascade-check.json").read_text())
@@ -82,6 +83,11 @@ def test_cascade_measure_writes_both_data_files(tmp_path: Path) -> None:
     comparison = json.loads((tmp_path / "data" / "cascade-vs-single.json").read_text())["comparison"]
     assert comparison["columns"]["routed"]["avg_params_b"] == round(0.494 + 1.54, 4)  # both steps counted
     assert comparison["columns"]["single"]["avg_params_b"] == 1.54  # the default map: knowledge -> large
+    mix = json.loads((tmp_path / "data" / "cascade-vs-single.json").read_text())["mix"]
+    assert mix["items"] == {"heldout": 10, "other": 10} and mix["single"]["avg_params_b"] == 1.54
+    assert mix["cascade_live"]["avg_params_b"] == round((0.494 + 1.54 + 1.54) / 2, 4)
+    # this library cascades every category: the other rows would not be single choice (so it says)
+    assert mix["other_rows_in_a_cascading_category"] == 10
 
 
 def test_cascade_measure_on_the_checks_sample_alone(tmp_path: Path) -> None:
@@ -115,3 +121,43 @@ def test_cascade_measure_on_the_checks_sample_alone(tmp_path: Path) -> None:
     }
     assert saved["cv_basic_signals"]["features"] == list(BASIC_FEATURES)
     assert len(saved["replay_on_train_basic_signals"]) == 9
+
+
+def test_cascade_library_plan_cascades_where_the_checks_sample_says(tmp_path: Path) -> None:
+    """Code items: coder is right exactly when its mean log-probability is high (a check learns that),
+    large always: a cascade from coder keeps large's quality at fewer parameters. Maths items: no
+    expert cheaper than single choice's (coder) has skill, so maths keeps single choice. The map and
+    fallback stay the default library's."""
+    probabilities = {
+        "code": {"code": 0.96, "math": 0.01, "knowledge": 0.01, "writing": 0.01, "chat": 0.01},
+        "math": {"code": 0.01, "math": 0.96, "knowledge": 0.01, "writing": 0.01, "chat": 0.01},
+    }
+    sample = []
+    for i in range(40):
+        category = "code" if i < 30 else "math"
+        right = category == "code" and i % 3 != 0
+        mean = {"general": -1.0, "coder": -0.1 if right else -2.0, "large": -0.5}
+        sample.append(
+            {
+                "id": f"x-{i}",
+                "scores": {"general": 0.0, "coder": float(right), "large": 1.0 if category == "code" else 0.0},
+                "signals": {
+                    e: {"mean_logprob": m, "min_logprob": m, "tokens": 50, "finish": "stop", "confidence": 0.96}
+                    for e, m in mean.items()
+                },
+                "router": {"probabilities": probabilities[category]},
+            }
+        )
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in sample))
+    check = write_check(tmp_path / "check.json", dict.fromkeys(PARAMS, 0.0))
+    out, plan = tmp_path / "cascade.yaml", tmp_path / "plan.json"
+    argv = ["--check", str(check), "--plan", str(train), "--plan-out", str(plan), "--run-examples"]
+    script("scripts/cascade_library.py", *argv, "--threshold", "0.5", "--out", str(out))
+    library = load_library(out)
+    assert library.routing.cascade is not None
+    assert library.routing.cascade.categories == {"code": "coder"} and library.routing.cascade.run_examples
+    assert library.router.fallback.expert == "large" and library.router.budget.avg_params_b == 1.0
+    saved = json.loads(plan.read_text())
+    assert saved["categories"]["code"]["single"] == {"quality": 1.0, "avg_params_b": 1.54}
+    assert saved["categories"]["math"]["start"] is None and "commit" in saved["provenance"]

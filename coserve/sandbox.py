@@ -8,7 +8,8 @@
                  allows one; a socket guard inside the program as well (and alone, elsewhere)
 
 Outcome: ``passed`` (exit 0), ``failed`` (any other exit, with the last line of stderr) or
-``timeout``. This module knows nothing about suites or models.
+``timeout``. Used by HumanEval's grader (coserve.outcomes.suites) and by the cascade's example runner
+(coserve.router.examples). This module knows nothing about suites, models or routing.
 """
 
 from __future__ import annotations
@@ -60,16 +61,23 @@ def network_isolation() -> list[str]:
     return [unshare, "-rn"] if probe.returncode == 0 else []
 
 
-def _limits(cpu_s: int, memory_bytes: int) -> None:  # runs in the child before exec
+def _limits(cpu_s: int, memory_bytes: int, file_bytes: int, open_files: int) -> None:  # in the child, before exec
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 2**20, 16 * 2**20))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def run_python(program: str, timeout_s: float = 10.0, memory_bytes: int = 1 << 30) -> SandboxResult:
-    """Run ``program`` in a fenced child process and say how it ended."""
+def run_python(
+    program: str,
+    timeout_s: float = 10.0,
+    memory_bytes: int = 1 << 30,
+    file_bytes: int = 16 << 20,
+    open_files: int = 64,
+) -> SandboxResult:
+    """Run ``program`` in a fenced child process and say how it ended (CPU limit: ``timeout_s`` + 1 s,
+    rounded down; address space ``memory_bytes``; files written at most ``file_bytes`` each)."""
     with tempfile.TemporaryDirectory(prefix="coserve-sandbox-") as work:
         path = os.path.join(work, "program.py")
         with open(path, "w", encoding="utf-8") as handle:
@@ -84,7 +92,7 @@ def run_python(program: str, timeout_s: float = 10.0, memory_bytes: int = 1 << 3
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=functools.partial(_limits, max(1, int(timeout_s) + 1), memory_bytes),
+            preexec_fn=functools.partial(_limits, max(1, int(timeout_s) + 1), memory_bytes, file_bytes, open_files),
         )
         try:
             _, stderr = child.communicate(timeout=timeout_s)
