@@ -10,6 +10,8 @@ gives the key paths for free); the parsed models are frozen and passed around as
 This module is a leaf: it knows nothing about models' weights, runtimes, routers or HTTP. What
 only a backend knows (its name, its ``options``, whether it serves a file) is checked by
 coserve.backends.registry; a map solved from ``router.outcomes`` by coserve.router.measured.
+The ``server``, ``routing`` and ``server.log`` sections live in coserve.config_server,
+coserve.config_routing and coserve.config_log, re-exported here.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from coserve.config_log import DecisionLogSettings, RetentionSettings
 from coserve.config_routing import OnlineSettings, RoutingSettings, routing_problem
+from coserve.config_server import ApiKey, ServerSettings, parse_bytes
 from coserve.errors import ConfigError
 from coserve.paths import default_library_path
 from coserve.types import ROUTED_MODEL
@@ -47,33 +50,6 @@ __all__ = [
     "read_yaml",
     "validation_error",
 ]
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
-
-def parse_bytes(value: int | float | str) -> int:
-    """``"2GiB"`` / ``"512 MB"`` / ``1048576`` -> bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 2GiB")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return int(value)
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"cannot read {value!r} as a size; use e.g. 512MiB or 2GiB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 class _Strict(BaseModel):
@@ -190,73 +166,6 @@ class MemorySettings(_Strict):
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_bytes(value)
-
-
-_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
-
-
-class ApiKey(_Strict):
-    """One accepted key with its limits (``server.api_keys`` may also hold a bare digest: no limits)."""
-
-    sha256: str  # hex digest of the key (``coserve keys hash KEY``)
-    requests_per_minute: int | None = Field(None, ge=1)  # token bucket: this many per minute, bursts of as many
-    tokens_per_day: int | None = Field(None, ge=1)  # prompt + completion tokens per UTC day
-    revoked: bool = False  # refused with 401 revoked_api_key
-
-    @field_validator("sha256")
-    @classmethod
-    def _digest(cls, value: str) -> str:
-        if not _DIGEST.fullmatch(value):
-            raise ValueError("not a sha256 hex digest; use `coserve keys hash KEY`")  # never echo the value
-        return value.lower()
-
-
-class ServerSettings(_Strict):
-    """Limits and access of the HTTP server."""
-
-    max_pending: int = Field(64, ge=1)  # chat requests admitted at once (in flight + queued)
-    max_pending_per_expert: int = Field(32, ge=1)  # the same bound for one routed expert
-    max_body_bytes: int = 4 * 2**20  # a chat body larger than this is refused (400)
-    max_messages: int = Field(256, ge=1)  # messages in one chat body
-    # A chat parameter OpenAI does not define: a 400 naming it, or (ignore) dropped, for clients that send extras.
-    unknown_parameters: Literal["refuse", "ignore"] = "refuse"
-    api_keys: tuple[ApiKey, ...] = ()  # accepted keys; a bare digest in the file means ApiKey(sha256=digest)
-    api_keys_env: str | None = None  # environment variable with comma-separated plaintext keys
-    protect_metrics: bool = False  # /health and /metrics need a key too
-    log: DecisionLogSettings = DecisionLogSettings()
-
-    @field_validator("max_body_bytes", mode="before")
-    @classmethod
-    def _size(cls, value: Any) -> int:
-        size = parse_bytes(value)
-        if size < 1:
-            raise ValueError("must be at least 1 byte")
-        return size
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _bare_digests(cls, value: Any) -> Any:
-        if not isinstance(value, (list, tuple)):
-            return value
-        entries = []
-        for i, entry in enumerate(value):
-            if isinstance(entry, str):
-                if not _DIGEST.fullmatch(entry):
-                    # The message must not echo the value: it may be a plaintext key put here by mistake.
-                    raise ValueError(f"api_keys[{i}] is not a sha256 hex digest; use `coserve keys hash KEY`")
-                entry = {"sha256": entry}
-            entries.append(entry)
-        return entries
-
-    @field_validator("api_keys")
-    @classmethod
-    def _distinct(cls, value: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
-        seen: set[str] = set()
-        for i, key in enumerate(value):
-            if key.sha256 in seen:
-                raise ValueError(f"api_keys[{i}] repeats an earlier key")
-            seen.add(key.sha256)
-        return value
 
 
 class LibraryConfig(_Strict):
