@@ -223,7 +223,9 @@ def test_log_prune_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "under the 1 h floor" in capsys.readouterr().err
     plain = write_library(tmp_path, filename="plain.yaml", server={"log": {"path": "d.sqlite"}})
     assert main(["log", "prune", "--library", str(plain)]) == 2  # no limits anywhere
-    assert "give max_age, max_rows or both" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == (
+        f"coserve: error: {plain} sets no server.log.retention: give --max-age, --max-rows or both"
+    )
     assert main(["log", "prune", "--library", str(plain), "--db", str(tmp_path / "none.sqlite")]) == 2
 
 

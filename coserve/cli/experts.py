@@ -163,6 +163,8 @@ def cmd_log_prune(args: argparse.Namespace) -> int:
     if not db.is_file():
         raise CoserveError(f"no decision log at {db}")
     configured = library.server.log.retention
+    if configured is None and args.max_age is None and args.max_rows is None:
+        raise CoserveError(f"{library.path} sets no server.log.retention: give --max-age, --max-rows or both")
     try:  # a limit given here replaces the library's (checked the same way)
         settings = RetentionSettings(
             max_age=args.max_age if args.max_age is not None else configured and configured.max_age,
