@@ -34,7 +34,7 @@ from coserve.distributed.ray_host import ExpertHost
 from coserve.distributed.ray_placement import NODE_PREFIX, PLACEMENT
 from coserve.errors import ConfigError
 
-__all__ = ["HOST_RESOURCE", "NodeHost", "first_guess", "nodes_carried"]
+__all__ = ["HOST_RESOURCE", "NodeHost", "first_guess", "nodes_carried", "nodes_in_file"]
 
 log = logging.getLogger("coserve.distributed")
 
@@ -51,12 +51,27 @@ def nodes_carried(resources: Mapping[str, float]) -> list[str]:
     return names
 
 
+def nodes_in_file(carried: Sequence[str], cluster: Cluster) -> list[str]:
+    """The nodes a Ray node carries that the application's cluster file has (a replica claims one of
+    them). None is a deployment for another cluster file (or none: one node, ``local``) than the Ray
+    nodes were started for: an error that names both sides."""
+    names = {n.name for n in cluster.nodes}
+    kept = [n for n in carried if n in names]
+    if not kept:
+        raise ConfigError(
+            f"this Ray node carries the resource of node(s) {', '.join(carried)}, which the application's cluster "
+            f"file lacks (its nodes: {', '.join(sorted(names))}): deploy with the cluster file the Ray nodes were "
+            f"started for (coserve deploy --ray-config OUT.yaml --cluster FILE)"
+        )
+    return kept
+
+
 def first_guess(names: Sequence[str], local_rank: int) -> str | None:
     """The node a replica with this local rank asks for first (None past the end)."""
     return names[local_rank] if 0 <= local_rank < len(names) else None
 
 
-async def claim_node() -> dict[str, Any]:
+async def claim_node(cluster: Cluster) -> dict[str, Any]:
     """The cluster-file node this replica serves, claimed from the placement controller, with its
     experts when the controller has them (``PlacementService.claim_host``)."""
     import ray
@@ -65,7 +80,7 @@ async def claim_node() -> dict[str, Any]:
     context = serve.get_replica_context()
     node_id = ray.get_runtime_context().get_node_id()
     (resources,) = [n.get("Resources", {}) for n in ray.nodes() if n.get("NodeID") == node_id]
-    names = nodes_carried(resources)
+    names = nodes_in_file(nodes_carried(resources), cluster)
     guess = first_guess(names, context.rank.local_rank)
     replica = ray.get_runtime_context().get_actor_name() or context.replica_id.to_full_id_str()
     controller = serve.get_deployment_handle(PLACEMENT, app_name=context.app_name)
@@ -89,7 +104,7 @@ class NodeHost(ExpertHost):
         placed: Mapping[str, Sequence[str]],
         resident: Mapping[str, Sequence[str]],
     ):
-        claim = await claim_node()
+        claim = await claim_node(cluster)
         node = str(claim["node"])
         experts = claim.get("experts", placed.get(node, ()))  # the placement in force, else the start-time one
         pinned = claim.get("resident", resident.get(node, ()))

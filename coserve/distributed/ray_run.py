@@ -20,9 +20,18 @@ from coserve.distributed.ray_host import served_library
 from coserve.distributed.ray_node_host import HOST_RESOURCE
 from coserve.errors import ConfigError
 
-__all__ = ["APP_NAME", "host_units_short", "missing_nodes", "ray_config", "serve_on_ray", "wanted_nodes"]
+__all__ = [
+    "APP_NAME",
+    "connect_error",
+    "host_units_short",
+    "missing_nodes",
+    "ray_config",
+    "serve_on_ray",
+    "wanted_nodes",
+]
 
 APP_NAME = "coserve"
+RAY_AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch for token authentication ("token" or "disabled")
 
 
 def wanted_nodes(args: AppArgs) -> list[str]:
@@ -42,6 +51,24 @@ def host_units_short(nodes: list[str], resources: Mapping[str, float]) -> int:
     return max(0, len(nodes) - int(resources.get(HOST_RESOURCE, 0)))
 
 
+def connect_error(address: str, reason: BaseException, env: Mapping[str, str], token_file: bool) -> ConfigError:
+    """The error for a Ray cluster at ``address`` that ``ray.init`` could not join. Ray 2.60's
+    ``ray start --head`` turns token authentication on by itself when a token file
+    (``~/.ray/auth_token``, which a local ``ray.init`` writes) exists, but a client given an explicit
+    address only uses it with ``RAY_AUTH_MODE=token``: without it the join fails as a connection error.
+    """
+    message = f"cannot join the Ray cluster at {address}: {reason}"
+    if env.get(RAY_AUTH_MODE) is None and token_file:
+        message += (
+            f" (a Ray token file exists here, so `ray start --head` may have turned token authentication on:"
+            f" set {RAY_AUTH_MODE}=token, as for every `ray start --address`, or start the cluster with"
+            f" {RAY_AUTH_MODE}=disabled)"
+        )
+    else:
+        message += " (is `ray start --head` running there, and is ADDRESS its GCS address, HOST:PORT?)"
+    return ConfigError(message)
+
+
 def ray_config(args: AppArgs, host: str, port: int) -> dict[str, Any]:
     """The Ray Serve config (``serve deploy`` / a RayService's ``serveConfigV2``) for these arguments."""
     return {
@@ -51,6 +78,12 @@ def ray_config(args: AppArgs, host: str, port: int) -> dict[str, Any]:
             {"name": APP_NAME, "route_prefix": "/", "import_path": APP_BUILDER, "args": args.to_dict()},
         ],
     }
+
+
+def _ray_token_file() -> bool:
+    """Whether Ray's token file is here (``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``)."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
 
 
 def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> None:
@@ -74,7 +107,10 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> No
             include_dashboard=False,
         )
     else:
-        ray.init(address=address)
+        try:
+            ray.init(address=address)
+        except ConnectionError as exc:  # Ray's own, for a cluster it cannot reach or is refused by
+            raise connect_error(address, exc, os.environ, _ray_token_file()) from None
     # After ray.init (whose own handler would end the process at once): a signal during the start
     # still shuts Serve down cleanly once the application is up.
     stop = threading.Event()
