@@ -12,9 +12,9 @@
   --json``) and each expert's f16 KV cache (n_parallel x context cells) -> docs/data/experts.json
 - ``outcomes``: counts in coserve/data/default-outcomes.jsonl (items per suite, items scored 1 per
   expert and suite) -> docs/data/default-outcomes.json
-- ``serve-runs``: every recorded ``coserve bench serve`` run (docs/data/serve*.json): req/s per policy,
-  the ratios the targets read, each switch over its same-process floor, and their median and min-max
-  over the runs -> docs/data/serve-runs.json
+- ``serve-runs``: every recorded ``coserve bench serve`` run (docs/data/serve*.json; a file with
+  repeated runs gives one entry per run): req/s per policy, the ratios the targets read, each switch
+  over its same-process floor, and their median and min-max over the runs -> docs/data/serve-runs.json
 
 It reads what the commands print; it measures no time and knows nothing of how the figures are made.
 """
@@ -154,42 +154,78 @@ def _switch_ratios(switch: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def serve_runs() -> Path:
-    runs, skipped = [], []
-    for path in sorted({*DATA.glob("serve-*.json"), *DATA.glob("serve.json")}):
+def _ratios(rps: dict[str, float]) -> dict[str, float]:
+    return {
+        "lookahead_x_peer": rps["lookahead"] / rps["peer"],
+        "lookahead_x_lru": rps["lookahead"] / rps["lru"],
+        "lookahead_x_load_per_request": rps["lookahead"] / rps["load_per_request"],
+        "lookahead_below_all_resident": (rps["all_resident"] - rps["lookahead"]) / rps["all_resident"],
+        "all_resident_x_peer": rps["all_resident"] / rps["peer"],
+    }
+
+
+def _per_run_figures(body: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]] | None:
+    """Each run's (policy -> its figures, switch block), in run order; None if a policy lacks req/s.
+
+    A single-run file has ``policies`` (policy -> figures) and one ``switch``. A multi-run file
+    (``coserve bench serve`` with repeats) has ``runs`` (policy -> one figures dict per run) and a
+    ``summary``; its ``switch`` is either a list with one block per run or one block for the file,
+    which then goes with its first run only (so the switch is counted once per file).
+    """
+    per_policy = body.get("runs")
+    if isinstance(per_policy, dict):
+        counts = {len(per_policy[p]) if isinstance(per_policy.get(p), list) else 0 for p in POLICIES}
+        if len(counts) != 1 or 0 in counts:
+            return None
+        count = counts.pop()
+        switch = body.get("switch")
+        switches = switch if isinstance(switch, list) and len(switch) == count else [switch or {}] + [{}] * (count - 1)
+        runs = [({p: per_policy[p][i] for p in POLICIES}, switches[i]) for i in range(count)]
+    else:
+        policies = body.get("policies", {})
+        if not all(isinstance(policies.get(p), dict) for p in POLICIES):
+            return None
+        runs = [({p: policies[p] for p in POLICIES}, body.get("switch") or {})]
+    if not all(isinstance(figures[p].get("throughput_rps"), float) for figures, _ in runs for p in POLICIES):
+        return None
+    return runs
+
+
+def serve_runs(data: Path = DATA) -> Path:
+    """Every run recorded in ``data``/serve-*.json, one entry per run, and their spread."""
+    runs, skipped, files = [], [], 0
+    for path in sorted({*data.glob("serve-*.json"), *data.glob("serve.json")}):
         if path.name == "serve-runs.json":
             continue
         body = json.loads(path.read_text())
-        policies = body.get("policies", {})
-        rps = {p: policies[p].get("throughput_rps") for p in POLICIES if isinstance(policies.get(p), dict)}
-        if len(rps) < len(POLICIES) or not all(isinstance(v, float) for v in rps.values()):
-            skipped.append(f"docs/data/{path.name}: not one run of every policy with throughput_rps")
+        per_run = _per_run_figures(body)
+        if per_run is None:
+            skipped.append(f"docs/data/{path.name}: no run of every policy with throughput_rps")
             continue
-        record = body.get("provenance", {})
-        runs.append(
-            {
-                "file": f"docs/data/{path.name}",
-                "commit": record.get("commit", "not recorded"),
-                "routed_in_server": bool(body["policies"]["lookahead"].get("routed")),
-                "req_per_s": rps,
-                "lookahead_x_peer": rps["lookahead"] / rps["peer"],
-                "lookahead_x_lru": rps["lookahead"] / rps["lru"],
-                "lookahead_x_load_per_request": rps["lookahead"] / rps["load_per_request"],
-                "lookahead_below_all_resident": (rps["all_resident"] - rps["lookahead"]) / rps["all_resident"],
-                "all_resident_x_peer": rps["all_resident"] / rps["peer"],
-                "switch_over_floor": _switch_ratios(body.get("switch", {})),
-            }
-        )
-    keys = [k for k in runs[0] if k.startswith(("lookahead_", "all_resident_"))]
+        files += 1
+        commit = body.get("provenance", {}).get("commit", "not recorded")
+        for index, (figures, switch) in enumerate(per_run, start=1):
+            rps = {p: figures[p]["throughput_rps"] for p in POLICIES}
+            runs.append(
+                {"file": f"docs/data/{path.name}", "run": index, "runs_in_file": len(per_run), "commit": commit}
+                | {"routed_in_server": bool(figures["lookahead"].get("routed")), "req_per_s": rps}
+                | _ratios(rps)
+                | {"switch_over_floor": _switch_ratios(switch)}
+            )
+    if not runs:
+        raise SystemExit(f"no serve run with every policy's throughput_rps in {data}")
+    keys = list(_ratios(runs[0]["req_per_s"]))
     payload = {
-        "note": "one run per file, on different commits, two backends and machines over the sessions: "
-        "a spread of recorded runs, not repetitions of one configuration",
+        "note": f"{len(runs)} runs from {files} files, on different commits, two backends and machines over the "
+        "sessions: a spread of recorded runs, not repetitions of one configuration. A file with several "
+        "(alternating) runs gives one entry per run; a switch measured once per file is on its run 1 only",
+        "files": files,
         "runs": runs,
         "skipped": skipped,
         "over_runs": {k: _spread([r[k] for r in runs]) for k in keys}
         | {f"{p}_req_per_s": _spread([r["req_per_s"][p] for r in runs]) for p in POLICIES},
     }
-    return write_data(DATA / "serve-runs.json", payload, "scripts/doc_figures.py serve-runs")
+    return write_data(data / "serve-runs.json", payload, "scripts/doc_figures.py serve-runs")
 
 
 JOBS = {"map": default_map, "route": route_heldout, "experts": experts, "outcomes": outcomes, "serve-runs": serve_runs}
