@@ -202,6 +202,8 @@ class LibraryConfig(_Strict):
             seen.add(name)
         if self.router.trained is None and len(self.categories) < 2:
             raise ValueError("categories: at least two categories (or router.trained: a trained router directory)")
+        if self.router.online is not None and self.router.trained is None:
+            raise ValueError("router.online: needs router.trained (a `coserve train` directory) to learn from traffic")
         if self.router.outcomes is not None and (self.router.map or self.router.trained is not None):
             raise ValueError("router.outcomes: the map is solved from outcomes; drop router.map and router.trained")
         for category, weight in self.router.priors.items():

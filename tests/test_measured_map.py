@@ -103,6 +103,8 @@ def test_priors_weight_the_categories(tmp_path: Path) -> None:
         ({"priors": {"poetry": 1.0}}, r"router.priors.poetry: not a category"),
         ({"priors": {"chat": 0.0}}, "at least one category needs a positive weight"),
         ({"budget": 0.05}, r"router.budget: budget 0.05 is below the cheapest"),
+        # learning from traffic needs a trained router's scores: refused, not silently left off
+        ({"online": {}}, r"router.online: needs router.trained"),
     ],
 )
 def test_bad_measured_settings(tmp_path: Path, router: dict[str, Any], message: str) -> None:
@@ -163,3 +165,9 @@ def test_map_command_prints_the_table_maps_and_front(tmp_path: Path, capsys: Any
 def test_map_command_needs_a_measured_library(tmp_path: Path, capsys: Any) -> None:
     assert main(["map", "--library", str(write_library(tmp_path))]) == 2
     assert "needs router.outcomes" in capsys.readouterr().err
+
+
+def test_online_learning_over_a_hand_written_map_is_refused(tmp_path: Path) -> None:
+    settings = {**library_data()["router"], "online": {}}  # the small library's hand-written map
+    with pytest.raises(ConfigError, match=r"router.online: needs router.trained"):
+        load_library(write_library(tmp_path, router=settings))

@@ -216,3 +216,26 @@ def test_the_feedback_baseline_of_the_change_detector_survives_a_restart(tmp_pat
         # big's own feedback on code: scores 1 and 0 (thumbs up, down), mean 0.5 over 2; nothing else has any
         assert live.router.baseline.count[code, big] == 2 and live.router.baseline.mean[code, big] == 0.5
         assert live.router.baseline.count.sum() == 2
+
+
+def _online_gauges(client: TestClient) -> dict[str, float]:
+    """The online router's gauges in ``/metrics`` (name with labels -> value)."""
+    names = ("coserve_budget_target", "coserve_cost_weight", "coserve_map_version")
+    lines = client.get("/metrics").text.splitlines()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines if line.startswith(names))}
+
+
+def test_metrics_show_the_map_after_a_score_and_the_resumed_map_before_the_first_request(
+    tmp_path: Path, cache: Path
+) -> None:
+    # A 5 B target: each answer by big (7 B) moves the integral weight by step * (7 / 5 - 1) = 0.002.
+    expected = {'coserve_budget_target{axis="params"}': 5.0, "coserve_cost_weight": pytest.approx(0.004)}
+    with TestClient(create_app(_engine(tmp_path, cache, budget={"avg_params_b": 5.0}))) as client:
+        first, second = _post(client, CODE).json(), _post(client, CODE).json()
+        assert first["coserve"]["expert"] == second["coserve"]["expert"] == "big"
+        assert _feedback(client, first["id"], 1.0).status_code == 200
+        # three updates (two answers, one score), each a new map version; the score's is in force now
+        assert _online_gauges(client) == {**expected, "coserve_map_version": 3.0}
+    with TestClient(create_app(_engine(tmp_path, cache, budget={"avg_params_b": 5.0}))) as client:
+        # the restarted server resumed the saved state: /metrics says so before any request arrives
+        assert _online_gauges(client) == {**expected, "coserve_map_version": 3.0}

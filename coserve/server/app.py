@@ -77,6 +77,7 @@ def _state(
     outcomes = Outcomes(admission, quota, engine.metrics, decisions, feed)
     if engine.router.online is not None:  # resume learned scores; a missing or bad state warns, never fails
         engine.router.online.resume(decisions.online_state())
+        engine.router.online.publish(engine.metrics)  # /metrics shows the resumed map before any request
     return ServerState(engine, settings, gate, admission, decisions, outcomes)
 
 

@@ -240,6 +240,7 @@ async def feedback(http: HttpRequest, state: ApiState) -> dict[str, Any]:
         raise InvalidRequest(f"request {body.id!r} already has a score", param="id", code="feedback_exists")
     if online is not None and category is not None and online.apply(category, expert, body.score, body.id):
         state.decisions.save_online_state(online.export_state())  # saved beside the log
+        online.publish(state.engine.metrics)  # the score's map is in force now
     return {"object": "feedback", "id": body.id, "score": body.score}
 
 
