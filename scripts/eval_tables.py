@@ -96,7 +96,8 @@ def at_budgets(paths: list[Path], budgets: list[float]) -> str:
             points = [p for p in router["points"] if p["axis"] == "params"]
             xs, qs = [p["avg_params_b"] for p in points], [p["quality"] for p in points]
             cells = " | ".join(_num(quality_at_budget(xs, qs, b)) for b in budgets)
-            rows.append(f"| `{path.name}` ({report['meta']['embedder']}) | {name} | {cells} |")
+            embedder = report["meta"].get("embedders", {}).get(name, report["meta"]["embedder"])
+            rows.append(f"| `{path.name}` ({embedder}) | {name} | {cells} |")
     singles = {k: b for k, b in baselines.items() if k not in ("random", "oracle")}
     cells = []
     for budget in budgets:

@@ -123,3 +123,29 @@ def test_bad_rows_refused_by_default(tmp_path: Path, cache: Path, capsys: pytest
     rc = main(argv("eval", data, experts, "--json", str(tmp_path / "r.json")))
     assert rc == 2
     assert "outcomes.jsonl:61" in capsys.readouterr().err
+
+
+def test_eval_scores_each_router_on_the_vectors_train_fits_it_on(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``--embedder`` the stack router reads its own vectors (train's default) and the others
+    theirs; the merged report equals the two runs made one embedder at a time."""
+    data, experts = write_separable(tmp_path)
+    defaults = {"stack": "hashing+features"}
+    monkeypatch.setattr("coserve.cli.train.default_embedder", lambda router: defaults.get(router, "hashing"))
+    common = ["--data", str(data), "--experts", str(experts), "--folds", "3"]
+    merged, alone_stack, alone_map = (tmp_path / n for n in ("merged.json", "stack.json", "map.json"))
+    assert main(["eval", *common, "--routers", "map-logistic,stack", "--json", str(merged)]) == 0
+    assert (
+        main(["eval", *common, "--routers", "stack", "--embedder", "hashing+features", "--json", str(alone_stack)]) == 0
+    )
+    assert main(["eval", *common, "--routers", "map-logistic", "--embedder", "hashing", "--json", str(alone_map)]) == 0
+    report = json.loads(merged.read_text())
+    assert report["meta"]["embedders"] == {"map-logistic": "hashing", "stack": "hashing+features"}
+    assert report["meta"]["embedder"] == "per router (meta.embedders)"
+    for name, alone in (("stack", alone_stack), ("map-logistic", alone_map)):
+        single = json.loads(alone.read_text())
+        assert report["routers"][name] == single["routers"][name]
+        assert report["baselines"] == single["baselines"]
+    # an explicit --embedder still gives every router the same vectors
+    assert json.loads(alone_stack.read_text())["meta"]["embedder"] == "hashing+features"

@@ -36,7 +36,7 @@ def default_embedder(router: str | None) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from coserve.bench.provenance import write_data
     from coserve.eval.data import load_costs, load_outcomes
-    from coserve.eval.harness import evaluate
+    from coserve.eval.harness import available_routers, evaluate, evaluate_grouped
     from coserve.router.embedders import make_embedder
 
     costs = load_costs(args.experts)
@@ -48,16 +48,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     routers = [r.strip() for r in args.routers.split(",") if r.strip()] if args.routers else None
-    report = evaluate(
-        train,
-        test,
-        costs,
-        folds=args.folds,
-        seed=args.seed,
-        routers=routers,
-        embedder=make_embedder(args.embedder or "minilm"),
-        jobs=args.jobs,
-    )
+    options = {"folds": args.folds, "seed": args.seed, "jobs": args.jobs}
+    if args.embedder:
+        report = evaluate(train, test, costs, routers=routers, embedder=make_embedder(args.embedder), **options)
+    else:  # each router on the vectors `coserve train` fits it on: what it would deploy
+        names = routers if routers is not None else available_routers(len(set(train.categories)))[0]
+        by_embedder: dict[str, list[str]] = {}
+        for name in names:
+            by_embedder.setdefault(default_embedder(name), []).append(name)
+        groups = {e: (make_embedder(e), rs) for e, rs in by_embedder.items()}
+        report = evaluate_grouped(train, test, costs, groups, **options)
     report["meta"].update(data=str(args.data), test=args.test, skipped_rows=len(problems))
     cascade = _cascade(args)
     if cascade is not None:
@@ -152,7 +152,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--embedder",
         help=f"one of {', '.join(EMBEDDER_NAMES)}, options after ':' (minilm+features:max_tokens=128); "
-        f"train: {STACK_EMBEDDER} for the stack router (the default), else minilm; eval: minilm",
+        f"default: {STACK_EMBEDDER} for the stack router (train's default), minilm for the others "
+        "(eval scores each router on its own; given, every router reads this one)",
     )
 
 

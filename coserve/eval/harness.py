@@ -11,7 +11,7 @@ knows nothing about plotting or the command line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from coserve.eval import metrics as M
 from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, grouped_folds
 from coserve.eval.sweeps import HYBRID_CLASSIFIER, HYBRID_PREDICTOR, STACK, TOP_K, Axis, Fold, FoldModels, sweep
 
-__all__ = ["available_routers", "evaluate"]
+__all__ = ["available_routers", "evaluate", "evaluate_grouped"]
 
 MAP_BUDGETS = 17  # evenly spaced budgets per axis, added to the Pareto budgets of the whole set
 
@@ -276,6 +276,35 @@ def evaluate(
         "not_run": missing,
     }
     return {"routers": report, "baselines": base, "meta": meta}
+
+
+def evaluate_grouped(
+    train: OutcomeSet,
+    test: OutcomeSet | None,
+    costs: ExpertCosts,
+    groups: Mapping[str, tuple[Any, Sequence[str]]],
+    **options: Any,
+) -> dict[str, Any]:
+    """``evaluate`` once per embedder, each on its own routers, merged into one report.
+
+    ``groups`` maps an embedder's name to (the embedder, its routers). The folds, inner splits and
+    baselines depend on the prompts and scores only, so every group is scored on the same rows and
+    the merged report compares the routers as one run would; ``meta.embedders`` says which vectors
+    each router read.
+    """
+    reports = [
+        (name, evaluate(train, test, costs, routers=list(rs), embedder=e, **options))
+        for name, (e, rs) in groups.items()
+    ]
+    if not reports:
+        raise ConfigError("no router to evaluate")
+    merged = reports[0][1]
+    merged["meta"]["embedders"] = {}
+    for name, report in reports:
+        merged["routers"].update(report["routers"])
+        merged["meta"]["embedders"].update(dict.fromkeys(report["routers"], name))
+    merged["meta"]["embedder"] = reports[0][0] if len(reports) == 1 else "per router (meta.embedders)"
+    return merged
 
 
 def _classifier_of(name: str) -> str | None:
