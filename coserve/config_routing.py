@@ -87,3 +87,8 @@ class OnlineSettings(BaseModel):
     # its category's feedback (docs/adapt.md)
     granularity: Literal["category", "prompt"] = "prompt"
     prompt_weight: float = Field(1.0, ge=0, le=1)  # share of a prompt's predicted offset from its category kept
+    # session 10 (docs/adapt.md): a per-expert offset pooled over categories, learnt at this rate (0: none)
+    expert_rate: float = Field(0.0, ge=0, lt=1)
+    mix_jump: float = Field(0.0, ge=0, le=1)  # mix distance (total variation) read as a jump (0: never)
+    mix_short: int = Field(100, gt=0)  # after a jump, the feed-forward weight reads only this many requests
+    refresh_on_alarm: bool = False  # re-solve the feed-forward weight at once when an alarm moves means
