@@ -67,15 +67,16 @@ class OnlineSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # defaults chosen by scripts/adapt_tune.py on a tuning split with the per-prompt predictor `coserve train`
-    # fits by default (stack on minilm-static+features; session 9, docs/adapt.md "Tuning")
+    # fits by default (stack on minilm-static+features; session 9, docs/adapt.md "Tuning"); the detector's
+    # drift and level and the mix-jump test by its --stage levers (session 10)
     prior_strength: float = Field(50.0, gt=0)  # pseudo-counts of the trained router's scores
     max_count: float = Field(100.0, gt=0)  # cap on a score's pseudo-counts (old evidence fades)
     step: float = Field(0.005, gt=0)  # the budget controller's step
     explore_cap: float = Field(0.0, ge=0, le=1)  # most share of traffic that explores
     window: int = Field(500, gt=0)  # requests in the sliding window (realised cost, exploring share)
     mix_window: int = Field(500, ge=0)  # requests whose category mix sets the feed-forward weight (0: none)
-    change_threshold: float = Field(16.0, ge=0)  # a changed expert's alarm level (0: no change detector)
-    change_drift: float = Field(0.05, ge=0)  # half the smallest shift in an expert's scores worth noticing
+    change_threshold: float = Field(8.0, ge=0)  # a changed expert's alarm level (0: no change detector)
+    change_drift: float = Field(0.075, ge=0)  # half the smallest shift in an expert's scores worth noticing
     reset_count: float = Field(2.0, gt=0)  # pseudo-counts a changed expert's scores keep
     move_mean: bool = True  # a changed expert's means also move by the estimated shift
     # what the detector's residuals are measured against: the posterior mean (offline table + feedback), or
@@ -87,3 +88,8 @@ class OnlineSettings(BaseModel):
     # its category's feedback (docs/adapt.md)
     granularity: Literal["category", "prompt"] = "prompt"
     prompt_weight: float = Field(1.0, ge=0, le=1)  # share of a prompt's predicted offset from its category kept
+    # session 10 (docs/adapt.md): a per-expert offset pooled over categories, learnt at this rate (0: none)
+    expert_rate: float = Field(0.0, ge=0, lt=1)
+    mix_jump: float = Field(0.3, ge=0, le=1)  # mix distance (total variation) read as a jump (0: never)
+    mix_short: int = Field(150, gt=0)  # after a jump, the feed-forward weight reads only this many requests
+    refresh_on_alarm: bool = False  # re-solve the feed-forward weight at once when an alarm moves means

@@ -81,6 +81,10 @@ class AdaptOptions:
     mix_window: int = _ONLINE.mix_window  # requests whose category mix sets the feed-forward weight (0: integral only)
     granularity: str = _ONLINE.granularity  # route per category, or per prompt (needs the stream's predictions)
     prompt_weight: float = _ONLINE.prompt_weight  # share of a prompt's predicted offset from its category kept
+    expert_rate: float = _ONLINE.expert_rate  # the per-expert offset's learning rate (0: none)
+    mix_jump: float = _ONLINE.mix_jump  # mix distance read as a jump: the short window sets the weight (0: never)
+    mix_short: int = _ONLINE.mix_short
+    refresh_on_alarm: bool = _ONLINE.refresh_on_alarm
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -113,6 +117,10 @@ class AdaptOptions:
             change_min_feedback=self.change_min_feedback,
             granularity=self.granularity,  # type: ignore[arg-type]  # checked by OnlineSettings
             prompt_weight=self.prompt_weight,
+            expert_rate=self.expert_rate,
+            mix_jump=self.mix_jump,
+            mix_short=self.mix_short,
+            refresh_on_alarm=self.refresh_on_alarm,
         )
 
 

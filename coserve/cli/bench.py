@@ -68,6 +68,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs: tuple[str, ...] = ("requests", "phases", "feedback", "noise", "shock", "seed", "prior_strength")
     knobs += ("max_count", "step", "change_threshold", "change_drift", "reset_count", "mix_window")
     knobs += ("granularity", "prompt_weight", "change_baseline", "change_min_feedback")
+    knobs += ("expert_rate", "mix_jump", "mix_short", "refresh_on_alarm")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     predictor = make_embedder(args.predictor_embedder)
@@ -117,6 +118,12 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--mix-window", type=int, help="requests whose mix sets the feed-forward weight (0: none)")
     b.add_argument("--granularity", choices=["category", "prompt"], help="route per category or per prompt")
     b.add_argument("--prompt-weight", type=float, help="share of a prompt's predicted offset kept (prompt mode)")
+    b.add_argument("--expert-rate", type=float, help="learning rate of a per-expert offset (0: none)")
+    b.add_argument("--mix-jump", type=float, help="mix distance that hands the feed-forward to the short window")
+    b.add_argument("--mix-short", type=int, help="requests the feed-forward weight reads after a mix jump")
+    b.add_argument(
+        "--refresh-on-alarm", action=argparse.BooleanOptionalAction, help="re-solve the feed-forward at an alarm"
+    )
     b.add_argument("--seed", type=int)
     b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
     b.add_argument(

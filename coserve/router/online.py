@@ -17,7 +17,14 @@
   ``MIX_EVERY`` served requests; 0 without a mix window), and an integral part ``weight``: after each
   served request, ``weight += step * (cost / target - 1)``, floored so that the sum stays >= 0. Over any
   stretch where the floor does not bind, the overspend is exactly ``(weight_end - weight_start) * target
-  / step``: the feed-forward part takes the jumps of the mix, so the integral part moves less.
+  / step``: the feed-forward part takes the jumps of the mix, so the integral part moves less. The recent
+  requests are kept by ``online_mix.RecentMix``, which (``mix_jump`` > 0) reads the weight from the last
+  ``mix_short`` requests alone while their mix differs from the window's older ones; with
+  ``refresh_on_alarm`` the feed-forward weight is also re-solved at once when the detector moves an
+  expert's means, so an alarm does not overspend the requests until the next refresh.
+* ``expert_rate`` > 0: an offset per expert, pooled over categories and learnt at that rate from every
+  residual of its feedback, is added to each of its cells (``ScorePosterior.estimate``), so a change of
+  the whole expert reaches the prompts of every category, not only those of cells with feedback.
 * ``granularity``: ``category`` routes by category (below); ``prompt`` routes each request by the
   offline per-prompt prediction ``pred[e]`` of every expert's score (a trained router's ``scores``),
   corrected by what feedback taught about its category: ``pred[e] + mean[k, e] - S[k, e]`` (``S`` the
@@ -35,8 +42,9 @@
   ``resolve_every`` updates and swapped under a lock: a reader sees one whole map, never a mix.
 
 ``export_state``/``restore`` turn the posteriors, the weight and the map version into JSON values and
-back (``resume`` warns and keeps the offline map where a saved state does not fit). Pure numbers,
-seeded randomness; this module knows nothing about HTTP, the store or outcome files.
+back (``online_saved.parse_state`` checks a saved state; ``resume`` warns and keeps the offline map
+where a saved state does not fit). Pure numbers, seeded randomness; this module knows nothing about HTTP,
+the store or outcome files.
 """
 
 from __future__ import annotations
@@ -51,9 +59,11 @@ from typing import Any
 import numpy as np
 
 from coserve.config_routing import OnlineSettings
-from coserve.router.drift import ChangeSettings, export_change, restore_change, weight_for_mix
+from coserve.router.drift import ChangeSettings, export_change, restore_change
 from coserve.router.mapping import choose_per_prompt
+from coserve.router.online_mix import RecentMix
 from coserve.router.online_model import BudgetController, ScorePosterior
+from coserve.router.online_saved import STATE_FORMAT, parse_state
 
 __all__ = ["BudgetController", "ChangeSettings", "Decision", "MapSnapshot", "OnlineRouter", "ScorePosterior", "resume"]
 
@@ -62,7 +72,6 @@ log = logging.getLogger("coserve.router")
 SIGNALS = frozenset({"failure", "timeout", "fallback"})  # automatic signals an expert's failure can send
 GRANULARITIES = ("category", "prompt")  # what a decision is made per: see the module docstring
 MIX_EVERY = 25  # served requests between two updates of the feed-forward weight
-STATE_FORMAT = 1  # export_state's layout; a state of another format is not resumed
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,10 @@ class OnlineRouter:
         mix_window: int = 0,
         granularity: str = "category",
         prompt_weight: float = 1.0,
+        expert_rate: float = 0.0,
+        mix_jump: float = 0.0,
+        mix_short: int = 100,
+        refresh_on_alarm: bool = False,
     ) -> None:
         if not 0.0 <= prompt_weight <= 1.0:
             raise ValueError("prompt_weight must be in [0, 1]")
@@ -122,15 +135,15 @@ class OnlineRouter:
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
         self.granularity = granularity
-        self.posterior = ScorePosterior(offline, prior_strength, max_count)
+        self.posterior = ScorePosterior(offline, prior_strength, max_count, expert_rate)
         self.offline = self.posterior.mean()  # S: the table the posteriors started from
         self.change = change
         # the CUSUM per expert, and the feedback-only means its residuals are measured against (None: the posterior)
         self.detector, self.baseline = restore_change(None, change, *self.posterior.shape)
         self.alarms = 0  # changes the detector noticed
-        self.mix: deque[int] = deque(maxlen=max(1, mix_window))  # categories of the latest requests
-        self.recent_predictions: deque[np.ndarray] = deque(maxlen=max(1, mix_window))  # their pred rows (prompt)
+        self.recent = RecentMix(mix_window, self.posterior.shape[0], mix_jump, mix_short)  # the feed-forward's input
         self.mix_window = int(mix_window)
+        self.refresh_on_alarm = bool(refresh_on_alarm)
         self._served = 0
         self.cost = np.asarray(cost, dtype=np.float64)
         if self.cost.shape != (self.posterior.shape[1],) or not np.isfinite(self.cost).all():
@@ -181,6 +194,10 @@ class OnlineRouter:
             mix_window=settings.mix_window,
             granularity=settings.granularity,
             prompt_weight=settings.prompt_weight,
+            expert_rate=settings.expert_rate,
+            mix_jump=settings.mix_jump,
+            mix_short=settings.mix_short,
+            refresh_on_alarm=settings.refresh_on_alarm,
         )
 
     @property
@@ -192,7 +209,7 @@ class OnlineRouter:
         return self.cost / self.controller.target
 
     def _solve(self, version: int) -> MapSnapshot:
-        means = self.posterior.mean()
+        means = self.posterior.estimate()
         weight = self.controller.effective
         assignment = solve_weighted(means, self._scaled_cost(), weight)
         return MapSnapshot(version, weight, means, tuple(int(e) for e in assignment))
@@ -258,8 +275,7 @@ class OnlineRouter:
         return Decision(category, choice, explored, snap.version)
 
     def _join_mix(self, category: int, row: np.ndarray | None) -> None:
-        self.mix.append(category)
-        self.recent_predictions.append(self.offline[category] if row is None else row)
+        self.recent.join(category, self.offline[category] if row is None else row)
 
     def remember(self, category: int, predicted: Sequence[float] | np.ndarray | None = None) -> None:
         """A request of ``category`` routed by another process (a cluster's ingress replica) joins the mix
@@ -278,15 +294,12 @@ class OnlineRouter:
             self._changed()
 
     def _feed_forward(self) -> None:
-        """Set the controller's feed-forward weight from the latest requests' category mix."""
-        if self.granularity == "prompt":  # each recent prompt's corrected row, weighted alike
-            categories = np.fromiter(self.mix, dtype=np.int64)
-            correction = (self.posterior.mean() - self.offline)[categories]
-            rows = np.asarray(self.recent_predictions) + correction
-            self.controller.set_base(weight_for_mix(rows, self._scaled_cost(), np.ones(len(rows))))
-            return
-        counts = np.bincount(np.fromiter(self.mix, dtype=np.int64), minlength=self.posterior.shape[0])
-        self.controller.set_base(weight_for_mix(self.posterior.mean(), self._scaled_cost(), counts))
+        """Set the controller's feed-forward weight from the latest requests' category mix (prompt mode: each
+        recent prompt's corrected row, weighted alike)."""
+        per_prompt = self.granularity == "prompt"
+        estimate = self.posterior.estimate()
+        correction = estimate - self.offline if per_prompt else estimate
+        self.controller.set_base(self.recent.weight(correction, self._scaled_cost(), per_prompt))
 
     def signal(self, category: int, expert: int, kind: str) -> bool:
         """An automatic signal (``failure``, ``timeout`` or ``fallback``): a score of 0 where the kind is
@@ -311,37 +324,20 @@ class OnlineRouter:
                 "target": self.controller.target,
                 "version": self._snapshot.version,
                 "granularity": self.granularity,  # what the cells mean: scores, or residuals of predictions
+                "expert_offset": self.posterior.offset.tolist(),  # per expert, added to its cells (expert_rate)
                 **({} if self.detector is None else {"change": export_change(self.detector, self.baseline)}),
             }
 
     def restore(self, state: dict[str, Any], categories: Sequence[str], experts: Sequence[str]) -> None:
         """Resume from ``export_state``'s output; ValueError (nothing changed) unless it fits this router."""
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"unknown state format {state.get('format')!r}")
-        if state.get("categories") != list(categories) or state.get("experts") != list(experts):
-            raise ValueError("the state is for other categories or experts")
-        learnt = state.get("granularity", "category")  # a state saved before session 8 was learnt per category
-        if learnt != self.granularity:
-            raise ValueError(f"the state was learnt per {learnt}, this router routes per {self.granularity}")
-        try:
-            alpha = np.asarray(state["alpha"], dtype=np.float64)
-            beta = np.asarray(state["beta"], dtype=np.float64)
-            weight, version = float(state["weight"]), state["version"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"the state is incomplete or malformed: {exc}") from None
-        if alpha.shape != self.posterior.shape or beta.shape != self.posterior.shape:
-            raise ValueError(f"the state's posteriors are {alpha.shape}, this router's {self.posterior.shape}")
-        if not (np.isfinite(alpha).all() and np.isfinite(beta).all() and (alpha > 0).all() and (beta > 0).all()):
-            raise ValueError("the state's posteriors must be finite and positive")
-        if not (np.isfinite(weight) and weight >= 0) or not isinstance(version, int) or version < 0:
-            raise ValueError("the state's weight must be >= 0 and its version a non-negative integer")
+        saved = parse_state(state, categories, experts, self.granularity, self.posterior.shape)
         detector, baseline = restore_change(state.get("change"), self.change, *self.posterior.shape)
         with self._lock:
             self.detector, self.baseline = detector, baseline
-            self.posterior.alpha, self.posterior.beta = alpha, beta
-            self.controller.weight = weight
+            self.posterior.alpha, self.posterior.beta, self.posterior.offset = saved.alpha, saved.beta, saved.offset
+            self.controller.weight = saved.weight
             self._pending = 0
-            self._snapshot = self._solve(version)
+            self._snapshot = self._solve(saved.version)
 
     def feedback(self, category: int, expert: int, score: float, predicted: float | None = None) -> None:
         """An observed score in [0, 1] for ``expert`` on ``category``; in prompt mode, ``predicted`` is the
@@ -353,17 +349,19 @@ class OnlineRouter:
             offset = self.prompt_weight * (float(predicted) - float(self.offline[category, expert]))
             score = min(1.0, max(0.0, score - offset))
         with self._lock:
-            alpha, beta = self.posterior.alpha[category, expert], self.posterior.beta[category, expert]
-            residual: float | None = score - float(alpha / (alpha + beta))  # against the mean it was predicted with
-            if self.baseline is not None:  # against the cell's own earlier feedback (None while too little)
+            # the residual against the estimate it was predicted with, or (feedback baseline) against the
+            # cell's own earlier feedback (None while too little)
+            residual: float | None = self.posterior.update(category, expert, score)
+            if self.baseline is not None:
                 residual = self.baseline.residual(category, expert, score)
-            self.posterior.update(category, expert, score)
             shift = None if self.detector is None or residual is None else self.detector.observe(expert, residual)
             if shift is not None and self.change is not None:
                 self.posterior.rebase(expert, shift if self.change.move_mean else 0.0, self.change.reset_count)
                 if self.baseline is not None:
                     self.baseline.forget(expert)
                 self.alarms += 1
+                if self.refresh_on_alarm and self.mix_window > 0 and len(self.recent) > 0:
+                    self._feed_forward()  # the moved means change the weight the mix needs: now, not in 25 requests
             self._changed()
 
 

@@ -4,7 +4,9 @@
   outcome table with ``prior_strength`` pseudo-counts per cell and updated with scores in [0, 1]. A
   score ``s`` adds ``s`` to alpha and ``1 - s`` to beta; a cell's total count is capped at ``max_count``
   (both parameters scaled down together), so old evidence fades slowly; ``rebase`` moves a changed
-  expert's means and cuts its counts.
+  expert's means and cuts its counts. With ``expert_rate`` > 0 it also keeps an offset per expert,
+  pooled over categories and learnt faster than the cells (``estimate`` = cell mean + offset): a
+  change of the whole expert moves every category's estimate at once, not only those with feedback.
 * ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight,
   in two parts: a feed-forward ``base`` set from outside and an integral part moved by each served
   request's cost.
@@ -24,16 +26,22 @@ __all__ = ["BudgetController", "ScorePosterior"]
 class ScorePosterior:
     """A Beta posterior of each expert's score on each category."""
 
-    def __init__(self, offline: np.ndarray, prior_strength: float = 20.0, max_count: float = 30.0) -> None:
+    def __init__(
+        self, offline: np.ndarray, prior_strength: float = 20.0, max_count: float = 30.0, expert_rate: float = 0.0
+    ) -> None:
         offline = np.asarray(offline, dtype=np.float64)
         if offline.ndim != 2:
             raise ValueError(f"the offline score table must be [categories, experts], got {offline.shape}")
         if prior_strength <= 0 or max_count < prior_strength:
             raise ValueError("prior_strength must be > 0 and max_count >= prior_strength")
+        if not 0.0 <= expert_rate < 1.0:
+            raise ValueError("expert_rate must be in [0, 1)")
         mean = np.clip(np.nan_to_num(offline, nan=0.5), 0.0, 1.0)
         self.alpha = prior_strength * mean + 1e-6  # a tiny floor keeps Beta draws defined at 0 and 1
         self.beta = prior_strength * (1.0 - mean) + 1e-6
         self.max_count = float(max_count)
+        self.expert_rate = float(expert_rate)
+        self.offset = np.zeros(offline.shape[1])  # per expert, added to every category's cell mean
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -43,14 +51,26 @@ class ScorePosterior:
         """Posterior mean score ``[K, E]``."""
         return np.asarray(self.alpha / (self.alpha + self.beta))
 
+    def estimate(self) -> np.ndarray:
+        """What the router routes by ``[K, E]``: each cell's mean plus its expert's offset, within [0, 1]."""
+        return np.clip(self.mean() + self.offset[None, :], 0.0, 1.0)
+
     def count(self) -> np.ndarray:
         """Pseudo-counts behind each mean ``[K, E]``."""
         return np.asarray(self.alpha + self.beta)
 
-    def update(self, category: int, expert: int, score: float) -> None:
-        """Add one observed score in [0, 1] to the cell; ValueError for a score out of range."""
+    def update(self, category: int, expert: int, score: float) -> float:
+        """Add one observed score in [0, 1]; returns its residual against the estimate it was predicted
+        with. The expert's offset moves by ``expert_rate`` times the residual, and the cell learns the
+        score less the offset it was predicted with. ValueError for a score out of range."""
         if not 0.0 <= score <= 1.0:
             raise ValueError(f"a score must be in [0, 1], got {score}")
+        offset = float(self.offset[expert])
+        cell = float(self.alpha[category, expert] / (self.alpha[category, expert] + self.beta[category, expert]))
+        residual = score - min(1.0, max(0.0, cell + offset))
+        if self.expert_rate > 0:
+            self.offset[expert] = offset + self.expert_rate * residual
+            score = min(1.0, max(0.0, score - offset))
         self.alpha[category, expert] += score
         self.beta[category, expert] += 1.0 - score
         total = self.alpha[category, expert] + self.beta[category, expert]
@@ -58,6 +78,7 @@ class ScorePosterior:
             shrink = self.max_count / total
             self.alpha[category, expert] *= shrink
             self.beta[category, expert] *= shrink
+        return residual
 
     def rebase(self, expert: int, shift: float, count: float) -> None:
         """An expert changed: move its mean in every category by ``shift`` (clipped to [0, 1]) and cut
@@ -69,7 +90,7 @@ class ScorePosterior:
 
     def sample(self, category: int, rng: np.random.Generator) -> np.ndarray:
         """One Thompson draw of every expert's score on ``category`` ``[E]``."""
-        return rng.beta(self.alpha[category], self.beta[category])
+        return np.clip(rng.beta(self.alpha[category], self.beta[category]) + self.offset, 0.0, 1.0)
 
 
 class BudgetController:

@@ -1,0 +1,71 @@
+"""Checking a saved online-router state before it is resumed (``OnlineRouter.restore`` uses it).
+
+``parse_state`` reads ``OnlineRouter.export_state``'s JSON values back into arrays and refuses, with a
+ValueError saying what does not fit, a state of another format, for other categories or experts, learnt
+in the other granularity, of another shape, or with impossible values. Keys added after a state was
+saved (the per-expert offset, session 10) resume with fresh values where they are missing.
+
+Pure checks; knows nothing about the router's locking, the store or HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["STATE_FORMAT", "SavedState", "parse_state"]
+
+STATE_FORMAT = 1  # export_state's layout; a state of another format is not resumed
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """The numbers of a saved state that fit the router resuming it."""
+
+    alpha: np.ndarray  # [K, E] Beta parameters
+    beta: np.ndarray  # [K, E]
+    weight: float  # the integral part of the cost weight
+    version: int  # the map version it was saved at
+    offset: np.ndarray  # [E] per-expert offsets (zeros where the state predates them)
+
+
+def parse_state(
+    state: dict[str, Any], categories: Sequence[str], experts: Sequence[str], granularity: str, shape: tuple[int, int]
+) -> SavedState:
+    """``state``'s numbers where it fits a router of ``granularity`` over ``shape`` cells; else ValueError."""
+    if state.get("format") != STATE_FORMAT:
+        raise ValueError(f"unknown state format {state.get('format')!r}")
+    if state.get("categories") != list(categories) or state.get("experts") != list(experts):
+        raise ValueError("the state is for other categories or experts")
+    learnt = state.get("granularity", "category")  # a state saved before session 8 was learnt per category
+    if learnt != granularity:
+        raise ValueError(f"the state was learnt per {learnt}, this router routes per {granularity}")
+    try:
+        alpha = np.asarray(state["alpha"], dtype=np.float64)
+        beta = np.asarray(state["beta"], dtype=np.float64)
+        weight, version = float(state["weight"]), state["version"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"the state is incomplete or malformed: {exc}") from None
+    if alpha.shape != shape or beta.shape != shape:
+        raise ValueError(f"the state's posteriors are {alpha.shape}, this router's {shape}")
+    if not (np.isfinite(alpha).all() and np.isfinite(beta).all() and (alpha > 0).all() and (beta > 0).all()):
+        raise ValueError("the state's posteriors must be finite and positive")
+    if not (np.isfinite(weight) and weight >= 0) or not isinstance(version, int) or version < 0:
+        raise ValueError("the state's weight must be >= 0 and its version a non-negative integer")
+    return SavedState(alpha, beta, weight, version, _offset(state.get("expert_offset"), shape[1]))
+
+
+def _offset(saved: Any, experts: int) -> np.ndarray:
+    """A saved per-expert offset (zeros where the state predates it); ValueError where it does not fit."""
+    if saved is None:
+        return np.zeros(experts)
+    try:
+        offset = np.asarray(saved, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the state's expert offset is malformed: {exc}") from None
+    if offset.shape != (experts,) or not np.isfinite(offset).all() or (np.abs(offset) > 1).any():
+        raise ValueError("the state's expert offset must be one number in [-1, 1] per expert")
+    return offset
