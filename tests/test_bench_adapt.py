@@ -194,3 +194,45 @@ def test_bench_adapt_takes_the_predictors_embedder(tmp_path: Path, cache: Path) 
     assert (second["embedder"], second["predictor_embedder"]) == ("hashing", "hashing")
     assert first["quality"]["static"] == second["quality"]["static"]  # the same classifier and table
     assert first["quality"]["adaptive"] != second["quality"]["adaptive"]  # other predictions, other routes
+
+
+def test_fit_and_replay_run_on_one_blas_thread(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fitted models change with BLAS's thread count (session 10 found the official figures moved
+    between one and two threads), so the fit and the replay pin BLAS to one whatever the caller set."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import coserve.bench.adapt as adapt
+    import coserve.eval.train as train
+
+    seen: list[list[int]] = []
+
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    fit = train.train_router
+
+    def recording_fit(*args: object, **kwargs: object) -> object:
+        seen.append(blas_threads())
+        return fit(*args, **kwargs)
+
+    class RecordingRouter(adapt.OnlineRouter):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            seen.append(blas_threads())
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train, "train_router", recording_fit)
+    monkeypatch.setattr(adapt, "OnlineRouter", RecordingRouter)
+    prior, experts = tmp_path / "prior.jsonl", tmp_path / "experts.json"
+    _outcomes(prior, 1, 120)
+    experts.write_text(
+        json.dumps(
+            {e: {"params_b": b, "input_price": 1, "output_price": 1} for e, b in (("cheap", 1), ("mid", 3), ("big", 9))}
+        )
+    )
+    argv = ["bench", "adapt", "--prior", str(prior), "--experts", str(experts), "--budget-params", "3"]
+    with threadpool_limits(2, user_api="blas"):
+        assert blas_threads() and all(n == 2 for n in blas_threads())  # the caller's setting, outside
+        assert main([*argv, "--json", str(tmp_path / "r.json"), "--requests", "600", "--embedder", "hashing"]) == 0
+        assert all(n == 2 for n in blas_threads())  # restored after the run
+    assert len(seen) == 3  # two fits (classifier, predictor) and the replay's router
+    assert all(threads and all(n == 1 for n in threads) for threads in seen)

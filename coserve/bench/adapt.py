@@ -18,6 +18,8 @@ The report also says, to read a missed target: per window, the share of requests
 the shocked expert's share under the best fixed map for the post-shock requests (what it keeps where it
 stays the best choice after the drop; recovery, as the issue defines it, needs it below 10% of before).
 No generation happens: a request's quality is the outcome score of the expert chosen for its item.
+The fit and the replay run on one BLAS thread: the fitted models, and so every figure, change with
+BLAS's thread count (the order of its float sums), and one thread gives the same figures on any machine.
 This module knows nothing about HTTP or the serving path.
 """
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from coserve.bench.adapt_baselines import category_means, lagrangian_mix, mix_of, mix_weights, recovery, share_of
 from coserve.config_routing import OnlineSettings
@@ -140,6 +143,10 @@ def _draw_stream(labels: np.ndarray, options: AdaptOptions, rng: np.random.Gener
     return np.concatenate(items), mixes
 
 
+ONE_BLAS_THREAD = threadpool_limits.wrap(limits=1, user_api="blas")  # see the module's docstring
+
+
+@ONE_BLAS_THREAD
 def replay_adapt(
     offline: np.ndarray,
     stream: OutcomeSet,
@@ -277,6 +284,7 @@ class FittedStream:
     predicted: np.ndarray  # [stream items, E] the offline per-prompt score of each expert (stack router)
 
 
+@ONE_BLAS_THREAD
 def fit_stream(
     prior: OutcomeSet,
     X_prior: np.ndarray,
