@@ -93,3 +93,7 @@ class OnlineSettings(BaseModel):
     mix_jump: float = Field(0.3, ge=0, le=1)  # mix distance (total variation) read as a jump (0: never)
     mix_short: int = Field(150, gt=0)  # after a jump, the feed-forward weight reads only this many requests
     refresh_on_alarm: bool = False  # re-solve the feed-forward weight at once when an alarm moves means
+    # session 10, branch underspend (docs/adapt.md): underspend at weight 0 the integral part carries and pays
+    # back, in requests at the target (0: dropped), and the weight below which the step shrinks (0: never)
+    underspend_debt: float = Field(0.0, ge=0)
+    fine_weight: float = Field(0.0, ge=0)

@@ -44,6 +44,16 @@ detector for the shock, which the extra seeds show is missed or noticed late in 
 and re-solving the feed-forward weight at an alarm. The choice is the best of both steps over the 27 runs.
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage levers --json docs/data/adapt-tuning-s10.json
+
+`--stage underspend` (session 10, branch underspend) scores the controller's two settings for the underspend
+while the weight sits at 0, every other knob at AdaptOptions' defaults, each on all 27 runs at once (seeds 0
+to 8): the defaults first, the underspend carried below the floor (`underspend_debt`, in requests at the
+target), the step shrunk below a small weight (`fine_weight`), then the best of each together where both
+beat the defaults. Each result also counts every check apart (`met_by_check`): a setting is adopted only
+where it meets more checks without meeting fewer hindsight or recovery checks.
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage underspend \
+        --json docs/data/adapt-tuning-s10-underspend.json
 """
 
 from __future__ import annotations
@@ -118,15 +128,15 @@ def evaluate(
                     "change_alarms": report["change_alarms"],
                 }
             )
-    met = sum(
-        (r["tracking_error_max"] <= 0.02)
-        + (r["adaptive_minus_static"] >= 0.01)
-        + (r["adaptive_minus_hindsight"] >= -0.01)
-        + (r["recovery_requests"] <= 2000)
-        for r in runs
-    )
+    by_check = {
+        "tracking": sum(r["tracking_error_max"] <= 0.02 for r in runs),
+        "static": sum(r["adaptive_minus_static"] >= 0.01 for r in runs),
+        "hindsight": sum(r["adaptive_minus_hindsight"] >= -0.01 for r in runs),
+        "recovery": sum(r["recovery_requests"] <= 2000 for r in runs),
+    }
     gap = float(np.mean([r["adaptive_minus_hindsight"] for r in runs]))
-    return {"knobs": knobs, "checks_met": int(met), "checks": 4 * len(runs), "mean_adaptive_minus_hindsight": gap,
+    return {"knobs": knobs, "checks_met": int(sum(by_check.values())), "checks": 4 * len(runs),
+            "met_by_check": {name: int(n) for name, n in by_check.items()}, "mean_adaptive_minus_hindsight": gap,
             "tracking_error_max": max(r["tracking_error_max"] for r in runs), "runs": runs}  # fmt: skip
 
 
@@ -241,6 +251,34 @@ def lever_settings() -> list[dict[str, Any]]:
     return [{}, *single, *jumps]
 
 
+UNDERSPEND_DEBTS = (5.0, 10.0, 25.0, 50.0, 100.0, 200.0)  # --stage underspend: requests' worth of underspend carried
+FINE_WEIGHTS = (0.01, 0.02, 0.05, 0.1)  # --stage underspend: below this weight the step shrinks
+
+
+def underspend_stage(fitted: dict[str, FittedStream], costs: ExpertCosts) -> list[dict[str, Any]]:
+    """--stage underspend: the defaults, each debt, each fine weight, then the best of both together where
+    both beat the defaults; every setting on all 27 runs (SEEDS and CONFIRM_SEEDS)."""
+    results: list[dict[str, Any]] = []
+
+    def score(knobs: dict[str, Any]) -> None:
+        results.append(evaluate(fitted, costs, knobs, SEEDS + CONFIRM_SEEDS))
+        last = results[-1]
+        print(last["checks_met"], last["met_by_check"], f"{_rank(last)[1]:+.4f}", knobs, flush=True)
+
+    for knobs in [{}, *({"underspend_debt": d} for d in UNDERSPEND_DEBTS), *({"fine_weight": w} for w in FINE_WEIGHTS)]:
+        score(knobs)
+    debts = [r for r in results[1 : 1 + len(UNDERSPEND_DEBTS)] if _rank(r) > _rank(results[0])]
+    fines = [r for r in results[1 + len(UNDERSPEND_DEBTS) :] if _rank(r) > _rank(results[0])]
+    if debts and fines:  # the best of each together
+        score({**max(debts, key=_rank)["knobs"], **max(fines, key=_rank)["knobs"]})
+    return results
+
+
+def _keeps_quality(result: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """Whether ``result`` meets at least the defaults' hindsight checks and their recovery checks."""
+    return all(result["met_by_check"][name] >= defaults["met_by_check"][name] for name in ("hindsight", "recovery"))
+
+
 def detector_steps(best: dict[str, Any]) -> list[dict[str, Any]]:
     """--stage levers, second step: the detector's drift and alarm level from ``best``, and the refresh."""
     grid = [{"change_drift": drift, "change_threshold": level} for drift in (0.075, 0.1) for level in (6.0, 8.0, 10.0)]
@@ -279,14 +317,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write every setting's results here")
     parser.add_argument(
         "--stage",
-        choices=["all", "detector", "predictor", "levers"],
+        choices=["all", "detector", "predictor", "levers", "underspend"],
         default="all",
         help="the full search, or one session's stage",
     )
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
-    # --stage levers runs with the default per-prompt predictor's vectors (coserve train's, session 9)
-    fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if args.stage == "levers" else None)
+    # --stage levers and underspend run with the default per-prompt predictor's vectors (coserve train's, session 9)
+    featured = args.stage in ("levers", "underspend")
+    fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if featured else None)
     results: list[dict[str, Any]] = []
     confirmed: list[dict[str, Any]] = []
 
@@ -319,6 +358,8 @@ def main(argv: list[str]) -> int:
             results.append(evaluate(fitted, costs, knobs))
             confirmed.append(_on_more_seeds(fitted, costs, results[-1]))
             print("step 2", confirmed[-1]["all_checks_met"], f"{_all_rank(confirmed[-1])[1]:+.4f}", knobs, flush=True)
+    elif args.stage == "underspend":
+        results = underspend_stage(fitted, costs)
     elif args.stage == "detector":
         score(detector_grid())
         score(detector_moves(max(results[1:], key=_rank)["knobs"]))
@@ -326,6 +367,8 @@ def main(argv: list[str]) -> int:
         score(stage_one())
         score(stage_two(max(results, key=_rank)["knobs"]))
     chosen = max(results, key=_rank)
+    if args.stage == "underspend":  # the defaults unless a setting beats them and keeps every hindsight and recovery
+        chosen = max([results[0], *(r for r in results[1:] if _keeps_quality(r, results[0]))], key=_rank)
     if confirmed:  # the best over every run of the confirmed settings
         chosen = max(confirmed, key=_all_rank)
     defaults = {f.name: f.default for f in dataclasses.fields(AdaptOptions)}
@@ -333,7 +376,7 @@ def main(argv: list[str]) -> int:
         "note": "tuning runs on a split of the benchmark's prior half only; the benchmark's stream is never replayed",
         "split": {"salt": TUNING_SALT, **sizes},
         "budgets": [list(b) for b in BUDGETS],
-        "seeds": list(SEEDS),
+        "seeds": list(SEEDS + CONFIRM_SEEDS) if args.stage == "underspend" else list(SEEDS),
         "stage": args.stage,  # detector: every other knob at the defaults below; the first result is the defaults
         "score": "checks met over all runs (4 per run), then mean adaptive - hindsight (a tie keeps the earlier)",
         "defaults": defaults,

@@ -88,6 +88,8 @@ class AdaptOptions:
     mix_jump: float = _ONLINE.mix_jump  # mix distance read as a jump: the short window sets the weight (0: never)
     mix_short: int = _ONLINE.mix_short
     refresh_on_alarm: bool = _ONLINE.refresh_on_alarm
+    underspend_debt: float = _ONLINE.underspend_debt  # underspend at weight 0 carried and paid back (requests)
+    fine_weight: float = _ONLINE.fine_weight  # below this effective weight the controller's step shrinks
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -124,6 +126,8 @@ class AdaptOptions:
             mix_jump=self.mix_jump,
             mix_short=self.mix_short,
             refresh_on_alarm=self.refresh_on_alarm,
+            underspend_debt=self.underspend_debt,
+            fine_weight=self.fine_weight,
         )
 
 

@@ -68,7 +68,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs: tuple[str, ...] = ("requests", "phases", "feedback", "noise", "shock", "seed", "prior_strength")
     knobs += ("max_count", "step", "change_threshold", "change_drift", "reset_count", "mix_window")
     knobs += ("granularity", "prompt_weight", "change_baseline", "change_min_feedback")
-    knobs += ("expert_rate", "mix_jump", "mix_short", "refresh_on_alarm")
+    knobs += ("expert_rate", "mix_jump", "mix_short", "refresh_on_alarm", "underspend_debt", "fine_weight")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     predictor = make_embedder(args.predictor_embedder)
@@ -124,6 +124,8 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument(
         "--refresh-on-alarm", action=argparse.BooleanOptionalAction, help="re-solve the feed-forward at an alarm"
     )
+    b.add_argument("--underspend-debt", type=float, help="underspend at weight 0 carried and paid back (requests)")
+    b.add_argument("--fine-weight", type=float, help="below this cost weight the controller's step shrinks")
     b.add_argument("--seed", type=int)
     b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
     b.add_argument(

@@ -21,7 +21,8 @@
   requests are kept by ``online_mix.RecentMix``, which (``mix_jump`` > 0) reads the weight from the last
   ``mix_short`` requests alone while their mix differs from the window's older ones; with
   ``refresh_on_alarm`` the feed-forward weight is also re-solved at once when the detector moves an
-  expert's means, so an alarm does not overspend the requests until the next refresh.
+  expert's means, so an alarm does not overspend the requests until the next refresh. ``underspend_debt``
+  and ``fine_weight`` (``online_model.BudgetController``) address the underspend while the weight is 0.
 * ``expert_rate`` > 0: an offset per expert, pooled over categories and learnt at that rate from every
   residual of its feedback, is added to each of its cells (``ScorePosterior.estimate``), so a change of
   the whole expert reaches the prompts of every category, not only those of cells with feedback.
@@ -128,6 +129,8 @@ class OnlineRouter:
         mix_jump: float = 0.0,
         mix_short: int = 100,
         refresh_on_alarm: bool = False,
+        underspend_debt: float = 0.0,
+        fine_weight: float = 0.0,
     ) -> None:
         if not 0.0 <= prompt_weight <= 1.0:
             raise ValueError("prompt_weight must be in [0, 1]")
@@ -150,7 +153,7 @@ class OnlineRouter:
             raise ValueError("cost must give a finite cost for every expert")
         if not 0.0 <= explore_cap <= 1.0:
             raise ValueError("explore_cap must be in [0, 1]")
-        self.controller = BudgetController(target, step, weight, window)
+        self.controller = BudgetController(target, step, weight, window, underspend_debt, fine_weight)
         self.explore_cap = float(explore_cap)
         if not signals <= SIGNALS:
             raise ValueError(f"unknown signals {sorted(signals - SIGNALS)}; known: {sorted(SIGNALS)}")
@@ -198,6 +201,8 @@ class OnlineRouter:
             mix_jump=settings.mix_jump,
             mix_short=settings.mix_short,
             refresh_on_alarm=settings.refresh_on_alarm,
+            underspend_debt=settings.underspend_debt,
+            fine_weight=settings.fine_weight,
         )
 
     @property
@@ -335,7 +340,7 @@ class OnlineRouter:
         with self._lock:
             self.detector, self.baseline = detector, baseline
             self.posterior.alpha, self.posterior.beta, self.posterior.offset = saved.alpha, saved.beta, saved.offset
-            self.controller.weight = saved.weight
+            self.controller.weight = max(saved.weight, self.controller.floor)  # the floor of this router's settings
             self._pending = 0
             self._snapshot = self._solve(saved.version)
 

@@ -9,7 +9,11 @@
   change of the whole expert moves every category's estimate at once, not only those with feedback.
 * ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight,
   in two parts: a feed-forward ``base`` set from outside and an integral part moved by each served
-  request's cost.
+  request's cost. Two settings (session 10, branch underspend) address the underspend while the weight
+  sits at 0: ``debt`` lets the integral part fall below ``-base`` by up to ``step * debt`` (``debt``
+  requests' worth of underspend at the target), so that underspend is paid back by the requests after
+  it instead of being dropped; ``fine_weight`` shrinks the step in proportion to the effective weight
+  below that weight (to ``FINE_LEAST`` of it at most), so a small weight moves finely.
 
 Pure numbers; knows nothing about maps, routing, HTTP or the store (``coserve.router.online`` uses them).
 """
@@ -20,7 +24,9 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["BudgetController", "ScorePosterior"]
+__all__ = ["FINE_LEAST", "BudgetController", "ScorePosterior"]
+
+FINE_LEAST = 0.25  # fine_weight: the smallest share of the step a move keeps (at weight 0)
 
 
 class ScorePosterior:
@@ -96,14 +102,31 @@ class ScorePosterior:
 class BudgetController:
     """The cost weight, moved by each served request's cost toward the operator's target."""
 
-    def __init__(self, target: float, step: float = 0.005, weight: float = 0.0, window: int = 500) -> None:
+    def __init__(
+        self,
+        target: float,
+        step: float = 0.005,
+        weight: float = 0.0,
+        window: int = 500,
+        debt: float = 0.0,
+        fine_weight: float = 0.0,
+    ) -> None:
         if target <= 0 or step <= 0 or window <= 0:
             raise ValueError("target, step and window must be positive")
+        if not (debt >= 0 and fine_weight >= 0):
+            raise ValueError("debt and fine_weight must be >= 0")
         self.target = float(target)
         self.step = float(step)
+        self.debt = float(debt)  # underspend carried below the floor, in requests at the target
+        self.fine_weight = float(fine_weight)  # below this effective weight the step shrinks (0: never)
         self.base = 0.0  # the feed-forward part: the weight the recent category mix needs (0 without one)
-        self.weight = max(0.0, float(weight))  # the integral part, moved by the realised cost
+        self.weight = max(self.floor, float(weight))  # the integral part, moved by the realised cost
         self.recent: deque[float] = deque(maxlen=window)
+
+    @property
+    def floor(self) -> float:
+        """The lowest integral part: ``-base`` (effective weight 0) less the debt it may carry."""
+        return -self.base - self.step * self.debt
 
     @property
     def effective(self) -> float:
@@ -111,14 +134,17 @@ class BudgetController:
         return max(0.0, self.base + self.weight)
 
     def set_base(self, base: float) -> None:
-        """A new feed-forward weight; the integral part keeps the effective weight >= 0."""
+        """A new feed-forward weight; the integral part stays at or above the new floor."""
         self.base = float(base)
-        self.weight = max(self.weight, -self.base)
+        self.weight = max(self.weight, self.floor)
 
     def observe(self, cost: float) -> float:
         """Record one served request's cost; returns the new integral weight."""
         self.recent.append(float(cost))
-        self.weight = max(-self.base, self.weight + self.step * (cost / self.target - 1.0))
+        move = self.step * (cost / self.target - 1.0)
+        if self.fine_weight > 0:
+            move *= min(1.0, max(FINE_LEAST, self.effective / self.fine_weight))
+        self.weight = max(self.floor, self.weight + move)
         return self.weight
 
     def realised(self) -> float | None:

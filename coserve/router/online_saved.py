@@ -53,8 +53,9 @@ def parse_state(
         raise ValueError(f"the state's posteriors are {alpha.shape}, this router's {shape}")
     if not (np.isfinite(alpha).all() and np.isfinite(beta).all() and (alpha > 0).all() and (beta > 0).all()):
         raise ValueError("the state's posteriors must be finite and positive")
-    if not (np.isfinite(weight) and weight >= 0) or not isinstance(version, int) or version < 0:
-        raise ValueError("the state's weight must be >= 0 and its version a non-negative integer")
+    # the integral part is negative wherever the feed-forward part carries the weight, or with underspend_debt
+    if not np.isfinite(weight) or not isinstance(version, int) or version < 0:
+        raise ValueError("the state's weight must be finite and its version a non-negative integer")
     return SavedState(alpha, beta, weight, version, _offset(state.get("expert_offset"), shape[1]))
 
 
