@@ -97,3 +97,4 @@ class OnlineSettings(BaseModel):
     # back, in requests at the target (0: dropped), and the weight below which the step shrinks (0: never)
     underspend_debt: float = Field(0.0, ge=0)
     fine_weight: float = Field(0.0, ge=0)
+    change_upward: bool = True  # an alarm of a rise also rebases the expert (False: only a drop; docs/adapt.md)

@@ -49,8 +49,10 @@ and re-solving the feed-forward weight at an alarm. The choice is the best of bo
 while the weight sits at 0, every other knob at AdaptOptions' defaults, each on all 27 runs at once (seeds 0
 to 8): the defaults first, the underspend carried below the floor (`underspend_debt`, in requests at the
 target), the step shrunk below a small weight (`fine_weight`), then the best of each together where both
-beat the defaults. Each result also counts every check apart (`met_by_check`): a setting is adopted only
-where it meets more checks without meeting fewer hindsight or recovery checks.
+beat the defaults, then the detector acting on drops only (`change_upward` off: an upward alarm on a cheap
+expert left the weight at 0 in the worst tuning window), alone and with three debts. Each result also counts
+every check apart (`met_by_check`): a setting is adopted only where it meets more checks without meeting fewer
+hindsight or recovery checks.
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage underspend \
         --json docs/data/adapt-tuning-s10-underspend.json
@@ -253,6 +255,7 @@ def lever_settings() -> list[dict[str, Any]]:
 
 UNDERSPEND_DEBTS = (5.0, 10.0, 25.0, 50.0, 100.0, 200.0)  # --stage underspend: requests' worth of underspend carried
 FINE_WEIGHTS = (0.01, 0.02, 0.05, 0.1)  # --stage underspend: below this weight the step shrinks
+UNDERSPEND_DEBTS_WITH_DROPS_ONLY = (10.0, 25.0, 100.0)  # --stage underspend: debts scored with change_upward off
 
 
 def underspend_stage(fitted: dict[str, FittedStream], costs: ExpertCosts) -> list[dict[str, Any]]:
@@ -271,6 +274,9 @@ def underspend_stage(fitted: dict[str, FittedStream], costs: ExpertCosts) -> lis
     fines = [r for r in results[1 + len(UNDERSPEND_DEBTS) :] if _rank(r) > _rank(results[0])]
     if debts and fines:  # the best of each together
         score({**max(debts, key=_rank)["knobs"], **max(fines, key=_rank)["knobs"]})
+    # an upward alarm on a cheap expert leaves the weight at 0 (the worst tuning window): only drops rebase
+    for debt in (0.0, *UNDERSPEND_DEBTS_WITH_DROPS_ONLY):
+        score({"change_upward": False, **({"underspend_debt": debt} if debt else {})})
     return results
 
 

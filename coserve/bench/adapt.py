@@ -90,6 +90,7 @@ class AdaptOptions:
     refresh_on_alarm: bool = _ONLINE.refresh_on_alarm
     underspend_debt: float = _ONLINE.underspend_debt  # underspend at weight 0 carried and paid back (requests)
     fine_weight: float = _ONLINE.fine_weight  # below this effective weight the controller's step shrinks
+    change_upward: bool = _ONLINE.change_upward  # an alarm of a rise also rebases the expert
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -128,6 +129,7 @@ class AdaptOptions:
             refresh_on_alarm=self.refresh_on_alarm,
             underspend_debt=self.underspend_debt,
             fine_weight=self.fine_weight,
+            change_upward=self.change_upward,
         )
 
 

@@ -53,6 +53,7 @@ class ChangeSettings:
     move_mean: bool = True  # also move the expert's means by the estimated shift
     baseline: str = "posterior"  # residuals against the posterior mean, or the cell's own feedback mean
     min_feedback: int = 20  # feedback baseline: scores a cell needs before its residuals are tested
+    upward: bool = True  # an upward alarm also rebases the expert (False: only a downward one does)
 
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:

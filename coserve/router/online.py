@@ -180,7 +180,7 @@ class OnlineRouter:
         if settings.change_threshold > 0:
             change = ChangeSettings(
                 settings.change_drift, settings.change_threshold, settings.reset_count, settings.move_mean,
-                settings.change_baseline, settings.change_min_feedback,
+                settings.change_baseline, settings.change_min_feedback, settings.change_upward,
             )  # fmt: skip
         return cls(
             offline,
@@ -360,7 +360,7 @@ class OnlineRouter:
             if self.baseline is not None:
                 residual = self.baseline.residual(category, expert, score)
             shift = None if self.detector is None or residual is None else self.detector.observe(expert, residual)
-            if shift is not None and self.change is not None:
+            if shift is not None and self.change is not None and (shift < 0 or self.change.upward):
                 self.posterior.rebase(expert, shift if self.change.move_mean else 0.0, self.change.reset_count)
                 if self.baseline is not None:
                     self.baseline.forget(expert)
