@@ -1,6 +1,7 @@
 """The budget controller's settings for the underspend while the weight sits at 0 (session 10, branch
 underspend), exact values derived by hand: the underspend carried below the floor and paid back, the step
-that shrinks below a small weight, and a saved negative integral weight that resumes at the floor."""
+that shrinks below a small weight, a saved negative integral weight that resumes at the floor, and a change
+detector that rebases an expert on a drop only."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 
 from coserve.bench.adapt import AdaptOptions
 from coserve.config_routing import OnlineSettings
-from coserve.router.online import BudgetController, OnlineRouter, resume
+from coserve.router.online import BudgetController, ChangeSettings, OnlineRouter, resume
 
 CATEGORIES = ["chat", "math"]
 EXPERTS = ["small", "big"]
@@ -99,14 +100,42 @@ def test_a_weight_that_is_not_a_number_is_refused_with_a_warning(caplog: pytest.
     assert "weight must be finite" in caplog.text and router.controller.weight == 0.0
 
 
+def _detecting(upward: bool) -> OnlineRouter:
+    change = ChangeSettings(drift=0.05, threshold=1.0, reset_count=2.0, upward=upward)
+    return OnlineRouter(np.array([[0.8, 0.6]]), [1.0, 1.0], 1.0, explore_cap=0.0, prior_strength=10, change=change)
+
+
+def test_without_upward_alarms_a_rise_is_learnt_by_the_cell_and_a_drop_still_rebases() -> None:
+    # Scores of 1 for expert b (prior 6 / 4): means before each update 0.6, 7/11, 8/12, 9/13; residuals 0.4,
+    # 4/11, 1/3, 4/13; the up statistic (drift 0.05) 0.35, 0.6636, 0.9470, 1.2047 > 1 at the fourth: an alarm.
+    residuals = [0.4, 4 / 11, 1 / 3, 4 / 13]
+    # with upward alarms b moves by their mean (0.35), clipped at 1; without, it keeps the cell's 10 / 14
+    cases = ((True, min(1.0, 10 / 14 + np.mean(residuals)), 2.0, 1), (False, 10 / 14, 14.0, 0))
+    for upward, mean, count, alarms in cases:
+        router = _detecting(upward)
+        for _ in range(4):
+            router.feedback(0, 1, 1.0)
+        assert router.alarms == alarms
+        assert router.posterior.mean()[0, 1] == pytest.approx(mean, abs=1e-5)
+        assert router.posterior.count()[0, 1] == pytest.approx(count, abs=1e-5)
+        assert router.detector is not None and router.detector.stat["up"][1] == 0.0  # restarted either way
+    # the drop of tests/test_drift.py (scores of 0.3 for a, prior 8 / 2) rebases a without upward alarms too
+    router = _detecting(False)
+    for _ in range(3):
+        router.feedback(0, 0, 0.3)
+    assert router.alarms == 1 and router.posterior.count()[0, 0] == pytest.approx(2.0, abs=1e-5)
+
+
 def test_settings_carry_the_controller_knobs_to_the_router_and_the_replay() -> None:
-    settings = OnlineSettings(underspend_debt=25.0, fine_weight=0.02)
+    settings = OnlineSettings(underspend_debt=25.0, fine_weight=0.02, change_upward=False)
     router = OnlineRouter.from_settings(OFFLINE, [1.0, 3.0], 2.0, settings)
     assert (router.controller.debt, router.controller.fine_weight) == (25.0, 0.02)
+    assert router.change is not None and not router.change.upward
     assert router.controller.floor == pytest.approx(-0.005 * 25)
-    online = AdaptOptions(underspend_debt=25.0, fine_weight=0.02).online()
-    assert (online.underspend_debt, online.fine_weight) == (25.0, 0.02)
-    assert (OnlineSettings().underspend_debt, OnlineSettings().fine_weight) == (0.0, 0.0)  # off by default
+    online = AdaptOptions(underspend_debt=25.0, fine_weight=0.02, change_upward=False).online()
+    assert (online.underspend_debt, online.fine_weight, online.change_upward) == (25.0, 0.02, False)
+    defaults = OnlineSettings()
+    assert (defaults.underspend_debt, defaults.fine_weight, defaults.change_upward) == (0.0, 0.0, True)
     for bad in ({"underspend_debt": -1.0}, {"fine_weight": -0.01}):
         with pytest.raises(ValidationError):
             OnlineSettings(**bad)
