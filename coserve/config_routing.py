@@ -68,7 +68,7 @@ class OnlineSettings(BaseModel):
 
     # defaults chosen by scripts/adapt_tune.py on a tuning split with the per-prompt predictor `coserve train`
     # fits by default (stack on minilm-static+features; session 9, docs/adapt.md "Tuning"); the detector's
-    # drift and level and the mix-jump test by its --stage levers (session 10)
+    # drift and level and the mix-jump test by its --stage levers (session 10), change_upward by --stage underspend
     prior_strength: float = Field(50.0, gt=0)  # pseudo-counts of the trained router's scores
     max_count: float = Field(100.0, gt=0)  # cap on a score's pseudo-counts (old evidence fades)
     step: float = Field(0.005, gt=0)  # the budget controller's step
@@ -97,4 +97,5 @@ class OnlineSettings(BaseModel):
     # back, in requests at the target (0: dropped), and the weight below which the step shrinks (0: never)
     underspend_debt: float = Field(0.0, ge=0)
     fine_weight: float = Field(0.0, ge=0)
-    change_upward: bool = True  # an alarm of a rise also rebases the expert (False: only a drop; docs/adapt.md)
+    # an alarm of a rise also rebases the expert (False, the default since --stage underspend: only a drop does)
+    change_upward: bool = False

@@ -127,15 +127,17 @@ def test_without_upward_alarms_a_rise_is_learnt_by_the_cell_and_a_drop_still_reb
 
 
 def test_settings_carry_the_controller_knobs_to_the_router_and_the_replay() -> None:
-    settings = OnlineSettings(underspend_debt=25.0, fine_weight=0.02, change_upward=False)
+    settings = OnlineSettings(underspend_debt=25.0, fine_weight=0.02, change_upward=True)
     router = OnlineRouter.from_settings(OFFLINE, [1.0, 3.0], 2.0, settings)
     assert (router.controller.debt, router.controller.fine_weight) == (25.0, 0.02)
-    assert router.change is not None and not router.change.upward
+    assert router.change is not None and router.change.upward
+    default = OnlineRouter.from_settings(OFFLINE, [1.0, 3.0], 2.0, OnlineSettings())
+    assert default.change is not None and not default.change.upward
     assert router.controller.floor == pytest.approx(-0.005 * 25)
     online = AdaptOptions(underspend_debt=25.0, fine_weight=0.02, change_upward=False).online()
     assert (online.underspend_debt, online.fine_weight, online.change_upward) == (25.0, 0.02, False)
     defaults = OnlineSettings()
-    assert (defaults.underspend_debt, defaults.fine_weight, defaults.change_upward) == (0.0, 0.0, True)
+    assert (defaults.underspend_debt, defaults.fine_weight, defaults.change_upward) == (0.0, 0.0, False)
     for bad in ({"underspend_debt": -1.0}, {"fine_weight": -0.01}):
         with pytest.raises(ValidationError):
             OnlineSettings(**bad)
