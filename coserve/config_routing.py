@@ -99,3 +99,4 @@ class OnlineSettings(BaseModel):
     fine_weight: float = Field(0.0, ge=0)
     # an alarm of a rise also rebases the expert (False, the default since --stage underspend: only a drop does)
     change_upward: bool = False
+    explore_at_zero: bool = False  # requests decided at cost weight 0 explore (Thompson) beyond explore_cap

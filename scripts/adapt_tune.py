@@ -45,14 +45,16 @@ and re-solving the feed-forward weight at an alarm. The choice is the best of bo
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage levers --json docs/data/adapt-tuning-s10.json
 
-`--stage underspend` (session 10, branch underspend) scores the controller's two settings for the underspend
-while the weight sits at 0, every other knob at AdaptOptions' defaults, each on all 27 runs at once (seeds 0
-to 8): the defaults first, the underspend carried below the floor (`underspend_debt`, in requests at the
-target), the step shrunk below a small weight (`fine_weight`), then the best of each together where both
-beat the defaults, then the detector acting on drops only (`change_upward` off: an upward alarm on a cheap
-expert left the weight at 0 in the worst tuning window), alone and with three debts. Each result also counts
-every check apart (`met_by_check`): a setting is adopted only where it meets more checks without meeting fewer
-hindsight or recovery checks.
+`--stage underspend` (session 10, branch underspend) scores settings for the underspend while the weight
+sits at 0, every other knob at AdaptOptions' defaults, each on all 27 runs at once (seeds 0 to 8): session
+10's defaults first (`change_upward` on, as before this stage), with them the underspend carried below the
+floor (`underspend_debt`, in requests at the target), the step shrunk below a small weight (`fine_weight`),
+the best of each together where both beat the defaults; then the detector acting on drops only
+(`change_upward` off: an upward alarm on a cheap expert left the weight at 0 in the worst tuning window),
+alone and with three debts, and with exploration at weight 0 (`explore_at_zero`: a false downward alarm on
+a dear expert starves it of feedback while the weight sits at 0), alone and with a debt of 25. Each result
+also counts every check apart (`met_by_check`): a setting is adopted only where it meets more checks (ties:
+a narrower mean gap) without meeting fewer hindsight or recovery checks.
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage underspend \
         --json docs/data/adapt-tuning-s10-underspend.json
@@ -256,6 +258,7 @@ def lever_settings() -> list[dict[str, Any]]:
 UNDERSPEND_DEBTS = (5.0, 10.0, 25.0, 50.0, 100.0, 200.0)  # --stage underspend: requests' worth of underspend carried
 FINE_WEIGHTS = (0.01, 0.02, 0.05, 0.1)  # --stage underspend: below this weight the step shrinks
 UNDERSPEND_DEBTS_WITH_DROPS_ONLY = (10.0, 25.0, 100.0)  # --stage underspend: debts scored with change_upward off
+SESSION_10 = {"change_upward": True}  # --stage underspend's reference: session 10's defaults (before this stage)
 
 
 def underspend_stage(fitted: dict[str, FittedStream], costs: ExpertCosts) -> list[dict[str, Any]]:
@@ -268,15 +271,19 @@ def underspend_stage(fitted: dict[str, FittedStream], costs: ExpertCosts) -> lis
         last = results[-1]
         print(last["checks_met"], last["met_by_check"], f"{_rank(last)[1]:+.4f}", knobs, flush=True)
 
-    for knobs in [{}, *({"underspend_debt": d} for d in UNDERSPEND_DEBTS), *({"fine_weight": w} for w in FINE_WEIGHTS)]:
-        score(knobs)
+    settings = [{}, *({"underspend_debt": d} for d in UNDERSPEND_DEBTS), *({"fine_weight": w} for w in FINE_WEIGHTS)]
+    for knobs in settings:
+        score({**SESSION_10, **knobs})
     debts = [r for r in results[1 : 1 + len(UNDERSPEND_DEBTS)] if _rank(r) > _rank(results[0])]
     fines = [r for r in results[1 + len(UNDERSPEND_DEBTS) :] if _rank(r) > _rank(results[0])]
     if debts and fines:  # the best of each together
-        score({**max(debts, key=_rank)["knobs"], **max(fines, key=_rank)["knobs"]})
+        score({**max(debts, key=_rank)["knobs"], **max(fines, key=_rank)["knobs"], **SESSION_10})
     # an upward alarm on a cheap expert leaves the weight at 0 (the worst tuning window): only drops rebase
     for debt in (0.0, *UNDERSPEND_DEBTS_WITH_DROPS_ONLY):
         score({"change_upward": False, **({"underspend_debt": debt} if debt else {})})
+    # a false downward alarm on a dear expert starves it of feedback while the weight sits at 0: explore there
+    score({"change_upward": False, "explore_at_zero": True})
+    score({"change_upward": False, "explore_at_zero": True, "underspend_debt": 25.0})
     return results
 
 

@@ -126,11 +126,27 @@ def test_without_upward_alarms_a_rise_is_learnt_by_the_cell_and_a_drop_still_reb
     assert router.alarms == 1 and router.posterior.count()[0, 0] == pytest.approx(2.0, abs=1e-5)
 
 
+def test_requests_decided_at_weight_0_explore_beyond_the_cap_and_others_never() -> None:
+    # two experts of equal cost and nearly equal means with 2 pseudo-counts each: Thompson draws pick
+    # either, the mean picks b (0.51 > 0.5); with explore_cap 0 only explore_at_zero lets a draw decide
+    offline = np.array([[0.5, 0.51]])
+    chosen = {}
+    for at_zero, weight in ((False, 0.0), (True, 0.0), (True, 0.5)):
+        router = OnlineRouter(offline, [1.0, 1.0], 1.0, explore_cap=0.0, prior_strength=2, max_count=2,
+                              weight=weight, explore_at_zero=at_zero)  # fmt: skip
+        chosen[at_zero, weight] = [router.choose(0) for _ in range(200)]
+    assert {d.expert for d in chosen[False, 0.0]} == {1} and not any(d.explored for d in chosen[False, 0.0])
+    assert {d.expert for d in chosen[True, 0.0]} == {0, 1}  # exploring: a goes wherever its draw is higher
+    assert all(d.explored == (d.expert == 0) for d in chosen[True, 0.0])
+    # at weight 0.5 (the same cost for both, so the same choice as at 0) the budget binds: no exploring
+    assert {d.expert for d in chosen[True, 0.5]} == {1} and not any(d.explored for d in chosen[True, 0.5])
+
+
 def test_settings_carry_the_controller_knobs_to_the_router_and_the_replay() -> None:
-    settings = OnlineSettings(underspend_debt=25.0, fine_weight=0.02, change_upward=True)
+    settings = OnlineSettings(underspend_debt=25.0, fine_weight=0.02, change_upward=True, explore_at_zero=True)
     router = OnlineRouter.from_settings(OFFLINE, [1.0, 3.0], 2.0, settings)
     assert (router.controller.debt, router.controller.fine_weight) == (25.0, 0.02)
-    assert router.change is not None and router.change.upward
+    assert router.change is not None and router.change.upward and router.explore_at_zero
     default = OnlineRouter.from_settings(OFFLINE, [1.0, 3.0], 2.0, OnlineSettings())
     assert default.change is not None and not default.change.upward
     assert router.controller.floor == pytest.approx(-0.005 * 25)

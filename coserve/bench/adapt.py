@@ -91,6 +91,7 @@ class AdaptOptions:
     underspend_debt: float = _ONLINE.underspend_debt  # underspend at weight 0 carried and paid back (requests)
     fine_weight: float = _ONLINE.fine_weight  # below this effective weight the controller's step shrinks
     change_upward: bool = _ONLINE.change_upward  # an alarm of a rise also rebases the expert
+    explore_at_zero: bool = _ONLINE.explore_at_zero  # requests decided at weight 0 explore beyond the cap
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -130,6 +131,7 @@ class AdaptOptions:
             underspend_debt=self.underspend_debt,
             fine_weight=self.fine_weight,
             change_upward=self.change_upward,
+            explore_at_zero=self.explore_at_zero,
         )
 
 

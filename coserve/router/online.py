@@ -22,7 +22,8 @@
   ``mix_short`` requests alone while their mix differs from the window's older ones; with
   ``refresh_on_alarm`` the feed-forward weight is also re-solved at once when the detector moves an
   expert's means, so an alarm does not overspend the requests until the next refresh. ``underspend_debt``
-  and ``fine_weight`` (``online_model.BudgetController``) address the underspend while the weight is 0.
+  and ``fine_weight`` (``online_model.BudgetController``) address the underspend while the weight is 0;
+  ``explore_at_zero`` lets the requests decided at weight 0 explore beyond ``explore_cap`` (they cost no budget).
 * ``expert_rate`` > 0: an offset per expert, pooled over categories and learnt at that rate from every
   residual of its feedback, is added to each of its cells (``ScorePosterior.estimate``), so a change of
   the whole expert reaches the prompts of every category, not only those of cells with feedback.
@@ -131,6 +132,7 @@ class OnlineRouter:
         refresh_on_alarm: bool = False,
         underspend_debt: float = 0.0,
         fine_weight: float = 0.0,
+        explore_at_zero: bool = False,
     ) -> None:
         if not 0.0 <= prompt_weight <= 1.0:
             raise ValueError("prompt_weight must be in [0, 1]")
@@ -155,6 +157,7 @@ class OnlineRouter:
             raise ValueError("explore_cap must be in [0, 1]")
         self.controller = BudgetController(target, step, weight, window, underspend_debt, fine_weight)
         self.explore_cap = float(explore_cap)
+        self.explore_at_zero = bool(explore_at_zero)  # explore, beyond the cap, where the cost weight is 0
         if not signals <= SIGNALS:
             raise ValueError(f"unknown signals {sorted(signals - SIGNALS)}; known: {sorted(SIGNALS)}")
         self.signals = signals  # the automatic signals counted as a score of 0
@@ -203,6 +206,7 @@ class OnlineRouter:
             refresh_on_alarm=settings.refresh_on_alarm,
             underspend_debt=settings.underspend_debt,
             fine_weight=settings.fine_weight,
+            explore_at_zero=settings.explore_at_zero,
         )
 
     @property
@@ -270,7 +274,8 @@ class OnlineRouter:
             scores = (snap.means[category] + shift)[None, :]
             greedy = int(solve_weighted(scores, self._scaled_cost(), snap.weight, mask)[0])
         choice, explored = greedy, False
-        if self.explore_cap > 0 and self.exploring_share() < self.explore_cap:
+        capped = self.explore_cap > 0 and self.exploring_share() < self.explore_cap
+        if capped or (self.explore_at_zero and snap.weight <= 0.0):  # at weight 0 the budget is not binding
             draw = (self.posterior.sample(category, self.rng) + shift)[None, :]
             sampled = int(solve_weighted(draw, self._scaled_cost(), snap.weight, mask)[0])
             if sampled != greedy:
