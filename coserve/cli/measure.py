@@ -133,14 +133,14 @@ def add_map_parser(sub: Subcommands) -> None:
 def add_outcomes_parser(sub: Subcommands) -> None:
     p = sub.add_parser("outcomes", help="run every expert on benchmark suites and write outcome data (JSONL)")
     add_library_arg(p)
-    p.add_argument("--suite", required=True, help="comma-separated suites: mmlu, gsm8k, humaneval, mtbench")
+    p.add_argument("--suite", required=True, help="comma-separated suites: mmlu, gsm8k, humaneval, leetcode, mtbench")
     p.add_argument("--limit", type=int, help="a seeded sample of this many items per suite, spread over topics")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="JSONL to append to; ids already in it are skipped (resume)")
     p.add_argument(
         "--max-tokens",
         type=int,
-        help="answer cap in tokens (default per suite: mmlu 16, gsm8k 256, humaneval/mtbench 384)",
+        help="answer cap in tokens (default per suite: mmlu 16, gsm8k 256, humaneval/leetcode/mtbench 384)",
     )
     p.add_argument("--judge", help="the library's expert that rates answers of judged suites (mtbench)")
     p.add_argument("--routed", action="store_true", help="also ask the library's router (column 'routed')")

