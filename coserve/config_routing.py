@@ -32,6 +32,12 @@ class CascadeSettings(BaseModel):
     # larger experts of the decision's order); a category not listed answers by single choice, in one
     # step. None: every category cascades from the router's own expert.
     categories: dict[str, str] | None = None
+    # Live guard (coserve.engine.cascade_guard): per category, when more than the break-even share of
+    # the last ``guard_window`` cascades escalated, answer by single choice; every ``guard_probe``-th
+    # request still cascades. 0: off. ``guard_max_escalation``: the share, instead of break-even.
+    guard_window: int = Field(0, ge=0)
+    guard_probe: int = Field(10, ge=1)
+    guard_max_escalation: float | None = Field(None, gt=0, le=1)
 
 
 class RoutingSettings(BaseModel):

@@ -34,6 +34,7 @@ class Step:
     probability: float | None  # the answer check's P(good answer); None when the answer was not checked
     outcome: str  # "accepted" (returned) | "escalated" (the next expert was asked) | "failed" (no answer)
     # "check" | "max_steps" | "no_stronger_expert" | "router_confidence" | "unchecked_stream" | "expert_failed"
+    # | "guard" (the cascade guard held the category: single choice)
     reason: str
     tokens: int | None = None  # completion tokens it generated (None: not known when recorded, a stream)
 

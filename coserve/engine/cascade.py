@@ -36,6 +36,7 @@ from coserve.backends.registry import capabilities
 from coserve.config import LibraryConfig
 from coserve.config_routing import CascadeSettings
 from coserve.engine.call import Call, Step
+from coserve.engine.cascade_guard import EscalationGuard
 from coserve.errors import ConfigError, CoserveError
 from coserve.router.check import AnswerCheck, load_check, signals_of
 from coserve.types import Chunk, Completion, Decision, Usage
@@ -92,6 +93,7 @@ class Cascade:
     def __init__(self, settings: CascadeSettings, check: AnswerCheck):
         self.settings = settings
         self.check = check
+        self.guard = EscalationGuard(settings.guard_window, settings.guard_probe, settings.guard_max_escalation)
 
     @classmethod
     def from_library(cls, library: LibraryConfig) -> Cascade | None:
@@ -137,6 +139,11 @@ class Cascade:
             single = await engine.complete_one(call)
             call.steps.append(Step(str(call.expert), None, "accepted", "no_cascade", single.usage.completion_tokens))
             return single
+        category = call.decision.category or ""
+        if len(rungs) > 1 and not self.guard.allows(category, self.guard.limit(params[rungs[0]], params[rungs[1]])):
+            single = await engine.complete_one(call)  # too many escalations lately: single choice
+            call.steps.append(Step(str(call.expert), None, "accepted", "guard", single.usage.completion_tokens))
+            return single
         expert = rungs[0]
         completion: Completion | None = None
         while True:
@@ -166,6 +173,8 @@ class Cascade:
                 break
             call.steps.append(Step(answered, probability, "escalated", "check", tokens))
             expert = rung
+        if len(rungs) > 1:
+            self.guard.record(category, any(step.outcome == "escalated" for step in call.steps))
         if not call.request.sampling.logprobs:
             completion = dataclasses.replace(completion, logprobs=())
         return completion
