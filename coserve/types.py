@@ -9,8 +9,7 @@ This module knows nothing about HTTP, weights or runtimes.
 
 from __future__ import annotations
 
-import itertools
-import time
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -32,7 +31,12 @@ __all__ = [
 
 ROUTED_MODEL = "coserve"  # the virtual model name that asks for routing (any other name pins an expert)
 
-_request_ids = itertools.count(1)
+
+def new_request_id() -> str:
+    """A request id unique across processes, forks and restarts: the decision log, feedback and the
+    cluster's ingress replicas all key on it (a per-process counter with a millisecond clock gave two
+    replicas the same id)."""
+    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 class Tier(StrEnum):
@@ -108,7 +112,7 @@ class Request:
     constraints: Constraints = field(default_factory=Constraints)
     stream: bool = False
     stream_usage: bool = False  # streamed: end with a usage chunk (OpenAI stream_options.include_usage)
-    id: str = field(default_factory=lambda: f"chatcmpl-{next(_request_ids):08d}-{int(time.time() * 1000)}")
+    id: str = field(default_factory=new_request_id)
 
     def last_user_turn(self) -> str:
         """The text the router embeds: the conversation's last user message."""
