@@ -106,3 +106,9 @@ class OnlineSettings(BaseModel):
     # an alarm of a rise also rebases the expert (False, the default since --stage underspend: only a drop does)
     change_upward: bool = False
     explore_at_zero: bool = False  # requests decided at cost weight 0 explore (Thompson) beyond explore_cap
+    # session 11 (docs/adapt.md): the cost weight may fall to -weight_floor (a two-sided target; 0: one-sided),
+    # an expert a downward alarm moved may be explored at weight <= 0 for this many requests (0: never), and
+    # an alarm moves the means by this share of the estimated shift
+    weight_floor: float = Field(0.0, ge=0)
+    alarm_explore: int = Field(0, ge=0)
+    change_shift_share: float = Field(1.0, ge=0, le=1)

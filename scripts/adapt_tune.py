@@ -58,6 +58,11 @@ a narrower mean gap) without meeting fewer hindsight or recovery checks.
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage underspend \
         --json docs/data/adapt-tuning-s10-underspend.json
+
+`--stage s11` (session 11): a two-sided target, exploration of an expert an alarm moved, a smaller move
+at an alarm, and combinations, on all 27 runs with the same adoption rule (`adapt_tune_s11.py`).
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s11 --json docs/data/adapt-tuning-s11.json
 """
 
 from __future__ import annotations
@@ -267,9 +272,7 @@ def underspend_stage(fitted: dict[str, FittedStream], costs: ExpertCosts) -> lis
     results: list[dict[str, Any]] = []
 
     def score(knobs: dict[str, Any]) -> None:
-        results.append(evaluate(fitted, costs, knobs, SEEDS + CONFIRM_SEEDS))
-        last = results[-1]
-        print(last["checks_met"], last["met_by_check"], f"{_rank(last)[1]:+.4f}", knobs, flush=True)
+        results.append(_scored(fitted, costs, knobs))
 
     settings = [{}, *({"underspend_debt": d} for d in UNDERSPEND_DEBTS), *({"fine_weight": w} for w in FINE_WEIGHTS)]
     for knobs in settings:
@@ -285,6 +288,13 @@ def underspend_stage(fitted: dict[str, FittedStream], costs: ExpertCosts) -> lis
     score({"change_upward": False, "explore_at_zero": True})
     score({"change_upward": False, "explore_at_zero": True, "underspend_debt": 25.0})
     return results
+
+
+def _scored(fitted: dict[str, FittedStream], costs: ExpertCosts, knobs: dict[str, Any]) -> dict[str, Any]:
+    """``knobs`` on all 27 runs (SEEDS and CONFIRM_SEEDS), printed as it comes."""
+    result = evaluate(fitted, costs, knobs, SEEDS + CONFIRM_SEEDS)
+    print(result["checks_met"], result["met_by_check"], f"{_rank(result)[1]:+.4f}", knobs, flush=True)
+    return result
 
 
 def _keeps_quality(result: dict[str, Any], defaults: dict[str, Any]) -> bool:
@@ -330,14 +340,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write every setting's results here")
     parser.add_argument(
         "--stage",
-        choices=["all", "detector", "predictor", "levers", "underspend"],
+        choices=["all", "detector", "predictor", "levers", "underspend", "s11"],
         default="all",
         help="the full search, or one session's stage",
     )
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
     # --stage levers and underspend run with the default per-prompt predictor's vectors (coserve train's, session 9)
-    featured = args.stage in ("levers", "underspend")
+    featured = args.stage in ("levers", "underspend", "s11")
+    every_run = args.stage in ("underspend", "s11")  # every setting on all 27 runs, the adoption rule below
     fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if featured else None)
     results: list[dict[str, Any]] = []
     confirmed: list[dict[str, Any]] = []
@@ -373,6 +384,10 @@ def main(argv: list[str]) -> int:
             print("step 2", confirmed[-1]["all_checks_met"], f"{_all_rank(confirmed[-1])[1]:+.4f}", knobs, flush=True)
     elif args.stage == "underspend":
         results = underspend_stage(fitted, costs)
+    elif args.stage == "s11":
+        from adapt_tune_s11 import s11_stage  # beside this script
+
+        results = s11_stage(lambda knobs: _scored(fitted, costs, knobs))
     elif args.stage == "detector":
         score(detector_grid())
         score(detector_moves(max(results[1:], key=_rank)["knobs"]))
@@ -380,7 +395,7 @@ def main(argv: list[str]) -> int:
         score(stage_one())
         score(stage_two(max(results, key=_rank)["knobs"]))
     chosen = max(results, key=_rank)
-    if args.stage == "underspend":  # the defaults unless a setting beats them and keeps every hindsight and recovery
+    if every_run:  # the defaults unless a setting beats them and keeps every hindsight and recovery
         chosen = max([results[0], *(r for r in results[1:] if _keeps_quality(r, results[0]))], key=_rank)
     if confirmed:  # the best over every run of the confirmed settings
         chosen = max(confirmed, key=_all_rank)
@@ -389,7 +404,7 @@ def main(argv: list[str]) -> int:
         "note": "tuning runs on a split of the benchmark's prior half only; the benchmark's stream is never replayed",
         "split": {"salt": TUNING_SALT, **sizes},
         "budgets": [list(b) for b in BUDGETS],
-        "seeds": list(SEEDS + CONFIRM_SEEDS) if args.stage == "underspend" else list(SEEDS),
+        "seeds": list(SEEDS + CONFIRM_SEEDS) if every_run else list(SEEDS),
         "stage": args.stage,  # detector: every other knob at the defaults below; the first result is the defaults
         "score": "checks met over all runs (4 per run), then mean adaptive - hindsight (a tie keeps the earlier)",
         "defaults": defaults,

@@ -92,6 +92,9 @@ class AdaptOptions:
     fine_weight: float = _ONLINE.fine_weight  # below this effective weight the controller's step shrinks
     change_upward: bool = _ONLINE.change_upward  # an alarm of a rise also rebases the expert
     explore_at_zero: bool = _ONLINE.explore_at_zero  # requests decided at weight 0 explore beyond the cap
+    weight_floor: float = _ONLINE.weight_floor  # the cost weight's floor is -weight_floor (two-sided target)
+    alarm_explore: int = _ONLINE.alarm_explore  # requests after a downward alarm its expert may be explored
+    change_shift_share: float = _ONLINE.change_shift_share  # share of the estimated shift an alarm moves means
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -108,31 +111,10 @@ class AdaptOptions:
             raise ConfigError(f"granularity must be category or prompt, not {self.granularity!r}")
 
     def online(self) -> OnlineSettings:
-        """The online router's knobs as the server's ``router.online`` would carry them."""
-        return OnlineSettings(
-            prior_strength=self.prior_strength,
-            max_count=self.max_count,
-            step=self.step,
-            explore_cap=self.explore_cap,
-            window=self.window,
-            mix_window=self.mix_window,
-            change_threshold=self.change_threshold,
-            change_drift=self.change_drift,
-            reset_count=self.reset_count,
-            move_mean=self.move_mean,
-            change_baseline=self.change_baseline,  # type: ignore[arg-type]  # checked by OnlineSettings
-            change_min_feedback=self.change_min_feedback,
-            granularity=self.granularity,  # type: ignore[arg-type]  # checked by OnlineSettings
-            prompt_weight=self.prompt_weight,
-            expert_rate=self.expert_rate,
-            mix_jump=self.mix_jump,
-            mix_short=self.mix_short,
-            refresh_on_alarm=self.refresh_on_alarm,
-            underspend_debt=self.underspend_debt,
-            fine_weight=self.fine_weight,
-            change_upward=self.change_upward,
-            explore_at_zero=self.explore_at_zero,
-        )
+        """The online router's knobs as the server's ``router.online`` would carry them (every field of
+        ``OnlineSettings`` these options name the same, ``window`` included; the rest at its defaults)."""
+        named = {name: getattr(self, name) for name in OnlineSettings.model_fields if hasattr(self, name)}
+        return OnlineSettings(**named)
 
 
 def _draw_stream(labels: np.ndarray, options: AdaptOptions, rng: np.random.Generator) -> tuple[np.ndarray, list]:
@@ -193,12 +175,12 @@ def replay_adapt(
     router = OnlineRouter.from_settings(offline, cost, options.target, options.online(), seed=options.seed)
     chosen = np.zeros(n, dtype=np.int64)
     explored = np.zeros(n, dtype=bool)
-    at_zero = np.zeros(n, dtype=bool)  # the weight at 0: the router spends all that buys quality
+    at_zero = np.zeros(n, dtype=bool)  # the weight at 0 (or below): the router spends all that buys quality
     for i in range(n):
         row = None if predicted is None else predicted[items[i]]
         decision = router.choose(int(category[i]), predicted=row)
         chosen[i], explored[i] = decision.expert, decision.explored
-        at_zero[i] = router.snapshot.weight == 0.0
+        at_zero[i] = router.snapshot.weight <= 0.0
         router.served(decision.expert)
         if rng.random() < options.feedback:
             observed = float(np.clip(truth[i, decision.expert] + rng.normal(0.0, options.noise), 0.0, 1.0))

@@ -69,7 +69,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs += ("max_count", "step", "change_threshold", "change_drift", "reset_count", "mix_window")
     knobs += ("granularity", "prompt_weight", "change_baseline", "change_min_feedback")
     knobs += ("expert_rate", "mix_jump", "mix_short", "refresh_on_alarm", "underspend_debt", "fine_weight")
-    knobs += ("change_upward", "explore_at_zero")
+    knobs += ("change_upward", "explore_at_zero", "weight_floor", "alarm_explore", "change_shift_share")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     predictor = make_embedder(args.predictor_embedder)
@@ -129,6 +129,9 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--fine-weight", type=float, help="below this cost weight the controller's step shrinks")
     b.add_argument("--change-upward", action=argparse.BooleanOptionalAction, help="an alarm of a rise rebases too")
     b.add_argument("--explore-at-zero", action=argparse.BooleanOptionalAction, help="explore where the weight is 0")
+    b.add_argument("--weight-floor", type=float, help="the cost weight may fall to minus this (two-sided target)")
+    b.add_argument("--alarm-explore", type=int, help="requests after a downward alarm its expert may be explored")
+    b.add_argument("--change-shift-share", type=float, help="share of the estimated shift an alarm moves means by")
     b.add_argument("--seed", type=int)
     b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
     b.add_argument(

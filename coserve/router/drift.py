@@ -20,6 +20,7 @@ Pure numbers; knows nothing about posteriors' storage, HTTP or the store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,12 +55,15 @@ class ChangeSettings:
     baseline: str = "posterior"  # residuals against the posterior mean, or the cell's own feedback mean
     min_feedback: int = 20  # feedback baseline: scores a cell needs before its residuals are tested
     upward: bool = True  # an upward alarm also rebases the expert (False: only a downward one does)
+    shift_share: float = 1.0  # the share of the estimated shift the means move by (less: a false alarm costs less)
 
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, not {self.baseline!r}")
         if self.min_feedback < 1:
             raise ValueError("min_feedback must be >= 1")
+        if not 0.0 <= self.shift_share <= 1.0:
+            raise ValueError("shift_share must be in [0, 1]")
 
 
 class FeedbackBaseline:
@@ -203,10 +207,14 @@ def restore_change(
     return detector, baseline
 
 
-def weight_for_mix(means: np.ndarray, scaled_cost: np.ndarray, mix: np.ndarray, iters: int = 40) -> float:
-    """Smallest weight >= 0 at which the map maximising ``means - weight * scaled_cost`` costs at most 1
-    (the target) on average over the category shares ``mix``; the weight making every category cheapest
-    where even that costs more (the target cannot be met: the cheapest map is the best one can do)."""
+def weight_for_mix(
+    means: np.ndarray, scaled_cost: np.ndarray, mix: np.ndarray, iters: int = 40, least: float = 0.0
+) -> float:
+    """Smallest weight >= ``least`` at which the map maximising ``means - weight * scaled_cost`` costs at
+    most 1 (the target) on average over the category shares ``mix``; the weight making every category
+    cheapest where even that costs more (the target cannot be met: the cheapest map is the best one can
+    do). ``least`` < 0 (a two-sided target): where weight 0 spends under the target, the weight between
+    ``least`` and 0 at which the map's cost comes down to the target (``least`` where even it spends less)."""
     means = np.asarray(means, dtype=np.float64)
     scaled_cost = np.asarray(scaled_cost, dtype=np.float64)
     shares = np.asarray(mix, dtype=np.float64)
@@ -218,13 +226,20 @@ def weight_for_mix(means: np.ndarray, scaled_cost: np.ndarray, mix: np.ndarray, 
         return float(shares @ scaled_cost[choose_per_prompt(means, scaled_cost, weight)])
 
     if spend(0.0) <= 1.0:
-        return 0.0
+        return 0.0 if least >= 0.0 else _bisect(spend, float(least), 0.0, iters)
     spread = float(np.ptp(means)) if means.size else 0.0
     cheapest_gap = float(np.min(scaled_cost[scaled_cost > scaled_cost.min()] - scaled_cost.min(), initial=np.inf))
     high = (spread + 1.0) / cheapest_gap if np.isfinite(cheapest_gap) else 1.0  # every category takes the cheapest
-    low = 0.0
     if spend(high) > 1.0:
         return high
+    return _bisect(spend, 0.0, high, iters)
+
+
+def _bisect(spend: Callable[[float], float], low: float, high: float, iters: int) -> float:
+    """The smallest weight in [low, high] whose ``spend`` is <= 1, given ``spend(high)`` <= 1 and the
+    spend falling as the weight grows (``low`` itself where it already spends <= 1)."""
+    if spend(low) <= 1.0:
+        return low
     for _ in range(iters):
         middle = 0.5 * (low + high)
         if spend(middle) > 1.0:

@@ -24,6 +24,12 @@
   expert's means, so an alarm does not overspend the requests until the next refresh. ``underspend_debt``
   and ``fine_weight`` (``online_model.BudgetController``) address the underspend while the weight is 0;
   ``explore_at_zero`` lets the requests decided at weight 0 explore beyond ``explore_cap`` (they cost no budget).
+  Session 11: ``weight_floor`` lets the weight go below 0, down to ``-weight_floor`` (a two-sided target:
+  where weight 0 underspends, dearer experts within ``|w| cost / target`` of the best are bought; the
+  feed-forward part then solves for the weight that spends the target, down to that floor);
+  ``alarm_explore`` lets requests decided at weight <= 0 explore, beyond the cap, an expert a downward
+  alarm moved, for that many routed requests after the alarm (``online_alarm.AlarmExploration``);
+  ``ChangeSettings.shift_share`` moves the means by that share of the estimated shift at an alarm.
 * ``expert_rate`` > 0: an offset per expert, pooled over categories and learnt at that rate from every
   residual of its feedback, is added to each of its cells (``ScorePosterior.estimate``), so a change of
   the whole expert reaches the prompts of every category, not only those of cells with feedback.
@@ -63,6 +69,8 @@ import numpy as np
 from coserve.config_routing import OnlineSettings
 from coserve.router.drift import ChangeSettings, export_change, restore_change
 from coserve.router.mapping import choose_per_prompt
+from coserve.router.online_alarm import AlarmExploration
+from coserve.router.online_knobs import router_options
 from coserve.router.online_mix import RecentMix
 from coserve.router.online_model import BudgetController, ScorePosterior
 from coserve.router.online_saved import STATE_FORMAT, parse_state
@@ -133,6 +141,8 @@ class OnlineRouter:
         underspend_debt: float = 0.0,
         fine_weight: float = 0.0,
         explore_at_zero: bool = False,
+        weight_floor: float = 0.0,
+        alarm_explore: int = 0,
     ) -> None:
         if not 0.0 <= prompt_weight <= 1.0:
             raise ValueError("prompt_weight must be in [0, 1]")
@@ -155,9 +165,10 @@ class OnlineRouter:
             raise ValueError("cost must give a finite cost for every expert")
         if not 0.0 <= explore_cap <= 1.0:
             raise ValueError("explore_cap must be in [0, 1]")
-        self.controller = BudgetController(target, step, weight, window, underspend_debt, fine_weight)
+        self.controller = BudgetController(target, step, weight, window, underspend_debt, fine_weight, weight_floor)
         self.explore_cap = float(explore_cap)
         self.explore_at_zero = bool(explore_at_zero)  # explore, beyond the cap, where the cost weight is 0
+        self.after_alarm = AlarmExploration(self.posterior.shape[1], alarm_explore)  # explore an expert just moved
         if not signals <= SIGNALS:
             raise ValueError(f"unknown signals {sorted(signals - SIGNALS)}; known: {sorted(SIGNALS)}")
         self.signals = signals  # the automatic signals counted as a score of 0
@@ -179,35 +190,7 @@ class OnlineRouter:
     ) -> OnlineRouter:
         """The router ``router.online`` describes (the server's and ``coserve bench adapt``'s one way to
         build it, so both run the same knobs and the tuned defaults live in OnlineSettings only)."""
-        change = None
-        if settings.change_threshold > 0:
-            change = ChangeSettings(
-                settings.change_drift, settings.change_threshold, settings.reset_count, settings.move_mean,
-                settings.change_baseline, settings.change_min_feedback, settings.change_upward,
-            )  # fmt: skip
-        return cls(
-            offline,
-            cost,
-            target,
-            prior_strength=settings.prior_strength,
-            max_count=max(settings.max_count, settings.prior_strength),
-            step=settings.step,
-            explore_cap=settings.explore_cap,
-            window=settings.window,
-            signals=frozenset(settings.signals),
-            seed=seed,
-            change=change,
-            mix_window=settings.mix_window,
-            granularity=settings.granularity,
-            prompt_weight=settings.prompt_weight,
-            expert_rate=settings.expert_rate,
-            mix_jump=settings.mix_jump,
-            mix_short=settings.mix_short,
-            refresh_on_alarm=settings.refresh_on_alarm,
-            underspend_debt=settings.underspend_debt,
-            fine_weight=settings.fine_weight,
-            explore_at_zero=settings.explore_at_zero,
-        )
+        return cls(offline, cost, target, seed=seed, **router_options(settings))
 
     @property
     def snapshot(self) -> MapSnapshot:
@@ -275,10 +258,13 @@ class OnlineRouter:
             greedy = int(solve_weighted(scores, self._scaled_cost(), snap.weight, mask)[0])
         choice, explored = greedy, False
         capped = self.explore_cap > 0 and self.exploring_share() < self.explore_cap
-        if capped or (self.explore_at_zero and snap.weight <= 0.0):  # at weight 0 the budget is not binding
+        unbound = snap.weight <= 0.0  # at weight 0 (or below) the budget is not binding
+        alarmed = self.after_alarm.open()
+        if capped or (self.explore_at_zero and unbound) or (unbound and alarmed.any()):
             draw = (self.posterior.sample(category, self.rng) + shift)[None, :]
             sampled = int(solve_weighted(draw, self._scaled_cost(), snap.weight, mask)[0])
-            if sampled != greedy:
+            # beyond the cap and explore_at_zero, only an expert an alarm just moved is explored
+            if sampled != greedy and (capped or (self.explore_at_zero and unbound) or alarmed[sampled]):
                 choice, explored = sampled, True
         self.explored.append(explored)
         self._join_mix(category, row)
@@ -286,6 +272,7 @@ class OnlineRouter:
 
     def _join_mix(self, category: int, row: np.ndarray | None) -> None:
         self.recent.join(category, self.offline[category] if row is None else row)
+        self.after_alarm.routed()
 
     def remember(self, category: int, predicted: Sequence[float] | np.ndarray | None = None) -> None:
         """A request of ``category`` routed by another process (a cluster's ingress replica) joins the mix
@@ -309,7 +296,8 @@ class OnlineRouter:
         per_prompt = self.granularity == "prompt"
         estimate = self.posterior.estimate()
         correction = estimate - self.offline if per_prompt else estimate
-        self.controller.set_base(self.recent.weight(correction, self._scaled_cost(), per_prompt))
+        least = -self.controller.weight_floor  # two-sided: the weight that spends the target, down to this
+        self.controller.set_base(self.recent.weight(correction, self._scaled_cost(), per_prompt, least))
 
     def signal(self, category: int, expert: int, kind: str) -> bool:
         """An automatic signal (``failure``, ``timeout`` or ``fallback``): a score of 0 where the kind is
@@ -335,6 +323,7 @@ class OnlineRouter:
                 "version": self._snapshot.version,
                 "granularity": self.granularity,  # what the cells mean: scores, or residuals of predictions
                 "expert_offset": self.posterior.offset.tolist(),  # per expert, added to its cells (expert_rate)
+                "alarm_explore": self.after_alarm.export_state(),  # per expert, routed requests it may be explored
                 **({} if self.detector is None else {"change": export_change(self.detector, self.baseline)}),
             }
 
@@ -342,7 +331,10 @@ class OnlineRouter:
         """Resume from ``export_state``'s output; ValueError (nothing changed) unless it fits this router."""
         saved = parse_state(state, categories, experts, self.granularity, self.posterior.shape)
         detector, baseline = restore_change(state.get("change"), self.change, *self.posterior.shape)
+        after_alarm = AlarmExploration(self.posterior.shape[1], self.after_alarm.requests)
+        after_alarm.restore(state.get("alarm_explore"))
         with self._lock:
+            self.after_alarm = after_alarm
             self.detector, self.baseline = detector, baseline
             self.posterior.alpha, self.posterior.beta, self.posterior.offset = saved.alpha, saved.beta, saved.offset
             self.controller.weight = max(saved.weight, self.controller.floor)  # the floor of this router's settings
@@ -366,7 +358,10 @@ class OnlineRouter:
                 residual = self.baseline.residual(category, expert, score)
             shift = None if self.detector is None or residual is None else self.detector.observe(expert, residual)
             if shift is not None and self.change is not None and (shift < 0 or self.change.upward):
-                self.posterior.rebase(expert, shift if self.change.move_mean else 0.0, self.change.reset_count)
+                moved = shift * self.change.shift_share if self.change.move_mean else 0.0
+                self.posterior.rebase(expert, moved, self.change.reset_count)
+                if shift < 0:
+                    self.after_alarm.alarmed(expert)
                 if self.baseline is not None:
                     self.baseline.forget(expert)
                 self.alarms += 1

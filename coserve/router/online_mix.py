@@ -58,13 +58,14 @@ class RecentMix:
         self.jumped = self.jump > 0 and total_variation(latest, older, self.categories) > self.jump
         return slice(len(categories) - self.short, None) if self.jumped else slice(0, None)
 
-    def weight(self, correction: np.ndarray, scaled_cost: np.ndarray, per_prompt: bool) -> float:
-        """The smallest weight whose choices over the recent requests cost at most the target; ``correction``
-        [K, E] is added to each request's row (prompt mode: what feedback taught; category mode: the means)."""
+    def weight(self, correction: np.ndarray, scaled_cost: np.ndarray, per_prompt: bool, least: float = 0.0) -> float:
+        """The smallest weight (>= ``least``) whose choices over the recent requests cost at most the target;
+        ``correction`` [K, E] is added to each request's row (prompt mode: what feedback taught; category
+        mode: the means)."""
         part = self.recent()
         categories = np.fromiter(self.category, dtype=np.int64)[part]
         if per_prompt:
             rows = np.asarray(self.rows)[part] + correction[categories]
-            return weight_for_mix(rows, scaled_cost, np.ones(len(rows)))
+            return weight_for_mix(rows, scaled_cost, np.ones(len(rows)), least=least)
         counts = np.bincount(categories, minlength=self.categories)
-        return weight_for_mix(correction, scaled_cost, counts)
+        return weight_for_mix(correction, scaled_cost, counts, least=least)

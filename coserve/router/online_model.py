@@ -13,7 +13,10 @@
   sits at 0: ``debt`` lets the integral part fall below ``-base`` by up to ``step * debt`` (``debt``
   requests' worth of underspend at the target), so that underspend is paid back by the requests after
   it instead of being dropped; ``fine_weight`` shrinks the step in proportion to the effective weight
-  below that weight (to ``FINE_LEAST`` of it at most), so a small weight moves finely.
+  below that weight (to ``FINE_LEAST`` of it at most), so a small weight moves finely. ``weight_floor``
+  (session 11) makes the target two-sided: the effective weight may go down to ``-weight_floor``, so where
+  weight 0 spends under the target the map buys dearer experts whose score is within ``|w| cost /
+  target`` of the best (the Lagrangian of "average cost = target" rather than "<= target").
 
 Pure numbers; knows nothing about maps, routing, HTTP or the store (``coserve.router.online`` uses them).
 """
@@ -110,28 +113,33 @@ class BudgetController:
         window: int = 500,
         debt: float = 0.0,
         fine_weight: float = 0.0,
+        weight_floor: float = 0.0,
     ) -> None:
         if target <= 0 or step <= 0 or window <= 0:
             raise ValueError("target, step and window must be positive")
         if not (debt >= 0 and fine_weight >= 0):
             raise ValueError("debt and fine_weight must be >= 0")
+        if not weight_floor >= 0:
+            raise ValueError("weight_floor must be >= 0 (the weight's floor is minus it)")
         self.target = float(target)
         self.step = float(step)
         self.debt = float(debt)  # underspend carried below the floor, in requests at the target
         self.fine_weight = float(fine_weight)  # below this effective weight the step shrinks (0: never)
+        self.weight_floor = float(weight_floor)  # the effective weight's floor is -weight_floor (0: one-sided)
         self.base = 0.0  # the feed-forward part: the weight the recent category mix needs (0 without one)
         self.weight = max(self.floor, float(weight))  # the integral part, moved by the realised cost
         self.recent: deque[float] = deque(maxlen=window)
 
     @property
     def floor(self) -> float:
-        """The lowest integral part: ``-base`` (effective weight 0) less the debt it may carry."""
-        return -self.base - self.step * self.debt
+        """The lowest integral part: ``-base - weight_floor`` (the lowest effective weight) less the debt."""
+        return -self.base - self.weight_floor - self.step * self.debt
 
     @property
     def effective(self) -> float:
-        """The cost weight the map is solved with: the feed-forward part plus the integral part."""
-        return max(0.0, self.base + self.weight)
+        """The cost weight the map is solved with: the feed-forward part plus the integral part, at least
+        ``-weight_floor``."""
+        return max(-self.weight_floor, self.base + self.weight)
 
     def set_base(self, base: float) -> None:
         """A new feed-forward weight; the integral part stays at or above the new floor."""

@@ -1,0 +1,62 @@
+"""Exploring an expert the change detector just moved, for a bounded number of requests (session 11).
+
+A downward alarm on an expert moves its means down and cuts its pseudo-counts. Where the alarm was false
+(the offline table's own error, noise), the expert now looks worse than it is; if it is dear, the
+router may then send it nothing, so no feedback ever corrects it, and where the cost weight sits at 0
+the budget underspends. ``AlarmExploration`` keeps, per expert, how many routed requests it may still
+be explored for: an alarm sets it to ``requests``, each routed request counts one down. While it is
+above 0, ``OnlineRouter`` lets a request decided at cost weight <= 0 (the budget not binding there)
+take a Thompson draw's choice where that choice is such an expert, beyond ``explore_cap``; other
+experts are not explored by it (a global exploration at weight 0 lost recovery checks, session 10).
+
+Pure numbers; knows nothing about posteriors, routing or the store (``coserve.router.online`` uses it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AlarmExploration"]
+
+
+class AlarmExploration:
+    """Per expert, the routed requests left during which an alarm lets it be explored."""
+
+    def __init__(self, experts: int, requests: int = 0) -> None:
+        if experts <= 0 or requests < 0:
+            raise ValueError("experts must be positive and requests >= 0")
+        self.requests = int(requests)  # requests an alarm opens (0: never)
+        self.left = np.zeros(experts, dtype=np.int64)
+
+    def alarmed(self, expert: int) -> None:
+        """The detector moved ``expert``: it may be explored for the next ``requests`` routed requests."""
+        self.left[expert] = self.requests
+
+    def open(self) -> np.ndarray:
+        """Which experts may be explored now ``[E]`` (bool)."""
+        return np.asarray(self.left > 0)
+
+    def routed(self) -> None:
+        """One request was routed: every open count moves one down."""
+        if self.requests > 0:
+            np.subtract(self.left, 1, out=self.left, where=self.left > 0)
+
+    def export_state(self) -> list[int]:
+        """The counts left, as JSON values."""
+        return [int(n) for n in self.left]
+
+    def restore(self, saved: Any) -> None:
+        """Load ``export_state``'s output (None, a state saved before it existed: nothing open); ValueError
+        (nothing changed) where it does not fit."""
+        if saved is None:
+            self.left = np.zeros_like(self.left)
+            return
+        try:
+            left = np.asarray(saved, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"the state's alarm exploration is malformed: {exc}") from None
+        if left.shape != self.left.shape or not np.isfinite(left).all() or (left < 0).any() or (left % 1).any():
+            raise ValueError("the state's alarm exploration must be one whole number >= 0 per expert")
+        self.left = left.astype(np.int64)
