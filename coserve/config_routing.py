@@ -74,7 +74,8 @@ class OnlineSettings(BaseModel):
 
     # defaults chosen by scripts/adapt_tune.py on a tuning split with the per-prompt predictor `coserve train`
     # fits by default (stack on minilm-static+features; session 9, docs/adapt.md "Tuning"); the detector's
-    # drift and level and the mix-jump test by its --stage levers (session 10), change_upward by --stage underspend
+    # drift and level and the mix-jump test by its --stage levers (session 10), change_upward by --stage underspend,
+    # weight_floor by --stage s11 (session 11)
     prior_strength: float = Field(50.0, gt=0)  # pseudo-counts of the trained router's scores
     max_count: float = Field(100.0, gt=0)  # cap on a score's pseudo-counts (old evidence fades)
     step: float = Field(0.005, gt=0)  # the budget controller's step
@@ -106,9 +107,9 @@ class OnlineSettings(BaseModel):
     # an alarm of a rise also rebases the expert (False, the default since --stage underspend: only a drop does)
     change_upward: bool = False
     explore_at_zero: bool = False  # requests decided at cost weight 0 explore (Thompson) beyond explore_cap
-    # session 11 (docs/adapt.md): the cost weight may fall to -weight_floor (a two-sided target; 0: one-sided),
-    # an expert a downward alarm moved may be explored at weight <= 0 for this many requests (0: never), and
-    # an alarm moves the means by this share of the estimated shift
-    weight_floor: float = Field(0.0, ge=0)
+    # session 11 (docs/adapt.md): the cost weight may fall to -weight_floor (a two-sided target; 0: one-sided;
+    # 0.005 chosen by --stage s11), an expert a downward alarm moved may be explored at weight <= 0 for this
+    # many requests (0: never), and an alarm moves the means by this share of the estimated shift
+    weight_floor: float = Field(0.005, ge=0)
     alarm_explore: int = Field(0, ge=0)
     change_shift_share: float = Field(1.0, ge=0, le=1)

@@ -149,7 +149,7 @@ def test_settings_carry_the_controller_knobs_to_the_router_and_the_replay() -> N
     assert router.change is not None and router.change.upward and router.explore_at_zero
     default = OnlineRouter.from_settings(OFFLINE, [1.0, 3.0], 2.0, OnlineSettings())
     assert default.change is not None and not default.change.upward
-    assert router.controller.floor == pytest.approx(-0.005 * 25)
+    assert router.controller.floor == pytest.approx(-0.005 - 0.005 * 25)  # the default weight_floor less the debt
     online = AdaptOptions(underspend_debt=25.0, fine_weight=0.02, change_upward=False).online()
     assert (online.underspend_debt, online.fine_weight, online.change_upward) == (25.0, 0.02, False)
     defaults = OnlineSettings()
