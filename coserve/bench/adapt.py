@@ -14,9 +14,10 @@ Compared at the stream's own numbers (the drawn items, the shock included):
 * hindsight: the best fixed map for the stream's true scores at the adaptive run's average cost (the
   same construction, from the true per-category scores).
 The report also says, to read a missed target: per window, the share of requests decided at cost weight
-0 (the router spends all that buys quality; a window under the target there is not a control error), and
-the shocked expert's share under the best fixed map for the post-shock requests (what it keeps where it
-stays the best choice after the drop; recovery, as the issue defines it, needs it below 10% of before).
+0 or below (the router spends all that buys quality, or more with ``weight_floor``; a window under the
+target there is not a control error), and the shocked expert's share under the best fixed map for the
+post-shock requests (what it keeps where it stays the best choice after the drop; recovery, as the issue
+defines it, needs it below 10% of before).
 No generation happens: a request's quality is the outcome score of the expert chosen for its item.
 The fit and the replay run on one BLAS thread: the fitted models, and so every figure, change with
 BLAS's thread count (the order of its float sums), and one thread gives the same figures on any machine.
