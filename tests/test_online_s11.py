@@ -121,6 +121,10 @@ def test_the_requests_left_to_explore_are_saved_and_resumed() -> None:
     fresh = OnlineRouter(np.array([[0.8, 0.75, 0.74]]), [1.0, 1.0, 1.0], 1.0, prior_strength=10, change=CHANGE,
                          alarm_explore=50)  # fmt: skip
     assert resume(fresh, state, categories, experts) and fresh.after_alarm.left.tolist() == [40, 0, 0]
+    for explore, left in ((30, [30, 0, 0]), (0, [0, 0, 0])):  # at most the resuming router's own setting
+        other = OnlineRouter(np.array([[0.8, 0.75, 0.74]]), [1.0, 1.0, 1.0], 1.0, prior_strength=10, change=CHANGE,
+                             alarm_explore=explore)  # fmt: skip
+        assert resume(other, state, categories, experts) and other.after_alarm.left.tolist() == left
     older = {key: value for key, value in state.items() if key != "alarm_explore"}  # saved before session 11
     assert resume(fresh, older, categories, experts) and fresh.after_alarm.left.tolist() == [0, 0, 0]
     for bad in ([-1, 0, 0], [1.5, 0, 0], [1, 0], "many"):

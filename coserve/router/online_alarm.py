@@ -48,8 +48,9 @@ class AlarmExploration:
         return [int(n) for n in self.left]
 
     def restore(self, saved: Any) -> None:
-        """Load ``export_state``'s output (None, a state saved before it existed: nothing open); ValueError
-        (nothing changed) where it does not fit."""
+        """Load ``export_state``'s output (None, a state saved before it existed: nothing open), each count
+        at most this router's ``requests`` (none where it is 0); ValueError (nothing changed) where it does
+        not fit."""
         if saved is None:
             self.left = np.zeros_like(self.left)
             return
@@ -59,4 +60,4 @@ class AlarmExploration:
             raise ValueError(f"the state's alarm exploration is malformed: {exc}") from None
         if left.shape != self.left.shape or not np.isfinite(left).all() or (left < 0).any() or (left % 1).any():
             raise ValueError("the state's alarm exploration must be one whole number >= 0 per expert")
-        self.left = left.astype(np.int64)
+        self.left = np.minimum(left.astype(np.int64), self.requests)
