@@ -32,7 +32,7 @@ from coserve.cli.common import load_served_library
 from coserve.config import LibraryConfig
 from coserve.engine.cascade import params_of
 from coserve.eval.cascade import StartRule, answers, cross_validate, item_folds, replay
-from coserve.eval.cascade_gate import fit_rows, gate_cv
+from coserve.eval.cascade_gate import fit_rows, gate_cv, predict_rows
 from coserve.outcomes.prompts import with_prompts
 
 LIMITS = (0.1, 0.2, 0.25, 0.3, 0.321, 0.35, 0.4, 0.5, 0.6)  # gate limits swept (0.321: 0.494 / 1.54)
@@ -111,9 +111,7 @@ def one_seed(
     transfer_p: dict[str, float] = {}  # the gate fitted on the other suites only
     for suite in suites:
         gate = fit_rows([r for r in rows if suite_of(r) != suite], expert, 0.5, 1.0, gate_figures["features"])
-        held = [r for r in rows if suite_of(r) == suite]
-        p = gate.predict_proba([r["prompt"] for r in held], [r["router"]["confidence"] for r in held])
-        transfer_p.update({str(r["id"]): float(v) for r, v in zip(held, p, strict=True)})
+        transfer_p.update(predict_rows(gate, [r for r in rows if suite_of(r) == suite]))
     within: dict[str, Any] = {}
     for suite in suites:
         group = [r for r in rows if suite_of(r) == suite]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from coserve.cli import main
@@ -29,9 +30,12 @@ from coserve.router.features import FEATURE_NAMES, prompt_features
 from coserve.router.gate import GATE_FEATURES, StartGate, gate_features, load_gate
 from coserve.server.app import create_app
 from tests.conftest import write_library
-from tests.test_cascade import HIGH, LOW, ask, cascade_library, logged, p, step, streamed
+from tests.test_cascade import HIGH, LOW, ask, cascade_library, logged, p, step, streamed, write_check
 from tests.test_cascade import serve as serve_cascade  # noqa: F401 (fixture)
 from tests.test_cascade_categories import CODE, sections
+from tests.test_cascade_check import routed_rows
+from tests.test_cascade_scripts import PARAMS, script
+from tests.test_cascade_scripts import rows as synthetic_rows
 
 EASY = "hello friend how are you this morning"
 HARD = "hello friend how are you this morning\nConstraints:\n- 1 <= n <= 10^5"
@@ -252,3 +256,64 @@ def test_train_check_fits_a_gate(tmp_path: Path, capsys: Any) -> None:
     assert saved["cv"]["items"] == len(prompted)  # rows without a prompt are left out
     assert saved["cv"]["good_rate"] == round(sum(r["scores"]["coder"] >= 0.5 for r in prompted) / len(prompted), 4)
     assert load_gate(out).expert == "coder"
+
+
+def test_eval_draws_gated_points(tmp_path: Path, cache: Path) -> None:
+    """24 rows (tests/test_cascade_check.py's two routed rows, alternated): chat rows start at small
+    (the fake library's map), right on every 4th item; code rows start at coder. Every prompt where
+    small is wrong says "Constraints:", so the gate, refitted out of fold, skips exactly those."""
+    rows = []
+    for i in range(24):
+        row = routed_rows()[i % 2]
+        hard = i % 4 != 0
+        row["id"], row["prompt"] = f"r{i}", f"{row['prompt']} {i}" + ("\nConstraints: n <= 5" if hard else "")
+        row["scores"] = {"small": 0.0 if hard else 1.0, "coder": 1.0, "big": 1.0}
+        rows.append(row)
+    data, experts = tmp_path / "data.jsonl", tmp_path / "experts.json"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    experts.write_text(json.dumps({e: {"params_b": p} for e, p in (("small", 0.1), ("coder", 0.5), ("big", 1.5))}))
+    gate = write_gate(tmp_path / "gate.json", "small")
+    check = write_check(tmp_path / "check.json", {"small": 0.0})
+    cascade = {"check": str(check), "max_steps": 3, "start_gate": str(gate), "start_gate_threshold": 0.5}
+    library = write_library(tmp_path, routing={"mode": "cascade", "cascade": cascade})
+    report = tmp_path / "r.json"
+    argv = ["eval", "--data", str(data), "--experts", str(experts), "--embedder", "hashing", "--folds", "2"]
+    assert main([*argv, "--routers", "map-logistic", "--json", str(report), "--cascade", str(library)]) == 0
+    gated = json.loads(report.read_text())["cascade"]["gated"]
+    assert gated["gate_cv"]["items"] == 24 and gated["gate_cv"]["auc"] == 1.0 and len(gated["points"]) == 9
+    always = gated["points"][-1]  # threshold 1.01: every ladder climbs to big
+    # 12 chat rows: 6 easy ones small + coder + big (2.1 B), 6 hard ones skip small (2.0 B); 12 code rows 2.0 B
+    assert always["skipped"] == 6
+    assert always["cascade"] == {"quality": 1.0, "avg_params_b": round((6 * 2.1 + 18 * 2.0) / 24, 4)}
+
+
+def test_cascade_measure_replays_the_librarys_gate(tmp_path: Path) -> None:
+    """tests/test_cascade_scripts.py's synthetic knowledge rows (the cascade library's ladder: coder,
+    then large), each prompt saying "Constraints:" where coder is wrong. The library's gate (written
+    by hand: 0.0474 on those, 0.9526 elsewhere; break-even 0.494 / 1.54 = 0.32) skips coder on them."""
+
+    def with_marks(sample: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, row in enumerate(sample):
+            row["prompt"] = f"question {i}" + ("" if row["scores"]["coder"] else "\nConstraints: n <= 9")
+        return sample
+
+    train, heldout = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in with_marks(synthetic_rows(40, 0, routed=False))))
+    held = with_marks(synthetic_rows(10, 1, routed=True))
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in held))
+    check = write_check(tmp_path / "check.json", dict.fromkeys(PARAMS, 0.0))
+    library = tmp_path / "cascade.yaml"
+    script("scripts/cascade_library.py", "--check", str(check), "--out", str(library))
+    settings = yaml.safe_load(library.read_text())
+    settings["routing"]["cascade"]["start_gate"] = str(write_gate(tmp_path / "gate.json", "coder"))
+    library.write_text(yaml.safe_dump(settings))
+    argv = ["--train", str(train), "--heldout", str(heldout), "--library", str(library)]
+    script("scripts/cascade_measure.py", *argv, "--out-dir", str(tmp_path / "data"))
+    on_train = json.loads((tmp_path / "data" / "cascade-check.json").read_text())["gated_on_train"]
+    assert on_train["gate_cv"]["items"] == 40 and on_train["gate_cv"]["auc"] == 1.0 and len(on_train["points"]) == 9
+    gated = json.loads((tmp_path / "data" / "cascade-vs-single.json").read_text())["gated_on_heldout"]
+    # a perfect check with the gate: coder's answer where coder is right (0.494 B), else large's (1.54 B)
+    expected = [(1.0, 0.494) if r["scores"]["coder"] else (r["scores"]["large"], 1.54) for r in held]
+    quality, params = (round(sum(pair[k] for pair in expected) / 10, 4) for k in (0, 1))
+    assert gated["oracle"]["cascade"] == {"quality": quality, "avg_params_b": params}
+    assert gated["oracle"]["skipped"] == sum(not r["scores"]["coder"] for r in held)

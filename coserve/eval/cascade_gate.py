@@ -34,15 +34,30 @@ from coserve.eval.cascade import (
 from coserve.router.check import FEATURES
 from coserve.router.gate import GATE_FEATURES, StartGate
 
-__all__ = ["fit_gate", "fit_rows", "gate_cv", "gated_points", "prompt_rows"]
+__all__ = ["confidence_of", "fit_gate", "fit_rows", "gate_cv", "gated_points", "predict_rows", "prompt_rows"]
+
+
+def confidence_of(row: Mapping[str, Any]) -> float | None:
+    """The router's confidence recorded in a row (else its top category probability; None: neither)."""
+    router = row.get("router") or {}
+    if "confidence" in router:
+        return float(router["confidence"])
+    probabilities = router.get("probabilities") or {}
+    return float(max(probabilities.values())) if probabilities else None
 
 
 def prompt_rows(rows: Sequence[Mapping[str, Any]], expert: str) -> list[Mapping[str, Any]]:
     """The rows a gate for ``expert`` learns from: a prompt, the router's confidence, its score."""
-    usable = [r for r in rows if r.get("prompt") and "confidence" in (r.get("router") or {}) and expert in r["scores"]]
+    usable = [r for r in rows if r.get("prompt") and confidence_of(r) is not None and expert in r["scores"]]
     if not usable:
         raise ConfigError(f"no row has a prompt, the router's confidence and a score of {expert!r} (--with-prompts)")
     return usable
+
+
+def predict_rows(gate: StartGate, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The gate's P(good) per item id of ``rows`` (each with a prompt and the router's confidence)."""
+    p = gate.predict_proba([str(r["prompt"]) for r in rows], [confidence_of(r) or 0.0 for r in rows])
+    return {str(r["id"]): float(v) for r, v in zip(rows, p, strict=True)}
 
 
 def fit_rows(
@@ -51,7 +66,7 @@ def fit_rows(
     """A gate for ``expert`` fitted on ``rows`` (each with a prompt, the router's confidence, its score)."""
     return StartGate(expert, C, good, features).fit(
         [str(r["prompt"]) for r in rows],
-        [float(r["router"]["confidence"]) for r in rows],
+        [confidence_of(r) or 0.0 for r in rows],
         [float(r["scores"][expert]) for r in rows],
     )
 
@@ -73,9 +88,7 @@ def gate_cv(
     for fold in folds:
         train = [r for r in usable if fold_of[str(r["id"])] != fold]
         held = [r for r in usable if fold_of[str(r["id"])] == fold]
-        gate = fit_rows(train, expert, good, C, features)
-        p = gate.predict_proba([str(r["prompt"]) for r in held], [float(r["router"]["confidence"]) for r in held])
-        oof.update({str(r["id"]): float(v) for r, v in zip(held, p, strict=True)})
+        oof.update(predict_rows(fit_rows(train, expert, good, C, features), held))
     y = np.array([float(r["scores"][expert]) >= good for r in usable], dtype=float)
     p = np.array([oof[str(r["id"])] for r in usable])
     base = float(y.mean())
