@@ -34,7 +34,9 @@ from coserve.engine.cascade import params_of
 from coserve.eval.cascade import StartRule, answers, cross_validate, item_folds, replay
 from coserve.eval.cascade_gate import fit_rows, gate_cv, predict_rows
 from coserve.outcomes.prompts import with_prompts
+from coserve.router.features import FEATURE_NAMES
 
+BASIC_GATE = (*FEATURE_NAMES, "confidence")  # the ablation: the router's cheap features alone, no markers
 LIMITS = (0.1, 0.2, 0.25, 0.3, 0.321, 0.35, 0.4, 0.5, 0.6)  # gate limits swept (0.321: 0.494 / 1.54)
 Point = dict[str, float]
 
@@ -62,9 +64,9 @@ def columns(
     plan: Mapping[str, Any],
     probability: Mapping[tuple[str, str], float],
     gate_p: Mapping[str, float],
-    transfer_p: Mapping[str, float],
+    others: Mapping[str, Mapping[str, float]],
 ) -> dict[str, Any]:
-    """Every column of the study on ``rows`` (one suite, or all)."""
+    """Every column of the study on ``rows`` (one suite, or all); ``others``: more gates by column name."""
     starts, threshold, steps = plan["starts"], plan["threshold"], plan["max_steps"]
     expert = starts["code"]
     perfect = {(str(r["id"]), e): 1.0 if float(s) >= 0.5 else 0.0 for r in rows for e, s in r["scores"].items()}
@@ -86,7 +88,7 @@ def columns(
         "cascade": run(probability, None),
         "gated": run(probability, StartRule(expert, gate_p)),
         "gated_limits": {str(t): run(probability, StartRule(expert, gate_p, t)) for t in LIMITS},
-        "gated_transfer": run(probability, StartRule(expert, transfer_p)),
+        **{name: run(probability, StartRule(expert, p)) for name, p in others.items()},
         "perfect_check": run(perfect, None),
         "perfect_check_gated": run(perfect, StartRule(expert, gate_p)),
         "perfect_gate": run(probability, StartRule(expert, right, 0.5)),
@@ -126,22 +128,28 @@ def one_seed(
             else None,
         }
     result = {"seed": seed, "check_cv": check_cv, "gate_cv": gate_figures, "gate_within_suite": within}
-    result["pooled"] = columns(rows, library, plan, probability, gate_p, transfer_p)
+    basic_p, basic_figures = gate_cv(rows, expert, fold_of, features=BASIC_GATE)
+    result["gate_cv_basic_features"] = basic_figures
+    others = {"gated_basic_features": basic_p, "gated_transfer": transfer_p}
+    result["pooled"] = columns(rows, library, plan, probability, gate_p, others)
     for suite in suites:
         group = [r for r in rows if suite_of(r) == suite]
-        result[suite] = columns(group, library, plan, probability, gate_p, transfer_p)
+        result[suite] = columns(group, library, plan, probability, gate_p, others)
     return result
 
 
 def mean_over_seeds(runs: list[dict[str, Any]], part: str) -> dict[str, Point]:
-    """Each column's quality and parameters averaged over the seeds (single choice does not vary)."""
+    """Each column's quality and parameters averaged over the seeds (single choice does not vary), and
+    against single choice: the quality difference in points and the share of its parameters."""
     names = [k for k, v in runs[0][part].items() if isinstance(v, dict) and "quality" in v]
-    return {
-        name: {
-            key: round(float(np.mean([run[part][name][key] for run in runs])), 4) for key in ("quality", "avg_params_b")
-        }
-        for name in names
-    }
+    out: dict[str, Point] = {}
+    single = runs[0][part]["single"]
+    for name in names:
+        point = {k: round(float(np.mean([run[part][name][k] for run in runs])), 4) for k in ("quality", "avg_params_b")}
+        point["points_vs_single"] = round(100 * (point["quality"] - single["quality"]), 2)
+        point["params_vs_single"] = round(point["avg_params_b"] / single["avg_params_b"], 4)
+        out[name] = point
+    return out
 
 
 def main() -> None:
@@ -161,6 +169,16 @@ def main() -> None:
     runs = [one_seed(rows, library, plan, int(s), args.folds) for s in args.seeds.split(",")]
     parts = ["pooled", *sorted({suite_of(r) for r in rows})]
     summary = {part: mean_over_seeds(runs, part) for part in parts}
+    limits = {  # the gate's limit swept: quality and parameters, mean over seeds
+        part: {
+            t: {
+                k: round(float(np.mean([run[part]["gated_limits"][t][k] for run in runs])), 4)
+                for k in ("quality", "avg_params_b")
+            }
+            for t in runs[0][part]["gated_limits"]
+        }
+        for part in parts
+    }
     full_gate = fit_rows(rows, gate_expert, 0.5, 1.0, runs[0]["gate_cv"]["features"])
     payload = {
         "note": args.note,
@@ -171,16 +189,24 @@ def main() -> None:
         "plan": {k: plan[k] for k in ("starts", "threshold", "max_steps")},
         "gate_limit": "params(start) / params(next rung) = 0.494 / 1.54 = 0.3208, unless a limit is named",
         "mean_over_seeds": summary,
+        "gate_limits_mean_over_seeds": limits,
         "runs": runs,
         "gate_fitted_on_all_rows": full_gate.state(),
     }
     for part in parts:
         print(f"== {part} ({payload['items'][part]} items; mean over {len(runs)} seeds)")
         for name, point in summary[part].items():
-            print(f"  {name:<28} quality {point['quality']:.3f}  params {point['avg_params_b']:.3f} B")
+            print(
+                f"  {name:<28} quality {point['quality']:.3f}  params {point['avg_params_b']:.3f} B"
+                f"  ({point['points_vs_single']:+.1f} points, {100 * point['params_vs_single']:.0f}% of single)"
+            )
+    for part in parts:
+        swept = "  ".join(f"{t}: {v['quality']:.3f}/{v['avg_params_b']:.3f}" for t, v in limits[part].items())
+        print(f"limits {part}: {swept}")
     print("gate CV (seed 0):", runs[0]["gate_cv"]["auc"], runs[0]["gate_within_suite"])
+    print("gate CV, basic features (seed 0):", runs[0]["gate_cv_basic_features"]["auc"])
     if args.out:
-        write_data(Path(args.out), payload, [Path(sys.argv[0]).name, *sys.argv[1:]])
+        write_data(Path(args.out), payload, [".venv/bin/python", "scripts/cascade_gate_study.py", *sys.argv[1:]])
         print(f"-> {args.out}")
 
 

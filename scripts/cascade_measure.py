@@ -118,7 +118,7 @@ def gated_on_heldout(held: list[dict[str, Any]], library: LibraryConfig, cascade
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", required=True)
+    parser.add_argument("--train", required=True, action="append", help="the check's rows (repeatable; an id once)")
     parser.add_argument("--heldout", help="the held-out run (--routed); without it, only NAME-check.json")
     parser.add_argument("--library", required=True, help="the cascade library the held-out run used")
     parser.add_argument("--note", default="", help="how the runs were made (machine load, interruptions)")
@@ -133,7 +133,7 @@ def main() -> None:
     library = load_served_library(args.library)
     cascade = Cascade.from_library(library)
     assert cascade is not None, "the library must be in cascade mode"
-    rows = read_signal_rows([args.train])
+    rows = read_signal_rows(args.train)
     experts = sorted({e for row in rows for e in row["signals"]})
     check, figures, _, _ = train_check(rows, experts)
     basic_check, basic_figures, _, _ = train_check(rows, experts, features=BASIC_FEATURES)

@@ -24,7 +24,7 @@ from coserve.cli import main
 from coserve.config import load_library
 from coserve.engine.engine import Engine
 from coserve.errors import ConfigError
-from coserve.eval.cascade import StartRule, replay
+from coserve.eval.cascade import StartRule, read_signal_rows, replay
 from coserve.outcomes.prompts import with_prompts
 from coserve.router.features import FEATURE_NAMES, prompt_features
 from coserve.router.gate import GATE_FEATURES, StartGate, gate_features, load_gate
@@ -303,10 +303,9 @@ def test_cascade_measure_replays_the_librarys_gate(tmp_path: Path) -> None:
     heldout.write_text("".join(json.dumps(r) + "\n" for r in held))
     check = write_check(tmp_path / "check.json", dict.fromkeys(PARAMS, 0.0))
     library = tmp_path / "cascade.yaml"
-    script("scripts/cascade_library.py", "--check", str(check), "--out", str(library))
-    settings = yaml.safe_load(library.read_text())
-    settings["routing"]["cascade"]["start_gate"] = str(write_gate(tmp_path / "gate.json", "coder"))
-    library.write_text(yaml.safe_dump(settings))
+    gate = str(write_gate(tmp_path / "gate.json", "coder"))
+    script("scripts/cascade_library.py", "--check", str(check), "--start-gate", gate, "--out", str(library))
+    assert yaml.safe_load(library.read_text())["routing"]["cascade"]["start_gate"] == gate
     argv = ["--train", str(train), "--heldout", str(heldout), "--library", str(library)]
     script("scripts/cascade_measure.py", *argv, "--out-dir", str(tmp_path / "data"))
     on_train = json.loads((tmp_path / "data" / "cascade-check.json").read_text())["gated_on_train"]
@@ -317,3 +316,12 @@ def test_cascade_measure_replays_the_librarys_gate(tmp_path: Path) -> None:
     quality, params = (round(sum(pair[k] for pair in expected) / 10, 4) for k in (0, 1))
     assert gated["oracle"]["cascade"] == {"quality": quality, "avg_params_b": params}
     assert gated["oracle"]["skipped"] == sum(not r["scores"]["coder"] for r in held)
+
+
+def test_an_item_in_two_files_counts_once(tmp_path: Path) -> None:
+    first, second = routed_rows()
+    again = {**first, "scores": {"small": 1.0, "coder": 1.0, "big": 1.0}}  # a later run of item r0
+    (tmp_path / "a.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps(again) + "\n")
+    read = read_signal_rows([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])
+    assert [(r["id"], r["scores"]["small"]) for r in read] == [("r1", 0.0), ("r0", 1.0)]

@@ -79,8 +79,9 @@ class Answer:
 
 
 def read_signal_rows(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """The rows of outcome files that carry ``signals`` (rows of older files are left out)."""
-    rows: list[dict[str, Any]] = []
+    """The rows of outcome files that carry ``signals`` (rows of older files are left out). An item id
+    in several files counts once: the row of the file named last (a later run of the same item)."""
+    rows: dict[str, dict[str, Any]] = {}
     for path in paths:
         try:
             parsed = read_rows(Path(path))
@@ -90,10 +91,11 @@ def read_signal_rows(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             if isinstance(row, str):
                 raise ConfigError(f"{path}:{number}: {row}")
             if isinstance(row, dict) and row.get("signals"):
-                rows.append(row)
+                rows.pop(str(row.get("id")), None)  # a later file's row replaces it, in the later file's place
+                rows[str(row.get("id"))] = row
     if not rows:
         raise ConfigError(f"no row with signals in {', '.join(map(str, paths))}: write them with coserve outcomes")
-    return rows
+    return list(rows.values())
 
 
 def _signals(raw: Mapping[str, Any]) -> Signals:
