@@ -110,8 +110,8 @@ def one_seed(
     probability = {(a.item, a.expert): float(p) for a, p in zip(data, oof, strict=True)}
     gate_p, gate_figures = gate_cv(rows, expert, fold_of)
     suites = sorted({suite_of(r) for r in rows})
-    transfer_p: dict[str, float] = {}  # the gate fitted on the other suites only
-    for suite in suites:
+    transfer_p: dict[str, float] = {}  # the gate fitted on the other suites only (none with one suite)
+    for suite in suites if len(suites) > 1 else ():
         gate = fit_rows([r for r in rows if suite_of(r) != suite], expert, 0.5, 1.0, gate_figures["features"])
         transfer_p.update(predict_rows(gate, [r for r in rows if suite_of(r) == suite]))
     within: dict[str, Any] = {}
@@ -124,13 +124,13 @@ def one_seed(
             if 0 < sum(y) < len(y)
             else None,
             "auc_transfer": round(float(roc_auc_score(y, [transfer_p[str(r["id"])] for r in group])), 4)
-            if 0 < sum(y) < len(y)
+            if 0 < sum(y) < len(y) and transfer_p
             else None,
         }
     result = {"seed": seed, "check_cv": check_cv, "gate_cv": gate_figures, "gate_within_suite": within}
     basic_p, basic_figures = gate_cv(rows, expert, fold_of, features=BASIC_GATE)
     result["gate_cv_basic_features"] = basic_figures
-    others = {"gated_basic_features": basic_p, "gated_transfer": transfer_p}
+    others = {"gated_basic_features": basic_p, **({"gated_transfer": transfer_p} if transfer_p else {})}
     result["pooled"] = columns(rows, library, plan, probability, gate_p, others)
     for suite in suites:
         group = [r for r in rows if suite_of(r) == suite]

@@ -325,3 +325,28 @@ def test_an_item_in_two_files_counts_once(tmp_path: Path) -> None:
     (tmp_path / "b.jsonl").write_text(json.dumps(again) + "\n")
     read = read_signal_rows([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])
     assert [(r["id"], r["scores"]["small"]) for r in read] == [("r1", 0.0), ("r0", 1.0)]
+
+
+def test_the_gate_study_script(tmp_path: Path) -> None:
+    """scripts/cascade_gate_study.py on 30 synthetic code rows (the default library sends code to
+    large; the plan starts code at coder). Hand-derived: single choice is large alone; a perfect gate
+    with a perfect check answers with coder where coder is right, else with large (one step each)."""
+    sample = synthetic_rows(30, 2, routed=False)
+    for i, row in enumerate(sample):
+        row["id"] = f"humaneval-{i}"
+        row["router"]["probabilities"] = {"code": 0.9, "knowledge": 0.04, "math": 0.03, "writing": 0.02, "chat": 0.01}
+        row["prompt"] = f"write f{i}" + ("" if row["scores"]["coder"] else "\nConstraints: n <= 9")
+    data, plan = tmp_path / "rows.jsonl", tmp_path / "plan.json"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sample))
+    plan.write_text(json.dumps({"starts": {"code": "coder"}, "threshold": 0.5, "max_steps": 3}))
+    out = tmp_path / "study.json"
+    script("scripts/cascade_gate_study.py", "--data", str(data), "--plan", str(plan), "--seeds", "0", "--folds", "3",
+           "--out", str(out))  # fmt: skip
+    study = json.loads(out.read_text())
+    pooled = study["mean_over_seeds"]["pooled"]
+    large = sum(r["scores"]["large"] for r in sample) / 30
+    assert pooled["single"]["quality"] == round(large, 4) and pooled["single"]["avg_params_b"] == 1.54
+    both = [(1.0, 0.494) if r["scores"]["coder"] else (r["scores"]["large"], 1.54) for r in sample]
+    assert pooled["perfect_gate_perfect_check"]["quality"] == round(sum(q for q, _ in both) / 30, 4)
+    assert pooled["perfect_gate_perfect_check"]["avg_params_b"] == round(sum(b for _, b in both) / 30, 4)
+    assert study["items"] == {"pooled": 30, "humaneval": 30} and "commit" in study["provenance"]
