@@ -10,7 +10,7 @@ coserve.engine.cascade).
                 digits, code and maths markers, doctests), the number of examples the prompt gives
                 (coserve.router.examples), difficulty markers (a constraints section, the largest
                 number written, a modulus such as 10^9 + 7, words of algorithmic problems), and the
-                router's confidence; microseconds per prompt, no model
+                router's confidence; regular expressions and a parse of the examples, no model
     model    -> ``StartGate``: a logistic regression on those features for one expert (the rung it
                 gates), label "that expert's score >= ``good``" (estimator contract), stored as one
                 JSON file (features, weights, scaling; no pickle)
