@@ -350,3 +350,17 @@ def test_the_gate_study_script(tmp_path: Path) -> None:
     assert pooled["perfect_gate_perfect_check"]["quality"] == round(sum(q for q, _ in both) / 30, 4)
     assert pooled["perfect_gate_perfect_check"]["avg_params_b"] == round(sum(b for _, b in both) / 30, 4)
     assert study["items"] == {"pooled": 30, "humaneval": 30} and "commit" in study["provenance"]
+
+
+def test_compare_does_not_count_a_skipped_start(tmp_path: Path) -> None:
+    from coserve.outcomes.compare import compare_routed
+
+    chat, code = routed_rows()
+    code["routed_steps"] = [{"expert": "small", "outcome": "skipped"}, {"expert": "coder", "outcome": "accepted"}]
+    data = tmp_path / "heldout.jsonl"
+    data.write_text(json.dumps(chat) + "\n" + json.dumps(code) + "\n")
+    result = compare_routed(
+        data, {"small": 0.1, "coder": 0.5, "big": 1.5}, single=load_library(write_library(tmp_path))
+    )
+    assert result["columns"]["routed"]["avg_params_b"] == round((0.1 + 0.5) / 2, 4)  # small was never asked
+    assert result["cascade_steps"] == {1: 2}
