@@ -104,7 +104,7 @@ def compare_routed(
     result["category_items"] = {c: sum(1 for r in paired if r["category"] == c) for c in categories}
     result["routed_to"] = dict(Counter(r["routed_expert"] for r in paired).most_common())
     if any(r.get("routed_steps") for r in paired):
-        result["cascade_steps"] = dict(Counter(len(_asked(r) or [1]) for r in paired).most_common())
+        result["cascade_steps"] = dict(Counter(max(len(_asked(r)), 1) for r in paired).most_common())
     return result
 
 
