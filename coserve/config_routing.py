@@ -38,6 +38,17 @@ class CascadeSettings(BaseModel):
     guard_window: int = Field(0, ge=0)
     guard_probe: int = Field(10, ge=1)
     guard_max_escalation: float | None = Field(None, gt=0, le=1)
+    # Start gate (coserve.router.gate; ``coserve train-check --gate``): P(the start expert's answer is
+    # good | prompt), before generating; below ``start_gate_threshold`` (None: break-even, params of
+    # the start / params of the next rung) the cascade skips the start and asks the next rung first.
+    start_gate: str | None = None  # the gate file (JSON), relative to the library file; None: off
+    start_gate_threshold: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _gate_threshold_needs_a_gate(self) -> CascadeSettings:
+        if self.start_gate_threshold is not None and self.start_gate is None:
+            raise ValueError("start_gate_threshold is set but start_gate (the gate file) is not")
+        return self
 
 
 class RoutingSettings(BaseModel):

@@ -2,7 +2,7 @@
 
     python scripts/cascade_library.py --check CHECK.json --budget 0.4 --threshold 0.5 --out /tmp/cascade.yaml
     python scripts/cascade_library.py --check CHECK.json --plan TRAIN.jsonl [--plan ...] --threshold 0.5 \\
-        --run-examples --plan-out docs/data/NAME-plan.json --out /tmp/cascade.yaml
+        --run-examples --plan-out docs/data/NAME-plan.json [--start-gate GATE.json] --out /tmp/cascade.yaml
 
 The experts, categories and measured outcomes are the default library's (its files named by
 absolute path). Without ``--plan``: the map is solved at ``--budget`` (average active parameters
@@ -12,7 +12,8 @@ ones): the default map and fallback stay as shipped (single choice), and the cas
 the categories where, replayed on those rows with the check's out-of-fold probabilities, a start
 cheaper than single choice's expert is at least as good at fewer parameters
 (coserve.eval.cascade_plan; ``routing.cascade.categories``). ``routing.mode: cascade`` asks
-``--check``. Used to measure cascade against single-choice routing (docs/outcomes.md).
+``--check``; ``--start-gate`` adds the start gate (coserve train-check --gate). Used to measure
+cascade against single-choice routing (docs/outcomes.md).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--plan", action="append", help="the check's training rows: decide where the cascade runs")
     parser.add_argument("--plan-out", help="with --plan: write the decision's figures here (provenance)")
     parser.add_argument("--min-skill", type=float, default=0.2, help="with --plan: a start's least mean score")
+    parser.add_argument("--start-gate", help="routing.cascade.start_gate: a gate file (coserve train-check --gate)")
+    parser.add_argument("--start-gate-threshold", type=float, help="routing.cascade.start_gate_threshold")
     args = parser.parse_args()
     library = yaml.safe_load((DATA / "default.yaml").read_text())
     library["categories"] = str(DATA / library["categories"])
@@ -76,6 +79,10 @@ def main() -> None:
     }
     if args.run_examples:
         cascade["run_examples"] = True
+    if args.start_gate:
+        cascade["start_gate"] = str(Path(args.start_gate).resolve())
+    if args.start_gate_threshold is not None:
+        cascade["start_gate_threshold"] = args.start_gate_threshold
     if not args.plan:
         router["budget"] = {"avg_params_b": args.budget}
         router["fallback"]["expert"] = args.fallback

@@ -10,7 +10,8 @@ docs/data/NAME-check.json (the check's grouped-CV figures, with every signal and
 ones only; the cascade replayed on TRAIN with out-of-fold probabilities; the check itself) and
 docs/data/NAME-vs-single.json (the held-out comparison: each expert, the live cascade, the default
 library's single choice, and the cascade replayed at a range of thresholds with the check fitted on
-TRAIN, with every signal and with the basic ones), both with provenance and with the bound of a
+TRAIN, with every signal and with the basic ones; with the library's ``start_gate``, the cascade
+with the gate too, on TRAIN out of fold and on HELDOUT), both with provenance and with the bound of a
 perfect check (an answer accepted exactly when it is right). NAME: ``--name``, default "cascade".
 """
 
@@ -28,6 +29,7 @@ from coserve.config import LibraryConfig
 from coserve.engine.cascade import Cascade, params_of
 from coserve.eval.cascade import (
     THRESHOLDS,
+    StartRule,
     answers,
     cascade_points,
     check_points,
@@ -36,7 +38,9 @@ from coserve.eval.cascade import (
     replay,
     train_check,
 )
+from coserve.eval.cascade_gate import gated_points, predict_rows
 from coserve.outcomes.compare import compare_routed
+from coserve.outcomes.prompts import with_prompts
 from coserve.router.check import BASIC_FEATURES, VERIFIER_FEATURES
 from coserve.router.policy import decide
 
@@ -94,9 +98,27 @@ def mix_with_single(
     }
 
 
+def gated_on_heldout(held: list[dict[str, Any]], library: LibraryConfig, cascade: Cascade) -> dict[str, Any]:
+    """The library's cascade with its start gate (fitted on TRAIN, as the library ships it) replayed on
+    the held-out rows at each threshold, and a perfect check with the same gate. Prompts missing from
+    the rows are rebuilt from their suites in memory (coserve.outcomes.prompts)."""
+    assert cascade.gate is not None
+    rows = with_prompts(held)
+    rule = StartRule(cascade.gate.expert, predict_rows(cascade.gate, rows), cascade.settings.start_gate_threshold)
+    data = answers(rows)
+    checked = cascade.check.predict_proba([a.signals for a in data], [a.expert for a in data])
+    probability = {(a.item, a.expert): float(v) for a, v in zip(data, checked, strict=True)}
+    steps = cascade.settings.max_steps
+    perfect = {(str(r["id"]), e): 1.0 if float(s) >= 0.5 else 0.0 for r in rows for e, s in r["scores"].items()}
+    return {
+        "points": [replay(rows, library, probability, t, steps, gate=rule) for t in THRESHOLDS],
+        "oracle": replay(rows, library, perfect, 0.5, steps, gate=rule),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", required=True)
+    parser.add_argument("--train", required=True, action="append", help="the check's rows (repeatable; an id once)")
     parser.add_argument("--heldout", help="the held-out run (--routed); without it, only NAME-check.json")
     parser.add_argument("--library", required=True, help="the cascade library the held-out run used")
     parser.add_argument("--note", default="", help="how the runs were made (machine load, interruptions)")
@@ -111,7 +133,7 @@ def main() -> None:
     library = load_served_library(args.library)
     cascade = Cascade.from_library(library)
     assert cascade is not None, "the library must be in cascade mode"
-    rows = read_signal_rows([args.train])
+    rows = read_signal_rows(args.train)
     experts = sorted({e for row in rows for e in row["signals"]})
     check, figures, _, _ = train_check(rows, experts)
     basic_check, basic_figures, _, _ = train_check(rows, experts, features=BASIC_FEATURES)
@@ -150,6 +172,20 @@ def main() -> None:
             # FrugalGPT's plain cascade, no router: general, coder, large in turn
             "plain_cascade_on_train": cascade_points(rows, None, params_b=params_of(default))["points"],
             "check": check.state(),
+            # with the library's start gate (routing.cascade.start_gate): check and gate out of fold
+            **(
+                {
+                    "gated_on_train": gated_points(
+                        with_prompts(rows),
+                        library,
+                        cascade.gate.expert,
+                        cascade.settings.start_gate_threshold,
+                        max_steps=steps,
+                    )
+                }
+                if cascade.gate is not None
+                else {}
+            ),
         },
         command,
     )
@@ -179,6 +215,8 @@ def main() -> None:
         "oracle_on_heldout": oracle_point(held, library, steps),  # a perfect check: the most a check could give
         "default_oracle_on_heldout": oracle_point(held, default, steps),
     }
+    if cascade.gate is not None:
+        payload["gated_on_heldout"] = gated_on_heldout(held, library, cascade)
     if args.mix_single:
         payload["mix"] = mix_with_single(comparison, args.mix_single, library, default)
     write_data(Path(args.out_dir) / f"{args.name}-vs-single.json", payload, command)

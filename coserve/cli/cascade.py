@@ -1,5 +1,6 @@
 """``coserve train-check``: fit a cascade's answer check on outcome files that record signals, judge it
-by grouped cross-validation and, given a library, replay its cascade at a range of thresholds."""
+by grouped cross-validation and, given a library, replay its cascade at a range of thresholds; with
+``--gate``, fit the cascade's start gate on the rows' prompts too (coserve.router.gate)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ __all__ = ["add_train_check_parser", "cmd_train_check", "format_points"]
 
 
 def cmd_train_check(args: argparse.Namespace) -> int:
+    from coserve.errors import ConfigError
     from coserve.eval.cascade import cascade_points, oracle_point, read_signal_rows, train_check
     from coserve.router.check import FEATURES
 
+    if args.gate and not args.gate_expert:
+        raise ConfigError("--gate needs --gate-expert: the expert the cascade starts from (e.g. coder)")
     rows = read_signal_rows(args.data)
     experts = sorted({e for row in rows for e in row["signals"]})
     features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else FEATURES
@@ -34,7 +38,33 @@ def cmd_train_check(args: argparse.Namespace) -> int:
         print(f"{'oracle':>9} {o['quality']:>10.3f} {o['avg_params_b']:>9.3f}  (a perfect check) {oracle['steps']}")
     check.save(args.out, **extra)
     print(f"check: {args.out}")
+    if args.gate:
+        train_gate(args, rows)
     return 0
+
+
+def train_gate(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """``--gate``: the start gate of ``--gate-expert`` fitted on the rows' prompts, its grouped-CV
+    figures, and with ``--library`` the cascade replayed with it (check and gate out of fold)."""
+    from coserve.eval.cascade_gate import fit_gate, gated_points
+    from coserve.outcomes.prompts import with_prompts
+
+    if args.suite_prompts:
+        rows = with_prompts(rows)  # in memory only: nothing is written back
+    gate, figures = fit_gate(rows, args.gate_expert, args.folds, args.seed, args.good)
+    extra: dict[str, Any] = {"cv": figures, "data": [str(p) for p in args.data]}
+    print(
+        f"coserve: start gate for {args.gate_expert} on {figures['items']} prompts ({args.folds} grouped folds): "
+        f"AUC {figures['auc']}, Brier {figures['brier']} (base rate {figures['brier_base_rate']})"
+    )
+    if args.library:
+        library = load_served_library(args.library)
+        gated = gated_points(rows, library, args.gate_expert, None, args.folds, args.seed, args.max_steps, args.good)
+        extra["replay"] = {"library": args.library, "out_of_fold": True, **gated}
+        print("with the start gate (break-even limit):")
+        print(format_points(gated["points"]))
+    gate.save(args.gate, **extra)
+    print(f"start gate: {args.gate}")
 
 
 def format_points(points: list[dict[str, Any]]) -> str:
@@ -60,6 +90,11 @@ def add_train_check_parser(sub: Subcommands) -> None:
         "--features",
         help="comma-separated signals the check reads (default: all; the five log-probability, length, "
         "finish and confidence ones: mean_logprob,min_logprob,log1p_tokens,finish_length,confidence)",
+    )
+    p.add_argument("--gate", help="also fit a start gate on the rows' prompts and write it here (JSON)")
+    p.add_argument("--gate-expert", help="with --gate: the expert whose answers it predicts (the cascade's start)")
+    p.add_argument(
+        "--suite-prompts", action="store_true", help="with --gate: rebuild rows' missing prompts from their suites"
     )
     add_library_arg(p)
     p.add_argument("--max-steps", type=int, default=3, help="replay: experts asked at most per request")

@@ -111,7 +111,28 @@ def _cascade(args: argparse.Namespace) -> dict[str, Any] | None:
     print(format_points(points["points"]))
     best = oracle["cascade"]
     print(f"a perfect check: quality {best['quality']:.3f} at {best['avg_params_b']:.3f} B")
-    return {"ladder": ladder, **points, "oracle": oracle}
+    result = {"ladder": ladder, **points, "oracle": oracle}
+    gated = _gated(rows, library, args) if library is not None else None
+    if gated is not None:
+        result["gated"] = gated
+    return result
+
+
+def _gated(rows: list[dict[str, Any]], library: Any, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Cascade points with the library's start gate (``routing.cascade.start_gate``), the gate refitted
+    out of fold on the rows' prompts; None when the library has no gate or a row has no prompt."""
+    from coserve.cli.cascade import format_points
+    from coserve.engine.cascade import Cascade
+    from coserve.eval.cascade_gate import gated_points
+
+    cascade = Cascade.from_library(library)
+    if cascade is None or cascade.gate is None or not all(row.get("prompt") for row in rows):
+        return None
+    limit = cascade.settings.start_gate_threshold
+    gated = gated_points(rows, library, cascade.gate.expert, limit, args.folds, args.seed, good=cascade.gate.good)
+    print(f"with the start gate ({cascade.gate.expert}; gate out of fold, AUC {gated['gate_cv']['auc']}):")
+    print(format_points(gated["points"]))
+    return gated
 
 
 def _fmt(value: float | None) -> str:

@@ -32,9 +32,11 @@ class Step:
 
     expert: str  # the expert that answered this step
     probability: float | None  # the answer check's P(good answer); None when the answer was not checked
-    outcome: str  # "accepted" (returned) | "escalated" (the next expert was asked) | "failed" (no answer)
+    # "accepted" (returned) | "escalated" (the next expert was asked) | "failed" (no answer)
+    # | "skipped" (never asked: the start gate sent the request to the next rung; probability: the gate's)
+    outcome: str
     # "check" | "max_steps" | "no_stronger_expert" | "router_confidence" | "unchecked_stream" | "expert_failed"
-    # | "guard" (the cascade guard held the category: single choice)
+    # | "guard" (the cascade guard held the category: single choice) | "start_gate"
     reason: str
     tokens: int | None = None  # completion tokens it generated (None: not known when recorded, a stream)
 

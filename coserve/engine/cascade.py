@@ -7,6 +7,10 @@ returns its answer or asks the next, stronger expert of the Decision's order.
                  ``categories`` set, only the listed categories cascade, each from its own start
                  expert (cheaper than single choice's; it must be within the request's
                  constraints); any other request answers by single choice, one step, unchecked
+    gate      -> with ``start_gate``: before anything is generated, the gate's P(the start expert's
+                 answer is good | prompt) (coserve.router.gate); below the limit (``start_gate_
+                 threshold``, else break-even params(start) / params(next rung)) the start is
+                 skipped (a "skipped" step, reason ``start_gate``) and the next rung answers first
     complete  -> each step is the whole answer of one expert (asked with log-probabilities, which
                  the check needs; the client gets them only if it asked), checked: P(good) >=
                  ``threshold`` returns it; otherwise the next rung answers, until ``max_steps``
@@ -16,7 +20,7 @@ returns its answer or asks the next, stronger expert of the Decision's order.
     stream    -> with ``buffer_streams``: complete, then stream the accepted answer; without it,
                  no answer can be checked before its tokens are sent, so the only escalation is
                  before the first token, when the router's confidence is below
-                 ``stream_min_confidence``
+                 ``stream_min_confidence`` or the start gate skips the start
 
 Every step is recorded on the call (``Call.steps``): the response's ``coserve`` field and the
 decision log show them. The first step falls back like a single choice when its expert fails (the
@@ -39,6 +43,7 @@ from coserve.engine.call import Call, Step
 from coserve.engine.cascade_guard import EscalationGuard
 from coserve.errors import ConfigError, CoserveError
 from coserve.router.check import AnswerCheck, load_check, signals_of
+from coserve.router.gate import StartGate, load_gate, start_limit
 from coserve.types import Chunk, Completion, Decision, Usage
 
 __all__ = ["Cascade", "cascade_rungs", "ladder", "next_rung", "params_of"]
@@ -90,9 +95,10 @@ def params_of(library: LibraryConfig) -> dict[str, float]:
 class Cascade:
     """The cascade of one library: its settings and its answer check."""
 
-    def __init__(self, settings: CascadeSettings, check: AnswerCheck):
+    def __init__(self, settings: CascadeSettings, check: AnswerCheck, gate: StartGate | None = None):
         self.settings = settings
         self.check = check
+        self.gate = gate  # routing.cascade.start_gate (None: every cascade asks its start expert)
         self.guard = EscalationGuard(settings.guard_window, settings.guard_probe, settings.guard_max_escalation)
 
     @classmethod
@@ -109,7 +115,23 @@ class Cascade:
                 "routing.cascade.run_examples: true (runs model code on this host, docs/library.md) or "
                 "train it with --features leaving out examples_passed,examples_failed"
             )
-        return cls(settings, check)
+        gate = load_gate(base / settings.start_gate) if settings.start_gate else None
+        if gate is not None and gate.expert not in params_of(library):
+            raise ConfigError(
+                f"{settings.start_gate}: the start gate is for expert {gate.expert!r}, not an expert of this library"
+            )
+        return cls(settings, check, gate)
+
+    def skips_start(self, call: Call, rungs: list[str], params: Mapping[str, float]) -> Step | None:
+        """The "skipped" step when the start gate sends ``call`` past its first rung (None: it does not)."""
+        if self.gate is None or len(rungs) < 2 or rungs[0] != self.gate.expert:
+            return None
+        assert call.decision is not None
+        prompt = next((m.content for m in reversed(call.request.messages) if m.role == "user"), "")
+        probability = self.gate.probability(prompt, call.decision.confidence)
+        limit = self.settings.start_gate_threshold
+        limit = start_limit(params[rungs[0]], params[rungs[1]]) if limit is None else limit
+        return Step(rungs[0], probability, "skipped", "start_gate", None) if probability < limit else None
 
     @staticmethod
     def _step_call(call: Call, expert: str, library: LibraryConfig, first: bool) -> Call:
@@ -144,6 +166,10 @@ class Cascade:
             single = await engine.complete_one(call)  # too many escalations lately: single choice
             call.steps.append(Step(str(call.expert), None, "accepted", "guard", single.usage.completion_tokens))
             return single
+        skipped = self.skips_start(call, rungs, params)
+        if skipped is not None:  # the gate: the prompt looks too hard for the start expert
+            call.steps.append(skipped)
+            rungs = rungs[1:]
         expert = rungs[0]
         completion: Completion | None = None
         while True:
@@ -167,13 +193,13 @@ class Cascade:
             if probability >= self.settings.threshold:
                 call.steps.append(Step(answered, probability, "accepted", "check", tokens))
                 break
-            if rung is None or len(call.steps) + 1 >= self.settings.max_steps:
+            if rung is None or sum(s.outcome != "skipped" for s in call.steps) + 1 >= self.settings.max_steps:
                 reason = "no_stronger_expert" if rung is None else "max_steps"
                 call.steps.append(Step(answered, probability, "accepted", reason, tokens))
                 break
             call.steps.append(Step(answered, probability, "escalated", "check", tokens))
             expert = rung
-        if len(rungs) > 1:
+        if len(rungs) > 1 and skipped is None:  # a skipped start is not a cascade the guard counts
             self.guard.record(category, any(step.outcome == "escalated" for step in call.steps))
         if not call.request.sampling.logprobs:
             completion = dataclasses.replace(completion, logprobs=())
@@ -185,10 +211,13 @@ class Cascade:
         if self.settings.buffer_streams:
             completion = await self.complete(engine, call)
             return _replay(completion)
-        rungs = ladder(call.decision, params_of(engine.library))
+        params = params_of(engine.library)
+        rungs = ladder(call.decision, params)
         single = self.settings.categories is not None  # per-category starts: an unchecked stream is single choice
-        if not single and call.decision.confidence < self.settings.stream_min_confidence and len(rungs) > 1:
-            call.steps.append(Step(rungs[0], None, "escalated", "router_confidence"))
+        skipped = None if single else self.skips_start(call, rungs, params)
+        unsure = call.decision.confidence < self.settings.stream_min_confidence
+        if not single and (skipped is not None or unsure) and len(rungs) > 1:
+            call.steps.append(skipped or Step(rungs[0], None, "escalated", "router_confidence"))
             order = (call.decision.expert, *call.decision.alternatives)
             call.decision = dataclasses.replace(
                 call.decision, expert=rungs[1], alternatives=tuple(n for n in order if n != rungs[1])

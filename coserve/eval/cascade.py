@@ -29,15 +29,19 @@ from coserve.engine.cascade import cascade_rungs, params_of
 from coserve.errors import ConfigError
 from coserve.jsonl import read_rows
 from coserve.router.check import FEATURES, VERIFIER_FEATURES, AnswerCheck, Signals
+from coserve.router.gate import start_limit
 from coserve.router.policy import decide
 from coserve.types import Decision
 
 __all__ = [
     "THRESHOLDS",
     "Answer",
+    "StartRule",
     "answers",
+    "calibration_error",
     "cascade_points",
     "cross_validate",
+    "item_folds",
     "oracle_point",
     "read_signal_rows",
     "replay",
@@ -45,6 +49,23 @@ __all__ = [
 ]
 
 THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.01)  # 0: never escalate; 1.01: always climb
+
+
+@dataclass(frozen=True)
+class StartRule:
+    """A start gate in a replay: P(``expert``'s answer is good) per item, and the limit below which
+    the first rung is skipped (None: break-even, params(first rung) / params(second))."""
+
+    expert: str
+    probability: Mapping[str, float]  # item id -> P(good), out of fold on training rows
+    threshold: float | None = None
+
+    def skips(self, item: str, rungs: Sequence[str], params_b: Mapping[str, float]) -> bool:
+        """Whether the ladder ``rungs`` of ``item`` starts at the second rung."""
+        if len(rungs) < 2 or rungs[0] != self.expert:
+            return False
+        limit = self.threshold if self.threshold is not None else start_limit(params_b[rungs[0]], params_b[rungs[1]])
+        return self.probability[item] < limit
 
 
 @dataclass(frozen=True)
@@ -58,8 +79,9 @@ class Answer:
 
 
 def read_signal_rows(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """The rows of outcome files that carry ``signals`` (rows of older files are left out)."""
-    rows: list[dict[str, Any]] = []
+    """The rows of outcome files that carry ``signals`` (rows of older files are left out). An item id
+    in several files counts once: the row of the file named last (a later run of the same item)."""
+    rows: dict[str, dict[str, Any]] = {}
     for path in paths:
         try:
             parsed = read_rows(Path(path))
@@ -69,10 +91,11 @@ def read_signal_rows(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             if isinstance(row, str):
                 raise ConfigError(f"{path}:{number}: {row}")
             if isinstance(row, dict) and row.get("signals"):
-                rows.append(row)
+                rows.pop(str(row.get("id")), None)  # a later file's row replaces it, in the later file's place
+                rows[str(row.get("id"))] = row
     if not rows:
         raise ConfigError(f"no row with signals in {', '.join(map(str, paths))}: write them with coserve outcomes")
-    return rows
+    return list(rows.values())
 
 
 def _signals(raw: Mapping[str, Any]) -> Signals:
@@ -99,7 +122,8 @@ def answers(rows: Sequence[Mapping[str, Any]]) -> list[Answer]:
     return out
 
 
-def _ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+def calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of probabilities ``p`` against 0/1 labels ``y`` (``bins`` equal bins)."""
     edges = np.minimum((p * bins).astype(int), bins - 1)
     return float(
         sum(
@@ -109,6 +133,14 @@ def _ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
         )
         / len(p)
     )
+
+
+def item_folds(items: Sequence[str], folds: int, seed: int) -> dict[str, int]:
+    """Each item's fold (0 .. folds - 1): a seeded permutation dealt round-robin. The check and the
+    start gate (coserve.eval.cascade_gate) share it, so both are out of fold on the same items."""
+    ordered = sorted(set(items))
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    return {ordered[i]: rank % folds for rank, i in enumerate(order)}
 
 
 def cross_validate(
@@ -124,8 +156,7 @@ def cross_validate(
     from sklearn.metrics import log_loss, roc_auc_score
 
     items = sorted({a.item for a in data})
-    order = np.random.default_rng(seed).permutation(len(items))
-    fold_of = {items[i]: rank % folds for rank, i in enumerate(order)}
+    fold_of = item_folds(items, folds, seed)
     y = np.array([a.score >= good for a in data], dtype=float)
     oof = np.zeros(len(data))
     for fold in range(folds):
@@ -147,7 +178,7 @@ def cross_validate(
         "brier_base_rate": round(base * (1 - base), 4),  # always predicting the base rate
         "log_loss": round(float(log_loss(y, oof, labels=[0, 1])), 4),
         "auc": round(float(roc_auc_score(y, oof)), 4) if 0 < base < 1 else None,
-        "ece": round(_ece(oof, y), 4),
+        "ece": round(calibration_error(oof, y), 4),
         "per_expert_auc": {
             e: round(float(roc_auc_score(y[m], oof[m])), 4)
             for e in experts
@@ -192,11 +223,14 @@ def replay(
     max_steps: int,
     params_b: Mapping[str, float] | None = None,
     starts: Mapping[str, str] | None = None,
+    gate: StartRule | None = None,
 ) -> dict[str, Any]:
     """The cascade and the single choice of ``library`` on rows scored for every expert; with no
     library, FrugalGPT's plain cascade: every expert of ``params_b``, cheapest first. ``starts``
     (category -> first expert; others answer by single choice, unchecked) defaults to the library's
-    ``routing.cascade.categories``.
+    ``routing.cascade.categories``. ``gate``: a start gate's P(its expert is good) per item; where the
+    ladder starts at that expert and the probability is below the gate's limit, the first rung is
+    skipped (``skipped`` in the result counts them), as the live cascade does.
 
     ``probability[(item, expert)]`` is the check's P(good) of that answer (out-of-fold on training rows).
     """
@@ -204,12 +238,15 @@ def replay(
     settings = library.routing.cascade if library is not None else None
     starts = starts if starts is not None else (settings.categories if settings is not None else None)
     cascade_q, cascade_p, single_q, single_p, steps = [], [], [], [], []
+    skipped = 0
     for row in rows:
         scores = row.get("scores", {})
         decision = _decision(row, library, params)
         if decision is None or not all(e in scores for e in params):
             continue
         rungs = cascade_rungs(decision, params, starts)
+        if gate is not None and gate.skips(str(row["id"]), rungs, params):
+            rungs, skipped = rungs[1:], skipped + 1
         taken = 0
         for index, expert in enumerate(rungs):
             taken += 1
@@ -233,6 +270,7 @@ def replay(
         },
         "single": {"quality": round(float(np.mean(single_q)), 4), "avg_params_b": round(float(np.mean(single_p)), 4)},
         "steps": {str(k): steps.count(k) for k in sorted(set(steps))},
+        **({"skipped": skipped} if gate is not None else {}),
     }
 
 

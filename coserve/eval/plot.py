@@ -41,6 +41,12 @@ def plot_report(report: dict[str, Any], out: str | Path, title: str = "") -> Pat
             cascade = [p["cascade"] for p in report["cascade"]["points"]]
             spent, quality = [c["avg_params_b"] for c in cascade], [c["quality"] for c in cascade]
             panel.plot(spent, quality, marker="s", markersize=4, linestyle="--", linewidth=1.0, label="cascade")
+            if "gated" in report["cascade"]:  # the library's start gate (routing.cascade.start_gate)
+                gated = [p["cascade"] for p in report["cascade"]["gated"]["points"]]
+                spent, quality = [c["avg_params_b"] for c in gated], [c["quality"] for c in gated]
+                panel.plot(
+                    spent, quality, marker="^", markersize=4, linestyle=":", linewidth=1.0, label="gated cascade"
+                )
         costs = []
         for name, base in baselines.items():
             if base[key] is None:

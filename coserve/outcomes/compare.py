@@ -37,9 +37,14 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in rows if isinstance(row, dict)]
 
 
+def _asked(row: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A cascade's steps that asked an expert (a start the start gate skipped asked none)."""
+    return [step for step in row.get("routed_steps") or () if step.get("outcome") != "skipped"]
+
+
 def _cost(row: Mapping[str, Any], params_b: Mapping[str, float]) -> float:
     """Active parameters the routed answer cost: every cascade step's expert, else the one that answered."""
-    steps = row.get("routed_steps")
+    steps = _asked(row)
     if steps:
         return sum(params_b[step["expert"]] for step in steps)
     return params_b[row["routed_expert"]]
@@ -99,7 +104,7 @@ def compare_routed(
     result["category_items"] = {c: sum(1 for r in paired if r["category"] == c) for c in categories}
     result["routed_to"] = dict(Counter(r["routed_expert"] for r in paired).most_common())
     if any(r.get("routed_steps") for r in paired):
-        result["cascade_steps"] = dict(Counter(len(r.get("routed_steps") or [1]) for r in paired).most_common())
+        result["cascade_steps"] = dict(Counter(max(len(_asked(r)), 1) for r in paired).most_common())
     return result
 
 

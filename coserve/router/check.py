@@ -29,6 +29,7 @@ import numpy as np
 
 from coserve.errors import ConfigError
 from coserve.router.examples import examples_passed, prompt_examples
+from coserve.router.logistic import fit_scaled_logistic, read_arrays, state_of, write_state
 from coserve.router.verify import verdicts
 from coserve.types import Completion, Message
 
@@ -150,17 +151,11 @@ class AnswerCheck:
         return X
 
     def fit(self, signals: Sequence[Signals], experts: Sequence[str], scores: Sequence[float]) -> AnswerCheck:
-        from sklearn.linear_model import LogisticRegression
-
         X = self.features(signals, experts)
         y = (np.asarray(scores, dtype=float) >= self.good).astype(int)
         if len(set(y.tolist())) < 2:
             raise ConfigError("the check needs both good and bad answers in its training data")
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = np.where(X.std(axis=0) > 0, X.std(axis=0), 1.0)
-        model = LogisticRegression(C=self.C, max_iter=1000).fit((X - self.mean_) / self.scale_, y)
-        self.coef_ = model.coef_[0].astype(float)
-        self.intercept_ = float(model.intercept_[0])
+        self.mean_, self.scale_, self.coef_, self.intercept_ = fit_scaled_logistic(X, y, self.C)
         return self
 
     def predict_proba(self, signals: Sequence[Signals], experts: Sequence[str]) -> np.ndarray:
@@ -190,19 +185,12 @@ class AnswerCheck:
             "signals": list(self.signal_names),
             "features": [f"{e}:{f}" for e in self.experts for f in (*self.signal_names, "bias")],
             "experts": self.experts,
-            "C": self.C,
-            "good": self.good,
-            "mean": self.mean_.tolist(),
-            "scale": self.scale_.tolist(),
-            "coef": self.coef_.tolist(),
-            "intercept": self.intercept_,
+            **state_of(self.C, self.good, (self.mean_, self.scale_, self.coef_, self.intercept_)),
         }
 
     def save(self, path: str | Path, **extra: Any) -> None:
         """Write the check as JSON (``extra``: its cross-validated figures, provenance)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**self.state(), **extra}, indent=2) + "\n")
+        write_state(path, self.state(), **extra)
 
 
 def load_check(path: str | Path) -> AnswerCheck:
@@ -216,8 +204,7 @@ def load_check(path: str | Path) -> AnswerCheck:
         names = BASIC_FEATURES if version == 1 else tuple(state["signals"])
         check = AnswerCheck(state["experts"], float(state["C"]), float(state["good"]), names)
         width = (len(names) + 1) * len(check.experts)
-        check.mean_, check.scale_ = np.asarray(state["mean"], float), np.asarray(state["scale"], float)
-        check.coef_, check.intercept_ = np.asarray(state["coef"], float), float(state["intercept"])
+        check.mean_, check.scale_, check.coef_, check.intercept_ = read_arrays(state)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: cannot read the answer check ({exc}); write it with coserve train-check") from None
     if not check.mean_.shape == check.scale_.shape == check.coef_.shape == (width,):
