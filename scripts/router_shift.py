@@ -43,6 +43,7 @@ ADVERSE = ("arc_challenge", "commongen", "gpqa", "gsm8k", "mbpp", "mmlu", "openb
 HARD = ("agentverse-logicgrid", "gpqa", "math", "natural_qa", "trivia_qa")
 TILTS = (("adverse x2", ADVERSE, 2.0), ("adverse x4", ADVERSE, 4.0), ("hard x2", HARD, 2.0))
 DIRICHLET = (("dirichlet c50", 50.0, 200, 11), ("dirichlet c10", 10.0, 200, 12))  # name, concentration, n, seed
+PER_DRAW = ("front_at_10.2", "front_at_51")  # kept per Dirichlet draw, for pairing across files
 TABLE_THRESHOLDS = (0.0, 0.5, 0.7, 0.9)  # below this top posterior, blend halfway toward the table (0: never)
 
 Scores = tuple[np.ndarray, np.ndarray | None]
@@ -232,6 +233,7 @@ def evaluate(
                 row[name] = _rounded(runs[0])
                 continue
             row[name] = {k: _rounded(shift.spread([r[k] for r in runs])) for k in runs[0]}
+            row[name]["draws"] = {k: [round(r[k], 4) for r in runs] for k in PER_DRAW}  # type: ignore[index]
             if "stack" in per and c != "stack":
                 row[name]["vs_stack"] = {  # type: ignore[index]
                     k: _rounded(shift.spread([r[k] - d[k] for r, d in zip(runs, per["stack"][name], strict=True)]))
@@ -247,7 +249,8 @@ def _rounded(d: dict[str, float]) -> dict[str, float]:
 
 
 def print_table(paths: Sequence[str]) -> None:
-    """Per file and candidate: plain front, margins under tilts, Dirichlet mean / 10th percentile."""
+    """Per file, candidate and mix: front and margin at both budgets (Dirichlet families: mean / 10th
+    percentile), and the deployed lam's quality at 10.2 B with its spend (Dirichlet: least-most)."""
     print(
         "| file | candidate | mix | front @ 10.2 B | margin @ 10.2 B | front @ 51 B | margin @ 51 B "
         "| deployed @ 10.2 B (spent) |"
@@ -257,14 +260,15 @@ def print_table(paths: Sequence[str]) -> None:
         report = json.loads(Path(path).read_text())
         for name, row in report["shift"].items():
             for mix, r in row.items():
-                if "mean" in r.get("front_at_10.2", {}):
+                if isinstance(r["front_at_10.2"], dict):
                     cells = [
                         f"{r[k]['mean']:.4f} / {r[k]['worst_decile']:.4f}"
                         for k in ("front_at_10.2", "margin_at_10.2", "front_at_51", "margin_at_51")
                     ]
+                    spend = r.get("inner_spend_at_10.2")
                     spent = (
-                        f"{r['inner_at_10.2']['mean']:.4f} ({r['inner_spend_at_10.2']['worst']:.2f} B worst)"
-                        if "inner_at_10.2" in r
+                        f"{r['inner_at_10.2']['mean']:.4f} ({spend['worst']:.2f}-{spend['max']:.2f} B)"
+                        if spend
                         else "-"
                     )
                 else:
@@ -275,9 +279,26 @@ def print_table(paths: Sequence[str]) -> None:
                 print(f"| {Path(path).stem} | {name} | {mix} | {' | '.join(cells)} | {spent} |")
 
 
+def paired(a: str, b: str) -> dict[str, dict[str, dict[str, float]]]:
+    """``FILE:CANDIDATE`` b minus a, draw by draw, per Dirichlet family and budget (same mixes, same rows)."""
+    (fa, ca), (fb, cb) = (x.rsplit(":", 1) for x in (a, b))
+    ra, rb = (json.loads(Path(f).read_text())["shift"][c] for f, c in ((fa, ca), (fb, cb)))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for family, row in ra.items():
+        if isinstance(row, dict) and "draws" in row:
+            out[family] = {
+                k: _rounded(shift.spread(np.subtract(rb[family]["draws"][k], row["draws"][k]).tolist()))
+                for k in PER_DRAW
+            }
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--table":
         print_table(sys.argv[2:])
+        return 0
+    if argv is None and len(sys.argv) == 4 and sys.argv[1] == "--paired":
+        print(json.dumps(paired(sys.argv[2], sys.argv[3]), indent=1))
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)

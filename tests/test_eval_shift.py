@@ -90,4 +90,4 @@ def test_score_mix_reweights_the_front() -> None:
 
 
 def test_spread_reports_the_tenth_percentile() -> None:
-    assert S.spread(range(10)) == {"mean": 4.5, "worst_decile": pytest.approx(0.9), "worst": 0.0}
+    assert S.spread(range(10)) == {"mean": 4.5, "worst_decile": pytest.approx(0.9), "worst": 0.0, "max": 9.0}

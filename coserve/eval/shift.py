@@ -122,6 +122,11 @@ def score_mix(
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
-    """Mean, worst decile (the 10th percentile, linear interpolation) and worst of ``values``."""
+    """Mean, worst decile (the 10th percentile, linear interpolation), worst (least) and most of ``values``."""
     v = np.asarray(values, dtype=float)
-    return {"mean": float(v.mean()), "worst_decile": float(np.percentile(v, 10)), "worst": float(v.min())}
+    return {
+        "mean": float(v.mean()),
+        "worst_decile": float(np.percentile(v, 10)),
+        "worst": float(v.min()),
+        "max": float(v.max()),
+    }

@@ -1,0 +1,75 @@
+"""``scripts/router_shift.py`` (docs/eval.md, "Session 11"): balanced weights by hand, the weighted ridge
+against RidgeRegressor, and every candidate on separable data re-scored under shifted mixes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from script_module import load_script, separable_inputs
+
+from coserve.eval import shift
+from coserve.eval.data import grouped_folds
+from coserve.router.predict import RidgeRegressor
+
+
+@pytest.fixture(scope="module")
+def study() -> ModuleType:
+    return load_script("router_shift")
+
+
+def test_balance_weights_by_hand(study: ModuleType) -> None:
+    # power 1: 1/3, 1/3, 1/3, 1 (sum 2), scaled to mean 1: x 4/2
+    np.testing.assert_allclose(study.balance_weights(["a", "a", "a", "b"], 1.0), [2 / 3, 2 / 3, 2 / 3, 2.0])
+    np.testing.assert_allclose(study.balance_weights(["a", "a", "a", "b"], 0.0), [1.0] * 4)
+
+
+def test_weighted_ridge_is_the_ridge_with_unit_weights_and_duplicates_with_weight_two(study: ModuleType) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 5)).astype(np.float32)
+    Y = rng.uniform(size=(40, 3))
+    Y[3, 1] = np.nan  # a missing cell: both fill it with the expert's mean
+    Z = rng.normal(size=(7, 5))
+    expected = RidgeRegressor(2.0).fit(X, Y).predict(Z)
+    np.testing.assert_allclose(study.weighted_ridge(X, Y, np.ones(40), 2.0)(Z), expected, atol=1e-5)
+    full = Y[:, [0, 2]]  # no missing cells: a weight of 2 is the row written twice
+    w = np.ones(40)
+    w[:10] = 2.0
+    twice = RidgeRegressor(2.0).fit(np.vstack([X, X[:10]]), np.vstack([full, full[:10]])).predict(Z)
+    np.testing.assert_allclose(study.weighted_ridge(X, full, w, 2.0)(Z), twice, atol=1e-5)
+
+
+def test_candidates_under_shifted_mixes_on_separable_data(
+    study: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes, cost, X = separable_inputs(tmp_path)
+    names = ["stack", "stack-bal", "stack-bal-clf", "stack+table", "stack-xpca3"]
+    splits = grouped_folds(outcomes.prompts, 3, 0)
+    pooled, _ = study.RD.pooled_choices(X, outcomes, splits, cost, names, 256, 0, study.candidates)
+    monkeypatch.setattr(study, "TILTS", (("code x3", ("code",), 3.0),))
+    monkeypatch.setattr(study, "DIRICHLET", (("d", 5.0, 20, 1),))
+    rows = np.concatenate([te for _, te in splits])
+    scored = outcomes.subset(rows)
+    choices = {c: {k: v[rows] for k, v in by.items()} for c, by in pooled.items()}
+    result = study.evaluate(scored.scores, scored.categories, cost, choices, {"chat": 0.5, "code": 0.5})
+    # every prompt to its perfect expert: 1.0 within both budgets; the best single expert at a mix with
+    # chat share c is the best of small (c), mid (0.6) and big (1 - c / 2): 0.75 at the plain half-half
+    # mix, 0.875 with code weighed up three times (chat 0.25)
+    for name in names:
+        plain, tilted = result[name]["plain"], result[name]["code x3"]
+        assert plain["front_at_10.2"] == 1.0 and plain["margin_at_10.2"] == 0.25, name
+        assert plain["margin_at_51"] == 0.25 and plain["margin_same_at_10.2"] == 0.25, name
+        assert plain["inner_at_10.2"] == 1.0 and plain["inner_spend_at_10.2"] == 5.5, name
+        assert tilted["margin_at_10.2"] == 0.125 and tilted["inner_spend_at_10.2"] == 0.25 + 0.75 * 10, name
+        mixes = shift.dirichlet_mixes({"chat": 0.5, "code": 0.5}, 5.0, 20, 1)
+        margins = [1 - max(q["chat"], 0.6, 1 - q["chat"] / 2) for q in mixes]
+        assert result[name]["d"]["margin_at_51"]["mean"] == pytest.approx(np.mean(margins), abs=1e-4), name
+        assert result[name]["d"]["draws"]["front_at_10.2"] == [1.0] * 20
+        if name != "stack":
+            assert result[name]["d"]["vs_stack"]["front_at_10.2"]["worst"] == 0.0
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"shift": result}))
+    assert study.paired(f"{path}:stack", f"{path}:stack-bal")["d"]["front_at_51"]["mean"] == 0.0
