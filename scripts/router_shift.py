@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -149,13 +150,16 @@ def stack_toward_table(m: FoldModels) -> Scores:
     return blend(test, table_test, post["cal"], t), blend(val, table_val, post["val"], t)
 
 
-def cross_pca_stack(m: FoldModels, n_vec: int, pca: np.ndarray, cross: float) -> Scores:
-    """The stack with posterior x [prompt features, the vector's 16 PCA directions] interactions (weight
-    ``cross``): each category weighs the features and the vector's main directions its own way."""
+def cross_pca_stack(m: FoldModels, n_vec: int, directions: int, cross: float) -> Scores:
+    """The stack with posterior x [prompt features, the vector's first ``directions`` principal
+    directions on the training part] interactions, weight ``cross``: each category weighs the features
+    and the vector's main directions its own way."""
     from coserve.router.predict import STACK_POSTERIOR_SCALE, STACK_RIDGE_ALPHA, RidgeRegressor
 
     f = m.f
     post = m.posterior(HYBRID_CLASSIFIER)
+    vectors = f.X[:, :n_vec]
+    pca = np.linalg.svd(vectors - vectors.mean(0), full_matrices=False)[2][:directions].T
 
     def design(P: np.ndarray, X: np.ndarray) -> np.ndarray:
         local = np.hstack([X[:, n_vec:], X[:, :n_vec] @ pca])
@@ -168,6 +172,16 @@ def cross_pca_stack(m: FoldModels, n_vec: int, pca: np.ndarray, cross: float) ->
     return full.predict(design(post["cal"], f.X_test)), inner.predict(design(post["val"], f.X[f.val]))
 
 
+XPCA = re.compile(r"stack-xpca(\d+)x([\d.]+)")  # stack-xpca<directions>x<weight>
+XPCA_NAMES: list[str] = []  # the ones asked on the command line
+
+
+def _xpca(m: FoldModels, n_vec: int, name: str) -> Callable[[], Scores]:
+    match = XPCA.fullmatch(name)
+    assert match is not None, name
+    return lambda: cross_pca_stack(m, n_vec, int(match[1]), float(match[2]))
+
+
 def candidates(m: FoldModels, n_vec: int, pca: np.ndarray) -> dict[str, Callable[[], Scores]]:
     """router_design's candidates and this study's."""
     return {
@@ -178,8 +192,7 @@ def candidates(m: FoldModels, n_vec: int, pca: np.ndarray) -> dict[str, Callable
         "stack-bal-clf": lambda: balanced_stack(m, 0.0, 1.0),
         "stack-sqrt": lambda: balanced_stack(m, 0.5, 0.5),
         "stack+table": lambda: stack_toward_table(m),
-        "stack-xpca1": lambda: cross_pca_stack(m, n_vec, pca, 1.0),
-        "stack-xpca3": lambda: cross_pca_stack(m, n_vec, pca, 3.0),
+        **{name: _xpca(m, n_vec, name) for name in XPCA_NAMES},
     }
 
 
@@ -313,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     design_idx, confirm_idx = grouped_folds(data.prompts, 5, RD.SPLIT_SEED)[RD.CONFIRM_FOLD]
     names = args.candidates.split(";") if ";" in args.candidates else args.candidates.split(",")
     RD.VARIANTS.extend(n for n in names if n.startswith("stack-v:"))
+    XPCA_NAMES.extend(n for n in names if XPCA.fullmatch(n))
     design = data.subset(design_idx)
     base = shift.observed_mix(design.categories)
     if args.stage == "design":

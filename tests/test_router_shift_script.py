@@ -46,7 +46,8 @@ def test_candidates_under_shifted_mixes_on_separable_data(
     study: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     outcomes, cost, X = separable_inputs(tmp_path)
-    names = ["stack", "stack-bal", "stack-bal-clf", "stack+table", "stack-xpca3"]
+    names = ["stack", "stack-bal", "stack-bal-clf", "stack+table", "stack-xpca16x3"]
+    monkeypatch.setattr(study, "XPCA_NAMES", ["stack-xpca16x3"])
     splits = grouped_folds(outcomes.prompts, 3, 0)
     pooled, _ = study.RD.pooled_choices(X, outcomes, splits, cost, names, 256, 0, study.candidates)
     monkeypatch.setattr(study, "TILTS", (("code x3", ("code",), 3.0),))
