@@ -241,6 +241,7 @@ def by_category(Y: np.ndarray, choice: np.ndarray, cost: np.ndarray, categories:
 
 Pooled = dict[str, dict[object, np.ndarray]]  # candidate -> lam (or ("inner", budget)) -> expert per row
 Factory = Callable[[FoldModels, int, np.ndarray], dict[str, Callable[[], Scores]]]
+LamRule = Callable[[FoldModels, str, np.ndarray, float], float]  # fold, candidate, val scores, budget -> lam
 
 
 def pooled_choices(
@@ -252,9 +253,11 @@ def pooled_choices(
     n_vec: int,
     seed: int,
     factory: Factory | None = None,
+    lam_rule: LamRule | None = None,
 ) -> tuple[Pooled, dict[str, list[float]]]:
     """Each candidate's out-of-fold choice for every row at every lam, and with lam set per budget on
-    the inner split (``factory`` builds the candidates of a fold; default ``candidates``)."""
+    the inner split (``factory`` builds the candidates of a fold, default ``candidates``; ``lam_rule``
+    sets that lam from the candidate's name and inner-validation scores, default ``lambda_for_budget``)."""
     n = len(data)
     classes = sorted(set(data.categories))
     pooled: Pooled = {c: {} for c in names}
@@ -275,7 +278,10 @@ def pooled_choices(
             for lam, choice in _sweep(test, cost).items():
                 pooled[name].setdefault(lam, np.full(n, -1))[te] = choice
             for budget in BUDGETS if val_scores is not None else ():
-                lam = lambda_for_budget(val_scores, cost, budget)
+                if lam_rule is None:
+                    lam = lambda_for_budget(val_scores, cost, budget)
+                else:
+                    lam = lam_rule(m, name, val_scores, budget)
                 pooled[name].setdefault(("inner", budget), np.full(n, -1))[te] = choose_per_prompt(test, cost, lam)
         for key, value in fold.extras.items():
             if isinstance(value, list):

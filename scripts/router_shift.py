@@ -37,6 +37,7 @@ from coserve.eval.data import grouped_folds
 from coserve.eval.sweeps import HYBRID_CLASSIFIER, FoldModels
 
 BUDGETS = (10.2, 51.0)
+OVER = 1.05  # a deployed lam "over budget" at a mix: spend above 105% of the budget
 REFERENCE_B = 51.0  # issue 16's targets are set against the best single expert within 51 B
 # Session 9 (docs/data/router-design-s9-categories.json, DESIGN CV): the 51 B expert beat the default
 # router at <= 10.2 B on these; and these are the ones where it scores below its own DESIGN mean.
@@ -172,6 +173,7 @@ def cross_pca_stack(m: FoldModels, n_vec: int, directions: int, cross: float) ->
     return full.predict(design(post["cal"], f.X_test)), inner.predict(design(post["val"], f.X[f.val]))
 
 
+ROBUST_CONCENTRATION, ROBUST_DRAWS, ROBUST_QUANTILE = 10.0, 50, 0.9  # the "@robust" deployed lam
 XPCA = re.compile(r"stack-xpca(\d+)x([\d.]+)")  # stack-xpca<directions>x<weight>
 XPCA_NAMES: list[str] = []  # the ones asked on the command line
 
@@ -180,6 +182,40 @@ def _xpca(m: FoldModels, n_vec: int, name: str) -> Callable[[], Scores]:
     match = XPCA.fullmatch(name)
     assert match is not None, name
     return lambda: cross_pca_stack(m, n_vec, int(match[1]), float(match[2]))
+
+
+def weighted_lambda(scores: np.ndarray, cost: np.ndarray, weights: np.ndarray, budget: float) -> float:
+    """``lambda_for_budget`` with a weighted mean spend: the smallest lam whose choices cost at most
+    ``budget`` on average under ``weights`` (bisection, as lambda_for_budget)."""
+    from coserve.router.mapping import choose_per_prompt
+
+    def spend(lam: float) -> float:
+        return shift.weighted_cost(cost, choose_per_prompt(scores, cost, lam), weights)
+
+    if spend(0.0) <= budget:
+        return 0.0
+    low, high = 0.0, 1.0
+    while spend(high) > budget:
+        low, high = high, high * 2
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        low, high = (low, middle) if spend(middle) <= budget else (middle, high)
+    return high
+
+
+def robust_lam(m: FoldModels, name: str, val_scores: np.ndarray, budget: float) -> float:
+    """For ``<candidate>@robust``: the lam that meets ``budget`` on ROBUST_QUANTILE of ROBUST_DRAWS
+    Dirichlet mixes (concentration ROBUST_CONCENTRATION) around the inner-validation rows' own mix;
+    any other name: ``lambda_for_budget`` on those rows as they are."""
+    from coserve.router.mapping import lambda_for_budget
+
+    cost = m.f.axes[0].cost
+    if not name.endswith("@robust"):
+        return float(lambda_for_budget(val_scores, cost, budget))
+    cats = [m.f.categories[i] for i in m.f.val]
+    draws = shift.dirichlet_mixes(shift.observed_mix(cats), ROBUST_CONCENTRATION, ROBUST_DRAWS, m.f.seed)
+    lams = [weighted_lambda(val_scores, cost, shift.row_weights(cats, q), budget) for q in draws]
+    return float(np.quantile(lams, ROBUST_QUANTILE))
 
 
 def candidates(m: FoldModels, n_vec: int, pca: np.ndarray) -> dict[str, Callable[[], Scores]]:
@@ -193,6 +229,7 @@ def candidates(m: FoldModels, n_vec: int, pca: np.ndarray) -> dict[str, Callable
         "stack-sqrt": lambda: balanced_stack(m, 0.5, 0.5),
         "stack+table": lambda: stack_toward_table(m),
         **{name: _xpca(m, n_vec, name) for name in XPCA_NAMES},
+        "stack@robust": m.stacked,  # the stack's scores; its deployed lam from robust_lam
     }
 
 
@@ -220,6 +257,7 @@ def score(Y: np.ndarray, cost: np.ndarray, pooled: dict[object, np.ndarray], wei
             out[f"inner_at_{b:g}"] = shift.weighted_quality(Y, c, weights)
             out[f"inner_spend_at_{b:g}"] = shift.weighted_cost(cost, c, weights)
             out[f"inner_margin_at_{b:g}"] = out[f"inner_at_{b:g}"] - reference
+            out[f"inner_over_at_{b:g}"] = float(out[f"inner_spend_at_{b:g}"] > OVER * b)  # mean: share of mixes
     return out
 
 
@@ -331,7 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = shift.observed_mix(design.categories)
     if args.stage == "design":
         splits = grouped_folds(design.prompts, 5, args.cv_seed)
-        pooled, extras = RD.pooled_choices(X[design_idx], design, splits, cost, names, n_vec, args.cv_seed, candidates)
+        pooled, extras = RD.pooled_choices(
+            X[design_idx], design, splits, cost, names, n_vec, args.cv_seed, candidates, robust_lam
+        )
         rows = np.concatenate([te for _, te in splits])
         scored = design.subset(rows)
     else:
@@ -339,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         k = len(design_idx)
         both = data.subset(order)
         splits = [(np.arange(k), np.arange(k, len(both)))]
-        pooled, extras = RD.pooled_choices(X[order], both, splits, cost, names, n_vec, 0, candidates)
+        pooled, extras = RD.pooled_choices(X[order], both, splits, cost, names, n_vec, 0, candidates, robust_lam)
         rows = np.arange(k, len(both))
         scored = both.subset(rows)
     pooled = {c: {key: v[rows] for key, v in by.items()} for c, by in pooled.items()}

@@ -74,3 +74,22 @@ def test_candidates_under_shifted_mixes_on_separable_data(
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"shift": result}))
     assert study.paired(f"{path}:stack", f"{path}:stack-bal")["d"]["front_at_51"]["mean"] == 0.0
+
+
+def test_weighted_lambda_is_lambda_for_budget_with_even_weights_and_follows_the_weights(study: ModuleType) -> None:
+    from coserve.router.mapping import choose_per_prompt, lambda_for_budget
+
+    rng = np.random.default_rng(1)
+    scores = rng.uniform(size=(50, 3))
+    cost = np.array([1.0, 5.0, 10.0])
+    even = np.full(50, 1 / 50)
+    for budget in (2.0, 4.0, 7.0):
+        assert study.weighted_lambda(scores, cost, even, budget) == pytest.approx(
+            lambda_for_budget(scores, cost, budget), abs=1e-9
+        )
+    # all weight on rows 0-9: the budget holds on those rows alone
+    w = np.zeros(50)
+    w[:10] = 0.1
+    lam = study.weighted_lambda(scores, cost, w, 3.0)
+    assert cost[choose_per_prompt(scores[:10], cost, lam)].mean() <= 3.0
+    assert lam == pytest.approx(lambda_for_budget(scores[:10], cost, 3.0), abs=1e-9)
