@@ -37,6 +37,7 @@ from coserve.eval.data import grouped_folds
 from coserve.eval.sweeps import HYBRID_CLASSIFIER, FoldModels
 
 BUDGETS = (10.2, 51.0)
+EXPLAIN_FACTORS = (1.25, 1.5, 2.0, 4.0)  # how far (x or /) each category's share may move in --explain
 OVER = 1.05  # a deployed lam "over budget" at a mix: spend above 105% of the budget
 REFERENCE_B = 51.0  # issue 16's targets are set against the best single expert within 51 B
 # Session 9 (docs/data/router-design-s9-categories.json, DESIGN CV): the 51 B expert beat the default
@@ -344,9 +345,67 @@ def paired(a: str, b: str) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+def explain(report: dict[str, object], reference_quality: float, factors: Sequence[float]) -> dict[str, object]:
+    """How far the category mix must move to give the best-single reference expert (51 B) the quality
+    ``reference_quality`` AND the router its least margin over it at <= 10.2 B: a linear programme
+    over mixes ``q`` within ``[p / F, p * F]`` of the scored rows' mix ``p`` (capped at 1), per factor
+    F. Per category, the router's quality and spend at its deployed lam and the expert's quality come
+    from a router_design report (``by_category_at_10.2`` of ``stack``); with lam fixed, the router's
+    quality and spend under ``q`` are linear in ``q``, and the spend must stay within 10.2 B. Also the
+    same without the reference-quality constraint."""
+    from scipy.optimize import linprog
+
+    by = report["candidates"]["stack"]["by_category_at_10.2"]  # type: ignore[index]
+    cats = sorted(by)
+    e = list(report["experts"]).index(report["baselines"]["best_single_at_51"]["expert"])  # type: ignore[arg-type, index]
+    n = np.array([by[k]["n"] for k in cats], dtype=float)
+    p = n / n.sum()
+    router = np.array([by[k]["router"] for k in cats])
+    spend = np.array([by[k]["router_params_b"] for k in cats])
+    expert = np.array([by[k]["experts"][e] for k in cats])
+    out: dict[str, object] = {
+        "categories": cats,
+        "mix": [round(float(x), 4) for x in p],
+        "router": router.tolist(),
+        "router_params_b": spend.tolist(),
+        "expert": expert.tolist(),
+        "plain": {"router": round(float(p @ router), 4), "expert": round(float(p @ expert), 4)},
+    }
+    for factor in factors:
+        for name, target in (("free", None), ("at_reference", reference_quality)):
+            equal = [np.ones(len(p))] + ([expert] if target is not None else [])
+            bounds = list(zip(np.minimum(p / factor, 1.0), np.minimum(p * factor, 1.0), strict=True))
+            res = linprog(
+                router - expert,
+                A_ub=[spend],
+                b_ub=[BUDGETS[0]],
+                A_eq=equal,
+                b_eq=[1.0] + ([target] if target is not None else []),
+                bounds=bounds,
+            )
+            key = f"F{factor:g}_{name}"
+            if res.status != 0:
+                out[key] = None
+                continue
+            q = res.x
+            out[key] = {
+                "least_margin": round(float(res.fun), 4),
+                "router": round(float(q @ router), 4),
+                "expert": round(float(q @ expert), 4),
+                "router_params_b": round(float(q @ spend), 2),
+                "mix": {k: round(float(x), 4) for k, x in zip(cats, q, strict=True)},
+            }
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--table":
         print_table(sys.argv[2:])
+        return 0
+    if argv is None and len(sys.argv) == 5 and sys.argv[1] == "--explain":  # REPORT QUALITY OUT
+        payload = explain(json.loads(Path(sys.argv[2]).read_text()), float(sys.argv[3]), EXPLAIN_FACTORS)
+        payload["reference_quality"] = float(sys.argv[3])
+        write_data(Path(sys.argv[4]), payload, ".venv/bin/python scripts/router_shift.py " + " ".join(sys.argv[1:]))
         return 0
     if argv is None and len(sys.argv) == 4 and sys.argv[1] == "--paired":
         print(json.dumps(paired(sys.argv[2], sys.argv[3]), indent=1))

@@ -93,3 +93,28 @@ def test_weighted_lambda_is_lambda_for_budget_with_even_weights_and_follows_the_
     lam = study.weighted_lambda(scores, cost, w, 3.0)
     assert cost[choose_per_prompt(scores[:10], cost, lam)].mean() <= 3.0
     assert lam == pytest.approx(lambda_for_budget(scores[:10], cost, 3.0), abs=1e-9)
+
+
+def test_explain_finds_the_least_margin_by_linear_programming(study: ModuleType) -> None:
+    def report(spend_b: float) -> dict:
+        row = {"n": 50, "router_params_b": 8.0}
+        by = {
+            "a": {**row, "router": 0.8, "experts": [0.0, 0.6]},  # router 0.2 above the 51 B expert
+            "b": {**row, "router": 0.4, "router_params_b": spend_b, "experts": [0.0, 0.6]},  # 0.2 below
+        }
+        return {
+            "candidates": {"stack": {"by_category_at_10.2": by}},
+            "experts": ["small", "big"],
+            "baselines": {"best_single_at_51": {"expert": "big"}},
+        }
+
+    # half-half, shares within x/1.5: the least margin puts b at 2/3: 0.2 / 3 - 0.2 * 2 / 3
+    out = study.explain(report(8.0), 0.6, [1.5])
+    assert out["plain"] == {"router": 0.6, "expert": 0.6}
+    assert out["F1.5_free"]["least_margin"] == pytest.approx(-0.0667, abs=1e-4)
+    assert out["F1.5_at_reference"]["mix"] == pytest.approx({"a": 1 / 3, "b": 2 / 3}, abs=1e-4)
+    assert study.explain(report(8.0), 0.7, [1.5])["F1.5_at_reference"] is None  # the expert is 0.6 at any mix
+    # b costs 20 B a prompt: the 10.2 B budget holds b to 2.2 / 12 of the mix (x/4 allows 1/8 to 1)
+    capped = study.explain(report(20.0), 0.6, [4.0])["F4_free"]
+    assert capped["least_margin"] == pytest.approx(0.2 * (1 - 2.2 / 12) - 0.2 * 2.2 / 12, abs=1e-4)
+    assert capped["router_params_b"] == pytest.approx(10.2, abs=0.01)
