@@ -38,6 +38,7 @@ from coserve.eval.sweeps import HYBRID_CLASSIFIER, FoldModels
 
 BUDGETS = (10.2, 51.0)
 EXPLAIN_FACTORS = (1.25, 1.5, 2.0, 4.0)  # how far (x or /) each category's share may move in --explain
+SAMPLE_ROWS = 500  # the held-out set's size (issue 16), for the standard error of a margin on it
 OVER = 1.05  # a deployed lam "over budget" at a mix: spend above 105% of the budget
 REFERENCE_B = 51.0  # issue 16's targets are set against the best single expert within 51 B
 # Session 9 (docs/data/router-design-s9-categories.json, DESIGN CV): the 51 B expert beat the default
@@ -262,6 +263,22 @@ def score(Y: np.ndarray, cost: np.ndarray, pooled: dict[object, np.ndarray], wei
     return out
 
 
+def sampling(Y: np.ndarray, cost: np.ndarray, pooled: dict[object, np.ndarray]) -> dict[str, float]:
+    """How noisy a margin is on a sample: per budget, the standard deviation over rows of the deployed
+    choice's score minus the reference expert's (the best single within 51 B), and the standard error
+    of their mean on SAMPLE_ROWS rows (issue 16's held-out set) and on these rows."""
+    reference = shift.best_single(Y, cost, np.full(len(Y), 1.0 / len(Y)), REFERENCE_B)[0]
+    out: dict[str, float] = {}
+    for b in BUDGETS:
+        if ("inner", b) in pooled:
+            diff = Y[np.arange(len(Y)), pooled[("inner", b)]] - Y[:, reference]
+            sd = float(np.nanstd(diff[np.isfinite(diff)], ddof=1))
+            out[f"diff_sd_at_{b:g}"] = sd
+            out[f"diff_se{SAMPLE_ROWS}_at_{b:g}"] = sd / np.sqrt(SAMPLE_ROWS)
+            out[f"diff_se_at_{b:g}"] = sd / np.sqrt(np.isfinite(diff).sum())
+    return out
+
+
 def evaluate(
     Y: np.ndarray,
     categories: Sequence[str],
@@ -279,7 +296,7 @@ def evaluate(
     }
     out: dict[str, object] = {}
     for c, choices in pooled.items():
-        row: dict[str, object] = {"plain": _rounded(score(Y, cost, choices, plain))}
+        row: dict[str, object] = {"plain": _rounded(score(Y, cost, choices, plain) | sampling(Y, cost, choices))}
         for name, runs in per[c].items():
             if len(runs) == 1:
                 row[name] = _rounded(runs[0])

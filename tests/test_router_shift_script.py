@@ -64,6 +64,10 @@ def test_candidates_under_shifted_mixes_on_separable_data(
         assert plain["front_at_10.2"] == 1.0 and plain["margin_at_10.2"] == 0.25, name
         assert plain["margin_at_51"] == 0.25 and plain["margin_same_at_10.2"] == 0.25, name
         assert plain["inner_at_10.2"] == 1.0 and plain["inner_spend_at_10.2"] == 5.5, name
+        # against big (the best single): 0 on code, 1 - 0.5 on chat, half the rows each: sd of 30 zeros
+        # and 30 halves (ddof 1) = 0.25 * sqrt(60 / 59)
+        assert plain["diff_sd_at_10.2"] == pytest.approx(0.25 * np.sqrt(60 / 59), abs=1e-4), name
+        assert plain["diff_se500_at_10.2"] == pytest.approx(0.25 * np.sqrt(60 / 59) / np.sqrt(500), abs=1e-4)
         assert tilted["margin_at_10.2"] == 0.125 and tilted["inner_spend_at_10.2"] == 0.25 + 0.75 * 10, name
         mixes = shift.dirichlet_mixes({"chat": 0.5, "code": 0.5}, 5.0, 20, 1)
         margins = [1 - max(q["chat"], 0.6, 1 - q["chat"] / 2) for q in mixes]
