@@ -239,7 +239,12 @@ def by_category(Y: np.ndarray, choice: np.ndarray, cost: np.ndarray, categories:
     return out
 
 
-def run_folds(
+Pooled = dict[str, dict[object, np.ndarray]]  # candidate -> lam (or ("inner", budget)) -> expert per row
+Factory = Callable[[FoldModels, int, np.ndarray], dict[str, Callable[[], Scores]]]
+LamRule = Callable[[FoldModels, str, np.ndarray, float], float]  # fold, candidate, val scores, budget -> lam
+
+
+def pooled_choices(
     X: np.ndarray,
     data: OutcomeSet,
     splits: list[tuple[np.ndarray, np.ndarray]],
@@ -247,11 +252,15 @@ def run_folds(
     names: Sequence[str],
     n_vec: int,
     seed: int,
-) -> dict[str, dict[str, object]]:
-    """Pooled out-of-fold choices per candidate: every lam point, and lam set per budget on the inner split."""
+    factory: Factory | None = None,
+    lam_rule: LamRule | None = None,
+) -> tuple[Pooled, dict[str, list[float]]]:
+    """Each candidate's out-of-fold choice for every row at every lam, and with lam set per budget on
+    the inner split (``factory`` builds the candidates of a fold, default ``candidates``; ``lam_rule``
+    sets that lam from the candidate's name and inner-validation scores, default ``lambda_for_budget``)."""
     n = len(data)
     classes = sorted(set(data.categories))
-    pooled: dict[str, dict[object, np.ndarray]] = {c: {} for c in names}
+    pooled: Pooled = {c: {} for c in names}
     extras: dict[str, list[float]] = {}
     for f, (tr, te) in enumerate(splits):
         inner, val = grouped_folds([data.prompts[i] for i in tr], 5, seed + f)[0]
@@ -263,18 +272,35 @@ def run_folds(
         # PCA of the training part's vectors (16 directions) for the tree model's compact input
         Xv = X[tr][:, :n_vec]
         pca = np.linalg.svd(Xv - Xv.mean(0), full_matrices=False)[2][:16].T
-        cands = candidates(m, n_vec, pca)
+        cands = (factory or candidates)(m, n_vec, pca)
         for name in names:
-            test, val = cands[name]()
+            test, val_scores = cands[name]()
             for lam, choice in _sweep(test, cost).items():
                 pooled[name].setdefault(lam, np.full(n, -1))[te] = choice
-            for budget in BUDGETS if val is not None else ():
-                lam = lambda_for_budget(val, cost, budget)
+            for budget in BUDGETS if val_scores is not None else ():
+                if lam_rule is None:
+                    lam = lambda_for_budget(val_scores, cost, budget)
+                else:
+                    lam = lam_rule(m, name, val_scores, budget)
                 pooled[name].setdefault(("inner", budget), np.full(n, -1))[te] = choose_per_prompt(test, cost, lam)
         for key, value in fold.extras.items():
             if isinstance(value, list):
                 extras.setdefault(key, []).extend(value)
         print(f"fold {f} done", file=sys.stderr, flush=True)
+    return pooled, extras
+
+
+def run_folds(
+    X: np.ndarray,
+    data: OutcomeSet,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    cost: np.ndarray,
+    names: Sequence[str],
+    n_vec: int,
+    seed: int,
+) -> dict[str, dict[str, object]]:
+    """Pooled out-of-fold choices per candidate: every lam point, and lam set per budget on the inner split."""
+    pooled, extras = pooled_choices(X, data, splits, cost, names, n_vec, seed)
     rows = np.concatenate([te for _, te in splits])  # the scored rows (all of them in CV)
     Y = data.scores[rows]
     n = len(rows)
@@ -340,6 +366,20 @@ def print_table(paths: Sequence[str]) -> None:
         )
 
 
+def load(data_path: str, experts_path: str, extra: bool) -> tuple[OutcomeSet, np.ndarray, np.ndarray, int]:
+    """The outcomes, each expert's parameters (B), the stack embedder's cached vectors (with
+    ``extra_features`` appended when ``extra``) and the width of the embedder's unit vector."""
+    data, problems = load_outcomes(data_path)
+    if problems:
+        raise SystemExit(f"{len(problems)} bad rows in {data_path}: {problems[:3]}")
+    cost = load_costs(experts_path).aligned(data.experts).params_b
+    embedder = make_embedder(STACK_EMBEDDER)
+    X = embed_cached(data.prompts, embedder)
+    if extra:
+        X = np.hstack([X, extra_features(data.prompts)])
+    return data, cost, X, int(embedder.base.dim)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--table":
         print_table(sys.argv[2:])
@@ -353,15 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cv-seed", type=int, default=0, help="seed of the 5 grouped folds on DESIGN")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    data, problems = load_outcomes(args.data)
-    if problems:
-        raise SystemExit(f"{len(problems)} bad rows in {args.data}: {problems[:3]}")
-    cost = load_costs(args.experts).aligned(data.experts).params_b
-    embedder = make_embedder(STACK_EMBEDDER)
-    X = embed_cached(data.prompts, embedder)
-    n_vec = int(embedder.base.dim)
-    if args.extra_features:
-        X = np.hstack([X, extra_features(data.prompts)])
+    data, cost, X, n_vec = load(args.data, args.experts, args.extra_features)
     design_idx, confirm_idx = grouped_folds(data.prompts, 5, SPLIT_SEED)[CONFIRM_FOLD]
     names = args.candidates.split(";") if ";" in args.candidates else args.candidates.split(",")
     VARIANTS.extend(n for n in names if n.startswith("stack-v:"))

@@ -3,7 +3,6 @@ on separable data (they must find the oracle), and its table printer."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,21 +10,14 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from test_eval_harness import write_separable
+from script_module import load_script, separable_inputs
 
-from coserve.eval.data import embed_cached, grouped_folds, load_costs, load_outcomes
-from coserve.router.embedders import make_embedder
-
-ROOT = Path(__file__).resolve().parent.parent
+from coserve.eval.data import grouped_folds
 
 
 @pytest.fixture(scope="module")
 def design() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("router_design", ROOT / "scripts" / "router_design.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("router_design")
 
 
 def test_extra_features_by_hand(design: ModuleType) -> None:
@@ -49,10 +41,7 @@ def test_extra_features_by_hand(design: ModuleType) -> None:
 def test_every_candidate_finds_the_oracle_on_separable_data(
     design: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data, experts = write_separable(tmp_path)
-    outcomes, _ = load_outcomes(data)
-    cost = load_costs(experts).aligned(outcomes.experts).params_b
-    X = embed_cached(outcomes.prompts, make_embedder("hashing+features"), tmp_path)
+    outcomes, cost, X = separable_inputs(tmp_path)
     names = ["stack", "stack-v:cross=3", "stack+knn", "stack-v:oof=1"]
     monkeypatch.setattr(design, "VARIANTS", [n for n in names if n.startswith("stack-v:")])
     result = design.run_folds(X, outcomes, grouped_folds(outcomes.prompts, 3, 0), cost, names, 256, 0)
