@@ -133,6 +133,7 @@ class Decision:
     reason: str  # "routed" | "pinned" | "low_confidence" | "constrained"
     probabilities: dict[str, float] = field(default_factory=dict)  # category -> probability
     map_version: int | None = None  # the online router's map version (None without router.online)
+    predicted: dict[str, float] | None = None  # expert -> per-prompt predicted score the online router routed by
     narrowed_by: tuple[str, ...] = ()  # capabilities the first choice lacked ("tools", ...) when they moved it
 
     def as_dict(self) -> dict[str, object]:

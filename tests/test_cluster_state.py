@@ -173,9 +173,9 @@ def test_two_replicas_write_one_log_and_feedback_finds_either_replicas_row(tmp_p
         second.start()
         assert first.record(_row("a1")) and first.record(_row("a2")) and second.record(_row("b1"))
         # Feedback on replica b for a's decision: b sends its own rows, the service finds a's.
-        assert await asyncio.wrap_future(second.feedback_once("a1", 0.5)) == ("stored", "chat", "small")
-        assert await asyncio.wrap_future(first.feedback_once("b1", -1.0)) == ("stored", "chat", "small")
-        assert await asyncio.wrap_future(first.feedback_once("a1", 1.0)) == ("duplicate", None, "")
+        assert await asyncio.wrap_future(second.feedback_once("a1", 0.5)) == ("stored", "chat", "small", None)
+        assert await asyncio.wrap_future(first.feedback_once("b1", -1.0)) == ("stored", "chat", "small", None)
+        assert await asyncio.wrap_future(first.feedback_once("a1", 1.0)) == ("duplicate", None, "", None)
         assert await asyncio.wrap_future(second.feedback("a2", 1.0)) is True
         assert await asyncio.wrap_future(second.feedback("nobody", 1.0)) is False  # after find_row_s
         await first.aclose()

@@ -111,9 +111,9 @@ def test_feedback_once_stores_the_first_score_of_a_logged_request_only(tmp_path:
 
     log = DecisionLog(tmp_path / "decisions.db").start()
     log.record(DecisionRow("r1", 1.0, "coserve", "big", "code", 0.9, "routed", None, "200", 0.1, 3, 4, map_version=7))
-    assert log.feedback_once("r1", -1.0).result(10) == ("stored", "code", "big")
-    assert log.feedback_once("r1", 1.0).result(10) == ("duplicate", None, "")
-    assert log.feedback_once("r2", 1.0).result(10) == ("unknown", None, "")
+    assert log.feedback_once("r1", -1.0).result(10) == ("stored", "code", "big", None)
+    assert log.feedback_once("r1", 1.0).result(10) == ("duplicate", None, "", None)
+    assert log.feedback_once("r2", 1.0).result(10) == ("unknown", None, "", None)
     log.close()
     with sqlite3.connect(tmp_path / "decisions.db") as conn:
         assert conn.execute("SELECT id, score FROM feedback").fetchall() == [("r1", -1.0)]

@@ -79,7 +79,7 @@ def test_feedback_taken_by_the_owner_moves_the_map_of_every_replica(tmp_path: Pa
         await service.write([_row(f"req-{i}", "code", "big", status="500") for i in range(2)])  # not served
         for i in range(2):  # scores sent to r1 or r2 alike: the owner finds the rows in the one file
             outcome = await service.feedback(f"req-{i}", -1.0, True)
-            assert outcome == ("stored", "code", "big")
+            assert outcome == ("stored", "code", "big", None)  # a row without a logged prediction
         # Code's posterior for big: 2 pseudo-counts at 1.0, plus two 0s -> 2/4 = 0.5 < mid's 0.6.
         assert await first.exchange() and await second.exchange()
         assert first.current_map()["code"] == second.current_map()["code"] == "mid"

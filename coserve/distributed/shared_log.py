@@ -46,6 +46,7 @@ from coserve.distributed.shared_online import Signal, owner_for
 from coserve.errors import ServiceUnavailable
 from coserve.server.app import open_decision_log
 from coserve.store.log import BATCH_ROWS, FLUSH_INTERVAL_S, MAX_QUEUE_ROWS, DecisionRow
+from coserve.store.predicted import Scored
 from coserve.store.retention import PruneStats
 
 __all__ = ["DecisionLogService", "SharedDecisionLog", "count_experts"]
@@ -132,19 +133,23 @@ class DecisionLogService:
             self._save_online(False)
         return taken
 
-    async def feedback(self, request_id: str, score: float, once: bool) -> tuple[str, str | None, str]:
+    async def feedback(self, request_id: str, score: float, once: bool) -> Scored:
         """``DecisionLog.feedback_once`` (``once``) or ``feedback``, waiting ``find_row_s`` for a row
-        still on its way from another ingress: ``("stored" | "unknown" | "duplicate", category, expert)``."""
+        still on its way from another ingress: ``Scored("stored" | "unknown" | "duplicate", category,
+        expert, predicted)``."""
         deadline = time.monotonic() + self.find_row_s
         while True:
             if once:
                 outcome = await asyncio.wrap_future(self.log.feedback_once(request_id, score))
             else:
                 stored = await asyncio.wrap_future(self.log.feedback(request_id, score))
-                outcome = ("stored" if stored else "unknown", None, "")
-            if outcome[0] != "unknown" or time.monotonic() >= deadline:
-                if self.online is not None and outcome[0] == "stored" and outcome[1] is not None:
-                    self._save_online(self.online.feedback(outcome[1], outcome[2], score, request_id))
+                outcome = Scored("stored" if stored else "unknown", None, "")
+            if outcome.outcome != "unknown" or time.monotonic() >= deadline:
+                if self.online is not None and outcome.outcome == "stored" and outcome.category is not None:
+                    applied = self.online.feedback(
+                        outcome.category, outcome.expert, score, request_id, outcome.predicted
+                    )
+                    self._save_online(applied)
                 return outcome
             await asyncio.sleep(FIND_POLL_S)
 
@@ -256,13 +261,13 @@ class SharedDecisionLog:
     def feedback(self, request_id: str, score: float) -> concurrent.futures.Future[bool]:
         return self._submit(self._stored(request_id, score))
 
-    def feedback_once(self, request_id: str, score: float) -> concurrent.futures.Future[tuple[str, str | None, str]]:
+    def feedback_once(self, request_id: str, score: float) -> concurrent.futures.Future[Scored]:
         return self._submit(self._feedback(request_id, score, once=True))
 
     async def _stored(self, request_id: str, score: float) -> bool:
         return (await self._feedback(request_id, score, once=False))[0] == "stored"
 
-    async def _feedback(self, request_id: str, score: float, once: bool) -> tuple[str, str | None, str]:
+    async def _feedback(self, request_id: str, score: float, once: bool) -> Scored:
         await self.flush()  # this replica's own decision, if it served it, reaches the file first
         try:
             outcome = await asyncio.wait_for(
@@ -273,7 +278,7 @@ class SharedDecisionLog:
             raise ServiceUnavailable(
                 "the decision log does not answer right now; retry later", code="decision_log_unavailable"
             ) from None
-        return (str(outcome[0]), outcome[1], str(outcome[2]))
+        return Scored(*outcome)
 
     async def prune_stats(self) -> PruneStats | None:
         """The deployment's retention figures; None without retention, or (left out of ``/metrics``)

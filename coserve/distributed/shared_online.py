@@ -5,11 +5,13 @@ already receives every decision row and every feedback score of the cluster. It 
 one ``LiveOnline``: one posterior table, one budget controller, one map version sequence. It learns from
 
 * the rows written (``rows``): each row that the online map routed (``map_version`` set) and that was
-  answered (status 200) is one served request: its category joins the feed-forward mix and its
-  expert's cost moves the weight, so the controller sees the cluster's traffic, not one replica's;
+  answered (status 200) is one served request: its category (and its logged prediction) joins the
+  feed-forward mix and its expert's cost moves the weight, so the controller sees the cluster's
+  traffic, not one replica's;
 * feedback (``feedback``): the decision's category and expert come from the one file, the score is
-  learnt against the prompt's per-prompt scores that the replica which routed it sent (``exchange``;
-  a score that arrives before them counts as for a prompt predicted at its category's mean);
+  learnt against the prompt's per-prompt scores that the replica which routed it sent (``exchange``),
+  else (a score that arrives before them, or after the owner restarted) against the prediction the
+  row logged (``predicted``; none logged: as for a prompt predicted at its category's mean);
 * the automatic signals (failure, time-out, fallback) the replicas send (``exchange``);
 
 and it alone saves the state into the log's one slot (after each applied score, and at most every
@@ -45,6 +47,7 @@ from coserve.distributed.exchange_loop import ExchangeLoop
 from coserve.router.online_live import LiveOnline
 from coserve.router.trained import TrainedRouter, load_trained
 from coserve.store.log import DecisionRow
+from coserve.store.predicted import read_prediction
 
 __all__ = ["EXCHANGE_S", "ClusterOnline", "OnlineOwner", "owner_for"]
 
@@ -86,12 +89,13 @@ class OnlineOwner:
         counted = 0
         for row in rows:
             if row.map_version is not None and row.status == "200" and row.category is not None:
-                counted += self.live.observe(row.id, row.category, row.expert)
+                counted += self.live.observe(row.id, row.category, row.expert, read_prediction(row.predicted))
         return counted
 
-    def feedback(self, category: str, expert: str, score: float, request_id: str) -> bool:
-        """An API score in [-1, 1] on a logged decision; False where the router does not know it."""
-        return self.live.apply(category, expert, score, request_id)
+    def feedback(self, category: str, expert: str, score: float, request_id: str, logged: float | None = None) -> bool:
+        """An API score in [-1, 1] on a logged decision (``logged``: the expert's prediction its row kept);
+        False where the router does not know it."""
+        return self.live.apply(category, expert, score, request_id, logged)
 
     def exchange(
         self, seen: tuple[str, int] | None, predictions: dict[str, list[float]], signals: list[Signal]
@@ -180,7 +184,9 @@ class ClusterOnline(LiveOnline):
         self.signals_out.append((self.categories[category], expert, timed_out))
         return bool(self.router.signals)
 
-    def apply(self, category: str, expert: str, score: float, request_id: str | None = None) -> bool:
+    def apply(
+        self, category: str, expert: str, score: float, request_id: str | None = None, logged: float | None = None
+    ) -> bool:
         """Nothing here (False: nothing to save): the owner applied the score when the log stored it."""
         return False
 

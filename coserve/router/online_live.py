@@ -8,15 +8,17 @@ category and expert name (the caller ties a score to its request once, through t
 turns its state into JSON values and back under those names. With ``router.online.granularity: prompt``
 it routes each request by the trained router's per-prompt scores (``TrainedRouter.scores``) corrected by
 the category's feedback, and remembers those scores per request id so that a later feedback score is
-learnt as the residual against them (a score for a request it no longer remembers, e.g. one routed
-before a restart, counts as for a prompt predicted at its category's mean). Knows nothing about HTTP or SQLite.
+learnt as the residual against them; the server also logs them with the decision, and a score for a
+request no longer remembered (routed before a restart, or forgotten) is learnt against the logged
+prediction its caller passes (none logged: as for a prompt predicted at its category's mean).
+Knows nothing about HTTP or SQLite.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -81,18 +83,26 @@ class LiveOnline:
             while len(self._predicted) > REMEMBERED:
                 self._predicted.popitem(last=False)
 
+    @property
+    def per_prompt(self) -> bool:
+        """Whether requests are routed (and feedback learnt) against their per-prompt scores."""
+        return self.router.granularity == "prompt"
+
     def prediction(self, request_id: str) -> np.ndarray | None:
         """The per-prompt scores remembered for a request (None: not routed here per prompt, or forgotten)."""
         with self._lock:
             return self._predicted.get(request_id)
 
-    def observe(self, request_id: str, category: str, expert: str) -> bool:
+    def observe(self, request_id: str, category: str, expert: str, logged: Mapping[str, float] | None = None) -> bool:
         """A request routed by another process (a cluster's ingress replica) was answered by ``expert``:
-        its category (and remembered scores) join the feed-forward mix, its cost moves the weight;
-        False (nothing changes) for a category or expert this router does not know."""
+        its category (and remembered scores, else the ``logged`` expert -> score map) join the feed-forward
+        mix, its cost moves the weight; False (nothing changes) for a category or expert this router does not know."""
         if category not in self.categories or expert not in self.experts:
             return False
-        self.router.remember(self.categories.index(category), self.prediction(request_id))
+        row = self.prediction(request_id)
+        if row is None and logged is not None and all(e in logged for e in self.experts):
+            row = np.array([logged[e] for e in self.experts], dtype=np.float64)
+        self.router.remember(self.categories.index(category), row)
         self.router.served(self.experts.index(expert))
         return True
 
@@ -124,14 +134,18 @@ class LiveOnline:
                 return self.router.signal(self.categories.index(category), self.experts.index(expert), kind)
         return False
 
-    def apply(self, category: str, expert: str, score: float, request_id: str | None = None) -> bool:
+    def apply(
+        self, category: str, expert: str, score: float, request_id: str | None = None, logged: float | None = None
+    ) -> bool:
         """Apply an API score in [-1, 1] (mapped to [0, 1]) to (category, expert), the answer it scores to
-        request ``request_id``; False (nothing changes) for a category or expert this router does not know."""
+        request ``request_id``, learnt against the prediction remembered for it, else against ``logged``
+        (the expert's prediction the decision log kept); False (nothing changes) for a category or expert
+        this router does not know."""
         if category not in self.categories or expert not in self.experts:
             return False
         row = None if request_id is None else self.prediction(request_id)
         column = self.experts.index(expert)
-        guess = None if row is None else float(row[column])
+        guess = logged if row is None else float(row[column])
         self.router.feedback(self.categories.index(category), column, (score + 1.0) / 2.0, predicted=guess)
         return True
 

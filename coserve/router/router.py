@@ -102,10 +102,12 @@ class CoERouter:
             probabilities = dict(zip(trained.classes, map(float, proba), strict=True))
             category, confidence = trained.classes[int(proba.argmax())], float(proba.max())
         uncertain = bool(trained.fallback_mask(X)[0])
-        version = None
+        version, predicted = None, None
         if self.online is not None and category is not None and not uncertain and request.constraints.budget is None:
             permitted = allowed(self.library, request.constraints)
             chosen, version = self.online.choose(request.id, category, permitted, scores)
+            if self.online.per_prompt:  # logged with the decision: a later score is learnt against it
+                predicted = dict(zip(trained.experts, map(float, scores), strict=True))
         else:
             try:
                 (chosen,) = trained.expert_for(X, request.constraints.budget)
@@ -123,7 +125,9 @@ class CoERouter:
         )
         if self.online is None:
             return decision
-        return replace(decision, map_version=version if version is not None else self.online.version)
+        return replace(
+            decision, map_version=version if version is not None else self.online.version, predicted=predicted
+        )
 
     # -- persistence ----------------------------------------------------------------------------
     def cache_key(self) -> str:

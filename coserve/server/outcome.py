@@ -21,6 +21,7 @@ from coserve.server.admission import Admission
 from coserve.server.feed import DecisionFeed
 from coserve.server.quota import KeyQuota
 from coserve.store.log import DecisionRow, DecisionStore
+from coserve.store.predicted import encode_prediction
 
 __all__ = ["Outcomes"]
 
@@ -86,6 +87,7 @@ class Outcomes:
             completion_tokens=usage.completion_tokens if usage else None,
             map_version=decision.map_version,
             cascade=json.dumps([step.as_dict() for step in call.steps]) if call.steps else None,
+            predicted=encode_prediction(decision.predicted),
             prompt=prompt,
             completion=completion if self.decisions.store_text else None,
         )

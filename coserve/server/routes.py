@@ -230,15 +230,16 @@ async def feedback(http: HttpRequest, state: ApiState) -> dict[str, Any]:
     online = state.engine.router.online  # router.online: a request's score moves its expert's (docs/adapt.md)
     if online is None:
         stored = await asyncio.wrap_future(state.decisions.feedback(body.id, body.score))
-        outcome, category, expert = ("stored" if stored else "unknown"), None, ""
-    else:
-        outcome, category, expert = await asyncio.wrap_future(state.decisions.feedback_once(body.id, body.score))
+        outcome, category, expert, logged = ("stored" if stored else "unknown"), None, "", None
+    else:  # logged: the prediction the request was routed with, should the router no longer remember it
+        scored = await asyncio.wrap_future(state.decisions.feedback_once(body.id, body.score))
+        outcome, category, expert, logged = scored
     if outcome == "unknown":
         pruned = " (or its row is older than the log's retention)" if state.settings.log.retention else ""
         raise NotFound(f"no logged request has the id {body.id!r}{pruned}", param="id", code="request_not_found")
     if outcome == "duplicate":
         raise InvalidRequest(f"request {body.id!r} already has a score", param="id", code="feedback_exists")
-    if online is not None and category is not None and online.apply(category, expert, body.score, body.id):
+    if online is not None and category is not None and online.apply(category, expert, body.score, body.id, logged):
         state.decisions.save_online_state(online.export_state())  # saved beside the log
         online.publish(state.engine.metrics)  # the score's map is in force now
     return {"object": "feedback", "id": body.id, "score": body.score}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from coserve.store.online_state import read_state, write_state
+from coserve.store.predicted import Scored, read_prediction
 from coserve.store.retention import PruneStats, Retention, count_rows, prune_batch
 
 __all__ = ["DecisionLog", "DecisionRow", "DecisionStore", "query_decisions"]
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     completion_tokens INTEGER,
     map_version INTEGER,         -- the online router's map version (router.online), else NULL
     cascade TEXT,                -- routing.mode cascade: JSON list of the steps (expert, probability, outcome)
+    predicted TEXT,              -- router.online per prompt: JSON {expert: predicted score} it routed with
     prompt TEXT,                 -- only with server.log.store_text
     completion TEXT
 );
@@ -92,6 +94,7 @@ class DecisionRow:
     completion_tokens: int | None
     map_version: int | None = None  # the online router's map version, when it routed
     cascade: str | None = None  # JSON list of a cascade's steps (routing.mode: cascade), else None
+    predicted: str | None = None  # JSON {expert: per-prompt predicted score} the online router routed with
     prompt: str | None = None  # None unless texts are stored
     completion: str | None = None
 
@@ -117,7 +120,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
     conn.executescript(_SCHEMA)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
-    for column, kind in (("map_version", "INTEGER"), ("cascade", "TEXT")):  # a log from before the column
+    for column, kind in (("map_version", "INTEGER"), ("cascade", "TEXT"), ("predicted", "TEXT")):  # an older log
         if column not in columns:
             conn.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
     return conn
@@ -134,9 +137,7 @@ class DecisionStore(Protocol):
     async def prune_stats(self) -> PruneStats | None: ...  # None without retention (or not counted yet)
     def record(self, row: DecisionRow) -> bool: ...  # never waits; False when the row was dropped
     def feedback(self, request_id: str, score: float) -> concurrent.futures.Future[bool]: ...
-    def feedback_once(
-        self, request_id: str, score: float
-    ) -> concurrent.futures.Future[tuple[str, str | None, str]]: ...
+    def feedback_once(self, request_id: str, score: float) -> concurrent.futures.Future[Scored]: ...
     def save_online_state(self, state: dict[str, Any]) -> None: ...  # after the rows queued before it
     def online_state(self) -> dict[str, Any] | None: ...  # the saved online router state, if any
     def close(self, timeout: float = 10.0) -> None: ...  # writes what is queued
@@ -212,22 +213,25 @@ class DecisionLog:
 
         return self.call(write)
 
-    def feedback_once(self, request_id: str, score: float) -> concurrent.futures.Future[tuple[str, str | None, str]]:
-        """Store the first score of a logged request: ``("stored", category, expert)``, else
-        ``("unknown", None, "")`` or ``("duplicate", None, "")`` and nothing is written (checked and
-        written on the writer thread, so two scores of one request cannot both be stored)."""
+    def feedback_once(self, request_id: str, score: float) -> concurrent.futures.Future[Scored]:
+        """Store the first score of a logged request: ``Scored("stored", category, expert, predicted)``
+        (``predicted``: the expert's logged per-prompt prediction, or None), else ``("unknown", None, "")``
+        or ``("duplicate", None, "")`` and nothing is written (checked and written on the writer thread,
+        so two scores of one request cannot both be stored)."""
 
-        def write(conn: sqlite3.Connection) -> tuple[str, str | None, str]:
-            row = conn.execute("SELECT category, expert FROM decisions WHERE id = ?", (request_id,)).fetchone()
+        def write(conn: sqlite3.Connection) -> Scored:
+            query = "SELECT category, expert, predicted FROM decisions WHERE id = ?"
+            row = conn.execute(query, (request_id,)).fetchone()
             if row is None:
-                return ("unknown", None, "")
+                return Scored("unknown", None, "")
             if conn.execute("SELECT 1 FROM feedback WHERE id = ?", (request_id,)).fetchone() is not None:
-                return ("duplicate", None, "")
+                return Scored("duplicate", None, "")
             with conn:
                 conn.execute(
                     "INSERT INTO feedback (id, time, score) VALUES (?, ?, ?)", (request_id, time.time(), score)
                 )
-            return ("stored", row[0], row[1])
+            predicted = read_prediction(row[2])
+            return Scored("stored", row[0], row[1], None if predicted is None else predicted.get(row[1]))
 
         return self.call(write)
 
