@@ -128,7 +128,7 @@ def test_an_older_log_gains_the_map_version_column(tmp_path: Path) -> None:
     DecisionLog(path).start().close()
     with sqlite3.connect(path) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(decisions)")]
-        assert columns[-2:] == ["map_version", "cascade"]
+        assert columns[-3:] == ["map_version", "cascade", "predicted"]
         assert conn.execute("SELECT id, map_version FROM decisions").fetchall() == [("old", None)]
 
 
