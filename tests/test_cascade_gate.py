@@ -258,6 +258,20 @@ def test_train_check_fits_a_gate(tmp_path: Path, capsys: Any) -> None:
     assert load_gate(out).expert == "coder"
 
 
+def test_train_check_refuses_gate_options_it_cannot_use(tmp_path: Path, capsys: Any) -> None:
+    check = tmp_path / "check.json"
+    base = ["train-check", "--data", "docs/data/cascade10-heldout.jsonl", "--out", str(check)]
+    assert main([*base, "--gate-expert", "coder"]) == 2  # no --gate: the gate would not be written
+    assert "--gate-expert and --suite-prompts are for the start gate: give --gate FILE too" in capsys.readouterr().err
+    assert main([*base, "--gate", str(tmp_path / "g.json"), "--gate-expert", "nobody"]) == 2
+    err = capsys.readouterr().err
+    assert "--gate-expert 'nobody': no answers of it in the data (experts: coder, general, large)" in err
+    assert not check.exists()  # both refused before anything is fitted
+    # LeetCode rows keep no prompt: the error names the option that rebuilds them
+    assert main([*base, "--gate", str(tmp_path / "g.json"), "--gate-expert", "coder"]) == 2
+    assert "--suite-prompts rebuilds them from their suites" in capsys.readouterr().err
+
+
 def test_eval_draws_gated_points(tmp_path: Path, cache: Path) -> None:
     """24 rows (tests/test_cascade_check.py's two routed rows, alternated): chat rows start at small
     (the fake library's map), right on every 4th item; code rows start at coder. Every prompt where
