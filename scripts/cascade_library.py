@@ -53,6 +53,22 @@ def plan(args: argparse.Namespace, library_file: Path) -> dict[str, Any]:
     return dict(result["starts"])
 
 
+def write_checked(library: dict[str, Any], out: Path) -> None:
+    """Write ``library`` to ``out`` and read it back as the server would at start (every setting, the
+    check file, the start gate); where the server would refuse it, remove it and exit 2 with the reason."""
+    from coserve.config import load_library
+    from coserve.engine.cascade import Cascade
+    from coserve.errors import ConfigError
+
+    out.write_text(yaml.safe_dump(library, sort_keys=False))
+    try:
+        Cascade.from_library(load_library(out))
+    except ConfigError as exc:
+        out.unlink()
+        print(f"cascade_library: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", required=True, help="the answer check (coserve train-check)")
@@ -87,10 +103,10 @@ def main() -> None:
         router["budget"] = {"avg_params_b": args.budget}
         router["fallback"]["expert"] = args.fallback
     library["routing"] = {"mode": "cascade", "cascade": cascade}
-    Path(args.out).write_text(yaml.safe_dump(library, sort_keys=False))
+    write_checked(library, Path(args.out))
     if args.plan:
         cascade["categories"] = plan(args, Path(args.out))
-        Path(args.out).write_text(yaml.safe_dump(library, sort_keys=False))
+        write_checked(library, Path(args.out))
     print(f"cascade library -> {args.out}")
 
 

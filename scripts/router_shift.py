@@ -28,6 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -327,6 +328,9 @@ def print_table(paths: Sequence[str]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for path in paths:
         report = json.loads(Path(path).read_text())
+        if "shift" not in report:  # e.g. the --explain file, which a glob of the session's files matches
+            print(f"{path}: not a shift report (no 'shift'), left out", file=sys.stderr)
+            continue
         for name, row in report["shift"].items():
             for mix, r in row.items():
                 if isinstance(r["front_at_10.2"], dict):
@@ -348,10 +352,18 @@ def print_table(paths: Sequence[str]) -> None:
                 print(f"| {Path(path).stem} | {name} | {mix} | {' | '.join(cells)} | {spent} |")
 
 
+def _candidate_row(path: str, candidate: str) -> dict[str, Any]:
+    """``candidate``'s row of the shift report at ``path``; a clear exit where it has none."""
+    rows = json.loads(Path(path).read_text()).get("shift", {})
+    if candidate not in rows:
+        raise SystemExit(f"{path}: no candidate {candidate!r} (has: {', '.join(rows) or 'none, not a shift report'})")
+    return dict(rows[candidate])
+
+
 def paired(a: str, b: str) -> dict[str, dict[str, dict[str, float]]]:
     """``FILE:CANDIDATE`` b minus a, draw by draw, per Dirichlet family and budget (same mixes, same rows)."""
     (fa, ca), (fb, cb) = (x.rsplit(":", 1) for x in (a, b))
-    ra, rb = (json.loads(Path(f).read_text())["shift"][c] for f, c in ((fa, ca), (fb, cb)))
+    ra, rb = (_candidate_row(f, c) for f, c in ((fa, ca), (fb, cb)))
     out: dict[str, dict[str, dict[str, float]]] = {}
     for family, row in ra.items():
         if isinstance(row, dict) and "draws" in row:

@@ -258,7 +258,21 @@ def test_train_check_fits_a_gate(tmp_path: Path, capsys: Any) -> None:
     assert load_gate(out).expert == "coder"
 
 
-def test_eval_draws_gated_points(tmp_path: Path, cache: Path) -> None:
+def test_train_check_refuses_gate_options_it_cannot_use(tmp_path: Path, capsys: Any) -> None:
+    check = tmp_path / "check.json"
+    base = ["train-check", "--data", "docs/data/cascade10-heldout.jsonl", "--out", str(check)]
+    assert main([*base, "--gate-expert", "coder"]) == 2  # no --gate: the gate would not be written
+    assert "--gate-expert and --suite-prompts are for the start gate: give --gate FILE too" in capsys.readouterr().err
+    assert main([*base, "--gate", str(tmp_path / "g.json"), "--gate-expert", "nobody"]) == 2
+    err = capsys.readouterr().err
+    assert "--gate-expert 'nobody': no answers of it in the data (experts: coder, general, large)" in err
+    assert not check.exists()  # both refused before anything is fitted
+    # LeetCode rows keep no prompt: the error names the option that rebuilds them
+    assert main([*base, "--gate", str(tmp_path / "g.json"), "--gate-expert", "coder"]) == 2
+    assert "--suite-prompts rebuilds them from their suites" in capsys.readouterr().err
+
+
+def test_eval_draws_gated_points(tmp_path: Path, cache: Path, capsys: Any) -> None:
     """24 rows (tests/test_cascade_check.py's two routed rows, alternated): chat rows start at small
     (the fake library's map), right on every 4th item; code rows start at coder. Every prompt where
     small is wrong says "Constraints:", so the gate, refitted out of fold, skips exactly those."""
@@ -285,6 +299,12 @@ def test_eval_draws_gated_points(tmp_path: Path, cache: Path) -> None:
     # 12 chat rows: 6 easy ones small + coder + big (2.1 B), 6 hard ones skip small (2.0 B); 12 code rows 2.0 B
     assert always["skipped"] == 6
     assert always["cascade"] == {"quality": 1.0, "avg_params_b": round((6 * 2.1 + 18 * 2.0) / 24, 4)}
+    capsys.readouterr()
+    del rows[0]["prompt"]  # one row without a prompt: no gated points, and the output says why
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv += ["--on-bad", "skip", "--routers", "map-logistic", "--json", str(report), "--cascade", str(library)]
+    assert main(argv) == 0 and "gated" not in json.loads(report.read_text())["cascade"]
+    assert "coserve: no gated cascade points: 1 of 24 rows have no prompt" in capsys.readouterr().err
 
 
 def test_cascade_measure_replays_the_librarys_gate(tmp_path: Path) -> None:

@@ -161,3 +161,22 @@ def test_cascade_library_plan_cascades_where_the_checks_sample_says(tmp_path: Pa
     saved = json.loads(plan.read_text())
     assert saved["categories"]["code"]["single"] == {"quality": 1.0, "avg_params_b": 1.54}
     assert saved["categories"]["math"]["start"] is None and "commit" in saved["provenance"]
+
+
+def test_cascade_library_refuses_a_library_the_server_would_refuse(tmp_path: Path) -> None:
+    from tests.test_cascade_gate import write_gate  # (it imports this module)
+
+    check = write_check(tmp_path / "check.json", dict.fromkeys(PARAMS, 0.0))
+    gate = write_gate(tmp_path / "gate.json", "coder")
+    stranger = write_gate(tmp_path / "stranger.json", "nobody")  # an expert the default library does not have
+    out = tmp_path / "cascade.yaml"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for extra, message in (
+        (["--start-gate", str(tmp_path / "missing.json")], "missing.json: cannot read the start gate"),
+        (["--start-gate", str(stranger)], "the start gate is for expert 'nobody', not an expert of this library"),
+        (["--start-gate", str(gate), "--start-gate-threshold", "2"], "start_gate_threshold: Input should be less"),
+    ):
+        argv = [sys.executable, "scripts/cascade_library.py", "--check", str(check), *extra, "--out", str(out)]
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert not out.exists()  # nothing left that would stop the server's start

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from coserve.bench.adapt import AdaptOptions
 from coserve.config_routing import OnlineSettings
+from coserve.errors import ConfigError
 from coserve.router.drift import weight_for_mix
 from coserve.router.online import BudgetController, ChangeSettings, OnlineRouter, resume
 
@@ -155,3 +156,14 @@ def test_settings_carry_session_11s_knobs_to_the_router_and_the_replay() -> None
     for bad in ({"weight_floor": -0.01}, {"alarm_explore": -1}, {"change_shift_share": 1.2}):
         with pytest.raises(ValidationError):
             OnlineSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_bench_adapt_refuses_a_bad_session_11_knob_with_a_clear_error() -> None:
+    # `coserve bench adapt --weight-floor -0.01` printed a pydantic traceback; now one line, the option named
+    for bad, message in (
+        ({"weight_floor": -0.01}, "weight_floor: Input should be greater than or equal to 0"),
+        ({"alarm_explore": -1}, "alarm_explore: Input should be greater than or equal to 0"),
+        ({"change_shift_share": 2.0}, "change_shift_share: Input should be less than or equal to 1"),
+    ):
+        with pytest.raises(ConfigError, match=f"^{message}$"):
+            AdaptOptions(**bad)  # type: ignore[arg-type]

@@ -239,3 +239,19 @@ def test_metrics_show_the_map_after_a_score_and_the_resumed_map_before_the_first
     with TestClient(create_app(_engine(tmp_path, cache, budget={"avg_params_b": 5.0}))) as client:
         # the restarted server resumed the saved state: /metrics says so before any request arrives
         assert _online_gauges(client) == {**expected, "coserve_map_version": 3.0}
+
+
+def test_metrics_show_an_answered_requests_cost_before_any_score(tmp_path: Path, cache: Path) -> None:
+    # docs/adapt.md: the realised average is NaN only until a routed request has been answered. One
+    # answer by big (7 B) at a 5 B target: realised 7.0 over the window, the integral weight
+    # step * (7 / 5 - 1) = 0.002, one update (map version 1); no score is sent.
+    with TestClient(create_app(_engine(tmp_path, cache, budget={"avg_params_b": 5.0}))) as client:
+        assert _post(client, CODE).json()["coserve"]["expert"] == "big"
+        lines = client.get("/metrics").text.splitlines()
+        realised = next(line for line in lines if line.startswith("coserve_budget_realised"))
+        assert realised == 'coserve_budget_realised{axis="params"} 7.0'
+        assert _online_gauges(client) == {
+            'coserve_budget_target{axis="params"}': 5.0,
+            "coserve_cost_weight": pytest.approx(0.002),
+            "coserve_map_version": 1.0,
+        }

@@ -122,3 +122,24 @@ def test_explain_finds_the_least_margin_by_linear_programming(study: ModuleType)
     capped = study.explain(report(20.0), 0.6, [4.0])["F4_free"]
     assert capped["least_margin"] == pytest.approx(0.2 * (1 - 2.2 / 12) - 0.2 * 2.2 / 12, abs=1e-4)
     assert capped["router_params_b"] == pytest.approx(10.2, abs=0.01)
+
+
+def test_the_table_of_the_docs_glob_leaves_out_the_explain_file(
+    study: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/eval.md runs --table on docs/data/router-shift-s11-*.json, which also matches the --explain file
+    plain = {"front_at_10.2": 0.6, "margin_at_10.2": 0.01, "front_at_51": 0.65, "margin_at_51": 0.05}
+    report, explained = tmp_path / "s11-a.json", tmp_path / "s11-explain.json"
+    report.write_text(json.dumps({"shift": {"stack": {"plain": plain}}}))
+    explained.write_text(json.dumps({"categories": ["code"], "plain": {"router": 0.6, "expert": 0.6}}))
+    study.print_table([str(report), str(explained)])
+    out, err = capsys.readouterr()
+    assert out.splitlines()[2:] == ["| s11-a | stack | plain | 0.6000 | 0.0100 | 0.6500 | 0.0500 | - |"]
+    assert err == f"{explained}: not a shift report (no 'shift'), left out\n"
+
+
+def test_paired_names_an_unknown_candidate(study: ModuleType, tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"shift": {"stack": {}, "hybrid": {}}}))
+    with pytest.raises(SystemExit, match=rf"^{path}: no candidate 'nope' \(has: stack, hybrid\)$"):
+        study.paired(f"{path}:stack", f"{path}:nope")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
 from coserve.bench.adapt_baselines import category_means, lagrangian_mix, mix_of, mix_weights, recovery, share_of
@@ -110,6 +111,11 @@ class AdaptOptions:
             raise ConfigError("change_threshold, change_drift and mix_window must be >= 0 and reset_count > 0")
         if self.granularity not in ("category", "prompt"):
             raise ConfigError(f"granularity must be category or prompt, not {self.granularity!r}")
+        try:  # every other knob as router.online checks it (one line naming the knob, not a traceback)
+            self.online()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ConfigError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
     def online(self) -> OnlineSettings:
         """The online router's knobs as the server's ``router.online`` would carry them (every field of

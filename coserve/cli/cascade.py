@@ -19,8 +19,13 @@ def cmd_train_check(args: argparse.Namespace) -> int:
 
     if args.gate and not args.gate_expert:
         raise ConfigError("--gate needs --gate-expert: the expert the cascade starts from (e.g. coder)")
+    if not args.gate and (args.gate_expert or args.suite_prompts):
+        raise ConfigError("--gate-expert and --suite-prompts are for the start gate: give --gate FILE too")
     rows = read_signal_rows(args.data)
     experts = sorted({e for row in rows for e in row["signals"]})
+    if args.gate and args.gate_expert not in experts:
+        known = ", ".join(experts)
+        raise ConfigError(f"--gate-expert {args.gate_expert!r}: no answers of it in the data (experts: {known})")
     features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else FEATURES
     check, figures, _, _ = train_check(rows, experts, args.folds, args.seed, args.good, features)
     extra: dict[str, Any] = {"cv": figures, "data": [str(p) for p in args.data]}

@@ -126,7 +126,11 @@ def _gated(rows: list[dict[str, Any]], library: Any, args: argparse.Namespace) -
     from coserve.eval.cascade_gate import gated_points
 
     cascade = Cascade.from_library(library)
-    if cascade is None or cascade.gate is None or not all(row.get("prompt") for row in rows):
+    if cascade is None or cascade.gate is None:
+        return None
+    unprompted = sum(not row.get("prompt") for row in rows)
+    if unprompted:
+        print(f"coserve: no gated cascade points: {unprompted} of {len(rows)} rows have no prompt", file=sys.stderr)
         return None
     limit = cascade.settings.start_gate_threshold
     gated = gated_points(rows, library, cascade.gate.expert, limit, args.folds, args.seed, good=cascade.gate.good)

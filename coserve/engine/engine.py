@@ -280,6 +280,7 @@ class Engine:
             call.timings.first_token = time.monotonic()
             if self.online is not None and call.decision.map_version is not None:
                 self.online.served(expert)  # the answering expert's cost moves the budget weight
+                self.online.publish(self.metrics)  # /metrics: the realised cost and weight with this answer
             for source in call.tried:
                 self.metrics.fallbacks.labels(source, expert).inc()
             return prepended(first, chunks)

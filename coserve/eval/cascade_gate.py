@@ -50,7 +50,11 @@ def prompt_rows(rows: Sequence[Mapping[str, Any]], expert: str) -> list[Mapping[
     """The rows a gate for ``expert`` learns from: a prompt, the router's confidence, its score."""
     usable = [r for r in rows if r.get("prompt") and confidence_of(r) is not None and expert in r["scores"]]
     if not usable:
-        raise ConfigError(f"no row has a prompt, the router's confidence and a score of {expert!r} (--with-prompts)")
+        raise ConfigError(
+            f"no row has a prompt, the router's confidence and a score of {expert!r} (coserve outcomes "
+            "--with-prompts writes prompts; for rows written without, train-check --suite-prompts rebuilds them "
+            "from their suites)"
+        )
     return usable
 
 
