@@ -3,9 +3,13 @@ exact values on tiny vectors, worked out by hand in each test's comments."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from test_online_serving import _engine
+from test_trained_routing import trained_dir  # noqa: F401  (a fixture)
 
 from coserve.bench.adapt import AdaptOptions, replay_adapt
 from coserve.config_routing import NeighbourSettings, OnlineSettings
@@ -117,3 +121,10 @@ def test_the_replay_needs_the_streams_vectors_for_neighbours() -> None:
     assert options.online().neighbours == NeighbourSettings(k=5)
     with pytest.raises(ConfigError, match="prompt vectors"):
         replay_adapt(np.zeros((1, 2)), None, None, None, options, predicted=np.zeros((1, 2)))  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("trained_dir")
+def test_a_server_refuses_neighbours_it_would_not_use(tmp_path: Path, cache: Path) -> None:
+    # the server does not pass prompt vectors to the online router yet: the setting is refused, not ignored
+    with pytest.raises(ConfigError, match="neighbours: replay only"):
+        _engine(tmp_path, cache, online={"granularity": "prompt", "neighbours": {"k": 5}})
