@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["CascadeSettings", "OnlineSettings", "RoutingSettings", "routing_problem"]
+__all__ = ["CascadeSettings", "NeighbourSettings", "OnlineSettings", "RoutingSettings", "routing_problem"]
 
 
 class CascadeSettings(BaseModel):
@@ -78,6 +78,18 @@ def routing_problem(routing: RoutingSettings, categories: Collection[str], exper
     return None
 
 
+class NeighbourSettings(BaseModel):
+    """Prompt mode's neighbour correction (coserve.router.online_neighbours, docs/adapt.md): off unless set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(20, ge=1)  # nearest remembered prompts fed back for an expert, at most
+    memory: int = Field(2000, ge=1, le=100_000)  # the last this many feedback residuals are kept
+    shrink: float = Field(5.0, ge=0)  # pseudo-count of a residual of 0: sum / (neighbours + shrink)
+    min_similarity: float = Field(0.5, ge=-1, le=1)  # cosine similarity a neighbour needs at least
+    skip_identical: bool = False  # measurement: leave out remembered prompts with the very same vector
+
+
 class OnlineSettings(BaseModel):
     """Learning from traffic (coserve.router.online, docs/adapt.md): needs router.trained and a budget."""
 
@@ -124,3 +136,12 @@ class OnlineSettings(BaseModel):
     weight_floor: float = Field(0.005, ge=0)
     alarm_explore: int = Field(0, ge=0)
     change_shift_share: float = Field(1.0, ge=0, le=1)
+    # session 11, branch knn11 (docs/adapt.md): in prompt mode, correct a prompt's estimates by the residuals
+    # of feedback on its nearest earlier prompts (None: off)
+    neighbours: NeighbourSettings | None = None
+
+    @model_validator(mode="after")
+    def _neighbours_need_prompts(self) -> OnlineSettings:
+        if self.neighbours is not None and self.granularity != "prompt":
+            raise ValueError("neighbours correct per-prompt estimates: they need granularity prompt")
+        return self

@@ -59,6 +59,11 @@ a narrower mean gap) without meeting fewer hindsight or recovery checks.
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage underspend \
         --json docs/data/adapt-tuning-s10-underspend.json
 
+`--stage knn` (session 11, branch knn11): the neighbour correction in prompt mode, six settings and the
+best without identical prompts, on all 27 runs with the same adoption rule (`adapt_tune_knn.py`).
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage knn --json docs/data/adapt-tuning-knn.json
+
 `--stage s11` (session 11): a two-sided target, exploration of an expert an alarm moved, a smaller move
 at an alarm, and combinations, on all 27 runs with the same adoption rule (`adapt_tune_s11.py`).
 
@@ -123,7 +128,7 @@ def evaluate(
         for seed in seeds:
             f = fitted[axis]
             options = AdaptOptions(budget_axis=axis, target=target, seed=seed, **knobs)
-            report = replay_adapt(f.offline, f.stream, f.stream_category, costs, options, f.predicted)
+            report = replay_adapt(f.offline, f.stream, f.stream_category, costs, options, f.predicted, f.vectors)
             q = report["quality"]
             runs.append(
                 {
@@ -340,18 +345,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write every setting's results here")
     parser.add_argument(
         "--stage",
-        choices=["all", "detector", "predictor", "levers", "underspend", "s11"],
+        choices=["all", "detector", "predictor", "levers", "underspend", "s11", "knn"],
         default="all",
         help="the full search, or one session's stage",
     )
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
     # --stage levers and underspend run with the default per-prompt predictor's vectors (coserve train's, session 9)
-    featured = args.stage in ("levers", "underspend", "s11")
-    every_run = args.stage in ("underspend", "s11")  # every setting on all 27 runs, the adoption rule below
+    featured = args.stage in ("levers", "underspend", "s11", "knn")
+    every_run = args.stage in ("underspend", "s11", "knn")  # every setting on all 27 runs, the adoption rule below
     fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if featured else None)
     results: list[dict[str, Any]] = []
     confirmed: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}  # --stage knn: the best setting with identical prompts left out
 
     def score(settings: list[dict[str, Any]]) -> None:
         for knobs in settings:
@@ -388,6 +394,10 @@ def main(argv: list[str]) -> int:
         from adapt_tune_s11 import s11_stage  # beside this script
 
         results = s11_stage(lambda knobs: _scored(fitted, costs, knobs))
+    elif args.stage == "knn":
+        from adapt_tune_knn import knn_stage  # beside this script
+
+        results, extra["similar_only"] = knn_stage(lambda knobs: _scored(fitted, costs, knobs))
     elif args.stage == "detector":
         score(detector_grid())
         score(detector_moves(max(results[1:], key=_rank)["knobs"]))
@@ -413,6 +423,7 @@ def main(argv: list[str]) -> int:
         "chosen_checks_met": chosen.get("all_checks_met", chosen["checks_met"]),  # levers: over all 27 runs
         "results": results,
         **({"confirm_seeds": list(CONFIRM_SEEDS), "confirmed": confirmed} if confirmed else {}),
+        **extra,
     }
     write_data(args.json, payload, "python scripts/adapt_tune.py " + shlex.join(argv))
     met, checks = chosen.get("all_checks_met", chosen["checks_met"]), chosen.get("all_checks", chosen["checks"])

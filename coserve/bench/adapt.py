@@ -56,6 +56,7 @@ SETTLE = 1000  # tracking error counts windows starting after this many requests
 
 
 _ONLINE = OnlineSettings()  # router.online's defaults
+_NEIGHBOURS = None if _ONLINE.neighbours is None else _ONLINE.neighbours.model_dump()
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class AdaptOptions:
     weight_floor: float = _ONLINE.weight_floor  # the cost weight's floor is -weight_floor (two-sided target)
     alarm_explore: int = _ONLINE.alarm_explore  # requests after a downward alarm its expert may be explored
     change_shift_share: float = _ONLINE.change_shift_share  # share of the estimated shift an alarm moves means
+    neighbours: dict[str, Any] | None = _NEIGHBOURS  # router.online.neighbours (NeighbourSettings' fields); None: off
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -151,12 +153,16 @@ def replay_adapt(
     costs: ExpertCosts,
     options: AdaptOptions,
     predicted: np.ndarray | None = None,
+    vectors: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Replay ``stream`` through an online router started from ``offline`` [K, E]; the report as a dict.
 
     ``stream_category`` is the router's category index for each stream item; ``predicted`` [items, E]
-    the offline per-prompt score of each expert on each stream item (needed in prompt mode).
+    the offline per-prompt score of each expert on each stream item (needed in prompt mode); ``vectors``
+    [items, dim] the predictor's vector of each item (needed with ``neighbours``).
     """
+    if options.neighbours is not None and vectors is None:
+        raise ConfigError("neighbours need the stream's prompt vectors")
     if options.granularity == "prompt" and predicted is None:
         raise ConfigError("granularity prompt needs the offline per-prompt predictions of the stream")
     costs = costs.aligned(stream.experts)
@@ -185,14 +191,15 @@ def replay_adapt(
     at_zero = np.zeros(n, dtype=bool)  # the weight at 0 (or below): the router spends all that buys quality
     for i in range(n):
         row = None if predicted is None else predicted[items[i]]
-        decision = router.choose(int(category[i]), predicted=row)
+        vector = None if vectors is None else vectors[items[i]]
+        decision = router.choose(int(category[i]), predicted=row, vector=vector)
         chosen[i], explored[i] = decision.expert, decision.explored
         at_zero[i] = router.snapshot.weight <= 0.0
         router.served(decision.expert)
         if rng.random() < options.feedback:
             observed = float(np.clip(truth[i, decision.expert] + rng.normal(0.0, options.noise), 0.0, 1.0))
             guess = None if row is None else float(row[decision.expert])
-            router.feedback(int(category[i]), decision.expert, observed, predicted=guess)
+            router.feedback(int(category[i]), decision.expert, observed, predicted=guess, vector=vector)
     served_cost = cost[chosen]
     served_quality = truth[np.arange(n), chosen]
     realised = float(served_cost.mean())
@@ -279,6 +286,7 @@ class FittedStream:
     categories: list[str]
     prior_rows: int
     predicted: np.ndarray  # [stream items, E] the offline per-prompt score of each expert (stack router)
+    vectors: np.ndarray | None = None  # [stream items, dim] the predictor's vectors (the neighbour memory's)
 
 
 @ONE_BLAS_THREAD
@@ -309,7 +317,8 @@ def fit_stream(
     stack = train_router(prior, X_prior_pred, costs, kind="stack", budget_axis=axis)
     predicted = np.empty((len(stream), len(stream.experts)))
     predicted[:, [stream.experts.index(e) for e in stack.experts]] = np.clip(stack.scores(X_stream_pred), 0.0, 1.0)
-    return FittedStream(offline, stream, stream_category, list(router.classes), len(prior), predicted)
+    vectors = np.asarray(X_stream_pred, dtype=np.float64)
+    return FittedStream(offline, stream, stream_category, list(router.classes), len(prior), predicted, vectors)
 
 
 def _one_category(prior: OutcomeSet, X_prior: np.ndarray, stream: OutcomeSet, X_stream: np.ndarray) -> FittedStream:
@@ -323,8 +332,9 @@ def _one_category(prior: OutcomeSet, X_prior: np.ndarray, stream: OutcomeSet, X_
     ridge = RidgeRegressor(alpha=STACK_RIDGE_ALPHA).fit(X_prior, scores)
     predicted = np.clip(ridge.predict(X_stream), 0.0, 1.0)
     return FittedStream(
-        offline, stream, np.zeros(len(stream), dtype=np.int64), [prior.categories[0]], len(prior), predicted
-    )
+        offline, stream, np.zeros(len(stream), dtype=np.int64), [prior.categories[0]], len(prior), predicted,
+        np.asarray(X_stream, dtype=np.float64),
+    )  # fmt: skip
 
 
 def run_adapt(
@@ -351,7 +361,9 @@ def run_adapt(
         X_stream = embed_cached(stream.prompts, embedder)
         P_stream = X_stream if pred is embedder else embed_cached(stream.prompts, pred)
     fitted = fit_stream(prior, X_prior, stream, X_stream, costs, options.budget_axis, (P_prior, P_stream))
-    report = replay_adapt(fitted.offline, stream, fitted.stream_category, costs, options, fitted.predicted)
+    report = replay_adapt(
+        fitted.offline, stream, fitted.stream_category, costs, options, fitted.predicted, fitted.vectors
+    )
     report.update(prior=str(prior_path), stream=str(stream_path or f"{prior_path} (other half)"))
     report.update(prior_rows=len(prior), stream_rows=len(stream), categories=fitted.categories)
     report.update(embedder=embedder.name, predictor_embedder=pred.name)

@@ -49,6 +49,11 @@
   explorations, rounded up). The snapshot is rebuilt from the posterior means and the weight after every
   ``resolve_every`` updates and swapped under a lock: a reader sees one whole map, never a mix.
 
+* ``neighbours`` (prompt mode, session 11): ``online_neighbours.NeighbourMemory`` keeps the last feedback
+  residuals (the score less the prompt's estimate above, with the prompt's vector) and adds to a new
+  prompt's estimates the shrunk mean residual of its nearest remembered prompts, per expert; an alarm
+  drops the moved expert's residuals. The memory is not saved: a restart starts it empty.
+
 ``export_state``/``restore`` turn the posteriors, the weight and the map version into JSON values and
 back (``online_saved.parse_state`` checks a saved state; ``resume`` warns and keeps the offline map
 where a saved state does not fit). Pure numbers, seeded randomness; this module knows nothing about HTTP,
@@ -61,55 +66,30 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from coserve.config_routing import OnlineSettings
+from coserve.config_routing import NeighbourSettings, OnlineSettings
 from coserve.router.drift import ChangeSettings, export_change, restore_change
-from coserve.router.mapping import choose_per_prompt
 from coserve.router.online_alarm import AlarmExploration
 from coserve.router.online_knobs import router_options
+from coserve.router.online_map import Decision, MapSnapshot, solve_weighted
 from coserve.router.online_mix import RecentMix
 from coserve.router.online_model import BudgetController, ScorePosterior
+from coserve.router.online_neighbours import NeighbourMemory
 from coserve.router.online_saved import STATE_FORMAT, parse_state
 
-__all__ = ["BudgetController", "ChangeSettings", "Decision", "MapSnapshot", "OnlineRouter", "ScorePosterior", "resume"]
+__all__ = [
+    "BudgetController", "ChangeSettings", "Decision", "MapSnapshot", "OnlineRouter", "ScorePosterior", "resume",
+    "solve_weighted",
+]  # fmt: skip
 
 log = logging.getLogger("coserve.router")
 
 SIGNALS = frozenset({"failure", "timeout", "fallback"})  # automatic signals an expert's failure can send
 GRANULARITIES = ("category", "prompt")  # what a decision is made per: see the module docstring
 MIX_EVERY = 25  # served requests between two updates of the feed-forward weight
-
-
-@dataclass(frozen=True)
-class MapSnapshot:
-    """One versioned category -> expert map and the numbers it was solved from."""
-
-    version: int
-    weight: float
-    means: np.ndarray  # [K, E] posterior means when solved
-    assignment: tuple[int, ...]  # expert per category with every expert allowed
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the router chose for one request."""
-
-    category: int
-    expert: int
-    explored: bool
-    map_version: int
-
-
-def solve_weighted(means: np.ndarray, cost: np.ndarray, weight: float, allowed: np.ndarray | None = None) -> np.ndarray:
-    """Per category, the expert maximising ``means - weight * cost`` (cost in target units), among ``allowed``."""
-    scores = np.asarray(means, dtype=np.float64)
-    if allowed is not None:
-        scores = np.where(allowed[None, :], scores, -np.inf)
-    return choose_per_prompt(scores, np.asarray(cost, dtype=np.float64), weight)
 
 
 class OnlineRouter:
@@ -143,6 +123,7 @@ class OnlineRouter:
         explore_at_zero: bool = False,
         weight_floor: float = 0.0,
         alarm_explore: int = 0,
+        neighbours: NeighbourSettings | None = None,
     ) -> None:
         if not 0.0 <= prompt_weight <= 1.0:
             raise ValueError("prompt_weight must be in [0, 1]")
@@ -178,6 +159,10 @@ class OnlineRouter:
         self._lock = threading.RLock()  # serving threads choose, feed back and re-solve concurrently
         self._pending = 0
         self._snapshot = self._solve(0)
+        if neighbours is not None and granularity != "prompt":
+            raise ValueError("neighbours correct per-prompt estimates: they need granularity prompt")
+        # feedback residuals on earlier prompts, to correct similar ones (None: off)
+        self.neighbours = None if neighbours is None else NeighbourMemory(neighbours, self.posterior.shape[1])
 
     @classmethod
     def from_settings(
@@ -237,12 +222,16 @@ class OnlineRouter:
         category: int,
         allowed: Sequence[bool] | np.ndarray | None = None,
         predicted: Sequence[float] | np.ndarray | None = None,
+        vector: Sequence[float] | np.ndarray | None = None,
     ) -> Decision:
         """The expert for a request of ``category``; ``allowed`` marks the experts its constraints permit;
         ``predicted`` is the offline per-prompt score of every expert (used in prompt mode; without it a
-        prompt-mode request is routed by its category)."""
+        prompt-mode request is routed by its category); ``vector``, the prompt's vector, finds its
+        neighbours' correction where ``neighbours`` is set."""
         row = self._prompt_row(category, None if predicted is None else np.asarray(predicted))
         with self._lock:
+            if row is not None and vector is not None and self.neighbours is not None:
+                row = row + self.neighbours.correction(np.asarray(vector))
             return self._choose(category, allowed, row)
 
     def _choose(self, category: int, allowed: Sequence[bool] | np.ndarray | None, row: np.ndarray | None) -> Decision:
@@ -341,16 +330,29 @@ class OnlineRouter:
             self._pending = 0
             self._snapshot = self._solve(saved.version)
 
-    def feedback(self, category: int, expert: int, score: float, predicted: float | None = None) -> None:
+    def feedback(
+        self,
+        category: int,
+        expert: int,
+        score: float,
+        predicted: float | None = None,
+        vector: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
         """An observed score in [0, 1] for ``expert`` on ``category``; in prompt mode, ``predicted`` is the
         offline prediction of that expert on the scored prompt (the cell learns the residual against it;
-        without it the score counts as for a prompt predicted at the category's offline mean)."""
+        without it the score counts as for a prompt predicted at the category's offline mean); with
+        ``neighbours`` and the prompt's ``vector``, the score less the prompt's estimate is remembered."""
         if not 0.0 <= score <= 1.0:
             raise ValueError(f"a score must be in [0, 1], got {score}")
+        observed = score
         if self.granularity == "prompt" and predicted is not None:
             offset = self.prompt_weight * (float(predicted) - float(self.offline[category, expert]))
-            score = min(1.0, max(0.0, score - offset))
+            observed = score - offset  # the score as its category's cell sees it (unclipped)
+            score = min(1.0, max(0.0, observed))
         with self._lock:
+            if self.neighbours is not None and vector is not None and predicted is not None:
+                estimate = float(self.posterior.estimate()[category, expert])  # before this score moves it
+                self.neighbours.add(np.asarray(vector), expert, observed - estimate)
             # the residual against the estimate it was predicted with, or (feedback baseline) against the
             # cell's own earlier feedback (None while too little)
             residual: float | None = self.posterior.update(category, expert, score)
@@ -362,6 +364,8 @@ class OnlineRouter:
                 self.posterior.rebase(expert, moved, self.change.reset_count)
                 if shift < 0:
                     self.after_alarm.alarmed(expert)
+                if self.neighbours is not None:
+                    self.neighbours.forget(expert)  # its residuals were measured against the old means
                 if self.baseline is not None:
                     self.baseline.forget(expert)
                 self.alarms += 1

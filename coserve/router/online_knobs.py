@@ -45,4 +45,5 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
         "explore_at_zero": settings.explore_at_zero,
         "weight_floor": settings.weight_floor,
         "alarm_explore": settings.alarm_explore,
+        "neighbours": settings.neighbours,
     }

@@ -194,6 +194,8 @@ class CoERouter:
         if library.router.online is not None:
             if trained.classifier is None:
                 raise ConfigError(f"{library.path}: router.online: needs a trained router with a category classifier")
+            if library.router.online.neighbours is not None:  # the server passes no prompt vector yet
+                raise ConfigError(f"{library.path}: router.online.neighbours: replay only, not served yet")
             router.online = LiveOnline(library, trained)
         return router
 
