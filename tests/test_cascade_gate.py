@@ -125,8 +125,12 @@ def test_a_gate_the_library_cannot_use_stops_the_start(make_engine: Callable[...
     with pytest.raises(ConfigError, match=r"nope\.json: cannot read the start gate"):
         make_engine(**missing)
     stranger = write_gate(tmp_path / "gate.json", "nobody")
-    with pytest.raises(ConfigError, match="the start gate is for expert 'nobody', not an expert of this library"):
+    with pytest.raises(
+        ConfigError, match="the start gate is for expert 'nobody', not an expert of this library"
+    ) as info:
         make_engine(**cascade_library(tmp_path, {"small": 0.0}, start_gate=str(stranger)))
+    assert info.value.message.startswith("routing.cascade.start_gate: ")  # names the setting to fix
+    assert "(experts: " in info.value.message
 
 
 def test_a_prompt_that_looks_hard_skips_the_start(serve_cascade: Callable[..., TestClient], tmp_path: Path) -> None:  # noqa: F811

@@ -64,6 +64,7 @@ def test_refuse_raises_listing_file_and_line(tmp_path: Path) -> None:
         load_outcomes(path, experts=["a", "b"], categories=["math"], on_bad="refuse")
     for line in EXPECTED:
         assert f"{path}:{line}:" in info.value.message
+    assert "--on-bad skip" in info.value.message  # the way out, as a command-line user types it
 
 
 def test_experts_inferred_and_missing_ones_reported(tmp_path: Path) -> None:

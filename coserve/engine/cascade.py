@@ -117,8 +117,10 @@ class Cascade:
             )
         gate = load_gate(base / settings.start_gate) if settings.start_gate else None
         if gate is not None and gate.expert not in params_of(library):
+            known = ", ".join(params_of(library))
             raise ConfigError(
-                f"{settings.start_gate}: the start gate is for expert {gate.expert!r}, not an expert of this library"
+                f"routing.cascade.start_gate: {settings.start_gate}: the start gate is for expert {gate.expert!r}, "
+                f"not an expert of this library (experts: {known})"
             )
         return cls(settings, check, gate)
 

@@ -218,7 +218,10 @@ def load_outcomes(
     if problems and on_bad == "refuse":
         listed = "; ".join(str(p) for p in problems[:MAX_LISTED])
         more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
-        raise ConfigError(f"{len(problems)} bad rows in {path}: {listed}{more}; use on_bad='skip' to drop them")
+        raise ConfigError(
+            f"{len(problems)} bad rows in {path}: {listed}{more}; "
+            "drop them with on_bad='skip' (on the command line: --on-bad skip)"
+        )
     if not ids:
         raise ConfigError(f"{path}: no usable rows")
     matrix = np.asarray(scores, dtype=np.float32).reshape(len(ids), len(experts))
