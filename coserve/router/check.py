@@ -29,7 +29,7 @@ import numpy as np
 
 from coserve.errors import ConfigError
 from coserve.router.examples import examples_passed, prompt_examples
-from coserve.router.logistic import fit_scaled_logistic, read_arrays, state_of, write_state
+from coserve.router.logistic import fit_good, probabilities, read_arrays, state_of, write_state
 from coserve.router.verify import verdicts
 from coserve.types import Completion, Message
 
@@ -152,16 +152,13 @@ class AnswerCheck:
 
     def fit(self, signals: Sequence[Signals], experts: Sequence[str], scores: Sequence[float]) -> AnswerCheck:
         X = self.features(signals, experts)
-        y = (np.asarray(scores, dtype=float) >= self.good).astype(int)
-        if len(set(y.tolist())) < 2:
-            raise ConfigError("the check needs both good and bad answers in its training data")
-        self.mean_, self.scale_, self.coef_, self.intercept_ = fit_scaled_logistic(X, y, self.C)
+        self.mean_, self.scale_, self.coef_, self.intercept_ = fit_good(X, scores, self.good, self.C, "the check")
         return self
 
     def predict_proba(self, signals: Sequence[Signals], experts: Sequence[str]) -> np.ndarray:
         """[n] P(good) of each answer."""
-        z = ((self.features(signals, experts) - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
-        return np.asarray(1.0 / (1.0 + np.exp(-z)))
+        fitted = (self.mean_, self.scale_, self.coef_, self.intercept_)
+        return probabilities(self.features(signals, experts), fitted)
 
     def probability(self, signals: Signals, expert: str) -> float:
         return float(self.predict_proba([signals], [expert])[0])

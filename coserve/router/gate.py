@@ -32,7 +32,7 @@ import numpy as np
 from coserve.errors import ConfigError
 from coserve.router.examples import prompt_examples
 from coserve.router.features import FEATURE_NAMES, prompt_features
-from coserve.router.logistic import fit_scaled_logistic, read_arrays, state_of, write_state
+from coserve.router.logistic import fit_good, probabilities, read_arrays, state_of, write_state
 
 __all__ = ["GATE_FEATURES", "GATE_FORMAT_VERSION", "StartGate", "gate_features", "load_gate", "start_limit"]
 
@@ -111,16 +111,14 @@ class StartGate:
 
     def fit(self, prompts: Sequence[str], confidences: Sequence[float], scores: Sequence[float]) -> StartGate:
         X = self.features(prompts, confidences)
-        y = (np.asarray(scores, dtype=float) >= self.good).astype(int)
-        if len(set(y.tolist())) < 2:
-            raise ConfigError(f"the start gate needs both good and bad answers of {self.expert} in its training data")
-        self.mean_, self.scale_, self.coef_, self.intercept_ = fit_scaled_logistic(X, y, self.C)
+        fitted = fit_good(X, scores, self.good, self.C, "the start gate", self.expert)
+        self.mean_, self.scale_, self.coef_, self.intercept_ = fitted
         return self
 
     def predict_proba(self, prompts: Sequence[str], confidences: Sequence[float]) -> np.ndarray:
         """[n] P(the gated expert's answer is good) of each prompt."""
-        z = ((self.features(prompts, confidences) - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
-        return np.asarray(1.0 / (1.0 + np.exp(-z)))
+        fitted = (self.mean_, self.scale_, self.coef_, self.intercept_)
+        return probabilities(self.features(prompts, confidences), fitted)
 
     def probability(self, prompt: str, confidence: float) -> float:
         return float(self.predict_proba([prompt], [confidence])[0])

@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ScaledLogistic", "fit_scaled_logistic", "read_arrays", "state_of", "write_state"]
+__all__ = [
+    "ScaledLogistic",
+    "fit_good",
+    "fit_scaled_logistic",
+    "probabilities",
+    "read_arrays",
+    "state_of",
+    "write_state",
+]
 
 ScaledLogistic = tuple[np.ndarray, np.ndarray, np.ndarray, float]  # mean, scale, coef, intercept
 
@@ -25,6 +33,25 @@ def fit_scaled_logistic(X: np.ndarray, y: np.ndarray, C: float) -> ScaledLogisti
     scale = np.where(X.std(axis=0) > 0, X.std(axis=0), 1.0)
     model = LogisticRegression(C=C, max_iter=1000).fit((X - mean) / scale, y)
     return mean, scale, model.coef_[0].astype(float), float(model.intercept_[0])
+
+
+def fit_good(X: np.ndarray, scores: Any, good: float, C: float, model: str, of: str = "") -> ScaledLogistic:
+    """``fit_scaled_logistic`` of "score >= ``good``"; a ConfigError naming ``model`` (and whose answers,
+    ``of``) when the scores are all good or all bad (a logistic regression needs two classes)."""
+    from coserve.errors import ConfigError
+
+    y = (np.asarray(scores, dtype=float) >= good).astype(int)
+    if len(set(y.tolist())) < 2:
+        whose = f" of {of}" if of else ""
+        raise ConfigError(f"{model} needs both good and bad answers{whose} in its training data")
+    return fit_scaled_logistic(X, y, C)
+
+
+def probabilities(X: np.ndarray, fitted: ScaledLogistic) -> np.ndarray:
+    """[n] the fitted model's P(good) of each row of ``X``."""
+    mean, scale, coef, intercept = fitted
+    z = ((X - mean) / scale) @ coef + intercept
+    return np.asarray(1.0 / (1.0 + np.exp(-z)))
 
 
 def write_state(path: str | Path, state: dict[str, Any], **extra: Any) -> None:
