@@ -139,9 +139,18 @@ class OnlineSettings(BaseModel):
     # session 11, branch knn11 (docs/adapt.md): in prompt mode, correct a prompt's estimates by the residuals
     # of feedback on its nearest earlier prompts (None: off)
     neighbours: NeighbourSettings | None = None
+    # session 12 (docs/adapt.md): the detector adds each residual alike (flat), or weighs it by the score the
+    # prompt was expected to have (proportional: a risk-adjusted CUSUM, coserve.router.drift_weighted), and then
+    # with change_variance_floor > 0 divides it by that score's variance, at least this
+    change_model: Literal["flat", "proportional"] = "flat"
+    change_variance_floor: float = Field(0.0, ge=0, le=0.25)
 
     @model_validator(mode="after")
     def _neighbours_need_prompts(self) -> OnlineSettings:
         if self.neighbours is not None and self.granularity != "prompt":
             raise ValueError("neighbours correct per-prompt estimates: they need granularity prompt")
+        if self.change_model == "proportional" and self.change_baseline != "posterior":
+            raise ValueError(
+                "change_model proportional weighs residuals against the posterior: change_baseline posterior"
+            )
         return self

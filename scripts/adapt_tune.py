@@ -68,6 +68,12 @@ best without identical prompts, on all 27 runs with the same adoption rule (`ada
 at an alarm, and combinations, on all 27 runs with the same adoption rule (`adapt_tune_s11.py`).
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s11 --json docs/data/adapt-tuning-s11.json
+
+`--stage s12` (session 12): the proportional change model (a risk-adjusted CUSUM) over alarm levels and
+drifts, then with a variance floor, on all 27 runs with the same adoption rule; every run lists its
+alarms and each result their totals (`adapt_tune_s12.py`).
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s12 --json docs/data/adapt-tuning-s12.json
 """
 
 from __future__ import annotations
@@ -140,6 +146,10 @@ def evaluate(
                     "adaptive_minus_hindsight": q["adaptive"] - q["hindsight"],
                     "recovery_requests": report["recovery_requests"],
                     "change_alarms": report["change_alarms"],
+                    "false_alarms": report["false_alarms"],
+                    "false_drops": report["false_drops"],
+                    "true_alarm_delay": report["true_alarm_delay"],
+                    "alarms": report["alarms"],
                 }
             )
     by_check = {
@@ -345,15 +355,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write every setting's results here")
     parser.add_argument(
         "--stage",
-        choices=["all", "detector", "predictor", "levers", "underspend", "s11", "knn"],
+        choices=["all", "detector", "predictor", "levers", "underspend", "s11", "knn", "s12"],
         default="all",
         help="the full search, or one session's stage",
     )
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
     # --stage levers and underspend run with the default per-prompt predictor's vectors (coserve train's, session 9)
-    featured = args.stage in ("levers", "underspend", "s11", "knn")
-    every_run = args.stage in ("underspend", "s11", "knn")  # every setting on all 27 runs, the adoption rule below
+    featured = args.stage in ("levers", "underspend", "s11", "knn", "s12")
+    every_run = args.stage in ("underspend", "s11", "knn", "s12")  # every setting on all 27 runs, the rule below
     fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if featured else None)
     results: list[dict[str, Any]] = []
     confirmed: list[dict[str, Any]] = []
@@ -394,6 +404,10 @@ def main(argv: list[str]) -> int:
         from adapt_tune_s11 import s11_stage  # beside this script
 
         results = s11_stage(lambda knobs: _scored(fitted, costs, knobs))
+    elif args.stage == "s12":
+        from adapt_tune_s12 import s12_stage  # beside this script
+
+        results = s12_stage(lambda knobs: _scored(fitted, costs, knobs))
     elif args.stage == "knn":
         from adapt_tune_knn import knn_stage  # beside this script
 

@@ -97,6 +97,8 @@ def test_bench_adapt_writes_the_issue_fields(tmp_path: Path, cache: Path, capsys
     assert 0.0 <= report["shock"]["best_share_after"] <= 1.0 and 0.0 <= report["shock"]["share_before"] <= 1.0
     assert all(0.0 <= w["weight_at_zero"] <= 1.0 for w in report["windows"])
     assert 100 <= report["recovery_requests"] <= 1500
+    assert len(report["alarms"]) >= report["change_alarms"]  # every alarm listed, the restarts of a rise too
+    assert report["false_alarms"] == sum(not a["true"] for a in report["alarms"])
     q = report["quality"]
     assert q["static_avg_cost"] == pytest.approx(3.0)  # the static baseline is cost-matched
     assert q["hindsight_avg_cost"] == pytest.approx(report["realised_avg_cost"])

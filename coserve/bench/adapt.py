@@ -35,7 +35,9 @@ import numpy as np
 from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
+from coserve.bench import adapt_baselines as measures
 from coserve.bench.adapt_baselines import category_means, lagrangian_mix, mix_of, mix_weights, recovery, share_of
+from coserve.bench.adapt_plot import plot_adapt
 from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, load_costs, load_outcomes
@@ -99,6 +101,10 @@ class AdaptOptions:
     alarm_explore: int = _ONLINE.alarm_explore  # requests after a downward alarm its expert may be explored
     change_shift_share: float = _ONLINE.change_shift_share  # share of the estimated shift an alarm moves means
     neighbours: dict[str, Any] | None = _NEIGHBOURS  # router.online.neighbours (NeighbourSettings' fields); None: off
+    change_model: str = (
+        _ONLINE.change_model
+    )  # the detector's residuals alike (flat) or by expected score (proportional)
+    change_variance_floor: float = _ONLINE.change_variance_floor  # proportional: > 0 weighs by the score's variance
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -243,6 +249,9 @@ def replay_adapt(
         "map_versions": router.snapshot.version,
         "final_weight": router.controller.effective,
         "change_alarms": router.alarms,
+        **measures.alarm_report(
+            router.alarm_log, list(stream.experts), shocked, shock_at
+        ),  # every alarm, false or true
     }
 
 
@@ -368,28 +377,3 @@ def run_adapt(
     report.update(prior_rows=len(prior), stream_rows=len(stream), categories=fitted.categories)
     report.update(embedder=embedder.name, predictor_embedder=pred.name)
     return report
-
-
-def plot_adapt(report: dict[str, Any], path: str | Path) -> Path:
-    """Average cost against the target, and quality, per window, with the shock marked (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    starts = [w["start"] for w in report["windows"]]
-    fig, (cost_ax, quality_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    cost_ax.plot(starts, [w["avg_cost"] for w in report["windows"]], marker="o", label="adaptive")
-    cost_ax.axhline(report["target"], color="black", linestyle="--", label="target")
-    cost_ax.set_ylabel(f"average cost ({report['budget_axis']})")
-    quality_ax.plot(starts, [w["quality"] for w in report["windows"]], marker="o", label="adaptive")
-    quality_ax.axhline(report["quality"]["static"], color="grey", linestyle=":", label="static (stream mean)")
-    quality_ax.set_ylabel("quality")
-    quality_ax.set_xlabel("request (window start)")
-    for ax in (cost_ax, quality_ax):
-        ax.axvline(report["shock"]["at"], color="red", alpha=0.5, label="shock")
-        ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)

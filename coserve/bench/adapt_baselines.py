@@ -1,17 +1,19 @@
 """The baselines and measures of ``coserve bench adapt``: the best randomised fixed map at a given average
-cost (``lagrangian_mix``, used for the static and hindsight baselines), per-category means, and the
-recovery count after the shock. Pure numbers; knows nothing about routers, files or options.
+cost (``lagrangian_mix``, used for the static and hindsight baselines), per-category means, the
+recovery count after the shock, and which change alarms were true (``alarm_report``). Pure numbers;
+knows nothing about routers, files or options.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from coserve.router.online import solve_weighted
 
-__all__ = ["category_means", "lagrangian_mix", "mix_of", "mix_weights", "recovery", "share_of"]
+__all__ = ["alarm_report", "category_means", "lagrangian_mix", "mix_of", "mix_weights", "recovery", "share_of"]
 
 
 def lagrangian_mix(
@@ -91,3 +93,24 @@ def recovery(chosen: np.ndarray, shocked: int, shock_at: int, window: int, floor
         if recent / span < 0.1 * before:
             return t
     return len(hits)
+
+
+def alarm_report(log: Iterable[dict[str, Any]], experts: list[str], shocked: int, shock_at: int) -> dict[str, Any]:
+    """Every alarm of the replay's change detector (``OnlineRouter.alarm_log``: served requests, expert,
+    signed shift), with the request it came on (0-based), the expert's name, its side, and whether it is
+    true: a drop of the shocked expert after the shock. ``false_alarms`` counts the others (any side),
+    ``false_drops`` the downward ones among them, and ``true_alarm_delay`` is the requests from the shock
+    to the first true alarm (None: none came)."""
+    alarms: list[dict[str, Any]] = []
+    for entry in log:
+        request, expert, shift = int(entry["served"]) - 1, int(entry["expert"]), float(entry["shift"])
+        true = expert == shocked and request >= shock_at and shift < 0
+        side = "down" if shift < 0 else "up"
+        alarms.append({"request": request, "expert": experts[expert], "side": side, "shift": shift, "true": true})
+    first_true = next((int(a["request"]) for a in alarms if a["true"]), None)
+    return {
+        "alarms": alarms,
+        "false_alarms": sum(not a["true"] for a in alarms),
+        "false_drops": sum(not a["true"] and a["side"] == "down" for a in alarms),
+        "true_alarm_delay": None if first_true is None else first_true - shock_at,
+    }

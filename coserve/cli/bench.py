@@ -70,6 +70,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs += ("granularity", "prompt_weight", "change_baseline", "change_min_feedback")
     knobs += ("expert_rate", "mix_jump", "mix_short", "refresh_on_alarm", "underspend_debt", "fine_weight")
     knobs += ("change_upward", "explore_at_zero", "weight_floor", "alarm_explore", "change_shift_share")
+    knobs += ("change_model", "change_variance_floor")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     predictor = make_embedder(args.predictor_embedder)
@@ -132,6 +133,10 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--weight-floor", type=float, help="the cost weight may fall to minus this (two-sided target)")
     b.add_argument("--alarm-explore", type=int, help="requests after a downward alarm its expert may be explored")
     b.add_argument("--change-shift-share", type=float, help="share of the estimated shift an alarm moves means by")
+    b.add_argument(
+        "--change-model", choices=["flat", "proportional"], help="residuals alike, or weighed by the expected score"
+    )
+    b.add_argument("--change-variance-floor", type=float, help="proportional: > 0 divides by the score's variance")
     b.add_argument("--seed", type=int)
     b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
     b.add_argument(

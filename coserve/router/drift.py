@@ -11,6 +11,8 @@
   the cell's own earlier feedback (``FeedbackBaseline``: no offline prior in it, tested only once the
   cell holds ``min_feedback`` scores), which a constant table error does not move, so only a change in
   the expert's own scores over time does.
+* ``ChangeSettings.model``: ``flat`` (this CUSUM), or ``proportional`` (``drift_weighted``: each residual
+  weighed by the score it was expected to have, session 12).
 * ``weight_for_mix`` is the cost weight a map needs so that its expected cost over a category mix is at
   most the target: the smallest weight >= 0 whose per-category choices cost <= 1 in target units
   (bisection over the weight; the cost of the weighted map only falls as the weight grows).
@@ -30,6 +32,7 @@ from coserve.router.mapping import choose_per_prompt
 
 __all__ = [
     "BASELINES",
+    "CHANGE_MODELS",
     "ChangeDetector",
     "ChangeSettings",
     "FeedbackBaseline",
@@ -41,6 +44,7 @@ __all__ = [
 
 _SIDES = ("up", "down")
 BASELINES = ("posterior", "feedback")  # what a residual is measured against: see the module docstring
+CHANGE_MODELS = ("flat", "proportional")  # how a residual counts: alike, or by its expected score (drift_weighted)
 FEEDBACK_MEMORY = 200.0  # a cell's feedback mean weighs each new score at least 1 / this (slow forgetting)
 
 
@@ -56,8 +60,14 @@ class ChangeSettings:
     min_feedback: int = 20  # feedback baseline: scores a cell needs before its residuals are tested
     upward: bool = True  # an upward alarm also rebases the expert (False: only a downward one does)
     shift_share: float = 1.0  # the share of the estimated shift the means move by (less: a false alarm costs less)
+    model: str = "flat"  # each residual alike, or weighed by its expected score (drift_weighted.ProportionalDetector)
+    variance_floor: float = 0.0  # proportional: > 0 divides each increment by the score's variance, at least this
 
     def __post_init__(self) -> None:
+        if self.model not in CHANGE_MODELS:
+            raise ValueError(f"model must be one of {CHANGE_MODELS}, not {self.model!r}")
+        if self.model == "proportional" and self.baseline != "posterior":
+            raise ValueError("the proportional change model weighs residuals against the posterior: baseline posterior")
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, not {self.baseline!r}")
         if self.min_feedback < 1:
@@ -129,8 +139,9 @@ class ChangeDetector:
         self.total = {side: np.zeros(experts) for side in _SIDES}
         self.count = {side: np.zeros(experts) for side in _SIDES}
 
-    def observe(self, expert: int, residual: float) -> float | None:
-        """Add one residual of ``expert``; the estimated shift where that completes an alarm, else None."""
+    def observe(self, expert: int, residual: float, estimate: float = 1.0) -> float | None:
+        """Add one residual of ``expert`` (against ``estimate``, which this flat model does not read); the
+        estimated shift where that completes an alarm, else None."""
         for side, signed in (("up", residual), ("down", -residual)):
             value = self.stat[side][expert] + signed - self.drift
             if value <= 0.0:

@@ -11,6 +11,8 @@
   (``rebase``), so a changed expert is re-learnt from the feedback that follows. A residual is measured
   against the posterior mean, or (``ChangeSettings.baseline`` ``feedback``) against the running mean of
   the cell's own earlier feedback (``drift.FeedbackBaseline``), which a wrong offline table does not move.
+  ``ChangeSettings.model`` ``proportional`` (session 12, ``drift_weighted``): each residual, against the score
+  the prompt was expected to have, counts by that score, and an alarm moves each cell by its share of its mean.
 * ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight
   (score units per target unit of cost), in two parts: a feed-forward ``base``, the weight the map needs
   for the category mix of the last ``mix_window`` requests (``drift.weight_for_mix``, refreshed every
@@ -62,7 +64,6 @@ the store or outcome files.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -71,21 +72,20 @@ from typing import Any
 import numpy as np
 
 from coserve.config_routing import NeighbourSettings, OnlineSettings
-from coserve.router.drift import ChangeSettings, export_change, restore_change
+from coserve.router.drift import ChangeSettings, export_change
+from coserve.router.drift_weighted import cell_shift, restore_detector
 from coserve.router.online_alarm import AlarmExploration
 from coserve.router.online_knobs import router_options
 from coserve.router.online_map import Decision, MapSnapshot, solve_weighted
 from coserve.router.online_mix import RecentMix
 from coserve.router.online_model import BudgetController, ScorePosterior
 from coserve.router.online_neighbours import NeighbourMemory
-from coserve.router.online_saved import STATE_FORMAT, parse_state
+from coserve.router.online_saved import STATE_FORMAT, parse_state, resume
 
 __all__ = [
     "BudgetController", "ChangeSettings", "Decision", "MapSnapshot", "OnlineRouter", "ScorePosterior", "resume",
     "solve_weighted",
 ]  # fmt: skip
-
-log = logging.getLogger("coserve.router")
 
 SIGNALS = frozenset({"failure", "timeout", "fallback"})  # automatic signals an expert's failure can send
 GRANULARITIES = ("category", "prompt")  # what a decision is made per: see the module docstring
@@ -135,8 +135,9 @@ class OnlineRouter:
         self.offline = self.posterior.mean()  # S: the table the posteriors started from
         self.change = change
         # the CUSUM per expert, and the feedback-only means its residuals are measured against (None: the posterior)
-        self.detector, self.baseline = restore_change(None, change, *self.posterior.shape)
-        self.alarms = 0  # changes the detector noticed
+        self.detector, self.baseline = restore_detector(None, change, *self.posterior.shape)
+        self.alarms = 0  # changes the detector noticed (that moved an expert)
+        self.alarm_log: deque[dict[str, Any]] = deque(maxlen=1000)  # every alarm: served requests, expert, shift
         self.recent = RecentMix(mix_window, self.posterior.shape[0], mix_jump, mix_short)  # the feed-forward's input
         self.mix_window = int(mix_window)
         self.refresh_on_alarm = bool(refresh_on_alarm)
@@ -319,7 +320,7 @@ class OnlineRouter:
     def restore(self, state: dict[str, Any], categories: Sequence[str], experts: Sequence[str]) -> None:
         """Resume from ``export_state``'s output; ValueError (nothing changed) unless it fits this router."""
         saved = parse_state(state, categories, experts, self.granularity, self.posterior.shape)
-        detector, baseline = restore_change(state.get("change"), self.change, *self.posterior.shape)
+        detector, baseline = restore_detector(state.get("change"), self.change, *self.posterior.shape)
         after_alarm = AlarmExploration(self.posterior.shape[1], self.after_alarm.requests)
         after_alarm.restore(state.get("alarm_explore"))
         with self._lock:
@@ -344,12 +345,14 @@ class OnlineRouter:
         ``neighbours`` and the prompt's ``vector``, the score less the prompt's estimate is remembered."""
         if not 0.0 <= score <= 1.0:
             raise ValueError(f"a score must be in [0, 1], got {score}")
-        observed = score
+        observed, given, offset = score, score, 0.0
         if self.granularity == "prompt" and predicted is not None:
             offset = self.prompt_weight * (float(predicted) - float(self.offline[category, expert]))
             observed = score - offset  # the score as its category's cell sees it (unclipped)
             score = min(1.0, max(0.0, observed))
         with self._lock:
+            # the score this prompt was expected to have (the proportional change model weighs by it)
+            expected = min(1.0, max(0.0, float(self.posterior.estimate()[category, expert]) + offset))
             if self.neighbours is not None and vector is not None and predicted is not None:
                 estimate = float(self.posterior.estimate()[category, expert])  # before this score moves it
                 self.neighbours.add(np.asarray(vector), expert, observed - estimate)
@@ -358,9 +361,16 @@ class OnlineRouter:
             residual: float | None = self.posterior.update(category, expert, score)
             if self.baseline is not None:
                 residual = self.baseline.residual(category, expert, score)
-            shift = None if self.detector is None or residual is None else self.detector.observe(expert, residual)
+            if self.change is not None and self.change.model == "proportional":
+                residual = given - expected  # against the prompt's own expected score
+            shift = (
+                None if self.detector is None or residual is None else self.detector.observe(expert, residual, expected)
+            )
+            if shift is not None:
+                self.alarm_log.append({"served": self._served, "expert": expert, "shift": shift})
             if shift is not None and self.change is not None and (shift < 0 or self.change.upward):
-                moved = shift * self.change.shift_share if self.change.move_mean else 0.0
+                share = self.change.shift_share if self.change.move_mean else 0.0
+                moved = cell_shift(self.change.model, shift * share, self.posterior.mean()[:, expert])
                 self.posterior.rebase(expert, moved, self.change.reset_count)
                 if shift < 0:
                     self.after_alarm.alarmed(expert)
@@ -372,17 +382,3 @@ class OnlineRouter:
                 if self.refresh_on_alarm and self.mix_window > 0 and len(self.recent) > 0:
                     self._feed_forward()  # the moved means change the weight the mix needs: now, not in 25 requests
             self._changed()
-
-
-def resume(
-    router: OnlineRouter, state: dict[str, Any] | None, categories: Sequence[str], experts: Sequence[str]
-) -> bool:
-    """Restore ``state`` into ``router``; False, with a warning, where it does not fit (offline map kept)."""
-    if state is None:
-        return False
-    try:
-        router.restore(state, categories, experts)
-    except ValueError as exc:
-        log.warning("online state not resumed (%s); starting from the offline map", exc)
-        return False
-    return True

@@ -89,9 +89,10 @@ class ScorePosterior:
             self.beta[category, expert] *= shrink
         return residual
 
-    def rebase(self, expert: int, shift: float, count: float) -> None:
-        """An expert changed: move its mean in every category by ``shift`` (clipped to [0, 1]) and cut
-        each of its cells' pseudo-counts to at most ``count``, so new feedback soon outweighs the old."""
+    def rebase(self, expert: int, shift: float | np.ndarray, count: float) -> None:
+        """An expert changed: move its mean in every category by ``shift`` (one for all, or one per category;
+        clipped to [0, 1]) and cut each of its cells' pseudo-counts to at most ``count``, so new feedback
+        soon outweighs the old."""
         mean = np.clip(self.mean()[:, expert] + shift, 0.0, 1.0)
         total = np.minimum(self.count()[:, expert], count)
         self.alpha[:, expert] = total * mean + 1e-6

@@ -3,20 +3,24 @@
 ``parse_state`` reads ``OnlineRouter.export_state``'s JSON values back into arrays and refuses, with a
 ValueError saying what does not fit, a state of another format, for other categories or experts, learnt
 in the other granularity, of another shape, or with impossible values. Keys added after a state was
-saved (the per-expert offset, session 10) resume with fresh values where they are missing.
+saved (the per-expert offset, session 10) resume with fresh values where they are missing. ``resume``
+restores a state into a router, warning and keeping the offline map where it does not fit.
 
 Pure checks; knows nothing about the router's locking, the store or HTTP.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["STATE_FORMAT", "SavedState", "parse_state"]
+__all__ = ["STATE_FORMAT", "SavedState", "parse_state", "resume"]
+
+log = logging.getLogger("coserve.router")
 
 STATE_FORMAT = 1  # export_state's layout; a state of another format is not resumed
 
@@ -70,3 +74,21 @@ def _offset(saved: Any, experts: int) -> np.ndarray:
     if offset.shape != (experts,) or not np.isfinite(offset).all() or (np.abs(offset) > 1).any():
         raise ValueError("the state's expert offset must be one number in [-1, 1] per expert")
     return offset
+
+
+class Resumable(Protocol):
+    """A router that restores a saved state (``OnlineRouter``)."""
+
+    def restore(self, state: dict[str, Any], categories: Sequence[str], experts: Sequence[str]) -> None: ...
+
+
+def resume(router: Resumable, state: dict[str, Any] | None, categories: Sequence[str], experts: Sequence[str]) -> bool:
+    """Restore ``state`` into ``router``; False, with a warning, where it does not fit (offline map kept)."""
+    if state is None:
+        return False
+    try:
+        router.restore(state, categories, experts)
+    except ValueError as exc:
+        log.warning("online state not resumed (%s); starting from the offline map", exc)
+        return False
+    return True
