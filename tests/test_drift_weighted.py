@@ -20,6 +20,8 @@ from coserve.errors import ConfigError
 from coserve.router.drift import ChangeDetector
 from coserve.router.drift_weighted import ProportionalDetector, cell_shift, restore_detector
 from coserve.router.online import ChangeSettings, OnlineRouter, resume
+from coserve.store.log import DecisionLog
+from coserve.store.online_state import read_state, write_state
 
 
 def test_a_drop_counts_by_the_expected_score_and_a_prompt_expected_to_fail_adds_nothing() -> None:
@@ -136,6 +138,22 @@ def test_the_state_resumes_under_the_same_model_and_starts_afresh_under_the_othe
     old = {key: value for key, value in _router("flat").export_state(["c"], ["a", "b"])["change"].items()}
     detector, _ = restore_detector(old, ChangeSettings(model="proportional"), 1, 2)
     assert isinstance(detector, ProportionalDetector) and "saved under the flat" in caplog.text
+
+
+def test_the_proportional_state_resumes_from_the_decision_logs_store(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.db"
+    before = _router("proportional", threshold=5.0)
+    before.feedback(0, 1, 0.2)  # down 0.448, as above; sum of e r = 0.8 * -0.6, sum of e^2 = 0.64
+    log = DecisionLog(path).start()
+    log.call(lambda conn: write_state(conn, before.export_state(["c"], ["a", "b"]))).result(10)
+    log.close()
+    after = _router("proportional", threshold=5.0)
+    assert resume(after, read_state(path), ["c"], ["a", "b"])
+    assert isinstance(after.detector, ProportionalDetector)
+    assert after.detector.stat["down"][1] == pytest.approx(0.448)
+    assert after.detector.total["down"][1] == pytest.approx(-0.48) and after.detector.count["down"][1] == pytest.approx(
+        0.64
+    )
 
 
 def test_a_bad_change_model_is_refused_with_a_clear_error() -> None:
