@@ -142,6 +142,20 @@ def test_pinned_model(shared: TestClient) -> None:
     assert response.headers["x-coserve-category"] == ""
 
 
+def test_an_unknown_expert_to_exclude_is_a_400(shared: TestClient) -> None:
+    for model in ("coserve", "small"):
+        response = shared.post(URL, json=body(CODE, model=model, coserve={"exclude_experts": ["nobody"]}))
+        assert response.status_code == 400
+        assert response.json() == {
+            "error": {
+                "message": "coserve.exclude_experts: unknown expert 'nobody'; the library's experts: small, coder, big",
+                "type": "invalid_request_error",
+                "param": "coserve.exclude_experts",
+                "code": "invalid_request",
+            }
+        }
+
+
 def test_constraints_apply(shared: TestClient) -> None:
     data = shared.post(URL, json=body(CODE, coserve={"exclude_experts": ["coder"]})).json()
     assert data["model"] != "coder"
