@@ -11,7 +11,7 @@ from typing import Any
 from coserve.cli.cluster import add_ray_arguments
 from coserve.cli.common import Subcommands, add_library_arg, load_engine, load_served_library
 from coserve.errors import CoserveError
-from coserve.types import ROUTED_MODEL
+from coserve.types import ROUTED_MODEL, Sampling
 
 __all__ = ["add_chat_parser", "add_route_parser", "add_serve_parser", "cmd_chat", "cmd_route", "cmd_serve"]
 
@@ -79,18 +79,34 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat_sampling(args: argparse.Namespace) -> Sampling:
+    """The chat's sampling flags, checked as the HTTP API checks them (one set of ranges): without
+    ``--max-tokens`` the expert's own cap applies (its ``options.max_tokens``, else 512)."""
+    from coserve.errors import RequestError
+    from coserve.server.protocol import ChatCompletionRequest
+
+    body = {"max_tokens": args.max_tokens, "temperature": args.temperature}
+    try:
+        checked = ChatCompletionRequest.model_validate(
+            {"model": args.model, "messages": [{"role": "user", "content": "-"}], **body}
+        ).to_request()
+    except RequestError as exc:
+        flag = (exc.param or "").replace("_", "-")
+        raise CoserveError(f"--{flag} {body.get(exc.param or '')}: {exc.message}") from None
+    return checked.sampling
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from coserve.engine.call import Call
-    from coserve.types import Message, Request, Sampling
+    from coserve.types import Message, Request
 
+    sampling = _chat_sampling(args)
     engine = load_engine(args.library)
     history: list[Message] = []
 
     async def turn(text: str) -> None:
         history.append(Message("user", text))
-        request = Request(
-            tuple(history), args.model, Sampling(max_tokens=args.max_tokens, temperature=args.temperature)
-        )
+        request = Request(tuple(history), args.model, sampling)
         call = Call(request)
         decision = await engine.route(call)
         chunks = await engine.stream(call)
@@ -170,6 +186,8 @@ def add_chat_parser(sub: Subcommands) -> None:
     p = sub.add_parser("chat", help="chat in the terminal through the router")
     add_library_arg(p)
     p.add_argument("--model", default=ROUTED_MODEL, help=f"'{ROUTED_MODEL}' routes; an expert's name pins it")
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument(
+        "--max-tokens", type=int, default=None, help="tokens per answer at most (default: the expert's own cap)"
+    )
     p.add_argument("--temperature", type=float, default=0.7)
     p.set_defaults(func=cmd_chat)
