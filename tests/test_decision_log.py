@@ -144,6 +144,18 @@ def test_log_command_exports(
     assert main(["log", "--db", str(tmp_path / "missing.sqlite")]) == 2
 
 
+def test_log_command_refuses_what_it_cannot_read(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for limit in ("0", "-1"):  # -1 gave every row (SQLite's LIMIT -1)
+        assert main(["log", "--db", str(cache / "none.sqlite"), "--limit", limit]) == 2
+        expected = f"coserve: error: --limit {limit}: give 1 or more (leave it out for every row)\n"
+        assert capsys.readouterr().err == expected
+    assert main(["log"]) == 2  # the default file is missing: say where else the log may be
+    assert capsys.readouterr().err == (
+        f"coserve: error: no decision log at {cache / 'decisions.sqlite'}; "
+        "a library's server.log.path keeps it elsewhere: name that file with --db\n"
+    )
+
+
 def test_batches_and_queue_bound(tmp_path: Path) -> None:
     log = DecisionLog(tmp_path / "x.sqlite", max_queue_rows=10)
     for i in range(12):  # not started: the queue fills, and the excess is dropped, not waited for

@@ -117,9 +117,12 @@ def cmd_log(args: argparse.Namespace) -> int:
     from coserve.paths import decision_log_path
     from coserve.store.log import query_decisions
 
+    if args.limit is not None and args.limit < 1:  # SQLite would read -1 as "no limit"
+        raise CoserveError(f"--limit {args.limit}: give 1 or more (leave it out for every row)")
     db = Path(args.db) if args.db else decision_log_path()
     if not db.is_file():
-        raise CoserveError(f"no decision log at {db}")
+        elsewhere = "" if args.db else "; a library's server.log.path keeps it elsewhere: name that file with --db"
+        raise CoserveError(f"no decision log at {db}{elsewhere}")
     since = None
     if args.since:
         try:
