@@ -137,7 +137,7 @@ class ChatCompletionRequest(BaseModel):
 
     model: str
     messages: list[ChatMessage]
-    stream: bool = False
+    stream: bool | None = None  # null is false, as in OpenAI's API
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
@@ -254,7 +254,7 @@ class ChatCompletionRequest(BaseModel):
                     if needed
                 ),
             ),
-            stream=self.stream,
+            stream=bool(self.stream),
             stream_usage=bool(self.stream_options and self.stream_options.include_usage),
         )
 
