@@ -180,6 +180,14 @@ def test_content_parts_and_developer_role(shared: TestClient) -> None:
     assert response.json()["model"] == "coder"
 
 
+def test_text_parts_are_joined_by_a_newline(shared: TestClient) -> None:
+    # Joined with nothing, "hello" and "there" reached the expert (and the router) as "hellothere".
+    parts = [{"type": "text", "text": "hello"}, {"type": "text", "text": "there"}]
+    payload = {"model": "small", "messages": [{"role": "user", "content": parts}], "max_tokens": 4}
+    response = shared.post(URL, json=payload)
+    assert response.json()["choices"][0]["message"]["content"] == "small says: hello there"
+
+
 # -- streamed -------------------------------------------------------------------------------------
 
 
