@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from coserve.cli.cluster import add_ray_arguments
-from coserve.cli.common import Subcommands, add_library_arg, load_engine, load_served_library
+from coserve.cli.common import Subcommands, add_library_arg, load_engine, load_served_library, seconds, tcp_port
 from coserve.errors import CoserveError
 from coserve.types import ROUTED_MODEL, Sampling
 
@@ -149,11 +149,11 @@ def add_serve_parser(sub: Subcommands) -> None:
     p = sub.add_parser("serve", help="start the OpenAI-compatible server")
     add_library_arg(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=tcp_port, default=8000)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=seconds,
         default=30.0,
         help="seconds in-flight requests may take to finish after SIGTERM (default 30)",
     )

@@ -1,0 +1,27 @@
+"""Command-line flags that bind a server are checked before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from coserve.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # 99999 was bound as 99999 mod 65536 = 34463 while the server said it served on 99999
+        (["serve", "--port", "99999"], "argument --port: 99999 is not a TCP port (1 to 65535)"),
+        (["serve", "--port", "0"], "argument --port: 0 is not a TCP port (1 to 65535)"),
+        (["deploy", "--port", "65536"], "argument --port: 65536 is not a TCP port (1 to 65535)"),
+        (
+            ["serve", "--shutdown-timeout", "-5"],
+            "argument --shutdown-timeout: -5 is not a number of seconds (0 or more)",
+        ),
+    ],
+)
+def test_out_of_range_flags_stop_the_command(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"coserve {argv[0]}: error: {message}"
