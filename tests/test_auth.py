@@ -45,6 +45,7 @@ def test_keys_from_config(make_engine: Callable[..., Engine], caplog: pytest.Log
     with serve(engine) as client:
         assert_unauthorized(client.post(URL, json=BODY), "missing_api_key")
         assert_unauthorized(client.get("/v1/models"), "missing_api_key")
+        assert_unauthorized(client.get("/v1/models/small"), "missing_api_key")
         assert_unauthorized(client.post(URL, json=BODY, headers={"authorization": KEY}), "missing_api_key")
         assert_unauthorized(client.post(URL, json=BODY, headers=bearer("sk-wrong")), "invalid_api_key")
         assert_unauthorized(client.post(URL, json=BODY, headers=bearer(KEY + "x")), "invalid_api_key")

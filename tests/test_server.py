@@ -255,6 +255,25 @@ def test_models(client: TestClient) -> None:
     assert coder["coserve"]["tier"] == "disk"
 
 
+def test_one_model_by_its_id(client: TestClient) -> None:
+    """OpenAI's "retrieve model" (``client.models.retrieve``): the list's entry, or a 404."""
+    listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    for name in ("coserve", "small", "coder", "big"):
+        response = client.get(f"/v1/models/{name}")
+        assert response.status_code == 200
+        assert {**response.json(), "created": 0} == {**listed[name], "created": 0}
+    response = client.get("/v1/models/nobody")
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": {
+            "message": "The model 'nobody' does not exist",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
+
+
 def test_health(client: TestClient) -> None:
     data = client.get("/health").json()
     assert data["status"] == "ok"

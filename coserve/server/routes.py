@@ -3,7 +3,7 @@
 A chat request goes: Gate (key, quota check, draining) -> parse (strict types) -> Call ->
 admission -> route -> claim its expert -> engine (stream or complete) -> frames; every way out
 goes through ``Outcomes.settle`` exactly once (for a stream, when its response ends, however).
-The other routes list the models, take feedback, and answer ``/health`` (from ``Engine.health``)
+The other routes list the models (or give one), take feedback, and answer ``/health`` (from ``Engine.health``)
 and ``/metrics``.
 
 This module knows nothing about the pool, the scheduler or the runtimes: it talks to the Engine.
@@ -187,6 +187,20 @@ async def _streamed(state: ServerState, call: Call) -> StreamingResponse:
 
 @router.get("/v1/models", responses=error_responses(401, 429, 503))
 async def models(state: ApiState) -> dict[str, Any]:
+    return {"object": "list", "data": _model_objects(state)}
+
+
+@router.get("/v1/models/{model}", responses=error_responses(401, 404, 429, 503))
+async def model(model: str, state: ApiState) -> dict[str, Any]:
+    """One model of the list (OpenAI's "retrieve model", ``client.models.retrieve``)."""
+    for entry in _model_objects(state):
+        if entry["id"] == model:
+            return entry
+    raise NotFound(f"The model '{model}' does not exist", param="model")
+
+
+def _model_objects(state: ServerState) -> list[dict[str, Any]]:
+    """``coserve`` (routed), then every expert with what a client routes or pins by."""
     created = int(time.time())
     library = state.engine.library
     experts = state.engine.health()["experts"]
@@ -217,7 +231,7 @@ async def models(state: ApiState) -> dict[str, Any]:
                 },
             }
         )
-    return {"object": "list", "data": data}
+    return data
 
 
 @router.post(
