@@ -1,8 +1,11 @@
-"""Command-line flags that bind a server are checked before anything starts."""
+"""`coserve serve` and `deploy`: what would bind or open badly is refused before anything starts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from conftest import write_library
 
 from coserve.cli import main
 
@@ -25,3 +28,16 @@ def test_out_of_range_flags_stop_the_command(capsys: pytest.CaptureFixture[str],
         main(argv)
     assert info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"coserve {argv[0]}: error: {message}"
+
+
+def test_a_decision_log_that_cannot_be_opened_stops_serve_in_one_line(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was a traceback from the app's startup, after "serving on ..." had been printed.
+    (tmp_path / "afile").write_text("not a folder")
+    db = tmp_path / "afile" / "decisions.sqlite"
+    library = write_library(tmp_path, server={"log": {"path": str(db)}})
+    assert main(["serve", "--library", str(library), "--port", "8719"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"coserve: error: {library}: server.log.path: cannot open the decision log at {db} (")
+    assert err.count("\n") == 1

@@ -21,7 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from coserve.server.app import create_app
+    from coserve.server.app import check_decision_log, create_app
 
     if args.ray is None and args.cluster is not None:
         raise CoserveError("--cluster places experts on a Ray cluster: add --ray [ADDRESS]")
@@ -30,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         return cmd_serve_ray(args)
     engine = load_engine(args.library, args.residency)
+    check_decision_log(engine.library)
     app = create_app(engine)
 
     class DrainingServer(uvicorn.Server):
