@@ -164,6 +164,8 @@ def test_null_is_accepted_for_every_parameter(client: TestClient, name: str) -> 
         ({"frequency_penalty": -2.01}, "frequency_penalty", 422),
         ({"n": 0}, "n", 422),
         ({"max_tokens": 3, "max_completion_tokens": 4}, "max_completion_tokens", 400),
+        ({"stream_options": {"include_usage": True}}, "stream_options", 400),  # without stream: was ignored
+        ({"stream": False, "stream_options": {"include_usage": False}}, "stream_options", 400),
         (
             {"stream_options": {"include_usage": True, "include_obfuscation": True}},
             "stream_options.include_obfuscation",

@@ -174,6 +174,8 @@ class ChatCompletionRequest(BaseModel):
             raise UnprocessableRequest("n must be at least 1", param="n")
         if self.n not in (None, 1):
             raise InvalidRequest("n: only n=1 is supported", param="n", code="unsupported_parameter")
+        if self.stream_options is not None and not self.stream:  # as OpenAI and vLLM answer it
+            raise InvalidRequest("stream_options: only allowed when stream is true", param="stream_options")
         both = self.max_tokens is not None and self.max_completion_tokens is not None
         if both and self.max_tokens != self.max_completion_tokens:
             raise InvalidRequest(
