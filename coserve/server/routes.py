@@ -101,7 +101,10 @@ async def chat_completions(http: HttpRequest) -> Response:
         key = await state.gate.check_api(http.headers.get("authorization"), chat=True)
         settings = state.settings
         request = parse_chat(
-            await http.body(), settings.max_body_bytes, settings.max_messages, settings.unknown_parameters
+            await _body(http, settings.max_body_bytes),
+            settings.max_body_bytes,
+            settings.max_messages,
+            settings.unknown_parameters,
         )
         call = Call(request, key=key, timings=timings)
         state.admission.admit(call)
@@ -113,6 +116,17 @@ async def chat_completions(http: HttpRequest) -> Response:
     except BaseException as exc:
         state.outcomes.settle(_status(exc), call)
         raise
+
+
+async def _body(http: HttpRequest, max_bytes: int) -> bytes:
+    """The body, read no further than past ``max_bytes`` (the parser then refuses it as
+    ``body_too_large``): however long a body is sent, the server holds at most the limit and a chunk."""
+    received = bytearray()
+    async for chunk in http.stream():
+        received += chunk
+        if len(received) > max_bytes:
+            break
+    return bytes(received)
 
 
 async def _completed(http: HttpRequest, state: ServerState, call: Call) -> Response:
@@ -240,7 +254,7 @@ def _model_objects(state: ServerState) -> list[dict[str, Any]]:
     responses=error_responses(400, 401, 404, 422, 429, 503),
 )
 async def feedback(http: HttpRequest, state: ApiState) -> dict[str, Any]:
-    body = parse_feedback(await http.body(), state.settings.max_body_bytes)
+    body = parse_feedback(await _body(http, state.settings.max_body_bytes), state.settings.max_body_bytes)
     online = state.engine.router.online  # router.online: a request's score moves its expert's (docs/adapt.md)
     if online is None:
         stored = await asyncio.wrap_future(state.decisions.feedback(body.id, body.score))
