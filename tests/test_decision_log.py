@@ -140,6 +140,12 @@ def test_log_command_exports(
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["log", "--db", str(db), "--since", "2999-01-01T00:00:00Z"]) == 0
     assert capsys.readouterr().out == ""
+    # no row: the CSV still has every column (docs/operations.md's list, then feedback), not just "id"
+    assert main(["log", "--db", str(db), "--since", "2999-01-01T00:00:00Z", "--format", "csv"]) == 0
+    assert capsys.readouterr().out == (
+        "id,time,model,expert,category,confidence,reason,fallback_from,status,latency_s,prompt_tokens,"
+        "completion_tokens,map_version,cascade,predicted,prompt,completion,feedback\r\n"
+    )
     assert main(["log", "--db", str(db), "--since", "yesterday"]) == 2
     assert main(["log", "--db", str(tmp_path / "missing.sqlite")]) == 2
 
