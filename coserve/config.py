@@ -3,7 +3,8 @@
 A library file names the experts, the categories the router knows (with example prompts), the
 router's settings and the memory budgets. Every key is checked: an unknown key, a missing file, a
 duplicate name or a dangling expert reference is a ConfigError that names the file and the key's
-path (``experts[1].bakend``).
+path (``experts[1].bakend``). A missing model file is not: the engine starts without that expert
+(coserve.assets.missing_files) and its requests fall back.
 
 The file is an input edge like an HTTP body, so it is parsed with pydantic (``extra="forbid"``
 gives the key paths for free); the parsed models are frozen and passed around as they are.

@@ -63,6 +63,10 @@ class RoutingSettings(BaseModel):
     def _cascade_settings(self) -> RoutingSettings:
         if self.mode == "cascade" and self.cascade is None:
             raise ValueError("mode cascade needs a cascade: section (at least cascade.check)")
+        if self.mode == "single" and self.cascade is not None:  # a forgotten mode: nothing would cascade
+            raise ValueError(
+                "a cascade: section is set but mode is single (the default): add mode: cascade, or drop it"
+            )
         return self
 
 

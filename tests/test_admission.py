@@ -167,6 +167,31 @@ def test_body_and_message_limits(make_engine: Callable[..., Engine]) -> None:
         assert client.post(URL, json={"model": "coserve", "messages": turns[:3]}).status_code == 200
 
 
+def test_a_body_over_the_limit_is_not_read_to_its_end(make_engine: Callable[..., Engine]) -> None:
+    """However long a body is sent, the server reads (and holds) no more than the limit and a chunk."""
+    engine = make_engine(server={"max_body_bytes": "2KiB"})
+    app = create_app(engine, close_engine=False)
+    pulled = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": pulled < 1000}  # 1000 KiB offered
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def scenario() -> None:
+        await asyncio.wait_for(app(chat_scope(), receive, send), timeout=5)
+        await engine.close()
+
+    asyncio.run(scenario())
+    assert sent[0]["status"] == 400
+    assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]["code"] == "body_too_large"
+    assert pulled == 3  # 3 KiB is past 2 KiB: it read no further (it read all 1000 before)
+
+
 def test_server_section_is_strict(tmp_path: Any) -> None:
     assert load_library(write_library(tmp_path)).server.max_pending == 64  # defaults without a section
     with pytest.raises(ConfigError, match=r"server\.max_pendin: unknown key"):

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from coserve.cli import main
 from coserve.engine.engine import Engine
+from coserve.errors import ConfigError
 from coserve.server.app import create_app
 from coserve.server.auth import KeyRing, hash_key
 
@@ -45,6 +46,7 @@ def test_keys_from_config(make_engine: Callable[..., Engine], caplog: pytest.Log
     with serve(engine) as client:
         assert_unauthorized(client.post(URL, json=BODY), "missing_api_key")
         assert_unauthorized(client.get("/v1/models"), "missing_api_key")
+        assert_unauthorized(client.get("/v1/models/small"), "missing_api_key")
         assert_unauthorized(client.post(URL, json=BODY, headers={"authorization": KEY}), "missing_api_key")
         assert_unauthorized(client.post(URL, json=BODY, headers=bearer("sk-wrong")), "invalid_api_key")
         assert_unauthorized(client.post(URL, json=BODY, headers=bearer(KEY + "x")), "invalid_api_key")
@@ -68,11 +70,32 @@ def test_key_from_environment(make_engine: Callable[..., Engine], monkeypatch: p
         assert client.post(URL, json=BODY, headers=bearer("second-key")).status_code == 200
 
 
-def test_no_keys_means_open(make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("COSERVE_TEST_KEYS", raising=False)
-    engine = make_engine(server={"api_keys_env": "COSERVE_TEST_KEYS"})  # named, but unset: no keys
+def test_no_keys_means_open(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(server={})  # neither api_keys nor api_keys_env
     with serve(engine) as client:
         assert client.post(URL, json=BODY).status_code == 200
+
+
+@pytest.mark.parametrize("value", [None, "", " , ,"])
+def test_a_key_variable_named_but_empty_stops_the_start(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    # It served without keys: the library asked for keys and got an open server, silently.
+    if value is None:
+        monkeypatch.delenv("COSERVE_TEST_KEYS", raising=False)
+    else:
+        monkeypatch.setenv("COSERVE_TEST_KEYS", value)
+    engine = make_engine(server={"api_keys_env": "COSERVE_TEST_KEYS"})
+    with pytest.raises(ConfigError) as info:
+        create_app(engine)
+    assert info.value.message == (
+        "server.api_keys_env: COSERVE_TEST_KEYS is not set or holds no key, and server.api_keys lists none: "
+        "the server would be open to anyone; set COSERVE_TEST_KEYS, or leave api_keys_env out to serve without keys"
+    )
+    # with a digest listed, an empty variable adds no key and the server still needs one
+    engine = make_engine(server={"api_keys_env": "COSERVE_TEST_KEYS", "api_keys": [hash_key(KEY)]})
+    with serve(engine) as client:
+        assert_unauthorized(client.post(URL, json=BODY), "missing_api_key")
 
 
 def test_protected_metrics(make_engine: Callable[..., Engine]) -> None:

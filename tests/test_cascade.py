@@ -276,6 +276,21 @@ def test_cascade_mode_needs_its_settings(make_engine: Callable[..., Engine]) -> 
         make_engine(routing={"mode": "cascade"})
 
 
+@pytest.mark.parametrize(
+    "routing",
+    [{"cascade": {"check": "check.json"}}, {"mode": "single", "cascade": {"check": "c.json", "max_steps": 3}}],
+)
+def test_cascade_settings_without_cascade_mode_stop_the_start(
+    make_engine: Callable[..., Engine], routing: dict[str, Any]
+) -> None:
+    # A forgotten `mode: cascade` served single choice with the section ignored.
+    with pytest.raises(ConfigError) as info:
+        make_engine(routing=routing)
+    assert info.value.message.endswith(
+        "routing: a cascade: section is set but mode is single (the default): add mode: cascade, or drop it"
+    )
+
+
 @pytest.mark.e2e
 def test_a_real_cascade_escalates_between_real_experts(tmp_path: Path, cache: Path) -> None:
     """The smallest real expert twice (as ``general`` and a pretend-larger ``general-b``): the step

@@ -140,8 +140,26 @@ def test_log_command_exports(
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["log", "--db", str(db), "--since", "2999-01-01T00:00:00Z"]) == 0
     assert capsys.readouterr().out == ""
+    # no row: the CSV still has every column (docs/operations.md's list, then feedback), not just "id"
+    assert main(["log", "--db", str(db), "--since", "2999-01-01T00:00:00Z", "--format", "csv"]) == 0
+    assert capsys.readouterr().out == (
+        "id,time,model,expert,category,confidence,reason,fallback_from,status,latency_s,prompt_tokens,"
+        "completion_tokens,map_version,cascade,predicted,prompt,completion,feedback\r\n"
+    )
     assert main(["log", "--db", str(db), "--since", "yesterday"]) == 2
     assert main(["log", "--db", str(tmp_path / "missing.sqlite")]) == 2
+
+
+def test_log_command_refuses_what_it_cannot_read(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for limit in ("0", "-1"):  # -1 gave every row (SQLite's LIMIT -1)
+        assert main(["log", "--db", str(cache / "none.sqlite"), "--limit", limit]) == 2
+        expected = f"coserve: error: --limit {limit}: give 1 or more (leave it out for every row)\n"
+        assert capsys.readouterr().err == expected
+    assert main(["log"]) == 2  # the default file is missing: say where else the log may be
+    assert capsys.readouterr().err == (
+        f"coserve: error: no decision log at {cache / 'decisions.sqlite'}; "
+        "a library's server.log.path keeps it elsewhere: name that file with --db\n"
+    )
 
 
 def test_batches_and_queue_bound(tmp_path: Path) -> None:

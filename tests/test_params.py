@@ -136,6 +136,23 @@ def test_values_that_ask_for_nothing_are_accepted(client: TestClient) -> None:
     assert response.json()["choices"][0]["message"]["content"] == "small says:"
 
 
+# docs/api.md's table: every chat-completions parameter but model and messages; null asks for nothing.
+NULLABLE = (
+    "stream stream_options max_completion_tokens max_tokens temperature top_p seed stop presence_penalty "
+    "frequency_penalty logprobs top_logprobs n user safety_identifier prompt_cache_key coserve tools tool_choice "
+    "parallel_tool_calls response_format functions function_call logit_bias modalities audio prediction metadata "
+    "reasoning_effort verbosity web_search_options store service_tier"
+).split()
+
+
+@pytest.mark.parametrize("name", NULLABLE)
+def test_null_is_accepted_for_every_parameter(client: TestClient, name: str) -> None:
+    fields = {"max_tokens": 2, name: None} if name != "max_tokens" else {"max_completion_tokens": 2, name: None}
+    response = client.post(URL, json=chat(**fields))
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "small says:"
+
+
 @pytest.mark.parametrize(
     ("fields", "param", "status"),
     [
@@ -147,6 +164,8 @@ def test_values_that_ask_for_nothing_are_accepted(client: TestClient) -> None:
         ({"frequency_penalty": -2.01}, "frequency_penalty", 422),
         ({"n": 0}, "n", 422),
         ({"max_tokens": 3, "max_completion_tokens": 4}, "max_completion_tokens", 400),
+        ({"stream_options": {"include_usage": True}}, "stream_options", 400),  # without stream: was ignored
+        ({"stream": False, "stream_options": {"include_usage": False}}, "stream_options", 400),
         (
             {"stream_options": {"include_usage": True, "include_obfuscation": True}},
             "stream_options.include_obfuscation",

@@ -12,7 +12,7 @@ import pytest
 from conftest import library_data, write_library
 
 from coserve.config import LibraryConfig, load_library
-from coserve.errors import InfeasibleConstraints, NotFound
+from coserve.errors import InfeasibleConstraints, InvalidRequest, NotFound
 from coserve.router.policy import allowed, decide
 from coserve.types import Constraints, Decision
 
@@ -210,7 +210,19 @@ def test_several_flags_ruling_out_everyone(library: LibraryConfig) -> None:
 def test_allowed_lists_the_permitted_experts_in_library_order(library: LibraryConfig) -> None:
     assert allowed(library, Constraints()) == ["small", "coder", "big"]
     assert allowed(library, Constraints(max_params_b=0.5)) == ["small", "coder"]
-    assert allowed(library, Constraints(exclude_experts=("nobody",))) == ["small", "coder", "big"]
+
+
+@pytest.mark.parametrize("pinned", [None, "small"])
+def test_an_unknown_expert_in_exclude_experts_is_refused(library: LibraryConfig, pinned: str | None) -> None:
+    # A typo must not exclude nothing and let the request reach the expert it meant to avoid.
+    with pytest.raises(InvalidRequest) as info:
+        decide(CODE, library, Constraints(exclude_experts=("coder", "Coder")), pinned=pinned)
+    assert (info.value.status, info.value.code, info.value.param) == (400, "invalid_request", "coserve.exclude_experts")
+    assert info.value.message == (
+        "coserve.exclude_experts: unknown expert 'Coder'; the library's experts: small, coder, big"
+    )
+    with pytest.raises(InvalidRequest):
+        allowed(library, Constraints(exclude_experts=("nobody",)))
 
 
 # -- pinned ---------------------------------------------------------------------------------------

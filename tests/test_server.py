@@ -142,6 +142,20 @@ def test_pinned_model(shared: TestClient) -> None:
     assert response.headers["x-coserve-category"] == ""
 
 
+def test_an_unknown_expert_to_exclude_is_a_400(shared: TestClient) -> None:
+    for model in ("coserve", "small"):
+        response = shared.post(URL, json=body(CODE, model=model, coserve={"exclude_experts": ["nobody"]}))
+        assert response.status_code == 400
+        assert response.json() == {
+            "error": {
+                "message": "coserve.exclude_experts: unknown expert 'nobody'; the library's experts: small, coder, big",
+                "type": "invalid_request_error",
+                "param": "coserve.exclude_experts",
+                "code": "invalid_request",
+            }
+        }
+
+
 def test_constraints_apply(shared: TestClient) -> None:
     data = shared.post(URL, json=body(CODE, coserve={"exclude_experts": ["coder"]})).json()
     assert data["model"] != "coder"
@@ -164,6 +178,14 @@ def test_content_parts_and_developer_role(shared: TestClient) -> None:
     response = shared.post(URL, json=payload)
     assert response.status_code == 200, response.text
     assert response.json()["model"] == "coder"
+
+
+def test_text_parts_are_joined_by_a_newline(shared: TestClient) -> None:
+    # Joined with nothing, "hello" and "there" reached the expert (and the router) as "hellothere".
+    parts = [{"type": "text", "text": "hello"}, {"type": "text", "text": "there"}]
+    payload = {"model": "small", "messages": [{"role": "user", "content": parts}], "max_tokens": 4}
+    response = shared.post(URL, json=payload)
+    assert response.json()["choices"][0]["message"]["content"] == "small says: hello there"
 
 
 # -- streamed -------------------------------------------------------------------------------------
@@ -231,6 +253,25 @@ def test_models(client: TestClient) -> None:
     assert coder["coserve"]["params_b"] == 0.5
     assert coder["coserve"]["tags"] == ["code"]
     assert coder["coserve"]["tier"] == "disk"
+
+
+def test_one_model_by_its_id(client: TestClient) -> None:
+    """OpenAI's "retrieve model" (``client.models.retrieve``): the list's entry, or a 404."""
+    listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    for name in ("coserve", "small", "coder", "big"):
+        response = client.get(f"/v1/models/{name}")
+        assert response.status_code == 200
+        assert {**response.json(), "created": 0} == {**listed[name], "created": 0}
+    response = client.get("/v1/models/nobody")
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": {
+            "message": "The model 'nobody' does not exist",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
 
 
 def test_health(client: TestClient) -> None:

@@ -6,13 +6,14 @@ chat), ``experts`` (experts, keys, log), ``bench``, ``measure`` (outcomes, compa
 ``train`` (eval, train), ``plan`` and ``cluster`` (deploy, serve --ray). Commands parse and print;
 the work is done by the package's other modules. Arguments are parsed in ``main()``; nothing runs
 at import time. Errors a user can fix (a bad library file, a missing model package) print one line
-and exit with status 2.
+and exit with status 2; a closed output pipe (``coserve log | head``) ends the command quietly with 141.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from coserve.cli.bench import add_bench_parser
@@ -60,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = ["coserve", *(sys.argv[1:] if argv is None else argv)]  # recorded beside figures
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a reader that has gone (`coserve log | head`) shows here, not at exit
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141  # as a command stopped by SIGPIPE: 128 + 13, no traceback
     except CoserveError as exc:
         print(f"coserve: error: {exc.message}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coserve.cli.common import Subcommands, add_library_arg
+from coserve.cli.common import Subcommands, add_library_arg, tcp_port
 from coserve.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -137,6 +137,6 @@ def add_deploy_parser(sub: Subcommands) -> None:
     p.add_argument("--rayservice", help="where to write the KubeRay RayService manifest (YAML; needs --image)")
     p.add_argument("--image", help="the container image of every pod of the RayService (coserve[ray] and the experts)")
     p.add_argument("--host", default="0.0.0.0", help="HTTP host of Ray Serve's proxies (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=tcp_port, default=8000)
     add_ray_arguments(p)
     p.set_defaults(func=cmd_deploy)

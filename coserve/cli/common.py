@@ -13,10 +13,26 @@ if TYPE_CHECKING:
     from coserve.config import LibraryConfig
     from coserve.engine.engine import Engine
 
-__all__ = ["Subcommands", "add_library_arg", "load_engine", "load_served_library"]
+__all__ = ["Subcommands", "add_library_arg", "load_engine", "load_served_library", "seconds", "tcp_port"]
 
 # What ``add_subparsers`` returns: each command module adds its parsers to it.
 Subcommands = argparse._SubParsersAction  # type: ignore[type-arg]
+
+
+def tcp_port(text: str) -> int:
+    """A ``--port`` value: 1..65535 (a larger number would wrap around to another port when bound)."""
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1 to 65535)")
+    return port
+
+
+def seconds(text: str) -> float:
+    """A duration flag's value: 0 or more seconds."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds (0 or more)")
+    return value
 
 
 def add_library_arg(p: argparse.ArgumentParser) -> None:

@@ -112,14 +112,18 @@ def cmd_keys_hash(args: argparse.Namespace) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     import csv
+    from dataclasses import fields
     from datetime import UTC, datetime
 
     from coserve.paths import decision_log_path
-    from coserve.store.log import query_decisions
+    from coserve.store.log import DecisionRow, query_decisions
 
+    if args.limit is not None and args.limit < 1:  # SQLite would read -1 as "no limit"
+        raise CoserveError(f"--limit {args.limit}: give 1 or more (leave it out for every row)")
     db = Path(args.db) if args.db else decision_log_path()
     if not db.is_file():
-        raise CoserveError(f"no decision log at {db}")
+        elsewhere = "" if args.db else "; a library's server.log.path keeps it elsewhere: name that file with --db"
+        raise CoserveError(f"no decision log at {db}{elsewhere}")
     since = None
     if args.since:
         try:
@@ -134,7 +138,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout
     try:
         if args.format == "csv":
-            columns = list(rows[0]) if rows else ["id"]
+            columns = list(rows[0]) if rows else [*(f.name for f in fields(DecisionRow)), "feedback"]
             writer = csv.DictWriter(out, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)

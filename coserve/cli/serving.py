@@ -9,9 +9,9 @@ import sys
 from typing import Any
 
 from coserve.cli.cluster import add_ray_arguments
-from coserve.cli.common import Subcommands, add_library_arg, load_engine, load_served_library
+from coserve.cli.common import Subcommands, add_library_arg, load_engine, load_served_library, seconds, tcp_port
 from coserve.errors import CoserveError
-from coserve.types import ROUTED_MODEL
+from coserve.types import ROUTED_MODEL, Sampling
 
 __all__ = ["add_chat_parser", "add_route_parser", "add_serve_parser", "cmd_chat", "cmd_route", "cmd_serve"]
 
@@ -21,7 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from coserve.server.app import create_app
+    from coserve.server.app import check_decision_log, create_app
 
     if args.ray is None and args.cluster is not None:
         raise CoserveError("--cluster places experts on a Ray cluster: add --ray [ADDRESS]")
@@ -30,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         return cmd_serve_ray(args)
     engine = load_engine(args.library, args.residency)
+    check_decision_log(engine.library)
     app = create_app(engine)
 
     class DrainingServer(uvicorn.Server):
@@ -79,18 +80,34 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat_sampling(args: argparse.Namespace) -> Sampling:
+    """The chat's sampling flags, checked as the HTTP API checks them (one set of ranges): without
+    ``--max-tokens`` the expert's own cap applies (its ``options.max_tokens``, else 512)."""
+    from coserve.errors import RequestError
+    from coserve.server.protocol import ChatCompletionRequest
+
+    body = {"max_tokens": args.max_tokens, "temperature": args.temperature}
+    try:
+        checked = ChatCompletionRequest.model_validate(
+            {"model": args.model, "messages": [{"role": "user", "content": "-"}], **body}
+        ).to_request()
+    except RequestError as exc:
+        flag = (exc.param or "").replace("_", "-")
+        raise CoserveError(f"--{flag} {body.get(exc.param or '')}: {exc.message}") from None
+    return checked.sampling
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from coserve.engine.call import Call
-    from coserve.types import Message, Request, Sampling
+    from coserve.types import Message, Request
 
+    sampling = _chat_sampling(args)
     engine = load_engine(args.library)
     history: list[Message] = []
 
     async def turn(text: str) -> None:
         history.append(Message("user", text))
-        request = Request(
-            tuple(history), args.model, Sampling(max_tokens=args.max_tokens, temperature=args.temperature)
-        )
+        request = Request(tuple(history), args.model, sampling)
         call = Call(request)
         decision = await engine.route(call)
         chunks = await engine.stream(call)
@@ -133,11 +150,11 @@ def add_serve_parser(sub: Subcommands) -> None:
     p = sub.add_parser("serve", help="start the OpenAI-compatible server")
     add_library_arg(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=tcp_port, default=8000)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=seconds,
         default=30.0,
         help="seconds in-flight requests may take to finish after SIGTERM (default 30)",
     )
@@ -170,6 +187,8 @@ def add_chat_parser(sub: Subcommands) -> None:
     p = sub.add_parser("chat", help="chat in the terminal through the router")
     add_library_arg(p)
     p.add_argument("--model", default=ROUTED_MODEL, help=f"'{ROUTED_MODEL}' routes; an expert's name pins it")
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument(
+        "--max-tokens", type=int, default=None, help="tokens per answer at most (default: the expert's own cap)"
+    )
     p.add_argument("--temperature", type=float, default=0.7)
     p.set_defaults(func=cmd_chat)

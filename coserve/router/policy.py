@@ -4,7 +4,7 @@ Order of reasoning, for a routed request:
 1. the experts the caller's constraint flags allow, and that have the capabilities the request
    needs (``logprobs``, nonzero penalties, ``tools``, ``response_format`` JSON: ``json_schema``;
    coserve.backends.registry.capabilities) (none -> InfeasibleConstraints naming the flag, or the
-   parameter);
+   parameter; an ``exclude_experts`` name the library does not have -> InvalidRequest);
 2. the top category's mapped expert, or the fallback generalist when the top probability is below
    ``min_confidence`` (an uncertain router should not send a prompt to a specialist);
 3. if that expert is not allowed, the next categories' experts by probability, then the fallback,
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from coserve.backends.registry import CAPABILITY_PARAMS, capabilities
 from coserve.config import ExpertSpec, LibraryConfig
-from coserve.errors import InfeasibleConstraints, NotFound
+from coserve.errors import InfeasibleConstraints, InvalidRequest, NotFound
 from coserve.types import ROUTED_MODEL, Constraints, Decision
 
 __all__ = ["allowed", "decide"]
@@ -56,8 +56,22 @@ def _narrowed_by(first_choice: str, library: LibraryConfig, constraints: Constra
     return tuple(name for name in constraints.capabilities if name not in have)
 
 
+def _refuse_unknown_exclusions(library: LibraryConfig, constraints: Constraints) -> None:
+    """A name in ``exclude_experts`` that is not an expert of the library is a 400: a typo would
+    otherwise exclude nothing and let the request reach the expert the caller meant to avoid."""
+    unknown = [name for name in constraints.exclude_experts if name not in library.expert_names]
+    if unknown:
+        raise InvalidRequest(
+            f"coserve.exclude_experts: unknown expert {unknown[0]!r}; "
+            f"the library's experts: {', '.join(library.expert_names)}",
+            param="coserve.exclude_experts",
+        )
+
+
 def allowed(library: LibraryConfig, constraints: Constraints) -> list[str]:
-    """Names of the experts that satisfy every constraint; raises if there are none."""
+    """Names of the experts that satisfy every constraint; raises if there are none, or if
+    ``exclude_experts`` names an expert the library does not have (InvalidRequest, 400)."""
+    _refuse_unknown_exclusions(library, constraints)
     names = [spec.name for spec in library.experts if _violation(spec, constraints) is None]
     if not names:
         flags = sorted({_violation(spec, constraints) or "" for spec in library.experts})
@@ -82,6 +96,7 @@ def decide(
     if pinned is not None and pinned != ROUTED_MODEL:
         if pinned not in library.expert_names:
             raise NotFound(f"The model '{pinned}' does not exist", param="model")
+        _refuse_unknown_exclusions(library, constraints)
         violated = _violation(library.expert(pinned), constraints)
         if violated is not None:
             raise InfeasibleConstraints(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coserve.config import LibraryConfig
 from coserve.engine.engine import Engine
-from coserve.errors import CoserveError
+from coserve.errors import ConfigError, CoserveError
 from coserve.paths import decision_log_path
 from coserve.server.admission import Admission
 from coserve.server.auth import KeyRing
@@ -37,10 +38,10 @@ from coserve.server.outcome import Outcomes
 from coserve.server.quota import KeyQuota, Quota
 from coserve.server.routes import ServerState, router
 from coserve.server.ui import ui_router
-from coserve.store.log import DecisionLog, DecisionStore
+from coserve.store.log import DecisionLog, DecisionStore, connect
 from coserve.store.retention import Retention
 
-__all__ = ["create_app", "decision_log_file", "open_decision_log"]
+__all__ = ["check_decision_log", "create_app", "decision_log_file", "open_decision_log"]
 
 log = logging.getLogger("coserve.server")
 
@@ -53,6 +54,17 @@ def decision_log_file(library: LibraryConfig) -> Path:
     if not path.is_absolute() and library.path is not None:
         return library.path.parent / path
     return path
+
+
+def check_decision_log(library: LibraryConfig) -> None:
+    """ConfigError naming ``server.log.path`` when the decision log cannot be opened there: said in one
+    line before the server starts, rather than as a traceback from the app's startup."""
+    path = decision_log_file(library)
+    try:
+        connect(path).close()
+    except (OSError, sqlite3.Error) as exc:
+        where = f"{library.path}: " if library.path is not None else ""
+        raise ConfigError(f"{where}server.log.path: cannot open the decision log at {path} ({exc})") from None
 
 
 def open_decision_log(library: LibraryConfig) -> DecisionLog:

@@ -2,7 +2,8 @@
 
 Keys come from the library's ``server.api_keys`` (hex digests, or entries with limits and a
 ``revoked`` flag) and from the environment variable named by ``server.api_keys_env``
-(comma-separated plaintext keys, hashed when the server starts). A presented key is hashed and
+(comma-separated plaintext keys, hashed when the server starts; a variable named but unset or
+empty, with no digest listed, stops the start rather than serve without keys). A presented key is hashed and
 compared with every digest in constant time; a revoked key is refused with its own code. No key,
 plaintext or digest, is ever logged or put in an error message. The per-key limits themselves are
 kept by coserve.server.quota.
@@ -18,7 +19,7 @@ import os
 from collections.abc import Iterable, Mapping
 
 from coserve.config import ApiKey
-from coserve.errors import Unauthorized
+from coserve.errors import ConfigError, Unauthorized
 
 __all__ = ["KeyRing", "hash_key"]
 
@@ -40,11 +41,19 @@ class KeyRing:
     def from_settings(
         cls, keys: Iterable[str | ApiKey], env_name: str | None, environ: Mapping[str, str] | None = None
     ) -> KeyRing:
-        """Keys from the config plus the hashed plaintext keys of ``environ[env_name]``."""
+        """Keys from the config plus the hashed plaintext keys of ``environ[env_name]``; ConfigError
+        when ``env_name`` is named but gives no key and the config lists none: naming a key variable
+        asks for keys, and an unset one must not leave the server open to anyone."""
         environ = os.environ if environ is None else environ
         plain = environ.get(env_name, "") if env_name else ""
         from_env = [hash_key(key.strip()) for key in plain.split(",") if key.strip()]
-        return cls([*keys, *from_env])
+        ring = cls([*keys, *from_env])
+        if env_name and not ring.required:
+            raise ConfigError(
+                f"server.api_keys_env: {env_name} is not set or holds no key, and server.api_keys lists none: "
+                f"the server would be open to anyone; set {env_name}, or leave api_keys_env out to serve without keys"
+            )
+        return ring
 
     @property
     def required(self) -> bool:

@@ -37,7 +37,7 @@ class _Turn(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "\n".join(part.text for part in self.content)  # as vLLM and llama.cpp's server join them
 
 
 class SystemMessage(_Turn):

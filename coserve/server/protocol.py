@@ -137,7 +137,7 @@ class ChatCompletionRequest(BaseModel):
 
     model: str
     messages: list[ChatMessage]
-    stream: bool = False
+    stream: bool | None = None  # null is false, as in OpenAI's API
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
@@ -174,6 +174,8 @@ class ChatCompletionRequest(BaseModel):
             raise UnprocessableRequest("n must be at least 1", param="n")
         if self.n not in (None, 1):
             raise InvalidRequest("n: only n=1 is supported", param="n", code="unsupported_parameter")
+        if self.stream_options is not None and not self.stream:  # as OpenAI and vLLM answer it
+            raise InvalidRequest("stream_options: only allowed when stream is true", param="stream_options")
         both = self.max_tokens is not None and self.max_completion_tokens is not None
         if both and self.max_tokens != self.max_completion_tokens:
             raise InvalidRequest(
@@ -254,7 +256,7 @@ class ChatCompletionRequest(BaseModel):
                     if needed
                 ),
             ),
-            stream=self.stream,
+            stream=bool(self.stream),
             stream_usage=bool(self.stream_options and self.stream_options.include_usage),
         )
 

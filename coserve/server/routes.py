@@ -3,7 +3,7 @@
 A chat request goes: Gate (key, quota check, draining) -> parse (strict types) -> Call ->
 admission -> route -> claim its expert -> engine (stream or complete) -> frames; every way out
 goes through ``Outcomes.settle`` exactly once (for a stream, when its response ends, however).
-The other routes list the models, take feedback, and answer ``/health`` (from ``Engine.health``)
+The other routes list the models (or give one), take feedback, and answer ``/health`` (from ``Engine.health``)
 and ``/metrics``.
 
 This module knows nothing about the pool, the scheduler or the runtimes: it talks to the Engine.
@@ -101,7 +101,10 @@ async def chat_completions(http: HttpRequest) -> Response:
         key = await state.gate.check_api(http.headers.get("authorization"), chat=True)
         settings = state.settings
         request = parse_chat(
-            await http.body(), settings.max_body_bytes, settings.max_messages, settings.unknown_parameters
+            await _body(http, settings.max_body_bytes),
+            settings.max_body_bytes,
+            settings.max_messages,
+            settings.unknown_parameters,
         )
         call = Call(request, key=key, timings=timings)
         state.admission.admit(call)
@@ -113,6 +116,17 @@ async def chat_completions(http: HttpRequest) -> Response:
     except BaseException as exc:
         state.outcomes.settle(_status(exc), call)
         raise
+
+
+async def _body(http: HttpRequest, max_bytes: int) -> bytes:
+    """The body, read no further than past ``max_bytes`` (the parser then refuses it as
+    ``body_too_large``): however long a body is sent, the server holds at most the limit and a chunk."""
+    received = bytearray()
+    async for chunk in http.stream():
+        received += chunk
+        if len(received) > max_bytes:
+            break
+    return bytes(received)
 
 
 async def _completed(http: HttpRequest, state: ServerState, call: Call) -> Response:
@@ -187,6 +201,20 @@ async def _streamed(state: ServerState, call: Call) -> StreamingResponse:
 
 @router.get("/v1/models", responses=error_responses(401, 429, 503))
 async def models(state: ApiState) -> dict[str, Any]:
+    return {"object": "list", "data": _model_objects(state)}
+
+
+@router.get("/v1/models/{model}", responses=error_responses(401, 404, 429, 503))
+async def model(model: str, state: ApiState) -> dict[str, Any]:
+    """One model of the list (OpenAI's "retrieve model", ``client.models.retrieve``)."""
+    for entry in _model_objects(state):
+        if entry["id"] == model:
+            return entry
+    raise NotFound(f"The model '{model}' does not exist", param="model")
+
+
+def _model_objects(state: ServerState) -> list[dict[str, Any]]:
+    """``coserve`` (routed), then every expert with what a client routes or pins by."""
     created = int(time.time())
     library = state.engine.library
     experts = state.engine.health()["experts"]
@@ -217,7 +245,7 @@ async def models(state: ApiState) -> dict[str, Any]:
                 },
             }
         )
-    return {"object": "list", "data": data}
+    return data
 
 
 @router.post(
@@ -226,7 +254,7 @@ async def models(state: ApiState) -> dict[str, Any]:
     responses=error_responses(400, 401, 404, 422, 429, 503),
 )
 async def feedback(http: HttpRequest, state: ApiState) -> dict[str, Any]:
-    body = parse_feedback(await http.body(), state.settings.max_body_bytes)
+    body = parse_feedback(await _body(http, state.settings.max_body_bytes), state.settings.max_body_bytes)
     online = state.engine.router.online  # router.online: a request's score moves its expert's (docs/adapt.md)
     if online is None:
         stored = await asyncio.wrap_future(state.decisions.feedback(body.id, body.score))

@@ -1,0 +1,43 @@
+"""`coserve serve` and `deploy`: what would bind or open badly is refused before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import write_library
+
+from coserve.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # 99999 was bound as 99999 mod 65536 = 34463 while the server said it served on 99999
+        (["serve", "--port", "99999"], "argument --port: 99999 is not a TCP port (1 to 65535)"),
+        (["serve", "--port", "0"], "argument --port: 0 is not a TCP port (1 to 65535)"),
+        (["deploy", "--port", "65536"], "argument --port: 65536 is not a TCP port (1 to 65535)"),
+        (
+            ["serve", "--shutdown-timeout", "-5"],
+            "argument --shutdown-timeout: -5 is not a number of seconds (0 or more)",
+        ),
+    ],
+)
+def test_out_of_range_flags_stop_the_command(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"coserve {argv[0]}: error: {message}"
+
+
+def test_a_decision_log_that_cannot_be_opened_stops_serve_in_one_line(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was a traceback from the app's startup, after "serving on ..." had been printed.
+    (tmp_path / "afile").write_text("not a folder")
+    db = tmp_path / "afile" / "decisions.sqlite"
+    library = write_library(tmp_path, server={"log": {"path": str(db)}})
+    assert main(["serve", "--library", str(library), "--port", "8719"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"coserve: error: {library}: server.log.path: cannot open the decision log at {db} (")
+    assert err.count("\n") == 1
