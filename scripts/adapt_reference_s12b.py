@@ -7,6 +7,8 @@ the residual joins the reference?) and the feedback expert's reference after it.
 
 * ``learnt_share_before_shock``: the share of feedbacks before the shock that arrived while the CUSUM was
   quiet (both sides below ``REFERENCE_QUIET`` x the level) and so joined the reference;
+  ``both_at_zero_share_before_shock``: the share that arrived while both sides stood at 0 (the textbook
+  guard's);
 * ``reference_at_shock``: per expert, the mean over runs of its reference at the shock (what it removes:
   compare the per-expert mean residuals of docs/data/adapt-calibration-s12.json);
 * ``shocked``: per run, the shocked expert's reference at the shock and at its first true alarm (or at the
@@ -36,7 +38,7 @@ from coserve.router.embedders import STACK_EMBEDDER
 from coserve.router.online import OnlineRouter
 
 MEMORIES = (300.0, 1000.0)
-Record = tuple[int, int, bool, float]  # served requests, expert, quiet before it, the expert's reference after it
+Record = tuple[int, int, bool, bool, float]  # served, expert, quiet before it, both sides at 0 before it, its reference
 
 
 def _recording(records: list[Record]) -> Any:
@@ -48,15 +50,17 @@ def _recording(records: list[Record]) -> Any:
         detector = self.detector
         assert detector is not None and detector.reference is not None
         level = REFERENCE_QUIET * detector.threshold
-        quiet = bool(detector.stat["up"][expert] < level and detector.stat["down"][expert] < level)
+        up, down = detector.stat["up"][expert], detector.stat["down"][expert]
+        quiet, zero = bool(up < level and down < level), bool(up == 0.0 and down == 0.0)
         original(self, category, expert, score, predicted, vector)
-        records.append((self._served, expert, quiet, float(detector.reference.value(expert))))
+        records.append((self._served, expert, quiet, zero, float(detector.reference.value(expert))))
 
     return feedback
 
 
 def _setting(fitted: Any, costs: Any, memory: float) -> dict[str, Any]:
     learnt: list[bool] = []
+    at_zero: list[bool] = []
     at_shock: dict[str, list[float]] = {}
     shocked_rows = []
     for axis, target in BUDGETS:
@@ -69,15 +73,16 @@ def _setting(fitted: Any, costs: Any, memory: float) -> dict[str, Any]:
             shock_at, experts = report["shock"]["at"], report["experts"]
             shocked = experts.index(report["shock"]["expert"])
             last: dict[int, float] = {}
-            for served, expert, quiet, reference in records:
+            for served, expert, quiet, zero, reference in records:
                 if served - 1 < shock_at:
                     learnt.append(quiet)
+                    at_zero.append(zero)
                     last[expert] = reference
             for expert, reference in last.items():
                 at_shock.setdefault(experts[expert], []).append(reference)
             delay = report["true_alarm_delay"]
             until = shock_at + delay if delay is not None else sys.maxsize  # the first true alarm, or the end
-            after = [ref for served, e, _, ref in records if e == shocked and shock_at <= served - 1 < until]
+            after = [ref for served, e, _, _, ref in records if e == shocked and shock_at <= served - 1 < until]
             start, end = last.get(shocked, 0.0), (after[-1] if after else last.get(shocked, 0.0))
             row = {"axis": axis, "target": target, "seed": seed, "true_alarm_delay": delay}
             shocked_rows.append(
@@ -87,6 +92,7 @@ def _setting(fitted: Any, costs: Any, memory: float) -> dict[str, Any]:
     return {
         "memory": memory,
         "learnt_share_before_shock": float(np.mean(learnt)),
+        "both_at_zero_share_before_shock": float(np.mean(at_zero)),
         "reference_at_shock": {name: float(np.mean(values)) for name, values in sorted(at_shock.items())},
         "absorbed_median": float(np.median(absorbed)),
         "absorbed_in_missed_runs_median": float(

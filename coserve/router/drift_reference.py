@@ -18,7 +18,7 @@ the expert's CUSUM shows no evidence of a change: both sides below ``REFERENCE_Q
 level, judged before the residual is added (so the residual itself does not decide whether it is learnt,
 and what is learnt is an unbiased sample of the residuals while nothing has changed). Why not "both sides
 at 0": with scores of mostly 0 or 1 the residuals are rarely within the drift of 0, so one side almost
-always stands above 0 (measured on a simulated null: both at 0 before 5 feedbacks in a million).
+always stands above 0 (docs/data/adapt-reference-s12b.json: the share of feedback arriving so on the tuning runs).
 After an alarm moves the expert's means (``forget``), its reference restarts at 0.
 
 Pure numbers; knows nothing about the posteriors, HTTP or the store.
