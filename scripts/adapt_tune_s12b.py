@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from adapt_tune_s12 import alarm_totals  # beside this script
+from adapt_tune_s12 import with_alarm_totals  # beside this script
 
 __all__ = ["MEMORIES", "PAIRS", "s12b_stage"]
 
@@ -44,16 +44,7 @@ def _rank(result: Result) -> tuple[int, float]:
 def s12b_stage(score: Callable[[dict[str, Any]], Result]) -> list[Result]:
     """Score the defaults, step 1's grid, then step 2's proportional setting; every result in order, each
     with its ``alarm_totals``."""
-
-    def scored(knobs: dict[str, Any]) -> Result:
-        result = score(knobs)
-        result["alarm_totals"] = totals = alarm_totals(result)
-        print(
-            "   false", totals["false_alarms"], "drops", totals["false_drops"], "missed", totals["true_alarm_missed"],
-            "delay median", totals["true_alarm_delay_median"], flush=True,
-        )  # fmt: skip
-        return result
-
+    scored = with_alarm_totals(score)
     reference = scored({})  # the defaults first
     grid = [
         scored({**RUNNING, "change_reference_memory": memory, "change_threshold": level, "change_drift": drift})
