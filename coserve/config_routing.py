@@ -148,6 +148,11 @@ class OnlineSettings(BaseModel):
     # with change_variance_floor > 0 divides it by that score's variance, at least this
     change_model: Literal["flat", "proportional"] = "flat"
     change_variance_floor: float = Field(0.0, ge=0, le=0.25)
+    # session 12, branch bias12 (docs/adapt.md): the detector tests residuals as they are (zero), or less a slow
+    # running mean of the expert's own residuals, learnt while its CUSUM is quiet, with this memory in feedbacks
+    # (running: a self-starting CUSUM, coserve.router.drift_reference; the router's selection bias is no change)
+    change_reference: Literal["zero", "running"] = "zero"
+    change_reference_memory: float = Field(1000.0, ge=1)
 
     @model_validator(mode="after")
     def _neighbours_need_prompts(self) -> OnlineSettings:

@@ -74,6 +74,12 @@ drifts, then with a variance floor, on all 27 runs with the same adoption rule; 
 alarms and each result their totals (`adapt_tune_s12.py`).
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s12 --json docs/data/adapt-tuning-s12.json
+
+`--stage s12b` (session 12, branch bias12): the change detector's running reference (a self-starting
+CUSUM, `change_reference: running`) over two memories and four (level, drift) pairs, then with the
+proportional model, on all 27 runs with the same adoption rule (`adapt_tune_s12b.py`).
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s12b --json docs/data/adapt-tuning-s12b.json
 """
 
 from __future__ import annotations
@@ -355,15 +361,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write every setting's results here")
     parser.add_argument(
         "--stage",
-        choices=["all", "detector", "predictor", "levers", "underspend", "s11", "knn", "s12"],
+        choices=["all", "detector", "predictor", "levers", "underspend", "s11", "knn", "s12", "s12b"],
         default="all",
         help="the full search, or one session's stage",
     )
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
     # --stage levers and underspend run with the default per-prompt predictor's vectors (coserve train's, session 9)
-    featured = args.stage in ("levers", "underspend", "s11", "knn", "s12")
-    every_run = args.stage in ("underspend", "s11", "knn", "s12")  # every setting on all 27 runs, the rule below
+    featured = args.stage in ("levers", "underspend", "s11", "knn", "s12", "s12b")
+    every_run = args.stage in ("underspend", "s11", "knn", "s12", "s12b")
+    # (every_run: every setting on all 27 runs, the rule below)
     fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if featured else None)
     results: list[dict[str, Any]] = []
     confirmed: list[dict[str, Any]] = []
@@ -408,6 +415,10 @@ def main(argv: list[str]) -> int:
         from adapt_tune_s12 import s12_stage  # beside this script
 
         results = s12_stage(lambda knobs: _scored(fitted, costs, knobs))
+    elif args.stage == "s12b":
+        from adapt_tune_s12b import s12b_stage  # beside this script
+
+        results = s12b_stage(lambda knobs: _scored(fitted, costs, knobs))
     elif args.stage == "knn":
         from adapt_tune_knn import knn_stage  # beside this script
 

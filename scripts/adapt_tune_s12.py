@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["THRESHOLDS", "alarm_totals", "s12_stage"]
+__all__ = ["THRESHOLDS", "alarm_totals", "s12_stage", "with_alarm_totals"]
 
 THRESHOLDS = (4.0, 5.0, 6.0, 8.0, 10.0)  # change_threshold for the proportional model
 DRIFTS = (0.05, 0.075)  # change_drift: half the design drop (rho = 2 drift)
@@ -55,9 +55,8 @@ def alarm_totals(result: Result) -> dict[str, Any]:
     }
 
 
-def s12_stage(score: Callable[[dict[str, Any]], Result]) -> list[Result]:
-    """Score the defaults, step 1's grid, then step 2's variance settings; every result in order, each
-    with its ``alarm_totals``."""
+def with_alarm_totals(score: Callable[[dict[str, Any]], Result]) -> Callable[[dict[str, Any]], Result]:
+    """``score``, each result given its ``alarm_totals`` (printed as it comes)."""
 
     def scored(knobs: dict[str, Any]) -> Result:
         result = score(knobs)
@@ -69,6 +68,13 @@ def s12_stage(score: Callable[[dict[str, Any]], Result]) -> list[Result]:
         )  # fmt: skip
         return result
 
+    return scored
+
+
+def s12_stage(score: Callable[[dict[str, Any]], Result]) -> list[Result]:
+    """Score the defaults, step 1's grid, then step 2's variance settings; every result in order, each
+    with its ``alarm_totals``."""
+    scored = with_alarm_totals(score)
     reference = scored({})  # the defaults first
     grid = [
         scored({**PROPORTIONAL, "change_drift": drift, "change_threshold": level})

@@ -105,6 +105,8 @@ class AdaptOptions:
         _ONLINE.change_model
     )  # the detector's residuals alike (flat) or by expected score (proportional)
     change_variance_floor: float = _ONLINE.change_variance_floor  # proportional: > 0 weighs by the score's variance
+    change_reference: str = _ONLINE.change_reference  # residuals tested as they are, or less a running mean
+    change_reference_memory: float = _ONLINE.change_reference_memory  # running: the reference's memory (feedbacks)
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):

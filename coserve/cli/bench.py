@@ -70,7 +70,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs += ("granularity", "prompt_weight", "change_baseline", "change_min_feedback")
     knobs += ("expert_rate", "mix_jump", "mix_short", "refresh_on_alarm", "underspend_debt", "fine_weight")
     knobs += ("change_upward", "explore_at_zero", "weight_floor", "alarm_explore", "change_shift_share")
-    knobs += ("change_model", "change_variance_floor")
+    knobs += ("change_model", "change_variance_floor", "change_reference", "change_reference_memory")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     predictor = make_embedder(args.predictor_embedder)
@@ -137,6 +137,10 @@ def _add_adapt_parser(bench: Any) -> None:
         "--change-model", choices=["flat", "proportional"], help="residuals alike, or weighed by the expected score"
     )
     b.add_argument("--change-variance-floor", type=float, help="proportional: > 0 divides by the score's variance")
+    b.add_argument(
+        "--change-reference", choices=["zero", "running"], help="residuals as they are, or less a running mean"
+    )
+    b.add_argument("--change-reference-memory", type=float, help="running: the reference's memory, in feedbacks")
     b.add_argument("--seed", type=int)
     b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
     b.add_argument(

@@ -13,6 +13,9 @@
   the expert's own scores over time does.
 * ``ChangeSettings.model``: ``flat`` (this CUSUM), or ``proportional`` (``drift_weighted``: each residual
   weighed by the score it was expected to have, session 12).
+* ``ChangeSettings.reference``: ``zero`` (residuals tested as they are), or ``running`` (``drift_reference``:
+  less a slow running mean of the expert's own residuals, so the router's selection bias is no change;
+  session 12, branch bias12). Either change model reads its residuals so.
 * ``weight_for_mix`` is the cost weight a map needs so that its expected cost over a category mix is at
   most the target: the smallest weight >= 0 whose per-category choices cost <= 1 in target units
   (bisection over the weight; the cost of the weighted map only falls as the weight grows).
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from coserve.router.drift_reference import REFERENCE_QUIET, REFERENCES, RunningReference
 from coserve.router.mapping import choose_per_prompt
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
     "FeedbackBaseline",
     "export_change",
     "new_baseline",
+    "new_reference",
     "restore_change",
     "weight_for_mix",
 ]
@@ -62,6 +67,8 @@ class ChangeSettings:
     shift_share: float = 1.0  # the share of the estimated shift the means move by (less: a false alarm costs less)
     model: str = "flat"  # each residual alike, or weighed by its expected score (drift_weighted.ProportionalDetector)
     variance_floor: float = 0.0  # proportional: > 0 divides each increment by the score's variance, at least this
+    reference: str = "zero"  # residuals tested against 0, or the expert's running mean (drift_reference, session 12)
+    reference_memory: float = 1000.0  # running: the reference's memory, in feedbacks
 
     def __post_init__(self) -> None:
         if self.model not in CHANGE_MODELS:
@@ -74,6 +81,10 @@ class ChangeSettings:
             raise ValueError("min_feedback must be >= 1")
         if not 0.0 <= self.shift_share <= 1.0:
             raise ValueError("shift_share must be in [0, 1]")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, not {self.reference!r}")
+        if not self.reference_memory >= 1:
+            raise ValueError("reference_memory must be >= 1 (feedbacks)")
 
 
 class FeedbackBaseline:
@@ -128,12 +139,16 @@ class FeedbackBaseline:
 
 
 class ChangeDetector:
-    """A two-sided CUSUM per expert on the residuals of its feedback."""
+    """A two-sided CUSUM per expert on the residuals of its feedback (less ``reference``'s running mean
+    where one is given: ``drift_reference``)."""
 
-    def __init__(self, experts: int, drift: float = 0.05, threshold: float = 4.0) -> None:
+    def __init__(
+        self, experts: int, drift: float = 0.05, threshold: float = 4.0, reference: RunningReference | None = None
+    ) -> None:
         if experts <= 0 or drift < 0 or threshold <= 0:
             raise ValueError("experts and threshold must be positive and drift >= 0")
         self.drift, self.threshold = float(drift), float(threshold)
+        self.reference = reference
         # per side: the CUSUM statistic, and the sum and number of residuals since it last stood at zero
         self.stat = {side: np.zeros(experts) for side in _SIDES}
         self.total = {side: np.zeros(experts) for side in _SIDES}
@@ -142,6 +157,7 @@ class ChangeDetector:
     def observe(self, expert: int, residual: float, estimate: float = 1.0) -> float | None:
         """Add one residual of ``expert`` (against ``estimate``, which this flat model does not read); the
         estimated shift where that completes an alarm, else None."""
+        residual = self.against_reference(expert, residual)
         for side, signed in (("up", residual), ("down", -residual)):
             value = self.stat[side][expert] + signed - self.drift
             if value <= 0.0:
@@ -157,14 +173,31 @@ class ChangeDetector:
                 return shift
         return None
 
+    def against_reference(self, expert: int, residual: float) -> float:
+        """``residual`` less ``expert``'s reference (itself without one). The residual joins the reference
+        where it arrives while both sides stand below ``REFERENCE_QUIET`` times the alarm level."""
+        if self.reference is None:
+            return residual
+        against = residual - self.reference.value(expert)
+        quiet = REFERENCE_QUIET * self.threshold
+        if self.stat["up"][expert] < quiet and self.stat["down"][expert] < quiet:
+            self.reference.learn(expert, residual)
+        return against
+
+    def rebased(self, expert: int) -> None:
+        """An alarm moved ``expert``'s means: its reference restarts at 0."""
+        if self.reference is not None:
+            self.reference.forget(expert)
+
     def reset(self, expert: int) -> None:
         """Start ``expert``'s statistics afresh."""
         for side in _SIDES:
             self.stat[side][expert] = self.total[side][expert] = self.count[side][expert] = 0.0
 
     def export_state(self) -> dict[str, Any]:
-        """The statistics as JSON values."""
-        return {f"{name}_{side}": values[side].tolist() for name, values in self._arrays() for side in _SIDES}
+        """The statistics (and references) as JSON values."""
+        saved = {f"{name}_{side}": values[side].tolist() for name, values in self._arrays() for side in _SIDES}
+        return saved if self.reference is None else {**saved, **self.reference.export_state()}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load ``export_state``'s output; ValueError (nothing changed) where it does not fit."""
@@ -182,6 +215,8 @@ class ChangeDetector:
                 loaded[(name, side)] = array
         for (name, side), array in loaded.items():
             arrays[name][side] = array
+        if self.reference is not None:
+            self.reference.restore(state)  # a state without (fitting) references leaves them at 0
 
     def _arrays(self) -> tuple[tuple[str, dict[str, np.ndarray]], ...]:
         return (("stat", self.stat), ("total", self.total), ("count", self.count))
@@ -192,6 +227,11 @@ def new_baseline(change: ChangeSettings | None, categories: int, experts: int) -
     if change is None or change.baseline != "feedback":
         return None
     return FeedbackBaseline(categories, experts, change.min_feedback)
+
+
+def new_reference(change: ChangeSettings, experts: int) -> RunningReference | None:
+    """The running reference ``change`` names (None: residuals tested against 0)."""
+    return RunningReference(experts, change.reference_memory) if change.reference == "running" else None
 
 
 def export_change(detector: ChangeDetector, baseline: FeedbackBaseline | None) -> dict[str, Any]:
@@ -209,7 +249,7 @@ def restore_change(
     ValueError where the saved statistics do not fit; nothing is shared with the router until it returns."""
     if change is None:
         return None, None
-    detector = ChangeDetector(experts, change.drift, change.threshold)
+    detector = ChangeDetector(experts, change.drift, change.threshold, new_reference(change, experts))
     baseline = new_baseline(change, categories, experts)
     if isinstance(saved, dict) and saved.get("baseline", "posterior") == change.baseline:
         detector.restore(saved)

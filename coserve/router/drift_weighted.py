@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from coserve.router.drift import ChangeDetector, ChangeSettings, FeedbackBaseline, restore_change
+from coserve.router.drift import ChangeDetector, ChangeSettings, FeedbackBaseline, new_reference, restore_change
+from coserve.router.drift_reference import RunningReference
 
 __all__ = ["ProportionalDetector", "cell_shift", "restore_detector"]
 
@@ -49,8 +50,15 @@ class ProportionalDetector(ChangeDetector):
 
     model = "proportional"
 
-    def __init__(self, experts: int, drift: float = 0.05, threshold: float = 4.0, variance_floor: float = 0.0) -> None:
-        super().__init__(experts, drift, threshold)
+    def __init__(
+        self,
+        experts: int,
+        drift: float = 0.05,
+        threshold: float = 4.0,
+        variance_floor: float = 0.0,
+        reference: RunningReference | None = None,
+    ) -> None:
+        super().__init__(experts, drift, threshold, reference)
         if not 0.0 <= variance_floor <= 0.25:
             raise ValueError("variance_floor must be in [0, 0.25]")
         self.variance_floor = float(variance_floor)
@@ -59,6 +67,7 @@ class ProportionalDetector(ChangeDetector):
         """Add one feedback of ``expert``: its residual against ``estimate``, the score it was expected to
         have (within [0, 1]). The signed share of change (``-rho_hat``: a drop, ``+rho_hat``: a rise) where
         that completes an alarm, else None."""
+        residual = self.against_reference(expert, residual)  # less the running reference where there is one
         expected = min(1.0, max(0.0, float(estimate)))
         scale = 4.0 * max(expected * (1.0 - expected), self.variance_floor) if self.variance_floor > 0 else 1.0
         for side, weight, signed in (("up", 1.0 - expected, residual), ("down", expected, -residual)):
@@ -108,7 +117,8 @@ def restore_detector(
         saved = None
     if change.model == "flat":
         return restore_change(saved, change, categories, experts)
-    detector = ProportionalDetector(experts, change.drift, change.threshold, change.variance_floor)
+    reference = new_reference(change, experts)
+    detector = ProportionalDetector(experts, change.drift, change.threshold, change.variance_floor, reference)
     if isinstance(saved, dict):
         detector.restore(saved)
     return detector, None

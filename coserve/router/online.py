@@ -378,6 +378,8 @@ class OnlineRouter:
                     self.neighbours.forget(expert)  # its residuals were measured against the old means
                 if self.baseline is not None:
                     self.baseline.forget(expert)
+                if self.detector is not None:
+                    self.detector.rebased(expert)  # a running reference restarts at 0 (drift_reference)
                 self.alarms += 1
                 if self.refresh_on_alarm and self.mix_window > 0 and len(self.recent) > 0:
                     self._feed_forward()  # the moved means change the weight the mix needs: now, not in 25 requests
