@@ -7,13 +7,23 @@ and with its map solved from measured outcomes where it names them (coserve.rout
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from coserve.config import LibraryConfig
     from coserve.engine.engine import Engine
 
-__all__ = ["Subcommands", "add_library_arg", "load_engine", "load_served_library", "seconds", "tcp_port"]
+__all__ = [
+    "Subcommands",
+    "add_library_arg",
+    "at_least",
+    "load_engine",
+    "load_served_library",
+    "seconds",
+    "share",
+    "tcp_port",
+]
 
 # What ``add_subparsers`` returns: each command module adds its parsers to it.
 Subcommands = argparse._SubParsersAction  # type: ignore[type-arg]
@@ -32,6 +42,33 @@ def seconds(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a number of seconds (0 or more)")
+    return value
+
+
+def at_least(least: int) -> Callable[[str], int]:
+    """A whole-number flag's type: ``least`` or more (``--folds``: 2, a count: 1), refused by argparse
+    with the flag's name and the fix, before any work is done."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is too small: give {least} or more")
+        return value
+
+    return parse
+
+
+def share(text: str) -> float:
+    """A score threshold's value: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
     return value
 
 

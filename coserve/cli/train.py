@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coserve.cli.common import Subcommands
+from coserve.cli.common import Subcommands, at_least
 from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
@@ -186,12 +186,12 @@ def add_eval_parser(sub: Subcommands) -> None:
     p = sub.add_parser("eval", help="evaluate routers on outcome data: quality vs cost against baselines")
     add_data_args(p)
     split = p.add_mutually_exclusive_group()
-    split.add_argument("--folds", type=int, default=5, help="prompt-grouped cross-validation folds")
+    split.add_argument("--folds", type=at_least(2), default=5, help="prompt-grouped cross-validation folds")
     split.add_argument("--test", help="held-out outcome file: fit on --data, score on this")
     p.add_argument("--json", required=True, help="write the report here")
     p.add_argument("--plot", help="write the Pareto plot (PNG) here")
     p.add_argument("--routers", help="comma-separated router names (default: every available one)")
-    p.add_argument("--jobs", type=int, default=1, help="folds evaluated in parallel processes")
+    p.add_argument("--jobs", type=at_least(1), default=1, help="folds evaluated in parallel processes")
     p.add_argument("--cascade", help="rows with signals: replay this library's cascade (default: cheapest first)")
     p.set_defaults(func=cmd_eval)
 

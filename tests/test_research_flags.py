@@ -1,0 +1,56 @@
+"""The researcher's commands (eval, train-check, outcomes, bench route): out-of-range flags are refused
+by the parser in one line naming the flag, before any data is read or any file is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coserve.cli import main
+
+DATA = ["--data", "none.jsonl", "--experts", "none.json"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # --folds 1 was "cannot make 1 folds from 60 distinct prompts", as if the data were too small
+        (["eval", *DATA, "--json", "r.json", "--folds", "1"], "argument --folds: 1 is too small: give 2 or more"),
+        (["eval", *DATA, "--json", "r.json", "--jobs", "0"], "argument --jobs: 0 is too small: give 1 or more"),
+        (["eval", *DATA, "--json", "r.json", "--jobs", "-3"], "argument --jobs: -3 is too small: give 1 or more"),
+        (["eval", *DATA, "--json", "r.json", "--folds", "two"], "argument --folds: 'two' is not a whole number"),
+        # train-check --folds 1 said "the check needs both good and bad answers in its training data"
+        (
+            ["train-check", "--data", "x.jsonl", "--out", "c.json", "--folds", "1"],
+            "argument --folds: 1 is too small: give 2 or more",
+        ),
+        (["train-check", "--data", "x.jsonl", "--out", "c.json", "--good", "2"], "argument --good: 2 is not in [0, 1]"),
+        (
+            ["train-check", "--data", "x.jsonl", "--out", "c.json", "--max-steps", "0"],
+            "argument --max-steps: 0 is too small: give 1 or more",
+        ),
+        # bench route --n 0 was an IndexError traceback from the warm-up decision
+        (["bench", "route", "--n", "0"], "argument --n: 0 is too small: give 1 or more"),
+        (["bench", "route", "--blas-threads", "-1"], "argument --blas-threads: -1 is too small: give 0 or more"),
+        # outcomes ran with --concurrency 0 and --max-tokens -1
+        (
+            ["outcomes", "--suite", "mmlu", "--out", "o.jsonl", "--concurrency", "0"],
+            "argument --concurrency: 0 is too small: give 1 or more",
+        ),
+        (
+            ["outcomes", "--suite", "mmlu", "--out", "o.jsonl", "--max-tokens", "-1"],
+            "argument --max-tokens: -1 is too small: give 1 or more",
+        ),
+    ],
+)
+def test_out_of_range_research_flags_stop_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    prog = "coserve bench route" if argv[0] == "bench" else f"coserve {argv[0]}"
+    assert capsys.readouterr().err.splitlines()[-1] == f"{prog}: error: {message}"
+    assert list(tmp_path.iterdir()) == []
