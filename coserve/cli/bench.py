@@ -169,7 +169,10 @@ def add_bench_parser(sub: Subcommands) -> None:
         "(default: the library's own router)",
     )
     b.add_argument(
-        "--blas-threads", type=at_least(0), default=1, help="BLAS threads while timing (1: the engine's limit; 0: no limit)"
+        "--blas-threads",
+        type=at_least(0),
+        default=1,
+        help="BLAS threads while timing (1: the engine's limit; 0: no limit)",
     )
     b.add_argument("--json", help="also write the figures to this file")
     b.set_defaults(func=cmd_bench_route)
