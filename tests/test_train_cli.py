@@ -149,3 +149,34 @@ def test_eval_scores_each_router_on_the_vectors_train_fits_it_on(
         assert report["baselines"] == single["baselines"]
     # an explicit --embedder still gives every router the same vectors
     assert json.loads(alone_stack.read_text())["meta"]["embedder"] == "hashing+features"
+
+
+def test_a_csv_without_score_columns_is_refused_in_one_line(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Columns named after the experts but without the "score:" prefix: eval was a ValueError traceback
+    # ("attempt to get argmax of an empty sequence"), train another ("zero-size array to reduction").
+    _, experts = write_separable(tmp_path)
+    data = tmp_path / "outcomes.csv"
+    data.write_text("id,prompt,category,small,big\nr0,hello there,chat,1,0\nr1,def f(): pass,code,0,1\n")
+    for command, out in (("eval", "--json"), ("train", "--out")):
+        assert main(argv(command, data, experts, out, str(tmp_path / "written"))) == 2
+        assert capsys.readouterr().err == (
+            f"coserve: error: {data}: no expert scores "
+            "(a JSONL row needs scores: {expert: score}, a CSV file score:<expert> columns)\n"
+        )
+    assert not (tmp_path / "written").exists()
+
+
+def test_outcomes_of_one_expert_are_refused(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A CSV that lost one of its two score columns was evaluated as a "router" over one expert.
+    _, experts = write_separable(tmp_path)
+    data = tmp_path / "outcomes.csv"
+    data.write_text("id,prompt,category,score:small\nr0,hello there,chat,1\nr1,def f(): pass,code,0\n")
+    for command, out in (("eval", "--json"), ("train", "--out")):
+        assert main(argv(command, data, experts, out, str(tmp_path / "written"))) == 2
+        assert (
+            capsys.readouterr().err
+            == f"coserve: error: {data}: scores of ['small'] only; a router needs two experts or more\n"
+        )
+    assert not (tmp_path / "written").exists()

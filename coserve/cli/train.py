@@ -13,13 +13,24 @@ from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
 
 
+def _routable(path: str, on_bad: Any) -> tuple[Any, list[Any]]:
+    """``--data``'s outcome set and its problems; refused unless it scores two experts or more."""
+    from coserve.errors import ConfigError
+    from coserve.eval.data import load_outcomes
+
+    outcomes, problems = load_outcomes(path, on_bad=on_bad)
+    if len(outcomes.experts) < 2:
+        raise ConfigError(f"{path}: scores of {list(outcomes.experts)} only; a router needs two experts or more")
+    return outcomes, problems
+
+
 def _outcomes(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The outcome set, its embeddings and the expert costs named by ``--data``/``--experts``."""
-    from coserve.eval.data import embed_cached, load_costs, load_outcomes
+    from coserve.eval.data import embed_cached, load_costs
     from coserve.router.embedders import make_embedder
 
     costs = load_costs(args.experts)
-    outcomes, problems = load_outcomes(args.data, on_bad=args.on_bad)
+    outcomes, problems = _routable(args.data, args.on_bad)
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     embedder = make_embedder(args.embedder)  # cmd_train fills in the router kind's default
@@ -40,7 +51,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from coserve.router.embedders import make_embedder
 
     costs = load_costs(args.experts)
-    train, problems = load_outcomes(args.data, on_bad=args.on_bad)
+    train, problems = _routable(args.data, args.on_bad)
     test = None
     if args.test:
         test, more = load_outcomes(args.test, experts=train.experts, on_bad=args.on_bad)

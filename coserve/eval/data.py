@@ -199,6 +199,9 @@ def load_outcomes(
             if isinstance(obj, dict) and isinstance(obj.get("scores"), dict):
                 names.update(dict.fromkeys(map(str, obj["scores"])))
         experts = list(names)
+        if not experts and any(isinstance(obj, dict) for _, obj in rows):
+            wanted = "a JSONL row needs scores: {expert: score}, a CSV file score:<expert> columns"
+            raise ConfigError(f"{path}: no expert scores ({wanted})")
     known = set(categories) if categories is not None else None
     problems: list[Problem] = []
     seen: set[str] = set()
