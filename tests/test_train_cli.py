@@ -180,3 +180,37 @@ def test_outcomes_of_one_expert_are_refused(tmp_path: Path, cache: Path, capsys:
             == f"coserve: error: {data}: scores of ['small'] only; a router needs two experts or more\n"
         )
     assert not (tmp_path / "written").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # a negative size was taken: the new expert won a category as the cheapest one
+        (["--params-b", "-3"], "--params-b -3.0: the expert's active parameters must be a positive number"),
+        (["--params-b", "nan"], "--params-b nan: the expert's active parameters must be a positive number"),
+        (["--params-b", "3", "--price", "-0.5"], "--price -0.5: the expert's price must be 0 or more"),
+    ],
+)
+def test_experts_add_refuses_a_cost_below_zero(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    out, data = trained
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    outcomes = tmp_path / "coder.jsonl"
+    ids = [json.loads(line)["id"] for line in data.read_text().splitlines()]
+    outcomes.write_text("".join(json.dumps({"id": i, "scores": {"coder": 1.0}}) + "\n" for i in ids))
+    assert main(["experts", "add", "--router", str(out), "--name", "coder", "--outcomes", str(outcomes), *flags]) == 2
+    assert capsys.readouterr().err == f"coserve: error: {message}\n"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_experts_add_names_the_experts_a_file_scores(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A name the file does not score listed its first 20 rows, each "no valid score of 'coderx'".
+    out, _ = trained
+    outcomes = tmp_path / "coder.jsonl"
+    outcomes.write_text("".join(json.dumps({"id": f"r{i}", "scores": {"coder": 1.0}}) + "\n" for i in range(30)))
+    argv = ["experts", "add", "--router", str(out), "--name", "coderx", "--outcomes", str(outcomes), "--params-b", "3"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"coserve: error: {outcomes}: no row scores 'coderx'; the file scores ['coder']\n"
