@@ -54,3 +54,13 @@ def test_out_of_range_research_flags_stop_the_command(
     prog = "coserve bench route" if argv[0] == "bench" else f"coserve {argv[0]}"
     assert capsys.readouterr().err.splitlines()[-1] == f"{prog}: error: {message}"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outcomes_refuses_an_exclude_file_that_is_not_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A mistyped --exclude was read as "nothing to exclude": the held-out run drew the check's items again.
+    missing = tmp_path / "train.jsonl"
+    out = tmp_path / "heldout.jsonl"
+    argv = ["outcomes", "--suite", "mmlu", "--limit", "1", "--exclude", str(missing), "--out", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"coserve: error: --exclude {missing}: no such outcome file\n"
+    assert not out.exists()

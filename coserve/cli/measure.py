@@ -15,12 +15,15 @@ __all__ = ["add_compare_parser", "add_map_parser", "add_outcomes_parser", "cmd_c
 
 
 def cmd_outcomes(args: argparse.Namespace) -> int:
+    from coserve.errors import ConfigError
     from coserve.outcomes.runner import done_ids, run_outcomes
     from coserve.outcomes.suites import make_suite
 
     names = [n.strip() for n in args.suite.split(",") if n.strip()]
     exclude: set[str] = set()
     for path in args.exclude or []:
+        if not Path(path).is_file():  # a mistyped held-out file would let its items in again, silently
+            raise ConfigError(f"--exclude {path}: no such outcome file")
         exclude |= done_ids(Path(path))
     work = [
         (suite, item) for suite in map(make_suite, names) for item in suite.load(args.limit, args.seed, exclude=exclude)
