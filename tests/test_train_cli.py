@@ -214,3 +214,18 @@ def test_experts_add_names_the_experts_a_file_scores(
     argv = ["experts", "add", "--router", str(out), "--name", "coderx", "--outcomes", str(outcomes), "--params-b", "3"]
     assert main(argv) == 2
     assert capsys.readouterr().err == f"coserve: error: {outcomes}: no row scores 'coderx'; the file scores ['coder']\n"
+
+
+def test_an_unknown_router_name_is_refused_before_embedding(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was found after every prompt had been embedded (MiniLM: minutes on llmrouter), and the message
+    # ended in "missing: {}".
+    data, experts = write_separable(tmp_path)
+    rc = main(argv("eval", data, experts, "--json", str(tmp_path / "r.json"), "--routers", "stack,map-logistc"))
+    assert rc == 2
+    available = "map-knn, map-logistic, map-mlp, map-logistic+fallback, prompt-knn, prompt-mf, prompt-mlp, prompt-ridge"
+    assert capsys.readouterr().err == (
+        f"coserve: error: --routers: map-logistc not available; available: {available}, hybrid, top2, stack\n"
+    )
+    assert not (cache / "embeddings").exists() and not (tmp_path / "r.json").exists()

@@ -59,6 +59,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     routers = [r.strip() for r in args.routers.split(",") if r.strip()] if args.routers else None
+    _check_router_names(routers, len(set(train.categories)))
     options = {"folds": args.folds, "seed": args.seed, "jobs": args.jobs}
     if args.embedder:
         report = evaluate(train, test, costs, routers=routers, embedder=make_embedder(args.embedder), **options)
@@ -93,6 +94,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     print(f"report: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
     return 0
+
+
+def _check_router_names(routers: list[str] | None, n_categories: int) -> None:
+    """Refuse an unknown ``--routers`` name before anything is embedded (minutes on a large file)."""
+    from coserve.errors import ConfigError
+    from coserve.eval.harness import available_routers
+
+    names, missing = available_routers(n_categories)
+    unknown = [r for r in routers or [] if r not in names]
+    if unknown:
+        why = "".join(f"; {name}: {reason}" for name, reason in missing.items())
+        raise ConfigError(f"--routers: {', '.join(unknown)} not available; available: {', '.join(names)}{why}")
 
 
 def _cascade(args: argparse.Namespace) -> dict[str, Any] | None:
