@@ -225,7 +225,9 @@ def add_train_parser(sub: Subcommands) -> None:
     add_data_args(p)
     p.add_argument("--out", required=True, help="router directory to write")
     p.add_argument(
-        "--router", default="stack", help="stack (default), map-<classifier>, prompt-<predictor>, hybrid or top2"
+        "--router",
+        default="stack",
+        help="stack (default), map-<classifier>, prompt-<predictor> or hybrid (top2: eval only)",
     )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget-params", type=float, help="average active parameters (billions) per request")
