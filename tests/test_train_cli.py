@@ -229,3 +229,18 @@ def test_an_unknown_router_name_is_refused_before_embedding(
         f"coserve: error: --routers: map-logistc not available; available: {available}, hybrid, top2, stack\n"
     )
     assert not (cache / "embeddings").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_cascade_on_data_without_signals_is_refused_before_the_evaluation(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --cascade (its rows and its library) was read after every router had been evaluated (minutes on
+    # llmrouter), then refused.
+    data, experts = write_separable(tmp_path)
+    missing = tmp_path / "cascade.yaml"
+    rc = main(argv("eval", data, experts, "--json", str(tmp_path / "r.json"), "--cascade", str(missing)))
+    assert rc == 2
+    assert (
+        capsys.readouterr().err == f"coserve: error: no row with signals in {data}: write them with coserve outcomes\n"
+    )
+    assert not (cache / "embeddings").exists() and not (tmp_path / "r.json").exists()

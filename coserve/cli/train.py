@@ -52,6 +52,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     costs = load_costs(args.experts)
     train, problems = _routable(args.data, args.on_bad)
+    signals = _cascade_input(args)  # a bad --cascade is refused now, not after the routers' evaluation
     test = None
     if args.test:
         test, more = load_outcomes(args.test, experts=train.experts, on_bad=args.on_bad)
@@ -71,7 +72,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         groups = {e: (make_embedder(e), rs) for e, rs in by_embedder.items()}
         report = evaluate_grouped(train, test, costs, groups, **options)
     report["meta"].update(data=str(args.data), test=args.test, skipped_rows=len(problems))
-    cascade = _cascade(args)
+    cascade = _cascade(args, *signals) if signals is not None else None
     if cascade is not None:
         report["cascade"] = cascade
     write_data(Path(args.json), report, args.command_line)  # with its provenance (command, commit, CPU)
@@ -108,14 +109,12 @@ def _check_router_names(routers: list[str] | None, n_categories: int) -> None:
         raise ConfigError(f"--routers: {', '.join(unknown)} not available; available: {', '.join(names)}{why}")
 
 
-def _cascade(args: argparse.Namespace) -> dict[str, Any] | None:
-    """Cascade points on the rows of ``--data`` that record signals (coserve outcomes): the ladder of
-    ``--cascade LIBRARY``, else every expert cheapest first. None when no row has signals."""
-    from coserve.cli.cascade import format_points
+def _cascade_input(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Any] | None:
+    """The rows of ``--data`` that record signals and the ``--cascade`` library (None: cheapest first);
+    None when no row has signals and no library was named."""
     from coserve.cli.common import load_served_library
     from coserve.errors import ConfigError
-    from coserve.eval.cascade import cascade_points, oracle_point, read_signal_rows
-    from coserve.eval.data import load_costs
+    from coserve.eval.cascade import read_signal_rows
 
     try:
         rows = read_signal_rows([args.data])
@@ -123,7 +122,16 @@ def _cascade(args: argparse.Namespace) -> dict[str, Any] | None:
         if args.cascade:
             raise
         return None  # outcome data without signals (the shared sets): no cascade points
-    library = load_served_library(args.cascade) if args.cascade else None
+    return rows, load_served_library(args.cascade) if args.cascade else None
+
+
+def _cascade(args: argparse.Namespace, rows: list[dict[str, Any]], library: Any) -> dict[str, Any] | None:
+    """Cascade points on the rows that record signals (coserve outcomes): the ladder of ``--cascade
+    LIBRARY``, else every expert cheapest first. None without every expert's parameters."""
+    from coserve.cli.cascade import format_points
+    from coserve.eval.cascade import cascade_points, oracle_point
+    from coserve.eval.data import load_costs
+
     costs = load_costs(args.experts)
     params = {name: float(p) for name, p in zip(costs.names, costs.params_b, strict=True)}
     if library is None and any(p != p for p in params.values()):
