@@ -118,6 +118,24 @@ def test_bench_adapt_refuses_bad_knobs_before_reading_anything(
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # each was "target, requests, phases and window must be positive", naming none of them
+        (["--budget-price", "-5"], "target (the budget) -5.0: must be positive"),
+        (["--budget-params", "3", "--requests", "0"], "requests 0: must be positive"),
+        (["--budget-params", "3", "--phases", "-2"], "phases -2: must be positive"),
+    ],
+)
+def test_bench_adapt_names_the_count_that_is_not_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    argv = ["bench", "adapt", "--prior", str(tmp_path / "none.jsonl"), "--experts", str(tmp_path / "none.json")]
+    assert main([*argv, *flags, "--json", str(tmp_path / "x.json")]) == 2
+    assert capsys.readouterr().err == f"coserve: error: {message}\n"
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_bench_adapt_short_stream_has_no_tracking_error(
     tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

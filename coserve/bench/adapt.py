@@ -111,8 +111,10 @@ class AdaptOptions:
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
             raise ConfigError(f"budget axis must be params or price, not {self.budget_axis!r}")
-        if not (self.target > 0 and self.requests > 0 and self.phases > 0 and self.window > 0):
-            raise ConfigError("target, requests, phases and window must be positive")
+        counts = {"target (the budget)": self.target, "requests": self.requests, "phases": self.phases}
+        for name, value in {**counts, "window": self.window}.items():
+            if not value > 0:
+                raise ConfigError(f"{name} {value}: must be positive")
         if not (0 <= self.feedback <= 1 and 0 <= self.shock <= 1 and self.noise >= 0 and 0 <= self.explore_cap <= 1):
             raise ConfigError("feedback, shock and explore_cap must be in [0, 1] and noise >= 0")
         if self.prior_strength <= 0 or self.max_count < self.prior_strength or self.step <= 0:
