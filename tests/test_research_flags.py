@@ -64,3 +64,17 @@ def test_outcomes_refuses_an_exclude_file_that_is_not_there(tmp_path: Path, caps
     assert main(argv) == 2
     assert capsys.readouterr().err == f"coserve: error: --exclude {missing}: no such outcome file\n"
     assert not out.exists()
+
+
+def test_an_exclude_file_is_read_not_repaired(tmp_path: Path) -> None:
+    # --exclude read its file with the resume reader, which cut a partial last line off the file: an input
+    # (perhaps another run's output being written) was changed by the run that only excluded its ids.
+    from coserve.outcomes.runner import done_ids
+
+    held = tmp_path / "train.jsonl"
+    text = '{"id": "mmlu-1", "scores": {}}\n{"id": "mmlu-2", "scores": {}}\n{"id": "mmlu-3", "sc'
+    held.write_text(text)
+    assert done_ids(held, repair=False) == {"mmlu-1", "mmlu-2"}
+    assert held.read_text() == text
+    assert done_ids(held) == {"mmlu-1", "mmlu-2"}  # the --out file of a resumed run is repaired
+    assert held.read_text() == text[: text.rindex("\n") + 1]
