@@ -78,3 +78,27 @@ def test_an_exclude_file_is_read_not_repaired(tmp_path: Path) -> None:
     assert held.read_text() == text
     assert done_ids(held) == {"mmlu-1", "mmlu-2"}  # the --out file of a resumed run is repaired
     assert held.read_text() == text[: text.rindex("\n") + 1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # matplotlib's ValueError traceback came after the whole evaluation, the report already written
+        (["--json", "{t}/r.json", "--plot", "{t}/plot.txt"], "--plot {t}/plot.txt: give a .png, .svg, .pdf file"),
+        (["--json", "{t}/afile/r.json"], "--json {t}/afile/r.json: {t}/afile is not a folder"),
+        (
+            ["--json", "{t}/r.json", "--plot", "{t}/afile/x/p.png"],
+            "--plot {t}/afile/x/p.png: {t}/afile is not a folder",
+        ),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    (tmp_path / "afile").write_text("a file, not a folder")
+    given = [flag.format(t=tmp_path) for flag in flags]
+    adapt = ["bench", "adapt", "--prior", "p.jsonl", "--experts", "e.json", "--budget-price", "5"]
+    for command in (["eval", *DATA], adapt):
+        assert main([*command, *given]) == 2
+        assert capsys.readouterr().err == f"coserve: error: {message.format(t=tmp_path)}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

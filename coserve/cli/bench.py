@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve.bench.provenance import write_data
-from coserve.cli.common import Subcommands, add_library_arg, at_least, load_served_library
+from coserve.cli.common import Subcommands, add_library_arg, at_least, check_outputs, load_served_library
 from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = [
@@ -73,6 +73,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs += ("change_model", "change_variance_floor", "change_reference", "change_reference_memory")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
+    check_outputs(args.json, args.plot)
     predictor = make_embedder(args.predictor_embedder)
     report = run_adapt(args.prior, args.stream, args.experts, options, make_embedder(args.embedder), predictor)
     write_data(Path(args.json), report, args.command_line)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from coserve.errors import ConfigError
 
 if TYPE_CHECKING:
     from coserve.config import LibraryConfig
@@ -18,6 +21,7 @@ __all__ = [
     "Subcommands",
     "add_library_arg",
     "at_least",
+    "check_outputs",
     "load_engine",
     "load_served_library",
     "seconds",
@@ -70,6 +74,25 @@ def share(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
     return value
+
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_outputs(json_path: str | None, plot_path: str | None = None) -> None:
+    """Refuse a ``--json``/``--plot`` file that could not be written, before the work that fills it: a
+    folder on its path that is a file, a plot format matplotlib does not write (it failed after the
+    report had been written)."""
+    for flag, text in (("--json", json_path), ("--plot", plot_path)):
+        if text is None:
+            continue
+        folder = Path(text).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ConfigError(f"{flag} {text}: {folder} is not a folder")
+    if plot_path is not None and Path(plot_path).suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(f"--plot {plot_path}: give a {', '.join(PLOT_SUFFIXES)} file")
 
 
 def add_library_arg(p: argparse.ArgumentParser) -> None:

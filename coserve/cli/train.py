@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coserve.cli.common import Subcommands, at_least
+from coserve.cli.common import Subcommands, at_least, check_outputs
 from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
@@ -50,6 +50,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from coserve.eval.harness import available_routers, evaluate, evaluate_grouped
     from coserve.router.embedders import make_embedder
 
+    check_outputs(args.json, args.plot)
     costs = load_costs(args.experts)
     train, problems = _routable(args.data, args.on_bad)
     signals = _cascade_input(args)  # a bad --cascade is refused now, not after the routers' evaluation
