@@ -102,3 +102,26 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(
         assert main([*command, *given]) == 2
         assert capsys.readouterr().err == f"coserve: error: {message.format(t=tmp_path)}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_expert_without_costs_is_refused_before_anything_is_embedded(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # eval, train and bench adapt embedded every prompt (MiniLM: minutes on llmrouter) before saying so.
+    from test_eval_harness import write_separable
+
+    data, _ = write_separable(tmp_path)
+    experts = tmp_path / "two.json"
+    experts.write_text('{"small": {"params_b": 1}, "big": {"params_b": 10}}')
+    adapt = ["bench", "adapt", "--prior", str(data), "--experts", str(experts), "--budget-params", "3"]
+    for argv in (
+        ["eval", "--data", str(data), "--experts", str(experts), "--json", str(tmp_path / "r.json")],
+        ["train", "--data", str(data), "--experts", str(experts), "--out", str(tmp_path / "router")],
+        [*adapt, "--json", str(tmp_path / "a.json")],
+    ):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            "coserve: error: experts without an entry in the experts file: ['mid']"
+        )
+    assert not (cache / "embeddings").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "experts.json", "outcomes.jsonl", "two.json"]

@@ -13,14 +13,16 @@ from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
 
 
-def _routable(path: str, on_bad: Any) -> tuple[Any, list[Any]]:
-    """``--data``'s outcome set and its problems; refused unless it scores two experts or more."""
+def _routable(path: str, on_bad: Any, costs: Any) -> tuple[Any, list[Any]]:
+    """``--data``'s outcome set and its problems; refused unless it scores two experts or more, each
+    with an entry in ``--experts`` (checked before anything is embedded)."""
     from coserve.errors import ConfigError
     from coserve.eval.data import load_outcomes
 
     outcomes, problems = load_outcomes(path, on_bad=on_bad)
     if len(outcomes.experts) < 2:
         raise ConfigError(f"{path}: scores of {list(outcomes.experts)} only; a router needs two experts or more")
+    costs.aligned(outcomes.experts)
     return outcomes, problems
 
 
@@ -30,7 +32,7 @@ def _outcomes(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from coserve.router.embedders import make_embedder
 
     costs = load_costs(args.experts)
-    outcomes, problems = _routable(args.data, args.on_bad)
+    outcomes, problems = _routable(args.data, args.on_bad, costs)
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     embedder = make_embedder(args.embedder)  # cmd_train fills in the router kind's default
@@ -52,7 +54,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     check_outputs(args.json, args.plot)
     costs = load_costs(args.experts)
-    train, problems = _routable(args.data, args.on_bad)
+    train, problems = _routable(args.data, args.on_bad, costs)
     signals = _cascade_input(args)  # a bad --cascade is refused now, not after the routers' evaluation
     test = None
     if args.test:
