@@ -27,6 +27,7 @@ from coserve.bench.provenance import write_data
 from coserve.cli.common import load_served_library
 from coserve.config import LibraryConfig
 from coserve.engine.cascade import Cascade, params_of
+from coserve.errors import ConfigError, CoserveError
 from coserve.eval.cascade import (
     THRESHOLDS,
     StartRule,
@@ -130,9 +131,21 @@ def main() -> None:
     parser.add_argument("--name", default="cascade", help="the data files' name: NAME-check.json, NAME-vs-single.json")
     args = parser.parse_args()
     command = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    try:
+        files = measure(args)
+    except CoserveError as exc:  # a missing or malformed file, a library not in cascade mode: nothing written
+        print(f"cascade_measure: error: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for name, payload in files.items():  # written only once every figure is computed
+        write_data(Path(args.out_dir) / f"{args.name}-{name}.json", payload, command)
+
+
+def measure(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The data files' payloads by name ("check", and with ``--heldout`` "vs-single"); prints the figures."""
     library = load_served_library(args.library)
     cascade = Cascade.from_library(library)
-    assert cascade is not None, "the library must be in cascade mode"
+    if cascade is None:
+        raise ConfigError(f"{args.library}: not a cascade library (routing.mode: cascade)")
     rows = read_signal_rows(args.train)
     experts = sorted({e for row in rows for e in row["signals"]})
     check, figures, _, _ = train_check(rows, experts)
@@ -151,9 +164,8 @@ def main() -> None:
             4,
         ),
     }
-    write_data(
-        Path(args.out_dir) / f"{args.name}-check.json",
-        {
+    files: dict[str, dict[str, Any]] = {
+        "check": {
             "note": args.note,
             "runs": args.runs,
             "cv": figures,
@@ -186,15 +198,14 @@ def main() -> None:
                 if cascade.gate is not None
                 else {}
             ),
-        },
-        command,
-    )
+        }
+    }
     best = oracle_point(rows, library, steps)["cascade"]
     print(f"check's sample: single choice {single['quality']:.3f} at {single['avg_params_b']:.3f} B; ", end="")
     print(f"a perfect check {best['quality']:.3f} at {best['avg_params_b']:.3f} B")
     print(f"check: AUC {figures['auc']} (grouped CV on {figures['items']} items), {basic_figures['auc']} on the basic")
     if not args.heldout:
-        return
+        return files
     params = {e.name: e.params_b for e in library.experts}
     comparison = compare_routed(args.heldout, params, single=default)
     held = read_signal_rows([args.heldout])
@@ -219,13 +230,14 @@ def main() -> None:
         payload["gated_on_heldout"] = gated_on_heldout(held, library, cascade)
     if args.mix_single:
         payload["mix"] = mix_with_single(comparison, args.mix_single, library, default)
-    write_data(Path(args.out_dir) / f"{args.name}-vs-single.json", payload, command)
+    files["vs-single"] = payload
     columns = comparison["columns"]
     for name in ("single", "routed"):
         print(f"{name:<8} quality {columns[name]['quality']:.3f}  params {columns[name]['avg_params_b']:.3f} B")
     oracle = payload["oracle_on_heldout"]["cascade"]
     print(f"perfect check quality {oracle['quality']:.3f}  params {oracle['avg_params_b']:.3f} B")
     print(f"{comparison['items']} held-out items")
+    return files
 
 
 if __name__ == "__main__":

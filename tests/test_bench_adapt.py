@@ -118,6 +118,24 @@ def test_bench_adapt_refuses_bad_knobs_before_reading_anything(
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # each was "target, requests, phases and window must be positive", naming none of them
+        (["--budget-price", "-5"], "target (the budget) -5.0: must be positive"),
+        (["--budget-params", "3", "--requests", "0"], "requests 0: must be positive"),
+        (["--budget-params", "3", "--phases", "-2"], "phases -2: must be positive"),
+    ],
+)
+def test_bench_adapt_names_the_count_that_is_not_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    argv = ["bench", "adapt", "--prior", str(tmp_path / "none.jsonl"), "--experts", str(tmp_path / "none.json")]
+    assert main([*argv, *flags, "--json", str(tmp_path / "x.json")]) == 2
+    assert capsys.readouterr().err == f"coserve: error: {message}\n"
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_bench_adapt_short_stream_has_no_tracking_error(
     tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -238,3 +256,23 @@ def test_fit_and_replay_run_on_one_blas_thread(tmp_path: Path, cache: Path, monk
         assert all(n == 2 for n in blas_threads())  # restored after the run
     assert len(seen) == 3  # two fits (classifier, predictor) and the replay's router
     assert all(threads and all(n == 1 for n in threads) for threads in seen)
+
+
+def test_bench_adapt_names_the_rows_it_skips(tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Bad rows of the prior and the stream were dropped without a word (load_outcomes' problems discarded).
+    prior, stream, experts = tmp_path / "prior.jsonl", tmp_path / "stream.jsonl", tmp_path / "experts.json"
+    _outcomes(prior, 1, 60)
+    _outcomes(stream, 2, 60)
+    with prior.open("a") as handle:
+        handle.write("{not json\n")
+    with stream.open("a") as handle:
+        handle.write(json.dumps({"id": "s-x", "prompt": "p", "category": "code", "scores": {"cheap": 1.0}}) + "\n")
+    experts.write_text(json.dumps({e: {"params_b": b} for e, b in (("cheap", 1), ("mid", 3), ("big", 9))}))
+    argv = ["bench", "adapt", "--prior", str(prior), "--stream", str(stream), "--experts", str(experts)]
+    argv += ["--budget-params", "3", "--requests", "400", "--embedder", "hashing", "--predictor-embedder", "hashing"]
+    with caplog.at_level("WARNING", logger="coserve.bench.adapt"):
+        assert main([*argv, "--json", str(tmp_path / "a.json")]) == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "coserve.bench.adapt"] == [
+        f"skipped {prior}:61: ?: malformed JSON: Expecting property name enclosed in double quotes",
+        f"skipped {stream}:61: s-x: missing scores for experts ['mid', 'big']",
+    ]

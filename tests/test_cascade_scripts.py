@@ -180,3 +180,50 @@ def test_cascade_library_refuses_a_library_the_server_would_refuse(tmp_path: Pat
         done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert not out.exists()  # nothing left that would stop the server's start
+
+
+def test_cascade_measure_refuses_a_missing_heldout_file_and_writes_nothing(tmp_path: Path) -> None:
+    # It was a ConfigError traceback, after NAME-check.json had already been written.
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows(40, 0, routed=False)))
+    library = tmp_path / "cascade.yaml"
+    script(
+        "scripts/cascade_library.py",
+        "--check",
+        str(write_check(tmp_path / "check.json", PARAMS)),
+        "--out",
+        str(library),
+    )
+    missing = tmp_path / "heldout.jsonl"
+    argv = [
+        "--train",
+        str(train),
+        "--heldout",
+        str(missing),
+        "--library",
+        str(library),
+        "--out-dir",
+        str(tmp_path / "d"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "scripts/cascade_measure.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == f"cascade_measure: error: cannot read {missing}: [Errno 2] No such file or directory: '{missing}'\n"
+    )
+    assert not (tmp_path / "d").exists()
+    # a library that does not cascade: one line too (it was an AssertionError)
+    done = subprocess.run(
+        [sys.executable, "scripts/cascade_measure.py", "--train", str(train), "--library", "coserve/data/default.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert (done.returncode, done.stderr) == (
+        2,
+        "cascade_measure: error: coserve/data/default.yaml: not a cascade library (routing.mode: cascade)\n",
+    )

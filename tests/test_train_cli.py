@@ -149,3 +149,98 @@ def test_eval_scores_each_router_on_the_vectors_train_fits_it_on(
         assert report["baselines"] == single["baselines"]
     # an explicit --embedder still gives every router the same vectors
     assert json.loads(alone_stack.read_text())["meta"]["embedder"] == "hashing+features"
+
+
+def test_a_csv_without_score_columns_is_refused_in_one_line(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Columns named after the experts but without the "score:" prefix: eval was a ValueError traceback
+    # ("attempt to get argmax of an empty sequence"), train another ("zero-size array to reduction").
+    _, experts = write_separable(tmp_path)
+    data = tmp_path / "outcomes.csv"
+    data.write_text("id,prompt,category,small,big\nr0,hello there,chat,1,0\nr1,def f(): pass,code,0,1\n")
+    for command, out in (("eval", "--json"), ("train", "--out")):
+        assert main(argv(command, data, experts, out, str(tmp_path / "written"))) == 2
+        assert capsys.readouterr().err == (
+            f"coserve: error: {data}: no expert scores "
+            "(a JSONL row needs scores: {expert: score}, a CSV file score:<expert> columns)\n"
+        )
+    assert not (tmp_path / "written").exists()
+
+
+def test_outcomes_of_one_expert_are_refused(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A CSV that lost one of its two score columns was evaluated as a "router" over one expert.
+    _, experts = write_separable(tmp_path)
+    data = tmp_path / "outcomes.csv"
+    data.write_text("id,prompt,category,score:small\nr0,hello there,chat,1\nr1,def f(): pass,code,0\n")
+    for command, out in (("eval", "--json"), ("train", "--out")):
+        assert main(argv(command, data, experts, out, str(tmp_path / "written"))) == 2
+        assert (
+            capsys.readouterr().err
+            == f"coserve: error: {data}: scores of ['small'] only; a router needs two experts or more\n"
+        )
+    assert not (tmp_path / "written").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # a negative size was taken: the new expert won a category as the cheapest one
+        (["--params-b", "-3"], "--params-b -3.0: the expert's active parameters must be a positive number"),
+        (["--params-b", "nan"], "--params-b nan: the expert's active parameters must be a positive number"),
+        (["--params-b", "3", "--price", "-0.5"], "--price -0.5: the expert's price must be 0 or more"),
+    ],
+)
+def test_experts_add_refuses_a_cost_below_zero(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    out, data = trained
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    outcomes = tmp_path / "coder.jsonl"
+    ids = [json.loads(line)["id"] for line in data.read_text().splitlines()]
+    outcomes.write_text("".join(json.dumps({"id": i, "scores": {"coder": 1.0}}) + "\n" for i in ids))
+    assert main(["experts", "add", "--router", str(out), "--name", "coder", "--outcomes", str(outcomes), *flags]) == 2
+    assert capsys.readouterr().err == f"coserve: error: {message}\n"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_experts_add_names_the_experts_a_file_scores(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A name the file does not score listed its first 20 rows, each "no valid score of 'coderx'".
+    out, _ = trained
+    outcomes = tmp_path / "coder.jsonl"
+    outcomes.write_text("".join(json.dumps({"id": f"r{i}", "scores": {"coder": 1.0}}) + "\n" for i in range(30)))
+    argv = ["experts", "add", "--router", str(out), "--name", "coderx", "--outcomes", str(outcomes), "--params-b", "3"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"coserve: error: {outcomes}: no row scores 'coderx'; the file scores ['coder']\n"
+
+
+def test_an_unknown_router_name_is_refused_before_embedding(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was found after every prompt had been embedded (MiniLM: minutes on llmrouter), and the message
+    # ended in "missing: {}".
+    data, experts = write_separable(tmp_path)
+    rc = main(argv("eval", data, experts, "--json", str(tmp_path / "r.json"), "--routers", "stack,map-logistc"))
+    assert rc == 2
+    available = "map-knn, map-logistic, map-mlp, map-logistic+fallback, prompt-knn, prompt-mf, prompt-mlp, prompt-ridge"
+    assert capsys.readouterr().err == (
+        f"coserve: error: --routers: map-logistc not available; available: {available}, hybrid, top2, stack\n"
+    )
+    assert not (cache / "embeddings").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_cascade_on_data_without_signals_is_refused_before_the_evaluation(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --cascade (its rows and its library) was read after every router had been evaluated (minutes on
+    # llmrouter), then refused.
+    data, experts = write_separable(tmp_path)
+    missing = tmp_path / "cascade.yaml"
+    rc = main(argv("eval", data, experts, "--json", str(tmp_path / "r.json"), "--cascade", str(missing)))
+    assert rc == 2
+    assert (
+        capsys.readouterr().err == f"coserve: error: no row with signals in {data}: write them with coserve outcomes\n"
+    )
+    assert not (cache / "embeddings").exists() and not (tmp_path / "r.json").exists()

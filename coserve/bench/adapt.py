@@ -27,6 +27,7 @@ This module knows nothing about HTTP or the serving path.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, load_costs, load_outcomes
 from coserve.router.online import OnlineRouter
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AdaptOptions",
@@ -111,8 +114,10 @@ class AdaptOptions:
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
             raise ConfigError(f"budget axis must be params or price, not {self.budget_axis!r}")
-        if not (self.target > 0 and self.requests > 0 and self.phases > 0 and self.window > 0):
-            raise ConfigError("target, requests, phases and window must be positive")
+        counts = {"target (the budget)": self.target, "requests": self.requests, "phases": self.phases}
+        for name, value in {**counts, "window": self.window}.items():
+            if not value > 0:
+                raise ConfigError(f"{name} {value}: must be positive")
         if not (0 <= self.feedback <= 1 and 0 <= self.shock <= 1 and self.noise >= 0 and 0 <= self.explore_cap <= 1):
             raise ConfigError("feedback, shock and explore_cap must be in [0, 1] and noise >= 0")
         if self.prior_strength <= 0 or self.max_count < self.prior_strength or self.step <= 0:
@@ -359,7 +364,8 @@ def run_adapt(
     """Fit on the prior file (or one half of it when ``stream_path`` is None), replay the stream; the
     per-prompt predictor reads ``predictor_embedder``'s vectors where one is given (else ``embedder``'s)."""
     costs = load_costs(experts_path)
-    prior, _ = load_outcomes(prior_path, on_bad="skip")
+    prior, skipped = load_outcomes(prior_path, on_bad="skip")
+    costs.aligned(prior.experts)  # an expert without costs: refused now, not after minutes of embedding
     pred = predictor_embedder or embedder
     X_prior = embed_cached(prior.prompts, embedder)  # the whole file: the cache key of `coserve eval`
     P_prior = X_prior if pred is embedder else embed_cached(prior.prompts, pred)
@@ -368,7 +374,8 @@ def run_adapt(
         stream, X_stream, P_stream = prior.subset(stream_rows), X_prior[stream_rows], P_prior[stream_rows]
         prior, X_prior, P_prior = prior.subset(fit_rows), X_prior[fit_rows], P_prior[fit_rows]
     else:
-        stream, _ = load_outcomes(stream_path, experts=prior.experts, on_bad="skip")
+        stream, more = load_outcomes(stream_path, experts=prior.experts, on_bad="skip")
+        skipped += more
         X_stream = embed_cached(stream.prompts, embedder)
         P_stream = X_stream if pred is embedder else embed_cached(stream.prompts, pred)
     fitted = fit_stream(prior, X_prior, stream, X_stream, costs, options.budget_axis, (P_prior, P_stream))
@@ -378,4 +385,6 @@ def run_adapt(
     report.update(prior=str(prior_path), stream=str(stream_path or f"{prior_path} (other half)"))
     report.update(prior_rows=len(prior), stream_rows=len(stream), categories=fitted.categories)
     report.update(embedder=embedder.name, predictor_embedder=pred.name)
+    for problem in skipped:  # bad rows are left out, never silently
+        logger.warning("skipped %s", problem)
     return report

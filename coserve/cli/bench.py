@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve.bench.provenance import write_data
-from coserve.cli.common import Subcommands, add_library_arg, load_served_library
+from coserve.cli.common import Subcommands, add_library_arg, at_least, check_outputs, load_served_library
 from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = [
@@ -73,6 +73,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs += ("change_model", "change_variance_floor", "change_reference", "change_reference_memory")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
+    check_outputs(args.json, args.plot)
     predictor = make_embedder(args.predictor_embedder)
     report = run_adapt(args.prior, args.stream, args.experts, options, make_embedder(args.embedder), predictor)
     write_data(Path(args.json), report, args.command_line)
@@ -162,14 +163,17 @@ def add_bench_parser(sub: Subcommands) -> None:
     b.set_defaults(func=cmd_bench_experts)
     b = bench.add_parser("route", help="routing decision time (16/64/256 tokens) and batched throughput")
     add_library_arg(b)
-    b.add_argument("--n", type=int, default=200, help="decisions per prompt length")
+    b.add_argument("--n", type=at_least(1), default=200, help="decisions per prompt length")
     b.add_argument(
         "--embedders",
         help="compare embedder variants, ';'-separated, e.g. 'minilm;minilm:max_tokens=128;minilm-static' "
         "(default: the library's own router)",
     )
     b.add_argument(
-        "--blas-threads", type=int, default=1, help="BLAS threads while timing (1: the engine's limit; 0: no limit)"
+        "--blas-threads",
+        type=at_least(0),
+        default=1,
+        help="BLAS threads while timing (1: the engine's limit; 0: no limit)",
     )
     b.add_argument("--json", help="also write the figures to this file")
     b.set_defaults(func=cmd_bench_route)

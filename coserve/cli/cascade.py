@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from coserve.cli.common import Subcommands, add_library_arg, load_served_library
+from coserve.cli.common import Subcommands, add_library_arg, at_least, load_served_library, share
 
 __all__ = ["add_train_check_parser", "cmd_train_check", "format_points"]
 
@@ -88,9 +88,9 @@ def add_train_check_parser(sub: Subcommands) -> None:
     p = sub.add_parser("train-check", help="fit a cascade's answer check on outcome files with signals")
     p.add_argument("--data", required=True, action="append", help="JSONL from coserve outcomes (repeatable)")
     p.add_argument("--out", required=True, help="the check file to write (JSON)")
-    p.add_argument("--folds", type=int, default=5, help="item-grouped cross-validation folds")
+    p.add_argument("--folds", type=at_least(2), default=5, help="item-grouped cross-validation folds")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--good", type=float, default=0.5, help="a score at or above this is a good answer")
+    p.add_argument("--good", type=share, default=0.5, help="a score at or above this is a good answer")
     p.add_argument(
         "--features",
         help="comma-separated signals the check reads (default: all; the five log-probability, length, "
@@ -102,5 +102,5 @@ def add_train_check_parser(sub: Subcommands) -> None:
         "--suite-prompts", action="store_true", help="with --gate: rebuild rows' missing prompts from their suites"
     )
     add_library_arg(p)
-    p.add_argument("--max-steps", type=int, default=3, help="replay: experts asked at most per request")
+    p.add_argument("--max-steps", type=at_least(1), default=3, help="replay: experts asked at most per request")
     p.set_defaults(func=cmd_train_check)

@@ -7,13 +7,27 @@ and with its map solved from measured outcomes where it names them (coserve.rout
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from coserve.errors import ConfigError
 
 if TYPE_CHECKING:
     from coserve.config import LibraryConfig
     from coserve.engine.engine import Engine
 
-__all__ = ["Subcommands", "add_library_arg", "load_engine", "load_served_library", "seconds", "tcp_port"]
+__all__ = [
+    "Subcommands",
+    "add_library_arg",
+    "at_least",
+    "check_outputs",
+    "load_engine",
+    "load_served_library",
+    "seconds",
+    "share",
+    "tcp_port",
+]
 
 # What ``add_subparsers`` returns: each command module adds its parsers to it.
 Subcommands = argparse._SubParsersAction  # type: ignore[type-arg]
@@ -33,6 +47,52 @@ def seconds(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a number of seconds (0 or more)")
     return value
+
+
+def at_least(least: int) -> Callable[[str], int]:
+    """A whole-number flag's type: ``least`` or more (``--folds``: 2, a count: 1), refused by argparse
+    with the flag's name and the fix, before any work is done."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is too small: give {least} or more")
+        return value
+
+    return parse
+
+
+def share(text: str) -> float:
+    """A score threshold's value: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_outputs(json_path: str | None, plot_path: str | None = None) -> None:
+    """Refuse a ``--json``/``--plot`` file that could not be written, before the work that fills it: a
+    folder on its path that is a file, a plot format matplotlib does not write (it failed after the
+    report had been written)."""
+    for flag, text in (("--json", json_path), ("--plot", plot_path)):
+        if text is None:
+            continue
+        folder = Path(text).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ConfigError(f"{flag} {text}: {folder} is not a folder")
+    if plot_path is not None and Path(plot_path).suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(f"--plot {plot_path}: give a {', '.join(PLOT_SUFFIXES)} file")
 
 
 def add_library_arg(p: argparse.ArgumentParser) -> None:

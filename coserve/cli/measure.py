@@ -9,19 +9,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from coserve.cli.common import Subcommands, add_library_arg, load_engine, load_served_library
+from coserve.cli.common import Subcommands, add_library_arg, at_least, load_engine, load_served_library
 
 __all__ = ["add_compare_parser", "add_map_parser", "add_outcomes_parser", "cmd_compare", "cmd_map", "cmd_outcomes"]
 
 
 def cmd_outcomes(args: argparse.Namespace) -> int:
+    from coserve.errors import ConfigError
     from coserve.outcomes.runner import done_ids, run_outcomes
     from coserve.outcomes.suites import make_suite
 
     names = [n.strip() for n in args.suite.split(",") if n.strip()]
     exclude: set[str] = set()
     for path in args.exclude or []:
-        exclude |= done_ids(Path(path))
+        if not Path(path).is_file():  # a mistyped held-out file would let its items in again, silently
+            raise ConfigError(f"--exclude {path}: no such outcome file")
+        exclude |= done_ids(Path(path), repair=False)  # another run may still be writing it
     work = [
         (suite, item) for suite in map(make_suite, names) for item in suite.load(args.limit, args.seed, exclude=exclude)
     ]
@@ -139,13 +142,13 @@ def add_outcomes_parser(sub: Subcommands) -> None:
     p.add_argument("--out", required=True, help="JSONL to append to; ids already in it are skipped (resume)")
     p.add_argument(
         "--max-tokens",
-        type=int,
+        type=at_least(1),
         help="answer cap in tokens (default per suite: mmlu 16, gsm8k 256, humaneval/leetcode/mtbench 384)",
     )
     p.add_argument("--judge", help="the library's expert that rates answers of judged suites (mtbench)")
     p.add_argument("--routed", action="store_true", help="also ask the library's router (column 'routed')")
     p.add_argument("--exclude", action="append", help="skip item ids found in this outcome file (a held-out sample)")
-    p.add_argument("--concurrency", type=int, default=2, help="items in flight at once")
+    p.add_argument("--concurrency", type=at_least(1), default=2, help="items in flight at once")
     p.add_argument("--with-prompts", action="store_true", help="also store each prompt (for local training)")
     p.add_argument(
         "--keep-text", action="store_true", help="also store each answer's text ('texts'; verifiers can be replayed)"

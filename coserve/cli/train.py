@@ -7,19 +7,32 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coserve.cli.common import Subcommands
+from coserve.cli.common import Subcommands, at_least, check_outputs
 from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
 
 
+def _routable(path: str, on_bad: Any, costs: Any) -> tuple[Any, list[Any]]:
+    """``--data``'s outcome set and its problems; refused unless it scores two experts or more, each
+    with an entry in ``--experts`` (checked before anything is embedded)."""
+    from coserve.errors import ConfigError
+    from coserve.eval.data import load_outcomes
+
+    outcomes, problems = load_outcomes(path, on_bad=on_bad)
+    if len(outcomes.experts) < 2:
+        raise ConfigError(f"{path}: scores of {list(outcomes.experts)} only; a router needs two experts or more")
+    costs.aligned(outcomes.experts)
+    return outcomes, problems
+
+
 def _outcomes(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The outcome set, its embeddings and the expert costs named by ``--data``/``--experts``."""
-    from coserve.eval.data import embed_cached, load_costs, load_outcomes
+    from coserve.eval.data import embed_cached, load_costs
     from coserve.router.embedders import make_embedder
 
     costs = load_costs(args.experts)
-    outcomes, problems = load_outcomes(args.data, on_bad=args.on_bad)
+    outcomes, problems = _routable(args.data, args.on_bad, costs)
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     embedder = make_embedder(args.embedder)  # cmd_train fills in the router kind's default
@@ -39,8 +52,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from coserve.eval.harness import available_routers, evaluate, evaluate_grouped
     from coserve.router.embedders import make_embedder
 
+    check_outputs(args.json, args.plot)
     costs = load_costs(args.experts)
-    train, problems = load_outcomes(args.data, on_bad=args.on_bad)
+    train, problems = _routable(args.data, args.on_bad, costs)
+    signals = _cascade_input(args)  # a bad --cascade is refused now, not after the routers' evaluation
     test = None
     if args.test:
         test, more = load_outcomes(args.test, experts=train.experts, on_bad=args.on_bad)
@@ -48,6 +63,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     routers = [r.strip() for r in args.routers.split(",") if r.strip()] if args.routers else None
+    _check_router_names(routers, len(set(train.categories)))
     options = {"folds": args.folds, "seed": args.seed, "jobs": args.jobs}
     if args.embedder:
         report = evaluate(train, test, costs, routers=routers, embedder=make_embedder(args.embedder), **options)
@@ -59,7 +75,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         groups = {e: (make_embedder(e), rs) for e, rs in by_embedder.items()}
         report = evaluate_grouped(train, test, costs, groups, **options)
     report["meta"].update(data=str(args.data), test=args.test, skipped_rows=len(problems))
-    cascade = _cascade(args)
+    cascade = _cascade(args, *signals) if signals is not None else None
     if cascade is not None:
         report["cascade"] = cascade
     write_data(Path(args.json), report, args.command_line)  # with its provenance (command, commit, CPU)
@@ -84,14 +100,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cascade(args: argparse.Namespace) -> dict[str, Any] | None:
-    """Cascade points on the rows of ``--data`` that record signals (coserve outcomes): the ladder of
-    ``--cascade LIBRARY``, else every expert cheapest first. None when no row has signals."""
-    from coserve.cli.cascade import format_points
+def _check_router_names(routers: list[str] | None, n_categories: int) -> None:
+    """Refuse an unknown ``--routers`` name before anything is embedded (minutes on a large file)."""
+    from coserve.errors import ConfigError
+    from coserve.eval.harness import available_routers
+
+    names, missing = available_routers(n_categories)
+    unknown = [r for r in routers or [] if r not in names]
+    if unknown:
+        why = "".join(f"; {name}: {reason}" for name, reason in missing.items())
+        raise ConfigError(f"--routers: {', '.join(unknown)} not available; available: {', '.join(names)}{why}")
+
+
+def _cascade_input(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Any] | None:
+    """The rows of ``--data`` that record signals and the ``--cascade`` library (None: cheapest first);
+    None when no row has signals and no library was named."""
     from coserve.cli.common import load_served_library
     from coserve.errors import ConfigError
-    from coserve.eval.cascade import cascade_points, oracle_point, read_signal_rows
-    from coserve.eval.data import load_costs
+    from coserve.eval.cascade import read_signal_rows
 
     try:
         rows = read_signal_rows([args.data])
@@ -99,7 +125,16 @@ def _cascade(args: argparse.Namespace) -> dict[str, Any] | None:
         if args.cascade:
             raise
         return None  # outcome data without signals (the shared sets): no cascade points
-    library = load_served_library(args.cascade) if args.cascade else None
+    return rows, load_served_library(args.cascade) if args.cascade else None
+
+
+def _cascade(args: argparse.Namespace, rows: list[dict[str, Any]], library: Any) -> dict[str, Any] | None:
+    """Cascade points on the rows that record signals (coserve outcomes): the ladder of ``--cascade
+    LIBRARY``, else every expert cheapest first. None without every expert's parameters."""
+    from coserve.cli.cascade import format_points
+    from coserve.eval.cascade import cascade_points, oracle_point
+    from coserve.eval.data import load_costs
+
     costs = load_costs(args.experts)
     params = {name: float(p) for name, p in zip(costs.names, costs.params_b, strict=True)}
     if library is None and any(p != p for p in params.values()):
@@ -186,12 +221,12 @@ def add_eval_parser(sub: Subcommands) -> None:
     p = sub.add_parser("eval", help="evaluate routers on outcome data: quality vs cost against baselines")
     add_data_args(p)
     split = p.add_mutually_exclusive_group()
-    split.add_argument("--folds", type=int, default=5, help="prompt-grouped cross-validation folds")
+    split.add_argument("--folds", type=at_least(2), default=5, help="prompt-grouped cross-validation folds")
     split.add_argument("--test", help="held-out outcome file: fit on --data, score on this")
     p.add_argument("--json", required=True, help="write the report here")
     p.add_argument("--plot", help="write the Pareto plot (PNG) here")
     p.add_argument("--routers", help="comma-separated router names (default: every available one)")
-    p.add_argument("--jobs", type=int, default=1, help="folds evaluated in parallel processes")
+    p.add_argument("--jobs", type=at_least(1), default=1, help="folds evaluated in parallel processes")
     p.add_argument("--cascade", help="rows with signals: replay this library's cascade (default: cheapest first)")
     p.set_defaults(func=cmd_eval)
 
@@ -201,7 +236,9 @@ def add_train_parser(sub: Subcommands) -> None:
     add_data_args(p)
     p.add_argument("--out", required=True, help="router directory to write")
     p.add_argument(
-        "--router", default="stack", help="stack (default), map-<classifier>, prompt-<predictor>, hybrid or top2"
+        "--router",
+        default="stack",
+        help="stack (default), map-<classifier>, prompt-<predictor> or hybrid (top2: eval only)",
     )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget-params", type=float, help="average active parameters (billions) per request")

@@ -199,6 +199,9 @@ def load_outcomes(
             if isinstance(obj, dict) and isinstance(obj.get("scores"), dict):
                 names.update(dict.fromkeys(map(str, obj["scores"])))
         experts = list(names)
+        if not experts and any(isinstance(obj, dict) for _, obj in rows):
+            wanted = "a JSONL row needs scores: {expert: score}, a CSV file score:<expert> columns"
+            raise ConfigError(f"{path}: no expert scores ({wanted})")
     known = set(categories) if categories is not None else None
     problems: list[Problem] = []
     seen: set[str] = set()
@@ -235,12 +238,14 @@ def load_expert_scores(path: str | Path, expert: str) -> dict[str, float]:
         raise ConfigError(f"outcome file not found: {path}")
     found: dict[str, float] = {}
     problems: list[Problem] = []
+    named: set[str] = set()  # the experts the file scores: to name them when ``expert`` is not one
     for number, obj in read_rows(path):
         if isinstance(obj, str):
             problems.append(Problem(str(path), number, None, obj))
             continue
         row_id = obj.get("id")
         scores = obj.get("scores")
+        named |= set(map(str, scores)) if isinstance(scores, dict) else set()
         value = scores.get(expert) if isinstance(scores, dict) else obj.get("score")
         ok = isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
         if not isinstance(row_id, str) or not ok or row_id in found:
@@ -248,6 +253,8 @@ def load_expert_scores(path: str | Path, expert: str) -> dict[str, float]:
             problems.append(Problem(str(path), number, row_id if isinstance(row_id, str) else None, reason))
             continue
         found[row_id] = float(value)  # type: ignore[arg-type]
+    if not found and named and expert not in named:
+        raise ConfigError(f"{path}: no row scores {expert!r}; the file scores {sorted(named)}")
     if problems:
         listed = "; ".join(str(p) for p in problems[:MAX_LISTED])
         raise ConfigError(f"{len(problems)} bad rows in {path}: {listed}")

@@ -67,15 +67,17 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def done_ids(out: Path) -> set[str]:
-    """Ids already in ``out``; a partial last line (a run killed mid-write) is cut off the file."""
+def done_ids(out: Path, repair: bool = True) -> set[str]:
+    """Ids already in ``out``; a partial last line (a run killed mid-write) is cut off the file, or with
+    ``repair`` False (a file only read: ``--exclude``) only left out."""
     if not out.exists():
         return set()
     data = out.read_bytes()
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1
-        with out.open("r+b") as handle:
-            handle.truncate(cut)
+        if repair:
+            with out.open("r+b") as handle:
+                handle.truncate(cut)
         data = data[:cut]
     ids: set[str] = set()
     for number, obj in parse_lines(data.decode("utf-8").splitlines()):

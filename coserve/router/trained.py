@@ -233,6 +233,10 @@ def add_expert(
         raise ConfigError(f"experts add needs a map router; a {router.kind} router must be retrained")
     if name in router.experts:
         raise ConfigError(f"expert {name!r} is already in the router")
+    if not params_b > 0 or not np.isfinite(params_b):
+        raise ConfigError(f"--params-b {params_b}: the expert's active parameters must be a positive number")
+    if price is not None and (not price >= 0 or not np.isfinite(price)):
+        raise ConfigError(f"--price {price}: the expert's price must be 0 or more")
     column = np.array([scores.get(str(i), np.nan) for i in router.train_ids], dtype=float)
     if np.isnan(column).all():
         raise ConfigError(f"no scores of {name!r} match the router's training prompts (by id)")
