@@ -454,6 +454,20 @@ def test_plan_command_errors_are_one_line(tmp_path: Path, capsys: pytest.Capture
     assert "expert 'big' needs 0.03 GiB of host memory" in capsys.readouterr().err
 
 
+def test_plan_command_refuses_a_cluster_file_naming_an_expert_the_library_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Session 12's walk: ``experts: {bgi: ...}`` (a typo of big) was ignored and big's measure used."""
+    library = write_library(tmp_path)
+    path = tmp_path / "cluster.yaml"
+    path.write_text("nodes:\n  - {name: a, ram: 1GiB}\nexperts: {bgi: {ram: 900MiB}}\n")
+    assert main(["plan", "--cluster", str(path), "--library", str(library)]) == 2
+    assert capsys.readouterr().err == (
+        "coserve: error: cluster file experts.bgi: the library has no expert of that name "
+        "(its experts: small, coder, big)\n"
+    )
+
+
 def test_plan_command_takes_footprints_from_the_cluster_file(tmp_path: Path) -> None:
     library = write_library(tmp_path)
     path = tmp_path / "cluster.yaml"
