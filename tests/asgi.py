@@ -47,3 +47,26 @@ async def settled(engine: Any, expert: str, within_s: float) -> int:
     while engine.pool.in_flight(expert) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     return int(engine.pool.in_flight(expert))
+
+
+def chunks_read_before_refusal(app: Any, close: Any, path: str = CHAT_URL) -> tuple[list[dict[str, Any]], int]:
+    """POST 1000 chunks of 1 KiB to ``path`` of ``app``; returns the messages sent back and how many
+    chunks the app pulled (``close``: an awaitable factory run after the request, e.g. the engine's close)."""
+    pulled = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": pulled < 1000}  # 1000 KiB offered
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def scenario() -> None:
+        scope = {**chat_scope(), "path": path, "raw_path": path.encode()}
+        await asyncio.wait_for(app(scope, receive, send), timeout=5)
+        await close()
+
+    asyncio.run(scenario())
+    return sent, pulled

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi import chat_scope, leaving_receive
+from asgi import chat_scope, chunks_read_before_refusal, leaving_receive
 from conftest import HELD_OUT, write_library
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -170,23 +170,7 @@ def test_body_and_message_limits(make_engine: Callable[..., Engine]) -> None:
 def test_a_body_over_the_limit_is_not_read_to_its_end(make_engine: Callable[..., Engine]) -> None:
     """However long a body is sent, the server reads (and holds) no more than the limit and a chunk."""
     engine = make_engine(server={"max_body_bytes": "2KiB"})
-    app = create_app(engine, close_engine=False)
-    pulled = 0
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        nonlocal pulled
-        pulled += 1
-        return {"type": "http.request", "body": b"x" * 1024, "more_body": pulled < 1000}  # 1000 KiB offered
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    async def scenario() -> None:
-        await asyncio.wait_for(app(chat_scope(), receive, send), timeout=5)
-        await engine.close()
-
-    asyncio.run(scenario())
+    sent, pulled = chunks_read_before_refusal(create_app(engine, close_engine=False), engine.close)
     assert sent[0]["status"] == 400
     assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]["code"] == "body_too_large"
     assert pulled == 3  # 3 KiB is past 2 KiB: it read no further (it read all 1000 before)

@@ -153,3 +153,43 @@ def test_the_cli_writes_the_run_with_its_provenance(tmp_path: Path, monkeypatch:
     assert set(written["provenance"]) >= {"command", "commit", "date", "cpu_model", "usable_cores"}
     assert main(["bench", "serve", "--library", str(library), "--contenders", "lru,nobody"]) != 0
     assert yaml.safe_load(library.read_text())  # the library file is untouched
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [  # session 12's walk: each of these started the benchmark (real servers, minutes) or a traceback
+        (["--n", "0"], "--n must be at least 1"),
+        (["--rate", "0"], "--rate must be a positive number of requests/s"),  # ZeroDivisionError
+        (["--rate", "-1"], "--rate must be a positive number of requests/s"),  # "Poisson -1.0/s"
+        (["--rate", "nan"], "--rate must be a positive number of requests/s"),
+        (["--max-tokens", "0"], "--max-tokens must be between 1 and 8192"),  # every request a 422, then a traceback
+        (["--max-tokens", "8193"], "--max-tokens must be between 1 and 8192"),
+        (["--contenders", "lru,lru"], "--contenders names a contender twice"),
+        (["--repeats", "0"], "--repeats must be at least 1"),
+        (["--json", "/proc/no/serve.json"], "--json /proc/no/serve.json: cannot write it (No such file or directory)"),
+    ],
+)
+def test_the_cli_refuses_bad_options_before_the_benchmark_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    from coserve.cli import main
+
+    def started(*_: Any, **__: Any) -> dict[str, Any]:
+        raise AssertionError("the benchmark started")
+
+    monkeypatch.setattr(serve, "bench_serve", started)
+    library = write_library(tmp_path)
+    assert main(["bench", "serve", "--library", str(library), *flags]) == 2
+    assert capsys.readouterr().err == f"coserve: error: {message}\n"
+
+
+def test_the_cli_refuses_a_folder_as_its_json_before_the_benchmark_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from coserve.cli import main
+
+    monkeypatch.setattr(serve, "bench_serve", lambda *_, **__: pytest.fail("the benchmark started"))
+    library = write_library(tmp_path)
+    assert main(["bench", "serve", "--library", str(library), "--json", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"coserve: error: --json {tmp_path}: cannot write it (a folder is in its place)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["library.yaml"]  # no probe file left behind

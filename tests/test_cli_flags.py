@@ -30,6 +30,22 @@ def test_out_of_range_flags_stop_the_command(capsys: pytest.CaptureFixture[str],
     assert capsys.readouterr().err.splitlines()[-1] == f"coserve {argv[0]}: error: {message}"
 
 
+@pytest.mark.parametrize("flag", ["--min-replicas", "--max-replicas"])
+def test_ray_sizing_flags_without_ray_stop_serve(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, flag: str
+) -> None:
+    """Session 12's walk: they were ignored and the single process started (as --cluster is refused)."""
+
+    def started(*_: object) -> None:
+        raise AssertionError("the single process started")
+
+    monkeypatch.setattr("coserve.cli.serving.load_engine", started)
+    assert main(["serve", flag, "2"]) == 2
+    assert capsys.readouterr().err == (
+        "coserve: error: --min-replicas and --max-replicas size the Ray ingress: add --ray [ADDRESS]\n"
+    )
+
+
 def test_a_decision_log_that_cannot_be_opened_stops_serve_in_one_line(
     tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

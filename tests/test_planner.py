@@ -451,7 +451,25 @@ def test_plan_command_errors_are_one_line(tmp_path: Path, capsys: pytest.Capture
     path = tmp_path / "cluster.yaml"
     path.write_text("nodes:\n  - {name: a, ram: 20MiB}\n")
     assert main(["plan", "--cluster", str(path), "--library", str(library)]) == 2
-    assert "expert 'big' needs 0.03 GiB of host memory" in capsys.readouterr().err
+    # Session 12's walk: it read "needs 0.03 GiB ... (largest: 0.02 GiB host, 0.00 GiB accelerator)".
+    assert capsys.readouterr().err == (
+        "coserve: error: expert 'big' needs 30.0 MiB of host memory and 0.0 MiB of accelerator memory; "
+        "no node has that much (largest: 20.0 MiB host, 0.0 MiB accelerator)\n"
+    )
+
+
+def test_plan_command_refuses_a_cluster_file_naming_an_expert_the_library_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Session 12's walk: ``experts: {bgi: ...}`` (a typo of big) was ignored and big's measure used."""
+    library = write_library(tmp_path)
+    path = tmp_path / "cluster.yaml"
+    path.write_text("nodes:\n  - {name: a, ram: 1GiB}\nexperts: {bgi: {ram: 900MiB}}\n")
+    assert main(["plan", "--cluster", str(path), "--library", str(library)]) == 2
+    assert capsys.readouterr().err == (
+        "coserve: error: cluster file experts.bgi: the library has no expert of that name "
+        "(its experts: small, coder, big)\n"
+    )
 
 
 def test_plan_command_takes_footprints_from_the_cluster_file(tmp_path: Path) -> None:

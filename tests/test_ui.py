@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from asgi import chunks_read_before_refusal
 from conftest import HELD_OUT
 from fastapi.testclient import TestClient
 from live import LiveServer
@@ -122,6 +123,15 @@ def test_route_refuses_bad_bodies(make_engine: Callable[..., Engine], body: byte
         response = client.post("/ui/api/route", content=body)
         assert response.status_code == 400
         assert response.json()["error"]["param"] == param
+
+
+def test_route_reads_a_body_no_further_than_past_the_limit(make_engine: Callable[..., Engine]) -> None:
+    """Session 12's walk: /ui/api/route read a body of any length whole before refusing the prompt."""
+    engine = make_engine(server={"max_body_bytes": "2KiB"})
+    sent, pulled = chunks_read_before_refusal(create_app(engine, close_engine=False), engine.close, "/ui/api/route")
+    assert sent[0]["status"] == 400
+    assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]["code"] == "body_too_large"
+    assert pulled == 3  # 3 KiB is past 2 KiB: it read no further (it read all 1000 before)
 
 
 def test_map_of_a_hand_written_library_has_no_measured_table(make_engine: Callable[..., Engine]) -> None:

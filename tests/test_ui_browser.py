@@ -176,6 +176,24 @@ def test_the_prompt_box_shows_the_decision_and_probabilities_by_keyboard(page: P
     assert page.errors == []
 
 
+@pytest.mark.parametrize(
+    ("answer", "shown"),
+    [  # session 12's walk: "Failed to fetch" (the browser's words) and a JSON SyntaxError on an HTML 502
+        (None, "the server is unreachable"),
+        ({"status": 502, "content_type": "text/html", "body": "<html>Bad Gateway</html>"}, "HTTP 502"),
+    ],
+)
+def test_the_prompt_box_says_what_went_wrong_when_the_server_does_not_answer(
+    page: Page, live: LiveServer, answer: dict[str, Any] | None, shown: str
+) -> None:
+    p = page.open(live.url)
+    ready(p)
+    p.route("**/ui/api/route", lambda route: route.abort() if answer is None else route.fulfill(**answer))
+    p.fill("#prompt", HELD_OUT["code"])
+    p.get_by_role("button", name="Route").click()
+    expect(p.locator("#route-result [role=alert]")).to_have_text(shown)
+
+
 def test_every_control_is_labelled(page: Page, live: LiveServer) -> None:
     p = page.open(live.url)
     ready(p)

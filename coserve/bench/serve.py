@@ -29,7 +29,7 @@ from typing import Any
 from coserve.assets import model_path
 from coserve.backends.registry import get_backend
 from coserve.bench.contenders import PEER_COMMAND, bench_library, run_coserve, run_peer
-from coserve.bench.serve_options import CONTENDERS
+from coserve.bench.serve_options import CONTENDERS, checked_contenders
 from coserve.bench.switch import hugepages_on, measure_switch, measure_switch_hugepages, print_switch
 from coserve.bench.workload import make_workload
 from coserve.config import LibraryConfig
@@ -182,13 +182,9 @@ def _switch(library: LibraryConfig) -> dict[str, Any]:
 def run(library: LibraryConfig, args: argparse.Namespace) -> int:
     """``coserve bench serve`` with parsed arguments; the JSON written with its provenance."""
     from coserve.bench.provenance import write_data
-    from coserve.errors import ConfigError
+    from coserve.server.protocol import MAX_TOKENS_CAP
 
-    contenders = tuple(args.contenders.split(",")) if args.contenders else CONTENDERS
-    unknown = sorted(set(contenders) - set(CONTENDERS))
-    if unknown or args.repeats < 1:
-        raise ConfigError(f"unknown contenders {unknown} (known: {', '.join(CONTENDERS)})" if unknown
-                          else "--repeats must be at least 1")  # fmt: skip
+    contenders = checked_contenders(args, MAX_TOKENS_CAP)
     result = bench_serve(library, n=args.n, rate=args.rate, max_tokens=args.max_tokens, seed=args.seed,
                          contenders=contenders, repeats=args.repeats, allow_repeats=args.allow_repeats,
                          measure_switches=not args.no_switch)  # fmt: skip

@@ -26,8 +26,9 @@ RAY_TESTED = "2.60.0"  # the Ray version coserve's Ray tests run with (a RayServ
 def add_ray_arguments(p: argparse.ArgumentParser) -> None:
     """The Ray options of ``serve`` and ``deploy``: the cluster file and the ingress's autoscaling."""
     p.add_argument("--cluster", help="cluster file (YAML, as for `coserve plan`); default: one node, 'local'")
-    p.add_argument("--min-replicas", type=int, default=1, help="ingress replicas at least (default 1)")
-    p.add_argument("--max-replicas", type=int, default=4, help="ingress replicas at most (default 4)")
+    # None (not given) lets ``serve`` tell a flag meant for Ray from the default; AppArgs has the defaults.
+    p.add_argument("--min-replicas", type=int, help="ingress replicas at least (default 1)")
+    p.add_argument("--max-replicas", type=int, help="ingress replicas at most (default 4)")
 
 
 def _app_args(args: argparse.Namespace) -> AppArgs:
@@ -37,8 +38,11 @@ def _app_args(args: argparse.Namespace) -> AppArgs:
         {
             "library": args.library,
             "cluster": args.cluster,
-            "min_replicas": args.min_replicas,
-            "max_replicas": args.max_replicas,
+            **{
+                k: v
+                for k, v in [("min_replicas", args.min_replicas), ("max_replicas", args.max_replicas)]
+                if v is not None
+            },
         }
     )
 

@@ -25,6 +25,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.ray is None and args.cluster is not None:
         raise CoserveError("--cluster places experts on a Ray cluster: add --ray [ADDRESS]")
+    if args.ray is None and (args.min_replicas, args.max_replicas) != (None, None):
+        raise CoserveError("--min-replicas and --max-replicas size the Ray ingress: add --ray [ADDRESS]")
     if args.ray is not None:  # the cluster path (coserve[ray]); the single process below needs no Ray
         from coserve.cli.cluster import cmd_serve_ray
 

@@ -88,6 +88,12 @@ def library_footprints(library: LibraryConfig, cluster: Cluster) -> dict[str, Fo
     from coserve.backends.registry import get_backend
     from coserve.distributed.cluster import Footprint
 
+    unknown = sorted(set(cluster.experts) - set(library.expert_names))
+    if unknown:  # a misspelt name would leave its expert's footprint or cost silently unused
+        raise ConfigError(
+            f"cluster file experts.{unknown[0]}: the library has no expert of that name "
+            f"(its experts: {', '.join(library.expert_names)})"
+        )
     base = library.path.parent if library.path else None
     out: dict[str, Footprint] = {}
     for spec in library.experts:

@@ -82,6 +82,11 @@ def _shares(traffic: Mapping[str, float], footprints: Mapping[str, Footprint]) -
     return {e: (v / total if total > 0 else 0.0) for e, v in traffic.items()}
 
 
+def _readable(size: int) -> str:
+    """Bytes as GiB from 1 GiB up, else MiB: a 20 MiB node must not read as "0.00 GiB"."""
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
 def _check_inputs(cluster: Cluster, footprints: Mapping[str, Footprint], needed: Collection[str]) -> None:
     if not cluster.nodes:
         raise ConfigError("the cluster has no nodes")
@@ -94,10 +99,10 @@ def _check_inputs(cluster: Cluster, footprints: Mapping[str, Footprint], needed:
         size = footprints[expert]
         if not any(_fits(size, node) for node in cluster.nodes):
             raise ConfigError(
-                f"expert {expert!r} needs {size.ram_bytes / 2**30:.2f} GiB of host memory and "
-                f"{size.accelerator_bytes / 2**30:.2f} GiB of accelerator memory; no node has that much "
-                f"(largest: {max(n.ram for n in cluster.nodes) / 2**30:.2f} GiB host, "
-                f"{max(n.accelerator for n in cluster.nodes) / 2**30:.2f} GiB accelerator)"
+                f"expert {expert!r} needs {_readable(size.ram_bytes)} of host memory and "
+                f"{_readable(size.accelerator_bytes)} of accelerator memory; no node has that much "
+                f"(largest: {_readable(max(n.ram for n in cluster.nodes))} host, "
+                f"{_readable(max(n.accelerator for n in cluster.nodes))} accelerator)"
             )
 
 
@@ -166,8 +171,8 @@ def _everywhere(
         if not _within(used, (node.ram, node.accelerator)):
             raise ConfigError(
                 f"planner.everywhere: node {node.name!r} cannot hold every expert resident "
-                f"({used[0] / 2**30:.2f} GiB host, {used[1] / 2**30:.2f} GiB accelerator needed; "
-                f"it has {node.ram / 2**30:.2f} GiB, {node.accelerator / 2**30:.2f} GiB)"
+                f"({_readable(used[0])} host, {_readable(used[1])} accelerator needed; "
+                f"it has {_readable(node.ram)}, {_readable(node.accelerator)})"
             )
     speed = sum(n.speed for n in nodes)
     return [Replica(e, n.name, True, shares.get(e, 0.0) * n.speed / speed) for n in nodes for e in needed]

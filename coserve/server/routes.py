@@ -40,7 +40,7 @@ from coserve.server.protocol import ChatCompletionRequest, FeedbackRequest, pars
 from coserve.store.log import DecisionStore
 from coserve.types import ROUTED_MODEL
 
-__all__ = ["ServerState", "router"]
+__all__ = ["ServerState", "read_body", "router"]
 
 log = logging.getLogger("coserve.server")
 
@@ -101,7 +101,7 @@ async def chat_completions(http: HttpRequest) -> Response:
         key = await state.gate.check_api(http.headers.get("authorization"), chat=True)
         settings = state.settings
         request = parse_chat(
-            await _body(http, settings.max_body_bytes),
+            await read_body(http, settings.max_body_bytes),
             settings.max_body_bytes,
             settings.max_messages,
             settings.unknown_parameters,
@@ -118,7 +118,7 @@ async def chat_completions(http: HttpRequest) -> Response:
         raise
 
 
-async def _body(http: HttpRequest, max_bytes: int) -> bytes:
+async def read_body(http: HttpRequest, max_bytes: int) -> bytes:
     """The body, read no further than past ``max_bytes`` (the parser then refuses it as
     ``body_too_large``): however long a body is sent, the server holds at most the limit and a chunk."""
     received = bytearray()
@@ -254,7 +254,7 @@ def _model_objects(state: ServerState) -> list[dict[str, Any]]:
     responses=error_responses(400, 401, 404, 422, 429, 503),
 )
 async def feedback(http: HttpRequest, state: ApiState) -> dict[str, Any]:
-    body = parse_feedback(await _body(http, state.settings.max_body_bytes), state.settings.max_body_bytes)
+    body = parse_feedback(await read_body(http, state.settings.max_body_bytes), state.settings.max_body_bytes)
     online = state.engine.router.online  # router.online: a request's score moves its expert's (docs/adapt.md)
     if online is None:
         stored = await asyncio.wrap_future(state.decisions.feedback(body.id, body.score))

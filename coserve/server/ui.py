@@ -32,7 +32,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from coserve.errors import ConfigError, InvalidRequest, NotFound, TooManyRequests
 from coserve.server.openapi import error_responses
-from coserve.server.routes import ServerState
+from coserve.server.routes import ServerState, read_body
 from coserve.types import ROUTED_MODEL, Message, Request
 
 __all__ = ["ui_router"]
@@ -174,7 +174,9 @@ async def ui_map(http: HttpRequest, state: ViewerState) -> dict[str, Any]:
     }
 
 
-def _prompt(body: bytes) -> str:
+def _prompt(body: bytes, max_bytes: int) -> str:
+    if len(body) > max_bytes:
+        raise InvalidRequest(f"the body is larger than {max_bytes} bytes", code="body_too_large")
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -189,7 +191,8 @@ def _prompt(body: bytes) -> str:
 
 @ui_router.post("/ui/api/route", responses=error_responses(400, 401))
 async def ui_route(http: HttpRequest, state: ViewerState) -> dict[str, Any]:
-    prompt = _prompt(await http.body())
+    max_bytes = state.settings.max_body_bytes  # read no further than past it, as the chat route
+    prompt = _prompt(await read_body(http, max_bytes), max_bytes)
     request = Request((Message("user", prompt),), ROUTED_MODEL)
     decision = await asyncio.get_running_loop().run_in_executor(None, state.engine.router.route, request)
     ranked = sorted(decision.probabilities.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -35,15 +35,22 @@ class Refused extends Error {}
 async function api(path, options = {}) {
   const headers = { ...(options.headers || {}) };
   if (key) headers.Authorization = `Bearer ${key}`;
-  const response = await fetch(path, { ...options, headers, cache: "no-store" });
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers, cache: "no-store" });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new Error("the server is unreachable"); // the browser's own words ("Failed to fetch") say less
+  }
   if (response.status === 401) throw new Refused("a valid API key is needed");
   return response;
 }
 
 async function json(path, options) {
   const response = await api(path, options);
-  const body = await response.json();
+  const body = await response.json().catch(() => null); // a proxy's error page is not JSON
   if (!response.ok) throw new Error(body?.error?.message || `HTTP ${response.status}`);
+  if (body === null) throw new Error("the server's answer is not JSON");
   return body;
 }
 
