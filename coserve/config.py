@@ -132,8 +132,16 @@ class FallbackSettings(_Strict):
 class Budget(_Strict):
     """The operator's budget: average active parameters (billions) or price per million tokens."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
     avg_params_b: float | None = Field(None, gt=0)
     avg_price: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_axis(self) -> Budget:
+        if self.avg_params_b is not None and self.avg_price is not None:  # the readers would pick different ones
+            raise ValueError("set avg_params_b or avg_price, not both")
+        return self
 
 
 class RouterSettings(_Strict):

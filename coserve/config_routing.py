@@ -97,7 +97,7 @@ class NeighbourSettings(BaseModel):
 class OnlineSettings(BaseModel):
     """Learning from traffic (coserve.router.online, docs/adapt.md): needs router.trained and a budget."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # an infinite step is no setting
 
     # defaults chosen by scripts/adapt_tune.py on a tuning split with the per-prompt predictor `coserve train`
     # fits by default (stack on minilm-static+features; session 9, docs/adapt.md "Tuning"); the detector's

@@ -109,6 +109,8 @@ def restore_detector(
     where it was saved under the other model. ValueError where the saved statistics do not fit."""
     if change is None:
         return None, None
+    if saved is not None and not isinstance(saved, dict):
+        raise ValueError(f"the change detector's state is not an object: {type(saved).__name__}")
     if isinstance(saved, dict) and saved.get("model", "flat") != change.model:
         log.warning(
             "the change detector's state was saved under the %s change model, this router uses %s: "

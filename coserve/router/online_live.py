@@ -34,6 +34,20 @@ __all__ = ["LiveOnline"]
 REMEMBERED = 100_000  # request ids whose category is kept for automatic signals
 
 
+def _check_target(library: LibraryConfig, axis: str, target: float, cost: Mapping[str, float]) -> None:
+    """ConfigError where no map can hold ``target``: the controller divides by it, and below the cheapest
+    expert's cost every request overspends, so the cost weight would only grow (and be saved so)."""
+    key = "avg_params_b" if axis == "params" else "avg_price"
+    if not target > 0:
+        raise ConfigError(f"{library.path}: router.budget.{key} must be above 0 for router.online to hold it")
+    cheapest = min(cost, key=lambda name: cost[name])
+    if target < cost[cheapest]:
+        raise ConfigError(
+            f"{library.path}: router.budget.{key} {target:g} is below the cheapest expert's ({cheapest}: "
+            f"{cost[cheapest]:g}): no map can hold it; raise the budget or add a cheaper expert"
+        )
+
+
 class LiveOnline:
     """One library's online router: choose by category name, take feedback by request id."""
 
@@ -50,9 +64,10 @@ class LiveOnline:
         elif budget.avg_price is not None:
             self.axis, target, cost = "price", budget.avg_price, list(trained.price)
         else:
-            raise ConfigError("router.online: needs a router.budget (avg_params_b or avg_price) to hold")
+            raise ConfigError(f"{library.path}: router.online: needs a router.budget (avg_params_b or avg_price)")
         if not np.isfinite(np.asarray(cost, dtype=np.float64)).all():
-            raise ConfigError(f"router.online: the trained router lacks a {self.axis} cost for some experts")
+            raise ConfigError(f"{library.path}: router.online: the trained router lacks an expert's {self.axis} cost")
+        _check_target(library, self.axis, target, dict(zip(trained.experts, cost, strict=True)))
         self.categories, self.experts = list(trained.classes), list(trained.experts)
         self.router = OnlineRouter.from_settings(np.asarray(trained.S, dtype=np.float64), cost, target, settings, seed)
         self._routed: OrderedDict[str, int] = OrderedDict()  # request id -> category, for automatic signals

@@ -23,6 +23,7 @@ __all__ = ["STATE_FORMAT", "SavedState", "parse_state", "resume"]
 log = logging.getLogger("coserve.router")
 
 STATE_FORMAT = 1  # export_state's layout; a state of another format is not resumed
+MAX_VERSION = 2**53  # a saved map version beyond this is corrupt (a billion updates a second for 285 years)
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,10 @@ def parse_state(
     if not (np.isfinite(alpha).all() and np.isfinite(beta).all() and (alpha > 0).all() and (beta > 0).all()):
         raise ValueError("the state's posteriors must be finite and positive")
     # the integral part is negative wherever the feed-forward part carries the weight, or with underspend_debt
-    if not np.isfinite(weight) or not isinstance(version, int) or version < 0:
+    if not np.isfinite(weight) or isinstance(version, bool) or not isinstance(version, int):
         raise ValueError("the state's weight must be finite and its version a non-negative integer")
+    if not 0 <= version <= MAX_VERSION:  # the decision log's INTEGER column and /metrics' float hold it
+        raise ValueError(f"the state's version {version} is outside [0, 2**53]")
     return SavedState(alpha, beta, weight, version, _offset(state.get("expert_offset"), shape[1]))
 
 

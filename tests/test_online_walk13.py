@@ -1,0 +1,102 @@
+"""Session 13's operator walk of router.online: what a walk through docs/adapt.md found refused badly.
+
+A budget the controller cannot hold, both budget axes, infinite knobs, a saved state whose map version
+the decision log cannot store or whose detector statistics are not an object: each refused with a clear
+message, nothing changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from test_online_serving import _engine
+from test_trained_routing import trained_dir  # noqa: F401  (a fixture)
+
+from coserve.config import Budget
+from coserve.config_routing import OnlineSettings
+from coserve.errors import ConfigError
+from coserve.router.online import ChangeSettings, OnlineRouter, resume
+
+CATEGORIES = ["chat", "math"]
+EXPERTS = ["small", "big"]
+OFFLINE = np.array([[0.8, 0.85], [0.2, 0.9]])
+
+
+def _router() -> OnlineRouter:
+    return OnlineRouter(OFFLINE, [1.0, 3.0], target=2.0, explore_cap=0.0, prior_strength=10, change=ChangeSettings())
+
+
+@pytest.mark.usefixtures("trained_dir")
+@pytest.mark.parametrize(
+    ("budget", "says"),
+    [
+        # the library's experts cost 1, 3 and 7 B: no map averages 0.5 B, and the weight would only grow
+        ({"avg_params_b": 0.5}, "router.budget.avg_params_b 0.5 is below the cheapest expert's (small: 1)"),
+        # the controller divides each cost by the target (this was a ValueError traceback)
+        ({"avg_price": 0.0}, "router.budget.avg_price must be above 0"),
+        ({}, "router.online: needs a router.budget"),
+    ],
+)
+def test_a_budget_the_controller_cannot_hold_is_refused_at_start(
+    tmp_path: Path, cache: Path, budget: dict[str, float], says: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        _engine(tmp_path, cache, budget=budget)
+    message = str(refused.value)
+    assert message.startswith(str(tmp_path / "trained-library.yaml") + ": ")  # names the library, as the rest
+    assert says in message
+
+
+@pytest.mark.usefixtures("trained_dir")
+def test_a_budget_at_the_cheapest_experts_cost_is_held(tmp_path: Path, cache: Path) -> None:
+    engine = _engine(tmp_path, cache, budget={"avg_params_b": 1.0})  # every request on small: exactly 1
+    assert engine.router.online is not None and engine.router.online.figures()["target"] == 1.0
+
+
+def test_a_budget_names_one_axis() -> None:
+    with pytest.raises(ValidationError, match="avg_params_b or avg_price, not both"):
+        Budget(avg_params_b=3.0, avg_price=1.0)
+    with pytest.raises(ValidationError):
+        Budget(avg_params_b=math.inf)
+
+
+@pytest.mark.parametrize("knob", ["step", "prior_strength", "max_count", "change_threshold", "weight_floor"])
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_online_settings_refuse_infinite_and_nan_values(knob: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=knob):
+        OnlineSettings(**{knob: value})
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        # beyond SQLite's INTEGER: resumed, it stopped the decision log's writer thread at the next row
+        ({"version": 2**63}, "version"),
+        ({"version": True}, "version"),  # JSON true is not a map version
+        ({"change": "garbage"}, "change detector"),  # was resumed with a fresh detector, without a word
+    ],
+)
+def test_a_saved_state_with_an_impossible_version_or_detector_is_refused(
+    changes: dict[str, Any], says: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    trained = _router()
+    trained.feedback(0, 1, 0.0)
+    state = {**trained.export_state(CATEGORIES, EXPERTS), **changes}
+    fresh = _router()
+    before = fresh.posterior.mean().copy()
+    with caplog.at_level(logging.WARNING, logger="coserve.router"):
+        assert not resume(fresh, state, CATEGORIES, EXPERTS)
+    assert "online state not resumed" in caplog.text and says in caplog.text
+    assert fresh.snapshot.version == 0 and np.array_equal(fresh.posterior.mean(), before)
+
+
+def test_the_largest_version_a_state_may_carry_resumes() -> None:
+    state = {**_router().export_state(CATEGORIES, EXPERTS), "version": 2**53}
+    fresh = _router()
+    assert resume(fresh, state, CATEGORIES, EXPERTS) and fresh.snapshot.version == 2**53
