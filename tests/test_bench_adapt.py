@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from coserve.bench.adapt import lagrangian_mix, split_by_prompt
+from coserve.bench.adapt import AdaptOptions, lagrangian_mix, split_by_prompt
 from coserve.cli import main
+from coserve.errors import ConfigError
 from coserve.eval.data import OutcomeSet
 
 
@@ -276,3 +279,17 @@ def test_bench_adapt_names_the_rows_it_skips(tmp_path: Path, cache: Path, caplog
         f"skipped {prior}:61: ?: malformed JSON: Expecting property name enclosed in double quotes",
         f"skipped {stream}:61: s-x: missing scores for experts ['mid', 'big']",
     ]
+
+
+@pytest.mark.parametrize(
+    ("knobs", "says"),
+    [
+        ({"seed": -1}, "seed -1: must be >= 0"),  # was numpy's traceback once the data were read
+        ({"target": math.inf}, "target (the budget) inf: must be finite"),
+        ({"noise": math.inf}, "noise >= 0"),
+    ],
+)
+def test_bench_adapt_refuses_a_negative_seed_and_infinite_figures(knobs: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        AdaptOptions(**knobs)
+    assert says in str(refused.value)

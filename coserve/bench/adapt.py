@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,10 +117,13 @@ class AdaptOptions:
             raise ConfigError(f"budget axis must be params or price, not {self.budget_axis!r}")
         counts = {"target (the budget)": self.target, "requests": self.requests, "phases": self.phases}
         for name, value in {**counts, "window": self.window}.items():
-            if not value > 0:
-                raise ConfigError(f"{name} {value}: must be positive")
-        if not (0 <= self.feedback <= 1 and 0 <= self.shock <= 1 and self.noise >= 0 and 0 <= self.explore_cap <= 1):
-            raise ConfigError("feedback, shock and explore_cap must be in [0, 1] and noise >= 0")
+            if not 0 < value < math.inf:
+                raise ConfigError(f"{name} {value}: must be {'finite' if value == math.inf else 'positive'}")
+        if self.seed < 0:  # numpy's generators take none
+            raise ConfigError(f"seed {self.seed}: must be >= 0")
+        noise_ok = 0 <= self.noise < math.inf
+        if not (0 <= self.feedback <= 1 and 0 <= self.shock <= 1 and noise_ok and 0 <= self.explore_cap <= 1):
+            raise ConfigError("feedback, shock and explore_cap must be in [0, 1] and noise >= 0 (finite)")
         if self.prior_strength <= 0 or self.max_count < self.prior_strength or self.step <= 0:
             raise ConfigError("prior_strength and step must be > 0 and max_count >= prior_strength")
         if self.change_threshold < 0 or self.change_drift < 0 or self.reset_count <= 0 or self.mix_window < 0:
