@@ -2,26 +2,34 @@
 
 A budget the controller cannot hold, both budget axes, infinite knobs, a saved state whose map version
 the decision log cannot store or whose detector statistics are not an object: each refused with a clear
-message, nothing changed.
+message, nothing changed; and a score for a request no expert answered is stored, not learnt.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from test_online_serving import _engine
-from test_trained_routing import trained_dir  # noqa: F401  (a fixture)
+from test_online_serving import _engine, _feedback, _online_library
+from test_trained_routing import CODE, _post, trained_dir  # noqa: F401  (a fixture)
 
-from coserve.config import Budget
+from coserve.config import Budget, load_library
 from coserve.config_routing import OnlineSettings
+from coserve.engine.engine import Engine
 from coserve.errors import ConfigError
+from coserve.paths import decision_log_path
+from coserve.router.embed import HashingEmbedder
 from coserve.router.online import ChangeSettings, OnlineRouter, resume
+from coserve.server.app import create_app
 
 CATEGORIES = ["chat", "math"]
 EXPERTS = ["small", "big"]
@@ -100,3 +108,39 @@ def test_the_largest_version_a_state_may_carry_resumes() -> None:
     state = {**_router().export_state(CATEGORIES, EXPERTS), "version": 2**53}
     fresh = _router()
     assert resume(fresh, state, CATEGORIES, EXPERTS) and fresh.snapshot.version == 2**53
+
+
+@pytest.mark.usefixtures("trained_dir")
+def test_a_score_for_a_request_no_expert_answered_is_stored_and_not_learnt(tmp_path: Path, cache: Path) -> None:
+    path = _online_library(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    for expert in data["experts"]:  # every expert fails before its first token: the request ends 502
+        expert["options"] = {**expert["options"], "fail_generate": True}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    engine = Engine.build(load_library(path), cache, embedder=HashingEmbedder())
+    online = engine.router.online
+    assert online is not None
+    before = online.router.posterior.mean().copy()
+    with TestClient(create_app(engine)) as client:
+        assert _post(client, CODE).status_code == 502  # its id is in the decision log only
+        logged, status = _only_row()
+        assert status == "502"
+        assert _feedback(client, logged, -1.0).status_code == 200  # stored, as without router.online
+        # learnt, this thumbs down would take big's code mean from 1 to 2/3 (2 pseudo-counts); no expert
+        # answered (the failures are the automatic signals' to count, where enabled), so nothing moves
+        assert np.array_equal(online.router.posterior.mean(), before)
+        assert _feedback(client, logged, -1.0).json()["error"]["code"] == "feedback_exists"  # stored once
+    with sqlite3.connect(decision_log_path()) as conn:
+        assert conn.execute("SELECT score FROM feedback WHERE id = ?", (logged,)).fetchall() == [(-1.0,)]
+
+
+def _only_row() -> tuple[str, str]:
+    """The decision log's one row (id, status), once the writer has written it (it batches every 0.2 s)."""
+    for _ in range(100):
+        with sqlite3.connect(decision_log_path()) as conn:
+            rows = conn.execute("SELECT id, status FROM decisions").fetchall()
+        if rows:
+            ((request_id, status),) = rows
+            return request_id, status
+        time.sleep(0.05)
+    raise AssertionError("no row written in 5 s")

@@ -215,12 +215,13 @@ class DecisionLog:
 
     def feedback_once(self, request_id: str, score: float) -> concurrent.futures.Future[Scored]:
         """Store the first score of a logged request: ``Scored("stored", category, expert, predicted)``
-        (``predicted``: the expert's logged per-prompt prediction, or None), else ``("unknown", None, "")``
-        or ``("duplicate", None, "")`` and nothing is written (checked and written on the writer thread,
+        (``predicted``: the expert's logged per-prompt prediction, or None; the category None where no
+        expert answered, status not 200: nothing to learn), else ``("unknown", None, "")`` or
+        ``("duplicate", None, "")`` and nothing is written (checked and written on the writer thread,
         so two scores of one request cannot both be stored)."""
 
         def write(conn: sqlite3.Connection) -> Scored:
-            query = "SELECT category, expert, predicted FROM decisions WHERE id = ?"
+            query = "SELECT category, expert, predicted, status FROM decisions WHERE id = ?"
             row = conn.execute(query, (request_id,)).fetchone()
             if row is None:
                 return Scored("unknown", None, "")
@@ -231,7 +232,8 @@ class DecisionLog:
                     "INSERT INTO feedback (id, time, score) VALUES (?, ?, ?)", (request_id, time.time(), score)
                 )
             predicted = read_prediction(row[2])
-            return Scored("stored", row[0], row[1], None if predicted is None else predicted.get(row[1]))
+            category = row[0] if str(row[3]) == "200" else None  # an error's score is no expert's answer's
+            return Scored("stored", category, row[1], None if predicted is None else predicted.get(row[1]))
 
         return self.call(write)
 
