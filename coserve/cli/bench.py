@@ -105,7 +105,7 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--json", required=True, help="write the report here")
     b.add_argument("--plot", help="also draw cost and quality per window to this PNG")
     b.add_argument("--requests", type=int)
-    b.add_argument("--phases", type=int, help="phases of the drifting category mix (>= 3)")
+    b.add_argument("--phases", type=int, help="phases of the drifting category mix (default 4; the issue asks >= 3)")
     b.add_argument("--feedback", type=float, help="share of requests whose score is fed back")
     b.add_argument("--noise", type=float, help="sd of the noise on a fed-back score")
     b.add_argument("--shock", type=float, help="halfway drop of the busiest static expert's scores")
