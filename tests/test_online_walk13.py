@@ -144,3 +144,15 @@ def _only_row() -> tuple[str, str]:
             return request_id, status
         time.sleep(0.05)
     raise AssertionError("no row written in 5 s")
+
+
+@pytest.mark.usefixtures("trained_dir")
+def test_the_dashboard_lists_the_trained_routers_categories_and_the_online_map(tmp_path: Path, cache: Path) -> None:
+    """A trained router brings its categories (the library has none): the dashboard's map table is built
+    from /ui/api/map's ``categories``, which were empty, so the online map in force was never shown."""
+    with TestClient(create_app(_engine(tmp_path, cache))) as client:
+        data = client.get("/ui/api/map").json()
+    assert data["categories"] == ["chat", "code"]  # the trained router's classes (write_separable's)
+    assert data["source"] == "trained"
+    assert data["budget"]["map"] == {"chat": "small", "code": "big"}  # the online map, as the page shows it
+    assert set(data["map"]) == {"chat", "code"}  # the trained router's own map at its training budget

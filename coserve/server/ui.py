@@ -165,9 +165,16 @@ def _budget(state: ServerState) -> dict[str, Any] | None:
 async def ui_map(http: HttpRequest, state: ViewerState) -> dict[str, Any]:
     router = state.engine.library.router
     measured = await asyncio.to_thread(_measured, http, state)
+    categories, mapping = list(state.engine.library.categories), dict(router.map)
+    trained = getattr(state.engine.router, "trained", None)  # router.trained brings its own categories and map
+    if trained is not None:
+        categories = list(trained.classes)
+        mapping = {c: trained.experts[e] for c, e in zip(trained.classes, trained.assignment or [], strict=False)}
+    source = "trained" if trained is not None else "outcomes" if router.outcomes else "hand"
     return {
-        "categories": list(state.engine.library.categories),
-        "map": dict(router.map),
+        "categories": categories,
+        "map": mapping,
+        "source": source,  # where the map comes from: a trained router, measured outcomes, or the file
         "fallback": {"expert": router.fallback.expert, "min_confidence": router.fallback.min_confidence},
         "measured": measured,
         "budget": _budget(state),

@@ -355,8 +355,9 @@ function renderMap(data) {
       + `${current.avg_cost.toFixed(3)} ${measured.unit}` + (current.budget == null ? "" : ` (budget ${current.budget})`)));
     parts.push(...frontPlot(measured, current));
   } else {
-    parts.push(el("p", { class: "muted" }, data.measured?.error
-      || "This library's map is written by hand (no router.outcomes): no measured table or front."));
+    parts.push(el("p", { class: "muted" }, data.measured?.error || (data.source === "trained"
+      ? "This library routes with a trained router (router.trained): no measured table or front."
+      : "This library's map is written by hand (no router.outcomes): no measured table or front.")));
   }
   box.replaceChildren(...parts);
   for (const c of data.categories) addOption("filter-category", seen.categories, c);
