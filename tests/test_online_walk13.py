@@ -156,3 +156,42 @@ def test_the_dashboard_lists_the_trained_routers_categories_and_the_online_map(t
     assert data["source"] == "trained"
     assert data["budget"]["map"] == {"chat": "small", "code": "big"}  # the online map, as the page shows it
     assert set(data["map"]) == {"chat", "code"}  # the trained router's own map at its training budget
+
+
+def _mixed_router() -> OnlineRouter:
+    return OnlineRouter(OFFLINE, [1.0, 3.0], target=2.0, explore_cap=0.0, prior_strength=10, mix_window=50)
+
+
+def test_a_restart_resumes_the_whole_cost_weight_feed_forward_part_included() -> None:
+    """The weight in force is the feed-forward part plus the integral part; only the latter was saved, so
+    /metrics' weight fell at a restart (0.315 to 0.003 on the walk's burst) and the first 25 requests were
+    routed as if the budget did not bind."""
+    before = _mixed_router()
+    for _ in range(25):  # all math: big (3) is the math expert; the mix needs a weight that sends math to small
+        before.served(before.choose(1).expert)
+    # the map at weight w sends math to big while 0.9 - 0.2 > w (3 - 1) / 2: every weight above 0.7 costs 1
+    assert before.controller.base == pytest.approx(0.7, abs=1e-6)
+    state = before.export_state(CATEGORIES, EXPERTS)
+    after = _mixed_router()
+    assert resume(after, state, CATEGORIES, EXPERTS)
+    assert after.controller.base == before.controller.base
+    assert after.controller.effective == before.controller.effective
+    assert after.snapshot.assignment == before.snapshot.assignment
+
+
+def test_a_state_without_the_feed_forward_part_resumes_it_at_0_and_a_bad_one_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    saved = _mixed_router()
+    saved.controller.weight = 0.25
+    state = saved.export_state(CATEGORIES, EXPERTS)
+    older = {k: v for k, v in state.items() if k != "base"}  # saved before session 13
+    after = _mixed_router()
+    assert resume(after, older, CATEGORIES, EXPERTS)
+    assert after.controller.base == 0.0 and after.controller.effective == 0.25
+    for bad in ("0.5", math.inf, True):
+        fresh = _mixed_router()
+        with caplog.at_level(logging.WARNING, logger="coserve.router"):
+            assert not resume(fresh, {**state, "base": bad}, CATEGORIES, EXPERTS)
+        assert fresh.controller.effective == 0.0
+    assert "feed-forward" in caplog.text

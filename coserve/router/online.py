@@ -309,6 +309,7 @@ class OnlineRouter:
                 "alpha": self.posterior.alpha.tolist(),
                 "beta": self.posterior.beta.tolist(),
                 "weight": self.controller.weight,
+                "base": self.controller.base,  # the feed-forward part: the weight in force resumes whole
                 "target": self.controller.target,
                 "version": self._snapshot.version,
                 "granularity": self.granularity,  # what the cells mean: scores, or residuals of predictions
@@ -327,6 +328,8 @@ class OnlineRouter:
             self.after_alarm = after_alarm
             self.detector, self.baseline = detector, baseline
             self.posterior.alpha, self.posterior.beta, self.posterior.offset = saved.alpha, saved.beta, saved.offset
+            if self.mix_window > 0:  # the feed-forward part, until its next refresh reads the new mix
+                self.controller.base = saved.base
             self.controller.weight = max(saved.weight, self.controller.floor)  # the floor of this router's settings
             self._pending = 0
             self._snapshot = self._solve(saved.version)

@@ -3,7 +3,8 @@
 ``parse_state`` reads ``OnlineRouter.export_state``'s JSON values back into arrays and refuses, with a
 ValueError saying what does not fit, a state of another format, for other categories or experts, learnt
 in the other granularity, of another shape, or with impossible values. Keys added after a state was
-saved (the per-expert offset, session 10) resume with fresh values where they are missing. ``resume``
+saved (the per-expert offset, session 10; the feed-forward weight, session 13) resume with fresh values
+where they are missing. ``resume``
 restores a state into a router, warning and keeping the offline map where it does not fit.
 
 Pure checks; knows nothing about the router's locking, the store or HTTP.
@@ -35,6 +36,7 @@ class SavedState:
     weight: float  # the integral part of the cost weight
     version: int  # the map version it was saved at
     offset: np.ndarray  # [E] per-expert offsets (zeros where the state predates them)
+    base: float = 0.0  # the feed-forward part of the weight (0 where the state predates session 13)
 
 
 def parse_state(
@@ -63,7 +65,10 @@ def parse_state(
         raise ValueError("the state's weight must be finite and its version a non-negative integer")
     if not 0 <= version <= MAX_VERSION:  # the decision log's INTEGER column and /metrics' float hold it
         raise ValueError(f"the state's version {version} is outside [0, 2**53]")
-    return SavedState(alpha, beta, weight, version, _offset(state.get("expert_offset"), shape[1]))
+    base = state.get("base", 0.0)
+    if isinstance(base, bool) or not isinstance(base, int | float) or not np.isfinite(base):
+        raise ValueError("the state's feed-forward weight must be a finite number")
+    return SavedState(alpha, beta, weight, version, _offset(state.get("expert_offset"), shape[1]), float(base))
 
 
 def _offset(saved: Any, experts: int) -> np.ndarray:
