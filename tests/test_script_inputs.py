@@ -1,0 +1,59 @@
+"""Scripts under ``scripts/`` given bad input, run as a user runs them (a subprocess): a one-line error
+or an argparse refusal naming the flag, never a traceback (session 12's walks and session 13's walk of
+scripts/)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 60
+
+
+def run_script(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python scripts/<name> ARGS`` from the repository root, this checkout's package first."""
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
+    argv = [sys.executable, str(ROOT / "scripts" / name), *args]
+    env = {**base, **(env or {})}
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--measure-s", "0"),  # was a ZeroDivisionError
+        ("--duration-s", "-1"),
+        ("--factor", "0"),
+        ("--factor", "nan"),
+        ("--max-requests", "0"),
+        ("--max-tokens", "0"),
+        ("--timeout-s", "0"),
+    ],
+)
+def test_load_test_refuses_a_non_positive_number(flag: str, value: str) -> None:
+    run = run_script("load_test.py", "--url", f"http://127.0.0.1:{closed_port()}", flag, value)
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1] == f"load_test.py: error: argument {flag}: {value} is not a positive number"
+
+
+def test_load_test_names_an_unreachable_url_in_one_line() -> None:
+    url = f"http://127.0.0.1:{closed_port()}"  # was an httpx.ConnectError traceback
+    run = run_script("load_test.py", "--url", url, "--measure-s", "1")
+    assert run.returncode == 2
+    assert run.stdout == ""
+    assert run.stderr.count("\n") == 1
+    assert run.stderr.startswith(f"load_test.py: error: cannot reach {url}/v1/chat/completions (")
