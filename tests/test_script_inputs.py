@@ -57,3 +57,38 @@ def test_load_test_names_an_unreachable_url_in_one_line() -> None:
     assert run.stdout == ""
     assert run.stderr.count("\n") == 1
     assert run.stderr.startswith(f"load_test.py: error: cannot reach {url}/v1/chat/completions (")
+
+
+@pytest.fixture
+def without_torch(tmp_path: Path) -> dict[str, str]:
+    """An environment where ``import torch`` fails, as on a machine without ``coserve[torch]``."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
+    return {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+
+
+def test_gpu_check_without_torch_names_the_extra(without_torch: dict[str, str], tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    run = run_script("gpu_check.py", "--model", str(model), env=without_torch)  # was an ImportError traceback
+    assert run.returncode == 2
+    extra = "pip install 'coserve[torch]' (with the torch build for your machine)"
+    assert run.stderr == f"gpu_check.py: error: No module named 'torch': {extra}\n"
+    assert run_script("gpu_check.py", "--help", env=without_torch).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "missing.gguf"], "--model missing.gguf: no such file"),
+        (["--model", "{model}", "--cycles", "0"], "argument --cycles: 0 is not a positive number"),
+    ],
+)
+def test_gpu_check_refuses_bad_arguments_before_anything_loads(
+    without_torch: dict[str, str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    run = run_script("gpu_check.py", *[a.format(model=model) for a in args], env=without_torch)
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1] == f"gpu_check.py: error: {message}"
