@@ -4,8 +4,8 @@
 A local cluster (no address) is started with every node's ``coserve-node-<node>`` resource on this
 one machine; a cluster at an address must already have a Ray node carrying each such resource, and
 a missing one is a clear error with the ``ray start`` line that adds it. The address's port is tried
-for a few seconds before ``ray.init``, whose own retries on a port where nothing listens have no end. This module knows nothing
-about the deployments themselves (coserve.distributed.ray_app).
+for a few seconds before ``ray.init``, whose own retries on a port where nothing listens have no end.
+This module knows nothing about the deployments themselves (coserve.distributed.ray_app).
 """
 
 from __future__ import annotations
