@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from coserve.bench.provenance import write_data
+from coserve.bench.script_run import run_script
 from coserve.cli.common import load_served_library
 from coserve.config import LibraryConfig
 from coserve.engine.cascade import params_of
@@ -211,4 +212,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from coserve.bench.cluster_report import node_budget  # noqa: E402
 from coserve.bench.provenance import write_data  # noqa: E402
+from coserve.bench.script_run import run_script  # noqa: E402
 from coserve.distributed.cluster import Cluster, Footprint  # noqa: E402
 from coserve.distributed.inputs import plan_inputs  # noqa: E402
 from coserve.distributed.placement import load_factors, memory_used  # noqa: E402
@@ -190,4 +191,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

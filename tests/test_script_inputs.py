@@ -92,3 +92,27 @@ def test_gpu_check_refuses_bad_arguments_before_anything_loads(
     run = run_script("gpu_check.py", *[a.format(model=model) for a in args], env=without_torch)
     assert run.returncode == 2
     assert run.stderr.splitlines()[-1] == f"gpu_check.py: error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("adapt_tune.py", ["--data", "{t}/none", "--json", "{t}/x.json"], "{t}/none/experts.json: cannot read"),
+        ("cascade_gate_study.py", ["--data", "{t}/none.jsonl", "--plan", "{t}/p.json"], "{t}/none.jsonl: No such"),
+        ("reverify_outcomes.py", ["--data", "{t}/none.jsonl", "--out", "{t}/o.jsonl"], "{t}/none.jsonl: No such"),
+        (
+            "router_shift.py",
+            ["--data", "{t}/n.jsonl", "--experts", "{t}/e.json", "--stage", "design", "--out", "{t}/o"],
+            "outcome file not found: {t}/n.jsonl",
+        ),
+        ("ship_outcomes.py", ["{t}/none.jsonl", "{t}/s.jsonl"], "{t}/none.jsonl: No such"),
+        ("ship_outcomes.py", [], "the following arguments are required: run, target"),  # was an IndexError
+        ("eval_tables.py", ["{t}/none.json"], "{t}/none.json: No such"),
+    ],
+)
+def test_a_missing_input_is_one_line(tmp_path: Path, script: str, args: list[str], message: str) -> None:
+    run = run_script(script, *[a.format(t=tmp_path) for a in args])  # each was a traceback
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(f"{script}: error: {message.format(t=tmp_path)}")
+    assert "Traceback" not in run.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
