@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from coserve.backends.registry import check_library, get_backend
 from coserve.bench.serve import make_workload
+from coserve.cli.common import at_least
 from coserve.config import load_library
 from coserve.types import Chunk, Message, Sampling, Usage
 
@@ -24,9 +25,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("backends", nargs="+")
     parser.add_argument("--expert", default="large")
-    parser.add_argument("--n", type=int, default=16)
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--n", type=at_least(1), default=16)
+    parser.add_argument("--concurrency", type=at_least(1), default=4)
+    parser.add_argument("--tokens", type=at_least(1), default=24)
     args = parser.parse_args()
     library = check_library(load_library())
     base = library.path.parent if library.path else None

@@ -29,7 +29,7 @@ import numpy as np
 
 from coserve.bench.provenance import write_data
 from coserve.bench.script_run import run_script
-from coserve.cli.common import load_served_library
+from coserve.cli.common import at_least, load_served_library
 from coserve.config import LibraryConfig
 from coserve.engine.cascade import params_of
 from coserve.eval.cascade import StartRule, answers, cross_validate, item_folds, replay
@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--data", action="append", required=True, help="outcome rows (repeatable, pooled by id)")
     parser.add_argument("--plan", required=True, help="the cascade's plan (scripts/cascade_library.py --plan-out)")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="fold seeds, comma-separated")
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--folds", type=at_least(2), default=5)
     parser.add_argument("--note", default="")
     parser.add_argument("--out", help="the data file to write (provenance); without it, print only")
     args = parser.parse_args()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from coserve.cli.common import at_least
 from coserve.config import load_library
 from coserve.engine.pool import ExpertPool
 from coserve.types import Chunk, Message, Sampling
@@ -115,14 +116,6 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def positive_int(text: str) -> int:
-    """A count flag's value: a whole number above 0."""
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
 def torch_backend(parser: argparse.ArgumentParser) -> type[TransformersBackend]:
     """The transformers backend, or the parser's exit (2) naming the extra when it cannot be imported."""
     try:
@@ -140,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path, help="a GGUF file (SmolLM2-135M-Instruct.Q4_1.gguf)")
     parser.add_argument("--device", default="cuda", help="a torch device (default cuda; cpu runs without the copy)")
-    parser.add_argument("--cycles", type=positive_int, default=30, help="load/unload cycles for the drift")
+    parser.add_argument("--cycles", type=at_least(1), default=30, help="load/unload cycles for the drift")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args()
     if not args.model.is_file():

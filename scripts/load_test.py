@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from coserve.cli.common import at_least
+
 PROMPT = "write a python function that reverses a string"
 
 
@@ -33,14 +35,6 @@ def positive(text: str) -> float:
     """A flag's value: a finite number above 0."""
     value = float(text)
     if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """A count flag's value: a whole number above 0."""
-    value = int(text)
-    if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
@@ -126,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=positive, default=2.0, help="offered load / measured capacity")
     parser.add_argument("--measure-s", type=positive, default=2.0, help="seconds of sequential requests")
     parser.add_argument("--duration-s", type=positive, default=5.0, help="seconds of offered load")
-    parser.add_argument("--max-requests", type=positive_int, default=2000, help="cap on the requests offered")
-    parser.add_argument("--max-tokens", type=positive_int, default=8)
+    parser.add_argument("--max-requests", type=at_least(1), default=2000, help="cap on the requests offered")
+    parser.add_argument("--max-tokens", type=at_least(1), default=8)
     parser.add_argument("--timeout-s", type=positive, default=60.0, help="per-request time-out")
     args = parser.parse_args(argv)
     try:

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from coserve.bench.provenance import write_data  # noqa: E402
+from coserve.cli.common import at_least  # noqa: E402
 from coserve.distributed.candidates import EXACT_PAIRS  # noqa: E402
 from coserve.distributed.cluster import Cluster, Footprint  # noqa: E402
 from coserve.distributed.planner import MIP_GAP, plan  # noqa: E402
@@ -58,7 +59,7 @@ def instance(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument(
         "--note",
         default="machine state not stated",

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from coserve.backends.registry import check_library, get_backend
+from coserve.cli.common import at_least
 from coserve.config import load_library
 from coserve.engine.pool import ExpertPool
 from coserve.types import Chunk, Message, Sampling
@@ -89,7 +90,7 @@ def _ignore(chunk: Chunk) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=500)
+    parser.add_argument("--cycles", type=at_least(1), default=500)
     parser.add_argument("--expert", default="general")
     parser.add_argument("--backend", help="default: the expert's backend in the library")
     parser.add_argument("--json")

@@ -39,8 +39,6 @@ def closed_port() -> int:
         ("--duration-s", "-1"),
         ("--factor", "0"),
         ("--factor", "nan"),
-        ("--max-requests", "0"),
-        ("--max-tokens", "0"),
         ("--timeout-s", "0"),
     ],
 )
@@ -48,6 +46,13 @@ def test_load_test_refuses_a_non_positive_number(flag: str, value: str) -> None:
     run = run_script("load_test.py", "--url", f"http://127.0.0.1:{closed_port()}", flag, value)
     assert run.returncode == 2
     assert run.stderr.splitlines()[-1] == f"load_test.py: error: argument {flag}: {value} is not a positive number"
+
+
+@pytest.mark.parametrize("flag", ["--max-requests", "--max-tokens"])  # --max-requests 0 hung
+def test_load_test_refuses_a_count_below_one(flag: str) -> None:
+    run = run_script("load_test.py", "--url", f"http://127.0.0.1:{closed_port()}", flag, "0")
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1] == f"load_test.py: error: argument {flag}: 0 is too small: give 1 or more"
 
 
 def test_load_test_names_an_unreachable_url_in_one_line() -> None:
@@ -81,7 +86,7 @@ def test_gpu_check_without_torch_names_the_extra(without_torch: dict[str, str], 
     ("args", "message"),
     [
         (["--model", "missing.gguf"], "--model missing.gguf: no such file"),
-        (["--model", "{model}", "--cycles", "0"], "argument --cycles: 0 is not a positive number"),
+        (["--model", "{model}", "--cycles", "0"], "argument --cycles: 0 is too small: give 1 or more"),
     ],
 )
 def test_gpu_check_refuses_bad_arguments_before_anything_loads(
@@ -116,3 +121,27 @@ def test_a_missing_input_is_one_line(tmp_path: Path, script: str, args: list[str
     assert run.stderr.splitlines()[-1].startswith(f"{script}: error: {message.format(t=tmp_path)}")
     assert "Traceback" not in run.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("host_start.py", ["--rounds", "0"], "argument --rounds: 0 is too small: give 1 or more"),
+        ("host_start.py", ["--library", "{t}/none.yaml"], "library file not found: {t}/none.yaml"),
+        ("cluster_scale.py", ["--rows", "0", "--json", "{t}/c"], "argument --rows: 0 is too small: give 1 or more"),
+        ("backend_throughput.py", ["fake", "--n", "0"], "argument --n: 0 is too small: give 1 or more"),
+        ("time_setup", ["--repeats", "0"], "--repeats must be 1 or more and --serve-timeout above 0"),
+        (
+            "binding_parity.py",
+            ["--old-ref", "HEAD", "--runs", "0"],
+            "--runs, --tokens and --long-tokens must be 1 or more",
+        ),
+    ],
+)
+def test_a_count_below_one_is_refused_before_any_work(
+    tmp_path: Path, script: str, args: list[str], message: str
+) -> None:
+    run = run_script(script, *[a.format(t=tmp_path) for a in args])  # each was a traceback after the work, or none
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.splitlines()[-1] == f"{script}: error: {message.format(t=tmp_path)}"
+    assert list(tmp_path.iterdir()) == []
