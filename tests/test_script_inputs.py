@@ -145,3 +145,17 @@ def test_a_count_below_one_is_refused_before_any_work(
     assert run.returncode == 2, run.stderr
     assert run.stderr.splitlines()[-1] == f"{script}: error: {message.format(t=tmp_path)}"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("script", "usage"),
+    [
+        ("doc_figures.py", "usage: doc_figures.py [-h] [JOB ...]"),  # was "unknown: --help", exit 1
+        ("eval_tables.py", "usage: eval_tables.py [-h] [--at AT] reports [reports ...]"),  # read "--help" as a file
+        ("ship_outcomes.py", "usage: ship_outcomes.py [-h] run target"),  # an IndexError
+    ],
+)
+def test_help_is_help(script: str, usage: str) -> None:
+    run = run_script(script, "--help")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0] == usage
