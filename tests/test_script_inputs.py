@@ -159,3 +159,15 @@ def test_help_is_help(script: str, usage: str) -> None:
     run = run_script(script, "--help")
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0] == usage
+
+
+def test_gguf_to_hf_without_torch_names_the_extra(without_torch: dict[str, str], tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    run = run_script("gguf_to_hf.py", str(model), str(tmp_path / "out"), env=without_torch)  # was a traceback
+    extra = "pip install 'coserve[torch]' (with the torch build for your machine)"
+    assert (run.returncode, run.stderr) == (2, f"gguf_to_hf.py: error: No module named 'torch': {extra}\n")
+    missing = run_script("gguf_to_hf.py", str(tmp_path / "none.gguf"), str(tmp_path / "out"), env=without_torch)
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines()[-1] == f"gguf_to_hf.py: error: {tmp_path}/none.gguf: no such file"
+    assert not (tmp_path / "out").exists()
