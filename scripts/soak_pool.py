@@ -18,7 +18,8 @@ import statistics
 import time
 from pathlib import Path
 
-from coserve.backends.registry import check_library, get_backend
+from coserve.backends.registry import backend_entry, check_library, get_backend
+from coserve.bench.script_run import run_script
 from coserve.cli.common import at_least
 from coserve.config import load_library
 from coserve.engine.pool import ExpertPool
@@ -95,6 +96,11 @@ def main() -> None:
     parser.add_argument("--backend", help="default: the expert's backend in the library")
     parser.add_argument("--json")
     args = parser.parse_args()
+    names = load_library().expert_names
+    if args.expert not in names:
+        parser.error(f"--expert {args.expert}: not an expert of the default library ({', '.join(names)})")
+    if args.backend is not None:
+        backend_entry(args.backend)
     result = asyncio.run(soak(args.cycles, args.expert, args.backend))
     print(json.dumps(result, indent=2))
     if args.json:
@@ -102,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

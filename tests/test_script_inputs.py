@@ -171,3 +171,20 @@ def test_gguf_to_hf_without_torch_names_the_extra(without_torch: dict[str, str],
     assert missing.returncode == 2
     assert missing.stderr.splitlines()[-1] == f"gguf_to_hf.py: error: {tmp_path}/none.gguf: no such file"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("backend_throughput.py", ["llamacpp", "--expert", "nope"], "--expert nope: not an expert of the default"),
+        ("soak_pool.py", ["--expert", "nope"], "--expert nope: not an expert of the default library"),
+        ("backend_throughput.py", ["nope"], "unknown backend 'nope'; known: llamacpp, llamacpp-split, openai"),
+        ("soak_pool.py", ["--backend", "nope"], "unknown backend 'nope'; known: llamacpp, llamacpp-split, openai"),
+    ],
+)
+def test_an_unknown_expert_or_backend_is_refused_before_any_expert_loads(
+    script: str, args: list[str], message: str
+) -> None:
+    run = run_script(script, *args)  # a KeyError or ConfigError traceback
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(f"{script}: error: {message}")
