@@ -188,3 +188,21 @@ def test_an_unknown_expert_or_backend_is_refused_before_any_expert_loads(
     run = run_script(script, *args)  # a KeyError or ConfigError traceback
     assert run.returncode == 2, run.stderr
     assert run.stderr.splitlines()[-1].startswith(f"{script}: error: {message}")
+
+
+@pytest.mark.parametrize("script", ["setup", "setup-peer", "setup-vllm"])
+def test_a_setup_script_takes_help_and_refuses_a_typo_before_installing(script: str) -> None:
+    # Each ignored its arguments: `--help` ran the whole install (setup-peer: a 5-minute compile) and
+    # `scripts/setup --tset` set up without the test tools. PYTHON=false: an install that starts fails.
+    env = {**os.environ, "PYTHON": "false"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(ROOT / "scripts" / script), *args]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+
+    helped = run("--help")
+    assert helped.returncode == 0, helped.stderr
+    assert f"scripts/{script}" in helped.stdout or script == "setup-peer"
+    refused = run("--tset")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"scripts/{script}: unknown argument(s): --tset (")
