@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Offer a coserve server twice the load it can take and count how it answers.
 
-    scripts/load_test.py --url http://127.0.0.1:8000 [--factor 2] [--measure-s 2] [--duration-s 5]
+    .venv/bin/python scripts/load_test.py --url http://127.0.0.1:8000 [--factor 2] [--measure-s 2] [--duration-s 5]
 
 First the capacity: sequential chat requests for ``--measure-s`` seconds (requests/s). Then an
 open loop at ``--factor`` times that rate for ``--duration-s`` seconds (at most ``--max-requests``).
@@ -18,11 +18,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-
-from coserve.cli.common import at_least
 
 PROMPT = "write a python function that reverses a string"
 
@@ -31,12 +30,17 @@ class Unreachable(Exception):
     """The capacity run got no 200 from the server: nothing to measure the load against."""
 
 
-def positive(text: str) -> float:
-    """A flag's value: a finite number above 0."""
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
+def positive(number: type[int] | type[float]) -> Callable[[str], float]:
+    """A flag's type: a finite ``number`` above 0 (this client needs only httpx, not coserve's helpers)."""
+
+    def parse(text: str) -> float:
+        value = number(text)
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+        return value
+
+    parse.__name__ = number.__name__  # argparse's "invalid int value: 'x'"
+    return parse
 
 
 def body(max_tokens: int) -> dict[str, Any]:
@@ -117,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
     parser.add_argument("--key", help="API key, if the server needs one")
-    parser.add_argument("--factor", type=positive, default=2.0, help="offered load / measured capacity")
-    parser.add_argument("--measure-s", type=positive, default=2.0, help="seconds of sequential requests")
-    parser.add_argument("--duration-s", type=positive, default=5.0, help="seconds of offered load")
-    parser.add_argument("--max-requests", type=at_least(1), default=2000, help="cap on the requests offered")
-    parser.add_argument("--max-tokens", type=at_least(1), default=8)
-    parser.add_argument("--timeout-s", type=positive, default=60.0, help="per-request time-out")
+    parser.add_argument("--factor", type=positive(float), default=2.0, help="offered load / measured capacity")
+    parser.add_argument("--measure-s", type=positive(float), default=2.0, help="seconds of sequential requests")
+    parser.add_argument("--duration-s", type=positive(float), default=5.0, help="seconds of offered load")
+    parser.add_argument("--max-requests", type=positive(int), default=2000, help="cap on the requests offered")
+    parser.add_argument("--max-tokens", type=positive(int), default=8)
+    parser.add_argument("--timeout-s", type=positive(float), default=60.0, help="per-request time-out")
     args = parser.parse_args(argv)
     try:
         result = asyncio.run(run(args))

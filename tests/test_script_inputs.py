@@ -52,7 +52,7 @@ def test_load_test_refuses_a_non_positive_number(flag: str, value: str) -> None:
 def test_load_test_refuses_a_count_below_one(flag: str) -> None:
     run = run_script("load_test.py", "--url", f"http://127.0.0.1:{closed_port()}", flag, "0")
     assert run.returncode == 2
-    assert run.stderr.splitlines()[-1] == f"load_test.py: error: argument {flag}: 0 is too small: give 1 or more"
+    assert run.stderr.splitlines()[-1] == f"load_test.py: error: argument {flag}: 0 is not a positive number"
 
 
 def test_load_test_names_an_unreachable_url_in_one_line() -> None:
