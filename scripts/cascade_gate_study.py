@@ -153,11 +153,19 @@ def mean_over_seeds(runs: list[dict[str, Any]], part: str) -> dict[str, Point]:
     return out
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seeds``' value: comma-separated whole numbers."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated whole numbers (0,1,2)") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", action="append", required=True, help="outcome rows (repeatable, pooled by id)")
     parser.add_argument("--plan", required=True, help="the cascade's plan (scripts/cascade_library.py --plan-out)")
-    parser.add_argument("--seeds", default="0,1,2,3,4", help="fold seeds, comma-separated")
+    parser.add_argument("--seeds", type=seed_list, default="0,1,2,3,4", help="fold seeds, comma-separated")
     parser.add_argument("--folds", type=at_least(2), default=5)
     parser.add_argument("--note", default="")
     parser.add_argument("--out", help="the data file to write (provenance); without it, print only")
@@ -167,7 +175,7 @@ def main() -> None:
     plan = json.loads(Path(args.plan).read_text())
     library = load_served_library(None)
     gate_expert = plan["starts"]["code"]
-    runs = [one_seed(rows, library, plan, int(s), args.folds) for s in args.seeds.split(",")]
+    runs = [one_seed(rows, library, plan, seed, args.folds) for seed in args.seeds]
     parts = ["pooled", *sorted({suite_of(r) for r in rows})]
     summary = {part: mean_over_seeds(runs, part) for part in parts}
     limits = {  # the gate's limit swept: quality and parameters, mean over seeds
