@@ -131,6 +131,11 @@ def test_a_missing_input_is_one_line(tmp_path: Path, script: str, args: list[str
         ("host_start.py", ["--library", "{t}/none.yaml"], "library file not found: {t}/none.yaml"),
         ("cluster_scale.py", ["--rows", "0", "--json", "{t}/c"], "argument --rows: 0 is too small: give 1 or more"),
         ("backend_throughput.py", ["fake", "--n", "0"], "argument --n: 0 is too small: give 1 or more"),
+        (  # a negative count was taken and written into the data file
+            "plan_bench_nodes.py",
+            ["--max-tokens", "-5", "--json", "{t}/p.json"],
+            "argument --max-tokens: -5 is too small: give 1 or more",
+        ),
         ("time_setup", ["--repeats", "0"], "--repeats must be 1 or more and --serve-timeout above 0"),
         (
             "binding_parity.py",
