@@ -68,6 +68,8 @@ def main() -> int:
     parser.add_argument("--time-limit", type=float, default=20.0, help="HiGHS seconds per solve")
     parser.add_argument("--json", default=str(ROOT / "docs" / "data" / "plan-scale.json"))
     args = parser.parse_args()
+    if not args.time_limit > 0:  # a pydantic traceback at the first instance
+        parser.error(f"argument --time-limit: {args.time_limit:g} is not a number of seconds above 0")
     runs: dict[tuple[int, int], list[dict[str, float | bool | int]]] = {size: [] for size in SIZES}
     for _ in range(args.repeats):
         for experts, nodes in SIZES:

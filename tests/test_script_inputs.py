@@ -131,6 +131,11 @@ def test_a_missing_input_is_one_line(tmp_path: Path, script: str, args: list[str
         ("host_start.py", ["--library", "{t}/none.yaml"], "library file not found: {t}/none.yaml"),
         ("cluster_scale.py", ["--rows", "0", "--json", "{t}/c"], "argument --rows: 0 is too small: give 1 or more"),
         ("backend_throughput.py", ["fake", "--n", "0"], "argument --n: 0 is too small: give 1 or more"),
+        (
+            "plan_scale.py",
+            ["--time-limit", "0", "--json", "{t}/p.json"],
+            "argument --time-limit: 0 is not a number of seconds above 0",
+        ),
         (  # a negative count was taken and written into the data file
             "plan_bench_nodes.py",
             ["--max-tokens", "-5", "--json", "{t}/p.json"],
@@ -144,7 +149,7 @@ def test_a_missing_input_is_one_line(tmp_path: Path, script: str, args: list[str
         ),
     ],
 )
-def test_a_count_below_one_is_refused_before_any_work(
+def test_a_count_below_one_or_a_time_of_0_is_refused_before_any_work(
     tmp_path: Path, script: str, args: list[str], message: str
 ) -> None:
     run = run_script(script, *[a.format(t=tmp_path) for a in args])  # each was a traceback after the work, or none
