@@ -29,7 +29,7 @@ import numpy as np
 
 from coserve.bench.provenance import write_data
 from coserve.bench.script_run import run_script
-from coserve.cli.common import at_least, load_served_library
+from coserve.cli.common import at_least, comma_numbers, load_served_library
 from coserve.config import LibraryConfig
 from coserve.engine.cascade import params_of
 from coserve.eval.cascade import StartRule, answers, cross_validate, item_folds, replay
@@ -153,19 +153,12 @@ def mean_over_seeds(runs: list[dict[str, Any]], part: str) -> dict[str, Point]:
     return out
 
 
-def seed_list(text: str) -> list[int]:
-    """``--seeds``' value: comma-separated whole numbers."""
-    try:
-        return [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated whole numbers (0,1,2)") from None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", action="append", required=True, help="outcome rows (repeatable, pooled by id)")
     parser.add_argument("--plan", required=True, help="the cascade's plan (scripts/cascade_library.py --plan-out)")
-    parser.add_argument("--seeds", type=seed_list, default="0,1,2,3,4", help="fold seeds, comma-separated")
+    seeds = comma_numbers(int, "0,1,2")
+    parser.add_argument("--seeds", type=seeds, default="0,1,2,3,4", help="fold seeds, comma-separated")
     parser.add_argument("--folds", type=at_least(2), default=5)
     parser.add_argument("--note", default="")
     parser.add_argument("--out", help="the data file to write (provenance); without it, print only")
@@ -175,7 +168,7 @@ def main() -> None:
     plan = json.loads(Path(args.plan).read_text())
     library = load_served_library(None)
     gate_expert = plan["starts"]["code"]
-    runs = [one_seed(rows, library, plan, seed, args.folds) for seed in args.seeds]
+    runs = [one_seed(rows, library, plan, int(seed), args.folds) for seed in args.seeds]
     parts = ["pooled", *sorted({suite_of(r) for r in rows})]
     summary = {part: mean_over_seeds(runs, part) for part in parts}
     limits = {  # the gate's limit swept: quality and parameters, mean over seeds

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve.bench.script_run import run_script
+from coserve.cli.common import comma_numbers
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -110,18 +111,11 @@ def at_budgets(paths: list[Path], budgets: list[float]) -> str:
     return "\n".join(rows)
 
 
-def budget_list(text: str) -> list[float]:
-    """``--at``'s value: comma-separated budgets, billions of active parameters."""
-    try:
-        return [float(b) for b in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not comma-separated numbers (10.2,51)") from None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", type=Path, help="`coserve eval --json` reports")
-    parser.add_argument("--at", type=budget_list, help="B1,B2: one table of quality at these budgets instead")
+    budgets = comma_numbers(float, "10.2,51")
+    parser.add_argument("--at", type=budgets, help="B1,B2: one table of quality at these budgets instead")
     args = parser.parse_args()
     if args.at is not None:
         print(at_budgets(args.reports, args.at))

@@ -104,7 +104,11 @@ def test_gpu_check_refuses_bad_arguments_before_anything_loads(
     [
         ("adapt_tune.py", ["--data", "{t}/none", "--json", "{t}/x.json"], "{t}/none/experts.json: cannot read"),
         ("cascade_gate_study.py", ["--data", "{t}/none.jsonl", "--plan", "{t}/p.json"], "{t}/none.jsonl: No such"),
-        ("cascade_gate_study.py", ["--data", "d", "--plan", "p", "--seeds", "0,x"], "argument --seeds: '0,x' is not"),
+        (
+            "cascade_gate_study.py",
+            ["--data", "d", "--plan", "p", "--seeds", "0,x"],
+            "argument --seeds: '0,x' is not comma-separated numbers (0,1,2)",
+        ),
         ("reverify_outcomes.py", ["--data", "{t}/none.jsonl", "--out", "{t}/o.jsonl"], "{t}/none.jsonl: No such"),
         (
             "router_shift.py",
