@@ -46,11 +46,24 @@ __all__ = [
     "RetentionSettings",
     "RouterSettings",
     "ServerSettings",
+    "check_name",
     "load_library",
     "parse_bytes",
     "read_yaml",
     "validation_error",
 ]
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")  # expert, category and node names (HTTP headers, labels)
+_NAME_RULE = "1 to 64 ASCII letters, digits, '_', '.', ':' or '-', the first a letter or digit"
+
+
+def check_name(name: str, kind: str) -> str:
+    """``name`` if it is a valid name of an expert, category or node (``kind``); else a ValueError
+    that says the rule in words."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid {kind} name: use {_NAME_RULE}")
+    return name
 
 
 class _Strict(BaseModel):
@@ -71,7 +84,7 @@ class Price(_Strict):
 class ExpertSpec(_Strict):
     """One expert of the library."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    name: str
     backend: str  # a name of coserve.backends.registry.BACKENDS (checked there, with ``options``)
     # A model file: "pkg:<python_package>/<path>" (a file inside an installed PyPI package) or a
     # filesystem path (relative to the library file). A list means raw parts to concatenate in order.
@@ -91,6 +104,11 @@ class ExpertSpec(_Strict):
         if isinstance(self.source, list) and len(self.source) > 1 and self.sha256 is None:
             raise ValueError("a source in parts needs a sha256 to verify the assembled file")
         return self
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return check_name(value, "expert")
 
     @field_validator("source")
     @classmethod
@@ -193,10 +211,8 @@ class LibraryConfig(_Strict):
     @field_validator("categories")
     @classmethod
     def _category_names(cls, value: dict[str, Category]) -> dict[str, Category]:
-        for name in value:
-            # Category names travel in HTTP headers (x-coserve-category) and metric labels.
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", name):
-                raise ValueError(f"category name {name!r}: use letters, digits, '_', '.', ':' or '-' (ASCII)")
+        for name in value:  # category names travel in HTTP headers (x-coserve-category) and metric labels
+            check_name(name, "category")
         return value
 
     @model_validator(mode="after")

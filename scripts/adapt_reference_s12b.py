@@ -32,6 +32,7 @@ from adapt_tune import BUDGETS, CONFIRM_SEEDS, SEEDS, tuning_streams  # beside t
 
 from coserve.bench.adapt import AdaptOptions, replay_adapt
 from coserve.bench.provenance import write_data
+from coserve.bench.script_run import run_script
 from coserve.eval.data import load_costs
 from coserve.router.drift_reference import REFERENCE_QUIET
 from coserve.router.embedders import STACK_EMBEDDER
@@ -124,4 +125,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_script(lambda: main(sys.argv[1:]))

@@ -95,6 +95,7 @@ import numpy as np
 
 from coserve.bench.adapt import AdaptOptions, FittedStream, fit_stream, replay_adapt, split_by_prompt
 from coserve.bench.provenance import write_data
+from coserve.bench.script_run import run_script
 from coserve.eval.data import ExpertCosts, embed_cached, load_costs, load_outcomes
 from coserve.router.embedders import STACK_EMBEDDER, make_embedder
 
@@ -457,4 +458,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_script(lambda: main(sys.argv[1:]))

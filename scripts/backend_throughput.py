@@ -14,8 +14,10 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from coserve.backends.registry import check_library, get_backend
+from coserve.backends.registry import backend_entry, check_library, get_backend
+from coserve.bench.script_run import run_script
 from coserve.bench.serve import make_workload
+from coserve.cli.common import at_least
 from coserve.config import load_library
 from coserve.types import Chunk, Message, Sampling, Usage
 
@@ -24,11 +26,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("backends", nargs="+")
     parser.add_argument("--expert", default="large")
-    parser.add_argument("--n", type=int, default=16)
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--n", type=at_least(1), default=16)
+    parser.add_argument("--concurrency", type=at_least(1), default=4)
+    parser.add_argument("--tokens", type=at_least(1), default=24)
     args = parser.parse_args()
     library = check_library(load_library())
+    if args.expert not in library.expert_names:
+        known = ", ".join(library.expert_names)
+        parser.error(f"--expert {args.expert}: not an expert of the default library ({known})")
+    for name in args.backends:  # every name checked before the first expert loads
+        backend_entry(name)
     base = library.path.parent if library.path else None
     prompts = [w["prompt"] for w in make_workload(library, 400, 2.0, 0) if w["expert"] == args.expert][: args.n]
     results = {}
@@ -62,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

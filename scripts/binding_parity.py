@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--note", default="", help="what the machine was doing during the run")
     parser.add_argument("--child", nargs=2, metavar=("EXPERT", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if min(args.runs, args.tokens, args.long_tokens) < 1:
+        parser.error("--runs, --tokens and --long-tokens must be 1 or more")
     if args.child:
         child(args.child[0], args.child[1], args.tokens, args.long_tokens)
         return

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from coserve.bench.provenance import write_data
-from coserve.cli.common import load_served_library
+from coserve.bench.script_run import run_script
+from coserve.cli.common import at_least, comma_numbers, load_served_library
 from coserve.config import LibraryConfig
 from coserve.engine.cascade import params_of
 from coserve.eval.cascade import StartRule, answers, cross_validate, item_folds, replay
@@ -156,8 +157,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", action="append", required=True, help="outcome rows (repeatable, pooled by id)")
     parser.add_argument("--plan", required=True, help="the cascade's plan (scripts/cascade_library.py --plan-out)")
-    parser.add_argument("--seeds", default="0,1,2,3,4", help="fold seeds, comma-separated")
-    parser.add_argument("--folds", type=int, default=5)
+    seeds = comma_numbers(int, "0,1,2")
+    parser.add_argument("--seeds", type=seeds, default="0,1,2,3,4", help="fold seeds, comma-separated")
+    parser.add_argument("--folds", type=at_least(2), default=5)
     parser.add_argument("--note", default="")
     parser.add_argument("--out", help="the data file to write (provenance); without it, print only")
     args = parser.parse_args()
@@ -166,7 +168,7 @@ def main() -> None:
     plan = json.loads(Path(args.plan).read_text())
     library = load_served_library(None)
     gate_expert = plan["starts"]["code"]
-    runs = [one_seed(rows, library, plan, int(s), args.folds) for s in args.seeds.split(",")]
+    runs = [one_seed(rows, library, plan, int(seed), args.folds) for seed in args.seeds]
     parts = ["pooled", *sorted({suite_of(r) for r in rows})]
     summary = {part: mean_over_seeds(runs, part) for part in parts}
     limits = {  # the gate's limit swept: quality and parameters, mean over seeds
@@ -211,4 +213,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -105,10 +105,16 @@ def main() -> None:
     library["routing"] = {"mode": "cascade", "cascade": cascade}
     write_checked(library, Path(args.out))
     if args.plan:
-        cascade["categories"] = plan(args, Path(args.out))
+        try:  # the plan reads the library just written; a plan that fails leaves no library without it
+            cascade["categories"] = plan(args, Path(args.out))
+        except BaseException:
+            Path(args.out).unlink(missing_ok=True)
+            raise
         write_checked(library, Path(args.out))
     print(f"cascade library -> {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    from coserve.bench.script_run import run_script
+
+    run_script(main)

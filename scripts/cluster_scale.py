@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from coserve.bench.provenance import write_data  # noqa: E402
 from coserve.bench.workload import PROMPTS  # noqa: E402
+from coserve.cli.common import at_least  # noqa: E402
 from coserve.distributed.ray_choice import HostBook, HostView, choose_host  # noqa: E402
 from coserve.store.log import DecisionLog, DecisionRow, connect  # noqa: E402
 from coserve.store.retention import PRUNE_BATCH_ROWS, Retention, prune_batch  # noqa: E402
@@ -162,7 +163,7 @@ def main() -> int:
         default="machine state not stated",
         help="the machine's state, e.g. 'quiet machine, nothing else running'",
     )
-    parser.add_argument("--rows", type=int, default=20000, help="rows written to measure the log")
+    parser.add_argument("--rows", type=at_least(1), default=20000, help="rows written to measure the log")
     parser.add_argument("--json", default=str(ROOT / "docs" / "data" / "cluster-scale.json"))
     args = parser.parse_args()
     measured = {"without_text": log_bytes_per_row(args.rows, False), "with_text": log_bytes_per_row(args.rows, True)}

@@ -38,6 +38,7 @@ DATA = ROOT / "coserve/data"
 sys.path.insert(0, str(ROOT))
 
 from coserve.bench.provenance import write_data  # noqa: E402
+from coserve.cli.common import at_least  # noqa: E402
 from coserve.config import ApiKey  # noqa: E402
 from coserve.server.auth import hash_key  # noqa: E402
 from coserve.server.quota import Quota  # noqa: E402
@@ -108,8 +109,8 @@ def main() -> int:
         default="machine state not stated",
         help="the machine's state, e.g. 'quiet machine, nothing else running'",
     )
-    parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--callers", type=int, default=4)
+    parser.add_argument("--calls", type=at_least(1), default=300)
+    parser.add_argument("--callers", type=at_least(1), default=4)
     parser.add_argument("--json", type=Path, default=ROOT / "docs/data/cluster-state-latency.json")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -21,6 +21,7 @@ It reads what the commands print; it measures no time and knows nothing of how t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -230,10 +231,17 @@ def serve_runs(data: Path = DATA) -> Path:
 
 JOBS = {"map": default_map, "route": route_heldout, "experts": experts, "outcomes": outcomes, "serve-runs": serve_runs}
 
-if __name__ == "__main__":
-    names = sys.argv[1:] or list(JOBS)
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("jobs", nargs="*", metavar="JOB", help=f"some of: {', '.join(JOBS)} (default: all)")
+    names = parser.parse_args().jobs or list(JOBS)
     unknown = [n for n in names if n not in JOBS]
     if unknown:
-        raise SystemExit(f"unknown: {', '.join(unknown)}; known: {', '.join(JOBS)}")
+        parser.error(f"unknown: {', '.join(unknown)}; known: {', '.join(JOBS)}")
     for name in names:
         print(JOBS[name]().relative_to(ROOT))
+
+
+if __name__ == "__main__":
+    main()

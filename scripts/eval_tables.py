@@ -13,10 +13,14 @@ The docs quote these tables; the numbers are the reports', rounded, so they can 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from coserve.bench.script_run import run_script
+from coserve.cli.common import comma_numbers
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -107,9 +111,17 @@ def at_budgets(paths: list[Path], budgets: list[float]) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    args = sys.argv[1:]
-    if args[:1] == ["--at"]:
-        print(at_budgets([Path(a) for a in args[2:]], [float(b) for b in args[1].split(",")]))
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="`coserve eval --json` reports")
+    budgets = comma_numbers(float, "10.2,51")
+    parser.add_argument("--at", type=budgets, help="B1,B2: one table of quality at these budgets instead")
+    args = parser.parse_args()
+    if args.at is not None:
+        print(at_budgets(args.reports, args.at))
     else:
-        print("\n".join(tables(Path(arg)) for arg in args))
+        print("\n".join(tables(path) for path in args.reports))
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -19,10 +19,15 @@ def main() -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     args = parser.parse_args()
-
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not args.gguf.is_file():
+        parser.error(f"{args.gguf}: no such file")
+    try:
+        import torch
+        from safetensors.torch import save_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        extra = "pip install 'coserve[torch]' (with the torch build for your machine)"
+        parser.exit(2, f"{parser.prog}: error: {exc}: {extra}\n")
 
     where, name = str(args.gguf.resolve().parent), args.gguf.name
     tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name, local_files_only=True)

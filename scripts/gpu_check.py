@@ -11,6 +11,8 @@ turn moves weights DISK -> RAM (pinned host copy) -> ACTIVE (device) and back. P
   its floor: weight bytes / pinned host->device bandwidth measured in the same run;
 * decode speed (greedy, 128 tokens) and the first-token time;
 * device memory and host RSS over repeated load/unload cycles (drift).
+
+Needs ``coserve[torch]`` (torch, transformers, gguf): without it, a one-line error and exit 2.
 """
 
 from __future__ import annotations
@@ -20,17 +22,21 @@ import asyncio
 import json
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from coserve.backends.transformers_hf import TransformersBackend
+from coserve.cli.common import at_least
 from coserve.config import load_library
 from coserve.engine.pool import ExpertPool
 from coserve.types import Chunk, Message, Sampling
+
+if TYPE_CHECKING:
+    from coserve.backends.transformers_hf import TransformersBackend
 
 PROMPT = (Message("user", "Name three primary colours and say why they are called primary."),)
 
@@ -110,21 +116,37 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def torch_backend(parser: argparse.ArgumentParser) -> type[TransformersBackend]:
+    """The transformers backend, or the parser's exit (2) naming the extra when it cannot be imported."""
+    try:
+        import torch  # noqa: F401  (the backend's own check looks for the package, not that it imports)
+
+        from coserve.backends.transformers_hf import TransformersBackend
+    except ImportError as exc:
+        extra = "pip install 'coserve[torch]' (with the torch build for your machine)"
+        reason = str(exc) if "coserve[torch]" in str(exc) else f"{exc}: {extra}"  # the backend's names it
+        parser.exit(2, f"{parser.prog}: error: {reason}\n")
+    return TransformersBackend
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, type=Path, help="a GGUF file (SmolLM2-135M-Instruct.Q4_1.gguf)")
+    parser.add_argument("--device", default="cuda", help="a torch device (default cuda; cpu runs without the copy)")
+    parser.add_argument("--cycles", type=at_least(1), default=30, help="load/unload cycles for the drift")
+    parser.add_argument("--json", help="also write the result to this file")
+    args = parser.parse_args()
+    if not args.model.is_file():
+        parser.error(f"--model {args.model}: no such file")
+    backend_class = torch_backend(parser)
     import torch
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--cycles", type=int, default=30)
-    parser.add_argument("--json")
-    args = parser.parse_args()
     result: dict[str, Any] = {"device": args.device, "torch": torch.__version__}
     if args.device.startswith("cuda"):
         result["gpu"] = torch.cuda.get_device_name(0)
     with tempfile.TemporaryDirectory() as folder:
         library = load_library(library_file(Path(folder), args.model.resolve(), args.device))
-        backend = TransformersBackend()
+        backend = backend_class()
         weights = backend.nbytes(library.expert("a"), None)
         one = weights + 2**20  # RAM holds one expert's weights
         loaded = backend.footprint(library.expert("a"), None) + 2**20  # ACTIVE holds one loaded expert
@@ -184,4 +206,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

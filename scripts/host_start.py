@@ -30,6 +30,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from coserve.bench.script_run import run_script  # noqa: E402
+from coserve.cli.common import at_least  # noqa: E402
+from coserve.config import load_library  # noqa: E402
+
 VARIANTS = ("with_router", "without_router")
 NODE_RAM = 2 * 2**30  # a host's RAM budget (the bundled library's own)
 
@@ -60,13 +64,15 @@ def child(variant: str, library_path: str | None) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--library", default=None, help="library file (default: the bundled one)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=at_least(1), default=3)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.library)))
         return
+    if args.library:  # a bad file is one line here, not a child's traceback inside the parent's
+        load_library(args.library)
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
         for variant in VARIANTS:  # alternating: the machine's load hits both alike
@@ -105,4 +111,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

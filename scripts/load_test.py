@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Offer a coserve server twice the load it can take and count how it answers.
 
-    scripts/load_test.py --url http://127.0.0.1:8000 [--factor 2] [--measure-s 2] [--duration-s 5]
+    .venv/bin/python scripts/load_test.py --url http://127.0.0.1:8000 [--factor 2] [--measure-s 2] [--duration-s 5]
 
 First the capacity: sequential chat requests for ``--measure-s`` seconds (requests/s). Then an
 open loop at ``--factor`` times that rate for ``--duration-s`` seconds (at most ``--max-requests``).
 Every answer must be 200, or 429/503 with a Retry-After header; anything else, a connection error
-or a time-out is a failure. Prints the figures, and a last line of JSON; exits 1 on any failure.
+or a time-out is a failure. Prints the figures, and a last line of JSON; exits 1 on any failure,
+2 (one line) when the capacity run cannot reach the server or gets anything but a 200.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -23,16 +26,37 @@ import httpx
 PROMPT = "write a python function that reverses a string"
 
 
+class Unreachable(Exception):
+    """The capacity run got no 200 from the server: nothing to measure the load against."""
+
+
+def positive(number: type[int] | type[float]) -> Callable[[str], float]:
+    """A flag's type: a finite ``number`` above 0 (this client needs only httpx, not coserve's helpers)."""
+
+    def parse(text: str) -> float:
+        value = number(text)
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+        return value
+
+    parse.__name__ = number.__name__  # argparse's "invalid int value: 'x'"
+    return parse
+
+
 def body(max_tokens: int) -> dict[str, Any]:
     return {"model": "coserve", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens}
 
 
 async def capacity(client: httpx.AsyncClient, url: str, seconds: float, max_tokens: int) -> float:
-    """Sequential requests per second over ``seconds`` (at most 10000 requests)."""
+    """Sequential requests per second over ``seconds`` (at least 1, at most 10000 requests)."""
     done, start = 0, time.monotonic()
-    while time.monotonic() - start < seconds and done < 10000:
-        response = await client.post(url, json=body(max_tokens))
-        response.raise_for_status()
+    while done == 0 or (time.monotonic() - start < seconds and done < 10000):
+        try:
+            response = await client.post(url, json=body(max_tokens))
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"cannot reach {url} ({type(exc).__name__}: {exc or 'no detail'})") from None
+        if response.status_code != 200:
+            raise Unreachable(f"{url} answered {response.status_code}: {response.text[:200]}")
         done += 1
     return done / (time.monotonic() - start)
 
@@ -97,14 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
     parser.add_argument("--key", help="API key, if the server needs one")
-    parser.add_argument("--factor", type=float, default=2.0, help="offered load / measured capacity")
-    parser.add_argument("--measure-s", type=float, default=2.0, help="seconds of sequential requests")
-    parser.add_argument("--duration-s", type=float, default=5.0, help="seconds of offered load")
-    parser.add_argument("--max-requests", type=int, default=2000, help="cap on the requests offered")
-    parser.add_argument("--max-tokens", type=int, default=8)
-    parser.add_argument("--timeout-s", type=float, default=60.0, help="per-request time-out")
+    parser.add_argument("--factor", type=positive(float), default=2.0, help="offered load / measured capacity")
+    parser.add_argument("--measure-s", type=positive(float), default=2.0, help="seconds of sequential requests")
+    parser.add_argument("--duration-s", type=positive(float), default=5.0, help="seconds of offered load")
+    parser.add_argument("--max-requests", type=positive(int), default=2000, help="cap on the requests offered")
+    parser.add_argument("--max-tokens", type=positive(int), default=8)
+    parser.add_argument("--timeout-s", type=positive(float), default=60.0, help="per-request time-out")
     args = parser.parse_args(argv)
-    result = asyncio.run(run(args))
+    try:
+        result = asyncio.run(run(args))
+    except Unreachable as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     print(
         f"sent {result['sent']}, admitted {result['admitted']}, rejected {result['rejected']} (429/503), "
         f"failed {result['failed']} (timeouts {result['timeouts']}, connection errors "

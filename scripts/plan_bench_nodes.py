@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from coserve.bench.cluster_report import node_budget  # noqa: E402
 from coserve.bench.provenance import write_data  # noqa: E402
+from coserve.bench.script_run import run_script  # noqa: E402
+from coserve.cli.common import at_least  # noqa: E402
 from coserve.distributed.cluster import Cluster, Footprint  # noqa: E402
 from coserve.distributed.inputs import plan_inputs  # noqa: E402
 from coserve.distributed.placement import load_factors, memory_used  # noqa: E402
@@ -89,7 +91,9 @@ def describe(hosted: dict[str, bool]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experts-data", default=str(ROOT / "docs" / "data" / "bench-experts-5596d54.json"))
-    parser.add_argument("--max-tokens", type=int, default=24, help="tokens a request decodes (the bench's default)")
+    parser.add_argument(
+        "--max-tokens", type=at_least(1), default=24, help="tokens a request decodes (the bench's default)"
+    )
     parser.add_argument("--json", default=str(ROOT / "docs" / "data" / "plan-bench-nodes.json"))
     args = parser.parse_args()
     from coserve.backends.registry import check_library
@@ -190,4 +194,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from coserve.bench.provenance import write_data  # noqa: E402
+from coserve.cli.common import at_least  # noqa: E402
 from coserve.distributed.candidates import EXACT_PAIRS  # noqa: E402
 from coserve.distributed.cluster import Cluster, Footprint  # noqa: E402
 from coserve.distributed.planner import MIP_GAP, plan  # noqa: E402
@@ -58,7 +59,7 @@ def instance(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument(
         "--note",
         default="machine state not stated",
@@ -67,6 +68,8 @@ def main() -> int:
     parser.add_argument("--time-limit", type=float, default=20.0, help="HiGHS seconds per solve")
     parser.add_argument("--json", default=str(ROOT / "docs" / "data" / "plan-scale.json"))
     args = parser.parse_args()
+    if not args.time_limit > 0:  # a pydantic traceback at the first instance
+        parser.error(f"argument --time-limit: {args.time_limit:g} is not a number of seconds above 0")
     runs: dict[tuple[int, int], list[dict[str, float | bool | int]]] = {size: [] for size in SIZES}
     for _ in range(args.repeats):
         for experts, nodes in SIZES:

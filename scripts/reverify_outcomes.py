@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from coserve.bench.script_run import run_script
 from coserve.jsonl import read_rows
 from coserve.outcomes.reverify import reverify_row
 
@@ -33,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=0.5)
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # one mode, in this process
     args = parser.parse_args()
+    if args.n < 1 or args.every < 0:
+        parser.error("--n must be 1 or more and --every 0 or more")
     if args.mode:
         print(json.dumps(_run(args.mode, args.expert, args.n, args.every)))
         return

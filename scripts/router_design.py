@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from coserve.bench.provenance import write_data
+from coserve.bench.script_run import run_script
 from coserve.eval.data import OutcomeSet, embed_cached, grouped_folds, load_costs, load_outcomes
 from coserve.eval.metrics import normalised_auc, quality_at_budget
 from coserve.eval.sweeps import HYBRID_CLASSIFIER, LAMBDAS, Axis, Fold, FoldModels, hybrid_scores
@@ -433,4 +434,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

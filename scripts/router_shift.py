@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from coserve.bench.provenance import write_data
+from coserve.bench.script_run import run_script
 from coserve.eval import shift
 from coserve.eval.data import grouped_folds
 from coserve.eval.sweeps import HYBRID_CLASSIFIER, FoldModels
@@ -498,4 +499,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

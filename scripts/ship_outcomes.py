@@ -8,10 +8,12 @@ sorted by id so the file diffs cleanly. Items read back from the suites' package
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
-import sys
 from pathlib import Path
+
+from coserve.bench.script_run import run_script
 
 
 def _key(row: dict) -> tuple[str, int]:
@@ -20,7 +22,11 @@ def _key(row: dict) -> tuple[str, int]:
 
 
 def main() -> None:
-    source, target = Path(sys.argv[1]), Path(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a `coserve outcomes` file")
+    parser.add_argument("target", type=Path, help="the trimmed file to write")
+    args = parser.parse_args()
+    source, target = args.run, args.target
     rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
     kept = [{"id": r["id"], "category": r["category"], "scores": r["scores"]} for r in rows if r.get("scores")]
     kept.sort(key=_key)
@@ -29,4 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

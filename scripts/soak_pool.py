@@ -18,7 +18,9 @@ import statistics
 import time
 from pathlib import Path
 
-from coserve.backends.registry import check_library, get_backend
+from coserve.backends.registry import backend_entry, check_library, get_backend
+from coserve.bench.script_run import run_script
+from coserve.cli.common import at_least
 from coserve.config import load_library
 from coserve.engine.pool import ExpertPool
 from coserve.types import Chunk, Message, Sampling
@@ -89,11 +91,16 @@ def _ignore(chunk: Chunk) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=500)
+    parser.add_argument("--cycles", type=at_least(1), default=500)
     parser.add_argument("--expert", default="general")
     parser.add_argument("--backend", help="default: the expert's backend in the library")
     parser.add_argument("--json")
     args = parser.parse_args()
+    names = load_library().expert_names
+    if args.expert not in names:
+        parser.error(f"--expert {args.expert}: not an expert of the default library ({', '.join(names)})")
+    if args.backend is not None:
+        backend_entry(args.backend)
     result = asyncio.run(soak(args.cycles, args.expert, args.backend))
     print(json.dumps(result, indent=2))
     if args.json:
@@ -101,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

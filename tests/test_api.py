@@ -101,6 +101,18 @@ def test_experts_json_for_experts_without_source(
     rows = json.loads(capsys.readouterr().out)["experts"]
     assert [row["name"] for row in rows] == ["small", "coder", "big"]
     assert all(row["source"] == "-" for row in rows)
+    assert all(row["bytes"] is None for row in rows)  # no file, not a file of 0 bytes
+
+
+def test_experts_table_says_which_experts_have_no_file_or_miss_it(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Session 12's walk: an expert whose backend takes no model file showed "0 MiB".
+    path = write_library(tmp_path, fields={"big": {"source": "w/missing.bin"}})
+    assert main(["experts", "--library", str(path)]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert rows["small"] == ["small", "fake", "0.10B", "no", "file", "-", "2048", "disk", "chat", "-"]
+    assert rows["big"] == ["big", "fake", "1.50B", "missing", "-", "8192", "missing", "math", "w/missing.bin"]
 
 
 def test_route_json(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -182,6 +182,21 @@ def test_cascade_library_refuses_a_library_the_server_would_refuse(tmp_path: Pat
         assert not out.exists()  # nothing left that would stop the server's start
 
 
+def test_cascade_library_leaves_no_library_when_its_plan_or_out_cannot_be_read(tmp_path: Path) -> None:
+    # Session 13's walk of scripts/: a missing --plan file left the library written without its plan
+    # (after a traceback), and an --out in a missing folder was a FileNotFoundError traceback.
+    check = write_check(tmp_path / "check.json", dict.fromkeys(PARAMS, 0.0))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for out, extra, message in (
+        (tmp_path / "cascade.yaml", ["--plan", str(tmp_path / "none.jsonl")], f"{tmp_path}/none.jsonl"),
+        (tmp_path / "nodir" / "cascade.yaml", [], f"{tmp_path}/nodir/cascade.yaml: No such file or directory"),
+    ):
+        argv = [sys.executable, "scripts/cascade_library.py", "--check", str(check), *extra, "--out", str(out)]
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1 and not out.exists()
+
+
 def test_cascade_measure_refuses_a_missing_heldout_file_and_writes_nothing(tmp_path: Path) -> None:
     # It was a ConfigError traceback, after NAME-check.json had already been written.
     train = tmp_path / "train.jsonl"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,26 @@ def test_a_decision_log_that_cannot_be_opened_stops_serve_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith(f"coserve: error: {library}: server.log.path: cannot open the decision log at {db} (")
     assert err.count("\n") == 1
+
+
+def test_a_port_in_use_stops_serve_before_it_says_it_serves(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Session 12's walk: "serving on http://..." was printed, then uvicorn's bind error (exit 3).
+    library = write_library(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as info:
+            main(["serve", "--library", str(library), "--port", str(port)])
+    assert info.value.code == 3  # uvicorn's startup failure, as before
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"coserve: library {library.resolve()} — experts small, coder, big"]
+    assert f"error while attempting to bind on address ('127.0.0.1', {port}): address already in use" in err
+
+
+def test_serve_says_it_serves_once_it_listens(tmp_path: Path) -> None:
+    from live import LiveServer
+
+    with LiveServer(tmp_path) as live:
+        said = [line for line in live.output().splitlines() if "serving on" in line]
+    assert said == [f"coserve: serving on {live.url}/v1 (model 'coserve' routes)"]

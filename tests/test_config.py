@@ -143,6 +143,28 @@ def test_duplicate_expert_names(tmp_path: Path) -> None:
     assert "duplicate" in message
 
 
+@pytest.mark.parametrize(
+    ("fields", "categories", "message"),
+    [
+        ({"name": "my coder"}, {}, "experts[0].name: 'my coder' is not a valid expert name: "),
+        (
+            {},
+            {"chat room": {"description": "x", "examples": ["a", "b"]}},
+            "categories: 'chat room' is not a valid category name: ",
+        ),
+    ],
+)
+def test_a_bad_expert_or_category_name_says_the_rule_in_words(
+    tmp_path: Path, fields: dict[str, str], categories: dict[str, object], message: str
+) -> None:
+    data = library_data()
+    data["experts"][0].update(fields)
+    data["categories"].update(categories)
+    rule = "use 1 to 64 ASCII letters, digits, '_', '.', ':' or '-', the first a letter or digit"
+    path = _write_raw(tmp_path, data)
+    assert _config_error(path) == f"{path}: {message}{rule}"
+
+
 def test_reserved_expert_name(tmp_path: Path) -> None:
     data = library_data()
     data["experts"][0]["name"] = "coserve"

@@ -133,3 +133,24 @@ def test_embedding_cache_round_trip(tmp_path: Path) -> None:
     first = embed_cached(prompts, HashingEmbedder(), tmp_path)
     assert len(list((tmp_path / "embeddings").glob("*.npy"))) == 1
     np.testing.assert_array_equal(embed_cached(prompts, HashingEmbedder(), tmp_path), first)
+
+
+def test_a_refusal_counts_then_lists_one_bad_row_a_line_up_to_the_cap(tmp_path: Path) -> None:
+    # Session 12's walk: the 20 listed rows were joined with "; " into one long line.
+    path = write_lines(tmp_path / "d.jsonl", [json.dumps(good(i, scores={"a": 2.0, "b": 1.0})) for i in range(25)])
+    with pytest.raises(ConfigError) as info:
+        load_outcomes(path, experts=["a", "b"])
+    lines = info.value.message.splitlines()
+    assert lines[0] == f"25 bad rows in {path}:"
+    reason = "score of 'a' out of [0, 1]: 2.0"
+    assert lines[1:21] == [f"  {path}:{i + 1}: r{i}: {reason}" for i in range(20)]
+    assert lines[21:] == ["  ... and 5 more", "drop them with on_bad='skip' (on the command line: --on-bad skip)"]
+
+
+def test_one_bad_score_of_an_added_expert_is_one_row_a_line(tmp_path: Path) -> None:
+    from coserve.eval.data import load_expert_scores
+
+    path = write_lines(tmp_path / "d.jsonl", [json.dumps(good(0)), json.dumps(good(1, scores={"b": 0.2}))])
+    with pytest.raises(ConfigError) as info:
+        load_expert_scores(path, "a")
+    assert info.value.message == f"1 bad row in {path}:\n  {path}:2: r1: no valid score of 'a' in [0, 1]"

@@ -81,6 +81,29 @@ def test_cluster_file_errors_name_the_key(tmp_path: Path, text: str, message: st
     assert message.replace("Value error, ", "") in caught.value.message
 
 
+RULE = "use 1 to 64 ASCII letters, digits, '_', '.', ':' or '-', the first a letter or digit"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Session 12's walk: the error quoted the regex, "String should match pattern '^[A-Za-z0-9]...$'".
+        ("nodes:\n  - {name: 'node a', ram: 1GiB}\n", f"nodes[0].name: 'node a' is not a valid node name: {RULE}"),
+        ("nodes:\n  - {name: '-a', ram: 1GiB}\n", f"nodes[0].name: '-a' is not a valid node name: {RULE}"),
+        (
+            "nodes:\n  - {name: a, ram: 1GiB}\nexperts:\n  'x y': {ram: 1GiB}\n",
+            f"experts.x y: 'x y' is not a valid expert name: {RULE}",
+        ),
+    ],
+)
+def test_a_bad_name_is_refused_with_the_rule_in_words(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_cluster(path)
+    assert caught.value.message == f"{path}: {message}"
+
+
 def test_missing_cluster_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cluster file not found"):
         load_cluster(tmp_path / "nope.yaml")

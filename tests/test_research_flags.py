@@ -125,3 +125,38 @@ def test_an_expert_without_costs_is_refused_before_anything_is_embedded(
         )
     assert not (cache / "embeddings").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "experts.json", "outcomes.jsonl", "two.json"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (b'{"id": "mmlu-1"}\nnot json\n', "2: malformed JSON: Expecting value"),
+        (b'{"id": "mmlu-1"}\n{"scores": {}}\n', "2: a line must be an object with a string id"),
+        (b'{"id": "mmlu-1"}\n\xff\xfe\n', " is not UTF-8 text (invalid start byte at byte 17)"),  # was a traceback
+    ],
+)
+def test_a_malformed_exclude_file_is_not_offered_a_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: bytes, problem: str
+) -> None:
+    # The resume reader's advice, "fix or move the file to resume", was shown for an --exclude file too.
+    held = tmp_path / "train.jsonl"
+    held.write_bytes(text)
+    out = tmp_path / "heldout.jsonl"
+    argv = ["outcomes", "--suite", "mmlu", "--limit", "1", "--exclude", str(held), "--out", str(out)]
+    assert main(argv) == 2
+    where = f"{held}:" if problem[0].isdigit() else str(held)
+    assert capsys.readouterr().err == (
+        f"coserve: error: --exclude {where}{problem}; fix the file: its ids are the items this run leaves out\n"
+    )
+    assert held.read_bytes() == text and not out.exists()
+
+
+def test_a_malformed_out_file_is_fixed_or_moved_to_resume(tmp_path: Path) -> None:
+    from coserve.errors import ConfigError
+    from coserve.outcomes.runner import done_ids
+
+    out = tmp_path / "heldout.jsonl"
+    out.write_text('{"id": "mmlu-1"}\nnot json\n')
+    with pytest.raises(ConfigError) as caught:
+        done_ids(out)
+    assert caught.value.message == f"{out}:2: malformed JSON: Expecting value; fix or move the file to resume"

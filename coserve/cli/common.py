@@ -22,6 +22,7 @@ __all__ = [
     "add_library_arg",
     "at_least",
     "check_outputs",
+    "comma_numbers",
     "load_engine",
     "load_served_library",
     "seconds",
@@ -74,6 +75,19 @@ def share(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
     return value
+
+
+def comma_numbers(number: type[int] | type[float], example: str) -> Callable[[str], list[float]]:
+    """A list flag's type: comma-separated ``number``s (``--seeds 0,1,2``), refused by argparse with
+    an ``example`` of the form."""
+
+    def parse(text: str) -> list[float]:
+        try:
+            return [number(part) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated numbers ({example})") from None
+
+    return parse
 
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")

@@ -32,7 +32,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     base = library.path.parent if library.path else None
     rows: list[dict[str, Any]] = []
     for spec in library.experts:
-        size = source_size(spec, base)
+        size = source_size(spec, base) if spec.parts else None  # None: no file (the backend takes none) or missing
         loaded = None
         if size is not None and is_assembled(spec, base):  # listing never assembles
             try:  # what the ACTIVE budget counts for it: weights + KV cache + runtime buffers
@@ -56,7 +56,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
                 "capabilities": sorted(capabilities(spec)),  # measured by the library check
                 "bytes": size,
                 "loaded_bytes": loaded,
-                "tier": "disk" if size is not None else "missing",
+                "tier": "missing" if spec.parts and size is None else "disk",
                 "source": location,
                 "categories": [c for c, e in library.router.map.items() if e == spec.name],
             }
@@ -70,7 +70,10 @@ def cmd_experts(args: argparse.Namespace) -> int:
         f"{'categories':<24} source"
     )
     for r in rows:
-        size_text = f"{r['bytes'] / 2**20:.0f} MiB" if r["bytes"] is not None else "-"
+        if r["bytes"] is None:  # a file that is not there, or a backend that takes none (fake, openai)
+            size_text = "missing" if r["tier"] == "missing" else "no file"
+        else:
+            size_text = f"{r['bytes'] / 2**20:.0f} MiB"
         loaded_text = f"{r['loaded_bytes'] / 2**20:.0f} MiB" if r["loaded_bytes"] is not None else "-"
         print(
             f"{r['name']:<10} {r['backend']:<14} {r['params_b']:>6.2f}B {size_text:>9} {loaded_text:>9} "

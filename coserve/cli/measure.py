@@ -24,7 +24,10 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
     for path in args.exclude or []:
         if not Path(path).is_file():  # a mistyped held-out file would let its items in again, silently
             raise ConfigError(f"--exclude {path}: no such outcome file")
-        exclude |= done_ids(Path(path), repair=False)  # another run may still be writing it
+        try:
+            exclude |= done_ids(Path(path), repair=False)  # another run may still be writing it
+        except ConfigError as exc:
+            raise ConfigError(f"--exclude {exc.message}") from None
     work = [
         (suite, item) for suite in map(make_suite, names) for item in suite.load(args.limit, args.seed, exclude=exclude)
     ]

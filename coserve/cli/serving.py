@@ -36,6 +36,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(engine)
 
     class DrainingServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)  # a socket that cannot be bound ends here: uvicorn's error, exit 3
+            if self.started:
+                print(
+                    f"coserve: serving on http://{args.host}:{args.port}/v1 (model '{ROUTED_MODEL}' routes)", flush=True
+                )
+
         async def shutdown(self, sockets: Any = None) -> None:
             app.state.admission.draining = True  # from the signal on, new requests get 503
             await super().shutdown(sockets)
@@ -50,7 +57,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"coserve: library {engine.library.path} — experts {', '.join(engine.library.expert_names)}", flush=True)
     for name, problem in engine.unavailable.items():
         print(f"coserve: warning: expert {name} cannot load ({problem}); its requests fall back", file=sys.stderr)
-    print(f"coserve: serving on http://{args.host}:{args.port}/v1 (model '{ROUTED_MODEL}' routes)", flush=True)
     # uvicorn re-raises the signal that stopped it once it has drained; a SIGTERM that led to a
     # clean drain is a normal end here (exit 0), so the re-raised one is ignored.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)

@@ -13,14 +13,13 @@ This module knows nothing about Ray, the engine or how footprints are measured.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coserve.config import parse_bytes, read_yaml, validation_error
+from coserve.config import check_name, parse_bytes, read_yaml, validation_error
 from coserve.errors import ConfigError
 
 __all__ = ["Cluster", "ExpertFootprint", "Footprint", "NodeSpec", "PlannerSettings", "load_cluster"]
@@ -48,11 +47,16 @@ def _size(value: Any) -> int:
 class NodeSpec(_Strict):
     """One node experts can be placed on."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    name: str
     ram: int  # bytes of host memory coserve may fill with experts
     accelerator: int = 0  # bytes of accelerator (GPU) memory coserve may fill; 0: none
     speed: float = Field(1.0, gt=0)  # relative compute speed: a request takes 1/speed the seconds of 1.0
     labels: dict[str, str] = Field(default_factory=dict)  # free-form (zone, instance type...)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return check_name(value, "node")
 
     @field_validator("ram", "accelerator", mode="before")
     @classmethod
@@ -117,8 +121,10 @@ class Cluster(_Strict):
                 raise ValueError(f"nodes[{i}].name: duplicate node name {node.name!r}")
             seen.add(node.name)
         for name in self.experts:
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", name):
-                raise ValueError(f"experts.{name}: not an expert name")
+            try:
+                check_name(name, "expert")
+            except ValueError as exc:
+                raise ValueError(f"experts.{name}: {exc}") from None
         return self
 
 

@@ -3,14 +3,16 @@
 
 A local cluster (no address) is started with every node's ``coserve-node-<node>`` resource on this
 one machine; a cluster at an address must already have a Ray node carrying each such resource, and
-a missing one is a clear error with the ``ray start`` line that adds it. This module knows nothing
-about the deployments themselves (coserve.distributed.ray_app).
+a missing one is a clear error with the ``ray start`` line that adds it. The address's port is tried
+for a few seconds before ``ray.init``, whose own retries on a port where nothing listens have no end.
+This module knows nothing about the deployments themselves (coserve.distributed.ray_app).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +25,7 @@ from coserve.errors import ConfigError
 __all__ = [
     "APP_NAME",
     "connect_error",
+    "head_endpoint",
     "host_units_short",
     "missing_nodes",
     "ray_config",
@@ -32,6 +35,9 @@ __all__ = [
 
 APP_NAME = "coserve"
 RAY_AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch for token authentication ("token" or "disabled")
+RAY_CLIENT_PORT = 10001  # Ray Client's port when a ray:// address names none
+CONNECT_TIMEOUT_S = 5.0  # how long the address's port may take to accept a connection before ray.init
+_ADDRESS_HINT = " (is `ray start --head` running there, and is ADDRESS its GCS address, HOST:PORT?)"
 
 
 def wanted_nodes(args: AppArgs) -> list[str]:
@@ -65,8 +71,46 @@ def connect_error(address: str, reason: BaseException, env: Mapping[str, str], t
             f" {RAY_AUTH_MODE}=disabled)"
         )
     else:
-        message += " (is `ray start --head` running there, and is ADDRESS its GCS address, HOST:PORT?)"
+        message += _ADDRESS_HINT
     return ConfigError(message)
+
+
+def head_endpoint(address: str) -> tuple[str, int] | None:
+    """The host and port ``ray.init(address)`` connects to: the head's GCS for ``HOST:PORT``, Ray
+    Client for ``ray://HOST[:PORT]``; None for ``auto`` (Ray finds the address on this machine)."""
+    if address == "auto":
+        return None
+    rest = address.removeprefix("ray://")
+    host, _, port_text = rest.rpartition(":")
+    if address.startswith("ray://") and not port_text.isdigit():
+        host, port_text = rest, str(RAY_CLIENT_PORT)
+    host = host.removeprefix("[").removesuffix("]")  # an IPv6 address: [::1]:6379
+    if not host or "/" in host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(
+            f"the Ray address {address!r} is not HOST:PORT (the head's GCS address; port 6379 by default), "
+            "ray://HOST[:PORT] or auto"
+        )
+    return host, int(port_text)
+
+
+def _unreachable(address: str) -> ConfigError | None:
+    """The error for an address whose port accepts no connection within CONNECT_TIMEOUT_S."""
+    endpoint = head_endpoint(address)
+    if endpoint is None:
+        return None
+    host, port = endpoint
+    try:
+        socket.create_connection(endpoint, timeout=CONNECT_TIMEOUT_S).close()
+    except TimeoutError:
+        reason = f"no answer within {CONNECT_TIMEOUT_S:g} s"
+    except OSError as exc:  # refused, no route, a name that does not resolve
+        reason = exc.strerror or str(exc)
+    else:
+        return None
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return ConfigError(
+        f"cannot join the Ray cluster at {address}: nothing answers at {where} ({reason})" + _ADDRESS_HINT
+    )
 
 
 def ray_config(args: AppArgs, host: str, port: int) -> dict[str, Any]:
@@ -107,6 +151,9 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> No
             include_dashboard=False,
         )
     else:
+        unreachable = _unreachable(address)
+        if unreachable is not None:  # ray.init would retry with no end of its own
+            raise unreachable
         try:
             ray.init(address=address)
         except ConnectionError as exc:  # Ray's own, for a cluster it cannot reach or is refused by

@@ -54,6 +54,15 @@ class Problem:
         return f"{self.file}:{self.line}: {self.id or '?'}: {self.reason}"
 
 
+def _bad_rows_error(path: Path, problems: list[Problem], way_out: str = "") -> ConfigError:
+    """The refusal of a file's bad rows: their count, then one a line (at most MAX_LISTED), then ``way_out``."""
+    lines = [f"{len(problems)} bad row{'s' if len(problems) != 1 else ''} in {path}:"]
+    lines += [f"  {problem}" for problem in problems[:MAX_LISTED]]
+    if len(problems) > MAX_LISTED:
+        lines.append(f"  ... and {len(problems) - MAX_LISTED} more")
+    return ConfigError("\n".join(lines + ([way_out] if way_out else [])))
+
+
 @dataclass(frozen=True)
 class OutcomeSet:
     """Prompts, their categories, and each expert's score on each prompt."""
@@ -219,12 +228,7 @@ def load_outcomes(
         cats.append(obj["category"])
         scores.append([float(obj["scores"][e]) for e in experts])
     if problems and on_bad == "refuse":
-        listed = "; ".join(str(p) for p in problems[:MAX_LISTED])
-        more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
-        raise ConfigError(
-            f"{len(problems)} bad rows in {path}: {listed}{more}; "
-            "drop them with on_bad='skip' (on the command line: --on-bad skip)"
-        )
+        raise _bad_rows_error(path, problems, "drop them with on_bad='skip' (on the command line: --on-bad skip)")
     if not ids:
         raise ConfigError(f"{path}: no usable rows")
     matrix = np.asarray(scores, dtype=np.float32).reshape(len(ids), len(experts))
@@ -256,8 +260,7 @@ def load_expert_scores(path: str | Path, expert: str) -> dict[str, float]:
     if not found and named and expert not in named:
         raise ConfigError(f"{path}: no row scores {expert!r}; the file scores {sorted(named)}")
     if problems:
-        listed = "; ".join(str(p) for p in problems[:MAX_LISTED])
-        raise ConfigError(f"{len(problems)} bad rows in {path}: {listed}")
+        raise _bad_rows_error(path, problems)
     return found
 
 

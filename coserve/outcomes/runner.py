@@ -69,7 +69,9 @@ class RunSummary:
 
 def done_ids(out: Path, repair: bool = True) -> set[str]:
     """Ids already in ``out``; a partial last line (a run killed mid-write) is cut off the file, or with
-    ``repair`` False (a file only read: ``--exclude``) only left out."""
+    ``repair`` False (a file only read: ``--exclude``) only left out. A malformed file is a ConfigError
+    whose advice fits the file's role: a run's output is resumed, an excluded file is not."""
+    advice = "fix or move the file to resume" if repair else "fix the file: its ids are the items this run leaves out"
     if not out.exists():
         return set()
     data = out.read_bytes()
@@ -79,12 +81,16 @@ def done_ids(out: Path, repair: bool = True) -> set[str]:
             with out.open("r+b") as handle:
                 handle.truncate(cut)
         data = data[:cut]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{out} is not UTF-8 text ({exc.reason} at byte {exc.start}); {advice}") from None
     ids: set[str] = set()
-    for number, obj in parse_lines(data.decode("utf-8").splitlines()):
+    for number, obj in parse_lines(text.splitlines()):
         if isinstance(obj, str):
-            raise ConfigError(f"{out}:{number}: {obj}; fix or move the file to resume")
+            raise ConfigError(f"{out}:{number}: {obj}; {advice}")
         if not isinstance(obj.get("id"), str):
-            raise ConfigError(f"{out}:{number}: a line must be an object with a string id; fix or move the file")
+            raise ConfigError(f"{out}:{number}: a line must be an object with a string id; {advice}")
         ids.add(obj["id"])
     return ids
 
