@@ -153,6 +153,11 @@ class OnlineSettings(BaseModel):
     # (running: a self-starting CUSUM, coserve.router.drift_reference; the router's selection bias is no change)
     change_reference: Literal["zero", "running"] = "zero"
     change_reference_memory: float = Field(1000.0, ge=1)
+    # session 13, branch calib13 (docs/adapt.md): the detector reads each residual less its (category, expert)
+    # cell's bias, learnt out of fold on the prior outcomes (cell), or less its share still unlearnt by the cell
+    # (fading); shrunk toward the expert's pooled bias with this many pseudo-counts (coserve.router.drift_calibration)
+    change_calibration: Literal["none", "cell", "fading"] = "none"
+    change_calibration_shrink: float = Field(50.0, gt=0)
 
     @model_validator(mode="after")
     def _neighbours_need_prompts(self) -> OnlineSettings:
@@ -161,5 +166,10 @@ class OnlineSettings(BaseModel):
         if self.change_model == "proportional" and self.change_baseline != "posterior":
             raise ValueError(
                 "change_model proportional weighs residuals against the posterior: change_baseline posterior"
+            )
+        if self.change_calibration != "none" and (self.granularity != "prompt" or self.change_baseline != "posterior"):
+            raise ValueError(
+                "change_calibration corrects per-prompt estimates against the posterior: it needs granularity prompt"
+                " and change_baseline posterior"
             )
         return self
