@@ -52,6 +52,7 @@ __all__ = [
     "fit_stream",
     "lagrangian_mix",
     "plot_adapt",
+    "prior_calibration",
     "replay_adapt",
     "run_adapt",
     "split_by_prompt",
@@ -204,7 +205,7 @@ def replay_adapt(
 
     router = OnlineRouter.from_settings(offline, cost, options.target, options.online(), seed=options.seed)
     if options.change_calibration != "none" and prior_fit is not None:
-        router.calibration = _calibration(prior_fit, cost, K, options)
+        router.calibration = prior_calibration(prior_fit, cost, options, K, offline)
     chosen = np.zeros(n, dtype=np.int64)
     explored = np.zeros(n, dtype=bool)
     at_zero = np.zeros(n, dtype=bool)  # the weight at 0 (or below): the router spends all that buys quality
@@ -269,12 +270,16 @@ def replay_adapt(
     }
 
 
-def _calibration(prior_fit: PriorFit, cost: np.ndarray, categories: int, options: AdaptOptions) -> CellCalibration:
-    """The detector's cell offsets for this budget, from the prior's out-of-fold predictions (drift_calibration)."""
+def prior_calibration(
+    prior_fit: PriorFit, cost: np.ndarray, options: AdaptOptions, categories: int, offline: np.ndarray | None = None
+) -> CellCalibration:
+    """The detector's cell offsets for this budget, from the prior's out-of-fold predictions (drift_calibration);
+    with ``offline`` [K, E] as the detector reads residuals, without it in prediction units (routing's)."""
     chosen = picks(prior_fit.predicted, cost, options.target, options.weight_floor)
     offsets = cell_offsets(
-        prior_fit.truth, prior_fit.predicted, prior_fit.category, chosen, categories, options.change_calibration_shrink
-    )
+        prior_fit.truth, prior_fit.predicted, prior_fit.category, chosen, categories,
+        options.change_calibration_shrink, offline,
+    )  # fmt: skip
     return CellCalibration(offsets.offset, fading=options.change_calibration == "fading")
 
 

@@ -11,9 +11,10 @@ stream starts, from the prior outcomes, out of fold, and stays fixed: the live s
   feed-forward part's bisection, ``drift.weight_for_mix``, down to the two-sided floor). Why several: the
   live weight moves with the category mix of each phase, so the prompts an expert gets do too; pooling the
   choices at 0.8, 1 and 1.25 times the target covers cheaper and dearer maps than the prior's own mix needs.
-* ``cell_offsets``: per cell, the mean of (true score - prediction) over the prompts picked for that
-  expert (each spend level's pick weighs 1 / levels, so counts are in prompts), shrunk toward the expert's
-  pooled mean with ``shrink`` pseudo-counts, the pooled mean itself shrunk toward 0 with as many:
+* ``cell_offsets``: per cell, the mean of (true score - prediction), as the detector reads it (the cell's
+  clipped view of the score, ``cell_offsets``' docstring), over the prompts picked for that expert (each
+  spend level's pick weighs 1 / levels, so counts are in prompts), shrunk toward the expert's pooled mean
+  with ``shrink`` pseudo-counts, the pooled mean itself shrunk toward 0 with as many:
   ``pooled[e] = sum_e / (n_e + shrink)``, ``offset[k, e] = (sum_ke + shrink pooled[e]) / (n_ke + shrink)``.
 * ``CellCalibration``: a router's offsets. The detector reads ``r - offset[k, e]`` (``cell``), or
   (``fading``) ``r - u[k, e] offset[k, e]``, ``u`` the share of the cell's pseudo-counts still from the
@@ -67,18 +68,25 @@ class CellOffsets:
 
 def cell_offsets(
     truth: np.ndarray, predicted: np.ndarray, category: np.ndarray, chosen: list[np.ndarray], categories: int,
-    shrink: float,
+    shrink: float, offline: np.ndarray | None = None,
 ) -> CellOffsets:  # fmt: skip
     """Each cell's offset (module docstring) from ``truth`` [n, E] (NaN: not measured, left out), the
-    out-of-fold ``predicted`` [n, E], each prompt's ``category`` index and ``chosen``'s picks per level."""
+    out-of-fold ``predicted`` [n, E], each prompt's ``category`` index and ``chosen``'s picks per level.
+    With ``offline`` (the table ``S`` [K, E] the posteriors start from) a residual is the one the detector
+    reads at the start, ``clip(truth - predicted + S, 0, 1) - S`` (a cell learns the score less the
+    prompt's offset from its category, clipped to [0, 1]); without it, ``truth - predicted``."""
     if not shrink > 0:
         raise ValueError("shrink must be > 0 (pseudo-counts toward the expert's pooled mean)")
     truth, predicted = np.asarray(truth, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
     experts = truth.shape[1]
     total, count = np.zeros((categories, experts)), np.zeros((categories, experts))
     rows = np.arange(len(truth))
+    table = None if offline is None else np.asarray(offline, dtype=np.float64)[np.asarray(category)]  # [n, E]
     for pick in chosen:
         residual = truth[rows, pick] - predicted[rows, pick]
+        if table is not None:
+            base = table[rows, pick]
+            residual = np.clip(residual + base, 0.0, 1.0) - base  # NaN stays NaN
         known = np.isfinite(residual)
         cells = (np.asarray(category)[known], np.asarray(pick)[known])
         np.add.at(total, cells, residual[known] / len(chosen))
