@@ -387,9 +387,9 @@ def main(argv: list[str]) -> int:
     # --stage levers and underspend run with the default per-prompt predictor's vectors (coserve train's, session 9)
     featured = args.stage in ("levers", "underspend", "s11", "knn", "s12", "s12b", "s13")
     every_run = args.stage in ("underspend", "s11", "knn", "s12", "s12b", "s13")
-    # (every_run: every setting on all 27 runs, the rule below); s13: the prior's out-of-fold predictions too
-    folds = CALIBRATION_FOLDS if args.stage == "s13" else 0
-    fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if featured else None, folds)
+    # (every_run: every setting on all 27 runs, the rule below); the tuning prior's out-of-fold predictions
+    # too, which the default change_calibration reads (session 13; without them residuals read uncalibrated)
+    fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if featured else None, CALIBRATION_FOLDS)
     results: list[dict[str, Any]] = []
     confirmed: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}  # --stage knn: the best setting with identical prompts left out

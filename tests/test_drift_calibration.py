@@ -4,6 +4,7 @@ exact values on tiny tables, worked out by hand in each test's comments."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 from test_online_serving import _engine
 from test_trained_routing import trained_dir  # noqa: F401  (a fixture)
 
-from coserve.bench.adapt import AdaptOptions, replay_adapt
+from coserve.bench.adapt import AdaptOptions
 from coserve.cli import main
 from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
@@ -105,28 +106,34 @@ def test_the_detector_reads_each_residual_less_its_cells_offset_and_the_posterio
     assert cell.posterior.mean() == pytest.approx(plain.posterior.mean())  # detection only: routing unchanged
 
 
-def test_settings_refuse_a_calibration_they_cannot_apply() -> None:
-    assert OnlineSettings().change_calibration == "none" and OnlineSettings().change_calibration_shrink == 50.0
-    assert OnlineSettings(change_calibration="fading", change_calibration_shrink=20).change_calibration == "fading"
+def test_settings_refuse_a_calibration_set_where_it_cannot_act_and_the_default_is_inert_there() -> None:
+    assert OnlineSettings().change_calibration == "fading" and OnlineSettings().change_calibration_shrink == 20.0
+    assert OnlineSettings().calibrates  # prompt mode, against the posterior, with a detector
+    for inert in ({"granularity": "category"}, {"change_baseline": "feedback"}, {"change_threshold": 0}):
+        assert not OnlineSettings(**inert).calibrates  # type: ignore[arg-type]
+    assert not OnlineSettings(change_calibration="none").calibrates
     for bad in (
         {"change_calibration": "cell", "granularity": "category"},
-        {"change_calibration": "cell", "change_baseline": "feedback"},
-        {"change_calibration": "cell", "change_calibration_shrink": 0},
+        {"change_calibration": "fading", "change_baseline": "feedback"},
+        {"change_calibration_shrink": 0},
         {"change_calibration": "pooled"},
     ):
         with pytest.raises(ValidationError):
             OnlineSettings(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="granularity prompt"):
         AdaptOptions(change_calibration="cell", granularity="category")
-    options = AdaptOptions(change_calibration="cell")
-    with pytest.raises(ConfigError, match="out-of-fold"):
-        replay_adapt(np.zeros((1, 2)), None, None, None, options, predicted=np.zeros((1, 2)))  # type: ignore[arg-type]
+    assert not AdaptOptions(granularity="category").online().calibrates  # the default, inert there
 
 
 @pytest.mark.usefixtures("trained_dir")
-def test_a_server_refuses_a_calibration_it_has_no_offsets_for(tmp_path: Path, cache: Path) -> None:
-    with pytest.raises(ConfigError, match="change_calibration: replay only"):
-        _engine(tmp_path, cache, online={"granularity": "prompt", "change_calibration": "cell"})
+def test_a_server_warns_that_it_reads_raw_residuals(
+    tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # no out-of-fold predictions beside a trained router yet: the server starts, says so, and does not calibrate
+    with caplog.at_level(logging.WARNING, logger="coserve.router"):
+        engine = _engine(tmp_path, cache, online={"granularity": "prompt"})
+    assert "change_calibration: not served yet" in caplog.text
+    assert engine.router.online is not None and engine.router.online.router.calibration is None
 
 
 def _repeated_outcomes(path: Path) -> None:
@@ -170,3 +177,18 @@ def test_the_cross_fit_predicts_each_prompt_without_its_fold_and_the_bench_repor
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["options"]["change_calibration"] == "cell"
     assert np.asarray(report["calibration_offsets"]).shape == (len(report["categories"]), 3)
+
+
+def test_a_prior_of_one_category_replays_uncalibrated_with_a_warning(
+    tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    prior, experts = tmp_path / "prior.jsonl", tmp_path / "experts.json"
+    with prior.open("w") as out:  # one category: no classifier, no cross-fit
+        for i in range(60):
+            out.write(json.dumps({"id": str(i), "prompt": f"sum {i}", "category": "math", "scores": {"a": 1.0}}) + "\n")
+    experts.write_text(json.dumps({"a": {"params_b": 1}}))
+    argv = ["bench", "adapt", "--prior", str(prior), "--experts", str(experts), "--budget-params", "1"]
+    with caplog.at_level(logging.WARNING, logger="coserve.bench.adapt"):
+        assert main([*argv, "--requests", "600", "--embedder", "hashing", "--json", str(tmp_path / "r.json")]) == 0
+    assert "residuals read uncalibrated" in caplog.text
+    assert "calibration_offsets" not in json.loads((tmp_path / "r.json").read_text())

@@ -139,8 +139,10 @@ class AdaptOptions:
     def online(self) -> OnlineSettings:
         """The online router's knobs as the server's ``router.online`` would carry them (every field of
         ``OnlineSettings`` these options name the same, ``window`` included; the rest at its defaults)."""
-        named = {name: getattr(self, name) for name in OnlineSettings.model_fields if hasattr(self, name)}
-        return OnlineSettings(**named)
+        fields = OnlineSettings.model_fields
+        named = {name: getattr(self, name) for name in fields if hasattr(self, name)}
+        # only what differs from router.online's defaults is set (a default calibration is inert where it cannot act)
+        return OnlineSettings(**{name: value for name, value in named.items() if value != fields[name].default})
 
 
 def _draw_stream(labels: np.ndarray, options: AdaptOptions, rng: np.random.Generator) -> tuple[np.ndarray, list]:
@@ -177,8 +179,9 @@ def replay_adapt(
     [items, dim] the predictor's vector of each item (needed with ``neighbours``); ``prior_fit`` the prior's
     out-of-fold predictions (needed with ``change_calibration``: ``fit_stream``'s ``folds``).
     """
-    if options.change_calibration != "none" and prior_fit is None:
-        raise ConfigError("change_calibration needs the prior's out-of-fold predictions (two categories or more)")
+    settings = options.online()
+    if settings.calibrates and prior_fit is None:  # a prior of one category: no cross-fit (fit_stream)
+        logger.warning("change_calibration: no out-of-fold predictions of the prior: residuals read uncalibrated")
     if options.neighbours is not None and vectors is None:
         raise ConfigError("neighbours need the stream's prompt vectors")
     if options.granularity == "prompt" and predicted is None:
@@ -203,8 +206,8 @@ def replay_adapt(
     truth[after, shocked] = np.clip(truth[after, shocked] - options.shock, 0.0, 1.0)
     static = lagrangian_mix(offline, category_means(truth, category, K), mix_of(category, K), cost, options.target)
 
-    router = OnlineRouter.from_settings(offline, cost, options.target, options.online(), seed=options.seed)
-    if options.change_calibration != "none" and prior_fit is not None:
+    router = OnlineRouter.from_settings(offline, cost, options.target, settings, seed=options.seed)
+    if settings.calibrates and prior_fit is not None:
         router.calibration = prior_calibration(prior_fit, cost, options, K, offline)
     chosen = np.zeros(n, dtype=np.int64)
     explored = np.zeros(n, dtype=bool)
@@ -329,7 +332,7 @@ def run_adapt(
         skipped += more
         X_stream = embed_cached(stream.prompts, embedder)
         P_stream = X_stream if pred is embedder else embed_cached(stream.prompts, pred)
-    folds = CALIBRATION_FOLDS if options.change_calibration != "none" else 0
+    folds = CALIBRATION_FOLDS if options.online().calibrates else 0
     fitted = fit_stream(prior, X_prior, stream, X_stream, costs, options.budget_axis, (P_prior, P_stream), folds)
     report = replay_adapt(
         fitted.offline, stream, fitted.stream_category, costs, options, fitted.predicted, fitted.vectors,

@@ -16,6 +16,7 @@ Knows nothing about HTTP or SQLite.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
@@ -28,6 +29,8 @@ from coserve.errors import ConfigError
 from coserve.metrics import Metrics
 from coserve.router.online import OnlineRouter, resume
 from coserve.router.trained import TrainedRouter
+
+log = logging.getLogger("coserve.router")
 
 __all__ = ["LiveOnline"]
 
@@ -55,6 +58,8 @@ class LiveOnline:
             raise ConfigError(f"router.online: the trained router lacks a {self.axis} cost for some experts")
         self.categories, self.experts = list(trained.classes), list(trained.experts)
         self.router = OnlineRouter.from_settings(np.asarray(trained.S, dtype=np.float64), cost, target, settings, seed)
+        if settings.calibrates:  # the offsets need the prior's out-of-fold predictions (docs/adapt.md, "Not done")
+            log.warning("router.online.change_calibration: not served yet; the change detector reads raw residuals")
         self._routed: OrderedDict[str, int] = OrderedDict()  # request id -> category, for automatic signals
         self._predicted: OrderedDict[str, np.ndarray] = OrderedDict()  # request id -> per-prompt scores (prompt)
         self._lock = threading.Lock()

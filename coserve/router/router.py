@@ -196,8 +196,6 @@ class CoERouter:
                 raise ConfigError(f"{library.path}: router.online: needs a trained router with a category classifier")
             if library.router.online.neighbours is not None:  # the server passes no prompt vector yet
                 raise ConfigError(f"{library.path}: router.online.neighbours: replay only, not served yet")
-            if library.router.online.change_calibration != "none":  # its offsets need the prior outcomes
-                raise ConfigError(f"{library.path}: router.online.change_calibration: replay only, not served yet")
             router.online = LiveOnline(library, trained)
         return router
 
