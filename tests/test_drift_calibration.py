@@ -20,6 +20,7 @@ from coserve.errors import ConfigError
 from coserve.router.drift import ChangeSettings
 from coserve.router.drift_calibration import CellCalibration, cell_offsets, picks
 from coserve.router.online import OnlineRouter
+from coserve.router.online_calibration import PRIOR_FIT_FILE
 
 TRUTH = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
 PREDICTED = np.array([[0.8, 0.3], [0.6, 0.5], [0.9, 0.4], [0.2, 0.7]])
@@ -126,14 +127,48 @@ def test_settings_refuse_a_calibration_set_where_it_cannot_act_and_the_default_i
 
 
 @pytest.mark.usefixtures("trained_dir")
-def test_a_server_warns_that_it_reads_raw_residuals(
+def test_coserve_train_stores_the_prior_fit_and_a_server_calibrates_from_it(tmp_path: Path, cache: Path) -> None:
+    stored = tmp_path / "router" / PRIOR_FIT_FILE
+    assert stored.exists()  # written by `coserve train` (the fixture) beside manifest.json
+    with np.load(stored) as data:
+        categories, experts = data["categories"].tolist(), data["experts"].tolist()
+        assert data["predicted"].shape == data["truth"].shape == (len(data["category"]), len(experts))
+    engine = _engine(tmp_path, cache, online={"granularity": "prompt"})
+    assert engine.router.online is not None
+    live = engine.router.online
+    assert (live.categories, live.experts) == (categories, experts)
+    calibration = live.router.calibration
+    assert calibration is not None and calibration.fading  # the default
+    assert calibration.offset.shape == (len(categories), len(experts))
+    # the shares a fading calibration keeps survive a restart through the saved state
+    calibration.unlearnt[0, 0] = 0.25
+    state = live.export_state()
+    calibration.unlearnt[0, 0] = 1.0
+    assert live.resume(state) and calibration.unlearnt[0, 0] == 0.25
+    assert live.resume({**state, "calibration_unlearnt": [[2.0]]}) and calibration.unlearnt[0, 0] == 0.25
+
+
+@pytest.mark.usefixtures("trained_dir")
+def test_a_server_without_a_usable_prior_fit_warns_and_reads_raw_residuals(
     tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # no out-of-fold predictions beside a trained router yet: the server starts, says so, and does not calibrate
-    with caplog.at_level(logging.WARNING, logger="coserve.router"):
-        engine = _engine(tmp_path, cache, online={"granularity": "prompt"})
-    assert "change_calibration: not served yet" in caplog.text
-    assert engine.router.online is not None and engine.router.online.router.calibration is None
+    stored = tmp_path / "router" / PRIOR_FIT_FILE
+    with np.load(stored) as data:
+        arrays = {name: data[name] for name in data.files}
+    for broken, why in (
+        ({**arrays, "experts": np.array(["a", "b", "c"])}, "other categories or experts"),
+        ({**arrays, "predicted": arrays["predicted"][:, :1]}, "another shape"),
+        (None, "not found"),
+    ):
+        if broken is None:
+            stored.unlink()
+        else:
+            np.savez(stored, **broken)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="coserve.router"):
+            engine = _engine(tmp_path, cache, online={"granularity": "prompt"})
+        assert why in caplog.text and "reads raw residuals" in caplog.text
+        assert engine.router.online is not None and engine.router.online.router.calibration is None
 
 
 def _repeated_outcomes(path: Path) -> None:

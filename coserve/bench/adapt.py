@@ -36,12 +36,12 @@ from pydantic import ValidationError
 
 from coserve.bench import adapt_baselines as measures
 from coserve.bench.adapt_baselines import category_means, lagrangian_mix, mix_of, mix_weights, recovery, share_of
-from coserve.bench.adapt_fit import ONE_BLAS_THREAD, FittedStream, PriorFit, fit_stream, split_by_prompt
+from coserve.bench.adapt_fit import ONE_BLAS_THREAD, FittedStream, fit_stream, split_by_prompt
 from coserve.bench.adapt_plot import plot_adapt
 from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, load_costs, load_outcomes
-from coserve.router.drift_calibration import CellCalibration, cell_offsets, picks
+from coserve.router.drift_calibration import CellCalibration, PriorFit, calibration_from, cell_offsets, picks
 from coserve.router.online import OnlineRouter
 
 logger = logging.getLogger(__name__)
@@ -278,12 +278,13 @@ def prior_calibration(
 ) -> CellCalibration:
     """The detector's cell offsets for this budget, from the prior's out-of-fold predictions (drift_calibration);
     with ``offline`` [K, E] as the detector reads residuals, without it in prediction units (routing's)."""
-    chosen = picks(prior_fit.predicted, cost, options.target, options.weight_floor)
-    offsets = cell_offsets(
-        prior_fit.truth, prior_fit.predicted, prior_fit.category, chosen, categories,
-        options.change_calibration_shrink, offline,
-    )  # fmt: skip
-    return CellCalibration(offsets.offset, fading=options.change_calibration == "fading")
+    fading = options.change_calibration == "fading"
+    shrink, floor = options.change_calibration_shrink, options.weight_floor
+    if offline is not None:
+        return calibration_from(prior_fit, cost, options.target, floor, shrink, offline, fading)
+    chosen = picks(prior_fit.predicted, cost, options.target, floor)
+    offsets = cell_offsets(prior_fit.truth, prior_fit.predicted, prior_fit.category, chosen, categories, shrink)
+    return CellCalibration(offsets.offset, fading=fading)
 
 
 def _windows(

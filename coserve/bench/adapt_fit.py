@@ -23,20 +23,12 @@ from threadpoolctl import threadpool_limits
 
 from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet, grouped_folds
+from coserve.router.drift_calibration import PriorFit
 
 __all__ = ["ONE_BLAS_THREAD", "FittedStream", "PriorFit", "cross_fit", "fit_stream", "split_by_prompt"]
 
 ONE_BLAS_THREAD = threadpool_limits.wrap(limits=1, user_api="blas")  # see the module's docstring
 FOLDS_SEED = 13  # the cross-fit's grouped folds (any fixed seed: the folds only need to be disjoint)
-
-
-@dataclass(frozen=True)
-class PriorFit:
-    """The prior rows' own scores beside out-of-fold predictions of them (``cross_fit``)."""
-
-    truth: np.ndarray  # [prior rows, E] the outcome scores, in the stream's expert order (NaN: not measured)
-    predicted: np.ndarray  # [prior rows, E] each row predicted by a predictor fitted without its fold
-    category: np.ndarray  # [prior rows] the row's category, as an index into the router's categories
 
 
 def split_by_prompt(outcomes: OutcomeSet, salt: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -116,11 +108,12 @@ def _one_category(prior: OutcomeSet, X_prior: np.ndarray, stream: OutcomeSet, X_
 
 def cross_fit(
     prior: OutcomeSet, X_prior: np.ndarray, costs: ExpertCosts, axis: str, categories: Sequence[str],
-    experts: Sequence[str], folds: int,
+    experts: Sequence[str], folds: int, kind: str = "stack",
 ) -> PriorFit:  # fmt: skip
-    """``stack`` fitted on all but one of ``folds`` folds of the prior rows (grouped by prompt: a repeated
-    prompt stays in one fold), predicting the rows of that fold; the predictions clipped to [0, 1] as the
-    stream's, in ``experts``' order, with the rows' scores and category indices."""
+    """Router ``kind`` (the replay's per-prompt predictor: ``stack``; a served router: its own kind) fitted on
+    all but one of ``folds`` folds of the prior rows (grouped by prompt: a repeated prompt stays in one fold),
+    predicting the rows of that fold; the predictions clipped to [0, 1] as the stream's, in ``experts``'
+    order, with the rows' scores and category indices."""
     from coserve.eval.train import train_router
 
     if folds < 2:
@@ -130,7 +123,7 @@ def cross_fit(
         raise ConfigError(f"prior rows of categories the router does not know: {unknown}")
     predicted = np.full((len(prior), len(experts)), np.nan)
     for fit_rows, held_rows in grouped_folds(prior.prompts, folds, FOLDS_SEED):
-        stack = train_router(prior.subset(fit_rows), X_prior[fit_rows], costs, kind="stack", budget_axis=axis)
+        stack = train_router(prior.subset(fit_rows), X_prior[fit_rows], costs, kind=kind, budget_axis=axis)
         columns = np.array([list(experts).index(e) for e in stack.experts])
         predicted[np.ix_(held_rows, columns)] = np.clip(stack.scores(X_prior[held_rows]), 0.0, 1.0)
     truth = np.asarray(prior.scores, dtype=np.float64)[:, [list(prior.experts).index(e) for e in experts]]

@@ -35,10 +35,22 @@ import numpy as np
 from coserve.router.drift import weight_for_mix
 from coserve.router.mapping import choose_per_prompt
 
-__all__ = ["CALIBRATIONS", "SPEND_LEVELS", "CellCalibration", "CellOffsets", "cell_offsets", "picks"]
+__all__ = [
+    "CALIBRATIONS", "SPEND_LEVELS", "CellCalibration", "CellOffsets", "PriorFit", "calibration_from", "cell_offsets",
+    "picks",
+]  # fmt: skip
 
 CALIBRATIONS = ("none", "cell", "fading")  # none: residuals as they are; see the module docstring
 SPEND_LEVELS = (0.8, 1.0, 1.25)  # shares of the target at whose weights the router's choices are pooled
+
+
+@dataclass(frozen=True)
+class PriorFit:
+    """The prior rows' own scores beside out-of-fold predictions of them (what the offsets are learnt from)."""
+
+    truth: np.ndarray  # [prior rows, E] the outcome scores, in the router's expert order (NaN: not measured)
+    predicted: np.ndarray  # [prior rows, E] each row predicted by a predictor fitted without its fold
+    category: np.ndarray  # [prior rows] the row's category, as an index into the router's categories
 
 
 def picks(
@@ -113,3 +125,15 @@ class CellCalibration:
         if self.fading:
             self.unlearnt[category, expert] *= total / (total + 1.0)
         return value
+
+
+def calibration_from(
+    prior_fit: PriorFit, cost: np.ndarray, target: float, floor: float, shrink: float, offline: np.ndarray,
+    fading: bool,
+) -> CellCalibration:  # fmt: skip
+    """A router's calibration for its budget (``cost``, ``target``, the two-sided ``floor``), from the prior's
+    out-of-fold predictions, the offsets as its detector reads residuals against ``offline`` ``S`` [K, E]."""
+    chosen = picks(prior_fit.predicted, cost, target, floor)
+    table = np.asarray(offline, dtype=np.float64)
+    offsets = cell_offsets(prior_fit.truth, prior_fit.predicted, prior_fit.category, chosen, len(table), shrink, table)
+    return CellCalibration(offsets.offset, fading=fading)
