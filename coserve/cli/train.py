@@ -182,6 +182,8 @@ def _save_prior_fit(router: Any, outcomes: Any, X: Any, costs: Any, out: str) ->
     """Beside the router, the out-of-fold predictions of its own kind that a server's change detector is
     calibrated from (router.online.change_calibration; docs/adapt.md); skipped, with a note, where the
     rows do not allow it (one category: no online router; fewer distinct prompts than folds)."""
+    import numpy as np
+
     from coserve.bench.adapt import CALIBRATION_FOLDS
     from coserve.bench.adapt_fit import cross_fit
     from coserve.errors import ConfigError
@@ -192,7 +194,7 @@ def _save_prior_fit(router: Any, outcomes: Any, X: Any, costs: Any, out: str) ->
     try:
         fit = cross_fit(outcomes, X, costs, router.budget_axis, router.classes, router.experts, CALIBRATION_FOLDS,
                         router.kind)  # fmt: skip
-    except ConfigError as exc:
+    except (ConfigError, ValueError, np.linalg.LinAlgError) as exc:  # an optional file: training still succeeds
         print(f"coserve: no calibration file for router.online's change detector: {exc}", file=sys.stderr)
         return
     save_prior_fit(out, fit, router.classes, router.experts)
