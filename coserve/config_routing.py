@@ -153,6 +153,12 @@ class OnlineSettings(BaseModel):
     # (running: a self-starting CUSUM, coserve.router.drift_reference; the router's selection bias is no change)
     change_reference: Literal["zero", "running"] = "zero"
     change_reference_memory: float = Field(1000.0, ge=1)
+    # session 13, branch calib13 (docs/adapt.md): the detector reads each residual less its (category, expert)
+    # cell's bias, learnt out of fold on the prior outcomes (cell), or less its share still unlearnt by the cell
+    # (fading); shrunk toward the expert's pooled bias with this many pseudo-counts (coserve.router.drift_calibration;
+    # fading 20 chosen by --stage s13). It acts in prompt mode against the posterior only (``calibrates``)
+    change_calibration: Literal["none", "cell", "fading"] = "fading"
+    change_calibration_shrink: float = Field(20.0, gt=0)
 
     @model_validator(mode="after")
     def _neighbours_need_prompts(self) -> OnlineSettings:
@@ -162,4 +168,17 @@ class OnlineSettings(BaseModel):
             raise ValueError(
                 "change_model proportional weighs residuals against the posterior: change_baseline posterior"
             )
+        inert = self.granularity != "prompt" or self.change_baseline != "posterior"
+        if "change_calibration" in self.model_fields_set and self.change_calibration != "none" and inert:
+            raise ValueError(
+                "change_calibration corrects per-prompt estimates against the posterior: it needs granularity prompt"
+                " and change_baseline posterior"
+            )
         return self
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether the change detector reads calibrated residuals (a detector, in prompt mode, against the
+        posterior; the default calibration is inert elsewhere, a calibration set explicitly is refused there)."""
+        inert = self.granularity != "prompt" or self.change_baseline != "posterior" or self.change_threshold == 0
+        return self.change_calibration != "none" and not inert

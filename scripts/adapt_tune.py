@@ -80,6 +80,13 @@ CUSUM, `change_reference: running`) over two memories and four (level, drift) pa
 proportional model, on all 27 runs with the same adoption rule (`adapt_tune_s12b.py`).
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s12b --json docs/data/adapt-tuning-s12b.json
+
+`--stage s13` (session 13, branch calib13): the change detector's residuals read less per-cell offsets
+cross-fitted on the tuning prior (`change_calibration`), over the shrinkage and then (level, drift), with the
+offsets also moved into the routing scores measured once, and each expert's mean residual before the shock
+with and without them (`adapt_tune_s13.py`).
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s13 --json docs/data/adapt-tuning-s13.json
 """
 
 from __future__ import annotations
@@ -93,7 +100,7 @@ from typing import Any
 
 import numpy as np
 
-from coserve.bench.adapt import AdaptOptions, FittedStream, fit_stream, replay_adapt, split_by_prompt
+from coserve.bench.adapt import CALIBRATION_FOLDS, AdaptOptions, FittedStream, fit_stream, replay_adapt, split_by_prompt
 from coserve.bench.provenance import write_data
 from coserve.bench.script_run import run_script
 from coserve.eval.data import ExpertCosts, embed_cached, load_costs, load_outcomes
@@ -106,10 +113,11 @@ TUNING_SALT = "tune"  # the second split's salt: another, independent hash of ea
 
 
 def tuning_streams(
-    data: Path, costs: ExpertCosts, predictor: str | None = None
+    data: Path, costs: ExpertCosts, predictor: str | None = None, folds: int = 0
 ) -> tuple[dict[str, FittedStream], dict[str, int]]:
     """The router fitted on the tuning prior, per budget axis, and the tuning stream (both inside the
-    benchmark's prior half); the per-prompt predictor reads ``predictor``'s vectors where given."""
+    benchmark's prior half); the per-prompt predictor reads ``predictor``'s vectors where given; ``folds``:
+    also the tuning prior's out-of-fold predictions (``fit_stream``'s, for ``change_calibration``)."""
     rows, _ = load_outcomes(data / "train.jsonl", on_bad="skip")
     X = embed_cached(rows.prompts, make_embedder("minilm"))  # the whole file: the benchmark's cache key
     P = X if predictor is None else embed_cached(rows.prompts, make_embedder(predictor))
@@ -125,6 +133,7 @@ def tuning_streams(
             costs,
             axis,
             (P_prior[fit], P_prior[replay]),
+            folds,
         )
         for axis in ("params", "price")
     }
@@ -141,24 +150,32 @@ def evaluate(
         for seed in seeds:
             f = fitted[axis]
             options = AdaptOptions(budget_axis=axis, target=target, seed=seed, **knobs)
-            report = replay_adapt(f.offline, f.stream, f.stream_category, costs, options, f.predicted, f.vectors)
-            q = report["quality"]
-            runs.append(
-                {
-                    "axis": axis,
-                    "target": target,
-                    "seed": seed,
-                    "tracking_error_max": report["tracking_error_max"],
-                    "adaptive_minus_static": q["adaptive"] - q["static"],
-                    "adaptive_minus_hindsight": q["adaptive"] - q["hindsight"],
-                    "recovery_requests": report["recovery_requests"],
-                    "change_alarms": report["change_alarms"],
-                    "false_alarms": report["false_alarms"],
-                    "false_drops": report["false_drops"],
-                    "true_alarm_delay": report["true_alarm_delay"],
-                    "alarms": report["alarms"],
-                }
-            )
+            args = (f.offline, f.stream, f.stream_category, costs, options, f.predicted, f.vectors, f.prior_fit)
+            runs.append(run_record(replay_adapt(*args), axis, target, seed))
+    return summarise(knobs, runs)
+
+
+def run_record(report: dict[str, Any], axis: str, target: float, seed: int) -> dict[str, Any]:
+    """One replay's figures, as every stage records them."""
+    q = report["quality"]
+    return {
+        "axis": axis,
+        "target": target,
+        "seed": seed,
+        "tracking_error_max": report["tracking_error_max"],
+        "adaptive_minus_static": q["adaptive"] - q["static"],
+        "adaptive_minus_hindsight": q["adaptive"] - q["hindsight"],
+        "recovery_requests": report["recovery_requests"],
+        "change_alarms": report["change_alarms"],
+        "false_alarms": report["false_alarms"],
+        "false_drops": report["false_drops"],
+        "true_alarm_delay": report["true_alarm_delay"],
+        "alarms": report["alarms"],
+    }
+
+
+def summarise(knobs: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The checks ``runs`` meet (the issue's four per run) and their mean adaptive - hindsight."""
     by_check = {
         "tracking": sum(r["tracking_error_max"] <= 0.02 for r in runs),
         "static": sum(r["adaptive_minus_static"] >= 0.01 for r in runs),
@@ -362,17 +379,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write every setting's results here")
     parser.add_argument(
         "--stage",
-        choices=["all", "detector", "predictor", "levers", "underspend", "s11", "knn", "s12", "s12b"],
+        choices=["all", "detector", "predictor", "levers", "underspend", "s11", "knn", "s12", "s12b", "s13"],
         default="all",
         help="the full search, or one session's stage",
     )
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
     # --stage levers and underspend run with the default per-prompt predictor's vectors (coserve train's, session 9)
-    featured = args.stage in ("levers", "underspend", "s11", "knn", "s12", "s12b")
-    every_run = args.stage in ("underspend", "s11", "knn", "s12", "s12b")
-    # (every_run: every setting on all 27 runs, the rule below)
-    fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if featured else None)
+    featured = args.stage in ("levers", "underspend", "s11", "knn", "s12", "s12b", "s13")
+    every_run = args.stage in ("underspend", "s11", "knn", "s12", "s12b", "s13")
+    # (every_run: every setting on all 27 runs, the rule below); the tuning prior's out-of-fold predictions
+    # too, which the default change_calibration reads (session 13; without them residuals read uncalibrated)
+    fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if featured else None, CALIBRATION_FOLDS)
     results: list[dict[str, Any]] = []
     confirmed: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}  # --stage knn: the best setting with identical prompts left out
@@ -420,6 +438,10 @@ def main(argv: list[str]) -> int:
         from adapt_tune_s12b import s12b_stage  # beside this script
 
         results = s12b_stage(lambda knobs: _scored(fitted, costs, knobs))
+    elif args.stage == "s13":
+        from adapt_tune_s13 import s13_stage  # beside this script
+
+        results, extra = s13_stage(lambda knobs: _scored(fitted, costs, knobs), fitted, costs)
     elif args.stage == "knn":
         from adapt_tune_knn import knn_stage  # beside this script
 

@@ -257,7 +257,8 @@ def test_fit_and_replay_run_on_one_blas_thread(tmp_path: Path, cache: Path, monk
         assert blas_threads() and all(n == 2 for n in blas_threads())  # the caller's setting, outside
         assert main([*argv, "--json", str(tmp_path / "r.json"), "--requests", "600", "--embedder", "hashing"]) == 0
         assert all(n == 2 for n in blas_threads())  # restored after the run
-    assert len(seen) == 3  # two fits (classifier, predictor) and the replay's router
+    # two fits (classifier, predictor), the predictor's five cross-fit folds (change_calibration) and the router
+    assert len(seen) == 2 + 5 + 1
     assert all(threads and all(n == 1 for n in threads) for threads in seen)
 
 

@@ -26,7 +26,6 @@ This module knows nothing about HTTP or the serving path.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -35,14 +34,15 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
-from threadpoolctl import threadpool_limits
 
 from coserve.bench import adapt_baselines as measures
 from coserve.bench.adapt_baselines import category_means, lagrangian_mix, mix_of, mix_weights, recovery, share_of
+from coserve.bench.adapt_fit import ONE_BLAS_THREAD, FittedStream, fit_stream, split_by_prompt
 from coserve.bench.adapt_plot import plot_adapt
 from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, load_costs, load_outcomes
+from coserve.router.drift_calibration import CellCalibration, PriorFit, calibration_from, cell_offsets, picks
 from coserve.router.online import OnlineRouter
 
 logger = logging.getLogger(__name__)
@@ -53,12 +53,14 @@ __all__ = [
     "fit_stream",
     "lagrangian_mix",
     "plot_adapt",
+    "prior_calibration",
     "replay_adapt",
     "run_adapt",
     "split_by_prompt",
 ]
 
 SETTLE = 1000  # tracking error counts windows starting after this many requests
+CALIBRATION_FOLDS = 5  # change_calibration: the prior's folds, each predicted by a predictor fitted on the rest
 
 
 _ONLINE = OnlineSettings()  # router.online's defaults
@@ -111,6 +113,8 @@ class AdaptOptions:
     change_variance_floor: float = _ONLINE.change_variance_floor  # proportional: > 0 weighs by the score's variance
     change_reference: str = _ONLINE.change_reference  # residuals tested as they are, or less a running mean
     change_reference_memory: float = _ONLINE.change_reference_memory  # running: the reference's memory (feedbacks)
+    change_calibration: str = _ONLINE.change_calibration  # none, or the detector reads residuals less cell offsets
+    change_calibration_shrink: float = _ONLINE.change_calibration_shrink  # the offsets' pseudo-counts
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -139,8 +143,10 @@ class AdaptOptions:
     def online(self) -> OnlineSettings:
         """The online router's knobs as the server's ``router.online`` would carry them (every field of
         ``OnlineSettings`` these options name the same, ``window`` included; the rest at its defaults)."""
-        named = {name: getattr(self, name) for name in OnlineSettings.model_fields if hasattr(self, name)}
-        return OnlineSettings(**named)
+        fields = OnlineSettings.model_fields
+        named = {name: getattr(self, name) for name in fields if hasattr(self, name)}
+        # only what differs from router.online's defaults is set (a default calibration is inert where it cannot act)
+        return OnlineSettings(**{name: value for name, value in named.items() if value != fields[name].default})
 
 
 def _draw_stream(labels: np.ndarray, options: AdaptOptions, rng: np.random.Generator) -> tuple[np.ndarray, list]:
@@ -159,9 +165,6 @@ def _draw_stream(labels: np.ndarray, options: AdaptOptions, rng: np.random.Gener
     return np.concatenate(items), mixes
 
 
-ONE_BLAS_THREAD = threadpool_limits.wrap(limits=1, user_api="blas")  # see the module's docstring
-
-
 @ONE_BLAS_THREAD
 def replay_adapt(
     offline: np.ndarray,
@@ -171,13 +174,18 @@ def replay_adapt(
     options: AdaptOptions,
     predicted: np.ndarray | None = None,
     vectors: np.ndarray | None = None,
+    prior_fit: PriorFit | None = None,
 ) -> dict[str, Any]:
     """Replay ``stream`` through an online router started from ``offline`` [K, E]; the report as a dict.
 
     ``stream_category`` is the router's category index for each stream item; ``predicted`` [items, E]
     the offline per-prompt score of each expert on each stream item (needed in prompt mode); ``vectors``
-    [items, dim] the predictor's vector of each item (needed with ``neighbours``).
+    [items, dim] the predictor's vector of each item (needed with ``neighbours``); ``prior_fit`` the prior's
+    out-of-fold predictions (needed with ``change_calibration``: ``fit_stream``'s ``folds``).
     """
+    settings = options.online()
+    if settings.calibrates and prior_fit is None:  # a prior of one category: no cross-fit (fit_stream)
+        logger.warning("change_calibration: no out-of-fold predictions of the prior: residuals read uncalibrated")
     if options.neighbours is not None and vectors is None:
         raise ConfigError("neighbours need the stream's prompt vectors")
     if options.granularity == "prompt" and predicted is None:
@@ -202,7 +210,9 @@ def replay_adapt(
     truth[after, shocked] = np.clip(truth[after, shocked] - options.shock, 0.0, 1.0)
     static = lagrangian_mix(offline, category_means(truth, category, K), mix_of(category, K), cost, options.target)
 
-    router = OnlineRouter.from_settings(offline, cost, options.target, options.online(), seed=options.seed)
+    router = OnlineRouter.from_settings(offline, cost, options.target, settings, seed=options.seed)
+    if settings.calibrates and prior_fit is not None:
+        router.calibration = prior_calibration(prior_fit, cost, options, K, offline)
     chosen = np.zeros(n, dtype=np.int64)
     explored = np.zeros(n, dtype=bool)
     at_zero = np.zeros(n, dtype=bool)  # the weight at 0 (or below): the router spends all that buys quality
@@ -260,10 +270,25 @@ def replay_adapt(
         "map_versions": router.snapshot.version,
         "final_weight": router.controller.effective,
         "change_alarms": router.alarms,
+        **({} if router.calibration is None else {"calibration_offsets": router.calibration.offset.tolist()}),
         **measures.alarm_report(
             router.alarm_log, list(stream.experts), shocked, shock_at
         ),  # every alarm, false or true
     }
+
+
+def prior_calibration(
+    prior_fit: PriorFit, cost: np.ndarray, options: AdaptOptions, categories: int, offline: np.ndarray | None = None
+) -> CellCalibration:
+    """The detector's cell offsets for this budget, from the prior's out-of-fold predictions (drift_calibration);
+    with ``offline`` [K, E] as the detector reads residuals, without it in prediction units (routing's)."""
+    fading = options.change_calibration == "fading"
+    shrink, floor = options.change_calibration_shrink, options.weight_floor
+    if offline is not None:
+        return calibration_from(prior_fit, cost, options.target, floor, shrink, offline, fading)
+    chosen = picks(prior_fit.predicted, cost, options.target, floor)
+    offsets = cell_offsets(prior_fit.truth, prior_fit.predicted, prior_fit.category, chosen, categories, shrink)
+    return CellCalibration(offsets.offset, fading=fading)
 
 
 def _windows(
@@ -285,76 +310,6 @@ def _windows(
             }
         )
     return out
-
-
-def split_by_prompt(outcomes: OutcomeSet, salt: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of two disjoint halves, by a hash of ``salt`` and each prompt (a repeated prompt stays
-    on one side); another salt gives another split, independent of the first."""
-    side = np.array(
-        [hashlib.sha256((salt + prompt).encode()).digest()[0] & 1 for prompt in outcomes.prompts], dtype=bool
-    )
-    return np.flatnonzero(~side), np.flatnonzero(side)
-
-
-@dataclass(frozen=True)
-class FittedStream:
-    """A router fitted on prior outcomes, and the stream it will replay, as ``replay_adapt`` takes them."""
-
-    offline: np.ndarray  # [K, E] the router's per-category scores, in the stream's expert order
-    stream: OutcomeSet
-    stream_category: np.ndarray  # the router's category index for each stream item
-    categories: list[str]
-    prior_rows: int
-    predicted: np.ndarray  # [stream items, E] the offline per-prompt score of each expert (stack router)
-    vectors: np.ndarray | None = None  # [stream items, dim] the predictor's vectors (the neighbour memory's)
-
-
-@ONE_BLAS_THREAD
-def fit_stream(
-    prior: OutcomeSet,
-    X_prior: np.ndarray,
-    stream: OutcomeSet,
-    X_stream: np.ndarray,
-    costs: ExpertCosts,
-    axis: str,
-    predictor_X: tuple[np.ndarray, np.ndarray] | None = None,
-) -> FittedStream:
-    """Fit ``map-logistic`` on the prior rows and categorise the stream with its classifier; fit ``stack``
-    (``coserve train``'s per-prompt score predictor) on the same rows and predict every stream item. A
-    prior of one category (a valid library: one map entry) has no classifier to fit: every stream item
-    is in it, the table is the prior's mean scores and the predictions a ridge regression on the vector.
-    ``predictor_X`` gives the predictor other vectors of the prior and stream rows (another embedder's)."""
-    from coserve.eval.train import train_router
-
-    X_prior_pred, X_stream_pred = predictor_X if predictor_X is not None else (X_prior, X_stream)
-    if len(set(prior.categories)) == 1:
-        return _one_category(prior, X_prior_pred, stream, X_stream_pred)
-    router = train_router(prior, X_prior, costs, kind="map-logistic", budget_axis=axis)
-    stream_category = router.category_proba(X_stream).argmax(axis=1)
-    order = [stream.experts.index(e) for e in router.experts]  # the router's columns, in the stream's order
-    offline = np.empty_like(router.S)
-    offline[:, order] = router.S
-    stack = train_router(prior, X_prior_pred, costs, kind="stack", budget_axis=axis)
-    predicted = np.empty((len(stream), len(stream.experts)))
-    predicted[:, [stream.experts.index(e) for e in stack.experts]] = np.clip(stack.scores(X_stream_pred), 0.0, 1.0)
-    vectors = np.asarray(X_stream_pred, dtype=np.float64)
-    return FittedStream(offline, stream, stream_category, list(router.classes), len(prior), predicted, vectors)
-
-
-def _one_category(prior: OutcomeSet, X_prior: np.ndarray, stream: OutcomeSet, X_stream: np.ndarray) -> FittedStream:
-    from coserve.router.predict import STACK_RIDGE_ALPHA, RidgeRegressor
-
-    order = [prior.experts.index(e) for e in stream.experts]  # the prior's columns in the stream's order
-    scores = np.asarray(prior.scores, dtype=np.float64)[:, order]
-    if np.isnan(scores).all(axis=0).any():
-        raise ConfigError("every expert needs at least one score in the prior file")
-    offline = np.nanmean(scores, axis=0)[None, :]
-    ridge = RidgeRegressor(alpha=STACK_RIDGE_ALPHA).fit(X_prior, scores)
-    predicted = np.clip(ridge.predict(X_stream), 0.0, 1.0)
-    return FittedStream(
-        offline, stream, np.zeros(len(stream), dtype=np.int64), [prior.categories[0]], len(prior), predicted,
-        np.asarray(X_stream, dtype=np.float64),
-    )  # fmt: skip
 
 
 def run_adapt(
@@ -382,10 +337,12 @@ def run_adapt(
         skipped += more
         X_stream = embed_cached(stream.prompts, embedder)
         P_stream = X_stream if pred is embedder else embed_cached(stream.prompts, pred)
-    fitted = fit_stream(prior, X_prior, stream, X_stream, costs, options.budget_axis, (P_prior, P_stream))
+    folds = CALIBRATION_FOLDS if options.online().calibrates else 0
+    fitted = fit_stream(prior, X_prior, stream, X_stream, costs, options.budget_axis, (P_prior, P_stream), folds)
     report = replay_adapt(
-        fitted.offline, stream, fitted.stream_category, costs, options, fitted.predicted, fitted.vectors
-    )
+        fitted.offline, stream, fitted.stream_category, costs, options, fitted.predicted, fitted.vectors,
+        fitted.prior_fit,
+    )  # fmt: skip
     report.update(prior=str(prior_path), stream=str(stream_path or f"{prior_path} (other half)"))
     report.update(prior_rows=len(prior), stream_rows=len(stream), categories=fitted.categories)
     report.update(embedder=embedder.name, predictor_embedder=pred.name)

@@ -71,6 +71,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs += ("expert_rate", "mix_jump", "mix_short", "refresh_on_alarm", "underspend_debt", "fine_weight")
     knobs += ("change_upward", "explore_at_zero", "weight_floor", "alarm_explore", "change_shift_share")
     knobs += ("change_model", "change_variance_floor", "change_reference", "change_reference_memory")
+    knobs += ("change_calibration", "change_calibration_shrink")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     check_outputs(args.json, args.plot)
@@ -142,6 +143,10 @@ def _add_adapt_parser(bench: Any) -> None:
         "--change-reference", choices=["zero", "running"], help="residuals as they are, or less a running mean"
     )
     b.add_argument("--change-reference-memory", type=float, help="running: the reference's memory, in feedbacks")
+    b.add_argument(
+        "--change-calibration", choices=["none", "cell", "fading"], help="residuals less each cell's prior bias"
+    )
+    b.add_argument("--change-calibration-shrink", type=float, help="the cell offsets' pseudo-counts")
     b.add_argument("--seed", type=int)
     b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
     b.add_argument(

@@ -178,6 +178,28 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _save_prior_fit(router: Any, outcomes: Any, X: Any, costs: Any, out: str) -> None:
+    """Beside the router, the out-of-fold predictions of its own kind that a server's change detector is
+    calibrated from (router.online.change_calibration; docs/adapt.md); skipped, with a note, where the
+    rows do not allow it (one category: no online router; fewer distinct prompts than folds)."""
+    import numpy as np
+
+    from coserve.bench.adapt import CALIBRATION_FOLDS
+    from coserve.bench.adapt_fit import cross_fit
+    from coserve.errors import ConfigError
+    from coserve.router.online_calibration import save_prior_fit
+
+    if router.classifier is None:
+        return
+    try:
+        fit = cross_fit(outcomes, X, costs, router.budget_axis, router.classes, router.experts, CALIBRATION_FOLDS,
+                        router.kind)  # fmt: skip
+    except (ConfigError, ValueError, np.linalg.LinAlgError) as exc:  # an optional file: training still succeeds
+        print(f"coserve: no calibration file for router.online's change detector: {exc}", file=sys.stderr)
+        return
+    save_prior_fit(out, fit, router.classes, router.experts)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from coserve.eval.train import train_router
 
@@ -195,6 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     router.hyper["embedder"] = args.embedder
     router.save(args.out)
+    _save_prior_fit(router, outcomes, X, costs, args.out)
     mapping = {c: router.experts[e] for c, e in zip(router.classes, router.assignment, strict=True)}
     print(f"coserve: trained {router.kind} on {len(outcomes)} prompts -> {args.out}")
     print(f"budget: {router.budget:g} ({router.budget_axis}); fallback: {router.fallback_expert}")

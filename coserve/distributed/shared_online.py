@@ -69,7 +69,7 @@ def owner_for(library: LibraryConfig, saved: dict[str, Any] | None) -> OnlineOwn
     trained = load_trained(base / library.router.trained)
     if trained.classifier is None:
         return None  # the ingress refuses such a library at start (CoERouter.from_trained)
-    live = LiveOnline(library, trained)
+    live = LiveOnline(library, trained, directory=base / library.router.trained)
     live.resume(saved)
     return OnlineOwner(live)
 

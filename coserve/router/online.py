@@ -13,6 +13,8 @@
   the cell's own earlier feedback (``drift.FeedbackBaseline``), which a wrong offline table does not move.
   ``ChangeSettings.model`` ``proportional`` (session 12, ``drift_weighted``): each residual, against the score
   the prompt was expected to have, counts by that score, and an alarm moves each cell by its share of its mean.
+  ``calibration`` (session 13, ``drift_calibration``; set by its owner, None by default): the detector reads
+  each residual less its cell's offset, learnt from the prior outcomes before the stream.
 * ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight
   (score units per target unit of cost), in two parts: a feed-forward ``base``, the weight the map needs
   for the category mix of the last ``mix_window`` requests (``drift.weight_for_mix``, refreshed every
@@ -73,6 +75,7 @@ import numpy as np
 
 from coserve.config_routing import NeighbourSettings, OnlineSettings
 from coserve.router.drift import ChangeSettings, export_change
+from coserve.router.drift_calibration import CellCalibration
 from coserve.router.drift_weighted import cell_shift, restore_detector
 from coserve.router.online_alarm import AlarmExploration
 from coserve.router.online_knobs import router_options
@@ -136,6 +139,7 @@ class OnlineRouter:
         self.change = change
         # the CUSUM per expert, and the feedback-only means its residuals are measured against (None: the posterior)
         self.detector, self.baseline = restore_detector(None, change, *self.posterior.shape)
+        self.calibration: CellCalibration | None = None  # per cell, the offset the detector's residuals are read less
         self.alarms = 0  # changes the detector noticed (that moved an expert)
         self.alarm_log: deque[dict[str, Any]] = deque(maxlen=1000)  # every alarm: served requests, expert, shift
         self.recent = RecentMix(mix_window, self.posterior.shape[0], mix_jump, mix_short)  # the feed-forward's input
@@ -361,11 +365,14 @@ class OnlineRouter:
                 self.neighbours.add(np.asarray(vector), expert, observed - estimate)
             # the residual against the estimate it was predicted with, or (feedback baseline) against the
             # cell's own earlier feedback (None while too little)
+            cell_count = float(self.posterior.count()[category, expert])  # before this score joins it
+            calibrated = 0.0 if self.calibration is None else self.calibration.read(category, expert, cell_count)
             residual: float | None = self.posterior.update(category, expert, score)
             if self.baseline is not None:
                 residual = self.baseline.residual(category, expert, score)
             if self.change is not None and self.change.model == "proportional":
                 residual = given - expected  # against the prompt's own expected score
+            residual = None if residual is None else residual - calibrated
             shift = (
                 None if self.detector is None or residual is None else self.detector.observe(expert, residual, expected)
             )

@@ -10,8 +10,10 @@ it routes each request by the trained router's per-prompt scores (``TrainedRoute
 the category's feedback, and remembers those scores per request id so that a later feedback score is
 learnt as the residual against them; the server also logs them with the decision, and a score for a
 request no longer remembered (routed before a restart, or forgotten) is learnt against the logged
-prediction its caller passes (none logged: as for a prompt predicted at its category's mean).
-Knows nothing about HTTP or SQLite.
+prediction its caller passes (none logged: as for a prompt predicted at its category's mean). With
+``change_calibration`` its change detector reads residuals less offsets made at start from the prior's
+out-of-fold predictions that ``coserve train`` stores beside the router (``directory``;
+``online_calibration``). Knows nothing about HTTP or SQLite.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,7 @@ from coserve.config import LibraryConfig
 from coserve.errors import ConfigError
 from coserve.metrics import Metrics
 from coserve.router.online import OnlineRouter, resume
+from coserve.router.online_calibration import fading_state, restore_fading, served_calibration
 from coserve.router.trained import TrainedRouter
 
 __all__ = ["LiveOnline"]
@@ -51,7 +55,9 @@ def _check_target(library: LibraryConfig, axis: str, target: float, cost: Mappin
 class LiveOnline:
     """One library's online router: choose by category name, take feedback by request id."""
 
-    def __init__(self, library: LibraryConfig, trained: TrainedRouter, seed: int = 0) -> None:
+    def __init__(
+        self, library: LibraryConfig, trained: TrainedRouter, seed: int = 0, directory: Path | None = None
+    ) -> None:
         settings, budget = library.router.online, library.router.budget
         if settings is None:
             raise ConfigError("router.online is not set")
@@ -70,6 +76,11 @@ class LiveOnline:
         _check_target(library, self.axis, target, dict(zip(trained.experts, cost, strict=True)))
         self.categories, self.experts = list(trained.classes), list(trained.experts)
         self.router = OnlineRouter.from_settings(np.asarray(trained.S, dtype=np.float64), cost, target, settings, seed)
+        # the change detector's offsets, from the prior's out-of-fold predictions beside the trained router
+        self.router.calibration = served_calibration(
+            directory, settings, self.router.offline, np.asarray(cost, dtype=np.float64), target, self.categories,
+            self.experts,
+        )  # fmt: skip
         self._routed: OrderedDict[str, int] = OrderedDict()  # request id -> category, for automatic signals
         self._predicted: OrderedDict[str, np.ndarray] = OrderedDict()  # request id -> per-prompt scores (prompt)
         self._lock = threading.Lock()
@@ -165,11 +176,14 @@ class LiveOnline:
         return True
 
     def export_state(self) -> dict[str, Any]:
-        return self.router.export_state(self.categories, self.experts)
+        return {**self.router.export_state(self.categories, self.experts), **fading_state(self.router.calibration)}
 
     def resume(self, state: dict[str, Any] | None) -> bool:
         """Restore a saved state (False, with a warning, where it does not fit: the offline map stays)."""
-        return resume(self.router, state, self.categories, self.experts)
+        resumed = resume(self.router, state, self.categories, self.experts)
+        if resumed and state is not None:
+            restore_fading(self.router.calibration, state)  # how much of each cell's offset is left
+        return resumed
 
     def figures(self) -> dict[str, float]:
         """What ``/metrics`` exports: the target, the realised window average, the weight, the map version."""

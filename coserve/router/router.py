@@ -196,7 +196,7 @@ class CoERouter:
                 raise ConfigError(f"{library.path}: router.online: needs a trained router with a category classifier")
             if library.router.online.neighbours is not None:  # the server passes no prompt vector yet
                 raise ConfigError(f"{library.path}: router.online.neighbours: replay only, not served yet")
-            router.online = LiveOnline(library, trained)
+            router.online = LiveOnline(library, trained, directory=directory)
         return router
 
     @classmethod
