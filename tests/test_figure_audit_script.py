@@ -51,8 +51,9 @@ def test_provenance_findings(audit_script: ModuleType, tmp_path: Path) -> None:
         {"docs/figures.md": ""},
     )
     findings = audit_script.audit(root)
-    assert sorted(findings.provenance) == [
-        "broken.json: not readable JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))",
+    broken, *rest = sorted(findings.provenance)
+    assert broken.startswith("broken.json: not readable JSON (")  # the parser's own words follow
+    assert rest == [
         "nocores.json: provenance lacks cores (cpu_count or usable_cores)",
         "nodate.json: provenance lacks date",
         "none.json: no provenance object",
