@@ -2,7 +2,8 @@
 
 The cost weight has a cap derived from the costs (constraints forcing dear experts grew it without bound,
 and a saved 1e300 resumed), a budget at or above the dearest expert is taken with a warning (it does not
-bind), and a first start says at info level that no state was saved.
+bind), and a first start says at info level that no state was saved. And one not walked: ``coserve serve
+--ray`` refuses a budget router.online cannot hold before any cluster starts, in the one-host words.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_online_serving import _engine
+from test_online_serving import _engine, _online_library
 from test_trained_routing import trained_dir  # noqa: F401  (a fixture)
 
+from coserve.cli import main
+from coserve.config import load_library
+from coserve.errors import ConfigError
 from coserve.router.online import OnlineRouter, resume
 from coserve.router.online_model import weight_cap
+from coserve.router.router import check_trained
 from coserve.store.log import DecisionLog
 from coserve.store.online_state import read_state, write_state
 
@@ -118,3 +123,23 @@ def test_a_state_table_without_its_row_still_warns(tmp_path: Path, caplog: pytes
         assert read_state(path) is None
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     assert "the state table in" in caplog.text and "is empty" in caplog.text
+
+
+@pytest.mark.ray
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Serve's own pydantic fields
+@pytest.mark.usefixtures("trained_dir")
+def test_serve_on_ray_refuses_a_budget_router_online_cannot_hold_before_any_cluster_starts(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ray = pytest.importorskip("ray")
+    with pytest.raises(ConfigError) as one_host:  # what `coserve serve` says for this library
+        _engine(tmp_path, cache, budget={"avg_params_b": 0.5})
+
+    def no_cluster(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a Ray cluster was started")
+
+    monkeypatch.setattr(ray, "init", no_cluster)
+    # in the cluster, the ingress replicas and the decision-log deployment failed to start (Ray Serve's error)
+    assert main(["serve", "--ray", "--library", str(tmp_path / "trained-library.yaml")]) == 2
+    assert capsys.readouterr().err == f"coserve: error: {one_host.value.message}\n"
+    check_trained(load_library(_online_library(tmp_path, budget={"avg_params_b": 3.0})))  # a holdable one passes

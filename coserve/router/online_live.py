@@ -34,7 +34,7 @@ from coserve.router.online import OnlineRouter, resume
 from coserve.router.online_calibration import fading_state, restore_fading, served_calibration
 from coserve.router.trained import TrainedRouter
 
-__all__ = ["LiveOnline"]
+__all__ = ["LiveOnline", "online_for"]
 
 log = logging.getLogger("coserve.router")
 
@@ -62,6 +62,17 @@ def _check_target(library: LibraryConfig, axis: str, target: float, cost: Mappin
             "router.online's cost weight stays at its floor and each request goes to its best expert",
             library.path, key, target, dearest, cost[dearest],
         )  # fmt: skip
+
+
+def online_for(library: LibraryConfig, trained: TrainedRouter, directory: Path) -> LiveOnline:
+    """The ``router.online`` of ``library`` over ``trained`` (from ``directory``); ConfigError where it cannot
+    serve (no category classifier, neighbours, or a budget ``LiveOnline`` refuses)."""
+    assert library.router.online is not None
+    if trained.classifier is None:
+        raise ConfigError(f"{library.path}: router.online: needs a trained router with a category classifier")
+    if library.router.online.neighbours is not None:  # the server passes no prompt vector yet
+        raise ConfigError(f"{library.path}: router.online.neighbours: replay only, not served yet")
+    return LiveOnline(library, trained, directory=directory)
 
 
 class LiveOnline:
