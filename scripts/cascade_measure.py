@@ -126,10 +126,14 @@ def main() -> None:
     parser.add_argument("--runs", default="", help="the coserve outcomes commands that wrote the two files")
     parser.add_argument("--out-dir", default=str(DATA), help="where the two data files go (default docs/data)")
     parser.add_argument(
-        "--mix-single", help="held-out rows of other suites where the library answers by single choice: pooled figures"
+        "--mix-single",
+        help="held-out rows of other suites where the library answers by single choice: pooled figures "
+        "(needs --heldout)",
     )
     parser.add_argument("--name", default="cascade", help="the data files' name: NAME-check.json, NAME-vs-single.json")
     args = parser.parse_args()
+    if args.mix_single and not args.heldout:  # the pooled figures pool the held-out run's with these rows
+        parser.error("--mix-single needs --heldout (it pools the held-out run's figures with its rows)")
     command = [Path(sys.argv[0]).name, *sys.argv[1:]]
     try:
         files = measure(args)

@@ -36,6 +36,11 @@ BUDGETS = (10.2, 51.0)
 BLEND_WEIGHTS = (0.5, 0.625, 0.75, 0.875, 1.0)  # weight of the stack in a score-level blend
 
 VARIANTS: list[str] = []  # "stack-v:..." names asked on the command line
+NAMED = (  # the candidates' fixed names (``candidates``' keys), checked before any embedding
+    "stack", "hybrid", "stack+knn", "hgb", "stack+hgb", "stack+iso", "stack-oof", "stack-cross1", "stack-cross3",
+    "stack-a30", "stack-a300", "stack-s3", "stack-s30",
+)  # fmt: skip
+VARIANT_OPTIONS = ("scale", "alpha", "cross", "oof")  # what a "stack-v:OPTION=NUMBER,..." name may set
 
 Scores = tuple[np.ndarray, np.ndarray | None]  # expected scores on held-out rows, on inner-validation rows
 
@@ -218,6 +223,30 @@ def candidates(m: FoldModels, n_vec: int, pca: np.ndarray) -> dict[str, Callable
     }
 
 
+def unknown_candidates(names: Sequence[str], named: Sequence[str] = NAMED, pattern: str | None = None) -> list[str]:
+    """The ``names`` that are not a candidate: not in ``named``, not a well-formed ``stack-v:`` variant,
+    and not matching ``pattern`` (a caller's own family of names)."""
+
+    def variant(spec: str) -> bool:
+        items = [item.split("=") for item in spec.split(",") if item]
+        try:
+            return all(len(kv) == 2 and kv[0] in VARIANT_OPTIONS and float(kv[1]) is not None for kv in items)
+        except ValueError:  # a value that is not a number
+            return False
+
+    def known(name: str) -> bool:
+        if name.startswith("stack-v:"):
+            return variant(name.removeprefix("stack-v:"))
+        return name in named or (pattern is not None and re.fullmatch(pattern, name) is not None)
+
+    return [name for name in names if not known(name)]
+
+
+def candidate_names(text: str) -> list[str]:
+    """``--candidates``' names (comma-separated; semicolon-separated where a name holds a comma)."""
+    return text.split(";") if ";" in text else text.split(",")
+
+
 # -- scoring ------------------------------------------------------------------------------------------------
 def _sweep(scores: np.ndarray, cost: np.ndarray) -> dict[float, np.ndarray]:
     scaled = cost / cost.max()
@@ -394,9 +423,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cv-seed", type=int, default=0, help="seed of the 5 grouped folds on DESIGN")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    names = candidate_names(args.candidates)
+    unknown = unknown_candidates(names)
+    if unknown:  # before loading and embedding, not in the first fold
+        p.error(f"--candidates: unknown {', '.join(unknown)}; known: {', '.join(NAMED)}, stack-v:OPTION=N,...")
     data, cost, X, n_vec = load(args.data, args.experts, args.extra_features)
     design_idx, confirm_idx = grouped_folds(data.prompts, 5, SPLIT_SEED)[CONFIRM_FOLD]
-    names = args.candidates.split(";") if ";" in args.candidates else args.candidates.split(",")
     VARIANTS.extend(n for n in names if n.startswith("stack-v:"))
     design = data.subset(design_idx)
     if args.stage == "design":

@@ -222,6 +222,12 @@ def robust_lam(m: FoldModels, name: str, val_scores: np.ndarray, budget: float) 
     return float(np.quantile(lams, ROBUST_QUANTILE))
 
 
+NAMED = (  # router_design's fixed names and this study's (``candidates``' keys but stack-xpca...)
+    *RD.NAMED, "stack-bal0", "stack-bal", "stack-bal-ridge", "stack-bal-clf", "stack-sqrt", "stack+table",
+    "stack@robust",
+)  # fmt: skip
+
+
 def candidates(m: FoldModels, n_vec: int, pca: np.ndarray) -> dict[str, Callable[[], Scores]]:
     """router_design's candidates and this study's."""
     return {
@@ -449,9 +455,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cv-seed", type=int, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    names = RD.candidate_names(args.candidates)
+    unknown = RD.unknown_candidates(names, NAMED, XPCA.pattern)
+    if unknown:  # before loading and embedding, not in the first fold
+        known = ", ".join(NAMED)
+        p.error(f"--candidates: unknown {', '.join(unknown)}; known: {known}, stack-xpcaDxW, stack-v:OPTION=N,...")
     data, cost, X, n_vec = RD.load(args.data, args.experts, args.extra_features)
     design_idx, confirm_idx = grouped_folds(data.prompts, 5, RD.SPLIT_SEED)[RD.CONFIRM_FOLD]
-    names = args.candidates.split(";") if ";" in args.candidates else args.candidates.split(",")
     RD.VARIANTS.extend(n for n in names if n.startswith("stack-v:"))
     XPCA_NAMES.extend(n for n in names if XPCA.fullmatch(n))
     design = data.subset(design_idx)

@@ -3,7 +3,9 @@
 
 Each cycle moves the expert DISK -> RAM -> ACTIVE, generates a few greedy tokens, and evicts it
 back to DISK (runtime unloaded, file pages dropped). RSS is sampled after every cycle; drift is measured from the
-mean of cycles 41-60 (after allocator warm-up) to the mean of the last 20 cycles.
+mean of cycles 41-60 (after allocator warm-up) to the mean of the last 20 cycles. That needs 80 cycles:
+with fewer, the drift is read from the first cycle's sample (warm-up included: a smoke run, not a
+measurement; ``drift_from`` says which) and no trend is given.
 
     .venv/bin/python scripts/soak_pool.py --cycles 500 --expert general --json /tmp/soak.json
     (--backend llamacpp: another backend than the library's for the expert)
@@ -24,6 +26,10 @@ from coserve.cli.common import at_least
 from coserve.config import load_library
 from coserve.engine.pool import ExpertPool
 from coserve.types import Chunk, Message, Sampling
+
+WARM_UP = 40  # cycles before the allocator settles
+WINDOW = 20  # cycles averaged at each end of the drift
+MEASURED = WARM_UP + 2 * WINDOW  # the fewest cycles whose drift starts after the warm-up (80)
 
 
 def rss_bytes() -> int:
@@ -60,23 +66,35 @@ async def soak(cycles: int, expert: str, backend_name: str | None = None) -> dic
         if (cycle + 1) % 50 == 0:
             print(f"cycle {cycle + 1}: RSS {samples[-1] / 2**20:.1f} MiB", flush=True)
     await pool.close()
-    base = statistics.mean(samples[40:60]) if cycles >= 80 else samples[0]
-    end = statistics.mean(samples[-20:])
     return {
         "cycles": cycles,
         "loads": cycles,
         "expert": expert,
         "backend": backend_name,
+        **drift(samples),
+        "samples_mib": [round(s / 2**20, 2) for s in samples],
+        "seconds": time.monotonic() - start,
+    }
+
+
+def drift(samples: list[int]) -> dict[str, object]:
+    """The RSS drift of ``samples`` (bytes, one a cycle): from the mean of cycles 41-60 to the mean of the last
+    20; with fewer than ``MEASURED`` cycles, from the first cycle (warm-up included) and no trend."""
+    measured = len(samples) >= MEASURED
+    base = statistics.mean(samples[WARM_UP : WARM_UP + WINDOW]) if measured else samples[0]
+    end = statistics.mean(samples[-WINDOW:])
+    return {
+        "drift_from": f"cycles {WARM_UP + 1}-{WARM_UP + WINDOW}"
+        if measured
+        else f"cycle 1 (fewer than {MEASURED} cycles: allocator warm-up included)",
         "rss_start_mib": base / 2**20,
         "rss_end_mib": end / 2**20,
         "drift_pct": 100 * (end - base) / base,
         # the trend, less sensitive to where the two windows happen to fall: a least-squares line
         # through every sample after warm-up, as % of the start per 100 cycles
-        "trend_pct_per_100_cycles": _trend(samples[40:]) * 100 * 100 / base if cycles >= 80 else None,
-        "rss_min_mib": min(samples[40:] or samples) / 2**20,
-        "rss_max_mib": max(samples[40:] or samples) / 2**20,
-        "samples_mib": [round(s / 2**20, 2) for s in samples],
-        "seconds": time.monotonic() - start,
+        "trend_pct_per_100_cycles": _trend(samples[WARM_UP:]) * 100 * 100 / base if measured else None,
+        "rss_min_mib": min(samples[WARM_UP:] or samples) / 2**20,
+        "rss_max_mib": max(samples[WARM_UP:] or samples) / 2**20,
     }
 
 
@@ -91,7 +109,13 @@ def _ignore(chunk: Chunk) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=at_least(1), default=500)
+    parser.add_argument(
+        "--cycles",
+        type=at_least(1),
+        default=500,
+        help=f"load-unload cycles (default 500); the drift's windows need {MEASURED}: with fewer it is read "
+        "from the first cycle, warm-up included, and no trend is given (a smoke run)",
+    )
     parser.add_argument("--expert", default="general")
     parser.add_argument("--backend", help="default: the expert's backend in the library")
     parser.add_argument("--json")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -77,3 +77,19 @@ def test_table_prints_a_row_per_candidate_and_the_best_single(design: ModuleType
         "| r | e | hybrid | 0.6000 | 0.6400 | - | - |",
         "| r | | best single | 0.5500 | 0.6000 | | |",
     ]
+
+
+def _probe() -> SimpleNamespace:
+    """Enough of a fold for ``candidates`` to build its dict of (uncalled) candidates."""
+    fold = SimpleNamespace(X=np.zeros((2, 4)), X_test=np.zeros((1, 4)))
+    return SimpleNamespace(f=fold, stacked=None)
+
+
+def test_the_names_checked_before_any_work_are_the_candidates(design: ModuleType) -> None:
+    assert sorted(design.candidates(_probe(), 2, np.zeros((2, 1)))) == sorted(design.NAMED)
+
+
+def test_unknown_candidates(design: ModuleType) -> None:
+    assert design.unknown_candidates(["stack", "hgb", "stack-v:cross=3,oof=1", "stack-v:alpha=30"]) == []
+    names = ["stack", "nope", "stack-v:depth=3", "stack-v:cross=x", "stack-v:cross"]  # an option, a value, a form
+    assert design.unknown_candidates(names) == names[1:]

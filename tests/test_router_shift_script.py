@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -143,3 +143,14 @@ def test_paired_names_an_unknown_candidate(study: ModuleType, tmp_path: Path) ->
     path.write_text(json.dumps({"shift": {"stack": {}, "hybrid": {}}}))
     with pytest.raises(SystemExit, match=rf"^{path}: no candidate 'nope' \(has: stack, hybrid\)$"):
         study.paired(f"{path}:stack", f"{path}:nope")
+
+
+def test_the_names_checked_before_any_work_are_the_candidates(study: ModuleType) -> None:
+    probe = SimpleNamespace(f=SimpleNamespace(X=np.zeros((2, 4)), X_test=np.zeros((1, 4))), stacked=None)
+    assert sorted(study.candidates(probe, 2, np.zeros((2, 1)))) == sorted(study.NAMED)  # stack-xpca: none asked
+    assert study.RD.unknown_candidates(
+        ["stack-xpca8x0.5", "stack-bal", "stack-xpca8", "x"], study.NAMED, study.XPCA.pattern
+    ) == [
+        "stack-xpca8",
+        "x",
+    ]

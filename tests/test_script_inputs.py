@@ -221,3 +221,33 @@ def test_a_setup_script_takes_help_and_refuses_a_typo_before_installing(script: 
     refused = run("--tset")
     assert refused.returncode == 2
     assert refused.stderr.startswith(f"scripts/{script}: unknown argument(s): --tset (")
+
+
+DESIGN_ARGS = ["--data", "{t}/none.jsonl", "--experts", "{t}/e.json", "--stage", "design", "--out", "{t}/o.json"]
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [  # each was found only after loading and embedding the data (here: "outcome file not found" first)
+        ("router_design.py", [*DESIGN_ARGS, "--candidates", "stack,stak"], "--candidates: unknown stak; known: stack,"),
+        ("router_shift.py", [*DESIGN_ARGS, "--candidates", "stack-bal,x"], "--candidates: unknown x; known: stack,"),
+        (  # was silently ignored without --heldout
+            "cascade_measure.py",
+            ["--train", "{t}/none.jsonl", "--library", "{t}/l.yaml", "--mix-single", "{t}/m.jsonl"],
+            "--mix-single needs --heldout",
+        ),
+    ],
+)
+def test_a_flag_that_cannot_work_is_refused_before_any_work(
+    tmp_path: Path, script: str, args: list[str], message: str
+) -> None:
+    run = run_script(script, *[a.format(t=tmp_path) for a in args])
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(f"{script}: error: {message}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_soak_pool_help_says_its_drift_needs_80_cycles() -> None:
+    run = run_script("soak_pool.py", "--help")
+    assert run.returncode == 0, run.stderr
+    assert "the drift's windows need 80: with fewer it is read from the first cycle" in " ".join(run.stdout.split())

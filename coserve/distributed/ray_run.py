@@ -141,9 +141,13 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> No
     from ray import serve
 
     from coserve.distributed.ray_app import build_app
+    from coserve.router.router import check_trained
 
     nodes = wanted_nodes(args)
-    served_library(args.library)  # a bad library file fails here, before any cluster starts
+    # A bad library file, trained router or router.online (a budget it cannot hold) fails here, before any
+    # cluster starts, in the one-host server's words: in the cluster each would fail a replica's start,
+    # which Ray Serve retries and then reports as a failed deployment, a traceback.
+    check_trained(served_library(args.library))
     if address is None:
         ray.init(
             address="local",

@@ -15,19 +15,20 @@
   the prompt was expected to have, counts by that score, and an alarm moves each cell by its share of its mean.
   ``calibration`` (session 13, ``drift_calibration``; set by its owner, None by default): the detector reads
   each residual less its cell's offset, learnt from the prior outcomes before the stream.
-* ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight
-  (score units per target unit of cost), in two parts: a feed-forward ``base``, the weight the map needs
-  for the category mix of the last ``mix_window`` requests (``drift.weight_for_mix``, refreshed every
-  ``MIX_EVERY`` served requests; 0 without a mix window), and an integral part ``weight``: after each
-  served request, ``weight += step * (cost / target - 1)``, floored so that the sum stays >= 0. Over any
-  stretch where the floor does not bind, the overspend is exactly ``(weight_end - weight_start) * target
-  / step``: the feed-forward part takes the jumps of the mix, so the integral part moves less. The recent
-  requests are kept by ``online_mix.RecentMix``, which (``mix_jump`` > 0) reads the weight from the last
-  ``mix_short`` requests alone while their mix differs from the window's older ones; with
-  ``refresh_on_alarm`` the feed-forward weight is also re-solved at once when the detector moves an
-  expert's means, so an alarm does not overspend the requests until the next refresh. ``underspend_debt``
-  and ``fine_weight`` (``online_model.BudgetController``) address the underspend while the weight is 0;
-  ``explore_at_zero`` lets the requests decided at weight 0 explore beyond ``explore_cap`` (they cost no budget).
+* ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight (score
+  units per target unit of cost), in two parts: a feed-forward ``base``, the weight the map needs for the
+  category mix of the last ``mix_window`` requests (``drift.weight_for_mix``, refreshed every ``MIX_EVERY``
+  served requests; 0 without a mix window), and an integral part ``weight``: after each served request,
+  ``weight += step * (cost / target - 1)``, floored so that the sum stays >= 0 and capped
+  (``online_model.weight_cap``, from the costs). Over any stretch where neither bound binds, the overspend is
+  exactly ``(weight_end - weight_start) * target / step``: the feed-forward part takes the jumps of the mix,
+  so the integral part moves less. The recent requests are kept by ``online_mix.RecentMix``, which
+  (``mix_jump`` > 0) reads the weight from the last ``mix_short`` requests alone while their mix differs from
+  the window's older ones; with ``refresh_on_alarm`` the feed-forward weight is also re-solved at once when
+  the detector moves an expert's means, so an alarm does not overspend the requests until the next refresh.
+  ``underspend_debt`` and ``fine_weight`` (``online_model.BudgetController``) address the underspend while the
+  weight is 0; ``explore_at_zero`` lets the requests decided at weight 0 explore beyond ``explore_cap`` (they
+  cost no budget).
   Session 11: ``weight_floor`` lets the weight go below 0, down to ``-weight_floor`` (a two-sided target:
   where weight 0 underspends, dearer experts within ``|w| cost / target`` of the best are bought; the
   feed-forward part then solves for the weight that spends the target, down to that floor);
@@ -81,7 +82,7 @@ from coserve.router.online_alarm import AlarmExploration
 from coserve.router.online_knobs import router_options
 from coserve.router.online_map import Decision, MapSnapshot, solve_weighted
 from coserve.router.online_mix import RecentMix
-from coserve.router.online_model import BudgetController, ScorePosterior
+from coserve.router.online_model import BudgetController, ScorePosterior, weight_cap
 from coserve.router.online_neighbours import NeighbourMemory
 from coserve.router.online_saved import STATE_FORMAT, parse_state, resume
 
@@ -151,7 +152,9 @@ class OnlineRouter:
             raise ValueError("cost must give a finite cost for every expert")
         if not 0.0 <= explore_cap <= 1.0:
             raise ValueError("explore_cap must be in [0, 1]")
-        self.controller = BudgetController(target, step, weight, window, underspend_debt, fine_weight, weight_floor)
+        self.controller = BudgetController(
+            target, step, weight, window, underspend_debt, fine_weight, weight_floor, weight_cap(self.cost, target)
+        )  # the cap: past it no choice changes (as where a request's constraints force dear experts)
         self.explore_cap = float(explore_cap)
         self.explore_at_zero = bool(explore_at_zero)  # explore, beyond the cap, where the cost weight is 0
         self.after_alarm = AlarmExploration(self.posterior.shape[1], alarm_explore)  # explore an expert just moved
@@ -332,9 +335,9 @@ class OnlineRouter:
             self.after_alarm = after_alarm
             self.detector, self.baseline = detector, baseline
             self.posterior.alpha, self.posterior.beta, self.posterior.offset = saved.alpha, saved.beta, saved.offset
-            if self.mix_window > 0:  # the feed-forward part, until its next refresh reads the new mix
-                self.controller.base = saved.base
-            self.controller.weight = max(saved.weight, self.controller.floor)  # the floor of this router's settings
+            # the feed-forward part (until its next refresh reads the new mix) and the integral part, within this
+            # router's floor and cap (a weight above the cap is clipped with a warning)
+            self.controller.resume(saved.weight, saved.base if self.mix_window > 0 else None)
             self._pending = 0
             self._snapshot = self._solve(saved.version)
 

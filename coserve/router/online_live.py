@@ -18,6 +18,7 @@ out-of-fold predictions that ``coserve train`` stores beside the router (``direc
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
@@ -33,14 +34,18 @@ from coserve.router.online import OnlineRouter, resume
 from coserve.router.online_calibration import fading_state, restore_fading, served_calibration
 from coserve.router.trained import TrainedRouter
 
-__all__ = ["LiveOnline"]
+__all__ = ["LiveOnline", "online_for"]
+
+log = logging.getLogger("coserve.router")
 
 REMEMBERED = 100_000  # request ids whose category is kept for automatic signals
 
 
 def _check_target(library: LibraryConfig, axis: str, target: float, cost: Mapping[str, float]) -> None:
     """ConfigError where no map can hold ``target``: the controller divides by it, and below the cheapest
-    expert's cost every request overspends, so the cost weight would only grow (and be saved so)."""
+    expert's cost every request overspends, so the cost weight would only grow (and be saved so). A warning
+    where it never binds: at or above the dearest expert's cost no request overspends, the weight stays at
+    its floor, and every request goes to its best expert whatever it costs (a start the operator may mean)."""
     key = "avg_params_b" if axis == "params" else "avg_price"
     if not target > 0:
         raise ConfigError(f"{library.path}: router.budget.{key} must be above 0 for router.online to hold it")
@@ -50,6 +55,24 @@ def _check_target(library: LibraryConfig, axis: str, target: float, cost: Mappin
             f"{library.path}: router.budget.{key} {target:g} is below the cheapest expert's ({cheapest}: "
             f"{cost[cheapest]:g}): no map can hold it; raise the budget or add a cheaper expert"
         )
+    dearest = max(cost, key=lambda name: cost[name])
+    if target >= cost[dearest]:
+        log.warning(
+            "%s: router.budget.%s %g is at or above the dearest expert's (%s: %g): the budget does not bind; "
+            "router.online's cost weight stays at its floor and each request goes to its best expert",
+            library.path, key, target, dearest, cost[dearest],
+        )  # fmt: skip
+
+
+def online_for(library: LibraryConfig, trained: TrainedRouter, directory: Path) -> LiveOnline:
+    """The ``router.online`` of ``library`` over ``trained`` (from ``directory``); ConfigError where it cannot
+    serve (no category classifier, neighbours, or a budget ``LiveOnline`` refuses)."""
+    assert library.router.online is not None
+    if trained.classifier is None:
+        raise ConfigError(f"{library.path}: router.online: needs a trained router with a category classifier")
+    if library.router.online.neighbours is not None:  # the server passes no prompt vector yet
+        raise ConfigError(f"{library.path}: router.online.neighbours: replay only, not served yet")
+    return LiveOnline(library, trained, directory=directory)
 
 
 class LiveOnline:

@@ -17,19 +17,39 @@
   (session 11) makes the target two-sided: the effective weight may go down to ``-weight_floor``, so where
   weight 0 spends under the target the map buys dearer experts whose score is within ``|w| cost /
   target`` of the best (the Lagrangian of "average cost = target" rather than "<= target").
+  ``cap`` (session 13) bounds the effective weight from above (``weight_cap``: past it a cheaper expert
+  outscores every dearer one, so no choice changes): where a request's constraints allow only dear
+  experts, each served request overspends and the integral part grew without bound (and was saved so,
+  and took as long to come down once cheaper experts were allowed again). ``resume`` takes a saved
+  weight within these bounds, clipping one above the cap with a warning.
 
 Pure numbers; knows nothing about maps, routing, HTTP or the store (``coserve.router.online`` uses them).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["FINE_LEAST", "BudgetController", "ScorePosterior"]
+__all__ = ["CAP_SPAN", "FINE_LEAST", "BudgetController", "ScorePosterior", "weight_cap"]
+
+log = logging.getLogger("coserve.router")
 
 FINE_LEAST = 0.25  # fine_weight: the smallest share of the step a move keeps (at weight 0)
+CAP_SPAN = 4.0  # score units a cost gap outweighs at the cap (a per-prompt row may spread beyond [0, 1])
+
+
+def weight_cap(cost: Sequence[float] | np.ndarray, target: float) -> float:
+    """The highest effective cost weight for experts of ``cost`` held to ``target``: ``CAP_SPAN`` over the
+    smallest gap between two distinct costs, in target units (``CAP_SPAN`` where all cost the same). At
+    ``1 / gap`` already a cheaper expert outscores every dearer one on scores in [0, 1] (the map is the
+    cheapest allowed expert everywhere); the span leaves room for per-prompt rows, which spread wider."""
+    gaps = np.diff(np.unique(np.asarray(cost, dtype=np.float64))) / float(target)
+    return CAP_SPAN / float(gaps.min()) if gaps.size else CAP_SPAN
 
 
 class ScorePosterior:
@@ -115,6 +135,7 @@ class BudgetController:
         debt: float = 0.0,
         fine_weight: float = 0.0,
         weight_floor: float = 0.0,
+        cap: float = math.inf,
     ) -> None:
         if target <= 0 or step <= 0 or window <= 0:
             raise ValueError("target, step and window must be positive")
@@ -122,13 +143,16 @@ class BudgetController:
             raise ValueError("debt and fine_weight must be >= 0")
         if not weight_floor >= 0:
             raise ValueError("weight_floor must be >= 0 (the weight's floor is minus it)")
+        if not cap > 0:
+            raise ValueError("cap must be above 0 (the effective weight's ceiling)")
         self.target = float(target)
         self.step = float(step)
         self.debt = float(debt)  # underspend carried below the floor, in requests at the target
         self.fine_weight = float(fine_weight)  # below this effective weight the step shrinks (0: never)
         self.weight_floor = float(weight_floor)  # the effective weight's floor is -weight_floor (0: one-sided)
+        self.cap = float(cap)  # the effective weight's ceiling (weight_cap; inf: none)
         self.base = 0.0  # the feed-forward part: the weight the recent category mix needs (0 without one)
-        self.weight = max(self.floor, float(weight))  # the integral part, moved by the realised cost
+        self.weight = self._bounded(float(weight))  # the integral part, moved by the realised cost
         self.recent: deque[float] = deque(maxlen=window)
 
     @property
@@ -137,15 +161,37 @@ class BudgetController:
         return -self.base - self.weight_floor - self.step * self.debt
 
     @property
+    def ceiling(self) -> float:
+        """The highest integral part: ``cap - base`` (the effective weight at most ``cap``)."""
+        return self.cap - self.base
+
+    def _bounded(self, weight: float) -> float:
+        return min(self.ceiling, max(self.floor, weight))
+
+    @property
     def effective(self) -> float:
         """The cost weight the map is solved with: the feed-forward part plus the integral part, at least
         ``-weight_floor``."""
         return max(-self.weight_floor, self.base + self.weight)
 
     def set_base(self, base: float) -> None:
-        """A new feed-forward weight; the integral part stays at or above the new floor."""
+        """A new feed-forward weight; the integral part stays within the new floor and ceiling."""
         self.base = float(base)
-        self.weight = max(self.weight, self.floor)
+        self.weight = self._bounded(self.weight)
+
+    def resume(self, weight: float, base: float | None = None) -> None:
+        """Take a saved integral part and feed-forward part (None: keep this one's) within this controller's
+        bounds: a base or a weight above the cap is clipped to it with a warning (a saved 1e300 is no reason
+        to refuse a start); one below its floor (another ``weight_floor`` or debt) is raised to it quietly."""
+        if base is not None:
+            self.base = min(self.cap, max(-self.weight_floor, float(base)))
+        if weight > self.ceiling or (base is not None and base > self.cap):
+            log.warning(
+                "online state: the saved cost weight (integral %g, feed-forward %s) is beyond this router's cap "
+                "%g (past it no choice changes); resumed within it",
+                weight, "not resumed" if base is None else f"{base:g}", self.cap,
+            )  # fmt: skip
+        self.weight = self._bounded(float(weight))
 
     def observe(self, cost: float) -> float:
         """Record one served request's cost; returns the new integral weight."""
@@ -153,7 +199,7 @@ class BudgetController:
         move = self.step * (cost / self.target - 1.0)
         if self.fine_weight > 0:
             move *= min(1.0, max(FINE_LEAST, self.effective / self.fine_weight))
-        self.weight = max(self.floor, self.weight + move)
+        self.weight = self._bounded(self.weight + move)
         return self.weight
 
     def realised(self) -> float | None:

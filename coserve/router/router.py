@@ -23,12 +23,12 @@ from coserve.router.classify import CLASSIFIERS, Classifier, make_classifier
 from coserve.router.embed import Embedder
 from coserve.router.embedders import make_embedder
 from coserve.router.measured import with_measured_map
-from coserve.router.online_live import LiveOnline
+from coserve.router.online_live import LiveOnline, online_for
 from coserve.router.policy import allowed, decide, decide_ranked
 from coserve.router.trained import TrainedRouter, load_trained, read_router_directory
 from coserve.types import ROUTED_MODEL, Decision, Request
 
-__all__ = ["CACHE_FORMAT_VERSION", "CoERouter"]
+__all__ = ["CACHE_FORMAT_VERSION", "CoERouter", "check_trained", "library_trained"]
 
 CACHE_FORMAT_VERSION = 1  # layout of a cached router directory; bump when it changes and old caches are ignored
 
@@ -180,23 +180,11 @@ class CoERouter:
     @classmethod
     def from_trained(cls, library: LibraryConfig, embedder: Embedder | None = None) -> CoERouter:
         """The router a library names with ``router.trained`` (a ``coserve train`` directory)."""
-        assert library.router.trained is not None
-        base = library.path.parent if library.path else Path.cwd()
-        directory = base / library.router.trained
-        trained = load_trained(directory)
-        missing = [name for name in trained.experts if name not in library.expert_names]
-        if missing:
-            raise ConfigError(
-                f"{library.path}: router.trained: {directory} routes to experts this library lacks: {missing}"
-            )
+        trained, directory = library_trained(library)
         embedder = embedder or make_embedder(str(trained.hyper.get("embedder", library.router.embedder)))
         router = cls(library, embedder, trained=trained)
         if library.router.online is not None:
-            if trained.classifier is None:
-                raise ConfigError(f"{library.path}: router.online: needs a trained router with a category classifier")
-            if library.router.online.neighbours is not None:  # the server passes no prompt vector yet
-                raise ConfigError(f"{library.path}: router.online.neighbours: replay only, not served yet")
-            router.online = LiveOnline(library, trained, directory=directory)
+            router.online = online_for(library, trained, directory)
         return router
 
     @classmethod
@@ -217,3 +205,29 @@ class CoERouter:
         router.fit()
         router.save(directory)
         return router
+
+
+def library_trained(library: LibraryConfig) -> tuple[TrainedRouter, Path]:
+    """The trained router ``router.trained`` names, and its directory; ConfigError where it routes to
+    experts the library lacks."""
+    assert library.router.trained is not None
+    base = library.path.parent if library.path else Path.cwd()
+    directory = base / library.router.trained
+    trained = load_trained(directory)
+    missing = [name for name in trained.experts if name not in library.expert_names]
+    if missing:
+        raise ConfigError(
+            f"{library.path}: router.trained: {directory} routes to experts this library lacks: {missing}"
+        )
+    return trained, directory
+
+
+def check_trained(library: LibraryConfig) -> None:
+    """ConfigError where ``CoERouter.from_trained`` would refuse ``library`` (its trained router, or a
+    ``router.online`` that cannot start: a budget it cannot hold, ...), without making an embedder: a Ray
+    cluster's driver says it before the cluster starts, as the one-host server does at its start."""
+    if library.router.trained is None:
+        return
+    trained, directory = library_trained(library)
+    if library.router.online is not None:
+        online_for(library, trained, directory)

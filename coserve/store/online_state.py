@@ -2,8 +2,10 @@
 
 ``write_state`` runs on a connection (the decision log's writer thread passes its own through
 ``DecisionLog.call``, so saves are serialised with the log's writes); ``read_state`` opens the file
-read-only at start-up. A missing file, table or row, or a body that is not the JSON object it should
-be, reads as None with a warning: the caller falls back to the offline map and never fails to start.
+read-only at start-up. A file without the table (or no file: a first start, no state ever saved) reads
+as None, said at info level; a table without its row, a body that is not the JSON object it should be or
+a file that cannot be read, as None with a warning: the caller falls back to the offline map and never
+fails to start.
 The body is a JSON object; this module checks only that, and knows nothing about what it holds.
 """
 
@@ -42,9 +44,9 @@ def write_state(conn: sqlite3.Connection, state: dict[str, Any]) -> None:
 
 
 def read_state(path: Path) -> dict[str, Any] | None:
-    """The saved state, or None (with a warning naming why) where there is none usable."""
+    """The saved state, or None (saying why: at info level on a first start) where there is none usable."""
     if not Path(path).exists():
-        log.warning("online state: %s does not exist; starting from the offline map", path)
+        log.info("online state: none saved yet (%s does not exist: a first start); starting from the offline map", path)
         return None
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
@@ -57,8 +59,11 @@ def read_state(path: Path) -> dict[str, Any] | None:
     except sqlite3.Error as exc:
         log.warning("online state: cannot read %s (%s); starting from the offline map", path, exc)
         return None
-    if row is None:
-        log.warning("online state: none saved in %s; starting from the offline map", path)
+    if not has_table:
+        log.info("online state: none saved yet in %s (a first start); starting from the offline map", path)
+        return None
+    if row is None:  # the table is made by the first save: its row was never written, or was removed
+        log.warning("online state: the state table in %s is empty; starting from the offline map", path)
         return None
     try:
         state = json.loads(row[0])
