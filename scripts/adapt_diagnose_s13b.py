@@ -9,8 +9,9 @@ per run, for the shocked expert:
   to the first true alarm, and from that alarm to recovery;
 * the feedbacks it received between the shock and the alarm; the down side of its CUSUM at the shock, how
   often it fell back to 0 after the shock, and the feedbacks of its last climb (from its last 0 to the alarm);
-* the mean residual the detector read on it before the shock (its bias) and between the shock and the alarm,
-  and the true shift of those feedbacks' items (``clip(t - shock, 0, 1) - t``: the drop diluted by the clip);
+* the mean residual the detector read on it before the shock (its bias) and between the shock and the alarm
+  (and their standard deviations: how much evidence one feedback carries), and the true shift of those
+  feedbacks' items (``clip(t - shock, 0, 1) - t``: the drop diluted by the clip);
 * the estimated shift at the alarm, and its routing estimate (over the categories it served before the
   shock, weighed by that traffic) just before the alarm, just after it and at recovery, against the true
   means before and after the shock: how much of the drop the alarm's move gives, how much the posterior.
@@ -139,6 +140,8 @@ def _diagnose(f: FittedStream, costs: ExpertCosts, options: AdaptOptions) -> dic
         "feedbacks_in_last_climb": int(len(downs) - (zeros[-1] if len(zeros) else 0)),
         "mean_residual_before": float(fb[mine & (request < at), 2].mean()) if (mine & (request < at)).any() else None,
         "mean_residual_shock_to_alarm": float(fb[during, 2].mean()) if during.any() else None,
+        "residual_sd_shock_to_alarm": float(fb[during, 2].std()) if during.sum() > 1 else None,
+        "residual_sd_before": float(fb[mine & (request < at), 2].std()) if (mine & (request < at)).sum() > 1 else None,
         "true_shift_shock_to_alarm": float(drop[request[during]].mean()) if during.any() else None,
         "estimated_shift_at_alarm": None if true_alarm is None else float(true_alarm["shift"]),
         "true_mean_before": true_before, "true_mean_after": true_after,

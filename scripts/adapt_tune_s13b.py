@@ -10,7 +10,8 @@ expert's share to about 1%). So the levers act on the alarm (``coserve.router.dr
 * ``change_anchor``: residuals read against the estimate each cell had when the down side left 0;
 * ``change_fast_threshold`` > 0: a second, down-only CUSUM with a larger drift and a lower level (a large drop
   on an expert with little feedback), at FAST_PAIRS (drift, level);
-* the anchor again at the alarm level 10 (it also sharpens false drops), and the anchor with the best fast lane.
+* the anchor again at the alarm levels 10 and 12 (it also sharpens false drops: does it detect sooner at the
+  defaults' false-alarm count?), and the anchor with the best fast lane (8 settings with the defaults).
 
 Every setting is scored on all 27 runs (the three budgets, seeds 0 to 8), every other knob at AdaptOptions'
 defaults, the defaults themselves first in the same run. The rule, fixed before the run (sessions 11 to 13's):
@@ -32,6 +33,7 @@ __all__ = ["FAST_PAIRS", "s13b_stage"]
 
 FAST_PAIRS = ((0.15, 3.0), (0.15, 2.0), (0.1, 4.0))  # (change_fast_drift, change_fast_threshold)
 ANCHOR = {"change_anchor": True}
+ANCHOR_LEVELS = (None, 10.0, 12.0)  # change_threshold with the anchor (None: the defaults' 8)
 
 Result = dict[str, Any]
 
@@ -41,11 +43,11 @@ def _rank(result: Result) -> tuple[int, float]:
 
 
 def s13b_stage(score: Callable[[dict[str, Any]], Result]) -> list[Result]:
-    """Score the defaults, the anchor (at the defaults' level and at 10), each fast lane, then the anchor with the
+    """Score the defaults, the anchor (at the defaults' level, 10 and 12), each fast lane, then the anchor with the
     best fast lane; every result in order, each with its ``alarm_totals``."""
     scored = with_alarm_totals(score)
     reference = scored({})  # the defaults first
-    anchored = [scored(ANCHOR), scored({**ANCHOR, "change_threshold": 10.0})]
+    anchored = [scored({**ANCHOR, **({"change_threshold": level} if level else {})}) for level in ANCHOR_LEVELS]
     fast = [scored({"change_fast_drift": drift, "change_fast_threshold": level}) for drift, level in FAST_PAIRS]
     both = scored({**ANCHOR, **max(fast, key=_rank)["knobs"]})
     return [reference, *anchored, *fast, both]
