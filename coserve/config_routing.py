@@ -159,6 +159,12 @@ class OnlineSettings(BaseModel):
     # fading 20 chosen by --stage s13). It acts in prompt mode against the posterior only (``calibrates``)
     change_calibration: Literal["none", "cell", "fading"] = "fading"
     change_calibration_shrink: float = Field(20.0, gt=0)
+    # session 13, branch adapt13b (docs/adapt.md, coserve.router.drift_fast; both off): the detector reads residuals
+    # against each cell's estimate when the expert's down side last stood at 0 (anchor), and a second, down-only
+    # CUSUM with this drift and level alarms too (fast lane; threshold 0: none)
+    change_anchor: bool = False
+    change_fast_drift: float = Field(0.15, ge=0)
+    change_fast_threshold: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _neighbours_need_prompts(self) -> OnlineSettings:
@@ -167,6 +173,12 @@ class OnlineSettings(BaseModel):
         if self.change_model == "proportional" and self.change_baseline != "posterior":
             raise ValueError(
                 "change_model proportional weighs residuals against the posterior: change_baseline posterior"
+            )
+        fast = self.change_anchor or self.change_fast_threshold > 0
+        if fast and (self.change_model != "flat" or self.change_baseline != "posterior"):
+            raise ValueError(
+                "change_anchor and change_fast_threshold read the flat model's residuals against the posterior:"
+                " change_model flat and change_baseline posterior"
             )
         inert = self.granularity != "prompt" or self.change_baseline != "posterior"
         if "change_calibration" in self.model_fields_set and self.change_calibration != "none" and inert:

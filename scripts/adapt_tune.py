@@ -87,6 +87,12 @@ offsets also moved into the routing scores measured once, and each expert's mean
 with and without them (`adapt_tune_s13.py`).
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s13 --json docs/data/adapt-tuning-s13.json
+
+`--stage s13b` (session 13, branch adapt13b): residuals read against the estimate at the start of the down
+side's climb (`change_anchor`) and a second, down-only CUSUM (`change_fast_threshold`), on all 27 runs with
+the same adoption rule (`adapt_tune_s13b.py`).
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s13b --json docs/data/adapt-tuning-s13b.json
 """
 
 from __future__ import annotations
@@ -379,15 +385,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write every setting's results here")
     parser.add_argument(
         "--stage",
-        choices=["all", "detector", "predictor", "levers", "underspend", "s11", "knn", "s12", "s12b", "s13"],
+        choices=["all", "detector", "predictor", "levers", "underspend", "s11", "knn", "s12", "s12b", "s13", "s13b"],
         default="all",
         help="the full search, or one session's stage",
     )
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
     # --stage levers and underspend run with the default per-prompt predictor's vectors (coserve train's, session 9)
-    featured = args.stage in ("levers", "underspend", "s11", "knn", "s12", "s12b", "s13")
-    every_run = args.stage in ("underspend", "s11", "knn", "s12", "s12b", "s13")
+    featured = args.stage in ("levers", "underspend", "s11", "knn", "s12", "s12b", "s13", "s13b")
+    every_run = args.stage in ("underspend", "s11", "knn", "s12", "s12b", "s13", "s13b")
     # (every_run: every setting on all 27 runs, the rule below); the tuning prior's out-of-fold predictions
     # too, which the default change_calibration reads (session 13; without them residuals read uncalibrated)
     fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if featured else None, CALIBRATION_FOLDS)
@@ -442,6 +448,10 @@ def main(argv: list[str]) -> int:
         from adapt_tune_s13 import s13_stage  # beside this script
 
         results, extra = s13_stage(lambda knobs: _scored(fitted, costs, knobs), fitted, costs)
+    elif args.stage == "s13b":
+        from adapt_tune_s13b import s13b_stage  # beside this script
+
+        results = s13b_stage(lambda knobs: _scored(fitted, costs, knobs))
     elif args.stage == "knn":
         from adapt_tune_knn import knn_stage  # beside this script
 

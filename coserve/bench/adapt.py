@@ -115,6 +115,9 @@ class AdaptOptions:
     change_reference_memory: float = _ONLINE.change_reference_memory  # running: the reference's memory (feedbacks)
     change_calibration: str = _ONLINE.change_calibration  # none, or the detector reads residuals less cell offsets
     change_calibration_shrink: float = _ONLINE.change_calibration_shrink  # the offsets' pseudo-counts
+    change_anchor: bool = _ONLINE.change_anchor  # residuals against the estimate when the down side left 0
+    change_fast_drift: float = _ONLINE.change_fast_drift  # the second, down-only CUSUM's drift
+    change_fast_threshold: float = _ONLINE.change_fast_threshold  # its level (0: none)
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):

@@ -71,7 +71,8 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs += ("expert_rate", "mix_jump", "mix_short", "refresh_on_alarm", "underspend_debt", "fine_weight")
     knobs += ("change_upward", "explore_at_zero", "weight_floor", "alarm_explore", "change_shift_share")
     knobs += ("change_model", "change_variance_floor", "change_reference", "change_reference_memory")
-    knobs += ("change_calibration", "change_calibration_shrink")
+    knobs += ("change_calibration", "change_calibration_shrink", "change_anchor", "change_fast_drift")
+    knobs += ("change_fast_threshold",)
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     check_outputs(args.json, args.plot)
@@ -147,6 +148,11 @@ def _add_adapt_parser(bench: Any) -> None:
         "--change-calibration", choices=["none", "cell", "fading"], help="residuals less each cell's prior bias"
     )
     b.add_argument("--change-calibration-shrink", type=float, help="the cell offsets' pseudo-counts")
+    b.add_argument(
+        "--change-anchor", action=argparse.BooleanOptionalAction, help="residuals against the climb's start estimate"
+    )
+    b.add_argument("--change-fast-drift", type=float, help="the second, down-only CUSUM's drift")
+    b.add_argument("--change-fast-threshold", type=float, help="the second, down-only CUSUM's level (0: none)")
     b.add_argument("--seed", type=int)
     b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
     b.add_argument(

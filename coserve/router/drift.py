@@ -16,6 +16,9 @@
 * ``ChangeSettings.reference``: ``zero`` (residuals tested as they are), or ``running`` (``drift_reference``:
   less a slow running mean of the expert's own residuals, so the router's selection bias is no change;
   session 12, branch bias12). Either change model reads its residuals so.
+* ``ChangeSettings.anchor`` and ``fast_threshold`` (session 13, branch adapt13b; ``drift_fast``): residuals read
+  against the estimate at the start of the down side's climb, and a second, down-only CUSUM with its own drift
+  and level; both off by default.
 * ``weight_for_mix`` is the cost weight a map needs so that its expected cost over a category mix is at
   most the target: the smallest weight >= 0 whose per-category choices cost <= 1 in target units
   (bisection over the weight; the cost of the weighted map only falls as the weight grows).
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from coserve.router.drift_fast import ClimbAnchor, FastLane
 from coserve.router.drift_reference import REFERENCE_QUIET, REFERENCES, RunningReference
 from coserve.router.mapping import choose_per_prompt
 
@@ -69,6 +73,9 @@ class ChangeSettings:
     variance_floor: float = 0.0  # proportional: > 0 divides each increment by the score's variance, at least this
     reference: str = "zero"  # residuals tested against 0, or the expert's running mean (drift_reference, session 12)
     reference_memory: float = 1000.0  # running: the reference's memory, in feedbacks
+    anchor: bool = False  # residuals read against the estimate when the down side left 0 (drift_fast, session 13)
+    fast_drift: float = 0.15  # the fast lane's drift (drift_fast.FastLane)
+    fast_threshold: float = 0.0  # the fast lane's level (0: no fast lane)
 
     def __post_init__(self) -> None:
         if self.model not in CHANGE_MODELS:
@@ -85,6 +92,10 @@ class ChangeSettings:
             raise ValueError(f"reference must be one of {REFERENCES}, not {self.reference!r}")
         if not self.reference_memory >= 1:
             raise ValueError("reference_memory must be >= 1 (feedbacks)")
+        if not (self.fast_drift >= 0 and self.fast_threshold >= 0):
+            raise ValueError("fast_drift and fast_threshold must be >= 0")
+        if (self.anchor or self.fast_threshold > 0) and (self.model != "flat" or self.baseline != "posterior"):
+            raise ValueError("anchor and the fast lane read the flat model's residuals against the posterior")
 
 
 class FeedbackBaseline:
@@ -149,6 +160,8 @@ class ChangeDetector:
             raise ValueError("experts and threshold must be positive and drift >= 0")
         self.drift, self.threshold = float(drift), float(threshold)
         self.reference = reference
+        self.anchor: ClimbAnchor | None = None  # drift_fast: residuals against the climb's start (None: off)
+        self.fast: FastLane | None = None  # drift_fast: a second, down-only CUSUM (None: off)
         # per side: the CUSUM statistic, and the sum and number of residuals since it last stood at zero
         self.stat = {side: np.zeros(experts) for side in _SIDES}
         self.total = {side: np.zeros(experts) for side in _SIDES}
@@ -171,7 +184,10 @@ class ChangeDetector:
                 shift = float(self.total[side][expert] / self.count[side][expert])
                 self.reset(expert)
                 return shift
-        return None
+        fast = None if self.fast is None else self.fast.observe(expert, residual)
+        if fast is not None:
+            self.reset(expert)
+        return fast
 
     def against_reference(self, expert: int, residual: float) -> float:
         """``residual`` less ``expert``'s reference (itself without one). The residual joins the reference
@@ -193,10 +209,13 @@ class ChangeDetector:
         """Start ``expert``'s statistics afresh."""
         for side in _SIDES:
             self.stat[side][expert] = self.total[side][expert] = self.count[side][expert] = 0.0
+        if self.fast is not None:
+            self.fast.reset(expert)
 
     def export_state(self) -> dict[str, Any]:
         """The statistics (and references) as JSON values."""
         saved = {f"{name}_{side}": values[side].tolist() for name, values in self._arrays() for side in _SIDES}
+        saved.update({} if self.fast is None else self.fast.export_state())
         return saved if self.reference is None else {**saved, **self.reference.export_state()}
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -213,6 +232,8 @@ class ChangeDetector:
                 if array.shape != values[side].shape or not np.isfinite(array).all() or not signed_ok:
                     raise ValueError("the change detector's state has another shape or impossible values")
                 loaded[(name, side)] = array
+        if self.fast is not None:
+            self.fast.restore(state)  # checked before anything else changes
         for (name, side), array in loaded.items():
             arrays[name][side] = array
         if self.reference is not None:
@@ -250,6 +271,8 @@ def restore_change(
     if change is None:
         return None, None
     detector = ChangeDetector(experts, change.drift, change.threshold, new_reference(change, experts))
+    detector.anchor = ClimbAnchor(categories, experts) if change.anchor else None
+    detector.fast = FastLane(experts, change.fast_drift, change.fast_threshold) if change.fast_threshold > 0 else None
     baseline = new_baseline(change, categories, experts)
     if isinstance(saved, dict) and saved.get("baseline", "posterior") == change.baseline:
         detector.restore(saved)

@@ -77,6 +77,7 @@ import numpy as np
 from coserve.config_routing import NeighbourSettings, OnlineSettings
 from coserve.router.drift import ChangeSettings, export_change
 from coserve.router.drift_calibration import CellCalibration
+from coserve.router.drift_fast import anchored_correction
 from coserve.router.drift_weighted import cell_shift, restore_detector
 from coserve.router.online_alarm import AlarmExploration
 from coserve.router.online_knobs import router_options
@@ -370,6 +371,7 @@ class OnlineRouter:
             # cell's own earlier feedback (None while too little)
             cell_count = float(self.posterior.count()[category, expert])  # before this score joins it
             calibrated = 0.0 if self.calibration is None else self.calibration.read(category, expert, cell_count)
+            calibrated -= anchored_correction(self.detector, category, expert, self.posterior.estimate())  # drift_fast
             residual: float | None = self.posterior.update(category, expert, score)
             if self.baseline is not None:
                 residual = self.baseline.residual(category, expert, score)

@@ -24,7 +24,8 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
             settings.change_drift, settings.change_threshold, settings.reset_count, settings.move_mean,
             settings.change_baseline, settings.change_min_feedback, settings.change_upward,
             settings.change_shift_share, settings.change_model, settings.change_variance_floor,
-            settings.change_reference, settings.change_reference_memory,
+            settings.change_reference, settings.change_reference_memory, settings.change_anchor,
+            settings.change_fast_drift, settings.change_fast_threshold,
         )  # fmt: skip
     return {
         "prior_strength": settings.prior_strength,
