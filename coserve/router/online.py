@@ -19,22 +19,16 @@
   units per target unit of cost), in two parts: a feed-forward ``base``, the weight the map needs for the
   category mix of the last ``mix_window`` requests (``drift.weight_for_mix``, refreshed every ``MIX_EVERY``
   served requests; 0 without a mix window), and an integral part ``weight``: after each served request,
-  ``weight += step * (cost / target - 1)``, floored so that the sum stays >= 0 and capped
+  ``weight += step * (cost / target - 1)``, floored so that the sum stays >= ``-weight_floor`` and capped
   (``online_model.weight_cap``, from the costs). Over any stretch where neither bound binds, the overspend is
   exactly ``(weight_end - weight_start) * target / step``: the feed-forward part takes the jumps of the mix,
   so the integral part moves less. The recent requests are kept by ``online_mix.RecentMix``, which
   (``mix_jump`` > 0) reads the weight from the last ``mix_short`` requests alone while their mix differs from
   the window's older ones; with ``refresh_on_alarm`` the feed-forward weight is also re-solved at once when
   the detector moves an expert's means, so an alarm does not overspend the requests until the next refresh.
-  ``underspend_debt`` and ``fine_weight`` (``online_model.BudgetController``) address the underspend while the
-  weight is 0; ``explore_at_zero`` lets the requests decided at weight 0 explore beyond ``explore_cap`` (they
-  cost no budget).
-  Session 11: ``weight_floor`` lets the weight go below 0, down to ``-weight_floor`` (a two-sided target:
-  where weight 0 underspends, dearer experts within ``|w| cost / target`` of the best are bought; the
-  feed-forward part then solves for the weight that spends the target, down to that floor);
-  ``alarm_explore`` lets requests decided at weight <= 0 explore, beyond the cap, an expert a downward
-  alarm moved, for that many routed requests after the alarm (``online_alarm.AlarmExploration``);
-  ``ChangeSettings.shift_share`` moves the means by that share of the estimated shift at an alarm.
+  The budget's other settings (``underspend_debt``, ``fine_weight``, ``explore_at_zero``, ``weight_floor``,
+  ``alarm_explore``, ``ChangeSettings.shift_share``) are described where they act (``online_model``,
+  ``online_alarm``, ``drift``) and, with the tuning that chose their defaults, in docs/adapt.md.
 * ``expert_rate`` > 0: an offset per expert, pooled over categories and learnt at that rate from every
   residual of its feedback, is added to each of its cells (``ScorePosterior.estimate``), so a change of
   the whole expert reaches the prompts of every category, not only those of cells with feedback.
