@@ -170,13 +170,13 @@ class ClusterEngine(Engine):
         finished = False
         try:
             item = await self._first(allowed, stream)
-            if isinstance(item, dict) and set(item) == {"node"}:
-                node = str(item["node"])
-                item = await self._next(node, stream)
-            else:  # a host that does not say (the benchmark's peer): the only node it could be
-                node = allowed[0]
+            named = isinstance(item, dict) and set(item) == {"node"}
+            # A host that does not say (the benchmark's peer): the only node it could be.
+            node = str(item["node"]) if named else allowed[0]  # type: ignore[index]
             call.node = node
-            self.book.in_flight[node] += 1
+            self.book.in_flight[node] += 1  # counted from here: the finally below takes it off
+            if named:
+                item = await self._next(node, stream)
             while item is not _END:
                 if isinstance(item, dict):
                     raise_record(item)
