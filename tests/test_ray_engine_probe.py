@@ -5,6 +5,7 @@ and drops the pending read. The Ray cluster tests (tests/test_ray_serve.py) run 
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
@@ -113,3 +114,34 @@ def test_a_call_cancelled_before_its_first_chunk_leaves_no_request_in_flight() -
 
     asyncio.run(scenario())
     assert engine.book.in_flight == {"a": 0}
+
+
+def test_a_dropped_read_that_ends_in_another_error_is_not_reported_unretrieved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Session 13's walk: Ray's stream turns the cancelled read into RequestCancelledError, and every
+    such read dropped by a probe (or by a client leaving) logged "Task exception was never retrieved"
+    with a traceback in the ingress's log."""
+    monkeypatch.setattr(ray_engine, "PROBE_AFTER_S", 0.01)
+    reported: list[str] = []
+
+    async def converts_cancel() -> AsyncIterator[str]:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("request cancelled") from None  # as Ray's handle does
+        yield "unreachable"
+
+    async def probe() -> None:
+        raise TimeoutError("no host answers")
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: reported.append(context["message"]))
+        with pytest.raises(TimeoutError):
+            await ray_engine._next_or_probe(converts_cancel(), probe)
+        for _ in range(3):
+            await asyncio.sleep(0)  # the dropped read ends with its RuntimeError
+        gc.collect()  # an unretrieved exception is reported when its task is collected
+
+    asyncio.run(scenario())
+    assert reported == []

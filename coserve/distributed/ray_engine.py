@@ -310,4 +310,7 @@ async def _next_or_probe(stream: Any, probe: Callable[[], Awaitable[object]]) ->
             await probe()
     except BaseException:
         pending.cancel()
+        # Ray's stream may end the cancelled read with its own error (RequestCancelledError): taken
+        # here, or asyncio logs it as "never retrieved", with a traceback, when the task is collected.
+        pending.add_done_callback(lambda read: read.cancelled() or read.exception())
         raise
