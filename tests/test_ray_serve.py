@@ -479,7 +479,20 @@ def test_serve_ray_runs_a_local_cluster_until_sigterm(tmp_path: Path) -> None:
                 time.sleep(1)
             response = _chat(f"http://127.0.0.1:{port}", "coserve", HELD_OUT["math"])
             assert response.status_code == 200 and response.json()["model"] == "big"
-            process.send_signal(signal.SIGTERM)
+            # A stop drains (session 13's walk: a stream in flight was cut 0.3 s after SIGTERM): a
+            # stream running at the signal ends whole, with [DONE], and the process exits 0.
+            body = {"model": "small", "messages": [{"role": "user", "content": "one two"}], "max_tokens": 300}
+            frames: list[str] = []
+            with httpx.stream(
+                "POST", f"http://127.0.0.1:{port}/v1/chat/completions", json={**body, "stream": True}, timeout=60
+            ) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data: "):
+                        frames.append(line[len("data: ") :])
+                        if len(frames) == 1:
+                            process.send_signal(signal.SIGTERM)
+            assert frames[-1] == "[DONE]"
+            assert json.loads(frames[-2])["choices"][0]["finish_reason"] == "length"  # all 300 tokens
             assert process.wait(timeout=TEST_TIMEOUT_S) == 0
     finally:
         if process.poll() is None:

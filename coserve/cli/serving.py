@@ -9,13 +9,20 @@ import sys
 from typing import Any
 
 from coserve.cli.cluster import add_ray_arguments
-from coserve.cli.common import Subcommands, add_library_arg, load_engine, load_served_library, seconds, tcp_port
+from coserve.cli.common import (
+    DEFAULT_SHUTDOWN_S,
+    Subcommands,
+    add_library_arg,
+    load_engine,
+    load_served_library,
+    seconds,
+    tcp_port,
+)
 from coserve.errors import CoserveError
 from coserve.types import ROUTED_MODEL, Sampling
 
 __all__ = ["add_chat_parser", "add_route_parser", "add_serve_parser", "cmd_chat", "cmd_route", "cmd_serve"]
 
-DEFAULT_SHUTDOWN_S = 30.0  # seconds in-flight requests get after SIGTERM (--shutdown-timeout)
 DEFAULT_RESIDENCY = "lookahead"
 
 
@@ -31,15 +38,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.ray is None and (args.min_replicas, args.max_replicas) != (None, None):
         raise CoserveError("--min-replicas and --max-replicas size the Ray ingress: add --ray [ADDRESS]")
     if args.ray is not None:  # the cluster path (coserve[ray]); the single process below needs no Ray
-        for flag, value in [
-            ("--shutdown-timeout", args.shutdown_timeout),
-            ("--residency", args.residency),
-            ("--log-level", args.log_level),
-        ]:
+        for flag, value in [("--residency", args.residency), ("--log-level", args.log_level)]:
             if value is not None:  # given: the Ray path would ignore it
                 raise CoserveError(
-                    f"{flag} is the single process's (without --ray): on Ray, SIGINT/SIGTERM stops Serve at once,"
-                    " its hosts keep experts by lookahead, and Ray sets its own logging"
+                    f"{flag} is the single process's (without --ray): on Ray the hosts keep experts by"
+                    " lookahead, and Ray sets its own logging"
                 )
         from coserve.cli.cluster import cmd_serve_ray
 

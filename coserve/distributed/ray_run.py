@@ -9,9 +9,11 @@ about the deployments themselves (coserve.distributed.ray_app).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +25,7 @@ from coserve.errors import ConfigError
 __all__ = [
     "APP_NAME",
     "connect_error",
+    "drain",
     "host_units_short",
     "missing_nodes",
     "ray_config",
@@ -30,7 +33,11 @@ __all__ = [
     "wanted_nodes",
 ]
 
+log = logging.getLogger("coserve.distributed")
+
 APP_NAME = "coserve"
+DRAIN_POLL_S = 0.5  # how often a stop asks the placement controller whether the ingresses drained
+LAST_ROWS_S = 1.0  # after the drain: the ingresses' last decision-log rows (sent every 0.2 s) arrive
 RAY_AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch for token authentication ("token" or "disabled")
 
 
@@ -86,9 +93,27 @@ def _ray_token_file() -> bool:
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
 
 
-def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> None:
+def drain(controller: Any, deadline_s: float) -> bool:
+    """A stop's drain through the ``placement`` deployment's ``controller`` handle: every ingress
+    replica refuses new requests (503 ``draining``) from its next sync, then this waits until none
+    holds an admitted request, at most ``deadline_s``. Whether they drained in time."""
+    end = time.monotonic() + deadline_s
+    try:
+        controller.begin_drain.remote().result(timeout_s=max(deadline_s, 1.0))
+        while time.monotonic() < end:
+            if controller.drained.remote().result(timeout_s=max(end - time.monotonic(), 1.0)):
+                time.sleep(LAST_ROWS_S)
+                return True
+            time.sleep(DRAIN_POLL_S)
+    except Exception as exc:  # the controller is gone or slow: stop without waiting more
+        log.warning("drain: %s", exc)
+    return False
+
+
+def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int, drain_s: float = 30.0) -> None:
     """Start the application on a Ray cluster (a local one when ``address`` is None) and serve until
-    SIGINT/SIGTERM, then shut Serve down (a local cluster goes with it)."""
+    SIGINT/SIGTERM; then drain (answers in flight end, for at most ``drain_s`` seconds, while new
+    requests get 503) and shut Serve down (a local cluster goes with it)."""
     require_ray()
     # Ray reports usage to its makers unless told not to; coserve sends nothing off the machine
     # on its own initiative (an operator may still set RAY_USAGE_STATS_ENABLED=1).
@@ -134,6 +159,11 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> No
         serve.run(build_app(args.to_dict()), name=APP_NAME, route_prefix="/")
         print(f"coserve: ready on http://{host}:{port}/v1", flush=True)
         stop.wait()
+        print(f"coserve: draining (at most {drain_s:g} s)", flush=True)
+        from coserve.distributed.ray_placement import PLACEMENT
+
+        if not drain(serve.get_deployment_handle(PLACEMENT, app_name=APP_NAME), drain_s):
+            print("coserve: requests still in flight are cut", flush=True)
         serve.shutdown()
     finally:
         for sig, handler in previous.items():
