@@ -5,7 +5,9 @@ ticks (coserve.distributed.controller) against the expert hosts through their de
 ``sync`` is what every ingress replica calls about twice a second: it hands in the requests per
 expert it routed since its last call and gets the placement to follow (version, experts per node)
 and its place among the ingress replicas heard from lately, from which it takes its share of the
-admission bounds (coserve.distributed.admission_share).
+admission bounds (coserve.distributed.admission_share). On a stop (``begin_drain``) the view says
+``draining`` and each replica, once it refuses new requests, reports how many it still holds;
+``drained`` says when none does (coserve.distributed.ray_run waits on it).
 The watch loop starts with the first ``sync`` (inside the replica's event loop) and ticks every
 ``WATCH_S``. A node is alive when a Ray node that Ray reports alive carries its
 ``coserve-node-<name>`` resource; Ray notices a dead node after its health checks fail

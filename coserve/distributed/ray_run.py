@@ -3,8 +3,10 @@
 
 A local cluster (no address) is started with every node's ``coserve-node-<node>`` resource on this
 one machine; a cluster at an address must already have a Ray node carrying each such resource, and
-a missing one is a clear error with the ``ray start`` line that adds it. This module knows nothing
-about the deployments themselves (coserve.distributed.ray_app).
+a missing one is a clear error with the ``ray start`` line that adds it. A stop (SIGINT/SIGTERM)
+drains first through the ``placement`` deployment (``drain``: the ingresses refuse new requests and
+their admitted ones end, within the deadline). This module knows nothing else about the deployments
+themselves (coserve.distributed.ray_app).
 """
 
 from __future__ import annotations
