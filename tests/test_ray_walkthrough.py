@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -44,6 +45,7 @@ def test_serve_on_ray_turns_a_failed_join_into_a_clear_error(monkeypatch: pytest
         raise REFUSED
 
     monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr("coserve.distributed.ray_run.unanswered", lambda address: None)  # a GCS answers there
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     with pytest.raises(ConfigError, match=r"^cannot join the Ray cluster at 10\.0\.0\.5:6379: Failed to connect"):
         serve_on_ray(AppArgs(), "10.0.0.5:6379", "127.0.0.1", 8000)
@@ -59,3 +61,24 @@ def test_a_ray_node_carries_only_nodes_of_the_cluster_file() -> None:
         "this Ray node carries the resource of node(s) node-a, which the application's cluster file lacks "
         "(its nodes: local)"
     )
+
+
+def test_an_address_where_nothing_answers_is_refused_before_ray_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 12's walk saw it and session 13's measured it: ``coserve serve --ray HOST:PORT`` with
+    nothing listening there sat in Ray's GCS retries for minutes (killed after 150 s, no exit)."""
+    ray = pytest.importorskip("ray")
+    from coserve.distributed.ray_app import AppArgs
+    from coserve.distributed.ray_run import serve_on_ray
+
+    with socket.socket() as probe:  # a port nothing listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def waits(**kwargs: Any) -> None:
+        raise AssertionError("ray.init was called: it retries for minutes")
+
+    monkeypatch.setattr(ray, "init", waits)
+    with pytest.raises(ConfigError) as caught:
+        serve_on_ray(AppArgs(), f"127.0.0.1:{port}", "127.0.0.1", 8000)
+    assert str(caught.value).startswith(f"cannot join the Ray cluster at 127.0.0.1:{port}: nothing answers there (")
+    assert "is `ray start --head` running there" in str(caught.value)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ __all__ = [
     "missing_nodes",
     "ray_config",
     "serve_on_ray",
+    "unanswered",
     "wanted_nodes",
 ]
 
@@ -40,6 +42,8 @@ log = logging.getLogger("coserve.distributed")
 APP_NAME = "coserve"
 DRAIN_POLL_S = 0.5  # how often a stop asks the placement controller whether the ingresses drained
 LAST_ROWS_S = 1.0  # after the drain: the ingresses' last decision-log rows (sent every 0.2 s) arrive
+ANSWER_TIMEOUT_S = 5.0  # how long a HOST:PORT address may take to accept a connection before joining
+ADDRESS_HINT = "is `ray start --head` running there, and is ADDRESS its GCS address, HOST:PORT?"
 RAY_AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch for token authentication ("token" or "disabled")
 
 
@@ -74,8 +78,22 @@ def connect_error(address: str, reason: BaseException, env: Mapping[str, str], t
             f" {RAY_AUTH_MODE}=disabled)"
         )
     else:
-        message += " (is `ray start --head` running there, and is ADDRESS its GCS address, HOST:PORT?)"
+        message += f" ({ADDRESS_HINT})"
     return ConfigError(message)
+
+
+def unanswered(address: str, timeout_s: float = ANSWER_TIMEOUT_S) -> str | None:
+    """Why nothing accepts a connection at a ``HOST:PORT`` address (None: something does, or the
+    address has another form, such as ``auto`` or ``ray://...``). Ray's own join retries such an
+    address for minutes (session 13's walk: no end after 150 s)."""
+    host, colon, port = address.rpartition(":")
+    if not colon or "://" in address or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
 
 
 def ray_config(args: AppArgs, host: str, port: int) -> dict[str, Any]:
@@ -134,6 +152,11 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int, drain
             include_dashboard=False,
         )
     else:
+        reason = unanswered(address)
+        if reason is not None:
+            raise ConfigError(
+                f"cannot join the Ray cluster at {address}: nothing answers there ({reason}); {ADDRESS_HINT}"
+            )
         try:
             ray.init(address=address)
         except ConnectionError as exc:  # Ray's own, for a cluster it cannot reach or is refused by
