@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from coserve.distributed.admission_share import IngressRoll, apply_share, share
+from coserve.distributed.admission_share import Drain, IngressRoll, apply_share, drain_report, follow_drain, share
 from coserve.engine.call import Call
 from coserve.errors import TooManyRequests
 from coserve.server.admission import Admission
@@ -47,3 +47,33 @@ def test_an_admission_held_to_its_share_refuses_past_it() -> None:
     assert (admission.max_pending, admission.max_pending_per_expert) == (5, 3)
     admission.admit(calls[2])
     assert admission.pending == 3
+
+
+def test_a_drain_is_over_once_every_live_replica_reported_nothing_admitted_after_it_began() -> None:
+    """`coserve serve --ray`'s stop (session 13): the controller tells the ingresses to drain and
+    waits until each replica heard lately has reported 0 admitted requests while draining."""
+    drain = Drain()
+    drain.report("r1", 0)  # before the drain began: not counted
+    assert drain.over(["r1"]) is False
+    drain.begin()
+    drain.report("r1", None)  # r1 has not applied the drain yet (its count may still grow)
+    assert drain.over(["r1", "r2"]) is False
+    drain.report("r1", 2)
+    drain.report("r2", 0)
+    assert drain.over(["r1", "r2"]) is False  # r1 still holds two
+    drain.report("r1", 0)
+    assert drain.over(["r1", "r2"]) is True
+    assert drain.over(["r1", "r2", "r3"]) is False  # a replica not heard from while draining
+    assert drain.over([]) is True
+
+
+def test_an_ingress_applies_the_drain_and_reports_its_count_once_it_refuses() -> None:
+    """The report an ingress sends carries its admitted count only once its admission drains."""
+    admission = Admission(max_pending=8, max_pending_per_expert=4)
+    assert drain_report(admission) is None
+    follow_drain(admission, {"draining": False})
+    assert admission.draining is False
+    follow_drain(admission, {"draining": True})
+    assert admission.draining is True
+    admission.pending = 3
+    assert drain_report(admission) == 3

@@ -47,6 +47,24 @@ def test_ray_sizing_flags_without_ray_stop_serve(
     )
 
 
+@pytest.mark.parametrize("flags", [["--residency", "lru"], ["--log-level", "debug"], ["--residency", "lookahead"]])
+def test_single_process_flags_with_ray_stop_serve(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, flags: list[str]
+) -> None:
+    """Session 13's walk: with --ray they were ignored; now refused before any Ray starts, the default
+    value given included. (``--shutdown-timeout`` bounds the Ray path's drain: tests/test_ray_serve.py.)"""
+
+    def started(*_: object) -> None:
+        raise AssertionError("the Ray path started")
+
+    monkeypatch.setattr("coserve.cli.cluster.cmd_serve_ray", started)
+    assert main(["serve", "--ray", *flags]) == 2
+    assert capsys.readouterr().err == (
+        f"coserve: error: {flags[0]} is the single process's (without --ray): on Ray the hosts keep experts"
+        " by lookahead, and Ray sets its own logging\n"
+    )
+
+
 def test_a_decision_log_that_cannot_be_opened_stops_serve_in_one_line(
     tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -76,6 +76,19 @@ def test_ray_serve_accepts_the_config(tmp_path: Path, with_cluster: bool, autosc
     assert deployments["expert-host"].num_replicas == (2 if with_cluster else 1)  # one per cluster-file node
     scaling = deployments["ingress"]._deployment_config.autoscaling_config
     assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (low, high, 8.0)
+    # Session 13's walk: the ingress had Ray's default of 5 requests at once, below its own autoscaling
+    # target (8) and its admission share (the library's default max_pending, 64): the 6th request
+    # waited in Ray's proxy, out of coserve's admission, log and /health. Now: that bound + 64 others.
+    assert deployments["ingress"]._deployment_config.max_ongoing_requests == 64 + 64
+    # The internal deployments' calls (several a second, idle or not) leave no access-log line each.
+    access = {name: d._deployment_config.logging_config for name, d in deployments.items()}
+    assert {name: (c or {}).get("enable_access_log", True) for name, c in access.items()} == {
+        "ingress": True,
+        "expert-host": False,
+        "placement": False,
+        "quota": False,
+        "decision-log": False,
+    }
 
 
 # -- bad input: exit 2, a clear message, no file ------------------------------------------------------

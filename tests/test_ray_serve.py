@@ -307,6 +307,48 @@ class TestTwoNodes:
         assert families["coserve_cluster_hosts_unreachable"].samples[0].value == 0.0
         assert any(s.labels == {"status": "200"} for s in families["coserve_requests"].samples)  # the ingress's
 
+    def test_the_ingress_admits_more_at_once_than_rays_default_and_counts_none_left(
+        self, served: dict[str, Any]
+    ) -> None:
+        """Session 13's walk: the ingress had Ray's default cap of 5 requests at once, so a 6th waited in
+        Ray's proxy (not admitted, not logged, not in /health), and a call whose client left while it
+        waited in a host's queue left that node's ``in_flight`` at -1. Seven held streams (the host
+        runs two, queues five) are all admitted at once; once their clients leave, none is in flight."""
+        url = served["url"]
+        body = {"model": "small", "messages": [{"role": "user", "content": "one two"}], "max_tokens": 2000}
+
+        async def hold(client: httpx.AsyncClient) -> None:
+            async with client.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}) as answer:
+                async for _ in answer.aiter_lines():
+                    pass
+
+        async def health_until(client: httpx.AsyncClient, done: Any) -> dict[str, Any]:
+            for _ in range(40):
+                health: dict[str, Any] = (await client.get(f"{url}/health")).json()
+                if done(health):
+                    break
+                await asyncio.sleep(0.5)
+            return health
+
+        async def scenario() -> tuple[int, dict[str, Any]]:
+            async with httpx.AsyncClient(timeout=TEST_TIMEOUT_S) as client:
+                streams = [asyncio.create_task(hold(client)) for _ in range(7)]
+                busy = await health_until(client, lambda h: h["admission"]["pending"] >= 7)
+                for stream in streams:
+                    stream.cancel()
+                await asyncio.gather(*streams, return_exceptions=True)
+                idle = await health_until(
+                    client,
+                    lambda h: h["admission"]["pending"] == 0 and all(n["in_flight"] == 0 for n in h["nodes"].values()),
+                )
+                return busy["admission"]["pending"], idle
+
+        with alarm(TEST_TIMEOUT_S):
+            most, idle = asyncio.run(scenario())
+        assert most == 7
+        assert idle["admission"]["pending"] == 0
+        assert {node: v["in_flight"] for node, v in idle["nodes"].items()} == {"a": 0, "b": 0}
+
 
 # -- the CLI ---------------------------------------------------------------------------------------
 def test_deploy_writes_the_ray_serve_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -437,7 +479,20 @@ def test_serve_ray_runs_a_local_cluster_until_sigterm(tmp_path: Path) -> None:
                 time.sleep(1)
             response = _chat(f"http://127.0.0.1:{port}", "coserve", HELD_OUT["math"])
             assert response.status_code == 200 and response.json()["model"] == "big"
-            process.send_signal(signal.SIGTERM)
+            # A stop drains (session 13's walk: a stream in flight was cut 0.3 s after SIGTERM): a
+            # stream running at the signal ends whole, with [DONE], and the process exits 0.
+            body = {"model": "small", "messages": [{"role": "user", "content": "one two"}], "max_tokens": 300}
+            frames: list[str] = []
+            with httpx.stream(
+                "POST", f"http://127.0.0.1:{port}/v1/chat/completions", json={**body, "stream": True}, timeout=60
+            ) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data: "):
+                        frames.append(line[len("data: ") :])
+                        if len(frames) == 1:
+                            process.send_signal(signal.SIGTERM)
+            assert frames[-1] == "[DONE]"
+            assert json.loads(frames[-2])["choices"][0]["finish_reason"] == "length"  # all 300 tokens
             assert process.wait(timeout=TEST_TIMEOUT_S) == 0
     finally:
         if process.poll() is None:

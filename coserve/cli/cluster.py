@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coserve.cli.common import Subcommands, add_library_arg, tcp_port
+from coserve.cli.common import DEFAULT_SHUTDOWN_S, Subcommands, add_library_arg, tcp_port
 from coserve.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -55,7 +55,8 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
     address = None if args.ray == "local" else args.ray
     where = "a local Ray cluster" if address is None else f"the Ray cluster at {address}"
     print(f"coserve: starting on {where}", flush=True)
-    serve_on_ray(app_args, address, args.host, args.port)
+    drain_s = DEFAULT_SHUTDOWN_S if args.shutdown_timeout is None else args.shutdown_timeout
+    serve_on_ray(app_args, address, args.host, args.port, drain_s)
     return 0
 
 

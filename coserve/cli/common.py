@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from coserve.engine.engine import Engine
 
 __all__ = [
+    "DEFAULT_SHUTDOWN_S",
     "Subcommands",
     "add_library_arg",
     "at_least",
@@ -29,6 +30,8 @@ __all__ = [
     "share",
     "tcp_port",
 ]
+
+DEFAULT_SHUTDOWN_S = 30.0  # seconds in-flight requests get after SIGTERM (serve's --shutdown-timeout, --ray too)
 
 # What ``add_subparsers`` returns: each command module adds its parsers to it.
 Subcommands = argparse._SubParsersAction  # type: ignore[type-arg]

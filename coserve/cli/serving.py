@@ -9,11 +9,21 @@ import sys
 from typing import Any
 
 from coserve.cli.cluster import add_ray_arguments
-from coserve.cli.common import Subcommands, add_library_arg, load_engine, load_served_library, seconds, tcp_port
+from coserve.cli.common import (
+    DEFAULT_SHUTDOWN_S,
+    Subcommands,
+    add_library_arg,
+    load_engine,
+    load_served_library,
+    seconds,
+    tcp_port,
+)
 from coserve.errors import CoserveError
 from coserve.types import ROUTED_MODEL, Sampling
 
 __all__ = ["add_chat_parser", "add_route_parser", "add_serve_parser", "cmd_chat", "cmd_route", "cmd_serve"]
+
+DEFAULT_RESIDENCY = "lookahead"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -28,10 +38,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.ray is None and (args.min_replicas, args.max_replicas) != (None, None):
         raise CoserveError("--min-replicas and --max-replicas size the Ray ingress: add --ray [ADDRESS]")
     if args.ray is not None:  # the cluster path (coserve[ray]); the single process below needs no Ray
+        for flag, value in [("--residency", args.residency), ("--log-level", args.log_level)]:
+            if value is not None:  # given: the Ray path would ignore it
+                raise CoserveError(
+                    f"{flag} is the single process's (without --ray): on Ray the hosts keep experts by"
+                    " lookahead, and Ray sets its own logging"
+                )
         from coserve.cli.cluster import cmd_serve_ray
 
         return cmd_serve_ray(args)
-    engine = load_engine(args.library, args.residency)
+    engine = load_engine(args.library, args.residency or DEFAULT_RESIDENCY)
+    shutdown_s = args.shutdown_timeout  # seconds (uvicorn's type says int; it takes any number)
+    if shutdown_s is None:
+        shutdown_s = DEFAULT_SHUTDOWN_S
     check_decision_log(engine.library)
     app = create_app(engine)
 
@@ -51,8 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app,
         host=args.host,
         port=args.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=args.shutdown_timeout,
+        log_level=args.log_level or "info",
+        timeout_graceful_shutdown=shutdown_s,
     )
     print(f"coserve: library {engine.library.path} — experts {', '.join(engine.library.expert_names)}", flush=True)
     for name, problem in engine.unavailable.items():
@@ -159,18 +178,17 @@ def add_serve_parser(sub: Subcommands) -> None:
     add_library_arg(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=tcp_port, default=8000)
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    # The next three default to None so that --ray can tell them given (they are the single process's).
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="default info")
     p.add_argument(
         "--shutdown-timeout",
         type=seconds,
-        default=30.0,
-        help="seconds in-flight requests may take to finish after SIGTERM (default 30)",
+        help=f"seconds in-flight requests may take to finish after SIGTERM (default {DEFAULT_SHUTDOWN_S:g})",
     )
     p.add_argument(
         "--residency",
-        default="lookahead",
         choices=["lookahead", "lru", "load_per_request"],
-        help="how experts are ordered and kept loaded (the other two are benchmark baselines)",
+        help=f"how experts are ordered and kept loaded (default {DEFAULT_RESIDENCY}; the others: benchmark baselines)",
     )
     p.add_argument(
         "--ray",

@@ -9,18 +9,22 @@ bound (the first ``bound % count`` replicas take one more), and never below 1: w
 than the bound, each admits one (the sum is then ``count``). ``apply_share`` sets an ``Admission``'s
 bounds to this replica's shares. No call is added per request: the share rides on the report.
 
+The same report carries a stop's drain (``coserve serve --ray`` on SIGINT/SIGTERM): ``Drain`` is the
+controller's side (begun, then over once every replica heard lately has reported nothing admitted
+since it applied the drain), ``follow_drain`` and ``drain_report`` the ingress's.
+
 This module knows nothing about Ray or HTTP: it counts.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from coserve.server.admission import Admission
 
-__all__ = ["SEEN_WITHIN_S", "IngressRoll", "apply_share", "share"]
+__all__ = ["SEEN_WITHIN_S", "Drain", "IngressRoll", "apply_share", "drain_report", "follow_drain", "share"]
 
 SEEN_WITHIN_S = 3.0  # a replica not heard from for this long (six missed reports) no longer counts
 
@@ -58,3 +62,35 @@ def apply_share(admission: Admission, bounds: tuple[int, int], place: Mapping[st
     index, count = int(place["index"]), int(place["count"])
     admission.max_pending = share(bounds[0], index, count)
     admission.max_pending_per_expert = share(bounds[1], index, count)
+
+
+class Drain:
+    """The controller's side of a stop: whether the ingresses drain, and what each has left."""
+
+    def __init__(self) -> None:
+        self.begun = False
+        self.admitted: dict[str, int] = {}  # per replica, its count reported while draining
+
+    def begin(self) -> None:
+        self.begun = True
+        self.admitted.clear()
+
+    def report(self, replica: str, admitted: int | None) -> None:
+        """A replica's report: its admitted count once it drains, None before it does."""
+        if self.begun and admitted is not None:
+            self.admitted[replica] = admitted
+
+    def over(self, live: Iterable[str]) -> bool:
+        """Begun, and every ``live`` replica has reported nothing admitted while draining."""
+        return self.begun and all(self.admitted.get(replica) == 0 for replica in live)
+
+
+def follow_drain(admission: Admission, view: Mapping[str, Any]) -> None:
+    """Drain ``admission`` (new requests 503 ``draining``) once the controller's ``view`` says so."""
+    if view.get("draining"):
+        admission.draining = True
+
+
+def drain_report(admission: Admission) -> int | None:
+    """What an ingress reports: its admitted count once it drains (None before: it may still grow)."""
+    return admission.pending if admission.draining else None

@@ -25,10 +25,21 @@ if TYPE_CHECKING:
     from coserve.distributed.shared_log import SharedDecisionLog
     from coserve.distributed.shared_quota import SharedQuota
 
-__all__ = ["HEAD_NODE_RESOURCE", "IngressMarker", "bind_shared_state", "ingress_state", "mark_replica", "replica_name"]
+__all__ = [
+    "HEAD_NODE_RESOURCE",
+    "QUIET",
+    "IngressMarker",
+    "bind_shared_state",
+    "ingress_state",
+    "mark_replica",
+    "replica_name",
+]
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # the resource Ray gives its head node alone
 INGRESS_HEADER = "x-coserve-ingress"
+# Ray Serve's logging for the internal deployments: their calls (several a second, idle or not) would
+# each write an access-log line, which `coserve serve --ray` prints; their own warnings still show.
+QUIET: dict[str, Any] = {"enable_access_log": False}
 
 
 def bind_shared_state(library: str | None, resource: str | None) -> tuple[Any, Any]:
@@ -40,7 +51,12 @@ def bind_shared_state(library: str | None, resource: str | None) -> tuple[Any, A
 
     actor = {"num_cpus": 0, "resources": {resource or HEAD_NODE_RESOURCE: 0.001}}
     # Every ingress request of a limited key, and every batch of rows, is one call: no small bound.
-    options: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": actor, "max_ongoing_requests": 1000}
+    options: dict[str, Any] = {
+        "num_replicas": 1,
+        "ray_actor_options": actor,
+        "max_ongoing_requests": 1000,
+        "logging_config": QUIET,
+    }
     quota: Any = serve.deployment(QuotaService)
     decision_log: Any = serve.deployment(DecisionLogService)
     return (

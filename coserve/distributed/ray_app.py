@@ -61,6 +61,10 @@ APP_BUILDER = "coserve.distributed.ray_app:build_app"  # the import path Ray Ser
 RAY_EXTRA_HINT = "Ray Serve is not installed: pip install 'coserve[ray]'"
 HOSTS = "expert-host"  # the expert-host deployment's name
 ROUTING_STATS_PERIOD_S = 1.0  # how often Ray Serve reads each host's tiers and load for its router
+# Requests an ingress replica takes at once besides the chat requests its admission share bounds
+# (/health, /metrics, /v1/models, feedback, open dashboard feeds). Ray's default cap (5) sat below
+# the autoscaling target and the share, and the rest waited in Ray's proxy, unseen by coserve.
+INGRESS_OTHER_REQUESTS = 64
 
 
 def require_ray() -> None:
@@ -123,8 +127,8 @@ def local_cluster(library: LibraryConfig) -> Cluster:
     return Cluster(nodes=(NodeSpec(name="local", ram=library.memory.ram),))
 
 
-def planned(args: AppArgs) -> tuple[Cluster, dict[str, Footprint], Placement]:
-    """The cluster, every placeable expert's footprint, and the placement planned at start."""
+def planned(args: AppArgs) -> tuple[LibraryConfig, Cluster, dict[str, Footprint], Placement]:
+    """The library, the cluster, every placeable expert's footprint, and the placement planned at start."""
     from coserve.distributed.cluster import load_cluster
     from coserve.distributed.inputs import plan_inputs
     from coserve.distributed.planner import plan
@@ -132,12 +136,12 @@ def planned(args: AppArgs) -> tuple[Cluster, dict[str, Footprint], Placement]:
     library = served_library(args.library)
     cluster = load_cluster(args.cluster) if args.cluster else local_cluster(library)
     footprints, traffic, required, _ = plan_inputs(library, cluster)
-    return cluster, footprints, plan(cluster, footprints, traffic, required=required)
+    return library, cluster, footprints, plan(cluster, footprints, traffic, required=required)
 
 
 def placed_experts(args: AppArgs) -> tuple[Cluster, dict[str, list[str]]]:
     """The cluster and, per node with any, the experts the planner placed on it at start."""
-    cluster, _, placement = planned(args)
+    _, cluster, _, placement = planned(args)
     placed = {node.name: [r.expert for r in placement.on(node.name)] for node in cluster.nodes}
     return cluster, {node: experts for node, experts in placed.items() if experts}
 
@@ -198,10 +202,11 @@ def build_app(args: dict[str, Any]) -> Any:
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
+    from coserve.distributed.cluster_state import QUIET, bind_shared_state
     from coserve.distributed.ray_router import ROUTER_CLASS
 
     settings = AppArgs.from_dict(args)
-    cluster, footprints, placement = planned(settings)
+    served, cluster, footprints, placement = planned(settings)
     library = library_file(settings.library)
     placed = {node.name: [r.expert for r in placement.on(node.name)] for node in cluster.nodes}
     resident = {node.name: [r.expert for r in placement.on(node.name) if r.resident] for node in cluster.nodes}
@@ -213,6 +218,7 @@ def build_app(args: dict[str, Any]) -> Any:
         # decides what runs: CPUs are not reserved through Ray.
         ray_actor_options={"num_cpus": 0, "resources": {HOST_RESOURCE: 1}},
         max_ongoing_requests=256,
+        logging_config=QUIET,
         request_router_config=RequestRouterConfig(
             request_router_class=ROUTER_CLASS,  # type: ignore[arg-type]  # pydantic fields, not the stub's
             request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,  # type: ignore[arg-type]
@@ -220,20 +226,23 @@ def build_app(args: dict[str, Any]) -> Any:
     ).bind(library, cluster, placed, resident)
     placement_service: Any = serve.deployment(PlacementService)
     controller = placement_service.options(
-        name=PLACEMENT, num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
+        name=PLACEMENT,
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1000,
+        logging_config=QUIET,
     )
     ingress: Any = serve.deployment(serve.ingress()(Ingress))
     ingress_actor: dict[str, Any] = {"num_cpus": 0}
     if settings.ingress_node is not None:  # a node that dies takes its ingress replicas' connections along
         ingress_actor["resources"] = {node_resource(settings.ingress_node): 0.001}
-    from coserve.distributed.cluster_state import bind_shared_state
-
     pin = node_resource(settings.ingress_node) if settings.ingress_node is not None else None
     quota, decision_log = bind_shared_state(library, pin)
     bound_controller = controller.bind(cluster, footprints, placement, hosts, decision_log=decision_log)
     return ingress.options(
         name="ingress",
         ray_actor_options=ingress_actor,
+        max_ongoing_requests=served.server.max_pending + INGRESS_OTHER_REQUESTS,
         autoscaling_config={
             "min_replicas": settings.min_replicas,
             "max_replicas": settings.max_replicas,

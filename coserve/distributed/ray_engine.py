@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-from coserve.distributed.admission_share import apply_share
+from coserve.distributed.admission_share import apply_share, drain_report, follow_drain
 from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook
 from coserve.distributed.ray_host import NOT_PLACED, raise_record
 from coserve.distributed.shared_online import ClusterOnline
@@ -81,8 +81,10 @@ class ClusterEngine(Engine):
     async def sync(self) -> None:
         """Report the requests routed since the last report; take the controller's placement."""
         counts, self.requested = self.requested, Counter()
+        admitted = drain_report(self.admission) if self.admission is not None else None
         try:
-            view = await asyncio.wait_for(self.controller.sync.remote(dict(counts), self.replica), STATE_TIMEOUT_S)
+            call = self.controller.sync.remote(dict(counts), self.replica, admitted)
+            view = await asyncio.wait_for(call, STATE_TIMEOUT_S)
         except Exception as exc:  # the controller is restarting: keep the placement known, count again
             log.warning("placement controller did not answer: %s", exc)
             self.requested.update(counts)
@@ -95,6 +97,8 @@ class ClusterEngine(Engine):
                     self._refresh_later(node)  # its new experts' tiers, before replica choice ranks it
         self.placement = view
         self._share_admission()
+        if self.admission is not None:
+            follow_drain(self.admission, view)  # a stop: new requests get 503 draining from now on
 
     def share_admission(self, admission: Admission) -> None:
         """Hold ``admission`` (the app's) to this replica's share of the library's bounds from now on."""
@@ -170,13 +174,13 @@ class ClusterEngine(Engine):
         finished = False
         try:
             item = await self._first(allowed, stream)
-            if isinstance(item, dict) and set(item) == {"node"}:
-                node = str(item["node"])
-                item = await self._next(node, stream)
-            else:  # a host that does not say (the benchmark's peer): the only node it could be
-                node = allowed[0]
+            named = isinstance(item, dict) and set(item) == {"node"}
+            # A host that does not say (the benchmark's peer): the only node it could be.
+            node = str(item["node"]) if named else allowed[0]  # type: ignore[index]
             call.node = node
-            self.book.in_flight[node] += 1
+            self.book.in_flight[node] += 1  # counted from here: the finally below takes it off
+            if named:
+                item = await self._next(node, stream)
             while item is not _END:
                 if isinstance(item, dict):
                     raise_record(item)
@@ -310,4 +314,7 @@ async def _next_or_probe(stream: Any, probe: Callable[[], Awaitable[object]]) ->
             await probe()
     except BaseException:
         pending.cancel()
+        # Ray's stream may end the cancelled read with its own error (RequestCancelledError): taken
+        # here, or asyncio logs it as "never retrieved", with a traceback, when the task is collected.
+        pending.add_done_callback(lambda read: read.cancelled() or read.exception())
         raise

@@ -5,7 +5,9 @@ ticks (coserve.distributed.controller) against the expert hosts through their de
 ``sync`` is what every ingress replica calls about twice a second: it hands in the requests per
 expert it routed since its last call and gets the placement to follow (version, experts per node)
 and its place among the ingress replicas heard from lately, from which it takes its share of the
-admission bounds (coserve.distributed.admission_share).
+admission bounds (coserve.distributed.admission_share). On a stop (``begin_drain``) the view says
+``draining`` and each replica, once it refuses new requests, reports how many it still holds;
+``drained`` says when none does (coserve.distributed.ray_run waits on it).
 The watch loop starts with the first ``sync`` (inside the replica's event loop) and ticks every
 ``WATCH_S``. A node is alive when a Ray node that Ray reports alive carries its
 ``coserve-node-<name>`` resource; Ray notices a dead node after its health checks fail
@@ -41,7 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from coserve.distributed.admission_share import IngressRoll
+from coserve.distributed.admission_share import Drain, IngressRoll
 from coserve.distributed.cluster import Cluster, Footprint
 from coserve.distributed.controller import PlacementController
 from coserve.distributed.controller_state import fingerprint, read_state, restore, snapshot
@@ -188,6 +190,7 @@ class PlacementService:
         self.controller = PlacementController(cluster, footprints, placement, HandleHosts(hosts))
         self._watch: asyncio.Task[None] | None = None
         self.ingresses = IngressRoll()  # the ingress replicas heard from lately (admission shares)
+        self.drain = Drain()  # a stop (`coserve serve --ray`): the ingresses refuse new requests
         self.inputs = fingerprint(cluster, footprints, placement)
         self.store = store if store is not None else GcsStore(state_key())
         self.resumed = resume(self.controller, self.store, self.inputs)
@@ -272,16 +275,29 @@ class PlacementService:
         except Exception as exc:
             log.warning("placement state not saved: %s", exc)
 
-    async def sync(self, counts: Mapping[str, int], replica: str | None = None) -> dict[str, Any]:
-        """An ingress's traffic since its last call in; the placement to follow out, with the
-        calling ``replica``'s place among the ingress replicas (``ingress``: its admission share)."""
+    async def sync(
+        self, counts: Mapping[str, int], replica: str | None = None, admitted: int | None = None
+    ) -> dict[str, Any]:
+        """An ingress's traffic since its last call in (and, once it drains, its ``admitted`` count);
+        the placement to follow out, with the calling ``replica``'s place among the ingress replicas
+        (``ingress``: its admission share) and whether to drain."""
         if self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_nodes())
         self.controller.report(counts)
         view = self.controller.view()
         if replica is not None:
             view["ingress"] = self.ingresses.heard(replica)
+            self.drain.report(replica, admitted)
+        view["draining"] = self.drain.begun
         return view
+
+    def begin_drain(self) -> None:
+        """From now on every ingress refuses new requests (503 ``draining``) as it next syncs."""
+        self.drain.begin()
+
+    def drained(self) -> bool:
+        """Whether every ingress replica heard from lately drains and holds no admitted request."""
+        return self.drain.over(self.ingresses.last_seen)
 
     def view(self) -> dict[str, Any]:
         return self.controller.view()

@@ -5,15 +5,19 @@ A local cluster (no address) is started with every node's ``coserve-node-<node>`
 one machine; a cluster at an address must already have a Ray node carrying each such resource, and
 a missing one is a clear error with the ``ray start`` line that adds it. The address's port is tried
 for a few seconds before ``ray.init``, whose own retries on a port where nothing listens have no end.
-This module knows nothing about the deployments themselves (coserve.distributed.ray_app).
+A stop (SIGINT/SIGTERM) drains first through the ``placement`` deployment (``drain``: the ingresses
+refuse new requests and their admitted ones end, within the deadline). This module knows nothing else
+about the deployments themselves (coserve.distributed.ray_app).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +29,7 @@ from coserve.errors import ConfigError
 __all__ = [
     "APP_NAME",
     "connect_error",
+    "drain",
     "head_endpoint",
     "host_units_short",
     "missing_nodes",
@@ -33,7 +38,11 @@ __all__ = [
     "wanted_nodes",
 ]
 
+log = logging.getLogger("coserve.distributed")
+
 APP_NAME = "coserve"
+DRAIN_POLL_S = 0.5  # how often a stop asks the placement controller whether the ingresses drained
+LAST_ROWS_S = 1.0  # after the drain: the ingresses' last decision-log rows (sent every 0.2 s) arrive
 RAY_AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch for token authentication ("token" or "disabled")
 RAY_CLIENT_PORT = 10001  # Ray Client's port when a ray:// address names none
 CONNECT_TIMEOUT_S = 5.0  # how long the address's port may take to accept a connection before ray.init
@@ -130,9 +139,27 @@ def _ray_token_file() -> bool:
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
 
 
-def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> None:
+def drain(controller: Any, deadline_s: float) -> bool:
+    """A stop's drain through the ``placement`` deployment's ``controller`` handle: every ingress
+    replica refuses new requests (503 ``draining``) from its next sync, then this waits until none
+    holds an admitted request, at most ``deadline_s``. Whether they drained in time."""
+    end = time.monotonic() + deadline_s
+    try:
+        controller.begin_drain.remote().result(timeout_s=max(deadline_s, 1.0))
+        while time.monotonic() < end:
+            if controller.drained.remote().result(timeout_s=max(end - time.monotonic(), 1.0)):
+                time.sleep(LAST_ROWS_S)
+                return True
+            time.sleep(DRAIN_POLL_S)
+    except Exception as exc:  # the controller is gone or slow: stop without waiting more
+        log.warning("drain: %s", exc)
+    return False
+
+
+def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int, drain_s: float = 30.0) -> None:
     """Start the application on a Ray cluster (a local one when ``address`` is None) and serve until
-    SIGINT/SIGTERM, then shut Serve down (a local cluster goes with it)."""
+    SIGINT/SIGTERM; then drain (answers in flight end, for at most ``drain_s`` seconds, while new
+    requests get 503) and shut Serve down (a local cluster goes with it)."""
     require_ray()
     # Ray reports usage to its makers unless told not to; coserve sends nothing off the machine
     # on its own initiative (an operator may still set RAY_USAGE_STATS_ENABLED=1).
@@ -185,6 +212,11 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int) -> No
         serve.run(build_app(args.to_dict()), name=APP_NAME, route_prefix="/")
         print(f"coserve: ready on http://{host}:{port}/v1", flush=True)
         stop.wait()
+        print(f"coserve: draining (at most {drain_s:g} s)", flush=True)
+        from coserve.distributed.ray_placement import PLACEMENT
+
+        if not drain(serve.get_deployment_handle(PLACEMENT, app_name=APP_NAME), drain_s):
+            print("coserve: requests still in flight are cut", flush=True)
         serve.shutdown()
     finally:
         for sig, handler in previous.items():
