@@ -47,6 +47,12 @@ class AlarmExploration:
         """The counts left, as JSON values."""
         return [int(n) for n in self.left]
 
+    def restored(self, saved: Any) -> AlarmExploration:
+        """A copy with these settings and ``saved`` loaded (``restore``); ValueError where it does not fit."""
+        fresh = AlarmExploration(len(self.left), self.requests)
+        fresh.restore(saved)
+        return fresh
+
     def restore(self, saved: Any) -> None:
         """Load ``export_state``'s output (None, a state saved before it existed: nothing open), each count
         at most this router's ``requests`` (none where it is 0); ValueError (nothing changed) where it does
