@@ -106,6 +106,7 @@ def test_bench_adapt_writes_the_issue_fields(tmp_path: Path, cache: Path, capsys
     assert q["static_avg_cost"] == pytest.approx(3.0)  # the static baseline is cost-matched
     assert q["hindsight_avg_cost"] == pytest.approx(report["realised_avg_cost"])
     assert 0.0 <= q["adaptive"] <= 1.0
+    assert report["probed_share"] == 0.0  # change_probe is off by default
     assert "tracking_error_max" in capsys.readouterr().out
     assert main(argv) == 0  # seeded: the same command gives the same figures
     again = json.loads(out.read_text())

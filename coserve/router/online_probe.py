@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from coserve.router.drift import ChangeDetector
+from coserve.router.online_alarm import saved_counts
 
 __all__ = ["ChangeProbe", "ProbeSettings"]
 
@@ -90,11 +91,5 @@ class ChangeProbe:
         fresh = ChangeProbe(len(self.left), self.settings)
         if saved is None:
             return fresh
-        try:
-            left = np.asarray(saved, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"the state's change probe is malformed: {exc}") from None
-        if left.shape != self.left.shape or not np.isfinite(left).all() or (left < 0).any() or (left % 1).any():
-            raise ValueError("the state's change probe must be one whole number >= 0 per expert")
-        fresh.left = np.minimum(left.astype(np.int64), self.settings.requests)
+        fresh.left = np.minimum(saved_counts(saved, len(self.left), "change probe"), self.settings.requests)
         return fresh
