@@ -165,6 +165,12 @@ class OnlineSettings(BaseModel):
     change_anchor: bool = False
     change_fast_drift: float = Field(0.15, ge=0)
     change_fast_threshold: float = Field(0.0, ge=0)
+    # session 13, branch probe13 (docs/adapt.md, coserve.router.online_probe; off): while an expert's down side stands
+    # above this share of the alarm level, a request that allows it and whose choice scores within
+    # change_probe_margin of it in the router's objective is routed to it, at most change_probe_requests per episode
+    change_probe: float = Field(0.0, ge=0, lt=1)
+    change_probe_requests: int = Field(100, ge=1)
+    change_probe_margin: float = Field(0.05, ge=0)
 
     @model_validator(mode="after")
     def _neighbours_need_prompts(self) -> OnlineSettings:
@@ -179,6 +185,10 @@ class OnlineSettings(BaseModel):
             raise ValueError(
                 "change_anchor and change_fast_threshold read the flat model's residuals against the posterior:"
                 " change_model flat and change_baseline posterior"
+            )
+        if self.change_probe > 0 and self.change_threshold == 0:
+            raise ValueError(
+                "change_probe probes an expert the change detector suspects: it needs change_threshold > 0"
             )
         inert = self.granularity != "prompt" or self.change_baseline != "posterior"
         if "change_calibration" in self.model_fields_set and self.change_calibration != "none" and inert:

@@ -93,6 +93,11 @@ side's climb (`change_anchor`) and a second, down-only CUSUM (`change_fast_thres
 the same adoption rule (`adapt_tune_s13b.py`).
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s13b --json docs/data/adapt-tuning-s13b.json
+
+`--stage s13c` (session 13, branch probe13): probing an expert the change detector suspects (`adapt_tune_s13c.py`),
+under the same adoption rule.
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s13c --json docs/data/adapt-tuning-s13c.json
 """
 
 from __future__ import annotations
@@ -177,6 +182,7 @@ def run_record(report: dict[str, Any], axis: str, target: float, seed: int) -> d
         "false_drops": report["false_drops"],
         "true_alarm_delay": report["true_alarm_delay"],
         "alarms": report["alarms"],
+        "probed_share": report["probed_share"],
     }
 
 
@@ -385,15 +391,28 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write every setting's results here")
     parser.add_argument(
         "--stage",
-        choices=["all", "detector", "predictor", "levers", "underspend", "s11", "knn", "s12", "s12b", "s13", "s13b"],
+        choices=[
+            "all",
+            "detector",
+            "predictor",
+            "levers",
+            "underspend",
+            "s11",
+            "knn",
+            "s12",
+            "s12b",
+            "s13",
+            "s13b",
+            "s13c",
+        ],
         default="all",
         help="the full search, or one session's stage",
     )
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
     # --stage levers and underspend run with the default per-prompt predictor's vectors (coserve train's, session 9)
-    featured = args.stage in ("levers", "underspend", "s11", "knn", "s12", "s12b", "s13", "s13b")
-    every_run = args.stage in ("underspend", "s11", "knn", "s12", "s12b", "s13", "s13b")
+    featured = args.stage in ("levers", "underspend", "s11", "knn", "s12", "s12b", "s13", "s13b", "s13c")
+    every_run = args.stage in ("underspend", "s11", "knn", "s12", "s12b", "s13", "s13b", "s13c")
     # (every_run: every setting on all 27 runs, the rule below); the tuning prior's out-of-fold predictions
     # too, which the default change_calibration reads (session 13; without them residuals read uncalibrated)
     fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if featured else None, CALIBRATION_FOLDS)
@@ -452,6 +471,10 @@ def main(argv: list[str]) -> int:
         from adapt_tune_s13b import s13b_stage  # beside this script
 
         results = s13b_stage(lambda knobs: _scored(fitted, costs, knobs))
+    elif args.stage == "s13c":
+        from adapt_tune_s13c import s13c_stage  # beside this script
+
+        results = s13c_stage(lambda knobs: _scored(fitted, costs, knobs))
     elif args.stage == "knn":
         from adapt_tune_knn import knn_stage  # beside this script
 

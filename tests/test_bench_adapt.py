@@ -106,6 +106,7 @@ def test_bench_adapt_writes_the_issue_fields(tmp_path: Path, cache: Path, capsys
     assert q["static_avg_cost"] == pytest.approx(3.0)  # the static baseline is cost-matched
     assert q["hindsight_avg_cost"] == pytest.approx(report["realised_avg_cost"])
     assert 0.0 <= q["adaptive"] <= 1.0
+    assert report["probed_share"] == 0.0  # change_probe is off by default
     assert "tracking_error_max" in capsys.readouterr().out
     assert main(argv) == 0  # seeded: the same command gives the same figures
     again = json.loads(out.read_text())
@@ -294,3 +295,23 @@ def test_bench_adapt_refuses_a_negative_seed_and_infinite_figures(knobs: dict[st
     with pytest.raises(ConfigError) as refused:
         AdaptOptions(**knobs)
     assert says in str(refused.value)
+
+
+def test_bench_adapt_probes_a_suspect_and_reports_the_share_probed(tmp_path: Path, cache: Path) -> None:
+    prior, stream, experts = tmp_path / "prior.jsonl", tmp_path / "stream.jsonl", tmp_path / "experts.json"
+    _outcomes(prior, 1, 150)
+    _outcomes(stream, 2, 150)
+    experts.write_text(
+        json.dumps(
+            {e: {"params_b": b, "input_price": 1, "output_price": 1} for e, b in (("cheap", 1), ("mid", 3), ("big", 9))}
+        )
+    )
+    out = tmp_path / "probe.json"
+    argv = ["bench", "adapt", "--prior", str(prior), "--stream", str(stream), "--experts", str(experts)]
+    argv += ["--budget-params", "3", "--json", str(out), "--requests", "3000", "--embedder", "hashing"]
+    assert main([*argv, "--change-probe", "0.25", "--change-probe-requests", "40", "--change-probe-margin", "0.2"]) == 0
+    report = json.loads(out.read_text())
+    assert report["options"]["change_probe"] == 0.25 and report["options"]["change_probe_requests"] == 40
+    # no other exploration is on (explore_cap 0, explore_at_zero and alarm_explore off): every explored request
+    # is a probe, and the shocked expert's climbing down side opens at least one episode
+    assert report["probed_share"] > 0.0 and report["probed_share"] == report["explored_share"]

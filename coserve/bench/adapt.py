@@ -118,6 +118,9 @@ class AdaptOptions:
     change_anchor: bool = _ONLINE.change_anchor  # residuals against the estimate when the down side left 0
     change_fast_drift: float = _ONLINE.change_fast_drift  # the second, down-only CUSUM's drift
     change_fast_threshold: float = _ONLINE.change_fast_threshold  # its level (0: none)
+    change_probe: float = _ONLINE.change_probe  # share of the alarm level above which an expert is probed (0: off)
+    change_probe_requests: int = _ONLINE.change_probe_requests  # requests one suspicion episode may probe
+    change_probe_margin: float = _ONLINE.change_probe_margin  # objective margin within which a request is probed
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -270,6 +273,7 @@ def replay_adapt(
         },
         "recovery_requests": recovery(chosen, shocked, shock_at, options.window),
         "explored_share": float(explored.mean()),
+        "probed_share": router.probe.probed / n,  # requests routed to a suspect expert (change_probe)
         "map_versions": router.snapshot.version,
         "final_weight": router.controller.effective,
         "change_alarms": router.alarms,

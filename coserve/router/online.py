@@ -47,11 +47,8 @@
   ``explore_cap`` (so no ``window`` consecutive requests hold more than ``explore_cap * window``
   explorations, rounded up). The snapshot is rebuilt from the posterior means and the weight after every
   ``resolve_every`` updates and swapped under a lock: a reader sees one whole map, never a mix.
-
-* ``neighbours`` (prompt mode, session 11): ``online_neighbours.NeighbourMemory`` keeps the last feedback
-  residuals (the score less the prompt's estimate above, with the prompt's vector) and adds to a new
-  prompt's estimates the shrunk mean residual of its nearest remembered prompts, per expert; an alarm
-  drops the moved expert's residuals. The memory is not saved: a restart starts it empty.
+* ``neighbours`` (prompt mode, session 11, ``online_neighbours``) corrects a prompt's estimates by the feedback
+  residuals of its nearest remembered prompts; ``probe`` (``online_probe``) routes requests to a suspect expert.
 
 ``export_state``/``restore`` turn the posteriors, the weight and the map version into JSON values and
 back (``online_saved.parse_state`` checks a saved state; ``resume`` warns and keeps the offline map
@@ -79,6 +76,7 @@ from coserve.router.online_map import Decision, MapSnapshot, solve_weighted
 from coserve.router.online_mix import RecentMix
 from coserve.router.online_model import BudgetController, ScorePosterior, weight_cap
 from coserve.router.online_neighbours import NeighbourMemory
+from coserve.router.online_probe import ChangeProbe, ProbeSettings
 from coserve.router.online_saved import STATE_FORMAT, parse_state, resume
 
 __all__ = [
@@ -123,6 +121,7 @@ class OnlineRouter:
         weight_floor: float = 0.0,
         alarm_explore: int = 0,
         neighbours: NeighbourSettings | None = None,
+        probe: ProbeSettings | None = None,
     ) -> None:
         if not 0.0 <= prompt_weight <= 1.0:
             raise ValueError("prompt_weight must be in [0, 1]")
@@ -153,6 +152,7 @@ class OnlineRouter:
         self.explore_cap = float(explore_cap)
         self.explore_at_zero = bool(explore_at_zero)  # explore, beyond the cap, where the cost weight is 0
         self.after_alarm = AlarmExploration(self.posterior.shape[1], alarm_explore)  # explore an expert just moved
+        self.probe = ChangeProbe(self.posterior.shape[1], probe)  # route to a suspect expert (online_probe)
         if not signals <= SIGNALS:
             raise ValueError(f"unknown signals {sorted(signals - SIGNALS)}; known: {sorted(SIGNALS)}")
         self.signals = signals  # the automatic signals counted as a score of 0
@@ -258,6 +258,9 @@ class OnlineRouter:
             # beyond the cap and explore_at_zero, only an expert an alarm just moved is explored
             if sampled != greedy and (capped or (self.explore_at_zero and unbound) or alarmed[sampled]):
                 choice, explored = sampled, True
+        objective = snap.means[category] + shift - snap.weight * self._scaled_cost()
+        probed = None if explored else self.probe.pick(self.detector, objective, greedy, mask)
+        choice, explored = (choice, explored) if probed is None else (probed, True)
         self.explored.append(explored)
         self._join_mix(category, row)
         return Decision(category, choice, explored, snap.version)
@@ -317,6 +320,7 @@ class OnlineRouter:
                 "granularity": self.granularity,  # what the cells mean: scores, or residuals of predictions
                 "expert_offset": self.posterior.offset.tolist(),  # per expert, added to its cells (expert_rate)
                 "alarm_explore": self.after_alarm.export_state(),  # per expert, routed requests it may be explored
+                "change_probe": self.probe.export_state(),  # per expert, requests its suspicion may still probe
                 **({} if self.detector is None else {"change": export_change(self.detector, self.baseline)}),
             }
 
@@ -324,10 +328,10 @@ class OnlineRouter:
         """Resume from ``export_state``'s output; ValueError (nothing changed) unless it fits this router."""
         saved = parse_state(state, categories, experts, self.granularity, self.posterior.shape)
         detector, baseline = restore_detector(state.get("change"), self.change, *self.posterior.shape)
-        after_alarm = AlarmExploration(self.posterior.shape[1], self.after_alarm.requests)
-        after_alarm.restore(state.get("alarm_explore"))
+        after_alarm = self.after_alarm.restored(state.get("alarm_explore"))
+        probe = self.probe.restored(state.get("change_probe"))
         with self._lock:
-            self.after_alarm = after_alarm
+            self.after_alarm, self.probe = after_alarm, probe
             self.detector, self.baseline = detector, baseline
             self.posterior.alpha, self.posterior.beta, self.posterior.offset = saved.alpha, saved.beta, saved.offset
             # the feed-forward part (until its next refresh reads the new mix) and the integral part, within this

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AlarmExploration"]
+__all__ = ["AlarmExploration", "saved_counts"]
 
 
 class AlarmExploration:
@@ -47,6 +47,12 @@ class AlarmExploration:
         """The counts left, as JSON values."""
         return [int(n) for n in self.left]
 
+    def restored(self, saved: Any) -> AlarmExploration:
+        """A copy with these settings and ``saved`` loaded (``restore``); ValueError where it does not fit."""
+        fresh = AlarmExploration(len(self.left), self.requests)
+        fresh.restore(saved)
+        return fresh
+
     def restore(self, saved: Any) -> None:
         """Load ``export_state``'s output (None, a state saved before it existed: nothing open), each count
         at most this router's ``requests`` (none where it is 0); ValueError (nothing changed) where it does
@@ -54,10 +60,16 @@ class AlarmExploration:
         if saved is None:
             self.left = np.zeros_like(self.left)
             return
-        try:
-            left = np.asarray(saved, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"the state's alarm exploration is malformed: {exc}") from None
-        if left.shape != self.left.shape or not np.isfinite(left).all() or (left < 0).any() or (left % 1).any():
-            raise ValueError("the state's alarm exploration must be one whole number >= 0 per expert")
-        self.left = np.minimum(left.astype(np.int64), self.requests)
+        self.left = np.minimum(saved_counts(saved, len(self.left), "alarm exploration"), self.requests)
+
+
+def saved_counts(saved: Any, experts: int, what: str) -> np.ndarray:
+    """A saved count per expert (``what`` names it in the error) as int64 ``[experts]``; ValueError where it
+    is not one whole number >= 0 per expert."""
+    try:
+        counts = np.asarray(saved, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the state's {what} is malformed: {exc}") from None
+    if counts.shape != (experts,) or not np.isfinite(counts).all() or (counts < 0).any() or (counts % 1).any():
+        raise ValueError(f"the state's {what} must be one whole number >= 0 per expert")
+    return counts.astype(np.int64)

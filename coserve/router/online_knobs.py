@@ -12,6 +12,7 @@ from typing import Any
 
 from coserve.config_routing import OnlineSettings
 from coserve.router.drift import ChangeSettings
+from coserve.router.online_probe import ProbeSettings
 
 __all__ = ["router_options"]
 
@@ -48,4 +49,5 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
         "weight_floor": settings.weight_floor,
         "alarm_explore": settings.alarm_explore,
         "neighbours": settings.neighbours,
+        "probe": ProbeSettings(settings.change_probe, settings.change_probe_requests, settings.change_probe_margin),
     }
