@@ -23,7 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from coserve.errors import InvalidRequest, UnprocessableRequest
 from coserve.server.messages import ChatMessage
-from coserve.server.tool_params import NamedToolChoice, ResponseFormat, ToolParam, sampling_fields, tool_calls_of
+from coserve.server.tool_params import (
+    NamedToolChoice,
+    ResponseFormat,
+    ToolParam,
+    check_tool_turns,
+    sampling_fields,
+    tool_calls_of,
+)
 from coserve.types import Constraints, Message, Request, Sampling
 
 __all__ = [
@@ -215,6 +222,7 @@ class ChatCompletionRequest(BaseModel):
             )
             for m in self.messages
         )
+        check_tool_turns(messages)
         output = sampling_fields(self.tools, self.tool_choice, self.parallel_tool_calls, self.response_format)
         if not any(m.role == "user" for m in messages):
             raise UnprocessableRequest("messages must include a user message", param="messages")
