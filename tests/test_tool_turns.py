@@ -6,11 +6,15 @@ fake experts. The expected answers are written out from OpenAI's rules, not from
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from conftest import HELD_OUT
 from fastapi.testclient import TestClient
+
+from coserve.engine.engine import Engine
+from coserve.server.app import create_app
 
 URL = "/v1/chat/completions"
 QUESTION = {"role": "user", "content": HELD_OUT["code"]}
@@ -72,3 +76,26 @@ def test_parameters_describing_an_object_or_leaving_the_type_open_are_served(
     response = post(client, [QUESTION], tools=[tool], tool_choice="required", max_tokens=64)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    "fields", [{}, {"tools": [WEATHER], "tool_choice": "none"}], ids=["no tools", "tool_choice none"]
+)
+def test_a_conversation_carrying_tool_calls_goes_only_to_experts_that_render_them(
+    make_engine: Callable[..., Engine], fields: dict[str, Any]
+) -> None:
+    """'small' (the chat prompt's first choice) declares no tools, as an expert whose chat template
+    drops an assistant turn's calls (SmolLM2's): a history with calls and their results must not go
+    there even when the request itself asks for no call, or the model would read results of calls
+    it cannot see. Pinned to it: 422 naming ``tools``. Without the calls the prompt stays on 'small'."""
+    engine = make_engine(fields={"small": {"capabilities": ["logprobs"]}})
+    chat = {"role": "user", "content": HELD_OUT["chat"]}
+    history = [chat, calling("c1"), result("c1"), chat]
+    with TestClient(create_app(engine)) as client:
+        assert post(client, [chat], **fields).json()["coserve"]["expert"] == "small"
+        routed = post(client, history, **fields).json()["coserve"]
+        assert routed["expert"] != "small"
+        assert (routed["reason"], routed["narrowed_by"]) == ("constrained", ["tools"])
+        pinned = client.post(URL, json={"model": "small", "messages": history, **fields})
+        assert pinned.status_code == 422, pinned.text
+        assert (pinned.json()["error"]["param"], pinned.json()["error"]["code"]) == ("tools", "infeasible_constraints")
