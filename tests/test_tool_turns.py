@@ -6,6 +6,7 @@ fake experts. The expected answers are written out from OpenAI's rules, not from
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,7 @@ def post(client: TestClient, messages: list[dict[str, Any]], **fields: Any) -> A
     [
         ([QUESTION, calling("c1"), result("zzz")], "messages[2].tool_call_id"),  # no such call
         ([QUESTION, result("c1")], "messages[1].tool_call_id"),  # no call before it at all
-        ([QUESTION, calling("c1"), result("c1"), QUESTION, result("c1")], "messages[4].tool_call_id"),  # a user turn between
+        ([QUESTION, calling("c1"), result("c1"), QUESTION, result("c1")], "messages[4].tool_call_id"),  # user between
         ([QUESTION, calling("c1", "c2"), result("c1"), result("c3")], "messages[3].tool_call_id"),
     ],
 )  # fmt: skip
@@ -99,3 +100,28 @@ def test_a_conversation_carrying_tool_calls_goes_only_to_experts_that_render_the
         pinned = client.post(URL, json={"model": "small", "messages": history, **fields})
         assert pinned.status_code == 422, pinned.text
         assert (pinned.json()["error"]["param"], pinned.json()["error"]["code"]) == ("tools", "infeasible_constraints")
+
+
+CALL_TEXT = '<tool_call>{"name":"get_weather","arguments":{"city":"Paris"}}</tool_call>'  # one word: echoed whole
+
+
+@pytest.mark.parametrize(("parallel", "calls"), [(None, 3), (True, 3), (False, 1)])
+def test_parallel_tool_calls_false_keeps_one_call_under_auto(
+    client: TestClient, parallel: bool | None, calls: int
+) -> None:
+    """The fake echoes the prompt's words after its own two (``coder says:``), so a prompt that is
+    one call's text makes an answer of ``max_tokens - 2`` calls under ``auto``; with
+    ``parallel_tool_calls: false`` only the first is the answer's, streamed or not (as OpenAI's)."""
+    fields = {"tools": [WEATHER], "max_tokens": 5, "parallel_tool_calls": parallel}
+    message = post(client, [{"role": "user", "content": CALL_TEXT}], **fields).json()["choices"][0]["message"]
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]] == [
+        ("get_weather", '{"city": "Paris"}')
+    ] * calls
+    with client.stream(
+        "POST",
+        URL,
+        json={"model": "coserve", "messages": [{"role": "user", "content": CALL_TEXT}], "stream": True, **fields},
+    ) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    firsts = [d for e in events for d in e["choices"][0]["delta"].get("tool_calls", []) if "id" in d]
+    assert [d["index"] for d in firsts] == list(range(calls))
