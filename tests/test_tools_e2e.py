@@ -169,6 +169,12 @@ def test_a_tools_request_is_routed_away_from_general(openai_client: Any) -> None
     assert routed.model == "coder"
     coserve = routed.model_extra["coserve"]
     assert (coserve["reason"], coserve["narrowed_by"]) == ("constrained", ["tools"])
+    # A conversation carrying calls asks for none itself, yet general's template would drop them.
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    history = [*messages, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    history += [{"role": "tool", "tool_call_id": "call_1", "content": "sunny"}, *messages]
+    after = openai_client.chat.completions.create(model="coserve", messages=history, max_tokens=4, extra_body=limits)
+    assert (after.model, after.model_extra["coserve"]["narrowed_by"]) == ("coder", ["tools"])
     models = {m.id: m.model_extra["coserve"] for m in openai_client.models.list().data if m.id != "coserve"}
     assert "tools" not in models["general"]["capabilities"] and "json_schema" in models["general"]["capabilities"]
     assert {"tools", "json_schema", "logprobs"} <= set(models["coder"]["capabilities"])
