@@ -14,8 +14,10 @@ import pytest
 from conftest import HELD_OUT
 from fastapi.testclient import TestClient
 
+from coserve.backends.structured import grammar
 from coserve.engine.engine import Engine
 from coserve.server.app import create_app
+from coserve.types import Sampling
 
 URL = "/v1/chat/completions"
 QUESTION = {"role": "user", "content": HELD_OUT["code"]}
@@ -125,3 +127,27 @@ def test_parallel_tool_calls_false_keeps_one_call_under_auto(
         events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
     firsts = [d for e in events for d in e["choices"][0]["delta"].get("tool_calls", []) if "id" in d]
     assert [d["index"] for d in firsts] == list(range(calls))
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"properties": {"city": {"type": "string"}}}, {"type": ["object", "null"]}, {"type": "object"}, {}],
+    ids=["no type", "object or null", "object", "empty"],
+)
+def test_a_forced_call_s_grammar_makes_its_arguments_an_object(parameters: dict[str, Any]) -> None:
+    """JSON Schema leaves a value of another type valid when ``type`` is left out (``properties``
+    constrain objects only): a forced call's grammar must still make the arguments an object, and
+    keep what the schema says of it."""
+    from jsonschema import Draft202012Validator
+
+    tools = json.dumps([{"type": "function", "function": {"name": "f", "parameters": parameters}}])
+    text = grammar(Sampling(tools=tools, tool_choice="required"))
+    assert text is not None
+    body = json.loads(text.split("body: %json ", 1)[1])
+    validator = Draft202012Validator(body)
+    for arguments in ("Paris", None, 3, ["Paris"]):
+        assert not validator.is_valid({"name": "f", "arguments": arguments}), arguments
+    assert validator.is_valid({"name": "f", "arguments": {"city": "Paris"}})
+    assert validator.is_valid({"name": "f", "arguments": {}})
+    if "properties" in parameters:
+        assert not validator.is_valid({"name": "f", "arguments": {"city": 3}})

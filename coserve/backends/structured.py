@@ -97,7 +97,8 @@ def _call_schema(tool: dict[str, Any]) -> dict[str, Any]:
         "type": "object",
         "properties": {
             "name": {"const": function["name"]},
-            "arguments": function.get("parameters") or {"type": "object"},
+            # an object whatever else the schema says (without ``type`` it would let any value be)
+            "arguments": {**(function.get("parameters") or {}), "type": "object"},
         },
         "required": ["name", "arguments"],
         "additionalProperties": False,
