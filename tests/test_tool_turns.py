@@ -151,3 +151,31 @@ def test_a_forced_call_s_grammar_makes_its_arguments_an_object(parameters: dict[
     assert validator.is_valid({"name": "f", "arguments": {}})
     if "properties" in parameters:
         assert not validator.is_valid({"name": "f", "arguments": {"city": 3}})
+
+
+def _tool_with_place(name: str, place_field: str) -> dict[str, Any]:
+    """A function whose one argument is a nested model, written as ``pydantic_function_tool`` writes
+    it: the model in the parameters' own ``$defs``, a ``$ref`` to it."""
+    place = {"type": "object", "properties": {place_field: {"type": "string"}}, "required": [place_field]}
+    parameters = {
+        "$defs": {"Place": place},
+        "type": "object",
+        "properties": {"place": {"$ref": "#/$defs/Place"}},
+        "required": ["place"],
+    }
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+def test_a_forced_call_s_grammar_resolves_each_function_s_own_definitions() -> None:
+    """Two functions each with a ``Place`` of their own (a city / a street): the forced call's
+    schema resolves each function's reference to its own definition."""
+    from jsonschema import Draft202012Validator
+
+    tools = json.dumps([_tool_with_place("weather", "city"), _tool_with_place("parcel", "street")])
+    text = grammar(Sampling(tools=tools, tool_choice="required"))
+    assert text is not None
+    validator = Draft202012Validator(json.loads(text.split("body: %json ", 1)[1]))
+    assert validator.is_valid({"name": "weather", "arguments": {"place": {"city": "Paris"}}})
+    assert validator.is_valid({"name": "parcel", "arguments": {"place": {"street": "Rue Lepic"}}})
+    assert not validator.is_valid({"name": "weather", "arguments": {"place": {"street": "Rue Lepic"}}})
+    assert not validator.is_valid({"name": "parcel", "arguments": {"place": {"city": 3}}})
