@@ -179,3 +179,20 @@ def test_a_forced_call_s_grammar_resolves_each_function_s_own_definitions() -> N
     assert validator.is_valid({"name": "parcel", "arguments": {"place": {"street": "Rue Lepic"}}})
     assert not validator.is_valid({"name": "weather", "arguments": {"place": {"street": "Rue Lepic"}}})
     assert not validator.is_valid({"name": "parcel", "arguments": {"place": {"city": 3}}})
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 4])
+def test_a_forced_call_cut_before_its_name_ends_leaks_no_markup(client: TestClient, max_tokens: int) -> None:
+    """The fake writes a forced call in 8-character pieces; ``<tool_call>\\n{"name": "get_weather"``
+    is 32 characters, so 1, 2 or 4 tokens end the answer inside the block's head: no call was
+    begun, and the block's text is not the answer's content either: it is empty, as an answer cut
+    before its first word (finish_reason ``length``)."""
+    fields = {"tools": [WEATHER], "tool_choice": "required", "max_tokens": max_tokens}
+    choice = post(client, [QUESTION], **fields).json()["choices"][0]
+    message = choice["message"]
+    assert (message["content"], message.get("tool_calls"), choice["finish_reason"]) == ("", None, "length")
+    body = {"model": "coserve", "messages": [QUESTION], "stream": True, **fields}
+    with client.stream("POST", URL, json=body) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == ""
+    assert events[-1]["choices"][0]["finish_reason"] == "length"

@@ -85,8 +85,8 @@ class ForcedCalls(BufferedCalls):
         return content, deltas + more
 
     def finish(self) -> tuple[str, list[ToolCallDelta]]:
-        if not self.buffering and (self.phase != "head" or not self.held.strip()):
-            return "", []  # done, or cut short inside a call (its pieces are out already)
+        if not self.buffering and (self.phase != "head" or self._may_begin_call()):
+            return "", []  # done, or cut short inside a call (its pieces are out) or a block's head
         if not self.buffering:
             content, deltas = super().feed(self.held)
             self.buffering, self.held = True, ""
