@@ -184,7 +184,7 @@ def test_a_forced_call_s_grammar_resolves_each_function_s_own_definitions() -> N
 @pytest.mark.parametrize("max_tokens", [1, 2, 4])
 def test_a_forced_call_cut_before_its_name_ends_leaks_no_markup(client: TestClient, max_tokens: int) -> None:
     """The fake writes a forced call in 8-character pieces; ``<tool_call>\\n{"name": "get_weather"``
-    is 32 characters, so 1, 2 or 4 tokens end the answer inside the block's head: no call was
+    is 34 characters, so 1, 2 or 4 tokens (8 to 32) end the answer inside its head: no call was
     begun, and the block's text is not the answer's content either: it is empty, as an answer cut
     before its first word (finish_reason ``length``)."""
     fields = {"tools": [WEATHER], "tool_choice": "required", "max_tokens": max_tokens}
