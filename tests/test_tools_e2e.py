@@ -125,6 +125,32 @@ def test_auto_parses_the_call_the_model_writes_on_its_own(openai_client: Any) ->
     assert json.loads(calls[0].function.arguments)["city"] == "Paris"
 
 
+def test_a_pydantic_tool_with_nested_models_is_called_and_parsed(openai_client: Any) -> None:
+    """The openai client's ``pydantic_function_tool`` writes a nested model as a ``$ref`` into the
+    parameters' own ``$defs``: the forced call's grammar must still compile and follow it."""
+    import openai
+    from pydantic import BaseModel
+
+    class Place(BaseModel):
+        city: str
+        country: str
+
+    class GetWeather(BaseModel):
+        place: Place
+
+    reply = openai_client.chat.completions.parse(
+        model="coder",
+        messages=QUESTION,
+        tools=[openai.pydantic_function_tool(GetWeather)],
+        tool_choice={"type": "function", "function": {"name": "GetWeather"}},
+        temperature=0,
+        max_tokens=60,
+    )
+    (call,) = reply.choices[0].message.tool_calls or []
+    assert isinstance(call.function.parsed_arguments, GetWeather)
+    assert call.function.parsed_arguments.place.city == "Paris"
+
+
 def test_fifty_json_schema_answers_all_parse_and_validate(openai_client: Any) -> None:
     people = ["Ada", "Alan", "Grace", "Linus", "Edsger", "Barbara", "Donald", "Ken", "Dennis", "Margaret"]
 
@@ -169,6 +195,12 @@ def test_a_tools_request_is_routed_away_from_general(openai_client: Any) -> None
     assert routed.model == "coder"
     coserve = routed.model_extra["coserve"]
     assert (coserve["reason"], coserve["narrowed_by"]) == ("constrained", ["tools"])
+    # A conversation carrying calls asks for none itself, yet general's template would drop them.
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    history = [*messages, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    history += [{"role": "tool", "tool_call_id": "call_1", "content": "sunny"}, *messages]
+    after = openai_client.chat.completions.create(model="coserve", messages=history, max_tokens=4, extra_body=limits)
+    assert (after.model, after.model_extra["coserve"]["narrowed_by"]) == ("coder", ["tools"])
     models = {m.id: m.model_extra["coserve"] for m in openai_client.models.list().data if m.id != "coserve"}
     assert "tools" not in models["general"]["capabilities"] and "json_schema" in models["general"]["capabilities"]
     assert {"tools", "json_schema", "logprobs"} <= set(models["coder"]["capabilities"])

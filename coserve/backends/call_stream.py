@@ -4,6 +4,8 @@ streams (a call's first delta with its ``index``, ``id`` and ``name``, then piec
 
 * ``BufferedCalls`` (``tool_choice`` ``auto``): what the model writes is free text, so a call is
   known only once its text parses (coserve.backends.tool_calls); its arguments then go in one piece.
+  With ``parallel_tool_calls: false`` (``single``) the calls after the first are dropped, as OpenAI
+  and vLLM keep one call then (under ``required`` the grammar already allows only one).
 * ``ForcedCalls`` (``required`` or a named function): the grammar (coserve.backends.structured)
   makes the answer ``<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`` blocks, so a call
   is known from its first tokens: its first delta goes as soon as its name is written, then each
@@ -19,11 +21,11 @@ from __future__ import annotations
 import re
 
 from coserve.backends.base import Emit
-from coserve.backends.structured import CALL_CLOSE, CALL_OPEN
+from coserve.backends.structured import CALL_CLOSE, CALL_OPEN, forced_tool_names, tool_names
 from coserve.backends.tool_calls import ToolCallParser, call_deltas, new_call_id
-from coserve.types import Chunk, TokenLogprob, ToolCall, ToolCallDelta, Usage
+from coserve.types import Chunk, Sampling, TokenLogprob, ToolCall, ToolCallDelta, Usage
 
-__all__ = ["AnswerOutlet", "BufferedCalls", "ForcedCalls"]
+__all__ = ["AnswerOutlet", "BufferedCalls", "ForcedCalls", "answer_outlet"]
 
 _NAMED = re.compile(r"\s*" + re.escape(CALL_OPEN) + r'\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_-]*)"')
 _HEAD = CALL_OPEN + '{"name":"'  # how a forced block begins, without its whitespace
@@ -35,14 +37,15 @@ _CLOSE = re.compile(r"\s*\}\s*" + re.escape(CALL_CLOSE))
 class BufferedCalls:
     """The calls of free text: parsed whole (coserve.backends.tool_calls), then sent as two deltas."""
 
-    def __init__(self, names: frozenset[str]):
+    def __init__(self, names: frozenset[str], single: bool = False):
         self.parser = ToolCallParser(names)
         self.started = 0  # calls begun, the index of the next one
+        self.single = single  # parallel_tool_calls false: calls after the first are dropped
 
     def _deltas(self, found: tuple[str, list[ToolCall]]) -> tuple[str, list[ToolCallDelta]]:
         content, calls = found
         deltas: list[ToolCallDelta] = []
-        for call in calls:
+        for call in calls[: 1 - self.started] if self.single else calls:
             deltas += call_deltas(self.started, call)
             self.started += 1
         return content, deltas
@@ -59,8 +62,8 @@ class BufferedCalls:
 class ForcedCalls(BufferedCalls):
     """The calls of a decode a grammar forces into ``<tool_call>`` blocks, streamed as written."""
 
-    def __init__(self, names: frozenset[str]):
-        super().__init__(names)
+    def __init__(self, names: frozenset[str], single: bool = False):
+        super().__init__(names, single)
         self.names = names
         self.held = ""  # text not yet consumed
         self.phase = "head"  # head (up to the name) -> key (the arguments') -> value -> tail (the close)
@@ -82,8 +85,8 @@ class ForcedCalls(BufferedCalls):
         return content, deltas + more
 
     def finish(self) -> tuple[str, list[ToolCallDelta]]:
-        if not self.buffering and (self.phase != "head" or not self.held.strip()):
-            return "", []  # done, or cut short inside a call (its pieces are out already)
+        if not self.buffering and (self.phase != "head" or self._may_begin_call()):
+            return "", []  # done, or cut short inside a call (its pieces are out) or a block's head
         if not self.buffering:
             content, deltas = super().feed(self.held)
             self.buffering, self.held = True, ""
@@ -166,9 +169,9 @@ class AnswerOutlet:
     """Emits a local expert's answer: content chunks (each with the log-probabilities of the tokens it
     carries, or of earlier ones held back), a chunk per tool-call delta, and the last chunk."""
 
-    def __init__(self, emit: Emit, names: frozenset[str], forced: bool = False):
+    def __init__(self, emit: Emit, names: frozenset[str], forced: bool = False, single: bool = False):
         self.emit = emit
-        self.calls = ForcedCalls(names) if forced and names else BufferedCalls(names)
+        self.calls = ForcedCalls(names, single) if forced and names else BufferedCalls(names, single)
         self.pending: list[TokenLogprob] = []  # entries of tokens whose text is not emitted yet
 
     def _send(self, content: str, deltas: list[ToolCallDelta]) -> bool:
@@ -188,3 +191,10 @@ class AnswerOutlet:
             return
         reason = "tool_calls" if self.calls.started and finish == "stop" else finish
         self.emit(Chunk("", reason, usage, tuple(self.pending)))
+
+
+def answer_outlet(emit: Emit, sampling: Sampling) -> AnswerOutlet:
+    """The outlet of an answer to a request with these settings (its tools, forced or not, one call
+    or several)."""
+    forced = bool(forced_tool_names(sampling))
+    return AnswerOutlet(emit, tool_names(sampling), forced, single=sampling.parallel_tool_calls is False)

@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 
 from coserve.backends.base import Emit, Handle
-from coserve.backends.call_stream import AnswerOutlet
+from coserve.backends.call_stream import answer_outlet
 from coserve.backends.chores import StopStrings, check_context, declared_concurrency, refuse_sampling, token_cap
-from coserve.backends.structured import CALL_CLOSE, CALL_OPEN, forced_tool_names, tool_names
+from coserve.backends.structured import CALL_CLOSE, CALL_OPEN, forced_tool_names
 from coserve.config import ExpertSpec
 from coserve.errors import ExpertFailed, ExpertLoadError
 from coserve.types import Message, Sampling, TokenLogprob, Usage
@@ -130,7 +130,7 @@ class FakeBackend:
         delay = float(spec.options.get("token_delay", 0.0))
         fail_after = spec.options.get("fail_after_tokens")
         stops = StopStrings(sampling.stop)
-        outlet = AnswerOutlet(emit, tool_names(sampling), forced=bool(forced_tool_names(sampling)))
+        outlet = answer_outlet(emit, sampling)
         for i, piece in enumerate(pieces):
             if fail_after is not None and i >= int(fail_after):
                 raise ExpertFailed(f"expert {spec.name!r} crashed mid-stream (injected fault)")

@@ -38,7 +38,7 @@ from typing import Any
 
 from coserve.backends import llama_capi
 from coserve.backends.base import Emit, Handle
-from coserve.backends.call_stream import AnswerOutlet
+from coserve.backends.call_stream import answer_outlet
 from coserve.backends.chores import StopStrings, check_context, declared_concurrency, token_cap
 from coserve.backends.gguf_header import kv_cache_bytes, n_vocab, read_header
 from coserve.backends.llama_decode import BATCH, DecodeContext, Request
@@ -173,7 +173,7 @@ class LlamaCppSplitBackend:
             raise
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopStrings(sampling.stop)
-        outlet = AnswerOutlet(emit or (lambda chunk: False), names, forced=bool(forced_tool_names(sampling)))
+        outlet = answer_outlet(emit or (lambda chunk: False), sampling)
         received = 0
         ended = False
         try:

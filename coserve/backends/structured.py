@@ -91,25 +91,55 @@ def _json_rule(schema: dict[str, Any]) -> str:
     return text[len(_LLGUIDANCE) :]
 
 
-def _call_schema(tool: dict[str, Any]) -> dict[str, Any]:
+def _rooted(parameters: dict[str, Any], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A function's parameters made to sit inside a call's schema: its own definitions (``$defs``,
+    ``definitions``: a nested model of the openai client's ``pydantic_function_tool``) moved out
+    under names prefixed by the function's, to go at the grammar's root, and its references to
+    them pointed there (a ``#/$defs/...`` reference is read from the root)."""
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: _moved(v, name) if k == "$ref" and isinstance(v, str) else rewrite(v) for k, v in value.items()}
+        return [rewrite(v) for v in value] if isinstance(value, list) else value
+
+    schema = rewrite(parameters)
+    sections = [schema.pop(key, None) or {} for key in ("$defs", "definitions")]
+    return schema, {f"{name}__{key}": definition for section in sections for key, definition in section.items()}
+
+
+def _moved(ref: str, name: str) -> str:
+    for root in ("#/$defs/", "#/definitions/"):
+        if ref.startswith(root):
+            return f"#/$defs/{name}__{ref[len(root) :]}"
+    return ref
+
+
+def _call_schema(tool: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The schema of one call of ``tool``, and the definitions it needs at the root."""
     function = tool["function"]
-    return {
+    parameters, definitions = _rooted(function.get("parameters") or {}, function["name"])
+    schema = {
         "type": "object",
         "properties": {
             "name": {"const": function["name"]},
-            "arguments": function.get("parameters") or {"type": "object"},
+            # an object whatever else the schema says (without ``type`` it would let any value be)
+            "arguments": {**parameters, "type": "object"},
         },
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
+    return schema, definitions
 
 
 def grammar(sampling: Sampling) -> str | None:
     """The llguidance grammar the decode must follow, or None (free text)."""
     forced = forced_tool_names(sampling)
     if forced:
-        variants = [_call_schema(tool) for tool in _tools(sampling) if tool["function"]["name"] in forced]
+        calls = [_call_schema(tool) for tool in _tools(sampling) if tool["function"]["name"] in forced]
+        variants = [schema for schema, _ in calls]
         call_schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
+        definitions = {key: value for _, found in calls for key, value in found.items()}
+        call_schema = {**call_schema, "$defs": definitions} if definitions else call_schema
         several = sampling.parallel_tool_calls is not False and sampling.tool_choice == "required"
         return (
             f"{_LLGUIDANCE}call{' (NL call)*' if several else ''}\n"

@@ -23,7 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from coserve.errors import InvalidRequest, UnprocessableRequest
 from coserve.server.messages import ChatMessage
-from coserve.server.tool_params import NamedToolChoice, ResponseFormat, ToolParam, sampling_fields, tool_calls_of
+from coserve.server.tool_params import (
+    NamedToolChoice,
+    ResponseFormat,
+    ToolParam,
+    check_tool_turns,
+    sampling_fields,
+    tool_calls_of,
+)
 from coserve.types import Constraints, Message, Request, Sampling
 
 __all__ = [
@@ -215,6 +222,8 @@ class ChatCompletionRequest(BaseModel):
             )
             for m in self.messages
         )
+        check_tool_turns(messages)
+        carries_calls = any(m.tool_calls or m.role == "tool" for m in messages)
         output = sampling_fields(self.tools, self.tool_choice, self.parallel_tool_calls, self.response_format)
         if not any(m.role == "user" for m in messages):
             raise UnprocessableRequest("messages must include a user message", param="messages")
@@ -250,7 +259,8 @@ class ChatCompletionRequest(BaseModel):
                         ("logprobs", bool(self.logprobs)),
                         ("presence_penalty", bool(self.presence_penalty)),
                         ("frequency_penalty", bool(self.frequency_penalty)),
-                        ("tools", "tools" in output and output.get("tool_choice") != "none"),
+                        # calls asked for, or calls in the conversation (a template without tools drops them)
+                        ("tools", ("tools" in output and output.get("tool_choice") != "none") or carries_calls),
                         ("json_schema", "response_format" in output),
                     )
                     if needed

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from coserve.errors import InvalidRequest
-from coserve.types import ToolCall
+from coserve.types import Message, ToolCall
 
 __all__ = [
     "FunctionCallParam",
@@ -29,6 +29,7 @@ __all__ = [
     "ToolCallParam",
     "ToolParam",
     "check_schema",
+    "check_tool_turns",
     "sampling_fields",
     "tool_calls_of",
 ]
@@ -114,6 +115,31 @@ def check_schema(schema: dict[str, Any], param: str) -> None:
         raise InvalidRequest(f"{param}: not a valid JSON Schema: {exc.message}", param=param) from None
 
 
+def _check_arguments_schema(schema: dict[str, Any], param: str) -> None:
+    """InvalidRequest (400) unless ``schema`` is a JSON Schema that lets the arguments be an object
+    (a call's arguments are one, as OpenAI requires of ``parameters``); no ``type`` leaves it open."""
+    check_schema(schema, param)
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    if kind is not None and "object" not in kinds:
+        raise InvalidRequest(f"{param}: must describe an object (type 'object'), not {kind!r}", param=param)
+
+
+def check_tool_turns(messages: tuple[Message, ...]) -> None:
+    """InvalidRequest (400, ``messages[i].tool_call_id``) for a ``tool`` turn that answers no call of
+    the assistant turn before it (only tool turns between), as OpenAI's API refuses it."""
+    calls: set[str] = set()
+    for i, message in enumerate(messages):
+        if message.role != "tool":
+            calls = {call.id for call in message.tool_calls}
+        elif message.tool_call_id not in calls:
+            raise InvalidRequest(
+                f"messages[{i}].tool_call_id: {message.tool_call_id!r} answers no call of the assistant "
+                "message before it (a tool message follows the assistant message whose call it answers)",
+                param=f"messages[{i}].tool_call_id",
+            )
+
+
 def sampling_fields(
     tools: list[ToolParam] | None,
     tool_choice: str | NamedToolChoice | None,
@@ -128,7 +154,7 @@ def sampling_fields(
         raise InvalidRequest("tools: two functions have the same name", param="tools")
     for i, tool in enumerate(tools or ()):
         if tool.function.parameters is not None:
-            check_schema(tool.function.parameters, f"tools[{i}].function.parameters")
+            _check_arguments_schema(tool.function.parameters, f"tools[{i}].function.parameters")
     if isinstance(tool_choice, NamedToolChoice) and tool_choice.function.name not in names:
         raise InvalidRequest(
             f"tool_choice: no function named {tool_choice.function.name!r} in tools", param="tool_choice"
