@@ -99,3 +99,38 @@ def test_serve_says_it_serves_once_it_listens(tmp_path: Path) -> None:
     with LiveServer(tmp_path) as live:
         said = [line for line in live.output().splitlines() if "serving on" in line]
     assert said == [f"coserve: serving on {live.url}/v1 (model 'coserve' routes)"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--min-replicas", "3", "--max-replicas", "2"], "--min-replicas (3) is above --max-replicas (2)"),
+        (["--min-replicas", "5"], "--min-replicas (5) is above --max-replicas (4, its default)"),
+        (["--max-replicas", "0"], "--max-replicas (0) is below --min-replicas (1, its default)"),
+        (["--min-replicas", "0"], "--min-replicas (0) must be at least 1"),
+    ],
+)
+def test_ray_replica_bounds_out_of_order_name_the_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    """Session 13's Ray walk: the error said ``ray app args: need 1 <= min_replicas <= max_replicas``,
+    naming the Serve config's keys to an operator who had typed flags."""
+    assert main(["deploy", "--ray-config", str(tmp_path / "serve.yaml"), *flags]) == 2
+    assert capsys.readouterr().err == f"coserve: error: {message}\n"
+    assert not (tmp_path / "serve.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"min_replicas": 3, "max_replicas": 2}, "min_replicas (3) is above max_replicas (2)"),
+        ({"min_replicas": 0}, "min_replicas (0) must be at least 1"),
+    ],
+)
+def test_ray_replica_bounds_from_a_serve_config_name_its_keys(args: dict[str, int], message: str) -> None:
+    from coserve.distributed.ray_app import AppArgs
+    from coserve.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        AppArgs.from_dict(args)
+    assert str(refused.value) == f"the Serve config's application args: {message}"

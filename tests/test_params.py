@@ -110,8 +110,7 @@ def test_a_message_field_coserve_does_not_serve_is_a_400_naming_it(client: TestC
 
 NEUTRAL = {
     "tools": None,
-    "tool_choice": "none",
-    "parallel_tool_calls": True,
+    "tool_choice": "none",  # parallel_tool_calls without tools is a 400, as OpenAI's (test_tool_call_ids.py)
     "function_call": "none",
     "response_format": {"type": "text"},
     "logit_bias": {},

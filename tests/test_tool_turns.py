@@ -13,29 +13,12 @@ from typing import Any
 import pytest
 from conftest import HELD_OUT
 from fastapi.testclient import TestClient
+from tool_messages import QUESTION, URL, WEATHER, calling, post, result
 
 from coserve.backends.structured import grammar
 from coserve.engine.engine import Engine
 from coserve.server.app import create_app
 from coserve.types import Sampling
-
-URL = "/v1/chat/completions"
-QUESTION = {"role": "user", "content": HELD_OUT["code"]}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-
-
-def calling(*ids: str) -> dict[str, Any]:
-    """An assistant turn calling get_weather once per id."""
-    calls = [{"id": i, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}} for i in ids]
-    return {"role": "assistant", "content": None, "tool_calls": calls}
-
-
-def result(call_id: str) -> dict[str, Any]:
-    return {"role": "tool", "tool_call_id": call_id, "content": "sunny"}
-
-
-def post(client: TestClient, messages: list[dict[str, Any]], **fields: Any) -> Any:
-    return client.post(URL, json={"model": "coserve", "messages": messages, "max_tokens": 2, **fields})
 
 
 @pytest.mark.parametrize(

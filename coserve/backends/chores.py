@@ -24,6 +24,7 @@ __all__ = [
     "check_context",
     "context_too_long",
     "declared_concurrency",
+    "fits_context",
     "refuse_sampling",
     "token_cap",
     "validated",
@@ -49,19 +50,30 @@ def token_cap(
     return max(1, cap)
 
 
-def context_too_long(spec: ExpertSpec, prompt_tokens: int | None, context: int | None = None) -> ContextTooLong:
-    """The one error (and message) for a prompt that does not fit an expert's context."""
+def context_too_long(
+    spec: ExpertSpec, prompt_tokens: int | None, context: int | None = None, *, tools_tokens: int | None = None
+) -> ContextTooLong:
+    """The one error (and message) for a prompt that does not fit an expert's context; ``param``
+    ``tools`` when ``tools_tokens`` (the rendered tools' share of the prompt) is given: the tools
+    are what pushed it over, the conversation alone would fit."""
     size = f"({prompt_tokens} tokens) " if prompt_tokens is not None else ""
+    if tools_tokens is not None:
+        size = f"({prompt_tokens} tokens, {tools_tokens} of them the rendered tools) "
     return ContextTooLong(
         f"the prompt {size}exceeds the context of expert {spec.name!r} ({context or spec.context} tokens)",
-        param="messages",
+        param="messages" if tools_tokens is None else "tools",
     )
 
 
 def check_context(spec: ExpertSpec, prompt_tokens: int, context: int | None = None) -> None:
     """Raise ContextTooLong unless the prompt leaves room for at least one generated token."""
-    if prompt_tokens + 1 > (context or spec.context):
+    if not fits_context(spec, prompt_tokens, context):
         raise context_too_long(spec, prompt_tokens, context)
+
+
+def fits_context(spec: ExpertSpec, prompt_tokens: int, context: int | None = None) -> bool:
+    """Whether the prompt leaves room for at least one generated token."""
+    return prompt_tokens + 1 <= (context or spec.context)
 
 
 def refuse_sampling(

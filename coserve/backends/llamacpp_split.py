@@ -32,14 +32,23 @@ this backend's RAM tier; ``backend: llamacpp`` offloads at the RAM -> ACTIVE mov
 from __future__ import annotations
 
 import codecs
+import json
 import queue
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from coserve.backends import llama_capi
 from coserve.backends.base import Emit, Handle
 from coserve.backends.call_stream import answer_outlet
-from coserve.backends.chores import StopStrings, check_context, declared_concurrency, token_cap
+from coserve.backends.chores import (
+    StopStrings,
+    check_context,
+    context_too_long,
+    declared_concurrency,
+    fits_context,
+    token_cap,
+)
 from coserve.backends.gguf_header import kv_cache_bytes, n_vocab, read_header
 from coserve.backends.llama_decode import BATCH, DecodeContext, Request
 from coserve.backends.llama_grammar import grammar_sampler
@@ -161,7 +170,12 @@ class LlamaCppSplitBackend:
                 param="tools",
                 code="unsupported_parameter",
             )
-        prompt = model.prompt(messages, template_tools(sampling))
+        tools = template_tools(sampling)
+        prompt = model.prompt(messages, tools)
+        if tools and not fits_context(spec, len(prompt), context.seq_context):
+            bare = len(model.prompt(messages))  # the conversation alone: if it fits, the tools are to blame
+            if fits_context(spec, bare, context.seq_context):
+                raise context_too_long(spec, len(prompt), context.seq_context, tools_tokens=len(prompt) - bare)
         check_context(spec, len(prompt), context.seq_context)
         cap = token_cap(spec, sampling, len(prompt), context=context.seq_context)
         top = sampling.top_logprobs if sampling.logprobs else -1
@@ -214,13 +228,33 @@ class LlamaCppSplitBackend:
 
 def _grammar(model: LoadedModel, sampling: Sampling) -> Any:
     """The grammar sampler of a request that asks for JSON or forces a tool call, else None;
-    InvalidRequest (400) naming ``response_format`` or ``tools`` when its schema does not compile."""
+    InvalidRequest (400) naming ``response_format``, or the forced function whose ``parameters``
+    do not compile (``tools[i].function.parameters``), when its schema does not compile."""
     text = grammar(sampling)
     if text is None:
         return None
     try:
         return grammar_sampler(model, text)
     except ValueError:
-        param = "tools" if forced_tool_names(sampling) else "response_format"
-        message = f"{param}: its JSON Schema cannot be enforced (it does not compile)"
-        raise InvalidRequest(message, param=param) from None
+        if not forced_tool_names(sampling):
+            message = "response_format: its JSON Schema cannot be enforced (it does not compile)"
+            raise InvalidRequest(message, param="response_format") from None
+        raise _uncompiled_function(model, sampling) from None
+
+
+def _uncompiled_function(model: LoadedModel, sampling: Sampling) -> InvalidRequest:
+    """The 400 for a forced call whose grammar does not compile, naming the first forced function
+    whose call does not compile on its own (``tools`` if each does)."""
+    forced = forced_tool_names(sampling)
+    for i, tool in enumerate(json.loads(sampling.tools or "[]")):
+        name = tool["function"]["name"]
+        if name in forced:
+            alone = replace(sampling, tools=json.dumps([tool]), tool_choice="required")
+            try:
+                llama_capi.lib().llama_sampler_free(grammar_sampler(model, grammar(alone) or ""))
+            except ValueError:
+                param = f"tools[{i}].function.parameters"
+                why = "its JSON Schema cannot be enforced (it does not compile)"
+                return InvalidRequest(f"{param}: function {name!r}: {why}", param=param)
+    why = "the forced call's JSON Schema cannot be enforced (it does not compile)"
+    return InvalidRequest(f"tools: {why}", param="tools")

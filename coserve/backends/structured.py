@@ -92,26 +92,35 @@ def _json_rule(schema: dict[str, Any]) -> str:
 
 
 def _rooted(parameters: dict[str, Any], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A function's parameters made to sit inside a call's schema: its own definitions (``$defs``,
-    ``definitions``: a nested model of the openai client's ``pydantic_function_tool``) moved out
-    under names prefixed by the function's, to go at the grammar's root, and its references to
-    them pointed there (a ``#/$defs/...`` reference is read from the root)."""
+    """A function's parameters made to sit inside a call's schema, where a reference is read from
+    the call's root: its own definitions (``$defs``, ``definitions``: a nested model of the openai
+    client's ``pydantic_function_tool``) moved out under names prefixed by the function's, to go at
+    the grammar's root, and its references to them pointed there; a reference to the parameters'
+    own root (``#``, a recursive tree) or below it (``#/properties/a``) points at a copy of the
+    parameters kept among those definitions (``<name>.parameters``), added only when one refers to it."""
+    own = f"{name}.parameters"
+    refers_to_root: list[bool] = []
+
+    def moved(ref: str) -> str:
+        for root in ("#/$defs/", "#/definitions/"):
+            if ref.startswith(root):
+                return f"#/$defs/{name}__{ref[len(root) :]}"
+        if ref == "#" or ref.startswith("#/"):
+            refers_to_root.append(True)
+            return f"#/$defs/{own}{ref[1:]}"
+        return ref  # an anchor or another document's: llguidance decides (a 400 if it cannot compile)
 
     def rewrite(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: _moved(v, name) if k == "$ref" and isinstance(v, str) else rewrite(v) for k, v in value.items()}
+            return {k: moved(v) if k == "$ref" and isinstance(v, str) else rewrite(v) for k, v in value.items()}
         return [rewrite(v) for v in value] if isinstance(value, list) else value
 
     schema = rewrite(parameters)
     sections = [schema.pop(key, None) or {} for key in ("$defs", "definitions")]
-    return schema, {f"{name}__{key}": definition for section in sections for key, definition in section.items()}
-
-
-def _moved(ref: str, name: str) -> str:
-    for root in ("#/$defs/", "#/definitions/"):
-        if ref.startswith(root):
-            return f"#/$defs/{name}__{ref[len(root) :]}"
-    return ref
+    definitions = {f"{name}__{key}": definition for section in sections for key, definition in section.items()}
+    if refers_to_root:
+        definitions[own] = schema
+    return schema, definitions
 
 
 def _call_schema(tool: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

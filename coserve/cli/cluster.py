@@ -31,9 +31,25 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-replicas", type=int, help="ingress replicas at most (default 4)")
 
 
+def _check_replicas(given_low: int | None, given_high: int | None) -> None:
+    """ConfigError naming the flags (a default named as such) when the ingress's bounds are out of order."""
+    from coserve.distributed.ray_app import AppArgs
+
+    low = AppArgs.min_replicas if given_low is None else given_low
+    high = AppArgs.max_replicas if given_high is None else given_high
+    if low < 1:
+        raise ConfigError(f"--min-replicas ({low}) must be at least 1")
+    if low > high and given_low is None:
+        raise ConfigError(f"--max-replicas ({high}) is below --min-replicas ({low}, its default)")
+    if low > high:
+        default = ", its default" if given_high is None else ""
+        raise ConfigError(f"--min-replicas ({low}) is above --max-replicas ({high}{default})")
+
+
 def _app_args(args: argparse.Namespace) -> AppArgs:
     from coserve.distributed.ray_app import AppArgs
 
+    _check_replicas(args.min_replicas, args.max_replicas)
     return AppArgs.from_dict(
         {
             "library": args.library,

@@ -104,8 +104,11 @@ class AppArgs:
         if unknown:
             raise ConfigError(f"ray app args: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
         out = cls(**args)
-        if not 1 <= out.min_replicas <= out.max_replicas:
-            raise ConfigError("ray app args: need 1 <= min_replicas <= max_replicas")
+        where = "the Serve config's application args"
+        if out.min_replicas < 1:
+            raise ConfigError(f"{where}: min_replicas ({out.min_replicas}) must be at least 1")
+        if out.min_replicas > out.max_replicas:
+            raise ConfigError(f"{where}: min_replicas ({out.min_replicas}) is above max_replicas ({out.max_replicas})")
         return out
 
     def to_dict(self) -> dict[str, Any]:

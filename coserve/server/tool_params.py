@@ -126,18 +126,53 @@ def _check_arguments_schema(schema: dict[str, Any], param: str) -> None:
 
 
 def check_tool_turns(messages: tuple[Message, ...]) -> None:
-    """InvalidRequest (400, ``messages[i].tool_call_id``) for a ``tool`` turn that answers no call of
-    the assistant turn before it (only tool turns between), as OpenAI's API refuses it."""
+    """InvalidRequest (400) for tool turns OpenAI's API refuses: a ``tool`` turn that answers no call
+    of the assistant turn before it (only tool turns between) or answers one already answered
+    (``messages[i].tool_call_id``); an assistant turn calling two functions under one id
+    (``messages[i].tool_calls[j].id``) or whose calls are not all answered before the next turn
+    that is not a tool's, or the end (``messages[i].tool_calls``). An id may come back in a later
+    assistant turn: its answers follow that turn, so they are not ambiguous."""
     calls: set[str] = set()
+    answered: set[str] = set()
+    caller = 0  # the assistant turn whose calls are being answered
     for i, message in enumerate(messages):
-        if message.role != "tool":
-            calls = {call.id for call in message.tool_calls}
-        elif message.tool_call_id not in calls:
-            raise InvalidRequest(
-                f"messages[{i}].tool_call_id: {message.tool_call_id!r} answers no call of the assistant "
-                "message before it (a tool message follows the assistant message whose call it answers)",
-                param=f"messages[{i}].tool_call_id",
-            )
+        if message.role == "tool":
+            if message.tool_call_id not in calls:
+                raise InvalidRequest(
+                    f"messages[{i}].tool_call_id: {message.tool_call_id!r} answers no call of the assistant "
+                    "message before it (a tool message follows the assistant message whose call it answers)",
+                    param=f"messages[{i}].tool_call_id",
+                )
+            if message.tool_call_id in answered:
+                raise InvalidRequest(
+                    f"messages[{i}].tool_call_id: the call {message.tool_call_id!r} of messages[{caller}] is "
+                    "answered twice (one tool message per call)",
+                    param=f"messages[{i}].tool_call_id",
+                )
+            answered.add(message.tool_call_id)
+            continue
+        _check_answered(calls, answered, caller, f"before messages[{i}]")
+        ids = [call.id for call in message.tool_calls]
+        for j, call_id in enumerate(ids):
+            if call_id in ids[:j]:
+                raise InvalidRequest(
+                    f"messages[{i}].tool_calls[{j}].id: {call_id!r} is the id of an earlier call of this "
+                    "message (each call needs its own id for its result to answer it)",
+                    param=f"messages[{i}].tool_calls[{j}].id",
+                )
+        calls, answered, caller = set(ids), set(), i
+    _check_answered(calls, answered, caller, "at the end of the messages")
+
+
+def _check_answered(calls: set[str], answered: set[str], caller: int, where: str) -> None:
+    """InvalidRequest (400, ``messages[caller].tool_calls``) unless every call has been answered."""
+    if calls - answered:
+        unanswered = ", ".join(repr(call_id) for call_id in sorted(calls - answered))
+        raise InvalidRequest(
+            f"messages[{caller}].tool_calls: an assistant message with tool_calls must be followed by a tool "
+            f"message answering each call; not answered: {unanswered} ({where})",
+            param=f"messages[{caller}].tool_calls",
+        )
 
 
 def sampling_fields(
@@ -148,6 +183,8 @@ def sampling_fields(
 ) -> dict[str, Any]:
     """The checked parameters as ``Sampling`` fields (JSON text); 400 naming the first one wrong."""
     names = [tool.function.name for tool in tools or ()]
+    if parallel_tool_calls is not None and not names:  # as OpenAI: it asks how to call tools there are not
+        raise InvalidRequest("parallel_tool_calls: only allowed when tools are given", param="parallel_tool_calls")
     if tool_choice not in (None, "none") and not names:  # as vLLM: "none" without tools asks for nothing
         raise InvalidRequest("tool_choice: only allowed when tools are given", param="tool_choice")
     if len(set(names)) < len(names):
