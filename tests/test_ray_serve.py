@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -114,10 +115,22 @@ def alarm(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+# The HTTP proxy's port is chosen here and bound by Ray only after the cluster starts; a port the kernel
+# hands out (32768-60999) can be taken in between by one of Ray's own components, which bind port 0
+# too ("Failed to bind to address", seen in full-suite runs). So the port comes from a range neither
+# the kernel's ephemeral ports nor Ray's worker ports (10002-19999 by default) use.
+PROXY_PORTS = range(20000, 32000)
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for port in random.sample(PROXY_PORTS, 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PROXY_PORTS}")
 
 
 def _write_files(folder: Path) -> tuple[Path, Path]:
