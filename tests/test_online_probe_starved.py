@@ -90,3 +90,18 @@ def test_bench_adapt_takes_the_starved_flag_and_refuses_bad_ones_before_reading_
         assert main([*argv, *flags]) == 2
         assert says in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_every_routed_request_joins_the_shares_an_explored_one_as_its_explored_expert() -> None:
+    # explore_cap 1 and 2 pseudo-counts: Thompson draws often pick another expert than the map. Nothing is suspect
+    # (no feedback), so the shares (running means while under 100 requests) are exactly each expert's decision share
+    probe = ProbeSettings(share=0.25, requests=3, margin=0.1, starved=0.5, short=100, long=200)
+    router = OnlineRouter(np.array([[0.6, 0.55, 0.5]]), [1.0, 1.0, 1.0], 1.0, explore_cap=1.0, prior_strength=2,
+                          change=ChangeSettings(drift=0.05, threshold=1.0, reset_count=2.0), probe=probe)  # fmt: skip
+    decisions = [router.choose(0) for _ in range(50)]
+    assert any(d.explored for d in decisions) and router.probe.probed == 0
+    counts = np.bincount([d.expert for d in decisions], minlength=3)
+    assert router.probe.shares.seen == 50
+    assert router.probe.shares.short == pytest.approx(counts / 50) and router.probe.shares.long == pytest.approx(
+        counts / 50
+    )
