@@ -171,6 +171,9 @@ class OnlineSettings(BaseModel):
     change_probe: float = Field(0.0, ge=0, lt=1)
     change_probe_requests: int = Field(100, ge=1)
     change_probe_margin: float = Field(0.05, ge=0)
+    # session 13, branch probe13b (off): probe a suspect only while its share of the last 500 routed requests stands
+    # below this ratio of its share of the last 5,000 (a busy expert suspect by noise is not probed)
+    change_probe_starved: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _neighbours_need_prompts(self) -> OnlineSettings:
@@ -190,6 +193,8 @@ class OnlineSettings(BaseModel):
             raise ValueError(
                 "change_probe probes an expert the change detector suspects: it needs change_threshold > 0"
             )
+        if self.change_probe_starved > 0 and self.change_probe == 0:
+            raise ValueError("change_probe_starved restricts the probe: it needs change_probe > 0")
         inert = self.granularity != "prompt" or self.change_baseline != "posterior"
         if "change_calibration" in self.model_fields_set and self.change_calibration != "none" and inert:
             raise ValueError(

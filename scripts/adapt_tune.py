@@ -98,6 +98,11 @@ the same adoption rule (`adapt_tune_s13b.py`).
 under the same adoption rule.
 
     python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s13c --json docs/data/adapt-tuning-s13c.json
+
+`--stage s13d` (session 13, branch probe13b): the probe restricted to suspects whose traffic fell
+(`adapt_tune_s13d.py`), under the same adoption rule.
+
+    python scripts/adapt_tune.py --data ../shared/data/llmrouter --stage s13d --json docs/data/adapt-tuning-s13d.json
 """
 
 from __future__ import annotations
@@ -404,6 +409,7 @@ def main(argv: list[str]) -> int:
             "s13",
             "s13b",
             "s13c",
+            "s13d",
         ],
         default="all",
         help="the full search, or one session's stage",
@@ -411,8 +417,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
     # --stage levers and underspend run with the default per-prompt predictor's vectors (coserve train's, session 9)
-    featured = args.stage in ("levers", "underspend", "s11", "knn", "s12", "s12b", "s13", "s13b", "s13c")
-    every_run = args.stage in ("underspend", "s11", "knn", "s12", "s12b", "s13", "s13b", "s13c")
+    featured = args.stage in ("levers", "underspend", "s11", "knn", "s12", "s12b", "s13", "s13b", "s13c", "s13d")
+    every_run = args.stage in ("underspend", "s11", "knn", "s12", "s12b", "s13", "s13b", "s13c", "s13d")
     # (every_run: every setting on all 27 runs, the rule below); the tuning prior's out-of-fold predictions
     # too, which the default change_calibration reads (session 13; without them residuals read uncalibrated)
     fitted, sizes = tuning_streams(args.data, costs, STACK_EMBEDDER if featured else None, CALIBRATION_FOLDS)
@@ -475,6 +481,10 @@ def main(argv: list[str]) -> int:
         from adapt_tune_s13c import s13c_stage  # beside this script
 
         results = s13c_stage(lambda knobs: _scored(fitted, costs, knobs))
+    elif args.stage == "s13d":
+        from adapt_tune_s13d import s13d_stage  # beside this script
+
+        results = s13d_stage(lambda knobs: _scored(fitted, costs, knobs))
     elif args.stage == "knn":
         from adapt_tune_knn import knn_stage  # beside this script
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from adapt_tune_s12 import with_alarm_totals  # beside this script
 
-__all__ = ["ANY", "PROBE_REQUESTS", "PROBE_SHARES", "s13c_stage"]
+__all__ = ["ANY", "PROBE_REQUESTS", "PROBE_SHARES", "probed_scoring", "s13c_stage"]
 
 PROBE_SHARES = (0.25, 0.5)  # change_probe: share of the alarm level above which an expert is suspect
 PROBE_REQUESTS = (50, 200)  # change_probe_requests: requests one suspicion episode may probe
@@ -40,9 +40,8 @@ def _rank(result: Result) -> tuple[int, float]:
     return result["checks_met"], result["mean_adaptive_minus_hindsight"]
 
 
-def s13c_stage(score: Callable[[dict[str, Any]], Result]) -> list[Result]:
-    """Score the defaults, the grid of probe shares and budgets, then the best pair's margin variants; every
-    result in order, each with its ``alarm_totals`` and ``probed_share`` (the mean over its runs)."""
+def probed_scoring(score: Callable[[dict[str, Any]], Result]) -> Callable[[dict[str, Any]], Result]:
+    """``score``, each result given its ``alarm_totals`` and ``probed_share`` (the mean over its runs)."""
 
     def scored(knobs: dict[str, Any]) -> Result:
         result = with_alarm_totals(score)(knobs)
@@ -50,6 +49,13 @@ def s13c_stage(score: Callable[[dict[str, Any]], Result]) -> list[Result]:
         print("   probed share", f"{result['probed_share']:.4f}", flush=True)
         return result
 
+    return scored
+
+
+def s13c_stage(score: Callable[[dict[str, Any]], Result]) -> list[Result]:
+    """Score the defaults, the grid of probe shares and budgets, then the best pair's margin variants; every
+    result in order, each with its ``alarm_totals`` and ``probed_share`` (the mean over its runs)."""
+    scored = probed_scoring(score)
     reference = scored({})  # the defaults first
     grid = [
         scored({"change_probe": share, "change_probe_requests": requests})

@@ -121,6 +121,7 @@ class AdaptOptions:
     change_probe: float = _ONLINE.change_probe  # share of the alarm level above which an expert is probed (0: off)
     change_probe_requests: int = _ONLINE.change_probe_requests  # requests one suspicion episode may probe
     change_probe_margin: float = _ONLINE.change_probe_margin  # objective margin within which a request is probed
+    change_probe_starved: float = _ONLINE.change_probe_starved  # probe only below this short/long traffic share ratio
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):

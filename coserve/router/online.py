@@ -259,7 +259,7 @@ class OnlineRouter:
             if sampled != greedy and (capped or (self.explore_at_zero and unbound) or alarmed[sampled]):
                 choice, explored = sampled, True
         objective = snap.means[category] + shift - snap.weight * self._scaled_cost()
-        probed = None if explored else self.probe.pick(self.detector, objective, greedy, mask)
+        probed = self.probe.pick(self.detector, objective, greedy, mask, choice if explored else None)
         choice, explored = (choice, explored) if probed is None else (probed, True)
         self.explored.append(explored)
         self._join_mix(category, row)

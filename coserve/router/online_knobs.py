@@ -49,5 +49,10 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
         "weight_floor": settings.weight_floor,
         "alarm_explore": settings.alarm_explore,
         "neighbours": settings.neighbours,
-        "probe": ProbeSettings(settings.change_probe, settings.change_probe_requests, settings.change_probe_margin),
+        "probe": ProbeSettings(
+            settings.change_probe,
+            settings.change_probe_requests,
+            settings.change_probe_margin,
+            settings.change_probe_starved,
+        ),
     }

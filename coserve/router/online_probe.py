@@ -12,6 +12,13 @@ returned to 0 (an alarm restarts it at 0, so the next episode starts afresh). Th
 (the episode's budget), not ``explore_cap``; a probed decision counts as exploring (it departs from the
 map), so it also fills the exploring share that ``explore_cap`` reads.
 
+``starved`` > 0 (session 13, branch probe13b) probes a suspect only while its traffic has fallen: while its share
+of the recent routed requests (a running mean over the last ``short`` requests, exponentially weighted once more
+have come) stands below ``starved`` times its longer-run share (the same over ``long`` requests). A busy expert
+that is suspect by noise keeps its share, and its own traffic brings the detector evidence without probes. Every
+routed request counts (the map's choice, an exploration or a probe). The shares are not saved: after a restart
+both start afresh and stay equal until ``short`` requests have come, so no expert counts as starved until then.
+
 Pure numbers; knows nothing about posteriors, the controller or the store (``coserve.router.online`` uses it).
 """
 
@@ -25,7 +32,7 @@ import numpy as np
 from coserve.router.drift import ChangeDetector
 from coserve.router.online_alarm import saved_counts
 
-__all__ = ["ChangeProbe", "ProbeSettings"]
+__all__ = ["ChangeProbe", "ProbeSettings", "TrafficShares"]
 
 
 @dataclass(frozen=True)
@@ -36,10 +43,38 @@ class ProbeSettings:
     share: float = 0.0
     requests: int = 100
     margin: float = 0.05
+    starved: float = 0.0  # change_probe_starved: probe only below this ratio of short- to long-run share (0: always)
+    short: int = 500  # requests the short-run share is a mean over
+    long: int = 5000  # requests the long-run share is a mean over
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.share < 1.0 or self.requests < 1 or not 0.0 <= self.margin < float("inf"):
             raise ValueError("change_probe must be in [0, 1), change_probe_requests >= 1, change_probe_margin >= 0")
+        if not 0.0 <= self.starved <= 1.0 or not 1 <= self.short < self.long:
+            raise ValueError("change_probe_starved must be in [0, 1], and 1 <= short < long requests")
+
+
+class TrafficShares:
+    """Per expert, its share of the routed requests over a short and a long run: each a running mean of the
+    indicator "routed to this expert", weighing the n-th request 1 / n until it reaches the run's length, then
+    1 / length (an exponentially weighted mean with that memory)."""
+
+    def __init__(self, experts: int, short: int, long: int) -> None:
+        self.short, self.long = np.zeros(experts), np.zeros(experts)
+        self.lengths = (short, long)
+        self.seen = 0
+
+    def routed(self, expert: int) -> None:
+        """A request was routed to ``expert``."""
+        self.seen += 1
+        hit = np.zeros_like(self.short)
+        hit[expert] = 1.0
+        for share, length in zip((self.short, self.long), self.lengths, strict=True):
+            share += (hit - share) / min(self.seen, length)
+
+    def starved(self, ratio: float) -> np.ndarray:
+        """[E] whether each expert's short-run share stands below ``ratio`` times its long-run share."""
+        return self.short < ratio * self.long
 
 
 class ChangeProbe:
@@ -51,6 +86,7 @@ class ChangeProbe:
         self.settings = settings or ProbeSettings()
         self.left = np.full(experts, self.settings.requests, dtype=np.int64)
         self.probed = 0  # requests probed so far (not saved: a count for reports)
+        self.shares = TrafficShares(experts, self.settings.short, self.settings.long)  # read where starved > 0
 
     @property
     def active(self) -> bool:
@@ -58,19 +94,35 @@ class ChangeProbe:
         return self.settings.share > 0.0
 
     def pick(
-        self, detector: ChangeDetector | None, objective: np.ndarray, greedy: int, mask: np.ndarray | None
+        self,
+        detector: ChangeDetector | None,
+        objective: np.ndarray,
+        greedy: int,
+        mask: np.ndarray | None,
+        explored: int | None = None,
     ) -> int | None:
-        """The suspect expert to probe for this request, or None (off, or no detector). ``objective`` [E]: the
-        request's score of each expert in the router's objective; ``greedy``: the router's choice; ``mask``
-        [E]: the experts the request allows (None: all). Where several suspects qualify, the one whose down
-        side stands highest is probed."""
+        """The suspect expert to probe for this request, or None (off, no detector, or ``explored`` is the expert
+        an exploration already routed it to). ``objective`` [E]: the request's score of each expert in the
+        router's objective; ``greedy``: the router's choice; ``mask`` [E]: the experts the request allows (None:
+        all). Where several suspects qualify, the one whose down side stands highest is probed. With
+        ``starved`` > 0 the request's expert (the probed one, ``explored`` or ``greedy``) joins the shares."""
         if not self.active or detector is None:
             return None
+        chosen = self._suspect(detector, objective, greedy, mask) if explored is None else None
+        if self.settings.starved > 0.0:
+            self.shares.routed(next(e for e in (chosen, explored, greedy) if e is not None))
+        return chosen
+
+    def _suspect(
+        self, detector: ChangeDetector, objective: np.ndarray, greedy: int, mask: np.ndarray | None
+    ) -> int | None:
         down, level = detector.stat["down"], detector.threshold
         self.left[down <= 0.0] = self.settings.requests  # back at 0: the next episode has a whole budget
         suspect = (down > self.settings.share * level) & (down < level) & (self.left > 0)
         suspect &= objective >= objective[greedy] - self.settings.margin
         suspect[greedy] = False
+        if self.settings.starved > 0.0:
+            suspect &= self.shares.starved(self.settings.starved)
         if mask is not None:
             suspect &= mask
         if not suspect.any():
