@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from coserve.router.drift_fast import ClimbAnchor, FastLane
+from coserve.router.drift_fast import ClimbAnchor, FastLane, saved_statistic
 from coserve.router.drift_reference import REFERENCE_QUIET, REFERENCES, RunningReference
 from coserve.router.mapping import choose_per_prompt
 
@@ -224,14 +224,8 @@ class ChangeDetector:
         loaded = {}
         for name, values in arrays.items():
             for side in _SIDES:
-                try:
-                    array = np.asarray(state[f"{name}_{side}"], dtype=np.float64)
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise ValueError(f"the change detector's state is incomplete or malformed: {exc}") from None
-                signed_ok = name == "total" or bool((array >= 0).all())  # only the residual sums may be negative
-                if array.shape != values[side].shape or not np.isfinite(array).all() or not signed_ok:
-                    raise ValueError("the change detector's state has another shape or impossible values")
-                loaded[(name, side)] = array
+                key, shape, signed = f"{name}_{side}", values[side].shape, name == "total"
+                loaded[(name, side)] = saved_statistic(state, key, shape, signed, "the change detector's state")
         if self.fast is not None:
             self.fast.restore(state)  # checked before anything else changes
         for (name, side), array in loaded.items():

@@ -23,9 +23,21 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["ClimbAnchor", "FastLane", "anchored_correction"]
+__all__ = ["ClimbAnchor", "FastLane", "anchored_correction", "saved_statistic"]
 
 _FAST_ARRAYS = ("stat", "total", "count")
+
+
+def saved_statistic(state: dict[str, Any], key: str, shape: tuple[int, ...], signed: bool, what: str) -> np.ndarray:
+    """A CUSUM statistic from a saved state, checked: ``shape``, finite, and >= 0 unless ``signed`` (only
+    the residual sums may be negative); ValueError naming ``what`` otherwise."""
+    try:
+        array = np.asarray(state[key], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is incomplete or malformed: {exc}") from None
+    if array.shape != shape or not np.isfinite(array).all() or not (signed or bool((array >= 0).all())):
+        raise ValueError(f"{what} has another shape or impossible values")
+    return array
 
 
 class ClimbAnchor:
@@ -85,16 +97,10 @@ class FastLane:
         if not any(f"fast_{name}" in state for name in _FAST_ARRAYS):
             self.stat, self.total, self.count = (np.zeros_like(self.stat) for _ in range(3))
             return
-        loaded = {}
-        for name in _FAST_ARRAYS:
-            try:
-                array = np.asarray(state[f"fast_{name}"], dtype=np.float64)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"the fast lane's state is incomplete or malformed: {exc}") from None
-            signed_ok = name == "total" or bool((array >= 0).all())  # only the residual sums may be negative
-            if array.shape != self.stat.shape or not np.isfinite(array).all() or not signed_ok:
-                raise ValueError("the fast lane's state has another shape or impossible values")
-            loaded[name] = array
+        loaded = {
+            name: saved_statistic(state, f"fast_{name}", self.stat.shape, name == "total", "the fast lane's state")
+            for name in _FAST_ARRAYS
+        }
         self.stat, self.total, self.count = loaded["stat"], loaded["total"], loaded["count"]
 
 
