@@ -109,6 +109,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import shlex
 import sys
 from pathlib import Path
@@ -126,6 +127,9 @@ BUDGETS = (("params", 15.0), ("params", 20.0), ("price", 0.3))  # the benchmark'
 SEEDS = (0, 1, 2)
 CONFIRM_SEEDS = (3, 4, 5, 6, 7, 8)  # --stage levers: the best settings scored again on these
 TUNING_SALT = "tune"  # the second split's salt: another, independent hash of each prompt
+# Stages in a module of their own beside this script (adapt_tune_<stage>.py), each with a
+# ``<stage>_stage(score)`` that takes the scoring function and returns its results.
+SCORED_STAGES = ("s11", "s12", "s12b", "s13b", "s13c", "s13d")
 
 
 def tuning_streams(
@@ -396,28 +400,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write every setting's results here")
     parser.add_argument(
         "--stage",
-        choices=[
-            "all",
-            "detector",
-            "predictor",
-            "levers",
-            "underspend",
-            "s11",
-            "knn",
-            "s12",
-            "s12b",
-            "s13",
-            "s13b",
-            "s13c",
-            "s13d",
-        ],
+        choices=["all", "detector", "predictor", "levers", "underspend", "knn", "s13", *SCORED_STAGES],
         default="all",
         help="the full search, or one session's stage",
     )
     args = parser.parse_args(argv)
     costs = load_costs(args.data / "experts.json")
     # --stage levers and underspend run with the default per-prompt predictor's vectors (coserve train's, session 9)
-    featured = args.stage in ("levers", "underspend", "s11", "knn", "s12", "s12b", "s13", "s13b", "s13c", "s13d")
+    featured = args.stage in ("levers", "underspend", "knn", "s13", *SCORED_STAGES)
     every_run = args.stage in ("underspend", "s11", "knn", "s12", "s12b", "s13", "s13b", "s13c", "s13d")
     # (every_run: every setting on all 27 runs, the rule below); the tuning prior's out-of-fold predictions
     # too, which the default change_calibration reads (session 13; without them residuals read uncalibrated)
@@ -457,34 +447,13 @@ def main(argv: list[str]) -> int:
             print("step 2", confirmed[-1]["all_checks_met"], f"{_all_rank(confirmed[-1])[1]:+.4f}", knobs, flush=True)
     elif args.stage == "underspend":
         results = underspend_stage(fitted, costs)
-    elif args.stage == "s11":
-        from adapt_tune_s11 import s11_stage  # beside this script
-
-        results = s11_stage(lambda knobs: _scored(fitted, costs, knobs))
-    elif args.stage == "s12":
-        from adapt_tune_s12 import s12_stage  # beside this script
-
-        results = s12_stage(lambda knobs: _scored(fitted, costs, knobs))
-    elif args.stage == "s12b":
-        from adapt_tune_s12b import s12b_stage  # beside this script
-
-        results = s12b_stage(lambda knobs: _scored(fitted, costs, knobs))
+    elif args.stage in SCORED_STAGES:  # a stage module beside this script, given the scoring function
+        stage = getattr(importlib.import_module(f"adapt_tune_{args.stage}"), f"{args.stage}_stage")
+        results = stage(lambda knobs: _scored(fitted, costs, knobs))
     elif args.stage == "s13":
         from adapt_tune_s13 import s13_stage  # beside this script
 
         results, extra = s13_stage(lambda knobs: _scored(fitted, costs, knobs), fitted, costs)
-    elif args.stage == "s13b":
-        from adapt_tune_s13b import s13b_stage  # beside this script
-
-        results = s13b_stage(lambda knobs: _scored(fitted, costs, knobs))
-    elif args.stage == "s13c":
-        from adapt_tune_s13c import s13c_stage  # beside this script
-
-        results = s13c_stage(lambda knobs: _scored(fitted, costs, knobs))
-    elif args.stage == "s13d":
-        from adapt_tune_s13d import s13d_stage  # beside this script
-
-        results = s13d_stage(lambda knobs: _scored(fitted, costs, knobs))
     elif args.stage == "knn":
         from adapt_tune_knn import knn_stage  # beside this script
 

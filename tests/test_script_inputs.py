@@ -251,3 +251,14 @@ def test_soak_pool_help_says_its_drift_needs_80_cycles() -> None:
     run = run_script("soak_pool.py", "--help")
     assert run.returncode == 0, run.stderr
     assert "the drift's windows need 80: with fewer it is read from the first cycle" in " ".join(run.stdout.split())
+
+
+def test_every_scored_adapt_stage_names_a_stage_function_beside_the_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``adapt_tune.py --stage sNN`` finds ``adapt_tune_sNN.sNN_stage`` by name: a stage listed without its
+    module or function would fail only after the tuning streams were fitted (minutes)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    tune = importlib.import_module("adapt_tune")
+    for stage in tune.SCORED_STAGES:
+        assert callable(getattr(importlib.import_module(f"adapt_tune_{stage}"), f"{stage}_stage")), stage
