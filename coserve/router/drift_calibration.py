@@ -23,7 +23,8 @@ stream starts, from the prior outcomes, out of fold, and stays fixed: the live s
   estimate, and as feedback replaces the prior in the cell, the cell's own mean carries less of it.
 
 Pure numbers; knows nothing about fitting predictors (``coserve.bench.adapt_fit`` cross-fits them), HTTP or
-the store. The offsets are not saved with the router's state (not served yet: docs/adapt.md "Not done").
+the store. A served router makes its offsets at start (``online_calibration``, which also carries the fading
+shares through the saved online state).
 """
 
 from __future__ import annotations
