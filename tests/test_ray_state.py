@@ -81,6 +81,21 @@ async def _burst(url: str, key: str, count: int, stream: bool = False) -> list[h
         return list(await asyncio.gather(*calls))
 
 
+SPREAD_BURSTS = 5  # bursts _spread_burst may send before it gives up on reaching both replicas
+
+
+async def _spread_burst(url: str, key: str, count: int, stream: bool = False) -> list[httpx.Response]:
+    """Bursts of ``count`` requests until both ingress replicas have answered some (at most SPREAD_BURSTS):
+    Ray's proxy chooses the replica, and with room for many requests at once on each it may send a whole
+    short burst to one (seen in a CI rehearsal); every response of every burst is returned."""
+    responses: list[httpx.Response] = []
+    for _ in range(SPREAD_BURSTS):
+        responses += await _burst(url, key, count, stream)
+        if len({r.headers.get("x-coserve-ingress") for r in responses}) >= 2:
+            break
+    return responses
+
+
 def _answer_id(response: httpx.Response) -> str:
     if response.headers["content-type"].startswith("text/event-stream"):
         first = next(line for line in response.text.splitlines() if line.startswith("data: "))
@@ -116,11 +131,11 @@ def test_a_keys_rate_holds_across_both_ingress_replicas(served: dict[str, Any]) 
 
 def test_every_answered_request_has_one_row_in_the_one_log(served: dict[str, Any]) -> None:
     with alarm(TEST_TIMEOUT_S):
-        responses = asyncio.run(_burst(served["url"], FREE, 10, stream=True))
-        assert [r.status_code for r in responses] == [200] * 10
+        responses = asyncio.run(_spread_burst(served["url"], FREE, 10, stream=True))
+        assert [r.status_code for r in responses] == [200] * len(responses)
         assert len({r.headers["x-coserve-ingress"] for r in responses}) == 2  # both replicas answered
         ids = {_answer_id(r) for r in responses}
-        assert len(ids) == 10
+        assert len(ids) == len(responses)
         assert _rows(served["log"], ids) == dict.fromkeys(ids, 1)
 
 
@@ -155,8 +170,8 @@ def test_the_dashboard_feed_of_one_replica_shows_the_decisions_of_both(served: d
             async with client.stream("GET", "/ui/api/events", headers=auth) as feed:
                 assert feed.status_code == 200
                 lines = feed.aiter_lines()
-                responses = await _burst(served["url"], FREE, 10)
-                assert [r.status_code for r in responses] == [200] * 10
+                responses = await _spread_burst(served["url"], FREE, 10)
+                assert [r.status_code for r in responses] == [200] * len(responses)
                 ids = {_answer_id(r) for r in responses}
                 assert len({r.headers["x-coserve-ingress"] for r in responses}) == 2  # both replicas served
                 deadline = time.monotonic() + ROWS_WAIT_S
