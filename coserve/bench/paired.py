@@ -64,8 +64,9 @@ def paired_differences(candidate: Sequence[Run], reference: Sequence[Run]) -> di
     pairs = [(by_key[key], ref) for key, ref in zip(keys, reference, strict=True)]
     out: dict[str, np.ndarray] = {}
     for figure in FIGURES:
+        values: list[float]
         if figure == "checks_met":
-            values = [sum(checks_of(c).values()) - sum(checks_of(r).values()) for c, r in pairs]
+            values = [float(sum(checks_of(c).values()) - sum(checks_of(r).values())) for c, r in pairs]
         else:
             values = [float(c[figure]) - float(r[figure]) for c, r in pairs]
         out[figure] = np.asarray(values, dtype=float)
