@@ -238,6 +238,11 @@ DESIGN_ARGS = ["--data", "{t}/none.jsonl", "--experts", "{t}/e.json", "--stage",
             "--salts: distinct, non-empty salts other than 'tune'",
         ),
         ("adapt_tune_s14.py", ["--data", "{t}/none", "--json", "{t}/x.json", "--seeds", "0"], "--seeds: at least 1"),
+        (
+            "adapt_tune_s14.py",
+            ["--data", "{t}/none", "--json", "{t}/x.json", "--settings", "starved,defaults"],
+            "--settings: 'defaults' first",
+        ),
         (  # was silently ignored without --heldout
             "cascade_measure.py",
             ["--train", "{t}/none.jsonl", "--library", "{t}/l.yaml", "--mix-single", "{t}/m.jsonl"],
