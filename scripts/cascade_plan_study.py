@@ -149,19 +149,26 @@ def one_seed(rows: Rows, library: LibraryConfig, seed: int, folds: int) -> dict[
 
 
 def gate_figures(rows: Rows, folds: int) -> dict[str, Any]:
-    """Both gates' grouped-CV figures on every row (seed 0), and their AUC within each suite."""
+    """Both gates' grouped-CV figures on every row (seed 0), their AUC within each suite, and within
+    each suite on the items ``coder`` gets wrong (where escalating decides anything)."""
     from sklearn.metrics import roc_auc_score
 
     fold_of = item_folds([str(r["id"]) for r in rows], folds, 0)
     out: dict[str, Any] = {}
     for expert in (START, NEXT):
         p, figures = gate_cv(rows, expert, fold_of)
-        within = {}
+        within: dict[str, dict[str, float | None]] = {"all": {}, "coder_wrong": {}}
         for suite in sorted({suite_of(r) for r in rows}):
-            y = [float(r["scores"][expert]) >= 0.5 for r in rows if suite_of(r) == suite]
-            scores = [p[str(r["id"])] for r in rows if suite_of(r) == suite]
-            within[suite] = round(float(roc_auc_score(y, scores)), 4) if 0 < sum(y) < len(y) else None
-        out[expert] = {**figures, "auc_within_suite": within}
+            for part, keep in (("all", False), ("coder_wrong", True)):
+                group = [r for r in rows if suite_of(r) == suite and not (keep and float(r["scores"][START]) >= 0.5)]
+                y = [float(r["scores"][expert]) >= 0.5 for r in group]
+                scores = [p[str(r["id"])] for r in group]
+                within[part][suite] = round(float(roc_auc_score(y, scores)), 4) if 0 < sum(y) < len(y) else None
+        out[expert] = {
+            **figures,
+            "auc_within_suite": within["all"],
+            "auc_within_suite_coder_wrong": within["coder_wrong"],
+        }
     return out
 
 
@@ -224,7 +231,8 @@ def main() -> None:
             )
     gates = gate_figures(rows, args.folds)
     for expert, figures in gates.items():
-        print(f"gate {expert}: AUC {figures['auc']} (within suites {figures['auc_within_suite']})")
+        print(f"gate {expert}: AUC {figures['auc']} (within suites {figures['auc_within_suite']}; where coder is wrong")
+        print(f"  {figures['auc_within_suite_coder_wrong']})")
     for run in runs[:1]:
         for fold, rules in enumerate(run["rules"]["plan"]):
             print(f"seed {run['seed']} fold {fold} plan:", rules)
