@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -68,3 +69,8 @@ def test_drain_deadline_cuts_long_streams(tmp_path: Path) -> None:
         reader.join(10.0)
         assert lines[0] == "status: 200"
         assert "data: [DONE]" not in lines and lines[-1].startswith("error:")  # cut at the deadline
+        # the cut stream is in the decision log, as cut (503), not lost with the process's end
+        answer = json.loads(next(line for line in lines if line.startswith("data: ")).removeprefix("data: "))
+        with sqlite3.connect(live.folder / "cache" / "decisions.sqlite") as db:
+            logged = db.execute("SELECT id, status FROM decisions").fetchall()
+        assert logged == [(answer["id"], "503")], live.output()

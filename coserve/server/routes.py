@@ -44,7 +44,9 @@ __all__ = ["ServerState", "read_body", "router"]
 
 log = logging.getLogger("coserve.server")
 
-DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
+DISCONNECT_POLL_S = 0.25  # how often a request not yet answering checks that its client is still there
+CLIENT_GONE = "499"  # the status logged for a request whose client went away before its answer ended
+CUT = "503"  # the status logged for a request still running when the drain deadline cut it
 
 router = APIRouter()
 
@@ -82,10 +84,12 @@ ApiState = Annotated[ServerState, Depends(_api)]  # a /v1 route's state, once it
 OpsState = Annotated[ServerState, Depends(_ops)]  # /health and /metrics
 
 
-def _status(exc: BaseException) -> str:
+def _status(exc: BaseException, draining: bool) -> str:
     if isinstance(exc, CoserveError):
         return str(exc.status)
-    return "499" if isinstance(exc, asyncio.CancelledError) else "500"
+    if isinstance(exc, asyncio.CancelledError):  # the drain deadline cancels what still runs
+        return CUT if draining else CLIENT_GONE
+    return "500"
 
 
 @router.post(
@@ -111,10 +115,10 @@ async def chat_completions(http: HttpRequest) -> Response:
         await state.engine.route(call)
         state.admission.claim(call)
         if request.stream:
-            return await _streamed(state, call)
+            return await _streamed(http, state, call)
         return await _completed(http, state, call)
     except BaseException as exc:
-        state.outcomes.settle(_status(exc), call)
+        state.outcomes.settle(_status(exc, state.admission.draining), call)
         raise
 
 
@@ -129,44 +133,67 @@ async def read_body(http: HttpRequest, max_bytes: int) -> bytes:
     return bytes(received)
 
 
+async def _while_connected(http: HttpRequest, work: asyncio.Future[Any]) -> bool:
+    """Wait for ``work``; False, with ``work`` cancelled and awaited, when the client went away first:
+    a client that goes away cancels its request, queued or generating, and frees its slot."""
+    try:
+        while not work.done():
+            await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+            if not work.done() and await http.is_disconnected():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, CoserveError):
+                    await work
+                return False
+    except asyncio.CancelledError:  # the handler itself was cancelled (the drain deadline)
+        work.cancel()
+        raise
+    return True
+
+
 async def _completed(http: HttpRequest, state: ServerState, call: Call) -> Response:
     work = asyncio.ensure_future(state.engine.complete(call))
-    while not work.done():
-        # A client that goes away cancels its request (queued or generating) and frees its slot.
-        await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
-        if not work.done() and await http.is_disconnected():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, CoserveError):
-                await work
-            state.outcomes.settle("499", call)
-            return Response(status_code=499)
+    if not await _while_connected(http, work):
+        state.outcomes.settle(CLIENT_GONE, call)
+        return Response(status_code=499)
     completion = work.result()
     state.outcomes.settle("200", call, completion.text)
     return JSONResponse(completion_body(call, completion), headers=headers(call))
 
 
 class _SettledStream(StreamingResponse):
-    """A streamed response that settles its call when it ends, however it ends (client gone too)."""
+    """A streamed response that settles its call when it ends, however it ends (client gone too);
+    ``end(cut)``: ``cut`` when the response was cancelled (the drain deadline), not just left."""
 
-    def __init__(self, content: AsyncIterator[bytes], end: Callable[[], Coroutine[Any, Any, None]], **kw: Any):
+    def __init__(self, content: AsyncIterator[bytes], end: Callable[[bool], Coroutine[Any, Any, None]], **kw: Any):
         super().__init__(content, **kw)
         self._end = end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cut = False
         try:
             await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            cut = True
+            raise
         finally:
-            await self._end()
+            await self._end(cut)
 
 
-async def _streamed(state: ServerState, call: Call) -> StreamingResponse:
-    chunks = await state.engine.stream(call)  # errors before the first token are HTTP errors
+async def _streamed(http: HttpRequest, state: ServerState, call: Call) -> Response:
+    work = asyncio.ensure_future(state.engine.stream(call))  # errors before the first token are HTTP errors
+    if not await _while_connected(http, work):  # the client left while its request was queued or loading
+        if not work.cancelled() and work.exception() is None:  # its first token came as it was cancelled
+            await work.result().aclose()
+        state.outcomes.settle(CLIENT_GONE, call)
+        return Response(status_code=499)
+    chunks = work.result()
     frames = Frames(call)
     parts: list[str] = []  # kept only when the log stores texts
     status = "200"
+    ended = False  # the whole stream, [DONE] included, was handed to the server to send
 
     async def events() -> AsyncIterator[bytes]:
-        nonlocal status
+        nonlocal status, ended
         try:
             yield frames.role()
             async for chunk in chunks:
@@ -186,10 +213,12 @@ async def _streamed(state: ServerState, call: Call) -> StreamingResponse:
             status = "stream_error"
             yield frames.error(exc)
         yield DONE
+        ended = True
 
-    async def end() -> None:
+    async def end(cut: bool) -> None:
         await chunks.aclose()  # type: ignore[attr-defined]  # stops the runtime if the client left
-        state.outcomes.settle(status, call, "".join(parts))
+        settled = CUT if cut else status if ended else CLIENT_GONE
+        state.outcomes.settle(settled, call, "".join(parts))
 
     return _SettledStream(
         events(),
