@@ -116,7 +116,7 @@ def create_app(
         finally:
             state.admission.draining = True  # from here on, new requests get 503 with Retry-After
             if left := await state.admission.settled(SETTLE_S):  # what the drain deadline cut logs its row
-                log.warning("%d requests did not end within %g s of shutdown; their rows are not logged", left, SETTLE_S)
+                log.warning("%d requests did not end within %g s of shutdown: no row for them", left, SETTLE_S)
             if close_engine:
                 await engine.close()
             if (online := engine.router.online) is not None:

@@ -29,10 +29,10 @@ from coserve.backends.registry import capabilities
 from coserve.config import ServerSettings
 from coserve.engine.call import Call, Timings
 from coserve.engine.engine import Engine
-from coserve.errors import CoserveError, InvalidRequest, NotFound
+from coserve.errors import CoserveError, Draining, InvalidRequest, NotFound
 from coserve.metrics import retention_text
 from coserve.server.admission import Admission
-from coserve.server.frames import DONE, Frames, completion_body, headers
+from coserve.server.frames import DONE, Frames, completion_body, error_response, headers
 from coserve.server.gate import CHAT_PATH, Gate
 from coserve.server.openapi import documented, error_responses
 from coserve.server.outcome import Outcomes
@@ -84,12 +84,8 @@ ApiState = Annotated[ServerState, Depends(_api)]  # a /v1 route's state, once it
 OpsState = Annotated[ServerState, Depends(_ops)]  # /health and /metrics
 
 
-def _status(exc: BaseException, draining: bool) -> str:
-    if isinstance(exc, CoserveError):
-        return str(exc.status)
-    if isinstance(exc, asyncio.CancelledError):  # the drain deadline cancels what still runs
-        return CUT if draining else CLIENT_GONE
-    return "500"
+def _status(exc: BaseException) -> str:
+    return str(exc.status) if isinstance(exc, CoserveError) else "500"
 
 
 @router.post(
@@ -117,8 +113,16 @@ async def chat_completions(http: HttpRequest) -> Response:
         if request.stream:
             return await _streamed(http, state, call)
         return await _completed(http, state, call)
+    except asyncio.CancelledError:
+        if not state.admission.draining:
+            state.outcomes.settle(CLIENT_GONE, call)
+            raise
+        # The drain deadline cancelled it before its answer began: say so as to a new request (503,
+        # Retry-After), not with the ASGI server's bare 500; the shutdown waits for this response.
+        state.outcomes.settle(CUT, call)
+        return error_response(Draining("the server shut down before answering; retry on another instance"))
     except BaseException as exc:
-        state.outcomes.settle(_status(exc, state.admission.draining), call)
+        state.outcomes.settle(_status(exc), call)
         raise
 
 
@@ -183,7 +187,7 @@ async def _streamed(http: HttpRequest, state: ServerState, call: Call) -> Respon
     work = asyncio.ensure_future(state.engine.stream(call))  # errors before the first token are HTTP errors
     if not await _while_connected(http, work):  # the client left while its request was queued or loading
         if not work.cancelled() and work.exception() is None:  # its first token came as it was cancelled
-            await work.result().aclose()
+            await work.result().aclose()  # type: ignore[attr-defined]  # stops the runtime
         state.outcomes.settle(CLIENT_GONE, call)
         return Response(status_code=499)
     chunks = work.result()
