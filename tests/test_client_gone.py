@@ -39,6 +39,13 @@ def _counted(app: Any, status: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def _gauge(app: Any, name: str, expert: str) -> float:
+    text = app.state.server.engine.metrics.text()
+    found = re.search(rf'^{name}\{{expert="{expert}"\}} (\S+)$', text, re.M)
+    assert found, text
+    return float(found.group(1))
+
+
 def test_a_stream_left_mid_way_is_logged_and_counted_as_client_gone(make_engine: Callable[..., Engine]) -> None:
     engine = make_engine(options={"coder": {"token_delay": 0.01}})
     app = create_app(engine, close_engine=False)
@@ -90,6 +97,7 @@ def test_a_queued_stream_left_frees_its_slot_at_once(make_engine: Callable[..., 
             left_after = time.monotonic() - start
             assert admission.pending == 1  # only the first holds a slot now
             assert engine.scheduler.depth() == {"coder": 0}
+            assert _gauge(app, "coserve_queue_depth", "coder") == 0  # /metrics agrees with /health
             await asyncio.wait_for(first, timeout=10)
             assert _counted(app, "499") == 1 and _counted(app, "200") == 1
         await engine.close()
