@@ -46,7 +46,9 @@ def _gauge(app: Any, name: str, expert: str) -> float:
     return float(found.group(1))
 
 
-def test_a_stream_left_mid_way_is_logged_and_counted_as_client_gone(make_engine: Callable[..., Engine]) -> None:
+def test_a_stream_left_mid_way_stops_frees_its_expert_and_is_logged_as_client_gone(
+    make_engine: Callable[..., Engine],
+) -> None:
     engine = make_engine(options={"coder": {"token_delay": 0.01}})
     app = create_app(engine, close_engine=False)
 
@@ -63,10 +65,12 @@ def test_a_stream_left_mid_way_is_logged_and_counted_as_client_gone(make_engine:
         async with app.router.lifespan_context(app):
             receive = leaving_receive(_payload(2000), gone=gone)  # 20 s if never cancelled
             await asyncio.wait_for(app(chat_scope(), receive, send), timeout=5)
-            assert await settled(engine, "coder", within_s=3) == 0
+            assert engine.pool.in_flight("coder") <= 1
+            assert await settled(engine, "coder", within_s=3) == 0  # it stopped generating
             assert _counted(app, "499") == 1 and _counted(app, "200") == 0
         await engine.close()
         assert b"data: [DONE]" not in b"".join(received)
+        assert sum(b'"content":"' in part for part in received) < 100  # it did not run to the end
 
     asyncio.run(scenario())
     assert _logged(app) == ["499"]
