@@ -7,6 +7,7 @@ and it is counted and logged as 499, never as an answer (docs/operations.md, doc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
@@ -46,6 +47,19 @@ def _gauge(app: Any, name: str, expert: str) -> float:
     return float(found.group(1))
 
 
+def _reader(after_tokens: int) -> tuple[Any, asyncio.Event, list[bytes]]:
+    """An ASGI ``send`` that keeps the body's parts, and an event set once ``after_tokens`` came."""
+    some, received = asyncio.Event(), []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            received.append(message.get("body", b""))
+            if sum(b'"content":"' in part for part in received) >= after_tokens:
+                some.set()
+
+    return send, some, received
+
+
 def test_a_stream_left_mid_way_stops_frees_its_expert_and_is_logged_as_client_gone(
     make_engine: Callable[..., Engine],
 ) -> None:
@@ -53,15 +67,7 @@ def test_a_stream_left_mid_way_stops_frees_its_expert_and_is_logged_as_client_go
     app = create_app(engine, close_engine=False)
 
     async def scenario() -> None:
-        gone = asyncio.Event()
-        received: list[bytes] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.body":
-                received.append(message.get("body", b""))
-                if sum(b'"content":"' in part for part in received) >= 3:
-                    gone.set()  # the client leaves after a few tokens
-
+        send, gone, received = _reader(3)  # the client leaves after a few tokens
         async with app.router.lifespan_context(app):
             receive = leaving_receive(_payload(2000), gone=gone)  # 20 s if never cancelled
             await asyncio.wait_for(app(chat_scope(), receive, send), timeout=5)
@@ -112,3 +118,24 @@ def test_a_queued_stream_left_frees_its_slot_at_once(make_engine: Callable[..., 
     # The first request ends 2 s after it started: the queued one was let go long before its turn.
     assert asyncio.run(scenario()) < 1.0
     assert sorted(_logged(app)) == ["200", "499"]
+
+
+def test_a_stream_cancelled_while_serving_is_client_gone_not_cut(make_engine: Callable[..., Engine]) -> None:
+    """Ray Serve cancels a request whose client left; only the drain deadline's cancellation is a cut (503)."""
+    engine = make_engine(options={"coder": {"token_delay": 0.01}})
+    app = create_app(engine, close_engine=False)
+
+    async def scenario() -> None:
+        send, some, _ = _reader(3)
+        async with app.router.lifespan_context(app):
+            receive = leaving_receive(_payload(2000), gone=asyncio.Event())  # never says it left
+            serving = asyncio.ensure_future(app(chat_scope(), receive, send))
+            await asyncio.wait_for(some.wait(), timeout=5)
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            assert await settled(engine, "coder", within_s=3) == 0
+        await engine.close()
+
+    asyncio.run(scenario())
+    assert _logged(app) == ["499"]

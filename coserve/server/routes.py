@@ -166,21 +166,22 @@ async def _completed(http: HttpRequest, state: ServerState, call: Call) -> Respo
 
 class _SettledStream(StreamingResponse):
     """A streamed response that settles its call when it ends, however it ends (client gone too);
-    ``end(cut)``: ``cut`` when the response was cancelled (the drain deadline), not just left."""
+    ``end(cancelled)``: whether the response was cancelled (by the drain deadline; on Ray Serve, also
+    when the client leaves) rather than ended or left."""
 
     def __init__(self, content: AsyncIterator[bytes], end: Callable[[bool], Coroutine[Any, Any, None]], **kw: Any):
         super().__init__(content, **kw)
         self._end = end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        cut = False
+        cancelled = False
         try:
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
-            cut = True
+            cancelled = True
             raise
         finally:
-            await self._end(cut)
+            await self._end(cancelled)
 
 
 async def _streamed(http: HttpRequest, state: ServerState, call: Call) -> Response:
@@ -219,9 +220,9 @@ async def _streamed(http: HttpRequest, state: ServerState, call: Call) -> Respon
         yield DONE
         ended = True
 
-    async def end(cut: bool) -> None:
+    async def end(cancelled: bool) -> None:
         await chunks.aclose()  # type: ignore[attr-defined]  # stops the runtime if the client left
-        settled = CUT if cut else status if ended else CLIENT_GONE
+        settled = status if ended else CUT if cancelled and state.admission.draining else CLIENT_GONE
         state.outcomes.settle(settled, call, "".join(parts))
 
     return _SettledStream(
