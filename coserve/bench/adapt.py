@@ -332,7 +332,7 @@ def run_adapt(
     per-prompt predictor reads ``predictor_embedder``'s vectors where one is given (else ``embedder``'s)."""
     costs = load_costs(experts_path)
     prior, skipped = load_outcomes(prior_path, on_bad="skip")
-    costs.aligned(prior.experts)  # an expert without costs: refused now, not after minutes of embedding
+    costs.aligned(prior.experts, scored_in=str(prior_path))  # refused now, not after minutes of embedding
     pred = predictor_embedder or embedder
     X_prior = embed_cached(prior.prompts, embedder)  # the whole file: the cache key of `coserve eval`
     P_prior = X_prior if pred is embedder else embed_cached(prior.prompts, pred)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,26 +14,39 @@ from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
 
 
-def _routable(path: str, on_bad: Any, costs: Any) -> tuple[Any, list[Any]]:
+def _routable(path: str, on_bad: Any, costs: Any, folds: int | None = None, seed: int = 0) -> tuple[Any, list[Any]]:
     """``--data``'s outcome set and its problems; refused unless it scores two experts or more, each
-    with an entry in ``--experts`` (checked before anything is embedded)."""
+    with an entry in ``--experts``, and has prompts enough for ``folds`` (None: for fitting on all of
+    it); all checked before anything is embedded. Experts ``--experts`` lists and the data does not
+    score are left out, with a note."""
     from coserve.errors import ConfigError
-    from coserve.eval.data import load_outcomes
+    from coserve.eval.data import check_foldable, load_outcomes
 
     outcomes, problems = load_outcomes(path, on_bad=on_bad)
     if len(outcomes.experts) < 2:
         raise ConfigError(f"{path}: scores of {list(outcomes.experts)} only; a router needs two experts or more")
-    costs.aligned(outcomes.experts)
+    costs.aligned(outcomes.experts, scored_in=path)
+    unscored = [name for name in costs.names if name not in outcomes.experts]
+    if unscored:
+        print(f"coserve: note: {costs.source} lists {unscored}, which {path} does not score: left out", file=sys.stderr)
+    check_foldable(path, outcomes.prompts, folds, seed)
     return outcomes, problems
 
 
 def _outcomes(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The outcome set, its embeddings and the expert costs named by ``--data``/``--experts``."""
+    from coserve.errors import ConfigError
     from coserve.eval.data import embed_cached, load_costs
     from coserve.router.embedders import make_embedder
 
     costs = load_costs(args.experts)
-    outcomes, problems = _routable(args.data, args.on_bad, costs)
+    outcomes, problems = _routable(args.data, args.on_bad, costs, seed=args.seed)
+    categories = sorted(set(outcomes.categories))
+    if len(categories) < 2 and not args.router.startswith("prompt-"):
+        raise ConfigError(
+            f"{args.data}: one category ({categories[0]!r}); a {args.router} router classifies prompts into "
+            "categories and needs two or more: add categories, or train a per-prompt router (--router prompt-knn)"
+        )
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     embedder = make_embedder(args.embedder)  # cmd_train fills in the router kind's default
@@ -54,7 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     check_outputs(args.json, args.plot)
     costs = load_costs(args.experts)
-    train, problems = _routable(args.data, args.on_bad, costs)
+    train, problems = _routable(args.data, args.on_bad, costs, None if args.test else args.folds, args.seed)
     signals = _cascade_input(args)  # a bad --cascade is refused now, not after the routers' evaluation
     test = None
     if args.test:
@@ -200,9 +214,48 @@ def _save_prior_fit(router: Any, outcomes: Any, X: Any, costs: Any, out: str) ->
     save_prior_fit(out, fit, router.classes, router.experts)
 
 
+def _check_router_out(out: Path) -> None:
+    """Refuse an ``--out`` that is not a new folder nor a trained router's, before any work: training
+    replaces the whole folder."""
+    from coserve.errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists():
+        why = "a folder that holds no trained router (no manifest.json); name a new folder or a router's"
+        raise ConfigError(f"--out {out}: {why}")
+
+
+def _write_router_dir(out: Path, write: Callable[[Path], None]) -> None:
+    """``write`` the router into a staging folder beside ``out``, then put it in ``out``'s place: a
+    failed training leaves the old router as it was, and a retrained one keeps no file of the old (its
+    calibration.npz, written only where the rows allow it)."""
+    import os
+    import shutil
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from coserve.eval.train import train_router
 
+    out = Path(args.out)
+    _check_router_out(out)
     args.embedder = args.embedder or default_embedder(args.router)
     outcomes, X, costs = _outcomes(args)
     axis, budget = ("price", args.budget_price) if args.budget_price is not None else ("params", args.budget_params)
@@ -216,8 +269,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     router.hyper["embedder"] = args.embedder
-    router.save(args.out)
-    _save_prior_fit(router, outcomes, X, costs, args.out)
+
+    def write(folder: Path) -> None:
+        router.save(folder)
+        _save_prior_fit(router, outcomes, X, costs, str(folder))
+
+    _write_router_dir(out, write)
     mapping = {c: router.experts[e] for c, e in zip(router.classes, router.assignment, strict=True)}
     print(f"coserve: trained {router.kind} on {len(outcomes)} prompts -> {args.out}")
     print(f"budget: {router.budget:g} ({router.budget_axis}); fallback: {router.fallback_expert}")

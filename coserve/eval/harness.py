@@ -18,7 +18,7 @@ import numpy as np
 
 from coserve.errors import ConfigError
 from coserve.eval import metrics as M
-from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, grouped_folds
+from coserve.eval.data import INNER_FOLDS, ExpertCosts, OutcomeSet, embed_cached, grouped_folds
 from coserve.eval.sweeps import HYBRID_CLASSIFIER, HYBRID_PREDICTOR, STACK, TOP_K, Axis, Fold, FoldModels, sweep
 
 __all__ = ["available_routers", "evaluate", "evaluate_grouped"]
@@ -315,7 +315,7 @@ def _run_fold(task: tuple[int, np.ndarray, np.ndarray], shared: tuple[Any, ...],
     """Fit and sweep every router on one fold: (held-out rows, choices, extras, posteriors) by router."""
     f, tr, te = task
     X, X_eval, train, classes, axes, primary, names, seed = shared
-    inner, val = grouped_folds([train.prompts[i] for i in tr], 5, seed + f)[0]
+    inner, val = grouped_folds([train.prompts[i] for i in tr], INNER_FOLDS, seed + f)[0]
     cats = [train.categories[i] for i in tr]
     models = FoldModels(Fold(X[tr], cats, train.scores[tr], X_eval[te], inner, val, classes, axes, seed + f, primary))
     choices, extras, posteriors = {}, {}, {}

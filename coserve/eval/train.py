@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from coserve.errors import ConfigError
-from coserve.eval.data import ExpertCosts, OutcomeSet, grouped_folds
+from coserve.eval.data import INNER_FOLDS, ExpertCosts, OutcomeSet, grouped_folds
 from coserve.eval.sweeps import (
     HYBRID_CLASSIFIER,
     HYBRID_PREDICTOR,
@@ -47,7 +47,7 @@ def train_router(
         raise ConfigError(f"the experts file lacks {budget_axis} for some experts; choose the other budget axis")
     budget = float(cost.max()) if budget is None else float(budget)
     classes = sorted(set(outcomes.categories))
-    inner, val = grouped_folds(outcomes.prompts, 5, seed)[0]
+    inner, val = grouped_folds(outcomes.prompts, INNER_FOLDS, seed)[0]
     axis = Axis(budget_axis, cost, np.array([budget]))
     fold = Fold(X, list(outcomes.categories), outcomes.scores, X[:1], inner, val, classes, [axis], seed, budget_axis)
     m = FoldModels(fold)

@@ -1,0 +1,285 @@
+"""A researcher's own outcome exports: the odd-but-valid ones load, each mistake is one clear refusal.
+
+Each case was met by following docs/eval.md with small files made the way exports look (a BOM from a
+spreadsheet, a Latin-1 file, sizes written "7B", a file too small for the folds, an expert scored on a
+few rows only, ...). A refusal names the file (and the line or field) and leaves no router directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_eval_harness import write_separable
+
+from coserve.cli import main
+from coserve.errors import ConfigError
+from coserve.eval.data import load_costs, load_expert_scores, load_outcomes
+
+
+def argv(command: str, data: Path, experts: Path, *extra: str) -> list[str]:
+    """``coserve train|eval`` with the hashing embedder (no model to load)."""
+    return [command, "--data", str(data), "--experts", str(experts), "--embedder", "hashing", *extra]
+
+
+def rows(data: Path) -> list[dict]:
+    return [json.loads(line) for line in data.read_text().splitlines()]
+
+
+def write_rows(path: Path, objs: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in objs), encoding="utf-8")
+    return path
+
+
+# ---- encodings -------------------------------------------------------------------------------------
+
+
+def test_a_byte_order_mark_is_read_past(tmp_path: Path) -> None:
+    # Spreadsheets and PowerShell write UTF-8 with a BOM. JSONL was refused ("Unexpected UTF-8 BOM"),
+    # a CSV had every row refused as "missing or non-string id" (its first column was "\ufeffid"),
+    # experts.json was refused.
+    data, experts = write_separable(tmp_path)
+    plain, _ = load_outcomes(data)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + data.read_bytes())
+    assert load_outcomes(bom)[0].ids == plain.ids
+    csv_text = "id,prompt,category,score:a,score:b\nr0,hello,chat,1,0\nr1,def f(),code,0,1\n"
+    csv_bom = tmp_path / "bom.csv"
+    csv_bom.write_bytes(b"\xef\xbb\xbf" + csv_text.encode())
+    outcomes, problems = load_outcomes(csv_bom)
+    assert outcomes.ids == ("r0", "r1") and problems == []
+    experts_bom = tmp_path / "experts-bom.json"
+    experts_bom.write_bytes(b"\xef\xbb\xbf" + experts.read_bytes())
+    assert load_costs(experts_bom).names == load_costs(experts).names
+    scores = tmp_path / "scores.jsonl"
+    scores.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "r0", "scores": {"a": 1.0}}).encode() + b"\n")
+    assert load_expert_scores(scores, "a") == {"r0": 1.0}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_file_not_in_utf8_is_refused_naming_its_line(tmp_path: Path, suffix: str) -> None:
+    # A Latin-1 (Windows) export was a UnicodeDecodeError traceback.
+    path = tmp_path / f"latin1{suffix}"
+    if suffix == ".csv":
+        path.write_bytes("id,prompt,category,score:a,score:b\nr0,hi,chat,1,0\nr1,qué,code,0,1\n".encode("latin-1"))
+        line = 3
+    else:
+        objs = [{"id": f"r{i}", "prompt": "qué" if i == 2 else "hi", "category": "c"} for i in range(4)]
+        path.write_bytes("".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objs).encode("latin-1"))
+        line = 3
+    with pytest.raises(ConfigError) as info:
+        load_outcomes(path)
+    assert info.value.message == f"{path}:{line}: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+
+
+def test_a_compressed_file_or_a_folder_is_one_line(tmp_path: Path) -> None:
+    import gzip
+
+    data, _ = write_separable(tmp_path)
+    packed = tmp_path / "outcomes.jsonl.gz"
+    packed.write_bytes(gzip.compress(data.read_bytes()))
+    with pytest.raises(ConfigError) as info:
+        load_outcomes(packed)
+    assert info.value.message == f"{packed}: a gzip-compressed file; decompress it first (gunzip)"
+    with pytest.raises(ConfigError) as info:
+        load_outcomes(tmp_path)
+    assert info.value.message == f"{tmp_path}: cannot read: Is a directory"
+    with pytest.raises(ConfigError) as info:
+        load_expert_scores(packed, "a")
+    assert info.value.message.startswith(f"{packed}: a gzip-compressed file")
+
+
+# ---- experts.json ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"params_b": "7B"}, "b.params_b: not a number: '7B' (billions of parameters, e.g. 7)"),
+        ({"params_b": -7}, "b.params_b: -7 is below 0"),
+        ({"input_price": -0.1}, "b.input_price: -0.1 is below 0"),
+        ({"output_price": float("inf")}, "b.output_price: inf is not finite"),
+        ({"params": 7}, "b.params: unknown key (known: params_b, input_price, output_price)"),
+    ],
+)
+def test_a_bad_cost_names_the_file_the_expert_and_the_field(tmp_path: Path, spec: dict, message: str) -> None:
+    # Negative sizes and prices were taken (a negative size wins every category as the cheapest);
+    # a mistyped key was ignored, so the expert's size became null and training moved to the price
+    # axis without a word.
+    path = tmp_path / "experts.json"
+    costs = {"a": {"params_b": 1, "input_price": 0.1, "output_price": 0.1}}
+    costs["b"] = {"params_b": 7, "input_price": 0.2, "output_price": 0.2, **spec}
+    path.write_text(json.dumps(costs))
+    with pytest.raises(ConfigError) as info:
+        load_costs(path)
+    assert info.value.message == f"{path}: {message}"
+
+
+def test_experts_missing_from_either_file_are_named(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, experts = write_separable(tmp_path)
+    costs = json.loads(experts.read_text())
+    # the data scores "big", the experts file lacks it: refused, naming the experts file
+    lacking = tmp_path / "lacking.json"
+    lacking.write_text(json.dumps({k: v for k, v in costs.items() if k != "big"}))
+    out = tmp_path / "router"
+    assert main(argv("train", data, lacking, "--out", str(out))) == 2
+    assert capsys.readouterr().err == f"coserve: error: {lacking}: no entry for ['big'], which {data} scores\n"
+    assert not out.exists()
+    # the experts file lists one the data does not score: trained without it, and said so
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({**costs, "ghost": {"params_b": 3, "input_price": 1, "output_price": 1}}))
+    assert main(argv("train", data, extra, "--out", str(out))) == 0
+    assert f"coserve: note: {extra} lists ['ghost'], which {data} does not score: left out\n" in capsys.readouterr().err
+
+
+# ---- rows ------------------------------------------------------------------------------------------
+
+
+def test_a_duplicate_id_names_the_line_of_the_first(tmp_path: Path) -> None:
+    data, _ = write_separable(tmp_path)
+    objs = rows(data)
+    again = dict(objs[4], scores={k: 1 - v for k, v in objs[4]["scores"].items()})
+    path = write_rows(tmp_path / "dup.jsonl", [*objs, again])
+    _, problems = load_outcomes(path, on_bad="skip")
+    assert [(p.line, p.reason) for p in problems] == [(len(objs) + 1, "duplicate id (first on line 5)")]
+
+
+def test_an_expert_scored_on_a_few_rows_is_summed_up(tmp_path: Path) -> None:
+    # One row scoring an extra expert made every other row "missing scores for experts ['extra']":
+    # 59 rows listed, and --on-bad skip would have kept the one row.
+    data, _ = write_separable(tmp_path)
+    objs = rows(data)
+    objs[6]["scores"]["extra"] = 0.5
+    path = write_rows(tmp_path / "extra.jsonl", objs)
+    with pytest.raises(ConfigError) as info:
+        load_outcomes(path)
+    assert info.value.message.splitlines()[-2:] == [
+        "'extra' is scored on 1 of 60 rows (first on line 7): score it on every row, or leave it out of the file",
+        "drop them with on_bad='skip' (on the command line: --on-bad skip)",
+    ]
+
+
+# ---- too small, one category -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "n", "message"),
+    [
+        (
+            "train",
+            3,
+            "3 distinct prompts; a router is tuned on 5 grouped folds of the rows it is fitted on and needs 5 or more",
+        ),
+        (
+            "eval",
+            6,
+            "6 distinct prompts are too few for 5 folds: the training part of each fold needs 5 distinct "
+            "prompts (the smallest has 4); use fewer --folds or more rows",
+        ),
+        (
+            "eval",
+            3,
+            "3 distinct prompts are too few for 5 folds: each fold needs one at least; use fewer --folds or more rows",
+        ),
+    ],
+)
+def test_a_file_too_small_for_the_folds_is_refused_naming_it(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str], command: str, n: int, message: str
+) -> None:
+    # "cannot make 5 folds from 4 distinct prompts" came from an inner split of a file of 6 prompts,
+    # with no file named; train said "5 folds" though it was asked for none.
+    data, experts = write_separable(tmp_path, n=n)
+    out = tmp_path / "written"
+    assert main(argv(command, data, experts, "--out" if command == "train" else "--json", str(out))) == 2
+    assert capsys.readouterr().err == f"coserve: error: {data}: {message}\n"
+    assert not out.exists() and not (cache / "embeddings").exists()
+
+
+def test_one_category_is_refused_for_a_classifier_and_trained_per_prompt(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, experts = write_separable(tmp_path)
+    path = write_rows(tmp_path / "one.jsonl", [dict(obj, category="all") for obj in rows(data)])
+    out = tmp_path / "router"
+    assert main(argv("train", path, experts, "--out", str(out))) == 2
+    assert capsys.readouterr().err == (
+        f"coserve: error: {path}: one category ('all'); a stack router classifies prompts into categories "
+        "and needs two or more: add categories, or train a per-prompt router (--router prompt-knn)\n"
+    )
+    assert not out.exists()
+    assert main(argv("train", path, experts, "--out", str(out), "--router", "prompt-knn")) == 0
+
+
+# ---- the router directory --------------------------------------------------------------------------
+
+
+def test_retraining_replaces_the_whole_router_directory(tmp_path: Path, cache: Path) -> None:
+    # Retraining into a router's directory on data too small to calibrate left the first training's
+    # calibration.npz beside the new router, which a server would have read as the new one's.
+    data, experts = write_separable(tmp_path)
+    out = tmp_path / "router"
+    assert main(argv("train", data, experts, "--out", str(out))) == 0
+    assert (out / "calibration.npz").exists()
+    (tmp_path / "small").mkdir()
+    small, _ = write_separable(tmp_path / "small", n=8)
+    assert main(argv("train", small, experts, "--out", str(out))) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["arrays.npz", "manifest.json"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_a_failed_training_leaves_the_old_router_and_a_foreign_folder_is_refused(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, experts = write_separable(tmp_path)
+    out = tmp_path / "router"
+    assert main(argv("train", data, experts, "--out", str(out))) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(argv("train", data, experts, "--out", str(out), "--router", "map-nosuch")) == 2
+    capsys.readouterr()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("keep me")
+    assert main(argv("train", data, experts, "--out", str(foreign))) == 2
+    assert capsys.readouterr().err == (
+        f"coserve: error: --out {foreign}: a folder that holds no trained router (no manifest.json); "
+        "name a new folder or a router's\n"
+    )
+    assert [p.name for p in foreign.iterdir()] == ["todo.txt"]
+
+
+# ---- experts add -----------------------------------------------------------------------------------
+
+
+def test_experts_add_says_which_categories_it_had_no_scores_for(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An added expert scored on the code prompts only was given its overall mean on chat, unsaid.
+    data, experts = write_separable(tmp_path)
+    out = tmp_path / "router"
+    assert main(argv("train", data, experts, "--out", str(out), "--router", "map-logistic")) == 0
+    capsys.readouterr()
+    code = [obj["id"] for obj in rows(data) if obj["category"] == "code"]
+    scores = write_rows(tmp_path / "coder.jsonl", [{"id": i, "scores": {"coder": 1.0}} for i in code])
+    argv_add = ["experts", "add", "--router", str(out), "--name", "coder", "--outcomes", str(scores)]
+    assert main([*argv_add, "--params-b", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "scored prompts per category: chat 0/30, code 30/30" in printed
+    assert "no scores in chat: its mean over the prompts it is scored on (1.000) stands in" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["map"]["code"] == "coder" and manifest["experts"][-1]["name"] == "coder"
+
+
+@pytest.mark.parametrize("text", ["id,prompt,category,score:a\nr0,hi,chat,1\n", '[{"id": "r0"}, {"id": "r1"}]\n'])
+def test_a_file_with_no_json_object_says_what_jsonl_is(tmp_path: Path, text: str) -> None:
+    # A CSV named .jsonl, or a JSON array, listed every line as "malformed JSON" and advised skipping them.
+    path = tmp_path / "export.jsonl"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_outcomes(path)
+    assert info.value.message.splitlines()[-1] == (
+        "no line is a JSON object: JSON Lines has one object a line; a CSV file must be named .csv"
+    )
