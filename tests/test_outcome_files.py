@@ -283,3 +283,18 @@ def test_a_file_with_no_json_object_says_what_jsonl_is(tmp_path: Path, text: str
     assert info.value.message.splitlines()[-1] == (
         "no line is a JSON object: JSON Lines has one object a line; a CSV file must be named .csv"
     )
+
+
+def test_bench_adapt_on_a_prior_too_small_names_it(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "cannot make 5 folds from 4 distinct prompts", after embedding, naming no file.
+    data, experts = write_separable(tmp_path, n=10)
+    out = tmp_path / "adapt.json"
+    argv_adapt = ["bench", "adapt", "--prior", str(data), "--experts", str(experts), "--budget-params", "3"]
+    assert main([*argv_adapt, "--json", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"coserve: error: {data} (the half the router is fitted on): 4 distinct prompts are too few for 5 folds: "
+        "each fold needs one at least; give more rows\n"
+    )
+    assert not out.exists() and not (cache / "embeddings").exists()

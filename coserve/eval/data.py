@@ -291,7 +291,13 @@ def grouped_folds(prompts: Sequence[str], k: int, seed: int = 0) -> list[tuple[n
     return [(all_idx[fold_of != f], all_idx[fold_of == f]) for f in range(k)]
 
 
-def check_foldable(path: str | Path, prompts: Sequence[str], folds: int | None = None, seed: int = 0) -> None:
+def check_foldable(
+    path: str | Path,
+    prompts: Sequence[str],
+    folds: int | None = None,
+    seed: int = 0,
+    advice: str = "use fewer --folds or more rows",
+) -> None:
     """Refuse data too small to fit a router on: the rows it is fitted on (all of them, or, with
     ``folds``, the training part of each cross-validation fold) need INNER_FOLDS distinct prompts."""
     distinct = len({_prompt_key(p) for p in prompts})
@@ -308,9 +314,7 @@ def check_foldable(path: str | Path, prompts: Sequence[str], folds: int | None =
         if smallest >= INNER_FOLDS:
             return
         why = f"the training part of each fold needs {INNER_FOLDS} distinct prompts (the smallest has {smallest})"
-    raise ConfigError(
-        f"{path}: {distinct} distinct prompts are too few for {folds} folds: {why}; use fewer --folds or more rows"
-    )
+    raise ConfigError(f"{path}: {distinct} distinct prompts are too few for {folds} folds: {why}; {advice}")
 
 
 def embed_cached(prompts: Sequence[str], embedder: Any, cache: Path | None = None, batch: int = 256) -> np.ndarray:
