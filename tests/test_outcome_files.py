@@ -298,3 +298,40 @@ def test_bench_adapt_on_a_prior_too_small_names_it(
         "each fold needs one at least; give more rows\n"
     )
     assert not out.exists() and not (cache / "embeddings").exists()
+
+
+def test_a_test_file_without_an_expert_of_the_training_data_is_summed_up(tmp_path: Path) -> None:
+    data, _ = write_separable(tmp_path)
+    objs = rows(data)
+    for obj in objs:
+        del obj["scores"]["big"]
+    path = write_rows(tmp_path / "test.jsonl", objs)
+    with pytest.raises(ConfigError) as info:
+        load_outcomes(path, experts=["small", "mid", "big"])
+    assert info.value.message.splitlines()[-2] == "'big' is scored on 0 of 60 rows"
+
+
+def test_the_eval_report_has_the_keys_docs_eval_md_lists(tmp_path: Path, cache: Path) -> None:
+    # docs/eval.md's "Report schema" lacked meta.embedders and provenance, and named a
+    # provenance.wall_seconds that `coserve eval` did not write.
+    data, experts = write_separable(tmp_path)
+    report = tmp_path / "r.json"
+    assert (
+        main(argv("eval", data, experts, "--folds", "3", "--json", str(report), "--routers", "stack,map-logistic")) == 0
+    )
+    body = json.loads(report.read_text())
+    assert set(body) == {"routers", "baselines", "meta", "provenance"}
+    meta = {"n_train", "n_eval", "experts", "categories", "mode", "folds", "seed", "embedder", "cost_axes"}
+    meta |= {"primary_axis", "strong_expert", "hybrid", "not_run", "data", "test", "skipped_rows"}
+    assert set(body["meta"]) == meta  # "embedders" too when no --embedder is given (each router's own)
+    provenance = {"command", "commit", "date", "cpu_model", "cpu_count", "usable_cores", "python", "wall_seconds"}
+    assert provenance <= set(body["provenance"]) and body["provenance"]["wall_seconds"] > 0
+    point = {"axis", "budget", "quality", "avg_params_b", "avg_price", "lam", "strong_fraction"}
+    metrics = {"auc_params", "auc_price", "cost_axis", "quality_at_best_single_budget"}
+    metrics |= {"min_budget_for_best_single_quality", "min_budget_ratio_to_best_single", "oracle_gap_closed"}
+    metrics |= {"category_accuracy", "ece", "ece_calibrated", "temperature", "alpha", "min_confidence"}
+    metrics |= {"ood_threshold", "fallback_rate", "apgr", "cpt50", "cpt80", "cpt95"}
+    for entry in body["routers"].values():
+        assert set(entry) == {"points", "metrics"} and set(entry["metrics"]) <= metrics
+        assert all(set(p) <= point for p in entry["points"])
+    assert all(set(b) == {"quality", "avg_params_b", "avg_price"} for b in body["baselines"].values())

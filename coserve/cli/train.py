@@ -61,11 +61,14 @@ def default_embedder(router: str | None) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import time
+
     from coserve.bench.provenance import write_data
     from coserve.eval.data import load_costs, load_outcomes
     from coserve.eval.harness import available_routers, evaluate, evaluate_grouped
     from coserve.router.embedders import make_embedder
 
+    started = time.perf_counter()
     check_outputs(args.json, args.plot)
     costs = load_costs(args.experts)
     train, problems = _routable(args.data, args.on_bad, costs, None if args.test else args.folds, args.seed)
@@ -92,7 +95,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cascade = _cascade(args, *signals) if signals is not None else None
     if cascade is not None:
         report["cascade"] = cascade
-    write_data(Path(args.json), report, args.command_line)  # with its provenance (command, commit, CPU)
+    # with its provenance (command, commit, CPU, wall time)
+    write_data(Path(args.json), report, args.command_line, wall_seconds=time.perf_counter() - started)
     if args.plot:
         from coserve.eval.plot import plot_report
 

@@ -185,6 +185,7 @@ def load_outcomes(
     if not path.exists():
         raise ConfigError(f"outcome file not found: {path}")
     rows = _read_rows(path)
+    given = experts is not None
     if experts is None:
         names: dict[str, None] = {}
         for _, obj in rows:
@@ -214,14 +215,14 @@ def load_outcomes(
         way_out = "drop them with on_bad='skip' (on the command line: --on-bad skip)"
         if all(isinstance(obj, str) for _, obj in rows):  # not one object: a CSV, a JSON array, ...
             way_out = "no line is a JSON object: JSON Lines has one object a line; a CSV file must be named .csv"
-        raise _bad_rows_error(path, problems, "\n".join([*_sparse_experts(rows, experts), way_out]))
+        raise _bad_rows_error(path, problems, "\n".join([*_sparse_experts(rows, experts, given), way_out]))
     if not ids:
         raise ConfigError(f"{path}: no usable rows")
     matrix = np.asarray(scores, dtype=np.float32).reshape(len(ids), len(experts))
     return OutcomeSet(tuple(ids), tuple(prompts), tuple(cats), tuple(experts), matrix), problems
 
 
-def _sparse_experts(rows: list[Row], experts: Sequence[str]) -> list[str]:
+def _sparse_experts(rows: list[Row], experts: Sequence[str], given: bool) -> list[str]:
     """A line for each expert scored on fewer than half of the rows: the column is the likely mistake
     (an expert a few rows score, or a name mistyped), not the many rows that lack it."""
     scored = [obj["scores"] for _, obj in rows if isinstance(obj, dict) and isinstance(obj.get("scores"), dict)]
@@ -230,10 +231,8 @@ def _sparse_experts(rows: list[Row], experts: Sequence[str]) -> list[str]:
         found = [number for number, obj in rows if isinstance(obj, dict) and expert in (obj.get("scores") or {})]
         if len(found) < len(scored) / 2:
             first = f" (first on line {found[0]})" if found else ""
-            lines.append(
-                f"{expert!r} is scored on {len(found)} of {len(scored)} rows{first}: "
-                "score it on every row, or leave it out of the file"
-            )
+            advice = "" if given else ": score it on every row, or leave it out of the file"
+            lines.append(f"{expert!r} is scored on {len(found)} of {len(scored)} rows{first}{advice}")
     return lines
 
 
