@@ -335,3 +335,44 @@ def test_the_eval_report_has_the_keys_docs_eval_md_lists(tmp_path: Path, cache: 
         assert set(entry) == {"points", "metrics"} and set(entry["metrics"]) <= metrics
         assert all(set(p) <= point for p in entry["points"])
     assert all(set(b) == {"quality", "avg_params_b", "avg_price"} for b in body["baselines"].values())
+
+
+def test_an_expert_without_the_budgets_cost_is_named_before_embedding(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "the experts file lacks price for some experts; choose the other budget axis", after embedding,
+    # naming neither the file nor the expert, and advising the other axis when it was missing too.
+    data, experts = write_separable(tmp_path)
+    costs = json.loads(experts.read_text())
+    no_price = tmp_path / "no-price.json"
+    no_price.write_text(json.dumps({**costs, "mid": {"params_b": 5.0}}))
+    out = tmp_path / "router"
+    assert main(argv("train", data, no_price, "--out", str(out), "--budget-price", "1")) == 2
+    err = capsys.readouterr().err
+    why = "no input_price and output_price for ['mid']: budget on params (--budget-params)"
+    assert err == f"coserve: error: {no_price}: {why}\n"
+    nothing = tmp_path / "nothing.json"
+    nothing.write_text(json.dumps({**costs, "mid": {"params_b": None}}))
+    for command in (["train", "--out", str(out)], ["eval", "--json", str(tmp_path / "r.json")]):
+        assert main(argv(command[0], data, nothing, *command[1:])) == 2
+        err = capsys.readouterr().err
+        why = (
+            "no params_b for ['mid'] and no prices for ['mid']: give every expert params_b, or every expert both prices"
+        )
+        assert err == f"coserve: error: {nothing}: {why}\n"
+    assert not out.exists() and not (cache / "embeddings").exists()
+
+
+def test_a_router_kind_train_does_not_fit_is_refused_before_embedding(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # top2 (eval only) and a mistyped kind were refused after every prompt had been embedded.
+    data, experts = write_separable(tmp_path)
+    out = tmp_path / "router"
+    for kind in ("top2", "map-logistc"):
+        assert main(argv("train", data, experts, "--out", str(out), "--router", kind)) == 2
+        assert capsys.readouterr().err == (
+            f"coserve: error: --router {kind}: not a router train fits; one of map-knn, map-logistic, map-mlp, "
+            "prompt-knn, prompt-mf, prompt-mlp, prompt-ridge, hybrid, stack\n"
+        )
+    assert not out.exists() and not (cache / "embeddings").exists()

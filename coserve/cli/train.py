@@ -14,18 +14,20 @@ from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
 
 
-def _routable(path: str, on_bad: Any, costs: Any, folds: int | None = None, seed: int = 0) -> tuple[Any, list[Any]]:
+def _routable(
+    path: str, on_bad: Any, costs: Any, folds: int | None = None, seed: int = 0, axis: str | None = None
+) -> tuple[Any, list[Any]]:
     """``--data``'s outcome set and its problems; refused unless it scores two experts or more, each
-    with an entry in ``--experts``, and has prompts enough for ``folds`` (None: for fitting on all of
-    it); all checked before anything is embedded. Experts ``--experts`` lists and the data does not
-    score are left out, with a note."""
+    with an entry in ``--experts`` and a cost on ``axis`` (None: either), and has prompts enough for
+    ``folds`` (None: for fitting on all of it); all checked before anything is embedded. Experts
+    ``--experts`` lists and the data does not score are left out, with a note."""
     from coserve.errors import ConfigError
     from coserve.eval.data import check_foldable, load_outcomes
 
     outcomes, problems = load_outcomes(path, on_bad=on_bad)
     if len(outcomes.experts) < 2:
         raise ConfigError(f"{path}: scores of {list(outcomes.experts)} only; a router needs two experts or more")
-    costs.aligned(outcomes.experts, scored_in=path)
+    costs.aligned(outcomes.experts, scored_in=path).budget_axis(axis)
     unscored = [name for name in costs.names if name not in outcomes.experts]
     if unscored:
         print(f"coserve: note: {costs.source} lists {unscored}, which {path} does not score: left out", file=sys.stderr)
@@ -40,17 +42,29 @@ def _outcomes(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from coserve.router.embedders import make_embedder
 
     costs = load_costs(args.experts)
-    outcomes, problems = _routable(args.data, args.on_bad, costs, seed=args.seed)
+    axis = "price" if args.budget_price is not None else "params" if args.budget_params is not None else None
+    outcomes, problems = _routable(args.data, args.on_bad, costs, seed=args.seed, axis=axis)
     categories = sorted(set(outcomes.categories))
-    if len(categories) < 2 and not args.router.startswith("prompt-"):
+    trainable = _trainable(len(categories))
+    if args.router not in trainable and args.router in _trainable(2):
         raise ConfigError(
             f"{args.data}: one category ({categories[0]!r}); a {args.router} router classifies prompts into "
             "categories and needs two or more: add categories, or train a per-prompt router (--router prompt-knn)"
         )
+    if args.router not in trainable:  # said before anything is embedded
+        raise ConfigError(f"--router {args.router}: not a router train fits; one of {', '.join(trainable)}")
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     embedder = make_embedder(args.embedder)  # cmd_train fills in the router kind's default
     return outcomes, embed_cached(outcomes.prompts, embedder), costs
+
+
+def _trainable(n_categories: int) -> list[str]:
+    """The router kinds ``coserve train`` fits on data of ``n_categories`` (eval's, less top2, which is
+    evaluated only, and map-logistic+fallback, which every trained map router is)."""
+    from coserve.eval.harness import available_routers
+
+    return [name for name in available_routers(n_categories)[0] if "+" not in name and not name.startswith("top")]
 
 
 def default_embedder(router: str | None) -> str:

@@ -44,6 +44,25 @@ class ExpertCosts:
         idx = [self.names.index(e) for e in experts]
         return ExpertCosts(tuple(experts), self.params_b[idx], self.price[idx], self.source)
 
+    def budget_axis(self, axis: str | None = None) -> str:
+        """``axis`` ("params" or "price"; None: params where every expert has it, else price), refused
+        naming the experts without it."""
+        by_axis = {"params": self.params_b, "price": self.price}
+        lacking = {a: [n for n, v in zip(self.names, by_axis[a], strict=True) if not np.isfinite(v)] for a in by_axis}
+        if axis is None:
+            if lacking["params"] and lacking["price"]:
+                raise ConfigError(
+                    f"{self.source}: no params_b for {lacking['params']} and no prices for {lacking['price']}: "
+                    "give every expert params_b, or every expert both prices"
+                )
+            return "price" if lacking["params"] else "params"
+        if lacking[axis]:
+            other = "price" if axis == "params" else "params"
+            field = "params_b" if axis == "params" else "input_price and output_price"
+            way_out = f"budget on {other} (--budget-{other})" if not lacking[other] else "give them one"
+            raise ConfigError(f"{self.source}: no {field} for {lacking[axis]}: {way_out}")
+        return axis
+
 
 def _number(key: str, value: Any) -> float:
     """A cost field's value: a finite number >= 0, or NaN for null."""

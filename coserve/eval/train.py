@@ -39,12 +39,8 @@ def train_router(
     from coserve.router.mapping import lambda_for_budget
 
     costs = costs.aligned(outcomes.experts)
-    cost_by_axis = {"params": costs.params_b, "price": costs.price}
-    if budget_axis is None:
-        budget_axis = "params" if np.isfinite(costs.params_b).all() else "price"
-    cost = cost_by_axis[budget_axis]
-    if not np.isfinite(cost).all():
-        raise ConfigError(f"the experts file lacks {budget_axis} for some experts; choose the other budget axis")
+    budget_axis = costs.budget_axis(budget_axis)  # refused naming the experts without it
+    cost = {"params": costs.params_b, "price": costs.price}[budget_axis]
     budget = float(cost.max()) if budget is None else float(budget)
     classes = sorted(set(outcomes.categories))
     inner, val = grouped_folds(outcomes.prompts, INNER_FOLDS, seed)[0]
