@@ -376,3 +376,70 @@ def test_a_router_kind_train_does_not_fit_is_refused_before_embedding(
             "prompt-knn, prompt-mf, prompt-mlp, prompt-ridge, hybrid, stack\n"
         )
     assert not out.exists() and not (cache / "embeddings").exists()
+
+
+def test_names_a_library_cannot_serve_are_noted_at_training_and_refused_at_serving(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A category named in Chinese was trained and served: every request routed to it was a 500 (the
+    # name travels in the x-coserve-category header), after the expert had answered.
+    import yaml
+    from conftest import library_data
+
+    from coserve.config import load_library
+    from coserve.router.router import check_trained
+
+    data, experts = write_separable(tmp_path)
+    names = {"code": "编程", "chat": "chat"}
+    path = write_rows(tmp_path / "named.jsonl", [dict(obj, category=names[obj["category"]]) for obj in rows(data)])
+    out = tmp_path / "router"
+    assert main(argv("train", path, experts, "--out", str(out))) == 0
+    rule = "use 1 to 64 ASCII letters, digits, '_', '.', ':' or '-', the first a letter or digit"
+    assert (
+        f"coserve: note: {path}: '编程' is not a valid category name: {rule}; a server refuses this router "
+        "until it is renamed\n" in capsys.readouterr().err
+    )
+    library = library_data()
+    library["experts"] = [dict(library["experts"][0], name=name) for name in ("small", "mid", "big")]
+    library.pop("categories")
+    library["router"] = {"embedder": "hashing", "trained": str(out), "fallback": {"expert": "big"}}
+    file = tmp_path / "library.yaml"
+    file.write_text(yaml.safe_dump(library, allow_unicode=True))
+    with pytest.raises(ConfigError) as info:
+        check_trained(load_library(file))
+    assert info.value.message == (
+        f"{file}: router.trained: {out}: '编程' is not a valid category name: {rule}; retrain with it renamed"
+    )
+
+
+def test_an_expert_name_no_library_can_hold_is_said_at_serving(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A Hugging Face id as the expert's name ("org/model", as in RouteLLM's exports): the server said
+    # only that the library lacks it, and a library cannot name it.
+    import yaml
+    from conftest import library_data
+
+    from coserve.config import load_library
+    from coserve.router.router import check_trained
+
+    data, experts = write_separable(tmp_path)
+    renamed = [
+        dict(obj, scores={("org/big" if k == "big" else k): v for k, v in obj["scores"].items()}) for obj in rows(data)
+    ]
+    path = write_rows(tmp_path / "hf.jsonl", renamed)
+    costs = json.loads(experts.read_text())
+    costs["org/big"] = costs.pop("big")
+    experts.write_text(json.dumps(costs))
+    out = tmp_path / "router"
+    assert main(argv("train", path, experts, "--out", str(out))) == 0
+    assert "'org/big' is not a valid expert name" in capsys.readouterr().err
+    library = library_data()
+    library["experts"] = [dict(library["experts"][0], name=name) for name in ("small", "mid", "big")]
+    library.pop("categories")
+    library["router"] = {"embedder": "hashing", "trained": str(out), "fallback": {"expert": "big"}}
+    file = tmp_path / "library.yaml"
+    file.write_text(yaml.safe_dump(library))
+    with pytest.raises(ConfigError) as info:
+        check_trained(load_library(file))
+    assert info.value.message.startswith(f"{file}: router.trained: {out}: 'org/big' is not a valid expert name: use ")

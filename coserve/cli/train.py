@@ -44,6 +44,7 @@ def _outcomes(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     costs = load_costs(args.experts)
     axis = "price" if args.budget_price is not None else "params" if args.budget_params is not None else None
     outcomes, problems = _routable(args.data, args.on_bad, costs, seed=args.seed, axis=axis)
+    _note_unservable_names(args.data, outcomes)
     categories = sorted(set(outcomes.categories))
     trainable = _trainable(len(categories))
     if args.router not in trainable and args.router in _trainable(2):
@@ -57,6 +58,22 @@ def _outcomes(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     embedder = make_embedder(args.embedder)  # cmd_train fills in the router kind's default
     return outcomes, embed_cached(outcomes.prompts, embedder), costs
+
+
+def _note_unservable_names(path: str, outcomes: Any) -> None:
+    """A note for each expert or category name a library cannot serve (a category travels in a response
+    header and metric labels; a library's experts follow the same rule): the router is trained, for
+    ``load_trained`` and eval, but a server refuses it until the data names them by the rule."""
+    from coserve.config import check_name
+
+    for kind, names in (("expert", outcomes.experts), ("category", sorted(set(outcomes.categories)))):
+        for name in names:
+            try:
+                check_name(name, kind)
+            except ValueError as exc:
+                print(
+                    f"coserve: note: {path}: {exc}; a server refuses this router until it is renamed", file=sys.stderr
+                )
 
 
 def _trainable(n_categories: int) -> list[str]:
