@@ -216,17 +216,27 @@ def test_one_category_is_refused_for_a_classifier_and_trained_per_prompt(
 # ---- the router directory --------------------------------------------------------------------------
 
 
-def test_retraining_replaces_the_whole_router_directory(tmp_path: Path, cache: Path) -> None:
+def test_retraining_replaces_the_whole_router_directory(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Retraining into a router's directory on data too small to calibrate left the first training's
     # calibration.npz beside the new router, which a server would have read as the new one's.
     data, experts = write_separable(tmp_path)
     out = tmp_path / "router"
     assert main(argv("train", data, experts, "--out", str(out))) == 0
     assert (out / "calibration.npz").exists()
+    capsys.readouterr()
     (tmp_path / "small").mkdir()
-    small, _ = write_separable(tmp_path / "small", n=8)
+    small, _ = write_separable(tmp_path / "small", n=6)
     assert main(argv("train", small, experts, "--out", str(out))) == 0
     assert sorted(p.name for p in out.iterdir()) == ["arrays.npz", "manifest.json"]
+    # why not, naming the file (was "cannot make 5 folds from 4 distinct prompts" for a file of 6)
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        f"coserve: no calibration file for router.online's change detector: {small}: 6 distinct prompts are too "
+        "few for 5 folds: the training part of each fold needs 5 distinct prompts (the smallest has 4); "
+        "give more rows" in err
+    )
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
 
 

@@ -227,20 +227,22 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _save_prior_fit(router: Any, outcomes: Any, X: Any, costs: Any, out: str) -> None:
+def _save_prior_fit(router: Any, outcomes: Any, X: Any, costs: Any, out: str, data: str) -> None:
     """Beside the router, the out-of-fold predictions of its own kind that a server's change detector is
     calibrated from (router.online.change_calibration; docs/adapt.md); skipped, with a note, where the
     rows do not allow it (one category: no online router; fewer distinct prompts than folds)."""
     import numpy as np
 
     from coserve.bench.adapt import CALIBRATION_FOLDS
-    from coserve.bench.adapt_fit import cross_fit
+    from coserve.bench.adapt_fit import FOLDS_SEED, cross_fit
     from coserve.errors import ConfigError
+    from coserve.eval.data import check_foldable
     from coserve.router.online_calibration import save_prior_fit
 
     if router.classifier is None:
         return
     try:
+        check_foldable(data, outcomes.prompts, CALIBRATION_FOLDS, FOLDS_SEED, "give more rows")  # names the file
         fit = cross_fit(outcomes, X, costs, router.budget_axis, router.classes, router.experts, CALIBRATION_FOLDS,
                         router.kind)  # fmt: skip
     except (ConfigError, ValueError, np.linalg.LinAlgError) as exc:  # an optional file: training still succeeds
@@ -307,7 +309,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def write(folder: Path) -> None:
         router.save(folder)
-        _save_prior_fit(router, outcomes, X, costs, str(folder))
+        _save_prior_fit(router, outcomes, X, costs, str(folder), args.data)
 
     _write_router_dir(out, write)
     mapping = {c: router.experts[e] for c, e in zip(router.classes, router.assignment, strict=True)}
