@@ -8,6 +8,7 @@ few rows only, ...). A refusal names the file (and the line or field) and leaves
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,41 @@ def rows(data: Path) -> list[dict]:
 def write_rows(path: Path, objs: list[dict]) -> Path:
     path.write_text("".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in objs), encoding="utf-8")
     return path
+
+
+def edited_costs(tmp_path: Path, name: str, edit: Callable[[dict], dict]) -> tuple[Path, Path]:
+    """The separable data, and its experts file changed by ``edit`` and written as ``name``."""
+    data, experts = write_separable(tmp_path)
+    path = tmp_path / name
+    path.write_text(json.dumps(edit(json.loads(experts.read_text()))))
+    return data, path
+
+
+def trained(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The separable data, its experts file, and the router `coserve train` fits on them."""
+    data, experts = write_separable(tmp_path)
+    out = tmp_path / "router"
+    assert main(argv("train", data, experts, "--out", str(out))) == 0
+    return data, experts, out
+
+
+def refusal_at_serving(tmp_path: Path, router: Path) -> tuple[Path, str]:
+    """The library file of three fake experts (small, mid, big) naming ``router``, and why it is refused."""
+    import yaml
+    from conftest import library_data
+
+    from coserve.config import load_library
+    from coserve.router.router import check_trained
+
+    library = library_data()
+    library["experts"] = [dict(library["experts"][0], name=name) for name in ("small", "mid", "big")]
+    library.pop("categories")
+    library["router"] = {"embedder": "hashing", "trained": str(router), "fallback": {"expert": "big"}}
+    file = tmp_path / "library.yaml"
+    file.write_text(yaml.safe_dump(library, allow_unicode=True))
+    with pytest.raises(ConfigError) as info:
+        check_trained(load_library(file))
+    return file, info.value.message
 
 
 # ---- encodings -------------------------------------------------------------------------------------
@@ -119,11 +155,9 @@ def test_a_bad_cost_names_the_file_the_expert_and_the_field(tmp_path: Path, spec
 def test_experts_missing_from_either_file_are_named(
     tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data, experts = write_separable(tmp_path)
-    costs = json.loads(experts.read_text())
     # the data scores "big", the experts file lacks it: refused, naming the experts file
-    lacking = tmp_path / "lacking.json"
-    lacking.write_text(json.dumps({k: v for k, v in costs.items() if k != "big"}))
+    data, lacking = edited_costs(tmp_path, "lacking.json", lambda costs: {k: v for k, v in costs.items() if k != "big"})
+    costs = json.loads((tmp_path / "experts.json").read_text())
     out = tmp_path / "router"
     assert main(argv("train", data, lacking, "--out", str(out))) == 2
     assert capsys.readouterr().err == f"coserve: error: {lacking}: no entry for ['big'], which {data} scores\n"
@@ -221,9 +255,7 @@ def test_retraining_replaces_the_whole_router_directory(
 ) -> None:
     # Retraining into a router's directory on data too small to calibrate left the first training's
     # calibration.npz beside the new router, which a server would have read as the new one's.
-    data, experts = write_separable(tmp_path)
-    out = tmp_path / "router"
-    assert main(argv("train", data, experts, "--out", str(out))) == 0
+    _, experts, out = trained(tmp_path)
     assert (out / "calibration.npz").exists()
     capsys.readouterr()
     (tmp_path / "small").mkdir()
@@ -243,9 +275,7 @@ def test_retraining_replaces_the_whole_router_directory(
 def test_a_failed_training_leaves_the_old_router_and_a_foreign_folder_is_refused(
     tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data, experts = write_separable(tmp_path)
-    out = tmp_path / "router"
-    assert main(argv("train", data, experts, "--out", str(out))) == 0
+    data, experts, out = trained(tmp_path)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert main(argv("train", data, experts, "--out", str(out), "--router", "map-nosuch")) == 2
     capsys.readouterr()
@@ -352,10 +382,8 @@ def test_an_expert_without_the_budgets_cost_is_named_before_embedding(
 ) -> None:
     # "the experts file lacks price for some experts; choose the other budget axis", after embedding,
     # naming neither the file nor the expert, and advising the other axis when it was missing too.
-    data, experts = write_separable(tmp_path)
-    costs = json.loads(experts.read_text())
-    no_price = tmp_path / "no-price.json"
-    no_price.write_text(json.dumps({**costs, "mid": {"params_b": 5.0}}))
+    data, no_price = edited_costs(tmp_path, "no-price.json", lambda costs: {**costs, "mid": {"params_b": 5.0}})
+    costs = json.loads((tmp_path / "experts.json").read_text())
     out = tmp_path / "router"
     assert main(argv("train", data, no_price, "--out", str(out), "--budget-price", "1")) == 2
     err = capsys.readouterr().err
@@ -393,12 +421,6 @@ def test_names_a_library_cannot_serve_are_noted_at_training_and_refused_at_servi
 ) -> None:
     # A category named in Chinese was trained and served: every request routed to it was a 500 (the
     # name travels in the x-coserve-category header), after the expert had answered.
-    import yaml
-    from conftest import library_data
-
-    from coserve.config import load_library
-    from coserve.router.router import check_trained
-
     data, experts = write_separable(tmp_path)
     names = {"code": "编程", "chat": "chat"}
     path = write_rows(tmp_path / "named.jsonl", [dict(obj, category=names[obj["category"]]) for obj in rows(data)])
@@ -409,15 +431,8 @@ def test_names_a_library_cannot_serve_are_noted_at_training_and_refused_at_servi
         f"coserve: note: {path}: '编程' is not a valid category name: {rule}; a server refuses this router "
         "until it is renamed\n" in capsys.readouterr().err
     )
-    library = library_data()
-    library["experts"] = [dict(library["experts"][0], name=name) for name in ("small", "mid", "big")]
-    library.pop("categories")
-    library["router"] = {"embedder": "hashing", "trained": str(out), "fallback": {"expert": "big"}}
-    file = tmp_path / "library.yaml"
-    file.write_text(yaml.safe_dump(library, allow_unicode=True))
-    with pytest.raises(ConfigError) as info:
-        check_trained(load_library(file))
-    assert info.value.message == (
+    file, message = refusal_at_serving(tmp_path, out)
+    assert message == (
         f"{file}: router.trained: {out}: '编程' is not a valid category name: {rule}; retrain with it renamed"
     )
 
@@ -427,12 +442,6 @@ def test_an_expert_name_no_library_can_hold_is_said_at_serving(
 ) -> None:
     # A Hugging Face id as the expert's name ("org/model", as in RouteLLM's exports): the server said
     # only that the library lacks it, and a library cannot name it.
-    import yaml
-    from conftest import library_data
-
-    from coserve.config import load_library
-    from coserve.router.router import check_trained
-
     data, experts = write_separable(tmp_path)
     renamed = [
         dict(obj, scores={("org/big" if k == "big" else k): v for k, v in obj["scores"].items()}) for obj in rows(data)
@@ -444,12 +453,5 @@ def test_an_expert_name_no_library_can_hold_is_said_at_serving(
     out = tmp_path / "router"
     assert main(argv("train", path, experts, "--out", str(out))) == 0
     assert "'org/big' is not a valid expert name" in capsys.readouterr().err
-    library = library_data()
-    library["experts"] = [dict(library["experts"][0], name=name) for name in ("small", "mid", "big")]
-    library.pop("categories")
-    library["router"] = {"embedder": "hashing", "trained": str(out), "fallback": {"expert": "big"}}
-    file = tmp_path / "library.yaml"
-    file.write_text(yaml.safe_dump(library))
-    with pytest.raises(ConfigError) as info:
-        check_trained(load_library(file))
-    assert info.value.message.startswith(f"{file}: router.trained: {out}: 'org/big' is not a valid expert name: use ")
+    file, message = refusal_at_serving(tmp_path, out)
+    assert message.startswith(f"{file}: router.trained: {out}: 'org/big' is not a valid expert name: use ")
