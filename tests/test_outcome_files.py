@@ -455,3 +455,16 @@ def test_an_expert_name_no_library_can_hold_is_said_at_serving(
     assert "'org/big' is not a valid expert name" in capsys.readouterr().err
     file, message = refusal_at_serving(tmp_path, out)
     assert message.startswith(f"{file}: router.trained: {out}: 'org/big' is not a valid expert name: use ")
+
+
+def test_integer_ids_are_read_as_their_decimal_strings(tmp_path: Path) -> None:
+    # pandas writes an integer index as {"id": 17}: every row was "missing or non-string id".
+    data, _ = write_separable(tmp_path)
+    objs = [dict(obj, id=int(obj["id"][1:])) for obj in rows(data)]
+    path = write_rows(tmp_path / "ints.jsonl", objs)
+    outcomes, problems = load_outcomes(path)
+    assert problems == [] and outcomes.ids[:3] == ("0", "1", "2")
+    scores = write_rows(tmp_path / "scores.jsonl", [{"id": 1, "scores": {"a": 0.5}}, {"id": True, "scores": {"a": 1}}])
+    with pytest.raises(ConfigError) as info:  # true is no id
+        load_expert_scores(scores, "a")
+    assert info.value.message.splitlines()[1].startswith(f"  {scores}:2: ?:")

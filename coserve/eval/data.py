@@ -121,9 +121,10 @@ def _csv_rows(path: Path) -> list[Row]:
 
 
 def _read_rows(path: Path) -> list[Row]:
-    """The rows of a JSONL or CSV file; a file that cannot be read as UTF-8 text is one ConfigError."""
+    """The rows of a JSONL or CSV file, an integer id read as its decimal string (as pandas writes an
+    index); a file that cannot be read as UTF-8 text is one ConfigError."""
     try:
-        return _csv_rows(path) if path.suffix.lower() == ".csv" else read_rows(path)
+        rows = _csv_rows(path) if path.suffix.lower() == ".csv" else read_rows(path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -137,6 +138,10 @@ def _read_rows(path: Path) -> list[Row]:
             at = exc.start
         line = raw[:at].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[at]:02x}); save the file as UTF-8") from None
+    for _, obj in rows:
+        if isinstance(obj, dict) and isinstance(obj.get("id"), int) and not isinstance(obj["id"], bool):
+            obj["id"] = str(obj["id"])
+    return rows
 
 
 def _check(
