@@ -468,3 +468,20 @@ def test_integer_ids_are_read_as_their_decimal_strings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:  # true is no id
         load_expert_scores(scores, "a")
     assert info.value.message.splitlines()[1].startswith(f"  {scores}:2: ?:")
+
+
+def test_a_free_expert_is_a_cost_of_zero_in_eval(tmp_path: Path, cache: Path) -> None:
+    # A price of 0 (a self-hosted model) dropped the price axis: with no sizes, eval said "the experts
+    # file gives neither params_b nor prices for every expert" (train took the same file).
+    def free_big(costs: dict) -> dict:
+        costs = {name: dict(spec, params_b=None) for name, spec in costs.items()}
+        costs["big"].update(input_price=0, output_price=0)
+        return costs
+
+    data, experts = edited_costs(tmp_path, "free.json", free_big)
+    report = tmp_path / "r.json"
+    assert main(argv("eval", data, experts, "--folds", "3", "--json", str(report), "--routers", "map-logistic")) == 0
+    body = json.loads(report.read_text())
+    assert body["meta"]["primary_axis"] == "price" and body["baselines"]["big"]["avg_price"] == 0
+    # the best single expert (big) is free: no ratio to its cost
+    assert body["routers"]["map-logistic"]["metrics"]["min_budget_ratio_to_best_single"] is None
