@@ -485,3 +485,11 @@ def test_a_free_expert_is_a_cost_of_zero_in_eval(tmp_path: Path, cache: Path) ->
     assert body["meta"]["primary_axis"] == "price" and body["baselines"]["big"]["avg_price"] == 0
     # the best single expert (big) is free: no ratio to its cost
     assert body["routers"]["map-logistic"]["metrics"]["min_budget_ratio_to_best_single"] is None
+
+
+def test_retraining_through_a_link_replaces_the_router_it_names(tmp_path: Path, cache: Path) -> None:
+    data, experts, out = trained(tmp_path)
+    link = tmp_path / "current"
+    link.symlink_to(out)
+    assert main(argv("train", data, experts, "--out", str(link), "--router", "map-logistic")) == 0
+    assert link.is_symlink() and json.loads((out / "manifest.json").read_text())["kind"] == "map-logistic"

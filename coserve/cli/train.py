@@ -291,7 +291,7 @@ def _write_router_dir(out: Path, write: Callable[[Path], None]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from coserve.eval.train import train_router
 
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # a link to a router: the router it names is replaced, the link kept
     _check_router_out(out)
     args.embedder = args.embedder or default_embedder(args.router)
     outcomes, X, costs = _outcomes(args)
