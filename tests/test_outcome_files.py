@@ -493,3 +493,12 @@ def test_retraining_through_a_link_replaces_the_router_it_names(tmp_path: Path, 
     link.symlink_to(out)
     assert main(argv("train", data, experts, "--out", str(link), "--router", "map-logistic")) == 0
     assert link.is_symlink() and json.loads((out / "manifest.json").read_text())["kind"] == "map-logistic"
+
+
+def test_a_csv_cell_over_the_field_limit_names_its_line(tmp_path: Path) -> None:
+    # csv.Error was a traceback.
+    path = tmp_path / "long.csv"
+    path.write_text("id,prompt,category,score:a,score:b\nr0,hi,chat,1,0\nr1," + "x" * 200_000 + ",code,0,1\n")
+    with pytest.raises(ConfigError) as info:
+        load_outcomes(path)
+    assert info.value.message == f"{path}:3: field larger than field limit (131072); a JSONL file has no such limit"

@@ -101,7 +101,7 @@ def _csv_rows(path: Path) -> list[Row]:
         try:
             records = list(reader)
         except csv.Error as exc:  # a cell over csv's field limit (128 KiB), a NUL byte
-            raise ConfigError(f"{path}:{reader.line_num}: {exc}; a JSONL file has no such limit") from None
+            raise ConfigError(f"{path}:{reader.reader.line_num}: {exc}; a JSONL file has no such limit") from None
     for number, record in enumerate(records, start=2):
         obj: dict[str, Any] = {"scores": {}}
         bad = None
