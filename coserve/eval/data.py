@@ -100,8 +100,9 @@ def _csv_rows(path: Path) -> list[Row]:
         reader = csv.DictReader(handle)
         try:
             records = list(reader)
-        except csv.Error as exc:  # a cell over csv's field limit (128 KiB), a NUL byte
-            raise ConfigError(f"{path}:{reader.reader.line_num}: {exc}; a JSONL file has no such limit") from None
+        except csv.Error as exc:  # a cell over csv's field limit (128 KiB), above all
+            hint = "; a JSONL file has no such limit" if "field limit" in str(exc) else ""
+            raise ConfigError(f"{path}:{reader.reader.line_num}: {exc}{hint}") from None
     for number, record in enumerate(records, start=2):
         obj: dict[str, Any] = {"scores": {}}
         bad = None
