@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -54,17 +55,40 @@ def test_sigterm_drains_in_flight_streams(tmp_path: Path) -> None:
         assert time.monotonic() - sent < 10.0 + 5.0
 
 
+def queued_answer(url: str, answers: list[httpx.Response | str]) -> None:
+    """Send one non-streamed request and keep its response (or the transport error's repr)."""
+    try:
+        answers.append(httpx.post(url + URL, json={**BODY, "stream": False, "max_tokens": 4}, timeout=30.0))
+    except httpx.TransportError as exc:
+        answers.append(repr(exc))
+
+
 def test_drain_deadline_cuts_long_streams(tmp_path: Path) -> None:
-    with LiveServer(tmp_path, options=SLOW, shutdown_timeout=1.0) as live:
+    one_slot = {name: {**SLOW[name], "n_parallel": 1} for name in SLOW}  # a second request queues
+    with LiveServer(tmp_path, options=one_slot, shutdown_timeout=1.0) as live:
         started, lines = threading.Event(), []
         reader = threading.Thread(target=stream_lines, args=(live.url, 400, started, lines), daemon=True)  # ~20 s
         reader.start()
         assert started.wait(20.0), live.output()
+        answers: list[httpx.Response | str] = []
+        waiting = threading.Thread(target=queued_answer, args=(live.url, answers), daemon=True)
+        waiting.start()
+        time.sleep(0.5)  # queued behind the stream
         sent = time.monotonic()
         live.terminate()
         assert live.proc is not None
         assert live.proc.wait(timeout=15.0) == 0, live.output()
         assert time.monotonic() - sent < 1.0 + 5.0
         reader.join(10.0)
+        waiting.join(10.0)
         assert lines[0] == "status: 200"
         assert "data: [DONE]" not in lines and lines[-1].startswith("error:")  # cut at the deadline
+        # the queued request is told to go elsewhere, as a new one would be (not uvicorn's bare 500)
+        assert isinstance(answers[0], httpx.Response), answers
+        assert answers[0].status_code == 503 and answers[0].headers["retry-after"] == "5"
+        assert answers[0].json()["error"]["code"] == "draining"
+        # both are in the decision log, as cut (503), not lost with the process's end
+        answer = json.loads(next(line for line in lines if line.startswith("data: ")).removeprefix("data: "))
+        with sqlite3.connect(live.folder / "cache" / "decisions.sqlite") as db:
+            logged = db.execute("SELECT id, status FROM decisions ORDER BY time").fetchall()
+        assert logged[0] == (answer["id"], "503") and [status for _, status in logged] == ["503", "503"], live.output()

@@ -37,11 +37,11 @@ from pydantic import ValidationError
 
 from coserve.bench import adapt_baselines as measures
 from coserve.bench.adapt_baselines import category_means, lagrangian_mix, mix_of, mix_weights, recovery, share_of
-from coserve.bench.adapt_fit import ONE_BLAS_THREAD, FittedStream, fit_stream, split_by_prompt
+from coserve.bench.adapt_fit import FOLDS_SEED, ONE_BLAS_THREAD, FittedStream, fit_stream, split_by_prompt
 from coserve.bench.adapt_plot import plot_adapt
 from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
-from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, load_costs, load_outcomes
+from coserve.eval.data import ExpertCosts, OutcomeSet, check_foldable, embed_cached, load_costs, load_outcomes
 from coserve.router.drift_calibration import CellCalibration, PriorFit, calibration_from, cell_offsets, picks
 from coserve.router.online import OnlineRouter
 
@@ -332,7 +332,12 @@ def run_adapt(
     per-prompt predictor reads ``predictor_embedder``'s vectors where one is given (else ``embedder``'s)."""
     costs = load_costs(experts_path)
     prior, skipped = load_outcomes(prior_path, on_bad="skip")
-    costs.aligned(prior.experts)  # an expert without costs: refused now, not after minutes of embedding
+    costs.aligned(prior.experts, scored_in=str(prior_path))  # refused now, not after minutes of embedding
+    fitted_on = prior.subset(split_by_prompt(prior)[0]) if stream_path is None else prior
+    if len(set(fitted_on.categories)) > 1:  # one category: a per-category table, nothing is tuned
+        cross = CALIBRATION_FOLDS if options.online().calibrates else None
+        where = f"{prior_path} (the half the router is fitted on)" if stream_path is None else str(prior_path)
+        check_foldable(where, fitted_on.prompts, cross, FOLDS_SEED, "give more rows")  # said now, naming the file
     pred = predictor_embedder or embedder
     X_prior = embed_cached(prior.prompts, embedder)  # the whole file: the cache key of `coserve eval`
     P_prior = X_prior if pred is embedder else embed_cached(prior.prompts, pred)

@@ -152,6 +152,8 @@ class Engine:
             await started
         except asyncio.CancelledError:
             call.cancelled = True  # the caller went away while queued
+            if self.scheduler.withdraw(call):  # not taken yet: no longer counted as queued
+                self.metrics.queue_depth.labels(str(call.expert)).dec()
             if call.lease is not None:
                 call.lease.release()
             raise
