@@ -62,5 +62,31 @@ def test_the_kernel_is_pinned_only_where_the_cpu_runs_it(
     machine: str, flags: set[str], pinned: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENBLAS_CORETYPE", "SkylakeX")  # the caller's setting is overridden where pinned
-    assert pin_blas_kernel(flags, machine) == pinned
+    assert pin_blas_kernel(flags, machine, numpy_loaded=False) == pinned
     assert os.environ["OPENBLAS_CORETYPE"] == (pinned or "SkylakeX")
+
+
+def test_no_kernel_is_pinned_once_numpy_has_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # numpy's OpenBLAS has read the variable; setting it now would pin scipy's alone: two kernels in one run
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "SkylakeX")
+    assert pin_blas_kernel({"avx2", "fma"}, "x86_64", numpy_loaded=True) is None
+    assert os.environ["OPENBLAS_CORETYPE"] == "SkylakeX"
+
+
+def test_embeddings_are_cached_per_blas_kernel(tmp_path: Path, cache: Path) -> None:
+    """A vector's last bits are its kernel's: a cache another kernel filled (``coserve eval`` on this CPU,
+    an unpinned run) must not feed a pinned run, so the benchmark keys its cache by the kernels that ran."""
+    from coserve.bench.kernel import blas_kernels, kernel_tag
+    from coserve.cli import main
+
+    prior, experts = tmp_path / "prior.jsonl", tmp_path / "experts.json"
+    _outcomes(prior, 1, 120)
+    experts.write_text(json.dumps({e: {"params_b": b} for e, b in (("cheap", 1), ("mid", 3), ("big", 9))}))
+    argv = ["bench", "adapt", "--prior", str(prior), "--experts", str(experts), "--budget-params", "3"]
+    argv += ["--requests", "600", "--embedder", "hashing", "--predictor-embedder", "hashing"]
+    assert main([*argv, "--json", str(tmp_path / "a.json")]) == 0
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["blas"] == blas_kernels() and len(report["blas"]) == 2  # numpy's and scipy's OpenBLAS
+    assert len({k["kernel"] for k in report["blas"]}) == 1  # numpy was loaded here: the CPU's own, for both
+    assert list((cache / f"blas-{kernel_tag(report['blas'])}" / "embeddings").glob("*.npy"))
+    assert not (cache / "embeddings").exists()  # coserve eval's cache is not read or written

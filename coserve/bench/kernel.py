@@ -37,21 +37,27 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set(line.partition(":")[2].split())
 
 
-def pin_blas_kernel(flags: set[str] | None = None, machine: str | None = None) -> str | None:
+def pin_blas_kernel(
+    flags: set[str] | None = None, machine: str | None = None, numpy_loaded: bool | None = None
+) -> str | None:
     """Set ``OPENBLAS_CORETYPE`` to ``PINNED_KERNEL`` where this CPU runs it (whatever the caller set);
-    the kernel pinned, or None where none is (not x86-64, no AVX2/FMA). Takes effect only if numpy has
-    not loaded yet: ``blas_kernels`` says what ran."""
+    the kernel pinned, or None where none is: not x86-64, no AVX2/FMA, or numpy loaded already (its
+    OpenBLAS has picked; pinning scipy's alone would mix two kernels). ``blas_kernels`` says what ran."""
     machine = platform.machine() if machine is None else machine
     if machine.lower() not in ("x86_64", "amd64") or not _NEEDS <= (cpu_flags() if flags is None else flags):
         return None
-    if "numpy" in sys.modules:
+    if "numpy" in sys.modules if numpy_loaded is None else numpy_loaded:
         logger.warning("numpy is loaded already: the BLAS kernel stays the CPU's (the report names it)")
+        return None
     os.environ["OPENBLAS_CORETYPE"] = PINNED_KERNEL
     return PINNED_KERNEL
 
 
 def blas_kernels() -> list[dict[str, str]]:
-    """The BLAS libraries loaded, each with its version and the kernel it runs (threadpoolctl's view)."""
+    """The BLAS libraries (numpy's and scipy's: both loaded first), each with its version and the kernel
+    it runs (threadpoolctl's view)."""
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_info
 
     return [
