@@ -11,7 +11,7 @@ the command line sets (``coserve.bench.kernel``). Each child writes per stage:
   stream and its cross-fitted predictions of the prior (the calibration's);
 * the replay's figures.
 
-The parent compares every child with the first: elements that differ and the largest difference.
+The parent compares the children two by two: elements that differ and the largest difference.
 
     python scripts/adapt_kernels.py --data ../shared/data/llmrouter --json docs/data/adapt-kernels-s14.json
 """
@@ -113,16 +113,16 @@ def main(argv: list[str] | None = None) -> int:
             arrays = {n: saved[n.replace(" ", "_")] for n in meta["names"]}
             runs[name] = {"arrays": arrays, "figures": meta["figures"]}
             print(name, meta["figures"]["quality"], flush=True)
-    first = next(iter(runs))
+    names = list(runs)
     payload = {
         "settings": {
             name: {"OPENBLAS_CORETYPE": c, "NPY_DISABLE_CPU_FEATURES": d} for name, (c, d) in SETTINGS.items()
         },
         "figures": {name: run["figures"] for name, run in runs.items()},
-        "against_first": {name: _compare(runs[first], run) for name, run in runs.items() if name != first},
+        "pairs": {f"{a} vs {b}": _compare(runs[a], runs[b]) for i, a in enumerate(names) for b in names[i + 1 :]},
         "sample_prompts": SAMPLE,
     }
-    print(json.dumps(payload["against_first"], indent=1))
+    print(json.dumps(payload["pairs"], indent=1))
     if args.json:
         write_data(args.json, payload, ["python", *sys.argv])
     return 0
