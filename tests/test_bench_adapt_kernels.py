@@ -2,7 +2,7 @@
 
 OpenBLAS picks its kernel by CPU (AVX-512 machines get SkylakeX, others Haswell or older) and the kernels
 sum in other orders; the fits amplify a last-bit difference, and the replay is chaotic in it (docs/adapt.md,
-"Reproducing the figures"). ``OPENBLAS_CORETYPE`` makes one machine act as another: each run below is a
+"The same figures on another machine"). ``OPENBLAS_CORETYPE`` makes one machine act as another: each run is a
 fresh process (OpenBLAS reads the variable once, at load) with its own embedding cache.
 """
 

@@ -3,7 +3,7 @@
 OpenBLAS (bundled with numpy and with scipy) picks a kernel by CPU at load: SkylakeX on an AVX-512 machine,
 Haswell on one with AVX2, older ones below. The kernels add in other orders, so a matrix product differs in
 its last bits between machines; the fits amplify that (a classifier's lbfgs path, the stack predictor's
-Adam steps: predictions apart by up to 0.01 from the same vectors), and the replay is chaotic in it (one
+Adam steps: predictions apart by up to 0.016 from the same vectors), and the replay is chaotic in it (one
 bit changes which alarm fires). Rounding at stage boundaries cannot absorb differences of that size, so
 the benchmark pins the kernel instead: ``OPENBLAS_CORETYPE=Haswell`` on any x86-64 CPU with AVX2 and FMA
 (Intel since 2013, AMD since 2015), set before numpy loads, which is when OpenBLAS reads it. numpy's own
