@@ -48,6 +48,22 @@ def test_a_prompt_too_long_for_the_chosen_expert_skips_it_without_loading_it(
         assert data["coserve"]["category"] == "chat"
         assert data["coserve"]["fallback_from"] == ["small"]
         assert "small" not in _fake(engine).stages + _fake(engine).loads
+        assert _fake(engine).counters == ["small"]  # the next one fits by its bytes: not counted
+
+
+def test_an_alternative_with_the_same_context_and_a_finer_tokenizer_answers(make_engine: Callable[..., Engine]) -> None:
+    """About 200 words are 400 tokens to ``small`` and ``big``, 200 to ``coder``: only coder fits 256
+    (before, an alternative with a context no larger than one the prompt did not fit was skipped)."""
+    doubled = {"small": {"tokens_per_word": 2}, "big": {"tokens_per_word": 2}}
+    engine = make_engine(all_fields={"context": 256}, options=doubled)
+    with serve(engine) as client:
+        assert_error(
+            client.post(URL, json=body(" ".join(["hello"] * 200), model="small")), 413
+        )  # pinned: no alternative
+        data = client.post(URL, json=body(CHAT + " " + " ".join(["hello friend"] * 96))).json()
+        assert data["coserve"]["category"] == "chat"
+        assert data["model"] == "coder" and data["coserve"]["fallback_from"] == ["small", "big"], data
+    assert "coder" in _fake(engine).loads and not {"small", "big"} & set(_fake(engine).loads)
 
 
 def test_a_prompt_that_just_fits_is_answered_and_one_token_more_is_refused(make_engine: Callable[..., Engine]) -> None:

@@ -15,7 +15,8 @@ fake have end-to-end counterparts that run the real experts. Behaviour is read f
 * ``n_parallel``: its declared concurrency (default 2);
 * ``context``: the expert's ``context`` field bounds prompt words (a word is a token here);
   ``prompt_counter`` counts them without loading (``counts: false``: the fake offers none, as a
-  backend whose tokenizer is known only once loaded);
+  backend whose tokenizer is known only once loaded); ``tokens_per_word`` (default 1) makes it
+  a tokenizer of another granularity, for both;
 * ``logprobs``: false makes it a runtime that cannot give log-probabilities (a request asking for
   them is refused with a 400 naming ``logprobs``, as by ``transformers``); by default each word
   comes with the log-probability ``-0.125 * (i % 4)`` (``i``: its place in the answer) and, when
@@ -87,7 +88,7 @@ class FakeBackend:
             return None
         with self._lock:
             self.counters.append(spec.name)
-        return lambda messages, sampling: len(_words(messages))
+        return lambda messages, sampling: _tokens(spec, messages)
 
     def stage(self, spec: ExpertSpec, base: Path | None) -> _Staged:
         if spec.options.get("fail_stage"):
@@ -130,7 +131,7 @@ class FakeBackend:
         if not handle.runtime["alive"]:
             raise ExpertFailed(f"expert {spec.name!r} was unloaded")
         prompt_words = _words(messages)
-        check_context(spec, len(prompt_words))
+        check_context(spec, _tokens(spec, messages))
         if spec.options.get("fail_generate"):
             raise ExpertFailed(f"expert {spec.name!r} failed (injected fault)")
         logprobs = bool(spec.options.get("logprobs", True))
@@ -156,6 +157,11 @@ class FakeBackend:
         if outlet.text(stops.flush()):
             return
         outlet.end("stop" if len(pieces) < cap else "length", Usage(len(prompt_words), len(pieces)))
+
+
+def _tokens(spec: ExpertSpec, messages: tuple[Message, ...]) -> int:
+    """The prompt's tokens: its words, times ``tokens_per_word``."""
+    return len(_words(messages)) * int(spec.options.get("tokens_per_word", 1))
 
 
 def _words(messages: tuple[Message, ...]) -> list[str]:

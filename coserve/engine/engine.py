@@ -266,15 +266,15 @@ class Engine:
         last_error: Exception | None = None
         too_long_at: int | None = None  # context size that a prompt did not fit
         candidates = (call.decision.expert, *call.decision.alternatives)
-        too_long = await self.fit.too_long(candidates, call.request)  # known before any load (fit.py)
+        known = await self.fit.verdicts(candidates, call.request)  # counted before any load (fit.py)
         for expert in candidates:
             spec = self.library.expert(expert)
-            if too_long_at is not None and spec.context <= too_long_at:
-                continue  # a smaller or equal context cannot fit the prompt either
+            if too_long_at is not None and spec.context <= too_long_at and expert not in known:
+                continue  # a smaller or equal context cannot fit the prompt either (not counted: assumed)
             call.expert = expert
             try:
-                if expert in too_long:
-                    raise too_long[expert]  # as its ``stream`` would refuse it, without queueing or loading
+                if (refusal := known.get(expert)) is not None:
+                    raise refusal  # as its ``stream`` would refuse it, without queueing or loading
                 chunks = await self._run(call)
                 first = await anext(chunks, None) or Chunk("", "stop", Usage())
             except (ExpertLoadError, AssetError, ContextTooLong, ExpertFailed) as exc:  # the ones that fall back

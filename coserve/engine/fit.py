@@ -2,12 +2,14 @@
 
 A backend may offer ``prompt_counter`` (coserve.backends.base): a counter of a request's prompt
 tokens exactly as its ``stream`` counts them, built from the expert's tokenizer without loading
-the expert (llamacpp-split: llama.cpp's vocabulary-only model). The engine asks, for each expert
-of a decision, whether the prompt surely does not fit (``PromptFit.too_long``): such an expert is
-skipped as if its ``stream`` had refused the prompt (the same ContextTooLong, the same message),
-so a prompt too long for every candidate is refused 413 at once instead of after a load, and one
-too long for the chosen expert goes to an alternative with a larger context without loading the
-chosen one first.
+the expert (llamacpp-split: llama.cpp's vocabulary-only model). Before a call is queued, the
+engine asks ``PromptFit.verdicts`` about the decision's experts in order, up to the first one the
+prompt fits: an expert it surely does not fit is skipped as if its ``stream`` had refused the
+prompt (the same ContextTooLong, the same message), so a prompt too long for every candidate is
+refused 413 at once instead of after a load, and one too long for the chosen expert goes to an
+alternative without loading the chosen one. An alternative with the same context but another
+tokenizer is tried when its own count fits (the engine otherwise skips contexts no larger than one
+the prompt did not fit).
 
 Only a prompt that might not fit is counted: one whose UTF-8 bytes, with ``TEMPLATE_ROOM`` bytes
 for the chat template, reach the expert's context (a token covers at least one byte, so a shorter
@@ -37,7 +39,7 @@ TEMPLATE_ROOM = 1024  # bytes: what a chat template adds around the messages, at
 
 
 class PromptFit:
-    """The experts a request's prompt surely does not fit, from their own tokenizers."""
+    """What experts' own tokenizers say of a request's prompt against their contexts."""
 
     def __init__(self, pool: ExpertPool, executor: Executor):
         self.pool = pool
@@ -45,35 +47,45 @@ class PromptFit:
         self._counters: dict[str, PromptCounter | None] = {}  # expert -> its counter (None: none)
         self._lock = threading.Lock()  # one build per expert
 
-    async def too_long(self, names: tuple[str, ...], request: Request) -> dict[str, ContextTooLong]:
-        """Expert -> the error its ``stream`` would raise, for each of ``names`` whose context the
-        request's prompt surely exceeds (the others are not in it)."""
+    async def verdicts(self, names: tuple[str, ...], request: Request) -> dict[str, ContextTooLong | None]:
+        """What is known of the prompt against the experts ``names``, in their order: expert -> the
+        error its ``stream`` would raise (the prompt surely does not fit), or None (it surely fits).
+        Stops at the first expert the prompt fits or whose count is unknown (not in the result):
+        the request goes there, and the ones after it matter only if it fails."""
         size = _bytes(request) + TEMPLATE_ROOM
-        suspects = [n for n in names if size >= self.pool.library.expert(n).context + 1]
-        if not suspects:
-            return {}
+        if not names or size < self.pool.library.expert(names[0]).context + 1:
+            return {}  # the first fits: nothing to count
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._check, suspects, request)
+        return await loop.run_in_executor(self.executor, self._verdicts, names, request, size)
 
-    def _check(self, names: list[str], request: Request) -> dict[str, ContextTooLong]:
-        errors: dict[str, ContextTooLong] = {}
+    def _verdicts(self, names: tuple[str, ...], request: Request, size: int) -> dict[str, ContextTooLong | None]:
+        known: dict[str, ContextTooLong | None] = {}
         for name in names:
             spec = self.pool.library.expert(name)
+            if size < spec.context + 1:  # a token covers at least a byte: it fits
+                known[name] = None
+                return known
             try:
-                error = self._refusal(spec, request)
+                tokens = self._count(spec, request)
             except Exception:  # a counter that fails leaves the check to ``stream``
-                error = None
-            if error is not None:
-                errors[name] = error
-        return errors
+                tokens = None
+            if tokens is None:
+                return known
+            known[name] = self._refusal(spec, request, tokens)
+            if known[name] is None:
+                return known
+        return known
 
-    def _refusal(self, spec: ExpertSpec, request: Request) -> ContextTooLong | None:
+    def _count(self, spec: ExpertSpec, request: Request) -> int | None:
         count = self._counter(spec)
-        tokens = count(request.messages, request.sampling) if count is not None else None
-        if tokens is None or fits_context(spec, tokens):
+        return count(request.messages, request.sampling) if count is not None else None
+
+    def _refusal(self, spec: ExpertSpec, request: Request, tokens: int) -> ContextTooLong | None:
+        """None when ``tokens`` fit the expert's context, else the error its ``stream`` raises."""
+        if fits_context(spec, tokens):
             return None
         if request.sampling.tools:  # the tools' share, as ``stream`` names it when they are to blame
-            bare = count(request.messages, replace(request.sampling, tools=None, tool_choice=None))  # type: ignore[misc]
+            bare = self._count(spec, replace(request, sampling=replace(request.sampling, tools=None, tool_choice=None)))  # type: ignore[misc]
             if bare is not None and fits_context(spec, bare):
                 return context_too_long(spec, tokens, tools_tokens=tokens - bare)
         return context_too_long(spec, tokens)
