@@ -139,6 +139,8 @@ class OnlineSettings(BaseModel):
     # many requests (0: never), and an alarm moves the means by this share of the estimated shift
     weight_floor: float = Field(0.005, ge=0)
     alarm_explore: int = Field(0, ge=0)
+    # session 14, branch nofire14: alarm_explore also where the cost weight is > 0 (the move re-tested; online_alarm)
+    alarm_explore_any_weight: bool = False
     change_shift_share: float = Field(1.0, ge=0, le=1)
     # session 11, branch knn11 (docs/adapt.md): in prompt mode, correct a prompt's estimates by the residuals
     # of feedback on its nearest earlier prompts (None: off)
@@ -193,6 +195,8 @@ class OnlineSettings(BaseModel):
             raise ValueError(
                 "change_probe probes an expert the change detector suspects: it needs change_threshold > 0"
             )
+        if self.alarm_explore_any_weight and self.alarm_explore == 0:
+            raise ValueError("alarm_explore_any_weight widens alarm_explore: it needs alarm_explore > 0")
         if self.change_probe_starved > 0 and self.change_probe == 0:
             raise ValueError("change_probe_starved restricts the probe: it needs change_probe > 0")
         inert = self.granularity != "prompt" or self.change_baseline != "posterior"

@@ -17,6 +17,10 @@ The settings, fixed before the run:
 * ``starved_wide``: ``starved`` with a probe margin of 0.1 (twice the default): where the suspect is starved,
   more of its prompts qualify, for the late true alarms behind the official recovery misses.
 
+Added later, each fixed before its own run against the defaults (``--settings defaults,NAME``): ``shrink100``
+(the calibration shrunk five times harder) and ``retest`` (branch nofire14: a downward alarm's move re-tested
+by Thompson draws at any cost weight, ``alarm_explore`` 500 with ``alarm_explore_any_weight``).
+
 The rule (docs/decisions.md, session 14, fixed before any candidate's run): a candidate is adopted over the
 defaults when the interval of its mean per-run difference in checks met lies entirely above 0 and the interval
 of its mean per-run difference in adaptive - hindsight does not reach below -0.002; of several, the largest
@@ -57,6 +61,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # added after the first run's verdict, fixed before its own (--settings defaults,shrink100): the calibration
     # traded recovery (faster without it) for quality (higher with it); a weaker one, between the two
     "shrink100": {"change_calibration_shrink": 100.0},
+    # branch nofire14, fixed before its run (--settings defaults,retest): a downward alarm's move re-tested by
+    # Thompson draws of the expert at any cost weight for 500 requests (the runs without a true alarm: a false
+    # drop starved the expert later shocked; docs/decisions.md)
+    "retest": {"alarm_explore": 500, "alarm_explore_any_weight": True},
 }
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95

@@ -120,6 +120,7 @@ class OnlineRouter:
         explore_at_zero: bool = False,
         weight_floor: float = 0.0,
         alarm_explore: int = 0,
+        alarm_explore_any_weight: bool = False,
         neighbours: NeighbourSettings | None = None,
         probe: ProbeSettings | None = None,
     ) -> None:
@@ -138,8 +139,7 @@ class OnlineRouter:
         self.alarms = 0  # changes the detector noticed (that moved an expert)
         self.alarm_log: deque[dict[str, Any]] = deque(maxlen=1000)  # every alarm: served requests, expert, shift
         self.recent = RecentMix(mix_window, self.posterior.shape[0], mix_jump, mix_short)  # the feed-forward's input
-        self.mix_window = int(mix_window)
-        self.refresh_on_alarm = bool(refresh_on_alarm)
+        self.mix_window, self.refresh_on_alarm = int(mix_window), bool(refresh_on_alarm)
         self._served = 0
         self.cost = np.asarray(cost, dtype=np.float64)
         if self.cost.shape != (self.posterior.shape[1],) or not np.isfinite(self.cost).all():
@@ -151,7 +151,7 @@ class OnlineRouter:
         )  # the cap: past it no choice changes (as where a request's constraints force dear experts)
         self.explore_cap = float(explore_cap)
         self.explore_at_zero = bool(explore_at_zero)  # explore, beyond the cap, where the cost weight is 0
-        self.after_alarm = AlarmExploration(self.posterior.shape[1], alarm_explore)  # explore an expert just moved
+        self.after_alarm = AlarmExploration(self.posterior.shape[1], alarm_explore, alarm_explore_any_weight)  # moved
         self.probe = ChangeProbe(self.posterior.shape[1], probe)  # route to a suspect expert (online_probe)
         if not signals <= SIGNALS:
             raise ValueError(f"unknown signals {sorted(signals - SIGNALS)}; known: {sorted(SIGNALS)}")
@@ -252,7 +252,7 @@ class OnlineRouter:
         capped = self.explore_cap > 0 and self.exploring_share() < self.explore_cap
         unbound = snap.weight <= 0.0  # at weight 0 (or below) the budget is not binding
         alarmed = self.after_alarm.open()
-        if capped or (self.explore_at_zero and unbound) or (unbound and alarmed.any()):
+        if capped or (self.explore_at_zero and unbound) or self.after_alarm.acts(unbound):
             draw = (self.posterior.sample(category, self.rng) + shift)[None, :]
             sampled = int(solve_weighted(draw, self._scaled_cost(), snap.weight, mask)[0])
             # beyond the cap and explore_at_zero, only an expert an alarm just moved is explored

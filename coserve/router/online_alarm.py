@@ -9,6 +9,14 @@ above 0, ``OnlineRouter`` lets a request decided at cost weight <= 0 (the budget
 take a Thompson draw's choice where that choice is such an expert, beyond ``explore_cap``; other
 experts are not explored by it (a global exploration at weight 0 lost recovery checks, session 10).
 
+``any_weight`` (``alarm_explore_any_weight``, session 14, branch nofire14) lets it act at any cost weight, the
+budget binding too: the moved mean is then provisional and re-tested. A downward alarm moves the expert's
+means and cuts its cells to a few pseudo-counts; where the move overshoots (a false alarm, or a table error
+the estimated shift exaggerates), the expert loses its traffic, and with no exploration (``explore_cap`` 0)
+no feedback ever corrects the move. A Thompson draw of its wide, just-cut posterior picks it only where it
+may be the best choice at the weight in force, so the re-test costs little where the move was right and
+returns the expert's traffic where it was not (docs/decisions.md, session 14, branch nofire14).
+
 Pure numbers; knows nothing about posteriors, routing or the store (``coserve.router.online`` uses it).
 """
 
@@ -24,10 +32,11 @@ __all__ = ["AlarmExploration", "saved_counts"]
 class AlarmExploration:
     """Per expert, the routed requests left during which an alarm lets it be explored."""
 
-    def __init__(self, experts: int, requests: int = 0) -> None:
+    def __init__(self, experts: int, requests: int = 0, any_weight: bool = False) -> None:
         if experts <= 0 or requests < 0:
             raise ValueError("experts must be positive and requests >= 0")
         self.requests = int(requests)  # requests an alarm opens (0: never)
+        self.any_weight = bool(any_weight)  # explore at any cost weight, not only where it is <= 0
         self.left = np.zeros(experts, dtype=np.int64)
 
     def alarmed(self, expert: int) -> None:
@@ -37,6 +46,11 @@ class AlarmExploration:
     def open(self) -> np.ndarray:
         """Which experts may be explored now ``[E]`` (bool)."""
         return np.asarray(self.left > 0)
+
+    def acts(self, unbound: bool) -> bool:
+        """Whether a request decided with the budget ``unbound`` (cost weight <= 0) or not may explore an
+        open expert: some expert is open, and the weight is <= 0 or ``any_weight`` is set."""
+        return (unbound or self.any_weight) and bool((self.left > 0).any())
 
     def routed(self) -> None:
         """One request was routed: every open count moves one down."""
@@ -49,7 +63,7 @@ class AlarmExploration:
 
     def restored(self, saved: Any) -> AlarmExploration:
         """A copy with these settings and ``saved`` loaded (``restore``); ValueError where it does not fit."""
-        fresh = AlarmExploration(len(self.left), self.requests)
+        fresh = AlarmExploration(len(self.left), self.requests, self.any_weight)
         fresh.restore(saved)
         return fresh
 

@@ -48,6 +48,7 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
         "explore_at_zero": settings.explore_at_zero,
         "weight_floor": settings.weight_floor,
         "alarm_explore": settings.alarm_explore,
+        "alarm_explore_any_weight": settings.alarm_explore_any_weight,
         "neighbours": settings.neighbours,
         "probe": ProbeSettings(
             settings.change_probe,
