@@ -100,7 +100,7 @@ class OnlineSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # an infinite step is no setting
 
     # defaults chosen by scripts/adapt_tune.py on a tuning split with the per-prompt predictor `coserve train`
-    # fits by default (stack on minilm-static+features; session 9, docs/adapt.md "Tuning"); the detector's
+    # fits by default (stack on minilm-static+features; session 9, docs/adapt-tuning.md); the detector's
     # drift and level and the mix-jump test by its --stage levers (session 10), change_upward by --stage underspend,
     # weight_floor by --stage s11 (session 11)
     prior_strength: float = Field(50.0, gt=0)  # pseudo-counts of the trained router's scores

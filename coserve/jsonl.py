@@ -34,8 +34,9 @@ def parse_lines(lines: Iterable[str]) -> list[Row]:
 
 
 def read_rows(path: Path) -> list[Row]:
-    """``parse_lines`` over a UTF-8 file; OSError/UnicodeDecodeError for an unreadable file are the caller's."""
-    with path.open(encoding="utf-8") as handle:
+    """``parse_lines`` over a UTF-8 file (a byte order mark first is read past, as spreadsheets write it);
+    OSError/UnicodeDecodeError for an unreadable file are the caller's."""
+    with path.open(encoding="utf-8-sig") as handle:
         return parse_lines(handle)
 
 

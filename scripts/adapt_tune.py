@@ -133,17 +133,17 @@ SCORED_STAGES = ("s11", "s12", "s12b", "s13b", "s13c", "s13d")
 
 
 def tuning_streams(
-    data: Path, costs: ExpertCosts, predictor: str | None = None, folds: int = 0
+    data: Path, costs: ExpertCosts, predictor: str | None = None, folds: int = 0, salt: str = TUNING_SALT
 ) -> tuple[dict[str, FittedStream], dict[str, int]]:
     """The router fitted on the tuning prior, per budget axis, and the tuning stream (both inside the
-    benchmark's prior half); the per-prompt predictor reads ``predictor``'s vectors where given; ``folds``:
-    also the tuning prior's out-of-fold predictions (``fit_stream``'s, for ``change_calibration``)."""
+    benchmark's prior half, split by ``salt``); the per-prompt predictor reads ``predictor``'s vectors where
+    given; ``folds``: also the tuning prior's out-of-fold predictions (``fit_stream``'s, for ``change_calibration``)."""
     rows, _ = load_outcomes(data / "train.jsonl", on_bad="skip")
     X = embed_cached(rows.prompts, make_embedder("minilm"))  # the whole file: the benchmark's cache key
     P = X if predictor is None else embed_cached(rows.prompts, make_embedder(predictor))
     benchmark_prior, _benchmark_stream = split_by_prompt(rows)  # the benchmark's stream is set aside
     prior, X_prior, P_prior = rows.subset(benchmark_prior), X[benchmark_prior], P[benchmark_prior]
-    fit, replay = split_by_prompt(prior, salt=TUNING_SALT)
+    fit, replay = split_by_prompt(prior, salt=salt)
     fitted = {
         axis: fit_stream(
             prior.subset(fit),

@@ -1,10 +1,14 @@
 #!/usr/bin/env python
 """Offer a coserve server twice the load it can take and count how it answers.
 
-    .venv/bin/python scripts/load_test.py --url http://127.0.0.1:8000 [--factor 2] [--measure-s 2] [--duration-s 5]
+    .venv/bin/python scripts/load_test.py --url http://127.0.0.1:8000 [--factor 2] [--warmup 3]
+        [--measure-s 2] [--duration-s 5]
 
-First the capacity: sequential chat requests for ``--measure-s`` seconds (requests/s). Then an
-open loop at ``--factor`` times that rate for ``--duration-s`` seconds (at most ``--max-requests``).
+First a warm-up: ``--warmup`` sequential requests of the workload's own prompt, not timed, so that
+the expert the workload reaches is loaded (right after a start, the first request pays for the load
+and a capacity measured on it is the load's, not the server's). Then the capacity: sequential chat
+requests for ``--measure-s`` seconds (requests/s). Then an open loop at ``--factor`` times that
+rate for ``--duration-s`` seconds (at most ``--max-requests``).
 Every answer must be 200, or 429/503 with a Retry-After header; anything else, a connection error
 or a time-out is a failure. Prints the figures, and a last line of JSON; exits 1 on any failure,
 2 (one line) when the capacity run cannot reach the server or gets anything but a 200.
@@ -43,20 +47,46 @@ def positive(number: type[int] | type[float]) -> Callable[[str], float]:
     return parse
 
 
+def non_negative(text: str) -> int:
+    """A flag's type: a whole number >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0")
+    return value
+
+
+non_negative.__name__ = "int"  # argparse's "invalid int value: 'x'"
+
+
 def body(max_tokens: int) -> dict[str, Any]:
     return {"model": "coserve", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens}
+
+
+async def post_ok(client: httpx.AsyncClient, url: str, max_tokens: int) -> None:
+    """One request of the workload; Unreachable unless it is answered 200."""
+    try:
+        response = await client.post(url, json=body(max_tokens))
+    except httpx.HTTPError as exc:
+        raise Unreachable(f"cannot reach {url} ({type(exc).__name__}: {exc or 'no detail'})") from None
+    if response.status_code != 200:
+        raise Unreachable(f"{url} answered {response.status_code}: {response.text[:200]}")
+
+
+async def warm_up(client: httpx.AsyncClient, url: str, requests: int, max_tokens: int) -> list[float]:
+    """Seconds each of ``requests`` sequential requests took (the first loads the expert when cold)."""
+    took = []
+    for _ in range(requests):
+        start = time.monotonic()
+        await post_ok(client, url, max_tokens)
+        took.append(time.monotonic() - start)
+    return took
 
 
 async def capacity(client: httpx.AsyncClient, url: str, seconds: float, max_tokens: int) -> float:
     """Sequential requests per second over ``seconds`` (at least 1, at most 10000 requests)."""
     done, start = 0, time.monotonic()
     while done == 0 or (time.monotonic() - start < seconds and done < 10000):
-        try:
-            response = await client.post(url, json=body(max_tokens))
-        except httpx.HTTPError as exc:
-            raise Unreachable(f"cannot reach {url} ({type(exc).__name__}: {exc or 'no detail'})") from None
-        if response.status_code != 200:
-            raise Unreachable(f"{url} answered {response.status_code}: {response.text[:200]}")
+        await post_ok(client, url, max_tokens)
         done += 1
     return done / (time.monotonic() - start)
 
@@ -109,19 +139,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     headers = {"authorization": f"Bearer {args.key}"} if args.key else {}
     limits = httpx.Limits(max_connections=args.max_requests, max_keepalive_connections=args.max_requests)
     async with httpx.AsyncClient(timeout=args.timeout_s, limits=limits, headers=headers) as client:
+        took = await warm_up(client, url, args.warmup, args.max_tokens)
+        if took:
+            print(f"warm-up: {len(took)} requests, the first {took[0]:.2f} s, the last {took[-1]:.2f} s", flush=True)
         rps = await capacity(client, url, args.measure_s, args.max_tokens)
         print(f"capacity: {rps:.1f} requests/s (sequential, {args.measure_s:g} s)", flush=True)
         rate = args.factor * rps
         print(f"offering {rate:.1f} requests/s for {args.duration_s:g} s", flush=True)
         result = await offer(client, url, rate, args.duration_s, args.max_requests, args.max_tokens)
-    return {"capacity_rps": round(rps, 2), "rate_rps": round(rate, 2), **result}
+    warm = {"warmup_requests": len(took), "warmup_first_s": round(took[0], 3) if took else None}
+    return {**warm, "capacity_rps": round(rps, 2), "rate_rps": round(rate, 2), **result}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Before measuring the capacity it sends --warmup sequential requests, not timed: the first "
+        "request after a start loads the expert the workload reaches, and the capacity is then the "
+        "server's, not the load's. --warmup 0 measures from cold.",
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
     parser.add_argument("--key", help="API key, if the server needs one")
     parser.add_argument("--factor", type=positive(float), default=2.0, help="offered load / measured capacity")
+    parser.add_argument(
+        "--warmup", type=non_negative, default=3, help="sequential requests, not timed, before the capacity run"
+    )
     parser.add_argument("--measure-s", type=positive(float), default=2.0, help="seconds of sequential requests")
     parser.add_argument("--duration-s", type=positive(float), default=5.0, help="seconds of offered load")
     parser.add_argument("--max-requests", type=positive(int), default=2000, help="cap on the requests offered")

@@ -121,7 +121,7 @@ def test_an_expert_without_costs_is_refused_before_anything_is_embedded(
     ):
         assert main(argv) == 2
         assert capsys.readouterr().err.splitlines()[-1] == (
-            "coserve: error: experts without an entry in the experts file: ['mid']"
+            f"coserve: error: {experts}: no entry for ['mid'], which {data} scores"
         )
     assert not (cache / "embeddings").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "experts.json", "outcomes.jsonl", "two.json"]

@@ -103,3 +103,11 @@ def test_arrival_order_always_picks_the_oldest_request() -> None:
     s.take("b", 1)  # a turn means nothing in arrival order
     pick = s.pick("b", ["b"], now=2.5)
     assert pick is not None and (pick.expert, pick.reason) == ("a", "oldest")
+
+
+def test_withdraw_takes_a_queued_call_out_once() -> None:
+    s = Scheduler()
+    first, second = _queue(s, ("a", 0.0), ("a", 1.0))
+    assert s.withdraw(first) and not s.withdraw(first)  # the second time it is no longer queued
+    assert s.depth() == {"a": 1} and s.take("a", 5) == [second]
+    assert not s.withdraw(second)  # taken: not queued any more

@@ -103,6 +103,7 @@ def test_gpu_check_refuses_bad_arguments_before_anything_loads(
     ("script", "args", "message"),
     [
         ("adapt_tune.py", ["--data", "{t}/none", "--json", "{t}/x.json"], "{t}/none/experts.json: cannot read"),
+        ("adapt_tune_s14.py", ["--data", "{t}/none", "--json", "{t}/x.json"], "{t}/none/experts.json: cannot read"),
         ("cascade_gate_study.py", ["--data", "{t}/none.jsonl", "--plan", "{t}/p.json"], "{t}/none.jsonl: No such"),
         (
             "cascade_gate_study.py",
@@ -231,6 +232,17 @@ DESIGN_ARGS = ["--data", "{t}/none.jsonl", "--experts", "{t}/e.json", "--stage",
     [  # each was found only after loading and embedding the data (here: "outcome file not found" first)
         ("router_design.py", [*DESIGN_ARGS, "--candidates", "stack,stak"], "--candidates: unknown stak; known: stack,"),
         ("router_shift.py", [*DESIGN_ARGS, "--candidates", "stack-bal,x"], "--candidates: unknown x; known: stack,"),
+        (  # the split the defaults were chosen on may not judge them
+            "adapt_tune_s14.py",
+            ["--data", "{t}/none", "--json", "{t}/x.json", "--salts", "tune2,tune"],
+            "--salts: distinct, non-empty salts other than 'tune'",
+        ),
+        ("adapt_tune_s14.py", ["--data", "{t}/none", "--json", "{t}/x.json", "--seeds", "0"], "--seeds: at least 1"),
+        (
+            "adapt_tune_s14.py",
+            ["--data", "{t}/none", "--json", "{t}/x.json", "--settings", "starved,defaults"],
+            "--settings: 'defaults' first",
+        ),
         (  # was silently ignored without --heldout
             "cascade_measure.py",
             ["--train", "{t}/none.jsonl", "--library", "{t}/l.yaml", "--mix-single", "{t}/m.jsonl"],

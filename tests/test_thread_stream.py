@@ -82,3 +82,31 @@ def test_the_runtimes_error_comes_after_its_chunks_and_then_the_stream_is_over()
 
     assert asyncio.run(scenario()) == ["a", "b"]
     assert finished == [True]
+
+
+def test_an_error_after_the_consumer_left_is_not_reported_as_never_retrieved(caplog: pytest.LogCaptureFixture) -> None:
+    """A runtime that fails after its consumer left (a cut request's expert unloaded at shutdown)
+    raises into no one: asyncio must not print "Future exception was never retrieved"."""
+    import gc
+    import threading
+
+    go = threading.Event()
+
+    def fails_later(emit: Callable[[Chunk], bool]) -> None:
+        emit(Chunk("a"))
+        go.wait(5.0)
+        raise ValueError("expert unloaded")
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            chunks = ThreadStream(Runtime(fails_later), HANDLE, REQUEST, executor, lambda: None)  # type: ignore[arg-type]
+            await anext(chunks)
+            chunks.stop()  # the consumer leaves: nobody reads on
+            go.set()
+        await asyncio.sleep(0.05)  # the future's callbacks run
+        del chunks
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        asyncio.run(scenario())
+        gc.collect()
+    assert "never retrieved" not in caplog.text

@@ -23,6 +23,12 @@ An expert lives in one of three tiers (coserve.types.Tier); one verb per move, u
     concurrency(spec) -> int        requests of this expert the runtime runs at once (its slots);
                                     the engine never sends more, and the backend must serve that many
                                     concurrently (``chores.declared_concurrency`` reads ``n_parallel``).
+    prompt_counter(spec, base) -> PromptCounter     OPTIONAL: counts a request's prompt tokens
+                                    exactly as ``stream`` does, built without loading the expert (its
+                                    tokenizer only); the counter returns None where it cannot tell.
+                                    The engine refuses or skips a prompt longer than the expert's
+                                    ``context`` before queueing it (coserve.engine.fit). A backend
+                                    without one is checked by ``stream``, once loaded.
 
 Errors (coserve.errors), the only ones a backend raises on purpose:
 
@@ -81,10 +87,13 @@ from typing import Any, Protocol
 from coserve.config import ExpertSpec
 from coserve.types import Chunk, Message, Sampling
 
-__all__ = ["Backend", "Emit", "Handle"]
+__all__ = ["Backend", "Emit", "Handle", "PromptCounter"]
 
 # Called with each streamed chunk; returning True asks the backend to stop generating (cancel).
 Emit = Callable[[Chunk], bool]
+
+# A request's prompt tokens as the expert's ``stream`` counts them (None: it cannot tell).
+PromptCounter = Callable[[tuple[Message, ...], Sampling], "int | None"]
 
 
 @dataclass

@@ -14,6 +14,9 @@ fake have end-to-end counterparts that run the real experts. Behaviour is read f
 * ``fail_after_tokens``: raise ExpertFailed after that many streamed tokens;
 * ``n_parallel``: its declared concurrency (default 2);
 * ``context``: the expert's ``context`` field bounds prompt words (a word is a token here);
+  ``prompt_counter`` counts them without loading (``counts: false``: the fake offers none, as a
+  backend whose tokenizer is known only once loaded); ``tokens_per_word`` (default 1) makes it
+  a tokenizer of another granularity, for both;
 * ``logprobs``: false makes it a runtime that cannot give log-probabilities (a request asking for
   them is refused with a 400 naming ``logprobs``, as by ``transformers``); by default each word
   comes with the log-probability ``-0.125 * (i % 4)`` (``i``: its place in the answer) and, when
@@ -37,7 +40,7 @@ import threading
 import time
 from pathlib import Path
 
-from coserve.backends.base import Emit, Handle
+from coserve.backends.base import Emit, Handle, PromptCounter
 from coserve.backends.call_stream import answer_outlet
 from coserve.backends.chores import StopStrings, check_context, declared_concurrency, refuse_sampling, token_cap
 from coserve.backends.structured import CALL_CLOSE, CALL_OPEN, forced_tool_names
@@ -64,6 +67,7 @@ class FakeBackend:
         self.unloads: list[str] = []
         self.stages: list[str] = []  # DISK -> RAM moves
         self.unstages: list[str] = []  # RAM -> DISK moves
+        self.counters: list[str] = []  # experts whose prompt counter was built
         self.active_loads = 0
         self.max_concurrent_loads = 0
         self._lock = threading.Lock()
@@ -78,6 +82,13 @@ class FakeBackend:
 
     def concurrency(self, spec: ExpertSpec) -> int:
         return declared_concurrency(spec, 2)
+
+    def prompt_counter(self, spec: ExpertSpec, base: Path | None) -> PromptCounter | None:
+        if not spec.options.get("counts", True):
+            return None
+        with self._lock:
+            self.counters.append(spec.name)
+        return lambda messages, sampling: _tokens(spec, messages)
 
     def stage(self, spec: ExpertSpec, base: Path | None) -> _Staged:
         if spec.options.get("fail_stage"):
@@ -119,8 +130,8 @@ class FakeBackend:
         spec = handle.spec
         if not handle.runtime["alive"]:
             raise ExpertFailed(f"expert {spec.name!r} was unloaded")
-        prompt_words = [w for m in messages for w in m.content.split()]
-        check_context(spec, len(prompt_words))
+        prompt_words = _words(messages)
+        check_context(spec, _tokens(spec, messages))
         if spec.options.get("fail_generate"):
             raise ExpertFailed(f"expert {spec.name!r} failed (injected fault)")
         logprobs = bool(spec.options.get("logprobs", True))
@@ -146,6 +157,16 @@ class FakeBackend:
         if outlet.text(stops.flush()):
             return
         outlet.end("stop" if len(pieces) < cap else "length", Usage(len(prompt_words), len(pieces)))
+
+
+def _tokens(spec: ExpertSpec, messages: tuple[Message, ...]) -> int:
+    """The prompt's tokens: its words, times ``tokens_per_word``."""
+    return len(_words(messages)) * int(spec.options.get("tokens_per_word", 1))
+
+
+def _words(messages: tuple[Message, ...]) -> list[str]:
+    """The prompt's words (the fake's tokens)."""
+    return [w for m in messages for w in m.content.split()]
 
 
 def _pieces(name: str, prompt_words: list[str], sampling: Sampling, cap: int) -> list[str]:

@@ -29,9 +29,10 @@ KV_TYPES = {"f16": (1, 2.0), "q8_0": (8, 34 / 32)}
 
 
 class LoadedModel:
-    """The RAM tier: a loaded llama.cpp model (no context)."""
+    """The RAM tier: a loaded llama.cpp model (no context); with ``vocab_only``, its tokenizer and
+    chat template alone (no weights: what counts a prompt's tokens before the expert loads)."""
 
-    def __init__(self, spec: ExpertSpec, path: Path):
+    def __init__(self, spec: ExpertSpec, path: Path, *, vocab_only: bool = False):
         lib = llama_capi.lib()
         self.spec, self.path = spec, path
         params = lib.llama_model_default_params()
@@ -39,6 +40,7 @@ class LoadedModel:
         # another layout are then held once (a mapping would keep the file's pages as well).
         params.load_mode = llama_capi.LOAD_MODE_NONE
         params.n_gpu_layers = 0  # host memory is this tier's (a GPU build would offload otherwise)
+        params.vocab_only = vocab_only
         llama_capi.last_error()  # forget earlier errors
         self.ptr: int | None = lib.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:

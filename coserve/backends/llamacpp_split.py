@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve.backends import llama_capi
-from coserve.backends.base import Emit, Handle
+from coserve.backends.base import Emit, Handle, PromptCounter
 from coserve.backends.call_stream import answer_outlet
 from coserve.backends.chores import (
     StopStrings,
@@ -104,6 +104,23 @@ class LlamaCppSplitBackend:
 
     def concurrency(self, spec: ExpertSpec) -> int:
         return declared_concurrency(spec, DEFAULT_N_PARALLEL)
+
+    def prompt_counter(self, spec: ExpertSpec, base: Path | None) -> PromptCounter:
+        """Counts a request's prompt tokens as ``stream`` does (chat template, tools, tokenizer) from
+        the model's vocabulary alone (llama.cpp's ``vocab_only``: no weights; 0.3-0.9 s and 10-50
+        MiB for the default experts); None for tools its template does not render (``stream``
+        refuses those with a 400)."""
+        path = gguf_path(spec, base)
+        if not path.is_file():
+            raise AssetError(f"expert {spec.name!r}: model file missing ({path})")
+        model = LoadedModel(spec, path, vocab_only=True)
+
+        def count(messages: tuple[Message, ...], sampling: Sampling) -> int | None:
+            if tool_names(sampling) and not model.renders_tools:
+                return None
+            return len(model.prompt(messages, template_tools(sampling)))
+
+        return count
 
     # -- tiers ------------------------------------------------------------------------------------
     def stage(self, spec: ExpertSpec, base: Path | None) -> LoadedModel:

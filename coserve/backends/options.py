@@ -124,6 +124,8 @@ class FakeOptions(BackendOptions):
     fail_generate: bool | None = None
     fail_after_tokens: int | None = Field(None, ge=0)
     logprobs: bool | None = None  # false: a runtime that cannot give log-probabilities
+    counts: bool | None = None  # false: no prompt counter (prompts checked only once loaded)
+    tokens_per_word: int | None = Field(None, ge=1)  # the prompt's tokens per word (another tokenizer)
 
 
 def check_options(schema: type[BackendOptions], backend: str, options: Any) -> dict[str, Any]:

@@ -20,7 +20,9 @@ post-shock requests (what it keeps where it stays the best choice after the drop
 defines it, needs it below 10% of before).
 No generation happens: a request's quality is the outcome score of the expert chosen for its item.
 The fit and the replay run on one BLAS thread: the fitted models, and so every figure, change with
-BLAS's thread count (the order of its float sums), and one thread gives the same figures on any machine.
+BLAS's thread count (the order of its float sums). They change with the CPU's BLAS kernel for the same
+reason: the command line pins it before numpy loads (``coserve.bench.kernel``), the report names the
+kernels that ran (``blas``), and the embeddings are cached per kernel.
 This module knows nothing about HTTP or the serving path.
 """
 
@@ -37,11 +39,13 @@ from pydantic import ValidationError
 
 from coserve.bench import adapt_baselines as measures
 from coserve.bench.adapt_baselines import category_means, lagrangian_mix, mix_of, mix_weights, recovery, share_of
-from coserve.bench.adapt_fit import ONE_BLAS_THREAD, FittedStream, fit_stream, split_by_prompt
+from coserve.bench.adapt_fit import FOLDS_SEED, ONE_BLAS_THREAD, FittedStream, fit_stream, split_by_prompt
 from coserve.bench.adapt_plot import plot_adapt
+from coserve.bench.kernel import blas_kernels, kernel_tag
 from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
-from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, load_costs, load_outcomes
+from coserve.eval.data import ExpertCosts, OutcomeSet, check_foldable, embed_cached, load_costs, load_outcomes
+from coserve.paths import cache_dir
 from coserve.router.drift_calibration import CellCalibration, PriorFit, calibration_from, cell_offsets, picks
 from coserve.router.online import OnlineRouter
 
@@ -332,10 +336,17 @@ def run_adapt(
     per-prompt predictor reads ``predictor_embedder``'s vectors where one is given (else ``embedder``'s)."""
     costs = load_costs(experts_path)
     prior, skipped = load_outcomes(prior_path, on_bad="skip")
-    costs.aligned(prior.experts)  # an expert without costs: refused now, not after minutes of embedding
+    costs.aligned(prior.experts, scored_in=str(prior_path))  # refused now, not after minutes of embedding
+    fitted_on = prior.subset(split_by_prompt(prior)[0]) if stream_path is None else prior
+    if len(set(fitted_on.categories)) > 1:  # one category: a per-category table, nothing is tuned
+        cross = CALIBRATION_FOLDS if options.online().calibrates else None
+        where = f"{prior_path} (the half the router is fitted on)" if stream_path is None else str(prior_path)
+        check_foldable(where, fitted_on.prompts, cross, FOLDS_SEED, "give more rows")  # said now, naming the file
     pred = predictor_embedder or embedder
-    X_prior = embed_cached(prior.prompts, embedder)  # the whole file: the cache key of `coserve eval`
-    P_prior = X_prior if pred is embedder else embed_cached(prior.prompts, pred)
+    kernels = blas_kernels()
+    cache = cache_dir() / f"blas-{kernel_tag(kernels)}"  # a vector's last bits are its BLAS kernel's
+    X_prior = embed_cached(prior.prompts, embedder, cache)  # the whole file, then split
+    P_prior = X_prior if pred is embedder else embed_cached(prior.prompts, pred, cache)
     if stream_path is None:
         fit_rows, stream_rows = split_by_prompt(prior)
         stream, X_stream, P_stream = prior.subset(stream_rows), X_prior[stream_rows], P_prior[stream_rows]
@@ -343,8 +354,8 @@ def run_adapt(
     else:
         stream, more = load_outcomes(stream_path, experts=prior.experts, on_bad="skip")
         skipped += more
-        X_stream = embed_cached(stream.prompts, embedder)
-        P_stream = X_stream if pred is embedder else embed_cached(stream.prompts, pred)
+        X_stream = embed_cached(stream.prompts, embedder, cache)
+        P_stream = X_stream if pred is embedder else embed_cached(stream.prompts, pred, cache)
     folds = CALIBRATION_FOLDS if options.online().calibrates else 0
     fitted = fit_stream(prior, X_prior, stream, X_stream, costs, options.budget_axis, (P_prior, P_stream), folds)
     report = replay_adapt(
@@ -353,7 +364,7 @@ def run_adapt(
     )  # fmt: skip
     report.update(prior=str(prior_path), stream=str(stream_path or f"{prior_path} (other half)"))
     report.update(prior_rows=len(prior), stream_rows=len(stream), categories=fitted.categories)
-    report.update(embedder=embedder.name, predictor_embedder=pred.name)
+    report.update(embedder=embedder.name, predictor_embedder=pred.name, blas=kernels)
     for problem in skipped:  # bad rows are left out, never silently
         logger.warning("skipped %s", problem)
     return report

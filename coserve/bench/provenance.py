@@ -73,9 +73,13 @@ def provenance(command: str | list[str] | None = None) -> dict[str, Any]:
     }
 
 
-def write_data(path: Path, payload: dict[str, Any], command: str | list[str] | None = None) -> Path:
-    """Write ``payload`` as JSON with its ``provenance`` (overriding any the payload carries)."""
-    body = {"provenance": provenance(command), **{k: v for k, v in payload.items() if k != "provenance"}}
+def write_data(
+    path: Path, payload: dict[str, Any], command: str | list[str] | None = None, wall_seconds: float | None = None
+) -> Path:
+    """Write ``payload`` as JSON with its ``provenance`` (overriding any the payload carries); with
+    ``wall_seconds``, the run's wall time in seconds too."""
+    record = provenance(command) | ({"wall_seconds": round(wall_seconds, 2)} if wall_seconds is not None else {})
+    body = {"provenance": record, **{k: v for k, v in payload.items() if k != "provenance"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
     return path

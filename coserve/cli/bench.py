@@ -61,6 +61,9 @@ def cmd_bench_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_adapt(args: argparse.Namespace) -> int:
+    from coserve.bench.kernel import pin_blas_kernel
+
+    pin_blas_kernel()  # before numpy loads: the figures must not depend on the CPU's BLAS kernel
     from coserve.bench.adapt import AdaptOptions, run_adapt
     from coserve.router.embedders import make_embedder
 

@@ -98,10 +98,27 @@ def cmd_experts_add(args: argparse.Namespace) -> int:
     router.save(args.router)
     matched = sum(1 for i in router.train_ids if str(i) in scores)
     print(f"coserve: added {args.name} ({matched}/{len(router.train_ids)} training prompts matched) to {args.router}")
+    if matched < len(router.train_ids):
+        _print_coverage(router, args.name, scores)
     for c, e in zip(router.classes, router.assignment, strict=True):
         expert = router.experts[e]
         print(f"  {c:<24} -> {expert}" + ("" if before.get(c) == expert else f"   (was {before.get(c)})"))
     return 0
+
+
+def _print_coverage(router: Any, name: str, scores: dict[str, float]) -> None:
+    """How many of each category's training prompts the added expert is scored on; in a category with
+    none, its mean over the prompts it is scored on stands in (coserve.router.trained.add_expert)."""
+    counts = []
+    for k, category in enumerate(router.classes):
+        ids = [str(i) for i, c in zip(router.train_ids, router.train_category, strict=True) if c == k]
+        counts.append((category, sum(i in scores for i in ids), len(ids)))
+    print("  scored prompts per category: " + ", ".join(f"{c} {n}/{total}" for c, n, total in counts))
+    empty = [c for c, n, _ in counts if n == 0]
+    if empty:
+        known = [scores[str(i)] for i in router.train_ids if str(i) in scores]
+        mean = sum(known) / len(known)
+        print(f"  no scores in {', '.join(empty)}: its mean over the prompts it is scored on ({mean:.3f}) stands in")
 
 
 def cmd_keys_hash(args: argparse.Namespace) -> int:

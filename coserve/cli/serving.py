@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from coserve.cli.interrupt import cut_and_close
     from coserve.server.app import check_decision_log, create_app
 
     if args.ray is None and args.cluster is not None:
@@ -62,9 +63,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     f"coserve: serving on http://{args.host}:{args.port}/v1 (model '{ROUTED_MODEL}' routes)", flush=True
                 )
 
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            cut = self.should_exit and sig == signal.SIGINT and not self.force_exit
+            super().handle_exit(sig, frame)  # a second Ctrl-C: force_exit, the drain stops waiting
+            if cut:
+                running = len(self.server_state.tasks)
+                print(f"coserve: second interrupt: cutting {running} running request(s)", file=sys.stderr, flush=True)
+
         async def shutdown(self, sockets: Any = None) -> None:
             app.state.admission.draining = True  # from the signal on, new requests get 503
             await super().shutdown(sockets)
+            if self.force_exit:  # uvicorn skips the app's shutdown here: cut as the drain deadline does
+                await cut_and_close(self)
 
     config = uvicorn.Config(
         app,

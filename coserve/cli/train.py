@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,30 +14,74 @@ from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
 
 
-def _routable(path: str, on_bad: Any, costs: Any) -> tuple[Any, list[Any]]:
+def _routable(
+    path: str, on_bad: Any, costs: Any, folds: int | None = None, seed: int = 0, axis: str | None = None
+) -> tuple[Any, list[Any]]:
     """``--data``'s outcome set and its problems; refused unless it scores two experts or more, each
-    with an entry in ``--experts`` (checked before anything is embedded)."""
+    with an entry in ``--experts`` and a cost on ``axis`` (None: either), and has prompts enough for
+    ``folds`` (None: for fitting on all of it); all checked before anything is embedded. Experts
+    ``--experts`` lists and the data does not score are left out, with a note."""
     from coserve.errors import ConfigError
-    from coserve.eval.data import load_outcomes
+    from coserve.eval.data import check_foldable, load_outcomes
 
     outcomes, problems = load_outcomes(path, on_bad=on_bad)
     if len(outcomes.experts) < 2:
         raise ConfigError(f"{path}: scores of {list(outcomes.experts)} only; a router needs two experts or more")
-    costs.aligned(outcomes.experts)
+    costs.aligned(outcomes.experts, scored_in=path).budget_axis(axis)
+    unscored = [name for name in costs.names if name not in outcomes.experts]
+    if unscored:
+        print(f"coserve: note: {costs.source} lists {unscored}, which {path} does not score: left out", file=sys.stderr)
+    check_foldable(path, outcomes.prompts, folds, seed)
     return outcomes, problems
 
 
 def _outcomes(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The outcome set, its embeddings and the expert costs named by ``--data``/``--experts``."""
+    from coserve.errors import ConfigError
     from coserve.eval.data import embed_cached, load_costs
     from coserve.router.embedders import make_embedder
 
     costs = load_costs(args.experts)
-    outcomes, problems = _routable(args.data, args.on_bad, costs)
+    axis = "price" if args.budget_price is not None else "params" if args.budget_params is not None else None
+    outcomes, problems = _routable(args.data, args.on_bad, costs, seed=args.seed, axis=axis)
+    _note_unservable_names(args.data, outcomes)
+    categories = sorted(set(outcomes.categories))
+    trainable = _trainable(len(categories))
+    if args.router not in trainable and args.router in _trainable(2):
+        raise ConfigError(
+            f"{args.data}: one category ({categories[0]!r}); a {args.router} router classifies prompts into "
+            "categories and needs two or more: add categories, or train a per-prompt router (--router prompt-knn)"
+        )
+    if args.router not in trainable:  # said before anything is embedded
+        raise ConfigError(f"--router {args.router}: not a router train fits; one of {', '.join(trainable)}")
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     embedder = make_embedder(args.embedder)  # cmd_train fills in the router kind's default
     return outcomes, embed_cached(outcomes.prompts, embedder), costs
+
+
+def _note_unservable_names(path: str, outcomes: Any) -> None:
+    """A note for each expert or category name a library cannot serve (a category travels in a response
+    header and metric labels; a library's experts follow the same rule): the router is trained, for
+    ``load_trained`` and eval, but a server refuses it until the data names them by the rule."""
+    from coserve.config import check_name
+
+    for kind, names in (("expert", outcomes.experts), ("category", sorted(set(outcomes.categories)))):
+        for name in names:
+            try:
+                check_name(name, kind)
+            except ValueError as exc:
+                print(
+                    f"coserve: note: {path}: {exc}; a server refuses this router until it is renamed", file=sys.stderr
+                )
+
+
+def _trainable(n_categories: int) -> list[str]:
+    """The router kinds ``coserve train`` fits on data of ``n_categories`` (eval's, less top2, which is
+    evaluated only, and map-logistic+fallback, which every trained map router is)."""
+    from coserve.eval.harness import available_routers
+
+    return [name for name in available_routers(n_categories)[0] if "+" not in name and not name.startswith("top")]
 
 
 def default_embedder(router: str | None) -> str:
@@ -47,14 +92,17 @@ def default_embedder(router: str | None) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import time
+
     from coserve.bench.provenance import write_data
     from coserve.eval.data import load_costs, load_outcomes
     from coserve.eval.harness import available_routers, evaluate, evaluate_grouped
     from coserve.router.embedders import make_embedder
 
+    started = time.perf_counter()
     check_outputs(args.json, args.plot)
     costs = load_costs(args.experts)
-    train, problems = _routable(args.data, args.on_bad, costs)
+    train, problems = _routable(args.data, args.on_bad, costs, None if args.test else args.folds, args.seed)
     signals = _cascade_input(args)  # a bad --cascade is refused now, not after the routers' evaluation
     test = None
     if args.test:
@@ -78,7 +126,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cascade = _cascade(args, *signals) if signals is not None else None
     if cascade is not None:
         report["cascade"] = cascade
-    write_data(Path(args.json), report, args.command_line)  # with its provenance (command, commit, CPU)
+    # with its provenance (command, commit, CPU, wall time)
+    write_data(Path(args.json), report, args.command_line, wall_seconds=time.perf_counter() - started)
     if args.plot:
         from coserve.eval.plot import plot_report
 
@@ -178,20 +227,22 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _save_prior_fit(router: Any, outcomes: Any, X: Any, costs: Any, out: str) -> None:
+def _save_prior_fit(router: Any, outcomes: Any, X: Any, costs: Any, out: str, data: str) -> None:
     """Beside the router, the out-of-fold predictions of its own kind that a server's change detector is
     calibrated from (router.online.change_calibration; docs/adapt.md); skipped, with a note, where the
     rows do not allow it (one category: no online router; fewer distinct prompts than folds)."""
     import numpy as np
 
     from coserve.bench.adapt import CALIBRATION_FOLDS
-    from coserve.bench.adapt_fit import cross_fit
+    from coserve.bench.adapt_fit import FOLDS_SEED, cross_fit
     from coserve.errors import ConfigError
+    from coserve.eval.data import check_foldable
     from coserve.router.online_calibration import save_prior_fit
 
     if router.classifier is None:
         return
     try:
+        check_foldable(data, outcomes.prompts, CALIBRATION_FOLDS, FOLDS_SEED, "give more rows")  # names the file
         fit = cross_fit(outcomes, X, costs, router.budget_axis, router.classes, router.experts, CALIBRATION_FOLDS,
                         router.kind)  # fmt: skip
     except (ConfigError, ValueError, np.linalg.LinAlgError) as exc:  # an optional file: training still succeeds
@@ -200,9 +251,48 @@ def _save_prior_fit(router: Any, outcomes: Any, X: Any, costs: Any, out: str) ->
     save_prior_fit(out, fit, router.classes, router.experts)
 
 
+def _check_router_out(out: Path) -> None:
+    """Refuse an ``--out`` that is not a new folder nor a trained router's, before any work: training
+    replaces the whole folder."""
+    from coserve.errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists():
+        why = "a folder that holds no trained router (no manifest.json); name a new folder or a router's"
+        raise ConfigError(f"--out {out}: {why}")
+
+
+def _write_router_dir(out: Path, write: Callable[[Path], None]) -> None:
+    """``write`` the router into a staging folder beside ``out``, then put it in ``out``'s place: a
+    failed training leaves the old router as it was, and a retrained one keeps no file of the old (its
+    calibration.npz, written only where the rows allow it)."""
+    import os
+    import shutil
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from coserve.eval.train import train_router
 
+    out = Path(args.out).resolve()  # a link to a router: the router it names is replaced, the link kept
+    _check_router_out(out)
     args.embedder = args.embedder or default_embedder(args.router)
     outcomes, X, costs = _outcomes(args)
     axis, budget = ("price", args.budget_price) if args.budget_price is not None else ("params", args.budget_params)
@@ -216,8 +306,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     router.hyper["embedder"] = args.embedder
-    router.save(args.out)
-    _save_prior_fit(router, outcomes, X, costs, args.out)
+
+    def write(folder: Path) -> None:
+        router.save(folder)
+        _save_prior_fit(router, outcomes, X, costs, str(folder), args.data)
+
+    _write_router_dir(out, write)
     mapping = {c: router.experts[e] for c, e in zip(router.classes, router.assignment, strict=True)}
     print(f"coserve: trained {router.kind} on {len(outcomes)} prompts -> {args.out}")
     print(f"budget: {router.budget:g} ({router.budget_axis}); fallback: {router.fallback_expert}")

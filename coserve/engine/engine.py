@@ -35,6 +35,7 @@ from coserve.config import LibraryConfig
 from coserve.engine.assemble import assemble
 from coserve.engine.call import Call
 from coserve.engine.cascade import Cascade
+from coserve.engine.fit import PromptFit
 from coserve.engine.pool import ExpertPool, Lease
 from coserve.engine.scheduler import Scheduler
 from coserve.engine.threaded import stream_in_thread
@@ -79,6 +80,7 @@ class Engine:
         if residency == "lookahead":
             pool.next_use = self.scheduler.next_use
         self.cascade = Cascade.from_library(library)  # routing.mode: cascade, else None
+        self.fit = PromptFit(pool, executor)  # prompts too long for an expert, known before loading it
         self.unavailable: dict[str, str] = {}  # expert -> why its model file is not there (at start)
         self.switches = 0  # times the running expert changed
         self._running: str | None = None
@@ -152,6 +154,8 @@ class Engine:
             await started
         except asyncio.CancelledError:
             call.cancelled = True  # the caller went away while queued
+            if self.scheduler.withdraw(call):  # not taken yet: no longer counted as queued
+                self.metrics.queue_depth.labels(str(call.expert)).dec()
             if call.lease is not None:
                 call.lease.release()
             raise
@@ -261,12 +265,16 @@ class Engine:
         assert call.decision is not None, "route the call first"
         last_error: Exception | None = None
         too_long_at: int | None = None  # context size that a prompt did not fit
-        for expert in (call.decision.expert, *call.decision.alternatives):
+        candidates = (call.decision.expert, *call.decision.alternatives)
+        known = await self.fit.verdicts(candidates, call.request)  # counted before any load (fit.py)
+        for expert in candidates:
             spec = self.library.expert(expert)
-            if too_long_at is not None and spec.context <= too_long_at:
-                continue  # a smaller or equal context cannot fit the prompt either
+            if too_long_at is not None and spec.context <= too_long_at and expert not in known:
+                continue  # a smaller or equal context cannot fit the prompt either (not counted: assumed)
             call.expert = expert
             try:
+                if (refusal := known.get(expert)) is not None:
+                    raise refusal  # as its ``stream`` would refuse it, without queueing or loading
                 chunks = await self._run(call)
                 first = await anext(chunks, None) or Chunk("", "stop", Usage())
             except (ExpertLoadError, AssetError, ContextTooLong, ExpertFailed) as exc:  # the ones that fall back

@@ -56,6 +56,15 @@ class Scheduler:
         assert call.expert is not None
         self.queues.setdefault(call.expert, deque()).append(call)
 
+    def withdraw(self, call: Call) -> bool:
+        """Take ``call`` out of its queue (its caller went away); False when it was not queued."""
+        queue = self.queues.get(call.expert or "", deque())
+        for i, queued in enumerate(queue):
+            if queued is call:
+                del queue[i]
+                return True
+        return False
+
     def _prune(self, expert: str) -> None:
         queue = self.queues.get(expert)
         while queue and queue[0].cancelled:

@@ -59,7 +59,9 @@ class ThreadStream:
             loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
             return self._cancel.is_set()
 
-        def done(_: object) -> None:
+        def done(future: asyncio.Future[None]) -> None:
+            if not future.cancelled():
+                future.exception()  # read here too: one no consumer waits for is not "never retrieved"
             finished()
             self._queue.put_nowait(_END)
 

@@ -5,15 +5,16 @@ optional ``cost: {expert: USD}`` and ``turns``) or CSV with the same columns, wh
 score is a column named ``score:<expert>`` (an empty cell is a missing score) and ``cost:<expert>``
 columns are optional. Every bad row is reported as a ``Problem`` with its file and line; with
 ``on_bad="skip"`` bad rows are dropped (and reported), with ``on_bad="refuse"`` loading raises.
-Nothing bad is ever used silently. Also: ``experts.json`` costs, prompt-grouped folds, and an
-on-disk cache of prompt embeddings. This module knows nothing about routers.
+Nothing bad is ever used silently; a byte order mark is read past, a file that is not UTF-8 text is
+refused naming its line. Also: ``experts.json`` costs (``coserve.eval.costs``, re-exported here),
+prompt-grouped folds and the least data they need, and an on-disk cache of prompt embeddings. This
+module knows nothing about routers.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,13 +24,16 @@ from typing import Any, Literal
 import numpy as np
 
 from coserve.errors import ConfigError
+from coserve.eval.costs import ExpertCosts, load_costs
 from coserve.jsonl import Row, read_rows
 from coserve.paths import cache_dir
 
 __all__ = [
+    "INNER_FOLDS",
     "ExpertCosts",
     "OutcomeSet",
     "Problem",
+    "check_foldable",
     "embed_cached",
     "grouped_folds",
     "load_costs",
@@ -39,6 +43,7 @@ __all__ = [
 
 OnBad = Literal["skip", "refuse"]
 MAX_LISTED = 20  # problems listed in a refusal message
+INNER_FOLDS = 5  # the grouped split a router is tuned on, inside the rows it is fitted on
 
 
 @dataclass(frozen=True)
@@ -88,82 +93,66 @@ class OutcomeSet:
         )
 
 
-@dataclass(frozen=True)
-class ExpertCosts:
-    """Per-expert costs from ``experts.json``; NaN where the file says null."""
-
-    names: tuple[str, ...]
-    params_b: np.ndarray  # float64 [E], billions of active parameters
-    price: np.ndarray  # float64 [E], USD per million tokens, mean of input and output price
-
-    def aligned(self, experts: Sequence[str]) -> ExpertCosts:
-        """The costs in the order of ``experts``; raises ConfigError naming experts without costs."""
-        missing = [e for e in experts if e not in self.names]
-        if missing:
-            raise ConfigError(f"experts without an entry in the experts file: {missing}")
-        idx = [self.names.index(e) for e in experts]
-        return ExpertCosts(tuple(experts), self.params_b[idx], self.price[idx])
-
-
-def _number(value: Any) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"not a number: {value!r}")
-    return float(value)
-
-
-def load_costs(path: str | Path) -> ExpertCosts:
-    """Read ``experts.json``: ``{expert: {params_b, input_price, output_price}}`` (nulls allowed)."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the experts file: {exc}") from None
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{path}: the experts file must be a non-empty mapping of expert -> costs")
-    names, params, prices = [], [], []
-    for name, spec in raw.items():
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{path}: {name}: must be a mapping with params_b, input_price, output_price")
-        try:
-            params.append(_number(spec.get("params_b")))
-            prices.append((_number(spec.get("input_price")) + _number(spec.get("output_price"))) / 2)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {name}: {exc.message}") from None
-        names.append(str(name))
-    return ExpertCosts(tuple(names), np.asarray(params, float), np.asarray(prices, float))
-
-
 def _csv_rows(path: Path) -> list[Row]:
     """CSV rows turned into the JSONL shape; ``score:<expert>`` columns become ``scores``."""
     rows: list[Row] = []
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8-sig", newline="") as handle:  # -sig: a spreadsheet's byte order mark
         reader = csv.DictReader(handle)
-        for number, record in enumerate(reader, start=2):
-            obj: dict[str, Any] = {"scores": {}}
-            bad = None
-            for key, value in record.items():
-                if key is None:
-                    bad = "more cells than header columns"
-                elif key.startswith("score:"):
-                    if value not in (None, ""):
-                        try:
-                            obj["scores"][key[6:]] = float(value)
-                        except ValueError:
-                            obj["scores"][key[6:]] = value
-                elif not key.startswith("cost:"):
-                    obj[key] = value
-            rows.append((number, bad or obj))
+        try:
+            records = list(reader)
+        except csv.Error as exc:  # a cell over csv's field limit (128 KiB), above all
+            hint = "; a JSONL file has no such limit" if "field limit" in str(exc) else ""
+            raise ConfigError(f"{path}:{reader.reader.line_num}: {exc}{hint}") from None
+    for number, record in enumerate(records, start=2):
+        obj: dict[str, Any] = {"scores": {}}
+        bad = None
+        for key, value in record.items():
+            if key is None:
+                bad = "more cells than header columns"
+            elif key.startswith("score:"):
+                if value not in (None, ""):
+                    try:
+                        obj["scores"][key[6:]] = float(value)
+                    except ValueError:
+                        obj["scores"][key[6:]] = value
+            elif not key.startswith("cost:"):
+                obj[key] = value
+        rows.append((number, bad or obj))
     return rows
 
 
-def _check(obj: dict[str, Any], experts: Sequence[str], categories: set[str] | None, seen: set[str]) -> str | None:
-    """Why this row cannot be used, or None."""
+def _read_rows(path: Path) -> list[Row]:
+    """The rows of a JSONL or CSV file, an integer id read as its decimal string (as pandas writes an
+    index); a file that cannot be read as UTF-8 text is one ConfigError."""
+    try:
+        rows = _csv_rows(path) if path.suffix.lower() == ".csv" else read_rows(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raise ConfigError(f"{path}: a gzip-compressed file; decompress it first (gunzip)") from None
+        try:
+            raw.decode("utf-8")
+            at = 0
+        except UnicodeDecodeError as exc:
+            at = exc.start
+        line = raw[:at].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[at]:02x}); save the file as UTF-8") from None
+    for _, obj in rows:
+        if isinstance(obj, dict) and isinstance(obj.get("id"), int) and not isinstance(obj["id"], bool):
+            obj["id"] = str(obj["id"])
+    return rows
+
+
+def _check(
+    obj: dict[str, Any], experts: Sequence[str], categories: set[str] | None, seen: dict[str, int]
+) -> str | None:
+    """Why this row cannot be used, or None; ``seen`` maps the ids of usable rows to their lines."""
     if not isinstance(obj.get("id"), str) or not obj["id"]:
         return "missing or non-string id"
     if obj["id"] in seen:
-        return "duplicate id"
+        return f"duplicate id (first on line {seen[obj['id']]})"
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         return "empty prompt"
@@ -201,7 +190,8 @@ def load_outcomes(
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"outcome file not found: {path}")
-    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else read_rows(path)
+    rows = _read_rows(path)
+    given = experts is not None
     if experts is None:
         names: dict[str, None] = {}
         for _, obj in rows:
@@ -213,7 +203,7 @@ def load_outcomes(
             raise ConfigError(f"{path}: no expert scores ({wanted})")
     known = set(categories) if categories is not None else None
     problems: list[Problem] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     ids, prompts, cats, scores = [], [], [], []
     for number, obj in rows:
         row_id = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
@@ -222,17 +212,34 @@ def load_outcomes(
             problems.append(Problem(str(path), number, row_id, reason))
             continue
         assert isinstance(obj, dict)
-        seen.add(obj["id"])
+        seen[obj["id"]] = number
         ids.append(obj["id"])
         prompts.append(obj["prompt"])
         cats.append(obj["category"])
         scores.append([float(obj["scores"][e]) for e in experts])
     if problems and on_bad == "refuse":
-        raise _bad_rows_error(path, problems, "drop them with on_bad='skip' (on the command line: --on-bad skip)")
+        way_out = "drop them with on_bad='skip' (on the command line: --on-bad skip)"
+        if all(isinstance(obj, str) for _, obj in rows):  # not one object: a CSV, a JSON array, ...
+            way_out = "no line is a JSON object: JSON Lines has one object a line; a CSV file must be named .csv"
+        raise _bad_rows_error(path, problems, "\n".join([*_sparse_experts(rows, experts, given), way_out]))
     if not ids:
         raise ConfigError(f"{path}: no usable rows")
     matrix = np.asarray(scores, dtype=np.float32).reshape(len(ids), len(experts))
     return OutcomeSet(tuple(ids), tuple(prompts), tuple(cats), tuple(experts), matrix), problems
+
+
+def _sparse_experts(rows: list[Row], experts: Sequence[str], given: bool) -> list[str]:
+    """A line for each expert scored on fewer than half of the rows: the column is the likely mistake
+    (an expert a few rows score, or a name mistyped), not the many rows that lack it."""
+    scored = [obj["scores"] for _, obj in rows if isinstance(obj, dict) and isinstance(obj.get("scores"), dict)]
+    lines = []
+    for expert in experts:
+        found = [number for number, obj in rows if isinstance(obj, dict) and expert in (obj.get("scores") or {})]
+        if len(found) < len(scored) / 2:
+            first = f" (first on line {found[0]})" if found else ""
+            advice = "" if given else ": score it on every row, or leave it out of the file"
+            lines.append(f"{expert!r} is scored on {len(found)} of {len(scored)} rows{first}{advice}")
+    return lines
 
 
 def load_expert_scores(path: str | Path, expert: str) -> dict[str, float]:
@@ -243,7 +250,7 @@ def load_expert_scores(path: str | Path, expert: str) -> dict[str, float]:
     found: dict[str, float] = {}
     problems: list[Problem] = []
     named: set[str] = set()  # the experts the file scores: to name them when ``expert`` is not one
-    for number, obj in read_rows(path):
+    for number, obj in _read_rows(path):
         if isinstance(obj, str):
             problems.append(Problem(str(path), number, None, obj))
             continue
@@ -287,6 +294,32 @@ def grouped_folds(prompts: Sequence[str], k: int, seed: int = 0) -> list[tuple[n
         sizes[fold] += len(members[g])
     all_idx = np.arange(len(prompts))
     return [(all_idx[fold_of != f], all_idx[fold_of == f]) for f in range(k)]
+
+
+def check_foldable(
+    path: str | Path,
+    prompts: Sequence[str],
+    folds: int | None = None,
+    seed: int = 0,
+    advice: str = "use fewer --folds or more rows",
+) -> None:
+    """Refuse data too small to fit a router on: the rows it is fitted on (all of them, or, with
+    ``folds``, the training part of each cross-validation fold) need INNER_FOLDS distinct prompts."""
+    distinct = len({_prompt_key(p) for p in prompts})
+    if folds is None:
+        if distinct < INNER_FOLDS:
+            raise ConfigError(
+                f"{path}: {distinct} distinct prompts; a router is tuned on {INNER_FOLDS} grouped folds of the "
+                f"rows it is fitted on and needs {INNER_FOLDS} or more"
+            )
+        return
+    why = "each fold needs one at least"
+    if distinct >= folds:
+        smallest = min(len({_prompt_key(prompts[i]) for i in part}) for part, _ in grouped_folds(prompts, folds, seed))
+        if smallest >= INNER_FOLDS:
+            return
+        why = f"the training part of each fold needs {INNER_FOLDS} distinct prompts (the smallest has {smallest})"
+    raise ConfigError(f"{path}: {distinct} distinct prompts are too few for {folds} folds: {why}; {advice}")
 
 
 def embed_cached(prompts: Sequence[str], embedder: Any, cache: Path | None = None, batch: int = 256) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 
 from coserve.errors import ConfigError
 from coserve.eval import metrics as M
-from coserve.eval.data import ExpertCosts, OutcomeSet, embed_cached, grouped_folds
+from coserve.eval.data import INNER_FOLDS, ExpertCosts, OutcomeSet, embed_cached, grouped_folds
 from coserve.eval.sweeps import HYBRID_CLASSIFIER, HYBRID_PREDICTOR, STACK, TOP_K, Axis, Fold, FoldModels, sweep
 
 __all__ = ["available_routers", "evaluate", "evaluate_grouped"]
@@ -65,7 +65,7 @@ def _axes(costs: ExpertCosts, train: OutcomeSet) -> list[Axis]:
     p, S = category_table(list(train.categories), classes, train.scores)
     axes = []
     for name, cost in (("params", costs.params_b), ("price", costs.price)):
-        if not np.all(np.isfinite(cost)) or not np.all(cost > 0):
+        if not np.all(np.isfinite(cost)) or not cost.max() > 0:  # a free expert (0) is a cost; all free is none
             continue
         front = [pt.budget for pt in pareto(p, S, cost)] if len(classes) >= 2 else []
         grid = np.unique(np.round([*np.linspace(cost.min(), cost.max(), MAP_BUDGETS), *front], 6))
@@ -152,7 +152,7 @@ def _router_metrics(
         cost_axis=primary,
         quality_at_best_single_budget=_num(q_at),
         min_budget_for_best_single_quality=_num(min_budget),
-        min_budget_ratio_to_best_single=_num(min_budget / best_cost),
+        min_budget_ratio_to_best_single=_num(min_budget / best_cost) if best_cost > 0 else None,
         oracle_gap_closed=_num(M.oracle_gap_closed(q_at, q_best, q_oracle)),
     )
     if strong is not None:
@@ -315,7 +315,7 @@ def _run_fold(task: tuple[int, np.ndarray, np.ndarray], shared: tuple[Any, ...],
     """Fit and sweep every router on one fold: (held-out rows, choices, extras, posteriors) by router."""
     f, tr, te = task
     X, X_eval, train, classes, axes, primary, names, seed = shared
-    inner, val = grouped_folds([train.prompts[i] for i in tr], 5, seed + f)[0]
+    inner, val = grouped_folds([train.prompts[i] for i in tr], INNER_FOLDS, seed + f)[0]
     cats = [train.categories[i] for i in tr]
     models = FoldModels(Fold(X[tr], cats, train.scores[tr], X_eval[te], inner, val, classes, axes, seed + f, primary))
     choices, extras, posteriors = {}, {}, {}

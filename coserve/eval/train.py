@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from coserve.errors import ConfigError
-from coserve.eval.data import ExpertCosts, OutcomeSet, grouped_folds
+from coserve.eval.data import INNER_FOLDS, ExpertCosts, OutcomeSet, grouped_folds
 from coserve.eval.sweeps import (
     HYBRID_CLASSIFIER,
     HYBRID_PREDICTOR,
@@ -39,15 +39,11 @@ def train_router(
     from coserve.router.mapping import lambda_for_budget
 
     costs = costs.aligned(outcomes.experts)
-    cost_by_axis = {"params": costs.params_b, "price": costs.price}
-    if budget_axis is None:
-        budget_axis = "params" if np.isfinite(costs.params_b).all() else "price"
-    cost = cost_by_axis[budget_axis]
-    if not np.isfinite(cost).all():
-        raise ConfigError(f"the experts file lacks {budget_axis} for some experts; choose the other budget axis")
+    budget_axis = costs.budget_axis(budget_axis)  # refused naming the experts without it
+    cost = {"params": costs.params_b, "price": costs.price}[budget_axis]
     budget = float(cost.max()) if budget is None else float(budget)
     classes = sorted(set(outcomes.categories))
-    inner, val = grouped_folds(outcomes.prompts, 5, seed)[0]
+    inner, val = grouped_folds(outcomes.prompts, INNER_FOLDS, seed)[0]
     axis = Axis(budget_axis, cost, np.array([budget]))
     fold = Fold(X, list(outcomes.categories), outcomes.scores, X[:1], inner, val, classes, [axis], seed, budget_axis)
     m = FoldModels(fold)

@@ -28,7 +28,7 @@
   the detector moves an expert's means, so an alarm does not overspend the requests until the next refresh.
   The budget's other settings (``underspend_debt``, ``fine_weight``, ``explore_at_zero``, ``weight_floor``,
   ``alarm_explore``, ``ChangeSettings.shift_share``) are described where they act (``online_model``,
-  ``online_alarm``, ``drift``) and, with the tuning that chose their defaults, in docs/adapt.md.
+  ``online_alarm``, ``drift``) and the tuning that chose their defaults is in docs/adapt-tuning.md.
 * ``expert_rate`` > 0: an offset per expert, pooled over categories and learnt at that rate from every
   residual of its feedback, is added to each of its cells (``ScorePosterior.estimate``), so a change of
   the whole expert reaches the prompts of every category, not only those of cells with feedback.

@@ -1,7 +1,7 @@
 """Probing a suspect expert, so that the change detector's evidence on it accrues sooner (session 13).
 
 Where an expert degrades while the traffic mix sends it few requests, its down-side CUSUM climbs on few
-feedbacks and the true alarm comes late (docs/adapt.md, "Tuning", session 13, branch adapt13b). An expert
+feedbacks and the true alarm comes late (docs/adapt-tuning.md, session 13, branch adapt13b). An expert
 is *suspect* while its down side stands above ``share`` times the alarm level (and below the level: at the
 level the alarm fires and the statistics restart). ``ChangeProbe`` then lets ``OnlineRouter`` send it a
 request whose constraints allow it, whose choice was another expert, and on which it scores within

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coserve.config import LibraryConfig
+from coserve.config import LibraryConfig, check_name
 from coserve.errors import ConfigError, InfeasibleConstraints, UnprocessableRequest
 from coserve.router.classify import CLASSIFIERS, Classifier, make_classifier
 from coserve.router.embed import Embedder
@@ -214,7 +214,17 @@ def library_trained(library: LibraryConfig) -> tuple[TrainedRouter, Path]:
     base = library.path.parent if library.path else Path.cwd()
     directory = base / library.router.trained
     trained = load_trained(directory)
+    for category in trained.classes:  # a router trained before `coserve train` checked the names
+        try:
+            check_name(category, "category")
+        except ValueError as exc:  # it travels in a response header and metric labels: a 500 at each request
+            raise ConfigError(f"{library.path}: router.trained: {directory}: {exc}; retrain with it renamed") from None
     missing = [name for name in trained.experts if name not in library.expert_names]
+    for name in missing:  # one no library can name: say why rather than ask for it
+        try:
+            check_name(name, "expert")
+        except ValueError as exc:
+            raise ConfigError(f"{library.path}: router.trained: {directory}: {exc}; retrain with it renamed") from None
     if missing:
         raise ConfigError(
             f"{library.path}: router.trained: {directory} routes to experts this library lacks: {missing}"

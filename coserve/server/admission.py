@@ -12,7 +12,9 @@ This module knows nothing about HTTP, experts' runtimes or the scheduler's queue
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 
 from coserve.engine.call import Call
 from coserve.errors import Draining, TooManyRequests
@@ -20,6 +22,7 @@ from coserve.errors import Draining, TooManyRequests
 __all__ = ["Admission"]
 
 RETRY_AFTER_S = 1  # seconds a refused client is told to wait (429)
+SETTLE_POLL_S = 0.01  # how often ``settled`` looks at the count
 DRAIN_RETRY_AFTER_S = 5  # seconds a client is told to wait while the server shuts down (503)
 
 
@@ -67,6 +70,14 @@ class Admission:
                 )
             self.per_expert[expert] = held + 1
             call.held_expert = expert
+
+    async def settled(self, within_s: float) -> int:
+        """Wait up to ``within_s`` for every admitted request to be released; returns how many are left.
+        (At shutdown, the requests the drain deadline cancelled end on the event loop's next turns.)"""
+        deadline = time.monotonic() + within_s
+        while self.pending and time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_POLL_S)
+        return self.pending
 
     def release(self, call: Call) -> None:
         """Give the call's counts back; later calls do nothing."""

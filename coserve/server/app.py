@@ -45,6 +45,8 @@ __all__ = ["check_decision_log", "create_app", "decision_log_file", "open_decisi
 
 log = logging.getLogger("coserve.server")
 
+SETTLE_S = 5.0  # seconds the shutdown waits for cancelled requests to end (and be logged) before closing
+
 
 def decision_log_file(library: LibraryConfig) -> Path:
     """The decision log's SQLite file: ``server.log.path`` (relative to the library file), or the default."""
@@ -113,6 +115,8 @@ def create_app(
             yield
         finally:
             state.admission.draining = True  # from here on, new requests get 503 with Retry-After
+            if left := await state.admission.settled(SETTLE_S):  # what the drain deadline cut logs its row
+                log.warning("%d requests did not end within %g s of shutdown: no row for them", left, SETTLE_S)
             if close_engine:
                 await engine.close()
             if (online := engine.router.online) is not None:

@@ -29,10 +29,10 @@ from coserve.backends.registry import capabilities
 from coserve.config import ServerSettings
 from coserve.engine.call import Call, Timings
 from coserve.engine.engine import Engine
-from coserve.errors import CoserveError, InvalidRequest, NotFound
+from coserve.errors import CoserveError, Draining, InvalidRequest, NotFound
 from coserve.metrics import retention_text
 from coserve.server.admission import Admission
-from coserve.server.frames import DONE, Frames, completion_body, headers
+from coserve.server.frames import DONE, Frames, completion_body, error_response, headers
 from coserve.server.gate import CHAT_PATH, Gate
 from coserve.server.openapi import documented, error_responses
 from coserve.server.outcome import Outcomes
@@ -44,7 +44,9 @@ __all__ = ["ServerState", "read_body", "router"]
 
 log = logging.getLogger("coserve.server")
 
-DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
+DISCONNECT_POLL_S = 0.25  # how often a request not yet answering checks that its client is still there
+CLIENT_GONE = "499"  # the status logged for a request whose client went away before its answer ended
+CUT = "503"  # the status logged for a request still running when the drain deadline cut it
 
 router = APIRouter()
 
@@ -83,9 +85,7 @@ OpsState = Annotated[ServerState, Depends(_ops)]  # /health and /metrics
 
 
 def _status(exc: BaseException) -> str:
-    if isinstance(exc, CoserveError):
-        return str(exc.status)
-    return "499" if isinstance(exc, asyncio.CancelledError) else "500"
+    return str(exc.status) if isinstance(exc, CoserveError) else "500"
 
 
 @router.post(
@@ -111,8 +111,16 @@ async def chat_completions(http: HttpRequest) -> Response:
         await state.engine.route(call)
         state.admission.claim(call)
         if request.stream:
-            return await _streamed(state, call)
+            return await _streamed(http, state, call)
         return await _completed(http, state, call)
+    except asyncio.CancelledError:
+        if not state.admission.draining:
+            state.outcomes.settle(CLIENT_GONE, call)
+            raise
+        # The drain deadline cancelled it before its answer began: say so as to a new request (503,
+        # Retry-After), not with the ASGI server's bare 500; the shutdown waits for this response.
+        state.outcomes.settle(CUT, call)
+        return error_response(Draining("the server shut down before answering; retry on another instance"))
     except BaseException as exc:
         state.outcomes.settle(_status(exc), call)
         raise
@@ -129,44 +137,68 @@ async def read_body(http: HttpRequest, max_bytes: int) -> bytes:
     return bytes(received)
 
 
+async def _while_connected(http: HttpRequest, work: asyncio.Future[Any]) -> bool:
+    """Wait for ``work``; False, with ``work`` cancelled and awaited, when the client went away first:
+    a client that goes away cancels its request, queued or generating, and frees its slot."""
+    try:
+        while not work.done():
+            await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+            if not work.done() and await http.is_disconnected():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, CoserveError):
+                    await work
+                return False
+    except asyncio.CancelledError:  # the handler itself was cancelled (the drain deadline)
+        work.cancel()
+        raise
+    return True
+
+
 async def _completed(http: HttpRequest, state: ServerState, call: Call) -> Response:
     work = asyncio.ensure_future(state.engine.complete(call))
-    while not work.done():
-        # A client that goes away cancels its request (queued or generating) and frees its slot.
-        await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
-        if not work.done() and await http.is_disconnected():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, CoserveError):
-                await work
-            state.outcomes.settle("499", call)
-            return Response(status_code=499)
+    if not await _while_connected(http, work):
+        state.outcomes.settle(CLIENT_GONE, call)
+        return Response(status_code=499)
     completion = work.result()
     state.outcomes.settle("200", call, completion.text)
     return JSONResponse(completion_body(call, completion), headers=headers(call))
 
 
 class _SettledStream(StreamingResponse):
-    """A streamed response that settles its call when it ends, however it ends (client gone too)."""
+    """A streamed response that settles its call when it ends, however it ends (client gone too);
+    ``end(cancelled)``: whether the response was cancelled (by the drain deadline; on Ray Serve, also
+    when the client leaves) rather than ended or left."""
 
-    def __init__(self, content: AsyncIterator[bytes], end: Callable[[], Coroutine[Any, Any, None]], **kw: Any):
+    def __init__(self, content: AsyncIterator[bytes], end: Callable[[bool], Coroutine[Any, Any, None]], **kw: Any):
         super().__init__(content, **kw)
         self._end = end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cancelled = False
         try:
             await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
-            await self._end()
+            await self._end(cancelled)
 
 
-async def _streamed(state: ServerState, call: Call) -> StreamingResponse:
-    chunks = await state.engine.stream(call)  # errors before the first token are HTTP errors
+async def _streamed(http: HttpRequest, state: ServerState, call: Call) -> Response:
+    work = asyncio.ensure_future(state.engine.stream(call))  # errors before the first token are HTTP errors
+    if not await _while_connected(http, work):  # the client left while its request was queued or loading
+        if not work.cancelled() and work.exception() is None:  # its first token came as it was cancelled
+            await work.result().aclose()  # type: ignore[attr-defined]  # stops the runtime
+        state.outcomes.settle(CLIENT_GONE, call)
+        return Response(status_code=499)
+    chunks = work.result()
     frames = Frames(call)
     parts: list[str] = []  # kept only when the log stores texts
     status = "200"
+    ended = False  # the whole stream, [DONE] included, was handed to the server to send
 
     async def events() -> AsyncIterator[bytes]:
-        nonlocal status
+        nonlocal status, ended
         try:
             yield frames.role()
             async for chunk in chunks:
@@ -186,10 +218,12 @@ async def _streamed(state: ServerState, call: Call) -> StreamingResponse:
             status = "stream_error"
             yield frames.error(exc)
         yield DONE
+        ended = True
 
-    async def end() -> None:
+    async def end(cancelled: bool) -> None:
         await chunks.aclose()  # type: ignore[attr-defined]  # stops the runtime if the client left
-        state.outcomes.settle(status, call, "".join(parts))
+        settled = status if ended else CUT if cancelled and state.admission.draining else CLIENT_GONE
+        state.outcomes.settle(settled, call, "".join(parts))
 
     return _SettledStream(
         events(),
