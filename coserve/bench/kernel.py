@@ -55,16 +55,18 @@ def pin_blas_kernel(
 
 def blas_kernels() -> list[dict[str, str]]:
     """The BLAS libraries (numpy's and scipy's: both loaded first), each with its version and the kernel
-    it runs (threadpoolctl's view)."""
+    it runs (threadpoolctl's view), sorted by library: threadpoolctl lists them in the order they
+    were loaded, which varies between runs."""
     import numpy  # noqa: F401
     import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_info
 
-    return [
+    found = [
         {"library": Path(i["filepath"]).name, "version": str(i.get("version")), "kernel": str(i.get("architecture"))}
         for i in threadpool_info()
         if i["user_api"] == "blas"
     ]
+    return sorted(found, key=lambda k: k["library"])
 
 
 def kernel_tag(kernels: list[dict[str, str]]) -> str:
