@@ -315,3 +315,21 @@ def test_bench_adapt_probes_a_suspect_and_reports_the_share_probed(tmp_path: Pat
     # no other exploration is on (explore_cap 0, explore_at_zero and alarm_explore off): every explored request
     # is a probe, and the shocked expert's climbing down side opens at least one episode
     assert report["probed_share"] > 0.0 and report["probed_share"] == report["explored_share"]
+
+
+def test_recovery_where_the_router_had_already_left_the_shocked_expert() -> None:
+    from coserve.bench.adapt_baselines import recovery
+
+    # expert 1 took a third of the pre-shock requests, then none from request 40 after the shock on
+    chosen = np.array([0, 1, 2] * 200 + [1] * 40 + [0] * 560)
+    # below 10% of 1/3 over the last 500 requests: at most 16 of its 40 left in the window, at request 524
+    assert recovery(chosen, shocked=1, shock_at=600, window=500) == 524
+    # never picked before the shock (share 0): it has moved away at the floor, not "never"
+    left = np.array([0, 2] * 300 + [0] * 600)
+    assert recovery(left, shocked=1, shock_at=600, window=500) == 100
+    # share 0 before, but sent requests after the shock: not until a window holds none of them
+    back = np.array([0, 2] * 300 + [1] * 150 + [0] * 850)
+    assert recovery(back, shocked=1, shock_at=600, window=500) == 650
+    # a share that never falls: the rest of the run
+    stays = np.array([0, 1] * 600)
+    assert recovery(stays, shocked=1, shock_at=600, window=500) == 600

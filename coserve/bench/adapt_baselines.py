@@ -84,13 +84,15 @@ def category_means(truth: np.ndarray, category: np.ndarray, K: int) -> np.ndarra
 def recovery(chosen: np.ndarray, shocked: int, shock_at: int, window: int, floor: int = 100) -> int:
     """Requests after the shock until the shocked expert's share, over the post-shock requests of the
     last ``window`` (at least ``floor`` of them), falls below 10% of its share in the ``window``
-    requests before the shock; the rest of the run where it never does."""
+    requests before the shock; the rest of the run where it never does. Where that share was 0 (the router
+    had already stopped sending it anything), a share cannot fall below 0: the expert counts as moved away
+    once the post-shock window holds none of its requests (``floor`` at the earliest)."""
     before = float(np.mean(chosen[max(0, shock_at - window) : shock_at] == shocked))
     hits = np.cumsum(chosen[shock_at:] == shocked)
     for t in range(floor, len(hits) + 1):
         span = min(t, window)
         recent = hits[t - 1] - (hits[t - 1 - span] if t > span else 0)
-        if recent / span < 0.1 * before:
+        if recent / span < 0.1 * before or (before == 0 and recent == 0):
             return t
     return len(hits)
 
