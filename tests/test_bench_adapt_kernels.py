@@ -102,7 +102,9 @@ def _kernels_after(first_import: str) -> list:
     after ``first_import``, with the scripts' folder on the path as when one runs."""
     env = {**os.environ, "OPENBLAS_CORETYPE": "Sandybridge", "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}"}
     code = f"import {first_import}; {_KERNELS}"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
