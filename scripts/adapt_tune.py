@@ -107,6 +107,11 @@ under the same adoption rule.
 
 from __future__ import annotations
 
+# first, before numpy: OpenBLAS reads the pinned kernel once, at load (coserve.bench.pinned)
+import coserve.bench.pinned  # noqa: F401
+
+# isort: split
+
 import argparse
 import dataclasses
 import importlib
@@ -118,6 +123,7 @@ from typing import Any
 import numpy as np
 
 from coserve.bench.adapt import CALIBRATION_FOLDS, AdaptOptions, FittedStream, fit_stream, replay_adapt, split_by_prompt
+from coserve.bench.kernel import blas_kernels, kernel_cache
 from coserve.bench.provenance import write_data
 from coserve.bench.script_run import run_script
 from coserve.eval.data import ExpertCosts, embed_cached, load_costs, load_outcomes
@@ -139,8 +145,9 @@ def tuning_streams(
     benchmark's prior half, split by ``salt``); the per-prompt predictor reads ``predictor``'s vectors where
     given; ``folds``: also the tuning prior's out-of-fold predictions (``fit_stream``'s, for ``change_calibration``)."""
     rows, _ = load_outcomes(data / "train.jsonl", on_bad="skip")
-    X = embed_cached(rows.prompts, make_embedder("minilm"))  # the whole file: the benchmark's cache key
-    P = X if predictor is None else embed_cached(rows.prompts, make_embedder(predictor))
+    cache = kernel_cache(blas_kernels())  # the benchmark's folder: vectors of the kernel that runs
+    X = embed_cached(rows.prompts, make_embedder("minilm"), cache)  # the whole file: the benchmark's cache key
+    P = X if predictor is None else embed_cached(rows.prompts, make_embedder(predictor), cache)
     benchmark_prior, _benchmark_stream = split_by_prompt(rows)  # the benchmark's stream is set aside
     prior, X_prior, P_prior = rows.subset(benchmark_prior), X[benchmark_prior], P[benchmark_prior]
     fit, replay = split_by_prompt(prior, salt=salt)
@@ -475,6 +482,7 @@ def main(argv: list[str]) -> int:
         "split": {"salt": TUNING_SALT, **sizes},
         "budgets": [list(b) for b in BUDGETS],
         "seeds": list(SEEDS + CONFIRM_SEEDS) if every_run else list(SEEDS),
+        "blas": blas_kernels(),  # pinned to one kernel since session 14 (coserve.bench.pinned); before, the CPU's
         "stage": args.stage,  # detector: every other knob at the defaults below; the first result is the defaults
         "score": "checks met over all runs (4 per run), then mean adaptive - hindsight (a tie keeps the earlier)",
         "defaults": defaults,

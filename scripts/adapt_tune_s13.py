@@ -31,6 +31,11 @@ Knows nothing about the checks themselves: ``adapt_tune`` scores.
 
 from __future__ import annotations
 
+# first, before numpy: OpenBLAS reads the pinned kernel once, at load (coserve.bench.pinned)
+import coserve.bench.pinned  # noqa: F401
+
+# isort: split
+
 from collections.abc import Callable
 from typing import Any
 

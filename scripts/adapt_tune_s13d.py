@@ -19,6 +19,11 @@ Knows nothing about how a setting is replayed: ``s13d_stage`` takes the scoring 
 
 from __future__ import annotations
 
+# first, before numpy: OpenBLAS reads the pinned kernel once, at load (coserve.bench.pinned)
+import coserve.bench.pinned  # noqa: F401
+
+# isort: split
+
 from collections.abc import Callable
 from typing import Any
 

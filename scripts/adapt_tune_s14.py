@@ -31,6 +31,11 @@ mean difference in checks met. The ``tune`` split is left out: the defaults and 
 
 from __future__ import annotations
 
+# first, before numpy: OpenBLAS reads the pinned kernel once, at load (coserve.bench.pinned)
+import coserve.bench.pinned  # noqa: F401
+
+# isort: split
+
 import argparse
 import json
 import shlex
@@ -44,6 +49,7 @@ from adapt_tune import BUDGETS, evaluate, summarise, tuning_streams  # beside th
 from adapt_tune_s12 import alarm_totals  # beside this script
 
 from coserve.bench.adapt import CALIBRATION_FOLDS
+from coserve.bench.kernel import blas_kernels
 from coserve.bench.paired import compare
 from coserve.bench.provenance import write_data
 from coserve.bench.script_run import run_script
@@ -141,6 +147,7 @@ def main(argv: list[str]) -> int:
         "note": "tuning runs on splits of the benchmark's prior half only; the benchmark's stream is never replayed",
         "splits": {salt: {"salt": salt, **size} for salt, size in sizes.items()},
         "budgets": [list(b) for b in BUDGETS],
+        "blas": blas_kernels(),  # the kernel pinned (coserve.bench.pinned), as `coserve bench adapt` reports it
         "seeds": list(seeds),
         "settings": settings,
         "bootstrap": {"resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "level": LEVEL, "unit": "run (pairs resampled)"},

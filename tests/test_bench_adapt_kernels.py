@@ -90,3 +90,30 @@ def test_embeddings_are_cached_per_blas_kernel(tmp_path: Path, cache: Path) -> N
     assert len({k["kernel"] for k in report["blas"]}) == 1  # numpy was loaded here: the CPU's own, for both
     assert list((cache / f"blas-{kernel_tag(report['blas'])}" / "embeddings").glob("*.npy"))
     assert not (cache / "embeddings").exists()  # coserve eval's cache is not read or written
+
+
+_SCRIPTS = sorted(p.stem for p in (ROOT / "scripts").glob("adapt_tune*.py"))
+_KERNELS = "import json, os; from coserve.bench.kernel import blas_kernels; "
+_KERNELS += "print(json.dumps([os.environ.get('OPENBLAS_CORETYPE'), sorted({k['kernel'] for k in blas_kernels()})]))"
+
+
+def _kernels_after(first_import: str) -> list:
+    """The kernel numpy's and scipy's OpenBLAS run in a fresh process on an older CPU's setting (Sandybridge)
+    after ``first_import``, with the scripts' folder on the path as when one runs."""
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Sandybridge", "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}"}
+    code = f"import {first_import}; {_KERNELS}"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(not {"avx2", "fma"} <= cpu_flags(), reason="emulating another x86 CPU needs AVX2")
+@pytest.mark.parametrize("script", _SCRIPTS)
+def test_the_tuning_scripts_pin_the_kernel_before_numpy_loads(script: str) -> None:
+    """The tuning scripts replay in their own process, not through the CLI: each pins as the benchmark does,
+    whichever of them is imported first (a stage module imports numpy before ``adapt_tune``)."""
+    assert len(_SCRIPTS) >= 10 and "adapt_tune_s14" in _SCRIPTS
+    assert _kernels_after("numpy") == ["Sandybridge", ["Sandybridge"]]  # unpinned: the caller's setting rules
+    assert _kernels_after(script) == [PINNED_KERNEL, [PINNED_KERNEL]]

@@ -107,22 +107,32 @@ def test_a_short_prompt_builds_no_counter(make_engine: Callable[..., Engine]) ->
 
 @pytest.mark.e2e
 @pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="needs xllamacpp")
-def test_the_real_counter_counts_what_the_expert_counts() -> None:
-    """llamacpp-split's vocabulary-only counter against the prompt tokens its ``stream`` reports."""
+@pytest.mark.parametrize("kind", ["llamacpp-split", "llamacpp"])
+def test_the_real_counter_counts_what_the_expert_counts(kind: str) -> None:
+    """The vocabulary-only counter against the prompt tokens the expert's ``stream`` reports: llamacpp-split's
+    (its own template and tokenizer) and llamacpp's (llama.cpp's server counts; the same counter)."""
     from test_llamacpp_split import _spec
 
+    from coserve.backends.llamacpp import LlamaCppBackend
     from coserve.backends.llamacpp_split import LlamaCppSplitBackend
 
-    backend = LlamaCppSplitBackend()
+    backend = LlamaCppSplitBackend() if kind == "llamacpp-split" else LlamaCppBackend()
     spec, base = _spec(options={"n_parallel": 1})
+    spec = spec.model_copy(update={"backend": kind})
     count = backend.prompt_counter(spec, base)
     tools = '[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]'
     cases = [
         ((Message("user", "Hi"),), Sampling(max_tokens=1)),
         ((Message("system", "Be brief."), Message("user", "déjà vu, <|im_start|> " * 150)), Sampling(max_tokens=1)),
+        (
+            (Message("user", "a"), Message("assistant", "b"), Message("user", "c <s> </s> [INST]")),
+            Sampling(max_tokens=1),
+        ),
+        ((Message("user", "  leading spaces\n\nand 日本語 emoji 🎉"),), Sampling(max_tokens=1)),
     ]
-    assert count((Message("user", "call f"),), Sampling(tools=tools)) is None  # its template renders no tools: 400
-    handle = backend.load(spec, backend.stage(spec, base))
+    assert count((Message("user", "call f"),), Sampling(tools=tools)) is None  # its stream refuses them: 400
+    staged = backend.stage(spec, base)
+    handle = backend.load(spec, staged)  # type: ignore[arg-type]  # each backend's own staged object
     try:
         for messages, sampling in cases:
             parts: list[Chunk] = []
@@ -130,6 +140,5 @@ def test_the_real_counter_counts_what_the_expert_counts() -> None:
             usage = parts[-1].usage
             assert usage is not None and count(messages, sampling) == usage.prompt_tokens > 0
     finally:
-        model = handle.runtime.model
         backend.unload(handle)
-        backend.unstage(model)
+        backend.unstage(staged)  # type: ignore[arg-type]

@@ -72,6 +72,38 @@ def test_experts_add_keeps_classifier_and_changes_map(trained: tuple[Path, Path]
     assert load_trained(out).expert_for(X) == ["coder"]
 
 
+def test_a_failed_experts_add_leaves_the_old_router_whole(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The save writes arrays.npz, then manifest.json: a failure between them (a full disk, a kill) left
+    the new arrays (one expert more) beside the old manifest, a router that no longer loaded."""
+    import types
+
+    from coserve.router import trained as trained_module
+
+    out, data = trained
+    (out / "calibration.npz").write_bytes(b"the prior fit")  # a file of the router's that add does not write
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    outcomes = tmp_path / "coder.jsonl"
+    outcomes.write_text("".join(json.dumps({"id": r["id"], "scores": {"coder": 1.0}}) + "\n" for r in rows))
+    add = ["experts", "add", "--router", str(out), "--name", "coder", "--outcomes", str(outcomes), "--params-b", "3"]
+    siblings = {p.name for p in out.parent.iterdir()}
+
+    def full_disk(*args: object, **kwargs: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trained_module, "json", types.SimpleNamespace(dumps=full_disk, loads=json.loads))
+    with pytest.raises(OSError, match="No space left"):
+        main(add)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.name for p in out.parent.iterdir()} == siblings  # no staging folder left behind
+    monkeypatch.undo()
+    assert main(add) == 0  # then it succeeds, keeping the router's other files
+    assert (out / "calibration.npz").read_bytes() == b"the prior fit"
+    assert [e["name"] for e in json.loads((out / "manifest.json").read_text())["experts"]][-1] == "coder"
+
+
 def test_train_defaults_to_the_stack_router(tmp_path: Path, cache: Path) -> None:
     data, experts = write_separable(tmp_path)
     out = tmp_path / "stack"

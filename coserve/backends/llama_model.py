@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from coserve.backends import llama_capi
+from coserve.backends.base import PromptCounter
 from coserve.backends.chat_template import chat_template
 from coserve.backends.llama_memory import return_free_memory
 from coserve.backends.staging import drop_cache
-from coserve.backends.structured import renders_tool_calls, template_message
+from coserve.backends.structured import renders_tool_calls, template_message, template_tools, tool_names
 from coserve.config import ExpertSpec
-from coserve.errors import ExpertLoadError
+from coserve.errors import AssetError, ExpertLoadError
 from coserve.types import Message, Sampling
 
-__all__ = ["KV_TYPES", "LoadedModel", "new_sampler"]
+__all__ = ["KV_TYPES", "LoadedModel", "new_sampler", "vocab_counter"]
 
 _serials = itertools.count(1)  # tells apart two models loaded at the same address in turn
 
@@ -133,3 +134,20 @@ def new_sampler(sampling: Sampling, n_vocab: int = 0, generated: int = 0, gramma
     seed = llama_capi.DEFAULT_SEED if sampling.seed is None else sampling.seed & 0xFFFFFFFF
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
     return chain
+
+
+def vocab_counter(spec: ExpertSpec, path: Path, tools: bool = True) -> PromptCounter:
+    """Counts a request's prompt tokens as llama.cpp does for this GGUF file (its chat template, the
+    request's tools, its tokenizer) from the model's vocabulary alone (``vocab_only``: no weights;
+    0.3-0.9 s and 10-50 MiB for the default experts). The counter gives None for tools the template
+    does not render, or for any tools where ``tools`` is False (a backend that refuses them with a 400)."""
+    if not path.is_file():
+        raise AssetError(f"expert {spec.name!r}: model file missing ({path})")
+    model = LoadedModel(spec, path, vocab_only=True)
+
+    def count(messages: tuple[Message, ...], sampling: Sampling) -> int | None:
+        if tool_names(sampling) and not (tools and model.renders_tools):
+            return None
+        return len(model.prompt(messages, template_tools(sampling)))
+
+    return count

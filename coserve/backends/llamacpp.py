@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from coserve.backends.base import Emit, Handle
+from coserve.backends.base import Emit, Handle, PromptCounter
 from coserve.backends.chores import context_too_long, declared_concurrency, validated, wire_messages
 from coserve.backends.gguf_header import kv_cache_bytes, read_header
 from coserve.backends.llama_memory import (
@@ -39,6 +39,7 @@ from coserve.backends.llama_memory import (
     gguf_path,
     return_free_memory,
 )
+from coserve.backends.llama_model import vocab_counter
 from coserve.backends.openai_wire import choice_logprobs, sampling_body
 from coserve.backends.staging import Staged, stage, unstage
 from coserve.backends.structured import tool_names
@@ -89,6 +90,12 @@ class LlamaCppBackend:
 
     def concurrency(self, spec: ExpertSpec) -> int:
         return declared_concurrency(spec, DEFAULT_N_PARALLEL)
+
+    def prompt_counter(self, spec: ExpertSpec, base: Path | None) -> PromptCounter:
+        """Counts a request's prompt tokens as llama.cpp's server does, without loading the expert:
+        ``llamacpp-split``'s counter on the same file (llama_model.vocab_counter; equal to the server's
+        own count in tests/test_prompt_fit.py); None for any tools (``stream`` refuses them with a 400)."""
+        return vocab_counter(spec, gguf_path(spec, base), tools=False)
 
     def stage(self, spec: ExpertSpec, base: Path | None) -> Staged:
         return stage(gguf_path(spec, base))

@@ -58,7 +58,7 @@ from coserve.backends.llama_memory import (
     gguf_path,
     return_free_memory,
 )
-from coserve.backends.llama_model import KV_TYPES, LoadedModel, new_sampler
+from coserve.backends.llama_model import KV_TYPES, LoadedModel, new_sampler, vocab_counter
 from coserve.backends.structured import forced_tool_names, grammar, template_tools, tool_names
 from coserve.config import ExpertSpec
 from coserve.cpus import usable_cores
@@ -106,21 +106,10 @@ class LlamaCppSplitBackend:
         return declared_concurrency(spec, DEFAULT_N_PARALLEL)
 
     def prompt_counter(self, spec: ExpertSpec, base: Path | None) -> PromptCounter:
-        """Counts a request's prompt tokens as ``stream`` does (chat template, tools, tokenizer) from
-        the model's vocabulary alone (llama.cpp's ``vocab_only``: no weights; 0.3-0.9 s and 10-50
-        MiB for the default experts); None for tools its template does not render (``stream``
-        refuses those with a 400)."""
-        path = gguf_path(spec, base)
-        if not path.is_file():
-            raise AssetError(f"expert {spec.name!r}: model file missing ({path})")
-        model = LoadedModel(spec, path, vocab_only=True)
-
-        def count(messages: tuple[Message, ...], sampling: Sampling) -> int | None:
-            if tool_names(sampling) and not model.renders_tools:
-                return None
-            return len(model.prompt(messages, template_tools(sampling)))
-
-        return count
+        """Counts a request's prompt tokens as ``stream`` does, from the model's vocabulary alone
+        (llama_model.vocab_counter); None for tools its template does not render (``stream`` refuses
+        those with a 400)."""
+        return vocab_counter(spec, gguf_path(spec, base))
 
     # -- tiers ------------------------------------------------------------------------------------
     def stage(self, spec: ExpertSpec, base: Path | None) -> LoadedModel:

@@ -41,11 +41,10 @@ from coserve.bench import adapt_baselines as measures
 from coserve.bench.adapt_baselines import category_means, lagrangian_mix, mix_of, mix_weights, recovery, share_of
 from coserve.bench.adapt_fit import FOLDS_SEED, ONE_BLAS_THREAD, FittedStream, fit_stream, split_by_prompt
 from coserve.bench.adapt_plot import plot_adapt
-from coserve.bench.kernel import blas_kernels, kernel_tag
+from coserve.bench.kernel import blas_kernels, kernel_cache
 from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet, check_foldable, embed_cached, load_costs, load_outcomes
-from coserve.paths import cache_dir
 from coserve.router.drift_calibration import CellCalibration, PriorFit, calibration_from, cell_offsets, picks
 from coserve.router.online import OnlineRouter
 
@@ -345,7 +344,7 @@ def run_adapt(
         check_foldable(where, fitted_on.prompts, cross, FOLDS_SEED, "give more rows")  # said now, naming the file
     pred = predictor_embedder or embedder
     kernels = blas_kernels()
-    cache = cache_dir() / f"blas-{kernel_tag(kernels)}"  # a vector's last bits are its BLAS kernel's
+    cache = kernel_cache(kernels)
     X_prior = embed_cached(prior.prompts, embedder, cache)  # the whole file, then split
     P_prior = X_prior if pred is embedder else embed_cached(prior.prompts, pred, cache)
     if stream_path is None:

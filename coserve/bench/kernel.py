@@ -19,7 +19,7 @@ import platform
 import sys
 from pathlib import Path
 
-__all__ = ["PINNED_KERNEL", "blas_kernels", "pin_blas_kernel"]
+__all__ = ["PINNED_KERNEL", "blas_kernels", "kernel_cache", "pin_blas_kernel"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,7 @@ def pin_blas_kernel(
 
 def blas_kernels() -> list[dict[str, str]]:
     """The BLAS libraries (numpy's and scipy's: both loaded first), each with its version and the kernel
-    it runs (threadpoolctl's view), sorted by library: threadpoolctl lists them in the order they
-    were loaded, which varies between runs."""
+    it runs (threadpoolctl's view), by library name: threadpoolctl's order is not the same in every process."""
     import numpy  # noqa: F401
     import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_info
@@ -72,3 +71,11 @@ def blas_kernels() -> list[dict[str, str]]:
 def kernel_tag(kernels: list[dict[str, str]]) -> str:
     """One name for the kernels that ran (``haswell``), as the embedding cache's folder keys them."""
     return "-".join(sorted({k["kernel"].lower() for k in kernels})) or "none"
+
+
+def kernel_cache(kernels: list[dict[str, str]]) -> Path:
+    """The cache folder for vectors the kernels made (``<cache>/blas-haswell``): a vector's last bits are its
+    BLAS kernel's, so a cache another kernel filled (``coserve eval`` unpinned) must not feed a pinned run."""
+    from coserve.paths import cache_dir
+
+    return cache_dir() / f"blas-{kernel_tag(kernels)}"

@@ -29,6 +29,7 @@ __all__ = [
     "seconds",
     "share",
     "tcp_port",
+    "write_router_dir",
 ]
 
 DEFAULT_SHUTDOWN_S = 30.0  # seconds in-flight requests get after SIGTERM (serve's --shutdown-timeout, --ray too)
@@ -130,3 +131,29 @@ def load_engine(library_path: str | None, residency: str = "lookahead") -> Engin
     from coserve.paths import cache_dir
 
     return Engine.build(load_served_library(library_path), cache_dir(), residency=residency)  # type: ignore[arg-type]
+
+
+def write_router_dir(out: Path, write: Callable[[Path], None]) -> None:
+    """``write`` the router into a staging folder beside ``out``, then put it in ``out``'s place
+    (``coserve train --out``, ``coserve experts add``): a failed write leaves the old router as it was,
+    and the new one holds only the files ``write`` put there (a retrained router keeps no calibration.npz
+    of the old one's)."""
+    import os
+    import shutil
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from coserve.cli.common import Subcommands, add_library_arg, load_served_library
+from coserve.cli.common import Subcommands, add_library_arg, load_served_library, write_router_dir
 from coserve.errors import CoserveError
 from coserve.jsonl import write_row
 
@@ -95,7 +96,13 @@ def cmd_experts_add(args: argparse.Namespace) -> int:
     before = {c: router.experts[e] for c, e in zip(router.classes, router.assignment, strict=True)}
     scores = load_expert_scores(args.outcomes, args.name)
     add_expert(router, args.name, scores, params_b=args.params_b, price=args.price)
-    router.save(args.router)
+    out = Path(args.router).resolve()  # a link to a router: the router it names is replaced, the link kept
+
+    def write(folder: Path) -> None:
+        shutil.copytree(out, folder, dirs_exist_ok=True)  # its other files (calibration.npz) as they were
+        router.save(folder)
+
+    write_router_dir(out, write)  # a failed save leaves the old router whole
     matched = sum(1 for i in router.train_ids if str(i) in scores)
     print(f"coserve: added {args.name} ({matched}/{len(router.train_ids)} training prompts matched) to {args.router}")
     if matched < len(router.train_ids):

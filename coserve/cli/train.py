@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coserve.cli.common import Subcommands, at_least, check_outputs
+from coserve.cli.common import Subcommands, at_least, check_outputs, write_router_dir
 from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
@@ -263,31 +262,6 @@ def _check_router_out(out: Path) -> None:
         raise ConfigError(f"--out {out}: {why}")
 
 
-def _write_router_dir(out: Path, write: Callable[[Path], None]) -> None:
-    """``write`` the router into a staging folder beside ``out``, then put it in ``out``'s place: a
-    failed training leaves the old router as it was, and a retrained one keeps no file of the old (its
-    calibration.npz, written only where the rows allow it)."""
-    import os
-    import shutil
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        write(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from coserve.eval.train import train_router
 
@@ -311,7 +285,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         router.save(folder)
         _save_prior_fit(router, outcomes, X, costs, str(folder), args.data)
 
-    _write_router_dir(out, write)
+    write_router_dir(out, write)
     mapping = {c: router.experts[e] for c, e in zip(router.classes, router.assignment, strict=True)}
     print(f"coserve: trained {router.kind} on {len(outcomes)} prompts -> {args.out}")
     print(f"budget: {router.budget:g} ({router.budget_axis}); fallback: {router.fallback_expert}")
