@@ -63,7 +63,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     f"coserve: serving on http://{args.host}:{args.port}/v1 (model '{ROUTED_MODEL}' routes)", flush=True
                 )
 
+        interrupted = False  # a Ctrl-C (SIGINT) stopped it: exit 130 (see below)
+
         def handle_exit(self, sig: int, frame: Any) -> None:
+            self.interrupted = self.interrupted or sig == signal.SIGINT
             cut = self.should_exit and sig == signal.SIGINT and not self.force_exit
             super().handle_exit(sig, frame)  # a second Ctrl-C: force_exit, the drain stops waiting
             if cut:
@@ -88,12 +91,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"coserve: warning: expert {name} cannot load ({problem}); its requests fall back", file=sys.stderr)
     # uvicorn re-raises the signal that stopped it once it has drained; a SIGTERM that led to a
     # clean drain is a normal end here (exit 0), so the re-raised one is ignored.
+    # A Ctrl-C exits 130 through that re-raise (KeyboardInterrupt) where SIGINT has Python's handler; a
+    # process started with SIGINT ignored (a shell's background job) gets no KeyboardInterrupt from it,
+    # so the exit status is said here too.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    server = DrainingServer(config)
     try:
-        DrainingServer(config).run()
+        server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0
+    return 130 if server.interrupted else 0
 
 
 def cmd_route(args: argparse.Namespace) -> int:
