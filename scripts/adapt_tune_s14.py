@@ -19,7 +19,8 @@ The settings, fixed before the run:
 
 Added later, each fixed before its own run against the defaults (``--settings defaults,NAME``): ``shrink100``
 (the calibration shrunk five times harder) and ``retest`` (branch nofire14: a downward alarm's move re-tested
-by Thompson draws at any cost weight, ``alarm_explore`` 500 with ``alarm_explore_any_weight``).
+by Thompson draws at any cost weight, ``alarm_explore`` 500 with ``alarm_explore_any_weight``) and ``anchor10``
+(session 13's ``change_anchor`` at the alarm level 10, for the near misses on a busy shocked expert).
 
 The rule (docs/decisions.md, session 14, fixed before any candidate's run): a candidate is adopted over the
 defaults when the interval of its mean per-run difference in checks met lies entirely above 0 and the interval
@@ -71,6 +72,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # Thompson draws of the expert at any cost weight for 500 requests (the runs without a true alarm: a false
     # drop starved the expert later shocked; docs/decisions.md)
     "retest": {"alarm_explore": 500, "alarm_explore_any_weight": True},
+    # fixed before its run (--settings defaults,anchor10): session 13's anchor at its best level (85 of 108 on
+    # ``tune``), aimed at the near misses where the shocked expert's cells absorb the drop during the climb
+    "anchor10": {"change_anchor": True, "change_threshold": 10.0},
 }
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95
