@@ -228,6 +228,13 @@ def run_stream(
     return answers, windows
 
 
+def _shown(path: Path) -> str:
+    """The library as the data file records it: the bundled one by its place in the package (this
+    machine's checkout path says nothing to a reader), any other as given."""
+    bundled = default_library_path()
+    return "coserve/data/default.yaml (bundled)" if path.resolve() == bundled.resolve() else str(path)
+
+
 def live_library(base: Path, trained: Path, budget: float, online: bool, log: Path) -> dict[str, Any]:
     """``base`` (a library file) served by ``trained`` under ``budget`` (avg_params_b), online or not,
     logging decisions to ``log``: its outcome map and priors dropped (the trained router replaces them)."""
@@ -417,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = plan_stream(args.phases, args.per_phase, pools, args.feedback, args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
     settings = {
-        "library": str(args.library), "trained": str(args.trained), "budget_avg_params_b": args.budget,
+        "library": _shown(args.library), "trained": str(args.trained), "budget_avg_params_b": args.budget,
         "phases": args.phases, "per_phase": args.per_phase, "window": args.window, "feedback": args.feedback,
         "seed": args.seed, "concurrency": args.concurrency, "excluded_items": len(exclude),
     }  # fmt: skip
