@@ -72,6 +72,32 @@ def test_experts_add_keeps_classifier_and_changes_map(trained: tuple[Path, Path]
     assert load_trained(out).expert_for(X) == ["coder"]
 
 
+def test_experts_add_removes_the_calibration_made_for_the_old_experts(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``coserve train``'s calibration.npz holds out-of-fold predictions for the trained experts; carried
+    over by ``experts add``, the server warned at start that it was for other experts."""
+    from coserve.config_routing import OnlineSettings
+    from coserve.router.online_calibration import served_calibration
+
+    out, data = trained
+    assert (out / "calibration.npz").exists()  # train wrote it
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    outcomes = tmp_path / "coder.jsonl"
+    outcomes.write_text("".join(json.dumps({"id": r["id"], "scores": {"coder": 1.0}}) + "\n" for r in rows))
+    capsys.readouterr()
+    add = ["experts", "add", "--router", str(out), "--name", "coder", "--outcomes", str(outcomes), "--params-b", "3"]
+    assert main(add) == 0
+    assert not (out / "calibration.npz").exists()
+    assert "removed calibration.npz (the change detector's calibration" in capsys.readouterr().out
+    router = load_trained(out)
+    settings = OnlineSettings(granularity="prompt", change_baseline="posterior", change_threshold=5.0)
+    n = len(router.experts)
+    found = served_calibration(out, settings, np.zeros((2, n)), np.ones(n), 3.0, router.classes, router.experts)
+    assert found is None
+    assert "coserve experts add" in caplog.text and "other categories or experts" not in caplog.text
+
+
 def test_a_failed_experts_add_leaves_the_old_router_whole(
     trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,8 +125,8 @@ def test_a_failed_experts_add_leaves_the_old_router_whole(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert {p.name for p in out.parent.iterdir()} == siblings  # no staging folder left behind
     monkeypatch.undo()
-    assert main(add) == 0  # then it succeeds, keeping the router's other files
-    assert (out / "calibration.npz").read_bytes() == b"the prior fit"
+    assert main(add) == 0  # then it succeeds, keeping the router's other files but the calibration
+    assert {p.name for p in out.iterdir()} == set(before) - {"calibration.npz"}
     assert [e["name"] for e in json.loads((out / "manifest.json").read_text())["experts"]][-1] == "coder"
 
 

@@ -90,6 +90,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 def cmd_experts_add(args: argparse.Namespace) -> int:
     from coserve.eval.data import load_expert_scores
+    from coserve.router.online_calibration import PRIOR_FIT_FILE
     from coserve.router.trained import add_expert, load_trained
 
     router = load_trained(args.router)
@@ -98,13 +99,22 @@ def cmd_experts_add(args: argparse.Namespace) -> int:
     add_expert(router, args.name, scores, params_b=args.params_b, price=args.price)
     out = Path(args.router).resolve()  # a link to a router: the router it names is replaced, the link kept
 
+    calibration = out / PRIOR_FIT_FILE
+    stale = calibration.exists()
+
     def write(folder: Path) -> None:
-        shutil.copytree(out, folder, dirs_exist_ok=True)  # its other files (calibration.npz) as they were
+        # its other files as they were, less the change detector's calibration: out-of-fold predictions
+        # for the old experts, which this command cannot remake (it has neither the other experts'
+        # scores nor the prompts' vectors); the server would warn at start that it does not fit
+        shutil.copytree(out, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(PRIOR_FIT_FILE))
         router.save(folder)
 
     write_router_dir(out, write)  # a failed save leaves the old router whole
     matched = sum(1 for i in router.train_ids if str(i) in scores)
     print(f"coserve: added {args.name} ({matched}/{len(router.train_ids)} training prompts matched) to {args.router}")
+    if stale:
+        print(f"  removed {PRIOR_FIT_FILE} (the change detector's calibration, made for the old experts): "
+              "coserve train remakes it")  # fmt: skip
     if matched < len(router.train_ids):
         _print_coverage(router, args.name, scores)
     for c, e in zip(router.classes, router.assignment, strict=True):

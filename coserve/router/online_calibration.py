@@ -7,8 +7,9 @@ the category and expert names they are in the order of, to ``calibration.npz`` i
 Predictions rather than offsets, because the offsets depend on the budget (the router's picks at the
 target), which is the library's and may change without retraining. ``served_calibration`` loads the file
 and makes the offsets for the library's budget (``drift_calibration.calibration_from``); a missing or
-unreadable file, or one for other categories or experts (a router changed by ``coserve experts add``),
-gives None with a warning: the detector then reads raw residuals, as before session 13, and the server starts.
+unreadable file, or one for other categories or experts, gives None with a warning (``coserve experts add``
+removes the file: its predictions are for the old experts, and it has not the data to remake them): the
+detector then reads raw residuals, as before session 13, and the server starts.
 
 ``fading_state`` and ``restore_fading`` carry a fading calibration's shares (how much of each cell's
 prior is left) through the saved online state, so a restart does not give a cell that has learnt its
@@ -76,7 +77,9 @@ def served_calibration(
     if not settings.calibrates:
         return None
     path = None if directory is None else directory / PRIOR_FIT_FILE
-    found: PriorFit | str = "not found (a router trained before session 13: retrain it with coserve train)"
+    found: PriorFit | str = (
+        "not found (a router trained before session 13, or grown by coserve experts add: retrain it with coserve train)"
+    )
     if path is not None and path.exists():
         found = _load(path, categories, experts)
     if isinstance(found, str):
