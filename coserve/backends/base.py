@@ -28,7 +28,8 @@ An expert lives in one of three tiers (coserve.types.Tier); one verb per move, u
                                     tokenizer only); the counter returns None where it cannot tell.
                                     The engine refuses or skips a prompt longer than the expert's
                                     ``context`` before queueing it (coserve.engine.fit). A backend
-                                    without one is checked by ``stream``, once loaded.
+                                    without one (openai: its tokenizer is remote) is checked by
+                                    ``stream``, once loaded.
 
 Errors (coserve.errors), the only ones a backend raises on purpose:
 

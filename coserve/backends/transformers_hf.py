@@ -13,7 +13,9 @@
 
 Generation is ``model.generate`` with a streamer (greedy at temperature 0, else sampling with
 ``top_p`` and an optional seed), one request at a time per expert: its declared concurrency is
-1 whatever ``n_parallel`` says (no continuous batching: that is what vLLM is for).
+1 whatever ``n_parallel`` says (no continuous batching: that is what vLLM is for). The prompt is the
+chat template's tokens (coserve.backends.hf_tokenizer), and ``prompt_counter`` counts them from the
+tokenizer alone, so a prompt too long for the context is refused before the weights are read.
 
 Options an expert may set: ``device`` (default ``cuda`` when PyTorch sees a GPU, else ``cpu``),
 ``dtype`` (``bfloat16``, ``float16`` or ``float32``; default bfloat16 on a GPU, float32 on CPU),
@@ -32,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from coserve.assets import model_path
-from coserve.backends.base import Emit, Handle
-from coserve.backends.chores import StopStrings, check_context, refuse_sampling, token_cap, validated, wire_messages
+from coserve.backends.base import Emit, Handle, PromptCounter
+from coserve.backends.chores import StopStrings, check_context, refuse_sampling, token_cap, validated
+from coserve.backends.hf_tokenizer import Tokenizers, prompt_ids, template_counter
 from coserve.backends.options import DTYPE_BYTES
 from coserve.backends.sizes import model_kv_bytes
 from coserve.backends.transformers_weights import Layout, pack, release_device, to_device
 from coserve.config import ExpertSpec
-from coserve.errors import ExpertFailed, ExpertLoadError
+from coserve.errors import AssetError, ExpertFailed, ExpertLoadError
 from coserve.types import Chunk, Message, Sampling, Usage
 
 __all__ = ["TransformersBackend"]
@@ -90,8 +93,7 @@ class TransformersBackend:
     """Host copies per staged expert; one device model per loaded expert."""
 
     def __init__(self) -> None:
-        self._tokenizers: dict[str, Any] = {}  # a memo by model path: building one from a GGUF file takes seconds
-        self._lock = threading.Lock()
+        self._tokenizers = Tokenizers()  # one per model file: ``stage``'s and the prompt counter's
 
     # -- sizes and tiers --------------------------------------------------------------------
     def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
@@ -109,10 +111,18 @@ class TransformersBackend:
     def concurrency(self, spec: ExpertSpec) -> int:
         return 1  # model.generate runs one request at a time
 
+    def prompt_counter(self, spec: ExpertSpec, base: Path | None) -> PromptCounter:
+        """Counts a request's prompt tokens as ``stream`` does, from the expert's tokenizer and chat
+        template alone (no weights; the tokenizer ``stage`` then uses: coserve.backends.hf_tokenizer)."""
+        path = model_path(spec, base)
+        if not path.exists():
+            raise AssetError(f"expert {spec.name!r}: model file missing ({path})")
+        return template_counter(self._tokenizers.get(path))
+
     def stage(self, spec: ExpertSpec, base: Path | None) -> _HostCopy:
         """DISK -> RAM: read and dequantise the weights, pinned when a GPU will take them."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one bar per GGUF read otherwise, on the server's stderr
@@ -124,11 +134,7 @@ class TransformersBackend:
                 where, extra = str(path), {}
             else:  # a GGUF file: transformers reads it (and its tokenizer) and dequantises
                 where, extra = str(path.parent), {"gguf_file": path.name}
-            tokenizer = self._tokenizers.get(str(path))
-            if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True, **extra)
-                with self._lock:
-                    self._tokenizers[str(path)] = tokenizer
+            tokenizer = self._tokenizers.get(path)
             model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=True, **extra)
             model.eval()
             flat, layout = pack(model, pin=device.startswith("cuda"))
@@ -183,12 +189,9 @@ class TransformersBackend:
             raise ExpertFailed(f"expert {spec.name!r} was unloaded")
         tokenizer, device = runtime.host.tokenizer, runtime.host.device
         try:
-            ids = tokenizer.apply_chat_template(
-                wire_messages(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
+            input_ids = torch.tensor([prompt_ids(tokenizer, messages)], dtype=torch.long)
         except Exception as exc:
             raise ExpertFailed(f"expert {spec.name!r}: its chat template failed: {exc}") from None
-        input_ids = ids["input_ids"]
         n_prompt = int(input_ids.shape[1])
         check_context(spec, n_prompt)
         refuse_sampling(spec, sampling, logprobs=False, penalties=False)  # not implemented here
@@ -248,7 +251,7 @@ class TransformersBackend:
                 with torch.inference_mode():
                     out = runtime.model.generate(
                         input_ids=input_ids.to(device),
-                        attention_mask=ids["attention_mask"].to(device),
+                        attention_mask=torch.ones_like(input_ids).to(device),
                         streamer=_Streamer(),
                         stopping_criteria=StoppingCriteriaList([_Stop()]),
                         **kwargs,

@@ -23,6 +23,11 @@ Options: ``n_parallel`` (sequences batched together: the declared concurrency, d
 true: no CUDA graphs / compile, so loads stay short), ``gpu_memory_utilization``.
 
 Footprint (ACTIVE budget): weights in the serving dtype + the KV cache coserve asks vLLM for.
+
+Prompts: coserve tokenizes them (the folder's Hugging Face tokenizer and chat template, what vLLM's
+``auto`` tokenizer mode reads from such a folder; coserve.backends.hf_tokenizer) and hands the engine
+the token ids, so ``prompt_counter`` counts exactly what the engine runs, from the tokenizer files
+alone: a prompt too long for the context is refused before an engine is built.
 """
 
 from __future__ import annotations
@@ -38,15 +43,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from coserve.assets import model_path
-from coserve.backends.base import Emit, Handle
-from coserve.backends.chores import (
-    check_context,
-    declared_concurrency,
-    refuse_sampling,
-    token_cap,
-    validated,
-    wire_messages,
-)
+from coserve.backends.base import Emit, Handle, PromptCounter
+from coserve.backends.chores import check_context, declared_concurrency, refuse_sampling, token_cap, validated
+from coserve.backends.hf_tokenizer import Tokenizers, prompt_ids, template_counter
 from coserve.backends.options import DTYPE_BYTES
 from coserve.backends.sizes import model_kv_bytes
 from coserve.backends.staging import Staged, stage, unstage
@@ -103,7 +102,7 @@ class _Engine:
     """A built vLLM engine and what coserve knows about it."""
 
     engine: Any  # vllm AsyncLLM
-    tokenizer: Any
+    tokenizer: Any  # the folder's, as the prompt counter's (not the engine's own copy)
     spec: ExpertSpec
     asleep: bool = False
     ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -123,6 +122,7 @@ class VLLMBackend:
     def __init__(self) -> None:
         self._loop: _Loop | None = None  # one thread for every engine of this backend
         self._lock = threading.Lock()
+        self._tokenizers = Tokenizers()  # one per folder: ``stream``'s and the prompt counter's
 
     # -- sizes ------------------------------------------------------------------------------
     def nbytes(self, spec: ExpertSpec, base: Path | None) -> int:
@@ -139,6 +139,11 @@ class VLLMBackend:
 
     def concurrency(self, spec: ExpertSpec) -> int:
         return declared_concurrency(spec, DEFAULT_N_PARALLEL)
+
+    def prompt_counter(self, spec: ExpertSpec, base: Path | None) -> PromptCounter:
+        """Counts a request's prompt tokens as ``stream`` hands them to the engine, from the folder's
+        tokenizer files alone (no engine, no weights)."""
+        return template_counter(self._tokenizers.get(_folder(spec, base)))
 
     # -- the engine ---------------------------------------------------------------------------
     def _run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
@@ -172,10 +177,11 @@ class VLLMBackend:
             return AsyncLLM.from_engine_args(args)
 
         try:
+            tokenizer = self._tokenizers.get(folder)
             engine = self._run(build())
         except Exception as exc:  # vLLM raises many kinds on bad folders and configs
             raise ExpertLoadError(f"expert {spec.name!r} failed to load {folder}: {exc}") from None
-        return _Engine(engine, engine.get_tokenizer(), spec)
+        return _Engine(engine, tokenizer, spec)
 
     @staticmethod
     def _shutdown(built: _Engine) -> None:
@@ -230,8 +236,7 @@ class VLLMBackend:
         spec = handle.spec
         if built.asleep or built.engine is None:
             raise ExpertFailed(f"expert {spec.name!r} is asleep (unloaded)")
-        ids = built.tokenizer.apply_chat_template(wire_messages(messages), add_generation_prompt=True, tokenize=True)
-        ids = [int(i) for i in (ids["input_ids"] if hasattr(ids, "keys") else ids)]  # a BatchEncoding in transformers 5
+        ids = prompt_ids(built.tokenizer, messages)
         check_context(spec, len(ids))
         refuse_sampling(spec, sampling, logprobs=False, penalties=True)  # vLLM's logprobs: not wired yet
         params = SamplingParams(

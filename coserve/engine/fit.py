@@ -2,8 +2,9 @@
 
 A backend may offer ``prompt_counter`` (coserve.backends.base): a counter of a request's prompt
 tokens exactly as its ``stream`` counts them, built from the expert's tokenizer without loading
-the expert (llamacpp-split and llamacpp: llama.cpp's vocabulary-only model). Before a call is queued, the
-engine asks ``PromptFit.verdicts`` about the decision's experts in order, up to the first one the
+the expert (llamacpp-split and llamacpp: llama.cpp's vocabulary-only model; transformers and vllm: the
+model's Hugging Face tokenizer and chat template; openai has none: its tokenizer is remote). Before a
+call is queued, the engine asks ``PromptFit.verdicts`` about the decision's experts in order, up to the first one the
 prompt fits: an expert it surely does not fit is skipped as if its ``stream`` had refused the
 prompt (the same ContextTooLong, the same message), so a prompt too long for every candidate is
 refused 413 at once instead of after a load, and one too long for the chosen expert goes to an
