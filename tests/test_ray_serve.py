@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from coserve.distributed.ray_app import HOSTS, AppArgs, node_resources, placed_experts
 from coserve.distributed.ray_choice import DOWN_FOR_S, HostBook, HostView, choose_host
 from coserve.distributed.ray_host import error_record, raise_record
-from coserve.distributed.ray_run import host_units_short, missing_nodes, ray_config
+from coserve.distributed.ray_run import drain, host_units_short, missing_nodes, ray_config
 from coserve.errors import ConfigError, ExpertFailed, TooManyRequests
 from coserve.types import Tier
 
@@ -474,14 +475,17 @@ def test_a_node_killed_mid_run_loses_no_request(tmp_path: Path) -> None:
             assert outcome in {"200", "stream_done"}, (model, outcomes)
 
 
-def test_serve_ray_runs_a_local_cluster_until_sigterm(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _serve_ray(tmp_path: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``coserve serve --ray`` on a local cluster, in a session of its own (as a terminal runs a
+    command: a Ctrl-C goes to its whole process group), until it answers ``/health``."""
     pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'coserve[ray]')")
     library, cluster = _write_files(tmp_path)
     port = _free_port()
     command = [sys.executable, "-m", "coserve.cli", "serve", "--ray", "--library", str(library)]
-    command += ["--cluster", str(cluster), "--port", str(port), "--max-replicas", "1"]
+    command += ["--cluster", str(cluster), "--port", str(port), "--max-replicas", "1", *extra]
     log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         with alarm(CLUSTER_TIMEOUT_S):
             while True:
@@ -490,28 +494,90 @@ def test_serve_ray_runs_a_local_cluster_until_sigterm(tmp_path: Path) -> None:
                     if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
                         break
                 time.sleep(1)
-            response = _chat(f"http://127.0.0.1:{port}", "coserve", HELD_OUT["math"])
-            assert response.status_code == 200 and response.json()["model"] == "big"
-            # A stop drains (session 13's walk: a stream in flight was cut 0.3 s after SIGTERM): a
-            # stream running at the signal ends whole, with [DONE], and the process exits 0.
-            body = {"model": "small", "messages": [{"role": "user", "content": "one two"}], "max_tokens": 300}
-            frames: list[str] = []
-            with httpx.stream(
-                "POST", f"http://127.0.0.1:{port}/v1/chat/completions", json={**body, "stream": True}, timeout=60
-            ) as stream:
-                for line in stream.iter_lines():
-                    if line.startswith("data: "):
-                        frames.append(line[len("data: ") :])
-                        if len(frames) == 1:
-                            process.send_signal(signal.SIGTERM)
-            assert frames[-1] == "[DONE]"
-            assert json.loads(frames[-2])["choices"][0]["finish_reason"] == "length"  # all 300 tokens
-            assert process.wait(timeout=TEST_TIMEOUT_S) == 0
+            yield process, f"http://127.0.0.1:{port}"
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         log.close()
+
+
+def _stream_while(url: str, max_tokens: int, *stops: Any) -> tuple[list[str], list[float]]:
+    """A stream of ``small``'s answer (10 ms a token); each of ``stops`` is called once, the first at
+    its first frame and each next one a second after the one before. The frames and when each came."""
+    body = {"model": "small", "messages": [{"role": "user", "content": "one two"}], "max_tokens": max_tokens}
+    frames: list[str] = []
+    times: list[float] = []
+    pending, last = list(stops), 0.0
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                frames.append(line[len("data: ") :])
+                times.append(time.monotonic())
+                if pending and (len(frames) == 1 or time.monotonic() - last >= 1.0):
+                    pending.pop(0)()
+                    last = time.monotonic()
+    return frames, times
+
+
+class _Undrained:
+    """A ``placement`` handle whose ingresses never drain (a stream that runs on)."""
+
+    def __getattr__(self, method: str) -> Any:  # begin_drain, drained: each answers False
+        return types.SimpleNamespace(remote=lambda: types.SimpleNamespace(result=lambda timeout_s: False))
+
+
+def test_a_drain_waits_to_its_deadline_unless_cut() -> None:
+    import threading
+
+    start = time.monotonic()
+    assert drain(_Undrained(), 0.6) is False
+    assert 0.6 <= time.monotonic() - start < 2.0
+    cut = threading.Event()
+    threading.Timer(0.2, cut.set).start()
+    start = time.monotonic()
+    assert drain(_Undrained(), 60.0, cut) is False
+    assert time.monotonic() - start < 2.0  # a second Ctrl-C: no more waiting
+
+
+def test_serve_ray_runs_a_local_cluster_until_sigterm(tmp_path: Path) -> None:
+    with _serve_ray(tmp_path) as (process, url), alarm(CLUSTER_TIMEOUT_S):
+        response = _chat(url, "coserve", HELD_OUT["math"])
+        assert response.status_code == 200 and response.json()["model"] == "big"
+        # A stop drains (session 13's walk: a stream in flight was cut 0.3 s after SIGTERM): a
+        # stream running at the signal ends whole, with [DONE], and the process exits 0.
+        frames, _ = _stream_while(url, 300, lambda: process.send_signal(signal.SIGTERM))
+        assert frames[-1] == "[DONE]"
+        assert json.loads(frames[-2])["choices"][0]["finish_reason"] == "length"  # all 300 tokens
+        assert process.wait(timeout=TEST_TIMEOUT_S) == 0
+
+
+def test_ctrl_c_on_serve_ray_drains_and_exits_130_as_the_single_process_does(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C (SIGINT to the whole process group, Ray's processes included): the stream
+    running ends whole and the exit status is 130, as ``coserve serve`` without Ray (before: 0)."""
+    with _serve_ray(tmp_path) as (process, url), alarm(CLUSTER_TIMEOUT_S):
+        frames, _ = _stream_while(url, 300, lambda: os.killpg(process.pid, signal.SIGINT))
+        assert frames[-1] == "[DONE]"
+        assert json.loads(frames[-2])["choices"][0]["finish_reason"] == "length"  # all 300 tokens
+        assert process.wait(timeout=TEST_TIMEOUT_S) == 130
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+def test_a_second_ctrl_c_on_serve_ray_cuts_the_drain_short(tmp_path: Path) -> None:
+    """A second Ctrl-C during the drain stops waiting and cuts what runs, in one line, exit 130 (before:
+    the drain ran on until the stream ended or the deadline passed)."""
+    with _serve_ray(tmp_path, "--shutdown-timeout", "120") as (process, url), alarm(CLUSTER_TIMEOUT_S):
+        frames: list[str] = []
+        with contextlib.suppress(httpx.HTTPError):  # the cut stream may end abruptly
+            frames, _ = _stream_while(url, 1500, *[lambda: os.killpg(process.pid, signal.SIGINT)] * 2)  # 15 s
+        assert "[DONE]" not in frames  # cut, not drained to its end
+        assert process.wait(timeout=TEST_TIMEOUT_S) == 130
+    text = (tmp_path / "serve.log").read_text()
+    assert "coserve: second interrupt: cutting the running requests" in text, text[-2000:]
+    # The command's own output has no traceback; the ingress replica that held the cut stream may log
+    # one (Ray forwards it, prefixed with the replica's name and pid): Serve's shutdown cancels it.
+    own = [line for line in text.splitlines() if "pid=" not in line]
+    assert not any(line.startswith("Traceback") for line in own), text[-2000:]
 
 
 @pytest.mark.e2e

@@ -72,8 +72,8 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
     where = "a local Ray cluster" if address is None else f"the Ray cluster at {address}"
     print(f"coserve: starting on {where}", flush=True)
     drain_s = DEFAULT_SHUTDOWN_S if args.shutdown_timeout is None else args.shutdown_timeout
-    serve_on_ray(app_args, address, args.host, args.port, drain_s)
-    return 0
+    interrupted = serve_on_ray(app_args, address, args.host, args.port, drain_s)
+    return 130 if interrupted else 0  # Ctrl-C: 130, as the single process (coserve.cli.serving)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -139,27 +140,30 @@ def _ray_token_file() -> bool:
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
 
 
-def drain(controller: Any, deadline_s: float) -> bool:
+def drain(controller: Any, deadline_s: float, cut: threading.Event | None = None) -> bool:
     """A stop's drain through the ``placement`` deployment's ``controller`` handle: every ingress
     replica refuses new requests (503 ``draining``) from its next sync, then this waits until none
-    holds an admitted request, at most ``deadline_s``. Whether they drained in time."""
+    holds an admitted request, at most ``deadline_s``, and stops waiting once ``cut`` is set (a
+    second Ctrl-C). Whether they drained in time."""
     end = time.monotonic() + deadline_s
+    cut = cut or threading.Event()
     try:
         controller.begin_drain.remote().result(timeout_s=max(deadline_s, 1.0))
-        while time.monotonic() < end:
+        while time.monotonic() < end and not cut.is_set():
             if controller.drained.remote().result(timeout_s=max(end - time.monotonic(), 1.0)):
-                time.sleep(LAST_ROWS_S)
+                cut.wait(LAST_ROWS_S)
                 return True
-            time.sleep(DRAIN_POLL_S)
+            cut.wait(DRAIN_POLL_S)
     except Exception as exc:  # the controller is gone or slow: stop without waiting more
         log.warning("drain: %s", exc)
     return False
 
 
-def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int, drain_s: float = 30.0) -> None:
+def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int, drain_s: float = 30.0) -> bool:
     """Start the application on a Ray cluster (a local one when ``address`` is None) and serve until
     SIGINT/SIGTERM; then drain (answers in flight end, for at most ``drain_s`` seconds, while new
-    requests get 503) and shut Serve down (a local cluster goes with it)."""
+    requests get 503; a second SIGINT stops waiting) and shut Serve down (a local cluster goes with
+    it). Whether a SIGINT stopped it (the command then exits 130, as the single process does)."""
     require_ray()
     # Ray reports usage to its makers unless told not to; coserve sends nothing off the machine
     # on its own initiative (an operator may still set RAY_USAGE_STATS_ENABLED=1).
@@ -191,8 +195,17 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int, drain
             raise connect_error(address, exc, os.environ, _ray_token_file()) from None
     # After ray.init (whose own handler would end the process at once): a signal during the start
     # still shuts Serve down cleanly once the application is up.
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop, cut, interrupts = threading.Event(), threading.Event(), []
+
+    def on_signal(sig: int, frame: Any) -> None:
+        if sig == signal.SIGINT:
+            interrupts.append(sig)
+            if len(interrupts) == 2:  # the single process's words (coserve.cli.serving)
+                print("coserve: second interrupt: cutting the running requests", file=sys.stderr, flush=True)
+                cut.set()
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         missing = missing_nodes(nodes, ray.cluster_resources())
         if missing:
@@ -215,10 +228,11 @@ def serve_on_ray(args: AppArgs, address: str | None, host: str, port: int, drain
         print(f"coserve: draining (at most {drain_s:g} s)", flush=True)
         from coserve.distributed.ray_placement import PLACEMENT
 
-        if not drain(serve.get_deployment_handle(PLACEMENT, app_name=APP_NAME), drain_s):
+        if not drain(serve.get_deployment_handle(PLACEMENT, app_name=APP_NAME), drain_s, cut):
             print("coserve: requests still in flight are cut", flush=True)
         serve.shutdown()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         ray.shutdown()
+    return bool(interrupts)
