@@ -176,6 +176,15 @@ class OnlineSettings(BaseModel):
     # session 13, branch probe13b (off): probe a suspect only while its share of the last 500 routed requests stands
     # below this ratio of its share of the last 5,000 (a busy expert suspect by noise is not probed)
     change_probe_starved: float = Field(0.0, ge=0, le=1)
+    # session 15, branch confirm15 (docs/adapt.md, coserve.router.online_confirm; off): a downward alarm's move is
+    # re-tested: while the episode is open, a request for which the expert would be the greedy choice under its
+    # pre-alarm means is routed to it (at most change_confirm_requests), and its feedback feeds a Gaussian SPRT (sd
+    # change_confirm_sd, both error rates change_confirm_error) of no change against the alarm's shift; no change
+    # wins: the pre-alarm means come back
+    change_confirm: bool = False
+    change_confirm_requests: int = Field(200, ge=1)
+    change_confirm_sd: float = Field(0.45, gt=0)
+    change_confirm_error: float = Field(0.05, gt=0, lt=0.5)
 
     @model_validator(mode="after")
     def _neighbours_need_prompts(self) -> OnlineSettings:
@@ -197,6 +206,13 @@ class OnlineSettings(BaseModel):
             )
         if self.alarm_explore_any_weight and self.alarm_explore == 0:
             raise ValueError("alarm_explore_any_weight widens alarm_explore: it needs alarm_explore > 0")
+        if self.change_confirm and (
+            self.change_threshold == 0 or self.change_model != "flat" or self.change_baseline != "posterior"
+        ):
+            raise ValueError(
+                "change_confirm re-tests a downward alarm against the posterior's pre-alarm means: it needs"
+                " change_threshold > 0, change_model flat and change_baseline posterior"
+            )
         if self.change_probe_starved > 0 and self.change_probe == 0:
             raise ValueError("change_probe_starved restricts the probe: it needs change_probe > 0")
         inert = self.granularity != "prompt" or self.change_baseline != "posterior"

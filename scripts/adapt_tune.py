@@ -199,6 +199,7 @@ def run_record(report: dict[str, Any], axis: str, target: float, seed: int) -> d
         "true_alarm_delay": report["true_alarm_delay"],
         "alarms": report["alarms"],
         "probed_share": report["probed_share"],
+        "confirm_share": report.get("confirm_share", 0.0),  # requests routed to re-test a downward alarm
     }
 
 

@@ -20,7 +20,9 @@ The settings, fixed before the run:
 Added later, each fixed before its own run against the defaults (``--settings defaults,NAME``): ``shrink100``
 (the calibration shrunk five times harder) and ``retest`` (branch nofire14: a downward alarm's move re-tested
 by Thompson draws at any cost weight, ``alarm_explore`` 500 with ``alarm_explore_any_weight``) and ``anchor10``
-(session 13's ``change_anchor`` at the alarm level 10, for the near misses on a busy shocked expert).
+(session 13's ``change_anchor`` at the alarm level 10, for the near misses on a busy shocked expert); session 15's
+``confirm`` and ``confirm_strict`` (``change_confirm``: a downward alarm's move confirmed by a sequential test before
+it sticks, reverted where the expert's feedback says no change; ``confirm_totals`` counts the alarms by outcome).
 
 The rule (docs/decisions.md, session 14, fixed before any candidate's run): a candidate is adopted over the
 defaults when the interval of its mean per-run difference in checks met lies entirely above 0 and the interval
@@ -75,10 +77,29 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # fixed before its run (--settings defaults,anchor10): session 13's anchor at its best level (85 of 108 on
     # ``tune``), aimed at the near misses where the shocked expert's cells absorb the drop during the climb
     "anchor10": {"change_anchor": True, "change_threshold": 10.0},
-}
+    # session 15, branch confirm15, both fixed before their run (--settings defaults,confirm,confirm_strict): a
+    # downward alarm's move re-tested by a sequential test on the expert's feedback, routed where its pre-alarm
+    # means make it the greedy choice (at most 200 requests), reverted where no change wins; sd 0.45 (a 0/1
+    # score's spread about 0.7), error rates 0.05; and the same test at error rates 0.01 (more evidence before
+    # either verdict: fewer true drops wrongly reverted, more episodes ended undecided)
+    "confirm": {"change_confirm": True, "change_confirm_requests": 200, "change_confirm_sd": 0.45,
+                "change_confirm_error": 0.05},
+    "confirm_strict": {"change_confirm": True, "change_confirm_requests": 200, "change_confirm_sd": 0.45,
+                       "change_confirm_error": 0.01},
+}  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95
 GAP_FLOOR = -0.002  # the rule: adaptive - hindsight's interval may not reach below this
+
+
+def confirm_totals(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Over ``runs``: the downward alarms by their confirmation's end (change_confirm) and by whether they were true
+    (a drop of the shocked expert after the shock)."""
+    totals: dict[str, int] = {}
+    for alarm in (a for r in runs for a in r["alarms"] if a["side"] == "down" and "confirm" in a):
+        key = f"{'true' if alarm['true'] else 'false'}_{alarm['confirm']}"
+        totals[key] = totals.get(key, 0) + 1
+    return dict(sorted(totals.items()))
 
 
 def adopts(comparison: dict[str, dict[str, float]]) -> bool:
@@ -140,6 +161,8 @@ def main(argv: list[str]) -> int:
         summary["alarm_totals"] = alarm_totals(summary)
         summary["median_recovery"] = float(np.median([r["recovery_requests"] for r in runs[name]]))
         summary["probed_share"] = sum(r["probed_share"] for r in runs[name]) / len(runs[name])
+        summary["confirm_share"] = sum(r["confirm_share"] for r in runs[name]) / len(runs[name])
+        summary["confirm_totals"] = confirm_totals(runs[name])
         results[name] = summary
         print(name, summary["checks_met"], "of", summary["checks"], summary["met_by_check"], flush=True)
     decision = verdict(runs)

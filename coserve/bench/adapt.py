@@ -126,6 +126,10 @@ class AdaptOptions:
     change_probe_requests: int = _ONLINE.change_probe_requests  # requests one suspicion episode may probe
     change_probe_margin: float = _ONLINE.change_probe_margin  # objective margin within which a request is probed
     change_probe_starved: float = _ONLINE.change_probe_starved  # probe only below this short/long traffic share ratio
+    change_confirm: bool = _ONLINE.change_confirm  # a downward alarm re-tested before it sticks (online_confirm)
+    change_confirm_requests: int = _ONLINE.change_confirm_requests  # requests one episode may route to the expert
+    change_confirm_sd: float = _ONLINE.change_confirm_sd  # the test's residual sd
+    change_confirm_error: float = _ONLINE.change_confirm_error  # the test's error rates (both)
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -279,6 +283,8 @@ def replay_adapt(
         "recovery_requests": recovery(chosen, shocked, shock_at, options.window),
         "explored_share": float(explored.mean()),
         "probed_share": router.probe.probed / n,  # requests routed to a suspect expert (change_probe)
+        "confirm_share": router.confirm.routed / n,  # requests routed to re-test a downward alarm (change_confirm)
+        "confirm_outcomes": dict(router.confirm.outcomes),  # episodes confirmed, reverted, expired
         "map_versions": router.snapshot.version,
         "final_weight": router.controller.effective,
         "change_alarms": router.alarms,

@@ -102,13 +102,16 @@ def alarm_report(log: Iterable[dict[str, Any]], experts: list[str], shocked: int
     signed shift), with the request it came on (0-based), the expert's name, its side, and whether it is
     true: a drop of the shocked expert after the shock. ``false_alarms`` counts the others (any side),
     ``false_drops`` the downward ones among them, and ``true_alarm_delay`` is the requests from the shock
-    to the first true alarm (None: none came)."""
+    to the first true alarm (None: none came). With ``change_confirm`` each downward alarm also says how its
+    confirmation ended (``confirm``: open, confirmed, reverted or expired; ``online_confirm``)."""
     alarms: list[dict[str, Any]] = []
     for entry in log:
         request, expert, shift = int(entry["served"]) - 1, int(entry["expert"]), float(entry["shift"])
         true = expert == shocked and request >= shock_at and shift < 0
         side = "down" if shift < 0 else "up"
         alarms.append({"request": request, "expert": experts[expert], "side": side, "shift": shift, "true": true})
+        if "confirm" in entry:  # change_confirm: open, confirmed, reverted or expired
+            alarms[-1]["confirm"] = entry["confirm"]
     first_true = next((int(a["request"]) for a in alarms if a["true"]), None)
     return {
         "alarms": alarms,

@@ -76,7 +76,8 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs += ("change_model", "change_variance_floor", "change_reference", "change_reference_memory")
     knobs += ("change_calibration", "change_calibration_shrink", "change_anchor", "change_fast_drift")
     knobs += ("change_fast_threshold", "change_probe", "change_probe_requests", "change_probe_margin")
-    knobs += ("change_probe_starved",)
+    knobs += ("change_probe_starved", "change_confirm", "change_confirm_requests", "change_confirm_sd")
+    knobs += ("change_confirm_error",)
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     check_outputs(args.json, args.plot)
@@ -161,6 +162,12 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--change-probe-requests", type=int, help="requests one suspicion episode may probe")
     b.add_argument("--change-probe-margin", type=float, help="objective margin within which a request is probed")
     b.add_argument("--change-probe-starved", type=float, help="probe only below this short/long traffic share ratio")
+    b.add_argument(
+        "--change-confirm", action=argparse.BooleanOptionalAction, help="a downward alarm re-tested before it sticks"
+    )
+    b.add_argument("--change-confirm-requests", type=int, help="requests one confirmation may route to the expert")
+    b.add_argument("--change-confirm-sd", type=float, help="the confirmation test's residual sd")
+    b.add_argument("--change-confirm-error", type=float, help="the confirmation test's error rates (both)")
     b.add_argument("--seed", type=int)
     b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
     b.add_argument(

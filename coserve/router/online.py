@@ -1,59 +1,50 @@
 """Learning from traffic: expert scores updated from feedback, and a cost weight that holds a budget.
 
-* ``ScorePosterior`` keeps a Beta(alpha, beta) per (category, expert), started from the offline
-  outcome table with ``prior_strength`` pseudo-counts per cell and updated with scores in [0, 1]
-  (a thumbs up is 1, down is 0; ``signal`` counts a failure, time-out or fallback as a 0 where the
-  router was built with that signal enabled). A score ``s``
-  adds ``s`` to alpha and ``1 - s`` to beta. The total count of a cell is capped at ``max_count``
+* ``ScorePosterior`` keeps a Beta(alpha, beta) per (category, expert), started from the offline outcome table
+  with ``prior_strength`` pseudo-counts per cell and updated with scores in [0, 1] (a thumbs up is 1, down is 0;
+  ``signal`` counts a failure, time-out or fallback as a 0 where the router was built with that signal enabled).
+  A score ``s`` adds ``s`` to alpha and ``1 - s`` to beta. The total count of a cell is capped at ``max_count``
   (both parameters are scaled down together), so old evidence fades slowly. With ``change`` set, a
   CUSUM per expert (``drift.ChangeDetector``) watches the residuals of its feedback; on an alarm the
   expert's means move by the estimated shift and its cells keep at most ``reset_count`` pseudo-counts
   (``rebase``), so a changed expert is re-learnt from the feedback that follows. A residual is measured
   against the posterior mean, or (``ChangeSettings.baseline`` ``feedback``) against the running mean of
   the cell's own earlier feedback (``drift.FeedbackBaseline``), which a wrong offline table does not move.
-  ``ChangeSettings.model`` ``proportional`` (session 12, ``drift_weighted``): each residual, against the score
-  the prompt was expected to have, counts by that score, and an alarm moves each cell by its share of its mean.
-  ``calibration`` (session 13, ``drift_calibration``; set by its owner, None by default): the detector reads
-  each residual less its cell's offset, learnt from the prior outcomes before the stream.
-* ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight (score
-  units per target unit of cost), in two parts: a feed-forward ``base``, the weight the map needs for the
-  category mix of the last ``mix_window`` requests (``drift.weight_for_mix``, refreshed every ``MIX_EVERY``
-  served requests; 0 without a mix window), and an integral part ``weight``: after each served request,
-  ``weight += step * (cost / target - 1)``, floored so that the sum stays >= ``-weight_floor`` and capped
-  (``online_model.weight_cap``, from the costs). Over any stretch where neither bound binds, the overspend is
-  exactly ``(weight_end - weight_start) * target / step``: the feed-forward part takes the jumps of the mix,
-  so the integral part moves less. The recent requests are kept by ``online_mix.RecentMix``, which
-  (``mix_jump`` > 0) reads the weight from the last ``mix_short`` requests alone while their mix differs from
-  the window's older ones; with ``refresh_on_alarm`` the feed-forward weight is also re-solved at once when
-  the detector moves an expert's means, so an alarm does not overspend the requests until the next refresh.
-  The budget's other settings (``underspend_debt``, ``fine_weight``, ``explore_at_zero``, ``weight_floor``,
-  ``alarm_explore``, ``ChangeSettings.shift_share``) are described where they act (``online_model``,
-  ``online_alarm``, ``drift``) and the tuning that chose their defaults is in docs/adapt-tuning.md.
-* ``expert_rate`` > 0: an offset per expert, pooled over categories and learnt at that rate from every
-  residual of its feedback, is added to each of its cells (``ScorePosterior.estimate``), so a change of
-  the whole expert reaches the prompts of every category, not only those of cells with feedback.
-* ``granularity``: ``category`` routes by category (below); ``prompt`` routes each request by the
-  offline per-prompt prediction ``pred[e]`` of every expert's score (a trained router's ``scores``),
-  corrected by what feedback taught about its category: ``pred[e] + mean[k, e] - S[k, e]`` (``S`` the
-  offline table the posteriors started from). In that mode a feedback score ``s`` enters the cell as
-  ``clip(s - pred[e] + S[k, e], 0, 1)``, so ``mean[k, e] - S[k, e]`` estimates the mean residual of the
-  offline predictor on (k, e), unbiased by which prompts of k were sent to e; the feed-forward weight
-  is the smallest whose per-prompt choices over the last ``mix_window`` requests cost at most the target.
-* ``OnlineRouter`` decides with an immutable, versioned ``MapSnapshot``: per category, the expert
-  maximising ``mean - effective weight * cost / target`` (ties to the cheaper, as in ``mapping``), among the
-  experts a request allows. Thompson sampling explores: a draw from each posterior replaces the
-  mean, and a choice that differs from the map's counts as exploring; exploring is allowed only
-  while the share of exploring decisions over the last ``window`` requests stays under
-  ``explore_cap`` (so no ``window`` consecutive requests hold more than ``explore_cap * window``
+  The detector's other models are described where they act (``drift_weighted``, ``drift_calibration``: the
+  ``calibration`` its owner sets, None by default, ``drift_fast``) and in docs/adapt.md.
+* ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight (score units per
+  target unit of cost), in two parts: a feed-forward ``base``, the weight the map needs for the category mix of the
+  last ``mix_window`` requests (``drift.weight_for_mix``, refreshed every ``MIX_EVERY`` served requests; 0 without a
+  mix window), and an integral part ``weight``: after each served request, ``weight += step * (cost / target - 1)``,
+  floored so that the sum stays >= ``-weight_floor`` and capped (``online_model.weight_cap``, from the costs; where
+  neither binds, the overspend of a stretch is ``(weight_end - weight_start) * target / step``). The recent requests
+  are kept by ``online_mix.RecentMix``, which (``mix_jump`` > 0) reads the weight from the last ``mix_short`` requests
+  alone while their mix differs from the window's older ones; with ``refresh_on_alarm`` the feed-forward weight is
+  also re-solved at once when the detector moves an expert's means, so an alarm does not overspend the requests until
+  the next refresh. Its other settings are described where they act (``online_model``, ``online_alarm``, ``drift``).
+* ``expert_rate`` > 0: an offset per expert, pooled over categories and learnt at that rate from every residual of
+  its feedback, is added to each of its cells (``ScorePosterior.estimate``), so a change of the whole expert reaches
+  the prompts of every category, not only those of cells with feedback.
+* ``granularity``: ``category`` routes by category (below); ``prompt`` routes each request by the offline per-prompt
+  prediction ``pred[e]`` of every expert's score (a trained router's ``scores``), corrected by what feedback taught
+  about its category: ``pred[e] + mean[k, e] - S[k, e]`` (``S`` the offline table the posteriors started from). In
+  that mode a feedback score ``s`` enters the cell as ``clip(s - pred[e] + S[k, e], 0, 1)`` (``mean - S`` estimates
+  the predictor's mean residual on the cell, unbiased by which prompts were sent to e); the feed-forward weight is
+  the smallest whose per-prompt choices over the last ``mix_window`` requests cost at most the target.
+* ``OnlineRouter`` decides with an immutable, versioned ``MapSnapshot``: per category, the expert maximising ``mean -
+  effective weight * cost / target`` (ties to the cheaper, as in ``mapping``), among the experts a request allows.
+  Thompson sampling explores: a draw from each posterior replaces the mean, and a choice that differs from the map's
+  counts as exploring; exploring is allowed only while the share of exploring decisions over the last ``window``
+  requests stays under ``explore_cap`` (so no ``window`` consecutive requests hold more than ``explore_cap * window``
   explorations, rounded up). The snapshot is rebuilt from the posterior means and the weight after every
   ``resolve_every`` updates and swapped under a lock: a reader sees one whole map, never a mix.
 * ``neighbours`` (prompt mode, session 11, ``online_neighbours``) corrects a prompt's estimates by the feedback
-  residuals of its nearest remembered prompts; ``probe`` (``online_probe``) routes requests to a suspect expert.
+  residuals of its nearest remembered prompts; ``probe`` (``online_probe``) routes requests to a suspect expert;
+  ``confirm`` (``online_confirm``) re-tests a downward alarm's move on the expert's feedback, reverting a false one.
 
-``export_state``/``restore`` turn the posteriors, the weight and the map version into JSON values and
-back (``online_saved.parse_state`` checks a saved state; ``resume`` warns and keeps the offline map
-where a saved state does not fit). Pure numbers, seeded randomness; this module knows nothing about HTTP,
-the store or outcome files.
+``export_state``/``restore`` turn the posteriors, the weight and the map version into JSON values and back
+(``online_saved.parse_state`` checks a saved state; ``resume`` warns and keeps the offline map where a saved state
+does not fit). Pure numbers, seeded randomness; knows nothing about HTTP, the store or outcome files.
 """
 
 from __future__ import annotations
@@ -71,6 +62,7 @@ from coserve.router.drift_calibration import CellCalibration
 from coserve.router.drift_fast import anchored_correction
 from coserve.router.drift_weighted import cell_shift, restore_detector
 from coserve.router.online_alarm import AlarmExploration
+from coserve.router.online_confirm import ChangeConfirm, ConfirmSettings
 from coserve.router.online_knobs import router_options
 from coserve.router.online_map import Decision, MapSnapshot, solve_weighted
 from coserve.router.online_mix import RecentMix
@@ -123,6 +115,7 @@ class OnlineRouter:
         alarm_explore_any_weight: bool = False,
         neighbours: NeighbourSettings | None = None,
         probe: ProbeSettings | None = None,
+        confirm: ConfirmSettings | None = None,
     ) -> None:
         if not 0.0 <= prompt_weight <= 1.0:
             raise ValueError("prompt_weight must be in [0, 1]")
@@ -153,6 +146,7 @@ class OnlineRouter:
         self.explore_at_zero = bool(explore_at_zero)  # explore, beyond the cap, where the cost weight is 0
         self.after_alarm = AlarmExploration(self.posterior.shape[1], alarm_explore, alarm_explore_any_weight)  # moved
         self.probe = ChangeProbe(self.posterior.shape[1], probe)  # route to a suspect expert (online_probe)
+        self.confirm = ChangeConfirm(self.posterior.shape[1], confirm)  # a downward alarm re-tested (online_confirm)
         if not signals <= SIGNALS:
             raise ValueError(f"unknown signals {sorted(signals - SIGNALS)}; known: {sorted(SIGNALS)}")
         self.signals = signals  # the automatic signals counted as a score of 0
@@ -261,6 +255,8 @@ class OnlineRouter:
         objective = snap.means[category] + shift - snap.weight * self._scaled_cost()
         probed = self.probe.pick(self.detector, objective, greedy, mask, choice if explored else None)
         choice, explored = (choice, explored) if probed is None else (probed, True)
+        pre = self.confirm.pick(snap, category, shift, self.posterior.offset, self._scaled_cost(), mask, choice)
+        choice, explored = (choice, explored) if pre is None else (pre, True)  # a downward alarm re-tested
         self.explored.append(explored)
         self._join_mix(category, row)
         return Decision(category, choice, explored, snap.version)
@@ -321,6 +317,7 @@ class OnlineRouter:
                 "expert_offset": self.posterior.offset.tolist(),  # per expert, added to its cells (expert_rate)
                 "alarm_explore": self.after_alarm.export_state(),  # per expert, routed requests it may be explored
                 "change_probe": self.probe.export_state(),  # per expert, requests its suspicion may still probe
+                "change_confirm": self.confirm.export_state(),  # experts whose alarm is on trial (not resumed)
                 **({} if self.detector is None else {"change": export_change(self.detector, self.baseline)}),
             }
 
@@ -331,7 +328,7 @@ class OnlineRouter:
         after_alarm = self.after_alarm.restored(state.get("alarm_explore"))
         probe = self.probe.restored(state.get("change_probe"))
         with self._lock:
-            self.after_alarm, self.probe = after_alarm, probe
+            self.after_alarm, self.probe, self.confirm = after_alarm, probe, self.confirm.restored(state)
             self.detector, self.baseline = detector, baseline
             self.posterior.alpha, self.posterior.beta, self.posterior.offset = saved.alpha, saved.beta, saved.offset
             # the feed-forward part (until its next refresh reads the new mix) and the integral part, within this
@@ -376,6 +373,8 @@ class OnlineRouter:
             if self.change is not None and self.change.model == "proportional":
                 residual = given - expected  # against the prompt's own expected score
             residual = None if residual is None else residual - calibrated
+            if self.confirm.feedback(category, expert, score, calibrated, self.posterior, self.detector):
+                residual = None  # a false alarm reverted (online_confirm): the detector restarts after this score
             shift = (
                 None if self.detector is None or residual is None else self.detector.observe(expert, residual, expected)
             )
@@ -383,10 +382,11 @@ class OnlineRouter:
                 self.alarm_log.append({"served": self._served, "expert": expert, "shift": shift})
             if shift is not None and self.change is not None and (shift < 0 or self.change.upward):
                 share = self.change.shift_share if self.change.move_mean else 0.0
-                moved = cell_shift(self.change.model, shift * share, self.posterior.mean()[:, expert])
-                self.posterior.rebase(expert, moved, self.change.reset_count)
                 if shift < 0:
                     self.after_alarm.alarmed(expert)
+                    self.confirm.opened(expert, self.posterior, shift, self.alarm_log[-1])  # before the move
+                moved = cell_shift(self.change.model, shift * share, self.posterior.mean()[:, expert])
+                self.posterior.rebase(expert, moved, self.change.reset_count)
                 if self.neighbours is not None:
                     self.neighbours.forget(expert)  # its residuals were measured against the old means
                 if self.baseline is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from coserve.config_routing import OnlineSettings
 from coserve.router.drift import ChangeSettings
+from coserve.router.online_confirm import ConfirmSettings
 from coserve.router.online_probe import ProbeSettings
 
 __all__ = ["router_options"]
@@ -55,5 +56,11 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
             settings.change_probe_requests,
             settings.change_probe_margin,
             settings.change_probe_starved,
+        ),
+        "confirm": ConfirmSettings(
+            settings.change_confirm,
+            settings.change_confirm_requests,
+            settings.change_confirm_sd,
+            settings.change_confirm_error,
         ),
     }
