@@ -342,3 +342,58 @@ def test_victims_go_furthest_next_use_first_then_least_recent_and_young_ones_las
     ]
     assert choose(candidates, need=50, free=0, next_use=next_use, now=100.0, min_residency_s=5.0) is None
     assert choose(candidates, need=10, free=10, next_use=next_use, now=100.0, min_residency_s=5.0) == []
+
+
+def test_unpinning_wakes_a_load_waiting_for_room(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: a load waiting for room that only a pinned, idle expert
+    held waited on after the pin was lifted, until some unrelated release happened to wake it."""
+    pool, backend = _pool(tmp_path, budget=25 * MiB, options={"coder": {"nbytes": 20 * MiB}})
+
+    async def scenario() -> None:
+        pool.pin("coder")
+        await _use(pool, "coder")  # loaded and idle, but pinned: never a victim
+        waiting = asyncio.create_task(pool.acquire("small"))  # 10 MiB more does not fit beside it
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        pool.pin("coder", False)  # now coder may be evicted: the waiting load must go ahead
+        lease = await asyncio.wait_for(waiting, timeout=2)
+        assert backend.unloads == ["coder"] and pool.residency()["small"] is Tier.ACTIVE
+        lease.release()
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_load_leaves_the_ram_tier_within_its_budget(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: the failed expert's file, staged for the load, stayed in
+    RAM though the RAM tier was then over its budget, until some other move fitted the tiers."""
+    pool, backend = _pool(tmp_path, budget=100 * MiB, options={"coder": {"fail_load": True}})
+    pool.ram_budget_bytes = 15 * MiB
+
+    async def scenario() -> None:
+        await _use(pool, "small")  # 10 MiB in RAM (and ACTIVE)
+        with pytest.raises(ExpertLoadError):
+            await pool.acquire("coder")  # staged (10 + 10 MiB), then its load fails
+        await asyncio.sleep(0.05)
+        assert pool.ram_bytes() <= pool.ram_budget_bytes
+        assert backend.unstages == ["coder"]
+        assert pool.residency()["small"] is Tier.ACTIVE  # the loaded expert is not what gave way
+
+    asyncio.run(scenario())
+
+
+def test_an_evicted_expert_drops_to_disk_when_ram_is_over_its_budget(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: an evicted expert dropped to RAM whenever unstaging it
+    alone could not bring the RAM tier within its budget (the loaded experts' weights filled it),
+    though it "drops to RAM when the RAM budget allows" only."""
+    pool, backend = _pool(tmp_path, budget=20 * MiB)  # two of the three loaded at a time
+    pool.ram_budget_bytes = 15 * MiB  # less than the loaded experts' weights
+
+    async def scenario() -> None:
+        await _use(pool, "small")
+        await _use(pool, "coder")
+        await _use(pool, "big")  # evicts small, the least recently used
+        assert pool.residency() == {"small": Tier.DISK, "coder": Tier.ACTIVE, "big": Tier.ACTIVE}
+        assert backend.unstages == ["small"]
+
+    asyncio.run(scenario())

@@ -113,6 +113,8 @@ class ExpertPool:
     def pin(self, name: str, pinned: bool = True) -> None:
         """Keep ``name`` out of every eviction once ACTIVE (or let it go again); loads are the caller's."""
         self._entries[name].pinned = pinned
+        if not pinned and self._cond is not None:  # it may be the room a waiting load needs
+            self._spawn(self._settle())
 
     # -- acquire / release ----------------------------------------------------------------------
     async def acquire(self, name: str) -> Lease:
@@ -172,8 +174,10 @@ class ExpertPool:
                 f"more than the ACTIVE memory budget ({self.budget_bytes} bytes)"
             )
 
-    def _victims(self, exclude: str, tier: Tier, need: int, used: int, budget: int) -> list[str] | None:
-        """Idle experts to move out of ``tier`` so ``need`` more bytes fit; None if impossible now."""
+    def _victims(
+        self, exclude: str, tier: Tier, need: int, used: int, budget: int, partial: bool = False
+    ) -> list[str] | None:
+        """Idle experts to move out of ``tier`` so ``need`` bytes fit; None if impossible (``partial``: all that help)."""
         candidates = {
             name: Candidate(e.footprint if tier is Tier.ACTIVE else e.nbytes, e.last_used, e.active_since)
             for name, e in self._entries.items()
@@ -183,7 +187,8 @@ class ExpertPool:
             and e.moving is None
             and (e.handle is not None if tier is Tier.ACTIVE else (e.staged is not None and e.handle is None))
         }
-        return choose_victims(candidates, need, budget - used, self.next_use(), time.monotonic(), self.min_residency_s)
+        now = time.monotonic()
+        return choose_victims(candidates, need, budget - used, self.next_use(), now, self.min_residency_s, partial)
 
     async def _reserve(self, name: str, entry: Entry) -> bool:
         """Start a move of ``name`` to ACTIVE if room can be made (else wait for a release)."""
@@ -250,6 +255,7 @@ class ExpertPool:
             async with self._condition:
                 entry.moving = None
                 moving.set_exception(self._failed(name, entry, exc))
+                self._fit_budgets()  # its staged file may stay in RAM only where the RAM budget allows
                 self._condition.notify_all()
             return
         async with self._condition:
@@ -294,7 +300,8 @@ class ExpertPool:
         victims = self._victims(protect, Tier.ACTIVE, 0, self.used_bytes(), self.budget_bytes) or []
         for victim in victims:
             self._unload(victim)
-        victims = self._victims(protect, Tier.RAM, 0, self.ram_bytes(), self.ram_budget_bytes) or []
+        # an idle expert stays in RAM only where its budget allows, even if loaded weights exceed it
+        victims = self._victims(protect, Tier.RAM, 0, self.ram_bytes(), self.ram_budget_bytes, partial=True) or []
         for victim in victims:
             self._unstage(victim)
         self._publish()
@@ -316,14 +323,13 @@ class ExpertPool:
         entry = self._entries[name]
         entry.in_flight -= 1
         entry.last_used = time.monotonic()
-        cond = self._condition
+        self._spawn(self._settle())  # a load may have overshot while this expert was busy
 
-        async def settle() -> None:
-            async with cond:
-                self._fit_budgets()  # a load may have overshot while this expert was busy
-                cond.notify_all()
-
-        self._spawn(settle())
+    async def _settle(self) -> None:
+        """Fit both tiers to their budgets and wake the loads waiting for room."""
+        async with self._condition:
+            self._fit_budgets()
+            self._condition.notify_all()
 
     def evict_when_idle(self, name: str) -> None:
         """Move an expert back to DISK as soon as it has no work in flight (load-per-request policy)."""

@@ -95,9 +95,11 @@ def choose_victims(
     next_use: Mapping[str, float],
     now: float,
     min_residency_s: float,
+    partial: bool = False,
 ) -> list[str] | None:
     """Experts to move out so ``need`` bytes fit beside ``free``; None if even all of them are not
-    enough. Experts made ACTIVE less than ``min_residency_s`` ago go last (anti-thrashing)."""
+    enough (``partial``: all of them, in order, instead). Experts made ACTIVE less than
+    ``min_residency_s`` ago go last (anti-thrashing)."""
 
     def order(name: str) -> tuple[bool, float, float]:
         young = now - candidates[name].active_since < min_residency_s
@@ -109,4 +111,4 @@ def choose_victims(
             break
         chosen.append(name)
         free += candidates[name].freed
-    return chosen if free >= need else None
+    return chosen if free >= need or partial else None
