@@ -397,3 +397,27 @@ def test_an_evicted_expert_drops_to_disk_when_ram_is_over_its_budget(tmp_path: P
         assert backend.unstages == ["small"]
 
     asyncio.run(scenario())
+
+
+def test_an_expert_its_requests_wait_to_pin_is_no_victim(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: when a load ended, another expert's waiting load could
+    count the freshly loaded expert as an idle victim before its own waiters pinned it, and so
+    started a load that had to go over the ACTIVE budget for as long as those requests ran."""
+    pool, backend = _pool(
+        tmp_path, budget=25 * MiB, options={"coder": {"nbytes": 20 * MiB}, "small": {"load_delay": 0.2}}
+    )
+
+    async def scenario() -> None:
+        smalls = [asyncio.create_task(pool.acquire("small")) for _ in range(3)]
+        await asyncio.sleep(0.05)  # small is loading; coder (20 MiB) does not fit beside it (10 MiB)
+        coder = asyncio.create_task(pool.acquire("coder"))
+        leases = await asyncio.wait_for(asyncio.gather(*smalls), 2)
+        await asyncio.sleep(0.1)
+        assert backend.loads == ["small"] and not coder.done()  # coder waits for small's requests
+        assert pool.used_bytes() <= pool.budget_bytes
+        for lease in leases:
+            lease.release()
+        (await asyncio.wait_for(coder, 2)).release()
+        assert backend.loads == ["small", "coder"] and backend.unloads == ["small"]
+
+    asyncio.run(scenario())
