@@ -68,7 +68,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @initialize(
         active=st.sampled_from([45, 60, 90]),
-        residency=st.sampled_from(["lookahead", "lookahead", "lru"]),
+        residency=st.sampled_from(["lookahead", "lookahead", "lru", "load_per_request"]),
         cut=st.booleans(),
     )
     def build(self, active: int, residency: Any, cut: bool) -> None:

@@ -421,3 +421,23 @@ def test_an_expert_its_requests_wait_to_pin_is_no_victim(tmp_path: Path) -> None
         assert backend.loads == ["small", "coder"] and backend.unloads == ["small"]
 
     asyncio.run(scenario())
+
+
+def test_a_pin_keeps_an_expert_active_not_its_file_in_ram(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: a pinned expert not loaded yet (only staged) kept the RAM
+    tier over its budget, though a pin keeps an expert out of evictions "once ACTIVE"."""
+    pool, backend = _pool(tmp_path, budget=100 * MiB)
+    pool.ram_budget_bytes = 15 * MiB
+
+    async def scenario() -> None:
+        await pool.prefetch("coder")  # staged: 10 MiB of 15
+        pool.pin("coder")  # to be loaded later (as a cluster's resident replica is)
+        await _use(pool, "small")  # 10 MiB more in RAM: coder's file gives way
+        assert pool.ram_bytes() <= pool.ram_budget_bytes
+        assert pool.residency() == {"small": Tier.ACTIVE, "coder": Tier.DISK, "big": Tier.DISK}
+        lease = await pool.acquire("coder")  # the pin holds once it is loaded
+        lease.release()
+        await asyncio.sleep(0.05)
+        assert pool.residency()["coder"] is Tier.ACTIVE and backend.unloads == []
+
+    asyncio.run(scenario())

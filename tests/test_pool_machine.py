@@ -154,6 +154,12 @@ class PoolMachine(RuleBasedStateMachine):
     def evict_when_idle(self, name: str) -> None:
         self._on_loop(self.p.evict_when_idle, name)
 
+    @rule(next_use=st.dictionaries(experts, st.sampled_from([1.0, 2.0, 3.0]), max_size=3))
+    def queues_change(self, next_use: dict[str, float]) -> None:
+        """What the scheduler's lookahead says (when each expert is next needed; absent: never)."""
+        self.p.next_use = lambda: next_use
+        self._settle()
+
     @rule(seconds=st.sampled_from([0.5, 2.0, 6.0, 61.0]))
     def time_passes(self, seconds: float) -> None:
         CLOCK.now += seconds

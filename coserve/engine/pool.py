@@ -190,8 +190,7 @@ class ExpertPool:
             for name, e in self._entries.items()
             if name != exclude
             and e.in_flight == 0
-            and not (e.waiting and tier is Tier.ACTIVE)  # loaded, and requests wait to pin it
-            and not e.pinned
+            and not ((e.pinned or e.waiting) and tier is Tier.ACTIVE)  # pinned, or requests wait to pin it
             and e.moving is None
             and (e.handle is not None if tier is Tier.ACTIVE else (e.staged is not None and e.handle is None))
         }
