@@ -441,3 +441,43 @@ def test_a_pin_keeps_an_expert_active_not_its_file_in_ram(tmp_path: Path) -> Non
         assert pool.residency()["coder"] is Tier.ACTIVE and backend.unloads == []
 
     asyncio.run(scenario())
+
+
+def _hit_on_a_victim(tmp_path: Path, leave: bool) -> list[str]:
+    """small (10 MiB) and coder (20 MiB) loaded and idle, 35 MiB of ACTIVE: big (30 MiB) is loaded with
+    both as victims, but a request for coder arrives during the load (a hit: coder stays, busy);
+    ``leave``: big's caller goes away before its load ends. Returns the evictions while coder runs."""
+    options = {"coder": {"nbytes": 20 * MiB}, "big": {"nbytes": 30 * MiB, "load_delay": 0.2}}
+    pool, backend = _pool(tmp_path, budget=35 * MiB, options=options)
+    evicted: list[str] = []
+
+    async def scenario() -> None:
+        await _use(pool, "small")
+        await _use(pool, "coder")
+        big = asyncio.create_task(pool.acquire("big"))
+        await asyncio.sleep(0.05)
+        coder = await pool.acquire("coder")
+        if leave:
+            big.cancel()
+        await asyncio.sleep(0.3)  # big's load has ended
+        assert pool.residency()["coder"] is Tier.ACTIVE and coder.handle.runtime["alive"]
+        evicted.extend(backend.unloads)
+        if not leave:
+            (await big).release()
+        coder.release()
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    return evicted
+
+
+def test_an_overshoot_evicts_the_idle_experts_it_can(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: a load that ended over the ACTIVE budget (a victim it
+    counted on became busy) evicted no idle expert at all unless evicting them fitted the budget."""
+    assert _hit_on_a_victim(tmp_path, leave=False) == ["small"]  # as far as idle experts help
+
+
+def test_a_load_whose_callers_left_does_not_keep_the_tier_over_budget(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: a freshly loaded expert was kept though every request
+    waiting for it had gone, holding the ACTIVE tier over its budget while another expert ran."""
+    assert sorted(_hit_on_a_victim(tmp_path, leave=True)) == ["big", "small"]  # the tier fits around coder

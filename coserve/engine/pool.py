@@ -279,7 +279,7 @@ class ExpertPool:
             if self.metrics:
                 self.metrics.pool_load_seconds.labels(name).observe(seconds)
                 self.metrics.switch_seconds.labels(from_tier.value).observe(seconds)
-            self._fit_budgets(protect=name)  # the waiters pin it next; never evict it before they can
+            self._fit_budgets()  # its waiters (``entry.waiting``) pin it next: no victim before they can
             self._condition.notify_all()
 
     def _failed(self, name: str, entry: Entry, exc: BaseException) -> CoserveError:
@@ -294,20 +294,17 @@ class ExpertPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _fit_budgets(self, protect: str = "") -> None:
-        """Evict idle experts (lookahead order) until both tiers are within budget, if possible;
-        once closed, free every expert with no work in flight and no move in progress."""
+    def _fit_budgets(self) -> None:
+        """Evict idle experts (lookahead order) until both tiers are within budget, or all that help
+        where busy ones keep a tier over it; once closed, free every expert with nothing in progress."""
         for name, entry in self._entries.items():
             if self.closed and entry.in_flight == 0 and entry.moving is None:
                 if entry.handle is not None:
                     self._unload(name)
                 self._unstage(name)
-        victims = self._victims(protect, Tier.ACTIVE, 0, self.used_bytes(), self.budget_bytes) or []
-        for victim in victims:
+        for victim in self._victims("", Tier.ACTIVE, 0, self.used_bytes(), self.budget_bytes, partial=True) or []:
             self._unload(victim)
-        # an idle expert stays in RAM only where its budget allows, even if loaded weights exceed it
-        victims = self._victims(protect, Tier.RAM, 0, self.ram_bytes(), self.ram_budget_bytes, partial=True) or []
-        for victim in victims:
+        for victim in self._victims("", Tier.RAM, 0, self.ram_bytes(), self.ram_budget_bytes, partial=True) or []:
             self._unstage(victim)
         self._publish()
 
