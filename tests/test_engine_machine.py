@@ -214,14 +214,15 @@ class EngineMachine(RuleBasedStateMachine):
         """Let every runtime call finish: every request ends, and the engine is at rest."""
         for name in EXPERTS:
             self.pin(name, False)
-        for _ in range(60):
+        stalled = 0  # rounds with no runtime call to finish: three of them and the rest hangs
+        while stalled < 3 and (self.executor.gated() or not all(r.task.done() for r in self.requests)):
             CLOCK.now += 61.0  # past any wait bound and backoff
             self.loop.run_until_complete(self._wake())
-            for job in self.executor.gated():
+            jobs = self.executor.gated()
+            for job in jobs:
                 job.finish()
             self._settle()
-            if all(r.task.done() for r in self.requests) and not self.executor.gated():
-                break
+            stalled = 0 if jobs else stalled + 1
         hanging = [r.call.id for r in self.requests if not r.task.done()]
         assert not hanging, f"requests never ended: {hanging}"
         self.requests_end_once_and_well()
