@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
 from coserve.backends.base import Handle
 from coserve.backends.fake import FakeBackend
-from coserve.config import ExpertSpec
+from coserve.config import ExpertSpec, LibraryConfig
 from coserve.engine import engine, pool, residency
 from coserve.errors import ExpertFailed, ExpertLoadError
 
@@ -75,7 +76,8 @@ class Job:
         )
         args = self.args
         if fault == "mid" and self.kind == "stream":
-            emit, sent = args[-1], []
+            emit = args[-1]
+            sent: list[Any] = []
 
             def crashing(chunk: Any) -> bool:
                 if sent:
@@ -206,3 +208,35 @@ def frozen_time(clock: FakeClock) -> Iterator[None]:
     finally:
         for module, original in zip(modules, saved, strict=True):
             module.time = original  # type: ignore[attr-defined]
+
+
+CLOCK = FakeClock()  # the machines' clock (one machine runs at a time)
+
+
+class GatedMachine(RuleBasedStateMachine):
+    """A state machine over its own event loop, a gated executor and a tracking backend."""
+
+    library: LibraryConfig  # set by ``run_machine``
+
+    def __init__(self) -> None:
+        super().__init__()
+        CLOCK.now = 1000.0
+        self.loop = asyncio.new_event_loop()
+        self.executor = GatedExecutor()
+        self.backend = TrackingBackend()
+
+    def _settle(self) -> None:
+        settle(self.loop, self.executor)
+
+    def _close_loop(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """Cancel what is left, settle, close the loop (the end of every sequence)."""
+        for task in tasks:
+            task.cancel()
+        settle(self.loop, self.executor)
+        self.loop.close()
+
+
+def run_machine(machine: type[GatedMachine], library: LibraryConfig, checks: settings) -> None:
+    """Run ``machine`` over ``library`` with the clock frozen in the engine's modules."""
+    with frozen_time(CLOCK):
+        run_state_machine_as_test(type(machine.__name__, (machine,), {"library": library}), settings=checks)

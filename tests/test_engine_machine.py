@@ -18,17 +18,11 @@ from typing import Any
 
 import pytest
 from conftest import MiB, write_library
-from gated import FakeClock, GatedExecutor, TrackingBackend, assert_bookkeeping, frozen_time, machine_settings, settle
+from gated import CLOCK, GatedMachine, assert_bookkeeping, machine_settings, run_machine
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-    run_state_machine_as_test,
-)
+from hypothesis.stateful import initialize, invariant, precondition, rule
 
+from coserve.backends.base import Backend
 from coserve.config import LibraryConfig, load_library
 from coserve.engine.call import Call
 from coserve.engine.engine import Engine
@@ -39,7 +33,6 @@ from coserve.types import Decision, Message, Request, Sampling
 
 EXPERTS = ("small", "coder", "big")
 SIZES = {"small": (10, 15, 2), "coder": (20, 25, 1), "big": (30, 40, 2)}  # MiB weights, MiB footprint, slots
-CLOCK = FakeClock()
 SETTINGS = machine_settings(max_examples=40, steps=30)
 
 
@@ -51,17 +44,11 @@ class Outcome:
         self.cancelled = False
 
 
-class EngineMachine(RuleBasedStateMachine):
+class EngineMachine(GatedMachine):
     """One engine over three fake experts; requests, faults and departures in any order."""
-
-    library: LibraryConfig  # set by the test
 
     def __init__(self) -> None:
         super().__init__()
-        CLOCK.now = 1000.0
-        self.loop = asyncio.new_event_loop()
-        self.executor = GatedExecutor()
-        self.backend = TrackingBackend()
         self.engine: Engine | None = None
         self.requests: list[Outcome] = []
         self.peak_running = 0
@@ -74,7 +61,7 @@ class EngineMachine(RuleBasedStateMachine):
     def build(self, active: int, residency: Any, cut: bool) -> None:
         self.cut = cut  # the end: a shutdown that cuts what still runs, else a drain
         metrics = Metrics()
-        backends = dict.fromkeys(EXPERTS, self.backend)
+        backends: dict[str, Backend] = dict.fromkeys(EXPERTS, self.backend)
         pool = ExpertPool(self.library, backends, active * MiB, self.executor, metrics, 1024 * MiB)
         self.engine = Engine(self.library, None, pool, metrics, self.executor, residency)  # type: ignore[arg-type]
 
@@ -82,9 +69,6 @@ class EngineMachine(RuleBasedStateMachine):
     def e(self) -> Engine:
         assert self.engine is not None
         return self.engine
-
-    def _settle(self) -> None:
-        settle(self.loop, self.executor)
 
     # -- rules ----------------------------------------------------------------------------------
     @rule(
@@ -188,10 +172,7 @@ class EngineMachine(RuleBasedStateMachine):
             if self.engine is not None:
                 self._cut() if self.cut else self._drain()
         finally:
-            for outcome in self.requests:
-                outcome.task.cancel()
-            settle(self.loop, self.executor)
-            self.loop.close()
+            self._close_loop([r.task for r in self.requests])
 
     def _cut(self) -> None:
         """Shut down as the server does past its drain deadline: cancel every request, let the
@@ -245,6 +226,4 @@ def library(tmp_path: Path) -> LibraryConfig:
 
 
 def test_engine_keeps_its_promises_under_random_operations(library: LibraryConfig) -> None:
-    machine = type("Machine", (EngineMachine,), {"library": library})
-    with frozen_time(CLOCK):
-        run_state_machine_as_test(machine, settings=SETTINGS)
+    run_machine(EngineMachine, library, SETTINGS)

@@ -17,17 +17,11 @@ from typing import Any
 
 import pytest
 from conftest import MiB, write_library
-from gated import FakeClock, GatedExecutor, TrackingBackend, assert_bookkeeping, frozen_time, machine_settings, settle
+from gated import CLOCK, GatedMachine, assert_bookkeeping, machine_settings, run_machine, settle
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-    run_state_machine_as_test,
-)
+from hypothesis.stateful import initialize, invariant, precondition, rule
 
+from coserve.backends.base import Backend
 from coserve.config import LibraryConfig, load_library
 from coserve.engine.pool import ExpertPool, Lease
 from coserve.errors import ExpertLoadError
@@ -35,24 +29,17 @@ from coserve.types import Tier
 
 EXPERTS = ("small", "coder", "big")
 SIZES = {"small": (10, 15), "coder": (20, 25), "big": (30, 40)}  # MiB: weights, ACTIVE footprint
-CLOCK = FakeClock()
 
 SETTINGS = machine_settings(max_examples=60, steps=30)
 
 experts = st.sampled_from(EXPERTS)
 
 
-class PoolMachine(RuleBasedStateMachine):
+class PoolMachine(GatedMachine):
     """One pool, three experts, every verb of the pool in any order."""
-
-    library: LibraryConfig  # set by the test
 
     def __init__(self) -> None:
         super().__init__()
-        CLOCK.now = 1000.0
-        self.loop = asyncio.new_event_loop()
-        self.executor = GatedExecutor()
-        self.backend = TrackingBackend()
         self.pool: ExpertPool | None = None
         self.waiting: list[tuple[str, asyncio.Task[Lease]]] = []  # acquires not yet answered
         self.leases: list[tuple[str, Lease]] = []  # held: each pins its expert
@@ -65,7 +52,7 @@ class PoolMachine(RuleBasedStateMachine):
         min_residency_s=st.sampled_from([0.0, 5.0]),
     )
     def build(self, active: int, ram: int, min_residency_s: float) -> None:
-        backends = dict.fromkeys(EXPERTS, self.backend)
+        backends: dict[str, Backend] = dict.fromkeys(EXPERTS, self.backend)
         self.pool = ExpertPool(self.library, backends, active * MiB, self.executor, None, ram * MiB, min_residency_s)
 
     @property
@@ -229,10 +216,7 @@ class PoolMachine(RuleBasedStateMachine):
             if self.pool is not None:
                 self._drain()
         finally:
-            for task in [t for _, t in self.waiting] + self.background:
-                task.cancel()
-            settle(self.loop, self.executor)
-            self.loop.close()
+            self._close_loop([t for _, t in self.waiting] + self.background)
 
     def _drain(self) -> None:
         """Release everything, unpin, let every move finish: every caller gets its answer, and the
@@ -266,6 +250,4 @@ def library(tmp_path: Path) -> LibraryConfig:
 
 
 def test_pool_keeps_its_promises_under_random_operations(library: LibraryConfig) -> None:
-    machine = type("Machine", (PoolMachine,), {"library": library})
-    with frozen_time(CLOCK):
-        run_state_machine_as_test(machine, settings=SETTINGS)
+    run_machine(PoolMachine, library, SETTINGS)
