@@ -5,6 +5,8 @@ Names follow Prometheus conventions: ``_total`` counters, ``_seconds`` histogram
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -83,6 +85,15 @@ class Metrics:
         )
         self.cost_weight = Gauge("coserve_cost_weight", "The online router's cost weight (dual variable)", registry=r)
         self.map_version = Gauge("coserve_map_version", "Version of the online router's map in force", registry=r)
+
+    def publish_pool(self, tiers: Mapping[str, str], active_bytes: int, ram_bytes: int, bytes_moved: int) -> None:
+        """The expert pool's state: each expert's tier (of disk, ram, active) and the bytes per tier."""
+        for expert, tier in tiers.items():
+            for each in ("disk", "ram", "active"):
+                self.pool_resident.labels(expert, each).set(1 if tier == each else 0)
+        self.pool_bytes.labels("active").set(active_bytes)
+        self.pool_bytes.labels("ram").set(ram_bytes)
+        self.bytes_moved.set(bytes_moved)
 
     def text(self) -> str:
         """Every metric in Prometheus's text format."""

@@ -342,3 +342,142 @@ def test_victims_go_furthest_next_use_first_then_least_recent_and_young_ones_las
     ]
     assert choose(candidates, need=50, free=0, next_use=next_use, now=100.0, min_residency_s=5.0) is None
     assert choose(candidates, need=10, free=10, next_use=next_use, now=100.0, min_residency_s=5.0) == []
+
+
+def test_unpinning_wakes_a_load_waiting_for_room(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: a load waiting for room that only a pinned, idle expert
+    held waited on after the pin was lifted, until some unrelated release happened to wake it."""
+    pool, backend = _pool(tmp_path, budget=25 * MiB, options={"coder": {"nbytes": 20 * MiB}})
+
+    async def scenario() -> None:
+        pool.pin("coder")
+        await _use(pool, "coder")  # loaded and idle, but pinned: never a victim
+        waiting = asyncio.create_task(pool.acquire("small"))  # 10 MiB more does not fit beside it
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        pool.pin("coder", False)  # now coder may be evicted: the waiting load must go ahead
+        lease = await asyncio.wait_for(waiting, timeout=2)
+        assert backend.unloads == ["coder"] and pool.residency()["small"] is Tier.ACTIVE
+        lease.release()
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_load_leaves_the_ram_tier_within_its_budget(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: the failed expert's file, staged for the load, stayed in
+    RAM though the RAM tier was then over its budget, until some other move fitted the tiers."""
+    pool, backend = _pool(tmp_path, budget=100 * MiB, options={"coder": {"fail_load": True}})
+    pool.ram_budget_bytes = 15 * MiB
+
+    async def scenario() -> None:
+        await _use(pool, "small")  # 10 MiB in RAM (and ACTIVE)
+        with pytest.raises(ExpertLoadError):
+            await pool.acquire("coder")  # staged (10 + 10 MiB), then its load fails
+        await asyncio.sleep(0.05)
+        assert pool.ram_bytes() <= pool.ram_budget_bytes
+        assert backend.unstages == ["coder"]
+        assert pool.residency()["small"] is Tier.ACTIVE  # the loaded expert is not what gave way
+
+    asyncio.run(scenario())
+
+
+def test_an_evicted_expert_drops_to_disk_when_ram_is_over_its_budget(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: an evicted expert dropped to RAM whenever unstaging it
+    alone could not bring the RAM tier within its budget (the loaded experts' weights filled it),
+    though it "drops to RAM when the RAM budget allows" only."""
+    pool, backend = _pool(tmp_path, budget=20 * MiB)  # two of the three loaded at a time
+    pool.ram_budget_bytes = 15 * MiB  # less than the loaded experts' weights
+
+    async def scenario() -> None:
+        await _use(pool, "small")
+        await _use(pool, "coder")
+        await _use(pool, "big")  # evicts small, the least recently used
+        assert pool.residency() == {"small": Tier.DISK, "coder": Tier.ACTIVE, "big": Tier.ACTIVE}
+        assert backend.unstages == ["small"]
+
+    asyncio.run(scenario())
+
+
+def test_an_expert_its_requests_wait_to_pin_is_no_victim(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: when a load ended, another expert's waiting load could
+    count the freshly loaded expert as an idle victim before its own waiters pinned it, and so
+    started a load that had to go over the ACTIVE budget for as long as those requests ran."""
+    pool, backend = _pool(
+        tmp_path, budget=25 * MiB, options={"coder": {"nbytes": 20 * MiB}, "small": {"load_delay": 0.2}}
+    )
+
+    async def scenario() -> None:
+        smalls = [asyncio.create_task(pool.acquire("small")) for _ in range(3)]
+        await asyncio.sleep(0.05)  # small is loading; coder (20 MiB) does not fit beside it (10 MiB)
+        coder = asyncio.create_task(pool.acquire("coder"))
+        leases = await asyncio.wait_for(asyncio.gather(*smalls), 2)
+        await asyncio.sleep(0.1)
+        assert backend.loads == ["small"] and not coder.done()  # coder waits for small's requests
+        assert pool.used_bytes() <= pool.budget_bytes
+        for lease in leases:
+            lease.release()
+        (await asyncio.wait_for(coder, 2)).release()
+        assert backend.loads == ["small", "coder"] and backend.unloads == ["small"]
+
+    asyncio.run(scenario())
+
+
+def test_a_pin_keeps_an_expert_active_not_its_file_in_ram(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: a pinned expert not loaded yet (only staged) kept the RAM
+    tier over its budget, though a pin keeps an expert out of evictions "once ACTIVE"."""
+    pool, backend = _pool(tmp_path, budget=100 * MiB)
+    pool.ram_budget_bytes = 15 * MiB
+
+    async def scenario() -> None:
+        await pool.prefetch("coder")  # staged: 10 MiB of 15
+        pool.pin("coder")  # to be loaded later (as a cluster's resident replica is)
+        await _use(pool, "small")  # 10 MiB more in RAM: coder's file gives way
+        assert pool.ram_bytes() <= pool.ram_budget_bytes
+        assert pool.residency() == {"small": Tier.ACTIVE, "coder": Tier.DISK, "big": Tier.DISK}
+        lease = await pool.acquire("coder")  # the pin holds once it is loaded
+        lease.release()
+        await asyncio.sleep(0.05)
+        assert pool.residency()["coder"] is Tier.ACTIVE and backend.unloads == []
+
+    asyncio.run(scenario())
+
+
+def _hit_on_a_victim(tmp_path: Path, leave: bool) -> list[str]:
+    """small (10 MiB) and coder (20 MiB) loaded and idle, 35 MiB of ACTIVE: big (30 MiB) is loaded with
+    both as victims, but a request for coder arrives during the load (a hit: coder stays, busy);
+    ``leave``: big's caller goes away before its load ends. Returns the evictions while coder runs."""
+    options = {"coder": {"nbytes": 20 * MiB}, "big": {"nbytes": 30 * MiB, "load_delay": 0.2}}
+    pool, backend = _pool(tmp_path, budget=35 * MiB, options=options)
+    evicted: list[str] = []
+
+    async def scenario() -> None:
+        await _use(pool, "small")
+        await _use(pool, "coder")
+        big = asyncio.create_task(pool.acquire("big"))
+        await asyncio.sleep(0.05)
+        coder = await pool.acquire("coder")
+        if leave:
+            big.cancel()
+        await asyncio.sleep(0.3)  # big's load has ended
+        assert pool.residency()["coder"] is Tier.ACTIVE and coder.handle.runtime["alive"]
+        evicted.extend(backend.unloads)
+        if not leave:
+            (await big).release()
+        coder.release()
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    return evicted
+
+
+def test_an_overshoot_evicts_the_idle_experts_it_can(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: a load that ended over the ACTIVE budget (a victim it
+    counted on became busy) evicted no idle expert at all unless evicting them fitted the budget."""
+    assert _hit_on_a_victim(tmp_path, leave=False) == ["small"]  # as far as idle experts help
+
+
+def test_a_load_whose_callers_left_does_not_keep_the_tier_over_budget(tmp_path: Path) -> None:
+    """Found by tests/test_pool_machine.py: a freshly loaded expert was kept though every request
+    waiting for it had gone, holding the ACTIVE tier over its budget while another expert ran."""
+    assert sorted(_hit_on_a_victim(tmp_path, leave=True)) == ["big", "small"]  # the tier fits around coder

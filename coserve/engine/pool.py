@@ -36,7 +36,7 @@ from typing import Any
 
 from coserve.backends.base import Backend
 from coserve.config import LibraryConfig
-from coserve.engine.residency import Candidate, Entry, Lease, choose_victims
+from coserve.engine.residency import Candidate, Entry, Lease, choose_victims, load_error
 from coserve.errors import CoserveError, ExpertLoadError
 from coserve.metrics import Metrics
 from coserve.types import Tier
@@ -71,6 +71,7 @@ class ExpertPool:
         self._tasks: set[asyncio.Task[None]] = set()  # background moves and settles, kept referenced
         self.switch_seconds: list[float] = []  # DISK/RAM -> ACTIVE move times, for benchmarks
         self.bytes_moved = 0
+        self.closed = False  # shutting down: nothing new loads, and what is busy is freed once idle
 
     @property
     def _condition(self) -> asyncio.Condition:
@@ -79,8 +80,7 @@ class ExpertPool:
         return self._cond
 
     def note_unavailable(self, name: str, message: str) -> None:
-        """Record why an expert cannot load (found at start: a missing model file), for /health;
-        its requests still try it and fall back, so a file put in place later is picked up."""
+        """Why an expert cannot load (found at start: a missing file), for /health; its requests still try it."""
         self._entries[name].last_error = message
 
     def rebind(self) -> None:
@@ -113,6 +113,8 @@ class ExpertPool:
     def pin(self, name: str, pinned: bool = True) -> None:
         """Keep ``name`` out of every eviction once ACTIVE (or let it go again); loads are the caller's."""
         self._entries[name].pinned = pinned
+        if not pinned and self._cond is not None:  # it may be the room a waiting load needs
+            self._spawn(self._settle())
 
     # -- acquire / release ----------------------------------------------------------------------
     async def acquire(self, name: str) -> Lease:
@@ -122,6 +124,8 @@ class ExpertPool:
         waited = False  # a request that waited for a move is a miss, not a hit
         async with cond:
             while True:
+                if self.closed:
+                    raise ExpertLoadError(f"expert {name!r}: the server is shutting down", code="draining")
                 if entry.handle is not None:
                     entry.in_flight += 1
                     entry.last_used = time.monotonic()
@@ -131,7 +135,7 @@ class ExpertPool:
                 if entry.moving is not None:
                     waited = True
                     moving = entry.moving
-                    await self._wait_for(moving)
+                    await self._wait_for(moving, entry)
                     if not moving.cancelled() and moving.exception() is not None:
                         raise moving.exception()  # type: ignore[misc]  # the move this caller waited for failed
                     continue
@@ -144,16 +148,21 @@ class ExpertPool:
                     # cancels only its wait, never the load that others may be waiting for.
                     self._spawn(self._load(name, entry))
 
-    async def _wait_for(self, future: asyncio.Future[None]) -> None:
-        """Wait for another coroutine's move, releasing the condition meanwhile."""
+    async def _wait_for(self, future: asyncio.Future[None], entry: Entry) -> None:
+        """Wait for ``entry``'s move, releasing the condition meanwhile; counted in ``entry.waiting``
+        until the caller holds the condition again (and so pins it before any victim is chosen)."""
         cond = self._condition
         cond.release()
+        entry.waiting += 1
         try:
             await asyncio.shield(future)
         except CoserveError:
             pass  # the mover's failure sets backoff; the caller's loop reports it
         finally:
-            await cond.acquire()
+            try:
+                await cond.acquire()
+            finally:
+                entry.waiting -= 1
 
     async def _measure(self, name: str, entry: Entry) -> None:
         if not entry.footprint:
@@ -172,18 +181,21 @@ class ExpertPool:
                 f"more than the ACTIVE memory budget ({self.budget_bytes} bytes)"
             )
 
-    def _victims(self, exclude: str, tier: Tier, need: int, used: int, budget: int) -> list[str] | None:
-        """Idle experts to move out of ``tier`` so ``need`` more bytes fit; None if impossible now."""
+    def _victims(
+        self, exclude: str, tier: Tier, need: int, used: int, budget: int, partial: bool = False
+    ) -> list[str] | None:
+        """Idle experts to move out of ``tier`` so ``need`` bytes fit; None if impossible (``partial``: all)."""
         candidates = {
             name: Candidate(e.footprint if tier is Tier.ACTIVE else e.nbytes, e.last_used, e.active_since)
             for name, e in self._entries.items()
             if name != exclude
             and e.in_flight == 0
-            and not e.pinned
+            and not ((e.pinned or e.waiting) and tier is Tier.ACTIVE)  # pinned, or requests wait to pin it
             and e.moving is None
             and (e.handle is not None if tier is Tier.ACTIVE else (e.staged is not None and e.handle is None))
         }
-        return choose_victims(candidates, need, budget - used, self.next_use(), time.monotonic(), self.min_residency_s)
+        now = time.monotonic()
+        return choose_victims(candidates, need, budget - used, self.next_use(), now, self.min_residency_s, partial)
 
     async def _reserve(self, name: str, entry: Entry) -> bool:
         """Start a move of ``name`` to ACTIVE if room can be made (else wait for a release)."""
@@ -250,6 +262,7 @@ class ExpertPool:
             async with self._condition:
                 entry.moving = None
                 moving.set_exception(self._failed(name, entry, exc))
+                self._fit_budgets()  # its staged file may stay in RAM only where the RAM budget allows
                 self._condition.notify_all()
             return
         async with self._condition:
@@ -266,21 +279,13 @@ class ExpertPool:
             if self.metrics:
                 self.metrics.pool_load_seconds.labels(name).observe(seconds)
                 self.metrics.switch_seconds.labels(from_tier.value).observe(seconds)
-            self._fit_budgets(protect=name)  # the waiters pin it next; never evict it before they can
+            self._fit_budgets()  # its waiters (``entry.waiting``) pin it next: no victim before they can
             self._condition.notify_all()
 
     def _failed(self, name: str, entry: Entry, exc: BaseException) -> CoserveError:
-        """Record a failed move (backoff, doubling); returns the error to raise: an ExpertLoadError
-        (503: the server is fine, this expert is not), whatever the cause (a corrupt or missing
-        file, a hash mismatch, the runtime's own failure)."""
-        error = (
-            exc
-            if isinstance(exc, ExpertLoadError)
-            else ExpertLoadError(
-                str(getattr(exc, "message", exc)) if isinstance(exc, CoserveError) else f"expert {name!r}: {exc}"
-            )
-        )
-        entry.back_off(str(getattr(error, "message", error)))
+        """Record a failed move (backoff, doubling); returns the error to raise (residency.load_error)."""
+        error = load_error(name, exc)
+        entry.back_off(error.message)
         self._count("load_failures", name)
         return error
 
@@ -289,13 +294,17 @@ class ExpertPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _fit_budgets(self, protect: str = "") -> None:
-        """Evict idle experts (lookahead order) until both tiers are within budget, if possible."""
-        victims = self._victims(protect, Tier.ACTIVE, 0, self.used_bytes(), self.budget_bytes) or []
-        for victim in victims:
+    def _fit_budgets(self) -> None:
+        """Evict idle experts (lookahead order) until both tiers are within budget, or all that help
+        where busy ones keep a tier over it; once closed, free every expert with nothing in progress."""
+        for name, entry in self._entries.items():
+            if self.closed and entry.in_flight == 0 and entry.moving is None:
+                if entry.handle is not None:
+                    self._unload(name)
+                self._unstage(name)
+        for victim in self._victims("", Tier.ACTIVE, 0, self.used_bytes(), self.budget_bytes, partial=True) or []:
             self._unload(victim)
-        victims = self._victims(protect, Tier.RAM, 0, self.ram_bytes(), self.ram_budget_bytes) or []
-        for victim in victims:
+        for victim in self._victims("", Tier.RAM, 0, self.ram_bytes(), self.ram_budget_bytes, partial=True) or []:
             self._unstage(victim)
         self._publish()
 
@@ -304,7 +313,7 @@ class ExpertPool:
         assert entry.handle is not None and entry.in_flight == 0, "never evict an expert with work in flight"
         handle, entry.handle = entry.handle, None
         self.backends[name].unload(handle)
-        self._count("evictions", name)
+        self._count("evictions" if not self.closed else "", name)
 
     def _unstage(self, name: str) -> None:
         entry = self._entries[name]
@@ -316,27 +325,25 @@ class ExpertPool:
         entry = self._entries[name]
         entry.in_flight -= 1
         entry.last_used = time.monotonic()
-        cond = self._condition
+        self._spawn(self._settle())  # a load may have overshot while this expert was busy
 
-        async def settle() -> None:
-            async with cond:
-                self._fit_budgets()  # a load may have overshot while this expert was busy
-                cond.notify_all()
-
-        self._spawn(settle())
+    async def _settle(self) -> None:
+        """Fit both tiers to their budgets and wake the loads waiting for room."""
+        async with self._condition:
+            self._fit_budgets()
+            self._condition.notify_all()
 
     def evict_when_idle(self, name: str) -> None:
         """Move an expert back to DISK as soon as it has no work in flight (load-per-request policy)."""
         entry = self._entries[name]
-        cond = self._condition
 
         async def evict() -> None:
-            async with cond:
-                if entry.handle is not None and entry.in_flight == 0 and entry.moving is None:
+            async with self._condition:
+                if entry.handle is not None and entry.in_flight == entry.waiting == 0 and entry.moving is None:
                     self._unload(name)
                     self._unstage(name)
                     self._publish()
-                cond.notify_all()
+                self._condition.notify_all()
 
         self._spawn(evict())
 
@@ -367,28 +374,22 @@ class ExpertPool:
                 self._count("prefetches", name)
             entry.moving = None
             moving.set_result(None)
-            self._publish()
+            self._fit_budgets()  # after close(): undone at once
             self._condition.notify_all()
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _count(self, what: str, name: str) -> None:
-        if self.metrics:
+        if self.metrics and what:  # "": not counted (a shutdown is no eviction)
             getattr(self.metrics, f"pool_{what}").labels(name).inc()
 
     def _publish(self) -> None:
         if self.metrics:
-            for expert, tier in self.residency().items():
-                for t in Tier:
-                    self.metrics.pool_resident.labels(expert, t.value).set(1 if tier is t else 0)
-            self.metrics.pool_bytes.labels("active").set(self.used_bytes())
-            self.metrics.pool_bytes.labels("ram").set(self.ram_bytes())
-            self.metrics.bytes_moved.set(self.bytes_moved)
+            self.metrics.publish_pool(self.residency(), self.used_bytes(), self.ram_bytes(), self.bytes_moved)
 
     async def close(self) -> None:
-        """Unload and unstage every expert (on shutdown)."""
+        """Unload and unstage every expert (on shutdown); one still generating, loading or staging in
+        its worker thread is freed when that ends, never under it. Acquires are refused from now on."""
         async with self._condition:
-            for name, entry in self._entries.items():
-                if entry.handle is not None:
-                    handle, entry.handle = entry.handle, None
-                    self.backends[name].unload(handle)
-                self._unstage(name)
+            self.closed = True
+            self._fit_budgets()
+            self._condition.notify_all()

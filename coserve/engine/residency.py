@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coserve.backends.base import Handle
+from coserve.errors import CoserveError, ExpertLoadError
 from coserve.types import Tier
 
-__all__ = ["BACKOFF_MAX_S", "BACKOFF_START_S", "Candidate", "Entry", "Lease", "choose_victims"]
+__all__ = ["BACKOFF_MAX_S", "BACKOFF_START_S", "Candidate", "Entry", "Lease", "choose_victims", "load_error"]
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 60.0
@@ -34,6 +35,7 @@ class Entry:
     handle: Handle | None = None
     moving: asyncio.Future[None] | None = None  # a move in progress (stage or load)
     in_flight: int = 0
+    waiting: int = 0  # requests waiting for its move to end, to pin it then (it is no victim meanwhile)
     last_used: float = 0.0  # monotonic seconds
     active_since: float = 0.0
     backoff_until: float = 0.0
@@ -95,9 +97,11 @@ def choose_victims(
     next_use: Mapping[str, float],
     now: float,
     min_residency_s: float,
+    partial: bool = False,
 ) -> list[str] | None:
     """Experts to move out so ``need`` bytes fit beside ``free``; None if even all of them are not
-    enough. Experts made ACTIVE less than ``min_residency_s`` ago go last (anti-thrashing)."""
+    enough (``partial``: all of them, in order, instead). Experts made ACTIVE less than
+    ``min_residency_s`` ago go last (anti-thrashing)."""
 
     def order(name: str) -> tuple[bool, float, float]:
         young = now - candidates[name].active_since < min_residency_s
@@ -109,4 +113,12 @@ def choose_victims(
             break
         chosen.append(name)
         free += candidates[name].freed
-    return chosen if free >= need else None
+    return chosen if free >= need or partial else None
+
+
+def load_error(name: str, exc: BaseException) -> ExpertLoadError:
+    """What a failed move raises: an ExpertLoadError (503: the server is fine, this expert is not),
+    whatever the cause (a corrupt or missing file, a hash mismatch, the runtime's own failure)."""
+    if isinstance(exc, ExpertLoadError):
+        return exc
+    return ExpertLoadError(exc.message if isinstance(exc, CoserveError) else f"expert {name!r}: {exc}")
