@@ -10,41 +10,51 @@
   (``rebase``), so a changed expert is re-learnt from the feedback that follows. A residual is measured
   against the posterior mean, or (``ChangeSettings.baseline`` ``feedback``) against the running mean of
   the cell's own earlier feedback (``drift.FeedbackBaseline``), which a wrong offline table does not move.
-  The detector's other models are described where they act (``drift_weighted``, ``drift_calibration``: the
-  ``calibration`` its owner sets, None by default, ``drift_fast``) and in docs/adapt.md.
-* ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight (score units per
-  target unit of cost), in two parts: a feed-forward ``base``, the weight the map needs for the category mix of the
-  last ``mix_window`` requests (``drift.weight_for_mix``, refreshed every ``MIX_EVERY`` served requests; 0 without a
-  mix window), and an integral part ``weight``: after each served request, ``weight += step * (cost / target - 1)``,
-  floored so that the sum stays >= ``-weight_floor`` and capped (``online_model.weight_cap``, from the costs; where
-  neither binds, the overspend of a stretch is ``(weight_end - weight_start) * target / step``). The recent requests
-  are kept by ``online_mix.RecentMix``, which (``mix_jump`` > 0) reads the weight from the last ``mix_short`` requests
-  alone while their mix differs from the window's older ones; with ``refresh_on_alarm`` the feed-forward weight is
-  also re-solved at once when the detector moves an expert's means, so an alarm does not overspend the requests until
-  the next refresh. Its other settings are described where they act (``online_model``, ``online_alarm``, ``drift``).
-* ``expert_rate`` > 0: an offset per expert, pooled over categories and learnt at that rate from every residual of
-  its feedback, is added to each of its cells (``ScorePosterior.estimate``), so a change of the whole expert reaches
-  the prompts of every category, not only those of cells with feedback.
-* ``granularity``: ``category`` routes by category (below); ``prompt`` routes each request by the offline per-prompt
-  prediction ``pred[e]`` of every expert's score (a trained router's ``scores``), corrected by what feedback taught
-  about its category: ``pred[e] + mean[k, e] - S[k, e]`` (``S`` the offline table the posteriors started from). In
-  that mode a feedback score ``s`` enters the cell as ``clip(s - pred[e] + S[k, e], 0, 1)`` (``mean - S`` estimates
-  the predictor's mean residual on the cell, unbiased by which prompts were sent to e); the feed-forward weight is
-  the smallest whose per-prompt choices over the last ``mix_window`` requests cost at most the target.
-* ``OnlineRouter`` decides with an immutable, versioned ``MapSnapshot``: per category, the expert maximising ``mean -
-  effective weight * cost / target`` (ties to the cheaper, as in ``mapping``), among the experts a request allows.
-  Thompson sampling explores: a draw from each posterior replaces the mean, and a choice that differs from the map's
-  counts as exploring; exploring is allowed only while the share of exploring decisions over the last ``window``
-  requests stays under ``explore_cap`` (so no ``window`` consecutive requests hold more than ``explore_cap * window``
-  explorations, rounded up). The snapshot is rebuilt from the posterior means and the weight after every
-  ``resolve_every`` updates and swapped under a lock: a reader sees one whole map, never a mix.
+  ``ChangeSettings.model`` ``proportional`` (session 12, ``drift_weighted``): each residual, against the score
+  the prompt was expected to have, counts by that score, and an alarm moves each cell by its share of its mean.
+  ``calibration`` (session 13, ``drift_calibration``; set by its owner, None by default): the detector reads
+  each residual less its cell's offset, learnt from the prior outcomes before the stream. ``ChangeSettings.anchor``
+  (session 13, ``drift_fast``): a residual is read against its cell's estimate when the expert's down side last
+  left 0. ``confirm`` (session 15, ``online_confirm``) re-tests a downward alarm's move on the expert's feedback
+  and reverts a false one.
+* ``BudgetController`` holds the operator's target average cost with a dual variable, the cost weight (score
+  units per target unit of cost), in two parts: a feed-forward ``base``, the weight the map needs for the
+  category mix of the last ``mix_window`` requests (``drift.weight_for_mix``, refreshed every ``MIX_EVERY``
+  served requests; 0 without a mix window), and an integral part ``weight``: after each served request,
+  ``weight += step * (cost / target - 1)``, floored so that the sum stays >= ``-weight_floor`` and capped
+  (``online_model.weight_cap``, from the costs). Over any stretch where neither bound binds, the overspend is
+  exactly ``(weight_end - weight_start) * target / step``: the feed-forward part takes the jumps of the mix,
+  so the integral part moves less. The recent requests are kept by ``online_mix.RecentMix``, which
+  (``mix_jump`` > 0) reads the weight from the last ``mix_short`` requests alone while their mix differs from
+  the window's older ones; with ``refresh_on_alarm`` the feed-forward weight is also re-solved at once when
+  the detector moves an expert's means, so an alarm does not overspend the requests until the next refresh.
+  The budget's other settings (``underspend_debt``, ``fine_weight``, ``explore_at_zero``, ``weight_floor``,
+  ``alarm_explore``, ``alarm_explore_any_weight``, ``ChangeSettings.shift_share``) are described where they act
+  (``online_model``, ``online_choice``, ``online_alarm``, ``drift``) and the tuning that chose their defaults is
+  in docs/adapt-tuning.md.
+* ``expert_rate`` > 0: an offset per expert, pooled over categories and learnt at that rate from every
+  residual of its feedback, is added to each of its cells (``ScorePosterior.estimate``), so a change of
+  the whole expert reaches the prompts of every category, not only those of cells with feedback.
+* ``granularity``: ``category`` routes by category (below); ``prompt`` routes each request by the
+  offline per-prompt prediction ``pred[e]`` of every expert's score (a trained router's ``scores``),
+  corrected by what feedback taught about its category: ``pred[e] + mean[k, e] - S[k, e]`` (``S`` the
+  offline table the posteriors started from). In that mode a feedback score ``s`` enters the cell as
+  ``clip(s - pred[e] + S[k, e], 0, 1)``, so ``mean[k, e] - S[k, e]`` estimates the mean residual of the
+  offline predictor on (k, e), unbiased by which prompts of k were sent to e; the feed-forward weight
+  is the smallest whose per-prompt choices over the last ``mix_window`` requests cost at most the target.
+* ``OnlineRouter`` decides with an immutable, versioned ``MapSnapshot``: per category, the expert maximising
+  ``mean - effective weight * cost / target`` (ties to the cheaper, as in ``mapping``), among the experts a
+  request allows; its base ``online_choice.OnlineChoice`` makes each request's choice, with Thompson
+  exploration under ``explore_cap`` and the hooks that may route it elsewhere. The snapshot is rebuilt from the
+  posterior means and the weight after every ``resolve_every`` updates and swapped under a lock: a reader sees
+  one whole map, never a mix.
 * ``neighbours`` (prompt mode, session 11, ``online_neighbours``) corrects a prompt's estimates by the feedback
-  residuals of its nearest remembered prompts; ``probe`` (``online_probe``) routes requests to a suspect expert;
-  ``confirm`` (``online_confirm``) re-tests a downward alarm's move on the expert's feedback, reverting a false one.
+  residuals of its nearest remembered prompts; ``probe`` (``online_probe``) routes requests to a suspect expert.
 
 ``export_state``/``restore`` turn the posteriors, the weight and the map version into JSON values and back
-(``online_saved.parse_state`` checks a saved state; ``resume`` warns and keeps the offline map where a saved state
-does not fit). Pure numbers, seeded randomness; knows nothing about HTTP, the store or outcome files.
+(``online_saved`` holds the layout: ``export_router`` writes it, ``parse_state`` checks a saved state; ``resume``
+warns and keeps the offline map where a saved state does not fit). Pure numbers, seeded randomness; this module
+knows nothing about HTTP, the store or outcome files.
 """
 
 from __future__ import annotations
@@ -57,11 +67,12 @@ from typing import Any
 import numpy as np
 
 from coserve.config_routing import NeighbourSettings, OnlineSettings
-from coserve.router.drift import ChangeSettings, export_change
+from coserve.router.drift import ChangeSettings
 from coserve.router.drift_calibration import CellCalibration
 from coserve.router.drift_fast import anchored_correction
 from coserve.router.drift_weighted import cell_shift, restore_detector
 from coserve.router.online_alarm import AlarmExploration
+from coserve.router.online_choice import OnlineChoice
 from coserve.router.online_confirm import ChangeConfirm, ConfirmSettings
 from coserve.router.online_knobs import router_options
 from coserve.router.online_map import Decision, MapSnapshot, solve_weighted
@@ -69,7 +80,7 @@ from coserve.router.online_mix import RecentMix
 from coserve.router.online_model import BudgetController, ScorePosterior, weight_cap
 from coserve.router.online_neighbours import NeighbourMemory
 from coserve.router.online_probe import ChangeProbe, ProbeSettings
-from coserve.router.online_saved import STATE_FORMAT, parse_state, resume
+from coserve.router.online_saved import export_router, parse_state, resume
 
 __all__ = [
     "BudgetController", "ChangeSettings", "Decision", "MapSnapshot", "OnlineRouter", "ScorePosterior", "resume",
@@ -81,7 +92,7 @@ GRANULARITIES = ("category", "prompt")  # what a decision is made per: see the m
 MIX_EVERY = 25  # served requests between two updates of the feed-forward weight
 
 
-class OnlineRouter:
+class OnlineRouter(OnlineChoice):
     """Decisions from a swapped, versioned map; feedback and served costs move it."""
 
     def __init__(
@@ -179,9 +190,6 @@ class OnlineRouter:
         """The map in force (read without locking: the reference swap is atomic)."""
         return self._snapshot
 
-    def _scaled_cost(self) -> np.ndarray:
-        return self.cost / self.controller.target
-
     def _solve(self, version: int) -> MapSnapshot:
         means = self.posterior.estimate()
         weight = self.controller.effective
@@ -199,78 +207,6 @@ class OnlineRouter:
         self._pending += 1
         if self._pending >= self.resolve_every:
             self.resolve()
-
-    def exploring_share(self) -> float:
-        """Exploring decisions among the last ``window`` requests, divided by ``window`` (a budget of
-        ``explore_cap * window`` explorations per window, however few requests came so far)."""
-        return sum(self.explored) / (self.explored.maxlen or 1)
-
-    def _prompt_row(self, category: int, predicted: np.ndarray | None) -> np.ndarray | None:
-        """The offline per-prompt prediction ``[E]`` in prompt mode (None in category mode or without one)."""
-        if self.granularity != "prompt" or predicted is None:
-            return None
-        row = np.asarray(predicted, dtype=np.float64)
-        if row.shape != self.cost.shape or not np.isfinite(row).all():
-            raise ValueError(f"a prompt's predicted scores must be {self.cost.shape[0]} finite numbers")
-        return self.offline[category] + self.prompt_weight * (row - self.offline[category])
-
-    def choose(
-        self,
-        category: int,
-        allowed: Sequence[bool] | np.ndarray | None = None,
-        predicted: Sequence[float] | np.ndarray | None = None,
-        vector: Sequence[float] | np.ndarray | None = None,
-    ) -> Decision:
-        """The expert for a request of ``category``; ``allowed`` marks the experts its constraints permit;
-        ``predicted`` is the offline per-prompt score of every expert (used in prompt mode; without it a
-        prompt-mode request is routed by its category); ``vector``, the prompt's vector, finds its
-        neighbours' correction where ``neighbours`` is set."""
-        row = self._prompt_row(category, None if predicted is None else np.asarray(predicted))
-        with self._lock:
-            if row is not None and vector is not None and self.neighbours is not None:
-                row = row + self.neighbours.correction(np.asarray(vector))
-            return self._choose(category, allowed, row)
-
-    def _choose(self, category: int, allowed: Sequence[bool] | np.ndarray | None, row: np.ndarray | None) -> Decision:
-        snap = self._snapshot
-        mask = None if allowed is None else np.asarray(allowed, dtype=bool)
-        if mask is not None and not mask.any():
-            raise ValueError("no expert satisfies the request's constraints")
-        shift = 0.0 if row is None else row - self.offline[category]  # the prompt's offset from its category
-        if row is None and (mask is None or mask[snap.assignment[category]]):
-            greedy = snap.assignment[category]
-        else:
-            scores = (snap.means[category] + shift)[None, :]
-            greedy = int(solve_weighted(scores, self._scaled_cost(), snap.weight, mask)[0])
-        choice, explored = greedy, False
-        capped = self.explore_cap > 0 and self.exploring_share() < self.explore_cap
-        unbound = snap.weight <= 0.0  # at weight 0 (or below) the budget is not binding
-        alarmed = self.after_alarm.open()
-        if capped or (self.explore_at_zero and unbound) or self.after_alarm.acts(unbound):
-            draw = (self.posterior.sample(category, self.rng) + shift)[None, :]
-            sampled = int(solve_weighted(draw, self._scaled_cost(), snap.weight, mask)[0])
-            # beyond the cap and explore_at_zero, only an expert an alarm just moved is explored
-            if sampled != greedy and (capped or (self.explore_at_zero and unbound) or alarmed[sampled]):
-                choice, explored = sampled, True
-        objective = snap.means[category] + shift - snap.weight * self._scaled_cost()
-        probed = self.probe.pick(self.detector, objective, greedy, mask, choice if explored else None)
-        choice, explored = (choice, explored) if probed is None else (probed, True)
-        pre = self.confirm.pick(snap, category, shift, self.posterior.offset, self._scaled_cost(), mask, choice)
-        choice, explored = (choice, explored) if pre is None else (pre, True)  # a downward alarm re-tested
-        self.explored.append(explored)
-        self._join_mix(category, row)
-        return Decision(category, choice, explored, snap.version)
-
-    def _join_mix(self, category: int, row: np.ndarray | None) -> None:
-        self.recent.join(category, self.offline[category] if row is None else row)
-        self.after_alarm.routed()
-
-    def remember(self, category: int, predicted: Sequence[float] | np.ndarray | None = None) -> None:
-        """A request of ``category`` routed by another process (a cluster's ingress replica) joins the mix
-        that the feed-forward weight reads, as ``choose`` would have added it."""
-        row = self._prompt_row(category, None if predicted is None else np.asarray(predicted))
-        with self._lock:
-            self._join_mix(category, row)
 
     def served(self, expert: int) -> None:
         """A request was served by ``expert``: its cost moves the weight."""
@@ -303,23 +239,7 @@ class OnlineRouter:
     def export_state(self, categories: Sequence[str], experts: Sequence[str]) -> dict[str, Any]:
         """Posteriors, weight and map version as plain JSON values, labelled with the names given."""
         with self._lock:
-            return {
-                "format": STATE_FORMAT,
-                "categories": list(categories),
-                "experts": list(experts),
-                "alpha": self.posterior.alpha.tolist(),
-                "beta": self.posterior.beta.tolist(),
-                "weight": self.controller.weight,
-                "base": self.controller.base,  # the feed-forward part: the weight in force resumes whole
-                "target": self.controller.target,
-                "version": self._snapshot.version,
-                "granularity": self.granularity,  # what the cells mean: scores, or residuals of predictions
-                "expert_offset": self.posterior.offset.tolist(),  # per expert, added to its cells (expert_rate)
-                "alarm_explore": self.after_alarm.export_state(),  # per expert, routed requests it may be explored
-                "change_probe": self.probe.export_state(),  # per expert, requests its suspicion may still probe
-                "change_confirm": self.confirm.export_state(),  # experts whose alarm is on trial (not resumed)
-                **({} if self.detector is None else {"change": export_change(self.detector, self.baseline)}),
-            }
+            return export_router(self, self._snapshot.version, categories, experts)
 
     def restore(self, state: dict[str, Any], categories: Sequence[str], experts: Sequence[str]) -> None:
         """Resume from ``export_state``'s output; ValueError (nothing changed) unless it fits this router."""

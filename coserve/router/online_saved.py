@@ -1,13 +1,15 @@
-"""Checking a saved online-router state before it is resumed (``OnlineRouter.restore`` uses it).
+"""The online router's saved state: its layout, written by ``export_router`` and checked by ``parse_state``.
 
-``parse_state`` reads ``OnlineRouter.export_state``'s JSON values back into arrays and refuses, with a
-ValueError saying what does not fit, a state of another format, for other categories or experts, learnt
-in the other granularity, of another shape, or with impossible values. Keys added after a state was
-saved (the per-expert offset, session 10; the feed-forward weight, session 13) resume with fresh values
-where they are missing. ``resume``
-restores a state into a router, warning and keeping the offline map where it does not fit.
+``export_router`` turns a router's posteriors, cost weight and map version, and the state of its change
+detector, alarm exploration, probe and confirmation, into JSON values (``OnlineRouter.export_state`` calls it
+under the router's lock). ``parse_state`` reads those values back into arrays (``OnlineRouter.restore`` uses
+it) and refuses, with a ValueError saying what does not fit, a state of another format, for other categories or
+experts, learnt in the other granularity, of another shape, or with impossible values. Keys added after a state
+was saved (the per-expert offset, session 10; the feed-forward weight, session 13) resume with fresh values where
+they are missing. ``resume`` restores a state into a router, warning and keeping the offline map where it does
+not fit.
 
-Pure checks; knows nothing about the router's locking, the store or HTTP.
+Pure values and checks; knows nothing about the router's locking, the store or HTTP.
 """
 
 from __future__ import annotations
@@ -19,12 +21,54 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["STATE_FORMAT", "SavedState", "parse_state", "resume"]
+from coserve.router.drift import ChangeDetector, FeedbackBaseline, export_change
+from coserve.router.online_alarm import AlarmExploration
+from coserve.router.online_confirm import ChangeConfirm
+from coserve.router.online_model import BudgetController, ScorePosterior
+from coserve.router.online_probe import ChangeProbe
+
+__all__ = ["STATE_FORMAT", "SavedState", "export_router", "parse_state", "resume"]
 
 log = logging.getLogger("coserve.router")
 
 STATE_FORMAT = 1  # export_state's layout; a state of another format is not resumed
 MAX_VERSION = 2**53  # a saved map version beyond this is corrupt (a billion updates a second for 285 years)
+
+
+class Exportable(Protocol):
+    """The parts of a router that ``export_router`` saves (``OnlineRouter``'s)."""
+
+    granularity: str
+    posterior: ScorePosterior
+    controller: BudgetController
+    after_alarm: AlarmExploration
+    probe: ChangeProbe
+    confirm: ChangeConfirm
+    detector: ChangeDetector | None
+    baseline: FeedbackBaseline | None
+
+
+def export_router(
+    router: Exportable, version: int, categories: Sequence[str], experts: Sequence[str]
+) -> dict[str, Any]:
+    """``router``'s state at map ``version`` as plain JSON values, labelled with the names given."""
+    return {
+        "format": STATE_FORMAT,
+        "categories": list(categories),
+        "experts": list(experts),
+        "alpha": router.posterior.alpha.tolist(),
+        "beta": router.posterior.beta.tolist(),
+        "weight": router.controller.weight,
+        "base": router.controller.base,  # the feed-forward part: the weight in force resumes whole
+        "target": router.controller.target,
+        "version": version,
+        "granularity": router.granularity,  # what the cells mean: scores, or residuals of predictions
+        "expert_offset": router.posterior.offset.tolist(),  # per expert, added to its cells (expert_rate)
+        "alarm_explore": router.after_alarm.export_state(),  # per expert, routed requests it may be explored
+        "change_probe": router.probe.export_state(),  # per expert, requests its suspicion may still probe
+        "change_confirm": router.confirm.export_state(),  # experts whose alarm is on trial (not resumed)
+        **({} if router.detector is None else {"change": export_change(router.detector, router.baseline)}),
+    }
 
 
 @dataclass(frozen=True)
