@@ -75,6 +75,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # fixed before its run (--settings defaults,anchor10): session 13's anchor at its best level (85 of 108 on
     # ``tune``), aimed at the near misses where the shocked expert's cells absorb the drop during the climb
     "anchor10": {"change_anchor": True, "change_threshold": 10.0},
+    # session 15, fixed before their run (--settings defaults,explore2,explore5,explore10): Thompson exploration
+    # under a cap, judged again on paired runs; a replay started from the stream's own per-cell residuals
+    # meets every official adaptive - hindsight check (docs/decisions.md, session 15), so what the router
+    # cannot learn without trying other experts is the gap
+    "explore2": {"explore_cap": 0.02},
+    "explore5": {"explore_cap": 0.05},
+    "explore10": {"explore_cap": 0.1},
 }
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95
