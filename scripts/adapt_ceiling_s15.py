@@ -16,6 +16,10 @@ the adaptive run's realised cost ``R``:
 * ``drawn_phases``: per phase, the map from the phase's own drawn requests' means (in-sample, so optimistic:
   hindsight's optimism at a finer grain);
 * ``prompt_only_phases``: the per-prompt predictions alone, nothing learnt, at cost ``R`` per phase;
+* ``known_shock``: the adaptive run again, the router told of the shock at the request it comes on (the
+  shocked expert's means moved by the shock's own size in every category and its cells cut to
+  ``reset_count`` pseudo-counts, as a perfect change detector's alarm would): what detecting the shock
+  sooner can give at most;
 * ``no_shock``: the adaptive run, static, hindsight and ``pool_phases`` again with ``shock`` 0.
 
 Differences are against hindsight. The replay's shock falls on a phase boundary at the benchmark's 4 phases
@@ -38,6 +42,7 @@ import coserve.bench.pinned  # noqa: F401
 # isort: split
 
 import argparse
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -54,9 +59,11 @@ from coserve.bench.provenance import write_data
 from coserve.bench.script_run import run_script
 from coserve.eval.data import ExpertCosts, embed_cached, load_costs, load_outcomes
 from coserve.router.embedders import STACK_EMBEDDER, make_embedder
+from coserve.router.online import OnlineRouter
 
 OFFICIAL = (("params", 15.0, 0), ("params", 15.0, 1), ("params", 15.0, 2), ("params", 20.0, 0), ("price", 0.3, 0))
-CEILINGS = ("fixed_table_phases", "pool_phases", "prompt_pool_phases", "drawn_phases", "prompt_only_phases")
+PHASE_CEILINGS = ("fixed_table_phases", "pool_phases", "prompt_pool_phases", "drawn_phases", "prompt_only_phases")
+CEILINGS = ("known_shock", *PHASE_CEILINGS)
 
 
 def official_streams(data: Path, costs: ExpertCosts) -> dict[str, FittedStream]:
@@ -112,7 +119,7 @@ def ceilings(f: FittedStream, costs: ExpertCosts, options: AdaptOptions, report:
     spend = report["realised_avg_cost"]
     hindsight_table = category_means(truth, category, K)
     per = -(-n // options.phases)
-    sums = dict.fromkeys(CEILINGS, 0.0)
+    sums = dict.fromkeys(PHASE_CEILINGS, 0.0)
     for start in range(0, n, per):
         part = slice(start, min(start + per, n))
         size, mix = part.stop - part.start, mix_of(category[part], K)
@@ -135,6 +142,28 @@ def ceilings(f: FittedStream, costs: ExpertCosts, options: AdaptOptions, report:
     return {name: total / n for name, total in sums.items()}
 
 
+@contextlib.contextmanager
+def told_of_shock(expert: int, at: int, shift: float) -> Any:
+    """Within: every OnlineRouter, once it has served ``at`` requests, moves ``expert``'s means by ``-shift`` and
+    cuts its cells to ``reset_count`` pseudo-counts (what its own detector does at a true alarm, sized exactly)."""
+    served = OnlineRouter.served
+
+    def patched(router: OnlineRouter, expert_served: int) -> None:
+        served(router, expert_served)
+        if router._served == at:
+            reset = router.change.reset_count if router.change is not None else 2.0
+            router.posterior.rebase(expert, -shift, reset)
+            if router.detector is not None:
+                router.detector.rebased(expert)
+            router._changed()
+
+    OnlineRouter.served = patched  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        OnlineRouter.served = served  # type: ignore[method-assign]
+
+
 def one_run(f: FittedStream, costs: ExpertCosts, axis: str, target: float, seed: int) -> dict[str, Any]:
     replay = (f.offline, f.stream, f.stream_category, costs)
     extra = (f.predicted, f.vectors, f.prior_fit)
@@ -144,6 +173,12 @@ def one_run(f: FittedStream, costs: ExpertCosts, axis: str, target: float, seed:
     record: dict[str, Any] = {"axis": axis, "target": target, "seed": seed, "realised": report["realised_avg_cost"]}
     record.update(adaptive=q["adaptive"], static=q["static"], hindsight=q["hindsight"])
     record.update(ceilings(f, costs, options, report))
+    shocked = report["experts"].index(report["shock"]["expert"])
+    with told_of_shock(shocked, report["shock"]["at"], options.shock):
+        told = replay_adapt(*replay, options, *extra)
+    record["known_shock"] = told["quality"]["adaptive"]
+    record["known_shock_recovery"] = told["recovery_requests"]
+    record["recovery"] = report["recovery_requests"]
     calm = AdaptOptions(budget_axis=axis, target=target, seed=seed, shock=0.0)
     calm_report = replay_adapt(*replay, calm, *extra)
     cq = calm_report["quality"]
