@@ -29,6 +29,11 @@ Differences are against hindsight. The replay's shock falls on a phase boundary 
         --json docs/data/adapt-ceiling-s15.json
     python scripts/adapt_ceiling_s15.py --data ../shared/data/llmrouter --json docs/data/adapt-ceiling-s15-tuning.json
 
+``--file F``: one run on the outcome file F split in halves at ``--budget-price`` (seed 0), as the RouteLLM runs:
+
+    python scripts/adapt_ceiling_s15.py --data ../shared/data/routellm --file ../shared/data/routellm/mt_bench.jsonl \\
+        --json docs/data/adapt-ceiling-s15-mt-bench.json
+
 ``--official``: the five official llmrouter runs (the benchmark's prior and stream halves, 15 B seeds 0-2, 20 B,
 $0.3); without it the tuning splits of adapt_tune_s14.py (inside the benchmark's prior half; the benchmark's
 stream is never replayed), the three budgets x ``--seeds``. A diagnosis: nothing here is tuned.
@@ -66,16 +71,16 @@ PHASE_CEILINGS = ("fixed_table_phases", "pool_phases", "prompt_pool_phases", "dr
 CEILINGS = ("known_shock", *PHASE_CEILINGS)
 
 
-def official_streams(data: Path, costs: ExpertCosts) -> dict[str, FittedStream]:
+def official_streams(outcomes: Path, costs: ExpertCosts, axes: tuple[str, ...]) -> dict[str, FittedStream]:
     """The benchmark's own fit: prior half, stream half (``coserve bench adapt`` without ``--stream``)."""
-    rows, _ = load_outcomes(data / "train.jsonl", on_bad="skip")
+    rows, _ = load_outcomes(outcomes, on_bad="skip")
     cache = kernel_cache(blas_kernels())
     X = embed_cached(rows.prompts, make_embedder("minilm"), cache)
     P = embed_cached(rows.prompts, make_embedder(STACK_EMBEDDER), cache)
     a, b = split_by_prompt(rows)
+    folds = CALIBRATION_FOLDS if len(set(rows.subset(a).categories)) > 1 else 0  # one category: no cross-fit
     return {
-        axis: fit_stream(rows.subset(a), X[a], rows.subset(b), X[b], costs, axis, (P[a], P[b]), CALIBRATION_FOLDS)
-        for axis in ("params", "price")
+        axis: fit_stream(rows.subset(a), X[a], rows.subset(b), X[b], costs, axis, (P[a], P[b]), folds) for axis in axes
     }
 
 
@@ -209,14 +214,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--data", type=Path, required=True, help="folder with train.jsonl and experts.json")
     parser.add_argument("--json", type=Path, required=True, help="write the runs and their summary here")
     parser.add_argument("--official", action="store_true", help="the five official llmrouter runs")
+    parser.add_argument(
+        "--file",
+        type=Path,
+        help="instead: one run on this outcome file split in halves (seed 0; experts.json beside it)",
+    )
+    parser.add_argument("--budget-price", type=float, default=5.0, help="--file's budget (price; the RouteLLM runs' 5)")
     parser.add_argument("--seeds", type=int, default=9, help="tuning splits: seeds 0 to N-1 per split and budget")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds: at least 1")
     costs = load_costs(args.data / "experts.json")
     runs: list[dict[str, Any]] = []
-    if args.official:
-        fitted = official_streams(args.data, costs)
+    if args.file is not None:
+        fitted = official_streams(args.file, costs, ("price",))
+        runs.append({"split": str(args.file), **one_run(fitted["price"], costs, "price", args.budget_price, 0)})
+    elif args.official:
+        fitted = official_streams(args.data / "train.jsonl", costs, ("params", "price"))
         for axis, target, seed in OFFICIAL:
             runs.append({"split": "benchmark", **one_run(fitted[axis], costs, axis, target, seed)})
             print(runs[-1]["axis"], target, seed, f"{runs[-1]['adaptive'] - runs[-1]['hindsight']:+.4f}", flush=True)
