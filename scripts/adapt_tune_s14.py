@@ -86,6 +86,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
                 "change_confirm_error": 0.05},
     "confirm_strict": {"change_confirm": True, "change_confirm_requests": 200, "change_confirm_sd": 0.45,
                        "change_confirm_error": 0.01},
+    # session 15, fixed before their run (--settings defaults,explore2,explore5,explore10): Thompson exploration
+    # under a cap, judged again on paired runs: a first look (a replay started from the stream's own per-cell
+    # residuals, later found confounded with the calibration: docs/decisions.md, session 15, explore15) put the
+    # gap in what the router cannot learn without trying other experts
+    "explore2": {"explore_cap": 0.02},
+    "explore5": {"explore_cap": 0.05},
+    "explore10": {"explore_cap": 0.1},
 }  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95
