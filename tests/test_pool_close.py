@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,22 @@ from coserve.types import Tier
 
 
 class _SlowStaging(FakeBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.staging = 0  # stagings started in a worker thread
+
     def stage(self, spec: ExpertSpec, base: Path | None) -> Any:
+        self.staging += 1
         time.sleep(0.2)
         return super().stage(spec, base)
+
+
+async def _eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait until ``check()`` holds (worker threads end when the machine lets them; never a fixed pause)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
 
 
 def _pool(tmp_path: Path, backend: FakeBackend) -> ExpertPool:
@@ -43,8 +57,8 @@ def test_close_leaves_a_busy_runtime_alive_until_its_work_ends(tmp_path: Path) -
         await pool.close()
         assert lease.handle.runtime["alive"], "closed under a running generation"
         lease.release()  # the generation returned
-        await asyncio.sleep(0.05)
-        assert not lease.handle.runtime["alive"] and backend.unloads == ["small"]
+        await _eventually(lambda: not lease.handle.runtime["alive"])
+        assert backend.unloads == ["small"]
         assert set(pool.residency().values()) == {Tier.DISK}
 
     asyncio.run(scenario())
@@ -56,11 +70,11 @@ def test_a_load_that_ends_after_close_is_undone(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         loading = asyncio.create_task(pool.acquire("big"))
-        await asyncio.sleep(0.05)  # the load runs in its thread
+        await _eventually(lambda: backend.active_loads == 1)  # the load runs in its thread
         await pool.close()
         with pytest.raises(ExpertLoadError):
-            await asyncio.wait_for(loading, 2)
-        await asyncio.sleep(0.05)
+            await asyncio.wait_for(loading, 10)
+        await _eventually(lambda: backend.unstages == ["big"])
         assert backend.loads == ["big"] and backend.unloads == ["big"] and backend.unstages == ["big"]
         assert set(pool.residency().values()) == {Tier.DISK}
         with pytest.raises(ExpertLoadError):
@@ -75,9 +89,9 @@ def test_a_staging_that_ends_after_close_is_undone(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         prefetch = asyncio.create_task(pool.prefetch("coder"))
-        await asyncio.sleep(0.05)  # the staging runs in its thread
+        await _eventually(lambda: backend.staging == 1)  # the staging runs in its thread
         await pool.close()
-        await asyncio.wait_for(prefetch, 2)
+        await asyncio.wait_for(prefetch, 10)
         assert backend.stages == ["coder"] and backend.unstages == ["coder"]
         assert pool.residency()["coder"] is Tier.DISK
 
