@@ -18,8 +18,12 @@ from coserve.server.app import create_app
 # the tests run before this one in the same process (cause not traced), so the fuzz alone may never send an
 # accepted chat body; the explicit cases below reach both sides of the endpoint in every run.
 MAX_EXAMPLES = 50
-ACCEPTED = {"model": "coserve", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4}
-REFUSED = {"model": "coserve", "messages": []}  # 400: messages must hold at least one message
+ACCEPTED: dict[str, Any] = {
+    "model": "coserve",
+    "messages": [{"role": "user", "content": "Name a colour."}],
+    "max_tokens": 4,
+}
+REFUSED: dict[str, Any] = {"model": "coserve", "messages": []}  # 400: messages must hold at least one message
 
 
 def _with_routed_model(case: Any) -> Any:
