@@ -89,6 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"coserve: library {engine.library.path} — experts {', '.join(engine.library.expert_names)}", flush=True)
     for name, problem in engine.unavailable.items():
         print(f"coserve: warning: expert {name} cannot load ({problem}); its requests fall back", file=sys.stderr)
+    if engine.memory_warning:
+        print(f"coserve: warning: {engine.memory_warning}", file=sys.stderr)
     # uvicorn re-raises the signal that stopped it once it has drained; a SIGTERM that led to a
     # clean drain is a normal end here (exit 0), so the re-raised one is ignored.
     # A Ctrl-C exits 130 through that re-raise (KeyboardInterrupt) where SIGINT has Python's handler; a
