@@ -107,8 +107,8 @@ def test_the_default_experts_real_sizes_against_a_small_ram_budget(tmp_path: Pat
     base = default.path.parent if default.path else None
     for spec in default.experts:
         model_path(spec, base)  # assembled into the test session's cache, as the other e2e tests do
-    small = default.model_copy(update={"memory": MemorySettings(ram=512 * MiB, active=4096 * MiB)})
+    small = default.model_copy(update={"memory": MemorySettings(ram=600 * MiB, active=4096 * MiB)})
     backends = {spec.name: get_backend(spec.backend) for spec in small.experts}
     never, warning = check_budgets(small, backends)
-    assert set(never) == {"large"}  # 1,066 MiB of weights (docs/data/experts.json) against 512 MiB
-    assert warning is not None and "general, coder" in warning  # 94 + 469 MiB and their vocabularies
+    assert set(never) == {"large"}  # a 1,066 MiB file (docs/data/experts.json) against 600 MiB
+    assert warning is not None and "general, coder" in warning  # 94 + 469 MiB files, with their vocabularies more
