@@ -149,6 +149,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     sampling = _chat_sampling(args)
     engine = load_engine(args.library)
+    if args.model != ROUTED_MODEL and args.model not in engine.library.expert_names:
+        raise CoserveError(
+            f"--model {args.model}: not an expert of the library ({', '.join(engine.library.expert_names)})"
+            f" nor '{ROUTED_MODEL}'"
+        )
     history: list[Message] = []
 
     async def turn(text: str) -> None:
