@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
@@ -31,6 +31,8 @@ from coserve.backends.fake import FakeBackend
 from coserve.config import ExpertSpec, LibraryConfig
 from coserve.engine import engine, pool, residency
 from coserve.errors import ExpertFailed, ExpertLoadError
+
+T = TypeVar("T")
 
 GATED = ("stage", "load", "stream")  # backend calls that wait for the test; others run on settle
 
@@ -147,25 +149,29 @@ class TrackingBackend(FakeBackend):
         self.live_staged: set[int] = set()  # id() of staged objects not unstaged
         self.streams_on_dead: list[str] = []  # experts a stream found unloaded (must stay empty)
 
+    @staticmethod
+    def _born(live: set[int], thing: T) -> T:
+        live.add(id(thing))
+        return thing
+
+    @staticmethod
+    def _dies(live: set[int], thing: Any, problem: str) -> None:
+        assert id(thing) in live, problem
+        live.discard(id(thing))
+
     def stage(self, spec: ExpertSpec, base: Path | None) -> Any:
-        staged = super().stage(spec, base)
-        self.live_staged.add(id(staged))
-        return staged
+        return self._born(self.live_staged, super().stage(spec, base))
 
     def unstage(self, staged: Any) -> None:
-        assert id(staged) in self.live_staged, "unstaged twice or never staged"
-        self.live_staged.discard(id(staged))
+        self._dies(self.live_staged, staged, "unstaged twice or never staged")
         super().unstage(staged)
 
     def load(self, spec: ExpertSpec, staged: Any) -> Handle:
         assert id(staged) in self.live_staged, "loaded from a staged object that was released"
-        handle = super().load(spec, staged)
-        self.live_handles.add(id(handle))
-        return handle
+        return self._born(self.live_handles, super().load(spec, staged))
 
     def unload(self, handle: Handle) -> None:
-        assert id(handle) in self.live_handles, "unloaded twice or never loaded"
-        self.live_handles.discard(id(handle))
+        self._dies(self.live_handles, handle, "unloaded twice or never loaded")
         super().unload(handle)
 
     def stream(self, handle: Handle, *args: Any) -> None:

@@ -83,6 +83,7 @@ def test_serve_bench_library_copy_keeps_every_file_it_names(tmp_path: Path) -> N
     solved = with_measured_map(original).router.map
     assert with_measured_map(copy).router.map == solved and set(solved) == {"code", "math", "chat"}  # same outcomes
     assert copy.expert("small").parts == (str(tmp_path / "models" / "small.bin"),)
+    assert copy.server.log.path == tmp_path / "elsewhere" / "decisions.sqlite"  # was: the user's own log
 
 
 @pytest.mark.e2e

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from adapt_flags import assert_bench_adapt_refuses
 from pydantic import ValidationError
 
 from coserve.bench.adapt import AdaptOptions
 from coserve.bench.adapt_baselines import alarm_report
-from coserve.cli import main
 from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
 from coserve.router.drift import ChangeDetector, ChangeSettings
@@ -149,13 +149,12 @@ def test_a_revert_restarts_the_detectors_statistics_for_the_expert() -> None:
 def test_bench_adapt_takes_the_confirm_flags_and_refuses_bad_ones_before_reading_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["bench", "adapt", "--prior", str(tmp_path / "none.jsonl"), "--experts", str(tmp_path / "none.json")]
-    argv += ["--budget-params", "3", "--json", str(tmp_path / "x.json")]
-    for flags, says in (
+    cases = (
         (["--change-confirm", "--change-threshold", "0"], "needs change_threshold > 0"),
-        (["--change-confirm", "--change-confirm-requests", "0"], "change_confirm_requests: Input should be greater"),
+        (
+            ["--change-confirm", "--change-confirm-requests", "0"],
+            "change_confirm_requests: Input should be greater",
+        ),
         (["--change-confirm", "--change-confirm-sd", "-1"], "change_confirm_sd: Input should be greater"),
-    ):
-        assert main([*argv, *flags]) == 2
-        assert says in capsys.readouterr().err
-    assert not (tmp_path / "x.json").exists()
+    )
+    assert_bench_adapt_refuses(tmp_path, capsys, cases)

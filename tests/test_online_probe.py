@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from adapt_flags import assert_bench_adapt_refuses
 from pydantic import ValidationError
 
 from coserve.bench.adapt import AdaptOptions
-from coserve.cli import main
 from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
 from coserve.router.drift import ChangeDetector
@@ -138,14 +138,13 @@ def test_the_settings_carry_the_probe_and_refuse_what_cannot_work() -> None:
 def test_bench_adapt_takes_the_probe_flags_and_refuses_bad_ones_before_reading_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["bench", "adapt", "--prior", str(tmp_path / "none.jsonl"), "--experts", str(tmp_path / "none.json")]
-    argv += ["--budget-params", "3", "--json", str(tmp_path / "x.json")]
-    for flags, says in (
+    cases = (
         (["--change-probe", "1.5"], "change_probe: Input should be less than 1"),
-        (["--change-probe", "0.5", "--change-probe-requests", "0"], "change_probe_requests: Input should be greater"),
+        (
+            ["--change-probe", "0.5", "--change-probe-requests", "0"],
+            "change_probe_requests: Input should be greater",
+        ),
         (["--change-probe", "0.5", "--change-probe-margin", "-1"], "change_probe_margin: Input should be greater"),
         (["--change-probe", "0.5", "--change-threshold", "0"], "needs change_threshold > 0"),
-    ):
-        assert main([*argv, *flags]) == 2
-        assert says in capsys.readouterr().err
-    assert not (tmp_path / "x.json").exists()
+    )
+    assert_bench_adapt_refuses(tmp_path, capsys, cases)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from adapt_flags import assert_bench_adapt_refuses
 from pydantic import ValidationError
 
 from coserve.bench.adapt import AdaptOptions
-from coserve.cli import main
 from coserve.config_routing import OnlineSettings
 from coserve.router.drift import ChangeDetector
 from coserve.router.online import ChangeSettings, OnlineRouter
@@ -81,15 +81,11 @@ def test_the_settings_carry_the_ratio_and_refuse_what_cannot_work() -> None:
 def test_bench_adapt_takes_the_starved_flag_and_refuses_bad_ones_before_reading_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["bench", "adapt", "--prior", str(tmp_path / "none.jsonl"), "--experts", str(tmp_path / "none.json")]
-    argv += ["--budget-params", "3", "--json", str(tmp_path / "x.json")]
-    for flags, says in (
+    cases = (
         (["--change-probe-starved", "0.5"], "needs change_probe > 0"),
         (["--change-probe", "0.5", "--change-probe-starved", "1.5"], "change_probe_starved: Input should be less"),
-    ):
-        assert main([*argv, *flags]) == 2
-        assert says in capsys.readouterr().err
-    assert not (tmp_path / "x.json").exists()
+    )
+    assert_bench_adapt_refuses(tmp_path, capsys, cases)
 
 
 def test_every_routed_request_joins_the_shares_an_explored_one_as_its_explored_expert() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,16 @@ async def _eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def _close_during(
+    pool: ExpertPool, work: Coroutine[Any, Any, Any], started: Callable[[], bool]
+) -> asyncio.Task[Any]:
+    """Start ``work``, wait until its move runs in its worker thread, close the pool; the work's task."""
+    task = asyncio.create_task(work)
+    await _eventually(started)
+    await pool.close()
+    return task
+
+
 def _pool(tmp_path: Path, backend: FakeBackend) -> ExpertPool:
     options = {name: {"nbytes": 10 * MiB, "load_delay": 0.2} for name in ("small", "coder", "big")}
     library = load_library(write_library(tmp_path, options=options))
@@ -69,9 +79,7 @@ def test_a_load_that_ends_after_close_is_undone(tmp_path: Path) -> None:
     pool = _pool(tmp_path, backend)
 
     async def scenario() -> None:
-        loading = asyncio.create_task(pool.acquire("big"))
-        await _eventually(lambda: backend.active_loads == 1)  # the load runs in its thread
-        await pool.close()
+        loading = await _close_during(pool, pool.acquire("big"), lambda: backend.active_loads == 1)
         with pytest.raises(ExpertLoadError):
             await asyncio.wait_for(loading, 10)
         await _eventually(lambda: backend.unstages == ["big"])
@@ -88,9 +96,7 @@ def test_a_staging_that_ends_after_close_is_undone(tmp_path: Path) -> None:
     pool = _pool(tmp_path, backend)
 
     async def scenario() -> None:
-        prefetch = asyncio.create_task(pool.prefetch("coder"))
-        await _eventually(lambda: backend.staging == 1)  # the staging runs in its thread
-        await pool.close()
+        prefetch = await _close_during(pool, pool.prefetch("coder"), lambda: backend.staging == 1)
         await asyncio.wait_for(prefetch, 10)
         assert backend.stages == ["coder"] and backend.unstages == ["coder"]
         assert pool.residency()["coder"] is Tier.DISK

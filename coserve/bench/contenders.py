@@ -31,7 +31,8 @@ START_TIMEOUT_S = 300.0
 
 
 def bench_library(library: LibraryConfig, folder: Path, active: int, ram: int) -> Path:
-    """A copy of the library in ``folder`` with these memory budgets (bytes); files it names resolved."""
+    """A copy of the library in ``folder`` with these memory budgets (bytes); files it names resolved,
+    and its decision log in ``folder`` (else the benchmark's requests fill the library's own log)."""
     data = yaml.safe_load(library.path.read_text()) if library.path else {}
     if library.path is not None:  # the copy lives elsewhere: files it names, made absolute
         if isinstance(data.get("categories"), str):
@@ -47,6 +48,8 @@ def bench_library(library: LibraryConfig, folder: Path, active: int, ram: int) -
                 absolute = [s if s.startswith("pkg:") else str(library.path.parent / s) for s in listed]
                 expert["source"] = absolute[0] if isinstance(sources, str) else absolute
     data["memory"] = {**data.get("memory", {}), "active": active, "ram": ram}
+    server = data.get("server") or {}  # the benchmark's requests are logged beside it, never in the user's log
+    data["server"] = {**server, "log": {**(server.get("log") or {}), "path": str(folder / "decisions.sqlite")}}
     path = folder / "bench-library.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

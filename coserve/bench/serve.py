@@ -26,7 +26,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from coserve.assets import model_path
 from coserve.backends.registry import get_backend
 from coserve.bench.contenders import PEER_COMMAND, bench_library, run_coserve, run_peer
 from coserve.bench.serve_options import CONTENDERS, checked_contenders
@@ -91,7 +90,7 @@ def _active_budget(library: LibraryConfig) -> tuple[int, int, int]:
     """(ACTIVE budget, weights, loaded footprints) in bytes: about half the library loaded; when one
     expert is most of it, the largest and the smallest together (never all of them)."""
     base = library.path.parent if library.path else None
-    weights = sum(model_path(spec, base).stat().st_size for spec in library.experts)
+    weights = sum(get_backend(spec.backend).nbytes(spec, base) for spec in library.experts)  # what RAM counts
     sizes = sorted(get_backend(spec.backend).footprint(spec, base) for spec in library.experts)
     return max(int(sum(sizes) * 0.5), int((sizes[-1] + sizes[0]) * 1.02)), weights, sum(sizes)
 

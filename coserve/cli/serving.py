@@ -89,6 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"coserve: library {engine.library.path} — experts {', '.join(engine.library.expert_names)}", flush=True)
     for name, problem in engine.unavailable.items():
         print(f"coserve: warning: expert {name} cannot load ({problem}); its requests fall back", file=sys.stderr)
+    if engine.memory_warning:
+        print(f"coserve: warning: {engine.memory_warning}", file=sys.stderr)
     # uvicorn re-raises the signal that stopped it once it has drained; a SIGTERM that led to a
     # clean drain is a normal end here (exit 0), so the re-raised one is ignored.
     # A Ctrl-C exits 130 through that re-raise (KeyboardInterrupt) where SIGINT has Python's handler; a
@@ -147,6 +149,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     sampling = _chat_sampling(args)
     engine = load_engine(args.library)
+    if args.model != ROUTED_MODEL and args.model not in engine.library.expert_names:
+        raise CoserveError(
+            f"--model {args.model}: not an expert of the library ({', '.join(engine.library.expert_names)})"
+            f" nor '{ROUTED_MODEL}'"
+        )
     history: list[Message] = []
 
     async def turn(text: str) -> None:

@@ -33,6 +33,7 @@ from coserve.backends.base import Backend
 from coserve.backends.tool_calls import joined_calls
 from coserve.config import LibraryConfig
 from coserve.engine.assemble import assemble
+from coserve.engine.budgets import check_budgets
 from coserve.engine.call import Call
 from coserve.engine.cascade import Cascade
 from coserve.engine.fit import PromptFit
@@ -81,7 +82,8 @@ class Engine:
             pool.next_use = self.scheduler.next_use
         self.cascade = Cascade.from_library(library)  # routing.mode: cascade, else None
         self.fit = PromptFit(pool, executor)  # prompts too long for an expert, known before loading it
-        self.unavailable: dict[str, str] = {}  # expert -> why its model file is not there (at start)
+        self.unavailable: dict[str, str] = {}  # expert -> why it cannot load: no model file, over a budget (at start)
+        self.memory_warning: str | None = None  # the budgets' problem short of that (coserve.engine.budgets)
         self.switches = 0  # times the running expert changed
         self._running: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop the dispatcher runs on
@@ -105,7 +107,8 @@ class Engine:
         ``routed=False``: no router (an expert host runs calls an ingress routed; ``route`` refuses)."""
         parts = assemble(library, cache, embedder, backends, metrics, routed=routed)
         engine = cls(parts.library, parts.router, parts.pool, parts.metrics, parts.executor, residency)
-        for name, problem in missing_files(parts.library).items():
+        never, engine.memory_warning = check_budgets(parts.library, parts.pool.backends)
+        for name, problem in {**missing_files(parts.library), **never}.items():
             parts.pool.note_unavailable(name, problem)
             engine.unavailable[name] = problem
         return engine

@@ -7,9 +7,10 @@
 One verb per move (coserve.backends.base): stage DISK -> RAM, load RAM -> ACTIVE, unload
 ACTIVE -> RAM, unstage RAM -> DISK.
 
-The RAM budget counts weights (``Backend.nbytes``) of every expert not on DISK; the ACTIVE budget
-counts each loaded runtime's whole footprint (``Backend.footprint``: weights plus KV caches,
-compute buffers and repacked copies), so it bounds what loaded experts really hold.
+The RAM budget counts weights (``Backend.nbytes``) of every expert not on DISK, loaded ones too; the
+ACTIVE budget counts each loaded runtime's whole footprint (``Backend.footprint``: weights plus KV
+caches, compute buffers and repacked copies), so it bounds what loaded experts really hold. An expert
+over either budget alone is never loaded (coserve.engine.budgets).
 
 Rules:
 * one move per expert at a time (single flight): concurrent requests wait for that one load;
@@ -36,6 +37,7 @@ from typing import Any
 
 from coserve.backends.base import Backend
 from coserve.config import LibraryConfig
+from coserve.engine.budgets import over_budget
 from coserve.engine.residency import Candidate, Entry, Lease, choose_victims, load_error
 from coserve.errors import CoserveError, ExpertLoadError
 from coserve.metrics import Metrics
@@ -175,11 +177,8 @@ class ExpertPool:
             except Exception as exc:  # a missing or unreadable file: as a failed load
                 entry.nbytes = entry.footprint = 0
                 raise self._failed(name, entry, exc) from None
-        if entry.footprint > self.budget_bytes:
-            raise ExpertLoadError(
-                f"expert {name!r} needs {entry.footprint} bytes when loaded (weights, KV cache and buffers), "
-                f"more than the ACTIVE memory budget ({self.budget_bytes} bytes)"
-            )
+        if problem := over_budget(name, entry.nbytes, entry.footprint, self.ram_budget_bytes, self.budget_bytes):
+            raise ExpertLoadError(problem)  # weights over ``ram`` or footprint over ``active``: never loadable
 
     def _victims(
         self, exclude: str, tier: Tier, need: int, used: int, budget: int, partial: bool = False

@@ -272,6 +272,7 @@ def _model_objects(state: ServerState) -> list[dict[str, Any]]:
                     "routed": False,
                     "backend": spec.backend,
                     "params_b": spec.params_b,
+                    "price": {"input": spec.price.input, "output": spec.price.output},  # USD per million tokens
                     "context": spec.context,
                     "tags": list(spec.tags),
                     "capabilities": sorted(capabilities(spec)),
@@ -307,7 +308,7 @@ async def feedback(http: HttpRequest, state: ApiState) -> dict[str, Any]:
     return {"object": "feedback", "id": body.id, "score": body.score}
 
 
-@router.get("/health", responses=error_responses(401, 503))
+@router.api_route("/health", methods=["GET", "HEAD"], responses=error_responses(401, 503))  # HEAD: probes
 async def health(state: OpsState) -> JSONResponse:
     admission = state.admission
     payload = {
