@@ -142,8 +142,10 @@ def test_admission_counts_once() -> None:
     with pytest.raises(TooManyRequests) as refused:
         admission.claim(second)
     assert refused.value.headers() == {"retry-after": "1"}
-    with pytest.raises(TooManyRequests):
+    assert str(refused.value) == "expert 'a' holds 1 request already; retry later"
+    with pytest.raises(TooManyRequests) as full:
         admission.admit(third)
+    assert str(full.value) == "the server holds 2 requests already; retry later"
     assert not third.admitted
     admission.release(first)
     admission.release(first)  # a second release does nothing

@@ -136,8 +136,12 @@ def test_log_command_exports(
         table = list(csv.DictReader(handle))
     assert [r["id"] for r in table] == [ids[0], ids[3]] and {r["expert"] for r in table} == {"coder"}
 
-    assert main(["log", "--db", str(db), "--limit", "2"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["log", "--db", str(db), "--limit", "2"]) == 0  # the oldest two
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ids[:2]
+    assert main(["log", "--db", str(db), "--last", "3"]) == 0  # the latest three, listed oldest first
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ids[1:]
+    assert main(["log", "--db", str(db), "--expert", "coder", "--last", "1"]) == 0
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == [ids[3]]
     assert main(["log", "--db", str(db), "--since", "2999-01-01T00:00:00Z"]) == 0
     assert capsys.readouterr().out == ""
     # no row: the CSV still has every column (docs/operations.md's list, then feedback), not just "id"
@@ -155,6 +159,12 @@ def test_log_command_refuses_what_it_cannot_read(cache: Path, capsys: pytest.Cap
         assert main(["log", "--db", str(cache / "none.sqlite"), "--limit", limit]) == 2
         expected = f"coserve: error: --limit {limit}: give 1 or more (leave it out for every row)\n"
         assert capsys.readouterr().err == expected
+    assert main(["log", "--db", str(cache / "none.sqlite"), "--last", "0"]) == 2
+    assert "--last 0: give 1 or more" in capsys.readouterr().err
+    assert main(["log", "--db", str(cache / "none.sqlite"), "--last", "2", "--limit", "2"]) == 2
+    assert capsys.readouterr().err == (
+        "coserve: error: --limit keeps the oldest rows and --last the newest: give one of them\n"
+    )
     assert main(["log"]) == 2  # the default file is missing: say where else the log may be
     assert capsys.readouterr().err == (
         f"coserve: error: no decision log at {cache / 'decisions.sqlite'}; "

@@ -155,8 +155,11 @@ def cmd_log(args: argparse.Namespace) -> int:
     from coserve.paths import decision_log_path
     from coserve.store.log import DecisionRow, query_decisions
 
-    if args.limit is not None and args.limit < 1:  # SQLite would read -1 as "no limit"
-        raise CoserveError(f"--limit {args.limit}: give 1 or more (leave it out for every row)")
+    for flag, value in (("--limit", args.limit), ("--last", args.last)):
+        if value is not None and value < 1:  # SQLite would read -1 as "no limit"
+            raise CoserveError(f"{flag} {value}: give 1 or more (leave it out for every row)")
+    if args.limit is not None and args.last is not None:
+        raise CoserveError("--limit keeps the oldest rows and --last the newest: give one of them")
     db = Path(args.db) if args.db else decision_log_path()
     if not db.is_file():
         elsewhere = "" if args.db else "; a library's server.log.path keeps it elsewhere: name that file with --db"
@@ -169,7 +172,10 @@ def cmd_log(args: argparse.Namespace) -> int:
             raise CoserveError(f"--since {args.since!r} is not an ISO 8601 time (e.g. 2026-01-31T12:00)") from None
         if since.tzinfo is None:
             since = since.replace(tzinfo=UTC)  # a time without a zone is UTC
-    rows = query_decisions(db, since=since, expert=args.expert, limit=args.limit)
+    newest = args.last is not None
+    rows = query_decisions(
+        db, since=since, expert=args.expert, limit=args.last if newest else args.limit, newest=newest
+    )
     for row in rows:
         row["time"] = datetime.fromtimestamp(row["time"], UTC).isoformat(timespec="milliseconds")
     out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout
@@ -255,7 +261,8 @@ def add_log_parser(sub: Subcommands) -> None:
     p.add_argument("--db", help="the log's database (default: $COSERVE_CACHE/decisions.sqlite)")
     p.add_argument("--since", help="only requests at or after this ISO 8601 time (UTC unless it says)")
     p.add_argument("--expert", help="only requests this expert answered")
-    p.add_argument("--limit", type=int, help="at most this many rows (oldest first)")
+    p.add_argument("--limit", type=int, help="at most this many rows: the oldest that match")
+    p.add_argument("--last", type=int, help="the latest this many rows that match (listed oldest first)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     p.add_argument("--out", help="write here instead of stdout")
     p.set_defaults(func=cmd_log)

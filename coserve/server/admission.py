@@ -50,7 +50,7 @@ class Admission:
                 return
             if self.pending >= self.max_pending:
                 raise TooManyRequests(
-                    f"the server holds {self.max_pending} requests already; retry later", retry_after=RETRY_AFTER_S
+                    f"the server holds {_requests(self.max_pending)} already; retry later", retry_after=RETRY_AFTER_S
                 )
             self.pending += 1
             call.admitted = True
@@ -65,7 +65,7 @@ class Admission:
             held = self.per_expert.get(expert, 0)
             if held >= self.max_pending_per_expert:
                 raise TooManyRequests(
-                    f"expert {expert!r} holds {self.max_pending_per_expert} requests already; retry later",
+                    f"expert {expert!r} holds {_requests(self.max_pending_per_expert)} already; retry later",
                     retry_after=RETRY_AFTER_S,
                 )
             self.per_expert[expert] = held + 1
@@ -93,3 +93,7 @@ class Admission:
                 else:
                     del self.per_expert[call.held_expert]
                 call.held_expert = None
+
+
+def _requests(n: int) -> str:
+    return f"{n} request" if n == 1 else f"{n} requests"

@@ -353,9 +353,16 @@ class DecisionLog:
 
 
 def query_decisions(
-    path: Path, *, since: datetime | None = None, expert: str | None = None, limit: int | None = None
+    path: Path,
+    *,
+    since: datetime | None = None,
+    expert: str | None = None,
+    limit: int | None = None,
+    newest: bool = False,
 ) -> list[dict[str, Any]]:
-    """Logged decisions, oldest first, each with its latest feedback score (or None)."""
+    """Logged decisions, oldest first, each with its latest feedback score (or None).
+
+    ``limit`` keeps the oldest rows that match, or with ``newest`` the latest ones (still listed oldest first)."""
     where: list[str] = []
     params: list[Any] = []
     if since is not None:
@@ -371,12 +378,14 @@ def query_decisions(
         sql = (
             f"SELECT {', '.join('d.' + c for c in columns)}, "
             "(SELECT f.score FROM feedback f WHERE f.id = d.id ORDER BY f.seq DESC LIMIT 1) AS feedback "
-            "FROM decisions d" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.time, d.id"
+            "FROM decisions d" + (" WHERE " + " AND ".join(where) if where else "")
         )
+        sql += " ORDER BY d.time DESC, d.id DESC" if newest else " ORDER BY d.time, d.id"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
         conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute(sql, params)]
+        rows = [dict(row) for row in conn.execute(sql, params)]
+        return rows[::-1] if newest else rows
     finally:
         conn.close()
