@@ -1,9 +1,10 @@
-"""The ``coserve`` command: serve | route | chat | map | experts | keys | log | bench | outcomes |
+"""The ``coserve`` command: serve | init | route | chat | map | experts | keys | log | bench | outcomes |
 compare | eval | train | plan | deploy.
 
 Each command lives in a module of this package beside its parser: ``serving`` (serve, route,
 chat), ``experts`` (experts, keys, log), ``bench``, ``measure`` (outcomes, compare, map),
-``train`` (eval, train), ``plan`` and ``cluster`` (deploy, serve --ray). Commands parse and print;
+``train`` (eval, train), ``plan`` and ``cluster`` (deploy, serve --ray), ``init`` (a copy of the
+default library to edit). Commands parse and print;
 the work is done by the package's other modules. Arguments are parsed in ``main()``; nothing runs
 at import time. Errors a user can fix (a bad library file, a missing model package) print one line
 and exit with status 2; a closed output pipe (``coserve log | head``) ends the command quietly with 141.
@@ -20,6 +21,7 @@ from coserve.cli.bench import add_bench_parser
 from coserve.cli.cascade import add_train_check_parser
 from coserve.cli.cluster import add_deploy_parser
 from coserve.cli.experts import add_experts_parser, add_keys_parser, add_log_parser, cmd_experts
+from coserve.cli.init import add_init_parser
 from coserve.cli.measure import add_compare_parser, add_map_parser, add_outcomes_parser
 from coserve.cli.plan import add_plan_arguments
 from coserve.cli.serving import add_chat_parser, add_route_parser, add_serve_parser, cmd_route, cmd_serve
@@ -31,6 +33,7 @@ __all__ = ["build_parser", "cmd_experts", "cmd_route", "cmd_serve", "main"]
 # In the order ``coserve --help`` lists them.
 _COMMANDS = (
     add_serve_parser,
+    add_init_parser,
     add_route_parser,
     add_chat_parser,
     add_map_parser,
