@@ -47,6 +47,8 @@ def parse_bytes(value: int | float | str) -> int:
 
 
 _DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+# What a browser sends in an Origin header: scheme://host[:port], the host a name, an IPv4 or [an IPv6] address.
+_ORIGIN = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
 class ApiKey(BaseModel):
@@ -81,7 +83,20 @@ class ServerSettings(BaseModel):
     api_keys: tuple[ApiKey, ...] = ()  # accepted keys; a bare digest in the file means ApiKey(sha256=digest)
     api_keys_env: str | None = None  # environment variable with comma-separated plaintext keys
     protect_metrics: bool = False  # /health and /metrics need a key too
+    # Browser pages on these origins may call the API (CORS; "*" for any); none: same origin only.
+    cors_origins: tuple[str, ...] = ()
     log: DecisionLogSettings = DecisionLogSettings()
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for i, origin in enumerate(value):
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"cors_origins[{i}] {origin!r} is not an origin: scheme://host[:port], no path "
+                    "(e.g. https://app.example.com), or *"
+                )
+        return value
 
     @field_validator("max_body_bytes", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -32,7 +33,7 @@ from coserve.paths import decision_log_path
 from coserve.server.admission import Admission
 from coserve.server.auth import KeyRing
 from coserve.server.feed import DecisionFeed
-from coserve.server.frames import INTERNAL_ERROR, error_body, error_response
+from coserve.server.frames import EXPOSED_HEADERS, INTERNAL_ERROR, error_body, error_response
 from coserve.server.gate import Gate
 from coserve.server.outcome import Outcomes
 from coserve.server.quota import KeyQuota, Quota
@@ -130,6 +131,15 @@ def create_app(
     app.state.admission = state.admission
     app.state.decision_log = state.decisions
     app.state.quota = state.gate.quota
+    if origins := engine.library.server.cors_origins:  # browser pages elsewhere may call the API
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(origins),
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["authorization", "content-type"],
+            expose_headers=list(EXPOSED_HEADERS),
+            max_age=600,
+        )
     app.include_router(router)
     app.include_router(ui_router)  # the dashboard at /ui (coserve.server.ui)
     app.add_exception_handler(CoserveError, _coserve_error)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from coserve.types import Completion, TokenLogprob, ToolCallDelta, Usage
 
 __all__ = [
     "DONE",
+    "EXPOSED_HEADERS",
     "INTERNAL_ERROR",
     "Frames",
     "completion_body",
@@ -91,6 +92,17 @@ def _coserve_field(call: Call) -> dict[str, Any]:
     if call.steps:
         field["cascade"] = [step.as_dict() for step in call.steps]  # routing.mode: cascade, every step
     return field
+
+
+# The response headers a browser page on another origin may read (CORS, ``server.cors_origins``).
+EXPOSED_HEADERS = (
+    "x-coserve-expert",
+    "x-coserve-category",
+    "x-coserve-fallback-from",
+    "x-coserve-node",
+    "x-coserve-ingress",  # a Ray cluster's ingress replica (coserve.distributed.cluster_state.mark_replica)
+    "retry-after",
+)
 
 
 def headers(call: Call) -> dict[str, str]:
