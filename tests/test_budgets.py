@@ -4,6 +4,7 @@ named at start; a RAM budget short of the weights the ACTIVE budget holds is a w
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import httpx
@@ -112,3 +113,22 @@ def test_the_default_experts_real_sizes_against_a_small_ram_budget(tmp_path: Pat
     never, warning = check_budgets(small, backends)
     assert set(never) == {"large"}  # a 1,066 MiB file (docs/data/experts.json) against 600 MiB
     assert warning is not None and "general, coder" in warning  # 94 + 469 MiB files, with their vocabularies more
+
+
+def test_coserve_experts_marks_what_serve_would_refuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from coserve.cli import main
+
+    tight = write_library(tmp_path, memory={"ram": "25MiB", "active": "1GiB"})
+    assert main(["experts", "--library", str(tight)]) == 0
+    out = capsys.readouterr().out
+    big = next(line for line in out.splitlines() if line.startswith("big "))
+    assert " refused " in big and "refused: expert 'big' has" in out and "RAM memory budget" in out
+    assert f"warning: memory.ram ({25 * MiB} bytes) is less than the weights" in out
+    assert main(["experts", "--library", str(tight), "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["experts"]}
+    assert rows["big"]["tier"] == "refused" and "RAM memory budget" in rows["big"]["refused"]
+    assert rows["small"]["refused"] is None and rows["small"]["tier"] == "disk"
+    (tmp_path / "roomy").mkdir()
+    roomy = write_library(tmp_path / "roomy", memory={"ram": "1GiB", "active": "1GiB"})
+    assert main(["experts", "--library", str(roomy)]) == 0
+    assert "refused" not in capsys.readouterr().out

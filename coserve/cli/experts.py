@@ -28,9 +28,12 @@ __all__ = [
 def cmd_experts(args: argparse.Namespace) -> int:
     from coserve.assets import is_assembled, source_size
     from coserve.backends.registry import capabilities, get_backend
+    from coserve.engine.budgets import check_budgets
 
     library = load_served_library(args.library)
     base = library.path.parent if library.path else None
+    # As `coserve serve` reads them at start: experts over a memory budget alone, and RAM short of ACTIVE's weights.
+    never, memory_warning = check_budgets(library, {spec.name: get_backend(spec.backend) for spec in library.experts})
     rows: list[dict[str, Any]] = []
     for spec in library.experts:
         size = source_size(spec, base) if spec.parts else None  # None: no file (the backend takes none) or missing
@@ -57,13 +60,14 @@ def cmd_experts(args: argparse.Namespace) -> int:
                 "capabilities": sorted(capabilities(spec)),  # measured by the library check
                 "bytes": size,
                 "loaded_bytes": loaded,
-                "tier": "missing" if spec.parts and size is None else "disk",
+                "tier": "missing" if spec.parts and size is None else "refused" if spec.name in never else "disk",
+                "refused": never.get(spec.name),  # why it can never load within the budgets (None: it can)
                 "source": location,
                 "categories": [c for c, e in library.router.map.items() if e == spec.name],
             }
         )
     if args.json:
-        print(json.dumps({"library": str(library.path), "experts": rows}, indent=2))
+        print(json.dumps({"library": str(library.path), "experts": rows, "memory_warning": memory_warning}, indent=2))
         return 0
     print(f"library: {library.path}")
     print(
@@ -80,6 +84,11 @@ def cmd_experts(args: argparse.Namespace) -> int:
             f"{r['name']:<10} {r['backend']:<14} {r['params_b']:>6.2f}B {size_text:>9} {loaded_text:>9} "
             f"{r['context']:>7} {r['tier']:<7} {','.join(r['categories']):<24} {r['source']}"
         )
+    for r in rows:
+        if r["refused"]:
+            print(f"refused: {r['refused']}")
+    if memory_warning:
+        print(f"warning: {memory_warning}")
     fallback = library.router.fallback
     print(
         f"fallback: {fallback.expert} below confidence {fallback.min_confidence}; "
