@@ -109,6 +109,16 @@ def confirm_totals(runs: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
+def regained_totals(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Over ``runs``: the false downward alarms by whether their expert got at least half its traffic back
+    (``coserve.bench.adapt_baselines.regained``; ``none``: it had none before the alarm)."""
+    totals = {"regained": 0, "not_regained": 0, "none": 0}
+    for alarm in (a for r in runs for a in r["alarms"] if "regained" in a):
+        key = "none" if alarm["regained"] is None else "regained" if alarm["regained"] else "not_regained"
+        totals[key] += 1
+    return totals
+
+
 def adopts(comparison: dict[str, dict[str, float]]) -> bool:
     """The rule: checks met per run surely higher, adaptive - hindsight not surely lower by more than 0.002."""
     return comparison["checks_met"]["low"] > 0 and comparison["adaptive_minus_hindsight"]["low"] >= GAP_FLOOR
@@ -170,6 +180,8 @@ def main(argv: list[str]) -> int:
         summary["probed_share"] = sum(r["probed_share"] for r in runs[name]) / len(runs[name])
         summary["confirm_share"] = sum(r["confirm_share"] for r in runs[name]) / len(runs[name])
         summary["confirm_totals"] = confirm_totals(runs[name])
+        summary["explored_share"] = sum(r.get("explored_share", 0.0) for r in runs[name]) / len(runs[name])
+        summary["false_drops_regained"] = regained_totals(runs[name])
         results[name] = summary
         print(name, summary["checks_met"], "of", summary["checks"], summary["met_by_check"], flush=True)
     decision = verdict(runs)
