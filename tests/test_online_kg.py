@@ -141,8 +141,9 @@ def test_the_feedback_share_is_learnt_saved_and_resumed() -> None:
     state = json.loads(json.dumps(router.export_state(*NAMES)))
     assert state["kg_counts"] == [20, 220]
     fresh = _router()
+    _drive(fresh, 5)  # its own recent requests stay: a replica values its own traffic
     fresh.restore(state, *NAMES)
-    assert fresh.kg.export_state() == [20, 220]
+    assert fresh.kg.export_state() == [20, 220] and (fresh.kg.category == 0).sum() == 5
     del state["kg_counts"]  # a state saved before the setting existed resumes with fresh counts
     fresh.restore(state, *NAMES)
     assert fresh.kg.export_state() == [0, 0]

@@ -139,9 +139,11 @@ class KnowledgeGradient:
         return [self.requests, self.scores]
 
     def restored(self, saved: Any) -> KnowledgeGradient:
-        """A fresh copy with these settings and the counts ``saved`` (None, a state saved before them: 0 and 0);
-        ValueError where they do not fit. The recent rows are not saved: they refill from the next requests."""
+        """A copy with the counts ``saved`` (None, a state saved before them: 0 and 0); ValueError where they do not
+        fit. The recent rows are this process's own traffic, not saved: the copy keeps them (a cluster's replica
+        adopts the owner's counts every half second and keeps valuing its own recent requests)."""
         fresh = KnowledgeGradient(self.rows.shape[1], max(1, len(self.rows)), self.settings)
+        fresh.rows, fresh.category, fresh.next = self.rows.copy(), self.category.copy(), self.next
         if saved is None:
             return fresh
         try:
