@@ -22,7 +22,9 @@ Added later, each fixed before its own run against the defaults (``--settings de
 by Thompson draws at any cost weight, ``alarm_explore`` 500 with ``alarm_explore_any_weight``) and ``anchor10``
 (session 13's ``change_anchor`` at the alarm level 10, for the near misses on a busy shocked expert); session 15's
 ``confirm`` and ``confirm_strict`` (``change_confirm``: a downward alarm's move confirmed by a sequential test before
-it sticks, reverted where the expert's feedback says no change; ``confirm_totals`` counts the alarms by outcome).
+it sticks, reverted where the expert's feedback says no change; ``confirm_totals`` counts the alarms by outcome);
+session 16's ``kg`` and ``kg_long`` (``explore_policy: kg``, the online knowledge gradient; ``explored_share`` and
+``false_drops_regained``, whether a false drop's expert got half its traffic back, are reported for every setting).
 
 The rule (docs/decisions.md, session 14, fixed before any candidate's run): a candidate is adopted over the
 defaults when the interval of its mean per-run difference in checks met lies entirely above 0 and the interval
@@ -93,6 +95,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "explore2": {"explore_cap": 0.02},
     "explore5": {"explore_cap": 0.05},
     "explore10": {"explore_cap": 0.1},
+    # session 16, branch voi16, both fixed before their run (--settings defaults,kg,kg_long): exploration by the value
+    # of information (explore_policy kg, coserve.router.online_kg) under a 5% cap, the knowledge of one more score
+    # valued over the next 100 (kg) or 300 (kg_long) requests; the horizons from a look on the ``tune`` split only
+    # (3 to 9 runs each of 30 to 3,000: 1,000 and 3,000 explored near the cap and recovered later)
+    "kg": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 100.0},
+    "kg_long": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 300.0},
 }  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95
