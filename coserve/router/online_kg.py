@@ -51,7 +51,7 @@ class KGSettings:
     """``router.online.explore_policy`` (``kg``: on) and ``kg_horizon``."""
 
     on: bool = False
-    horizon: float = 1000.0
+    horizon: float = 100.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.horizon < math.inf:
