@@ -185,6 +185,11 @@ class OnlineSettings(BaseModel):
     change_confirm_requests: int = Field(200, ge=1)
     change_confirm_sd: float = Field(0.45, gt=0)
     change_confirm_error: float = Field(0.05, gt=0, lt=0.5)
+    # session 16, branch voi16 (docs/adapt.md, coserve.router.online_kg; off): how an exploration under explore_cap
+    # picks its expert: a Thompson draw, or the objective plus the value of one more observation of each cell (the
+    # online knowledge gradient) over the next kg_horizon requests, times the feedback share learnt online
+    explore_policy: Literal["thompson", "kg"] = "thompson"
+    kg_horizon: float = Field(100.0, gt=0)  # session 16: 100 scored best of 100 and 300
 
     @model_validator(mode="after")
     def _neighbours_need_prompts(self) -> OnlineSettings:
@@ -213,6 +218,8 @@ class OnlineSettings(BaseModel):
                 "change_confirm re-tests a downward alarm against the posterior's pre-alarm means: it needs"
                 " change_threshold > 0, change_model flat and change_baseline posterior"
             )
+        if self.explore_policy == "kg" and self.explore_cap == 0:
+            raise ValueError("explore_policy kg explores under explore_cap: it needs explore_cap > 0")
         if self.change_probe_starved > 0 and self.change_probe == 0:
             raise ValueError("change_probe_starved restricts the probe: it needs change_probe > 0")
         inert = self.granularity != "prompt" or self.change_baseline != "posterior"

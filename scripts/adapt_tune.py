@@ -200,6 +200,7 @@ def run_record(report: dict[str, Any], axis: str, target: float, seed: int) -> d
         "alarms": report["alarms"],
         "probed_share": report["probed_share"],
         "confirm_share": report.get("confirm_share", 0.0),  # requests routed to re-test a downward alarm
+        "explored_share": report.get("explored_share", 0.0),  # decisions that explored (explore_cap, any policy)
     }
 
 

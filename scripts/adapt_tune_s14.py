@@ -22,7 +22,9 @@ Added later, each fixed before its own run against the defaults (``--settings de
 by Thompson draws at any cost weight, ``alarm_explore`` 500 with ``alarm_explore_any_weight``) and ``anchor10``
 (session 13's ``change_anchor`` at the alarm level 10, for the near misses on a busy shocked expert); session 15's
 ``confirm`` and ``confirm_strict`` (``change_confirm``: a downward alarm's move confirmed by a sequential test before
-it sticks, reverted where the expert's feedback says no change; ``confirm_totals`` counts the alarms by outcome).
+it sticks, reverted where the expert's feedback says no change; ``confirm_totals`` counts the alarms by outcome);
+session 16's ``kg`` and ``kg_long`` (``explore_policy: kg``, the online knowledge gradient; ``explored_share`` and
+``false_drops_regained``, whether a false drop's expert got half its traffic back, are reported for every setting).
 
 The rule (docs/decisions.md, session 14, fixed before any candidate's run): a candidate is adopted over the
 defaults when the interval of its mean per-run difference in checks met lies entirely above 0 and the interval
@@ -93,6 +95,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "explore2": {"explore_cap": 0.02},
     "explore5": {"explore_cap": 0.05},
     "explore10": {"explore_cap": 0.1},
+    # session 16, branch voi16, both fixed before their run (--settings defaults,kg,kg_long): exploration by the value
+    # of information (explore_policy kg, coserve.router.online_kg) under a 5% cap, the knowledge of one more score
+    # valued over the next 100 (kg) or 300 (kg_long) requests; the horizons from a look on the ``tune`` split only
+    # (3 to 9 runs each of 30 to 3,000: 1,000 and 3,000 explored near the cap and recovered later)
+    "kg": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 100.0},
+    "kg_long": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 300.0},
 }  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95
@@ -107,6 +115,16 @@ def confirm_totals(runs: list[dict[str, Any]]) -> dict[str, int]:
         key = f"{'true' if alarm['true'] else 'false'}_{alarm['confirm']}"
         totals[key] = totals.get(key, 0) + 1
     return dict(sorted(totals.items()))
+
+
+def regained_totals(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Over ``runs``: the false downward alarms by whether their expert got at least half its traffic back
+    (``coserve.bench.adapt_baselines.regained``; ``none``: it had none before the alarm)."""
+    totals = {"regained": 0, "not_regained": 0, "none": 0}
+    for alarm in (a for r in runs for a in r["alarms"] if "regained" in a):
+        key = "none" if alarm["regained"] is None else "regained" if alarm["regained"] else "not_regained"
+        totals[key] += 1
+    return totals
 
 
 def adopts(comparison: dict[str, dict[str, float]]) -> bool:
@@ -170,6 +188,8 @@ def main(argv: list[str]) -> int:
         summary["probed_share"] = sum(r["probed_share"] for r in runs[name]) / len(runs[name])
         summary["confirm_share"] = sum(r["confirm_share"] for r in runs[name]) / len(runs[name])
         summary["confirm_totals"] = confirm_totals(runs[name])
+        summary["explored_share"] = sum(r.get("explored_share", 0.0) for r in runs[name]) / len(runs[name])
+        summary["false_drops_regained"] = regained_totals(runs[name])
         results[name] = summary
         print(name, summary["checks_met"], "of", summary["checks"], summary["met_by_check"], flush=True)
     decision = verdict(runs)

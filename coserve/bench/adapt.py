@@ -130,6 +130,8 @@ class AdaptOptions:
     change_confirm_requests: int = _ONLINE.change_confirm_requests  # requests one episode may route to the expert
     change_confirm_sd: float = _ONLINE.change_confirm_sd  # the test's residual sd
     change_confirm_error: float = _ONLINE.change_confirm_error  # the test's error rates (both)
+    explore_policy: str = _ONLINE.explore_policy  # an exploration under the cap: Thompson's draw or kg (online_kg)
+    kg_horizon: float = _ONLINE.kg_horizon  # kg: the requests one more observation's knowledge serves
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -254,6 +256,8 @@ def replay_adapt(
         mix_of(category[post], K), cost, options.target,
     )  # fmt: skip
     settled = [w for w in windows if w["start"] >= SETTLE]
+    alarms = measures.alarm_report(router.alarm_log, list(stream.experts), shocked, shock_at)  # false or true
+    measures.regained(chosen, alarms["alarms"], list(stream.experts), shock_at, options.window)
     return {
         "budget_axis": options.budget_axis,
         "target": options.target,
@@ -289,9 +293,7 @@ def replay_adapt(
         "final_weight": router.controller.effective,
         "change_alarms": router.alarms,
         **({} if router.calibration is None else {"calibration_offsets": router.calibration.offset.tolist()}),
-        **measures.alarm_report(
-            router.alarm_log, list(stream.experts), shocked, shock_at
-        ),  # every alarm, false or true
+        **alarms,
     }
 
 

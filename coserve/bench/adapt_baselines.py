@@ -1,6 +1,7 @@
 """The baselines and measures of ``coserve bench adapt``: the best randomised fixed map at a given average
 cost (``lagrangian_mix``, used for the static and hindsight baselines), per-category means, the
-recovery count after the shock, and which change alarms were true (``alarm_report``). Pure numbers;
+recovery count after the shock, which change alarms were true (``alarm_report``) and whether a false drop's
+expert got its traffic back (``regained``). Pure numbers;
 knows nothing about routers, files or options.
 """
 
@@ -13,7 +14,9 @@ import numpy as np
 
 from coserve.router.online import solve_weighted
 
-__all__ = ["alarm_report", "category_means", "lagrangian_mix", "mix_of", "mix_weights", "recovery", "share_of"]
+__all__ = [
+    "alarm_report", "category_means", "lagrangian_mix", "mix_of", "mix_weights", "recovery", "regained", "share_of",
+]  # fmt: skip
 
 
 def lagrangian_mix(
@@ -119,3 +122,17 @@ def alarm_report(log: Iterable[dict[str, Any]], experts: list[str], shocked: int
         "false_drops": sum(not a["true"] and a["side"] == "down" for a in alarms),
         "true_alarm_delay": None if first_true is None else first_true - shock_at,
     }
+
+
+def regained(chosen: np.ndarray, alarms: list[dict[str, Any]], experts: list[str], shock_at: int, window: int) -> None:
+    """Mark each false downward alarm of ``alarms`` (``alarm_report``'s) with ``regained``: whether its expert, sent
+    a share ``b`` > 0 of the ``window`` requests before it, was sent at least ``b / 2`` of some ``window`` requests
+    after it (before the shock where the alarm came before it: the shock may move the traffic for other reasons);
+    None where ``b`` is 0 (nothing to regain)."""
+    for alarm in (a for a in alarms if not a["true"] and a["side"] == "down"):
+        at, expert = int(alarm["request"]) + 1, experts.index(alarm["expert"])
+        before = float(np.mean(chosen[max(0, at - window) : at] == expert)) if at > 0 else 0.0
+        end = shock_at if at < shock_at else len(chosen)
+        hits = np.concatenate([[0], np.cumsum(chosen[at:end] == expert)])
+        best = max((int(hits[t] - hits[t - window]) for t in range(window, len(hits))), default=0)
+        alarm["regained"] = None if before == 0 else bool(best >= 0.5 * before * window)

@@ -49,7 +49,8 @@
   posterior means and the weight after every ``resolve_every`` updates and swapped under a lock: a reader sees
   one whole map, never a mix.
 * ``neighbours`` (prompt mode, session 11, ``online_neighbours``) corrects a prompt's estimates by the feedback
-  residuals of its nearest remembered prompts; ``probe`` (``online_probe``) routes requests to a suspect expert.
+  residuals of its nearest remembered prompts; ``probe`` (``online_probe``) routes requests to a suspect expert;
+  ``kg`` (session 16, ``online_kg``) explores under the cap by the value of information, not a Thompson draw.
 
 ``export_state``/``restore`` turn the posteriors, the weight and the map version into JSON values and back
 (``online_saved`` holds the layout: ``export_router`` writes it, ``parse_state`` checks a saved state; ``resume``
@@ -74,6 +75,7 @@ from coserve.router.drift_weighted import cell_shift, restore_detector
 from coserve.router.online_alarm import AlarmExploration
 from coserve.router.online_choice import OnlineChoice
 from coserve.router.online_confirm import ChangeConfirm, ConfirmSettings
+from coserve.router.online_kg import KGSettings, KnowledgeGradient
 from coserve.router.online_knobs import router_options
 from coserve.router.online_map import Decision, MapSnapshot, solve_weighted
 from coserve.router.online_mix import RecentMix
@@ -127,6 +129,7 @@ class OnlineRouter(OnlineChoice):
         neighbours: NeighbourSettings | None = None,
         probe: ProbeSettings | None = None,
         confirm: ConfirmSettings | None = None,
+        kg: KGSettings | None = None,
     ) -> None:
         if not 0.0 <= prompt_weight <= 1.0:
             raise ValueError("prompt_weight must be in [0, 1]")
@@ -162,6 +165,7 @@ class OnlineRouter(OnlineChoice):
             raise ValueError(f"unknown signals {sorted(signals - SIGNALS)}; known: {sorted(SIGNALS)}")
         self.signals = signals  # the automatic signals counted as a score of 0
         self.explored: deque[bool] = deque(maxlen=window)
+        self.kg = KnowledgeGradient(self.posterior.shape[1], window, kg)  # explore_policy kg (online_kg)
         self.resolve_every = max(1, int(resolve_every))
         self.rng = np.random.default_rng(seed)
         self._lock = threading.RLock()  # serving threads choose, feed back and re-solve concurrently
@@ -246,9 +250,9 @@ class OnlineRouter(OnlineChoice):
         saved = parse_state(state, categories, experts, self.granularity, self.posterior.shape)
         detector, baseline = restore_detector(state.get("change"), self.change, *self.posterior.shape)
         after_alarm = self.after_alarm.restored(state.get("alarm_explore"))
-        probe = self.probe.restored(state.get("change_probe"))
+        probe, kg = self.probe.restored(state.get("change_probe")), self.kg.restored(state.get("kg_counts"))
         with self._lock:
-            self.after_alarm, self.probe, self.confirm = after_alarm, probe, self.confirm.restored(state)
+            self.after_alarm, self.probe, self.confirm, self.kg = after_alarm, probe, self.confirm.restored(state), kg
             self.detector, self.baseline = detector, baseline
             self.posterior.alpha, self.posterior.beta, self.posterior.offset = saved.alpha, saved.beta, saved.offset
             # the feed-forward part (until its next refresh reads the new mix) and the integral part, within this
@@ -288,6 +292,7 @@ class OnlineRouter(OnlineChoice):
             calibrated = 0.0 if self.calibration is None else self.calibration.read(category, expert, cell_count)
             calibrated -= anchored_correction(self.detector, category, expert, self.posterior.estimate())  # drift_fast
             residual: float | None = self.posterior.update(category, expert, score)
+            self.kg.scored()  # the feedback share explore_policy kg reads
             if self.baseline is not None:
                 residual = self.baseline.residual(category, expert, score)
             if self.change is not None and self.change.model == "proportional":

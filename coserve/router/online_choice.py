@@ -13,6 +13,8 @@ in target units. Then each of these, in order, may route it elsewhere, the decis
   ``explore_cap`` (so no ``window`` consecutive requests hold more than ``explore_cap * window`` explorations,
   rounded up); beyond the cap, where the cost weight is <= 0 with ``explore_at_zero``, and for an expert an
   alarm just moved (``online_alarm``: at a weight <= 0, or at any with ``alarm_explore_any_weight``);
+  with ``explore_policy: kg`` (``online_kg``) the exploration under the cap maximises the objective plus each
+  expert's value of information instead of a draw (the other two keep Thompson's draw);
 * ``probe`` (``online_probe``): a request sent to an expert the change detector suspects, within a score margin;
 * ``confirm`` (``online_confirm``): a request sent to an expert whose downward alarm is on trial, where its
   pre-alarm means would have chosen it.
@@ -33,6 +35,7 @@ import numpy as np
 from coserve.router.drift import ChangeDetector
 from coserve.router.online_alarm import AlarmExploration
 from coserve.router.online_confirm import ChangeConfirm
+from coserve.router.online_kg import KnowledgeGradient, observation_spread
 from coserve.router.online_map import Decision, MapSnapshot, solve_weighted
 from coserve.router.online_mix import RecentMix
 from coserve.router.online_model import BudgetController, ScorePosterior
@@ -57,6 +60,7 @@ class OnlineChoice:
     explore_at_zero: bool  # explore, beyond the cap, where the cost weight is 0
     explored: deque[bool]  # per recent decision (the last ``window``), whether it explored
     rng: np.random.Generator  # the seeded source of Thompson draws
+    kg: KnowledgeGradient  # explore_policy kg: the value of one more observation of each cell (off: Thompson)
     after_alarm: AlarmExploration  # experts an alarm just moved, explored beyond the cap
     probe: ChangeProbe  # requests routed to a suspect expert
     confirm: ChangeConfirm  # requests routed to an expert whose downward alarm is on trial
@@ -113,13 +117,16 @@ class OnlineChoice:
         capped = self.explore_cap > 0 and self.exploring_share() < self.explore_cap
         unbound = snap.weight <= 0.0  # at weight 0 (or below) the budget is not binding
         alarmed = self.after_alarm.open()
-        if capped or (self.explore_at_zero and unbound) or self.after_alarm.acts(unbound):
+        objective = snap.means[category] + shift - snap.weight * self._scaled_cost()
+        if capped and self.kg.on:  # the value of information instead of a draw (online_kg)
+            informed = self._informed(category, row, objective, mask, greedy)
+            choice, explored = (greedy, False) if informed is None else (informed, True)
+        elif capped or (self.explore_at_zero and unbound) or self.after_alarm.acts(unbound):
             draw = (self.posterior.sample(category, self.rng) + shift)[None, :]
             sampled = int(solve_weighted(draw, self._scaled_cost(), snap.weight, mask)[0])
             # beyond the cap and explore_at_zero, only an expert an alarm just moved is explored
             if sampled != greedy and (capped or (self.explore_at_zero and unbound) or alarmed[sampled]):
                 choice, explored = sampled, True
-        objective = snap.means[category] + shift - snap.weight * self._scaled_cost()
         probed = self.probe.pick(self.detector, objective, greedy, mask, choice if explored else None)
         choice, explored = (choice, explored) if probed is None else (probed, True)
         pre = self.confirm.pick(snap, category, shift, self.posterior.offset, self._scaled_cost(), mask, choice)
@@ -128,8 +135,23 @@ class OnlineChoice:
         self._join_mix(category, row)
         return Decision(category, choice, explored, snap.version)
 
+    def _informed(
+        self, category: int, row: np.ndarray | None, objective: np.ndarray, mask: np.ndarray | None, greedy: int
+    ) -> int | None:
+        """The allowed expert maximising ``objective`` (this request's, [E]) plus its knowledge-gradient bonus, where
+        its total beats the ``greedy`` choice's (None: the greedy choice stands)."""
+        snap = self._snapshot
+        spread = observation_spread(self.posterior.mean()[category], self.posterior.count()[category])
+        correction = snap.means[category] - self.offline[category]
+        own = self.offline[category] if row is None else row
+        total = objective + self.kg.bonus(category, own, correction, snap.weight, self._scaled_cost(), spread)
+        best = int(np.argmax(total if mask is None else np.where(mask, total, -np.inf)))
+        return best if best != greedy and total[best] > total[greedy] + 1e-12 else None
+
     def _join_mix(self, category: int, row: np.ndarray | None) -> None:
-        self.recent.join(category, self.offline[category] if row is None else row)
+        own = self.offline[category] if row is None else row
+        self.recent.join(category, own)
+        self.kg.joined(category, own)
         self.after_alarm.routed()
 
     def remember(self, category: int, predicted: Sequence[float] | np.ndarray | None = None) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from coserve.config_routing import OnlineSettings
 from coserve.router.drift import ChangeSettings
 from coserve.router.online_confirm import ConfirmSettings
+from coserve.router.online_kg import KGSettings
 from coserve.router.online_probe import ProbeSettings
 
 __all__ = ["router_options"]
@@ -63,4 +64,5 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
             settings.change_confirm_sd,
             settings.change_confirm_error,
         ),
+        "kg": KGSettings(settings.explore_policy == "kg", settings.kg_horizon),
     }

@@ -5,9 +5,9 @@ detector, alarm exploration, probe and confirmation, into JSON values (``OnlineR
 under the router's lock). ``parse_state`` reads those values back into arrays (``OnlineRouter.restore`` uses
 it) and refuses, with a ValueError saying what does not fit, a state of another format, for other categories or
 experts, learnt in the other granularity, of another shape, or with impossible values. Keys added after a state
-was saved (the per-expert offset, session 10; the feed-forward weight, session 13) resume with fresh values where
-they are missing. ``resume`` restores a state into a router, warning and keeping the offline map where it does
-not fit.
+was saved (the per-expert offset, session 10; the feed-forward weight, session 13; the feedback counts, session
+16) resume with fresh values where they are missing. ``resume`` restores a state into a router, warning and keeping
+the offline map where it does not fit.
 
 Pure values and checks; knows nothing about the router's locking, the store or HTTP.
 """
@@ -24,6 +24,7 @@ import numpy as np
 from coserve.router.drift import ChangeDetector, FeedbackBaseline, export_change
 from coserve.router.online_alarm import AlarmExploration
 from coserve.router.online_confirm import ChangeConfirm
+from coserve.router.online_kg import KnowledgeGradient
 from coserve.router.online_model import BudgetController, ScorePosterior
 from coserve.router.online_probe import ChangeProbe
 
@@ -44,6 +45,7 @@ class Exportable(Protocol):
     after_alarm: AlarmExploration
     probe: ChangeProbe
     confirm: ChangeConfirm
+    kg: KnowledgeGradient
     detector: ChangeDetector | None
     baseline: FeedbackBaseline | None
 
@@ -67,6 +69,7 @@ def export_router(
         "alarm_explore": router.after_alarm.export_state(),  # per expert, routed requests it may be explored
         "change_probe": router.probe.export_state(),  # per expert, requests its suspicion may still probe
         "change_confirm": router.confirm.export_state(),  # experts whose alarm is on trial (not resumed)
+        "kg_counts": router.kg.export_state(),  # routed requests and scores: the feedback share (explore_policy kg)
         **({} if router.detector is None else {"change": export_change(router.detector, router.baseline)}),
     }
 
