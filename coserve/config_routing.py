@@ -190,6 +190,9 @@ class OnlineSettings(BaseModel):
     # online knowledge gradient) over the next kg_horizon requests, times the feedback share learnt online
     explore_policy: Literal["thompson", "kg"] = "thompson"
     kg_horizon: float = Field(100.0, gt=0)  # session 16: 100 scored best of 100 and 300
+    # session 16, branch voi16b (off at 0): for kg_settle routed requests after a downward alarm moved an expert, kg
+    # gives it no bonus (it keeps the traffic it wins as the greedy choice, and is not re-tested for its new spread)
+    kg_settle: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _neighbours_need_prompts(self) -> OnlineSettings:
@@ -220,6 +223,8 @@ class OnlineSettings(BaseModel):
             )
         if self.explore_policy == "kg" and self.explore_cap == 0:
             raise ValueError("explore_policy kg explores under explore_cap: it needs explore_cap > 0")
+        if self.kg_settle > 0 and self.explore_policy != "kg":
+            raise ValueError("kg_settle withholds explore_policy kg's bonus: it needs explore_policy kg")
         if self.change_probe_starved > 0 and self.change_probe == 0:
             raise ValueError("change_probe_starved restricts the probe: it needs change_probe > 0")
         inert = self.granularity != "prompt" or self.change_baseline != "posterior"

@@ -24,7 +24,8 @@ by Thompson draws at any cost weight, ``alarm_explore`` 500 with ``alarm_explore
 ``confirm`` and ``confirm_strict`` (``change_confirm``: a downward alarm's move confirmed by a sequential test before
 it sticks, reverted where the expert's feedback says no change; ``confirm_totals`` counts the alarms by outcome);
 session 16's ``kg`` and ``kg_long`` (``explore_policy: kg``, the online knowledge gradient; ``explored_share`` and
-``false_drops_regained``, whether a false drop's expert got half its traffic back, are reported for every setting).
+``false_drops_regained``, whether a false drop's expert got half its traffic back, are reported for every setting),
+and ``kg_settle`` (``kg`` with ``kg_settle`` 500: no bonus for an expert a downward alarm just moved).
 
 The rule (docs/decisions.md, session 14, fixed before any candidate's run): a candidate is adopted over the
 defaults when the interval of its mean per-run difference in checks met lies entirely above 0 and the interval
@@ -101,6 +102,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # (3 to 9 runs each of 30 to 3,000: 1,000 and 3,000 explored near the cap and recovered later)
     "kg": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 100.0},
     "kg_long": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 300.0},
+    # session 16, branch voi16b, fixed before its run (--settings defaults,kg_settle): kg with no bonus for an expert
+    # a downward alarm moved, for 500 routed requests after the move (the window the recovery is read over; not
+    # tuned); a trace on tune2 and tune3 (scripts/adapt_trace_kg_s16.py): a fifth of kg's explorations after a true
+    # alarm went to the shocked expert, its just-cut cells having the widest spread
+    "kg_settle": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 100.0, "kg_settle": 500},
 }  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95

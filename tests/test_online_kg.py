@@ -15,6 +15,7 @@ from coserve.bench.adapt_baselines import regained
 from coserve.cli import main
 from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
+from coserve.router.drift import ChangeSettings
 from coserve.router.online import OnlineRouter
 from coserve.router.online_kg import KGSettings, KnowledgeGradient, gain, observation_spread
 from coserve.router.online_knobs import router_options
@@ -199,3 +200,72 @@ def test_the_replay_marks_whether_a_false_drops_expert_regained_its_traffic() ->
     stopped = [{"request": 199, "expert": "a", "side": "down", "true": False}]  # 0 had none before it
     regained(chosen, stopped, ["a", "b"], shock_at=1000, window=100)
     assert stopped[0]["regained"] is None
+
+
+def _settling(settle: int) -> OnlineRouter:
+    """a (0.8 on 10 pseudo-counts) scores 0.55 until a downward alarm moves it to 0.5 with 2 counts: 0.1 below b
+    (0.6, well known), within reach of one more score; explore_cap 1, so kg explores wherever it values a trial."""
+    router = OnlineRouter(np.array([[0.8, 0.6]]), [1.0, 1.0], 1.0, explore_cap=1.0, prior_strength=10,
+                          max_count=1000, change=ChangeSettings(drift=0.05, threshold=1.0, reset_count=2.0),
+                          kg=KGSettings(True, 1000.0, settle))  # fmt: skip
+    for _ in range(200):
+        router.feedback(0, 1, 0.6)
+    while router.alarms == 0:
+        router.feedback(0, 0, 0.55)
+    assert router.snapshot.assignment == (1,) and router.posterior.count()[0, 0] == pytest.approx(2.0, abs=1e-5)
+    return router
+
+
+def test_kg_settle_keeps_the_re_tests_off_a_just_moved_expert_for_its_requests() -> None:
+    assert _settling(0).choose(0).explored  # off: re-tested at once, for its just-cut cells' spread
+    router = _settling(50)
+    decisions = [router.choose(0) for _ in range(80)]
+    explored = [i for i, d in enumerate(decisions) if d.explored]
+    assert explored[0] == 50 and {decisions[i].expert for i in explored} == {0}  # then as before
+    assert {d.expert for d in decisions[:50]} == {1}  # the map's choice meanwhile
+    assert router.kg.export_settling() == [0, 0]
+
+
+def test_kg_settles_requests_are_saved_resumed_and_checked() -> None:
+    router = _settling(50)
+    for _ in range(20):
+        router.choose(0)
+    state = json.loads(json.dumps(router.export_state(["k"], ["a", "b"])))
+    assert state["kg_settle"] == [30, 0]
+    fresh = OnlineRouter(np.array([[0.8, 0.6]]), [1.0, 1.0], 1.0, explore_cap=1.0, kg=KGSettings(True, 1000.0, 50))
+    fresh.restore(state, ["k"], ["a", "b"])
+    assert fresh.kg.export_settling() == [30, 0] and not fresh.choose(0).explored
+    shorter = OnlineRouter(np.array([[0.8, 0.6]]), [1.0, 1.0], 1.0, explore_cap=1.0, kg=KGSettings(True, 1000.0, 10))
+    shorter.restore(state, ["k"], ["a", "b"])
+    assert shorter.kg.export_settling() == [10, 0]  # at most this router's own kg_settle
+    del state["kg_settle"]  # a state saved before the setting existed: nothing settling
+    fresh.restore(state, ["k"], ["a", "b"])
+    assert fresh.kg.export_settling() == [0, 0]
+    for bad in ([1], [1, -2], [1.5, 0], "x"):
+        with pytest.raises(ValueError, match="kg settling requests"):
+            fresh.restore({**state, "kg_settle": bad}, ["k"], ["a", "b"])
+    assert fresh.kg.export_settling() == [0, 0]  # a refused state changes nothing
+
+
+def test_kg_settle_is_off_by_default_validated_and_carried() -> None:
+    assert OnlineSettings().kg_settle == 0 and AdaptOptions().kg_settle == 0 and KGSettings().settle == 0
+    settings = OnlineSettings(explore_policy="kg", explore_cap=0.05, kg_settle=500)
+    assert router_options(settings)["kg"] == KGSettings(True, 100.0, 500)
+    assert AdaptOptions(explore_policy="kg", explore_cap=0.05, kg_settle=300).online().kg_settle == 300
+    with pytest.raises(ValidationError, match="kg_settle withholds explore_policy kg's bonus: it needs explore_po"):
+        OnlineSettings(kg_settle=500)
+    with pytest.raises(ValidationError):
+        OnlineSettings(explore_policy="kg", explore_cap=0.05, kg_settle=-1)
+    with pytest.raises(ConfigError, match=r"^kg_settle: "):
+        AdaptOptions(explore_policy="kg", explore_cap=0.05, kg_settle=-1)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="kg_settle must be"):
+            KGSettings(True, 100.0, bad)  # type: ignore[arg-type]
+
+
+def test_bench_adapt_refuses_kg_settle_without_kg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "adapt", "--prior", str(tmp_path / "none.jsonl"), "--experts", str(tmp_path / "none.json")]
+    argv += ["--budget-params", "3", "--json", str(tmp_path / "x.json"), "--kg-settle", "500"]
+    assert main(argv) == 2
+    assert "it needs explore_policy kg" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

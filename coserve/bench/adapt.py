@@ -132,6 +132,7 @@ class AdaptOptions:
     change_confirm_error: float = _ONLINE.change_confirm_error  # the test's error rates (both)
     explore_policy: str = _ONLINE.explore_policy  # an exploration under the cap: Thompson's draw or kg (online_kg)
     kg_horizon: float = _ONLINE.kg_horizon  # kg: the requests one more observation's knowledge serves
+    kg_settle: int = _ONLINE.kg_settle  # kg: requests after a downward alarm its expert earns no bonus (0: off)
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):

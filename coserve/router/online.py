@@ -250,7 +250,8 @@ class OnlineRouter(OnlineChoice):
         saved = parse_state(state, categories, experts, self.granularity, self.posterior.shape)
         detector, baseline = restore_detector(state.get("change"), self.change, *self.posterior.shape)
         after_alarm = self.after_alarm.restored(state.get("alarm_explore"))
-        probe, kg = self.probe.restored(state.get("change_probe")), self.kg.restored(state.get("kg_counts"))
+        probe = self.probe.restored(state.get("change_probe"))
+        kg = self.kg.restored(state.get("kg_counts"), state.get("kg_settle"))
         with self._lock:
             self.after_alarm, self.probe, self.confirm, self.kg = after_alarm, probe, self.confirm.restored(state), kg
             self.detector, self.baseline = detector, baseline
@@ -309,6 +310,7 @@ class OnlineRouter(OnlineChoice):
                 share = self.change.shift_share if self.change.move_mean else 0.0
                 if shift < 0:
                     self.after_alarm.alarmed(expert)
+                    self.kg.alarmed(expert)  # kg_settle: no value-of-information bonus for a while (online_kg)
                     self.confirm.opened(expert, self.posterior, shift, self.alarm_log[-1])  # before the move
                 moved = cell_shift(self.change.model, shift * share, self.posterior.mean()[:, expert])
                 self.posterior.rebase(expert, moved, self.change.reset_count)

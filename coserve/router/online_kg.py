@@ -28,6 +28,11 @@ to the allowed expert maximising
 
 A choice that differs from the greedy one explores, under ``explore_cap`` as a hard cap (``online_choice``).
 
+``kg_settle`` (session 16, off at 0): for that many routed requests after a downward alarm moved an expert, the
+expert earns no bonus (it is still chosen where it is the greedy choice). The alarm cuts its cells to a few
+pseudo-counts, the widest spread there is, so without it KG re-tests a truly shocked expert first (on a tuning
+split, a fifth of the explorations after a true alarm), which keeps its traffic up and delays the recovery.
+
 Pure numbers; knows nothing about feedback's source, the controller, HTTP or the store.
 """
 
@@ -40,6 +45,8 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr
 
+from coserve.router.online_alarm import saved_counts
+
 __all__ = ["POLICIES", "KGSettings", "KnowledgeGradient", "gain", "observation_spread"]
 
 POLICIES = ("thompson", "kg")  # explore_policy: how a capped exploration picks its expert
@@ -48,14 +55,17 @@ INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 @dataclass(frozen=True)
 class KGSettings:
-    """``router.online.explore_policy`` (``kg``: on) and ``kg_horizon``."""
+    """``router.online.explore_policy`` (``kg``: on), ``kg_horizon`` and ``kg_settle``."""
 
     on: bool = False
     horizon: float = 100.0
+    settle: int = 0  # routed requests after a downward alarm during which the moved expert earns no bonus
 
     def __post_init__(self) -> None:
         if not 0.0 < self.horizon < math.inf:
             raise ValueError("kg_horizon must be a finite number of requests above 0")
+        if not isinstance(self.settle, int) or isinstance(self.settle, bool) or self.settle < 0:
+            raise ValueError("kg_settle must be a whole number of requests >= 0")
 
 
 def observation_spread(mean: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -94,6 +104,7 @@ class KnowledgeGradient:
         self.next = 0
         self.requests = 0  # routed requests (their categories joined the mix)
         self.scores = 0  # scores learnt (feedback and automatic signals)
+        self.settling = np.zeros(experts, dtype=np.int64)  # per expert, routed requests left without a bonus
 
     @property
     def on(self) -> bool:
@@ -102,9 +113,14 @@ class KnowledgeGradient:
     def joined(self, category: int, row: np.ndarray) -> None:
         """A routed request of ``category`` with its prediction row (its category's offline means in category mode)."""
         self.requests += 1
+        np.subtract(self.settling, 1, out=self.settling, where=self.settling > 0)
         if len(self.rows):
             self.rows[self.next], self.category[self.next] = row, category
             self.next = (self.next + 1) % len(self.rows)
+
+    def alarmed(self, expert: int) -> None:
+        """A downward alarm moved ``expert``: no bonus for it over the next ``settle`` routed requests."""
+        self.settling[expert] = self.settings.settle
 
     def scored(self) -> None:
         """A score was learnt."""
@@ -126,24 +142,34 @@ class KnowledgeGradient:
         """``f * H * KG_e`` per expert ``[E]`` for a request of ``category`` whose corrected row is ``row`` (its
         prediction; the category's offline means in category mode); ``correction`` [E]: the category's posterior
         means less its offline means; ``weight``: the cost weight in force; ``cost``: the costs in target units;
-        ``spread`` [E]: ``observation_spread`` of the category's cells."""
+        ``spread`` [E]: ``observation_spread`` of the category's cells. An expert still settling after a downward
+        alarm (``kg_settle``) gets 0."""
         seen = self.category == category
         rows = np.vstack([self.rows[seen], row[None, :]])
         values = rows + correction[None, :] - weight * cost[None, :]
         sampled = int((self.category >= 0).sum()) + 1  # the requests the rows of ``category`` were drawn among
         total = gain(values, spread[None, :]).sum(axis=0)
+        total = np.where(self.settling > 0, 0.0, total)
         return self.feedback_share() * self.settings.horizon * total / sampled
 
     def export_state(self) -> list[int]:
         """The routed requests and scores counted, as JSON values."""
         return [self.requests, self.scores]
 
-    def restored(self, saved: Any) -> KnowledgeGradient:
-        """A copy with the counts ``saved`` (None, a state saved before them: 0 and 0); ValueError where they do not
-        fit. The recent rows are this process's own traffic, not saved: the copy keeps them (a cluster's replica
-        adopts the owner's counts every half second and keeps valuing its own recent requests)."""
+    def export_settling(self) -> list[int]:
+        """Per expert, the routed requests left without a bonus (``kg_settle``), as JSON values."""
+        return [int(n) for n in self.settling]
+
+    def restored(self, saved: Any, settling: Any = None) -> KnowledgeGradient:
+        """A copy with the counts ``saved`` (None, a state saved before them: 0 and 0) and the ``settling`` requests
+        (``export_settling``; None, a state saved before them: none, each at most ``settle``); ValueError where they
+        do not fit. The recent rows are this process's own traffic, not saved: the copy keeps them (a cluster's
+        replica adopts the owner's counts every half second and keeps valuing its own recent requests)."""
         fresh = KnowledgeGradient(self.rows.shape[1], max(1, len(self.rows)), self.settings)
         fresh.rows, fresh.category, fresh.next = self.rows.copy(), self.category.copy(), self.next
+        if settling is not None:
+            left = saved_counts(settling, len(fresh.settling), "kg settling requests")
+            fresh.settling = np.minimum(left, self.settings.settle)
         if saved is None:
             return fresh
         try:

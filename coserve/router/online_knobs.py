@@ -64,5 +64,5 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
             settings.change_confirm_sd,
             settings.change_confirm_error,
         ),
-        "kg": KGSettings(settings.explore_policy == "kg", settings.kg_horizon),
+        "kg": KGSettings(settings.explore_policy == "kg", settings.kg_horizon, settings.kg_settle),
     }

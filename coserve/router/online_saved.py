@@ -70,6 +70,7 @@ def export_router(
         "change_probe": router.probe.export_state(),  # per expert, requests its suspicion may still probe
         "change_confirm": router.confirm.export_state(),  # experts whose alarm is on trial (not resumed)
         "kg_counts": router.kg.export_state(),  # routed requests and scores: the feedback share (explore_policy kg)
+        "kg_settle": router.kg.export_settling(),  # per expert, requests left without a kg bonus after an alarm
         **({} if router.detector is None else {"change": export_change(router.detector, router.baseline)}),
     }
 
