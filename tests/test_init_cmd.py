@@ -50,3 +50,12 @@ def test_init_refuses_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     target.write_text("x", encoding="utf-8")
     assert main(["init", str(target)]) == 2
     assert capsys.readouterr().err == f"coserve: error: {target} is a file, not a folder\n"
+
+
+def test_init_into_a_folder_it_cannot_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder that cannot be made (here: below a file, which fails for root too) is one line, no traceback."""
+    (tmp_path / "f").write_text("x", encoding="utf-8")
+    target = tmp_path / "f" / "sub"
+    assert main(["init", str(target)]) == 1
+    assert capsys.readouterr().err == f"coserve: error: Not a directory: {target}\n"
+    assert (tmp_path / "f").read_text(encoding="utf-8") == "x"

@@ -409,6 +409,18 @@ def test_infeasible_constraints(shared: TestClient) -> None:
 
 def test_unknown_path(shared: TestClient) -> None:
     assert_error(shared.get("/v1/nothing"), 404, "not_found", None)
+    assert_error(shared.post("/v1/nothing/", json={}), 404, "not_found", None)
+
+
+def test_trailing_slash(shared: TestClient) -> None:
+    """A POST to a route with a trailing slash is a 404 that names the route (a redirected POST loses its body
+    in many clients); a GET is redirected there, its query kept."""
+    response = shared.post(URL + "/", json=body(CODE))
+    assert_error(response, 404, "not_found", None)
+    assert "/v1/chat/completions (no trailing slash)" in response.json()["error"]["message"]
+    response = shared.get("/v1/models/?x=1", follow_redirects=False)
+    assert response.status_code == 307 and response.headers["location"] == "/v1/models?x=1"
+    assert shared.get("/v1/models/").status_code == 200
 
 
 def test_wrong_method(shared: TestClient) -> None:

@@ -73,5 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except CoserveError as exc:
         print(f"coserve: error: {exc.message}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the command cannot read or write: the system's reason, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"coserve: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -23,8 +23,9 @@ from fastapi import FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from coserve.config import LibraryConfig
 from coserve.engine.engine import Engine
@@ -126,7 +127,7 @@ def create_app(
             await state.gate.quota.aclose()  # a shared quota: the tokens not sent yet
             await state.outcomes.feed.aclose()  # a cluster's feed: the events not sent yet
 
-    app = FastAPI(title="coserve", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="coserve", version="0.1.0", lifespan=lifespan, redirect_slashes=False)  # _http_error
     app.state.server = state
     app.state.admission = state.admission
     app.state.decision_log = state.decisions
@@ -153,10 +154,28 @@ async def _coserve_error(_: HttpRequest, exc: CoserveError) -> JSONResponse:
     return error_response(exc)
 
 
-async def _http_error(_: HttpRequest, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: HttpRequest, exc: StarletteHTTPException) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    body = error_body(str(exc.detail), "invalid_request_error", None, code)
+    message = str(exc.detail)
+    if exc.status_code == 404 and (bare := _without_slash(request)) is not None:
+        if request.method in ("GET", "HEAD"):  # a browser's /ui/: where it meant to go
+            query = f"?{request.url.query}" if request.url.query else ""
+            return RedirectResponse(bare + query, status_code=307)
+        # a POST is not redirected: many clients drop or refuse a redirected body
+        message = f"no route {request.method} {request.url.path}; the route is {bare} (no trailing slash)"
+    body = error_body(message, "invalid_request_error", None, code)
     return JSONResponse(body, status_code=exc.status_code)
+
+
+def _without_slash(request: HttpRequest) -> str | None:
+    """The path without its trailing slash when some route of the app serves that path, else None."""
+    path = request.url.path
+    if not path.endswith("/") or path == "/":
+        return None
+    bare = path.rstrip("/")
+    scope = {**request.scope, "path": bare}
+    routes = request.app.router.routes
+    return bare if any(route.matches(scope)[0] != Match.NONE for route in routes) else None
 
 
 async def _validation_error(_: HttpRequest, exc: RequestValidationError) -> JSONResponse:
