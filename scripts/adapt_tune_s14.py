@@ -25,7 +25,9 @@ by Thompson draws at any cost weight, ``alarm_explore`` 500 with ``alarm_explore
 it sticks, reverted where the expert's feedback says no change; ``confirm_totals`` counts the alarms by outcome);
 session 16's ``kg`` and ``kg_long`` (``explore_policy: kg``, the online knowledge gradient; ``explored_share`` and
 ``false_drops_regained``, whether a false drop's expert got half its traffic back, are reported for every setting),
-and ``kg_settle`` (``kg`` with ``kg_settle`` 500: no bonus for an expert a downward alarm just moved).
+and ``kg_settle`` (``kg`` with ``kg_settle`` 500: no bonus for an expert a downward alarm just moved); session 17's
+``kg_settle_nocal``, ``kg_settle_long`` and ``kg_settle_long_nocal`` (screened together, the winner confirmed on
+eight fresh splits, ``--salts tune10,...,tune17``).
 
 The rule (docs/decisions.md, session 14, fixed before any candidate's run): a candidate is adopted over the
 defaults when the interval of its mean per-run difference in checks met lies entirely above 0 and the interval
@@ -107,6 +109,18 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # tuned); a trace on tune2 and tune3 (scripts/adapt_trace_kg_s16.py): a fifth of kg's explorations after a true
     # alarm went to the shocked expert, its just-cut cells having the widest spread
     "kg_settle": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 100.0, "kg_settle": 500},
+    # session 17, branch kg17, all three fixed before their screen (--settings defaults,kg_settle_nocal,kg_settle_long,
+    # kg_settle_long_nocal) from a reading of kg's and kg_settle's per-run records against the defaults: the check kg
+    # loses is recovery (15 B and $0.3), partly through later true alarms, partly after the alarm (kg's time from the
+    # true alarm to recovery +125 requests a run, kg_settle 500's +49); the calibration is the measured lever on
+    # recovery (off: 276 requests sooner at 0.0013 of quality, session 14) and kg gains quality at $0.3. So: kg_settle
+    # without the calibration; a settle as long as the recovery check reads (2,000); and both. The winner, if any, is
+    # run again on eight fresh splits (--salts tune10,...,tune17) before it is adopted
+    "kg_settle_nocal": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 100.0, "kg_settle": 500,
+                        "change_calibration": "none"},
+    "kg_settle_long": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 100.0, "kg_settle": 2000},
+    "kg_settle_long_nocal": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 100.0, "kg_settle": 2000,
+                             "change_calibration": "none"},
 }  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95
