@@ -8,9 +8,10 @@ the thread that shares that core spins out its time slice at a barrier, is preem
 other threads then wait a whole time slice for it, at nearly every barrier: a step takes tens of
 times longer, and since the experts share the cores the whole server stalls while the other
 process runs (docs/serving.md, "A whole-server stall"; docs/data/decode-contention-s17.json).
-A short spin (``GOMP_SPINCOUNT=1000``, the spin libgomp itself uses when it has more threads than
-cores) sleeps soon enough to leave the core to whoever holds it. ``xllamacpp()`` sets it before the
-first import, unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` themselves.
+A short spin (``GOMP_SPINCOUNT=1000``; libgomp itself spins 100 to 1,000 times when it has more
+threads than cores) sleeps soon enough to leave the core to whoever holds it. ``xllamacpp()`` sets it
+before the first import, unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` themselves.
+What the shorter spin costs on a quiet machine is not measured yet (docs/decisions.md).
 
 It knows nothing of experts, models or requests.
 """
