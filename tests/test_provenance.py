@@ -6,7 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from coserve.bench.provenance import git_commit, provenance, write_data
+import pytest
+
+from coserve.bench.provenance import RUNTIME_ENV, git_commit, provenance, write_data
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -43,6 +45,16 @@ def test_write_data_records_the_run_and_keeps_the_payload(tmp_path: Path) -> Non
     assert set(record) >= {"commit", "date", "cpu_model", "cpu_count", "usable_cores"}
     assert record["cpu_count"] >= record["usable_cores"] >= 1
     assert provenance("a 'b c'")["command"] == "a 'b c'"
+
+
+def test_the_runtime_variables_that_are_set_are_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A figure taken with another wait policy or thread count says so."""
+    for key in RUNTIME_ENV:
+        monkeypatch.delenv(key, raising=False)
+    assert "env" not in provenance("x")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
+    monkeypatch.setenv("PATH", "/bin")
+    assert provenance("x")["env"] == {"GOMP_SPINCOUNT": "300000"}
 
 
 def test_every_data_file_under_docs_records_its_provenance() -> None:

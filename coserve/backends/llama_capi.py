@@ -18,7 +18,7 @@ import ctypes
 import functools
 from typing import Any
 
-from coserve.backends.llama_memory import bound_heap_arenas
+from coserve.backends.llama_runtime import xllamacpp
 from coserve.errors import ExpertLoadError
 
 __all__ = [
@@ -247,10 +247,9 @@ def _mismatches(params: ctypes.Structure, expected: dict[str, Any]) -> list[str]
 def lib() -> Any:
     """The C API, declared and initialised once, llama.cpp's log reduced to the errors we report."""
     try:
-        import xllamacpp.xllamacpp as native
+        native = xllamacpp().xllamacpp  # heap arenas and OpenMP's barrier wait set first (llama_runtime.py)
     except ImportError as exc:
         raise ExpertLoadError(f"backend llamacpp-split needs the xllamacpp package: {exc}") from None
-    bound_heap_arenas()  # before any runtime thread starts (docs/decisions.md)
     library = ctypes.CDLL(native.__file__)
     for name, (result, arguments) in _SIGNATURES.items():
         function = getattr(library, _MANGLED.get(name, name))

@@ -29,12 +29,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from coserve.backends import llama_runtime
 from coserve.backends.base import Emit, Handle, PromptCounter
 from coserve.backends.chores import context_too_long, declared_concurrency, validated, wire_messages
 from coserve.backends.gguf_header import kv_cache_bytes, read_header
 from coserve.backends.llama_memory import (
     DEFAULT_N_PARALLEL,
-    bound_heap_arenas,
     compute_buffer_bytes,
     gguf_path,
     return_free_memory,
@@ -104,9 +104,7 @@ class LlamaCppBackend:
         unstage(staged)
 
     def load(self, spec: ExpertSpec, staged: Staged) -> Handle:
-        import xllamacpp
-
-        bound_heap_arenas()  # bounds the heap arenas before the runtime's threads start
+        xllamacpp = llama_runtime.xllamacpp()  # heap arenas, OpenMP's barrier wait: set before its threads start
 
         path = staged.path
         n_parallel = self.concurrency(spec)

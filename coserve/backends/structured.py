@@ -83,9 +83,9 @@ def forced_tool_names(sampling: Sampling) -> list[str]:
 
 def _json_rule(schema: dict[str, Any]) -> str:
     """The body of the converter's start rule for ``schema`` (a ``%json`` rule)."""
-    import xllamacpp
+    from coserve.backends.llama_runtime import xllamacpp
 
-    text = str(xllamacpp.json_schema_to_grammar(json.dumps(schema)))
+    text = str(xllamacpp().json_schema_to_grammar(json.dumps(schema)))
     if not text.startswith(_LLGUIDANCE):  # another xllamacpp build (GBNF output): refuse loudly
         raise RuntimeError("xllamacpp.json_schema_to_grammar no longer writes llguidance grammars")
     return text[len(_LLGUIDANCE) :]

@@ -19,9 +19,11 @@ from typing import Any
 
 from coserve.cpus import usable_cores
 
-__all__ = ["cpu_model", "git_commit", "provenance", "write_data"]
+__all__ = ["RUNTIME_ENV", "cpu_model", "git_commit", "provenance", "write_data"]
 
 _CODE_PATHS = ("coserve", "scripts", "pyproject.toml", "requirements-models.txt", "requirements-suites.txt")
+# Variables that change how fast the runtimes run (threads, how they wait, heap arenas): recorded when set.
+RUNTIME_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "COSERVE_MALLOC_ARENAS")
 
 
 def cpu_model() -> str:
@@ -57,11 +59,13 @@ def git_commit(cwd: Path | None = None) -> str:
 
 
 def provenance(command: str | list[str] | None = None) -> dict[str, Any]:
-    """The record of this run: command (default: this process's argv), commit, UTC date, CPU, cores."""
+    """The record of this run: command (default: this process's argv), commit, UTC date, CPU, cores,
+    and the runtime variables of ``RUNTIME_ENV`` that are set (``env``, absent when none is)."""
     if command is None:
         command = [Path(sys.argv[0]).name, *sys.argv[1:]]
     if isinstance(command, list):
         command = shlex.join(command)
+    env = {key: os.environ[key] for key in RUNTIME_ENV if key in os.environ}
     return {
         "command": command,
         "commit": git_commit(),
@@ -70,7 +74,7 @@ def provenance(command: str | list[str] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "usable_cores": usable_cores(),
         "python": platform.python_version(),
-    }
+    } | ({"env": env} if env else {})
 
 
 def write_data(
