@@ -6,15 +6,18 @@ llama.cpp's matrix products. A runtime that starts one busy thread per logical C
 every step, on threads that are not running. So the default is the physical cores among the CPUs
 this process is allowed on (its affinity mask), capped by the cgroup's CPU quota (``cpu.max``, or
 ``cpu.cfs_quota_us`` on cgroup v1) rounded down: a thread over the quota is throttled mid-step.
-``limit_blas_threads`` keeps numpy's BLAS to one thread beside decoding experts.
+``limit_blas_threads`` keeps numpy's BLAS to one thread beside decoding experts; ``SpareCores`` says
+how many of this process's CPUs other processes left free, for a long matrix job that should not split
+its work onto a core another process holds.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-__all__ = ["limit_blas_threads", "usable_cores"]
+__all__ = ["SpareCores", "limit_blas_threads", "usable_cores"]
 
 
 def usable_cores(sys_root: Path = Path("/sys"), proc_root: Path = Path("/proc")) -> int:
@@ -103,3 +106,44 @@ def limit_blas_threads() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
+
+
+class SpareCores:
+    """The CPUs of this process's affinity mask that other processes left free since the last reading.
+
+    A BLAS product splits its work evenly over its threads and waits for the slowest; where another
+    process holds one of two cores, the thread sharing it runs at half speed and so does the product:
+    distilling the static router table took 2.8x as long beside one busy core with OpenBLAS's two
+    threads, and no longer with one (docs/decisions.md, session 18). Each call reads ``/proc/stat``
+    (the busy time of the mask's CPUs) and this process's own time, and returns the CPUs the others
+    did not use over the interval, rounded; None where /proc cannot be read (not Linux)."""
+
+    def __init__(self, proc_root: Path = Path("/proc")) -> None:
+        self.proc_root = proc_root
+        self.cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._last = self._reading()
+
+    def _reading(self) -> tuple[float, int, int] | None:
+        """(monotonic seconds, busy ticks of the mask's CPUs, this process's ticks), or None."""
+        wanted = {f"cpu{cpu}" for cpu in self.cpus}
+        try:
+            busy = 0
+            for line in (self.proc_root / "stat").read_text().splitlines():
+                fields = line.split()
+                if fields and fields[0] in wanted:
+                    ticks = [int(x) for x in fields[1:]]
+                    busy += sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+            own = (self.proc_root / "self" / "stat").read_text().rsplit(")", 1)[1].split()
+            return time.monotonic(), busy, int(own[11]) + int(own[12])  # utime + stime
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __call__(self) -> int | None:
+        """CPUs of the mask the other processes left free since the last call (0 to all of them)."""
+        now, last = self._reading(), self._last
+        self._last = now
+        if now is None or last is None or not self.cpus or now[0] <= last[0]:
+            return None
+        others = ((now[1] - last[1]) - (now[2] - last[2])) / (self.tick * (now[0] - last[0]))
+        return max(0, min(len(self.cpus), round(len(self.cpus) - max(0.0, others))))

@@ -1,13 +1,17 @@
-"""usable_cores: physical cores of the affinity mask, capped by the cgroup's CPU quota."""
+"""usable_cores: physical cores of the affinity mask, capped by the cgroup's CPU quota; SpareCores: the CPUs
+of the mask that other processes left free."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from coserve.cpus import usable_cores
+from coserve import cpus
+from coserve.cpus import SpareCores, usable_cores
 
 
 def _machine(root: Path, cores: list[tuple[int, int]], cgroup: str = "0::/\n") -> tuple[Path, Path]:
@@ -87,3 +91,48 @@ def test_a_cpu_max_that_is_not_a_limit_counts_as_none(tmp_path: Path, eight_cpus
     (sys_root / "fs" / "cgroup" / "pod").mkdir(parents=True)
     (sys_root / "fs" / "cgroup" / "pod" / "cpu.max").write_text(cpu_max)
     assert usable_cores(sys_root, proc_root) == 8
+
+
+def _stat(proc_root: Path, busy: dict[int, int], own: int) -> None:
+    """A /proc/stat with each CPU's busy ticks (user) and 1,000 idle ticks, and this process's ticks."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]  # the machine's total line is not read
+    lines += [f"cpu{cpu} {ticks} 0 0 1000 7 0 0 0 0 0" for cpu, ticks in sorted(busy.items())]
+    (proc_root / "self").mkdir(parents=True, exist_ok=True)
+    (proc_root / "stat").write_text("\n".join(lines) + "\n")
+    (proc_root / "self" / "stat").write_text(f"42 (py thon) R {' '.join(['0'] * 10)} {own} 0 0 0\n")
+
+
+def test_spare_cores_are_the_masks_cpus_others_left_free(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "sysconf", lambda name: 100)
+    clock = iter([10.0, 12.0, 14.0, 16.0])
+    monkeypatch.setattr(cpus.time, "monotonic", lambda: next(clock))
+    _stat(tmp_path, {0: 0, 1: 0, 2: 0}, own=0)
+    spare = SpareCores(tmp_path)
+    # 2 s: this process used 1.5 CPUs, another 1 CPU's worth (200 ticks), CPU 2 (not ours) was busy throughout
+    _stat(tmp_path, {0: 250, 1: 250, 2: 200}, own=300)
+    assert spare() == 1
+    _stat(tmp_path, {0: 450, 1: 350, 2: 400}, own=600)  # only this process ran on the mask's CPUs
+    assert spare() == 2
+    _stat(tmp_path, {0: 850, 1: 750, 2: 400}, own=600)  # others held both CPUs
+    assert spare() == 0
+
+
+def test_spare_cores_unknown_without_proc(tmp_path: Path) -> None:
+    spare = SpareCores(tmp_path)  # no stat files
+    assert spare() is None
+
+
+def test_spare_cores_on_this_machine_sees_a_busy_cpu() -> None:
+    mask = sorted(os.sched_getaffinity(0))
+    spare = SpareCores()
+    burner = subprocess.Popen(["taskset", "-c", str(mask[-1]), "sh", "-c", "while :; do :; done"])
+    try:
+        time.sleep(1.5)
+        spare()  # the interval since construction includes the burner's start
+        time.sleep(1.0)
+        free = spare()
+    finally:
+        burner.kill()
+        burner.wait()
+    assert free is not None and 0 <= free <= len(mask) - 1

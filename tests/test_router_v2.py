@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_eval_harness import write_separable
+from threadpoolctl import threadpool_info
 
 from coserve.errors import AssetError, ConfigError
 from coserve.eval.data import embed_cached, load_costs, load_outcomes
@@ -69,6 +70,23 @@ def test_truncation_changes_only_prompts_longer_than_it(minilm: MiniLMEmbedder) 
 def test_static_table_rows_are_minilm_embeddings_of_one_piece_texts(minilm: MiniLMEmbedder) -> None:
     rows = embed_static.distil_table(minilm, np.array([HELLO, WORLD]))
     np.testing.assert_allclose(rows, minilm.encode(["hello", "world"]), atol=1e-5)
+
+
+@pytest.mark.parametrize(("free", "threads"), [(1, 1), (0, 1)])
+def test_distilling_keeps_off_cores_other_processes_hold(
+    minilm: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch, free: int, threads: int
+) -> None:
+    seen = []
+    forward = minilm.forward_ids
+
+    def watched(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        seen.append([pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"])
+        return forward(ids, mask)
+
+    monkeypatch.setattr(minilm, "forward_ids", watched)
+    monkeypatch.setattr(embed_static, "DISTIL_BATCH", 1)
+    embed_static.distil_table(minilm, np.array([HELLO, WORLD]), spare=lambda: free)
+    assert len(seen) == 2 and all(counts and set(counts) == {threads} for counts in seen)
 
 
 def test_static_vector_is_the_zipf_weighted_centred_mean(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,11 +23,14 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from coserve.cpus import SpareCores, usable_cores
 from coserve.paths import cache_dir
 from coserve.router.embed import MINILM_SHA256, MiniLMEmbedder, count_tokens, minilm_files, minilm_tokenizer
 
@@ -35,16 +38,30 @@ __all__ = ["StaticMiniLMEmbedder", "distil_table"]
 
 DISTIL_BATCH = 2048  # one-token texts per forward pass while distilling the table
 TABLE_VERSION = 1  # bump when the way the table is computed changes (old tables are then ignored)
+FIRST_LOOK_S = 0.5  # how long the CPUs are watched before the first batch
 
 
-def distil_table(model: MiniLMEmbedder, pieces: np.ndarray) -> np.ndarray:
-    """``[len(pieces), dim]`` float32: the model's embedding of each one-piece text, before centring."""
+def distil_table(
+    model: MiniLMEmbedder, pieces: np.ndarray, spare: Callable[[], int | None] | None = None
+) -> np.ndarray:
+    """``[len(pieces), dim]`` float32: the model's embedding of each one-piece text, before centring.
+
+    Each batch runs with as many BLAS threads as the usable cores that other processes left free
+    over the previous batch (``spare``, by default a ``coserve.cpus.SpareCores`` watched for
+    ``FIRST_LOOK_S`` first), at least one: beside a busy core, OpenBLAS's threads split every product
+    evenly and wait on the one sharing that core (2.8x slower; docs/decisions.md, session 18)."""
+    if spare is None:
+        spare = SpareCores()
+        time.sleep(FIRST_LOOK_S)
+    cores = usable_cores()
     cls_id, sep_id = model.tokenizer.token_to_id("[CLS]"), model.tokenizer.token_to_id("[SEP]")
     rows = []
     for start in range(0, len(pieces), DISTIL_BATCH):
+        free = spare()
         chunk = np.asarray(pieces[start : start + DISTIL_BATCH], dtype=np.int64)
         ids = np.stack([np.full_like(chunk, cls_id), chunk, np.full_like(chunk, sep_id)], axis=1)
-        rows.append(model.forward_ids(ids, np.ones(ids.shape, dtype=np.float32)))
+        with threadpool_limits(cores if free is None else max(1, min(cores, free)), user_api="blas"):
+            rows.append(model.forward_ids(ids, np.ones(ids.shape, dtype=np.float32)))
     return np.concatenate(rows).astype(np.float32)
 
 
