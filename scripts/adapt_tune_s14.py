@@ -27,7 +27,8 @@ session 16's ``kg`` and ``kg_long`` (``explore_policy: kg``, the online knowledg
 ``false_drops_regained``, whether a false drop's expert got half its traffic back, are reported for every setting),
 and ``kg_settle`` (``kg`` with ``kg_settle`` 500: no bonus for an expert a downward alarm just moved); session 17's
 ``kg_settle_nocal``, ``kg_settle_long`` and ``kg_settle_long_nocal`` (screened together, the winner confirmed on
-eight fresh splits, ``--salts tune10,...,tune17``).
+eight fresh splits, ``--salts tune10,...,tune17``); session 18's ``revert1000`` and ``revert3000`` (``alarm_revert``:
+half of a downward move taken back where its expert then got no request for that many requests).
 
 The rule (docs/decisions.md, session 14, fixed before any candidate's run): a candidate is adopted over the
 defaults when the interval of its mean per-run difference in checks met lies entirely above 0 and the interval
@@ -121,6 +122,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "kg_settle_long": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 100.0, "kg_settle": 2000},
     "kg_settle_long_nocal": {"explore_policy": "kg", "explore_cap": 0.05, "kg_horizon": 100.0, "kg_settle": 2000,
                              "change_calibration": "none"},
+    # session 18 (coordinator), both fixed before their screen (--settings defaults,revert1000,revert3000) from
+    # session 15's reading that a false drop of a cheap good expert is never undone (it is never routed again):
+    # half of a downward move taken back once where its expert got not one of the next 1,000 / 3,000 requests
+    "revert1000": {"alarm_revert": 1000},
+    "revert3000": {"alarm_revert": 3000},
 }  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95

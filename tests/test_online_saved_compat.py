@@ -27,7 +27,7 @@ CATEGORIES, EXPERTS = ["chat", "code", "math"], ["small", "mid", "big"]
 OFFLINE = np.array([[0.55, 0.7, 0.8], [0.4, 0.6, 0.85], [0.3, 0.5, 0.75]])
 COST = [1.0, 3.0, 8.0]
 BEFORE, AFTER = 600, 200  # requests before the state is saved, and after it is resumed
-ADDED = ("kg_counts", "kg_settle")  # keys the saved state gained after the fixture (session 16: explore_policy kg's)
+ADDED = ("kg_counts", "kg_settle", "alarm_revert")  # keys the saved state gained after the fixture (sessions 16, 18)
 
 
 def _router() -> OnlineRouter:
@@ -81,6 +81,8 @@ def test_a_state_saved_at_1220811_resumes_and_the_router_then_acts_as_it_did() -
     # an old state resumes them fresh: the feedback share counts only the requests and scores after the restart
     assert now["end"].pop("kg_counts") == [AFTER, AFTER] and now["state"].pop("kg_counts") == [BEFORE, BEFORE]
     assert now["end"].pop("kg_settle") == [0, 0, 0] and now["state"].pop("kg_settle") == [0, 0, 0]  # kg off
+    idle = {"left": [0, 0, 0], "routed": [0, 0, 0], "move": [[0.0] * 3] * 3}  # alarm_revert off: nothing watched
+    assert now["end"].pop("alarm_revert")["left"] == idle["left"] and now["state"].pop("alarm_revert") == idle
     assert now["decisions"] == saved["decisions"]  # the resumed router chose as that build's did
     assert now["end"] == saved["end"]  # and learnt as it did
     assert now["state"] == saved["state"]  # the same stream exported the same way

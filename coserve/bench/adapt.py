@@ -132,6 +132,7 @@ class AdaptOptions:
     change_confirm_error: float = _ONLINE.change_confirm_error  # the test's error rates (both)
     explore_policy: str = _ONLINE.explore_policy  # an exploration under the cap: Thompson's draw or kg (online_kg)
     kg_horizon: float = _ONLINE.kg_horizon  # kg: the requests one more observation's knowledge serves
+    alarm_revert: int = _ONLINE.alarm_revert  # requests a downward move may starve its expert before half goes back
     kg_settle: int = _ONLINE.kg_settle  # kg: requests after a downward alarm its expert earns no bonus (0: off)
 
     def __post_init__(self) -> None:
@@ -290,6 +291,7 @@ def replay_adapt(
         "probed_share": router.probe.probed / n,  # requests routed to a suspect expert (change_probe)
         "confirm_share": router.confirm.routed / n,  # requests routed to re-test a downward alarm (change_confirm)
         "confirm_outcomes": dict(router.confirm.outcomes),  # episodes confirmed, reverted, expired
+        "alarm_reverts": router.reverter.reverted,  # starved downward moves half taken back (alarm_revert)
         "map_versions": router.snapshot.version,
         "final_weight": router.controller.effective,
         "change_alarms": router.alarms,

@@ -72,7 +72,7 @@ from coserve.router.drift import ChangeSettings
 from coserve.router.drift_calibration import CellCalibration
 from coserve.router.drift_fast import anchored_correction
 from coserve.router.drift_weighted import cell_shift, restore_detector
-from coserve.router.online_alarm import AlarmExploration
+from coserve.router.online_alarm import AlarmExploration, AlarmRevert
 from coserve.router.online_choice import OnlineChoice
 from coserve.router.online_confirm import ChangeConfirm, ConfirmSettings
 from coserve.router.online_kg import KGSettings, KnowledgeGradient
@@ -126,6 +126,7 @@ class OnlineRouter(OnlineChoice):
         weight_floor: float = 0.0,
         alarm_explore: int = 0,
         alarm_explore_any_weight: bool = False,
+        alarm_revert: int = 0,
         neighbours: NeighbourSettings | None = None,
         probe: ProbeSettings | None = None,
         confirm: ConfirmSettings | None = None,
@@ -159,6 +160,7 @@ class OnlineRouter(OnlineChoice):
         self.explore_cap = float(explore_cap)
         self.explore_at_zero = bool(explore_at_zero)  # explore, beyond the cap, where the cost weight is 0
         self.after_alarm = AlarmExploration(self.posterior.shape[1], alarm_explore, alarm_explore_any_weight)  # moved
+        self.reverter = AlarmRevert(*self.posterior.shape, alarm_revert)  # a starved move half taken back
         self.probe = ChangeProbe(self.posterior.shape[1], probe)  # route to a suspect expert (online_probe)
         self.confirm = ChangeConfirm(self.posterior.shape[1], confirm)  # a downward alarm re-tested (online_confirm)
         if not signals <= SIGNALS:
@@ -217,6 +219,10 @@ class OnlineRouter(OnlineChoice):
         with self._lock:
             self.controller.observe(float(self.cost[expert]))
             self._served += 1
+            for starved, shift in self.reverter.served(expert):  # alarm_revert (online_alarm)
+                self.posterior.rebase(starved, shift, np.inf)  # the means rise, the counts stay
+                if self.detector is not None:
+                    self.detector.rebased(starved)
             if self.mix_window > 0 and self._served % MIX_EVERY == 0:
                 self._feed_forward()
             self._changed()
@@ -250,11 +256,12 @@ class OnlineRouter(OnlineChoice):
         saved = parse_state(state, categories, experts, self.granularity, self.posterior.shape)
         detector, baseline = restore_detector(state.get("change"), self.change, *self.posterior.shape)
         after_alarm = self.after_alarm.restored(state.get("alarm_explore"))
+        reverter = self.reverter.restored(state.get("alarm_revert"))
         probe = self.probe.restored(state.get("change_probe"))
         kg = self.kg.restored(state.get("kg_counts"), state.get("kg_settle"))
         with self._lock:
             self.after_alarm, self.probe, self.confirm, self.kg = after_alarm, probe, self.confirm.restored(state), kg
-            self.detector, self.baseline = detector, baseline
+            self.detector, self.baseline, self.reverter = detector, baseline, reverter
             self.posterior.alpha, self.posterior.beta, self.posterior.offset = saved.alpha, saved.beta, saved.offset
             # the feed-forward part (until its next refresh reads the new mix) and the integral part, within this
             # router's floor and cap (a weight above the cap is clipped with a warning)
@@ -313,6 +320,8 @@ class OnlineRouter(OnlineChoice):
                     self.kg.alarmed(expert)  # kg_settle: no value-of-information bonus for a while (online_kg)
                     self.confirm.opened(expert, self.posterior, shift, self.alarm_log[-1])  # before the move
                 moved = cell_shift(self.change.model, shift * share, self.posterior.mean()[:, expert])
+                if shift < 0:
+                    self.reverter.alarmed(expert, moved)
                 self.posterior.rebase(expert, moved, self.change.reset_count)
                 if self.neighbours is not None:
                     self.neighbours.forget(expert)  # its residuals were measured against the old means

@@ -1,4 +1,5 @@
-"""Exploring an expert the change detector just moved, for a bounded number of requests (session 11).
+"""Exploring an expert the change detector just moved, for a bounded number of requests (session 11), and
+taking back half of a move that left its expert starved (session 18).
 
 A downward alarm on an expert moves its means down and cuts its pseudo-counts. Where the alarm was false
 (the offline table's own error, noise), the expert now looks worse than it is; if it is dear, the
@@ -17,6 +18,14 @@ no feedback ever corrects the move. A Thompson draw of its wide, just-cut poster
 may be the best choice at the weight in force, so the re-test costs little where the move was right and
 returns the expert's traffic where it was not (docs/decisions.md, session 14, branch nofire14).
 
+``AlarmRevert`` (``alarm_revert``, session 18, off at 0) keeps, per expert, the move of its last downward
+alarm and the requests routed since. Where the expert got not one of the next ``requests`` routed requests
+(the move starved it, so no feedback can ever correct it), half the move is taken back once: its means rise
+by half the shift while its cells keep their cut counts, so it is tried again where it may now win, and a
+few scores settle it. A true drop costs those few re-tried requests; a false drop of a good, cheap expert
+(session 15: never routed again, never corrected) gets its traffic back. Nothing happens where the expert
+kept any traffic: its own feedback is correcting the move.
+
 Pure numbers; knows nothing about posteriors, routing or the store (``coserve.router.online`` uses it).
 """
 
@@ -26,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AlarmExploration", "saved_counts"]
+__all__ = ["AlarmExploration", "AlarmRevert", "saved_counts"]
 
 
 class AlarmExploration:
@@ -75,6 +84,63 @@ class AlarmExploration:
             self.left = np.zeros_like(self.left)
             return
         self.left = np.minimum(saved_counts(saved, len(self.left), "alarm exploration"), self.requests)
+
+
+class AlarmRevert:
+    """Per expert, the requests left before a starved downward move is half taken back, and that move."""
+
+    def __init__(self, categories: int, experts: int, requests: int = 0) -> None:
+        if categories <= 0 or experts <= 0 or requests < 0:
+            raise ValueError("categories and experts must be positive and requests >= 0")
+        self.requests = int(requests)  # routed requests a moved expert may go without any (0: never revert)
+        self.left = np.zeros(experts, dtype=np.int64)  # requests left to watch (0: nothing pending)
+        self.routed = np.zeros(experts, dtype=np.int64)  # requests the expert got since its alarm
+        self.move = np.zeros((categories, experts))  # the last downward alarm's move of each cell
+        self.reverted = 0  # moves half taken back
+
+    def alarmed(self, expert: int, move: np.ndarray | float) -> None:
+        """A downward alarm moved ``expert``'s cells by ``move`` (one for all, or one per category)."""
+        if self.requests > 0:
+            self.left[expert] = self.requests
+            self.routed[expert] = 0
+            self.move[:, expert] = move
+
+    def served(self, expert: int) -> list[tuple[int, np.ndarray]]:
+        """One request was routed to ``expert``; the (expert, shift per category) to apply now: half of each
+        move whose watch just ended with its expert given no request."""
+        if self.requests == 0 or not (self.left > 0).any():
+            return []
+        self.routed[expert] += 1
+        ending = np.flatnonzero(self.left == 1)
+        np.subtract(self.left, 1, out=self.left, where=self.left > 0)
+        due = [(int(e), -0.5 * self.move[:, e].copy()) for e in ending if self.routed[e] == 0]
+        self.reverted += len(due)
+        return due
+
+    def export_state(self) -> dict[str, Any]:
+        """Requests left, requests routed and moves, as JSON values."""
+        left, routed = [int(n) for n in self.left], [int(n) for n in self.routed]
+        return {"left": left, "routed": routed, "move": self.move.tolist()}
+
+    def restored(self, saved: Any) -> AlarmRevert:
+        """A copy with these settings and ``saved`` loaded (None: a state saved before it existed, nothing
+        pending); ValueError where it does not fit."""
+        fresh = AlarmRevert(*self.move.shape, self.requests)
+        if saved is None:
+            return fresh
+        if not isinstance(saved, dict):
+            raise ValueError("the state's alarm revert must be an object")
+        experts = self.move.shape[1]
+        fresh.left = np.minimum(saved_counts(saved.get("left"), experts, "alarm revert counts"), self.requests)
+        fresh.routed = saved_counts(saved.get("routed"), experts, "alarm revert routed counts")
+        try:
+            move = np.asarray(saved.get("move"), dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"the state's alarm revert moves are malformed: {exc}") from None
+        if move.shape != self.move.shape or not np.isfinite(move).all() or (move > 0).any():
+            raise ValueError("the state's alarm revert moves must be one finite shift <= 0 per cell")
+        fresh.move = move
+        return fresh
 
 
 def saved_counts(saved: Any, experts: int, what: str) -> np.ndarray:

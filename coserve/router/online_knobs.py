@@ -51,6 +51,7 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
         "weight_floor": settings.weight_floor,
         "alarm_explore": settings.alarm_explore,
         "alarm_explore_any_weight": settings.alarm_explore_any_weight,
+        "alarm_revert": settings.alarm_revert,
         "neighbours": settings.neighbours,
         "probe": ProbeSettings(
             settings.change_probe,

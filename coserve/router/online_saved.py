@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from coserve.router.drift import ChangeDetector, FeedbackBaseline, export_change
-from coserve.router.online_alarm import AlarmExploration
+from coserve.router.online_alarm import AlarmExploration, AlarmRevert
 from coserve.router.online_confirm import ChangeConfirm
 from coserve.router.online_kg import KnowledgeGradient
 from coserve.router.online_model import BudgetController, ScorePosterior
@@ -43,6 +43,7 @@ class Exportable(Protocol):
     posterior: ScorePosterior
     controller: BudgetController
     after_alarm: AlarmExploration
+    reverter: AlarmRevert
     probe: ChangeProbe
     confirm: ChangeConfirm
     kg: KnowledgeGradient
@@ -67,6 +68,7 @@ def export_router(
         "granularity": router.granularity,  # what the cells mean: scores, or residuals of predictions
         "expert_offset": router.posterior.offset.tolist(),  # per expert, added to its cells (expert_rate)
         "alarm_explore": router.after_alarm.export_state(),  # per expert, routed requests it may be explored
+        "alarm_revert": router.reverter.export_state(),  # starved downward moves pending half their undoing
         "change_probe": router.probe.export_state(),  # per expert, requests its suspicion may still probe
         "change_confirm": router.confirm.export_state(),  # experts whose alarm is on trial (not resumed)
         "kg_counts": router.kg.export_state(),  # routed requests and scores: the feedback share (explore_policy kg)
