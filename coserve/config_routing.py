@@ -194,8 +194,9 @@ class OnlineSettings(BaseModel):
     # gives it no bonus (it keeps the traffic it wins as the greedy choice, and is not re-tested for its new spread)
     kg_settle: int = Field(0, ge=0)
     # session 18 (off at 0; coserve.router.online_alarm.AlarmRevert): where a downward alarm's expert then gets not one
-    # of the next alarm_revert routed requests, half its move is taken back, once
+    # of the next alarm_revert routed requests, alarm_revert_share of its move is taken back, once
     alarm_revert: int = Field(0, ge=0)
+    alarm_revert_share: float = Field(0.5, gt=0, le=1)
 
     @model_validator(mode="after")
     def _neighbours_need_prompts(self) -> OnlineSettings:

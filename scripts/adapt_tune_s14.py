@@ -127,6 +127,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # half of a downward move taken back once where its expert got not one of the next 1,000 / 3,000 requests
     "revert1000": {"alarm_revert": 1000},
     "revert3000": {"alarm_revert": 3000},
+    # session 18, fixed after that screen and before its own run: the whole move taken back at 3,000 (half regained
+    # 11 of 177 false drops there: too little to win a cell back)
+    "revert3000_whole": {"alarm_revert": 3000, "alarm_revert_share": 1.0},
 }  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95

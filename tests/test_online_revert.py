@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from coserve.bench.adapt import AdaptOptions
 from coserve.config_routing import OnlineSettings
@@ -88,7 +89,25 @@ def test_a_malformed_saved_watch_is_refused(saved: object) -> None:
         AlarmRevert(1, 3, 50).restored(saved)
 
 
+def test_the_whole_move_taken_back_where_the_share_is_1() -> None:
+    router = OnlineRouter(np.array([[0.8, 0.4, 0.39]]), [1.0, 1.0, 1.0], 1.0, explore_cap=0.0, prior_strength=10,
+                          change=CHANGE, alarm_revert=50, alarm_revert_share=1.0)  # fmt: skip
+    for _ in range(3):
+        router.feedback(0, 0, 0.3)
+    low = float(router.posterior.mean()[0, 0])
+    _route(router, 50)
+    assert router.posterior.mean()[0, 0] == pytest.approx(low - float(router.alarm_log[-1]["shift"]), abs=1e-6)
+    assert AlarmRevert(1, 3, 50, 1.0).restored(router.reverter.export_state()).share == 1.0  # a resume keeps it
+
+
 def test_the_setting_is_off_by_default_and_carried_to_the_router_and_the_replay() -> None:
     assert OnlineSettings().alarm_revert == 0 and AdaptOptions().alarm_revert == 0
-    assert router_options(OnlineSettings(alarm_revert=1000))["alarm_revert"] == 1000
-    assert AdaptOptions(alarm_revert=3000).online().alarm_revert == 3000
+    options = router_options(OnlineSettings(alarm_revert=1000, alarm_revert_share=1.0))
+    assert (options["alarm_revert"], options["alarm_revert_share"]) == (1000, 1.0)
+    online = AdaptOptions(alarm_revert=3000, alarm_revert_share=0.25).online()
+    assert (online.alarm_revert, online.alarm_revert_share) == (3000, 0.25)
+    for share in (0.0, 1.5):
+        with pytest.raises(ValidationError):
+            OnlineSettings(alarm_revert_share=share)
+        with pytest.raises(ValueError, match="share in"):
+            AlarmRevert(1, 3, 50, share)

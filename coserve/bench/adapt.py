@@ -133,6 +133,7 @@ class AdaptOptions:
     explore_policy: str = _ONLINE.explore_policy  # an exploration under the cap: Thompson's draw or kg (online_kg)
     kg_horizon: float = _ONLINE.kg_horizon  # kg: the requests one more observation's knowledge serves
     alarm_revert: int = _ONLINE.alarm_revert  # requests a downward move may starve its expert before half goes back
+    alarm_revert_share: float = _ONLINE.alarm_revert_share  # the share of that move taken back
     kg_settle: int = _ONLINE.kg_settle  # kg: requests after a downward alarm its expert earns no bonus (0: off)
 
     def __post_init__(self) -> None:

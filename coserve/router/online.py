@@ -127,6 +127,7 @@ class OnlineRouter(OnlineChoice):
         alarm_explore: int = 0,
         alarm_explore_any_weight: bool = False,
         alarm_revert: int = 0,
+        alarm_revert_share: float = 0.5,
         neighbours: NeighbourSettings | None = None,
         probe: ProbeSettings | None = None,
         confirm: ConfirmSettings | None = None,
@@ -160,7 +161,7 @@ class OnlineRouter(OnlineChoice):
         self.explore_cap = float(explore_cap)
         self.explore_at_zero = bool(explore_at_zero)  # explore, beyond the cap, where the cost weight is 0
         self.after_alarm = AlarmExploration(self.posterior.shape[1], alarm_explore, alarm_explore_any_weight)  # moved
-        self.reverter = AlarmRevert(*self.posterior.shape, alarm_revert)  # a starved move half taken back
+        self.reverter = AlarmRevert(*self.posterior.shape, alarm_revert, alarm_revert_share)  # a starved move, back
         self.probe = ChangeProbe(self.posterior.shape[1], probe)  # route to a suspect expert (online_probe)
         self.confirm = ChangeConfirm(self.posterior.shape[1], confirm)  # a downward alarm re-tested (online_confirm)
         if not signals <= SIGNALS:

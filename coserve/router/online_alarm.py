@@ -20,9 +20,9 @@ returns the expert's traffic where it was not (docs/decisions.md, session 14, br
 
 ``AlarmRevert`` (``alarm_revert``, session 18, off at 0) keeps, per expert, the move of its last downward
 alarm and the requests routed since. Where the expert got not one of the next ``requests`` routed requests
-(the move starved it, so no feedback can ever correct it), half the move is taken back once: its means rise
-by half the shift while its cells keep their cut counts, so it is tried again where it may now win, and a
-few scores settle it. A true drop costs those few re-tried requests; a false drop of a good, cheap expert
+(the move starved it, so no feedback can ever correct it), a share of the move (``alarm_revert_share``, half
+by default) is taken back once: its means rise by that share of the shift while its cells keep their cut
+counts, so it is tried again where it may now win, and a few scores settle it. A true drop costs those few re-tried requests; a false drop of a good, cheap expert
 (session 15: never routed again, never corrected) gets its traffic back. Nothing happens where the expert
 kept any traffic: its own feedback is correcting the move.
 
@@ -87,12 +87,13 @@ class AlarmExploration:
 
 
 class AlarmRevert:
-    """Per expert, the requests left before a starved downward move is half taken back, and that move."""
+    """Per expert, the requests left before a starved downward move is partly taken back, and that move."""
 
-    def __init__(self, categories: int, experts: int, requests: int = 0) -> None:
-        if categories <= 0 or experts <= 0 or requests < 0:
-            raise ValueError("categories and experts must be positive and requests >= 0")
+    def __init__(self, categories: int, experts: int, requests: int = 0, share: float = 0.5) -> None:
+        if categories <= 0 or experts <= 0 or requests < 0 or not 0.0 < share <= 1.0:
+            raise ValueError("categories and experts must be positive, requests >= 0 and share in (0, 1]")
         self.requests = int(requests)  # routed requests a moved expert may go without any (0: never revert)
+        self.share = float(share)  # the share of the move taken back
         self.left = np.zeros(experts, dtype=np.int64)  # requests left to watch (0: nothing pending)
         self.routed = np.zeros(experts, dtype=np.int64)  # requests the expert got since its alarm
         self.move = np.zeros((categories, experts))  # the last downward alarm's move of each cell
@@ -106,14 +107,14 @@ class AlarmRevert:
             self.move[:, expert] = move
 
     def served(self, expert: int) -> list[tuple[int, np.ndarray]]:
-        """One request was routed to ``expert``; the (expert, shift per category) to apply now: half of each
-        move whose watch just ended with its expert given no request."""
+        """One request was routed to ``expert``; the (expert, shift per category) to apply now: ``share`` of
+        each move whose watch just ended with its expert given no request."""
         if self.requests == 0 or not (self.left > 0).any():
             return []
         self.routed[expert] += 1
         ending = np.flatnonzero(self.left == 1)
         np.subtract(self.left, 1, out=self.left, where=self.left > 0)
-        due = [(int(e), -0.5 * self.move[:, e].copy()) for e in ending if self.routed[e] == 0]
+        due = [(int(e), -self.share * self.move[:, e].copy()) for e in ending if self.routed[e] == 0]
         self.reverted += len(due)
         return due
 
@@ -125,7 +126,7 @@ class AlarmRevert:
     def restored(self, saved: Any) -> AlarmRevert:
         """A copy with these settings and ``saved`` loaded (None: a state saved before it existed, nothing
         pending); ValueError where it does not fit."""
-        fresh = AlarmRevert(*self.move.shape, self.requests)
+        fresh = AlarmRevert(*self.move.shape, self.requests, self.share)
         if saved is None:
             return fresh
         if not isinstance(saved, dict):

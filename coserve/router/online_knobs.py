@@ -52,6 +52,7 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
         "alarm_explore": settings.alarm_explore,
         "alarm_explore_any_weight": settings.alarm_explore_any_weight,
         "alarm_revert": settings.alarm_revert,
+        "alarm_revert_share": settings.alarm_revert_share,
         "neighbours": settings.neighbours,
         "probe": ProbeSettings(
             settings.change_probe,
