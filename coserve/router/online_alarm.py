@@ -22,9 +22,10 @@ returns the expert's traffic where it was not (docs/decisions.md, session 14, br
 alarm and the requests routed since. Where the expert got not one of the next ``requests`` routed requests
 (the move starved it, so no feedback can ever correct it), a share of the move (``alarm_revert_share``, half
 by default) is taken back once: its means rise by that share of the shift while its cells keep their cut
-counts, so it is tried again where it may now win, and a few scores settle it. A true drop costs those few re-tried requests; a false drop of a good, cheap expert
-(session 15: never routed again, never corrected) gets its traffic back. Nothing happens where the expert
-kept any traffic: its own feedback is correcting the move.
+counts, so it is tried again where it may now win, and a few scores settle it. A true drop costs those few
+re-tried requests; a false drop of a good, cheap expert (session 15: never routed again, never corrected)
+gets its traffic back. Nothing happens where the expert kept any traffic: its own feedback is correcting
+the move.
 
 Pure numbers; knows nothing about posteriors, routing or the store (``coserve.router.online`` uses it).
 """
