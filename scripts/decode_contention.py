@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from coserve.bench.script_run import run_script
+from coserve.bench.spread import spread_table
 from coserve.cli.common import at_least
 from coserve.errors import ConfigError
 
@@ -126,12 +126,7 @@ def main() -> int:
                 runs[expert][setting].append(row)
                 print(f"run {repeat + 1} {expert:<8} {setting:<12} {row['tokens_per_s']:7.1f} tok/s, "
                       f"other processes {row['others_cores']:.2f} cores", flush=True)  # fmt: skip
-    summary = {
-        e: {s: {k: {"median": statistics.median(r[k] for r in rows), "min": min(r[k] for r in rows),
-                    "max": max(r[k] for r in rows)} for k in ("tokens_per_s", "others_cores")}
-            for s, rows in by.items()}
-        for e, by in runs.items()
-    }  # fmt: skip
+    summary = spread_table(runs, ("tokens_per_s", "others_cores"))
     for expert, by in summary.items():
         for setting, row in by.items():
             t, o = row["tokens_per_s"], row["others_cores"]

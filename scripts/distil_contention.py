@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from coserve.bench.script_run import run_script
+from coserve.bench.spread import spread_table
 from coserve.cli.common import at_least
 
 SETTINGS = ("spare", "all")
@@ -75,12 +75,7 @@ def main() -> int:
                 if burner is not None:
                     burner.kill()
                     burner.wait()
-    summary = {
-        c: {s: {k: {"median": statistics.median(r[k] for r in rows), "min": min(r[k] for r in rows),
-                    "max": max(r[k] for r in rows)} for k in ("pieces_per_s", "table_s")}
-            for s, rows in by.items()}
-        for c, by in runs.items()
-    }  # fmt: skip
+    summary = spread_table(runs, ("pieces_per_s", "table_s"))
     for condition, by in summary.items():
         for setting, row in by.items():
             rate, table = row["pieces_per_s"], row["table_s"]

@@ -13,6 +13,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from coserve.bench.spread import spread
+
 __all__ = [
     "BUDGET_HEADROOM",
     "BUDGET_RULE",
@@ -55,10 +57,6 @@ def models_per_replica(budget: int, footprints: Mapping[str, int]) -> int:
     return max(1, budget // max(footprints.values()))
 
 
-def _spread(values: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def summarise_policy(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One policy's figures: the median of its runs for each of ``FIGURES`` (``lost``: the sum over
     runs, so no loss hides in a median), their min and max, and the runs themselves."""
@@ -66,9 +64,9 @@ def summarise_policy(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": [dict(r) for r in runs], "failed_runs": len(runs) - len(done)}
     if not done:
         return {**out, **dict.fromkeys(FIGURES)}
-    spreads = {f: _spread([float(r[f]) for r in done]) for f in FIGURES}
-    for figure, spread in spreads.items():
-        out[figure] = spread["median"]
+    spreads = {f: spread([float(r[f]) for r in done]) for f in FIGURES}
+    for figure, values in spreads.items():
+        out[figure] = values["median"]
     out["lost"] = int(sum(int(r["lost"]) for r in done))
     out["min"] = {f: s["min"] for f, s in spreads.items()}
     out["max"] = {f: s["max"] for f, s in spreads.items()}

@@ -21,7 +21,6 @@ measured directly against an honest floor (``coserve.bench.switch``).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 from coserve.backends.registry import get_backend
 from coserve.bench.contenders import PEER_COMMAND, bench_library, run_coserve, run_peer
 from coserve.bench.serve_options import CONTENDERS, checked_contenders
+from coserve.bench.spread import spread
 from coserve.bench.switch import hugepages_on, measure_switch, measure_switch_hugepages, print_switch
 from coserve.bench.workload import make_workload
 from coserve.config import LibraryConfig
@@ -39,10 +39,6 @@ FIGURES = ("throughput_rps", "p50_s", "p95_s", "ttft_p50_s", "switches", "loads"
 NOTE = "timings measured on the machine named in provenance; a shared machine makes them noisy"
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def summarise_runs(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Median and min-max of every figure per contender; the generated-token totals compared."""
     summary: dict[str, Any] = {}
@@ -51,7 +47,7 @@ def summarise_runs(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         if not done:
             summary[contender] = {"skipped": rows[0]["skipped"]} if rows else {"skipped": "not run"}
             continue
-        summary[contender] = {f: _spread([float(r[f]) for r in done]) for f in FIGURES if all(f in r for r in done)}
+        summary[contender] = {f: spread([float(r[f]) for r in done]) for f in FIGURES if all(f in r for r in done)}
     totals = {c: sorted({int(r["completion_tokens"]) for r in rows if "skipped" not in r}) for c, rows in runs.items()}
     distinct = sorted({t for values in totals.values() for t in values})
     summary["completion_tokens_equal"] = len(distinct) <= 1
