@@ -7,6 +7,8 @@ and with its map solved from measured outcomes where it names them (coserve.rout
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,6 +72,18 @@ def at_least(least: int) -> Callable[[str], int]:
     return parse
 
 
+def finite(text: str) -> float:
+    """A number flag's value (a budget): finite, so ``nan`` or ``inf`` is refused before any work rather
+    than solving a map nobody asked for (at ``nan`` every comparison is false)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
 def share(text: str) -> float:
     """A score threshold's value: a number in [0, 1]."""
     try:
@@ -104,11 +118,15 @@ def check_outputs(json_path: str | None, plot_path: str | None = None) -> None:
     for flag, text in (("--json", json_path), ("--plot", plot_path)):
         if text is None:
             continue
+        if Path(text).is_dir():
+            raise ConfigError(f"{flag} {text}: a folder; name a file in it")
         folder = Path(text).parent
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
         if not folder.is_dir():
             raise ConfigError(f"{flag} {text}: {folder} is not a folder")
+        if not os.access(folder, os.W_OK):
+            raise ConfigError(f"{flag} {text}: {folder} is not writable")
     if plot_path is not None and Path(plot_path).suffix.lower() not in PLOT_SUFFIXES:
         raise ConfigError(f"--plot {plot_path}: give a {', '.join(PLOT_SUFFIXES)} file")
 
@@ -138,7 +156,6 @@ def write_router_dir(out: Path, write: Callable[[Path], None]) -> None:
     (``coserve train --out``, ``coserve experts add``): a failed write leaves the old router as it was,
     and the new one holds only the files ``write`` put there (a retrained router keeps no calibration.npz
     of the old one's)."""
-    import os
     import shutil
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coserve.cli.common import Subcommands, at_least, check_outputs, write_router_dir
+from coserve.cli.common import Subcommands, at_least, check_outputs, finite, write_router_dir
 from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
@@ -332,6 +332,6 @@ def add_train_parser(sub: Subcommands) -> None:
         help="stack (default), map-<classifier>, prompt-<predictor> or hybrid (top2: eval only)",
     )
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget-params", type=float, help="average active parameters (billions) per request")
-    budget.add_argument("--budget-price", type=float, help="average price (USD per million tokens) per request")
+    budget.add_argument("--budget-params", type=finite, help="average active parameters (billions) per request")
+    budget.add_argument("--budget-price", type=finite, help="average price (USD per million tokens) per request")
     p.set_defaults(func=cmd_train)
