@@ -34,6 +34,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     base = library.path.parent if library.path else None
     # As `coserve serve` reads them at start: experts over a memory budget alone, and RAM short of ACTIVE's weights.
     never, memory_warning = check_budgets(library, {spec.name: get_backend(spec.backend) for spec in library.experts})
+    routed = _routed_categories(library)
     rows: list[dict[str, Any]] = []
     for spec in library.experts:
         size = source_size(spec, base) if spec.parts else None  # None: no file (the backend takes none) or missing
@@ -63,7 +64,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
                 "tier": "missing" if spec.parts and size is None else "refused" if spec.name in never else "disk",
                 "refused": never.get(spec.name),  # why it can never load within the budgets (None: it can)
                 "source": location,
-                "categories": [c for c, e in library.router.map.items() if e == spec.name],
+                "categories": [c for c, e in routed.items() if e == spec.name],
             }
         )
     if args.json:
@@ -95,6 +96,17 @@ def cmd_experts(args: argparse.Namespace) -> int:
         f"memory: ram {library.memory.ram / 2**30:.1f} GiB, active {library.memory.active / 2**30:.1f} GiB"
     )
     return 0
+
+
+def _routed_categories(library: Any) -> dict[str, str]:
+    """Category -> expert as the server routes: the library's map, or its trained router's (read here, so
+    a ``router.trained`` folder that is missing or names experts the library lacks is refused as at start)."""
+    if library.router.trained is None:
+        return dict(library.router.map)
+    from coserve.router.router import library_trained
+
+    trained, _ = library_trained(library)
+    return {c: trained.experts[e] for c, e in zip(trained.classes, trained.assignment or [], strict=False)}
 
 
 def cmd_experts_add(args: argparse.Namespace) -> int:
