@@ -191,3 +191,19 @@ def test_a_json_path_that_is_a_folder_is_refused_before_the_work(
     assert captured.err == f"coserve: error: --json {folder}: a folder; name a file in it\n"
     assert captured.out == ""  # no work done (eval prints its tables, compare its comparison)
     assert list(folder.iterdir()) == []
+
+
+def test_experts_add_notes_a_name_no_server_takes(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # coserve train notes such names in its data; experts add took one silently, and the library naming the
+    # router was then refused at start.
+    ids = [json.loads(line)["id"] for line in (tmp_path / "outcomes.jsonl").read_text().splitlines()]
+    scores = tmp_path / "new.jsonl"
+    scores.write_text("".join(json.dumps({"id": i, "scores": {"new model": 1.0}}) + "\n" for i in ids))
+    capsys.readouterr()
+    args = ["experts", "add", "--router", str(trained), "--name", "new model", "--outcomes", str(scores)]
+    assert main([*args, "--params-b", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("coserve: note: --name: 'new model' is not a valid expert name")
+    assert err.endswith("a server refuses this router until it is renamed\n")

@@ -110,6 +110,7 @@ def _routed_categories(library: Any) -> dict[str, str]:
 
 
 def cmd_experts_add(args: argparse.Namespace) -> int:
+    from coserve.config import check_name
     from coserve.eval.data import load_expert_scores
     from coserve.router.online_calibration import PRIOR_FIT_FILE
     from coserve.router.trained import add_expert, load_trained
@@ -118,6 +119,10 @@ def cmd_experts_add(args: argparse.Namespace) -> int:
     before = {c: router.experts[e] for c, e in zip(router.classes, router.assignment, strict=True)}
     scores = load_expert_scores(args.outcomes, args.name)
     add_expert(router, args.name, scores, params_b=args.params_b, price=args.price)
+    try:  # as coserve train notes of its data's names: added for load_trained, refused by a server
+        check_name(args.name, "expert")
+    except ValueError as exc:
+        print(f"coserve: note: --name: {exc}; a server refuses this router until it is renamed", file=sys.stderr)
     out = Path(args.router).resolve()  # a link to a router: the router it names is replaced, the link kept
 
     calibration = out / PRIOR_FIT_FILE
