@@ -207,3 +207,21 @@ def test_experts_add_notes_a_name_no_server_takes(
     err = capsys.readouterr().err
     assert err.startswith("coserve: note: --name: 'new model' is not a valid expert name")
     assert err.endswith("a server refuses this router until it is renamed\n")
+
+
+def test_eval_notes_test_categories_the_training_data_lacks(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A held-out file with a category --data lacks was scored without a word: its prompts counted as
+    # classifier misses in category_accuracy.
+    data, experts = write_separable(tmp_path)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(dict(r, id=f"t{i}", category="legal")) + "\n" for i, r in enumerate(rows[:6])))
+    report = tmp_path / "report.json"
+    args = argv("eval", data, experts, "--test", str(test), "--json", str(report), "--routers", "map-logistic")
+    assert main(args) == 0
+    assert f"coserve: note: {test}: categories ['legal'] are not in {data}: category_accuracy counts" in (
+        capsys.readouterr().err
+    )
+    assert json.loads(report.read_text())["routers"]["map-logistic"]["metrics"]["category_accuracy"] == 0.0

@@ -107,6 +107,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.test:
         test, more = load_outcomes(args.test, experts=train.experts, on_bad=args.on_bad)
         problems += more
+        if unseen := sorted(set(test.categories) - set(train.categories)):  # no classifier can name them
+            print(
+                f"coserve: note: {args.test}: categories {unseen} are not in {args.data}: "
+                "category_accuracy counts their prompts as misses",
+                file=sys.stderr,
+            )
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     routers = [r.strip() for r in args.routers.split(",") if r.strip()] if args.routers else None
