@@ -225,3 +225,17 @@ def test_eval_notes_test_categories_the_training_data_lacks(
         capsys.readouterr().err
     )
     assert json.loads(report.read_text())["routers"]["map-logistic"]["metrics"]["category_accuracy"] == 0.0
+
+
+def test_a_hand_written_map_beside_a_trained_router_is_refused(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The map was ignored without a word: the trained router's own map routed every request.
+    library = _library(tmp_path, "router")
+    text = library.read_text().replace("router:\n", "router:\n  map: {chat: big, code: small}\n")
+    library.write_text(text)
+    assert main(["route", "--library", str(library), "hello friend"]) == 2
+    assert capsys.readouterr().err == (
+        f"coserve: error: {library}: router.map: a trained router brings its own map (router.trained); "
+        "drop router.map\n"
+    )
