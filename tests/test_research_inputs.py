@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_eval_harness import write_separable
@@ -239,3 +240,30 @@ def test_a_hand_written_map_beside_a_trained_router_is_refused(
         f"coserve: error: {library}: router.map: a trained router brings its own map (router.trained); "
         "drop router.map\n"
     )
+
+
+def test_train_names_the_out_folder_it_cannot_write(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder on --out's path that is a file was found only after training; an OS error named the hidden
+    # staging folder (.router.partial-PID) instead of --out.
+    data, experts = write_separable(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    assert main(argv("train", data, experts, "--out", str(tmp_path / "afile" / "router"))) == 2
+    assert (
+        capsys.readouterr().err
+        == f"coserve: error: --out {tmp_path / 'afile' / 'router'}: {tmp_path / 'afile'} is not a folder\n"
+    )
+
+    mkdir = Path.mkdir
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> None:  # the staging folder beside --out
+        if ".partial-" in self.name:
+            raise PermissionError(13, "Permission denied", str(self))
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # a folder the process may not write (tests may run as root)
+    out = tmp_path / "router"
+    assert main(argv("train", data, experts, "--out", str(out))) == 1
+    assert capsys.readouterr().err.endswith(f"\ncoserve: error: Permission denied: {out}\n")  # after training
+    assert not out.exists() and not list(tmp_path.glob(".router.*"))

@@ -25,7 +25,9 @@ __all__ = [
     "add_library_arg",
     "at_least",
     "check_outputs",
+    "check_writable",
     "comma_numbers",
+    "finite",
     "load_engine",
     "load_served_library",
     "seconds",
@@ -120,15 +122,21 @@ def check_outputs(json_path: str | None, plot_path: str | None = None) -> None:
             continue
         if Path(text).is_dir():
             raise ConfigError(f"{flag} {text}: a folder; name a file in it")
-        folder = Path(text).parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if not folder.is_dir():
-            raise ConfigError(f"{flag} {text}: {folder} is not a folder")
-        if not os.access(folder, os.W_OK):
-            raise ConfigError(f"{flag} {text}: {folder} is not writable")
+        check_writable(flag, Path(text))
     if plot_path is not None and Path(plot_path).suffix.lower() not in PLOT_SUFFIXES:
         raise ConfigError(f"--plot {plot_path}: give a {', '.join(PLOT_SUFFIXES)} file")
+
+
+def check_writable(flag: str, path: Path) -> None:
+    """Refuse an output ``path`` whose folder (or the nearest one above it that exists, which the
+    command would create the rest in) is a file or not writable, before the work that fills it."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{flag} {path}: {folder} is not writable")
 
 
 def add_library_arg(p: argparse.ArgumentParser) -> None:
@@ -158,10 +166,13 @@ def write_router_dir(out: Path, write: Callable[[Path], None]) -> None:
     of the old one's)."""
     import shutil
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as exc:  # named as the user wrote it, not as the hidden staging folder
+        raise OSError(exc.errno, exc.strerror, str(out)) from None
     try:
         write(staging)
     except BaseException:

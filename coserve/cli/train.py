@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coserve.cli.common import Subcommands, at_least, check_outputs, finite, write_router_dir
+from coserve.cli.common import Subcommands, at_least, check_outputs, check_writable, finite, write_router_dir
 from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
@@ -266,6 +266,7 @@ def _check_router_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists():
         why = "a folder that holds no trained router (no manifest.json); name a new folder or a router's"
         raise ConfigError(f"--out {out}: {why}")
+    check_writable("--out", out)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
