@@ -267,3 +267,14 @@ def test_train_names_the_out_folder_it_cannot_write(
     assert main(argv("train", data, experts, "--out", str(out))) == 1
     assert capsys.readouterr().err.endswith(f"\ncoserve: error: Permission denied: {out}\n")  # after training
     assert not out.exists() and not list(tmp_path.glob(".router.*"))
+
+
+def test_experts_lists_no_categories_for_a_per_prompt_router(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A prompt-* router chooses per prompt; the category map its manifest keeps decides nothing.
+    data, experts = write_separable(tmp_path)
+    assert main(argv("train", data, experts, "--out", str(tmp_path / "router"), "--router", "prompt-knn")) == 0
+    capsys.readouterr()
+    assert main(["experts", "--library", str(_library(tmp_path, "router")), "--json"]) == 0
+    assert [e["categories"] for e in json.loads(capsys.readouterr().out)["experts"]] == [[], [], []]

@@ -106,6 +106,8 @@ def _routed_categories(library: Any) -> dict[str, str]:
     from coserve.router.router import library_trained
 
     trained, _ = library_trained(library)
+    if trained.classifier is None:  # a per-prompt router (prompt-*): no category decides its choice
+        return {}
     return {c: trained.experts[e] for c, e in zip(trained.classes, trained.assignment or [], strict=False)}
 
 
