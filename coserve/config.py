@@ -229,6 +229,8 @@ class LibraryConfig(_Strict):
             raise ValueError("categories: at least two categories (or router.trained: a trained router directory)")
         if self.router.online is not None and self.router.trained is None:
             raise ValueError("router.online: needs router.trained (a `coserve train` directory) to learn from traffic")
+        if self.router.trained is not None and self.router.map:  # it would be ignored: the router's map routes
+            raise ValueError("router.map: a trained router brings its own map (router.trained); drop router.map")
         if self.router.outcomes is not None and (self.router.map or self.router.trained is not None):
             raise ValueError("router.outcomes: the map is solved from outcomes; drop router.map and router.trained")
         for category, weight in self.router.priors.items():

@@ -7,6 +7,8 @@ and with its map solved from measured outcomes where it names them (coserve.rout
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +25,9 @@ __all__ = [
     "add_library_arg",
     "at_least",
     "check_outputs",
+    "check_writable",
     "comma_numbers",
+    "finite",
     "load_engine",
     "load_served_library",
     "seconds",
@@ -70,6 +74,18 @@ def at_least(least: int) -> Callable[[str], int]:
     return parse
 
 
+def finite(text: str) -> float:
+    """A number flag's value (a budget): finite, so ``nan`` or ``inf`` is refused before any work rather
+    than solving a map nobody asked for (at ``nan`` every comparison is false)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
 def share(text: str) -> float:
     """A score threshold's value: a number in [0, 1]."""
     try:
@@ -104,13 +120,23 @@ def check_outputs(json_path: str | None, plot_path: str | None = None) -> None:
     for flag, text in (("--json", json_path), ("--plot", plot_path)):
         if text is None:
             continue
-        folder = Path(text).parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if not folder.is_dir():
-            raise ConfigError(f"{flag} {text}: {folder} is not a folder")
+        if Path(text).is_dir():
+            raise ConfigError(f"{flag} {text}: a folder; name a file in it")
+        check_writable(flag, Path(text))
     if plot_path is not None and Path(plot_path).suffix.lower() not in PLOT_SUFFIXES:
         raise ConfigError(f"--plot {plot_path}: give a {', '.join(PLOT_SUFFIXES)} file")
+
+
+def check_writable(flag: str, path: Path) -> None:
+    """Refuse an output ``path`` whose folder (or the nearest one above it that exists, which the
+    command would create the rest in) is a file or not writable, before the work that fills it."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{flag} {path}: {folder} is not writable")
 
 
 def add_library_arg(p: argparse.ArgumentParser) -> None:
@@ -138,13 +164,15 @@ def write_router_dir(out: Path, write: Callable[[Path], None]) -> None:
     (``coserve train --out``, ``coserve experts add``): a failed write leaves the old router as it was,
     and the new one holds only the files ``write`` put there (a retrained router keeps no calibration.npz
     of the old one's)."""
-    import os
     import shutil
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as exc:  # named as the user wrote it, not as the hidden staging folder
+        raise OSError(exc.errno, exc.strerror, str(out)) from None
     try:
         write(staging)
     except BaseException:

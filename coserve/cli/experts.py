@@ -34,6 +34,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     base = library.path.parent if library.path else None
     # As `coserve serve` reads them at start: experts over a memory budget alone, and RAM short of ACTIVE's weights.
     never, memory_warning = check_budgets(library, {spec.name: get_backend(spec.backend) for spec in library.experts})
+    routed = _routed_categories(library)
     rows: list[dict[str, Any]] = []
     for spec in library.experts:
         size = source_size(spec, base) if spec.parts else None  # None: no file (the backend takes none) or missing
@@ -63,7 +64,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
                 "tier": "missing" if spec.parts and size is None else "refused" if spec.name in never else "disk",
                 "refused": never.get(spec.name),  # why it can never load within the budgets (None: it can)
                 "source": location,
-                "categories": [c for c, e in library.router.map.items() if e == spec.name],
+                "categories": [c for c, e in routed.items() if e == spec.name],
             }
         )
     if args.json:
@@ -97,7 +98,21 @@ def cmd_experts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _routed_categories(library: Any) -> dict[str, str]:
+    """Category -> expert as the server routes: the library's map, or its trained router's (read here, so
+    a ``router.trained`` folder that is missing or names experts the library lacks is refused as at start)."""
+    if library.router.trained is None:
+        return dict(library.router.map)
+    from coserve.router.router import library_trained
+
+    trained, _ = library_trained(library)
+    if trained.classifier is None:  # a per-prompt router (prompt-*): no category decides its choice
+        return {}
+    return {c: trained.experts[e] for c, e in zip(trained.classes, trained.assignment or [], strict=False)}
+
+
 def cmd_experts_add(args: argparse.Namespace) -> int:
+    from coserve.config import check_name
     from coserve.eval.data import load_expert_scores
     from coserve.router.online_calibration import PRIOR_FIT_FILE
     from coserve.router.trained import add_expert, load_trained
@@ -106,6 +121,10 @@ def cmd_experts_add(args: argparse.Namespace) -> int:
     before = {c: router.experts[e] for c, e in zip(router.classes, router.assignment, strict=True)}
     scores = load_expert_scores(args.outcomes, args.name)
     add_expert(router, args.name, scores, params_b=args.params_b, price=args.price)
+    try:  # as coserve train notes of its data's names: added for load_trained, refused by a server
+        check_name(args.name, "expert")
+    except ValueError as exc:
+        print(f"coserve: note: --name: {exc}; a server refuses this router until it is renamed", file=sys.stderr)
     out = Path(args.router).resolve()  # a link to a router: the router it names is replaced, the link kept
 
     calibration = out / PRIOR_FIT_FILE

@@ -9,7 +9,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from coserve.cli.common import Subcommands, add_library_arg, at_least, load_engine, load_served_library
+from coserve.cli.common import (
+    Subcommands,
+    add_library_arg,
+    at_least,
+    check_outputs,
+    finite,
+    load_engine,
+    load_served_library,
+)
 
 __all__ = ["add_compare_parser", "add_map_parser", "add_outcomes_parser", "cmd_compare", "cmd_map", "cmd_outcomes"]
 
@@ -64,6 +72,7 @@ def _library_runs_examples(library: Any) -> bool:
 def cmd_compare(args: argparse.Namespace) -> int:
     from coserve.outcomes.compare import compare_routed, format_comparison
 
+    check_outputs(args.json)
     library = load_served_library(args.library)
     single = load_served_library(args.single) if args.single else None
     result = compare_routed(args.data, {e.name: e.params_b for e in library.experts}, single)
@@ -94,6 +103,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     budgets, each single expert, and the quality/cost front (``--plot``)."""
     from coserve.router.measured import measure_maps
 
+    check_outputs(args.json, args.plot)
     library = load_served_library(args.library)
     measured = measure_maps(library, args.budget or [])
     table, unit = measured.table, measured.unit
@@ -130,7 +140,7 @@ def cmd_map(args: argparse.Namespace) -> int:
 def add_map_parser(sub: Subcommands) -> None:
     p = sub.add_parser("map", help="a library's measured per-category table, its maps at budgets, and the front")
     add_library_arg(p)
-    p.add_argument("--budget", type=float, action="append", help="also solve at this budget (repeatable)")
+    p.add_argument("--budget", type=finite, action="append", help="also solve at this budget (repeatable)")
     p.add_argument("--plot", help="write the quality/cost front as a PNG here")
     p.add_argument("--json", help="write the table, maps and front as JSON here")
     p.set_defaults(func=cmd_map)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coserve.cli.common import Subcommands, at_least, check_outputs, write_router_dir
+from coserve.cli.common import Subcommands, at_least, check_outputs, check_writable, finite, write_router_dir
 from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
@@ -107,6 +107,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.test:
         test, more = load_outcomes(args.test, experts=train.experts, on_bad=args.on_bad)
         problems += more
+        if unseen := sorted(set(test.categories) - set(train.categories)):  # no classifier can name them
+            print(
+                f"coserve: note: {args.test}: categories {unseen} are not in {args.data}: "
+                "category_accuracy counts their prompts as misses",
+                file=sys.stderr,
+            )
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     routers = [r.strip() for r in args.routers.split(",") if r.strip()] if args.routers else None
@@ -260,6 +266,7 @@ def _check_router_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists():
         why = "a folder that holds no trained router (no manifest.json); name a new folder or a router's"
         raise ConfigError(f"--out {out}: {why}")
+    check_writable("--out", out)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -332,6 +339,6 @@ def add_train_parser(sub: Subcommands) -> None:
         help="stack (default), map-<classifier>, prompt-<predictor> or hybrid (top2: eval only)",
     )
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget-params", type=float, help="average active parameters (billions) per request")
-    budget.add_argument("--budget-price", type=float, help="average price (USD per million tokens) per request")
+    budget.add_argument("--budget-params", type=finite, help="average active parameters (billions) per request")
+    budget.add_argument("--budget-price", type=finite, help="average price (USD per million tokens) per request")
     p.set_defaults(func=cmd_train)

@@ -103,6 +103,10 @@ def _csv_rows(path: Path) -> list[Row]:
         except csv.Error as exc:  # a cell over csv's field limit (128 KiB), above all
             hint = "; a JSONL file has no such limit" if "field limit" in str(exc) else ""
             raise ConfigError(f"{path}:{reader.reader.line_num}: {exc}{hint}") from None
+        header = list(reader.fieldnames or ())
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:  # csv keeps the last of them, silently: a merged sheet's second copy would win
+        raise ConfigError(f"{path}:1: column {twice[0]!r} appears twice in the header; keep one")
     for number, record in enumerate(records, start=2):
         obj: dict[str, Any] = {"scores": {}}
         bad = None

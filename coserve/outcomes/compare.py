@@ -34,7 +34,23 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     for number, row in rows:
         if isinstance(row, str):
             raise ConfigError(f"{path}:{number}: {row}")
+        if isinstance(row, dict) and (problem := _problem(row)):
+            raise ConfigError(f"{path}:{number}: {problem}")
     return [row for _, row in rows if isinstance(row, dict)]
+
+
+def _problem(row: Mapping[str, Any]) -> str | None:
+    """What makes an outcome row unreadable here (None: nothing): a row compared must have a category and
+    scores in [0, 1], as ``coserve outcomes`` writes them."""
+    if not isinstance(row.get("category"), str):
+        return "no category (a string)"
+    scores = row.get("scores", {})
+    if not isinstance(scores, dict):
+        return "scores: not an object of expert -> score"
+    for name, value in scores.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            return f"score of {name!r} is not a number in [0, 1]: {value!r}"
+    return None
 
 
 def _asked(row: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -69,11 +85,9 @@ def compare_routed(
             if "probabilities" in row.get("router", {}):
                 expert = decide(row["router"]["probabilities"], single).expert
                 if expert in row.get("scores", {}):
-                    row["scores"][SINGLE], row["latency_s"][SINGLE], row["single_expert"] = (
-                        row["scores"][expert],
-                        row["latency_s"][expert],
-                        expert,
-                    )
+                    row["scores"][SINGLE], row["single_expert"] = row["scores"][expert], expert
+                    if expert in row.get("latency_s", {}):
+                        row["latency_s"][SINGLE] = row["latency_s"][expert]
         columns.append(SINGLE)
     paired = [r for r in rows if all(c in r.get("scores", {}) for c in columns) and r.get("routed_expert") in params_b]
     if not paired:
@@ -86,7 +100,8 @@ def compare_routed(
             _cost(r, params_b) if column == ROUTED else params_b[r["single_expert"] if column == SINGLE else column]
             for r in paired
         ]
-        latency = [float(r["latency_s"][column]) for r in paired]
+        # A file written by hand (or by another tool) may record no latencies: the mean is then unknown.
+        latency = [float(r["latency_s"][column]) for r in paired if column in r.get("latency_s", {})]
         by_category = {
             c: round(
                 sum(float(r["scores"][column]) for r in paired if r["category"] == c)
@@ -98,7 +113,7 @@ def compare_routed(
         result["columns"][column] = {
             "quality": round(sum(scores) / len(scores), 4),
             "avg_params_b": round(sum(params) / len(params), 4),
-            "avg_latency_s": round(sum(latency) / len(latency), 3),
+            "avg_latency_s": round(sum(latency) / len(latency), 3) if len(latency) == len(paired) else None,
             "by_category": by_category,
         }
     result["category_items"] = {c: sum(1 for r in paired if r["category"] == c) for c in categories}
@@ -114,9 +129,8 @@ def format_comparison(result: dict[str, Any]) -> str:
     lines = [head]
     for column, entry in result["columns"].items():
         cells = "".join(f"{entry['by_category'][c]:>11.3f}" for c in categories)
-        lines.append(
-            f"{column:<10}{entry['quality']:>9.3f}{entry['avg_params_b']:>10.3f}{entry['avg_latency_s']:>11.2f}{cells}"
-        )
+        latency = "-" if entry["avg_latency_s"] is None else f"{entry['avg_latency_s']:.2f}"
+        lines.append(f"{column:<10}{entry['quality']:>9.3f}{entry['avg_params_b']:>10.3f}{latency:>11}{cells}")
     lines.append(f"{'n':<40}" + "".join(f"{result['category_items'][c]:>11}" for c in categories))
     picks = ", ".join(f"{e} {n}" for e, n in result["routed_to"].items())
     lines.append(f"{result['items']} items scored in every column ({result['left_out']} left out); routed to: {picks}")

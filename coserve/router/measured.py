@@ -154,7 +154,12 @@ def measure_maps(library: LibraryConfig, budgets: Sequence[float] = ()) -> Measu
     """The measured table of a library whose map comes from outcomes, its maps at its own budget and
     at ``budgets``, each single expert, and the quality/cost front."""
     if library.router.outcomes is None:
-        raise ConfigError("this library writes router.map by hand: coserve map needs router.outcomes")
+        where = (
+            "takes its map from a trained router (router.trained)"
+            if library.router.trained
+            else "writes router.map by hand"
+        )
+        raise ConfigError(f"{library.path}: this library {where}: coserve map needs router.outcomes")
     table, p, cost, budget = _inputs(library)
     p = p / p.sum()
     unit = "USD/M tokens" if library.router.budget.avg_price is not None else "B params"

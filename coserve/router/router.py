@@ -213,7 +213,10 @@ def library_trained(library: LibraryConfig) -> tuple[TrainedRouter, Path]:
     assert library.router.trained is not None
     base = library.path.parent if library.path else Path.cwd()
     directory = base / library.router.trained
-    trained = load_trained(directory)
+    try:
+        trained = load_trained(directory)
+    except ConfigError as exc:  # say which file and key named it, as for every other missing file
+        raise ConfigError(f"{library.path}: router.trained: {exc.message}") from None
     for category in trained.classes:  # a router trained before `coserve train` checked the names
         try:
             check_name(category, "category")
