@@ -25,7 +25,7 @@ from coserve.cli.init import add_init_parser
 from coserve.cli.measure import add_compare_parser, add_map_parser, add_outcomes_parser
 from coserve.cli.plan import add_plan_arguments
 from coserve.cli.serving import add_chat_parser, add_route_parser, add_serve_parser, cmd_route, cmd_serve
-from coserve.cli.train import add_eval_parser, add_train_parser
+from coserve.cli.train import add_eval_parser, add_eval_trained_parser, add_train_parser
 from coserve.errors import CoserveError
 
 __all__ = ["build_parser", "cmd_experts", "cmd_route", "cmd_serve", "main"]
@@ -44,6 +44,7 @@ _COMMANDS = (
     add_outcomes_parser,
     add_compare_parser,
     add_eval_parser,
+    add_eval_trained_parser,
     add_train_parser,
     add_train_check_parser,
     add_plan_arguments,

@@ -10,7 +10,14 @@ from typing import Any
 from coserve.cli.common import Subcommands, at_least, check_outputs, check_writable, finite, write_router_dir
 from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
-__all__ = ["add_eval_parser", "add_train_parser", "cmd_eval", "cmd_train"]
+__all__ = [
+    "add_eval_parser",
+    "add_eval_trained_parser",
+    "add_train_parser",
+    "cmd_eval",
+    "cmd_eval_trained",
+    "cmd_train",
+]
 
 
 def _routable(
@@ -327,6 +334,52 @@ def add_eval_parser(sub: Subcommands) -> None:
     p.add_argument("--jobs", type=at_least(1), default=1, help="folds evaluated in parallel processes")
     p.add_argument("--cascade", help="rows with signals: replay this library's cascade (default: cheapest first)")
     p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval_trained(args: argparse.Namespace) -> int:
+    import time
+
+    from coserve.bench.provenance import write_data
+    from coserve.eval.data import embed_cached, load_outcomes
+    from coserve.eval.scored import check_budget, score_trained, trained_embedder_name
+    from coserve.router.embedders import make_embedder
+    from coserve.router.trained import load_trained
+
+    started = time.perf_counter()
+    check_outputs(args.json)
+    router = load_trained(args.router)
+    check_budget(router, args.budget)  # before anything is read or embedded
+    test, problems = load_outcomes(args.test, experts=router.experts, on_bad=args.on_bad)
+    for problem in problems:
+        print(f"coserve: skipped {problem}", file=sys.stderr)
+    name = trained_embedder_name(router)
+    report = score_trained(router, test, embed_cached(test.prompts, make_embedder(name)), args.budget)
+    report["meta"] = {"router_dir": args.router, "test": args.test, "n_eval": len(test), "embedder": name,
+                      "experts": list(router.experts), "skipped_rows": len(problems)}  # fmt: skip
+    write_data(Path(args.json), report, args.command_line, wall_seconds=time.perf_counter() - started)
+    r, unit = report["router"], "avg_params_b" if router.budget_axis == "params" else "avg_price"
+    label = f"router ({router.kind})"
+    width = max(len(label), *map(len, router.experts)) + 2
+    print(f"{'':<{width}} {'quality':>8} {unit:>12}")
+    print(f"{label:<{width}} {r['quality']:>8.3f} {r[unit]:>12.3f}")
+    for expert in router.experts:
+        b = report["baselines"][expert]
+        print(f"{expert:<{width}} {b['quality']:>8.3f} {b[unit] if b[unit] is not None else float('nan'):>12.3f}")
+    for key in ("best_single", "best_single_affordable"):
+        if report[key] is not None:
+            print(f"router - {key.replace('_', ' ')} ({report[key]['expert']}): {report[key]['margin']:+.3f}")
+    print(f"report: {args.json}")
+    return 0
+
+
+def add_eval_trained_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("eval-trained", help="score a router coserve train saved on held-out outcome data")
+    p.add_argument("--router", required=True, help="router directory written by coserve train")
+    p.add_argument("--test", required=True, help="held-out outcome file scoring every expert the router routes to")
+    p.add_argument("--json", required=True, help="write the report here")
+    p.add_argument("--budget", type=finite, help="route at this budget on the router's axis (default: its own)")
+    p.add_argument("--on-bad", choices=["skip", "refuse"], default="refuse", help="what to do with bad rows")
+    p.set_defaults(func=cmd_eval_trained)
 
 
 def add_train_parser(sub: Subcommands) -> None:

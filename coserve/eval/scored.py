@@ -1,0 +1,98 @@
+"""A saved router scored on held-out outcomes: what ``coserve train`` wrote, as a library would deploy it.
+
+``coserve eval --data`` refits every router on each fold; the folder a library serves is never scored that
+way. ``score_trained`` loads that folder, embeds the held-out prompts with the router's own embedder, routes
+each at the router's budget (or another on the same axis) exactly as ``TrainedRouter.expert_for`` does for
+a server, and reads each chosen expert's score from the file. Beside the router's quality and average cost
+it gives the same baselines as eval (each single expert, random, oracle), the best single expert, the best
+single expert the router's average cost affords, and the router's margin over each. Knows nothing about
+the command line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from coserve.errors import ConfigError
+from coserve.eval.data import ExpertCosts, OutcomeSet
+from coserve.eval.harness import _baselines, _num
+from coserve.eval.metrics import category_accuracy
+from coserve.router.trained import TrainedRouter
+
+__all__ = ["check_budget", "score_trained", "trained_embedder_name"]
+
+
+def score_trained(
+    router: TrainedRouter, test: OutcomeSet, X: np.ndarray, budget: float | None = None
+) -> dict[str, Any]:
+    """The report of ``router`` on ``test`` (its rows scoring every expert the router routes to, in the
+    router's order), ``X`` the prompts' vectors from the router's embedder; ``budget`` on the router's axis
+    (None: the budget it was trained at)."""
+    if list(test.experts) != list(router.experts):
+        raise ValueError("the test set's experts must be the router's, in its order")
+    check_budget(router, budget)
+    names = router.experts
+    chosen = np.array([names.index(name) for name in router.expert_for(X, budget)])
+    rows = np.arange(len(chosen))
+    Y = np.asarray(test.scores, dtype=np.float64)
+    costs = ExpertCosts(tuple(names), router.params_b, router.price, "the router's manifest")
+    baselines = _baselines(Y, names, costs, router.cost)
+    quality = float(np.nanmean(Y[rows, chosen]))
+    spent = float(router.cost[chosen].mean())
+    singles = {name: baselines[name] for name in names}
+    best = max(singles, key=lambda name: singles[name]["quality"])
+    affordable = [n for n in names if np.isfinite(router.cost[names.index(n)]) and router.cost[names.index(n)] <= spent]
+    best_affordable = max(affordable, key=lambda name: singles[name]["quality"]) if affordable else None
+    report: dict[str, Any] = {
+        "router": {
+            "kind": router.kind,
+            "budget_axis": router.budget_axis,
+            "budget": _num(router.budget if budget is None else budget),
+            "quality": _num(quality),
+            "avg_params_b": _num(router.params_b[chosen].mean()),
+            "avg_price": _num(router.price[chosen].mean()),
+            "share": {name: float((chosen == e).mean()) for e, name in enumerate(names)},
+            "fallback_rate": float(router.fallback_mask(X).mean()),
+            "by_category": _by_category(test, Y, chosen, router.cost),
+        },
+        "baselines": baselines,
+        "best_single": {"expert": best, "margin": _num(quality - singles[best]["quality"])},
+        "best_single_affordable": None
+        if best_affordable is None
+        else {"expert": best_affordable, "margin": _num(quality - singles[best_affordable]["quality"])},
+    }
+    if router.classifier is not None:
+        predicted = np.asarray(router.classes)[router.category_proba(X).argmax(axis=1)]
+        report["router"]["category_accuracy"] = category_accuracy(list(predicted), list(test.categories))
+    return report
+
+
+def check_budget(router: TrainedRouter, budget: float | None) -> None:
+    """ConfigError where ``budget`` (on the router's axis; None: its own) cannot be spent: below the cheapest
+    expert's cost."""
+    if budget is not None and (not np.isfinite(budget) or budget < np.nanmin(router.cost)):
+        raise ConfigError(
+            f"--budget {budget:g}: below the cheapest expert's {router.budget_axis} cost ({np.nanmin(router.cost):g})"
+        )
+
+
+def _by_category(test: OutcomeSet, Y: np.ndarray, chosen: np.ndarray, cost: np.ndarray) -> dict[str, Any]:
+    out = {}
+    categories = np.asarray(test.categories)
+    for name in sorted(set(test.categories)):
+        rows = np.flatnonzero(categories == name)
+        out[name] = {
+            "n": len(rows),
+            "quality": _num(np.nanmean(Y[rows, chosen[rows]])),
+            "avg_cost": _num(cost[chosen[rows]].mean()),
+        }
+    return out
+
+
+def trained_embedder_name(router: TrainedRouter) -> str:
+    """The embedder the router was trained on (what a library serving it embeds prompts with)."""
+    from coserve.config import RouterSettings
+
+    return str(router.hyper.get("embedder", RouterSettings.model_fields["embedder"].default))
