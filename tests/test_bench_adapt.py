@@ -263,8 +263,11 @@ def test_fit_and_replay_run_on_one_blas_thread(tmp_path: Path, cache: Path, monk
     assert all(threads and all(n == 1 for n in threads) for threads in seen)
 
 
-def test_bench_adapt_names_the_rows_it_skips(tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture) -> None:
-    # Bad rows of the prior and the stream were dropped without a word (load_outcomes' problems discarded).
+def test_bench_adapt_refuses_bad_rows_or_names_the_rows_it_skips(
+    tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Bad rows of the prior and the stream were dropped without a word (load_outcomes' problems discarded);
+    # then with a warning each while train and eval refused them: now refused too, unless --on-bad skip.
     prior, stream, experts = tmp_path / "prior.jsonl", tmp_path / "stream.jsonl", tmp_path / "experts.json"
     _outcomes(prior, 1, 60)
     _outcomes(stream, 2, 60)
@@ -275,8 +278,12 @@ def test_bench_adapt_names_the_rows_it_skips(tmp_path: Path, cache: Path, caplog
     experts.write_text(json.dumps({e: {"params_b": b} for e, b in (("cheap", 1), ("mid", 3), ("big", 9))}))
     argv = ["bench", "adapt", "--prior", str(prior), "--stream", str(stream), "--experts", str(experts)]
     argv += ["--budget-params", "3", "--requests", "400", "--embedder", "hashing", "--predictor-embedder", "hashing"]
+    assert main([*argv, "--json", str(tmp_path / "refused.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"coserve: error: 1 bad row in {prior}:") and "--on-bad skip" in err
+    assert not (tmp_path / "refused.json").exists()
     with caplog.at_level("WARNING", logger="coserve.bench.adapt"):
-        assert main([*argv, "--json", str(tmp_path / "a.json")]) == 0
+        assert main([*argv, "--on-bad", "skip", "--json", str(tmp_path / "a.json")]) == 0
     assert [r.getMessage() for r in caplog.records if r.name == "coserve.bench.adapt"] == [
         f"skipped {prior}:61: ?: malformed JSON: Expecting property name enclosed in double quotes",
         f"skipped {stream}:61: s-x: missing scores for experts ['mid', 'big']",

@@ -44,7 +44,15 @@ from coserve.bench.adapt_plot import plot_adapt
 from coserve.bench.kernel import blas_kernels, kernel_cache
 from coserve.config_routing import OnlineSettings
 from coserve.errors import ConfigError
-from coserve.eval.data import ExpertCosts, OutcomeSet, check_foldable, embed_cached, load_costs, load_outcomes
+from coserve.eval.data import (
+    ExpertCosts,
+    OnBad,
+    OutcomeSet,
+    check_foldable,
+    embed_cached,
+    load_costs,
+    load_outcomes,
+)
 from coserve.router.drift_calibration import CellCalibration, PriorFit, calibration_from, cell_offsets, picks
 from coserve.router.online import OnlineRouter
 
@@ -343,11 +351,14 @@ def run_adapt(
     options: AdaptOptions,
     embedder: Any,
     predictor_embedder: Any | None = None,
+    on_bad: OnBad = "refuse",
 ) -> dict[str, Any]:
     """Fit on the prior file (or one half of it when ``stream_path`` is None), replay the stream; the
-    per-prompt predictor reads ``predictor_embedder``'s vectors where one is given (else ``embedder``'s)."""
+    per-prompt predictor reads ``predictor_embedder``'s vectors where one is given (else ``embedder``'s).
+    Bad rows of either file are refused (one error listing them), or with ``on_bad`` "skip" left out with
+    a warning each, as ``coserve train`` and ``eval`` do."""
     costs = load_costs(experts_path)
-    prior, skipped = load_outcomes(prior_path, on_bad="skip")
+    prior, skipped = load_outcomes(prior_path, on_bad=on_bad)
     costs.aligned(prior.experts, scored_in=str(prior_path))  # refused now, not after minutes of embedding
     fitted_on = prior.subset(split_by_prompt(prior)[0]) if stream_path is None else prior
     if len(set(fitted_on.categories)) > 1:  # one category: a per-category table, nothing is tuned
@@ -364,7 +375,7 @@ def run_adapt(
         stream, X_stream, P_stream = prior.subset(stream_rows), X_prior[stream_rows], P_prior[stream_rows]
         prior, X_prior, P_prior = prior.subset(fit_rows), X_prior[fit_rows], P_prior[fit_rows]
     else:
-        stream, more = load_outcomes(stream_path, experts=prior.experts, on_bad="skip")
+        stream, more = load_outcomes(stream_path, experts=prior.experts, on_bad=on_bad)
         skipped += more
         X_stream = embed_cached(stream.prompts, embedder, cache)
         P_stream = X_stream if pred is embedder else embed_cached(stream.prompts, pred, cache)

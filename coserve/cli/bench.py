@@ -83,7 +83,9 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     check_outputs(args.json, args.plot)
     predictor = make_embedder(args.predictor_embedder)
-    report = run_adapt(args.prior, args.stream, args.experts, options, make_embedder(args.embedder), predictor)
+    report = run_adapt(
+        args.prior, args.stream, args.experts, options, make_embedder(args.embedder), predictor, args.on_bad
+    )
     write_data(Path(args.json), report, args.command_line)
     if args.plot:
         from coserve.bench.adapt import plot_adapt
@@ -176,6 +178,12 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--kg-settle", type=int, help="kg: requests after a downward alarm its expert earns no bonus")
     b.add_argument("--alarm-revert", type=int, help="requests a downward move may starve its expert ere half goes back")
     b.add_argument("--alarm-revert-share", type=float, help="alarm_revert: the share of the move taken back")
+    b.add_argument(
+        "--on-bad",
+        choices=["skip", "refuse"],
+        default="refuse",
+        help="bad rows of --prior or --stream: refuse, or skip",
+    )
     b.add_argument("--seed", type=int)
     b.add_argument("--embedder", default="minilm", help=f"one of {', '.join(EMBEDDER_NAMES)}")
     b.add_argument(
