@@ -46,13 +46,17 @@ def test_a_trained_router_is_scored_against_every_single_expert(
     assert r["by_category"] == {"chat": {"n": 20, "quality": 1.0, "avg_cost": 1.0},
                                 "code": {"n": 20, "quality": 1.0, "avg_cost": 10.0}}  # fmt: skip
     assert report["baselines"]["big"]["quality"] == 0.75 and report["baselines"]["oracle"]["quality"] == 1.0
-    assert report["best_single"] == {"expert": "big", "margin": 0.25}
-    assert report["best_single_affordable"] == {"expert": "mid", "margin": 0.4}  # the best at <= 5.5 B
+    # paired by prompt: the router beats big on every chat prompt by 0.5 and ties on code, so the margin's
+    # bootstrap interval is the spread of the chat share in resamples of 40 prompts around +0.25
+    assert report["best_single"]["expert"] == "big" and report["best_single"]["margin"] == 0.25
+    low, high = report["best_single"]["interval_95"]
+    assert 0.1 < low < 0.25 < high < 0.4
+    assert report["best_single_affordable"] == {"expert": "mid", "margin": 0.4, "interval_95": [0.4, 0.4]}
     assert report["meta"]["embedder"] == "hashing" and report["meta"]["n_eval"] == 40
     assert report["provenance"]["command"].startswith("coserve eval-trained --router")
     printed = capsys.readouterr().out
-    assert "router - best single (big): +0.250" in printed
-    assert "router - best single affordable (mid): +0.400" in printed
+    assert f"router - best single (big): +0.250 [{low:+.3f}, {high:+.3f}]" in printed
+    assert "router - best single affordable (mid): +0.400 [+0.400, +0.400]" in printed
 
 
 def test_another_budget_on_the_routers_axis(trained: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: F811

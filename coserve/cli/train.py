@@ -367,7 +367,9 @@ def cmd_eval_trained(args: argparse.Namespace) -> int:
         print(f"{expert:<{width}} {b['quality']:>8.3f} {b[unit] if b[unit] is not None else float('nan'):>12.3f}")
     for key in ("best_single", "best_single_affordable"):
         if report[key] is not None:
-            print(f"router - {key.replace('_', ' ')} ({report[key]['expert']}): {report[key]['margin']:+.3f}")
+            low, high = report[key]["interval_95"]
+            print(f"router - {key.replace('_', ' ')} ({report[key]['expert']}): {report[key]['margin']:+.3f} "
+                  f"[{low:+.3f}, {high:+.3f}]")  # fmt: skip
     print(f"report: {args.json}")
     return 0
 

@@ -5,8 +5,9 @@ way. ``score_trained`` loads that folder, embeds the held-out prompts with the r
 each at the router's budget (or another on the same axis) exactly as ``TrainedRouter.expert_for`` does for
 a server, and reads each chosen expert's score from the file. Beside the router's quality and average cost
 it gives the same baselines as eval (each single expert, random, oracle), the best single expert, the best
-single expert the router's average cost affords, and the router's margin over each. Knows nothing about
-the command line.
+single expert the router's average cost affords, and the router's margin over each with a 95% interval from
+a paired bootstrap over the test prompts (``RESAMPLES``, seeded): whether a margin is more than the luck of
+which prompts were held out. Knows nothing about the command line.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from coserve.eval.harness import _baselines, _num
 from coserve.eval.metrics import category_accuracy
 from coserve.router.trained import TrainedRouter
 
-__all__ = ["check_budget", "score_trained", "trained_embedder_name"]
+__all__ = ["RESAMPLES", "check_budget", "score_trained", "trained_embedder_name"]
+
+RESAMPLES, BOOTSTRAP_SEED = 2000, 0  # the margins' paired bootstrap over test prompts
 
 
 def score_trained(
@@ -58,10 +61,8 @@ def score_trained(
             "by_category": _by_category(test, Y, chosen, router.cost),
         },
         "baselines": baselines,
-        "best_single": {"expert": best, "margin": _num(quality - singles[best]["quality"])},
-        "best_single_affordable": None
-        if best_affordable is None
-        else {"expert": best_affordable, "margin": _num(quality - singles[best_affordable]["quality"])},
+        "best_single": _margin(Y, chosen, names, best),
+        "best_single_affordable": None if best_affordable is None else _margin(Y, chosen, names, best_affordable),
     }
     if router.classifier is not None:
         predicted = np.asarray(router.classes)[router.category_proba(X).argmax(axis=1)]
@@ -76,6 +77,16 @@ def check_budget(router: TrainedRouter, budget: float | None) -> None:
         raise ConfigError(
             f"--budget {budget:g}: below the cheapest expert's {router.budget_axis} cost ({np.nanmin(router.cost):g})"
         )
+
+
+def _margin(Y: np.ndarray, chosen: np.ndarray, names: list[str], expert: str) -> dict[str, Any]:
+    """The router's quality less ``expert``'s on the same prompts, with its paired bootstrap 95% interval."""
+    diff = Y[np.arange(len(chosen)), chosen] - Y[:, names.index(expert)]
+    diff = diff[np.isfinite(diff)]
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    means = diff[rng.integers(0, len(diff), size=(RESAMPLES, len(diff)))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return {"expert": expert, "margin": _num(diff.mean()), "interval_95": [_num(low), _num(high)]}
 
 
 def _by_category(test: OutcomeSet, Y: np.ndarray, chosen: np.ndarray, cost: np.ndarray) -> dict[str, Any]:
