@@ -66,6 +66,11 @@ def test_another_budget_on_the_routers_axis(trained: tuple[Path, Path], tmp_path
     assert main(["eval-trained", "--router", str(router), "--test", held, "--json", str(out), "--budget", "1"]) == 0
     r = json.loads(out.read_text())["router"]
     assert r["budget"] == 1.0 and r["avg_params_b"] == 1.0 and r["quality"] == 0.5  # small alone
+    assert "decisions" not in json.loads(out.read_text())
+    assert main(["eval-trained", "--router", str(router), "--test", held, "--json", str(out), "--decisions"]) == 0
+    decisions = json.loads(out.read_text())["decisions"]
+    assert len(decisions) == 40 and decisions[0] == {"id": "h0", "category": "code", "expert": "big", "score": 1.0}
+    assert {d["expert"] for d in decisions if d["category"] == "chat"} == {"small"}
 
 
 @pytest.mark.parametrize(

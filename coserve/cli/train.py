@@ -353,7 +353,7 @@ def cmd_eval_trained(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     name = trained_embedder_name(router)
-    report = score_trained(router, test, embed_cached(test.prompts, make_embedder(name)), args.budget)
+    report = score_trained(router, test, embed_cached(test.prompts, make_embedder(name)), args.budget, args.decisions)
     report["meta"] = {"router_dir": args.router, "test": args.test, "n_eval": len(test), "embedder": name,
                       "experts": list(router.experts), "skipped_rows": len(problems)}  # fmt: skip
     write_data(Path(args.json), report, args.command_line, wall_seconds=time.perf_counter() - started)
@@ -380,6 +380,7 @@ def add_eval_trained_parser(sub: Subcommands) -> None:
     p.add_argument("--test", required=True, help="held-out outcome file scoring every expert the router routes to")
     p.add_argument("--json", required=True, help="write the report here")
     p.add_argument("--budget", type=finite, help="route at this budget on the router's axis (default: its own)")
+    p.add_argument("--decisions", action="store_true", help="also each prompt's id, expert and score in the report")
     p.add_argument("--on-bad", choices=["skip", "refuse"], default="refuse", help="what to do with bad rows")
     p.set_defaults(func=cmd_eval_trained)
 

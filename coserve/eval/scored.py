@@ -28,11 +28,11 @@ RESAMPLES, BOOTSTRAP_SEED = 2000, 0  # the margins' paired bootstrap over test p
 
 
 def score_trained(
-    router: TrainedRouter, test: OutcomeSet, X: np.ndarray, budget: float | None = None
+    router: TrainedRouter, test: OutcomeSet, X: np.ndarray, budget: float | None = None, decisions: bool = False
 ) -> dict[str, Any]:
     """The report of ``router`` on ``test`` (its rows scoring every expert the router routes to, in the
     router's order), ``X`` the prompts' vectors from the router's embedder; ``budget`` on the router's axis
-    (None: the budget it was trained at)."""
+    (None: the budget it was trained at); with ``decisions``, each prompt's id, expert and score too."""
     if list(test.experts) != list(router.experts):
         raise ValueError("the test set's experts must be the router's, in its order")
     check_budget(router, budget)
@@ -67,6 +67,11 @@ def score_trained(
     if router.classifier is not None:
         predicted = np.asarray(router.classes)[router.category_proba(X).argmax(axis=1)]
         report["router"]["category_accuracy"] = category_accuracy(list(predicted), list(test.categories))
+    if decisions:
+        report["decisions"] = [
+            {"id": test.ids[i], "category": test.categories[i], "expert": names[e], "score": _num(Y[i, e])}
+            for i, e in enumerate(chosen)
+        ]
     return report
 
 
