@@ -278,3 +278,30 @@ def test_experts_lists_no_categories_for_a_per_prompt_router(
     capsys.readouterr()
     assert main(["experts", "--library", str(_library(tmp_path, "router")), "--json"]) == 0
     assert [e["categories"] for e in json.loads(capsys.readouterr().out)["experts"]] == [[], [], []]
+
+
+@pytest.mark.parametrize("sizes", [(1.0, 1.0, 1.0), (1.0, 5.0, 10.0)])
+def test_a_library_giving_other_sizes_than_the_trained_router_is_warned_of(
+    tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture, sizes: tuple[float, ...]
+) -> None:
+    # The router chooses with the sizes it was trained at (1, 5, 10 B here), the server counts the library's.
+    from coserve.config import load_library
+    from coserve.router.router import CoERouter
+
+    data, experts = write_separable(tmp_path)
+    assert main(argv("train", data, experts, "--out", str(tmp_path / "router"), "--router", "map-logistic")) == 0
+    library = _library(tmp_path, "router")
+    text = library.read_text()
+    for name, size in zip(("small", "mid", "big"), sizes, strict=True):
+        text = text.replace(
+            f"{{name: {name}, backend: fake, params_b: 1.0}}", f"{{name: {name}, backend: fake, params_b: {size}}}"
+        )
+    library.write_text(text)
+    with caplog.at_level("WARNING", logger="coserve.router"):
+        CoERouter.from_trained(load_library(library))
+    warned = [r.getMessage() for r in caplog.records if r.name == "coserve.router"]
+    if sizes == (1.0, 5.0, 10.0):  # the sizes it was trained with: nothing to say
+        assert warned == []
+    else:
+        assert len(warned) == 1 and "mid 5 B (library 1 B), big 10 B (library 1 B)" in warned[0]
+        assert "small" not in warned[0] and str(library) in warned[0]

@@ -8,6 +8,7 @@ restart with an unchanged library loads in milliseconds and a changed library re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +28,8 @@ from coserve.router.online_live import LiveOnline, online_for
 from coserve.router.policy import allowed, decide, decide_ranked
 from coserve.router.trained import TrainedRouter, load_trained, read_router_directory
 from coserve.types import ROUTED_MODEL, Decision, Request
+
+log = logging.getLogger("coserve.router")
 
 __all__ = ["CACHE_FORMAT_VERSION", "CoERouter", "check_trained", "library_trained"]
 
@@ -181,6 +184,7 @@ class CoERouter:
     def from_trained(cls, library: LibraryConfig, embedder: Embedder | None = None) -> CoERouter:
         """The router a library names with ``router.trained`` (a ``coserve train`` directory)."""
         trained, directory = library_trained(library)
+        _note_other_sizes(library, trained, directory)
         embedder = embedder or make_embedder(str(trained.hyper.get("embedder", library.router.embedder)))
         router = cls(library, embedder, trained=trained)
         if library.router.online is not None:
@@ -233,6 +237,24 @@ def library_trained(library: LibraryConfig) -> tuple[TrainedRouter, Path]:
             f"{library.path}: router.trained: {directory} routes to experts this library lacks: {missing}"
         )
     return trained, directory
+
+
+def _note_other_sizes(library: LibraryConfig, trained: TrainedRouter, directory: Path) -> None:
+    """A warning where the library gives an expert other active parameters than the router was trained with:
+    the router chooses with its own (its map or cost weight was solved at them), while the library's are what
+    the server counts as spent."""
+    other = {
+        name: (float(size), library.expert(name).params_b)
+        for name, size in zip(trained.experts, trained.params_b, strict=True)
+        if np.isfinite(size) and not np.isclose(size, library.expert(name).params_b)
+    }
+    if other:
+        sizes = ", ".join(f"{name} {mine:g} B (library {theirs:g} B)" for name, (mine, theirs) in other.items())
+        log.warning(
+            "%s: router.trained: %s was trained with other sizes than the library gives: %s; it chooses with its"
+            " own, the server counts the library's (retrain with the library's sizes to match)",
+            library.path, directory, sizes,
+        )  # fmt: skip
 
 
 def check_trained(library: LibraryConfig) -> None:
