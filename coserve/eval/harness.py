@@ -21,12 +21,13 @@ from coserve.eval import metrics as M
 from coserve.eval.data import INNER_FOLDS, ExpertCosts, OutcomeSet, embed_cached, grouped_folds
 from coserve.eval.sweeps import HYBRID_CLASSIFIER, HYBRID_PREDICTOR, STACK, TOP_K, Axis, Fold, FoldModels, sweep
 
-__all__ = ["available_routers", "evaluate", "evaluate_grouped"]
+__all__ = ["available_routers", "baselines", "evaluate", "evaluate_grouped", "json_number"]
 
 MAP_BUDGETS = 17  # evenly spaced budgets per axis, added to the Pareto budgets of the whole set
 
 
-def _num(x: Any) -> float | None:
+def json_number(x: Any) -> float | None:
+    """``x`` rounded to 6 places for a JSON report, or None where it is missing or not finite."""
     return None if x is None or not np.isfinite(x) else round(float(x), 6)
 
 
@@ -75,27 +76,29 @@ def _axes(costs: ExpertCosts, train: OutcomeSet) -> list[Axis]:
     return axes
 
 
-def _baselines(Y: np.ndarray, experts: Sequence[str], costs: ExpertCosts, primary: np.ndarray) -> dict[str, Any]:
+def baselines(Y: np.ndarray, experts: Sequence[str], costs: ExpertCosts, primary: np.ndarray) -> dict[str, Any]:
+    """Each single expert's quality and cost on ``Y`` [prompts, experts], random's (uniform, expected) and the
+    oracle's (the best expert per prompt, the cheapest on ``primary`` among ties)."""
     out: dict[str, Any] = {}
     for e, name in enumerate(experts):
         out[name] = {
-            "quality": _num(np.nanmean(Y[:, e])),
-            "avg_params_b": _num(costs.params_b[e]),
-            "avg_price": _num(costs.price[e]),
+            "quality": json_number(np.nanmean(Y[:, e])),
+            "avg_params_b": json_number(costs.params_b[e]),
+            "avg_price": json_number(costs.price[e]),
         }
     out["random"] = {
-        "quality": _num(np.nanmean(np.nanmean(Y, axis=1))),
-        "avg_params_b": _num(costs.params_b.mean()),
-        "avg_price": _num(costs.price.mean()),
+        "quality": json_number(np.nanmean(np.nanmean(Y, axis=1))),
+        "avg_params_b": json_number(costs.params_b.mean()),
+        "avg_price": json_number(costs.price.mean()),
     }
     filled = np.nan_to_num(Y, nan=-1.0)
     best = filled.max(axis=1, keepdims=True)
     # Cheapest on ties: among the best experts of each prompt, the lowest primary cost.
     oracle = np.argmin(np.where(filled == best, primary[None, :], np.inf), axis=1)
     out["oracle"] = {
-        "quality": _num(np.nanmean(best[:, 0])),
-        "avg_params_b": _num(costs.params_b[oracle].mean()),
-        "avg_price": _num(costs.price[oracle].mean()),
+        "quality": json_number(np.nanmean(best[:, 0])),
+        "avg_params_b": json_number(costs.params_b[oracle].mean()),
+        "avg_price": json_number(costs.price[oracle].mean()),
     }
     return out
 
@@ -111,15 +114,15 @@ def _points(
         spent = (costs.params_b if axis == "params" else costs.price)[choice].mean()
         point = {
             "axis": axis,
-            "budget": _num(spent if by_lam else key),
-            "quality": _num(np.nanmean(Y[np.arange(len(choice)), choice])),
-            "avg_params_b": _num(costs.params_b[choice].mean()),
-            "avg_price": _num(costs.price[choice].mean()),
+            "budget": json_number(spent if by_lam else key),
+            "quality": json_number(np.nanmean(Y[np.arange(len(choice)), choice])),
+            "avg_params_b": json_number(costs.params_b[choice].mean()),
+            "avg_price": json_number(costs.price[choice].mean()),
         }
         if by_lam:
-            point["lam"] = _num(key)
+            point["lam"] = json_number(key)
         if strong is not None:
-            point["strong_fraction"] = _num(float((choice == strong).mean()))
+            point["strong_fraction"] = json_number(float((choice == strong).mean()))
         points.append(point)
     return points
 
@@ -140,7 +143,7 @@ def _router_metrics(
     for axis in ("params", "price"):
         pts = [p for p in points if p["axis"] == axis]
         if axis in x_range and pts:
-            out[f"auc_{axis}"] = _num(
+            out[f"auc_{axis}"] = json_number(
                 M.normalised_auc([p[key[axis]] for p in pts], [p["quality"] for p in pts], *x_range[axis], q_oracle)
             )
     pts = [p for p in points if p["axis"] == primary]
@@ -150,18 +153,18 @@ def _router_metrics(
     min_budget = M.min_budget_for_quality(xs, qs, q_best)
     out.update(
         cost_axis=primary,
-        quality_at_best_single_budget=_num(q_at),
-        min_budget_for_best_single_quality=_num(min_budget),
-        min_budget_ratio_to_best_single=_num(min_budget / best_cost) if best_cost > 0 else None,
-        oracle_gap_closed=_num(M.oracle_gap_closed(q_at, q_best, q_oracle)),
+        quality_at_best_single_budget=json_number(q_at),
+        min_budget_for_best_single_quality=json_number(min_budget),
+        min_budget_ratio_to_best_single=json_number(min_budget / best_cost) if best_cost > 0 else None,
+        oracle_gap_closed=json_number(M.oracle_gap_closed(q_at, q_best, q_oracle)),
     )
     if strong is not None:
         weak = 1 - strong
         q_s, q_w = base[experts[strong]]["quality"], base[experts[weak]]["quality"]
         fr, qq = [p["strong_fraction"] for p in points], [p["quality"] for p in points]
-        out["apgr"] = _num(M.apgr(fr, qq, q_w, q_s))
+        out["apgr"] = json_number(M.apgr(fr, qq, q_w, q_s))
         for pct in (50, 80, 95):
-            out[f"cpt{pct}"] = _num(M.cpt(fr, qq, q_w, q_s, pct))
+            out[f"cpt{pct}"] = json_number(M.cpt(fr, qq, q_w, q_s, pct))
     return out
 
 
@@ -236,7 +239,7 @@ def evaluate(
 
     Y = evaluated.scores
     cost_of = {a.name: a.cost for a in axes}
-    base = _baselines(Y, train.experts, costs, cost_of[primary])
+    base = baselines(Y, train.experts, costs, cost_of[primary])
     strong = int(np.argmax(np.nanmean(Y, axis=0))) if E == 2 else None
     x_range = {a.name: (float(a.cost.min()), float(a.cost.max())) for a in axes}
     y_int = np.array([classes.index(c) if c in classes else -1 for c in evaluated.categories])
@@ -253,10 +256,10 @@ def evaluate(
             post = posteriors[clf]
             predicted = [classes[i] for i in post["cal"].argmax(axis=1)]
             entry["metrics"].update(
-                category_accuracy=_num(M.category_accuracy(predicted, list(evaluated.categories))),
-                ece=_num(M.ece(post["raw"][known], y_int[known])),
-                ece_calibrated=_num(M.ece(post["cal"][known], y_int[known])),
-                temperature=[_num(t) for t in post["T"]],
+                category_accuracy=json_number(M.category_accuracy(predicted, list(evaluated.categories))),
+                ece=json_number(M.ece(post["raw"][known], y_int[known])),
+                ece_calibrated=json_number(M.ece(post["cal"][known], y_int[known])),
+                temperature=[json_number(t) for t in post["T"]],
             )
         entry["metrics"].update(_fold_extras(extras[name]))
         report[name] = entry
@@ -335,4 +338,4 @@ def _run_fold(task: tuple[int, np.ndarray, np.ndarray], shared: tuple[Any, ...],
 def _fold_extras(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-fold tuned values (alpha, thresholds, fallback rate) as lists, one entry a fold."""
     keys = sorted({k for d in per_fold for k in d})
-    return {k: [_num(d[k]) if k in d else None for d in per_fold] for k in keys}
+    return {k: [json_number(d[k]) if k in d else None for d in per_fold] for k in keys}

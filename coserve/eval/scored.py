@@ -18,7 +18,7 @@ import numpy as np
 
 from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet
-from coserve.eval.harness import _baselines, _num
+from coserve.eval.harness import baselines, json_number
 from coserve.eval.metrics import category_accuracy
 from coserve.router.trained import TrainedRouter
 
@@ -41,10 +41,10 @@ def score_trained(
     rows = np.arange(len(chosen))
     Y = np.asarray(test.scores, dtype=np.float64)
     costs = ExpertCosts(tuple(names), router.params_b, router.price, "the router's manifest")
-    baselines = _baselines(Y, names, costs, router.cost)
+    base = baselines(Y, names, costs, router.cost)
     quality = float(np.nanmean(Y[rows, chosen]))
     spent = float(router.cost[chosen].mean())
-    singles = {name: baselines[name] for name in names}
+    singles = {name: base[name] for name in names}
     best = max(singles, key=lambda name: singles[name]["quality"])
     affordable = [n for n in names if np.isfinite(router.cost[names.index(n)]) and router.cost[names.index(n)] <= spent]
     best_affordable = max(affordable, key=lambda name: singles[name]["quality"]) if affordable else None
@@ -52,15 +52,15 @@ def score_trained(
         "router": {
             "kind": router.kind,
             "budget_axis": router.budget_axis,
-            "budget": _num(router.budget if budget is None else budget),
-            "quality": _num(quality),
-            "avg_params_b": _num(router.params_b[chosen].mean()),
-            "avg_price": _num(router.price[chosen].mean()),
+            "budget": json_number(router.budget if budget is None else budget),
+            "quality": json_number(quality),
+            "avg_params_b": json_number(router.params_b[chosen].mean()),
+            "avg_price": json_number(router.price[chosen].mean()),
             "share": {name: float((chosen == e).mean()) for e, name in enumerate(names)},
             "fallback_rate": float(router.fallback_mask(X).mean()),
             "by_category": _by_category(test, Y, chosen, router.cost),
         },
-        "baselines": baselines,
+        "baselines": base,
         "best_single": _margin(Y, chosen, names, best),
         "best_single_affordable": None if best_affordable is None else _margin(Y, chosen, names, best_affordable),
     }
@@ -69,7 +69,7 @@ def score_trained(
         report["router"]["category_accuracy"] = category_accuracy(list(predicted), list(test.categories))
     if decisions:
         report["decisions"] = [
-            {"id": test.ids[i], "category": test.categories[i], "expert": names[e], "score": _num(Y[i, e])}
+            {"id": test.ids[i], "category": test.categories[i], "expert": names[e], "score": json_number(Y[i, e])}
             for i, e in enumerate(chosen)
         ]
     return report
@@ -89,9 +89,13 @@ def _margin(Y: np.ndarray, chosen: np.ndarray, names: list[str], expert: str) ->
     diff = Y[np.arange(len(chosen)), chosen] - Y[:, names.index(expert)]
     diff = diff[np.isfinite(diff)]
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    means = diff[rng.integers(0, len(diff), size=(RESAMPLES, len(diff)))].mean(axis=1)
+    chunk = max(1, 2_000_000 // len(diff))  # resamples drawn at a time: memory stays a few MB on any file
+    means = np.concatenate(
+        [diff[rng.integers(0, len(diff), size=(min(chunk, RESAMPLES - done), len(diff)))].mean(axis=1)
+         for done in range(0, RESAMPLES, chunk)]
+    )  # fmt: skip
     low, high = np.quantile(means, [0.025, 0.975])
-    return {"expert": expert, "margin": _num(diff.mean()), "interval_95": [_num(low), _num(high)]}
+    return {"expert": expert, "margin": json_number(diff.mean()), "interval_95": [json_number(low), json_number(high)]}
 
 
 def _by_category(test: OutcomeSet, Y: np.ndarray, chosen: np.ndarray, cost: np.ndarray) -> dict[str, Any]:
@@ -101,8 +105,8 @@ def _by_category(test: OutcomeSet, Y: np.ndarray, chosen: np.ndarray, cost: np.n
         rows = np.flatnonzero(categories == name)
         out[name] = {
             "n": len(rows),
-            "quality": _num(np.nanmean(Y[rows, chosen[rows]])),
-            "avg_cost": _num(cost[chosen[rows]].mean()),
+            "quality": json_number(np.nanmean(Y[rows, chosen[rows]])),
+            "avg_cost": json_number(cost[chosen[rows]].mean()),
         }
     return out
 
