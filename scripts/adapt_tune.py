@@ -169,15 +169,11 @@ def tuning_streams(
 
 
 def evaluate(
-    fitted: dict[str, FittedStream],
-    costs: ExpertCosts,
-    knobs: dict[str, Any],
-    seeds: tuple[int, ...] = SEEDS,
-    budgets: tuple[tuple[str, float], ...] = BUDGETS,
+    fitted: dict[str, FittedStream], costs: ExpertCosts, knobs: dict[str, Any], seeds: tuple[int, ...] = SEEDS
 ) -> dict[str, Any]:
     """Every budget and seed with ``knobs``; the checks met and the per-run figures."""
     runs = []
-    for axis, target in budgets:
+    for axis, target in BUDGETS:
         for seed in seeds:
             f = fitted[axis]
             options = AdaptOptions(budget_axis=axis, target=target, seed=seed, **knobs)
