@@ -86,7 +86,9 @@ def per_budget(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def official_name(run: dict[str, Any], file: Path | None) -> str:
     """The official report's file name for ``run`` (``coserve bench adapt``'s documented commands)."""
-    if file is not None:
+    if file is not None:  # one official run per file: seed 0
+        if run["seed"] != 0:
+            return ""
         return f"adapt-routellm-{file.stem.replace('_', '-')}-price-{run['target']:g}.json"
     name = f"params-{run['target']:g}" if run["axis"] == "params" else f"price-{run['target']:g}"
     return f"adapt-llmrouter-{name}{'' if run['seed'] == 0 else '-seed' + str(run['seed'])}.json"
@@ -96,8 +98,9 @@ def official_figures(runs: list[dict[str, Any]], official: Path, file: Path | No
     """Each run that is an official one (its file in ``official``) against that file's figures."""
     out = []
     for r in runs:
-        path = official / official_name(r, file)
-        if not path.exists():
+        name = official_name(r, file)
+        path = official / name
+        if not name or not path.exists():
             continue
         report = json.loads(path.read_text())
         q = report["quality"]
