@@ -63,7 +63,7 @@ def _cells(rows: list[Any], experts: list[str]) -> dict[str, dict[str, int]]:
     for _, obj in rows:
         if not isinstance(obj, dict) or not isinstance(obj.get("category"), str) or not obj["category"]:
             continue
-        scores = obj.get("scores") if isinstance(obj.get("scores"), dict) else {}
+        scores = obj["scores"] if isinstance(obj.get("scores"), dict) else {}
         cell = cells.setdefault(obj["category"], dict.fromkeys(experts, 0))
         for expert, value in scores.items():
             if expert in cell and isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
