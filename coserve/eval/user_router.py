@@ -92,8 +92,9 @@ def load_user_router(spec: str) -> UserRouter:
     elif "fit" in has and "predict" in has:
         kind, prefix = "predictor", "prompt"
     else:
-        wanted = "fit and predict (a quality predictor) or fit and predict_proba (a category classifier)"
-        raise ConfigError(f"--routers {spec}: {attr} has {', '.join(sorted(has)) or 'none of them'}; it needs {wanted}")
+        found = f"only {', '.join(sorted(has))}" if has else "none of fit, predict, predict_proba"
+        wanted = "a quality predictor needs fit and predict, a category classifier fit and predict_proba"
+        raise ConfigError(f"--routers {spec}: {attr} has {found}; {wanted}")
     own = getattr(cls, "name", None)
     name = own if isinstance(own, str) and own else attr.lower()
     if not _NAME.match(name):
