@@ -136,7 +136,10 @@ def test_verdicts_name_what_each_command_needs(tmp_path: Path, cache: Path, caps
 def test_a_missing_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["check-data", str(tmp_path / "none.jsonl")])
     assert rc == 2
-    assert f"outcome file not found: {tmp_path / 'none.jsonl'}" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"{tmp_path / 'none.jsonl'}: refused: outcome file not found: {tmp_path / 'none.jsonl'}" in out
+    missing = tmp_path / "none.jsonl"
+    assert err == f"coserve: {missing}: the commands refuse it: outcome file not found: {missing}\n"
 
 
 def test_thirty_thousand_rows_take_seconds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,3 +154,20 @@ def test_thirty_thousand_rows_take_seconds(tmp_path: Path, capsys: pytest.Captur
     rc, _, report = check(capsys, str(data))
     assert rc == 0 and report["files"][0]["usable_rows"] == 30_000
     assert time.perf_counter() - started < 20  # about 2 s on one core of the reference machine
+
+
+def test_files_scoring_different_experts_are_named(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, _ = write_separable(tmp_path)  # small, mid, big
+    held = tmp_path / "held.csv"
+    held.write_text("id,prompt,category,score:small,score:mid\nh1,hello there,chat,1,0.5\n")
+    rc, out, report = check(capsys, str(data), str(held))
+    assert rc == 0
+    assert report["not_scored_in"] == {"big": [str(held)]}
+    assert f"'big' is not scored in {held}" in out
+    verdicts = report["files"][1]["fit"]
+    assert (
+        verdicts["train-check, eval --cascade"]["why"]
+        == "signals are read from JSONL only, as coserve outcomes writes them"
+    )

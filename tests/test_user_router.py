@@ -110,9 +110,10 @@ def test_a_bad_router_is_refused_in_one_line_before_embedding(
     (tmp_path / "broken.py").write_text("1 / 0\n")
     (tmp_path / "own.py").write_text(
         "class Half:\n    def fit(self, X, Y):\n        return self\n\n"
-        "class Knn:\n    name = 'knn'\n    def fit(self, X, Y):\n        return self\n    def predict(self, X):\n        return X\n\n"
-        f"from importlib.util import spec_from_file_location as s\n"
-        f"from importlib.util import module_from_spec as m\n"
+        "class Knn:\n    name = 'knn'\n    def fit(self, X, Y):\n        return self\n"
+        "    def predict(self, X):\n        return X\n\n"
+        "from importlib.util import spec_from_file_location as s\n"
+        "from importlib.util import module_from_spec as m\n"
         f"_spec = s('example', {str(EXAMPLE)!r}); _mod = m(_spec); _spec.loader.exec_module(_mod)\n"
         "Centroid = _mod.NearestCentroid\n"
     )

@@ -8,6 +8,7 @@ each the command's own, and prints. Nothing is embedded.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,11 @@ def _compare(path: str, outcomes: Any) -> str | None:
 
 
 def _cascade(path: str, outcomes: Any) -> str | None:
+    from coserve.errors import ConfigError
     from coserve.eval.cascade import read_signal_rows
 
+    if path.lower().endswith(".csv"):
+        raise ConfigError("signals are read from JSONL only, as coserve outcomes writes them")
     return f"{len(read_signal_rows([path]))} rows with signals"
 
 
@@ -62,16 +66,21 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     reports = [check_outcomes(path, costs, commands, args.thin) for path in args.files]
     for report in reports:
         print(format_check(report, args.thin))
-    scored = [set(r["experts"]) for r in reports if "experts" in r]
-    if len(scored) > 1 and len(set(map(frozenset, scored))) > 1:
-        common = set.intersection(*scored)
-        print(f"the files score different experts; all of them score {sorted(common)} (eval --test needs --data's)")
+    scored = {r["file"]: set(r["experts"]) for r in reports if "experts" in r}
+    unshared: dict[str, list[str]] = {}  # expert -> the files that do not score it
+    for expert in sorted(set().union(*scored.values()) if len(scored) > 1 else ()):
+        lacking = [name for name, experts in scored.items() if expert not in experts]
+        if lacking:  # eval --test and bench adapt --stream need every expert of the file the router is fitted on
+            unshared[expert] = lacking
+            print(f"{expert!r} is not scored in {', '.join(lacking)}")
     refused = [r for r in reports if r["refused"]]
     if args.json:
-        body = {"files": reports, "thin_rows": args.thin, "refused": len(refused)}
+        body = {"files": reports, "not_scored_in": unshared, "thin_rows": args.thin, "refused": len(refused)}
         write_data(Path(args.json), body, args.command_line, wall_seconds=time.perf_counter() - started)
     for report in refused:
-        print(f"coserve: {report['file']}: the commands refuse it: {report['refused'].splitlines()[0]}")
+        print(
+            f"coserve: {report['file']}: the commands refuse it: {report['refused'].splitlines()[0]}", file=sys.stderr
+        )
     return 2 if refused else 0
 
 
