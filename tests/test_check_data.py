@@ -171,3 +171,15 @@ def test_files_scoring_different_experts_are_named(
         verdicts["train-check, eval --cascade"]["why"]
         == "signals are read from JSONL only, as coserve outcomes writes them"
     )
+
+
+def test_a_file_without_prompts_names_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # coserve outcomes without --with-prompts: no row is usable; "no usable rows" alone did not say why
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(json.dumps({"id": f"r{i}", "category": "c", "scores": {"a": 1, "b": 0}}) + "\n" for i in range(3))
+    )
+    rc, _, report = check(capsys, str(data))
+    assert rc == 2
+    rows = "".join(f"  {data}:{i + 1}: r{i}: empty prompt\n" for i in range(3))
+    assert report["files"][0]["refused"] == f"3 bad rows in {data}:\n{rows}no usable rows"

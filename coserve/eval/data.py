@@ -230,8 +230,8 @@ def load_outcomes(
         if all(isinstance(obj, str) for _, obj in rows):  # not one object: a CSV, a JSON array, ...
             way_out = "no line is a JSON object: JSON Lines has one object a line; a CSV file must be named .csv"
         raise _bad_rows_error(path, problems, "\n".join([*sparse_experts(rows, experts, given), way_out]))
-    if not ids:
-        raise ConfigError(f"{path}: no usable rows")
+    if not ids:  # every row bad (--on-bad skip): why, rather than the count alone
+        raise _bad_rows_error(path, problems, "no usable rows") if problems else ConfigError(f"{path}: no usable rows")
     matrix = np.asarray(scores, dtype=np.float32).reshape(len(ids), len(experts))
     return OutcomeSet(tuple(ids), tuple(prompts), tuple(cats), tuple(experts), matrix), problems
 
