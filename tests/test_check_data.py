@@ -153,7 +153,9 @@ def test_thirty_thousand_rows_take_seconds(tmp_path: Path, capsys: pytest.Captur
     started = time.perf_counter()
     rc, _, report = check(capsys, str(data))
     assert rc == 0 and report["files"][0]["usable_rows"] == 30_000
-    assert time.perf_counter() - started < 20  # about 2 s on one core of the reference machine
+    assert (
+        time.perf_counter() - started < 20
+    )  # 2.5 to 5 s a fresh process on one shared core (docs/data/check-data-30k.json)
 
 
 def test_files_scoring_different_experts_are_named(
