@@ -113,18 +113,19 @@ def parse_routers(
         return None, {}
     names: list[str] = []
     users: dict[str, str] = {}
-    for item in (r.strip() for r in text.split(",")):
-        if ":" in item:
-            router = load_user_router(item)
-            if router.name in builtin or router.name in users:
-                clash = "a built-in router's" if router.name in builtin else f"that of {users[router.name]}"
-                raise ConfigError(f"--routers {item}: the name {router.name} is {clash}; give the class another name")
-            if router.kind == "classifier" and not any(n.startswith("map-") for n in available):
-                why = missing.get("map-*", "needs at least two categories")
-                raise ConfigError(f"--routers {item}: {router.name} is a category classifier: {why}")
-            users[router.name] = item
-        if item:
-            names.append(load_user_router(item).name if ":" in item else item)
+    for item in filter(None, (r.strip() for r in text.split(","))):
+        if ":" not in item:
+            names.append(item)
+            continue
+        router = load_user_router(item)
+        if router.name in builtin or router.name in users:
+            clash = "a built-in router's" if router.name in builtin else f"that of {users[router.name]}"
+            raise ConfigError(f"--routers {item}: the name {router.name} is {clash}; give the class another name")
+        if router.kind == "classifier" and not any(n.startswith("map-") for n in available):
+            why = missing.get("map-*", "needs at least two categories")
+            raise ConfigError(f"--routers {item}: {router.name} is a category classifier: {why}")
+        users[router.name] = item
+        names.append(router.name)
     unknown = [r for r in names if r not in available and r not in users]
     if unknown:
         why = "".join(f"; {name}: {reason}" for name, reason in missing.items())
