@@ -3,7 +3,8 @@
 Writes a file of 30,000 rows (4 categories, 3 experts, 100 bad rows among them), runs the command
 in a fresh process ``--runs`` times and records each wall time, median, min and max.
 
-    OPENBLAS_NUM_THREADS=1 taskset -c 0 .venv/bin/python scripts/check_data_speed.py --json docs/data/check-data-30k.json
+    OPENBLAS_NUM_THREADS=1 taskset -c 0 .venv/bin/python scripts/check_data_speed.py \
+        --json docs/data/check-data-30k.json --runs 5
 """
 
 from __future__ import annotations
