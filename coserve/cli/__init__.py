@@ -1,10 +1,10 @@
 """The ``coserve`` command: serve | init | route | chat | map | experts | keys | log | bench | outcomes |
-compare | eval | train | plan | deploy.
+check-data | compare | eval | train | plan | deploy.
 
 Each command lives in a module of this package beside its parser: ``serving`` (serve, route,
 chat), ``experts`` (experts, keys, log), ``bench``, ``measure`` (outcomes, compare, map),
-``train`` (eval, train), ``plan`` and ``cluster`` (deploy, serve --ray), ``init`` (a copy of the
-default library to edit). Commands parse and print;
+``train`` (eval, train), ``check_data`` (check-data), ``plan`` and ``cluster`` (deploy, serve --ray),
+``init`` (a copy of the default library to edit). Commands parse and print;
 the work is done by the package's other modules. Arguments are parsed in ``main()``; nothing runs
 at import time. Errors a user can fix (a bad library file, a missing model package) print one line
 and exit with status 2; a closed output pipe (``coserve log | head``) ends the command quietly with 141.
@@ -19,6 +19,7 @@ import sys
 
 from coserve.cli.bench import add_bench_parser
 from coserve.cli.cascade import add_train_check_parser
+from coserve.cli.check_data import add_check_data_parser
 from coserve.cli.cluster import add_deploy_parser
 from coserve.cli.experts import add_experts_parser, add_keys_parser, add_log_parser, cmd_experts
 from coserve.cli.init import add_init_parser
@@ -42,6 +43,7 @@ _COMMANDS = (
     add_log_parser,
     add_bench_parser,
     add_outcomes_parser,
+    add_check_data_parser,
     add_compare_parser,
     add_eval_parser,
     add_eval_trained_parser,

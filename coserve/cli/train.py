@@ -122,9 +122,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
-    routers = [r.strip() for r in args.routers.split(",") if r.strip()] if args.routers else None
-    _check_router_names(routers, len(set(train.categories)))
-    options = {"folds": args.folds, "seed": args.seed, "jobs": args.jobs}
+    routers, users = _router_names(args.routers, len(set(train.categories)))
+    options = {"folds": args.folds, "seed": args.seed, "jobs": args.jobs, "user_routers": users}
     if args.embedder:
         report = evaluate(train, test, costs, routers=routers, embedder=make_embedder(args.embedder), **options)
     else:  # each router on the vectors `coserve train` fits it on: what it would deploy
@@ -161,16 +160,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_router_names(routers: list[str] | None, n_categories: int) -> None:
-    """Refuse an unknown ``--routers`` name before anything is embedded (minutes on a large file)."""
-    from coserve.errors import ConfigError
+def _router_names(text: str | None, n_categories: int) -> tuple[list[str] | None, dict[str, str]]:
+    """``--routers``' names (None: every one) and the user's routers among them, refused before anything is embedded."""
     from coserve.eval.harness import available_routers
+    from coserve.eval.user_router import parse_routers
 
-    names, missing = available_routers(n_categories)
-    unknown = [r for r in routers or [] if r not in names]
-    if unknown:
-        why = "".join(f"; {name}: {reason}" for name, reason in missing.items())
-        raise ConfigError(f"--routers: {', '.join(unknown)} not available; available: {', '.join(names)}{why}")
+    available, missing = available_routers(n_categories)
+    return parse_routers(text, available, available_routers(2)[0], missing)
 
 
 def _cascade_input(args: argparse.Namespace) -> tuple[list[dict[str, Any]], Any] | None:
@@ -330,7 +326,7 @@ def add_eval_parser(sub: Subcommands) -> None:
     split.add_argument("--test", help="held-out outcome file: fit on --data, score on this")
     p.add_argument("--json", required=True, help="write the report here")
     p.add_argument("--plot", help="write the Pareto plot (PNG) here")
-    p.add_argument("--routers", help="comma-separated router names (default: every available one)")
+    p.add_argument("--routers", help="comma-separated router names (default: every available one), or module:Class")
     p.add_argument("--jobs", type=at_least(1), default=1, help="folds evaluated in parallel processes")
     p.add_argument("--cascade", help="rows with signals: replay this library's cascade (default: cheapest first)")
     p.set_defaults(func=cmd_eval)

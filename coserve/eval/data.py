@@ -34,11 +34,14 @@ __all__ = [
     "OutcomeSet",
     "Problem",
     "check_foldable",
+    "distinct_prompts",
     "embed_cached",
     "grouped_folds",
     "load_costs",
     "load_expert_scores",
     "load_outcomes",
+    "read_outcome_rows",
+    "sparse_experts",
 ]
 
 OnBad = Literal["skip", "refuse"]
@@ -54,6 +57,7 @@ class Problem:
     line: int  # 1-based line (JSONL) or row number counting the header as line 1 (CSV)
     id: str | None
     reason: str
+    field: str = ""  # the field that makes the row unusable (id, prompt, category, scores); "" for the whole line
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.id or '?'}: {self.reason}"
@@ -125,7 +129,7 @@ def _csv_rows(path: Path) -> list[Row]:
     return rows
 
 
-def _read_rows(path: Path) -> list[Row]:
+def read_outcome_rows(path: Path) -> list[Row]:
     """The rows of a JSONL or CSV file, an integer id read as its decimal string (as pandas writes an
     index); a file that cannot be read as UTF-8 text is one ConfigError."""
     try:
@@ -151,31 +155,31 @@ def _read_rows(path: Path) -> list[Row]:
 
 def _check(
     obj: dict[str, Any], experts: Sequence[str], categories: set[str] | None, seen: dict[str, int]
-) -> str | None:
-    """Why this row cannot be used, or None; ``seen`` maps the ids of usable rows to their lines."""
+) -> tuple[str, str] | None:
+    """The field that makes this row unusable and why, or None; ``seen`` maps the ids of usable rows to their lines."""
     if not isinstance(obj.get("id"), str) or not obj["id"]:
-        return "missing or non-string id"
+        return "id", "missing or non-string id"
     if obj["id"] in seen:
-        return f"duplicate id (first on line {seen[obj['id']]})"
+        return "id", f"duplicate id (first on line {seen[obj['id']]})"
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        return "empty prompt"
+        return "prompt", "empty prompt"
     category = obj.get("category")
     if not isinstance(category, str) or not category:
-        return "missing category"
+        return "category", "missing category"
     if categories is not None and category not in categories:
-        return f"unknown category {category!r}"
+        return "category", f"unknown category {category!r}"
     scores = obj.get("scores")
     if not isinstance(scores, dict):
-        return "scores must be a mapping of expert -> score"
+        return "scores", "scores must be a mapping of expert -> score"
     missing = [e for e in experts if e not in scores]
     if missing:
-        return f"missing scores for experts {missing}"
+        return "scores", f"missing scores for experts {missing}"
     for expert, value in scores.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            return f"score of {expert!r} is not a number: {value!r}"
+            return "scores", f"score of {expert!r} is not a number: {value!r}"
         if not 0.0 <= value <= 1.0:
-            return f"score of {expert!r} out of [0, 1]: {value}"
+            return "scores", f"score of {expert!r} out of [0, 1]: {value}"
     return None
 
 
@@ -194,7 +198,7 @@ def load_outcomes(
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"outcome file not found: {path}")
-    rows = _read_rows(path)
+    rows = read_outcome_rows(path)
     given = experts is not None
     if experts is None:
         names: dict[str, None] = {}
@@ -211,9 +215,9 @@ def load_outcomes(
     ids, prompts, cats, scores = [], [], [], []
     for number, obj in rows:
         row_id = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
-        reason = obj if isinstance(obj, str) else _check(obj, experts, known, seen)
-        if reason is not None:
-            problems.append(Problem(str(path), number, row_id, reason))
+        found = ("", obj) if isinstance(obj, str) else _check(obj, experts, known, seen)
+        if found is not None:
+            problems.append(Problem(str(path), number, row_id, found[1], found[0]))
             continue
         assert isinstance(obj, dict)
         seen[obj["id"]] = number
@@ -225,14 +229,14 @@ def load_outcomes(
         way_out = "drop them with on_bad='skip' (on the command line: --on-bad skip)"
         if all(isinstance(obj, str) for _, obj in rows):  # not one object: a CSV, a JSON array, ...
             way_out = "no line is a JSON object: JSON Lines has one object a line; a CSV file must be named .csv"
-        raise _bad_rows_error(path, problems, "\n".join([*_sparse_experts(rows, experts, given), way_out]))
-    if not ids:
-        raise ConfigError(f"{path}: no usable rows")
+        raise _bad_rows_error(path, problems, "\n".join([*sparse_experts(rows, experts, given), way_out]))
+    if not ids:  # every row bad (--on-bad skip): why, rather than the count alone
+        raise _bad_rows_error(path, problems, "no usable rows") if problems else ConfigError(f"{path}: no usable rows")
     matrix = np.asarray(scores, dtype=np.float32).reshape(len(ids), len(experts))
     return OutcomeSet(tuple(ids), tuple(prompts), tuple(cats), tuple(experts), matrix), problems
 
 
-def _sparse_experts(rows: list[Row], experts: Sequence[str], given: bool) -> list[str]:
+def sparse_experts(rows: list[Row], experts: Sequence[str], given: bool) -> list[str]:
     """A line for each expert scored on fewer than half of the rows: the column is the likely mistake
     (an expert a few rows score, or a name mistyped), not the many rows that lack it."""
     scored = [obj["scores"] for _, obj in rows if isinstance(obj, dict) and isinstance(obj.get("scores"), dict)]
@@ -254,7 +258,7 @@ def load_expert_scores(path: str | Path, expert: str) -> dict[str, float]:
     found: dict[str, float] = {}
     problems: list[Problem] = []
     named: set[str] = set()  # the experts the file scores: to name them when ``expert`` is not one
-    for number, obj in _read_rows(path):
+    for number, obj in read_outcome_rows(path):
         if isinstance(obj, str):
             problems.append(Problem(str(path), number, None, obj))
             continue
@@ -277,6 +281,11 @@ def load_expert_scores(path: str | Path, expert: str) -> dict[str, float]:
 
 def _prompt_key(prompt: str) -> str:
     return " ".join(prompt.split()).casefold()
+
+
+def distinct_prompts(prompts: Sequence[str]) -> int:
+    """How many different prompts there are, whitespace and case aside (as the folds group them)."""
+    return len({_prompt_key(p) for p in prompts})
 
 
 def grouped_folds(prompts: Sequence[str], k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -309,7 +318,7 @@ def check_foldable(
 ) -> None:
     """Refuse data too small to fit a router on: the rows it is fitted on (all of them, or, with
     ``folds``, the training part of each cross-validation fold) need INNER_FOLDS distinct prompts."""
-    distinct = len({_prompt_key(p) for p in prompts})
+    distinct = distinct_prompts(prompts)
     if folds is None:
         if distinct < INNER_FOLDS:
             raise ConfigError(
@@ -319,7 +328,7 @@ def check_foldable(
         return
     why = "each fold needs one at least"
     if distinct >= folds:
-        smallest = min(len({_prompt_key(prompts[i]) for i in part}) for part, _ in grouped_folds(prompts, folds, seed))
+        smallest = min(distinct_prompts([prompts[i] for i in part]) for part, _ in grouped_folds(prompts, folds, seed))
         if smallest >= INNER_FOLDS:
             return
         why = f"the training part of each fold needs {INNER_FOLDS} distinct prompts (the smallest has {smallest})"

@@ -178,10 +178,13 @@ def evaluate(
     embedder: Any = None,
     cache: Any = None,
     jobs: int = 1,
+    user_routers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate routers by grouped cross-validation on ``train`` or on ``test``; returns the report.
 
     ``jobs`` > 1 runs folds in that many processes; the report is the same as with one.
+    ``user_routers`` maps the names in ``routers`` of the user's own routers to their specs
+    (coserve.eval.user_router).
     """
     from tqdm import tqdm
 
@@ -198,7 +201,7 @@ def evaluate(
     classes = sorted(set(train.categories))
     names, missing = available_routers(len(classes))
     if routers is not None:
-        unknown = [r for r in routers if r not in names]
+        unknown = [r for r in routers if r not in names and r not in (user_routers or {})]
         if unknown:
             raise ConfigError(f"routers not available: {unknown}; available: {names}; missing: {missing}")
         names = list(routers)
@@ -212,7 +215,7 @@ def evaluate(
     extras: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     bar = tqdm(total=len(splits) * len(names), desc="evaluating", unit="router")
     tasks = [(f, tr, te) for f, (tr, te) in enumerate(splits)]
-    shared = (X, X_eval, train, classes, axes, primary, names, seed)
+    shared = (X, X_eval, train, classes, axes, primary, names, seed, dict(user_routers or {}))
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -317,10 +320,12 @@ def _classifier_of(name: str) -> str | None:
 def _run_fold(task: tuple[int, np.ndarray, np.ndarray], shared: tuple[Any, ...], progress: Any = None) -> tuple:
     """Fit and sweep every router on one fold: (held-out rows, choices, extras, posteriors) by router."""
     f, tr, te = task
-    X, X_eval, train, classes, axes, primary, names, seed = shared
+    X, X_eval, train, classes, axes, primary, names, seed, users = shared
     inner, val = grouped_folds([train.prompts[i] for i in tr], INNER_FOLDS, seed + f)[0]
     cats = [train.categories[i] for i in tr]
-    models = FoldModels(Fold(X[tr], cats, train.scores[tr], X_eval[te], inner, val, classes, axes, seed + f, primary))
+    fold = Fold(X[tr], cats, train.scores[tr], X_eval[te], inner, val, classes, axes, seed + f, primary)
+    fold.user_routers = users
+    models = FoldModels(fold)
     choices, extras, posteriors = {}, {}, {}
     for name in names:
         models.f.extras = {}

@@ -71,6 +71,7 @@ class Fold:
     seed: int
     primary: str = "params"  # axis the tuning criteria are measured on
     extras: dict[str, Any] = field(default_factory=dict)  # per-fold results beside the choices
+    user_routers: dict[str, str] = field(default_factory=dict)  # router name -> the user's spec (eval.user_router)
 
 
 def category_table(categories: list[str], classes: list[str], Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +134,14 @@ class FoldModels:
         """The best single expert on the training rows."""
         return int(np.argmax(np.nanmean(self.f.Y, axis=0)))
 
+    def _factory(self, router: str, registered: Any, columns: int | None = None) -> Any:
+        """What builds a router's part: the registry's factory, or the user's class where the router is theirs."""
+        if router not in self.f.user_routers:
+            return registered
+        from coserve.eval.user_router import checked_factory
+
+        return checked_factory(self.f.user_routers[router], columns)
+
     def posterior(self, clf: str) -> dict[str, Any]:
         """Raw and calibrated category posteriors on held-out and validation rows, and the temperature."""
         if clf not in self._posteriors:
@@ -140,6 +149,7 @@ class FoldModels:
             from coserve.router.classify import make_classifier
 
             f = self.f
+            make_classifier = self._factory(f"map-{clf}", make_classifier)
             inner_model = _seeded(make_classifier, clf, f.seed).fit(f.X[f.inner], [f.categories[i] for i in f.inner])
             val_raw = _aligned(inner_model.predict_proba(f.X[f.val]), inner_model.classes_, f.classes)
             y_val = np.array([f.classes.index(f.categories[i]) for i in f.val])
@@ -161,6 +171,7 @@ class FoldModels:
             from coserve.router.predict import make_predictor
 
             f = self.f
+            make_predictor = self._factory(f"prompt-{pred}", make_predictor, f.Y.shape[1])
             self.predictors[pred] = _seeded(make_predictor, pred, f.seed).fit(f.X, f.Y)
             test = self.predictors[pred].predict(f.X_test)
             val = _seeded(make_predictor, pred, f.seed).fit(f.X[f.inner], f.Y[f.inner]).predict(f.X[f.val])
