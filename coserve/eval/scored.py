@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from coserve.bootstrap import RESAMPLES, interval, resample_means
+from coserve.bootstrap import SEED as BOOTSTRAP_SEED
 from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet
 from coserve.eval.harness import baselines, json_number
@@ -23,8 +25,6 @@ from coserve.eval.metrics import category_accuracy
 from coserve.router.trained import TrainedRouter
 
 __all__ = ["RESAMPLES", "check_budget", "score_trained", "trained_embedder_name"]
-
-RESAMPLES, BOOTSTRAP_SEED = 2000, 0  # the margins' paired bootstrap over test prompts
 
 
 def score_trained(
@@ -88,13 +88,7 @@ def _margin(Y: np.ndarray, chosen: np.ndarray, names: list[str], expert: str) ->
     """The router's quality less ``expert``'s on the same prompts, with its paired bootstrap 95% interval."""
     diff = Y[np.arange(len(chosen)), chosen] - Y[:, names.index(expert)]
     diff = diff[np.isfinite(diff)]
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    chunk = max(1, 2_000_000 // len(diff))  # resamples drawn at a time: memory stays a few MB on any file
-    means = np.concatenate(
-        [diff[rng.integers(0, len(diff), size=(min(chunk, RESAMPLES - done), len(diff)))].mean(axis=1)
-         for done in range(0, RESAMPLES, chunk)]
-    )  # fmt: skip
-    low, high = np.quantile(means, [0.025, 0.975])
+    low, high = interval(resample_means(diff, RESAMPLES, BOOTSTRAP_SEED))
     return {"expert": expert, "margin": json_number(diff.mean()), "interval_95": [json_number(low), json_number(high)]}
 
 
