@@ -160,4 +160,11 @@ def test_eval_writes_its_printed_tables_as_csv(tmp_path: Path, cache: Path) -> N
         assert [float(row["margin"]), float(row["interval_low"]), float(row["interval_high"])] == [
             headline["margin"], *headline["interval_95"]
         ]  # fmt: skip
+    assert main([*args, "--csv", str(tables), "--no-intervals"]) == 0  # the same tables, without the intervals
+    plain = json.loads(out.read_text())
+    assert (
+        plain["meta"]["intervals"] is None
+        and "margin_at_best_single_budget" not in plain["routers"]["prompt-knn"]["metrics"]
+    )
+    assert {r["router"]: r["interval_low"] for r in _rows(tables / "eval-routers.csv")} == dict.fromkeys(routers, "")
     assert main([*argv("eval", data, experts, "--folds", "3", "--json", str(out)), "--csv", str(out)]) == 2  # a file
