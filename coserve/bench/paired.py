@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from coserve.bootstrap import interval, resample_means
+
 __all__ = [
     "CHECKS",
     "FIGURES",
@@ -78,18 +80,9 @@ def paired_differences(candidate: Sequence[Run], reference: Sequence[Run]) -> di
 def bootstrap_means(differences: dict[str, np.ndarray], resamples: int, seed: int) -> dict[str, np.ndarray]:
     """Per figure, the mean difference over each of ``resamples`` resamples of the runs; one draw of run
     indices serves every figure, so a run's figures stay together (pairs resampled, not figures)."""
-    n = len(next(iter(differences.values())))
-    if n == 0 or resamples < 1:
-        raise ValueError("bootstrap: needs at least one run and one resample")
-    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    return {figure: values[rows].mean(axis=1) for figure, values in differences.items()}
-
-
-def interval(means: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The percentile interval holding ``level`` of the bootstrap means."""
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    figures = list(differences)
+    means = resample_means(np.column_stack([differences[f] for f in figures]), resamples, seed)
+    return {figure: means[:, j] for j, figure in enumerate(figures)}
 
 
 def compare(

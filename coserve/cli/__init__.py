@@ -3,7 +3,8 @@ check-data | compare | eval | train | plan | deploy.
 
 Each command lives in a module of this package beside its parser: ``serving`` (serve, route,
 chat), ``experts`` (experts, keys, log), ``bench``, ``measure`` (outcomes, compare, map),
-``train`` (eval, train), ``check_data`` (check-data), ``plan`` and ``cluster`` (deploy, serve --ray),
+``train`` (eval, train), ``scored`` (eval-trained), ``check_data`` (check-data), ``plan`` and ``cluster``
+(deploy, serve --ray),
 ``init`` (a copy of the default library to edit). Commands parse and print;
 the work is done by the package's other modules. Arguments are parsed in ``main()``; nothing runs
 at import time. Errors a user can fix (a bad library file, a missing model package) print one line
@@ -25,8 +26,9 @@ from coserve.cli.experts import add_experts_parser, add_keys_parser, add_log_par
 from coserve.cli.init import add_init_parser
 from coserve.cli.measure import add_compare_parser, add_map_parser, add_outcomes_parser
 from coserve.cli.plan import add_plan_arguments
+from coserve.cli.scored import add_eval_trained_parser
 from coserve.cli.serving import add_chat_parser, add_route_parser, add_serve_parser, cmd_route, cmd_serve
-from coserve.cli.train import add_eval_parser, add_eval_trained_parser, add_train_parser
+from coserve.cli.train import add_eval_parser, add_train_parser
 from coserve.errors import CoserveError
 
 __all__ = ["build_parser", "cmd_experts", "cmd_route", "cmd_serve", "main"]

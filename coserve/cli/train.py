@@ -12,10 +12,8 @@ from coserve.router.embedders import EMBEDDER_NAMES, STACK_EMBEDDER
 
 __all__ = [
     "add_eval_parser",
-    "add_eval_trained_parser",
     "add_train_parser",
     "cmd_eval",
-    "cmd_eval_trained",
     "cmd_train",
 ]
 
@@ -101,12 +99,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import time
 
     from coserve.bench.provenance import write_data
+    from coserve.cli.tables import check_csv_dir, eval_tables, write_tables
     from coserve.eval.data import load_costs, load_outcomes
     from coserve.eval.harness import available_routers, evaluate, evaluate_grouped
     from coserve.router.embedders import make_embedder
 
     started = time.perf_counter()
     check_outputs(args.json, args.plot)
+    check_csv_dir(args.csv)
     costs = load_costs(args.experts)
     train, problems = _routable(args.data, args.on_bad, costs, None if args.test else args.folds, args.seed)
     signals = _cascade_input(args)  # a bad --cascade is refused now, not after the routers' evaluation
@@ -123,7 +123,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     routers, users = _router_names(args.routers, len(set(train.categories)))
-    options = {"folds": args.folds, "seed": args.seed, "jobs": args.jobs, "user_routers": users}
+    options = {"folds": args.folds, "seed": args.seed, "jobs": args.jobs, "user_routers": users,
+               "intervals": not args.no_intervals}  # fmt: skip
     if args.embedder:
         report = evaluate(train, test, costs, routers=routers, embedder=make_embedder(args.embedder), **options)
     else:  # each router on the vectors `coserve train` fits it on: what it would deploy
@@ -147,15 +148,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{'baseline':<40} {'quality':>8} {'params_b':>9} {'price':>7}")
     for name, b in base.items():
         print(f"{name:<40} {b['quality']:>8.3f} {b['avg_params_b'] or float('nan'):>9.2f} {b['avg_price'] or 0:>7.3f}")
-    print(f"{'router':<26} {'auc':>6} {'q@best':>7} {'min_budget':>10} {'gap_closed':>10}")
+    print(f"{'router':<26} {'auc':>6} {'q@best':>7} {'min_budget':>10} {'gap_closed':>10}  margin@best [95%]")
     for name, entry in report["routers"].items():
         m = entry["metrics"]
         auc = m.get("auc_" + m["cost_axis"])
         print(
             f"{name:<26} {_fmt(auc):>6} {_fmt(m['quality_at_best_single_budget']):>7} "
-            f"{_fmt(m['min_budget_for_best_single_quality']):>10} {_fmt(m['oracle_gap_closed']):>10}"
+            f"{_fmt(m['min_budget_for_best_single_quality']):>10} {_fmt(m['oracle_gap_closed']):>10}  "
+            + _margin(m.get("margin_at_best_single_budget"))
             + (f"  apgr {_fmt(m['apgr'])}" if "apgr" in m else "")
         )
+    if args.csv:
+        print(f"tables: {', '.join(str(p) for p in write_tables(args.csv, eval_tables(report)))}")
     print(f"report: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
     return 0
 
@@ -233,6 +237,14 @@ def _gated(rows: list[dict[str, Any]], library: Any, args: argparse.Namespace) -
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _margin(entry: dict[str, Any] | None) -> str:
+    """A margin and its interval, ``+0.012 [-0.004, +0.027]``; ``-`` where there is none."""
+    if entry is None or entry["margin"] is None:
+        return f"{'-':<24}"
+    low, high = (f"{x:+.3f}" if x is not None else "-" for x in entry["interval_95"])
+    return f"{entry['margin']:+.3f} [{low}, {high}]"
 
 
 def _save_prior_fit(router: Any, outcomes: Any, X: Any, costs: Any, out: str, data: str) -> None:
@@ -329,56 +341,9 @@ def add_eval_parser(sub: Subcommands) -> None:
     p.add_argument("--routers", help="comma-separated router names (default: every available one), or module:Class")
     p.add_argument("--jobs", type=at_least(1), default=1, help="folds evaluated in parallel processes")
     p.add_argument("--cascade", help="rows with signals: replay this library's cascade (default: cheapest first)")
+    p.add_argument("--csv", help="also write the printed tables as CSV files in this folder")
+    p.add_argument("--no-intervals", action="store_true", help="leave out the bootstrap intervals over prompts")
     p.set_defaults(func=cmd_eval)
-
-
-def cmd_eval_trained(args: argparse.Namespace) -> int:
-    import time
-
-    from coserve.bench.provenance import write_data
-    from coserve.eval.data import embed_cached, load_outcomes
-    from coserve.eval.scored import check_budget, score_trained, trained_embedder_name
-    from coserve.router.embedders import make_embedder
-    from coserve.router.trained import load_trained
-
-    started = time.perf_counter()
-    check_outputs(args.json)
-    router = load_trained(args.router)
-    check_budget(router, args.budget)  # before anything is read or embedded
-    test, problems = load_outcomes(args.test, experts=router.experts, on_bad=args.on_bad)
-    for problem in problems:
-        print(f"coserve: skipped {problem}", file=sys.stderr)
-    name = trained_embedder_name(router)
-    report = score_trained(router, test, embed_cached(test.prompts, make_embedder(name)), args.budget, args.decisions)
-    report["meta"] = {"router_dir": args.router, "test": args.test, "n_eval": len(test), "embedder": name,
-                      "experts": list(router.experts), "skipped_rows": len(problems)}  # fmt: skip
-    write_data(Path(args.json), report, args.command_line, wall_seconds=time.perf_counter() - started)
-    r, unit = report["router"], "avg_params_b" if router.budget_axis == "params" else "avg_price"
-    label = f"router ({router.kind})"
-    width = max(len(label), *map(len, router.experts)) + 2
-    print(f"{'':<{width}} {'quality':>8} {unit:>12}")
-    print(f"{label:<{width}} {r['quality']:>8.3f} {r[unit]:>12.3f}")
-    for expert in router.experts:
-        b = report["baselines"][expert]
-        print(f"{expert:<{width}} {b['quality']:>8.3f} {b[unit] if b[unit] is not None else float('nan'):>12.3f}")
-    for key in ("best_single", "best_single_affordable"):
-        if report[key] is not None:
-            low, high = report[key]["interval_95"]
-            print(f"router - {key.replace('_', ' ')} ({report[key]['expert']}): {report[key]['margin']:+.3f} "
-                  f"[{low:+.3f}, {high:+.3f}]")  # fmt: skip
-    print(f"report: {args.json}")
-    return 0
-
-
-def add_eval_trained_parser(sub: Subcommands) -> None:
-    p = sub.add_parser("eval-trained", help="score a router coserve train saved on held-out outcome data")
-    p.add_argument("--router", required=True, help="router directory written by coserve train")
-    p.add_argument("--test", required=True, help="held-out outcome file scoring every expert the router routes to")
-    p.add_argument("--json", required=True, help="write the report here")
-    p.add_argument("--budget", type=finite, help="route at this budget on the router's axis (default: its own)")
-    p.add_argument("--decisions", action="store_true", help="also each prompt's id, expert and score in the report")
-    p.add_argument("--on-bad", choices=["skip", "refuse"], default="refuse", help="what to do with bad rows")
-    p.set_defaults(func=cmd_eval_trained)
 
 
 def add_train_parser(sub: Subcommands) -> None:

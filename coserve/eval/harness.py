@@ -16,19 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from coserve.bootstrap import RESAMPLES, SEED
 from coserve.errors import ConfigError
 from coserve.eval import metrics as M
 from coserve.eval.data import INNER_FOLDS, ExpertCosts, OutcomeSet, embed_cached, grouped_folds
+from coserve.eval.intervals import add_intervals
+from coserve.eval.metrics import json_number
 from coserve.eval.sweeps import HYBRID_CLASSIFIER, HYBRID_PREDICTOR, STACK, TOP_K, Axis, Fold, FoldModels, sweep
 
 __all__ = ["available_routers", "baselines", "evaluate", "evaluate_grouped", "json_number"]
 
 MAP_BUDGETS = 17  # evenly spaced budgets per axis, added to the Pareto budgets of the whole set
-
-
-def json_number(x: Any) -> float | None:
-    """``x`` rounded to 6 places for a JSON report, or None where it is missing or not finite."""
-    return None if x is None or not np.isfinite(x) else round(float(x), 6)
 
 
 def available_routers(n_categories: int) -> tuple[list[str], dict[str, str]]:
@@ -108,9 +106,7 @@ def _points(
 ) -> list[dict[str, Any]]:
     """Pooled operating points; a per-prompt router's key is its cost weight ``lam`` and its budget the cost spent."""
     points = []
-    for (axis, key), choice in sorted(choices.items()):
-        if (choice < 0).any():  # an operating point some fold could not reach (infeasible budget)
-            continue
+    for (axis, key), choice in _reached(choices):
         spent = (costs.params_b if axis == "params" else costs.price)[choice].mean()
         point = {
             "axis": axis,
@@ -125,6 +121,11 @@ def _points(
             point["strong_fraction"] = json_number(float((choice == strong).mean()))
         points.append(point)
     return points
+
+
+def _reached(choices: dict[tuple[str, float], np.ndarray]) -> list[tuple[tuple[str, float], np.ndarray]]:
+    """The operating points every fold could reach (none infeasible at its budget), in the report's order."""
+    return [(key, choice) for key, choice in sorted(choices.items()) if not (choice < 0).any()]
 
 
 def _router_metrics(
@@ -179,12 +180,14 @@ def evaluate(
     cache: Any = None,
     jobs: int = 1,
     user_routers: Mapping[str, str] | None = None,
+    intervals: bool = True,
 ) -> dict[str, Any]:
     """Evaluate routers by grouped cross-validation on ``train`` or on ``test``; returns the report.
 
     ``jobs`` > 1 runs folds in that many processes; the report is the same as with one.
     ``user_routers`` maps the names in ``routers`` of the user's own routers to their specs
-    (coserve.eval.user_router).
+    (coserve.eval.user_router). ``intervals``: each figure's paired bootstrap interval over the evaluated
+    prompts (``coserve.eval.intervals``).
     """
     from tqdm import tqdm
 
@@ -254,6 +257,9 @@ def evaluate(
             "points": points,
             "metrics": _router_metrics(points, base, train.experts, primary, x_range, strong),
         }
+        if intervals:
+            reached = [choice for _, choice in _reached(pooled[name])]
+            add_intervals(points, reached, entry["metrics"], Y, costs, base, train.experts, primary)
         clf = _classifier_of(name)
         if clf is not None:
             post = posteriors[clf]
@@ -280,6 +286,7 @@ def evaluate(
         "strong_expert": train.experts[strong] if strong is not None else None,
         "hybrid": {"classifier": HYBRID_CLASSIFIER, "predictor": HYBRID_PREDICTOR, "top_k": TOP_K},
         "not_run": missing,
+        "intervals": {"resamples": RESAMPLES, "seed": SEED, "level": 0.95} if intervals else None,
     }
     return {"routers": report, "baselines": base, "meta": meta}
 

@@ -19,6 +19,7 @@ Conventions (documented choices):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,12 +29,18 @@ __all__ = [
     "cpt",
     "ece",
     "front",
+    "json_number",
     "min_budget_for_quality",
     "normalised_auc",
     "oracle_gap_closed",
     "pgr_curve",
     "quality_at_budget",
 ]
+
+
+def json_number(x: Any) -> float | None:
+    """``x`` rounded to 6 places for a JSON report, or None where it is missing or not finite."""
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
 
 
 def front(cost: Sequence[float], quality: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

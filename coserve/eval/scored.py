@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from coserve.bootstrap import RESAMPLES, interval, intervals, resample_means
+from coserve.bootstrap import SEED as BOOTSTRAP_SEED
 from coserve.errors import ConfigError
 from coserve.eval.data import ExpertCosts, OutcomeSet
 from coserve.eval.harness import baselines, json_number
 from coserve.eval.metrics import category_accuracy
 from coserve.router.trained import TrainedRouter
 
-__all__ = ["RESAMPLES", "check_budget", "score_trained", "trained_embedder_name"]
-
-RESAMPLES, BOOTSTRAP_SEED = 2000, 0  # the margins' paired bootstrap over test prompts
+__all__ = ["RESAMPLES", "check_budget", "compare_scored", "score_trained", "trained_embedder_name"]
 
 
 def score_trained(
@@ -88,13 +88,7 @@ def _margin(Y: np.ndarray, chosen: np.ndarray, names: list[str], expert: str) ->
     """The router's quality less ``expert``'s on the same prompts, with its paired bootstrap 95% interval."""
     diff = Y[np.arange(len(chosen)), chosen] - Y[:, names.index(expert)]
     diff = diff[np.isfinite(diff)]
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    chunk = max(1, 2_000_000 // len(diff))  # resamples drawn at a time: memory stays a few MB on any file
-    means = np.concatenate(
-        [diff[rng.integers(0, len(diff), size=(min(chunk, RESAMPLES - done), len(diff)))].mean(axis=1)
-         for done in range(0, RESAMPLES, chunk)]
-    )  # fmt: skip
-    low, high = np.quantile(means, [0.025, 0.975])
+    low, high = interval(resample_means(diff, RESAMPLES, BOOTSTRAP_SEED))
     return {"expert": expert, "margin": json_number(diff.mean()), "interval_95": [json_number(low), json_number(high)]}
 
 
@@ -116,3 +110,33 @@ def trained_embedder_name(router: TrainedRouter) -> str:
     from coserve.config import RouterSettings
 
     return str(router.hyper.get("embedder", RouterSettings.model_fields["embedder"].default))
+
+
+def compare_scored(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """B - A from two ``score_trained`` reports made with ``decisions`` on the same prompts: the paired
+    difference in quality and in each average cost, with 95% intervals from one bootstrap over the prompts,
+    and the share of prompts on which the two routers chose different experts."""
+    if [d["id"] for d in a["decisions"]] != [d["id"] for d in b["decisions"]]:
+        raise ValueError("the two reports must score the same prompts, in the same order")
+    figures = {"quality": "score", "avg_params_b": "avg_params_b", "avg_price": "avg_price"}  # report key: source
+    pairs = list(zip(a["decisions"], b["decisions"], strict=True))
+    values = np.array(
+        [[_decision_figure(b, d, f) - _decision_figure(a, c, f) for f in figures.values()] for c, d in pairs],
+        dtype=np.float64,
+    ).reshape(len(pairs), len(figures))
+    bounds = intervals(resample_means(values, RESAMPLES, BOOTSTRAP_SEED))
+    out: dict[str, Any] = {}
+    for j, name in enumerate(figures):
+        column = values[:, j]
+        mean = column[np.isfinite(column)].mean() if np.isfinite(column).any() else np.nan
+        out[name] = {"difference": json_number(mean), "interval_95": [json_number(x) for x in bounds[j]]}
+    out["chose_differently"] = float(np.mean([c["expert"] != d["expert"] for c, d in pairs]))
+    out["n"] = len(pairs)
+    return out
+
+
+def _decision_figure(report: dict[str, Any], decision: dict[str, Any], figure: str) -> float:
+    """A prompt's score under the report's router, or the cost (``avg_params_b``, ``avg_price``) of the
+    expert it chose; NaN where the file or the manifest has none."""
+    value = decision["score"] if figure == "score" else report["baselines"][decision["expert"]][figure]
+    return float("nan") if value is None else float(value)
