@@ -60,7 +60,7 @@ def replays(
             shock = report["shock"]
             runs.append({**run_record(report, axis, target, seed), "shock_expert": shock["expert"],
                          "share_before": shock["share_before"], "best_share_after": shock["best_share_after"],
-                         "recovery_unreachable": shock["best_share_after"] >= 0.1 * shock["share_before"]})  # fmt: skip
+                         "recovery_unreachable": shock["best_map_keeps_it"]})  # fmt: skip
     return runs
 
 

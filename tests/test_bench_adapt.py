@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from coserve.bench.adapt import AdaptOptions, lagrangian_mix, split_by_prompt
+from coserve.bench.adapt_baselines import best_map_keeps
 from coserve.cli import main
 from coserve.errors import ConfigError
 from coserve.eval.data import OutcomeSet
@@ -97,7 +98,9 @@ def test_bench_adapt_writes_the_issue_fields(tmp_path: Path, cache: Path, capsys
     late = [abs(w["avg_cost"] / 3.0 - 1) for w in report["windows"][2:]]
     assert report["tracking_error_max"] == pytest.approx(max(late))
     assert report["shock"]["at"] == 1500
-    assert 0.0 <= report["shock"]["best_share_after"] <= 1.0 and 0.0 <= report["shock"]["share_before"] <= 1.0
+    shock = report["shock"]
+    assert 0.0 <= shock["best_share_after"] <= 1.0 and 0.0 <= shock["share_before"] <= 1.0
+    assert shock["best_map_keeps_it"] == best_map_keeps(shock["share_before"], shock["best_share_after"])
     assert all(0.0 <= w["weight_at_zero"] <= 1.0 for w in report["windows"])
     assert 100 <= report["recovery_requests"] <= 1500
     assert len(report["alarms"]) >= report["change_alarms"]  # every alarm listed, the restarts of a rise too
@@ -340,3 +343,11 @@ def test_recovery_where_the_router_had_already_left_the_shocked_expert() -> None
     # a share that never falls: the rest of the run
     stays = np.array([0, 1] * 600)
     assert recovery(stays, shocked=1, shock_at=600, window=500) == 600
+
+
+def test_the_recovery_criterion_is_flagged_where_the_best_map_after_the_shock_keeps_the_expert() -> None:
+    # recovery asks for a share below 10% of the share before the shock
+    assert best_map_keeps(0.224, 0.164)  # the official $0.3 run: the best map keeps 16.4% > 2.24%
+    assert not best_map_keeps(0.276, 0.0)  # 20 B: the best map drops it, a miss is the router's
+    assert not best_map_keeps(0.3, 0.029) and best_map_keeps(0.3, 0.03)  # the line itself
+    assert not best_map_keeps(0.0, 0.0)  # never sent before: nothing to keep

@@ -267,6 +267,8 @@ def replay_adapt(
         mix_of(category[post], K), cost, options.target,
     )  # fmt: skip
     settled = [w for w in windows if w["start"] >= SETTLE]
+    before = float(np.mean(chosen[max(0, shock_at - options.window) : shock_at] == shocked))
+    kept_after = share_of(best_after, category[post], shocked)
     alarms = measures.alarm_report(router.alarm_log, list(stream.experts), shocked, shock_at)  # false or true
     measures.regained(chosen, alarms["alarms"], list(stream.experts), shock_at, options.window)
     return {
@@ -292,8 +294,11 @@ def replay_adapt(
             "static_share": float(share[shocked]),
             # its share under the best fixed map for the post-shock requests' true scores, at the target:
             # what it keeps where it stays the best choice after the drop
-            "best_share_after": share_of(best_after, category[post], shocked),
-            "share_before": float(np.mean(chosen[max(0, shock_at - options.window) : shock_at] == shocked)),
+            "best_share_after": kept_after,
+            "share_before": before,
+            # the recovery criterion (below 10% of share_before) asks the router to drop an expert that the
+            # best fixed map for the post-shock scores still gives more than that: a miss it cannot avoid
+            "best_map_keeps_it": measures.best_map_keeps(before, kept_after),
         },
         "recovery_requests": recovery(chosen, shocked, shock_at, options.window),
         "explored_share": float(explored.mean()),

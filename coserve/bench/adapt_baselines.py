@@ -100,6 +100,13 @@ def recovery(chosen: np.ndarray, shocked: int, shock_at: int, window: int, floor
     return len(hits)
 
 
+def best_map_keeps(share_before: float, best_share_after: float) -> bool:
+    """Whether ``recovery``'s criterion (a share below 10% of ``share_before``) asks the router to drop an
+    expert that the best fixed map for the post-shock scores still gives at least that share: a recovery
+    miss no router that keeps routing it where it is still best can avoid."""
+    return share_before > 0 and best_share_after >= 0.1 * share_before
+
+
 def alarm_report(log: Iterable[dict[str, Any]], experts: list[str], shocked: int, shock_at: int) -> dict[str, Any]:
     """Every alarm of the replay's change detector (``OnlineRouter.alarm_log``: served requests, expert,
     signed shift), with the request it came on (0-based), the expert's name, its side, and whether it is

@@ -95,7 +95,9 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     print(f"target {target:g} ({axis}); realised {report['realised_avg_cost']:.3f}")
     tracking = report["tracking_error_max"]
     tracking_text = "-" if tracking is None else f"{tracking:.4f}"  # None: no window starts after request 1,000
-    print(f"tracking_error_max {tracking_text}; recovery_requests {report['recovery_requests']}")
+    kept = " (the best fixed map after the shock keeps the shocked expert above the criterion's 10%)"
+    kept = kept if report["shock"]["best_map_keeps_it"] else ""
+    print(f"tracking_error_max {tracking_text}; recovery_requests {report['recovery_requests']}{kept}")
     print(f"quality adaptive {q['adaptive']:.4f}  static {q['static']:.4f}  hindsight {q['hindsight']:.4f}")
     return 0
 
