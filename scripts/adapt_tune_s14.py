@@ -28,7 +28,8 @@ session 16's ``kg`` and ``kg_long`` (``explore_policy: kg``, the online knowledg
 and ``kg_settle`` (``kg`` with ``kg_settle`` 500: no bonus for an expert a downward alarm just moved); session 17's
 ``kg_settle_nocal``, ``kg_settle_long`` and ``kg_settle_long_nocal`` (screened together, the winner confirmed on
 eight fresh splits, ``--salts tune10,...,tune17``); session 18's ``revert1000`` and ``revert3000`` (``alarm_revert``:
-half of a downward move taken back where its expert then got no request for that many requests).
+half of a downward move taken back where its expert then got no request for that many requests); session 19's
+``alarm_explore_long`` (``alarm_explore`` 3,000, from the two-expert screen of ``scripts/adapt_pairs_s19.py``).
 
 The rule (docs/decisions.md, session 14, fixed before any candidate's run): a candidate is adopted over the
 defaults when the interval of its mean per-run difference in checks met lies entirely above 0 and the interval
@@ -130,6 +131,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # session 18, fixed after that screen and before its own run: the whole move taken back at 3,000 (half regained
     # 11 of 177 false drops there: too little to win a cell back)
     "revert3000_whole": {"alarm_revert": 3000, "alarm_revert_share": 1.0},
+    # session 19, fixed after scripts/adapt_pairs_s19.py's screen on two-expert libraries (where it cut the worst
+    # window's tracking error by 0.022 at no quality cost but passed no rule) and before its own run: alarm_explore
+    # for 3,000 requests (a downward alarm's expert re-tested by Thompson draws while the weight is at or below 0)
+    "alarm_explore_long": {"alarm_explore": 3000},
 }  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95
