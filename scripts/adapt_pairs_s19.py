@@ -33,7 +33,6 @@ import coserve.bench.pinned  # noqa: F401
 
 # isort: split
 
-import argparse
 import shlex
 import sys
 import time
@@ -42,7 +41,7 @@ from typing import Any
 
 import numpy as np
 from adapt_tune import run_record, summarise  # beside this script
-from adapt_tune_s14 import BOOTSTRAP_SEED, LEVEL, RESAMPLES, SALTS, adopts
+from adapt_tune_s14 import BOOTSTRAP_SEED, LEVEL, RESAMPLES, adopts, tuning_arguments
 
 from coserve.bench.adapt import CALIBRATION_FOLDS, AdaptOptions, FittedStream, fit_stream, replay_adapt, split_by_prompt
 from coserve.bench.kernel import blas_kernels, kernel_cache
@@ -58,7 +57,6 @@ PAIRS = (
     ("gemma-2-9b-it", "llama-3.3-nemotron-super-49b-v1"),
 )
 DEAR_SHARE = 0.25  # the target: (1 - this) x the cheap expert's params + this x the dear one's
-SEEDS = tuple(range(9))
 COLLAPSE = 0.1  # a run's worst window this far from the target (either way)
 SETTINGS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -108,11 +106,7 @@ def one_run(f: FittedStream, costs: ExpertCosts, pair: tuple[str, str], knobs: d
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="folder with train.jsonl and experts.json")
-    parser.add_argument("--json", type=Path, required=True, help="write every setting's runs and comparisons here")
-    parser.add_argument("--salts", default=",".join(SALTS), help="the tuning splits' salts, comma-separated")
-    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds 0 to N-1 per split and pair")
+    parser = tuning_arguments(__doc__, "pair")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"'defaults' first, of: {', '.join(SETTINGS)}")
     args = parser.parse_args(argv)
     salts = args.salts.split(",")

@@ -179,12 +179,19 @@ def verdict(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {"comparisons": comparisons, "adopted_by_rule": adopted, "chosen": chosen}
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def tuning_arguments(description: str | None, per: str) -> argparse.ArgumentParser:
+    """A tuning script's parser with the arguments every one takes: the data, the report, the tuning splits'
+    salts and the seeds (0 to N-1 per split and ``per``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder with train.jsonl and experts.json")
     parser.add_argument("--json", type=Path, required=True, help="write every setting's runs and comparisons here")
     parser.add_argument("--salts", default=",".join(SALTS), help="the tuning splits' salts, comma-separated")
-    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds 0 to N-1 per split and budget")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help=f"seeds 0 to N-1 per split and {per}")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = tuning_arguments(__doc__, "budget")
     parser.add_argument(
         "--settings", default=",".join(FIRST_RUN), help=f"comma-separated, 'defaults' first, of: {', '.join(SETTINGS)}"
     )
