@@ -141,6 +141,9 @@ class OnlineSettings(BaseModel):
     alarm_explore: int = Field(0, ge=0)
     # session 14, branch nofire14: alarm_explore also where the cost weight is > 0 (the move re-tested; online_alarm)
     alarm_explore_any_weight: bool = False
+    # session 20 (docs/adapt.md): alarm_explore only while the budget has collapsed, the window's realised cost
+    # more than this share under the target (0: at any underspend the weight <= 0 allows)
+    alarm_explore_underspend: float = Field(0.0, ge=0, lt=1)
     change_shift_share: float = Field(1.0, ge=0, le=1)
     # session 11, branch knn11 (docs/adapt.md): in prompt mode, correct a prompt's estimates by the residuals
     # of feedback on its nearest earlier prompts (None: off)
@@ -218,6 +221,11 @@ class OnlineSettings(BaseModel):
             )
         if self.alarm_explore_any_weight and self.alarm_explore == 0:
             raise ValueError("alarm_explore_any_weight widens alarm_explore: it needs alarm_explore > 0")
+        if self.alarm_explore_underspend > 0 and (self.alarm_explore == 0 or self.alarm_explore_any_weight):
+            raise ValueError(
+                "alarm_explore_underspend narrows alarm_explore to a collapsed budget: it needs alarm_explore > 0"
+                " and alarm_explore_any_weight off"
+            )
         if self.change_confirm and (
             self.change_threshold == 0 or self.change_model != "flat" or self.change_baseline != "posterior"
         ):

@@ -23,6 +23,10 @@ The settings, fixed before the run:
   expert then got no request in 1,000;
 * ``explore_at_zero``: session 10's ``explore_at_zero``: every request at weight <= 0 explores (Thompson).
 
+Session 20 added, both fixed before their run: ``collapse_explore`` (``alarm_explore`` 6,000 narrowed by
+``alarm_explore_underspend`` 0.1 to a collapsed budget: the window's realised cost more than 10% under the target)
+and ``--pairs fresh``, three libraries not run before (FRESH_PAIRS), on which it is confirmed.
+
     python scripts/adapt_pairs_s19.py --data ../shared/data/llmrouter --json docs/data/adapt-pairs-s19.json
 """
 
@@ -56,6 +60,12 @@ PAIRS = (
     ("llama-3.1-8b-instruct", "llama3-chatqa-1.5-70b"),
     ("gemma-2-9b-it", "llama-3.3-nemotron-super-49b-v1"),
 )
+# session 20: three libraries of a 7-8 B expert and a 49-51 B one not run in session 19, fixed before any run of them
+FRESH_PAIRS = (
+    ("mistral-7b-instruct-v0.3", "llama-3.3-nemotron-super-49b-v1"),
+    ("llama3-chatqa-1.5-8b", "llama-3.1-nemotron-51b-instruct"),
+    ("llama-3.1-8b-instruct", "llama-3.1-nemotron-51b-instruct"),
+)
 DEAR_SHARE = 0.25  # the target: (1 - this) x the cheap expert's params + this x the dear one's
 COLLAPSE = 0.1  # a run's worst window this far from the target (either way)
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -64,6 +74,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "alarm_explore_long": {"alarm_explore": 3000},
     "revert1000_whole": {"alarm_revert": 1000, "alarm_revert_share": 1.0},
     "explore_at_zero": {"explore_at_zero": True},
+    "collapse_explore": {"alarm_explore": 6000, "alarm_explore_underspend": 0.1},
 }
 
 
@@ -73,7 +84,9 @@ def with_experts(rows: OutcomeSet, experts: tuple[str, ...]) -> OutcomeSet:
     return OutcomeSet(rows.ids, rows.prompts, rows.categories, experts, rows.scores[:, index])
 
 
-def pair_streams(data: Path, costs: ExpertCosts, salt: str) -> dict[tuple[str, str], FittedStream]:
+def pair_streams(
+    data: Path, costs: ExpertCosts, salt: str, pairs: tuple[tuple[str, str], ...] = PAIRS
+) -> dict[tuple[str, str], FittedStream]:
     """Per pair: the router fitted on the tuning prior of ``salt`` (inside the benchmark's prior half) with
     that pair's scores only, and its tuning stream."""
     rows, _ = load_outcomes(data / "train.jsonl", on_bad="skip")
@@ -84,7 +97,7 @@ def pair_streams(data: Path, costs: ExpertCosts, salt: str) -> dict[tuple[str, s
     prior, X_prior, P_prior = rows.subset(benchmark_prior), X[benchmark_prior], P[benchmark_prior]
     fit, replay = split_by_prompt(prior, salt=salt)
     out = {}
-    for pair in PAIRS:
+    for pair in pairs:
         mine = with_experts(prior, pair)
         out[pair] = fit_stream(
             mine.subset(fit), X_prior[fit], mine.subset(replay), X_prior[replay], costs, "params",
@@ -108,7 +121,9 @@ def one_run(f: FittedStream, costs: ExpertCosts, pair: tuple[str, str], knobs: d
 def main(argv: list[str]) -> int:
     parser = tuning_arguments(__doc__, "pair")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"'defaults' first, of: {', '.join(SETTINGS)}")
+    parser.add_argument("--pairs", choices=("first", "fresh"), default="first", help="PAIRS or FRESH_PAIRS")
     args = parser.parse_args(argv)
+    pairs = PAIRS if args.pairs == "first" else FRESH_PAIRS
     salts = args.salts.split(",")
     if "" in salts or "tune" in salts:
         parser.error("--salts: non-empty salts other than 'tune'")
@@ -120,7 +135,7 @@ def main(argv: list[str]) -> int:
     costs = load_costs(args.data / "experts.json")
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     for salt in salts:
-        fitted = pair_streams(args.data, costs, salt)
+        fitted = pair_streams(args.data, costs, salt, pairs)
         for name in chosen:
             start = time.perf_counter()
             for pair, f in fitted.items():
@@ -144,7 +159,7 @@ def main(argv: list[str]) -> int:
     payload = {
         "note": "two-expert libraries cut from the benchmark's prior half (tuning splits only); target "
         f"{1 - DEAR_SHARE} x cheap + {DEAR_SHARE} x dear params",
-        "pairs": [list(p) for p in PAIRS],
+        "pairs": [list(p) for p in pairs],
         "salts": salts,
         "seeds": list(range(args.seeds)),
         "blas": blas_kernels(),

@@ -135,6 +135,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # window's tracking error by 0.022 at no quality cost but passed no rule) and before its own run: alarm_explore
     # for 3,000 requests (a downward alarm's expert re-tested by Thompson draws while the weight is at or below 0)
     "alarm_explore_long": {"alarm_explore": 3000},
+    # session 20, fixed before its run: alarm_explore for 6,000 requests but only while the budget has collapsed (the
+    # window's realised cost more than 10% under the target, alarm_explore_underspend 0.1), a guard against session
+    # 19's collapse of a two-expert library after a false drop of its dear expert; judged by a non-inferiority rule
+    # written in docs/decisions.md (session 20) before the run
+    "collapse_explore": {"alarm_explore": 6000, "alarm_explore_underspend": 0.1},
 }  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95

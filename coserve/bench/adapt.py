@@ -117,6 +117,7 @@ class AdaptOptions:
     weight_floor: float = _ONLINE.weight_floor  # the cost weight's floor is -weight_floor (two-sided target)
     alarm_explore: int = _ONLINE.alarm_explore  # requests after a downward alarm its expert may be explored
     alarm_explore_any_weight: bool = _ONLINE.alarm_explore_any_weight  # ... at any cost weight, not only <= 0
+    alarm_explore_underspend: float = _ONLINE.alarm_explore_underspend  # ... only this share under the target
     change_shift_share: float = _ONLINE.change_shift_share  # share of the estimated shift an alarm moves means
     neighbours: dict[str, Any] | None = _NEIGHBOURS  # router.online.neighbours (NeighbourSettings' fields); None: off
     change_model: str = (

@@ -126,6 +126,7 @@ class OnlineRouter(OnlineChoice):
         weight_floor: float = 0.0,
         alarm_explore: int = 0,
         alarm_explore_any_weight: bool = False,
+        alarm_explore_underspend: float = 0.0,
         alarm_revert: int = 0,
         alarm_revert_share: float = 0.5,
         neighbours: NeighbourSettings | None = None,
@@ -160,7 +161,9 @@ class OnlineRouter(OnlineChoice):
         )  # the cap: past it no choice changes (as where a request's constraints force dear experts)
         self.explore_cap = float(explore_cap)
         self.explore_at_zero = bool(explore_at_zero)  # explore, beyond the cap, where the cost weight is 0
-        self.after_alarm = AlarmExploration(self.posterior.shape[1], alarm_explore, alarm_explore_any_weight)  # moved
+        self.after_alarm = AlarmExploration(
+            self.posterior.shape[1], alarm_explore, alarm_explore_any_weight, alarm_explore_underspend
+        )  # an expert an alarm moved, re-tested
         self.reverter = AlarmRevert(*self.posterior.shape, alarm_revert, alarm_revert_share)  # a starved move, back
         self.probe = ChangeProbe(self.posterior.shape[1], probe)  # route to a suspect expert (online_probe)
         self.confirm = ChangeConfirm(self.posterior.shape[1], confirm)  # a downward alarm re-tested (online_confirm)

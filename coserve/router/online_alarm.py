@@ -18,6 +18,13 @@ no feedback ever corrects the move. A Thompson draw of its wide, just-cut poster
 may be the best choice at the weight in force, so the re-test costs little where the move was right and
 returns the expert's traffic where it was not (docs/decisions.md, session 14, branch nofire14).
 
+``underspend`` (``alarm_explore_underspend``, session 20) narrows it to a collapsed budget: the re-test acts only
+while the realised cost over the controller's window is more than that share under the target. At weight <= 0
+alone the router also sits where it spends about the target and no expert is starved; a collapse is the case a
+false drop makes in a small library (docs/adapt.md, session 19: with two experts, a false drop of the dear one
+left 86-88% of the budget unspent for thousands of requests), and only there is a re-test cheap: the budget it
+spends was going unspent.
+
 ``AlarmRevert`` (``alarm_revert``, session 18, off at 0) keeps, per expert, the move of its last downward
 alarm and the requests routed since. Where the expert got not one of the next ``requests`` routed requests
 (the move starved it, so no feedback can ever correct it), a share of the move (``alarm_revert_share``, half
@@ -32,6 +39,7 @@ Pure numbers; knows nothing about posteriors, routing or the store (``coserve.ro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,11 +50,12 @@ __all__ = ["AlarmExploration", "AlarmRevert", "saved_counts"]
 class AlarmExploration:
     """Per expert, the routed requests left during which an alarm lets it be explored."""
 
-    def __init__(self, experts: int, requests: int = 0, any_weight: bool = False) -> None:
-        if experts <= 0 or requests < 0:
-            raise ValueError("experts must be positive and requests >= 0")
+    def __init__(self, experts: int, requests: int = 0, any_weight: bool = False, underspend: float = 0.0) -> None:
+        if experts <= 0 or requests < 0 or not 0.0 <= underspend < 1.0:
+            raise ValueError("experts must be positive, requests >= 0 and underspend in [0, 1)")
         self.requests = int(requests)  # requests an alarm opens (0: never)
         self.any_weight = bool(any_weight)  # explore at any cost weight, not only where it is <= 0
+        self.underspend = float(underspend)  # > 0: only while the window spends under (1 - this) x the target
         self.left = np.zeros(experts, dtype=np.int64)
 
     def alarmed(self, expert: int) -> None:
@@ -57,10 +66,17 @@ class AlarmExploration:
         """Which experts may be explored now ``[E]`` (bool)."""
         return np.asarray(self.left > 0)
 
-    def acts(self, unbound: bool) -> bool:
+    def acts(self, unbound: bool, spent: Callable[[], float | None] | None = None) -> bool:
         """Whether a request decided with the budget ``unbound`` (cost weight <= 0) or not may explore an
-        open expert: some expert is open, and the weight is <= 0 or ``any_weight`` is set."""
-        return (unbound or self.any_weight) and bool((self.left > 0).any())
+        open expert: some expert is open, and the weight is <= 0 or ``any_weight`` is set; with ``underspend``,
+        also ``spent()`` (the window's realised cost over the target; None before any request) is below
+        ``1 - underspend`` (read only then)."""
+        if not ((unbound or self.any_weight) and bool((self.left > 0).any())):
+            return False
+        if self.underspend == 0:
+            return True
+        share = None if spent is None else spent()
+        return share is not None and share < 1.0 - self.underspend
 
     def routed(self) -> None:
         """One request was routed: every open count moves one down."""
@@ -73,7 +89,7 @@ class AlarmExploration:
 
     def restored(self, saved: Any) -> AlarmExploration:
         """A copy with these settings and ``saved`` loaded (``restore``); ValueError where it does not fit."""
-        fresh = AlarmExploration(len(self.left), self.requests, self.any_weight)
+        fresh = AlarmExploration(len(self.left), self.requests, self.any_weight, self.underspend)
         fresh.restore(saved)
         return fresh
 

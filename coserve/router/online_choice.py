@@ -71,6 +71,11 @@ class OnlineChoice:
     def _scaled_cost(self) -> np.ndarray:
         return self.cost / self.controller.target
 
+    def _spent(self) -> float | None:  # read only where alarm_explore_underspend is set
+        """The realised cost over the controller's window as a share of the target (None before any request)."""
+        realised = self.controller.realised()
+        return None if realised is None else realised / self.controller.target
+
     def exploring_share(self) -> float:
         """Exploring decisions among the last ``window`` requests, divided by ``window`` (a budget of
         ``explore_cap * window`` explorations per window, however few requests came so far)."""
@@ -121,7 +126,7 @@ class OnlineChoice:
         if capped and self.kg.on:  # the value of information instead of a draw (online_kg)
             informed = self._informed(category, row, objective, mask, greedy)
             choice, explored = (greedy, False) if informed is None else (informed, True)
-        elif capped or (self.explore_at_zero and unbound) or self.after_alarm.acts(unbound):
+        elif capped or (self.explore_at_zero and unbound) or self.after_alarm.acts(unbound, self._spent):
             draw = (self.posterior.sample(category, self.rng) + shift)[None, :]
             sampled = int(solve_weighted(draw, self._scaled_cost(), snap.weight, mask)[0])
             # beyond the cap and explore_at_zero, only an expert an alarm just moved is explored

@@ -51,6 +51,7 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
         "weight_floor": settings.weight_floor,
         "alarm_explore": settings.alarm_explore,
         "alarm_explore_any_weight": settings.alarm_explore_any_weight,
+        "alarm_explore_underspend": settings.alarm_explore_underspend,
         "alarm_revert": settings.alarm_revert,
         "alarm_revert_share": settings.alarm_revert_share,
         "neighbours": settings.neighbours,
