@@ -57,15 +57,11 @@ def front(cost: Numbers, quality: Numbers) -> tuple[np.ndarray, np.ndarray]:
     keep = np.isfinite(c) & np.isfinite(q)
     c, q = c[keep], q[keep]
     order = np.lexsort((-q, c))  # by cost, then best quality first
-    xs: list[float] = []
-    ys: list[float] = []
-    for i in order:
-        if not ys or q[i] > ys[-1]:
-            if xs and c[i] == xs[-1]:
-                continue
-            xs.append(float(c[i]))
-            ys.append(float(q[i]))
-    return np.asarray(xs), np.asarray(ys)
+    c, q = c[order], q[order]
+    # a point is on the front when it beats every cheaper one (and, of equal costs, only the first can)
+    before = np.maximum.accumulate(np.concatenate([[-np.inf], q[:-1]])) if len(q) else q
+    keep = q > before
+    return c[keep], q[keep]
 
 
 def quality_at_budget(cost: Numbers, quality: Numbers, budget: float) -> float:
