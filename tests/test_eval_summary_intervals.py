@@ -140,6 +140,8 @@ def test_differences_from_the_reference_router(separable: tuple[Path, Path, Path
     assert d["interval_95"][0] <= d["difference"] <= d["interval_95"][1]
     with pytest.raises(ConfigError, match="nosuch: not a router evaluated"):
         _evaluate(separable, reference="nosuch")
+    with pytest.raises(ConfigError, match="top2: the differences come with the intervals; evaluate with intervals"):
+        _evaluate(separable, reference="top2", intervals=False)
 
 
 def test_the_existing_figures_are_those_without_intervals(separable: tuple[Path, Path, Path]) -> None:

@@ -116,7 +116,8 @@ def check_reference(reference: str | None, routers: Sequence[str], intervals: bo
     """Refuse, before any work, a reference router that is not among ``routers`` or that comes without the
     intervals its differences are drawn from."""
     if reference is not None and not intervals:
-        raise ConfigError(f"{flag} {reference}: the differences come with the intervals; leave out --no-intervals")
+        turn_on = "leave out --no-intervals" if flag.startswith("--") else "evaluate with intervals=True"
+        raise ConfigError(f"{flag} {reference}: the differences come with the intervals; {turn_on}")
     if reference is not None and reference not in routers:
         raise ConfigError(f"{flag} {reference}: not a router evaluated; one of {', '.join(routers)}")
 
