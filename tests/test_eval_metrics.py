@@ -15,6 +15,21 @@ def test_front_keeps_only_improving_points() -> None:
     assert xs.tolist() == [1, 2, 3] and ys.tolist() == [0.5, 0.55, 0.7]
 
 
+def test_the_front_is_the_points_that_beat_every_cheaper_one() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # ties in cost and in quality, and a missing value, on small grids
+        n = int(rng.integers(0, 10))
+        cost, quality = rng.integers(0, 4, n).astype(float), rng.integers(0, 4, n) / 3
+        if n:
+            cost[rng.integers(0, n)] = np.nan
+        xs, ys = M.front(cost, quality)
+        ok = np.isfinite(cost)
+        expected = sorted({(c, q) for c, q in zip(cost[ok], quality[ok], strict=True)
+                           if all(q > q2 for c2, q2 in zip(cost[ok], quality[ok], strict=True) if c2 < c)
+                           and q == quality[ok][cost[ok] == c].max()})  # fmt: skip
+        assert list(zip(xs.tolist(), ys.tolist(), strict=True)) == expected
+
+
 def test_quality_at_budget_and_min_budget() -> None:
     cost, quality = [1.0, 3.0], [0.4, 0.8]
     assert M.quality_at_budget(cost, quality, 2.0) == pytest.approx(0.6)

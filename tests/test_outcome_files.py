@@ -363,6 +363,7 @@ def test_the_eval_report_has_the_keys_docs_eval_md_lists(tmp_path: Path, cache: 
     assert set(body) == {"routers", "baselines", "meta", "provenance"}
     meta = {"n_train", "n_eval", "experts", "categories", "mode", "folds", "seed", "embedder", "cost_axes"}
     meta |= {"primary_axis", "strong_expert", "hybrid", "not_run", "data", "test", "skipped_rows", "intervals"}
+    meta |= {"reference"}
     assert set(body["meta"]) == meta  # "embedders" too when no --embedder is given (each router's own)
     provenance = {"command", "commit", "date", "cpu_model", "cpu_count", "usable_cores", "python", "wall_seconds"}
     assert provenance <= set(body["provenance"]) and body["provenance"]["wall_seconds"] > 0
@@ -373,6 +374,7 @@ def test_the_eval_report_has_the_keys_docs_eval_md_lists(tmp_path: Path, cache: 
     metrics |= {"category_accuracy", "ece", "ece_calibrated", "temperature", "alpha", "min_confidence"}
     metrics |= {"ood_threshold", "fallback_rate", "apgr", "cpt50", "cpt80", "cpt95"}
     metrics |= {"quality_at_best_single_budget_interval_95", "margin_at_best_single_budget"}
+    metrics |= {"summary_intervals_95", "summary_undefined_resamples", "difference_from_reference"}
     for entry in body["routers"].values():
         assert set(entry) == {"points", "metrics"} and set(entry["metrics"]) <= metrics
         assert all(set(p) <= point for p in entry["points"])

@@ -201,8 +201,13 @@ def test_eval_scores_each_router_on_the_vectors_train_fits_it_on(
     report = json.loads(merged.read_text())
     assert report["meta"]["embedders"] == {"map-logistic": "hashing", "stack": "hashing+features"}
     assert report["meta"]["embedder"] == "per router (meta.embedders)"
+    # the differences from the reference router are taken across the groups, of the same resamples
+    assert report["meta"]["reference"] == "map-logistic"
+    assert report["routers"]["stack"]["metrics"]["difference_from_reference"]["router"] == "map-logistic"
     for name, alone in (("stack", alone_stack), ("map-logistic", alone_map)):
         single = json.loads(alone.read_text())
+        for one in (report, single):  # (alone, each router is its own reference)
+            del one["routers"][name]["metrics"]["difference_from_reference"]
         assert report["routers"][name] == single["routers"][name]
         assert report["baselines"] == single["baselines"]
     # an explicit --embedder still gives every router the same vectors

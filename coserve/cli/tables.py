@@ -14,11 +14,14 @@ from typing import Any
 
 from coserve.errors import ConfigError
 
-__all__ = ["Table", "check_csv_dir", "eval_tables", "trained_tables", "write_tables"]
+__all__ = ["Table", "check_csv_dir", "eval_tables", "summary_lines", "trained_tables", "write_tables"]
 
 Table = tuple[list[str], list[list[Any]]]
 BASELINE_COLUMNS = ["name", "quality", "avg_params_b", "avg_price"]
 MARGIN_COLUMNS = ["margin", "interval_low", "interval_high"]
+SUMMARY_FIGURES = ("auc_params", "auc_price", "oracle_gap_closed", "apgr", "cpt50", "cpt80", "cpt95")
+SUMMARY_COLUMNS = ["router", "figure", "value", "interval_low", "interval_high", "undefined_resamples", "reference",
+                   "difference", "difference_low", "difference_high", "difference_undefined_resamples"]  # fmt: skip
 
 
 def check_csv_dir(folder: str | None) -> None:
@@ -71,7 +74,60 @@ def eval_tables(report: dict[str, Any]) -> dict[str, Table]:
             m["min_budget_for_best_single_quality"], m["oracle_gap_closed"], m.get("apgr"),
             None if headline is None else headline["expert"], *_margin_cells(headline),
         ])  # fmt: skip
-    return {"eval-baselines": (BASELINE_COLUMNS, baselines), "eval-routers": (header, rows)}
+    return {
+        "eval-baselines": (BASELINE_COLUMNS, baselines),
+        "eval-routers": (header, rows),
+        "eval-summary": (SUMMARY_COLUMNS, _summary_rows(report)),
+    }
+
+
+def _summary_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """One row per router and summary figure it has: the figure, its interval over the resampled prompts, and
+    its paired difference from the reference router (empty cells with ``--no-intervals``)."""
+    rows = []
+    for name, entry in report["routers"].items():
+        m = entry["metrics"]
+        ends, undefined = m.get("summary_intervals_95", {}), m.get("summary_undefined_resamples", {})
+        versus = m.get("difference_from_reference") or {"router": None, "figures": {}}
+        for figure in (f for f in SUMMARY_FIGURES if f in m):
+            d = versus["figures"].get(figure)
+            rows.append([
+                name, figure, m[figure], *ends.get(figure, [None, None]), undefined.get(figure), versus["router"],
+                *([None] * 4 if d is None else [d["difference"], *d["interval_95"], d["undefined_resamples"]]),
+            ])  # fmt: skip
+    return rows
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The printed summary: each router's AUC on the primary axis, ``oracle_gap_closed`` and (two experts) APGR,
+    each with its 95% interval and its paired difference from the reference router; none without intervals."""
+    reference = report["meta"].get("reference")
+    if reference is None:
+        return []
+    figures = [f"auc_{report['meta']['primary_axis']}", "oracle_gap_closed", "apgr"]
+    figures = [f for f in figures if any(f in e["metrics"] for e in report["routers"].values())]
+    head = "".join(f" {f + ' [95%]':<24} {'- ref [95%]':<24}" for f in figures)
+    lines = [f"summary figures, and each less the reference (ref: {reference}) over the same resampled prompts:",
+             f"{'router':<26}{head}".rstrip()]  # fmt: skip
+    for name, entry in report["routers"].items():
+        m = entry["metrics"]
+        ends = m.get("summary_intervals_95", {})
+        versus = (m.get("difference_from_reference") or {"figures": {}})["figures"]
+        cells = []
+        for f in figures:
+            d = versus.get(f)
+            cells.append(f" {_with_interval(m.get(f), ends.get(f), ''):<24}")
+            cells.append(f" {_with_interval(d and d['difference'], d and d['interval_95'], '+'):<24}")
+        lines.append((f"{name:<26}" + "".join(cells)).rstrip())
+    return lines
+
+
+def _with_interval(value: float | None, ends: list[float | None] | None, sign: str) -> str:
+    """``0.812 [0.801, 0.823]`` (``sign`` '+': signed, for a difference); ``-`` for what is missing."""
+    if value is None:
+        return "-"
+    low, high = ("-" if x is None else f"{x:{sign}.3f}" for x in (ends or [None, None]))
+    return f"{value:{sign}.3f} [{low}, {high}]"
 
 
 def trained_tables(report: dict[str, Any]) -> dict[str, Table]:

@@ -99,9 +99,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import time
 
     from coserve.bench.provenance import write_data
-    from coserve.cli.tables import check_csv_dir, eval_tables, write_tables
+    from coserve.cli.tables import check_csv_dir, eval_tables, summary_lines, write_tables
     from coserve.eval.data import load_costs, load_outcomes
     from coserve.eval.harness import available_routers, evaluate, evaluate_grouped
+    from coserve.eval.intervals import check_reference
     from coserve.router.embedders import make_embedder
 
     started = time.perf_counter()
@@ -123,12 +124,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"coserve: skipped {problem}", file=sys.stderr)
     routers, users = _router_names(args.routers, len(set(train.categories)))
+    names = routers if routers is not None else available_routers(len(set(train.categories)))[0]
+    check_reference(args.reference, names, not args.no_intervals, "--reference")
     options = {"folds": args.folds, "seed": args.seed, "jobs": args.jobs, "user_routers": users,
-               "intervals": not args.no_intervals}  # fmt: skip
+               "intervals": not args.no_intervals, "reference": args.reference}  # fmt: skip
     if args.embedder:
         report = evaluate(train, test, costs, routers=routers, embedder=make_embedder(args.embedder), **options)
     else:  # each router on the vectors `coserve train` fits it on: what it would deploy
-        names = routers if routers is not None else available_routers(len(set(train.categories)))[0]
         by_embedder: dict[str, list[str]] = {}
         for name in names:
             by_embedder.setdefault(default_embedder(name), []).append(name)
@@ -158,6 +160,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             + _margin(m.get("margin_at_best_single_budget"))
             + (f"  apgr {_fmt(m['apgr'])}" if "apgr" in m else "")
         )
+    print("\n".join(summary_lines(report)))
     if args.csv:
         print(f"tables: {', '.join(str(p) for p in write_tables(args.csv, eval_tables(report)))}")
     print(f"report: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
@@ -343,6 +346,7 @@ def add_eval_parser(sub: Subcommands) -> None:
     p.add_argument("--cascade", help="rows with signals: replay this library's cascade (default: cheapest first)")
     p.add_argument("--csv", help="also write the printed tables as CSV files in this folder")
     p.add_argument("--no-intervals", action="store_true", help="leave out the bootstrap intervals over prompts")
+    p.add_argument("--reference", help="router the others' summary figures are compared to (default: best AUC)")
     p.set_defaults(func=cmd_eval)
 
 

@@ -20,7 +20,7 @@ from coserve.bootstrap import RESAMPLES, SEED
 from coserve.errors import ConfigError
 from coserve.eval import metrics as M
 from coserve.eval.data import INNER_FOLDS, ExpertCosts, OutcomeSet, embed_cached, grouped_folds
-from coserve.eval.intervals import add_intervals
+from coserve.eval.intervals import add_differences, add_intervals, check_reference
 from coserve.eval.metrics import json_number
 from coserve.eval.sweeps import HYBRID_CLASSIFIER, HYBRID_PREDICTOR, STACK, TOP_K, Axis, Fold, FoldModels, sweep
 
@@ -140,32 +140,25 @@ def _router_metrics(
     singles = {e: base[e] for e in experts}
     best = max(singles.values(), key=lambda b: b["quality"])
     q_best, q_oracle = best["quality"], base["oracle"]["quality"]
-    out: dict[str, Any] = {}
-    for axis in ("params", "price"):
-        pts = [p for p in points if p["axis"] == axis]
-        if axis in x_range and pts:
-            out[f"auc_{axis}"] = json_number(
-                M.normalised_auc([p[key[axis]] for p in pts], [p["quality"] for p in pts], *x_range[axis], q_oracle)
-            )
-    pts = [p for p in points if p["axis"] == primary]
-    xs, qs = [p[key[primary]] for p in pts], [p["quality"] for p in pts]
+    on = {axis: [p for p in points if p["axis"] == axis] for axis in ("params", "price")}
+    fronts = {a: ([p[key[a]] for p in on[a]], [p["quality"] for p in on[a]]) for a in on if a in x_range and on[a]}
+    xs, qs = [p[key[primary]] for p in on[primary]], [p["quality"] for p in on[primary]]
     best_cost = best[key[primary]]
     q_at = M.quality_at_budget(xs, qs, best_cost)
     min_budget = M.min_budget_for_quality(xs, qs, q_best)
+    two = None
+    if strong is not None:
+        q_s, q_w = base[experts[strong]]["quality"], base[experts[1 - strong]]["quality"]
+        two = ([p["strong_fraction"] for p in points], [p["quality"] for p in points], q_w, q_s)
+    figures = {k: json_number(v) for k, v in M.summary(fronts, x_range, q_at, q_best, q_oracle, two).items()}
+    out: dict[str, Any] = {k: v for k, v in figures.items() if k.startswith("auc_")}
     out.update(
         cost_axis=primary,
         quality_at_best_single_budget=json_number(q_at),
         min_budget_for_best_single_quality=json_number(min_budget),
         min_budget_ratio_to_best_single=json_number(min_budget / best_cost) if best_cost > 0 else None,
-        oracle_gap_closed=json_number(M.oracle_gap_closed(q_at, q_best, q_oracle)),
     )
-    if strong is not None:
-        weak = 1 - strong
-        q_s, q_w = base[experts[strong]]["quality"], base[experts[weak]]["quality"]
-        fr, qq = [p["strong_fraction"] for p in points], [p["quality"] for p in points]
-        out["apgr"] = json_number(M.apgr(fr, qq, q_w, q_s))
-        for pct in (50, 80, 95):
-            out[f"cpt{pct}"] = json_number(M.cpt(fr, qq, q_w, q_s, pct))
+    out.update({k: v for k, v in figures.items() if not k.startswith("auc_")})
     return out
 
 
@@ -181,13 +174,17 @@ def evaluate(
     jobs: int = 1,
     user_routers: Mapping[str, str] | None = None,
     intervals: bool = True,
+    reference: str | None = None,
+    resampled_out: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate routers by grouped cross-validation on ``train`` or on ``test``; returns the report.
 
     ``jobs`` > 1 runs folds in that many processes; the report is the same as with one.
     ``user_routers`` maps the names in ``routers`` of the user's own routers to their specs
     (coserve.eval.user_router). ``intervals``: each figure's paired bootstrap interval over the evaluated
-    prompts (``coserve.eval.intervals``).
+    prompts (``coserve.eval.intervals``), and each router's paired difference from ``reference`` (None: the
+    best-AUC built-in router); with ``resampled_out`` (``evaluate_grouped``'s) the routers' resampled summary
+    figures go there and the differences are left to the caller.
     """
     from tqdm import tqdm
 
@@ -208,6 +205,8 @@ def evaluate(
         if unknown:
             raise ConfigError(f"routers not available: {unknown}; available: {names}; missing: {missing}")
         names = list(routers)
+    if resampled_out is None:
+        check_reference(reference, names, intervals)
     axes = _axes(costs, train)
     primary = axes[0].name
     everything = np.arange(len(train))
@@ -251,6 +250,7 @@ def evaluate(
     y_int = np.array([classes.index(c) if c in classes else -1 for c in evaluated.categories])
     known = y_int >= 0
     report: dict[str, Any] = {}
+    resampled: dict[str, Any] = {}
     for name in names:
         points = _points(pooled[name], Y, costs, strong, by_lam=not name.startswith("map-"))
         entry: dict[str, Any] = {
@@ -259,7 +259,7 @@ def evaluate(
         }
         if intervals:
             reached = [choice for _, choice in _reached(pooled[name])]
-            add_intervals(points, reached, entry["metrics"], Y, costs, base, train.experts, primary)
+            resampled[name] = add_intervals(points, reached, entry["metrics"], Y, costs, base, train.experts, primary)
         clf = _classifier_of(name)
         if clf is not None:
             post = posteriors[clf]
@@ -288,7 +288,12 @@ def evaluate(
         "not_run": missing,
         "intervals": {"resamples": RESAMPLES, "seed": SEED, "level": 0.95} if intervals else None,
     }
-    return {"routers": report, "baselines": base, "meta": meta}
+    out = {"routers": report, "baselines": base, "meta": meta}
+    if intervals and resampled_out is not None:
+        resampled_out.update(resampled)
+    elif intervals:
+        add_differences(out, resampled, reference, user_routers or {})
+    return out
 
 
 def evaluate_grouped(
@@ -296,6 +301,7 @@ def evaluate_grouped(
     test: OutcomeSet | None,
     costs: ExpertCosts,
     groups: Mapping[str, tuple[Any, Sequence[str]]],
+    reference: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """``evaluate`` once per embedder, each on its own routers, merged into one report.
@@ -303,10 +309,12 @@ def evaluate_grouped(
     ``groups`` maps an embedder's name to (the embedder, its routers). The folds, inner splits and
     baselines depend on the prompts and scores only, so every group is scored on the same rows and
     the merged report compares the routers as one run would; ``meta.embedders`` says which vectors
-    each router read.
+    each router read; the differences from ``reference`` are taken over all groups' routers.
     """
+    check_reference(reference, [r for _, rs in groups.values() for r in rs], options.get("intervals", True))
+    resampled: dict[str, Any] = {}
     reports = [
-        (name, evaluate(train, test, costs, routers=list(rs), embedder=e, **options))
+        (name, evaluate(train, test, costs, routers=list(rs), embedder=e, resampled_out=resampled, **options))
         for name, (e, rs) in groups.items()
     ]
     if not reports:
@@ -317,6 +325,8 @@ def evaluate_grouped(
         merged["routers"].update(report["routers"])
         merged["meta"]["embedders"].update(dict.fromkeys(report["routers"], name))
     merged["meta"]["embedder"] = reports[0][0] if len(reports) == 1 else "per router (meta.embedders)"
+    if options.get("intervals", True):
+        add_differences(merged, resampled, reference, options.get("user_routers") or {})
     return merged
 
 

@@ -14,11 +14,14 @@ Conventions (documented choices):
   calls that go to the strong model, from 0 to 1; all-weak (0, q_weak) and all-strong
   (1, q_strong) are always reachable and are added to the points. **CPT(x%)** is the smallest
   fraction of strong calls whose PGR reaches x%.
+* **Summary figures** (``summary``): the AUCs, ``oracle_gap_closed`` and, given a strong and a weak
+  expert, APGR and CPT(50/80/95), computed in one place from plain numbers, so a report's figures and
+  their bootstrap resamples (``coserve.eval.intervals``) are the same computation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +38,11 @@ __all__ = [
     "oracle_gap_closed",
     "pgr_curve",
     "quality_at_budget",
+    "summary",
 ]
+
+CPT_PERCENTS = (50, 80, 95)
+Numbers = Sequence[float] | np.ndarray  # a figure per operating point: a list, or a row of resampled means
 
 
 def json_number(x: Any) -> float | None:
@@ -43,25 +50,21 @@ def json_number(x: Any) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), 6)
 
 
-def front(cost: Sequence[float], quality: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def front(cost: Numbers, quality: Numbers) -> tuple[np.ndarray, np.ndarray]:
     """The upper-left Pareto front: points sorted by cost, each strictly better than all cheaper ones."""
     c = np.asarray(cost, dtype=float)
     q = np.asarray(quality, dtype=float)
     keep = np.isfinite(c) & np.isfinite(q)
     c, q = c[keep], q[keep]
     order = np.lexsort((-q, c))  # by cost, then best quality first
-    xs: list[float] = []
-    ys: list[float] = []
-    for i in order:
-        if not ys or q[i] > ys[-1]:
-            if xs and c[i] == xs[-1]:
-                continue
-            xs.append(float(c[i]))
-            ys.append(float(q[i]))
-    return np.asarray(xs), np.asarray(ys)
+    c, q = c[order], q[order]
+    # a point is on the front when it beats every cheaper one (and, of equal costs, only the first can)
+    before = np.maximum.accumulate(np.concatenate([[-np.inf], q[:-1]])) if len(q) else q
+    keep = q > before
+    return c[keep], q[keep]
 
 
-def quality_at_budget(cost: Sequence[float], quality: Sequence[float], budget: float) -> float:
+def quality_at_budget(cost: Numbers, quality: Numbers, budget: float) -> float:
     """Quality reachable at ``budget`` (linear on the front, flat after it, NaN below its first point)."""
     xs, ys = front(cost, quality)
     if len(xs) == 0 or budget < xs[0]:
@@ -69,7 +72,7 @@ def quality_at_budget(cost: Sequence[float], quality: Sequence[float], budget: f
     return float(np.interp(budget, xs, ys))
 
 
-def min_budget_for_quality(cost: Sequence[float], quality: Sequence[float], target: float) -> float:
+def min_budget_for_quality(cost: Numbers, quality: Numbers, target: float) -> float:
     """The smallest budget whose quality reaches ``target`` (linear on the front); NaN if never."""
     xs, ys = front(cost, quality)
     if len(xs) == 0 or ys[-1] < target:
@@ -81,9 +84,7 @@ def min_budget_for_quality(cost: Sequence[float], quality: Sequence[float], targ
     return float(x0 + (target - y0) * (x1 - x0) / (y1 - y0))
 
 
-def normalised_auc(
-    cost: Sequence[float], quality: Sequence[float], x_lo: float, x_hi: float, oracle_quality: float
-) -> float:
+def normalised_auc(cost: Numbers, quality: Numbers, x_lo: float, x_hi: float, oracle_quality: float) -> float:
     """Area under the front over ``[x_lo, x_hi]`` divided by the oracle's (``oracle_quality`` * width)."""
     if not x_hi > x_lo or not oracle_quality > 0:
         return float("nan")
@@ -96,7 +97,7 @@ def normalised_auc(
 
 
 def pgr_curve(
-    strong_fraction: Sequence[float], quality: Sequence[float], q_weak: float, q_strong: float, n: int = 1001
+    strong_fraction: Numbers, quality: Numbers, q_weak: float, q_strong: float, n: int = 1001
 ) -> tuple[np.ndarray, np.ndarray]:
     """PGR on a grid of strong-call fractions in [0, 1], from the front with both endpoints added."""
     fractions = [*strong_fraction, 0.0, 1.0]
@@ -109,17 +110,18 @@ def pgr_curve(
     return grid, (np.interp(grid, xs, ys) - q_weak) / gap
 
 
-def apgr(strong_fraction: Sequence[float], quality: Sequence[float], q_weak: float, q_strong: float) -> float:
+def apgr(strong_fraction: Numbers, quality: Numbers, q_weak: float, q_strong: float) -> float:
     """Average performance gap recovered: the integral of PGR over the strong-call fraction."""
     grid, pgr = pgr_curve(strong_fraction, quality, q_weak, q_strong)
     return float(np.trapezoid(pgr, grid))
 
 
-def cpt(
-    strong_fraction: Sequence[float], quality: Sequence[float], q_weak: float, q_strong: float, percent: float
-) -> float:
+def cpt(strong_fraction: Numbers, quality: Numbers, q_weak: float, q_strong: float, percent: float) -> float:
     """Smallest fraction of calls to the strong model (in %) whose PGR reaches ``percent`` %."""
-    grid, pgr = pgr_curve(strong_fraction, quality, q_weak, q_strong)
+    return _cpt_on(*pgr_curve(strong_fraction, quality, q_weak, q_strong), percent)
+
+
+def _cpt_on(grid: np.ndarray, pgr: np.ndarray, percent: float) -> float:
     reached = pgr >= percent / 100.0 - 1e-12
     return float(100.0 * grid[np.argmax(reached)]) if reached.any() else float("nan")
 
@@ -128,6 +130,27 @@ def oracle_gap_closed(quality: float, best_single: float, oracle: float) -> floa
     """Share of the gap between the best single expert and the oracle that ``quality`` closes."""
     gap = oracle - best_single
     return float((quality - best_single) / gap) if gap > 0 else float("nan")
+
+
+def summary(
+    fronts: Mapping[str, tuple[Numbers, Numbers]],
+    x_range: Mapping[str, tuple[float, float]],
+    q_at: float,
+    q_best: float,
+    q_oracle: float,
+    two_expert: tuple[Numbers, Numbers, float, float] | None = None,
+) -> dict[str, float]:
+    """A router's summary figures: ``auc_<axis>`` for each axis of ``fronts`` (its points' costs and
+    qualities on it) over that axis's ``x_range``, ``oracle_gap_closed`` of ``q_at`` (the front's quality at
+    the best single expert's cost), and with ``two_expert`` (every point's strong fraction, its quality,
+    q_weak, q_strong) ``apgr`` and ``cpt50``/``cpt80``/``cpt95``; NaN where one is undefined."""
+    out = {f"auc_{axis}": normalised_auc(c, q, *x_range[axis], q_oracle) for axis, (c, q) in fronts.items()}
+    out["oracle_gap_closed"] = oracle_gap_closed(q_at, q_best, q_oracle)
+    if two_expert is not None:
+        grid, pgr = pgr_curve(*two_expert)  # once for APGR and every CPT
+        out["apgr"] = float(np.trapezoid(pgr, grid))
+        out.update({f"cpt{pct}": _cpt_on(grid, pgr, pct) for pct in CPT_PERCENTS})
+    return out
 
 
 def category_accuracy(predicted: Sequence[str], true: Sequence[str]) -> float:
