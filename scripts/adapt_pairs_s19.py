@@ -133,13 +133,16 @@ def main(argv: list[str]) -> int:
     if args.seeds < 1:
         parser.error("--seeds: at least 1")
     costs = load_costs(args.data / "experts.json")
+    seeds = range(args.seeds)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     for salt in salts:
         fitted = pair_streams(args.data, costs, salt, pairs)
         for name in chosen:
             start = time.perf_counter()
             for pair, f in fitted.items():
-                runs[name] += [{**one_run(f, costs, pair, SETTINGS[name], s), "split": salt} for s in range(args.seeds)]
+                # the pair in the split's name: two pairs of equal costs have the same target (a run's other keys)
+                split = f"{salt}/{pair[0]}+{pair[1]}"
+                runs[name] += [{**one_run(f, costs, pair, SETTINGS[name], s), "split": split} for s in seeds]
             print(salt, name, f"{time.perf_counter() - start:.0f} s", flush=True)
     results = {}
     for name in chosen:
