@@ -148,6 +148,11 @@ def main(argv: list[str]) -> int:
     for name in chosen:
         summary = summarise(SETTINGS[name], runs[name])
         summary["collapses"] = sum(r["worst_window"] > COLLAPSE for r in runs[name])
+        summary["collapsed_runs"] = [
+            {k: r[k] for k in ("split", "seed", "worst_window", "dear_false_drops", "shock_expert")}
+            for r in runs[name]
+            if r["worst_window"] > COLLAPSE
+        ]
         summary["dear_false_drops"] = sum(r["dear_false_drops"] for r in runs[name])
         summary["median_recovery"] = float(np.median([r["recovery_requests"] for r in runs[name]]))
         results[name] = summary
