@@ -145,6 +145,9 @@ class OnlineSettings(BaseModel):
     # more than this share under the target (0: at any underspend the weight <= 0 allows)
     alarm_explore_underspend: float = Field(0.0, ge=0, lt=1)
     change_shift_share: float = Field(1.0, ge=0, le=1)
+    # session 20 (docs/adapt.md): a downward alarm moves each category by its own residuals in the episode, shrunk
+    # toward the pooled shift with this many pseudo-counts (0: every category by the pooled shift; online_shift)
+    change_shift_pool: float = Field(0.0, ge=0, allow_inf_nan=False)
     # session 11, branch knn11 (docs/adapt.md): in prompt mode, correct a prompt's estimates by the residuals
     # of feedback on its nearest earlier prompts (None: off)
     neighbours: NeighbourSettings | None = None
@@ -221,6 +224,12 @@ class OnlineSettings(BaseModel):
             )
         if self.alarm_explore_any_weight and self.alarm_explore == 0:
             raise ValueError("alarm_explore_any_weight widens alarm_explore: it needs alarm_explore > 0")
+        plain = self.change_model == "flat" and self.change_baseline == "posterior" and self.change_reference == "zero"
+        if self.change_shift_pool > 0 and not (plain and self.move_mean and not fast):
+            raise ValueError(
+                "change_shift_pool splits the plain detector's move by category: it needs change_model flat,"
+                " change_baseline posterior, change_reference zero, move_mean, and no anchor or fast lane"
+            )
         if self.alarm_explore_underspend > 0 and (self.alarm_explore == 0 or self.alarm_explore_any_weight):
             raise ValueError(
                 "alarm_explore_underspend narrows alarm_explore to a collapsed budget: it needs alarm_explore > 0"

@@ -140,6 +140,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # 19's collapse of a two-expert library after a false drop of its dear expert; judged by a non-inferiority rule
     # written in docs/decisions.md (session 20) before the run
     "collapse_explore": {"alarm_explore": 6000, "alarm_explore_underspend": 0.1},
+    # session 20, both fixed before their run (--settings defaults,shift_pool5,shift_pool20): a downward alarm moves
+    # each category by its own residuals in the episode, shrunk toward the pooled shift with 5 / 20 pseudo-counts
+    # (change_shift_pool, coserve.router.online_shift), against the false drops driven by a few miscalibrated
+    # categories (docs/adapt.md "Not done"); judged by session 14's rule
+    "shift_pool5": {"change_shift_pool": 5.0},
+    "shift_pool20": {"change_shift_pool": 20.0},
 }  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95

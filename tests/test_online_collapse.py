@@ -79,5 +79,5 @@ def test_the_setting_is_off_by_default_checked_and_carried_to_the_router_and_the
     for bad in ({}, {"alarm_explore": 3000, "alarm_explore_any_weight": True}):
         with pytest.raises(ValidationError, match="alarm_explore_underspend narrows alarm_explore"):
             OnlineSettings(alarm_explore_underspend=0.1, **bad)
-    with pytest.raises(ConfigError, match="^alarm_explore_underspend: Input should be less than 1$"):
+    with pytest.raises(ConfigError, match=r"^alarm_explore_underspend: Input should be less than 1$"):
         AdaptOptions(alarm_explore=3000, alarm_explore_underspend=1.0)

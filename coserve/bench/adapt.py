@@ -119,6 +119,7 @@ class AdaptOptions:
     alarm_explore_any_weight: bool = _ONLINE.alarm_explore_any_weight  # ... at any cost weight, not only <= 0
     alarm_explore_underspend: float = _ONLINE.alarm_explore_underspend  # ... only this share under the target
     change_shift_share: float = _ONLINE.change_shift_share  # share of the estimated shift an alarm moves means
+    change_shift_pool: float = _ONLINE.change_shift_pool  # > 0: a drop's move per category, shrunk to the pooled one
     neighbours: dict[str, Any] | None = _NEIGHBOURS  # router.online.neighbours (NeighbourSettings' fields); None: off
     change_model: str = (
         _ONLINE.change_model

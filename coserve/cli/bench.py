@@ -78,7 +78,7 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs += ("change_fast_threshold", "change_probe", "change_probe_requests", "change_probe_margin")
     knobs += ("change_probe_starved", "change_confirm", "change_confirm_requests", "change_confirm_sd")
     knobs += ("change_confirm_error", "explore_policy", "kg_horizon", "kg_settle", "alarm_revert")
-    knobs += ("alarm_revert_share", "alarm_explore_underspend")
+    knobs += ("alarm_revert_share", "alarm_explore_underspend", "change_shift_pool")
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     check_outputs(args.json, args.plot)
@@ -180,6 +180,7 @@ def _add_adapt_parser(bench: Any) -> None:
     b.add_argument("--kg-settle", type=int, help="kg: requests after a downward alarm its expert earns no bonus")
     b.add_argument("--alarm-revert", type=int, help="requests a downward move may starve its expert ere half goes back")
     b.add_argument("--alarm-revert-share", type=float, help="alarm_revert: the share of the move taken back")
+    b.add_argument("--change-shift-pool", type=float, help="a drop's move per category, shrunk with this many counts")
     b.add_argument(
         "--alarm-explore-underspend", type=float, help="alarm_explore only while the window is this share under target"
     )

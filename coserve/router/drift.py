@@ -28,6 +28,7 @@ Pure numbers; knows nothing about posteriors' storage, HTTP or the store.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,7 @@ class ChangeSettings:
     anchor: bool = False  # residuals read against the estimate when the down side left 0 (drift_fast, session 13)
     fast_drift: float = 0.15  # the fast lane's drift (drift_fast.FastLane)
     fast_threshold: float = 0.0  # the fast lane's level (0: no fast lane)
+    shift_pool: float = 0.0  # a drop moves each category by its own residuals shrunk to the pooled shift (online_shift)
 
     def __post_init__(self) -> None:
         if self.model not in CHANGE_MODELS:
@@ -96,6 +98,14 @@ class ChangeSettings:
             raise ValueError("fast_drift and fast_threshold must be >= 0")
         if (self.anchor or self.fast_threshold > 0) and (self.model != "flat" or self.baseline != "posterior"):
             raise ValueError("anchor and the fast lane read the flat model's residuals against the posterior")
+        if not (self.shift_pool >= 0 and math.isfinite(self.shift_pool)):
+            raise ValueError("shift_pool must be a finite number >= 0")
+        plain = self.model == "flat" and self.baseline == "posterior" and self.reference == "zero"
+        if self.shift_pool > 0 and not (plain and self.move_mean and not self.anchor and self.fast_threshold == 0):
+            raise ValueError(
+                "shift_pool splits the plain detector's move by category: it needs the flat model against the"
+                " posterior, reference zero, move_mean, and no anchor or fast lane"
+            )
 
 
 class FeedbackBaseline:

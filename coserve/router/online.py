@@ -83,6 +83,7 @@ from coserve.router.online_model import BudgetController, ScorePosterior, weight
 from coserve.router.online_neighbours import NeighbourMemory
 from coserve.router.online_probe import ChangeProbe, ProbeSettings
 from coserve.router.online_saved import export_router, parse_state, resume
+from coserve.router.online_shift import CategoryEvidence
 
 __all__ = [
     "BudgetController", "ChangeSettings", "Decision", "MapSnapshot", "OnlineRouter", "ScorePosterior", "resume",
@@ -164,6 +165,8 @@ class OnlineRouter(OnlineChoice):
         self.after_alarm = AlarmExploration(
             self.posterior.shape[1], alarm_explore, alarm_explore_any_weight, alarm_explore_underspend
         )  # an expert an alarm moved, re-tested
+        pool = 0.0 if change is None else change.shift_pool
+        self.episode = CategoryEvidence(*self.posterior.shape, pool)  # a drop's move per category (online_shift)
         self.reverter = AlarmRevert(*self.posterior.shape, alarm_revert, alarm_revert_share)  # a starved move, back
         self.probe = ChangeProbe(self.posterior.shape[1], probe)  # route to a suspect expert (online_probe)
         self.confirm = ChangeConfirm(self.posterior.shape[1], confirm)  # a downward alarm re-tested (online_confirm)
@@ -315,6 +318,13 @@ class OnlineRouter(OnlineChoice):
             shift = (
                 None if self.detector is None or residual is None else self.detector.observe(expert, residual, expected)
             )
+            by_category = None  # a drop's move per category (online_shift; None: the pooled shift everywhere)
+            if residual is not None and self.detector is not None and self.episode.pool > 0:
+                runs = shift is not None or bool(self.detector.count["down"][expert] > 0)
+                self.episode.observed(category, expert, residual, runs)
+                if shift is not None:  # the detector restarted both sides: so does the episode
+                    by_category = self.episode.move(expert, shift) if shift < 0 else None
+                    self.episode.forget(expert)
             if shift is not None:
                 self.alarm_log.append({"served": self._served, "expert": expert, "shift": shift})
             if shift is not None and self.change is not None and (shift < 0 or self.change.upward):
@@ -324,6 +334,8 @@ class OnlineRouter(OnlineChoice):
                     self.kg.alarmed(expert)  # kg_settle: no value-of-information bonus for a while (online_kg)
                     self.confirm.opened(expert, self.posterior, shift, self.alarm_log[-1])  # before the move
                 moved = cell_shift(self.change.model, shift * share, self.posterior.mean()[:, expert])
+                if by_category is not None:
+                    moved = share * np.asarray(by_category)  # the flat model's move, per category
                 if shift < 0:
                     self.reverter.alarmed(expert, moved)
                 self.posterior.rebase(expert, moved, self.change.reset_count)

@@ -28,7 +28,7 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
             settings.change_baseline, settings.change_min_feedback, settings.change_upward,
             settings.change_shift_share, settings.change_model, settings.change_variance_floor,
             settings.change_reference, settings.change_reference_memory, settings.change_anchor,
-            settings.change_fast_drift, settings.change_fast_threshold,
+            settings.change_fast_drift, settings.change_fast_threshold, settings.change_shift_pool,
         )  # fmt: skip
     return {
         "prior_strength": settings.prior_strength,
