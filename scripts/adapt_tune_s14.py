@@ -144,6 +144,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # each category by its own residuals in the episode, shrunk toward the pooled shift with 5 / 20 pseudo-counts
     # (change_shift_pool, coserve.router.online_shift), against the false drops driven by a few miscalibrated
     # categories (docs/adapt.md "Not done"); judged by session 14's rule
+    # session 20, fixed with scripts/adapt_pairs_s19.py's collapse_explore_early: the collapse guard acting from 5%
+    "collapse_explore_early": {"alarm_explore": 6000, "alarm_explore_underspend": 0.05},
     "shift_pool5": {"change_shift_pool": 5.0},
     "shift_pool20": {"change_shift_pool": 20.0},
 }  # fmt: skip
