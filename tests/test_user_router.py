@@ -11,6 +11,7 @@ from test_eval_harness import write_separable
 
 from coserve.cli import main
 from coserve.eval.data import load_outcomes
+from coserve.eval.user_router import load_user_router
 from coserve.router.embed import HashingEmbedder
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own_router.py"
@@ -59,21 +60,16 @@ def test_always_cheapest_figures_are_the_cheapest_experts(tmp_path: Path, cache:
 
 
 def test_a_user_classifier_is_scored_like_the_built_in_ones(tmp_path: Path, cache: Path) -> None:
-    import importlib.util
-
     data, test, experts = split(tmp_path)
     out = tmp_path / "r.json"
     assert run_eval(data, experts, out, f"{EXAMPLE}:NearestCentroid", "--test", str(test)) == 0
     metrics = json.loads(out.read_text())["routers"]["map-centroid"]["metrics"]
     # By hand: the class fitted on the training rows' vectors, its top category on the held-out rows.
-    spec = importlib.util.spec_from_file_location("own_router_by_hand", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     train, _ = load_outcomes(data)
     held, _ = load_outcomes(test)
     embedder = HashingEmbedder()
-    model = module.NearestCentroid().fit(embedder.encode(list(train.prompts)), list(train.categories))
+    centroid = load_user_router(f"{EXAMPLE}:NearestCentroid").cls
+    model = centroid().fit(embedder.encode(list(train.prompts)), list(train.categories))
     predicted = model.classes_[model.predict_proba(embedder.encode(list(held.prompts))).argmax(axis=1)]
     assert metrics["category_accuracy"] == pytest.approx(float(np.mean(predicted == np.asarray(held.categories))))
     assert {"auc_params", "auc_price", "ece", "temperature", "oracle_gap_closed"} <= set(metrics)
@@ -96,6 +92,7 @@ BAD_ROUTERS = {
     "own.py:Half": "Half has only fit; a quality predictor needs fit and predict",
     "own.py:Knn": "the name prompt-knn is a built-in router's; give the class another name",
     "own.py:Centroid": "map-centroid is a category classifier: needs at least two categories",
+    "own.py:Words": """inputs = 'words': "vectors" or "text" (what fit and predict are given)""",
 }
 
 
@@ -115,7 +112,8 @@ def test_a_bad_router_is_refused_in_one_line_before_embedding(
         "from importlib.util import spec_from_file_location as s\n"
         "from importlib.util import module_from_spec as m\n"
         f"_spec = s('example', {str(EXAMPLE)!r}); _mod = m(_spec); _spec.loader.exec_module(_mod)\n"
-        "Centroid = _mod.NearestCentroid\n"
+        "Centroid = _mod.NearestCentroid\n\n"
+        "class Words(_mod.TextStats):\n    inputs = 'words'\n"
     )
     monkeypatch.chdir(tmp_path)
     rc = run_eval(data, experts, tmp_path / "r.json", spec)
@@ -136,3 +134,105 @@ def test_a_predictor_of_the_wrong_shape_is_named(
     spec = f"{tmp_path / 'wrong.py'}:Wrong"
     assert run_eval(data, experts, tmp_path / "r.json", spec) == 2
     assert "predict returned shape" in capsys.readouterr().err
+
+
+RECORDER = """
+import json
+from pathlib import Path
+
+import numpy as np
+
+LOG = Path(__file__).with_name("calls")
+
+
+class Texts:
+    inputs = "text"
+
+    def fit(self, X, Y):
+        self.n_ = Y.shape[1]
+        return self._log("fit", X)
+
+    def predict(self, X):
+        self._log("predict", X)
+        return np.zeros((len(X), self.n_))
+
+    def _log(self, method, X):
+        calls = sorted(LOG.glob(type(self).__name__ + "-*"))
+        where = LOG / f"{type(self).__name__}-{len(calls):03d}-{method}"
+        if isinstance(X, np.ndarray):
+            np.save(where.with_suffix(".npy"), X)
+        else:
+            where.with_suffix(".json").write_text(json.dumps(X))
+        return self
+
+
+class Vectors(Texts):
+    inputs = "vectors"
+"""
+
+
+def test_a_class_that_reads_text_gets_the_prompts_of_the_rows_a_vectors_class_gets(tmp_path: Path, cache: Path) -> None:
+    data, experts = write_separable(tmp_path)
+    (tmp_path / "calls").mkdir()
+    (tmp_path / "rec.py").write_text(RECORDER)
+    spec = f"{tmp_path / 'rec.py'}"
+    assert run_eval(data, experts, tmp_path / "r.json", f"{spec}:Texts,{spec}:Vectors", "--folds", "3") == 0
+    texts = sorted((tmp_path / "calls").glob("Texts-*"))
+    vectors = sorted((tmp_path / "calls").glob("Vectors-*"))
+    assert [p.suffix for p in texts] == [".json"] * 12 and [p.suffix for p in vectors] == [".npy"] * 12
+    assert [p.stem.split("-")[2] for p in texts] == ["fit", "predict", "fit", "predict"] * 3  # per fold
+    outcomes, _ = load_outcomes(data)
+    X = HashingEmbedder().encode(list(outcomes.prompts))
+    held_out = []
+    for got_texts, got_vectors in zip(texts, vectors, strict=True):
+        rows = np.load(got_vectors)
+        distance = ((rows[:, None, :] - X[None, :, :]) ** 2).sum(axis=2)
+        index = distance.argmin(axis=1)
+        assert np.allclose(distance.min(axis=1), 0.0)  # each vector is one prompt's
+        received = json.loads(got_texts.read_text())
+        assert all(isinstance(t, str) for t in received)
+        assert received == [outcomes.prompts[i] for i in index]  # the same rows, in the same order
+        if int(got_texts.stem.split("-")[1]) % 4 == 1:  # fit, predict held-out, fit inner, predict val
+            held_out += list(index)
+    assert sorted(held_out) == list(range(len(outcomes)))  # the folds' held-out rows: every row once
+
+
+def test_a_text_router_beside_the_others_changes_none_of_their_figures(tmp_path: Path, cache: Path) -> None:
+    data, test, experts = split(tmp_path)
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    others = f"{EXAMPLE}:NearestCentroid,{EXAMPLE}:AlwaysCheapest,prompt-knn"
+    assert run_eval(data, experts, one, others, "--test", str(test), "--no-intervals") == 0
+    assert run_eval(data, experts, two, f"{EXAMPLE}:TextStats,{others}", "--test", str(test), "--no-intervals") == 0
+    before, after = (json.loads(p.read_text())["routers"] for p in (one, two))
+    assert after.pop("prompt-textstats")["points"]
+    assert after == before
+
+
+def test_the_text_example_is_scored_on_the_held_out_prompts_texts(tmp_path: Path, cache: Path) -> None:
+    data, test, experts = split(tmp_path)
+    out = tmp_path / "r.json"
+    assert run_eval(data, experts, out, f"{EXAMPLE}:TextStats", "--test", str(test), "--no-intervals") == 0
+    points = json.loads(out.read_text())["routers"]["prompt-textstats"]["points"]
+    # By hand: fitted on the training prompts' texts; at cost weight 0 each held-out prompt goes to the
+    # expert with the best predicted score.
+    train, _ = load_outcomes(data)
+    held, _ = load_outcomes(test)
+    model = load_user_router(f"{EXAMPLE}:TextStats").cls().fit(list(train.prompts), train.scores)
+    chosen = model.predict(list(held.prompts)).argmax(axis=1)
+    quality = float(np.mean(held.scores[np.arange(len(held)), chosen]))
+    free = [p for p in points if p["lam"] == 0.0]
+    assert free and all(p["quality"] == pytest.approx(quality, abs=1e-6) for p in free)
+
+
+def test_a_vectors_class_is_given_what_the_built_in_parts_are(tmp_path: Path, cache: Path) -> None:
+    """The built-in kNN predictor under another name, read by the user path, scores as prompt-knn does."""
+    data, experts = write_separable(tmp_path)
+    (tmp_path / "mine.py").write_text(
+        "from coserve.router.predict import KNNRegressor\n\nclass Mine(KNNRegressor):\n    name = 'mine'\n"
+    )
+    out = tmp_path / "r.json"
+    routers = f"{tmp_path / 'mine.py'}:Mine,prompt-knn,{EXAMPLE}:TextStats"
+    assert run_eval(data, experts, out, routers, "--folds", "3", "--no-intervals") == 0
+    report = json.loads(out.read_text())["routers"]
+    assert report["prompt-mine"]["points"] == report["prompt-knn"]["points"]
+    assert report["prompt-mine"]["metrics"] == report["prompt-knn"]["metrics"]

@@ -217,7 +217,7 @@ def evaluate(
     extras: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     bar = tqdm(total=len(splits) * len(names), desc="evaluating", unit="router")
     tasks = [(f, tr, te) for f, (tr, te) in enumerate(splits)]
-    shared = (X, X_eval, train, classes, axes, primary, names, seed, dict(user_routers or {}))
+    shared = (X, X_eval, train, evaluated.prompts, classes, axes, primary, names, seed, dict(user_routers or {}))
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -337,11 +337,12 @@ def _classifier_of(name: str) -> str | None:
 def _run_fold(task: tuple[int, np.ndarray, np.ndarray], shared: tuple[Any, ...], progress: Any = None) -> tuple:
     """Fit and sweep every router on one fold: (held-out rows, choices, extras, posteriors) by router."""
     f, tr, te = task
-    X, X_eval, train, classes, axes, primary, names, seed, users = shared
-    inner, val = grouped_folds([train.prompts[i] for i in tr], INNER_FOLDS, seed + f)[0]
+    X, X_eval, train, prompts_eval, classes, axes, primary, names, seed, users = shared
+    texts = [train.prompts[i] for i in tr]
+    inner, val = grouped_folds(texts, INNER_FOLDS, seed + f)[0]
     cats = [train.categories[i] for i in tr]
     fold = Fold(X[tr], cats, train.scores[tr], X_eval[te], inner, val, classes, axes, seed + f, primary)
-    fold.user_routers = users
+    fold.user_routers, fold.texts, fold.texts_test = users, texts, [prompts_eval[i] for i in te]
     models = FoldModels(fold)
     choices, extras, posteriors = {}, {}, {}
     for name in names:

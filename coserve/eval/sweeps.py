@@ -11,6 +11,7 @@ choices over folds. This module reads no files and knows nothing about reports.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -72,6 +73,8 @@ class Fold:
     primary: str = "params"  # axis the tuning criteria are measured on
     extras: dict[str, Any] = field(default_factory=dict)  # per-fold results beside the choices
     user_routers: dict[str, str] = field(default_factory=dict)  # router name -> the user's spec (eval.user_router)
+    texts: Sequence[str] = ()  # [n_train] the training rows' prompts, for a user's class that reads text
+    texts_test: Sequence[str] = ()  # [n_test] the held-out rows' prompts
 
 
 def category_table(categories: list[str], classes: list[str], Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,18 +148,20 @@ class FoldModels:
     def posterior(self, clf: str) -> dict[str, Any]:
         """Raw and calibrated category posteriors on held-out and validation rows, and the temperature."""
         if clf not in self._posteriors:
+            from coserve.eval.user_router import fold_inputs
             from coserve.router.calibrate import apply_temperature, fit_temperature
             from coserve.router.classify import make_classifier
 
             f = self.f
             make_classifier = self._factory(f"map-{clf}", make_classifier)
-            inner_model = _seeded(make_classifier, clf, f.seed).fit(f.X[f.inner], [f.categories[i] for i in f.inner])
-            val_raw = _aligned(inner_model.predict_proba(f.X[f.val]), inner_model.classes_, f.classes)
+            X, X_inner, X_val, X_test = fold_inputs(f, f"map-{clf}")
+            inner_model = _seeded(make_classifier, clf, f.seed).fit(X_inner, [f.categories[i] for i in f.inner])
+            val_raw = _aligned(inner_model.predict_proba(X_val), inner_model.classes_, f.classes)
             y_val = np.array([f.classes.index(f.categories[i]) for i in f.val])
             T = float(fit_temperature(val_raw, y_val))
-            model = _seeded(make_classifier, clf, f.seed).fit(f.X, f.categories)
+            model = _seeded(make_classifier, clf, f.seed).fit(X, f.categories)
             self.classifiers[clf] = model
-            raw = _aligned(model.predict_proba(f.X_test), model.classes_, f.classes)
+            raw = _aligned(model.predict_proba(X_test), model.classes_, f.classes)
             self._posteriors[clf] = {
                 "raw": raw,
                 "cal": np.asarray(apply_temperature(raw, T)),
@@ -168,13 +173,15 @@ class FoldModels:
     def predicted(self, pred: str) -> tuple[np.ndarray, np.ndarray]:
         """Predicted scores ``[n_test, E]`` (fit on the training part) and ``[n_val, E]`` (fit on inner)."""
         if pred not in self._predictions:
+            from coserve.eval.user_router import fold_inputs
             from coserve.router.predict import make_predictor
 
             f = self.f
             make_predictor = self._factory(f"prompt-{pred}", make_predictor, f.Y.shape[1])
-            self.predictors[pred] = _seeded(make_predictor, pred, f.seed).fit(f.X, f.Y)
-            test = self.predictors[pred].predict(f.X_test)
-            val = _seeded(make_predictor, pred, f.seed).fit(f.X[f.inner], f.Y[f.inner]).predict(f.X[f.val])
+            X, X_inner, X_val, X_test = fold_inputs(f, f"prompt-{pred}")
+            self.predictors[pred] = _seeded(make_predictor, pred, f.seed).fit(X, f.Y)
+            test = self.predictors[pred].predict(X_test)
+            val = _seeded(make_predictor, pred, f.seed).fit(X_inner, f.Y[f.inner]).predict(X_val)
             self._predictions[pred] = (np.asarray(test, float), np.asarray(val, float))
         return self._predictions[pred]
 

@@ -13,11 +13,16 @@ The class is one of the two parts the built-in routers are made of, with their e
   calibrated (temperature on a validation split) and its top category sent through the budget-optimal
   category -> expert map at each budget, as the built-in ``map-*`` routers are.
 
+``X`` is the eval's prompt vectors ``[n, d]``, unless the class says ``inputs = "text"``: it is then given
+the prompts' texts (a list of ``n`` strings) in their place, for the same rows in the same order on every
+call (``fold_inputs``), so a router may read the text itself (keyword rules, its own tokenizer or
+embedding, a length feature); ``inputs = "vectors"`` is the default.
+
 ``<name>`` is the class's ``name`` attribute (a string), else the class's name in lower case; a
 constructor taking ``seed`` or ``random_state`` is given the fold's seed. Everything is checked when
 the spec is loaded, before anything is embedded: the module imports, the class exists and has the
-methods, the router's name is not a built-in router's. This module knows nothing about the command
-line.
+methods, its ``inputs`` is one of ``INPUTS``, the router's name is not a built-in router's. This module
+knows nothing about the command line.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ import numpy as np
 
 from coserve.errors import ConfigError
 
-__all__ = ["UserRouter", "checked_factory", "load_user_router", "parse_routers"]
+__all__ = ["INPUTS", "UserRouter", "checked_factory", "fold_inputs", "load_user_router", "parse_routers"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+INPUTS = ("vectors", "text")  # what a class's `inputs` attribute may say it reads; the first is the default
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class UserRouter:
     name: str  # the router's name in the report: prompt-<name> or map-<name>
     kind: str  # "predictor" or "classifier"
     cls: type
+    inputs: str = INPUTS[0]  # "vectors": X is the prompt vectors; "text": a list of the prompts' texts
 
 
 def _module(where: str, spec: str) -> Any:
@@ -99,7 +106,11 @@ def load_user_router(spec: str) -> UserRouter:
     name = own if isinstance(own, str) and own else attr.lower()
     if not _NAME.match(name):
         raise ConfigError(f"--routers {spec}: name {name!r}: letters, digits, '_', '.' and '-' only")
-    return UserRouter(spec, f"{prefix}-{name}", kind, cls)
+    inputs = getattr(cls, "inputs", INPUTS[0])
+    if not isinstance(inputs, str) or inputs not in INPUTS:
+        said = " or ".join(f'"{i}"' for i in INPUTS)
+        raise ConfigError(f"--routers {spec}: inputs = {inputs!r}: {said} (what fit and predict are given)")
+    return UserRouter(spec, f"{prefix}-{name}", kind, cls, inputs)
 
 
 def parse_routers(
@@ -147,16 +158,16 @@ class _Checked:
     def classes_(self) -> np.ndarray:
         return np.asarray(self.model.classes_)
 
-    def fit(self, X: np.ndarray, y: Any) -> _Checked:
+    def fit(self, X: Any, y: Any) -> _Checked:
         self.model.fit(X, y)
         return self
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
+    def predict(self, X: Any) -> np.ndarray:
         out = np.asarray(self.model.predict(X), dtype=float)
         self._shape(out, len(X), self.columns, "predict")
         return out
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray:
         out = np.asarray(self.model.predict_proba(X), dtype=float)
         self._shape(out, len(X), len(self.classes_), "predict_proba")
         return out
@@ -167,6 +178,19 @@ class _Checked:
             raise ConfigError(f"--routers {self.router.spec}: {method} returned shape {out.shape}, not {want}")
         if not np.all(np.isfinite(out)):
             raise ConfigError(f"--routers {self.router.spec}: {method} returned NaN or infinite values")
+
+
+def fold_inputs(fold: Any, router: str) -> tuple[Any, Any, Any, Any]:
+    """What a router's part is given on a fold's (``coserve.eval.sweeps.Fold``) training, inner,
+    validation and held-out rows: the
+    vectors, or the prompts' texts of the same rows in the same order for a user's class with
+    ``inputs = "text"``."""
+    train, test = fold.X, fold.X_test
+    spec = fold.user_routers.get(router)
+    if spec is not None and load_user_router(spec).inputs == "text":
+        train, test = list(fold.texts), list(fold.texts_test)
+        return train, [train[i] for i in fold.inner], [train[i] for i in fold.val], test
+    return train, train[fold.inner], train[fold.val], test
 
 
 def checked_factory(spec: str, columns: int | None = None) -> Any:
