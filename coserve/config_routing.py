@@ -138,12 +138,14 @@ class OnlineSettings(BaseModel):
     # 0.005 chosen by --stage s11), an expert a downward alarm moved may be explored at weight <= 0 for this
     # many requests (0: never), and an alarm moves the means by this share of the estimated shift
     weight_floor: float = Field(0.005, ge=0)
-    alarm_explore: int = Field(0, ge=0)
+    alarm_explore: int = Field(6000, ge=0)  # 6,000 with alarm_explore_underspend 0.05 since session 20
     # session 14, branch nofire14: alarm_explore also where the cost weight is > 0 (the move re-tested; online_alarm)
     alarm_explore_any_weight: bool = False
     # session 20 (docs/adapt.md): alarm_explore only while the budget has collapsed, the window's realised cost
     # more than this share under the target (0: at any underspend the weight <= 0 allows)
-    alarm_explore_underspend: float = Field(0.0, ge=0, lt=1)
+    # (0.05, the default since session 20: the collapse guard, docs/decisions.md; inert at alarm_explore 0, and
+    # alarm_explore_any_weight overrides it unless both are set)
+    alarm_explore_underspend: float = Field(0.05, ge=0, lt=1)
     change_shift_share: float = Field(1.0, ge=0, le=1)
     # session 20 (docs/adapt.md): a downward alarm moves each category by its own residuals in the episode, shrunk
     # toward the pooled shift with this many pseudo-counts (0: every category by the pooled shift; online_shift)
@@ -230,7 +232,12 @@ class OnlineSettings(BaseModel):
                 "change_shift_pool splits the plain detector's move by category: it needs change_model flat,"
                 " change_baseline posterior, change_reference zero, move_mean, and no anchor or fast lane"
             )
-        if self.alarm_explore_underspend > 0 and (self.alarm_explore == 0 or self.alarm_explore_any_weight):
+        explicit = "alarm_explore_underspend" in self.model_fields_set  # the default is inert where it cannot act
+        if (
+            explicit
+            and self.alarm_explore_underspend > 0
+            and (self.alarm_explore == 0 or self.alarm_explore_any_weight)
+        ):
             raise ValueError(
                 "alarm_explore_underspend narrows alarm_explore to a collapsed budget: it needs alarm_explore > 0"
                 " and alarm_explore_any_weight off"

@@ -319,6 +319,7 @@ def test_bench_adapt_probes_a_suspect_and_reports_the_share_probed(tmp_path: Pat
     out = tmp_path / "probe.json"
     argv = ["bench", "adapt", "--prior", str(prior), "--stream", str(stream), "--experts", str(experts)]
     argv += ["--budget-params", "3", "--json", str(out), "--requests", "3000", "--embedder", "hashing"]
+    argv += ["--alarm-explore", "0"]  # the collapse guard off: only the probe explores
     assert main([*argv, "--change-probe", "0.25", "--change-probe-requests", "40", "--change-probe-margin", "0.2"]) == 0
     report = json.loads(out.read_text())
     assert report["options"]["change_probe"] == 0.25 and report["options"]["change_probe_requests"] == 40

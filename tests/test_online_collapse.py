@@ -69,14 +69,21 @@ def test_acts_reads_the_window_only_where_the_rest_allows_it() -> None:
         AlarmExploration(2, 10, underspend=1.0)
 
 
-def test_the_setting_is_off_by_default_checked_and_carried_to_the_router_and_the_replay() -> None:
-    assert OnlineSettings().alarm_explore_underspend == 0 and AdaptOptions().alarm_explore_underspend == 0
+def test_the_guard_is_on_by_default_checked_and_carried_to_the_router_and_the_replay() -> None:
+    # the default since session 20 (docs/decisions.md): alarm_explore 6,000 gated at 5% under the target
+    defaults = OnlineSettings()
+    assert (defaults.alarm_explore, defaults.alarm_explore_underspend) == (6000, 0.05)
+    assert (AdaptOptions().alarm_explore, AdaptOptions().alarm_explore_underspend) == (6000, 0.05)
+    assert router_options(defaults)["alarm_explore_underspend"] == 0.05
+    # the default gate is inert where it cannot act: alarm_explore 0 turns the re-test off, and any weight widens it
+    assert OnlineSettings(alarm_explore=0).alarm_explore == 0
+    assert router_options(OnlineSettings(alarm_explore_any_weight=True))["alarm_explore_underspend"] == 0.0
     settings = OnlineSettings(alarm_explore=3000, alarm_explore_underspend=0.1)
     assert router_options(settings)["alarm_explore_underspend"] == 0.1
     router = OnlineRouter.from_settings(np.array([[0.6, 0.8]]), [1.0, 3.0], 2.0, settings)
     assert router.after_alarm.underspend == 0.1 and router.after_alarm.requests == 3000
     assert AdaptOptions(alarm_explore=3000, alarm_explore_underspend=0.2).online().alarm_explore_underspend == 0.2
-    for bad in ({}, {"alarm_explore": 3000, "alarm_explore_any_weight": True}):
+    for bad in ({"alarm_explore": 0}, {"alarm_explore": 3000, "alarm_explore_any_weight": True}):  # both set
         with pytest.raises(ValidationError, match="alarm_explore_underspend narrows alarm_explore"):
             OnlineSettings(alarm_explore_underspend=0.1, **bad)
     with pytest.raises(ConfigError, match=r"^alarm_explore_underspend: Input should be less than 1$"):

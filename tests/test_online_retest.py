@@ -54,4 +54,4 @@ def test_the_setting_is_off_by_default_and_carried_to_the_router_and_the_replay(
     online = AdaptOptions(alarm_explore=500, alarm_explore_any_weight=True).online()
     assert (online.alarm_explore, online.alarm_explore_any_weight) == (500, True)
     with pytest.raises(ValidationError, match="it needs alarm_explore > 0"):
-        OnlineSettings(alarm_explore_any_weight=True)
+        OnlineSettings(alarm_explore=0, alarm_explore_any_weight=True)

@@ -151,8 +151,9 @@ def test_settings_carry_session_11s_knobs_to_the_router_and_the_replay() -> None
     online = AdaptOptions(weight_floor=0.02, alarm_explore=100, change_shift_share=0.25).online()
     assert (online.weight_floor, online.alarm_explore, online.change_shift_share) == (0.02, 100, 0.25)
     defaults = OnlineSettings()
-    # the two-sided target by --stage s11 (docs/data/adapt-tuning-s11.json); the other two off
-    assert (defaults.weight_floor, defaults.alarm_explore, defaults.change_shift_share) == (0.005, 0, 1.0)
+    # the two-sided target by --stage s11 (docs/data/adapt-tuning-s11.json); alarm_explore 6,000 behind session 20's
+    # collapse gate (docs/data/adapt-pairs-s20-third.json); the whole shift
+    assert (defaults.weight_floor, defaults.alarm_explore, defaults.change_shift_share) == (0.005, 6000, 1.0)
     for bad in ({"weight_floor": -0.01}, {"alarm_explore": -1}, {"change_shift_share": 1.2}):
         with pytest.raises(ValidationError):
             OnlineSettings(**bad)  # type: ignore[arg-type]

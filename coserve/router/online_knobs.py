@@ -51,7 +51,8 @@ def router_options(settings: OnlineSettings) -> dict[str, Any]:
         "weight_floor": settings.weight_floor,
         "alarm_explore": settings.alarm_explore,
         "alarm_explore_any_weight": settings.alarm_explore_any_weight,
-        "alarm_explore_underspend": settings.alarm_explore_underspend,
+        # any weight widens the re-test past a collapse: the default gate gives way to it (config_routing)
+        "alarm_explore_underspend": 0.0 if settings.alarm_explore_any_weight else settings.alarm_explore_underspend,
         "alarm_revert": settings.alarm_revert,
         "alarm_revert_share": settings.alarm_revert_share,
         "neighbours": settings.neighbours,
