@@ -141,10 +141,9 @@ class OnlineSettings(BaseModel):
     alarm_explore: int = Field(6000, ge=0)  # 6,000 with alarm_explore_underspend 0.05 since session 20
     # session 14, branch nofire14: alarm_explore also where the cost weight is > 0 (the move re-tested; online_alarm)
     alarm_explore_any_weight: bool = False
-    # session 20 (docs/adapt.md): alarm_explore only while the budget has collapsed, the window's realised cost
-    # more than this share under the target (0: at any underspend the weight <= 0 allows)
-    # (0.05, the default since session 20: the collapse guard, docs/decisions.md; inert at alarm_explore 0, and
-    # alarm_explore_any_weight overrides it unless both are set)
+    # session 20 (docs/adapt.md, the collapse guard): alarm_explore only while the window's realised cost is more
+    # than this share under the target (0: wherever the weight is <= 0); the default is inert at alarm_explore 0,
+    # and alarm_explore_any_weight overrides it unless both are set
     alarm_explore_underspend: float = Field(0.05, ge=0, lt=1)
     change_shift_share: float = Field(1.0, ge=0, le=1)
     # session 20 (docs/adapt.md): a downward alarm moves each category by its own residuals in the episode, shrunk
