@@ -236,3 +236,31 @@ def test_a_vectors_class_is_given_what_the_built_in_parts_are(tmp_path: Path, ca
     report = json.loads(out.read_text())["routers"]
     assert report["prompt-mine"]["points"] == report["prompt-knn"]["points"]
     assert report["prompt-mine"]["metrics"] == report["prompt-knn"]["metrics"]
+
+
+@pytest.mark.parametrize("embedder", [["--embedder", "hashing"], []])
+def test_routers_that_all_read_text_embed_nothing_and_score_as_beside_a_vectors_router(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, embedder: list[str]
+) -> None:
+    """With only text routers, neither the named embedder nor the default one (MiniLM, a model load) is used."""
+    data, test, experts = split(tmp_path)
+    beside = tmp_path / "beside.json"
+    assert run_eval(data, experts, beside, f"{EXAMPLE}:TextStats,prompt-knn", "--test", str(test)) == 0
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("nothing should be embedded")
+
+    import coserve.eval.harness
+    import coserve.router.embedders
+
+    monkeypatch.setattr(coserve.eval.harness, "embed_cached", refuse)
+    monkeypatch.setattr(coserve.router.embedders, "make_embedder", refuse)
+    alone = tmp_path / "alone.json"
+    flags = ["--data", str(data), "--experts", str(experts), "--json", str(alone), "--test", str(test)]
+    assert main(["eval", *flags, *embedder, "--routers", f"{EXAMPLE}:TextStats"]) == 0
+    report = json.loads(alone.read_text())
+    assert report["meta"]["embedder"] == "none (every router reads the prompts' texts)"
+    with_knn = json.loads(beside.read_text())["routers"]["prompt-textstats"]
+    assert report["routers"]["prompt-textstats"]["points"] == with_knn["points"]
+    with_knn["metrics"].pop("difference_from_reference")  # from prompt-knn, the reference there; none here
+    assert report["routers"]["prompt-textstats"]["metrics"] == with_knn["metrics"]

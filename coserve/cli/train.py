@@ -101,8 +101,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from coserve.bench.provenance import write_data
     from coserve.cli.tables import check_csv_dir, eval_tables, summary_lines, write_tables
     from coserve.eval.data import load_costs, load_outcomes
-    from coserve.eval.harness import available_routers, evaluate, evaluate_grouped
+    from coserve.eval.harness import NO_VECTORS, available_routers, evaluate, evaluate_grouped
     from coserve.eval.intervals import check_reference
+    from coserve.eval.user_router import reads_text
     from coserve.router.embedders import make_embedder
 
     started = time.perf_counter()
@@ -128,13 +129,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_reference(args.reference, names, not args.no_intervals, "--reference")
     options = {"folds": args.folds, "seed": args.seed, "jobs": args.jobs, "user_routers": users,
                "intervals": not args.no_intervals, "reference": args.reference}  # fmt: skip
-    if args.embedder:
+    if args.embedder and not all(reads_text(users, name) for name in names):  # else nothing is embedded
         report = evaluate(train, test, costs, routers=routers, embedder=make_embedder(args.embedder), **options)
     else:  # each router on the vectors `coserve train` fits it on: what it would deploy
         by_embedder: dict[str, list[str]] = {}
-        for name in names:
-            by_embedder.setdefault(default_embedder(name), []).append(name)
-        groups = {e: (make_embedder(e), rs) for e, rs in by_embedder.items()}
+        for name in names:  # a class that reads the prompts' texts needs no vectors: none are made for it
+            by_embedder.setdefault(NO_VECTORS if reads_text(users, name) else default_embedder(name), []).append(name)
+        groups = {e: (None if e == NO_VECTORS else make_embedder(e), rs) for e, rs in by_embedder.items()}
         report = evaluate_grouped(train, test, costs, groups, **options)
     report["meta"].update(data=str(args.data), test=args.test, skipped_rows=len(problems))
     cascade = _cascade(args, *signals) if signals is not None else None

@@ -23,9 +23,11 @@ from coserve.eval.data import INNER_FOLDS, ExpertCosts, OutcomeSet, embed_cached
 from coserve.eval.intervals import add_differences, add_intervals, check_reference
 from coserve.eval.metrics import json_number
 from coserve.eval.sweeps import HYBRID_CLASSIFIER, HYBRID_PREDICTOR, STACK, TOP_K, Axis, Fold, FoldModels, sweep
+from coserve.eval.user_router import reads_text
 
 __all__ = ["available_routers", "baselines", "evaluate", "evaluate_grouped", "json_number"]
 
+NO_VECTORS = "none (every router reads the prompts' texts)"  # meta.embedder where nothing was embedded
 MAP_BUDGETS = 17  # evenly spaced budgets per axis, added to the Pareto budgets of the whole set
 
 
@@ -190,14 +192,8 @@ def evaluate(
 
     if test is not None and test.experts != train.experts:
         raise ConfigError(f"test experts {test.experts} differ from training experts {train.experts}")
-    if embedder is None:
-        from coserve.router.embed import MiniLMEmbedder
-
-        embedder = MiniLMEmbedder()
     costs = costs.aligned(train.experts)
     evaluated = test if test is not None else train
-    X = embed_cached(train.prompts, embedder, cache)
-    X_eval = embed_cached(test.prompts, embedder, cache) if test is not None else X
     classes = sorted(set(train.categories))
     names, missing = available_routers(len(classes))
     if routers is not None:
@@ -205,6 +201,14 @@ def evaluate(
         if unknown:
             raise ConfigError(f"routers not available: {unknown}; available: {names}; missing: {missing}")
         names = list(routers)
+    if names and all(reads_text(user_routers or {}, name) for name in names):  # no router reads vectors: none made
+        embedder = NO_VECTORS
+    elif embedder is None:
+        from coserve.router.embed import MiniLMEmbedder
+
+        embedder = MiniLMEmbedder()
+    X = _vectors(train.prompts, embedder, cache)
+    X_eval = _vectors(test.prompts, embedder, cache) if test is not None else X
     if resampled_out is None:
         check_reference(reference, names, intervals)
     axes = _axes(costs, train)
@@ -280,7 +284,7 @@ def evaluate(
         "mode": "test" if test is not None else "cv",
         "folds": len(splits),
         "seed": seed,
-        "embedder": getattr(embedder, "name", "?"),
+        "embedder": embedder if embedder == NO_VECTORS else getattr(embedder, "name", "?"),
         "cost_axes": [a.name for a in axes],
         "primary_axis": primary,
         "strong_expert": train.experts[strong] if strong is not None else None,
@@ -328,6 +332,11 @@ def evaluate_grouped(
     if options.get("intervals", True):
         add_differences(merged, resampled, reference, options.get("user_routers") or {})
     return merged
+
+
+def _vectors(prompts: Sequence[str], embedder: Any, cache: Any) -> np.ndarray:
+    """The prompts' vectors, or none (zero columns) where no router reads them."""
+    return np.zeros((len(prompts), 0), np.float32) if embedder == NO_VECTORS else embed_cached(prompts, embedder, cache)
 
 
 def _classifier_of(name: str) -> str | None:

@@ -32,7 +32,7 @@ import importlib.util
 import inspect
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -42,7 +42,9 @@ import numpy as np
 
 from coserve.errors import ConfigError
 
-__all__ = ["INPUTS", "UserRouter", "checked_factory", "fold_inputs", "load_user_router", "parse_routers"]
+__all__ = [
+    "INPUTS", "UserRouter", "checked_factory", "fold_inputs", "load_user_router", "parse_routers", "reads_text",
+]  # fmt: skip
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 INPUTS = ("vectors", "text")  # what a class's `inputs` attribute may say it reads; the first is the default
@@ -180,14 +182,19 @@ class _Checked:
             raise ConfigError(f"--routers {self.router.spec}: {method} returned NaN or infinite values")
 
 
+def reads_text(user_routers: Mapping[str, str], router: str) -> bool:
+    """Whether ``router`` is a user's class that reads the prompts' texts, not their vectors."""
+    spec = user_routers.get(router)
+    return spec is not None and load_user_router(spec).inputs == "text"
+
+
 def fold_inputs(fold: Any, router: str) -> tuple[Any, Any, Any, Any]:
     """What a router's part is given on a fold's (``coserve.eval.sweeps.Fold``) training, inner,
     validation and held-out rows: the
     vectors, or the prompts' texts of the same rows in the same order for a user's class with
     ``inputs = "text"``."""
     train, test = fold.X, fold.X_test
-    spec = fold.user_routers.get(router)
-    if spec is not None and load_user_router(spec).inputs == "text":
+    if reads_text(fold.user_routers, router):
         train, test = list(fold.texts), list(fold.texts_test)
         return train, [train[i] for i in fold.inner], [train[i] for i in fold.val], test
     return train, train[fold.inner], train[fold.val], test
