@@ -3,6 +3,8 @@ requests also answered by a second expert, judged, its cost held in the budget w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -159,13 +161,14 @@ def test_the_replay_at_shadow_0_is_the_replay_without_it_and_a_share_is_paid_fro
     assert abs(shadowed["realised_avg_cost"] / 3.0 - 1) < 0.05  # held at the target, shadows included
 
 
-def test_a_bad_share_is_refused(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_share_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for bad in (-0.01, 0.21, float("nan")):
         with pytest.raises(ConfigError, match="shadow"):
             AdaptOptions(shadow=bad)
         with pytest.raises(ValueError, match="shadow share"):
             ShadowPick(bad)
-    argv = ["bench", "adapt", "--prior", "none.jsonl", "--experts", "none.json", "--budget-params", "3"]
-    assert main([*argv, "--json", f"{tmp_path}/x.json", "--shadow", "0.5"]) == 2
+    argv = ["bench", "adapt", "--prior", str(tmp_path / "none.jsonl"), "--experts", str(tmp_path / "none.json")]
+    assert main([*argv, "--budget-params", "3", "--json", str(tmp_path / "x.json"), "--shadow", "0.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "shadow 0.5" in err[0]
+    assert len(err) == 1 and "shadow 0.5" in err[0]  # one line, before reading anything
+    assert not (tmp_path / "x.json").exists()
