@@ -201,6 +201,8 @@ def run_record(report: dict[str, Any], axis: str, target: float, seed: int) -> d
         "probed_share": report["probed_share"],
         "confirm_share": report.get("confirm_share", 0.0),  # requests routed to re-test a downward alarm
         "explored_share": report.get("explored_share", 0.0),  # decisions that explored (explore_cap, any policy)
+        "shadow_share": report.get("shadow_share", 0.0),  # requests also answered in the shadow (shadow)
+        "shadow_cost_share": report.get("shadow_cost_share", 0.0),  # the shadows' share of the total cost
     }
 
 

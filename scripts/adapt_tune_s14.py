@@ -148,6 +148,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "collapse_explore_early": {"alarm_explore": 6000, "alarm_explore_underspend": 0.05},
     "shift_pool5": {"change_shift_pool": 5.0},
     "shift_pool20": {"change_shift_pool": 20.0},
+    # session 21, both fixed in docs/decisions.md before their run (--settings defaults,shadow2,shadow5): a share of
+    # requests also answered by a second expert in the shadow, judged, its cost in the budget (coserve bench adapt's
+    # shadow, coserve.router.online_shadow): it changes the benchmark's information; judged by session 14's rule
+    "shadow2": {"shadow": 0.02},
+    "shadow5": {"shadow": 0.05},
 }  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95
@@ -244,6 +249,8 @@ def main(argv: list[str]) -> int:
         summary["confirm_totals"] = confirm_totals(runs[name])
         summary["explored_share"] = sum(r.get("explored_share", 0.0) for r in runs[name]) / len(runs[name])
         summary["false_drops_regained"] = regained_totals(runs[name])
+        for share in ("shadow_share", "shadow_cost_share"):  # shadow feedback (session 21): 0 without it
+            summary[share] = sum(r.get(share, 0.0) for r in runs[name]) / len(runs[name])
         results[name] = summary
         print(name, summary["checks_met"], "of", summary["checks"], summary["met_by_check"], flush=True)
     decision = verdict(runs)

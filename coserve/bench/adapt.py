@@ -5,7 +5,10 @@ category, and its per-category score table starts the posteriors. The stream is 
 ``requests`` draws with replacement in ``phases`` equal phases; each phase's category mix is a
 seeded Dirichlet(0.7) draw over the stream's categories (so the mix jumps at each phase boundary).
 A served item's true score is fed back for a ``feedback`` fraction of requests, plus Gaussian noise
-of sd ``noise`` (clipped to [0, 1]). Halfway, the true scores of the expert with the largest traffic
+of sd ``noise`` (clipped to [0, 1]); with ``shadow`` > 0 that share of requests is also answered in the shadow
+by a second expert (``coserve.router.online_shadow``), always judged (its true score plus noise from a generator
+of its own), and its cost joins the request's (the controller, the windows, the realised and hindsight cost; the
+quality counts the answers only). Halfway, the true scores of the expert with the largest traffic
 share under the static map drop by ``shock`` (clipped at 0).
 
 Compared at the stream's own numbers (the drawn items, the shock included):
@@ -55,20 +58,14 @@ from coserve.eval.data import (
 )
 from coserve.router.drift_calibration import CellCalibration, PriorFit, calibration_from, cell_offsets, picks
 from coserve.router.online import OnlineRouter
+from coserve.router.online_shadow import MAX_SHARE, ShadowPick
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AdaptOptions",
-    "FittedStream",
-    "fit_stream",
-    "lagrangian_mix",
-    "plot_adapt",
-    "prior_calibration",
-    "replay_adapt",
-    "run_adapt",
-    "split_by_prompt",
-]
+    "AdaptOptions", "FittedStream", "fit_stream", "lagrangian_mix", "plot_adapt", "prior_calibration", "replay_adapt",
+    "run_adapt", "split_by_prompt",
+]  # fmt: skip
 
 SETTLE = 1000  # tracking error counts windows starting after this many requests
 CALIBRATION_FOLDS = 5  # change_calibration: the prior's folds, each predicted by a predictor fitted on the rest
@@ -145,6 +142,9 @@ class AdaptOptions:
     alarm_revert: int = _ONLINE.alarm_revert  # requests a downward move may starve its expert before half goes back
     alarm_revert_share: float = _ONLINE.alarm_revert_share  # the share of that move taken back
     kg_settle: int = _ONLINE.kg_settle  # kg: requests after a downward alarm its expert earns no bonus (0: off)
+    # the replay's own (not router.online's: the server has no judge): share of requests also answered and judged
+    # in the shadow by a second expert (coserve.router.online_shadow); it changes the benchmark's information
+    shadow: float = 0.0
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -162,6 +162,8 @@ class AdaptOptions:
             raise ConfigError("prior_strength and step must be > 0 and max_count >= prior_strength")
         if self.change_threshold < 0 or self.change_drift < 0 or self.reset_count <= 0 or self.mix_window < 0:
             raise ConfigError("change_threshold, change_drift and mix_window must be >= 0 and reset_count > 0")
+        if not 0 <= self.shadow <= MAX_SHARE:
+            raise ConfigError(f"shadow {self.shadow}: must be in [0, {MAX_SHARE}]")
         if self.granularity not in ("category", "prompt"):
             raise ConfigError(f"granularity must be category or prompt, not {self.granularity!r}")
         try:  # every other knob as router.online checks it (one line naming the knob, not a traceback)
@@ -243,7 +245,11 @@ def replay_adapt(
     router = OnlineRouter.from_settings(offline, cost, options.target, settings, seed=options.seed)
     if settings.calibrates and prior_fit is not None:
         router.calibration = prior_calibration(prior_fit, cost, options, K, offline)
+    if options.shadow > 0:
+        router.shadow = ShadowPick(options.shadow, options.seed)
+    judge = np.random.default_rng([options.seed, 22])  # the shadow answers' noise: the stream's draws stay as they were
     chosen = np.zeros(n, dtype=np.int64)
+    shadows = np.full(n, -1, dtype=np.int64)  # the shadow expert per request (-1: none)
     explored = np.zeros(n, dtype=bool)
     at_zero = np.zeros(n, dtype=bool)  # the weight at 0 (or below): the router spends all that buys quality
     for i in range(n):
@@ -252,17 +258,24 @@ def replay_adapt(
         decision = router.choose(int(category[i]), predicted=row, vector=vector)
         chosen[i], explored[i] = decision.expert, decision.explored
         at_zero[i] = router.snapshot.weight <= 0.0
-        router.served(decision.expert)
+        shadow = router.shadow_for(int(category[i]), decision.expert, predicted=row)
+        router.served(decision.expert, shadow=shadow)
         if rng.random() < options.feedback:
             observed = float(np.clip(truth[i, decision.expert] + rng.normal(0.0, options.noise), 0.0, 1.0))
             guess = None if row is None else float(row[decision.expert])
             router.feedback(int(category[i]), decision.expert, observed, predicted=guess, vector=vector)
-    served_cost = cost[chosen]
+        if shadow is not None:  # judged, always: its true score plus the replay's noise
+            shadows[i] = shadow
+            judged = float(np.clip(truth[i, shadow] + judge.normal(0.0, options.noise), 0.0, 1.0))
+            guess = None if row is None else float(row[shadow])
+            router.feedback(int(category[i]), shadow, judged, predicted=guess, vector=vector, shadow=True)
+    shadow_cost = np.where(shadows >= 0, cost[np.maximum(shadows, 0)], 0.0)
+    served_cost = cost[chosen] + shadow_cost  # answers plus shadows: what the budget pays
     served_quality = truth[np.arange(n), chosen]
     realised = float(served_cost.mean())
     hindsight_table = category_means(truth, category, K)
     hindsight = lagrangian_mix(hindsight_table, hindsight_table, mix_of(category, K), cost, realised)
-    windows = _windows(served_cost, served_quality, explored, at_zero, options)
+    windows = measures.per_window(served_cost, served_quality, explored, at_zero, options.window, options.target)
     post = np.arange(n) >= shock_at
     best_after = lagrangian_mix(
         category_means(truth[post], category[post], K), category_means(truth[post], category[post], K),
@@ -304,6 +317,8 @@ def replay_adapt(
         },
         "recovery_requests": recovery(chosen, shocked, shock_at, options.window),
         "explored_share": float(explored.mean()),
+        "shadow_share": float(np.mean(shadows >= 0)),  # requests also answered in the shadow
+        "shadow_cost_share": float(shadow_cost.sum() / served_cost.sum()) if served_cost.sum() > 0 else 0.0,
         "probed_share": router.probe.probed / n,  # requests routed to a suspect expert (change_probe)
         "confirm_share": router.confirm.routed / n,  # requests routed to re-test a downward alarm (change_confirm)
         "confirm_outcomes": dict(router.confirm.outcomes),  # episodes confirmed, reverted, expired
@@ -328,27 +343,6 @@ def prior_calibration(
     chosen = picks(prior_fit.predicted, cost, options.target, floor)
     offsets = cell_offsets(prior_fit.truth, prior_fit.predicted, prior_fit.category, chosen, categories, shrink)
     return CellCalibration(offsets.offset, fading=fading)
-
-
-def _windows(
-    cost: np.ndarray, quality: np.ndarray, explored: np.ndarray, at_zero: np.ndarray, options: AdaptOptions
-) -> list[dict]:
-    out = []
-    for start in range(0, len(cost), options.window):
-        part = slice(start, start + options.window)
-        avg = float(cost[part].mean())
-        out.append(
-            {
-                "start": start,
-                "avg_cost": avg,
-                "target": options.target,
-                "tracking_error": abs(avg - options.target) / options.target,
-                "quality": float(quality[part].mean()),
-                "explored": float(explored[part].mean()),
-                "weight_at_zero": float(at_zero[part].mean()),
-            }
-        )
-    return out
 
 
 def run_adapt(

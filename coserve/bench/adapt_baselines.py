@@ -1,7 +1,7 @@
 """The baselines and measures of ``coserve bench adapt``: the best randomised fixed map at a given average
 cost (``lagrangian_mix``, used for the static and hindsight baselines), per-category means, the
-recovery count after the shock, which change alarms were true (``alarm_report``) and whether a false drop's
-expert got its traffic back (``regained``). Pure numbers;
+recovery count after the shock, which change alarms were true (``alarm_report``), whether a false drop's
+expert got its traffic back (``regained``) and the figures per window (``per_window``). Pure numbers;
 knows nothing about routers, files or options.
 """
 
@@ -15,7 +15,8 @@ import numpy as np
 from coserve.router.online import solve_weighted
 
 __all__ = [
-    "alarm_report", "category_means", "lagrangian_mix", "mix_of", "mix_weights", "recovery", "regained", "share_of",
+    "alarm_report", "category_means", "lagrangian_mix", "mix_of", "mix_weights", "per_window", "recovery", "regained",
+    "share_of",
 ]  # fmt: skip
 
 
@@ -143,3 +144,26 @@ def regained(chosen: np.ndarray, alarms: list[dict[str, Any]], experts: list[str
         hits = np.concatenate([[0], np.cumsum(chosen[at:end] == expert)])
         best = max((int(hits[t] - hits[t - window]) for t in range(window, len(hits))), default=0)
         alarm["regained"] = None if before == 0 else bool(best >= 0.5 * before * window)
+
+
+def per_window(
+    cost: np.ndarray, quality: np.ndarray, explored: np.ndarray, at_zero: np.ndarray, window: int, target: float
+) -> list[dict]:
+    """Per ``window`` consecutive requests: the average cost (each request's, shadows included) against the
+    ``target``, the answers' quality, and the shares explored and decided at cost weight 0 or below."""
+    out = []
+    for start in range(0, len(cost), window):
+        part = slice(start, start + window)
+        avg = float(cost[part].mean())
+        out.append(
+            {
+                "start": start,
+                "avg_cost": avg,
+                "target": target,
+                "tracking_error": abs(avg - target) / target,
+                "quality": float(quality[part].mean()),
+                "explored": float(explored[part].mean()),
+                "weight_at_zero": float(at_zero[part].mean()),
+            }
+        )
+    return out

@@ -83,6 +83,7 @@ from coserve.router.online_model import BudgetController, ScorePosterior, weight
 from coserve.router.online_neighbours import NeighbourMemory
 from coserve.router.online_probe import ChangeProbe, ProbeSettings
 from coserve.router.online_saved import export_router, parse_state, resume
+from coserve.router.online_shadow import ShadowPick
 from coserve.router.online_shift import CategoryEvidence
 
 __all__ = [
@@ -147,6 +148,7 @@ class OnlineRouter(OnlineChoice):
         # the CUSUM per expert, and the feedback-only means its residuals are measured against (None: the posterior)
         self.detector, self.baseline = restore_detector(None, change, *self.posterior.shape)
         self.calibration: CellCalibration | None = None  # per cell, the offset the detector's residuals are read less
+        self.shadow: ShadowPick | None = None  # a second, judged answer for a share of requests (online_shadow)
         self.alarms = 0  # changes the detector noticed (that moved an expert)
         self.alarm_log: deque[dict[str, Any]] = deque(maxlen=1000)  # every alarm: served requests, expert, shift
         self.recent = RecentMix(mix_window, self.posterior.shape[0], mix_jump, mix_short)  # the feed-forward's input
@@ -221,10 +223,29 @@ class OnlineRouter(OnlineChoice):
         if self._pending >= self.resolve_every:
             self.resolve()
 
-    def served(self, expert: int) -> None:
-        """A request was served by ``expert``: its cost moves the weight."""
+    def shadow_for(
+        self,
+        category: int,
+        chosen: int,
+        allowed: Sequence[bool] | np.ndarray | None = None,
+        predicted: Sequence[float] | np.ndarray | None = None,
+    ) -> int | None:
+        """The expert that also answers a request ``chosen`` serves, in the shadow (None: none; always without
+        ``shadow``), from the snapshot in force (``online_shadow``)."""
+        if self.shadow is None:
+            return None
+        row = self._prompt_row(category, None if predicted is None else np.asarray(predicted))
+        mask = None if allowed is None else np.asarray(allowed, dtype=bool)
         with self._lock:
-            self.controller.observe(float(self.cost[expert]))
+            shift = 0.0 if row is None else row - self.offline[category]
+            return self.shadow.pick(self.posterior, self._snapshot, self._scaled_cost(), category, chosen, mask, shift)
+
+    def served(self, expert: int, shadow: int | None = None) -> None:
+        """A request was served by ``expert`` (and answered in the shadow by ``shadow``): its cost, the shadow's
+        included, moves the weight."""
+        with self._lock:
+            spent = float(self.cost[expert]) if shadow is None else float(self.cost[expert] + self.cost[shadow])
+            self.controller.observe(spent)
             self._served += 1
             for starved, shift in self.reverter.served(expert):  # alarm_revert (online_alarm)
                 self.posterior.rebase(starved, shift, np.inf)  # the means rise, the counts stay
@@ -283,11 +304,14 @@ class OnlineRouter(OnlineChoice):
         score: float,
         predicted: float | None = None,
         vector: Sequence[float] | np.ndarray | None = None,
+        shadow: bool = False,
     ) -> None:
         """An observed score in [0, 1] for ``expert`` on ``category``; in prompt mode, ``predicted`` is the
         offline prediction of that expert on the scored prompt (the cell learns the residual against it;
         without it the score counts as for a prompt predicted at the category's offline mean); with
-        ``neighbours`` and the prompt's ``vector``, the score less the prompt's estimate is remembered."""
+        ``neighbours`` and the prompt's ``vector``, the score less the prompt's estimate is remembered. A
+        ``shadow`` answer's score is read without the calibration, which models the bias of the prompts an
+        expert is chosen for (a shadow expert was not chosen)."""
         if not 0.0 <= score <= 1.0:
             raise ValueError(f"a score must be in [0, 1], got {score}")
         observed, given, offset = score, score, 0.0
@@ -304,7 +328,8 @@ class OnlineRouter(OnlineChoice):
             # the residual against the estimate it was predicted with, or (feedback baseline) against the
             # cell's own earlier feedback (None while too little)
             cell_count = float(self.posterior.count()[category, expert])  # before this score joins it
-            calibrated = 0.0 if self.calibration is None else self.calibration.read(category, expert, cell_count)
+            calibration = None if shadow else self.calibration  # a shadow's score: read uncalibrated
+            calibrated = 0.0 if calibration is None else calibration.read(category, expert, cell_count)
             calibrated -= anchored_correction(self.detector, category, expert, self.posterior.estimate())  # drift_fast
             residual: float | None = self.posterior.update(category, expert, score)
             self.kg.scored()  # the feedback share explore_policy kg reads
