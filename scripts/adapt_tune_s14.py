@@ -153,6 +153,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # shadow, coserve.router.online_shadow): it changes the benchmark's information; judged by session 14's rule
     "shadow2": {"shadow": 0.02},
     "shadow5": {"shadow": 0.05},
+    # stage 2, fixed in docs/decisions.md before its run (--settings defaults,shadow5_free,shadow5_free_quiet,
+    # shadow5_quiet): a diagnostic of the information's worth apart from its price (charged) and its path to the
+    # detector (detected)
+    "shadow5_free": {"shadow": 0.05, "shadow_charged": False},
+    "shadow5_free_quiet": {"shadow": 0.05, "shadow_charged": False, "shadow_detected": False},
+    "shadow5_quiet": {"shadow": 0.05, "shadow_detected": False},
 }  # fmt: skip
 FIRST_RUN = ("defaults", "starved", "calibration_off", "starved_wide")  # --settings' default: the first run's
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 10_000, 0, 0.95

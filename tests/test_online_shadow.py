@@ -172,3 +172,25 @@ def test_a_bad_share_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "shadow 0.5" in err[0]  # one line, before reading anything
     assert not (tmp_path / "x.json").exists()
+
+
+def test_an_uncharged_shadow_costs_nothing_and_a_quiet_one_never_reaches_the_detector() -> None:
+    charged, free = _replay(shadow=0.1), _replay(shadow=0.1, shadow_charged=False)
+    plain = _replay()
+    # not charged: the controller and the realised cost see the answers only, so the run spends as one without shadows
+    answers = np.mean([w["avg_cost"] for w in free["windows"]])
+    assert free["realised_avg_cost"] == pytest.approx(answers) and abs(answers / 3.0 - 1) < 0.05
+    assert free["shadow_cost_share"] > 0.0 and charged["shadow_cost_share"] > 0.0
+    assert free["shadow_share"] == charged["shadow_share"]  # the same requests shadowed
+    assert free["realised_avg_cost"] != charged["realised_avg_cost"] and plain["shadow_share"] == 0.0
+    change = ChangeSettings(drift=0.0, threshold=100.0)
+    heard, quiet = _router(change=change), _router(change=change)
+    heard.shadow, quiet.shadow = ShadowPick(0.1), ShadowPick(0.1, detected=False)
+    for router in (heard, quiet):
+        router.feedback(0, 2, 0.1, shadow=True)
+    assert heard.detector is not None and quiet.detector is not None
+    assert heard.detector.stat["down"][2] > 0.0 and quiet.detector.stat["down"][2] == 0.0
+    learnt = quiet.posterior.mean()[0, 2]
+    assert learnt == pytest.approx(heard.posterior.mean()[0, 2]) and learnt < 0.8  # the cell learns alike
+    quiet.feedback(0, 2, 0.1)  # a user's score still reaches it
+    assert quiet.detector.stat["down"][2] > 0.0

@@ -8,7 +8,8 @@ A served item's true score is fed back for a ``feedback`` fraction of requests, 
 of sd ``noise`` (clipped to [0, 1]); with ``shadow`` > 0 that share of requests is also answered in the shadow
 by a second expert (``coserve.router.online_shadow``), always judged (its true score plus noise from a generator
 of its own), and its cost joins the request's (the controller, the windows, the realised and hindsight cost; the
-quality counts the answers only). Halfway, the true scores of the expert with the largest traffic
+quality counts the answers only; ``shadow_charged`` false: counted nowhere; ``shadow_detected`` false: the score
+teaches the posterior, not the change detector). Halfway, the true scores of the expert with the largest traffic
 share under the static map drop by ``shock`` (clipped at 0).
 
 Compared at the stream's own numbers (the drawn items, the shock included):
@@ -145,6 +146,8 @@ class AdaptOptions:
     # the replay's own (not router.online's: the server has no judge): share of requests also answered and judged
     # in the shadow by a second expert (coserve.router.online_shadow); it changes the benchmark's information
     shadow: float = 0.0
+    shadow_charged: bool = True  # false: a shadow's cost is counted nowhere (a diagnostic: the information's worth)
+    shadow_detected: bool = True  # false: a shadow's score teaches the posterior, not the change detector
 
     def __post_init__(self) -> None:
         if self.budget_axis not in ("params", "price"):
@@ -246,7 +249,7 @@ def replay_adapt(
     if settings.calibrates and prior_fit is not None:
         router.calibration = prior_calibration(prior_fit, cost, options, K, offline)
     if options.shadow > 0:
-        router.shadow = ShadowPick(options.shadow, options.seed)
+        router.shadow = ShadowPick(options.shadow, options.seed, options.shadow_detected)
     judge = np.random.default_rng([options.seed, 22])  # the shadow answers' noise: the stream's draws stay as they were
     chosen = np.zeros(n, dtype=np.int64)
     shadows = np.full(n, -1, dtype=np.int64)  # the shadow expert per request (-1: none)
@@ -259,7 +262,7 @@ def replay_adapt(
         chosen[i], explored[i] = decision.expert, decision.explored
         at_zero[i] = router.snapshot.weight <= 0.0
         shadow = router.shadow_for(int(category[i]), decision.expert, predicted=row)
-        router.served(decision.expert, shadow=shadow)
+        router.served(decision.expert, shadow=shadow if options.shadow_charged else None)
         if rng.random() < options.feedback:
             observed = float(np.clip(truth[i, decision.expert] + rng.normal(0.0, options.noise), 0.0, 1.0))
             guess = None if row is None else float(row[decision.expert])
@@ -270,7 +273,7 @@ def replay_adapt(
             guess = None if row is None else float(row[shadow])
             router.feedback(int(category[i]), shadow, judged, predicted=guess, vector=vector, shadow=True)
     shadow_cost = np.where(shadows >= 0, cost[np.maximum(shadows, 0)], 0.0)
-    served_cost = cost[chosen] + shadow_cost  # answers plus shadows: what the budget pays
+    served_cost = cost[chosen] + (shadow_cost if options.shadow_charged else 0.0)  # what the budget pays
     served_quality = truth[np.arange(n), chosen]
     realised = float(served_cost.mean())
     hindsight_table = category_means(truth, category, K)
@@ -318,7 +321,7 @@ def replay_adapt(
         "recovery_requests": recovery(chosen, shocked, shock_at, options.window),
         "explored_share": float(explored.mean()),
         "shadow_share": float(np.mean(shadows >= 0)),  # requests also answered in the shadow
-        "shadow_cost_share": float(shadow_cost.sum() / served_cost.sum()) if served_cost.sum() > 0 else 0.0,
+        "shadow_cost_share": float(shadow_cost.sum() / max(cost[chosen].sum() + shadow_cost.sum(), 1e-300)),
         "probed_share": router.probe.probed / n,  # requests routed to a suspect expert (change_probe)
         "confirm_share": router.confirm.routed / n,  # requests routed to re-test a downward alarm (change_confirm)
         "confirm_outcomes": dict(router.confirm.outcomes),  # episodes confirmed, reverted, expired

@@ -78,7 +78,8 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     knobs += ("change_fast_threshold", "change_probe", "change_probe_requests", "change_probe_margin")
     knobs += ("change_probe_starved", "change_confirm", "change_confirm_requests", "change_confirm_sd")
     knobs += ("change_confirm_error", "explore_policy", "kg_horizon", "kg_settle", "alarm_revert")
-    knobs += ("alarm_revert_share", "alarm_explore_underspend", "change_shift_pool", "shadow")
+    knobs += ("alarm_revert_share", "alarm_explore_underspend", "change_shift_pool", "shadow", "shadow_charged")
+    knobs += ("shadow_detected",)
     given = {name: getattr(args, name) for name in (*knobs, "explore_cap") if getattr(args, name) is not None}
     options = AdaptOptions(budget_axis=axis, target=target, **given)  # unset knobs keep AdaptOptions' defaults
     check_outputs(args.json, args.plot)
@@ -124,6 +125,12 @@ def _add_adapt_parser(bench: Any) -> None:
         type=float,
         help="share of requests also answered and judged in the shadow by a second expert, its cost in the budget "
         "(default 0, at most 0.2); it changes the benchmark's information: not the issue's benchmark",
+    )
+    b.add_argument(
+        "--shadow-charged", action=argparse.BooleanOptionalAction, help="a shadow's cost is paid from the budget"
+    )
+    b.add_argument(
+        "--shadow-detected", action=argparse.BooleanOptionalAction, help="a shadow's score reaches the change detector"
     )
     b.add_argument("--noise", type=float, help="sd of the noise on a fed-back score")
     b.add_argument("--shock", type=float, help="halfway drop of the busiest static expert's scores")

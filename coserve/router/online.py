@@ -338,6 +338,8 @@ class OnlineRouter(OnlineChoice):
             if self.change is not None and self.change.model == "proportional":
                 residual = given - expected  # against the prompt's own expected score
             residual = None if residual is None else residual - calibrated
+            if shadow and self.shadow is not None and not self.shadow.detected:
+                residual = None  # a shadow's score kept from the change detector (the replay's shadow_detected)
             if self.confirm.feedback(category, expert, score, calibrated, self.posterior, self.detector):
                 residual = None  # a false alarm reverted (online_confirm): the detector restarts after this score
             shift = (

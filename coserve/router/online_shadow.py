@@ -26,12 +26,13 @@ MAX_SHARE = 0.2  # the most share of requests that may be shadowed
 class ShadowPick:
     """Which requests get a shadow answer, and from which expert."""
 
-    def __init__(self, share: float, seed: int = 0) -> None:
+    def __init__(self, share: float, seed: int = 0, detected: bool = True) -> None:
         if not 0.0 <= share <= MAX_SHARE:
             raise ValueError(f"shadow share {share}: must be in [0, {MAX_SHARE}]")
         self.share = float(share)
         self.rng = np.random.default_rng([int(seed), 21])
         self.picked = 0  # requests given a shadow
+        self.detected = bool(detected)  # false: a shadow's score teaches the posterior only, not the change detector
 
     def pick(
         self,
