@@ -7,8 +7,9 @@ score is fed back. The second expert is the argmax, among the allowed experts ot
 Thompson draw of the request's posteriors (in prompt mode plus the prompt's shift from its category, as
 ``OnlineChoice._choose`` builds its draw) less the map's cost weight times the scaled cost. Every draw comes from
 the pick's own generator, seeded ``[seed, 21]``, so the router's own stream of draws is untouched.
-The router's owner sets ``OnlineRouter.shadow``; only the replay (``coserve bench adapt --shadow``) does: the
-server has no judge. Pure numbers, seeded randomness.
+With ``detected`` false (the replay's ``shadow_detected``) a shadow's score teaches its cell but never reaches
+the change detector. The router's owner sets ``OnlineRouter.shadow``; only the replay (``coserve bench adapt
+--shadow``) does: the server has no judge. Pure numbers, seeded randomness.
 """
 
 from __future__ import annotations
