@@ -3,10 +3,12 @@ requests also answered by a second expert, judged, its cost held in the budget w
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bench_adapt import _outcomes as write_outcomes
 
 from coserve.bench.adapt import AdaptOptions, replay_adapt
 from coserve.cli import main
@@ -194,3 +196,21 @@ def test_an_uncharged_shadow_costs_nothing_and_a_quiet_one_never_reaches_the_det
     assert learnt == pytest.approx(heard.posterior.mean()[0, 2]) and learnt < 0.8  # the cell learns alike
     quiet.feedback(0, 2, 0.1)  # a user's score still reaches it
     assert quiet.detector.stat["down"][2] > 0.0
+
+
+def test_the_command_says_a_run_with_shadows_is_not_the_issues_benchmark(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prior, experts = tmp_path / "prior.jsonl", tmp_path / "experts.json"
+    write_outcomes(prior, 1, 120)
+    costs = {e: {"params_b": b, "input_price": 1, "output_price": 1} for e, b in (("cheap", 1), ("mid", 3), ("big", 9))}
+    experts.write_text(json.dumps(costs))
+    argv = ["bench", "adapt", "--prior", str(prior), "--experts", str(experts), "--budget-params", "3"]
+    argv += ["--requests", "900", "--embedder", "hashing"]
+    assert main([*argv, "--json", str(tmp_path / "plain.json")]) == 0
+    assert "shadows" not in capsys.readouterr().out
+    assert main([*argv, "--json", str(tmp_path / "s.json"), "--shadow", "0.1", "--no-shadow-charged"]) == 0
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    report = json.loads((tmp_path / "s.json").read_text())
+    share = f"{report['shadow_share']:.1%}"
+    assert said.startswith(f"shadows on {share} of requests") and "not charged" in said and "not the issue's" in said

@@ -100,6 +100,12 @@ def cmd_bench_adapt(args: argparse.Namespace) -> int:
     kept = kept if report["shock"]["best_map_keeps_it"] else ""
     print(f"tracking_error_max {tracking_text}; recovery_requests {report['recovery_requests']}{kept}")
     print(f"quality adaptive {q['adaptive']:.4f}  static {q['static']:.4f}  hindsight {q['hindsight']:.4f}")
+    if options.shadow > 0:  # a run with shadows is not the benchmark: said where its figures are read
+        paid = "paid from the target" if options.shadow_charged else "not charged"
+        print(
+            f"shadows on {report['shadow_share']:.1%} of requests, {report['shadow_cost_share']:.1%} of the compute "
+            f"({paid}): not the issue's benchmark"
+        )
     return 0
 
 
